@@ -1,0 +1,55 @@
+"""Defaults shared by every config; each file in configs/ starts from `base_config()`."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Model: `name` picks fer_jax.models.<name>; the rest is read by that module's build().
+  config.model = ml_collections.ConfigDict({"name": "", "num_classes": 7, "dtype": "float32"})
+  # Loss settings, read by the method's loss().
+  config.loss = ml_collections.ConfigDict()
+
+  config.dataset = ml_collections.ConfigDict({
+      "name": "synthetic",          # a TFDS builder name (fer_jax.data.builders registers ours)
+      "data_dir": "",               # where prepared TFDS sets live; "" = TFDS default
+      "train_split": "train",
+      "eval_split": "test",
+      "class_order": "fer2013",     # fer_jax.data.labels.CLASS_ORDERS key: the model's output order
+      "sampler": "uniform",         # uniform | class_balanced | repeat_factor
+      "repeat_factor_threshold": 0.15,
+  })
+  config.input = ml_collections.ConfigDict({
+      "size": 224,                  # height = width fed to the model
+      "channels": 3,
+      "train_pp": "",               # fer_jax.data.preprocess pipeline strings
+      "eval_pp": "",
+  })
+
+  config.batch_size = 256            # global, over all devices and hosts
+  config.eval_batch_size = 256
+  config.num_epochs = 40
+  config.optimizer = ml_collections.ConfigDict({
+      "name": "sgd",                # sgd | adam | adamw
+      "lr": 0.1,
+      "momentum": 0.9,
+      "nesterov": False,
+      "weight_decay": 0.0,          # SGD/Adam: coupled L2 as in PyTorch; AdamW: decoupled
+      "schedule": "constant",       # constant | step | exponential | cosine (per epoch, as PyTorch)
+      "step_epochs": 10,
+      "gamma": 0.1,
+      "grad_clip_norm": 0.0,        # 0 = no clipping
+      "lr_groups": (),              # ((regex over parameter paths, lr multiplier), ...)
+      "trainable": "",              # regex: only matching parameters train ("" = all)
+      "weight_decay_exclude": "",   # regex: parameters without weight decay
+  })
+
+  config.eval = ml_collections.ConfigDict({"every_epochs": 1, "tta": "none"})
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 0  # 0 = at the end of every epoch
+  config.max_checkpoints = 2
+  config.init_from = ""              # Orbax checkpoint whose params/batch_stats start the run
+  config.data_threads = 2
+  return config

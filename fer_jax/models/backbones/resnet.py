@@ -1,0 +1,97 @@
+"""torchvision-style ResNet trunks (ResNet-18 for DAN, ResNet-50 to layer3 for SCAN-CCI).
+
+Channels-last. Layer names follow torchvision (`conv1`, `bn1`, `layer2_0/downsample_conv`...)
+so that converters are plain key maps. Padding is explicit: PyTorch pads symmetrically,
+where "SAME" with stride 2 would not.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu").
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def batch_norm(train: bool, dtype: Any, name: str, scale_init=nn.initializers.ones) -> nn.BatchNorm:
+  """PyTorch BatchNorm2d defaults: momentum 0.1 (Flax 0.9), eps 1e-5."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=dtype, scale_init=scale_init, name=name)
+
+
+def conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
+         use_bias: bool = False) -> nn.Conv:
+  pad = (kernel - 1) // 2
+  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
+                 use_bias=use_bias, kernel_init=conv_init, dtype=dtype, name=name)
+
+
+class BasicBlock(nn.Module):
+  features: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    residual = x
+    y = conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
+    y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+    y = conv(self.features, 3, 1, self.dtype, "conv2")(y)
+    y = batch_norm(train, self.dtype, "bn2")(y)
+    if self.stride != 1 or x.shape[-1] != self.features:
+      residual = conv(self.features, 1, self.stride, self.dtype, "downsample_conv")(x)
+      residual = batch_norm(train, self.dtype, "downsample_bn")(residual)
+    return nn.relu(y + residual)
+
+
+class Bottleneck(nn.Module):
+  """torchvision v1.5 bottleneck: the stride sits on the 3×3 convolution."""
+  features: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    out_features = self.features * self.expansion
+    residual = x
+    y = conv(self.features, 1, 1, self.dtype, "conv1")(x)
+    y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+    y = conv(self.features, 3, self.stride, self.dtype, "conv2")(y)
+    y = nn.relu(batch_norm(train, self.dtype, "bn2")(y))
+    y = conv(out_features, 1, 1, self.dtype, "conv3")(y)
+    y = batch_norm(train, self.dtype, "bn3")(y)
+    if self.stride != 1 or x.shape[-1] != out_features:
+      residual = conv(out_features, 1, self.stride, self.dtype, "downsample_conv")(x)
+      residual = batch_norm(train, self.dtype, "downsample_bn")(residual)
+    return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+  """conv1 … layer{num_stages}; returns {"layer1": …, "layerN": …} feature maps."""
+  block: type
+  stage_sizes: Sequence[int]
+  num_stages: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool) -> dict:
+    x = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
+    x = nn.relu(batch_norm(train, self.dtype, "bn1")(x))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    features = {}
+    for stage in range(self.num_stages):
+      for index in range(self.stage_sizes[stage]):
+        stride = 2 if stage > 0 and index == 0 else 1
+        x = self.block(64 * 2**stage, stride, self.dtype,
+                       name=f"layer{stage + 1}_{index}")(x, train)
+      features[f"layer{stage + 1}"] = x
+    return features
+
+
+ResNet18 = functools.partial(ResNet, BasicBlock, (2, 2, 2, 2))
+ResNet50 = functools.partial(ResNet, Bottleneck, (3, 4, 6, 3))

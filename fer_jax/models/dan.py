@@ -1,0 +1,129 @@
+"""DAN: ResNet-18 trunk + K cross-attention heads + attention fusion (METHODS.md §2).
+
+Follows the official code: unnormalised spatial attention (a channel sum of ReLU outputs),
+log-softmax across heads, BatchNorm on the logits, the affinity loss on the pooled trunk
+features with learnable centres, and the partition loss as log(1 + K / mean variance).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from fer_jax.models.backbones import resnet
+
+AUXILIARY_PARAMS = ("affinity",)
+
+head_dense_init = nn.initializers.normal(0.001)
+# PyTorch nn.Linear default: U(±1/sqrt(fan_in)) for weight and bias.
+torch_linear_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def torch_linear_bias_init(fan_in: int):
+  bound = fan_in**-0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class SpatialAttention(nn.Module):
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    def conv_bn(y, features, kernel, name):
+      pad = tuple((k - 1) // 2 for k in kernel)
+      y = nn.Conv(features, kernel, padding=tuple((p, p) for p in pad), kernel_init=resnet.conv_init,
+                  dtype=self.dtype, name=f"{name}_conv")(y)
+      return resnet.batch_norm(train, self.dtype, f"{name}_bn")(y)
+
+    u = conv_bn(x, 256, (1, 1), "conv1x1")
+    z = nn.relu(conv_bn(u, 512, (3, 3), "conv_3x3") + conv_bn(u, 512, (1, 3), "conv_1x3")
+                + conv_bn(u, 512, (3, 1), "conv_3x1"))
+    return x * jnp.sum(z, axis=-1, keepdims=True)
+
+
+class ChannelAttention(nn.Module):
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    z = jnp.mean(x, axis=(1, 2))
+    a = nn.Dense(32, kernel_init=head_dense_init, dtype=self.dtype, name="fc1")(z)
+    a = nn.relu(resnet.batch_norm(train, self.dtype, "bn")(a))
+    a = nn.Dense(z.shape[-1], kernel_init=head_dense_init, dtype=self.dtype, name="fc2")(a)
+    return z * nn.sigmoid(a)
+
+
+class CrossAttentionHead(nn.Module):
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = SpatialAttention(self.dtype, name="sa")(x, train)
+    return ChannelAttention(self.dtype, name="ca")(x, train)
+
+
+class AffinityCentres(nn.Module):
+  num_centres: int
+  features: int
+
+  @nn.compact
+  def __call__(self):
+    return self.param("centres", nn.initializers.normal(1.0), (self.num_centres, self.features))
+
+
+class DAN(nn.Module):
+  num_classes: int = 7
+  num_heads: int = 4
+  num_centres: int = 8
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool) -> dict:
+    features = resnet.ResNet18(dtype=self.dtype, name="trunk")(images, train)["layer4"]
+    heads = jnp.stack([CrossAttentionHead(self.dtype, name=f"head{i}")(features, train)
+                       for i in range(self.num_heads)], axis=1).astype(jnp.float32)
+    if self.num_heads > 1:
+      heads = jax.nn.log_softmax(heads, axis=1)
+    fused = jnp.sum(heads, axis=1)
+    logits = nn.Dense(self.num_classes, kernel_init=torch_linear_init,
+                      bias_init=torch_linear_bias_init(fused.shape[-1]), name="fc")(fused)
+    logits = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(logits)
+    return {
+        "logits": logits,
+        "pooled_features": jnp.mean(features.astype(jnp.float32), axis=(1, 2)),
+        "heads": heads,
+        "centres": AffinityCentres(self.num_centres, features.shape[-1], name="affinity")(),
+    }
+
+
+def build(model_config) -> DAN:
+  return DAN(num_classes=model_config.num_classes, num_heads=model_config.num_heads,
+             num_centres=model_config.num_centres, dtype=jnp.dtype(model_config.dtype))
+
+
+def affinity_loss(features, centres, labels):
+  """Σ_b ‖x_b − c_{y_b}‖² / Σ_d Var_m(c_md) / B, with the official clamp on every matrix entry."""
+  distances = (jnp.sum(features**2, axis=1, keepdims=True) + jnp.sum(centres**2, axis=1)[None, :]
+               - 2.0 * features @ centres.T)
+  mask = jax.nn.one_hot(labels, centres.shape[0], dtype=distances.dtype)
+  spread = jnp.sum(jnp.var(centres, axis=0, ddof=1))
+  return jnp.sum(jnp.clip(distances * mask / spread, 1e-12, 1e12)) / features.shape[0]
+
+
+def partition_loss(heads):
+  """log(1 + K / (mean over samples and channels of the unbiased variance across K heads))."""
+  num_heads = heads.shape[1]
+  if num_heads == 1:
+    return jnp.zeros((), heads.dtype)
+  variance = jnp.mean(jnp.var(heads, axis=1, ddof=1))
+  return jnp.log1p(num_heads / (variance + jnp.finfo(jnp.float64).eps))
+
+
+def loss(outputs, labels, loss_config):
+  ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels))
+  affinity = affinity_loss(outputs["pooled_features"], outputs["centres"], labels)
+  partition = partition_loss(outputs["heads"])
+  total = ce + loss_config.affinity_weight * affinity + loss_config.partition_weight * partition
+  return total, {"ce_loss": ce, "affinity_loss": affinity, "partition_loss": partition}
