@@ -1,0 +1,1 @@
+"""TFDS builders of fer_jax; importing this package registers them with TFDS."""
