@@ -1,0 +1,162 @@
+"""APViT: IR-50 stages 1–3 + ViT with attentive patch and token pooling (METHODS.md §3).
+
+Follows the official code: APP scores each position of the projected 14×14 map by Σ_c |z_c|,
+adds the patch positional embedding before keeping the top 160 positions in raster order;
+ATP, between the attention and MLP halves of blocks 5–8, keeps ⌊0.9·(N−1)⌋ patch tokens ranked
+by the sum over heads of the pre-softmax CLS-row logits. Token counts are static
+(161 → 145 → 130 → 117 → 105), so the whole model is one jit. Ties keep the lower index
+(`lax.top_k`). Unlike the official code, pruning does not depend on the batch size.
+
+Names mirror the official checkpoint (`extractor.*`, `vit.projs.0`, `vit.cls_token`,
+`vit.patch_pos_embed`, `vit.cls_pos_embed`, `vit.blocks.i.*`, `vit.norm`, `head.fc`), and the
+embeddings keep its [1, N, C] shapes.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from fer_jax.models.backbones import irse
+from fer_jax.models.backbones import vit
+
+AUXILIARY_PARAMS = ()
+
+# PyTorch Conv2d default (kaiming_uniform_(a=√5)): U(±1/√fan_in) for weight and bias; the
+# official init leaves the projection at this default.
+torch_conv_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def torch_conv_bias_init(fan_in: int):
+  bound = fan_in**-0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def top_k_sorted(scores, k: int):
+  """Indices of the k largest scores along the last axis, in ascending index order."""
+  _, indices = jax.lax.top_k(scores, k)
+  return jnp.sort(indices, axis=-1)
+
+
+def gather_tokens(tokens, indices):
+  """tokens [B, N, C], indices [B, K] → [B, K, C]."""
+  return jnp.take_along_axis(tokens, indices[..., None], axis=1)
+
+
+def num_kept(num_patch_tokens: int, keep_rate: float) -> int:
+  """The official count: max(int(N·rate), 1) patch tokens."""
+  return max(int(num_patch_tokens * keep_rate), 1)
+
+
+def attentive_patch_pooling(projected, pos_embed, keep: int):
+  """APP: tokens (+ positional embedding) at the `keep` positions of largest Σ_c |z_c|.
+
+  projected [B, H, W, C], pos_embed [1, H·W, C] → (tokens [B, keep, C], positions [B, keep]).
+  """
+  batch, height, width, channels = projected.shape
+  tokens = projected.reshape(batch, height * width, channels)
+  scores = jnp.sum(jnp.abs(tokens.astype(jnp.float32)), axis=-1)
+  positions = top_k_sorted(scores, keep)
+  return gather_tokens(tokens + pos_embed.astype(tokens.dtype), positions), positions
+
+
+def attentive_token_pooling(tokens, cls_logits, keep: int):
+  """ATP: CLS plus the `keep` patch tokens with the largest Σ_heads of their CLS-row logits.
+
+  tokens [B, N, C], cls_logits [B, heads, N] → (tokens [B, 1 + keep, C], kept [B, keep]), where
+  `kept` indexes the N − 1 patch tokens.
+  """
+  scores = jnp.sum(cls_logits[:, :, 1:].astype(jnp.float32), axis=1)
+  kept = top_k_sorted(scores, keep)
+  return jnp.concatenate([tokens[:, :1], gather_tokens(tokens[:, 1:], kept)], axis=1), kept
+
+
+class PoolingViT(nn.Module):
+  """Projection, APP, CLS token, ViT blocks with ATP, final LayerNorm; returns the CLS feature.
+
+  Also returns the grid positions (row-major, over H·W) of the tokens APP kept and of the
+  patch tokens left after each block that pooled.
+  """
+  width: int = 768
+  depth: int = 8
+  num_heads: int = 8
+  mlp_dim: int = 2304
+  app_keep: int = 160
+  atp_keep_rates: Sequence[float] = (1.0,) * 4 + (0.9,) * 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features):
+    batch, height, width, channels = features.shape
+    projected = nn.Conv(self.width, (1, 1), kernel_init=torch_conv_init,
+                        bias_init=torch_conv_bias_init(channels), dtype=self.dtype,
+                        name="projs_0")(features)
+    patch_pos_embed = self.param("patch_pos_embed", vit.dense_init, (1, height * width, self.width))
+    cls_token = self.param("cls_token", vit.dense_init, (1, 1, self.width))
+    cls_pos_embed = self.param("cls_pos_embed", nn.initializers.zeros, (1, 1, self.width))
+
+    x, positions = attentive_patch_pooling(projected, patch_pos_embed, self.app_keep)
+    cls = jnp.broadcast_to((cls_token + cls_pos_embed).astype(x.dtype), (batch, 1, self.width))
+    x = jnp.concatenate([cls, x], axis=1)
+    app_positions, atp_positions = positions, []
+    for index in range(self.depth):
+      block = vit.Block(self.num_heads, self.mlp_dim, self.dtype, name=f"blocks_{index}")
+      x, cls_logits = block.attend(x)
+      keep = num_kept(x.shape[1] - 1, self.atp_keep_rates[index])
+      if keep < x.shape[1] - 1:
+        x, kept = attentive_token_pooling(x, cls_logits, keep)
+        positions = jnp.take_along_axis(positions, kept, axis=1)
+        atp_positions.append(positions)
+      x = block.feed_forward(x)
+    x = vit.layer_norm(self.dtype, "norm")(x)
+    return x[:, 0], app_positions, tuple(atp_positions)
+
+
+class ClassifierHead(nn.Module):
+  """The official LinearClsHead: one zero-initialised Linear."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="fc")(x)
+
+
+class APViT(nn.Module):
+  num_classes: int = 7
+  ir_stage_sizes: Sequence[int] = (3, 4, 14)
+  width: int = 768
+  depth: int = 8
+  num_heads: int = 8
+  mlp_dim: int = 2304
+  app_keep: int = 160
+  atp_keep_rates: Sequence[float] = (1.0,) * 4 + (0.9,) * 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool) -> dict:
+    features = irse.IRSE(self.ir_stage_sizes, num_stages=3, dtype=self.dtype,
+                         name="extractor")(images.astype(self.dtype), train)["stage3"]
+    cls, app_positions, atp_positions = PoolingViT(
+        self.width, self.depth, self.num_heads, self.mlp_dim, self.app_keep,
+        self.atp_keep_rates, self.dtype, name="vit")(features)
+    logits = ClassifierHead(self.num_classes, name="head")(cls.astype(jnp.float32))
+    return {"logits": logits, "app_positions": app_positions, "atp_positions": atp_positions}
+
+
+def build(model_config) -> APViT:
+  return APViT(num_classes=model_config.num_classes,
+               ir_stage_sizes=tuple(model_config.ir_stage_sizes),
+               width=model_config.width, depth=model_config.depth,
+               num_heads=model_config.num_heads, mlp_dim=model_config.mlp_dim,
+               app_keep=model_config.app_keep,
+               atp_keep_rates=tuple(model_config.atp_keep_rates),
+               dtype=jnp.dtype(model_config.dtype))
+
+
+def loss(outputs, labels, loss_config):
+  """Mean cross-entropy, no label smoothing (the official CrossEntropyLoss, weight 1)."""
+  del loss_config
+  ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels))
+  return ce, {"ce_loss": ce}
