@@ -1,0 +1,161 @@
+"""LHC-Net: ResNet34v2 with five local multi-head channel self-attention modules (METHODS.md §1).
+
+Follows the official Keras code:
+  * an LHC module adds channel-to-channel attention to the residual stream X (B×R×R×C):
+    query = 3×3 average pool (padding not counted), key = 3×3 max pool, value = 3×3 average pool
+    of a 3×3 convolution (with bias); the R² positions, row-major, split into h contiguous
+    bands (the heads); one Dense P→E per head projects both query and key; the C×C scores
+    S = q kᵀ are divided by E^(c + sigmoid(mean_l S · W_p + b_p)), W_p one C×C Dense per module
+    shared by the heads; softmax over key channels; output X + A·V, without projection;
+  * the modules sit after the stem's max-pool and after the last unit of each stage;
+  * LHC-NetC multiplies each module's attention by 1 + tanh(w), one scalar w per module;
+  * head: GAP → Dense 4096 → ReLU → Dropout 0.4 → Dense 1024 → ReLU → Dropout 0.4 → Dense 7,
+    Keras initialisation (Glorot-uniform kernels, zero biases);
+  * loss: cross-entropy of the softmax.
+
+Parameter tree (a converter from the official TF checkpoint is a key map plus one stacking
+rule): `backbone` (resnet_v2.ResNetV2 names), `lhc1`…`lhc5` with `qk_kernel` (h, P, E) and
+`qk_bias` (h, E) = the per-head `Wqk/j` kernels and biases stacked over j, `scale_dense` = `Wp`,
+`value_conv` = `Wv`, `controller` = `controllerN/w`; `head/fc1…fc3` = `fc1…fc3`. With
+`use_lhc=False` the tree is `backbone` + `head` only (the official step-A model), a subset of the
+LHC-Net tree, so LHC-Net can start from its checkpoint.
+"""
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import optax
+
+from fer_jax.models.backbones import resnet_v2
+
+AUXILIARY_PARAMS = ()
+
+# Keras Dense/Conv2D default.
+glorot_uniform = nn.initializers.glorot_uniform()
+# One Glorot-uniform P×E kernel per head, stacked on axis 0.
+head_glorot_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=-2, out_axis=-1,
+                                                       batch_axis=(0,))
+
+
+def to_heads(x, num_heads: int):
+  """B×R×R×C → B×h×C×P: the row-major positions cut into h contiguous bands of length P."""
+  batch, height, width, channels = x.shape
+  return x.reshape(batch, num_heads, height * width // num_heads, channels).transpose(0, 1, 3, 2)
+
+
+def from_heads(x, height: int, width: int):
+  """Inverse of `to_heads`."""
+  batch, _, channels, _ = x.shape
+  return x.transpose(0, 1, 3, 2).reshape(batch, height, width, channels)
+
+
+class LHCModule(nn.Module):
+  """Local multi-head channel self-attention, added to its input."""
+  num_heads: int
+  embed_dim: int
+  pool_size: int = 3
+  kernel_size: int = 3
+  norm_c: float = 1.0
+  controller_init: Optional[float] = None   # LHC-NetC: gain 1 + tanh(w), w starts here
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    _, height, width, channels = x.shape
+    if (height * width) % self.num_heads:
+      raise ValueError(f"An LHC module with {self.num_heads} heads needs the {height}×{width} positions "
+                       "to split into equal bands: choose config.model.lhc_heads dividing R².")
+    band = height * width // self.num_heads
+    window = (self.pool_size, self.pool_size)
+    query = nn.avg_pool(x, window, padding="SAME", count_include_pad=False)
+    key = nn.max_pool(x, window, padding="SAME")
+    value = nn.Conv(channels, (self.kernel_size, self.kernel_size), padding="SAME", kernel_init=glorot_uniform,
+                    dtype=self.dtype, name="value_conv")(x)
+    value = nn.avg_pool(value, (3, 3), padding="SAME", count_include_pad=False)
+
+    kernel = self.param("qk_kernel", head_glorot_uniform, (self.num_heads, band, self.embed_dim))
+    bias = self.param("qk_bias", nn.initializers.zeros, (self.num_heads, self.embed_dim))
+    project = lambda t: jnp.einsum("bhcp,hpe->bhce", to_heads(t.astype(jnp.float32), self.num_heads),
+                                   kernel) + bias[:, None, :]
+    scores = jnp.einsum("bhce,bhde->bhcd", project(query), project(key))
+    gate = nn.sigmoid(nn.Dense(channels, kernel_init=glorot_uniform, name="scale_dense")(
+        jnp.mean(scores, axis=-1)))
+    attention = nn.softmax(scores / jnp.power(float(self.embed_dim), self.norm_c + gate[..., None]), axis=-1)
+    out = jnp.einsum("bhcd,bhdp->bhcp", attention, to_heads(value.astype(jnp.float32), self.num_heads))
+    out = from_heads(out, height, width)
+    if self.controller_init is not None:
+      w = self.param("controller", nn.initializers.constant(self.controller_init), ())
+      out = out * (1.0 + jnp.tanh(w))
+    return x + out.astype(x.dtype)
+
+
+class Head(nn.Module):
+  """GAP → (Dense → ReLU → Dropout) per hidden width → Dense to the classes."""
+  num_classes: int
+  widths: Sequence[int] = (4096, 1024)
+  dropout_rate: float = 0.4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = jnp.mean(x, axis=(1, 2))
+    for index, width in enumerate(self.widths):
+      x = nn.relu(nn.Dense(width, kernel_init=glorot_uniform, dtype=self.dtype, name=f"fc{index + 1}")(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, kernel_init=glorot_uniform, dtype=self.dtype,
+                    name=f"fc{len(self.widths) + 1}")(x)
+
+
+class LHCNet(nn.Module):
+  """ResNet34v2 + LHC modules at the five tap points + MLP head.
+
+  `use_lhc=False` gives the plain ResNet34v2 classifier of the official step A;
+  `controller_init` (one value per module) gives LHC-NetC; `freeze_batch_norm` runs every
+  BatchNorm on its moving statistics even in training (Keras frozen layers, step C).
+  """
+  num_classes: int = 7
+  use_lhc: bool = True
+  lhc_heads: Sequence[int] = (8, 8, 7, 7, 1)
+  lhc_embed_dims: Sequence[int] = (196, 196, 56, 14, 25)
+  pool_size: int = 3
+  kernel_size: int = 3
+  norm_c: float = 1.0
+  controller_init: Optional[Sequence[float]] = None
+  freeze_batch_norm: bool = False
+  head_widths: Sequence[int] = (4096, 1024)
+  dropout_rate: float = 0.4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool) -> dict:
+    insertions = {}
+    if self.use_lhc:
+      if not len(self.lhc_heads) == len(self.lhc_embed_dims) == len(resnet_v2.TAP_POINTS):
+        raise ValueError(f"config.model.lhc_heads and lhc_embed_dims need one entry per module "
+                         f"({len(resnet_v2.TAP_POINTS)}).")
+      controller_init = self.controller_init or (None,) * len(resnet_v2.TAP_POINTS)
+      for index, point in enumerate(resnet_v2.TAP_POINTS):
+        insertions[point] = LHCModule(self.lhc_heads[index], self.lhc_embed_dims[index], self.pool_size,
+                                      self.kernel_size, self.norm_c, controller_init[index], self.dtype,
+                                      name=f"lhc{index + 1}")
+    features = resnet_v2.ResNet34V2(dtype=self.dtype, name="backbone")(
+        images, train and not self.freeze_batch_norm, insertions)["output"]
+    logits = Head(self.num_classes, self.head_widths, self.dropout_rate, self.dtype, name="head")(features, train)
+    return {"logits": logits.astype(jnp.float32)}
+
+
+def build(model_config) -> LHCNet:
+  controller_init = tuple(model_config.controller_init) if model_config.controller else None
+  return LHCNet(num_classes=model_config.num_classes, use_lhc=model_config.use_lhc,
+                lhc_heads=tuple(model_config.lhc_heads), lhc_embed_dims=tuple(model_config.lhc_embed_dims),
+                pool_size=model_config.pool_size, kernel_size=model_config.kernel_size,
+                norm_c=model_config.norm_c, controller_init=controller_init,
+                freeze_batch_norm=model_config.freeze_batch_norm, head_widths=tuple(model_config.head_widths),
+                dropout_rate=model_config.dropout_rate, dtype=jnp.dtype(model_config.dtype))
+
+
+def loss(outputs, labels, loss_config):
+  del loss_config  # plain categorical cross-entropy, no options
+  ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels))
+  return ce, {"ce_loss": ce}
