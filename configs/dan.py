@@ -14,9 +14,9 @@ Arguments pick the data set:
 from fer_jax import config_lib
 
 IMAGENET = "normalize('imagenet')"
-RAFDB_TRAIN = ("resize(224)|flip()|random_apply(0.2, 'rotate(20)|random_crop(224, padding=32)')|"
+RAFDB_TRAIN = ("resize({size})|flip()|random_apply(0.2, 'rotate(20)|random_crop({size}, padding=32)')|"
                f"{IMAGENET}|random_erasing(p=0.5, scale=(0.02, 0.25), value=0.0)")
-AFFECTNET_TRAIN = ("resize(224)|flip()|random_apply(0.7, 'random_affine(20, translate=(0.2, 0.2), "
+AFFECTNET_TRAIN = ("resize({size})|flip()|random_apply(0.7, 'random_affine(20, translate=(0.2, 0.2), "
                    f"scale=(0.8, 1.0))')|{IMAGENET}|random_erasing(p=0.5, scale=(0.02, 0.33), value=0.0)")
 
 
@@ -24,7 +24,7 @@ def get_config(arg: str = "rafdb"):
   config = config_lib.base_config()
   config.model.update(name="dan", num_classes=7, num_heads=4, num_centres=8)
   config.loss.update(affinity_weight=1.0, partition_weight=1.0)
-  config.input.update(size=224, train_pp=RAFDB_TRAIN, eval_pp=f"resize(224)|{IMAGENET}")
+  config.input.update(size=224, train_pp=RAFDB_TRAIN, eval_pp=f"resize({{size}})|{IMAGENET}")
   config.batch_size = 256
   config.eval_batch_size = 256
 
@@ -46,9 +46,9 @@ def get_config(arg: str = "rafdb"):
     config.dataset.update(name="synthetic", class_order="fer2013")
     config.input.update(
         size=size,
-        train_pp=f"flip()|random_apply(0.2, 'rotate(20)|random_crop({size}, padding=8)')|{IMAGENET}|"
+        train_pp=f"resize({{size}})|flip()|random_apply(0.2, 'rotate(20)|random_crop({{size}}, padding=8)')|{IMAGENET}|"
                  "random_erasing(p=0.5, scale=(0.02, 0.25), value=0.0)",
-        eval_pp=IMAGENET)
+        eval_pp=f"resize({{size}})|{IMAGENET}")
     config.batch_size = 64
     config.num_epochs = 4
     config.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,

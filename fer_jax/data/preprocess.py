@@ -1,7 +1,7 @@
 """Host-side preprocessing and augmentation, spelled as a pipeline string in the configs.
 
 A pipeline is ops joined by "|", each a call with literal arguments, e.g.
-    "resize(224)|flip()|random_apply(0.2, 'rotate(20)|random_crop(224, padding=32)')|
+    "resize({size})|flip()|random_apply(0.2, 'rotate(20)|random_crop({size}, padding=32)')|
      normalize('imagenet')|random_erasing(p=0.5, scale=(0.02, 0.25))"
 Every op maps (image, rng) → image, where rng is a NumPy Generator seeded from the example's
 position in the run, so the whole pipeline is deterministic and resumable. Ops before
@@ -30,9 +30,14 @@ def register(fn):
   return fn
 
 
-def parse(pipeline: str) -> Op:
-  """Compiles a pipeline string; unknown ops or bad arguments raise naming the op."""
-  ops = [_parse_op(text.strip()) for text in pipeline.split("|") if text.strip()]
+def parse(pipeline: str, size: int | None = None) -> Op:
+  """Compiles a pipeline string; "{size}" in it stands for `size` (config.input.size).
+
+  Unknown ops or bad arguments raise naming the op.
+  """
+  if size is not None:
+    pipeline = pipeline.replace("{size}", str(size))
+  ops = [_parse_op(text) for text in _split_top_level(pipeline)]
 
   def run(image, rng):
     for op in ops:
@@ -40,6 +45,27 @@ def parse(pipeline: str) -> Op:
     return image
 
   return run
+
+
+def _split_top_level(pipeline: str) -> list[str]:
+  """Splits at "|" outside quotes and parentheses, so nested pipelines stay whole."""
+  parts, current, depth, quote = [], [], 0, None
+  for char in pipeline:
+    if quote:
+      quote = None if char == quote else quote
+    elif char in "'\"":
+      quote = char
+    elif char in "([":
+      depth += 1
+    elif char in ")]":
+      depth -= 1
+    elif char == "|" and depth == 0:
+      parts.append("".join(current))
+      current = []
+      continue
+    current.append(char)
+  parts.append("".join(current))
+  return [part.strip() for part in parts if part.strip()]
 
 
 def _parse_op(text: str) -> Op:

@@ -1,0 +1,92 @@
+"""Orbax checkpoints of training state and of model variables, with shape-checked restore.
+
+A training workdir holds `checkpoints/<step>/{state,meta}`; `state` is the dict
+{step, params, batch_stats, opt_state} and `meta` a JSON record of the model config and the
+class names. Converters and exports write the same layout with only params and batch_stats,
+so every consumer (`--mode=eval`, predict, `init_from`) reads both through `restore_model`.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from fer_jax.optim import path_of
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that is missing or does not fit the configured model."""
+
+
+def manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def metadata(config) -> dict:
+  from fer_jax.data import labels
+  return {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
+          "input": config.input.to_dict()}
+
+
+def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config) -> None:
+  checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 meta=ocp.args.JsonSave(metadata(config))))
+
+
+def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict) -> dict:
+  restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+  return restored["state"]
+
+
+def save_model(directory: str, variables: dict, config) -> str:
+  """Writes params and batch_stats as step 0 of a fresh checkpoint directory; returns it."""
+  checkpoints = manager(directory)
+  state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  save(checkpoints, 0, state, config)
+  checkpoints.wait_until_finished()
+  return os.path.join(os.path.abspath(directory), "0")
+
+
+def _step_directory(path: str) -> str:
+  """Accepts a workdir, its checkpoints/ folder or one step folder; returns the newest step folder."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(os.path.join(path, "state")):
+    return path
+  for folder in (os.path.join(path, "checkpoints"), path):
+    if os.path.isdir(folder):
+      steps = [int(name) for name in os.listdir(folder) if name.isdigit()
+               and os.path.isdir(os.path.join(folder, name, "state"))]
+      if steps:
+        return os.path.join(folder, str(max(steps)))
+  raise CheckpointError(f"No checkpoint found at {path}: pass a training workdir, its checkpoints/ "
+                        "folder, a step folder inside it, or the output of `python -m fer_jax.convert`.")
+
+
+def restore_model(path: str, abstract_variables: dict) -> dict:
+  """Reads {params, batch_stats} and checks every name and shape against the model's."""
+  step_directory = _step_directory(path)
+  restored = ocp.StandardCheckpointer().restore(os.path.join(step_directory, "state"))
+  variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+  check_matches(variables, abstract_variables, step_directory)
+  return jax.tree.map(lambda a, b: a.astype(b.dtype), variables, abstract_variables)
+
+
+def _shapes(tree) -> dict:
+  return {path_of(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_matches(variables: dict, abstract_variables: dict, source: str) -> None:
+  got, want = _shapes(variables), _shapes(abstract_variables)
+  missing = sorted(set(want) - set(got))
+  unexpected = sorted(set(got) - set(want))
+  mismatched = [f"{k}: checkpoint {got[k]} vs model {want[k]}" for k in sorted(set(got) & set(want))
+                if got[k] != want[k]]
+  if missing or unexpected or mismatched:
+    def first(items):
+      return ", ".join(items[:5]) + (f" … ({len(items)} in all)" if len(items) > 5 else "")
+    problems = [f"{label}: {first(items)}" for label, items in
+                (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if items]
+    raise CheckpointError(f"The checkpoint {source} does not fit the configured model "
+                          f"({'; '.join(problems)}). It was probably written for another model or "
+                          "number of classes: pass the --config it was trained or converted with.")

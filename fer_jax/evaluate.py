@@ -1,0 +1,100 @@
+"""Evaluation: a jitted step that accumulates a confusion matrix, metrics, and reports.
+
+Every example counts once: the last batch is padded and padded rows carry mask 0. The
+confusion matrix is summed inside the step over the global batch, so the host only adds
+K×K matrices, on any number of devices and processes. All metrics derive from it.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+
+def confusion_step(model, num_classes: int, mesh, view_fn=None):
+  """jit(variables, batch) → K×K counts (rows: true class, columns: predicted).
+
+  `view_fn(images) -> (views [V, B, ...], weights [V])` turns one batch into weighted
+  test-time views whose softmax outputs are averaged; None evaluates the images as they are.
+  """
+  def predict(variables, images):
+    if view_fn is None:
+      return model.apply(variables, images, train=False)["logits"]
+    views, weights = view_fn(images)
+    probabilities = jax.vmap(lambda v: jax.nn.softmax(model.apply(variables, v, train=False)["logits"]))(views)
+    return jnp.einsum("v,vbk->bk", weights, probabilities)
+
+  def step(variables, batch):
+    predicted = jnp.argmax(predict(variables, batch["image"]), axis=-1)
+    return jnp.zeros((num_classes, num_classes), jnp.float32).at[batch["label"], predicted].add(batch["mask"])
+
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(step, out_shardings=replicated)
+
+
+def confusion_matrix(step, variables, eval_data) -> np.ndarray:
+  total = None
+  for batch in eval_data.batches():
+    counts = step(variables, batch)
+    total = counts if total is None else total + counts
+  return np.rint(np.asarray(jax.device_get(total))).astype(np.int64)
+
+
+def metrics(confusion: np.ndarray, class_names) -> dict:
+  """Accuracy, mean-class (balanced) accuracy over classes present, per-class accuracy, macro F1."""
+  support = confusion.sum(axis=1)
+  predicted = confusion.sum(axis=0)
+  correct = np.diag(confusion)
+  present = support > 0
+  recall = np.where(present, correct / np.maximum(support, 1), np.nan)
+  precision = np.where(predicted > 0, correct / np.maximum(predicted, 1), 0.0)
+  f1 = np.where(present, 2 * precision * np.nan_to_num(recall) / np.maximum(precision + np.nan_to_num(recall), 1e-12), np.nan)
+  return {
+      "accuracy": float(correct.sum() / max(support.sum(), 1)),
+      "mean_class_accuracy": float(np.nanmean(recall)) if present.any() else 0.0,
+      "macro_f1": float(np.nanmean(f1)) if present.any() else 0.0,
+      "per_class_accuracy": {name: (None if np.isnan(r) else float(r)) for name, r in zip(class_names, recall)},
+      "class_names": list(class_names),
+      "confusion_matrix": confusion.tolist(),
+      "num_examples": int(support.sum()),
+  }
+
+
+def write_report(results: dict, workdir: str) -> None:
+  """DIR/eval_results.json and DIR/confusion_matrix.png (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  plot_confusion(np.array(results["confusion_matrix"]), results["class_names"],
+                 os.path.join(workdir, "confusion_matrix.png"),
+                 f"accuracy {results['accuracy']:.2%}, mean-class {results['mean_class_accuracy']:.2%}")
+
+
+def plot_confusion(confusion: np.ndarray, class_names, path: str, title: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+  size = 1.0 + 0.8 * len(class_names)
+  figure, axes = plt.subplots(figsize=(size + 1.5, size))
+  image = axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+  figure.colorbar(image, ax=axes, fraction=0.046)
+  ticks = range(len(class_names))
+  axes.set_xticks(ticks, class_names, rotation=45, ha="right")
+  axes.set_yticks(ticks, class_names)
+  axes.set_xlabel("predicted")
+  axes.set_ylabel("true")
+  axes.set_title(title, fontsize=9)
+  for i in ticks:
+    for j in ticks:
+      axes.text(j, i, f"{rates[i, j]:.2f}\n({confusion[i, j]})", ha="center", va="center", fontsize=7,
+                color="white" if rates[i, j] > 0.5 else "black")
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)

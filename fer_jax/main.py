@@ -1,0 +1,35 @@
+"""Train or evaluate a method: `python -m fer_jax.main --config=configs/dan.py:rafdb --workdir=DIR`."""
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from fer_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard events, reports.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from workdir) or eval only.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "--mode=eval: workdir, checkpoint or converted model.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
+  if _MODE.value == "train":
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  else:
+    if not _CHECKPOINT.value:
+      raise app.UsageError("--mode=eval needs --checkpoint=PATH (a workdir, checkpoint or converted model).")
+    train.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,266 @@
+"""SCAN-CCI: ResNet-50 to layer3, SCAN attention over 25 local regions, CCI quadrant heads.
+
+Follows the official code (METHODS.md §4): the SCAN unit is conv3×3 → per-channel PReLU → BN
+→ sigmoid, applied to every region on its own (zero padding at region borders); the local
+features are max-pooled across regions, joined with the globally attended feature,
+L2-normalised and classified; the CCI branch gates layer3 channels with ECA and classifies each
+7×7 quadrant with one shared MLP. The prediction is the plain mean of the 5 logit vectors.
+
+By default the bottom strips of the region split reproduce the official unfold/permute slip
+(region j is row 24 + j folded into 4×6); `bottom_strip_quirk=False` cuts true 4×6 blocks.
+"""
+
+import os
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import optax
+from PIL import Image
+
+from fer_jax.models.backbones import resnet
+
+AUXILIARY_PARAMS = ()
+REGION_SIZE = 6
+
+# PyTorch defaults for Conv/Linear weights: kaiming_uniform(a=√5) = U(±1/sqrt(fan_in)).
+torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int):
+  bound = fan_in**-0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_linear(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
+  return nn.Dense(features, kernel_init=torch_default_init, bias_init=torch_bias_init(fan_in),
+                  dtype=dtype, name=name)
+
+
+def region_index_grids(map_size: int, region_size: int = REGION_SIZE,
+                       bottom_strip_quirk: bool = True) -> list[np.ndarray]:
+  """Flat positions (row·map_size + col) of each local region, as (height, width) grids.
+
+  Official order: region_size² tiles in raster order, then the right strips top to bottom,
+  the bottom strips left to right, and the corner. At map_size 28 that is 16 × 6×6, 4 × 6×4,
+  4 × 4×6 and 1 × 4×4. With the quirk, bottom strip j is instead row `tiled + j` folded into
+  (tiles, region_size), as the official unfold/permute does.
+  """
+  positions = np.arange(map_size * map_size).reshape(map_size, map_size)
+  tiled = (map_size // region_size) * region_size
+  starts = range(0, tiled, region_size)
+  grids = [positions[r:r + region_size, c:c + region_size] for r in starts for c in starts]
+  if tiled < map_size:
+    grids += [positions[r:r + region_size, tiled:] for r in starts]
+    bottom = positions[tiled:, :tiled]
+    if bottom_strip_quirk:
+      grids += [row.reshape(-1, region_size) for row in bottom if row.size]
+    else:
+      grids += [bottom[:, c:c + region_size] for c in starts]
+    grids.append(positions[tiled:, tiled:])
+  return grids
+
+
+class PReLU(nn.Module):
+  """PyTorch nn.PReLU(C): one slope per channel, initialised to 0.25."""
+
+  @nn.compact
+  def __call__(self, x):
+    slope = self.param("slope", nn.initializers.constant(0.25), (x.shape[-1],))
+    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+
+
+class SCANUnit(nn.Module):
+  """Returns (x ⊙ M, M) with M = sigmoid(BN(PReLU(conv3×3(x)))), a mask per channel and position."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    y = nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                kernel_init=torch_default_init, dtype=self.dtype, name="conv")(x)
+    y = PReLU(name="prelu")(y)
+    mask = nn.sigmoid(resnet.batch_norm(train, self.dtype, "bn")(y))
+    return x * mask, mask
+
+
+class AttentionBranch(nn.Module):
+  """Local SCAN over the regions of the layer2 map (max-pooled), global SCAN, L2-norm, linear.
+
+  Returns the logits and, for visualisation, the channel-mean of the global mask and of the
+  local masks put back at their positions, both [batch, height, width].
+  """
+  num_classes: int
+  shared_local_units: bool = True
+  bottom_strip_quirk: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features, train: bool):
+    batch, size, _, channels = features.shape
+    grids = region_index_grids(size, REGION_SIZE, self.bottom_strip_quirk)
+    flat = features.reshape(batch, size * size, channels)
+    shared_unit = SCANUnit(self.dtype, name="local_scan") if self.shared_local_units else None
+    pooled = []
+    local_mask = jnp.zeros((batch, size * size), jnp.float32)
+    for index, grid in enumerate(grids):
+      unit = shared_unit if shared_unit is not None else SCANUnit(self.dtype, name=f"local_scan_{index}")
+      masked, mask = unit(flat[:, grid], train)
+      pooled.append(jnp.mean(masked.astype(jnp.float32), axis=(1, 2)))
+      local_mask = local_mask.at[:, grid.ravel()].set(
+          jnp.mean(mask.astype(jnp.float32), axis=-1).reshape(batch, -1))
+    local = jnp.max(jnp.stack(pooled, axis=1), axis=1)
+
+    global_masked, global_mask = SCANUnit(self.dtype, name="global_scan")(features, train)
+    combined = jnp.concatenate([local, jnp.mean(global_masked.astype(jnp.float32), axis=(1, 2))], -1)
+    combined = combined / jnp.maximum(jnp.linalg.norm(combined, axis=-1, keepdims=True), 1e-12)
+    logits = torch_linear(self.num_classes, 2 * channels, self.dtype, "fc")(combined)
+    masks = {"global_mask": jnp.mean(global_mask.astype(jnp.float32), axis=-1),
+             "local_mask": local_mask.reshape(batch, size, size)}
+    return logits.astype(jnp.float32), masks
+
+
+class ECA(nn.Module):
+  """Channel gate: sigmoid of a bias-free 1-D conv (kernel 5, zero pad 2) over the GAP vector."""
+  kernel_size: int = 5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))[..., None]
+    pad = (self.kernel_size - 1) // 2
+    gate = nn.Conv(1, (self.kernel_size,), padding=((pad, pad),), use_bias=False,
+                   kernel_init=torch_default_init, dtype=self.dtype, name="conv")(pooled)
+    return x * nn.sigmoid(gate[..., 0]).astype(x.dtype)[:, None, None, :]
+
+
+class CCIBranch(nn.Module):
+  """ECA on the layer3 map, then one shared MLP (C → C/4 → K) on each quadrant's GAP vector.
+
+  Quadrants are top-left, top-right, bottom-left, bottom-right; returns [batch, 4, K].
+  """
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features, train: bool):
+    features = ECA(dtype=self.dtype, name="eca")(features)
+    channels = features.shape[-1]
+    hidden = channels // 4
+    fc1 = torch_linear(hidden, channels, self.dtype, "fc1")
+    fc2 = torch_linear(self.num_classes, hidden, self.dtype, "fc2")
+    half_h, half_w = features.shape[1] // 2, features.shape[2] // 2
+    logits = []
+    for row in range(2):
+      for col in range(2):
+        quadrant = features[:, row * half_h:(row + 1) * half_h, col * half_w:(col + 1) * half_w]
+        logits.append(fc2(nn.relu(fc1(jnp.mean(quadrant.astype(jnp.float32), axis=(1, 2))))))
+    return jnp.stack(logits, axis=1).astype(jnp.float32)
+
+
+class SCANCCI(nn.Module):
+  num_classes: int = 7
+  shared_local_units: bool = True
+  bottom_strip_quirk: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool) -> dict:
+    maps = resnet.ResNet50(num_stages=3, dtype=self.dtype, name="trunk")(images, train)
+    attention_logits, masks = AttentionBranch(
+        self.num_classes, self.shared_local_units, self.bottom_strip_quirk, self.dtype,
+        name="attention")(maps["layer2"], train)
+    region_logits = CCIBranch(self.num_classes, self.dtype, name="cci")(maps["layer3"], train)
+    every_logits = jnp.concatenate([attention_logits[:, None], region_logits], axis=1)
+    return {
+        "logits": jnp.mean(every_logits, axis=1),
+        "attention_logits": attention_logits,
+        "region_logits": region_logits,
+        **masks,
+    }
+
+
+def build(model_config) -> SCANCCI:
+  return SCANCCI(num_classes=model_config.num_classes,
+                 shared_local_units=model_config.shared_local_units,
+                 bottom_strip_quirk=model_config.bottom_strip_quirk,
+                 dtype=jnp.dtype(model_config.dtype))
+
+
+def effective_number_weights(counts: Sequence[int], beta: float) -> np.ndarray:
+  """Class-balanced weights (1 − β) / (1 − β^n_c), scaled to sum to the number of classes."""
+  counts = np.asarray(counts, np.float64)
+  if np.any(counts <= 0):
+    raise ValueError(f"Effective-number weights need a positive count for every class, got {counts.tolist()}.")
+  weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
+  return weights / weights.sum() * len(counts)
+
+
+def class_weights(loss_config, num_classes: int):
+  """None, or the per-class weights that loss_config.class_weights names."""
+  if not loss_config.class_weights:
+    return None
+  if loss_config.class_weights != "effective_number":
+    raise ValueError(f"Unknown class_weights {loss_config.class_weights!r}; valid: '', 'effective_number'.")
+  if len(loss_config.class_counts) != num_classes:
+    raise ValueError(
+        "class_weights='effective_number' needs config.loss.class_counts: the training split's "
+        f"{num_classes} per-class counts in the model's class order, got {tuple(loss_config.class_counts)}.")
+  return jnp.asarray(effective_number_weights(loss_config.class_counts, loss_config.effective_number_beta),
+                     jnp.float32)
+
+
+def cross_entropy(logits, labels, weights=None):
+  """PyTorch CrossEntropyLoss(weight): Σ w_y·CE / Σ w_y, the plain mean without weights."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if weights is None:
+    return jnp.mean(losses)
+  sample_weights = weights[labels]
+  return jnp.sum(sample_weights * losses) / jnp.sum(sample_weights)
+
+
+def loss(outputs, labels, loss_config):
+  """w·CE(attention) + (1 − w)·Σ_regions CE(region), w = loss_config.attention_weight (0.2)."""
+  weights = class_weights(loss_config, outputs["attention_logits"].shape[-1])
+  attention = cross_entropy(outputs["attention_logits"], labels, weights)
+  region_logits = outputs["region_logits"]
+  region = sum(cross_entropy(region_logits[:, index], labels, weights)
+               for index in range(region_logits.shape[1]))
+  total = loss_config.attention_weight * attention + (1.0 - loss_config.attention_weight) * region
+  return total, {"attention_loss": attention, "region_loss": region}
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+  low, high = image.min(), image.max()
+  return np.uint8(np.round(255 * (image - low) / max(high - low, 1e-12)))
+
+
+def _overlay(face: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
+  """Mask stretched to [0, 1], resized bilinearly to the face, coloured with 'jet', blended."""
+  height, width = face.shape[:2]
+  spread = np.float32(_to_uint8(mask)) / 255.0
+  resized = np.asarray(Image.fromarray(spread).resize((width, height), Image.BILINEAR))
+  heat = matplotlib.colormaps["jet"](np.clip(resized, 0.0, 1.0))[..., :3] * 255.0
+  return Image.fromarray(np.uint8(np.round((1 - alpha) * face + alpha * heat)))
+
+
+def save_attention_maps(images, outputs, out_dir: str) -> list[str]:
+  """Writes <i>_global_mask.png and <i>_region_masks.png: channel-mean SCAN masks over each face.
+
+  `images` are the model's (preprocessed) inputs, stretched back to 0–255 for display.
+  Returns the written paths.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  images = np.asarray(images, np.float32)
+  paths = []
+  for index, image in enumerate(images):
+    face = np.float32(_to_uint8(image))
+    if face.shape[-1] == 1:
+      face = np.repeat(face, 3, axis=-1)
+    for key, suffix in (("global_mask", "global_mask"), ("local_mask", "region_masks")):
+      path = os.path.join(out_dir, f"{index:04d}_{suffix}.png")
+      _overlay(face, np.asarray(outputs[key][index], np.float32)).save(path)
+      paths.append(path)
+  return paths

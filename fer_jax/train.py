@@ -1,0 +1,188 @@
+"""The training loop: data-parallel jit over a device mesh, Orbax resume, eval and reports."""
+
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fer_jax import checkpointing
+from fer_jax import evaluate
+from fer_jax import optim
+from fer_jax.data import pipeline
+from fer_jax.models import get_method
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  devices = np.array(jax.devices() if devices is None else devices)
+  return jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def build_model(config):
+  return get_method(config.model.name).build(config.model)
+
+
+def dummy_images(config, batch: int = 1):
+  return jnp.zeros((batch, config.input.size, config.input.size, config.input.channels), jnp.float32)
+
+
+def init_variables(model, config, rng) -> dict:
+  variables = model.init({"params": rng, "dropout": rng}, dummy_images(config), train=False)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def abstract_variables(model, config) -> dict:
+  return jax.eval_shape(lambda: init_variables(model, config, jax.random.key(0)))
+
+
+def create_state(model, tx, config, mesh) -> dict:
+  """{step, params, batch_stats, opt_state}, born replicated on the mesh."""
+  def init():
+    variables = init_variables(model, config, jax.random.key(config.seed))
+    return {"step": jnp.zeros((), jnp.int32), **variables, "opt_state": tx.init(variables["params"])}
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
+def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int):
+  def step(state, batch):
+    rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+
+    def objective(params):
+      outputs, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, batch["image"],
+                                     train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+      loss, parts = loss_fn(outputs, batch["label"], loss_config)
+      return loss, (outputs["logits"], updates.get("batch_stats", {}), parts)
+
+    (loss, (logits, batch_stats, parts)), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+                 "batch_stats": batch_stats, "opt_state": opt_state}
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return new_state, {"loss": loss, "accuracy": accuracy, "lr": schedule(state["step"]), **parts}
+
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+class Writer:
+  """TensorBoard scalars (tensorboardX, no TensorFlow needed) from process 0."""
+
+  def __init__(self, workdir: str):
+    self._writer = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter
+      self._writer = SummaryWriter(workdir)
+
+  def scalars(self, step: int, values: dict) -> None:
+    if self._writer:
+      for name, value in values.items():
+        self._writer.add_scalar(name, value, step)
+      self._writer.flush()
+
+  def close(self):
+    if self._writer:
+      self._writer.close()
+
+
+def _format_eta(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def load_initial_variables(state: dict, config, model, mesh) -> dict:
+  variables = checkpointing.restore_model(config.init_from, abstract_variables(model, config))
+  logging.info("Initialised params and batch_stats from %s", config.init_from)
+  return {**state, **jax.device_put(variables, NamedSharding(mesh, P()))}
+
+
+def run_eval(model, config, mesh, variables, split: str, view_fn=None) -> dict:
+  eval_data = pipeline.EvalData(config, mesh, split)
+  step = evaluate.confusion_step(model, config.model.num_classes, mesh, view_fn)
+  results = evaluate.metrics(evaluate.confusion_matrix(step, variables, eval_data), eval_data.split.class_names)
+  return {**results, "split": split, "dataset": config.dataset.name, "model": config.model.name}
+
+
+def final_report(model, config, mesh, variables, workdir: str, step: int) -> dict:
+  results = run_eval(model, config, mesh, variables, config.dataset.eval_split)
+  results["step"] = step
+  evaluate.write_report(results, workdir)
+  logging.info("%s %s: accuracy %.4f, mean-class accuracy %.4f over %d examples",
+               config.dataset.name, config.dataset.eval_split, results["accuracy"],
+               results["mean_class_accuracy"], results["num_examples"])
+  return results
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming from its newest checkpoint) and writes the eval report."""
+  mesh = make_mesh()
+  method = get_method(config.model.name)
+  model = method.build(config.model)
+  train_data = pipeline.TrainData(config, mesh)
+  pipeline.EvalData(config, mesh, config.dataset.eval_split)  # fail now, not after training
+  steps_per_epoch, num_steps = train_data.steps_per_epoch, train_data.num_steps
+  abstract = abstract_variables(model, config)
+  tx = optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs, abstract["params"])
+  schedule = optim.lr_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
+  state = create_state(model, tx, config, mesh)
+
+  checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.max_checkpoints)
+  start_step = checkpoints.latest_step() or 0
+  if start_step:
+    state = checkpointing.restore_state(checkpoints, start_step, state)
+    logging.info("Resumed from step %d in %s", start_step, workdir)
+  elif config.init_from:
+    state = load_initial_variables(state, config, model, mesh)
+
+  train_step = make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed)
+  checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
+  writer = Writer(workdir)
+  logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %d devices",
+               config.model.name, config.dataset.name, num_steps, steps_per_epoch, config.batch_size,
+               mesh.devices.size)
+  window_start, window_steps, pending = time.perf_counter(), 0, []
+  step = start_step
+  for step, batch in enumerate(train_data.batches(start_step), start=start_step + 1):
+    state, step_metrics = train_step(state, batch)
+    pending.append(step_metrics)
+    window_steps += 1
+    if step % config.log_every_steps == 0 or step == num_steps:
+      means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+      elapsed = time.perf_counter() - window_start
+      images_per_second = window_steps * config.batch_size / elapsed
+      logging.info("step %d/%d epoch %.2f loss %.4f accuracy %.3f lr %.3g | %.1f img/s ETA %s", step,
+                   num_steps, step / steps_per_epoch, means["loss"], means["accuracy"], means["lr"],
+                   images_per_second, _format_eta((num_steps - step) * elapsed / window_steps))
+      writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
+      window_start, window_steps, pending = time.perf_counter(), 0, []
+    epoch_end = step % steps_per_epoch == 0
+    if epoch_end and (step // steps_per_epoch) % config.eval.every_epochs == 0 and step != num_steps:
+      variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+      results = run_eval(model, config, mesh, variables, config.dataset.eval_split)
+      logging.info("epoch %d eval: accuracy %.4f mean-class %.4f", step // steps_per_epoch,
+                   results["accuracy"], results["mean_class_accuracy"])
+      writer.scalars(step, {"eval/accuracy": results["accuracy"],
+                            "eval/mean_class_accuracy": results["mean_class_accuracy"]})
+      window_start = time.perf_counter()
+    if step % checkpoint_every == 0 or step == num_steps:
+      checkpointing.save(checkpoints, step, state, config)
+  checkpoints.wait_until_finished()
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  results = final_report(model, config, mesh, variables, workdir, step)
+  writer.scalars(step, {"eval/accuracy": results["accuracy"], "eval/mean_class_accuracy": results["mean_class_accuracy"]})
+  writer.close()
+  return results
+
+
+def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
+  """`--mode=eval`: evaluates a saved or converted checkpoint and writes the report."""
+  mesh = make_mesh()
+  model = build_model(config)
+  variables = checkpointing.restore_model(checkpoint, abstract_variables(model, config))
+  variables = jax.device_put(variables, NamedSharding(mesh, P()))
+  return final_report(model, config, mesh, variables, workdir, step=-1)
