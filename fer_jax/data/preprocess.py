@@ -93,11 +93,74 @@ def _array(image: Image.Image) -> np.ndarray:
   return array[..., None] if array.ndim == 2 else array
 
 
+def _cv2_linear_taps(source: int, target: int):
+  """cv2 INTER_LINEAR sampling along one axis: half-pixel centres, edges clamped."""
+  position = (np.arange(target) + 0.5) * (source / target) - 0.5
+  low = np.floor(position).astype(np.int64)
+  fraction = position - low
+  fraction[(low < 0) | (low >= source - 1)] = 0.0
+  low = np.clip(low, 0, source - 1)
+  return low, np.minimum(low + 1, source - 1), fraction
+
+
+def _cv2_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """cv2.resize(INTER_LINEAR): no antialiasing, so shrinking samples rather than averages.
+
+  uint8 follows OpenCV's 11-bit fixed point and its vectorised vertical pass (equal to
+  cv2 4.x when shrinking; upscaled first and last rows may differ by 1).
+  """
+  top, bottom, dy = _cv2_linear_taps(image.shape[0], height)
+  left, right, dx = _cv2_linear_taps(image.shape[1], width)
+  if image.dtype != np.uint8:
+    rows = image[:, left] * (1 - dx)[:, None] + image[:, right] * dx[:, None]
+    return (rows[top] * (1 - dy)[:, None, None] + rows[bottom] * dy[:, None, None]).astype(image.dtype)
+  scale = 1 << 11
+  ax = np.rint((1 - dx) * scale).astype(np.int64), np.rint(dx * scale).astype(np.int64)
+  ay = np.rint((1 - dy) * scale).astype(np.int64), np.rint(dy * scale).astype(np.int64)
+  pixels = image.astype(np.int64)
+  rows = pixels[:, left] * ax[0][:, None] + pixels[:, right] * ax[1][:, None]
+  upper = ((rows[top] >> 4) * ay[0][:, None, None]) >> 16
+  lower = ((rows[bottom] >> 4) * ay[1][:, None, None]) >> 16
+  return np.clip((upper + lower + 2) >> 2, 0, 255).astype(np.uint8)
+
+
+def _cv2_rotate(image: np.ndarray, angle: float, fill) -> np.ndarray:
+  """mmcv.imrotate: cv2.warpAffine bilinear about ((w−1)/2, (h−1)/2), constant border.
+
+  Counter-clockwise by `angle` degrees, like PIL. Taps outside the image read `fill`, so the
+  edges blend into the border as in OpenCV.
+  """
+  height, width = image.shape[:2]
+  cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+  cx, cy = (width - 1) / 2, (height - 1) / 2
+  ys, xs = np.mgrid[0:height, 0:width]
+  source_x = cos * (xs - cx) - sin * (ys - cy) + cx
+  source_y = sin * (xs - cx) + cos * (ys - cy) + cy
+  left, top = np.floor(source_x).astype(np.int64), np.floor(source_y).astype(np.int64)
+  dx, dy = source_x - left, source_y - top
+  result = np.zeros(image.shape, np.float64)
+  for row, row_weight in ((top, 1 - dy), (top + 1, dy)):
+    for column, column_weight in ((left, 1 - dx), (left + 1, dx)):
+      inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
+      taps = image[np.clip(row, 0, height - 1), np.clip(column, 0, width - 1)]
+      result += (row_weight * column_weight)[..., None] * np.where(inside[..., None], taps, fill)
+  if image.dtype == np.uint8:
+    return np.clip(np.floor(result + 0.5), 0, 255).astype(np.uint8)
+  return result.astype(image.dtype)
+
+
+def _resize(image: np.ndarray, height: int, width: int, method: str) -> np.ndarray:
+  """PIL resampling (antialiased when shrinking), or "cv2_bilinear" as mmcv's default resize."""
+  if method == "cv2_bilinear":
+    return _cv2_bilinear(image, height, width)
+  return _array(_pil(image).resize((width, height), RESAMPLING[method]))
+
+
 @register
 def resize(size, method: str = "bilinear") -> Op:
-  """PIL resize to (size, size) or (height, width)."""
+  """Resize to (size, size) or (height, width); `method` is a PIL filter name or "cv2_bilinear"."""
   height, width = (size, size) if isinstance(size, int) else size
-  return lambda image, rng: _array(_pil(image).resize((width, height), RESAMPLING[method]))
+  return lambda image, rng: _resize(image, height, width, method)
 
 
 @register
@@ -119,9 +182,14 @@ def random_apply(p: float, pipeline: str) -> Op:
 
 @register
 def rotate(degrees: float, method: str = "nearest", fill: int = 0) -> Op:
-  """Rotation by U(−degrees, degrees) about the centre, same size (torchvision RandomRotation)."""
+  """Rotation by U(−degrees, degrees) about the centre, same size (torchvision RandomRotation).
+
+  `method` is a PIL filter name or "cv2_bilinear" (mmcv.imrotate).
+  """
   def op(image, rng):
     angle = rng.uniform(-degrees, degrees)
+    if method == "cv2_bilinear":
+      return _cv2_rotate(image, angle, fill)
     return _array(_pil(image).rotate(angle, RESAMPLING[method], fillcolor=fill))
   return op
 
@@ -161,8 +229,7 @@ def random_resized_crop(size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), meth
       else:
         w, h = width, height
       top, left = (height - h) // 2, (width - w) // 2
-    crop = _pil(image[top:top + h, left:left + w])
-    return _array(crop.resize((size, size), RESAMPLING[method]))
+    return _resize(image[top:top + h, left:left + w], size, size, method)
   return op
 
 
@@ -231,8 +298,21 @@ def normalize(mean="imagenet", std=None) -> Op:
 
 
 @register
-def random_erasing(p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0) -> Op:
-  """torchvision RandomErasing on a float image; value "random" fills with N(0, 1) noise."""
+def random_erasing(p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0,
+                   ratio_sampling: str = "log") -> Op:
+  """torchvision RandomErasing on a float image; value "random" fills with N(0, 1) noise.
+
+  The aspect ratio is log-uniform as in torchvision; ratio_sampling="uniform" draws it uniformly
+  in `ratio`, as APViT's mmcls copy does.
+  """
+  if ratio_sampling not in ("log", "uniform"):
+    raise ValueError(f"Unknown ratio_sampling {ratio_sampling!r}; valid: log, uniform.")
+
+  def sample_aspect(rng):
+    if ratio_sampling == "uniform":
+      return rng.uniform(*ratio)
+    return math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+
   def op(image, rng):
     if rng.random() >= p:
       return image
@@ -240,7 +320,7 @@ def random_erasing(p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0
     area = height * width
     for _ in range(10):
       erase_area = area * rng.uniform(*scale)
-      aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+      aspect = sample_aspect(rng)
       h = int(round(math.sqrt(erase_area * aspect)))
       w = int(round(math.sqrt(erase_area / aspect)))
       if h < height and w < width:
