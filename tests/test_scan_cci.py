@@ -1,0 +1,401 @@
+"""SCAN-CCI: region split, SCAN/ECA/CCI against NumPy, losses, configs, parameter counts, PNGs."""
+
+import importlib.util
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from ml_collections import config_dict
+from numpy.lib.stride_tricks import sliding_window_view
+from PIL import Image
+
+from fer_jax.data import labels, preprocess
+from fer_jax.models import get_method, scan_cci
+
+CONFIG_PATH = os.path.join(os.path.dirname(__file__), "..", "configs", "scan_cci.py")
+ARGS = ("rafdb", "ferplus", "affectnet7", "affectnet8", "sfew", "synthetic")
+
+
+def load_config(arg):
+  spec = importlib.util.spec_from_file_location("scan_cci_config", CONFIG_PATH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def count(tree):
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+# --- region split ---------------------------------------------------------------------------
+
+
+def torch_unfold(x, dim, size, step):
+  """torch.Tensor.unfold: windows along `dim`, the window as a new last axis."""
+  return np.take(sliding_window_view(x, size, axis=dim), np.arange(0, x.shape[dim] - size + 1, step),
+                 axis=dim)
+
+
+def official_split(positions):
+  """The official unfold/permute sequence on a (1, 1, 28, 28) map; returns the 25 (h, w) grids."""
+  tiles = torch_unfold(torch_unfold(positions[:, :, :24, :24], 2, 6, 6), 3, 6, 6)
+  groups = [
+      tiles.reshape(1, 1, -1, 6, 6).transpose(0, 2, 1, 3, 4),
+      torch_unfold(positions[:, :, :24, 24:], 2, 6, 6).transpose(0, 2, 1, 4, 3),
+      torch_unfold(positions[:, :, 24:, :24], 3, 6, 6).transpose(0, 2, 1, 3, 4),
+      positions[:, :, 24:, 24:][:, None],
+  ]
+  return [group[0, index, 0] for group in groups for index in range(group.shape[1])]
+
+
+@pytest.mark.parametrize("quirk", [True, False])
+def test_region_split_covers_every_position_once(quirk):
+  grids = scan_cci.region_index_grids(28, bottom_strip_quirk=quirk)
+  assert [grid.shape for grid in grids] == [(6, 6)] * 16 + [(6, 4)] * 4 + [(4, 6)] * 4 + [(4, 4)]
+  np.testing.assert_array_equal(np.sort(np.concatenate([g.ravel() for g in grids])), np.arange(784))
+
+
+def test_region_split_reproduces_the_official_unfold():
+  positions = np.arange(784).reshape(1, 1, 28, 28)
+  official = official_split(positions)
+  ours = scan_cci.region_index_grids(28, bottom_strip_quirk=True)
+  assert len(official) == len(ours) == 25
+  for expected, grid in zip(official, ours):
+    np.testing.assert_array_equal(grid, expected)
+  # Bottom strip j is row 24 + j folded into (tile, column within tile).
+  np.testing.assert_array_equal(ours[20], np.arange(24 * 28, 24 * 28 + 24).reshape(4, 6))
+  np.testing.assert_array_equal(ours[23], np.arange(27 * 28, 27 * 28 + 24).reshape(4, 6))
+
+
+def test_corrected_split_cuts_true_bottom_blocks():
+  positions = np.arange(784).reshape(28, 28)
+  grids = scan_cci.region_index_grids(28, bottom_strip_quirk=False)
+  for j in range(4):
+    np.testing.assert_array_equal(grids[20 + j], positions[24:, 6 * j:6 * j + 6])
+  quirk = scan_cci.region_index_grids(28, bottom_strip_quirk=True)
+  for index in list(range(20)) + [24]:
+    np.testing.assert_array_equal(grids[index], quirk[index])
+
+
+def test_region_split_of_smaller_maps():
+  assert [g.shape for g in scan_cci.region_index_grids(12)] == [(6, 6)] * 4
+  assert [g.shape for g in scan_cci.region_index_grids(8)] == [(6, 6), (6, 2), (1, 6), (1, 6), (2, 2)]
+  assert [g.shape for g in scan_cci.region_index_grids(8, bottom_strip_quirk=False)] == [
+      (6, 6), (6, 2), (2, 6), (2, 2)]
+
+
+# --- SCAN unit, ECA and the branches against NumPy -------------------------------------------
+
+
+def conv3x3_reference(x, kernel):
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  height, width = x.shape[1:3]
+  out = np.zeros(x.shape[:3] + (kernel.shape[-1],))
+  for di in range(3):
+    for dj in range(3):
+      out += np.einsum("bhwc,co->bhwo", padded[:, di:di + height, dj:dj + width], kernel[di, dj])
+  return out
+
+
+def scan_reference(x, params):
+  """conv → PReLU(per channel) → BN with batch statistics (biased variance) → sigmoid; x ⊙ mask."""
+  y = conv3x3_reference(x, np.asarray(params["conv"]["kernel"], np.float64))
+  y = np.where(y >= 0, y, np.asarray(params["prelu"]["slope"]) * y)
+  mean, var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
+  y = (y - mean) / np.sqrt(var + 1e-5) * np.asarray(params["bn"]["scale"]) + np.asarray(params["bn"]["bias"])
+  mask = 1 / (1 + np.exp(-y))
+  return x * mask, mask
+
+
+def randomised(params, seed):
+  """Every leaf replaced by N(0, 0.5²) noise, so slopes, scales and biases all matter."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [0.5 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
+
+
+def test_scan_unit_matches_numpy():
+  x = np.asarray(jax.random.normal(jax.random.key(0), (3, 5, 6, 4)))
+  unit = scan_cci.SCANUnit()
+  variables = unit.init(jax.random.key(1), x, train=False)
+  assert variables["params"]["prelu"]["slope"].shape == (4,)
+  np.testing.assert_array_equal(variables["params"]["prelu"]["slope"], np.full(4, 0.25, np.float32))
+  params = randomised(variables["params"], 2)
+  (masked, mask), _ = unit.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                                 train=True, mutable=["batch_stats"])
+  expected_masked, expected_mask = scan_reference(np.float64(x), params)
+  np.testing.assert_allclose(mask, expected_mask, atol=2e-5)
+  np.testing.assert_allclose(masked, expected_masked, atol=2e-5)
+
+
+def eca_reference(x, weight):
+  pooled = x.mean(axis=(1, 2))
+  padded = np.pad(pooled, ((0, 0), (2, 2)))
+  gate = sum(weight[k] * padded[:, k:k + pooled.shape[1]] for k in range(5))
+  return x * (1 / (1 + np.exp(-gate)))[:, None, None, :]
+
+
+def test_eca_matches_numpy():
+  x = np.asarray(jax.random.normal(jax.random.key(3), (2, 3, 3, 10)))
+  eca = scan_cci.ECA()
+  params = eca.init(jax.random.key(4), x)["params"]
+  assert params["conv"]["kernel"].shape == (5, 1, 1)  # PyTorch Conv1d(1, 1, 5) weight (1, 1, 5)
+  weight = np.array([0.7, -1.3, 2.0, 0.4, -0.9])
+  out = eca.apply({"params": {"conv": {"kernel": jnp.asarray(weight.reshape(5, 1, 1), jnp.float32)}}}, x)
+  np.testing.assert_allclose(out, eca_reference(np.float64(x), weight), atol=1e-5)
+
+
+def test_cci_branch_matches_numpy():
+  x = np.asarray(jax.random.normal(jax.random.key(5), (2, 4, 4, 8)))
+  branch = scan_cci.CCIBranch(num_classes=3)
+  params = branch.init(jax.random.key(6), x, train=False)["params"]
+  assert params["fc1"]["kernel"].shape == (8, 2) and params["fc2"]["kernel"].shape == (2, 3)
+  logits = branch.apply({"params": params}, x, train=False)
+  gated = eca_reference(np.float64(x), np.asarray(params["eca"]["conv"]["kernel"]).ravel())
+  fc1, fc2 = params["fc1"], params["fc2"]
+  for index, (rows, cols) in enumerate([(slice(0, 2), slice(0, 2)), (slice(0, 2), slice(2, 4)),
+                                        (slice(2, 4), slice(0, 2)), (slice(2, 4), slice(2, 4))]):
+    pooled = gated[:, rows, cols].mean(axis=(1, 2))
+    hidden = np.maximum(pooled @ np.asarray(fc1["kernel"]) + np.asarray(fc1["bias"]), 0)
+    expected = hidden @ np.asarray(fc2["kernel"]) + np.asarray(fc2["bias"])
+    np.testing.assert_allclose(logits[:, index], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_attention_branch_matches_regionwise_reference(shared):
+  x = np.asarray(jax.random.normal(jax.random.key(7), (2, 28, 28, 3)))
+  branch = scan_cci.AttentionBranch(num_classes=4, shared_local_units=shared)
+  variables = branch.init(jax.random.key(8), x, train=False)
+  unit_names = sorted(name for name in variables["params"] if name.startswith("local_scan"))
+  assert unit_names == (["local_scan"] if shared else sorted(f"local_scan_{i}" for i in range(25)))
+  params = randomised(variables["params"], 9)
+  (logits, masks), _ = branch.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                                    train=True, mutable=["batch_stats"])
+
+  flat = np.float64(x).reshape(2, 784, 3)
+  pooled, local_mask = [], np.zeros((2, 784))
+  for index, grid in enumerate(scan_cci.region_index_grids(28)):
+    unit_params = params["local_scan" if shared else f"local_scan_{index}"]
+    masked, mask = scan_reference(flat[:, grid], unit_params)  # BN statistics of this region alone
+    pooled.append(masked.mean(axis=(1, 2)))
+    local_mask[:, grid.ravel()] = mask.mean(axis=-1).reshape(2, -1)
+  global_masked, global_mask = scan_reference(np.float64(x), params["global_scan"])
+  combined = np.concatenate([np.max(pooled, axis=0), global_masked.mean(axis=(1, 2))], axis=-1)
+  combined /= np.linalg.norm(combined, axis=-1, keepdims=True)
+  expected = combined @ np.asarray(params["fc"]["kernel"]) + np.asarray(params["fc"]["bias"])
+  np.testing.assert_allclose(logits, expected, atol=1e-4)
+  np.testing.assert_allclose(masks["local_mask"], local_mask.reshape(2, 28, 28), atol=1e-5)
+  np.testing.assert_allclose(masks["global_mask"], global_mask.mean(axis=-1), atol=1e-5)
+
+
+# --- the whole model -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run():
+  model = scan_cci.build(load_config("synthetic").model)
+  images = jax.random.normal(jax.random.key(10), (2, 64, 64, 3))
+  outputs, _ = jax.jit(lambda key, x: model.init_with_output(key, x, train=True))(
+      jax.random.key(11), images)
+  return images, outputs
+
+
+def test_logits_are_the_plain_mean_of_the_five_heads(small_run):
+  _, outputs = small_run
+  assert outputs["attention_logits"].shape == (2, 7)
+  assert outputs["region_logits"].shape == (2, 4, 7)
+  assert outputs["global_mask"].shape == outputs["local_mask"].shape == (2, 8, 8)
+  expected = (outputs["attention_logits"] + outputs["region_logits"].sum(axis=1)) / 5
+  np.testing.assert_allclose(outputs["logits"], expected, rtol=1e-6, atol=1e-6)
+  assert outputs["logits"].dtype == jnp.float32
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = scan_cci.SCANCCI(num_classes=7, dtype=jnp.bfloat16)
+  images = jnp.zeros((1, 64, 64, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
+  outputs = jax.eval_shape(lambda v: model.apply(v, images, train=False), variables)
+  assert outputs["logits"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("shared, num_classes, total, attention, cci", [
+    (True, 7, 13_536_339, 4_728_839, 264_204),
+    (False, 8, 70_197_589, 61_389_832, 264_461),
+    (False, 7, 70_196_307, 61_388_807, 264_204),
+])
+def test_parameter_counts_match_the_official_model(shared, num_classes, total, attention, cci):
+  model = scan_cci.SCANCCI(num_classes=num_classes, shared_local_units=shared)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
+  params = variables["params"]
+  assert count(params) == total
+  assert count(params["trunk"]) == 8_543_296
+  assert count(params["attention"]) == attention
+  assert count(params["cci"]) == cci
+  # One SCAN unit: conv 512·512·9 + PReLU 512 + BN 2·512.
+  assert count(params["attention"]["global_scan"]) == 2_360_832
+  assert set(params) == {"trunk", "attention", "cci"}
+
+
+@pytest.mark.parametrize("arg, total", [("rafdb", 13_536_339), ("ferplus", 70_197_589),
+                                        ("affectnet7", 70_196_307), ("sfew", 70_196_307)])
+def test_configs_build_the_official_variants(arg, total):
+  model = get_method("scan_cci").build(load_config(arg).model)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
+  assert count(variables["params"]) == total
+
+
+def test_attention_map_pngs_are_written(small_run, tmp_path):
+  images, outputs = small_run
+  paths = scan_cci.save_attention_maps(images, outputs, str(tmp_path / "maps"))
+  names = sorted(os.path.basename(p) for p in paths)
+  assert names == ["0000_global_mask.png", "0000_region_masks.png",
+                   "0001_global_mask.png", "0001_region_masks.png"]
+  for path in paths:
+    with Image.open(path) as png:
+      assert png.size == (64, 64) and png.mode == "RGB"
+  with Image.open(paths[0]) as first, Image.open(paths[1]) as second:
+    assert not np.array_equal(np.asarray(first), np.asarray(second))
+
+
+def test_attention_map_overlay_puts_hot_colours_where_the_mask_is_high(tmp_path):
+  images = np.zeros((1, 8, 8, 1), np.float32)
+  mask = np.zeros((1, 2, 2), np.float32)
+  mask[0, 0, 0] = 1.0
+  outputs = {"global_mask": mask, "local_mask": mask}
+  path = scan_cci.save_attention_maps(images, outputs, str(tmp_path))[0]
+  with Image.open(path) as png:
+    pixels = np.asarray(png).astype(int)
+  # 'jet' is (0.5, 0, 0) at 1 and (0, 0, 0.5) at 0, blended half and half with a black face.
+  np.testing.assert_array_equal(pixels[0, 0], [64, 0, 0])
+  np.testing.assert_array_equal(pixels[7, 7], [0, 0, 64])
+
+
+# --- losses --------------------------------------------------------------------------------------
+
+
+def loss_config(**overrides):
+  config = ml_collections.ConfigDict({"attention_weight": 0.2, "class_weights": "",
+                                      "effective_number_beta": 0.9999, "class_counts": ()})
+  config.update(overrides)
+  return config
+
+
+def numpy_ce(logits, labels, weights=None):
+  logits = np.float64(logits)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  losses = -log_probs[np.arange(len(labels)), labels]
+  w = np.ones(logits.shape[-1]) if weights is None else np.asarray(weights)
+  return np.sum(w[labels] * losses) / np.sum(w[labels])
+
+
+def fake_outputs():
+  keys = jax.random.split(jax.random.key(12), 2)
+  return {"attention_logits": jax.random.normal(keys[0], (5, 3)),
+          "region_logits": jax.random.normal(keys[1], (5, 4, 3))}
+
+
+def test_loss_is_weighted_sum_of_attention_and_summed_region_ce():
+  outputs, labels = fake_outputs(), np.array([0, 2, 1, 1, 0])
+  total, metrics = scan_cci.loss(outputs, labels, loss_config())
+  attention = numpy_ce(outputs["attention_logits"], labels)
+  region = sum(numpy_ce(outputs["region_logits"][:, j], labels) for j in range(4))
+  np.testing.assert_allclose(metrics["attention_loss"], attention, rtol=1e-5)
+  np.testing.assert_allclose(metrics["region_loss"], region, rtol=1e-5)
+  np.testing.assert_allclose(total, 0.2 * attention + 0.8 * region, rtol=1e-5)
+
+
+def test_loss_with_effective_number_class_weights_follows_pytorch_weighted_mean():
+  outputs, labels = fake_outputs(), np.array([0, 2, 1, 1, 0])
+  counts = (500, 40, 7)
+  total, metrics = scan_cci.loss(outputs, labels, loss_config(class_weights="effective_number",
+                                                              class_counts=counts))
+  weights = scan_cci.effective_number_weights(counts, 0.9999)
+  attention = numpy_ce(outputs["attention_logits"], labels, weights)
+  region = sum(numpy_ce(outputs["region_logits"][:, j], labels, weights) for j in range(4))
+  np.testing.assert_allclose(metrics["attention_loss"], attention, rtol=1e-5)
+  np.testing.assert_allclose(total, 0.2 * attention + 0.8 * region, rtol=1e-5)
+  assert not np.isclose(attention, numpy_ce(outputs["attention_logits"], labels))
+
+
+def test_loss_rejects_missing_class_counts_and_unknown_weighting():
+  outputs, labels = fake_outputs(), np.array([0, 2, 1, 1, 0])
+  with pytest.raises(ValueError, match="class_counts"):
+    scan_cci.loss(outputs, labels, loss_config(class_weights="effective_number"))
+  with pytest.raises(ValueError, match="Unknown class_weights"):
+    scan_cci.loss(outputs, labels, loss_config(class_weights="inverse"))
+
+
+def test_effective_number_weights():
+  weights = scan_cci.effective_number_weights([100, 10, 1], 0.9999)
+  raw = np.array([1e-4 / (1 - 0.9999**100), 1e-4 / (1 - 0.9999**10), 1.0])
+  np.testing.assert_allclose(weights, raw / raw.sum() * 3)
+  np.testing.assert_allclose(weights, [0.0271587, 0.2703689, 2.7024724], rtol=1e-6)
+  assert weights.sum() == pytest.approx(3.0)
+  np.testing.assert_allclose(scan_cci.effective_number_weights([5, 50, 500], 0.0), [1.0, 1.0, 1.0])
+  with pytest.raises(ValueError, match="positive count"):
+    scan_cci.effective_number_weights([3, 0], 0.9999)
+
+
+# --- configs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arg", ARGS)
+def test_configs_follow_the_official_scripts(arg):
+  config = load_config(arg)
+  assert config.model.name == "scan_cci"
+  assert config.model.bottom_strip_quirk
+  assert config.model.shared_local_units == (arg in ("rafdb", "synthetic"))
+  expected_classes = 8 if arg in ("ferplus", "affectnet8") else 7
+  assert config.model.num_classes == len(labels.class_names(config.dataset.class_order)) == expected_classes
+  assert config.dataset.class_order in ("affectnet7", "affectnet8")
+  assert config.optimizer.name == "sgd" and config.optimizer.momentum == 0.9
+  assert config.optimizer.schedule == "exponential" and config.optimizer.gamma == 0.95
+  assert config.loss.attention_weight == 0.2
+  if arg != "synthetic":
+    assert config.num_epochs == 60 and config.batch_size == 64
+    head_lr = 0.01 if arg in ("rafdb", "ferplus") else 0.001
+    assert config.optimizer.lr == head_lr
+    ((pattern, multiplier),) = config.optimizer.lr_groups
+    assert pattern == "^trunk/" and head_lr * multiplier == pytest.approx(1e-4)
+    assert config.optimizer.weight_decay == (1e-4 if arg == "sfew" else 1e-3)
+    assert config.eval_batch_size == (32 if arg == "sfew" else 64)
+  assert ("color_jitter(0.4, 0.3, 0.25, 0.05)" in config.input.train_pp) == (arg != "sfew")
+  assert config.dataset.sampler == ("uniform" if arg == "sfew" else "class_balanced")
+  assert config.loss.class_weights == ("effective_number" if arg == "sfew" else "")
+
+
+@pytest.mark.parametrize("arg", ["rafdb", "synthetic"])
+def test_config_pipelines_resize_and_scale_to_minus_one_one(arg):
+  config = load_config(arg)
+  image = np.zeros((100, 100, 1), np.uint8)
+  image[50:] = 255
+  for pipeline in (config.input.train_pp, config.input.eval_pp):
+    out = preprocess.parse(pipeline)(image, np.random.default_rng(1))
+    assert out.shape == (config.input.size, config.input.size, 3) and out.dtype == np.float32
+  assert out.min() == -1.0 and out.max() == 1.0
+
+
+def test_sfew_requires_init_from():
+  config = load_config("sfew")
+  with pytest.raises(config_dict.RequiredValueError):
+    _ = config.init_from
+  config.init_from = "/checkpoints/affectnet_rafdb"
+  assert config.init_from == "/checkpoints/affectnet_rafdb"
+  assert load_config("rafdb").init_from == ""
+
+
+def test_unknown_config_argument_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="rafdb, ferplus, affectnet7, affectnet8, sfew, synthetic"):
+    load_config("fer2013")
+
+
+def test_registry_contract():
+  module = get_method("scan_cci")
+  assert module.AUXILIARY_PARAMS == ()
+  assert callable(module.build) and callable(module.loss)
+  assert isinstance(module.build(load_config("rafdb").model), flax.linen.Module)
