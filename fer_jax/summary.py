@@ -1,0 +1,105 @@
+"""Parameters per module and MACs of a configured model.
+
+  python -m fer_jax.summary --config=configs/apvit.py:rafdb
+
+The last line is `params: N`: trainable parameters ("params" collection) without BatchNorm
+statistics and without training-only state such as DAN's affinity centres.
+"""
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+from fer_jax import train
+from fer_jax.models import get_method
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
+_DEPTH = flags.DEFINE_integer("depth", 2, "Module nesting depth of the table.")
+flags.mark_flags_as_required(["config"])
+
+
+def count_params(tree, exclude=()) -> int:
+  """Number of scalars in a pytree, leaving out the top-level keys in `exclude`."""
+  if isinstance(tree, dict) or hasattr(tree, "items"):
+    tree = {k: v for k, v in tree.items() if k not in exclude}
+  return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
+
+
+def module_table(params, depth: int, exclude=()) -> list[tuple[str, int]]:
+  rows = []
+
+  def visit(tree, prefix, level):
+    for name, subtree in tree.items():
+      path = f"{prefix}/{name}" if prefix else name
+      if prefix == "" and name in exclude:
+        continue
+      rows.append((("  " * level) + path.split("/")[-1], count_params(subtree)))
+      if level + 1 < depth and hasattr(subtree, "items") and any(hasattr(v, "items") for v in subtree.values()):
+        visit(subtree, path, level + 1)
+
+  visit(params, "", 0)
+  return rows
+
+
+def macs(model, config) -> int:
+  """Multiply-accumulates of one eval forward pass on one image: convolutions and matmuls,
+  counted from the traced program's shapes (the convention of the papers' MACs figures)."""
+  variables = train.abstract_variables(model, config)
+  jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False)["logits"])(
+      variables, train.dummy_images(config))
+  return _jaxpr_macs(jaxpr.jaxpr)
+
+
+def _jaxpr_macs(jaxpr) -> int:
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "conv_general_dilated":
+      lhs, rhs = (v.aval for v in eqn.invars)
+      out = eqn.outvars[0].aval
+      spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, spatial...)
+      kernel_in = rhs.shape[spec[1]] * int(np.prod([rhs.shape[d] for d in spec[2:]]))
+      total += int(np.prod(out.shape)) * kernel_in
+    elif eqn.primitive.name == "dot_general":
+      (contracting, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval
+      total += int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs.shape[d] for d in contracting]))
+    for sub in _subjaxprs(eqn.params):
+      total += _jaxpr_macs(sub)
+  return total
+
+
+def _subjaxprs(params):
+  for value in params.values():
+    for item in value if isinstance(value, (list, tuple)) else (value,):
+      if hasattr(item, "jaxpr") and hasattr(item, "consts"):  # ClosedJaxpr
+        yield item.jaxpr
+      elif hasattr(item, "eqns"):
+        yield item
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  method = get_method(config.model.name)
+  model = method.build(config.model)
+  variables = train.abstract_variables(model, config)
+  auxiliary = getattr(method, "AUXILIARY_PARAMS", ())
+  rows = module_table(variables["params"], _DEPTH.value, auxiliary)
+  width = max(len(name) for name, _ in rows) + 2
+  print(f"{config.model.name} · {config.dataset.name} · input {config.input.size}² · {config.model.num_classes} classes")
+  print(f"{'module':<{width}}{'params':>14}")
+  for name, count in rows:
+    print(f"{name:<{width}}{count:>14,}")
+  if auxiliary:
+    print(f"not counted (training-only): {', '.join(auxiliary)} "
+          f"({count_params({k: variables['params'][k] for k in auxiliary if k in variables['params']}):,})")
+  print(f"batch_stats (not counted): {count_params(variables['batch_stats']):,}")
+  print(f"MACs: {macs(model, config) / 1e9:.3f} G per {config.input.size}² image")
+  print(f"params: {count_params(variables['params'], auxiliary)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
