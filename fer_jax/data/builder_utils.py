@@ -1,0 +1,164 @@
+"""Shared parts of the builders that read a hand-downloaded FER data set.
+
+Input problems raise `DataError` with a message that names the path, file and line at
+fault and what the owners' download looks like. Unreadable images either raise or, when a
+builder is made with `skip_corrupt=True`, are skipped, logged and counted in
+`builder.skipped_images`. Split sizes that differ from the published ones only warn.
+"""
+
+import dataclasses
+import io
+import os
+from typing import Callable, Container, Iterable, Iterator, Sequence
+
+from absl import logging
+from etils import epath
+from PIL import Image
+import tensorflow_datasets as tfds
+
+
+class DataError(ValueError):
+  """The manual download is missing, incomplete or malformed; the message says where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One example before its image is read.
+
+  `image` is the image file, or a function returning encoded image bytes (pixels held in
+  a CSV, or a crop); either may fail, which counts as an unreadable image.
+  """
+  file_name: str
+  label: int
+  image: epath.Path | Callable[[], bytes]
+  extras: dict = dataclasses.field(default_factory=dict)
+
+
+def find_path(root: epath.Path, candidates: Sequence[str], what: str, layout: str) -> epath.Path:
+  """The first of `root/candidate` that exists; otherwise an error listing them all."""
+  for candidate in candidates:
+    path = root / candidate
+    if path.exists():
+      return path
+  tried = "\n".join(f"  {root / candidate}" for candidate in candidates)
+  raise DataError(f"Cannot find {what}. Looked for:\n{tried}\n"
+                  f"The manual directory should look like:\n{layout}")
+
+
+def parse_label(text: str, valid: Container[int], where: str) -> int:
+  """`text` as an int in `valid`; otherwise an error naming `where` (file and line)."""
+  try:
+    value = int(text.strip())
+  except ValueError:
+    value = None
+  if value is None or value not in valid:
+    raise DataError(f"{where}: label {text.strip()!r} is not one of {sorted(valid)}.")
+  return value
+
+
+def read_lines(path: epath.Path) -> Iterator[tuple[int, str]]:
+  """(1-based line number, stripped text) of the non-blank lines; CRLF files are fine."""
+  with open(path, encoding="utf-8-sig") as f:
+    for number, line in enumerate(f, start=1):
+      if line.strip():
+        yield number, line.strip()
+
+
+def warn_if_unexpected_size(dataset: str, split: str, actual: int, expected: int | None) -> None:
+  if expected is not None and actual != expected:
+    logging.warning("%s split %r has %d examples; the published size is %d. Check that the download "
+                    "is complete and is the release the README names.", dataset, split, actual, expected)
+
+
+def encode_image(data: bytes, channels: int) -> bytes:
+  """Decodes fully (so damage shows up now) and returns bytes TFDS decodes to `channels`.
+
+  JPEG and PNG files whose pixels are already 8-bit gray or (for colour sets) RGB are kept
+  byte for byte; anything else (CMYK, palette, alpha, 16-bit, BMP, ...) is converted and
+  stored as PNG.
+  """
+  with Image.open(io.BytesIO(data)) as image:
+    image.load()
+    kept_modes = ("L",) if channels == 1 else ("L", "RGB")
+    if image.format in ("JPEG", "PNG") and image.mode in kept_modes:
+      return data
+    buffer = io.BytesIO()
+    image.convert("L" if channels == 1 else "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ManualBuilder(tfds.core.GeneratorBasedBuilder):
+  """A GeneratorBasedBuilder over a folder the user downloaded by hand.
+
+  Subclasses list `Record`s per split and set `CHANNELS` and `EXPECTED_SIZES`
+  ({config name or None: {split: published size}}).
+  """
+
+  CHANNELS = 3
+  EXPECTED_SIZES: dict[str | None, dict[str, int]] = {}
+
+  def __init__(self, *, skip_corrupt: bool = False, **kwargs):
+    super().__init__(**kwargs)
+    self._original_state["skip_corrupt"] = skip_corrupt
+    self.skip_corrupt = skip_corrupt
+    self.skipped_images: dict[str, list[str]] = {}
+
+  def manual_root(self, dl_manager) -> epath.Path:
+    try:
+      return dl_manager.manual_dir
+    except AssertionError as e:
+      raise DataError(f"The manual directory for {self.name} is missing or empty ({e}).\n"
+                      f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}") from e
+
+  def _generate_examples(self, split: str, records: Iterable[Record]):
+    count = 0
+    for record in records:
+      image = self._read_image(split, record)
+      if image is None:
+        continue
+      count += 1
+      yield record.file_name, {"image": image, "label": record.label, "file_name": record.file_name,
+                               **record.extras}
+    skipped = self.skipped_images.get(split, [])
+    if skipped:
+      logging.warning("%s split %r: skipped %d unreadable images.", self.name, split, len(skipped))
+    warn_if_unexpected_size(self.info.full_name, split, count, self._expected_size(split))
+
+  def _expected_size(self, split: str) -> int | None:
+    config = self.builder_config.name if self.builder_config else None
+    return self.EXPECTED_SIZES.get(config, {}).get(split)
+
+  def _read_image(self, split: str, record: Record) -> bytes | None:
+    source = record.file_name if callable(record.image) else record.image
+    try:
+      data = record.image() if callable(record.image) else record.image.read_bytes()
+      return encode_image(data, self.CHANNELS)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+      if not self.skip_corrupt:
+        raise DataError(f"Cannot read image {source} ({e}). Replace the file from the owners' download, "
+                        "or pass --skip_corrupt to skip unreadable images and count them.") from e
+      logging.warning("Skipping unreadable image %s: %s", source, e)
+      self.skipped_images.setdefault(split, []).append(record.file_name)
+      return None
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def class_folder_records(folder: epath.Path, class_of_folder: dict[str, int], root: epath.Path,
+                         layout: str) -> list[Record]:
+  """Records of `folder/<class>/<image>`; class folders match case-insensitively, others are ignored."""
+  labels = {}
+  for child in sorted(folder.iterdir()):
+    if child.is_dir() and child.name.lower() in class_of_folder:
+      labels[child] = class_of_folder[child.name.lower()]
+    elif child.is_dir():
+      logging.info("Ignoring %s: not a class folder (%s).", child, ", ".join(class_of_folder))
+  missing = sorted(name for name, label in class_of_folder.items() if label not in labels.values())
+  if missing:
+    found = ", ".join(child.name for child in labels) or "none"
+    raise DataError(f"{folder} lacks the class folders {missing} (found: {found}). The manual directory "
+                    f"should look like:\n{layout}")
+  return [Record(file_name=os.fspath(path.relative_to(root)), label=label, image=path)
+          for child, label in labels.items() for path in sorted(child.iterdir())
+          if path.suffix.lower() in IMAGE_SUFFIXES]

@@ -1,0 +1,195 @@
+"""AffectNet, manually annotated part (METHODS.md §5.4): 8 or 7 classes, train / validation.
+
+Reads either release, whichever the manual directory holds (the original one when both):
+  original  `training.csv` (with header) and `validation.csv` (without) beside
+            `Manually_Annotated_Images/`; the `*_facecrop` configs crop each image to the
+            CSV's face box (stored as JPEG quality 95, 4:4:4), the others keep it whole as
+            SCAN-CCI does;
+  later     the "4 GB" release DAN uses: `train_set|val_set/images/{id}.jpg` with
+            `annotations/{id}_exp.npy`, `_val.npy`, `_aro.npy` (faces already cropped).
+Codes 8–10 (None, Uncertain, Non-face) are dropped, and 7 (Contempt) in the 7-class configs.
+Labels stay in AffectNet's code order. Extras: `valence`, `arousal` (NaN when the release
+lacks them) and `annotation_index`, the image's position in the annotation file (original)
+or in id order (later), so "the first N per class in file order" can be reproduced.
+"""
+
+import csv
+import dataclasses
+import functools
+import io
+import math
+import os
+
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from fer_jax.data import builder_utils
+from fer_jax.data import labels
+
+CSV_FOLDERS = (".", "Manually_Annotated_file_lists")
+IMAGE_FOLDERS = ("Manually_Annotated_Images", "Manually_Annotated/Manually_Annotated_Images")
+ORIGINAL_SPLITS = {"train": "training.csv", "validation": "validation.csv"}
+LATER_SPLITS = {"train": "train_set", "validation": "val_set"}
+HEADER_START = "subDirectory_filePath"
+CODES = range(11)  # 0-7 the expressions, 8 None, 9 Uncertain, 10 Non-face
+CROP_QUALITY = 95
+
+LAYOUT = """\
+  original release:
+    MANUAL_DIR/[Manually_Annotated_file_lists/]training.csv     header: subDirectory_filePath,
+    MANUAL_DIR/[Manually_Annotated_file_lists/]validation.csv     face_x, face_y, face_width,
+                                                                 face_height, facial_landmarks,
+                                                                 expression, valence, arousal
+    MANUAL_DIR/Manually_Annotated_Images/<subDirectory_filePath>
+  or the later "4 GB" release:
+    MANUAL_DIR/train_set/images/0.jpg ...
+    MANUAL_DIR/train_set/annotations/0_exp.npy, 0_val.npy, 0_aro.npy ...
+    MANUAL_DIR/val_set/images/..., MANUAL_DIR/val_set/annotations/..."""
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+Request AffectNet at http://mohammadmahoor.com/affectnet/ (academic licence agreement).
+Unpack the manually annotated images and file lists (original release) or train_set/val_set
+(later release) into the manual directory:
+{LAYOUT}
+"""
+
+
+@dataclasses.dataclass
+class AffectnetConfig(tfds.core.BuilderConfig):
+  num_classes: int = 8
+  face_crop: bool = False
+
+
+def _expected(num_classes: int) -> dict[str, int]:
+  return {"train": 287_651 if num_classes == 8 else 283_901, "validation": 500 * num_classes}
+
+
+def crop_face(path, box: tuple[int, int, int, int]) -> bytes:
+  """JPEG of `path` cropped to (x, y, width, height), clipped to the image."""
+  x, y, width, height = box
+  with Image.open(path) as image:
+    left, top = max(x, 0), max(y, 0)
+    right, bottom = min(x + width, image.width), min(y + height, image.height)
+    if right <= left or bottom <= top:
+      raise ValueError(f"face box {box} lies outside the {image.width}×{image.height} image")
+    face = image.crop((left, top, right, bottom))
+    if face.mode not in ("L", "RGB"):
+      face = face.convert("RGB")
+    buffer = io.BytesIO()
+    face.save(buffer, format="JPEG", quality=CROP_QUALITY, subsampling=0)
+    return buffer.getvalue()
+
+
+class Affectnet(builder_utils.ManualBuilder):
+  """AffectNet in its own code order; splits train / validation (the usual test set)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  BUILDER_CONFIGS = [
+      AffectnetConfig(name="classes8", description="8 classes, images as released."),
+      AffectnetConfig(name="classes7", description="7 classes (no Contempt), images as released.",
+                      num_classes=7),
+      AffectnetConfig(name="classes8_facecrop", face_crop=True,
+                      description="8 classes, cropped to the face box (original release)."),
+      AffectnetConfig(name="classes7_facecrop", num_classes=7, face_crop=True,
+                      description="7 classes, cropped to the face box (original release)."),
+  ]
+  DEFAULT_BUILDER_CONFIG_NAME = "classes8"
+  EXPECTED_SIZES = {config.name: _expected(config.num_classes) for config in BUILDER_CONFIGS}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    order = "affectnet8" if self.builder_config.num_classes == 8 else "affectnet7"
+    return self.dataset_info_from_configs(
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(names=labels.CLASS_ORDERS[order]),
+            "file_name": tfds.features.Text(),
+            "valence": tfds.features.Scalar(dtype=np.float32),
+            "arousal": tfds.features.Scalar(dtype=np.float32),
+            "annotation_index": tfds.features.Scalar(dtype=np.int64),
+        }),
+        supervised_keys=("image", "label"),
+        homepage="http://mohammadmahoor.com/affectnet/",
+    )
+
+  def _split_generators(self, dl_manager):
+    root = self.manual_root(dl_manager)
+    csv_folder = next((root / f for f in CSV_FOLDERS if (root / f / ORIGINAL_SPLITS["train"]).exists()), None)
+    if csv_folder is not None:
+      images = builder_utils.find_path(root, IMAGE_FOLDERS, "AffectNet's Manually_Annotated_Images", LAYOUT)
+      records = {split: self._original_records(csv_folder, file_name, images)
+                 for split, file_name in ORIGINAL_SPLITS.items()}
+    elif self.builder_config.face_crop:
+      config = self.builder_config
+      raise builder_utils.DataError(
+          f"Config {config.name} crops by the face boxes of the original release's CSVs, which "
+          f"{root} lacks. The later release is already cropped: use config "
+          f"classes{config.num_classes}.\n{LAYOUT}")
+    else:
+      records = {split: self._later_records(root, builder_utils.find_path(
+                     root, (folder,), f"AffectNet's {ORIGINAL_SPLITS['train']} or {folder}/", LAYOUT))
+                 for split, folder in LATER_SPLITS.items()}
+    return {split: self._generate_examples(split, split_records) for split, split_records in records.items()}
+
+  def _keep(self, code: int) -> bool:
+    return code < self.builder_config.num_classes
+
+  def _original_records(self, csv_folder, file_name: str, images):
+    path = builder_utils.find_path(csv_folder, (file_name,), f"AffectNet's {file_name}", LAYOUT)
+    index = 0
+    with open(path, newline="") as f:
+      reader = csv.reader(f)
+      for row in reader:
+        if not row or row[0].strip() == HEADER_START:
+          continue
+        where = f"{path}, line {reader.line_num}"
+        if len(row) != 9:
+          raise builder_utils.DataError(
+              f"{where}: expected 9 columns ({HEADER_START}, face_x, ..., arousal), got {len(row)}.")
+        code = builder_utils.parse_label(row[6], CODES, where)
+        extras = {"valence": _number(row[7], where), "arousal": _number(row[8], where),
+                  "annotation_index": index}
+        index += 1
+        if self._keep(code):
+          image = images / row[0].strip()
+          if self.builder_config.face_crop:
+            box = tuple(int(_number(v, where)) for v in row[1:5])
+            image = functools.partial(crop_face, image, box)
+          yield builder_utils.Record(file_name=row[0].strip(), label=code, image=image, extras=extras)
+
+  def _later_records(self, root, folder):
+    annotations = builder_utils.find_path(folder, ("annotations",), f"{folder.name}/annotations", LAYOUT)
+    ids = sorted((p.name.removesuffix("_exp.npy") for p in annotations.glob("*_exp.npy")),
+                 key=lambda i: (not i.isdigit(), int(i) if i.isdigit() else 0, i))
+    for index, image_id in enumerate(ids):
+      code = builder_utils.parse_label(_npy_text(annotations / f"{image_id}_exp.npy"), CODES,
+                                       f"{annotations / image_id}_exp.npy")
+      if self._keep(code):
+        extras = {name: _optional_npy_number(annotations / f"{image_id}_{suffix}.npy")
+                  for name, suffix in (("valence", "val"), ("arousal", "aro"))}
+        yield builder_utils.Record(file_name=f"{folder.name}/images/{image_id}.jpg", label=code,
+                                   image=folder / "images" / f"{image_id}.jpg",
+                                   extras={**extras, "annotation_index": index})
+
+
+def _number(text: str, where: str) -> float:
+  try:
+    return float(text)
+  except ValueError:
+    raise builder_utils.DataError(f"{where}: {text!r} is not a number.") from None
+
+
+def _npy_text(path) -> str:
+  """The scalar an annotation .npy holds (the release stores strings; numbers work too), as text."""
+  try:
+    value = np.load(path, allow_pickle=False).item()
+  except (OSError, ValueError) as e:
+    raise builder_utils.DataError(f"Cannot read the annotation {path}: {e}") from e
+  return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _optional_npy_number(path) -> float:
+  return _number(_npy_text(path), os.fspath(path)) if path.exists() else math.nan

@@ -1,0 +1,245 @@
+"""FERPlus (METHODS.md §5.2): FER2013 faces relabelled by 10 annotators, 8 classes.
+
+Votes come from each folder's `label.csv` when present (what the FERPlus trainer and
+SCAN-CCI read; both layouts, with and without the face-box column), otherwise from
+`fer2013new.csv`. The two files disagree on about 4% of the images. Images come from the
+PNGs written by FERPlus's `generate_training_data.py`, or are regenerated the same way from
+`fer2013.csv` when a folder holds no PNGs.
+
+Configs turn the 10 vote counts (8 emotions, unknown, not-a-face) into a label:
+  majority      FERPlus's "majority" rule: single votes are discarded, then the top class
+                must hold more than half of the remaining votes;
+  plurality     the class with the most raw votes (first in column order on ties);
+  distribution  FERPlus's "crossentropy"/"probability" target, kept as `vote_distribution`,
+                with its argmax as `label`.
+Images whose label would be unknown or not-a-face are dropped. Every config keeps the raw
+counts as `votes`.
+"""
+
+import csv
+import functools
+from typing import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from fer_jax.data import builder_utils
+from fer_jax.data import labels
+from fer_jax.data.builders import fer2013
+
+FOLDERS = {"train": ("FER2013Train", "Training"), "validation": ("FER2013Valid", "PublicTest"),
+           "test": ("FER2013Test", "PrivateTest")}
+VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+                "unknown", "NF")
+NUM_EMOTIONS = 8  # the columns before unknown and NF, in the ferplus class order
+
+LAYOUT = """\
+  MANUAL_DIR/fer2013new.csv              from github.com/microsoft/FERPlus
+  MANUAL_DIR/[data/]FER2013Train/        label.csv and fer0000000.png ... from
+  MANUAL_DIR/[data/]FER2013Valid/          generate_training_data.py
+  MANUAL_DIR/[data/]FER2013Test/
+  MANUAL_DIR/fer2013.csv                 Kaggle's FER2013 CSV; needed only when a folder
+                                         holds no PNGs (the images are regenerated from it)"""
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+Clone github.com/microsoft/FERPlus (labels, MIT licence) and download fer2013.csv from the
+Kaggle FER2013 competition. Either run FERPlus's
+  python src/generate_training_data.py -d data -fer fer2013.csv -ferplus fer2013new.csv
+and point the manual directory at the clone, or put fer2013.csv in the clone's root and let
+the builder regenerate the images. Expected layout:
+{LAYOUT}
+"""
+
+# Split sizes from the official label files: {(config, votes file): {split: size}}.
+EXPECTED_SIZES = {
+    ("majority", "label.csv"): {"train": 25_045, "validation": 3_191, "test": 3_137},
+    ("majority", "fer2013new.csv"): {"train": 25_060, "validation": 3_199, "test": 3_153},
+    ("plurality", "label.csv"): {"train": 28_385, "validation": 3_555, "test": 3_545},
+    ("plurality", "fer2013new.csv"): {"train": 28_389, "validation": 3_553, "test": 3_546},
+    ("distribution", "label.csv"): {"train": 27_947, "validation": 3_508, "test": 3_507},
+    ("distribution", "fer2013new.csv"): {"train": 27_956, "validation": 3_505, "test": 3_505},
+}
+
+
+def majority_label(votes: np.ndarray) -> int | None:
+  """FERPlus "majority": drop single votes; the top class needs > 50% of what is left."""
+  kept = np.where(votes > 1, votes, 0)
+  top = int(np.argmax(kept))
+  if kept[top] > 0.5 * kept.sum() and top < NUM_EMOTIONS:
+    return top
+  return None
+
+
+def plurality_label(votes: np.ndarray) -> int | None:
+  """The class with the most raw votes, the first in column order on ties."""
+  top = int(np.argmax(votes))
+  return top if top < NUM_EMOTIONS else None
+
+
+def vote_distribution(votes: np.ndarray) -> np.ndarray | None:
+  """FERPlus "crossentropy" target over the 8 emotions, or None when it marks the image unknown.
+
+  After dropping single votes, the most voted classes are taken in rounds (all classes tied
+  at a round's top together) until they hold 75% of the votes or 3 classes are taken. A
+  round that reaches unknown/not-a-face stops the rounds; such a class is kept only if it
+  was the very first taken. The result is unknown when the taken classes hold at most half
+  of the votes, more than 3 were taken, or the top one is unknown/not-a-face.
+  """
+  remaining = [int(v) if v > 1 else 0 for v in votes]
+  total = sum(remaining)
+  taken = [0] * len(remaining)
+  covered = count = 0
+  stopped = False
+  while covered < 0.75 * total and count < 3 and not stopped:
+    peak = max(remaining)
+    for index, value in enumerate(remaining):
+      if value != peak:
+        continue
+      taken[index], remaining[index] = peak, 0
+      covered += peak
+      count += 1
+      if index >= NUM_EMOTIONS:
+        stopped = True
+        if sum(taken) > peak:
+          taken[index] = 0
+          count -= 1
+        break
+  if sum(taken) <= 0.5 * total or count > 3 or int(np.argmax(taken)) >= NUM_EMOTIONS:
+    return None
+  emotions = np.array(taken[:NUM_EMOTIONS], np.float32)
+  return emotions / emotions.sum()
+
+
+def _majority(votes):
+  label = majority_label(votes)
+  return None if label is None else {"label": label}
+
+
+def _plurality(votes):
+  label = plurality_label(votes)
+  return None if label is None else {"label": label}
+
+
+def _distribution(votes):
+  distribution = vote_distribution(votes)
+  if distribution is None:
+    return None
+  return {"label": int(np.argmax(distribution)), "vote_distribution": distribution}
+
+
+RULES = {"majority": _majority, "plurality": _plurality, "distribution": _distribution}
+
+
+def parse_votes(values: list[str], where: str) -> np.ndarray:
+  if len(values) != len(VOTE_COLUMNS):
+    raise builder_utils.DataError(f"{where}: expected {len(VOTE_COLUMNS)} vote counts "
+                                  f"({', '.join(VOTE_COLUMNS)}), got {len(values)}.")
+  return np.array([builder_utils.parse_label(v, range(11), where) for v in values], np.int32)
+
+
+def read_label_csv(path) -> Iterator[tuple[str, np.ndarray]]:
+  """(image name, votes) of a folder's label.csv, with or without the face-box column."""
+  with open(path, newline="") as f:
+    reader = csv.reader(f)
+    for row in reader:
+      if not row:
+        continue
+      where = f"{path}, line {reader.line_num}"
+      has_box = len(row) == 2 + len(VOTE_COLUMNS) and row[1].strip().startswith("(")
+      yield row[0].strip(), parse_votes(row[2:] if has_box else row[1:], where)
+
+
+def read_fer2013new(path) -> Iterator[tuple[int, str, str, np.ndarray]]:
+  """(line, Usage, image name or "" for non-faces, votes) of every row of fer2013new.csv."""
+  with open(path, newline="") as f:
+    reader = csv.reader(f)
+    header = [name.strip() for name in next(reader, [])]
+    if header[:2] != ["Usage", "Image name"] or tuple(header[2:]) != VOTE_COLUMNS:
+      raise builder_utils.DataError(f"{path}, line 1: unexpected header {header}; expected Usage, "
+                                    f"Image name, {', '.join(VOTE_COLUMNS)}.")
+    for row in reader:
+      if row:
+        where = f"{path}, line {reader.line_num}"
+        yield reader.line_num, row[0].strip(), row[1].strip(), parse_votes(row[2:], where)
+
+
+class Ferplus(builder_utils.ManualBuilder):
+  """FERPlus in its own class order (8 classes); splits train / validation / test."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  CHANNELS = 1
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name="majority", description="FERPlus majority vote (the default)."),
+      tfds.core.BuilderConfig(name="plurality", description="The most voted class."),
+      tfds.core.BuilderConfig(name="distribution", description="FERPlus crossentropy vote distribution."),
+  ]
+  DEFAULT_BUILDER_CONFIG_NAME = "majority"
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    features = {
+        "image": tfds.features.Image(shape=(fer2013.IMAGE_SIZE, fer2013.IMAGE_SIZE, 1),
+                                     encoding_format="png"),
+        "label": tfds.features.ClassLabel(names=labels.CLASS_ORDERS["ferplus"]),
+        "file_name": tfds.features.Text(),
+        "votes": tfds.features.Tensor(shape=(len(VOTE_COLUMNS),), dtype=np.int32),
+    }
+    if self.builder_config.name == "distribution":
+      features["vote_distribution"] = tfds.features.Tensor(shape=(NUM_EMOTIONS,), dtype=np.float32)
+    return self.dataset_info_from_configs(
+        description=__doc__, features=tfds.features.FeaturesDict(features),
+        supervised_keys=("image", "label"), homepage="https://github.com/microsoft/FERPlus")
+
+  def _split_generators(self, dl_manager):
+    root = self.manual_root(dl_manager)
+    self._votes_files = {}
+    return {split: self._generate_examples(split, self._records(root, split)) for split in FOLDERS}
+
+  def _expected_size(self, split: str) -> int | None:
+    return EXPECTED_SIZES.get((self.builder_config.name, self._votes_files.get(split)), {}).get(split)
+
+  def _records(self, root, split: str):
+    folder_name, usage = FOLDERS[split]
+    folder = next((base / folder_name for base in (root, root / "data") if (base / folder_name).exists()),
+                  None)
+    label_csv = folder / "label.csv" if folder is not None else None
+    if label_csv is not None and label_csv.exists():
+      self._votes_files[split] = "label.csv"
+      votes = dict(read_label_csv(label_csv))
+    else:
+      self._votes_files[split] = "fer2013new.csv"
+      new_csv = builder_utils.find_path(root, ("fer2013new.csv",), "FERPlus's fer2013new.csv", LAYOUT)
+      votes = {name: v for _, row_usage, name, v in read_fer2013new(new_csv) if row_usage == usage and name}
+    if folder is not None and any(folder.glob("*.png")):
+      images = ((name, folder / name) for name in votes)
+    else:
+      images = _regenerated_images(root, usage, votes)
+    rule = RULES[self.builder_config.name]
+    for name, image in images:
+      extras = rule(votes[name])
+      if extras is not None:
+        label = extras.pop("label")
+        yield builder_utils.Record(file_name=f"{folder_name}/{name}", label=label, image=image,
+                                   extras={"votes": votes[name], **extras})
+
+
+def _regenerated_images(root, usage: str, votes: dict):
+  """(name, PNG maker) for `votes`' images, pairing fer2013.csv and fer2013new.csv rows as FERPlus does."""
+  fer_csv = builder_utils.find_path(root, fer2013.CSV_NAMES, "the FER2013 CSV to regenerate the FERPlus "
+                                    "images from (no PNGs found)", LAYOUT)
+  new_csv = builder_utils.find_path(root, ("fer2013new.csv",), "FERPlus's fer2013new.csv", LAYOUT)
+  found = set()
+  for (line, _, pixels, fer_usage), (new_line, new_usage, name, _) in zip(
+      fer2013.read_rows(fer_csv), read_fer2013new(new_csv)):
+    if fer_usage != new_usage:
+      raise builder_utils.DataError(
+          f"{fer_csv}, line {line} (Usage {fer_usage}) and {new_csv}, line {new_line} "
+          f"(Usage {new_usage}) disagree: the files are not row-aligned.")
+    if fer_usage == usage and name in votes:
+      found.add(name)
+      yield name, functools.partial(fer2013.pixels_to_png, pixels)
+  missing = sorted(set(votes) - found)
+  if missing:
+    raise builder_utils.DataError(f"{len(missing)} labelled images (e.g. {missing[:3]}) have no row in "
+                                  f"{fer_csv} and {new_csv}.")

@@ -1,0 +1,102 @@
+r"""Turns a hand-downloaded FER data set into a TFDS (ArrayRecord) data set, once.
+
+  python -m fer_jax.data.prepare --dataset=rafdb --manual_dir=~/data/RAF-DB/basic \
+      [--data_dir=~/tensorflow_datasets] [--skip_corrupt] [--overwrite]
+
+--dataset is one of fer2013, ferplus, rafdb, affectnet, sfew, fedro, optionally with a
+builder config: ferplus/plurality, rafdb/aligned224, affectnet/classes7, sfew/original, ...
+(without one, each data set's default config). A second run finds the set complete and does
+nothing. TFDS writes every split into a temporary `incomplete.*` folder beside the final one
+and renames it only when all splits and the metadata are written, so an interrupted run never
+leaves a set that looks complete; the next run deletes such leftovers before starting again.
+Bad input (missing files, unreadable images, labels out of range) ends the run with a
+message and exit status 1.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from etils import epath
+import tensorflow_datasets as tfds
+
+from fer_jax.data import builder_utils
+from fer_jax.data.builders import affectnet, fedro, fer2013, ferplus, rafdb, sfew
+
+DATASETS = {"fer2013": fer2013.Fer2013, "ferplus": ferplus.Ferplus, "rafdb": rafdb.Rafdb,
+            "affectnet": affectnet.Affectnet, "sfew": sfew.Sfew, "fedro": fedro.Fedro}
+
+_DATASET = flags.DEFINE_string("dataset", None, f"NAME or NAME/CONFIG, NAME one of {', '.join(DATASETS)}.")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding the owners' download (see README).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Where TFDS data sets live (default: TFDS's, "
+                                "~/tensorflow_datasets or $TFDS_DATA_DIR).")
+_SKIP_CORRUPT = flags.DEFINE_bool("skip_corrupt", False,
+                                  "Skip and count unreadable images instead of failing.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete an existing prepared copy and build it again.")
+
+
+def make_builder(dataset: str, data_dir: str | None = None, skip_corrupt: bool = False):
+  """The builder for "NAME" or "NAME/CONFIG"; DataError listing the valid choices otherwise."""
+  name, _, config = dataset.partition("/")
+  if name not in DATASETS:
+    raise builder_utils.DataError(f"Unknown data set {name!r}; choose one of {', '.join(DATASETS)}.")
+  builder_cls = DATASETS[name]
+  if config and config not in builder_cls.builder_configs:
+    valid = ", ".join(f"{name}/{c}" for c in builder_cls.builder_configs) or f"{name} (it has no configs)"
+    raise builder_utils.DataError(f"Unknown config {dataset!r}; choose one of {valid}.")
+  return builder_cls(config=config or None, data_dir=data_dir, skip_corrupt=skip_corrupt)
+
+
+def remove_leftovers(builder) -> None:
+  """Deletes the temporary folders of earlier interrupted runs of this builder and version."""
+  path = builder.data_path
+  for leftover in path.parent.glob(f"incomplete.*_{path.name}"):
+    logging.info("Deleting %s, left by an interrupted run.", leftover)
+    leftover.rmtree()
+
+
+def prepare(dataset: str, manual_dir: str, data_dir: str | None = None, skip_corrupt: bool = False,
+            overwrite: bool = False):
+  """Builds `dataset` from `manual_dir` unless a complete copy exists; returns the builder."""
+  builder = make_builder(dataset, data_dir, skip_corrupt)
+  if builder.is_prepared() and not overwrite:
+    logging.info("%s is already prepared in %s.", builder.info.full_name, builder.data_dir)
+    return builder
+  manual = epath.Path(manual_dir).expanduser()
+  if not manual.is_dir():
+    raise builder_utils.DataError(f"--manual_dir {manual} is not a folder.\n"
+                                  f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  remove_leftovers(builder)
+  modes = tfds.download.GenerateMode
+  mode = modes.FORCE_REDOWNLOAD if overwrite else modes.REUSE_DATASET_IF_EXISTS
+  builder.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(manual_dir=manual, download_mode=mode))
+  return builder
+
+
+def summary(builder) -> str:
+  lines = [f"{builder.info.full_name} in {builder.data_dir}:"]
+  lines += [f"  {split}: {info.num_examples} examples" for split, info in builder.info.splits.items()]
+  lines += [f"  skipped {len(names)} unreadable images in {split}"
+            for split, names in builder.skipped_images.items()]
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  tfds.enable_progress_bar()
+  try:
+    builder = prepare(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, _SKIP_CORRUPT.value,
+                      _OVERWRITE.value)
+  except builder_utils.DataError as e:
+    print(f"Cannot prepare {_DATASET.value}: {e}", file=sys.stderr)
+    sys.exit(1)
+  print(summary(builder))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["dataset", "manual_dir"])
+  app.run(main)

@@ -1,0 +1,364 @@
+"""The FER builders and `prepare` on tiny copies of the owners' layouts (tests/fixtures_fer.py)."""
+
+import functools
+import logging
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import fixtures_fer as fx
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from fer_jax.data import builder_utils
+from fer_jax.data import labels
+from fer_jax.data import prepare
+from fer_jax.data.builders import ferplus
+from fer_jax.data.builders import rafdb
+
+tfds.disable_progress_bar()
+
+
+def build(dataset, manual_dir, data_dir, skip_corrupt=False):
+  builder = prepare.make_builder(dataset, os.fspath(data_dir), skip_corrupt)
+  builder.download_and_prepare(file_format="array_record",
+                               download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  return builder
+
+
+def read(builder, split) -> dict:
+  source = builder.as_data_source(split)
+  examples = [source[i] for i in range(len(source))]
+  return {example["file_name"].decode(): example for example in examples}
+
+
+def labels_of(examples: dict) -> dict:
+  return {name: int(example["label"]) for name, example in examples.items()}
+
+
+def assert_colour(image, rgb, tolerance=6):
+  assert image.ndim == 3 and image.shape[2] == 3
+  np.testing.assert_allclose(image.reshape(-1, 3).mean(0), rgb, atol=tolerance)
+
+
+# --------------------------------------------------------------------------------------------
+# FER2013
+
+
+@pytest.mark.parametrize("variant", ["kaggle", "icml"])
+def test_fer2013_reads_both_csv_variants(tmp_path, variant):
+  expected = fx.write_fer2013(tmp_path / "manual", variant)
+  builder = build("fer2013", tmp_path / "manual", tmp_path / "tfds")
+  assert builder.info.features["label"].names == list(labels.CLASS_ORDERS["fer2013"])
+  for split, rows in expected.items():
+    examples = read(builder, split)
+    assert labels_of(examples) == {name: label for name, (label, _) in rows.items()}
+    for name, (_, pixels) in rows.items():
+      np.testing.assert_array_equal(examples[name]["image"], pixels[..., None])
+
+
+def test_fer2013_bad_pixel_row_is_skipped_and_counted(tmp_path):
+  fx.write_fer2013(tmp_path / "manual")
+  csv = tmp_path / "manual" / "fer2013.csv"
+  lines = csv.read_text().splitlines()
+  lines[3] = lines[3].replace(" ", " 999 ", 1)  # line 4: 2305 values, one out of range
+  csv.write_text("\n".join(lines) + "\n")
+  with pytest.raises(builder_utils.DataError, match=r"fer2013\.csv:4 .*--skip_corrupt"):
+    build("fer2013", tmp_path / "manual", tmp_path / "tfds")
+  builder = build("fer2013", tmp_path / "manual", tmp_path / "tfds", skip_corrupt=True)
+  assert builder.skipped_images == {"public_test": ["fer2013.csv:4"]}
+  assert builder.info.splits["public_test"].num_examples == 1
+
+
+# --------------------------------------------------------------------------------------------
+# FERPlus
+
+
+def test_vote_rules_follow_ferplus():
+  votes = lambda *v: np.array(v, np.int32)  # noqa: E731
+  # Single votes are dropped before the > 50% test: 6 of 8 remaining votes.
+  assert ferplus.majority_label(votes(6, 0, 1, 1, 0, 0, 0, 0, 2, 0)) == 0
+  assert ferplus.majority_label(votes(4, 0, 0, 1, 3, 2, 0, 0, 0, 0)) is None  # 4 of 9
+  assert ferplus.majority_label(votes(1, 0, 0, 0, 0, 0, 0, 0, 8, 1)) is None  # unknown wins
+  assert ferplus.plurality_label(votes(3, 3, 0, 0, 0, 0, 0, 0, 2, 2)) == 0  # first on ties
+  assert ferplus.plurality_label(votes(0, 0, 0, 0, 0, 0, 0, 0, 1, 9)) is None  # not a face
+  np.testing.assert_allclose(ferplus.vote_distribution(votes(4, 0, 0, 1, 3, 2, 0, 0, 0, 0)),
+                             [4 / 7, 0, 0, 0, 3 / 7, 0, 0, 0])
+  # Unknown tied behind an emotion is not taken; fear alone holds 6 of 10 votes.
+  np.testing.assert_allclose(ferplus.vote_distribution(votes(0, 0, 0, 0, 0, 0, 6, 0, 4, 0)),
+                             [0, 0, 0, 0, 0, 0, 1, 0])
+  assert ferplus.vote_distribution(votes(2, 2, 2, 2, 2, 0, 0, 0, 0, 0)) is None  # 5 classes taken
+  assert ferplus.vote_distribution(votes(0, 0, 0, 0, 0, 0, 0, 0, 9, 1)) is None
+
+
+@pytest.mark.parametrize("config", ["majority", "plurality", "distribution"])
+def test_ferplus_configs_from_generated_folders(tmp_path, config):
+  written = fx.write_ferplus(tmp_path / "manual")
+  builder = build(f"ferplus/{config}", tmp_path / "manual", tmp_path / "tfds")
+  assert builder.info.features["label"].names == list(labels.CLASS_ORDERS["ferplus"])
+  for split, folder in (("train", "FER2013Train"), ("validation", "FER2013Valid"), ("test", "FER2013Test")):
+    examples = read(builder, split)
+    expected = fx.FERPLUS_LABELS[config]
+    assert labels_of(examples) == {f"{folder}/{name}": label for name, label in expected.items()
+                                   if written["split"][name] == split}
+    for file_name, example in examples.items():
+      name = file_name.split("/")[1]
+      np.testing.assert_array_equal(example["votes"], written["votes"][name])
+      np.testing.assert_array_equal(example["image"], written["pixels"][name][..., None])
+      if config == "distribution":
+        distribution = ferplus.vote_distribution(np.array(written["votes"][name]))
+        np.testing.assert_allclose(example["vote_distribution"], distribution)
+
+
+def test_ferplus_label_csv_without_box_and_images_regenerated_from_fer2013(tmp_path):
+  written = fx.write_ferplus(tmp_path / "manual", box=False, pngs=False, under_data=False)
+  builder = build("ferplus", tmp_path / "manual", tmp_path / "tfds")
+  examples = read(builder, "validation")
+  assert labels_of(examples) == {"FER2013Valid/fer0000006.png": 3, "FER2013Valid/fer0000007.png": 5}
+  np.testing.assert_array_equal(examples["FER2013Valid/fer0000007.png"]["image"][..., 0],
+                                written["pixels"]["fer0000007.png"])
+
+
+def test_ferplus_votes_from_fer2013new_without_label_csv(tmp_path):
+  fx.write_ferplus(tmp_path / "manual", label_csv=False, pngs=False)
+  builder = build("ferplus", tmp_path / "manual", tmp_path / "tfds")
+  # fer2013new.csv gives fer0000007 seven anger votes where label.csv gives disgust.
+  assert labels_of(read(builder, "validation"))["FER2013Valid/fer0000007.png"] == 4
+
+
+def test_ferplus_bad_vote_names_file_and_line(tmp_path):
+  fx.write_ferplus(tmp_path / "manual")
+  label_csv = tmp_path / "manual" / "data" / "FER2013Valid" / "label.csv"
+  label_csv.write_text(label_csv.read_text().replace(",10,", ",x,"))
+  with pytest.raises(builder_utils.DataError, match=r"FER2013Valid/label\.csv, line 1: label 'x'"):
+    build("ferplus", tmp_path / "manual", tmp_path / "tfds")
+
+
+# --------------------------------------------------------------------------------------------
+# RAF-DB
+
+
+def test_rafdb_basic_with_occlusion_and_pose_subsets(tmp_path, caplog):
+  written = fx.write_rafdb(tmp_path / "manual", subsets=True)
+  with caplog.at_level(logging.WARNING):
+    builder = build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  assert set(builder.info.splits) == {"train", "test", "test_occlusion", "test_pose30", "test_pose45"}
+  for split in ("train", "test"):
+    examples = read(builder, split)
+    assert labels_of(examples) == written["labels"][split]
+    for name, example in examples.items():
+      assert_colour(example["image"], written["colour"][name])
+  test = written["labels"]["test"]
+  subsets = {"test_occlusion": ["test_0002.jpg", "test_0005.jpg", "test_0006.jpg"],
+             "test_pose30": ["test_0001.jpg", "test_0003.jpg", "test_0004.jpg"],
+             "test_pose45": ["test_0004.jpg"]}
+  for split, names in subsets.items():
+    assert labels_of(read(builder, split)) == {name: test[name] for name in names}
+  assert "rafdb_occlusion_list.txt: 1 of 3 labels differ" in caplog.text
+  assert "split 'train' has 8 examples; the published size is 12271" in caplog.text
+
+
+def test_rafdb_aligned224_reads_apvit_layout(tmp_path):
+  written = fx.write_rafdb(tmp_path / "manual", aligned224=True)
+  builder = build("rafdb/aligned224", tmp_path / "manual" / "basic", tmp_path / "tfds")
+  examples = read(builder, "test")
+  assert labels_of(examples) == written["labels"]["test"]
+  assert examples["test_0001.jpg"]["image"].shape == (16, 16, 3)
+
+
+def test_rafdb_names_map_to_the_official_apvit_table():
+  # APViT remaps RAF-DB labels with (5, 2, 1, 4, 3, 0, 6); the name-based map must agree.
+  names = tuple(rafdb.Rafdb(config="basic").info.features["label"].names)
+  np.testing.assert_array_equal(labels.label_map(names, labels.CLASS_ORDERS["apvit7"]), [5, 2, 1, 4, 3, 0, 6])
+
+
+# --------------------------------------------------------------------------------------------
+# AffectNet
+
+
+@pytest.mark.parametrize("config,num_classes", [("classes8", 8), ("classes7", 7)])
+def test_affectnet_original_release(tmp_path, config, num_classes):
+  written = fx.write_affectnet_original(tmp_path / "manual")
+  builder = build(f"affectnet/{config}", tmp_path / "manual", tmp_path / "tfds")
+  order = labels.CLASS_ORDERS[f"affectnet{num_classes}"]
+  assert builder.info.features["label"].names == list(order)
+  for split, rows in written["rows"].items():
+    examples = read(builder, split)
+    kept = {name: row for name, row in rows.items() if row[0] < num_classes}
+    assert labels_of(examples) == {name: row[0] for name, row in kept.items()}
+    for name, (_, valence, arousal, index) in kept.items():
+      example = examples[name]
+      assert (example["valence"], example["arousal"]) == pytest.approx((valence, arousal))
+      assert example["annotation_index"] == index
+      assert example["image"].shape == (12, 16, 3)  # CMYK and gray files decode to RGB too
+      assert_colour(example["image"][0:2, 0:3], written["colour"][name], tolerance=10)
+
+
+def test_affectnet_face_crop(tmp_path):
+  fx.write_affectnet_original(tmp_path / "manual")
+  builder = build("affectnet/classes8_facecrop", tmp_path / "manual", tmp_path / "tfds")
+  examples = read(builder, "validation")
+  assert len(examples) == 8
+  for example in examples.values():
+    assert example["image"].shape == (6, 8, 3)  # face_height × face_width
+    assert_colour(example["image"][1:-1, 1:-1], fx.FACE_COLOUR, tolerance=12)
+
+
+def test_affectnet_later_release_npy_annotations(tmp_path):
+  written = fx.write_affectnet_later(tmp_path / "manual")
+  builder = build("affectnet/classes7", tmp_path / "manual", tmp_path / "tfds")
+  examples = read(builder, "train")
+  kept = {name: row for name, row in written["rows"]["train"].items() if row[0] < 7}
+  assert labels_of(examples) == {name: row[0] for name, row in kept.items()}
+  assert math.isnan(examples["train_set/images/4.jpg"]["valence"])  # its _val.npy is missing
+  assert examples["train_set/images/5.jpg"]["arousal"] == pytest.approx(0.8)
+  assert examples["train_set/images/5.jpg"]["annotation_index"] == 5
+  assert len(read(builder, "validation")) == 7
+
+
+def test_affectnet_face_crop_needs_the_original_release(tmp_path):
+  fx.write_affectnet_later(tmp_path / "manual")
+  with pytest.raises(builder_utils.DataError, match="already cropped: use config classes8"):
+    build("affectnet/classes8_facecrop", tmp_path / "manual", tmp_path / "tfds")
+
+
+def test_affectnet_code_out_of_range_names_file_and_line(tmp_path):
+  fx.write_affectnet_original(tmp_path / "manual")
+  csv = tmp_path / "manual" / "Manually_Annotated_file_lists" / "validation.csv"
+  lines = csv.read_text().splitlines()
+  fields = lines[2].split(",")
+  fields[6] = "11"
+  lines[2] = ",".join(fields)
+  csv.write_text("\n".join(lines) + "\n")
+  with pytest.raises(builder_utils.DataError, match=r"validation\.csv, line 3: label '11'"):
+    build("affectnet", tmp_path / "manual", tmp_path / "tfds")
+
+
+# --------------------------------------------------------------------------------------------
+# SFEW and FED-RO
+
+
+@pytest.mark.parametrize("config", ["aligned", "original"])
+def test_sfew_class_folders(tmp_path, config):
+  written = fx.write_sfew(tmp_path / "manual")
+  builder = build(f"sfew/{config}", tmp_path / "manual", tmp_path / "tfds")
+  assert builder.info.features["label"].names == list(labels.CLASS_ORDERS["sfew"])
+  for split, expected in written[config].items():
+    examples = read(builder, split)
+    assert labels_of(examples) == expected  # Thumbs.db is ignored
+    for name, example in examples.items():
+      assert_colour(example["image"], written["colour"][name], tolerance=0)
+
+
+def test_fedro_folders_in_affectnet_order(tmp_path):
+  written = fx.write_fedro(tmp_path / "manual")
+  builder = build("fedro", tmp_path / "manual", tmp_path / "tfds")
+  assert labels_of(read(builder, "test")) == written["test"]
+  names = tuple(builder.info.features["label"].names)
+  np.testing.assert_array_equal(labels.label_map(names, labels.CLASS_ORDERS["affectnet7"]), range(7))
+
+
+# --------------------------------------------------------------------------------------------
+# Errors on bad input
+
+
+def test_missing_label_file_names_the_expected_paths(tmp_path):
+  fx.write_rafdb(tmp_path / "manual")
+  (tmp_path / "manual" / "basic" / "EmoLabel" / "list_patition_label.txt").unlink()
+  with pytest.raises(builder_utils.DataError) as error:
+    build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  message = str(error.value)
+  assert os.fspath(tmp_path / "manual" / "basic" / "EmoLabel" / "list_patition_label.txt") in message
+  assert "Image/aligned/train_00001_aligned.jpg" in message  # what the download looks like
+
+
+def test_missing_class_folder_is_named(tmp_path):
+  fx.write_sfew(tmp_path / "manual")
+  for path in (tmp_path / "manual" / "Val_Aligned_Faces" / "Sad").iterdir():
+    path.unlink()
+  (tmp_path / "manual" / "Val_Aligned_Faces" / "Sad").rmdir()
+  with pytest.raises(builder_utils.DataError, match=r"Val_Aligned_Faces lacks the class folders \['sad'\]"):
+    build("sfew", tmp_path / "manual", tmp_path / "tfds")
+
+
+def test_corrupt_image_raises_or_is_skipped_and_counted(tmp_path):
+  fx.write_rafdb(tmp_path / "manual")
+  broken = tmp_path / "manual" / "basic" / "Image" / "aligned" / "test_0003_aligned.jpg"
+  fx.corrupt(broken)
+  with pytest.raises(builder_utils.DataError, match=f"{broken}.*--skip_corrupt"):
+    build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  assert not list((tmp_path / "tfds" / "rafdb" / "basic").glob("*"))  # nothing half-written is left
+  builder = build("rafdb", tmp_path / "manual", tmp_path / "tfds", skip_corrupt=True)
+  assert builder.skipped_images == {"test": ["test_0003.jpg"]}
+  assert builder.info.splits["test"].num_examples == len(fx.RAFDB_TEST) - 1
+
+
+def test_label_out_of_range_names_file_and_line(tmp_path):
+  fx.write_rafdb(tmp_path / "manual")
+  label_file = tmp_path / "manual" / "basic" / "EmoLabel" / "list_patition_label.txt"
+  lines = label_file.read_text().splitlines()
+  lines[2] = "train_00003.jpg 8"
+  label_file.write_text("\n".join(lines) + "\n")
+  with pytest.raises(builder_utils.DataError, match=r"list_patition_label\.txt, line 3: label '8' is not"):
+    build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+
+
+def test_subset_entry_outside_test_split_is_named(tmp_path):
+  fx.write_rafdb(tmp_path / "manual", subsets=True)
+  pose45 = tmp_path / "manual" / "basic" / "EmoLabel" / "val_raf_db_list_45.txt"
+  pose45.write_text("0/test_0004_aligned.jpg\n0/test_0099_aligned.jpg\n")
+  with pytest.raises(builder_utils.DataError, match=r"val_raf_db_list_45\.txt, line 2: 'test_0099_aligned"):
+    build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+
+
+# --------------------------------------------------------------------------------------------
+# prepare
+
+
+def test_prepare_rejects_unknown_names_listing_valid_ones():
+  with pytest.raises(builder_utils.DataError, match="choose one of fer2013, ferplus, rafdb"):
+    prepare.make_builder("raf")
+  with pytest.raises(builder_utils.DataError, match="rafdb/basic, rafdb/aligned224"):
+    prepare.make_builder("rafdb/aligned112")
+
+
+def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+  fx.write_rafdb(tmp_path / "manual")
+
+  def interrupted(self, split, records):
+    yield from builder_utils.ManualBuilder._generate_examples(self, split, list(records)[:2])
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(rafdb.Rafdb, "_generate_examples", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    prepare.prepare("rafdb", tmp_path / "manual", os.fspath(tmp_path / "tfds"))
+  assert not prepare.make_builder("rafdb", os.fspath(tmp_path / "tfds")).is_prepared()
+  # A run killed outright leaves its temporary folder; the next run removes it and builds.
+  stale = tmp_path / "tfds" / "rafdb" / "basic" / "incomplete.ABC123_1.0.0"
+  stale.mkdir(parents=True)
+  (stale / "rafdb-train.array_record-00000-of-00001").write_bytes(b"partial")
+  monkeypatch.undo()
+  builder = prepare.prepare("rafdb", tmp_path / "manual", os.fspath(tmp_path / "tfds"))
+  assert builder.is_prepared() and not stale.exists()
+  assert builder.info.splits["train"].num_examples == len(fx.RAFDB_TRAIN)
+
+
+def test_prepare_command_is_idempotent_and_fails_on_bad_input(tmp_path):
+  fx.write_fedro(tmp_path / "manual")
+  command = [sys.executable, "-m", "fer_jax.data.prepare", "--dataset=fedro",
+             f"--data_dir={tmp_path / 'tfds'}"]
+  run = functools.partial(subprocess.run, capture_output=True, text=True,
+                          cwd=pathlib.Path(__file__).parents[1])
+  first = run([*command, f"--manual_dir={tmp_path / 'manual'}"])
+  assert first.returncode == 0, first.stderr
+  assert "test: 14 examples" in first.stdout
+  # Already complete: nothing is read, not even the (now missing) manual directory.
+  again = run([*command, f"--manual_dir={tmp_path / 'gone'}"])
+  assert again.returncode == 0 and "test: 14 examples" in again.stdout
+  bad = run([*command[:-1], f"--data_dir={tmp_path / 'other'}", f"--manual_dir={tmp_path / 'gone'}"])
+  assert bad.returncode == 1
+  assert f"--manual_dir {tmp_path / 'gone'} is not a folder" in bad.stderr
+  assert "github.com/mysee1989/PG-CNN" in bad.stderr
