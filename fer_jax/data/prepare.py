@@ -27,14 +27,6 @@ from fer_jax.data.builders import affectnet, fedro, fer2013, ferplus, rafdb, sfe
 DATASETS = {"fer2013": fer2013.Fer2013, "ferplus": ferplus.Ferplus, "rafdb": rafdb.Rafdb,
             "affectnet": affectnet.Affectnet, "sfew": sfew.Sfew, "fedro": fedro.Fedro}
 
-_DATASET = flags.DEFINE_string("dataset", None, f"NAME or NAME/CONFIG, NAME one of {', '.join(DATASETS)}.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding the owners' download (see README).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Where TFDS data sets live (default: TFDS's, "
-                                "~/tensorflow_datasets or $TFDS_DATA_DIR).")
-_SKIP_CORRUPT = flags.DEFINE_bool("skip_corrupt", False,
-                                  "Skip and count unreadable images instead of failing.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete an existing prepared copy and build it again.")
-
 
 def make_builder(dataset: str, data_dir: str | None = None, skip_corrupt: bool = False):
   """The builder for "NAME" or "NAME/CONFIG"; DataError listing the valid choices otherwise."""
@@ -84,19 +76,30 @@ def summary(builder) -> str:
   return "\n".join(lines)
 
 
+def define_flags() -> None:
+  """Defined only when run as a program, so importing this module adds no global flags."""
+  flags.DEFINE_string("dataset", None, f"NAME or NAME/CONFIG, NAME one of {', '.join(DATASETS)}.")
+  flags.DEFINE_string("manual_dir", None, "Folder holding the owners' download (see README).")
+  flags.DEFINE_string("data_dir", None, "Where TFDS data sets live (default: TFDS's, "
+                      "~/tensorflow_datasets or $TFDS_DATA_DIR).")
+  flags.DEFINE_bool("skip_corrupt", False, "Skip and count unreadable images instead of failing.")
+  flags.DEFINE_bool("overwrite", False, "Delete an existing prepared copy and build it again.")
+  flags.mark_flags_as_required(["dataset", "manual_dir"])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  args = flags.FLAGS
   tfds.enable_progress_bar()
   try:
-    builder = prepare(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, _SKIP_CORRUPT.value,
-                      _OVERWRITE.value)
+    builder = prepare(args.dataset, args.manual_dir, args.data_dir, args.skip_corrupt, args.overwrite)
   except builder_utils.DataError as e:
-    print(f"Cannot prepare {_DATASET.value}: {e}", file=sys.stderr)
+    print(f"Cannot prepare {args.dataset}: {e}", file=sys.stderr)
     sys.exit(1)
   print(summary(builder))
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["dataset", "manual_dir"])
+  define_flags()
   app.run(main)
