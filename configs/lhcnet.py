@@ -1,0 +1,111 @@
+"""LHC-Net (Pecoraro et al. 2021, arXiv 2111.07224): ResNet34v2 + local multi-head channel attention.
+
+The argument is "<data>[,stage=<stage>]"; the official "modular" recipe runs five stages, each
+one run that starts from the best checkpoint of the one before (`config.init_from`), keeps
+the epoch with the best PublicTest accuracy (Keras EarlyStopping with restore_best_weights) and
+reports PrivateTest:
+  A1  ResNet34v2 + head, no LHC; from the ImageNet ResNet34v2 (qubvel
+      resnet34_imagenet_1000_no_top.h5, converted); Adam 1e-4, batch 48, rotation ±30° + flip,
+      patience 30;
+  A2  the same network; SGD 0.01, batch 64, rotation ±10°, shifts 0.1, zoom 0.1, flip, patience 10;
+  A3  the same network; SGD 0.01, batch 64, no augmentation, patience 5;
+  B   LHC-Net from A3 (LHC modules freshly initialised); SGD 0.01, batch 64, patience 3;
+  C   LHC-NetC from B: only the five controller scalars train, BatchNorm frozen; Adam 1e-4,
+      batch 32, patience 1.
+
+  fer2013     FER2013, 48→224 bilinear, gray copied to 3 channels, raw 0–255 pixels; train on
+              Training, select on PublicTest, report PrivateTest with the 62-view TTA.
+              Paper: 74.42 % PrivateTest accuracy (TTA).
+  synthetic   the built-in synthetic faces at 80×80 with head counts that fit its feature maps
+              (CPU demo of the stages; not a paper setting).
+
+  python -m fer_jax.main --config=configs/lhcnet.py:fer2013,stage=A1 --workdir=workdirs/lhc_A1 \
+      --config.init_from=workdirs/resnet34v2_imagenet
+  python -m fer_jax.main --config=configs/lhcnet.py:fer2013,stage=A2 --workdir=workdirs/lhc_A2 \
+      --config.init_from=workdirs/lhc_A1
+  … A3 from A2, B from A3, C from B, likewise.
+"""
+
+from fer_jax import config_lib
+
+STAGES = ("A1", "A2", "A3", "B", "C")
+RAW = "to_float()"
+# Keras ImageDataGenerator settings of the official steps (float pixels, fill "nearest", bilinear).
+KERAS_AUGMENT = {
+    "A1": "keras_image_generator(rotation_range=30, horizontal_flip=True)",
+    "A2": ("keras_image_generator(rotation_range=10, width_shift_range=0.1, height_shift_range=0.1, "
+           "zoom_range=0.1, horizontal_flip=True)"),
+}
+# (optimizer, learning rate, batch size, early-stopping patience) of each official stage.
+RECIPE = {
+    "A1": ("adam", 1e-4, 48, 30),
+    "A2": ("sgd", 0.01, 64, 10),
+    "A3": ("sgd", 0.01, 64, 5),
+    "B": ("sgd", 0.01, 64, 3),
+    "C": ("adam", 1e-4, 32, 1),
+}
+
+
+def parse_arg(arg: str) -> tuple[str, str]:
+  data, *options = arg.split(",")
+  stage = "A1"
+  for option in options:
+    key, _, value = option.partition("=")
+    if key != "stage" or value not in STAGES:
+      raise ValueError(f"Unknown option {option!r} in {arg!r} for configs/lhcnet.py; "
+                       f"valid: stage=<{'|'.join(STAGES)}>.")
+    stage = value
+  if data not in ("fer2013", "synthetic"):
+    raise ValueError(f"Unknown argument {data!r} for configs/lhcnet.py; valid: fer2013, synthetic "
+                     f"(optionally followed by ,stage=<{'|'.join(STAGES)}>).")
+  return data, stage
+
+
+def get_config(arg: str = "fer2013"):
+  data, stage = parse_arg(arg)
+  config = config_lib.base_config()
+  config.stage = stage
+  config.model.update(
+      name="lhcnet", num_classes=7,
+      use_lhc=stage in ("B", "C"),
+      lhc_heads=(8, 8, 7, 7, 1), lhc_embed_dims=(196, 196, 56, 14, 25),
+      pool_size=3, kernel_size=3, norm_c=1.0,
+      controller=stage == "C", controller_init=(0.0, 0.0, 0.0, -1.0, -0.5),
+      freeze_batch_norm=stage == "C",
+      head_widths=(4096, 1024), dropout_rate=0.4)
+
+  optimizer, lr, batch_size, patience = RECIPE[stage]
+  config.optimizer.update(name=optimizer, lr=lr, momentum=0.0, schedule="constant", weight_decay=0.0,
+                          b1=0.9, b2=0.999, eps=1e-7,           # Keras Adam defaults
+                          trainable="controller" if stage == "C" else "")
+  config.batch_size = batch_size
+  config.eval_batch_size = 256
+  config.num_epochs = 300
+  # Early stopping and model selection (Keras EarlyStopping + ModelCheckpoint(save_best_only)).
+  config.select_metric = "accuracy"            # measured on dataset.eval_split after every epoch
+  config.early_stopping_patience = patience    # stop after this many epochs without a strict gain
+  config.restore_best = True                   # finish (and test) with the best epoch's weights
+  config.eval.tta = "lhc62"                    # for the final test-split evaluation only
+
+  augment = KERAS_AUGMENT.get(stage, "")
+  if data == "fer2013":
+    config.dataset.update(name="fer2013", class_order="fer2013", train_split="train",
+                          eval_split="public_test", test_split="private_test")
+    to_model = "resize(224)|gray_to_rgb()"
+    config.input.update(size=224, channels=3,
+                        train_pp="|".join(filter(None, (to_model, RAW, augment))),
+                        eval_pp=f"{to_model}|{RAW}")
+  else:
+    size = 80
+    config.dataset.update(name="synthetic", class_order="fer2013", train_split="train",
+                          eval_split="test", test_split="test")
+    # 20×20, 10×10, 5×5 and 3×3 maps: bands of 2, 2, 1 rows and the whole 3×3 map; E ≈ P / 2.
+    config.model.update(lhc_heads=(10, 10, 5, 5, 1), lhc_embed_dims=(20, 20, 10, 3, 5))
+    config.input.update(size=size, channels=3,
+                        train_pp=f"resize({size})|flip()|{RAW}" if stage in ("A1", "A2") else f"resize({size})|{RAW}",
+                        eval_pp=f"resize({size})|{RAW}")
+    config.batch_size = min(batch_size, 32)
+    config.eval_batch_size = 100
+    config.num_epochs = 2
+    config.log_every_steps = 20
+  return config
