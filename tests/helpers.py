@@ -26,3 +26,14 @@ def tiny_run(config, size: int = 32, batch_size: int = 32, epochs: int = 1):
   config.log_every_steps = 4
   config.data_threads = 2
   return config
+
+
+def get_config(spec: str):
+  """Loads "configs/<file>.py:<arg>" (relative to the repository root) as the CLI would."""
+  import importlib.util
+  path, _, arg = spec.partition(":")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  module_spec = importlib.util.spec_from_file_location("config_module", os.path.join(root, path))
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()

@@ -332,3 +332,24 @@ def random_erasing(p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0
         return image
     return image
   return op
+
+
+@register
+def random_affine(degrees: float, translate=(0.0, 0.0), scale=(1.0, 1.0), method: str = "nearest",
+                  fill: int = 0) -> Op:
+  """torchvision RandomAffine without shear: rotation, integer translation and scale about the centre."""
+  def op(image, rng):
+    height, width = image.shape[:2]
+    angle = math.radians(rng.uniform(-degrees, degrees))
+    dx = round(rng.uniform(-translate[0] * width, translate[0] * width))
+    dy = round(rng.uniform(-translate[1] * height, translate[1] * height))
+    factor = rng.uniform(*scale)
+    cx, cy = width * 0.5, height * 0.5
+    # PIL wants the output → input map: undo the translation, then the rotation and scale.
+    cos, sin = math.cos(angle) / factor, math.sin(angle) / factor
+    a, b, d, e = cos, -sin, sin, cos
+    c = cx - a * (cx + dx) - b * (cy + dy)
+    f = cy - d * (cx + dx) - e * (cy + dy)
+    return _array(_pil(image).transform((width, height), Image.AFFINE, (a, b, c, d, e, f), RESAMPLING[method],
+                                        fillcolor=fill))
+  return op

@@ -1,0 +1,46 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+
+from fer_jax import evaluate
+from fer_jax import train
+
+
+def test_metrics_from_confusion_matrix():
+  confusion = np.array([[8, 2, 0], [1, 1, 0], [0, 0, 0]])
+  results = evaluate.metrics(confusion, ("a", "b", "c"))
+  assert results["accuracy"] == 9 / 12
+  # mean over the classes that have examples: (0.8 + 0.5) / 2, not (0.8 + 0.5 + 0) / 3
+  assert np.isclose(results["mean_class_accuracy"], 0.65)
+  assert results["per_class_accuracy"] == {"a": 0.8, "b": 0.5, "c": None}
+  assert results["num_examples"] == 12
+  f1_a = 2 * (8 / 9) * 0.8 / (8 / 9 + 0.8)
+  f1_b = 2 * (1 / 3) * 0.5 / (1 / 3 + 0.5)
+  assert np.isclose(results["macro_f1"], (f1_a + f1_b) / 2)
+
+
+class Fixed(nn.Module):
+  """Predicts the class stored in the first pixel."""
+
+  @nn.compact
+  def __call__(self, images, train):
+    return {"logits": jax.nn.one_hot(images[:, 0, 0, 0].astype(jnp.int32), 3)}
+
+
+def test_confusion_step_counts_masked_rows_zero_times():
+  mesh = train.make_mesh()
+  step = evaluate.confusion_step(Fixed(), 3, mesh)
+  images = jnp.zeros((8, 2, 2, 1)).at[:, 0, 0, 0].set(jnp.array([0, 1, 2, 2, 1, 0, 0, 0]))
+  batch = {"image": images, "label": jnp.array([0, 1, 2, 1, 1, 0, 2, 2]),
+           "mask": jnp.array([1, 1, 1, 1, 1, 1, 0, 0], jnp.float32)}
+  counts = np.asarray(step({}, batch))
+  np.testing.assert_array_equal(counts, [[2, 0, 0], [0, 2, 1], [0, 0, 1]])
+
+
+def test_report_files(tmp_path):
+  results = evaluate.metrics(np.array([[3, 1], [0, 4]]), ("x", "y"))
+  evaluate.write_report(results, str(tmp_path))
+  assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+  import json
+  assert json.loads((tmp_path / "eval_results.json").read_text())["confusion_matrix"] == [[3, 1], [0, 4]]

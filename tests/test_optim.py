@@ -1,0 +1,69 @@
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from fer_jax import config_lib
+from fer_jax import optim
+
+
+def _opt(**overrides):
+  config = config_lib.base_config().optimizer
+  config.update(overrides)
+  return config
+
+
+def test_schedules_change_once_per_epoch():
+  step = optim.lr_schedule(_opt(lr=0.1, schedule="step", step_epochs=10, gamma=0.1), steps_per_epoch=5, num_epochs=40)
+  assert np.isclose(step(0), 0.1) and np.isclose(step(49), 0.1) and np.isclose(step(50), 0.01)
+  exp = optim.lr_schedule(_opt(lr=1e-4, schedule="exponential", gamma=0.6), 3, 10)
+  assert np.isclose(exp(2), 1e-4) and np.isclose(exp(3), 0.6e-4) and np.isclose(exp(7), 0.36e-4)
+  cos = optim.lr_schedule(_opt(lr=1.0, schedule="cosine"), 2, 4)
+  np.testing.assert_allclose([float(cos(s)) for s in (0, 1, 2, 4, 6)], [1, 1, 0.5 * (1 + np.cos(np.pi / 4)), 0.5,
+                                                                      0.5 * (1 + np.cos(3 * np.pi / 4))], rtol=1e-6)
+
+
+def test_sgd_matches_pytorch_update_with_coupled_weight_decay():
+  # PyTorch SGD: buf = m·buf + (g + wd·p); p ← p − lr·buf.
+  params = {"w": jnp.array([1.0, -2.0])}
+  grads = {"w": jnp.array([0.5, 0.25])}
+  tx = optim.make_optimizer(_opt(lr=0.1, momentum=0.9, weight_decay=0.01), 1, 1, params)
+  state = tx.init(params)
+  p, buf = np.array([1.0, -2.0]), np.zeros(2)
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    buf = 0.9 * buf + (np.array([0.5, 0.25]) + 0.01 * p)
+    p = p - 0.1 * buf
+  np.testing.assert_allclose(params["w"], p, rtol=1e-6)
+
+
+def test_groups_frozen_and_decay_exemptions():
+  params = {"trunk": {"kernel": jnp.ones(2)}, "head": {"kernel": jnp.ones(2), "bias": jnp.ones(2)}}
+  grads = {"trunk": {"kernel": jnp.ones(2)}, "head": {"kernel": jnp.ones(2), "bias": jnp.ones(2)}}
+  config = _opt(lr=1.0, momentum=0.0, weight_decay=0.5, lr_groups=(("^trunk/", 0.01),), weight_decay_exclude="bias$")
+  updates, _ = optim.make_optimizer(config, 1, 1, params).update(grads, optim.make_optimizer(
+      config, 1, 1, params).init(params), params)
+  np.testing.assert_allclose(updates["trunk"]["kernel"], -0.01 * 1.5)
+  np.testing.assert_allclose(updates["head"]["kernel"], -1.5)
+  np.testing.assert_allclose(updates["head"]["bias"], -1.0)
+  frozen = _opt(lr=1.0, momentum=0.0, trainable="^head/")
+  tx = optim.make_optimizer(frozen, 1, 1, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["trunk"]["kernel"], 0.0)
+  np.testing.assert_allclose(updates["head"]["bias"], -1.0)
+
+
+def test_gradient_clipping_uses_global_norm():
+  params = {"a": jnp.zeros(2)}
+  tx = optim.make_optimizer(_opt(lr=1.0, momentum=0.0, grad_clip_norm=1.0), 1, 1, params)
+  updates, _ = tx.update({"a": jnp.array([3.0, 4.0])}, tx.init(params), params)
+  np.testing.assert_allclose(updates["a"], [-0.6, -0.8], rtol=1e-6)
+
+
+def test_bad_names_fail_early():
+  import pytest
+  with pytest.raises(ValueError, match="schedule 'linear'"):
+    optim.lr_schedule(_opt(schedule="linear"), 1, 1)
+  with pytest.raises(ValueError, match="optimizer.name 'lamb'"):
+    optim.make_optimizer(_opt(name="lamb"), 1, 1, {"a": jnp.zeros(1)})

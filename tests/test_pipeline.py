@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+
+from fer_jax import train
+from fer_jax.data import pipeline
+from helpers import get_config, tiny_run
+
+
+def _config(**dataset):
+  config = tiny_run(get_config("configs/dan.py:synthetic"))
+  config.dataset.update(dataset)
+  return config
+
+
+def test_eval_pads_and_masks_so_each_example_counts_once():
+  config = _config()
+  eval_data = pipeline.EvalData(config, train.make_mesh(), "test")
+  batches = list(eval_data.batches())
+  assert len(batches) == 3  # 70 examples in batches of 32
+  masks = np.concatenate([np.asarray(b["mask"]) for b in batches])
+  labels = np.concatenate([np.asarray(b["label"]) for b in batches])
+  assert masks.sum() == 70 and masks[:70].all() and not masks[70:].any()
+  np.testing.assert_array_equal(labels[:70], eval_data.split.labels)
+  # deterministic: a second pass gives the same images
+  again = next(iter(eval_data.batches()))
+  np.testing.assert_array_equal(np.asarray(again["image"]), np.asarray(batches[0]["image"]))
+
+
+def test_training_stream_is_a_function_of_the_step():
+  config = _config()
+  data = pipeline.TrainData(config, train.make_mesh())
+  assert data.steps_per_epoch == 280 // 32
+  first = [np.asarray(b["image"]) for _, b in zip(range(4), data.batches(0))]
+  resumed = [np.asarray(b["image"]) for _, b in zip(range(2), data.batches(2))]
+  np.testing.assert_array_equal(first[2], resumed[0])
+  np.testing.assert_array_equal(first[3], resumed[1])
+  assert not np.array_equal(first[0], first[1])
+
+
+def test_labels_are_remapped_to_the_configured_order():
+  fer_order = pipeline.load_split(_config(), "test")
+  # RAF-DB order: surprise, fear, disgust, happiness, sadness, anger, neutral
+  raf_order = pipeline.load_split(_config(class_order="rafdb"), "test")
+  fer_to_raf = np.array([5, 2, 1, 3, 4, 0, 6])
+  np.testing.assert_array_equal(raf_order.labels, fer_to_raf[fer_order.labels])
+  assert raf_order.class_names[0] == "surprise"
+
+
+def _split(labels):
+  return pipeline.Split(source=None, labels=np.array(labels), class_names=("a", "b", "c"))
+
+
+def test_samplers():
+  split = _split([0] * 90 + [1] * 9 + [2] * 1)
+  uniform = pipeline.epoch_indices(split, "uniform", 0, 0, 0.15)
+  assert sorted(uniform) == list(range(100))
+  assert not np.array_equal(uniform, pipeline.epoch_indices(split, "uniform", 0, 1, 0.15))
+  balanced = pipeline.epoch_indices(split, "class_balanced", 0, 0, 0.15)
+  counts = np.bincount(split.labels[balanced], minlength=3)
+  assert len(balanced) == 100 and all(20 < c < 47 for c in counts)
+  # repeat factor: class frequencies 0.9, 0.09, 0.01 → ceil(max(1, sqrt(0.15 / f))) = 1, 2, 4
+  repeated = pipeline.epoch_indices(split, "repeat_factor", 0, 0, 0.15)
+  np.testing.assert_array_equal(np.bincount(split.labels[repeated]), [90, 18, 4])
+  with pytest.raises(ValueError, match="sampler 'random'"):
+    pipeline.epoch_indices(split, "random", 0, 0, 0.15)
+
+
+def test_dropped_classes_are_excluded():
+  split = _split([0, -1, 2, -1])
+  assert list(pipeline.epoch_indices(split, "uniform", 0, 0, 0.15)) != []
+  assert set(pipeline.epoch_indices(split, "uniform", 0, 0, 0.15)) == {0, 2}
+
+
+def test_clear_errors_for_missing_data_and_bad_settings(tmp_path):
+  with pytest.raises(pipeline.DataError, match="python -m fer_jax.data.prepare --dataset=rafdb"):
+    pipeline.load_split(_config(name="rafdb", data_dir=str(tmp_path), class_order="rafdb"), "train")
+  with pytest.raises(pipeline.DataError, match="no split 'validation'; its splits are: train, test"):
+    pipeline.load_split(_config(), "validation")
+  with pytest.raises(pipeline.DataError, match="Unknown data set 'nosuchset'"):
+    pipeline.load_split(_config(name="nosuchset"), "train")
+  config = _config()
+  config.input.update(size=40, eval_pp="normalize('imagenet')")
+  data = pipeline.EvalData(config, train.make_mesh(), "test")
+  with pytest.raises(pipeline.DataError, match="expects float32 \\(40, 40, 3\\)"):
+    next(iter(data.batches()))
