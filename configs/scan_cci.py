@@ -11,7 +11,7 @@ Arguments pick the data set:
   affectnet7  AffectNet, 7 classes, separate units, heads lr 0.001.
   affectnet8  AffectNet, 8 classes, separate units, heads lr 0.001.
   sfew        SFEW 2.0, 7 classes, separate units, fine-tuned from a 7-class checkpoint given
-              by --config.init_from (required); no ColorJitter, effective-number class weights
+              by --config.init_from (training stops with an error without it); no ColorJitter, effective-number class weights
               (β 0.9999) instead of class-balanced sampling, weight decay 1e-4. Set
               --config.loss.class_counts to the training split's per-class counts.
   synthetic   the built-in synthetic faces at 96×96, shared unit, every parameter at lr 0.01
@@ -22,18 +22,16 @@ Arguments pick the data set:
       --config.loss.class_counts="(n0, …, n6)" --workdir=workdirs/scan_cci_sfew
 """
 
-from ml_collections import config_dict
-
 from fer_jax import config_lib
 
 HALF = "normalize('half')"
 TRUNK_LR = 1e-4
 
 
-def _pipelines(size: int, color_jitter: bool) -> tuple[str, str]:
+def _pipelines(color_jitter: bool) -> tuple[str, str]:
+  """Official order: flip, ColorJitter, resize, normalise; "{size}" is config.input.size."""
   jitter = "color_jitter(0.4, 0.3, 0.25, 0.05)|" if color_jitter else ""
-  return (f"gray_to_rgb()|flip()|{jitter}resize({size})|{HALF}",
-          f"gray_to_rgb()|resize({size})|{HALF}")
+  return (f"gray_to_rgb()|flip()|{jitter}resize({{size}})|{HALF}", f"gray_to_rgb()|resize({{size}})|{HALF}")
 
 
 def _optimizer(config, head_lr: float, weight_decay: float) -> None:
@@ -48,7 +46,7 @@ def get_config(arg: str = "rafdb"):
                       bottom_strip_quirk=True)
   config.loss.update(attention_weight=0.2, class_weights="", effective_number_beta=0.9999,
                      class_counts=())
-  train_pp, eval_pp = _pipelines(224, color_jitter=True)
+  train_pp, eval_pp = _pipelines(color_jitter=True)
   config.input.update(size=224, train_pp=train_pp, eval_pp=eval_pp)
   config.dataset.update(sampler="class_balanced")
   config.batch_size = 64
@@ -70,16 +68,15 @@ def get_config(arg: str = "rafdb"):
     config.dataset.update(name="sfew", class_order="affectnet7", eval_split="validation",
                           sampler="uniform")
     config.loss.class_weights = "effective_number"
-    config.input.train_pp, config.input.eval_pp = _pipelines(224, color_jitter=False)
+    config.input.train_pp, config.input.eval_pp = _pipelines(color_jitter=False)
     config.eval_batch_size = 32
     _optimizer(config, head_lr=0.001, weight_decay=1e-4)
-    config.init_from = config_dict.required_placeholder(str)
+    # The loss sees the run's init_from and refuses to train from scratch.
+    config.loss.init_from = config.get_ref("init_from")
   elif arg == "synthetic":
-    size = 96
     config.model.shared_local_units = True
     config.dataset.update(name="synthetic", class_order="affectnet7")
-    config.input.size = size
-    config.input.train_pp, config.input.eval_pp = _pipelines(size, color_jitter=True)
+    config.input.size = 96
     config.batch_size = 32
     config.eval_batch_size = 64
     config.num_epochs = 4

@@ -9,10 +9,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from ml_collections import config_dict
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
+import helpers
+
+from fer_jax import train
 from fer_jax.data import labels, preprocess
 from fer_jax.models import get_method, scan_cci
 
@@ -102,13 +104,16 @@ def conv3x3_reference(x, kernel):
 
 
 def scan_reference(x, params):
-  """conv → PReLU(per channel) → BN with batch statistics (biased variance) → sigmoid; x ⊙ mask."""
+  """conv → PReLU(per channel) → BN with batch statistics (biased variance) → sigmoid.
+
+  Returns x ⊙ mask, the mask and the batch mean that BN folds into its running mean.
+  """
   y = conv3x3_reference(x, np.asarray(params["conv"]["kernel"], np.float64))
   y = np.where(y >= 0, y, np.asarray(params["prelu"]["slope"]) * y)
   mean, var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
   y = (y - mean) / np.sqrt(var + 1e-5) * np.asarray(params["bn"]["scale"]) + np.asarray(params["bn"]["bias"])
   mask = 1 / (1 + np.exp(-y))
-  return x * mask, mask
+  return x * mask, mask, mean
 
 
 def randomised(params, seed):
@@ -127,7 +132,7 @@ def test_scan_unit_matches_numpy():
   params = randomised(variables["params"], 2)
   (masked, mask), _ = unit.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
                                  train=True, mutable=["batch_stats"])
-  expected_masked, expected_mask = scan_reference(np.float64(x), params)
+  expected_masked, expected_mask, _ = scan_reference(np.float64(x), params)
   np.testing.assert_allclose(mask, expected_mask, atol=2e-5)
   np.testing.assert_allclose(masked, expected_masked, atol=2e-5)
 
@@ -173,23 +178,27 @@ def test_attention_branch_matches_regionwise_reference(shared):
   unit_names = sorted(name for name in variables["params"] if name.startswith("local_scan"))
   assert unit_names == (["local_scan"] if shared else sorted(f"local_scan_{i}" for i in range(25)))
   params = randomised(variables["params"], 9)
-  (logits, masks), _ = branch.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                                    train=True, mutable=["batch_stats"])
+  (logits, masks), updates = branch.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                                          train=True, mutable=["batch_stats"])
 
   flat = np.float64(x).reshape(2, 784, 3)
-  pooled, local_mask = [], np.zeros((2, 784))
+  pooled, local_mask, running_means = [], np.zeros((2, 784)), {}
   for index, grid in enumerate(scan_cci.region_index_grids(28)):
-    unit_params = params["local_scan" if shared else f"local_scan_{index}"]
-    masked, mask = scan_reference(flat[:, grid], unit_params)  # BN statistics of this region alone
+    name = "local_scan" if shared else f"local_scan_{index}"
+    masked, mask, mean = scan_reference(flat[:, grid], params[name])  # BN statistics of this region alone
     pooled.append(masked.mean(axis=(1, 2)))
     local_mask[:, grid.ravel()] = mask.mean(axis=-1).reshape(2, -1)
-  global_masked, global_mask = scan_reference(np.float64(x), params["global_scan"])
+    # PyTorch momentum 0.1; a shared unit folds in the 25 regions one after another.
+    running_means[name] = 0.9 * running_means.get(name, 0.0) + 0.1 * mean
+  global_masked, global_mask, _ = scan_reference(np.float64(x), params["global_scan"])
   combined = np.concatenate([np.max(pooled, axis=0), global_masked.mean(axis=(1, 2))], axis=-1)
   combined /= np.linalg.norm(combined, axis=-1, keepdims=True)
   expected = combined @ np.asarray(params["fc"]["kernel"]) + np.asarray(params["fc"]["bias"])
   np.testing.assert_allclose(logits, expected, atol=1e-4)
   np.testing.assert_allclose(masks["local_mask"], local_mask.reshape(2, 28, 28), atol=1e-5)
   np.testing.assert_allclose(masks["global_mask"], global_mask.mean(axis=-1), atol=1e-5)
+  for name, running_mean in running_means.items():
+    np.testing.assert_allclose(updates["batch_stats"][name]["bn"]["mean"], running_mean, atol=1e-5)
 
 
 # --- the whole model -----------------------------------------------------------------------------
@@ -293,10 +302,10 @@ def numpy_ce(logits, labels, weights=None):
   return np.sum(w[labels] * losses) / np.sum(w[labels])
 
 
-def fake_outputs():
+def fake_outputs(num_classes=3):
   keys = jax.random.split(jax.random.key(12), 2)
-  return {"attention_logits": jax.random.normal(keys[0], (5, 3)),
-          "region_logits": jax.random.normal(keys[1], (5, 4, 3))}
+  return {"attention_logits": jax.random.normal(keys[0], (5, num_classes)),
+          "region_logits": jax.random.normal(keys[1], (5, 4, num_classes))}
 
 
 def test_loss_is_weighted_sum_of_attention_and_summed_region_ce():
@@ -375,18 +384,23 @@ def test_config_pipelines_resize_and_scale_to_minus_one_one(arg):
   image = np.zeros((100, 100, 1), np.uint8)
   image[50:] = 255
   for pipeline in (config.input.train_pp, config.input.eval_pp):
-    out = preprocess.parse(pipeline)(image, np.random.default_rng(1))
+    out = preprocess.parse(pipeline, size=config.input.size)(image, np.random.default_rng(1))
     assert out.shape == (config.input.size, config.input.size, 3) and out.dtype == np.float32
   assert out.min() == -1.0 and out.max() == 1.0
 
 
-def test_sfew_requires_init_from():
+def test_sfew_training_requires_init_from():
   config = load_config("sfew")
-  with pytest.raises(config_dict.RequiredValueError):
-    _ = config.init_from
+  config.loss.class_counts = (10, 20, 30, 40, 50, 60, 70)
+  config.lock()  # as config_flags does before applying --config.* overrides
+  outputs, labels_ = fake_outputs(7), np.array([0, 6, 1, 1, 3])
+  with pytest.raises(ValueError, match="--config.init_from"):
+    scan_cci.loss(outputs, labels_, config.loss)
   config.init_from = "/checkpoints/affectnet_rafdb"
-  assert config.init_from == "/checkpoints/affectnet_rafdb"
-  assert load_config("rafdb").init_from == ""
+  assert config.loss.init_from == "/checkpoints/affectnet_rafdb"
+  total, _ = scan_cci.loss(outputs, labels_, config.loss)
+  assert np.isfinite(total)
+  assert "init_from" not in load_config("affectnet7").loss
 
 
 def test_unknown_config_argument_lists_the_valid_ones():
@@ -399,3 +413,12 @@ def test_registry_contract():
   assert module.AUXILIARY_PARAMS == ()
   assert callable(module.build) and callable(module.loss)
   assert isinstance(module.build(load_config("rafdb").model), flax.linen.Module)
+
+
+@pytest.mark.slow
+def test_synthetic_config_trains_and_evaluates(tmp_path):
+  config = helpers.tiny_run(load_config("synthetic"), size=32, batch_size=32)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["num_examples"] == 70 and 0.0 <= results["accuracy"] <= 1.0
+  assert np.asarray(results["confusion_matrix"]).shape == (7, 7)
+  assert os.listdir(tmp_path / "checkpoints")
