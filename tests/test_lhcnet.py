@@ -1,0 +1,270 @@
+"""LHC-Net: module maths against a direct NumPy reading of the official code, sizes, configs."""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fer_jax.data import preprocess
+from fer_jax.models import lhcnet
+
+CONFIG_PATH = pathlib.Path(__file__).parents[1] / "configs" / "lhcnet.py"
+
+
+def load_config(arg):
+  spec = importlib.util.spec_from_file_location("lhcnet_config", CONFIG_PATH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def count(tree) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+# NumPy reference, written from METHODS.md §1.4 and the official reshape sequence.
+
+def np_avg_pool_same(x, size):
+  """SAME average pooling that divides by the number of in-image elements (TF)."""
+  half = size // 2
+  out = np.zeros_like(x)
+  for i in range(x.shape[1]):
+    for j in range(x.shape[2]):
+      window = x[:, max(0, i - half):i + half + 1, max(0, j - half):j + half + 1]
+      out[:, i, j] = window.mean(axis=(1, 2))
+  return out
+
+
+def np_max_pool_same(x, size):
+  half = size // 2
+  out = np.zeros_like(x)
+  for i in range(x.shape[1]):
+    for j in range(x.shape[2]):
+      out[:, i, j] = x[:, max(0, i - half):i + half + 1, max(0, j - half):j + half + 1].max(axis=(1, 2))
+  return out
+
+
+def np_conv_same(x, kernel, bias):
+  half = kernel.shape[0] // 2
+  padded = np.pad(x, ((0, 0), (half, half), (half, half), (0, 0)))
+  out = np.zeros(x.shape[:3] + (kernel.shape[3],)) + bias
+  for i in range(kernel.shape[0]):
+    for j in range(kernel.shape[1]):
+      out += padded[:, i:i + x.shape[1], j:j + x.shape[2]] @ kernel[i, j]
+  return out
+
+
+def np_split_heads(t, heads):
+  batch, height, width, channels = t.shape
+  t = t.reshape(batch, height * width, channels).transpose(0, 2, 1)
+  return t.reshape(batch, channels, heads, height * width // heads).transpose(0, 2, 1, 3)
+
+
+def np_lhc(x, params, heads, embed_dim, norm_c=1.0):
+  batch, height, width, channels = x.shape
+  query = np_split_heads(np_avg_pool_same(x, 3), heads)
+  key = np_split_heads(np_max_pool_same(x, 3), heads)
+  conv = params["value_conv"]
+  value = np_split_heads(np_avg_pool_same(np_conv_same(x, conv["kernel"], conv["bias"]), 3), heads)
+  outputs = []
+  for j in range(heads):
+    q = query[:, j] @ params["qk_kernel"][j] + params["qk_bias"][j]
+    k = key[:, j] @ params["qk_kernel"][j] + params["qk_bias"][j]
+    scores = q @ k.transpose(0, 2, 1)
+    dense = params["scale_dense"]
+    gate = 1 / (1 + np.exp(-(scores.mean(axis=2) @ dense["kernel"] + dense["bias"])))
+    scaled = scores / embed_dim ** (norm_c + gate[:, :, None])
+    weights = np.exp(scaled - scaled.max(axis=2, keepdims=True))
+    weights /= weights.sum(axis=2, keepdims=True)
+    outputs.append(weights @ value[:, j])
+  out = np.stack(outputs, axis=1).transpose(0, 2, 1, 3).reshape(batch, channels, height * width)
+  return out.transpose(0, 2, 1).reshape(batch, height, width, channels)
+
+
+def random_module_params(module, x, seed=0):
+  rng = np.random.default_rng(seed)
+  params = module.init(jax.random.key(0), x)["params"]
+  return jax.tree.map(lambda leaf: jnp.asarray(rng.normal(0, 0.3, leaf.shape), jnp.float32), params)
+
+
+def to_np(tree):
+  return jax.tree.map(lambda leaf: np.asarray(leaf, np.float64), tree)
+
+
+def test_average_pooling_leaves_padding_out_of_the_count():
+  x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+  got = np.asarray(lhcnet.nn.avg_pool(jnp.asarray(x), (3, 3), padding="SAME", count_include_pad=False))
+  assert got[0, 0, 0, 0] == pytest.approx((0 + 1 + 4 + 5) / 4)
+  assert got[0, 0, 1, 0] == pytest.approx((0 + 1 + 2 + 4 + 5 + 6) / 6)
+  np.testing.assert_allclose(got, np_avg_pool_same(x, 3), rtol=1e-6)
+
+
+def test_heads_are_contiguous_row_major_bands():
+  x = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
+  heads = np.asarray(lhcnet.to_heads(jnp.asarray(x), 2))
+  assert heads.shape == (2, 2, 3, 8)
+  np.testing.assert_array_equal(heads[:, 0], x[:, :2].reshape(2, 8, 3).transpose(0, 2, 1))  # rows 0–1
+  np.testing.assert_array_equal(heads[:, 1], x[:, 2:].reshape(2, 8, 3).transpose(0, 2, 1))  # rows 2–3
+  np.testing.assert_array_equal(heads, np_split_heads(x, 2))
+  np.testing.assert_array_equal(lhcnet.from_heads(jnp.asarray(heads), 4, 4), x)
+
+
+@pytest.mark.parametrize("size,channels,heads,embed_dim", [(4, 5, 2, 3), (4, 6, 4, 2), (3, 4, 1, 5)])
+def test_module_matches_numpy(size, channels, heads, embed_dim):
+  module = lhcnet.LHCModule(heads, embed_dim)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, size, size, channels)), jnp.float32)
+  params = random_module_params(module, x)
+  assert params["qk_kernel"].shape == (heads, size * size // heads, embed_dim)
+  got = module.apply({"params": params}, x)
+  want = np.asarray(x, np.float64) + np_lhc(np.asarray(x, np.float64), to_np(params), heads, embed_dim)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_controller_scales_the_attention_by_one_plus_tanh():
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 4, 4, 5)), jnp.float32)
+  plain = lhcnet.LHCModule(2, 3)
+  params = random_module_params(plain, x)
+  gated = lhcnet.LHCModule(2, 3, controller_init=-1.0)
+  gated_params = gated.init(jax.random.key(0), x)["params"]
+  assert float(gated_params["controller"]) == -1.0
+  attention = plain.apply({"params": params}, x) - x
+  got = gated.apply({"params": {**params, "controller": gated_params["controller"]}}, x)
+  np.testing.assert_allclose(got, x + (1 + np.tanh(-1.0)) * attention, rtol=1e-5, atol=1e-6)
+
+
+def test_heads_must_divide_the_positions():
+  module = lhcnet.LHCModule(7, 4)
+  with pytest.raises(ValueError, match="equal bands"):
+    module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
+
+
+def full_size_params(**kwargs):
+  model = lhcnet.LHCNet(**kwargs)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
+
+
+def test_parameter_counts_match_the_official_model():
+  variables = full_size_params()
+  per_module = {name: count(tree) for name, tree in variables["params"].items()}
+  assert per_module == {"backbone": 21_287_107, "lhc1": 657_312, "lhc2": 657_312, "lhc3": 208_392,
+                        "lhc4": 658_714, "lhc5": 2_623_714, "head": 6_303_751}
+  assert count(variables["params"]) == 32_396_302
+  assert per_module["backbone"] + count(variables["batch_stats"]) == 21_302_473
+  assert count(variables["params"]) + count(variables["batch_stats"]) == 32_411_668  # Keras total
+  head = variables["params"]["head"]
+  assert [head[f"fc{i}"]["kernel"].shape for i in (1, 2, 3)] == [(512, 4096), (4096, 1024), (1024, 7)]
+
+
+def test_controller_variant_adds_five_scalars():
+  variables = full_size_params(controller_init=(0.0, 0.0, 0.0, -1.0, -0.5))
+  assert count(variables["params"]) == 32_396_307
+  assert {name: tree["controller"].shape for name, tree in variables["params"].items() if "controller" in tree} \
+      == {f"lhc{i}": () for i in range(1, 6)}
+
+
+def test_plain_variant_is_the_lhc_tree_without_modules():
+  plain = full_size_params(use_lhc=False)["params"]
+  assert set(plain) == {"backbone", "head"}
+  assert count(plain) == 21_287_107 + 6_303_751
+
+
+def test_build_follows_the_config_stages():
+  for arg, lhc_params, controllers in [("fer2013", 0, 0), ("fer2013,stage=B", 4_805_444, 0),
+                                       ("fer2013,stage=C", 4_805_444, 5)]:
+    model = lhcnet.build(load_config(arg).model)
+    params = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
+    assert count(params["params"]) == 27_590_858 + lhc_params + controllers
+
+
+def small_model(**kwargs):
+  return lhcnet.LHCNet(lhc_heads=(4, 4, 2, 1, 1), lhc_embed_dims=(4, 4, 2, 2, 1), head_widths=(16, 8), **kwargs)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = small_model(dtype=jnp.bfloat16)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
+  outputs = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert outputs["logits"].shape == (2, 7) and outputs["logits"].dtype == jnp.float32
+
+
+def test_bfloat16_module_stays_close_to_float32():
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 4, 4, 5)), jnp.float32)
+  params = random_module_params(lhcnet.LHCModule(2, 3), x)
+  full = lhcnet.LHCModule(2, 3).apply({"params": params}, x)
+  half = lhcnet.LHCModule(2, 3, dtype=jnp.bfloat16).apply({"params": params}, x.astype(jnp.bfloat16))
+  assert half.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(half, np.float32), full, rtol=0.05, atol=0.05)
+
+
+def test_frozen_batch_norm_keeps_statistics_but_dropout_stays_on():
+  x = jnp.asarray(np.random.default_rng(4).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
+  model = small_model(use_lhc=False, freeze_batch_norm=True)
+  variables = model.init(jax.random.key(0), x, train=False)
+  (first, updates), (second, _) = [
+      model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(seed)}, mutable=["batch_stats"])
+      for seed in (1, 2)]
+  jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], variables["batch_stats"])
+  assert not np.allclose(first["logits"], second["logits"])
+
+
+def test_loss_is_softmax_cross_entropy():
+  logits = jnp.asarray([[2.0, 0.5, -1.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 7])
+  labels = jnp.asarray([0, 3])
+  total, metrics = lhcnet.loss({"logits": logits}, labels, None)
+  probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  want = -np.mean(np.log(probabilities[[0, 1], [0, 3]]))
+  assert float(total) == pytest.approx(want, rel=1e-6)
+  assert float(metrics["ce_loss"]) == pytest.approx(want, rel=1e-6)
+
+
+def test_config_stages_follow_the_official_recipe():
+  recipe = {"A1": ("adam", 1e-4, 48, 30), "A2": ("sgd", 0.01, 64, 10), "A3": ("sgd", 0.01, 64, 5),
+            "B": ("sgd", 0.01, 64, 3), "C": ("adam", 1e-4, 32, 1)}
+  for stage, (optimizer, lr, batch, patience) in recipe.items():
+    config = load_config(f"fer2013,stage={stage}")
+    assert (config.optimizer.name, config.optimizer.lr, config.batch_size, config.early_stopping_patience) \
+        == (optimizer, lr, batch, patience)
+    assert config.optimizer.momentum == 0.0 and config.optimizer.eps == 1e-7
+    assert config.model.use_lhc == (stage in ("B", "C"))
+    assert config.model.controller == config.model.freeze_batch_norm == (stage == "C")
+    assert config.optimizer.trainable == ("controller" if stage == "C" else "")
+    assert (config.dataset.train_split, config.dataset.eval_split, config.dataset.test_split) \
+        == ("train", "public_test", "private_test")
+    assert config.num_epochs == 300 and config.select_metric == "accuracy" and config.restore_best
+    assert config.eval.tta == "lhc62"
+  assert load_config("fer2013").stage == "A1"
+  assert "keras_image_generator(rotation_range=30" in load_config("fer2013").input.train_pp
+  assert load_config("fer2013,stage=B").input.train_pp == "resize(224)|gray_to_rgb()|to_float()"
+
+
+def test_config_rejects_unknown_arguments():
+  with pytest.raises(ValueError, match="valid: fer2013, synthetic"):
+    load_config("rafdb")
+  with pytest.raises(ValueError, match="stage=<A1|A2|A3|B|C>"):
+    load_config("fer2013,stage=D")
+
+
+def test_fer2013_eval_pipeline_keeps_raw_pixels_at_224():
+  config = load_config("fer2013,stage=B")
+  gray = np.full((48, 48, 1), 129, np.uint8)
+  image = preprocess.parse(config.input.eval_pp)(gray, np.random.default_rng(0))
+  assert image.shape == (224, 224, 3) and image.dtype == np.float32
+  assert float(image.mean()) == 129.0
+
+
+@pytest.mark.parametrize("stage", ["A1", "C"])
+def test_synthetic_config_runs_a_forward_pass(stage):
+  config = load_config(f"synthetic,stage={stage}")
+  pipeline = preprocess.parse(config.input.train_pp)
+  image = pipeline(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8),
+                   np.random.default_rng(1))
+  assert image.shape == (config.input.size,) * 2 + (3,) and image.dtype == np.float32
+  model = lhcnet.build(config.model)
+  variables = model.init(jax.random.key(0), jnp.asarray(image[None]), train=False)
+  logits = model.apply(variables, jnp.asarray(image[None]), train=False)["logits"]
+  assert logits.shape == (1, 7) and np.all(np.isfinite(logits))
