@@ -6,6 +6,7 @@ class names. Converters and exports write the same layout with only params and b
 so every consumer (`--mode=eval`, predict, `init_from`) reads both through `restore_model`.
 """
 
+import json
 import os
 
 import jax
@@ -68,15 +69,25 @@ def restore_model(path: str, abstract_variables: dict) -> dict:
   step_directory = _step_directory(path)
   restored = ocp.StandardCheckpointer().restore(os.path.join(step_directory, "state"))
   variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
-  check_matches(variables, abstract_variables, step_directory)
+  check_matches(variables, abstract_variables, step_directory, _describe(step_directory))
   return jax.tree.map(lambda a, b: a.astype(b.dtype), variables, abstract_variables)
+
+
+def _describe(step_directory: str) -> str:
+  """"model dan, 7 classes" from the checkpoint's meta record, if it has one."""
+  try:
+    with open(os.path.join(step_directory, "meta", "metadata")) as f:
+      model = json.load(f)["model"]
+    return f"model {model['name']}, {model['num_classes']} classes"
+  except (OSError, ValueError, KeyError):
+    return "no meta record"
 
 
 def _shapes(tree) -> dict:
   return {path_of(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def check_matches(variables: dict, abstract_variables: dict, source: str) -> None:
+def check_matches(variables: dict, abstract_variables: dict, source: str, description: str = "") -> None:
   got, want = _shapes(variables), _shapes(abstract_variables)
   missing = sorted(set(want) - set(got))
   unexpected = sorted(set(got) - set(want))
@@ -87,6 +98,6 @@ def check_matches(variables: dict, abstract_variables: dict, source: str) -> Non
       return ", ".join(items[:5]) + (f" … ({len(items)} in all)" if len(items) > 5 else "")
     problems = [f"{label}: {first(items)}" for label, items in
                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if items]
-    raise CheckpointError(f"The checkpoint {source} does not fit the configured model "
+    raise CheckpointError(f"The checkpoint {source} ({description or 'no meta record'}) does not fit the configured model "
                           f"({'; '.join(problems)}). It was probably written for another model or "
                           "number of classes: pass the --config it was trained or converted with.")

@@ -1,0 +1,103 @@
+"""The real loop on tiny synthetic data: end to end, resume, multi-device, checkpoints, CLI errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from fer_jax import checkpointing
+from fer_jax import train
+from helpers import get_config, tiny_data_dir, tiny_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_dan(epochs=1):
+  return tiny_run(get_config("configs/dan.py:synthetic"), epochs=epochs)
+
+
+def _final_params(workdir, step):
+  restored = checkpointing.restore_model(os.path.join(workdir, "checkpoints", str(step)),
+                                         train.abstract_variables(train.build_model(_tiny_dan()), _tiny_dan()))
+  return restored
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
+  config = _tiny_dan()
+  config.checkpoint_every_steps = 4
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train.train_and_evaluate(config, straight)
+  shutil.copytree(straight, resumed)
+  # Interrupted after the step-4 checkpoint: the later one and the reports never got written.
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "8"))
+  os.remove(os.path.join(resumed, "eval_results.json"))
+  results = train.train_and_evaluate(config, resumed)
+  a, b = _final_params(straight, 8), _final_params(resumed, 8)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  with open(os.path.join(straight, "eval_results.json")) as f:
+    assert json.load(f)["accuracy"] == results["accuracy"]
+  # --mode=eval on the saved checkpoint reproduces the final report.
+  evaluated = train.evaluate_checkpoint(config, straight, str(tmp_path / "eval"))
+  assert evaluated["confusion_matrix"] == results["confusion_matrix"]
+
+
+def test_eight_devices_match_one_device():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "multidevice_check.py")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["devices"] == 8
+  np.testing.assert_allclose(report["one_device_losses"], report["all_device_losses"], rtol=1e-5)
+  assert report["max_param_difference"] < 1e-5
+
+
+def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):
+  config = _tiny_dan()
+  model = train.build_model(config)
+  variables = jax.jit(lambda: train.init_variables(model, config, jax.random.key(0)))()
+  path = checkpointing.save_model(str(tmp_path / "dan7"), variables, config)
+  eight = _tiny_dan()
+  eight.model.update(num_classes=8)
+  with pytest.raises(checkpointing.CheckpointError, match=r"\(model dan, 7 classes\).*params/fc/bias: checkpoint \(7,\) vs model \(8,\)"):
+    checkpointing.restore_model(path, train.abstract_variables(train.build_model(eight), eight))
+  with pytest.raises(checkpointing.CheckpointError, match="No checkpoint found"):
+    checkpointing.restore_model(str(tmp_path / "nothing"), {})
+
+
+def _main(*args, timeout=600):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  return subprocess.run([sys.executable, "-m", "fer_jax.main", *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_main_end_to_end(tmp_path):
+  workdir = tmp_path / "run"
+  result = _main("--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
+                 f"--config.dataset.data_dir={tiny_data_dir()}", "--config.input.size=32", "--config.batch_size=32",
+                 "--config.eval_batch_size=32", "--config.num_epochs=1", "--config.log_every_steps=4")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "img/s ETA" in result.stderr
+  report = json.loads((workdir / "eval_results.json").read_text())
+  assert report["num_examples"] == 70 and len(report["confusion_matrix"]) == 7
+  assert set(report) >= {"accuracy", "mean_class_accuracy", "per_class_accuracy", "class_names", "confusion_matrix"}
+  assert (workdir / "confusion_matrix.png").exists()
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+  assert (workdir / "checkpoints" / "8" / "state").is_dir()
+
+
+def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
+  result = _main("--config=configs/dan.py:synthetic", f"--workdir={tmp_path}", "--config.batch_sise=3")
+  assert result.returncode != 0 and "batch_sise" in result.stderr and "batch_size" in result.stderr
+  result = _main("--config=configs/dan.py:raf", f"--workdir={tmp_path}")
+  assert result.returncode != 0 and "valid: rafdb, affectnet7, affectnet8, synthetic" in result.stderr
+  result = _main("--config=configs/dan.py:rafdb", f"--workdir={tmp_path}", f"--config.dataset.data_dir={tmp_path}")
+  assert result.returncode != 0 and "python -m fer_jax.data.prepare --dataset=rafdb" in result.stderr
