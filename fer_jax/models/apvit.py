@@ -12,17 +12,22 @@ Names mirror the official checkpoint (`extractor.*`, `vit.projs.0`, `vit.cls_tok
 embeddings keep its [1, N, C] shapes.
 """
 
+import math
+import os
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from PIL import Image
 
 from fer_jax.models.backbones import irse
 from fer_jax.models.backbones import vit
 
 AUXILIARY_PARAMS = ()
+FEATURE_STRIDE = 8  # three stride-2 IR stages: a 112² face gives the 14×14 patch grid
 
 # PyTorch Conv2d default (kaiming_uniform_(a=√5)): U(±1/√fan_in) for weight and bias; the
 # official init leaves the projection at this default.
@@ -160,3 +165,44 @@ def loss(outputs, labels, loss_config):
   del loss_config
   ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels))
   return ce, {"ce_loss": ce}
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+  low, high = image.min(), image.max()
+  return np.uint8(np.round(255 * (image - low) / max(high - low, 1e-12)))
+
+
+def _kept_patches_panel(face: np.ndarray, positions: np.ndarray, dim: float = 0.25) -> np.ndarray:
+  """The face with every patch not in `positions` (row-major over the grid) dimmed."""
+  grid = face.shape[0] // FEATURE_STRIDE
+  kept = np.zeros(grid * grid, np.float32)
+  kept[np.asarray(positions)] = 1.0
+  mask = np.kron(kept.reshape(grid, grid), np.ones((FEATURE_STRIDE, FEATURE_STRIDE), np.float32))
+  return np.uint8(np.round(face * (dim + (1 - dim) * mask[..., None])))
+
+
+def _save_panels(panels, path: str, min_side: int = 224) -> str:
+  strip = np.concatenate(panels, axis=1)
+  scale = max(1, math.ceil(min_side / strip.shape[0]))
+  Image.fromarray(np.kron(strip, np.ones((scale, scale, 1), np.uint8))).save(path)
+  return path
+
+
+def save_attention_maps(images, outputs, out_dir: str) -> list[str]:
+  """Writes <i>_app_patches.png and <i>_atp_tokens.png over each face; returns the paths.
+
+  The first shows the face beside the patches APP kept; the second, the patch tokens left after
+  each ATP block (blocks 5–8, left to right). Dropped patches are dimmed. `images` are the
+  model's (preprocessed) inputs, stretched back to 0–255 for display.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for index, image in enumerate(np.asarray(images, np.float32)):
+    face = _to_uint8(image)
+    if face.shape[-1] == 1:
+      face = np.repeat(face, 3, axis=-1)
+    app = _kept_patches_panel(face, outputs["app_positions"][index])
+    paths.append(_save_panels([face, app], os.path.join(out_dir, f"{index:04d}_app_patches.png")))
+    atp = [_kept_patches_panel(face, stage[index]) for stage in outputs["atp_positions"]]
+    paths.append(_save_panels(atp, os.path.join(out_dir, f"{index:04d}_atp_tokens.png")))
+  return paths
