@@ -157,9 +157,9 @@ def test_eca_matches_numpy():
 def test_cci_branch_matches_numpy():
   x = np.asarray(jax.random.normal(jax.random.key(5), (2, 4, 4, 8)))
   branch = scan_cci.CCIBranch(num_classes=3)
-  params = branch.init(jax.random.key(6), x, train=False)["params"]
+  params = branch.init(jax.random.key(6), x)["params"]
   assert params["fc1"]["kernel"].shape == (8, 2) and params["fc2"]["kernel"].shape == (2, 3)
-  logits = branch.apply({"params": params}, x, train=False)
+  logits = branch.apply({"params": params}, x)
   gated = eca_reference(np.float64(x), np.asarray(params["eca"]["conv"]["kernel"]).ravel())
   fc1, fc2 = params["fc1"], params["fc2"]
   for index, (rows, cols) in enumerate([(slice(0, 2), slice(0, 2)), (slice(0, 2), slice(2, 4)),

@@ -145,7 +145,7 @@ class CCIBranch(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, features, train: bool):
+  def __call__(self, features):
     features = ECA(dtype=self.dtype, name="eca")(features)
     channels = features.shape[-1]
     hidden = channels // 4
@@ -161,6 +161,7 @@ class CCIBranch(nn.Module):
 
 
 class SCANCCI(nn.Module):
+  """Trunk → attention branch on layer2 and CCI branch on layer3; "logits" = mean of the 5 heads."""
   num_classes: int = 7
   shared_local_units: bool = True
   bottom_strip_quirk: bool = True
@@ -172,7 +173,7 @@ class SCANCCI(nn.Module):
     attention_logits, masks = AttentionBranch(
         self.num_classes, self.shared_local_units, self.bottom_strip_quirk, self.dtype,
         name="attention")(maps["layer2"], train)
-    region_logits = CCIBranch(self.num_classes, self.dtype, name="cci")(maps["layer3"], train)
+    region_logits = CCIBranch(self.num_classes, self.dtype, name="cci")(maps["layer3"])
     every_logits = jnp.concatenate([attention_logits[:, None], region_logits], axis=1)
     return {
         "logits": jnp.mean(every_logits, axis=1),
@@ -193,7 +194,8 @@ def effective_number_weights(counts: Sequence[int], beta: float) -> np.ndarray:
   """Class-balanced weights (1 − β) / (1 − β^n_c), scaled to sum to the number of classes."""
   counts = np.asarray(counts, np.float64)
   if np.any(counts <= 0):
-    raise ValueError(f"Effective-number weights need a positive count for every class, got {counts.tolist()}.")
+    raise ValueError(f"Effective-number weights need a positive count for every class, "
+                     f"got {counts.tolist()}.")
   weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
   return weights / weights.sum() * len(counts)
 
