@@ -1,0 +1,154 @@
+"""Converters from the authors' released checkpoints and the papers' pretrained backbones.
+
+  python -m fer_jax.convert --config=configs/<method>.py:<dataset> --checkpoint=FILE --workdir=OUT
+
+writes an Orbax checkpoint of {params, batch_stats} (`fer_jax.checkpointing.save_model`) that
+`python -m fer_jax.main --mode=eval --checkpoint=OUT`, `python -m fer_jax.predict` and
+`--config.init_from=OUT` read. The source format is recognised from the file (override with
+`--source`); `SOURCES` lists them, each defined in the module of its method. Backbone-only
+sources fill their part of the model and leave the rest as freshly initialised (seeded with
+`config.seed`); several `--checkpoint`s may fill different parts (APViT: IR-50 + ViT-Small).
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fer_jax.convert import apvit
+from fer_jax.convert import core
+from fer_jax.convert import dan
+from fer_jax.convert import keras_h5
+from fer_jax.convert import lhcnet
+from fer_jax.convert import scan_cci
+from fer_jax.convert import tf_checkpoint
+from fer_jax.convert import torch_io
+from fer_jax.convert import torchvision_resnet
+from fer_jax.convert.core import ConversionError, Report  # noqa: F401  (the package's API)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  name: str
+  method: str
+  reader: str                                # a key of READERS
+  select: Callable[[Any], dict | None]       # the file's contents → its tensors by name, or None
+  map: Callable[[core.Tensors, core.Target, Any], None]
+  backbone_only: bool
+  files: str                                 # the official file names, for messages and docs
+
+
+SOURCES = (
+    Source("dan", "dan", "torch", dan.select, dan.map_checkpoint, False,
+           "rafdb_epoch21_acc0.897_bacc0.8275.pth, affecnet8_epoch5_acc0.6209.pth, AffectNet-7 file"),
+    Source("resnet18", "dan", "torch", torchvision_resnet.select_resnet18, torchvision_resnet.map_resnet18, True,
+           "resnet18_msceleb.pth"),
+    Source("scan_cci", "scan_cci", "torch", scan_cci.select, scan_cci.map_checkpoint, False,
+           "model_best.pth.tar (a SCAN-CCI training run; none were released)"),
+    Source("vggface2_resnet50", "scan_cci", "numpy_pickle", torchvision_resnet.select_resnet50,
+           torchvision_resnet.map_resnet50, True, "vgg_msceleb_resnet50_ft_weight.pkl"),
+    Source("apvit", "apvit", "torch", apvit.select_checkpoint, apvit.map_checkpoint, False, "APViT_RAF-3eeecf7d.pth"),
+    Source("ir50", "apvit", "torch", apvit.select_ir50, apvit.map_ir50, True, "backbone_ir50_ms1m_epoch120.pth"),
+    Source("timm_vit", "apvit", "torch", apvit.select_timm, apvit.map_timm, True, "vit_small_p16_224-15ec54c9.pth"),
+    Source("vit_npz", "apvit", "npz", apvit.select_npz, apvit.map_npz, True, "a ViT .npz with the same shapes"),
+    Source("lhcnet", "lhcnet", "tf_checkpoint", lhcnet.select_checkpoint, lhcnet.map_checkpoint, False,
+           "Downloaded_Models/LHC_Net/LHC_Net, Downloaded_Models/LHC_NetC/LHC_Net_Controller"),
+    Source("resnet34v2_h5", "lhcnet", "keras_h5", lhcnet.select_h5, lhcnet.map_h5, True,
+           "resnet34_imagenet_1000_no_top.h5"),
+)
+SOURCES_BY_NAME = {source.name: source for source in SOURCES}
+
+
+def _load_npz(path: str) -> dict:
+  with np.load(path, allow_pickle=False) as data:
+    return dict(data)
+
+
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+READERS = {"torch": torch_io.load_torch, "numpy_pickle": torch_io.load_numpy_pickle, "npz": _load_npz,
+           "keras_h5": keras_h5.load, "tf_checkpoint": tf_checkpoint.load}
+
+
+def reader_for(path: str) -> str:
+  """The reader a file needs, from its kind."""
+  if tf_checkpoint.checkpoint_prefix(path):
+    return "tf_checkpoint"
+  extension = os.path.splitext(path)[1].lower()
+  return {".h5": "keras_h5", ".hdf5": "keras_h5", ".npz": "npz", ".pkl": "numpy_pickle",
+          ".pickle": "numpy_pickle"}.get(extension, "torch")
+
+
+def _outline(loaded) -> str:
+  if isinstance(loaded, dict):
+    return "keys " + ", ".join(map(str, list(loaded)[:8])) + (" …" if len(loaded) > 8 else "")
+  return type(loaded).__name__
+
+
+def read_source(path: str, method: str, source_name: str | None = None) -> tuple[Source, dict]:
+  """Reads `path` and finds (or checks) which source of `method` it is; returns its tensors."""
+  candidates = [s for s in SOURCES if s.method == method]
+  if source_name:
+    if source_name not in SOURCES_BY_NAME:
+      raise ConversionError(f"Unknown --source {source_name!r}; valid: {', '.join(SOURCES_BY_NAME)}.")
+    if SOURCES_BY_NAME[source_name].method != method:
+      raise ConversionError(f"--source={source_name} converts {SOURCES_BY_NAME[source_name].method} checkpoints, "
+                            f"but the config builds {method}.")
+    candidates = [SOURCES_BY_NAME[source_name]]
+  if not os.path.exists(path) and not tf_checkpoint.checkpoint_prefix(path):
+    raise ConversionError(f"No checkpoint at {path}.")
+  reader = candidates[0].reader if source_name else reader_for(path)
+  loaded = READERS[reader](path)
+  for source in candidates:
+    if source.reader == reader:
+      tensors = source.select(loaded)
+      if tensors is not None:
+        return source, tensors
+  known = "; ".join(f"{s.name} ({s.files})" for s in SOURCES if s.method == method)
+  raise ConversionError(f"{path} ({reader}, {_outline(loaded)}) is not a checkpoint format fer_jax converts "
+                        f"for {method}. Known sources: {known}.")
+
+
+@functools.lru_cache(maxsize=4)
+def _fresh_initialiser(model, image_shape: tuple[int, ...]):
+  """The model's `init` (as fer_jax.train.init_variables runs it), compiled once per model and shape.
+
+  It runs once per conversion, so on the CPU it is compiled without XLA's expensive passes:
+  the random initialisers of a large model otherwise take most of a conversion's time.
+  """
+  def init(seed):
+    rng = jax.random.key(seed)
+    variables = model.init({"params": rng, "dropout": rng}, jnp.zeros(image_shape, jnp.float32), train=False)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  lowered = jax.jit(init).lower(jax.ShapeDtypeStruct((), jnp.int32))
+  options = _FAST_COMPILE if jax.default_backend() == "cpu" else None
+  return lowered.compile(compiler_options=options)
+
+
+def _fresh_variables(model, image_shape: tuple[int, ...], seed: int) -> dict:
+  return _fresh_initialiser(model, image_shape)(np.int32(seed))
+
+
+def convert(config, checkpoints: Sequence[str], sources: Sequence[str] = ()) -> tuple[dict, Report]:
+  """Maps the checkpoint files onto the model `config` builds; returns ({params, batch_stats}, report)."""
+  from fer_jax import train
+  from fer_jax.models import get_method
+
+  if sources and len(sources) != len(checkpoints):
+    raise ConversionError(f"Give one --source per --checkpoint or none ({len(sources)} for {len(checkpoints)}).")
+  method = config.model.name
+  model = train.build_model(config)
+  target = core.Target(train.abstract_variables(model, config))
+  tensor_sets, backbone_only = [], False
+  for index, path in enumerate(checkpoints):
+    source, tensors = read_source(path, method, sources[index] if sources else None)
+    tensor_sets.append(core.Tensors(tensors, f"{os.path.basename(os.path.normpath(path))} [{source.name}]"))
+    source.map(tensor_sets[-1], target, config)
+    backbone_only |= source.backbone_only
+  fresh = functools.partial(_fresh_variables, model, tuple(train.dummy_images(config).shape), config.seed)
+  auxiliary = set(get_method(method).AUXILIARY_PARAMS)
+  return core.finish(target, tensor_sets, fresh,
+                     lambda path: backbone_only or path.split("/")[1] in auxiliary, config.seed)

@@ -1,0 +1,49 @@
+"""Converts released checkpoints or pretrained backbones into a fer_jax checkpoint.
+
+  python -m fer_jax.convert --config=configs/dan.py:rafdb \
+      --checkpoint=rafdb_epoch21_acc0.897_bacc0.8275.pth --workdir=converted/dan_rafdb
+  python -m fer_jax.convert --config=configs/apvit.py:rafdb --workdir=converted/apvit_init \
+      --checkpoint=backbone_ir50_ms1m_epoch120.pth --checkpoint=vit_small_p16_224-15ec54c9.pth
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from fer_jax import checkpointing
+from fer_jax import convert
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset> the checkpoint belongs to.",
+                                          lock_config=True)
+_CHECKPOINT = flags.DEFINE_multi_string("checkpoint", None, "Source file (repeat to combine backbones).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for the converted Orbax checkpoint.")
+_SOURCE = flags.DEFINE_multi_string(
+    "source", None, "Source format, one per --checkpoint; default: recognised from the file. One of: "
+    + ", ".join(f"{s.name} ({s.method})" for s in convert.SOURCES) + ".")
+flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+  workdir = os.path.abspath(_WORKDIR.value)
+  if os.path.isdir(workdir) and os.listdir(workdir):
+    raise app.UsageError(f"--workdir={workdir} is not empty: convert into a new folder.")
+  config = _CONFIG.value
+  try:
+    variables, report = convert.convert(config, _CHECKPOINT.value, _SOURCE.value or ())
+  except convert.ConversionError as e:
+    raise SystemExit(f"error: {e}") from None
+  for line in report.lines():
+    logging.info("%s", line)
+  path = checkpointing.save_model(workdir, variables, config)
+  logging.info("Wrote %s. Evaluate with: python -m fer_jax.main --mode=eval --config=%s --checkpoint=%s "
+               "--workdir=<report folder>", path, config_flags.get_config_filename(flags.FLAGS["config"]), workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,282 @@
+"""The machinery every converter shares: source tensors, the model's variables, layout rules.
+
+A converter is a key map plus layout rules. The key map names, for each Flax module of the
+model, the module of the source checkpoint that holds its weights; the layout rules say how
+one framework names and lays out the weights of each kind of layer. The kind is read off the
+model's own variables (a 4-D kernel is a 2-D convolution, `mean`/`var` statistics make a
+BatchNorm, …), so a key map never repeats what the model already says.
+
+Every source tensor must be used or dropped with a stated reason, every model variable must
+be filled or explicitly left to its fresh initialisation, and every shape must match: the
+leftovers are reported by name and shape in one `ConversionError`.
+"""
+
+import dataclasses
+import re
+from typing import Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from fer_jax.optim import path_of
+
+COLLECTIONS = ("params", "batch_stats")
+
+
+class ConversionError(ValueError):
+  """A source checkpoint that cannot be mapped onto the configured model."""
+
+
+def _describe(name: str, value) -> str:
+  return f"{name} {tuple(np.shape(value))}"
+
+
+def _listing(items: list[str], limit: int = 12) -> str:
+  shown = ", ".join(items[:limit])
+  return shown + (f" … ({len(items)} in all)" if len(items) > limit else "")
+
+
+class Tensors:
+  """A source checkpoint's tensors by name; records which ones a key map used or dropped."""
+
+  def __init__(self, tensors: Mapping[str, np.ndarray], origin: str):
+    self.tensors = dict(tensors)
+    self.origin = origin
+    self.used: set[str] = set()
+    self.dropped: dict[str, str] = {}
+    self.missing: list[str] = []
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.tensors
+
+  def names(self) -> list[str]:
+    return list(self.tensors)
+
+  def get(self, name: str) -> np.ndarray | None:
+    """The tensor called `name`, marked used; None (and recorded as missing) if absent."""
+    if name not in self.tensors:
+      self.missing.append(name)
+      return None
+    self.used.add(name)
+    return np.asarray(self.tensors[name])
+
+  def drop(self, pattern: str, reason: str) -> None:
+    """Drops every not yet used tensor whose whole name matches the regex `pattern`."""
+    compiled = re.compile(pattern)
+    for name in self.tensors:
+      if name not in self.used and compiled.fullmatch(name):
+        self.dropped[name] = reason
+
+  def unknown(self) -> list[str]:
+    return [name for name in self.tensors if name not in self.used and name not in self.dropped]
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How one framework names and lays out the weights of each kind of layer.
+
+  `rules[kind][leaf]` is (source weight name, transform to the Flax layout); `extras[kind]`
+  lists source weights of that kind that Flax has no variable for, with the reason.
+  """
+  join: Callable[[str, str], str]
+  rules: Mapping[str, Mapping[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]]
+  extras: Mapping[str, tuple[tuple[str, str], ...]] = dataclasses.field(default_factory=dict)
+
+
+def _same(x):
+  return x
+
+
+TORCH = Layout(
+    join=lambda module, weight: f"{module}.{weight}",
+    rules={
+        # Conv2d (O, I, kh, kw) → (kh, kw, I, O); Conv1d (O, I, k) → (k, I, O); Linear (out, in) → (in, out).
+        "conv": {"kernel": ("weight", lambda w: w.transpose(2, 3, 1, 0)), "bias": ("bias", _same)},
+        "conv1d": {"kernel": ("weight", lambda w: w.transpose(2, 1, 0)), "bias": ("bias", _same)},
+        "dense": {"kernel": ("weight", lambda w: w.T), "bias": ("bias", _same)},
+        "batch_norm": {"scale": ("weight", _same), "bias": ("bias", _same),
+                       "mean": ("running_mean", _same), "var": ("running_var", _same)},
+        "layer_norm": {"scale": ("weight", _same), "bias": ("bias", _same)},
+        "prelu": {"slope": ("weight", _same), "negative_slope": ("weight", _same)},
+    },
+    extras={"batch_norm": (("num_batches_tracked",
+                            "BatchNorm step counter; Flax BatchNorm keeps none (the momentum is fixed)"),)},
+)
+
+# Keras kernels are already (kh, kw, in, out) and (in, out).
+KERAS = Layout(
+    join=lambda module, weight: f"{module}/{weight}",
+    rules={
+        "conv": {"kernel": ("kernel", _same), "bias": ("bias", _same)},
+        "dense": {"kernel": ("kernel", _same), "bias": ("bias", _same)},
+        "batch_norm": {"scale": ("gamma", _same), "bias": ("beta", _same),
+                       "mean": ("moving_mean", _same), "var": ("moving_variance", _same)},
+    },
+)
+
+
+class Target:
+  """The configured model's variables, filled leaf by leaf with shape checks."""
+
+  def __init__(self, abstract_variables: dict):
+    self.abstract = {path_of(k): v for k, v in jax.tree_util.tree_flatten_with_path(abstract_variables)[0]}
+    self.values: dict[str, np.ndarray] = {}
+    self.origins: dict[str, str] = {}
+    self.problems: list[str] = []
+    self.attempted: set[str] = set()
+    self._leaves: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}
+    for path, leaf in self.abstract.items():
+      collection, rest = path.split("/", 1)
+      module, _, name = rest.rpartition("/")
+      self._leaves.setdefault(module, {})[name] = (collection, tuple(leaf.shape))
+
+  def modules(self, under: str = "") -> list[str]:
+    """Paths of the modules (without collection) that own variables, in model order, under `under`."""
+    return [m for m in self._leaves if not under or m == under or m.startswith(under + "/")]
+
+  def leaves(self, module: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{leaf name: (collection, shape)} of the variables a module owns directly."""
+    return self._leaves.get(module, {})
+
+  def kind(self, module: str) -> str | None:
+    """The kind of layer a module is, from its own variables."""
+    leaves = self.leaves(module)
+    names = set(leaves)
+    if {"mean", "var"} <= names:
+      return "batch_norm"
+    if "kernel" in names and names <= {"kernel", "bias"}:
+      return {4: "conv", 3: "conv1d", 2: "dense"}.get(len(leaves["kernel"][1]))
+    if names == {"scale", "bias"}:
+      return "layer_norm"
+    if names in ({"slope"}, {"negative_slope"}):
+      return "prelu"
+    return None
+
+  def put(self, module: str, leaf: str, value: np.ndarray, origin: str, source_shape=None) -> None:
+    """Sets one variable from `origin` (of shape `source_shape` before any layout change).
+
+    A variable the model lacks, a wrong shape or a second filling is recorded as a problem.
+    """
+    source = f"{origin} {tuple(np.shape(value) if source_shape is None else source_shape)}"
+    if leaf not in self.leaves(module):
+      self.problems.append(f"{source} maps to {module}/{leaf}, which the model does not have")
+      return
+    collection, shape = self.leaves(module)[leaf]
+    path = f"{collection}/{module}/{leaf}"
+    self.attempted.add(path)
+    if tuple(np.shape(value)) != shape:
+      self.problems.append(f"{source} does not fit {path} {shape}")
+    elif path in self.values:
+      self.problems.append(f"{path} is given by both {self.origins[path]} and {origin}")
+    else:
+      self.values[path] = np.asarray(value, self.abstract[path].dtype)
+      self.origins[path] = origin
+
+  def unfilled(self) -> list[str]:
+    """Variables no source tensor was mapped to."""
+    return [path for path in self.abstract if path not in self.attempted]
+
+
+def copy_module(tensors: Tensors, target: Target, module: str, source: str, layout: Layout) -> None:
+  """Fills one Flax module from the source module `source`, by the module's kind and `layout`."""
+  kind = target.kind(module)
+  if kind is None or kind not in layout.rules:
+    raise ValueError(f"No {kind} layout rule for {module}: map its variables one by one.")
+  for leaf in target.leaves(module):
+    weight, transform = layout.rules[kind][leaf]
+    name = layout.join(source, weight)
+    value = tensors.get(name)
+    if value is not None:
+      target.put(module, leaf, transform(value), name, value.shape)
+  for weight, reason in layout.extras.get(kind, ()):
+    tensors.drop(re.escape(layout.join(source, weight)), reason)
+
+
+def copy_leaf(tensors: Tensors, target: Target, module: str, leaf: str, name: str,
+              transform: Callable[[np.ndarray], np.ndarray] = _same) -> None:
+  """Fills one variable from the source tensor `name`."""
+  value = tensors.get(name)
+  if value is not None:
+    target.put(module, leaf, transform(value), name, value.shape)
+
+
+def copy_modules(tensors: Tensors, target: Target, pairs: Iterable[tuple[str, str]], layout: Layout) -> None:
+  for module, source in pairs:
+    copy_module(tensors, target, module, source, layout)
+
+
+Rule = tuple[str, str | Callable[[re.Match], str]]
+
+
+def rename(path: str, rules: Iterable[Rule]) -> str:
+  """The source name of a Flax module path: the first rule whose regex matches the whole path."""
+  for pattern, replacement in rules:
+    match = re.fullmatch(pattern, path)
+    if match:
+      return replacement(match) if callable(replacement) else match.expand(replacement)
+  raise ValueError(f"No key-map rule for the model's module {path!r}.")
+
+
+FLAX = Layout(
+    join=lambda module, weight: f"{module}/{weight}",
+    rules={
+        "conv": {"kernel": ("kernel", _same), "bias": ("bias", _same)},
+        "dense": {"kernel": ("kernel", _same), "bias": ("bias", _same)},
+        "layer_norm": {"scale": ("scale", _same), "bias": ("bias", _same)},
+    },
+)
+
+
+@dataclasses.dataclass
+class Report:
+  """What a conversion did, for the log and the tests."""
+  converted: dict[str, int] = dataclasses.field(default_factory=dict)      # origin → tensors used
+  dropped: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # origin → {name: reason}
+  fresh: list[str] = dataclasses.field(default_factory=list)               # variable paths left as initialised
+  seed: int = 0
+
+  def lines(self) -> list[str]:
+    lines = [f"{origin}: {count} tensors converted" for origin, count in self.converted.items()]
+    for origin, dropped in self.dropped.items():
+      by_reason: dict[str, list[str]] = {}
+      for name, reason in dropped.items():
+        by_reason.setdefault(reason, []).append(name)
+      for reason, names in by_reason.items():
+        lines.append(f"{origin}: dropped {len(names)} ({reason}): {_listing(names, 6)}")
+    if self.fresh:
+      modules = sorted({path.split("/")[1] for path in self.fresh})
+      lines.append(f"freshly initialised (seed {self.seed}, not in the source): {len(self.fresh)} variables "
+                   f"in {', '.join(modules)}")
+    return lines
+
+
+def finish(target: Target, sources: list[Tensors], fresh_variables: Callable[[], dict],
+           may_stay_fresh: Callable[[str], bool], seed: int) -> tuple[dict, Report]:
+  """Checks that every source tensor and model variable is accounted for; returns the variables.
+
+  Variables no source filled take their value from `fresh_variables()` (called only if some
+  are left) when `may_stay_fresh(path)`; otherwise they are reported missing.
+  """
+  problems = list(target.problems)
+  for tensors in sources:
+    problems += [f"{tensors.origin}: {name} is missing" for name in tensors.missing]
+    unknown = [_describe(name, tensors.tensors[name]) for name in tensors.unknown()]
+    if unknown:
+      problems.append(f"{tensors.origin}: unknown to this model: {_listing(unknown)}")
+  unfilled = target.unfilled()
+  not_allowed = [f"{path} {tuple(target.abstract[path].shape)}" for path in unfilled if not may_stay_fresh(path)]
+  if not_allowed:
+    problems.append(f"model variables no source provides: {_listing(not_allowed)}")
+  if problems:
+    raise ConversionError("The checkpoint does not fit the configured model:\n  " + "\n  ".join(problems)
+                          + "\nPass the --config (method, data set, number of classes) and --source the "
+                            "checkpoint belongs to.")
+  values = dict(target.values)
+  if unfilled:
+    fresh = {path_of(k): v for k, v in jax.tree_util.tree_flatten_with_path(fresh_variables())[0]}
+    values.update({path: np.asarray(fresh[path]) for path in unfilled})
+  variables = traverse_util.unflatten_dict({tuple(path.split("/")): value for path, value in values.items()})
+  report = Report(converted={t.origin: len(t.used) for t in sources},
+                  dropped={t.origin: t.dropped for t in sources if t.dropped}, fresh=unfilled, seed=seed)
+  return {c: variables.get(c, {}) for c in COLLECTIONS}, report

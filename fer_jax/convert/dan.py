@@ -1,0 +1,42 @@
+"""DAN's released checkpoints (`rafdb_epoch21_acc0.897_bacc0.8275.pth`, `affecnet8_epoch5_acc0.6209.pth`, …).
+
+A `torch.save` dict {iter, model_state_dict, optimizer_state_dict}; only `model_state_dict`
+holds weights, loaded strictly by the official demo. Its keys (METHODS.md §2.9):
+  features.0 / features.1                conv1 / bn1 of the ResNet-18 trunk
+  features.{4,5,6,7}.B.*                 layer1…layer4, block B
+  cat_head{i}.sa.{conv1x1,conv_3x3,conv_1x3,conv_3x1}.{0 conv, 1 BN}
+  cat_head{i}.ca.attention.{0 Linear 512→32, 1 BN1d, 3 Linear 32→512}
+  fc, bn                                  the classifier and the BatchNorm1d on the logits
+Dropped: the BatchNorm `num_batches_tracked` counters. The affinity centres are not in the
+released files (a training-only parameter, see DAN issue #15): they are freshly initialised.
+"""
+
+from fer_jax.convert import core
+from fer_jax.convert import torchvision_resnet
+
+RULES: tuple[core.Rule, ...] = (
+    (r"trunk/conv1", "features.0"),
+    (r"trunk/bn1", "features.1"),
+    (r"trunk/layer(\d)_(\d+)/(.+)",
+     lambda m: f"features.{int(m[1]) + 3}.{m[2]}.{torchvision_resnet.torchvision_name(m[3])}"),
+    (r"head(\d+)/sa/(conv\w+)_conv", r"cat_head\1.sa.\2.0"),
+    (r"head(\d+)/sa/(conv\w+)_bn", r"cat_head\1.sa.\2.1"),
+    (r"head(\d+)/ca/fc1", r"cat_head\1.ca.attention.0"),
+    (r"head(\d+)/ca/bn", r"cat_head\1.ca.attention.1"),
+    (r"head(\d+)/ca/fc2", r"cat_head\1.ca.attention.3"),
+    (r"fc|bn", r"\g<0>"),
+)
+NOT_RELEASED = "affinity"
+
+
+def select(loaded):
+  if isinstance(loaded, dict) and isinstance(loaded.get("model_state_dict"), dict):
+    return loaded["model_state_dict"]
+  return None
+
+
+def map_checkpoint(tensors: core.Tensors, target: core.Target, config) -> None:
+  del config
+  for module in target.modules():
+    if not module.startswith(NOT_RELEASED):
+      core.copy_module(tensors, target, module, core.rename(module, RULES), core.TORCH)

@@ -1,0 +1,71 @@
+"""torchvision ResNet trunks: the MS-Celeb ResNet-18 (DAN) and the VGGFace2 ResNet-50 (SCAN-CCI).
+
+Flax names follow torchvision (`trunk/layer2_0/downsample_conv` ↔ `layer2.0.downsample.0`), so
+the key map is a renaming. Sources:
+  resnet18           `resnet18_msceleb.pth`, a dict whose `state_dict` holds torchvision
+                     ResNet-18 keys (a bare torchvision state dict is accepted too). Dropped as
+                     the official DAN loader does: `fc.*` (the trunk is `children()[:-2]`).
+  vggface2_resnet50  `vgg_msceleb_resnet50_ft_weight.pkl`, a pickle of NumPy arrays under
+                     torchvision ResNet-50 names, read with the NumPy-only unpickler. Dropped as
+                     the official SCAN-CCI loader does: `layer4.*` and `fc.*`.
+BatchNorm `num_batches_tracked` counters, where present, are dropped (Flax keeps none).
+Everything outside the trunk is freshly initialised (seeded by `config.seed`).
+"""
+
+import re
+
+from fer_jax.convert import core
+
+TRUNK = "trunk"
+
+
+def torchvision_name(relative: str) -> str:
+  """'layer2_0/downsample_conv' → 'layer2.0.downsample.0'; 'bn1' → 'bn1'."""
+  name = re.sub(r"^layer(\d)_(\d+)/", r"layer\1.\2/", relative)
+  name = name.replace("downsample_conv", "downsample.0").replace("downsample_bn", "downsample.1")
+  return name.replace("/", ".")
+
+
+def copy_trunk(tensors: core.Tensors, target: core.Target, source_prefix: str = "") -> None:
+  """Fills every module under `trunk/` from `source_prefix` + its torchvision name."""
+  for module in target.modules(TRUNK):
+    core.copy_module(tensors, target, module, source_prefix + torchvision_name(module[len(TRUNK) + 1:]),
+                     core.TORCH)
+
+
+def _state_dict(loaded):
+  """A torchvision state dict, bare or under "state_dict", without a DataParallel prefix."""
+  if not isinstance(loaded, dict):
+    return None
+  state = loaded.get("state_dict", loaded)
+  if not isinstance(state, dict) or not state:
+    return None
+  if all(isinstance(k, str) and k.startswith("module.") for k in state):
+    state = {k[len("module."):]: v for k, v in state.items()}
+  return state
+
+
+def select_resnet18(loaded):
+  state = _state_dict(loaded)
+  if state and "layer4.1.bn2.running_var" in state and "layer1.0.conv3.weight" not in state:
+    return state
+  return None
+
+
+def select_resnet50(loaded):
+  state = _state_dict(loaded)
+  if state and "layer3.5.conv3.weight" in state and "conv1.weight" in state:
+    return state
+  return None
+
+
+def map_resnet18(tensors: core.Tensors, target: core.Target, config) -> None:
+  del config
+  copy_trunk(tensors, target)
+  tensors.drop(r"fc\..*", "ImageNet/MS-Celeb classifier; DAN's trunk stops before it, as the official code does")
+
+
+def map_resnet50(tensors: core.Tensors, target: core.Target, config) -> None:
+  del config
+  copy_trunk(tensors, target)
+  tensors.drop(r"(layer4|fc)\..*", "SCAN-CCI's trunk stops after layer3; the official loader skips layer4 and fc")
