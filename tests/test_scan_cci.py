@@ -15,6 +15,7 @@ from PIL import Image
 import helpers
 
 from fer_jax import train
+from fer_jax import visualize
 from fer_jax.data import labels, preprocess
 from fer_jax.models import get_method, scan_cci
 
@@ -416,9 +417,18 @@ def test_registry_contract():
 
 
 @pytest.mark.slow
-def test_synthetic_config_trains_and_evaluates(tmp_path):
+def test_synthetic_config_trains_evaluates_and_draws_its_masks(tmp_path):
   config = helpers.tiny_run(load_config("synthetic"), size=32, batch_size=32)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  workdir = tmp_path / "run"
+  results = train.train_and_evaluate(config, str(workdir))
   assert results["num_examples"] == 70 and 0.0 <= results["accuracy"] <= 1.0
   assert np.asarray(results["confusion_matrix"]).shape == (7, 7)
-  assert os.listdir(tmp_path / "checkpoints")
+
+  faces = []
+  for index in range(3):
+    faces.append(str(tmp_path / f"face{index}.png"))
+    Image.fromarray(np.full((50, 40, 3), 60 * index, np.uint8)).save(faces[-1])
+  paths = visualize.write_attention_maps(config, str(workdir), faces, str(tmp_path / "maps"), batch_size=2)
+  assert len(paths) == 6
+  with Image.open(paths[-1]) as png:
+    assert png.size == (32, 32)
