@@ -11,12 +11,11 @@ import torch
 import torchvision
 from torch import nn
 
-from configs import dan as dan_config
 from fer_jax import checkpointing
 from fer_jax import convert
 from fer_jax import train
 from fer_jax.models.backbones import resnet as resnet_lib
-from tests import helpers
+from helpers import get_config, tiny_run
 
 SIZE = 64
 TOLERANCE = 1e-4
@@ -94,7 +93,7 @@ def randomise(module: nn.Module, seed: int, size: int = SIZE) -> nn.Module:
 
 
 def small_config(arg="synthetic"):
-  config = dan_config.get_config(arg)
+  config = get_config(f"configs/dan.py:{arg}")
   config.input.size = SIZE
   return config
 
@@ -136,7 +135,7 @@ def test_released_checkpoint_gives_the_reference_logits(released, converted, ima
 
 @pytest.mark.slow
 def test_converted_checkpoint_restores_and_evaluates(converted, tmp_path):
-  config = helpers.tiny_run(small_config(), size=SIZE, batch_size=16)
+  config = tiny_run(small_config(), size=SIZE, batch_size=16)
   variables, _ = converted
   checkpointing.save_model(str(tmp_path / "converted"), variables, config)
   model = train.build_model(config)

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from configs import scan_cci as scan_config
 from fer_jax import convert
 from fer_jax import train
 from fer_jax.convert import torch_io
 from fer_jax.models.backbones import resnet as resnet_lib
-from tests.test_convert_dan import randomise
+from helpers import get_config
+from test_convert_dan import randomise
 
 SIZE = 64  # layer2 map 8×8: one 6×6 tile, a 6×2 right strip, two bottom strips, a 2×2 corner
 TOLERANCE = 1e-4
@@ -130,7 +130,7 @@ def saved_like_official(reference, path):
 
 
 def small_config(arg):
-  config = scan_config.get_config(arg)
+  config = get_config(f"configs/scan_cci.py:{arg}")
   config.input.size = SIZE
   return config
 
