@@ -91,7 +91,7 @@ def get_config(arg: str = "fer2013"):
   if data == "fer2013":
     config.dataset.update(name="fer2013", class_order="fer2013", train_split="train",
                           eval_split="public_test", test_split="private_test")
-    to_model = "resize(224)|gray_to_rgb()"
+    to_model = "resize({size})|gray_to_rgb()"
     config.input.update(size=224, channels=3,
                         train_pp="|".join(filter(None, (to_model, RAW, augment))),
                         eval_pp=f"{to_model}|{RAW}")
@@ -99,11 +99,12 @@ def get_config(arg: str = "fer2013"):
     size = 80
     config.dataset.update(name="synthetic", class_order="fer2013", train_split="train",
                           eval_split="test", test_split="test")
-    # 20×20, 10×10, 5×5 and 3×3 maps: bands of 2, 2, 1 rows and the whole 3×3 map; E ≈ P / 2.
-    config.model.update(lhc_heads=(10, 10, 5, 5, 1), lhc_embed_dims=(20, 20, 10, 3, 5))
-    config.input.update(size=size, channels=3,
-                        train_pp=f"resize({size})|flip()|{RAW}" if stage in ("A1", "A2") else f"resize({size})|{RAW}",
-                        eval_pp=f"resize({size})|{RAW}")
+    # Heads dividing the 20², 10², 5², 3² maps at 80 px and the 8², 4², 2², 1² maps at 32 px
+    # (the tests' size): bands of 5, 5 and 5 rows, then whole maps; E ≈ P / 2 at 80 px.
+    config.model.update(lhc_heads=(4, 4, 2, 1, 1), lhc_embed_dims=(50, 50, 25, 12, 5))
+    flip = "flip()|" if stage in ("A1", "A2") else ""
+    config.input.update(size=size, channels=3, train_pp=f"resize({{size}})|{flip}{RAW}",
+                        eval_pp=f"resize({{size}})|{RAW}")
     config.batch_size = min(batch_size, 32)
     config.eval_batch_size = 100
     config.num_epochs = 2

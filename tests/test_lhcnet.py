@@ -1,24 +1,20 @@
 """LHC-Net: module maths against a direct NumPy reading of the official code, sizes, configs."""
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fer_jax import checkpointing
+from fer_jax import optim
+from fer_jax import train
 from fer_jax.data import preprocess
 from fer_jax.models import lhcnet
-
-CONFIG_PATH = pathlib.Path(__file__).parents[1] / "configs" / "lhcnet.py"
+from helpers import get_config, tiny_run
 
 
 def load_config(arg):
-  spec = importlib.util.spec_from_file_location("lhcnet_config", CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return get_config(f"configs/lhcnet.py:{arg}")
 
 
 def count(tree) -> int:
@@ -239,7 +235,7 @@ def test_config_stages_follow_the_official_recipe():
     assert config.eval.tta == "lhc62"
   assert load_config("fer2013").stage == "A1"
   assert "keras_image_generator(rotation_range=30" in load_config("fer2013").input.train_pp
-  assert load_config("fer2013,stage=B").input.train_pp == "resize(224)|gray_to_rgb()|to_float()"
+  assert load_config("fer2013,stage=B").input.train_pp == "resize({size})|gray_to_rgb()|to_float()"
 
 
 def test_config_rejects_unknown_arguments():
@@ -252,7 +248,7 @@ def test_config_rejects_unknown_arguments():
 def test_fer2013_eval_pipeline_keeps_raw_pixels_at_224():
   config = load_config("fer2013,stage=B")
   gray = np.full((48, 48, 1), 129, np.uint8)
-  image = preprocess.parse(config.input.eval_pp)(gray, np.random.default_rng(0))
+  image = preprocess.parse(config.input.eval_pp, config.input.size)(gray, np.random.default_rng(0))
   assert image.shape == (224, 224, 3) and image.dtype == np.float32
   assert float(image.mean()) == 129.0
 
@@ -260,7 +256,7 @@ def test_fer2013_eval_pipeline_keeps_raw_pixels_at_224():
 @pytest.mark.parametrize("stage", ["A1", "C"])
 def test_synthetic_config_runs_a_forward_pass(stage):
   config = load_config(f"synthetic,stage={stage}")
-  pipeline = preprocess.parse(config.input.train_pp)
+  pipeline = preprocess.parse(config.input.train_pp, config.input.size)
   image = pipeline(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8),
                    np.random.default_rng(1))
   assert image.shape == (config.input.size,) * 2 + (3,) and image.dtype == np.float32
@@ -268,3 +264,22 @@ def test_synthetic_config_runs_a_forward_pass(stage):
   variables = model.init(jax.random.key(0), jnp.asarray(image[None]), train=False)
   logits = model.apply(variables, jnp.asarray(image[None]), train=False)["logits"]
   assert logits.shape == (1, 7) and np.all(np.isfinite(logits))
+
+
+@pytest.mark.slow
+def test_synthetic_controller_stage_trains_end_to_end_and_only_the_five_gates(tmp_path):
+  config = tiny_run(load_config("synthetic,stage=C"))
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["num_examples"] == 70 and (tmp_path / "eval_results.json").exists()
+  model = train.build_model(config)
+  initial = jax.jit(lambda: train.init_variables(model, config, jax.random.key(config.seed)))()
+  final = checkpointing.restore_model(str(tmp_path), train.abstract_variables(model, config))
+  changed = {optim.path_of(path) for path, before in jax.tree_util.tree_flatten_with_path(initial)[0]
+             if not np.array_equal(before, _leaf(final, path))}
+  assert changed == {f"params/lhc{i}/controller" for i in range(1, 6)}
+
+
+def _leaf(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return np.asarray(tree)
