@@ -134,21 +134,28 @@ def _fresh_variables(model, image_shape: tuple[int, ...], seed: int) -> dict:
 
 def convert(config, checkpoints: Sequence[str], sources: Sequence[str] = ()) -> tuple[dict, Report]:
   """Maps the checkpoint files onto the model `config` builds; returns ({params, batch_stats}, report)."""
+  if sources and len(sources) != len(checkpoints):
+    raise ConversionError(f"Give one --source per --checkpoint or none ({len(sources)} for {len(checkpoints)}).")
+  inputs = []
+  for index, path in enumerate(checkpoints):
+    source, tensors = read_source(path, config.model.name, sources[index] if sources else None)
+    inputs.append((source, tensors, os.path.basename(os.path.normpath(path))))
+  return convert_tensors(config, inputs)
+
+
+def convert_tensors(config, inputs: Sequence[tuple[Source, dict, str]]) -> tuple[dict, Report]:
+  """Like `convert`, for tensors already read: (source, {name: array}, file name) per input."""
   from fer_jax import train
   from fer_jax.models import get_method
 
-  if sources and len(sources) != len(checkpoints):
-    raise ConversionError(f"Give one --source per --checkpoint or none ({len(sources)} for {len(checkpoints)}).")
-  method = config.model.name
   model = train.build_model(config)
   target = core.Target(train.abstract_variables(model, config))
   tensor_sets, backbone_only = [], False
-  for index, path in enumerate(checkpoints):
-    source, tensors = read_source(path, method, sources[index] if sources else None)
-    tensor_sets.append(core.Tensors(tensors, f"{os.path.basename(os.path.normpath(path))} [{source.name}]"))
+  for source, tensors, file_name in inputs:
+    tensor_sets.append(core.Tensors(tensors, f"{file_name} [{source.name}]"))
     source.map(tensor_sets[-1], target, config)
     backbone_only |= source.backbone_only
   fresh = functools.partial(_fresh_variables, model, tuple(train.dummy_images(config).shape), config.seed)
-  auxiliary = set(get_method(method).AUXILIARY_PARAMS)
+  auxiliary = set(get_method(config.model.name).AUXILIARY_PARAMS)
   return core.finish(target, tensor_sets, fresh,
                      lambda path: backbone_only or path.split("/")[1] in auxiliary, config.seed)
