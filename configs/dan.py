@@ -28,6 +28,9 @@ def get_config(arg: str = "rafdb"):
   config.batch_size = 256
   config.eval_batch_size = 256
 
+  if arg in ("rafdb", "affectnet7", "affectnet8"):
+    # The official scripts keep the epoch with the best accuracy on the evaluated split.
+    config.update(select_metric="accuracy", restore_best=True)
   if arg == "rafdb":
     config.dataset.update(name="rafdb", class_order="rafdb")
     config.num_epochs = 40

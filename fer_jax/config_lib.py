@@ -16,7 +16,8 @@ def base_config() -> ml_collections.ConfigDict:
       "name": "synthetic",          # a TFDS builder name (fer_jax.data.builders registers ours)
       "data_dir": "",               # where prepared TFDS sets live; "" = TFDS default
       "train_split": "train",
-      "eval_split": "test",
+      "eval_split": "test",         # evaluated every eval.every_epochs; model selection uses it
+      "test_split": "",             # the final report's split ("" = eval_split)
       "class_order": "fer2013",     # fer_jax.data.labels.CLASS_ORDERS key: the model's output order
       "sampler": "uniform",         # uniform | class_balanced | repeat_factor
       "repeat_factor_threshold": 0.15,
@@ -40,13 +41,19 @@ def base_config() -> ml_collections.ConfigDict:
       "schedule": "constant",       # constant | step | exponential | cosine (per epoch, as PyTorch)
       "step_epochs": 10,
       "gamma": 0.1,
+      "b1": 0.9, "b2": 0.999, "eps": 1e-8,  # Adam (PyTorch defaults; Keras uses eps 1e-7)
       "grad_clip_norm": 0.0,        # 0 = no clipping
       "lr_groups": (),              # ((regex over parameter paths, lr multiplier), ...)
       "trainable": "",              # regex: only matching parameters train ("" = all)
       "weight_decay_exclude": "",   # regex: parameters without weight decay
   })
 
-  config.eval = ml_collections.ConfigDict({"every_epochs": 1, "tta": "none"})
+  config.eval = ml_collections.ConfigDict({"every_epochs": 1, "tta": "none"})  # tta: fer_jax.tta.NAMES
+  # Model selection on dataset.eval_split: "" (keep the last epoch), "accuracy" or
+  # "mean_class_accuracy"; the best epoch is kept in workdir/best.
+  config.select_metric = ""
+  config.early_stopping_patience = 0  # stop after this many evaluations without a strict gain (0 = never)
+  config.restore_best = False         # report with the best epoch's weights instead of the last
   config.log_every_steps = 50
   config.checkpoint_every_steps = 0  # 0 = at the end of every epoch
   config.max_checkpoints = 2

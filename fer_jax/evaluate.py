@@ -13,19 +13,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fer_jax import tta
 
-def confusion_step(model, num_classes: int, mesh, view_fn=None):
+
+def confusion_step(model, num_classes: int, mesh, tta_name: str = "none"):
   """jit(variables, batch) → K×K counts (rows: true class, columns: predicted).
 
-  `view_fn(images) -> (views [V, B, ...], weights [V])` turns one batch into weighted
-  test-time views whose softmax outputs are averaged; None evaluates the images as they are.
+  `tta_name` (fer_jax.tta.NAMES) averages the softmax outputs of weighted test-time views,
+  all computed inside the one jitted step; "none" takes the argmax of the plain logits.
   """
   def predict(variables, images):
-    if view_fn is None:
-      return model.apply(variables, images, train=False)["logits"]
-    views, weights = view_fn(images)
-    probabilities = jax.vmap(lambda v: jax.nn.softmax(model.apply(variables, v, train=False)["logits"]))(views)
-    return jnp.einsum("v,vbk->bk", weights, probabilities)
+    logits_fn = lambda x: model.apply(variables, x, train=False)["logits"]
+    return logits_fn(images) if tta_name == "none" else tta.predict(tta_name, logits_fn, images)
 
   def step(variables, batch):
     predicted = jnp.argmax(predict(variables, batch["image"]), axis=-1)

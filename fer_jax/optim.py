@@ -45,9 +45,10 @@ def _base(opt_config, learning_rate, decay_mask) -> optax.GradientTransformation
   if name == "sgd":
     return optax.sgd(learning_rate, momentum=opt_config.momentum or None, nesterov=opt_config.nesterov)
   if name == "adam":
-    return optax.adam(learning_rate)
+    return optax.adam(learning_rate, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps)
   if name == "adamw":
-    return optax.adamw(learning_rate, weight_decay=opt_config.weight_decay, mask=decay_mask)
+    return optax.adamw(learning_rate, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps,
+                       weight_decay=opt_config.weight_decay, mask=decay_mask)
   raise ValueError(f"Unknown config.optimizer.name {name!r}; valid: sgd, adam, adamw.")
 
 

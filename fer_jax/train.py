@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
@@ -101,21 +102,64 @@ def load_initial_variables(state: dict, config, model, mesh) -> dict:
   return {**state, **jax.device_put(variables, NamedSharding(mesh, P()))}
 
 
-def run_eval(model, config, mesh, variables, split: str, view_fn=None) -> dict:
+def run_eval(model, config, mesh, variables, split: str, tta_name: str = "none") -> dict:
   eval_data = pipeline.EvalData(config, mesh, split)
-  step = evaluate.confusion_step(model, config.model.num_classes, mesh, view_fn)
+  step = evaluate.confusion_step(model, config.model.num_classes, mesh, tta_name)
   results = evaluate.metrics(evaluate.confusion_matrix(step, variables, eval_data), eval_data.split.class_names)
   return {**results, "split": split, "dataset": config.dataset.name, "model": config.model.name}
 
 
-def final_report(model, config, mesh, variables, workdir: str, step: int) -> dict:
-  results = run_eval(model, config, mesh, variables, config.dataset.eval_split)
+def final_report(model, config, mesh, variables, workdir: str, step: int, plain: dict | None = None) -> dict:
+  """Evaluates the report split (test_split, else eval_split), single pass and, if configured, with TTA."""
+  split = config.dataset.test_split or config.dataset.eval_split
+  results = plain or run_eval(model, config, mesh, variables, split)
   results["step"] = step
+  if config.eval.tta != "none":
+    with_tta = run_eval(model, config, mesh, variables, split, config.eval.tta)
+    results["tta"] = {"name": config.eval.tta, **{k: with_tta[k] for k in (
+        "accuracy", "mean_class_accuracy", "macro_f1", "per_class_accuracy", "confusion_matrix")}}
   evaluate.write_report(results, workdir)
-  logging.info("%s %s: accuracy %.4f, mean-class accuracy %.4f over %d examples",
-               config.dataset.name, config.dataset.eval_split, results["accuracy"],
-               results["mean_class_accuracy"], results["num_examples"])
+  logging.info("%s %s: accuracy %.4f, mean-class accuracy %.4f over %d examples%s", config.dataset.name, split,
+               results["accuracy"], results["mean_class_accuracy"], results["num_examples"],
+               f"; with {config.eval.tta} TTA: accuracy {results['tta']['accuracy']:.4f}" if "tta" in results else "")
   return results
+
+
+class Selection:
+  """Best epoch on eval_split by `config.select_metric`, kept in workdir/best; early stopping."""
+
+  def __init__(self, config, workdir: str):
+    self.metric = config.select_metric
+    self.patience = config.early_stopping_patience
+    self.best_value, self.best_epoch = -1.0, 0
+    self.checkpoints = None
+    if self.metric:
+      self.checkpoints = checkpointing.manager(os.path.join(workdir, "best"), max_to_keep=1)
+      if self.checkpoints.latest_step() is not None:
+        record = self.checkpoints.restore(self.checkpoints.latest_step(),
+                                          args=ocp.args.Composite(selection=ocp.args.JsonRestore()))["selection"]
+        self.best_value, self.best_epoch = record["value"], record["epoch"]
+
+  def update(self, epoch: int, step: int, results: dict, variables: dict, config) -> bool:
+    """Records an evaluation; returns True when training should stop early."""
+    if not self.metric:
+      return False
+    if results[self.metric] > self.best_value:
+      self.best_value, self.best_epoch = results[self.metric], epoch
+      self.checkpoints.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(checkpointing.metadata(config)),
+          selection=ocp.args.JsonSave({"value": self.best_value, "epoch": epoch, "metric": self.metric})))
+      logging.info("New best %s %.4f at epoch %d", self.metric, self.best_value, epoch)
+    return bool(self.patience) and epoch - self.best_epoch >= self.patience
+
+  def wait_until_finished(self) -> None:
+    if self.checkpoints:
+      self.checkpoints.wait_until_finished()
+
+  def best_variables(self, abstract: dict) -> dict:
+    self.wait_until_finished()
+    return checkpointing.restore_model(os.path.join(self.checkpoints.directory, str(self.checkpoints.latest_step())),
+                                       abstract)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -124,7 +168,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   method = get_method(config.model.name)
   model = method.build(config.model)
   train_data = pipeline.TrainData(config, mesh)
-  pipeline.EvalData(config, mesh, config.dataset.eval_split)  # fail now, not after training
+  for split in {config.dataset.eval_split, config.dataset.test_split} - {""}:
+    pipeline.EvalData(config, mesh, split)  # fail now, not after training
   steps_per_epoch, num_steps = train_data.steps_per_epoch, train_data.num_steps
   abstract = abstract_variables(model, config)
   tx = optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs, abstract["params"])
@@ -138,6 +183,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("Resumed from step %d in %s", start_step, workdir)
   elif config.init_from:
     state = load_initial_variables(state, config, model, mesh)
+  selection = Selection(config, workdir)
+  stopped_early = start_step and selection.patience and (
+      start_step // steps_per_epoch - selection.best_epoch >= selection.patience)
 
   train_step = make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed)
   checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
@@ -146,8 +194,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                config.model.name, config.dataset.name, num_steps, steps_per_epoch, config.batch_size,
                mesh.devices.size)
   window_start, window_steps, pending = time.perf_counter(), 0, []
-  step = start_step
-  for step, batch in enumerate(train_data.batches(start_step), start=start_step + 1):
+  step, last_eval = start_step, None
+  for step, batch in enumerate(() if stopped_early else train_data.batches(start_step), start=start_step + 1):
     state, step_metrics = train_step(state, batch)
     pending.append(step_metrics)
     window_steps += 1
@@ -160,21 +208,33 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    images_per_second, _format_eta((num_steps - step) * elapsed / window_steps))
       writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
       window_start, window_steps, pending = time.perf_counter(), 0, []
-    epoch_end = step % steps_per_epoch == 0
-    if epoch_end and (step // steps_per_epoch) % config.eval.every_epochs == 0 and step != num_steps:
+    last_eval, stop = None, False
+    epoch, epoch_end = divmod(step, steps_per_epoch)[0], step % steps_per_epoch == 0
+    if epoch_end and (epoch % config.eval.every_epochs == 0 or step == num_steps):
       variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-      results = run_eval(model, config, mesh, variables, config.dataset.eval_split)
-      logging.info("epoch %d eval: accuracy %.4f mean-class %.4f", step // steps_per_epoch,
-                   results["accuracy"], results["mean_class_accuracy"])
-      writer.scalars(step, {"eval/accuracy": results["accuracy"],
-                            "eval/mean_class_accuracy": results["mean_class_accuracy"]})
+      last_eval = run_eval(model, config, mesh, variables, config.dataset.eval_split)
+      logging.info("epoch %d %s: accuracy %.4f mean-class %.4f", epoch, config.dataset.eval_split,
+                   last_eval["accuracy"], last_eval["mean_class_accuracy"])
+      writer.scalars(step, {"eval/accuracy": last_eval["accuracy"],
+                            "eval/mean_class_accuracy": last_eval["mean_class_accuracy"]})
+      stop = selection.update(epoch, step, last_eval, variables, config)
       window_start = time.perf_counter()
-    if step % checkpoint_every == 0 or step == num_steps:
+    if step % checkpoint_every == 0 or step == num_steps or stop:
       checkpointing.save(checkpoints, step, state, config)
+    if stop:
+      logging.info("Early stopping at epoch %d: no gain in %s for %d epochs", epoch, selection.metric,
+                   selection.patience)
+      break
   checkpoints.wait_until_finished()
+  selection.wait_until_finished()
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  results = final_report(model, config, mesh, variables, workdir, step)
-  writer.scalars(step, {"eval/accuracy": results["accuracy"], "eval/mean_class_accuracy": results["mean_class_accuracy"]})
+  if config.restore_best and selection.metric and selection.checkpoints.latest_step() is not None:
+    variables = jax.device_put(selection.best_variables(abstract), NamedSharding(mesh, P()))
+    logging.info("Reporting the best epoch (%d, %s %.4f)", selection.best_epoch, selection.metric, selection.best_value)
+    last_eval = None
+  reuse = last_eval if not config.dataset.test_split or config.dataset.test_split == config.dataset.eval_split else None
+  results = final_report(model, config, mesh, variables, workdir, step, reuse)
+  writer.scalars(step, {"test/accuracy": results["accuracy"], "test/mean_class_accuracy": results["mean_class_accuracy"]})
   writer.close()
   return results
 

@@ -83,7 +83,8 @@ def test_main_end_to_end(tmp_path):
   workdir = tmp_path / "run"
   result = _main("--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
                  f"--config.dataset.data_dir={tiny_data_dir()}", "--config.input.size=32", "--config.batch_size=32",
-                 "--config.eval_batch_size=32", "--config.num_epochs=1", "--config.log_every_steps=4")
+                 "--config.eval_batch_size=32", "--config.num_epochs=1", "--config.log_every_steps=4",
+                 "--config.select_metric=accuracy", "--config.restore_best=True", "--config.eval.tta=flip")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "img/s ETA" in result.stderr
   report = json.loads((workdir / "eval_results.json").read_text())
@@ -92,6 +93,25 @@ def test_main_end_to_end(tmp_path):
   assert (workdir / "confusion_matrix.png").exists()
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
   assert (workdir / "checkpoints" / "8" / "state").is_dir()
+  assert (workdir / "best" / "8" / "state").is_dir()
+  assert report["tta"]["name"] == "flip" and 0 <= report["tta"]["accuracy"] <= 1
+  assert sum(map(sum, report["tta"]["confusion_matrix"])) == 70
+
+
+def test_selection_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
+  config = _tiny_dan()
+  config.update(select_metric="mean_class_accuracy", early_stopping_patience=2)
+  variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
+  selection = train.Selection(config, str(tmp_path))
+  assert not selection.update(1, 10, {"mean_class_accuracy": 0.5}, variables, config)
+  best = {"params": {"w": np.ones(2, np.float32)}, "batch_stats": {}}
+  assert not selection.update(2, 20, {"mean_class_accuracy": 0.6}, best, config)
+  assert not selection.update(3, 30, {"mean_class_accuracy": 0.6}, variables, config)  # equal is no gain
+  assert selection.update(4, 40, {"mean_class_accuracy": 0.55}, variables, config)
+  selection.wait_until_finished()
+  restored = train.Selection(config, str(tmp_path))  # as after a restart
+  assert (restored.best_epoch, restored.best_value) == (2, 0.6)
+  np.testing.assert_array_equal(restored.best_variables(jax.eval_shape(lambda: best))["params"]["w"], [1, 1])
 
 
 def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
