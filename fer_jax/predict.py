@@ -1,0 +1,178 @@
+"""Class probabilities for face images with a trained or converted checkpoint.
+
+  python -m fer_jax.predict --config=configs/dan.py:rafdb --checkpoint=DIR \
+      --input=IMAGE_OR_FOLDER --output=preds.csv [--tta=flip] [--batch_size=64]
+
+Each image goes through the method's own test-time preprocessing (`config.input.eval_pp`), in
+batches on the device (one compiled step; the last batch is padded). A folder is searched
+recursively for image files. Per image the output holds the top class, its probability, the
+probability of every class (named in the config's class order) and the logits; `.csv` or
+`.json` by the output's extension. With `--tta` the probabilities are the weighted mean of the
+softmax over that `fer_jax.tta` view set (the logits stay those of the image itself).
+Unreadable images are reported by name, skipped and counted.
+"""
+
+import csv
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
+from PIL import Image
+
+from fer_jax import checkpointing
+from fer_jax import train
+from fer_jax import tta
+from fer_jax.data import labels
+from fer_jax.data import preprocess
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def list_images(path: str) -> list[str]:
+  """The image itself, or every image file under a folder, sorted."""
+  if os.path.isfile(path):
+    return [path]
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"--input={path} is neither an image nor a folder.")
+  return sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                if name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def read_image(path: str, channels: int) -> np.ndarray:
+  """uint8 HWC, RGB for 3 channels or grayscale for 1, as the data pipeline decodes images."""
+  with Image.open(path) as image:
+    array = np.asarray(image.convert("RGB" if channels == 3 else "L"))
+  return array if array.ndim == 3 else array[..., None]
+
+
+class Predictor:
+  """Preprocessing and a jitted, data-parallel forward pass for one config and checkpoint."""
+
+  def __init__(self, config, variables: dict, tta_name: str = "none", batch_size: int = 64):
+    self.config = config
+    self.class_names = labels.class_names(config.dataset.class_order)
+    if len(self.class_names) != config.model.num_classes:
+      raise ValueError(f"config.dataset.class_order {config.dataset.class_order!r} names {len(self.class_names)} "
+                       f"classes but the model has {config.model.num_classes}.")
+    self.preprocess = preprocess.parse(config.input.eval_pp, size=config.input.size)
+    self.mesh = train.make_mesh()
+    devices = self.mesh.devices.size
+    self.batch_size = -(-batch_size // devices) * devices
+    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
+    model = train.build_model(config)
+
+    def forward(variables, images):
+      logits_fn = lambda x: model.apply(variables, x, train=False)["logits"].astype(jnp.float32)
+      logits = logits_fn(images)
+      probabilities = (jax.nn.softmax(logits, axis=-1) if tta_name == "none"
+                       else tta.predict(tta_name, logits_fn, images))
+      return probabilities, logits
+
+    tta.weights(tta_name)  # an unknown name fails here, naming the valid ones
+    self._forward = jax.jit(forward, in_shardings=(NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))))
+
+  def model_input(self, image: np.ndarray) -> np.ndarray:
+    size, channels = self.config.input.size, self.config.input.channels
+    result = self.preprocess(image, np.random.default_rng(0))
+    if result.shape != (size, size, channels) or result.dtype != np.float32:
+      raise ValueError(f"config.input.eval_pp gave {result.dtype} {result.shape}, the model takes float32 "
+                       f"{(size, size, channels)}.")
+    return result
+
+  def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [N, K], logits [N, K]) of preprocessed images, float32."""
+    probabilities, logits = [], []
+    for start in range(0, len(images), self.batch_size):
+      batch = np.stack(images[start:start + self.batch_size])
+      padded = np.concatenate([batch, np.zeros((self.batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
+      batch_probabilities, batch_logits = jax.device_get(self._forward(self.variables, padded))
+      probabilities.append(batch_probabilities[:len(batch)])
+      logits.append(batch_logits[:len(batch)])
+    return np.concatenate(probabilities), np.concatenate(logits)
+
+
+def predict_files(predictor: Predictor, paths: list[str]) -> tuple[list[dict], list[tuple[str, str]]]:
+  """Rows {image, prediction, confidence, probabilities, logits} and the (path, reason) skipped."""
+  readable, inputs, skipped = [], [], []
+  for path in paths:
+    try:
+      inputs.append(predictor.model_input(read_image(path, predictor.config.input.channels)))
+      readable.append(path)
+    except (OSError, SyntaxError) as e:  # PIL raises these for missing, truncated or non-image files
+      logging.warning("Skipping unreadable image %s: %s", path, e)
+      skipped.append((path, str(e)))
+  if not inputs:
+    return [], skipped
+  probabilities, logits = predictor(inputs)
+  rows = []
+  for path, probs, row_logits in zip(readable, probabilities, logits):
+    top = int(np.argmax(probs))
+    rows.append({"image": path, "prediction": predictor.class_names[top], "confidence": float(probs[top]),
+                 "probabilities": dict(zip(predictor.class_names, map(float, probs))),
+                 "logits": dict(zip(predictor.class_names, map(float, row_logits)))})
+  return rows, skipped
+
+
+def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_names, path: str) -> None:
+  """CSV (one row per image: image, prediction, confidence, p_<class>…, logit_<class>…) or JSON."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if path.lower().endswith(".json"):
+    with open(path, "w") as f:
+      json.dump({"class_names": list(class_names), "predictions": rows,
+                 "skipped": [{"image": image, "error": error} for image, error in skipped]}, f, indent=2)
+    return
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["image", "prediction", "confidence", *(f"p_{c}" for c in class_names),
+                     *(f"logit_{c}" for c in class_names)])
+    for row in rows:
+      writer.writerow([row["image"], row["prediction"], f"{row['confidence']:.6f}",
+                       *(f"{row['probabilities'][c]:.6f}" for c in class_names),
+                       *(f"{row['logits'][c]:.6f}" for c in class_names)])
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so importing this module adds no global flags."""
+  config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset> of the checkpoint.",
+                                  lock_config=True)
+  flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint folder or converted model.")
+  flags.DEFINE_string("input", None, "An image, or a folder searched recursively for images.")
+  flags.DEFINE_string("output", None, "Where to write the predictions: .csv or .json.")
+  flags.DEFINE_enum("tta", None, list(tta.NAMES), "Test-time augmentation; default: config.eval.tta.")
+  flags.DEFINE_integer("batch_size", 64, "Images per device step (rounded up to the device count).")
+  flags.mark_flags_as_required(["config", "checkpoint", "input", "output"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
+  if not args.output.lower().endswith((".csv", ".json")):
+    raise app.UsageError(f"--output={args.output} must end in .csv or .json.")
+  logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+  config = args.config
+  model = train.build_model(config)
+  variables = checkpointing.restore_model(args.checkpoint, train.abstract_variables(model, config))
+  try:
+    paths = list_images(args.input)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from None
+  predictor = Predictor(config, variables, args.tta or config.eval.tta, args.batch_size)
+  rows, skipped = predict_files(predictor, paths)
+  write_predictions(rows, skipped, predictor.class_names, args.output)
+  logging.info("Wrote %d predictions to %s; skipped %d unreadable of %d images%s", len(rows), args.output,
+               len(skipped), len(paths), (": " + ", ".join(p for p, _ in skipped)) if skipped else "")
+  if not rows:
+    raise SystemExit(f"error: no readable image under {args.input}.")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,128 @@
+"""fer_jax.predict: the method's eval preprocessing, batched inference, TTA, outputs, bad images."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from fer_jax import checkpointing
+from fer_jax import predict
+from fer_jax import train
+from fer_jax.data import preprocess
+from helpers import get_config
+
+SIZE = 32
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def random_variables(config, seed=0):
+  """Random values of the model's shapes (BatchNorm variances positive), without running init."""
+  abstract = train.abstract_variables(train.build_model(config), config)
+  rng = np.random.default_rng(seed)
+  leaves, tree = jax.tree.flatten_with_path(abstract)
+  values = [rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32) if str(path[-1].key) == "var"
+            else rng.normal(0, 0.1, leaf.shape).astype(np.float32) for path, leaf in leaves]
+  return jax.tree.unflatten(tree, values)
+
+
+@pytest.fixture(scope="module")
+def config():
+  config = get_config("configs/dan.py:synthetic")
+  config.input.size = SIZE
+  return config
+
+
+@pytest.fixture(scope="module")
+def checkpoint(config, tmp_path_factory):
+  variables = random_variables(config)
+  return variables, checkpointing.save_model(str(tmp_path_factory.mktemp("dan_checkpoint")), variables, config)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+  """Three readable images (RGB PNG, JPEG, grayscale in a subfolder), a corrupt one, a text file."""
+  folder = tmp_path_factory.mktemp("faces")
+  rng = np.random.default_rng(1)
+  Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / "a.png")
+  Image.fromarray(rng.integers(0, 256, (100, 80, 3), dtype=np.uint8)).save(folder / "b.jpg", quality=95)
+  (folder / "sub").mkdir()
+  Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(folder / "sub" / "c.png")
+  (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+  (folder / "notes.txt").write_text("not an image")
+  return folder
+
+
+@pytest.fixture(scope="module")
+def reference_logits(config, checkpoint, faces):
+  """Logits of the images and of their mirror images, by direct model calls on the eval pipeline."""
+  variables, _ = checkpoint
+  pipeline = preprocess.parse(config.input.eval_pp, size=config.input.size)
+  paths = [faces / "a.png", faces / "b.jpg", faces / "sub" / "c.png"]
+  images = np.stack([pipeline(np.asarray(Image.open(p).convert("RGB")), None) for p in paths])
+  model = train.build_model(config)
+  both = jax.jit(lambda v, x: model.apply(v, x, train=False)["logits"])(variables, np.concatenate([images, images[:, :, ::-1]]))
+  return np.asarray(both[:3]), np.asarray(both[3:])
+
+
+def test_images_are_found_recursively_and_sorted(faces):
+  found = [os.path.relpath(p, faces) for p in predict.list_images(str(faces))]
+  assert found == ["a.png", "b.jpg", "broken.jpg", os.path.join("sub", "c.png")]
+  assert predict.list_images(str(faces / "notes.txt")) == [str(faces / "notes.txt")]
+
+
+def test_flip_tta_averages_the_softmax_of_both_views_in_padded_batches(config, checkpoint, faces, reference_logits, tmp_path):
+  variables, _ = checkpoint
+  predictor = predict.Predictor(config, variables, tta_name="flip", batch_size=2)
+  devices = jax.device_count()
+  assert predictor.batch_size == -(-2 // devices) * devices  # a multiple of the device count
+  rows, skipped = predict.predict_files(predictor, predict.list_images(str(faces)))
+  plain, mirrored = reference_logits
+  expected = np.asarray(jax.nn.softmax(plain) + jax.nn.softmax(mirrored)) / 2
+  got = np.array([[row["probabilities"][c] for c in predictor.class_names] for row in rows])
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  np.testing.assert_allclose([[row["logits"][c] for c in predictor.class_names] for row in rows], plain, atol=1e-4)
+  assert [os.path.basename(p) for p, _ in skipped] == ["broken.jpg"]
+  assert [row["prediction"] for row in rows] == [predictor.class_names[i] for i in np.argmax(expected, axis=1)]
+
+  out = tmp_path / "preds.csv"
+  predict.write_predictions(rows, skipped, predictor.class_names, str(out))
+  with open(out) as f:
+    table = list(csv.DictReader(f))
+  assert [os.path.basename(r["image"]) for r in table] == ["a.png", "b.jpg", "c.png"]
+  assert list(table[0]) == ["image", "prediction", "confidence", *(f"p_{c}" for c in predictor.class_names),
+                            *(f"logit_{c}" for c in predictor.class_names)]
+  assert float(table[1]["confidence"]) == pytest.approx(expected[1].max(), abs=1e-5)
+
+
+def test_command_line_writes_json_and_reports_unreadable_images(config, checkpoint, faces, reference_logits, tmp_path):
+  _, path = checkpoint
+  out = tmp_path / "preds.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "fer_jax.predict", "--config=configs/dan.py:synthetic", "--config.input.size=32",
+       f"--checkpoint={os.path.dirname(path)}", f"--input={faces}", f"--output={out}", "--tta=none"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Skipping unreadable image" in result.stderr and "broken.jpg" in result.stderr
+  assert "Wrote 3 predictions" in result.stderr and "skipped 1 unreadable of 4 images" in result.stderr
+  written = json.loads(out.read_text())
+  assert written["class_names"] == ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
+  assert [os.path.basename(s["image"]) for s in written["skipped"]] == ["broken.jpg"]
+  probabilities = np.array([[p["probabilities"][c] for c in written["class_names"]] for p in written["predictions"]])
+  np.testing.assert_allclose(probabilities, np.asarray(jax.nn.softmax(reference_logits[0])), atol=1e-5)
+
+
+def test_no_readable_image_is_an_error(config, checkpoint, tmp_path):
+  (tmp_path / "x.png").write_bytes(b"garbage")
+  result = subprocess.run(
+      [sys.executable, "-m", "fer_jax.predict", "--config=configs/dan.py:synthetic", "--config.input.size=32",
+       f"--checkpoint={os.path.dirname(checkpoint[1])}", f"--input={tmp_path / 'x.png'}",
+       f"--output={tmp_path / 'p.csv'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode != 0
+  assert "no readable image" in result.stderr
