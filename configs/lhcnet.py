@@ -86,6 +86,8 @@ def get_config(arg: str = "fer2013"):
   config.early_stopping_patience = patience    # stop after this many epochs without a strict gain
   config.restore_best = True                   # finish (and test) with the best epoch's weights
   config.eval.tta = "lhc62"                    # for the final test-split evaluation only
+  # Variables that the previous stage's checkpoint lacks and that keep their fresh initialisation.
+  config.init_from_missing = {"B": r"^params/lhc\d/", "C": r"^params/lhc\d/controller$"}.get(stage, "")
 
   augment = KERAS_AUGMENT.get(stage, "")
   if data == "fer2013":

@@ -1,5 +1,7 @@
 """LHC-Net: module maths against a direct NumPy reading of the official code, sizes, configs."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -233,9 +235,22 @@ def test_config_stages_follow_the_official_recipe():
         == ("train", "public_test", "private_test")
     assert config.num_epochs == 300 and config.select_metric == "accuracy" and config.restore_best
     assert config.eval.tta == "lhc62"
+    assert config.init_from_missing == {"B": r"^params/lhc\d/", "C": r"^params/lhc\d/controller$"}.get(stage, "")
   assert load_config("fer2013").stage == "A1"
   assert "keras_image_generator(rotation_range=30" in load_config("fer2013").input.train_pp
   assert load_config("fer2013,stage=B").input.train_pp == "resize({size})|gray_to_rgb()|to_float()"
+
+
+def test_init_from_missing_names_exactly_what_the_previous_stage_lacks():
+  def paths(stage):
+    config = load_config(f"fer2013,stage={stage}")
+    variables = train.abstract_variables(train.build_model(config), config)
+    return {optim.path_of(path) for path, _ in jax.tree_util.tree_flatten_with_path(variables)[0]}, config
+
+  for previous, stage in (("A3", "B"), ("B", "C")):
+    (before, _), (after, config) = paths(previous), paths(stage)
+    assert before < after
+    assert {path for path in after if re.search(config.init_from_missing, path)} == after - before
 
 
 def test_config_rejects_unknown_arguments():
