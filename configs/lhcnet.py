@@ -19,11 +19,14 @@ reports PrivateTest:
   synthetic   the built-in synthetic faces at 80×80 with head counts that fit its feature maps
               (CPU demo of the stages; not a paper setting).
 
+  python -m fer_jax.convert --config=configs/lhcnet.py:fer2013,stage=A1 \
+      --checkpoint=resnet34_imagenet_1000_no_top.h5 --workdir=workdirs/resnet34v2_imagenet
   python -m fer_jax.main --config=configs/lhcnet.py:fer2013,stage=A1 --workdir=workdirs/lhc_A1 \
       --config.init_from=workdirs/resnet34v2_imagenet
   python -m fer_jax.main --config=configs/lhcnet.py:fer2013,stage=A2 --workdir=workdirs/lhc_A2 \
-      --config.init_from=workdirs/lhc_A1
-  … A3 from A2, B from A3, C from B, likewise.
+      --config.init_from=workdirs/lhc_A1/best
+  … A3 from A2/best, B from A3/best, C from B/best, likewise. `init_from_missing` names what
+  B and C add to the checkpoint they start from (the LHC modules; the controllers).
 """
 
 from fer_jax import config_lib
