@@ -1,0 +1,120 @@
+"""Exports a checkpoint as parameters plus a serialized StableHLO program, runnable without fer_jax.
+
+  python -m fer_jax.export --config=configs/dan.py:rafdb --checkpoint=DIR --out=exported/dan_rafdb
+
+writes
+  OUT/variables/      Orbax (StandardCheckpointer) tree {params, batch_stats}: no optimizer state
+  OUT/model.stablehlo `jax.export` serialization of
+                        infer(variables, images float32 [B, H, W, C]) → {"logits", "probabilities"}
+                      with a symbolic batch size B (fixed with --batch_size=N), lowered for the
+                      platforms in --platforms (default cpu and cuda)
+  OUT/model.json      class names, input size and channels, the preprocessing to apply first
+                      (config.input.eval_pp), batch size and platforms
+Reload with JAX and Orbax only (no model code):
+  exported = jax.export.deserialize(open("OUT/model.stablehlo", "rb").read())
+  variables = orbax.checkpoint.StandardCheckpointer().restore("OUT/variables")
+  outputs = exported.call(variables, images)
+The images must already be preprocessed as model.json's "preprocessing" says (resize, then
+normalise; PIL/cv2 resizing happens outside the program).
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from ml_collections import config_flags
+
+from fer_jax import checkpointing
+from fer_jax import train
+from fer_jax.data import labels
+
+STABLEHLO = "model.stablehlo"
+VARIABLES = "variables"
+METADATA = "model.json"
+
+
+def inference_function(config):
+  model = train.build_model(config)
+
+  def infer(variables, images):
+    logits = model.apply(variables, images, train=False)["logits"].astype(jnp.float32)
+    return {"logits": logits, "probabilities": jax.nn.softmax(logits, axis=-1)}
+
+  return infer
+
+
+def export_inference(config, variables: dict, batch_size: int | None = None,
+                     platforms=("cpu", "cuda")) -> jax.export.Exported:
+  """The model's inference function lowered for `platforms`; batch symbolic unless `batch_size`."""
+  size, channels = config.input.size, config.input.channels
+  batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
+  images = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
+  return jax.export.export(jax.jit(inference_function(config)), platforms=platforms)(abstract, images)
+
+
+def metadata(config, exported: jax.export.Exported, batch_size: int | None) -> dict:
+  return {
+      "method": config.model.name,
+      "class_names": list(labels.class_names(config.dataset.class_order)),
+      "input": {"height": config.input.size, "width": config.input.size, "channels": config.input.channels,
+                "dtype": "float32", "layout": "NHWC"},
+      "preprocessing": config.input.eval_pp.replace("{size}", str(config.input.size)),
+      "batch_size": "symbolic" if batch_size is None else batch_size,
+      "outputs": {"logits": "float32 [batch, classes]", "probabilities": "softmax of the logits"},
+      "platforms": list(exported.platforms),
+      "calling_convention_version": exported.calling_convention_version,
+      "jax_version": jax.__version__,
+  }
+
+
+def export(config, variables: dict, out: str, batch_size: int | None = None, platforms=("cpu", "cuda")) -> dict:
+  """Writes OUT/variables, OUT/model.stablehlo and OUT/model.json; returns the metadata."""
+  out = os.path.abspath(out)
+  if os.path.exists(out) and os.listdir(out):
+    raise FileExistsError(f"--out={out} is not empty: export into a new folder.")
+  exported = export_inference(config, variables, batch_size, tuple(platforms))
+  os.makedirs(out, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(out, VARIABLES), variables)
+  checkpointer.wait_until_finished()
+  with open(os.path.join(out, STABLEHLO), "wb") as f:
+    f.write(exported.serialize())
+  info = metadata(config, exported, batch_size)
+  with open(os.path.join(out, METADATA), "w") as f:
+    json.dump(info, f, indent=2)
+  return info
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so importing this module adds no global flags."""
+  config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset> of the checkpoint.",
+                                  lock_config=True)
+  flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint folder or converted model.")
+  flags.DEFINE_string("out", None, "New folder for the export.")
+  flags.DEFINE_integer("batch_size", 0, "Fixed batch size; 0 = symbolic (any batch size).")
+  flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms to lower for (cpu, cuda, rocm, tpu).")
+  flags.mark_flags_as_required(["config", "checkpoint", "out"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
+  logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+  config = args.config
+  model = train.build_model(config)
+  variables = checkpointing.restore_model(args.checkpoint, train.abstract_variables(model, config))
+  info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms)
+  logging.info("Exported %s (%s, batch %s, platforms %s) to %s", config.model.name, ", ".join(info["class_names"]),
+               info["batch_size"], ", ".join(info["platforms"]), os.path.abspath(args.out))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

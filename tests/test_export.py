@@ -1,0 +1,102 @@
+"""fer_jax.export: Orbax parameters + serialized StableHLO that run without fer_jax's model code."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from fer_jax import checkpointing
+from fer_jax import export
+from fer_jax import train
+from helpers import get_config
+from test_predict import random_variables
+
+SIZE = 32
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs in a fresh interpreter outside the repository: JAX, Orbax and NumPy only.
+STANDALONE = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np, orbax.checkpoint as ocp
+    folder, images_path, out_path = sys.argv[1:]
+    with open(f"{folder}/model.stablehlo", "rb") as f:
+      exported = jax.export.deserialize(f.read())
+    variables = ocp.StandardCheckpointer().restore(f"{folder}/variables")
+    images = np.load(images_path)
+    outputs = {f"{key}_{n}": np.asarray(value) for n in (3, 5)
+               for key, value in exported.call(variables, images[:n]).items()}
+    np.savez(out_path, **outputs)
+    print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "fer_jax")))
+""")
+
+
+def small_config(spec):
+  config = get_config(spec)
+  config.input.size = SIZE
+  if config.model.name == "apvit":
+    config.model.app_keep = 12
+  return config
+
+
+@pytest.mark.parametrize("spec", ["configs/dan.py:synthetic", "configs/apvit.py:synthetic",
+                                  "configs/scan_cci.py:ferplus", "configs/lhcnet.py:synthetic,stage=C"])
+def test_every_method_exports_with_a_symbolic_batch(spec):
+  config = small_config(spec)
+  abstract = train.abstract_variables(train.build_model(config), config)
+  exported = jax.export.deserialize(export.export_inference(config, abstract).serialize())
+  batch, *image = exported.in_avals[-1].shape
+  assert not isinstance(batch, int) and image == [SIZE, SIZE, 3]
+  assert exported.platforms == ("cpu", "cuda")
+  assert {k: v.shape[1] for k, v in zip(("logits", "probabilities"), exported.out_avals)} == {
+      "logits": config.model.num_classes, "probabilities": config.model.num_classes}
+
+
+def test_fixed_batch_size():
+  config = small_config("configs/dan.py:synthetic")
+  abstract = train.abstract_variables(train.build_model(config), config)
+  exported = export.export_inference(config, abstract, batch_size=4, platforms=("cpu",))
+  assert exported.in_avals[-1].shape == (4, SIZE, SIZE, 3) and exported.platforms == ("cpu",)
+
+
+def test_export_reloads_and_runs_without_fer_jax(tmp_path):
+  config = small_config("configs/dan.py:synthetic")
+  variables = random_variables(config, seed=3)
+  checkpoint = checkpointing.save_model(str(tmp_path / "checkpoint"), variables, config)
+  out = tmp_path / "exported"
+  result = subprocess.run(
+      [sys.executable, "-m", "fer_jax.export", "--config=configs/dan.py:synthetic", f"--config.input.size={SIZE}",
+       f"--checkpoint={os.path.dirname(checkpoint)}", f"--out={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  info = json.loads((out / "model.json").read_text())
+  assert info["batch_size"] == "symbolic" and info["class_names"][0] == "anger"
+  assert info["preprocessing"] == "resize(32)|normalize('imagenet')"
+  assert sorted(os.listdir(out)) == ["model.json", "model.stablehlo", "variables"]
+
+  images = np.random.default_rng(0).normal(size=(5, SIZE, SIZE, 3)).astype(np.float32)
+  np.save(tmp_path / "images.npy", images)
+  (tmp_path / "standalone.py").write_text(STANDALONE)
+  run = subprocess.run([sys.executable, str(tmp_path / "standalone.py"), str(out), str(tmp_path / "images.npy"),
+                        str(tmp_path / "outputs.npz")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ""})
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert json.loads(run.stdout.strip().splitlines()[-1]) == []  # no fer_jax module was imported
+
+  model = train.build_model(config)
+  expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False)["logits"])(variables, images))
+  with np.load(tmp_path / "outputs.npz") as outputs:
+    np.testing.assert_allclose(outputs["logits_5"], expected, atol=1e-5)
+    np.testing.assert_allclose(outputs["logits_3"], expected[:3], atol=1e-5)
+    np.testing.assert_allclose(outputs["probabilities_5"].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
+  (tmp_path / "old.txt").write_text("x")
+  config = small_config("configs/dan.py:synthetic")
+  with pytest.raises(FileExistsError, match="not empty"):
+    export.export(config, {}, str(tmp_path))
