@@ -8,6 +8,7 @@ so every consumer (`--mode=eval`, predict, `init_from`) reads both through `rest
 
 import json
 import os
+import re
 
 import jax
 import orbax.checkpoint as ocp
@@ -64,13 +65,39 @@ def _step_directory(path: str) -> str:
                         "folder, a step folder inside it, or the output of `python -m fer_jax.convert`.")
 
 
-def restore_model(path: str, abstract_variables: dict) -> dict:
-  """Reads {params, batch_stats} and checks every name and shape against the model's."""
+def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | None = None,
+                  may_be_missing: str = "") -> dict:
+  """Reads {params, batch_stats} and checks every name and shape against the model's.
+
+  Variables whose path ("params/lhc1/…") matches `may_be_missing` may be absent from the
+  checkpoint; they are taken from `fresh_variables` (e.g. modules a later stage adds).
+  """
   step_directory = _step_directory(path)
   restored = ocp.StandardCheckpointer().restore(os.path.join(step_directory, "state"))
   variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+  if may_be_missing:
+    variables = _fill_missing(variables, fresh_variables, may_be_missing)
   check_matches(variables, abstract_variables, step_directory, _describe(step_directory))
   return jax.tree.map(lambda a, b: a.astype(b.dtype), variables, abstract_variables)
+
+
+def _fill_missing(variables: dict, fresh_variables: dict, pattern: str) -> dict:
+  filled = _flat(variables)
+  for path, value in _flat(fresh_variables).items():
+    if path not in filled and re.search(pattern, path):
+      filled[path] = value
+  nested = {}
+  for path, value in filled.items():
+    *parents, leaf = path.split("/")
+    node = nested
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = value
+  return nested
+
+
+def _flat(tree) -> dict:
+  return {path_of(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _describe(step_directory: str) -> str:
@@ -84,7 +111,7 @@ def _describe(step_directory: str) -> str:
 
 
 def _shapes(tree) -> dict:
-  return {path_of(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {path: tuple(v.shape) for path, v in _flat(tree).items()}
 
 
 def check_matches(variables: dict, abstract_variables: dict, source: str, description: str = "") -> None:

@@ -58,5 +58,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 0  # 0 = at the end of every epoch
   config.max_checkpoints = 2
   config.init_from = ""              # Orbax checkpoint whose params/batch_stats start the run
+  config.init_from_missing = ""      # regex over "params/…" paths that init_from may lack (kept fresh)
   config.data_threads = 2
   return config

@@ -97,7 +97,9 @@ def _format_eta(seconds: float) -> str:
 
 
 def load_initial_variables(state: dict, config, model, mesh) -> dict:
-  variables = checkpointing.restore_model(config.init_from, abstract_variables(model, config))
+  fresh = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  variables = checkpointing.restore_model(config.init_from, abstract_variables(model, config),
+                                          jax.device_get(fresh), config.init_from_missing)
   logging.info("Initialised params and batch_stats from %s", config.init_from)
   return {**state, **jax.device_put(variables, NamedSharding(mesh, P()))}
 

@@ -82,3 +82,17 @@ def test_random_affine_identity_and_translation():
     assert (shifted[:, :dx] == 0).all()
   else:
     np.testing.assert_array_equal(shifted[:, :dx], image[:, -dx:])
+
+
+def test_keras_image_generator_shift_and_clamped_edges():
+  image = np.arange(36, dtype=np.float32).reshape(6, 6, 1)
+  same = preprocess.parse("keras_image_generator()")(image, np.random.default_rng(0))
+  np.testing.assert_allclose(same, image)
+  op = preprocess.parse("keras_image_generator(height_shift_range=0.5)")
+  rng = np.random.default_rng(3)
+  shift = rng.uniform(-0.5, 0.5) * 6  # the op's only draw besides the flip coin
+  out = op(image, np.random.default_rng(3))
+  # output row r samples input row r + shift (Keras' inverse map), clamped at the borders
+  rows = np.clip(np.arange(6) + shift, 0, 5)
+  expected = np.stack([np.interp(rows, np.arange(6), image[:, j, 0]) for j in range(6)], axis=1)
+  np.testing.assert_allclose(out[..., 0], expected, rtol=1e-5)

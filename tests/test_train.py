@@ -121,3 +121,21 @@ def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
   assert result.returncode != 0 and "valid: rafdb, affectnet7, affectnet8, synthetic" in result.stderr
   result = _main("--config=configs/dan.py:rafdb", f"--workdir={tmp_path}", f"--config.dataset.data_dir={tmp_path}")
   assert result.returncode != 0 and "python -m fer_jax.data.prepare --dataset=rafdb" in result.stderr
+
+
+def test_init_from_may_lack_the_modules_a_later_stage_adds(tmp_path):
+  config = _tiny_dan()
+  model = train.build_model(config)
+  variables = jax.jit(lambda: train.init_variables(model, config, jax.random.key(0)))()
+  partial = {"params": {k: v for k, v in variables["params"].items() if k != "head3"},
+             "batch_stats": {k: v for k, v in variables["batch_stats"].items() if k != "head3"}}
+  path = checkpointing.save_model(str(tmp_path / "partial"), partial, config)
+  abstract = train.abstract_variables(model, config)
+  fresh = jax.jit(lambda: train.init_variables(model, config, jax.random.key(1)))()
+  with pytest.raises(checkpointing.CheckpointError, match="missing: batch_stats/head3"):
+    checkpointing.restore_model(path, abstract)
+  restored = checkpointing.restore_model(path, abstract, fresh, r"^(params|batch_stats)/head3/")
+  np.testing.assert_array_equal(restored["params"]["head3"]["sa"]["conv1x1_conv"]["kernel"],
+                                fresh["params"]["head3"]["sa"]["conv1x1_conv"]["kernel"])
+  np.testing.assert_array_equal(restored["params"]["head0"]["sa"]["conv1x1_conv"]["kernel"],
+                                variables["params"]["head0"]["sa"]["conv1x1_conv"]["kernel"])

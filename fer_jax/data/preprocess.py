@@ -353,3 +353,46 @@ def random_affine(degrees: float, translate=(0.0, 0.0), scale=(1.0, 1.0), method
     return _array(_pil(image).transform((width, height), Image.AFFINE, (a, b, c, d, e, f), RESAMPLING[method],
                                         fillcolor=fill))
   return op
+
+
+@register
+def keras_image_generator(rotation_range: float = 0.0, width_shift_range: float = 0.0,
+                          height_shift_range: float = 0.0, zoom_range: float = 0.0,
+                          horizontal_flip: bool = False) -> Op:
+  """Keras ImageDataGenerator.random_transform on a float image (LHC-Net's A1/A2 stages).
+
+  Same draws and matrix: rotation · shift · zoom about the centre (size / 2 + 0.5), sampled
+  like scipy.ndimage.affine_transform with order 1 and mode "nearest"; the flip comes last.
+  """
+  def op(image, rng):
+    height, width = image.shape[:2]
+    theta = np.deg2rad(rng.uniform(-rotation_range, rotation_range)) if rotation_range else 0.0
+    shift_rows = rng.uniform(-height_shift_range, height_shift_range) * height if height_shift_range else 0.0
+    shift_cols = rng.uniform(-width_shift_range, width_shift_range) * width if width_shift_range else 0.0
+    zoom_rows, zoom_cols = rng.uniform(1 - zoom_range, 1 + zoom_range, 2) if zoom_range else (1.0, 1.0)
+    rotation = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    shift = np.array([[1, 0, shift_rows], [0, 1, shift_cols], [0, 0, 1]])
+    zoom = np.array([[zoom_rows, 0, 0], [0, zoom_cols, 0], [0, 0, 1]])
+    centre = np.array([height / 2 + 0.5, width / 2 + 0.5])
+    to_centre, back = np.eye(3), np.eye(3)
+    to_centre[:2, 2], back[:2, 2] = centre, -centre
+    matrix = to_centre @ rotation @ shift @ zoom @ back
+    image = _sample_bilinear(image.astype(np.float32), matrix)
+    flip = rng.random() < 0.5
+    return image[:, ::-1] if horizontal_flip and flip else image
+  return op
+
+
+def _sample_bilinear(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+  """out[r, c] = image at matrix · (r, c, 1), linear interpolation, coordinates clamped to the edge."""
+  height, width = image.shape[:2]
+  rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+  source = np.einsum("ij,jhw->ihw", matrix[:2], np.stack([rows, cols, np.ones_like(rows)]).astype(np.float64))
+  r = np.clip(source[0], 0, height - 1)
+  c = np.clip(source[1], 0, width - 1)
+  r0, c0 = np.floor(r).astype(int), np.floor(c).astype(int)
+  r1, c1 = np.minimum(r0 + 1, height - 1), np.minimum(c0 + 1, width - 1)
+  fr, fc = (r - r0)[..., None], (c - c0)[..., None]
+  top = image[r0, c0] * (1 - fc) + image[r0, c1] * fc
+  bottom = image[r1, c0] * (1 - fc) + image[r1, c1] * fc
+  return (top * (1 - fr) + bottom * fr).astype(np.float32)

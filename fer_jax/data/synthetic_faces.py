@@ -58,7 +58,7 @@ def _curve(cx, cy, half_width, bend, lift=0.0, n=16):
 
 def _draw_face(draw: ImageDraw.ImageDraw, e: Expression, skin, feature, rng):
   c = CANVAS / 2
-  face_w, face_h = 150 * U * rng.uniform(0.9, 1.1), 190 * U * rng.uniform(0.92, 1.08)
+  face_w, face_h = 190 * U * rng.uniform(0.92, 1.08), 230 * U * rng.uniform(0.94, 1.06)
   draw.ellipse([c - face_w / 2, c - face_h / 2, c + face_w / 2, c + face_h / 2], fill=skin)
   eye_y, eye_dx = c - 0.12 * face_h, 0.2 * face_w
   eye_w, eye_h = 0.16 * face_w, 0.06 * face_h * e.eye_open
@@ -71,15 +71,15 @@ def _draw_face(draw: ImageDraw.ImageDraw, e: Expression, skin, feature, rng):
     brow_y = eye_y - 0.09 * face_h - e.brow_raise * face_h
     tilt = np.tan(np.radians(e.brow_tilt)) * 0.5 * eye_w
     inner, outer = ex - side * 0.6 * eye_w, ex + side * 0.6 * eye_w
-    draw.line([(inner, brow_y + tilt), (outer, brow_y - tilt)], fill=feature, width=max(1, round(7 * U)))
+    draw.line([(inner, brow_y + tilt), (outer, brow_y - tilt)], fill=feature, width=max(1, round(10 * U)))
   mouth_y, half = c + 0.25 * face_h, 0.5 * e.mouth_width * face_w
   bend = e.mouth_curve * face_h
   upper = _curve(c, mouth_y - e.mouth_open * face_h / 2, half, bend, e.asymmetry * face_h)
   lower = _curve(c, mouth_y + e.mouth_open * face_h / 2, half, bend)
   if e.mouth_open > 0.01:
     draw.polygon(upper + lower[::-1], fill=(90, 20, 30))
-  draw.line(upper, fill=feature, width=max(1, round(5 * U)))
-  draw.line(lower, fill=feature, width=max(1, round(5 * U)))
+  draw.line(upper, fill=feature, width=max(1, round(8 * U)))
+  draw.line(lower, fill=feature, width=max(1, round(8 * U)))
   nose_y = c + 0.05 * face_h
   draw.line([(c, eye_y + 10 * U), (c - 8 * U, nose_y), (c + 6 * U, nose_y)], fill=feature, width=max(1, round(3 * U)))
   for k in range(int(round(3 * max(e.wrinkle, 0)))):
@@ -104,10 +104,10 @@ def render(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _pose(image: Image.Image, rng, background) -> Image.Image:
-  yaw = rng.uniform(0.8, 1.0)
-  scale = rng.uniform(0.8, 1.1)
-  shift = rng.uniform(-0.08, 0.08, 2) * CANVAS
-  image = image.rotate(rng.uniform(-15, 15), Image.BILINEAR, fillcolor=background)
+  yaw = rng.uniform(0.85, 1.0)
+  scale = rng.uniform(0.85, 1.05)
+  shift = rng.uniform(-0.06, 0.06, 2) * CANVAS
+  image = image.rotate(rng.uniform(-12, 12), Image.BILINEAR, fillcolor=background)
   a, e = 1 / (scale * yaw), 1 / scale
   c = CANVAS / 2
   coefficients = (a, 0, c - a * (c + shift[0]), 0, e, c - e * (c + shift[1]))
@@ -115,9 +115,9 @@ def _pose(image: Image.Image, rng, background) -> Image.Image:
 
 
 def _occlude(image: Image.Image, rng) -> Image.Image:
-  if rng.random() < 0.3:
+  if rng.random() < 0.25:
     draw = ImageDraw.Draw(image)
-    w, h = rng.uniform(0.12, 0.3, 2) * CANVAS
+    w, h = rng.uniform(0.1, 0.25, 2) * CANVAS
     x, y = rng.uniform(0, CANVAS - w), rng.uniform(0.2 * CANVAS, CANVAS - h)
     draw.rectangle([x, y, x + w, y + h], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
   return image

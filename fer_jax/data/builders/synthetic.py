@@ -15,7 +15,7 @@ SPLIT_SEEDS = {"train": 1, "test": 2}
 @dataclasses.dataclass
 class SyntheticConfig(tfds.core.BuilderConfig):
   image_size: int = 96
-  train_size: int = 12_000
+  train_size: int = 8_000
   test_size: int = 2_000
   seed: int = 0
 
@@ -23,9 +23,10 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 class Synthetic(tfds.core.GeneratorBasedBuilder):
   """Face-like images of the 7 basic expressions with pose, lighting and occlusion nuisances."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Larger faces and features, milder pose and occlusion.", "1.0.0": "First release."}
   BUILDER_CONFIGS = [
-      SyntheticConfig(name="default", description="96×96, 12,000 train / 2,000 test."),
+      SyntheticConfig(name="default", description="96×96, 8,000 train / 2,000 test."),
       SyntheticConfig(name="tiny", description="32×32, 280 train / 70 test (tests).",
                       image_size=32, train_size=280, test_size=70),
   ]
