@@ -19,13 +19,10 @@ import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax.data import labels as labels_lib
+from fer_jax.data.builder_utils import DataError
 from fer_jax.data import preprocess
 
 AUTO_PREPARED = ("synthetic",)
-
-
-class DataError(ValueError):
-  """A data set that is missing or unusable, with the fix in the message."""
 
 
 @dataclasses.dataclass(frozen=True)
