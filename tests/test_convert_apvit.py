@@ -303,5 +303,6 @@ def test_backbones_are_told_apart_and_checked_against_the_method(config, backbon
   assert [convert.read_source(p, "apvit")[0].name for p in paths] == ["ir50", "timm_vit"]
   with pytest.raises(convert.ConversionError, match="--source=resnet18 converts dan checkpoints"):
     convert.read_source(paths[0], "apvit", "resnet18")
-  with pytest.raises(convert.ConversionError, match=r"is not a checkpoint format fer_jax converts for dan.*resnet18"):
+  with pytest.raises(convert.ConversionError, match=r"is not a checkpoint format fer_jax converts for dan.*resnet18"
+                     r".* It looks like a timm_vit file: convert it with configs/apvit\.py"):
     convert.read_source(paths[1], "dan")

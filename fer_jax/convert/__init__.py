@@ -108,8 +108,11 @@ def read_source(path: str, method: str, source_name: str | None = None) -> tuple
       if tensors is not None:
         return source, tensors
   known = "; ".join(f"{s.name} ({s.files})" for s in SOURCES if s.method == method)
+  elsewhere = [s for s in SOURCES if s.method != method and s.reader == reader and s.select(loaded) is not None]
+  hint = (f" It looks like a {elsewhere[0].name} file: convert it with configs/{elsewhere[0].method}.py."
+          if elsewhere else "")
   raise ConversionError(f"{path} ({reader}, {_outline(loaded)}) is not a checkpoint format fer_jax converts "
-                        f"for {method}. Known sources: {known}.")
+                        f"for {method}. Known sources: {known}.{hint}")
 
 
 @functools.lru_cache(maxsize=4)
