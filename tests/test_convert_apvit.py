@@ -8,7 +8,6 @@ a scaled-down configs/apvit.py:synthetic (64×64 input, 8×8 patch grid, width 1
 import jax
 import numpy as np
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from timm.models import vision_transformer

@@ -120,7 +120,8 @@ def _fresh_initialiser(model, image_shape: tuple[int, ...]):
   """The model's `init` (as fer_jax.train.init_variables runs it), compiled once per model and shape.
 
   It runs once per conversion, so on the CPU it is compiled without XLA's expensive passes:
-  the random initialisers of a large model otherwise take most of a conversion's time.
+  the random initialisers of a large model otherwise take most of a conversion's time. The
+  values are train.init_variables' for the same seed up to float rounding.
   """
   def init(seed):
     rng = jax.random.key(seed)

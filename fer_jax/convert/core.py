@@ -132,7 +132,7 @@ class Target:
       self._leaves.setdefault(module, {})[name] = (collection, tuple(leaf.shape))
 
   def modules(self, under: str = "") -> list[str]:
-    """Paths of the modules (without collection) that own variables, in model order, under `under`."""
+    """Paths (without collection) of the modules that own variables, sorted, under `under`."""
     return [m for m in self._leaves if not under or m == under or m.startswith(under + "/")]
 
   def leaves(self, module: str) -> dict[str, tuple[str, tuple[int, ...]]]:

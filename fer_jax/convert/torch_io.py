@@ -11,8 +11,6 @@ by an unpickler that resolves nothing but the NumPy array and dtype constructors
 import io
 import pickle
 
-import numpy as np
-
 from fer_jax.convert.core import ConversionError
 
 _NUMPY_GLOBALS = {
