@@ -1,0 +1,52 @@
+"""A linear classifier on raw pixels, to show what a data set demands of a real model.
+
+  python -m fer_jax.linear_baseline --config=configs/dan.py:synthetic
+
+Fits one-vs-rest ridge regression (closed form, in the dual) on the config's eval
+preprocessing of the training split and reports test accuracy.
+"""
+
+import json
+
+from absl import app
+from absl import flags
+import numpy as np
+from ml_collections import config_flags
+
+from fer_jax.data import pipeline
+from fer_jax.data import preprocess
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
+_RIDGE = flags.DEFINE_float("ridge", 10.0, "L2 penalty.")
+flags.mark_flags_as_required(["config"])
+
+
+def pixels(config, split_name: str) -> tuple[np.ndarray, np.ndarray]:
+  split = pipeline.load_split(config, split_name)
+  prepare = preprocess.parse(config.input.eval_pp, size=config.input.size)
+  records = split.indices
+  features = np.stack([prepare(split.source[i]["image"], None).reshape(-1) for i in records])
+  return features.astype(np.float64), split.labels[records]
+
+
+def ridge_accuracy(train_x, train_y, test_x, test_y, num_classes: int, ridge: float) -> float:
+  mean = train_x.mean(axis=0)
+  train_x, test_x = train_x - mean, test_x - mean
+  targets = np.eye(num_classes)[train_y] - 1.0 / num_classes
+  dual = np.linalg.solve(train_x @ train_x.T + ridge * np.eye(len(train_x)), targets)
+  predicted = np.argmax(test_x @ (train_x.T @ dual), axis=1)
+  return float(np.mean(predicted == test_y))
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  train_x, train_y = pixels(config, config.dataset.train_split)
+  test_x, test_y = pixels(config, config.dataset.test_split or config.dataset.eval_split)
+  accuracy = ridge_accuracy(train_x, train_y, test_x, test_y, config.model.num_classes, _RIDGE.value)
+  print(json.dumps({"dataset": config.dataset.name, "input_size": config.input.size, "train": len(train_y),
+                    "test": len(test_y), "ridge": _RIDGE.value, "linear_test_accuracy": round(accuracy, 4)}))
+
+
+if __name__ == "__main__":
+  app.run(main)
