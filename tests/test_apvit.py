@@ -33,10 +33,8 @@ def _tiny_model(**overrides):
 
 
 def _tiny_synthetic(epochs=1):
-  """configs/apvit.py:synthetic on synthetic/tiny at 32×32: a 4×4 grid, APP keeps 12."""
-  config = tiny_run(get_config("configs/apvit.py:synthetic"), epochs=epochs)
-  config.model.app_keep = 12
-  return config
+  """configs/apvit.py:synthetic (32×32: a 4×4 grid, APP keeps 12) on synthetic/tiny."""
+  return tiny_run(get_config("configs/apvit.py:synthetic"), epochs=epochs)
 
 
 def _abstract(model, size=112, batch=1):
@@ -252,7 +250,8 @@ def test_loss_is_plain_mean_cross_entropy():
 def test_configs(arg, classes, order, dataset):
   config = get_config(f"configs/apvit.py:{arg}")
   assert (config.model.num_classes, config.dataset.class_order, config.dataset.name) == (classes, order, dataset)
-  assert config.dataset.sampler == "repeat_factor" and config.dataset.repeat_factor_threshold == 0.15
+  assert config.dataset.sampler == ("uniform" if arg == "synthetic" else "repeat_factor")
+  assert config.dataset.repeat_factor_threshold == 0.15
   assert config.optimizer.schedule == "cosine" and config.optimizer.grad_clip_norm == 10.0
   size = config.input.size
   rng = np.random.default_rng(0)
