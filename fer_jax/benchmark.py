@@ -21,9 +21,6 @@ from fer_jax import optim
 from fer_jax import train
 from fer_jax.models import get_method
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
-flags.mark_flags_as_required(["config"])
 
 # Dense bf16 peak TFLOP/s per device, for MFU.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
@@ -93,8 +90,16 @@ def benchmark(config, steps: int) -> dict:
 
 def main(argv):
   del argv
-  print(json.dumps(benchmark(_CONFIG.value, _STEPS.value)))
+  print(json.dumps(benchmark(flags.FLAGS.config, flags.FLAGS.steps)))
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so importing this module adds no global flags."""
+  config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
+  flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
+  flags.mark_flags_as_required(["config"])
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -16,9 +16,6 @@ from ml_collections import config_flags
 from fer_jax.data import pipeline
 from fer_jax.data import preprocess
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
-_RIDGE = flags.DEFINE_float("ridge", 10.0, "L2 penalty.")
-flags.mark_flags_as_required(["config"])
 
 
 def pixels(config, split_name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -40,13 +37,21 @@ def ridge_accuracy(train_x, train_y, test_x, test_y, num_classes: int, ridge: fl
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   train_x, train_y = pixels(config, config.dataset.train_split)
   test_x, test_y = pixels(config, config.dataset.test_split or config.dataset.eval_split)
-  accuracy = ridge_accuracy(train_x, train_y, test_x, test_y, config.model.num_classes, _RIDGE.value)
+  accuracy = ridge_accuracy(train_x, train_y, test_x, test_y, config.model.num_classes, flags.FLAGS.ridge)
   print(json.dumps({"dataset": config.dataset.name, "input_size": config.input.size, "train": len(train_y),
-                    "test": len(test_y), "ridge": _RIDGE.value, "linear_test_accuracy": round(accuracy, 4)}))
+                    "test": len(test_y), "ridge": flags.FLAGS.ridge, "linear_test_accuracy": round(accuracy, 4)}))
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so importing this module adds no global flags."""
+  config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
+  flags.DEFINE_float("ridge", 10.0, "L2 penalty.")
+  flags.mark_flags_as_required(["config"])
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

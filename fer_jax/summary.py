@@ -16,9 +16,6 @@ from ml_collections import config_flags
 from fer_jax import train
 from fer_jax.models import get_method
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
-_DEPTH = flags.DEFINE_integer("depth", 2, "Module nesting depth of the table.")
-flags.mark_flags_as_required(["config"])
 
 
 def count_params(tree, exclude=()) -> int:
@@ -82,12 +79,12 @@ def _subjaxprs(params):
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   method = get_method(config.model.name)
   model = method.build(config.model)
   variables = train.abstract_variables(model, config)
   auxiliary = getattr(method, "AUXILIARY_PARAMS", ())
-  rows = module_table(variables["params"], _DEPTH.value, auxiliary)
+  rows = module_table(variables["params"], flags.FLAGS.depth, auxiliary)
   width = max(len(name) for name, _ in rows) + 2
   print(f"{config.model.name} · {config.dataset.name} · input {config.input.size}² · {config.model.num_classes} classes")
   print(f"{'module':<{width}}{'params':>14}")
@@ -101,5 +98,13 @@ def main(argv):
   print(f"params: {count_params(variables['params'], auxiliary)}")
 
 
+def define_flags() -> None:
+  """Defined only when run as a program, so importing this module adds no global flags."""
+  config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
+  flags.DEFINE_integer("depth", 2, "Module nesting depth of the table.")
+  flags.mark_flags_as_required(["config"])
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
