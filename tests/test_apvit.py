@@ -324,3 +324,21 @@ def test_synthetic_config_trains_end_to_end(tmp_path):
   assert results["num_examples"] == 70
   assert 0.0 <= results["accuracy"] <= 1.0
   assert os.path.exists(os.path.join(tmp_path, "eval_results.json"))
+
+
+def test_cv2_rotation_turns_the_pixel_grid_about_its_centre_with_a_black_border():
+  image = np.random.default_rng(2).integers(0, 256, (9, 9, 3), np.uint8)
+  np.testing.assert_array_equal(preprocess._cv2_rotate(image, 90.0, 0), np.rot90(image))
+  turned = preprocess._cv2_rotate(np.full((9, 9, 1), 200, np.uint8), 45.0, 0)
+  assert turned[4, 4, 0] == 200 and turned[0, 0, 0] == 0
+
+
+@pytest.mark.parametrize("sampling, low, high", [("uniform", 1.6, 2.1), ("log", 1.1, 1.45)])
+def test_random_erasing_aspect_sampling(sampling, low, high):
+  erase = preprocess.parse(f"random_erasing(p=1.0, value=-9.0, ratio_sampling='{sampling}')")
+  rng = np.random.default_rng(3)
+  aspects = []
+  for _ in range(300):
+    rows, cols = np.nonzero(erase(np.zeros((112, 112, 1), np.float32), rng)[..., 0] == -9.0)
+    aspects.append((rows.max() - rows.min() + 1) / (cols.max() - cols.min() + 1))
+  assert low < np.mean(aspects) < high
