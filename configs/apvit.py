@@ -1,4 +1,4 @@
-"""APViT (Xue et al. 2022): IR-50 + ViT-Small with attentive patch and token pooling.
+r"""APViT (Xue et al. 2022): IR-50 + ViT-Small with attentive patch and token pooling.
 
 Arguments pick the data set:
   rafdb       RAF-DB basic, APViT's 224×224 re-aligned faces, 7 classes. Official README:
@@ -13,8 +13,10 @@ Arguments pick the data set:
 
   python -m fer_jax.main --config=configs/apvit.py:rafdb --workdir=workdirs/apvit_rafdb
 
-The paper's runs start from face.evoLVe's IR-50 (MS-Celeb-1M) and timm's ViT-Small
-(`vit_small_p16_224`): set `init_from` to those weights converted to this model's tree.
+The paper's runs start from face.evoLVe's IR-50 (MS-Celeb-1M) and timm's ViT-Small:
+  python -m fer_jax.convert --config=configs/apvit.py:rafdb --workdir=converted/apvit_init \
+      --checkpoint=backbone_ir50_ms1m_epoch120.pth --checkpoint=vit_small_p16_224-15ec54c9.pth
+then add --config.init_from=converted/apvit_init to the training command.
 
 Weight decay: the official config exempts the CLS token and positional embeddings, but its key
 patterns carry a leading dot and the optimiser is built before the model is wrapped, so they
