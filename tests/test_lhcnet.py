@@ -284,6 +284,7 @@ def test_synthetic_config_runs_a_forward_pass(stage):
 @pytest.mark.slow
 def test_synthetic_controller_stage_trains_end_to_end_and_only_the_five_gates(tmp_path):
   config = tiny_run(load_config("synthetic,stage=C"))
+  config.eval.tta = "flip"  # the 60-view set is pinned by tests/test_tta.py; here it would dominate
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results["num_examples"] == 70 and (tmp_path / "eval_results.json").exists()
   model = train.build_model(config)
