@@ -21,7 +21,7 @@ SIZE = 64
 TOLERANCE = 1e-4
 
 
-class SpatialAttention(nn.Module):
+class TorchSpatialGate(nn.Module):
   def __init__(self):
     super().__init__()
     self.conv1x1 = nn.Sequential(nn.Conv2d(512, 256, 1), nn.BatchNorm2d(256))
@@ -35,7 +35,7 @@ class SpatialAttention(nn.Module):
     return x * z.sum(dim=1, keepdim=True)
 
 
-class ChannelAttention(nn.Module):
+class TorchChannelGate(nn.Module):
   def __init__(self):
     super().__init__()
     self.attention = nn.Sequential(nn.Linear(512, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 512),
@@ -46,11 +46,11 @@ class ChannelAttention(nn.Module):
     return z * self.attention(z)
 
 
-class Head(nn.Module):
+class TorchHead(nn.Module):
   def __init__(self):
     super().__init__()
-    self.sa = SpatialAttention()
-    self.ca = ChannelAttention()
+    self.sa = TorchSpatialGate()
+    self.ca = TorchChannelGate()
 
   def forward(self, x):
     return self.ca(self.sa(x))
@@ -62,7 +62,7 @@ class ReferenceDAN(nn.Module):
     self.features = nn.Sequential(*list(torchvision.models.resnet18().children())[:-2])
     self.num_heads = num_heads
     for i in range(num_heads):
-      setattr(self, f"cat_head{i}", Head())
+      setattr(self, f"cat_head{i}", TorchHead())
     self.fc = nn.Linear(512, num_classes)
     self.bn = nn.BatchNorm1d(num_classes)
 

@@ -39,7 +39,7 @@ def test_forward_shapes_and_fusion():
 
 
 def test_channel_attention_gate_starts_near_half():
-  head = dan.ChannelAttention()
+  head = dan.ChannelGate()
   x = jax.random.normal(jax.random.key(0), (4, 7, 7, 512))
   variables = head.init(jax.random.key(1), x, train=False)
   gated = head.apply(variables, x, train=False)

@@ -26,7 +26,7 @@ def torch_linear_bias_init(fan_in: int):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-class SpatialAttention(nn.Module):
+class SpatialGate(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -43,7 +43,7 @@ class SpatialAttention(nn.Module):
     return x * jnp.sum(z, axis=-1, keepdims=True)
 
 
-class ChannelAttention(nn.Module):
+class ChannelGate(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -55,13 +55,13 @@ class ChannelAttention(nn.Module):
     return z * nn.sigmoid(a)
 
 
-class CrossAttentionHead(nn.Module):
+class AttentionHead(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = SpatialAttention(self.dtype, name="sa")(x, train)
-    return ChannelAttention(self.dtype, name="ca")(x, train)
+    x = SpatialGate(self.dtype, name="sa")(x, train)
+    return ChannelGate(self.dtype, name="ca")(x, train)
 
 
 class AffinityCentres(nn.Module):
@@ -82,7 +82,7 @@ class DAN(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool) -> dict:
     features = resnet.ResNet18(dtype=self.dtype, name="trunk")(images, train)["layer4"]
-    heads = jnp.stack([CrossAttentionHead(self.dtype, name=f"head{i}")(features, train)
+    heads = jnp.stack([AttentionHead(self.dtype, name=f"head{i}")(features, train)
                        for i in range(self.num_heads)], axis=1).astype(jnp.float32)
     if self.num_heads > 1:
       heads = jax.nn.log_softmax(heads, axis=1)

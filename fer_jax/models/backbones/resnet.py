@@ -28,6 +28,14 @@ def conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
                  use_bias=use_bias, kernel_init=conv_init, dtype=dtype, name=name)
 
 
+def shortcut(x, features: int, stride: int, train: bool, dtype: Any):
+  """Identity, or a 1×1 projection + BN where the shape changes (called inside a block)."""
+  if stride == 1 and x.shape[-1] == features:
+    return x
+  x = conv(features, 1, stride, dtype, "downsample_conv")(x)
+  return batch_norm(train, dtype, "downsample_bn")(x)
+
+
 class BasicBlock(nn.Module):
   features: int
   stride: int = 1
@@ -36,15 +44,11 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    residual = x
     y = conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
     y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
     y = conv(self.features, 3, 1, self.dtype, "conv2")(y)
     y = batch_norm(train, self.dtype, "bn2")(y)
-    if self.stride != 1 or x.shape[-1] != self.features:
-      residual = conv(self.features, 1, self.stride, self.dtype, "downsample_conv")(x)
-      residual = batch_norm(train, self.dtype, "downsample_bn")(residual)
-    return nn.relu(y + residual)
+    return nn.relu(y + shortcut(x, self.features, self.stride, train, self.dtype))
 
 
 class Bottleneck(nn.Module):
@@ -57,17 +61,13 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     out_features = self.features * self.expansion
-    residual = x
     y = conv(self.features, 1, 1, self.dtype, "conv1")(x)
     y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
     y = conv(self.features, 3, self.stride, self.dtype, "conv2")(y)
     y = nn.relu(batch_norm(train, self.dtype, "bn2")(y))
     y = conv(out_features, 1, 1, self.dtype, "conv3")(y)
     y = batch_norm(train, self.dtype, "bn3")(y)
-    if self.stride != 1 or x.shape[-1] != out_features:
-      residual = conv(out_features, 1, self.stride, self.dtype, "downsample_conv")(x)
-      residual = batch_norm(train, self.dtype, "downsample_bn")(residual)
-    return nn.relu(y + residual)
+    return nn.relu(y + shortcut(x, out_features, self.stride, train, self.dtype))
 
 
 class ResNet(nn.Module):
