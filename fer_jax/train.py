@@ -104,20 +104,36 @@ def load_initial_variables(state: dict, config, model, mesh) -> dict:
   return {**state, **jax.device_put(variables, NamedSharding(mesh, P()))}
 
 
-def run_eval(model, config, mesh, variables, split: str, tta_name: str = "none") -> dict:
-  eval_data = pipeline.EvalData(config, mesh, split)
-  step = evaluate.confusion_step(model, config.model.num_classes, mesh, tta_name)
-  results = evaluate.metrics(evaluate.confusion_matrix(step, variables, eval_data), eval_data.split.class_names)
-  return {**results, "split": split, "dataset": config.dataset.name, "model": config.model.name}
+class Evaluator:
+  """Eval data per split and a jitted step per TTA, built once and reused every epoch."""
+
+  def __init__(self, model, config, mesh):
+    self.model, self.config, self.mesh = model, config, mesh
+    self._data, self._steps = {}, {}
+
+  def data(self, split: str) -> pipeline.EvalData:
+    if split not in self._data:
+      self._data[split] = pipeline.EvalData(self.config, self.mesh, split)
+    return self._data[split]
+
+  def __call__(self, variables, split: str, tta_name: str = "none") -> dict:
+    if tta_name not in self._steps:
+      self._steps[tta_name] = evaluate.confusion_step(self.model, self.config.model.num_classes, self.mesh,
+                                                      tta_name)
+    eval_data = self.data(split)
+    confusion = evaluate.confusion_matrix(self._steps[tta_name], variables, eval_data)
+    results = evaluate.metrics(confusion, eval_data.split.class_names)
+    return {**results, "split": split, "dataset": self.config.dataset.name, "model": self.config.model.name}
 
 
-def final_report(model, config, mesh, variables, workdir: str, step: int, plain: dict | None = None) -> dict:
+def final_report(evaluator: Evaluator, variables, workdir: str, step: int, plain: dict | None = None) -> dict:
   """Evaluates the report split (test_split, else eval_split), single pass and, if configured, with TTA."""
+  config = evaluator.config
   split = config.dataset.test_split or config.dataset.eval_split
-  results = plain or run_eval(model, config, mesh, variables, split)
+  results = plain or evaluator(variables, split)
   results["step"] = step
   if config.eval.tta != "none":
-    with_tta = run_eval(model, config, mesh, variables, split, config.eval.tta)
+    with_tta = evaluator(variables, split, config.eval.tta)
     results["tta"] = {"name": config.eval.tta, **{k: with_tta[k] for k in (
         "accuracy", "mean_class_accuracy", "macro_f1", "per_class_accuracy", "confusion_matrix")}}
   evaluate.write_report(results, workdir)
@@ -170,8 +186,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   method = get_method(config.model.name)
   model = method.build(config.model)
   train_data = pipeline.TrainData(config, mesh)
+  evaluator = Evaluator(model, config, mesh)
   for split in {config.dataset.eval_split, config.dataset.test_split} - {""}:
-    pipeline.EvalData(config, mesh, split)  # fail now, not after training
+    evaluator.data(split)  # fail now, not after training
   steps_per_epoch, num_steps = train_data.steps_per_epoch, train_data.num_steps
   abstract = abstract_variables(model, config)
   tx = optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs, abstract["params"])
@@ -214,7 +231,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     epoch, epoch_end = divmod(step, steps_per_epoch)[0], step % steps_per_epoch == 0
     if epoch_end and (epoch % config.eval.every_epochs == 0 or step == num_steps):
       variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-      last_eval = run_eval(model, config, mesh, variables, config.dataset.eval_split)
+      last_eval = evaluator(variables, config.dataset.eval_split)
       logging.info("epoch %d %s: accuracy %.4f mean-class %.4f", epoch, config.dataset.eval_split,
                    last_eval["accuracy"], last_eval["mean_class_accuracy"])
       writer.scalars(step, {"eval/accuracy": last_eval["accuracy"],
@@ -235,7 +252,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("Reporting the best epoch (%d, %s %.4f)", selection.best_epoch, selection.metric, selection.best_value)
     last_eval = None
   reuse = last_eval if not config.dataset.test_split or config.dataset.test_split == config.dataset.eval_split else None
-  results = final_report(model, config, mesh, variables, workdir, step, reuse)
+  results = final_report(evaluator, variables, workdir, step, reuse)
   writer.scalars(step, {"test/accuracy": results["accuracy"], "test/mean_class_accuracy": results["mean_class_accuracy"]})
   writer.close()
   return results
@@ -247,4 +264,4 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   model = build_model(config)
   variables = checkpointing.restore_model(checkpoint, abstract_variables(model, config))
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
-  return final_report(model, config, mesh, variables, workdir, step=-1)
+  return final_report(Evaluator(model, config, mesh), variables, workdir, step=-1)
