@@ -13,16 +13,15 @@ Arguments pick the data set:
   sfew        SFEW 2.0, 7 classes, separate units, fine-tuned from a 7-class checkpoint given
               by --config.init_from (training stops with an error without it); no ColorJitter,
               effective-number class weights (β 0.9999) instead of class-balanced sampling,
-              weight decay 1e-4. Set --config.loss.class_counts to the training split's
-              per-class counts in AffectNet order.
+              weight decay 1e-4. The class counts come from the training split unless
+              --config.loss.class_counts gives them (AffectNet order).
   synthetic   the built-in synthetic faces resized to 64×64 (an 8×8 layer2 map: 5 regions,
               bottom-strip quirk included), shared unit, every parameter at lr 0.01 since there
               is no pretrained trunk. A wiring check, not a paper setting, and slow on a CPU
               (2.3 img/s measured on 2 shared cores): accuracy was not measured.
 
   python -m fer_jax.main --config=configs/scan_cci.py:rafdb --workdir=workdirs/scan_cci_rafdb
-  python -m fer_jax.main --config=configs/scan_cci.py:sfew --config.init_from=CKPT \
-      --config.loss.class_counts="(n0, …, n6)" --workdir=workdirs/scan_cci_sfew
+  python -m fer_jax.main --config=configs/scan_cci.py:sfew --config.init_from=CKPT --workdir=workdirs/scan_cci_sfew
 """
 
 from fer_jax import config_lib

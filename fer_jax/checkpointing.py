@@ -6,6 +6,7 @@ class names. Converters and exports write the same layout with only params and b
 so every consumer (`--mode=eval`, predict, `init_from`) reads both through `restore_model`.
 """
 
+from collections.abc import Sequence
 import json
 import os
 import re
@@ -66,13 +67,16 @@ def _step_directory(path: str) -> str:
 
 
 def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | None = None,
-                  may_be_missing: str = "") -> dict:
+                  may_be_missing: str = "", class_names: Sequence[str] = ()) -> dict:
   """Reads {params, batch_stats} and checks every name and shape against the model's.
 
   Variables whose path ("params/lhc1/…") matches `may_be_missing` may be absent from the
   checkpoint; they are taken from `fresh_variables` (e.g. modules a later stage adds).
+  With `class_names`, a checkpoint whose meta record names its outputs otherwise is refused.
   """
   step_directory = _step_directory(path)
+  if class_names:
+    _check_class_names(step_directory, tuple(class_names))
   restored = ocp.StandardCheckpointer().restore(os.path.join(step_directory, "state"))
   variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
   if may_be_missing:
@@ -100,14 +104,26 @@ def _flat(tree) -> dict:
   return {path_of(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _describe(step_directory: str) -> str:
-  """"model dan, 7 classes" from the checkpoint's meta record, if it has one."""
+def _meta(step_directory: str) -> dict:
   try:
     with open(os.path.join(step_directory, "meta", "metadata")) as f:
-      model = json.load(f)["model"]
-    return f"model {model['name']}, {model['num_classes']} classes"
-  except (OSError, ValueError, KeyError):
-    return "no meta record"
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def _check_class_names(step_directory: str, class_names: tuple[str, ...]) -> None:
+  saved = tuple(_meta(step_directory).get("class_names", class_names))
+  if saved != class_names:
+    raise CheckpointError(f"The checkpoint {step_directory} predicts the classes ({', '.join(saved)}) but the "
+                          f"config's class order gives ({', '.join(class_names)}): set "
+                          "--config.dataset.class_order to the order it was trained with.")
+
+
+def _describe(step_directory: str) -> str:
+  """"model dan, 7 classes" from the checkpoint's meta record, if it has one."""
+  model = _meta(step_directory).get("model")
+  return f"model {model['name']}, {model['num_classes']} classes" if model else "no meta record"
 
 
 def _shapes(tree) -> dict:

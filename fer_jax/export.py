@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from ml_collections import config_flags
 
-from fer_jax import checkpointing
 from fer_jax import train
 from fer_jax.data import labels
 
@@ -109,7 +108,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   config = args.config
   model = train.build_model(config)
-  variables = checkpointing.restore_model(args.checkpoint, train.abstract_variables(model, config))
+  variables = train.load_trained_variables(config, model, args.checkpoint)
   info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms)
   logging.info("Exported %s (%s, batch %s, platforms %s) to %s", config.model.name, ", ".join(info["class_names"]),
                info["batch_size"], ", ".join(info["platforms"]), os.path.abspath(args.out))

@@ -26,7 +26,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 from PIL import Image
 
-from fer_jax import checkpointing
 from fer_jax import train
 from fer_jax import tta
 from fer_jax.data import labels
@@ -159,7 +158,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   config = args.config
   model = train.build_model(config)
-  variables = checkpointing.restore_model(args.checkpoint, train.abstract_variables(model, config))
+  variables = train.load_trained_variables(config, model, args.checkpoint)
   try:
     paths = list_images(args.input)
   except FileNotFoundError as e:

@@ -6,6 +6,7 @@ import time
 from absl import logging
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -14,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from fer_jax import checkpointing
 from fer_jax import evaluate
 from fer_jax import optim
+from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.models import get_method
 
@@ -180,6 +182,17 @@ class Selection:
                                        abstract)
 
 
+def loss_config_for(config, train_split: pipeline.Split) -> ml_collections.ConfigDict:
+  """config.loss; a loss that takes `class_counts` but was given none gets the training split's."""
+  loss_config = config.loss.copy_and_resolve_references()
+  if "class_counts" in loss_config and not loss_config.class_counts:
+    counts = np.bincount(train_split.labels[train_split.indices], minlength=len(train_split.class_names))
+    loss_config.class_counts = tuple(int(c) for c in counts)
+    logging.info("Class counts of the training split (%s): %s", ", ".join(train_split.class_names),
+                 loss_config.class_counts)
+  return loss_config
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming from its newest checkpoint) and writes the eval report."""
   mesh = make_mesh()
@@ -206,7 +219,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   stopped_early = start_step and selection.patience and (
       start_step // steps_per_epoch - selection.best_epoch >= selection.patience)
 
-  train_step = make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed)
+  loss_config = loss_config_for(config, train_data.split)
+  train_step = make_train_step(model, method.loss, loss_config, tx, schedule, mesh, config.seed)
   checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
   writer = Writer(workdir)
   logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %d devices",
@@ -258,10 +272,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return results
 
 
+def load_trained_variables(config, model, checkpoint: str) -> dict:
+  """A checkpoint's variables for evaluation or inference: names, shapes and class names checked."""
+  return checkpointing.restore_model(checkpoint, abstract_variables(model, config),
+                                     class_names=labels.class_names(config.dataset.class_order))
+
+
 def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   """`--mode=eval`: evaluates a saved or converted checkpoint and writes the report."""
   mesh = make_mesh()
   model = build_model(config)
-  variables = checkpointing.restore_model(checkpoint, abstract_variables(model, config))
+  variables = load_trained_variables(config, model, checkpoint)
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
   return final_report(Evaluator(model, config, mesh), variables, workdir, step=-1)

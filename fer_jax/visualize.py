@@ -17,7 +17,6 @@ import numpy as np
 from ml_collections import config_flags
 from PIL import Image
 
-from fer_jax import checkpointing
 from fer_jax import train
 from fer_jax.data import preprocess
 from fer_jax.data.builder_utils import IMAGE_SUFFIXES
@@ -57,7 +56,7 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
   if not hasattr(method, "save_attention_maps"):
     raise ValueError(f"Model {config.model.name!r} has no attention maps to save.")
   model = method.build(config.model)
-  variables = checkpointing.restore_model(checkpoint, train.abstract_variables(model, config))
+  variables = train.load_trained_variables(config, model, checkpoint)
   forward = jax.jit(lambda variables, images: model.apply(variables, images, train=False))
   images, outputs = [], []
   for start in range(0, len(paths), batch_size):

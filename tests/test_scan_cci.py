@@ -16,7 +16,7 @@ import helpers
 
 from fer_jax import train
 from fer_jax import visualize
-from fer_jax.data import labels, preprocess
+from fer_jax.data import labels, pipeline, preprocess
 from fer_jax.models import get_method, scan_cci
 
 CONFIG_PATH = os.path.join(os.path.dirname(__file__), "..", "configs", "scan_cci.py")
@@ -402,6 +402,16 @@ def test_sfew_training_requires_init_from():
   total, _ = scan_cci.loss(outputs, labels_, config.loss)
   assert np.isfinite(total)
   assert "init_from" not in load_config("affectnet7").loss
+
+
+def test_missing_class_counts_are_counted_on_the_training_split():
+  config = load_config("sfew")
+  config.lock()
+  split = pipeline.Split(None, np.array([0, 2, 2, -1, 6, 6, 6]), tuple(labels.CLASS_ORDERS["affectnet7"]))
+  assert train.loss_config_for(config, split).class_counts == (1, 0, 2, 0, 0, 0, 3)
+  assert config.loss.class_counts == ()  # the user's config is left as given
+  config.loss.class_counts = (5, 5, 5, 5, 5, 5, 5)
+  assert train.loss_config_for(config, split).class_counts == (5, 5, 5, 5, 5, 5, 5)
 
 
 def test_unknown_config_argument_lists_the_valid_ones():

@@ -72,6 +72,18 @@ def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     checkpointing.restore_model(str(tmp_path / "nothing"), {})
 
 
+def test_checkpoint_with_another_class_order_is_refused_for_inference(tmp_path):
+  config = _tiny_dan()
+  model = train.build_model(config)
+  variables = jax.jit(lambda: train.init_variables(model, config, jax.random.key(0)))()
+  path = checkpointing.save_model(str(tmp_path / "fer2013_order"), variables, config)
+  restored = train.load_trained_variables(config, model, path)
+  np.testing.assert_array_equal(restored["params"]["fc"]["bias"], variables["params"]["fc"]["bias"])
+  config.dataset.class_order = "rafdb"  # same 7 classes, another order
+  with pytest.raises(checkpointing.CheckpointError, match=r"predicts the classes \(anger, .*class_order"):
+    train.load_trained_variables(config, model, path)
+
+
 def _main(*args, timeout=600):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
   return subprocess.run([sys.executable, "-m", "fer_jax.main", *args], cwd=ROOT, env=env, capture_output=True,
