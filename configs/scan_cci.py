@@ -7,9 +7,11 @@ The official scripts keep the best epoch measured on the evaluation split.
 
 Arguments pick the data set:
   rafdb       RAF-DB basic, 7 classes, one SCAN unit shared by the 25 regions, heads lr 0.01.
-  ferplus     FERPlus majority-vote labels, 8 classes, 25 separate SCAN units, heads lr 0.01.
-  affectnet7  AffectNet, 7 classes, separate units, heads lr 0.001.
-  affectnet8  AffectNet, 8 classes, separate units, heads lr 0.001.
+  ferplus     FERPlus majority-vote labels, 8 classes, 25 separate SCAN units, heads lr 0.01;
+              trains on train+validation merged, as the official script does.
+  affectnet7  AffectNet, 7 classes, separate units, heads lr 0.001; as the official loader,
+              only the first 20,000 training images of each class (annotation order).
+  affectnet8  AffectNet, 8 classes, otherwise as affectnet7.
   sfew        SFEW 2.0, 7 classes, separate units, fine-tuned from a 7-class checkpoint given
               by --config.init_from (training stops with an error without it); no ColorJitter,
               effective-number class weights (β 0.9999) instead of class-balanced sampling,
@@ -63,10 +65,10 @@ def get_config(arg: str = "rafdb"):
     config.dataset.update(name="rafdb", class_order="affectnet7")
   elif arg == "ferplus":
     config.model.num_classes = 8
-    config.dataset.update(name="ferplus", class_order="affectnet8")
+    config.dataset.update(name="ferplus", class_order="affectnet8", train_split="train+validation")
   elif arg in ("affectnet7", "affectnet8"):
     config.model.num_classes = int(arg[-1])
-    config.dataset.update(name="affectnet", class_order=arg, eval_split="validation")
+    config.dataset.update(name="affectnet", class_order=arg, eval_split="validation", max_per_class=20_000)
     _optimizer(config, head_lr=0.001, weight_decay=1e-3)
   elif arg == "sfew":
     config.dataset.update(name="sfew", class_order="affectnet7", eval_split="validation",

@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
       "class_order": "fer2013",     # fer_jax.data.labels.CLASS_ORDERS key: the model's output order
       "sampler": "uniform",         # uniform | class_balanced | repeat_factor
       "repeat_factor_threshold": 0.15,
+      "max_per_class": 0,           # training split: only the first N per class, in annotation order (0 = all)
   })
   config.input = ml_collections.ConfigDict({
       "size": 224,                  # height = width fed to the model

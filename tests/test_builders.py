@@ -9,12 +9,14 @@ import subprocess
 import sys
 
 import fixtures_fer as fx
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from fer_jax.data import builder_utils
 from fer_jax.data import labels
+from fer_jax.data import pipeline
 from fer_jax.data import prepare
 from fer_jax.data.builders import ferplus
 from fer_jax.data.builders import rafdb
@@ -29,10 +31,12 @@ def build(dataset, manual_dir, data_dir, skip_corrupt=False):
   return builder
 
 
+def read_records(source) -> list:
+  return [source[i] for i in range(len(source))]
+
+
 def read(builder, split) -> dict:
-  source = builder.as_data_source(split)
-  examples = [source[i] for i in range(len(source))]
-  return {example["file_name"].decode(): example for example in examples}
+  return {example["file_name"].decode(): example for example in read_records(builder.as_data_source(split))}
 
 
 def labels_of(examples: dict) -> dict:
@@ -195,6 +199,25 @@ def test_affectnet_original_release(tmp_path, config, num_classes):
       assert example["annotation_index"] == index
       assert example["image"].shape == (12, 16, 3)  # CMYK and gray files decode to RGB too
       assert_colour(example["image"][0:2, 0:3], written["colour"][name], tolerance=10)
+
+
+def test_affectnet_training_cap_keeps_the_first_images_of_each_class_in_annotation_order(tmp_path):
+  written = fx.write_affectnet_original(tmp_path / "manual")
+  build("affectnet/classes8", tmp_path / "manual", tmp_path / "tfds")
+  config = ml_collections.ConfigDict({
+      "dataset": {"name": "affectnet/classes8", "data_dir": str(tmp_path / "tfds"), "class_order": "affectnet8"},
+      "model": {"num_classes": 8}})
+  split = pipeline.load_split(config, "train", max_per_class=1)
+  examples = read_records(split.source)
+  kept = {example["file_name"].decode(): int(label) for example, label in zip(examples, split.labels) if label >= 0}
+  rows = written["rows"]["train"]
+  first_of_class = {}
+  for name, (code, *_, index) in sorted(rows.items(), key=lambda item: item[1][3]):
+    if code < 8:
+      first_of_class.setdefault(code, name)
+  assert kept == {name: code for code, name in first_of_class.items()}
+  assert len(kept) == 8 and sum(code == 1 for code, *_ in rows.values()) == 2  # one happy image dropped
+  assert (pipeline.load_split(config, "train").labels >= 0).sum() == 9
 
 
 def test_affectnet_face_crop(tmp_path):

@@ -46,6 +46,14 @@ def test_labels_are_remapped_to_the_configured_order():
   assert raf_order.class_names[0] == "surprise"
 
 
+def test_splits_joined_with_plus_are_read_in_order():
+  train_split, test_split = (pipeline.load_split(_config(), name) for name in ("train", "test"))
+  joined = pipeline.load_split(_config(), "train+test")
+  np.testing.assert_array_equal(joined.labels, np.concatenate([train_split.labels, test_split.labels]))
+  last = len(train_split.labels) + len(test_split.labels) - 1
+  np.testing.assert_array_equal(joined.source[last]["image"], test_split.source[len(test_split.labels) - 1]["image"])
+
+
 def _split(labels):
   return pipeline.Split(source=None, labels=np.array(labels), class_names=("a", "b", "c"))
 
@@ -74,8 +82,10 @@ def test_dropped_classes_are_excluded():
 def test_clear_errors_for_missing_data_and_bad_settings(tmp_path):
   with pytest.raises(pipeline.DataError, match="python -m fer_jax.data.prepare --dataset=rafdb"):
     pipeline.load_split(_config(name="rafdb", data_dir=str(tmp_path), class_order="rafdb"), "train")
-  with pytest.raises(pipeline.DataError, match="no split 'validation'; its splits are: train, test"):
+  with pytest.raises(pipeline.DataError, match="no split 'validation'; its splits are: train, test \\(join several with '\\+'\\)"):
     pipeline.load_split(_config(), "validation")
+  with pytest.raises(pipeline.DataError, match="no split 'valid'"):
+    pipeline.load_split(_config(), "train+valid")
   with pytest.raises(pipeline.DataError, match="Unknown data set 'nosuchset'"):
     pipeline.load_split(_config(name="nosuchset"), "train")
   config = _config()

@@ -377,6 +377,8 @@ def test_configs_follow_the_official_scripts(arg):
   assert ("color_jitter(0.4, 0.3, 0.25, 0.05)" in config.input.train_pp) == (arg != "sfew")
   assert config.dataset.sampler == ("uniform" if arg == "sfew" else "class_balanced")
   assert config.loss.class_weights == ("effective_number" if arg == "sfew" else "")
+  assert config.dataset.max_per_class == (20_000 if arg.startswith("affectnet") else 0)
+  assert config.dataset.train_split == ("train+validation" if arg == "ferplus" else "train")
 
 
 @pytest.mark.parametrize("arg", ["rafdb", "synthetic"])

@@ -57,26 +57,50 @@ def _builder(dataset_config):
   return builder
 
 
-def load_split(config, split: str) -> Split:
-  """Opens a prepared split and maps its labels to `config.dataset.class_order`."""
+def load_split(config, split: str, max_per_class: int = 0) -> Split:
+  """Opens a prepared split and maps its labels to `config.dataset.class_order`.
+
+  With `max_per_class`, only the first that many records of each class count, in annotation
+  order (the builder's `annotation_index` where it has one, else record order).
+  """
   builder = _builder(config.dataset)
-  if split not in builder.info.splits:
-    raise DataError(f"Data set {config.dataset.name!r} has no split {split!r}; "
-                    f"its splits are: {', '.join(builder.info.splits)}.")
+  for part in split.split("+"):  # "train+validation" reads both, in that order
+    name = part.split("[")[0].strip()
+    if name not in builder.info.splits:
+      raise DataError(f"Data set {config.dataset.name!r} has no split {name!r}; "
+                      f"its splits are: {', '.join(builder.info.splits)} (join several with '+').")
   target = labels_lib.class_names(config.dataset.class_order)
   if len(target) != config.model.num_classes:
     raise DataError(f"config.dataset.class_order {config.dataset.class_order!r} has {len(target)} classes "
                     f"but config.model.num_classes is {config.model.num_classes}.")
   mapping = labels_lib.label_map(tuple(builder.info.features["label"].names), target)
-  raw_labels = _read_labels(builder, split)
-  return Split(builder.as_data_source(split), mapping[raw_labels], target)
+  raw_labels, annotation_order = _read_labels_and_order(builder, split)
+  split_labels = mapping[raw_labels]
+  if max_per_class:
+    split_labels = keep_first_per_class(split_labels, max_per_class, annotation_order)
+  return Split(builder.as_data_source(split), split_labels, target)
 
 
-def _read_labels(builder, split: str) -> np.ndarray:
+def _read_labels_and_order(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Every record's label and its annotation_index (its position where the set has none)."""
   skip_images = {name: tfds.decode.SkipDecoding() for name, feature in builder.info.features.items()
                  if isinstance(feature, tfds.features.Image)}
   source = builder.as_data_source(split, decoders=skip_images)
-  return np.array([source[i]["label"] for i in range(len(source))], np.int32)
+  split_labels, order = np.empty(len(source), np.int32), np.arange(len(source))
+  for i in range(len(source)):
+    record = source[i]
+    split_labels[i] = record["label"]
+    order[i] = record.get("annotation_index", i)
+  return split_labels, order
+
+
+def keep_first_per_class(split_labels: np.ndarray, limit: int, order: np.ndarray) -> np.ndarray:
+  """Labels with every record past the first `limit` of its class (ranked by `order`) set to −1."""
+  kept = split_labels.copy()
+  ranked = np.argsort(order, kind="stable")
+  for label in np.unique(split_labels[split_labels >= 0]):
+    kept[ranked[split_labels[ranked] == label][limit:]] = -1
+  return kept
 
 
 def epoch_indices(split: Split, sampler: str, seed: int, epoch: int, repeat_threshold: float) -> np.ndarray:
@@ -111,7 +135,7 @@ class TrainData:
   def __init__(self, config, mesh):
     self.config = config
     self.mesh = mesh
-    self.split = load_split(config, config.dataset.train_split)
+    self.split = load_split(config, config.dataset.train_split, config.dataset.max_per_class)
     self.global_batch = config.batch_size
     if self.global_batch % jax.process_count() or self.global_batch % mesh.devices.size:
       raise ValueError(f"config.batch_size {self.global_batch} must divide evenly over "
