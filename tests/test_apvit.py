@@ -25,11 +25,10 @@ def _count(tree) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
-def _tiny_model(**overrides):
+def _tiny_model(dtype=jnp.float32, **vit_overrides):
   """32×32 input → a 4×4 patch grid; APP keeps 12 of 16, ATP 12 → 10 → 9 → 8 → 7."""
-  settings = dict(num_classes=7, ir_stage_sizes=(1, 1, 1), width=24, depth=8, num_heads=2,
-                  mlp_dim=48, app_keep=12)
-  return apvit.APViT(**(settings | overrides))
+  vit_settings = dict(width=24, depth=8, num_heads=2, mlp_dim=48, app_keep=12, dtype=dtype) | vit_overrides
+  return apvit.APViT(num_classes=7, ir_stage_sizes=(1, 1, 1), vit=apvit.PoolingViT(**vit_settings), dtype=dtype)
 
 
 def _tiny_synthetic(epochs=1):
@@ -116,7 +115,7 @@ def _tokens_per_block(model, size, batch=2):
       lambda v, x: model.apply(v, x, train=False, capture_intermediates=capture), variables, x)
   blocks = state["intermediates"]["vit"]
   return [(blocks[f"blocks_{i}"]["attn"]["__call__"][0][0].shape[1],
-           blocks[f"blocks_{i}"]["mlp"]["__call__"][0].shape[1]) for i in range(model.depth)]
+           blocks[f"blocks_{i}"]["mlp"]["__call__"][0].shape[1]) for i in range(model.vit.depth)]
 
 
 def test_token_counts_per_block_with_pooling_between_attention_and_mlp():

@@ -129,35 +129,28 @@ class ClassifierHead(nn.Module):
 
 
 class APViT(nn.Module):
+  """IR-50 stages 1–3 (`extractor`), the pooling ViT on their map (`vit`), a linear `head`."""
   num_classes: int = 7
   ir_stage_sizes: Sequence[int] = (3, 4, 14)
-  width: int = 768
-  depth: int = 8
-  num_heads: int = 8
-  mlp_dim: int = 2304
-  app_keep: int = 160
-  atp_keep_rates: Sequence[float] = (1.0,) * 4 + (0.9,) * 4
+  vit: PoolingViT = PoolingViT()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images, train: bool) -> dict:
     features = irse.IRSE(self.ir_stage_sizes, num_stages=3, dtype=self.dtype,
                          name="extractor")(images.astype(self.dtype), train)["stage3"]
-    cls, app_positions, atp_positions = PoolingViT(
-        self.width, self.depth, self.num_heads, self.mlp_dim, self.app_keep,
-        self.atp_keep_rates, self.dtype, name="vit")(features)
+    cls, app_positions, atp_positions = self.vit(features)
     logits = ClassifierHead(self.num_classes, name="head")(cls.astype(jnp.float32))
     return {"logits": logits, "app_positions": app_positions, "atp_positions": atp_positions}
 
 
 def build(model_config) -> APViT:
-  return APViT(num_classes=model_config.num_classes,
-               ir_stage_sizes=tuple(model_config.ir_stage_sizes),
-               width=model_config.width, depth=model_config.depth,
-               num_heads=model_config.num_heads, mlp_dim=model_config.mlp_dim,
-               app_keep=model_config.app_keep,
-               atp_keep_rates=tuple(model_config.atp_keep_rates),
-               dtype=jnp.dtype(model_config.dtype))
+  dtype = jnp.dtype(model_config.dtype)
+  pooling_vit = PoolingViT(width=model_config.width, depth=model_config.depth, num_heads=model_config.num_heads,
+                           mlp_dim=model_config.mlp_dim, app_keep=model_config.app_keep,
+                           atp_keep_rates=tuple(model_config.atp_keep_rates), dtype=dtype)
+  return APViT(num_classes=model_config.num_classes, ir_stage_sizes=tuple(model_config.ir_stage_sizes),
+               vit=pooling_vit, dtype=dtype)
 
 
 def loss(outputs, labels, loss_config):
