@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from fer_jax.models.backbones import resnet
+from fer_jax.models.backbones.batch_norm import BatchNorm
 
 AUXILIARY_PARAMS = ("affinity",)
 
@@ -89,7 +90,7 @@ class DAN(nn.Module):
     fused = jnp.sum(heads, axis=1)
     logits = nn.Dense(self.num_classes, kernel_init=torch_linear_init,
                       bias_init=torch_linear_bias_init(fused.shape[-1]), name="fc")(fused)
-    logits = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(logits)
+    logits = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(logits)
     return {
         "logits": logits,
         "pooled_features": jnp.mean(features.astype(jnp.float32), axis=(1, 2)),

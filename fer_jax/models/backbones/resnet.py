@@ -11,14 +11,16 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fer_jax.models.backbones.batch_norm import BatchNorm
+
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def batch_norm(train: bool, dtype: Any, name: str, scale_init=nn.initializers.ones) -> nn.BatchNorm:
+def batch_norm(train: bool, dtype: Any, name: str, scale_init=nn.initializers.ones) -> BatchNorm:
   """PyTorch BatchNorm2d defaults: momentum 0.1 (Flax 0.9), eps 1e-5."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, scale_init=scale_init, name=name)
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                   dtype=dtype, scale_init=scale_init, name=name)
 
 
 def conv(features: int, kernel: int, stride: int, dtype: Any, name: str,

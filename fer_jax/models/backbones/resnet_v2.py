@@ -34,15 +34,17 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fer_jax.models.backbones.batch_norm import BatchNorm
+
 # Keras "he_uniform".
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")
 TAP_POINTS = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
-def batch_norm(train: bool, dtype: Any, name: str, use_scale: bool = True) -> nn.BatchNorm:
+def batch_norm(train: bool, dtype: Any, name: str, use_scale: bool = True) -> BatchNorm:
   """Keras BatchNormalization as classification_models configures it."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=2e-5, use_scale=use_scale,
-                      dtype=dtype, name=name)
+  return BatchNorm(use_running_average=not train, momentum=0.99, epsilon=2e-5, use_scale=use_scale,
+                   dtype=dtype, name=name)
 
 
 def conv(features: int, kernel: int, stride: int, pad: int, dtype: Any, name: str) -> nn.Conv:

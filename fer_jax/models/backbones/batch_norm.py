@@ -1,0 +1,46 @@
+"""BatchNorm as PyTorch and Keras (fused, 4-D) run it: the running variance is updated with
+the unbiased batch variance, n / (n − 1) times the one used to normalise the batch.
+
+Flax's `nn.BatchNorm` keeps the biased one. Everything else matches it: statistics in at least
+float32 (E[x²] − E[x]², clipped at 0), the same variable names (params `scale`, `bias`;
+batch_stats `mean`, `var`), so checkpoints and converters do not change.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+
+class BatchNorm(nn.Module):
+  """Normalises over every axis but the last (the global batch under jit sharding)."""
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  use_scale: bool = True
+  scale_init: Callable = nn.initializers.ones
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    axes = tuple(range(x.ndim - 1))
+    running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+    running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+    if self.use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+      mean = jnp.mean(x32, axes)
+      var = jnp.maximum(jnp.mean(jnp.square(x32), axes) - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        count = x.size // features
+        unbiased = var * (count / max(count - 1, 1))
+        running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+        running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased
+    multiplier = lax.rsqrt(var + self.epsilon)
+    if self.use_scale:
+      multiplier = multiplier * self.param("scale", self.scale_init, (features,), jnp.float32)
+    y = (x - mean) * multiplier + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    return y.astype(self.dtype or jnp.promote_types(x.dtype, jnp.float32))
