@@ -14,8 +14,8 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
-from ml_collections import config_flags
 
+from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import optim
 from fer_jax import train
@@ -95,7 +95,7 @@ def main(argv):
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
-  config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
+  config_lib.define_config_flag()
   flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
   flags.mark_flags_as_required(["config"])
 

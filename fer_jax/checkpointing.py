@@ -11,6 +11,7 @@ import json
 import os
 import re
 
+from flax import traverse_util
 import jax
 import orbax.checkpoint as ocp
 
@@ -90,14 +91,7 @@ def _fill_missing(variables: dict, fresh_variables: dict, pattern: str) -> dict:
   for path, value in _flat(fresh_variables).items():
     if path not in filled and re.search(pattern, path):
       filled[path] = value
-  nested = {}
-  for path, value in filled.items():
-    *parents, leaf = path.split("/")
-    node = nested
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = value
-  return nested
+  return traverse_util.unflatten_dict(filled, sep="/")
 
 
 def _flat(tree) -> dict:

@@ -1,6 +1,7 @@
 """Defaults shared by every config; each file in configs/ starts from `base_config()`."""
 
 import ml_collections
+from ml_collections import config_flags
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -62,3 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.init_from_missing = ""      # regex over "params/…" paths that init_from may lack (kept fresh)
   config.data_threads = 2
   return config
+
+
+def define_config_flag(help_text: str = "configs/<method>.py:<dataset>"):
+  """Every command's `--config`: a config file and its argument, locked so that a misspelt
+  `--config.KEY` override fails with the valid keys. Returns the flag holder."""
+  return config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)

@@ -27,8 +27,8 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-from ml_collections import config_flags
 
+from fer_jax import config_lib
 from fer_jax import train
 from fer_jax.data import labels
 
@@ -92,8 +92,7 @@ def export(config, variables: dict, out: str, batch_size: int | None = None, pla
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
-  config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset> of the checkpoint.",
-                                  lock_config=True)
+  config_lib.define_config_flag("configs/<method>.py:<dataset> of the checkpoint.")
   flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint folder or converted model.")
   flags.DEFINE_string("out", None, "New folder for the export.")
   flags.DEFINE_integer("batch_size", 0, "Fixed batch size; 0 = symbolic (any batch size).")

@@ -11,11 +11,10 @@ import json
 from absl import app
 from absl import flags
 import numpy as np
-from ml_collections import config_flags
 
+from fer_jax import config_lib
 from fer_jax.data import pipeline
 from fer_jax.data import preprocess
-
 
 
 def pixels(config, split_name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +46,7 @@ def main(argv):
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
-  config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
+  config_lib.define_config_flag()
   flags.DEFINE_float("ridge", 10.0, "L2 penalty.")
   flags.mark_flags_as_required(["config"])
 

@@ -4,11 +4,11 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
+from fer_jax import config_lib
 from fer_jax import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
+_CONFIG = config_lib.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard events, reports.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from workdir) or eval only.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "--mode=eval: workdir, checkpoint or converted model.")

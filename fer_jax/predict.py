@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from ml_collections import config_flags
 from PIL import Image
 
+from fer_jax import config_lib
 from fer_jax import train
 from fer_jax import tta
 from fer_jax.data import labels
@@ -139,8 +139,7 @@ def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_na
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
-  config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset> of the checkpoint.",
-                                  lock_config=True)
+  config_lib.define_config_flag("configs/<method>.py:<dataset> of the checkpoint.")
   flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint folder or converted model.")
   flags.DEFINE_string("input", None, "An image, or a folder searched recursively for images.")
   flags.DEFINE_string("output", None, "Where to write the predictions: .csv or .json.")

@@ -11,11 +11,10 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import config_flags
 
+from fer_jax import config_lib
 from fer_jax import train
 from fer_jax.models import get_method
-
 
 
 def count_params(tree, exclude=()) -> int:
@@ -100,7 +99,7 @@ def main(argv):
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
-  config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", lock_config=True)
+  config_lib.define_config_flag()
   flags.DEFINE_integer("depth", 2, "Module nesting depth of the table.")
   flags.mark_flags_as_required(["config"])
 

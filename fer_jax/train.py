@@ -99,9 +99,10 @@ def _format_eta(seconds: float) -> str:
 
 
 def load_initial_variables(state: dict, config, model, mesh) -> dict:
-  fresh = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  fresh = ({"params": jax.device_get(state["params"]), "batch_stats": jax.device_get(state["batch_stats"])}
+           if config.init_from_missing else None)
   variables = checkpointing.restore_model(config.init_from, abstract_variables(model, config),
-                                          jax.device_get(fresh), config.init_from_missing)
+                                          fresh, config.init_from_missing)
   logging.info("Initialised params and batch_stats from %s", config.init_from)
   return {**state, **jax.device_put(variables, NamedSharding(mesh, P()))}
 

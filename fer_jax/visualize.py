@@ -14,9 +14,9 @@ from absl import app
 from absl import flags
 import jax
 import numpy as np
-from ml_collections import config_flags
 from PIL import Image
 
+from fer_jax import config_lib
 from fer_jax import train
 from fer_jax.data import preprocess
 from fer_jax.data.builder_utils import IMAGE_SUFFIXES
@@ -24,7 +24,7 @@ from fer_jax.models import get_method
 
 def define_flags():
   """Defined only when run as a program, so importing this module adds no global flags."""
-  config_flags.DEFINE_config_file("config", None, "Model config, e.g. configs/apvit.py:rafdb.")
+  config_lib.define_config_flag("Model config, e.g. configs/apvit.py:rafdb.")
   flags.DEFINE_string("checkpoint", None, "A workdir, its checkpoints folder, or one step's folder.")
   flags.DEFINE_string("input", None, "An image file or a folder of images.")
   flags.DEFINE_string("out", None, "Folder for the PNGs.")

@@ -14,10 +14,10 @@ from absl import logging
 from ml_collections import config_flags
 
 from fer_jax import checkpointing
+from fer_jax import config_lib
 from fer_jax import convert
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset> the checkpoint belongs to.",
-                                          lock_config=True)
+_CONFIG = config_lib.define_config_flag("configs/<method>.py:<dataset> the checkpoint belongs to.")
 _CHECKPOINT = flags.DEFINE_multi_string("checkpoint", None, "Source file (repeat to combine backbones).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for the converted Orbax checkpoint.")
 _SOURCE = flags.DEFINE_multi_string(

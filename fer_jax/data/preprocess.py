@@ -136,17 +136,29 @@ def _cv2_rotate(image: np.ndarray, angle: float, fill) -> np.ndarray:
   ys, xs = np.mgrid[0:height, 0:width]
   source_x = cos * (xs - cx) - sin * (ys - cy) + cx
   source_y = sin * (xs - cx) + cos * (ys - cy) + cy
-  left, top = np.floor(source_x).astype(np.int64), np.floor(source_y).astype(np.int64)
-  dx, dy = source_x - left, source_y - top
-  result = np.zeros(image.shape, np.float64)
-  for row, row_weight in ((top, 1 - dy), (top + 1, dy)):
-    for column, column_weight in ((left, 1 - dx), (left + 1, dx)):
-      inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
-      taps = image[np.clip(row, 0, height - 1), np.clip(column, 0, width - 1)]
-      result += (row_weight * column_weight)[..., None] * np.where(inside[..., None], taps, fill)
+  result = _bilinear_at(image, source_y, source_x, fill)
   if image.dtype == np.uint8:
     return np.clip(np.floor(result + 0.5), 0, 255).astype(np.uint8)
   return result.astype(image.dtype)
+
+
+def _bilinear_at(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, fill=None) -> np.ndarray:
+  """`image` (HWC) sampled bilinearly at float (rows, cols), in float64.
+
+  Taps outside the image read `fill`, or the nearest edge pixel when `fill` is None.
+  """
+  height, width = image.shape[:2]
+  top, left = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
+  dy, dx = rows - top, cols - left
+  result = np.zeros(rows.shape + image.shape[2:], np.float64)
+  for row, row_weight in ((top, 1 - dy), (top + 1, dy)):
+    for column, column_weight in ((left, 1 - dx), (left + 1, dx)):
+      taps = image[np.clip(row, 0, height - 1), np.clip(column, 0, width - 1)]
+      if fill is not None:
+        inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
+        taps = np.where(inside[..., None], taps, fill)
+      result += (row_weight * column_weight)[..., None] * taps
+  return result
 
 
 def _resize(image: np.ndarray, height: int, width: int, method: str) -> np.ndarray:
@@ -377,22 +389,10 @@ def keras_image_generator(rotation_range: float = 0.0, width_shift_range: float 
     to_centre, back = np.eye(3), np.eye(3)
     to_centre[:2, 2], back[:2, 2] = centre, -centre
     matrix = to_centre @ rotation @ shift @ zoom @ back
-    image = _sample_bilinear(image.astype(np.float32), matrix)
+    rows, cols = np.mgrid[0:height, 0:width]
+    source = np.einsum("ij,jhw->ihw", matrix[:2], np.stack([rows, cols, np.ones_like(rows)]))
+    image = _bilinear_at(image.astype(np.float32), source[0], source[1]).astype(np.float32)
     flip = rng.random() < 0.5
     return image[:, ::-1] if horizontal_flip and flip else image
   return op
 
-
-def _sample_bilinear(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-  """out[r, c] = image at matrix · (r, c, 1), linear interpolation, coordinates clamped to the edge."""
-  height, width = image.shape[:2]
-  rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-  source = np.einsum("ij,jhw->ihw", matrix[:2], np.stack([rows, cols, np.ones_like(rows)]).astype(np.float64))
-  r = np.clip(source[0], 0, height - 1)
-  c = np.clip(source[1], 0, width - 1)
-  r0, c0 = np.floor(r).astype(int), np.floor(c).astype(int)
-  r1, c1 = np.minimum(r0 + 1, height - 1), np.minimum(c0 + 1, width - 1)
-  fr, fc = (r - r0)[..., None], (c - c0)[..., None]
-  top = image[r0, c0] * (1 - fc) + image[r0, c1] * fc
-  bottom = image[r1, c0] * (1 - fc) + image[r1, c1] * fc
-  return (top * (1 - fr) + bottom * fr).astype(np.float32)
