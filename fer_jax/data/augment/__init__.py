@@ -1,0 +1,11 @@
+"""Device-side preprocessing and augmentation, spelled as pipeline strings in the configs.
+
+`parse(text, size)` compiles a string (see `core`); the ops live in `basic` (flip, channel and
+value conversions, random_apply), `geometry` (resizes, rotations, crops, affine warps, the
+Keras generator) and `color` (colour jitter, grayscale, random erasing).
+"""
+
+from fer_jax.data.augment import basic, color, geometry  # noqa: F401  (register the ops)
+from fer_jax.data.augment.core import OPS, Op, Pipeline, example_keys, parse, quantize, register
+
+__all__ = ["OPS", "Op", "Pipeline", "example_keys", "parse", "quantize", "register"]

@@ -1,0 +1,76 @@
+"""Ops without interpolation: flip, channel copies, value conversions, random_apply."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fer_jax.data.augment.core import Op, parse, register
+
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def bernoulli(key, p: float) -> jax.Array:
+  """True with probability p, drawn as torchvision does: U[0, 1) < p."""
+  return jax.random.uniform(key) < p
+
+
+@register
+def flip(p: float = 0.5) -> Op:
+  """Horizontal mirror with probability p (torchvision RandomHorizontalFlip)."""
+  return Op(apply=lambda image, flipped: jnp.where(flipped, image[:, ::-1], image),
+            sample=lambda key, shape: bernoulli(key, p))
+
+
+@register
+def gray_to_rgb() -> Op:
+  """A one-channel image copied to three channels; three-channel images pass unchanged."""
+  def output_shape(shape):
+    return (*shape[:2], 3)
+  return Op(apply=lambda image, params: jnp.broadcast_to(image, (*image.shape[:2], 3)), output_shape=output_shape)
+
+
+@register
+def to_float() -> Op:
+  """Values become floats with the 0–255 range kept (LHC-Net feeds raw pixels)."""
+  return Op(apply=lambda image, params: image, ends_uint8=True)
+
+
+@register
+def normalize(mean="imagenet", std=None) -> Op:
+  """x / 255, minus mean, over std (torchvision ToTensor + Normalize); `mean` may name a pair."""
+  if isinstance(mean, str):
+    if mean not in NORMALIZATIONS:
+      raise ValueError(f"Unknown normalisation {mean!r}; known: {', '.join(NORMALIZATIONS)}.")
+    mean, std = NORMALIZATIONS[mean]
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+  def apply(image, params):
+    channels = image.shape[-1]
+    return (image / 255.0 - mean[:channels]) / std[:channels]
+  return Op(apply=apply, ends_uint8=True)
+
+
+@register
+def random_apply(p: float, pipeline: str, uint8: bool = True) -> Op:
+  """With probability p, the whole inner pipeline (torchvision RandomApply); it must keep the shape."""
+  inner = parse(pipeline, uint8=uint8)
+  if inner.ends_uint8:
+    raise ValueError(f"random_apply({p}, {pipeline!r}): to_float/normalize cannot be applied at random.")
+
+  def output_shape(shape):
+    if inner.output_shape(shape) != tuple(shape):
+      raise ValueError(f"random_apply({p}, {pipeline!r}) maps {tuple(shape)} to {inner.output_shape(shape)}; "
+                       "its inner pipeline must keep the image's shape.")
+    return tuple(shape)
+
+  def sample(key, shape):
+    apply_key, inner_key = jax.random.split(key)
+    return bernoulli(apply_key, p), inner.sample(inner_key, shape)
+
+  def apply(image, params):
+    applied, inner_params = params
+    return jnp.where(applied, inner.apply(image, inner_params), image)
+  return Op(apply=apply, sample=sample, output_shape=output_shape)

@@ -1,0 +1,177 @@
+"""The pipeline language and its compiler: pipeline strings → one function over a batch.
+
+A pipeline is ops joined by "|", each a call with literal arguments, e.g.
+    "resize({size})|flip()|random_apply(0.2, 'rotate(20)|random_crop({size}, padding=32)')|
+     normalize('imagenet')|random_erasing(p=0.5, scale=(0.02, 0.25))"
+It runs on the device, inside the jitted step, on uint8 batches at the stored size: every op
+maps one HWC float32 image to another, vmapped over the batch, with its random draws taken
+from the example's own key (derived from the seed and the example's position in the run), so
+a resumed run augments every example exactly as an uninterrupted one.
+
+Values keep uint8 semantics until `to_float()` or `normalize()`: while they do, the pipeline
+rounds and clips every op's output to integers in 0–255, as the libraries the ops imitate
+(torchvision on PIL images, cv2) return uint8 after every step. Ops after those two see
+float values and are not rounded.
+"""
+
+import ast
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Shape = tuple[int, int, int]
+
+
+def _no_params(key, shape):
+  del key, shape
+  return ()
+
+
+def _same_shape(shape: Shape) -> Shape:
+  return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+  """One step on a single image (H, W, C) float32.
+
+  apply(image, params) → image: the transformation, given the op's random draws.
+  sample(key, shape) → params: every random draw the op makes for one image of input `shape`
+    (a pytree of arrays, `()` for a deterministic op). Kept apart from `apply` so that tests
+    can fix the draws and compare `apply` with the library the op imitates, and compare
+    `sample`'s distribution with the library's sampler.
+  output_shape(shape) → shape, static.
+  ends_uint8: values are floats from this op on (to_float, normalize).
+  """
+  apply: Callable[[jax.Array, Any], jax.Array]
+  sample: Callable[[jax.Array, Shape], Any] = _no_params
+  output_shape: Callable[[Shape], Shape] = _same_shape
+  ends_uint8: bool = False
+
+
+OPS: dict[str, Callable[..., Op]] = {}
+
+
+def register(factory: Callable[..., Op]) -> Callable[..., Op]:
+  """Makes `factory` an op of the pipeline language under its function name."""
+  OPS[factory.__name__] = factory
+  return factory
+
+
+def quantize(image: jax.Array) -> jax.Array:
+  """Round half up and clip to 0–255, as PIL and cv2 store an 8-bit result."""
+  return jnp.clip(jnp.floor(image + 0.5), 0.0, 255.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  name: str
+  op: Op
+  rounds: bool          # in the uint8 part of the pipeline: output rounded to integers
+
+
+class Pipeline:
+  """A compiled pipeline string for images of one input shape."""
+
+  def __init__(self, text: str, steps: list[Step]):
+    self.text = text
+    self.steps = steps
+
+  @property
+  def ends_uint8(self) -> bool:
+    return any(step.op.ends_uint8 for step in self.steps)
+
+  def output_shape(self, shape: Shape) -> Shape:
+    for step in self.steps:
+      shape = step.op.output_shape(tuple(shape))
+    return tuple(shape)
+
+  def sample(self, key: jax.Array, shape: Shape) -> list:
+    """The random draws of every op for one image of input `shape`."""
+    params = []
+    for step, op_key in zip(self.steps, jax.random.split(key, max(len(self.steps), 1))):
+      params.append(step.op.sample(op_key, tuple(shape)))
+      shape = step.op.output_shape(tuple(shape))
+    return params
+
+  def apply(self, image: jax.Array, params: list) -> jax.Array:
+    """One image through every op, given the draws from `sample`."""
+    image = image.astype(jnp.float32)
+    for step, op_params in zip(self.steps, params):
+      image = step.op.apply(image, op_params)
+      if step.rounds:
+        image = quantize(image)
+    return image
+
+  def __call__(self, images: jax.Array, keys: jax.Array) -> jax.Array:
+    """A batch (B, H, W, C) of uint8 (or float) images and B keys → float32 model inputs."""
+    shape = tuple(images.shape[1:])
+    return jax.vmap(lambda image, key: self.apply(image, self.sample(key, shape)))(images, keys)
+
+
+def parse(text: str, size: int | None = None, uint8: bool = True) -> Pipeline:
+  """Compiles a pipeline string; "{size}" in it stands for `size` (config.input.size).
+
+  Unknown ops or bad arguments raise naming the op. `uint8` says whether the values entering
+  have uint8 semantics (False for a pipeline nested after `normalize`).
+  """
+  if size is not None:
+    text = text.replace("{size}", str(size))
+  steps = []
+  for part in _split_top_level(text):
+    name, op = _parse_op(part, uint8)
+    uint8 = uint8 and not op.ends_uint8
+    steps.append(Step(name, op, rounds=uint8))
+  return Pipeline(text, steps)
+
+
+def _split_top_level(text: str) -> list[str]:
+  """Splits at "|" outside quotes and parentheses, so nested pipelines stay whole."""
+  parts, current, depth, quote = [], [], 0, None
+  for char in text:
+    if quote:
+      quote = None if char == quote else quote
+    elif char in "'\"":
+      quote = char
+    elif char in "([":
+      depth += 1
+    elif char in ")]":
+      depth -= 1
+    elif char == "|" and depth == 0:
+      parts.append("".join(current))
+      current = []
+      continue
+    current.append(char)
+  parts.append("".join(current))
+  return [part.strip() for part in parts if part.strip()]
+
+
+def _parse_op(text: str, uint8: bool) -> tuple[str, Op]:
+  try:
+    call = ast.parse(text if text.endswith(")") else text + "()", mode="eval").body
+    assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+    args = [ast.literal_eval(a) for a in call.args]
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+  except (SyntaxError, ValueError, AssertionError) as e:
+    raise ValueError(f"Cannot parse preprocessing op {text!r}: write it as name(literal, key=literal).") from e
+  name = call.func.id
+  if name not in OPS:
+    raise ValueError(f"Unknown preprocessing op {name!r} in {text!r}; the device pipeline knows: "
+                     f"{', '.join(sorted(OPS))}.")
+  if name == "random_apply":  # its inner pipeline continues in the current value semantics
+    kwargs["uint8"] = uint8
+  try:
+    return name, OPS[name](*args, **kwargs)
+  except TypeError as e:
+    raise ValueError(f"Bad arguments in preprocessing op {text!r}: {e}") from e
+
+
+AUGMENT_STREAM = 0x61756720  # separates augmentation keys from the step's dropout keys
+
+
+def example_keys(seed: int, positions: jax.Array) -> jax.Array:
+  """One key per example from (seed, global example position): the same wherever the run resumes."""
+  base = jax.random.fold_in(jax.random.key(seed), AUGMENT_STREAM)
+  return jax.vmap(lambda position: jax.random.fold_in(base, position))(positions)

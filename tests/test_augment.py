@@ -1,0 +1,94 @@
+"""fer_jax.data.augment: the pipeline language, its value semantics and the basic ops.
+
+The geometric and colour ops are tested against their libraries in test_augment_geometry.py
+and test_augment_color.py.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import functional as TF
+
+from fer_jax.data import augment
+from helpers import run_pipeline
+
+
+def _image(h=8, w=10, c=3, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
+
+
+def test_unknown_op_and_bad_arguments_name_the_op():
+  with pytest.raises(ValueError, match="Unknown preprocessing op 'fliq'"):
+    augment.parse("flip()|fliq()")
+  with pytest.raises(ValueError, match="Bad arguments in preprocessing op 'flip\\(q=1\\)'"):
+    augment.parse("flip(q=1)")
+  with pytest.raises(ValueError, match="Cannot parse"):
+    augment.parse("flip(")
+  with pytest.raises(ValueError, match="Unknown normalisation 'imagenett'"):
+    augment.parse("normalize('imagenett')")
+
+
+def test_random_apply_must_keep_the_shape_and_cannot_hold_a_conversion():
+  with pytest.raises(ValueError, match="must keep the image's shape"):
+    augment.parse("random_apply(0.5, 'gray_to_rgb()')").output_shape((8, 8, 1))
+  with pytest.raises(ValueError, match="cannot be applied at random"):
+    augment.parse("random_apply(0.5, 'to_float()')")
+
+
+def test_size_placeholder_and_output_shape():
+  pipeline = augment.parse("gray_to_rgb()|random_apply(1.0, 'flip(1.0)|flip(1.0)')|normalize('half')", size=6)
+  assert pipeline.output_shape((8, 10, 1)) == (8, 10, 3)
+  assert pipeline.ends_uint8 and not augment.parse("flip()").ends_uint8
+
+
+def test_flip_and_normalize_match_torchvision():
+  image = _image()
+  tensor = torch.from_numpy(image).permute(2, 0, 1)
+  flipped = TF.hflip(tensor).permute(1, 2, 0).numpy()
+  np.testing.assert_array_equal(run_pipeline("flip(1.0)", None, image), flipped)
+  np.testing.assert_array_equal(run_pipeline("flip(0.0)", None, image), image)
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  expected = TF.normalize(TF.to_tensor(image), mean, std).permute(1, 2, 0).numpy()
+  np.testing.assert_allclose(run_pipeline("normalize('imagenet')", None, image), expected, rtol=1e-5, atol=1e-6)
+  assert run_pipeline("to_float()", None, np.full((2, 2, 3), 255, np.uint8)).max() == 255.0
+
+
+def test_gray_to_rgb_copies_the_channel():
+  gray = _image(c=1)
+  np.testing.assert_array_equal(run_pipeline("gray_to_rgb()", None, gray), np.repeat(gray, 3, axis=-1))
+  colour = _image()
+  np.testing.assert_array_equal(run_pipeline("gray_to_rgb()", None, colour), colour)
+
+
+def test_values_are_rounded_until_to_float_or_normalize():
+  """An op's output is stored as uint8 (rounded half up, clipped) until the values become floats."""
+  scale = augment.Op(apply=lambda image, params: image * 0.5 + 300.0 * (image > 250))
+  augment.OPS["scale_for_test"] = lambda: scale
+  try:
+    image = np.array([[[1], [3], [255]]], np.uint8)
+    np.testing.assert_array_equal(run_pipeline("scale_for_test()", None, image)[..., 0], [[1, 2, 255]])
+    np.testing.assert_array_equal(run_pipeline("to_float()|scale_for_test()", None, image)[..., 0],
+                                  [[0.5, 1.5, 427.5]])
+  finally:
+    del augment.OPS["scale_for_test"]
+
+
+def test_flip_probability_matches_its_p():
+  pipeline = augment.parse("flip(0.3)")
+  keys = augment.example_keys(0, jnp.arange(10_000))
+  flips = jax.vmap(lambda key: pipeline.sample(key, (4, 4, 3))[0])(keys)
+  assert abs(float(flips.mean()) - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 10_000)
+
+
+def test_keys_follow_the_example_position_not_the_batch():
+  pipeline = jax.jit(augment.parse("random_apply(0.5, 'flip(1.0)')|normalize('half')"))
+  images = np.stack([_image(seed=s) for s in range(6)])
+  positions = jnp.arange(100, 106)
+  whole = pipeline(images, augment.example_keys(3, positions))
+  halves = [pipeline(images[i:i + 3], augment.example_keys(3, positions[i:i + 3])) for i in (0, 3)]
+  np.testing.assert_array_equal(whole, np.concatenate(halves))
+  other_seed = pipeline(images, augment.example_keys(4, positions))
+  flipped = [not np.array_equal(np.asarray(whole[i]), np.asarray(other_seed[i])) for i in range(6)]
+  assert any(flipped)
