@@ -60,14 +60,14 @@ def get_config(arg: str = "rafdb"):
                           grad_clip_norm=10.0, weight_decay_exclude="")
 
   if arg == "rafdb":
-    config.dataset.update(name="rafdb/aligned224", class_order="apvit7")
+    config.dataset.update(name="rafdb/aligned224", class_order="apvit7", image_size=224)
   elif arg == "ferplus":
     config.model.num_classes = 8
     config.dataset.update(name="ferplus", class_order="apvit8")
   elif arg in ("affectnet7", "affectnet8"):
     config.model.num_classes = int(arg[-1])
     config.dataset.update(name=f"affectnet/classes{arg[-1]}", class_order=f"apvit{arg[-1]}",
-                          eval_split="validation")
+                          eval_split="validation", image_size=224)  # images of many sizes, decoded at 224
   else:
     config.model.update(ir_stage_sizes=(1, 1, 1), width=192, num_heads=3, mlp_dim=576, app_keep=12)
     config.input.size = 32

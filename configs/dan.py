@@ -33,15 +33,16 @@ def get_config(arg: str = "rafdb"):
     # The official scripts keep the epoch with the best accuracy on the evaluated split.
     config.update(select_metric="accuracy", restore_best=True)
   if arg == "rafdb":
-    config.dataset.update(name="rafdb", class_order="rafdb")
+    config.dataset.update(name="rafdb", class_order="rafdb", image_size=100)  # RAF-DB's aligned faces
     config.num_epochs = 40
     config.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
                             schedule="step", step_epochs=10, gamma=0.1)
   elif arg in ("affectnet7", "affectnet8"):
     num_classes = int(arg[-1])
     config.model.update(num_classes=num_classes, num_centres=num_classes)
+    # Images of many sizes: the host decodes them to the official Resize's 224×224.
     config.dataset.update(name="affectnet", class_order=arg, eval_split="validation",
-                          sampler="class_balanced")
+                          sampler="class_balanced", image_size=224)
     config.input.train_pp = AFFECTNET_TRAIN
     config.num_epochs = 10
     config.optimizer.update(name="adam", lr=1e-4, weight_decay=0.0, schedule="exponential", gamma=0.6)

@@ -62,17 +62,18 @@ def get_config(arg: str = "rafdb"):
 
   if arg == "rafdb":
     config.model.shared_local_units = True
-    config.dataset.update(name="rafdb", class_order="affectnet7")
+    config.dataset.update(name="rafdb", class_order="affectnet7", image_size=100)
   elif arg == "ferplus":
     config.model.num_classes = 8
     config.dataset.update(name="ferplus", class_order="affectnet8", train_split="train+validation")
   elif arg in ("affectnet7", "affectnet8"):
     config.model.num_classes = int(arg[-1])
-    config.dataset.update(name="affectnet", class_order=arg, eval_split="validation", max_per_class=20_000)
+    config.dataset.update(name="affectnet", class_order=arg, eval_split="validation", max_per_class=20_000,
+                          image_size=224)  # images of many sizes, decoded at 224
     _optimizer(config, head_lr=0.001, weight_decay=1e-3)
   elif arg == "sfew":
     config.dataset.update(name="sfew", class_order="affectnet7", eval_split="validation",
-                          sampler="uniform")
+                          sampler="uniform", image_size=224)  # images of many sizes, decoded at 224
     config.loss.class_weights = "effective_number"
     config.input.train_pp, config.input.eval_pp = _pipelines(color_jitter=False)
     config.eval_batch_size = 32

@@ -1,12 +1,20 @@
-"""Speed of the jitted train and eval steps on device-resident synthetic batches.
+"""Speed of the input pipeline and of the jitted steps, one JSON line per run.
 
-  python -m fer_jax.benchmark --config=configs/dan.py:rafdb [--config.batch_size=B]
+  python -m fer_jax.benchmark --config=configs/dan.py:rafdb --input=MODE [--steps=N] \
+      [--config.batch_size=B] [--config.dataset.data_dir=DIR] [--config.dataset.cache=none|host|device]
 
-Prints one JSON line: img/s for both steps (after compilation), achieved TFLOP/s from XLA's
-cost analysis, MFU where the device's peak is known, device kind, batch size.
+--input picks what is timed (always after compilation and warm-up steps), `img_per_s` is its speed:
+  synthetic   the jitted train and eval steps on device-resident random model inputs, with
+              achieved TFLOP/s from XLA's cost analysis and MFU where the device's peak is known;
+  host        the host stream alone: uint8 batches of the prepared training split delivered onto
+              the device (decoded by worker processes, or from the decoded cache), no augmentation;
+  augment     the train pipeline alone on device-resident uint8 batches at the stored size;
+  end_to_end  the real train step fed by the real pipeline (host stream + device augmentation).
+The modes other than synthetic read the prepared data set the config names.
 """
 
 import json
+import math
 import time
 
 from absl import app
@@ -19,7 +27,10 @@ from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import optim
 from fer_jax import train
+from fer_jax.data import pipeline
 from fer_jax.models import get_method
+
+INPUT_MODES = ("synthetic", "host", "augment", "end_to_end")
 
 
 # Dense bf16 peak TFLOP/s per device, for MFU.
@@ -46,7 +57,14 @@ def _flops(jitted, *args) -> float:
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
+def _describe(config, mesh, batch_size: int) -> dict:
+  return {"model": config.model.name, "dataset": config.dataset.name, "input_size": config.input.size,
+          "dtype": config.model.dtype, "batch_size": batch_size, "devices": mesh.devices.size,
+          "device_kind": jax.devices()[0].device_kind}
+
+
 def benchmark(config, steps: int) -> dict:
+  """--input=synthetic: the train and eval steps on random model inputs already on the device."""
   mesh = train.make_mesh()
   method = get_method(config.model.name)
   model = method.build(config.model)
@@ -78,9 +96,8 @@ def benchmark(config, steps: int) -> dict:
   achieved = train_flops / train_seconds / 1e12
   peak = peak_tflops(device_kind)
   return {
-      "model": config.model.name, "dataset": config.dataset.name, "input_size": config.input.size,
-      "dtype": config.model.dtype, "batch_size": batch_size, "devices": mesh.devices.size,
-      "device_kind": device_kind,
+      "input": "synthetic", **_describe(config, mesh, batch_size),
+      "img_per_s": round(batch_size / train_seconds, 2),
       "train_img_per_s": round(batch_size / train_seconds, 2),
       "eval_img_per_s": round(batch_size / eval_seconds, 2),
       "train_tflops_per_s": round(achieved, 4),
@@ -88,15 +105,80 @@ def benchmark(config, steps: int) -> dict:
   }
 
 
+def _train_data(config, mesh, steps: int) -> pipeline.TrainData:
+  """The run's training stream, with enough epochs for `steps` steps."""
+  data = pipeline.TrainData(config, mesh)
+  if data.num_steps < steps:
+    config.num_epochs = math.ceil(steps / data.steps_per_epoch)
+    data = pipeline.TrainData(config, mesh)
+  return data
+
+
+def _time_stream(batches, warmup: int, steps: int, consume) -> float:
+  """Seconds per item of `batches` over `steps` items after `warmup`, each handed to `consume`."""
+  iterator = iter(batches)
+  for _ in range(warmup):
+    jax.block_until_ready(consume(next(iterator)))
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = consume(next(iterator))
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / steps
+
+
+def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
+  """--input=host | augment | end_to_end on the prepared data set."""
+  mesh = train.make_mesh()
+  data = _train_data(config, mesh, steps + warmup)
+  start = time.perf_counter()
+  data.cache()
+  result = {"input": mode, **_describe(config, mesh, data.global_batch), "stored_shape": list(data.shape),
+            "cache": data.cache_mode, "cache_seconds": round(time.perf_counter() - start, 2),
+            "workers": data.workers if data.cache_mode == "none" else 0}
+  if mode == "host":
+    seconds = _time_stream(data.batches(0), warmup, steps, lambda batch: batch["image"])
+  elif mode == "augment":
+    sharding = NamedSharding(mesh, P("data"))
+    images = jax.device_put(jax.random.randint(jax.random.key(0), (data.global_batch, *data.shape), 0, 256)
+                            .astype(jnp.uint8), sharding)
+    augment = jax.jit(data.augment, out_shardings=sharding)
+    offsets = jnp.arange(data.global_batch)
+    batches = ((images, offsets + i * data.global_batch) for i in range(warmup + steps))
+    seconds = _time_stream(batches, warmup, steps, lambda batch: augment(*batch))
+  else:
+    method = get_method(config.model.name)
+    model = method.build(config.model)
+    tx = optim.make_optimizer(config.optimizer, data.steps_per_epoch, config.num_epochs,
+                              train.abstract_variables(model, config)["params"])
+    schedule = optim.lr_schedule(config.optimizer, data.steps_per_epoch, config.num_epochs)
+    holder = {"state": train.create_state(model, tx, config, mesh)}
+    loss_config = train.loss_config_for(config, data.split)
+    train_step = train.make_train_step(model, method.loss, loss_config, tx, schedule, mesh, config.seed,
+                                       data.augment)
+
+    def step(batch):
+      holder["state"], metrics = train_step(holder["state"], batch)
+      return metrics["loss"]
+    seconds = _time_stream(data.batches(0), warmup, steps, step)
+  return {**result, "img_per_s": round(data.global_batch / seconds, 2)}
+
+
 def main(argv):
   del argv
-  print(json.dumps(benchmark(flags.FLAGS.config, flags.FLAGS.steps)))
+  args = flags.FLAGS
+  if args.input == "synthetic":
+    result = benchmark(args.config, args.steps)
+  else:
+    result = benchmark_input(args.config, args.input, args.steps, args.warmup)
+  print(json.dumps(result))
 
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag()
-  flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
+  flags.DEFINE_enum("input", "synthetic", list(INPUT_MODES), "What to time (see the module docstring).")
+  flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
+  flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation, worker start-up); not for synthetic.")
   flags.mark_flags_as_required(["config"])
 
 

@@ -23,11 +23,14 @@ def base_config() -> ml_collections.ConfigDict:
       "sampler": "uniform",         # uniform | class_balanced | repeat_factor
       "repeat_factor_threshold": 0.15,
       "max_per_class": 0,           # training split: only the first N per class, in annotation order (0 = all)
+      "image_size": 0,              # side the host decodes every image to (0 = the set's own size)
+      "cache": "auto",              # decoded uint8 images kept in: auto | none | host | device
+      "cache_budget_mb": 0.0,         # device cache limit per device (0 = a quarter of its memory, 2 GiB on CPU)
   })
   config.input = ml_collections.ConfigDict({
       "size": 224,                  # height = width fed to the model
       "channels": 3,
-      "train_pp": "",               # fer_jax.data.preprocess pipeline strings
+      "train_pp": "",               # fer_jax.data.augment pipeline strings, run on the device
       "eval_pp": "",
   })
 
@@ -61,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.max_checkpoints = 2
   config.init_from = ""              # Orbax checkpoint whose params/batch_stats start the run
   config.init_from_missing = ""      # regex over "params/…" paths that init_from may lack (kept fresh)
-  config.data_threads = 2
+  config.data_workers = -1           # decoding processes when not cached (-1 = one per CPU core)
   return config
 
 

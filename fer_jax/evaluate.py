@@ -16,18 +16,21 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from fer_jax import tta
 
 
-def confusion_step(model, num_classes: int, mesh, tta_name: str = "none"):
+def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", preprocess=None):
   """jit(variables, batch) → K×K counts (rows: true class, columns: predicted).
 
   `tta_name` (fer_jax.tta.NAMES) averages the softmax outputs of weighted test-time views,
   all computed inside the one jitted step; "none" takes the argmax of the plain logits.
+  With `preprocess` (uint8 images, positions → model inputs, e.g. `EvalData.preprocess`) the
+  batch holds uint8 images, preprocessed inside the step.
   """
   def predict(variables, images):
     logits_fn = lambda x: model.apply(variables, x, train=False)["logits"]
     return logits_fn(images) if tta_name == "none" else tta.predict(tta_name, logits_fn, images)
 
   def step(variables, batch):
-    predicted = jnp.argmax(predict(variables, batch["image"]), axis=-1)
+    images = batch["image"] if preprocess is None else preprocess(batch["image"], batch["position"])
+    predicted = jnp.argmax(predict(variables, images), axis=-1)
     return jnp.zeros((num_classes, num_classes), jnp.float32).at[batch["label"], predicted].add(batch["mask"])
 
   replicated = NamedSharding(mesh, P())

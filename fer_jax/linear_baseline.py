@@ -10,18 +10,23 @@ import json
 
 from absl import app
 from absl import flags
+import jax
 import numpy as np
 
 from fer_jax import config_lib
+from fer_jax.data import decode
 from fer_jax.data import pipeline
-from fer_jax.data import preprocess
 
 
 def pixels(config, split_name: str) -> tuple[np.ndarray, np.ndarray]:
+  """The eval pipeline's output for every example of the split, flattened, and the labels."""
   split = pipeline.load_split(config, split_name)
-  prepare = preprocess.parse(config.input.eval_pp, size=config.input.size)
+  shape = pipeline.stored_shape(config, split)
   records = split.indices
-  features = np.stack([prepare(split.source[i]["image"], None).reshape(-1) for i in records])
+  images = pipeline.decode_all(decode.Decoder(split.source, shape), records, pipeline.num_workers(config))
+  prepare = pipeline.compile_pipeline(config, config.input.eval_pp, shape, "eval_pp")
+  keys = jax.random.split(jax.random.key(0), len(records))
+  features = np.asarray(jax.jit(prepare)(images, keys)).reshape(len(records), -1)
   return features.astype(np.float64), split.labels[records]
 
 

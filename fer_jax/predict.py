@@ -3,8 +3,9 @@
   python -m fer_jax.predict --config=configs/dan.py:rafdb --checkpoint=DIR \
       --input=IMAGE_OR_FOLDER --output=preds.csv [--tta=flip] [--batch_size=64]
 
-Each image goes through the method's own test-time preprocessing (`config.input.eval_pp`), in
-batches on the device (one compiled step; the last batch is padded). A folder is searched
+Each image is decoded on the host at the stored size (`config.dataset.image_size`, else the model's
+input size) and goes through the method's own test-time pipeline (`config.input.eval_pp`) on the
+device, in batches (one compiled step; the last batch is padded). A folder is searched
 recursively for image files. Per image the output holds the top class, its probability, the
 probability of every class (named in the config's class order) and the logits; `.csv` or
 `.json` by the output's extension. With `--tta` the probabilities are the weighted mean of the
@@ -23,13 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from PIL import Image
 
 from fer_jax import config_lib
 from fer_jax import train
 from fer_jax import tta
 from fer_jax.data import labels
-from fer_jax.data import preprocess
+from fer_jax.data import pipeline
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -44,13 +44,6 @@ def list_images(path: str) -> list[str]:
                 if name.lower().endswith(IMAGE_EXTENSIONS))
 
 
-def read_image(path: str, channels: int) -> np.ndarray:
-  """uint8 HWC, RGB for 3 channels or grayscale for 1, as the data pipeline decodes images."""
-  with Image.open(path) as image:
-    array = np.asarray(image.convert("RGB" if channels == 3 else "L"))
-  return array if array.ndim == 3 else array[..., None]
-
-
 class Predictor:
   """Preprocessing and a jitted, data-parallel forward pass for one config and checkpoint."""
 
@@ -60,7 +53,7 @@ class Predictor:
     if len(self.class_names) != config.model.num_classes:
       raise ValueError(f"config.dataset.class_order {config.dataset.class_order!r} names {len(self.class_names)} "
                        f"classes but the model has {config.model.num_classes}.")
-    self.preprocess = preprocess.parse(config.input.eval_pp, size=config.input.size)
+    self.preprocess = pipeline.FilePreprocessor(config)
     self.mesh = train.make_mesh()
     devices = self.mesh.devices.size
     self.batch_size = -(-batch_size // devices) * devices
@@ -68,6 +61,7 @@ class Predictor:
     model = train.build_model(config)
 
     def forward(variables, images):
+      images = self.preprocess(images)
       logits_fn = lambda x: model.apply(variables, x, train=False)["logits"].astype(jnp.float32)
       logits = logits_fn(images)
       probabilities = (jax.nn.softmax(logits, axis=-1) if tta_name == "none"
@@ -77,16 +71,8 @@ class Predictor:
     tta.weights(tta_name)  # an unknown name fails here, naming the valid ones
     self._forward = jax.jit(forward, in_shardings=(NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))))
 
-  def model_input(self, image: np.ndarray) -> np.ndarray:
-    size, channels = self.config.input.size, self.config.input.channels
-    result = self.preprocess(image, np.random.default_rng(0))
-    if result.shape != (size, size, channels) or result.dtype != np.float32:
-      raise ValueError(f"config.input.eval_pp gave {result.dtype} {result.shape}, the model takes float32 "
-                       f"{(size, size, channels)}.")
-    return result
-
   def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N, K], logits [N, K]) of preprocessed images, float32."""
+    """(probabilities [N, K], logits [N, K]) of uint8 images at `self.preprocess.shape`, float32."""
     probabilities, logits = [], []
     for start in range(0, len(images), self.batch_size):
       batch = np.stack(images[start:start + self.batch_size])
@@ -102,7 +88,7 @@ def predict_files(predictor: Predictor, paths: list[str]) -> tuple[list[dict], l
   readable, inputs, skipped = [], [], []
   for path in paths:
     try:
-      inputs.append(predictor.model_input(read_image(path, predictor.config.input.channels)))
+      inputs.append(predictor.preprocess.read(path))
       readable.append(path)
     except (OSError, SyntaxError) as e:  # PIL raises these for missing, truncated or non-image files
       logging.warning("Skipping unreadable image %s: %s", path, e)

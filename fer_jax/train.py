@@ -50,12 +50,16 @@ def create_state(model, tx, config, mesh) -> dict:
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
 
-def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int):
+def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, augment=None):
+  """jit(state, batch) → (state, metrics). With `augment` (uint8 images, positions → model inputs,
+  e.g. `TrainData.augment`), the batch holds uint8 images and their positions, augmented inside
+  the step; without it, the images are model inputs already."""
   def step(state, batch):
     rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+    images = batch["image"] if augment is None else augment(batch["image"], batch["position"])
 
     def objective(params):
-      outputs, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, batch["image"],
+      outputs, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
                                      train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
       loss, parts = loss_fn(outputs, batch["label"], loss_config)
       return loss, (outputs["logits"], updates.get("batch_stats", {}), parts)
@@ -108,7 +112,7 @@ def load_initial_variables(state: dict, config, model, mesh) -> dict:
 
 
 class Evaluator:
-  """Eval data per split and a jitted step per TTA, built once and reused every epoch."""
+  """Eval data per split and a jitted step per (split, TTA), built once and reused every epoch."""
 
   def __init__(self, model, config, mesh):
     self.model, self.config, self.mesh = model, config, mesh
@@ -120,11 +124,11 @@ class Evaluator:
     return self._data[split]
 
   def __call__(self, variables, split: str, tta_name: str = "none") -> dict:
-    if tta_name not in self._steps:
-      self._steps[tta_name] = evaluate.confusion_step(self.model, self.config.model.num_classes, self.mesh,
-                                                      tta_name)
     eval_data = self.data(split)
-    confusion = evaluate.confusion_matrix(self._steps[tta_name], variables, eval_data)
+    if (split, tta_name) not in self._steps:
+      self._steps[split, tta_name] = evaluate.confusion_step(self.model, self.config.model.num_classes, self.mesh,
+                                                             tta_name, eval_data.preprocess)
+    confusion = evaluate.confusion_matrix(self._steps[split, tta_name], variables, eval_data)
     results = evaluate.metrics(confusion, eval_data.split.class_names)
     return {**results, "split": split, "dataset": self.config.dataset.name, "model": self.config.model.name}
 
@@ -221,7 +225,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       start_step // steps_per_epoch - selection.best_epoch >= selection.patience)
 
   loss_config = loss_config_for(config, train_data.split)
-  train_step = make_train_step(model, method.loss, loss_config, tx, schedule, mesh, config.seed)
+  train_step = make_train_step(model, method.loss, loss_config, tx, schedule, mesh, config.seed, train_data.augment)
   checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
   writer = Writer(workdir)
   logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %d devices",

@@ -14,11 +14,10 @@ from absl import app
 from absl import flags
 import jax
 import numpy as np
-from PIL import Image
 
 from fer_jax import config_lib
 from fer_jax import train
-from fer_jax.data import preprocess
+from fer_jax.data import pipeline
 from fer_jax.data.builder_utils import IMAGE_SUFFIXES
 from fer_jax.models import get_method
 
@@ -41,14 +40,8 @@ def image_paths(path: str) -> list[str]:
 
 def load_images(paths, config) -> np.ndarray:
   """Decoded (RGB or gray as the config's channels) and run through `config.input.eval_pp`."""
-  run = preprocess.parse(config.input.eval_pp, size=config.input.size)
-  mode = "L" if config.input.channels == 1 else "RGB"
-  images = []
-  for path in paths:
-    with Image.open(path) as image:
-      array = np.asarray(image.convert(mode))
-    images.append(run(array[..., None] if array.ndim == 2 else array, np.random.default_rng(0)))
-  return np.stack(images).astype(np.float32)
+  preprocess = pipeline.FilePreprocessor(config)
+  return np.asarray(jax.jit(preprocess)(np.stack([preprocess.read(path) for path in paths])))
 
 
 def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_size: int) -> list[str]:

@@ -24,7 +24,7 @@ def tiny_run(config, size: int = 32, batch_size: int = 32, epochs: int = 1):
   config.eval_batch_size = batch_size
   config.num_epochs = epochs
   config.log_every_steps = 4
-  config.data_threads = 2
+  config.data_workers = 0
   return config
 
 
@@ -37,3 +37,13 @@ def get_config(spec: str):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def run_pipeline(text: str, size: int, image, seed: int = 0):
+  """One uint8 image (H, W, C) through a device pipeline string, as the jitted steps run it."""
+  import jax
+  import numpy as np
+  from fer_jax.data import augment
+  compiled = augment.parse(text, size=size)
+  keys = augment.example_keys(seed, jax.numpy.arange(1))
+  return np.asarray(jax.jit(compiled)(np.asarray(image)[None], keys)[0])

@@ -1,13 +1,15 @@
 """Trains a few steps on 1 device and on all devices of this process and compares them.
 
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/test_train.py does).
-Prints one JSON line: device count, both loss curves, the largest parameter difference.
-The model is small (conv + BatchNorm + dense): the point is the sharded step, which is
-the same code for every method.
+Prints one JSON line: device count, both loss curves, the largest parameter difference,
+and whether a run checkpointed at step 4 and resumed on all devices ends with exactly the
+parameters of the uninterrupted one. The model is small (conv + BatchNorm + dense): the
+point is the sharded step with its device augmentation, the same code for every method.
 """
 
 import json
 import sys
+import tempfile
 
 from absl import flags
 import flax.linen as nn
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fer_jax import checkpointing
 from fer_jax import optim
 from fer_jax import train
 from fer_jax.data import pipeline
@@ -36,18 +39,27 @@ def cross_entropy(outputs, labels, loss_config):
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels)), {}
 
 
-def run(devices, config, steps=4):
+def run(devices, config, steps=4, start=0, checkpoint_dir=None):
+  """Trains steps start … steps − 1 (resuming from `checkpoint_dir`'s step `start` if > 0);
+  saves the final state there when given."""
   mesh = train.make_mesh(devices)
   model = SmallNet()
   tx = optim.make_optimizer(config.optimizer, 8, 1, train.abstract_variables(model, config)["params"])
   schedule = optim.lr_schedule(config.optimizer, 8, 1)
   state = train.create_state(model, tx, config, mesh)
-  step = train.make_train_step(model, cross_entropy, config.loss, tx, schedule, mesh, config.seed)
+  checkpoints = checkpointing.manager(checkpoint_dir) if checkpoint_dir else None
+  if start:
+    state = checkpointing.restore_state(checkpoints, start, state)
+  data = pipeline.TrainData(config, mesh)
+  step = train.make_train_step(model, cross_entropy, config.loss, tx, schedule, mesh, config.seed, data.augment)
   losses = []
-  for _, batch in zip(range(steps), pipeline.TrainData(config, mesh).batches(0)):
+  for _, batch in zip(range(steps - start), data.batches(start)):
     assert len(batch["image"].sharding.device_set) == len(devices)
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
+  if checkpoints:
+    checkpointing.save(checkpoints, steps, state, config)
+    checkpoints.wait_until_finished()
   return losses, jax.device_get(state["params"])
 
 
@@ -59,8 +71,15 @@ def main():
   one_losses, one_params = run(jax.devices()[:1], config)
   all_losses, all_params = run(jax.devices(), config)
   difference = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(one_params), jax.tree.leaves(all_params)))
+  straight_losses, straight_params = run(jax.devices(), config, steps=8)
+  with tempfile.TemporaryDirectory() as directory:
+    run(jax.devices(), config, steps=4, checkpoint_dir=directory)
+    resumed_losses, resumed_params = run(jax.devices(), config, steps=8, start=4, checkpoint_dir=directory)
+  resumed_exactly = straight_losses[4:] == resumed_losses and all(
+      np.array_equal(a, b) for a, b in zip(jax.tree.leaves(straight_params), jax.tree.leaves(resumed_params)))
   print(json.dumps({"devices": jax.device_count(), "one_device_losses": one_losses,
-                    "all_device_losses": all_losses, "max_param_difference": difference}))
+                    "all_device_losses": all_losses, "max_param_difference": difference,
+                    "resumed_exactly": resumed_exactly}))
 
 
 if __name__ == "__main__":

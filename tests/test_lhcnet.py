@@ -10,9 +10,8 @@ import pytest
 from fer_jax import checkpointing
 from fer_jax import optim
 from fer_jax import train
-from fer_jax.data import preprocess
 from fer_jax.models import lhcnet
-from helpers import get_config, tiny_run
+from helpers import get_config, run_pipeline, tiny_run
 
 
 def load_config(arg):
@@ -263,7 +262,7 @@ def test_config_rejects_unknown_arguments():
 def test_fer2013_eval_pipeline_keeps_raw_pixels_at_224():
   config = load_config("fer2013,stage=B")
   gray = np.full((48, 48, 1), 129, np.uint8)
-  image = preprocess.parse(config.input.eval_pp, config.input.size)(gray, np.random.default_rng(0))
+  image = run_pipeline(config.input.eval_pp, config.input.size, gray)
   assert image.shape == (224, 224, 3) and image.dtype == np.float32
   assert float(image.mean()) == 129.0
 
@@ -271,9 +270,8 @@ def test_fer2013_eval_pipeline_keeps_raw_pixels_at_224():
 @pytest.mark.parametrize("stage", ["A1", "C"])
 def test_synthetic_config_runs_a_forward_pass(stage):
   config = load_config(f"synthetic,stage={stage}")
-  pipeline = preprocess.parse(config.input.train_pp, config.input.size)
-  image = pipeline(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8),
-                   np.random.default_rng(1))
+  image = run_pipeline(config.input.train_pp, config.input.size,
+                       np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8), seed=1)
   assert image.shape == (config.input.size,) * 2 + (3,) and image.dtype == np.float32
   model = lhcnet.build(config.model)
   variables = model.init(jax.random.key(0), jnp.asarray(image[None]), train=False)

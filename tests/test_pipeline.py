@@ -55,7 +55,7 @@ def test_splits_joined_with_plus_are_read_in_order():
 
 
 def _split(labels):
-  return pipeline.Split(source=None, labels=np.array(labels), class_names=("a", "b", "c"))
+  return pipeline.Split(source=None, labels=np.array(labels), class_names=("a", "b", "c"), image_shape=(8, 8, 3))
 
 
 def test_samplers():
@@ -90,6 +90,51 @@ def test_clear_errors_for_missing_data_and_bad_settings(tmp_path):
     pipeline.load_split(_config(name="nosuchset"), "train")
   config = _config()
   config.input.update(size=40, eval_pp="normalize('imagenet')")
-  data = pipeline.EvalData(config, train.make_mesh(), "test")
-  with pytest.raises(pipeline.DataError, match="expects float32 \\(40, 40, 3\\)"):
-    next(iter(data.batches()))
+  with pytest.raises(pipeline.DataError, match="eval_pp .* into float \\(32, 32, 3\\), but the model takes float \\(40, 40, 3\\)"):
+    pipeline.EvalData(config, train.make_mesh(), "test")
+  config.input.update(size=32, train_pp="resize(32)|flip()")
+  with pytest.raises(pipeline.DataError, match="train_pp .* into uint8 .* end it at config.input.size with normalize"):
+    pipeline.TrainData(config, train.make_mesh())
+  config.input.train_pp = "resize(32)|jitter()"
+  with pytest.raises(pipeline.DataError, match="Unknown preprocessing op 'jitter'.*the device pipeline knows: .*flip"):
+    pipeline.TrainData(config, train.make_mesh())
+
+
+def _first_batches(config, steps=3, start=0):
+  data = pipeline.TrainData(config, train.make_mesh())
+  return data, [{k: np.asarray(v) for k, v in b.items()} for _, b in zip(range(steps), data.batches(start))]
+
+
+def test_every_cache_mode_and_worker_processes_give_the_same_batches():
+  reference = None
+  for cache, workers in (("none", 0), ("none", 2), ("host", 0), ("device", 0)):
+    config = _config(cache=cache)
+    config.data_workers = workers
+    data, batches = _first_batches(config)
+    assert data.cache_mode == cache
+    assert batches[0]["image"].dtype == np.uint8 and batches[0]["image"].shape == (32, 32, 32, 3)
+    np.testing.assert_array_equal(batches[1]["position"], np.arange(32, 64))
+    if reference is None:
+      reference = batches
+    for batch, expected in zip(batches, reference):
+      for key in ("image", "label", "position"):
+        np.testing.assert_array_equal(batch[key], expected[key], err_msg=f"{cache}, {workers} workers: {key}")
+
+
+def test_cache_auto_chooses_by_size_and_a_cache_that_does_not_fit_is_refused():
+  data = pipeline.TrainData(_config(cache="auto"), train.make_mesh())
+  assert data.cache_mode == "device"  # 280 × 32 × 32 × 3 bytes fit any budget
+  data = pipeline.TrainData(_config(cache="auto", cache_budget_mb=0.5), train.make_mesh())
+  assert data.cache_mode == "host"
+  with pytest.raises(pipeline.DataError, match=r"280 × \(32, 32, 3\) uint8 = 1 MB\) exceeds the device cache budget "
+                     r"of 0 MB: use --config.dataset.cache=host"):
+    pipeline.TrainData(_config(cache="device", cache_budget_mb=0.1), train.make_mesh())
+  with pytest.raises(pipeline.DataError, match="Unknown config.dataset.cache 'disk'; valid: auto, none, host, device"):
+    pipeline.TrainData(_config(cache="disk"), train.make_mesh())
+
+
+def test_images_are_decoded_at_the_configured_size():
+  config = _config(image_size=20, cache="none")
+  config.input.update(size=20)
+  data, batches = _first_batches(config, steps=1)
+  assert data.shape == (20, 20, 3) and batches[0]["image"].shape == (32, 20, 20, 3)

@@ -14,7 +14,7 @@ from PIL import Image
 from fer_jax import checkpointing
 from fer_jax import predict
 from fer_jax import train
-from fer_jax.data import preprocess
+from fer_jax.data import pipeline
 from helpers import get_config
 
 SIZE = 32
@@ -62,9 +62,9 @@ def faces(tmp_path_factory):
 def reference_logits(config, checkpoint, faces):
   """Logits of the images and of their mirror images, by direct model calls on the eval pipeline."""
   variables, _ = checkpoint
-  pipeline = preprocess.parse(config.input.eval_pp, size=config.input.size)
+  preprocess = pipeline.FilePreprocessor(config)
   paths = [faces / "a.png", faces / "b.jpg", faces / "sub" / "c.png"]
-  images = np.stack([pipeline(np.asarray(Image.open(p).convert("RGB")), None) for p in paths])
+  images = np.asarray(jax.jit(preprocess)(np.stack([preprocess.read(str(p)) for p in paths])))
   model = train.build_model(config)
   both = jax.jit(lambda v, x: model.apply(v, x, train=False)["logits"])(variables, np.concatenate([images, images[:, :, ::-1]]))
   return np.asarray(both[:3]), np.asarray(both[3:])

@@ -48,7 +48,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
   assert evaluated["confusion_matrix"] == results["confusion_matrix"]
 
 
-def test_eight_devices_match_one_device():
+def test_eight_devices_match_one_device_and_resume_exactly():
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "multidevice_check.py")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -57,6 +57,7 @@ def test_eight_devices_match_one_device():
   assert report["devices"] == 8
   np.testing.assert_allclose(report["one_device_losses"], report["all_device_losses"], rtol=1e-5)
   assert report["max_param_difference"] < 1e-5
+  assert report["resumed_exactly"]
 
 
 def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):

@@ -1,26 +1,32 @@
-"""TFDS data sources → Grain → global `jax.Array` batches on the mesh.
+"""TFDS data sources → uint8 batches at the stored size → global `jax.Array`s on the mesh.
+
+The host only decodes: each image becomes uint8 at one stored shape (`fer_jax.data.decode`),
+either in worker processes for every batch, or once for the whole split into a decoded cache
+kept in host memory or on the devices (`config.dataset.cache`). The config's pipeline string
+(`fer_jax.data.augment`) then runs on the device inside the jitted step.
 
 The order of training examples is a pure function of (seed, position in the run): epoch e
-draws its sampler permutation from (seed, e) and the augmentation of the example at global
-position p draws from (seed, p). A run resumed at step s therefore sees exactly the batches
-an uninterrupted run would, without saving iterator state. Each process reads only its own
-slice of every global batch.
+draws its sampler permutation from (seed, e), and the augmentation of the example at global
+position p draws its key from (seed, p). A run resumed at step s therefore sees exactly the
+batches an uninterrupted run would, without saving iterator state. Each process reads only
+its own slice of every global batch.
 """
 
 import dataclasses
-import functools
 import math
 import os
 
+from absl import logging
 import grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fer_jax.data import augment
+from fer_jax.data import decode
 from fer_jax.data import labels as labels_lib
 from fer_jax.data.builder_utils import DataError
-from fer_jax.data import preprocess
 
 AUTO_PREPARED = ("synthetic",)
 
@@ -28,9 +34,10 @@ AUTO_PREPARED = ("synthetic",)
 @dataclasses.dataclass(frozen=True)
 class Split:
   """One split of a prepared data set, with labels already in the config's class order."""
-  source: object
+  source: object              # records with the image still encoded (bytes)
   labels: np.ndarray          # per record, in the target order; -1 = class not used
   class_names: tuple[str, ...]
+  image_shape: tuple          # the data set's image feature shape; None where sizes vary
 
   @property
   def indices(self) -> np.ndarray:
@@ -78,7 +85,9 @@ def load_split(config, split: str, max_per_class: int = 0) -> Split:
   split_labels = mapping[raw_labels]
   if max_per_class:
     split_labels = keep_first_per_class(split_labels, max_per_class, annotation_order)
-  return Split(builder.as_data_source(split), split_labels, target)
+  image_feature = builder.info.features["image"]
+  source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+  return Split(source, split_labels, target, tuple(image_feature.shape))
 
 
 def _read_labels_and_order(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -121,16 +130,198 @@ def epoch_indices(split: Split, sampler: str, seed: int, epoch: int, repeat_thre
   raise ValueError(f"Unknown config.dataset.sampler {sampler!r}; valid: uniform, class_balanced, repeat_factor.")
 
 
-def _check_image(image: np.ndarray, config, pipeline: str) -> np.ndarray:
+
+CACHE_MODES = ("auto", "none", "host", "device")
+
+
+def stored_shape(config, split: Split) -> tuple[int, int, int]:
+  """The (height, width, channels) every image is decoded to on the host.
+
+  `config.dataset.image_size` when set; else the data set's fixed image size; else (sizes
+  vary) the first image's, which the log names.
+  """
+  height, width, channels = split.image_shape
+  channels = channels or 3
+  if config.dataset.image_size:
+    return (config.dataset.image_size, config.dataset.image_size, channels)
+  if height and width:
+    return (height, width, channels)
+  height, width = decode.Decoder(split.source, (0, 0, channels)).size_of(split.indices[0])
+  logging.info("%s: images are decoded at %d×%d, the first image's size (set config.dataset.image_size "
+               "to choose another; images of other sizes are resized on the host).", config.dataset.name,
+               height, width)
+  return (height, width, channels)
+
+
+def compile_pipeline(config, text: str, shape: tuple[int, int, int], key: str) -> augment.Pipeline:
+  """`config.input.<key>` compiled for images of `shape`; its output must be the model's input."""
+  try:
+    pipeline = augment.parse(text, size=config.input.size)
+    output = pipeline.output_shape(shape)
+  except ValueError as e:
+    raise DataError(f"config.input.{key}: {e}") from e
   expected = (config.input.size, config.input.size, config.input.channels)
-  if image.shape != expected or image.dtype != np.float32:
-    raise DataError(f"The preprocessing {pipeline!r} produced {image.dtype} {image.shape}, but the model "
-                    f"expects float32 {expected}: fix config.input (size, channels, *_pp).")
-  return image
+  if output != expected or not pipeline.ends_uint8:
+    raise DataError(f"config.input.{key} {text!r} turns the stored {shape} uint8 images into "
+                    f"{'float ' if pipeline.ends_uint8 else 'uint8 '}{output}, but the model takes float {expected}: "
+                    "end it at config.input.size with normalize() or to_float().")
+  return pipeline
+
+
+def num_workers(config) -> int:
+  """Decoding processes: config.data_workers, or one per CPU core available when it is −1."""
+  return config.data_workers if config.data_workers >= 0 else len(os.sched_getaffinity(0))
+
+
+def _device_budget(config) -> int:
+  if config.dataset.cache_budget_mb:
+    return int(config.dataset.cache_budget_mb * 2**20)
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return int(stats["bytes_limit"] * 0.25) if "bytes_limit" in stats else 2 << 30
+
+
+def _host_budget() -> int:
+  return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") * 0.5)
+
+
+def choose_cache(config, count: int, shape: tuple[int, int, int], what: str) -> str:
+  """Resolves config.dataset.cache for `count` images of `shape`; "auto" says what it chose."""
+  mode = config.dataset.cache
+  if mode not in CACHE_MODES:
+    raise DataError(f"Unknown config.dataset.cache {mode!r}; valid: {', '.join(CACHE_MODES)}.")
+  size = count * math.prod(shape)
+  device_budget, host_budget = _device_budget(config), _host_budget()
+  megabytes = lambda n: f"{n / 2**20:,.0f} MB"
+  if mode == "device" and size > device_budget:
+    raise DataError(f"The decoded {what} ({count:,} × {shape} uint8 = {megabytes(size)}) exceeds the device cache "
+                    f"budget of {megabytes(device_budget)}: use --config.dataset.cache=host (or none), or raise "
+                    "--config.dataset.cache_budget_mb.")
+  if mode == "host" and size > host_budget:
+    raise DataError(f"The decoded {what} ({count:,} × {shape} uint8 = {megabytes(size)}) needs more than half "
+                    f"of the free host memory ({megabytes(2 * host_budget)} free): use --config.dataset.cache=none.")
+  if mode == "auto":
+    mode = "device" if size <= device_budget else "host" if size <= host_budget else "none"
+    logging.info("Decoded cache for the %s: %s (%s; device budget %s, half the free host memory %s).", what,
+                 mode, megabytes(size), megabytes(device_budget), megabytes(host_budget))
+  return mode
+
+
+def _prefetched(dataset: grain.MapDataset, workers: int, prefetch: int) -> grain.IterDataset:
+  """Iterates `dataset` ahead of the consumer: in `workers` processes, or in two threads when 0."""
+  iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2 if not workers else 1,
+                                                       prefetch_buffer_size=prefetch))
+  if workers:
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iterable
+
+
+def decode_all(decoder: decode.Decoder, records: np.ndarray, workers: int) -> np.ndarray:
+  """The images of `records`, in that order, as one uint8 array (N, H, W, C)."""
+  images = np.empty((len(records), *decoder.shape), np.uint8)
+  chunk = 256
+  chunks = grain.MapDataset.source(records).map(decoder).batch(chunk)
+  for index, block in enumerate(_prefetched(chunks, workers, prefetch=4)):
+    images[index * chunk:index * chunk + len(block)] = block
+  return images
+
+
+class ImageCache:
+  """The decoded images of a set of records, in host memory or replicated on every device."""
+
+  def __init__(self, decoder: decode.Decoder, records: np.ndarray, where: str, mesh, workers: int):
+    self.where = where
+    self.shape = decoder.shape
+    self.row = np.full(int(records.max()) + 1, -1, np.int64)
+    self.row[records] = np.arange(len(records))
+    images = decode_all(decoder, records, workers)
+    if where == "device":
+      self.images = jax.make_array_from_process_local_data(NamedSharding(mesh, P()), images)
+      self._gather = jax.jit(lambda images, rows: images[rows], out_shardings=NamedSharding(mesh, P("data")))
+    else:
+      self.images = images
+
+  def __call__(self, record: int) -> np.ndarray:
+    """One image from a host cache (the eval splits' stand-in for the decoder)."""
+    return self.images[self.row[record]]
+
+  def local_batch(self, records: np.ndarray) -> dict:
+    """Host cache: the images themselves; device cache: the rows to gather on the device."""
+    rows = self.row[records]
+    return {"image": self.images[rows]} if self.where == "host" else {"row": rows.astype(np.int32)}
+
+  def finish(self, batch: dict) -> dict:
+    """A global batch with its images in place (gathered from the device cache if there)."""
+    if "row" in batch:
+      batch["image"] = self._gather(self.images, batch.pop("row"))
+    return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Positions:
+  """Which global example positions each process reads at each step."""
+  global_batch: int
+  local_batch: int
+  process_index: int
+
+  def of_step(self, step: int) -> np.ndarray:
+    start = step * self.global_batch + self.process_index * self.local_batch
+    return np.arange(start, start + self.local_batch)
+
+  def of_local_index(self, index: int) -> int:
+    step, offset = divmod(index, self.local_batch)
+    return step * self.global_batch + self.process_index * self.local_batch + offset
+
+
+class Order:
+  """The record at every global position of a run: epoch e is the sampler's draw for (seed, e)."""
+
+  def __init__(self, split: Split, config, epoch_span: int):
+    self.split, self.epoch_span = split, epoch_span
+    self.sampler, self.seed = config.dataset.sampler, config.seed
+    self.threshold = config.dataset.repeat_factor_threshold
+    self._epochs = {}
+
+  def epoch(self, epoch: int) -> np.ndarray:
+    if epoch not in self._epochs:
+      self._epochs = {epoch: epoch_indices(self.split, self.sampler, self.seed, epoch, self.threshold),
+                      **{e: v for e, v in self._epochs.items() if e == epoch - 1}}
+    return self._epochs[epoch]
+
+  def records(self, positions: np.ndarray) -> np.ndarray:
+    epochs, within = np.divmod(positions, self.epoch_span)
+    return np.array([self.epoch(e)[w] for e, w in zip(epochs, within)], np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamedExample:
+  """Local index → one decoded training example (runs in the decoding worker processes)."""
+  order: Order
+  positions: Positions
+  decoder: decode.Decoder
+
+  def __call__(self, index: int) -> dict:
+    position = self.positions.of_local_index(index)
+    record = self.order.records(np.array([position]))[0]
+    return {"image": self.decoder(record), "label": self.order.split.labels[record],
+            "position": np.int32(position)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _CachedBatch:
+  """Step → the process's slice of that step's batch, from the decoded cache."""
+  order: Order
+  positions: Positions
+  cache: ImageCache
+
+  def __call__(self, step: int) -> dict:
+    positions = self.positions.of_step(step)
+    records = self.order.records(positions)
+    return {**self.cache.local_batch(records), "label": self.order.split.labels[records],
+            "position": positions.astype(np.int32)}
 
 
 class TrainData:
-  """The training stream of a run: sizes, the schedule's epoch length, and batches from a step."""
+  """The training stream of a run: sizes, the device pipeline, and uint8 batches from a step."""
 
   def __init__(self, config, mesh):
     self.config = config
@@ -141,42 +332,70 @@ class TrainData:
       raise ValueError(f"config.batch_size {self.global_batch} must divide evenly over "
                        f"{mesh.devices.size} devices and {jax.process_count()} processes.")
     self.local_batch = self.global_batch // jax.process_count()
-    self.epoch_length = len(self._epoch(0))
+    self.epoch_length = len(epoch_indices(self.split, config.dataset.sampler, config.seed, 0,
+                                          config.dataset.repeat_factor_threshold))
     self.steps_per_epoch = self.epoch_length // self.global_batch
     if self.steps_per_epoch == 0:
       raise DataError(f"The training split has {self.epoch_length} examples per epoch, fewer than "
                       f"config.batch_size {self.global_batch}.")
     self.num_steps = self.steps_per_epoch * config.num_epochs
-    self.preprocess = preprocess.parse(config.input.train_pp, size=config.input.size)
+    self.shape = stored_shape(config, self.split)
+    self.pipeline = compile_pipeline(config, config.input.train_pp, self.shape, "train_pp")
+    self.order = Order(self.split, config, self.steps_per_epoch * self.global_batch)
+    self.positions = Positions(self.global_batch, self.local_batch, jax.process_index())
+    self.decoder = decode.Decoder(self.split.source, self.shape)
+    self.workers = num_workers(config)
+    self.cache_mode = choose_cache(config, len(self.split.indices), self.shape, "training split")
+    self._cache = None
 
-  @functools.lru_cache(maxsize=2)
-  def _epoch(self, epoch: int) -> np.ndarray:
-    c = self.config
-    return epoch_indices(self.split, c.dataset.sampler, c.seed, epoch, c.dataset.repeat_factor_threshold)
+  def augment(self, images: jax.Array, positions: jax.Array) -> jax.Array:
+    """The train pipeline on a uint8 batch, each example keyed by its position (inside jit)."""
+    return self.pipeline(images, augment.example_keys(self.config.seed, positions))
 
-  def _example(self, local_position: int) -> dict:
-    step, offset = divmod(local_position, self.local_batch)
-    position = step * self.global_batch + jax.process_index() * self.local_batch + offset
-    epoch, within = divmod(position, self.steps_per_epoch * self.global_batch)
-    record = self._epoch(epoch)[within]
-    image = self.split.source[record]["image"]
-    image = self.preprocess(image, np.random.default_rng([self.config.seed, position]))
-    return {"image": _check_image(image, self.config, self.config.input.train_pp),
-            "label": self.split.labels[record]}
+  def cache(self) -> ImageCache | None:
+    if self.cache_mode != "none" and self._cache is None:
+      self._cache = ImageCache(self.decoder, self.split.indices, self.cache_mode, self.mesh, self.workers)
+    return self._cache
+
+  def local_batches(self, start_step: int) -> grain.IterDataset:
+    """This process's slices of the batches for steps start_step … num_steps − 1 (uint8, host)."""
+    cache = self.cache()
+    if cache is not None:
+      steps = grain.MapDataset.range(start_step, self.num_steps).map(_CachedBatch(self.order, self.positions, cache))
+      return _prefetched(steps, workers=0, prefetch=4)
+    examples = (grain.MapDataset.range(start_step * self.local_batch, self.num_steps * self.local_batch)
+                .map(_StreamedExample(self.order, self.positions, self.decoder))
+                .batch(self.local_batch, drop_remainder=True))
+    return _prefetched(examples, self.workers, prefetch=4)
 
   def batches(self, start_step: int):
-    """Global batches {"image", "label"} for steps start_step … num_steps − 1."""
-    dataset = (grain.MapDataset.range(start_step * self.local_batch, self.num_steps * self.local_batch)
-               .map(self._example)
-               .batch(self.local_batch, drop_remainder=True)
-               .to_iter_dataset(grain.ReadOptions(num_threads=self.config.data_threads,
-                                                  prefetch_buffer_size=4 * self.local_batch)))
-    for batch in dataset:
-      yield to_global(batch, self.mesh)
+    """Global batches {"image" (uint8, stored shape), "label", "position"} for steps start_step …"""
+    cache = self.cache()
+    for batch in self.local_batches(start_step):
+      batch = to_global(batch, self.mesh)
+      yield cache.finish(batch) if cache else batch
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalExample:
+  """Position → one example of the split in order; positions past its end are padding (mask 0)."""
+  records: np.ndarray
+  labels: np.ndarray
+  positions: Positions
+  decoder: decode.Decoder | ImageCache
+
+  def __call__(self, index: int) -> dict:
+    position = self.positions.of_local_index(index)
+    if position >= len(self.records):
+      return {"image": np.zeros(self.decoder.shape, np.uint8), "label": np.int32(0), "mask": np.float32(0),
+              "position": np.int32(position)}
+    record = self.records[position]
+    return {"image": self.decoder(record), "label": self.labels[record], "mask": np.float32(1),
+            "position": np.int32(position)}
 
 
 class EvalData:
-  """A whole split in order, padded to full global batches; padding has mask 0."""
+  """A whole split in order, padded to full global batches of uint8 images; padding has mask 0."""
 
   def __init__(self, config, mesh, split_name: str):
     self.config = config
@@ -186,30 +405,27 @@ class EvalData:
     self.global_batch = config.eval_batch_size
     self.local_batch = self.global_batch // jax.process_count()
     self.num_batches = max(1, math.ceil(len(self.records) / self.global_batch))
-    self.preprocess = preprocess.parse(config.input.eval_pp, size=config.input.size)
+    self.shape = stored_shape(config, self.split)
+    self.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, "eval_pp")
+    self.workers = num_workers(config)
+    self.decoder = decode.Decoder(self.split.source, self.shape)
+    if choose_cache(config, len(self.records), self.shape, f"{split_name} split") != "none":
+      self.decoder = ImageCache(self.decoder, self.records, "host", mesh, self.workers)
+      self.workers = 0
 
   def __len__(self) -> int:
     return len(self.records)
 
-  def _example(self, local_position: int) -> dict:
-    step, offset = divmod(local_position, self.local_batch)
-    position = step * self.global_batch + jax.process_index() * self.local_batch + offset
-    c = self.config
-    if position >= len(self.records):
-      shape = (c.input.size, c.input.size, c.input.channels)
-      return {"image": np.zeros(shape, np.float32), "label": np.int32(0), "mask": np.float32(0)}
-    record = self.records[position]
-    image = self.preprocess(self.split.source[record]["image"], np.random.default_rng([c.seed, position]))
-    return {"image": _check_image(image, c, c.input.eval_pp), "label": self.split.labels[record],
-            "mask": np.float32(1)}
+  def preprocess(self, images: jax.Array, positions: jax.Array) -> jax.Array:
+    """The eval pipeline on a uint8 batch (inside jit)."""
+    return self.pipeline(images, augment.example_keys(self.config.seed, positions))
 
   def batches(self):
-    dataset = (grain.MapDataset.range(self.num_batches * self.local_batch)
-               .map(self._example)
-               .batch(self.local_batch)
-               .to_iter_dataset(grain.ReadOptions(num_threads=self.config.data_threads,
-                                                  prefetch_buffer_size=2 * self.local_batch)))
-    for batch in dataset:
+    positions = Positions(self.global_batch, self.local_batch, jax.process_index())
+    examples = (grain.MapDataset.range(self.num_batches * self.local_batch)
+                .map(_EvalExample(self.records, self.split.labels, positions, self.decoder))
+                .batch(self.local_batch))
+    for batch in _prefetched(examples, self.workers, prefetch=2):
       yield to_global(batch, self.mesh)
 
 
@@ -217,3 +433,22 @@ def to_global(local_batch: dict, mesh) -> dict:
   """Assembles each process's slice into one array sharded over the mesh's data axis."""
   sharding = NamedSharding(mesh, P("data"))
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+class FilePreprocessor:
+  """Images from files (predict, visualize): decoded on the host at `config.dataset.image_size`
+  (else the model's input size), then the eval pipeline, inside the caller's jit."""
+
+  def __init__(self, config):
+    side = config.dataset.image_size or config.input.size
+    self.shape = (side, side, config.input.channels)
+    self.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, "eval_pp")
+    self.seed = config.seed
+
+  def read(self, path: str) -> np.ndarray:
+    """uint8 at the stored shape; PIL's OSError or SyntaxError for an unreadable file."""
+    return decode.read_file(path, self.shape)
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    positions = jax.numpy.arange(images.shape[0])
+    return self.pipeline(images, augment.example_keys(self.seed, positions))
