@@ -1,0 +1,150 @@
+"""fer_jax.data.generate_layout: tiny generated layouts that the real builders prepare."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from fer_jax.data import generate_layout
+from fer_jax.data import prepare
+
+tfds.disable_progress_bar()
+SCALE = 0.001  # 1-5 images per class
+
+
+def build(dataset, manual_dir, data_dir):
+  builder = prepare.make_builder(dataset, os.fspath(data_dir))
+  builder.download_and_prepare(file_format="array_record",
+                               download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  return builder
+
+
+def label_counts(builder, split, num_classes) -> list[int]:
+  source = builder.as_data_source(split)
+  return np.bincount([int(source[i]["label"]) for i in range(len(source))], minlength=num_classes).tolist()
+
+
+def test_class_counts_scale_and_keep_every_class():
+  assert generate_layout.class_counts((1290, 281, 4772), 0.001) == [1, 1, 5]
+  assert sum(generate_layout.class_counts(generate_layout.RAFDB_COUNTS["train"], 1.0)) == 12_271
+  assert sum(generate_layout.class_counts(generate_layout.RAFDB_COUNTS["test"], 1.0)) == 3_068
+  assert sum(generate_layout.class_counts(generate_layout.AFFECTNET_COUNTS["train"], 1.0)) == 287_651
+  fer = generate_layout.FER2013_COUNTS
+  assert [sum(fer[split]) for split in ("train", "public_test", "private_test")] == [28_709, 3_589, 3_589]
+  train = np.array(fer["train"])
+  for split in ("public_test", "private_test"):  # Training's proportions, rounded
+    assert np.abs(np.array(fer[split]) - train * 3_589 / train.sum()).max() < 1
+
+
+def test_rafdb_command_writes_what_the_builder_prepares(tmp_path):
+  out = tmp_path / "rafdb"
+  result = subprocess.run([sys.executable, "-m", "fer_jax.data.generate_layout", "--dataset=rafdb",
+                           f"--out={out}", f"--scale={SCALE}", "--workers=2"],
+                          capture_output=True, text=True, check=True)
+  assert f"python -m fer_jax.data.prepare --dataset=rafdb --manual_dir={out} --data_dir=" in result.stdout
+  lines = (out / "EmoLabel" / "list_patition_label.txt").read_text().splitlines()
+  assert lines[0].startswith("train_00001.jpg ") and "test_0001.jpg" in {line.split()[0] for line in lines}
+  with Image.open(out / "Image" / "aligned" / "train_00001_aligned.jpg") as image:
+    assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (100, 100))
+
+  builder = build("rafdb", out, tmp_path / "tfds")
+  for split in ("train", "test"):
+    expected = generate_layout.class_counts(generate_layout.RAFDB_COUNTS[split], SCALE)
+    assert label_counts(builder, split, 7) == expected
+  example = builder.as_data_source("train")[0]
+  label_of = {line.split()[0]: int(line.split()[1]) - 1 for line in lines}
+  assert int(example["label"]) == label_of[example["file_name"].decode()]
+
+
+def test_rafdb_aligned224_command_writes_what_the_builder_prepares(tmp_path):
+  out = tmp_path / "rafdb224"
+  result = subprocess.run([sys.executable, "-m", "fer_jax.data.generate_layout", "--dataset=rafdb_aligned224",
+                           f"--out={out}", f"--scale={SCALE}", "--workers=2"],
+                          capture_output=True, text=True, check=True)
+  assert (f"python -m fer_jax.data.prepare --dataset=rafdb/aligned224 --manual_dir={out} --data_dir="
+          in result.stdout)
+  train = (out / "EmoLabel" / "train.txt").read_text().splitlines()
+  test = (out / "EmoLabel" / "test.txt").read_text().splitlines()
+  assert train[0].startswith("train_00001.jpg ") and test[0].startswith("test_0001.jpg ")
+  assert all(line.startswith("train_") for line in train) and all(line.startswith("test_") for line in test)
+  assert not (out / "EmoLabel" / "list_patition_label.txt").exists()
+  with Image.open(out / "Image" / "aligned_224" / "test_0001.jpg") as image:
+    assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (224, 224))
+
+  builder = build("rafdb/aligned224", out, tmp_path / "tfds")
+  for split in ("train", "test"):
+    expected = generate_layout.class_counts(generate_layout.RAFDB_COUNTS[split], SCALE)
+    assert label_counts(builder, split, 7) == expected
+  example = builder.as_data_source("test")[0]
+  label_of = {line.split()[0]: int(line.split()[1]) - 1 for line in train + test}
+  assert int(example["label"]) == label_of[example["file_name"].decode()]
+  assert example["image"].shape == (224, 224, 3)
+
+
+def test_rafdb_aligned224_has_the_labels_of_rafdb(tmp_path):
+  for dataset in ("rafdb", "rafdb_aligned224"):
+    generate_layout.generate(dataset, os.fspath(tmp_path / dataset), scale=SCALE, seed=2)
+  basic = (tmp_path / "rafdb" / "EmoLabel" / "list_patition_label.txt").read_text()
+  emo = tmp_path / "rafdb_aligned224" / "EmoLabel"
+  assert basic == (emo / "train.txt").read_text() + (emo / "test.txt").read_text()
+
+
+def test_fer2013_command_writes_the_csv_the_builder_prepares(tmp_path):
+  out = tmp_path / "fer2013"
+  result = subprocess.run([sys.executable, "-m", "fer_jax.data.generate_layout", "--dataset=fer2013",
+                           f"--out={out}", f"--scale={SCALE}", "--workers=2"],
+                          capture_output=True, text=True, check=True)
+  assert f"python -m fer_jax.data.prepare --dataset=fer2013 --manual_dir={out} --data_dir=" in result.stdout
+  lines = (out / "fer2013.csv").read_text().splitlines()
+  assert lines[0] == "emotion,pixels,Usage"
+  rows = [line.split(",") for line in lines[1:]]
+  usages = [usage for _, _, usage in rows]
+  assert usages == sorted(usages, key=["Training", "PublicTest", "PrivateTest"].index)  # the real file's order
+  pixels = np.array(rows[0][1].split(), dtype=int)
+  assert pixels.size == 48 * 48 and 0 <= pixels.min() and pixels.max() <= 255 and pixels.std() > 5
+
+  builder = build("fer2013", out, tmp_path / "tfds")
+  for split in ("train", "public_test", "private_test"):
+    expected = generate_layout.class_counts(generate_layout.FER2013_COUNTS[split], SCALE)
+    assert label_counts(builder, split, 7) == expected
+  example = builder.as_data_source("private_test")[0]
+  line = int(example["file_name"].decode().rsplit(":", 1)[1])  # "fer2013.csv:LINE", 1-based
+  emotion, row_pixels, usage = lines[line - 1].split(",")
+  assert (int(example["label"]), usage) == (int(emotion), "PrivateTest")
+  assert example["image"].shape == (48, 48, 1)
+  assert example["image"].ravel().tolist() == [int(v) for v in row_pixels.split()]
+
+
+def test_affectnet_layout_prepares_whole_and_face_cropped(tmp_path):
+  out = tmp_path / "affectnet"
+  counts = generate_layout.generate("affectnet", os.fspath(out), scale=SCALE, seed=3)
+  assert counts["validation"] == [1] * 8
+  sizes = set()
+  for path in list((out / "Manually_Annotated_Images").glob("*/*.jpg"))[:40]:
+    with Image.open(path) as image:
+      sizes.add(image.size)
+      assert image.format == "JPEG" and all(130 <= side <= 1000 for side in image.size)
+  assert len(sizes) > 20 and any(w != h for w, h in sizes)
+
+  for config in ("classes8", "classes8_facecrop"):
+    builder = build(f"affectnet/{config}", out, tmp_path / "tfds")
+    for split in ("train", "validation"):
+      assert label_counts(builder, split, 8) == counts[split]
+  face = builder.as_data_source("validation")[0]["image"]
+  assert face.shape[0] == face.shape[1] >= 58  # the square face box, wholly inside the image
+
+
+def test_output_depends_only_on_the_seed(tmp_path):
+  for name, workers in (("a", 0), ("b", 2)):
+    generate_layout.generate("rafdb", os.fspath(tmp_path / name), scale=SCALE, seed=1, workers=workers)
+  for relative in ("EmoLabel/list_patition_label.txt", "Image/aligned/test_0002_aligned.jpg"):
+    assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes()
+  for name, workers in (("c", 0), ("d", 2)):
+    generate_layout.generate("fer2013", os.fspath(tmp_path / name), scale=SCALE, seed=1, workers=workers)
+  assert (tmp_path / "c" / "fer2013.csv").read_bytes() == (tmp_path / "d" / "fer2013.csv").read_bytes()
+  with pytest.raises(ValueError, match="not empty"):
+    generate_layout.generate("rafdb", os.fspath(tmp_path / "a"), scale=SCALE)
