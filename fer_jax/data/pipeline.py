@@ -184,11 +184,16 @@ def _host_budget() -> int:
   return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") * 0.5)
 
 
-def choose_cache(config, count: int, shape: tuple[int, int, int], what: str) -> str:
-  """Resolves config.dataset.cache for `count` images of `shape`; "auto" says what it chose."""
+def choose_cache(config, count: int, shape: tuple[int, int, int], what: str, on_device: bool = True) -> str:
+  """Resolves config.dataset.cache for `count` images of `shape`; "auto" says what it chose.
+
+  Without `on_device` (the eval splits, read once per evaluation), "device" means host memory.
+  """
   mode = config.dataset.cache
   if mode not in CACHE_MODES:
     raise DataError(f"Unknown config.dataset.cache {mode!r}; valid: {', '.join(CACHE_MODES)}.")
+  if not on_device and mode == "device":
+    mode = "host"
   size = count * math.prod(shape)
   device_budget, host_budget = _device_budget(config), _host_budget()
   megabytes = lambda n: f"{n / 2**20:,.0f} MB"
@@ -200,7 +205,7 @@ def choose_cache(config, count: int, shape: tuple[int, int, int], what: str) -> 
     raise DataError(f"The decoded {what} ({count:,} × {shape} uint8 = {megabytes(size)}) needs more than half "
                     f"of the free host memory ({megabytes(2 * host_budget)} free): use --config.dataset.cache=none.")
   if mode == "auto":
-    mode = "device" if size <= device_budget else "host" if size <= host_budget else "none"
+    mode = "device" if on_device and size <= device_budget else "host" if size <= host_budget else "none"
     logging.info("Decoded cache for the %s: %s (%s; device budget %s, half the free host memory %s).", what,
                  mode, megabytes(size), megabytes(device_budget), megabytes(host_budget))
   return mode
@@ -409,7 +414,7 @@ class EvalData:
     self.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, "eval_pp")
     self.workers = num_workers(config)
     self.decoder = decode.Decoder(self.split.source, self.shape)
-    if choose_cache(config, len(self.records), self.shape, f"{split_name} split") != "none":
+    if choose_cache(config, len(self.records), self.shape, f"{split_name} split", on_device=False) != "none":
       self.decoder = ImageCache(self.decoder, self.records, "host", mesh, self.workers)
       self.workers = 0
 
