@@ -266,11 +266,16 @@ def write_image(job: Job) -> int:
   return buffer.tell()
 
 
+def _pool(workers: int):
+  """Worker processes started fresh ("spawn"): forking a process that runs JAX's threads can deadlock."""
+  return multiprocessing.get_context("spawn").Pool(workers)
+
+
 def write_images(jobs: list[Job], workers: int) -> int:
   """Writes every job's image with `workers` processes (0: in this one); returns total bytes."""
   if workers <= 0:
     return sum(map(write_image, jobs))
-  with multiprocessing.Pool(workers) as pool:
+  with _pool(workers) as pool:
     return sum(pool.imap_unordered(write_image, jobs, chunksize=64))
 
 
@@ -292,7 +297,7 @@ def write_csv(jobs: list[Job], workers: int) -> int:
       rows = map(grey_pixels, jobs)
       writer.writerows((job.face, pixels, job.usage) for job, pixels in zip(jobs, rows))
     else:
-      with multiprocessing.Pool(workers) as pool:
+      with _pool(workers) as pool:
         rows = pool.imap(grey_pixels, jobs, chunksize=256)
         writer.writerows((job.face, pixels, job.usage) for job, pixels in zip(jobs, rows))
   return os.path.getsize(path)
