@@ -18,11 +18,11 @@ DAN 0.060, LHC-Net A1 0.033 of the drop, under a band of 0.10 (margin ≥ 1.6×)
 a broken run: training the same set-up with the learning rate doubled (what lost or mis-scaled
 updates look like) deviates 0.113 (DAN) and 0.427 (LHC-Net) from fp32 (measured with an
 equivalent harness, same steps and batch, another draw of the pool).
-APViT and SCAN-CCI are not checked here: at the steps a CPU affords, their bf16 runs deviate
-0.143 and 0.265 of the drop, no less than a doubled learning rate does (0.355, 0.31 measured
-with the harness), so no band separates them (APViT memorises the 32-example pool, loss
-→ 0.05, and its trajectories part; SCAN-CCI barely learns in 120 SGD steps). Their bf16
-check needs an accelerator's budget of steps.
+APViT memorises the 32-example pool (loss → 0.05) and its trajectories part more: 0.143 of
+the drop against 0.355 for a doubled learning rate, so its band is 0.25. SCAN-CCI is not
+checked here: it barely learns in the 120 SGD steps a CPU affords, and its bf16 run deviates
+0.265 of the drop, no less than a doubled learning rate does (0.31), so no band separates
+them; its check needs an accelerator's budget of steps.
 """
 
 import math
@@ -55,6 +55,9 @@ WINDOWS = 5   # the loss curve is compared as the means of this many equal windo
 CASES = {
     "dan": ("configs/dan.py:synthetic", 72, 100, 0.10, 0.7),
     "lhcnet_A1": ("configs/lhcnet.py:synthetic", 32, 60, 0.10, 0.7),
+    # APViT memorises the pool (loss → 0.05) and the two runs part more: a wider band, still
+    # under the 0.355 a doubled learning rate gives.
+    "apvit": ("configs/apvit.py:synthetic", 32, 250, 0.25, 0.7),
 }
 
 
