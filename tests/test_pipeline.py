@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 
@@ -138,3 +139,27 @@ def test_images_are_decoded_at_the_configured_size():
   config.input.update(size=20)
   data, batches = _first_batches(config, steps=1)
   assert data.shape == (20, 20, 3) and batches[0]["image"].shape == (32, 20, 20, 3)
+
+
+@pytest.mark.parametrize("cache", ["none", "host", "device"])
+def test_two_processes_read_disjoint_halves_of_every_global_batch(cache, monkeypatch):
+  """Each process's local slices, stacked in process order, are the one-process global batch."""
+  reference = pipeline.TrainData(_config(cache=cache), train.make_mesh())
+  expected = [np.asarray(b["position"]) for _, b in zip(range(3), reference.batches(2))]
+  expected_labels = [np.asarray(b["label"]) for _, b in zip(range(3), reference.batches(2))]
+  slices = []
+  for process in (0, 1):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda process=process: process)
+    data = pipeline.TrainData(_config(cache=cache), train.make_mesh())
+    assert data.local_batch == 16
+    slices.append([batch for _, batch in zip(range(3), data.local_batches(2))])
+  monkeypatch.undo()
+  for step in range(3):
+    positions = np.concatenate([slices[p][step]["position"] for p in (0, 1)])
+    np.testing.assert_array_equal(positions, expected[step])
+    np.testing.assert_array_equal(np.concatenate([slices[p][step]["label"] for p in (0, 1)]), expected_labels[step])
+    images = [slices[p][step]["image"] if cache != "device" else
+              np.asarray(reference.cache().images)[slices[p][step]["row"]] for p in (0, 1)]
+    global_images = next(iter(zip(range(1), reference.batches(2 + step))))[1]["image"]
+    np.testing.assert_array_equal(np.concatenate(images), np.asarray(global_images))
