@@ -1,4 +1,10 @@
-"""Train or evaluate a method: `python -m fer_jax.main --config=configs/dan.py:rafdb --workdir=DIR`."""
+"""Train or evaluate a method: `python -m fer_jax.main --config=configs/dan.py:rafdb --workdir=DIR`.
+
+Exit status: 0 done; 75 stopped by SIGTERM/SIGINT after saving its step (run the same command
+to resume); 1 non-finite loss or gradient (the message names the step and the last good checkpoint).
+"""
+
+import sys
 
 from absl import app
 from absl import flags
@@ -24,7 +30,13 @@ def main(argv):
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   if _MODE.value == "train":
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except train.Preempted:
+      sys.exit(train.PREEMPTED_EXIT_STATUS)
+    except train.NonFiniteError as e:
+      logging.error("%s", e)
+      sys.exit(1)
   else:
     if not _CHECKPOINT.value:
       raise app.UsageError("--mode=eval needs --checkpoint=PATH (a workdir, checkpoint or converted model).")

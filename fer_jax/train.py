@@ -1,6 +1,8 @@
 """The training loop: data-parallel jit over a device mesh, Orbax resume, eval and reports."""
 
 import os
+import signal
+import threading
 import time
 
 from absl import logging
@@ -69,7 +71,8 @@ def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, 
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                  "batch_stats": batch_stats, "opt_state": opt_state}
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return new_state, {"loss": loss, "accuracy": accuracy, "lr": schedule(state["step"]), **parts}
+    return new_state, {"loss": loss, "accuracy": accuracy, "lr": schedule(state["step"]),
+                       "grad_norm": optax.tree_utils.tree_norm(grads), **parts}
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
@@ -198,6 +201,71 @@ def loss_config_for(config, train_split: pipeline.Split) -> ml_collections.Confi
   return loss_config
 
 
+PREEMPTED_EXIT_STATUS = 75  # EX_TEMPFAIL: the run saved its step; the same command resumes it
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT arrived; the current step was saved."""
+
+
+class NonFiniteError(RuntimeError):
+  """A loss or gradient norm was NaN or Inf; nothing from that step on was evaluated or saved."""
+
+
+class StopSignals:
+  """The first SIGTERM/SIGINT asks the loop to save and stop; a second one exits at once."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received:
+      os._exit(128 + signum)
+    self.received = signal.Signals(signum).name
+    logging.warning("%s received: saving the current step, then stopping (send it again to exit at once).",
+                    self.received)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+class FiniteGuard:
+  """Stops the run at the first step whose loss or gradient norm is not finite, before any
+  evaluation or save can see its parameters."""
+
+  def __init__(self, checkpoints, steps_per_epoch: int):
+    self.checkpoints, self.steps_per_epoch = checkpoints, steps_per_epoch
+    self._unchecked = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._unchecked.append((step, metrics))
+
+  def check(self) -> None:
+    values = jax.device_get([metrics for _, metrics in self._unchecked])
+    for (step, _), metrics in zip(self._unchecked, values):
+      if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+        self.checkpoints.wait_until_finished()
+        last = self.checkpoints.latest_step()
+        parts = ", ".join(f"{name} {float(value):.4g}" for name, value in metrics.items() if name != "lr")
+        raise NonFiniteError(
+            f"Non-finite training values at step {step} (epoch {step / self.steps_per_epoch:.2f}): {parts}. "
+            "Nothing from that step on was saved; the last good checkpoint is "
+            f"{os.path.join(self.checkpoints.directory, str(last)) if last is not None else 'none (no step saved yet)'}. "
+            "Lower --config.optimizer.lr or set --config.optimizer.grad_clip_norm, then start the command again "
+            "(it resumes from that checkpoint).")
+    self._unchecked = []
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming from its newest checkpoint) and writes the eval report."""
   mesh = make_mesh()
@@ -233,36 +301,49 @@ def train_and_evaluate(config, workdir: str) -> dict:
                mesh.devices.size)
   window_start, window_steps, pending = time.perf_counter(), 0, []
   step, last_eval = start_step, None
-  for step, batch in enumerate(() if stopped_early else train_data.batches(start_step), start=start_step + 1):
-    state, step_metrics = train_step(state, batch)
-    pending.append(step_metrics)
-    window_steps += 1
-    if step % config.log_every_steps == 0 or step == num_steps:
-      means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-      elapsed = time.perf_counter() - window_start
-      images_per_second = window_steps * config.batch_size / elapsed
-      logging.info("step %d/%d epoch %.2f loss %.4f accuracy %.3f lr %.3g | %.1f img/s ETA %s", step,
-                   num_steps, step / steps_per_epoch, means["loss"], means["accuracy"], means["lr"],
-                   images_per_second, _format_eta((num_steps - step) * elapsed / window_steps))
-      writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
-      window_start, window_steps, pending = time.perf_counter(), 0, []
-    last_eval, stop = None, False
-    epoch, epoch_end = divmod(step, steps_per_epoch)[0], step % steps_per_epoch == 0
-    if epoch_end and (epoch % config.eval.every_epochs == 0 or step == num_steps):
-      variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-      last_eval = evaluator(variables, config.dataset.eval_split)
-      logging.info("epoch %d %s: accuracy %.4f mean-class %.4f", epoch, config.dataset.eval_split,
-                   last_eval["accuracy"], last_eval["mean_class_accuracy"])
-      writer.scalars(step, {"eval/accuracy": last_eval["accuracy"],
-                            "eval/mean_class_accuracy": last_eval["mean_class_accuracy"]})
-      stop = selection.update(epoch, step, last_eval, variables, config)
-      window_start = time.perf_counter()
-    if step % checkpoint_every == 0 or step == num_steps or stop:
-      checkpointing.save(checkpoints, step, state, config)
-    if stop:
-      logging.info("Early stopping at epoch %d: no gain in %s for %d epochs", epoch, selection.metric,
-                   selection.patience)
-      break
+  guard = FiniteGuard(checkpoints, steps_per_epoch)
+  with StopSignals() as signals:
+    for step, batch in enumerate(() if stopped_early else train_data.batches(start_step), start=start_step + 1):
+      state, step_metrics = train_step(state, batch)
+      pending.append(step_metrics)
+      guard.add(step, step_metrics)
+      window_steps += 1
+      if step % config.log_every_steps == 0 or step == num_steps:
+        guard.check()
+        means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+        elapsed = time.perf_counter() - window_start
+        images_per_second = window_steps * config.batch_size / elapsed
+        logging.info("step %d/%d epoch %.2f loss %.4f accuracy %.3f lr %.3g | %.1f img/s ETA %s", step,
+                     num_steps, step / steps_per_epoch, means["loss"], means["accuracy"], means["lr"],
+                     images_per_second, _format_eta((num_steps - step) * elapsed / window_steps))
+        writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
+        window_start, window_steps, pending = time.perf_counter(), 0, []
+      last_eval, stop = None, False
+      epoch, epoch_end = divmod(step, steps_per_epoch)[0], step % steps_per_epoch == 0
+      evaluate_now = epoch_end and (epoch % config.eval.every_epochs == 0 or step == num_steps)
+      if evaluate_now or step % checkpoint_every == 0 or signals.received:
+        guard.check()
+      if evaluate_now:
+        variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        last_eval = evaluator(variables, config.dataset.eval_split)
+        logging.info("epoch %d %s: accuracy %.4f mean-class %.4f", epoch, config.dataset.eval_split,
+                     last_eval["accuracy"], last_eval["mean_class_accuracy"])
+        writer.scalars(step, {"eval/accuracy": last_eval["accuracy"],
+                              "eval/mean_class_accuracy": last_eval["mean_class_accuracy"]})
+        stop = selection.update(epoch, step, last_eval, variables, config)
+        window_start = time.perf_counter()
+      if step % checkpoint_every == 0 or step == num_steps or stop or signals.received:
+        checkpointing.save(checkpoints, step, state, config)
+      if signals.received:
+        checkpoints.wait_until_finished()
+        selection.wait_until_finished()
+        logging.warning("Saved step %d (epoch %.2f) in %s after %s; start the same command again to resume.",
+                        step, step / steps_per_epoch, checkpoints.directory, signals.received)
+        raise Preempted(step)
+      if stop:
+        logging.info("Early stopping at epoch %d: no gain in %s for %d epochs", epoch, selection.metric,
+                     selection.patience)
+        break
   checkpoints.wait_until_finished()
   selection.wait_until_finished()
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -152,3 +153,45 @@ def test_init_from_may_lack_the_modules_a_later_stage_adds(tmp_path):
                                 fresh["params"]["head3"]["sa"]["conv1x1_conv"]["kernel"])
   np.testing.assert_array_equal(restored["params"]["head0"]["sa"]["conv1x1_conv"]["kernel"],
                                 variables["params"]["head0"]["sa"]["conv1x1_conv"]["kernel"])
+
+
+def _tiny_main_args(workdir):
+  return ["--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
+          f"--config.dataset.data_dir={tiny_data_dir()}", "--config.input.size=32", "--config.batch_size=8",
+          "--config.eval_batch_size=32", "--config.num_epochs=1", "--config.log_every_steps=1",
+          "--config.data_workers=0"]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp_path):
+  straight, preempted = tmp_path / "straight", tmp_path / "preempted"
+  assert _main(*_tiny_main_args(straight)).returncode == 0
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  process = subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_tiny_main_args(preempted)], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  log = []
+  for line in process.stderr:
+    log.append(line)
+    if "step 3/35" in line:
+      process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=300) == train.PREEMPTED_EXIT_STATUS, "".join(log[-30:])
+  saved = [line for line in log if "after SIGTERM; start the same command again" in line]
+  assert saved, "".join(log[-30:])
+  step = int(saved[0].split("Saved step ")[1].split(" ")[0])
+  assert 3 <= step < 35 and (preempted / "checkpoints" / str(step) / "state").is_dir()
+  assert not (preempted / "eval_results.json").exists()
+  assert _main(*_tiny_main_args(preempted)).returncode == 0
+  for x, y in zip(jax.tree.leaves(_final_params(straight, 35)), jax.tree.leaves(_final_params(preempted, 35))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path):
+  config = _tiny_dan()
+  config.optimizer.update(name="sgd", lr=1e30, grad_clip_norm=0.0)
+  config.update(checkpoint_every_steps=1, log_every_steps=100)
+  with pytest.raises(train.NonFiniteError, match=r"Non-finite training values at step 2 \(epoch 0.25\): .* loss nan.*"
+                     r"the last good checkpoint is .*checkpoints/1\. Lower --config.optimizer.lr"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+  for leaf in jax.tree.leaves(_final_params(str(tmp_path), 1)):
+    assert np.all(np.isfinite(leaf))
