@@ -6,13 +6,17 @@ class names. Converters and exports write the same layout with only params and b
 so every consumer (`--mode=eval`, predict, `init_from`) reads both through `restore_model`.
 """
 
+from collections.abc import Mapping
 from collections.abc import Sequence
+import hashlib
 import json
 import os
 import re
+import sys
 
 from flax import traverse_util
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from fer_jax.optim import path_of
@@ -138,3 +142,65 @@ def check_matches(variables: dict, abstract_variables: dict, source: str, descri
     raise CheckpointError(f"The checkpoint {source} ({description or 'no meta record'}) does not fit the configured model "
                           f"({'; '.join(problems)}). It was probably written for another model or "
                           "number of classes: pass the --config it was trained or converted with.")
+
+
+FINGERPRINT_COLLECTIONS = ("params", "batch_stats")
+
+
+def fingerprint(variables: Mapping) -> str:
+  r"""SHA-256 (lowercase hex) of a model's params and batch_stats, in a canonical form.
+
+  Equal for the same weights however they were stored, converted, exported or resumed, so
+  `python -m fer_jax.summary --checkpoint=…` (`params_sha256: …`) verifies a copy. Only the
+  top-level collections "params" and "batch_stats" count (others, such as a training state's
+  "step" or "opt_state", are left out; a missing or empty batch_stats contributes nothing).
+
+  Canonical form, recomputable with Python's hashlib and NumPy alone:
+
+  1. Leaves and names: walk the nested mappings under "params" and "batch_stats"; every
+     non-mapping value is a leaf, named by its keys from the top joined with "/"
+     ("params/backbone/conv1/kernel", "batch_stats/bn1/mean"). Empty mappings have no leaves.
+  2. Order: leaves sorted by name (Python string order, i.e. by Unicode code point, which is
+     also the byte order of the names' UTF-8).
+  3. Each leaf `a = numpy.asarray(leaf)` adds four netstrings (`<length in bytes, decimal
+     ASCII>:<bytes>,`) to one SHA-256 stream, in this order:
+       - the name, UTF-8;
+       - the shape: dimensions in decimal joined by "," ("3,3,3,64"; "" for a scalar), ASCII;
+       - the dtype's NumPy name (`a.dtype.name`: "float32", "bfloat16", "int32"), ASCII;
+       - the values: `a.size * a.dtype.itemsize` raw bytes, C (row-major) order, little-endian.
+  4. The result is the stream's `hexdigest()`.
+
+  For example one leaf params/w = float32 [1.0, 2.0] hashes
+  b"8:params/w,1:2,7:float32,8:" + b"\x00\x00\x80?\x00\x00\x00@" + b",".
+  Values are hashed exactly: a one-ulp change, a renamed leaf, a reshape or a cast changes it.
+  """
+  leaves = []
+
+  def visit(tree, name):
+    if isinstance(tree, Mapping) or hasattr(tree, "items"):
+      for key, subtree in tree.items():
+        visit(subtree, f"{name}/{key}")
+    else:
+      leaves.append((name, tree))
+
+  for collection in FINGERPRINT_COLLECTIONS:
+    if collection in variables:
+      visit(variables[collection], collection)
+
+  digest = hashlib.sha256()
+
+  def netstring(data: bytes) -> None:
+    digest.update(b"%d:" % len(data))
+    digest.update(data)
+    digest.update(b",")
+
+  for name, leaf in sorted(leaves, key=lambda item: item[0]):
+    array = np.asarray(leaf)
+    big_endian = array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big")
+    if big_endian and array.dtype.itemsize > 1:
+      array = array.byteswap()  # the same numbers' bytes, little-endian
+    netstring(name.encode("utf-8"))
+    netstring(",".join(str(int(d)) for d in array.shape).encode("ascii"))
+    netstring(array.dtype.name.encode("ascii"))
+    netstring(np.ascontiguousarray(array).tobytes(order="C"))
+  return digest.hexdigest()

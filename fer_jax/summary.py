@@ -1,17 +1,24 @@
 """Parameters per module and MACs of a configured model.
 
   python -m fer_jax.summary --config=configs/apvit.py:rafdb
+  python -m fer_jax.summary --config=configs/apvit.py:rafdb --checkpoint=PATH
 
 The last line is `params: N`: trainable parameters ("params" collection) without BatchNorm
 statistics and without training-only state such as DAN's affinity centres.
+
+With --checkpoint (a training workdir, its checkpoints/ folder, a step folder or a converted
+model, restored and checked as for `--mode=eval`), the line before it is `params_sha256: HEX`,
+`checkpointing.fingerprint` of its params and batch_stats: equal digests mean equal weights.
 """
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_jax import checkpointing
 from fer_jax import config_lib
 from fer_jax import train
 from fer_jax.models import get_method
@@ -82,6 +89,12 @@ def main(argv):
   method = get_method(config.model.name)
   model = method.build(config.model)
   variables = train.abstract_variables(model, config)
+  digest = None
+  if flags.FLAGS.checkpoint:
+    # Restored first, so a checkpoint that does not fit the config fails before any output.
+    logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+    digest = checkpointing.fingerprint(jax.device_get(
+        train.load_trained_variables(config, model, flags.FLAGS.checkpoint)))
   auxiliary = getattr(method, "AUXILIARY_PARAMS", ())
   rows = module_table(variables["params"], flags.FLAGS.depth, auxiliary)
   width = max(len(name) for name, _ in rows) + 2
@@ -94,6 +107,8 @@ def main(argv):
           f"({count_params({k: variables['params'][k] for k in auxiliary if k in variables['params']}):,})")
   print(f"batch_stats (not counted): {count_params(variables['batch_stats']):,}")
   print(f"MACs: {macs(model, config) / 1e9:.3f} G per {config.input.size}² image")
+  if digest is not None:
+    print(f"params_sha256: {digest}")
   print(f"params: {count_params(variables['params'], auxiliary)}")
 
 
@@ -101,6 +116,8 @@ def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag()
   flags.DEFINE_integer("depth", 2, "Module nesting depth of the table.")
+  flags.DEFINE_string("checkpoint", "", "Training workdir, checkpoint folder or converted model: also print "
+                      "`params_sha256: HEX`, the fingerprint of its params and batch_stats.")
   flags.mark_flags_as_required(["config"])
 
 
