@@ -13,6 +13,7 @@
 The modes other than synthetic read the prepared data set the config names.
 """
 
+import itertools
 import json
 import math
 import time
@@ -41,14 +42,6 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TP
 def peak_tflops(device_kind: str) -> float | None:
   return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in device_kind.lower()), None)
 
-
-def _time(fn, steps: int) -> float:
-  jax.block_until_ready(fn())  # compile and warm up
-  start = time.perf_counter()
-  for _ in range(steps):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - start) / steps
 
 
 def _flops(jitted, *args) -> float:
@@ -87,10 +80,10 @@ def benchmark(config, steps: int) -> dict:
     holder["state"], metrics = train_step(holder["state"], batch)
     return metrics["loss"]
 
-  train_seconds = _time(run_train, steps)
+  train_seconds = _time_stream(itertools.repeat(None), 1, steps, lambda _: run_train())
   variables = {"params": holder["state"]["params"], "batch_stats": holder["state"]["batch_stats"]}
   eval_step = evaluate.confusion_step(model, config.model.num_classes, mesh)
-  eval_seconds = _time(lambda: eval_step(variables, batch), steps)
+  eval_seconds = _time_stream(itertools.repeat(None), 1, steps, lambda _: eval_step(variables, batch))
 
   device_kind = jax.devices()[0].device_kind
   achieved = train_flops / train_seconds / 1e12
