@@ -18,12 +18,12 @@ import json
 import math
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import optim
@@ -180,4 +180,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -19,10 +19,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fer_jax.errors import UserError
 from fer_jax.optim import path_of
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """A checkpoint that is missing or does not fit the configured model."""
 
 

@@ -21,16 +21,17 @@ normalise; PIL/cv2 resizing happens outside the program).
 import json
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import train
 from fer_jax.data import labels
+from fer_jax.errors import UserError
 
 STABLEHLO = "model.stablehlo"
 VARIABLES = "variables"
@@ -102,7 +103,7 @@ def define_flags() -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise UserError(f"Unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
   logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   config = args.config
@@ -115,4 +116,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

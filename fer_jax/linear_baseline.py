@@ -8,11 +8,11 @@ preprocessing of the training split and reports test accuracy.
 
 import json
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
+from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax.data import decode
 from fer_jax.data import pipeline
@@ -58,4 +58,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -6,13 +6,14 @@ to resume); 1 non-finite loss or gradient (the message names the step and the la
 
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 
+from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import train
+from fer_jax.errors import UserError
 
 _CONFIG = config_lib.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard events, reports.")
@@ -24,7 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise UserError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
@@ -39,9 +40,9 @@ def main(argv):
       sys.exit(1)
   else:
     if not _CHECKPOINT.value:
-      raise app.UsageError("--mode=eval needs --checkpoint=PATH (a workdir, checkpoint or converted model).")
+      raise UserError("--mode=eval needs --checkpoint=PATH (a workdir, checkpoint or converted model).")
     train.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -17,7 +17,6 @@ import csv
 import json
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -25,11 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import train
 from fer_jax import tta
 from fer_jax.data import labels
 from fer_jax.data import pipeline
+from fer_jax.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -136,10 +137,10 @@ def define_flags() -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise UserError(f"Unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
   if not args.output.lower().endswith((".csv", ".json")):
-    raise app.UsageError(f"--output={args.output} must end in .csv or .json.")
+    raise UserError(f"--output={args.output} must end in .csv or .json.")
   logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   config = args.config
   model = train.build_model(config)
@@ -147,16 +148,16 @@ def main(argv):
   try:
     paths = list_images(args.input)
   except FileNotFoundError as e:
-    raise app.UsageError(str(e)) from None
+    raise UserError(str(e)) from None
   predictor = Predictor(config, variables, args.tta or config.eval.tta, args.batch_size)
   rows, skipped = predict_files(predictor, paths)
   write_predictions(rows, skipped, predictor.class_names, args.output)
   logging.info("Wrote %d predictions to %s; skipped %d unreadable of %d images%s", len(rows), args.output,
                len(skipped), len(paths), (": " + ", ".join(p for p, _ in skipped)) if skipped else "")
   if not rows:
-    raise SystemExit(f"error: no readable image under {args.input}.")
+    raise UserError(f"No readable image under --input={args.input}: see the warnings above for each file.")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -11,14 +11,13 @@ model, restored and checked as for `--mode=eval`), the line before it is `params
 `checkpointing.fingerprint` of its params and batch_stats: equal digests mean equal weights.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fer_jax import checkpointing
+from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import train
 from fer_jax.models import get_method
@@ -123,4 +122,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -10,15 +10,16 @@ the order the images are listed.
 
 import os
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
+from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import train
 from fer_jax.data import pipeline
 from fer_jax.data.builder_utils import IMAGE_SUFFIXES
+from fer_jax.errors import UserError
 from fer_jax.models import get_method
 
 def define_flags():
@@ -61,11 +62,11 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
   paths = image_paths(args.input)
   if not paths:
-    raise app.UsageError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}.")
+    raise UserError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}.")
   written = write_attention_maps(args.config, args.checkpoint, paths, args.out, args.batch_size)
   for index, path in enumerate(paths):
     print(f"{index:04d}  {path}")
@@ -74,4 +75,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

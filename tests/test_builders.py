@@ -382,6 +382,6 @@ def test_prepare_command_is_idempotent_and_fails_on_bad_input(tmp_path):
   again = run([*command, f"--manual_dir={tmp_path / 'gone'}"])
   assert again.returncode == 0 and "test: 14 examples" in again.stdout
   bad = run([*command[:-1], f"--data_dir={tmp_path / 'other'}", f"--manual_dir={tmp_path / 'gone'}"])
-  assert bad.returncode == 1
+  assert bad.returncode == 2
   assert f"--manual_dir {tmp_path / 'gone'} is not a folder" in bad.stderr
   assert "github.com/mysee1989/PG-CNN" in bad.stderr

@@ -125,4 +125,4 @@ def test_no_readable_image_is_an_error(config, checkpoint, tmp_path):
        f"--output={tmp_path / 'p.csv'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode != 0
-  assert "no readable image" in result.stderr
+  assert result.returncode == 2 and "error: No readable image under --input=" in result.stderr

@@ -8,14 +8,15 @@
 
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from fer_jax import checkpointing
+from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import convert
+from fer_jax.errors import UserError
 
 _CONFIG = config_lib.define_config_flag("configs/<method>.py:<dataset> the checkpoint belongs to.")
 _CHECKPOINT = flags.DEFINE_multi_string("checkpoint", None, "Source file (repeat to combine backbones).")
@@ -28,16 +29,13 @@ flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise UserError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   workdir = os.path.abspath(_WORKDIR.value)
   if os.path.isdir(workdir) and os.listdir(workdir):
-    raise app.UsageError(f"--workdir={workdir} is not empty: convert into a new folder.")
+    raise UserError(f"--workdir={workdir} is not empty: convert into a new folder.")
   config = _CONFIG.value
-  try:
-    variables, report = convert.convert(config, _CHECKPOINT.value, _SOURCE.value or ())
-  except convert.ConversionError as e:
-    raise SystemExit(f"error: {e}") from None
+  variables, report = convert.convert(config, _CHECKPOINT.value, _SOURCE.value or ())
   for line in report.lines():
     logging.info("%s", line)
   path = checkpointing.save_model(workdir, variables, config)
@@ -46,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -19,12 +19,13 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from fer_jax.errors import UserError
 from fer_jax.optim import path_of
 
 COLLECTIONS = ("params", "batch_stats")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
   """A source checkpoint that cannot be mapped onto the configured model."""
 
 

@@ -16,8 +16,10 @@ from etils import epath
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from fer_jax.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
   """The manual download is missing, incomplete or malformed; the message says where."""
 
 

@@ -47,13 +47,14 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
 
+from fer_jax import cli
 from fer_jax.data import labels
 from fer_jax.data import synthetic_faces
+from fer_jax.errors import UserError
 
 # Class counts in each data set's own label order (labels.CLASS_ORDERS).
 RAFDB_COUNTS = {"train": (1290, 281, 717, 4772, 1982, 705, 2524),  # 12,271
@@ -356,7 +357,7 @@ def define_flags() -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
   try:
     result = generate(args.dataset, args.out, args.scale, args.seed, args.workers)
@@ -368,4 +369,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

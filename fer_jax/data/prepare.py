@@ -10,19 +10,18 @@ nothing. TFDS writes every split into a temporary `incomplete.*` folder beside t
 and renames it only when all splits and the metadata are written, so an interrupted run never
 leaves a set that looks complete; the next run deletes such leftovers before starting again.
 Bad input (missing files, unreadable images, labels out of range) ends the run with a
-message and exit status 1.
+one-line message and exit status 2 (`--verbose` adds the traceback).
 """
 
-import sys
-
-from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
+from fer_jax import cli
 from fer_jax.data import builder_utils
 from fer_jax.data.builders import affectnet, fedro, fer2013, ferplus, rafdb, sfew
+from fer_jax.errors import UserError
 
 DATASETS = {"fer2013": fer2013.Fer2013, "ferplus": ferplus.Ferplus, "rafdb": rafdb.Rafdb,
             "affectnet": affectnet.Affectnet, "sfew": sfew.Sfew, "fedro": fedro.Fedro}
@@ -89,17 +88,16 @@ def define_flags() -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
   tfds.enable_progress_bar()
   try:
     builder = prepare(args.dataset, args.manual_dir, args.data_dir, args.skip_corrupt, args.overwrite)
   except builder_utils.DataError as e:
-    print(f"Cannot prepare {args.dataset}: {e}", file=sys.stderr)
-    sys.exit(1)
+    raise builder_utils.DataError(f"Cannot prepare {args.dataset}: {e}") from None
   print(summary(builder))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -1,0 +1,62 @@
+"""How every command starts and ends: absl flags, `--verbose`, and clean user errors.
+
+    if __name__ == "__main__":
+      cli.run(main)
+
+A `UserError` (or a file-system error such as a missing path, a denied permission or a full
+disk) is printed as `error: <message>` and the command exits with status 2; `--verbose`
+prints the traceback too. Any other exception is a bug and keeps its traceback.
+"""
+
+import errno
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from fer_jax.errors import USER_ERROR_STATUS
+from fer_jax.errors import UserError
+
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of user errors too (for bug reports).")
+
+_FILE_SYSTEM_HINTS = {
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "the path is a folder where a file is expected",
+    errno.EEXIST: "choose a path that does not exist yet",
+    errno.EACCES: "fix its permissions or choose another location",
+    errno.EPERM: "fix its permissions or choose another location",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.ENOSPC: "the disk is full: free space or choose another location; earlier checkpoints are kept",
+    errno.EDQUOT: "the disk quota is exceeded: free space or choose another location",
+    errno.ELOOP: "the path has a symbolic-link loop",
+}
+
+
+def describe(error: BaseException) -> str | None:
+  """The one-line message for a user error, or None for a bug."""
+  if isinstance(error, UserError):
+    return str(error)
+  if isinstance(error, OSError) and error.errno in _FILE_SYSTEM_HINTS:
+    where = error.filename if error.filename is not None else ""
+    return f"{error.strerror}{': ' + str(where) if where != '' else ''} ({_FILE_SYSTEM_HINTS[error.errno]})."
+  cause = error.__cause__ or error.__context__
+  return describe(cause) if cause is not None and cause is not error else None
+
+
+def run(main) -> None:
+  """absl's app.run, with user errors printed as one message and exit status 2."""
+
+  def main_with_clean_errors(argv):
+    try:
+      return main(argv)
+    except Exception as error:  # pylint: disable=broad-except
+      message = describe(error)
+      if message is None or _VERBOSE.value:
+        raise
+      logging.flush()
+      print(f"error: {message}", file=sys.stderr)
+      sys.exit(USER_ERROR_STATUS)
+
+  app.run(main_with_clean_errors)
