@@ -47,3 +47,32 @@ def run_pipeline(text: str, size: int, image, seed: int = 0):
   compiled = augment.parse(text, size=size)
   keys = augment.example_keys(seed, jax.numpy.arange(1))
   return np.asarray(jax.jit(compiled)(np.asarray(image)[None], keys)[0])
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# As root, file permissions do not bind; commands that must meet them drop these capabilities.
+_WITHOUT_FILE_PERMISSION_BYPASS = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def run_command(module: str, *args: str, timeout: int = 600, obey_permissions: bool = False):
+  """`python -m <module> args…` from the repository root on the CPU; the CompletedProcess (text).
+
+  With `obey_permissions`, a root user runs it without the capabilities that bypass file
+  permissions, so unreadable or read-only paths behave as for any other user."""
+  import subprocess
+  import sys
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  command = [sys.executable, "-m", module, *args]
+  if obey_permissions and os.geteuid() == 0:
+    command = _WITHOUT_FILE_PERMISSION_BYPASS + command
+  return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_user_error(result, *fragments: str) -> None:
+  """A clean user error: exit status 2, an `error:` line holding every fragment, no traceback."""
+  from fer_jax.errors import USER_ERROR_STATUS
+  assert result.returncode == USER_ERROR_STATUS, (result.returncode, result.stderr[-3000:])
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  message = result.stderr[result.stderr.rindex("error: "):]
+  for fragment in fragments:
+    assert fragment in message, (fragment, message)
