@@ -78,8 +78,7 @@ def get_config(arg: str = "rafdb"):
     config.input.train_pp, config.input.eval_pp = _pipelines(color_jitter=False)
     config.eval_batch_size = 32
     _optimizer(config, head_lr=0.001, weight_decay=1e-4)
-    # The loss sees the run's init_from and refuses to train from scratch.
-    config.loss.init_from = config.get_ref("init_from")
+    config.init_from_required = True  # a new run without --config.init_from stops before any work
   elif arg == "synthetic":
     config.model.shared_local_units = True
     config.dataset.update(name="synthetic", class_order="affectnet7")

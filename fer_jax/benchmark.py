@@ -162,6 +162,7 @@ def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
 def main(argv):
   del argv
   args = flags.FLAGS
+  config_lib.validate(args.config, training=True)
   if args.input == "synthetic":
     result = benchmark(args.config, args.steps)
   else:

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 
 FROZEN = "frozen"
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "exponential", "cosine")
 
 
 def path_of(key_path) -> str:
@@ -34,7 +36,7 @@ def lr_schedule(opt_config, steps_per_epoch: int, num_epochs: int):
       return gamma ** epoch.astype(jnp.float32)
     if name == "cosine":
       return 0.5 * (1 + jnp.cos(math.pi * epoch.astype(jnp.float32) / num_epochs))
-    raise ValueError(f"Unknown config.optimizer.schedule {name!r}; valid: constant, step, exponential, cosine.")
+    raise ValueError(f"Unknown config.optimizer.schedule {name!r}; valid: {', '.join(SCHEDULES)}.")
 
   multiplier(jnp.zeros((), jnp.int32))  # fail early on a bad name
   return lambda step: base * multiplier(jnp.asarray(step) // steps_per_epoch)
@@ -49,7 +51,7 @@ def _base(opt_config, learning_rate, decay_mask) -> optax.GradientTransformation
   if name == "adamw":
     return optax.adamw(learning_rate, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps,
                        weight_decay=opt_config.weight_decay, mask=decay_mask)
-  raise ValueError(f"Unknown config.optimizer.name {name!r}; valid: sgd, adam, adamw.")
+  raise ValueError(f"Unknown config.optimizer.name {name!r}; valid: {', '.join(OPTIMIZERS)}.")
 
 
 def param_labels(opt_config, params):

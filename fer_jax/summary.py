@@ -85,6 +85,7 @@ def _subjaxprs(params):
 def main(argv):
   del argv
   config = flags.FLAGS.config
+  config_lib.validate(config, training=False)
   method = get_method(config.model.name)
   model = method.build(config.model)
   variables = train.abstract_variables(model, config)

@@ -392,20 +392,6 @@ def test_config_pipelines_resize_and_scale_to_minus_one_one(arg):
   assert out.min() == pytest.approx(-1.0) and out.max() == pytest.approx(1.0)
 
 
-def test_sfew_training_requires_init_from():
-  config = load_config("sfew")
-  config.loss.class_counts = (10, 20, 30, 40, 50, 60, 70)
-  config.lock()  # as config_flags does before applying --config.* overrides
-  outputs, labels_ = fake_outputs(7), np.array([0, 6, 1, 1, 3])
-  with pytest.raises(ValueError, match="--config.init_from"):
-    scan_cci.loss(outputs, labels_, config.loss)
-  config.init_from = "/checkpoints/affectnet_rafdb"
-  assert config.loss.init_from == "/checkpoints/affectnet_rafdb"
-  total, _ = scan_cci.loss(outputs, labels_, config.loss)
-  assert np.isfinite(total)
-  assert "init_from" not in load_config("affectnet7").loss
-
-
 def test_missing_class_counts_are_counted_on_the_training_split():
   config = load_config("sfew")
   config.lock()

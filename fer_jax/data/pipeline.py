@@ -127,11 +127,12 @@ def epoch_indices(split: Split, sampler: str, seed: int, epoch: int, repeat_thre
     frequency = counts[labels] / len(indices)
     repeats = np.ceil(np.maximum(1.0, np.sqrt(repeat_threshold / frequency))).astype(int)
     return rng.permutation(np.repeat(indices, repeats))
-  raise ValueError(f"Unknown config.dataset.sampler {sampler!r}; valid: uniform, class_balanced, repeat_factor.")
+  raise ValueError(f"Unknown config.dataset.sampler {sampler!r}; valid: {', '.join(SAMPLERS)}.")
 
 
 
 CACHE_MODES = ("auto", "none", "host", "device")
+SAMPLERS = ("uniform", "class_balanced", "repeat_factor")
 
 
 def stored_shape(config, split: Split) -> tuple[int, int, int]:

@@ -224,14 +224,7 @@ def cross_entropy(logits, labels, weights=None):
 
 
 def loss(outputs, labels, loss_config):
-  """w·CE(attention) + (1 − w)·Σ_regions CE(region), w = loss_config.attention_weight (0.2).
-
-  A loss config with an `init_from` field (configs/scan_cci.py:sfew links it to the run's
-  init_from) belongs to a fine-tuning recipe: an empty value stops training.
-  """
-  if loss_config.get("init_from") == "":
-    raise ValueError("This config fine-tunes a trained SCAN-CCI model (the official SFEW recipe starts from "
-                     "the AffectNet+RAF-DB one): pass --config.init_from=CHECKPOINT.")
+  """w·CE(attention) + (1 − w)·Σ_regions CE(region), w = loss_config.attention_weight (0.2)."""
   weights = class_weights(loss_config, outputs["attention_logits"].shape[-1])
   attention = cross_entropy(outputs["attention_logits"], labels, weights)
   region_logits = outputs["region_logits"]

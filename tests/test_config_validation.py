@@ -1,0 +1,69 @@
+"""config_lib.validate: every shipped config passes, and each cross-field rule names its keys and the fix."""
+
+import pytest
+
+from fer_jax import config_lib
+from fer_jax.errors import ConfigError
+from helpers import get_config
+
+SHIPPED = ([f"configs/dan.py:{a}" for a in ("rafdb", "affectnet7", "affectnet8", "synthetic")]
+           + [f"configs/apvit.py:{a}" for a in ("rafdb", "ferplus", "affectnet7", "affectnet8", "synthetic")]
+           + [f"configs/scan_cci.py:{a}" for a in ("rafdb", "ferplus", "affectnet7", "affectnet8", "synthetic")]
+           + [f"configs/lhcnet.py:{d},stage={s}" for d in ("fer2013", "synthetic") for s in ("A1", "A2", "A3", "B", "C")])
+
+
+@pytest.mark.parametrize("spec", SHIPPED)
+def test_every_shipped_config_is_valid(spec):
+  config = get_config(spec)
+  config_lib.validate(config, training=False)
+  config_lib.validate(config, training=True, new_run=True)
+
+
+def _problems(config, **kwargs) -> str:
+  with pytest.raises(ConfigError) as error:
+    config_lib.validate(config, **kwargs)
+  return str(error.value)
+
+
+@pytest.mark.parametrize("key, value, turn_off", [("early_stopping_patience", 3, "--config.early_stopping_patience=0"),
+                                                  ("restore_best", True, "--config.restore_best=False")])
+def test_selection_settings_need_a_select_metric(key, value, turn_off):
+  config = get_config("configs/dan.py:synthetic")
+  config.update({key: value, "select_metric": ""})
+  message = _problems(config, training=False)
+  assert f"config.{key}={value} needs a metric" in message
+  assert "--config.select_metric=accuracy" in message and turn_off in message
+
+
+def test_sfew_needs_init_from_only_when_a_new_run_starts():
+  config = get_config("configs/scan_cci.py:sfew")
+  assert "pass --config.init_from=CHECKPOINT" in _problems(config, training=True, new_run=True)
+  config_lib.validate(config, training=True, new_run=False)  # resuming ignores init_from
+  config_lib.validate(config, training=False)                 # evaluation, prediction, benchmarks
+
+
+def test_init_from_must_exist(tmp_path):
+  config = get_config("configs/dan.py:synthetic")
+  config.init_from = str(tmp_path / "missing")
+  assert f"config.init_from={tmp_path / 'missing'} does not exist" in _problems(config, training=True, new_run=True)
+
+
+def test_class_order_must_name_num_classes():
+  config = get_config("configs/dan.py:rafdb")
+  config.model.num_classes = 8
+  message = _problems(config, training=False)
+  assert "config.dataset.class_order='rafdb' names 7 classes" in message
+  assert "config.model.num_classes=8" in message
+
+
+def test_every_problem_is_listed_at_once():
+  config = get_config("configs/dan.py:synthetic")
+  config.optimizer.name = "rmsprop"
+  config.dataset.cache = "disk"
+  config.eval.tta = "ten_crop"
+  config.batch_size = 0
+  message = _problems(config, training=True)
+  assert "config.optimizer.name='rmsprop' is not one of: 'sgd', 'adam', 'adamw'" in message
+  assert "config.dataset.cache='disk' is not one of: 'auto', 'none', 'host', 'device'" in message
+  assert "config.eval.tta='ten_crop' is not one of: 'none', 'flip', 'lhc62'" in message
+  assert "config.batch_size=0 must be at least 1" in message
