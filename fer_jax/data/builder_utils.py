@@ -3,7 +3,9 @@
 Input problems raise `DataError` with a message that names the path, file and line at
 fault and what the owners' download looks like. Unreadable images either raise or, when a
 builder is made with `skip_corrupt=True`, are skipped, logged and counted in
-`builder.skipped_images`. Split sizes that differ from the published ones only warn.
+`builder.skipped_images`; missing or malformed labels always raise. A split without a single
+example raises too, naming the file or folder it was read from (`builder.split_sources`).
+Split sizes that differ from the published ones only warn.
 """
 
 import dataclasses
@@ -54,7 +56,8 @@ def parse_label(text: str, valid: Container[int], where: str) -> int:
   except ValueError:
     value = None
   if value is None or value not in valid:
-    raise DataError(f"{where}: label {text.strip()!r} is not one of {sorted(valid)}.")
+    raise DataError(f"{where}: label {text.strip()!r} is not one of {sorted(valid)}. Correct the line "
+                    "or restore the file from the owners' download.")
   return value
 
 
@@ -92,8 +95,9 @@ def encode_image(data: bytes, channels: int) -> bytes:
 class ManualBuilder(tfds.core.GeneratorBasedBuilder):
   """A GeneratorBasedBuilder over a folder the user downloaded by hand.
 
-  Subclasses list `Record`s per split and set `CHANNELS` and `EXPECTED_SIZES`
-  ({config name or None: {split: published size}}).
+  Subclasses list `Record`s per split, record in `split_sources` the file or folder each
+  split is read from, and set `CHANNELS` and `EXPECTED_SIZES` ({config name or None: {split:
+  published size}}).
   """
 
   CHANNELS = 3
@@ -104,6 +108,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
     self._original_state["skip_corrupt"] = skip_corrupt
     self.skip_corrupt = skip_corrupt
     self.skipped_images: dict[str, list[str]] = {}
+    self.split_sources: dict[str, os.PathLike | str] = {}
 
   def manual_root(self, dl_manager) -> epath.Path:
     try:
@@ -124,7 +129,20 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
     skipped = self.skipped_images.get(split, [])
     if skipped:
       logging.warning("%s split %r: skipped %d unreadable images.", self.name, split, len(skipped))
+    if count == 0:
+      raise self._empty_split_error(split)
     warn_if_unexpected_size(self.info.full_name, split, count, self._expected_size(split))
+
+  def _empty_split_error(self, split: str) -> DataError:
+    """Raised instead of TFDS's "No examples were yielded", which names no file."""
+    source = self.split_sources.get(split, "The manual directory")
+    skipped = self.skipped_images.get(split, [])
+    if skipped:
+      return DataError(f"Every image {source} lists for the {split!r} split is unreadable ({len(skipped)} "
+                       f"skipped, e.g. {skipped[0]}). Replace them from the owners' download.")
+    return DataError(f"{source} gives no examples for the {split!r} split: it holds no rows or images for it, "
+                     "or only ones this config drops. Restore it, complete, from the owners' download.\n"
+                     f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
 
   def _expected_size(self, split: str) -> int | None:
     config = self.builder_config.name if self.builder_config else None
@@ -137,8 +155,9 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
       return encode_image(data, self.CHANNELS)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
       if not self.skip_corrupt:
-        raise DataError(f"Cannot read image {source} ({e}). Replace the file from the owners' download, "
-                        "or pass --skip_corrupt to skip unreadable images and count them.") from e
+        fix = "Make it readable" if isinstance(e, PermissionError) else "Replace it from the owners' download"
+        raise DataError(f"Cannot read image {source} ({e}). {fix}, or pass --skip_corrupt to skip "
+                        "unreadable images and count them.") from e
       logging.warning("Skipping unreadable image %s: %s", source, e)
       self.skipped_images.setdefault(split, []).append(record.file_name)
       return None

@@ -9,9 +9,17 @@ builder config: ferplus/plurality, rafdb/aligned224, affectnet/classes7, sfew/or
 nothing. TFDS writes every split into a temporary `incomplete.*` folder beside the final one
 and renames it only when all splits and the metadata are written, so an interrupted run never
 leaves a set that looks complete; the next run deletes such leftovers before starting again.
-Bad input (missing files, unreadable images, labels out of range) ends the run with a
-one-line message and exit status 2 (`--verbose` adds the traceback).
+Bad input ends the run with a one-line message naming the file (and line) at fault and the
+fix, and exit status 2 (`--verbose` adds the traceback): a missing --manual_dir or file,
+labels out of range or missing (an AffectNet image without its `_exp.npy`), a malformed row, a
+split with no examples (a CSV holding only its header), an unreadable image, or a --data_dir
+that cannot be written. `--skip_corrupt` skips unreadable images only (damaged, truncated or
+not readable by this user, FER2013 rows whose pixels are not 48×48 values in 0-255), logs and
+counts them; a missing or malformed label still stops the run, since leaving such images out
+would quietly change the set.
 """
+
+import errno
 
 from absl import flags
 from absl import logging
@@ -23,6 +31,7 @@ from fer_jax.data import builder_utils
 from fer_jax.data.builders import affectnet, fedro, fer2013, ferplus, rafdb, sfew
 from fer_jax.errors import UserError
 
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 DATASETS = {"fer2013": fer2013.Fer2013, "ferplus": ferplus.Ferplus, "rafdb": rafdb.Rafdb,
             "affectnet": affectnet.Affectnet, "sfew": sfew.Sfew, "fedro": fedro.Fedro}
 
@@ -61,10 +70,23 @@ def prepare(dataset: str, manual_dir: str, data_dir: str | None = None, skip_cor
   remove_leftovers(builder)
   modes = tfds.download.GenerateMode
   mode = modes.FORCE_REDOWNLOAD if overwrite else modes.REUSE_DATASET_IF_EXISTS
-  builder.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(manual_dir=manual, download_mode=mode))
+  try:
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=manual, download_mode=mode))
+  except OSError as e:
+    if e.errno in NOT_WRITABLE and is_inside(e.filename, builder.data_dir_root):
+      raise builder_utils.DataError(f"--data_dir {builder.data_dir_root} is not writable ({e.strerror}: "
+                                    f"{e.filename}). Make it writable, or pass another --data_dir.") from e
+    raise
   return builder
+
+
+def is_inside(path, folder) -> bool:
+  if path is None:
+    return False
+  path, folder = epath.Path(path), epath.Path(folder)
+  return path == folder or folder in path.parents
 
 
 def summary(builder) -> str:

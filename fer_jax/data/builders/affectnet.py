@@ -6,7 +6,8 @@ Reads either release, whichever the manual directory holds (the original one whe
             CSV's face box (stored as JPEG quality 95, 4:4:4), the others keep it whole as
             SCAN-CCI does;
   later     the "4 GB" release DAN uses: `train_set|val_set/images/{id}.jpg` with
-            `annotations/{id}_exp.npy`, `_val.npy`, `_aro.npy` (faces already cropped).
+            `annotations/{id}_exp.npy`, `_val.npy`, `_aro.npy` (faces already cropped); an
+            image without its `_exp.npy` stops the build, even with --skip_corrupt.
 Codes 8–10 (None, Uncertain, Non-face) are dropped, and 7 (Contempt) in the 7-class configs.
 Labels stay in AffectNet's code order. Extras: `valence`, `arousal` (NaN when the release
 lacks them) and `annotation_index`, the image's position in the annotation file (original)
@@ -34,6 +35,7 @@ LATER_SPLITS = {"train": "train_set", "validation": "val_set"}
 HEADER_START = "subDirectory_filePath"
 CODES = range(11)  # 0-7 the expressions, 8 None, 9 Uncertain, 10 Non-face
 CROP_QUALITY = 95
+MISSING_SHOWN = 5  # missing annotation files named in the error
 
 LAYOUT = """\
   original release:
@@ -120,8 +122,9 @@ class Affectnet(builder_utils.ManualBuilder):
     csv_folder = next((root / f for f in CSV_FOLDERS if (root / f / ORIGINAL_SPLITS["train"]).exists()), None)
     if csv_folder is not None:
       images = builder_utils.find_path(root, IMAGE_FOLDERS, "AffectNet's Manually_Annotated_Images", LAYOUT)
-      records = {split: self._original_records(csv_folder, file_name, images)
-                 for split, file_name in ORIGINAL_SPLITS.items()}
+      self.split_sources = {split: builder_utils.find_path(csv_folder, (name,), f"AffectNet's {name}", LAYOUT)
+                            for split, name in ORIGINAL_SPLITS.items()}
+      records = {split: self._original_records(path, images) for split, path in self.split_sources.items()}
     elif self.builder_config.face_crop:
       config = self.builder_config
       raise builder_utils.DataError(
@@ -129,16 +132,16 @@ class Affectnet(builder_utils.ManualBuilder):
           f"{root} lacks. The later release is already cropped: use config "
           f"classes{config.num_classes}.\n{LAYOUT}")
     else:
-      records = {split: self._later_records(root, builder_utils.find_path(
-                     root, (folder,), f"AffectNet's {ORIGINAL_SPLITS['train']} or {folder}/", LAYOUT))
-                 for split, folder in LATER_SPLITS.items()}
+      wanted = f"AffectNet's {ORIGINAL_SPLITS['train']} or"
+      self.split_sources = {split: builder_utils.find_path(root, (folder,), f"{wanted} {folder}/", LAYOUT)
+                            for split, folder in LATER_SPLITS.items()}
+      records = {split: self._later_records(folder) for split, folder in self.split_sources.items()}
     return {split: self._generate_examples(split, split_records) for split, split_records in records.items()}
 
   def _keep(self, code: int) -> bool:
     return code < self.builder_config.num_classes
 
-  def _original_records(self, csv_folder, file_name: str, images):
-    path = builder_utils.find_path(csv_folder, (file_name,), f"AffectNet's {file_name}", LAYOUT)
+  def _original_records(self, path, images):
     index = 0
     with open(path, newline="") as f:
       reader = csv.reader(f)
@@ -160,11 +163,11 @@ class Affectnet(builder_utils.ManualBuilder):
             image = functools.partial(crop_face, image, box)
           yield builder_utils.Record(file_name=row[0].strip(), label=code, image=image, extras=extras)
 
-  def _later_records(self, root, folder):
+  def _later_records(self, folder):
     annotations = builder_utils.find_path(folder, ("annotations",), f"{folder.name}/annotations", LAYOUT)
-    ids = sorted((p.name.removesuffix("_exp.npy") for p in annotations.glob("*_exp.npy")),
-                 key=lambda i: (not i.isdigit(), int(i) if i.isdigit() else 0, i))
-    for index, image_id in enumerate(ids):
+    annotated = {p.name.removesuffix("_exp.npy") for p in annotations.glob("*_exp.npy")}
+    _check_annotated(folder / "images", annotated, annotations)
+    for index, image_id in enumerate(sorted(annotated, key=_id_order)):
       code = builder_utils.parse_label(_npy_text(annotations / f"{image_id}_exp.npy"), CODES,
                                        f"{annotations / image_id}_exp.npy")
       if self._keep(code):
@@ -173,6 +176,26 @@ class Affectnet(builder_utils.ManualBuilder):
         yield builder_utils.Record(file_name=f"{folder.name}/images/{image_id}.jpg", label=code,
                                    image=folder / "images" / f"{image_id}.jpg",
                                    extras={**extras, "annotation_index": index})
+
+
+def _id_order(image_id: str):
+  """Numeric ids in numeric order, then any others by name."""
+  return not image_id.isdigit(), int(image_id) if image_id.isdigit() else 0, image_id
+
+
+def _check_annotated(images, annotated: set[str], annotations) -> None:
+  """Raises if an image in `images` has no `<id>_exp.npy`, rather than leaving it out unseen.
+
+  Not skipped with --skip_corrupt either: that skips unreadable images, not missing labels.
+  """
+  missing = sorted({p.stem for p in images.glob("*.jpg")} - annotated, key=_id_order)
+  if missing:
+    listed = ", ".join(f"{image_id}_exp.npy" for image_id in missing[:MISSING_SHOWN])
+    more = ", ..." if len(missing) > MISSING_SHOWN else ""
+    raise builder_utils.DataError(
+        f"{len(missing)} images in {images} have no expression annotation in {annotations} (missing: "
+        f"{listed}{more}). Restore the annotations folder from the owners' download; --skip_corrupt "
+        "skips unreadable images only, not images without a label.")
 
 
 def _number(text: str, where: str) -> float:

@@ -50,6 +50,7 @@ class Fedro(builder_utils.ManualBuilder):
       tried = ", ".join(str(root / r) for r in ROOTS)
       raise builder_utils.DataError(f"Cannot find FED-RO's class folders in any of {tried}. The manual "
                                     f"directory should look like:\n{LAYOUT}")
+    self.split_sources["test"] = folder
     return {"test": self._generate_examples("test", builder_utils.class_folder_records(
         folder, CLASS_FOLDERS, root, LAYOUT))}
 

@@ -91,6 +91,7 @@ class Fer2013(builder_utils.ManualBuilder):
 
   def _split_generators(self, dl_manager):
     path = find_csv(self.manual_root(dl_manager))
+    self.split_sources = dict.fromkeys(SPLITS, path)
     return {split: self._generate_examples(split, _records(path, usage)) for split, usage in SPLITS.items()}
 
 

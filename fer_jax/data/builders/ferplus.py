@@ -206,10 +206,12 @@ class Ferplus(builder_utils.ManualBuilder):
     label_csv = folder / "label.csv" if folder is not None else None
     if label_csv is not None and label_csv.exists():
       self._votes_files[split] = "label.csv"
+      self.split_sources[split] = label_csv
       votes = dict(read_label_csv(label_csv))
     else:
       self._votes_files[split] = "fer2013new.csv"
       new_csv = builder_utils.find_path(root, ("fer2013new.csv",), "FERPlus's fer2013new.csv", LAYOUT)
+      self.split_sources[split] = new_csv
       votes = {name: v for _, row_usage, name, v in read_fer2013new(new_csv) if row_usage == usage and name}
     if folder is not None and any(folder.glob("*.png")):
       images = ((name, folder / name) for name in votes)

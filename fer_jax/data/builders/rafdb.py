@@ -97,14 +97,17 @@ class Rafdb(builder_utils.ManualBuilder):
       paths = [p for name in candidates for p in (root / "EmoLabel" / name, manual / name) if p.exists()]
       if paths:
         splits[split] = _subset(paths[0], splits["test"])
+        self.split_sources[split] = paths[0]
     return {split: self._generate_examples(split, self._records(images, entries))
             for split, entries in splits.items()}
 
   def _read_splits(self, root) -> dict[str, dict[str, tuple[str, int]]]:
     """{split: {base name: (name, label 0-6)}} from the config's label files."""
     splits = {"train": {}, "test": {}}
-    for label_file in self.builder_config.label_files:
-      path = builder_utils.find_path(root, (label_file,), f"the RAF-DB label file {label_file}", LAYOUT)
+    paths = [builder_utils.find_path(root, (label_file,), f"the RAF-DB label file {label_file}", LAYOUT)
+             for label_file in self.builder_config.label_files]
+    self.split_sources.update(dict.fromkeys(splits, " and ".join(map(str, paths))))
+    for path in paths:
       for line, text in builder_utils.read_lines(path):
         where = f"{path}, line {line}"
         name, _, label = text.partition(" ")

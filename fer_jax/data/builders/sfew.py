@@ -68,5 +68,6 @@ class Sfew(builder_utils.ManualBuilder):
     splits = {}
     for split, candidates in self.builder_config.folders.items():
       folder = builder_utils.find_path(root, candidates, f"the SFEW {split} folder", LAYOUT)
+      self.split_sources[split] = folder
       splits[split] = builder_utils.class_folder_records(folder, CLASS_FOLDERS, root, LAYOUT)
     return {split: self._generate_examples(split, records) for split, records in splits.items()}

@@ -1,0 +1,119 @@
+"""`python -m fer_jax.data.prepare` on bad input: exit status 2 and one message naming the file and the fix.
+
+Each test writes a tiny copy of an owner's layout (tests/fixtures_fer.py), breaks one thing
+and runs the real command.
+"""
+
+import numpy as np
+
+import fixtures_fer as fx
+from helpers import assert_user_error, run_command
+
+
+def prepare(dataset, manual_dir, data_dir, *flags, obey_permissions=False):
+  return run_command("fer_jax.data.prepare", f"--dataset={dataset}", f"--manual_dir={manual_dir}",
+                     f"--data_dir={data_dir}", *flags, obey_permissions=obey_permissions)
+
+
+def replace_line(path, number: int, text: str) -> None:
+  lines = path.read_text().splitlines()
+  lines[number - 1] = text
+  path.write_text("\n".join(lines) + "\n")
+
+
+def test_affectnet_training_csv_with_only_its_header(tmp_path):
+  fx.write_affectnet_original(tmp_path / "manual")
+  training_csv = tmp_path / "manual" / "Manually_Annotated_file_lists" / "training.csv"
+  training_csv.write_text(training_csv.read_text().splitlines()[0] + "\n")
+  result = prepare("affectnet", tmp_path / "manual", tmp_path / "tfds")
+  assert_user_error(result, f"{training_csv} gives no examples for the 'train' split: it holds no rows",
+                    "Restore it, complete, from the owners' download", "Manually_Annotated_file_lists")
+  assert "No examples were yielded" not in result.stderr
+
+
+def test_class_folders_without_images(tmp_path):
+  fx.write_fedro(tmp_path / "manual")
+  for image in (tmp_path / "manual" / "FED_RO_crop").glob("*/*.jpg"):
+    image.unlink()
+  result = prepare("fedro", tmp_path / "manual", tmp_path / "tfds")
+  assert_user_error(result, f"{tmp_path / 'manual' / 'FED_RO_crop'} gives no examples for the 'test' split",
+                    "no rows or images", "Restore it, complete, from the owners' download")
+
+
+def test_split_whose_images_are_all_skipped(tmp_path):
+  fx.write_fedro(tmp_path / "manual")
+  for image in (tmp_path / "manual" / "FED_RO_crop").glob("*/*.jpg"):
+    fx.corrupt(image)
+  result = prepare("fedro", tmp_path / "manual", tmp_path / "tfds", "--skip_corrupt")
+  assert_user_error(result, f"Every image {tmp_path / 'manual' / 'FED_RO_crop'} lists for the 'test' split is "
+                    "unreadable (14 skipped, e.g. FED_RO_crop/anger/anger_0.jpg)", "Replace them from the owners' "
+                    "download")
+
+
+def test_affectnet_later_release_image_without_expression_annotation(tmp_path):
+  fx.write_affectnet_later(tmp_path / "manual")
+  annotations = tmp_path / "manual" / "train_set" / "annotations"
+  for image_id in (2, 5):
+    (annotations / f"{image_id}_exp.npy").unlink()
+  for flags in ([], ["--skip_corrupt"]):
+    result = prepare("affectnet", tmp_path / "manual", tmp_path / "tfds", *flags)
+    assert_user_error(result, f"2 images in {tmp_path / 'manual' / 'train_set' / 'images'} have no expression "
+                      f"annotation in {annotations} (missing: 2_exp.npy, 5_exp.npy)",
+                      "Restore the annotations folder from the owners' download",
+                      "--skip_corrupt skips unreadable images only")
+
+
+def test_missing_manual_dir(tmp_path):
+  result = prepare("rafdb", tmp_path / "not_there", tmp_path / "tfds")
+  assert_user_error(result, f"--manual_dir {tmp_path / 'not_there'} is not a folder",
+                    "Request RAF-DB at http://www.whdeng.cn/raf/model1.html", "EmoLabel/list_patition_label.txt")
+
+
+def test_rafdb_label_out_of_range_names_file_and_line(tmp_path):
+  fx.write_rafdb(tmp_path / "manual")
+  label_file = tmp_path / "manual" / "basic" / "EmoLabel" / "list_patition_label.txt"
+  replace_line(label_file, 3, "train_00003.jpg 9")
+  result = prepare("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  assert_user_error(result, f"{label_file}, line 3: label '9' is not one of [1, 2, 3, 4, 5, 6, 7]",
+                    "Correct the line or restore the file from the owners' download")
+
+
+def test_fer2013_emotion_out_of_range_names_file_and_line(tmp_path):
+  fx.write_fer2013(tmp_path / "manual")
+  csv = tmp_path / "manual" / "fer2013.csv"
+  replace_line(csv, 5, "7" + csv.read_text().splitlines()[4][1:])
+  result = prepare("fer2013", tmp_path / "manual", tmp_path / "tfds")
+  assert_user_error(result, f"{csv}, line 5: label '7' is not one of [0, 1, 2, 3, 4, 5, 6]", "Correct the line")
+
+
+def test_fer2013_row_with_too_few_pixels_names_the_line(tmp_path):
+  fx.write_fer2013(tmp_path / "manual")
+  csv = tmp_path / "manual" / "fer2013.csv"
+  pixels = " ".join(str(v) for v in np.zeros(48 * 47, np.uint8))
+  replace_line(csv, 4, f"6,{pixels},PublicTest")
+  result = prepare("fer2013", tmp_path / "manual", tmp_path / "tfds")
+  assert_user_error(result, "Cannot read image fer2013.csv:4 (expected 2304 values in 0-255, got 2256",
+                    "Replace it from the owners' download, or pass --skip_corrupt")
+
+
+def test_unreadable_image_fails_or_is_skipped_with_skip_corrupt(tmp_path):
+  fx.write_rafdb(tmp_path / "manual")
+  image = tmp_path / "manual" / "basic" / "Image" / "aligned" / "test_0003_aligned.jpg"
+  image.chmod(0o000)
+  result = prepare("rafdb", tmp_path / "manual", tmp_path / "tfds", obey_permissions=True)
+  assert_user_error(result, f"Cannot read image {image} ([Errno 13] Permission denied",
+                    "Make it readable, or pass --skip_corrupt to skip unreadable images and count them")
+  skipped = prepare("rafdb", tmp_path / "manual", tmp_path / "tfds", "--skip_corrupt", obey_permissions=True)
+  assert skipped.returncode == 0, skipped.stderr[-3000:]
+  assert f"Skipping unreadable image {image}" in skipped.stderr
+  assert f"test: {len(fx.RAFDB_TEST) - 1} examples" in skipped.stdout
+  assert "skipped 1 unreadable images in test" in skipped.stdout
+
+
+def test_read_only_data_dir(tmp_path):
+  fx.write_rafdb(tmp_path / "manual")
+  data_dir = tmp_path / "tfds"
+  data_dir.mkdir(mode=0o555)
+  result = prepare("rafdb", tmp_path / "manual", data_dir, obey_permissions=True)
+  assert_user_error(result, f"--data_dir {data_dir} is not writable (Permission denied: {data_dir}/",
+                    "Make it writable, or pass another --data_dir")
