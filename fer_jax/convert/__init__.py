@@ -40,23 +40,26 @@ class Source:
   map: Callable[[core.Tensors, core.Target, Any], None]
   backbone_only: bool
   files: str                                 # the official file names, for messages and docs
+  # What the tensors hold when it is not what the config builds (classes, stage), and the --config to pass.
+  mismatch: Callable[[dict, Any], str | None] | None = None
 
 
 SOURCES = (
     Source("dan", "dan", "torch", dan.select, dan.map_checkpoint, False,
-           "rafdb_epoch21_acc0.897_bacc0.8275.pth, affecnet8_epoch5_acc0.6209.pth, AffectNet-7 file"),
+           "rafdb_epoch21_acc0.897_bacc0.8275.pth, affecnet8_epoch5_acc0.6209.pth, AffectNet-7 file", dan.mismatch),
     Source("resnet18", "dan", "torch", torchvision_resnet.select_resnet18, torchvision_resnet.map_resnet18, True,
            "resnet18_msceleb.pth"),
     Source("scan_cci", "scan_cci", "torch", scan_cci.select, scan_cci.map_checkpoint, False,
-           "model_best.pth.tar (a SCAN-CCI training run; none were released)"),
+           "model_best.pth.tar (a SCAN-CCI training run; none were released)", scan_cci.mismatch),
     Source("vggface2_resnet50", "scan_cci", "numpy_pickle", torchvision_resnet.select_resnet50,
            torchvision_resnet.map_resnet50, True, "vgg_msceleb_resnet50_ft_weight.pkl"),
-    Source("apvit", "apvit", "torch", apvit.select_checkpoint, apvit.map_checkpoint, False, "APViT_RAF-3eeecf7d.pth"),
+    Source("apvit", "apvit", "torch", apvit.select_checkpoint, apvit.map_checkpoint, False, "APViT_RAF-3eeecf7d.pth",
+           apvit.mismatch),
     Source("ir50", "apvit", "torch", apvit.select_ir50, apvit.map_ir50, True, "backbone_ir50_ms1m_epoch120.pth"),
     Source("timm_vit", "apvit", "torch", apvit.select_timm, apvit.map_timm, True, "vit_small_p16_224-15ec54c9.pth"),
     Source("vit_npz", "apvit", "npz", apvit.select_npz, apvit.map_npz, True, "a ViT .npz with the same shapes"),
     Source("lhcnet", "lhcnet", "tf_checkpoint", lhcnet.select_checkpoint, lhcnet.map_checkpoint, False,
-           "Downloaded_Models/LHC_Net/LHC_Net, Downloaded_Models/LHC_NetC/LHC_Net_Controller"),
+           "Downloaded_Models/LHC_Net/LHC_Net, Downloaded_Models/LHC_NetC/LHC_Net_Controller", lhcnet.mismatch),
     Source("resnet34v2_h5", "lhcnet", "keras_h5", lhcnet.select_h5, lhcnet.map_h5, True,
            "resnet34_imagenet_1000_no_top.h5"),
 )
@@ -88,6 +91,12 @@ def _outline(loaded) -> str:
   return type(loaded).__name__
 
 
+def check_exists(path: str) -> None:
+  if not os.path.exists(path) and not tf_checkpoint.checkpoint_prefix(path):
+    raise ConversionError(f"--checkpoint={path} does not exist: check the path (a file, or for a TensorFlow "
+                          "checkpoint its folder, its prefix or its .index file).")
+
+
 def read_source(path: str, method: str, source_name: str | None = None) -> tuple[Source, dict]:
   """Reads `path` and finds (or checks) which source of `method` it is; returns its tensors."""
   candidates = [s for s in SOURCES if s.method == method]
@@ -98,8 +107,7 @@ def read_source(path: str, method: str, source_name: str | None = None) -> tuple
       raise ConversionError(f"--source={source_name} converts {SOURCES_BY_NAME[source_name].method} checkpoints, "
                             f"but the config builds {method}.")
     candidates = [SOURCES_BY_NAME[source_name]]
-  if not os.path.exists(path) and not tf_checkpoint.checkpoint_prefix(path):
-    raise ConversionError(f"No checkpoint at {path}.")
+  check_exists(path)
   reader = candidates[0].reader if source_name else reader_for(path)
   loaded = READERS[reader](path)
   for source in candidates:
@@ -109,8 +117,8 @@ def read_source(path: str, method: str, source_name: str | None = None) -> tuple
         return source, tensors
   known = "; ".join(f"{s.name} ({s.files})" for s in SOURCES if s.method == method)
   elsewhere = [s for s in SOURCES if s.method != method and s.reader == reader and s.select(loaded) is not None]
-  hint = (f" It looks like a {elsewhere[0].name} file: convert it with configs/{elsewhere[0].method}.py."
-          if elsewhere else "")
+  hint = (f" It looks like a {elsewhere[0].name} file: convert it with configs/{elsewhere[0].method}.py "
+          f"(--config=configs/{elsewhere[0].method}.py:<data set>)." if elsewhere else "")
   raise ConversionError(f"{path} ({reader}, {_outline(loaded)}) is not a checkpoint format fer_jax converts "
                         f"for {method}. Known sources: {known}.{hint}")
 
@@ -140,6 +148,8 @@ def convert(config, checkpoints: Sequence[str], sources: Sequence[str] = ()) -> 
   """Maps the checkpoint files onto the model `config` builds; returns ({params, batch_stats}, report)."""
   if sources and len(sources) != len(checkpoints):
     raise ConversionError(f"Give one --source per --checkpoint or none ({len(sources)} for {len(checkpoints)}).")
+  for path in checkpoints:
+    check_exists(path)
   inputs = []
   for index, path in enumerate(checkpoints):
     source, tensors = read_source(path, config.model.name, sources[index] if sources else None)
@@ -154,12 +164,15 @@ def convert_tensors(config, inputs: Sequence[tuple[Source, dict, str]]) -> tuple
 
   model = train.build_model(config)
   target = core.Target(train.abstract_variables(model, config))
-  tensor_sets, backbone_only = [], False
+  tensor_sets, backbone_only, diagnoses = [], False, []
   for source, tensors, file_name in inputs:
+    mismatch = source.mismatch(tensors, config) if source.mismatch else None
+    if mismatch:
+      diagnoses.append(f"{file_name} {mismatch}.")
     tensor_sets.append(core.Tensors(tensors, f"{file_name} [{source.name}]"))
     source.map(tensor_sets[-1], target, config)
     backbone_only |= source.backbone_only
   fresh = functools.partial(_fresh_variables, model, tuple(train.dummy_images(config).shape), config.seed)
   auxiliary = set(get_method(config.model.name).AUXILIARY_PARAMS)
   return core.finish(target, tensor_sets, fresh,
-                     lambda path: backbone_only or path.split("/")[1] in auxiliary, config.seed)
+                     lambda path: backbone_only or path.split("/")[1] in auxiliary, config.seed, diagnoses)

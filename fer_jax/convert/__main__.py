@@ -27,13 +27,27 @@ _SOURCE = flags.DEFINE_multi_string(
 flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
 
 
+def check_workdir(workdir: str) -> None:
+  """Fails before the (possibly slow) conversion when the output folder cannot take its result."""
+  if os.path.isdir(workdir) and os.listdir(workdir):
+    raise UserError(f"--workdir={workdir} is not empty: convert into a new folder.")
+  existing = workdir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    where = "is a file" if existing == workdir else f"cannot be created: {existing} is a file"
+    raise UserError(f"--workdir={workdir} {where}, not a folder. Choose another --workdir.")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise UserError(f"--workdir={workdir} cannot be written: the folder {existing} is not writable. "
+                    "Fix its permissions or choose another --workdir.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   workdir = os.path.abspath(_WORKDIR.value)
-  if os.path.isdir(workdir) and os.listdir(workdir):
-    raise UserError(f"--workdir={workdir} is not empty: convert into a new folder.")
+  check_workdir(workdir)
   config = _CONFIG.value
   variables, report = convert.convert(config, _CHECKPOINT.value, _SOURCE.value or ())
   for line in report.lines():

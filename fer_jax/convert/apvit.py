@@ -70,6 +70,10 @@ def select_checkpoint(loaded):
   return state if state and any(str(k).startswith("extractor.") for k in state) and "vit.cls_token" in state else None
 
 
+def mismatch(tensors, config) -> str | None:
+  return core.classes_mismatch(tensors, config, "head.fc.weight", axis=0)
+
+
 def map_checkpoint(tensors: core.Tensors, target: core.Target, config) -> None:
   unit_names = _ir_unit_names(config.model.ir_stage_sizes)
   for module in target.modules():

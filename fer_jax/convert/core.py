@@ -252,12 +252,35 @@ class Report:
     return lines
 
 
+def classes_mismatch(tensors: Mapping[str, np.ndarray], config, classifier: str, axis: int) -> str | None:
+  """Says what to pass when the classifier weight `classifier` has another number of classes than the config."""
+  if classifier not in tensors:
+    return None
+  shape = tuple(np.shape(tensors[classifier]))
+  if shape[axis] == config.model.num_classes:
+    return None
+  return (f"holds a {shape[axis]}-class classifier ({classifier} {shape}), but the config builds "
+          f"{config.model.num_classes} classes: pass the --config of a {shape[axis]}-class data set or set "
+          f"--config.model.num_classes={shape[axis]}")
+
+
+def _failure(problems: list[str], diagnoses: list[str], limit: int = 12) -> ConversionError:
+  shown = problems[:limit] + ([f"… ({len(problems)} problems in all)"] if len(problems) > limit else [])
+  details = "\n  " + "\n  ".join(shown)
+  if diagnoses:
+    return ConversionError(" ".join(diagnoses) + "\nWhat does not fit the configured model:" + details)
+  return ConversionError("The checkpoint does not fit the configured model:" + details
+                         + "\nPass the --config (method, data set, number of classes) and --source the "
+                           "checkpoint belongs to.")
+
+
 def finish(target: Target, sources: list[Tensors], fresh_variables: Callable[[], dict],
-           may_stay_fresh: Callable[[str], bool], seed: int) -> tuple[dict, Report]:
+           may_stay_fresh: Callable[[str], bool], seed: int, diagnoses: Iterable[str] = ()) -> tuple[dict, Report]:
   """Checks that every source tensor and model variable is accounted for; returns the variables.
 
   Variables no source filled take their value from `fresh_variables()` (called only if some
-  are left) when `may_stay_fresh(path)`; otherwise they are reported missing.
+  are left) when `may_stay_fresh(path)`; otherwise they are reported missing. `diagnoses`
+  (what a checkpoint holds and the --config it needs) lead the error message if anything is left.
   """
   problems = list(target.problems)
   for tensors in sources:
@@ -270,9 +293,7 @@ def finish(target: Target, sources: list[Tensors], fresh_variables: Callable[[],
   if not_allowed:
     problems.append(f"model variables no source provides: {_listing(not_allowed)}")
   if problems:
-    raise ConversionError("The checkpoint does not fit the configured model:\n  " + "\n  ".join(problems)
-                          + "\nPass the --config (method, data set, number of classes) and --source the "
-                            "checkpoint belongs to.")
+    raise _failure(problems, list(diagnoses))
   values = dict(target.values)
   if unfilled:
     fresh = {path_of(k): v for k, v in jax.tree_util.tree_flatten_with_path(fresh_variables())[0]}

@@ -35,6 +35,10 @@ def select(loaded):
   return None
 
 
+def mismatch(tensors, config) -> str | None:
+  return core.classes_mismatch(tensors, config, "fc.weight", axis=0)
+
+
 def map_checkpoint(tensors: core.Tensors, target: core.Target, config) -> None:
   del config
   for module in target.modules():

@@ -69,6 +69,32 @@ def select_checkpoint(loaded):
   return loaded if "conv1/conv1/kernel" in loaded and "fc3/kernel" in loaded else None
 
 
+# The three networks of the stages, by the letter that tells them apart (A1, A2 and A3 share one network).
+NETWORKS = {"A": "a plain ResNet34v2 (no LHC modules)", "B": "an LHC-Net (ResNet34v2 with LHC modules)",
+            "C": "an LHC-NetC (LHC-Net with controllers)"}
+
+
+def _checkpoint_network(tensors) -> str:
+  if any(re.fullmatch(r"controller\d+/w", name) for name in tensors):
+    return "C"
+  return "B" if any("/LHC_Module/" in name for name in tensors) else "A"
+
+
+def _config_network(config) -> str:
+  return "C" if config.model.controller else "B" if config.model.use_lhc else "A"
+
+
+def mismatch(tensors, config) -> str | None:
+  """The stage (or else the number of classes) the checkpoint needs, when the config builds another."""
+  held, built = _checkpoint_network(tensors), _config_network(config)
+  if held == built:
+    return core.classes_mismatch(tensors, config, "fc3/kernel", axis=1)
+  data = "fer2013" if config.dataset.name == "fer2013" else "synthetic"
+  stage = {"A": "A1 (A2 and A3 build the same network)"}.get(held, held)
+  return (f"holds {NETWORKS[held]}, stage {'A1–A3' if held == 'A' else held}, but the config (stage "
+          f"{config.stage}) builds {NETWORKS[built]}: pass --config=configs/lhcnet.py:{data},stage={stage}")
+
+
 def map_checkpoint(tensors: core.Tensors, target: core.Target, config) -> None:
   del config
   for module in target.modules(BACKBONE):

@@ -44,6 +44,10 @@ def select(loaded):
   return {f"{name}/{key}": value for name in STATE_DICTS for key, value in loaded[name].items()}
 
 
+def mismatch(tensors, config) -> str | None:
+  return core.classes_mismatch(tensors, config, ATTENTION + "fc.weight", axis=0)
+
+
 def _drop_region_copies(tensors: core.Tensors, target: core.Target) -> None:
   """The four `classifiers` entries are the `region_net` module itself; anything else is an error."""
   prefix = REGION + "classifiers."

@@ -5,11 +5,14 @@ PyTorch files are read with `torch.load(weights_only=True)`, which only rebuilds
 plain containers. The VGGFace2 ResNet-50 weights are a plain pickle of NumPy arrays; it is read
 by an unpickler that resolves nothing but the NumPy array and dtype constructors (and the
 `_codecs.encode` helper that Python-3 pickles of byte strings use): any other global, such as
-`os.system`, is refused before anything runs.
+`os.system`, is refused before anything runs. PyTorch's legacy tar format is refused outright:
+PyTorch reads it only without the `weights_only` restriction.
 """
 
 import io
 import pickle
+import re
+import tarfile
 
 from fer_jax.convert.core import ConversionError
 
@@ -24,12 +27,19 @@ _NUMPY_GLOBALS = {
 }
 
 
+_DAMAGED = "the file is incomplete or damaged (an interrupted download?): download it again"
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+  """A pickle that names a global outside the allowed ones."""
+
+
 class NumpyOnlyUnpickler(pickle.Unpickler):
   """Unpickles dicts, lists and NumPy arrays; refuses every other global."""
 
   def find_class(self, module: str, name: str):
     if (module, name) not in _NUMPY_GLOBALS:
-      raise pickle.UnpicklingError(f"refused to load the global {module}.{name}: only NumPy arrays are allowed")
+      raise RefusedGlobal(f"refused to load the global {module}.{name} (only NumPy arrays are allowed)")
     return super().find_class(*_NUMPY_GLOBALS[(module, name)])
 
 
@@ -39,8 +49,11 @@ def load_numpy_pickle(path: str) -> dict:
     data = f.read()
   try:
     loaded = NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+  except RefusedGlobal as e:
+    raise ConversionError(f"Refused to load {path}: fer_jax {e} and never runs code from a checkpoint. "
+                          "Use the official file.") from e
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-    raise ConversionError(f"Refused or could not read {path} as a pickle of NumPy arrays: {e}") from e
+    raise ConversionError(f"Could not read {path} as a pickle of NumPy arrays ({e}): {_DAMAGED}.") from e
   if not isinstance(loaded, dict):
     raise ConversionError(f"{path} holds a {type(loaded).__name__}, not a dict of NumPy arrays.")
   return loaded
@@ -64,11 +77,29 @@ def load_torch(path: str):
     import torch
   except ImportError as e:
     raise ConversionError("Reading a PyTorch checkpoint needs PyTorch: pip install torch") from e
+  if tarfile.is_tarfile(path):
+    raise ConversionError(f"Refused to load {path}: it is in PyTorch's legacy tar format, which PyTorch reads "
+                          "only in its unsafe mode that runs any code the file holds, and fer_jax never runs code "
+                          "from a checkpoint. If you trust it, re-save its tensors with a current PyTorch "
+                          "(torch.save).")
   try:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
-    raise ConversionError(f"Refused to load {path}: it needs more than tensors and plain containers to "
-                          f"unpickle, and fer_jax never runs code from a checkpoint ({e}).") from e
+    if "Weights only load failed" not in str(e):
+      raise ConversionError(f"Could not read {path} as a PyTorch checkpoint ({_first_line(e)}): {_DAMAGED}.") from e
+    raise ConversionError(f"Refused to load {path}: {_refused_global(e)} fer_jax reads only tensors and plain "
+                          "containers and never runs code from a checkpoint. Use the official file, or if you "
+                          "trust it, re-save only its tensors with torch.save.") from e
   except (RuntimeError, EOFError, ValueError) as e:
-    raise ConversionError(f"Could not read {path} as a PyTorch checkpoint: {e}") from e
+    raise ConversionError(f"Could not read {path} as a PyTorch checkpoint ({_first_line(e)}): {_DAMAGED}.") from e
   return _to_numpy(loaded)
+
+
+def _first_line(error: Exception) -> str:
+  """PyTorch's own first sentence; the rest of its messages are advice for its users, such as weights_only=False."""
+  return re.split(r"(?<=\.)\s|\n", str(error).strip(), maxsplit=1)[0].rstrip(".")
+
+
+def _refused_global(error: Exception) -> str:
+  match = re.search(r"GLOBAL ([\w.]+)", str(error))
+  return f"unpickling it would call {match[1]}." if match else "unpickling it needs more than tensors."
