@@ -10,7 +10,10 @@ recursively for image files. Per image the output holds the top class, its proba
 probability of every class (named in the config's class order) and the logits; `.csv` or
 `.json` by the output's extension. With `--tta` the probabilities are the weighted mean of the
 softmax over that `fer_jax.tta` view set (the logits stay those of the image itself).
-Unreadable images are reported by name, skipped and counted.
+Unreadable images (not an image, corrupt, truncated, unreadable, a symbolic-link loop, or a header
+claiming more than `fer_jax.data.decode.MAX_IMAGE_PIXELS`) are reported by name, skipped and
+counted. A missing or empty --input, or an --output that could not be written, fails before the
+model is loaded.
 """
 
 import csv
@@ -28,6 +31,7 @@ from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import train
 from fer_jax import tta
+from fer_jax.data import decode
 from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
@@ -36,24 +40,54 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 def list_images(path: str) -> list[str]:
-  """The image itself, or every image file under a folder, sorted."""
+  """The image itself, or every image file under a folder, sorted; a UserError if there is none.
+
+  Folder symlinks are not followed (a link to a parent folder cannot loop); unreadable folders
+  are warned about and skipped."""
   if os.path.isfile(path):
     return [path]
+  if not os.path.exists(path):
+    raise UserError(f"--input={path} does not exist: pass an image file or a folder of images.")
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"--input={path} is neither an image nor a folder.")
-  return sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                if name.lower().endswith(IMAGE_EXTENSIONS))
+    raise UserError(f"--input={path} is neither a file nor a folder: pass an image file or a folder of images.")
+  found = sorted(os.path.join(root, name) for root, _, names in os.walk(path, onerror=_warn_unreadable_folder)
+                 for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+  if not found:
+    raise UserError(f"No image file under --input={path} (searched recursively for {', '.join(IMAGE_EXTENSIONS)}): "
+                    f"pass a folder that holds images with one of these extensions, or one image file.")
+  return found
+
+
+def _warn_unreadable_folder(error: OSError) -> None:
+  logging.warning("Skipping unreadable folder %s: %s.", error.filename, error.strerror)
+
+
+def check_output(path: str) -> None:
+  """Fails fast, before any model or image is loaded, if the predictions could not be written to `path`."""
+  if not path.lower().endswith((".csv", ".json")):
+    raise UserError(f"--output={path} must end in .csv or .json.")
+  if os.path.isdir(path):
+    raise UserError(f"--output={path} is a folder: pass a file path ending in .csv or .json.")
+  existing = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UserError(f"--output={path} cannot be created: {existing} is a file, not a folder; "
+                    f"choose an output path inside a folder.")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise UserError(f"--output={path} cannot be written: the folder {existing} is not writable; "
+                    f"fix its permissions or choose another location.")
+  if os.path.exists(path) and not os.access(path, os.W_OK):
+    raise UserError(f"--output={path} exists and is not writable: fix its permissions or choose another path.")
 
 
 class Predictor:
   """Preprocessing and a jitted, data-parallel forward pass for one config and checkpoint."""
 
   def __init__(self, config, variables: dict, tta_name: str = "none", batch_size: int = 64):
+    config_lib.validate(config, training=False)
     self.config = config
     self.class_names = labels.class_names(config.dataset.class_order)
-    if len(self.class_names) != config.model.num_classes:
-      raise ValueError(f"config.dataset.class_order {config.dataset.class_order!r} names {len(self.class_names)} "
-                       f"classes but the model has {config.model.num_classes}.")
     self.preprocess = pipeline.FilePreprocessor(config)
     self.mesh = train.make_mesh()
     devices = self.mesh.devices.size
@@ -84,16 +118,28 @@ class Predictor:
     return np.concatenate(probabilities), np.concatenate(logits)
 
 
-def predict_files(predictor: Predictor, paths: list[str]) -> tuple[list[dict], list[tuple[str, str]]]:
-  """Rows {image, prediction, confidence, probabilities, logits} and the (path, reason) skipped."""
-  readable, inputs, skipped = [], [], []
+def read_images(preprocess: pipeline.FilePreprocessor, paths: list[str]):
+  """(images, their paths, [(path, reason)] skipped): each unreadable file is warned about and skipped."""
+  images, readable, skipped = [], [], []
   for path in paths:
     try:
-      inputs.append(predictor.preprocess.read(path))
+      images.append(preprocess.read(path))
       readable.append(path)
-    except (OSError, SyntaxError) as e:  # PIL raises these for missing, truncated or non-image files
-      logging.warning("Skipping unreadable image %s: %s", path, e)
-      skipped.append((path, str(e)))
+    except decode.UnreadableImageError as error:
+      logging.warning("Skipping unreadable image: %s", error)
+      skipped.append((path, str(error)))
+  return images, readable, skipped
+
+
+def no_readable_image(where: str, skipped: list[tuple[str, str]]) -> UserError:
+  """The error when every image was skipped: the one reason with its fix, else a pointer to the warnings."""
+  detail = skipped[0][1] if len(skipped) == 1 else f"all {len(skipped)} were skipped; see the warning above for each"
+  return UserError(f"No readable image {where}: {detail}")
+
+
+def predict_files(predictor: Predictor, paths: list[str]) -> tuple[list[dict], list[tuple[str, str]]]:
+  """Rows {image, prediction, confidence, probabilities, logits} and the (path, reason) skipped."""
+  inputs, readable, skipped = read_images(predictor.preprocess, paths)
   if not inputs:
     return [], skipped
   probabilities, logits = predictor(inputs)
@@ -139,23 +185,19 @@ def main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
-  if not args.output.lower().endswith((".csv", ".json")):
-    raise UserError(f"--output={args.output} must end in .csv or .json.")
+  check_output(args.output)
+  paths = list_images(args.input)
   logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   config = args.config
   model = train.build_model(config)
   variables = train.load_trained_variables(config, model, args.checkpoint)
-  try:
-    paths = list_images(args.input)
-  except FileNotFoundError as e:
-    raise UserError(str(e)) from None
   predictor = Predictor(config, variables, args.tta or config.eval.tta, args.batch_size)
   rows, skipped = predict_files(predictor, paths)
   write_predictions(rows, skipped, predictor.class_names, args.output)
   logging.info("Wrote %d predictions to %s; skipped %d unreadable of %d images%s", len(rows), args.output,
                len(skipped), len(paths), (": " + ", ".join(p for p, _ in skipped)) if skipped else "")
   if not rows:
-    raise UserError(f"No readable image under --input={args.input}: see the warnings above for each file.")
+    raise no_readable_image(f"under --input={args.input}", skipped)
 
 
 if __name__ == "__main__":

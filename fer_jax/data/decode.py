@@ -3,13 +3,42 @@
 This is all the per-image work the host does. Everything random, and the resize to the
 model's input size, runs on the device (`fer_jax.data.augment`), so batches cross to the
 device as uint8 at the stored size.
+
+`read_file` (images the user names: predict, visualize) refuses an image whose header claims more
+than `MAX_IMAGE_PIXELS` before decoding it, and turns every way a file can fail to decode into
+an `UnreadableImageError` that names the file and the fix.
 """
 
 import dataclasses
+import errno
 import io
+import struct
+import warnings
+import zlib
 
 import numpy as np
 from PIL import Image
+from PIL import UnidentifiedImageError
+
+from fer_jax.errors import UserError
+
+# 8000×8000 (about 190 MB as RGB): far above any face photo, far below running out of memory.
+# Below PIL's own warning threshold, so PIL never warns about an image this accepts.
+MAX_IMAGE_PIXELS = 64_000_000
+
+# What PIL's plugins raise for malformed files (truncated, corrupt, or not the format named).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+
+_OPEN_FIXES = {
+    errno.EACCES: "make it readable (chmod a+r) or remove it",
+    errno.EPERM: "make it readable (chmod a+r) or remove it",
+    errno.ELOOP: "fix the symbolic-link loop or remove it",
+    errno.ENOENT: "fix the path or the link it follows, or remove it",
+}
+
+
+class UnreadableImageError(UserError, OSError):
+  """An image file that cannot, or must not, be decoded; the message names the file and the fix."""
 
 
 def to_stored(image: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
@@ -25,9 +54,36 @@ def to_stored(image: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def read_file(path: str, shape: tuple[int, int, int]) -> np.ndarray:
-  """An image file at the stored shape; PIL's OSError or SyntaxError if it is not a readable image."""
-  with Image.open(path) as image:
-    return to_stored(image, shape)
+  """An image file at the stored shape; `UnreadableImageError` if it is too large, unreadable or not an image."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(path) as image:
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+          raise _too_large(path, f"{image.width}×{image.height}")
+        return to_stored(image, shape)
+  except UnreadableImageError:
+    raise
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    raise _too_large(path, f"more than {Image.MAX_IMAGE_PIXELS:,}") from error
+  except _DECODE_ERRORS as error:
+    raise _unreadable(path, error) from error
+
+
+def _too_large(path: str, claimed_pixels: str) -> UnreadableImageError:
+  return UnreadableImageError(
+      f"{path} is refused before decoding: its header claims {claimed_pixels} pixels and the limit is "
+      f"{MAX_IMAGE_PIXELS:,} (fer_jax.data.decode.MAX_IMAGE_PIXELS); downscale it or remove it.")
+
+
+def _unreadable(path: str, error: Exception) -> UnreadableImageError:
+  if isinstance(error, UnidentifiedImageError):
+    return UnreadableImageError(f"{path} is not an image PIL can identify (corrupt, or not an image at all): "
+                                f"replace it with a PNG or JPEG, or remove it.")
+  if isinstance(error, OSError) and error.errno is not None:
+    fix = _OPEN_FIXES.get(error.errno, "fix the file or remove it")
+    return UnreadableImageError(f"{path} cannot be opened ({error.strerror}): {fix}.")
+  return UnreadableImageError(f"{path} is truncated or corrupt ({error}): replace it with an intact copy or remove it.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,235 @@
+"""Bad inputs to predict and visualize: each bad image is skipped and named with its fix; a bad
+--input, --output or --checkpoint exits 2 with one `error:` line naming the path and the fix."""
+
+import json
+import os
+import pathlib
+import shutil
+import struct
+import zlib
+
+from matplotlib import cbook
+import numpy as np
+import pytest
+from PIL import Image
+
+from fer_jax import checkpointing
+from fer_jax.data import decode
+from helpers import assert_user_error, get_config, run_command
+from test_predict import random_variables
+
+DAN = ("--config=configs/dan.py:synthetic", "--config.input.size=32")
+APVIT = ("--config=configs/apvit.py:synthetic",)
+GOOD = ["face.png", "hopper.jpg"]
+BAD = ["a.jpg", "b.jpg", "bomb.png", "corrupt.png", "locked.png", "notes.jpg", "truncated.jpg"]
+
+
+def png(width: int, height: int, compressed_pixels: bytes) -> bytes:
+  """An 8-bit RGB PNG whose header claims width×height, with the given IDAT body."""
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+  header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", compressed_pixels) + chunk(b"IEND", b"")
+
+
+def predict(checkpoint: str, input_path, output, obey_permissions: bool = False):
+  return run_command("fer_jax.predict", *DAN, f"--checkpoint={checkpoint}", f"--input={input_path}",
+                     f"--output={output}", timeout=300, obey_permissions=obey_permissions)
+
+
+def visualize(checkpoint: str, input_path, out, obey_permissions: bool = False):
+  return run_command("fer_jax.visualize", *APVIT, f"--checkpoint={checkpoint}", f"--input={input_path}",
+                     f"--out={out}", timeout=300, obey_permissions=obey_permissions)
+
+
+def save_checkpoint(config, folder) -> str:
+  return os.path.dirname(checkpointing.save_model(str(folder), random_variables(config), config))
+
+
+@pytest.fixture(scope="module")
+def dan_checkpoint(tmp_path_factory):
+  config = get_config("configs/dan.py:synthetic")
+  config.input.size = 32
+  return save_checkpoint(config, tmp_path_factory.mktemp("dan"))
+
+
+@pytest.fixture(scope="module")
+def apvit_checkpoint(tmp_path_factory):
+  return save_checkpoint(get_config("configs/apvit.py:synthetic"), tmp_path_factory.mktemp("apvit"))
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+  """Two readable faces beside one file of each bad kind, a symbolic-link loop, a link to the parent
+  folder and an unreadable subfolder."""
+  folder = tmp_path_factory.mktemp("mixed")
+  hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+  shutil.copy(hopper, folder / "hopper.jpg")
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / "face.png")
+  (folder / "bomb.png").write_bytes(png(30000, 30000, zlib.compress(bytes(1024))))
+  (folder / "notes.jpg").write_text("Notes, not a photo.")
+  (folder / "corrupt.png").write_bytes(png(48, 48, rng.bytes(512)))
+  jpeg = pathlib.Path(hopper).read_bytes()
+  (folder / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+  os.symlink("b.jpg", folder / "a.jpg")
+  os.symlink("a.jpg", folder / "b.jpg")
+  os.symlink("..", folder / "up")
+  Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / "locked.png")
+  os.chmod(folder / "locked.png", 0)
+  (folder / "locked_folder").mkdir()
+  Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / "locked_folder" / "hidden.png")
+  os.chmod(folder / "locked_folder", 0)
+  return folder
+
+
+@pytest.fixture(scope="module")
+def predicted(dan_checkpoint, mixed, tmp_path_factory):
+  """One predict run over the mixed folder, as a user without root's permission bypass: (result, JSON)."""
+  output = tmp_path_factory.mktemp("predicted") / "preds.json"
+  result = predict(dan_checkpoint, mixed, output, obey_permissions=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result, json.loads(output.read_text())
+
+
+def skip_warning(result, path) -> str:
+  """The warning line that skips `path`."""
+  lines = [line for line in result.stderr.splitlines() if f"Skipping unreadable image: {path} " in line]
+  assert len(lines) == 1, result.stderr[-3000:]
+  return lines[0]
+
+
+# --- bad images among good ones: skipped, named, counted; the others predicted -----------------
+
+
+def test_only_the_readable_images_are_predicted_and_the_rest_counted(predicted):
+  result, written = predicted
+  assert [os.path.basename(p["image"]) for p in written["predictions"]] == GOOD
+  assert sorted(os.path.basename(s["image"]) for s in written["skipped"]) == BAD
+  assert f"skipped {len(BAD)} unreadable of {len(GOOD) + len(BAD)} images" in result.stderr
+
+
+def test_a_header_claiming_30000x30000_pixels_is_refused(predicted, mixed):
+  warning = skip_warning(predicted[0], mixed / "bomb.png")
+  assert "is refused before decoding: its header claims more than" in warning
+  assert f"and the limit is {decode.MAX_IMAGE_PIXELS:,}" in warning and "downscale it or remove it" in warning
+
+
+def test_a_text_file_named_like_an_image_is_skipped(predicted, mixed):
+  warning = skip_warning(predicted[0], mixed / "notes.jpg")
+  assert "is not an image PIL can identify" in warning and "replace it with a PNG or JPEG, or remove it" in warning
+
+
+def test_a_corrupt_image_is_skipped(predicted, mixed):
+  warning = skip_warning(predicted[0], mixed / "corrupt.png")
+  assert "is truncated or corrupt" in warning and "replace it with an intact copy or remove it" in warning
+
+
+def test_a_truncated_image_is_skipped(predicted, mixed):
+  warning = skip_warning(predicted[0], mixed / "truncated.jpg")
+  assert "is truncated or corrupt (image file is truncated" in warning
+  assert "replace it with an intact copy or remove it" in warning
+
+
+def test_a_symbolic_link_loop_is_skipped_and_a_link_to_the_parent_is_not_followed(predicted, mixed):
+  for name in ("a.jpg", "b.jpg"):
+    warning = skip_warning(predicted[0], mixed / name)
+    assert "Too many levels of symbolic links" in warning and "fix the symbolic-link loop or remove it" in warning
+  assert all(os.path.dirname(p["image"]) == str(mixed) for p in predicted[1]["predictions"])
+
+
+def test_an_unreadable_file_is_skipped(predicted, mixed):
+  warning = skip_warning(predicted[0], mixed / "locked.png")
+  assert "Permission denied" in warning and "make it readable (chmod a+r) or remove it" in warning
+
+
+def test_an_unreadable_subfolder_is_skipped_and_named(predicted, mixed):
+  assert f"Skipping unreadable folder {mixed / 'locked_folder'}: Permission denied." in predicted[0].stderr
+
+
+def test_the_size_limit_is_checked_from_the_header_before_decoding(tmp_path, monkeypatch):
+  """Above our limit only (9000²), above PIL's warning threshold (12000²) and above its error threshold (30000²)."""
+  monkeypatch.setattr(decode, "to_stored", lambda *_: pytest.fail("decoded a refused image"))
+  big = tmp_path / "big.png"
+  for side, claimed in ((9000, "9000×9000"), (12000, "more than"), (30000, "more than")):
+    big.write_bytes(png(side, side, zlib.compress(bytes(1024))))
+    refusal = f"big.png is refused before decoding: its header claims {claimed}"
+    with pytest.raises(decode.UnreadableImageError, match=refusal):
+      decode.read_file(str(big), (32, 32, 3))
+
+
+# --- bad --input, --output, --checkpoint: exit 2 before the model is loaded -------------------
+
+
+@pytest.mark.parametrize("names", [[], ["notes.txt", "labels.csv"]], ids=["empty", "no_image_names"])
+def test_a_folder_without_images_names_the_folder_and_the_extensions(names, tmp_path):
+  folder = tmp_path / "faces"
+  folder.mkdir()
+  for name in names:
+    (folder / name).write_text("not an image")
+  result = predict("/nonexistent/checkpoint", folder, tmp_path / "preds.csv")
+  assert_user_error(result, f"No image file under --input={folder}", ".jpg, .jpeg, .png",
+                    "pass a folder that holds images with one of these extensions, or one image file")
+
+
+def test_a_missing_input_is_named(tmp_path):
+  result = predict("/nonexistent/checkpoint", tmp_path / "missing", tmp_path / "preds.csv")
+  assert_user_error(result, f"--input={tmp_path / 'missing'} does not exist", "pass an image file or a folder")
+
+
+def test_an_output_in_a_read_only_folder_fails_before_the_model_is_loaded(mixed, tmp_path):
+  read_only = tmp_path / "read_only"
+  read_only.mkdir()
+  os.chmod(read_only, 0o555)
+  output = read_only / "preds.csv"
+  result = predict("/nonexistent/checkpoint", mixed, output, obey_permissions=True)
+  assert_user_error(result, f"--output={output} cannot be written: the folder {read_only} is not writable",
+                    "fix its permissions or choose another location")
+
+
+def test_an_output_under_a_regular_file_fails_before_the_model_is_loaded(mixed, tmp_path):
+  (tmp_path / "notes.txt").write_text("a file, not a folder")
+  output = tmp_path / "notes.txt" / "preds.csv"
+  result = predict("/nonexistent/checkpoint", mixed, output)
+  assert_user_error(result, f"--output={output} cannot be created: {tmp_path / 'notes.txt'} is a file, not a folder",
+                    "choose an output path inside a folder")
+
+
+def test_an_output_with_another_extension_is_refused(mixed, tmp_path):
+  result = predict("/nonexistent/checkpoint", mixed, tmp_path / "preds.txt")
+  assert_user_error(result, f"--output={tmp_path / 'preds.txt'} must end in .csv or .json")
+
+
+def test_a_checkpoint_folder_without_a_checkpoint_is_named(mixed, tmp_path):
+  result = predict(str(tmp_path), mixed / "face.png", tmp_path / "preds.csv")
+  assert_user_error(result, f"No checkpoint found at {tmp_path}", "pass a training workdir")
+
+
+# --- visualize ---------------------------------------------------------------------------------
+
+
+def test_visualize_skips_a_refused_image_and_draws_the_others(apvit_checkpoint, mixed, tmp_path):
+  result = visualize(apvit_checkpoint, mixed, tmp_path / "maps", obey_permissions=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "is refused before decoding" in skip_warning(result, mixed / "bomb.png")
+  assert f"0001_*.png: {mixed / 'hopper.jpg'}" in result.stderr
+  assert sorted(os.listdir(tmp_path / "maps")) == [
+      f"{index:04d}_{kind}.png" for index in range(len(GOOD)) for kind in ("app_patches", "atp_tokens")]
+
+
+def test_visualize_with_a_refused_image_as_the_only_input_fails_before_the_model_is_loaded(mixed, tmp_path):
+  result = visualize("/nonexistent/checkpoint", mixed / "bomb.png", tmp_path / "maps")
+  assert_user_error(result, f"No readable image to visualize: {mixed / 'bomb.png'} is refused before decoding",
+                    "downscale it or remove it")
+
+
+def test_visualize_names_an_empty_folder(tmp_path):
+  result = visualize("/nonexistent/checkpoint", tmp_path, tmp_path / "maps")
+  assert_user_error(result, f"No image file under --input={tmp_path}", ".jpg, .jpeg, .png")
+
+
+def test_visualize_names_a_missing_input(tmp_path):
+  result = visualize("/nonexistent/checkpoint", tmp_path / "missing", tmp_path / "maps")
+  assert_user_error(result, f"--input={tmp_path / 'missing'} does not exist")
