@@ -8,6 +8,7 @@ so every consumer (`--mode=eval`, predict, `init_from`) reads both through `rest
 
 from collections.abc import Mapping
 from collections.abc import Sequence
+import contextlib
 import hashlib
 import json
 import os
@@ -28,7 +29,9 @@ class CheckpointError(UserError, ValueError):
 
 
 def manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  """Steps are written to a temporary folder and renamed when complete, so a killed save never
+  leaves a broken newest step; the leftovers of such saves are deleted when a manager opens."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -39,13 +42,59 @@ def metadata(config) -> dict:
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config) -> None:
-  checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 meta=ocp.args.JsonSave(metadata(config))))
+  """Starts an asynchronous save of `step` (after the previous save has finished)."""
+  with save_errors(checkpoints):
+    checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   meta=ocp.args.JsonSave(metadata(config))))
+
+
+def wait_until_saved(checkpoints: ocp.CheckpointManager) -> None:
+  with save_errors(checkpoints):
+    checkpoints.wait_until_finished()
+
+
+@contextlib.contextmanager
+def save_errors(checkpoints: ocp.CheckpointManager):
+  """A failed save (a full disk, a lost mount) as a CheckpointError naming the intact step."""
+  try:
+    yield
+  except (OSError, ValueError) as e:
+    complete = checkpoints.all_steps(read=True)
+    kept = (f"the newest complete checkpoint, {os.path.join(checkpoints.directory, str(max(complete)))}, is intact"
+            if complete else "no complete checkpoint was written yet")
+    reason = _root_cause(e)
+    raise CheckpointError(f"Saving a checkpoint in {checkpoints.directory} failed ({reason}); {kept}. Free space or "
+                          "fix the folder, then run the same command again to resume.") from e
+
+
+def _root_cause(error: BaseException) -> str:
+  """The innermost error's message, short: "No space left on device", "Requested byte range … is not valid"."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  code = re.search(r"os_error_code='(\d+)'", message)
+  if code:
+    return os.strerror(int(code.group(1)))
+  return message if len(message) <= 240 else message[:240] + " …"
 
 
 def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict) -> dict:
-  restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+  step_directory = os.path.join(checkpoints.directory, str(step))
+  with _read_errors(step_directory, f"delete {step_directory} to resume from the step before it"):
+    restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
   return restored["state"]
+
+
+@contextlib.contextmanager
+def _read_errors(step_directory: str, fix: str):
+  try:
+    yield
+  except CheckpointError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (Orbax wraps TensorStore's errors in bare Exceptions)
+    reason = _root_cause(e)
+    raise CheckpointError(f"Cannot read the checkpoint {step_directory} ({reason}): it is damaged or incomplete; "
+                          f"{fix}.") from e
 
 
 def save_model(directory: str, variables: dict, config) -> str:
@@ -73,21 +122,23 @@ def _step_directory(path: str) -> str:
 
 
 def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | None = None,
-                  may_be_missing: str = "", class_names: Sequence[str] = ()) -> dict:
+                  may_be_missing: str = "", expected_model=None, class_names: Sequence[str] = ()) -> dict:
   """Reads {params, batch_stats} and checks every name and shape against the model's.
 
   Variables whose path ("params/lhc1/…") matches `may_be_missing` may be absent from the
   checkpoint; they are taken from `fresh_variables` (e.g. modules a later stage adds).
-  With `class_names`, a checkpoint whose meta record names its outputs otherwise is refused.
+  With `expected_model` (a config.model) and `class_names`, as for inference, the checkpoint's
+  meta record must exist and name the same method, number of classes and class order.
   """
   step_directory = _step_directory(path)
-  if class_names:
-    _check_class_names(step_directory, tuple(class_names))
-  restored = ocp.StandardCheckpointer().restore(os.path.join(step_directory, "state"))
+  if expected_model is not None:
+    _check_identity(step_directory, expected_model, tuple(class_names))
+  with _read_errors(step_directory, "use another step of the run, or convert or export the model again"):
+    restored = ocp.StandardCheckpointer().restore(os.path.join(step_directory, "state"))
   variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
   if may_be_missing:
     variables = _fill_missing(variables, fresh_variables, may_be_missing)
-  check_matches(variables, abstract_variables, step_directory, _describe(step_directory))
+  check_matches(variables, abstract_variables, step_directory, _describe(step_directory, expected_model))
   return jax.tree.map(lambda a, b: a.astype(b.dtype), variables, abstract_variables)
 
 
@@ -103,26 +154,55 @@ def _flat(tree) -> dict:
   return {path_of(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+META_FILE = os.path.join("meta", "metadata")
+
+
 def _meta(step_directory: str) -> dict:
-  try:
-    with open(os.path.join(step_directory, "meta", "metadata")) as f:
-      return json.load(f)
-  except (OSError, ValueError):
+  """The checkpoint's meta record; {} if it has none (checkpoints written outside fer_jax)."""
+  path = os.path.join(step_directory, META_FILE)
+  if not os.path.exists(path):
     return {}
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"Cannot read the meta record {path} ({e}): the checkpoint is damaged. Use another "
+                          "step of the run, or convert or export the model again.") from None
 
 
-def _check_class_names(step_directory: str, class_names: tuple[str, ...]) -> None:
-  saved = tuple(_meta(step_directory).get("class_names", class_names))
-  if saved != class_names:
-    raise CheckpointError(f"The checkpoint {step_directory} predicts the classes ({', '.join(saved)}) but the "
+def _check_identity(step_directory: str, model_config, class_names: tuple[str, ...]) -> None:
+  """The checkpoint must be of the configured method, class count and class order."""
+  meta = _meta(step_directory)
+  if "model" not in meta or "class_names" not in meta:
+    raise CheckpointError(f"The checkpoint {step_directory} has no meta record ({META_FILE}), so its method and "
+                          "class order cannot be checked. Use a checkpoint written by `fer_jax.main`, "
+                          "`fer_jax.convert` or `fer_jax.export`.")
+  saved_model, saved_classes = meta["model"], tuple(meta["class_names"])
+  if saved_model.get("name") != model_config.name or saved_model.get("num_classes") != model_config.num_classes:
+    raise CheckpointError(f"The checkpoint {step_directory} holds a {saved_model.get('name')} model with "
+                          f"{saved_model.get('num_classes')} classes ({', '.join(saved_classes)}), but the config builds "
+                          f"{model_config.name} with {model_config.num_classes}: pass the --config it was trained or "
+                          f"converted with (configs/{saved_model.get('name')}.py:<dataset>).")
+  if saved_classes != class_names:
+    raise CheckpointError(f"The checkpoint {step_directory} predicts the classes ({', '.join(saved_classes)}) but the "
                           f"config's class order gives ({', '.join(class_names)}): set "
                           "--config.dataset.class_order to the order it was trained with.")
 
 
-def _describe(step_directory: str) -> str:
-  """"model dan, 7 classes" from the checkpoint's meta record, if it has one."""
+def _describe(step_directory: str, model_config=None) -> str:
+  """"model lhcnet, 7 classes; differs from the config in use_lhc=True (config False)"."""
   model = _meta(step_directory).get("model")
-  return f"model {model['name']}, {model['num_classes']} classes" if model else "no meta record"
+  if not model:
+    return "no meta record"
+  differences = [f"{key}={model[key]!r} (config {model_config[key]!r})" for key in sorted(model)
+                 if model_config is not None and key in model_config and _plain(model_config[key]) != model[key]]
+  return (f"model {model['name']}, {model['num_classes']} classes"
+          + (f"; differs from the config in {', '.join(differences)}" if differences else ""))
+
+
+def _plain(value):
+  """A config value as its JSON round trip reads it (tuples become lists)."""
+  return json.loads(json.dumps(value))
 
 
 def _shapes(tree) -> dict:

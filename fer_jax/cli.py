@@ -9,6 +9,8 @@ prints the traceback too. Any other exception is a bug and keeps its traceback.
 """
 
 import errno
+import os
+import re
 import sys
 
 from absl import app
@@ -56,7 +58,35 @@ def run(main) -> None:
       if message is None or _VERBOSE.value:
         raise
       logging.flush()
-      print(f"error: {message}", file=sys.stderr)
-      sys.exit(USER_ERROR_STATUS)
+      print(f"error: {message}", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      # Not sys.exit: Orbax's background reads and writes would print tracebacks while Python shuts down.
+      os._exit(USER_ERROR_STATUS)
 
-  app.run(main_with_clean_errors)
+  app.run(main_with_clean_errors, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with every flag error (a missing flag, a config file or `--config.KEY`
+  that does not load) printed as one `error:` line and exit status 2."""
+  try:
+    remaining = flags.FLAGS(argv)
+    if "config" in flags.FLAGS:
+      # A config file that failed to load is a stand-in raising its error on first attribute access.
+      flags.FLAGS["config"].value.to_dict  # pylint: disable=pointless-statement
+    return remaining
+  except Exception as error:  # pylint: disable=broad-except  (config files raise what they like)
+    if "--verbose" in argv:
+      raise
+    print(f"error: {_flag_message(error)} (--helpshort lists the flags).", file=sys.stderr)
+    sys.exit(USER_ERROR_STATUS)
+
+
+def _flag_message(error: BaseException) -> str:
+  text = str(error.args[0]) if error.args else str(error)
+  misspelt = re.search(r"'(\w+)\\?'.*Did you mean \"(\w+)\"", text, re.DOTALL)
+  if isinstance(error, AttributeError) and misspelt:  # ml_collections' words for a misspelt --config.KEY
+    return f"the config has no key {misspelt.group(1)!r}; did you mean {misspelt.group(2)!r}?"
+  if "Traceback (most recent call last)" in text:  # a config file's own exception, as ml_collections wraps it
+    text = text.strip().splitlines()[-1]
+  return " ".join(text.split())

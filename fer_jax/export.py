@@ -77,7 +77,7 @@ def export(config, variables: dict, out: str, batch_size: int | None = None, pla
   """Writes OUT/variables, OUT/model.stablehlo and OUT/model.json; returns the metadata."""
   out = os.path.abspath(out)
   if os.path.exists(out) and os.listdir(out):
-    raise FileExistsError(f"--out={out} is not empty: export into a new folder.")
+    raise UserError(f"--out={out} is not empty: export into a new folder.")
   exported = export_inference(config, variables, batch_size, tuple(platforms))
   os.makedirs(out, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
+from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import optim
 from fer_jax.data import labels
@@ -174,15 +175,16 @@ class Selection:
       return False
     if results[self.metric] > self.best_value:
       self.best_value, self.best_epoch = results[self.metric], epoch
-      self.checkpoints.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(checkpointing.metadata(config)),
-          selection=ocp.args.JsonSave({"value": self.best_value, "epoch": epoch, "metric": self.metric})))
+      with checkpointing.save_errors(self.checkpoints):
+        self.checkpoints.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(checkpointing.metadata(config)),
+            selection=ocp.args.JsonSave({"value": self.best_value, "epoch": epoch, "metric": self.metric})))
       logging.info("New best %s %.4f at epoch %d", self.metric, self.best_value, epoch)
     return bool(self.patience) and epoch - self.best_epoch >= self.patience
 
   def wait_until_finished(self) -> None:
     if self.checkpoints:
-      self.checkpoints.wait_until_finished()
+      checkpointing.wait_until_saved(self.checkpoints)
 
   def best_variables(self, abstract: dict) -> dict:
     self.wait_until_finished()
@@ -254,7 +256,7 @@ class FiniteGuard:
     values = jax.device_get([metrics for _, metrics in self._unchecked])
     for (step, _), metrics in zip(self._unchecked, values):
       if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
-        self.checkpoints.wait_until_finished()
+        checkpointing.wait_until_saved(self.checkpoints)
         last = self.checkpoints.latest_step()
         parts = ", ".join(f"{name} {float(value):.4g}" for name, value in metrics.items() if name != "lr")
         raise NonFiniteError(
@@ -268,6 +270,9 @@ class FiniteGuard:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming from its newest checkpoint) and writes the eval report."""
+  checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.max_checkpoints)
+  start_step = checkpoints.latest_step() or 0
+  config_lib.validate(config, training=True, new_run=not start_step)
   mesh = make_mesh()
   method = get_method(config.model.name)
   model = method.build(config.model)
@@ -281,8 +286,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   schedule = optim.lr_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
   state = create_state(model, tx, config, mesh)
 
-  checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.max_checkpoints)
-  start_step = checkpoints.latest_step() or 0
   if start_step:
     state = checkpointing.restore_state(checkpoints, start_step, state)
     logging.info("Resumed from step %d in %s", start_step, workdir)
@@ -335,7 +338,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if step % checkpoint_every == 0 or step == num_steps or stop or signals.received:
         checkpointing.save(checkpoints, step, state, config)
       if signals.received:
-        checkpoints.wait_until_finished()
+        checkpointing.wait_until_saved(checkpoints)
         selection.wait_until_finished()
         logging.warning("Saved step %d (epoch %.2f) in %s after %s; start the same command again to resume.",
                         step, step / steps_per_epoch, checkpoints.directory, signals.received)
@@ -344,7 +347,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.info("Early stopping at epoch %d: no gain in %s for %d epochs", epoch, selection.metric,
                      selection.patience)
         break
-  checkpoints.wait_until_finished()
+  checkpointing.wait_until_saved(checkpoints)
   selection.wait_until_finished()
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   if config.restore_best and selection.metric and selection.checkpoints.latest_step() is not None:
@@ -360,7 +363,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def load_trained_variables(config, model, checkpoint: str) -> dict:
   """A checkpoint's variables for evaluation or inference: names, shapes and class names checked."""
-  return checkpointing.restore_model(checkpoint, abstract_variables(model, config),
+  config_lib.validate(config, training=False)
+  return checkpointing.restore_model(checkpoint, abstract_variables(model, config), expected_model=config.model,
                                      class_names=labels.class_names(config.dataset.class_order))
 
 

@@ -54,25 +54,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _WITHOUT_FILE_PERMISSION_BYPASS = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
 
 
-def run_command(module: str, *args: str, timeout: int = 600, obey_permissions: bool = False):
-  """`python -m <module> args…` from the repository root on the CPU; the CompletedProcess (text).
+def run_command(module: str, *args: str, timeout: int = 600, obey_permissions: bool = False, devices: int = 1):
+  """`python -m <module> args…` from the repository root on `devices` CPU devices; the
+  CompletedProcess (text).
 
   With `obey_permissions`, a root user runs it without the capabilities that bypass file
   permissions, so unreadable or read-only paths behave as for any other user."""
   import subprocess
   import sys
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
   command = [sys.executable, "-m", module, *args]
   if obey_permissions and os.geteuid() == 0:
     command = _WITHOUT_FILE_PERMISSION_BYPASS + command
   return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def assert_user_error(result, *fragments: str) -> None:
-  """A clean user error: exit status 2, an `error:` line holding every fragment, no traceback."""
+def assert_user_error(result, *fragments: str, foreign_traceback: str = "") -> None:
+  """A clean user error: exit status 2, an `error:` line holding every fragment, no traceback
+  (but those ending in `foreign_traceback`, printed by a library's own threads)."""
   from fer_jax.errors import USER_ERROR_STATUS
   assert result.returncode == USER_ERROR_STATUS, (result.returncode, result.stderr[-3000:])
-  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  tracebacks = result.stderr.split("Traceback (most recent call last)")[1:]
+  # A foreign traceback may be cut short by our message, printed while its thread still writes.
+  assert all(foreign_traceback and (foreign_traceback in text or "error: " in text) for text in tracebacks), \
+      result.stderr[-3000:]
   message = result.stderr[result.stderr.rindex("error: "):]
   for fragment in fragments:
     assert fragment in message, (fragment, message)

@@ -12,6 +12,7 @@ import pytest
 
 from fer_jax import checkpointing
 from fer_jax import export
+from fer_jax.errors import UserError
 from fer_jax import train
 from helpers import get_config
 from test_predict import random_variables
@@ -98,5 +99,5 @@ def test_export_reloads_and_runs_without_fer_jax(tmp_path):
 def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
   (tmp_path / "old.txt").write_text("x")
   config = small_config("configs/dan.py:synthetic")
-  with pytest.raises(FileExistsError, match="not empty"):
+  with pytest.raises(UserError, match="not empty"):
     export.export(config, {}, str(tmp_path))

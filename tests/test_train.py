@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from fer_jax import checkpointing
 from fer_jax import train
-from helpers import get_config, tiny_data_dir, tiny_run
+from helpers import assert_user_error, get_config, tiny_data_dir, tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -129,12 +130,13 @@ def test_selection_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
 
 
 def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
-  result = _main("--config=configs/dan.py:synthetic", f"--workdir={tmp_path}", "--config.batch_sise=3")
-  assert result.returncode != 0 and "batch_sise" in result.stderr and "batch_size" in result.stderr
-  result = _main("--config=configs/dan.py:raf", f"--workdir={tmp_path}")
-  assert result.returncode != 0 and "valid: rafdb, affectnet7, affectnet8, synthetic" in result.stderr
-  result = _main("--config=configs/dan.py:rafdb", f"--workdir={tmp_path}", f"--config.dataset.data_dir={tmp_path}")
-  assert result.returncode != 0 and "python -m fer_jax.data.prepare --dataset=rafdb" in result.stderr
+  assert_user_error(_main("--config=configs/dan.py:synthetic", f"--workdir={tmp_path}", "--config.batch_sise=3"),
+                    "the config has no key 'batch_sise'; did you mean 'batch_size'?")
+  assert_user_error(_main("--config=configs/dan.py:raf", f"--workdir={tmp_path}"),
+                    "Unknown argument 'raf' for configs/dan.py; valid: rafdb, affectnet7, affectnet8, synthetic.")
+  assert_user_error(_main("--config=configs/dann.py", f"--workdir={tmp_path}"),
+                    "No such file or directory: 'configs/dann.py'")
+  assert_user_error(_main("--config=configs/dan.py", "--workdir"), "Missing value for flag --workdir")
 
 
 def test_init_from_may_lack_the_modules_a_later_stage_adds(tmp_path):
@@ -162,10 +164,18 @@ def _tiny_main_args(workdir):
           "--config.data_workers=0"]
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """The uninterrupted run that the interrupted ones must end equal to."""
+  workdir = tmp_path_factory.mktemp("straight")
+  result = _main(*_tiny_main_args(workdir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
 @pytest.mark.slow
-def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp_path):
-  straight, preempted = tmp_path / "straight", tmp_path / "preempted"
-  assert _main(*_tiny_main_args(straight)).returncode == 0
+def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp_path, straight):
+  preempted = tmp_path / "preempted"
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   process = subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_tiny_main_args(preempted)], cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -195,3 +205,41 @@ def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
   for leaf in jax.tree.leaves(_final_params(str(tmp_path), 1)):
     assert np.all(np.isfinite(leaf))
+
+
+def _kill_at(process, moment, log, checkpoints) -> None:
+  """SIGKILL once training runs: "save" as soon as a save is under way beside a complete step,
+  else after `moment` seconds."""
+  def saving():
+    names = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
+    return any(name.isdigit() for name in names) and any("tmp" in name for name in names)
+
+  while process.poll() is None and "img/s ETA" not in log.read_text():
+    time.sleep(0.01)
+  deadline = time.monotonic() + (60 if moment == "save" else moment)
+  while time.monotonic() < deadline and process.poll() is None and not (moment == "save" and saving()):
+    time.sleep(0.002)
+  process.kill()
+  process.wait()
+
+
+@pytest.mark.slow
+def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, straight):
+  args = lambda workdir: [*_tiny_main_args(workdir), "--config.checkpoint_every_steps=3"]
+  killed = tmp_path / "killed"
+  model_config = _tiny_dan()
+  abstract = train.abstract_variables(train.build_model(model_config), model_config)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  for moment in ("save", *np.random.default_rng(0).uniform(0.0, 2.0, size=2)):
+    log = tmp_path / "log.txt"
+    with open(log, "w") as stderr:
+      process = subprocess.Popen([sys.executable, "-m", "fer_jax.main", *args(killed)], cwd=ROOT, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=stderr)
+      _kill_at(process, moment, log, killed / "checkpoints")
+    # The newest complete step restores (names, shapes, values) whatever the kill interrupted.
+    checkpointing.restore_model(str(killed), abstract)
+  result = _main(*args(killed))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert not [name for name in os.listdir(killed / "checkpoints") if not name.isdigit()]  # leftovers cleaned
+  assert (checkpointing.fingerprint(_final_params(straight, 35))
+          == checkpointing.fingerprint(_final_params(killed, 35)))

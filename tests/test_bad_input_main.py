@@ -1,0 +1,194 @@
+"""Bad input to training, evaluation, summary, export and benchmark: each case exits with status 2
+and one message naming the file or key and the fix (tests/test_bad_input_{prepare,convert,predict}.py
+cover the other commands)."""
+
+import glob
+import os
+import shutil
+import subprocess
+
+import jax
+import pytest
+
+from fer_jax import checkpointing
+from fer_jax import optim
+from fer_jax import train
+from helpers import assert_user_error, get_config, run_command, tiny_data_dir, tiny_run
+
+TINY = ["--config=configs/dan.py:synthetic", "--config.dataset.name=synthetic/tiny",
+        "--config.input.size=32", "--config.batch_size=32", "--config.eval_batch_size=32", "--config.num_epochs=1",
+        "--config.data_workers=0"]
+
+
+def _main(*args, **kwargs):
+  return run_command("fer_jax.main", *args, **kwargs)
+
+
+def _tiny_dan(num_classes: int = 7):
+  config = tiny_run(get_config("configs/dan.py:synthetic"))
+  config.model.num_classes = num_classes
+  return config
+
+
+def _save_variables(directory, config) -> str:
+  model = train.build_model(config)
+  variables = jax.jit(lambda: train.init_variables(model, config, jax.random.key(0)))()
+  return checkpointing.save_model(str(directory), variables, config)
+
+
+@pytest.fixture(scope="module")
+def dan_checkpoint(tmp_path_factory) -> str:
+  """A converted-style DAN checkpoint (7 classes, fer2013 order) for the tiny config."""
+  return _save_variables(tmp_path_factory.mktemp("dan") / "model", _tiny_dan())
+
+
+@pytest.fixture
+def damaged_copy(dan_checkpoint, tmp_path):
+  def copy():
+    step = tmp_path / "model" / "0"
+    shutil.copytree(dan_checkpoint, step)
+    return step
+  return copy
+
+
+def test_workdir_under_a_file(tmp_path):
+  (tmp_path / "file").write_text("x")
+  assert_user_error(_main(*TINY, f"--config.dataset.data_dir={tiny_data_dir()}", f"--workdir={tmp_path}/file/run"),
+                    str(tmp_path / "file"), "a file, not a folder")
+
+
+def test_read_only_workdir(tmp_path):
+  (tmp_path / "locked").mkdir(mode=0o555)
+  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir()}", f"--workdir={tmp_path}/locked/run",
+                 obey_permissions=True)
+  assert_user_error(result, "Permission denied", str(tmp_path / "locked"), "fix its permissions")
+
+
+def test_data_set_not_prepared(tmp_path):
+  result = _main("--config=configs/dan.py:rafdb", f"--workdir={tmp_path}", f"--config.dataset.data_dir={tmp_path}")
+  assert_user_error(result, "'rafdb' is not prepared", "python -m fer_jax.data.prepare --dataset=rafdb")
+
+
+def test_patience_without_select_metric_stops_before_any_work(tmp_path):
+  result = _main(*TINY, f"--workdir={tmp_path}", "--config.early_stopping_patience=2", "--config.select_metric=",
+                 "--config.dataset.data_dir=/nonexistent")
+  assert_user_error(result, "config.early_stopping_patience=2 needs a metric", "--config.select_metric=accuracy")
+  assert not os.path.exists(tmp_path / "checkpoints" / "0")
+
+
+def test_sfew_without_init_from_stops_before_reading_data(tmp_path):
+  result = _main("--config=configs/scan_cci.py:sfew", f"--workdir={tmp_path}", "--config.dataset.data_dir=/nonexistent")
+  assert_user_error(result, "config.init_from_required", "--config.init_from=CHECKPOINT")
+
+
+def test_batch_size_that_does_not_divide_over_the_devices(tmp_path):
+  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir()}", f"--workdir={tmp_path}",
+                 "--config.batch_size=12", devices=8)
+  assert_user_error(result, "config.batch_size=12 must divide evenly over this run's 8 devices",
+                    "--config.batch_size=8")
+
+
+def test_eval_without_checkpoint(tmp_path):
+  assert_user_error(_main(*TINY, "--mode=eval", f"--workdir={tmp_path}"), "--mode=eval needs --checkpoint=PATH")
+
+
+def test_eval_with_a_checkpoint_of_another_method(dan_checkpoint, tmp_path):
+  result = _main("--config=configs/scan_cci.py:synthetic", "--mode=eval", f"--checkpoint={dan_checkpoint}",
+                 f"--workdir={tmp_path}")
+  assert_user_error(result, dan_checkpoint, "holds a dan model with 7 classes", "builds scan_cci",
+                    "configs/dan.py:<dataset>")
+
+
+def test_eval_with_a_checkpoint_of_another_class_count(dan_checkpoint, tmp_path):
+  result = _main(*TINY, "--config.model.num_classes=8", "--config.dataset.class_order=affectnet8", "--mode=eval",
+                 f"--checkpoint={dan_checkpoint}", f"--workdir={tmp_path}")
+  assert_user_error(result, "holds a dan model with 7 classes", "builds dan with 8")
+
+
+def test_eval_with_a_checkpoint_without_meta_record(damaged_copy, tmp_path):
+  step = damaged_copy()
+  shutil.rmtree(step / "meta")
+  result = _main(*TINY, "--mode=eval", f"--checkpoint={step}", f"--workdir={tmp_path}/report")
+  assert_user_error(result, str(step), "has no meta record", "class order cannot be checked")
+
+
+def test_eval_with_an_unreadable_meta_record(damaged_copy, tmp_path):
+  step = damaged_copy()
+  (step / "meta" / "metadata").write_text('{"model": {"name": "da')
+  result = _main(*TINY, "--mode=eval", f"--checkpoint={step}", f"--workdir={tmp_path}/report")
+  assert_user_error(result, f"Cannot read the meta record {step / 'meta' / 'metadata'}", "convert or export")
+
+
+def test_eval_with_a_truncated_checkpoint(damaged_copy, tmp_path):
+  step = damaged_copy()
+  largest = max(glob.glob(f"{step}/state/**/*", recursive=True), key=os.path.getsize)
+  os.truncate(largest, os.path.getsize(largest) // 2)
+  result = _main(*TINY, "--mode=eval", f"--checkpoint={step}", f"--workdir={tmp_path}/report")
+  assert_user_error(result, f"Cannot read the checkpoint {step}", "damaged or incomplete")
+
+
+def test_resume_from_a_damaged_newest_step_names_the_step_to_delete(tmp_path):
+  config = _tiny_dan()
+  model = train.build_model(config)
+  abstract = train.abstract_variables(model, config)
+  tx = optim.make_optimizer(config.optimizer, 8, config.num_epochs, abstract["params"])
+  checkpoints = checkpointing.manager(str(tmp_path / "checkpoints"))
+  checkpointing.save(checkpoints, 4, train.create_state(model, tx, config, train.make_mesh()), config)
+  checkpointing.wait_until_saved(checkpoints)
+  for path in glob.glob(f"{tmp_path}/checkpoints/4/state/**/*", recursive=True):
+    if os.path.isfile(path) and os.path.getsize(path) > 100_000:
+      os.truncate(path, 1000)
+  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir()}", f"--workdir={tmp_path}")
+  assert_user_error(result, f"Cannot read the checkpoint {tmp_path / 'checkpoints' / '4'}",
+                    f"delete {tmp_path / 'checkpoints' / '4'} to resume from the step before it")
+
+
+def test_summary_of_an_lhcnet_checkpoint_of_another_stage(tmp_path):
+  stage_b = get_config("configs/lhcnet.py:synthetic,stage=B")
+  stage_b.input.size = 32
+  path = _save_variables(tmp_path / "stage_b", stage_b)
+  result = run_command("fer_jax.summary", "--config=configs/lhcnet.py:synthetic", "--config.input.size=32",
+                       f"--checkpoint={path}")
+  assert_user_error(result, "does not fit the configured model", "use_lhc=True (config False)",
+                    "unexpected: params/lhc", "pass the --config it was trained or converted with")
+
+
+def test_export_into_a_folder_that_is_not_empty(dan_checkpoint, tmp_path):
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "keep.txt").write_text("x")
+  result = run_command("fer_jax.export", *TINY[:3], f"--checkpoint={dan_checkpoint}", f"--out={tmp_path / 'out'}")
+  assert_user_error(result, f"--out={tmp_path / 'out'} is not empty", "export into a new folder")
+
+
+def test_export_of_a_missing_checkpoint(tmp_path):
+  result = run_command("fer_jax.export", *TINY[:3], f"--checkpoint={tmp_path / 'nothing'}", f"--out={tmp_path / 'o'}")
+  assert_user_error(result, f"No checkpoint found at {tmp_path / 'nothing'}", "python -m fer_jax.convert")
+
+
+def test_benchmark_with_an_unknown_cache_mode():
+  result = run_command("fer_jax.benchmark", "--config=configs/dan.py:synthetic", "--config.dataset.cache=disk")
+  assert_user_error(result, "config.dataset.cache='disk' is not one of")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 130 MB tmpfs: room for one tiny-DAN training checkpoint (~90 MB), not for two."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=130m", "tmpfs", str(mount)]).returncode:
+    pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
+  yield mount
+  subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_during_a_save_keeps_the_previous_checkpoint(small_disk):
+  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir()}", f"--workdir={small_disk}",
+                 "--config.checkpoint_every_steps=4")
+  assert_user_error(result, f"Saving a checkpoint in {small_disk / 'checkpoints'} failed",
+                    "No space left on device", f"{small_disk / 'checkpoints' / '4'}, is intact", "run the same command",
+                    # TensorStore's write threads report to an event loop Orbax has closed; nothing of ours.
+                    foreign_traceback="RuntimeError: Event loop is closed")
+  config = _tiny_dan()
+  restored = checkpointing.restore_model(str(small_disk), train.abstract_variables(train.build_model(config), config))
+  assert all(bool(jax.numpy.isfinite(leaf).all()) for leaf in jax.tree.leaves(restored))
