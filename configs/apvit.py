@@ -29,6 +29,7 @@ match no parameter and everything is decayed. `optimizer.weight_decay_exclude` i
 
 from fer_jax import config_lib
 
+DATA_SETS = ("rafdb", "ferplus", "affectnet7", "affectnet8", "synthetic")
 NO_DECAY = r"^vit/(cls_token|cls_pos_embed|patch_pos_embed)$"
 IMAGENET = "normalize('imagenet')"
 # mmcls chain of the official config; grayscale and colour jitter act on RGB here (the
@@ -40,12 +41,10 @@ TRAIN_PP = ("gray_to_rgb()|random_apply(0.5, 'rotate(6, method=\"cv2_bilinear\")
             f"{IMAGENET}|random_erasing(p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value='random', "
             "ratio_sampling='uniform')")
 EVAL_PP = f"gray_to_rgb()|resize({{size}}, method='cv2_bilinear')|{IMAGENET}"
-ARGS = ("rafdb", "ferplus", "affectnet7", "affectnet8", "synthetic")
 
 
 def get_config(arg: str = "rafdb"):
-  if arg not in ARGS:
-    raise ValueError(f"Unknown argument {arg!r} for configs/apvit.py; valid: {', '.join(ARGS)}.")
+  data = config_lib.parse_arg(arg, __file__, DATA_SETS).data
   config = config_lib.base_config()
   config.model.update(
       name="apvit", num_classes=7, ir_stage_sizes=(3, 4, 14), width=768, depth=8, num_heads=8,
@@ -59,16 +58,16 @@ def get_config(arg: str = "rafdb"):
   config.optimizer.update(name="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4, schedule="cosine",
                           grad_clip_norm=10.0, weight_decay_exclude="")
 
-  if arg == "rafdb":
+  if data == "rafdb":
     config.dataset.update(name="rafdb/aligned224", class_order="apvit7", image_size=224)
-  elif arg == "ferplus":
+  elif data == "ferplus":
     config.model.num_classes = 8
     config.dataset.update(name="ferplus", class_order="apvit8")
-  elif arg in ("affectnet7", "affectnet8"):
-    config.model.num_classes = int(arg[-1])
-    config.dataset.update(name=f"affectnet/classes{arg[-1]}", class_order=f"apvit{arg[-1]}",
+  elif data in ("affectnet7", "affectnet8"):
+    config.model.num_classes = int(data[-1])
+    config.dataset.update(name=f"affectnet/classes{data[-1]}", class_order=f"apvit{data[-1]}",
                           eval_split="validation", image_size=224)  # images of many sizes, decoded at 224
-  else:
+  else:  # synthetic
     config.model.update(ir_stage_sizes=(1, 1, 1), width=192, num_heads=3, mlp_dim=576, app_keep=12)
     config.input.size = 32
     config.dataset.update(name="synthetic", class_order="apvit7", sampler="uniform")

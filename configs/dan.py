@@ -14,6 +14,7 @@ Arguments pick the data set:
 
 from fer_jax import config_lib
 
+DATA_SETS = ("rafdb", "affectnet7", "affectnet8", "synthetic")
 IMAGENET = "normalize('imagenet')"
 RAFDB_TRAIN = ("resize({size})|flip()|random_apply(0.2, 'rotate(20)|random_crop({size}, padding=32)')|"
                f"{IMAGENET}|random_erasing(p=0.5, scale=(0.02, 0.25), value=0.0)")
@@ -22,6 +23,7 @@ AFFECTNET_TRAIN = ("resize({size})|flip()|random_apply(0.7, 'random_affine(20, t
 
 
 def get_config(arg: str = "rafdb"):
+  data = config_lib.parse_arg(arg, __file__, DATA_SETS).data
   config = config_lib.base_config()
   config.model.update(name="dan", num_classes=7, num_heads=4, num_centres=8)
   config.loss.update(affinity_weight=1.0, partition_weight=1.0)
@@ -29,24 +31,24 @@ def get_config(arg: str = "rafdb"):
   config.batch_size = 256
   config.eval_batch_size = 256
 
-  if arg in ("rafdb", "affectnet7", "affectnet8"):
+  if data != "synthetic":
     # The official scripts keep the epoch with the best accuracy on the evaluated split.
     config.update(select_metric="accuracy", restore_best=True)
-  if arg == "rafdb":
+  if data == "rafdb":
     config.dataset.update(name="rafdb", class_order="rafdb", image_size=100)  # RAF-DB's aligned faces
     config.num_epochs = 40
     config.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
                             schedule="step", step_epochs=10, gamma=0.1)
-  elif arg in ("affectnet7", "affectnet8"):
-    num_classes = int(arg[-1])
+  elif data in ("affectnet7", "affectnet8"):
+    num_classes = int(data[-1])
     config.model.update(num_classes=num_classes, num_centres=num_classes)
     # Images of many sizes: the host decodes them to the official Resize's 224×224.
-    config.dataset.update(name="affectnet", class_order=arg, eval_split="validation",
+    config.dataset.update(name="affectnet", class_order=data, eval_split="validation",
                           sampler="class_balanced", image_size=224)
     config.input.train_pp = AFFECTNET_TRAIN
     config.num_epochs = 10
     config.optimizer.update(name="adam", lr=1e-4, weight_decay=0.0, schedule="exponential", gamma=0.6)
-  elif arg == "synthetic":
+  else:  # synthetic
     # CPU demo, not a paper setting: 72×72 input (XLA's CPU convolutions are slow when the
     # last stage is 2×2, i.e. below 72 px), flips only. From scratch the unnormalised spatial
     # attention makes early gradients spiky; without clipping, Adam stalls at chance for
@@ -59,7 +61,4 @@ def get_config(arg: str = "rafdb"):
     config.num_epochs = 3
     config.optimizer.update(name="adam", lr=3e-4, weight_decay=0.0, schedule="cosine", grad_clip_norm=1.0)
     config.log_every_steps = 25
-  else:
-    raise ValueError(f"Unknown argument {arg!r} for configs/dan.py; "
-                     "valid: rafdb, affectnet7, affectnet8, synthetic.")
   return config

@@ -31,7 +31,8 @@ reports PrivateTest:
 
 from fer_jax import config_lib
 
-STAGES = ("A1", "A2", "A3", "B", "C")
+DATA_SETS = ("fer2013", "synthetic")
+STAGES = ("A1", "A2", "A3", "B", "C")  # the first is the default
 RAW = "to_float()"
 # Keras ImageDataGenerator settings of the official steps (float pixels, fill "nearest", bilinear).
 KERAS_AUGMENT = {
@@ -49,23 +50,9 @@ RECIPE = {
 }
 
 
-def parse_arg(arg: str) -> tuple[str, str]:
-  data, *options = arg.split(",")
-  stage = "A1"
-  for option in options:
-    key, _, value = option.partition("=")
-    if key != "stage" or value not in STAGES:
-      raise ValueError(f"Unknown option {option!r} in {arg!r} for configs/lhcnet.py; "
-                       f"valid: stage=<{'|'.join(STAGES)}>.")
-    stage = value
-  if data not in ("fer2013", "synthetic"):
-    raise ValueError(f"Unknown argument {data!r} for configs/lhcnet.py; valid: fer2013, synthetic "
-                     f"(optionally followed by ,stage=<{'|'.join(STAGES)}>).")
-  return data, stage
-
-
 def get_config(arg: str = "fer2013"):
-  data, stage = parse_arg(arg)
+  parsed = config_lib.parse_arg(arg, __file__, DATA_SETS, stage=STAGES)
+  data, stage = parsed.data, parsed.stage
   config = config_lib.base_config()
   config.stage = stage
   config.model.update(

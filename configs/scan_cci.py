@@ -1,4 +1,4 @@
-"""SCAN-CCI (Gera & Balasubramanian, Pattern Recognition Letters 2021; METHODS.md §4).
+"""SCAN-CCI (Gera & Balasubramanian, Pattern Recognition Letters 2021; docs/methods/scan_cci.md §4).
 
 ResNet-50 to layer3, spatio-channel attention over 25 local regions + complementary context.
 Every data set is mapped to AffectNet's class order, as in the official code. SGD, momentum
@@ -28,6 +28,7 @@ Arguments pick the data set:
 
 from fer_jax import config_lib
 
+DATA_SETS = ("rafdb", "ferplus", "affectnet7", "affectnet8", "sfew", "synthetic")
 HALF = "normalize('half')"
 TRUNK_LR = 1e-4
 
@@ -45,6 +46,7 @@ def _optimizer(config, head_lr: float, weight_decay: float) -> None:
 
 
 def get_config(arg: str = "rafdb"):
+  data = config_lib.parse_arg(arg, __file__, DATA_SETS).data
   config = config_lib.base_config()
   config.model.update(name="scan_cci", num_classes=7, shared_local_units=False,
                       bottom_strip_quirk=True)
@@ -60,18 +62,18 @@ def get_config(arg: str = "rafdb"):
   # The official script keeps the epoch with the best accuracy on the evaluated (test) split.
   config.update(select_metric="accuracy", restore_best=True)
 
-  if arg == "rafdb":
+  if data == "rafdb":
     config.model.shared_local_units = True
     config.dataset.update(name="rafdb", class_order="affectnet7", image_size=100)
-  elif arg == "ferplus":
+  elif data == "ferplus":
     config.model.num_classes = 8
     config.dataset.update(name="ferplus", class_order="affectnet8", train_split="train+validation")
-  elif arg in ("affectnet7", "affectnet8"):
-    config.model.num_classes = int(arg[-1])
-    config.dataset.update(name="affectnet", class_order=arg, eval_split="validation", max_per_class=20_000,
+  elif data in ("affectnet7", "affectnet8"):
+    config.model.num_classes = int(data[-1])
+    config.dataset.update(name="affectnet", class_order=data, eval_split="validation", max_per_class=20_000,
                           image_size=224)  # images of many sizes, decoded at 224
     _optimizer(config, head_lr=0.001, weight_decay=1e-3)
-  elif arg == "sfew":
+  elif data == "sfew":
     config.dataset.update(name="sfew", class_order="affectnet7", eval_split="validation",
                           sampler="uniform", image_size=224)  # images of many sizes, decoded at 224
     config.loss.class_weights = "effective_number"
@@ -79,7 +81,7 @@ def get_config(arg: str = "rafdb"):
     config.eval_batch_size = 32
     _optimizer(config, head_lr=0.001, weight_decay=1e-4)
     config.init_from_required = True  # a new run without --config.init_from stops before any work
-  elif arg == "synthetic":
+  else:  # synthetic
     config.model.shared_local_units = True
     config.dataset.update(name="synthetic", class_order="affectnet7")
     config.input.size = 64
@@ -88,7 +90,4 @@ def get_config(arg: str = "rafdb"):
     config.num_epochs = 2
     config.optimizer.lr_groups = ()
     config.log_every_steps = 20
-  else:
-    raise ValueError(f"Unknown argument {arg!r} for configs/scan_cci.py; "
-                     "valid: rafdb, ferplus, affectnet7, affectnet8, sfew, synthetic.")
   return config

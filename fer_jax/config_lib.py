@@ -1,7 +1,8 @@
-"""Defaults shared by every config (each file in configs/ starts from `base_config()`), and the
-one check of a whole config before any work (`validate`)."""
+"""Defaults shared by every config (each file in configs/ starts from `base_config()` and reads
+its argument with `parse_arg`), and the one check of a whole config before any work (`validate`)."""
 
 import os
+from collections.abc import Sequence
 
 import ml_collections
 from ml_collections import config_flags
@@ -81,6 +82,32 @@ def define_config_flag(help_text: str = "configs/<method>.py:<dataset>"):
   """Every command's `--config`: a config file and its argument, locked so that a misspelt
   `--config.KEY` override fails with the valid keys. Returns the flag holder."""
   return config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
+
+
+def parse_arg(arg: str, config_file: str, data_sets: Sequence[str],
+              **options: Sequence[str]) -> ml_collections.ConfigDict:
+  """Reads a config file's argument, "<data set>[,<option>=<value>…]" (e.g. "fer2013,stage=B").
+
+  `config_file`: the config's `__file__`; `data_sets`: the valid data-set names; `options`: each
+  option's valid values, the first being its default. Returns a ConfigDict with `data` and every
+  option; raises ValueError naming the valid arguments on a bad one.
+  """
+  data, *settings = arg.split(",")
+  name, valid = f"configs/{os.path.basename(config_file)}", _valid_args(data_sets, options)
+  if data not in data_sets:
+    raise ValueError(f"Unknown argument {data!r} for {name}; {valid}")
+  parsed = ml_collections.ConfigDict({"data": data, **{key: values[0] for key, values in options.items()}})
+  for setting in settings:
+    key, _, value = setting.partition("=")
+    if value not in options.get(key, ()):
+      raise ValueError(f"Unknown option {setting!r} in {arg!r} for {name}; {valid}")
+    parsed[key] = value
+  return parsed
+
+
+def _valid_args(data_sets, options) -> str:
+  usage = "".join(f",{key}=<{'|'.join(values)}>" for key, values in options.items())
+  return f"valid: {', '.join(data_sets)}" + (f" (optionally followed by {usage})" if usage else "") + "."
 
 
 def validate(config, *, training: bool, new_run: bool = False) -> None:

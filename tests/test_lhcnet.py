@@ -8,21 +8,18 @@ import numpy as np
 import pytest
 
 from fer_jax import checkpointing
+from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
 from fer_jax.models import lhcnet
 from helpers import get_config, run_pipeline, tiny_run
 
 
-def load_config(arg):
-  return get_config(f"configs/lhcnet.py:{arg}")
-
-
 def count(tree) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
-# NumPy reference, written from METHODS.md §1.4 and the official reshape sequence.
+# NumPy reference, written from docs/methods/lhcnet.md §1.4 and the official reshape sequence.
 
 def np_avg_pool_same(x, size):
   """SAME average pooling that divides by the number of in-image elements (TF)."""
@@ -156,7 +153,7 @@ def test_parameter_counts_match_the_official_model():
 
 
 def test_controller_variant_adds_five_scalars():
-  variables = full_size_params(controller_init=(0.0, 0.0, 0.0, -1.0, -0.5))
+  variables = full_size_params(controller=True)
   assert count(variables["params"]) == 32_396_307
   assert {name: tree["controller"].shape for name, tree in variables["params"].items() if "controller" in tree} \
       == {f"lhc{i}": () for i in range(1, 6)}
@@ -171,7 +168,7 @@ def test_plain_variant_is_the_lhc_tree_without_modules():
 def test_build_follows_the_config_stages():
   for arg, lhc_params, controllers in [("fer2013", 0, 0), ("fer2013,stage=B", 4_805_444, 0),
                                        ("fer2013,stage=C", 4_805_444, 5)]:
-    model = lhcnet.build(load_config(arg).model)
+    model = lhcnet.METHOD.build(get_config(f"configs/lhcnet.py:{arg}").model)
     params = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
     assert count(params["params"]) == 27_590_858 + lhc_params + controllers
 
@@ -212,7 +209,7 @@ def test_frozen_batch_norm_keeps_statistics_but_dropout_stays_on():
 def test_loss_is_softmax_cross_entropy():
   logits = jnp.asarray([[2.0, 0.5, -1.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 7])
   labels = jnp.asarray([0, 3])
-  total, metrics = lhcnet.loss({"logits": logits}, labels, None)
+  total, metrics = models.cross_entropy_loss({"logits": logits}, labels, None)
   probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
   want = -np.mean(np.log(probabilities[[0, 1], [0, 3]]))
   assert float(total) == pytest.approx(want, rel=1e-6)
@@ -223,7 +220,7 @@ def test_config_stages_follow_the_official_recipe():
   recipe = {"A1": ("adam", 1e-4, 48, 30), "A2": ("sgd", 0.01, 64, 10), "A3": ("sgd", 0.01, 64, 5),
             "B": ("sgd", 0.01, 64, 3), "C": ("adam", 1e-4, 32, 1)}
   for stage, (optimizer, lr, batch, patience) in recipe.items():
-    config = load_config(f"fer2013,stage={stage}")
+    config = get_config(f"configs/lhcnet.py:fer2013,stage={stage}")
     assert (config.optimizer.name, config.optimizer.lr, config.batch_size, config.early_stopping_patience) \
         == (optimizer, lr, batch, patience)
     assert config.optimizer.momentum == 0.0 and config.optimizer.eps == 1e-7
@@ -235,15 +232,15 @@ def test_config_stages_follow_the_official_recipe():
     assert config.num_epochs == 300 and config.select_metric == "accuracy" and config.restore_best
     assert config.eval.tta == "lhc62"
     assert config.init_from_missing == {"B": r"^params/lhc\d/", "C": r"^params/lhc\d/controller$"}.get(stage, "")
-  assert load_config("fer2013").stage == "A1"
-  assert "keras_image_generator(rotation_range=30" in load_config("fer2013").input.train_pp
-  assert load_config("fer2013,stage=B").input.train_pp == "resize({size})|gray_to_rgb()|to_float()"
+  assert get_config("configs/lhcnet.py:fer2013").stage == "A1"
+  assert "keras_image_generator(rotation_range=30" in get_config("configs/lhcnet.py:fer2013").input.train_pp
+  assert get_config("configs/lhcnet.py:fer2013,stage=B").input.train_pp == "resize({size})|gray_to_rgb()|to_float()"
 
 
 def test_init_from_missing_names_exactly_what_the_previous_stage_lacks():
   def paths(stage):
-    config = load_config(f"fer2013,stage={stage}")
-    variables = train.abstract_variables(train.build_model(config), config)
+    config = get_config(f"configs/lhcnet.py:fer2013,stage={stage}")
+    variables = models.abstract_variables(models.build_model(config), config)
     return {optim.path_of(path) for path, _ in jax.tree_util.tree_flatten_with_path(variables)[0]}, config
 
   for previous, stage in (("A3", "B"), ("B", "C")):
@@ -254,13 +251,13 @@ def test_init_from_missing_names_exactly_what_the_previous_stage_lacks():
 
 def test_config_rejects_unknown_arguments():
   with pytest.raises(ValueError, match="valid: fer2013, synthetic"):
-    load_config("rafdb")
+    get_config("configs/lhcnet.py:rafdb")
   with pytest.raises(ValueError, match="stage=<A1|A2|A3|B|C>"):
-    load_config("fer2013,stage=D")
+    get_config("configs/lhcnet.py:fer2013,stage=D")
 
 
 def test_fer2013_eval_pipeline_keeps_raw_pixels_at_224():
-  config = load_config("fer2013,stage=B")
+  config = get_config("configs/lhcnet.py:fer2013,stage=B")
   gray = np.full((48, 48, 1), 129, np.uint8)
   image = run_pipeline(config.input.eval_pp, config.input.size, gray)
   assert image.shape == (224, 224, 3) and image.dtype == np.float32
@@ -269,11 +266,11 @@ def test_fer2013_eval_pipeline_keeps_raw_pixels_at_224():
 
 @pytest.mark.parametrize("stage", ["A1", "C"])
 def test_synthetic_config_runs_a_forward_pass(stage):
-  config = load_config(f"synthetic,stage={stage}")
+  config = get_config(f"configs/lhcnet.py:synthetic,stage={stage}")
   image = run_pipeline(config.input.train_pp, config.input.size,
                        np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8), seed=1)
   assert image.shape == (config.input.size,) * 2 + (3,) and image.dtype == np.float32
-  model = lhcnet.build(config.model)
+  model = lhcnet.METHOD.build(config.model)
   variables = model.init(jax.random.key(0), jnp.asarray(image[None]), train=False)
   logits = model.apply(variables, jnp.asarray(image[None]), train=False)["logits"]
   assert logits.shape == (1, 7) and np.all(np.isfinite(logits))
@@ -281,13 +278,13 @@ def test_synthetic_config_runs_a_forward_pass(stage):
 
 @pytest.mark.slow
 def test_synthetic_controller_stage_trains_end_to_end_and_only_the_five_gates(tmp_path):
-  config = tiny_run(load_config("synthetic,stage=C"))
+  config = tiny_run(get_config("configs/lhcnet.py:synthetic,stage=C"))
   config.eval.tta = "flip"  # the 60-view set is pinned by tests/test_tta.py; here it would dominate
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results["num_examples"] == 70 and (tmp_path / "eval_results.json").exists()
-  model = train.build_model(config)
-  initial = jax.jit(lambda: train.init_variables(model, config, jax.random.key(config.seed)))()
-  final = checkpointing.restore_model(str(tmp_path), train.abstract_variables(model, config))
+  model = models.build_model(config)
+  initial = jax.jit(lambda: models.init_variables(model, config, jax.random.key(config.seed)))()
+  final = checkpointing.restore_model(str(tmp_path), models.abstract_variables(model, config))
   changed = {optim.path_of(path) for path, before in jax.tree_util.tree_flatten_with_path(initial)[0]
              if not np.array_equal(before, _leaf(final, path))}
   assert changed == {f"params/lhc{i}/controller" for i in range(1, 6)}

@@ -1,6 +1,5 @@
 """SCAN-CCI: region split, SCAN/ECA/CCI against NumPy, losses, configs, parameter counts, PNGs."""
 
-import importlib.util
 import os
 
 import flax
@@ -19,15 +18,7 @@ from fer_jax import visualize
 from fer_jax.data import labels, pipeline
 from fer_jax.models import get_method, scan_cci
 
-CONFIG_PATH = os.path.join(os.path.dirname(__file__), "..", "configs", "scan_cci.py")
 ARGS = ("rafdb", "ferplus", "affectnet7", "affectnet8", "sfew", "synthetic")
-
-
-def load_config(arg):
-  spec = importlib.util.spec_from_file_location("scan_cci_config", CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def count(tree):
@@ -207,7 +198,7 @@ def test_attention_branch_matches_regionwise_reference(shared):
 
 @pytest.fixture(scope="module")
 def small_run():
-  model = scan_cci.build(load_config("synthetic").model)
+  model = scan_cci.METHOD.build(helpers.get_config("configs/scan_cci.py:synthetic").model)
   images = jax.random.normal(jax.random.key(10), (2, 64, 64, 3))
   outputs, _ = jax.jit(lambda key, x: model.init_with_output(key, x, train=True))(
       jax.random.key(11), images)
@@ -254,7 +245,7 @@ def test_parameter_counts_match_the_official_model(shared, num_classes, total, a
 @pytest.mark.parametrize("arg, total", [("rafdb", 13_536_339), ("ferplus", 70_197_589),
                                         ("affectnet7", 70_196_307), ("sfew", 70_196_307)])
 def test_configs_build_the_official_variants(arg, total):
-  model = get_method("scan_cci").build(load_config(arg).model)
+  model = get_method("scan_cci").build(helpers.get_config(f"configs/scan_cci.py:{arg}").model)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
   assert count(variables["params"]) == total
 
@@ -356,7 +347,7 @@ def test_effective_number_weights():
 
 @pytest.mark.parametrize("arg", ARGS)
 def test_configs_follow_the_official_scripts(arg):
-  config = load_config(arg)
+  config = helpers.get_config(f"configs/scan_cci.py:{arg}")
   assert config.model.name == "scan_cci"
   assert config.model.bottom_strip_quirk
   assert config.model.shared_local_units == (arg in ("rafdb", "synthetic"))
@@ -383,7 +374,7 @@ def test_configs_follow_the_official_scripts(arg):
 
 @pytest.mark.parametrize("arg", ["rafdb", "synthetic"])
 def test_config_pipelines_resize_and_scale_to_minus_one_one(arg):
-  config = load_config(arg)
+  config = helpers.get_config(f"configs/scan_cci.py:{arg}")
   image = np.zeros((100, 100, 1), np.uint8)
   image[50:] = 255
   for pipeline in (config.input.train_pp, config.input.eval_pp):
@@ -393,7 +384,7 @@ def test_config_pipelines_resize_and_scale_to_minus_one_one(arg):
 
 
 def test_missing_class_counts_are_counted_on_the_training_split():
-  config = load_config("sfew")
+  config = helpers.get_config("configs/scan_cci.py:sfew")
   config.lock()
   split = pipeline.Split(None, np.array([0, 2, 2, -1, 6, 6, 6]), tuple(labels.CLASS_ORDERS["affectnet7"]),
                          (None, None, 3))
@@ -405,19 +396,19 @@ def test_missing_class_counts_are_counted_on_the_training_split():
 
 def test_unknown_config_argument_lists_the_valid_ones():
   with pytest.raises(ValueError, match="rafdb, ferplus, affectnet7, affectnet8, sfew, synthetic"):
-    load_config("fer2013")
+    helpers.get_config("configs/scan_cci.py:fer2013")
 
 
 def test_registry_contract():
-  module = get_method("scan_cci")
-  assert module.AUXILIARY_PARAMS == ()
-  assert callable(module.build) and callable(module.loss)
-  assert isinstance(module.build(load_config("rafdb").model), flax.linen.Module)
+  method = get_method("scan_cci")
+  assert method.auxiliary_params == () and method.loss is scan_cci.loss
+  assert method.save_attention_maps is scan_cci.save_attention_maps
+  assert isinstance(method.build(helpers.get_config("configs/scan_cci.py:rafdb").model), flax.linen.Module)
 
 
 @pytest.mark.slow
 def test_synthetic_config_trains_evaluates_and_draws_its_masks(tmp_path):
-  config = helpers.tiny_run(load_config("synthetic"), size=32, batch_size=32)
+  config = helpers.tiny_run(helpers.get_config("configs/scan_cci.py:synthetic"), size=32, batch_size=32)
   workdir = tmp_path / "run"
   results = train.train_and_evaluate(config, str(workdir))
   assert results["num_examples"] == 70 and 0.0 <= results["accuracy"] <= 1.0

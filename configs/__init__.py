@@ -1,0 +1,2 @@
+"""One config file per method: `get_config(arg)` reads "<data set>[,<option>=<value>…]" with
+`fer_jax.config_lib.parse_arg`. Pass a file to any command as `--config=configs/dan.py:rafdb`."""
