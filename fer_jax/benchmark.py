@@ -26,10 +26,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import evaluate
+from fer_jax import mesh as mesh_lib
+from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
 from fer_jax.data import pipeline
-from fer_jax.models import get_method
 
 INPUT_MODES = ("synthetic", "host", "augment", "end_to_end")
 
@@ -58,17 +59,17 @@ def _describe(config, mesh, batch_size: int) -> dict:
 
 def benchmark(config, steps: int) -> dict:
   """--input=synthetic: the train and eval steps on random model inputs already on the device."""
-  mesh = train.make_mesh()
-  method = get_method(config.model.name)
+  mesh = mesh_lib.make_mesh()
+  method = models.get_method(config.model.name)
   model = method.build(config.model)
   batch_size = config.batch_size
-  tx = optim.make_optimizer(config.optimizer, 1, 1, train.abstract_variables(model, config)["params"])
+  tx = optim.make_optimizer(config.optimizer, 1, 1, models.abstract_variables(model, config)["params"])
   schedule = optim.lr_schedule(config.optimizer, 1, 1)
   state = train.create_state(model, tx, config, mesh)
   sharding = NamedSharding(mesh, P("data"))
   keys = jax.random.split(jax.random.key(0))
   batch = jax.device_put({
-      "image": jax.random.normal(keys[0], train.dummy_images(config, batch_size).shape),
+      "image": jax.random.normal(keys[0], models.dummy_images(config, batch_size).shape),
       "label": jax.random.randint(keys[1], (batch_size,), 0, config.model.num_classes),
       "mask": jnp.ones((batch_size,), jnp.float32)}, sharding)
 
@@ -124,7 +125,7 @@ def _time_stream(batches, warmup: int, steps: int, consume) -> float:
 
 def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
   """--input=host | augment | end_to_end on the prepared data set."""
-  mesh = train.make_mesh()
+  mesh = mesh_lib.make_mesh()
   data = _train_data(config, mesh, steps + warmup)
   start = time.perf_counter()
   data.cache()
@@ -142,10 +143,10 @@ def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
     batches = ((images, offsets + i * data.global_batch) for i in range(warmup + steps))
     seconds = _time_stream(batches, warmup, steps, lambda batch: augment(*batch))
   else:
-    method = get_method(config.model.name)
+    method = models.get_method(config.model.name)
     model = method.build(config.model)
     tx = optim.make_optimizer(config.optimizer, data.steps_per_epoch, config.num_epochs,
-                              train.abstract_variables(model, config)["params"])
+                              models.abstract_variables(model, config)["params"])
     schedule = optim.lr_schedule(config.optimizer, data.steps_per_epoch, config.num_epochs)
     holder = {"state": train.create_state(model, tx, config, mesh)}
     loss_config = train.loss_config_for(config, data.split)

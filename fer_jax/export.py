@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 
 from fer_jax import cli
 from fer_jax import config_lib
-from fer_jax import train
+from fer_jax import models
 from fer_jax.data import labels
 from fer_jax.errors import UserError
 
@@ -39,7 +39,7 @@ METADATA = "model.json"
 
 
 def inference_function(config):
-  model = train.build_model(config)
+  model = models.build_model(config)
 
   def infer(variables, images):
     logits = model.apply(variables, images, train=False)["logits"].astype(jnp.float32)
@@ -107,8 +107,8 @@ def main(argv):
   args = flags.FLAGS
   logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   config = args.config
-  model = train.build_model(config)
-  variables = train.load_trained_variables(config, model, args.checkpoint)
+  model = models.build_model(config)
+  variables = models.load_trained_variables(config, model, args.checkpoint)
   info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms)
   logging.info("Exported %s (%s, batch %s, platforms %s) to %s", config.model.name, ", ".join(info["class_names"]),
                info["batch_size"], ", ".join(info["platforms"]), os.path.abspath(args.out))

@@ -29,7 +29,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import cli
 from fer_jax import config_lib
-from fer_jax import train
+from fer_jax import mesh as mesh_lib
+from fer_jax import models
 from fer_jax import tta
 from fer_jax.data import decode
 from fer_jax.data import labels
@@ -89,11 +90,11 @@ class Predictor:
     self.config = config
     self.class_names = labels.class_names(config.dataset.class_order)
     self.preprocess = pipeline.FilePreprocessor(config)
-    self.mesh = train.make_mesh()
+    self.mesh = mesh_lib.make_mesh()
     devices = self.mesh.devices.size
     self.batch_size = -(-batch_size // devices) * devices
     self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
-    model = train.build_model(config)
+    model = models.build_model(config)
 
     def forward(variables, images):
       images = self.preprocess(images)
@@ -189,8 +190,8 @@ def main(argv):
   paths = list_images(args.input)
   logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   config = args.config
-  model = train.build_model(config)
-  variables = train.load_trained_variables(config, model, args.checkpoint)
+  model = models.build_model(config)
+  variables = models.load_trained_variables(config, model, args.checkpoint)
   predictor = Predictor(config, variables, args.tta or config.eval.tta, args.batch_size)
   rows, skipped = predict_files(predictor, paths)
   write_predictions(rows, skipped, predictor.class_names, args.output)

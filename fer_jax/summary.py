@@ -19,8 +19,7 @@ import numpy as np
 from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
-from fer_jax import train
-from fer_jax.models import get_method
+from fer_jax import models
 
 
 def count_params(tree, exclude=()) -> int:
@@ -49,9 +48,9 @@ def module_table(params, depth: int, exclude=()) -> list[tuple[str, int]]:
 def macs(model, config) -> int:
   """Multiply-accumulates of one eval forward pass on one image: convolutions and matmuls,
   counted from the traced program's shapes (the convention of the papers' MACs figures)."""
-  variables = train.abstract_variables(model, config)
+  variables = models.abstract_variables(model, config)
   jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False)["logits"])(
-      variables, train.dummy_images(config))
+      variables, models.dummy_images(config))
   return _jaxpr_macs(jaxpr.jaxpr)
 
 
@@ -86,16 +85,16 @@ def main(argv):
   del argv
   config = flags.FLAGS.config
   config_lib.validate(config, training=False)
-  method = get_method(config.model.name)
+  method = models.get_method(config.model.name)
   model = method.build(config.model)
-  variables = train.abstract_variables(model, config)
+  variables = models.abstract_variables(model, config)
   digest = None
   if flags.FLAGS.checkpoint:
     # Restored first, so a checkpoint that does not fit the config fails before any output.
     logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
     digest = checkpointing.fingerprint(jax.device_get(
-        train.load_trained_variables(config, model, flags.FLAGS.checkpoint)))
-  auxiliary = getattr(method, "AUXILIARY_PARAMS", ())
+        models.load_trained_variables(config, model, flags.FLAGS.checkpoint)))
+  auxiliary = method.auxiliary_params
   rows = module_table(variables["params"], flags.FLAGS.depth, auxiliary)
   width = max(len(name) for name, _ in rows) + 2
   print(f"{config.model.name} · {config.dataset.name} · input {config.input.size}² · {config.model.num_classes} classes")

@@ -17,38 +17,16 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from fer_jax import checkpointing
 from fer_jax import config_lib
 from fer_jax import evaluate
+from fer_jax import mesh as mesh_lib
+from fer_jax import models
 from fer_jax import optim
-from fer_jax.data import labels
 from fer_jax.data import pipeline
-from fer_jax.models import get_method
-
-
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  devices = np.array(jax.devices() if devices is None else devices)
-  return jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def build_model(config):
-  return get_method(config.model.name).build(config.model)
-
-
-def dummy_images(config, batch: int = 1):
-  return jnp.zeros((batch, config.input.size, config.input.size, config.input.channels), jnp.float32)
-
-
-def init_variables(model, config, rng) -> dict:
-  variables = model.init({"params": rng, "dropout": rng}, dummy_images(config), train=False)
-  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-
-
-def abstract_variables(model, config) -> dict:
-  return jax.eval_shape(lambda: init_variables(model, config, jax.random.key(0)))
 
 
 def create_state(model, tx, config, mesh) -> dict:
   """{step, params, batch_stats, opt_state}, born replicated on the mesh."""
   def init():
-    variables = init_variables(model, config, jax.random.key(config.seed))
+    variables = models.init_variables(model, config, jax.random.key(config.seed))
     return {"step": jnp.zeros((), jnp.int32), **variables, "opt_state": tx.init(variables["params"])}
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
@@ -109,7 +87,7 @@ def _format_eta(seconds: float) -> str:
 def load_initial_variables(state: dict, config, model, mesh) -> dict:
   fresh = ({"params": jax.device_get(state["params"]), "batch_stats": jax.device_get(state["batch_stats"])}
            if config.init_from_missing else None)
-  variables = checkpointing.restore_model(config.init_from, abstract_variables(model, config),
+  variables = checkpointing.restore_model(config.init_from, models.abstract_variables(model, config),
                                           fresh, config.init_from_missing)
   logging.info("Initialised params and batch_stats from %s", config.init_from)
   return {**state, **jax.device_put(variables, NamedSharding(mesh, P()))}
@@ -273,15 +251,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.max_checkpoints)
   start_step = checkpoints.latest_step() or 0
   config_lib.validate(config, training=True, new_run=not start_step)
-  mesh = make_mesh()
-  method = get_method(config.model.name)
+  mesh = mesh_lib.make_mesh()
+  method = models.get_method(config.model.name)
   model = method.build(config.model)
   train_data = pipeline.TrainData(config, mesh)
   evaluator = Evaluator(model, config, mesh)
   for split in {config.dataset.eval_split, config.dataset.test_split} - {""}:
     evaluator.data(split)  # fail now, not after training
   steps_per_epoch, num_steps = train_data.steps_per_epoch, train_data.num_steps
-  abstract = abstract_variables(model, config)
+  abstract = models.abstract_variables(model, config)
   tx = optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs, abstract["params"])
   schedule = optim.lr_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
   state = create_state(model, tx, config, mesh)
@@ -361,17 +339,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return results
 
 
-def load_trained_variables(config, model, checkpoint: str) -> dict:
-  """A checkpoint's variables for evaluation or inference: names, shapes and class names checked."""
-  config_lib.validate(config, training=False)
-  return checkpointing.restore_model(checkpoint, abstract_variables(model, config), expected_model=config.model,
-                                     class_names=labels.class_names(config.dataset.class_order))
-
-
 def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   """`--mode=eval`: evaluates a saved or converted checkpoint and writes the report."""
-  mesh = make_mesh()
-  model = build_model(config)
-  variables = load_trained_variables(config, model, checkpoint)
+  mesh = mesh_lib.make_mesh()
+  model = models.build_model(config)
+  variables = models.load_trained_variables(config, model, checkpoint)
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
   return final_report(Evaluator(model, config, mesh), variables, workdir, step=-1)

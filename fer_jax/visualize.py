@@ -17,11 +17,10 @@ import numpy as np
 
 from fer_jax import cli
 from fer_jax import config_lib
+from fer_jax import models
 from fer_jax import predict
-from fer_jax import train
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
-from fer_jax.models import get_method
 
 def define_flags():
   """Defined only when run as a program, so importing this module adds no global flags."""
@@ -35,8 +34,8 @@ def define_flags():
 
 def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_size: int) -> list[str]:
   """The PNGs of the readable images among `paths`, numbered in their order; unreadable ones are skipped."""
-  method = get_method(config.model.name)
-  if not hasattr(method, "save_attention_maps"):
+  method = models.get_method(config.model.name)
+  if method.save_attention_maps is None:
     raise UserError(f"Model {config.model.name!r} has no attention maps to save: "
                     f"pass an APViT or SCAN-CCI config and checkpoint.")
   preprocess = pipeline.FilePreprocessor(config)
@@ -46,7 +45,7 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
   for index, path in enumerate(readable):
     logging.info("%04d_*.png: %s", index, path)
   model = method.build(config.model)
-  variables = train.load_trained_variables(config, model, checkpoint)
+  variables = models.load_trained_variables(config, model, checkpoint)
 
   @jax.jit
   def forward(variables, batch):

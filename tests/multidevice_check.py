@@ -19,6 +19,8 @@ import numpy as np
 import optax
 
 from fer_jax import checkpointing
+from fer_jax import mesh as mesh_lib
+from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
 from fer_jax.data import pipeline
@@ -42,9 +44,9 @@ def cross_entropy(outputs, labels, loss_config):
 def run(devices, config, steps=4, start=0, checkpoint_dir=None):
   """Trains steps start … steps − 1 (resuming from `checkpoint_dir`'s step `start` if > 0);
   saves the final state there when given."""
-  mesh = train.make_mesh(devices)
+  mesh = mesh_lib.make_mesh(devices)
   model = SmallNet()
-  tx = optim.make_optimizer(config.optimizer, 8, 1, train.abstract_variables(model, config)["params"])
+  tx = optim.make_optimizer(config.optimizer, 8, 1, models.abstract_variables(model, config)["params"])
   schedule = optim.lr_schedule(config.optimizer, 8, 1)
   state = train.create_state(model, tx, config, mesh)
   checkpoints = checkpointing.manager(checkpoint_dir) if checkpoint_dir else None

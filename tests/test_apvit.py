@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 
 from fer_jax import checkpointing
+from fer_jax import models
+from fer_jax import predict
 from fer_jax import optim
 from fer_jax import summary
 from fer_jax import train
@@ -26,8 +28,8 @@ def _count(tree) -> int:
 
 def _tiny_model(dtype=jnp.float32, **vit_overrides):
   """32×32 input → a 4×4 patch grid; APP keeps 12 of 16, ATP 12 → 10 → 9 → 8 → 7."""
-  vit_settings = dict(width=24, depth=8, num_heads=2, mlp_dim=48, app_keep=12, dtype=dtype) | vit_overrides
-  return apvit.APViT(num_classes=7, ir_stage_sizes=(1, 1, 1), vit=apvit.PoolingViT(**vit_settings), dtype=dtype)
+  vit_settings = dict(width=24, depth=8, num_heads=2, mlp_dim=48, app_keep=12) | vit_overrides
+  return apvit.APViT(num_classes=7, ir_stage_sizes=(1, 1, 1), dtype=dtype, **vit_settings)
 
 
 def _tiny_synthetic(epochs=1):
@@ -114,7 +116,7 @@ def _tokens_per_block(model, size, batch=2):
       lambda v, x: model.apply(v, x, train=False, capture_intermediates=capture), variables, x)
   blocks = state["intermediates"]["vit"]
   return [(blocks[f"blocks_{i}"]["attn"]["__call__"][0][0].shape[1],
-           blocks[f"blocks_{i}"]["mlp"]["__call__"][0].shape[1]) for i in range(model.vit.depth)]
+           blocks[f"blocks_{i}"]["mlp"]["__call__"][0].shape[1]) for i in range(model.depth)]
 
 
 def test_token_counts_per_block_with_pooling_between_attention_and_mlp():
@@ -147,7 +149,7 @@ def test_parameter_count_matches_the_official_model(num_classes, total):
 
 def test_macs_match_the_official_count():
   config = get_config("configs/apvit.py:rafdb")
-  model = apvit.build(config.model)
+  model = apvit.METHOD.build(config.model)
   assert summary.macs(model, config) == pytest.approx(12.647e9, rel=1e-4)
 
 
@@ -188,7 +190,7 @@ def test_zero_head_gives_zero_logits_and_no_gradient_below_the_head_at_the_first
 
   def objective(params):
     outputs, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
-    return apvit.loss(outputs, labels, None)[0], outputs["logits"]
+    return models.cross_entropy_loss(outputs, labels, None)[0], outputs["logits"]
 
   (value, logits), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(variables["params"])
   np.testing.assert_array_equal(logits, 0.0)
@@ -229,16 +231,6 @@ def test_bfloat16_compute_returns_float32_logits_and_keeps_float32_params(tiny):
   low = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
   assert low["logits"].dtype == jnp.float32
   np.testing.assert_allclose(low["logits"], outputs["logits"], rtol=0.1, atol=0.1)
-
-
-def test_loss_is_plain_mean_cross_entropy():
-  logits = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
-  labels = jnp.array([0, 1])
-  value, metrics = apvit.loss({"logits": logits}, labels, None)
-  log_probs = np.asarray(jax.nn.log_softmax(logits))
-  expected = -(log_probs[0, 0] + log_probs[1, 1]) / 2
-  assert float(value) == pytest.approx(expected, rel=1e-6)
-  assert set(metrics) == {"ce_loss"}
 
 
 @pytest.mark.parametrize("arg, classes, order, dataset", [
@@ -302,14 +294,14 @@ def test_save_attention_maps_dims_the_dropped_patches(tmp_path):
 
 def test_visualize_writes_maps_for_a_folder_of_faces(tmp_path):
   config = _tiny_synthetic()
-  model = train.build_model(config)
-  variables = _random_variables(model, train.dummy_images(config))
+  model = models.build_model(config)
+  variables = _random_variables(model, models.dummy_images(config))
   checkpoint = checkpointing.save_model(str(tmp_path / "model"), variables, config)
   faces = tmp_path / "faces"
   faces.mkdir()
   for index in range(3):
     Image.fromarray(np.full((40, 40, 3), 60 * index, np.uint8)).save(faces / f"face{index}.png")
-  paths = visualize.image_paths(str(faces))
+  paths = predict.list_images(str(faces))
   written = visualize.write_attention_maps(config, checkpoint, paths, str(tmp_path / "maps"), batch_size=2)
   assert sorted(os.path.basename(p) for p in written) == sorted(
       f"{i:04d}_{kind}.png" for i in range(3) for kind in ("app_patches", "atp_tokens"))

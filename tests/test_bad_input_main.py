@@ -11,6 +11,8 @@ import jax
 import pytest
 
 from fer_jax import checkpointing
+from fer_jax import mesh as mesh_lib
+from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
 from helpers import assert_user_error, get_config, run_command, tiny_data_dir, tiny_run
@@ -31,8 +33,8 @@ def _tiny_dan(num_classes: int = 7):
 
 
 def _save_variables(directory, config) -> str:
-  model = train.build_model(config)
-  variables = jax.jit(lambda: train.init_variables(model, config, jax.random.key(0)))()
+  model = models.build_model(config)
+  variables = jax.jit(lambda: models.init_variables(model, config, jax.random.key(0)))()
   return checkpointing.save_model(str(directory), variables, config)
 
 
@@ -129,11 +131,11 @@ def test_eval_with_a_truncated_checkpoint(damaged_copy, tmp_path):
 
 def test_resume_from_a_damaged_newest_step_names_the_step_to_delete(tmp_path):
   config = _tiny_dan()
-  model = train.build_model(config)
-  abstract = train.abstract_variables(model, config)
+  model = models.build_model(config)
+  abstract = models.abstract_variables(model, config)
   tx = optim.make_optimizer(config.optimizer, 8, config.num_epochs, abstract["params"])
   checkpoints = checkpointing.manager(str(tmp_path / "checkpoints"))
-  checkpointing.save(checkpoints, 4, train.create_state(model, tx, config, train.make_mesh()), config)
+  checkpointing.save(checkpoints, 4, train.create_state(model, tx, config, mesh_lib.make_mesh()), config)
   checkpointing.wait_until_saved(checkpoints)
   for path in glob.glob(f"{tmp_path}/checkpoints/4/state/**/*", recursive=True):
     if os.path.isfile(path) and os.path.getsize(path) > 100_000:
@@ -190,5 +192,5 @@ def test_a_disk_that_fills_during_a_save_keeps_the_previous_checkpoint(small_dis
                     # TensorStore's write threads report to an event loop Orbax has closed; nothing of ours.
                     foreign_traceback="RuntimeError: Event loop is closed")
   config = _tiny_dan()
-  restored = checkpointing.restore_model(str(small_disk), train.abstract_variables(train.build_model(config), config))
+  restored = checkpointing.restore_model(str(small_disk), models.abstract_variables(models.build_model(config), config))
   assert all(bool(jax.numpy.isfinite(leaf).all()) for leaf in jax.tree.leaves(restored))

@@ -33,6 +33,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fer_jax import mesh as mesh_lib
+from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
 from fer_jax.data import synthetic_faces
@@ -86,8 +88,8 @@ def _losses(config, initial_state, images, labels, batches, learning_rate_scale=
   steps_per_epoch = math.ceil(num_steps / config.num_epochs)  # the config's epoch schedule, compressed
   method = get_method(config.model.name)
   model = method.build(config.model)
-  mesh = train.make_mesh()
-  abstract = train.abstract_variables(model, config)
+  mesh = mesh_lib.make_mesh()
+  abstract = models.abstract_variables(model, config)
   tx = optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs, abstract["params"])
   schedule = optim.lr_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
   loss_config = config.loss.copy_and_resolve_references()
@@ -129,11 +131,11 @@ def test_bfloat16_loss_curve_follows_float32(case):
   half = config.copy_and_resolve_references()
   half.model.dtype = "bfloat16"
   signature = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
-  assert signature(train.abstract_variables(method.build(half.model), half)) == signature(
-      train.abstract_variables(model, config))
+  assert signature(models.abstract_variables(method.build(half.model), half)) == signature(
+      models.abstract_variables(model, config))
   tx = optim.make_optimizer(config.optimizer, 1, config.num_epochs,
-                            train.abstract_variables(model, config)["params"])
-  initial_state = jax.device_get(train.create_state(model, tx, config, train.make_mesh()))
+                            models.abstract_variables(model, config)["params"])
+  initial_state = jax.device_get(train.create_state(model, tx, config, mesh_lib.make_mesh()))
 
   full = _losses(config, initial_state, images, labels, batches)
   mixed = _losses(half, initial_state, images, labels, batches)

@@ -1,6 +1,6 @@
 """APViT checkpoints, the face.evoLVe IR-50 and timm's ViT (.pth and .npz) vs PyTorch references.
 
-The IR trunk and the pooling ViT are written below from METHODS.md §3 with the official module
+The IR trunk and the pooling ViT are written below from docs/methods/apvit.md §3 with the official module
 names (no library has them); the ViT-Small backbone is timm's own VisionTransformer. Shapes are
 a scaled-down configs/apvit.py:synthetic (64×64 input, 8×8 patch grid, width 192, 3 heads).
 """
@@ -14,7 +14,7 @@ from timm.models import vision_transformer
 from torch import nn
 
 from fer_jax import convert
-from fer_jax import train
+from fer_jax import models
 from fer_jax.models.backbones import irse
 from fer_jax.models.backbones import vit
 from helpers import get_config
@@ -170,7 +170,7 @@ def test_mmcv_checkpoint_gives_the_reference_logits(config, images, tmp_path):
   torch.save({"meta": {"mmcv_version": "1.3.8", "epoch": 40, "CLASSES": ["Surprise", "Fear"]},
               "state_dict": reference.state_dict()}, path)
   variables, report = convert.convert(config, [str(path)])
-  logits = jax.jit(lambda v, x: train.build_model(config).apply(v, x, train=False)["logits"])(variables, images)
+  logits = jax.jit(lambda v, x: models.build_model(config).apply(v, x, train=False)["logits"])(variables, images)
   with torch.no_grad():
     expected = reference(nchw(images)).numpy()
   assert np.max(np.abs(np.asarray(logits) - expected)) <= TOLERANCE

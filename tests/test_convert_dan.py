@@ -1,6 +1,6 @@
 """DAN checkpoints and the MS-Celeb ResNet-18: torchvision + the DAN heads in PyTorch vs fer_jax.
 
-The reference trunk is torchvision's ResNet-18; the heads are written below from METHODS.md §2.3
+The reference trunk is torchvision's ResNet-18; the heads are written below from docs/methods/dan.md §2.3
 and §2.4 with the official module names, so `state_dict()` has the released files' keys.
 """
 
@@ -13,6 +13,7 @@ from torch import nn
 
 from fer_jax import checkpointing
 from fer_jax import convert
+from fer_jax import models
 from fer_jax import train
 from fer_jax.models.backbones import resnet as resnet_lib
 from helpers import get_config, tiny_run
@@ -122,7 +123,7 @@ def test_released_checkpoint_gives_the_reference_logits(released, converted, ima
   reference, _ = released
   config = small_config()
   variables, report = converted
-  logits = jax.jit(lambda v, x: train.build_model(config).apply(v, x, train=False)["logits"])(variables, images)
+  logits = jax.jit(lambda v, x: models.build_model(config).apply(v, x, train=False)["logits"])(variables, images)
   with torch.no_grad():
     expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
   assert np.max(np.abs(np.asarray(logits) - expected)) <= TOLERANCE
@@ -138,8 +139,8 @@ def test_converted_checkpoint_restores_and_evaluates(converted, tmp_path):
   config = tiny_run(small_config(), size=SIZE, batch_size=16)
   variables, _ = converted
   checkpointing.save_model(str(tmp_path / "converted"), variables, config)
-  model = train.build_model(config)
-  restored = checkpointing.restore_model(str(tmp_path / "converted"), train.abstract_variables(model, config))
+  model = models.build_model(config)
+  restored = checkpointing.restore_model(str(tmp_path / "converted"), models.abstract_variables(model, config))
   assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), restored, variables))
   results = train.evaluate_checkpoint(config, str(tmp_path / "converted"), str(tmp_path / "report"))
   assert results["num_examples"] == 70

@@ -1,9 +1,9 @@
 """LHC-Net: the TensorFlow checkpoint reader, the checkpoint key map and the ResNet34v2 .h5.
 
 No library has LHC-Net or qubvel's ResNet34v2 for PyTorch, so both are written below from
-METHODS.md §1.3–1.7 (Keras semantics: ε 2e-5, explicit zero padding, the centring-only
+docs/methods/lhcnet.md §1.3–1.7 (Keras semantics: ε 2e-5, explicit zero padding, the centring-only
 `bn_data`). They read weights by Keras layer name, so the checkpoint's attribute paths and the
-.h5 layer names are produced from those names by the rules of METHODS.md §1.12.
+.h5 layer names are produced from those names by the rules of docs/methods/lhcnet.md §1.12.
 
 tests/fixtures/tf_checkpoint/bundle.* was written by TensorFlow 2.15
 (`tf.train.Checkpoint(model=root).write("bundle")`): 120 variables
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fer_jax import convert
-from fer_jax import train
+from fer_jax import models
 from fer_jax.convert import tf_checkpoint
 from fer_jax.models.backbones import resnet_v2
 from helpers import get_config
@@ -144,7 +144,7 @@ def keras_conv(x, w, stride=1, pad=0):
 
 
 def lhc_module(x, w, heads, embed, gain):
-  """METHODS.md §1.4, channels-first."""
+  """docs/methods/lhcnet.md §1.4, channels-first."""
   batch, channels, height, width = x.shape
   band = height * width // heads
 
@@ -225,7 +225,7 @@ def test_lhc_netc_checkpoint_gives_the_reference_logits(images):
   tensors = with_optimizer_state(tf_checkpoint_names(weights))
   config = lhc_config("C")
   variables, report = convert.convert_tensors(config, [(source, tensors, "LHC_Net_Controller")])
-  logits = jax.jit(lambda v, x: train.build_model(config).apply(v, x, train=False)["logits"])(variables, images)
+  logits = jax.jit(lambda v, x: models.build_model(config).apply(v, x, train=False)["logits"])(variables, images)
   with torch.no_grad():
     expected = reference_forward(torch.from_numpy(images.transpose(0, 3, 1, 2)), weights, True, True).numpy()
   assert np.max(np.abs(np.asarray(logits) - expected)) <= TOLERANCE

@@ -1,7 +1,7 @@
 """SCAN-CCI checkpoints and the VGGFace2 ResNet-50 pickle vs a PyTorch reference.
 
 The trunk is torchvision's ResNet-50 cut after layer3; the SCAN units, the region split (with
-the official unfold/permute calls) and the CCI branch are written below from METHODS.md §4 with
+the official unfold/permute calls) and the CCI branch are written below from docs/methods/scan_cci.md §4 with
 the official module names, so their `state_dict()`s have the checkpoint's keys.
 """
 
@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 from fer_jax import convert
-from fer_jax import train
+from fer_jax import models
 from fer_jax.convert import torch_io
 from fer_jax.models.backbones import resnet as resnet_lib
 from helpers import get_config
@@ -151,7 +151,7 @@ def test_checkpoint_gives_the_reference_logits(arg, num_classes, shared, tmp_pat
   path = saved_like_official(reference, tmp_path / "model_best.pth.tar")
   config = small_config(arg)
   variables, report = convert.convert(config, [path])
-  logits = jax.jit(lambda v, x: train.build_model(config).apply(v, x, train=False)["logits"])(variables, images)
+  logits = jax.jit(lambda v, x: models.build_model(config).apply(v, x, train=False)["logits"])(variables, images)
   with torch.no_grad():
     expected = reference(nchw(images)).numpy()
   assert np.max(np.abs(np.asarray(logits) - expected)) <= TOLERANCE

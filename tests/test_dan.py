@@ -12,7 +12,7 @@ from fer_jax.summary import count_params
 def test_parameter_count_matches_official(num_classes, expected):
   model = dan.DAN(num_classes=num_classes)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
-  assert count_params(variables["params"], dan.AUXILIARY_PARAMS) == expected
+  assert count_params(variables["params"], dan.METHOD.auxiliary_params) == expected
   assert variables["params"]["affinity"]["centres"].shape == (8, 512)
 
 

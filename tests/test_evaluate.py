@@ -4,7 +4,7 @@ import numpy as np
 import flax.linen as nn
 
 from fer_jax import evaluate
-from fer_jax import train
+from fer_jax import mesh as mesh_lib
 
 
 def test_metrics_from_confusion_matrix():
@@ -29,7 +29,7 @@ class Fixed(nn.Module):
 
 
 def test_confusion_step_counts_masked_rows_zero_times():
-  mesh = train.make_mesh()
+  mesh = mesh_lib.make_mesh()
   step = evaluate.confusion_step(Fixed(), 3, mesh)
   images = jnp.zeros((8, 2, 2, 1)).at[:, 0, 0, 0].set(jnp.array([0, 1, 2, 2, 1, 0, 0, 0]))
   batch = {"image": images, "label": jnp.array([0, 1, 2, 1, 1, 0, 2, 2]),

@@ -12,8 +12,8 @@ import pytest
 
 from fer_jax import checkpointing
 from fer_jax import export
+from fer_jax import models
 from fer_jax.errors import UserError
-from fer_jax import train
 from helpers import get_config
 from test_predict import random_variables
 
@@ -48,7 +48,7 @@ def small_config(spec):
                                   "configs/scan_cci.py:ferplus", "configs/lhcnet.py:synthetic,stage=C"])
 def test_every_method_exports_with_a_symbolic_batch(spec):
   config = small_config(spec)
-  abstract = train.abstract_variables(train.build_model(config), config)
+  abstract = models.abstract_variables(models.build_model(config), config)
   exported = jax.export.deserialize(export.export_inference(config, abstract).serialize())
   batch, *image = exported.in_avals[-1].shape
   assert not isinstance(batch, int) and image == [SIZE, SIZE, 3]
@@ -59,7 +59,7 @@ def test_every_method_exports_with_a_symbolic_batch(spec):
 
 def test_fixed_batch_size():
   config = small_config("configs/dan.py:synthetic")
-  abstract = train.abstract_variables(train.build_model(config), config)
+  abstract = models.abstract_variables(models.build_model(config), config)
   exported = export.export_inference(config, abstract, batch_size=4, platforms=("cpu",))
   assert exported.in_avals[-1].shape == (4, SIZE, SIZE, 3) and exported.platforms == ("cpu",)
 
@@ -88,7 +88,7 @@ def test_export_reloads_and_runs_without_fer_jax(tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
   assert json.loads(run.stdout.strip().splitlines()[-1]) == []  # no fer_jax module was imported
 
-  model = train.build_model(config)
+  model = models.build_model(config)
   expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False)["logits"])(variables, images))
   with np.load(tmp_path / "outputs.npz") as outputs:
     np.testing.assert_allclose(outputs["logits_5"], expected, atol=1e-5)

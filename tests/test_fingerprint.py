@@ -8,7 +8,6 @@ import sys
 
 import ml_dtypes
 import numpy as np
-import pytest
 
 from fer_jax import checkpointing
 from helpers import get_config

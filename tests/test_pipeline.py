@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from fer_jax import train
+from fer_jax import mesh as mesh_lib
 from fer_jax.data import pipeline
 from helpers import get_config, tiny_run
 
@@ -15,7 +15,7 @@ def _config(**dataset):
 
 def test_eval_pads_and_masks_so_each_example_counts_once():
   config = _config()
-  eval_data = pipeline.EvalData(config, train.make_mesh(), "test")
+  eval_data = pipeline.EvalData(config, mesh_lib.make_mesh(), "test")
   batches = list(eval_data.batches())
   assert len(batches) == 3  # 70 examples in batches of 32
   masks = np.concatenate([np.asarray(b["mask"]) for b in batches])
@@ -29,7 +29,7 @@ def test_eval_pads_and_masks_so_each_example_counts_once():
 
 def test_training_stream_is_a_function_of_the_step():
   config = _config()
-  data = pipeline.TrainData(config, train.make_mesh())
+  data = pipeline.TrainData(config, mesh_lib.make_mesh())
   assert data.steps_per_epoch == 280 // 32
   first = [np.asarray(b["image"]) for _, b in zip(range(4), data.batches(0))]
   resumed = [np.asarray(b["image"]) for _, b in zip(range(2), data.batches(2))]
@@ -92,17 +92,17 @@ def test_clear_errors_for_missing_data_and_bad_settings(tmp_path):
   config = _config()
   config.input.update(size=40, eval_pp="normalize('imagenet')")
   with pytest.raises(pipeline.DataError, match="eval_pp .* into float \\(32, 32, 3\\), but the model takes float \\(40, 40, 3\\)"):
-    pipeline.EvalData(config, train.make_mesh(), "test")
+    pipeline.EvalData(config, mesh_lib.make_mesh(), "test")
   config.input.update(size=32, train_pp="resize(32)|flip()")
   with pytest.raises(pipeline.DataError, match="train_pp .* into uint8 .* end it at config.input.size with normalize"):
-    pipeline.TrainData(config, train.make_mesh())
+    pipeline.TrainData(config, mesh_lib.make_mesh())
   config.input.train_pp = "resize(32)|jitter()"
   with pytest.raises(pipeline.DataError, match="Unknown preprocessing op 'jitter'.*the device pipeline knows: .*flip"):
-    pipeline.TrainData(config, train.make_mesh())
+    pipeline.TrainData(config, mesh_lib.make_mesh())
 
 
 def _first_batches(config, steps=3, start=0):
-  data = pipeline.TrainData(config, train.make_mesh())
+  data = pipeline.TrainData(config, mesh_lib.make_mesh())
   return data, [{k: np.asarray(v) for k, v in b.items()} for _, b in zip(range(steps), data.batches(start))]
 
 
@@ -123,15 +123,15 @@ def test_every_cache_mode_and_worker_processes_give_the_same_batches():
 
 
 def test_cache_auto_chooses_by_size_and_a_cache_that_does_not_fit_is_refused():
-  data = pipeline.TrainData(_config(cache="auto"), train.make_mesh())
+  data = pipeline.TrainData(_config(cache="auto"), mesh_lib.make_mesh())
   assert data.cache_mode == "device"  # 280 × 32 × 32 × 3 bytes fit any budget
-  data = pipeline.TrainData(_config(cache="auto", cache_budget_mb=0.5), train.make_mesh())
+  data = pipeline.TrainData(_config(cache="auto", cache_budget_mb=0.5), mesh_lib.make_mesh())
   assert data.cache_mode == "host"
   with pytest.raises(pipeline.DataError, match=r"280 × \(32, 32, 3\) uint8 = 1 MB\) exceeds the device cache budget "
                      r"of 0 MB: use --config.dataset.cache=host"):
-    pipeline.TrainData(_config(cache="device", cache_budget_mb=0.1), train.make_mesh())
+    pipeline.TrainData(_config(cache="device", cache_budget_mb=0.1), mesh_lib.make_mesh())
   with pytest.raises(pipeline.DataError, match="Unknown config.dataset.cache 'disk'; valid: auto, none, host, device"):
-    pipeline.TrainData(_config(cache="disk"), train.make_mesh())
+    pipeline.TrainData(_config(cache="disk"), mesh_lib.make_mesh())
 
 
 def test_images_are_decoded_at_the_configured_size():
@@ -144,14 +144,14 @@ def test_images_are_decoded_at_the_configured_size():
 @pytest.mark.parametrize("cache", ["none", "host", "device"])
 def test_two_processes_read_disjoint_halves_of_every_global_batch(cache, monkeypatch):
   """Each process's local slices, stacked in process order, are the one-process global batch."""
-  reference = pipeline.TrainData(_config(cache=cache), train.make_mesh())
+  reference = pipeline.TrainData(_config(cache=cache), mesh_lib.make_mesh())
   expected = [np.asarray(b["position"]) for _, b in zip(range(3), reference.batches(2))]
   expected_labels = [np.asarray(b["label"]) for _, b in zip(range(3), reference.batches(2))]
   slices = []
   for process in (0, 1):
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(jax, "process_index", lambda process=process: process)
-    data = pipeline.TrainData(_config(cache=cache), train.make_mesh())
+    data = pipeline.TrainData(_config(cache=cache), mesh_lib.make_mesh())
     assert data.local_batch == 16
     slices.append([batch for _, batch in zip(range(3), data.local_batches(2))])
   monkeypatch.undo()

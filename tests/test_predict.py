@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from fer_jax import checkpointing
+from fer_jax import models
 from fer_jax import predict
-from fer_jax import train
 from fer_jax.data import pipeline
 from helpers import get_config
 
@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def random_variables(config, seed=0):
   """Random values of the model's shapes (BatchNorm variances positive), without running init."""
-  abstract = train.abstract_variables(train.build_model(config), config)
+  abstract = models.abstract_variables(models.build_model(config), config)
   rng = np.random.default_rng(seed)
   leaves, tree = jax.tree.flatten_with_path(abstract)
   values = [rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32) if str(path[-1].key) == "var"
@@ -65,7 +65,7 @@ def reference_logits(config, checkpoint, faces):
   preprocess = pipeline.FilePreprocessor(config)
   paths = [faces / "a.png", faces / "b.jpg", faces / "sub" / "c.png"]
   images = np.asarray(jax.jit(preprocess)(np.stack([preprocess.read(str(p)) for p in paths])))
-  model = train.build_model(config)
+  model = models.build_model(config)
   both = jax.jit(lambda v, x: model.apply(v, x, train=False)["logits"])(variables, np.concatenate([images, images[:, :, ::-1]]))
   return np.asarray(both[:3]), np.asarray(both[3:])
 

@@ -1,6 +1,5 @@
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fer_jax.models.backbones import resnet
 from fer_jax.summary import count_params
@@ -16,7 +15,7 @@ def test_resnet18_trunk_matches_torchvision_count():
 
 
 def test_resnet50_to_layer3_count():
-  # torchvision resnet50 conv1…layer3 (METHODS.md §9: the SCAN-CCI trunk).
+  # torchvision resnet50 conv1…layer3 (docs/methods/README.md §9: the SCAN-CCI trunk).
   assert count_params(_init(resnet.ResNet50(num_stages=3), 224)["params"]) == 8_543_296
 
 

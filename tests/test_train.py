@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fer_jax import checkpointing
+from fer_jax import models
 from fer_jax import train
 from helpers import assert_user_error, get_config, tiny_data_dir, tiny_run
 
@@ -25,7 +26,7 @@ def _tiny_dan(epochs=1):
 
 def _final_params(workdir, step):
   restored = checkpointing.restore_model(os.path.join(workdir, "checkpoints", str(step)),
-                                         train.abstract_variables(train.build_model(_tiny_dan()), _tiny_dan()))
+                                         models.abstract_variables(models.build_model(_tiny_dan()), _tiny_dan()))
   return restored
 
 
@@ -64,27 +65,27 @@ def test_eight_devices_match_one_device_and_resume_exactly():
 
 def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):
   config = _tiny_dan()
-  model = train.build_model(config)
-  variables = jax.jit(lambda: train.init_variables(model, config, jax.random.key(0)))()
+  model = models.build_model(config)
+  variables = jax.jit(lambda: models.init_variables(model, config, jax.random.key(0)))()
   path = checkpointing.save_model(str(tmp_path / "dan7"), variables, config)
   eight = _tiny_dan()
   eight.model.update(num_classes=8)
   with pytest.raises(checkpointing.CheckpointError, match=r"\(model dan, 7 classes\).*params/fc/bias: checkpoint \(7,\) vs model \(8,\)"):
-    checkpointing.restore_model(path, train.abstract_variables(train.build_model(eight), eight))
+    checkpointing.restore_model(path, models.abstract_variables(models.build_model(eight), eight))
   with pytest.raises(checkpointing.CheckpointError, match="No checkpoint found"):
     checkpointing.restore_model(str(tmp_path / "nothing"), {})
 
 
 def test_checkpoint_with_another_class_order_is_refused_for_inference(tmp_path):
   config = _tiny_dan()
-  model = train.build_model(config)
-  variables = jax.jit(lambda: train.init_variables(model, config, jax.random.key(0)))()
+  model = models.build_model(config)
+  variables = jax.jit(lambda: models.init_variables(model, config, jax.random.key(0)))()
   path = checkpointing.save_model(str(tmp_path / "fer2013_order"), variables, config)
-  restored = train.load_trained_variables(config, model, path)
+  restored = models.load_trained_variables(config, model, path)
   np.testing.assert_array_equal(restored["params"]["fc"]["bias"], variables["params"]["fc"]["bias"])
   config.dataset.class_order = "rafdb"  # same 7 classes, another order
   with pytest.raises(checkpointing.CheckpointError, match=r"predicts the classes \(anger, .*class_order"):
-    train.load_trained_variables(config, model, path)
+    models.load_trained_variables(config, model, path)
 
 
 def _main(*args, timeout=600):
@@ -141,13 +142,13 @@ def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
 
 def test_init_from_may_lack_the_modules_a_later_stage_adds(tmp_path):
   config = _tiny_dan()
-  model = train.build_model(config)
-  variables = jax.jit(lambda: train.init_variables(model, config, jax.random.key(0)))()
+  model = models.build_model(config)
+  variables = jax.jit(lambda: models.init_variables(model, config, jax.random.key(0)))()
   partial = {"params": {k: v for k, v in variables["params"].items() if k != "head3"},
              "batch_stats": {k: v for k, v in variables["batch_stats"].items() if k != "head3"}}
   path = checkpointing.save_model(str(tmp_path / "partial"), partial, config)
-  abstract = train.abstract_variables(model, config)
-  fresh = jax.jit(lambda: train.init_variables(model, config, jax.random.key(1)))()
+  abstract = models.abstract_variables(model, config)
+  fresh = jax.jit(lambda: models.init_variables(model, config, jax.random.key(1)))()
   with pytest.raises(checkpointing.CheckpointError, match="missing: batch_stats/head3"):
     checkpointing.restore_model(path, abstract)
   restored = checkpointing.restore_model(path, abstract, fresh, r"^(params|batch_stats)/head3/")
@@ -228,7 +229,7 @@ def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, str
   args = lambda workdir: [*_tiny_main_args(workdir), "--config.checkpoint_every_steps=3"]
   killed = tmp_path / "killed"
   model_config = _tiny_dan()
-  abstract = train.abstract_variables(train.build_model(model_config), model_config)
+  abstract = models.abstract_variables(models.build_model(model_config), model_config)
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   for moment in ("save", *np.random.default_rng(0).uniform(0.0, 2.0, size=2)):
     log = tmp_path / "log.txt"

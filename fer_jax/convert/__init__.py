@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_jax import models
 from fer_jax.convert import apvit
 from fer_jax.convert import core
 from fer_jax.convert import dan
@@ -123,25 +124,17 @@ def read_source(path: str, method: str, source_name: str | None = None) -> tuple
                         f"for {method}. Known sources: {known}.{hint}")
 
 
-@functools.lru_cache(maxsize=4)
-def _fresh_initialiser(model, image_shape: tuple[int, ...]):
-  """The model's `init` (as fer_jax.train.init_variables runs it), compiled once per model and shape.
+def _fresh_variables(model, config) -> dict:
+  """`models.init_variables` for config.seed, which fills what a checkpoint lacks.
 
   It runs once per conversion, so on the CPU it is compiled without XLA's expensive passes:
-  the random initialisers of a large model otherwise take most of a conversion's time. The
-  values are train.init_variables' for the same seed up to float rounding.
+  the random initialisers of a large model otherwise take most of a conversion's time (the
+  values equal the default compilation's up to float rounding).
   """
-  def init(seed):
-    rng = jax.random.key(seed)
-    variables = model.init({"params": rng, "dropout": rng}, jnp.zeros(image_shape, jnp.float32), train=False)
-    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  init = lambda seed: models.init_variables(model, config, jax.random.key(seed))
   lowered = jax.jit(init).lower(jax.ShapeDtypeStruct((), jnp.int32))
   options = _FAST_COMPILE if jax.default_backend() == "cpu" else None
-  return lowered.compile(compiler_options=options)
-
-
-def _fresh_variables(model, image_shape: tuple[int, ...], seed: int) -> dict:
-  return _fresh_initialiser(model, image_shape)(np.int32(seed))
+  return lowered.compile(compiler_options=options)(np.int32(config.seed))
 
 
 def convert(config, checkpoints: Sequence[str], sources: Sequence[str] = ()) -> tuple[dict, Report]:
@@ -159,11 +152,8 @@ def convert(config, checkpoints: Sequence[str], sources: Sequence[str] = ()) -> 
 
 def convert_tensors(config, inputs: Sequence[tuple[Source, dict, str]]) -> tuple[dict, Report]:
   """Like `convert`, for tensors already read: (source, {name: array}, file name) per input."""
-  from fer_jax import train
-  from fer_jax.models import get_method
-
-  model = train.build_model(config)
-  target = core.Target(train.abstract_variables(model, config))
+  model = models.build_model(config)
+  target = core.Target(models.abstract_variables(model, config))
   tensor_sets, backbone_only, diagnoses = [], False, []
   for source, tensors, file_name in inputs:
     mismatch = source.mismatch(tensors, config) if source.mismatch else None
@@ -172,7 +162,7 @@ def convert_tensors(config, inputs: Sequence[tuple[Source, dict, str]]) -> tuple
     tensor_sets.append(core.Tensors(tensors, f"{file_name} [{source.name}]"))
     source.map(tensor_sets[-1], target, config)
     backbone_only |= source.backbone_only
-  fresh = functools.partial(_fresh_variables, model, tuple(train.dummy_images(config).shape), config.seed)
-  auxiliary = set(get_method(config.model.name).AUXILIARY_PARAMS)
+  fresh = functools.partial(_fresh_variables, model, config)
+  auxiliary = set(models.get_method(config.model.name).auxiliary_params)
   return core.finish(target, tensor_sets, fresh,
                      lambda path: backbone_only or path.split("/")[1] in auxiliary, config.seed, diagnoses)

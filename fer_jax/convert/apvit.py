@@ -1,4 +1,4 @@
-"""APViT's released checkpoint and the two backbones its training starts from (METHODS.md §3).
+"""APViT's released checkpoint and the two backbones its training starts from (docs/methods/apvit.md §3).
 
 Sources:
   apvit     `APViT_RAF-3eeecf7d.pth`, an mmcv checkpoint {meta, state_dict}. Keys:

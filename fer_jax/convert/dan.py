@@ -1,7 +1,7 @@
 """DAN's released checkpoints (`rafdb_epoch21_acc0.897_bacc0.8275.pth`, `affecnet8_epoch5_acc0.6209.pth`, …).
 
 A `torch.save` dict {iter, model_state_dict, optimizer_state_dict}; only `model_state_dict`
-holds weights, loaded strictly by the official demo. Its keys (METHODS.md §2.9):
+holds weights, loaded strictly by the official demo. Its keys (docs/methods/dan.md §2.9):
   features.0 / features.1                conv1 / bn1 of the ResNet-18 trunk
   features.{4,5,6,7}.B.*                 layer1…layer4, block B
   cat_head{i}.sa.{conv1x1,conv_3x3,conv_1x3,conv_3x1}.{0 conv, 1 BN}

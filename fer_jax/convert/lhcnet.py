@@ -1,4 +1,4 @@
-"""LHC-Net's released TensorFlow checkpoints and the ImageNet ResNet34v2 (METHODS.md §1.12).
+"""LHC-Net's released TensorFlow checkpoints and the ImageNet ResNet34v2 (docs/methods/lhcnet.md §1.12).
 
 Sources:
   lhcnet          `Downloaded_Models/LHC_Net/LHC_Net` or `…/LHC_NetC/LHC_Net_Controller`: object

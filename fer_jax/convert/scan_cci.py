@@ -2,7 +2,7 @@
 
 A `torch.save` dict {epoch, base_state_dict, attention_state_dict, region_state_dict,
 best_prec1, optimizer}; the three state dicts hold the weights, every key prefixed `module.`
-(DataParallel), and are loaded strictly by the official scripts (METHODS.md §4.10):
+(DataParallel), and are loaded strictly by the official scripts (docs/methods/scan_cci.md §4.10):
   base_state_dict       module.conv1, module.bn1, module.layer{1,2,3}.B.* (torchvision names)
   attention_state_dict  module.local_attention_masks.attention.{0 conv, 1 PReLU, 2 BN} (one shared
                         unit, RAF-DB) or module.local_attention_masks.{0…24}.attention.* (separate

@@ -1,8 +1,8 @@
 """The one table of class orders, and the remaps between them.
 
-Every data set stores labels in its owners' order (`DATASET_ORDERS`); every config asks for
-the order its method was trained with (`METHOD_ORDERS`, METHODS.md §6). `label_map` turns the
-first into the second by class name, dropping classes the target order lacks.
+Every data set stores labels in its owners' order, and every config asks for the order its
+method was trained with; both kinds are named orders in `CLASS_ORDERS` (docs/methods/README.md
+§6). `label_map` turns the first into the second by class name, dropping classes the target order lacks.
 """
 
 import numpy as np

@@ -1,20 +1,85 @@
-"""Method registry: `config.model.name` → the module `fer_jax.models.<name>`.
+"""The four methods behind one contract, and the helpers every tool builds and loads models with.
 
-Each method module provides
+Each method module `fer_jax.models.<name>` defines `METHOD = Method(...)`:
   build(model_config) -> flax.linen.Module, whose `__call__(images, train)` returns a dict
       with at least "logits" (float32, [batch, num_classes]);
-  loss(outputs, labels, loss_config) -> (scalar loss, dict of scalar metrics);
-  AUXILIARY_PARAMS: top-level parameter names that are training-only state (e.g. DAN's
-      affinity centres), left out of the model's parameter count.
+  loss(outputs, labels, loss_config) -> (scalar loss, dict of scalar metrics), by default
+      the mean softmax cross-entropy;
+  auxiliary_params: top-level parameter names that are training-only state (DAN's affinity
+      centres), left out of the model's parameter count;
+  save_attention_maps(images, outputs, out_dir) -> written paths, for methods that have them.
 """
 
+import dataclasses
 import importlib
-import types
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from fer_jax import checkpointing
+from fer_jax import config_lib
+from fer_jax.data import labels
 
 METHODS = ("dan", "lhcnet", "apvit", "scan_cci")
 
 
-def get_method(name: str) -> types.ModuleType:
+def cross_entropy_loss(outputs, labels, loss_config):
+  """Mean softmax cross-entropy of outputs["logits"] (PyTorch's CrossEntropyLoss, Keras'
+  categorical cross-entropy), with no options."""
+  del loss_config
+  ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels))
+  return ce, {"ce_loss": ce}
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  build: Callable[..., nn.Module]
+  loss: Callable = cross_entropy_loss
+  auxiliary_params: tuple[str, ...] = ()
+  save_attention_maps: Callable | None = None
+
+
+def from_config(module_class, model_config, **values) -> nn.Module:
+  """`module_class` with every field that `model_config` holds (lists as tuples, dtype names as
+  dtypes), then `values`: one new model option is one config key and one module field."""
+  names = {field.name for field in dataclasses.fields(module_class)} - {"name", "parent"}
+  fields = {key: model_config[key] for key in names if key in model_config}
+  fields = {key: tuple(v) if isinstance(v, list) else v for key, v in fields.items()}
+  if "dtype" in fields:
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+  return module_class(**{**fields, **values})
+
+
+def get_method(name: str) -> Method:
   if name not in METHODS:
     raise ValueError(f"Unknown model name {name!r}; valid names: {', '.join(METHODS)}.")
-  return importlib.import_module(f"fer_jax.models.{name}")
+  return importlib.import_module(f"fer_jax.models.{name}").METHOD
+
+
+def build_model(config) -> nn.Module:
+  return get_method(config.model.name).build(config.model)
+
+
+def dummy_images(config, batch: int = 1):
+  return jnp.zeros((batch, config.input.size, config.input.size, config.input.channels), jnp.float32)
+
+
+def init_variables(model, config, rng) -> dict:
+  """{params, batch_stats} as `model.init` draws them from `rng` (batch_stats {} if it has none)."""
+  variables = model.init({"params": rng, "dropout": rng}, dummy_images(config), train=False)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def abstract_variables(model, config) -> dict:
+  return jax.eval_shape(lambda: init_variables(model, config, jax.random.key(0)))
+
+
+def load_trained_variables(config, model, checkpoint: str) -> dict:
+  """A checkpoint's variables for evaluation or inference, after the config is validated and
+  the checkpoint's method, class count, class order, names and shapes are checked."""
+  config_lib.validate(config, training=False)
+  return checkpointing.restore_model(checkpoint, abstract_variables(model, config), expected_model=config.model,
+                                     class_names=labels.class_names(config.dataset.class_order))

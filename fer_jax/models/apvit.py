@@ -1,4 +1,4 @@
-"""APViT: IR-50 stages 1–3 + ViT with attentive patch and token pooling (METHODS.md §3).
+"""APViT: IR-50 stages 1–3 + ViT with attentive patch and token pooling (docs/methods/apvit.md §3).
 
 Follows the official code: APP scores each position of the projected 14×14 map by Σ_c |z_c|,
 adds the patch positional embedding before keeping the top 160 positions in raster order;
@@ -12,6 +12,7 @@ Names mirror the official checkpoint (`extractor.*`, `vit.projs.0`, `vit.cls_tok
 embeddings keep its [1, N, C] shapes.
 """
 
+import functools
 import math
 import os
 from typing import Any, Sequence
@@ -20,13 +21,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from PIL import Image
 
+from fer_jax.models import Method, from_config
 from fer_jax.models.backbones import irse
 from fer_jax.models.backbones import vit
 
-AUXILIARY_PARAMS = ()
 FEATURE_STRIDE = 8  # three stride-2 IR stages: a 112² face gives the 14×14 patch grid
 
 # PyTorch Conv2d default (kaiming_uniform_(a=√5)): U(±1/√fan_in) for weight and bias; the
@@ -132,32 +132,23 @@ class APViT(nn.Module):
   """IR-50 stages 1–3 (`extractor`), the pooling ViT on their map (`vit`), a linear `head`."""
   num_classes: int = 7
   ir_stage_sizes: Sequence[int] = (3, 4, 14)
-  vit: PoolingViT = PoolingViT()
+  width: int = 768
+  depth: int = 8
+  num_heads: int = 8
+  mlp_dim: int = 2304
+  app_keep: int = 160
+  atp_keep_rates: Sequence[float] = (1.0,) * 4 + (0.9,) * 4
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images, train: bool) -> dict:
     features = irse.IRSE(self.ir_stage_sizes, num_stages=3, dtype=self.dtype,
                          name="extractor")(images.astype(self.dtype), train)["stage3"]
-    cls, app_positions, atp_positions = self.vit(features)
+    cls, app_positions, atp_positions = PoolingViT(
+        self.width, self.depth, self.num_heads, self.mlp_dim, self.app_keep, self.atp_keep_rates, self.dtype,
+        name="vit")(features)
     logits = ClassifierHead(self.num_classes, name="head")(cls.astype(jnp.float32))
     return {"logits": logits, "app_positions": app_positions, "atp_positions": atp_positions}
-
-
-def build(model_config) -> APViT:
-  dtype = jnp.dtype(model_config.dtype)
-  pooling_vit = PoolingViT(width=model_config.width, depth=model_config.depth, num_heads=model_config.num_heads,
-                           mlp_dim=model_config.mlp_dim, app_keep=model_config.app_keep,
-                           atp_keep_rates=tuple(model_config.atp_keep_rates), dtype=dtype)
-  return APViT(num_classes=model_config.num_classes, ir_stage_sizes=tuple(model_config.ir_stage_sizes),
-               vit=pooling_vit, dtype=dtype)
-
-
-def loss(outputs, labels, loss_config):
-  """Mean cross-entropy, no label smoothing (the official CrossEntropyLoss, weight 1)."""
-  del loss_config
-  ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels))
-  return ce, {"ce_loss": ce}
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -199,3 +190,6 @@ def save_attention_maps(images, outputs, out_dir: str) -> list[str]:
     atp = [_kept_patches_panel(face, stage[index]) for stage in outputs["atp_positions"]]
     paths.append(_save_panels(atp, os.path.join(out_dir, f"{index:04d}_atp_tokens.png")))
   return paths
+
+
+METHOD = Method(build=functools.partial(from_config, APViT), save_attention_maps=save_attention_maps)

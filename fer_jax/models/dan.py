@@ -1,10 +1,11 @@
-"""DAN: ResNet-18 trunk + K cross-attention heads + attention fusion (METHODS.md §2).
+"""DAN: ResNet-18 trunk + K cross-attention heads + attention fusion (docs/methods/dan.md §2).
 
 Follows the official code: unnormalised spatial attention (a channel sum of ReLU outputs),
 log-softmax across heads, BatchNorm on the logits, the affinity loss on the pooled trunk
 features with learnable centres, and the partition loss as log(1 + K / mean variance).
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -12,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fer_jax.models import Method, from_config
 from fer_jax.models.backbones import resnet
 from fer_jax.models.backbones.batch_norm import BatchNorm
 
-AUXILIARY_PARAMS = ("affinity",)
 
 head_dense_init = nn.initializers.normal(0.001)
 # PyTorch nn.Linear default: U(±1/sqrt(fan_in)) for weight and bias.
@@ -99,9 +100,6 @@ class DAN(nn.Module):
     }
 
 
-def build(model_config) -> DAN:
-  return DAN(num_classes=model_config.num_classes, num_heads=model_config.num_heads,
-             num_centres=model_config.num_centres, dtype=jnp.dtype(model_config.dtype))
 
 
 def affinity_loss(features, centres, labels):
@@ -128,3 +126,6 @@ def loss(outputs, labels, loss_config):
   partition = partition_loss(outputs["heads"])
   total = ce + loss_config.affinity_weight * affinity + loss_config.partition_weight * partition
   return total, {"ce_loss": ce, "affinity_loss": affinity, "partition_loss": partition}
+
+
+METHOD = Method(build=functools.partial(from_config, DAN), loss=loss, auxiliary_params=("affinity",))

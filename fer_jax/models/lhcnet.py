@@ -1,4 +1,4 @@
-"""LHC-Net: ResNet34v2 with five local multi-head channel self-attention modules (METHODS.md §1).
+"""LHC-Net: ResNet34v2 with five local multi-head channel self-attention modules (docs/methods/lhcnet.md §1).
 
 Follows the official Keras code:
   * an LHC module adds channel-to-channel attention to the residual stream X (B×R×R×C):
@@ -21,15 +21,15 @@ rule): `backbone` (resnet_v2.ResNetV2 names), `lhc1`…`lhc5` with `qk_kernel` (
 LHC-Net tree, so LHC-Net can start from its checkpoint.
 """
 
+import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-import optax
 
+from fer_jax.models import Method, from_config
 from fer_jax.models.backbones import resnet_v2
 
-AUXILIARY_PARAMS = ()
 
 # Keras Dense/Conv2D default.
 glorot_uniform = nn.initializers.glorot_uniform()
@@ -111,7 +111,7 @@ class LHCNet(nn.Module):
   """ResNet34v2 + LHC modules at the five tap points + MLP head.
 
   `use_lhc=False` gives the plain ResNet34v2 classifier of the official step A;
-  `controller_init` (one value per module) gives LHC-NetC; `freeze_batch_norm` runs every
+  `controller` adds LHC-NetC's gains, one per module, starting at `controller_init`; `freeze_batch_norm` runs every
   BatchNorm on its moving statistics even in training (Keras frozen layers, step C).
   """
   num_classes: int = 7
@@ -121,7 +121,8 @@ class LHCNet(nn.Module):
   pool_size: int = 3
   kernel_size: int = 3
   norm_c: float = 1.0
-  controller_init: Optional[Sequence[float]] = None
+  controller: bool = False
+  controller_init: Sequence[float] = (0.0, 0.0, 0.0, -1.0, -0.5)
   freeze_batch_norm: bool = False
   head_widths: Sequence[int] = (4096, 1024)
   dropout_rate: float = 0.4
@@ -134,7 +135,7 @@ class LHCNet(nn.Module):
       if not len(self.lhc_heads) == len(self.lhc_embed_dims) == len(resnet_v2.TAP_POINTS):
         raise ValueError(f"config.model.lhc_heads and lhc_embed_dims need one entry per module "
                          f"({len(resnet_v2.TAP_POINTS)}).")
-      controller_init = self.controller_init or (None,) * len(resnet_v2.TAP_POINTS)
+      controller_init = self.controller_init if self.controller else (None,) * len(resnet_v2.TAP_POINTS)
       for index, point in enumerate(resnet_v2.TAP_POINTS):
         insertions[point] = LHCModule(self.lhc_heads[index], self.lhc_embed_dims[index], self.pool_size,
                                       self.kernel_size, self.norm_c, controller_init[index], self.dtype,
@@ -145,17 +146,4 @@ class LHCNet(nn.Module):
     return {"logits": logits.astype(jnp.float32)}
 
 
-def build(model_config) -> LHCNet:
-  controller_init = tuple(model_config.controller_init) if model_config.controller else None
-  return LHCNet(num_classes=model_config.num_classes, use_lhc=model_config.use_lhc,
-                lhc_heads=tuple(model_config.lhc_heads), lhc_embed_dims=tuple(model_config.lhc_embed_dims),
-                pool_size=model_config.pool_size, kernel_size=model_config.kernel_size,
-                norm_c=model_config.norm_c, controller_init=controller_init,
-                freeze_batch_norm=model_config.freeze_batch_norm, head_widths=tuple(model_config.head_widths),
-                dropout_rate=model_config.dropout_rate, dtype=jnp.dtype(model_config.dtype))
-
-
-def loss(outputs, labels, loss_config):
-  del loss_config  # plain categorical cross-entropy, no options
-  ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels))
-  return ce, {"ce_loss": ce}
+METHOD = Method(build=functools.partial(from_config, LHCNet))

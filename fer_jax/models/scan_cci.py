@@ -1,6 +1,6 @@
 """SCAN-CCI: ResNet-50 to layer3, SCAN attention over 25 local regions, CCI quadrant heads.
 
-Follows the official code (METHODS.md §4): the SCAN unit is conv3×3 → per-channel PReLU → BN
+Follows the official code (docs/methods/scan_cci.md §4): the SCAN unit is conv3×3 → per-channel PReLU → BN
 → sigmoid, applied to every region on its own (zero padding at region borders); the local
 features are max-pooled across regions, joined with the globally attended feature,
 L2-normalised and classified; the CCI branch gates layer3 channels with ECA and classifies each
@@ -10,6 +10,7 @@ By default the bottom strips of the region split reproduce the official unfold/p
 (region j is row 24 + j folded into 4×6); `bottom_strip_quirk=False` cuts true 4×6 blocks.
 """
 
+import functools
 import os
 from typing import Any, Sequence
 
@@ -21,9 +22,9 @@ import numpy as np
 import optax
 from PIL import Image
 
+from fer_jax.models import Method, from_config
 from fer_jax.models.backbones import resnet
 
-AUXILIARY_PARAMS = ()
 REGION_SIZE = 6
 
 # PyTorch defaults for Conv/Linear weights: kaiming_uniform(a=√5) = U(±1/sqrt(fan_in)).
@@ -183,11 +184,6 @@ class SCANCCI(nn.Module):
     }
 
 
-def build(model_config) -> SCANCCI:
-  return SCANCCI(num_classes=model_config.num_classes,
-                 shared_local_units=model_config.shared_local_units,
-                 bottom_strip_quirk=model_config.bottom_strip_quirk,
-                 dtype=jnp.dtype(model_config.dtype))
 
 
 def effective_number_weights(counts: Sequence[int], beta: float) -> np.ndarray:
@@ -266,3 +262,6 @@ def save_attention_maps(images, outputs, out_dir: str) -> list[str]:
       _overlay(face, np.asarray(outputs[key][index], np.float32)).save(path)
       paths.append(path)
   return paths
+
+
+METHOD = Method(build=functools.partial(from_config, SCANCCI), loss=loss, save_attention_maps=save_attention_maps)

@@ -1,4 +1,4 @@
-"""AffectNet, manually annotated part (METHODS.md §5.4): 8 or 7 classes, train / validation.
+"""AffectNet, manually annotated part (docs/methods/datasets.md §5.4): 8 or 7 classes, train / validation.
 
 Reads either release, whichever the manual directory holds (the original one when both):
   original  `training.csv` (with header) and `validation.csv` (without) beside

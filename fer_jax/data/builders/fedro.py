@@ -1,4 +1,4 @@
-"""FED-RO (Li et al., TIP 2019; METHODS.md §5.6): about 400 faces with real occlusions.
+"""FED-RO (Li et al., TIP 2019; docs/methods/datasets.md §5.6): about 400 faces with real occlusions.
 
 A test-only set in 7 class folders (`neural` (sic), happy, sad, surprise, fear, disgust,
 anger), labelled in AffectNet's code order without Contempt, as SCAN-CCI maps them.

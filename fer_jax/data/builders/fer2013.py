@@ -1,4 +1,4 @@
-"""FER2013 from the Kaggle CSV (METHODS.md §5.1): 48×48 gray faces, 7 classes."""
+"""FER2013 from the Kaggle CSV (docs/methods/datasets.md §5.1): 48×48 gray faces, 7 classes."""
 
 import csv
 import functools

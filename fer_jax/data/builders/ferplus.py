@@ -1,4 +1,4 @@
-"""FERPlus (METHODS.md §5.2): FER2013 faces relabelled by 10 annotators, 8 classes.
+"""FERPlus (docs/methods/datasets.md §5.2): FER2013 faces relabelled by 10 annotators, 8 classes.
 
 Votes come from each folder's `label.csv` when present (what the FERPlus trainer and
 SCAN-CCI read; both layouts, with and without the face-box column), otherwise from

@@ -1,4 +1,4 @@
-"""RAF-DB basic (METHODS.md §5.3): 7 classes, train 12,271 / test 3,068.
+"""RAF-DB basic (docs/methods/datasets.md §5.3): 7 classes, train 12,271 / test 3,068.
 
 Config `basic` reads the official 100×100 aligned faces; `aligned224` reads APViT's
 224×224 MTCNN re-alignment (`Image/aligned_224/`, `EmoLabel/train.txt`/`test.txt`). Labels

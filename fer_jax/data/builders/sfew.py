@@ -1,4 +1,4 @@
-"""SFEW 2.0 (METHODS.md §5.5): movie frames in 7 per-class folders, Train / Val.
+"""SFEW 2.0 (docs/methods/datasets.md §5.5): movie frames in 7 per-class folders, Train / Val.
 
 Config `aligned` (the default, what SCAN-CCI reads) takes the organisers' aligned faces,
 `original` the whole frames. Labels follow the class folders' alphabetical order, which is

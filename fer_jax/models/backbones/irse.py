@@ -1,4 +1,4 @@
-"""face.evoLVe IR trunks ("IR", no squeeze-excitation), as APViT uses them (METHODS.md §3.3).
+"""face.evoLVe IR trunks ("IR", no squeeze-excitation), as APViT uses them (docs/methods/apvit.md §3.3).
 
 Channels-last. Layer names mirror face.evoLVe's flat PyTorch keys so that converting them is a
 plain key map: `input_layer.{0,1,2}` → `input_layer_{0,1,2}`, `body.N.res_layer.i` →

@@ -1,6 +1,6 @@
 """Pre-activation ResNet v2 as in qubvel's `classification_models` ("resnet34"), used by LHC-Net.
 
-Channels-last, Keras semantics (METHODS.md §1.3):
+Channels-last, Keras semantics (docs/methods/lhcnet.md §1.3):
   * `bn_data`: a BatchNorm without scale on the raw 0–255 pixels (the only normalisation);
   * every BatchNorm has ε 2e-5 and Keras momentum 0.99 (the same number in Flax);
   * every convolution is bias-free, He-uniform initialised, and preceded by an explicit zero
@@ -25,7 +25,7 @@ Names follow the Keras layer names, so converting the ImageNet weights
 
 Keras kernels are already in Flax layout ((kh, kw, in, out)); nothing is transposed. The
 LHC-Net TF checkpoint names the same layers `conv1/{bn1,conv1,bn2}` (stem), `conv{s+1}_{u}/...`
-with `convId` for `sc`, and `bn` for the final `bn1` (METHODS.md §1.12).
+with `convId` for `sc`, and `bn` for the final `bn1` (docs/methods/lhcnet.md §1.12).
 """
 
 import functools

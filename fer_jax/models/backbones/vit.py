@@ -1,4 +1,4 @@
-"""Pre-norm ViT blocks in timm's original form (METHODS.md §3.5), with the attention logits exposed.
+"""Pre-norm ViT blocks in timm's original form (docs/methods/apvit.md §3.5), with the attention logits exposed.
 
 Names follow timm so that converting a ViT checkpoint is a plain key map: `blocks.i.norm1` →
 `blocks_i/norm1`, `blocks.i.attn.qkv` → `blocks_i/attn/qkv` (rows [q; k; v], each split
