@@ -1,13 +1,16 @@
 """Evaluation: a jitted step that accumulates a confusion matrix, metrics, and reports.
 
 Every example counts once: the last batch is padded and padded rows carry mask 0. The
-confusion matrix is summed inside the step over the global batch, so the host only adds
-K×K matrices, on any number of devices and processes. All metrics derive from it.
+confusion matrix (a `clu.metrics.Metric`) is summed inside the step over the global batch, so
+the host only merges K×K matrices, on any number of devices and processes. All metrics derive
+from it.
 """
 
 import json
 import os
 
+from clu import metrics as clu_metrics
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +19,28 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from fer_jax import tta
 
 
+@flax.struct.dataclass
+class ConfusionMatrix(clu_metrics.Metric):
+  """K×K counts (rows: true class, columns: predicted) of the examples with mask 1."""
+
+  counts: jax.Array
+
+  @classmethod
+  def from_model_output(cls, *, logits, labels, mask, **_) -> "ConfusionMatrix":
+    num_classes = logits.shape[-1]
+    predicted = jnp.argmax(logits, axis=-1)
+    counts = jnp.zeros((num_classes, num_classes), jnp.int32).at[labels, predicted].add((mask > 0).astype(jnp.int32))
+    return cls(counts=counts)
+
+  def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    return type(self)(counts=self.counts + other.counts)
+
+  def compute(self) -> jax.Array:
+    return self.counts
+
+
 def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", preprocess=None):
-  """jit(variables, batch) → K×K counts (rows: true class, columns: predicted).
+  """jit(variables, batch) → the batch's `ConfusionMatrix`.
 
   `tta_name` (fer_jax.tta.NAMES) averages the softmax outputs of weighted test-time views,
   all computed inside the one jitted step; "none" takes the argmax of the plain logits.
@@ -30,8 +53,10 @@ def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", prepro
 
   def step(variables, batch):
     images = batch["image"] if preprocess is None else preprocess(batch["image"], batch["position"])
-    predicted = jnp.argmax(predict(variables, images), axis=-1)
-    return jnp.zeros((num_classes, num_classes), jnp.float32).at[batch["label"], predicted].add(batch["mask"])
+    scores = predict(variables, images)
+    if scores.shape[-1] != num_classes:
+      raise ValueError(f"The model predicts {scores.shape[-1]} classes, not {num_classes}")
+    return ConfusionMatrix.from_model_output(logits=scores, labels=batch["label"], mask=batch["mask"])
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(step, out_shardings=replicated)
@@ -40,9 +65,9 @@ def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", prepro
 def confusion_matrix(step, variables, eval_data) -> np.ndarray:
   total = None
   for batch in eval_data.batches():
-    counts = step(variables, batch)
-    total = counts if total is None else total + counts
-  return np.rint(np.asarray(jax.device_get(total))).astype(np.int64)
+    update = step(variables, batch)
+    total = update if total is None else total.merge(update)
+  return np.asarray(jax.device_get(total.compute()), np.int64)
 
 
 def metrics(confusion: np.ndarray, class_names) -> dict:

@@ -11,8 +11,11 @@ model, restored and checked as for `--mode=eval`), the line before it is `params
 `checkpointing.fingerprint` of its params and batch_stats: equal digests mean equal weights.
 """
 
+from collections.abc import Mapping
+
 from absl import flags
 from absl import logging
+from clu import parameter_overview
 import jax
 import numpy as np
 
@@ -23,25 +26,26 @@ from fer_jax import models
 
 
 def count_params(tree, exclude=()) -> int:
-  """Number of scalars in a pytree, leaving out the top-level keys in `exclude`."""
-  if isinstance(tree, dict) or hasattr(tree, "items"):
+  """Scalars in a nested dict of arrays (or one array), without the top-level keys in `exclude`."""
+  if isinstance(tree, Mapping):
     tree = {k: v for k, v in tree.items() if k not in exclude}
-  return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
+  return int(parameter_overview.count_parameters({"": tree}))
 
 
 def module_table(params, depth: int, exclude=()) -> list[tuple[str, int]]:
+  """(indented name, count) per module down to `depth`; a module's children are listed when
+  at least one of them is a module."""
   rows = []
 
-  def visit(tree, prefix, level):
+  def visit(tree, level):
     for name, subtree in tree.items():
-      path = f"{prefix}/{name}" if prefix else name
-      if prefix == "" and name in exclude:
+      if level == 0 and name in exclude:
         continue
-      rows.append((("  " * level) + path.split("/")[-1], count_params(subtree)))
-      if level + 1 < depth and hasattr(subtree, "items") and any(hasattr(v, "items") for v in subtree.values()):
-        visit(subtree, path, level + 1)
+      rows.append(("  " * level + name, count_params(subtree)))
+      if level + 1 < depth and isinstance(subtree, Mapping) and any(isinstance(v, Mapping) for v in subtree.values()):
+        visit(subtree, level + 1)
 
-  visit(params, "", 0)
+  visit(params, 0)
   return rows
 
 

@@ -34,8 +34,17 @@ def test_confusion_step_counts_masked_rows_zero_times():
   images = jnp.zeros((8, 2, 2, 1)).at[:, 0, 0, 0].set(jnp.array([0, 1, 2, 2, 1, 0, 0, 0]))
   batch = {"image": images, "label": jnp.array([0, 1, 2, 1, 1, 0, 2, 2]),
            "mask": jnp.array([1, 1, 1, 1, 1, 1, 0, 0], jnp.float32)}
-  counts = np.asarray(step({}, batch))
-  np.testing.assert_array_equal(counts, [[2, 0, 0], [0, 2, 1], [0, 0, 1]])
+  update = step({}, batch)
+  assert isinstance(update, evaluate.ConfusionMatrix)
+  np.testing.assert_array_equal(update.compute(), [[2, 0, 0], [0, 2, 1], [0, 0, 1]])
+
+  class Batches:
+    def batches(self):
+      return iter([batch, batch])
+
+  total = evaluate.confusion_matrix(step, {}, Batches())
+  assert total.dtype == np.int64
+  np.testing.assert_array_equal(total, [[4, 0, 0], [0, 4, 2], [0, 0, 2]])
 
 
 def test_report_files(tmp_path):
