@@ -246,97 +246,155 @@ class FiniteGuard:
     self._unchecked = []
 
 
+class ProgressLog:
+  """Mean loss, accuracy and learning rate, img/s and ETA every `log_every_steps`, to the log and
+  TensorBoard; each logged window is first checked for non-finite values."""
+
+  def __init__(self, config, num_steps: int, steps_per_epoch: int, writer: Writer, guard: FiniteGuard):
+    self.config, self.num_steps, self.steps_per_epoch = config, num_steps, steps_per_epoch
+    self.writer, self.guard = writer, guard
+    self.restart_clock()
+
+  def restart_clock(self) -> None:
+    """Starts a new timing window (after an evaluation, whose time is not training time)."""
+    self._start, self._pending = time.perf_counter(), []
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._pending.append(metrics)
+    self.guard.add(step, metrics)
+    if step % self.config.log_every_steps == 0 or step == self.num_steps:
+      self.guard.check()
+      means = {k: float(np.mean([m[k] for m in jax.device_get(self._pending)])) for k in self._pending[0]}
+      elapsed = time.perf_counter() - self._start
+      images_per_second = len(self._pending) * self.config.batch_size / elapsed
+      logging.info("step %d/%d epoch %.2f loss %.4f accuracy %.3f lr %.3g | %.1f img/s ETA %s", step, self.num_steps,
+                   step / self.steps_per_epoch, means["loss"], means["accuracy"], means["lr"], images_per_second,
+                   _format_eta((self.num_steps - step) * elapsed / len(self._pending)))
+      self.writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
+      self.restart_clock()
+
+
+class TrainingRun:
+  """One run in `workdir`: set up (or resumed) once, then driven step by step by `train_and_evaluate`."""
+
+  def __init__(self, config, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.max_checkpoints)
+    self.start_step = self.checkpoints.latest_step() or 0
+    config_lib.validate(config, training=True, new_run=not self.start_step)
+    self.mesh = mesh_lib.make_mesh()
+    method = models.get_method(config.model.name)
+    self.model = method.build(config.model)
+    self.data = pipeline.TrainData(config, self.mesh)
+    self.evaluator = Evaluator(self.model, config, self.mesh)
+    for split in {config.dataset.eval_split, config.dataset.test_split} - {""}:
+      self.evaluator.data(split)  # fail now, not after training
+    self.steps_per_epoch, self.num_steps = self.data.steps_per_epoch, self.data.num_steps
+    self.abstract = models.abstract_variables(self.model, config)
+    tx = optim.make_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs, self.abstract["params"])
+    schedule = optim.lr_schedule(config.optimizer, self.steps_per_epoch, config.num_epochs)
+    self.state = self._restore_or_initialise(create_state(self.model, tx, config, self.mesh))
+    self.selection = Selection(config, workdir)
+    self.train_step = make_train_step(self.model, method.loss, loss_config_for(config, self.data.split), tx, schedule,
+                                      self.mesh, config.seed, self.data.augment)
+    self.writer = Writer(workdir)
+    self.guard = FiniteGuard(self.checkpoints, self.steps_per_epoch)
+    self.progress = ProgressLog(config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)
+    self.step, self.last_eval = self.start_step, None
+    logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %d devices", config.model.name,
+                 config.dataset.name, self.num_steps, self.steps_per_epoch, config.batch_size, self.mesh.devices.size)
+
+  def _restore_or_initialise(self, state: dict) -> dict:
+    if self.start_step:
+      state = checkpointing.restore_state(self.checkpoints, self.start_step, state)
+      logging.info("Resumed from step %d in %s", self.start_step, self.workdir)
+      return state
+    if self.config.init_from:
+      return load_initial_variables(state, self.config, self.model, self.mesh)
+    return state
+
+  @property
+  def variables(self) -> dict:
+    return {"params": self.state["params"], "batch_stats": self.state["batch_stats"]}
+
+  def remaining_batches(self):
+    """(step, batch) from the step after the newest checkpoint; none if early stopping already ended the run."""
+    patience = self.selection.patience
+    if self.start_step and patience and self.start_step // self.steps_per_epoch - self.selection.best_epoch >= patience:
+      return iter(())
+    return enumerate(self.data.batches(self.start_step), start=self.start_step + 1)
+
+  def train(self, step: int, batch: dict) -> None:
+    self.state, metrics = self.train_step(self.state, batch)
+    self.step = step
+    self.progress.add(step, metrics)
+
+  def evaluate_and_select(self) -> bool:
+    """At the end of an evaluated epoch: evaluates eval_split and updates the selection; returns
+    True when early stopping ends training."""
+    epoch, epoch_end = divmod(self.step, self.steps_per_epoch)[0], self.step % self.steps_per_epoch == 0
+    self.last_eval = None
+    if not epoch_end or (epoch % self.config.eval.every_epochs and self.step != self.num_steps):
+      return False
+    self.guard.check()
+    split = self.config.dataset.eval_split
+    self.last_eval = self.evaluator(self.variables, split)
+    logging.info("epoch %d %s: accuracy %.4f mean-class %.4f", epoch, split, self.last_eval["accuracy"],
+                 self.last_eval["mean_class_accuracy"])
+    self.writer.scalars(self.step, {f"eval/{k}": self.last_eval[k] for k in ("accuracy", "mean_class_accuracy")})
+    stop = self.selection.update(epoch, self.step, self.last_eval, self.variables, self.config)
+    if stop:
+      logging.info("Early stopping at epoch %d: no gain in %s for %d epochs", epoch, self.selection.metric,
+                   self.selection.patience)
+    self.progress.restart_clock()
+    return stop
+
+  def checkpoint(self, force: bool = False) -> None:
+    """Saves the step when due (every checkpoint_every_steps, else every epoch, and the last one) or forced."""
+    every = self.config.checkpoint_every_steps or self.steps_per_epoch
+    if force or self.step % every == 0 or self.step == self.num_steps:
+      self.guard.check()
+      checkpointing.save(self.checkpoints, self.step, self.state, self.config)
+
+  def stop_for(self, signal_name: str) -> None:
+    """After a forced checkpoint: waits for every save, then raises Preempted."""
+    checkpointing.wait_until_saved(self.checkpoints)
+    self.selection.wait_until_finished()
+    logging.warning("Saved step %d (epoch %.2f) in %s after %s; start the same command again to resume.",
+                    self.step, self.step / self.steps_per_epoch, self.checkpoints.directory, signal_name)
+    raise Preempted(self.step)
+
+  def report(self) -> dict:
+    """The final report on test_split (else eval_split), with the best epoch's weights if configured."""
+    checkpointing.wait_until_saved(self.checkpoints)
+    self.selection.wait_until_finished()
+    variables, reusable = self.variables, self.last_eval
+    if self.config.restore_best and self.selection.metric and self.selection.checkpoints.latest_step() is not None:
+      variables = jax.device_put(self.selection.best_variables(self.abstract), NamedSharding(self.mesh, P()))
+      logging.info("Reporting the best epoch (%d, %s %.4f)", self.selection.best_epoch, self.selection.metric,
+                   self.selection.best_value)
+      reusable = None
+    if self.config.dataset.test_split not in ("", self.config.dataset.eval_split):
+      reusable = None
+    results = final_report(self.evaluator, variables, self.workdir, self.step, reusable)
+    self.writer.scalars(self.step, {f"test/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
+    self.writer.close()
+    return results
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming from its newest checkpoint) and writes the eval report."""
-  checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.max_checkpoints)
-  start_step = checkpoints.latest_step() or 0
-  config_lib.validate(config, training=True, new_run=not start_step)
-  mesh = mesh_lib.make_mesh()
-  method = models.get_method(config.model.name)
-  model = method.build(config.model)
-  train_data = pipeline.TrainData(config, mesh)
-  evaluator = Evaluator(model, config, mesh)
-  for split in {config.dataset.eval_split, config.dataset.test_split} - {""}:
-    evaluator.data(split)  # fail now, not after training
-  steps_per_epoch, num_steps = train_data.steps_per_epoch, train_data.num_steps
-  abstract = models.abstract_variables(model, config)
-  tx = optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs, abstract["params"])
-  schedule = optim.lr_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
-  state = create_state(model, tx, config, mesh)
-
-  if start_step:
-    state = checkpointing.restore_state(checkpoints, start_step, state)
-    logging.info("Resumed from step %d in %s", start_step, workdir)
-  elif config.init_from:
-    state = load_initial_variables(state, config, model, mesh)
-  selection = Selection(config, workdir)
-  stopped_early = start_step and selection.patience and (
-      start_step // steps_per_epoch - selection.best_epoch >= selection.patience)
-
-  loss_config = loss_config_for(config, train_data.split)
-  train_step = make_train_step(model, method.loss, loss_config, tx, schedule, mesh, config.seed, train_data.augment)
-  checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
-  writer = Writer(workdir)
-  logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %d devices",
-               config.model.name, config.dataset.name, num_steps, steps_per_epoch, config.batch_size,
-               mesh.devices.size)
-  window_start, window_steps, pending = time.perf_counter(), 0, []
-  step, last_eval = start_step, None
-  guard = FiniteGuard(checkpoints, steps_per_epoch)
+  run = TrainingRun(config, workdir)
   with StopSignals() as signals:
-    for step, batch in enumerate(() if stopped_early else train_data.batches(start_step), start=start_step + 1):
-      state, step_metrics = train_step(state, batch)
-      pending.append(step_metrics)
-      guard.add(step, step_metrics)
-      window_steps += 1
-      if step % config.log_every_steps == 0 or step == num_steps:
-        guard.check()
-        means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-        elapsed = time.perf_counter() - window_start
-        images_per_second = window_steps * config.batch_size / elapsed
-        logging.info("step %d/%d epoch %.2f loss %.4f accuracy %.3f lr %.3g | %.1f img/s ETA %s", step,
-                     num_steps, step / steps_per_epoch, means["loss"], means["accuracy"], means["lr"],
-                     images_per_second, _format_eta((num_steps - step) * elapsed / window_steps))
-        writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
-        window_start, window_steps, pending = time.perf_counter(), 0, []
-      last_eval, stop = None, False
-      epoch, epoch_end = divmod(step, steps_per_epoch)[0], step % steps_per_epoch == 0
-      evaluate_now = epoch_end and (epoch % config.eval.every_epochs == 0 or step == num_steps)
-      if evaluate_now or step % checkpoint_every == 0 or signals.received:
-        guard.check()
-      if evaluate_now:
-        variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-        last_eval = evaluator(variables, config.dataset.eval_split)
-        logging.info("epoch %d %s: accuracy %.4f mean-class %.4f", epoch, config.dataset.eval_split,
-                     last_eval["accuracy"], last_eval["mean_class_accuracy"])
-        writer.scalars(step, {"eval/accuracy": last_eval["accuracy"],
-                              "eval/mean_class_accuracy": last_eval["mean_class_accuracy"]})
-        stop = selection.update(epoch, step, last_eval, variables, config)
-        window_start = time.perf_counter()
-      if step % checkpoint_every == 0 or step == num_steps or stop or signals.received:
-        checkpointing.save(checkpoints, step, state, config)
+    for step, batch in run.remaining_batches():
+      run.train(step, batch)
+      stop = run.evaluate_and_select()
+      run.checkpoint(force=stop or bool(signals.received))
       if signals.received:
-        checkpointing.wait_until_saved(checkpoints)
-        selection.wait_until_finished()
-        logging.warning("Saved step %d (epoch %.2f) in %s after %s; start the same command again to resume.",
-                        step, step / steps_per_epoch, checkpoints.directory, signals.received)
-        raise Preempted(step)
+        run.stop_for(signals.received)
       if stop:
-        logging.info("Early stopping at epoch %d: no gain in %s for %d epochs", epoch, selection.metric,
-                     selection.patience)
         break
-  checkpointing.wait_until_saved(checkpoints)
-  selection.wait_until_finished()
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  if config.restore_best and selection.metric and selection.checkpoints.latest_step() is not None:
-    variables = jax.device_put(selection.best_variables(abstract), NamedSharding(mesh, P()))
-    logging.info("Reporting the best epoch (%d, %s %.4f)", selection.best_epoch, selection.metric, selection.best_value)
-    last_eval = None
-  reuse = last_eval if not config.dataset.test_split or config.dataset.test_split == config.dataset.eval_split else None
-  results = final_report(evaluator, variables, workdir, step, reuse)
-  writer.scalars(step, {"test/accuracy": results["accuracy"], "test/mean_class_accuracy": results["mean_class_accuracy"]})
-  writer.close()
-  return results
+  return run.report()
 
 
 def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
