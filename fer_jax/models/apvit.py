@@ -23,20 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from fer_jax.models import Method, from_config
+from fer_jax.models import Method, from_config, layers
 from fer_jax.models.backbones import irse
 from fer_jax.models.backbones import vit
 
 FEATURE_STRIDE = 8  # three stride-2 IR stages: a 112² face gives the 14×14 patch grid
-
-# PyTorch Conv2d default (kaiming_uniform_(a=√5)): U(±1/√fan_in) for weight and bias; the
-# official init leaves the projection at this default.
-torch_conv_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-
-
-def torch_conv_bias_init(fan_in: int):
-  bound = fan_in**-0.5
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def top_k_sorted(scores, k: int):
@@ -95,8 +86,9 @@ class PoolingViT(nn.Module):
   @nn.compact
   def __call__(self, features):
     batch, height, width, channels = features.shape
-    projected = nn.Conv(self.width, (1, 1), kernel_init=torch_conv_init,
-                        bias_init=torch_conv_bias_init(channels), dtype=self.dtype,
+    # The official init leaves the projection at PyTorch's default.
+    projected = nn.Conv(self.width, (1, 1), kernel_init=layers.torch_kernel_init,
+                        bias_init=layers.torch_bias_init(channels), dtype=self.dtype,
                         name="projs_0")(features)
     patch_pos_embed = self.param("patch_pos_embed", vit.dense_init, (1, height * width, self.width))
     cls_token = self.param("cls_token", vit.dense_init, (1, 1, self.width))

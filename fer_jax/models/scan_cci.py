@@ -15,31 +15,16 @@ import os
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
 from PIL import Image
 
-from fer_jax.models import Method, from_config
+from fer_jax.models import Method, from_config, layers
 from fer_jax.models.backbones import resnet
 
 REGION_SIZE = 6
-
-# PyTorch defaults for Conv/Linear weights: kaiming_uniform(a=√5) = U(±1/sqrt(fan_in)).
-torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-
-
-def torch_bias_init(fan_in: int):
-  bound = fan_in**-0.5
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def torch_linear(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
-  return nn.Dense(features, kernel_init=torch_default_init, bias_init=torch_bias_init(fan_in),
-                  dtype=dtype, name=name)
-
 
 def region_index_grids(map_size: int, region_size: int = REGION_SIZE,
                        bottom_strip_quirk: bool = True) -> list[np.ndarray]:
@@ -65,15 +50,6 @@ def region_index_grids(map_size: int, region_size: int = REGION_SIZE,
   return grids
 
 
-class PReLU(nn.Module):
-  """PyTorch nn.PReLU(C): one slope per channel, initialised to 0.25."""
-
-  @nn.compact
-  def __call__(self, x):
-    slope = self.param("slope", nn.initializers.constant(0.25), (x.shape[-1],))
-    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
-
-
 class SCANUnit(nn.Module):
   """Returns (x ⊙ M, M) with M = sigmoid(BN(PReLU(conv3×3(x)))), a mask per channel and position."""
   dtype: Any = jnp.float32
@@ -81,9 +57,9 @@ class SCANUnit(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     y = nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                kernel_init=torch_default_init, dtype=self.dtype, name="conv")(x)
-    y = PReLU(name="prelu")(y)
-    mask = nn.sigmoid(resnet.batch_norm(train, self.dtype, "bn")(y))
+                kernel_init=layers.torch_kernel_init, dtype=self.dtype, name="conv")(x)
+    y = layers.PReLU(name="prelu")(y)
+    mask = nn.sigmoid(layers.torch_batch_norm(train, self.dtype, "bn")(y))
     return x * mask, mask
 
 
@@ -117,7 +93,7 @@ class AttentionBranch(nn.Module):
     global_masked, global_mask = SCANUnit(self.dtype, name="global_scan")(features, train)
     combined = jnp.concatenate([local, jnp.mean(global_masked.astype(jnp.float32), axis=(1, 2))], -1)
     combined = combined / jnp.maximum(jnp.linalg.norm(combined, axis=-1, keepdims=True), 1e-12)
-    logits = torch_linear(self.num_classes, 2 * channels, self.dtype, "fc")(combined)
+    logits = layers.torch_dense(self.num_classes, 2 * channels, "fc", self.dtype)(combined)
     masks = {"global_mask": jnp.mean(global_mask.astype(jnp.float32), axis=-1),
              "local_mask": local_mask.reshape(batch, size, size)}
     return logits.astype(jnp.float32), masks
@@ -133,7 +109,7 @@ class ECA(nn.Module):
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))[..., None]
     pad = (self.kernel_size - 1) // 2
     gate = nn.Conv(1, (self.kernel_size,), padding=((pad, pad),), use_bias=False,
-                   kernel_init=torch_default_init, dtype=self.dtype, name="conv")(pooled)
+                   kernel_init=layers.torch_kernel_init, dtype=self.dtype, name="conv")(pooled)
     return x * nn.sigmoid(gate[..., 0]).astype(x.dtype)[:, None, None, :]
 
 
@@ -150,8 +126,8 @@ class CCIBranch(nn.Module):
     features = ECA(dtype=self.dtype, name="eca")(features)
     channels = features.shape[-1]
     hidden = channels // 4
-    fc1 = torch_linear(hidden, channels, self.dtype, "fc1")
-    fc2 = torch_linear(self.num_classes, hidden, self.dtype, "fc2")
+    fc1 = layers.torch_dense(hidden, channels, "fc1", self.dtype)
+    fc2 = layers.torch_dense(self.num_classes, hidden, "fc2", self.dtype)
     half_h, half_w = features.shape[1] // 2, features.shape[2] // 2
     logits = []
     for row in range(2):
