@@ -11,16 +11,14 @@ By default the bottom strips of the region split reproduce the official unfold/p
 """
 
 import functools
-import os
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 import optax
-from PIL import Image
 
+from fer_jax import attention_maps
 from fer_jax.models import Method, from_config, layers
 from fer_jax.models.backbones import resnet
 
@@ -206,38 +204,5 @@ def loss(outputs, labels, loss_config):
   return total, {"attention_loss": attention, "region_loss": region}
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-  low, high = image.min(), image.max()
-  return np.uint8(np.round(255 * (image - low) / max(high - low, 1e-12)))
-
-
-def _overlay(face: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
-  """Mask stretched to [0, 1], resized bilinearly to the face, coloured with 'jet', blended."""
-  height, width = face.shape[:2]
-  spread = np.float32(_to_uint8(mask)) / 255.0
-  resized = np.asarray(Image.fromarray(spread).resize((width, height), Image.BILINEAR))
-  heat = matplotlib.colormaps["jet"](np.clip(resized, 0.0, 1.0))[..., :3] * 255.0
-  return Image.fromarray(np.uint8(np.round((1 - alpha) * face + alpha * heat)))
-
-
-def save_attention_maps(images, outputs, out_dir: str) -> list[str]:
-  """Writes <i>_global_mask.png and <i>_region_masks.png: channel-mean SCAN masks over each face.
-
-  `images` are the model's (preprocessed) inputs, stretched back to 0–255 for display.
-  Returns the written paths.
-  """
-  os.makedirs(out_dir, exist_ok=True)
-  images = np.asarray(images, np.float32)
-  paths = []
-  for index, image in enumerate(images):
-    face = np.float32(_to_uint8(image))
-    if face.shape[-1] == 1:
-      face = np.repeat(face, 3, axis=-1)
-    for key, suffix in (("global_mask", "global_mask"), ("local_mask", "region_masks")):
-      path = os.path.join(out_dir, f"{index:04d}_{suffix}.png")
-      _overlay(face, np.asarray(outputs[key][index], np.float32)).save(path)
-      paths.append(path)
-  return paths
-
-
-METHOD = Method(build=functools.partial(from_config, SCANCCI), loss=loss, save_attention_maps=save_attention_maps)
+METHOD = Method(build=functools.partial(from_config, SCANCCI), loss=loss,
+                save_attention_maps=attention_maps.save_scan_cci_maps)
