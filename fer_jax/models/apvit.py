@@ -15,6 +15,7 @@ embeddings keep its [1, N, C] shapes.
 import functools
 from typing import Any, Sequence
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -48,8 +49,7 @@ def attentive_patch_pooling(projected, pos_embed, keep: int):
 
   projected [B, H, W, C], pos_embed [1, H·W, C] → (tokens [B, keep, C], positions [B, keep]).
   """
-  batch, height, width, channels = projected.shape
-  tokens = projected.reshape(batch, height * width, channels)
+  tokens = einops.rearrange(projected, "b h w c -> b (h w) c")
   scores = jnp.sum(jnp.abs(tokens.astype(jnp.float32)), axis=-1)
   positions = top_k_sorted(scores, keep)
   return gather_tokens(tokens + pos_embed.astype(tokens.dtype), positions), positions

@@ -13,6 +13,7 @@ By default the bottom strips of the region split reproduce the official unfold/p
 import functools
 from typing import Any, Sequence
 
+import einops
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -76,7 +77,7 @@ class AttentionBranch(nn.Module):
   def __call__(self, features, train: bool):
     batch, size, _, channels = features.shape
     grids = region_index_grids(size, REGION_SIZE, self.bottom_strip_quirk)
-    flat = features.reshape(batch, size * size, channels)
+    flat = einops.rearrange(features, "b h w c -> b (h w) c")
     shared_unit = SCANUnit(self.dtype, name="local_scan") if self.shared_local_units else None
     pooled = []
     local_mask = jnp.zeros((batch, size * size), jnp.float32)
