@@ -280,7 +280,7 @@ def test_save_attention_maps_dims_the_dropped_patches(tmp_path):
   images[0, 0, 0] = 0.0        # one dark pixel so the display stretch maps 1.0 to 255
   outputs = {"app_positions": np.array([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15]]),
              "atp_positions": tuple(np.array([list(range(n))]) for n in (10, 9, 8, 7))}
-  paths = apvit.save_attention_maps(images, outputs, str(tmp_path))
+  paths = models.get_method("apvit").save_attention_maps(images, outputs, str(tmp_path))
   assert [os.path.basename(p) for p in paths] == ["0000_app_patches.png", "0000_atp_tokens.png"]
   app = np.asarray(Image.open(paths[0]))
   assert app.shape == (224, 448, 3)                  # face | kept patches, scaled ×7

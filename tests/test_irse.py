@@ -47,15 +47,6 @@ def test_width_change_unit_has_a_strided_conv_shortcut():
   assert y.shape == (1, 4, 4, 16)
 
 
-def test_prelu_has_one_slope_per_channel():
-  prelu = irse.PReLU()
-  x = jnp.array([[-2.0, 3.0, -1.0]])
-  variables = prelu.init(jax.random.key(0), x)
-  np.testing.assert_allclose(variables["params"]["negative_slope"], [0.25, 0.25, 0.25])
-  y = prelu.apply({"params": {"negative_slope": jnp.array([0.1, 0.2, 0.5])}}, x)
-  np.testing.assert_allclose(y, [[-0.2, 3.0, -0.5]])
-
-
 def test_ir50_stages_1_to_3_map_112_to_14x14x256_with_the_official_parameter_count():
   trunk = irse.IR50(num_stages=3)
   x = jax.ShapeDtypeStruct((2, 112, 112, 3), jnp.float32)
@@ -93,7 +84,7 @@ def test_parameter_names_are_a_plain_map_of_face_evolve_keys():
   trunk = irse.IR50(num_stages=3)
   x = jax.ShapeDtypeStruct((1, 112, 112, 3), jnp.float32)
   params = jax.eval_shape(lambda x: trunk.init(jax.random.key(0), x, train=False), x)["params"]
-  leaf_names = {"kernel": "weight", "scale": "weight", "bias": "bias", "negative_slope": "weight"}
+  leaf_names = {"kernel": "weight", "scale": "weight", "bias": "bias", "slope": "weight"}
 
   def torch_key(path) -> str:
     *modules, leaf = [k.key for k in path]

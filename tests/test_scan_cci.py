@@ -13,6 +13,7 @@ from PIL import Image
 
 import helpers
 
+from fer_jax import attention_maps
 from fer_jax import train
 from fer_jax import visualize
 from fer_jax.data import labels, pipeline
@@ -252,7 +253,7 @@ def test_configs_build_the_official_variants(arg, total):
 
 def test_attention_map_pngs_are_written(small_run, tmp_path):
   images, outputs = small_run
-  paths = scan_cci.save_attention_maps(images, outputs, str(tmp_path / "maps"))
+  paths = attention_maps.save_scan_cci_maps(images, outputs, str(tmp_path / "maps"))
   names = sorted(os.path.basename(p) for p in paths)
   assert names == ["0000_global_mask.png", "0000_region_masks.png",
                    "0001_global_mask.png", "0001_region_masks.png"]
@@ -268,7 +269,7 @@ def test_attention_map_overlay_puts_hot_colours_where_the_mask_is_high(tmp_path)
   mask = np.zeros((1, 2, 2), np.float32)
   mask[0, 0, 0] = 1.0
   outputs = {"global_mask": mask, "local_mask": mask}
-  path = scan_cci.save_attention_maps(images, outputs, str(tmp_path))[0]
+  path = attention_maps.save_scan_cci_maps(images, outputs, str(tmp_path))[0]
   with Image.open(path) as png:
     pixels = np.asarray(png).astype(int)
   # 'jet' is (0.5, 0, 0) at 1 and (0, 0, 0.5) at 0, blended half and half with a black face.
@@ -402,7 +403,7 @@ def test_unknown_config_argument_lists_the_valid_ones():
 def test_registry_contract():
   method = get_method("scan_cci")
   assert method.auxiliary_params == () and method.loss is scan_cci.loss
-  assert method.save_attention_maps is scan_cci.save_attention_maps
+  assert method.save_attention_maps is attention_maps.save_scan_cci_maps
   assert isinstance(method.build(helpers.get_config("configs/scan_cci.py:rafdb").model), flax.linen.Module)
 
 

@@ -99,7 +99,7 @@ TORCH = Layout(
         "batch_norm": {"scale": ("weight", _same), "bias": ("bias", _same),
                        "mean": ("running_mean", _same), "var": ("running_var", _same)},
         "layer_norm": {"scale": ("weight", _same), "bias": ("bias", _same)},
-        "prelu": {"slope": ("weight", _same), "negative_slope": ("weight", _same)},
+        "prelu": {"slope": ("weight", _same)},
     },
     extras={"batch_norm": (("num_batches_tracked",
                             "BatchNorm step counter; Flax BatchNorm keeps none (the momentum is fixed)"),)},
@@ -150,7 +150,7 @@ class Target:
       return {4: "conv", 3: "conv1d", 2: "dense"}.get(len(leaves["kernel"][1]))
     if names == {"scale", "bias"}:
       return "layer_norm"
-    if names in ({"slope"}, {"negative_slope"}):
+    if names == {"slope"}:
       return "prelu"
     return None
 
@@ -200,11 +200,6 @@ def copy_leaf(tensors: Tensors, target: Target, module: str, leaf: str, name: st
   value = tensors.get(name)
   if value is not None:
     target.put(module, leaf, transform(value), name, value.shape)
-
-
-def copy_modules(tensors: Tensors, target: Target, pairs: Iterable[tuple[str, str]], layout: Layout) -> None:
-  for module, source in pairs:
-    copy_module(tensors, target, module, source, layout)
 
 
 Rule = tuple[str, str | Callable[[re.Match], str]]

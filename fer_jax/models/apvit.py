@@ -13,30 +13,19 @@ embeddings keep its [1, N, C] shapes.
 """
 
 import functools
-import math
-import os
 from typing import Any, Sequence
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from PIL import Image
 
-from fer_jax.models import Method, from_config
+from fer_jax import attention_maps
+from fer_jax.models import Method, from_config, layers
 from fer_jax.models.backbones import irse
 from fer_jax.models.backbones import vit
 
 FEATURE_STRIDE = 8  # three stride-2 IR stages: a 112² face gives the 14×14 patch grid
-
-# PyTorch Conv2d default (kaiming_uniform_(a=√5)): U(±1/√fan_in) for weight and bias; the
-# official init leaves the projection at this default.
-torch_conv_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-
-
-def torch_conv_bias_init(fan_in: int):
-  bound = fan_in**-0.5
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def top_k_sorted(scores, k: int):
@@ -60,8 +49,7 @@ def attentive_patch_pooling(projected, pos_embed, keep: int):
 
   projected [B, H, W, C], pos_embed [1, H·W, C] → (tokens [B, keep, C], positions [B, keep]).
   """
-  batch, height, width, channels = projected.shape
-  tokens = projected.reshape(batch, height * width, channels)
+  tokens = einops.rearrange(projected, "b h w c -> b (h w) c")
   scores = jnp.sum(jnp.abs(tokens.astype(jnp.float32)), axis=-1)
   positions = top_k_sorted(scores, keep)
   return gather_tokens(tokens + pos_embed.astype(tokens.dtype), positions), positions
@@ -95,8 +83,9 @@ class PoolingViT(nn.Module):
   @nn.compact
   def __call__(self, features):
     batch, height, width, channels = features.shape
-    projected = nn.Conv(self.width, (1, 1), kernel_init=torch_conv_init,
-                        bias_init=torch_conv_bias_init(channels), dtype=self.dtype,
+    # The official init leaves the projection at PyTorch's default.
+    projected = nn.Conv(self.width, (1, 1), kernel_init=layers.torch_kernel_init,
+                        bias_init=layers.torch_bias_init(channels), dtype=self.dtype,
                         name="projs_0")(features)
     patch_pos_embed = self.param("patch_pos_embed", vit.dense_init, (1, height * width, self.width))
     cls_token = self.param("cls_token", vit.dense_init, (1, 1, self.width))
@@ -151,45 +140,6 @@ class APViT(nn.Module):
     return {"logits": logits, "app_positions": app_positions, "atp_positions": atp_positions}
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-  low, high = image.min(), image.max()
-  return np.uint8(np.round(255 * (image - low) / max(high - low, 1e-12)))
-
-
-def _kept_patches_panel(face: np.ndarray, positions: np.ndarray, dim: float = 0.25) -> np.ndarray:
-  """The face with every patch not in `positions` (row-major over the grid) dimmed."""
-  grid = face.shape[0] // FEATURE_STRIDE
-  kept = np.zeros(grid * grid, np.float32)
-  kept[np.asarray(positions)] = 1.0
-  mask = np.kron(kept.reshape(grid, grid), np.ones((FEATURE_STRIDE, FEATURE_STRIDE), np.float32))
-  return np.uint8(np.round(face * (dim + (1 - dim) * mask[..., None])))
-
-
-def _save_panels(panels, path: str, min_side: int = 224) -> str:
-  strip = np.concatenate(panels, axis=1)
-  scale = max(1, math.ceil(min_side / strip.shape[0]))
-  Image.fromarray(np.kron(strip, np.ones((scale, scale, 1), np.uint8))).save(path)
-  return path
-
-
-def save_attention_maps(images, outputs, out_dir: str) -> list[str]:
-  """Writes <i>_app_patches.png and <i>_atp_tokens.png over each face; returns the paths.
-
-  The first shows the face beside the patches APP kept; the second, the patch tokens left after
-  each ATP block (blocks 5–8, left to right). Dropped patches are dimmed. `images` are the
-  model's (preprocessed) inputs, stretched back to 0–255 for display.
-  """
-  os.makedirs(out_dir, exist_ok=True)
-  paths = []
-  for index, image in enumerate(np.asarray(images, np.float32)):
-    face = _to_uint8(image)
-    if face.shape[-1] == 1:
-      face = np.repeat(face, 3, axis=-1)
-    app = _kept_patches_panel(face, outputs["app_positions"][index])
-    paths.append(_save_panels([face, app], os.path.join(out_dir, f"{index:04d}_app_patches.png")))
-    atp = [_kept_patches_panel(face, stage[index]) for stage in outputs["atp_positions"]]
-    paths.append(_save_panels(atp, os.path.join(out_dir, f"{index:04d}_atp_tokens.png")))
-  return paths
-
-
-METHOD = Method(build=functools.partial(from_config, APViT), save_attention_maps=save_attention_maps)
+METHOD = Method(build=functools.partial(from_config, APViT),
+                save_attention_maps=functools.partial(attention_maps.save_apvit_maps,
+                                                      patch_size=FEATURE_STRIDE))

@@ -13,19 +13,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fer_jax.models import Method, from_config
+from fer_jax.models import Method, from_config, layers
 from fer_jax.models.backbones import resnet
-from fer_jax.models.backbones.batch_norm import BatchNorm
 
 
 head_dense_init = nn.initializers.normal(0.001)
-# PyTorch nn.Linear default: U(±1/sqrt(fan_in)) for weight and bias.
-torch_linear_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-
-
-def torch_linear_bias_init(fan_in: int):
-  bound = fan_in**-0.5
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 class SpatialGate(nn.Module):
@@ -37,7 +29,7 @@ class SpatialGate(nn.Module):
       pad = tuple((k - 1) // 2 for k in kernel)
       y = nn.Conv(features, kernel, padding=tuple((p, p) for p in pad), kernel_init=resnet.conv_init,
                   dtype=self.dtype, name=f"{name}_conv")(y)
-      return resnet.batch_norm(train, self.dtype, f"{name}_bn")(y)
+      return layers.torch_batch_norm(train, self.dtype, f"{name}_bn")(y)
 
     u = conv_bn(x, 256, (1, 1), "conv1x1")
     z = nn.relu(conv_bn(u, 512, (3, 3), "conv_3x3") + conv_bn(u, 512, (1, 3), "conv_1x3")
@@ -52,7 +44,7 @@ class ChannelGate(nn.Module):
   def __call__(self, x, train: bool):
     z = jnp.mean(x, axis=(1, 2))
     a = nn.Dense(32, kernel_init=head_dense_init, dtype=self.dtype, name="fc1")(z)
-    a = nn.relu(resnet.batch_norm(train, self.dtype, "bn")(a))
+    a = nn.relu(layers.torch_batch_norm(train, self.dtype, "bn")(a))
     a = nn.Dense(z.shape[-1], kernel_init=head_dense_init, dtype=self.dtype, name="fc2")(a)
     return z * nn.sigmoid(a)
 
@@ -89,9 +81,8 @@ class DAN(nn.Module):
     if self.num_heads > 1:
       heads = jax.nn.log_softmax(heads, axis=1)
     fused = jnp.sum(heads, axis=1)
-    logits = nn.Dense(self.num_classes, kernel_init=torch_linear_init,
-                      bias_init=torch_linear_bias_init(fused.shape[-1]), name="fc")(fused)
-    logits = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(logits)
+    logits = layers.torch_dense(self.num_classes, fused.shape[-1], "fc")(fused)
+    logits = layers.torch_batch_norm(train, None, "bn")(logits)
     return {
         "logits": logits,
         "pooled_features": jnp.mean(features.astype(jnp.float32), axis=(1, 2)),

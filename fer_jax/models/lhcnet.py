@@ -24,6 +24,7 @@ LHC-Net tree, so LHC-Net can start from its checkpoint.
 import functools
 from typing import Any, Optional, Sequence
 
+import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -40,14 +41,14 @@ head_glorot_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"
 
 def to_heads(x, num_heads: int):
   """B×R×R×C → B×h×C×P: the row-major positions cut into h contiguous bands of length P."""
-  batch, height, width, channels = x.shape
-  return x.reshape(batch, num_heads, height * width // num_heads, channels).transpose(0, 1, 3, 2)
+  positions = einops.rearrange(x, "b y x c -> b (y x) c")
+  return einops.rearrange(positions, "b (h p) c -> b h c p", h=num_heads)
 
 
 def from_heads(x, height: int, width: int):
   """Inverse of `to_heads`."""
-  batch, _, channels, _ = x.shape
-  return x.transpose(0, 1, 3, 2).reshape(batch, height, width, channels)
+  positions = einops.rearrange(x, "b h c p -> b (h p) c")
+  return einops.rearrange(positions, "b (y x) c -> b y x c", y=height, x=width)
 
 
 class LHCModule(nn.Module):

@@ -11,35 +11,19 @@ By default the bottom strips of the region split reproduce the official unfold/p
 """
 
 import functools
-import os
 from typing import Any, Sequence
 
+import einops
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 import optax
-from PIL import Image
 
-from fer_jax.models import Method, from_config
+from fer_jax import attention_maps
+from fer_jax.models import Method, from_config, layers
 from fer_jax.models.backbones import resnet
 
 REGION_SIZE = 6
-
-# PyTorch defaults for Conv/Linear weights: kaiming_uniform(a=√5) = U(±1/sqrt(fan_in)).
-torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-
-
-def torch_bias_init(fan_in: int):
-  bound = fan_in**-0.5
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def torch_linear(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
-  return nn.Dense(features, kernel_init=torch_default_init, bias_init=torch_bias_init(fan_in),
-                  dtype=dtype, name=name)
-
 
 def region_index_grids(map_size: int, region_size: int = REGION_SIZE,
                        bottom_strip_quirk: bool = True) -> list[np.ndarray]:
@@ -65,15 +49,6 @@ def region_index_grids(map_size: int, region_size: int = REGION_SIZE,
   return grids
 
 
-class PReLU(nn.Module):
-  """PyTorch nn.PReLU(C): one slope per channel, initialised to 0.25."""
-
-  @nn.compact
-  def __call__(self, x):
-    slope = self.param("slope", nn.initializers.constant(0.25), (x.shape[-1],))
-    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
-
-
 class SCANUnit(nn.Module):
   """Returns (x ⊙ M, M) with M = sigmoid(BN(PReLU(conv3×3(x)))), a mask per channel and position."""
   dtype: Any = jnp.float32
@@ -81,9 +56,9 @@ class SCANUnit(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     y = nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                kernel_init=torch_default_init, dtype=self.dtype, name="conv")(x)
-    y = PReLU(name="prelu")(y)
-    mask = nn.sigmoid(resnet.batch_norm(train, self.dtype, "bn")(y))
+                kernel_init=layers.torch_kernel_init, dtype=self.dtype, name="conv")(x)
+    y = layers.PReLU(name="prelu")(y)
+    mask = nn.sigmoid(layers.torch_batch_norm(train, self.dtype, "bn")(y))
     return x * mask, mask
 
 
@@ -102,7 +77,7 @@ class AttentionBranch(nn.Module):
   def __call__(self, features, train: bool):
     batch, size, _, channels = features.shape
     grids = region_index_grids(size, REGION_SIZE, self.bottom_strip_quirk)
-    flat = features.reshape(batch, size * size, channels)
+    flat = einops.rearrange(features, "b h w c -> b (h w) c")
     shared_unit = SCANUnit(self.dtype, name="local_scan") if self.shared_local_units else None
     pooled = []
     local_mask = jnp.zeros((batch, size * size), jnp.float32)
@@ -117,7 +92,7 @@ class AttentionBranch(nn.Module):
     global_masked, global_mask = SCANUnit(self.dtype, name="global_scan")(features, train)
     combined = jnp.concatenate([local, jnp.mean(global_masked.astype(jnp.float32), axis=(1, 2))], -1)
     combined = combined / jnp.maximum(jnp.linalg.norm(combined, axis=-1, keepdims=True), 1e-12)
-    logits = torch_linear(self.num_classes, 2 * channels, self.dtype, "fc")(combined)
+    logits = layers.torch_dense(self.num_classes, 2 * channels, "fc", self.dtype)(combined)
     masks = {"global_mask": jnp.mean(global_mask.astype(jnp.float32), axis=-1),
              "local_mask": local_mask.reshape(batch, size, size)}
     return logits.astype(jnp.float32), masks
@@ -133,7 +108,7 @@ class ECA(nn.Module):
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))[..., None]
     pad = (self.kernel_size - 1) // 2
     gate = nn.Conv(1, (self.kernel_size,), padding=((pad, pad),), use_bias=False,
-                   kernel_init=torch_default_init, dtype=self.dtype, name="conv")(pooled)
+                   kernel_init=layers.torch_kernel_init, dtype=self.dtype, name="conv")(pooled)
     return x * nn.sigmoid(gate[..., 0]).astype(x.dtype)[:, None, None, :]
 
 
@@ -150,8 +125,8 @@ class CCIBranch(nn.Module):
     features = ECA(dtype=self.dtype, name="eca")(features)
     channels = features.shape[-1]
     hidden = channels // 4
-    fc1 = torch_linear(hidden, channels, self.dtype, "fc1")
-    fc2 = torch_linear(self.num_classes, hidden, self.dtype, "fc2")
+    fc1 = layers.torch_dense(hidden, channels, "fc1", self.dtype)
+    fc2 = layers.torch_dense(self.num_classes, hidden, "fc2", self.dtype)
     half_h, half_w = features.shape[1] // 2, features.shape[2] // 2
     logits = []
     for row in range(2):
@@ -230,38 +205,5 @@ def loss(outputs, labels, loss_config):
   return total, {"attention_loss": attention, "region_loss": region}
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-  low, high = image.min(), image.max()
-  return np.uint8(np.round(255 * (image - low) / max(high - low, 1e-12)))
-
-
-def _overlay(face: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
-  """Mask stretched to [0, 1], resized bilinearly to the face, coloured with 'jet', blended."""
-  height, width = face.shape[:2]
-  spread = np.float32(_to_uint8(mask)) / 255.0
-  resized = np.asarray(Image.fromarray(spread).resize((width, height), Image.BILINEAR))
-  heat = matplotlib.colormaps["jet"](np.clip(resized, 0.0, 1.0))[..., :3] * 255.0
-  return Image.fromarray(np.uint8(np.round((1 - alpha) * face + alpha * heat)))
-
-
-def save_attention_maps(images, outputs, out_dir: str) -> list[str]:
-  """Writes <i>_global_mask.png and <i>_region_masks.png: channel-mean SCAN masks over each face.
-
-  `images` are the model's (preprocessed) inputs, stretched back to 0–255 for display.
-  Returns the written paths.
-  """
-  os.makedirs(out_dir, exist_ok=True)
-  images = np.asarray(images, np.float32)
-  paths = []
-  for index, image in enumerate(images):
-    face = np.float32(_to_uint8(image))
-    if face.shape[-1] == 1:
-      face = np.repeat(face, 3, axis=-1)
-    for key, suffix in (("global_mask", "global_mask"), ("local_mask", "region_masks")):
-      path = os.path.join(out_dir, f"{index:04d}_{suffix}.png")
-      _overlay(face, np.asarray(outputs[key][index], np.float32)).save(path)
-      paths.append(path)
-  return paths
-
-
-METHOD = Method(build=functools.partial(from_config, SCANCCI), loss=loss, save_attention_maps=save_attention_maps)
+METHOD = Method(build=functools.partial(from_config, SCANCCI), loss=loss,
+                save_attention_maps=attention_maps.save_scan_cci_maps)

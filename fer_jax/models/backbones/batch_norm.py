@@ -6,7 +6,7 @@ float32 (E[x²] − E[x]², clipped at 0), the same variable names (params `scal
 batch_stats `mean`, `var`), so checkpoints and converters do not change.
 """
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -19,7 +19,6 @@ class BatchNorm(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   use_scale: bool = True
-  scale_init: Callable = nn.initializers.ones
   dtype: Any = None
 
   @nn.compact
@@ -41,6 +40,6 @@ class BatchNorm(nn.Module):
         running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased
     multiplier = lax.rsqrt(var + self.epsilon)
     if self.use_scale:
-      multiplier = multiplier * self.param("scale", self.scale_init, (features,), jnp.float32)
+      multiplier = multiplier * self.param("scale", nn.initializers.ones, (features,), jnp.float32)
     y = (x - mean) * multiplier + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
     return y.astype(self.dtype or jnp.promote_types(x.dtype, jnp.float32))

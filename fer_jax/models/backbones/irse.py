@@ -4,7 +4,7 @@ Channels-last. Layer names mirror face.evoLVe's flat PyTorch keys so that conver
 plain key map: `input_layer.{0,1,2}` → `input_layer_{0,1,2}`, `body.N.res_layer.i` →
 `body_N/res_layer_i`, `body.N.shortcut_layer.i` → `body_N/shortcut_layer_i`, with N counting units
 over all stages. (APViT's own checkpoints number units per stage, `body.{stage}.{unit}`; N is
-`sum(stage_sizes[:stage]) + unit`.) PReLU slopes are per channel, stored as `negative_slope`.
+`sum(stage_sizes[:stage]) + unit`.)
 """
 
 import functools
@@ -13,21 +13,11 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_jax.models.backbones import resnet
+from fer_jax.models import layers
 
 # IRSE._initialize_weights: Xavier-uniform convolutions, BatchNorm γ = 1 and β = 0.
 conv_init = nn.initializers.xavier_uniform()
 STAGE_WIDTHS = (64, 128, 256, 512)
-
-
-class PReLU(nn.Module):
-  """PyTorch PReLU(num_parameters=C): one slope per channel, initialised to 0.25."""
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    slope = self.param("negative_slope", nn.initializers.constant(0.25), (x.shape[-1],))
-    return jnp.where(x >= 0, x, slope.astype(self.dtype) * x)
 
 
 def conv3x3(features: int, stride: int, dtype: Any, name: str) -> nn.Conv:
@@ -49,12 +39,12 @@ class BottleneckIR(nn.Module):
       shortcut = nn.Conv(self.features, (1, 1), (self.stride, self.stride), padding="VALID",
                          use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                          name="shortcut_layer_0")(x)
-      shortcut = resnet.batch_norm(train, self.dtype, "shortcut_layer_1")(shortcut)
-    y = resnet.batch_norm(train, self.dtype, "res_layer_0")(x)
+      shortcut = layers.torch_batch_norm(train, self.dtype, "shortcut_layer_1")(shortcut)
+    y = layers.torch_batch_norm(train, self.dtype, "res_layer_0")(x)
     y = conv3x3(self.features, 1, self.dtype, "res_layer_1")(y)
-    y = PReLU(self.dtype, name="res_layer_2")(y)
+    y = layers.PReLU(name="res_layer_2")(y)
     y = conv3x3(self.features, self.stride, self.dtype, "res_layer_3")(y)
-    y = resnet.batch_norm(train, self.dtype, "res_layer_4")(y)
+    y = layers.torch_batch_norm(train, self.dtype, "res_layer_4")(y)
     return y + shortcut
 
 
@@ -70,8 +60,8 @@ class IRSE(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool) -> dict:
     x = conv3x3(64, 1, self.dtype, "input_layer_0")(x)
-    x = resnet.batch_norm(train, self.dtype, "input_layer_1")(x)
-    x = PReLU(self.dtype, name="input_layer_2")(x)
+    x = layers.torch_batch_norm(train, self.dtype, "input_layer_1")(x)
+    x = layers.PReLU(name="input_layer_2")(x)
     features = {}
     unit_index = 0
     for stage in range(self.num_stages):

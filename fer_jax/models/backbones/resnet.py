@@ -11,16 +11,10 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_jax.models.backbones.batch_norm import BatchNorm
+from fer_jax.models import layers
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def batch_norm(train: bool, dtype: Any, name: str, scale_init=nn.initializers.ones) -> BatchNorm:
-  """PyTorch BatchNorm2d defaults: momentum 0.1 (Flax 0.9), eps 1e-5."""
-  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                   dtype=dtype, scale_init=scale_init, name=name)
 
 
 def conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
@@ -35,7 +29,7 @@ def shortcut(x, features: int, stride: int, train: bool, dtype: Any):
   if stride == 1 and x.shape[-1] == features:
     return x
   x = conv(features, 1, stride, dtype, "downsample_conv")(x)
-  return batch_norm(train, dtype, "downsample_bn")(x)
+  return layers.torch_batch_norm(train, dtype, "downsample_bn")(x)
 
 
 class BasicBlock(nn.Module):
@@ -47,9 +41,9 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     y = conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
-    y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+    y = nn.relu(layers.torch_batch_norm(train, self.dtype, "bn1")(y))
     y = conv(self.features, 3, 1, self.dtype, "conv2")(y)
-    y = batch_norm(train, self.dtype, "bn2")(y)
+    y = layers.torch_batch_norm(train, self.dtype, "bn2")(y)
     return nn.relu(y + shortcut(x, self.features, self.stride, train, self.dtype))
 
 
@@ -64,11 +58,11 @@ class Bottleneck(nn.Module):
   def __call__(self, x, train: bool):
     out_features = self.features * self.expansion
     y = conv(self.features, 1, 1, self.dtype, "conv1")(x)
-    y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+    y = nn.relu(layers.torch_batch_norm(train, self.dtype, "bn1")(y))
     y = conv(self.features, 3, self.stride, self.dtype, "conv2")(y)
-    y = nn.relu(batch_norm(train, self.dtype, "bn2")(y))
+    y = nn.relu(layers.torch_batch_norm(train, self.dtype, "bn2")(y))
     y = conv(out_features, 1, 1, self.dtype, "conv3")(y)
-    y = batch_norm(train, self.dtype, "bn3")(y)
+    y = layers.torch_batch_norm(train, self.dtype, "bn3")(y)
     return nn.relu(y + shortcut(x, out_features, self.stride, train, self.dtype))
 
 
@@ -83,7 +77,7 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool) -> dict:
     x = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
-    x = nn.relu(batch_norm(train, self.dtype, "bn1")(x))
+    x = nn.relu(layers.torch_batch_norm(train, self.dtype, "bn1")(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     features = {}
     for stage in range(self.num_stages):

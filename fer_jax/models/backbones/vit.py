@@ -9,6 +9,7 @@ ranked by the CLS row of the pre-softmax logits that `attend` returns.
 
 from typing import Any
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -36,13 +37,13 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    batch, tokens, width = x.shape
+    width = x.shape[-1]
     head_dim = width // self.num_heads
     qkv = dense(3 * width, self.dtype, "qkv", use_bias=False)(x)
-    q, k, v = jnp.moveaxis(qkv.reshape(batch, tokens, 3, self.num_heads, head_dim), 2, 0)
+    q, k, v = einops.rearrange(qkv, "b n (qkv h d) -> qkv b n h d", qkv=3, h=self.num_heads)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * head_dim**-0.5
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, tokens, width)
+    y = einops.rearrange(jnp.einsum("bhqk,bkhd->bqhd", weights, v), "b n h d -> b n (h d)")
     return dense(width, self.dtype, "proj")(y), logits[:, :, 0, :]
 
 

@@ -1,0 +1,82 @@
+"""Drawing what a method attends to, over the faces it saw: the `save_attention_maps` of APViT
+and SCAN-CCI. `images` are the model's (preprocessed) inputs, stretched back to 0–255 for
+display. matplotlib is imported only when a map is drawn, so that importing a model does not.
+"""
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  """`image` stretched linearly from its minimum and maximum to 0–255."""
+  low, high = image.min(), image.max()
+  return np.uint8(np.round(255 * (image - low) / max(high - low, 1e-12)))
+
+
+def _faces(images):
+  """Each image as an RGB uint8 face."""
+  for image in np.asarray(images, np.float32):
+    face = to_uint8(image)
+    yield np.repeat(face, 3, axis=-1) if face.shape[-1] == 1 else face
+
+
+def _kept_patches_panel(face: np.ndarray, positions: np.ndarray, patch_size: int,
+                        dim: float = 0.25) -> np.ndarray:
+  """The face with every patch not in `positions` (row-major over the grid) dimmed."""
+  grid = face.shape[0] // patch_size
+  kept = np.zeros(grid * grid, np.float32)
+  kept[np.asarray(positions)] = 1.0
+  mask = np.kron(kept.reshape(grid, grid), np.ones((patch_size, patch_size), np.float32))
+  return np.uint8(np.round(face * (dim + (1 - dim) * mask[..., None])))
+
+
+def _save_panels(panels, path: str, min_side: int = 224) -> str:
+  strip = np.concatenate(panels, axis=1)
+  scale = max(1, math.ceil(min_side / strip.shape[0]))
+  Image.fromarray(np.kron(strip, np.ones((scale, scale, 1), np.uint8))).save(path)
+  return path
+
+
+def save_apvit_maps(images, outputs, out_dir: str, patch_size: int) -> list[str]:
+  """Writes <i>_app_patches.png and <i>_atp_tokens.png over each face; returns the paths.
+
+  The first shows the face beside the patches APP kept; the second, the patch tokens left after
+  each ATP block (blocks 5–8, left to right). Dropped patches are dimmed; a patch is
+  `patch_size` input pixels square.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for index, face in enumerate(_faces(images)):
+    app = _kept_patches_panel(face, outputs["app_positions"][index], patch_size)
+    paths.append(_save_panels([face, app], os.path.join(out_dir, f"{index:04d}_app_patches.png")))
+    atp = [_kept_patches_panel(face, stage[index], patch_size) for stage in outputs["atp_positions"]]
+    paths.append(_save_panels(atp, os.path.join(out_dir, f"{index:04d}_atp_tokens.png")))
+  return paths
+
+
+def _overlay(face: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
+  """Mask stretched to [0, 1], resized bilinearly to the face, coloured with 'jet', blended."""
+  import matplotlib
+  height, width = face.shape[:2]
+  spread = np.float32(to_uint8(mask)) / 255.0
+  resized = np.asarray(Image.fromarray(spread).resize((width, height), Image.BILINEAR))
+  heat = matplotlib.colormaps["jet"](np.clip(resized, 0.0, 1.0))[..., :3] * 255.0
+  return Image.fromarray(np.uint8(np.round((1 - alpha) * face + alpha * heat)))
+
+
+def save_scan_cci_maps(images, outputs, out_dir: str) -> list[str]:
+  """Writes <i>_global_mask.png and <i>_region_masks.png: channel-mean SCAN masks over each face.
+
+  Returns the written paths.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for index, face in enumerate(_faces(images)):
+    for key, suffix in (("global_mask", "global_mask"), ("local_mask", "region_masks")):
+      path = os.path.join(out_dir, f"{index:04d}_{suffix}.png")
+      _overlay(np.float32(face), np.asarray(outputs[key][index], np.float32)).save(path)
+      paths.append(path)
+  return paths
