@@ -12,6 +12,7 @@ Names mirror the official checkpoint (`extractor.*`, `vit.projs.0`, `vit.cls_tok
 embeddings keep its [1, N, C] shapes.
 """
 
+import dataclasses
 import functools
 from typing import Any, Sequence
 
@@ -66,12 +67,8 @@ def attentive_token_pooling(tokens, cls_logits, keep: int):
   return jnp.concatenate([tokens[:, :1], gather_tokens(tokens[:, 1:], kept)], axis=1), kept
 
 
-class PoolingViT(nn.Module):
-  """Projection, APP, CLS token, ViT blocks with ATP, final LayerNorm; returns the CLS feature.
-
-  Also returns the grid positions (row-major, over H·W) of the tokens APP kept and of the
-  patch tokens left after each block that pooled.
-  """
+class PoolingViTSettings(nn.Module):
+  """The pooling ViT's fields, which APViT also takes (so `from_config` fills them from config.model)."""
   width: int = 768
   depth: int = 8
   num_heads: int = 8
@@ -79,6 +76,14 @@ class PoolingViT(nn.Module):
   app_keep: int = 160
   atp_keep_rates: Sequence[float] = (1.0,) * 4 + (0.9,) * 4
   dtype: Any = jnp.float32
+
+
+class PoolingViT(PoolingViTSettings):
+  """Projection, APP, CLS token, ViT blocks with ATP, final LayerNorm; returns the CLS feature.
+
+  Also returns the grid positions (row-major, over H·W) of the tokens APP kept and of the
+  patch tokens left after each block that pooled.
+  """
 
   @nn.compact
   def __call__(self, features):
@@ -117,25 +122,18 @@ class ClassifierHead(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="fc")(x)
 
 
-class APViT(nn.Module):
+class APViT(PoolingViTSettings):
   """IR-50 stages 1–3 (`extractor`), the pooling ViT on their map (`vit`), a linear `head`."""
   num_classes: int = 7
   ir_stage_sizes: Sequence[int] = (3, 4, 14)
-  width: int = 768
-  depth: int = 8
-  num_heads: int = 8
-  mlp_dim: int = 2304
-  app_keep: int = 160
-  atp_keep_rates: Sequence[float] = (1.0,) * 4 + (0.9,) * 4
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images, train: bool) -> dict:
     features = irse.IRSE(self.ir_stage_sizes, num_stages=3, dtype=self.dtype,
                          name="extractor")(images.astype(self.dtype), train)["stage3"]
-    cls, app_positions, atp_positions = PoolingViT(
-        self.width, self.depth, self.num_heads, self.mlp_dim, self.app_keep, self.atp_keep_rates, self.dtype,
-        name="vit")(features)
+    settings = {field.name: getattr(self, field.name) for field in dataclasses.fields(PoolingViTSettings)
+                if field.name not in ("parent", "name")}
+    cls, app_positions, atp_positions = PoolingViT(**settings, name="vit")(features)
     logits = ClassifierHead(self.num_classes, name="head")(cls.astype(jnp.float32))
     return {"logits": logits, "app_positions": app_positions, "atp_positions": atp_positions}
 
