@@ -51,6 +51,8 @@ def run(main) -> None:
   """absl's app.run, with user errors printed as one message and exit status 2."""
 
   def main_with_clean_errors(argv):
+    # Orbax logs every save and restore at INFO; the commands log what they saved themselves.
+    logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
     try:
       return main(argv)
     except Exception as error:  # pylint: disable=broad-except

@@ -105,7 +105,6 @@ def main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
-  logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   config = args.config
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, args.checkpoint)

@@ -188,7 +188,6 @@ def main(argv):
   args = flags.FLAGS
   check_output(args.output)
   paths = list_images(args.input)
-  logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   config = args.config
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, args.checkpoint)

@@ -14,7 +14,6 @@ model, restored and checked as for `--mode=eval`), the line before it is `params
 from collections.abc import Mapping
 
 from absl import flags
-from absl import logging
 from clu import parameter_overview
 import jax
 import numpy as np
@@ -95,7 +94,6 @@ def main(argv):
   digest = None
   if flags.FLAGS.checkpoint:
     # Restored first, so a checkpoint that does not fit the config fails before any output.
-    logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
     digest = checkpointing.fingerprint(jax.device_get(
         models.load_trained_variables(config, model, flags.FLAGS.checkpoint)))
   auxiliary = method.auxiliary_params

@@ -131,12 +131,6 @@ def apply_view(images, table: dict):
   return _warp(images, table["rotation"]).astype(images.dtype)
 
 
-def views(name: str, images):
-  """All views of a float NHWC batch at once: (views [V, B, H, W, C], weights [V])."""
-  _, height, width, _ = images.shape
-  return jax.vmap(lambda table: apply_view(images, table))(tables(name, height, width)), jnp.asarray(weights(name))
-
-
 def combine(probabilities, view_weights):
   """Weighted mean over views of softmax outputs: [V, B, K] × [V] → [B, K]."""
   return jnp.einsum("vbk,v->bk", probabilities, view_weights) / jnp.sum(view_weights)

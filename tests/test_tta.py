@@ -10,6 +10,13 @@ import pytest
 from fer_jax import tta
 
 
+def _views(name: str, images):
+  """All views of a float NHWC batch at once: (views [V, B, H, W, C], weights [V])."""
+  _, height, width, _ = images.shape
+  return (jax.vmap(lambda table: tta.apply_view(images, table))(tta.tables(name, height, width)),
+          jnp.asarray(tta.weights(name)))
+
+
 def np_projective(image, transform):
   """TF ImageProjectiveTransform (bilinear, fill "nearest") on one HWC image, pixel by pixel."""
   height, width, _ = image.shape
@@ -85,7 +92,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def lhc62_views(images):
-  return jax.jit(lambda x: tta.views("lhc62", x))(jnp.asarray(images))
+  return jax.jit(lambda x: _views("lhc62", x))(jnp.asarray(images))
 
 
 def test_lhc62_has_60_views_weighted_to_62():
@@ -106,10 +113,10 @@ def test_lhc62_has_60_views_weighted_to_62():
 
 def test_none_and_flip_sets():
   x = jnp.asarray(np.random.default_rng(1).uniform(0, 255, (3, 8, 9, 3)), jnp.float32)
-  views, weights = tta.views("none", x)
+  views, weights = _views("none", x)
   np.testing.assert_array_equal(views[0], x)
   np.testing.assert_array_equal(weights, [1.0])
-  views, weights = tta.views("flip", x)
+  views, weights = _views("flip", x)
   np.testing.assert_array_equal(views[1], x[:, :, ::-1])
   np.testing.assert_array_equal(weights, [1.0, 1.0])
   with pytest.raises(ValueError, match="valid: none, flip, lhc62"):
@@ -146,7 +153,7 @@ def test_predict_equals_views_then_combine(images):
   x = jnp.asarray(images)
   projection = jnp.asarray(np.random.default_rng(3).normal(size=(3, 7)), jnp.float32)
   logits_fn = lambda batch: jnp.mean(batch, axis=(1, 2)) @ projection / 50.0
-  views, weights = tta.views("lhc62", x)
+  views, weights = _views("lhc62", x)
   want = tta.combine(jax.vmap(lambda v: jax.nn.softmax(logits_fn(v)))(views), weights)
   for views_per_step in (1, 4):
     got = jax.jit(lambda batch: tta.predict("lhc62", logits_fn, batch, views_per_step))(x)

@@ -18,13 +18,15 @@ from fer_jax import config_lib
 from fer_jax import convert
 from fer_jax.errors import UserError
 
-_CONFIG = config_lib.define_config_flag("configs/<method>.py:<dataset> the checkpoint belongs to.")
-_CHECKPOINT = flags.DEFINE_multi_string("checkpoint", None, "Source file (repeat to combine backbones).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for the converted Orbax checkpoint.")
-_SOURCE = flags.DEFINE_multi_string(
-    "source", None, "Source format, one per --checkpoint; default: recognised from the file. One of: "
-    + ", ".join(f"{s.name} ({s.method})" for s in convert.SOURCES) + ".")
-flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
+def define_flags() -> None:
+  """Defined only when run as a program, so importing this module adds no global flags."""
+  config_lib.define_config_flag("configs/<method>.py:<dataset> the checkpoint belongs to.")
+  flags.DEFINE_multi_string("checkpoint", None, "Source file (repeat to combine backbones).")
+  flags.DEFINE_string("workdir", None, "Output folder for the converted Orbax checkpoint.")
+  flags.DEFINE_multi_string(
+      "source", None, "Source format, one per --checkpoint; default: recognised from the file. One of: "
+      + ", ".join(f"{s.name} ({s.method})" for s in convert.SOURCES) + ".")
+  flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
 
 
 def check_workdir(workdir: str) -> None:
@@ -45,11 +47,11 @@ def check_workdir(workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
-  workdir = os.path.abspath(_WORKDIR.value)
+  args = flags.FLAGS
+  workdir = os.path.abspath(args.workdir)
   check_workdir(workdir)
-  config = _CONFIG.value
-  variables, report = convert.convert(config, _CHECKPOINT.value, _SOURCE.value or ())
+  config = args.config
+  variables, report = convert.convert(config, args.checkpoint, args.source or ())
   for line in report.lines():
     logging.info("%s", line)
   path = checkpointing.save_model(workdir, variables, config)
@@ -58,4 +60,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)
