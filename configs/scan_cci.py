@@ -3,7 +3,12 @@
 ResNet-50 to layer3, spatio-channel attention over 25 local regions + complementary context.
 Every data set is mapped to AffectNet's class order, as in the official code. SGD, momentum
 0.9; the trunk trains at 1e-4 and the heads at `optimizer.lr`; every rate × 0.95 per epoch.
-The official scripts keep the best epoch measured on the evaluation split.
+The official scripts keep the best epoch measured on the evaluation split. They also train every
+epoch after the first with the model in inference mode: `train()` never calls `.train()` while
+`validate()` calls `.eval()` on the trunk and both branches and never undoes it (main_rafdb.py,
+main_ferplus.py, main_affectnet.py, main_sfew.py), so BatchNorm runs on, and keeps, its running
+statistics from epoch 2 on. `inference_mode_from_epoch=2` reproduces that;
+--config.inference_mode_from_epoch=0 trains every epoch in training mode.
 
 Arguments pick the data set:
   rafdb       RAF-DB basic, 7 classes, one SCAN unit shared by the 25 regions, heads lr 0.01.
@@ -61,6 +66,7 @@ def get_config(arg: str = "rafdb"):
   _optimizer(config, head_lr=0.01, weight_decay=1e-3)
   # The official script keeps the epoch with the best accuracy on the evaluated (test) split.
   config.update(select_metric="accuracy", restore_best=True)
+  config.inference_mode_from_epoch = 2  # the official scripts' mode after the first validation
 
   if data == "rafdb":
     config.model.shared_local_units = True

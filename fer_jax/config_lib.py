@@ -74,6 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.init_from = ""              # Orbax checkpoint whose params/batch_stats start the run
   config.init_from_missing = ""      # regex over "params/…" paths that init_from may lack (kept fresh)
   config.init_from_required = False  # a fine-tuning recipe: refuse to start a new run without init_from
+  # From this (1-based) epoch on, train with the model in inference mode (BatchNorm on running
+  # statistics, frozen; no dropout), as official scripts that never switch back after evaluating
+  # do (SCAN-CCI); 0 = always training mode.
+  config.inference_mode_from_epoch = 0
   config.data_workers = -1           # decoding processes when not cached (-1 = one per CPU core)
   return config
 
@@ -151,6 +155,9 @@ def _value_problems(config) -> list[str]:
       problems.append(f"config.dataset.class_order={config.dataset.class_order!r} names {len(classes)} classes "
                       f"({', '.join(classes)}) but config.model.num_classes={config.model.num_classes}: set one "
                       "to match the other.")
+  if config.inference_mode_from_epoch < 0:
+    problems.append(f"config.inference_mode_from_epoch={config.inference_mode_from_epoch} must be 0 (never) "
+                    "or an epoch number from 1.")
   for key in ("input.size", "batch_size", "eval_batch_size", "num_epochs", "eval.every_epochs", "log_every_steps",
               "max_checkpoints"):
     if _get(config, key) < 1:

@@ -31,19 +31,37 @@ def create_state(model, tx, config, mesh) -> dict:
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
 
-def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, augment=None):
+MODEL_MODES = ("train", "inference")
+
+
+def model_mode(config, step: int, steps_per_epoch: int) -> str:
+  """The model's mode for training step `step` (1-based): "inference" from epoch
+  `config.inference_mode_from_epoch` on (1-based; 0 = never), else "train"."""
+  epoch = (step - 1) // steps_per_epoch + 1
+  start = config.inference_mode_from_epoch
+  return "inference" if start and epoch >= start else "train"
+
+
+def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, augment=None,
+                    model_mode: str = "train"):
   """jit(state, batch) → (state, metrics). With `augment` (uint8 images, positions → model inputs,
   e.g. `TrainData.augment`), the batch holds uint8 images and their positions, augmented inside
-  the step; without it, the images are model inputs already."""
+  the step; without it, the images are model inputs already. `model_mode="inference"` computes
+  the gradient with the model in inference mode (BatchNorm on its running statistics, which stay
+  as they are; no dropout), as PyTorch does after `model.eval()`."""
+  if model_mode not in MODEL_MODES:
+    raise ValueError(f"Unknown model mode {model_mode!r}; valid: {', '.join(MODEL_MODES)}.")
+  train = model_mode == "train"
+
   def step(state, batch):
     rng = jax.random.fold_in(jax.random.key(seed), state["step"])
     images = batch["image"] if augment is None else augment(batch["image"], batch["position"])
 
     def objective(params):
       outputs, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
-                                     train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+                                     train=train, rngs={"dropout": rng}, mutable=["batch_stats"])
       loss, parts = loss_fn(outputs, batch["label"], loss_config)
-      return loss, (outputs["logits"], updates.get("batch_stats", {}), parts)
+      return loss, (outputs["logits"], updates.get("batch_stats", state["batch_stats"]), parts)
 
     (loss, (logits, batch_stats, parts)), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -295,8 +313,9 @@ class TrainingRun:
     schedule = optim.lr_schedule(config.optimizer, self.steps_per_epoch, config.num_epochs)
     self.state = self._restore_or_initialise(create_state(self.model, tx, config, self.mesh))
     self.selection = Selection(config, workdir)
-    self.train_step = make_train_step(self.model, method.loss, loss_config_for(config, self.data.split), tx, schedule,
-                                      self.mesh, config.seed, self.data.augment)
+    loss_config = loss_config_for(config, self.data.split)
+    self.train_steps = {mode: make_train_step(self.model, method.loss, loss_config, tx, schedule, self.mesh,
+                                              config.seed, self.data.augment, mode) for mode in MODEL_MODES}
     self.writer = Writer(workdir)
     self.guard = FiniteGuard(self.checkpoints, self.steps_per_epoch)
     self.progress = ProgressLog(config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)
@@ -325,7 +344,9 @@ class TrainingRun:
     return enumerate(self.data.batches(self.start_step), start=self.start_step + 1)
 
   def train(self, step: int, batch: dict) -> None:
-    self.state, metrics = self.train_step(self.state, batch)
+    """One step, in the model mode of its epoch (each mode's step is compiled once)."""
+    mode = model_mode(self.config, step, self.steps_per_epoch)
+    self.state, metrics = self.train_steps[mode](self.state, batch)
     self.step = step
     self.progress.add(step, metrics)
 
