@@ -103,3 +103,9 @@ def test_running_statistics_freeze_from_the_inference_epoch_and_resume_stays_exa
   train.train_and_evaluate(config, switched_off)
   moved = _stats_and_params(switched_off, 16, config)["batch_stats"]["bn"]["mean"]
   assert not np.array_equal(moved, epoch2["batch_stats"]["bn"]["mean"])
+
+
+@pytest.mark.parametrize("arg", ["rafdb", "ferplus", "affectnet7", "affectnet8", "sfew", "synthetic"])
+def test_scan_cci_configs_train_from_epoch_two_in_inference_mode_as_the_official_scripts(arg):
+  assert get_config(f"configs/scan_cci.py:{arg}").inference_mode_from_epoch == 2
+  assert get_config("configs/dan.py:rafdb").inference_mode_from_epoch == 0
