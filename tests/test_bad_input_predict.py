@@ -15,8 +15,7 @@ from PIL import Image
 
 from fer_jax import checkpointing
 from fer_jax.data import decode
-from helpers import assert_user_error, get_config, run_command
-from test_predict import random_variables
+from helpers import assert_user_error, get_config, random_variables, run_command
 
 DAN = ("--config=configs/dan.py:synthetic", "--config.input.size=32")
 APVIT = ("--config=configs/apvit.py:synthetic",)

@@ -1,4 +1,4 @@
-"""The FER builders and `prepare` on tiny copies of the owners' layouts (tests/fixtures_fer.py)."""
+"""The FER builders and `prepare` on tiny copies of the owners' layouts (tests/reference/datasets.py)."""
 
 import functools
 import logging
@@ -8,7 +8,7 @@ import pathlib
 import subprocess
 import sys
 
-import fixtures_fer as fx
+from reference import datasets as fx
 import ml_collections
 import numpy as np
 import pytest

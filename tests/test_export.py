@@ -14,8 +14,7 @@ from fer_jax import checkpointing
 from fer_jax import export
 from fer_jax import models
 from fer_jax.errors import UserError
-from helpers import get_config
-from test_predict import random_variables
+from helpers import get_config, random_variables
 
 SIZE = 32
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,20 +15,10 @@ from fer_jax import checkpointing
 from fer_jax import models
 from fer_jax import predict
 from fer_jax.data import pipeline
-from helpers import get_config
+from helpers import get_config, random_variables
 
 SIZE = 32
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def random_variables(config, seed=0):
-  """Random values of the model's shapes (BatchNorm variances positive), without running init."""
-  abstract = models.abstract_variables(models.build_model(config), config)
-  rng = np.random.default_rng(seed)
-  leaves, tree = jax.tree.flatten_with_path(abstract)
-  values = [rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32) if str(path[-1].key) == "var"
-            else rng.normal(0, 0.1, leaf.shape).astype(np.float32) for path, leaf in leaves]
-  return jax.tree.unflatten(tree, values)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from fer_jax import checkpointing
 from fer_jax import models
 from fer_jax import train
-from helpers import assert_user_error, get_config, tiny_data_dir, tiny_run
+from helpers import assert_user_error, get_config, tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,6 +51,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
   assert evaluated["confusion_matrix"] == results["confusion_matrix"]
 
 
+@pytest.mark.usefixtures("tiny_data_dir")  # built here; the subprocess inherits its path
 def test_eight_devices_match_one_device_and_resume_exactly():
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "multidevice_check.py")], cwd=ROOT, env=env,
@@ -95,10 +96,10 @@ def _main(*args, timeout=600):
 
 
 @pytest.mark.slow
-def test_main_end_to_end(tmp_path):
+def test_main_end_to_end(tmp_path, tiny_data_dir):
   workdir = tmp_path / "run"
   result = _main("--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
-                 f"--config.dataset.data_dir={tiny_data_dir()}", "--config.input.size=32", "--config.batch_size=32",
+                 f"--config.dataset.data_dir={tiny_data_dir}", "--config.input.size=32", "--config.batch_size=32",
                  "--config.eval_batch_size=32", "--config.num_epochs=1", "--config.log_every_steps=4",
                  "--config.select_metric=accuracy", "--config.restore_best=True", "--config.eval.tta=flip")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -158,28 +159,28 @@ def test_init_from_may_lack_the_modules_a_later_stage_adds(tmp_path):
                                 variables["params"]["head0"]["sa"]["conv1x1_conv"]["kernel"])
 
 
-def _tiny_main_args(workdir):
+def _tiny_main_args(workdir, data_dir):
   return ["--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
-          f"--config.dataset.data_dir={tiny_data_dir()}", "--config.input.size=32", "--config.batch_size=8",
+          f"--config.dataset.data_dir={data_dir}", "--config.input.size=32", "--config.batch_size=8",
           "--config.eval_batch_size=32", "--config.num_epochs=1", "--config.log_every_steps=1",
           "--config.data_workers=0"]
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(tmp_path_factory, tiny_data_dir):
   """The uninterrupted run that the interrupted ones must end equal to."""
   workdir = tmp_path_factory.mktemp("straight")
-  result = _main(*_tiny_main_args(workdir))
+  result = _main(*_tiny_main_args(workdir, tiny_data_dir))
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp_path, straight):
+def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp_path, straight, tiny_data_dir):
   preempted = tmp_path / "preempted"
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  process = subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_tiny_main_args(preempted)], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_tiny_main_args(preempted, tiny_data_dir)],
+                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   log = []
   for line in process.stderr:
     log.append(line)
@@ -191,7 +192,7 @@ def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp
   step = int(saved[0].split("Saved step ")[1].split(" ")[0])
   assert 3 <= step < 35 and (preempted / "checkpoints" / str(step) / "state").is_dir()
   assert not (preempted / "eval_results.json").exists()
-  assert _main(*_tiny_main_args(preempted)).returncode == 0
+  assert _main(*_tiny_main_args(preempted, tiny_data_dir)).returncode == 0
   for x, y in zip(jax.tree.leaves(_final_params(straight, 35)), jax.tree.leaves(_final_params(preempted, 35))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -225,8 +226,8 @@ def _kill_at(process, moment, log, checkpoints) -> None:
 
 
 @pytest.mark.slow
-def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, straight):
-  args = lambda workdir: [*_tiny_main_args(workdir), "--config.checkpoint_every_steps=3"]
+def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, straight, tiny_data_dir):
+  args = lambda workdir: [*_tiny_main_args(workdir, tiny_data_dir), "--config.checkpoint_every_steps=3"]
   killed = tmp_path / "killed"
   model_config = _tiny_dan()
   abstract = models.abstract_variables(models.build_model(model_config), model_config)
