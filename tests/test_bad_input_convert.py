@@ -20,6 +20,8 @@ from helpers import assert_user_error, run_command
 from reference.dan import ReferenceDAN
 from reference.lhcnet import keras_weights, tf_checkpoint_names, with_optimizer_state
 
+pytestmark = pytest.mark.integration  # every test runs fer_jax.convert in a subprocess
+
 DAN_FILE = "rafdb_epoch21_acc0.897_bacc0.8275.pth"
 TABLE_MAGIC = 0xDB4775248B80FB57
 TF_DTYPES = {np.dtype(np.float32): 1, np.dtype(np.int64): 9}

@@ -17,6 +17,8 @@ from fer_jax import optim
 from fer_jax import train
 from helpers import assert_user_error, get_config, run_command, tiny_run
 
+pytestmark = pytest.mark.integration  # every test runs a command (main, summary, export, benchmark) in a subprocess
+
 TINY = ["--config=configs/dan.py:synthetic", "--config.dataset.name=synthetic/tiny",
         "--config.input.size=32", "--config.batch_size=32", "--config.eval_batch_size=32", "--config.num_epochs=1",
         "--config.data_workers=0"]
@@ -183,7 +185,6 @@ def small_disk(tmp_path):
   subprocess.run(["umount", str(mount)], check=True)
 
 
-@pytest.mark.slow
 def test_a_disk_that_fills_during_a_save_keeps_the_previous_checkpoint(small_disk, tiny_data_dir):
   result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={small_disk}",
                  "--config.checkpoint_every_steps=4")

@@ -5,9 +5,12 @@ and runs the real command.
 """
 
 import numpy as np
+import pytest
 
 from reference import datasets as fx
 from helpers import assert_user_error, run_command
+
+pytestmark = pytest.mark.integration  # every test runs fer_jax.data.prepare in a subprocess
 
 
 def prepare(dataset, manual_dir, data_dir, *flags, obey_permissions=False):

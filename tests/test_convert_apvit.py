@@ -19,6 +19,8 @@ from helpers import get_config
 from reference.apvit import ReferenceAPViT, SIZE, face_evolve_ir, google_npz, timm_vit
 from reference.common import randomise
 
+pytestmark = pytest.mark.integration  # each test converts an IR trunk and a ViT and runs them in PyTorch and JAX
+
 TOLERANCE = 1e-4
 
 

@@ -20,6 +20,8 @@ from helpers import get_config, tiny_run
 from reference.common import randomise
 from reference.dan import ReferenceDAN
 
+pytestmark = pytest.mark.integration  # each test converts a full-size ResNet-18 DAN and runs it in PyTorch and JAX
+
 SIZE = 64
 TOLERANCE = 1e-4
 
@@ -65,7 +67,6 @@ def test_released_checkpoint_gives_the_reference_logits(released, converted, ima
   assert all(name.endswith("num_batches_tracked") for dropped in report.dropped.values() for name in dropped)
 
 
-@pytest.mark.slow
 def test_converted_checkpoint_restores_and_evaluates(converted, tmp_path):
   config = tiny_run(small_config(), size=SIZE, batch_size=16)
   variables, _ = converted

@@ -69,6 +69,7 @@ def images():
   return np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
 
 
+@pytest.mark.integration
 def test_lhc_netc_checkpoint_gives_the_reference_logits(images):
   weights = keras_weights(lhc_config("C"), seed=0)
   source = convert.SOURCES_BY_NAME["lhcnet"]
@@ -100,6 +101,7 @@ def test_plain_lhc_net_checkpoint_fills_every_variable_but_needs_stage_b():
     convert.convert_tensors(lhc_config("C"), [(source, weights, "LHC_Net")])
 
 
+@pytest.mark.integration
 def test_imagenet_h5_fills_the_backbone_by_layer_name(images, tmp_path):
   weights = keras_weights(lhc_config("A1"), seed=2)
   path = tmp_path / "resnet34_imagenet_1000_no_top.h5"

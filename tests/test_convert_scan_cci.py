@@ -41,6 +41,7 @@ def nchw(images):
 
 
 @pytest.mark.parametrize("arg, num_classes, shared", [("synthetic", 7, True), ("ferplus", 8, False)])
+@pytest.mark.integration
 def test_checkpoint_gives_the_reference_logits(arg, num_classes, shared, tmp_path, images):
   torch.manual_seed(0)
   reference = randomise(ReferenceScanCci(num_classes, shared), seed=3)
@@ -77,6 +78,7 @@ def test_separate_unit_checkpoint_needs_the_separate_config(tmp_path):
   assert "attention_state_dict/module.local_attention_masks.0.attention.0.weight (512, 512, 3, 3)" in str(error.value)
 
 
+@pytest.mark.integration
 def test_vggface2_pickle_fills_the_trunk(tmp_path, images):
   torch.manual_seed(0)
   resnet = randomise(torchvision.models.resnet50(), seed=4)

@@ -63,6 +63,7 @@ def test_fixed_batch_size():
   assert exported.in_avals[-1].shape == (4, SIZE, SIZE, 3) and exported.platforms == ("cpu",)
 
 
+@pytest.mark.integration
 def test_export_reloads_and_runs_without_fer_jax(tmp_path):
   config = small_config("configs/dan.py:synthetic")
   variables = random_variables(config, seed=3)

@@ -66,6 +66,7 @@ def test_images_are_found_recursively_and_sorted(faces):
   assert predict.list_images(str(faces / "notes.txt")) == [str(faces / "notes.txt")]
 
 
+@pytest.mark.integration
 def test_flip_tta_averages_the_softmax_of_both_views_in_padded_batches(config, checkpoint, faces, reference_logits, tmp_path):
   variables, _ = checkpoint
   predictor = predict.Predictor(config, variables, tta_name="flip", batch_size=2)
@@ -90,6 +91,7 @@ def test_flip_tta_averages_the_softmax_of_both_views_in_padded_batches(config, c
   assert float(table[1]["confidence"]) == pytest.approx(expected[1].max(), abs=1e-5)
 
 
+@pytest.mark.integration
 def test_command_line_writes_json_and_reports_unreadable_images(config, checkpoint, faces, reference_logits, tmp_path):
   _, path = checkpoint
   out = tmp_path / "preds.json"
@@ -107,6 +109,7 @@ def test_command_line_writes_json_and_reports_unreadable_images(config, checkpoi
   np.testing.assert_allclose(probabilities, np.asarray(jax.nn.softmax(reference_logits[0])), atol=1e-5)
 
 
+@pytest.mark.integration
 def test_no_readable_image_is_an_error(config, checkpoint, tmp_path):
   (tmp_path / "x.png").write_bytes(b"garbage")
   result = subprocess.run(

@@ -30,7 +30,7 @@ def _final_params(workdir, step):
   return restored
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
   config = _tiny_dan()
   config.checkpoint_every_steps = 4
@@ -52,6 +52,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.usefixtures("tiny_data_dir")  # built here; the subprocess inherits its path
+@pytest.mark.integration
 def test_eight_devices_match_one_device_and_resume_exactly():
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "multidevice_check.py")], cwd=ROOT, env=env,
@@ -64,6 +65,7 @@ def test_eight_devices_match_one_device_and_resume_exactly():
   assert report["resumed_exactly"]
 
 
+@pytest.mark.integration
 def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):
   config = _tiny_dan()
   model = models.build_model(config)
@@ -77,6 +79,7 @@ def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     checkpointing.restore_model(str(tmp_path / "nothing"), {})
 
 
+@pytest.mark.integration
 def test_checkpoint_with_another_class_order_is_refused_for_inference(tmp_path):
   config = _tiny_dan()
   model = models.build_model(config)
@@ -95,7 +98,7 @@ def _main(*args, timeout=600):
                         text=True, timeout=timeout)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_main_end_to_end(tmp_path, tiny_data_dir):
   workdir = tmp_path / "run"
   result = _main("--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
@@ -131,6 +134,7 @@ def test_selection_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
   np.testing.assert_array_equal(restored.best_variables(jax.eval_shape(lambda: best))["params"]["w"], [1, 1])
 
 
+@pytest.mark.integration
 def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
   assert_user_error(_main("--config=configs/dan.py:synthetic", f"--workdir={tmp_path}", "--config.batch_sise=3"),
                     "the config has no key 'batch_sise'; did you mean 'batch_size'?")
@@ -141,6 +145,7 @@ def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
   assert_user_error(_main("--config=configs/dan.py", "--workdir"), "Missing value for flag --workdir")
 
 
+@pytest.mark.integration
 def test_init_from_may_lack_the_modules_a_later_stage_adds(tmp_path):
   config = _tiny_dan()
   model = models.build_model(config)
@@ -175,7 +180,7 @@ def straight(tmp_path_factory, tiny_data_dir):
   return workdir
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp_path, straight, tiny_data_dir):
   preempted = tmp_path / "preempted"
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -197,6 +202,7 @@ def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.integration
 def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path):
   config = _tiny_dan()
   config.optimizer.update(name="sgd", lr=1e30, grad_clip_norm=0.0)
@@ -225,7 +231,7 @@ def _kill_at(process, moment, log, checkpoints) -> None:
   process.wait()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, straight, tiny_data_dir):
   args = lambda workdir: [*_tiny_main_args(workdir, tiny_data_dir), "--config.checkpoint_every_steps=3"]
   killed = tmp_path / "killed"
