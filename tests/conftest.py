@@ -1,7 +1,15 @@
-"""Test-wide set-up: absl flags parsed (Grain and TFDS read them), JAX on the CPU.
+"""Test-wide set-up and the fixtures several test files share.
 
-The suite runs on one CPU device; tests/multidevice_check.py runs in a subprocess with 8
-fake devices (XLA_FLAGS must be set before JAX starts).
+absl flags are parsed (Grain and TFDS read them) and JAX runs on the CPU: the suite runs on one
+CPU device; tests/multidevice_check.py runs in a subprocess with 8 fake devices (XLA_FLAGS must be
+set before JAX starts).
+
+Tiers (setup.cfg registers the marker): tests marked `integration` run real training loops,
+end-to-end subprocess runs or several devices, or take more than a few seconds; everything else
+is a fast unit test. `pytest -m "not integration"` runs the fast tier, plain `pytest` (and
+tests/run.sh) runs both.
+
+Nothing is kept between runs: what the tests build lives under pytest's temporary folder.
 """
 
 import os
@@ -9,5 +17,24 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from absl import flags  # noqa: E402
+import pytest  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()
+
+import helpers  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_data_folder(tmp_path_factory):
+  """This session's folder for synthetic/tiny, exported as $FER_JAX_TEST_TFDS_DIR for
+  helpers.tiny_data_dir (and tiny_run) and for the subprocesses the tests start. Nothing is built
+  until a test needs the set."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv(helpers.TINY_DATA_ENV, str(tmp_path_factory.mktemp("tfds")))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tiny_data_folder):
+  """The path of synthetic/tiny (280 train / 70 test, 32×32), built once per session."""
+  return helpers.tiny_data_dir()

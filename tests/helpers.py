@@ -1,19 +1,30 @@
-"""Shared test utilities: a tiny prepared synthetic set and tiny run configs."""
+"""Shared test utilities (plain functions; the pytest fixtures are in conftest.py): the tiny
+synthetic set and tiny run configs, configs as the CLI loads them, random model variables,
+subprocess runs of the CLI and their error checks."""
 
 import os
 
+import jax
+import numpy as np
+from fer_jax import models
 from fer_jax.data.builders import synthetic  # noqa: F401  (registers the builder)
 import tensorflow_datasets as tfds
 
-TINY_DATA_DIR = os.path.join(os.environ.get("PYTEST_TMPDIR_ROOT", "/tmp"), "fer_jax_test_tfds")
+# The folder of synthetic/tiny for this pytest session, under pytest's temporary folder: set by
+# the session fixture in conftest.py, inherited by the subprocesses the tests start.
+TINY_DATA_ENV = "FER_JAX_TEST_TFDS_DIR"
 
 
 def tiny_data_dir() -> str:
-  """synthetic/tiny (280 train / 70 test, 32×32), prepared once per machine."""
-  builder = tfds.builder("synthetic/tiny", data_dir=TINY_DATA_DIR)
+  """synthetic/tiny (280 train / 70 test, 32×32), prepared on first use in this session's folder
+  ($FER_JAX_TEST_TFDS_DIR); tests that need only the path ask for the `tiny_data_dir` fixture."""
+  data_dir = os.environ.get(TINY_DATA_ENV)
+  if not data_dir:
+    raise RuntimeError(f"${TINY_DATA_ENV} is not set: run the tests through pytest (tests/conftest.py sets it)")
+  builder = tfds.builder("synthetic/tiny", data_dir=data_dir)
   if not builder.is_prepared():
     builder.download_and_prepare(file_format="array_record")
-  return TINY_DATA_DIR
+  return data_dir
 
 
 def tiny_run(config, size: int = 32, batch_size: int = 32, epochs: int = 1):
@@ -37,6 +48,16 @@ def get_config(spec: str):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def random_variables(config, seed=0):
+  """Random values of the model's shapes (BatchNorm variances positive), without running init."""
+  abstract = models.abstract_variables(models.build_model(config), config)
+  rng = np.random.default_rng(seed)
+  leaves, tree = jax.tree.flatten_with_path(abstract)
+  values = [rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32) if str(path[-1].key) == "var"
+            else rng.normal(0, 0.1, leaf.shape).astype(np.float32) for path, leaf in leaves]
+  return jax.tree.unflatten(tree, values)
 
 
 def run_pipeline(text: str, size: int, image, seed: int = 0):

@@ -1,6 +1,7 @@
 """Trains a few steps on 1 device and on all devices of this process and compares them.
 
-Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/test_train.py does).
+Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 and $FER_JAX_TEST_TFDS_DIR (the
+session's synthetic/tiny folder, see tests/conftest.py); tests/test_train.py does both.
 Prints one JSON line: device count, both loss curves, the largest parameter difference,
 and whether a run checkpointed at step 4 and resumed on all devices ends with exactly the
 parameters of the uninterrupted one. The model is small (conv + BatchNorm + dense): the

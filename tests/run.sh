@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh clone: virtual environment, install, run.
 #   bash tests/run.sh [pytest arguments]
+# Both tiers; the fast one alone: .venv/bin/python -m pytest -m "not integration" (README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv

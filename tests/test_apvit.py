@@ -181,6 +181,7 @@ def tiny():
   return model, images, variables, outputs, state["intermediates"]["vit"]
 
 
+@pytest.mark.integration
 def test_zero_head_gives_zero_logits_and_no_gradient_below_the_head_at_the_first_step():
   model = _tiny_model(depth=1, atp_keep_rates=(1.0,))
   images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
@@ -237,6 +238,7 @@ def test_bfloat16_compute_returns_float32_logits_and_keeps_float32_params(tiny):
     ("rafdb", 7, "apvit7", "rafdb/aligned224"), ("ferplus", 8, "apvit8", "ferplus"),
     ("affectnet7", 7, "apvit7", "affectnet/classes7"), ("affectnet8", 8, "apvit8", "affectnet/classes8"),
     ("synthetic", 7, "apvit7", "synthetic")])
+@pytest.mark.integration
 def test_configs(arg, classes, order, dataset):
   config = get_config(f"configs/apvit.py:{arg}")
   assert (config.model.num_classes, config.dataset.class_order, config.dataset.name) == (classes, order, dataset)
@@ -292,6 +294,7 @@ def test_save_attention_maps_dims_the_dropped_patches(tmp_path):
   assert atp.shape == (224, 4 * 224, 3)
 
 
+@pytest.mark.integration
 def test_visualize_writes_maps_for_a_folder_of_faces(tmp_path):
   config = _tiny_synthetic()
   model = models.build_model(config)
@@ -307,7 +310,7 @@ def test_visualize_writes_maps_for_a_folder_of_faces(tmp_path):
       f"{i:04d}_{kind}.png" for i in range(3) for kind in ("app_patches", "atp_tokens"))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_synthetic_config_trains_end_to_end(tmp_path):
   config = _tiny_synthetic()
   results = train.train_and_evaluate(config, str(tmp_path))

@@ -82,6 +82,7 @@ def test_flip_probability_matches_its_p():
   assert abs(float(flips.mean()) - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 10_000)
 
 
+@pytest.mark.integration
 def test_keys_follow_the_example_position_not_the_batch():
   pipeline = jax.jit(augment.parse("random_apply(0.5, 'flip(1.0)')|normalize('half')"))
   images = np.stack([_image(seed=s) for s in range(6)])

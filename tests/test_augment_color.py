@@ -110,6 +110,7 @@ def test_hue_matches_torchvision(size, mode):
     assert assert_close(ours(color.adjust_hue, image, jnp.float32(factor)), expected) == 0.0, factor
 
 
+@pytest.mark.integration
 def test_hsv_round_trip_matches_pil_on_every_colour():
   """Pillow's 8-bit HSV (float32 inside) reproduced exactly on all 2²⁴ colours, both ways."""
   colours = all_colours()
@@ -143,6 +144,7 @@ def jitter_ranges(jitter):
 
 
 @pytest.mark.parametrize("size,mode", PHOTOS)
+@pytest.mark.integration
 def test_color_jitter_matches_torchvision_in_every_order(size, mode):
   image = photo(size, mode)
   rng = np.random.default_rng(size)
@@ -247,6 +249,7 @@ def compare_erasing(accepted, ours_, theirs, what):
 
 
 @pytest.mark.parametrize("scale,ratio", [((0.02, 0.33), (0.3, 3.3)), ((0.3, 0.9), (0.5, 4.0))])
+@pytest.mark.integration
 def test_erasing_sampler_matches_torchvision(scale, ratio):
   accepted, ours_ = erasing_draws(scale=scale, ratio=ratio)
   torch.manual_seed(0)
@@ -258,6 +261,7 @@ def test_erasing_sampler_matches_torchvision(scale, ratio):
   compare_erasing(accepted, ours_, theirs, f"scale={scale} ratio={ratio}")
 
 
+@pytest.mark.integration
 def test_erasing_uniform_ratio_sampler_matches_formula():
   """APViT's mmcls RandomErasing: aspect ~ U(ratio), otherwise torchvision's loop (NumPy reference)."""
   scale, ratio = (0.02, 0.4), (0.3, 3.3)
@@ -280,6 +284,7 @@ def test_erasing_uniform_ratio_sampler_matches_formula():
   assert stats.ks_2samp(ours_["height"], log_draws["height"]).pvalue < P_MIN
 
 
+@pytest.mark.integration
 def test_erasing_rate_and_noise():
   params = draws(augment.OPS["random_erasing"](p=0.5, scale=(0.02, 0.05), value="random"), (16, 12, 1))
   assert_rate(params["erase"].sum(), DRAWS, 0.5, "random_erasing p")  # every try is valid at this scale
@@ -290,6 +295,7 @@ def test_erasing_rate_and_noise():
 # --- through the pipeline --------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_pipeline_jits_and_is_deterministic_per_position():
   pipeline = augment.parse("color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)|random_grayscale(0.2)|"
                            "normalize('imagenet')|random_erasing(p=0.5, value='random')")

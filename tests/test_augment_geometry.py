@@ -286,6 +286,7 @@ def test_random_crop_sampler_matches_random_crop():
     (32, 96, (0.3, 1.0), (0.5, 2.0)),          # many tries fail: the first that fits wins
     (32, 96, (0.5, 1.0), (0.25, 0.5)),         # every try fails: the central fallback
 ])
+@pytest.mark.integration
 def test_random_resized_crop_sampler_matches_torchvision(height, width, scale, ratio):
   torch.manual_seed(0)
   dummy = torch.zeros(3, height, width)
@@ -332,6 +333,7 @@ def _batch(n=4, height=48, width=48, gray=False):
   return jnp.asarray(np.stack([images[i % 2] for i in range(n)]))
 
 
+@pytest.mark.integration
 def test_pipeline_shapes_and_jit():
   images = _batch(4)
   keys = augment.example_keys(0, jnp.arange(4))
@@ -362,6 +364,7 @@ def test_identity_cases(text):
   np.testing.assert_array_equal(out, images.astype(jnp.float32))
 
 
+@pytest.mark.integration
 def test_same_positions_same_augmentation():
   images = _batch(2)
   pipeline = augment.parse("rotate(20, method='bilinear')|random_resized_crop(32)|random_crop(28, padding=4)|"

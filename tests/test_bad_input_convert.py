@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from helpers import assert_user_error, run_command
-from test_convert_dan import ReferenceDAN
-from test_convert_lhcnet import keras_weights, tf_checkpoint_names, with_optimizer_state
+from reference.dan import ReferenceDAN
+from reference.lhcnet import keras_weights, tf_checkpoint_names, with_optimizer_state
+
+pytestmark = pytest.mark.integration  # every test runs fer_jax.convert in a subprocess
 
 DAN_FILE = "rafdb_epoch21_acc0.897_bacc0.8275.pth"
 TABLE_MAGIC = 0xDB4775248B80FB57

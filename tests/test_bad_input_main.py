@@ -15,7 +15,9 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
-from helpers import assert_user_error, get_config, run_command, tiny_data_dir, tiny_run
+from helpers import assert_user_error, get_config, run_command, tiny_run
+
+pytestmark = pytest.mark.integration  # every test runs a command (main, summary, export, benchmark) in a subprocess
 
 TINY = ["--config=configs/dan.py:synthetic", "--config.dataset.name=synthetic/tiny",
         "--config.input.size=32", "--config.batch_size=32", "--config.eval_batch_size=32", "--config.num_epochs=1",
@@ -53,15 +55,15 @@ def damaged_copy(dan_checkpoint, tmp_path):
   return copy
 
 
-def test_workdir_under_a_file(tmp_path):
+def test_workdir_under_a_file(tmp_path, tiny_data_dir):
   (tmp_path / "file").write_text("x")
-  assert_user_error(_main(*TINY, f"--config.dataset.data_dir={tiny_data_dir()}", f"--workdir={tmp_path}/file/run"),
+  assert_user_error(_main(*TINY, f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={tmp_path}/file/run"),
                     str(tmp_path / "file"), "a file, not a folder")
 
 
-def test_read_only_workdir(tmp_path):
+def test_read_only_workdir(tmp_path, tiny_data_dir):
   (tmp_path / "locked").mkdir(mode=0o555)
-  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir()}", f"--workdir={tmp_path}/locked/run",
+  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={tmp_path}/locked/run",
                  obey_permissions=True)
   assert_user_error(result, "Permission denied", str(tmp_path / "locked"), "fix its permissions")
 
@@ -83,8 +85,8 @@ def test_sfew_without_init_from_stops_before_reading_data(tmp_path):
   assert_user_error(result, "config.init_from_required", "--config.init_from=CHECKPOINT")
 
 
-def test_batch_size_that_does_not_divide_over_the_devices(tmp_path):
-  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir()}", f"--workdir={tmp_path}",
+def test_batch_size_that_does_not_divide_over_the_devices(tmp_path, tiny_data_dir):
+  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={tmp_path}",
                  "--config.batch_size=12", devices=8)
   assert_user_error(result, "config.batch_size=12 must divide evenly over this run's 8 devices",
                     "--config.batch_size=8")
@@ -129,7 +131,7 @@ def test_eval_with_a_truncated_checkpoint(damaged_copy, tmp_path):
   assert_user_error(result, f"Cannot read the checkpoint {step}", "damaged or incomplete")
 
 
-def test_resume_from_a_damaged_newest_step_names_the_step_to_delete(tmp_path):
+def test_resume_from_a_damaged_newest_step_names_the_step_to_delete(tmp_path, tiny_data_dir):
   config = _tiny_dan()
   model = models.build_model(config)
   abstract = models.abstract_variables(model, config)
@@ -140,7 +142,7 @@ def test_resume_from_a_damaged_newest_step_names_the_step_to_delete(tmp_path):
   for path in glob.glob(f"{tmp_path}/checkpoints/4/state/**/*", recursive=True):
     if os.path.isfile(path) and os.path.getsize(path) > 100_000:
       os.truncate(path, 1000)
-  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir()}", f"--workdir={tmp_path}")
+  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={tmp_path}")
   assert_user_error(result, f"Cannot read the checkpoint {tmp_path / 'checkpoints' / '4'}",
                     f"delete {tmp_path / 'checkpoints' / '4'} to resume from the step before it")
 
@@ -183,9 +185,8 @@ def small_disk(tmp_path):
   subprocess.run(["umount", str(mount)], check=True)
 
 
-@pytest.mark.slow
-def test_a_disk_that_fills_during_a_save_keeps_the_previous_checkpoint(small_disk):
-  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir()}", f"--workdir={small_disk}",
+def test_a_disk_that_fills_during_a_save_keeps_the_previous_checkpoint(small_disk, tiny_data_dir):
+  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={small_disk}",
                  "--config.checkpoint_every_steps=4")
   assert_user_error(result, f"Saving a checkpoint in {small_disk / 'checkpoints'} failed",
                     "No space left on device", f"{small_disk / 'checkpoints' / '4'}, is intact", "run the same command",

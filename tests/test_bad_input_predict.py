@@ -15,8 +15,7 @@ from PIL import Image
 
 from fer_jax import checkpointing
 from fer_jax.data import decode
-from helpers import assert_user_error, get_config, run_command
-from test_predict import random_variables
+from helpers import assert_user_error, get_config, random_variables, run_command
 
 DAN = ("--config=configs/dan.py:synthetic", "--config.input.size=32")
 APVIT = ("--config=configs/apvit.py:synthetic",)
@@ -164,6 +163,7 @@ def test_the_size_limit_is_checked_from_the_header_before_decoding(tmp_path, mon
 
 
 @pytest.mark.parametrize("names", [[], ["notes.txt", "labels.csv"]], ids=["empty", "no_image_names"])
+@pytest.mark.integration
 def test_a_folder_without_images_names_the_folder_and_the_extensions(names, tmp_path):
   folder = tmp_path / "faces"
   folder.mkdir()
@@ -174,11 +174,13 @@ def test_a_folder_without_images_names_the_folder_and_the_extensions(names, tmp_
                     "pass a folder that holds images with one of these extensions, or one image file")
 
 
+@pytest.mark.integration
 def test_a_missing_input_is_named(tmp_path):
   result = predict("/nonexistent/checkpoint", tmp_path / "missing", tmp_path / "preds.csv")
   assert_user_error(result, f"--input={tmp_path / 'missing'} does not exist", "pass an image file or a folder")
 
 
+@pytest.mark.integration
 def test_an_output_in_a_read_only_folder_fails_before_the_model_is_loaded(mixed, tmp_path):
   read_only = tmp_path / "read_only"
   read_only.mkdir()
@@ -189,6 +191,7 @@ def test_an_output_in_a_read_only_folder_fails_before_the_model_is_loaded(mixed,
                     "fix its permissions or choose another location")
 
 
+@pytest.mark.integration
 def test_an_output_under_a_regular_file_fails_before_the_model_is_loaded(mixed, tmp_path):
   (tmp_path / "notes.txt").write_text("a file, not a folder")
   output = tmp_path / "notes.txt" / "preds.csv"
@@ -197,11 +200,13 @@ def test_an_output_under_a_regular_file_fails_before_the_model_is_loaded(mixed, 
                     "choose an output path inside a folder")
 
 
+@pytest.mark.integration
 def test_an_output_with_another_extension_is_refused(mixed, tmp_path):
   result = predict("/nonexistent/checkpoint", mixed, tmp_path / "preds.txt")
   assert_user_error(result, f"--output={tmp_path / 'preds.txt'} must end in .csv or .json")
 
 
+@pytest.mark.integration
 def test_a_checkpoint_folder_without_a_checkpoint_is_named(mixed, tmp_path):
   result = predict(str(tmp_path), mixed / "face.png", tmp_path / "preds.csv")
   assert_user_error(result, f"No checkpoint found at {tmp_path}", "pass a training workdir")
@@ -210,6 +215,7 @@ def test_a_checkpoint_folder_without_a_checkpoint_is_named(mixed, tmp_path):
 # --- visualize ---------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_visualize_skips_a_refused_image_and_draws_the_others(apvit_checkpoint, mixed, tmp_path):
   result = visualize(apvit_checkpoint, mixed, tmp_path / "maps", obey_permissions=True)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -219,17 +225,20 @@ def test_visualize_skips_a_refused_image_and_draws_the_others(apvit_checkpoint, 
       f"{index:04d}_{kind}.png" for index in range(len(GOOD)) for kind in ("app_patches", "atp_tokens")]
 
 
+@pytest.mark.integration
 def test_visualize_with_a_refused_image_as_the_only_input_fails_before_the_model_is_loaded(mixed, tmp_path):
   result = visualize("/nonexistent/checkpoint", mixed / "bomb.png", tmp_path / "maps")
   assert_user_error(result, f"No readable image to visualize: {mixed / 'bomb.png'} is refused before decoding",
                     "downscale it or remove it")
 
 
+@pytest.mark.integration
 def test_visualize_names_an_empty_folder(tmp_path):
   result = visualize("/nonexistent/checkpoint", tmp_path, tmp_path / "maps")
   assert_user_error(result, f"No image file under --input={tmp_path}", ".jpg, .jpeg, .png")
 
 
+@pytest.mark.integration
 def test_visualize_names_a_missing_input(tmp_path):
   result = visualize("/nonexistent/checkpoint", tmp_path / "missing", tmp_path / "maps")
   assert_user_error(result, f"--input={tmp_path / 'missing'} does not exist")

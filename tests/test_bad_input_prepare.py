@@ -1,13 +1,16 @@
 """`python -m fer_jax.data.prepare` on bad input: exit status 2 and one message naming the file and the fix.
 
-Each test writes a tiny copy of an owner's layout (tests/fixtures_fer.py), breaks one thing
+Each test writes a tiny copy of an owner's layout (tests/reference/datasets.py), breaks one thing
 and runs the real command.
 """
 
 import numpy as np
+import pytest
 
-import fixtures_fer as fx
+from reference import datasets as fx
 from helpers import assert_user_error, run_command
+
+pytestmark = pytest.mark.integration  # every test runs fer_jax.data.prepare in a subprocess
 
 
 def prepare(dataset, manual_dir, data_dir, *flags, obey_permissions=False):

@@ -114,7 +114,7 @@ def _deviation(reference, other):
   return float(np.max(np.abs(b - a)) / (a[0] - a[-1]))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("case", CASES)
 def test_bfloat16_loss_curve_follows_float32(case):
   spec, size, num_steps, band, learned = CASES[case]

@@ -1,4 +1,4 @@
-"""The FER builders and `prepare` on tiny copies of the owners' layouts (tests/fixtures_fer.py)."""
+"""The FER builders and `prepare` on tiny copies of the owners' layouts (tests/reference/datasets.py)."""
 
 import functools
 import logging
@@ -8,7 +8,7 @@ import pathlib
 import subprocess
 import sys
 
-import fixtures_fer as fx
+from reference import datasets as fx
 import ml_collections
 import numpy as np
 import pytest
@@ -348,6 +348,7 @@ def test_prepare_rejects_unknown_names_listing_valid_ones():
     prepare.make_builder("rafdb/aligned112")
 
 
+@pytest.mark.integration
 def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
   fx.write_rafdb(tmp_path / "manual")
 
@@ -369,6 +370,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
   assert builder.info.splits["train"].num_examples == len(fx.RAFDB_TRAIN)
 
 
+@pytest.mark.integration
 def test_prepare_command_is_idempotent_and_fails_on_bad_input(tmp_path):
   fx.write_fedro(tmp_path / "manual")
   command = [sys.executable, "-m", "fer_jax.data.prepare", "--dataset=fedro",

@@ -1,7 +1,7 @@
 """DAN checkpoints and the MS-Celeb ResNet-18: torchvision + the DAN heads in PyTorch vs fer_jax.
 
-The reference trunk is torchvision's ResNet-18; the heads are written below from docs/methods/dan.md §2.3
-and §2.4 with the official module names, so `state_dict()` has the released files' keys.
+The reference (tests/reference/dan.py) is torchvision's ResNet-18 with the DAN heads written from
+docs/methods/dan.md §2.3 and §2.4 with the official module names.
 """
 
 import jax
@@ -17,80 +17,13 @@ from fer_jax import models
 from fer_jax import train
 from fer_jax.models.backbones import resnet as resnet_lib
 from helpers import get_config, tiny_run
+from reference.common import randomise
+from reference.dan import ReferenceDAN
+
+pytestmark = pytest.mark.integration  # each test converts a full-size ResNet-18 DAN and runs it in PyTorch and JAX
 
 SIZE = 64
 TOLERANCE = 1e-4
-
-
-class TorchSpatialGate(nn.Module):
-  def __init__(self):
-    super().__init__()
-    self.conv1x1 = nn.Sequential(nn.Conv2d(512, 256, 1), nn.BatchNorm2d(256))
-    self.conv_3x3 = nn.Sequential(nn.Conv2d(256, 512, 3, padding=1), nn.BatchNorm2d(512))
-    self.conv_1x3 = nn.Sequential(nn.Conv2d(256, 512, (1, 3), padding=(0, 1)), nn.BatchNorm2d(512))
-    self.conv_3x1 = nn.Sequential(nn.Conv2d(256, 512, (3, 1), padding=(1, 0)), nn.BatchNorm2d(512))
-
-  def forward(self, x):
-    u = self.conv1x1(x)
-    z = torch.relu(self.conv_3x3(u) + self.conv_1x3(u) + self.conv_3x1(u))
-    return x * z.sum(dim=1, keepdim=True)
-
-
-class TorchChannelGate(nn.Module):
-  def __init__(self):
-    super().__init__()
-    self.attention = nn.Sequential(nn.Linear(512, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 512),
-                                   nn.Sigmoid())
-
-  def forward(self, x):
-    z = x.mean(dim=(2, 3))
-    return z * self.attention(z)
-
-
-class TorchHead(nn.Module):
-  def __init__(self):
-    super().__init__()
-    self.sa = TorchSpatialGate()
-    self.ca = TorchChannelGate()
-
-  def forward(self, x):
-    return self.ca(self.sa(x))
-
-
-class ReferenceDAN(nn.Module):
-  def __init__(self, num_classes=7, num_heads=4):
-    super().__init__()
-    self.features = nn.Sequential(*list(torchvision.models.resnet18().children())[:-2])
-    self.num_heads = num_heads
-    for i in range(num_heads):
-      setattr(self, f"cat_head{i}", TorchHead())
-    self.fc = nn.Linear(512, num_classes)
-    self.bn = nn.BatchNorm1d(num_classes)
-
-  def forward(self, x):
-    features = self.features(x)
-    heads = torch.stack([getattr(self, f"cat_head{i}")(features) for i in range(self.num_heads)], dim=1)
-    heads = torch.log_softmax(heads, dim=1)
-    return self.bn(self.fc(heads.sum(dim=1)))
-
-
-def randomise(module: nn.Module, seed: int, size: int = SIZE) -> nn.Module:
-  """Random affine BatchNorm parameters, and running statistics taken from a random batch.
-
-  Like a trained network's, every BatchNorm then standardises its input and scales it by
-  γ < 1, so activations stay O(1) through deep residual stacks and float32 rounding stays far
-  below the tolerance.
-  """
-  generator = torch.Generator().manual_seed(seed)
-  batch_norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-  with torch.no_grad():
-    for norm in batch_norms:
-      norm.weight.copy_(0.1 + 0.3 * torch.rand(norm.weight.shape, generator=generator))
-      norm.bias.copy_(0.1 * torch.randn(norm.bias.shape, generator=generator))
-      norm.momentum = 1.0
-    module.train()
-    module(torch.randn((8, 3, size, size), generator=generator))
-  return module.eval()
 
 
 def small_config(arg="synthetic"):
@@ -134,7 +67,6 @@ def test_released_checkpoint_gives_the_reference_logits(released, converted, ima
   assert all(name.endswith("num_batches_tracked") for dropped in report.dropped.values() for name in dropped)
 
 
-@pytest.mark.slow
 def test_converted_checkpoint_restores_and_evaluates(converted, tmp_path):
   config = tiny_run(small_config(), size=SIZE, batch_size=16)
   variables, _ = converted

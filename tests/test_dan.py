@@ -25,6 +25,7 @@ def test_parts_of_the_parameter_count():
   assert count_params(params["fc"]) + count_params(params["bn"]) == 3_605
 
 
+@pytest.mark.integration
 def test_forward_shapes_and_fusion():
   model = dan.DAN(num_classes=7, num_heads=4)
   images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))

@@ -14,8 +14,7 @@ from fer_jax import checkpointing
 from fer_jax import export
 from fer_jax import models
 from fer_jax.errors import UserError
-from helpers import get_config
-from test_predict import random_variables
+from helpers import get_config, random_variables
 
 SIZE = 32
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +63,7 @@ def test_fixed_batch_size():
   assert exported.in_avals[-1].shape == (4, SIZE, SIZE, 3) and exported.platforms == ("cpu",)
 
 
+@pytest.mark.integration
 def test_export_reloads_and_runs_without_fer_jax(tmp_path):
   config = small_config("configs/dan.py:synthetic")
   variables = random_variables(config, seed=3)

@@ -8,6 +8,7 @@ import sys
 
 import ml_dtypes
 import numpy as np
+import pytest
 
 from fer_jax import checkpointing
 from helpers import get_config
@@ -105,8 +106,9 @@ def test_independent_of_insertion_order_and_other_collections():
           == checkpointing.fingerprint({"params": v["params"]}))
 
 
+@pytest.mark.integration
 def test_summary_prints_the_fingerprint_of_a_saved_model(tmp_path):
-  from test_predict import random_variables
+  from helpers import random_variables
   config = get_config("configs/dan.py:synthetic")
   config.input.size = 32
   variables = random_variables(config, seed=3)

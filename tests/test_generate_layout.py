@@ -40,6 +40,7 @@ def test_class_counts_scale_and_keep_every_class():
     assert np.abs(np.array(fer[split]) - train * 3_589 / train.sum()).max() < 1
 
 
+@pytest.mark.integration
 def test_rafdb_command_writes_what_the_builder_prepares(tmp_path):
   out = tmp_path / "rafdb"
   result = subprocess.run([sys.executable, "-m", "fer_jax.data.generate_layout", "--dataset=rafdb",
@@ -60,6 +61,7 @@ def test_rafdb_command_writes_what_the_builder_prepares(tmp_path):
   assert int(example["label"]) == label_of[example["file_name"].decode()]
 
 
+@pytest.mark.integration
 def test_rafdb_aligned224_command_writes_what_the_builder_prepares(tmp_path):
   out = tmp_path / "rafdb224"
   result = subprocess.run([sys.executable, "-m", "fer_jax.data.generate_layout", "--dataset=rafdb_aligned224",
@@ -93,6 +95,7 @@ def test_rafdb_aligned224_has_the_labels_of_rafdb(tmp_path):
   assert basic == (emo / "train.txt").read_text() + (emo / "test.txt").read_text()
 
 
+@pytest.mark.integration
 def test_fer2013_command_writes_the_csv_the_builder_prepares(tmp_path):
   out = tmp_path / "fer2013"
   result = subprocess.run([sys.executable, "-m", "fer_jax.data.generate_layout", "--dataset=fer2013",
@@ -119,6 +122,7 @@ def test_fer2013_command_writes_the_csv_the_builder_prepares(tmp_path):
   assert example["image"].ravel().tolist() == [int(v) for v in row_pixels.split()]
 
 
+@pytest.mark.integration
 def test_affectnet_layout_prepares_whole_and_face_cropped(tmp_path):
   out = tmp_path / "affectnet"
   counts = generate_layout.generate("affectnet", os.fspath(out), scale=SCALE, seed=3)

@@ -6,6 +6,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fer_jax.models.backbones import irse
 
@@ -18,6 +19,7 @@ def _init(module, shape, **kwargs):
   return module.init(jax.random.key(0), jnp.ones(shape, jnp.float32), **kwargs)
 
 
+@pytest.mark.integration
 def test_same_width_unit_subsamples_the_shortcut_and_strides_the_second_conv():
   unit = irse.BottleneckIR(8, stride=2)
   x = jax.random.normal(jax.random.key(1), (2, 6, 6, 8))
@@ -34,6 +36,7 @@ def test_same_width_unit_subsamples_the_shortcut_and_strides_the_second_conv():
   np.testing.assert_array_equal(y, x[:, ::2, ::2])
 
 
+@pytest.mark.integration
 def test_width_change_unit_has_a_strided_conv_shortcut():
   unit = irse.BottleneckIR(16, stride=2)
   variables = _init(unit, (1, 8, 8, 8), train=False)

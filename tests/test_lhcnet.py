@@ -195,6 +195,7 @@ def test_bfloat16_module_stays_close_to_float32():
   np.testing.assert_allclose(np.asarray(half, np.float32), full, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.integration
 def test_frozen_batch_norm_keeps_statistics_but_dropout_stays_on():
   x = jnp.asarray(np.random.default_rng(4).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
   model = small_model(use_lhc=False, freeze_batch_norm=True)
@@ -265,6 +266,7 @@ def test_fer2013_eval_pipeline_keeps_raw_pixels_at_224():
 
 
 @pytest.mark.parametrize("stage", ["A1", "C"])
+@pytest.mark.integration
 def test_synthetic_config_runs_a_forward_pass(stage):
   config = get_config(f"configs/lhcnet.py:synthetic,stage={stage}")
   image = run_pipeline(config.input.train_pp, config.input.size,
@@ -276,7 +278,7 @@ def test_synthetic_config_runs_a_forward_pass(stage):
   assert logits.shape == (1, 7) and np.all(np.isfinite(logits))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_synthetic_controller_stage_trains_end_to_end_and_only_the_five_gates(tmp_path):
   config = tiny_run(get_config("configs/lhcnet.py:synthetic,stage=C"))
   config.eval.tta = "flip"  # the 60-view set is pinned by tests/test_tta.py; here it would dominate

@@ -15,20 +15,10 @@ from fer_jax import checkpointing
 from fer_jax import models
 from fer_jax import predict
 from fer_jax.data import pipeline
-from helpers import get_config
+from helpers import get_config, random_variables
 
 SIZE = 32
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def random_variables(config, seed=0):
-  """Random values of the model's shapes (BatchNorm variances positive), without running init."""
-  abstract = models.abstract_variables(models.build_model(config), config)
-  rng = np.random.default_rng(seed)
-  leaves, tree = jax.tree.flatten_with_path(abstract)
-  values = [rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32) if str(path[-1].key) == "var"
-            else rng.normal(0, 0.1, leaf.shape).astype(np.float32) for path, leaf in leaves]
-  return jax.tree.unflatten(tree, values)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +66,7 @@ def test_images_are_found_recursively_and_sorted(faces):
   assert predict.list_images(str(faces / "notes.txt")) == [str(faces / "notes.txt")]
 
 
+@pytest.mark.integration
 def test_flip_tta_averages_the_softmax_of_both_views_in_padded_batches(config, checkpoint, faces, reference_logits, tmp_path):
   variables, _ = checkpoint
   predictor = predict.Predictor(config, variables, tta_name="flip", batch_size=2)
@@ -100,6 +91,7 @@ def test_flip_tta_averages_the_softmax_of_both_views_in_padded_batches(config, c
   assert float(table[1]["confidence"]) == pytest.approx(expected[1].max(), abs=1e-5)
 
 
+@pytest.mark.integration
 def test_command_line_writes_json_and_reports_unreadable_images(config, checkpoint, faces, reference_logits, tmp_path):
   _, path = checkpoint
   out = tmp_path / "preds.json"
@@ -117,6 +109,7 @@ def test_command_line_writes_json_and_reports_unreadable_images(config, checkpoi
   np.testing.assert_allclose(probabilities, np.asarray(jax.nn.softmax(reference_logits[0])), atol=1e-5)
 
 
+@pytest.mark.integration
 def test_no_readable_image_is_an_error(config, checkpoint, tmp_path):
   (tmp_path / "x.png").write_bytes(b"garbage")
   result = subprocess.run(

@@ -164,6 +164,7 @@ def test_cci_branch_matches_numpy():
 
 
 @pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.integration
 def test_attention_branch_matches_regionwise_reference(shared):
   x = np.asarray(jax.random.normal(jax.random.key(7), (2, 28, 28, 3)))
   branch = scan_cci.AttentionBranch(num_classes=4, shared_local_units=shared)
@@ -206,6 +207,7 @@ def small_run():
   return images, outputs
 
 
+@pytest.mark.integration
 def test_logits_are_the_plain_mean_of_the_five_heads(small_run):
   _, outputs = small_run
   assert outputs["attention_logits"].shape == (2, 7)
@@ -251,6 +253,7 @@ def test_configs_build_the_official_variants(arg, total):
   assert count(variables["params"]) == total
 
 
+@pytest.mark.integration
 def test_attention_map_pngs_are_written(small_run, tmp_path):
   images, outputs = small_run
   paths = attention_maps.save_scan_cci_maps(images, outputs, str(tmp_path / "maps"))
@@ -407,7 +410,7 @@ def test_registry_contract():
   assert isinstance(method.build(helpers.get_config("configs/scan_cci.py:rafdb").model), flax.linen.Module)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_synthetic_config_trains_evaluates_and_draws_its_masks(tmp_path):
   config = helpers.tiny_run(helpers.get_config("configs/scan_cci.py:synthetic"), size=32, batch_size=32)
   workdir = tmp_path / "run"

@@ -15,7 +15,7 @@ import pytest
 from fer_jax import checkpointing
 from fer_jax import models
 from fer_jax import train
-from helpers import assert_user_error, get_config, tiny_data_dir, tiny_run
+from helpers import assert_user_error, get_config, tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def _final_params(workdir, step):
   return restored
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
   config = _tiny_dan()
   config.checkpoint_every_steps = 4
@@ -51,6 +51,8 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
   assert evaluated["confusion_matrix"] == results["confusion_matrix"]
 
 
+@pytest.mark.usefixtures("tiny_data_dir")  # built here; the subprocess inherits its path
+@pytest.mark.integration
 def test_eight_devices_match_one_device_and_resume_exactly():
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "multidevice_check.py")], cwd=ROOT, env=env,
@@ -63,6 +65,7 @@ def test_eight_devices_match_one_device_and_resume_exactly():
   assert report["resumed_exactly"]
 
 
+@pytest.mark.integration
 def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):
   config = _tiny_dan()
   model = models.build_model(config)
@@ -76,6 +79,7 @@ def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     checkpointing.restore_model(str(tmp_path / "nothing"), {})
 
 
+@pytest.mark.integration
 def test_checkpoint_with_another_class_order_is_refused_for_inference(tmp_path):
   config = _tiny_dan()
   model = models.build_model(config)
@@ -94,11 +98,11 @@ def _main(*args, timeout=600):
                         text=True, timeout=timeout)
 
 
-@pytest.mark.slow
-def test_main_end_to_end(tmp_path):
+@pytest.mark.integration
+def test_main_end_to_end(tmp_path, tiny_data_dir):
   workdir = tmp_path / "run"
   result = _main("--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
-                 f"--config.dataset.data_dir={tiny_data_dir()}", "--config.input.size=32", "--config.batch_size=32",
+                 f"--config.dataset.data_dir={tiny_data_dir}", "--config.input.size=32", "--config.batch_size=32",
                  "--config.eval_batch_size=32", "--config.num_epochs=1", "--config.log_every_steps=4",
                  "--config.select_metric=accuracy", "--config.restore_best=True", "--config.eval.tta=flip")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -130,6 +134,7 @@ def test_selection_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
   np.testing.assert_array_equal(restored.best_variables(jax.eval_shape(lambda: best))["params"]["w"], [1, 1])
 
 
+@pytest.mark.integration
 def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
   assert_user_error(_main("--config=configs/dan.py:synthetic", f"--workdir={tmp_path}", "--config.batch_sise=3"),
                     "the config has no key 'batch_sise'; did you mean 'batch_size'?")
@@ -140,6 +145,7 @@ def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
   assert_user_error(_main("--config=configs/dan.py", "--workdir"), "Missing value for flag --workdir")
 
 
+@pytest.mark.integration
 def test_init_from_may_lack_the_modules_a_later_stage_adds(tmp_path):
   config = _tiny_dan()
   model = models.build_model(config)
@@ -158,28 +164,28 @@ def test_init_from_may_lack_the_modules_a_later_stage_adds(tmp_path):
                                 variables["params"]["head0"]["sa"]["conv1x1_conv"]["kernel"])
 
 
-def _tiny_main_args(workdir):
+def _tiny_main_args(workdir, data_dir):
   return ["--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
-          f"--config.dataset.data_dir={tiny_data_dir()}", "--config.input.size=32", "--config.batch_size=8",
+          f"--config.dataset.data_dir={data_dir}", "--config.input.size=32", "--config.batch_size=8",
           "--config.eval_batch_size=32", "--config.num_epochs=1", "--config.log_every_steps=1",
           "--config.data_workers=0"]
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(tmp_path_factory, tiny_data_dir):
   """The uninterrupted run that the interrupted ones must end equal to."""
   workdir = tmp_path_factory.mktemp("straight")
-  result = _main(*_tiny_main_args(workdir))
+  result = _main(*_tiny_main_args(workdir, tiny_data_dir))
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
 
-@pytest.mark.slow
-def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp_path, straight):
+@pytest.mark.integration
+def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp_path, straight, tiny_data_dir):
   preempted = tmp_path / "preempted"
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  process = subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_tiny_main_args(preempted)], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_tiny_main_args(preempted, tiny_data_dir)],
+                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   log = []
   for line in process.stderr:
     log.append(line)
@@ -191,11 +197,12 @@ def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp
   step = int(saved[0].split("Saved step ")[1].split(" ")[0])
   assert 3 <= step < 35 and (preempted / "checkpoints" / str(step) / "state").is_dir()
   assert not (preempted / "eval_results.json").exists()
-  assert _main(*_tiny_main_args(preempted)).returncode == 0
+  assert _main(*_tiny_main_args(preempted, tiny_data_dir)).returncode == 0
   for x, y in zip(jax.tree.leaves(_final_params(straight, 35)), jax.tree.leaves(_final_params(preempted, 35))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.integration
 def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path):
   config = _tiny_dan()
   config.optimizer.update(name="sgd", lr=1e30, grad_clip_norm=0.0)
@@ -224,9 +231,9 @@ def _kill_at(process, moment, log, checkpoints) -> None:
   process.wait()
 
 
-@pytest.mark.slow
-def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, straight):
-  args = lambda workdir: [*_tiny_main_args(workdir), "--config.checkpoint_every_steps=3"]
+@pytest.mark.integration
+def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, straight, tiny_data_dir):
+  args = lambda workdir: [*_tiny_main_args(workdir, tiny_data_dir), "--config.checkpoint_every_steps=3"]
   killed = tmp_path / "killed"
   model_config = _tiny_dan()
   abstract = models.abstract_variables(models.build_model(model_config), model_config)

@@ -111,6 +111,7 @@ def test_lhc62_has_60_views_weighted_to_62():
                                                      (False, -0.15), (True, -0.15)]
 
 
+@pytest.mark.integration
 def test_none_and_flip_sets():
   x = jnp.asarray(np.random.default_rng(1).uniform(0, 255, (3, 8, 9, 3)), jnp.float32)
   views, weights = _views("none", x)
@@ -149,6 +150,7 @@ def test_combine_is_the_weighted_mean_of_softmax_outputs():
   np.testing.assert_allclose(tta.combine(probabilities, weights), want, rtol=1e-6)
 
 
+@pytest.mark.integration
 def test_predict_equals_views_then_combine(images):
   x = jnp.asarray(images)
   projection = jnp.asarray(np.random.default_rng(3).normal(size=(3, 7)), jnp.float32)
