@@ -30,6 +30,7 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
+from fer_jax import validation
 from fer_jax.data import pipeline
 
 INPUT_MODES = ("synthetic", "host", "augment", "end_to_end")
@@ -163,7 +164,7 @@ def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
 def main(argv):
   del argv
   args = flags.FLAGS
-  config_lib.validate(args.config, training=True)
+  validation.validate(args.config, training=True)
   if args.input == "synthetic":
     result = benchmark(args.config, args.steps)
   else:

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fer_jax.data import labels
 from fer_jax.errors import UserError
 from fer_jax.optim import path_of
 
@@ -36,7 +37,6 @@ def manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointMan
 
 
 def metadata(config) -> dict:
-  from fer_jax.data import labels
   return {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
           "input": config.input.to_dict()}
 

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import models
+from fer_jax import validation
 from fer_jax.data import labels
 from fer_jax.errors import UserError
 
@@ -106,6 +107,7 @@ def main(argv):
     raise UserError(f"Unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
   config = args.config
+  validation.validate(config, training=False)
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, args.checkpoint)
   info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms)

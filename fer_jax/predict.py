@@ -32,6 +32,7 @@ from fer_jax import config_lib
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import tta
+from fer_jax import validation
 from fer_jax.data import decode
 from fer_jax.data import labels
 from fer_jax.data import pipeline
@@ -86,7 +87,6 @@ class Predictor:
   """Preprocessing and a jitted, data-parallel forward pass for one config and checkpoint."""
 
   def __init__(self, config, variables: dict, tta_name: str = "none", batch_size: int = 64):
-    config_lib.validate(config, training=False)
     self.config = config
     self.class_names = labels.class_names(config.dataset.class_order)
     self.preprocess = pipeline.FilePreprocessor(config)
@@ -189,6 +189,7 @@ def main(argv):
   check_output(args.output)
   paths = list_images(args.input)
   config = args.config
+  validation.validate(config, training=False)
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, args.checkpoint)
   predictor = Predictor(config, variables, args.tta or config.eval.tta, args.batch_size)

@@ -22,6 +22,7 @@ from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import models
+from fer_jax import validation
 
 
 def count_params(tree, exclude=()) -> int:
@@ -87,7 +88,7 @@ def _subjaxprs(params):
 def main(argv):
   del argv
   config = flags.FLAGS.config
-  config_lib.validate(config, training=False)
+  validation.validate(config, training=False)
   method = models.get_method(config.model.name)
   model = method.build(config.model)
   variables = models.abstract_variables(model, config)

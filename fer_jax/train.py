@@ -15,11 +15,11 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
-from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
+from fer_jax import validation
 from fer_jax.data import pipeline
 
 
@@ -299,7 +299,7 @@ class TrainingRun:
     self.config, self.workdir = config, workdir
     self.checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.max_checkpoints)
     self.start_step = self.checkpoints.latest_step() or 0
-    config_lib.validate(config, training=True, new_run=not self.start_step)
+    validation.validate(config, training=True, new_run=not self.start_step)
     self.mesh = mesh_lib.make_mesh()
     method = models.get_method(config.model.name)
     self.model = method.build(config.model)
@@ -420,6 +420,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   """`--mode=eval`: evaluates a saved or converted checkpoint and writes the report."""
+  validation.validate(config, training=False)
   mesh = mesh_lib.make_mesh()
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, checkpoint)

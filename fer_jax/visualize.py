@@ -19,6 +19,7 @@ from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import models
 from fer_jax import predict
+from fer_jax import validation
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
@@ -63,6 +64,7 @@ def main(argv):
     raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
   paths = predict.list_images(args.input)
+  validation.validate(args.config, training=False)
   written = write_attention_maps(args.config, args.checkpoint, paths, args.out, args.batch_size)
   print(f"wrote {len(written)} PNGs to {args.out}")
 

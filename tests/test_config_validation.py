@@ -1,8 +1,8 @@
-"""config_lib.validate: every shipped config passes, and each cross-field rule names its keys and the fix."""
+"""validation.validate: every shipped config passes, and each cross-field rule names its keys and the fix."""
 
 import pytest
 
-from fer_jax import config_lib
+from fer_jax import validation
 from fer_jax.errors import ConfigError
 from helpers import get_config
 
@@ -15,13 +15,13 @@ SHIPPED = ([f"configs/dan.py:{a}" for a in ("rafdb", "affectnet7", "affectnet8",
 @pytest.mark.parametrize("spec", SHIPPED)
 def test_every_shipped_config_is_valid(spec):
   config = get_config(spec)
-  config_lib.validate(config, training=False)
-  config_lib.validate(config, training=True, new_run=True)
+  validation.validate(config, training=False)
+  validation.validate(config, training=True, new_run=True)
 
 
 def _problems(config, **kwargs) -> str:
   with pytest.raises(ConfigError) as error:
-    config_lib.validate(config, **kwargs)
+    validation.validate(config, **kwargs)
   return str(error.value)
 
 
@@ -38,8 +38,8 @@ def test_selection_settings_need_a_select_metric(key, value, turn_off):
 def test_sfew_needs_init_from_only_when_a_new_run_starts():
   config = get_config("configs/scan_cci.py:sfew")
   assert "pass --config.init_from=CHECKPOINT" in _problems(config, training=True, new_run=True)
-  config_lib.validate(config, training=True, new_run=False)  # resuming ignores init_from
-  config_lib.validate(config, training=False)                 # evaluation, prediction, benchmarks
+  validation.validate(config, training=True, new_run=False)  # resuming ignores init_from
+  validation.validate(config, training=False)                 # evaluation, prediction, benchmarks
 
 
 def test_init_from_must_exist(tmp_path):

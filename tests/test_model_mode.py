@@ -82,7 +82,7 @@ def _stats_and_params(workdir, step, config):
                                      models.abstract_variables(models.build_model(config), config))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_running_statistics_freeze_from_the_inference_epoch_and_resume_stays_exact(tmp_path):
   config = tiny_run(get_config("configs/dan.py:synthetic"), epochs=2)
   config.update(inference_mode_from_epoch=2, checkpoint_every_steps=8, max_checkpoints=3)

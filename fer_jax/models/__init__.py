@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import optax
 
 from fer_jax import checkpointing
-from fer_jax import config_lib
 from fer_jax.data import labels
 
 METHODS = ("dan", "lhcnet", "apvit", "scan_cci")
@@ -78,8 +77,7 @@ def abstract_variables(model, config) -> dict:
 
 
 def load_trained_variables(config, model, checkpoint: str) -> dict:
-  """A checkpoint's variables for evaluation or inference, after the config is validated and
-  the checkpoint's method, class count, class order, names and shapes are checked."""
-  config_lib.validate(config, training=False)
+  """A checkpoint's variables for evaluation or inference: the checkpoint's method, class count,
+  class order, names and shapes are checked against the (validated) config."""
   return checkpointing.restore_model(checkpoint, abstract_variables(model, config), expected_model=config.model,
                                      class_names=labels.class_names(config.dataset.class_order))

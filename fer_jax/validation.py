@@ -1,0 +1,101 @@
+"""The one check of a whole config, run before any work: every value and every cross-field rule,
+all problems listed at once with the keys and the fix."""
+
+import os
+
+import jax
+
+from fer_jax import models
+from fer_jax import optim
+from fer_jax import tta
+from fer_jax.data import labels
+from fer_jax.data import pipeline
+from fer_jax.errors import ConfigError
+
+SELECT_METRICS = ("", "accuracy", "mean_class_accuracy")
+MODEL_DTYPES = ("float32", "bfloat16")
+
+
+def validate(config, *, training: bool, new_run: bool = False) -> None:
+  """Checks every value and cross-field rule of `config` at once, before any work.
+
+  `training`: the config will train (batch sizes must divide over this run's devices and
+  processes). `new_run`: a run starting from scratch, which reads `init_from` (a resumed
+  run ignores it). Raises ConfigError listing every problem with the keys and the fix.
+  """
+  problems = _value_problems(config) + _selection_problems(config)
+  if training:
+    problems += _training_problems(config, new_run)
+  if problems:
+    raise ConfigError("The config cannot run:\n  " + "\n  ".join(problems))
+
+
+def _choice(key: str, value, valid) -> list[str]:
+  if value in valid:
+    return []
+  return [f"config.{key}={value!r} is not one of: {', '.join(repr(v) for v in valid)}."]
+
+
+def _value_problems(config) -> list[str]:
+  problems = (_choice("model.name", config.model.name, models.METHODS)
+              + _choice("model.dtype", config.model.dtype, MODEL_DTYPES)
+              + _choice("dataset.class_order", config.dataset.class_order, sorted(labels.CLASS_ORDERS))
+              + _choice("dataset.sampler", config.dataset.sampler, pipeline.SAMPLERS)
+              + _choice("dataset.cache", config.dataset.cache, pipeline.CACHE_MODES)
+              + _choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
+              + _choice("optimizer.schedule", config.optimizer.schedule, optim.SCHEDULES)
+              + _choice("eval.tta", config.eval.tta, tta.NAMES)
+              + _choice("input.channels", config.input.channels, (1, 3)))
+  if config.dataset.class_order in labels.CLASS_ORDERS:
+    classes = labels.class_names(config.dataset.class_order)
+    if len(classes) != config.model.num_classes:
+      problems.append(f"config.dataset.class_order={config.dataset.class_order!r} names {len(classes)} classes "
+                      f"({', '.join(classes)}) but config.model.num_classes={config.model.num_classes}: set one "
+                      "to match the other.")
+  if config.inference_mode_from_epoch < 0:
+    problems.append(f"config.inference_mode_from_epoch={config.inference_mode_from_epoch} must be 0 (never) "
+                    "or an epoch number from 1.")
+  for key in ("input.size", "batch_size", "eval_batch_size", "num_epochs", "eval.every_epochs", "log_every_steps",
+              "max_checkpoints"):
+    if _get(config, key) < 1:
+      problems.append(f"config.{key}={_get(config, key)} must be at least 1.")
+  return problems
+
+
+def _selection_problems(config) -> list[str]:
+  problems = _choice("select_metric", config.select_metric, SELECT_METRICS)
+  if config.early_stopping_patience < 0:
+    problems.append(f"config.early_stopping_patience={config.early_stopping_patience} must be 0 (never) or more.")
+  if not config.select_metric:
+    for key, value in (("early_stopping_patience", config.early_stopping_patience),
+                       ("restore_best", config.restore_best)):
+      if value:
+        problems.append(f"config.{key}={value} needs a metric to compare epochs by: set "
+                        "--config.select_metric=accuracy (or mean_class_accuracy), or turn it off "
+                        f"(--config.{key}={0 if key == 'early_stopping_patience' else False}).")
+  return problems
+
+
+def _training_problems(config, new_run: bool) -> list[str]:
+  problems = []
+  devices, processes = jax.device_count(), jax.process_count()
+  for key in ("batch_size", "eval_batch_size"):
+    size = _get(config, key)
+    if size >= 1 and (size % devices or size % processes):
+      fitting = max(devices, size // devices * devices)
+      problems.append(f"config.{key}={size} must divide evenly over this run's {devices} devices and {processes} "
+                      f"processes: use a multiple of {devices} (e.g. --config.{key}={fitting}).")
+  if new_run:
+    if config.init_from_required and not config.init_from:
+      problems.append("This config fine-tunes a trained model (config.init_from_required): pass "
+                      "--config.init_from=CHECKPOINT (see the config file's docstring for which one).")
+    if config.init_from and not os.path.exists(os.path.expanduser(config.init_from)):
+      problems.append(f"config.init_from={config.init_from} does not exist: pass a training workdir, a checkpoint "
+                      "or the output of `python -m fer_jax.convert`.")
+  return problems
+
+
+def _get(config, dotted_key: str):
+  for part in dotted_key.split("."):
+    config = config[part]
+  return config
