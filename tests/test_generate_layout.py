@@ -40,22 +40,28 @@ def test_class_counts_scale_and_keep_every_class():
     assert np.abs(np.array(fer[split]) - train * 3_589 / train.sum()).max() < 1
 
 
+def _generate(dataset: str, out) -> str:
+  """Runs the generate_layout command; its stdout (which ends with the prepare command)."""
+  return subprocess.run([sys.executable, "-m", "fer_jax.data.generate_layout", f"--dataset={dataset}", f"--out={out}",
+                         f"--scale={SCALE}", "--workers=2"], capture_output=True, text=True, check=True).stdout
+
+
+def _assert_rafdb_counts(builder) -> None:
+  for split in ("train", "test"):
+    assert label_counts(builder, split, 7) == generate_layout.class_counts(generate_layout.RAFDB_COUNTS[split], SCALE)
+
+
 @pytest.mark.integration
 def test_rafdb_command_writes_what_the_builder_prepares(tmp_path):
   out = tmp_path / "rafdb"
-  result = subprocess.run([sys.executable, "-m", "fer_jax.data.generate_layout", "--dataset=rafdb",
-                           f"--out={out}", f"--scale={SCALE}", "--workers=2"],
-                          capture_output=True, text=True, check=True)
-  assert f"python -m fer_jax.data.prepare --dataset=rafdb --manual_dir={out} --data_dir=" in result.stdout
+  assert f"python -m fer_jax.data.prepare --dataset=rafdb --manual_dir={out} --data_dir=" in _generate("rafdb", out)
   lines = (out / "EmoLabel" / "list_patition_label.txt").read_text().splitlines()
   assert lines[0].startswith("train_00001.jpg ") and "test_0001.jpg" in {line.split()[0] for line in lines}
   with Image.open(out / "Image" / "aligned" / "train_00001_aligned.jpg") as image:
     assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (100, 100))
 
   builder = build("rafdb", out, tmp_path / "tfds")
-  for split in ("train", "test"):
-    expected = generate_layout.class_counts(generate_layout.RAFDB_COUNTS[split], SCALE)
-    assert label_counts(builder, split, 7) == expected
+  _assert_rafdb_counts(builder)
   example = builder.as_data_source("train")[0]
   label_of = {line.split()[0]: int(line.split()[1]) - 1 for line in lines}
   assert int(example["label"]) == label_of[example["file_name"].decode()]
@@ -64,11 +70,8 @@ def test_rafdb_command_writes_what_the_builder_prepares(tmp_path):
 @pytest.mark.integration
 def test_rafdb_aligned224_command_writes_what_the_builder_prepares(tmp_path):
   out = tmp_path / "rafdb224"
-  result = subprocess.run([sys.executable, "-m", "fer_jax.data.generate_layout", "--dataset=rafdb_aligned224",
-                           f"--out={out}", f"--scale={SCALE}", "--workers=2"],
-                          capture_output=True, text=True, check=True)
   assert (f"python -m fer_jax.data.prepare --dataset=rafdb/aligned224 --manual_dir={out} --data_dir="
-          in result.stdout)
+          in _generate("rafdb_aligned224", out))
   train = (out / "EmoLabel" / "train.txt").read_text().splitlines()
   test = (out / "EmoLabel" / "test.txt").read_text().splitlines()
   assert train[0].startswith("train_00001.jpg ") and test[0].startswith("test_0001.jpg ")
@@ -78,9 +81,7 @@ def test_rafdb_aligned224_command_writes_what_the_builder_prepares(tmp_path):
     assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (224, 224))
 
   builder = build("rafdb/aligned224", out, tmp_path / "tfds")
-  for split in ("train", "test"):
-    expected = generate_layout.class_counts(generate_layout.RAFDB_COUNTS[split], SCALE)
-    assert label_counts(builder, split, 7) == expected
+  _assert_rafdb_counts(builder)
   example = builder.as_data_source("test")[0]
   label_of = {line.split()[0]: int(line.split()[1]) - 1 for line in train + test}
   assert int(example["label"]) == label_of[example["file_name"].decode()]
@@ -98,10 +99,7 @@ def test_rafdb_aligned224_has_the_labels_of_rafdb(tmp_path):
 @pytest.mark.integration
 def test_fer2013_command_writes_the_csv_the_builder_prepares(tmp_path):
   out = tmp_path / "fer2013"
-  result = subprocess.run([sys.executable, "-m", "fer_jax.data.generate_layout", "--dataset=fer2013",
-                           f"--out={out}", f"--scale={SCALE}", "--workers=2"],
-                          capture_output=True, text=True, check=True)
-  assert f"python -m fer_jax.data.prepare --dataset=fer2013 --manual_dir={out} --data_dir=" in result.stdout
+  assert f"python -m fer_jax.data.prepare --dataset=fer2013 --manual_dir={out} --data_dir=" in _generate("fer2013", out)
   lines = (out / "fer2013.csv").read_text().splitlines()
   assert lines[0] == "emotion,pixels,Usage"
   rows = [line.split(",") for line in lines[1:]]
