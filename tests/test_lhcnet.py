@@ -6,11 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from matplotlib import cbook
+from PIL import Image
 
 from fer_jax import checkpointing
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
+from fer_jax.data import pipeline
 from fer_jax.models import lhcnet
 from helpers import get_config, run_pipeline, tiny_run
 
@@ -235,7 +238,8 @@ def test_config_stages_follow_the_official_recipe():
     assert config.init_from_missing == {"B": r"^params/lhc\d/", "C": r"^params/lhc\d/controller$"}.get(stage, "")
   assert get_config("configs/lhcnet.py:fer2013").stage == "A1"
   assert "keras_image_generator(rotation_range=30" in get_config("configs/lhcnet.py:fer2013").input.train_pp
-  assert get_config("configs/lhcnet.py:fer2013,stage=B").input.train_pp == "resize({size})|gray_to_rgb()|to_float()"
+  assert get_config("configs/lhcnet.py:fer2013,stage=B").input.train_pp == \
+      "to_float()|resize({size}, 'cv2_bilinear')|gray_to_rgb()"
 
 
 def test_init_from_missing_names_exactly_what_the_previous_stage_lacks():
@@ -263,6 +267,42 @@ def test_fer2013_eval_pipeline_keeps_raw_pixels_at_224():
   image = run_pipeline(config.input.eval_pp, config.input.size, gray)
   assert image.shape == (224, 224, 3) and image.dtype == np.float32
   assert float(image.mean()) == 129.0
+
+
+def tf_bilinear_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """TensorFlow's bilinear resize without antialiasing (tf.image.resize, half-pixel centres), in
+  float64, as its kernel computes it: source = (out + 0.5) · in/out − 0.5, lower = max(floor, 0),
+  upper = min(ceil, in − 1), then lerp along rows and columns."""
+  def taps(out_size, in_size):
+    source = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5
+    lower = np.maximum(np.floor(source), 0).astype(int)
+    upper = np.minimum(np.ceil(source), in_size - 1).astype(int)
+    return lower, upper, source - np.floor(source)
+
+  (top, bottom, dy), (left, right, dx) = taps(height, image.shape[0]), taps(width, image.shape[1])
+  image = image.astype(np.float64)
+  rows = image[top] + (image[bottom] - image[top]) * dy[:, None, None]
+  return rows[:, left] + (rows[:, right] - rows[:, left]) * dx[None, :, None]
+
+
+def test_fer2013_pipelines_resize_in_float_as_tensorflow_does():
+  gray = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("L").resize((48, 48)))[..., None]
+  want = np.repeat(tf_bilinear_resize(gray, 224, 224), 3, axis=-1)
+  for stage in ("A3", "B", "C"):  # the stages without random augmentation
+    config = get_config(f"configs/lhcnet.py:fer2013,stage={stage}")
+    for pipeline in (config.input.eval_pp, config.input.train_pp):
+      got = run_pipeline(pipeline, config.input.size, gray)
+      np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
+  assert not np.allclose(want, np.round(want))  # the values a uint8 resize would have rounded
+
+
+def test_a_48_pixel_png_given_to_predict_is_resized_in_float_as_tensorflow_does(tmp_path):
+  gray = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("L").resize((48, 48))
+  gray.save(tmp_path / "face.png")
+  preprocess = pipeline.FilePreprocessor(get_config("configs/lhcnet.py:fer2013,stage=B"))
+  got = np.asarray(jax.jit(preprocess)(preprocess.read(str(tmp_path / "face.png"))[None]))[0]
+  want = np.repeat(tf_bilinear_resize(np.asarray(gray)[..., None], 224, 224), 3, axis=-1)
+  np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
 
 
 @pytest.mark.parametrize("stage", ["A1", "C"])

@@ -452,7 +452,7 @@ class FilePreprocessor:
     self.seed = config.seed
 
   def read(self, path: str) -> np.ndarray:
-    """uint8 at the stored shape; PIL's OSError or SyntaxError for an unreadable file."""
+    """uint8 at the stored shape; `decode.UnreadableImageError` for a file that cannot be decoded."""
     return decode.read_file(path, self.shape)
 
   def __call__(self, images: jax.Array) -> jax.Array:
