@@ -79,12 +79,11 @@ def _selection_problems(config) -> list[str]:
 def _training_problems(config, new_run: bool) -> list[str]:
   problems = []
   devices, processes = jax.device_count(), jax.process_count()
-  for key in ("batch_size", "eval_batch_size"):
-    size = _get(config, key)
-    if size >= 1 and (size % devices or size % processes):
-      fitting = max(devices, size // devices * devices)
-      problems.append(f"config.{key}={size} must divide evenly over this run's {devices} devices and {processes} "
-                      f"processes: use a multiple of {devices} (e.g. --config.{key}={fitting}).")
+  size = config.batch_size
+  if size >= 1 and (size % devices or size % processes):
+    fitting = max(devices, size // devices * devices)
+    problems.append(f"config.batch_size={size} must divide evenly over this run's {devices} devices and {processes} "
+                    f"processes: use a multiple of {devices} (e.g. --config.batch_size={fitting}).")
   if new_run:
     if config.init_from_required and not config.init_from:
       problems.append("This config fine-tunes a trained model (config.init_from_required): pass "

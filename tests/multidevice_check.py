@@ -3,8 +3,9 @@
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 and $FER_JAX_TEST_TFDS_DIR (the
 session's synthetic/tiny folder, see tests/conftest.py); tests/test_train.py does both.
 Prints one JSON line: device count, both loss curves, the largest parameter difference,
-and whether a run checkpointed at step 4 and resumed on all devices ends with exactly the
-parameters of the uninterrupted one. The model is small (conv + BatchNorm + dense): the
+whether a run checkpointed at step 4 and resumed on all devices ends with exactly the
+parameters of the uninterrupted one, and whether an evaluation whose batch does not divide
+over the devices gives the one-device confusion matrix. The model is small (conv + BatchNorm + dense): the
 point is the sharded step with its device augmentation, the same code for every method.
 """
 
@@ -66,6 +67,13 @@ def run(devices, config, steps=4, start=0, checkpoint_dir=None):
   return losses, jax.device_get(state["params"])
 
 
+def confusion(devices, config, variables):
+  """The eval split's confusion matrix on `devices`, with a batch that does not divide over them."""
+  mesh = mesh_lib.make_mesh(devices)
+  replicated = jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return train.Evaluator(SmallNet(), config, mesh)(replicated, config.dataset.eval_split)["confusion_matrix"]
+
+
 def main():
   flags.FLAGS.mark_as_parsed()
   config = tiny_run(get_config("configs/dan.py:synthetic"))
@@ -80,9 +88,12 @@ def main():
     resumed_losses, resumed_params = run(jax.devices(), config, steps=8, start=4, checkpoint_dir=directory)
   resumed_exactly = straight_losses[4:] == resumed_losses and all(
       np.array_equal(a, b) for a, b in zip(jax.tree.leaves(straight_params), jax.tree.leaves(resumed_params)))
+  config.eval_batch_size = 25  # 70 examples: 3 batches, rounded up to 32 on 8 devices
+  variables = jax.jit(lambda: models.init_variables(SmallNet(), config, jax.random.key(1)))()
+  same_evaluation = confusion(jax.devices()[:1], config, variables) == confusion(jax.devices(), config, variables)
   print(json.dumps({"devices": jax.device_count(), "one_device_losses": one_losses,
                     "all_device_losses": all_losses, "max_param_difference": difference,
-                    "resumed_exactly": resumed_exactly}))
+                    "resumed_exactly": resumed_exactly, "same_evaluation": same_evaluation}))
 
 
 if __name__ == "__main__":

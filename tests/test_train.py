@@ -63,6 +63,7 @@ def test_eight_devices_match_one_device_and_resume_exactly():
   np.testing.assert_allclose(report["one_device_losses"], report["all_device_losses"], rtol=1e-5)
   assert report["max_param_difference"] < 1e-5
   assert report["resumed_exactly"]
+  assert report["same_evaluation"]
 
 
 @pytest.mark.integration

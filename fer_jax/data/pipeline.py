@@ -408,7 +408,12 @@ class EvalData:
     self.mesh = mesh
     self.split = load_split(config, split_name)
     self.records = self.split.indices
-    self.global_batch = config.eval_batch_size
+    # Padding is masked, so any batch works: rounded up to fill every device.
+    devices = mesh.devices.size
+    self.global_batch = -(-config.eval_batch_size // devices) * devices
+    if self.global_batch != config.eval_batch_size:
+      logging.info("Evaluating %s in batches of %d: config.eval_batch_size %d rounded up to a multiple of the %d "
+                   "devices.", split_name, self.global_batch, config.eval_batch_size, devices)
     self.local_batch = self.global_batch // jax.process_count()
     self.num_batches = max(1, math.ceil(len(self.records) / self.global_batch))
     self.shape = stored_shape(config, self.split)
