@@ -36,6 +36,8 @@ def get_config(arg: str = "rafdb"):
     config.update(select_metric="accuracy", restore_best=True)
   if data == "rafdb":
     config.dataset.update(name="rafdb", class_order="rafdb", image_size=100)  # RAF-DB's aligned faces
+    # rafdb.py compares accuracies rounded to 4 decimals and lets a later equal epoch replace the best.
+    config.update(select_decimals=4, select_ties="latest")
     config.num_epochs = 40
     config.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
                             schedule="step", step_epochs=10, gamma=0.1)

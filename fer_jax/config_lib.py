@@ -63,6 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Model selection on dataset.eval_split: "" (keep the last epoch), "accuracy" or
   # "mean_class_accuracy"; the best epoch is kept in workdir/best.
   config.select_metric = ""
+  config.select_decimals = 0          # compare the metric rounded to this many decimals (0 = unrounded)
+  config.select_ties = "earliest"     # earliest | latest: which of equally good epochs is kept
   config.early_stopping_patience = 0  # stop after this many evaluations without a strict gain (0 = never)
   config.restore_best = False         # report with the best epoch's weights instead of the last
   config.log_every_steps = 50

@@ -151,11 +151,15 @@ def final_report(evaluator: Evaluator, variables, workdir: str, step: int, plain
 
 
 class Selection:
-  """Best epoch on eval_split by `config.select_metric`, kept in workdir/best; early stopping."""
+  """Best epoch on eval_split by `config.select_metric`, kept in workdir/best; early stopping.
+
+  The metric is compared rounded to `config.select_decimals` (0 = unrounded); on a tie the
+  earlier epoch stays best unless `config.select_ties == "latest"`."""
 
   def __init__(self, config, workdir: str):
     self.metric = config.select_metric
     self.patience = config.early_stopping_patience
+    self.decimals, self.later_ties_win = config.select_decimals, config.select_ties == "latest"
     self.best_value, self.best_epoch = -1.0, 0
     self.checkpoints = None
     if self.metric:
@@ -169,8 +173,9 @@ class Selection:
     """Records an evaluation; returns True when training should stop early."""
     if not self.metric:
       return False
-    if results[self.metric] > self.best_value:
-      self.best_value, self.best_epoch = results[self.metric], epoch
+    value = round(results[self.metric], self.decimals) if self.decimals else results[self.metric]
+    if value > self.best_value or (self.later_ties_win and value == self.best_value):
+      self.best_value, self.best_epoch = value, epoch
       with checkpointing.save_errors(self.checkpoints):
         self.checkpoints.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(checkpointing.metadata(config)),

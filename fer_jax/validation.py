@@ -13,6 +13,7 @@ from fer_jax.data import pipeline
 from fer_jax.errors import ConfigError
 
 SELECT_METRICS = ("", "accuracy", "mean_class_accuracy")
+SELECT_TIES = ("earliest", "latest")
 MODEL_DTYPES = ("float32", "bfloat16")
 
 
@@ -63,7 +64,10 @@ def _value_problems(config) -> list[str]:
 
 
 def _selection_problems(config) -> list[str]:
-  problems = _choice("select_metric", config.select_metric, SELECT_METRICS)
+  problems = (_choice("select_metric", config.select_metric, SELECT_METRICS)
+              + _choice("select_ties", config.select_ties, SELECT_TIES))
+  if config.select_decimals < 0:
+    problems.append(f"config.select_decimals={config.select_decimals} must be 0 (unrounded) or more.")
   if config.early_stopping_patience < 0:
     problems.append(f"config.early_stopping_patience={config.early_stopping_patience} must be 0 (never) or more.")
   if not config.select_metric:

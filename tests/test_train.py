@@ -136,6 +136,18 @@ def test_selection_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
 
 
 @pytest.mark.integration
+def test_selection_can_round_the_metric_and_let_a_later_tie_win(tmp_path):
+  config = _tiny_dan()
+  config.update(select_metric="accuracy", select_decimals=4, select_ties="latest")
+  variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
+  selection = train.Selection(config, str(tmp_path))
+  selection.update(1, 10, {"accuracy": 0.91234}, variables, config)
+  selection.update(2, 20, {"accuracy": 0.91226}, variables, config)  # 0.9123 either way: epoch 2 wins
+  assert (selection.best_epoch, selection.best_value) == (2, 0.9123)
+  selection.update(3, 30, {"accuracy": 0.9122}, variables, config)
+  assert selection.best_epoch == 2
+
+
 def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
   assert_user_error(_main("--config=configs/dan.py:synthetic", f"--workdir={tmp_path}", "--config.batch_sise=3"),
                     "the config has no key 'batch_sise'; did you mean 'batch_size'?")
