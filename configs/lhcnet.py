@@ -5,12 +5,12 @@ one run that starts from the best checkpoint of the one before (`config.init_fro
 the epoch with the best PublicTest accuracy (Keras EarlyStopping with restore_best_weights) and
 reports PrivateTest:
   A1  ResNet34v2 + head, no LHC; from the ImageNet ResNet34v2 (qubvel
-      resnet34_imagenet_1000_no_top.h5, converted); Adam 1e-4, batch 48, rotation ±30° + flip,
+      resnet34_imagenet_1000_no_top.h5, converted); Keras Adam 1e-4 (`keras_adam`), batch 48, rotation ±30° + flip,
       patience 30;
   A2  the same network; SGD 0.01, batch 64, rotation ±10°, shifts 0.1, zoom 0.1, flip, patience 10;
   A3  the same network; SGD 0.01, batch 64, no augmentation, patience 5;
   B   LHC-Net from A3 (LHC modules freshly initialised); SGD 0.01, batch 64, patience 3;
-  C   LHC-NetC from B: only the five controller scalars train, BatchNorm frozen; Adam 1e-4,
+  C   LHC-NetC from B: only the five controller scalars train, BatchNorm frozen; Keras Adam 1e-4,
       batch 32, patience 1.
 
   fer2013     FER2013, 48→224 bilinear in float (TF's bilinear without antialiasing: half-pixel
@@ -46,11 +46,11 @@ KERAS_AUGMENT = {
 }
 # (optimizer, learning rate, batch size, early-stopping patience) of each official stage.
 RECIPE = {
-    "A1": ("adam", 1e-4, 48, 30),
+    "A1": ("keras_adam", 1e-4, 48, 30),
     "A2": ("sgd", 0.01, 64, 10),
     "A3": ("sgd", 0.01, 64, 5),
     "B": ("sgd", 0.01, 64, 3),
-    "C": ("adam", 1e-4, 32, 1),
+    "C": ("keras_adam", 1e-4, 32, 1),
 }
 
 

@@ -1,8 +1,8 @@
 """Optimisers and epoch-wise learning-rate schedules, with PyTorch's semantics.
 
 Weight decay for SGD and Adam is coupled L2 added to the gradient, as `torch.optim` does;
-`adamw` decouples it. Schedules change the rate once per epoch, like the PyTorch schedulers
-the official recipes step at epoch ends. Parameter groups, frozen parameters and the
+`adamw` decouples it; `keras_adam` is Adam with Keras' ε placement (LHC-Net). Schedules change
+the rate once per epoch, like the PyTorch schedulers the official recipes step at epoch ends. Parameter groups, frozen parameters and the
 weight-decay exemptions are regexes over paths such as "trunk/layer1_0/conv1/kernel".
 """
 
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 FROZEN = "frozen"
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "keras_adam")
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 
 
@@ -48,10 +48,33 @@ def _base(opt_config, learning_rate, decay_mask) -> optax.GradientTransformation
     return optax.sgd(learning_rate, momentum=opt_config.momentum or None, nesterov=opt_config.nesterov)
   if name == "adam":
     return optax.adam(learning_rate, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps)
+  if name == "keras_adam":
+    return optax.chain(scale_by_keras_adam(opt_config.b1, opt_config.b2, opt_config.eps),
+                       optax.scale_by_learning_rate(learning_rate))
   if name == "adamw":
     return optax.adamw(learning_rate, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps,
                        weight_decay=opt_config.weight_decay, mask=decay_mask)
   raise ValueError(f"Unknown config.optimizer.name {name!r}; valid: {', '.join(OPTIMIZERS)}.")
+
+
+def scale_by_keras_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+  """Adam as Keras/TF computes it: m / (√v + ε) · √(1 − b2ᵗ) / (1 − b1ᵗ), ε added to the
+  uncorrected √v. Optax adds ε to the corrected √v̂; the two differ while b2ᵗ is not small."""
+  def init(params):
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return {"count": jnp.zeros((), jnp.int32), "m": zeros, "v": zeros}
+
+  def update(grads, state, params=None):
+    del params
+    count = state["count"] + 1
+    m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state["m"], grads)
+    v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state["v"], grads)
+    t = count.astype(jnp.float32)
+    correction = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+    updates = jax.tree.map(lambda m, v: correction * m / (jnp.sqrt(v) + eps), m, v)
+    return updates, {"count": count, "m": m, "v": v}
+
+  return optax.GradientTransformation(init, update)
 
 
 def param_labels(opt_config, params):

@@ -221,8 +221,8 @@ def test_loss_is_softmax_cross_entropy():
 
 
 def test_config_stages_follow_the_official_recipe():
-  recipe = {"A1": ("adam", 1e-4, 48, 30), "A2": ("sgd", 0.01, 64, 10), "A3": ("sgd", 0.01, 64, 5),
-            "B": ("sgd", 0.01, 64, 3), "C": ("adam", 1e-4, 32, 1)}
+  recipe = {"A1": ("keras_adam", 1e-4, 48, 30), "A2": ("sgd", 0.01, 64, 10), "A3": ("sgd", 0.01, 64, 5),
+            "B": ("sgd", 0.01, 64, 3), "C": ("keras_adam", 1e-4, 32, 1)}
   for stage, (optimizer, lr, batch, patience) in recipe.items():
     config = get_config(f"configs/lhcnet.py:fer2013,stage={stage}")
     assert (config.optimizer.name, config.optimizer.lr, config.batch_size, config.early_stopping_patience) \

@@ -66,3 +66,24 @@ def test_bad_names_fail_early():
     optim.lr_schedule(_opt(schedule="linear"), 1, 1)
   with pytest.raises(ValueError, match="optimizer.name 'lamb'"):
     optim.make_optimizer(_opt(name="lamb"), 1, 1, {"a": jnp.zeros(1)})
+
+
+def test_keras_adam_adds_epsilon_to_the_uncorrected_root_as_keras_does():
+  config = _opt(name="keras_adam", lr=0.01, eps=1e-3)
+  params = {"w": np.array([1.0, -2.0, 0.5], np.float32)}
+  tx = optim.make_optimizer(config, 1, 1, params)
+  state, w = tx.init(params), params["w"].astype(np.float64)
+  m = v = np.zeros(3)
+  for t, grad in enumerate(([0.1, -0.3, 2.0], [0.2, 0.1, -1.0], [-0.05, 0.4, 0.3]), start=1):
+    grad = np.asarray(grad)
+    updates, state = tx.update({"w": grad.astype(np.float32)}, state, params)
+    params = optax.apply_updates(params, updates)
+    # tf.keras.optimizers.Adam (TF 2.x): lr_t = lr·√(1−b2ᵗ)/(1−b1ᵗ); w −= lr_t·m/(√v + ε)
+    m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad**2
+    w = w - 0.01 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (np.sqrt(v) + 1e-3)
+    np.testing.assert_allclose(params["w"], w, rtol=1e-5)
+  # Optax's placement (ε on the corrected root) gives another first step.
+  keras_step, _ = optim.make_optimizer(config, 1, 1, params).update({"w": np.float32([0.1] * 3)}, tx.init(params))
+  adam = optim.make_optimizer(_opt(name="adam", lr=0.01, eps=1e-3), 1, 1, params)
+  optax_step, _ = adam.update({"w": np.float32([0.1] * 3)}, adam.init(params))
+  assert abs(float(keras_step["w"][0]) / float(optax_step["w"][0]) - 1) > 0.1
