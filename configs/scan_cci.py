@@ -21,7 +21,11 @@ Arguments pick the data set:
               by --config.init_from (training stops with an error without it); no ColorJitter,
               effective-number class weights (β 0.9999) instead of class-balanced sampling,
               weight decay 1e-4. The class counts come from the training split unless
-              --config.loss.class_counts gives them (AffectNet order).
+              --config.loss.class_counts gives them (AffectNet order). main_sfew.py also loads
+              the optimiser state (group rates, weight decay, momentum buffers) of the
+              AffectNet+RAF-DB checkpoint it starts from; ours starts a fresh optimiser with
+              these rates (set optimizer.lr / lr_groups / weight_decay to the checkpoint's if
+              known; the momentum buffers have no flag).
   synthetic   the built-in synthetic faces resized to 64×64 (an 8×8 layer2 map: 5 regions,
               bottom-strip quirk included), shared unit, every parameter at lr 0.01 since there
               is no pretrained trunk. A wiring check, not a paper setting, and slow on a CPU
