@@ -134,12 +134,22 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
   if expected_model is not None:
     _check_identity(step_directory, expected_model, tuple(class_names))
   with _read_errors(step_directory, "use another step of the run, or convert or export the model again"):
-    restored = ocp.StandardCheckpointer().restore(os.path.join(step_directory, "state"))
+    restored = _restore_on_this_host(os.path.join(step_directory, "state"))
   variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
   if may_be_missing:
     variables = _fill_missing(variables, fresh_variables, may_be_missing)
   check_matches(variables, abstract_variables, step_directory, _describe(step_directory, expected_model))
-  return jax.tree.map(lambda a, b: a.astype(b.dtype), variables, abstract_variables)
+  return jax.tree.map(lambda a, b: np.asarray(a).astype(b.dtype), variables, abstract_variables)
+
+
+def _restore_on_this_host(state_directory: str) -> dict:
+  """The whole saved tree on this process's first device, whatever devices or processes wrote it
+  (a pod's checkpoint restores on a laptop)."""
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  saved = checkpointer.metadata(state_directory).item_metadata.tree
+  return checkpointer.restore(state_directory, jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), saved))
 
 
 def _fill_missing(variables: dict, fresh_variables: dict, pattern: str) -> dict:

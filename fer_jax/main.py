@@ -22,8 +22,21 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard events, reports.")
   flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from workdir) or eval only.")
   flags.DEFINE_string("checkpoint", None, "--mode=eval: workdir, checkpoint or converted model.")
-  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-process): the cluster is "
+                    "detected on Cloud TPU and Slurm, else give the three flags below (or JAX's environment "
+                    "variables).")
+  flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0.")
+  flags.DEFINE_integer("num_processes", None, "--distributed: how many processes take part.")
+  flags.DEFINE_integer("process_id", None, "--distributed: this process's index, 0 … num_processes − 1.")
   flags.mark_flags_as_required(["config", "workdir"])
+
+
+def start_distributed(coordinator_address, num_processes, process_id) -> None:
+  """jax.distributed.initialize; CPU devices exchange collectives over gloo (only the CPU backend
+  reads that setting)."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
 
 
 def main(argv):
@@ -31,7 +44,7 @@ def main(argv):
     raise UserError(f"Unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
   if args.distributed:
-    jax.distributed.initialize()
+    start_distributed(args.coordinator_address, args.num_processes, args.process_id)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   if args.mode == "train":
     try:
