@@ -77,9 +77,6 @@ def load_split(config, split: str, max_per_class: int = 0) -> Split:
       raise DataError(f"Data set {config.dataset.name!r} has no split {name!r}; "
                       f"its splits are: {', '.join(builder.info.splits)} (join several with '+').")
   target = labels_lib.class_names(config.dataset.class_order)
-  if len(target) != config.model.num_classes:
-    raise DataError(f"config.dataset.class_order {config.dataset.class_order!r} has {len(target)} classes "
-                    f"but config.model.num_classes is {config.model.num_classes}.")
   mapping = labels_lib.label_map(tuple(builder.info.features["label"].names), target)
   raw_labels, annotation_order = _read_labels_and_order(builder, split)
   split_labels = mapping[raw_labels]
@@ -333,10 +330,7 @@ class TrainData:
     self.config = config
     self.mesh = mesh
     self.split = load_split(config, config.dataset.train_split, config.dataset.max_per_class)
-    self.global_batch = config.batch_size
-    if self.global_batch % jax.process_count() or self.global_batch % mesh.devices.size:
-      raise ValueError(f"config.batch_size {self.global_batch} must divide evenly over "
-                       f"{mesh.devices.size} devices and {jax.process_count()} processes.")
+    self.global_batch = config.batch_size  # divides over devices and processes (fer_jax.validation)
     self.local_batch = self.global_batch // jax.process_count()
     self.epoch_length = len(epoch_indices(self.split, config.dataset.sampler, config.seed, 0,
                                           config.dataset.repeat_factor_threshold))
