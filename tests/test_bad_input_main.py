@@ -128,7 +128,9 @@ def test_eval_with_a_truncated_checkpoint(damaged_copy, tmp_path):
   largest = max(glob.glob(f"{step}/state/**/*", recursive=True), key=os.path.getsize)
   os.truncate(largest, os.path.getsize(largest) // 2)
   result = _main(*TINY, "--mode=eval", f"--checkpoint={step}", f"--workdir={tmp_path}/report")
-  assert_user_error(result, f"Cannot read the checkpoint {step}", "damaged or incomplete")
+  assert_user_error(result, f"Cannot read the checkpoint {step}", "damaged or incomplete",
+                    # TensorStore's other read threads may report the same failed read as it happens.
+                    foreign_traceback="OUT_OF_RANGE")
 
 
 def test_resume_from_a_damaged_newest_step_names_the_step_to_delete(tmp_path, tiny_data_dir):
