@@ -19,6 +19,7 @@ import os
 from absl import logging
 import grain
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -51,16 +52,29 @@ def _builder(dataset_config):
     builder = tfds.builder(dataset_config.name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DataError(f"Unknown data set {dataset_config.name!r} (config.dataset.name). {e}") from e
+  if dataset_config.name.split("/")[0] in AUTO_PREPARED:
+    builder = _generate_once(dataset_config.name, data_dir, builder)
   if not builder.is_prepared():
-    base = dataset_config.name.split("/")[0]
-    if base in AUTO_PREPARED:
+    raise DataError(
+        f"Data set {dataset_config.name!r} is not prepared in {builder.data_dir}. Prepare it "
+        f"once from your own download with:\n  python -m fer_jax.data.prepare --dataset={dataset_config.name} "
+        f"--manual_dir=PATH_TO_DOWNLOAD{' --data_dir=' + data_dir if data_dir else ''}\n"
+        "(README, 'Preparing data', shows the layout each data set needs).")
+  return builder
+
+
+def _generate_once(name: str, data_dir: str | None, builder):
+  """Generates a built-in set: process 0 first while the others wait, so that a folder shared by
+  all hosts is written once; a host that still lacks it afterwards (a local folder) generates its own."""
+  if jax.process_index() == 0 and not builder.is_prepared():
+    builder.download_and_prepare(file_format="array_record")
+  if jax.process_count() > 1:  # every process passes here, prepared or not, so none waits alone
+    if not builder.is_prepared():
+      logging.info("Waiting for process 0 to generate %s in %s.", name, builder.data_dir)
+    multihost_utils.sync_global_devices(f"generated {name}")
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
       builder.download_and_prepare(file_format="array_record")
-    else:
-      raise DataError(
-          f"Data set {dataset_config.name!r} is not prepared in {builder.data_dir}. Prepare it "
-          f"once from your own download with:\n  python -m fer_jax.data.prepare --dataset={dataset_config.name} "
-          f"--manual_dir=PATH_TO_DOWNLOAD{' --data_dir=' + data_dir if data_dir else ''}\n"
-          "(README, 'Preparing data', shows the layout each data set needs).")
   return builder
 
 
