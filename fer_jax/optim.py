@@ -23,7 +23,7 @@ def path_of(key_path) -> str:
 
 
 def lr_schedule(opt_config, steps_per_epoch: int, num_epochs: int):
-  """Step → learning rate, constant within an epoch."""
+  """Step → learning rate, constant within an epoch (after the optional warm-up)."""
   base, gamma = opt_config.lr, opt_config.gamma
 
   def multiplier(epoch):
@@ -38,8 +38,11 @@ def lr_schedule(opt_config, steps_per_epoch: int, num_epochs: int):
       return 0.5 * (1 + jnp.cos(math.pi * epoch.astype(jnp.float32) / num_epochs))
     raise ValueError(f"Unknown config.optimizer.schedule {name!r}; valid: {', '.join(SCHEDULES)}.")
 
+  def warmup(step):  # linear over the first warmup_steps steps (0 = none), on top of the schedule
+    return jnp.minimum(1.0, (step + 1) / max(opt_config.warmup_steps, 1)).astype(jnp.float32)
+
   multiplier(jnp.zeros((), jnp.int32))  # fail early on a bad name
-  return lambda step: base * multiplier(jnp.asarray(step) // steps_per_epoch)
+  return lambda step: base * multiplier(jnp.asarray(step) // steps_per_epoch) * warmup(jnp.asarray(step))
 
 
 def _base(opt_config, learning_rate, decay_mask) -> optax.GradientTransformation:
