@@ -194,7 +194,7 @@ def class_folder_records(folder: epath.Path, class_of_folder: dict[str, int], ro
           if path.suffix.lower() in IMAGE_SUFFIXES]
 
 
-LABEL_INDEX_CHUNK = 4096  # records read per batch when the index is built from the records
+LABEL_INDEX_CHUNK = 128  # records per batch read; larger batches of large images read slower
 
 
 def label_index_path(builder, split: str) -> epath.Path:
