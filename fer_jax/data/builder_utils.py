@@ -194,6 +194,60 @@ def class_folder_records(folder: epath.Path, class_of_folder: dict[str, int], ro
           if path.suffix.lower() in IMAGE_SUFFIXES]
 
 
+
+SUBSET_SOURCE = "github.com/kaiwang960112/Challenge-condition-FER-dataset"
+
+
+def find_subset_lists(folders: Sequence[epath.Path], names: dict[str, Sequence[str]]) -> dict[str, epath.Path]:
+  """{split: the first `folder/name` that exists} for Wang et al.'s occlusion and pose list files."""
+  found = {}
+  for split, candidates in names.items():
+    paths = [folder / name for name in candidates for folder in folders if (folder / name).exists()]
+    if paths:
+      found[split] = paths[0]
+  return found
+
+
+def listed_keys(path: epath.Path, parse_entry: Callable[[str], tuple[str, str | None]], labels: dict[str, int],
+                known: Container[str], valid_labels: Container[int], what: str) -> list[str]:
+  """The keys of `labels` (a split's images and their labels) that a Wang et al. list names, each once.
+
+  `parse_entry` turns a line into (key, the list's own label or None), raising ValueError for a
+  line it cannot read. A key outside `known` (every image of the split, including those the
+  config drops) raises, naming the line; a known key missing from `labels` is left out and
+  counted. The list's labels are only cross-checked: the split's own are kept.
+  """
+  keys, seen, disagreements, dropped, repeated = [], set(), 0, 0, 0
+  for line, text in read_lines(path):
+    where = f"{path}, line {line}"
+    try:
+      key, list_label = parse_entry(text)
+    except ValueError as e:
+      raise DataError(f"{where}: {text!r} is not an entry of a subset list ({e}). Restore the file from "
+                      f"{SUBSET_SOURCE}.") from None
+    if key not in known:
+      raise DataError(f"{where}: {text!r} names an image that {what} does not have. Use the list made for this "
+                      f"data set, unchanged, from {SUBSET_SOURCE}, or delete the line.")
+    if key in seen:
+      repeated += 1
+      continue
+    seen.add(key)
+    if key not in labels:
+      dropped += 1
+      continue
+    keys.append(key)
+    if list_label is not None:
+      disagreements += parse_label(list_label, valid_labels, where) != labels[key]
+  if repeated:
+    logging.info("%s: %d repeated entries are kept once.", path, repeated)
+  if dropped:
+    logging.info("%s: %d listed images are left out: this config drops their labels.", path, dropped)
+  if disagreements:
+    logging.warning("%s: %d of %d labels differ from the data set's own; the data set's labels are used.",
+                    path, disagreements, len(keys))
+  return keys
+
+
 LABEL_INDEX_CHUNK = 128  # records per batch read; larger batches of large images read slower
 
 
