@@ -14,8 +14,8 @@ run deletes such leftovers before starting again.
 Bad input ends the run with a one-line message naming the file (and line) at fault and the
 fix, and exit status 2 (`--verbose` adds the traceback): a missing --manual_dir or file,
 labels out of range or missing (an AffectNet image without its `_exp.npy`), a malformed row, a
-split with no examples (a CSV holding only its header), an unreadable image, or a --data_dir
-that cannot be written. `--skip_corrupt` skips unreadable images only (damaged, truncated or
+split with no examples (a CSV holding only its header), an occlusion or pose list entry naming
+an image its split lacks, an unreadable image, or a --data_dir that cannot be written. `--skip_corrupt` skips unreadable images only (damaged, truncated or
 not readable by this user, FER2013 rows whose pixels are not 48×48 values in 0-255), logs and
 counts them; a missing or malformed label still stops the run, since leaving such images out
 would quietly change the set.
