@@ -18,6 +18,7 @@ from fer_jax.data import builder_utils
 from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.data import prepare
+from fer_jax.data.builders import affectnet
 from fer_jax.data.builders import ferplus
 from fer_jax.data.builders import rafdb
 
@@ -141,6 +142,23 @@ def test_ferplus_bad_vote_names_file_and_line(tmp_path):
     build("ferplus", tmp_path / "manual", tmp_path / "tfds")
 
 
+@pytest.mark.parametrize("config", ["majority", "plurality"])
+def test_ferplus_occlusion_and_pose_subsets_through_prepare(tmp_path, caplog, config):
+  written = fx.write_ferplus(tmp_path / "manual", subsets=True)
+  with caplog.at_level(logging.INFO):
+    builder = prepare.prepare(f"ferplus/{config}", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds"))
+  assert set(builder.info.splits) == {"train", "validation", "test", "test_occlusion", "test_pose30", "test_pose45"}
+  for split, expected in fx.FERPLUS_SUBSETS[config].items():
+    examples = read(builder, split)
+    assert labels_of(examples) == {f"FER2013Test/{name}": label for name, label in expected.items()}
+    for file_name, example in examples.items():
+      np.testing.assert_array_equal(example["image"][..., 0], written["pixels"][file_name.split("/")[1]])
+  assert "pose_30_ferplus_list.txt: 1 of 1 labels differ from the data set's own" in caplog.text
+  assert "pose_45_ferplus_list.txt: 1 repeated entries are kept once" in caplog.text
+  dropped = "jianfei_occlusion_list.txt: 1 listed images are left out: this config drops their labels"
+  assert (dropped in caplog.text) == (config == "majority")  # fer0000009 has no majority label
+
+
 # --------------------------------------------------------------------------------------------
 # RAF-DB
 
@@ -199,6 +217,23 @@ def test_affectnet_original_release(tmp_path, config, num_classes):
       assert example["annotation_index"] == index
       assert example["image"].shape == (12, 16, 3)  # CMYK and gray files decode to RGB too
       assert_colour(example["image"][0:2, 0:3], written["colour"][name], tolerance=10)
+
+
+@pytest.mark.parametrize("config,num_classes", [("classes8", 8), ("classes7", 7)])
+def test_affectnet_occlusion_and_pose_subsets_through_prepare(tmp_path, caplog, config, num_classes):
+  written = fx.write_affectnet_original(tmp_path / "manual", subsets=True)
+  with caplog.at_level(logging.INFO):
+    builder = prepare.prepare(f"affectnet/{config}", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds"))
+  assert set(builder.info.splits) == {"train", "validation", *written["subsets"]}
+  rows = written["rows"]["validation"]
+  for split, names in written["subsets"].items():
+    examples = read(builder, split)
+    assert labels_of(examples) == {name: rows[name][0] for name in names if rows[name][0] < num_classes}
+    assert all(example["annotation_index"] == rows[name][3] for name, example in examples.items())
+  assert "pose_30_affectnet_list.txt: 1 repeated entries are kept once" in caplog.text
+  assert "pose_45_affectnet_list.txt: 1 of 2 labels differ from the data set's own" in caplog.text
+  dropped = "occlusion_affectnet_list.txt: 1 listed images are left out: this config drops their labels"
+  assert (dropped in caplog.text) == (num_classes == 7)  # contempt
 
 
 def test_affectnet_training_cap_keeps_the_first_images_of_each_class_in_annotation_order(tmp_path):
@@ -329,12 +364,60 @@ def test_label_out_of_range_names_file_and_line(tmp_path):
     build("rafdb", tmp_path / "manual", tmp_path / "tfds")
 
 
-def test_subset_entry_outside_test_split_is_named(tmp_path):
-  fx.write_rafdb(tmp_path / "manual", subsets=True)
-  pose45 = tmp_path / "manual" / "basic" / "EmoLabel" / "val_raf_db_list_45.txt"
-  pose45.write_text("0/test_0004_aligned.jpg\n0/test_0099_aligned.jpg\n")
-  with pytest.raises(builder_utils.DataError, match=r"val_raf_db_list_45\.txt, line 2: 'test_0099_aligned"):
-    build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+def _write_rafdb_subsets(root):
+  fx.write_rafdb(root, subsets=True)
+  return root / "basic" / "EmoLabel" / "val_raf_db_list_45.txt"
+
+
+def _write_ferplus_subsets(root):
+  fx.write_ferplus(root, subsets=True)
+  return root / "data" / "FER2013Test" / "pose_30_ferplus_list.txt"
+
+
+def _write_affectnet_subsets(root):
+  fx.write_affectnet_original(root, subsets=True)
+  return root / "Manually_Annotated_file_lists" / "occlusion_affectnet_list.txt"
+
+
+@pytest.mark.parametrize("dataset,write,entry,what", [
+    ("rafdb", _write_rafdb_subsets, "0/test_0099_aligned.jpg", "the RAF-DB test split"),
+    ("ferplus", _write_ferplus_subsets, "3/fer0000007.jpg", "FERPlus's test split"),  # a validation image
+    ("affectnet", _write_affectnet_subsets, "val/0/" + "f" * 56 + "/", "the validation split"),
+])
+def test_subset_list_naming_an_image_the_split_lacks_is_named(tmp_path, dataset, write, entry, what):
+  listed = write(tmp_path / "manual")
+  lines = listed.read_text().splitlines()
+  listed.write_text("\n".join([lines[0], entry, *lines[1:]]) + "\n")
+  with pytest.raises(builder_utils.DataError) as error:
+    prepare.prepare(dataset, os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds"))
+  assert str(error.value).startswith(f"{listed}, line 2: {entry!r} names an image that {what}")
+  assert str(error.value).endswith("from github.com/kaiwang960112/Challenge-condition-FER-dataset, or delete the line.")
+
+
+def test_subset_entries_of_each_list_format(tmp_path):
+  # First lines of Wang et al.'s files (RAF_DB_dir/, FERplus_dir/, AffectNet_dir/).
+  assert rafdb.parse_subset_entry("test_0003_aligned 3 4") == ("test_0003", "3")
+  assert rafdb.parse_subset_entry("0/test_0004_aligned.jpg") == ("test_0004", "0")
+  assert ferplus.parse_subset_entry("1_fer0034656.png 8 0") == ("fer0034656.png", "1")
+  assert ferplus.parse_subset_entry("0/fer0032226.jpg") == ("fer0032226.png", "0")
+  stem = "bc9ad400db82eca1882b11c9603348fb3e92f5b0d67391ac22a1bc79"
+  for entry in (f"val/0/{stem}/", f"0/{stem}.jpg", f"0/{stem}/8.jpg"):
+    assert affectnet.parse_subset_entry(entry) == (stem, "0")
+  for parse, entry in ((ferplus.parse_subset_entry, "fer0032226.jpg"), (affectnet.parse_subset_entry, stem)):
+    with pytest.raises(ValueError):
+      parse(entry)
+  listed = tmp_path / "pose_30_ferplus_list.txt"
+  listed.write_text("0/fer0032226.jpg\n3-fer0032227.jpg\n")
+  with pytest.raises(builder_utils.DataError, match=f"{listed}, line 2: '3-fer0032227.jpg' is not an entry of a subset"):
+    builder_utils.listed_keys(listed, ferplus.parse_subset_entry, {"fer0032226.png": 0}, {"fer0032226.png"}, range(8),
+                              "FERPlus's test split")
+
+
+def test_affectnet_subset_lists_need_the_original_release(tmp_path):
+  fx.write_affectnet_later(tmp_path / "manual")
+  fx.write_affectnet_subset_lists(tmp_path / "manual", [f"val_set/images/{i}.jpg" for i in range(8)])
+  with pytest.raises(builder_utils.DataError, match="pose_30_affectnet_list.txt selects images of the original release"):
+    build("affectnet", tmp_path / "manual", tmp_path / "tfds")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """fer_jax.data.generate_layout: tiny generated layouts that the real builders prepare."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from fer_jax.data import generate_layout
+from fer_jax.data import labels
 from fer_jax.data import prepare
 
 tfds.disable_progress_bar()
@@ -51,6 +53,30 @@ def _assert_rafdb_counts(builder) -> None:
     assert label_counts(builder, split, 7) == generate_layout.class_counts(generate_layout.RAFDB_COUNTS[split], SCALE)
 
 
+def listed(path, pattern: str) -> dict[str, int]:
+  """{image: label} of a list file, with `pattern` matching the label and the image's name in a line."""
+  with open(path, newline="") as f:
+    lines = f.read().split("\n")
+  assert lines.pop() == ""  # the last line ends with a newline too
+  return {match["name"]: int(match["label"]) for match in map(re.compile(pattern).fullmatch, lines)}
+
+
+def subset_labels(builder, split, name_of) -> dict[str, int]:
+  source = builder.as_data_source(split)
+  return {name_of(source[i]["file_name"].decode()): int(source[i]["label"]) for i in range(len(source))}
+
+
+def _assert_rafdb_subsets(builder, emo_label) -> None:
+  test = subset_labels(builder, "test", lambda name: name.removesuffix(".jpg"))
+  for split, (file_name, pattern) in {
+      "test_occlusion": ("rafdb_occlusion_list.txt", r"(?P<name>test_\d+)_aligned (?P<label>\d) 1\r"),
+      "test_pose30": ("val_raf_db_list.txt", r"(?P<label>\d)/(?P<name>test_\d+)_aligned\.jpg"),
+      "test_pose45": ("val_raf_db_list_45.txt", r"(?P<label>\d)/(?P<name>test_\d+)_aligned\.jpg")}.items():
+    expected = listed(emo_label / file_name, pattern)
+    assert expected and subset_labels(builder, split, lambda name: name.removesuffix(".jpg")) == expected
+    assert all(test[name] == label for name, label in expected.items())
+
+
 @pytest.mark.integration
 def test_rafdb_command_writes_what_the_builder_prepares(tmp_path):
   out = tmp_path / "rafdb"
@@ -62,6 +88,7 @@ def test_rafdb_command_writes_what_the_builder_prepares(tmp_path):
 
   builder = build("rafdb", out, tmp_path / "tfds")
   _assert_rafdb_counts(builder)
+  _assert_rafdb_subsets(builder, out / "EmoLabel")
   example = builder.as_data_source("train")[0]
   label_of = {line.split()[0]: int(line.split()[1]) - 1 for line in lines}
   assert int(example["label"]) == label_of[example["file_name"].decode()]
@@ -136,8 +163,38 @@ def test_affectnet_layout_prepares_whole_and_face_cropped(tmp_path):
     builder = build(f"affectnet/{config}", out, tmp_path / "tfds")
     for split in ("train", "validation"):
       assert label_counts(builder, split, 8) == counts[split]
+  lists = out / "Manually_Annotated_file_lists"
+  stem = lambda name: name.split("/")[1].removesuffix(".jpg")  # noqa: E731
+  for split, (file_name, pattern) in {
+      "validation_occlusion": ("occlusion_affectnet_list.txt", r"val/(?P<label>\d)/(?P<name>[0-9a-f]{56})/"),
+      "validation_pose30": ("pose_30_affectnet_list.txt", r"(?P<label>\d)/(?P<name>[0-9a-f]{56})\.jpg"),
+      "validation_pose45": ("pose_45_affectnet_list.txt", r"(?P<label>\d)/(?P<name>[0-9a-f]{56})/8\.jpg")}.items():
+    expected = listed(lists / file_name, pattern)
+    assert expected and subset_labels(builder, split, stem) == expected
   face = builder.as_data_source("validation")[0]["image"]
   assert face.shape[0] == face.shape[1] >= 58  # the square face box, wholly inside the image
+
+
+def test_ferplus_layout_prepares_with_its_subsets(tmp_path):
+  out = tmp_path / "ferplus"
+  counts = generate_layout.generate("ferplus", os.fspath(out), scale=SCALE, seed=4)
+  builder = build("ferplus", out, tmp_path / "tfds")
+  to_ferplus = [labels.CLASS_ORDERS["ferplus"].index(name) for name in labels.CLASS_ORDERS["fer2013"]]
+  for split in ("train", "validation", "test"):  # 8 of 10 votes: the majority is the row's emotion
+    expected = np.bincount(to_ferplus, weights=counts[split], minlength=8).astype(int).tolist()
+    assert label_counts(builder, split, 8) == expected
+  test = subset_labels(builder, "test", lambda name: name)
+  name_of = lambda name: name.removeprefix("FER2013Test/")  # noqa: E731
+  for split, (file_name, pattern) in {
+      "test_occlusion": ("jianfei_occlusion_list.txt", r"(?P<label>\d)_(?P<name>fer\d{7}\.png) 8 0\r"),
+      "test_pose30": ("pose_30_ferplus_list.txt", r"(?P<label>\d)/(?P<name>fer\d{7})\.jpg"),
+      "test_pose45": ("pose_45_ferplus_list.txt", r"(?P<label>\d)/(?P<name>fer\d{7})\.jpg")}.items():
+    expected = {name.removesuffix(".png") + ".png": label for name, label in listed(out / file_name, pattern).items()}
+    assert expected and subset_labels(builder, split, name_of) == expected
+    assert all(test[f"FER2013Test/{name}"] == label for name, label in expected.items())
+  with open(out / "fer2013new.csv") as f:
+    assert f.readline().strip() == ("Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,"
+                                    "unknown,NF")
 
 
 def test_output_depends_only_on_the_seed(tmp_path):

@@ -1,9 +1,15 @@
+import os
+
 import jax
 import numpy as np
 import pytest
+from reference import datasets as fx
+import tensorflow_datasets as tfds
 
 from fer_jax import mesh as mesh_lib
+from fer_jax.data import builder_utils
 from fer_jax.data import pipeline
+from fer_jax.data import prepare
 from helpers import get_config, tiny_run
 
 
@@ -163,3 +169,43 @@ def test_two_processes_read_disjoint_halves_of_every_global_batch(cache, monkeyp
               np.asarray(reference.cache().images)[slices[p][step]["row"]] for p in (0, 1)]
     global_images = next(iter(zip(range(1), reference.batches(2 + step))))[1]["image"]
     np.testing.assert_array_equal(np.concatenate(images), np.asarray(global_images))
+
+
+def _labels_record_by_record(builder, split):
+  """The reference: every record of the split read through TFDS, one at a time."""
+  source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+  records = [source[i] for i in range(len(source))]
+  return (np.array([record["label"] for record in records], np.int32),
+          np.array([record.get("annotation_index", i) for i, record in enumerate(records)]))
+
+
+def _assert_same_labels_and_order(builder, splits):
+  for split in splits:
+    for got, expected in zip(pipeline._read_labels_and_order(builder, split), _labels_record_by_record(builder, split)):
+      np.testing.assert_array_equal(got, expected, err_msg=split)
+      assert got.dtype == expected.dtype
+
+
+def test_label_index_gives_the_labels_and_order_of_the_records(tmp_path, caplog):
+  fx.write_affectnet_original(tmp_path / "affectnet")
+  fx.write_rafdb(tmp_path / "rafdb")
+  splits = ("train", "validation", "train+validation", "validation+train[2:7]")
+  affectnet = prepare.prepare("affectnet", os.fspath(tmp_path / "affectnet"), os.fspath(tmp_path / "tfds"))
+  rafdb = prepare.prepare("rafdb", os.fspath(tmp_path / "rafdb"), os.fspath(tmp_path / "tfds"))
+  index = builder_utils.label_index_path(affectnet, "train")
+  assert index.exists() and builder_utils.label_index_path(rafdb, "test").exists()
+  _assert_same_labels_and_order(affectnet, splits)  # annotation_index from the index
+  _assert_same_labels_and_order(rafdb, ("test", "train+test", "test[1:4]+train"))  # positions
+
+  index.unlink()  # a set prepared before the index existed: read from the records, then added
+  with caplog.at_level("INFO"):
+    _assert_same_labels_and_order(affectnet, splits)
+  assert f"has no label index {index}" in caplog.text
+  prepare.prepare("affectnet", os.fspath(tmp_path / "gone"), os.fspath(tmp_path / "tfds"))
+  assert index.exists()
+  _assert_same_labels_and_order(affectnet, ("train",))
+
+  with index.open("wb") as f:
+    np.save(f, np.zeros(3, [("label", np.int64)]))
+  with pytest.raises(pipeline.DataError, match=f"{index} has 3 rows but split 'train' has 9 records. Delete it"):
+    pipeline._read_labels_and_order(affectnet, "train")

@@ -1,4 +1,4 @@
-r"""Writes a stand-in for RAF-DB, AffectNet or FER2013: the real set's size and layout, generated faces.
+r"""Writes a stand-in for RAF-DB, AffectNet, FER2013 or FERPlus: the real set's size and layout, generated faces.
 
   python -m fer_jax.data.generate_layout --dataset=rafdb --out=/tmp/rafdb_layout \
       [--scale=1.0] [--seed=0] [--workers=N]
@@ -7,7 +7,7 @@ r"""Writes a stand-in for RAF-DB, AffectNet or FER2013: the real set's size and 
 None of these sets can be downloaded, so input-pipeline benchmarks run on this instead: the
 same folders, file names, label files and JPEG sizes as the owners' release, with faces from
 `fer_jax.data.synthetic_faces` so decoding costs what it does on the real images. The
-builders (`fer_jax.data.builders.rafdb`, `.affectnet`, `.fer2013`) read the result as they
+builders (`fer_jax.data.builders.rafdb`, `.affectnet`, `.fer2013`, `.ferplus`) read the result as they
 read the real download; the program ends by printing the `fer_jax.data.prepare` command that
 does so. Prepare it into its own --data_dir, never the one that holds (or will hold) the real set.
 
@@ -22,6 +22,10 @@ does so. Prepare it into its own --data_dir, never the one that holds (or will h
   fer2013    Kaggle's fer2013.csv: header "emotion,pixels,Usage", then one row per 48×48 grey
              face (2304 space-separated values 0-255), Usage Training (28,709 rows), then
              PublicTest and PrivateTest (3,589 each), in FER2013's Training class proportions.
+  ferplus    fer2013.csv as above with FERPlus's fer2013new.csv beside it ("Usage,Image name,
+             neutral,...,NF"; image fer0000000.png is row 1; 8 of 10 votes for the row's
+             emotion, 2 for a random column), read by the builder without image folders (it
+             regenerates the images from fer2013.csv, as FERPlus's script does).
   affectnet  AffectNet's original release, manually annotated part:
              Manually_Annotated_file_lists/training.csv (with header) and validation.csv
              (without), Manually_Annotated_Images/<folder>/<56 hex digits>.jpg; 287,651 train
@@ -31,6 +35,11 @@ does so. Prepare it into its own --data_dir, never the one that holds (or will h
              face inside the CSV's face box; landmarks, valence and arousal are plausible
              numbers, not measurements. synthetic_faces has no contempt face, so code 7
              images show neutral ones.
+
+RAF-DB, FERPlus and AffectNet also get Wang et al.'s occlusion, pose > 30 and pose > 45 list
+files (github.com/kaiwang960112/Challenge-condition-FER-dataset) in their formats, naming
+random test (AffectNet: validation) images in the real lists' share of the test split, so the
+builders add their subset splits.
 
 `--scale` multiplies every class count (rounded, at least one image per class). Each file
 (each FER2013 row) is a pure function of (--seed, split, index in split), so worker count and
@@ -71,6 +80,20 @@ FER2013_COUNTS = {"train": (3995, 436, 4097, 7215, 4830, 3171, 4965),        # 2
                   "private_test": (499, 55, 512, 902, 604, 396, 621)}        # 3,589
 FER2013_USAGE = {"train": "Training", "public_test": "PublicTest", "private_test": "PrivateTest"}
 FER2013_HEADER = ("emotion", "pixels", "Usage")
+FERPLUS_HEADER = ("Usage", "Image name", *labels.CLASS_ORDERS["ferplus"], "unknown", "NF")
+# Wang et al.'s lists: {data set: ((file, the share of the test images it names, its line format), ...)};
+# shares are the real lists' distinct images over the real test (AffectNet: validation) split.
+SUBSET_LISTS = {
+    "rafdb": (("rafdb_occlusion_list.txt", 734 / 3068, "{stem}_aligned {label} 1\r\n"),
+              ("val_raf_db_list.txt", 1247 / 3068, "{label}/{stem}_aligned.jpg\n"),
+              ("val_raf_db_list_45.txt", 558 / 3068, "{label}/{stem}_aligned.jpg\n")),
+    "ferplus": (("jianfei_occlusion_list.txt", 605 / 3137, "{label}_{stem}.png 8 0\r\n"),
+                ("pose_30_ferplus_list.txt", 1170 / 3137, "{label}/{stem}.jpg\n"),
+                ("pose_45_ferplus_list.txt", 633 / 3137, "{label}/{stem}.jpg\n")),
+    "affectnet": (("occlusion_affectnet_list.txt", 683 / 4000, "val/{label}/{stem}/\n"),
+                  ("pose_30_affectnet_list.txt", 1944 / 4000, "{label}/{stem}.jpg\n"),
+                  ("pose_45_affectnet_list.txt", 983 / 4000, "{label}/{stem}/8.jpg\n")),
+}
 FER2013_SIZE = 48
 AFFECTNET_HEADER = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
                     "facial_landmarks", "expression", "valence", "arousal")
@@ -141,10 +164,26 @@ def write_lines(path: str, lines: list[str]) -> None:
     f.write("\n".join(lines) + "\n")
 
 
+def write_subset_lists(folder: str, dataset: str, test: list[tuple[str, int]], seed: int) -> None:
+  """Wang et al.'s three lists of `dataset` over `test` ((file stem, label) per image), each naming
+  a random share of it in list order (a pure function of the seed)."""
+  rng = np.random.default_rng([seed, 5])
+  for file_name, share, line in SUBSET_LISTS[dataset]:
+    chosen = np.sort(rng.choice(len(test), size=max(1, round(share * len(test))), replace=False))
+    with open(os.path.join(folder, file_name), "w", newline="") as f:
+      f.writelines(line.format(stem=test[i][0], label=test[i][1]) for i in chosen)
+
+
+def rafdb_subset_lists(out: str, lines: dict, seed: int) -> None:
+  test = [(text.split(".")[0], int(text.split()[1]) - 1) for text in lines["test"]]
+  write_subset_lists(os.path.join(out, "EmoLabel"), "rafdb", test, seed)
+
+
 def rafdb_layout(out: str, scale: float, seed: int) -> tuple[list[Job], dict]:
   """The image jobs, with the label file written; returns (jobs, {split: count per label})."""
   jobs, lines, counts = rafdb_jobs(out, scale, seed, "aligned", "_aligned", RAFDB_SIZE)
   write_lines(os.path.join(out, "EmoLabel", "list_patition_label.txt"), lines["train"] + lines["test"])
+  rafdb_subset_lists(out, lines, seed)
   return jobs, counts
 
 
@@ -153,6 +192,7 @@ def rafdb_aligned224_layout(out: str, scale: float, seed: int) -> tuple[list[Job
   jobs, lines, counts = rafdb_jobs(out, scale, seed, "aligned_224", "", RAFDB_ALIGNED224_SIZE)
   for split, split_lines in lines.items():
     write_lines(os.path.join(out, "EmoLabel", f"{split}.txt"), split_lines)
+  rafdb_subset_lists(out, lines, seed)
   return jobs, counts
 
 
@@ -196,7 +236,7 @@ def affectnet_layout(out: str, scale: float, seed: int) -> tuple[list[Job], dict
   os.makedirs(lists, exist_ok=True)
   for folder in range(1, folders + 1):
     os.makedirs(os.path.join(images, str(folder)), exist_ok=True)
-  jobs = []
+  jobs, validation = [], []
   for split, file_name in (("train", "training.csv"), ("validation", "validation.csv")):
     with open(os.path.join(lists, file_name), "w", newline="") as f:
       writer = csv.writer(f, lineterminator="\n")
@@ -208,6 +248,9 @@ def affectnet_layout(out: str, scale: float, seed: int) -> tuple[list[Job], dict
         writer.writerow([name, *box, landmarks(box, rng), int(code), *affect(int(code), rng)])
         jobs.append(Job(os.path.join(images, name), face_index("affectnet8", int(code)),
                         (seed, SPLIT_IDS[split], index), size, box))
+        if split == "validation":
+          validation.append((name.split("/")[1].removesuffix(".jpg"), int(code)))
+  write_subset_lists(lists, "affectnet", validation, seed)
   return jobs, counts
 
 
@@ -228,6 +271,27 @@ def fer2013_layout(out: str, scale: float, seed: int) -> tuple[list[Job], dict]:
       jobs.append(Job(path, face_index("fer2013", int(label)), (seed, SPLIT_IDS[split], index),
                       (FER2013_SIZE, FER2013_SIZE), usage=FER2013_USAGE[split]))
   return jobs, counts
+
+
+def ferplus_layout(out: str, scale: float, seed: int) -> tuple[list[Job], dict]:
+  """fer2013_layout's jobs, with fer2013new.csv and Wang et al.'s lists written; returns (jobs,
+  {split: count per FER2013 label}) under FERPlus's split names."""
+  jobs, counts = fer2013_layout(out, scale, seed)
+  rng = np.random.default_rng([seed, 6])
+  to_ferplus = [labels.CLASS_ORDERS["ferplus"].index(name) for name in labels.CLASS_ORDERS["fer2013"]]
+  test = []
+  with open(os.path.join(out, "fer2013new.csv"), "w", newline="") as f:
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(FERPLUS_HEADER)
+    for index, job in enumerate(jobs):
+      votes = np.zeros(len(FERPLUS_HEADER) - 2, int)
+      votes[to_ferplus[job.face]] += 8
+      votes[rng.integers(len(votes))] += 2
+      writer.writerow([job.usage, f"fer{index:07d}.png", *votes])
+      if job.usage == FER2013_USAGE["private_test"]:
+        test.append((f"fer{index:07d}", to_ferplus[job.face]))
+  write_subset_lists(out, "ferplus", test, seed)
+  return jobs, {"train": counts["train"], "validation": counts["public_test"], "test": counts["private_test"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,9 +371,10 @@ def write_csv(jobs: list[Job], workers: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 LAYOUTS = {"rafdb": rafdb_layout, "rafdb_aligned224": rafdb_aligned224_layout,
-           "affectnet": affectnet_layout, "fer2013": fer2013_layout}
-ORDERS = {"rafdb": "rafdb", "rafdb_aligned224": "rafdb", "affectnet": "affectnet8", "fer2013": "fer2013"}
-WRITERS = {"fer2013": write_csv}  # the others: write_images
+           "affectnet": affectnet_layout, "fer2013": fer2013_layout, "ferplus": ferplus_layout}
+ORDERS = {"rafdb": "rafdb", "rafdb_aligned224": "rafdb", "affectnet": "affectnet8", "fer2013": "fer2013",
+          "ferplus": "fer2013"}
+WRITERS = {"fer2013": write_csv, "ferplus": write_csv}  # the others: write_images
 PREPARE_NAMES = {"rafdb_aligned224": "rafdb/aligned224"}  # --dataset of prepare, where not the same
 
 

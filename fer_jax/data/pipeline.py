@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax.data import augment
+from fer_jax.data import builder_utils
 from fer_jax.data import decode
 from fer_jax.data import labels as labels_lib
 from fer_jax.data.builder_utils import DataError
@@ -102,16 +103,13 @@ def load_split(config, split: str, max_per_class: int = 0) -> Split:
 
 
 def _read_labels_and_order(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Every record's label and its annotation_index (its position where the set has none)."""
-  skip_images = {name: tfds.decode.SkipDecoding() for name, feature in builder.info.features.items()
-                 if isinstance(feature, tfds.features.Image)}
-  source = builder.as_data_source(split, decoders=skip_images)
-  split_labels, order = np.empty(len(source), np.int32), np.arange(len(source))
-  for i in range(len(source)):
-    record = source[i]
-    split_labels[i] = record["label"]
-    order[i] = record.get("annotation_index", i)
-  return split_labels, order
+  """Every record's label and its annotation_index (its position where the set has none), in the
+  order of `split` ("train", "train+validation", "train[:10%]"), from the splits' label indexes."""
+  parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits)
+  table = np.concatenate([builder_utils.label_columns(builder, part.splitname)[part.from_:part.to]
+                          for part in parts])
+  order = table["annotation_index"] if "annotation_index" in table.dtype.names else np.arange(len(table))
+  return table["label"].astype(np.int32), order
 
 
 def keep_first_per_class(split_labels: np.ndarray, limit: int, order: np.ndarray) -> np.ndarray:

@@ -6,14 +6,16 @@ r"""Turns a hand-downloaded FER data set into a TFDS (ArrayRecord) data set, onc
 --dataset is one of fer2013, ferplus, rafdb, affectnet, sfew, fedro, optionally with a
 builder config: ferplus/plurality, rafdb/aligned224, affectnet/classes7, sfew/original, ...
 (without one, each data set's default config). A second run finds the set complete and does
-nothing. TFDS writes every split into a temporary `incomplete.*` folder beside the final one
-and renames it only when all splits and the metadata are written, so an interrupted run never
-leaves a set that looks complete; the next run deletes such leftovers before starting again.
+nothing, except give a set prepared before label indexes existed its index (`*.labels.npy`,
+read from the records; nothing is rebuilt). TFDS writes every split into a temporary
+`incomplete.*` folder beside the final one and renames it only when all splits and the
+metadata are written, so an interrupted run never leaves a set that looks complete; the next
+run deletes such leftovers before starting again.
 Bad input ends the run with a one-line message naming the file (and line) at fault and the
 fix, and exit status 2 (`--verbose` adds the traceback): a missing --manual_dir or file,
 labels out of range or missing (an AffectNet image without its `_exp.npy`), a malformed row, a
-split with no examples (a CSV holding only its header), an unreadable image, or a --data_dir
-that cannot be written. `--skip_corrupt` skips unreadable images only (damaged, truncated or
+split with no examples (a CSV holding only its header), an occlusion or pose list entry naming
+an image its split lacks, an unreadable image, or a --data_dir that cannot be written. `--skip_corrupt` skips unreadable images only (damaged, truncated or
 not readable by this user, FER2013 rows whose pixels are not 48×48 values in 0-255), logs and
 counts them; a missing or malformed label still stops the run, since leaving such images out
 would quietly change the set.
@@ -60,17 +62,18 @@ def prepare(dataset: str, manual_dir: str, data_dir: str | None = None, skip_cor
             overwrite: bool = False):
   """Builds `dataset` from `manual_dir` unless a complete copy exists; returns the builder."""
   builder = make_builder(dataset, data_dir, skip_corrupt)
-  if builder.is_prepared() and not overwrite:
-    logging.info("%s is already prepared in %s.", builder.info.full_name, builder.data_dir)
-    return builder
-  manual = epath.Path(manual_dir).expanduser()
-  if not manual.is_dir():
-    raise builder_utils.DataError(f"--manual_dir {manual} is not a folder.\n"
-                                  f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-  remove_leftovers(builder)
-  modes = tfds.download.GenerateMode
-  mode = modes.FORCE_REDOWNLOAD if overwrite else modes.REUSE_DATASET_IF_EXISTS
   try:
+    if builder.is_prepared() and not overwrite:
+      logging.info("%s is already prepared in %s.", builder.info.full_name, builder.data_dir)
+      builder_utils.write_label_index(builder)  # a set prepared before the label index existed gets it
+      return builder
+    manual = epath.Path(manual_dir).expanduser()
+    if not manual.is_dir():
+      raise builder_utils.DataError(f"--manual_dir {manual} is not a folder.\n"
+                                    f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    remove_leftovers(builder)
+    modes = tfds.download.GenerateMode
+    mode = modes.FORCE_REDOWNLOAD if overwrite else modes.REUSE_DATASET_IF_EXISTS
     builder.download_and_prepare(
         file_format="array_record",
         download_config=tfds.download.DownloadConfig(manual_dir=manual, download_mode=mode))

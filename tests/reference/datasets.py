@@ -86,9 +86,24 @@ FERPLUS_LABELS = {
 }
 
 
+# Wang et al.'s FERPlus lists in their formats; fer0000009 has no majority label. The pose > 30
+# list says surprise (2) for fer0000008, whose votes say fear (6).
+FERPLUS_SUBSET_LISTS = {
+    "jianfei_occlusion_list.txt": b"6_fer0000008.png 8 2\r\n0_fer0000009.png 8 1\r\n",
+    "FER2013Test/pose_30_ferplus_list.txt": b"2/fer0000008.jpg\n",
+    "FER2013Test/pose_45_ferplus_list.txt": b"0/fer0000009.jpg\n6/fer0000008.jpg\n6/fer0000008.jpg\n",
+}
+FERPLUS_SUBSETS = {"majority": {"test_occlusion": {"fer0000008.png": 6}, "test_pose30": {"fer0000008.png": 6},
+                                "test_pose45": {"fer0000008.png": 6}},
+                   "plurality": {"test_occlusion": {"fer0000008.png": 6, "fer0000009.png": 0},
+                                 "test_pose30": {"fer0000008.png": 6},
+                                 "test_pose45": {"fer0000009.png": 0, "fer0000008.png": 6}}}
+
+
 def write_ferplus(root, *, box: bool = True, pngs: bool = True, label_csv: bool = True,
-                  under_data: bool = True) -> dict:
-  """A FERPlus clone (+ fer2013.csv) after or before generate_training_data.py.
+                  under_data: bool = True, subsets: bool = False) -> dict:
+  """A FERPlus clone (+ fer2013.csv) after or before generate_training_data.py (+ Wang et al.'s
+  lists: the occlusion one in the clone's root, the pose ones in FER2013Test/).
 
   Returns {"pixels": {name: pixels}, "votes": {name: votes the builder should read},
   "split": {name: split}}.
@@ -119,6 +134,11 @@ def write_ferplus(root, *, box: bool = True, pngs: bool = True, label_csv: bool 
     for usage, (_, folder) in FERPLUS_FOLDERS.items():
       (base / folder).mkdir(parents=True, exist_ok=True)
       (base / folder / "label.csv").write_text("\n".join(label_lines[usage]) + "\n")
+  if subsets:
+    for name, text in FERPLUS_SUBSET_LISTS.items():
+      path = (base if "/" in name else root) / name
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_bytes(text)
   return out
 
 
@@ -180,11 +200,32 @@ def _affectnet_image(path, index: int, mode: str = "RGB") -> tuple[int, int, int
   return Image.new("RGB", (1, 1), colour(index)).convert(mode).convert("RGB").getpixel((0, 0))
 
 
-def write_affectnet_original(root) -> dict:
-  """Manually_Annotated_file_lists/{training,validation}.csv + Manually_Annotated_Images/.
+def write_affectnet_subset_lists(root, validation_names: list[str]) -> dict:
+  """Wang et al.'s three lists in their formats (the occlusion one beside the CSVs, the pose ones in
+  `root`) over the 8 validation images (codes 0-7, in order).
+
+  The pose > 30 list names one image twice; the pose > 45 list gives code 5 to the fear (4) image.
+  Returns {split: [validation file names, in list order]}.
+  """
+  neutral, happy, sad, surprise, fear, *_, contempt = validation_names
+  lists = {"validation_occlusion": ("Manually_Annotated_file_lists/occlusion_affectnet_list.txt",
+                                    [(0, neutral), (7, contempt)], "val/{code}/{stem}/"),
+           "validation_pose30": ("pose_30_affectnet_list.txt", [(1, happy), (2, sad), (1, happy)], "{code}/{stem}.jpg"),
+           "validation_pose45": ("pose_45_affectnet_list.txt", [(3, surprise), (5, fear)], "{code}/{stem}/8.jpg")}
+  for file_name, entries, line in lists.values():
+    (root / file_name).parent.mkdir(parents=True, exist_ok=True)
+    (root / file_name).write_text("".join(
+        line.format(code=code, stem=name.rsplit("/", 1)[1].removesuffix(".jpg")) + "\n" for code, name in entries))
+  return {split: list(dict.fromkeys(name for _, name in entries)) for split, (_, entries, _) in lists.items()}
+
+
+def write_affectnet_original(root, subsets: bool = False) -> dict:
+  """Manually_Annotated_file_lists/{training,validation}.csv + Manually_Annotated_Images/
+  (+ Wang et al.'s lists: `write_affectnet_subset_lists`).
 
   One training image is CMYK and one grayscale, as a few real ones are. Returns
-  {"rows": {split: {file_name: (code, valence, arousal, annotation_index)}}, "colour": {...}}.
+  {"rows": {split: {file_name: (code, valence, arousal, annotation_index)}}, "colour": {...}}
+  (+ "subsets": {split: [file names]}).
   """
   header = ("subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,"
             "valence,arousal")
@@ -204,6 +245,8 @@ def write_affectnet_original(root) -> dict:
       out["rows"][split][name] = (code, valence, arousal, row_index)
       index += 1
     (lists / file_name).write_text("\n".join(lines) + "\n")
+  if subsets:
+    out["subsets"] = write_affectnet_subset_lists(root, list(out["rows"]["validation"]))
   return out
 
 

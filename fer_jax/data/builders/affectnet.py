@@ -12,6 +12,12 @@ Codes 8–10 (None, Uncertain, Non-face) are dropped, and 7 (Contempt) in the 7-
 Labels stay in AffectNet's code order. Extras: `valence`, `arousal` (NaN when the release
 lacks them) and `annotation_index`, the image's position in the annotation file (original)
 or in id order (later), so "the first N per class in file order" can be reproduced.
+
+When the occlusion and pose list files of Wang et al. (github.com/kaiwang960112/
+Challenge-condition-FER-dataset) are present beside the original release, their subsets of
+the validation split become the extra splits `validation_occlusion`, `validation_pose30` and
+`validation_pose45`, labelled from validation.csv. The lists name images by the original
+release's file names, which the later release does not keep.
 """
 
 import csv
@@ -20,6 +26,7 @@ import functools
 import io
 import math
 import os
+import re
 
 import numpy as np
 from PIL import Image
@@ -36,6 +43,11 @@ HEADER_START = "subDirectory_filePath"
 CODES = range(11)  # 0-7 the expressions, 8 None, 9 Uncertain, 10 Non-face
 CROP_QUALITY = 95
 MISSING_SHOWN = 5  # missing annotation files named in the error
+SUBSET_LISTS = {"validation_occlusion": ("occlusion_affectnet_list.txt",),
+                "validation_pose30": ("pose_30_affectnet_list.txt",),
+                "validation_pose45": ("pose_45_affectnet_list.txt",)}
+# "val/0/<name>/" (occlusion), "0/<name>.jpg" (pose > 30), "7/<name>/8.jpg" (pose > 45)
+SUBSET_ENTRY = re.compile(r"(?:val/)?(\d+)/([^/.]+)(?:\.\w+|/(?:\w+\.\w+)?)?")
 
 LAYOUT = """\
   original release:
@@ -44,6 +56,8 @@ LAYOUT = """\
                                                                  face_height, facial_landmarks,
                                                                  expression, valence, arousal
     MANUAL_DIR/Manually_Annotated_Images/<subDirectory_filePath>
+    optional validation subsets (Wang et al.), beside the CSVs or in MANUAL_DIR:
+      occlusion_affectnet_list.txt, pose_30_affectnet_list.txt, pose_45_affectnet_list.txt
   or the later "4 GB" release:
     MANUAL_DIR/train_set/images/0.jpg ...
     MANUAL_DIR/train_set/annotations/0_exp.npy, 0_val.npy, 0_aro.npy ...
@@ -64,7 +78,12 @@ class AffectnetConfig(tfds.core.BuilderConfig):
 
 
 def _expected(num_classes: int) -> dict[str, int]:
-  return {"train": 287_651 if num_classes == 8 else 283_901, "validation": 500 * num_classes}
+  """The published sizes; the subsets' are the distinct images of Wang et al.'s lists (with their
+  own labels 0-6 only for 7 classes)."""
+  subsets = {"validation_occlusion": 683, "validation_pose30": 1_944, "validation_pose45": 983}
+  if num_classes == 7:
+    subsets = {"validation_occlusion": 592, "validation_pose30": 1_745, "validation_pose45": 888}
+  return {"train": 287_651 if num_classes == 8 else 283_901, "validation": 500 * num_classes, **subsets}
 
 
 def crop_face(path, box: tuple[int, int, int, int]) -> bytes:
@@ -84,7 +103,8 @@ def crop_face(path, box: tuple[int, int, int, int]) -> bytes:
 
 
 class Affectnet(builder_utils.ManualBuilder):
-  """AffectNet in its own code order; splits train / validation (the usual test set)."""
+  """AffectNet in its own code order; splits train / validation (the usual test set), + occlusion and
+  pose validation subsets."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
@@ -125,6 +145,8 @@ class Affectnet(builder_utils.ManualBuilder):
       self.split_sources = {split: builder_utils.find_path(csv_folder, (name,), f"AffectNet's {name}", LAYOUT)
                             for split, name in ORIGINAL_SPLITS.items()}
       records = {split: self._original_records(path, images) for split, path in self.split_sources.items()}
+      lists = builder_utils.find_subset_lists((csv_folder, root), SUBSET_LISTS)
+      records.update(self._subsets(lists, self.split_sources["validation"], images))
     elif self.builder_config.face_crop:
       config = self.builder_config
       raise builder_utils.DataError(
@@ -136,32 +158,42 @@ class Affectnet(builder_utils.ManualBuilder):
       self.split_sources = {split: builder_utils.find_path(root, (folder,), f"{wanted} {folder}/", LAYOUT)
                             for split, folder in LATER_SPLITS.items()}
       records = {split: self._later_records(folder) for split, folder in self.split_sources.items()}
+      lists = builder_utils.find_subset_lists((root,), SUBSET_LISTS)
+      if lists:
+        raise builder_utils.DataError(
+            f"{next(iter(lists.values()))} selects images of the original release by their file names, which "
+            f"the later release in {root} does not keep. Prepare from the original release, or move the list "
+            "files out of the manual directory.")
     return {split: self._generate_examples(split, split_records) for split, split_records in records.items()}
 
   def _keep(self, code: int) -> bool:
     return code < self.builder_config.num_classes
 
   def _original_records(self, path, images):
-    index = 0
-    with open(path, newline="") as f:
-      reader = csv.reader(f)
-      for row in reader:
-        if not row or row[0].strip() == HEADER_START:
-          continue
-        where = f"{path}, line {reader.line_num}"
-        if len(row) != 9:
-          raise builder_utils.DataError(
-              f"{where}: expected 9 columns ({HEADER_START}, face_x, ..., arousal), got {len(row)}.")
-        code = builder_utils.parse_label(row[6], CODES, where)
-        extras = {"valence": _number(row[7], where), "arousal": _number(row[8], where),
-                  "annotation_index": index}
-        index += 1
-        if self._keep(code):
-          image = images / row[0].strip()
-          if self.builder_config.face_crop:
-            box = tuple(int(_number(v, where)) for v in row[1:5])
-            image = functools.partial(crop_face, image, box)
-          yield builder_utils.Record(file_name=row[0].strip(), label=code, image=image, extras=extras)
+    for index, (where, row) in enumerate(_annotation_rows(path)):
+      code = builder_utils.parse_label(row[6], CODES, where)
+      extras = {"valence": _number(row[7], where), "arousal": _number(row[8], where), "annotation_index": index}
+      if self._keep(code):
+        image = images / row[0].strip()
+        if self.builder_config.face_crop:
+          box = tuple(int(_number(v, where)) for v in row[1:5])
+          image = functools.partial(crop_face, image, box)
+        yield builder_utils.Record(file_name=row[0].strip(), label=code, image=image, extras=extras)
+
+  def _subsets(self, lists: dict, validation_csv, images) -> dict[str, list[builder_utils.Record]]:
+    """{split: records} of the validation subsets that Wang et al.'s lists name."""
+    if not lists:
+      return {}
+    validation = {image_stem(record.file_name): record for record in self._original_records(validation_csv, images)}
+    labels = {stem: record.label for stem, record in validation.items()}
+    known = {image_stem(row[0]) for _, row in _annotation_rows(validation_csv)}
+    subsets = {}
+    for split, path in lists.items():
+      keys = builder_utils.listed_keys(path, parse_subset_entry, labels, known, range(8),
+                                       f"the validation split ({validation_csv})")
+      subsets[split] = [validation[key] for key in keys]
+      self.split_sources[split] = path
+    return subsets
 
   def _later_records(self, folder):
     annotations = builder_utils.find_path(folder, ("annotations",), f"{folder.name}/annotations", LAYOUT)
@@ -176,6 +208,33 @@ class Affectnet(builder_utils.ManualBuilder):
         yield builder_utils.Record(file_name=f"{folder.name}/images/{image_id}.jpg", label=code,
                                    image=folder / "images" / f"{image_id}.jpg",
                                    extras={**extras, "annotation_index": index})
+
+
+def _annotation_rows(path):
+  """(where, row) of every image row of an original-release CSV (the header and blank lines skipped)."""
+  with open(path, newline="") as f:
+    reader = csv.reader(f)
+    for row in reader:
+      if not row or row[0].strip() == HEADER_START:
+        continue
+      where = f"{path}, line {reader.line_num}"
+      if len(row) != 9:
+        raise builder_utils.DataError(
+            f"{where}: expected 9 columns ({HEADER_START}, face_x, ..., arousal), got {len(row)}.")
+      yield where, row
+
+
+def image_stem(file_name: str) -> str:
+  """`<name>` of "<folder>/<name>.jpg": how Wang et al.'s lists name an image."""
+  return file_name.strip().rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+def parse_subset_entry(text: str) -> tuple[str, str]:
+  """(image stem, the list's code) of "val/0/<name>/", "0/<name>.jpg" or "7/<name>/8.jpg"."""
+  match = SUBSET_ENTRY.fullmatch(text)
+  if match is None:
+    raise ValueError('expected "val/0/<name>/", "0/<name>.jpg" or "7/<name>/8.jpg"')
+  return match[2], match[1]
 
 
 def _id_order(image_id: str):

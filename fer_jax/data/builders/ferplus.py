@@ -14,10 +14,15 @@ Configs turn the 10 vote counts (8 emotions, unknown, not-a-face) into a label:
                 with its argmax as `label`.
 Images whose label would be unknown or not-a-face are dropped. Every config keeps the raw
 counts as `votes`.
+
+When the occlusion and pose list files of Wang et al. (github.com/kaiwang960112/
+Challenge-condition-FER-dataset) are present, their subsets of the test split become the
+extra splits `test_occlusion`, `test_pose30` and `test_pose45`, labelled by the config.
 """
 
 import csv
 import functools
+import re
 from typing import Iterator
 
 import numpy as np
@@ -32,6 +37,12 @@ FOLDERS = {"train": ("FER2013Train", "Training"), "validation": ("FER2013Valid",
 VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
                 "unknown", "NF")
 NUM_EMOTIONS = 8  # the columns before unknown and NF, in the ferplus class order
+SUBSET_LISTS = {  # Wang et al.'s names first, then SCAN-CCI's
+    "test_occlusion": ("jianfei_occlusion_list.txt", "occlusion_list.txt"),
+    "test_pose30": ("pose_30_ferplus_list.txt", "pose_30_list.txt"),
+    "test_pose45": ("pose_45_ferplus_list.txt", "pose_45_list.txt"),
+}
+SUBSET_ENTRY = re.compile(r"(\d+)[_/](fer\d+)\.(?:png|jpg)")
 
 LAYOUT = """\
   MANUAL_DIR/fer2013new.csv              from github.com/microsoft/FERPlus
@@ -39,7 +50,9 @@ LAYOUT = """\
   MANUAL_DIR/[data/]FER2013Valid/          generate_training_data.py
   MANUAL_DIR/[data/]FER2013Test/
   MANUAL_DIR/fer2013.csv                 Kaggle's FER2013 CSV; needed only when a folder
-                                         holds no PNGs (the images are regenerated from it)"""
+                                         holds no PNGs (the images are regenerated from it)
+  optional test subsets (Wang et al.), in MANUAL_DIR or [data/]FER2013Test/:
+    jianfei_occlusion_list.txt, pose_30_ferplus_list.txt, pose_45_ferplus_list.txt"""
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Clone github.com/microsoft/FERPlus (labels, MIT licence) and download fer2013.csv from the
@@ -50,14 +63,17 @@ the builder regenerate the images. Expected layout:
 {LAYOUT}
 """
 
-# Split sizes from the official label files: {(config, votes file): {split: size}}.
+# Split sizes from the official label files and Wang et al.'s lists: {(config, votes file): {split: size}}.
+WHOLE_LISTS = {"test_occlusion": 605, "test_pose30": 1_170, "test_pose45": 633}
 EXPECTED_SIZES = {
-    ("majority", "label.csv"): {"train": 25_045, "validation": 3_191, "test": 3_137},
-    ("majority", "fer2013new.csv"): {"train": 25_060, "validation": 3_199, "test": 3_153},
-    ("plurality", "label.csv"): {"train": 28_385, "validation": 3_555, "test": 3_545},
-    ("plurality", "fer2013new.csv"): {"train": 28_389, "validation": 3_553, "test": 3_546},
-    ("distribution", "label.csv"): {"train": 27_947, "validation": 3_508, "test": 3_507},
-    ("distribution", "fer2013new.csv"): {"train": 27_956, "validation": 3_505, "test": 3_505},
+    ("majority", "label.csv"): {"train": 25_045, "validation": 3_191, "test": 3_137, **WHOLE_LISTS},
+    ("majority", "fer2013new.csv"): {"train": 25_060, "validation": 3_199, "test": 3_153,
+                                     "test_occlusion": 600, "test_pose30": 1_167, "test_pose45": 630},
+    ("plurality", "label.csv"): {"train": 28_385, "validation": 3_555, "test": 3_545, **WHOLE_LISTS},
+    ("plurality", "fer2013new.csv"): {"train": 28_389, "validation": 3_553, "test": 3_546, **WHOLE_LISTS},
+    ("distribution", "label.csv"): {"train": 27_947, "validation": 3_508, "test": 3_507, **WHOLE_LISTS},
+    ("distribution", "fer2013new.csv"): {"train": 27_956, "validation": 3_505, "test": 3_505,
+                                         "test_occlusion": 603, "test_pose30": 1_170, "test_pose45": 633},
 }
 
 
@@ -164,7 +180,8 @@ def read_fer2013new(path) -> Iterator[tuple[int, str, str, np.ndarray]]:
 
 
 class Ferplus(builder_utils.ManualBuilder):
-  """FERPlus in its own class order (8 classes); splits train / validation / test."""
+  """FERPlus in its own class order (8 classes); splits train / validation / test (+ occlusion and pose
+  test subsets)."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
@@ -194,25 +211,37 @@ class Ferplus(builder_utils.ManualBuilder):
   def _split_generators(self, dl_manager):
     root = self.manual_root(dl_manager)
     self._votes_files = {}
-    return {split: self._generate_examples(split, self._records(root, split)) for split in FOLDERS}
+    votes = {split: self._read_votes(root, split) for split in FOLDERS}
+    records = {split: self._records(root, split, votes[split]) for split in FOLDERS}
+    lists = builder_utils.find_subset_lists((root, root / "FER2013Test", root / "data" / "FER2013Test"), SUBSET_LISTS)
+    if lists:
+      test = {record.file_name.split("/")[1]: record for record in self._records(root, "test", votes["test"])}
+      labels = {name: record.label for name, record in test.items()}
+      for split, path in lists.items():
+        keys = builder_utils.listed_keys(path, parse_subset_entry, labels, votes["test"], range(NUM_EMOTIONS),
+                                         f"FERPlus's test split ({self.split_sources['test']})")
+        records[split] = [test[key] for key in keys]
+        self.split_sources[split], self._votes_files[split] = path, self._votes_files["test"]
+    return {split: self._generate_examples(split, split_records) for split, split_records in records.items()}
 
   def _expected_size(self, split: str) -> int | None:
     return EXPECTED_SIZES.get((self.builder_config.name, self._votes_files.get(split)), {}).get(split)
 
-  def _records(self, root, split: str):
-    folder_name, usage = FOLDERS[split]
-    folder = next((base / folder_name for base in (root, root / "data") if (base / folder_name).exists()),
-                  None)
+  def _read_votes(self, root, split: str) -> dict[str, np.ndarray]:
+    """{image name: votes} of the split, from its folder's label.csv, else from fer2013new.csv."""
+    folder = _folder(root, split)
     label_csv = folder / "label.csv" if folder is not None else None
     if label_csv is not None and label_csv.exists():
-      self._votes_files[split] = "label.csv"
-      self.split_sources[split] = label_csv
-      votes = dict(read_label_csv(label_csv))
-    else:
-      self._votes_files[split] = "fer2013new.csv"
-      new_csv = builder_utils.find_path(root, ("fer2013new.csv",), "FERPlus's fer2013new.csv", LAYOUT)
-      self.split_sources[split] = new_csv
-      votes = {name: v for _, row_usage, name, v in read_fer2013new(new_csv) if row_usage == usage and name}
+      self._votes_files[split], self.split_sources[split] = "label.csv", label_csv
+      return dict(read_label_csv(label_csv))
+    new_csv = builder_utils.find_path(root, ("fer2013new.csv",), "FERPlus's fer2013new.csv", LAYOUT)
+    self._votes_files[split], self.split_sources[split] = "fer2013new.csv", new_csv
+    usage = FOLDERS[split][1]
+    return {name: v for _, row_usage, name, v in read_fer2013new(new_csv) if row_usage == usage and name}
+
+  def _records(self, root, split: str, votes: dict):
+    folder_name, usage = FOLDERS[split]
+    folder = _folder(root, split)
     if folder is not None and any(folder.glob("*.png")):
       images = ((name, folder / name) for name in votes)
     else:
@@ -224,6 +253,20 @@ class Ferplus(builder_utils.ManualBuilder):
         label = extras.pop("label")
         yield builder_utils.Record(file_name=f"{folder_name}/{name}", label=label, image=image,
                                    extras={"votes": votes[name], **extras})
+
+
+def _folder(root, split: str):
+  """The split's folder (FER2013Train, ...) in `root` or `root/data`; None when neither has it."""
+  name = FOLDERS[split][0]
+  return next((base / name for base in (root, root / "data") if (base / name).exists()), None)
+
+
+def parse_subset_entry(text: str) -> tuple[str, str]:
+  """(image name, the list's label) of "1_fer0034656.png 8 0" (occlusion) or "0/fer0032226.jpg" (pose)."""
+  match = SUBSET_ENTRY.fullmatch(text.split()[0])
+  if match is None:
+    raise ValueError('expected "1_fer0034656.png 8 0" or "0/fer0032226.jpg"')
+  return f"{match[2]}.png", match[1]
 
 
 def _regenerated_images(root, usage: str, votes: dict):

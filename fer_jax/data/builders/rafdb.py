@@ -12,7 +12,6 @@ Challenge-condition-FER-dataset) are present, their test subsets become the extr
 
 import dataclasses
 
-from absl import logging
 import tensorflow_datasets as tfds
 
 from fer_jax.data import builder_utils
@@ -25,7 +24,8 @@ SUBSET_LISTS = {
     "test_pose45": ("val_raf_db_list_45.txt", "val_raf_db_list_pose_45.txt"),
 }
 NUM_CLASSES = len(labels.CLASS_ORDERS["rafdb"])
-EXPECTED = {"train": 12_271, "test": 3_068, "test_occlusion": 735, "test_pose30": 1_247, "test_pose45": 558}
+# rafdb_occlusion_list.txt has 735 lines but names test_2464 twice.
+EXPECTED = {"train": 12_271, "test": 3_068, "test_occlusion": 734, "test_pose30": 1_247, "test_pose45": 558}
 
 LAYOUT = """\
   MANUAL_DIR/                       RAF-DB's basic/ folder (or a folder holding basic/)
@@ -93,11 +93,12 @@ class Rafdb(builder_utils.ManualBuilder):
                                    f"the RAF-DB label file {config.label_files[0]}", LAYOUT).parents[1]
     images = builder_utils.find_path(root, (config.image_folder,), "the RAF-DB image folder", LAYOUT)
     splits = self._read_splits(root)
-    for split, candidates in SUBSET_LISTS.items():
-      paths = [p for name in candidates for p in (root / "EmoLabel" / name, manual / name) if p.exists()]
-      if paths:
-        splits[split] = _subset(paths[0], splits["test"])
-        self.split_sources[split] = paths[0]
+    test_labels = {base: label for base, (_, label) in splits["test"].items()}
+    for split, path in builder_utils.find_subset_lists((root / "EmoLabel", manual), SUBSET_LISTS).items():
+      keys = builder_utils.listed_keys(path, parse_subset_entry, test_labels, test_labels, range(NUM_CLASSES),
+                                       "the RAF-DB test split")
+      splits[split] = {key: splits["test"][key] for key in keys}
+      self.split_sources[split] = path
     return {split: self._generate_examples(split, self._records(images, entries))
             for split, entries in splits.items()}
 
@@ -124,23 +125,10 @@ class Rafdb(builder_utils.ManualBuilder):
       yield builder_utils.Record(file_name=name, label=label, image=images / f"{base}{suffix}.jpg")
 
 
-def _subset(path, test: dict) -> dict:
-  """The test entries a Wang et al. list names; its own 0-based labels are only cross-checked."""
-  entries, disagreements = {}, 0
-  for line, text in builder_utils.read_lines(path):
-    where = f"{path}, line {line}"
-    tokens = text.split()
-    if "/" in tokens[0]:
-      list_label, name = tokens[0].split("/", 1)
-    else:
-      name, list_label = tokens[0], tokens[1] if len(tokens) > 1 else None
-    base = base_name(name)
-    if base not in test:
-      raise builder_utils.DataError(f"{where}: {name!r} is not in the RAF-DB test split.")
-    if list_label is not None:
-      disagreements += builder_utils.parse_label(list_label, range(NUM_CLASSES), where) != test[base][1]
-    entries[base] = test[base]
-  if disagreements:
-    logging.warning("%s: %d of %d labels differ from the official ones; the official labels are used.",
-                    path, disagreements, len(entries))
-  return entries
+def parse_subset_entry(text: str) -> tuple[str, str | None]:
+  """(base name, the list's 0-based label) of "test_0003_aligned 3 4" or "0/test_0004_aligned.jpg"."""
+  tokens = text.split()
+  if "/" in tokens[0]:
+    list_label, name = tokens[0].split("/", 1)
+    return base_name(name), list_label
+  return base_name(tokens[0]), tokens[1] if len(tokens) > 1 else None
