@@ -59,7 +59,7 @@ parse_args() {
       --dry-run) DRY_RUN=1 ;;
       --help | -h) usage; exit 0 ;;
       --) shift; TRAINING_EXTRA_ARGS=("$@"); break ;;
-      *) die "unknown argument $1 (see --help)" ;;
+      *) die "unknown argument $1 (options are written --key=VALUE; see --help)" ;;
     esac
     shift
   done
