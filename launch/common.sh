@@ -1,0 +1,86 @@
+# Shared by the launch scripts (sourced, never run): quoting, --dry-run, errors, the training
+# command. Every external command goes through `run` (or `query` for one whose output is read),
+# so --dry-run prints exactly what would run, one shell-quoted command per line.
+# shellcheck shell=bash
+
+# shellcheck disable=SC2034  # read by the scripts that source this file
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DRY_RUN=0
+TRAINING_EXTRA_ARGS=()
+# Dry-run lines go to the script's own stdout even from inside $(...).
+exec 3>&1
+
+die() {
+  echo "error: $*" >&2
+  exit 2
+}
+
+note() {
+  echo "[$(basename "$0")] $*" >&2
+}
+
+# One word as the shell reads it back: plain when safe, else single-quoted.
+quote_word() {
+  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+
+quote_command() {
+  local word line=""
+  for word in "$@"; do
+    line+="${line:+ }$(quote_word "$word")"
+  done
+  printf '%s\n' "$line"
+}
+
+# Runs a command, or prints it under --dry-run.
+run() {
+  if ((DRY_RUN)); then
+    quote_command "$@" >&3
+  else
+    "$@"
+  fi
+}
+
+# Runs a command and prints its output; under --dry-run prints the command and answers $1.
+query() {
+  local dry_answer=$1
+  shift
+  if ((DRY_RUN)); then
+    quote_command "$@" >&3
+    printf '%s\n' "$dry_answer"
+  else
+    "$@"
+  fi
+}
+
+# Value of a --key=VALUE option; dies on a bare --key.
+option_value() {
+  [[ $1 == *=* ]] || die "$1 needs a value: write ${1}=VALUE (see --help)"
+  printf '%s' "${1#*=}"
+}
+
+require() {
+  local name
+  for name in "$@"; do
+    local flag=${name,,}
+    [[ -n ${!name} ]] || die "--${flag//_/-}=... is required (see --help)"
+  done
+}
+
+positive_integer() {
+  [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1=$2 must be a positive integer"
+}
+
+# The argv of one training process: `PYTHON -m fer_jax.main --config ... --workdir ...`, then
+# DATA_DIR, the given launcher flags and the user's extra arguments (after `--`).
+training_command() {
+  local python=$1 config=$2 workdir=$3 data_dir=$4
+  shift 4
+  TRAINING_COMMAND=("$python" -m fer_jax.main "--config=$config" "--workdir=$workdir")
+  [[ -z $data_dir ]] || TRAINING_COMMAND+=("--config.dataset.data_dir=$data_dir")
+  TRAINING_COMMAND+=("$@" "${TRAINING_EXTRA_ARGS[@]}")
+}

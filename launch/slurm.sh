@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Multi-node GPU training under Slurm: submits one batch job whose srun step starts every process.
+set -euo pipefail
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() {
+  cat <<EOF
+Usage: launch/slurm.sh --config=CONFIG --workdir=DIR [options] [-- --config.KEY=VALUE ...]
+
+Submits one sbatch job; its single srun step runs fer_jax.main --distributed on every node.
+jax.distributed.initialize() reads the coordinator (first node of the step's node list, port
+from the job id), the process count and each process's id from Slurm's variables, so nothing
+is computed here. Default: one process per node driving all its GPUs; JAX would otherwise
+give each process only the GPU numbered \$SLURM_LOCALID, so JAX_LOCAL_DEVICE_IDS lists them all.
+--per-gpu: one process per GPU, each on GPU \$SLURM_LOCALID (JAX's own choice).
+Every node must see the checkout, DATA_DIR and WORKDIR (a shared folder). The processes get
+SIGTERM 120 s before the time limit (sbatch --signal), save and exit 75; submit the same
+command again to resume from WORKDIR.
+
+  --config=CONFIG         configs/<method>.py:<dataset>
+  --workdir=DIR           run folder on a shared file system
+  --data-dir=DIR          prepared TFDS folder (--config.dataset.data_dir)
+  --nodes=N               nodes (default 2)
+  --gpus-per-node=G       GPUs per node (default 8)
+  --per-gpu               one process per GPU instead of one per node
+  --partition=P --account=A --time=T --job-name=NAME (default fer_jax) --output=FILE (default fer_jax_%j.log)
+  --requeue               let Slurm requeue the job after a preemption or node failure (resumes)
+  --port=PORT             coordinator port (JAX_COORDINATOR_PORT; default: derived from the job id)
+  --python=PATH           interpreter, relative to the checkout or absolute (default .venv/bin/python)
+  --sbatch-arg=ARG        any further sbatch option, e.g. --sbatch-arg=--cpus-per-task=32 (repeatable)
+  --dry-run               print the sbatch command, submit nothing
+  --help                  this text
+Arguments after -- go to fer_jax.main, e.g. -- --config.batch_size=512
+EOF
+}
+
+CONFIG="" WORKDIR="" DATA_DIR="" NODES=2 GPUS_PER_NODE=8 PER_GPU=0 PARTITION="" ACCOUNT="" TIME=""
+JOB_NAME=fer_jax OUTPUT=fer_jax_%j.log REQUEUE=0 PORT="" PYTHON=.venv/bin/python SBATCH_ARGS=()
+
+parse_args() {
+  while (($#)); do
+    case $1 in
+      --config=*) CONFIG=$(option_value "$1") ;;
+      --workdir=*) WORKDIR=$(option_value "$1") ;;
+      --data-dir=*) DATA_DIR=$(option_value "$1") ;;
+      --nodes=*) NODES=$(option_value "$1") ;;
+      --gpus-per-node=*) GPUS_PER_NODE=$(option_value "$1") ;;
+      --per-gpu) PER_GPU=1 ;;
+      --partition=*) PARTITION=$(option_value "$1") ;;
+      --account=*) ACCOUNT=$(option_value "$1") ;;
+      --time=*) TIME=$(option_value "$1") ;;
+      --job-name=*) JOB_NAME=$(option_value "$1") ;;
+      --output=*) OUTPUT=$(option_value "$1") ;;
+      --requeue) REQUEUE=1 ;;
+      --port=*) PORT=$(option_value "$1") ;;
+      --python=*) PYTHON=$(option_value "$1") ;;
+      --sbatch-arg=*) SBATCH_ARGS+=("$(option_value "$1")") ;;
+      --dry-run) DRY_RUN=1 ;;
+      --help | -h) usage; exit 0 ;;
+      --) shift; TRAINING_EXTRA_ARGS=("$@"); break ;;
+      *) die "unknown argument $1 (options are written --key=VALUE; see --help)" ;;
+    esac
+    shift
+  done
+  require CONFIG WORKDIR
+  positive_integer --nodes "$NODES"
+  positive_integer --gpus-per-node "$GPUS_PER_NODE"
+  [[ -z $PORT ]] || positive_integer --port "$PORT"
+}
+
+# 0,1,…,G−1
+all_gpu_ids() {
+  local ids
+  ids=$(seq -s, 0 $((GPUS_PER_NODE - 1)))
+  printf '%s' "$ids"
+}
+
+# What the batch job runs: `env [JAX_…=…] srun … python -m fer_jax.main … --distributed`.
+job_command() {
+  local environment=()
+  ((PER_GPU)) || environment+=("JAX_LOCAL_DEVICE_IDS=$(all_gpu_ids)")
+  [[ -z $PORT ]] || environment+=("JAX_COORDINATOR_PORT=$PORT")
+  training_command "$PYTHON" "$CONFIG" "$WORKDIR" "$DATA_DIR" --distributed
+  local step=(srun --kill-on-bad-exit=1 "${TRAINING_COMMAND[@]}")
+  if ((${#environment[@]})); then
+    quote_command env "${environment[@]}" "${step[@]}"
+  else
+    quote_command "${step[@]}"
+  fi
+}
+
+main() {
+  parse_args "$@"
+  local tasks_per_node=1
+  if ((PER_GPU)); then tasks_per_node=$GPUS_PER_NODE; fi
+  local sbatch=(sbatch "--job-name=$JOB_NAME" "--nodes=$NODES" "--ntasks-per-node=$tasks_per_node"
+    "--gpus-per-node=$GPUS_PER_NODE" "--output=$OUTPUT" "--chdir=$REPO_ROOT" --signal=TERM@120)
+  [[ -z $PARTITION ]] || sbatch+=("--partition=$PARTITION")
+  [[ -z $ACCOUNT ]] || sbatch+=("--account=$ACCOUNT")
+  [[ -z $TIME ]] || sbatch+=("--time=$TIME")
+  if ((REQUEUE)); then sbatch+=(--requeue); fi
+  sbatch+=("${SBATCH_ARGS[@]}" "--wrap=$(job_command)")
+  run "${sbatch[@]}"
+}
+
+main "$@"

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Multi-host training over plain SSH, for machines without a scheduler.
+set -euo pipefail
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() {
+  cat <<EOF
+Usage: launch/ssh_hosts.sh --hosts=HOSTS --config=CONFIG --workdir=DIR [options] [-- --config.KEY=VALUE ...]
+
+Starts process i of N on host i (over ssh, in parallel) with
+  --distributed --coordinator_address=HOST0:PORT --num_processes=N --process_id=i
+streams every log line prefixed with [i:host], and when one process fails (or on Ctrl-C) sends
+SIGTERM to the others, which save their step and exit 75. Exit status: 0 when every process
+succeeded, else the first failure's. Every host must see the same checkout, DATA_DIR and
+WORKDIR (a shared folder), and accept ssh without a password prompt.
+
+  --hosts=LIST|FILE      comma list (host0,host1,...) or a file with one host per line (# comments)
+  --config=CONFIG        configs/<method>.py:<dataset>
+  --workdir=DIR          run folder, the same shared path on every host
+  --data-dir=DIR         prepared TFDS folder (--config.dataset.data_dir), shared or copied to each host
+  --port=PORT            coordinator port on host0 (default 12355)
+  --repo-dir=DIR         the fer_jax checkout on the hosts (default: this one, $REPO_ROOT)
+  --python=PATH          interpreter on the hosts, relative to --repo-dir or absolute (default .venv/bin/python)
+  --env=KEY=VALUE        set in every process's environment (repeatable), e.g. --env=NCCL_DEBUG=INFO
+  --ssh-option=OPTION    passed to ssh as -o OPTION (repeatable; BatchMode=yes is always set)
+  --dry-run              print the commands, run nothing
+  --help                 this text
+Arguments after -- go to every fer_jax.main, e.g. -- --config.batch_size=512
+EOF
+}
+
+HOSTS="" CONFIG="" WORKDIR="" DATA_DIR="" PORT=12355 REPO_DIR=$REPO_ROOT PYTHON=.venv/bin/python
+ENV_ASSIGNMENTS=() SSH_OPTIONS=(-o BatchMode=yes)
+
+parse_args() {
+  while (($#)); do
+    case $1 in
+      --hosts=*) HOSTS=$(option_value "$1") ;;
+      --config=*) CONFIG=$(option_value "$1") ;;
+      --workdir=*) WORKDIR=$(option_value "$1") ;;
+      --data-dir=*) DATA_DIR=$(option_value "$1") ;;
+      --port=*) PORT=$(option_value "$1") ;;
+      --repo-dir=*) REPO_DIR=$(option_value "$1") ;;
+      --python=*) PYTHON=$(option_value "$1") ;;
+      --env=*) ENV_ASSIGNMENTS+=("$(option_value "$1")") ;;
+      --ssh-option=*) SSH_OPTIONS+=(-o "$(option_value "$1")") ;;
+      --dry-run) DRY_RUN=1 ;;
+      --help | -h) usage; exit 0 ;;
+      --) shift; TRAINING_EXTRA_ARGS=("$@"); break ;;
+      *) die "unknown argument $1 (options are written --key=VALUE; see --help)" ;;
+    esac
+    shift
+  done
+  require HOSTS CONFIG WORKDIR
+  positive_integer --port "$PORT"
+}
+
+# HOST_LIST from a file (one per line, blank lines and # comments skipped) or a comma list.
+read_hosts() {
+  local line
+  HOST_LIST=()
+  if [[ -f $HOSTS ]]; then
+    while IFS= read -r line || [[ -n $line ]]; do
+      line=${line%%#*}
+      line=${line//[[:space:]]/}
+      [[ -z $line ]] || HOST_LIST+=("$line")
+    done <"$HOSTS"
+  else
+    IFS=, read -r -a HOST_LIST <<<"$HOSTS"
+  fi
+  ((${#HOST_LIST[@]})) || die "--hosts=$HOSTS names no host"
+}
+
+pid_file() {
+  printf '/tmp/fer_jax_ssh_%s_%s.pid' "$PORT" "$1"
+}
+
+# The shell command that process $1 runs on its host: it records its pid (for stop_process),
+# then becomes fer_jax.main.
+remote_command() {
+  local index=$1 coordinator=${HOST_LIST[0]#*@}
+  training_command "$PYTHON" "$CONFIG" "$WORKDIR" "$DATA_DIR" --distributed \
+    "--coordinator_address=$coordinator:$PORT" "--num_processes=${#HOST_LIST[@]}" "--process_id=$index"
+  local environment=""
+  ((${#ENV_ASSIGNMENTS[@]} == 0)) || environment="$(quote_command env "${ENV_ASSIGNMENTS[@]}") "
+  printf 'cd %s && echo $$ > %s && exec %s%s' "$(quote_word "$REPO_DIR")" "$(pid_file "$index")" \
+    "$environment" "$(quote_command "${TRAINING_COMMAND[@]}")"
+}
+
+prefix_lines() {
+  local line
+  while IFS= read -r line; do
+    printf '[%s] %s\n' "$1" "$line"
+  done
+}
+
+start_process() {
+  local index=$1 host=${HOST_LIST[$1]}
+  if ((DRY_RUN)); then
+    run ssh "${SSH_OPTIONS[@]}" "$host" "$(remote_command "$index")"
+    return
+  fi
+  (
+    # shellcheck disable=SC2029  # the command is built here, on purpose
+    ssh "${SSH_OPTIONS[@]}" "$host" "$(remote_command "$index")" </dev/null 2>&1 | prefix_lines "$index:$host"
+    exit "${PIPESTATUS[0]}"
+  ) &
+  PROCESS_OF_PID[$!]=$index
+}
+
+# SIGTERM to the training process on host $1: it saves its step and exits 75.
+stop_process() {
+  local index=$1
+  run ssh "${SSH_OPTIONS[@]}" "${HOST_LIST[$index]}" \
+    "kill -TERM \"\$(cat $(pid_file "$index"))\" 2>/dev/null || true" || true
+}
+
+stop_all() {
+  local pid
+  for pid in "${!PROCESS_OF_PID[@]}"; do
+    stop_process "${PROCESS_OF_PID[$pid]}"
+  done
+}
+
+# Waits for every process (polling: a trapped signal must not lose an exit status); stops the
+# rest after the first failure, whose status it returns.
+wait_all() {
+  local pid status first_failure=0
+  while ((${#PROCESS_OF_PID[@]})); do
+    for pid in "${!PROCESS_OF_PID[@]}"; do
+      ! kill -0 "$pid" 2>/dev/null || continue
+      status=0
+      wait "$pid" || status=$?
+      note "process ${PROCESS_OF_PID[$pid]} (${HOST_LIST[${PROCESS_OF_PID[$pid]}]}) exited with status $status"
+      unset "PROCESS_OF_PID[$pid]"
+      if ((status && !first_failure)); then
+        first_failure=$status
+        stop_all
+      fi
+    done
+    sleep 0.2
+  done
+  return "$first_failure"
+}
+
+main() {
+  parse_args "$@"
+  read_hosts
+  declare -gA PROCESS_OF_PID=()
+  local index
+  for index in "${!HOST_LIST[@]}"; do
+    start_process "$index"
+  done
+  ((DRY_RUN)) && return 0
+  trap 'note "interrupted: stopping every process"; stop_all' INT TERM
+  wait_all
+}
+
+main "$@"

@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# Training on a Cloud TPU VM or pod slice: create, set up every worker, run, resume after
+# preemption, delete.
+set -euo pipefail
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() {
+  cat <<EOF
+Usage: launch/tpu.sh COMMAND --name=NAME --zone=ZONE [options] [-- --config.KEY=VALUE ...]
+
+Commands
+  create       create the TPU VM / slice (on demand, --spot, or --queued as a queued resource)
+  setup        copy this checkout's HEAD (git archive) to every worker, install it with jax[tpu]
+               in /tmp/fer_jax/venv, mount the gs:// buckets (gcsfuse) and copy the data
+  run          train on every worker (--distributed), log lines prefixed by worker host name
+  stop         SIGTERM the training on every worker: it saves its step and exits 75
+  resume-loop  run; after a preemption (exit 75, ssh lost, or the TPU no longer READY) run
+               again, re-creating and setting up the TPU if it is gone, up to --max-retries
+  delete       delete the TPU (with --queued: the queued resource and its TPU)
+  all          create, setup, resume-loop, then delete (even after a failure) unless --keep
+
+Options
+  --name=NAME --zone=ZONE --project=PROJECT (default: gcloud's)
+  --accelerator-type=TYPE   default v5litepod-16
+  --runtime-version=V       default by type: v4 tpu-ubuntu2204-base, v5litepod v2-alpha-tpuv5-lite,
+                            v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e
+  --spot                    Spot capacity (can be preempted at any time)
+  --queued                  create through a queued resource (waits until ACTIVE)
+  --config=CONFIG           configs/<method>.py:<dataset> (run, resume-loop, all)
+  --workdir=DIR             gs://BUCKET/PATH (mounted with gcsfuse under /tmp/fer_jax/gcs on every
+                            worker, so all see one folder and a re-created TPU resumes from it) or a
+                            folder every worker already shares (NFS)
+  --data-dir=DIR            prepared TFDS folder: gs://BUCKET/PATH or a path on the workers
+  --data=copy|mount         gs:// data: copy to each worker's disk (default) or read via gcsfuse
+  --python-version=V        Python of the workers' venv, installed by uv (default 3.12)
+  --jax-version=V           pin jax[tpu]==V (default: pip's choice within setup.cfg's range)
+  --max-retries=N           resume-loop: runs after the first (default 5)
+  --retry-wait=SECONDS      resume-loop: pause before each retry (default 60)
+  --keep                    all: do not delete the TPU at the end
+  --dry-run                 print the commands, run nothing
+  --help                    this text
+Arguments after -- go to fer_jax.main, e.g. -- --config.batch_size=1024
+EOF
+}
+
+REMOTE_BASE=/tmp/fer_jax
+REMOTE_PYTHON=$REMOTE_BASE/venv/bin/python
+PID_FILE=$REMOTE_BASE/train.pid
+COMMAND="" NAME="" ZONE="" PROJECT="" ACCELERATOR_TYPE=v5litepod-16 RUNTIME_VERSION="" SPOT=0 QUEUED=0
+CONFIG="" WORKDIR="" DATA_DIR="" DATA_MODE=copy PYTHON_VERSION=3.12 JAX_VERSION="" MAX_RETRIES=5
+RETRY_WAIT=60 KEEP=0
+
+parse_args() {
+  case ${1:-} in
+    create | setup | run | stop | resume-loop | delete | all) COMMAND=$1; shift ;;
+    --help | -h) usage; exit 0 ;;
+    *) die "the first argument must be a command: create, setup, run, stop, resume-loop, delete or all (see --help)" ;;
+  esac
+  while (($#)); do
+    case $1 in
+      --name=*) NAME=$(option_value "$1") ;;
+      --zone=*) ZONE=$(option_value "$1") ;;
+      --project=*) PROJECT=$(option_value "$1") ;;
+      --accelerator-type=*) ACCELERATOR_TYPE=$(option_value "$1") ;;
+      --runtime-version=*) RUNTIME_VERSION=$(option_value "$1") ;;
+      --spot) SPOT=1 ;;
+      --queued) QUEUED=1 ;;
+      --config=*) CONFIG=$(option_value "$1") ;;
+      --workdir=*) WORKDIR=$(option_value "$1") ;;
+      --data-dir=*) DATA_DIR=$(option_value "$1") ;;
+      --data=*) DATA_MODE=$(option_value "$1") ;;
+      --python-version=*) PYTHON_VERSION=$(option_value "$1") ;;
+      --jax-version=*) JAX_VERSION=$(option_value "$1") ;;
+      --max-retries=*) MAX_RETRIES=$(option_value "$1") ;;
+      --retry-wait=*) RETRY_WAIT=$(option_value "$1") ;;
+      --keep) KEEP=1 ;;
+      --dry-run) DRY_RUN=1 ;;
+      --help | -h) usage; exit 0 ;;
+      --) shift; TRAINING_EXTRA_ARGS=("$@"); break ;;
+      *) die "unknown argument $1 (options are written --key=VALUE; see --help)" ;;
+    esac
+    shift
+  done
+  require NAME ZONE
+  [[ $COMMAND == @(run|resume-loop|all) ]] && require CONFIG WORKDIR
+  [[ $DATA_MODE == @(copy|mount) ]] || die "--data=$DATA_MODE: use copy or mount"
+  [[ $MAX_RETRIES =~ ^[0-9]+$ ]] || die "--max-retries=$MAX_RETRIES must be a whole number"
+  [[ $RETRY_WAIT =~ ^[0-9]+$ ]] || die "--retry-wait=$RETRY_WAIT must be a whole number of seconds"
+  [[ -n $RUNTIME_VERSION ]] || RUNTIME_VERSION=$(default_runtime_version "$ACCELERATOR_TYPE")
+}
+
+default_runtime_version() {
+  case $1 in
+    v4-*) echo tpu-ubuntu2204-base ;;
+    v5litepod-*) echo v2-alpha-tpuv5-lite ;;
+    v5p-*) echo v2-alpha-tpuv5 ;;
+    v6e-*) echo v2-alpha-tpuv6e ;;
+    *) die "no default runtime version for --accelerator-type=$1: pass --runtime-version" ;;
+  esac
+}
+
+# gcloud with this TPU's zone and project.
+tpu_gcloud() {
+  local scope=("--zone=$ZONE")
+  [[ -z $PROJECT ]] || scope+=("--project=$PROJECT")
+  run gcloud "$@" "${scope[@]}"
+}
+
+tpu_query() {
+  local dry_answer=$1 scope=("--zone=$ZONE")
+  shift
+  [[ -z $PROJECT ]] || scope+=("--project=$PROJECT")
+  query "$dry_answer" gcloud "$@" "${scope[@]}"
+}
+
+on_all_workers() {
+  tpu_gcloud compute tpus tpu-vm ssh "$NAME" --worker=all "--command=$1"
+}
+
+# READY, PREEMPTED, … or MISSING when the TPU cannot be described.
+tpu_state() {
+  tpu_query READY compute tpus tpu-vm describe "$NAME" '--format=value(state)' 2>/dev/null || echo MISSING
+}
+
+capacity_flags() {
+  if ((SPOT)); then echo --spot; fi
+}
+
+create_tpu() {
+  if ((QUEUED)); then
+    # shellcheck disable=SC2046  # capacity_flags prints zero or one word
+    tpu_gcloud compute tpus queued-resources create "$NAME" "--node-id=$NAME" \
+      "--accelerator-type=$ACCELERATOR_TYPE" "--runtime-version=$RUNTIME_VERSION" $(capacity_flags) &&
+      wait_until_active
+  else
+    # shellcheck disable=SC2046
+    tpu_gcloud compute tpus tpu-vm create "$NAME" "--accelerator-type=$ACCELERATOR_TYPE" \
+      "--version=$RUNTIME_VERSION" $(capacity_flags)
+  fi
+}
+
+wait_until_active() {
+  local state
+  while :; do
+    state=$(tpu_query ACTIVE compute tpus queued-resources describe "$NAME" '--format=value(state.state)')
+    case $state in
+      ACTIVE) return 0 ;;
+      FAILED | SUSPENDED) die "queued resource $NAME is $state: see gcloud compute tpus queued-resources describe $NAME --zone=$ZONE" ;;
+    esac
+    note "queued resource $NAME is ${state:-unknown}; waiting"
+    sleep 30
+  done
+}
+
+delete_tpu() {
+  if ((QUEUED)); then
+    tpu_gcloud compute tpus queued-resources delete "$NAME" --force --quiet
+  else
+    tpu_gcloud compute tpus tpu-vm delete "$NAME" --quiet
+  fi
+}
+
+bucket_of() {
+  local path=${1#gs://}
+  printf '%s' "${path%%/*}"
+}
+
+# Where a gs:// path appears on the workers (under its bucket's gcsfuse mount); other paths as-is.
+worker_path() {
+  if [[ $1 == gs://* ]]; then
+    printf '%s/gcs/%s' "$REMOTE_BASE" "${1#gs://}"
+  else
+    printf '%s' "$1"
+  fi
+}
+
+worker_data_dir() {
+  if [[ $DATA_DIR == gs://* && $DATA_MODE == copy ]]; then
+    printf '%s/tensorflow_datasets' "$REMOTE_BASE"
+  else
+    worker_path "$DATA_DIR"
+  fi
+}
+
+buckets_to_mount() {
+  [[ $WORKDIR != gs://* ]] || bucket_of "$WORKDIR"
+  echo
+  [[ $DATA_DIR != gs://* || $DATA_MODE != mount ]] || bucket_of "$DATA_DIR"
+  echo
+}
+
+source_archive() {
+  printf '%s/fer_jax_src_%s.tar.gz' "${TMPDIR:-/tmp}" "$NAME"
+}
+
+# The worker-side set-up, one shell line: source, venv, jax[tpu], mounts, data copy.
+setup_script() {
+  local jax="jax[tpu]" steps=() bucket mount
+  [[ -z $JAX_VERSION ]] || jax+="==$JAX_VERSION"
+  steps+=("rm -rf $REMOTE_BASE/src" "mkdir -p $REMOTE_BASE/src"
+    "tar -xzf \$HOME/fer_jax_src.tar.gz -C $REMOTE_BASE/src"
+    "python3 -m pip install --user --quiet uv"
+    "\$HOME/.local/bin/uv venv --allow-existing --python=$PYTHON_VERSION $REMOTE_BASE/venv"
+    "\$HOME/.local/bin/uv pip install --python=$REMOTE_PYTHON -e $REMOTE_BASE/src $(quote_word "$jax")")
+  local buckets
+  buckets=$(buckets_to_mount | sort -u)
+  if [[ -n $buckets ]]; then
+    steps+=("{ command -v gcsfuse >/dev/null || { curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null && echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; }; }")
+    for bucket in $buckets; do
+      mount=$REMOTE_BASE/gcs/$bucket
+      # Orbax renames each finished step's folder, which gcsfuse allows only under
+      # --rename-dir-limit; no metadata cache, so every worker sees the others' writes at once.
+      steps+=("mkdir -p $mount" "{ mountpoint -q $mount || gcsfuse --implicit-dirs --rename-dir-limit=200000 --metadata-cache-ttl-secs=0 $bucket $mount; }")
+    done
+  fi
+  if [[ $DATA_DIR == gs://* && $DATA_MODE == copy ]]; then
+    steps+=("mkdir -p $REMOTE_BASE/tensorflow_datasets"
+      "gcloud storage rsync --recursive $(quote_word "$DATA_DIR") $REMOTE_BASE/tensorflow_datasets")
+  fi
+  local line="" step
+  for step in "${steps[@]}"; do
+    line+="${line:+ && }$step"
+  done
+  printf '%s' "$line"
+}
+
+setup_workers() {
+  [[ -z $(git -C "$REPO_ROOT" status --porcelain --untracked-files=no) ]] ||
+    note "uncommitted changes are not copied: the workers get HEAD ($(git -C "$REPO_ROOT" rev-parse --short HEAD))"
+  run git -C "$REPO_ROOT" archive --format=tar.gz "--output=$(source_archive)" HEAD &&
+    tpu_gcloud compute tpus tpu-vm scp "$(source_archive)" "$NAME:fer_jax_src.tar.gz" --worker=all &&
+    on_all_workers "$(setup_script)"
+}
+
+# The worker-side training line: record the pid (for stop), prefix every line with the host name.
+run_script() {
+  training_command "$REMOTE_PYTHON" "$CONFIG" "$(worker_path "$WORKDIR")" "$(worker_data_dir)" --distributed
+  # shellcheck disable=SC2016  # $BASHPID and $(hostname) are the worker's
+  printf 'cd %s/src && set -o pipefail && (echo $BASHPID > %s && exec %s) 2>&1 | sed -u "s/^/[$(hostname)] /"' \
+    "$REMOTE_BASE" "$PID_FILE" "$(quote_command "${TRAINING_COMMAND[@]}")"
+}
+
+run_training() {
+  on_all_workers "$(run_script)"
+}
+
+stop_training() {
+  on_all_workers "kill -TERM \"\$(cat $PID_FILE 2>/dev/null)\" 2>/dev/null || true"
+}
+
+# Runs until training ends without a preemption, or the retries are spent; returns its status.
+resume_loop() {
+  local status retries=0 state
+  while :; do
+    status=0
+    run_training || status=$?
+    ((status)) || return 0
+    state=$(tpu_state)
+    if [[ $state == READY ]] && ((status != 75 && status != 255)); then
+      note "training failed with status $status on a READY TPU: not a preemption, not retried"
+      return "$status"
+    fi
+    if ((retries >= MAX_RETRIES)); then
+      note "status $status, TPU $state: no retries left (--max-retries=$MAX_RETRIES)"
+      return "$status"
+    fi
+    retries=$((retries + 1))
+    note "status $status, TPU $state: resuming from $WORKDIR (retry $retries of $MAX_RETRIES) in ${RETRY_WAIT} s"
+    sleep "$RETRY_WAIT"
+    if [[ $state == READY ]]; then
+      stop_training
+    else
+      delete_tpu || true
+      # A failure here (no capacity yet) only makes the next run fail and spend a retry.
+      { create_tpu && setup_workers; } || note "re-creating $NAME failed"
+    fi
+  done
+}
+
+all() {
+  local status=0
+  { create_tpu && setup_workers && resume_loop; } || status=$?
+  if ((KEEP)); then
+    note "--keep: $NAME is still running (delete it with: launch/tpu.sh delete --name=$NAME --zone=$ZONE)"
+  else
+    delete_tpu
+  fi
+  return "$status"
+}
+
+main() {
+  parse_args "$@"
+  case $COMMAND in
+    create) create_tpu ;;
+    setup) setup_workers ;;
+    run) run_training ;;
+    stop) stop_training ;;
+    resume-loop) resume_loop ;;
+    delete) delete_tpu ;;
+    all) all ;;
+  esac
+}
+
+main "$@"

