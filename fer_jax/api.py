@@ -20,6 +20,7 @@ import functools
 import importlib.util
 import json
 import os
+import warnings
 
 import jax
 import ml_collections
@@ -139,9 +140,11 @@ def read_photo(path: str) -> np.ndarray:
 def photo_size(path: str) -> tuple[int, int]:
   """(width, height) from the header; (1, 1) when it cannot be read (decoding then names the problem)."""
   try:
-    with Image.open(path) as image:
-      return image.size
-  except (OSError, ValueError, SyntaxError):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      with Image.open(path) as image:
+        return image.size
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
     return (1, 1)
 
 
