@@ -5,10 +5,11 @@ The cascade (Zhang et al. 2016): P-Net scans an image pyramid whose first level 
 non-maximum suppression, squared, cropped at 24×24 for R-Net, then at 48×48 for O-Net, each
 stage keeping the boxes over its threshold and moving them by the predicted offsets.
 
-The networks run jitted (fer_jax.face.networks). Shapes are bucketed so that photos of similar
-size and every frame of a video reuse the compiled programs: pyramid levels are padded to
-multiples of `LEVEL_BUCKET` pixels (cells whose window reaches into the padding are ignored) and
-the crops of a stage to a power of two. Resizing, cropping and suppression run on the host.
+The networks run jitted (fer_jax.face.networks), one call per stage. Shapes are bucketed so that
+photos of similar size and every frame of a video reuse the compiled programs: all pyramid levels
+are packed on one canvas (`pack_levels`) whose sides are multiples of `CANVAS_BUCKET` pixels, and
+the crops of a stage are padded to 64, 256, 1024, … Resizing, cropping and suppression run on
+the host.
 """
 
 import dataclasses
@@ -20,7 +21,7 @@ import numpy as np
 
 from fer_jax.face import networks
 
-LEVEL_BUCKET = 32
+CANVAS_BUCKET = 64
 CELL, STRIDE = 12, 2  # P-Net's window and step in pyramid pixels
 
 
@@ -93,8 +94,36 @@ def crop(image: np.ndarray, box, size: int) -> np.ndarray:
   return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
+# Compiled once per process and input shape, whichever Detector calls them.
+_PNET, _RNET, _ONET = jax.jit(networks.pnet), jax.jit(networks.rnet), jax.jit(networks.onet)
+
+
 def _bucket(count: int) -> int:
-  return max(16, 1 << (count - 1).bit_length())
+  """64, 256, 1024, …: crops per R-Net or O-Net call."""
+  bucket = 64
+  while bucket < count:
+    bucket *= 4
+  return bucket
+
+
+def _even(n: int) -> int:
+  return n + n % 2
+
+
+def pack_levels(shapes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+  """(top, left) of each pyramid level (height, width), largest first, on one canvas, and the
+  canvas's (height, width) rounded up to CANVAS_BUCKET: the first level at the top left, the odd
+  levels stacked in a column to its right, the others in a column right of that. Offsets are
+  even, so every level's cells lie on P-Net's stride-2 grid; as a cell sees exactly its 12×12
+  window, a cell whose window lies inside a level sees that level alone."""
+  widths = [_even(width) for _, width in shapes[:3]] + [0, 0]
+  lefts, heights, offsets = (0, widths[0], widths[0] + widths[1]), [0, 0, 0], []
+  for i, (height, _) in enumerate(shapes):
+    column = 0 if i == 0 else 2 - i % 2
+    offsets.append((heights[column], lefts[column]))
+    heights[column] += _even(height)
+  round_up = lambda n: -(-n // CANVAS_BUCKET) * CANVAS_BUCKET
+  return offsets, (round_up(max(heights)), round_up(sum(widths)))
 
 
 class Detector:
@@ -105,9 +134,9 @@ class Detector:
     self.min_face_size, self.thresholds, self.scale_factor = min_face_size, thresholds, scale_factor
     self.nms_level, self.nms_proposals, self.nms_refined, self.nms_final = nms
     weights = jax.device_put(networks.load_weights())
-    self._pnet = jax.jit(functools.partial(networks.pnet, weights["pnet"]))
-    self._rnet = jax.jit(functools.partial(networks.rnet, weights["rnet"]))
-    self._onet = jax.jit(functools.partial(networks.onet, weights["onet"]))
+    self._pnet = functools.partial(_PNET, weights["pnet"])
+    self._rnet = functools.partial(_RNET, weights["rnet"])
+    self._onet = functools.partial(_ONET, weights["onet"])
 
   def __call__(self, image: np.ndarray) -> list[Face]:
     if image.ndim == 2 or image.shape[-1] == 1:
@@ -125,22 +154,26 @@ class Detector:
 
   def _propose(self, normalized: np.ndarray) -> np.ndarray:
     height, width = normalized.shape[:2]
+    scales = pyramid_scales(height, width, self.min_face_size, self.scale_factor)
+    if not scales:
+      return np.zeros((0, 5), np.float32)
+    shapes = [(int(np.ceil(height * scale)), int(np.ceil(width * scale))) for scale in scales]
+    offsets, canvas_shape = pack_levels(shapes)
+    canvas = np.zeros((*canvas_shape, 3), np.float32)
+    for (top, left), (level_height, level_width) in zip(offsets, shapes):
+      canvas[top:top + level_height, left:left + level_width] = cv2.resize(
+          normalized, (level_width, level_height), interpolation=cv2.INTER_AREA)
+    probability, offsets_predicted = (np.asarray(a[0]) for a in self._pnet(canvas[None]))
     found = []
-    for scale in pyramid_scales(height, width, self.min_face_size, self.scale_factor):
-      level_height, level_width = int(np.ceil(height * scale)), int(np.ceil(width * scale))
-      level = cv2.resize(normalized, (level_width, level_height), interpolation=cv2.INTER_AREA)
-      padded = np.zeros((-(-level_height // LEVEL_BUCKET) * LEVEL_BUCKET, -(-level_width // LEVEL_BUCKET) * LEVEL_BUCKET, 3),
-                        np.float32)
-      padded[:level_height, :level_width] = level
-      probability, offsets = (np.asarray(a[0]) for a in self._pnet(padded[None]))
-      rows, columns = np.nonzero(probability > self.thresholds[0])
-      inside = (rows * STRIDE + CELL <= level_height) & (columns * STRIDE + CELL <= level_width)
-      rows, columns = rows[inside], columns[inside]
+    for scale, (top, left), (level_height, level_width) in zip(scales, offsets, shapes):
+      cells = (slice(top // STRIDE, (top + level_height - CELL) // STRIDE + 1),
+               slice(left // STRIDE, (left + level_width - CELL) // STRIDE + 1))
+      rows, columns = np.nonzero(probability[cells] > self.thresholds[0])
       if not len(rows):
         continue
       windows = np.stack([columns, rows, columns, rows], axis=1) * STRIDE + np.array([0, 0, CELL, CELL])
-      boxes = moved(windows / scale, offsets[rows, columns])
-      scores = probability[rows, columns]
+      boxes = moved(windows / scale, offsets_predicted[cells][rows, columns])
+      scores = probability[cells][rows, columns]
       kept = non_max_suppression(boxes, scores, self.nms_level)
       found.append(np.concatenate([boxes[kept], scores[kept, None]], axis=1))
     if not found:
