@@ -132,20 +132,35 @@ def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> "Model"
   return Model(_load_checkpoint(path, config, tta, batch_size))
 
 
+# EXIF orientation → the transposition that shows the photo upright (as PIL's ImageOps.exif_transpose).
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+EXIF_ORIENTATION = 0x0112
+
+
 def read_photo(path: str) -> np.ndarray:
-  """A photo at its own size, RGB uint8; `decode.UnreadableImageError` as for any input image."""
-  return decode.read_file(path, (*photo_size(path)[::-1], 3))
+  """A photo at its own size, upright (EXIF orientation applied), RGB uint8;
+  `decode.UnreadableImageError` as for any input image."""
+  (width, height), orientation = photo_header(path)
+  image = decode.read_file(path, (height, width, 3))
+  return np.asarray(Image.fromarray(image).transpose(UPRIGHT[orientation])) if orientation in UPRIGHT else image
 
 
 def photo_size(path: str) -> tuple[int, int]:
-  """(width, height) from the header; (1, 1) when it cannot be read (decoding then names the problem)."""
+  return photo_header(path)[0]
+
+
+def photo_header(path: str) -> tuple[tuple[int, int], int]:
+  """((width, height) as stored, EXIF orientation) from the header; ((1, 1), 1) when it cannot be
+  read (decoding then names the problem)."""
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", Image.DecompressionBombWarning)
       with Image.open(path) as image:
-        return image.size
+        return image.size, image.getexif().get(EXIF_ORIENTATION, 1)
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-    return (1, 1)
+    return (1, 1), 1
 
 
 def _as_rgb(photo) -> np.ndarray:

@@ -7,9 +7,9 @@
 --checkpoint is a training workdir, a converted checkpoint or a `fer_jax.export` folder.
 Face crops are decoded on the host at the stored size (`config.dataset.image_size`, else the
 model's input size) and go through the method's own test-time pipeline (`config.input.eval_pp`)
-on the device, in batches (one compiled step; the last batch is padded). With --tta the
-probabilities are the weighted mean of the softmax over that `fer_jax.tta` view set (the logits
-stay those of the image itself).
+on the device, in batches (the last one padded to a power of two, so few steps are compiled).
+With --tta the probabilities are the weighted mean of the softmax over that `fer_jax.tta` view
+set (the logits stay those of the image itself).
 
 Which inputs are photos: videos (.mp4 .avi .mov .mkv .webm .m4v, read with OpenCV) always; an
 image when --detect, or by default when it is not a face crop, i.e. not nearly square (sides
@@ -136,12 +136,18 @@ class Predictor:
     tta.weights(tta_name)  # an unknown name fails here, naming the valid ones
     self._forward = jax.jit(forward, in_shardings=(NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))))
 
+  def padded_size(self, count: int) -> int:
+    """The batch a step of `count` images runs at: the device count times a power of two, at most
+    `batch_size` (a photo's few faces do not pay for a full batch; few sizes are compiled)."""
+    devices = self.mesh.devices.size
+    return min(self.batch_size, devices * (1 << (-(-count // devices) - 1).bit_length()))
+
   def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, K], logits [N, K]) of uint8 images at `self.preprocess.shape`, float32."""
     probabilities, logits = [], []
     for start in range(0, len(images), self.batch_size):
       batch = np.stack(images[start:start + self.batch_size])
-      padded = np.concatenate([batch, np.zeros((self.batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
+      padded = np.concatenate([batch, np.zeros((self.padded_size(len(batch)) - len(batch), *batch.shape[1:]), batch.dtype)])
       batch_probabilities, batch_logits = jax.device_get(self._forward(self.variables, padded))
       probabilities.append(batch_probabilities[:len(batch)])
       logits.append(batch_logits[:len(batch)])

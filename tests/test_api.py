@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from matplotlib import cbook
 from PIL import Image
+from PIL import ImageOps
 import skimage.data
 
 import fer_jax
@@ -151,3 +152,14 @@ def test_a_video_is_read_every_stride_frames_tracked_smoothed_and_drawn(model, v
   assert [float(row["x1"]) for row in table] == pytest.approx([row["box"][0] for row in smoothed.rows], abs=0.05)
   centre_x = [np.mean([float(row[f"{point}_x"]) for point in predict.LANDMARKS]) for row in table]
   assert centre_x[2] - centre_x[0] == pytest.approx(16, abs=3)  # the face moved 4 px a frame
+
+
+def test_photos_are_read_upright_as_their_exif_orientation_says(tmp_path):
+  photo = Image.open(HOPPER).convert("RGB").resize((64, 75))
+  for orientation in range(1, 9):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"oriented_{orientation}.jpg"
+    photo.save(path, exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    np.testing.assert_array_equal(api.read_photo(str(path)), expected)
