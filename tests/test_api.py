@@ -66,6 +66,7 @@ def crops(config):
   return [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)]
 
 
+@pytest.mark.integration  # compiles the model (and the detector)
 def test_a_workdir_loads_without_a_config_and_predicts_crops_like_the_model(model, config, variables):
   assert model.class_names == ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
   images = crops(config)
@@ -76,6 +77,7 @@ def test_a_workdir_loads_without_a_config_and_predicts_crops_like_the_model(mode
   assert [p.label for p in predictions] == [model.class_names[i] for i in got.argmax(axis=1)]
 
 
+@pytest.mark.integration  # compiles the model (and the detector)
 def test_an_export_folder_loads_and_predicts_as_its_checkpoint(model, config, variables, tmp_path):
   folder = tmp_path / "exported"
   export.export(config, jax.device_get(variables), str(folder), platforms=("cpu",))
@@ -92,6 +94,7 @@ def test_crops_and_photos_are_told_apart_by_shape_and_size(model):
   assert not model.is_face_crop(129, 129) and not model.is_face_crop(512, 600) and not model.is_face_crop(120, 60)
 
 
+@pytest.mark.integration  # compiles the model (and the detector)
 def test_a_photos_face_is_found_aligned_and_classified(model):
   results = model.detect_and_predict(HOPPER)
   assert len(results) == 1 and isinstance(results[0], api.FaceResult)
@@ -105,6 +108,7 @@ def test_a_photos_face_is_found_aligned_and_classified(model):
   assert sum(face.prediction.probabilities.values()) == pytest.approx(1, abs=1e-5)
 
 
+@pytest.mark.integration  # compiles the model (and the detector)
 def test_a_face_below_the_minimum_score_is_returned_with_the_reason(model):
   astronaut = skimage.data.astronaut()
   results = model.detect_and_predict(astronaut)  # MTCNN scores a patch of the suit's collar 0.85
@@ -129,6 +133,7 @@ def video(tmp_path_factory):
   return path
 
 
+@pytest.mark.integration  # compiles the model (and the detector)
 def test_a_video_is_read_every_stride_frames_tracked_smoothed_and_drawn(model, video, tmp_path):
   root = os.path.dirname(video)
   plain = predict.predict_inputs(model, [video], root, None, 24, 0.9, stride=2)
