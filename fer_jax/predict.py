@@ -147,7 +147,8 @@ class Predictor:
     probabilities, logits = [], []
     for start in range(0, len(images), self.batch_size):
       batch = np.stack(images[start:start + self.batch_size])
-      padded = np.concatenate([batch, np.zeros((self.padded_size(len(batch)) - len(batch), *batch.shape[1:]), batch.dtype)])
+      padding = np.zeros((self.padded_size(len(batch)) - len(batch), *batch.shape[1:]), batch.dtype)
+      padded = np.concatenate([batch, padding])
       batch_probabilities, batch_logits = jax.device_get(self._forward(self.variables, padded))
       probabilities.append(batch_probabilities[:len(batch)])
       logits.append(batch_logits[:len(batch)])
@@ -201,24 +202,25 @@ class FacePredictions:
     try:
       crop = self.model.predictor.preprocess.read(path)
     except decode.UnreadableImageError as error:
-      return self._skip(path, error)
+      return self.skip(path, error)
     self._push(_Frame(path, None, [{"image": path}], [crop]))
 
   def add_photo(self, path: str, name: str) -> None:
     try:
       image = api.read_photo(path)
     except decode.UnreadableImageError as error:
-      return self._skip(path, error)
+      return self.skip(path, error)
     self.add_frame(path, image, None, name)
 
   def add_frame(self, source: str, image: np.ndarray, time: float | None, name: str) -> None:
     found, crops, reasons = self.model.faces(image, self.min_face_size, self.min_score)
-    rows = [{"image": source, "time": time, "face": i, "box": list(face.box), "landmarks": [list(p) for p in face.landmarks],
-             "score": face.score, "skipped": reason} for i, (face, reason) in enumerate(zip(found, reasons))]
+    rows = [{"image": source, "time": time, "face": i, "box": list(face.box),
+             "landmarks": [list(point) for point in face.landmarks], "score": face.score, "skipped": reason}
+            for i, (face, reason) in enumerate(zip(found, reasons))]
     self.faces_skipped += sum(bool(reason) for reason in reasons)
     self._push(_Frame(source, image if self.annotate else None, rows, [c for c in crops if c is not None], name))
 
-  def _skip(self, path: str, error: Exception) -> None:
+  def skip(self, path: str, error: Exception) -> None:
     logging.warning("Skipping unreadable image: %s", error)
     self.skipped.append((path, str(error)))
 
@@ -234,7 +236,7 @@ class FacePredictions:
       for row in frame.rows:
         if not row.get("skipped"):
           _fill(row, next(predictions))
-      if frame.rows and "time" in frame.rows[0] and frame.rows[0]["time"] is not None and self.smooth:
+      if self.smooth and frame.rows and frame.rows[0].get("time") is not None:
         self._tracks.smooth(frame.source, frame.rows, self.smooth, self.model.class_names)
       if frame.image is not None:
         draw_faces(frame.image, frame.rows, os.path.join(self.annotate, frame.name))
@@ -242,7 +244,7 @@ class FacePredictions:
     self._queue = []
 
 
-def _fill(row: dict, prediction: "api.Prediction") -> None:
+def _fill(row: dict, prediction: api.Prediction) -> None:
   row.update(prediction=prediction.label, confidence=prediction.confidence,
              probabilities=prediction.probabilities, logits=prediction.logits)
 
@@ -262,7 +264,8 @@ class _Tracks:
     classified = [row for row in rows if not row["skipped"]]
     current = [None] * len(classified)
     if classified and self.previous:
-      overlaps = detector.iou_matrix(np.array([r["box"] for r in classified]), np.array([b for _, b, _ in self.previous]))
+      boxes_now, boxes_before = np.array([r["box"] for r in classified]), np.array([b for _, b, _ in self.previous])
+      overlaps = detector.iou_matrix(boxes_now, boxes_before)
       for flat in np.argsort(-overlaps, axis=None):
         i, j = np.unravel_index(flat, overlaps.shape)
         if overlaps[i, j] <= self.TRACK_IOU:
@@ -349,7 +352,7 @@ def _add_video(results: FacePredictions, path: str, name: str, stride: int) -> N
   try:
     frames, count = video_frames(path, stride)
   except decode.UnreadableImageError as error:
-    return results._skip(path, error)  # pylint: disable=protected-access
+    return results.skip(path, error)
   for index, time, frame in progress(frames, os.path.basename(path), -(-count // stride) or None):
     results.add_frame(path, frame, time, os.path.join(name, f"frame_{index:06d}.png"))
 

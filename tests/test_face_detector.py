@@ -147,7 +147,8 @@ def test_every_face_of_a_group_photo_is_found(detect):
   """Three photos side by side at known places and scales: each face where its photo's face went."""
   canvas = np.full((420, 900, 3), 200, np.uint8)
   expected = []
-  for name, left, top, scale in (("grace_hopper", 10, 20, 0.6), ("astronaut", 330, 50, 0.7), ("grace_hopper", 680, 100, 0.4)):
+  placements = (("grace_hopper", 10, 20, 0.6), ("astronaut", 330, 50, 0.7), ("grace_hopper", 680, 100, 0.4))
+  for name, left, top, scale in placements:
     image = photo(name)
     small = np.asarray(Image.fromarray(image).resize((round(image.shape[1] * scale), round(image.shape[0] * scale)),
                                                      Image.BILINEAR))

@@ -56,8 +56,10 @@ def iou_matrix(boxes: np.ndarray, others: np.ndarray, over_smaller: bool = False
   return intersection / np.maximum(denominator, 1e-9)
 
 
-def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, threshold: float, over_smaller: bool = False) -> np.ndarray:
-  """Indices of the boxes kept, best first: each suppresses the lower-scored ones overlapping it more than `threshold`."""
+def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, threshold: float,
+                        over_smaller: bool = False) -> np.ndarray:
+  """Indices of the boxes kept, best first: each suppresses the lower-scored ones overlapping it
+  more than `threshold`."""
   order = np.argsort(-scores, kind="stable")
   overlaps = iou_matrix(boxes[order], boxes[order], over_smaller)
   kept, suppressed = [], np.zeros(len(order), bool)
