@@ -51,7 +51,7 @@ def workdir(config, variables, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(workdir):
-  return fer_jax.load(str(workdir), batch_size=8)
+  return fer_jax.load(str(workdir), batch_size=1)  # one compiled step for every test
 
 
 def reference_probabilities(config, variables, images) -> np.ndarray:
