@@ -1,6 +1,9 @@
 """fer_jax.face.detector and networks: MTCNN's P/R/O-Net against a PyTorch re-implementation from
 the same weight files, the whole cascade against the mtcnn package's own (TensorFlow) results,
-and real photos: every face found where it is, nothing found where there is none."""
+and real photos: every face found where it is, nothing found where there is none.
+
+Once, outside the suite (TensorFlow 2.21, mtcnn 1.0.0), our three networks matched the mtcnn
+package's Keras models within 3e-7 on random inputs; the PyTorch model here pins that."""
 
 import jax
 import numpy as np

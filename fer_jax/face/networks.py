@@ -13,6 +13,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import joblib
 import numpy as np
 
 from fer_jax.errors import UserError
@@ -49,7 +50,6 @@ def weights_folder() -> str:
 
 def load_network(name: str) -> dict:
   """{layer: {"kernel"/"bias"/"alpha": array}} of one network, from the pinned wheel's file."""
-  import joblib  # pylint: disable=import-outside-toplevel  (only face detection needs it)
   path = os.path.join(weights_folder(), f"{name}.lz4")
   with open(path, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
