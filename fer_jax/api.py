@@ -23,6 +23,7 @@ import os
 import warnings
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -107,8 +108,14 @@ def _load_export(path: str, tta_name: str, batch_size: int) -> predict.Predictor
     exported = jax.export.deserialize(f.read())
   variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), export.VARIABLES))
   fixed_batch = info["batch_size"] if isinstance(info["batch_size"], int) else 0
-  return predict.Predictor(config, variables, tta_name, fixed_batch or batch_size,
-                           logits_fn=lambda v, x: exported.call(v, x)["logits"])
+
+  def logits(variables, images):
+    if not fixed_batch:
+      return exported.call(variables, images)["logits"]
+    padding = [(0, fixed_batch - images.shape[0])] + [(0, 0)] * (images.ndim - 1)  # the program's one batch size
+    return exported.call(variables, jnp.pad(images, padding))["logits"][:images.shape[0]]
+
+  return predict.Predictor(config, variables, tta_name, fixed_batch or batch_size, logits_fn=logits)
 
 
 def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> predict.Predictor:
@@ -122,7 +129,7 @@ def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> predi
   return predict.Predictor(config, variables, tta_name or config.eval.tta, batch_size)
 
 
-def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> "Model":
+def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> Model:
   """The model at `path`; `config` a ConfigDict or "configs/<method>.py:<dataset>" (checkpoints only)."""
   path = os.path.expanduser(path)
   if isinstance(config, str):

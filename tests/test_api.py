@@ -78,10 +78,11 @@ def test_a_workdir_loads_without_a_config_and_predicts_crops_like_the_model(mode
 
 
 @pytest.mark.integration  # compiles the model (and the detector)
-def test_an_export_folder_loads_and_predicts_as_its_checkpoint(model, config, variables, tmp_path):
+@pytest.mark.parametrize("batch_size", [None, 4], ids=["any_batch", "fixed_batch"])
+def test_an_export_folder_loads_and_predicts_as_its_checkpoint(model, config, variables, batch_size, tmp_path):
   folder = tmp_path / "exported"
-  export.export(config, jax.device_get(variables), str(folder), platforms=("cpu",))
-  exported = fer_jax.load(str(folder), batch_size=8)
+  export.export(config, jax.device_get(variables), str(folder), batch_size, platforms=("cpu",))
+  exported = fer_jax.load(str(folder), batch_size=8)  # a fixed batch of 4 pads 2 crops to 4
   assert exported.class_names == model.class_names
   images = crops(config)
   got = np.array([[p.probabilities[c] for c in model.class_names] for p in exported.predict(images)])
