@@ -1,1 +1,9 @@
-"""fer_jax: faithful JAX/Flax reimplementations of four facial expression recognition methods."""
+"""fer_jax: faithful JAX/Flax reimplementations of four facial expression recognition methods.
+
+`fer_jax.load(path)` returns a model to classify faces with (see fer_jax.api)."""
+
+
+def load(path: str, config=None, tta: str = "", batch_size: int = 64):
+  """A trained, converted or exported model at `path` as a `fer_jax.api.Model`."""
+  from fer_jax import api  # pylint: disable=import-outside-toplevel  (importing fer_jax stays light)
+  return api.load(path, config=config, tta=tta, batch_size=batch_size)

@@ -1,22 +1,41 @@
-"""Class probabilities for face images with a trained or converted checkpoint.
+"""Class probabilities for face crops, and for the faces in photos and videos.
 
   python -m fer_jax.predict --config=configs/dan.py:rafdb --checkpoint=DIR \
-      --input=IMAGE_OR_FOLDER --output=preds.csv [--tta=flip] [--batch_size=64]
+      --input=IMAGE_VIDEO_OR_FOLDER --output=preds.csv [--tta=flip] [--batch_size=64] \
+      [--detect | --nodetect] [--annotate=DIR] [--stride=N] [--smooth=0.6]
 
-Each image is decoded on the host at the stored size (`config.dataset.image_size`, else the model's
-input size) and goes through the method's own test-time pipeline (`config.input.eval_pp`) on the
-device, in batches (one compiled step; the last batch is padded). A folder is searched
-recursively for image files. Per image the output holds the top class, its probability, the
-probability of every class (named in the config's class order) and the logits; `.csv` or
-`.json` by the output's extension. With `--tta` the probabilities are the weighted mean of the
-softmax over that `fer_jax.tta` view set (the logits stay those of the image itself).
-Unreadable images (not an image, corrupt, truncated, unreadable, a symbolic-link loop, or a header
-claiming more than `fer_jax.data.decode.MAX_IMAGE_PIXELS`) are reported by name, skipped and
-counted. A missing or empty --input, or an --output that could not be written, fails before the
-model is loaded.
+--checkpoint is a training workdir, a converted checkpoint or a `fer_jax.export` folder.
+Face crops are decoded on the host at the stored size (`config.dataset.image_size`, else the
+model's input size) and go through the method's own test-time pipeline (`config.input.eval_pp`)
+on the device, in batches (the last one padded to a power of two, so few steps are compiled).
+With --tta the probabilities are the weighted mean of the softmax over that `fer_jax.tta` view
+set (the logits stay those of the image itself).
+
+Which inputs are photos: videos (.mp4 .avi .mov .mkv .webm .m4v, read with OpenCV) always; an
+image when --detect, or by default when it is not a face crop, i.e. not nearly square (sides
+within 25 %) or larger than twice the stored side (at least 128 px). In a photo or every
+--stride-th frame, MTCNN (`fer_jax.face`) finds each face with five landmarks; the face is
+cropped as the config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned, others a
+box with a margin; grey 48×48 for FER2013-style inputs) and classified. Faces smaller than
+--min_face_size or scored below --min_score are written unclassified, with the reason.
+--smooth=W (video) follows faces from frame to frame by box overlap and averages each track's
+probabilities over time (p ← W·p_before + (1 − W)·p_now). --annotate writes every photo and
+processed frame with its boxes, landmarks and labels drawn, as PNGs.
+
+Per crop or face the output holds the top class, its probability, the probability of every
+class (named in the config's class order) and the logits; for faces also the frame's time, the
+face's index (left to right), track, box, landmarks, detection score and why it was skipped;
+`.csv` or `.json` by the output's extension. A folder is searched recursively for images and
+videos. Unreadable inputs (not an image, corrupt, truncated, unreadable, a symbolic-link loop, or
+a header claiming more than `fer_jax.data.decode.MAX_IMAGE_PIXELS`) are reported by name, skipped
+and counted. A missing or empty --input, or an --output that could not be written, fails before
+the model is loaded.
 """
 
+from __future__ import annotations  # fer_jax.api imports this module
+
 import csv
+import dataclasses
 import json
 import os
 
@@ -25,24 +44,31 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import cv2
+from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageFont
+import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fer_jax import api
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import tta
-from fer_jax import validation
 from fer_jax.data import decode
 from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
+from fer_jax.face import detector
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
-def list_images(path: str) -> list[str]:
-  """The image itself, or every image file under a folder, sorted; a UserError if there is none.
+def list_images(path: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
+  """The file itself, or every file with one of `extensions` under a folder, sorted; a UserError if there is none.
 
   Folder symlinks are not followed (a link to a parent folder cannot loop); unreadable folders
   are warned about and skipped."""
@@ -53,9 +79,9 @@ def list_images(path: str) -> list[str]:
   if not os.path.isdir(path):
     raise UserError(f"--input={path} is neither a file nor a folder: pass an image file or a folder of images.")
   found = sorted(os.path.join(root, name) for root, _, names in os.walk(path, onerror=_warn_unreadable_folder)
-                 for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+                 for name in names if name.lower().endswith(extensions))
   if not found:
-    raise UserError(f"No image file under --input={path} (searched recursively for {', '.join(IMAGE_EXTENSIONS)}): "
+    raise UserError(f"No image file under --input={path} (searched recursively for {', '.join(extensions)}): "
                     f"pass a folder that holds images with one of these extensions, or one image file.")
   return found
 
@@ -86,7 +112,8 @@ def check_output(path: str) -> None:
 class Predictor:
   """Preprocessing and a jitted, data-parallel forward pass for one config and checkpoint."""
 
-  def __init__(self, config, variables: dict, tta_name: str = "none", batch_size: int = 64):
+  def __init__(self, config, variables: dict, tta_name: str = "none", batch_size: int = 64, logits_fn=None):
+    """`logits_fn(variables, images)`: the model's logits; default the config's model (an export passes its program)."""
     self.config = config
     self.class_names = labels.class_names(config.dataset.class_order)
     self.preprocess = pipeline.FilePreprocessor(config)
@@ -94,25 +121,34 @@ class Predictor:
     devices = self.mesh.devices.size
     self.batch_size = -(-batch_size // devices) * devices
     self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
-    model = models.build_model(config)
+    if logits_fn is None:
+      model = models.build_model(config)
+      logits_fn = lambda v, x: model.apply(v, x, train=False)["logits"]
 
     def forward(variables, images):
       images = self.preprocess(images)
-      logits_fn = lambda x: model.apply(variables, x, train=False)["logits"].astype(jnp.float32)
-      logits = logits_fn(images)
+      model_logits = lambda x: logits_fn(variables, x).astype(jnp.float32)
+      logits = model_logits(images)
       probabilities = (jax.nn.softmax(logits, axis=-1) if tta_name == "none"
-                       else tta.predict(tta_name, logits_fn, images))
+                       else tta.predict(tta_name, model_logits, images))
       return probabilities, logits
 
     tta.weights(tta_name)  # an unknown name fails here, naming the valid ones
     self._forward = jax.jit(forward, in_shardings=(NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))))
+
+  def padded_size(self, count: int) -> int:
+    """The batch a step of `count` images runs at: the device count times a power of two, at most
+    `batch_size` (a photo's few faces do not pay for a full batch; few sizes are compiled)."""
+    devices = self.mesh.devices.size
+    return min(self.batch_size, devices * (1 << (-(-count // devices) - 1).bit_length()))
 
   def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, K], logits [N, K]) of uint8 images at `self.preprocess.shape`, float32."""
     probabilities, logits = [], []
     for start in range(0, len(images), self.batch_size):
       batch = np.stack(images[start:start + self.batch_size])
-      padded = np.concatenate([batch, np.zeros((self.batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
+      padding = np.zeros((self.padded_size(len(batch)) - len(batch), *batch.shape[1:]), batch.dtype)
+      padded = np.concatenate([batch, padding])
       batch_probabilities, batch_logits = jax.device_get(self._forward(self.variables, padded))
       probabilities.append(batch_probabilities[:len(batch)])
       logits.append(batch_logits[:len(batch)])
@@ -138,37 +174,229 @@ def no_readable_image(where: str, skipped: list[tuple[str, str]]) -> UserError:
   return UserError(f"No readable image {where}: {detail}")
 
 
-def predict_files(predictor: Predictor, paths: list[str]) -> tuple[list[dict], list[tuple[str, str]]]:
-  """Rows {image, prediction, confidence, probabilities, logits} and the (path, reason) skipped."""
-  inputs, readable, skipped = read_images(predictor.preprocess, paths)
-  if not inputs:
-    return [], skipped
-  probabilities, logits = predictor(inputs)
-  rows = []
-  for path, probs, row_logits in zip(readable, probabilities, logits):
-    top = int(np.argmax(probs))
-    rows.append({"image": path, "prediction": predictor.class_names[top], "confidence": float(probs[top]),
-                 "probabilities": dict(zip(predictor.class_names, map(float, probs))),
-                 "logits": dict(zip(predictor.class_names, map(float, row_logits)))})
-  return rows, skipped
+@dataclasses.dataclass
+class _Frame:
+  """One photo or video frame (or a face crop) waiting for its faces to be classified."""
+  source: str
+  image: np.ndarray | None          # the photo, kept only to annotate it
+  rows: list[dict]
+  crops: list[np.ndarray]           # one per row whose "skipped" is empty, in order
+  name: str = ""                    # the annotated file's name
+
+
+class FacePredictions:
+  """Rows of predictions for face crops, photos and video frames, classified in device-sized batches.
+
+  `add_*` queue a crop or a photo's faces; every `batch_size` queued crops (or 16 queued photos
+  when annotating) are classified, smoothed over each video's face tracks, drawn, and appended to
+  `rows`, in input order."""
+
+  def __init__(self, model: api.Model, min_face_size: float, min_score: float, smooth: float = 0.0,
+               annotate: str = ""):
+    self.model, self.min_face_size, self.min_score = model, min_face_size, min_score
+    self.smooth, self.annotate = smooth, annotate
+    self.rows, self.skipped, self.faces_skipped = [], [], 0
+    self._queue, self._tracks = [], _Tracks()
+
+  def add_crop(self, path: str) -> None:
+    try:
+      crop = self.model.predictor.preprocess.read(path)
+    except decode.UnreadableImageError as error:
+      return self.skip(path, error)
+    self._push(_Frame(path, None, [{"image": path}], [crop]))
+
+  def add_photo(self, path: str, name: str) -> None:
+    try:
+      image = api.read_photo(path)
+    except decode.UnreadableImageError as error:
+      return self.skip(path, error)
+    self.add_frame(path, image, None, name)
+
+  def add_frame(self, source: str, image: np.ndarray, time: float | None, name: str) -> None:
+    found, crops, reasons = self.model.faces(image, self.min_face_size, self.min_score)
+    rows = [{"image": source, "time": time, "face": i, "box": list(face.box),
+             "landmarks": [list(point) for point in face.landmarks], "score": face.score, "skipped": reason}
+            for i, (face, reason) in enumerate(zip(found, reasons))]
+    self.faces_skipped += sum(bool(reason) for reason in reasons)
+    self._push(_Frame(source, image if self.annotate else None, rows, [c for c in crops if c is not None], name))
+
+  def skip(self, path: str, error: Exception) -> None:
+    logging.warning("Skipping unreadable image: %s", error)
+    self.skipped.append((path, str(error)))
+
+  def _push(self, frame: _Frame) -> None:
+    self._queue.append(frame)
+    queued = sum(len(f.crops) for f in self._queue)
+    if queued >= self.model.predictor.batch_size or (self.annotate and len(self._queue) >= 16):
+      self.flush()
+
+  def flush(self) -> None:
+    predictions = iter(self.model.classify([crop for frame in self._queue for crop in frame.crops]))
+    for frame in self._queue:
+      for row in frame.rows:
+        if not row.get("skipped"):
+          _fill(row, next(predictions))
+      if self.smooth and frame.rows and frame.rows[0].get("time") is not None:
+        self._tracks.smooth(frame.source, frame.rows, self.smooth, self.model.class_names)
+      if frame.image is not None:
+        draw_faces(frame.image, frame.rows, os.path.join(self.annotate, frame.name))
+      self.rows.extend(frame.rows)
+    self._queue = []
+
+
+def _fill(row: dict, prediction: api.Prediction) -> None:
+  row.update(prediction=prediction.label, confidence=prediction.confidence,
+             probabilities=prediction.probabilities, logits=prediction.logits)
+
+
+class _Tracks:
+  """Faces of consecutive processed frames of one video matched by box overlap (greedy, best
+  IoU first, over TRACK_IOU); each track's probabilities are an exponential moving average."""
+
+  TRACK_IOU = 0.3
+
+  def __init__(self):
+    self.video, self.previous, self.next_id = None, [], 0
+
+  def smooth(self, video: str, rows: list[dict], weight: float, class_names) -> None:
+    if video != self.video:
+      self.video, self.previous = video, []
+    classified = [row for row in rows if not row["skipped"]]
+    current = [None] * len(classified)
+    if classified and self.previous:
+      boxes_now, boxes_before = np.array([r["box"] for r in classified]), np.array([b for _, b, _ in self.previous])
+      overlaps = detector.iou_matrix(boxes_now, boxes_before)
+      for flat in np.argsort(-overlaps, axis=None):
+        i, j = np.unravel_index(flat, overlaps.shape)
+        if overlaps[i, j] <= self.TRACK_IOU:
+          break
+        if current[i] is None and all(c is None or c[0] != self.previous[j][0] for c in current):
+          current[i] = self.previous[j]
+    tracks = []
+    for row, match in zip(classified, current):
+      probabilities = np.array([row["probabilities"][c] for c in class_names])
+      if match is None:
+        track, self.next_id = self.next_id, self.next_id + 1
+      else:
+        track, probabilities = match[0], weight * match[2] + (1 - weight) * probabilities
+      top = int(np.argmax(probabilities))
+      row.update(track=track, prediction=class_names[top], confidence=float(probabilities[top]),
+                 probabilities=dict(zip(class_names, map(float, probabilities))))
+      tracks.append((track, row["box"], probabilities))
+    self.previous = tracks
+
+
+def draw_faces(image: np.ndarray, rows: list[dict], path: str) -> None:
+  """The photo with each face's box, landmarks and label (or why it was skipped), as a PNG."""
+  picture = Image.fromarray(image)
+  pen = ImageDraw.Draw(picture)
+  width = max(2, round(max(image.shape[:2]) / 300))
+  font = ImageFont.load_default(size=6 * width + 4)
+  for row in rows:
+    colour = (160, 160, 160) if row["skipped"] else (0, 220, 0)
+    x1, y1, x2, y2 = row["box"]
+    pen.rectangle((x1, y1, x2, y2), outline=colour, width=width)
+    for x, y in row["landmarks"]:
+      pen.ellipse((x - width, y - width, x + width, y + width), fill=(255, 60, 60))
+    label = f"{row['prediction']} {row['confidence']:.2f}" if not row["skipped"] else "skipped"
+    left, top, right, bottom = pen.textbbox((x1, y1), label, font=font, anchor="lb")
+    pen.rectangle((left, top - width, right + 2 * width, bottom), fill=colour)
+    pen.text((x1 + width, y1), label, fill=(0, 0, 0), font=font, anchor="lb")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  picture.save(path)
+
+
+def video_frames(path: str, stride: int):
+  """(frame index, time in seconds, RGB frame) of every `stride`-th frame; the frame count (0 if unknown)."""
+  capture = cv2.VideoCapture(path)
+  if not capture.isOpened():
+    raise decode.UnreadableImageError(f"{path} cannot be opened as a video by OpenCV: replace it with an MP4 or AVI "
+                                      "file, or remove it.")
+  fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+  count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+
+  def frames():
+    index = 0
+    try:
+      while True:
+        ok, frame = capture.read()
+        if not ok:
+          return
+        if index % stride == 0:
+          yield index, index / fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        index += 1
+    finally:
+      capture.release()
+
+  return frames(), count
+
+
+def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool | None, min_face_size: float,
+                   min_score: float, stride: int = 1, smooth: float = 0.0, annotate: str = "") -> FacePredictions:
+  """Every input (face crop, photo or video under `root`) through the model. `detect` None:
+  videos always, photos unless `model.is_face_crop` (nearly square and small); True/False: always/never."""
+  results = FacePredictions(model, min_face_size, min_score, smooth, annotate)
+  for path in progress(paths, "inputs"):
+    name = os.path.splitext(os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path))[0]
+    if path.lower().endswith(VIDEO_EXTENSIONS) and detect is not False:
+      _add_video(results, path, name, stride)
+    elif detect is False or (detect is None and model.is_face_crop(*api.photo_size(path))):
+      results.add_crop(path)
+    else:
+      results.add_photo(path, name + ".png")
+  results.flush()
+  return results
+
+
+def _add_video(results: FacePredictions, path: str, name: str, stride: int) -> None:
+  try:
+    frames, count = video_frames(path, stride)
+  except decode.UnreadableImageError as error:
+    return results.skip(path, error)
+  for index, time, frame in progress(frames, os.path.basename(path), -(-count // stride) or None):
+    results.add_frame(path, frame, time, os.path.join(name, f"frame_{index:06d}.png"))
+
+
+def progress(items, what: str, total: int | None = None):
+  """A progress bar with the rate and time left on a terminal; nothing otherwise."""
+  return tqdm.tqdm(items, desc=what, total=total, disable=None, leave=False)
+
+
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
 def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_names, path: str) -> None:
-  """CSV (one row per image: image, prediction, confidence, p_<class>…, logit_<class>…) or JSON."""
+  """CSV (one row per crop or face) or JSON. Crops: image, prediction, confidence, p_<class>…,
+  logit_<class>…; with detected faces also time (video frames, seconds), face, track, box,
+  landmarks, score and skipped (why a face was not classified) after the image."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if path.lower().endswith(".json"):
     with open(path, "w") as f:
       json.dump({"class_names": list(class_names), "predictions": rows,
                  "skipped": [{"image": image, "error": error} for image, error in skipped]}, f, indent=2)
     return
+  detected = any("face" in row for row in rows)
+  face_columns = ["time", "face", "track", "x1", "y1", "x2", "y2",
+                  *(f"{p}_{axis}" for p in LANDMARKS for axis in "xy"), "score", "skipped"] if detected else []
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["image", "prediction", "confidence", *(f"p_{c}" for c in class_names),
+    writer.writerow(["image", *face_columns, "prediction", "confidence", *(f"p_{c}" for c in class_names),
                      *(f"logit_{c}" for c in class_names)])
     for row in rows:
-      writer.writerow([row["image"], row["prediction"], f"{row['confidence']:.6f}",
-                       *(f"{row['probabilities'][c]:.6f}" for c in class_names),
-                       *(f"{row['logits'][c]:.6f}" for c in class_names)])
+      classified = "prediction" in row
+      writer.writerow([row["image"], *(_face_fields(row) if detected else []),
+                       row.get("prediction", ""), f"{row['confidence']:.6f}" if classified else "",
+                       *(f"{row['probabilities'][c]:.6f}" if classified else "" for c in class_names),
+                       *(f"{row['logits'][c]:.6f}" if classified else "" for c in class_names)])
+
+
+def _face_fields(row: dict) -> list:
+  if "face" not in row:
+    return [""] * 19
+  time = "" if row["time"] is None else f"{row['time']:.3f}"
+  points = [f"{v:.1f}" for point in row["landmarks"] for v in point]
+  return [time, row["face"], row.get("track", ""), *(f"{v:.1f}" for v in row["box"]), *points,
+          f"{row['score']:.4f}", row["skipped"]]
 
 
 def define_flags() -> None:
@@ -179,6 +407,14 @@ def define_flags() -> None:
   flags.DEFINE_string("output", None, "Where to write the predictions: .csv or .json.")
   flags.DEFINE_enum("tta", None, list(tta.NAMES), "Test-time augmentation; default: config.eval.tta.")
   flags.DEFINE_integer("batch_size", 64, "Images per device step (rounded up to the device count).")
+  flags.DEFINE_bool("detect", None, "Find faces in every image (--nodetect: images are face crops); "
+                    "default: videos and images that are not face crops (see the module's docstring).")
+  flags.DEFINE_float("min_face_size", api.MIN_FACE_SIZE, "Faces with a shorter box side (pixels) are not classified.")
+  flags.DEFINE_float("min_score", api.MIN_SCORE, "Faces with a lower detection score are not classified.")
+  flags.DEFINE_integer("stride", 1, "Videos: every N-th frame.", lower_bound=1)
+  flags.DEFINE_float("smooth", 0.0, "Videos: weight of the past in each face track's moving average (0 = off).",
+                     lower_bound=0.0, upper_bound=0.99)
+  flags.DEFINE_string("annotate", "", "Folder to write the photos and frames to, with faces drawn and labelled.")
   flags.mark_flags_as_required(["config", "checkpoint", "input", "output"])
 
 
@@ -187,18 +423,19 @@ def main(argv):
     raise UserError(f"Unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
   check_output(args.output)
-  paths = list_images(args.input)
-  config = args.config
-  validation.validate(config, training=False)
-  model = models.build_model(config)
-  variables = models.load_trained_variables(config, model, args.checkpoint)
-  predictor = Predictor(config, variables, args.tta or config.eval.tta, args.batch_size)
-  rows, skipped = predict_files(predictor, paths)
-  write_predictions(rows, skipped, predictor.class_names, args.output)
-  logging.info("Wrote %d predictions to %s; skipped %d unreadable of %d images%s", len(rows), args.output,
-               len(skipped), len(paths), (": " + ", ".join(p for p, _ in skipped)) if skipped else "")
-  if not rows:
-    raise no_readable_image(f"under --input={args.input}", skipped)
+  paths = list_images(args.input, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+  model = api.load(args.checkpoint, config=args.config, tta=args.tta or "", batch_size=args.batch_size)
+  results = predict_inputs(model, paths, args.input, args.detect, args.min_face_size, args.min_score, args.stride,
+                           args.smooth, args.annotate)
+  write_predictions(results.rows, results.skipped, model.class_names, args.output)
+  logging.info("Wrote %d predictions to %s; skipped %d unreadable of %d images%s", len(results.rows), args.output,
+               len(results.skipped), len(paths),
+               (": " + ", ".join(p for p, _ in results.skipped)) if results.skipped else "")
+  if results.faces_skipped:
+    logging.info("%d faces were too small (< --min_face_size=%g px) or too unsure (< --min_score=%g): their rows "
+                 "say why and hold no prediction.", results.faces_skipped, args.min_face_size, args.min_score)
+  if not results.rows and results.skipped:
+    raise no_readable_image(f"under --input={args.input}", results.skipped)
 
 
 if __name__ == "__main__":

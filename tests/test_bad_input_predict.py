@@ -108,6 +108,8 @@ def test_only_the_readable_images_are_predicted_and_the_rest_counted(predicted):
   assert [os.path.basename(p["image"]) for p in written["predictions"]] == GOOD
   assert sorted(os.path.basename(s["image"]) for s in written["skipped"]) == BAD
   assert f"skipped {len(BAD)} unreadable of {len(GOOD) + len(BAD)} images" in result.stderr
+  rows = {os.path.basename(p["image"]): p for p in written["predictions"]}
+  assert "box" not in rows["face.png"] and rows["hopper.jpg"]["face"] == 0  # a 48×48 crop; a 512×600 photo's face
 
 
 def test_a_header_claiming_30000x30000_pixels_is_refused(predicted, mixed):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fer_jax import api
 from fer_jax import checkpointing
 from fer_jax import models
 from fer_jax import predict
@@ -72,7 +73,9 @@ def test_flip_tta_averages_the_softmax_of_both_views_in_padded_batches(config, c
   predictor = predict.Predictor(config, variables, tta_name="flip", batch_size=2)
   devices = jax.device_count()
   assert predictor.batch_size == -(-2 // devices) * devices  # a multiple of the device count
-  rows, skipped = predict.predict_files(predictor, predict.list_images(str(faces)))
+  results = predict.predict_inputs(api.Model(predictor), predict.list_images(str(faces)), str(faces), detect=False,
+                                   min_face_size=0, min_score=0)
+  rows, skipped = results.rows, results.skipped
   plain, mirrored = reference_logits
   expected = np.asarray(jax.nn.softmax(plain) + jax.nn.softmax(mirrored)) / 2
   got = np.array([[row["probabilities"][c] for c in predictor.class_names] for row in rows])

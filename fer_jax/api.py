@@ -1,0 +1,239 @@
+"""The Python API: a trained, converted or exported model as an object that classifies faces.
+
+  import fer_jax
+  model = fer_jax.load("workdirs/dan_rafdb", config="configs/dan.py:rafdb")
+  for face in model.detect_and_predict("group.jpg"):
+    print(face.index, face.box, face.prediction.label if face.prediction else face.skipped)
+  model.predict(["crop1.png", crop_array])  # face crops: one Prediction each
+
+`load` accepts a training workdir (its newest checkpoint), a checkpoints/ or step folder, the
+output of `python -m fer_jax.convert`, or a `python -m fer_jax.export` folder (run through its
+StableHLO program, no model code). Without `config`, a checkpoint's meta record gives the model,
+its input and its class order; pass the config for the data set's stored image size and its
+alignment (`fer_jax.face.align`). `python -m fer_jax.predict` is a command line over this API.
+"""
+
+from __future__ import annotations  # fer_jax.predict (the command) imports this module
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from PIL import Image
+
+from fer_jax import checkpointing
+from fer_jax import config_lib
+from fer_jax import export
+from fer_jax import models
+from fer_jax import predict
+from fer_jax import validation
+from fer_jax.data import decode
+from fer_jax.data import labels
+from fer_jax.errors import UserError
+from fer_jax.face import align
+from fer_jax.face import detector
+
+# A photo is taken for a face crop when it is nearly square (sides within this ratio) and no
+# larger than CROP_MAX_SIDE_FACTOR × the side the model decodes to (at least CROP_MIN_LIMIT px).
+CROP_ASPECT = 1.25
+CROP_MAX_SIDE_FACTOR, CROP_MIN_LIMIT = 2, 128
+MIN_FACE_SIZE, MIN_SCORE = 24.0, 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  label: str
+  confidence: float
+  probabilities: dict[str, float]
+  logits: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceResult:
+  index: int                     # left to right in the photo
+  box: tuple[float, float, float, float]
+  landmarks: tuple[tuple[float, float], ...]
+  score: float                   # the detector's face probability
+  prediction: Prediction | None  # None when skipped
+  skipped: str = ""              # why the face was not classified ("" if it was)
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """"configs/dan.py:rafdb" (a path, then the argument) as `--config` reads it."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise UserError(f"config {spec!r}: {path} is not a file; pass configs/<method>.py:<dataset>.")
+  module_spec = importlib.util.spec_from_file_location("fer_jax_user_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _class_order(names) -> str:
+  for order, order_names in labels.CLASS_ORDERS.items():
+    if tuple(order_names) == tuple(names):
+      return order
+  raise UserError(f"The model's classes ({', '.join(names)}) are in no order of fer_jax.data.labels.CLASS_ORDERS: "
+                  "pass its config to fer_jax.load(path, config=...).")
+
+
+def _config_from_record(model: dict, class_names, model_input: dict) -> ml_collections.ConfigDict:
+  config = config_lib.base_config()
+  config.model.update(model)
+  config.input.update(model_input)
+  config.dataset.class_order = _class_order(class_names)
+  return config
+
+
+def _is_export(path: str) -> bool:
+  return all(os.path.exists(os.path.join(path, name)) for name in (export.METADATA, export.STABLEHLO, export.VARIABLES))
+
+
+def _load_export(path: str, tta_name: str, batch_size: int) -> predict.Predictor:
+  with open(os.path.join(path, export.METADATA)) as f:
+    info = json.load(f)
+  model_input = info["input"]
+  config = _config_from_record({"name": info["method"], "num_classes": len(info["class_names"])},
+                               info["class_names"], {"size": model_input["height"], "channels": model_input["channels"],
+                                                     "eval_pp": info["preprocessing"]})
+  with open(os.path.join(path, export.STABLEHLO), "rb") as f:
+    exported = jax.export.deserialize(f.read())
+  variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), export.VARIABLES))
+  fixed_batch = info["batch_size"] if isinstance(info["batch_size"], int) else 0
+
+  def logits(variables, images):
+    if not fixed_batch:
+      return exported.call(variables, images)["logits"]
+    padding = [(0, fixed_batch - images.shape[0])] + [(0, 0)] * (images.ndim - 1)  # the program's one batch size
+    return exported.call(variables, jnp.pad(images, padding))["logits"][:images.shape[0]]
+
+  return predict.Predictor(config, variables, tta_name, fixed_batch or batch_size, logits_fn=logits)
+
+
+def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> predict.Predictor:
+  if config is None:
+    meta = checkpointing._meta(checkpointing._step_directory(path))  # pylint: disable=protected-access
+    if "model" not in meta:
+      raise UserError(f"The checkpoint at {path} has no meta record: pass its config to fer_jax.load(path, config=...).")
+    config = _config_from_record(meta["model"], meta["class_names"], meta["input"])
+  validation.validate(config, training=False)
+  variables = models.load_trained_variables(config, models.build_model(config), path)
+  return predict.Predictor(config, variables, tta_name or config.eval.tta, batch_size)
+
+
+def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> Model:
+  """The model at `path`; `config` a ConfigDict or "configs/<method>.py:<dataset>" (checkpoints only)."""
+  path = os.path.expanduser(path)
+  if isinstance(config, str):
+    config = load_config(config)
+  if _is_export(path):
+    return Model(_load_export(path, tta or "none", batch_size))
+  return Model(_load_checkpoint(path, config, tta, batch_size))
+
+
+# EXIF orientation → the transposition that shows the photo upright (as PIL's ImageOps.exif_transpose).
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+EXIF_ORIENTATION = 0x0112
+
+
+def read_photo(path: str) -> np.ndarray:
+  """A photo at its own size, upright (EXIF orientation applied), RGB uint8;
+  `decode.UnreadableImageError` as for any input image."""
+  (width, height), orientation = photo_header(path)
+  image = decode.read_file(path, (height, width, 3))
+  return np.asarray(Image.fromarray(image).transpose(UPRIGHT[orientation])) if orientation in UPRIGHT else image
+
+
+def photo_size(path: str) -> tuple[int, int]:
+  return photo_header(path)[0]
+
+
+def photo_header(path: str) -> tuple[tuple[int, int], int]:
+  """((width, height) as stored, EXIF orientation) from the header; ((1, 1), 1) when it cannot be
+  read (decoding then names the problem)."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      with Image.open(path) as image:
+        return image.size, image.getexif().get(EXIF_ORIENTATION, 1)
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    return (1, 1), 1
+
+
+def _as_rgb(photo) -> np.ndarray:
+  image = read_photo(photo) if isinstance(photo, (str, os.PathLike)) else np.asarray(photo)
+  if image.dtype != np.uint8 or image.ndim not in (2, 3):
+    raise UserError(f"A photo must be a path or a uint8 array [height, width(, channels)], got {image.dtype} "
+                    f"{image.shape}.")
+  return np.repeat(image.reshape(*image.shape[:2], -1), 3, axis=-1) if image.ndim == 2 or image.shape[-1] == 1 else image
+
+
+class Model:
+  """Classifies face crops (`predict`) and the faces of photos (`detect_and_predict`)."""
+
+  def __init__(self, predictor: predict.Predictor):
+    self.predictor = predictor
+    self.config = predictor.config
+    self.class_names = predictor.class_names
+    self.alignment = align.alignment_for(self.config)
+
+  @functools.cached_property
+  def detector(self) -> detector.Detector:
+    return detector.Detector()
+
+  def is_face_crop(self, width: int, height: int) -> bool:
+    limit = max(CROP_MAX_SIDE_FACTOR * self.predictor.preprocess.shape[0], CROP_MIN_LIMIT)
+    return max(width, height) <= min(width, height) * CROP_ASPECT and max(width, height) <= limit
+
+  def _stored(self, image) -> np.ndarray:
+    if isinstance(image, (str, os.PathLike)):
+      return self.predictor.preprocess.read(str(image))
+    return decode.to_stored(Image.fromarray(np.asarray(image).squeeze()), self.predictor.preprocess.shape)
+
+  def classify(self, crops: list[np.ndarray]) -> list[Prediction]:
+    """Predictions of uint8 images already at the stored shape, batched on the device."""
+    if not crops:
+      return []
+    probabilities, logits = self.predictor(crops)
+    return [Prediction(self.class_names[int(np.argmax(p))], float(np.max(p)), dict(zip(self.class_names, map(float, p))),
+                       dict(zip(self.class_names, map(float, z)))) for p, z in zip(probabilities, logits)]
+
+  def predict(self, images_or_paths) -> list[Prediction]:
+    """One Prediction per face crop (a path, or an RGB/grey uint8 array of any size)."""
+    return self.classify([self._stored(image) for image in images_or_paths])
+
+  def faces(self, photo, min_face_size: float = MIN_FACE_SIZE, min_score: float = MIN_SCORE):
+    """(detected faces, their aligned crops or None when skipped, the reasons) of one photo."""
+    image = _as_rgb(photo)
+    found = self.detector(image)
+    reasons = [skip_reason(face, min_face_size, min_score) for face in found]
+    crops = [None if reason else align.aligned(image, face, self.alignment, self.predictor.preprocess.shape)
+             for face, reason in zip(found, reasons)]
+    return found, crops, reasons
+
+  def detect_and_predict(self, photo, min_face_size: float = MIN_FACE_SIZE, min_score: float = MIN_SCORE
+                         ) -> list[FaceResult]:
+    """Every face the detector finds in a photo (path or RGB uint8 array), left to right; faces
+    smaller than `min_face_size` pixels or scored below `min_score` are returned unclassified, with the reason."""
+    found, crops, reasons = self.faces(photo, min_face_size, min_score)
+    predictions = iter(self.classify([crop for crop in crops if crop is not None]))
+    return [FaceResult(i, face.box, face.landmarks, face.score, None if reason else next(predictions), reason)
+            for i, (face, reason) in enumerate(zip(found, reasons))]
+
+
+def skip_reason(face: detector.Face, min_face_size: float, min_score: float) -> str:
+  if face.size < min_face_size:
+    return f"face smaller than the minimum size ({face.size:.0f} < {min_face_size:g} px)"
+  if face.score < min_score:
+    return f"detection score below the minimum ({face.score:.3f} < {min_score:g})"
+  return ""

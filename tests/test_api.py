@@ -1,0 +1,171 @@
+"""fer_jax.load and the API behind `python -m fer_jax.predict`: a workdir, a checkpoint with or
+without its config, and an export folder; face crops against direct model calls; faces in real
+photos and in a video (stride, time, face tracks, smoothing, annotation), typed results."""
+
+import csv
+import os
+
+import cv2
+import jax
+import numpy as np
+import pytest
+from matplotlib import cbook
+from PIL import Image
+from PIL import ImageOps
+import skimage.data
+
+import fer_jax
+from fer_jax import api
+from fer_jax import checkpointing
+from fer_jax import export
+from fer_jax import models
+from fer_jax import predict
+from fer_jax.data import pipeline
+from fer_jax.face import align
+from fer_jax.face import detector
+from helpers import get_config, random_variables
+
+HOPPER = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+HOPPER_FACE = (178, 110, 351, 330)  # the mtcnn package's box (see test_face_detector.py)
+
+
+@pytest.fixture(scope="module")
+def config():
+  config = get_config("configs/dan.py:synthetic")
+  config.input.size = 32
+  return config
+
+
+@pytest.fixture(scope="module")
+def variables(config):
+  return random_variables(config)
+
+
+@pytest.fixture(scope="module")
+def workdir(config, variables, tmp_path_factory):
+  """A training workdir's layout: workdir/checkpoints/0."""
+  folder = tmp_path_factory.mktemp("workdir")
+  checkpointing.save_model(str(folder / "checkpoints"), variables, config)
+  return folder
+
+
+@pytest.fixture(scope="module")
+def model(workdir):
+  return fer_jax.load(str(workdir), batch_size=1)  # one compiled step for every test
+
+
+def reference_probabilities(config, variables, images) -> np.ndarray:
+  """Softmax of the model called directly on the eval pipeline of uint8 images at the stored size."""
+  preprocess = pipeline.FilePreprocessor(config)
+  apply = jax.jit(lambda v, x: models.build_model(config).apply(v, preprocess(x), train=False)["logits"])
+  return np.asarray(jax.nn.softmax(apply(variables, np.stack(images))))
+
+
+def crops(config):
+  rng = np.random.default_rng(0)
+  return [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)]
+
+
+@pytest.mark.integration  # compiles the model (and the detector)
+def test_a_workdir_loads_without_a_config_and_predicts_crops_like_the_model(model, config, variables):
+  assert model.class_names == ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
+  images = crops(config)
+  predictions = model.predict(images)
+  assert all(isinstance(p, api.Prediction) for p in predictions)
+  got = np.array([[p.probabilities[c] for c in model.class_names] for p in predictions])
+  np.testing.assert_allclose(got, reference_probabilities(config, variables, images), atol=1e-5)
+  assert [p.label for p in predictions] == [model.class_names[i] for i in got.argmax(axis=1)]
+
+
+@pytest.mark.integration  # compiles the model (and the detector)
+@pytest.mark.parametrize("batch_size", [None, 4], ids=["any_batch", "fixed_batch"])
+def test_an_export_folder_loads_and_predicts_as_its_checkpoint(model, config, variables, batch_size, tmp_path):
+  folder = tmp_path / "exported"
+  export.export(config, jax.device_get(variables), str(folder), batch_size, platforms=("cpu",))
+  exported = fer_jax.load(str(folder), batch_size=8)  # a fixed batch of 4 pads 2 crops to 4
+  assert exported.class_names == model.class_names
+  images = crops(config)
+  got = np.array([[p.probabilities[c] for c in model.class_names] for p in exported.predict(images)])
+  np.testing.assert_allclose(got, reference_probabilities(config, variables, images), atol=1e-5)
+
+
+def test_crops_and_photos_are_told_apart_by_shape_and_size(model):
+  # The model decodes to 32 px: crops are nearly square and at most max(2 × 32, 128) px.
+  assert model.is_face_crop(48, 48) and model.is_face_crop(100, 80) and model.is_face_crop(128, 128)
+  assert not model.is_face_crop(129, 129) and not model.is_face_crop(512, 600) and not model.is_face_crop(120, 60)
+
+
+@pytest.mark.integration  # compiles the model (and the detector)
+def test_a_photos_face_is_found_aligned_and_classified(model):
+  results = model.detect_and_predict(HOPPER)
+  assert len(results) == 1 and isinstance(results[0], api.FaceResult)
+  face = results[0]
+  assert face.index == 0 and not face.skipped and face.score > 0.9
+  assert detector.iou_matrix(np.array([face.box]), np.array([HOPPER_FACE], float))[0, 0] > 0.75
+  image = np.asarray(Image.open(HOPPER).convert("RGB"))
+  crop = align.aligned(image, detector.Face(face.box, face.landmarks, face.score), model.alignment,
+                       model.predictor.preprocess.shape)
+  assert face.prediction == model.predict([crop])[0]
+  assert sum(face.prediction.probabilities.values()) == pytest.approx(1, abs=1e-5)
+
+
+@pytest.mark.integration  # compiles the model (and the detector)
+def test_a_face_below_the_minimum_score_is_returned_with_the_reason(model):
+  astronaut = skimage.data.astronaut()
+  results = model.detect_and_predict(astronaut)  # MTCNN scores a patch of the suit's collar 0.85
+  assert [r.skipped != "" for r in results] == [True, False]
+  assert "detection score below the minimum (0.852 < 0.9)" == results[0].skipped and results[0].prediction is None
+  assert all(r.prediction is not None for r in model.detect_and_predict(astronaut, min_score=0.8))
+  too_small = model.detect_and_predict(astronaut, min_face_size=100)
+  assert all(r.skipped.startswith("face smaller than the minimum size") for r in too_small)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+  """Six 25 fps frames of Grace Hopper's photo sliding right by 4 px a frame (MJPG in AVI)."""
+  path = str(tmp_path_factory.mktemp("video") / "clip.avi")
+  image = cv2.cvtColor(np.asarray(Image.open(HOPPER).convert("RGB").resize((256, 300))), cv2.COLOR_RGB2BGR)
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (320, 300))
+  for frame in range(6):
+    canvas = np.full((300, 320, 3), 90, np.uint8)
+    canvas[:, 4 * frame:4 * frame + 256] = image
+    writer.write(canvas)
+  writer.release()
+  return path
+
+
+@pytest.mark.integration  # compiles the model (and the detector)
+def test_a_video_is_read_every_stride_frames_tracked_smoothed_and_drawn(model, video, tmp_path):
+  root = os.path.dirname(video)
+  plain = predict.predict_inputs(model, [video], root, None, 24, 0.9, stride=2)
+  smoothed = predict.predict_inputs(model, [video], root, None, 24, 0.9, stride=2, smooth=0.5,
+                                    annotate=str(tmp_path / "drawn"))
+  assert [row["time"] for row in plain.rows] == pytest.approx([0, 2 / 25, 4 / 25])
+  assert [row["track"] for row in smoothed.rows] == [0, 0, 0]
+  raw = np.array([[row["probabilities"][c] for c in model.class_names] for row in plain.rows])
+  expected = [raw[0]]
+  for now in raw[1:]:
+    expected.append(0.5 * expected[-1] + 0.5 * now)
+  got = np.array([[row["probabilities"][c] for c in model.class_names] for row in smoothed.rows])
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+  assert sorted(os.listdir(tmp_path / "drawn" / "clip")) == ["frame_000000.png", "frame_000002.png", "frame_000004.png"]
+
+  output = tmp_path / "faces.csv"
+  predict.write_predictions(smoothed.rows, smoothed.skipped, model.class_names, str(output))
+  with open(output) as f:
+    table = list(csv.DictReader(f))
+  assert [row["time"] for row in table] == ["0.000", "0.080", "0.160"]
+  assert [float(row["x1"]) for row in table] == pytest.approx([row["box"][0] for row in smoothed.rows], abs=0.05)
+  centre_x = [np.mean([float(row[f"{point}_x"]) for point in predict.LANDMARKS]) for row in table]
+  assert centre_x[2] - centre_x[0] == pytest.approx(16, abs=3)  # the face moved 4 px a frame
+
+
+def test_photos_are_read_upright_as_their_exif_orientation_says(tmp_path):
+  photo = Image.open(HOPPER).convert("RGB").resize((64, 75))
+  for orientation in range(1, 9):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"oriented_{orientation}.jpg"
+    photo.save(path, exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    np.testing.assert_array_equal(api.read_photo(str(path)), expected)
