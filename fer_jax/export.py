@@ -1,4 +1,5 @@
-"""Exports a checkpoint as parameters plus a serialized StableHLO program, runnable without fer_jax.
+"""Exports a checkpoint as parameters plus a serialized StableHLO program, runnable without fer_jax
+(or, with --format=onnx, as one ONNX file).
 
   python -m fer_jax.export --config=configs/dan.py:rafdb --checkpoint=DIR --out=exported/dan_rafdb
 
@@ -16,6 +17,13 @@ Reload with JAX and Orbax only (no model code):
   outputs = exported.call(variables, images)
 The images must already be preprocessed as model.json's "preprocessing" says (resize, then
 normalise; PIL/cv2 resizing happens outside the program).
+
+--format=onnx (needs the `onnx` extra: pip install 'fer_jax[onnx]') writes instead
+  OUT/model.onnx      the same inference function, weights embedded (opset 18), input "images"
+                      float32 [batch, H, W, C], outputs "logits" and "probabilities"; batch is a
+                      dynamic dimension unless --batch_size=N (fer_jax.onnx_export translates it)
+  OUT/model.json      as above, without platforms
+Run with ONNX Runtime: onnxruntime.InferenceSession("OUT/model.onnx").run(None, {"images": images}).
 """
 
 import json
@@ -30,13 +38,17 @@ import orbax.checkpoint as ocp
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import models
+from fer_jax import onnx_export
 from fer_jax import validation
 from fer_jax.data import labels
 from fer_jax.errors import UserError
 
 STABLEHLO = "model.stablehlo"
+ONNX = "model.onnx"
 VARIABLES = "variables"
 METADATA = "model.json"
+FORMATS = ("stablehlo", "onnx")
+OUTPUTS = ("logits", "probabilities")  # the inference function's outputs, in pytree order
 
 
 def inference_function(config):
@@ -49,17 +61,33 @@ def inference_function(config):
   return infer
 
 
+def abstract_images(config, batch_size: int | None) -> jax.ShapeDtypeStruct:
+  """float32 [batch, size, size, channels]; batch is the symbolic dimension "batch" unless given."""
+  size, channels = config.input.size, config.input.channels
+  batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
+  return jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
+
+
 def export_inference(config, variables: dict, batch_size: int | None = None,
                      platforms=("cpu", "cuda")) -> jax.export.Exported:
   """The model's inference function lowered for `platforms`; batch symbolic unless `batch_size`."""
-  size, channels = config.input.size, config.input.channels
-  batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
-  images = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
-  return jax.export.export(jax.jit(inference_function(config)), platforms=platforms)(abstract, images)
+  return jax.export.export(jax.jit(inference_function(config)), platforms=platforms)(
+      abstract, abstract_images(config, batch_size))
 
 
-def metadata(config, exported: jax.export.Exported, batch_size: int | None) -> dict:
+def export_onnx(config, variables: dict, batch_size: int | None = None):
+  """The model's inference function with `variables` embedded, as an ONNX ModelProto."""
+  infer = inference_function(config)
+  return onnx_export.to_onnx(lambda images: infer(variables, images), abstract_images(config, batch_size),
+                             OUTPUTS, name=config.model.name)
+
+
+def stablehlo_fields(exported: jax.export.Exported) -> dict:
+  return {"platforms": list(exported.platforms), "calling_convention_version": exported.calling_convention_version}
+
+
+def metadata(config, batch_size: int | None, format_fields: dict) -> dict:
   return {
       "method": config.model.name,
       "class_names": list(labels.class_names(config.dataset.class_order)),
@@ -68,25 +96,33 @@ def metadata(config, exported: jax.export.Exported, batch_size: int | None) -> d
       "preprocessing": config.input.eval_pp.replace("{size}", str(config.input.size)),
       "batch_size": "symbolic" if batch_size is None else batch_size,
       "outputs": {"logits": "float32 [batch, classes]", "probabilities": "softmax of the logits"},
-      "platforms": list(exported.platforms),
-      "calling_convention_version": exported.calling_convention_version,
+      **format_fields,
       "jax_version": jax.__version__,
   }
 
 
-def export(config, variables: dict, out: str, batch_size: int | None = None, platforms=("cpu", "cuda")) -> dict:
-  """Writes OUT/variables, OUT/model.stablehlo and OUT/model.json; returns the metadata."""
+def export(config, variables: dict, out: str, batch_size: int | None = None, platforms=("cpu", "cuda"),
+           export_format: str = "stablehlo") -> dict:
+  """Writes OUT/variables, OUT/model.stablehlo and OUT/model.json (or, for export_format "onnx",
+  OUT/model.onnx and OUT/model.json); returns the metadata."""
   out = os.path.abspath(out)
   if os.path.exists(out) and os.listdir(out):
     raise UserError(f"--out={out} is not empty: export into a new folder.")
-  exported = export_inference(config, variables, batch_size, tuple(platforms))
-  os.makedirs(out, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(out, VARIABLES), variables)
-  checkpointer.wait_until_finished()
-  with open(os.path.join(out, STABLEHLO), "wb") as f:
-    f.write(exported.serialize())
-  info = metadata(config, exported, batch_size)
+  if export_format == "onnx":
+    model = export_onnx(config, variables, batch_size)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, ONNX), "wb") as f:
+      f.write(model.SerializeToString())
+    info = metadata(config, batch_size, {"format": "onnx", "onnx_opset": onnx_export.OPSET})
+  else:
+    exported = export_inference(config, variables, batch_size, tuple(platforms))
+    os.makedirs(out, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(out, VARIABLES), variables)
+    checkpointer.wait_until_finished()
+    with open(os.path.join(out, STABLEHLO), "wb") as f:
+      f.write(exported.serialize())
+    info = metadata(config, batch_size, {"format": "stablehlo", **stablehlo_fields(exported)})
   with open(os.path.join(out, METADATA), "w") as f:
     json.dump(info, f, indent=2)
   return info
@@ -98,7 +134,9 @@ def define_flags() -> None:
   flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint folder or converted model.")
   flags.DEFINE_string("out", None, "New folder for the export.")
   flags.DEFINE_integer("batch_size", 0, "Fixed batch size; 0 = symbolic (any batch size).")
-  flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms to lower for (cpu, cuda, rocm, tpu).")
+  flags.DEFINE_list("platforms", ["cpu", "cuda"], "stablehlo: platforms to lower for (cpu, cuda, rocm, tpu).")
+  flags.DEFINE_enum("format", "stablehlo", FORMATS, "stablehlo (JAX, Orbax variables) or onnx (one file, "
+                    "needs the onnx extra).")
   flags.mark_flags_as_required(["config", "checkpoint", "out"])
 
 
@@ -110,9 +148,9 @@ def main(argv):
   validation.validate(config, training=False)
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, args.checkpoint)
-  info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms)
-  logging.info("Exported %s (%s, batch %s, platforms %s) to %s", config.model.name, ", ".join(info["class_names"]),
-               info["batch_size"], ", ".join(info["platforms"]), os.path.abspath(args.out))
+  info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms, args.format)
+  logging.info("Exported %s (%s, batch %s, %s %s) to %s", config.model.name, ", ".join(info["class_names"]),
+               info["batch_size"], info["format"], ", ".join(info.get("platforms", [])), os.path.abspath(args.out))
 
 
 if __name__ == "__main__":
