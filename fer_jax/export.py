@@ -22,7 +22,8 @@ normalise; PIL/cv2 resizing happens outside the program).
   OUT/model.onnx      the same inference function, weights embedded (opset 18), input "images"
                       float32 [batch, H, W, C], outputs "logits" and "probabilities"; batch is a
                       dynamic dimension unless --batch_size=N (fer_jax.onnx_export translates it)
-  OUT/model.json      as above, without platforms
+  OUT/model.json      as above, without platforms; with --verify_images=A.jpg,B.png also the
+                      worst relative logit difference between ONNX Runtime and JAX on those images
 Run with ONNX Runtime: onnxruntime.InferenceSession("OUT/model.onnx").run(None, {"images": images}).
 """
 
@@ -33,6 +34,7 @@ from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from fer_jax import cli
@@ -41,6 +43,7 @@ from fer_jax import models
 from fer_jax import onnx_export
 from fer_jax import validation
 from fer_jax.data import labels
+from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
 STABLEHLO = "model.stablehlo"
@@ -83,6 +86,24 @@ def export_onnx(config, variables: dict, batch_size: int | None = None):
                              OUTPUTS, name=config.model.name)
 
 
+def onnx_parity(config, variables: dict, model, paths: list[str], batch_size: int | None) -> dict:
+  """ONNX Runtime against JAX on the image files (after the eval preprocessing): the largest
+  absolute logit difference divided by the largest absolute JAX logit."""
+  try:
+    import onnxruntime
+  except ImportError as error:
+    raise UserError(f"--verify_images needs onnxruntime ({error}): pip install 'fer_jax[onnx]'.") from None
+  if batch_size is not None and len(paths) != batch_size:
+    raise UserError(f"--verify_images: give exactly --batch_size={batch_size} images (got {len(paths)}).")
+  preprocess = pipeline.FilePreprocessor(config)
+  images = np.asarray(jax.jit(preprocess)(np.stack([preprocess.read(path) for path in paths])))
+  expected = np.asarray(jax.jit(inference_function(config))(variables, images)["logits"])
+  session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+  actual, = session.run(["logits"], {"images": images})
+  error = float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+  return {"images": len(paths), "worst_relative_logit_error": error}
+
+
 def stablehlo_fields(exported: jax.export.Exported) -> dict:
   return {"platforms": list(exported.platforms), "calling_convention_version": exported.calling_convention_version}
 
@@ -102,18 +123,23 @@ def metadata(config, batch_size: int | None, format_fields: dict) -> dict:
 
 
 def export(config, variables: dict, out: str, batch_size: int | None = None, platforms=("cpu", "cuda"),
-           export_format: str = "stablehlo") -> dict:
+           export_format: str = "stablehlo", verify_images=()) -> dict:
   """Writes OUT/variables, OUT/model.stablehlo and OUT/model.json (or, for export_format "onnx",
-  OUT/model.onnx and OUT/model.json); returns the metadata."""
+  OUT/model.onnx and OUT/model.json, checked against JAX on `verify_images`); returns the metadata."""
   out = os.path.abspath(out)
   if os.path.exists(out) and os.listdir(out):
     raise UserError(f"--out={out} is not empty: export into a new folder.")
+  if verify_images and export_format != "onnx":
+    raise UserError("--verify_images checks an ONNX export: add --format=onnx or drop it.")
   if export_format == "onnx":
     model = export_onnx(config, variables, batch_size)
+    fields = {"format": "onnx", "onnx_opset": onnx_export.OPSET}
+    if verify_images:
+      fields["onnx_runtime_vs_jax"] = onnx_parity(config, variables, model, list(verify_images), batch_size)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, ONNX), "wb") as f:
       f.write(model.SerializeToString())
-    info = metadata(config, batch_size, {"format": "onnx", "onnx_opset": onnx_export.OPSET})
+    info = metadata(config, batch_size, fields)
   else:
     exported = export_inference(config, variables, batch_size, tuple(platforms))
     os.makedirs(out, exist_ok=True)
@@ -137,6 +163,8 @@ def define_flags() -> None:
   flags.DEFINE_list("platforms", ["cpu", "cuda"], "stablehlo: platforms to lower for (cpu, cuda, rocm, tpu).")
   flags.DEFINE_enum("format", "stablehlo", FORMATS, "stablehlo (JAX, Orbax variables) or onnx (one file, "
                     "needs the onnx extra).")
+  flags.DEFINE_list("verify_images", [], "onnx: image files to run through ONNX Runtime and JAX; the worst relative "
+                    "logit difference is logged and kept in model.json.")
   flags.mark_flags_as_required(["config", "checkpoint", "out"])
 
 
@@ -148,9 +176,13 @@ def main(argv):
   validation.validate(config, training=False)
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, args.checkpoint)
-  info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms, args.format)
-  logging.info("Exported %s (%s, batch %s, %s %s) to %s", config.model.name, ", ".join(info["class_names"]),
-               info["batch_size"], info["format"], ", ".join(info.get("platforms", [])), os.path.abspath(args.out))
+  info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms, args.format,
+                args.verify_images)
+  if "onnx_runtime_vs_jax" in info:
+    logging.info("ONNX Runtime vs JAX on %(images)d images: worst relative logit error %(worst_relative_logit_error).2e",
+                 info["onnx_runtime_vs_jax"])
+  logging.info("Exported %s (%s, batch %s) as %s to %s", config.model.name, ", ".join(info["class_names"]),
+               info["batch_size"], " ".join([info["format"], *info.get("platforms", [])]), os.path.abspath(args.out))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ dimension, read at run time from the images' shape.
 Needs the optional `onnx` package (`pip install fer_jax[onnx]`).
 """
 
+import hashlib
 import itertools
 
 import jax
@@ -38,6 +39,7 @@ class _Graph:
   def __init__(self, onnx, batch_name):
     self.onnx = onnx
     self.nodes, self.initializers = [], []
+    self._stored = {}  # content → initializer name: a weight used in several places is stored once
     self.batch_name = batch_name  # int64[1] tensor holding the batch size, or None
     self._ids = itertools.count()
 
@@ -48,9 +50,12 @@ class _Graph:
     """The name of an ONNX tensor for `value` (an initializer when it is an array)."""
     if isinstance(value, str):
       return value
-    name = self.fresh("c")
-    self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(value), name))
-    return name
+    value = np.ascontiguousarray(value)
+    key = (value.dtype.str, value.shape, hashlib.sha1(value.tobytes()).digest())
+    if key not in self._stored:
+      self._stored[key] = self.fresh("c")
+      self.initializers.append(self.onnx.numpy_helper.from_array(value, self._stored[key]))
+    return self._stored[key]
 
   def op(self, op_type, *inputs, outputs=1, **attributes):
     names = [self.fresh() for _ in range(outputs)]
@@ -90,15 +95,6 @@ def _square(g, eqn, x):
 
 def _erfc(g, eqn, x):
   return g.op("Sub", np.ones((), eqn.invars[0].aval.dtype), g.op("Erf", x))
-
-
-def _integer_pow(g, eqn, x):
-  return g.op("Pow", x, np.asarray(eqn.params["y"], eqn.invars[0].aval.dtype))
-
-
-def _convert_element_type(g, eqn, x):
-  dtype = g.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(eqn.params["new_dtype"]))
-  return g.op("Cast", x, to=dtype)
 
 
 def _select_n(g, eqn, predicate, *cases):
@@ -232,13 +228,11 @@ def _convert_index(g, indices, dtype):
   return g.op("Cast", indices, to=g.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
 
 
-def _sort(g, eqn, *operands):
-  """Ascending TopK over the whole axis, the other operands gathered in the keys' order."""
-  axis, count = eqn.params["dimension"], eqn.invars[0].aval.shape[eqn.params["dimension"]]
-  if eqn.params["num_keys"] != 1:
-    raise UserError("ONNX export: sorting by several keys is not translated.")
-  values, order = g.op("TopK", operands[0], _ints([count]), axis=axis, largest=0, sorted=1, outputs=2)
-  return [values] + [g.op("GatherElements", x, order, axis=axis) for x in operands[1:]]
+def _sort(g, eqn, keys):
+  """Ascending: TopK of the smallest, over the whole axis."""
+  axis = eqn.params["dimension"]
+  values, _ = g.op("TopK", keys, _ints([eqn.invars[0].aval.shape[axis]]), axis=axis, largest=0, sorted=1, outputs=2)
+  return values
 
 
 def _gather(g, eqn, operand, indices):
@@ -294,11 +288,10 @@ def _scatter(g, eqn, operand, indices, updates):
 _TRANSLATIONS = {
     "add": _binary("Add"), "sub": _binary("Sub"), "mul": _binary("Mul"), "div": _binary("Div"),
     "max": _binary("Max"), "pow": _binary("Pow"), "ge": _binary("GreaterOrEqual"), "lt": _binary("Less"),
-    "exp": _unary("Exp"), "log": _unary("Log"), "tanh": _unary("Tanh"), "logistic": _unary("Sigmoid"),
+    "exp": _unary("Exp"), "log": _unary("Log"), "logistic": _unary("Sigmoid"),
     "neg": _unary("Neg"), "abs": _unary("Abs"), "sqrt": _unary("Sqrt"),
-    "stop_gradient": _unary("Identity"), "copy": _unary("Identity"), "copy_p": _unary("Identity"),
-    "rsqrt": _rsqrt, "square": _square, "erfc": _erfc, "integer_pow": _integer_pow,
-    "convert_element_type": _convert_element_type, "select_n": _select_n,
+    "stop_gradient": _unary("Identity"), "copy": _unary("Identity"),
+    "rsqrt": _rsqrt, "square": _square, "erfc": _erfc, "select_n": _select_n,
     "reduce_sum": _reduce("ReduceSum"), "reduce_max": _reduce("ReduceMax"),
     "reshape": _reshape, "squeeze": _squeeze, "broadcast_in_dim": _broadcast_in_dim, "transpose": _transpose,
     "concatenate": _concatenate, "stack": _stack, "slice": _slice, "pad": _pad,
