@@ -36,12 +36,12 @@ class _Graph:
   """ONNX nodes and initializers under construction; values are NumPy arrays (known at export
   time) or the names of ONNX tensors."""
 
-  def __init__(self, onnx, batch_name):
+  def __init__(self, onnx, symbolic_batch: bool):
     self.onnx = onnx
     self.nodes, self.initializers = [], []
     self._stored = {}  # content → initializer name: a weight used in several places is stored once
-    self.batch_name = batch_name  # int64[1] tensor holding the batch size, or None
     self._ids = itertools.count()
+    self.batch_name = self.op("Shape", "images", start=0, end=1) if symbolic_batch else None  # int64[1]
 
   def fresh(self, prefix="t"):
     return f"{prefix}{next(self._ids)}"
@@ -50,7 +50,7 @@ class _Graph:
     """The name of an ONNX tensor for `value` (an initializer when it is an array)."""
     if isinstance(value, str):
       return value
-    value = np.ascontiguousarray(value)
+    value = np.asarray(value)
     key = (value.dtype.str, value.shape, hashlib.sha1(value.tobytes()).digest())
     if key not in self._stored:
       self._stored[key] = self.fresh("c")
@@ -66,11 +66,11 @@ class _Graph:
     """int64[len(dims)] tensor of a shape; symbolic dimensions must be the batch."""
     if all(isinstance(d, int) for d in dims):
       return np.asarray(dims, np.int64)
-    parts = [self.batch_name if not isinstance(d, int) else np.asarray([d], np.int64) for d in dims]
-    if any(not isinstance(d, int) and str(d) != "batch" for d in dims) or self.batch_name is None:
+    if any(not isinstance(d, int) and str(d) != "batch" for d in dims):
       raise UserError(f"ONNX export: the shape {dims} depends on the batch size in a way that is not translated; "
                       "export with --batch_size=N.")
-    return self.op("Concat", *parts, axis=0)
+    return self.op("Concat", *[np.asarray([d], np.int64) if isinstance(d, int) else self.batch_name for d in dims],
+                   axis=0)
 
 
 def _ints(values):
@@ -354,8 +354,7 @@ def to_onnx(function, images: jax.ShapeDtypeStruct, output_names, name="fer_jax"
   onnx = _import_onnx()
   closed = jax.make_jaxpr(function)(images)
   symbolic_batch = not isinstance(images.shape[0], int)
-  g = _Graph(onnx, None)
-  g.batch_name = g.op("Shape", "images", start=0, end=1) if symbolic_batch else None
+  g = _Graph(onnx, symbolic_batch)
   outputs = _translate(g, closed.jaxpr, closed.consts, ["images"])
   if len(outputs) != len(output_names):
     raise ValueError(f"{len(outputs)} outputs for the names {output_names}")

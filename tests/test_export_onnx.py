@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import onnxruntime
+from PIL import Image
 import pytest
 
 from fer_jax import checkpointing
@@ -16,8 +17,6 @@ from fer_jax import models
 from fer_jax import onnx_export
 from fer_jax.errors import UserError
 from helpers import get_config, random_variables, run_command
-
-
 
 # SCAN-CCI at 64²: an 8×8 layer2 map, so several local regions (and their scatter) are exported.
 SPECS = [("configs/dan.py:synthetic", 32), ("configs/apvit.py:synthetic", 32),
@@ -81,6 +80,12 @@ def test_without_the_onnx_package_the_error_says_what_to_install(monkeypatch):
     onnx_export.to_onnx(jnp.sin, jax.ShapeDtypeStruct((2,), jnp.float32), ["y"])
 
 
+def test_verify_images_is_refused_for_stablehlo(tmp_path):
+  config = small_config("configs/dan.py:synthetic", 32)
+  with pytest.raises(UserError, match="--verify_images checks an ONNX export: add --format=onnx"):
+    export.export(config, {}, str(tmp_path / "out"), verify_images=["a.png"])
+
+
 @pytest.mark.integration
 def test_export_command_writes_an_onnx_file(tmp_path):
   config = small_config("configs/dan.py:synthetic", 32)
@@ -88,11 +93,17 @@ def test_export_command_writes_an_onnx_file(tmp_path):
   checkpoint = checkpointing.save_model(str(tmp_path / "checkpoint"), variables, config)
   out = tmp_path / "exported"
   args = ["--config=configs/dan.py:synthetic", "--config.input.size=32", f"--checkpoint={os.path.dirname(checkpoint)}"]
-  result = run_command("fer_jax.export", *args, f"--out={out}", "--format=onnx", timeout=300)
+  photos = [tmp_path / f"{n}.png" for n in range(2)]
+  for n, photo in enumerate(photos):
+    Image.fromarray(np.random.default_rng(n).integers(0, 256, (40, 30, 3), np.uint8)).save(photo)
+  result = run_command("fer_jax.export", *args, f"--out={out}", "--format=onnx",
+                       f"--verify_images={photos[0]},{photos[1]}", timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert sorted(os.listdir(out)) == ["model.json", "model.onnx"]
   info = json.loads((out / "model.json").read_text())
   assert (info["format"], info["batch_size"], info["onnx_opset"]) == ("onnx", "symbolic", onnx_export.OPSET)
+  assert info["onnx_runtime_vs_jax"]["images"] == 2
+  assert 0 <= info["onnx_runtime_vs_jax"]["worst_relative_logit_error"] <= 1e-4
 
   images = np.random.default_rng(1).normal(size=(3, 32, 32, 3)).astype(np.float32)
   session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
