@@ -1,4 +1,5 @@
-"""Exports a checkpoint as parameters plus a serialized StableHLO program, runnable without fer_jax.
+"""Exports a checkpoint as parameters plus a serialized StableHLO program, runnable without fer_jax
+(or, with --format=onnx, as one ONNX file).
 
   python -m fer_jax.export --config=configs/dan.py:rafdb --checkpoint=DIR --out=exported/dan_rafdb
 
@@ -16,6 +17,14 @@ Reload with JAX and Orbax only (no model code):
   outputs = exported.call(variables, images)
 The images must already be preprocessed as model.json's "preprocessing" says (resize, then
 normalise; PIL/cv2 resizing happens outside the program).
+
+--format=onnx (needs the `onnx` extra: pip install 'fer_jax[onnx]') writes instead
+  OUT/model.onnx      the same inference function, weights embedded (opset 18), input "images"
+                      float32 [batch, H, W, C], outputs "logits" and "probabilities"; batch is a
+                      dynamic dimension unless --batch_size=N (fer_jax.onnx_export translates it)
+  OUT/model.json      as above, without platforms; with --verify_images=A.jpg,B.png also the
+                      worst relative logit difference between ONNX Runtime and JAX on those images
+Run with ONNX Runtime: onnxruntime.InferenceSession("OUT/model.onnx").run(None, {"images": images}).
 """
 
 import json
@@ -25,18 +34,24 @@ from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import models
+from fer_jax import onnx_export
 from fer_jax import validation
 from fer_jax.data import labels
+from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
 STABLEHLO = "model.stablehlo"
+ONNX = "model.onnx"
 VARIABLES = "variables"
 METADATA = "model.json"
+FORMATS = ("stablehlo", "onnx")
+OUTPUTS = ("logits", "probabilities")  # the inference function's outputs, in pytree order
 
 
 def inference_function(config):
@@ -49,17 +64,49 @@ def inference_function(config):
   return infer
 
 
+def abstract_images(config, batch_size: int | None) -> jax.ShapeDtypeStruct:
+  """float32 [batch, size, size, channels]; batch is the symbolic dimension "batch" unless given."""
+  size, channels = config.input.size, config.input.channels
+  batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
+  return jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
+
+
 def export_inference(config, variables: dict, batch_size: int | None = None,
                      platforms=("cpu", "cuda")) -> jax.export.Exported:
   """The model's inference function lowered for `platforms`; batch symbolic unless `batch_size`."""
-  size, channels = config.input.size, config.input.channels
-  batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
-  images = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
-  return jax.export.export(jax.jit(inference_function(config)), platforms=platforms)(abstract, images)
+  return jax.export.export(jax.jit(inference_function(config)), platforms=platforms)(
+      abstract, abstract_images(config, batch_size))
 
 
-def metadata(config, exported: jax.export.Exported, batch_size: int | None) -> dict:
+def export_onnx(config, variables: dict, batch_size: int | None = None):
+  """The model's inference function with `variables` embedded, as an ONNX ModelProto."""
+  infer = inference_function(config)
+  return onnx_export.to_onnx(lambda images: infer(variables, images), abstract_images(config, batch_size),
+                             OUTPUTS, name=config.model.name)
+
+
+def onnx_parity(config, variables: dict, serialized: bytes, paths: list[str], batch_size: int | None) -> dict:
+  """ONNX Runtime against JAX on the image files (after the eval preprocessing): the largest
+  absolute logit difference divided by the largest absolute JAX logit."""
+  try:
+    import onnxruntime
+  except ImportError as error:
+    raise UserError(f"--verify_images needs onnxruntime ({error}): pip install 'fer_jax[onnx]'.") from None
+  if batch_size is not None and len(paths) != batch_size:
+    raise UserError(f"--verify_images: give exactly --batch_size={batch_size} images (got {len(paths)}).")
+  preprocess = pipeline.FilePreprocessor(config)
+  images = np.asarray(jax.jit(preprocess)(np.stack([preprocess.read(path) for path in paths])))
+  expected = np.asarray(jax.jit(inference_function(config))(variables, images)["logits"])
+  options = onnxruntime.SessionOptions()
+  options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # spinning crawls on a busy CPU
+  session = onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+  actual, = session.run(["logits"], {"images": images})
+  error = float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+  return {"images": len(paths), "worst_relative_logit_error": error}
+
+
+def metadata(config, batch_size: int | None, format_fields: dict) -> dict:
   return {
       "method": config.model.name,
       "class_names": list(labels.class_names(config.dataset.class_order)),
@@ -68,17 +115,25 @@ def metadata(config, exported: jax.export.Exported, batch_size: int | None) -> d
       "preprocessing": config.input.eval_pp.replace("{size}", str(config.input.size)),
       "batch_size": "symbolic" if batch_size is None else batch_size,
       "outputs": {"logits": "float32 [batch, classes]", "probabilities": "softmax of the logits"},
-      "platforms": list(exported.platforms),
-      "calling_convention_version": exported.calling_convention_version,
+      **format_fields,
       "jax_version": jax.__version__,
   }
 
 
-def export(config, variables: dict, out: str, batch_size: int | None = None, platforms=("cpu", "cuda")) -> dict:
-  """Writes OUT/variables, OUT/model.stablehlo and OUT/model.json; returns the metadata."""
-  out = os.path.abspath(out)
-  if os.path.exists(out) and os.listdir(out):
-    raise UserError(f"--out={out} is not empty: export into a new folder.")
+def write_onnx(config, variables: dict, out: str, batch_size: int | None, verify_images) -> dict:
+  """OUT/model.onnx, checked against JAX on `verify_images` first; returns model.json's format fields."""
+  serialized = export_onnx(config, variables, batch_size).SerializeToString()
+  fields = {"format": "onnx", "onnx_opset": onnx_export.OPSET}
+  if verify_images:
+    fields["onnx_runtime_vs_jax"] = onnx_parity(config, variables, serialized, list(verify_images), batch_size)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, ONNX), "wb") as f:
+    f.write(serialized)
+  return fields
+
+
+def write_stablehlo(config, variables: dict, out: str, batch_size: int | None, platforms) -> dict:
+  """OUT/variables and OUT/model.stablehlo; returns model.json's format fields."""
   exported = export_inference(config, variables, batch_size, tuple(platforms))
   os.makedirs(out, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
@@ -86,7 +141,24 @@ def export(config, variables: dict, out: str, batch_size: int | None = None, pla
   checkpointer.wait_until_finished()
   with open(os.path.join(out, STABLEHLO), "wb") as f:
     f.write(exported.serialize())
-  info = metadata(config, exported, batch_size)
+  return {"format": "stablehlo", "platforms": list(exported.platforms),
+          "calling_convention_version": exported.calling_convention_version}
+
+
+def export(config, variables: dict, out: str, batch_size: int | None = None, platforms=("cpu", "cuda"),
+           export_format: str = "stablehlo", verify_images=()) -> dict:
+  """Writes OUT/variables, OUT/model.stablehlo and OUT/model.json (or, for export_format "onnx",
+  OUT/model.onnx and OUT/model.json, checked against JAX on `verify_images`); returns the metadata."""
+  out = os.path.abspath(out)
+  if os.path.exists(out) and os.listdir(out):
+    raise UserError(f"--out={out} is not empty: export into a new folder.")
+  if verify_images and export_format != "onnx":
+    raise UserError("--verify_images checks an ONNX export: add --format=onnx or drop it.")
+  if export_format == "onnx":
+    fields = write_onnx(config, variables, out, batch_size, verify_images)
+  else:
+    fields = write_stablehlo(config, variables, out, batch_size, platforms)
+  info = metadata(config, batch_size, fields)
   with open(os.path.join(out, METADATA), "w") as f:
     json.dump(info, f, indent=2)
   return info
@@ -98,7 +170,11 @@ def define_flags() -> None:
   flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint folder or converted model.")
   flags.DEFINE_string("out", None, "New folder for the export.")
   flags.DEFINE_integer("batch_size", 0, "Fixed batch size; 0 = symbolic (any batch size).")
-  flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms to lower for (cpu, cuda, rocm, tpu).")
+  flags.DEFINE_list("platforms", ["cpu", "cuda"], "stablehlo: platforms to lower for (cpu, cuda, rocm, tpu).")
+  flags.DEFINE_enum("format", "stablehlo", FORMATS, "stablehlo (JAX, Orbax variables) or onnx (one file, "
+                    "needs the onnx extra).")
+  flags.DEFINE_list("verify_images", [], "onnx: image files to run through ONNX Runtime and JAX; the worst relative "
+                    "logit difference is logged and kept in model.json.")
   flags.mark_flags_as_required(["config", "checkpoint", "out"])
 
 
@@ -110,9 +186,13 @@ def main(argv):
   validation.validate(config, training=False)
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, args.checkpoint)
-  info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms)
-  logging.info("Exported %s (%s, batch %s, platforms %s) to %s", config.model.name, ", ".join(info["class_names"]),
-               info["batch_size"], ", ".join(info["platforms"]), os.path.abspath(args.out))
+  info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms, args.format,
+                args.verify_images)
+  if "onnx_runtime_vs_jax" in info:
+    logging.info("ONNX Runtime vs JAX on %(images)d images: worst relative logit error "
+                 "%(worst_relative_logit_error).2e", info["onnx_runtime_vs_jax"])
+  logging.info("Exported %s (%s, batch %s) as %s to %s", config.model.name, ", ".join(info["class_names"]),
+               info["batch_size"], " ".join([info["format"], *info.get("platforms", [])]), os.path.abspath(args.out))
 
 
 if __name__ == "__main__":
