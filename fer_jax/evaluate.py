@@ -36,10 +36,15 @@ class Spec:
   skip_if_missing: bool
 
   @property
-  def data_key(self) -> tuple:
-    """Evaluators with equal keys see the same inputs (they share data, steps and results)."""
+  def split_key(self) -> tuple:
+    """Evaluators with equal keys read the same decoded images."""
     dataset = self.config.dataset
-    return (dataset.name, dataset.data_dir, dataset.image_size, self.split, self.config.input.eval_pp)
+    return (dataset.name, dataset.data_dir, dataset.image_size, self.split)
+
+  @property
+  def data_key(self) -> tuple:
+    """Evaluators with equal keys see the same inputs (they share steps and results)."""
+    return (*self.split_key, self.config.input.eval_pp)
 
   @property
   def pp_key(self) -> str:

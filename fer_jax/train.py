@@ -119,7 +119,7 @@ class Evaluator:
   def __init__(self, model, config, mesh):
     self.model, self.config, self.mesh = model, config, mesh
     self.specs = evaluate.evaluator_specs(config)
-    self._data, self._steps = {}, {}
+    self._splits, self._data, self._steps = {}, {}, {}
 
   def open_all(self) -> None:
     """Opens every evaluator's split now, so that a bad one fails before any training; drops
@@ -145,7 +145,11 @@ class Evaluator:
   def data(self, name: str) -> pipeline.EvalData:
     spec = self.specs[name]
     if spec.data_key not in self._data:
-      self._data[spec.data_key] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key)
+      if spec.split_key in self._splits:
+        self._data[spec.data_key] = self._splits[spec.split_key].with_pipeline(spec.config, spec.pp_key)
+      else:
+        self._data[spec.data_key] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key)
+        self._splits[spec.split_key] = self._data[spec.data_key]
     return self._data[spec.data_key]
 
   def __call__(self, variables, name: str, tta_name: str = "none") -> dict:

@@ -12,6 +12,7 @@ batches an uninterrupted run would, without saving iterator state. Each process 
 its own slice of every global batch.
 """
 
+import copy
 import dataclasses
 import math
 import os
@@ -444,6 +445,13 @@ class EvalData:
 
   def __len__(self) -> int:
     return len(self.records)
+
+  def with_pipeline(self, config, pp_key: str) -> "EvalData":
+    """The same decoded split through another eval pipeline, `config.input.eval_pp`."""
+    other = copy.copy(self)
+    other.config = config
+    other.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, pp_key)
+    return other
 
   def preprocess(self, images: jax.Array, positions: jax.Array) -> jax.Array:
     """The eval pipeline on a uint8 batch (inside jit)."""

@@ -21,11 +21,13 @@ from fer_jax.data.augment.core import Op, register
 # y: fractions of the height, x: half widths as fractions of the width; every region is centred
 # on the vertical mid-line. Band half-heights leave room for the faces' own pose jitter.
 GEOMETRIES = {
-    # fer_jax.data.synthetic_faces: face 230/256 of the canvas high and 190/256 wide, eyes at
-    # 0.12 face heights above the centre (brows 0.09 higher), nose tip 0.05 and mouth 0.25 below,
-    # mouth at most half the face wide; poses rotate ±12°, scale 0.85–1.05 and shift ±6 %.
-    "synthetic": {"eye_y": 0.36, "eye_half_height": 0.12, "eye_half_width": 0.34, "nose_y": 0.55,
-                  "mouth_y": 0.725, "mouth_half_height": 0.1, "mouth_half_width": 0.27,
+    # fer_jax.data.synthetic_faces: eyes 0.12 face heights above the centre (brows 0.09 higher),
+    # nose tip 0.05 and mouth 0.25 below, the face 0.9 of the image high and 0.74 wide, then posed
+    # (±12°, scale 0.85–1.05, shift ±6 %). Over 200 posed renders the eye whites lie within
+    # y 0.28–0.49, |x − 0.5| ≤ 0.28, and the inside of an open mouth within y 0.57–0.86
+    # (99 % in 0.61–0.82), |x − 0.5| ≤ 0.21.
+    "synthetic": {"eye_y": 0.37, "eye_half_height": 0.13, "eye_half_width": 0.34, "nose_y": 0.55,
+                  "mouth_y": 0.72, "mouth_half_height": 0.12, "mouth_half_width": 0.27,
                   "chin_y": 0.95, "face_half_width": 0.38},
     # insightface's 5-point template for 112×112 aligned crops (eyes at y 51.6/112, x 38.3 and
     # 73.5; nose 71.7; mouth corners 92.3, x 41.5 and 70.7).
