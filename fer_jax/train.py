@@ -113,8 +113,8 @@ def load_initial_variables(state: dict, config, model, mesh) -> dict:
 
 class Evaluator:
   """The config's named evaluators (fer_jax.evaluate.evaluator_specs): eval data and a jitted step
-  per (inputs, TTA), built once and reused at every evaluation, so evaluating adds no compilation
-  after the first."""
+  per (preprocessing, stored shape, TTA), built once and reused at every evaluation, so evaluating
+  adds no compilation after the first."""
 
   def __init__(self, model, config, mesh):
     self.model, self.config, self.mesh = model, config, mesh
@@ -154,10 +154,12 @@ class Evaluator:
 
   def __call__(self, variables, name: str, tta_name: str = "none") -> dict:
     spec, eval_data = self.specs[name], self.data(name)
-    if (spec.data_key, tta_name) not in self._steps:
-      self._steps[spec.data_key, tta_name] = evaluate.confusion_step(
-          self.model, self.config.model.num_classes, self.mesh, tta_name, eval_data.preprocess)
-    confusion = evaluate.confusion_matrix(self._steps[spec.data_key, tta_name], variables, eval_data)
+    # Evaluators whose images are stored alike and preprocessed alike share one compiled step.
+    step_key = (eval_data.pipeline.text, eval_data.shape, tta_name)
+    if step_key not in self._steps:
+      self._steps[step_key] = evaluate.confusion_step(self.model, self.config.model.num_classes, self.mesh,
+                                                      tta_name, eval_data.preprocess)
+    confusion = evaluate.confusion_matrix(self._steps[step_key], variables, eval_data)
     results = evaluate.metrics(confusion, eval_data.split.class_names)
     return {**results, "evaluator": name, "split": spec.split, "dataset": spec.config.dataset.name,
             "model": self.config.model.name, "pp": spec.config.input.eval_pp,

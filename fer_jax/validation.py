@@ -109,7 +109,7 @@ def _evaluator_problems(config) -> list[str]:
       problems.append(f"{key}: {', '.join(wrong)} of the wrong type; the defaults: {config_lib.EVALUATOR_DEFAULTS}.")
       continue
     problems += _evaluator_value_problems(key, fields, config.input.size)
-    if fields["every_epochs"]:
+    if fields["every_epochs"] > 0:
       periodic.add(name)
   if config.select_metric and config.select_on not in periodic:
     problems.append(f"config.select_on={config.select_on!r} must name an evaluator that runs during training "
