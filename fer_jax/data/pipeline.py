@@ -460,6 +460,7 @@ class EvalData:
   def examples(self, count: int) -> np.ndarray:
     """The first `count` examples as the eval pipeline shows them before its float part (uint8),
     with the same random draws as in evaluation: what a person should look at."""
+    count = min(count, len(self.records))  # not the padding
     batch = next(iter(self.local_batches()))
     images, positions = batch["image"][:count], batch["position"][:count]
     keys = augment.example_keys(self.config.seed, positions)
