@@ -9,7 +9,8 @@ Arguments pick the data set:
               paper setting): 96.95 % test accuracy after 3 epochs, about 6 min on our 2-core CPU
               including the data set's generation. With ",occlusion=yes" the report adds the
               test split with the mouth, the eyes and the lower face (a surgical mask) covered
-              (evaluators occluded_mouth, occluded_eyes, occluded_mask).
+              (evaluators occluded_mouth, occluded_eyes, occluded_mask); measured after the same
+              3 epochs: 41.35 %, 38.30 % and 56.30 % (plain test 96.95 %).
 
   python -m fer_jax.main --config=configs/dan.py:rafdb --workdir=workdirs/dan_rafdb
 """
