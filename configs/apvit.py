@@ -3,7 +3,9 @@ r"""APViT (Xue et al. 2022): IR-50 + ViT-Small with attentive patch and token po
 Arguments pick the data set:
   rafdb       RAF-DB basic, APViT's 224×224 re-aligned faces, 7 classes. Official README:
               91.98 % (the official run evaluates the test split every epoch and keeps the
-              final epoch's weights).
+              final epoch's weights). The report adds the occlusion, pose > 30° and pose > 45°
+              test subsets (evaluators occlusion, pose30, pose45) where the set was prepared
+              with their list files.
   ferplus     FERPlus (majority vote), 8 classes. No official config: the RAF-DB recipe.
   affectnet7  AffectNet, 7 classes, validation set as test. No official config: the RAF-DB recipe.
   affectnet8  AffectNet, 8 classes. No official config: the RAF-DB recipe.
@@ -60,6 +62,7 @@ def get_config(arg: str = "rafdb"):
 
   if data == "rafdb":
     config.dataset.update(name="rafdb/aligned224", class_order="apvit7", image_size=224)
+    config.evals = config_lib.rafdb_subset_evaluators()
   elif data == "ferplus":
     config.model.num_classes = 8
     config.dataset.update(name="ferplus", class_order="apvit8")

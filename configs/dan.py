@@ -7,7 +7,10 @@ Arguments pick the data set:
   affectnet8  AffectNet, 8 classes. Official README: 62.09 % (epoch 5).
   synthetic   the built-in synthetic faces at 72×72, trained from scratch (a CPU demo, not a
               paper setting): 96.95 % test accuracy after 3 epochs, about 6 min on our 2-core CPU
-              including the data set's generation.
+              including the data set's generation. With ",occlusion=yes" the report adds the
+              test split with the mouth, the eyes and the lower face (a surgical mask) covered
+              (evaluators occluded_mouth, occluded_eyes, occluded_mask); measured after the same
+              3 epochs: 41.35 %, 38.30 % and 56.30 % (plain test 96.95 %).
 
   python -m fer_jax.main --config=configs/dan.py:rafdb --workdir=workdirs/dan_rafdb
 """
@@ -15,6 +18,7 @@ Arguments pick the data set:
 from fer_jax import config_lib
 
 DATA_SETS = ("rafdb", "affectnet7", "affectnet8", "synthetic")
+OCCLUSION = ("no", "yes")  # synthetic: also evaluate with synthetic occluders
 IMAGENET = "normalize('imagenet')"
 RAFDB_TRAIN = ("resize({size})|flip()|random_apply(0.2, 'rotate(20)|random_crop({size}, padding=32)')|"
                f"{IMAGENET}|random_erasing(p=0.5, scale=(0.02, 0.25), value=0.0)")
@@ -23,7 +27,8 @@ AFFECTNET_TRAIN = ("resize({size})|flip()|random_apply(0.7, 'random_affine(20, t
 
 
 def get_config(arg: str = "rafdb"):
-  data = config_lib.parse_arg(arg, __file__, DATA_SETS).data
+  parsed = config_lib.parse_arg(arg, __file__, DATA_SETS, occlusion=OCCLUSION)
+  data = parsed.data
   config = config_lib.base_config()
   config.model.update(name="dan", num_classes=7, num_heads=4, num_centres=8)
   config.loss.update(affinity_weight=1.0, partition_weight=1.0)
@@ -63,4 +68,6 @@ def get_config(arg: str = "rafdb"):
     config.num_epochs = 3
     config.optimizer.update(name="adam", lr=3e-4, weight_decay=0.0, schedule="cosine", grad_clip_norm=1.0)
     config.log_every_steps = 25
+    if parsed.occlusion == "yes":
+      config.evals = config_lib.synthetic_occlusion_evaluators(config.input.eval_pp)
   return config

@@ -12,6 +12,8 @@ statistics from epoch 2 on. `inference_mode_from_epoch=2` reproduces that;
 
 Arguments pick the data set:
   rafdb       RAF-DB basic, 7 classes, one SCAN unit shared by the 25 regions, heads lr 0.01.
+              The report adds the occlusion, pose > 30° and pose > 45° test subsets (evaluators
+              occlusion, pose30, pose45) where the set was prepared with their list files.
   ferplus     FERPlus majority-vote labels, 8 classes, 25 separate SCAN units, heads lr 0.01;
               trains on train+validation merged, as the official script does.
   affectnet7  AffectNet, 7 classes, separate units, heads lr 0.001; as the official loader,
@@ -75,6 +77,7 @@ def get_config(arg: str = "rafdb"):
   if data == "rafdb":
     config.model.shared_local_units = True
     config.dataset.update(name="rafdb", class_order="affectnet7", image_size=100)
+    config.evals = config_lib.rafdb_subset_evaluators()
   elif data == "ferplus":
     config.model.num_classes = 8
     config.dataset.update(name="ferplus", class_order="affectnet8", train_split="train+validation")

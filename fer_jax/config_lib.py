@@ -7,7 +7,46 @@ from collections.abc import Sequence
 import ml_collections
 from ml_collections import config_flags
 
+# One evaluator of `config.evals`: what `evaluator()` fills in; "" and 0 take the run's own value.
+EVALUATOR_DEFAULTS = {
+    "dataset": "",            # a TFDS builder name ("" = config.dataset.name); classes are mapped by name
+    "data_dir": "",           # "" = config.dataset.data_dir
+    "split": "test",
+    "image_size": 0,          # side the host decodes images to (0 = config.dataset.image_size)
+    "pp": "",                 # device pipeline string ("" = config.input.eval_pp)
+    "tta": "none",            # fer_jax.tta.NAMES; reported beside the single pass
+    "every_epochs": 0,        # also evaluate every N epochs during training (0 = only in the final report)
+    "skip_if_missing": False,  # a split the prepared set lacks is skipped with a warning instead of an error
+}
+# Evaluators every run has, made from config.dataset and config.eval; config.evals adds others.
+BUILT_IN_EVALUATORS = ("eval", "test")
 
+
+def evaluator(**fields) -> ml_collections.ConfigDict:
+  """One entry of `config.evals`: EVALUATOR_DEFAULTS with `fields` in place."""
+  unknown = sorted(set(fields) - set(EVALUATOR_DEFAULTS))
+  if unknown:
+    raise ValueError(f"Unknown evaluator keys {unknown}; valid: {', '.join(EVALUATOR_DEFAULTS)}.")
+  return ml_collections.ConfigDict({**EVALUATOR_DEFAULTS, **fields})
+
+
+# RAF-DB's occlusion and pose test subsets (fer_jax.data.builders.rafdb), present when their list
+# files were there at prepare time; skipped with a warning otherwise.
+RAFDB_SUBSETS = ("test_occlusion", "test_pose30", "test_pose45")
+
+
+def rafdb_subset_evaluators() -> ml_collections.ConfigDict:
+  """config.evals entries for the subsets, named after their splits without "test_"."""
+  return ml_collections.ConfigDict({split.removeprefix("test_"): evaluator(split=split, skip_if_missing=True)
+                                    for split in RAFDB_SUBSETS})
+
+
+def synthetic_occlusion_evaluators(eval_pp: str) -> ml_collections.ConfigDict:
+  """The synthetic faces' test split with the mouth, the eyes and the lower face covered
+  (fer_jax.data.augment.occlusion) before `eval_pp`."""
+  return ml_collections.ConfigDict({
+      f"occluded_{region}": evaluator(pp=f"occlude('{region}', geometry='synthetic')|{eval_pp}")
+      for region in ("mouth", "eyes", "mask")})
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -60,9 +99,14 @@ def base_config() -> ml_collections.ConfigDict:
       "weight_decay_exclude": "",   # regex: parameters without weight decay
   })
 
+  # The built-in evaluators: "eval" (dataset.eval_split every eval.every_epochs) and "test"
+  # (dataset.test_split, else eval_split, in the final report, also with eval.tta).
   config.eval = ml_collections.ConfigDict({"every_epochs": 1, "tta": "none"})  # tta: fer_jax.tta.NAMES
-  # Model selection on dataset.eval_split: "" (keep the last epoch), "accuracy" or
-  # "mean_class_accuracy"; the best epoch is kept in workdir/best.
+  # More named evaluators, each `evaluator(...)`: other splits or data sets, occlusions, TTA.
+  config.evals = ml_collections.ConfigDict()
+  # Model selection on the evaluator `select_on` (one that runs every N epochs): "" (keep the
+  # last epoch), "accuracy" or "mean_class_accuracy"; the best epoch is kept in workdir/best.
+  config.select_on = "eval"
   config.select_metric = ""
   config.select_decimals = 0          # compare the metric rounded to this many decimals (0 = unrounded)
   config.select_ties = "earliest"     # earliest | latest: which of equally good epochs is kept

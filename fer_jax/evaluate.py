@@ -1,4 +1,5 @@
-"""Evaluation: a jitted step that accumulates a confusion matrix, metrics, and reports.
+"""Evaluation: the named evaluators of a config, a jitted step that accumulates a confusion
+matrix, metrics, and reports.
 
 Every example counts once: the last batch is padded and padded rows carry mask 0. The
 confusion matrix (a `clu.metrics.Metric`) is summed inside the step over the global batch, so
@@ -6,6 +7,7 @@ the host only merges K×K matrices, on any number of devices and processes. All 
 from it.
 """
 
+import dataclasses
 import json
 import os
 
@@ -13,10 +15,77 @@ from clu import metrics as clu_metrics
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fer_jax import config_lib
 from fer_jax import tta
+from fer_jax import visualize
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """One named evaluator, resolved: `config` is the run's config with the evaluator's data set,
+  image size and pipeline (as `input.eval_pp`) in place."""
+  name: str
+  config: ml_collections.ConfigDict
+  split: str
+  tta: str
+  every_epochs: int
+  skip_if_missing: bool
+
+  @property
+  def split_key(self) -> tuple:
+    """Evaluators with equal keys read the same decoded images."""
+    dataset = self.config.dataset
+    return (dataset.name, dataset.data_dir, dataset.image_size, self.split)
+
+  @property
+  def data_key(self) -> tuple:
+    """Evaluators with equal keys see the same inputs (they share steps and results)."""
+    return (*self.split_key, self.config.input.eval_pp)
+
+  @property
+  def pp_key(self) -> str:
+    return "input.eval_pp" if self.name in config_lib.BUILT_IN_EVALUATORS else f"evals.{self.name}.pp"
+
+
+def evaluator_fields(config) -> dict[str, dict]:
+  """{name: fields} of the built-in evaluators and then `config.evals`, defaults filled in."""
+  dataset = config.dataset
+  fields = {"eval": config_lib.evaluator(split=dataset.eval_split, every_epochs=config.eval.every_epochs),
+            "test": config_lib.evaluator(split=dataset.test_split or dataset.eval_split, tta=config.eval.tta)}
+  fields.update({name: config_lib.evaluator(**entry) for name, entry in config.evals.items()})
+  return fields
+
+
+def evaluator_specs(config) -> dict[str, Spec]:
+  """Every evaluator of `config` (fer_jax.validation has checked their fields)."""
+  return {name: _spec(config, name, fields) for name, fields in evaluator_fields(config).items()}
+
+
+def _spec(config, name: str, fields) -> Spec:
+  resolved = config.copy_and_resolve_references()
+  own_data_set = fields.dataset in ("", config.dataset.name)
+  resolved.dataset.update(name=fields.dataset or config.dataset.name,
+                          data_dir=fields.data_dir or (config.dataset.data_dir if own_data_set else ""),
+                          image_size=fields.image_size or config.dataset.image_size)
+  resolved.input.eval_pp = fields.pp or config.input.eval_pp
+  return Spec(name, resolved, fields.split, fields.tta, fields.every_epochs, fields.skip_if_missing)
+
+
+def class_mapping(split) -> dict:
+  """How a split's classes met the model's, by name: each data-set class → the model class it
+  is scored as (None: its records are left out, with their count); model classes the data set
+  lacks (predicting one is always wrong)."""
+  model = set(split.class_names)
+  return {
+      "dataset_to_model": {name: (name if name in model else None) for name in split.source_class_names},
+      "excluded_examples": {name: count for name, count in zip(split.source_class_names, split.source_counts)
+                            if name not in model},
+      "model_classes_absent": [name for name in split.class_names if name not in split.source_class_names],
+  }
 
 
 @flax.struct.dataclass
@@ -90,38 +159,64 @@ def metrics(confusion: np.ndarray, class_names) -> dict:
   }
 
 
-def write_report(results: dict, workdir: str) -> None:
-  """DIR/eval_results.json and DIR/confusion_matrix.png (process 0 only)."""
+TTA_KEYS = ("accuracy", "mean_class_accuracy", "macro_f1", "per_class_accuracy", "confusion_matrix")
+REPORTED = "test"  # the evaluator whose results are also the top level of eval_results.json
+
+
+def write_report(report: dict, workdir: str, examples: dict | None = None) -> None:
+  """DIR/eval_results.json (the "test" evaluator's results at the top level, as before, and every
+  evaluator under "evaluators"), eval_results.md, a confusion matrix PNG per evaluator
+  (confusion_matrix.png for "test", confusion_matrix_<name>.png for the others), examples_<name>.png
+  of `examples` ({name: uint8 images}) and eval_summary.png (process 0 only)."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "eval_results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  plot_confusion(np.array(results["confusion_matrix"]), results["class_names"],
-                 os.path.join(workdir, "confusion_matrix.png"),
-                 f"accuracy {results['accuracy']:.2%}, mean-class {results['mean_class_accuracy']:.2%}")
+    json.dump(report, f, indent=2)
+  evaluators = report["evaluators"]
+  for name, results in evaluators.items():
+    visualize.plot_confusion(np.array(results["confusion_matrix"]), results["class_names"],
+                             os.path.join(workdir, confusion_file(name)),
+                             f"{name}: accuracy {results['accuracy']:.2%}, mean-class {results['mean_class_accuracy']:.2%}")
+  for name, images in (examples or {}).items():
+    visualize.plot_examples(images, os.path.join(workdir, f"examples_{name}.png"), f"{name}: {evaluators[name]['pp']}")
+  visualize.plot_accuracies({"": {name: r["accuracy"] for name, r in evaluators.items()}},
+                            os.path.join(workdir, "eval_summary.png"))
+  with open(os.path.join(workdir, "eval_results.md"), "w") as f:
+    f.write(markdown(evaluators, examples or {}))
 
 
-def plot_confusion(confusion: np.ndarray, class_names, path: str, title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+def confusion_file(name: str) -> str:
+  return "confusion_matrix.png" if name == REPORTED else f"confusion_matrix_{name}.png"
 
-  rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-  size = 1.0 + 0.8 * len(class_names)
-  figure, axes = plt.subplots(figsize=(size + 1.5, size))
-  image = axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-  figure.colorbar(image, ax=axes, fraction=0.046)
-  ticks = range(len(class_names))
-  axes.set_xticks(ticks, class_names, rotation=45, ha="right")
-  axes.set_yticks(ticks, class_names)
-  axes.set_xlabel("predicted")
-  axes.set_ylabel("true")
-  axes.set_title(title, fontsize=9)
-  for i in ticks:
-    for j in ticks:
-      axes.text(j, i, f"{rates[i, j]:.2f}\n({confusion[i, j]})", ha="center", va="center", fontsize=7,
-                color="white" if rates[i, j] > 0.5 else "black")
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
+
+def _percent(value) -> str:
+  return "–" if value is None else f"{100 * value:.2f}"
+
+
+def markdown(evaluators: dict, examples: dict) -> str:
+  """eval_results.md: one row per evaluator, per-class accuracies, class mappings, pictures."""
+  lines = ["| evaluator | data set | split | examples | accuracy % | mean-class % | macro F1 % | TTA | TTA accuracy % |",
+           "|---|---|---|---:|---:|---:|---:|---|---:|"]
+  for name, r in evaluators.items():
+    tta_entry = r.get("tta", {})
+    lines.append(f"| {name} | {r['dataset']} | {r['split']} | {r['num_examples']} | {_percent(r['accuracy'])} | "
+                 f"{_percent(r['mean_class_accuracy'])} | {_percent(r['macro_f1'])} | {tta_entry.get('name', 'none')} | "
+                 f"{_percent(tta_entry.get('accuracy'))} |")
+  class_names = next(iter(evaluators.values()))["class_names"]
+  lines += ["", "Per-class accuracy (%; – where the split has no example of the class):", "",
+            "| evaluator | " + " | ".join(class_names) + " |", "|---|" + "---:|" * len(class_names)]
+  for name, r in evaluators.items():
+    lines.append(f"| {name} | " + " | ".join(_percent(r["per_class_accuracy"][c]) for c in class_names) + " |")
+  lines += ["", "Preprocessing:", ""] + [f"* {name}: `{r['pp']}`" for name, r in evaluators.items()]
+  for name, r in evaluators.items():
+    mapping = r["class_mapping"]
+    if mapping["excluded_examples"] or mapping["model_classes_absent"]:
+      excluded = ", ".join(f"{c} ({n} examples)" for c, n in mapping["excluded_examples"].items()) or "none"
+      absent = ", ".join(mapping["model_classes_absent"]) or "none"
+      lines += ["", f"{name}: classes mapped by name from {r['dataset']}. Left out (the model lacks them): {excluded}. "
+                f"Model classes {r['dataset']} lacks (predicting them counts as wrong): {absent}."]
+  lines += ["", "Pictures: " + ", ".join(f"[{name}]({confusion_file(name)})" for name in evaluators)
+            + " (confusion matrices); " + ", ".join(f"[{name}](examples_{name}.png)" for name in examples)
+            + " (first inputs as evaluated); [accuracy per evaluator](eval_summary.png).", ""]
+  return "\n".join(lines)

@@ -24,7 +24,7 @@ def pixels(config, split_name: str) -> tuple[np.ndarray, np.ndarray]:
   shape = pipeline.stored_shape(config, split)
   records = split.indices
   images = pipeline.decode_all(decode.Decoder(split.source, shape), records, pipeline.num_workers(config))
-  prepare = pipeline.compile_pipeline(config, config.input.eval_pp, shape, "eval_pp")
+  prepare = pipeline.compile_pipeline(config, config.input.eval_pp, shape, "input.eval_pp")
   keys = jax.random.split(jax.random.key(0), len(records))
   features = np.asarray(jax.jit(prepare)(images, keys)).reshape(len(records), -1)
   return features.astype(np.float64), split.labels[records]

@@ -112,46 +112,93 @@ def load_initial_variables(state: dict, config, model, mesh) -> dict:
 
 
 class Evaluator:
-  """Eval data per split and a jitted step per (split, TTA), built once and reused every epoch."""
+  """The config's named evaluators (fer_jax.evaluate.evaluator_specs): eval data and a jitted step
+  per (preprocessing, stored shape, TTA), built once and reused at every evaluation, so evaluating
+  adds no compilation after the first."""
 
   def __init__(self, model, config, mesh):
     self.model, self.config, self.mesh = model, config, mesh
-    self._data, self._steps = {}, {}
+    self.specs = evaluate.evaluator_specs(config)
+    self._splits, self._data, self._steps = {}, {}, {}
 
-  def data(self, split: str) -> pipeline.EvalData:
-    if split not in self._data:
-      self._data[split] = pipeline.EvalData(self.config, self.mesh, split)
-    return self._data[split]
+  def open_all(self) -> None:
+    """Opens every evaluator's split now, so that a bad one fails before any training; drops
+    (with a warning) those with `skip_if_missing` whose split the prepared set lacks."""
+    for name, spec in list(self.specs.items()):
+      if spec.skip_if_missing and not pipeline.has_split(spec.config, spec.split):
+        logging.warning("Evaluator %s skipped: %s has no split %r (skip_if_missing).", name,
+                        spec.config.dataset.name, spec.split)
+        del self.specs[name]
+      else:
+        self.data(name)
 
-  def __call__(self, variables, split: str, tta_name: str = "none") -> dict:
-    eval_data = self.data(split)
-    if (split, tta_name) not in self._steps:
-      self._steps[split, tta_name] = evaluate.confusion_step(self.model, self.config.model.num_classes, self.mesh,
-                                                             tta_name, eval_data.preprocess)
-    confusion = evaluate.confusion_matrix(self._steps[split, tta_name], variables, eval_data)
+  @property
+  def periodic(self) -> list[str]:
+    return [name for name, spec in self.specs.items() if spec.every_epochs]
+
+  @property
+  def reported(self) -> list[str]:
+    """The final report's evaluators: all but "eval" where it reads the same inputs as "test"."""
+    same = self.specs["eval"].data_key == self.specs["test"].data_key
+    return [name for name in self.specs if not (name == "eval" and same)]
+
+  def data(self, name: str) -> pipeline.EvalData:
+    spec = self.specs[name]
+    if spec.data_key not in self._data:
+      if spec.split_key in self._splits:
+        self._data[spec.data_key] = self._splits[spec.split_key].with_pipeline(spec.config, spec.pp_key)
+      else:
+        self._data[spec.data_key] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key)
+        self._splits[spec.split_key] = self._data[spec.data_key]
+    return self._data[spec.data_key]
+
+  def __call__(self, variables, name: str, tta_name: str = "none") -> dict:
+    spec, eval_data = self.specs[name], self.data(name)
+    # Evaluators whose images are stored alike and preprocessed alike share one compiled step.
+    step_key = (eval_data.pipeline.text, eval_data.shape, tta_name)
+    if step_key not in self._steps:
+      self._steps[step_key] = evaluate.confusion_step(self.model, self.config.model.num_classes, self.mesh,
+                                                      tta_name, eval_data.preprocess)
+    confusion = evaluate.confusion_matrix(self._steps[step_key], variables, eval_data)
     results = evaluate.metrics(confusion, eval_data.split.class_names)
-    return {**results, "split": split, "dataset": self.config.dataset.name, "model": self.config.model.name}
+    return {**results, "evaluator": name, "split": spec.split, "dataset": spec.config.dataset.name,
+            "model": self.config.model.name, "pp": spec.config.input.eval_pp,
+            "class_mapping": evaluate.class_mapping(eval_data.split)}
+
+  def steps(self) -> list:
+    """The jitted steps built so far (each compiles once per input shape)."""
+    return list(self._steps.values())
 
 
-def final_report(evaluator: Evaluator, variables, workdir: str, step: int, plain: dict | None = None) -> dict:
-  """Evaluates the report split (test_split, else eval_split), single pass and, if configured, with TTA."""
-  config = evaluator.config
-  split = config.dataset.test_split or config.dataset.eval_split
-  results = plain or evaluator(variables, split)
-  results["step"] = step
-  if config.eval.tta != "none":
-    with_tta = evaluator(variables, split, config.eval.tta)
-    results["tta"] = {"name": config.eval.tta, **{k: with_tta[k] for k in (
-        "accuracy", "mean_class_accuracy", "macro_f1", "per_class_accuracy", "confusion_matrix")}}
-  evaluate.write_report(results, workdir)
-  logging.info("%s %s: accuracy %.4f, mean-class accuracy %.4f over %d examples%s", config.dataset.name, split,
-               results["accuracy"], results["mean_class_accuracy"], results["num_examples"],
-               f"; with {config.eval.tta} TTA: accuracy {results['tta']['accuracy']:.4f}" if "tta" in results else "")
-  return results
+EXAMPLES_PER_EVALUATOR = 8
+
+
+def final_report(evaluator: Evaluator, variables, workdir: str, step: int, reusable: dict | None = None) -> dict:
+  """Runs every reported evaluator (single pass and, where it has one, with its TTA), writes the
+  report files and returns the "test" evaluator's results with all of them under "evaluators".
+  `reusable`: {data_key: results} already computed with these variables."""
+  reusable, evaluators = dict(reusable or {}), {}
+  for name in evaluator.reported:
+    spec = evaluator.specs[name]
+    results = reusable.get(spec.data_key) or evaluator(variables, name)
+    reusable[spec.data_key] = results
+    results = {**results, "evaluator": name, "step": step}
+    if spec.tta != "none":
+      with_tta = evaluator(variables, name, spec.tta)
+      results["tta"] = {"name": spec.tta, **{k: with_tta[k] for k in evaluate.TTA_KEYS}}
+    evaluators[name] = results
+    logging.info("%s (%s %s): accuracy %.4f, mean-class accuracy %.4f over %d examples%s", name, results["dataset"],
+                 spec.split, results["accuracy"], results["mean_class_accuracy"], results["num_examples"],
+                 f"; with {spec.tta} TTA: accuracy {results['tta']['accuracy']:.4f}" if "tta" in results else "")
+  report = {**evaluators[evaluate.REPORTED], "evaluators": evaluators}
+  examples = {name: evaluator.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in evaluators}
+  evaluate.write_report(report, workdir, examples)
+  return report
 
 
 class Selection:
-  """Best epoch on eval_split by `config.select_metric`, kept in workdir/best; early stopping.
+  """Best epoch on the evaluator `config.select_on` by `config.select_metric`, kept in workdir/best;
+  early stopping.
 
   The metric is compared rounded to `config.select_decimals` (0 = unrounded); on a tie the
   earlier epoch stays best unless `config.select_ties == "latest"`."""
@@ -310,8 +357,7 @@ class TrainingRun:
     self.model = method.build(config.model)
     self.data = pipeline.TrainData(config, self.mesh)
     self.evaluator = Evaluator(self.model, config, self.mesh)
-    for split in {config.dataset.eval_split, config.dataset.test_split} - {""}:
-      self.evaluator.data(split)  # fail now, not after training
+    self.evaluator.open_all()
     self.steps_per_epoch, self.num_steps = self.data.steps_per_epoch, self.data.num_steps
     self.abstract = models.abstract_variables(self.model, config)
     tx = optim.make_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs, self.abstract["params"])
@@ -324,7 +370,7 @@ class TrainingRun:
     self.writer = Writer(workdir)
     self.guard = FiniteGuard(self.checkpoints, self.steps_per_epoch)
     self.progress = ProgressLog(config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)
-    self.step, self.last_eval = self.start_step, None
+    self.step, self.last_evals = self.start_step, {}
     logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %d devices", config.model.name,
                  config.dataset.name, self.num_steps, self.steps_per_epoch, config.batch_size, self.mesh.devices.size)
 
@@ -355,24 +401,38 @@ class TrainingRun:
     self.step = step
     self.progress.add(step, metrics)
 
+  def due_evaluators(self) -> list[str]:
+    """The periodic evaluators due after this step: at the end of every epoch that is a multiple of
+    their `every_epochs`, and at the last step."""
+    epoch, within = divmod(self.step, self.steps_per_epoch)
+    if within:
+      return []
+    return [name for name in self.evaluator.periodic
+            if self.step == self.num_steps or epoch % self.evaluator.specs[name].every_epochs == 0]
+
   def evaluate_and_select(self) -> bool:
-    """At the end of an evaluated epoch: evaluates eval_split and updates the selection; returns
-    True when early stopping ends training."""
-    epoch, epoch_end = divmod(self.step, self.steps_per_epoch)[0], self.step % self.steps_per_epoch == 0
-    self.last_eval = None
-    if not epoch_end or (epoch % self.config.eval.every_epochs and self.step != self.num_steps):
+    """At the end of an evaluated epoch: runs the due evaluators and, when `select_on` is one of
+    them, updates the selection; returns True when early stopping ends training."""
+    epoch = self.step // self.steps_per_epoch
+    self.last_evals = {}
+    due = self.due_evaluators()
+    if not due:
       return False
     self.guard.check()
-    split = self.config.dataset.eval_split
-    self.last_eval = self.evaluator(self.variables, split)
-    logging.info("epoch %d %s: accuracy %.4f mean-class %.4f", epoch, split, self.last_eval["accuracy"],
-                 self.last_eval["mean_class_accuracy"])
-    self.writer.scalars(self.step, {f"eval/{k}": self.last_eval[k] for k in ("accuracy", "mean_class_accuracy")})
-    stop = self.selection.update(epoch, self.step, self.last_eval, self.variables, self.config)
+    results = {}
+    for name in due:
+      results[name] = self.evaluator(self.variables, name)
+      self.last_evals[self.evaluator.specs[name].data_key] = results[name]
+      logging.info("epoch %d %s (%s): accuracy %.4f mean-class %.4f", epoch, name, results[name]["split"],
+                   results[name]["accuracy"], results[name]["mean_class_accuracy"])
+      self.writer.scalars(self.step, {f"{name}/{k}": results[name][k] for k in ("accuracy", "mean_class_accuracy")})
+    self.progress.restart_clock()
+    if self.config.select_on not in results:
+      return False
+    stop = self.selection.update(epoch, self.step, results[self.config.select_on], self.variables, self.config)
     if stop:
       logging.info("Early stopping at epoch %d: no gain in %s for %d epochs", epoch, self.selection.metric,
                    self.selection.patience)
-    self.progress.restart_clock()
     return stop
 
   def checkpoint(self, force: bool = False) -> None:
@@ -391,21 +451,20 @@ class TrainingRun:
     raise Preempted(self.step)
 
   def report(self) -> dict:
-    """The final report on test_split (else eval_split), with the best epoch's weights if configured."""
+    """The final report of every evaluator, with the best epoch's weights if configured."""
     checkpointing.wait_until_saved(self.checkpoints)
     self.selection.wait_until_finished()
-    variables, reusable = self.variables, self.last_eval
+    variables, reusable = self.variables, self.last_evals
     if self.config.restore_best and self.selection.metric and self.selection.checkpoints.latest_step() is not None:
       variables = jax.device_put(self.selection.best_variables(self.abstract), NamedSharding(self.mesh, P()))
       logging.info("Reporting the best epoch (%d, %s %.4f)", self.selection.best_epoch, self.selection.metric,
                    self.selection.best_value)
-      reusable = None
-    if self.config.dataset.test_split not in ("", self.config.dataset.eval_split):
-      reusable = None
-    results = final_report(self.evaluator, variables, self.workdir, self.step, reusable)
-    self.writer.scalars(self.step, {f"test/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
+      reusable = {}
+    report = final_report(self.evaluator, variables, self.workdir, self.step, reusable)
+    for name, results in report["evaluators"].items():
+      self.writer.scalars(self.step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
     self.writer.close()
-    return results
+    return report
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -424,10 +483,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
-  """`--mode=eval`: evaluates a saved or converted checkpoint and writes the report."""
+  """`--mode=eval`: runs every evaluator of `config` on a saved or converted checkpoint and writes the report."""
   validation.validate(config, training=False)
   mesh = mesh_lib.make_mesh()
   model = models.build_model(config)
+  evaluator = Evaluator(model, config, mesh)
+  evaluator.open_all()
   variables = models.load_trained_variables(config, model, checkpoint)
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
-  return final_report(Evaluator(model, config, mesh), variables, workdir, step=-1)
+  return final_report(evaluator, variables, workdir, step=-1)

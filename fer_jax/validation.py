@@ -2,12 +2,16 @@
 all problems listed at once with the keys and the fix."""
 
 import os
+import re
 
 import jax
+import ml_collections
 
+from fer_jax import config_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import tta
+from fer_jax.data import augment
 from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.errors import ConfigError
@@ -24,7 +28,7 @@ def validate(config, *, training: bool, new_run: bool = False) -> None:
   processes). `new_run`: a run starting from scratch, which reads `init_from` (a resumed
   run ignores it). Raises ConfigError listing every problem with the keys and the fix.
   """
-  problems = _value_problems(config) + _selection_problems(config)
+  problems = _value_problems(config) + _selection_problems(config) + _evaluator_problems(config)
   if training:
     problems += _training_problems(config, new_run)
   if problems:
@@ -77,6 +81,56 @@ def _selection_problems(config) -> list[str]:
         problems.append(f"config.{key}={value} needs a metric to compare epochs by: set "
                         "--config.select_metric=accuracy (or mean_class_accuracy), or turn it off "
                         f"(--config.{key}={0 if key == 'early_stopping_patience' else False}).")
+  return problems
+
+
+EVALUATOR_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # names become file names and TensorBoard tags
+EVALUATOR_TYPES = {key: (bool if isinstance(value, bool) else type(value))
+                   for key, value in config_lib.EVALUATOR_DEFAULTS.items()}
+
+
+def _evaluator_problems(config) -> list[str]:
+  """config.evals: names, keys, value types and values of every entry; select_on names a periodic evaluator."""
+  problems, periodic = [], {"eval"} if config.eval.every_epochs else set()
+  for name, entry in config.evals.items():
+    key = f"config.evals.{name}"
+    if name in config_lib.BUILT_IN_EVALUATORS or not EVALUATOR_NAME.match(name):
+      problems.append(f"{key}: evaluator names are letters, digits, '_' and '-', and not "
+                      f"{' or '.join(config_lib.BUILT_IN_EVALUATORS)} (built in: dataset.eval_split and test_split).")
+    if not isinstance(entry, (dict, ml_collections.ConfigDict)):
+      problems.append(f"{key} must be config_lib.evaluator(...), not {type(entry).__name__}.")
+      continue
+    unknown = sorted(set(entry.keys()) - set(config_lib.EVALUATOR_DEFAULTS))
+    if unknown:
+      problems.append(f"{key} has unknown keys {unknown}; valid: {', '.join(config_lib.EVALUATOR_DEFAULTS)}.")
+    fields = {**config_lib.EVALUATOR_DEFAULTS, **{k: v for k, v in entry.items() if k not in unknown}}
+    wrong = [f"{k}={v!r}" for k, v in fields.items() if type(v) is not EVALUATOR_TYPES[k]]
+    if wrong:
+      problems.append(f"{key}: {', '.join(wrong)} of the wrong type; the defaults: {config_lib.EVALUATOR_DEFAULTS}.")
+      continue
+    problems += _evaluator_value_problems(key, fields, config.input.size)
+    if fields["every_epochs"] > 0:
+      periodic.add(name)
+  if config.select_metric and config.select_on not in periodic:
+    problems.append(f"config.select_on={config.select_on!r} must name an evaluator that runs during training "
+                    f"(every_epochs ≥ 1): {', '.join(sorted(periodic)) or 'none does'}.")
+  return problems
+
+
+def _evaluator_value_problems(key: str, fields: dict, size: int) -> list[str]:
+  problems = _choice(f"{key[len('config.'):]}.tta", fields["tta"], tta.NAMES)
+  if not fields["split"]:
+    problems.append(f"{key}.split is empty: name a split of the data set (e.g. 'test').")
+  for name in ("every_epochs", "image_size"):
+    if fields[name] < 0:
+      problems.append(f"{key}.{name}={fields[name]} must be 0 or more.")
+  if fields["data_dir"] and not fields["dataset"]:
+    problems.append(f"{key}.data_dir is set without {key}.dataset: name the data set it holds.")
+  if fields["pp"]:
+    try:
+      augment.parse(fields["pp"], size=size)
+    except ValueError as e:
+      problems.append(f"{key}.pp: {e}")
   return problems
 
 

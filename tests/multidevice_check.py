@@ -71,7 +71,7 @@ def confusion(devices, config, variables):
   """The eval split's confusion matrix on `devices`, with a batch that does not divide over them."""
   mesh = mesh_lib.make_mesh(devices)
   replicated = jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  return train.Evaluator(SmallNet(), config, mesh)(replicated, config.dataset.eval_split)["confusion_matrix"]
+  return train.Evaluator(SmallNet(), config, mesh)(replicated, "eval")["confusion_matrix"]
 
 
 def main():

@@ -6,7 +6,7 @@ from fer_jax import validation
 from fer_jax.errors import ConfigError
 from helpers import get_config
 
-SHIPPED = ([f"configs/dan.py:{a}" for a in ("rafdb", "affectnet7", "affectnet8", "synthetic")]
+SHIPPED = ([f"configs/dan.py:{a}" for a in ("rafdb", "affectnet7", "affectnet8", "synthetic", "synthetic,occlusion=yes")]
            + [f"configs/apvit.py:{a}" for a in ("rafdb", "ferplus", "affectnet7", "affectnet8", "synthetic")]
            + [f"configs/scan_cci.py:{a}" for a in ("rafdb", "ferplus", "affectnet7", "affectnet8", "synthetic")]
            + [f"configs/lhcnet.py:{d},stage={s}" for d in ("fer2013", "synthetic") for s in ("A1", "A2", "A3", "B", "C")])

@@ -48,8 +48,14 @@ def test_confusion_step_counts_masked_rows_zero_times():
 
 
 def test_report_files(tmp_path):
-  results = evaluate.metrics(np.array([[3, 1], [0, 4]]), ("x", "y"))
-  evaluate.write_report(results, str(tmp_path))
-  assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+  results = {**evaluate.metrics(np.array([[3, 1], [0, 4]]), ("x", "y")), "dataset": "d", "split": "s", "pp": "p",
+             "class_mapping": {"excluded_examples": {}, "model_classes_absent": []}}
+  images = np.zeros((2, 8, 8, 3), np.uint8)
+  evaluate.write_report({**results, "evaluators": {"test": results, "other": results}}, str(tmp_path),
+                        {"test": images, "other": images})
+  for name in ("confusion_matrix.png", "confusion_matrix_other.png", "examples_other.png", "eval_summary.png"):
+    assert (tmp_path / name).stat().st_size > 1000, name
   import json
   assert json.loads((tmp_path / "eval_results.json").read_text())["confusion_matrix"] == [[3, 1], [0, 4]]
+  table = (tmp_path / "eval_results.md").read_text()
+  assert "| other | d | s | 8 | 87.50 | 87.50 |" in table  # 7 of 8 right; recalls 3/4 and 4/4

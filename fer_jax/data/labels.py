@@ -32,9 +32,13 @@ def class_names(order: str) -> tuple[str, ...]:
   return CLASS_ORDERS[order]
 
 
-def label_map(source: tuple[str, ...], target: tuple[str, ...]) -> np.ndarray:
-  """Array m with m[source_index] = target_index, or -1 where the target lacks that class."""
+def label_map(source: tuple[str, ...], target: tuple[str, ...], allow_missing: bool = False) -> np.ndarray:
+  """Array m with m[source_index] = target_index, or -1 where the target lacks that class.
+
+  Target classes the source lacks are an error unless `allow_missing` (evaluating a model on
+  another data set: e.g. an 8-class model on a 7-class set, whose contempt column then only
+  ever holds wrong predictions)."""
   unknown = [name for name in target if name not in source]
-  if unknown:
+  if unknown and not allow_missing:
     raise ValueError(f"Target classes {unknown} are not in the data set's classes {list(source)}.")
   return np.array([target.index(name) if name in target else -1 for name in source], np.int32)

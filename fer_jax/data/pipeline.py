@@ -12,6 +12,7 @@ batches an uninterrupted run would, without saving iterator state. Each process 
 its own slice of every global batch.
 """
 
+import copy
 import dataclasses
 import math
 import os
@@ -40,6 +41,8 @@ class Split:
   labels: np.ndarray          # per record, in the target order; -1 = class not used
   class_names: tuple[str, ...]
   image_shape: tuple          # the data set's image feature shape; None where sizes vary
+  source_class_names: tuple[str, ...] = ()  # the data set's own classes
+  source_counts: tuple[int, ...] = ()       # records of each of them in the split
 
   @property
   def indices(self) -> np.ndarray:
@@ -79,27 +82,45 @@ def _generate_once(name: str, data_dir: str | None, builder):
   return builder
 
 
-def load_split(config, split: str, max_per_class: int = 0) -> Split:
-  """Opens a prepared split and maps its labels to `config.dataset.class_order`.
+def _missing_splits(builder, split: str) -> list[str]:
+  parts = [part.split("[")[0].strip() for part in split.split("+")]  # "train+validation" reads both
+  return [name for name in parts if name not in builder.info.splits]
 
-  With `max_per_class`, only the first that many records of each class count, in annotation
+
+def has_split(config, split: str) -> bool:
+  """Whether the prepared `config.dataset` holds every part of `split`."""
+  return not _missing_splits(_builder(config.dataset), split)
+
+
+def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = False) -> Split:
+  """Opens a prepared split and maps its labels to `config.dataset.class_order` by class name.
+
+  Records of classes the order lacks get label −1 (left out). Classes of the order the data set
+  lacks are an error, unless `evaluation` (a model scored on another data set). With
+  `max_per_class`, only the first that many records of each class count, in annotation
   order (the builder's `annotation_index` where it has one, else record order).
   """
   builder = _builder(config.dataset)
-  for part in split.split("+"):  # "train+validation" reads both, in that order
-    name = part.split("[")[0].strip()
-    if name not in builder.info.splits:
-      raise DataError(f"Data set {config.dataset.name!r} has no split {name!r}; "
-                      f"its splits are: {', '.join(builder.info.splits)} (join several with '+').")
+  missing = _missing_splits(builder, split)
+  if missing:
+    raise DataError(f"Data set {config.dataset.name!r} has no split {missing[0]!r}; "
+                    f"its splits are: {', '.join(builder.info.splits)} (join several with '+').")
   target = labels_lib.class_names(config.dataset.class_order)
-  mapping = labels_lib.label_map(tuple(builder.info.features["label"].names), target)
+  source_names = tuple(builder.info.features["label"].names)
+  try:
+    mapping = labels_lib.label_map(source_names, target, allow_missing=evaluation)
+  except ValueError as e:
+    raise DataError(f"{config.dataset.name} cannot train a model of config.dataset.class_order="
+                    f"{config.dataset.class_order!r}: {e}") from e
   raw_labels, annotation_order = _read_labels_and_order(builder, split)
   split_labels = mapping[raw_labels]
   if max_per_class:
     split_labels = keep_first_per_class(split_labels, max_per_class, annotation_order)
   image_feature = builder.info.features["image"]
   source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
-  return Split(source, split_labels, target, tuple(image_feature.shape))
+  counts = np.bincount(raw_labels, minlength=len(source_names))
+  return Split(source, split_labels, target, tuple(image_feature.shape), source_names,
+               tuple(int(c) for c in counts))
 
 
 def _read_labels_and_order(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -164,15 +185,15 @@ def stored_shape(config, split: Split) -> tuple[int, int, int]:
 
 
 def compile_pipeline(config, text: str, shape: tuple[int, int, int], key: str) -> augment.Pipeline:
-  """`config.input.<key>` compiled for images of `shape`; its output must be the model's input."""
+  """`config.<key>` (e.g. "input.eval_pp") compiled for images of `shape`; its output must be the model's input."""
   try:
     pipeline = augment.parse(text, size=config.input.size)
     output = pipeline.output_shape(shape)
   except ValueError as e:
-    raise DataError(f"config.input.{key}: {e}") from e
+    raise DataError(f"config.{key}: {e}") from e
   expected = (config.input.size, config.input.size, config.input.channels)
   if output != expected or not pipeline.ends_uint8:
-    raise DataError(f"config.input.{key} {text!r} turns the stored {shape} uint8 images into "
+    raise DataError(f"config.{key} {text!r} turns the stored {shape} uint8 images into "
                     f"{'float ' if pipeline.ends_uint8 else 'uint8 '}{output}, but the model takes float {expected}: "
                     "end it at config.input.size with normalize() or to_float().")
   return pipeline
@@ -352,7 +373,7 @@ class TrainData:
                       f"config.batch_size {self.global_batch}.")
     self.num_steps = self.steps_per_epoch * config.num_epochs
     self.shape = stored_shape(config, self.split)
-    self.pipeline = compile_pipeline(config, config.input.train_pp, self.shape, "train_pp")
+    self.pipeline = compile_pipeline(config, config.input.train_pp, self.shape, "input.train_pp")
     self.order = Order(self.split, config, self.steps_per_epoch * self.global_batch)
     self.positions = Positions(self.global_batch, self.local_batch, jax.process_index())
     self.decoder = decode.Decoder(self.split.source, self.shape)
@@ -407,12 +428,16 @@ class _EvalExample:
 
 
 class EvalData:
-  """A whole split in order, padded to full global batches of uint8 images; padding has mask 0."""
+  """A whole split in order, padded to full global batches of uint8 images; padding has mask 0.
 
-  def __init__(self, config, mesh, split_name: str):
+  Labels are mapped by class name to `config.dataset.class_order` (the model's classes): records
+  of classes the model lacks are left out; `pp_key` names the key the eval pipeline
+  (`config.input.eval_pp`) came from, for error messages."""
+
+  def __init__(self, config, mesh, split_name: str, pp_key: str = "input.eval_pp"):
     self.config = config
     self.mesh = mesh
-    self.split = load_split(config, split_name)
+    self.split = load_split(config, split_name, evaluation=True)
     self.records = self.split.indices
     # Padding is masked, so any batch works: rounded up to fill every device.
     devices = mesh.devices.size
@@ -423,7 +448,7 @@ class EvalData:
     self.local_batch = self.global_batch // jax.process_count()
     self.num_batches = max(1, math.ceil(len(self.records) / self.global_batch))
     self.shape = stored_shape(config, self.split)
-    self.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, "eval_pp")
+    self.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, pp_key)
     self.workers = num_workers(config)
     self.decoder = decode.Decoder(self.split.source, self.shape)
     if choose_cache(config, len(self.records), self.shape, f"{split_name} split", on_device=False) != "none":
@@ -433,16 +458,36 @@ class EvalData:
   def __len__(self) -> int:
     return len(self.records)
 
+  def with_pipeline(self, config, pp_key: str) -> "EvalData":
+    """The same decoded split through another eval pipeline, `config.input.eval_pp`."""
+    other = copy.copy(self)
+    other.config = config
+    other.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, pp_key)
+    return other
+
   def preprocess(self, images: jax.Array, positions: jax.Array) -> jax.Array:
     """The eval pipeline on a uint8 batch (inside jit)."""
     return self.pipeline(images, augment.example_keys(self.config.seed, positions))
 
-  def batches(self):
+  def examples(self, count: int) -> np.ndarray:
+    """The first `count` examples as the eval pipeline shows them before its float part (uint8),
+    with the same random draws as in evaluation: what a person should look at."""
+    count = min(count, len(self.records))  # not the padding
+    batch = next(iter(self.local_batches()))
+    images, positions = batch["image"][:count], batch["position"][:count]
+    keys = augment.example_keys(self.config.seed, positions)
+    return np.asarray(jax.jit(self.pipeline.visible_part)(images, keys)).astype(np.uint8)
+
+  def local_batches(self) -> grain.IterDataset:
+    """This process's slices of the batches (uint8, host)."""
     positions = Positions(self.global_batch, self.local_batch, jax.process_index())
     examples = (grain.MapDataset.range(self.num_batches * self.local_batch)
                 .map(_EvalExample(self.records, self.split.labels, positions, self.decoder))
                 .batch(self.local_batch))
-    for batch in _prefetched(examples, self.workers, prefetch=2):
+    return _prefetched(examples, self.workers, prefetch=2)
+
+  def batches(self):
+    for batch in self.local_batches():
       yield to_global(batch, self.mesh)
 
 
@@ -459,7 +504,7 @@ class FilePreprocessor:
   def __init__(self, config):
     side = config.dataset.image_size or config.input.size
     self.shape = (side, side, config.input.channels)
-    self.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, "eval_pp")
+    self.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, "input.eval_pp")
     self.seed = config.seed
 
   def read(self, path: str) -> np.ndarray:

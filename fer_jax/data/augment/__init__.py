@@ -2,10 +2,11 @@
 
 `parse(text, size)` compiles a string (see `core`); the ops live in `basic` (flip, channel and
 value conversions, random_apply), `geometry` (resizes, rotations, crops, affine warps, the
-Keras generator) and `color` (colour jitter, grayscale, random erasing).
+Keras generator), `color` (colour jitter, grayscale, random erasing) and `occlusion` (synthetic
+occluders placed from the face geometry, for robustness evaluation).
 """
 
-from fer_jax.data.augment import basic, color, geometry  # noqa: F401  (register the ops)
+from fer_jax.data.augment import basic, color, geometry, occlusion  # noqa: F401  (register the ops)
 from fer_jax.data.augment.core import OPS, Op, Pipeline, example_keys, parse, quantize, register
 
 __all__ = ["OPS", "Op", "Pipeline", "example_keys", "parse", "quantize", "register"]

@@ -110,6 +110,17 @@ class Pipeline:
     shape = tuple(images.shape[1:])
     return jax.vmap(lambda image, key: self.apply(image, self.sample(key, shape)))(images, keys)
 
+  def visible_part(self, images: jax.Array, keys: jax.Array) -> jax.Array:
+    """The batch after the ops before the first to_float/normalize, with the random draws the
+    whole pipeline makes for these keys: 0–255 images as the model's input was made from."""
+    shape = tuple(images.shape[1:])
+    count = next((i for i, step in enumerate(self.steps) if step.op.ends_uint8), len(self.steps))
+
+    def one(image, key):
+      params = self.sample(key, shape)
+      return Pipeline(self.text, self.steps[:count]).apply(image, params[:count])
+    return jax.vmap(one)(images, keys)
+
 
 def parse(text: str, size: int | None = None, uint8: bool = True) -> Pipeline:
   """Compiles a pipeline string; "{size}" in it stands for `size` (config.input.size).

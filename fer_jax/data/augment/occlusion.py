@@ -1,0 +1,108 @@
+"""Synthetic occlusion for robustness evaluation: `occlude(region, ...)` paints a region of the face.
+
+Regions are placed from a face geometry: where an aligned face's features sit, as fractions of
+the image height (y) and width (x), so the op works at any image size (put it before
+to_float/normalize so that `fill` is a 0–255 colour):
+
+  eyes        a band across the face over both eyes and brows;
+  mouth       a box over the mouth;
+  lower_half  everything below the nose;
+  mask        a surgical-mask shape from just below the nose to the chin, rounded at the bottom;
+  boxes       `count` squares of `area` (fraction of the image, all together) at random places,
+              drawn from the example's key: the same boxes for the same example in every run.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fer_jax.data.augment.core import Op, register
+
+# y: fractions of the height, x: half widths as fractions of the width; every region is centred
+# on the vertical mid-line. Band half-heights leave room for the faces' own pose jitter.
+GEOMETRIES = {
+    # fer_jax.data.synthetic_faces: eyes 0.12 face heights above the centre (brows 0.09 higher),
+    # nose tip 0.05 and mouth 0.25 below, the face 0.9 of the image high and 0.74 wide, then posed
+    # (±12°, scale 0.85–1.05, shift ±6 %). Over 200 posed renders the eye whites lie within
+    # y 0.28–0.49, |x − 0.5| ≤ 0.28, and the inside of an open mouth within y 0.57–0.86
+    # (99 % in 0.61–0.82), |x − 0.5| ≤ 0.21.
+    "synthetic": {"eye_y": 0.37, "eye_half_height": 0.13, "eye_half_width": 0.34, "nose_y": 0.55,
+                  "mouth_y": 0.72, "mouth_half_height": 0.12, "mouth_half_width": 0.27,
+                  "chin_y": 0.95, "face_half_width": 0.38},
+    # insightface's 5-point template for 112×112 aligned crops (eyes at y 51.6/112, x 38.3 and
+    # 73.5; nose 71.7; mouth corners 92.3, x 41.5 and 70.7).
+    "arcface112": {"eye_y": 0.44, "eye_half_height": 0.1, "eye_half_width": 0.3, "nose_y": 0.64,
+                   "mouth_y": 0.825, "mouth_half_height": 0.09, "mouth_half_width": 0.2,
+                   "chin_y": 1.0, "face_half_width": 0.4},
+}
+REGIONS = ("eyes", "mouth", "lower_half", "mask", "boxes")
+DEFAULT_FILL = {"mask": (170, 205, 230)}  # light blue; every other region black
+
+
+def _geometry(geometry) -> dict:
+  if isinstance(geometry, str):
+    if geometry not in GEOMETRIES:
+      raise ValueError(f"occlude: unknown geometry {geometry!r}; known: {', '.join(GEOMETRIES)} "
+                       "(or give a dict with the keys of one).")
+    return GEOMETRIES[geometry]
+  missing = sorted(set(GEOMETRIES["synthetic"]) - set(geometry))
+  if missing:
+    raise ValueError(f"occlude: the geometry dict lacks {missing}.")
+  return geometry
+
+
+def _box(ys, xs, top, bottom, left, right):
+  return (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
+
+
+def _fixed_region(region: str, g: dict):
+  """(ys, xs) pixel-centre fractions → bool mask of a region placed by the geometry."""
+  def mask(ys, xs):
+    if region == "eyes":
+      return _box(ys, xs, g["eye_y"] - g["eye_half_height"], g["eye_y"] + g["eye_half_height"],
+                  0.5 - g["eye_half_width"], 0.5 + g["eye_half_width"])
+    if region == "mouth":
+      return _box(ys, xs, g["mouth_y"] - g["mouth_half_height"], g["mouth_y"] + g["mouth_half_height"],
+                  0.5 - g["mouth_half_width"], 0.5 + g["mouth_half_width"])
+    if region == "lower_half":
+      return ys >= g["nose_y"]
+    # mask: full width down to the mouth, then an elliptical taper to the chin
+    top, middle, bottom, half = g["nose_y"] - 0.03, g["mouth_y"], g["chin_y"], g["face_half_width"]
+    taper = jnp.sqrt(jnp.clip(1.0 - ((ys - middle) / (bottom - middle)) ** 2, 0.0, 1.0))
+    half_width = jnp.where(ys < middle, half, half * taper)
+    return (ys >= top) & (ys < bottom) & (jnp.abs(xs - 0.5) <= half_width)
+  return mask
+
+
+@register
+def occlude(region: str, geometry="synthetic", fill=None, area: float = 0.2, count: int = 1) -> Op:
+  """Paints `region` (REGIONS) with `fill` (a grey level or an RGB triple, 0–255).
+
+  `geometry`: a name in GEOMETRIES or a dict of the same keys. `area` and `count`: the "boxes"
+  region only (squares of area / count of the image each, wholly inside it).
+  """
+  if region not in REGIONS:
+    raise ValueError(f"occlude: unknown region {region!r}; valid: {', '.join(REGIONS)}.")
+  if region == "boxes" and not (0 < area < 1 and count >= 1 and area / count < 1):
+    raise ValueError(f"occlude('boxes'): area={area} must be in (0, 1) and count={count} at least 1.")
+  colour = np.asarray(DEFAULT_FILL.get(region, 0) if fill is None else fill, np.float32)
+  side = float(np.sqrt(area / count))
+
+  def sample(key, shape):
+    if region != "boxes":
+      return ()
+    return jax.random.uniform(key, (count, 2), maxval=1.0 - side)  # top-left corners (y, x)
+
+  def apply(image, corners):
+    height, width, channels = image.shape
+    ys = ((jnp.arange(height) + 0.5) / height)[:, None]
+    xs = ((jnp.arange(width) + 0.5) / width)[None, :]
+    if region == "boxes":
+      inside = jnp.any(jax.vmap(lambda c: _box(ys, xs, c[0], c[0] + side, c[1], c[1] + side))(corners), axis=0)
+    else:
+      inside = _fixed_region(region, _geometry(geometry))(ys, xs)
+    value = jnp.broadcast_to(colour, (3,))[:channels] if colour.ndim else colour
+    return jnp.where(inside[:, :, None], value, image)
+
+  _geometry(geometry)  # fail when the op is built, not when traced
+  return Op(apply=apply, sample=sample)

@@ -1,0 +1,206 @@
+"""Named evaluators (config.evals): validation, defaults, cross-data-set class mapping on the
+builders' fixture layouts, no recompilation from one evaluation to the next, the report."""
+
+import json
+import logging
+import os
+import types
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from reference import datasets as fx
+import tensorflow_datasets as tfds
+
+from fer_jax import checkpointing
+from fer_jax import config_lib
+from fer_jax import evaluate
+from fer_jax import mesh as mesh_lib
+from fer_jax import train
+from fer_jax import validation
+from fer_jax.data import labels
+from fer_jax.data import prepare
+from fer_jax.errors import ConfigError
+from helpers import get_config, random_variables
+
+tfds.disable_progress_bar()
+
+
+@pytest.fixture(scope="module")
+def fixture_sets(tmp_path_factory):
+  """FERPlus (8 classes, contempt in its train split), SFEW (7) and RAF-DB (7) fixture layouts,
+  prepared into one TFDS folder; returns it and what was written."""
+  root = tmp_path_factory.mktemp("fixture_sets")
+  written = {"ferplus": fx.write_ferplus(root / "ferplus"), "sfew": fx.write_sfew(root / "sfew"),
+             "rafdb": fx.write_rafdb(root / "rafdb")}
+  for name, manual in (("ferplus/plurality", "ferplus"), ("sfew/aligned", "sfew"), ("rafdb", "rafdb")):
+    prepare.make_builder(name, str(root / "tfds")).download_and_prepare(
+        file_format="array_record", download_config=tfds.download.DownloadConfig(manual_dir=str(root / manual)))
+  return str(root / "tfds"), written
+
+
+class Constant(nn.Module):
+  """Logits = bias (a parameter): predicts whichever class the bias favours, for every image."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    bias = self.param("bias", nn.initializers.zeros, (self.num_classes,))
+    return {"logits": jax.numpy.broadcast_to(bias, (images.shape[0], self.num_classes)) + 0 * images.mean()}
+
+
+def _config(data_dir, dataset, split, class_order, **evals):
+  config = config_lib.base_config()
+  config.model.update(name="dan", num_classes=len(labels.CLASS_ORDERS[class_order]))
+  config.dataset.update(name=dataset, data_dir=data_dir, class_order=class_order, eval_split=split, image_size=8)
+  config.input.update(size=8, eval_pp="gray_to_rgb()|resize({size})|to_float()")
+  config.eval_batch_size = 4
+  config.data_workers = 0
+  config.evals = {name: config_lib.evaluator(data_dir=data_dir, **fields) for name, fields in evals.items()}
+  return config
+
+
+def _predicting(name: str, class_order: str) -> dict:
+  order = labels.CLASS_ORDERS[class_order]
+  return {"params": {"bias": 10.0 * (np.arange(len(order)) == order.index(name)).astype(np.float32)}}
+
+
+def test_seven_class_model_on_ferplus_leaves_contempt_out(fixture_sets):
+  data_dir, _ = fixture_sets
+  config = _config(data_dir, "sfew/aligned", "validation", "sfew",
+                   ferplus=dict(dataset="ferplus/plurality", split="train", pp="gray_to_rgb()|to_float()"))
+  evaluator = train.Evaluator(Constant(7), config, mesh_lib.make_mesh())
+  results = evaluator(_predicting(labels.NEUTRAL, "sfew"), "ferplus")
+  # The fixture's plurality labels in its train split, by FERPlus class name.
+  ferplus_names = labels.CLASS_ORDERS["ferplus"]
+  train_labels = [ferplus_names[label] for name, label in fx.FERPLUS_LABELS["plurality"].items()
+                  if fx.FERPLUS_ROWS[[r[1] for r in fx.FERPLUS_ROWS].index(name)][0] == "Training"]
+  kept = [name for name in train_labels if name != labels.CONTEMPT]
+  assert results["num_examples"] == len(kept) == 4
+  assert results["accuracy"] == kept.count(labels.NEUTRAL) / len(kept)
+  mapping = results["class_mapping"]
+  assert mapping["excluded_examples"] == {labels.CONTEMPT: train_labels.count(labels.CONTEMPT)}
+  assert mapping["dataset_to_model"][labels.CONTEMPT] is None and mapping["dataset_to_model"]["fear"] == "fear"
+  assert mapping["model_classes_absent"] == []
+
+
+def test_eight_class_model_on_sfew_counts_contempt_predictions_wrong(fixture_sets):
+  data_dir, written = fixture_sets
+  config = _config(data_dir, "ferplus/plurality", "validation", "ferplus",
+                   sfew=dict(dataset="sfew/aligned", split="validation"))
+  evaluator = train.Evaluator(Constant(8), config, mesh_lib.make_mesh())
+  results = evaluator(_predicting(labels.CONTEMPT, "ferplus"), "sfew")
+  contempt = labels.CLASS_ORDERS["ferplus"].index(labels.CONTEMPT)
+  confusion = np.array(results["confusion_matrix"])
+  assert results["num_examples"] == len(written["sfew"]["aligned"]["validation"]) == 7
+  assert confusion[:, contempt].sum() == 7 and results["accuracy"] == 0.0
+  assert results["per_class_accuracy"][labels.CONTEMPT] is None
+  assert results["class_mapping"]["model_classes_absent"] == [labels.CONTEMPT]
+  assert results["class_mapping"]["excluded_examples"] == {}
+
+
+@pytest.mark.integration
+def test_evaluations_after_the_first_compile_nothing(fixture_sets, caplog):
+  data_dir, _ = fixture_sets
+  config = _config(data_dir, "ferplus/plurality", "validation", "ferplus",
+                   sfew=dict(dataset="sfew/aligned", split="validation", tta="flip"),
+                   boxes=dict(dataset="sfew/aligned", split="validation", pp="occlude('boxes')|to_float()"))
+  mesh = mesh_lib.make_mesh()
+  evaluator = train.Evaluator(Constant(8), config, mesh)
+  evaluator.open_all()
+
+  def epoch(index):
+    variables = jax.device_put({"params": {"bias": np.arange(8, dtype=np.float32) * index}},
+                               jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    for name in ("eval", "sfew", "boxes"):
+      evaluator(variables, name)
+    evaluator(variables, "sfew", "flip")
+
+  epoch(1)
+  with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+    epoch(2)
+    epoch(3)
+  assert not [r for r in caplog.records if "Compiling" in r.getMessage()]
+  # One jitted step per (preprocessing, stored shape, TTA), each compiled for one batch shape
+  # (FERPlus's grey images are stored with one channel); the two SFEW evaluators share the
+  # decoded split.
+  assert [step._cache_size() for step in evaluator.steps()] == [1, 1, 1, 1]
+  assert evaluator.data("sfew").decoder is evaluator.data("boxes").decoder
+
+
+def test_due_evaluators_follow_every_epochs_and_the_last_step():
+  spec = lambda every: types.SimpleNamespace(every_epochs=every)  # noqa: E731
+  run = types.SimpleNamespace(steps_per_epoch=10, num_steps=50,
+                              evaluator=types.SimpleNamespace(periodic=["eval", "occluded"],
+                                                              specs={"eval": spec(1), "occluded": spec(2)}))
+  due = {}
+  for step in (5, 10, 20, 30, 50):
+    run.step = step
+    due[step] = train.TrainingRun.due_evaluators(run)
+  assert due == {5: [], 10: ["eval"], 20: ["eval", "occluded"], 30: ["eval"], 50: ["eval", "occluded"]}
+
+
+def test_specs_take_the_runs_values_where_left_empty():
+  config = get_config("configs/dan.py:synthetic,occlusion=yes")
+  config.dataset.update(data_dir="/data", test_split="extra", image_size=48)
+  config.evals.other = config_lib.evaluator(dataset="ferplus", split="test", image_size=64)
+  specs = evaluate.evaluator_specs(config)
+  assert list(specs) == ["eval", "test", "occluded_eyes", "occluded_mask", "occluded_mouth", "other"]
+  assert (specs["eval"].split, specs["eval"].every_epochs, specs["test"].split) == ("test", 1, "extra")
+  mouth = specs["occluded_mouth"].config
+  assert (mouth.dataset.name, mouth.dataset.data_dir, mouth.dataset.image_size) == ("synthetic", "/data", 48)
+  assert mouth.input.eval_pp == "occlude('mouth', geometry='synthetic')|" + config.input.eval_pp
+  other = specs["other"].config
+  assert (other.dataset.name, other.dataset.data_dir, other.dataset.image_size) == ("ferplus", "", 64)
+  assert other.input.eval_pp == config.input.eval_pp and specs["other"].pp_key == "evals.other.pp"
+
+
+def test_validation_names_each_bad_evaluator_key():
+  config = get_config("configs/dan.py:synthetic")
+  config.evals = {"test": config_lib.evaluator(), "bad name": config_lib.evaluator(),
+                  "typo": {"splt": "test"}, "values": config_lib.evaluator(tta="ten_crop", every_epochs=-1, split=""),
+                  "types": config_lib.evaluator(every_epochs="2"), "pp": config_lib.evaluator(pp="occlude('nose')")}
+  config.update(select_metric="accuracy", select_on="values")
+  with pytest.raises(ConfigError) as error:
+    validation.validate(config, training=False)
+  message = str(error.value)
+  assert "config.evals.test: evaluator names are letters, digits, '_' and '-', and not eval or test" in message
+  assert "config.evals.bad name: evaluator names" in message
+  assert "config.evals.typo has unknown keys ['splt']; valid: dataset, data_dir, split" in message
+  assert "config.evals.values.tta='ten_crop' is not one of: 'none', 'flip', 'lhc62'" in message
+  assert "config.evals.values.every_epochs=-1 must be 0 or more" in message
+  assert "config.evals.values.split is empty" in message
+  assert "config.evals.types: every_epochs='2' of the wrong type" in message
+  assert "config.evals.pp.pp: occlude: unknown region 'nose'" in message
+  assert "config.select_on='values' must name an evaluator that runs during training (every_epochs ≥ 1): eval" in message
+
+
+@pytest.mark.integration
+def test_dan_trained_on_rafdb_reported_on_ferplus_and_sfew(fixture_sets, tmp_path):
+  """--mode=eval's path: a DAN RAF-DB checkpoint with FERPlus and SFEW evaluators."""
+  data_dir, written = fixture_sets
+  config = get_config("configs/dan.py:rafdb")
+  config.dataset.update(data_dir=data_dir, image_size=32)
+  config.input.size = 32
+  config.eval_batch_size = 8
+  config.data_workers = 0
+  config.evals = {"ferplus": config_lib.evaluator(dataset="ferplus/plurality", data_dir=data_dir, split="train",
+                                                  pp="gray_to_rgb()|" + config.input.eval_pp),
+                  "sfew": config_lib.evaluator(dataset="sfew/aligned", data_dir=data_dir, split="validation")}
+  checkpoint = checkpointing.save_model(str(tmp_path / "dan"), random_variables(config), config)
+  report = train.evaluate_checkpoint(config, checkpoint, str(tmp_path / "report"))
+  evaluators = report["evaluators"]
+  assert list(evaluators) == ["test", "ferplus", "sfew"]
+  assert evaluators["test"]["num_examples"] == len(fx.RAFDB_TEST) and report["num_examples"] == len(fx.RAFDB_TEST)
+  assert evaluators["ferplus"]["num_examples"] == 4  # the train split's five faces but its contempt one
+  assert evaluators["ferplus"]["class_mapping"]["excluded_examples"] == {labels.CONTEMPT: 1}
+  assert evaluators["sfew"]["num_examples"] == len(written["sfew"]["aligned"]["validation"])
+  for results in evaluators.values():
+    assert results["class_names"] == list(labels.CLASS_ORDERS["rafdb"])
+  files = set(os.listdir(tmp_path / "report"))
+  assert {"eval_results.json", "eval_results.md", "eval_summary.png", "confusion_matrix.png",
+          "confusion_matrix_ferplus.png", "examples_sfew.png"} <= files
+  table = (tmp_path / "report" / "eval_results.md").read_text()
+  assert "Left out (the model lacks them): contempt (1 examples)" in table
+  assert json.loads((tmp_path / "report" / "eval_results.json").read_text())["evaluators"]["sfew"]["split"] == "validation"
