@@ -29,7 +29,7 @@ from reference.scan_cci import SIZE as SCAN_CCI_SIZE, ReferenceScanCci
 
 pytestmark = pytest.mark.integration  # each compiles a full-size network's float64 training step
 
-TOLERANCE = 1e-9  # measured worst: see each test
+TOLERANCE = 1e-8  # measured worst: DAN 3.4e-10 (step 2), SCAN-CCI 5.0e-11 (a step-1 change)
 BATCH = 4
 
 
@@ -56,9 +56,8 @@ def test_dan_steps_equal_pytorch_with_affinity_and_partition_losses():
               + partition_loss(heads))
 
     batches = one_step.random_batches(2, BATCH, 32, config.model.num_classes)
-    records = one_step.torch_steps({"model": reference}, {"centres": centres}, optimizer, loss_of, batches)
-    initial, torch_records = one_step.in_fer_jax_layout(config, records, one_step.dan_checkpoint,
-                                                        one_step.with_dan_centres)
+    records = one_step.torch_steps({"model": reference}, {"affinity/centres": centres}, optimizer, loss_of, batches)
+    initial, torch_records = one_step.in_fer_jax_layout(config, records, one_step.dan_checkpoint)
     assert_close(initial, one_step.jax_steps(config, initial, batches), torch_records)
 
 

@@ -64,14 +64,14 @@ def dan_official(official: str, batches, config) -> list[dict]:
     out, features, heads = model(images)
     return cross_entropy(out, labels) + affinity(features, labels) + partition(heads)
 
-  return one_step.torch_steps({"model": model}, {"centres": affinity.centers}, optimizer, loss_of, batches)
+  return one_step.torch_steps({"model": model}, {"affinity/centres": affinity.centers}, optimizer, loss_of, batches)
 
 
 def run_dan(official: str, size: int, batch: int):
   config = one_step.float64_config("configs/dan.py:rafdb", size)
   batches = one_step.random_batches(2, batch, size, config.model.num_classes)
   initial, torch_records = one_step.in_fer_jax_layout(config, dan_official(official, batches, config),
-                                                      one_step.dan_checkpoint, one_step.with_dan_centres)
+                                                      one_step.dan_checkpoint)
   return initial, one_step.jax_steps(config, initial, batches), torch_records
 
 

@@ -8,9 +8,8 @@ compared leaf by leaf with fer_jax's own step. Run under 64-bit JAX (JAX_ENABLE_
 `jax.enable_x64(True)`).
 """
 
-import os
+import dataclasses
 import re
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ import torch
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import convert
+from fer_jax.convert import core as convert_core
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
@@ -80,9 +80,10 @@ def random_batches(count: int, batch: int, size: int, num_classes: int, seed: in
 def torch_steps(modules: dict, extra: dict, optimizer: torch.optim.SGD, loss_of, batches) -> list[dict]:
   """PyTorch's steps: `loss_of(images NCHW, labels)` minimised by `optimizer` over `batches`.
 
-  `modules` {name: nn.Module} (in training mode) and `extra` {name: nn.Parameter} (DAN's centres)
-  are the optimised state. Records before the first step and after each: {"loss", "state"
-  {module: state dict}, "momentum" {module: {parameter: buffer}}, "extra", "extra_momentum"}.
+  `modules` {name: nn.Module} (in training mode) and `extra` {fer_jax path: nn.Parameter} (DAN's
+  centres, "affinity/centres") are the optimised state. Records before the first step and after each: {"loss", "state"
+  {module: state dict}, "momentum" {module: {state dict key: buffer}} (a module listed twice,
+  like SCAN-CCI's region MLP, under both keys), "extra", "extra_momentum"}.
   """
   def buffer(parameter):
     return optimizer.state[parameter]["momentum_buffer"].detach().clone() if optimizer.state else None
@@ -90,7 +91,8 @@ def torch_steps(modules: dict, extra: dict, optimizer: torch.optim.SGD, loss_of,
   def record(loss):
     return {"loss": loss,
             "state": {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in modules.items()},
-            "momentum": {name: {k: buffer(p) for k, p in m.named_parameters()} for name, m in modules.items()},
+            "momentum": {name: {k: buffer(p) for k, p in m.state_dict(keep_vars=True).items()
+                                if isinstance(p, torch.nn.Parameter)} for name, m in modules.items()},
             "extra": {name: p.detach().numpy().copy() for name, p in extra.items()},
             "extra_momentum": {name: buffer(p) for name, p in extra.items()}}
 
@@ -106,19 +108,19 @@ def torch_steps(modules: dict, extra: dict, optimizer: torch.optim.SGD, loss_of,
   return records
 
 
-def in_fer_jax_layout(config, records: list[dict], checkpoint_of, with_extra=lambda variables, extra: variables):
+def in_fer_jax_layout(config, records: list[dict], checkpoint_of) -> tuple[dict, list[dict]]:
   """(initial variables, per step {"loss", "variables", "momentum"}) in fer_jax's tree: each
-  record's state dicts (and momentum buffers in the weights' places) made into a checkpoint by
-  `checkpoint_of` and converted; `with_extra` puts in what checkpoints lack."""
+  record's state dicts made into a checkpoint by `checkpoint_of` and converted, with its `extra`
+  tensors; the momentum buffers, in the weights' places, only for the last step."""
   def variables(states, extra):
-    return with_extra(converted(config, checkpoint_of(states)), extra)
+    return converted(config, checkpoint_of(states), extra)
 
-  steps = []
-  for record in records[1:]:
-    momentum = {name: {k: record["momentum"][name].get(k, v) for k, v in state.items()}
-                for name, state in record["state"].items()}
-    steps.append({"loss": record["loss"], "variables": variables(record["state"], record["extra"]),
-                  "momentum": variables(momentum, record["extra_momentum"])["params"]})
+  steps = [{"loss": record["loss"], "variables": variables(record["state"], record["extra"])}
+           for record in records[1:]]
+  last = records[-1]
+  momentum = {name: {k: last["momentum"][name].get(k, v) for k, v in state.items()}
+              for name, state in last["state"].items()}
+  steps[-1]["momentum"] = variables(momentum, last["extra_momentum"])["params"]
   return variables(records[0]["state"], records[0]["extra"]), steps
 
 
@@ -126,20 +128,27 @@ def dan_checkpoint(states: dict) -> dict:
   return {"model_state_dict": states["model"]}
 
 
-def with_dan_centres(variables: dict, extra: dict) -> dict:
-  return {**variables, "params": {**variables["params"], "affinity": {"centres": np.asarray(extra["centres"])}}}
-
-
 def scan_cci_checkpoint(states: dict) -> dict:
   return {f"{name}_state_dict": state for name, state in states.items()}
 
 
-def converted(config, checkpoint: dict) -> dict:
-  """fer_jax's converter applied to a checkpoint dict (saved as the released files are)."""
-  with tempfile.TemporaryDirectory() as folder:
-    path = os.path.join(folder, "step.pth")
-    torch.save(checkpoint, path)
-    variables, _ = convert.convert(config, [path])
+def _copy_by_path(tensors, target, config) -> None:
+  del config
+  for name in tensors.names():
+    module, leaf = name.rsplit("/", 1)
+    convert_core.copy_leaf(tensors, target, module, leaf, name)
+
+
+def converted(config, checkpoint: dict, extra: dict) -> dict:
+  """fer_jax's converter applied to a checkpoint dict as the method's released files hold it;
+  `extra` {fer_jax module path/leaf: array} fills what such files lack (DAN's centres)."""
+  source = convert.SOURCES_BY_NAME[config.model.name]
+  numpy_checkpoint = jax.tree.map(lambda t: t.detach().numpy() if isinstance(t, torch.Tensor) else t, checkpoint)
+  inputs = [(source, source.select(numpy_checkpoint), "official step")]
+  if extra:
+    extra_source = dataclasses.replace(source, name="extra", map=_copy_by_path, mismatch=None)
+    inputs.append((extra_source, {k: np.asarray(v) for k, v in extra.items()}, "extra"))
+  variables, _ = convert.convert_tensors(config, inputs)
   return variables
 
 
