@@ -24,6 +24,7 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
+from helpers import get_config
 
 STEPS_PER_EPOCH = 100  # both steps lie in epoch 1: the base learning rate, the model in training mode
 # Biases that feed a training-mode BatchNorm (DAN's head convolutions and fc1) have a zero
@@ -63,7 +64,7 @@ def momentum(opt_state):
 
 
 def float64_config(spec: str, size: int):
-  from helpers import get_config
+  """The config file's config at input `size` with model.dtype="float64"."""
   config = get_config(spec)
   config.input.size = size
   config.model.dtype = "float64"
@@ -81,9 +82,9 @@ def torch_steps(modules: dict, extra: dict, optimizer: torch.optim.SGD, loss_of,
   """PyTorch's steps: `loss_of(images NCHW, labels)` minimised by `optimizer` over `batches`.
 
   `modules` {name: nn.Module} (in training mode) and `extra` {fer_jax path: nn.Parameter} (DAN's
-  centres, "affinity/centres") are the optimised state. Records before the first step and after each: {"loss", "state"
-  {module: state dict}, "momentum" {module: {state dict key: buffer}} (a module listed twice,
-  like SCAN-CCI's region MLP, under both keys), "extra", "extra_momentum"}.
+  centres, "affinity/centres") are the optimised state. Records before the first step and after
+  each: {"loss", "state" {module: state dict}, "momentum" {module: {state dict key: buffer}} (a
+  module listed twice, like SCAN-CCI's region MLP, under both keys), "extra", "extra_momentum"}.
   """
   def buffer(parameter):
     return optimizer.state[parameter]["momentum_buffer"].detach().clone() if optimizer.state else None
@@ -118,9 +119,9 @@ def in_fer_jax_layout(config, records: list[dict], checkpoint_of) -> tuple[dict,
   steps = [{"loss": record["loss"], "variables": variables(record["state"], record["extra"])}
            for record in records[1:]]
   last = records[-1]
-  momentum = {name: {k: last["momentum"][name].get(k, v) for k, v in state.items()}
-              for name, state in last["state"].items()}
-  steps[-1]["momentum"] = variables(momentum, last["extra_momentum"])["params"]
+  buffers = {name: {k: last["momentum"][name].get(k, v) for k, v in state.items()}
+             for name, state in last["state"].items()}
+  steps[-1]["momentum"] = variables(buffers, last["extra_momentum"])["params"]
   return variables(records[0]["state"], records[0]["extra"]), steps
 
 
