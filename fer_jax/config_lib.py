@@ -91,7 +91,6 @@ def base_config() -> ml_collections.ConfigDict:
       "schedule": "constant",       # constant | step | exponential | cosine (per epoch, as PyTorch)
       "step_epochs": 10,
       "gamma": 0.1,
-      "warmup_steps": 0,            # linear warm-up over the first N steps (0 = none)
       "b1": 0.9, "b2": 0.999, "eps": 1e-8,  # Adam (PyTorch defaults; Keras uses eps 1e-7)
       "grad_clip_norm": 0.0,        # 0 = no clipping
       "lr_groups": (),              # ((regex over parameter paths, lr multiplier), ...)

@@ -23,26 +23,24 @@ def path_of(key_path) -> str:
 
 
 def lr_schedule(opt_config, steps_per_epoch: int, num_epochs: int):
-  """Step → learning rate, constant within an epoch (after the optional warm-up)."""
+  """Step → learning rate, constant within an epoch; in JAX's default float (float64 with
+  JAX_ENABLE_X64=1, for the float64 reference mode)."""
   base, gamma = opt_config.lr, opt_config.gamma
 
   def multiplier(epoch):
     name = opt_config.schedule
     if name == "constant":
-      return jnp.ones_like(epoch, jnp.float32)
+      return jnp.ones_like(epoch, float)
     if name == "step":
-      return gamma ** (epoch // opt_config.step_epochs).astype(jnp.float32)
+      return gamma ** (epoch // opt_config.step_epochs).astype(float)
     if name == "exponential":
-      return gamma ** epoch.astype(jnp.float32)
+      return gamma ** epoch.astype(float)
     if name == "cosine":
-      return 0.5 * (1 + jnp.cos(math.pi * epoch.astype(jnp.float32) / num_epochs))
+      return 0.5 * (1 + jnp.cos(math.pi * epoch.astype(float) / num_epochs))
     raise ValueError(f"Unknown config.optimizer.schedule {name!r}; valid: {', '.join(SCHEDULES)}.")
 
-  def warmup(step):  # linear over the first warmup_steps steps (0 = none), on top of the schedule
-    return jnp.minimum(1.0, (step + 1) / max(opt_config.warmup_steps, 1)).astype(jnp.float32)
-
   multiplier(jnp.zeros((), jnp.int32))  # fail early on a bad name
-  return lambda step: base * multiplier(jnp.asarray(step) // steps_per_epoch) * warmup(jnp.asarray(step))
+  return lambda step: base * multiplier(jnp.asarray(step) // steps_per_epoch)
 
 
 def _base(opt_config, learning_rate, decay_mask) -> optax.GradientTransformation:
@@ -72,7 +70,7 @@ def scale_by_keras_adam(b1: float, b2: float, eps: float) -> optax.GradientTrans
     count = state["count"] + 1
     m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state["m"], grads)
     v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state["v"], grads)
-    t = count.astype(jnp.float32)
+    t = count.astype(float)
     correction = jnp.sqrt(1 - b2**t) / (1 - b1**t)
     updates = jax.tree.map(lambda m, v: correction * m / (jnp.sqrt(v) + eps), m, v)
     return updates, {"count": count, "m": m, "v": v}
