@@ -174,7 +174,7 @@ def reference_sgd_step(images, labels, weights, learning_rate):
   loss.backward()
   with torch.no_grad():
     updated = {name: (t - learning_rate * t.grad if t.requires_grad else t).numpy() for name, t in tensors.items()}
-  return float(loss), updated
+  return loss.item(), updated
 
 
 def with_optimizer_state(weights):

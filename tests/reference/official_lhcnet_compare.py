@@ -32,6 +32,7 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)   # this checkout's fer_jax, not an installed one
 KERAS_SCRIPT = os.path.join(ROOT, "tests", "reference", "official_lhcnet_keras.py")
 NETWORKS = {"B": "LHC_Net", "C": "LHC_Net_Controller"}
 FOLDERS = {"B": "LHC_Net", "C": "LHC_NetC"}
@@ -43,6 +44,8 @@ def run(command, **kwargs):
 
 
 def run_keras(args, command, *extra):
+  if args.reuse_keras:
+    return
   env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
   env.pop("JAX_ENABLE_X64", None)
   run([args.tf_python, KERAS_SCRIPT, command, f"--official={args.official}", f"--out={args.work}/keras", *extra],
@@ -203,6 +206,7 @@ def compare_train_step(args):
                                     mesh, config.seed)
     variables, _ = convert.convert(config, [f"{folder}/step0/{network}"])
     state = {"step": jnp.zeros((), jnp.int32), **variables, "opt_state": tx.init(variables["params"])}
+    state = jax.tree.map(jnp.array, state)   # one buffer per leaf: the step donates its state
     batch = {"image": jnp.asarray(official["image"]), "label": jnp.asarray(official["label"], jnp.int32)}
     print(f"stage {stage}: parameters in {jax.tree.leaves(state['params'])[0].dtype}, images in {batch['image'].dtype}")
     for step in (1, 2):
@@ -228,6 +232,7 @@ def main():
   parser.add_argument("--official", required=True, help="a checkout of github.com/Bodhis4ttva/LHC_Net")
   parser.add_argument("--tf_python", required=True, help="a Python with tensorflow and tf-keras")
   parser.add_argument("--work", required=True, help="a scratch folder")
+  parser.add_argument("--reuse_keras", action="store_true", help="reuse what an earlier run wrote in WORK/keras")
   args = parser.parse_args()
   os.makedirs(args.work, exist_ok=True)
   {"predict": compare_predict, "train_step": compare_train_step}[args.command](args)
