@@ -15,16 +15,20 @@ Two modules they import are not installable beside TensorFlow 2.21 and are repla
 tensorflow_addons 0.12.1 by its `image.translate` and `image.rotate`, rebuilt on the op they call
 on TensorFlow ≥ 2.4 (tf.raw_ops.ImageProjectiveTransformV3) with the same transform vectors;
 classification_models and matplotlib (imported by Lib/Utils.py, used only by the step-A scripts
-and for plots) by empty modules. In float64 (`train_step`), the two float32 literals of the official code (the constant
-E of the attention scale and the controller's variable) follow Keras' floatx instead.
+and for plots) by empty modules. In float64 (`train_step`), the two float32 literals of the
+official code (the constant E of the attention scale, the controller's variable) follow Keras'
+floatx instead; AutoGraph reads that text too (registered in linecache).
 
-`predict` writes: LHC_Net/ and LHC_NetC/ (checkpoints in the released layout, random weights
-with calibrated BatchNorm statistics, saved after one SGD / Adam step so that they also hold
-optimizer state as the released ones do) and official.npz: the images as the official test
-ETL makes them, the logits (the last Dense without its softmax) of both networks, the
-probabilities and the official TTA_Inference probabilities of LHC-Net.
-`train_step` writes, in float64: initial/ (LHC-Net, stage-B checkpoint) and for stages B and C the
-batch, and after each of two steps the loss, every weight and the optimizer's variables.
+`predict` writes: LHC_Net/ and LHC_NetC/ (checkpoints in the released layout: random weights with
+calibrated BatchNorm statistics, saved after one SGD / Adam step so that they also hold optimizer
+state as the released ones do) and official.npz: the images as the official test ETL makes them,
+the logits (the last Dense without its softmax) of both networks, the probabilities and the
+official TTA_Inference probabilities of LHC-Net.
+`train_step` writes, in float64, per stage (B: LHC_Train.py's SGD; C: Controller_Train.py's
+Adam, LHC-NetC frozen but for the gains), the checkpoints before and after each of two
+`train_on_batch` steps (B/step0…2, C/step0…2) and results.npz: the batch, the two losses and, for
+C, Adam's step count and moments. Dropout is off (its masks cannot be shared between
+frameworks). The optimizers are TF 2.4's (OptimizerV2, kept as tf.keras.optimizers.legacy).
 """
 
 import argparse
