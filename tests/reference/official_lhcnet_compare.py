@@ -103,7 +103,8 @@ def compare_predict(args):
     run([python, "-m", "fer_jax.convert", config, f"--checkpoint={work}/keras/{FOLDERS[stage]}",
          f"--workdir={work}/converted_{stage}"])
     run([python, "-m", "fer_jax.predict", config, f"--checkpoint={work}/converted_{stage}", f"--input={work}/images",
-         f"--output={work}/predict_{stage}.json", *(["--tta=none"] if stage == "C" else [])])
+         f"--output={work}/predict_{stage}.json", f"--batch_size={len(faces)}",
+         *(["--tta=none"] if stage == "C" else [])])
 
   names, tta_probabilities, logits = predict_rows(f"{work}/predict_B.json")
   assert names == list(official["names"]), (names, official["names"])
@@ -121,7 +122,8 @@ def compare_predict(args):
   run([python, "-m", "fer_jax.data.prepare", "--dataset=fer2013", f"--manual_dir={work}", f"--data_dir={work}/tfds",
        "--overwrite"])
   run([python, "-m", "fer_jax.main", "--mode=eval", "--config=configs/lhcnet.py:fer2013,stage=B",
-       f"--checkpoint={work}/converted_B", f"--workdir={work}/eval", f"--config.dataset.data_dir={work}/tfds"])
+       f"--checkpoint={work}/converted_B", f"--workdir={work}/eval", f"--config.dataset.data_dir={work}/tfds",
+       f"--config.eval_batch_size={len(faces)}"])   # not 256: on a CPU, 62 views of padding take hours
   with open(f"{work}/eval/eval_results.json") as f:
     report = json.load(f)
   expected_plain = np.zeros((7, 7), int)

@@ -104,12 +104,12 @@ def batch_norms(model):
   return [layer for layer in model.submodules if isinstance(layer, tf.keras.layers.BatchNormalization)]
 
 
-def randomise(model, seed: int, calibration):
+def randomise(model, seed: int, calibration, head_scale: float = 1.0):
   """Random BatchNorm affines and LHC module biases; running statistics of a calibration batch
-  (each BatchNorm then standardises its input, as a trained network's does); a last layer 30 times
-  Keras' initialisation, so that the classes' probabilities differ as a trained network's do."""
+  (each BatchNorm then standardises its input, as a trained network's does); the last layer
+  `head_scale` times Keras' initialisation."""
   rng = np.random.default_rng(seed)
-  model.fc3.kernel.assign(model.fc3.kernel * 30)
+  model.fc3.kernel.assign(model.fc3.kernel * head_scale)
   for norm in batch_norms(model):
     if norm.scale:
       norm.gamma.assign(rng.uniform(0.1, 0.4, norm.gamma.shape))
@@ -217,7 +217,7 @@ def train_step(args):
   batch = rng.uniform(0, 255, (4, SIZE, SIZE, 3))
   labels = np.array([0, 3, 5, 6])
   model = build(official, controller=False)
-  randomise(model, 1, batch + rng.normal(0, 8, batch.shape))
+  randomise(model, 1, batch + rng.normal(0, 8, batch.shape), head_scale=30.0)   # a loss of a few nats
   stages = {"B": (model, "LHC_Net", sgd()),
             "C": (controller_model(official, model, CONTROLLER_INIT), "LHC_Net_Controller", adam())}
   for stage, (network, name, optimizer) in stages.items():
