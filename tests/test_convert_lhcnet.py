@@ -16,17 +16,21 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 from fer_jax import convert
+from fer_jax import mesh
 from fer_jax import models
+from fer_jax import optim
+from fer_jax import train
 from fer_jax.convert import tf_checkpoint
 from fer_jax.models.backbones import resnet_v2
 from helpers import get_config
-from reference.lhcnet import (EMBED, HEADS, keras_weights, reference_forward, tf_checkpoint_names,
-                              with_optimizer_state, write_keras_h5)
+from reference.lhcnet import (EMBED, HEADS, keras_weights, reference_forward, reference_sgd_step,
+                              tf_checkpoint_names, with_optimizer_state, write_keras_h5)
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "tf_checkpoint", "bundle")
 SIZE = 80  # maps 20, 20, 10, 5, 3
@@ -115,3 +119,36 @@ def test_imagenet_h5_fills_the_backbone_by_layer_name(images, tmp_path):
   assert np.max(np.abs(np.asarray(features) - expected.numpy().transpose(0, 2, 3, 1))) <= TOLERANCE
   assert {p.split("/")[1] for p in report.fresh} == {"head"}
   assert report.dropped == {}
+
+
+def converted(config, weights):
+  variables, _ = convert.convert_tensors(config, [(convert.SOURCES_BY_NAME["lhcnet"], tf_checkpoint_names(weights),
+                                                   "LHC_Net")])
+  return variables
+
+
+@pytest.mark.integration
+def test_a_stage_b_training_step_from_the_checkpoint_is_the_keras_step(images):
+  """Our train step (stage B: SGD 0.01, BatchNorm in training) from a converted checkpoint against
+  the reference's Keras step, both in float64: the loss, and what the step changes in every
+  parameter and moving statistic (the changes, which the values themselves would dwarf)."""
+  labels = np.array([2, 5])
+  with jax.enable_x64(True):
+    config = lhc_config("B")
+    config.model.update(dtype="float64", dropout_rate=0.0)  # the reference has no dropout
+    weights = {k: v for k, v in keras_weights(config, seed=3).items() if not k.startswith("controller")}
+    before = converted(config, weights)
+    model = models.build_model(config)
+    tx = optim.make_optimizer(config.optimizer, 1, 1, before["params"])
+    step = train.make_train_step(model, models.get_method("lhcnet").loss, config.loss, tx,
+                                 optim.lr_schedule(config.optimizer, 1, 1), mesh.make_mesh(), config.seed)
+    state, metrics = step(jax.tree.map(jnp.array, {"step": np.int32(0), **before, "opt_state": tx.init(before["params"])}),
+                          {"image": jnp.asarray(images, jnp.float64), "label": jnp.asarray(labels, jnp.int32)})
+    loss, updated = reference_sgd_step(images, labels, weights, learning_rate=0.01)
+    after = converted(config, updated)
+  assert float(metrics["loss"]) == pytest.approx(loss, rel=1e-12)
+  for collection in ("params", "batch_stats"):
+    changes = jax.tree.map(lambda ours, want, start: (np.asarray(ours) - start, want - start),
+                           state[collection], after[collection], before[collection])
+    for path, (ours, want) in jax.tree_util.tree_flatten_with_path(changes, is_leaf=lambda x: isinstance(x, tuple))[0]:
+      assert np.max(np.abs(ours - want)) <= 1e-9 * np.max(np.abs(want)), optim.path_of(path)

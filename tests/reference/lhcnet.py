@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 HEADS, EMBED = (10, 10, 5, 5, 1), (20, 20, 10, 3, 5)
 STAGES, WIDTHS = (3, 4, 6, 3), (64, 128, 256, 512)
-EPSILON = 2e-5
+EPSILON, MOMENTUM = 2e-5, 0.99
 
 
 def keras_weights(config, seed):
@@ -86,13 +86,15 @@ def tf_checkpoint_names(weights):
 
 
 def torch_weights(weights, name):
-  return {k.rpartition("/")[2]: torch.from_numpy(np.asarray(v)) for k, v in weights.items()
-          if k.rpartition("/")[0] == name}
+  return {k.rpartition("/")[2]: v if torch.is_tensor(v) else torch.from_numpy(np.asarray(v))
+          for k, v in weights.items() if k.rpartition("/")[0] == name}
 
 
-def batch_norm(x, w):
+def batch_norm(x, w, train=False):
+  """Keras BatchNormalization; in training on the batch's statistics, the moving ones updated
+  in place with momentum 0.99 and the unbiased batch variance (Keras' fused float32 kernel)."""
   scale = w.get("gamma", torch.ones_like(w["beta"]))
-  return F.batch_norm(x, w["moving_mean"], w["moving_variance"], scale, w["beta"], False, 0.0, EPSILON)
+  return F.batch_norm(x, w["moving_mean"], w["moving_variance"], scale, w["beta"], train, 1 - MOMENTUM, EPSILON)
 
 
 def keras_conv(x, w, stride=1, pad=0):
@@ -121,38 +123,58 @@ def lhc_module(x, w, heads, embed, gain):
   return x + gain * out
 
 
-def reference_forward(x, weights, with_lhc, with_head):
-  """Pre-activation ResNet34v2 (+ LHC modules, + head) on NCHW raw pixels."""
+def reference_forward(x, weights, with_lhc, with_head, train=False):
+  """Pre-activation ResNet34v2 (+ LHC modules, + head) on NCHW raw pixels; LHC-NetC's gains when
+  `weights` has them. Weights may be NumPy arrays or tensors; `train`: BatchNorm in training."""
   def w(name):
     return torch_weights(weights, name)
+
+  def norm(t, name):
+    return batch_norm(t, w(name), train)
 
   def lhc(t, index):
     if not with_lhc:
       return t
     parts = {"Wv": w(f"lhc{index}/Wv"), "Wp": w(f"lhc{index}/Wp"),
              "Wqk": [w(f"lhc{index}/Wqk/{j}") for j in range(HEADS[index - 1])]}
-    gain = 1.0 + np.tanh(weights[f"controller{index}/w"])
-    return lhc_module(t, parts, HEADS[index - 1], EMBED[index - 1], float(gain))
+    controller = weights.get(f"controller{index}/w")
+    gain = 1.0 if controller is None else 1.0 + torch.tanh(torch.as_tensor(controller))
+    return lhc_module(t, parts, HEADS[index - 1], EMBED[index - 1], gain)
 
-  x = batch_norm(x, w("bn_data"))
-  x = F.relu(batch_norm(keras_conv(x, w("conv0"), 2, 3), w("bn0")))
+  x = norm(x, "bn_data")
+  x = F.relu(norm(keras_conv(x, w("conv0"), 2, 3), "bn0"))
   x = lhc(F.max_pool2d(F.pad(x, (1,) * 4), 3, 2), 1)
   for stage, units in enumerate(STAGES, start=1):
     for unit in range(1, units + 1):
       name = f"stage{stage}_unit{unit}"
       stride = 2 if stage > 1 and unit == 1 else 1
-      activated = F.relu(batch_norm(x, w(f"{name}_bn1")))
+      activated = F.relu(norm(x, f"{name}_bn1"))
       shortcut = keras_conv(activated, w(f"{name}_sc"), stride) if unit == 1 else x
-      y = F.relu(batch_norm(keras_conv(activated, w(f"{name}_conv1"), stride, 1), w(f"{name}_bn2")))
+      y = F.relu(norm(keras_conv(activated, w(f"{name}_conv1"), stride, 1), f"{name}_bn2"))
       x = keras_conv(y, w(f"{name}_conv2"), 1, 1) + shortcut
     x = lhc(x, stage + 1)
-  x = F.relu(batch_norm(x, w("bn1")))
+  x = F.relu(norm(x, "bn1"))
   if not with_head:
     return x
   x = x.mean(dim=(2, 3))
   for name in ("fc1", "fc2"):
     x = F.relu(x @ w(name)["kernel"] + w(name)["bias"])
   return x @ w("fc3")["kernel"] + w("fc3")["bias"]
+
+
+def reference_sgd_step(images, labels, weights, learning_rate):
+  """One Keras SGD step of LHC-Net in float64: w ← w − lr · ∂L/∂w, L the batch mean of the
+  softmax cross-entropy, BatchNorm in training (moving statistics updated). Returns (L, weights)."""
+  statistic = lambda name: name.endswith(("moving_mean", "moving_variance"))
+  tensors = {name: torch.tensor(np.asarray(value, np.float64), requires_grad=not statistic(name))
+             for name, value in weights.items()}
+  logits = reference_forward(torch.from_numpy(np.asarray(images, np.float64).transpose(0, 3, 1, 2)), tensors,
+                             True, True, train=True)
+  loss = F.cross_entropy(logits, torch.from_numpy(np.asarray(labels, np.int64)))
+  loss.backward()
+  with torch.no_grad():
+    updated = {name: (t - learning_rate * t.grad if t.requires_grad else t).numpy() for name, t in tensors.items()}
+  return loss.item(), updated
 
 
 def with_optimizer_state(weights):
