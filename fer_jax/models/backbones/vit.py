@@ -42,7 +42,7 @@ class Attention(nn.Module):
     qkv = dense(3 * width, self.dtype, "qkv", use_bias=False)(x)
     q, k, v = einops.rearrange(qkv, "b n (qkv h d) -> qkv b n h d", qkv=3, h=self.num_heads)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * head_dim**-0.5
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    weights = jax.nn.softmax(logits.astype(jnp.promote_types(self.dtype, jnp.float32)), axis=-1).astype(self.dtype)
     y = einops.rearrange(jnp.einsum("bhqk,bkhd->bqhd", weights, v), "b n h d -> b n (h d)")
     return dense(width, self.dtype, "proj")(y), logits[:, :, 0, :]
 
