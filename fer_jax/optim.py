@@ -23,19 +23,20 @@ def path_of(key_path) -> str:
 
 
 def lr_schedule(opt_config, steps_per_epoch: int, num_epochs: int):
-  """Step → learning rate, constant within an epoch."""
+  """Step → learning rate, constant within an epoch; in JAX's default float (float64 with
+  JAX_ENABLE_X64=1, for the float64 reference mode)."""
   base, gamma = opt_config.lr, opt_config.gamma
 
   def multiplier(epoch):
     name = opt_config.schedule
     if name == "constant":
-      return jnp.ones_like(epoch, jnp.float32)
+      return jnp.ones_like(epoch, float)
     if name == "step":
-      return gamma ** (epoch // opt_config.step_epochs).astype(jnp.float32)
+      return gamma ** (epoch // opt_config.step_epochs).astype(float)
     if name == "exponential":
-      return gamma ** epoch.astype(jnp.float32)
+      return gamma ** epoch.astype(float)
     if name == "cosine":
-      return 0.5 * (1 + jnp.cos(math.pi * epoch.astype(jnp.float32) / num_epochs))
+      return 0.5 * (1 + jnp.cos(math.pi * epoch.astype(float) / num_epochs))
     raise ValueError(f"Unknown config.optimizer.schedule {name!r}; valid: {', '.join(SCHEDULES)}.")
 
   multiplier(jnp.zeros((), jnp.int32))  # fail early on a bad name
@@ -69,7 +70,7 @@ def scale_by_keras_adam(b1: float, b2: float, eps: float) -> optax.GradientTrans
     count = state["count"] + 1
     m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state["m"], grads)
     v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state["v"], grads)
-    t = count.astype(jnp.float32)
+    t = count.astype(float)
     correction = jnp.sqrt(1 - b2**t) / (1 - b1**t)
     updates = jax.tree.map(lambda m, v: correction * m / (jnp.sqrt(v) + eps), m, v)
     return updates, {"count": count, "m": m, "v": v}

@@ -67,7 +67,7 @@ def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, 
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                  "batch_stats": batch_stats, "opt_state": opt_state}
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"], dtype=logits.dtype)
     return new_state, {"loss": loss, "accuracy": accuracy, "lr": schedule(state["step"]),
                        "grad_norm": optax.tree_utils.tree_norm(grads), **parts}
 

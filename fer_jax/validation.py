@@ -14,7 +14,7 @@ from fer_jax.errors import ConfigError
 
 SELECT_METRICS = ("", "accuracy", "mean_class_accuracy")
 SELECT_TIES = ("earliest", "latest")
-MODEL_DTYPES = ("float32", "bfloat16")
+MODEL_DTYPES = ("float32", "bfloat16", "float64")
 
 
 def validate(config, *, training: bool, new_run: bool = False) -> None:
@@ -53,6 +53,9 @@ def _value_problems(config) -> list[str]:
       problems.append(f"config.dataset.class_order={config.dataset.class_order!r} names {len(classes)} classes "
                       f"({', '.join(classes)}) but config.model.num_classes={config.model.num_classes}: set one "
                       "to match the other.")
+  if config.model.dtype == "float64" and not jax.config.jax_enable_x64:
+    problems.append("config.model.dtype='float64' (the reference mode, docs/fidelity.md) needs 64-bit JAX: "
+                    "run with the environment variable JAX_ENABLE_X64=1.")
   if config.inference_mode_from_epoch < 0:
     problems.append(f"config.inference_mode_from_epoch={config.inference_mode_from_epoch} must be 0 (never) "
                     "or an epoch number from 1.")

@@ -2,7 +2,8 @@
 
 Each method module `fer_jax.models.<name>` defines `METHOD = Method(...)`:
   build(model_config) -> flax.linen.Module, whose `__call__(images, train)` returns a dict
-      with at least "logits" (float32, [batch, num_classes]);
+      with at least "logits" ([batch, num_classes], float32, or float64 in the float64 reference
+      mode: `layers.at_least_float32`);
   loss(outputs, labels, loss_config) -> (scalar loss, dict of scalar metrics), by default
       the mean softmax cross-entropy;
   auxiliary_params: top-level parameter names that are training-only state (DAN's affinity
@@ -21,6 +22,7 @@ import optax
 
 from fer_jax import checkpointing
 from fer_jax.data import labels
+from fer_jax.models import layers
 
 METHODS = ("dan", "lhcnet", "apvit", "scan_cci")
 
@@ -67,9 +69,13 @@ def dummy_images(config, batch: int = 1):
 
 
 def init_variables(model, config, rng) -> dict:
-  """{params, batch_stats} as `model.init` draws them from `rng` (batch_stats {} if it has none)."""
+  """{params, batch_stats} as `model.init` draws them from `rng` (batch_stats {} if it has none),
+  float32, or float64 in the float64 reference mode (docs/fidelity.md)."""
   variables = model.init({"params": rng, "dropout": rng}, dummy_images(config), train=False)
-  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  dtype = layers.at_least_float32(config.model.dtype)
+  return jax.tree.map(lambda leaf: leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf,
+                      variables)
 
 
 def abstract_variables(model, config) -> dict:

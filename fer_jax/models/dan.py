@@ -77,7 +77,7 @@ class DAN(nn.Module):
   def __call__(self, images, train: bool) -> dict:
     features = resnet.ResNet18(dtype=self.dtype, name="trunk")(images, train)["layer4"]
     heads = jnp.stack([AttentionHead(self.dtype, name=f"head{i}")(features, train)
-                       for i in range(self.num_heads)], axis=1).astype(jnp.float32)
+                       for i in range(self.num_heads)], axis=1).astype(layers.at_least_float32(self.dtype))
     if self.num_heads > 1:
       heads = jax.nn.log_softmax(heads, axis=1)
     fused = jnp.sum(heads, axis=1)
@@ -85,7 +85,7 @@ class DAN(nn.Module):
     logits = layers.torch_batch_norm(train, None, "bn")(logits)
     return {
         "logits": logits,
-        "pooled_features": jnp.mean(features.astype(jnp.float32), axis=(1, 2)),
+        "pooled_features": jnp.mean(features.astype(heads.dtype), axis=(1, 2)),
         "heads": heads,
         "centres": AffinityCentres(self.num_centres, features.shape[-1], name="affinity")(),
     }

@@ -12,6 +12,13 @@ from fer_jax.models.backbones.batch_norm import BatchNorm
 torch_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
+def at_least_float32(dtype: Any):
+  """The dtype of the parts kept out of low precision (parameters, BatchNorm statistics,
+  attention heads, logits, losses): float32 for bfloat16 and float32 models, float64 for the
+  float64 reference mode."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def torch_bias_init(fan_in: int):
   """PyTorch's Conv and Linear biases: U(±1/√fan_in), with the fan-in of the weight."""
   bound = fan_in**-0.5

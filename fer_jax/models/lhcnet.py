@@ -28,7 +28,7 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_jax.models import Method, from_config
+from fer_jax.models import Method, from_config, layers
 from fer_jax.models.backbones import resnet_v2
 
 
@@ -77,13 +77,14 @@ class LHCModule(nn.Module):
 
     kernel = self.param("qk_kernel", head_glorot_uniform, (self.num_heads, band, self.embed_dim))
     bias = self.param("qk_bias", nn.initializers.zeros, (self.num_heads, self.embed_dim))
-    project = lambda t: jnp.einsum("bhcp,hpe->bhce", to_heads(t.astype(jnp.float32), self.num_heads),
+    precise = layers.at_least_float32(self.dtype)
+    project = lambda t: jnp.einsum("bhcp,hpe->bhce", to_heads(t.astype(precise), self.num_heads),
                                    kernel) + bias[:, None, :]
     scores = jnp.einsum("bhce,bhde->bhcd", project(query), project(key))
     gate = nn.sigmoid(nn.Dense(channels, kernel_init=glorot_uniform, name="scale_dense")(
         jnp.mean(scores, axis=-1)))
     attention = nn.softmax(scores / jnp.power(float(self.embed_dim), self.norm_c + gate[..., None]), axis=-1)
-    out = jnp.einsum("bhcd,bhdp->bhcp", attention, to_heads(value.astype(jnp.float32), self.num_heads))
+    out = jnp.einsum("bhcd,bhdp->bhcp", attention, to_heads(value.astype(precise), self.num_heads))
     out = from_heads(out, height, width)
     if self.controller_init is not None:
       w = self.param("controller", nn.initializers.constant(self.controller_init), ())
@@ -144,7 +145,7 @@ class LHCNet(nn.Module):
     features = resnet_v2.ResNet34V2(dtype=self.dtype, name="backbone")(
         images, train and not self.freeze_batch_norm, insertions)["output"]
     logits = Head(self.num_classes, self.head_widths, self.dropout_rate, self.dtype, name="head")(features, train)
-    return {"logits": logits.astype(jnp.float32)}
+    return {"logits": logits.astype(layers.at_least_float32(self.dtype))}
 
 
 METHOD = Method(build=functools.partial(from_config, LHCNet))

@@ -79,23 +79,24 @@ class AttentionBranch(nn.Module):
     grids = region_index_grids(size, REGION_SIZE, self.bottom_strip_quirk)
     flat = einops.rearrange(features, "b h w c -> b (h w) c")
     shared_unit = SCANUnit(self.dtype, name="local_scan") if self.shared_local_units else None
+    precise = layers.at_least_float32(self.dtype)
     pooled = []
-    local_mask = jnp.zeros((batch, size * size), jnp.float32)
+    local_mask = jnp.zeros((batch, size * size), precise)
     for index, grid in enumerate(grids):
       unit = shared_unit if shared_unit is not None else SCANUnit(self.dtype, name=f"local_scan_{index}")
       masked, mask = unit(flat[:, grid], train)
-      pooled.append(jnp.mean(masked.astype(jnp.float32), axis=(1, 2)))
+      pooled.append(jnp.mean(masked.astype(precise), axis=(1, 2)))
       local_mask = local_mask.at[:, grid.ravel()].set(
-          jnp.mean(mask.astype(jnp.float32), axis=-1).reshape(batch, -1))
+          jnp.mean(mask.astype(precise), axis=-1).reshape(batch, -1))
     local = jnp.max(jnp.stack(pooled, axis=1), axis=1)
 
     global_masked, global_mask = SCANUnit(self.dtype, name="global_scan")(features, train)
-    combined = jnp.concatenate([local, jnp.mean(global_masked.astype(jnp.float32), axis=(1, 2))], -1)
+    combined = jnp.concatenate([local, jnp.mean(global_masked.astype(precise), axis=(1, 2))], -1)
     combined = combined / jnp.maximum(jnp.linalg.norm(combined, axis=-1, keepdims=True), 1e-12)
     logits = layers.torch_dense(self.num_classes, 2 * channels, "fc", self.dtype)(combined)
-    masks = {"global_mask": jnp.mean(global_mask.astype(jnp.float32), axis=-1),
+    masks = {"global_mask": jnp.mean(global_mask.astype(precise), axis=-1),
              "local_mask": local_mask.reshape(batch, size, size)}
-    return logits.astype(jnp.float32), masks
+    return logits.astype(precise), masks
 
 
 class ECA(nn.Module):
@@ -105,7 +106,7 @@ class ECA(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))[..., None]
+    pooled = jnp.mean(x.astype(layers.at_least_float32(self.dtype)), axis=(1, 2))[..., None]
     pad = (self.kernel_size - 1) // 2
     gate = nn.Conv(1, (self.kernel_size,), padding=((pad, pad),), use_bias=False,
                    kernel_init=layers.torch_kernel_init, dtype=self.dtype, name="conv")(pooled)
@@ -128,12 +129,13 @@ class CCIBranch(nn.Module):
     fc1 = layers.torch_dense(hidden, channels, "fc1", self.dtype)
     fc2 = layers.torch_dense(self.num_classes, hidden, "fc2", self.dtype)
     half_h, half_w = features.shape[1] // 2, features.shape[2] // 2
+    precise = layers.at_least_float32(self.dtype)
     logits = []
     for row in range(2):
       for col in range(2):
         quadrant = features[:, row * half_h:(row + 1) * half_h, col * half_w:(col + 1) * half_w]
-        logits.append(fc2(nn.relu(fc1(jnp.mean(quadrant.astype(jnp.float32), axis=(1, 2))))))
-    return jnp.stack(logits, axis=1).astype(jnp.float32)
+        logits.append(fc2(nn.relu(fc1(jnp.mean(quadrant.astype(precise), axis=(1, 2))))))
+    return jnp.stack(logits, axis=1).astype(precise)
 
 
 class SCANCCI(nn.Module):
@@ -181,8 +183,7 @@ def class_weights(loss_config, num_classes: int):
     raise ValueError(
         "class_weights='effective_number' needs config.loss.class_counts: the training split's "
         f"{num_classes} per-class counts in the model's class order, got {tuple(loss_config.class_counts)}.")
-  return jnp.asarray(effective_number_weights(loss_config.class_counts, loss_config.effective_number_beta),
-                     jnp.float32)
+  return effective_number_weights(loss_config.class_counts, loss_config.effective_number_beta)
 
 
 def cross_entropy(logits, labels, weights=None):
@@ -190,7 +191,7 @@ def cross_entropy(logits, labels, weights=None):
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   if weights is None:
     return jnp.mean(losses)
-  sample_weights = weights[labels]
+  sample_weights = jnp.asarray(weights, losses.dtype)[labels]
   return jnp.sum(sample_weights * losses) / jnp.sum(sample_weights)
 
 

@@ -1,5 +1,6 @@
 """DAN in PyTorch: torchvision's ResNet-18 and the DAN heads written from docs/methods/dan.md §2.3
-and §2.4 with the official module names, so `state_dict()` has the released files' keys."""
+and §2.4 with the official module names, so `state_dict()` has the released files' keys; the
+affinity and partition losses from §2.5."""
 
 import torch
 import torchvision
@@ -51,8 +52,27 @@ class ReferenceDAN(nn.Module):
     self.fc = nn.Linear(512, num_classes)
     self.bn = nn.BatchNorm1d(num_classes)
 
-  def forward(self, x):
+  def parts(self, x):
+    """(logits, the trunk's feature map, the log-softmaxed heads [B, K, 512])."""
     features = self.features(x)
     heads = torch.stack([getattr(self, f"cat_head{i}")(features) for i in range(self.num_heads)], dim=1)
     heads = torch.log_softmax(heads, dim=1)
-    return self.bn(self.fc(heads.sum(dim=1)))
+    return self.bn(self.fc(heads.sum(dim=1))), features, heads
+
+  def forward(self, x):
+    return self.parts(x)[0]
+
+
+def affinity_loss(feature_map, centres, labels):
+  """(1/B) Σ_b ‖x_b − c_{y_b}‖² / Σ_d Var_m(c_md), x_b the pooled map; each entry of the masked B×M
+  distance matrix clamped to [1e-12, 1e12] before the sum."""
+  pooled = feature_map.mean(dim=(2, 3))
+  distances = ((pooled[:, None, :] - centres[None, :, :]) ** 2).sum(dim=2)
+  mask = nn.functional.one_hot(labels, centres.shape[0]).to(distances.dtype)
+  ratio = distances * mask / centres.var(dim=0).sum()
+  return ratio.clamp(1e-12, 1e12).sum() / pooled.shape[0]
+
+
+def partition_loss(heads):
+  """log(1 + K / (mean_{b,c} of the unbiased variance over the K heads + float epsilon))."""
+  return torch.log(1 + heads.shape[1] / (heads.var(dim=1).mean() + torch.finfo(torch.float64).eps))
