@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, TESTS)
+sys.path[:0] = [TESTS, os.path.dirname(TESTS)]  # this checkout's tests and fer_jax, whatever is installed
 
 import jax  # noqa: E402
 
@@ -185,12 +185,13 @@ def main():
     initial, expected = one_step.in_fer_jax_layout(config, records, apvit_checkpoint)
     del records
     positions = fer_jax_positions(config, initial, batches[0][0])
+    before = {path: value.copy() for path, value in one_step.flat(initial).items()}  # jax_steps donates `initial`
     ours = one_step.jax_steps(config, initial, batches)
+  assert {leaf.dtype for leaf in jax.tree.leaves(initial)} == {np.dtype(np.float64)}
 
   same = [np.array_equal(a, b) for a, b in zip(positions, official_positions(recorder.calls))]
   print(f"step 1 tokens kept by APP and after each pooling block identical: {same}; "
         f"smallest top-k margin / score range: {smallest_margin(recorder.calls):.1e}")
-  before = one_step.flat(initial)
   for step, (mine, theirs) in enumerate(zip(ours, expected), 1):
     print(f"step {step}: loss official {theirs['loss']:.15f}, fer_jax {mine['loss']:.15f}, relative error "
           f"{one_step.relative_error(np.float64(mine['loss']), np.float64(theirs['loss'])):.1e}")
