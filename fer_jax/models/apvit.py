@@ -51,7 +51,7 @@ def attentive_patch_pooling(projected, pos_embed, keep: int):
   projected [B, H, W, C], pos_embed [1, H·W, C] → (tokens [B, keep, C], positions [B, keep]).
   """
   tokens = einops.rearrange(projected, "b h w c -> b (h w) c")
-  scores = jnp.sum(jnp.abs(tokens.astype(jnp.float32)), axis=-1)
+  scores = jnp.sum(jnp.abs(tokens.astype(layers.at_least_float32(tokens.dtype))), axis=-1)
   positions = top_k_sorted(scores, keep)
   return gather_tokens(tokens + pos_embed.astype(tokens.dtype), positions), positions
 
@@ -62,7 +62,7 @@ def attentive_token_pooling(tokens, cls_logits, keep: int):
   tokens [B, N, C], cls_logits [B, heads, N] → (tokens [B, 1 + keep, C], kept [B, keep]), where
   `kept` indexes the N − 1 patch tokens.
   """
-  scores = jnp.sum(cls_logits[:, :, 1:].astype(jnp.float32), axis=1)
+  scores = jnp.sum(cls_logits[:, :, 1:].astype(layers.at_least_float32(cls_logits.dtype)), axis=1)
   kept = top_k_sorted(scores, keep)
   return jnp.concatenate([tokens[:, :1], gather_tokens(tokens[:, 1:], kept)], axis=1), kept
 
@@ -134,7 +134,7 @@ class APViT(PoolingViTSettings):
     settings = {field.name: getattr(self, field.name) for field in dataclasses.fields(PoolingViTSettings)
                 if field.name not in ("parent", "name")}
     cls, app_positions, atp_positions = PoolingViT(**settings, name="vit")(features)
-    logits = ClassifierHead(self.num_classes, name="head")(cls.astype(jnp.float32))
+    logits = ClassifierHead(self.num_classes, name="head")(cls.astype(layers.at_least_float32(self.dtype)))
     return {"logits": logits, "app_positions": app_positions, "atp_positions": atp_positions}
 
 

@@ -126,10 +126,10 @@ class Head(nn.Module):
 
 
 class ReferenceAPViT(nn.Module):
-  def __init__(self, model_config):
+  def __init__(self, model_config, size=SIZE):
     super().__init__()
     self.extractor = IR(model_config.ir_stage_sizes, nested=True)
-    self.vit = PoolingViT(model_config, (SIZE // 8) ** 2)
+    self.vit = PoolingViT(model_config, (size // 8) ** 2)
     self.head = Head(model_config.width, model_config.num_classes)
 
   def forward(self, x):

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fer_jax.models import layers
+
 # timm's trunc_normal_(std=.02) truncates at ±2 (absolute), i.e. ±100 σ: a plain normal.
 dense_init = nn.initializers.normal(0.02)
 LAYER_NORM_EPSILON = 1e-6
@@ -42,7 +44,7 @@ class Attention(nn.Module):
     qkv = dense(3 * width, self.dtype, "qkv", use_bias=False)(x)
     q, k, v = einops.rearrange(qkv, "b n (qkv h d) -> qkv b n h d", qkv=3, h=self.num_heads)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * head_dim**-0.5
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    weights = jax.nn.softmax(logits.astype(layers.at_least_float32(self.dtype)), axis=-1).astype(self.dtype)
     y = einops.rearrange(jnp.einsum("bhqk,bkhd->bqhd", weights, v), "b n h d -> b n (h d)")
     return dense(width, self.dtype, "proj")(y), logits[:, :, 0, :]
 
