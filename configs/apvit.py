@@ -62,14 +62,16 @@ def get_config(arg: str = "rafdb"):
 
   if data == "rafdb":
     config.dataset.update(name="rafdb/aligned224", class_order="apvit7", image_size=224)
-    config.evals = config_lib.rafdb_subset_evaluators()
+    config.evals = config_lib.subset_evaluators()
   elif data == "ferplus":
     config.model.num_classes = 8
     config.dataset.update(name="ferplus", class_order="apvit8")
+    config.evals = config_lib.subset_evaluators()
   elif data in ("affectnet7", "affectnet8"):
     config.model.num_classes = int(data[-1])
     config.dataset.update(name=f"affectnet/classes{data[-1]}", class_order=f"apvit{data[-1]}",
                           eval_split="validation", image_size=224)  # images of many sizes, decoded at 224
+    config.evals = config_lib.subset_evaluators("validation")
   else:  # synthetic
     config.model.update(ir_stage_sizes=(1, 1, 1), width=192, num_heads=3, mlp_dim=576, app_keep=12)
     config.input.size = 32

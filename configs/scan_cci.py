@@ -77,14 +77,16 @@ def get_config(arg: str = "rafdb"):
   if data == "rafdb":
     config.model.shared_local_units = True
     config.dataset.update(name="rafdb", class_order="affectnet7", image_size=100)
-    config.evals = config_lib.rafdb_subset_evaluators()
+    config.evals = config_lib.subset_evaluators()
   elif data == "ferplus":
     config.model.num_classes = 8
     config.dataset.update(name="ferplus", class_order="affectnet8", train_split="train+validation")
+    config.evals = config_lib.subset_evaluators()
   elif data in ("affectnet7", "affectnet8"):
     config.model.num_classes = int(data[-1])
     config.dataset.update(name="affectnet", class_order=data, eval_split="validation", max_per_class=20_000,
                           image_size=224)  # images of many sizes, decoded at 224
+    config.evals = config_lib.subset_evaluators("validation")
     _optimizer(config, head_lr=0.001, weight_decay=1e-3)
   elif data == "sfew":
     config.dataset.update(name="sfew", class_order="affectnet7", eval_split="validation",

@@ -32,13 +32,14 @@ def evaluator(**fields) -> ml_collections.ConfigDict:
 
 # RAF-DB's occlusion and pose test subsets (fer_jax.data.builders.rafdb), present when their list
 # files were there at prepare time; skipped with a warning otherwise.
-RAFDB_SUBSETS = ("test_occlusion", "test_pose30", "test_pose45")
+SUBSETS = ("occlusion", "pose30", "pose45")  # Wang et al.'s lists, prepared as "<split>_<subset>"
 
 
-def rafdb_subset_evaluators() -> ml_collections.ConfigDict:
-  """config.evals entries for the subsets, named after their splits without "test_"."""
-  return ml_collections.ConfigDict({split.removeprefix("test_"): evaluator(split=split, skip_if_missing=True)
-                                    for split in RAFDB_SUBSETS})
+def subset_evaluators(split: str = "test") -> ml_collections.ConfigDict:
+  """config.evals entries for the occlusion and pose subsets of `split` (RAF-DB and FERPlus: test,
+  AffectNet: validation), named after the subsets; skipped where the set lacks them."""
+  return ml_collections.ConfigDict({subset: evaluator(split=f"{split}_{subset}", skip_if_missing=True)
+                                    for subset in SUBSETS})
 
 
 def synthetic_occlusion_evaluators(eval_pp: str) -> ml_collections.ConfigDict:

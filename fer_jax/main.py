@@ -24,8 +24,8 @@ def define_flags() -> None:
                     "at the end) or eval (every evaluator of the config on --checkpoint).")
   flags.DEFINE_string("checkpoint", None, "--mode=eval: workdir, checkpoint or converted model.")
   flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-process): the cluster is "
-                    "detected on Cloud TPU and Slurm, else give the three flags below (or JAX's environment "
-                    "variables).")
+                    "detected on Cloud TPU and Slurm, else give the three flags below (JAX_COORDINATOR_ADDRESS "
+                    "may replace --coordinator_address).")
   flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0.")
   flags.DEFINE_integer("num_processes", None, "--distributed: how many processes take part.")
   flags.DEFINE_integer("process_id", None, "--distributed: this process's index, 0 … num_processes − 1.")
