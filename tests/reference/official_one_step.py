@@ -24,7 +24,8 @@ import types
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+TESTS = os.path.dirname(HERE)
+sys.path[:0] = [TESTS, os.path.dirname(TESTS)]  # this checkout's tests and fer_jax, whatever is installed
 
 import jax  # noqa: E402
 
