@@ -1,6 +1,7 @@
 """Two processes × 4 CPU devices (gloo collectives) train, checkpoint and evaluate like one process
-with 8 devices: the same first losses (the same global batches), one set of outputs, a
-checkpoint that restores on one device."""
+with 8 devices: the built-in set generated once (by process 0), the same first losses (the same
+global batches), a run that resumes after one of its processes is killed, one set of outputs,
+a checkpoint that restores on one device."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,20 +49,51 @@ def _report(workdir) -> dict:
     return json.load(f)
 
 
+def _start_two(workdir, data_dir, logs) -> list[subprocess.Popen]:
+  """Both processes, each writing its log to a file (a pipe nobody reads would fill and block it)."""
+  address = f"localhost:{_free_port()}"
+  return [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_args(workdir, data_dir), "--distributed",
+                            f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}",
+                            "--config.checkpoint_every_steps=4"],
+                           cwd=ROOT, env=_env(4), stdout=subprocess.DEVNULL, stderr=log)
+          for index, log in enumerate(logs)]
+
+
+def _wait_for_checkpoint(processes, checkpoints, log_0, timeout: float = 600) -> None:
+  """Until a checkpoint is complete and process 0 has logged the first steps' loss."""
+  deadline = time.monotonic() + timeout
+  while not (checkpoints.is_dir() and any(name.isdigit() for name in os.listdir(checkpoints))
+             and "step 4/" in log_0.read_text()):
+    assert all(process.poll() is None for process in processes), "a process ended before its first checkpoint"
+    assert time.monotonic() < deadline, "no checkpoint was written"
+    time.sleep(0.2)
+
+
 def test_two_processes_train_as_one_with_all_their_devices(tmp_path, tiny_data_dir):
   single = subprocess.run([sys.executable, "-m", "fer_jax.main", *_args(tmp_path / "one", tiny_data_dir)],
                           cwd=ROOT, env=_env(8), capture_output=True, text=True, timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
-  address = f"localhost:{_free_port()}"
-  processes = [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_args(tmp_path / "two", tiny_data_dir),
-                                 "--distributed", f"--coordinator_address={address}", "--num_processes=2",
-                                 f"--process_id={index}"], cwd=ROOT, env=_env(4), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True) for index in range(2)]
-  logs = [process.communicate(timeout=600)[1] for process in processes]
-  assert [process.returncode for process in processes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  workdir, fresh_data = tmp_path / "two", tmp_path / "tfds"  # the two generate synthetic/tiny themselves
+  first = [tmp_path / f"first_{index}.log" for index in range(2)]
+  with first[0].open("w") as log_0, first[1].open("w") as log_1:
+    processes = _start_two(workdir, fresh_data, [log_0, log_1])
+    _wait_for_checkpoint(processes, workdir / "checkpoints", first[0])
+    processes[1].kill()  # one host lost: the other blocks in a collective until its launcher stops it too
+    processes[0].kill()
+    for process in processes:
+      process.wait(timeout=60)
+  logs = [log.read_text() for log in first]
+  assert "Waiting for process 0 to generate synthetic/tiny" in logs[1] and "Generating" not in logs[1]
   assert "JAX process 1/2" in logs[1] and "8 devices" in logs[0]
   # The mean loss of the first four steps: the same global batches through the same model.
   assert _first_loss(logs[0]) == pytest.approx(_first_loss(single.stderr), rel=1e-4)
-  one, two = _report(tmp_path / "one"), _report(tmp_path / "two")
+
+  again = [tmp_path / f"again_{index}.log" for index in range(2)]
+  with again[0].open("w") as log_0, again[1].open("w") as log_1:
+    processes = _start_two(workdir, fresh_data, [log_0, log_1])
+    codes = [process.wait(timeout=600) for process in processes]
+  assert codes == [0, 0], again[0].read_text()[-3000:] + again[1].read_text()[-3000:]
+  assert re.search(r"Resumed from step [1-9]", again[0].read_text())
+  one, two = _report(tmp_path / "one"), _report(workdir)
   assert two["num_examples"] == one["num_examples"] == 70
-  assert (tmp_path / "two" / "best").is_dir() and (tmp_path / "two" / "confusion_matrix.png").exists()
+  assert (workdir / "best").is_dir() and (workdir / "confusion_matrix.png").exists()
