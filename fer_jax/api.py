@@ -120,7 +120,7 @@ def _load_export(path: str, tta_name: str, batch_size: int) -> predict.Predictor
 
 def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> predict.Predictor:
   if config is None:
-    meta = checkpointing._meta(checkpointing._step_directory(path))  # pylint: disable=protected-access
+    meta = checkpointing.read_meta(path)
     if "model" not in meta:
       raise UserError(f"The checkpoint at {path} has no meta record: pass its config to fer_jax.load(path, config=...).")
     config = _config_from_record(meta["model"], meta["class_names"], meta["input"])

@@ -180,6 +180,12 @@ def _meta(step_directory: str) -> dict:
                           "step of the run, or convert or export the model again.") from None
 
 
+def read_meta(path: str) -> dict:
+  """The meta record (method, classes, input) of the checkpoint at `path` (a workdir, its
+  checkpoints/ folder, a step folder or a converted model); {} if it has none."""
+  return _meta(_step_directory(path))
+
+
 def _check_identity(step_directory: str, model_config, class_names: tuple[str, ...]) -> None:
   """The checkpoint must be of the configured method, class count and class order."""
   meta = _meta(step_directory)

@@ -40,10 +40,23 @@ def start_distributed(coordinator_address, num_processes, process_id) -> None:
                              process_id=process_id)
 
 
+def reject_urls(config, workdir: str, checkpoint: str | None) -> None:
+  """fer_jax reads and writes through the file system: an object-store URL must arrive as a mounted path."""
+  paths = {"--workdir": workdir, "--checkpoint": checkpoint, "config.dataset.data_dir": config.dataset.data_dir,
+           "config.init_from": config.init_from,
+           **{f"config.evals.{name}.data_dir": entry.data_dir for name, entry in config.evals.items()}}
+  for name, path in paths.items():
+    if path and "://" in path:
+      raise UserError(f"{name}={path} is a URL; fer_jax reads and writes through the file system. Mount the "
+                      "bucket (e.g. gcsfuse, as launch/tpu.sh does) and pass the mounted path "
+                      "(docs/running_at_scale.md, \"Where the data and the workdir live\").")
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
+  reject_urls(args.config, args.workdir, args.checkpoint)
   if args.distributed:
     start_distributed(args.coordinator_address, args.num_processes, args.process_id)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
