@@ -19,7 +19,7 @@ REFERENCE_H100 = {"dan": ("4,179", "8,275–9,399", "7,121"), "apvit": ("582", "
 REFERENCE_HEADER = ["official fp32 (H100)", "official tuned (H100)", "official compiled (H100)"]
 
 PAPER_HEADER = ["config", "size", "batch", "dtype", "devices", "train img/s", "train step ms", "eval img/s",
-                "compile s (train / eval)", "warm-up s", "train TFLOP/s", "MFU", "peak memory GiB"]
+                "compile s (train / eval)", "warm-up s", "train GFLOP/img", "train TFLOP/s", "MFU", "peak memory GiB"]
 
 
 def config_argument(row: dict) -> str:
@@ -44,7 +44,8 @@ def paper_row(row: dict, reference: bool = False) -> list[str]:
   cells = [f"`{config_argument(row)}`", f"{row['input_size']}²", str(row["batch_size"]), row["dtype"],
            str(row["devices"]), _number(row["train_img_per_s"]), _number(row["train_step_ms"], 1),
            _number(row["eval_img_per_s"]), f"{row['train_compile_s']:.1f} / {row['eval_compile_s']:.1f}",
-           f"{row['train_warmup_s']:.2f}", _number(row["train_tflops_per_s"], 3),
+           f"{row['train_warmup_s']:.2f}", _number(row["train_flops_per_step"] / row["batch_size"] / 1e9),
+           _number(row["train_tflops_per_s"], 3),
            "–" if row.get("mfu") is None else f"{row['mfu']:.1%}", _memory(row)]
   if reference:
     cells += list(REFERENCE_H100.get(row["model"], ("–",) * len(REFERENCE_HEADER)))
@@ -86,7 +87,7 @@ ROLES = ("batchnorm_statistics", "batchnorm_backward", "gradients", "loss_and_me
 
 
 def _collective_cell(role: dict | None) -> str:
-  return "–" if not role else f"{role['tensors']} / {role['bytes'] / 2**20:,.2f} MiB"
+  return "–" if not role else f"{role['ops']} / {role['tensors']} / {role['bytes'] / 2**20:,.2f} MiB"
 
 
 def scaling_row(row: dict, one_device_img_per_s: float | None) -> list[str]:
@@ -103,8 +104,8 @@ def scaling_table(rows: list[dict]) -> str:
   if not rows:
     return "(no synthetic results)"
   one = next((row["train_img_per_s"] for row in rows if row["devices"] == 1), None)
-  note = ("Collectives of the compiled train step: operand tensors / bytes per device and step, by what they "
-          "reduce (XLA may combine several tensors into one all-reduce op).")
+  note = ("Collectives of the compiled train step, by what they reduce: ops / operand tensors / bytes per "
+          "device and step (XLA combines tensors into fewer ops; an op carrying several kinds counts in each).")
   return (f"`{config_argument(rows[0])}`, {rows[0]['input_size']}², {rows[0]['dtype']}; {machine(rows)}\n\n"
           f"{markdown(SCALING_HEADER, [scaling_row(row, one) for row in rows])}\n\n{note}\n")
 

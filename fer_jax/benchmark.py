@@ -30,6 +30,7 @@ import sys
 import time
 
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -87,6 +88,8 @@ def _describe(config, mesh, batch_size: int) -> dict:
   return {"model": config.model.name, "dataset": config.dataset.name, "input_size": config.input.size,
           "dtype": config.model.dtype, "batch_size": batch_size, "devices": mesh.devices.size,
           "device_kind": jax.devices()[0].device_kind}
+
+
 def _compile(jitted, *args):
   """(the compiled executable, seconds spent lowering and compiling it)."""
   start = time.perf_counter()
@@ -176,30 +179,34 @@ def collective_role(name: str, batch_norm_paths: set[str]) -> str:
 
 def collectives(hlo_text: str, batch_norm_paths: set[str]) -> dict:
   """The cross-device ops of compiled HLO text: {"ops": {kind: count}, "bytes": total, "by_role":
-  {role: {"tensors", "bytes"}}} (roles from `collective_role`; bytes of the operands, per device)."""
+  {role: {"ops", "tensors", "bytes"}}} (roles from `collective_role`; an op that XLA combined from
+  tensors of several roles counts once in each; bytes of the operands, per device)."""
   found = {"ops": {}, "bytes": 0, "by_role": {}}
   for line in hlo_text.splitlines():
     match = _COLLECTIVE.match(line)
     if not match:
       continue
-    shapes = ["".join(shape) for shape in _SHAPE.findall(match.group(1))]
+    shapes = _SHAPE.findall(match.group(1))
     op_name = _OP_NAME.search(line)
     names = _element_names(op_name.group(1) if op_name else "")
     if len(names) != len(shapes):
       names = names[:1] * len(shapes)
     found["ops"][match.group(2)] = found["ops"].get(match.group(2), 0) + 1
-    for name, (dtype, dims) in zip(names, _SHAPE.findall(match.group(1))):
+    roles = [collective_role(name, batch_norm_paths) for name in names]
+    for role_name in set(roles):
+      found["by_role"].setdefault(role_name, {"ops": 0, "tensors": 0, "bytes": 0})["ops"] += 1
+    for role_name, (dtype, dims) in zip(roles, shapes):
       size = _shape_bytes(f"{dtype}[{dims}]")
-      role = found["by_role"].setdefault(collective_role(name, batch_norm_paths), {"tensors": 0, "bytes": 0})
-      role["tensors"] += 1
-      role["bytes"] += size
+      found["by_role"][role_name]["tensors"] += 1
+      found["by_role"][role_name]["bytes"] += size
       found["bytes"] += size
   return found
 
 
 def batch_norm_paths(batch_stats) -> set[str]:
   """The module paths ("trunk/layer1_0/bn1") of a model's BatchNorms, from its batch_stats."""
-  return {"/".join(str(key.key) for key in path[:-1]) for path, _ in jax.tree_util.tree_leaves_with_path(batch_stats)}
+  leaves = jax.tree_util.tree_leaves_with_path(batch_stats)
+  return {"/".join(str(key.key) for key in path[:-1]) for path, _ in leaves}
 
 
 def _synthetic_batch(config, mesh, batch_size: int) -> dict:
@@ -215,7 +222,8 @@ def _timing(name: str, batch_size: int, compile_seconds: float, warmup_seconds: 
   """The figures of one timed step: `flops` is XLA's count for one device's share of the step."""
   return {f"{name}_img_per_s": round(batch_size / seconds, 2), f"{name}_step_ms": round(seconds * 1e3, 3),
           f"{name}_compile_s": round(compile_seconds, 2), f"{name}_warmup_s": round(warmup_seconds, 3),
-          f"{name}_flops_per_step": flops * devices, f"{name}_tflops_per_s": round(flops * devices / seconds / 1e12, 4)}
+          f"{name}_flops_per_step": flops * devices,
+          f"{name}_tflops_per_s": round(flops * devices / seconds / 1e12, 4)}
 
 
 def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dict:
@@ -231,20 +239,24 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
   batch = _synthetic_batch(config, mesh, batch_size)
 
   train_step, train_compile = _compile(
-      train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed), holder["state"], batch)
+      train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed),
+      holder["state"], batch)
 
   def run_train(_):
     holder["state"], metrics = train_step(holder["state"], batch)
     return metrics["loss"]
 
+  logging.info("Train step compiled in %.1f s; timing %d steps after %d warm-up steps.", train_compile, steps, warmup)
   train_warmup, train_seconds = _time_stream(itertools.repeat(None), warmup, steps, run_train)
+  logging.info("Train step: %.1f ms (warm-up %.1f s).", train_seconds * 1e3, train_warmup)
   device_peak = _device_peak_bytes()  # before the eval step: the training peak
   if profile_dir:
     with jax.profiler.trace(profile_dir):
       _time_stream(itertools.repeat(None), 0, 3, run_train)
 
   variables = {"params": holder["state"]["params"], "batch_stats": holder["state"]["batch_stats"]}
-  eval_step, eval_compile = _compile(evaluate.confusion_step(model, config.model.num_classes, mesh), variables, batch)
+  eval_step, eval_compile = _compile(evaluate.confusion_step(model, config.model.num_classes, mesh),
+                                     variables, batch)
   eval_warmup, eval_seconds = _time_stream(itertools.repeat(None), warmup, steps,
                                            lambda _: eval_step(variables, batch))
 
@@ -353,7 +365,7 @@ def define_flags() -> None:
   config_lib.define_config_flag()
   flags.DEFINE_enum("input", "synthetic", list(INPUT_MODES), "What to time (see the module docstring).")
   flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
-  flags.DEFINE_integer("warmup", 3, "Untimed steps first (after compilation; worker start-up for the data modes).")
+  flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation (and worker start-up for the data modes).")
   flags.DEFINE_string("output", "", "Also append the JSON line to this file.")
   flags.DEFINE_string("profile_dir", "", "synthetic: write a jax.profiler trace of 3 train steps here "
                       "(after the timed steps, so the figures do not include the profiler).")

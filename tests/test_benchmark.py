@@ -100,10 +100,10 @@ def test_collectives_of_hlo_text_by_role():
   found = benchmark.collectives(HLO, {"trunk/bn1", "trunk/layer1_0/bn1"})
   assert found["ops"] == {"all-reduce": 4}
   assert found["by_role"] == {
-      "batchnorm_statistics": {"tensors": 2, "bytes": 2 * 64 * 4},
-      "gradients": {"tensors": 2, "bytes": 3 * 3 * 64 * 64 * 4 + 7 * 512 * 2},
-      "batchnorm_backward": {"tensors": 2, "bytes": 2 * 64 * 4},
-      "loss_and_metrics": {"tensors": 1, "bytes": 4}}
+      "batchnorm_statistics": {"ops": 1, "tensors": 2, "bytes": 2 * 64 * 4},
+      "gradients": {"ops": 2, "tensors": 2, "bytes": 3 * 3 * 64 * 64 * 4 + 7 * 512 * 2},
+      "batchnorm_backward": {"ops": 1, "tensors": 2, "bytes": 2 * 64 * 4},
+      "loss_and_metrics": {"ops": 1, "tensors": 1, "bytes": 4}}
   assert found["bytes"] == sum(role["bytes"] for role in found["by_role"].values())
 
 
@@ -119,10 +119,11 @@ LINE = {
     "nvidia_driver": "570.86", "load_average_1m": 0.5, "input": "synthetic", "model": "dan", "input_size": 224,
     "dtype": "bfloat16", "batch_size": 256, "train_img_per_s": 9876.54, "train_step_ms": 25.92,
     "eval_img_per_s": 30123.4, "train_compile_s": 41.26, "eval_compile_s": 9.04, "train_warmup_s": 0.912,
-    "train_tflops_per_s": 123.4567, "mfu": 0.1248, "peak_memory_bytes": 3 * 2**30,
+    "train_flops_per_step": 3.087e12, "train_tflops_per_s": 123.4567, "mfu": 0.1248, "peak_memory_bytes": 3 * 2**30,
     "peak_memory_source": "device.memory_stats",
     "train_collectives": {"ops": {"all-reduce": 58}, "bytes": 79056604, "by_role": {
-        "batchnorm_statistics": {"tensors": 82, "bytes": 96824}, "gradients": {"tensors": 73, "bytes": 78814528}}}}
+        "batchnorm_statistics": {"ops": 25, "tensors": 82, "bytes": 96824},
+        "gradients": {"ops": 31, "tensors": 73, "bytes": 78814528}}}}
 
 
 def test_paper_table_renders_a_line():
@@ -130,7 +131,7 @@ def test_paper_table_renders_a_line():
   header, rule, row = table.split("\n")[2:5]
   assert header.count("|") == rule.count("|") == row.count("|") == len(render_table.PAPER_HEADER) + 4
   assert row == ("| `configs/dan.py:rafdb` | 224² | 256 | bfloat16 | 1 | 9,876.54 | 25.9 | 30,123.40 | 41.3 / 9.0 "
-                 "| 0.91 | 123.457 | 12.5% | 3.00 | 4,179 | 8,275–9,399 | 7,121 |")
+                 "| 0.91 | 12.06 | 123.457 | 12.5% | 3.00 | 4,179 | 8,275–9,399 | 7,121 |")
   assert table.startswith("1 × NVIDIA H100 80GB HBM3 (gpu, 26 host CPUs), jax 0.11.2 / jaxlib 0.11.2, backend "
                           "cuda 12080, cuda_runtime 12080, nvidia_driver 570.86; 2026-12-01")
 
@@ -141,7 +142,7 @@ def test_scaling_table_renders_collectives_in_mib():
   rows = [line for line in table.split("\n") if line.startswith("| ")][1:]
   assert [row.split(" | ")[:5] for row in rows] == [["| 1", "32", "32", "25.00", "1.00"],
                                                    ["| 8", "32", "4", "20.00", "0.80"]]
-  assert f"82 / {96824 / 2**20:.2f} MiB" in rows[1] and f"73 / {78814528 / 2**20:,.2f} MiB" in rows[1]
+  assert f"25 / 82 / {96824 / 2**20:.2f} MiB" in rows[1] and f"31 / 73 / {78814528 / 2**20:,.2f} MiB" in rows[1]
 
 
 @pytest.mark.integration
@@ -160,6 +161,6 @@ def test_all_reduces_carry_each_gradient_once_and_two_statistics_per_batch_norm_
   params = models.abstract_variables(TinyNet(), tiny_config())["params"]
   roles = line["train_collectives"]["by_role"]
   assert line["devices"] == 2 and line["train_collectives"]["ops"]["all-reduce"] >= 1
-  assert roles["gradients"] == {"tensors": 4, "bytes": _bytes({k: params[k] for k in ("conv", "fc")})}
-  assert roles["batchnorm_statistics"] == {"tensors": 2, "bytes": 2 * 4 * 4}
+  assert (roles["gradients"]["tensors"], roles["gradients"]["bytes"]) == (4, _bytes({k: params[k] for k in ("conv", "fc")}))
+  assert (roles["batchnorm_statistics"]["tensors"], roles["batchnorm_statistics"]["bytes"]) == (2, 2 * 4 * 4)
   assert roles["batchnorm_backward"]["bytes"] >= _bytes(params["bn"])
