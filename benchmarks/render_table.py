@@ -58,7 +58,7 @@ def machine(rows: list[dict]) -> str:
   cuda = ", ".join(f"{key} {first[key]}" for key in ("cuda_runtime", "cudnn", "cuda_driver", "nvidia_driver")
                    if first.get(key) is not None)
   loads = sorted({row.get("load_average_1m") for row in rows if row.get("load_average_1m") is not None})
-  load = f"; 1-min load average before each run {loads[0]}–{loads[-1]}" if loads else ""
+  load = f"; 1-min load average before each run {loads[0]:.1f}–{loads[-1]:.1f}" if loads else ""
   return (f"{first['devices']} × {first['device_kind']} ({first['platform']}, {first.get('host_cpus')} host CPUs), "
           f"jax {first['jax']} / jaxlib {first['jaxlib']}, backend {first['backend_version']}"
           f"{', ' + cuda if cuda else ''}; {first['date'][:10]}{load}")

@@ -73,8 +73,12 @@ def _cuda_versions() -> dict:
   from jax._src import lib  # pylint: disable=import-outside-toplevel
   if jax.default_backend() != "gpu" or lib.cuda_versions is None:
     return {}
-  versions = {name: getattr(lib.cuda_versions, f"{name}_get_version", lambda: None)()
-              for name in ("cuda_runtime", "cudnn", "cuda_driver")}
+  versions = {}
+  for name in ("cuda_runtime", "cudnn", "cuda_driver"):
+    try:
+      versions[name] = getattr(lib.cuda_versions, f"{name}_get_version")()
+    except (AttributeError, RuntimeError):  # a plugin without that query, or no driver to ask
+      versions[name] = None
   try:
     versions["nvidia_driver"] = subprocess.run(
         ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
