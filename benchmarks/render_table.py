@@ -59,7 +59,9 @@ def machine(rows: list[dict]) -> str:
                    if first.get(key) is not None)
   loads = sorted({row.get("load_average_1m") for row in rows if row.get("load_average_1m") is not None})
   load = f"; 1-min load average before each run {loads[0]:.1f}–{loads[-1]:.1f}" if loads else ""
-  return (f"{first['devices']} × {first['device_kind']} ({first['platform']}, {first.get('host_cpus')} host CPUs), "
+  counts = sorted({row["devices"] for row in rows})
+  devices = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+  return (f"{devices} × {first['device_kind']} ({first['platform']}, {first.get('host_cpus')} host CPUs), "
           f"jax {first['jax']} / jaxlib {first['jaxlib']}, backend {first['backend_version']}"
           f"{', ' + cuda if cuda else ''}; {first['date'][:10]}{load}")
 
