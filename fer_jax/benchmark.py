@@ -1,27 +1,40 @@
 """Speed of the input pipeline and of the jitted steps, one JSON line per run.
 
-  python -m fer_jax.benchmark --config=configs/dan.py:rafdb --input=MODE [--steps=N] \
-      [--config.batch_size=B] [--config.dataset.data_dir=DIR] [--config.dataset.cache=none|host|device]
+  python -m fer_jax.benchmark --config=configs/dan.py:rafdb --input=MODE [--steps=N] [--warmup=N] \
+      [--config.batch_size=B] [--config.dataset.data_dir=DIR] [--config.dataset.cache=none|host|device] \
+      [--output=FILE] [--profile_dir=DIR]
 
---input picks what is timed (always after compilation and warm-up steps), `img_per_s` is its speed:
-  synthetic   the jitted train and eval steps on device-resident random model inputs, with
-              achieved TFLOP/s from XLA's cost analysis and MFU where the device's peak is known;
+--input picks what is timed, `img_per_s` is its speed over `--steps` steps that follow compilation
+and `--warmup` untimed steps:
+  synthetic   the jitted train and eval steps on device-resident random model inputs (no data set
+              needed). Compilation and warm-up are timed apart from the steps; the line also holds
+              XLA's cost analysis (FLOPs per step, hence achieved TFLOP/s and MFU against the
+              device's dense bf16 peak), peak device memory, the cross-device collectives of the
+              compiled train step, and the software and hardware it ran on;
   host        the host stream alone: uint8 batches of the prepared training split delivered onto
               the device (decoded by worker processes, or from the decoded cache), no augmentation;
   augment     the train pipeline alone on device-resident uint8 batches at the stored size;
   end_to_end  the real train step fed by the real pipeline (host stream + device augmentation).
-The modes other than synthetic read the prepared data set the config names.
+The modes other than synthetic read the prepared data set the config names. Run one configuration
+per process (a fresh XLA client): benchmarks/accelerator.sh runs every method's paper config.
 """
 
+import datetime
 import itertools
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 import time
 
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
+import jaxlib
 
 from fer_jax import cli
 from fer_jax import config_lib
@@ -36,20 +49,43 @@ from fer_jax.data import pipeline
 INPUT_MODES = ("synthetic", "host", "augment", "end_to_end")
 
 
-# Dense bf16 peak TFLOP/s per device, for MFU.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
-               "TPU v5p": 459.0, "TPU v6 lite": 918.0}
+# Dense bf16 peak TFLOP/s per device, for MFU (first match of the device kind wins).
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0,
+               "TPU v5 lite": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0}
 
 
 def peak_tflops(device_kind: str) -> float | None:
   return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in device_kind.lower()), None)
 
 
+def environment() -> dict:
+  """The software and hardware a figure was measured on."""
+  device = jax.devices()[0]
+  return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "platform": device.platform, "device_kind": device.device_kind, "devices": jax.device_count(),
+          "processes": jax.process_count(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+          "backend_version": device.client.platform_version, **_cuda_versions(),
+          "host_cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}
 
-def _flops(jitted, *args) -> float:
-  cost = jitted.lower(*args).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+def _cuda_versions() -> dict:
+  """CUDA runtime, cuDNN and driver versions where the backend is a CUDA one, else {}."""
+  from jax._src import lib  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() != "gpu" or lib.cuda_versions is None:
+    return {}
+  versions = {}
+  for name in ("cuda_runtime", "cudnn", "cuda_driver"):
+    try:
+      versions[name] = getattr(lib.cuda_versions, f"{name}_get_version")()
+    except (AttributeError, RuntimeError):  # a plugin without that query, or no driver to ask
+      versions[name] = None
+  try:
+    versions["nvidia_driver"] = subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+        text=True, timeout=30).stdout.split("\n")[0].strip() or None
+  except OSError:
+    versions["nvidia_driver"] = None
+  return versions
 
 
 def _describe(config, mesh, batch_size: int) -> dict:
@@ -58,45 +94,192 @@ def _describe(config, mesh, batch_size: int) -> dict:
           "device_kind": jax.devices()[0].device_kind}
 
 
-def benchmark(config, steps: int) -> dict:
+def _compile(jitted, *args):
+  """(the compiled executable, seconds spent lowering and compiling it)."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def _cost(compiled) -> dict:
+  """XLA's cost analysis of one call: FLOPs and bytes accessed (per device where partitioned)."""
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, list) else cost) or {}
+  return {"flops": float(cost.get("flops", 0.0)), "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+
+
+def _memory_analysis(compiled) -> dict:
+  """The compiled executable's buffer sizes (bytes per device) as XLA planned them."""
+  analysis = compiled.memory_analysis()
+  names = ("argument", "output", "alias", "temp", "generated_code")
+  return {name: int(getattr(analysis, f"{name}_size_in_bytes", 0)) for name in names} if analysis else {}
+
+
+def _device_peak_bytes() -> int | None:
+  """The most device memory in use at once so far (max over local devices), where reported."""
+  stats = [device.memory_stats() for device in jax.local_devices()]
+  peaks = [s["peak_bytes_in_use"] for s in stats if s and "peak_bytes_in_use" in s]
+  return max(peaks) if peaks else None
+
+
+def _planned_peak_bytes(analysis: dict) -> int | None:
+  """Arguments + outputs + temporaries − donated-and-reused buffers: the executable's own peak."""
+  if not analysis:
+    return None
+  return analysis["argument"] + analysis["output"] + analysis["temp"] - analysis["alias"]
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+_SHAPE = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+_COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%?\S+ = (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
+                         r"collective-permute)(?:-start)?\(")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def _shape_bytes(shape_text: str) -> int:
+  """Bytes of an HLO shape, e.g. "f32[64,3]{1,0}" or a tuple "(f32[64]{0}, bf16[8,8]{1,0})"."""
+  return sum(_DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+             for dtype, dims in _SHAPE.findall(shape_text) if dtype in _DTYPE_BYTES)
+
+
+def _split_top_level(text: str, separator: str) -> list[str]:
+  """`text` split at `separator`s outside parentheses."""
+  parts, depth, start = [], 0, 0
+  for i, char in enumerate(text):
+    depth += {"(": 1, ")": -1}.get(char, 0)
+    if char == separator and depth == 0:
+      parts.append(text[start:i])
+      start = i + 1
+  return parts + [text[start:]]
+
+
+def _element_names(op_name: str) -> list[str]:
+  """The JAX op names of a (possibly combined) collective's operands: XLA writes the names of ops it
+  combined as "common/prefix/(name1:name2:…)"."""
+  if op_name.endswith(")"):
+    depth = 0
+    for i in range(len(op_name) - 1, -1, -1):
+      depth += {")": 1, "(": -1}.get(op_name[i], 0)
+      if depth == 0:
+        break
+    if i == 0 or op_name[i - 1] == "/":
+      return [op_name[:i] + name for name in _split_top_level(op_name[i + 1:-1], ":")]
+  return [op_name]
+
+
+def collective_role(name: str, batch_norm_paths: set[str]) -> str:
+  """What a collective's operand reduces, from its JAX op name (e.g. "jit(step)/transpose(jvp(DAN))/
+  trunk/bn1/reduce_sum"): the batch statistics of a BatchNorm (a module path in `batch_norm_paths`) or
+  their backward pass (with the BatchNorm's own parameter gradients), other parameter gradients, or the
+  loss and metrics."""
+  parts = _split_top_level(name, "/")
+  module = "/".join(part for part in parts[:-1] if "(" not in part)
+  backward = "transpose(" in name
+  if module in batch_norm_paths:
+    return "batchnorm_backward" if backward else "batchnorm_statistics"
+  return "gradients" if backward else "loss_and_metrics"
+
+
+def collectives(hlo_text: str, batch_norm_paths: set[str]) -> dict:
+  """The cross-device ops of compiled HLO text: {"ops": {kind: count}, "bytes": total, "by_role":
+  {role: {"ops", "tensors", "bytes"}}} (roles from `collective_role`; an op that XLA combined from
+  tensors of several roles counts once in each; bytes of the operands, per device)."""
+  found = {"ops": {}, "bytes": 0, "by_role": {}}
+  for line in hlo_text.splitlines():
+    match = _COLLECTIVE.match(line)
+    if not match:
+      continue
+    shapes = _SHAPE.findall(match.group(1))
+    op_name = _OP_NAME.search(line)
+    names = _element_names(op_name.group(1) if op_name else "")
+    if len(names) != len(shapes):
+      names = names[:1] * len(shapes)
+    found["ops"][match.group(2)] = found["ops"].get(match.group(2), 0) + 1
+    roles = [collective_role(name, batch_norm_paths) for name in names]
+    for role_name in set(roles):
+      found["by_role"].setdefault(role_name, {"ops": 0, "tensors": 0, "bytes": 0})["ops"] += 1
+    for role_name, (dtype, dims) in zip(roles, shapes):
+      size = _shape_bytes(f"{dtype}[{dims}]")
+      found["by_role"][role_name]["tensors"] += 1
+      found["by_role"][role_name]["bytes"] += size
+      found["bytes"] += size
+  return found
+
+
+def batch_norm_paths(batch_stats) -> set[str]:
+  """The module paths ("trunk/layer1_0/bn1") of a model's BatchNorms, from its batch_stats."""
+  leaves = jax.tree_util.tree_leaves_with_path(batch_stats)
+  return {"/".join(str(key.key) for key in path[:-1]) for path, _ in leaves}
+
+
+def _synthetic_batch(config, mesh, batch_size: int) -> dict:
+  keys = jax.random.split(jax.random.key(0))
+  return jax.device_put({
+      "image": jax.random.normal(keys[0], models.dummy_images(config, batch_size).shape),
+      "label": jax.random.randint(keys[1], (batch_size,), 0, config.model.num_classes),
+      "mask": jnp.ones((batch_size,), jnp.float32)}, NamedSharding(mesh, P("data")))
+
+
+def _timing(name: str, batch_size: int, compile_seconds: float, warmup_seconds: float, seconds: float,
+            flops: float, devices: int) -> dict:
+  """The figures of one timed step: `flops` is XLA's count for one device's share of the step."""
+  return {f"{name}_img_per_s": round(batch_size / seconds, 2), f"{name}_step_ms": round(seconds * 1e3, 3),
+          f"{name}_compile_s": round(compile_seconds, 2), f"{name}_warmup_s": round(warmup_seconds, 3),
+          f"{name}_flops_per_step": flops * devices,
+          f"{name}_tflops_per_s": round(flops * devices / seconds / 1e12, 4)}
+
+
+def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dict:
   """--input=synthetic: the train and eval steps on random model inputs already on the device."""
   mesh = mesh_lib.make_mesh()
+  devices = mesh.devices.size
   method = models.get_method(config.model.name)
   model = method.build(config.model)
   batch_size = config.batch_size
   tx = optim.make_optimizer(config.optimizer, 1, 1, models.abstract_variables(model, config)["params"])
   schedule = optim.lr_schedule(config.optimizer, 1, 1)
-  state = train.create_state(model, tx, config, mesh)
-  sharding = NamedSharding(mesh, P("data"))
-  keys = jax.random.split(jax.random.key(0))
-  batch = jax.device_put({
-      "image": jax.random.normal(keys[0], models.dummy_images(config, batch_size).shape),
-      "label": jax.random.randint(keys[1], (batch_size,), 0, config.model.num_classes),
-      "mask": jnp.ones((batch_size,), jnp.float32)}, sharding)
+  holder = {"state": train.create_state(model, tx, config, mesh)}
+  batch = _synthetic_batch(config, mesh, batch_size)
 
-  train_step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed)
-  train_flops = _flops(train_step, state, batch)
-  holder = {"state": state}
+  train_step, train_compile = _compile(
+      train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed),
+      holder["state"], batch)
 
-  def run_train():
+  def run_train(_):
     holder["state"], metrics = train_step(holder["state"], batch)
     return metrics["loss"]
 
-  train_seconds = _time_stream(itertools.repeat(None), 1, steps, lambda _: run_train())
-  variables = {"params": holder["state"]["params"], "batch_stats": holder["state"]["batch_stats"]}
-  eval_step = evaluate.confusion_step(model, config.model.num_classes, mesh)
-  eval_seconds = _time_stream(itertools.repeat(None), 1, steps, lambda _: eval_step(variables, batch))
+  logging.info("Train step compiled in %.1f s; timing %d steps after %d warm-up steps.", train_compile, steps, warmup)
+  train_warmup, train_seconds = _time_stream(itertools.repeat(None), warmup, steps, run_train)
+  logging.info("Train step: %.1f ms (warm-up %.1f s).", train_seconds * 1e3, train_warmup)
+  device_peak = _device_peak_bytes()  # before the eval step: the training peak
+  if profile_dir:
+    with jax.profiler.trace(profile_dir):
+      _time_stream(itertools.repeat(None), 0, 3, run_train)
 
-  device_kind = jax.devices()[0].device_kind
-  achieved = train_flops / train_seconds / 1e12
-  peak = peak_tflops(device_kind)
+  variables = {"params": holder["state"]["params"], "batch_stats": holder["state"]["batch_stats"]}
+  eval_step, eval_compile = _compile(evaluate.confusion_step(model, config.model.num_classes, mesh),
+                                     variables, batch)
+  eval_warmup, eval_seconds = _time_stream(itertools.repeat(None), warmup, steps,
+                                           lambda _: eval_step(variables, batch))
+
+  train_cost, eval_cost = _cost(train_step), _cost(eval_step)
+  memory = _memory_analysis(train_step)
+  peak = peak_tflops(jax.devices()[0].device_kind)
+  train_figures = _timing("train", batch_size, train_compile, train_warmup, train_seconds, train_cost["flops"],
+                          devices)
   return {
-      "input": "synthetic", **_describe(config, mesh, batch_size),
-      "img_per_s": round(batch_size / train_seconds, 2),
-      "train_img_per_s": round(batch_size / train_seconds, 2),
-      "eval_img_per_s": round(batch_size / eval_seconds, 2),
-      "train_tflops_per_s": round(achieved, 4),
-      "mfu": round(achieved / (peak * mesh.devices.size), 4) if peak else None,
+      "input": "synthetic", **_describe(config, mesh, batch_size), "steps": steps, "warmup_steps": warmup,
+      "img_per_s": train_figures["train_img_per_s"], **train_figures,
+      **_timing("eval", batch_size, eval_compile, eval_warmup, eval_seconds, eval_cost["flops"], devices),
+      "train_bytes_accessed_per_step": train_cost["bytes_accessed"] * devices,
+      "peak_tflops_per_device": peak,
+      "mfu": round(train_figures["train_tflops_per_s"] / (peak * devices), 4) if peak else None,
+      "peak_memory_bytes": device_peak if device_peak is not None else _planned_peak_bytes(memory),
+      "peak_memory_source": "device.memory_stats" if device_peak is not None else "compiled.memory_analysis",
+      "train_memory_analysis": memory,
+      "train_collectives": collectives(train_step.as_text(), batch_norm_paths(variables["batch_stats"])),
   }
 
 
@@ -109,19 +292,23 @@ def _train_data(config, mesh, steps: int) -> pipeline.TrainData:
   return data
 
 
-def _time_stream(batches, warmup: int, steps: int, consume) -> float:
-  """Seconds per item of `batches` over `steps` items after `warmup`, each handed to `consume`."""
+def _time_stream(batches, warmup: int, steps: int, consume) -> tuple[float, float]:
+  """(seconds of the first `warmup` items, seconds per item of the next `steps`) of `batches`, each
+  handed to `consume`."""
   iterator = iter(batches)
+  start = time.perf_counter()
   for _ in range(warmup):
     jax.block_until_ready(consume(next(iterator)))
+  warmup_seconds = time.perf_counter() - start
   start = time.perf_counter()
+  out = None
   for _ in range(steps):
     out = consume(next(iterator))
   jax.block_until_ready(out)
   seconds = (time.perf_counter() - start) / steps
   if hasattr(iterator, "close"):
     iterator.close()  # stops the decoding workers and frees their shared memory
-  return seconds
+  return warmup_seconds, seconds
 
 
 def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
@@ -134,7 +321,7 @@ def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
             "cache": data.cache_mode, "cache_seconds": round(time.perf_counter() - start, 2),
             "workers": data.workers if data.cache_mode == "none" else 0}
   if mode == "host":
-    seconds = _time_stream(data.batches(0), warmup, steps, lambda batch: batch["image"])
+    _, seconds = _time_stream(data.batches(0), warmup, steps, lambda batch: batch["image"])
   elif mode == "augment":
     sharding = NamedSharding(mesh, P("data"))
     images = jax.device_put(jax.random.randint(jax.random.key(0), (data.global_batch, *data.shape), 0, 256)
@@ -142,7 +329,7 @@ def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
     augment = jax.jit(data.augment, out_shardings=sharding)
     offsets = jnp.arange(data.global_batch)
     batches = ((images, offsets + i * data.global_batch) for i in range(warmup + steps))
-    seconds = _time_stream(batches, warmup, steps, lambda batch: augment(*batch))
+    _, seconds = _time_stream(batches, warmup, steps, lambda batch: augment(*batch))
   else:
     method = models.get_method(config.model.name)
     model = method.build(config.model)
@@ -157,7 +344,7 @@ def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
     def step(batch):
       holder["state"], metrics = train_step(holder["state"], batch)
       return metrics["loss"]
-    seconds = _time_stream(data.batches(0), warmup, steps, step)
+    _, seconds = _time_stream(data.batches(0), warmup, steps, step)
   return {**result, "img_per_s": round(data.global_batch / seconds, 2)}
 
 
@@ -165,11 +352,16 @@ def main(argv):
   del argv
   args = flags.FLAGS
   validation.validate(args.config, training=True)
+  measured_on = environment()  # before the run: the load average of the machine without it
   if args.input == "synthetic":
-    result = benchmark(args.config, args.steps)
+    result = benchmark(args.config, args.steps, args.warmup, args.profile_dir)
   else:
     result = benchmark_input(args.config, args.input, args.steps, args.warmup)
-  print(json.dumps(result))
+  line = json.dumps({"command": " ".join(sys.argv[1:]), **measured_on, **result})
+  print(line)
+  if args.output:
+    with open(args.output, "a") as output:
+      output.write(line + "\n")
 
 
 def define_flags() -> None:
@@ -177,7 +369,10 @@ def define_flags() -> None:
   config_lib.define_config_flag()
   flags.DEFINE_enum("input", "synthetic", list(INPUT_MODES), "What to time (see the module docstring).")
   flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
-  flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation, worker start-up); not for synthetic.")
+  flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation (and worker start-up for the data modes).")
+  flags.DEFINE_string("output", "", "Also append the JSON line to this file.")
+  flags.DEFINE_string("profile_dir", "", "synthetic: write a jax.profiler trace of 3 train steps here "
+                      "(after the timed steps, so the figures do not include the profiler).")
   flags.mark_flags_as_required(["config"])
 
 

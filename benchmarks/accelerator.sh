@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Every method's paper config (its paper batch size and resolution), train and eval steps on
+# synthetic inputs, each run in its own process (a fresh XLA client), then the markdown table.
+# LHC-Net runs its stage B (the ResNet-34v2 with the LHC modules, batch 64; stages A1–A3 train the
+# backbone alone).
+#
+#   bash benchmarks/accelerator.sh OUT_DIR      # → OUT_DIR/results.jsonl, OUT_DIR/table.md, OUT_DIR/logs/
+#
+# Environment: DTYPES (default "float32 bfloat16"), BATCH (every config at this batch size instead of
+# its paper one, e.g. 16 for the CPU no-regression figures), STEPS (default 20 timed steps),
+# WARMUP (default 5 untimed steps after compilation), PROFILE=1 (a jax.profiler trace of 3 train
+# steps per run under OUT_DIR/profile/), REFERENCE=0 (no official-code H100 columns), CONFIGS (a
+# space-separated subset), PY (python). Lines are appended to OUT_DIR/results.jsonl.
+set -euo pipefail
+OUT_DIR=$(realpath -m "${1:?usage: bash benchmarks/accelerator.sh OUT_DIR}")
+cd "$(dirname "$0")/.."
+PY=${PY:-python}
+DTYPES=${DTYPES:-float32 bfloat16}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-5}
+read -r -a CONFIGS <<< "${CONFIGS:-configs/dan.py:rafdb configs/apvit.py:rafdb configs/scan_cci.py:rafdb configs/lhcnet.py:fer2013,stage=B}"
+mkdir -p "$OUT_DIR/logs"
+
+for dtype in $DTYPES; do
+  for config in "${CONFIGS[@]}"; do
+    name="$(echo "$config" | tr ':/,=' '____').$dtype"
+    args=(--config="$config" --input=synthetic --config.model.dtype="$dtype" --steps="$STEPS" --warmup="$WARMUP"
+          --output="$OUT_DIR/results.jsonl")
+    if [ -n "${BATCH:-}" ]; then args+=(--config.batch_size="$BATCH"); fi
+    if [ -n "${PROFILE:-}" ]; then args+=(--profile_dir="$OUT_DIR/profile/$name"); fi
+    echo "$config $dtype" >&2
+    $PY -m fer_jax.benchmark "${args[@]}" > /dev/null 2> "$OUT_DIR/logs/$name.log" \
+      || echo "failed: $config $dtype (see $OUT_DIR/logs/$name.log)" >&2
+  done
+done
+
+reference=()
+if [ "${REFERENCE:-1}" != 0 ]; then reference=(--reference); fi
+$PY benchmarks/render_table.py "$OUT_DIR/results.jsonl" "${reference[@]}" | tee "$OUT_DIR/table.md"

@@ -1,0 +1,131 @@
+"""Markdown tables for BENCHMARKS.md from the JSON lines of `python -m fer_jax.benchmark --input=synthetic`.
+
+  python benchmarks/render_table.py RESULTS.jsonl [--reference | --scaling] > table.md
+
+One row per line (other --input modes are skipped), under a header naming the machine and software the
+lines were measured on. --reference adds the project's measurements of the official PyTorch code on
+one H100 (issue 18) beside each method, for a GPU table; --scaling renders the lines of
+benchmarks/scaling.py (one config on 1, 2, 4, 8 … devices) with the collectives of each train step.
+"""
+
+import argparse
+import json
+import sys
+
+# img/s of the official code's training step on one H100, measured by the project (issue 18):
+# plain fp32, tuned (AMP and the like), torch.compile.
+REFERENCE_H100 = {"dan": ("4,179", "8,275–9,399", "7,121"), "apvit": ("582", "1,538", "2,438"),
+                  "scan_cci": ("1,421", "2,662", "–")}
+REFERENCE_HEADER = ["official fp32 (H100)", "official tuned (H100)", "official compiled (H100)"]
+
+PAPER_HEADER = ["config", "size", "batch", "dtype", "devices", "train img/s", "train step ms", "eval img/s",
+                "compile s (train / eval)", "warm-up s", "train GFLOP/img", "train TFLOP/s", "MFU", "peak memory GiB"]
+
+
+def config_argument(row: dict) -> str:
+  """The --config= value of the command that measured `row`."""
+  return next((arg.split("=", 1)[1] for arg in row.get("command", "").split() if arg.startswith("--config=")),
+              row.get("model", "?"))
+
+
+def _number(value, digits: int = 2) -> str:
+  return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _memory(row: dict) -> str:
+  """GiB; a † marks XLA's planned figure (compiled.memory_analysis) where the device reports none."""
+  size = row.get("peak_memory_bytes")
+  if size is None:
+    return "–"
+  return f"{size / 2**30:.2f}" + ("" if row.get("peak_memory_source") == "device.memory_stats" else " †")
+
+
+def paper_row(row: dict, reference: bool = False) -> list[str]:
+  cells = [f"`{config_argument(row)}`", f"{row['input_size']}²", str(row["batch_size"]), row["dtype"],
+           str(row["devices"]), _number(row["train_img_per_s"]), _number(row["train_step_ms"], 1),
+           _number(row["eval_img_per_s"]), f"{row['train_compile_s']:.1f} / {row['eval_compile_s']:.1f}",
+           f"{row['train_warmup_s']:.2f}", _number(row["train_flops_per_step"] / row["batch_size"] / 1e9),
+           _number(row["train_tflops_per_s"], 3),
+           "–" if row.get("mfu") is None else f"{row['mfu']:.1%}", _memory(row)]
+  if reference:
+    cells += list(REFERENCE_H100.get(row["model"], ("–",) * len(REFERENCE_HEADER)))
+  return cells
+
+
+def machine(rows: list[dict]) -> str:
+  """One line naming where the rows were measured (from the first row; differing fields are listed)."""
+  first = rows[0]
+  cuda = ", ".join(f"{key} {first[key]}" for key in ("cuda_runtime", "cudnn", "cuda_driver", "nvidia_driver")
+                   if first.get(key) is not None)
+  loads = sorted({row.get("load_average_1m") for row in rows if row.get("load_average_1m") is not None})
+  load = f"; 1-min load average before each run {loads[0]:.1f}–{loads[-1]:.1f}" if loads else ""
+  counts = sorted({row["devices"] for row in rows})
+  devices = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+  return (f"{devices} × {first['device_kind']} ({first['platform']}, {first.get('host_cpus')} host CPUs), "
+          f"jax {first['jax']} / jaxlib {first['jaxlib']}, backend {first['backend_version']}"
+          f"{', ' + cuda if cuda else ''}; {first['date'][:10]}{load}")
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def paper_table(rows: list[dict], reference: bool = False) -> str:
+  rows = [row for row in rows if row.get("input") == "synthetic"]
+  if not rows:
+    return "(no synthetic results)"
+  header = PAPER_HEADER + (REFERENCE_HEADER if reference else [])
+  note = ("Compilation and warm-up steps are timed apart and not in the img/s figures; FLOPs from XLA's cost "
+          "analysis, MFU against the device's dense bf16 peak; † peak memory as XLA planned it "
+          "(compiled.memory_analysis), the device reporting none.")
+  return f"{machine(rows)}\n\n{markdown(header, [paper_row(row, reference) for row in rows])}\n\n{note}\n"
+
+
+SCALING_HEADER = ["devices", "global batch", "batch per device", "train img/s", "× 1 device", "train step ms",
+                  "eval img/s", "train compile s", "all-reduce ops", "BN statistics", "BN backward", "gradients",
+                  "loss + metrics"]
+ROLES = ("batchnorm_statistics", "batchnorm_backward", "gradients", "loss_and_metrics")
+
+
+def _collective_cell(role: dict | None) -> str:
+  return "–" if not role else f"{role['ops']} / {role['tensors']} / {role['bytes'] / 2**20:,.2f} MiB"
+
+
+def scaling_row(row: dict, one_device_img_per_s: float | None) -> list[str]:
+  found = row.get("train_collectives", {})
+  speedup = "–" if not one_device_img_per_s else f"{row['train_img_per_s'] / one_device_img_per_s:.2f}"
+  return [str(row["devices"]), str(row["batch_size"]), f"{row['batch_size'] / row['devices']:g}",
+          _number(row["train_img_per_s"]), speedup, _number(row["train_step_ms"], 1), _number(row["eval_img_per_s"]),
+          f"{row['train_compile_s']:.1f}", str(sum(found.get("ops", {}).values())),
+          *(_collective_cell(found.get("by_role", {}).get(role)) for role in ROLES)]
+
+
+def scaling_table(rows: list[dict]) -> str:
+  rows = sorted((row for row in rows if row.get("input") == "synthetic"), key=lambda row: row["devices"])
+  if not rows:
+    return "(no synthetic results)"
+  one = next((row["train_img_per_s"] for row in rows if row["devices"] == 1), None)
+  note = ("Collectives of the compiled train step, by what they reduce: ops / operand tensors / bytes per "
+          "device and step (XLA combines tensors into fewer ops; an op carrying several kinds counts in each).")
+  return (f"`{config_argument(rows[0])}`, {rows[0]['input_size']}², {rows[0]['dtype']}; {machine(rows)}\n\n"
+          f"{markdown(SCALING_HEADER, [scaling_row(row, one) for row in rows])}\n\n{note}\n")
+
+
+def read_lines(path: str) -> list[dict]:
+  with open(path) as lines:
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("results", help="JSON lines of fer_jax.benchmark")
+  parser.add_argument("--reference", action="store_true", help="add the official code's H100 figures")
+  parser.add_argument("--scaling", action="store_true", help="a device-count table (benchmarks/scaling.py)")
+  args = parser.parse_args()
+  rows = read_lines(args.results)
+  sys.stdout.write(scaling_table(rows) if args.scaling else paper_table(rows, args.reference))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,166 @@
+"""fer_jax.benchmark's synthetic line and its parts (collectives from HLO text, peaks), and the
+markdown tables of benchmarks/render_table.py. No timing is asserted: only that each figure is there
+and agrees with what can be counted independently."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from fer_jax import benchmark
+from fer_jax import models
+from fer_jax.models import layers
+import helpers
+
+_SPEC = importlib.util.spec_from_file_location("render_table", os.path.join(helpers.ROOT, "benchmarks", "render_table.py"))
+render_table = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(render_table)
+
+SYNTHETIC_FIELDS = (
+    "train_img_per_s", "train_step_ms", "train_compile_s", "train_warmup_s", "train_flops_per_step",
+    "train_tflops_per_s", "eval_img_per_s", "eval_step_ms", "eval_compile_s", "eval_warmup_s",
+    "eval_flops_per_step", "eval_tflops_per_s", "mfu", "peak_tflops_per_device", "peak_memory_bytes",
+    "peak_memory_source", "train_memory_analysis", "train_collectives", "dtype", "batch_size", "input_size")
+ENVIRONMENT_FIELDS = ("date", "platform", "device_kind", "devices", "jax", "jaxlib", "backend_version",
+                      "load_average_1m")
+
+
+class TinyNet(nn.Module):
+  """A conv, a BatchNorm and a dense layer: the benchmark's machinery at a few seconds of compilation."""
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    x = layers.torch_batch_norm(train, jnp.float32, "bn")(nn.Conv(4, (3, 3), name="conv")(images))
+    return {"logits": nn.Dense(7, name="fc")(jnp.mean(nn.relu(x), (1, 2)))}
+
+
+def tiny_config():
+  config = helpers.get_config("configs/dan.py:synthetic")
+  config.input.size, config.batch_size = 16, 4
+  return config
+
+
+def tiny_benchmark(steps: int = 1, warmup: int = 1) -> dict:
+  """fer_jax.benchmark's synthetic line for TinyNet with DAN's synthetic optimizer and input."""
+  original = models.get_method
+  models.get_method = lambda name: models.Method(build=lambda model_config: TinyNet())
+  try:
+    return {**benchmark.environment(), **benchmark.benchmark(tiny_config(), steps=steps, warmup=warmup)}
+  finally:
+    models.get_method = original
+
+
+def _bytes(tree) -> int:
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
+def test_synthetic_line_holds_every_figure():
+  line = tiny_benchmark()
+
+  assert set(SYNTHETIC_FIELDS + ENVIRONMENT_FIELDS) <= set(line)
+  assert (line["platform"], line["devices"], line["jax"]) == ("cpu", 1, jax.__version__)
+  assert line["train_flops_per_step"] > line["eval_flops_per_step"] > 0  # the backward pass costs more
+  assert line["train_compile_s"] > 0 and line["train_warmup_s"] > 0 and line["train_img_per_s"] > 0
+  assert line["mfu"] is None and line["peak_tflops_per_device"] is None  # no known peak for a CPU
+  # The CPU reports no memory statistics: the planned peak holds at least the train state it is given.
+  variables = models.abstract_variables(TinyNet(), tiny_config())
+  assert line["peak_memory_source"] == "compiled.memory_analysis"
+  assert line["peak_memory_bytes"] >= line["train_memory_analysis"]["argument"] > _bytes(variables)
+  assert line["train_collectives"] == {"ops": {}, "bytes": 0, "by_role": {}}  # one device
+  json.dumps(line)
+
+
+def test_peak_tflops_of_device_kinds():
+  assert benchmark.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+  assert benchmark.peak_tflops("NVIDIA H100 PCIe") == 756.0
+  assert benchmark.peak_tflops("TPU v5 lite") == 197.0
+  assert benchmark.peak_tflops("cpu") is None
+
+
+# Two collectives as XLA prints them (shortened): a forward BatchNorm all-reduce, and one that XLA's
+# combiner made of a conv kernel's gradient and a BatchNorm's backward sums; an async GPU pair, whose
+# "-done" half must not count twice; and a gradient all-gather.
+HLO = """\
+  %all-reduce.1 = (f32[64]{0}, f32[64]{0}) all-reduce(%a, %b), channel_id=2, to_apply=%add, metadata={op_name="jit(step)/jvp(DAN)/trunk/bn1/reduce_sum" stack_frame_id=14}
+  %all-reduce.2 = (f32[3,3,64,64]{3,2,1,0}, f32[64]{0}, f32[64]{0}) all-reduce(%c, %d, %e), channel_id=3, to_apply=%add, metadata={op_name="jit(step)/transpose(jvp(DAN))/trunk/layer1_0/(conv2/conv_general_dilated:bn1/reduce_sum:bn1/reduce_sum)" stack_frame_id=9}
+  %all-reduce-start.3 = bf16[7,512]{1,0} all-reduce-start(%f), channel_id=4, to_apply=%add, metadata={op_name="jit(step)/transpose(jvp(DAN))/fc/dot_general"}
+  %all-reduce-done.3 = bf16[7,512]{1,0} all-reduce-done(%all-reduce-start.3)
+  ROOT %all-reduce.4 = f32[] all-reduce(%g), channel_id=5, to_apply=%add, metadata={op_name="jit(step)/jvp()/reduce_sum"}
+  %fusion.5 = f32[64]{0} fusion(%h), kind=kLoop, calls=%fused_computation
+"""
+
+
+def test_collectives_of_hlo_text_by_role():
+  found = benchmark.collectives(HLO, {"trunk/bn1", "trunk/layer1_0/bn1"})
+  assert found["ops"] == {"all-reduce": 4}
+  assert found["by_role"] == {
+      "batchnorm_statistics": {"ops": 1, "tensors": 2, "bytes": 2 * 64 * 4},
+      "gradients": {"ops": 2, "tensors": 2, "bytes": 3 * 3 * 64 * 64 * 4 + 7 * 512 * 2},
+      "batchnorm_backward": {"ops": 1, "tensors": 2, "bytes": 2 * 64 * 4},
+      "loss_and_metrics": {"ops": 1, "tensors": 1, "bytes": 4}}
+  assert found["bytes"] == sum(role["bytes"] for role in found["by_role"].values())
+
+
+def test_batch_norm_paths_of_batch_stats():
+  stats = {"trunk": {"bn1": {"mean": 0, "var": 0}, "layer1_0": {"downsample_bn": {"mean": 0, "var": 0}}}}
+  assert benchmark.batch_norm_paths(stats) == {"trunk/bn1", "trunk/layer1_0/downsample_bn"}
+
+
+LINE = {
+    "command": "--config=configs/dan.py:rafdb --input=synthetic --config.model.dtype=bfloat16",
+    "date": "2026-12-01T10:00:00+00:00", "platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3", "devices": 1,
+    "host_cpus": 26, "jax": "0.11.2", "jaxlib": "0.11.2", "backend_version": "cuda 12080", "cuda_runtime": 12080,
+    "nvidia_driver": "570.86", "load_average_1m": 0.5, "input": "synthetic", "model": "dan", "input_size": 224,
+    "dtype": "bfloat16", "batch_size": 256, "train_img_per_s": 9876.54, "train_step_ms": 25.92,
+    "eval_img_per_s": 30123.4, "train_compile_s": 41.26, "eval_compile_s": 9.04, "train_warmup_s": 0.912,
+    "train_flops_per_step": 3.087e12, "train_tflops_per_s": 123.4567, "mfu": 0.1248, "peak_memory_bytes": 3 * 2**30,
+    "peak_memory_source": "device.memory_stats",
+    "train_collectives": {"ops": {"all-reduce": 58}, "bytes": 79056604, "by_role": {
+        "batchnorm_statistics": {"ops": 25, "tensors": 82, "bytes": 96824},
+        "gradients": {"ops": 31, "tensors": 73, "bytes": 78814528}}}}
+
+
+def test_paper_table_renders_a_line():
+  table = render_table.paper_table([LINE, {"input": "host"}], reference=True)
+  header, rule, row = table.split("\n")[2:5]
+  assert header.count("|") == rule.count("|") == row.count("|") == len(render_table.PAPER_HEADER) + 4
+  assert row == ("| `configs/dan.py:rafdb` | 224² | 256 | bfloat16 | 1 | 9,876.54 | 25.9 | 30,123.40 | 41.3 / 9.0 "
+                 "| 0.91 | 12.06 | 123.457 | 12.5% | 3.00 | 4,179 | 8,275–9,399 | 7,121 |")
+  assert table.startswith("1 × NVIDIA H100 80GB HBM3 (gpu, 26 host CPUs), jax 0.11.2 / jaxlib 0.11.2, backend "
+                          "cuda 12080, cuda_runtime 12080, nvidia_driver 570.86; 2026-12-01")
+
+
+def test_scaling_table_renders_collectives_in_mib():
+  eight = {**LINE, "devices": 8, "batch_size": 32, "train_img_per_s": 20.0}
+  table = render_table.scaling_table([eight, {**LINE, "batch_size": 32, "train_img_per_s": 25.0}])
+  rows = [line for line in table.split("\n") if line.startswith("| ")][1:]
+  assert [row.split(" | ")[:5] for row in rows] == [["| 1", "32", "32", "25.00", "1.00"],
+                                                   ["| 8", "32", "4", "20.00", "0.80"]]
+  assert f"25 / 82 / {96824 / 2**20:.2f} MiB" in rows[1] and f"31 / 73 / {78814528 / 2**20:,.2f} MiB" in rows[1]
+
+
+@pytest.mark.integration
+def test_all_reduces_carry_each_gradient_once_and_two_statistics_per_batch_norm_channel():
+  """On 2 devices (a subprocess), TinyNet's train step all-reduces each parameter gradient once (conv
+  and dense kernels and biases; the BatchNorm's scale and bias with its backward sums) and the mean
+  and mean of squares of each BatchNorm channel."""
+  code = ("import json, sys; sys.path.insert(0, 'tests'); from absl import flags; flags.FLAGS.mark_as_parsed(); "
+          "import test_benchmark; print(json.dumps(test_benchmark.tiny_benchmark(steps=1, warmup=0)))")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "PYTHONPATH": os.pathsep.join(filter(None, (helpers.ROOT, os.environ.get("PYTHONPATH"))))}
+  result = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = json.loads(result.stdout.strip().splitlines()[-1])
+  params = models.abstract_variables(TinyNet(), tiny_config())["params"]
+  roles = line["train_collectives"]["by_role"]
+  assert line["devices"] == 2 and line["train_collectives"]["ops"]["all-reduce"] >= 1
+  assert (roles["gradients"]["tensors"], roles["gradients"]["bytes"]) == (4, _bytes({k: params[k] for k in ("conv", "fc")}))
+  assert (roles["batchnorm_statistics"]["tensors"], roles["batchnorm_statistics"]["bytes"]) == (2, 2 * 4 * 4)
+  assert roles["batchnorm_backward"]["bytes"] >= _bytes(params["bn"])
