@@ -105,4 +105,5 @@ def test_moments_stay_float32_beside_float32_params(name, grad_dtype):
     params = optax.apply_updates(params, updates)
   moments = [leaf for leaf in jax.tree.leaves(state) if leaf.shape in ((3, 2), (2,))]
   assert len(moments) == {"sgd": 2, "adam": 4, "adamw": 4, "keras_adam": 4}[name]  # momentum; first and second
-  assert {leaf.dtype for leaf in moments} == {params["kernel"].dtype, params["bias"].dtype} == {jnp.dtype(jnp.float32)}
+  float32 = {jnp.dtype(jnp.float32)}
+  assert {leaf.dtype for leaf in moments} == {params["kernel"].dtype, params["bias"].dtype} == float32

@@ -113,8 +113,8 @@ def test_a_bf16_train_step_returns_the_state_in_its_float32_types():
   state = jax.eval_shape(lambda: train.create_state(model, tx, config, mesh))
   batch = {"image": jax.ShapeDtypeStruct((32, 32, 32, 3), jnp.float32),
            "label": jax.ShapeDtypeStruct((32,), jnp.int32)}
-  step = train.make_train_step(model, method.loss, config.loss, tx, optim.lr_schedule(config.optimizer, 8, 1), mesh,
-                               config.seed)
+  schedule = optim.lr_schedule(config.optimizer, 8, 1)
+  step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed)
   new_state, _ = jax.eval_shape(step, state, batch)
   types = lambda tree: jax.tree.map(lambda leaf: (leaf.shape, leaf.dtype, leaf.weak_type), tree)  # noqa: E731
   assert types(new_state) == types(state)
