@@ -120,7 +120,7 @@ def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", prepro
     logits_fn = lambda x: model.apply(variables, x, train=False)["logits"]
     return logits_fn(images) if tta_name == "none" else tta.predict(tta_name, logits_fn, images)
 
-  def step(variables, batch):
+  def eval_step(variables, batch):
     images = batch["image"] if preprocess is None else preprocess(batch["image"], batch["position"])
     scores = predict(variables, images)
     if scores.shape[-1] != num_classes:
@@ -128,7 +128,7 @@ def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", prepro
     return ConfusionMatrix.from_model_output(logits=scores, labels=batch["label"], mask=batch["mask"])
 
   replicated = NamedSharding(mesh, P())
-  return jax.jit(step, out_shardings=replicated)
+  return jax.jit(eval_step, out_shardings=replicated)
 
 
 def confusion_matrix(step, variables, eval_data) -> np.ndarray:

@@ -53,7 +53,7 @@ def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, 
     raise ValueError(f"Unknown model mode {model_mode!r}; valid: {', '.join(MODEL_MODES)}.")
   train = model_mode == "train"
 
-  def step(state, batch):
+  def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.key(seed), state["step"])
     images = batch["image"] if augment is None else augment(batch["image"], batch["position"])
 
@@ -72,8 +72,62 @@ def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, 
                        "grad_norm": optax.tree_utils.tree_norm(grads), **parts}
 
   replicated = NamedSharding(mesh, P())
-  return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
+  return jax.jit(train_step, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
                  out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring's event, once per XLA compilation
+_calling = threading.local()  # the WatchedStep running in this thread, if any
+
+
+def _count_compilation(event: str, duration: float, fun_name: str = "", **_) -> None:
+  del duration
+  step = getattr(_calling, "step", None)
+  if event == COMPILE_EVENT and step is not None and fun_name == step.fun_name:
+    step.compiles += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compilation)
+
+
+def argument_types(args) -> dict[str, str]:
+  """Each argument's type (weak types marked ~) and placement, by path: what a jitted function's
+  compilations are keyed on."""
+  return {jax.tree_util.keystr(path): f"{jax.typeof(leaf)} on {getattr(leaf, 'sharding', 'the host')}"
+          for path, leaf in jax.tree_util.tree_leaves_with_path(args)}
+
+
+class WatchedStep:
+  """A jitted step meant to compile once per run: counts its XLA compilations (jax.monitoring's
+  compile events during its own calls) and logs a warning naming it and the arguments whose type or
+  placement changed whenever a call compiles it again."""
+
+  def __init__(self, name: str, jitted):
+    self.name, self.jitted, self.compiles = name, jitted, 0
+    self.fun_name = f"jit({jitted.__name__})"
+    self._first_types = None
+
+  def __call__(self, *args):
+    before, outer = self.compiles, getattr(_calling, "step", None)
+    _calling.step = self
+    try:
+      outputs = self.jitted(*args)
+    finally:
+      _calling.step = outer
+    if self.compiles > before:
+      self._compiled(args)
+    return outputs
+
+  def _compiled(self, args) -> None:
+    types = argument_types(args)
+    if self._first_types is None:
+      self._first_types = types
+      return
+    changed = [f"{path}: {self._first_types.get(path, 'absent')} → {now}" for path, now in types.items()
+               if self._first_types.get(path) != now]
+    shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+    logging.warning("%s compiled again (%d compilations this run); changed since its first compilation: %s",
+                    self.name, self.compiles, shown or "no argument's type or placement")
 
 
 class Writer:
@@ -157,16 +211,18 @@ class Evaluator:
     # Evaluators whose images are stored alike and preprocessed alike share one compiled step.
     step_key = (eval_data.pipeline.text, eval_data.shape, tta_name)
     if step_key not in self._steps:
-      self._steps[step_key] = evaluate.confusion_step(self.model, self.config.model.num_classes, self.mesh,
-                                                      tta_name, eval_data.preprocess)
+      jitted = evaluate.confusion_step(self.model, self.config.model.num_classes, self.mesh, tta_name,
+                                       eval_data.preprocess)
+      self._steps[step_key] = WatchedStep(f"eval step ({name}{'' if tta_name == 'none' else ', ' + tta_name})",
+                                          jitted)
     confusion = evaluate.confusion_matrix(self._steps[step_key], variables, eval_data)
     results = evaluate.metrics(confusion, eval_data.split.class_names)
     return {**results, "evaluator": name, "split": spec.split, "dataset": spec.config.dataset.name,
             "model": self.config.model.name, "pp": spec.config.input.eval_pp,
             "class_mapping": evaluate.class_mapping(eval_data.split)}
 
-  def steps(self) -> list:
-    """The jitted steps built so far (each compiles once per input shape)."""
+  def steps(self) -> list[WatchedStep]:
+    """The steps built so far (each compiles once: one per preprocessing, stored shape and TTA)."""
     return list(self._steps.values())
 
 
@@ -365,8 +421,9 @@ class TrainingRun:
     self.state = self._restore_or_initialise(create_state(self.model, tx, config, self.mesh))
     self.selection = Selection(config, workdir)
     loss_config = loss_config_for(config, self.data.split)
-    self.train_steps = {mode: make_train_step(self.model, method.loss, loss_config, tx, schedule, self.mesh,
-                                              config.seed, self.data.augment, mode) for mode in MODEL_MODES}
+    self.train_steps = {mode: WatchedStep(f"train step ({mode} mode)", make_train_step(
+        self.model, method.loss, loss_config, tx, schedule, self.mesh, config.seed, self.data.augment, mode))
+        for mode in MODEL_MODES}
     self.writer = Writer(workdir)
     self.guard = FiniteGuard(self.checkpoints, self.steps_per_epoch)
     self.progress = ProgressLog(config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)
@@ -450,6 +507,26 @@ class TrainingRun:
                     self.step, self.step / self.steps_per_epoch, self.checkpoints.directory, signal_name)
     raise Preempted(self.step)
 
+  def run(self) -> dict:
+    """Trains to the last step (or early stop) and returns the final report."""
+    with StopSignals() as signals:
+      for step, batch in self.remaining_batches():
+        self.train(step, batch)
+        stop = self.evaluate_and_select()
+        self.checkpoint(force=stop or bool(signals.received))
+        if signals.received:
+          self.stop_for(signals.received)
+        if stop:
+          break
+    report = self.report()
+    logging.info("XLA compilations of the jitted steps: %s",
+                 ", ".join(f"{name} {count}" for name, count in self.compilations().items()))
+    return report
+
+  def compilations(self) -> dict[str, int]:
+    """{step name: XLA compilations so far} of the train steps and the eval steps: 1 each once used."""
+    return {step.name: step.compiles for step in (*self.train_steps.values(), *self.evaluator.steps())}
+
   def report(self) -> dict:
     """The final report of every evaluator, with the best epoch's weights if configured."""
     checkpointing.wait_until_saved(self.checkpoints)
@@ -469,17 +546,7 @@ class TrainingRun:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming from its newest checkpoint) and writes the eval report."""
-  run = TrainingRun(config, workdir)
-  with StopSignals() as signals:
-    for step, batch in run.remaining_batches():
-      run.train(step, batch)
-      stop = run.evaluate_and_select()
-      run.checkpoint(force=stop or bool(signals.received))
-      if signals.received:
-        run.stop_for(signals.received)
-      if stop:
-        break
-  return run.report()
+  return TrainingRun(config, workdir).run()
 
 
 def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:

@@ -1,6 +1,8 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from fer_jax import config_lib
 from fer_jax import optim
@@ -61,7 +63,6 @@ def test_gradient_clipping_uses_global_norm():
 
 
 def test_bad_names_fail_early():
-  import pytest
   with pytest.raises(ValueError, match="schedule 'linear'"):
     optim.lr_schedule(_opt(schedule="linear"), 1, 1)
   with pytest.raises(ValueError, match="optimizer.name 'lamb'"):
@@ -87,3 +88,22 @@ def test_keras_adam_adds_epsilon_to_the_uncorrected_root_as_keras_does():
   adam = optim.make_optimizer(_opt(name="adam", lr=0.01, eps=1e-3), 1, 1, params)
   optax_step, _ = adam.update({"w": np.float32([0.1] * 3)}, adam.init(params))
   assert abs(float(keras_step["w"][0]) / float(optax_step["w"][0]) - 1) > 0.1
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+@pytest.mark.parametrize("grad_dtype", [jnp.float32, jnp.bfloat16])
+def test_moments_stay_float32_beside_float32_params(name, grad_dtype):
+  """bf16 mode keeps float32 params (their gradients are float32 too); the moments must stay float32
+  even were a gradient to arrive in bfloat16."""
+  params = {"kernel": jnp.ones((3, 2), jnp.float32), "bias": jnp.zeros(2, jnp.float32)}
+  config = _opt(name=name, lr=0.1, momentum=0.9, weight_decay=1e-4, grad_clip_norm=1.0)
+  tx = optim.make_optimizer(config, 1, 1, params)
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.5, grad_dtype), params)
+  state = tx.init(params)
+  for _ in range(2):
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  moments = [leaf for leaf in jax.tree.leaves(state) if leaf.shape in ((3, 2), (2,))]
+  assert len(moments) == {"sgd": 2, "adam": 4, "adamw": 4, "keras_adam": 4}[name]  # momentum; first and second
+  float32 = {jnp.dtype(jnp.float32)}
+  assert {leaf.dtype for leaf in moments} == {params["kernel"].dtype, params["bias"].dtype} == float32

@@ -1,6 +1,8 @@
 """The real loop on tiny synthetic data: end to end, resume, multi-device, checkpoints, CLI errors."""
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -9,13 +11,17 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fer_jax import checkpointing
+from fer_jax import mesh as mesh_lib
 from fer_jax import models
+from fer_jax import optim
 from fer_jax import train
 from helpers import assert_user_error, get_config, tiny_run
+from jax._src import array as jax_array
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,6 +34,92 @@ def _final_params(workdir, step):
   restored = checkpointing.restore_model(os.path.join(workdir, "checkpoints", str(step)),
                                          models.abstract_variables(models.build_model(_tiny_dan()), _tiny_dan()))
   return restored
+
+
+def test_a_watched_step_counts_its_compilations_and_names_what_changed(caplog):
+  def scale(x):
+    return 2 * x
+
+  step = train.WatchedStep("scale step", jax.jit(scale))
+  with caplog.at_level(logging.WARNING):
+    step(np.ones(3, np.float32))
+    jax.jit(scale)(np.ones(5, np.float32))  # another jitted function's compilation, though of the same name
+    step(np.zeros(3, np.float32))
+    assert step.compiles == 1 and not caplog.records
+    step(np.ones(4, np.float32))
+  assert step.compiles == 2
+  [record] = caplog.records
+  assert record.getMessage().startswith("scale step compiled again (2 compilations this run); changed since its "
+                                        "first compilation: [0]: float32[3] on the host → float32[4] on the host")
+
+
+@contextlib.contextmanager
+def counting_host_fetches():
+  """Counts reads of device arrays' values on the host: float(), np.asarray and jax.device_get of a
+  jax.Array all read ArrayImpl._value. On a GPU or TPU each is a device-to-host copy; on the CPU
+  they are free and jax.transfer_guard does not see them, hence this count."""
+  fetch = jax_array.ArrayImpl._value.fget
+  count = [0]
+
+  def counted(array):
+    count[0] += 1
+    return fetch(array)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(jax_array.ArrayImpl, "_value", property(counted))
+    yield lambda: count[0]
+
+
+@pytest.mark.integration
+def test_the_loop_compiles_each_step_once_donates_the_state_and_fetches_only_to_log(tmp_path, caplog):
+  """Two epochs of the real loop, evaluated at each end and reported on the best epoch's restored
+  weights; each training step runs with implicit host-device transfers disallowed."""
+  config = _tiny_dan(epochs=2)
+  config.update(select_metric="accuracy", restore_best=True, log_every_steps=4)
+  run = train.TrainingRun(config, str(tmp_path))
+  train_one, fetches = run.train, {}
+
+  def train_guarded(step, batch):
+    with jax.transfer_guard("disallow"), counting_host_fetches() as count:
+      train_one(step, batch)
+    fetches[step] = count()
+
+  run.train = train_guarded
+  with caplog.at_level(logging.WARNING):
+    run.run()
+  assert run.compilations() == {"train step (train mode)": 1, "train step (inference mode)": 0,
+                                "eval step (eval)": 1}
+  assert not [r.getMessage() for r in caplog.records if "compiled again" in r.getMessage()]
+  # 8 steps per epoch: the metrics reach the host at the log steps only.
+  assert [step for step, count in fetches.items() if count] == [4, 8, 12, 16] and len(fetches) == 16
+  # The compiled step writes the new state over the old one: every byte of it is aliased.
+  batch = next(run.data.batches(0))
+  memory = run.train_steps["train"].jitted.lower(run.state, batch).compile().memory_analysis()
+  assert memory.alias_size_in_bytes == sum(leaf.nbytes for leaf in jax.tree.leaves(run.state))
+
+
+@pytest.mark.integration
+def test_a_bf16_train_step_returns_the_state_in_its_float32_types():
+  """bf16 computes; the parameters, BatchNorm statistics and Adam's moments stay float32, so the
+  step's output state is its next input without a recompilation (traced, not run)."""
+  config = get_config("configs/dan.py:synthetic")
+  config.input.size = 32
+  config.model.dtype = "bfloat16"
+  model = models.build_model(config)
+  method = models.get_method(config.model.name)
+  abstract = models.abstract_variables(model, config)
+  tx = optim.make_optimizer(config.optimizer, 8, 1, abstract["params"])
+  mesh = mesh_lib.make_mesh()
+  state = jax.eval_shape(lambda: train.create_state(model, tx, config, mesh))
+  batch = {"image": jax.ShapeDtypeStruct((32, 32, 32, 3), jnp.float32),
+           "label": jax.ShapeDtypeStruct((32,), jnp.int32)}
+  schedule = optim.lr_schedule(config.optimizer, 8, 1)
+  step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed)
+  new_state, _ = jax.eval_shape(step, state, batch)
+  types = lambda tree: jax.tree.map(lambda leaf: (leaf.shape, leaf.dtype, leaf.weak_type), tree)  # noqa: E731
+  assert types(new_state) == types(state)
+  floating = {leaf.dtype for leaf in jax.tree.leaves(state) if jnp.issubdtype(leaf.dtype, jnp.floating)}
+  assert floating == {jnp.dtype(jnp.float32)} and config.optimizer.name == "adam"
 
 
 @pytest.mark.integration
