@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import einops
 import flax.linen as nn
+import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -49,22 +51,135 @@ def region_index_grids(map_size: int, region_size: int = REGION_SIZE,
   return grids
 
 
-class SCANUnit(nn.Module):
-  """Returns (x ⊙ M, M) with M = sigmoid(BN(PReLU(conv3×3(x)))), a mask per channel and position."""
-  dtype: Any = jnp.float32
+def region_groups(grids: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+  """The regions of each shape stacked: (their indices in `grids`, their grids [n, height, width])."""
+  shapes = list(dict.fromkeys(grid.shape for grid in grids))
+  return [(np.array([i for i, grid in enumerate(grids) if grid.shape == shape]),
+           np.stack([grid for grid in grids if grid.shape == shape])) for shape in shapes]
+
+
+class ConvKernel(nn.Module):
+  """The kernel that nn.Conv(channels, (3, 3), use_bias=False) named as this module creates."""
+  channels: int
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    y = nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                kernel_init=layers.torch_kernel_init, dtype=self.dtype, name="conv")(x)
-    y = layers.PReLU(name="prelu")(y)
-    mask = nn.sigmoid(layers.torch_batch_norm(train, self.dtype, "bn")(y))
-    return x * mask, mask
+  def __call__(self):
+    return self.param("kernel", layers.torch_kernel_init, (3, 3, self.channels, self.channels), jnp.float32)
+
+
+class PReLUSlope(nn.Module):
+  """The slope that layers.PReLU named as this module creates."""
+  channels: int
+
+  @nn.compact
+  def __call__(self):
+    return self.param("slope", nn.initializers.constant(0.25), (self.channels,))
+
+
+class RegionBatchNorm(nn.Module):
+  """BatchNorm (backbones/batch_norm.py's variables and formulas, PyTorch's momentum 0.1 and eps
+  1e-5) of a unit called on n regions in turn, given each region's batch statistics [n, C].
+
+  Returns what normalises each region, [n, C] each: the mean, the multiplier rsqrt(var + eps)·scale
+  and the bias, with the region's own statistics in training and the running ones in inference.
+  Training moves the running statistics as the n calls in region order would, r ← m·r + (1 − m)·s_i,
+  that is to mⁿ·r + Σ_i (1 − m)·m^(n−1−i)·s_i.
+  """
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, mean, var, counts: np.ndarray, train: bool):
+    regions, features = mean.shape
+    running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+    running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+    if not train:
+      mean, var = (jnp.broadcast_to(running.value, (regions, features)) for running in (running_mean, running_var))
+    elif not self.is_initializing():
+      weights = jnp.asarray((1 - self.momentum) * self.momentum**np.arange(regions - 1, -1, -1.0), mean.dtype)
+      unbiased = var * jnp.asarray(counts / np.maximum(counts - 1, 1), var.dtype)[:, None]
+      decay = self.momentum**regions
+      running_mean.value = decay * running_mean.value + jnp.sum(weights[:, None] * mean, axis=0)
+      running_var.value = decay * running_var.value + jnp.sum(weights[:, None] * unbiased, axis=0)
+    multiplier = lax.rsqrt(var + self.epsilon) * self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    return mean, multiplier, jnp.broadcast_to(bias, (regions, features))
+
+
+class SCANUnit(nn.Module):
+  """One SCAN unit's variables under the names of its layers: conv (3×3 kernel), prelu, bn.
+
+  `scan` applies units: M = sigmoid(BN(PReLU(conv3×3(x)))), a mask per channel and position.
+  """
+  channels: int
+
+  def setup(self):
+    self.conv = ConvKernel(self.channels)
+    self.prelu = PReLUSlope(self.channels)
+    self.bn = RegionBatchNorm()
+
+  def weights(self):
+    return self.conv(), self.prelu()
+
+  def normalisation(self, mean, var, counts, train: bool):
+    return self.bn(mean, var, counts, train)
+
+
+def region_conv(x, kernel, dtype):
+  """3×3 convolution with zero padding at each region's border of stacked regions [b, n, h, w, C],
+  by one kernel [3, 3, C, C] (the regions folded into the batch) or one per region [n, 3, 3, C, C]."""
+  x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=dtype)
+  conv = functools.partial(lax.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if kernel.ndim == 4:
+    return conv(x.reshape(-1, *x.shape[2:]), kernel).reshape(x.shape[:-1] + kernel.shape[-1:])
+  return jax.vmap(conv, in_axes=(1, 0), out_axes=1)(x, kernel)
+
+
+def regionwise(values):
+  """[n, C] per-region values shaped to broadcast over stacked regions [b, n, h, w, C]."""
+  return values[:, None, None]
+
+
+def scan(units: Sequence[SCANUnit], groups, train: bool, dtype) -> list[tuple[Any, Any]]:
+  """(x ⊙ M, M) for each group (region indices, stacked regions x [b, n, h, w, C]).
+
+  `units` is one unit for every region or one per region, in region order. Each region is
+  convolved on its own and batch-normalised with its own statistics, as a call per region would.
+  """
+  precise = layers.at_least_float32(dtype)
+  kernels, slopes = zip(*(unit.weights() for unit in units))
+  shared = len(units) == 1
+  activations, means, variances, counts = [], [], [], []
+  for indices, x in groups:
+    kernel = kernels[0] if shared else jnp.stack([kernels[i] for i in indices])
+    slope = slopes[0] if shared else regionwise(jnp.stack([slopes[i] for i in indices]))
+    y = region_conv(x, kernel, dtype)
+    y = jnp.where(y >= 0, y, slope.astype(y.dtype) * y)
+    y32 = y.astype(precise)
+    means.append(jnp.mean(y32, axis=(0, 2, 3)))
+    variances.append(jnp.maximum(jnp.mean(jnp.square(y32), axis=(0, 2, 3)) - jnp.square(means[-1]), 0.0))
+    counts.append(np.full(len(indices), y.shape[0] * y.shape[2] * y.shape[3]))
+    activations.append(y)
+  order = np.argsort(np.concatenate([indices for indices, _ in groups]))
+  mean, var, counts = jnp.concatenate(means)[order], jnp.concatenate(variances)[order], np.concatenate(counts)[order]
+  if shared:
+    mean, multiplier, bias = units[0].normalisation(mean, var, counts, train)
+  else:
+    parts = [unit.normalisation(mean[i:i + 1], var[i:i + 1], counts[i:i + 1], train) for i, unit in enumerate(units)]
+    mean, multiplier, bias = (jnp.concatenate(column) for column in zip(*parts))
+  outputs = []
+  for (indices, x), y in zip(groups, activations):
+    normed = (y - regionwise(mean[indices])) * regionwise(multiplier[indices]) + regionwise(bias[indices])
+    mask = nn.sigmoid(normed.astype(dtype))
+    outputs.append((x * mask, mask))
+  return outputs
 
 
 class AttentionBranch(nn.Module):
   """Local SCAN over the regions of the layer2 map (max-pooled), global SCAN, L2-norm, linear.
 
+  Regions of one shape go through the units together (one convolution per shape).
   Returns the logits and, for visualisation, the channel-mean of the global mask and of the
   local masks put back at their positions, both [batch, height, width].
   """
@@ -77,24 +192,25 @@ class AttentionBranch(nn.Module):
   def __call__(self, features, train: bool):
     batch, size, _, channels = features.shape
     grids = region_index_grids(size, REGION_SIZE, self.bottom_strip_quirk)
+    groups = region_groups(grids)
     flat = einops.rearrange(features, "b h w c -> b (h w) c")
-    shared_unit = SCANUnit(self.dtype, name="local_scan") if self.shared_local_units else None
+    units = ([SCANUnit(channels, name="local_scan")] if self.shared_local_units else
+             [SCANUnit(channels, name=f"local_scan_{index}") for index in range(len(grids))])
+    local_outputs = scan(units, [(indices, flat[:, stacked]) for indices, stacked in groups], train, self.dtype)
     precise = layers.at_least_float32(self.dtype)
-    pooled = []
-    local_mask = jnp.zeros((batch, size * size), precise)
-    for index, grid in enumerate(grids):
-      unit = shared_unit if shared_unit is not None else SCANUnit(self.dtype, name=f"local_scan_{index}")
-      masked, mask = unit(flat[:, grid], train)
-      pooled.append(jnp.mean(masked.astype(precise), axis=(1, 2)))
-      local_mask = local_mask.at[:, grid.ravel()].set(
-          jnp.mean(mask.astype(precise), axis=-1).reshape(batch, -1))
-    local = jnp.max(jnp.stack(pooled, axis=1), axis=1)
+    local = jnp.max(jnp.concatenate([jnp.mean(masked.astype(precise), axis=(2, 3)) for masked, _ in local_outputs],
+                                    axis=1), axis=1)
+    # The regions cover every position once: their masks in region-stacked order, put back by a gather.
+    stacked_positions = np.concatenate([stacked.ravel() for _, stacked in groups])
+    local_mask = jnp.concatenate([jnp.mean(mask.astype(precise), axis=-1).reshape(batch, -1)
+                                  for _, mask in local_outputs], axis=1)[:, np.argsort(stacked_positions)]
 
-    global_masked, global_mask = SCANUnit(self.dtype, name="global_scan")(features, train)
-    combined = jnp.concatenate([local, jnp.mean(global_masked.astype(precise), axis=(1, 2))], -1)
+    (global_masked, global_mask), = scan([SCANUnit(channels, name="global_scan")], [(np.zeros(1, int), features[:, None])],
+                                         train, self.dtype)
+    combined = jnp.concatenate([local, jnp.mean(global_masked[:, 0].astype(precise), axis=(1, 2))], -1)
     combined = combined / jnp.maximum(jnp.linalg.norm(combined, axis=-1, keepdims=True), 1e-12)
     logits = layers.torch_dense(self.num_classes, 2 * channels, "fc", self.dtype)(combined)
-    masks = {"global_mask": jnp.mean(global_mask.astype(precise), axis=-1),
+    masks = {"global_mask": jnp.mean(global_mask[:, 0].astype(precise), axis=-1),
              "local_mask": local_mask.reshape(batch, size, size)}
     return logits.astype(precise), masks
 
