@@ -131,7 +131,7 @@ def test_scan_unit_matches_numpy():
   x = np.asarray(jax.random.normal(jax.random.key(0), (3, 5, 6, 4)))
 
   def one_region(unit, x, train):
-    return scan_cci.scan([unit], [(np.zeros(1, int), x[:, None])], train, jnp.float32)[0]
+    return scan_cci.scan([unit], [(np.zeros(1), x[:, None])], train, jnp.float32)[0]
 
   unit = scan_cci.SCANUnit(4)
   variables = flax.linen.init(one_region, unit)(jax.random.key(1), x, False)

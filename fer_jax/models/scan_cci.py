@@ -78,32 +78,38 @@ class PReLUSlope(nn.Module):
 
 class RegionBatchNorm(nn.Module):
   """BatchNorm (backbones/batch_norm.py's variables and formulas, PyTorch's momentum 0.1 and eps
-  1e-5) of a unit called on n regions in turn, given each region's batch statistics [n, C].
+  1e-5) of a unit called once on each of `regions` regions in turn, given their batch statistics.
 
-  Returns what normalises each region, [n, C] each: the mean, the multiplier rsqrt(var + eps)·scale
-  and the bias, with the region's own statistics in training and the running ones in inference.
-  Training moves the running statistics as the n calls in region order would, r ← m·r + (1 − m)·s_i,
-  that is to mⁿ·r + Σ_i (1 − m)·m^(n−1−i)·s_i.
+  `statistics` holds, per group of regions, (their places in the call order, mean and biased
+  variance [n, C], elements per region); returns per group what normalises its regions, [n, C]
+  each: the mean, the multiplier rsqrt(var + eps)·scale and the bias, from each region's own
+  statistics in training and the running ones in inference. Training moves the running statistics
+  as the calls in order would, r ← m·r + (1 − m)·s_i, that is to mⁿ·r + Σ_i (1 − m)·m^(n−1−i)·s_i.
   """
   momentum: float = 0.9
   epsilon: float = 1e-5
 
   @nn.compact
-  def __call__(self, mean, var, counts: np.ndarray, train: bool):
-    regions, features = mean.shape
+  def __call__(self, statistics, regions: int, train: bool):
+    features = statistics[0][1].shape[-1]
     running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
     running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
-    if not train:
-      mean, var = (jnp.broadcast_to(running.value, (regions, features)) for running in (running_mean, running_var))
-    elif not self.is_initializing():
-      weights = jnp.asarray((1 - self.momentum) * self.momentum**np.arange(regions - 1, -1, -1.0), mean.dtype)
-      unbiased = var * jnp.asarray(counts / np.maximum(counts - 1, 1), var.dtype)[:, None]
+    if train and not self.is_initializing():
+      def folded(values):
+        return sum(jnp.sum(jnp.asarray((1 - self.momentum) * self.momentum**(regions - 1.0 - places), value.dtype)
+                           [:, None] * value, axis=0) for places, value in values)
       decay = self.momentum**regions
-      running_mean.value = decay * running_mean.value + jnp.sum(weights[:, None] * mean, axis=0)
-      running_var.value = decay * running_var.value + jnp.sum(weights[:, None] * unbiased, axis=0)
-    multiplier = lax.rsqrt(var + self.epsilon) * self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+      running_mean.value = decay * running_mean.value + folded((places, mean) for places, mean, _, _ in statistics)
+      running_var.value = decay * running_var.value + folded(
+          (places, var * (count / max(count - 1, 1))) for places, _, var, count in statistics)
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-    return mean, multiplier, jnp.broadcast_to(bias, (regions, features))
+    normalisations = []
+    for _, mean, var, _ in statistics:
+      if not train:
+        mean, var = (jnp.broadcast_to(running.value, mean.shape) for running in (running_mean, running_var))
+      normalisations.append((mean, lax.rsqrt(var + self.epsilon) * scale, jnp.broadcast_to(bias, mean.shape)))
+    return normalisations
 
 
 class SCANUnit(nn.Module):
@@ -121,19 +127,24 @@ class SCANUnit(nn.Module):
   def weights(self):
     return self.conv(), self.prelu()
 
-  def normalisation(self, mean, var, counts, train: bool):
-    return self.bn(mean, var, counts, train)
+  def normalisation(self, statistics, regions: int, train: bool):
+    return self.bn(statistics, regions, train)
 
 
-def region_conv(x, kernel, dtype):
+def region_conv(x, kernels, dtype):
   """3×3 convolution with zero padding at each region's border of stacked regions [b, n, h, w, C],
-  by one kernel [3, 3, C, C] (the regions folded into the batch) or one per region [n, 3, 3, C, C]."""
-  x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=dtype)
+  by one kernel (the regions folded into the batch) or one per region.
+
+  Separate kernels take one convolution per region: XLA:CPU runs the grouped convolution that
+  vmap makes of them ~10× slower (docs/performance.md).
+  """
   conv = functools.partial(lax.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  if kernel.ndim == 4:
+  if len(kernels) == 1:
+    x, kernel = nn.dtypes.promote_dtype(x, kernels[0], dtype=dtype)
     return conv(x.reshape(-1, *x.shape[2:]), kernel).reshape(x.shape[:-1] + kernel.shape[-1:])
-  return jax.vmap(conv, in_axes=(1, 0), out_axes=1)(x, kernel)
+  return jnp.stack([conv(*nn.dtypes.promote_dtype(x[:, index], kernel, dtype=dtype))
+                    for index, kernel in enumerate(kernels)], axis=1)
 
 
 def regionwise(values):
@@ -150,30 +161,41 @@ def scan(units: Sequence[SCANUnit], groups, train: bool, dtype) -> list[tuple[An
   precise = layers.at_least_float32(dtype)
   kernels, slopes = zip(*(unit.weights() for unit in units))
   shared = len(units) == 1
-  activations, means, variances, counts = [], [], [], []
+  activations, statistics = [], []
   for indices, x in groups:
-    kernel = kernels[0] if shared else jnp.stack([kernels[i] for i in indices])
     slope = slopes[0] if shared else regionwise(jnp.stack([slopes[i] for i in indices]))
-    y = region_conv(x, kernel, dtype)
+    y = region_conv(x, kernels if shared else [kernels[i] for i in indices], dtype)
     y = jnp.where(y >= 0, y, slope.astype(y.dtype) * y)
     y32 = y.astype(precise)
-    means.append(jnp.mean(y32, axis=(0, 2, 3)))
-    variances.append(jnp.maximum(jnp.mean(jnp.square(y32), axis=(0, 2, 3)) - jnp.square(means[-1]), 0.0))
-    counts.append(np.full(len(indices), y.shape[0] * y.shape[2] * y.shape[3]))
+    mean = jnp.mean(y32, axis=(0, 2, 3))
+    var = jnp.maximum(jnp.mean(jnp.square(y32), axis=(0, 2, 3)) - jnp.square(mean), 0.0)
     activations.append(y)
-  order = np.argsort(np.concatenate([indices for indices, _ in groups]))
-  mean, var, counts = jnp.concatenate(means)[order], jnp.concatenate(variances)[order], np.concatenate(counts)[order]
+    statistics.append((indices, mean, var, y.shape[0] * y.shape[2] * y.shape[3]))
   if shared:
-    mean, multiplier, bias = units[0].normalisation(mean, var, counts, train)
+    normalisations = units[0].normalisation(statistics, sum(len(indices) for indices, _ in groups), train)
   else:
-    parts = [unit.normalisation(mean[i:i + 1], var[i:i + 1], counts[i:i + 1], train) for i, unit in enumerate(units)]
-    mean, multiplier, bias = (jnp.concatenate(column) for column in zip(*parts))
+    normalisations = []
+    for indices, mean, var, count in statistics:
+      parts = [units[i].normalisation([(np.zeros(1), mean[k:k + 1], var[k:k + 1], count)], 1, train)[0]
+               for k, i in enumerate(indices)]
+      normalisations.append([jnp.concatenate(column) for column in zip(*parts)])
   outputs = []
-  for (indices, x), y in zip(groups, activations):
-    normed = (y - regionwise(mean[indices])) * regionwise(multiplier[indices]) + regionwise(bias[indices])
-    mask = nn.sigmoid(normed.astype(dtype))
+  for (_, x), y, (mean, multiplier, bias) in zip(groups, activations, normalisations):
+    mask = nn.sigmoid(((y - regionwise(mean)) * regionwise(multiplier) + regionwise(bias)).astype(dtype))
     outputs.append((x * mask, mask))
   return outputs
+
+
+def permute_positions(x, order: np.ndarray):
+  """x[:, order] for a permutation `order`; its gradient is a gather by the inverse, not a scatter."""
+  inverse = np.argsort(order)
+
+  @jax.custom_vjp
+  def permute(x):
+    return x[:, order]
+
+  permute.defvjp(lambda x: (x[:, order], None), lambda _, gradient: (gradient[:, inverse],))
+  return permute(x)
 
 
 class AttentionBranch(nn.Module):
@@ -193,19 +215,21 @@ class AttentionBranch(nn.Module):
     batch, size, _, channels = features.shape
     grids = region_index_grids(size, REGION_SIZE, self.bottom_strip_quirk)
     groups = region_groups(grids)
-    flat = einops.rearrange(features, "b h w c -> b (h w) c")
+    # The regions cover every position once: one permutation lays them out group after group.
+    stacked_positions = np.concatenate([stacked.ravel() for _, stacked in groups])
+    permuted = permute_positions(einops.rearrange(features, "b h w c -> b (h w) c"), stacked_positions)
+    starts = np.cumsum([0] + [stacked.size for _, stacked in groups])
     units = ([SCANUnit(channels, name="local_scan")] if self.shared_local_units else
              [SCANUnit(channels, name=f"local_scan_{index}") for index in range(len(grids))])
-    local_outputs = scan(units, [(indices, flat[:, stacked]) for indices, stacked in groups], train, self.dtype)
+    local_outputs = scan(units, [(indices, permuted[:, start:start + stacked.size].reshape(batch, *stacked.shape, -1))
+                                 for (indices, stacked), start in zip(groups, starts)], train, self.dtype)
     precise = layers.at_least_float32(self.dtype)
     local = jnp.max(jnp.concatenate([jnp.mean(masked.astype(precise), axis=(2, 3)) for masked, _ in local_outputs],
                                     axis=1), axis=1)
-    # The regions cover every position once: their masks in region-stacked order, put back by a gather.
-    stacked_positions = np.concatenate([stacked.ravel() for _, stacked in groups])
     local_mask = jnp.concatenate([jnp.mean(mask.astype(precise), axis=-1).reshape(batch, -1)
                                   for _, mask in local_outputs], axis=1)[:, np.argsort(stacked_positions)]
 
-    (global_masked, global_mask), = scan([SCANUnit(channels, name="global_scan")], [(np.zeros(1, int), features[:, None])],
+    (global_masked, global_mask), = scan([SCANUnit(channels, name="global_scan")], [(np.zeros(1), features[:, None])],
                                          train, self.dtype)
     combined = jnp.concatenate([local, jnp.mean(global_masked[:, 0].astype(precise), axis=(1, 2))], -1)
     combined = combined / jnp.maximum(jnp.linalg.norm(combined, axis=-1, keepdims=True), 1e-12)
