@@ -96,12 +96,14 @@ class RegionBatchNorm(nn.Module):
     running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
     if train and not self.is_initializing():
       def folded(values):
-        return sum(jnp.sum(jnp.asarray((1 - self.momentum) * self.momentum**(regions - 1.0 - places), value.dtype)
-                           [:, None] * value, axis=0) for places, value in values)
+        weights = [(1 - self.momentum) * self.momentum**(regions - 1.0 - places) for places, _ in values]
+        return sum(jnp.sum(jnp.asarray(weight, value.dtype)[:, None] * value, axis=0)
+                   for weight, (_, value) in zip(weights, values))
       decay = self.momentum**regions
-      running_mean.value = decay * running_mean.value + folded((places, mean) for places, mean, _, _ in statistics)
+      running_mean.value = decay * running_mean.value + folded(
+          [(places, mean) for places, mean, _, _ in statistics])
       running_var.value = decay * running_var.value + folded(
-          (places, var * (count / max(count - 1, 1))) for places, _, var, count in statistics)
+          [(places, var * (count / max(count - 1, 1))) for places, _, var, count in statistics])
     scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
     normalisations = []
@@ -221,16 +223,17 @@ class AttentionBranch(nn.Module):
     starts = np.cumsum([0] + [stacked.size for _, stacked in groups])
     units = ([SCANUnit(channels, name="local_scan")] if self.shared_local_units else
              [SCANUnit(channels, name=f"local_scan_{index}") for index in range(len(grids))])
-    local_outputs = scan(units, [(indices, permuted[:, start:start + stacked.size].reshape(batch, *stacked.shape, -1))
-                                 for (indices, stacked), start in zip(groups, starts)], train, self.dtype)
+    stacks = [(indices, permuted[:, start:start + stacked.size].reshape(batch, *stacked.shape, -1))
+              for (indices, stacked), start in zip(groups, starts)]
+    local_outputs = scan(units, stacks, train, self.dtype)
     precise = layers.at_least_float32(self.dtype)
-    local = jnp.max(jnp.concatenate([jnp.mean(masked.astype(precise), axis=(2, 3)) for masked, _ in local_outputs],
-                                    axis=1), axis=1)
+    pooled = [jnp.mean(masked.astype(precise), axis=(2, 3)) for masked, _ in local_outputs]
+    local = jnp.max(jnp.concatenate(pooled, axis=1), axis=1)
     local_mask = jnp.concatenate([jnp.mean(mask.astype(precise), axis=-1).reshape(batch, -1)
                                   for _, mask in local_outputs], axis=1)[:, np.argsort(stacked_positions)]
 
-    (global_masked, global_mask), = scan([SCANUnit(channels, name="global_scan")], [(np.zeros(1), features[:, None])],
-                                         train, self.dtype)
+    global_unit = SCANUnit(channels, name="global_scan")
+    (global_masked, global_mask), = scan([global_unit], [(np.zeros(1), features[:, None])], train, self.dtype)
     combined = jnp.concatenate([local, jnp.mean(global_masked[:, 0].astype(precise), axis=(1, 2))], -1)
     combined = combined / jnp.maximum(jnp.linalg.norm(combined, axis=-1, keepdims=True), 1e-12)
     logits = layers.torch_dense(self.num_classes, 2 * channels, "fc", self.dtype)(combined)
