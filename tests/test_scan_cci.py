@@ -83,6 +83,16 @@ def test_region_split_of_smaller_maps():
       (6, 6), (6, 2), (2, 6), (2, 2)]
 
 
+def test_region_groups_stack_each_shape_in_region_order():
+  grids = scan_cci.region_index_grids(38)  # the folded bottom strips (42, 43) are 6×6 like the tiles
+  groups = scan_cci.region_groups(grids)
+  assert [(stacked.shape, indices.tolist()) for indices, stacked in groups] == [
+      ((38, 6, 6), list(range(36)) + [42, 43]), ((6, 6, 2), list(range(36, 42))), ((1, 2, 2), [44])]
+  for indices, stacked in groups:
+    for index, grid in zip(indices, stacked):
+      np.testing.assert_array_equal(grid, grids[index])
+
+
 # --- SCAN unit, ECA and the branches against NumPy -------------------------------------------
 
 
@@ -99,14 +109,15 @@ def conv3x3_reference(x, kernel):
 def scan_reference(x, params):
   """conv → PReLU(per channel) → BN with batch statistics (biased variance) → sigmoid.
 
-  Returns x ⊙ mask, the mask and the batch mean that BN folds into its running mean.
+  Returns x ⊙ mask, the mask, and the batch mean and unbiased variance that BN folds into its
+  running statistics.
   """
   y = conv3x3_reference(x, np.asarray(params["conv"]["kernel"], np.float64))
   y = np.where(y >= 0, y, np.asarray(params["prelu"]["slope"]) * y)
   mean, var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
   y = (y - mean) / np.sqrt(var + 1e-5) * np.asarray(params["bn"]["scale"]) + np.asarray(params["bn"]["bias"])
   mask = 1 / (1 + np.exp(-y))
-  return x * mask, mask, mean
+  return x * mask, mask, mean, var * y[..., 0].size / (y[..., 0].size - 1)
 
 
 def randomised(params, seed):
@@ -118,16 +129,24 @@ def randomised(params, seed):
 
 def test_scan_unit_matches_numpy():
   x = np.asarray(jax.random.normal(jax.random.key(0), (3, 5, 6, 4)))
-  unit = scan_cci.SCANUnit()
-  variables = unit.init(jax.random.key(1), x, train=False)
-  assert variables["params"]["prelu"]["slope"].shape == (4,)
+
+  def one_region(unit, x, train):
+    return scan_cci.scan([unit], [(np.zeros(1), x[:, None])], train, jnp.float32)[0]
+
+  unit = scan_cci.SCANUnit(4)
+  variables = flax.linen.init(one_region, unit)(jax.random.key(1), x, False)
+  assert jax.tree.map(np.shape, variables) == {
+      "params": {"conv": {"kernel": (3, 3, 4, 4)}, "prelu": {"slope": (4,)}, "bn": {"scale": (4,), "bias": (4,)}},
+      "batch_stats": {"bn": {"mean": (4,), "var": (4,)}}}
   np.testing.assert_array_equal(variables["params"]["prelu"]["slope"], np.full(4, 0.25, np.float32))
   params = randomised(variables["params"], 2)
-  (masked, mask), _ = unit.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                                 train=True, mutable=["batch_stats"])
-  expected_masked, expected_mask, _ = scan_reference(np.float64(x), params)
-  np.testing.assert_allclose(mask, expected_mask, atol=2e-5)
-  np.testing.assert_allclose(masked, expected_masked, atol=2e-5)
+  (masked, mask), updates = flax.linen.apply(one_region, unit, mutable=["batch_stats"])(
+      {"params": params, "batch_stats": variables["batch_stats"]}, x, True)
+  expected_masked, expected_mask, mean, var = scan_reference(np.float64(x), params)
+  np.testing.assert_allclose(mask[:, 0], expected_mask, atol=2e-5)
+  np.testing.assert_allclose(masked[:, 0], expected_masked, atol=2e-5)
+  np.testing.assert_allclose(updates["batch_stats"]["bn"]["mean"], 0.1 * mean, atol=1e-6)
+  np.testing.assert_allclose(updates["batch_stats"]["bn"]["var"], 0.9 + 0.1 * var, atol=1e-6)
 
 
 def eca_reference(x, weight):
@@ -163,36 +182,41 @@ def test_cci_branch_matches_numpy():
     np.testing.assert_allclose(logits[:, index], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("shared", [True, False])
+# At 38 the two folded bottom strips are 6×6 like the 36 tiles but come after the right strips:
+# regions of one shape are not always neighbours in region order.
+@pytest.mark.parametrize("shared, size", [(True, 28), (False, 28), (True, 38)])
 @pytest.mark.integration
-def test_attention_branch_matches_regionwise_reference(shared):
-  x = np.asarray(jax.random.normal(jax.random.key(7), (2, 28, 28, 3)))
+def test_attention_branch_matches_regionwise_reference(shared, size):
+  x = np.asarray(jax.random.normal(jax.random.key(7), (2, size, size, 3)))
+  grids = scan_cci.region_index_grids(size)
   branch = scan_cci.AttentionBranch(num_classes=4, shared_local_units=shared)
   variables = branch.init(jax.random.key(8), x, train=False)
   unit_names = sorted(name for name in variables["params"] if name.startswith("local_scan"))
-  assert unit_names == (["local_scan"] if shared else sorted(f"local_scan_{i}" for i in range(25)))
+  assert unit_names == (["local_scan"] if shared else sorted(f"local_scan_{i}" for i in range(len(grids))))
   params = randomised(variables["params"], 9)
   (logits, masks), updates = branch.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
                                           train=True, mutable=["batch_stats"])
 
-  flat = np.float64(x).reshape(2, 784, 3)
-  pooled, local_mask, running_means = [], np.zeros((2, 784)), {}
-  for index, grid in enumerate(scan_cci.region_index_grids(28)):
+  flat = np.float64(x).reshape(2, size * size, 3)
+  pooled, local_mask, running = [], np.zeros((2, size * size)), {}
+  for index, grid in enumerate(grids):
     name = "local_scan" if shared else f"local_scan_{index}"
-    masked, mask, mean = scan_reference(flat[:, grid], params[name])  # BN statistics of this region alone
+    masked, mask, mean, var = scan_reference(flat[:, grid], params[name])  # BN statistics of this region alone
     pooled.append(masked.mean(axis=(1, 2)))
     local_mask[:, grid.ravel()] = mask.mean(axis=-1).reshape(2, -1)
-    # PyTorch momentum 0.1; a shared unit folds in the 25 regions one after another.
-    running_means[name] = 0.9 * running_means.get(name, 0.0) + 0.1 * mean
-  global_masked, global_mask, _ = scan_reference(np.float64(x), params["global_scan"])
+    # PyTorch momentum 0.1; a shared unit folds in the regions one after another.
+    old_mean, old_var = running.get(name, (0.0, 1.0))
+    running[name] = (0.9 * old_mean + 0.1 * mean, 0.9 * old_var + 0.1 * var)
+  global_masked, global_mask, _, _ = scan_reference(np.float64(x), params["global_scan"])
   combined = np.concatenate([np.max(pooled, axis=0), global_masked.mean(axis=(1, 2))], axis=-1)
   combined /= np.linalg.norm(combined, axis=-1, keepdims=True)
   expected = combined @ np.asarray(params["fc"]["kernel"]) + np.asarray(params["fc"]["bias"])
   np.testing.assert_allclose(logits, expected, atol=1e-4)
-  np.testing.assert_allclose(masks["local_mask"], local_mask.reshape(2, 28, 28), atol=1e-5)
+  np.testing.assert_allclose(masks["local_mask"], local_mask.reshape(2, size, size), atol=1e-5)
   np.testing.assert_allclose(masks["global_mask"], global_mask.mean(axis=-1), atol=1e-5)
-  for name, running_mean in running_means.items():
-    np.testing.assert_allclose(updates["batch_stats"][name]["bn"]["mean"], running_mean, atol=1e-5)
+  for name, (mean, var) in running.items():
+    np.testing.assert_allclose(updates["batch_stats"][name]["bn"]["mean"], mean, atol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"][name]["bn"]["var"], var, atol=1e-5)
 
 
 # --- the whole model -----------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import einops
 import flax.linen as nn
+import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -49,22 +51,159 @@ def region_index_grids(map_size: int, region_size: int = REGION_SIZE,
   return grids
 
 
-class SCANUnit(nn.Module):
-  """Returns (x ⊙ M, M) with M = sigmoid(BN(PReLU(conv3×3(x)))), a mask per channel and position."""
-  dtype: Any = jnp.float32
+def region_groups(grids: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+  """The regions of each shape stacked: (their indices in `grids`, their grids [n, height, width])."""
+  shapes = list(dict.fromkeys(grid.shape for grid in grids))
+  return [(np.array([i for i, grid in enumerate(grids) if grid.shape == shape]),
+           np.stack([grid for grid in grids if grid.shape == shape])) for shape in shapes]
+
+
+class ConvKernel(nn.Module):
+  """The kernel that nn.Conv(channels, (3, 3), use_bias=False) named as this module creates."""
+  channels: int
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    y = nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                kernel_init=layers.torch_kernel_init, dtype=self.dtype, name="conv")(x)
-    y = layers.PReLU(name="prelu")(y)
-    mask = nn.sigmoid(layers.torch_batch_norm(train, self.dtype, "bn")(y))
-    return x * mask, mask
+  def __call__(self):
+    return self.param("kernel", layers.torch_kernel_init, (3, 3, self.channels, self.channels), jnp.float32)
+
+
+class PReLUSlope(nn.Module):
+  """The slope that layers.PReLU named as this module creates."""
+  channels: int
+
+  @nn.compact
+  def __call__(self):
+    return self.param("slope", nn.initializers.constant(0.25), (self.channels,))
+
+
+class RegionBatchNorm(nn.Module):
+  """BatchNorm (backbones/batch_norm.py's variables and formulas, PyTorch's momentum 0.1 and eps
+  1e-5) of a unit called once on each of `regions` regions in turn, given their batch statistics.
+
+  `statistics` holds, per group of regions, (their places in the call order, mean and biased
+  variance [n, C], elements per region); returns per group what normalises its regions, [n, C]
+  each: the mean, the multiplier rsqrt(var + eps)·scale and the bias, from each region's own
+  statistics in training and the running ones in inference. Training moves the running statistics
+  as the calls in order would, r ← m·r + (1 − m)·s_i, that is to mⁿ·r + Σ_i (1 − m)·m^(n−1−i)·s_i.
+  """
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, statistics, regions: int, train: bool):
+    features = statistics[0][1].shape[-1]
+    running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+    running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+    if train and not self.is_initializing():
+      def folded(values):
+        weights = [(1 - self.momentum) * self.momentum**(regions - 1.0 - places) for places, _ in values]
+        return sum(jnp.sum(jnp.asarray(weight, value.dtype)[:, None] * value, axis=0)
+                   for weight, (_, value) in zip(weights, values))
+      decay = self.momentum**regions
+      running_mean.value = decay * running_mean.value + folded(
+          [(places, mean) for places, mean, _, _ in statistics])
+      running_var.value = decay * running_var.value + folded(
+          [(places, var * (count / max(count - 1, 1))) for places, _, var, count in statistics])
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    normalisations = []
+    for _, mean, var, _ in statistics:
+      if not train:
+        mean, var = (jnp.broadcast_to(running.value, mean.shape) for running in (running_mean, running_var))
+      normalisations.append((mean, lax.rsqrt(var + self.epsilon) * scale, jnp.broadcast_to(bias, mean.shape)))
+    return normalisations
+
+
+class SCANUnit(nn.Module):
+  """One SCAN unit's variables under the names of its layers: conv (3×3 kernel), prelu, bn.
+
+  `scan` applies units: M = sigmoid(BN(PReLU(conv3×3(x)))), a mask per channel and position.
+  """
+  channels: int
+
+  def setup(self):
+    self.conv = ConvKernel(self.channels)
+    self.prelu = PReLUSlope(self.channels)
+    self.bn = RegionBatchNorm()
+
+  def weights(self):
+    return self.conv(), self.prelu()
+
+  def normalisation(self, statistics, regions: int, train: bool):
+    return self.bn(statistics, regions, train)
+
+
+def region_conv(x, kernels, dtype):
+  """3×3 convolution with zero padding at each region's border of stacked regions [b, n, h, w, C],
+  by one kernel (the regions folded into the batch) or one per region.
+
+  Separate kernels take one convolution per region: XLA:CPU runs the grouped convolution that
+  vmap makes of them ~10× slower (docs/performance.md).
+  """
+  conv = functools.partial(lax.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if len(kernels) == 1:
+    x, kernel = nn.dtypes.promote_dtype(x, kernels[0], dtype=dtype)
+    return conv(x.reshape(-1, *x.shape[2:]), kernel).reshape(x.shape[:-1] + kernel.shape[-1:])
+  return jnp.stack([conv(*nn.dtypes.promote_dtype(x[:, index], kernel, dtype=dtype))
+                    for index, kernel in enumerate(kernels)], axis=1)
+
+
+def regionwise(values):
+  """[n, C] per-region values shaped to broadcast over stacked regions [b, n, h, w, C]."""
+  return values[:, None, None]
+
+
+def scan(units: Sequence[SCANUnit], groups, train: bool, dtype) -> list[tuple[Any, Any]]:
+  """(x ⊙ M, M) for each group (region indices, stacked regions x [b, n, h, w, C]).
+
+  `units` is one unit for every region or one per region, in region order. Each region is
+  convolved on its own and batch-normalised with its own statistics, as a call per region would.
+  """
+  precise = layers.at_least_float32(dtype)
+  kernels, slopes = zip(*(unit.weights() for unit in units))
+  shared = len(units) == 1
+  activations, statistics = [], []
+  for indices, x in groups:
+    slope = slopes[0] if shared else regionwise(jnp.stack([slopes[i] for i in indices]))
+    y = region_conv(x, kernels if shared else [kernels[i] for i in indices], dtype)
+    y = jnp.where(y >= 0, y, slope.astype(y.dtype) * y)
+    y32 = y.astype(precise)
+    mean = jnp.mean(y32, axis=(0, 2, 3))
+    var = jnp.maximum(jnp.mean(jnp.square(y32), axis=(0, 2, 3)) - jnp.square(mean), 0.0)
+    activations.append(y)
+    statistics.append((indices, mean, var, y.shape[0] * y.shape[2] * y.shape[3]))
+  if shared:
+    normalisations = units[0].normalisation(statistics, sum(len(indices) for indices, _ in groups), train)
+  else:
+    normalisations = []
+    for indices, mean, var, count in statistics:
+      parts = [units[i].normalisation([(np.zeros(1), mean[k:k + 1], var[k:k + 1], count)], 1, train)[0]
+               for k, i in enumerate(indices)]
+      normalisations.append([jnp.concatenate(column) for column in zip(*parts)])
+  outputs = []
+  for (_, x), y, (mean, multiplier, bias) in zip(groups, activations, normalisations):
+    mask = nn.sigmoid(((y - regionwise(mean)) * regionwise(multiplier) + regionwise(bias)).astype(dtype))
+    outputs.append((x * mask, mask))
+  return outputs
+
+
+def permute_positions(x, order: np.ndarray):
+  """x[:, order] for a permutation `order`; its gradient is a gather by the inverse, not a scatter."""
+  inverse = np.argsort(order)
+
+  @jax.custom_vjp
+  def permute(x):
+    return x[:, order]
+
+  permute.defvjp(lambda x: (x[:, order], None), lambda _, gradient: (gradient[:, inverse],))
+  return permute(x)
 
 
 class AttentionBranch(nn.Module):
   """Local SCAN over the regions of the layer2 map (max-pooled), global SCAN, L2-norm, linear.
 
+  Regions of one shape go through the units together (one convolution per shape).
   Returns the logits and, for visualisation, the channel-mean of the global mask and of the
   local masks put back at their positions, both [batch, height, width].
   """
@@ -77,24 +216,28 @@ class AttentionBranch(nn.Module):
   def __call__(self, features, train: bool):
     batch, size, _, channels = features.shape
     grids = region_index_grids(size, REGION_SIZE, self.bottom_strip_quirk)
-    flat = einops.rearrange(features, "b h w c -> b (h w) c")
-    shared_unit = SCANUnit(self.dtype, name="local_scan") if self.shared_local_units else None
+    groups = region_groups(grids)
+    # The regions cover every position once: one permutation lays them out group after group.
+    stacked_positions = np.concatenate([stacked.ravel() for _, stacked in groups])
+    permuted = permute_positions(einops.rearrange(features, "b h w c -> b (h w) c"), stacked_positions)
+    starts = np.cumsum([0] + [stacked.size for _, stacked in groups])
+    units = ([SCANUnit(channels, name="local_scan")] if self.shared_local_units else
+             [SCANUnit(channels, name=f"local_scan_{index}") for index in range(len(grids))])
+    stacks = [(indices, permuted[:, start:start + stacked.size].reshape(batch, *stacked.shape, -1))
+              for (indices, stacked), start in zip(groups, starts)]
+    local_outputs = scan(units, stacks, train, self.dtype)
     precise = layers.at_least_float32(self.dtype)
-    pooled = []
-    local_mask = jnp.zeros((batch, size * size), precise)
-    for index, grid in enumerate(grids):
-      unit = shared_unit if shared_unit is not None else SCANUnit(self.dtype, name=f"local_scan_{index}")
-      masked, mask = unit(flat[:, grid], train)
-      pooled.append(jnp.mean(masked.astype(precise), axis=(1, 2)))
-      local_mask = local_mask.at[:, grid.ravel()].set(
-          jnp.mean(mask.astype(precise), axis=-1).reshape(batch, -1))
-    local = jnp.max(jnp.stack(pooled, axis=1), axis=1)
+    pooled = [jnp.mean(masked.astype(precise), axis=(2, 3)) for masked, _ in local_outputs]
+    local = jnp.max(jnp.concatenate(pooled, axis=1), axis=1)
+    local_mask = jnp.concatenate([jnp.mean(mask.astype(precise), axis=-1).reshape(batch, -1)
+                                  for _, mask in local_outputs], axis=1)[:, np.argsort(stacked_positions)]
 
-    global_masked, global_mask = SCANUnit(self.dtype, name="global_scan")(features, train)
-    combined = jnp.concatenate([local, jnp.mean(global_masked.astype(precise), axis=(1, 2))], -1)
+    global_unit = SCANUnit(channels, name="global_scan")
+    (global_masked, global_mask), = scan([global_unit], [(np.zeros(1), features[:, None])], train, self.dtype)
+    combined = jnp.concatenate([local, jnp.mean(global_masked[:, 0].astype(precise), axis=(1, 2))], -1)
     combined = combined / jnp.maximum(jnp.linalg.norm(combined, axis=-1, keepdims=True), 1e-12)
     logits = layers.torch_dense(self.num_classes, 2 * channels, "fc", self.dtype)(combined)
-    masks = {"global_mask": jnp.mean(global_mask.astype(precise), axis=-1),
+    masks = {"global_mask": jnp.mean(global_mask[:, 0].astype(precise), axis=-1),
              "local_mask": local_mask.reshape(batch, size, size)}
     return logits.astype(precise), masks
 
