@@ -35,6 +35,7 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # once: the input's gradient sums in float32 too
     features = x.shape[-1]
     running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
     running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
@@ -51,4 +52,4 @@ class BatchNorm(nn.Module):
     if self.use_scale:
       multiplier = multiplier * self.param("scale", nn.initializers.ones, (features,), jnp.float32)
     y = (x - mean) * multiplier + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-    return y.astype(self.dtype or jnp.promote_types(x.dtype, jnp.float32))
+    return y.astype(self.dtype or x.dtype)
