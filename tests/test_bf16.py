@@ -63,9 +63,9 @@ CASES = {
 }
 
 
-def _examples(config, rng):
-  """POOL synthetic faces at config.input.size, normalised as config.input.train_pp would."""
-  labels = rng.permutation(np.arange(POOL) % config.model.num_classes).astype(np.int32)
+def _examples(config, rng, pool=POOL):
+  """`pool` synthetic faces at config.input.size, normalised as config.input.train_pp would."""
+  labels = rng.permutation(np.arange(pool) % config.model.num_classes).astype(np.int32)
   images = np.stack([synthetic_faces.render(int(label), rng, config.input.size) for label in labels])
   images = images.astype(np.float32)
   named = re.search(r"normalize\('(\w+)'\)", config.input.train_pp)
@@ -75,8 +75,8 @@ def _examples(config, rng):
   return images, labels
 
 
-def _batch_indices(num_steps, rng):
-  order = np.concatenate([rng.permutation(POOL) for _ in range(math.ceil(num_steps * BATCH / POOL))])
+def _batch_indices(num_steps, rng, pool=POOL):
+  order = np.concatenate([rng.permutation(pool) for _ in range(math.ceil(num_steps * BATCH / pool))])
   return order[:num_steps * BATCH].reshape(num_steps, BATCH)
 
 
@@ -114,6 +114,24 @@ def _deviation(reference, other):
   return float(np.max(np.abs(b - a)) / (a[0] - a[-1]))
 
 
+def float32_and_bfloat16_losses(config, images, labels, batches):
+  """Per-step losses of `config` trained in float32 and in bfloat16 from one initial state (the
+  bf16 model has the very same fp32 variables), on the same batches."""
+  full = config.copy_and_resolve_references()
+  full.model.dtype = "float32"
+  half = config.copy_and_resolve_references()
+  half.model.dtype = "bfloat16"
+  method = get_method(config.model.name)
+  model = method.build(full.model)
+  signature = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  assert signature(models.abstract_variables(method.build(half.model), half)) == signature(
+      models.abstract_variables(model, full))
+  tx = optim.make_optimizer(full.optimizer, 1, full.num_epochs, models.abstract_variables(model, full)["params"])
+  initial_state = jax.device_get(train.create_state(model, tx, full, mesh_lib.make_mesh()))
+  return (_losses(full, initial_state, images, labels, batches),
+          _losses(half, initial_state, images, labels, batches))
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("case", CASES)
 def test_bfloat16_loss_curve_follows_float32(case):
@@ -125,20 +143,7 @@ def test_bfloat16_loss_curve_follows_float32(case):
   images, labels = _examples(config, rng)
   batches = _batch_indices(num_steps, rng)
 
-  # One initial state for both runs; the bf16 model has the very same fp32 variables.
-  method = get_method(config.model.name)
-  model = method.build(config.model)
-  half = config.copy_and_resolve_references()
-  half.model.dtype = "bfloat16"
-  signature = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
-  assert signature(models.abstract_variables(method.build(half.model), half)) == signature(
-      models.abstract_variables(model, config))
-  tx = optim.make_optimizer(config.optimizer, 1, config.num_epochs,
-                            models.abstract_variables(model, config)["params"])
-  initial_state = jax.device_get(train.create_state(model, tx, config, mesh_lib.make_mesh()))
-
-  full = _losses(config, initial_state, images, labels, batches)
-  mixed = _losses(half, initial_state, images, labels, batches)
+  full, mixed = float32_and_bfloat16_losses(config, images, labels, batches)
   assert np.all(np.isfinite(full)) and np.all(np.isfinite(mixed))
   report = f"fp32 windows {np.round(_windows(full), 3)}, bf16 windows {np.round(_windows(mixed), 3)}"
   for losses in (full, mixed):
