@@ -1,6 +1,6 @@
 """DAN's training loss in float32 and in bfloat16 (fp32 parameters, bf16 compute), step by step.
 
-  python benchmarks/bf16_loss_curve.py [--steps=300] [--size=72] [--pool=256] [--out=benchmarks/bf16_loss_curve]
+  python benchmarks/bf16_loss_curve.py [--steps=240] [--size=72] [--pool=128] [--out=benchmarks/bf16_loss_curve]
 
 Both runs start from one initial state and see the same batches in the same order (the harness
 of tests/test_bf16.py): `--pool` synthetic faces of configs/dan.py:synthetic at --size px,
@@ -29,9 +29,9 @@ def windows(losses):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--steps", type=int, default=300)
+  parser.add_argument("--steps", type=int, default=240)
   parser.add_argument("--size", type=int, default=72)
-  parser.add_argument("--pool", type=int, default=256)
+  parser.add_argument("--pool", type=int, default=128)
   parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "bf16_loss_curve"))
   args = parser.parse_args()
   config = test_bf16.get_config("configs/dan.py:synthetic")
