@@ -2,6 +2,9 @@
 
   python benchmarks/batch_norm_variance.py [--size=224] [--batch=16] [--rounds=8]
 
+Results on the shared 2-core CPU: batch_norm_variance.jsonl (cost and accuracy with --rounds=0; the
+float32 step times from --rounds=5, run under a load average of 20).
+
 Forms (each returns the mean and the biased variance, in float32):
   one_pass            E[x²] − E[x]², clipped at 0 (Flax's default; fer_jax's form before this script)
   two_pass            mean((x − mean)²), the gradient also through the mean (Flax's use_fast_variance=False)
