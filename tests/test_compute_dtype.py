@@ -23,6 +23,7 @@ from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
 from fer_jax import validation
+from fer_jax.data import labels
 from fer_jax.errors import ConfigError
 from fer_jax.models.backbones.batch_norm import BatchNorm
 from helpers import get_config
@@ -59,8 +60,7 @@ def test_records_written_before_auto_keep_their_dtype_and_records_without_one_re
   record = {"name": "dan", "num_classes": 7, "num_heads": 4, "num_centres": 8}
   for saved, used in (("float32", "float32"), (None, "bfloat16")):
     model = record | ({"dtype": saved} if saved else {})
-    config = api._config_from_record(model, ["surprise", "fear", "disgust", "happiness", "sadness", "anger",  # pylint: disable=protected-access
-                                             "neutral"], {"size": 112})
+    config = api._config_from_record(model, labels.class_names("rafdb"), {"size": 112})  # pylint: disable=protected-access
     validation.validate(config, training=False)
     assert config.model.dtype == used
 
@@ -119,8 +119,9 @@ def _check_float32_outside(equations, output, model_name: str, low_precision_sco
       assert _dtypes(eqn) == {F32}, (eqn, path)
     if f"({model_name})" not in path:  # the loss, metrics and optimiser
       assert BF16 not in _dtypes(eqn), (eqn, path)
-  assert {str(leaf.dtype) for leaf in jax.tree.leaves(output[0]) if jnp.issubdtype(leaf.dtype, jnp.floating)} == {F32}
-  assert {str(leaf.dtype) for leaf in jax.tree.leaves(output[1])} == {F32}
+  state, metrics = output
+  assert {str(leaf.dtype) for leaf in jax.tree.leaves(state) if jnp.issubdtype(leaf.dtype, jnp.floating)} == {F32}
+  assert {str(leaf.dtype) for leaf in jax.tree.leaves(metrics)} == {F32}
 
 
 @pytest.mark.integration  # traces a ResNet-18 DAN train step (~10 s on 2 loaded cores)
