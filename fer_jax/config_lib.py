@@ -55,7 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   # Model: `name` picks fer_jax.models.<name>; the rest is read by that module's build().
-  config.model = ml_collections.ConfigDict({"name": "", "num_classes": 7, "dtype": "float32"})
+  # dtype "auto": bfloat16 compute on a GPU or TPU, float32 on the CPU (fer_jax.models.DTYPES).
+  config.model = ml_collections.ConfigDict({"name": "", "num_classes": 7, "dtype": "auto"})
   # Loss settings, read by the method's loss().
   config.loss = ml_collections.ConfigDict()
 

@@ -18,16 +18,17 @@ from fer_jax.errors import ConfigError
 
 SELECT_METRICS = ("", "accuracy", "mean_class_accuracy")
 SELECT_TIES = ("earliest", "latest")
-MODEL_DTYPES = ("float32", "bfloat16", "float64")
 
 
 def validate(config, *, training: bool, new_run: bool = False) -> None:
-  """Checks every value and cross-field rule of `config` at once, before any work.
+  """Checks every value and cross-field rule of `config` at once, before any work, after resolving
+  config.model.dtype="auto" to this backend's dtype (`models.resolve_dtype`).
 
   `training`: the config will train (batch sizes must divide over this run's devices and
   processes). `new_run`: a run starting from scratch, which reads `init_from` (a resumed
   run ignores it). Raises ConfigError listing every problem with the keys and the fix.
   """
+  models.resolve_dtype(config)
   problems = _value_problems(config) + _selection_problems(config) + _evaluator_problems(config)
   if training:
     problems += _training_problems(config, new_run)
@@ -43,7 +44,7 @@ def _choice(key: str, value, valid) -> list[str]:
 
 def _value_problems(config) -> list[str]:
   problems = (_choice("model.name", config.model.name, models.METHODS)
-              + _choice("model.dtype", config.model.dtype, MODEL_DTYPES)
+              + _choice("model.dtype", config.model.dtype, models.DTYPES)
               + _choice("dataset.class_order", config.dataset.class_order, sorted(labels.CLASS_ORDERS))
               + _choice("dataset.sampler", config.dataset.sampler, pipeline.SAMPLERS)
               + _choice("dataset.cache", config.dataset.cache, pipeline.CACHE_MODES)

@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 from typing import Callable
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,27 @@ from fer_jax.data import labels
 from fer_jax.models import layers
 
 METHODS = ("dan", "lhcnet", "apvit", "scan_cci")
+# config.model.dtype: the compute dtype of activations, convolutions and matmuls; "auto" is bfloat16 on a
+# GPU or TPU and float32 on the CPU. Parameters, BatchNorm statistics, logits and losses stay in at
+# least float32 (`layers.at_least_float32`); float64 is the reference mode (docs/fidelity.md).
+DTYPES = ("auto", "float32", "bfloat16", "float64")
+ACCELERATOR_BACKENDS = ("gpu", "tpu")
+
+
+def compute_dtype(name: str) -> str:
+  """A config.model.dtype as the dtype it runs in: "auto" by this process's default backend."""
+  if name != "auto":
+    return name
+  return "bfloat16" if jax.default_backend() in ACCELERATOR_BACKENDS else "float32"
+
+
+def resolve_dtype(config) -> None:
+  """Replaces config.model.dtype="auto" by the dtype it runs in, so that checkpoints and reports
+  record it and another machine runs the same precision; logs the dtype in use."""
+  requested = config.model.dtype
+  config.model.dtype = compute_dtype(requested)
+  logging.info("Model compute dtype %s (config.model.dtype=%r, %s backend)", config.model.dtype, requested,
+               jax.default_backend())
 
 
 def cross_entropy_loss(outputs, labels, loss_config):
@@ -50,7 +72,7 @@ def from_config(module_class, model_config, **values) -> nn.Module:
   fields = {key: model_config[key] for key in names if key in model_config}
   fields = {key: tuple(v) if isinstance(v, list) else v for key, v in fields.items()}
   if "dtype" in fields:
-    fields["dtype"] = jnp.dtype(fields["dtype"])
+    fields["dtype"] = jnp.dtype(compute_dtype(fields["dtype"]))
   return module_class(**{**fields, **values})
 
 
@@ -73,7 +95,7 @@ def init_variables(model, config, rng) -> dict:
   float32, or float64 in the float64 reference mode (docs/fidelity.md)."""
   variables = model.init({"params": rng, "dropout": rng}, dummy_images(config), train=False)
   variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-  dtype = layers.at_least_float32(config.model.dtype)
+  dtype = layers.at_least_float32(compute_dtype(config.model.dtype))
   return jax.tree.map(lambda leaf: leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf,
                       variables)
 

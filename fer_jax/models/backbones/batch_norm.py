@@ -1,9 +1,11 @@
 """BatchNorm as PyTorch and Keras (fused, 4-D) run it: the running variance is updated with
 the unbiased batch variance, n / (n − 1) times the one used to normalise the batch.
 
-Flax's `nn.BatchNorm` keeps the biased one. Everything else matches it: statistics in at least
-float32 (E[x²] − E[x]², clipped at 0), the same variable names (params `scale`, `bias`;
-batch_stats `mean`, `var`), so checkpoints and converters do not change.
+Flax's `nn.BatchNorm` keeps the biased one, and by default computes it as E[x²] − E[x]², which
+loses every digit of the variance once mean²/variance nears 1/ε (ε = 2⁻²³ in float32). Here the
+statistics are in at least float32 and in two passes (`batch_statistics`), Flax's
+`use_fast_variance=False`. The variable names are Flax's (params `scale`, `bias`; batch_stats
+`mean`, `var`), so checkpoints and converters do not change.
 """
 
 from typing import Any
@@ -11,6 +13,16 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
+
+
+def batch_statistics(x, axes):
+  """Mean and biased variance of `x` over `axes`, in at least float32: the variance is the mean of
+  squared deviations from the mean, exact to rounding whatever the mean's size against the spread
+  (benchmarks/batch_norm_variance.py). Its gradient through the mean, −2·mean(x − mean), is zero,
+  so the mean enters it as a constant and the backward pass has one reduction less."""
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean = jnp.mean(x, axes)
+  return mean, jnp.mean(jnp.square(x - lax.stop_gradient(mean)), axes)
 
 
 class BatchNorm(nn.Module):
@@ -23,16 +35,14 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # once: the input's gradient sums in float32 too
     features = x.shape[-1]
-    axes = tuple(range(x.ndim - 1))
     running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
     running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
     if self.use_running_average:
       mean, var = running_mean.value, running_var.value
     else:
-      x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-      mean = jnp.mean(x32, axes)
-      var = jnp.maximum(jnp.mean(jnp.square(x32), axes) - jnp.square(mean), 0.0)
+      mean, var = batch_statistics(x, tuple(range(x.ndim - 1)))
       if not self.is_initializing():
         count = x.size // features
         unbiased = var * (count / max(count - 1, 1))
@@ -42,4 +52,4 @@ class BatchNorm(nn.Module):
     if self.use_scale:
       multiplier = multiplier * self.param("scale", nn.initializers.ones, (features,), jnp.float32)
     y = (x - mean) * multiplier + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-    return y.astype(self.dtype or jnp.promote_types(x.dtype, jnp.float32))
+    return y.astype(self.dtype or x.dtype)
