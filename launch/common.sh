@@ -63,6 +63,23 @@ option_value() {
   printf '%s' "${1#*=}"
 }
 
+# Reads the options: each goes first to the function named $1, which takes the script's own
+# options and returns 1 for any other; then --dry-run, --help and `--` (everything after it is
+# passed to every fer_jax.main) are shared; anything else is an error.
+parse_options() {
+  local script_option=$1
+  shift
+  while (($#)); do
+    case $1 in
+      --dry-run) DRY_RUN=1 ;;
+      --help | -h) usage; exit 0 ;;
+      --) shift; TRAINING_EXTRA_ARGS=("$@"); return ;;
+      *) "$script_option" "$1" || die "unknown argument $1 (options are written --key=VALUE; see --help)" ;;
+    esac
+    shift
+  done
+}
+
 require() {
   local name
   for name in "$@"; do

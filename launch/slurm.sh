@@ -38,31 +38,30 @@ EOF
 CONFIG="" WORKDIR="" DATA_DIR="" NODES=2 GPUS_PER_NODE=8 PER_GPU=0 PARTITION="" ACCOUNT="" TIME=""
 JOB_NAME=fer_jax OUTPUT=fer_jax_%j.log REQUEUE=0 PORT="" PYTHON=.venv/bin/python SBATCH_ARGS=()
 
+# One of this script's own options (parse_options reads the shared ones).
+slurm_option() {
+  case $1 in
+    --config=*) CONFIG=$(option_value "$1") ;;
+    --workdir=*) WORKDIR=$(option_value "$1") ;;
+    --data-dir=*) DATA_DIR=$(option_value "$1") ;;
+    --nodes=*) NODES=$(option_value "$1") ;;
+    --gpus-per-node=*) GPUS_PER_NODE=$(option_value "$1") ;;
+    --per-gpu) PER_GPU=1 ;;
+    --partition=*) PARTITION=$(option_value "$1") ;;
+    --account=*) ACCOUNT=$(option_value "$1") ;;
+    --time=*) TIME=$(option_value "$1") ;;
+    --job-name=*) JOB_NAME=$(option_value "$1") ;;
+    --output=*) OUTPUT=$(option_value "$1") ;;
+    --requeue) REQUEUE=1 ;;
+    --port=*) PORT=$(option_value "$1") ;;
+    --python=*) PYTHON=$(option_value "$1") ;;
+    --sbatch-arg=*) SBATCH_ARGS+=("$(option_value "$1")") ;;
+    *) return 1 ;;
+  esac
+}
+
 parse_args() {
-  while (($#)); do
-    case $1 in
-      --config=*) CONFIG=$(option_value "$1") ;;
-      --workdir=*) WORKDIR=$(option_value "$1") ;;
-      --data-dir=*) DATA_DIR=$(option_value "$1") ;;
-      --nodes=*) NODES=$(option_value "$1") ;;
-      --gpus-per-node=*) GPUS_PER_NODE=$(option_value "$1") ;;
-      --per-gpu) PER_GPU=1 ;;
-      --partition=*) PARTITION=$(option_value "$1") ;;
-      --account=*) ACCOUNT=$(option_value "$1") ;;
-      --time=*) TIME=$(option_value "$1") ;;
-      --job-name=*) JOB_NAME=$(option_value "$1") ;;
-      --output=*) OUTPUT=$(option_value "$1") ;;
-      --requeue) REQUEUE=1 ;;
-      --port=*) PORT=$(option_value "$1") ;;
-      --python=*) PYTHON=$(option_value "$1") ;;
-      --sbatch-arg=*) SBATCH_ARGS+=("$(option_value "$1")") ;;
-      --dry-run) DRY_RUN=1 ;;
-      --help | -h) usage; exit 0 ;;
-      --) shift; TRAINING_EXTRA_ARGS=("$@"); break ;;
-      *) die "unknown argument $1 (options are written --key=VALUE; see --help)" ;;
-    esac
-    shift
-  done
+  parse_options slurm_option "$@"
   require CONFIG WORKDIR
   positive_integer --nodes "$NODES"
   positive_integer --gpus-per-node "$GPUS_PER_NODE"

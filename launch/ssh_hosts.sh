@@ -33,25 +33,24 @@ EOF
 HOSTS="" CONFIG="" WORKDIR="" DATA_DIR="" PORT=12355 REPO_DIR=$REPO_ROOT PYTHON=.venv/bin/python
 ENV_ASSIGNMENTS=() SSH_OPTIONS=(-o BatchMode=yes)
 
+# One of this script's own options (parse_options reads the shared ones).
+ssh_hosts_option() {
+  case $1 in
+    --hosts=*) HOSTS=$(option_value "$1") ;;
+    --config=*) CONFIG=$(option_value "$1") ;;
+    --workdir=*) WORKDIR=$(option_value "$1") ;;
+    --data-dir=*) DATA_DIR=$(option_value "$1") ;;
+    --port=*) PORT=$(option_value "$1") ;;
+    --repo-dir=*) REPO_DIR=$(option_value "$1") ;;
+    --python=*) PYTHON=$(option_value "$1") ;;
+    --env=*) ENV_ASSIGNMENTS+=("$(option_value "$1")") ;;
+    --ssh-option=*) SSH_OPTIONS+=(-o "$(option_value "$1")") ;;
+    *) return 1 ;;
+  esac
+}
+
 parse_args() {
-  while (($#)); do
-    case $1 in
-      --hosts=*) HOSTS=$(option_value "$1") ;;
-      --config=*) CONFIG=$(option_value "$1") ;;
-      --workdir=*) WORKDIR=$(option_value "$1") ;;
-      --data-dir=*) DATA_DIR=$(option_value "$1") ;;
-      --port=*) PORT=$(option_value "$1") ;;
-      --repo-dir=*) REPO_DIR=$(option_value "$1") ;;
-      --python=*) PYTHON=$(option_value "$1") ;;
-      --env=*) ENV_ASSIGNMENTS+=("$(option_value "$1")") ;;
-      --ssh-option=*) SSH_OPTIONS+=(-o "$(option_value "$1")") ;;
-      --dry-run) DRY_RUN=1 ;;
-      --help | -h) usage; exit 0 ;;
-      --) shift; TRAINING_EXTRA_ARGS=("$@"); break ;;
-      *) die "unknown argument $1 (options are written --key=VALUE; see --help)" ;;
-    esac
-    shift
-  done
+  parse_options ssh_hosts_option "$@"
   require HOSTS CONFIG WORKDIR
   positive_integer --port "$PORT"
 }

@@ -51,37 +51,36 @@ COMMAND="" NAME="" ZONE="" PROJECT="" ACCELERATOR_TYPE=v5litepod-16 RUNTIME_VERS
 CONFIG="" WORKDIR="" DATA_DIR="" DATA_MODE=copy PYTHON_VERSION=3.12 JAX_VERSION="" MAX_RETRIES=5
 RETRY_WAIT=60 KEEP=0
 
+# One of this script's own options (parse_options reads the shared ones).
+tpu_option() {
+  case $1 in
+    --name=*) NAME=$(option_value "$1") ;;
+    --zone=*) ZONE=$(option_value "$1") ;;
+    --project=*) PROJECT=$(option_value "$1") ;;
+    --accelerator-type=*) ACCELERATOR_TYPE=$(option_value "$1") ;;
+    --runtime-version=*) RUNTIME_VERSION=$(option_value "$1") ;;
+    --spot) SPOT=1 ;;
+    --queued) QUEUED=1 ;;
+    --config=*) CONFIG=$(option_value "$1") ;;
+    --workdir=*) WORKDIR=$(option_value "$1") ;;
+    --data-dir=*) DATA_DIR=$(option_value "$1") ;;
+    --data=*) DATA_MODE=$(option_value "$1") ;;
+    --python-version=*) PYTHON_VERSION=$(option_value "$1") ;;
+    --jax-version=*) JAX_VERSION=$(option_value "$1") ;;
+    --max-retries=*) MAX_RETRIES=$(option_value "$1") ;;
+    --retry-wait=*) RETRY_WAIT=$(option_value "$1") ;;
+    --keep) KEEP=1 ;;
+    *) return 1 ;;
+  esac
+}
+
 parse_args() {
   case ${1:-} in
     create | setup | run | stop | resume-loop | delete | all) COMMAND=$1; shift ;;
     --help | -h) usage; exit 0 ;;
     *) die "the first argument must be a command: create, setup, run, stop, resume-loop, delete or all (see --help)" ;;
   esac
-  while (($#)); do
-    case $1 in
-      --name=*) NAME=$(option_value "$1") ;;
-      --zone=*) ZONE=$(option_value "$1") ;;
-      --project=*) PROJECT=$(option_value "$1") ;;
-      --accelerator-type=*) ACCELERATOR_TYPE=$(option_value "$1") ;;
-      --runtime-version=*) RUNTIME_VERSION=$(option_value "$1") ;;
-      --spot) SPOT=1 ;;
-      --queued) QUEUED=1 ;;
-      --config=*) CONFIG=$(option_value "$1") ;;
-      --workdir=*) WORKDIR=$(option_value "$1") ;;
-      --data-dir=*) DATA_DIR=$(option_value "$1") ;;
-      --data=*) DATA_MODE=$(option_value "$1") ;;
-      --python-version=*) PYTHON_VERSION=$(option_value "$1") ;;
-      --jax-version=*) JAX_VERSION=$(option_value "$1") ;;
-      --max-retries=*) MAX_RETRIES=$(option_value "$1") ;;
-      --retry-wait=*) RETRY_WAIT=$(option_value "$1") ;;
-      --keep) KEEP=1 ;;
-      --dry-run) DRY_RUN=1 ;;
-      --help | -h) usage; exit 0 ;;
-      --) shift; TRAINING_EXTRA_ARGS=("$@"); break ;;
-      *) die "unknown argument $1 (options are written --key=VALUE; see --help)" ;;
-    esac
-    shift
-  done
+  parse_options tpu_option "$@"
   require NAME ZONE
   [[ $COMMAND == @(run|resume-loop|all) ]] && require CONFIG WORKDIR
   [[ $DATA_MODE == @(copy|mount) ]] || die "--data=$DATA_MODE: use copy or mount"
