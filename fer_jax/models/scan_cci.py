@@ -154,6 +154,13 @@ def regionwise(values):
   return values[:, None, None]
 
 
+def region_statistics(y):
+  """Each region's mean and biased variance [n, C] over batch and space of y [b, n, h, w, C], two-pass
+  as backbones/batch_norm.batch_statistics computes them."""
+  mean = jnp.mean(y, axis=(0, 2, 3), keepdims=True)
+  return mean[0, :, 0, 0], jnp.mean(jnp.square(y - lax.stop_gradient(mean)), axis=(0, 2, 3))
+
+
 def scan(units: Sequence[SCANUnit], groups, train: bool, dtype) -> list[tuple[Any, Any]]:
   """(x ⊙ M, M) for each group (region indices, stacked regions x [b, n, h, w, C]).
 
@@ -168,9 +175,10 @@ def scan(units: Sequence[SCANUnit], groups, train: bool, dtype) -> list[tuple[An
     slope = slopes[0] if shared else regionwise(jnp.stack([slopes[i] for i in indices]))
     y = region_conv(x, kernels if shared else [kernels[i] for i in indices], dtype)
     y = jnp.where(y >= 0, y, slope.astype(y.dtype) * y)
-    y32 = y.astype(precise)
-    mean = jnp.mean(y32, axis=(0, 2, 3))
-    var = jnp.maximum(jnp.mean(jnp.square(y32), axis=(0, 2, 3)) - jnp.square(mean), 0.0)
+    if train:
+      mean, var = region_statistics(y.astype(precise))
+    else:  # normalised by the running statistics: these only carry the shape
+      mean = var = jnp.zeros((y.shape[1], y.shape[-1]), precise)
     activations.append(y)
     statistics.append((indices, mean, var, y.shape[0] * y.shape[2] * y.shape[3]))
   if shared:
