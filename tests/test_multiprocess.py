@@ -115,11 +115,11 @@ def test_two_processes_train_as_one_with_all_their_devices(tmp_path, tiny_data_d
   # Gloo sums the gradients and BatchNorm statistics in another order than one process does, and
   # 17 Adam steps from scratch amplify the rounding. Measured: the two-process parameters ended
   # 0.51 of the distance training moved them away from the one-process ones, 8 of 70 test
-  # predictions and 1 correct one apart; a one-device run, which differs from the eight-device
-  # one in reduction order only, ended 0.48 away, 4 predictions and 2 correct ones apart.
+  # predictions apart; a one-device run, which differs from the eight-device one in reduction order
+  # only, ended 0.48 away, 4 predictions apart. After 17 steps the accuracy is near chance (4–7 of
+  # 70), 1 to 3 correct answers apart in three runs, so it is not compared on its own.
   moved, apart = _distance(one_params, _initial_params()), _distance(one_params, two_params)
   assert apart < 0.75 * moved, (apart, moved)
   changed = np.abs(np.array(one["confusion_matrix"]) - np.array(two["confusion_matrix"])).sum() // 2
   assert changed <= 16, (one["confusion_matrix"], two["confusion_matrix"])
-  assert two["accuracy"] == pytest.approx(one["accuracy"], abs=3 / 70)
   assert (workdir / "best").is_dir() and (workdir / "confusion_matrix.png").exists()
