@@ -102,3 +102,16 @@ def assert_user_error(result, *fragments: str, foreign_traceback: str = "") -> N
   message = result.stderr[result.stderr.rindex("error: "):]
   for fragment in fragments:
     assert fragment in message, (fragment, message)
+
+
+def abstract_train_step(config):
+  """`config`'s jitted train step (10 steps an epoch) and its initial state as shapes and dtypes."""
+  from fer_jax import mesh as mesh_lib, models, optim, train  # pylint: disable=import-outside-toplevel
+  method = models.get_method(config.model.name)
+  model = method.build(config.model)
+  abstract = models.abstract_variables(model, config)
+  tx = optim.make_optimizer(config.optimizer, 10, config.num_epochs, abstract["params"])
+  schedule = optim.lr_schedule(config.optimizer, 10, config.num_epochs)
+  step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh_lib.make_mesh(), 0)
+  state = jax.eval_shape(lambda: {"step": np.int32(0), **abstract, "opt_state": tx.init(abstract["params"])})
+  return step, state

@@ -18,15 +18,12 @@ import pytest
 from fer_jax import api
 from fer_jax import checkpointing
 from fer_jax import config_lib
-from fer_jax import mesh as mesh_lib
 from fer_jax import models
-from fer_jax import optim
-from fer_jax import train
 from fer_jax import validation
 from fer_jax.data import labels
 from fer_jax.errors import ConfigError
 from fer_jax.models.backbones.batch_norm import BatchNorm
-from helpers import get_config
+from helpers import abstract_train_step, get_config
 
 BF16, F32 = "bfloat16", "float32"
 MATMULS = ("conv_general_dilated", "dot_general")
@@ -91,13 +88,7 @@ def _bfloat16_train_step(spec: str, **model):
   and the step's output (state, metrics) as shapes and dtypes."""
   config = get_config(spec)
   config.model.update(dtype="bfloat16", **model)
-  method = models.get_method(config.model.name)
-  net = method.build(config.model)
-  abstract = models.abstract_variables(net, config)
-  tx = optim.make_optimizer(config.optimizer, 10, config.num_epochs, abstract["params"])
-  schedule = optim.lr_schedule(config.optimizer, 10, config.num_epochs)
-  step = train.make_train_step(net, method.loss, config.loss, tx, schedule, mesh_lib.make_mesh(), 0)
-  state = jax.eval_shape(lambda: {"step": np.int32(0), **abstract, "opt_state": tx.init(abstract["params"])})
+  step, state = abstract_train_step(config)
   batch = {"image": jax.ShapeDtypeStruct((2, 32, 32, 3), np.float32), "label": jax.ShapeDtypeStruct((2,), np.int32)}
   return list(_equations(jax.make_jaxpr(step)(state, batch).jaxpr)), jax.eval_shape(step, state, batch)
 

@@ -18,10 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from fer_jax import mesh as mesh_lib
-from fer_jax import models
 from fer_jax import optim
-from fer_jax import train
+from helpers import abstract_train_step
 from reference import one_step
 from reference.apvit import ReferenceAPViT
 from reference.common import randomise
@@ -87,13 +85,7 @@ def test_float64_mode_has_no_lower_precision_op_in_an_apvit_step():
   updates) traced with model.dtype="float64" holds no float32, bfloat16 or float16 value."""
   with jax.enable_x64(True):
     config = apvit_config()
-    method = models.get_method("apvit")
-    model = method.build(config.model)
-    abstract = models.abstract_variables(model, config)
-    tx = optim.make_optimizer(config.optimizer, 10, config.num_epochs, abstract["params"])
-    schedule = optim.lr_schedule(config.optimizer, 10, config.num_epochs)
-    step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh_lib.make_mesh(), 0)
-    state = jax.eval_shape(lambda: {"step": np.int32(0), **abstract, "opt_state": tx.init(abstract["params"])})
+    step, state = abstract_train_step(config)
     batch = {"image": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), np.float64),
              "label": jax.ShapeDtypeStruct((BATCH,), np.int32)}
     jaxpr = str(jax.make_jaxpr(step)(state, batch))
