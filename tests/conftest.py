@@ -9,12 +9,21 @@ end-to-end subprocess runs or several devices, or take more than a few seconds; 
 is a fast unit test. `pytest -m "not integration"` runs the fast tier, plain `pytest` (and
 tests/run.sh) runs both.
 
-Nothing is kept between runs: what the tests build lives under pytest's temporary folder.
+Nothing is kept between runs: what the tests build lives under pytest's temporary folder, and
+the XLA programs compiled in this run (by the tests and the subprocesses they start, which compile
+many of the same models) are shared through a persistent compilation cache in a temporary folder
+removed at exit.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # read by JAX at import, and inherited by subprocesses
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="fer_jax_tests_xla_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 from absl import flags  # noqa: E402
 import pytest  # noqa: E402
