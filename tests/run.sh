@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh clone: virtual environment, install, run.
 #   bash tests/run.sh [pytest arguments]
-# Both tiers; the fast one alone: .venv/bin/python -m pytest -m "not integration" (README).
+# Both tiers, in two pytest-xdist workers (XLA compiles on one thread: two keep two cores busy);
+# the fast one alone: .venv/bin/python -m pytest -m "not integration" (README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q -n 2 "$@"
