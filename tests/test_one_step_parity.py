@@ -19,13 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from fer_jax import mesh as mesh_lib
-from fer_jax import models
-from fer_jax import optim
-from fer_jax import train
 from fer_jax import validation
 from fer_jax.errors import ConfigError
-from helpers import get_config
+from helpers import abstract_train_step, get_config
 from reference import one_step
 from reference.dan import ReferenceDAN, affinity_loss, partition_loss
 from reference.scan_cci import SIZE as SCAN_CCI_SIZE, ReferenceScanCci
@@ -98,17 +94,12 @@ def test_float64_mode_has_no_lower_precision_op_in_a_dan_step():
   with jax.enable_x64(True):
     config = one_step.float64_config("configs/dan.py:rafdb", 32)
     config.model.num_heads = 2
-    method = models.get_method("dan")
-    model = method.build(config.model)
-    abstract = models.abstract_variables(model, config)
-    tx = optim.make_optimizer(config.optimizer, 10, config.num_epochs, abstract["params"])
-    schedule = optim.lr_schedule(config.optimizer, 10, config.num_epochs)
-    step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh_lib.make_mesh(), 0)
-    state = jax.eval_shape(lambda: {"step": np.int32(0), **abstract, "opt_state": tx.init(abstract["params"])})
+    step, state = abstract_train_step(config)
     batch = {"image": jax.ShapeDtypeStruct((BATCH, 32, 32, 3), np.float64),
              "label": jax.ShapeDtypeStruct((BATCH,), np.int32)}
     jaxpr = str(jax.make_jaxpr(step)(state, batch))
-  assert {leaf.dtype for leaf in jax.tree.leaves(abstract)} == {np.dtype(np.float64)}
+  variables = {name: tree for name, tree in state.items() if name not in ("step", "opt_state")}
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {np.dtype(np.float64)}
   assert "f64[" in jaxpr
   assert not re.findall(r"\b(?:f32|bf16|f16)\[", jaxpr)
 
