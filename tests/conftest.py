@@ -24,6 +24,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # read by JAX at import, and inherited by subprocesses
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="fer_jax_tests_xla_")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# Every program, not only those that took a second to compile: the subprocesses recompile many
+# small ones (augmentation, evaluation, checkpoint helpers) that add up.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from absl import flags  # noqa: E402
 import pytest  # noqa: E402

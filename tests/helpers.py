@@ -90,6 +90,25 @@ def run_command(module: str, *args: str, timeout: int = 600, obey_permissions: b
   return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def train_on_eight_devices(spec: str, workdir, overrides: dict | None = None) -> dict:
+  """`spec` shrunk by tiny_run (its own evaluation batch size kept), then `overrides` (flattened
+  keys, e.g. {"eval.tta": "flip"}), trained and evaluated into `workdir` by a subprocess with 8
+  CPU devices (tests/eight_devices_check.py); its report, checked to come from 8 devices and
+  to count every test image of synthetic/tiny once (the last batch's padding masked)."""
+  import json
+  import subprocess
+  import sys
+  tiny_data_dir()  # built here, where pytest's fixtures run; the subprocess inherits its path
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "eight_devices_check.py"), spec, str(workdir),
+                           json.dumps(overrides or {})], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  output = json.loads(result.stdout.strip().splitlines()[-1])
+  assert output["devices"] == 8 and output["eval_batch_size"] == get_config(spec).eval_batch_size
+  assert output["report"]["num_examples"] == 70 and 0.0 <= output["report"]["accuracy"] <= 1.0
+  return output["report"]
+
+
 def assert_user_error(result, *fragments: str, foreign_traceback: str = "") -> None:
   """A clean user error: exit status 2, an `error:` line holding every fragment, no traceback
   (but those ending in `foreign_traceback`, printed by a library's own threads)."""

@@ -15,11 +15,10 @@ from fer_jax import models
 from fer_jax import predict
 from fer_jax import optim
 from fer_jax import summary
-from fer_jax import train
 from fer_jax import visualize
 from fer_jax.models import apvit
 from fer_jax.models.backbones import vit
-from helpers import get_config, run_pipeline, tiny_run
+from helpers import get_config, run_pipeline, tiny_run, train_on_eight_devices
 
 
 def _count(tree) -> int:
@@ -311,9 +310,7 @@ def test_visualize_writes_maps_for_a_folder_of_faces(tmp_path):
 
 
 @pytest.mark.integration
-def test_synthetic_config_trains_end_to_end(tmp_path):
-  config = _tiny_synthetic()
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["num_examples"] == 70
-  assert 0.0 <= results["accuracy"] <= 1.0
+def test_synthetic_config_trains_end_to_end_on_eight_devices(tmp_path):
+  results = train_on_eight_devices("configs/apvit.py:synthetic", tmp_path)
+  assert np.asarray(results["confusion_matrix"]).shape == (7, 7)
   assert os.path.exists(os.path.join(tmp_path, "eval_results.json"))

@@ -12,10 +12,9 @@ from PIL import Image
 from fer_jax import checkpointing
 from fer_jax import models
 from fer_jax import optim
-from fer_jax import train
 from fer_jax.data import pipeline
 from fer_jax.models import lhcnet
-from helpers import get_config, run_pipeline, tiny_run
+from helpers import get_config, run_pipeline, tiny_run, train_on_eight_devices
 
 
 def count(tree) -> int:
@@ -290,8 +289,8 @@ def test_fer2013_pipelines_resize_in_float_as_tensorflow_does():
   want = np.repeat(tf_bilinear_resize(gray, 224, 224), 3, axis=-1)
   for stage in ("A3", "B", "C"):  # the stages without random augmentation
     config = get_config(f"configs/lhcnet.py:fer2013,stage={stage}")
-    for pipeline in (config.input.eval_pp, config.input.train_pp):
-      got = run_pipeline(pipeline, config.input.size, gray)
+    for text in (config.input.eval_pp, config.input.train_pp):
+      got = run_pipeline(text, config.input.size, gray)
       np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
   assert not np.allclose(want, np.round(want))  # the values a uint8 resize would have rounded
 
@@ -319,11 +318,11 @@ def test_synthetic_config_runs_a_forward_pass(stage):
 
 
 @pytest.mark.integration
-def test_synthetic_controller_stage_trains_end_to_end_and_only_the_five_gates(tmp_path):
+def test_synthetic_controller_stage_trains_end_to_end_on_eight_devices_and_only_the_five_gates(tmp_path):
+  # The 60-view test-time augmentation is pinned by tests/test_tta.py; here it would dominate.
+  train_on_eight_devices("configs/lhcnet.py:synthetic,stage=C", tmp_path, {"eval.tta": "flip"})
+  assert (tmp_path / "eval_results.json").exists()
   config = tiny_run(get_config("configs/lhcnet.py:synthetic,stage=C"))
-  config.eval.tta = "flip"  # the 60-view set is pinned by tests/test_tta.py; here it would dominate
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["num_examples"] == 70 and (tmp_path / "eval_results.json").exists()
   model = models.build_model(config)
   initial = jax.jit(lambda: models.init_variables(model, config, jax.random.key(config.seed)))()
   final = checkpointing.restore_model(str(tmp_path), models.abstract_variables(model, config))

@@ -97,9 +97,11 @@ def test_running_statistics_freeze_from_the_inference_epoch_and_resume_stays_exa
   train.train_and_evaluate(config, resumed)
   assert (checkpointing.fingerprint(_stats_and_params(straight, 16, config))
           == checkpointing.fingerprint(_stats_and_params(resumed, 16, config)))
-  # With the switch off, epoch 2 moves the statistics.
+  # With the switch off, epoch 2 (resumed from the same epoch-1 checkpoint) moves the statistics.
   config.inference_mode_from_epoch = 0
   switched_off = str(tmp_path / "training_mode")
+  shutil.copytree(resumed, switched_off)
+  shutil.rmtree(os.path.join(switched_off, "checkpoints", "16"))
   train.train_and_evaluate(config, switched_off)
   moved = _stats_and_params(switched_off, 16, config)["batch_stats"]["bn"]["mean"]
   assert not np.array_equal(moved, epoch2["batch_stats"]["bn"]["mean"])

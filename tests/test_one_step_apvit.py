@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-from fer_jax import optim
 from helpers import abstract_train_step
 from reference import one_step
 from reference.apvit import ReferenceAPViT

@@ -2,7 +2,6 @@
 SCAN-CCI's region split against its geometry, export and reload for every method."""
 
 import json
-import os
 
 import jax
 import numpy as np
