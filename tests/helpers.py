@@ -75,6 +75,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _WITHOUT_FILE_PERMISSION_BYPASS = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
 
 
+def cpu_devices_env(devices: int) -> dict:
+  """This process's environment for a subprocess that runs JAX on `devices` CPU devices."""
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
 def run_command(module: str, *args: str, timeout: int = 600, obey_permissions: bool = False, devices: int = 1):
   """`python -m <module> args…` from the repository root on `devices` CPU devices; the
   CompletedProcess (text).
@@ -83,11 +88,11 @@ def run_command(module: str, *args: str, timeout: int = 600, obey_permissions: b
   permissions, so unreadable or read-only paths behave as for any other user."""
   import subprocess
   import sys
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
   command = [sys.executable, "-m", module, *args]
   if obey_permissions and os.geteuid() == 0:
     command = _WITHOUT_FILE_PERMISSION_BYPASS + command
-  return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(command, cwd=ROOT, env=cpu_devices_env(devices), capture_output=True, text=True,
+                        timeout=timeout)
 
 
 def train_on_eight_devices(spec: str, workdir, overrides: dict | None = None) -> dict:
@@ -99,9 +104,9 @@ def train_on_eight_devices(spec: str, workdir, overrides: dict | None = None) ->
   import subprocess
   import sys
   tiny_data_dir()  # built here, where pytest's fixtures run; the subprocess inherits its path
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "eight_devices_check.py"), spec, str(workdir),
-                           json.dumps(overrides or {})], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                           json.dumps(overrides or {})], cwd=ROOT, env=cpu_devices_env(8), capture_output=True,
+                          text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   output = json.loads(result.stdout.strip().splitlines()[-1])
   assert output["devices"] == 8 and output["eval_batch_size"] == get_config(spec).eval_batch_size

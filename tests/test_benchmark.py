@@ -152,7 +152,7 @@ def test_all_reduces_carry_each_gradient_once_and_two_statistics_per_batch_norm_
   and mean of squares of each BatchNorm channel."""
   code = ("import json, sys; sys.path.insert(0, 'tests'); from absl import flags; flags.FLAGS.mark_as_parsed(); "
           "import test_benchmark; print(json.dumps(test_benchmark.tiny_benchmark(steps=1, warmup=0)))")
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+  env = {**helpers.cpu_devices_env(2),
          "PYTHONPATH": os.pathsep.join(filter(None, (helpers.ROOT, os.environ.get("PYTHONPATH"))))}
   result = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, env=env, capture_output=True, text=True,
                           timeout=600)

@@ -18,7 +18,7 @@ import pytest
 
 from fer_jax import checkpointing
 from fer_jax import models
-from helpers import ROOT, get_config, tiny_run
+from helpers import ROOT, cpu_devices_env, get_config, tiny_run
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +28,6 @@ def _args(workdir, data_dir):
           f"--config.dataset.data_dir={data_dir}", "--config.input.size=32", "--config.batch_size=16",
           "--config.eval_batch_size=20", "--config.num_epochs=1", "--config.log_every_steps=4",
           "--config.data_workers=0", "--config.select_metric=accuracy"]
-
-
-def _env(devices: int) -> dict:
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
 def _free_port() -> int:
@@ -70,7 +66,7 @@ def _start_two(workdir, data_dir, logs) -> list[subprocess.Popen]:
   return [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_args(workdir, data_dir), "--distributed",
                             f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}",
                             "--config.checkpoint_every_steps=4"],
-                           cwd=ROOT, env=_env(4), stdout=subprocess.DEVNULL, stderr=log)
+                           cwd=ROOT, env=cpu_devices_env(4), stdout=subprocess.DEVNULL, stderr=log)
           for index, log in enumerate(logs)]
 
 
@@ -86,7 +82,7 @@ def _wait_for_checkpoint(processes, checkpoints, log_0, timeout: float = 1200) -
 
 def test_two_processes_train_as_one_with_all_their_devices(tmp_path, tiny_data_dir):
   single = subprocess.run([sys.executable, "-m", "fer_jax.main", *_args(tmp_path / "one", tiny_data_dir)],
-                          cwd=ROOT, env=_env(8), capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env=cpu_devices_env(8), capture_output=True, text=True, timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
   workdir, fresh_data = tmp_path / "two", tmp_path / "tfds"  # the two generate synthetic/tiny themselves
   first = [tmp_path / f"first_{index}.log" for index in range(2)]

@@ -20,7 +20,7 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
-from helpers import assert_user_error, get_config, run_command, tiny_run
+from helpers import assert_user_error, cpu_devices_env, get_config, run_command, tiny_run
 from jax._src import array as jax_array
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,9 +146,8 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
 @pytest.mark.usefixtures("tiny_data_dir")  # built here; the subprocess inherits its path
 @pytest.mark.integration
 def test_eight_devices_match_one_device_and_resume_exactly():
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "multidevice_check.py")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "multidevice_check.py")], cwd=ROOT,
+                          env=cpu_devices_env(8), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["devices"] == 8
