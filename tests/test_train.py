@@ -20,7 +20,7 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
-from helpers import assert_user_error, cpu_devices_env, get_config, run_command, tiny_run
+from helpers import assert_user_error, cpu_devices_env, get_config, tiny_run
 from jax._src import array as jax_array
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,7 +163,7 @@ SYNTHETIC_CONFIGS = ["configs/dan.py:synthetic", "configs/apvit.py:synthetic", "
 
 def test_some_synthetic_configs_evaluate_in_batches_that_do_not_divide_over_eight_devices():
   """Each method's end-to-end test trains its `:synthetic` config on 8 devices with the config's
-  own evaluation batch (helpers.train_on_eight_devices; DAN's is test_main_end_to_end_on_eight_devices)."""
+  own evaluation batch (helpers.train_on_eight_devices; DAN's is tests/test_multiprocess.py's one-process run)."""
   assert [get_config(spec).eval_batch_size % 8 for spec in SYNTHETIC_CONFIGS] != [0] * len(SYNTHETIC_CONFIGS)
 
 
@@ -198,29 +198,6 @@ def _main(*args, timeout=600):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
   return subprocess.run([sys.executable, "-m", "fer_jax.main", *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=timeout)
-
-
-@pytest.mark.integration
-def test_main_end_to_end_on_eight_devices(tmp_path, tiny_data_dir):
-  """The command line on 8 CPU devices, evaluating in the config's own batch of 250 (padded to 256)."""
-  workdir = tmp_path / "run"
-  result = run_command("fer_jax.main", "--config=configs/dan.py:synthetic", f"--workdir={workdir}",
-                       "--config.dataset.name=synthetic/tiny", f"--config.dataset.data_dir={tiny_data_dir}",
-                       "--config.input.size=32", "--config.batch_size=32", "--config.num_epochs=1",
-                       "--config.log_every_steps=4", "--config.select_metric=accuracy", "--config.restore_best=True",
-                       "--config.eval.tta=flip", devices=8)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "img/s ETA" in result.stderr and "global batch 32, 8 devices" in result.stderr
-  assert get_config("configs/dan.py:synthetic").eval_batch_size == 250
-  report = json.loads((workdir / "eval_results.json").read_text())
-  assert report["num_examples"] == 70 and len(report["confusion_matrix"]) == 7
-  assert set(report) >= {"accuracy", "mean_class_accuracy", "per_class_accuracy", "class_names", "confusion_matrix"}
-  assert (workdir / "confusion_matrix.png").exists()
-  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
-  assert (workdir / "checkpoints" / "8" / "state").is_dir()
-  assert (workdir / "best" / "8" / "state").is_dir()
-  assert report["tta"]["name"] == "flip" and 0 <= report["tta"]["accuracy"] <= 1
-  assert sum(map(sum, report["tta"]["confusion_matrix"])) == 70
 
 
 def test_selection_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
