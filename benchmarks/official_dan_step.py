@@ -1,0 +1,85 @@
+"""The official DAN training step (rafdb.py's `run_training`) timed on random inputs, to set beside
+`python -m fer_jax.benchmark --config=configs/dan.py:rafdb --input=synthetic` on the same machine.
+
+Needs a clone of the official repository (imported from there, not copied):
+  git clone https://github.com/yaoing/DAN /tmp/DAN
+  python benchmarks/official_dan_step.py --official=/tmp/DAN --batch=16 [--size=224] [--steps=8] [--warmup=2]
+
+The step is the official one in float32: DAN (ResNet-18 trunk, 4 heads) in training mode,
+cross-entropy + affinity + partition loss, SGD with momentum 0.9 and weight decay 1e-4 over the
+network and the affinity centres; random images and labels already in memory, as fer_jax's
+`--input=synthetic`. Prints one JSON line (img/s, step ms, warm-up seconds, torch version and
+threads, the 1-minute load average before the run); `--output=FILE` appends it to a file.
+`benchmarks/cpu_dan_vs_official.sh` runs both sides alternately.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from reference.official_one_step import official_import  # noqa: E402
+from reference.official_one_step import stand_in  # noqa: E402
+
+
+def official_step(official: str, num_classes: int = 7):
+  """rafdb.py's model, losses and optimiser; returns step(images, labels) → loss."""
+  sys.modules.setdefault("sklearn.metrics", stand_in("sklearn.metrics", balanced_accuracy_score=None))
+  rafdb = official_import(official, "rafdb", ("pandas", "sklearn"))
+  network = official_import(official, "networks.dan")
+  torch.manual_seed(0)
+  model = network.DAN(num_class=num_classes, num_head=4, pretrained=False).train()
+  affinity = rafdb.AffinityLoss(torch.device("cpu"), num_class=num_classes)
+  optimizer = torch.optim.SGD(list(model.parameters()) + list(affinity.parameters()), lr=0.1,
+                              weight_decay=1e-4, momentum=0.9)
+  cross_entropy, partition = torch.nn.CrossEntropyLoss(), rafdb.PartitionLoss()
+
+  def step(images, labels):
+    optimizer.zero_grad()
+    out, features, heads = model(images)
+    loss = cross_entropy(out, labels) + affinity(features, labels) + partition(heads)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+  return step
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--official", required=True, help="a clone of https://github.com/yaoing/DAN")
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--size", type=int, default=224)
+  parser.add_argument("--steps", type=int, default=8)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--output", default="")
+  args = parser.parse_args()
+  load = os.getloadavg()[0]
+  step = official_step(os.path.abspath(args.official))
+  generator = torch.Generator().manual_seed(0)
+  images = torch.randn(args.batch, 3, args.size, args.size, generator=generator)
+  labels = torch.randint(0, 7, (args.batch,), generator=generator)
+  start = time.perf_counter()
+  for _ in range(args.warmup):
+    step(images, labels)
+  warmup = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(args.steps):
+    step(images, labels)
+  seconds = (time.perf_counter() - start) / args.steps
+  line = json.dumps({"code": "official DAN (rafdb.py step)", "batch_size": args.batch, "input_size": args.size,
+                     "dtype": "float32", "steps": args.steps, "warmup_steps": args.warmup,
+                     "train_img_per_s": round(args.batch / seconds, 2), "train_step_ms": round(1e3 * seconds, 1),
+                     "warmup_s": round(warmup, 2), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "load_average_1m": load})
+  print(line)
+  if args.output:
+    with open(args.output, "a") as f:
+      f.write(line + "\n")
+
+
+if __name__ == "__main__":
+  main()
