@@ -1,8 +1,11 @@
-"""The shared layers: PyTorch's default initialisers and PReLU."""
+"""The shared layers: the convolution, PyTorch's default initialisers and PReLU."""
 
 import jax
+from jax import export
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fer_jax.models import layers
 
@@ -24,3 +27,50 @@ def test_torch_dense_draws_weight_and_bias_from_plus_minus_one_over_root_fan_in(
     assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.95 * bound
   # U(±b) has variance b²/3.
   np.testing.assert_allclose(np.var(params["kernel"]), bound**2 / 3, rtol=0.05)
+
+
+CONVOLUTIONS = [  # input, kernel, strides, padding: the kinds the backbones and heads use
+    ((2, 9, 9, 3), (3, 3, 3, 4), (1, 1), "SAME"),
+    ((2, 9, 9, 3), (3, 3, 3, 4), (2, 2), ((1, 1), (1, 1))),
+    ((2, 15, 15, 3), (7, 7, 3, 5), (2, 2), ((3, 3), (3, 3))),
+    ((2, 8, 8, 6), (1, 1, 6, 4), (2, 2), "VALID"),
+    ((2, 8, 7, 6), (1, 3, 6, 4), (1, 1), ((0, 0), (1, 1))),
+    ((2, 8, 7, 6), (3, 1, 6, 4), (1, 1), "SAME"),
+    ((2, 10, 10, 4), (3, 3, 4, 4), (2, 2), "SAME"),
+]
+
+
+def _loss(conv, strides, padding):
+  return lambda x, kernel: jnp.sum(jnp.sin(conv(x, kernel, strides, padding,
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", CONVOLUTIONS)
+def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, padding):
+  """The kernel gradient computed tap by tap equals XLA's to float64 rounding; the rest is lax's."""
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), x_shape, jnp.float64)
+    kernel = jax.random.normal(jax.random.key(1), kernel_shape, jnp.float64)
+    expected = jax.grad(_loss(lax.conv_general_dilated, strides, padding), (0, 1))(x, kernel)
+    gradients = jax.jit(jax.grad(_loss(layers.conv_general_dilated, strides, padding), (0, 1)))(x, kernel)
+  np.testing.assert_array_equal(gradients[0], expected[0])
+  np.testing.assert_allclose(gradients[1], expected[1], rtol=0, atol=1e-13 * np.abs(expected[1]).max())
+
+
+def test_conv_keeps_its_dtype_and_flax_names():
+  conv = layers.Conv(4, (3, 3), dtype=jnp.bfloat16)
+  x = jnp.ones((1, 6, 6, 3))
+  variables = conv.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, variables) == {"params": {"kernel": (3, 3, 3, 4), "bias": (4,)}}
+  kernel_gradient = jax.grad(lambda v: jnp.sum(conv.apply(v, x).astype(jnp.float32)))(variables)["params"]["kernel"]
+  assert kernel_gradient.dtype == jnp.float32 and conv.apply(variables, x).dtype == jnp.bfloat16
+
+
+def test_conv_kernel_gradient_is_xla_s_own_on_accelerators():
+  """Lowered for CUDA or TPU, the train step's kernel gradient is a convolution (cuDNN's and the
+  TPU's are fast); lowered for the CPU, it is matrix products."""
+  grad = jax.jit(jax.grad(_loss(layers.conv_general_dilated, (1, 1), "SAME"), (0, 1)))
+  shapes = (jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32), jax.ShapeDtypeStruct((3, 3, 3, 4), jnp.float32))
+  for platform, convolutions in (("cuda", 3), ("tpu", 3), ("cpu", 2)):
+    text = export.export(grad, platforms=[platform])(*shapes).mlir_module()
+    assert text.count("stablehlo.convolution") == convolutions, platform

@@ -89,7 +89,7 @@ class PoolingViT(PoolingViTSettings):
   def __call__(self, features):
     batch, height, width, channels = features.shape
     # The official init leaves the projection at PyTorch's default.
-    projected = nn.Conv(self.width, (1, 1), kernel_init=layers.torch_kernel_init,
+    projected = layers.Conv(self.width, (1, 1), kernel_init=layers.torch_kernel_init,
                         bias_init=layers.torch_bias_init(channels), dtype=self.dtype,
                         name="projs_0")(features)
     patch_pos_embed = self.param("patch_pos_embed", vit.dense_init, (1, height * width, self.width))

@@ -27,7 +27,7 @@ class SpatialGate(nn.Module):
   def __call__(self, x, train: bool):
     def conv_bn(y, features, kernel, name):
       pad = tuple((k - 1) // 2 for k in kernel)
-      y = nn.Conv(features, kernel, padding=tuple((p, p) for p in pad), kernel_init=resnet.conv_init,
+      y = layers.Conv(features, kernel, padding=tuple((p, p) for p in pad), kernel_init=resnet.conv_init,
                   dtype=self.dtype, name=f"{name}_conv")(y)
       return layers.torch_batch_norm(train, self.dtype, f"{name}_bn")(y)
 

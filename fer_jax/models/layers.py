@@ -1,12 +1,85 @@
-"""Layers the methods share: PyTorch's default initialisers, BatchNorm and PReLU."""
+"""Layers the methods share: the convolution, PyTorch's default initialisers, BatchNorm and PReLU."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 from fer_jax.models.backbones.batch_norm import BatchNorm
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None):
+  """lax.conv_general_dilated as nn.Conv calls it, with another kernel gradient on the CPU.
+
+  XLA:CPU computes the gradient of a 2-D convolution's kernel as a convolution with the
+  activations' spatial size as window, up to 10× slower than the forward pass on large maps
+  (ResNet-18's 56×56 stage: 5 GFLOP/s; docs/performance.md). There it is one matrix product per
+  kernel position instead; elsewhere, and for grouped or dilated convolutions, XLA's own
+  gradient. The forward pass and the input gradient are lax's.
+  """
+  ones = (None, (1, 1))
+  if (lhs.ndim != 4 or feature_group_count != 1 or lhs_dilation not in ones or rhs_dilation not in ones
+      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, precision=precision)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(pad) for pad in padding), precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, kernel, strides, padding, precision):
+  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC, precision=precision)
+
+
+def _conv_forward(x, kernel, strides, padding, precision):
+  return _conv(x, kernel, strides, padding, precision), (x, kernel)
+
+
+def _conv_backward(strides, padding, precision, residuals, output_gradient):
+  x, kernel = residuals
+  conv = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
+                           dimension_numbers=_NHWC, precision=precision)
+  input_gradient, = jax.vjp(lambda x: conv(x, kernel), x)[1](output_gradient)
+  xla_kernel_gradient = lambda x, dy: jax.vjp(lambda k: conv(x, k), kernel)[1](dy)[0]
+  tap_kernel_gradient = functools.partial(_kernel_gradient_by_taps, kernel_shape=kernel.shape,
+                                          kernel_dtype=kernel.dtype, strides=strides, padding=padding,
+                                          precision=precision)
+  kernel_gradient = lax.platform_dependent(x, output_gradient, cpu=tap_kernel_gradient,
+                                           default=xla_kernel_gradient)
+  return input_gradient, kernel_gradient
+
+
+_conv.defvjp(_conv_forward, _conv_backward)
+
+
+def _kernel_gradient_by_taps(x, output_gradient, kernel_shape, kernel_dtype, strides, padding, precision):
+  """∂L/∂kernel[i, j] = Σ over batch and output positions of x's window at tap (i, j) ⊗ ∂L/∂y:
+  one [channels_in, positions] × [positions, channels_out] product per tap."""
+  height, width, channels, features = kernel_shape
+  batch, out_height, out_width, _ = output_gradient.shape
+  padded = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
+  gradient_rows = output_gradient.reshape(-1, features)
+  taps = []
+  for i in range(height):
+    for j in range(width):
+      window = lax.slice(padded, (0, i, j, 0),
+                         (batch, i + strides[0] * (out_height - 1) + 1, j + strides[1] * (out_width - 1) + 1, channels),
+                         (1, *strides, 1))
+      rows = window.reshape(-1, channels)
+      taps.append(jnp.dot(rows.T, gradient_rows, precision=precision))
+  return jnp.stack(taps).reshape(kernel_shape).astype(kernel_dtype)
+
+
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
 
 # PyTorch's Conv and Linear weights (kaiming_uniform_(a=√5)): U(±1/√fan_in).
 torch_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")

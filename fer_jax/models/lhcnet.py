@@ -71,7 +71,7 @@ class LHCModule(nn.Module):
     window = (self.pool_size, self.pool_size)
     query = nn.avg_pool(x, window, padding="SAME", count_include_pad=False)
     key = nn.max_pool(x, window, padding="SAME")
-    value = nn.Conv(channels, (self.kernel_size, self.kernel_size), padding="SAME", kernel_init=glorot_uniform,
+    value = layers.Conv(channels, (self.kernel_size, self.kernel_size), padding="SAME", kernel_init=glorot_uniform,
                     dtype=self.dtype, name="value_conv")(x)
     value = nn.avg_pool(value, (3, 3), padding="SAME", count_include_pad=False)
 

@@ -140,7 +140,7 @@ def region_conv(x, kernels, dtype):
   Separate kernels take one convolution per region: XLA:CPU runs the grouped convolution that
   vmap makes of them ~10× slower (docs/performance.md).
   """
-  conv = functools.partial(lax.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+  conv = functools.partial(layers.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if len(kernels) == 1:
     x, kernel = nn.dtypes.promote_dtype(x, kernels[0], dtype=dtype)
@@ -259,7 +259,7 @@ class ECA(nn.Module):
   def __call__(self, x):
     pooled = jnp.mean(x.astype(layers.at_least_float32(self.dtype)), axis=(1, 2))[..., None]
     pad = (self.kernel_size - 1) // 2
-    gate = nn.Conv(1, (self.kernel_size,), padding=((pad, pad),), use_bias=False,
+    gate = layers.Conv(1, (self.kernel_size,), padding=((pad, pad),), use_bias=False,
                    kernel_init=layers.torch_kernel_init, dtype=self.dtype, name="conv")(pooled)
     return x * nn.sigmoid(gate[..., 0]).astype(x.dtype)[:, None, None, :]
 

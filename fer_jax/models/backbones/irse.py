@@ -21,7 +21,7 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 
 
 def conv3x3(features: int, stride: int, dtype: Any, name: str) -> nn.Conv:
-  return nn.Conv(features, (3, 3), (stride, stride), padding=((1, 1), (1, 1)), use_bias=False,
+  return layers.Conv(features, (3, 3), (stride, stride), padding=((1, 1), (1, 1)), use_bias=False,
                  kernel_init=conv_init, dtype=dtype, name=name)
 
 
@@ -36,7 +36,7 @@ class BottleneckIR(nn.Module):
     if x.shape[-1] == self.features:
       shortcut = x[:, ::self.stride, ::self.stride]
     else:
-      shortcut = nn.Conv(self.features, (1, 1), (self.stride, self.stride), padding="VALID",
+      shortcut = layers.Conv(self.features, (1, 1), (self.stride, self.stride), padding="VALID",
                          use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                          name="shortcut_layer_0")(x)
       shortcut = layers.torch_batch_norm(train, self.dtype, "shortcut_layer_1")(shortcut)

@@ -20,7 +20,7 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 def conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
          use_bias: bool = False) -> nn.Conv:
   pad = (kernel - 1) // 2
-  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
+  return layers.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
                  use_bias=use_bias, kernel_init=conv_init, dtype=dtype, name=name)
 
 
@@ -75,7 +75,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool) -> dict:
-    x = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+    x = layers.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(layers.torch_batch_norm(train, self.dtype, "bn1")(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))

@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fer_jax.models import layers
 from fer_jax.models.backbones.batch_norm import BatchNorm
 
 # Keras "he_uniform".
@@ -48,7 +49,7 @@ def batch_norm(train: bool, dtype: Any, name: str, use_scale: bool = True) -> Ba
 
 
 def conv(features: int, kernel: int, stride: int, pad: int, dtype: Any, name: str) -> nn.Conv:
-  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
+  return layers.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
                  use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
 
 
