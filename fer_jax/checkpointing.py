@@ -17,6 +17,7 @@ import sys
 
 from flax import traverse_util
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -34,6 +35,19 @@ def manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointMan
   leaves a broken newest step; the leftovers of such saves are deleted when a manager opens."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def newest_step(checkpoints: ocp.CheckpointManager) -> int | None:
+  """The newest complete step, which every process must see alike: each lists the folder itself, so
+  a workdir that not every process shares ends here with an error, not later in a hung collective."""
+  step = checkpoints.latest_step()
+  if jax.process_count() > 1:
+    steps = multihost_utils.process_allgather(np.int64(-1 if step is None else step)).tolist()
+    if len(set(steps)) > 1:
+      seen = ", ".join(f"process {index}: {'none' if s < 0 else s}" for index, s in enumerate(steps))
+      raise CheckpointError(f"The processes see different newest checkpoints in {checkpoints.directory} ({seen}). "
+                            "Put the workdir on storage that every process shares, then start again.")
+  return step
 
 
 def metadata(config) -> dict:

@@ -267,8 +267,9 @@ class Selection:
     self.checkpoints = None
     if self.metric:
       self.checkpoints = checkpointing.manager(os.path.join(workdir, "best"), max_to_keep=1)
-      if self.checkpoints.latest_step() is not None:
-        record = self.checkpoints.restore(self.checkpoints.latest_step(),
+      best_step = checkpointing.newest_step(self.checkpoints)
+      if best_step is not None:
+        record = self.checkpoints.restore(best_step,
                                           args=ocp.args.Composite(selection=ocp.args.JsonRestore()))["selection"]
         self.best_value, self.best_epoch = record["value"], record["epoch"]
 
@@ -406,7 +407,7 @@ class TrainingRun:
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
     self.checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.max_checkpoints)
-    self.start_step = self.checkpoints.latest_step() or 0
+    self.start_step = checkpointing.newest_step(self.checkpoints) or 0
     validation.validate(config, training=True, new_run=not self.start_step)
     self.mesh = mesh_lib.make_mesh()
     method = models.get_method(config.model.name)

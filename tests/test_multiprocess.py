@@ -73,10 +73,12 @@ def _distance(a: dict, b: dict) -> float:
                            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))))
 
 
-def _start_two(workdir, data_dir, logs) -> list[subprocess.Popen]:
-  """Both processes, each writing its log to a file (a pipe nobody reads would fill and block it)."""
+def _start_two(workdir, data_dir, logs, other_workdir=None) -> list[subprocess.Popen]:
+  """Both processes, each writing its log to a file (a pipe nobody reads would fill and block it);
+  process 1 in `other_workdir` if given."""
   address = f"localhost:{_free_port()}"
-  return [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_args(workdir, data_dir), "--distributed",
+  workdirs = [workdir, other_workdir or workdir]
+  return [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_args(workdirs[index], data_dir), "--distributed",
                             f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}",
                             "--config.checkpoint_every_steps=2"],
                            cwd=ROOT, env=cpu_devices_env(4), stdout=subprocess.DEVNULL, stderr=log)
@@ -91,6 +93,12 @@ def _wait_for_checkpoint(processes, checkpoints, log_0, timeout: float = 1200) -
     assert all(process.poll() is None for process in processes), "a process ended before its first checkpoint"
     assert time.monotonic() < deadline, "no checkpoint was written"
     time.sleep(0.2)
+
+
+def _failure(log: str) -> str:
+  """What a failed process's log says: its start, the lines about resuming and errors, its end."""
+  notable = [line for line in log.splitlines() if re.search(r"Resumed|Error|error|Check failed|timed out", line)]
+  return "\n".join([log[:1500], *notable[:40], log[-1500:]])
 
 
 def _check_one_process_run(result, workdir) -> None:
@@ -133,8 +141,9 @@ def test_one_process_with_eight_devices_and_two_with_four_train_alike(tmp_path, 
   with again[0].open("w") as log_0, again[1].open("w") as log_1:
     processes = _start_two(workdir, fresh_data, [log_0, log_1])
     codes = [process.wait(timeout=600) for process in processes]
-  assert codes == [0, 0], again[0].read_text()[-3000:] + again[1].read_text()[-3000:]
-  assert re.search(r"Resumed from step [1-9]", again[0].read_text())
+  assert codes == [0, 0], "\n".join(_failure(log.read_text()) for log in again)
+  resumed = [re.search(r"Resumed from step (\d+)", log.read_text()).group(1) for log in again]
+  assert resumed[0] == resumed[1] != "0"
   (one, one_variables), (two, two_variables) = _report(tmp_path / "one"), _report(workdir)
   assert two["num_examples"] == one["num_examples"] == 70
   # Evaluated across the two processes, the final checkpoint gives what it gives on one device.
@@ -149,3 +158,18 @@ def test_one_process_with_eight_devices_and_two_with_four_train_alike(tmp_path, 
   apart = _distance(one_variables["params"], two_variables["params"])
   assert apart < 0.75 * moved, (apart, moved)
   assert (workdir / "best").is_dir() and (workdir / "confusion_matrix.png").exists()
+
+
+def test_processes_that_see_different_checkpoints_stop_with_a_clear_error(tmp_path, tiny_data_dir):
+  """A workdir that is not shared: process 0 sees a step that process 1 does not."""
+  (tmp_path / "zero" / "checkpoints" / "4").mkdir(parents=True)
+  logs = [tmp_path / f"process_{index}.log" for index in range(2)]
+  with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
+    processes = _start_two(tmp_path / "zero", tiny_data_dir, [log_0, log_1], other_workdir=tmp_path / "one")
+    codes = [process.wait(timeout=300) for process in processes]
+  for log in logs:
+    text = log.read_text()
+    assert "The processes see different newest checkpoints" in text, text[-3000:]
+    assert "process 0: 4, process 1: none" in text
+    assert "Traceback" not in text
+  assert codes == [2, 2]

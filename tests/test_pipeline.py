@@ -157,7 +157,7 @@ def test_two_processes_read_disjoint_halves_of_every_global_batch(cache, monkeyp
   for process in (0, 1):
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(jax, "process_index", lambda process=process: process)
-    monkeypatch.setattr(pipeline.multihost_utils, "sync_global_devices", lambda name: None)  # one real process
+    monkeypatch.setattr(pipeline.ocp.multihost, "sync_global_processes", lambda *_, **__: None)  # one real process
     data = pipeline.TrainData(_config(cache=cache), mesh_lib.make_mesh())
     assert data.local_batch == 16
     slices.append([batch for _, batch in zip(range(3), data.local_batches(2))])

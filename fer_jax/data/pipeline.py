@@ -14,14 +14,15 @@ its own slice of every global batch.
 
 import copy
 import dataclasses
+import itertools
 import math
 import os
 
 from absl import logging
 import grain
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
+import orbax.checkpoint as ocp
 import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -32,6 +33,8 @@ from fer_jax.data import labels as labels_lib
 from fer_jax.data.builder_utils import DataError
 
 AUTO_PREPARED = ("synthetic",)
+GENERATION_TIMEOUT_S = 3600  # how long the other processes wait for process 0 to generate a built-in set
+_generation_barriers = itertools.count()  # every process opens its data sets in the same order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +78,10 @@ def _generate_once(name: str, data_dir: str | None, builder):
   if jax.process_count() > 1:  # every process passes here, prepared or not, so none waits alone
     if not builder.is_prepared():
       logging.info("Waiting for process 0 to generate %s in %s.", name, builder.data_dir)
-    multihost_utils.sync_global_devices(f"generated {name}")
+    # The coordination service's barrier (each name once), not a device collective, whose first
+    # rendezvous gives up after 30 s on the CPU (gloo).
+    ocp.multihost.sync_global_processes(f"generated {name} #{next(_generation_barriers)}", timeout=GENERATION_TIMEOUT_S,
+                                        processes=set(range(jax.process_count())))
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
       builder.download_and_prepare(file_format="array_record")
