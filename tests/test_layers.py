@@ -45,8 +45,14 @@ def _loss(conv, strides, padding):
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))))
 
 
+@pytest.fixture
+def taps_at_every_size(monkeypatch):
+  """The kernel gradient by taps for these small convolutions too."""
+  monkeypatch.setattr(layers, "TAP_GRADIENT_MIN_FLOPS", 0)
+
+
 @pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", CONVOLUTIONS)
-def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, padding):
+def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, padding, taps_at_every_size):
   """The kernel gradient computed tap by tap equals XLA's to float64 rounding; the rest is lax's."""
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.key(0), x_shape, jnp.float64)
@@ -57,7 +63,7 @@ def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, pad
   np.testing.assert_allclose(gradients[1], expected[1], rtol=0, atol=1e-13 * np.abs(expected[1]).max())
 
 
-def test_conv_keeps_its_dtype_and_flax_names():
+def test_conv_keeps_its_dtype_and_flax_names(taps_at_every_size):
   conv = layers.Conv(4, (3, 3), dtype=jnp.bfloat16)
   x = jnp.ones((1, 6, 6, 3))
   variables = conv.init(jax.random.key(0), x)
@@ -66,11 +72,22 @@ def test_conv_keeps_its_dtype_and_flax_names():
   assert kernel_gradient.dtype == jnp.float32 and conv.apply(variables, x).dtype == jnp.bfloat16
 
 
-def test_conv_kernel_gradient_is_xla_s_own_on_accelerators():
+def _convolutions_lowered(platform: str, x_shape, kernel_shape) -> int:
+  """stablehlo.convolution ops in the gradient of a 3×3 "SAME" convolution lowered for `platform`."""
+  grad = jax.jit(jax.grad(_loss(layers.conv_general_dilated, (1, 1), "SAME"), (0, 1)))
+  shapes = (jax.ShapeDtypeStruct(x_shape, jnp.float32), jax.ShapeDtypeStruct(kernel_shape, jnp.float32))
+  return export.export(grad, platforms=[platform])(*shapes).mlir_module().count("stablehlo.convolution")
+
+
+def test_conv_kernel_gradient_is_xla_s_own_on_accelerators(taps_at_every_size):
   """Lowered for CUDA or TPU, the train step's kernel gradient is a convolution (cuDNN's and the
   TPU's are fast); lowered for the CPU, it is matrix products."""
-  grad = jax.jit(jax.grad(_loss(layers.conv_general_dilated, (1, 1), "SAME"), (0, 1)))
-  shapes = (jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32), jax.ShapeDtypeStruct((3, 3, 3, 4), jnp.float32))
   for platform, convolutions in (("cuda", 3), ("tpu", 3), ("cpu", 2)):
-    text = export.export(grad, platforms=[platform])(*shapes).mlir_module()
-    assert text.count("stablehlo.convolution") == convolutions, platform
+    assert _convolutions_lowered(platform, (2, 8, 8, 3), (3, 3, 3, 4)) == convolutions, platform
+
+
+def test_conv_kernel_gradient_by_taps_from_its_flop_threshold():
+  """2 · 8·16·16 output positions · 3·3·64 · 64 = 151 MFLOP: by taps; a quarter of it: XLA's own."""
+  assert layers.TAP_GRADIENT_MIN_FLOPS == 1e8
+  assert _convolutions_lowered("cpu", (8, 16, 16, 64), (3, 3, 64, 64)) == 2
+  assert _convolutions_lowered("cpu", (2, 16, 16, 64), (3, 3, 64, 64)) == 3

@@ -20,8 +20,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   XLA:CPU computes the gradient of a 2-D convolution's kernel as a convolution with the
   activations' spatial size as window, up to 10× slower than the forward pass on large maps
   (ResNet-18's 56×56 stage: 5 GFLOP/s; docs/performance.md). There it is one matrix product per
-  kernel position instead; elsewhere, and for grouped or dilated convolutions, XLA's own
-  gradient. The forward pass and the input gradient are lax's.
+  kernel position instead, for gradients of TAP_GRADIENT_MIN_FLOPS or more; elsewhere, and for
+  grouped or dilated convolutions, XLA's own gradient. The forward pass and the input gradient
+  are lax's.
   """
   ones = (None, (1, 1))
   if (lhs.ndim != 4 or feature_group_count != 1 or lhs_dilation not in ones or rhs_dilation not in ones
@@ -31,7 +32,22 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                     dimension_numbers, feature_group_count, precision=precision)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  if _kernel_gradient_flops(lhs.shape, rhs.shape, window_strides, padding) < TAP_GRADIENT_MIN_FLOPS:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, dimension_numbers=_NHWC, precision=precision)
   return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(pad) for pad in padding), precision)
+
+
+# Below this many FLOPs the two kernel gradients differ by under 1 ms a step on the CPU while the
+# products add compile time (DAN's train step at 32 px: 18 s → 25 s); docs/performance.md.
+TAP_GRADIENT_MIN_FLOPS = 1e8
+
+
+def _kernel_gradient_flops(x_shape, kernel_shape, strides, padding) -> int:
+  height, width, channels, features = kernel_shape
+  out_height, out_width = (
+      (size + low + high - side) // stride + 1
+      for size, (low, high), side, stride in zip(x_shape[1:3], padding, (height, width), strides))
+  return 2 * x_shape[0] * out_height * out_width * height * width * channels * features
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
