@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
-exec .venv/bin/python -m pytest -q -n 2 --dist worksteal "$@"
+exec .venv/bin/python -m pytest -q -n 2 --dist worksteal --durations=25 "$@"
