@@ -32,7 +32,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                     dimension_numbers, feature_group_count, precision=precision)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  if _kernel_gradient_flops(lhs.shape, rhs.shape, window_strides, padding) < TAP_GRADIENT_MIN_FLOPS:
+  symbolic = not all(isinstance(size, int) for size in lhs.shape)  # an exported model's batch: inference only
+  if symbolic or _kernel_gradient_flops(lhs.shape, rhs.shape, window_strides, padding) < TAP_GRADIENT_MIN_FLOPS:
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, dimension_numbers=_NHWC, precision=precision)
   return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(pad) for pad in padding), precision)
 
