@@ -50,3 +50,9 @@ def tiny_data_folder(tmp_path_factory):
 def tiny_data_dir(tiny_data_folder):
   """The path of synthetic/tiny (280 train / 70 test, 32×32), built once per session."""
   return helpers.tiny_data_dir()
+
+
+def pytest_collection_modifyitems(items):
+  """Integration tests first: started early, the longest ones (minutes each) overlap the other
+  worker's queue instead of finishing alone at the end of a two-worker run."""
+  items.sort(key=lambda item: item.get_closest_marker("integration") is None)
