@@ -4,7 +4,8 @@ config's own evaluation batch of 250 padded to 256, flip TTA, the best epoch res
 written); the two processes generate the built-in set once (process 0), give the same first losses
 (the same global batches), resume after one of them is killed, write one set of outputs and a
 checkpoint that restores on one device and evaluates there to their confusion matrix, with final
-parameters as close to the one-process run's as a different reduction order leaves them."""
+parameters as close to the one-process run's as a different reduction order leaves them. Two
+processes whose workdirs differ stop at start-up with one error naming each one's newest step."""
 
 import json
 import os
