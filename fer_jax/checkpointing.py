@@ -39,7 +39,8 @@ def manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointMan
 
 def newest_step(checkpoints: ocp.CheckpointManager) -> int | None:
   """The newest complete step, which every process must see alike: each lists the folder itself, so
-  a workdir that not every process shares ends here with an error, not later in a hung collective."""
+  processes that see different steps (a workdir not every process shares) stop here with an error,
+  not later in a hung collective."""
   step = checkpoints.latest_step()
   if jax.process_count() > 1:
     steps = multihost_utils.process_allgather(np.int64(-1 if step is None else step)).tolist()

@@ -24,18 +24,29 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   grouped or dilated convolutions, XLA's own gradient. The forward pass and the input gradient
   are lax's.
   """
-  ones = (None, (1, 1))
-  if (lhs.ndim != 4 or feature_group_count != 1 or lhs_dilation not in ones or rhs_dilation not in ones
-      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
+  pads = _padding_for_taps(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
+                           dimension_numbers, feature_group_count)
+  if pads is None:
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, precision=precision)
+  return _conv(lhs, rhs, tuple(window_strides), pads, precision)
+
+
+def _padding_for_taps(x_shape, kernel_shape, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                      feature_group_count):
+  """The explicit padding of a convolution whose kernel gradient goes by taps: undilated,
+  ungrouped, 2-D NHWC/HWIO, of static shape (an exported model's symbolic batch is inference
+  only) and of TAP_GRADIENT_MIN_FLOPS or more; None for any other."""
+  ones = (None, (1, 1))
+  if (len(x_shape) != 4 or feature_group_count != 1 or lhs_dilation not in ones or rhs_dilation not in ones
+      or not all(isinstance(size, int) for size in x_shape)
+      or lax.conv_dimension_numbers(x_shape, kernel_shape, dimension_numbers)
+      != lax.conv_dimension_numbers(x_shape, kernel_shape, _NHWC)):
+    return None
   if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  symbolic = not all(isinstance(size, int) for size in lhs.shape)  # an exported model's batch: inference only
-  if symbolic or _kernel_gradient_flops(lhs.shape, rhs.shape, window_strides, padding) < TAP_GRADIENT_MIN_FLOPS:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, dimension_numbers=_NHWC, precision=precision)
-  return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(pad) for pad in padding), precision)
+    padding = lax.padtype_to_pads(x_shape[1:3], kernel_shape[:2], strides, padding)
+  padding = tuple(tuple(pad) for pad in padding)
+  return padding if _kernel_gradient_flops(x_shape, kernel_shape, strides, padding) >= TAP_GRADIENT_MIN_FLOPS else None
 
 
 # Below this many FLOPs the two kernel gradients differ by under 1 ms a step on the CPU while the
