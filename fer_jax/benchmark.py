@@ -7,7 +7,8 @@
 --input picks what is timed, `img_per_s` is its speed over `--steps` steps that follow compilation
 and `--warmup` untimed steps:
   synthetic   the jitted train and eval steps on device-resident random model inputs (no data set
-              needed). Compilation and warm-up are timed apart from the steps; the line also holds
+              needed). The state's initialisation (`init_s`, compile included), compilation and
+              warm-up are timed apart from the steps; the line also holds
               XLA's cost analysis (FLOPs per step, hence achieved TFLOP/s and MFU against the
               device's dense bf16 peak), peak device memory, the cross-device collectives of the
               compiled train step, and the software and hardware it ran on;
@@ -239,7 +240,9 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
   batch_size = config.batch_size
   tx = optim.make_optimizer(config.optimizer, 1, 1, models.abstract_variables(model, config)["params"])
   schedule = optim.lr_schedule(config.optimizer, 1, 1)
-  holder = {"state": train.create_state(model, tx, config, mesh)}
+  start = time.perf_counter()
+  holder = {"state": jax.block_until_ready(train.create_state(model, tx, config, mesh))}
+  init_seconds = time.perf_counter() - start
   batch = _synthetic_batch(config, mesh, batch_size)
 
   train_step, train_compile = _compile(
@@ -271,6 +274,7 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
                           devices)
   return {
       "input": "synthetic", **_describe(config, mesh, batch_size), "steps": steps, "warmup_steps": warmup,
+      "init_s": round(init_seconds, 2),
       "img_per_s": train_figures["train_img_per_s"], **train_figures,
       **_timing("eval", batch_size, eval_compile, eval_warmup, eval_seconds, eval_cost["flops"], devices),
       "train_bytes_accessed_per_step": train_cost["bytes_accessed"] * devices,

@@ -23,12 +23,30 @@ from fer_jax import validation
 from fer_jax.data import pipeline
 
 
-def create_state(model, tx, config, mesh) -> dict:
-  """{step, params, batch_stats, opt_state}, born replicated on the mesh."""
+# The initialisation runs once, so its compile time matters, not its speed: LLVM's -O1 compiles it in
+# about half the time of the default -O2 on XLA's CPU backend, to bit-identical values
+# (docs/performance.md, "Start-up"; tests/test_train.py checks the values).
+CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def _initialiser(model, tx, config, mesh):
   def init():
     variables = models.init_variables(model, config, jax.random.key(config.seed))
     return {"step": jnp.zeros((), jnp.int32), **variables, "opt_state": tx.init(variables["params"])}
-  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))
+
+
+def create_state(model, tx, config, mesh) -> dict:
+  """{step, params, batch_stats, opt_state}, born replicated on the mesh."""
+  on_cpu = mesh.devices.flat[0].platform == "cpu"
+  compiled = _initialiser(model, tx, config, mesh).lower().compile(
+      compiler_options=CPU_INIT_COMPILER_OPTIONS if on_cpu else None)
+  return compiled()
+
+
+def abstract_state(model, tx, config, mesh) -> dict:
+  """create_state's shapes, dtypes and shardings, computing nothing: what a resumed run restores into."""
+  return _initialiser(model, tx, config, mesh).eval_shape()
 
 
 MODEL_MODES = ("train", "inference")
@@ -419,7 +437,7 @@ class TrainingRun:
     self.abstract = models.abstract_variables(self.model, config)
     tx = optim.make_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs, self.abstract["params"])
     schedule = optim.lr_schedule(config.optimizer, self.steps_per_epoch, config.num_epochs)
-    self.state = self._restore_or_initialise(create_state(self.model, tx, config, self.mesh))
+    self.state = self._restore_or_initialise(tx)
     self.selection = Selection(config, workdir)
     loss_config = loss_config_for(config, self.data.split)
     self.train_steps = {mode: WatchedStep(f"train step ({mode} mode)", make_train_step(
@@ -432,11 +450,13 @@ class TrainingRun:
     logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %d devices", config.model.name,
                  config.dataset.name, self.num_steps, self.steps_per_epoch, config.batch_size, self.mesh.devices.size)
 
-  def _restore_or_initialise(self, state: dict) -> dict:
+  def _restore_or_initialise(self, tx) -> dict:
     if self.start_step:
-      state = checkpointing.restore_state(self.checkpoints, self.start_step, state)
+      state = checkpointing.restore_state(self.checkpoints, self.start_step,
+                                          abstract_state(self.model, tx, self.config, self.mesh))
       logging.info("Resumed from step %d in %s", self.start_step, self.workdir)
       return state
+    state = create_state(self.model, tx, self.config, self.mesh)
     if self.config.init_from:
       return load_initial_variables(state, self.config, self.model, self.mesh)
     return state

@@ -23,7 +23,7 @@ render_table = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(render_table)
 
 SYNTHETIC_FIELDS = (
-    "train_img_per_s", "train_step_ms", "train_compile_s", "train_warmup_s", "train_flops_per_step",
+    "init_s", "train_img_per_s", "train_step_ms", "train_compile_s", "train_warmup_s", "train_flops_per_step",
     "train_tflops_per_s", "eval_img_per_s", "eval_step_ms", "eval_compile_s", "eval_warmup_s",
     "eval_flops_per_step", "eval_tflops_per_s", "mfu", "peak_tflops_per_device", "peak_memory_bytes",
     "peak_memory_source", "train_memory_analysis", "train_collectives", "dtype", "batch_size", "input_size")
@@ -66,7 +66,8 @@ def test_synthetic_line_holds_every_figure():
   assert set(SYNTHETIC_FIELDS + ENVIRONMENT_FIELDS) <= set(line)
   assert (line["platform"], line["devices"], line["jax"]) == ("cpu", 1, jax.__version__)
   assert line["train_flops_per_step"] > line["eval_flops_per_step"] > 0  # the backward pass costs more
-  assert line["train_compile_s"] > 0 and line["train_warmup_s"] > 0 and line["train_img_per_s"] > 0
+  assert line["init_s"] > 0 and line["train_compile_s"] > 0 and line["train_warmup_s"] > 0
+  assert line["train_img_per_s"] > 0
   assert line["mfu"] is None and line["peak_tflops_per_device"] is None  # no known peak for a CPU
   # The CPU reports no memory statistics: the planned peak holds at least the train state it is given.
   variables = models.abstract_variables(TinyNet(), tiny_config())

@@ -110,7 +110,7 @@ def test_a_bf16_train_step_returns_the_state_in_its_float32_types():
   abstract = models.abstract_variables(model, config)
   tx = optim.make_optimizer(config.optimizer, 8, 1, abstract["params"])
   mesh = mesh_lib.make_mesh()
-  state = jax.eval_shape(lambda: train.create_state(model, tx, config, mesh))
+  state = train.abstract_state(model, tx, config, mesh)
   batch = {"image": jax.ShapeDtypeStruct((32, 32, 32, 3), jnp.float32),
            "label": jax.ShapeDtypeStruct((32,), jnp.int32)}
   schedule = optim.lr_schedule(config.optimizer, 8, 1)
@@ -120,6 +120,24 @@ def test_a_bf16_train_step_returns_the_state_in_its_float32_types():
   assert types(new_state) == types(state)
   floating = {leaf.dtype for leaf in jax.tree.leaves(state) if jnp.issubdtype(leaf.dtype, jnp.floating)}
   assert floating == {jnp.dtype(jnp.float32)} and config.optimizer.name == "adam"
+
+
+@pytest.mark.integration
+def test_the_quickly_compiled_initial_state_is_the_default_compiles():
+  """create_state compiles with CPU_INIT_COMPILER_OPTIONS; XLA's default compile of the same
+  initialisation is the reference (APViT: truncated-normal, Xavier and Kaiming initialisers)."""
+  config = tiny_run(get_config("configs/apvit.py:synthetic"))
+  model, mesh = models.build_model(config), mesh_lib.make_mesh()
+  tx = optim.make_optimizer(config.optimizer, 8, 1, models.abstract_variables(model, config)["params"])
+
+  def init():
+    variables = models.init_variables(model, config, jax.random.key(config.seed))
+    return {"step": jnp.zeros((), jnp.int32), **variables, "opt_state": tx.init(variables["params"])}
+  quick, reference = train.create_state(model, tx, config, mesh), jax.jit(init)()
+  assert train.CPU_INIT_COMPILER_OPTIONS == {"xla_backend_optimization_level": 1}
+  jax.tree.map(np.testing.assert_array_equal, reference, quick)
+  assert jax.tree.map(lambda leaf: leaf.sharding, quick) == jax.tree.map(
+      lambda leaf: leaf.sharding, train.abstract_state(model, tx, config, mesh))
 
 
 @pytest.mark.integration
@@ -195,7 +213,7 @@ def test_checkpoint_with_another_class_order_is_refused_for_inference(tmp_path):
 
 
 def _main(*args, timeout=600):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   return subprocess.run([sys.executable, "-m", "fer_jax.main", *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=timeout)
 
