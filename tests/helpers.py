@@ -76,8 +76,9 @@ _WITHOUT_FILE_PERMISSION_BYPASS = ["setpriv", "--bounding-set=-dac_override,-dac
 
 
 def cpu_devices_env(devices: int) -> dict:
-  """This process's environment for a subprocess that runs JAX on `devices` CPU devices."""
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  """This process's environment (and XLA flags) for a subprocess that runs JAX on `devices` CPU devices."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
 
 
 def run_command(module: str, *args: str, timeout: int = 600, obey_permissions: bool = False, devices: int = 1):
