@@ -32,9 +32,14 @@ class CheckpointError(UserError, ValueError):
 
 def manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
   """Steps are written to a temporary folder and renamed when complete, so a killed save never
-  leaves a broken newest step; the leftovers of such saves are deleted when a manager opens."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  leaves a broken newest step; the leftovers of such saves are deleted when a manager opens.
+  The processes' barriers are named after the folder: a run's two managers (checkpoints/, best/)
+  save the same step at once, and with one name the second save's barrier fails on several hosts."""
+  directory = os.path.abspath(directory)
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=os.path.basename(directory)))
+  return ocp.CheckpointManager(directory, options=options)
 
 
 def newest_step(checkpoints: ocp.CheckpointManager) -> int | None:
