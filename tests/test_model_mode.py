@@ -85,25 +85,27 @@ def _stats_and_params(workdir, step, config):
 @pytest.mark.integration
 def test_running_statistics_freeze_from_the_inference_epoch_and_resume_stays_exact(tmp_path):
   config = tiny_run(get_config("configs/dan.py:synthetic"), epochs=2)
-  config.update(inference_mode_from_epoch=2, checkpoint_every_steps=8, max_checkpoints=3)
+  # 10 training images a class: 70, epochs of 2 steps of 32.
+  config.dataset.max_per_class = 10
+  config.update(inference_mode_from_epoch=2, checkpoint_every_steps=2, max_checkpoints=3)
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   train.train_and_evaluate(config, straight)
-  epoch1, epoch2 = _stats_and_params(straight, 8, config), _stats_and_params(straight, 16, config)
+  epoch1, epoch2 = _stats_and_params(straight, 2, config), _stats_and_params(straight, 4, config)
   jax.tree.map(np.testing.assert_array_equal, epoch1["batch_stats"], epoch2["batch_stats"])
   assert not np.array_equal(epoch1["params"]["fc"]["kernel"], epoch2["params"]["fc"]["kernel"])
   # Resumed at the epoch boundary, the run takes the inference-mode step and ends bit-identical.
   shutil.copytree(straight, resumed)
-  shutil.rmtree(os.path.join(resumed, "checkpoints", "16"))
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
   train.train_and_evaluate(config, resumed)
-  assert (checkpointing.fingerprint(_stats_and_params(straight, 16, config))
-          == checkpointing.fingerprint(_stats_and_params(resumed, 16, config)))
+  assert (checkpointing.fingerprint(_stats_and_params(straight, 4, config))
+          == checkpointing.fingerprint(_stats_and_params(resumed, 4, config)))
   # With the switch off, epoch 2 (resumed from the same epoch-1 checkpoint) moves the statistics.
   config.inference_mode_from_epoch = 0
   switched_off = str(tmp_path / "training_mode")
   shutil.copytree(resumed, switched_off)
-  shutil.rmtree(os.path.join(switched_off, "checkpoints", "16"))
+  shutil.rmtree(os.path.join(switched_off, "checkpoints", "4"))
   train.train_and_evaluate(config, switched_off)
-  moved = _stats_and_params(switched_off, 16, config)["batch_stats"]["bn"]["mean"]
+  moved = _stats_and_params(switched_off, 4, config)["batch_stats"]["bn"]["mean"]
   assert not np.array_equal(moved, epoch2["batch_stats"]["bn"]["mean"])
 
 
