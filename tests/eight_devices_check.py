@@ -5,8 +5,8 @@
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 and $FER_JAX_TEST_TFDS_DIR (the
 session's synthetic/tiny folder, see tests/conftest.py): helpers.train_on_eight_devices does
 both. The config keeps its own evaluation batch size (DAN 250, LHC-Net 100, …), which need not
-divide over 8 devices; only the data set, input size, training batch and epochs shrink, then the
-optional JSON overrides (flattened keys) apply. Prints one JSON line: the device count, the
+divide over 8 devices; only the data set (10 training images a class: one epoch of 2 steps), input
+size, training batch and epochs shrink, then the optional JSON overrides (flattened keys) apply. Prints one JSON line: the device count, the
 evaluation batch size and the eval report.
 """
 
@@ -27,6 +27,7 @@ def main(spec: str, workdir: str, overrides: str = "{}"):
   eval_batch_size = get_config(spec).eval_batch_size
   config = tiny_run(get_config(spec))
   config.eval_batch_size = eval_batch_size
+  config.dataset.max_per_class = 10
   config.update_from_flattened_dict(json.loads(overrides))
   report = train.train_and_evaluate(config, workdir)
   print(json.dumps({"devices": jax.device_count(), "eval_batch_size": config.eval_batch_size, "report": report}))

@@ -97,10 +97,11 @@ def run_command(module: str, *args: str, timeout: int = 600, obey_permissions: b
 
 
 def train_on_eight_devices(spec: str, workdir, overrides: dict | None = None) -> dict:
-  """`spec` shrunk by tiny_run (its own evaluation batch size kept), then `overrides` (flattened
-  keys, e.g. {"eval.tta": "flip"}), trained and evaluated into `workdir` by a subprocess with 8
-  CPU devices (tests/eight_devices_check.py); its report, checked to come from 8 devices and
-  to count every test image of synthetic/tiny once (the last batch's padding masked)."""
+  """`spec` shrunk by tiny_run (its own evaluation batch size kept) to one epoch of 2 steps on 70
+  training images, then `overrides` (flattened keys, e.g. {"eval.tta": "flip"}), trained and
+  evaluated into `workdir` by a subprocess with 8 CPU devices (tests/eight_devices_check.py); its
+  report, checked to come from 8 devices and to count every test image of synthetic/tiny once
+  (the last batch's padding masked)."""
   import json
   import subprocess
   import sys
