@@ -1,6 +1,7 @@
 """The real loop on tiny synthetic data: end to end, resume, multi-device, checkpoints, CLI errors."""
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -284,11 +285,18 @@ def _tiny_main_args(workdir, data_dir):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, tiny_data_dir):
-  """The uninterrupted run that the interrupted ones must end equal to."""
-  workdir = tmp_path_factory.mktemp("straight")
-  result = _main(*_tiny_main_args(workdir, tiny_data_dir))
-  assert result.returncode == 0, result.stderr[-3000:]
+def straight(tmp_path_factory, tiny_data_dir, worker_id):
+  """The uninterrupted run that the interrupted ones must end equal to: run once a session, by the
+  first pytest-xdist worker that asks (the other waits on a lock, then reads the same folder)."""
+  shared = tmp_path_factory.getbasetemp()
+  if worker_id != "master":  # the workers' folders share a parent, this session's own
+    shared = shared.parent
+  workdir = shared / "straight"
+  with open(shared / "straight.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (workdir / "eval_results.json").exists():
+      result = _main(*_tiny_main_args(workdir, tiny_data_dir))
+      assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
 
