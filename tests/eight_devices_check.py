@@ -6,8 +6,8 @@ Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 and $FER_JAX_TEST_TF
 session's synthetic/tiny folder, see tests/conftest.py): helpers.train_on_eight_devices does
 both. The config keeps its own evaluation batch size (DAN 250, LHC-Net 100, …), which need not
 divide over 8 devices; only the data set (10 training images a class: one epoch of 2 steps), input
-size, training batch and epochs shrink, then the optional JSON overrides (flattened keys) apply. Prints one JSON line: the device count, the
-evaluation batch size and the eval report.
+size, training batch and epochs shrink, then the optional JSON overrides (flattened keys) apply.
+Prints one JSON line: the device count, the evaluation batch size and the eval report.
 """
 
 import json
