@@ -25,9 +25,8 @@ from helpers import get_config, tiny_run  # noqa: E402
 def main(spec: str, workdir: str, overrides: str = "{}"):
   flags.FLAGS.mark_as_parsed()
   eval_batch_size = get_config(spec).eval_batch_size
-  config = tiny_run(get_config(spec))
+  config = tiny_run(get_config(spec), per_class=10)
   config.eval_batch_size = eval_batch_size
-  config.dataset.max_per_class = 10
   config.update_from_flattened_dict(json.loads(overrides))
   report = train.train_and_evaluate(config, workdir)
   print(json.dumps({"devices": jax.device_count(), "eval_batch_size": config.eval_batch_size, "report": report}))

@@ -84,9 +84,7 @@ def _stats_and_params(workdir, step, config):
 
 @pytest.mark.integration
 def test_running_statistics_freeze_from_the_inference_epoch_and_resume_stays_exact(tmp_path):
-  config = tiny_run(get_config("configs/dan.py:synthetic"), epochs=2)
-  # 10 training images a class: 70, epochs of 2 steps of 32.
-  config.dataset.max_per_class = 10
+  config = tiny_run(get_config("configs/dan.py:synthetic"), epochs=2, per_class=10)  # epochs of 2 steps
   config.update(inference_mode_from_epoch=2, checkpoint_every_steps=2, max_checkpoints=3)
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   train.train_and_evaluate(config, straight)
