@@ -1,5 +1,6 @@
-"""The shared layers: the convolution, PyTorch's default initialisers and PReLU."""
+"""The shared layers: the convolution, the max pool, PyTorch's default initialisers and PReLU."""
 
+import flax.linen as nn
 import jax
 from jax import export
 from jax import lax
@@ -91,3 +92,57 @@ def test_conv_kernel_gradient_by_taps_from_its_flop_threshold():
   assert layers.TAP_GRADIENT_MIN_FLOPS == 1e8
   assert _convolutions_lowered("cpu", (8, 16, 16, 64), (3, 3, 64, 64)) == 2
   assert _convolutions_lowered("cpu", (2, 16, 16, 64), (3, 3, 64, 64)) == 3
+
+
+POOLS = [  # input, window, strides, padding: ResNet's stem pool, ResNet-v2's (zero-padded), LHC-Net's key pool, others
+    ((2, 12, 12, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((2, 13, 11, 3), (3, 3), (2, 2), "VALID"),
+    ((2, 7, 7, 4), (3, 3), (1, 1), "SAME"),
+    ((2, 9, 8, 2), (2, 2), (2, 2), "SAME"),
+    ((1, 10, 10, 2), (5, 5), (3, 3), "SAME"),
+]
+
+
+def _tied(shape, dtype=jnp.float32):
+  """ReLU'd values on a coarse grid: most windows hold equal maxima (zeros or repeats)."""
+  return jnp.round(jax.nn.relu(jax.random.normal(jax.random.key(0), shape, dtype)) * 2) / 2
+
+
+def _pool_loss(pool):
+  def loss(x):
+    y = pool(x)
+    return jnp.sum(jnp.sin(y) * jnp.arange(1, y.size + 1).reshape(y.shape))
+  return loss
+
+
+@pytest.mark.parametrize("x_shape, window, strides, padding", POOLS)
+def test_max_pool_and_its_gradient_on_the_cpu_equal_lax(x_shape, window, strides, padding):
+  """Equal maxima too: the gradient goes to the window's first, as XLA's select-and-scatter does."""
+  with jax.enable_x64(True):
+    x = _tied(x_shape, jnp.float64)
+    pool = lambda x: layers.max_pool(x, window, strides, padding)
+    reference = lambda x: nn.max_pool(x, window, strides, padding)
+    expected = jax.grad(_pool_loss(reference))(x)
+    gradient = jax.jit(jax.grad(_pool_loss(pool)))(x)
+    np.testing.assert_array_equal(jax.jit(pool)(x), reference(x))
+  np.testing.assert_allclose(gradient, expected, rtol=0, atol=1e-13 * np.abs(expected).max())
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_as_pytorch_s():
+  import torch
+  x = _tied((2, 12, 12, 3))
+  loss = _pool_loss(lambda x: layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))))
+  gradient = jax.jit(jax.grad(loss))(x)
+  x_torch = torch.from_numpy(np.array(x).transpose(0, 3, 1, 2)).requires_grad_()
+  y = torch.nn.functional.max_pool2d(x_torch, 3, 2, 1)
+  weights = torch.arange(1, y.numel() + 1, dtype=torch.float32).reshape(y.permute(0, 2, 3, 1).shape).permute(0, 3, 1, 2)
+  torch.sum(torch.sin(y) * weights).backward()
+  np.testing.assert_allclose(gradient, x_torch.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-4)
+
+
+def test_max_pool_gradient_is_xla_s_own_on_accelerators():
+  grad = jax.jit(jax.grad(_pool_loss(lambda x: layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))))))
+  shape = jax.ShapeDtypeStruct((2, 12, 12, 3), jnp.float32)
+  for platform, select_and_scatter in (("cuda", True), ("tpu", True), ("cpu", False)):
+    module = export.export(grad, platforms=[platform])(shape).mlir_module()
+    assert ("stablehlo.select_and_scatter" in module) == select_and_scatter, platform

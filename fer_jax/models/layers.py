@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 from fer_jax.models.backbones.batch_norm import BatchNorm
 
@@ -107,6 +108,70 @@ def _kernel_gradient_by_taps(x, output_gradient, kernel_shape, kernel_dtype, str
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+
+def max_pool(x, window, strides=(1, 1), padding="VALID"):
+  """nn.max_pool over NHWC maps, with another gradient on the CPU.
+
+  XLA:CPU expands the gradient of a max pool (select-and-scatter) into a reduction over the
+  window that carries four int32 position maps of the padded input, then a scatter: 0.42 s for
+  ResNet-18's stem pool at batch 16 (docs/performance.md). There the gradient goes to each
+  window's first maximum in row-major order, as XLA's and PyTorch's do, through one uint8 map of
+  which tap won and one strided sum per tap; elsewhere it is XLA's own.
+  """
+  window, strides = tuple(window), tuple(strides)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
+  return _max_pool(x, window, strides, tuple(tuple(pad) for pad in padding))
+
+
+def _reduce_window_max(x, window, strides, padding):
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
+                           ((0, 0), *padding, (0, 0)))
+
+
+_max_pool = jax.custom_vjp(_reduce_window_max, nondiff_argnums=(1, 2, 3))
+
+
+def _max_pool_forward(x, window, strides, padding):
+  pooled = _max_pool(x, window, strides, padding)
+  return pooled, (x, pooled)
+
+
+def _max_pool_backward(window, strides, padding, residuals, output_gradient):
+  x, pooled = residuals
+  xla_gradient = lambda x, pooled, dy: jax.vjp(lambda x: _reduce_window_max(x, window, strides, padding), x)[1](dy)[0]
+  tap_gradient = functools.partial(_max_pool_gradient_by_taps, window=window, strides=strides, padding=padding)
+  return lax.platform_dependent(x, pooled, output_gradient, cpu=tap_gradient, default=xla_gradient),
+
+
+_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+def _max_pool_gradient_by_taps(x, pooled, output_gradient, window, strides, padding):
+  """∂L/∂x: each output's gradient added at its window's first maximum. The padded input is
+  assembled from one phase per stride offset (positions p + stride·a), each a sum of shifted taps."""
+  padded = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
+  batch, out_height, out_width, channels = pooled.shape
+  taps = [(i, j) for i in range(window[0]) for j in range(window[1])]
+  winner = jnp.full(pooled.shape, len(taps), np.min_scalar_type(len(taps)))
+  for index, (i, j) in reversed(list(enumerate(taps))):
+    tap = lax.slice(padded, (0, i, j, 0), (batch, i + strides[0] * (out_height - 1) + 1,
+                                           j + strides[1] * (out_width - 1) + 1, channels), (1, *strides, 1))
+    winner = jnp.where(tap == pooled, jnp.asarray(index, winner.dtype), winner)
+  phase_height, phase_width = (-(-size // stride) for size, stride in zip(padded.shape[1:3], strides))
+  zero = jnp.zeros((), output_gradient.dtype)
+  phases = [[zero] * strides[1] for _ in range(strides[0])]
+  for index, (i, j) in enumerate(taps):
+    row, column = i // strides[0], j // strides[1]
+    share = jnp.where(winner == index, output_gradient, zero)
+    phases[i % strides[0]][j % strides[1]] = phases[i % strides[0]][j % strides[1]] + lax.pad(
+        share, zero, [(0, 0, 0), (row, phase_height - row - out_height, 0),
+                      (column, phase_width - column - out_width, 0), (0, 0, 0)])
+  full = jnp.stack([jnp.stack([jnp.broadcast_to(phase, (batch, phase_height, phase_width, channels))
+                               for phase in row], axis=3) for row in phases], axis=2)
+  full = full.reshape(batch, phase_height * strides[0], phase_width * strides[1], channels)
+  return full[:, padding[0][0]:padding[0][0] + x.shape[1], padding[1][0]:padding[1][0] + x.shape[2]]
 
 
 # PyTorch's Conv and Linear weights (kaiming_uniform_(a=√5)): U(±1/√fan_in).

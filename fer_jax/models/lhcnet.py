@@ -70,7 +70,7 @@ class LHCModule(nn.Module):
     band = height * width // self.num_heads
     window = (self.pool_size, self.pool_size)
     query = nn.avg_pool(x, window, padding="SAME", count_include_pad=False)
-    key = nn.max_pool(x, window, padding="SAME")
+    key = layers.max_pool(x, window, padding="SAME")
     value = layers.Conv(channels, (self.kernel_size, self.kernel_size), padding="SAME", kernel_init=glorot_uniform,
                     dtype=self.dtype, name="value_conv")(x)
     value = nn.avg_pool(value, (3, 3), padding="SAME", count_include_pad=False)

@@ -78,7 +78,7 @@ class ResNet(nn.Module):
     x = layers.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(layers.torch_batch_norm(train, self.dtype, "bn1")(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = layers.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     features = {}
     for stage in range(self.num_stages):
       for index in range(self.stage_sizes[stage]):

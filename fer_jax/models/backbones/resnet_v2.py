@@ -97,7 +97,7 @@ class ResNetV2(nn.Module):
     x = conv(self.width, 7, 2, 3, self.dtype, "conv0")(x)
     x = nn.relu(batch_norm(train, self.dtype, "bn0")(x))
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # Keras pads with zeros, then pools "valid".
-    x = nn.max_pool(x, (3, 3), (2, 2), padding="VALID")
+    x = layers.max_pool(x, (3, 3), (2, 2), padding="VALID")
     features = {"stem": insert("stem", x)}
     x = features["stem"]
     for stage, size in enumerate(self.stage_sizes):
