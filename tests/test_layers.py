@@ -52,9 +52,13 @@ def taps_at_every_size(monkeypatch):
   monkeypatch.setattr(layers, "TAP_GRADIENT_MIN_FLOPS", 0)
 
 
+@pytest.mark.parametrize("band_bytes", [layers.TAP_GRADIENT_BAND_BYTES, 1], ids=["one band", "a band per row"])
 @pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", CONVOLUTIONS)
-def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, padding, taps_at_every_size):
-  """The kernel gradient computed tap by tap equals XLA's to float64 rounding; the rest is lax's."""
+def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, padding, band_bytes, taps_at_every_size,
+                                             monkeypatch):
+  """The kernel gradient computed tap by tap, over the whole map or a band of output rows at a
+  time, equals XLA's to float64 rounding; the rest is lax's."""
+  monkeypatch.setattr(layers, "TAP_GRADIENT_BAND_BYTES", band_bytes)
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.key(0), x_shape, jnp.float64)
     kernel = jax.random.normal(jax.random.key(1), kernel_shape, jnp.float64)
@@ -85,6 +89,16 @@ def test_conv_kernel_gradient_is_xla_s_own_on_accelerators(taps_at_every_size):
   TPU's are fast); lowered for the CPU, it is matrix products."""
   for platform, convolutions in (("cuda", 3), ("tpu", 3), ("cpu", 2)):
     assert _convolutions_lowered(platform, (2, 8, 8, 3), (3, 3, 3, 4)) == convolutions, platform
+
+
+def test_conv_kernel_gradient_bands_are_the_most_rows_dividing_the_height_that_fit():
+  """Rows of 16 images × 56 positions × (64 + 64) channels × 4 bytes = 448 KiB: 8 of them fit 4 MiB
+  and divide 56; bfloat16 halves the bytes (14 rows); a row over the budget still makes a band."""
+  assert layers.TAP_GRADIENT_BAND_BYTES == 4 * 2**20
+  assert layers._band_rows((16, 56, 56, 64), (3, 3, 64, 64), jnp.float32) == 8
+  assert layers._band_rows((16, 56, 56, 64), (3, 3, 64, 64), jnp.bfloat16) == 14
+  assert layers._band_rows((16, 7, 7, 512), (3, 3, 512, 512), jnp.float32) == 7
+  assert layers._band_rows((512, 56, 56, 64), (3, 3, 64, 64), jnp.float32) == 1
 
 
 def test_conv_kernel_gradient_by_taps_from_its_flop_threshold():
