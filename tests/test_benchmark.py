@@ -21,6 +21,10 @@ import helpers
 _SPEC = importlib.util.spec_from_file_location("render_table", os.path.join(helpers.ROOT, "benchmarks", "render_table.py"))
 render_table = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(render_table)
+_SPEC = importlib.util.spec_from_file_location("profile_breakdown",
+                                               os.path.join(helpers.ROOT, "benchmarks", "profile_breakdown.py"))
+profile_breakdown = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(profile_breakdown)
 
 SYNTHETIC_FIELDS = (
     "init_s", "train_img_per_s", "train_step_ms", "train_compile_s", "train_warmup_s", "train_flops_per_step",
@@ -46,12 +50,13 @@ def tiny_config():
   return config
 
 
-def tiny_benchmark(steps: int = 1, warmup: int = 1) -> dict:
+def tiny_benchmark(steps: int = 1, warmup: int = 1, profile_dir: str = "") -> dict:
   """fer_jax.benchmark's synthetic line for TinyNet with DAN's synthetic optimizer and input."""
   original = models.get_method
   models.get_method = lambda name: models.Method(build=lambda model_config: TinyNet())
   try:
-    return {**benchmark.environment(), **benchmark.benchmark(tiny_config(), steps=steps, warmup=warmup)}
+    return {**benchmark.environment(),
+            **benchmark.benchmark(tiny_config(), steps=steps, warmup=warmup, profile_dir=profile_dir)}
   finally:
     models.get_method = original
 
@@ -75,6 +80,30 @@ def test_synthetic_line_holds_every_figure():
   assert line["peak_memory_bytes"] >= line["train_memory_analysis"]["argument"] > _bytes(variables)
   assert line["train_collectives"] == {"ops": {}, "bytes": 0, "by_role": {}}  # one device
   json.dumps(line)
+
+
+def test_profile_breakdown_puts_the_traced_steps_ops_in_categories(tmp_path):
+  tiny_benchmark(profile_dir=str(tmp_path))
+  by_category, by_op = profile_breakdown.breakdown(str(tmp_path), benchmark.PROFILED_STEPS)
+  assert by_category["conv forward"] > 0 and by_category["conv gradient (XLA's)"] > 0
+  assert sum(by_op.values()) == pytest.approx(sum(by_category.values()))
+  assert any("conv/conv_general_dilated" in op for op in by_op)
+
+
+def test_flops_count_every_band_of_the_cpu_kernel_gradient(monkeypatch):
+  """XLA's cost analysis counts a while loop's body once: the banded step is counted without bands."""
+  monkeypatch.setattr(layers, "TAP_GRADIENT_MIN_FLOPS", 0)
+  monkeypatch.setattr(layers, "TAP_GRADIENT_BAND_BYTES", 1)  # a band per output row: 8 trips
+  x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+  make = lambda: jax.jit(jax.grad(lambda kernel: jnp.sum(layers.conv_general_dilated(
+      x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)))
+  banded = make().lower(kernel).compile()
+  counted = benchmark._counted(banded, make, kernel)  # pylint: disable=protected-access
+  assert " while(" in banded.as_text() and " while(" not in counted.as_text()
+  assert layers.TAP_GRADIENT_BAND_BYTES == 1  # restored
+  flops = lambda compiled: benchmark._cost(compiled)["flops"]  # pylint: disable=protected-access
+  # The products: 2 · 2·8·8 positions · 9 taps · 4 · 4, of which the banded count holds an eighth.
+  assert flops(counted) - flops(banded) == pytest.approx(7 / 8 * 2 * 2 * 64 * 9 * 16, rel=0.02)
 
 
 def test_peak_tflops_of_device_kinds():

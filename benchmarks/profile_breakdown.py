@@ -1,0 +1,98 @@
+"""Where a train step's time goes, from the trace `fer_jax.benchmark --profile_dir=DIR` writes.
+
+  python -m fer_jax.benchmark --config=configs/dan.py:rafdb --input=synthetic --config.batch_size=16 \\
+      --steps=2 --warmup=1 --profile_dir=DIR
+  python benchmarks/profile_breakdown.py DIR [--top 15]
+
+Each op of the trace (XLA's thunks on the CPU) is matched to its instruction in the compiled train
+step (DIR/train_step.hlo.txt) and put in a category by the JAX operation its metadata names:
+convolutions forward, their gradients as XLA's convolutions (every input gradient, and the kernel
+gradients off the CPU or under layers.TAP_GRADIENT_MIN_FLOPS), the CPU's kernel gradients by taps,
+pools, BatchNorm, activations, the optimiser, collectives. Prints milliseconds per step of each category and of the slowest ops.
+The sums are of op durations: ops that run side by side on several threads add up to more than the
+step's wall time.
+"""
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+
+from fer_jax import benchmark
+
+# (category, regex on the op's JAX name) in order; the first that matches wins.
+CATEGORIES = [
+    ("collectives", r"all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all"),
+    ("conv kernel gradient by taps", r"transpose\(jvp.*conv.*(branch_0_fun|cond)/"),
+    ("conv gradient (XLA's)", r"transpose\(jvp.*conv_general_dilated"),
+    ("conv forward", r"conv_general_dilated"),
+    ("pool gradient", r"transpose\(jvp.*(pool|reduce_window|cond/branch)"),
+    ("pool forward", r"pool|reduce_window"),
+    ("BatchNorm gradient", r"transpose\(jvp.*(bn|norm)"),
+    ("BatchNorm forward", r"/(bn|\w*_bn|\w*norm\w*)\d*/"),
+    ("matmul", r"dot_general"),
+    ("activation gradient", r"transpose\(jvp.*(relu|max|select_n|prelu|gelu|sigmoid)"),
+    ("activation forward", r"relu|max|prelu|gelu|sigmoid"),
+    ("optimiser", r"optax|apply_updates|momentum|sgd|adam|lamb|scale_by"),
+]
+
+
+def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """{instruction name: (its opcode, the JAX op name of its metadata)} for the compiled step."""
+  names = {}
+  for line in hlo_text.splitlines():
+    match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .*? ([a-z][\w\-]*)\(", line)
+    if match:
+      op_name = re.search(r'op_name="([^"]+)"', line)
+      names[match.group(1)] = (match.group(2), op_name.group(1) if op_name else "")
+  return names
+
+
+def category(instruction: str, opcode: str, op_name: str) -> str:
+  if opcode == "convolution" and not op_name:  # XLA's rewritten gradients lose their metadata
+    return "conv gradient (XLA's)"
+  for name, pattern in CATEGORIES:
+    if re.search(pattern, instruction if name == "collectives" else op_name):
+      return name
+  return "other"
+
+
+def breakdown(directory: str, steps: int) -> tuple[collections.Counter, collections.Counter]:
+  """(ms per step by category, ms per step by op) of the newest trace under `directory`."""
+  trace, = sorted(glob.glob(os.path.join(directory, "plugins", "profile", "*", "perfetto_trace.json.gz")))[-1:]
+  with gzip.open(trace) as file:
+    events = json.load(file)["traceEvents"]
+  with open(os.path.join(directory, "train_step.hlo.txt")) as file:
+    names = instructions(file.read())
+  by_category, by_op = collections.Counter(), collections.Counter()
+  for event in events:
+    name = event.get("args", {}).get("hlo_op", event.get("name"))
+    if event.get("ph") != "X" or name not in names:
+      continue
+    milliseconds = event["dur"] / 1e3 / steps
+    opcode, op_name = names[name]
+    by_category[category(name, opcode, op_name)] += milliseconds
+    op_name = re.sub(r"^jit\(train_step\)/", "", op_name)
+    by_op[f"{name} ({op_name})"] += milliseconds
+  return by_category, by_op
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("directory")
+  parser.add_argument("--top", type=int, default=15, help="how many of the slowest ops to list")
+  args = parser.parse_args()
+  by_category, by_op = breakdown(args.directory, benchmark.PROFILED_STEPS)
+  print(f"ms per step, summed over ops ({sum(by_category.values()):.0f} in all)")
+  for name, milliseconds in by_category.most_common():
+    print(f"{milliseconds:9.1f}  {name}")
+  print(f"\nslowest {args.top} ops, ms per step")
+  for name, milliseconds in by_op.most_common(args.top):
+    print(f"{milliseconds:9.1f}  {name[:140]}")
+
+
+if __name__ == "__main__":
+  main()
