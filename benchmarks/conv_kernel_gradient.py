@@ -1,13 +1,13 @@
 """The kernel gradient of a ResNet-18's convolutions at 224² (the 7×7 stem, a 3×3 of each stage;
 batch 16, float32): XLA's own (lax.conv_general_dilated's transpose) against fer_jax's
-(`layers.conv_general_dilated`, one matrix product per kernel position on the CPU), over the whole
-map at once and in bands of output rows (`layers.TAP_GRADIENT_BAND_BYTES`, the default), and
-PyTorch's where it is installed.
+(`layers.conv_general_dilated`, one matrix product per kernel position on the CPU) over the whole
+map at once and as fer_jax runs it (in bands of output rows of up to `layers.TAP_GRADIENT_BAND_BYTES`
+of windows and output gradient), and PyTorch's where it is installed.
 
   python benchmarks/conv_kernel_gradient.py [--batch 16] [--repeats 5]
 
 Prints GFLOP/s per stage (the forward convolution's FLOPs over the gradient's seconds) and the
-largest difference between XLA's gradient and the banded one relative to the largest gradient entry.
+largest difference between XLA's gradient and fer_jax's relative to the largest gradient entry.
 """
 
 import argparse
@@ -71,12 +71,13 @@ def main():
                                                                         layers.conv_general_dilated))
     difference = float(np.max(np.abs(xla(dy) - ours(dy))) / np.max(np.abs(xla(dy))))
     rate = lambda step: flops / seconds(step, dy, repeats=args.repeats) / 1e9
-    banded = rate(ours)
+    as_run = rate(ours)
     band_bytes, layers.TAP_GRADIENT_BAND_BYTES = layers.TAP_GRADIENT_BAND_BYTES, float("inf")
     whole_map = rate(kernel_gradient(layers.conv_general_dilated, x, kernel, stride))
     layers.TAP_GRADIENT_BAND_BYTES = band_bytes
+    band = layers._band_rows(dy.shape, kernel.shape, dy.dtype)  # pylint: disable=protected-access
     line = (f"{side}×{side} {size}²×{channels}→{features} stride {stride}: XLA {rate(xla):.0f}, "
-            f"fer_jax whole map {whole_map:.0f}, in bands {banded:.0f}")
+            f"fer_jax whole map {whole_map:.0f}, as run ({band} of {dy.shape[1]} rows a band) {as_run:.0f}")
     torch_time = torch_seconds(x, kernel, dy, stride, args.repeats)
     if torch_time:
       line += f", PyTorch {flops / torch_time / 1e9:.0f}"

@@ -8,9 +8,9 @@ Each op of the trace (XLA's thunks on the CPU) is matched to its instruction in 
 step (DIR/train_step.hlo.txt) and put in a category by the JAX operation its metadata names:
 convolutions forward, their gradients as XLA's convolutions (every input gradient, and the kernel
 gradients off the CPU or under layers.TAP_GRADIENT_MIN_FLOPS), the CPU's kernel gradients by taps,
-pools, BatchNorm, activations, the optimiser, collectives. Prints milliseconds per step of each category and of the slowest ops.
-The sums are of op durations: ops that run side by side on several threads add up to more than the
-step's wall time.
+pools, BatchNorm, activations, the optimiser, collectives. Prints milliseconds per step of each
+category and of the slowest ops. The sums are of op durations: ops that run side by side on several
+threads add up to more than the step's wall time.
 """
 
 import argparse

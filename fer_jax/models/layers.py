@@ -110,8 +110,9 @@ def _kernel_gradient_by_taps(x, output_gradient, kernel_shape, kernel_dtype, str
   return lax.fori_loop(0, out_height // band, add_band, total).astype(kernel_dtype)
 
 
-# The bytes of input windows plus output gradient per band: 4 MiB ran within 10 % of the fastest
-# band for every ResNet-18 convolution at batch 16 (2-core EPYC, 1 MiB L2 a core; docs/performance.md).
+# The bytes of input windows plus output gradient per band, tuned on DAN's CPU train step at batch 16
+# (2-core EPYC, 1 MiB L2 a core, 32 MiB L3): bands of 4 MiB in every convolution ran faster than
+# whole maps, and than bands only where a map exceeds 16 MiB (docs/performance.md).
 TAP_GRADIENT_BAND_BYTES = 4 * 2**20
 
 
