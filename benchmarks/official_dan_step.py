@@ -10,7 +10,8 @@ cross-entropy + affinity + partition loss, SGD with momentum 0.9 and weight deca
 network and the affinity centres; random images and labels already in memory, as fer_jax's
 `--input=synthetic`. Prints one JSON line (img/s, step ms, warm-up seconds, torch version and
 threads, the 1-minute load average before the run); `--output=FILE` appends it to a file.
-`benchmarks/cpu_dan_vs_official.sh` runs both sides alternately.
+`--profile_steps=N` then prints `torch.profiler`'s table of N more steps (self CPU time per op),
+to set beside `benchmarks/profile_breakdown.py` (docs/performance.md).
 """
 
 import argparse
@@ -56,6 +57,7 @@ def main():
   parser.add_argument("--steps", type=int, default=8)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--output", default="")
+  parser.add_argument("--profile_steps", type=int, default=0)
   args = parser.parse_args()
   load = os.getloadavg()[0]
   step = official_step(os.path.abspath(args.official))
@@ -79,6 +81,12 @@ def main():
   if args.output:
     with open(args.output, "a") as f:
       f.write(line + "\n")
+  if args.profile_steps:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+      for _ in range(args.profile_steps):
+        step(images, labels)
+    print(f"{args.profile_steps} steps:")
+    print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
 if __name__ == "__main__":
