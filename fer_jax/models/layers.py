@@ -147,10 +147,10 @@ def max_pool(x, window, strides=(1, 1), padding="VALID"):
   """nn.max_pool over NHWC maps, with another gradient on the CPU.
 
   XLA:CPU expands the gradient of a max pool (select-and-scatter) into a reduction over the
-  window that carries four int32 position maps of the padded input, then a scatter: 0.42 s for
+  window that carries four int32 position maps of the padded input, then a scatter: 0.46 s for
   ResNet-18's stem pool at batch 16 (docs/performance.md). There the gradient goes to each
   window's first maximum in row-major order, as XLA's and PyTorch's do, through one uint8 map of
-  which tap won and one strided sum per tap; elsewhere it is XLA's own.
+  which tap won and shifted sums of the taps' shares; elsewhere it is XLA's own.
   """
   window, strides = tuple(window), tuple(strides)
   if isinstance(padding, str):
