@@ -101,6 +101,11 @@ def test_conv_kernel_gradient_bands_are_the_most_rows_dividing_the_height_that_f
   assert layers._band_rows((512, 56, 56, 64), (3, 3, 64, 64), jnp.float32) == 1
 
 
+def test_conv_kernel_gradient_is_one_band_where_jax_has_several_devices(monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda: 8)
+  assert layers._band_rows((16, 56, 56, 64), (3, 3, 64, 64), jnp.float32) == 56
+
+
 def test_conv_kernel_gradient_by_taps_from_its_flop_threshold():
   """2 · 8·16·16 output positions · 3·3·64 · 64 = 151 MFLOP: by taps; a quarter of it: XLA's own."""
   assert layers.TAP_GRADIENT_MIN_FLOPS == 1e8

@@ -117,8 +117,13 @@ TAP_GRADIENT_BAND_BYTES = 4 * 2**20
 
 
 def _band_rows(output_shape, kernel_shape, dtype) -> int:
-  """The most output rows, a divisor of the output height, whose band fits TAP_GRADIENT_BAND_BYTES."""
+  """The most output rows, a divisor of the output height, whose band fits TAP_GRADIENT_BAND_BYTES;
+  the whole height where JAX has several devices: a batch sharded over them would be summed across
+  devices once per band, inside the loop, and XLA:CPU may order the loops' all-reduces differently
+  on different devices (an 8-device run stalled in its collectives)."""
   batch, out_height, out_width, features = output_shape
+  if jax.device_count() > 1:
+    return out_height
   row_bytes = batch * out_width * (kernel_shape[2] + features) * jnp.dtype(dtype).itemsize
   return max(rows for rows in range(1, out_height + 1)
              if out_height % rows == 0 and (rows == 1 or rows * row_bytes <= TAP_GRADIENT_BAND_BYTES))
