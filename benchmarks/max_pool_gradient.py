@@ -9,27 +9,19 @@ ReLU'd inputs rounded to a coarse grid so that windows hold equal maxima.
 """
 
 import argparse
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conv_kernel_gradient import seconds  # the sibling script: run from the repository root as above
 from fer_jax.models import layers
 
 # name, input (height, width, channels), window, strides, padding
 POOLS = [("ResNet stem, 3×3 stride 2 (DAN, SCAN-CCI)", (112, 112, 64), (3, 3), (2, 2), ((1, 1), (1, 1))),
          ("ResNet-v2 stem, 3×3 stride 2 valid (LHC-Net)", (114, 114, 64), (3, 3), (2, 2), "VALID"),
          ("LHC module key, 3×3 stride 1 same", (14, 14, 256), (3, 3), (1, 1), "SAME")]
-
-
-def milliseconds(function, *args, repeats: int) -> float:
-  jax.block_until_ready(function(*args))
-  start = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(function(*args))
-  return (time.perf_counter() - start) / repeats * 1e3
 
 
 def gradient(pool):
@@ -49,11 +41,7 @@ def torch_milliseconds(x, dy, window, strides, padding, repeats: int) -> float |
   def run():
     x.grad = None
     torch.nn.functional.max_pool2d(x, window, strides, (padding[0][0], padding[1][0])).backward(dy)
-  run()
-  start = time.perf_counter()
-  for _ in range(repeats):
-    run()
-  return (time.perf_counter() - start) / repeats * 1e3
+  return seconds(run, repeats=repeats) * 1e3
 
 
 def main():
@@ -70,8 +58,8 @@ def main():
     dy = jax.random.normal(jax.random.key(1), jax.eval_shape(lambda x: nn.max_pool(x, window, strides, padding),
                                                              x).shape)
     difference = float(jnp.max(jnp.abs(xla(x, dy) - ours(x, dy))))
-    line = (f"{name}, {args.batch}×{shape}: XLA {milliseconds(xla, x, dy, repeats=args.repeats):.1f}, "
-            f"fer_jax {milliseconds(ours, x, dy, repeats=args.repeats):.1f}")
+    milliseconds = lambda step: seconds(step, x, dy, repeats=args.repeats) * 1e3
+    line = f"{name}, {args.batch}×{shape}: XLA {milliseconds(xla):.1f}, fer_jax {milliseconds(ours):.1f}"
     torch_time = torch_milliseconds(x, dy, window, strides, padding, args.repeats)
     if torch_time is not None:
       line += f", PyTorch forward + backward {torch_time:.1f}"

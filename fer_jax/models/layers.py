@@ -94,7 +94,7 @@ def _kernel_gradient_by_taps(x, output_gradient, kernel_shape, kernel_dtype, str
   one [channels_in, positions] × [positions, channels_out] product per tap, summed over bands of
   output rows small enough for the windows and ∂L/∂y of a band to stay in the CPU's caches."""
   height = kernel_shape[0]
-  batch, out_height, out_width, _ = output_gradient.shape
+  out_height = output_gradient.shape[1]
   padded = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
   band = _band_rows(output_gradient.shape, kernel_shape, x.dtype)
   band_taps = functools.partial(_taps_of_band, kernel_shape=kernel_shape, strides=strides, precision=precision)
@@ -129,17 +129,22 @@ def _band_rows(output_shape, kernel_shape, dtype) -> int:
              if out_height % rows == 0 and (rows == 1 or rows * row_bytes <= TAP_GRADIENT_BAND_BYTES))
 
 
+def _tap_window(padded, i: int, j: int, out_height: int, out_width: int, strides):
+  """The padded input's values that kernel or window tap (i, j) meets at every output position."""
+  batch, _, _, channels = padded.shape
+  return lax.slice(padded, (0, i, j, 0), (batch, i + strides[0] * (out_height - 1) + 1,
+                                          j + strides[1] * (out_width - 1) + 1, channels), (1, *strides, 1))
+
+
 def _taps_of_band(padded, output_gradient, kernel_shape, strides, precision):
   """The taps' products over the output rows of `output_gradient` and the padded input rows they see."""
   height, width, channels, features = kernel_shape
-  batch, out_height, out_width, _ = output_gradient.shape
+  _, out_height, out_width, _ = output_gradient.shape
   gradient_rows = output_gradient.reshape(-1, features)
   taps = []
   for i in range(height):
     for j in range(width):
-      window = lax.slice(padded, (0, i, j, 0),
-                         (batch, i + strides[0] * (out_height - 1) + 1, j + strides[1] * (out_width - 1) + 1, channels),
-                         (1, *strides, 1))
+      window = _tap_window(padded, i, j, out_height, out_width, strides)
       taps.append(jnp.dot(window.reshape(-1, channels).T, gradient_rows, precision=precision,
                           preferred_element_type=at_least_float32(padded.dtype)))
   return jnp.stack(taps).reshape(kernel_shape)
@@ -194,8 +199,7 @@ def _max_pool_gradient_by_taps(x, pooled, output_gradient, window, strides, padd
   taps = [(i, j) for i in range(window[0]) for j in range(window[1])]
   winner = jnp.full(pooled.shape, len(taps), np.min_scalar_type(len(taps)))
   for index, (i, j) in reversed(list(enumerate(taps))):
-    tap = lax.slice(padded, (0, i, j, 0), (batch, i + strides[0] * (out_height - 1) + 1,
-                                           j + strides[1] * (out_width - 1) + 1, channels), (1, *strides, 1))
+    tap = _tap_window(padded, i, j, out_height, out_width, strides)
     winner = jnp.where(tap == pooled, jnp.asarray(index, winner.dtype), winner)
   phase_height, phase_width = (-(-size // stride) for size, stride in zip(padded.shape[1:3], strides))
   zero = jnp.zeros((), output_gradient.dtype)
