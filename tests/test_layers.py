@@ -52,13 +52,15 @@ def taps_at_every_size(monkeypatch):
   monkeypatch.setattr(layers, "TAP_GRADIENT_MIN_FLOPS", 0)
 
 
+@pytest.mark.parametrize("row_channels", [layers.TAP_ROW_CHANNELS, 0], ids=["a kernel row a product", "a tap a product"])
 @pytest.mark.parametrize("band_bytes", [layers.TAP_GRADIENT_BAND_BYTES, 1], ids=["one band", "a band per row"])
 @pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", CONVOLUTIONS)
-def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, padding, band_bytes, taps_at_every_size,
-                                             monkeypatch):
-  """The kernel gradient computed tap by tap, over the whole map or a band of output rows at a
-  time, equals XLA's to float64 rounding; the rest is lax's."""
+def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, padding, band_bytes, row_channels,
+                                             taps_at_every_size, monkeypatch):
+  """The kernel gradient computed tap by tap or a kernel row at a time, over the whole map or a band
+  of output rows at a time, equals XLA's to float64 rounding; the rest is lax's."""
   monkeypatch.setattr(layers, "TAP_GRADIENT_BAND_BYTES", band_bytes)
+  monkeypatch.setattr(layers, "TAP_ROW_CHANNELS", row_channels)
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.key(0), x_shape, jnp.float64)
     kernel = jax.random.normal(jax.random.key(1), kernel_shape, jnp.float64)
@@ -77,11 +79,11 @@ def test_conv_keeps_its_dtype_and_flax_names(taps_at_every_size):
   assert kernel_gradient.dtype == jnp.float32 and conv.apply(variables, x).dtype == jnp.bfloat16
 
 
-def _convolutions_lowered(platform: str, x_shape, kernel_shape) -> int:
-  """stablehlo.convolution ops in the gradient of a 3×3 "SAME" convolution lowered for `platform`."""
+def _convolutions_lowered(platform: str, x_shape, kernel_shape, op: str = "stablehlo.convolution") -> int:
+  """`op`s in the gradient of a "SAME" convolution lowered for `platform`."""
   grad = jax.jit(jax.grad(_loss(layers.conv_general_dilated, (1, 1), "SAME"), (0, 1)))
   shapes = (jax.ShapeDtypeStruct(x_shape, jnp.float32), jax.ShapeDtypeStruct(kernel_shape, jnp.float32))
-  return export.export(grad, platforms=[platform])(*shapes).mlir_module().count("stablehlo.convolution")
+  return export.export(grad, platforms=[platform])(*shapes).mlir_module().count(op)
 
 
 def test_conv_kernel_gradient_is_xla_s_own_on_accelerators(taps_at_every_size):
@@ -111,6 +113,16 @@ def test_conv_kernel_gradient_by_taps_from_its_flop_threshold():
   assert layers.TAP_GRADIENT_MIN_FLOPS == 1e8
   assert _convolutions_lowered("cpu", (8, 16, 16, 64), (3, 3, 64, 64)) == 2
   assert _convolutions_lowered("cpu", (2, 16, 16, 64), (3, 3, 64, 64)) == 3
+
+
+def test_conv_kernel_gradient_is_a_product_per_kernel_row_where_channels_are_few():
+  """3 taps × 64 channels ≤ TAP_ROW_CHANNELS: a product per kernel row; 3 × 128: a product per tap;
+  the 7×7 stem's rows of 7 × 3 channels: 7 products."""
+  assert layers.TAP_ROW_CHANNELS == 256
+  products = lambda x_shape, kernel_shape: _convolutions_lowered("cpu", x_shape, kernel_shape, "stablehlo.dot_general")
+  assert products((8, 16, 16, 64), (3, 3, 64, 64)) == 3
+  assert products((8, 16, 16, 128), (3, 3, 128, 128)) == 9
+  assert products((8, 32, 32, 3), (7, 7, 3, 64)) == 7
 
 
 POOLS = [  # input, window, strides, padding: ResNet's stem pool, ResNet-v2's (zero-padded), LHC-Net's key pool, others

@@ -137,17 +137,26 @@ def _tap_window(padded, i: int, j: int, out_height: int, out_width: int, strides
 
 
 def _taps_of_band(padded, output_gradient, kernel_shape, strides, precision):
-  """The taps' products over the output rows of `output_gradient` and the padded input rows they see."""
+  """The taps' products over the output rows of `output_gradient` and the padded input rows they see;
+  a kernel row's taps in one product (their windows side by side) where the input has few channels."""
   height, width, channels, features = kernel_shape
   _, out_height, out_width, _ = output_gradient.shape
   gradient_rows = output_gradient.reshape(-1, features)
-  taps = []
+  taps_a_product = width if channels * width <= TAP_ROW_CHANNELS else 1
+  products = []
   for i in range(height):
-    for j in range(width):
-      window = _tap_window(padded, i, j, out_height, out_width, strides)
-      taps.append(jnp.dot(window.reshape(-1, channels).T, gradient_rows, precision=precision,
-                          preferred_element_type=at_least_float32(padded.dtype)))
-  return jnp.stack(taps).reshape(kernel_shape)
+    for first in range(0, width, taps_a_product):
+      windows = [_tap_window(padded, i, j, out_height, out_width, strides) for j in range(first, first + taps_a_product)]
+      window = jnp.concatenate(windows, axis=-1).reshape(-1, channels * taps_a_product)
+      products.append(jnp.dot(window.T, gradient_rows, precision=precision,
+                              preferred_element_type=at_least_float32(padded.dtype)))
+  return jnp.concatenate(products).reshape(kernel_shape)
+
+
+# A kernel row whose taps see at most this many input channels in all (the 7×7 stem's 7 × 3, a 3×3
+# convolution's 3 × 64) is one product, its windows side by side: products of 3 or 64 rows leave the
+# CPU's matrix kernels idle (DAN's train step at batch 16: +4 %, docs/performance.md).
+TAP_ROW_CHANNELS = 256
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
