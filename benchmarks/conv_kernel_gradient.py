@@ -1,8 +1,10 @@
 """The kernel gradient of a ResNet-18's convolutions at 224² (the 7×7 stem, a 3×3 of each stage;
 batch 16, float32): XLA's own (lax.conv_general_dilated's transpose) against fer_jax's
-(`layers.conv_general_dilated`, one matrix product per kernel position on the CPU) over the whole
-map at once and as fer_jax runs it (in bands of output rows of up to `layers.TAP_GRADIENT_BAND_BYTES`
-of windows and output gradient), and PyTorch's where it is installed.
+(`layers.conv_general_dilated`, matrix products of the kernel positions' windows on the CPU) over the
+whole map at once, with a product per kernel position everywhere, and as fer_jax runs it (in bands of
+output rows of up to `layers.TAP_GRADIENT_BAND_BYTES` of windows and output gradient, a kernel row a
+product where its taps see at most `layers.TAP_ROW_CHANNELS` channels), and PyTorch's where it is
+installed.
 
   python benchmarks/conv_kernel_gradient.py [--batch 16] [--repeats 5]
 
@@ -39,6 +41,16 @@ def kernel_gradient(conv, x, kernel, stride):
   return jax.jit(lambda dy: jax.vjp(forward, kernel)[1](dy)[0])
 
 
+def with_layers_constant(name: str, value, measure):
+  """measure() with fer_jax.models.layers.<name> set to value (the step is traced inside)."""
+  saved = getattr(layers, name)
+  setattr(layers, name, value)
+  try:
+    return measure()
+  finally:
+    setattr(layers, name, saved)
+
+
 def torch_seconds(x, kernel, dy, stride, repeats: int) -> float | None:
   try:
     import torch
@@ -72,12 +84,14 @@ def main():
     difference = float(np.max(np.abs(xla(dy) - ours(dy))) / np.max(np.abs(xla(dy))))
     rate = lambda step: flops / seconds(step, dy, repeats=args.repeats) / 1e9
     as_run = rate(ours)
-    band_bytes, layers.TAP_GRADIENT_BAND_BYTES = layers.TAP_GRADIENT_BAND_BYTES, float("inf")
-    whole_map = rate(kernel_gradient(layers.conv_general_dilated, x, kernel, stride))
-    layers.TAP_GRADIENT_BAND_BYTES = band_bytes
+    fer_jax = lambda: rate(kernel_gradient(layers.conv_general_dilated, x, kernel, stride))
+    whole_map = with_layers_constant("TAP_GRADIENT_BAND_BYTES", float("inf"), fer_jax)
+    tap_by_tap = with_layers_constant("TAP_ROW_CHANNELS", 0, fer_jax)
     band = layers._band_rows(dy.shape, kernel.shape, dy.dtype)  # pylint: disable=protected-access
+    grouped = ", a kernel row a product" if channels * side <= layers.TAP_ROW_CHANNELS else ""
     line = (f"{side}×{side} {size}²×{channels}→{features} stride {stride}: XLA {rate(xla):.0f}, "
-            f"fer_jax whole map {whole_map:.0f}, as run ({band} of {dy.shape[1]} rows a band) {as_run:.0f}")
+            f"fer_jax whole map {whole_map:.0f}, a tap a product {tap_by_tap:.0f}, "
+            f"as run ({band} of {dy.shape[1]} rows a band{grouped}) {as_run:.0f}")
     torch_time = torch_seconds(x, kernel, dy, stride, args.repeats)
     if torch_time:
       line += f", PyTorch {flops / torch_time / 1e9:.0f}"

@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -68,7 +69,17 @@ def environment() -> dict:
           "platform": device.platform, "device_kind": device.device_kind, "devices": jax.device_count(),
           "processes": jax.process_count(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
           "backend_version": device.client.platform_version, **_cuda_versions(),
-          "host_cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}
+          "host_cpus": os.cpu_count(), "host_cpu_model": host_cpu_model(),
+          "load_average_1m": round(os.getloadavg()[0], 2)}
+
+
+def host_cpu_model() -> str | None:
+  """The host CPU's model name: CPU figures differ several-fold between the machines a cloud lends."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as file:
+      return next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), None)
+  except OSError:  # not Linux
+    return platform.processor() or None
 
 
 def _cuda_versions() -> dict:

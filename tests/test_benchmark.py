@@ -32,7 +32,7 @@ SYNTHETIC_FIELDS = (
     "eval_flops_per_step", "eval_tflops_per_s", "mfu", "peak_tflops_per_device", "peak_memory_bytes",
     "peak_memory_source", "train_memory_analysis", "train_collectives", "dtype", "batch_size", "input_size")
 ENVIRONMENT_FIELDS = ("date", "platform", "device_kind", "devices", "jax", "jaxlib", "backend_version",
-                      "load_average_1m")
+                      "host_cpus", "host_cpu_model", "load_average_1m")
 
 
 class TinyNet(nn.Module):
@@ -73,6 +73,8 @@ def test_synthetic_line_holds_every_figure():
   assert line["train_flops_per_step"] > line["eval_flops_per_step"] > 0  # the backward pass costs more
   assert line["init_s"] > 0 and line["train_compile_s"] > 0 and line["train_warmup_s"] > 0
   assert line["train_img_per_s"] > 0
+  if sys.platform == "linux":  # CPU figures are only comparable between machines of one CPU model
+    assert line["host_cpu_model"] in open("/proc/cpuinfo", encoding="utf-8").read() and line["host_cpu_model"].strip()
   assert line["mfu"] is None and line["peak_tflops_per_device"] is None  # no known peak for a CPU
   # The CPU reports no memory statistics: the planned peak holds at least the train state it is given.
   variables = models.abstract_variables(TinyNet(), tiny_config())
@@ -145,7 +147,7 @@ def test_batch_norm_paths_of_batch_stats():
 LINE = {
     "command": "--config=configs/dan.py:rafdb --input=synthetic --config.model.dtype=bfloat16",
     "date": "2026-12-01T10:00:00+00:00", "platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3", "devices": 1,
-    "host_cpus": 26, "jax": "0.11.2", "jaxlib": "0.11.2", "backend_version": "cuda 12080", "cuda_runtime": 12080,
+    "host_cpus": 26, "host_cpu_model": "Intel(R) Xeon(R) Platinum 8480+", "jax": "0.11.2", "jaxlib": "0.11.2", "backend_version": "cuda 12080", "cuda_runtime": 12080,
     "nvidia_driver": "570.86", "load_average_1m": 0.5, "input": "synthetic", "model": "dan", "input_size": 224,
     "dtype": "bfloat16", "batch_size": 256, "train_img_per_s": 9876.54, "train_step_ms": 25.92,
     "eval_img_per_s": 30123.4, "train_compile_s": 41.26, "eval_compile_s": 9.04, "train_warmup_s": 0.912,
@@ -162,7 +164,7 @@ def test_paper_table_renders_a_line():
   assert header.count("|") == rule.count("|") == row.count("|") == len(render_table.PAPER_HEADER) + 4
   assert row == ("| `configs/dan.py:rafdb` | 224² | 256 | bfloat16 | 1 | 9,876.54 | 25.9 | 30,123.40 | 41.3 / 9.0 "
                  "| 0.91 | 12.06 | 123.457 | 12.5% | 3.00 | 4,179 | 8,275–9,399 | 7,121 |")
-  assert table.startswith("1 × NVIDIA H100 80GB HBM3 (gpu, 26 host CPUs), jax 0.11.2 / jaxlib 0.11.2, backend "
+  assert table.startswith("1 × NVIDIA H100 80GB HBM3 (gpu, 26 Intel(R) Xeon(R) Platinum 8480+ host CPUs), jax 0.11.2 / jaxlib 0.11.2, backend "
                           "cuda 12080, cuda_runtime 12080, nvidia_driver 570.86; 2026-12-01")
 
 
