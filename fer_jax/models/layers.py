@@ -21,9 +21,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   XLA:CPU computes the gradient of a 2-D convolution's kernel as a convolution with the
   activations' spatial size as window, up to 10× slower than the forward pass on large maps
   (ResNet-18's 56×56 stage: 5 GFLOP/s; docs/performance.md). There it is one matrix product per
-  kernel position instead, for gradients of TAP_GRADIENT_MIN_FLOPS or more; elsewhere, and for
-  grouped or dilated convolutions, XLA's own gradient. The forward pass and the input gradient
-  are lax's.
+  kernel position (per kernel row where channels are few) instead, for gradients of
+  TAP_GRADIENT_MIN_FLOPS or more; elsewhere, and for grouped or dilated convolutions, XLA's own
+  gradient. The forward pass and the input gradient are lax's.
   """
   pads = _padding_for_taps(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
                            dimension_numbers, feature_group_count)
