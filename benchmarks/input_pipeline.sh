@@ -42,6 +42,6 @@ bench --config=configs/dan.py:rafdb --input=augment --config.batch_size=64 --ste
 for config in configs/dan.py:rafdb configs/apvit.py:rafdb configs/scan_cci.py:rafdb \
               configs/lhcnet.py:fer2013,stage=A1 configs/lhcnet.py:fer2013,stage=A2; do
   for mode in synthetic end_to_end; do
-    bench --config=$config --input=$mode --config.batch_size=$BATCH_E2E --steps=$STEPS_E2E --warmup=2
+    bench --config=$config --input=$mode --config.batch_size="$BATCH_E2E" --steps="$STEPS_E2E" --warmup=2
   done
 done

@@ -12,11 +12,11 @@ import argparse
 import json
 import sys
 
-# img/s of the official code's training step on one H100, measured by the project (issue 18):
-# plain fp32, tuned (AMP and the like), torch.compile.
-REFERENCE_H100 = {"dan": ("4,179", "8,275–9,399", "7,121"), "apvit": ("582", "1,538", "2,438"),
-                  "scan_cci": ("1,421", "2,662", "–")}
-REFERENCE_HEADER = ["official fp32 (H100)", "official tuned (H100)", "official compiled (H100)"]
+# img/s of the official code's training step on one H100 at batch 256, by method and input side,
+# measured by the project (issue 18): plain fp32, tuned (AMP and the like), torch.compile.
+REFERENCE_H100 = {("dan", 224): ("4,179", "8,275–9,399", "7,121"), ("apvit", 112): ("582", "1,538", "2,438"),
+                  ("scan_cci", 224): ("1,421", "2,662", "–")}
+REFERENCE_HEADER = ["official fp32 (H100, batch 256)", "official tuned (H100)", "official compiled (H100)"]
 
 PAPER_HEADER = ["config", "size", "batch", "dtype", "devices", "train img/s", "train step ms", "eval img/s",
                 "compile s (train / eval)", "warm-up s", "train GFLOP/img", "train TFLOP/s", "MFU", "peak memory GiB"]
@@ -48,7 +48,7 @@ def paper_row(row: dict, reference: bool = False) -> list[str]:
            _number(row["train_tflops_per_s"], 3),
            "–" if row.get("mfu") is None else f"{row['mfu']:.1%}", _memory(row)]
   if reference:
-    cells += list(REFERENCE_H100.get(row["model"], ("–",) * len(REFERENCE_HEADER)))
+    cells += list(REFERENCE_H100.get((row["model"], row["input_size"]), ("–",) * len(REFERENCE_HEADER)))
   return cells
 
 

@@ -164,6 +164,8 @@ def test_paper_table_renders_a_line():
   assert header.count("|") == rule.count("|") == row.count("|") == len(render_table.PAPER_HEADER) + 4
   assert row == ("| `configs/dan.py:rafdb` | 224² | 256 | bfloat16 | 1 | 9,876.54 | 25.9 | 30,123.40 | 41.3 / 9.0 "
                  "| 0.91 | 12.06 | 123.457 | 12.5% | 3.00 | 4,179 | 8,275–9,399 | 7,121 |")
+  small = render_table.paper_row({**LINE, "input_size": 72}, reference=True)
+  assert small[-3:] == ["–"] * 3  # the official figures are of the paper's input size only
   assert table.startswith("1 × NVIDIA H100 80GB HBM3 (gpu, 26 Intel(R) Xeon(R) Platinum 8480+ host CPUs), jax 0.11.2 / jaxlib 0.11.2, backend "
                           "cuda 12080, cuda_runtime 12080, nvidia_driver 570.86; 2026-12-01")
 
@@ -196,3 +198,20 @@ def test_all_reduces_carry_each_gradient_once_and_two_statistics_per_batch_norm_
   assert (roles["gradients"]["tensors"], roles["gradients"]["bytes"]) == (4, _bytes({k: params[k] for k in ("conv", "fc")}))
   assert (roles["batchnorm_statistics"]["tensors"], roles["batchnorm_statistics"]["bytes"]) == (2, 2 * 4 * 4)
   assert roles["batchnorm_backward"]["bytes"] >= _bytes(params["bn"])
+
+
+@pytest.mark.integration
+def test_accelerator_script_benchmarks_each_config_in_each_dtype_and_renders_the_table(tmp_path):
+  """benchmarks/accelerator.sh, the one command a lent GPU's few minutes go to, end to end on the CPU
+  with one small config: a JSON line per config and dtype, and the table of both."""
+  env = {**os.environ, "PY": sys.executable, "CONFIGS": "configs/dan.py:synthetic", "BATCH": "2", "STEPS": "1",
+         "WARMUP": "1"}
+  result = subprocess.run(["bash", os.path.join(helpers.ROOT, "benchmarks", "accelerator.sh"), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=600)
+  assert result.returncode == 0 and "failed" not in result.stderr, result.stderr
+  lines = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+  assert [(line["model"], line["dtype"], line["batch_size"], line["input"]) for line in lines] == [
+      ("dan", "float32", 2, "synthetic"), ("dan", "bfloat16", 2, "synthetic")]
+  table = (tmp_path / "out" / "table.md").read_text()
+  assert table.count("| `configs/dan.py:synthetic` | 72² | 2 |") == 2 and "official fp32 (H100, batch 256)" in table
+
