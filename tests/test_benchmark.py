@@ -2,6 +2,7 @@
 markdown tables of benchmarks/render_table.py. No timing is asserted: only that each figure is there
 and agrees with what can be counted independently."""
 
+import ast
 import importlib.util
 import json
 import os
@@ -214,4 +215,19 @@ def test_accelerator_script_benchmarks_each_config_in_each_dtype_and_renders_the
       ("dan", "float32", 2, "synthetic"), ("dan", "bfloat16", 2, "synthetic")]
   table = (tmp_path / "out" / "table.md").read_text()
   assert table.count("| `configs/dan.py:synthetic` | 72² | 2 |") == 2 and "official fp32 (H100, batch 256)" in table
+
+
+@pytest.mark.integration
+def test_every_benchmark_script_starts_and_prints_its_usage():
+  """Each script under benchmarks/ imports what it uses from today's fer_jax (and tests/) and prints
+  its usage: argparse's, or absl's (its docstring; absl's --help exits 1)."""
+  folder = os.path.join(helpers.ROOT, "benchmarks")
+  names = sorted(name for name in os.listdir(folder) if name.endswith(".py"))
+  runs = {name: subprocess.Popen([sys.executable, os.path.join(folder, name), "--help"], cwd=helpers.ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in names}
+  for name, process in runs.items():
+    output = process.communicate(timeout=300)[0]
+    with open(os.path.join(folder, name), encoding="utf-8") as source:
+      summary = ast.get_docstring(ast.parse(source.read())).splitlines()[0]
+    assert "Traceback" not in output and (f"usage: {name}" in output or summary in output), (name, output[-3000:])
 
