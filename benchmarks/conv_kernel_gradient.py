@@ -84,11 +84,11 @@ def main():
     difference = float(np.max(np.abs(xla(dy) - ours(dy))) / np.max(np.abs(xla(dy))))
     rate = lambda step: flops / seconds(step, dy, repeats=args.repeats) / 1e9
     as_run = rate(ours)
-    fer_jax = lambda: rate(kernel_gradient(layers.conv_general_dilated, x, kernel, stride))
-    whole_map = with_layers_constant("TAP_GRADIENT_BAND_BYTES", float("inf"), fer_jax)
-    tap_by_tap = with_layers_constant("TAP_ROW_CHANNELS", 0, fer_jax)
+    measure_ours = lambda: rate(kernel_gradient(layers.conv_general_dilated, x, kernel, stride))
+    whole_map = with_layers_constant("TAP_GRADIENT_BAND_BYTES", float("inf"), measure_ours)
+    tap_by_tap = with_layers_constant("TAP_ROW_CHANNELS", 0, measure_ours)
     band = layers._band_rows(dy.shape, kernel.shape, dy.dtype)  # pylint: disable=protected-access
-    grouped = ", a kernel row a product" if channels * side <= layers.TAP_ROW_CHANNELS else ""
+    grouped = ", a kernel row a product" if layers._taps_a_product(kernel.shape) > 1 else ""  # pylint: disable=protected-access
     line = (f"{side}×{side} {size}²×{channels}→{features} stride {stride}: XLA {rate(xla):.0f}, "
             f"fer_jax whole map {whole_map:.0f}, a tap a product {tap_by_tap:.0f}, "
             f"as run ({band} of {dy.shape[1]} rows a band{grouped}) {as_run:.0f}")

@@ -61,8 +61,8 @@ def machine(rows: list[dict]) -> str:
   load = f"; 1-min load average before each run {loads[0]:.1f}–{loads[-1]:.1f}" if loads else ""
   counts = sorted({row["devices"] for row in rows})
   devices = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-  cpu_model = f" {first['host_cpu_model']}" if first.get("host_cpu_model") else ""
-  return (f"{devices} × {first['device_kind']} ({first['platform']}, {first.get('host_cpus')}{cpu_model} host CPUs), "
+  cpu_model = f" ({first['host_cpu_model']})" if first.get("host_cpu_model") else ""
+  return (f"{devices} × {first['device_kind']} ({first['platform']}, {first.get('host_cpus')} host CPUs{cpu_model}), "
           f"jax {first['jax']} / jaxlib {first['jaxlib']}, backend {first['backend_version']}"
           f"{', ' + cuda if cuda else ''}; {first['date'][:10]}{load}")
 

@@ -74,12 +74,14 @@ def environment() -> dict:
 
 
 def host_cpu_model() -> str | None:
-  """The host CPU's model name: CPU figures differ several-fold between the machines a cloud lends."""
+  """The host CPU's model name (Linux's /proc/cpuinfo, else what `platform` knows): CPU figures differ
+  several-fold between the machines a cloud lends."""
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as file:
-      return next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), None)
+      named = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), None)
   except OSError:  # not Linux
-    return platform.processor() or None
+    named = None
+  return named or platform.processor() or None
 
 
 def _cuda_versions() -> dict:

@@ -6,6 +6,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -74,8 +75,11 @@ def test_synthetic_line_holds_every_figure():
   assert line["train_flops_per_step"] > line["eval_flops_per_step"] > 0  # the backward pass costs more
   assert line["init_s"] > 0 and line["train_compile_s"] > 0 and line["train_warmup_s"] > 0
   assert line["train_img_per_s"] > 0
-  if sys.platform == "linux":  # CPU figures are only comparable between machines of one CPU model
-    assert line["host_cpu_model"] in open("/proc/cpuinfo", encoding="utf-8").read() and line["host_cpu_model"].strip()
+  if os.path.exists("/proc/cpuinfo"):  # CPU figures compare only between machines of one CPU model
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+      named = re.search(r"^model name\s*:\s*(.+?)\s*$", cpuinfo.read(), re.MULTILINE)
+    if named:
+      assert line["host_cpu_model"] == named.group(1)
   assert line["mfu"] is None and line["peak_tflops_per_device"] is None  # no known peak for a CPU
   # The CPU reports no memory statistics: the planned peak holds at least the train state it is given.
   variables = models.abstract_variables(TinyNet(), tiny_config())
@@ -167,7 +171,7 @@ def test_paper_table_renders_a_line():
                  "| 0.91 | 12.06 | 123.457 | 12.5% | 3.00 | 4,179 | 8,275–9,399 | 7,121 |")
   small = render_table.paper_row({**LINE, "input_size": 72}, reference=True)
   assert small[-3:] == ["–"] * 3  # the official figures are of the paper's input size only
-  assert table.startswith("1 × NVIDIA H100 80GB HBM3 (gpu, 26 Intel(R) Xeon(R) Platinum 8480+ host CPUs), jax 0.11.2 / jaxlib 0.11.2, backend "
+  assert table.startswith("1 × NVIDIA H100 80GB HBM3 (gpu, 26 host CPUs (Intel(R) Xeon(R) Platinum 8480+)), jax 0.11.2 / jaxlib 0.11.2, backend "
                           "cuda 12080, cuda_runtime 12080, nvidia_driver 570.86; 2026-12-01")
 
 
@@ -225,9 +229,13 @@ def test_every_benchmark_script_starts_and_prints_its_usage():
   names = sorted(name for name in os.listdir(folder) if name.endswith(".py"))
   runs = {name: subprocess.Popen([sys.executable, os.path.join(folder, name), "--help"], cwd=helpers.ROOT,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in names}
-  for name, process in runs.items():
-    output = process.communicate(timeout=300)[0]
-    with open(os.path.join(folder, name), encoding="utf-8") as source:
-      summary = ast.get_docstring(ast.parse(source.read())).splitlines()[0]
-    assert "Traceback" not in output and (f"usage: {name}" in output or summary in output), (name, output[-3000:])
-
+  try:
+    for name, process in runs.items():
+      output = process.communicate(timeout=300)[0]
+      with open(os.path.join(folder, name), encoding="utf-8") as source:
+        summary = ast.get_docstring(ast.parse(source.read())).splitlines()[0]
+      assert process.returncode in (0, 1) and "Traceback" not in output, (name, output[-3000:])
+      assert f"usage: {name}" in output or summary in output, (name, output[-3000:])
+  finally:
+    for process in runs.values():
+      process.kill()

@@ -38,6 +38,7 @@ CONVOLUTIONS = [  # input, kernel, strides, padding: the kinds the backbones and
     ((2, 8, 7, 6), (1, 3, 6, 4), (1, 1), ((0, 0), (1, 1))),
     ((2, 8, 7, 6), (3, 1, 6, 4), (1, 1), "SAME"),
     ((2, 10, 10, 4), (3, 3, 4, 4), (2, 2), "SAME"),
+    ((2, 9, 8, 3), (3, 2, 3, 4), (2, 1), "SAME"),
 ]
 
 

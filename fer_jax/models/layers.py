@@ -110,7 +110,8 @@ def _kernel_gradient_by_taps(x, output_gradient, kernel_shape, kernel_dtype, str
   return lax.fori_loop(0, out_height // band, add_band, total).astype(kernel_dtype)
 
 
-# The bytes of input windows plus output gradient per band, tuned on DAN's CPU train step at batch 16
+# The bytes of one tap's input window plus the output gradient per band (a kernel row's product joins
+# up to TAP_ROW_CHANNELS channels of windows: more bytes), tuned on DAN's CPU train step at batch 16
 # (2-core EPYC, 1 MiB L2 a core, 32 MiB L3): bands of 4 MiB in every convolution ran faster than
 # whole maps, and than bands only where a map exceeds 16 MiB (docs/performance.md).
 TAP_GRADIENT_BAND_BYTES = 4 * 2**20
@@ -142,11 +143,12 @@ def _taps_of_band(padded, output_gradient, kernel_shape, strides, precision):
   height, width, channels, features = kernel_shape
   _, out_height, out_width, _ = output_gradient.shape
   gradient_rows = output_gradient.reshape(-1, features)
-  taps_a_product = width if channels * width <= TAP_ROW_CHANNELS else 1
+  taps_a_product = _taps_a_product(kernel_shape)
   products = []
   for i in range(height):
     for first in range(0, width, taps_a_product):
-      windows = [_tap_window(padded, i, j, out_height, out_width, strides) for j in range(first, first + taps_a_product)]
+      windows = [_tap_window(padded, i, j, out_height, out_width, strides)
+                 for j in range(first, first + taps_a_product)]
       window = jnp.concatenate(windows, axis=-1).reshape(-1, channels * taps_a_product)
       products.append(jnp.dot(window.T, gradient_rows, precision=precision,
                               preferred_element_type=at_least_float32(padded.dtype)))
@@ -157,6 +159,12 @@ def _taps_of_band(padded, output_gradient, kernel_shape, strides, precision):
 # convolution's 3 × 64) is one product, its windows side by side: products of 3 or 64 rows leave the
 # CPU's matrix kernels idle (DAN's train step at batch 16: +4 %, docs/performance.md).
 TAP_ROW_CHANNELS = 256
+
+
+def _taps_a_product(kernel_shape) -> int:
+  """How many taps of a kernel row go into one product: the whole row where its channels are few."""
+  height, width, channels, features = kernel_shape
+  return width if channels * width <= TAP_ROW_CHANNELS else 1
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
