@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conv_kernel_gradient import seconds  # the sibling script: run from the repository root as above
+from cpu_convolutions import seconds  # the sibling script: run from the repository root as above
 from fer_jax.models import layers
 
 # name, input (height, width, channels), window, strides, padding

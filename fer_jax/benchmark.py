@@ -125,9 +125,9 @@ def _cost(compiled) -> dict:
 
 
 def _counted(compiled, make_jitted, *args):
-  """`compiled`, or where it holds a while loop, the same step compiled with each CPU kernel gradient
-  in one band (layers.TAP_GRADIENT_BAND_BYTES): XLA's cost analysis counts a loop's body once, not
-  once per trip, so the banded step would show too few FLOPs and bytes."""
+  """`compiled`, or where it holds a while loop, the same step compiled with each CPU 1×1 kernel
+  gradient in one band (layers.TAP_GRADIENT_BAND_BYTES): XLA's cost analysis counts a loop's body once,
+  not once per trip, so the banded step would show too few FLOPs and bytes."""
   if " while(" not in compiled.as_text():
     return compiled
   band_bytes, layers.TAP_GRADIENT_BAND_BYTES = layers.TAP_GRADIENT_BAND_BYTES, math.inf

@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import config_lib
+from fer_jax import mesh as mesh_lib
 from fer_jax import tta
 from fer_jax import visualize
 
@@ -128,7 +129,7 @@ def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", prepro
     return ConfusionMatrix.from_model_output(logits=scores, labels=batch["label"], mask=batch["mask"])
 
   replicated = NamedSharding(mesh, P())
-  return jax.jit(eval_step, out_shardings=replicated)
+  return jax.jit(eval_step, out_shardings=replicated, compiler_options=mesh_lib.compiler_options(mesh))
 
 
 def confusion_matrix(step, variables, eval_data) -> np.ndarray:

@@ -134,7 +134,8 @@ class Predictor:
       return probabilities, logits
 
     tta.weights(tta_name)  # an unknown name fails here, naming the valid ones
-    self._forward = jax.jit(forward, in_shardings=(NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))))
+    self._forward = jax.jit(forward, in_shardings=(NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))),
+                            compiler_options=mesh_lib.compiler_options(self.mesh))
 
   def padded_size(self, count: int) -> int:
     """The batch a step of `count` images runs at: the device count times a power of two, at most

@@ -91,7 +91,8 @@ def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, 
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(train_step, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+                 out_shardings=(replicated, replicated), donate_argnums=0,
+                 compiler_options=mesh_lib.compiler_options(mesh))
 
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring's event, once per XLA compilation

@@ -3,6 +3,7 @@ synthetic set and tiny run configs, configs as the CLI loads them, random model 
 subprocess runs of the CLI and their error checks."""
 
 import os
+import re
 
 import jax
 import numpy as np
@@ -144,3 +145,10 @@ def abstract_train_step(config):
   step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh_lib.make_mesh(), 0)
   state = jax.eval_shape(lambda: {"step": np.int32(0), **abstract, "opt_state": tx.init(abstract["params"])})
   return step, state
+
+
+def ynn_convolutions(hlo: str) -> list[str]:
+  """The YNNPACK fusions of a compiled XLA:CPU program's text whose computation holds a convolution."""
+  bodies = dict(re.findall(r"^(%\S+) \(.*?\{\n(.*?)\n\}", hlo, re.MULTILINE | re.DOTALL))
+  fusions = re.findall(r"^\s*(%\S+) = .*?calls=(%[\w.\-]+).*\"__ynn_fusion\"", hlo, re.MULTILINE)
+  return [name for name, called in fusions if " convolution(" in bodies.get(called, "")]

@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fer_jax import mesh as mesh_lib
 from fer_jax.models import layers
+import helpers
 
 
 def test_prelu_has_one_slope_per_channel():
@@ -39,6 +41,10 @@ CONVOLUTIONS = [  # input, kernel, strides, padding: the kinds the backbones and
     ((2, 8, 7, 6), (3, 1, 6, 4), (1, 1), "SAME"),
     ((2, 10, 10, 4), (3, 3, 4, 4), (2, 2), "SAME"),
     ((2, 9, 8, 3), (3, 2, 3, 4), (2, 1), "SAME"),
+    ((2, 8, 8, 6), (1, 1, 6, 4), (1, 1), "SAME"),
+    ((2, 7, 9, 6), (1, 1, 6, 4), (2, 2), "SAME"),
+    ((2, 7, 9, 6), (1, 1, 6, 4), (2, 1), ((0, 0), (0, 0))),
+    ((2, 7, 9, 6), (1, 1, 6, 4), (1, 1), ((1, 1), (0, 0))),
 ]
 
 
@@ -47,21 +53,12 @@ def _loss(conv, strides, padding):
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))))
 
 
-@pytest.fixture
-def taps_at_every_size(monkeypatch):
-  """The kernel gradient by taps for these small convolutions too."""
-  monkeypatch.setattr(layers, "TAP_GRADIENT_MIN_FLOPS", 0)
-
-
-@pytest.mark.parametrize("row_channels", [layers.TAP_ROW_CHANNELS, 0], ids=["a kernel row a product", "a tap a product"])
 @pytest.mark.parametrize("band_bytes", [layers.TAP_GRADIENT_BAND_BYTES, 1], ids=["one band", "a band per row"])
 @pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", CONVOLUTIONS)
-def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, padding, band_bytes, row_channels,
-                                             taps_at_every_size, monkeypatch):
-  """The kernel gradient computed tap by tap or a kernel row at a time, over the whole map or a band
-  of output rows at a time, equals XLA's to float64 rounding; the rest is lax's."""
+def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, padding, band_bytes, monkeypatch):
+  """A 1×1 convolution's kernel gradient, matrix products on the CPU over the whole map or a band of
+  output rows at a time, equals XLA's to float64 rounding; the rest is lax's."""
   monkeypatch.setattr(layers, "TAP_GRADIENT_BAND_BYTES", band_bytes)
-  monkeypatch.setattr(layers, "TAP_ROW_CHANNELS", row_channels)
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.key(0), x_shape, jnp.float64)
     kernel = jax.random.normal(jax.random.key(1), kernel_shape, jnp.float64)
@@ -71,59 +68,61 @@ def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, pad
   np.testing.assert_allclose(gradients[1], expected[1], rtol=0, atol=1e-13 * np.abs(expected[1]).max())
 
 
-def test_conv_keeps_its_dtype_and_flax_names(taps_at_every_size):
-  conv = layers.Conv(4, (3, 3), dtype=jnp.bfloat16)
+def test_conv_keeps_its_dtype_and_flax_names():
+  conv = layers.Conv(4, (1, 1), dtype=jnp.bfloat16)
   x = jnp.ones((1, 6, 6, 3))
   variables = conv.init(jax.random.key(0), x)
-  assert jax.tree.map(jnp.shape, variables) == {"params": {"kernel": (3, 3, 3, 4), "bias": (4,)}}
+  assert jax.tree.map(jnp.shape, variables) == {"params": {"kernel": (1, 1, 3, 4), "bias": (4,)}}
   kernel_gradient = jax.grad(lambda v: jnp.sum(conv.apply(v, x).astype(jnp.float32)))(variables)["params"]["kernel"]
   assert kernel_gradient.dtype == jnp.float32 and conv.apply(variables, x).dtype == jnp.bfloat16
 
 
-def _convolutions_lowered(platform: str, x_shape, kernel_shape, op: str = "stablehlo.convolution") -> int:
-  """`op`s in the gradient of a "SAME" convolution lowered for `platform`."""
-  grad = jax.jit(jax.grad(_loss(layers.conv_general_dilated, (1, 1), "SAME"), (0, 1)))
-  shapes = (jax.ShapeDtypeStruct(x_shape, jnp.float32), jax.ShapeDtypeStruct(kernel_shape, jnp.float32))
+def _lowered(platform: str, kernel_shape, strides, op: str) -> int:
+  """`op`s in the gradient of a convolution of a (2, 8, 8, channels) input lowered for `platform`."""
+  grad = jax.jit(jax.grad(_loss(layers.conv_general_dilated, strides, "SAME"), (0, 1)))
+  shapes = (jax.ShapeDtypeStruct((2, 8, 8, kernel_shape[2]), jnp.float32),
+            jax.ShapeDtypeStruct(kernel_shape, jnp.float32))
   return export.export(grad, platforms=[platform])(*shapes).mlir_module().count(op)
 
 
-def test_conv_kernel_gradient_is_xla_s_own_on_accelerators(taps_at_every_size):
-  """Lowered for CUDA or TPU, the train step's kernel gradient is a convolution (cuDNN's and the
-  TPU's are fast); lowered for the CPU, it is matrix products."""
-  for platform, convolutions in (("cuda", 3), ("tpu", 3), ("cpu", 2)):
-    assert _convolutions_lowered(platform, (2, 8, 8, 3), (3, 3, 3, 4)) == convolutions, platform
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+def test_pointwise_conv_kernel_gradient_is_a_product_on_the_cpu_only(strides):
+  """Lowered for the CPU, a 1×1 convolution's kernel gradient is one dot; lowered for CUDA or TPU it
+  is a convolution (cuDNN's and the TPU's are fast), as is every larger kernel's everywhere."""
+  for platform, convolutions, dots in (("cpu", 2, 1), ("cuda", 3, 0), ("tpu", 3, 0)):
+    assert _lowered(platform, (1, 1, 3, 4), strides, "stablehlo.convolution") == convolutions, platform
+    assert _lowered(platform, (1, 1, 3, 4), strides, "stablehlo.dot_general") == dots, platform
+  for platform in ("cpu", "cuda"):
+    assert _lowered(platform, (3, 3, 3, 4), strides, "stablehlo.convolution") == 3, platform
 
 
-def test_conv_kernel_gradient_bands_are_the_most_rows_dividing_the_height_that_fit():
-  """Rows of 16 images × 56 positions × (64 + 64) channels × 4 bytes = 448 KiB: 8 of them fit 4 MiB
-  and divide 56; bfloat16 halves the bytes (14 rows); a row over the budget still makes a band."""
+def test_pointwise_kernel_gradient_bands_are_the_most_rows_dividing_the_height_that_fit():
+  """Rows of 16 images × 56 positions × (256 + 64) channels × 4 bytes = 1.09 MiB: 3 would fit 4 MiB,
+  2 divide 56; bfloat16 halves the bytes (7 rows); a row over the budget still makes a band."""
   assert layers.TAP_GRADIENT_BAND_BYTES == 4 * 2**20
-  assert layers._band_rows((16, 56, 56, 64), (3, 3, 64, 64), jnp.float32) == 8
-  assert layers._band_rows((16, 56, 56, 64), (3, 3, 64, 64), jnp.bfloat16) == 14
-  assert layers._band_rows((16, 7, 7, 512), (3, 3, 512, 512), jnp.float32) == 7
-  assert layers._band_rows((512, 56, 56, 64), (3, 3, 64, 64), jnp.float32) == 1
+  assert layers._band_rows((16, 56, 56, 64), 256, jnp.float32) == 2
+  assert layers._band_rows((16, 56, 56, 64), 256, jnp.bfloat16) == 7
+  assert layers._band_rows((16, 7, 7, 512), 128, jnp.float32) == 7  # 2 MiB: one band
+  assert layers._band_rows((512, 56, 56, 256), 256, jnp.float32) == 1
 
 
-def test_conv_kernel_gradient_is_one_band_where_jax_has_several_devices(monkeypatch):
+def test_pointwise_kernel_gradient_is_one_band_where_jax_has_several_devices(monkeypatch):
   monkeypatch.setattr(jax, "device_count", lambda: 8)
-  assert layers._band_rows((16, 56, 56, 64), (3, 3, 64, 64), jnp.float32) == 56
+  assert layers._band_rows((16, 56, 56, 64), 256, jnp.float32) == 56
 
 
-def test_conv_kernel_gradient_by_taps_from_its_flop_threshold():
-  """2 · 8·16·16 output positions · 3·3·64 · 64 = 151 MFLOP: by taps; a quarter of it: XLA's own."""
-  assert layers.TAP_GRADIENT_MIN_FLOPS == 1e8
-  assert _convolutions_lowered("cpu", (8, 16, 16, 64), (3, 3, 64, 64)) == 2
-  assert _convolutions_lowered("cpu", (2, 16, 16, 64), (3, 3, 64, 64)) == 3
-
-
-def test_conv_kernel_gradient_is_a_product_per_kernel_row_where_channels_are_few():
-  """3 taps × 64 channels ≤ TAP_ROW_CHANNELS: a product per kernel row; 3 × 128: a product per tap;
-  the 7×7 stem's rows of 7 × 3 channels: 7 products."""
-  assert layers.TAP_ROW_CHANNELS == 256
-  products = lambda x_shape, kernel_shape: _convolutions_lowered("cpu", x_shape, kernel_shape, "stablehlo.dot_general")
-  assert products((8, 16, 16, 64), (3, 3, 64, 64)) == 3
-  assert products((8, 16, 16, 128), (3, 3, 128, 128)) == 9
-  assert products((8, 32, 32, 3), (7, 7, 3, 64)) == 7
+def test_cpu_steps_keep_convolutions_out_of_ynnpack():
+  """Compiled with the mesh's options, the CPU's convolutions and their gradients are XLA's own
+  kernels (faster than YNNPACK's for these models, docs/performance.md), and compute the same."""
+  options = mesh_lib.compiler_options(mesh_lib.make_mesh())
+  assert options == mesh_lib.CPU_COMPILER_OPTIONS
+  grad = jax.grad(_loss(layers.conv_general_dilated, (1, 1), "SAME"), (0, 1))
+  x, kernel = jnp.ones((2, 8, 8, 3)), jnp.full((3, 3, 3, 4), 0.1)
+  compiled = jax.jit(grad, compiler_options=options).lower(x, kernel).compile()
+  hlo = compiled.as_text()
+  assert hlo.count(" convolution(") == 3 and not helpers.ynn_convolutions(hlo)
+  for ours, default in zip(compiled(x, kernel), jax.jit(grad)(x, kernel)):
+    np.testing.assert_allclose(ours, default, rtol=1e-5)
 
 
 POOLS = [  # input, window, strides, padding: ResNet's stem pool, ResNet-v2's (zero-padded), LHC-Net's key pool, others

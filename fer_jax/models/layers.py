@@ -16,109 +16,87 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None):
-  """lax.conv_general_dilated as nn.Conv calls it, with another kernel gradient on the CPU.
+  """lax.conv_general_dilated as nn.Conv calls it; on the CPU a 1×1 convolution's kernel gradient
+  is matrix products.
 
-  XLA:CPU computes the gradient of a 2-D convolution's kernel as a convolution with the
-  activations' spatial size as window, up to 10× slower than the forward pass on large maps
-  (ResNet-18's 56×56 stage: 5 GFLOP/s; docs/performance.md). There it is one matrix product per
-  kernel position (per kernel row where channels are few) instead, for gradients of
-  TAP_GRADIENT_MIN_FLOPS or more; elsewhere, and for grouped or dilated convolutions, XLA's own
-  gradient. The forward pass and the input gradient are lax's.
+  XLA:CPU differentiates a convolution's kernel by another convolution whose window is the whole
+  activation map. For a 1×1 kernel that is a [channels in, positions] × [positions, channels out]
+  product, which runs faster as dots over bands of output rows (SCAN-CCI's ResNet-50 train step on the
+  CPU: 1.2× as many images a second; docs/performance.md). Every other convolution, and every one off
+  the CPU, is lax's.
   """
-  pads = _padding_for_taps(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
-                           dimension_numbers, feature_group_count)
-  if pads is None:
+  if not _is_pointwise(lhs.shape, rhs.shape, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                       feature_group_count):
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, precision=precision)
-  return _conv(lhs, rhs, tuple(window_strides), pads, precision)
+  return _pointwise_conv(lhs, rhs, tuple(window_strides), precision)
 
 
-def _padding_for_taps(x_shape, kernel_shape, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                      feature_group_count):
-  """The explicit padding of a convolution whose kernel gradient goes by taps: undilated,
-  ungrouped, 2-D NHWC/HWIO, of static shape (an exported model's symbolic batch is inference
-  only) and of TAP_GRADIENT_MIN_FLOPS or more; None for any other."""
+def _is_pointwise(x_shape, kernel_shape, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                  feature_group_count) -> bool:
+  """A 1×1, unpadded, undilated, ungrouped 2-D NHWC/HWIO convolution of static shape (an exported
+  model's symbolic batch is inference only)."""
   ones = (None, (1, 1))
-  if (len(x_shape) != 4 or feature_group_count != 1 or lhs_dilation not in ones or rhs_dilation not in ones
-      or not all(isinstance(size, int) for size in x_shape)
-      or lax.conv_dimension_numbers(x_shape, kernel_shape, dimension_numbers)
-      != lax.conv_dimension_numbers(x_shape, kernel_shape, _NHWC)):
-    return None
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(x_shape[1:3], kernel_shape[:2], strides, padding)
-  padding = tuple(tuple(pad) for pad in padding)
-  return padding if _kernel_gradient_flops(x_shape, kernel_shape, strides, padding) >= TAP_GRADIENT_MIN_FLOPS else None
+  return (len(x_shape) == 4 and tuple(kernel_shape[:2]) == (1, 1) and feature_group_count == 1
+          and lhs_dilation in ones and rhs_dilation in ones
+          and all(isinstance(size, int) for size in x_shape)
+          and lax.conv_dimension_numbers(x_shape, kernel_shape, dimension_numbers)
+          == lax.conv_dimension_numbers(x_shape, kernel_shape, _NHWC)
+          and (padding in ("SAME", "VALID") or all(tuple(pad) == (0, 0) for pad in padding)))
 
 
-# Below this many FLOPs the two kernel gradients differ by under 1 ms a step on the CPU while the
-# products add compile time (DAN's train step at 32 px: 18 s → 25 s); docs/performance.md.
-TAP_GRADIENT_MIN_FLOPS = 1e8
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _pointwise_conv(x, kernel, strides, precision):
+  return lax.conv_general_dilated(x, kernel, strides, "VALID", dimension_numbers=_NHWC, precision=precision)
 
 
-def _kernel_gradient_flops(x_shape, kernel_shape, strides, padding) -> int:
-  height, width, channels, features = kernel_shape
-  out_height, out_width = (
-      (size + low + high - side) // stride + 1
-      for size, (low, high), side, stride in zip(x_shape[1:3], padding, (height, width), strides))
-  return 2 * x_shape[0] * out_height * out_width * height * width * channels * features
+def _pointwise_conv_forward(x, kernel, strides, precision):
+  return _pointwise_conv(x, kernel, strides, precision), (x, kernel)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, kernel, strides, padding, precision):
-  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC, precision=precision)
-
-
-def _conv_forward(x, kernel, strides, padding, precision):
-  return _conv(x, kernel, strides, padding, precision), (x, kernel)
-
-
-def _conv_backward(strides, padding, precision, residuals, output_gradient):
+def _pointwise_conv_backward(strides, precision, residuals, output_gradient):
   x, kernel = residuals
-  conv = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
+  conv = functools.partial(lax.conv_general_dilated, window_strides=strides, padding="VALID",
                            dimension_numbers=_NHWC, precision=precision)
   input_gradient, = jax.vjp(lambda x: conv(x, kernel), x)[1](output_gradient)
   xla_kernel_gradient = lambda x, dy: jax.vjp(lambda k: conv(x, k), kernel)[1](dy)[0]
-  tap_kernel_gradient = functools.partial(_kernel_gradient_by_taps, kernel_shape=kernel.shape,
-                                          kernel_dtype=kernel.dtype, strides=strides, padding=padding,
-                                          precision=precision)
-  kernel_gradient = lax.platform_dependent(x, output_gradient, cpu=tap_kernel_gradient,
+  product_kernel_gradient = lambda x, dy: _pointwise_kernel_gradient(x, dy, strides, precision).astype(kernel.dtype)
+  kernel_gradient = lax.platform_dependent(x, output_gradient, cpu=product_kernel_gradient,
                                            default=xla_kernel_gradient)
   return input_gradient, kernel_gradient
 
 
-_conv.defvjp(_conv_forward, _conv_backward)
+_pointwise_conv.defvjp(_pointwise_conv_forward, _pointwise_conv_backward)
 
 
-def _kernel_gradient_by_taps(x, output_gradient, kernel_shape, kernel_dtype, strides, padding, precision):
-  """∂L/∂kernel[i, j] = Σ over batch and output positions of x's window at tap (i, j) ⊗ ∂L/∂y:
-  one [channels_in, positions] × [positions, channels_out] product per tap (per kernel row where
-  channels are few, _taps_a_product), summed over bands of output rows small enough for the windows
-  and ∂L/∂y of a band to stay in the CPU's caches."""
-  height = kernel_shape[0]
-  out_height = output_gradient.shape[1]
-  padded = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
-  band = _band_rows(output_gradient.shape, kernel_shape, x.dtype)
-  band_taps = functools.partial(_taps_of_band, kernel_shape=kernel_shape, strides=strides, precision=precision)
+def _pointwise_kernel_gradient(x, output_gradient, strides, precision):
+  """∂L/∂kernel of a 1×1 convolution: Σ over batch and output positions of the input there ⊗ ∂L/∂y,
+  accumulated in at least float32, summed over bands of output rows small enough for a band's input
+  and ∂L/∂y to stay in the CPU's caches."""
+  batch, out_height, out_width, features = output_gradient.shape
+  channels = x.shape[-1]
+  band = _band_rows(output_gradient.shape, channels, x.dtype)
+  in_rows = (band - 1) * strides[0] + 1
+
+  def band_product(index):
+    seen = lax.dynamic_slice_in_dim(x, index * band * strides[0], in_rows, axis=1)[:, :, ::strides[1]]
+    dy = lax.dynamic_slice_in_dim(output_gradient, index * band, band, axis=1)
+    return jnp.einsum("bhwi,bhwo->io", seen[:, ::strides[0]], dy, precision=precision,
+                      preferred_element_type=at_least_float32(x.dtype))
+
   if band == out_height:
-    return band_taps(padded, output_gradient).astype(kernel_dtype)
-  in_rows = (band - 1) * strides[0] + height
-
-  def add_band(index, total):
-    rows = lax.dynamic_slice_in_dim(padded, index * band * strides[0], in_rows, axis=1)
-    return total + band_taps(rows, lax.dynamic_slice_in_dim(output_gradient, index * band, band, axis=1))
-
-  total = jnp.zeros(kernel_shape, at_least_float32(x.dtype))
-  return lax.fori_loop(0, out_height // band, add_band, total).astype(kernel_dtype)
+    return band_product(0)[None, None]
+  total = jnp.zeros((channels, features), at_least_float32(x.dtype))
+  return lax.fori_loop(0, out_height // band, lambda index, total: total + band_product(index), total)[None, None]
 
 
-# The bytes of one tap's input window plus the output gradient per band (a kernel row's product joins
-# up to TAP_ROW_CHANNELS channels of windows: more bytes), tuned on DAN's CPU train step at batch 16
-# (2-core EPYC, 1 MiB L2 a core, 32 MiB L3): bands of 4 MiB in every convolution ran faster than
-# whole maps, and than bands only where a map exceeds 16 MiB (docs/performance.md).
+# The bytes of a band's input rows and output gradient rows, tuned on DAN's CPU train step at batch 16
+# (2-core EPYC, 1 MiB L2 a core, 32 MiB L3), re-checked on a Xeon (2 MiB L2 a core): in bands, SCAN-CCI's
+# train step ran 1.3× as fast as with whole maps (docs/performance.md).
 TAP_GRADIENT_BAND_BYTES = 4 * 2**20
 
 
-def _band_rows(output_shape, kernel_shape, dtype) -> int:
+def _band_rows(output_shape, channels: int, dtype) -> int:
   """The most output rows, a divisor of the output height, whose band fits TAP_GRADIENT_BAND_BYTES;
   the whole height where JAX has several devices: a batch sharded over them would be summed across
   devices once per band, inside the loop, and XLA:CPU may order the loops' all-reduces differently
@@ -126,46 +104,9 @@ def _band_rows(output_shape, kernel_shape, dtype) -> int:
   batch, out_height, out_width, features = output_shape
   if jax.device_count() > 1:
     return out_height
-  row_bytes = batch * out_width * (kernel_shape[2] + features) * jnp.dtype(dtype).itemsize
+  row_bytes = batch * out_width * (channels + features) * jnp.dtype(dtype).itemsize
   return max(rows for rows in range(1, out_height + 1)
              if out_height % rows == 0 and (rows == 1 or rows * row_bytes <= TAP_GRADIENT_BAND_BYTES))
-
-
-def _tap_window(padded, i: int, j: int, out_height: int, out_width: int, strides):
-  """The padded input's values that kernel or window tap (i, j) meets at every output position."""
-  batch, _, _, channels = padded.shape
-  return lax.slice(padded, (0, i, j, 0), (batch, i + strides[0] * (out_height - 1) + 1,
-                                          j + strides[1] * (out_width - 1) + 1, channels), (1, *strides, 1))
-
-
-def _taps_of_band(padded, output_gradient, kernel_shape, strides, precision):
-  """The taps' products over the output rows of `output_gradient` and the padded input rows they see;
-  a kernel row's taps in one product (their windows side by side) where the input has few channels."""
-  height, width, channels, features = kernel_shape
-  _, out_height, out_width, _ = output_gradient.shape
-  gradient_rows = output_gradient.reshape(-1, features)
-  taps_a_product = _taps_a_product(kernel_shape)
-  products = []
-  for i in range(height):
-    for first in range(0, width, taps_a_product):
-      windows = [_tap_window(padded, i, j, out_height, out_width, strides)
-                 for j in range(first, first + taps_a_product)]
-      window = jnp.concatenate(windows, axis=-1).reshape(-1, channels * taps_a_product)
-      products.append(jnp.dot(window.T, gradient_rows, precision=precision,
-                              preferred_element_type=at_least_float32(padded.dtype)))
-  return jnp.concatenate(products).reshape(kernel_shape)
-
-
-# A kernel row whose taps see at most this many input channels in all (the 7×7 stem's 7 × 3, a 3×3
-# convolution's 3 × 64) is one product, its windows side by side: products of 3 or 64 rows leave the
-# CPU's matrix kernels idle (DAN's train step at batch 16: +4 %, docs/performance.md).
-TAP_ROW_CHANNELS = 256
-
-
-def _taps_a_product(kernel_shape) -> int:
-  """How many taps of a kernel row go into one product: the whole row where its channels are few."""
-  _, width, channels, _ = kernel_shape
-  return width if channels * width <= TAP_ROW_CHANNELS else 1
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
@@ -207,6 +148,13 @@ def _max_pool_backward(window, strides, padding, residuals, output_gradient):
 
 
 _max_pool.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+def _tap_window(padded, i: int, j: int, out_height: int, out_width: int, strides):
+  """The padded input's values that window tap (i, j) meets at every output position."""
+  batch, _, _, channels = padded.shape
+  return lax.slice(padded, (0, i, j, 0), (batch, i + strides[0] * (out_height - 1) + 1,
+                                          j + strides[1] * (out_width - 1) + 1, channels), (1, *strides, 1))
 
 
 def _max_pool_gradient_by_taps(x, pooled, output_gradient, window, strides, padding):
