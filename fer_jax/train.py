@@ -66,7 +66,9 @@ def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, 
   e.g. `TrainData.augment`), the batch holds uint8 images and their positions, augmented inside
   the step; without it, the images are model inputs already. `model_mode="inference"` computes
   the gradient with the model in inference mode (BatchNorm on its running statistics, which stay
-  as they are; no dropout), as PyTorch does after `model.eval()`."""
+  as they are; no dropout), as PyTorch does after `model.eval()`. On CPUs it compiles with
+  `mesh.compiler_options`, which JAX accepts on a top-level jit only: call, `.trace` or `.lower` it,
+  not inside another jit."""
   if model_mode not in MODEL_MODES:
     raise ValueError(f"Unknown model mode {model_mode!r}; valid: {', '.join(MODEL_MODES)}.")
   train = model_mode == "train"

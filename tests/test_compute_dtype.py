@@ -90,7 +90,7 @@ def _bfloat16_train_step(spec: str, **model):
   config.model.update(dtype="bfloat16", **model)
   step, state = abstract_train_step(config)
   batch = {"image": jax.ShapeDtypeStruct((2, 32, 32, 3), np.float32), "label": jax.ShapeDtypeStruct((2,), np.int32)}
-  return list(_equations(jax.make_jaxpr(step)(state, batch).jaxpr)), jax.eval_shape(step, state, batch)
+  return list(_equations(step.trace(state, batch).jaxpr.jaxpr)), jax.eval_shape(step, state, batch)
 
 
 def _check_float32_outside(equations, output, model_name: str, low_precision_scopes: str, float32_matmuls: str):
@@ -101,7 +101,7 @@ def _check_float32_outside(equations, output, model_name: str, low_precision_sco
   inside = lambda path: re.search(rf"\({model_name}\)+/({low_precision_scopes})", path)
   matmuls = [(eqn, path) for eqn, path in equations if eqn.primitive.name in MATMULS]
   low = [path for eqn, path in matmuls if inside(path)]
-  # operands: the CPU's kernel gradient by taps sums its products in float32 (layers.py)
+  # operands: the CPU's 1×1 kernel gradient sums its products in float32 (layers.py)
   assert len(low) > 20 and all({str(v.aval.dtype) for v in eqn.invars} == {BF16}
                                for eqn, path in matmuls if inside(path))
   precise = [path for eqn, path in matmuls if not inside(path)]

@@ -87,6 +87,6 @@ def test_float64_mode_has_no_lower_precision_op_in_an_apvit_step():
     step, state = abstract_train_step(config)
     batch = {"image": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), np.float64),
              "label": jax.ShapeDtypeStruct((BATCH,), np.int32)}
-    jaxpr = str(jax.make_jaxpr(step)(state, batch))
+    jaxpr = str(step.trace(state, batch).jaxpr)
   assert "f64[" in jaxpr
   assert not re.findall(r"\b(?:f32|bf16|f16)\[", jaxpr)

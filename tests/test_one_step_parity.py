@@ -97,7 +97,7 @@ def test_float64_mode_has_no_lower_precision_op_in_a_dan_step():
     step, state = abstract_train_step(config)
     batch = {"image": jax.ShapeDtypeStruct((BATCH, 32, 32, 3), np.float64),
              "label": jax.ShapeDtypeStruct((BATCH,), np.int32)}
-    jaxpr = str(jax.make_jaxpr(step)(state, batch))
+    jaxpr = str(step.trace(state, batch).jaxpr)
   variables = {name: tree for name, tree in state.items() if name not in ("step", "opt_state")}
   assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {np.dtype(np.float64)}
   assert "f64[" in jaxpr

@@ -92,7 +92,7 @@ def _pointwise_kernel_gradient(x, output_gradient, strides, precision):
 
 # The bytes of a band's input rows and output gradient rows, tuned on DAN's CPU train step at batch 16
 # (2-core EPYC, 1 MiB L2 a core, 32 MiB L3), re-checked on a Xeon (2 MiB L2 a core): in bands, SCAN-CCI's
-# train step ran 1.3× as fast as with whole maps (docs/performance.md).
+# train step ran 1.2× as fast as with whole maps (docs/performance.md).
 TAP_GRADIENT_BAND_BYTES = 4 * 2**20
 
 
