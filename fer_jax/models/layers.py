@@ -73,15 +73,14 @@ def _pointwise_kernel_gradient(x, output_gradient, strides, precision):
   """∂L/∂kernel of a 1×1 convolution: Σ over batch and output positions of the input there ⊗ ∂L/∂y,
   accumulated in at least float32, summed over bands of output rows small enough for a band's input
   and ∂L/∂y to stay in the CPU's caches."""
-  batch, out_height, out_width, features = output_gradient.shape
-  channels = x.shape[-1]
+  out_height, features, channels = output_gradient.shape[1], output_gradient.shape[3], x.shape[3]
   band = _band_rows(output_gradient.shape, channels, x.dtype)
   in_rows = (band - 1) * strides[0] + 1
 
   def band_product(index):
-    seen = lax.dynamic_slice_in_dim(x, index * band * strides[0], in_rows, axis=1)[:, :, ::strides[1]]
+    seen = lax.dynamic_slice_in_dim(x, index * band * strides[0], in_rows, axis=1)[:, ::strides[0], ::strides[1]]
     dy = lax.dynamic_slice_in_dim(output_gradient, index * band, band, axis=1)
-    return jnp.einsum("bhwi,bhwo->io", seen[:, ::strides[0]], dy, precision=precision,
+    return jnp.einsum("bhwi,bhwo->io", seen, dy, precision=precision,
                       preferred_element_type=at_least_float32(x.dtype))
 
   if band == out_height:
