@@ -125,6 +125,18 @@ def test_cpu_steps_keep_convolutions_out_of_ynnpack():
     np.testing.assert_allclose(ours, default, rtol=1e-5)
 
 
+@pytest.mark.parametrize("options", [{"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_FUSION_TYPE"},
+                                     {"xla_cpu_no_such_option": "LIBRARY_FUSION_TYPE_REDUCE"}])
+def test_steps_keep_xla_s_defaults_where_the_cpu_refuses_the_options(options, monkeypatch):
+  """A jaxlib that renamed the experimental option or its values still compiles the steps."""
+  monkeypatch.setattr(mesh_lib, "CPU_COMPILER_OPTIONS", options)
+  mesh_lib._cpu_takes_options.cache_clear()
+  try:
+    assert mesh_lib.compiler_options(mesh_lib.make_mesh()) is None
+  finally:
+    mesh_lib._cpu_takes_options.cache_clear()
+
+
 POOLS = [  # input, window, strides, padding: ResNet's stem pool, ResNet-v2's (zero-padded), LHC-Net's key pool, others
     ((2, 12, 12, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),
     ((2, 13, 11, 3), (3, 3), (2, 2), "VALID"),
