@@ -1,8 +1,8 @@
 """The CPU's convolutions of ResNet-18 and ResNet-50 at 224² (batch 16, float32), forward, input
 gradient and kernel gradient, three ways: XLA with JAX's default options (YNNPACK's convolution
-kernels), as fer_jax's steps compile them (`mesh.CPU_COMPILER_OPTIONS`: XLA's own kernels; a 1×1
-kernel gradient one matrix product, `layers.conv_general_dilated`), and PyTorch's where it is
-installed (oneDNN).
+kernels), as fer_jax's steps compile them (`mesh.compiler_options`: XLA's own kernels; a 1×1
+kernel gradient dots over bands of output rows, `layers.conv_general_dilated`), and PyTorch's where
+it is installed (oneDNN).
 
   python benchmarks/cpu_convolutions.py [--batch 16] [--repeats 5]
 
@@ -74,9 +74,9 @@ def main():
     dy = jax.random.normal(jax.random.key(2), (args.batch, size // stride, size // stride, features))
     flops = 2 * dy.size * side * side * channels
     default = jax_passes(lax.conv_general_dilated, stride, side // 2, None)
-    ours = jax_passes(layers.conv_general_dilated, stride, side // 2, mesh_lib.CPU_COMPILER_OPTIONS)
-    difference = max(float(np.max(np.abs(d(x, kernel, dy) - o(x, kernel, dy))) / np.max(np.abs(d(x, kernel, dy))))
-                     for d, o in zip(default[1:], ours[1:]))
+    ours = jax_passes(layers.conv_general_dilated, stride, side // 2, mesh_lib.compiler_options(mesh_lib.make_mesh()))
+    relative = lambda expected, value: float(np.max(np.abs(expected - value)) / np.max(np.abs(expected)))
+    difference = max(relative(d(x, kernel, dy), o(x, kernel, dy)) for d, o in zip(default[1:], ours[1:]))
     ways = [default, ours, torch_passes(x, kernel, dy, stride)]
     rates = [[flops / seconds(step, x, kernel, dy, repeats=args.repeats) / 1e9 for step in way]
              for way in ways if way]

@@ -7,13 +7,13 @@ Arguments pick the data set:
   affectnet8  AffectNet, 8 classes. Official README: 62.09 % (epoch 5).
   synthetic   the built-in synthetic faces at 72×72, trained from scratch (a CPU demo, not a
               paper setting): 97.80 % test accuracy after 5 epochs on 1 CPU device (9 min on our
-              2-core Xeon; 97.50 % and 97.80 % on 8 fake CPU devices before the CPU convolution
-              changes, docs/running_at_scale.md). Fewer epochs
-              stop where accuracy still climbs fast and runs part: with 3, 96.95 % and 93.60 %.
+              2-core Xeon; before the CPU convolution changes 97.50 % on 1 device and 97.80 % on
+              8 fake CPU devices, docs/running_at_scale.md). Fewer epochs stop where accuracy
+              still climbs fast and runs part: with 3, 96.95 % and 93.60 %.
               With ",occlusion=yes" the report adds the test split with the mouth, the eyes and
               the lower face (a surgical mask) covered (evaluators occluded_mouth,
-              occluded_eyes, occluded_mask); measured on the 5-epoch model: 42.70 %, 38.85 % and
-              64.85 % (plain test 97.50 %).
+              occluded_eyes, occluded_mask); measured on the 5-epoch model of 2026-12-01: 42.70 %,
+              38.85 % and 64.85 % (plain test 97.50 %).
 
   python -m fer_jax.main --config=configs/dan.py:rafdb --workdir=workdirs/dan_rafdb
 """

@@ -126,15 +126,15 @@ def _cost(compiled) -> dict:
 
 def _counted(compiled, make_jitted, *args):
   """`compiled`, or where it holds a while loop, the same step compiled with each CPU 1×1 kernel
-  gradient in one band (layers.TAP_GRADIENT_BAND_BYTES): XLA's cost analysis counts a loop's body once,
-  not once per trip, so the banded step would show too few FLOPs and bytes."""
+  gradient in one band (layers.POINTWISE_GRADIENT_BAND_BYTES): XLA's cost analysis counts a loop's
+  body once, not once per trip, so the banded step would show too few FLOPs and bytes."""
   if " while(" not in compiled.as_text():
     return compiled
-  band_bytes, layers.TAP_GRADIENT_BAND_BYTES = layers.TAP_GRADIENT_BAND_BYTES, math.inf
+  band_bytes, layers.POINTWISE_GRADIENT_BAND_BYTES = layers.POINTWISE_GRADIENT_BAND_BYTES, math.inf
   try:
     return make_jitted().lower(*args).compile()
   finally:
-    layers.TAP_GRADIENT_BAND_BYTES = band_bytes
+    layers.POINTWISE_GRADIENT_BAND_BYTES = band_bytes
 
 
 def _memory_analysis(compiled) -> dict:

@@ -23,19 +23,19 @@ CPU_COMPILER_OPTIONS = {
 def compiler_options(mesh: jax.sharding.Mesh) -> dict | None:
   """The XLA options of a step jitted over `mesh`: CPU_COMPILER_OPTIONS on CPUs whose XLA takes them,
   XLA's defaults elsewhere."""
-  device = mesh.devices.flat[0]
-  return CPU_COMPILER_OPTIONS if device.platform == "cpu" and _cpu_takes_options(device) else None
+  return CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" and _cpu_takes_options() else None
 
 
 @functools.cache
-def _cpu_takes_options(device) -> bool:
+def _cpu_takes_options() -> bool:
   """Whether this jaxlib's XLA:CPU compiles with CPU_COMPILER_OPTIONS (an experimental option that a
-  later release may rename), tried once on a one-element program."""
+  later release may rename), tried once on a one-element program on this process's first CPU."""
+  device = jax.local_devices(backend="cpu")[0]
   try:
     jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(
         jax.device_put(np.float32(0), device)).compile()
   except jax.errors.JaxRuntimeError as error:
     logging.warning("XLA:CPU refuses %s (%s): the steps compile with its default kernels.",
-                    CPU_COMPILER_OPTIONS, str(error).splitlines()[0])
+                    CPU_COMPILER_OPTIONS, str(error).partition("\n")[0])
     return False
   return True

@@ -53,12 +53,13 @@ def _loss(conv, strides, padding):
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))))
 
 
-@pytest.mark.parametrize("band_bytes", [layers.TAP_GRADIENT_BAND_BYTES, 1], ids=["one band", "a band per row"])
+@pytest.mark.parametrize("band_bytes", [layers.POINTWISE_GRADIENT_BAND_BYTES, 800, 1],
+                         ids=["one band", "two rows a band at stride 2", "a band per row"])
 @pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", CONVOLUTIONS)
 def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, padding, band_bytes, monkeypatch):
   """A 1×1 convolution's kernel gradient, matrix products on the CPU over the whole map or a band of
   output rows at a time, equals XLA's to float64 rounding; the rest is lax's."""
-  monkeypatch.setattr(layers, "TAP_GRADIENT_BAND_BYTES", band_bytes)
+  monkeypatch.setattr(layers, "POINTWISE_GRADIENT_BAND_BYTES", band_bytes)
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.key(0), x_shape, jnp.float64)
     kernel = jax.random.normal(jax.random.key(1), kernel_shape, jnp.float64)
@@ -99,7 +100,7 @@ def test_pointwise_conv_kernel_gradient_is_a_product_on_the_cpu_only(strides):
 def test_pointwise_kernel_gradient_bands_are_the_most_rows_dividing_the_height_that_fit():
   """Rows of 16 images × 56 positions × (256 + 64) channels × 4 bytes = 1.09 MiB: 3 would fit 4 MiB,
   2 divide 56; bfloat16 halves the bytes (7 rows); a row over the budget still makes a band."""
-  assert layers.TAP_GRADIENT_BAND_BYTES == 4 * 2**20
+  assert layers.POINTWISE_GRADIENT_BAND_BYTES == 4 * 2**20
   assert layers._band_rows((16, 56, 56, 64), 256, jnp.float32) == 2
   assert layers._band_rows((16, 56, 56, 64), 256, jnp.bfloat16) == 7
   assert layers._band_rows((16, 7, 7, 512), 128, jnp.float32) == 7  # 2 MiB: one band
@@ -117,12 +118,15 @@ def test_cpu_steps_keep_convolutions_out_of_ynnpack():
   options = mesh_lib.compiler_options(mesh_lib.make_mesh())
   assert options == mesh_lib.CPU_COMPILER_OPTIONS
   grad = jax.grad(_loss(layers.conv_general_dilated, (1, 1), "SAME"), (0, 1))
-  x, kernel = jnp.ones((2, 8, 8, 3)), jnp.full((3, 3, 3, 4), 0.1)
+  x, kernel = jnp.ones((2, 8, 8, 64)), jnp.full((3, 3, 64, 64), 0.01)  # YNNPACK takes 64 channels, not 3
   compiled = jax.jit(grad, compiler_options=options).lower(x, kernel).compile()
   hlo = compiled.as_text()
   assert hlo.count(" convolution(") == 3 and not helpers.ynn_convolutions(hlo)
+  in_ynnpack = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
+  in_ynnpack_hlo = jax.jit(grad, compiler_options=in_ynnpack).lower(x, kernel).compile().as_text()
+  assert len(helpers.ynn_convolutions(in_ynnpack_hlo)) == 3  # the helper finds them where they are
   for ours, default in zip(compiled(x, kernel), jax.jit(grad)(x, kernel)):
-    np.testing.assert_allclose(ours, default, rtol=1e-5)
+    np.testing.assert_allclose(ours, default, rtol=1e-4, atol=1e-5 * np.abs(default).max())  # float32 sums
 
 
 @pytest.mark.parametrize("options", [{"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_FUSION_TYPE"},

@@ -34,15 +34,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 def _is_pointwise(x_shape, kernel_shape, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                   feature_group_count) -> bool:
-  """A 1×1, unpadded, undilated, ungrouped 2-D NHWC/HWIO convolution of static shape (an exported
-  model's symbolic batch is inference only)."""
+  """A 1×1, unpadded ("SAME" pads a 1×1 kernel by nothing), undilated, ungrouped 2-D NHWC/HWIO
+  convolution of static shape (an exported model's symbolic batch is inference only)."""
   ones = (None, (1, 1))
   return (len(x_shape) == 4 and tuple(kernel_shape[:2]) == (1, 1) and feature_group_count == 1
           and lhs_dilation in ones and rhs_dilation in ones
           and all(isinstance(size, int) for size in x_shape)
           and lax.conv_dimension_numbers(x_shape, kernel_shape, dimension_numbers)
           == lax.conv_dimension_numbers(x_shape, kernel_shape, _NHWC)
-          and (padding in ("SAME", "VALID") or all(tuple(pad) == (0, 0) for pad in padding)))
+          and (padding in ("SAME", "VALID") if isinstance(padding, str)
+               else all(tuple(pad) == (0, 0) for pad in padding)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -80,8 +81,8 @@ def _pointwise_kernel_gradient(x, output_gradient, strides, precision):
   def band_product(index):
     seen = lax.dynamic_slice_in_dim(x, index * band * strides[0], in_rows, axis=1)[:, ::strides[0], ::strides[1]]
     dy = lax.dynamic_slice_in_dim(output_gradient, index * band, band, axis=1)
-    return jnp.einsum("bhwi,bhwo->io", seen, dy, precision=precision,
-                      preferred_element_type=at_least_float32(x.dtype))
+    return jnp.dot(seen.reshape(-1, channels).T, dy.reshape(-1, features), precision=precision,
+                   preferred_element_type=at_least_float32(x.dtype))
 
   if band == out_height:
     return band_product(0)[None, None]
@@ -89,14 +90,15 @@ def _pointwise_kernel_gradient(x, output_gradient, strides, precision):
   return lax.fori_loop(0, out_height // band, lambda index, total: total + band_product(index), total)[None, None]
 
 
-# The bytes of a band's input rows and output gradient rows, tuned on DAN's CPU train step at batch 16
-# (2-core EPYC, 1 MiB L2 a core, 32 MiB L3), re-checked on a Xeon (2 MiB L2 a core): in bands, SCAN-CCI's
-# train step ran 1.2× as fast as with whole maps (docs/performance.md).
-TAP_GRADIENT_BAND_BYTES = 4 * 2**20
+# The bytes of a band's output rows and the input they see (counted at the output's width), the size
+# tuned for the kernel gradients by taps on DAN's CPU train step (2-core EPYC, 1 MiB L2 a core):
+# with these bands SCAN-CCI's train step ran 1.2× as fast as with whole maps on a Xeon (2 MiB L2 a
+# core; docs/performance.md).
+POINTWISE_GRADIENT_BAND_BYTES = 4 * 2**20
 
 
 def _band_rows(output_shape, channels: int, dtype) -> int:
-  """The most output rows, a divisor of the output height, whose band fits TAP_GRADIENT_BAND_BYTES;
+  """The most output rows, a divisor of the output height, whose band fits POINTWISE_GRADIENT_BAND_BYTES;
   the whole height where JAX has several devices: a batch sharded over them would be summed across
   devices once per band, inside the loop, and XLA:CPU may order the loops' all-reduces differently
   on different devices (an 8-device run stalled in its collectives)."""
@@ -105,7 +107,7 @@ def _band_rows(output_shape, channels: int, dtype) -> int:
     return out_height
   row_bytes = batch * out_width * (channels + features) * jnp.dtype(dtype).itemsize
   return max(rows for rows in range(1, out_height + 1)
-             if out_height % rows == 0 and (rows == 1 or rows * row_bytes <= TAP_GRADIENT_BAND_BYTES))
+             if out_height % rows == 0 and (rows == 1 or rows * row_bytes <= POINTWISE_GRADIENT_BAND_BYTES))
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
