@@ -47,7 +47,6 @@ from fer_jax import optim
 from fer_jax import train
 from fer_jax import validation
 from fer_jax.data import pipeline
-from fer_jax.models import layers
 
 INPUT_MODES = ("synthetic", "host", "augment", "end_to_end")
 PROFILED_STEPS = 3
@@ -122,19 +121,6 @@ def _cost(compiled) -> dict:
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, list) else cost) or {}
   return {"flops": float(cost.get("flops", 0.0)), "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
-
-
-def _counted(compiled, make_jitted, *args):
-  """`compiled`, or where it holds a while loop, the same step compiled with each CPU 1×1 kernel
-  gradient in one band (layers.POINTWISE_GRADIENT_BAND_BYTES): XLA's cost analysis counts a loop's
-  body once, not once per trip, so the banded step would show too few FLOPs and bytes."""
-  if " while(" not in compiled.as_text():
-    return compiled
-  band_bytes, layers.POINTWISE_GRADIENT_BAND_BYTES = layers.POINTWISE_GRADIENT_BAND_BYTES, math.inf
-  try:
-    return make_jitted().lower(*args).compile()
-  finally:
-    layers.POINTWISE_GRADIENT_BAND_BYTES = band_bytes
 
 
 def _memory_analysis(compiled) -> dict:
@@ -273,8 +259,8 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
   init_seconds = time.perf_counter() - start
   batch = _synthetic_batch(config, mesh, batch_size)
 
-  make_train_step = lambda: train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed)
-  train_step, train_compile = _compile(make_train_step(), holder["state"], batch)
+  train_step, train_compile = _compile(
+      train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed), holder["state"], batch)
 
   def run_train(_):
     holder["state"], metrics = train_step(holder["state"], batch)
@@ -296,7 +282,7 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
   eval_warmup, eval_seconds = _time_stream(itertools.repeat(None), warmup, steps,
                                            lambda _: eval_step(variables, batch))
 
-  train_cost, eval_cost = _cost(_counted(train_step, make_train_step, holder["state"], batch)), _cost(eval_step)
+  train_cost, eval_cost = _cost(train_step), _cost(eval_step)
   memory = _memory_analysis(train_step)
   peak = peak_tflops(jax.devices()[0].device_kind)
   train_figures = _timing("train", batch_size, train_compile, train_warmup, train_seconds, train_cost["flops"],

@@ -100,21 +100,6 @@ def test_profile_breakdown_puts_the_traced_steps_ops_in_categories(tmp_path):
   assert " convolution(" in hlo and not helpers.ynn_convolutions(hlo)
 
 
-def test_flops_count_every_band_of_the_cpu_kernel_gradient(monkeypatch):
-  """XLA's cost analysis counts a while loop's body once: the banded step is counted without bands."""
-  monkeypatch.setattr(layers, "POINTWISE_GRADIENT_BAND_BYTES", 1)  # a band per output row: 8 trips
-  x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((1, 1, 4, 4))
-  make = lambda: jax.jit(jax.grad(lambda kernel: jnp.sum(layers.conv_general_dilated(
-      x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)))
-  banded = make().lower(kernel).compile()
-  counted = benchmark._counted(banded, make, kernel)  # pylint: disable=protected-access
-  assert " while(" in banded.as_text() and " while(" not in counted.as_text()
-  assert layers.POINTWISE_GRADIENT_BAND_BYTES == 1  # restored
-  flops = lambda compiled: benchmark._cost(compiled)["flops"]  # pylint: disable=protected-access
-  # The 1×1 kernel gradient: 2 · 2·8·8 positions · 4 · 4, of which the banded count holds an eighth.
-  assert flops(counted) - flops(banded) == pytest.approx(7 / 8 * 2 * 2 * 64 * 16, rel=0.02)
-
-
 def test_peak_tflops_of_device_kinds():
   assert benchmark.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
   assert benchmark.peak_tflops("NVIDIA H100 PCIe") == 756.0

@@ -53,13 +53,10 @@ def _loss(conv, strides, padding):
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))))
 
 
-@pytest.mark.parametrize("band_bytes", [layers.POINTWISE_GRADIENT_BAND_BYTES, 800, 1],
-                         ids=["one band", "two rows a band at stride 2", "a band per row"])
 @pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", CONVOLUTIONS)
-def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, padding, band_bytes, monkeypatch):
-  """A 1×1 convolution's kernel gradient, matrix products on the CPU over the whole map or a band of
-  output rows at a time, equals XLA's to float64 rounding; the rest is lax's."""
-  monkeypatch.setattr(layers, "POINTWISE_GRADIENT_BAND_BYTES", band_bytes)
+def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, padding):
+  """A 1×1 convolution's kernel gradient, a matrix product on the CPU, equals XLA's to float64
+  rounding; the rest is lax's."""
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.key(0), x_shape, jnp.float64)
     kernel = jax.random.normal(jax.random.key(1), kernel_shape, jnp.float64)
@@ -95,21 +92,6 @@ def test_pointwise_conv_kernel_gradient_is_a_product_on_the_cpu_only(strides):
     assert _lowered(platform, (1, 1, 3, 4), strides, "stablehlo.dot_general") == dots, platform
   for platform in ("cpu", "cuda"):
     assert _lowered(platform, (3, 3, 3, 4), strides, "stablehlo.convolution") == 3, platform
-
-
-def test_pointwise_kernel_gradient_bands_are_the_most_rows_dividing_the_height_that_fit():
-  """Rows of 16 images × 56 positions × (256 + 64) channels × 4 bytes = 1.09 MiB: 3 would fit 4 MiB,
-  2 divide 56; bfloat16 halves the bytes (7 rows); a row over the budget still makes a band."""
-  assert layers.POINTWISE_GRADIENT_BAND_BYTES == 4 * 2**20
-  assert layers._band_rows((16, 56, 56, 64), 256, jnp.float32) == 2
-  assert layers._band_rows((16, 56, 56, 64), 256, jnp.bfloat16) == 7
-  assert layers._band_rows((16, 7, 7, 512), 128, jnp.float32) == 7  # 2 MiB: one band
-  assert layers._band_rows((512, 56, 56, 256), 256, jnp.float32) == 1
-
-
-def test_pointwise_kernel_gradient_is_one_band_where_jax_has_several_devices(monkeypatch):
-  monkeypatch.setattr(jax, "device_count", lambda: 8)
-  assert layers._band_rows((16, 56, 56, 64), 256, jnp.float32) == 56
 
 
 def test_cpu_steps_keep_convolutions_out_of_ynnpack():

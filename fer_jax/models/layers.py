@@ -17,13 +17,12 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None):
   """lax.conv_general_dilated as nn.Conv calls it; on the CPU a 1×1 convolution's kernel gradient
-  is matrix products.
+  is one matrix product.
 
   XLA:CPU differentiates a convolution's kernel by another convolution whose window is the whole
   activation map. For a 1×1 kernel that is a [channels in, positions] × [positions, channels out]
-  product, which runs faster as dots over bands of output rows (SCAN-CCI's ResNet-50 train step on the
-  CPU: 1.2× as many images a second; docs/performance.md). Every other convolution, and every one off
-  the CPU, is lax's.
+  product, which runs faster as one dot (SCAN-CCI's ResNet-50 train step on the CPU: 1.2–1.3× as many
+  images a second; docs/performance.md). Every other convolution, and every one off the CPU, is lax's.
   """
   if not _is_pointwise(lhs.shape, rhs.shape, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                        feature_group_count):
@@ -71,43 +70,12 @@ _pointwise_conv.defvjp(_pointwise_conv_forward, _pointwise_conv_backward)
 
 
 def _pointwise_kernel_gradient(x, output_gradient, strides, precision):
-  """∂L/∂kernel of a 1×1 convolution: Σ over batch and output positions of the input there ⊗ ∂L/∂y,
-  accumulated in at least float32, summed over bands of output rows small enough for a band's input
-  and ∂L/∂y to stay in the CPU's caches."""
-  out_height, features, channels = output_gradient.shape[1], output_gradient.shape[3], x.shape[3]
-  band = _band_rows(output_gradient.shape, channels, x.dtype)
-  in_rows = (band - 1) * strides[0] + 1
-
-  def band_product(index):
-    seen = lax.dynamic_slice_in_dim(x, index * band * strides[0], in_rows, axis=1)[:, ::strides[0], ::strides[1]]
-    dy = lax.dynamic_slice_in_dim(output_gradient, index * band, band, axis=1)
-    return jnp.dot(seen.reshape(-1, channels).T, dy.reshape(-1, features), precision=precision,
-                   preferred_element_type=at_least_float32(x.dtype))
-
-  if band == out_height:
-    return band_product(0)[None, None]
-  total = jnp.zeros((channels, features), at_least_float32(x.dtype))
-  return lax.fori_loop(0, out_height // band, lambda index, total: total + band_product(index), total)[None, None]
-
-
-# The bytes of a band's output rows and the input they see (counted at the output's width), the size
-# tuned for the kernel gradients by taps on DAN's CPU train step (2-core EPYC, 1 MiB L2 a core):
-# with these bands SCAN-CCI's train step ran 1.2× as fast as with whole maps on a Xeon (2 MiB L2 a
-# core; docs/performance.md).
-POINTWISE_GRADIENT_BAND_BYTES = 4 * 2**20
-
-
-def _band_rows(output_shape, channels: int, dtype) -> int:
-  """The most output rows, a divisor of the output height, whose band fits POINTWISE_GRADIENT_BAND_BYTES;
-  the whole height where JAX has several devices: a batch sharded over them would be summed across
-  devices once per band, inside the loop, and XLA:CPU may order the loops' all-reduces differently
-  on different devices (an 8-device run stalled in its collectives)."""
-  batch, out_height, out_width, features = output_shape
-  if jax.device_count() > 1:
-    return out_height
-  row_bytes = batch * out_width * (channels + features) * jnp.dtype(dtype).itemsize
-  return max(rows for rows in range(1, out_height + 1)
-             if out_height % rows == 0 and (rows == 1 or rows * row_bytes <= POINTWISE_GRADIENT_BAND_BYTES))
+  """∂L/∂kernel of a 1×1 convolution: [channels in, positions] × [positions, channels out] of the
+  input it saw and ∂L/∂y, accumulated in at least float32."""
+  seen = x[:, ::strides[0], ::strides[1]]
+  gradient = jnp.dot(seen.reshape(-1, x.shape[3]).T, output_gradient.reshape(-1, output_gradient.shape[3]),
+                     precision=precision, preferred_element_type=at_least_float32(x.dtype))
+  return gradient[None, None]
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
