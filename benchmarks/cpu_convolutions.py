@@ -1,8 +1,8 @@
 """The CPU's convolutions of ResNet-18 and ResNet-50 at 224² (batch 16, float32), forward, input
 gradient and kernel gradient, three ways: XLA with JAX's default options (YNNPACK's convolution
 kernels), as fer_jax's steps compile them (`mesh.compiler_options`: XLA's own kernels; a 1×1
-kernel gradient dots over bands of output rows, `layers.conv_general_dilated`), and PyTorch's where
-it is installed (oneDNN).
+kernel gradient one matrix product, `layers.conv_general_dilated`), and PyTorch's where it is
+installed (oneDNN).
 
   python benchmarks/cpu_convolutions.py [--batch 16] [--repeats 5]
 

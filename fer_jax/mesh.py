@@ -14,7 +14,7 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 # XLA:CPU hands convolutions, dots and reductions to YNNPACK by default. Its convolutions ran slower
-# than XLA's own kernels in every pass (kernel gradients 1.3–6×); with XLA's own, DAN's train and eval
+# than XLA's own kernels forward and in kernel gradients (1.3–6×); with XLA's own, DAN's train and eval
 # steps at batch 16 ran 1.2× as many images a second (docs/performance.md). Dots and reductions stay.
 CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
