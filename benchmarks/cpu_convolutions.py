@@ -66,6 +66,7 @@ def main():
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
+  options = mesh_lib.compiler_options(mesh_lib.make_mesh())
   print(f"backend {jax.default_backend()}, batch {args.batch}, float32; GFLOP/s of "
         f"{', '.join(PASSES)}: JAX's default / fer_jax / PyTorch")
   for size, channels, features, stride, side in CONVOLUTIONS:
@@ -74,7 +75,7 @@ def main():
     dy = jax.random.normal(jax.random.key(2), (args.batch, size // stride, size // stride, features))
     flops = 2 * dy.size * side * side * channels
     default = jax_passes(lax.conv_general_dilated, stride, side // 2, None)
-    ours = jax_passes(layers.conv_general_dilated, stride, side // 2, mesh_lib.compiler_options(mesh_lib.make_mesh()))
+    ours = jax_passes(layers.conv_general_dilated, stride, side // 2, options)
     relative = lambda expected, value: float(np.max(np.abs(expected - value)) / np.max(np.abs(expected)))
     difference = max(relative(d(x, kernel, dy), o(x, kernel, dy)) for d, o in zip(default[1:], ours[1:]))
     ways = [default, ours, torch_passes(x, kernel, dy, stride)]

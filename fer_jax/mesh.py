@@ -20,10 +20,14 @@ CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
+def on_cpu(mesh: jax.sharding.Mesh) -> bool:
+  return mesh.devices.flat[0].platform == "cpu"
+
+
 def compiler_options(mesh: jax.sharding.Mesh) -> dict | None:
   """The XLA options of a step jitted over `mesh`: CPU_COMPILER_OPTIONS on CPUs whose XLA takes them,
   XLA's defaults elsewhere."""
-  return CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" and _cpu_takes_options() else None
+  return CPU_COMPILER_OPTIONS if on_cpu(mesh) and _cpu_takes_options() else None
 
 
 @functools.cache

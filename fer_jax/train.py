@@ -38,9 +38,8 @@ def _initialiser(model, tx, config, mesh):
 
 def create_state(model, tx, config, mesh) -> dict:
   """{step, params, batch_stats, opt_state}, born replicated on the mesh."""
-  on_cpu = mesh.devices.flat[0].platform == "cpu"
   compiled = _initialiser(model, tx, config, mesh).lower().compile(
-      compiler_options=CPU_INIT_COMPILER_OPTIONS if on_cpu else None)
+      compiler_options=CPU_INIT_COMPILER_OPTIONS if mesh_lib.on_cpu(mesh) else None)
   return compiled()
 
 
