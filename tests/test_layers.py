@@ -1,5 +1,7 @@
 """The shared layers: the convolution, the max pool, PyTorch's default initialisers and PReLU."""
 
+import re
+
 import flax.linen as nn
 import jax
 from jax import export
@@ -111,6 +113,50 @@ def test_cpu_steps_keep_convolutions_out_of_ynnpack():
     np.testing.assert_allclose(ours, default, rtol=1e-4, atol=1e-5 * np.abs(default).max())  # float32 sums
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.uint8])
+def test_stored_is_its_input_kept_in_a_conditional_xla_cannot_fuse_through(dtype):
+  x = jnp.arange(24, dtype=dtype).reshape(2, 3, 4)
+  compiled = jax.jit(layers.stored).lower(x).compile()
+  assert " conditional(" in compiled.as_text()  # XLA did not fold the predicate away
+  np.testing.assert_array_equal(compiled(x), x)
+  if dtype == jnp.float32:
+    assert np.isnan(compiled(x.at[0, 0, 0].set(jnp.nan))).all()
+
+
+def _block_then_conv(conv):
+  """A residual block's output (elementwise in a convolution output and a shortcut) into a 3×3 convolution."""
+  def loss(kernel, y, shortcut, scale):
+    x = jax.nn.relu(y * scale + shortcut)
+    return jnp.sum(jnp.sin(conv(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+  return loss
+
+
+def _most_operands(hlo: str, shape) -> int:
+  """The most operands an instruction of the program's entry that produces `shape` reads."""
+  entry = hlo[hlo.index("\nENTRY"):]
+  pattern = r"^\s*%\S+ = f32\[{}\]\S* \w+\((.*?)\)".format(",".join(map(str, shape)))
+  return max(operands.count("%") for operands in re.findall(pattern, entry, re.MULTILINE))
+
+
+def test_conv_input_is_stored_for_its_kernel_gradient_on_the_cpu(monkeypatch):
+  """XLA:CPU's kernel gradient reads the convolution's input transposed to [channels, rows, columns,
+  batch]. fer_jax stores the input, so that transpose reads one array; lax's recomputes the block's
+  elementwise ops inside it, reading all their inputs with a stride of a whole map."""
+  shape = (4, 8, 8, 16)
+  args = (jnp.full((3, 3, 16, 16), 0.01), *jax.random.normal(jax.random.key(0), (2, *shape)), jnp.full((16,), 0.5))
+  options = mesh_lib.CPU_COMPILER_OPTIONS
+  def compile_gradient(conv):
+    grad = jax.jit(jax.grad(_block_then_conv(conv), (0, 1)), compiler_options=options).lower(*args).compile()
+    return grad, grad.as_text()
+  ours, ours_hlo = compile_gradient(layers.conv_general_dilated)
+  lax_s, lax_hlo = compile_gradient(lax.conv_general_dilated)
+  transposed = (16, 8, 8, 4)
+  assert _most_operands(ours_hlo, transposed) == 1
+  assert _most_operands(lax_hlo, transposed) == 3  # the block's three inputs
+  for ours_gradient, lax_gradient in zip(ours(*args), lax_s(*args)):
+    np.testing.assert_array_equal(ours_gradient, lax_gradient)
+
+
 @pytest.mark.parametrize("options", [{"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_FUSION_TYPE"},
                                      {"xla_cpu_no_such_option": "LIBRARY_FUSION_TYPE_REDUCE"}])
 def test_steps_keep_xla_s_defaults_where_the_cpu_refuses_the_options(options, monkeypatch):
@@ -167,6 +213,20 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_pytorch_s():
   weights = torch.arange(1, y.numel() + 1, dtype=torch.float32).reshape(y.permute(0, 2, 3, 1).shape).permute(0, 3, 1, 2)
   torch.sum(torch.sin(y) * weights).backward()
   np.testing.assert_allclose(gradient, x_torch.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-4)
+
+
+def test_max_pool_gradient_stores_its_tap_map_on_the_cpu(monkeypatch):
+  """The map of which tap won each window is a buffer of its own that the gradient reads, not
+  recomputed (nine comparisons) for every tap's share inside the gradient's loop."""
+  x = jax.random.normal(jax.random.key(0), (2, 13, 13, 8))
+  def tap_maps():
+    grad = jax.jit(jax.grad(_pool_loss(lambda x: layers.max_pool(x, (3, 3), (2, 2), "VALID"))),
+                   compiler_options=mesh_lib.CPU_COMPILER_OPTIONS)
+    entry = grad.lower(x).compile().as_text().split("\nENTRY")[1]
+    return len(re.findall(r"^\s*%\S+ = \(?u8\[2,6,6,8\]", entry, re.MULTILINE))
+  assert tap_maps() >= 1
+  monkeypatch.setattr(layers, "stored", lambda x: x)
+  assert tap_maps() == 0
 
 
 def test_max_pool_gradient_is_xla_s_own_on_accelerators():

@@ -22,13 +22,42 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   XLA:CPU differentiates a convolution's kernel by another convolution whose window is the whole
   activation map. For a 1×1 kernel that is a [channels in, positions] × [positions, channels out]
   product, which runs faster as one dot (SCAN-CCI's ResNet-50 train step on the CPU: 1.2–1.3× as many
-  images a second; docs/performance.md). Every other convolution, and every one off the CPU, is lax's.
+  images a second; docs/performance.md). Every other convolution is lax's, its input stored once
+  for its gradient on the CPU (`_stored_for_gradient`).
   """
   if not _is_pointwise(lhs.shape, rhs.shape, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                        feature_group_count):
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, precision=precision)
+    return lax.conv_general_dilated(_stored_for_gradient(lhs), rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count, precision=precision)
   return _pointwise_conv(lhs, rhs, tuple(window_strides), precision)
+
+
+def stored(x):
+  """x, computed once into a buffer of its own.
+
+  XLA:CPU fuses a value's elementwise producers into each consumer, recomputing the value there. A
+  consumer that reads it out of order (the transpose before a convolution's kernel gradient reads
+  it with a stride of a whole map) or many times (the max pool gradient's tap map) then reads every
+  producer's inputs that way: slower than reading x once stored. XLA fuses nothing across a
+  conditional, so x goes through one; its other branch, taken only when x's first element is NaN,
+  fills x with that NaN.
+  """
+  first = x.reshape(-1)[0]
+  return lax.cond(~jnp.isnan(first.astype(jnp.float32)), lambda x: x, lambda x: jnp.full_like(x, first), x)
+
+
+@jax.custom_vjp
+def _stored_for_gradient(x):
+  """x; under differentiation on the CPU, `stored` for the kernel gradient's transpose (DAN's train
+  step: the transposes fell from 275 to 97 ms; docs/performance.md)."""
+  return x
+
+
+def _stored_for_gradient_forward(x):
+  return lax.platform_dependent(x, cpu=stored, default=lambda x: x), None
+
+
+_stored_for_gradient.defvjp(_stored_for_gradient_forward, lambda _, gradient: (gradient,))
 
 
 def _is_pointwise(x_shape, kernel_shape, padding, lhs_dilation, rhs_dilation, dimension_numbers,
@@ -136,6 +165,7 @@ def _max_pool_gradient_by_taps(x, pooled, output_gradient, window, strides, padd
   for index, (i, j) in reversed(list(enumerate(taps))):
     tap = _tap_window(padded, i, j, out_height, out_width, strides)
     winner = jnp.where(tap == pooled, jnp.asarray(index, winner.dtype), winner)
+  winner = stored(winner)
   phase_height, phase_width = (-(-size // stride) for size, stride in zip(padded.shape[1:3], strides))
   zero = jnp.zeros((), output_gradient.dtype)
   phases = [[zero] * strides[1] for _ in range(strides[0])]
