@@ -43,7 +43,8 @@ def stored(x):
   fills x with that NaN.
   """
   first = x.reshape(-1)[0]
-  return lax.cond(~jnp.isnan(first.astype(jnp.float32)), lambda x: x, lambda x: jnp.full_like(x, first), x)
+  as_float = first if jnp.issubdtype(x.dtype, jnp.inexact) else first.astype(float)  # XLA folds ints' i == i
+  return lax.cond(jnp.isnan(as_float), lambda x: jnp.full_like(x, first), lambda x: x, x)
 
 
 @jax.custom_vjp
