@@ -27,7 +27,17 @@ def on_cpu(mesh: jax.sharding.Mesh) -> bool:
 def compiler_options(mesh: jax.sharding.Mesh) -> dict | None:
   """The XLA options of a step jitted over `mesh`: CPU_COMPILER_OPTIONS on CPUs whose XLA takes them,
   XLA's defaults elsewhere."""
-  return CPU_COMPILER_OPTIONS if on_cpu(mesh) and _cpu_takes_options() else None
+  return _options_for(mesh.devices.flat[0])
+
+
+def default_device_compiler_options() -> dict | None:
+  """`compiler_options` of a function jitted without a mesh, which runs on jax.devices()[0] (the face
+  detector's networks, the attention maps' forward pass)."""
+  return _options_for(jax.devices()[0])
+
+
+def _options_for(device) -> dict | None:
+  return CPU_COMPILER_OPTIONS if device.platform == "cpu" and _cpu_takes_options() else None
 
 
 @functools.cache

@@ -12,6 +12,8 @@ log maps each number to its image). Unreadable images are reported by name and s
 missing or empty --input, or no readable image, fails before the model is loaded.
 """
 
+import functools
+
 from absl import flags
 from absl import logging
 import jax
@@ -19,6 +21,7 @@ import numpy as np
 
 from fer_jax import cli
 from fer_jax import config_lib
+from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import predict
 from fer_jax import validation
@@ -139,7 +142,7 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
   model = method.build(config.model)
   variables = models.load_trained_variables(config, model, checkpoint)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=mesh_lib.default_device_compiler_options())
   def forward(variables, batch):
     images = preprocess(batch)
     return images, model.apply(variables, images, train=False)

@@ -16,6 +16,7 @@ import torchvision
 
 from fer_jax.face import detector
 from fer_jax.face import networks
+import helpers
 
 # The mtcnn 1.0.0 package's own detections (TensorFlow 2.21, its default settings, boxes as
 # x1, y1, x2, y2 and landmarks left eye, right eye, nose, mouth left, mouth right), measured once
@@ -100,6 +101,23 @@ def test_networks_match_a_pytorch_reimplementation(weights, name, shape):
     reference = torch_networks(weights[name], name, images)
   for got, want in zip(ours, reference):
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
+
+
+@pytest.mark.parametrize("name, shape, in_ynnpack", [("pnet", (1, 64, 64, 3), 0), ("rnet", (1, 24, 24, 3), 0),
+                                                  ("onet", (1, 48, 48, 3), 1)])
+def test_networks_compile_with_xla_s_own_convolutions_on_the_cpu(weights, name, shape, in_ynnpack):
+  """As the train and predict steps: with JAX's default options every convolution is YNNPACK's,
+  which ran detection at half the speed here (BENCHMARKS.md, prediction). YNNPACK still takes O-Net's
+  last pool and the 2×2 convolution after it, 3×3 outputs, as one fusion."""
+  network = detector._jitted_networks()[("pnet", "rnet", "onet").index(name)]
+  images = np.zeros(shape, np.float32)
+  hlo = network.lower(weights[name], images).compile().as_text()
+  default_hlo = jax.jit(getattr(networks, name)).lower(weights[name], images).compile().as_text()
+  assert len(helpers.ynn_convolutions(hlo)) == in_ynnpack
+  assert len(helpers.ynn_convolutions(default_hlo)) == hlo.count(" convolution(") > in_ynnpack
+  np.testing.assert_allclose(np.concatenate([np.ravel(o) for o in network(weights[name], images)]),
+                             np.concatenate([np.ravel(o) for o in jax.jit(getattr(networks, name))(weights[name], images)]),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_a_weight_file_other_than_mtcnn_1_0_0s_is_refused(monkeypatch, tmp_path):

@@ -19,6 +19,7 @@ import cv2
 import jax
 import numpy as np
 
+from fer_jax import mesh as mesh_lib
 from fer_jax.face import networks
 
 CANVAS_BUCKET = 64
@@ -96,8 +97,13 @@ def crop(image: np.ndarray, box, size: int) -> np.ndarray:
   return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-# Compiled once per process and input shape, whichever Detector calls them.
-_PNET, _RNET, _ONET = jax.jit(networks.pnet), jax.jit(networks.rnet), jax.jit(networks.onet)
+@functools.cache
+def _jitted_networks():
+  """P-, R- and O-Net, jitted once per process (compiled once per input shape, whichever Detector
+  calls them), with XLA's own convolution kernels on the CPU (twice as fast as YNNPACK's here,
+  BENCHMARKS.md)."""
+  options = mesh_lib.default_device_compiler_options()
+  return tuple(jax.jit(network, compiler_options=options) for network in (networks.pnet, networks.rnet, networks.onet))
 
 
 def _bucket(count: int) -> int:
@@ -136,9 +142,10 @@ class Detector:
     self.min_face_size, self.thresholds, self.scale_factor = min_face_size, thresholds, scale_factor
     self.nms_level, self.nms_proposals, self.nms_refined, self.nms_final = nms
     weights = jax.device_put(networks.load_weights())
-    self._pnet = functools.partial(_PNET, weights["pnet"])
-    self._rnet = functools.partial(_RNET, weights["rnet"])
-    self._onet = functools.partial(_ONET, weights["onet"])
+    pnet, rnet, onet = _jitted_networks()
+    self._pnet = functools.partial(pnet, weights["pnet"])
+    self._rnet = functools.partial(rnet, weights["rnet"])
+    self._onet = functools.partial(onet, weights["onet"])
 
   def __call__(self, image: np.ndarray) -> list[Face]:
     if image.ndim == 2 or image.shape[-1] == 1:
