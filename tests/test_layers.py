@@ -96,6 +96,14 @@ def test_pointwise_conv_kernel_gradient_is_a_product_on_the_cpu_only(strides):
     assert _lowered(platform, (3, 3, 3, 4), strides, "stablehlo.convolution") == 3, platform
 
 
+def test_conv_input_is_stored_on_the_cpu_only(monkeypatch):
+  """Lowered for CUDA or TPU, a 3×3 convolution's gradient has no conditional storing its input."""
+  cases = lambda platform: _lowered(platform, (3, 3, 3, 4), (1, 1), "stablehlo.case")
+  assert cases("cpu") == cases("cuda") + 1 == cases("tpu") + 1
+  monkeypatch.setattr(layers, "stored", lambda x: x)
+  assert cases("cpu") == cases("cuda")  # the one more is `stored`'s
+
+
 def test_cpu_steps_keep_convolutions_out_of_ynnpack():
   """Compiled with the mesh's options, the CPU's convolutions and their gradients are XLA's own
   kernels (faster than YNNPACK's for these models, docs/performance.md), and compute the same."""
