@@ -109,15 +109,13 @@ def test_networks_compile_with_xla_s_own_convolutions_on_the_cpu(weights, name, 
   """As the train and predict steps: with JAX's default options every convolution is YNNPACK's,
   which ran detection at half the speed here (BENCHMARKS.md, prediction). YNNPACK still takes O-Net's
   last pool and the 2×2 convolution after it, 3×3 outputs, as one fusion."""
-  network = detector._jitted_networks()[("pnet", "rnet", "onet").index(name)]
   images = np.zeros(shape, np.float32)
-  hlo = network.lower(weights[name], images).compile().as_text()
-  default_hlo = jax.jit(getattr(networks, name)).lower(weights[name], images).compile().as_text()
-  assert len(helpers.ynn_convolutions(hlo)) == in_ynnpack
-  assert len(helpers.ynn_convolutions(default_hlo)) == hlo.count(" convolution(") > in_ynnpack
-  np.testing.assert_allclose(np.concatenate([np.ravel(o) for o in network(weights[name], images)]),
-                             np.concatenate([np.ravel(o) for o in jax.jit(getattr(networks, name))(weights[name], images)]),
-                             rtol=1e-5, atol=1e-5)
+  ours = detector._jitted_networks()[("pnet", "rnet", "onet").index(name)].lower(weights[name], images).compile()
+  default = jax.jit(getattr(networks, name)).lower(weights[name], images).compile()
+  assert len(helpers.ynn_convolutions(ours.as_text())) == in_ynnpack
+  assert len(helpers.ynn_convolutions(default.as_text())) == ours.as_text().count(" convolution(") > in_ynnpack
+  flat = lambda outputs: np.concatenate([np.ravel(output) for output in outputs])
+  np.testing.assert_allclose(flat(ours(weights[name], images)), flat(default(weights[name], images)), rtol=1e-5, atol=1e-5)
 
 
 def test_a_weight_file_other_than_mtcnn_1_0_0s_is_refused(monkeypatch, tmp_path):

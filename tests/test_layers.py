@@ -146,7 +146,7 @@ def _most_operands(hlo: str, shape) -> int:
   return max(operands.count("%") for operands in re.findall(pattern, entry, re.MULTILINE))
 
 
-def test_conv_input_is_stored_for_its_kernel_gradient_on_the_cpu(monkeypatch):
+def test_conv_input_is_stored_for_its_kernel_gradient_on_the_cpu():
   """XLA:CPU's kernel gradient reads the convolution's input transposed to [channels, rows, columns,
   batch]. fer_jax stores the input, so that transpose reads one array; lax's recomputes the block's
   elementwise ops inside it, reading all their inputs with a stride of a whole map."""
