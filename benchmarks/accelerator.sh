@@ -10,7 +10,8 @@
 # its paper one, e.g. 16 for the CPU no-regression figures), STEPS (default 20 timed steps),
 # WARMUP (default 5 untimed steps after compilation), PROFILE=1 (a jax.profiler trace of 3 train
 # steps per run under OUT_DIR/profile/), REFERENCE=0 (no official-code H100 columns), CONFIGS (a
-# space-separated subset), PY (python). Lines are appended to OUT_DIR/results.jsonl.
+# space-separated subset), REMAT (config.model.remat of every run, default none), PY (python).
+# Lines are appended to OUT_DIR/results.jsonl.
 set -euo pipefail
 OUT_DIR=$(realpath -m "${1:?usage: bash benchmarks/accelerator.sh OUT_DIR}")
 cd "$(dirname "$0")/.."
@@ -23,8 +24,9 @@ mkdir -p "$OUT_DIR/logs"
 
 for dtype in $DTYPES; do
   for config in "${CONFIGS[@]}"; do
-    name="$(echo "$config" | tr ':/,=' '____').$dtype"
-    args=(--config="$config" --input=synthetic --config.model.dtype="$dtype" --steps="$STEPS" --warmup="$WARMUP"
+    name="$(echo "$config" | tr ':/,=' '____').$dtype.${REMAT:-none}"
+    args=(--config="$config" --input=synthetic --config.model.dtype="$dtype" --config.model.remat="${REMAT:-none}"
+          --steps="$STEPS" --warmup="$WARMUP"
           --output="$OUT_DIR/results.jsonl")
     if [ -n "${BATCH:-}" ]; then args+=(--config.batch_size="$BATCH"); fi
     if [ -n "${PROFILE:-}" ]; then args+=(--profile_dir="$OUT_DIR/profile/$name"); fi

@@ -19,7 +19,8 @@ REFERENCE_H100 = {("dan", 224): ("4,179", "8,275–9,399", "7,121"), ("apvit", 1
 REFERENCE_HEADER = ["official fp32 (H100, batch 256)", "official tuned (H100)", "official compiled (H100)"]
 
 PAPER_HEADER = ["config", "size", "batch", "dtype", "devices", "train img/s", "train step ms", "eval img/s",
-                "compile s (train / eval)", "warm-up s", "train GFLOP/img", "train TFLOP/s", "MFU", "peak memory GiB"]
+                "compile s (train / eval)", "warm-up s", "train GFLOP/img", "train TFLOP/s", "MFU", "peak memory GiB",
+                "kept for backward GiB"]
 
 
 def config_argument(row: dict) -> str:
@@ -40,13 +41,24 @@ def _memory(row: dict) -> str:
   return f"{size / 2**30:.2f}" + ("" if row.get("peak_memory_source") == "device.memory_stats" else " †")
 
 
+def _kept_for_backward(row: dict) -> str:
+  size = row.get("train_saved_for_backward_bytes")
+  return "–" if size is None else f"{size / 2**30:.2f}"
+
+
+def _precision(row: dict) -> str:
+  """The dtype, and the rematerialisation where there is one (config.model.remat)."""
+  remat = row.get("remat", "none")
+  return row["dtype"] if remat == "none" else f"{row['dtype']}, remat {remat}"
+
+
 def paper_row(row: dict, reference: bool = False) -> list[str]:
-  cells = [f"`{config_argument(row)}`", f"{row['input_size']}²", str(row["batch_size"]), row["dtype"],
+  cells = [f"`{config_argument(row)}`", f"{row['input_size']}²", str(row["batch_size"]), _precision(row),
            str(row["devices"]), _number(row["train_img_per_s"]), _number(row["train_step_ms"], 1),
            _number(row["eval_img_per_s"]), f"{row['train_compile_s']:.1f} / {row['eval_compile_s']:.1f}",
            f"{row['train_warmup_s']:.2f}", _number(row["train_flops_per_step"] / row["batch_size"] / 1e9),
            _number(row["train_tflops_per_s"], 3),
-           "–" if row.get("mfu") is None else f"{row['mfu']:.1%}", _memory(row)]
+           "–" if row.get("mfu") is None else f"{row['mfu']:.1%}", _memory(row), _kept_for_backward(row)]
   if reference:
     cells += list(REFERENCE_H100.get((row["model"], row["input_size"]), ("–",) * len(REFERENCE_HEADER)))
   return cells
@@ -79,7 +91,9 @@ def paper_table(rows: list[dict], reference: bool = False) -> str:
   header = PAPER_HEADER + (REFERENCE_HEADER if reference else [])
   note = ("Compilation and warm-up steps are timed apart and not in the img/s figures; FLOPs from XLA's cost "
           "analysis, MFU against the device's dense bf16 peak; † peak memory as XLA planned it "
-          "(compiled.memory_analysis), the device reporting none.")
+          "(compiled.memory_analysis), the device reporting none; kept for backward: what one device's "
+          "forward pass keeps for the backward pass (jax.vjp's residuals, parameters included), which "
+          "config.model.remat lowers.")
   return f"{machine(rows)}\n\n{markdown(header, [paper_row(row, reference) for row in rows])}\n\n{note}\n"
 
 

@@ -22,6 +22,10 @@ The paper's runs start from face.evoLVe's IR-50 (MS-Celeb-1M) and timm's ViT-Sma
       --checkpoint=backbone_ir50_ms1m_epoch120.pth --checkpoint=vit_small_p16_224-15ec54c9.pth
 then add --config.init_from=converted/apvit_init to the training command.
 
+The paper's batch of 256 on one GPU: at 112² the forward pass keeps 30.2 GiB for the backward pass
+in bf16; `--config.model.remat=elementwise` keeps 10.6 GiB for 0.4 % more FLOPs, `blocks` 4.7 GiB
+for 26 % more (`python benchmarks/remat.py`; README, "Rematerialisation").
+
 Weight decay: the official config exempts the CLS token and positional embeddings, but its key
 patterns carry a leading dot and the optimiser is built before the model is wrapped, so they
 match no parameter and everything is decayed. `optimizer.weight_decay_exclude` is "" to match;

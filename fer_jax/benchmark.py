@@ -10,8 +10,10 @@ and `--warmup` untimed steps:
               needed). The state's initialisation (`init_s`, compile included), compilation and
               warm-up are timed apart from the steps; the line also holds
               XLA's cost analysis (FLOPs per step, hence achieved TFLOP/s and MFU against the
-              device's dense bf16 peak), peak device memory, the cross-device collectives of the
-              compiled train step, and the software and hardware it ran on;
+              device's dense bf16 peak), peak device memory, what one device's forward pass keeps
+              for the backward pass (`saved_for_backward_bytes`, which config.model.remat lowers),
+              the cross-device collectives of the compiled train step, and the software and
+              hardware it ran on;
   host        the host stream alone: uint8 batches of the prepared training split delivered onto
               the device (decoded by worker processes, or from the decoded cache), no augmentation;
   augment     the train pipeline alone on device-resident uint8 batches at the stored size;
@@ -105,8 +107,23 @@ def _cuda_versions() -> dict:
 
 def _describe(config, mesh, batch_size: int) -> dict:
   return {"model": config.model.name, "dataset": config.dataset.name, "input_size": config.input.size,
-          "dtype": config.model.dtype, "batch_size": batch_size, "devices": mesh.devices.size,
-          "device_kind": jax.devices()[0].device_kind}
+          "dtype": config.model.dtype, "remat": config.model.remat, "batch_size": batch_size,
+          "devices": mesh.devices.size, "device_kind": jax.devices()[0].device_kind}
+
+
+def saved_for_backward_bytes(model, variables, images) -> int:
+  """Bytes the model's training forward pass keeps for its backward pass (the residuals of its
+  jax.vjp with respect to the parameters), from shapes alone: what config.model.remat trades for
+  compute, whatever the backend (XLA's CPU compiler merges the recomputation back into the forward
+  pass, so only accelerators spend less)."""
+  def forward(params, batch_stats, images):
+    return model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
+                       mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})[0]["logits"]
+
+  residuals = jax.eval_shape(lambda params, batch_stats, images: jax.vjp(
+      lambda params: forward(params, batch_stats, images), params)[1],
+      variables["params"], variables["batch_stats"], images)
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(residuals))
 
 
 def _compile(jitted, *args):
@@ -298,6 +315,9 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
       "peak_memory_bytes": device_peak if device_peak is not None else _planned_peak_bytes(memory),
       "peak_memory_source": "device.memory_stats" if device_peak is not None else "compiled.memory_analysis",
       "train_memory_analysis": memory,
+      "train_saved_for_backward_bytes": saved_for_backward_bytes(
+          model, variables, jax.ShapeDtypeStruct(models.dummy_images(config, batch_size // devices).shape,
+                                                 jnp.float32)),
       "train_collectives": collectives(train_step.as_text(), batch_norm_paths(variables["batch_stats"])),
   }
 

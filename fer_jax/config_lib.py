@@ -56,7 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Model: `name` picks fer_jax.models.<name>; the rest is read by that module's build().
   # dtype "auto": bfloat16 compute on a GPU or TPU, float32 on the CPU (fer_jax.models.DTYPES).
-  config.model = ml_collections.ConfigDict({"name": "", "num_classes": 7, "dtype": "auto"})
+  # remat: what each block computes again in the backward pass to save memory
+  # (fer_jax.models.layers.REMAT_POLICIES: none | elementwise | blocks).
+  config.model = ml_collections.ConfigDict({"name": "", "num_classes": 7, "dtype": "auto", "remat": "none"})
   # Loss settings, read by the method's loss().
   config.loss = ml_collections.ConfigDict()
 

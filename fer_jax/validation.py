@@ -15,6 +15,7 @@ from fer_jax.data import augment
 from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.errors import ConfigError
+from fer_jax.models import layers
 
 SELECT_METRICS = ("", "accuracy", "mean_class_accuracy")
 SELECT_TIES = ("earliest", "latest")
@@ -45,6 +46,7 @@ def _choice(key: str, value, valid) -> list[str]:
 def _value_problems(config) -> list[str]:
   problems = (_choice("model.name", config.model.name, models.METHODS)
               + _choice("model.dtype", config.model.dtype, models.DTYPES)
+              + _choice("model.remat", config.model.remat, tuple(layers.REMAT_POLICIES))
               + _choice("dataset.class_order", config.dataset.class_order, sorted(labels.CLASS_ORDERS))
               + _choice("dataset.sampler", config.dataset.sampler, pipeline.SAMPLERS)
               + _choice("dataset.cache", config.dataset.cache, pipeline.CACHE_MODES)

@@ -32,7 +32,8 @@ SYNTHETIC_FIELDS = (
     "init_s", "train_img_per_s", "train_step_ms", "train_compile_s", "train_warmup_s", "train_flops_per_step",
     "train_tflops_per_s", "eval_img_per_s", "eval_step_ms", "eval_compile_s", "eval_warmup_s",
     "eval_flops_per_step", "eval_tflops_per_s", "mfu", "peak_tflops_per_device", "peak_memory_bytes",
-    "peak_memory_source", "train_memory_analysis", "train_collectives", "dtype", "batch_size", "input_size")
+    "peak_memory_source", "train_memory_analysis", "train_saved_for_backward_bytes", "train_collectives", "dtype",
+    "remat", "batch_size", "input_size")
 ENVIRONMENT_FIELDS = ("date", "platform", "device_kind", "devices", "jax", "jaxlib", "backend_version",
                       "host_cpus", "host_cpu_model", "load_average_1m")
 
@@ -86,7 +87,23 @@ def test_synthetic_line_holds_every_figure():
   assert line["peak_memory_source"] == "compiled.memory_analysis"
   assert line["peak_memory_bytes"] >= line["train_memory_analysis"]["argument"] > _bytes(variables)
   assert line["train_collectives"] == {"ops": {}, "bytes": 0, "by_role": {}}  # one device
+  assert line["train_saved_for_backward_bytes"] > _bytes(jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.float32))
   json.dumps(line)
+
+
+class Linear(nn.Module):
+  @nn.compact
+  def __call__(self, images, train: bool):
+    del train
+    return {"logits": nn.Dense(7, use_bias=False, name="fc")(images.reshape(images.shape[0], -1))}
+
+
+def test_saved_for_backward_bytes_of_a_linear_model_are_its_input():
+  """The gradient of x·W with respect to W needs x alone: the forward pass keeps the input images."""
+  images = jax.ShapeDtypeStruct((5, 8, 8, 3), jnp.float32)
+  variables = jax.eval_shape(lambda: Linear().init(jax.random.key(0), jnp.zeros(images.shape), train=False))
+  saved = benchmark.saved_for_backward_bytes(Linear(), {"params": variables["params"], "batch_stats": {}}, images)
+  assert saved == 5 * 8 * 8 * 3 * 4
 
 
 def test_profile_breakdown_puts_the_traced_steps_ops_in_categories(tmp_path):
@@ -145,7 +162,7 @@ LINE = {
     "dtype": "bfloat16", "batch_size": 256, "train_img_per_s": 9876.54, "train_step_ms": 25.92,
     "eval_img_per_s": 30123.4, "train_compile_s": 41.26, "eval_compile_s": 9.04, "train_warmup_s": 0.912,
     "train_flops_per_step": 3.087e12, "train_tflops_per_s": 123.4567, "mfu": 0.1248, "peak_memory_bytes": 3 * 2**30,
-    "peak_memory_source": "device.memory_stats",
+    "peak_memory_source": "device.memory_stats", "train_saved_for_backward_bytes": 2**30 + 2**29, "remat": "none",
     "train_collectives": {"ops": {"all-reduce": 58}, "bytes": 79056604, "by_role": {
         "batchnorm_statistics": {"ops": 25, "tensors": 82, "bytes": 96824},
         "gradients": {"ops": 31, "tensors": 73, "bytes": 78814528}}}}
@@ -156,7 +173,9 @@ def test_paper_table_renders_a_line():
   header, rule, row = table.split("\n")[2:5]
   assert header.count("|") == rule.count("|") == row.count("|") == len(render_table.PAPER_HEADER) + 4
   assert row == ("| `configs/dan.py:rafdb` | 224² | 256 | bfloat16 | 1 | 9,876.54 | 25.9 | 30,123.40 | 41.3 / 9.0 "
-                 "| 0.91 | 12.06 | 123.457 | 12.5% | 3.00 | 4,179 | 8,275–9,399 | 7,121 |")
+                 "| 0.91 | 12.06 | 123.457 | 12.5% | 3.00 | 1.50 | 4,179 | 8,275–9,399 | 7,121 |")
+  rematerialised = render_table.paper_row({**LINE, "remat": "blocks"})
+  assert rematerialised[3] == "bfloat16, remat blocks"
   small = render_table.paper_row({**LINE, "input_size": 72}, reference=True)
   assert small[-3:] == ["–"] * 3  # the official figures are of the paper's input size only
   assert table.startswith("1 × NVIDIA H100 80GB HBM3 (gpu, 26 host CPUs (Intel(R) Xeon(R) Platinum 8480+)), "

@@ -76,6 +76,7 @@ class PoolingViTSettings(nn.Module):
   app_keep: int = 160
   atp_keep_rates: Sequence[float] = (1.0,) * 4 + (0.9,) * 4
   dtype: Any = jnp.float32
+  remat: str = "none"
 
 
 class PoolingViT(PoolingViTSettings):
@@ -100,8 +101,9 @@ class PoolingViT(PoolingViTSettings):
     cls = jnp.broadcast_to((cls_token + cls_pos_embed).astype(x.dtype), (batch, 1, self.width))
     x = jnp.concatenate([cls, x], axis=1)
     app_positions, atp_positions = positions, []
+    block_class = layers.rematerialised(vit.Block, self.remat, methods=["attend", "feed_forward"])
     for index in range(self.depth):
-      block = vit.Block(self.num_heads, self.mlp_dim, self.dtype, name=f"blocks_{index}")
+      block = block_class(self.num_heads, self.mlp_dim, self.dtype, name=f"blocks_{index}")
       x, cls_logits = block.attend(x)
       keep = num_kept(x.shape[1] - 1, self.atp_keep_rates[index])
       if keep < x.shape[1] - 1:
@@ -129,7 +131,7 @@ class APViT(PoolingViTSettings):
 
   @nn.compact
   def __call__(self, images, train: bool) -> dict:
-    features = irse.IRSE(self.ir_stage_sizes, num_stages=3, dtype=self.dtype,
+    features = irse.IRSE(self.ir_stage_sizes, num_stages=3, dtype=self.dtype, remat=self.remat,
                          name="extractor")(images.astype(self.dtype), train)["stage3"]
     settings = {field.name: getattr(self, field.name) for field in dataclasses.fields(PoolingViTSettings)
                 if field.name not in ("parent", "name")}

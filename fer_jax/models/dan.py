@@ -72,10 +72,11 @@ class DAN(nn.Module):
   num_heads: int = 4
   num_centres: int = 8
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, images, train: bool) -> dict:
-    features = resnet.ResNet18(dtype=self.dtype, name="trunk")(images, train)["layer4"]
+    features = resnet.ResNet18(dtype=self.dtype, remat=self.remat, name="trunk")(images, train)["layer4"]
     heads = jnp.stack([AttentionHead(self.dtype, name=f"head{i}")(features, train)
                        for i in range(self.num_heads)], axis=1).astype(layers.at_least_float32(self.dtype))
     if self.num_heads > 1:

@@ -6,12 +6,16 @@ from typing import Any
 import flax.linen as nn
 import jax
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 
 from fer_jax.models.backbones.batch_norm import BatchNorm
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+# Every convolution's output is named so (jax.ad_checkpoint.checkpoint_name): config.model.remat
+# "elementwise" keeps it, the 1×1 convolutions (a custom_vjp on the CPU) included.
+CONVOLUTION_OUTPUT = "convolution_output"
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -27,9 +31,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   """
   if not _is_pointwise(lhs.shape, rhs.shape, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                        feature_group_count):
-    return lax.conv_general_dilated(_stored_for_gradient(lhs), rhs, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, dimension_numbers, feature_group_count, precision=precision)
-  return _pointwise_conv(lhs, rhs, tuple(window_strides), precision)
+    output = lax.conv_general_dilated(_stored_for_gradient(lhs), rhs, window_strides, padding, lhs_dilation,
+                                      rhs_dilation, dimension_numbers, feature_group_count, precision=precision)
+  else:
+    output = _pointwise_conv(lhs, rhs, tuple(window_strides), precision)
+  return checkpoint_name(output, CONVOLUTION_OUTPUT)
 
 
 def stored(x):
@@ -203,6 +209,27 @@ def torch_dense(features: int, fan_in: int, name: str, dtype: Any = None) -> nn.
   """nn.Linear(fan_in, features) as PyTorch initialises it."""
   return nn.Dense(features, kernel_init=torch_kernel_init, bias_init=torch_bias_init(fan_in),
                   dtype=dtype, name=name)
+
+
+# config.model.remat: what each residual or transformer block computes again in the backward pass
+# instead of keeping it from the forward pass, for less memory at the cost of compute:
+# "elementwise" keeps its convolutions' and matrix products' outputs and recomputes the rest
+# (BatchNorm, activations, sums), "blocks" keeps only its input. Same variables and values either way.
+REMAT_POLICIES = {
+    "none": None,
+    "elementwise": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_saveable, jax.checkpoint_policies.save_only_these_names(CONVOLUTION_OUTPUT)),
+    "blocks": jax.checkpoint_policies.nothing_saveable}
+
+
+def rematerialised(module_class: type[nn.Module], remat: str, **options) -> type[nn.Module]:
+  """`module_class` as config.model.remat (REMAT_POLICIES) has it; `options` are nn.remat's
+  (`static_argnums` counts the module as argument 0, `methods` names methods besides __call__)."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"Unknown config.model.remat {remat!r}; valid: {', '.join(REMAT_POLICIES)}.")
+  if REMAT_POLICIES[remat] is None:
+    return module_class
+  return nn.remat(module_class, policy=REMAT_POLICIES[remat], **options)
 
 
 def torch_batch_norm(train: bool, dtype: Any, name: str) -> BatchNorm:

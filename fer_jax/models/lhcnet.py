@@ -98,6 +98,7 @@ class Head(nn.Module):
   widths: Sequence[int] = (4096, 1024)
   dropout_rate: float = 0.4
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -129,6 +130,7 @@ class LHCNet(nn.Module):
   head_widths: Sequence[int] = (4096, 1024)
   dropout_rate: float = 0.4
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, images, train: bool) -> dict:
@@ -142,7 +144,7 @@ class LHCNet(nn.Module):
         insertions[point] = LHCModule(self.lhc_heads[index], self.lhc_embed_dims[index], self.pool_size,
                                       self.kernel_size, self.norm_c, controller_init[index], self.dtype,
                                       name=f"lhc{index + 1}")
-    features = resnet_v2.ResNet34V2(dtype=self.dtype, name="backbone")(
+    features = resnet_v2.ResNet34V2(dtype=self.dtype, remat=self.remat, name="backbone")(
         images, train and not self.freeze_batch_norm, insertions)["output"]
     logits = Head(self.num_classes, self.head_widths, self.dropout_rate, self.dtype, name="head")(features, train)
     return {"logits": logits.astype(layers.at_least_float32(self.dtype))}

@@ -219,6 +219,7 @@ class AttentionBranch(nn.Module):
   shared_local_units: bool = True
   bottom_strip_quirk: bool = True
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, features, train: bool):
@@ -295,10 +296,11 @@ class SCANCCI(nn.Module):
   shared_local_units: bool = True
   bottom_strip_quirk: bool = True
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, images, train: bool) -> dict:
-    maps = resnet.ResNet50(num_stages=3, dtype=self.dtype, name="trunk")(images, train)
+    maps = resnet.ResNet50(num_stages=3, dtype=self.dtype, remat=self.remat, name="trunk")(images, train)
     attention_logits, masks = AttentionBranch(
         self.num_classes, self.shared_local_units, self.bottom_strip_quirk, self.dtype,
         name="attention")(maps["layer2"], train)

@@ -56,6 +56,7 @@ class IRSE(nn.Module):
   stage_sizes: Sequence[int]
   num_stages: int = 4
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, train: bool) -> dict:
@@ -64,9 +65,10 @@ class IRSE(nn.Module):
     x = layers.PReLU(name="input_layer_2")(x)
     features = {}
     unit_index = 0
+    unit_class = layers.rematerialised(BottleneckIR, self.remat, static_argnums=(2,))
     for stage in range(self.num_stages):
       for unit in range(self.stage_sizes[stage]):
-        x = BottleneckIR(STAGE_WIDTHS[stage], 2 if unit == 0 else 1, self.dtype,
+        x = unit_class(STAGE_WIDTHS[stage], 2 if unit == 0 else 1, self.dtype,
                          name=f"body_{unit_index}")(x, train)
         unit_index += 1
       features[f"stage{stage + 1}"] = x

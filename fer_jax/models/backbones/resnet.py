@@ -72,6 +72,7 @@ class ResNet(nn.Module):
   stage_sizes: Sequence[int]
   num_stages: int = 4
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, train: bool) -> dict:
@@ -80,10 +81,11 @@ class ResNet(nn.Module):
     x = nn.relu(layers.torch_batch_norm(train, self.dtype, "bn1")(x))
     x = layers.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     features = {}
+    block = layers.rematerialised(self.block, self.remat, static_argnums=(2,))
     for stage in range(self.num_stages):
       for index in range(self.stage_sizes[stage]):
         stride = 2 if stage > 0 and index == 0 else 1
-        x = self.block(64 * 2**stage, stride, self.dtype,
+        x = block(64 * 2**stage, stride, self.dtype,
                        name=f"layer{stage + 1}_{index}")(x, train)
       features[f"layer{stage + 1}"] = x
     return features

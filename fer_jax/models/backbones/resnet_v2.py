@@ -83,6 +83,7 @@ class ResNetV2(nn.Module):
   stage_sizes: Sequence[int]
   width: int = 64
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, train: bool,
@@ -100,9 +101,10 @@ class ResNetV2(nn.Module):
     x = layers.max_pool(x, (3, 3), (2, 2), padding="VALID")
     features = {"stem": insert("stem", x)}
     x = features["stem"]
+    unit_class = layers.rematerialised(PreActBasicUnit, self.remat, static_argnums=(2,))
     for stage, size in enumerate(self.stage_sizes):
       for unit in range(size):
-        x = PreActBasicUnit(self.width * 2**stage, stride=2 if stage > 0 and unit == 0 else 1,
+        x = unit_class(self.width * 2**stage, stride=2 if stage > 0 and unit == 0 else 1,
                             project=unit == 0, dtype=self.dtype,
                             name=f"stage{stage + 1}_unit{unit + 1}")(x, train)
       x = insert(f"stage{stage + 1}", x)

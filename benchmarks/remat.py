@@ -1,0 +1,78 @@
+"""What config.model.remat trades: memory kept for the backward pass against compute, per method.
+
+  python benchmarks/remat.py [CONFIG ...] [--batch_size=B] [--dtype=bfloat16] [--output=FILE.jsonl]
+
+For each config (default: every method's paper config at its paper batch size) and each remat
+policy, from shapes and the lowered train step alone (nothing runs, so any machine gives the
+accelerator's figures): the bytes one device's forward pass keeps for the backward pass
+(`fer_jax.benchmark.saved_for_backward_bytes`) and the train step's FLOPs as lowered, before XLA's
+optimisations (recomputations included: XLA's CPU compiler merges them back into the forward pass,
+GPUs and TPUs run them). Prints a markdown table.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from helpers import abstract_train_step, get_config  # noqa: E402  pylint: disable=wrong-import-position
+
+from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
+from fer_jax import models  # noqa: E402  pylint: disable=wrong-import-position
+from fer_jax.models import layers  # noqa: E402  pylint: disable=wrong-import-position
+
+PAPER_CONFIGS = ("configs/dan.py:rafdb", "configs/apvit.py:rafdb", "configs/scan_cci.py:rafdb",
+                 "configs/lhcnet.py:fer2013,stage=B")
+
+
+def measure(spec: str, remat: str, batch_size: int | None, dtype: str) -> dict:
+  config = get_config(spec)
+  config.model.remat, config.model.dtype = remat, dtype
+  batch = batch_size or config.batch_size
+  model = models.build_model(config)
+  variables = models.abstract_variables(model, config)
+  images = jax.ShapeDtypeStruct(models.dummy_images(config, batch).shape, jnp.float32)
+  step, state = abstract_train_step(config)
+  lowered = step.lower(state, {"image": images, "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
+                               "mask": jax.ShapeDtypeStruct((batch,), jnp.float32)})
+  return {"config": spec, "model": config.model.name, "input_size": config.input.size, "batch_size": batch,
+          "dtype": dtype, "remat": remat, "jax": jax.__version__,
+          "saved_for_backward_bytes": benchmark.saved_for_backward_bytes(model, variables, images),
+          "lowered_train_flops_per_step": float(lowered.cost_analysis()["flops"])}
+
+
+def table(rows: list[dict]) -> str:
+  lines = ["| config | size | batch | dtype | remat | kept for backward GiB | × none | train GFLOP/img | × none |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  plain = {(row["config"], row["dtype"]): row for row in rows if row["remat"] == "none"}
+  for row in rows:
+    base = plain.get((row["config"], row["dtype"]))
+    memory_ratio = f"{row['saved_for_backward_bytes'] / base['saved_for_backward_bytes']:.2f}" if base else "–"
+    flops_ratio = f"{row['lowered_train_flops_per_step'] / base['lowered_train_flops_per_step']:.2f}" if base else "–"
+    lines.append(f"| `{row['config']}` | {row['input_size']}² | {row['batch_size']} | {row['dtype']} | {row['remat']} "
+                 f"| {row['saved_for_backward_bytes'] / 2**30:.2f} | {memory_ratio} "
+                 f"| {row['lowered_train_flops_per_step'] / row['batch_size'] / 1e9:.2f} | {flops_ratio} |")
+  return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("configs", nargs="*", default=PAPER_CONFIGS, help="config specs (default: the paper ones)")
+  parser.add_argument("--batch_size", type=int, default=0, help="instead of each config's own (0)")
+  parser.add_argument("--dtype", default="bfloat16", help="config.model.dtype (accelerators' default)")
+  parser.add_argument("--output", default="", help="also append the JSON lines to this file")
+  args = parser.parse_args()
+  rows = [measure(spec, remat, args.batch_size, args.dtype) for spec in args.configs
+          for remat in layers.REMAT_POLICIES]
+  if args.output:
+    with open(args.output, "a", encoding="utf-8") as output:
+      output.writelines(json.dumps(row) + "\n" for row in rows)
+  sys.stdout.write(table(rows))
+
+
+if __name__ == "__main__":
+  main()
