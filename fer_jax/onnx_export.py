@@ -291,6 +291,7 @@ _TRANSLATIONS = {
     "exp": _unary("Exp"), "log": _unary("Log"), "logistic": _unary("Sigmoid"),
     "neg": _unary("Neg"), "abs": _unary("Abs"), "sqrt": _unary("Sqrt"),
     "stop_gradient": _unary("Identity"), "copy": _unary("Identity"),
+    "name": _unary("Identity"),  # checkpoint_name: a label for config.model.remat, no computation
     "rsqrt": _rsqrt, "square": _square, "erfc": _erfc, "select_n": _select_n,
     "reduce_sum": _reduce("ReduceSum"), "reduce_max": _reduce("ReduceMax"),
     "reshape": _reshape, "squeeze": _squeeze, "broadcast_in_dim": _broadcast_in_dim, "transpose": _transpose,

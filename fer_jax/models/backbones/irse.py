@@ -69,7 +69,7 @@ class IRSE(nn.Module):
     for stage in range(self.num_stages):
       for unit in range(self.stage_sizes[stage]):
         x = unit_class(STAGE_WIDTHS[stage], 2 if unit == 0 else 1, self.dtype,
-                         name=f"body_{unit_index}")(x, train)
+                       name=f"body_{unit_index}")(x, train)
         unit_index += 1
       features[f"stage{stage + 1}"] = x
     return features

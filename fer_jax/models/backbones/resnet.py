@@ -85,8 +85,7 @@ class ResNet(nn.Module):
     for stage in range(self.num_stages):
       for index in range(self.stage_sizes[stage]):
         stride = 2 if stage > 0 and index == 0 else 1
-        x = block(64 * 2**stage, stride, self.dtype,
-                       name=f"layer{stage + 1}_{index}")(x, train)
+        x = block(64 * 2**stage, stride, self.dtype, name=f"layer{stage + 1}_{index}")(x, train)
       features[f"layer{stage + 1}"] = x
     return features
 

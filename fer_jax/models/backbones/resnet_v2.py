@@ -105,8 +105,8 @@ class ResNetV2(nn.Module):
     for stage, size in enumerate(self.stage_sizes):
       for unit in range(size):
         x = unit_class(self.width * 2**stage, stride=2 if stage > 0 and unit == 0 else 1,
-                            project=unit == 0, dtype=self.dtype,
-                            name=f"stage{stage + 1}_unit{unit + 1}")(x, train)
+                       project=unit == 0, dtype=self.dtype,
+                       name=f"stage{stage + 1}_unit{unit + 1}")(x, train)
       x = insert(f"stage{stage + 1}", x)
       features[f"stage{stage + 1}"] = x
     features["output"] = nn.relu(batch_norm(train, self.dtype, "bn1")(x))
