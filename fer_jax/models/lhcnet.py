@@ -78,14 +78,15 @@ class LHCModule(nn.Module):
     kernel = self.param("qk_kernel", head_glorot_uniform, (self.num_heads, band, self.embed_dim))
     bias = self.param("qk_bias", nn.initializers.zeros, (self.num_heads, self.embed_dim))
     precise = layers.at_least_float32(self.dtype)
-    project = lambda t: jnp.einsum("bhcp,hpe->bhce", to_heads(t.astype(precise), self.num_heads),
-                                   kernel) + bias[:, None, :]
-    scores = jnp.einsum("bhce,bhde->bhcd", project(query), project(key))
+    heads_in_batch = lambda t: einops.rearrange(t, "b h c x -> (b h) c x")
+    project = lambda t: heads_in_batch(jnp.einsum("bhcp,hpe->bhce", to_heads(t.astype(precise), self.num_heads),
+                                                  kernel) + bias[:, None, :])
+    scores = jnp.einsum("nce,nde->ncd", project(query), project(key))
     gate = nn.sigmoid(nn.Dense(channels, kernel_init=glorot_uniform, name="scale_dense")(
         jnp.mean(scores, axis=-1)))
     attention = nn.softmax(scores / jnp.power(float(self.embed_dim), self.norm_c + gate[..., None]), axis=-1)
-    out = jnp.einsum("bhcd,bhdp->bhcp", attention, to_heads(value.astype(precise), self.num_heads))
-    out = from_heads(out, height, width)
+    out = jnp.einsum("ncd,ndp->ncp", attention, heads_in_batch(to_heads(value.astype(precise), self.num_heads)))
+    out = from_heads(einops.rearrange(out, "(b h) c p -> b h c p", h=self.num_heads), height, width)
     if self.controller_init is not None:
       w = self.param("controller", nn.initializers.constant(self.controller_init), ())
       out = out * (1.0 + jnp.tanh(w))
