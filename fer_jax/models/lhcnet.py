@@ -78,6 +78,8 @@ class LHCModule(nn.Module):
     kernel = self.param("qk_kernel", head_glorot_uniform, (self.num_heads, band, self.embed_dim))
     bias = self.param("qk_bias", nn.initializers.zeros, (self.num_heads, self.embed_dim))
     precise = layers.at_least_float32(self.dtype)
+    # Heads folded into the batch: XLA:CPU reduces an array with a size-1 axis (a module with one
+    # head) up to 50× slower (docs/performance.md, "A head axis of size 1").
     heads_in_batch = lambda t: einops.rearrange(t, "b h c x -> (b h) c x")
     project = lambda t: heads_in_batch(jnp.einsum("bhcp,hpe->bhce", to_heads(t.astype(precise), self.num_heads),
                                                   kernel) + bias[:, None, :])
