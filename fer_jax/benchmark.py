@@ -205,8 +205,11 @@ def collective_role(name: str, batch_norm_paths: set[str]) -> str:
   trunk/bn1/reduce_sum"): the batch statistics of a BatchNorm (a module path in `batch_norm_paths`) or
   their backward pass (with the BatchNorm's own parameter gradients), other parameter gradients, or the
   loss and metrics."""
-  parts = _split_top_level(name, "/")
-  module = "/".join(part for part in parts[:-1] if "(" not in part)
+  parts = _split_top_level(name, "/")[:-1]
+  # The module path follows the last transformation; a rematerialised block's backward pass names
+  # "transpose(jvp(M))/trunk/jvp(M)/trunk/checkpoint/layer1_0/bn1/…".
+  last_transformation = max((i for i, part in enumerate(parts) if "(" in part), default=-1)
+  module = "/".join(part for part in parts[last_transformation + 1:] if part != "checkpoint")
   backward = "transpose(" in name
   if module in batch_norm_paths:
     return "batchnorm_backward" if backward else "batchnorm_statistics"

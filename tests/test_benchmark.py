@@ -148,6 +148,16 @@ def test_collectives_of_hlo_text_by_role():
   assert found["bytes"] == sum(role["bytes"] for role in found["by_role"].values())
 
 
+def test_collective_role_of_a_rematerialised_blocks_batch_norm():
+  paths = {"trunk/layer1_0/bn1"}
+  name = "jit(train_step)/transpose(jvp(DAN))/trunk/jvp(DAN)/trunk/checkpoint/layer1_0/bn1/reduce_sum"
+  assert benchmark.collective_role(name, paths) == "batchnorm_backward"
+  assert benchmark.collective_role("jit(train_step)/jvp(DAN)/trunk/layer1_0/bn1/reduce_sum", paths) \
+      == "batchnorm_statistics"
+  assert benchmark.collective_role("jit(train_step)/transpose(jvp(DAN))/trunk/jvp(DAN)/trunk/checkpoint/"
+                                   "layer1_0/conv1/conv_general_dilated", paths) == "gradients"
+
+
 def test_batch_norm_paths_of_batch_stats():
   stats = {"trunk": {"bn1": {"mean": 0, "var": 0}, "layer1_0": {"downsample_bn": {"mean": 0, "var": 0}}}}
   assert benchmark.batch_norm_paths(stats) == {"trunk/bn1", "trunk/layer1_0/downsample_bn"}

@@ -10,7 +10,7 @@ from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax.models.backbones.batch_norm import BatchNorm
+from fer_jax.models.backbones.batch_norm import BATCH_STATISTICS, BatchNorm
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 # Every convolution's output is named so (jax.ad_checkpoint.checkpoint_name): config.model.remat
@@ -214,12 +214,14 @@ def torch_dense(features: int, fan_in: int, name: str, dtype: Any = None) -> nn.
 # config.model.remat: what each residual or transformer block computes again in the backward pass
 # instead of keeping it from the forward pass, for less memory at the cost of compute:
 # "elementwise" keeps its convolutions' and matrix products' outputs and recomputes the rest
-# (BatchNorm, activations, sums), "blocks" keeps only its input. Same variables and values either way.
+# (BatchNorm, activations, sums), "blocks" keeps only its input. Both keep the BatchNorms' batch
+# statistics (a few numbers a channel). Same variables and values either way.
 REMAT_POLICIES = {
     "none": None,
     "elementwise": jax.checkpoint_policies.save_from_both_policies(
-        jax.checkpoint_policies.dots_saveable, jax.checkpoint_policies.save_only_these_names(CONVOLUTION_OUTPUT)),
-    "blocks": jax.checkpoint_policies.nothing_saveable}
+        jax.checkpoint_policies.dots_saveable,
+        jax.checkpoint_policies.save_only_these_names(CONVOLUTION_OUTPUT, BATCH_STATISTICS)),
+    "blocks": jax.checkpoint_policies.save_only_these_names(BATCH_STATISTICS)}
 
 
 def rematerialised(module_class: type[nn.Module], remat: str, **options) -> type[nn.Module]:

@@ -11,8 +11,14 @@ statistics are in at least float32 and in two passes (`batch_statistics`), Flax'
 from typing import Any
 
 import flax.linen as nn
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 from jax import lax
+
+# The batch mean and variance are named so (jax.ad_checkpoint.checkpoint_name): every
+# config.model.remat policy keeps them, so that a block computed again in the backward pass
+# normalises with them instead of reducing its batch (and all-reducing it across devices) again.
+BATCH_STATISTICS = "batch_statistics"
 
 
 def batch_statistics(x, axes):
@@ -21,8 +27,8 @@ def batch_statistics(x, axes):
   (benchmarks/batch_norm_variance.py). Its gradient through the mean, −2·mean(x − mean), is zero,
   so the mean enters it as a constant and the backward pass has one reduction less."""
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  mean = jnp.mean(x, axes)
-  return mean, jnp.mean(jnp.square(x - lax.stop_gradient(mean)), axes)
+  mean = checkpoint_name(jnp.mean(x, axes), BATCH_STATISTICS)
+  return mean, checkpoint_name(jnp.mean(jnp.square(x - lax.stop_gradient(mean)), axes), BATCH_STATISTICS)
 
 
 class BatchNorm(nn.Module):
