@@ -223,18 +223,21 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_pytorch_s():
   np.testing.assert_allclose(gradient, x_torch.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-4)
 
 
-def test_max_pool_gradient_stores_its_tap_map_on_the_cpu(monkeypatch):
-  """The map of which tap won each window is a buffer of its own that the gradient reads, not
-  recomputed (nine comparisons) for every tap's share inside the gradient's loop."""
+def test_max_pool_gradient_stores_its_tap_map_and_the_gradient_it_receives_on_the_cpu(monkeypatch):
+  """The map of which tap won each window and the gradient arriving at the pool (here cos(y)·w) are
+  buffers of their own that the gradient reads, not recomputed (nine comparisons; the producers of
+  the arriving gradient) for every tap's share inside the gradient's loop."""
   x = jax.random.normal(jax.random.key(0), (2, 13, 13, 8))
-  def tap_maps():
+  def stored_buffers():
     grad = jax.jit(jax.grad(_pool_loss(lambda x: layers.max_pool(x, (3, 3), (2, 2), "VALID"))),
                    compiler_options=mesh_lib.CPU_COMPILER_OPTIONS)
     entry = grad.lower(x).compile().as_text().split("\nENTRY")[1]
-    return len(re.findall(r"^\s*%\S+ = \(?u8\[2,6,6,8\]", entry, re.MULTILINE))
-  assert tap_maps() >= 1
+    return (len(re.findall(r"^\s*%\S+ = \(?u8\[2,6,6,8\]", entry, re.MULTILINE)),
+            len(re.findall(r"^\s*%\S+ = \(?f32\[2,6,6,8\]\S*\)? conditional\(", entry, re.MULTILINE)))
+  tap_maps, arriving_gradients = stored_buffers()
+  assert tap_maps >= 1 and arriving_gradients == 1
   monkeypatch.setattr(layers, "stored", lambda x: x)
-  assert tap_maps() == 0
+  assert stored_buffers() == (0, 0)
 
 
 def test_max_pool_gradient_is_xla_s_own_on_accelerators():

@@ -173,6 +173,7 @@ def _max_pool_gradient_by_taps(x, pooled, output_gradient, window, strides, padd
     tap = _tap_window(padded, i, j, out_height, out_width, strides)
     winner = jnp.where(tap == pooled, jnp.asarray(index, winner.dtype), winner)
   winner = stored(winner)
+  output_gradient = stored(output_gradient)
   phase_height, phase_width = (-(-size // stride) for size, stride in zip(padded.shape[1:3], strides))
   zero = jnp.zeros((), output_gradient.dtype)
   phases = [[zero] * strides[1] for _ in range(strides[0])]
