@@ -116,13 +116,12 @@ def saved_for_backward_bytes(model, variables, images) -> int:
   jax.vjp with respect to the parameters), from shapes alone: what config.model.remat trades for
   compute, whatever the backend (XLA's CPU compiler merges the recomputation back into the forward
   pass, so only accelerators spend less)."""
-  def forward(params, batch_stats, images):
-    return model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
-                       mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})[0]["logits"]
+  def backward_pass(params, batch_stats, images):
+    forward = lambda params: model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
+                                         mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})[0]["logits"]
+    return jax.vjp(forward, params)[1]  # a function whose leaves are the residuals
 
-  residuals = jax.eval_shape(lambda params, batch_stats, images: jax.vjp(
-      lambda params: forward(params, batch_stats, images), params)[1],
-      variables["params"], variables["batch_stats"], images)
+  residuals = jax.eval_shape(backward_pass, variables["params"], variables["batch_stats"], images)
   return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(residuals))
 
 

@@ -101,7 +101,6 @@ class Head(nn.Module):
   widths: Sequence[int] = (4096, 1024)
   dropout_rate: float = 0.4
   dtype: Any = jnp.float32
-  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, train: bool):

@@ -219,7 +219,6 @@ class AttentionBranch(nn.Module):
   shared_local_units: bool = True
   bottom_strip_quirk: bool = True
   dtype: Any = jnp.float32
-  remat: str = "none"
 
   @nn.compact
   def __call__(self, features, train: bool):
