@@ -4,11 +4,12 @@ else) and float64 NumPy (the batch variance of inputs whose mean dwarfs their sp
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import pytest
 import torch
 
-from fer_jax.models.backbones.batch_norm import BatchNorm
+from fer_jax.models.backbones.batch_norm import BatchNorm, normalise_batch
 
 X = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 5, 6, 8)).astype(np.float32)  # NHWC
 
@@ -108,3 +109,39 @@ def test_names_dtypes_and_initial_values():
   assert y.dtype == jnp.bfloat16
   assert BatchNorm(use_running_average=True).apply(variables | {"params": {"bias": jnp.zeros(8), "scale": jnp.ones(8)}},
                                                    X.astype(jnp.bfloat16)).dtype == jnp.float32
+
+
+def _plain_normalisation(x, scale, bias, epsilon=1e-5):
+  """The forward formulas, left to autodiff (the gradient also through the variance's mean)."""
+  mean = jnp.mean(x, axis=(0, 1, 2))
+  var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  return (x - mean) * lax.rsqrt(var + epsilon) * scale + bias, mean, var
+
+
+def test_the_written_out_gradient_is_autodiffs_in_float64():
+  """Cotangents on all three outputs (the statistics' are zero in training, where only the running
+  averages read them, but the gradient must still be right), against autodiff of the plain formulas."""
+  rng = np.random.default_rng(2)
+  x, weights = (rng.normal(2.0, 3.0, size=(4, 5, 6, 8)) for _ in range(2))
+  scale, bias, mean_weights, var_weights = (rng.normal(size=8) for _ in range(4))
+
+  def objective(normalise):
+    def value(x, scale, bias):
+      y, mean, var = normalise(x, scale, bias)
+      return jnp.sum(y * weights) + jnp.sum(mean * mean_weights) + jnp.sum(var * var_weights)
+    return value
+  with jax.enable_x64(True):
+    ours = jax.grad(objective(lambda *a: normalise_batch(*a, 1e-5)), argnums=(0, 1, 2))(x, scale, bias)
+    plain = jax.grad(objective(_plain_normalisation), argnums=(0, 1, 2))(x, scale, bias)
+  for got, expected in zip(ours, plain):
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_a_bfloat16_input_gets_a_bfloat16_gradient_computed_in_float32():
+  """The centred input is kept in the input's dtype: the gradient is float32's to bfloat16 rounding."""
+  x, weights = jnp.asarray(X, jnp.bfloat16), np.random.default_rng(3).normal(size=X.shape)
+  ones, zeros = jnp.ones(8, jnp.float32), jnp.zeros(8, jnp.float32)
+  gradient = jax.grad(lambda x: jnp.sum(normalise_batch(x, ones, zeros, 1e-5)[0] * weights))(x)
+  expected = jax.grad(lambda x: jnp.sum(_plain_normalisation(x, ones, zeros)[0] * weights))(x.astype(jnp.float32))
+  assert gradient.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(gradient, np.float32), expected, rtol=0, atol=2**-7 * np.abs(expected).max())
