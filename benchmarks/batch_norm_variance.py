@@ -17,6 +17,9 @@ Figures:
              jitted DAN train step (ResNet-18 + 4 heads, float32 and bfloat16 compute);
   step_time  that step on this machine, the forms interleaved round by round in one process
              (median seconds; run `uptime` beside it: a loaded machine slows every form alike).
+Each form replaces `batch_norm.batch_statistics`, the forward pass's statistics. Since BatchNorm's
+gradient is written out (`batch_norm.normalise_batch`, f0561af) the backward pass is that one for
+every form, so `cost` and `step_time` now compare forward passes; the recorded lines predate it.
 """
 
 import argparse

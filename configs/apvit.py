@@ -22,8 +22,8 @@ The paper's runs start from face.evoLVe's IR-50 (MS-Celeb-1M) and timm's ViT-Sma
       --checkpoint=backbone_ir50_ms1m_epoch120.pth --checkpoint=vit_small_p16_224-15ec54c9.pth
 then add --config.init_from=converted/apvit_init to the training command.
 
-The paper's batch of 256 on one GPU: at 112² the forward pass keeps 30.2 GiB for the backward pass
-in bf16; `--config.model.remat=elementwise` keeps 10.6 GiB for 0.3 % more FLOPs, `blocks` 4.7 GiB
+The paper's batch of 256 on one GPU: at 112² the forward pass keeps 22.9 GiB for the backward pass
+in bf16; `--config.model.remat=elementwise` keeps 9.4 GiB for 0.3 % more FLOPs, `blocks` 3.5 GiB
 for 26 % more (`python benchmarks/remat.py`; README, "Rematerialisation").
 
 Weight decay: the official config exempts the CLS token and positional embeddings, but its key

@@ -40,10 +40,10 @@ def normalise_batch(x, scale, bias, epsilon: float):
   y = (x − mean)·rsqrt(var + ε)·scale + bias in at least float32, and those statistics.
 
   The gradient is the textbook one, from two sums per channel, Σdy and Σdy·(x − mean), and the
-  centred input kept from the forward pass. Left to autodiff, XLA:CPU wrote five activation-sized
-  intermediates in the backward pass, each reduction's broadcast operands materialised for YNNPACK;
-  this writes the input's gradient alone (ResNet-18's stem BatchNorm and ReLU, forward and backward:
-  60 → 44 ms; docs/performance.md).
+  centred input kept from the forward pass. Left to autodiff, XLA:CPU also wrote dy·scale·rsqrt(var + ε)
+  out, for YNNPACK's reduce fusion takes no broadcast operand, and summed it a third time (ResNet-18's
+  stem BatchNorm and ReLU, forward and backward: 55 → 41 ms, `benchmarks/batch_norm_gradient.py`;
+  docs/performance.md).
   """
   return _normalise_batch_forward(x, scale, bias, epsilon)[0]
 
