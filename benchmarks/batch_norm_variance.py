@@ -7,8 +7,10 @@ float32 step times from --rounds=5, run under a load average of 20).
 
 Forms (each returns the mean and the biased variance, in float32):
   one_pass            E[x²] − E[x]², clipped at 0 (Flax's default; fer_jax's form before this script)
-  two_pass            mean((x − mean)²), the gradient also through the mean (Flax's use_fast_variance=False)
-  two_pass_constant   mean((x − stop_gradient(mean))²): fer_jax's `batch_statistics`
+  two_pass            mean((x − mean)²): fer_jax's `batch_statistics` (Flax's use_fast_variance=False)
+Until BatchNorm's gradient was written out (f0561af) autodiff differentiated the form, and a third,
+two_pass_constant (the mean as a constant inside the variance), was the library's for its shorter
+backward pass; the recorded lines, batch_norm_variance.jsonl, hold all three.
 Figures:
   accuracy   the largest relative error of the variance over 64 channels of 16×14×14 values with
              mean/std ratios 1 … 1e4, float32 and bfloat16 input, against float64 NumPy on the very
@@ -17,9 +19,9 @@ Figures:
              jitted DAN train step (ResNet-18 + 4 heads, float32 and bfloat16 compute);
   step_time  that step on this machine, the forms interleaved round by round in one process
              (median seconds; run `uptime` beside it: a loaded machine slows every form alike).
-Each form replaces `batch_norm.batch_statistics`, the forward pass's statistics. Since BatchNorm's
-gradient is written out (`batch_norm.normalise_batch`, f0561af) the backward pass is that one for
-every form, so `cost` and `step_time` now compare forward passes; the recorded lines predate it.
+Each form replaces `batch_norm.batch_statistics`, which only the forward pass computes now: the
+backward pass is `batch_norm.normalise_batch`'s for every form, so `cost` and `step_time` compare
+forward passes.
 """
 
 import argparse
@@ -31,7 +33,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -50,13 +51,7 @@ def one_pass(x, axes):
   return mean, jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
 
 
-def two_pass(x, axes):
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  mean = jnp.mean(x, axes)
-  return mean, jnp.mean(jnp.square(x - mean), axes)
-
-
-FORMS = {"one_pass": one_pass, "two_pass": two_pass, "two_pass_constant": batch_norm.batch_statistics}
+FORMS = {"one_pass": one_pass, "two_pass": batch_norm.batch_statistics}
 RATIOS = (1.0, 1e2, 1e3, 1e4)
 
 

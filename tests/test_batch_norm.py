@@ -59,8 +59,8 @@ def _torch_batch_norm(variables):
 
 
 def test_gradients_follow_pytorch():
-  """The variance takes the batch mean as a constant (its gradient through the mean is zero):
-  gradients of a weighted sum of the outputs must still be PyTorch's."""
+  """The written-out gradient (`normalise_batch`): gradients of a weighted sum of the outputs are
+  PyTorch's."""
   module = BatchNorm(use_running_average=False)
   variables, _, _ = _train_step(module, X)
   weights = np.random.default_rng(1).normal(size=X.shape).astype(np.float32)

@@ -156,7 +156,9 @@ def regionwise(values):
 
 def region_statistics(y):
   """Each region's mean and biased variance [n, C] over batch and space of y [b, n, h, w, C], two-pass
-  as backbones/batch_norm.batch_statistics computes them."""
+  as backbones/batch_norm.batch_statistics computes them. Autodiff differentiates these: the mean
+  enters the variance as a constant (the variance's gradient through it is zero), one reduction
+  less in the backward pass."""
   mean = jnp.mean(y, axis=(0, 2, 3), keepdims=True)
   return mean[0, :, 0, 0], jnp.mean(jnp.square(y - lax.stop_gradient(mean)), axis=(0, 2, 3))
 

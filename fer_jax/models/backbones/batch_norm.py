@@ -27,11 +27,10 @@ BATCH_STATISTICS = "batch_statistics"
 def batch_statistics(x, axes):
   """Mean and biased variance of `x` over `axes`, in at least float32: the variance is the mean of
   squared deviations from the mean, exact to rounding whatever the mean's size against the spread
-  (benchmarks/batch_norm_variance.py). Its gradient through the mean, −2·mean(x − mean), is zero,
-  so the mean enters it as a constant and the backward pass has one reduction less."""
+  (benchmarks/batch_norm_variance.py). Forward only: `normalise_batch` writes their gradient out."""
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   mean = checkpoint_name(jnp.mean(x, axes), BATCH_STATISTICS)
-  return mean, checkpoint_name(jnp.mean(jnp.square(x - lax.stop_gradient(mean)), axes), BATCH_STATISTICS)
+  return mean, checkpoint_name(jnp.mean(jnp.square(x - mean), axes), BATCH_STATISTICS)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
