@@ -1,6 +1,8 @@
 import jax
+from jax import export
 import jax.numpy as jnp
 
+from fer_jax.models import layers
 from fer_jax.models.backbones import resnet
 from fer_jax.summary import count_params
 
@@ -38,3 +40,29 @@ def test_projection_shortcut_only_where_shape_changes():
   params50 = _init(resnet.ResNet50(num_stages=3), 64)["params"]
   assert sorted(n for n, b in params50.items() if "downsample_conv" in b) == ["layer1_0", "layer2_0", "layer3_0"]
   assert params50["layer2_0"]["conv2"]["kernel"].shape == (3, 3, 128, 128)  # stride sits on the 3×3
+
+
+def _bottleneck_gradient(platform: str, monkeypatch=None):
+  """The lowered gradient of two ResNet-50 blocks in training mode, for `platform`."""
+  blocks = [resnet.Bottleneck(16, name=f"block{index}") for index in range(2)]
+  x = jnp.ones((2, 8, 8, 64))
+  variables = [block.init(jax.random.key(index), x, train=False) for index, block in enumerate(blocks)]
+
+  def loss(params, x):
+    for block, block_params, block_variables in zip(blocks, params, variables):
+      x, _ = block.apply({**block_variables, "params": block_params}, x, train=True, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(x))
+  shapes = ([v["params"] for v in variables], x)
+  return export.export(jax.jit(jax.grad(loss)), platforms=[platform])(*jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), shapes)).mlir_module()
+
+
+def test_a_bottleneck_stores_its_input_for_its_readers_on_the_cpu_only(monkeypatch):
+  """XLA:CPU recomputed a block's output in each reader of it (the next block's 1×1 convolutions and
+  its shortcut) from the block's three operands; stored on the CPU, it is read. Each block's 3×3
+  convolution stores its own input too; the first block's input, the data, needs no gradient, and
+  lowered for CUDA nothing is stored."""
+  cases = lambda platform: _bottleneck_gradient(platform).count("stablehlo.case")
+  assert cases("cpu") == cases("cuda") + 3  # two 3×3 convolutions' inputs and the second block's
+  monkeypatch.setattr(layers, "stored", lambda x: x)
+  assert cases("cpu") == cases("cuda")  # the three more are `stored`'s

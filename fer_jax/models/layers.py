@@ -27,11 +27,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   activation map. For a 1×1 kernel that is a [channels in, positions] × [positions, channels out]
   product, which runs faster as one dot (SCAN-CCI's ResNet-50 train step on the CPU: 1.2–1.3× as many
   images a second; docs/performance.md). Every other convolution is lax's, its input stored once
-  for its gradient on the CPU (`_stored_for_gradient`).
+  for its gradient on the CPU (`stored_for_gradient`).
   """
   if not _is_pointwise(lhs.shape, rhs.shape, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                        feature_group_count):
-    output = lax.conv_general_dilated(_stored_for_gradient(lhs), rhs, window_strides, padding, lhs_dilation,
+    output = lax.conv_general_dilated(stored_for_gradient(lhs), rhs, window_strides, padding, lhs_dilation,
                                       rhs_dilation, dimension_numbers, feature_group_count, precision=precision)
   else:
     output = _pointwise_conv(lhs, rhs, tuple(window_strides), precision)
@@ -54,9 +54,11 @@ def stored(x):
 
 
 @jax.custom_vjp
-def _stored_for_gradient(x):
-  """x; under differentiation on the CPU, `stored` for the kernel gradient's transpose (DAN's train
-  step: the transposes fell from 275 to 97 ms; docs/performance.md)."""
+def stored_for_gradient(x):
+  """x; under differentiation on the CPU, `stored`: for a convolution's kernel gradient, whose
+  transpose would recompute x's producers (DAN's train step: the transposes fell from 275 to 97 ms),
+  and for a ResNet-50 block's input, read by its 1×1 convolutions and its shortcut, which each
+  recomputed the previous block's output from its three operands (docs/performance.md)."""
   return x
 
 
@@ -64,7 +66,7 @@ def _stored_for_gradient_forward(x):
   return lax.platform_dependent(x, cpu=stored, default=lambda x: x), None
 
 
-_stored_for_gradient.defvjp(_stored_for_gradient_forward, lambda _, gradient: (gradient,))
+stored_for_gradient.defvjp(_stored_for_gradient_forward, lambda _, gradient: (gradient,))
 
 
 def _is_pointwise(x_shape, kernel_shape, padding, lhs_dilation, rhs_dilation, dimension_numbers,

@@ -57,6 +57,7 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     out_features = self.features * self.expansion
+    x = layers.stored_for_gradient(x)  # its readers are 1×1 convolutions and the shortcut: computed once
     y = conv(self.features, 1, 1, self.dtype, "conv1")(x)
     y = nn.relu(layers.torch_batch_norm(train, self.dtype, "bn1")(y))
     y = conv(self.features, 3, self.stride, self.dtype, "conv2")(y)
