@@ -18,8 +18,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from cpu_reductions import milliseconds  # benchmarks/: the same timing, with the steps' CPU options
-from fer_jax import mesh
+from cpu_reductions import compiled_for_the_steps, milliseconds  # benchmarks/: the same timing
 from fer_jax.models.backbones import batch_norm
 
 EPSILON = 1e-5
@@ -44,12 +43,12 @@ def forward_and_backward(normalise):
   return run
 
 
-def measure(function, args, repeats: int) -> tuple[float, int]:
-  """(median ms of a call, how many activation-sized arrays its fusions write)."""
-  compiled = jax.jit(function).lower(*args).compile(compiler_options=mesh.default_device_compiler_options())
+def measure(function, args, repeats: int):
+  """(median ms of a call, how many activation-sized arrays its fusions write, the input gradient)."""
+  compiled = compiled_for_the_steps(function, *args)
   shape = ",".join(map(str, args[0].shape))
   written = len(re.findall(rf"= f32\[{shape}\]\{{[\d,]*\}} fusion\(", compiled.as_text()))
-  return milliseconds(function, *args, repeats=repeats), written
+  return milliseconds(compiled, *args, repeats=repeats), written, compiled(*args)[0]
 
 
 def main() -> None:
@@ -65,9 +64,8 @@ def main() -> None:
     inputs = (rng.normal(2.0, 3.0, shape).astype(np.float32), rng.uniform(0.5, 1.5, channels).astype(np.float32),
               rng.normal(size=channels).astype(np.float32), rng.normal(size=shape).astype(np.float32))
     inputs = tuple(jnp.asarray(value) for value in inputs)
-    (plain_ms, plain_written), (ours_ms, ours_written) = (
+    (plain_ms, plain_written, plain), (ours_ms, ours_written, ours) = (
         measure(forward_and_backward(normalise), inputs, args.repeats) for normalise in (autodiff, written_out))
-    plain, ours = (jax.jit(forward_and_backward(normalise))(*inputs)[0] for normalise in (autodiff, written_out))
     difference = float(jnp.max(jnp.abs(plain - ours)) / jnp.max(jnp.abs(plain)))
     print(f"| {list(shape)} | {plain_ms:.1f} | {ours_ms:.1f} | {plain_written} / {ours_written} | {difference:.1e} |")
 

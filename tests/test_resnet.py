@@ -42,7 +42,7 @@ def test_projection_shortcut_only_where_shape_changes():
   assert params50["layer2_0"]["conv2"]["kernel"].shape == (3, 3, 128, 128)  # stride sits on the 3×3
 
 
-def _bottleneck_gradient(platform: str, monkeypatch=None):
+def _bottleneck_gradient(platform: str):
   """The lowered gradient of two ResNet-50 blocks in training mode, for `platform`."""
   blocks = [resnet.Bottleneck(16, name=f"block{index}") for index in range(2)]
   x = jnp.ones((2, 8, 8, 64))
