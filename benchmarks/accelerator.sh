@@ -10,8 +10,11 @@
 # its paper one, e.g. 16 for the CPU no-regression figures), STEPS (default 20 timed steps),
 # WARMUP (default 5 untimed steps after compilation), PROFILE=1 (a jax.profiler trace of 3 train
 # steps per run under OUT_DIR/profile/), REFERENCE=0 (no official-code H100 columns), CONFIGS (a
-# space-separated subset), REMAT (config.model.remat of every run, default none), PY (python).
-# Lines are appended to OUT_DIR/results.jsonl.
+# space-separated subset), REMAT (config.model.remat of every run, default none), PY (python),
+# RUN_TIMEOUT (seconds; a run past it is stopped and the next one starts), OFFICIAL (a clone of
+# https://github.com/yaoing/DAN: then the official DAN step is timed after ours, on the same device
+# and at DAN's batch, in each of OFFICIAL_VARIANTS, default "fp32 tuned compiled"; see
+# benchmarks/official_dan_step.py). Lines are appended to OUT_DIR/results.jsonl.
 set -euo pipefail
 OUT_DIR=$(realpath -m "${1:?usage: bash benchmarks/accelerator.sh OUT_DIR}")
 cd "$(dirname "$0")/.."
@@ -21,6 +24,8 @@ STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-5}
 read -r -a CONFIGS <<< "${CONFIGS:-configs/dan.py:rafdb configs/apvit.py:rafdb configs/scan_cci.py:rafdb configs/lhcnet.py:fer2013,stage=B}"
 mkdir -p "$OUT_DIR/logs"
+limit=()
+if [ -n "${RUN_TIMEOUT:-}" ]; then limit=(timeout "$RUN_TIMEOUT"); fi
 
 for dtype in $DTYPES; do
   for config in "${CONFIGS[@]}"; do
@@ -31,11 +36,22 @@ for dtype in $DTYPES; do
     if [ -n "${BATCH:-}" ]; then args+=(--config.batch_size="$BATCH"); fi
     if [ -n "${PROFILE:-}" ]; then args+=(--profile_dir="$OUT_DIR/profile/$name"); fi
     echo "$config $dtype" >&2
-    $PY -m fer_jax.benchmark "${args[@]}" > /dev/null 2> "$OUT_DIR/logs/$name.log" \
+    "${limit[@]}" "$PY" -m fer_jax.benchmark "${args[@]}" > /dev/null 2> "$OUT_DIR/logs/$name.log" \
       || echo "failed: $config $dtype (see $OUT_DIR/logs/$name.log)" >&2
   done
 done
 
+if [ -n "${OFFICIAL:-}" ]; then
+  device=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+  for variant in ${OFFICIAL_VARIANTS:-fp32 tuned compiled}; do
+    echo "official DAN $variant" >&2
+    "${limit[@]}" "$PY" benchmarks/official_dan_step.py --official="$OFFICIAL" --device="$device" --variant="$variant" \
+      --batch="${BATCH:-256}" --steps="$STEPS" --warmup="$WARMUP" --output="$OUT_DIR/results.jsonl" \
+      > /dev/null 2> "$OUT_DIR/logs/official_dan.$variant.log" \
+      || echo "failed: official DAN $variant (see $OUT_DIR/logs/official_dan.$variant.log)" >&2
+  done
+fi
+
 reference=()
 if [ "${REFERENCE:-1}" != 0 ]; then reference=(--reference); fi
-$PY benchmarks/render_table.py "$OUT_DIR/results.jsonl" "${reference[@]}" | tee "$OUT_DIR/table.md"
+"$PY" benchmarks/render_table.py "$OUT_DIR/results.jsonl" "${reference[@]}" | tee "$OUT_DIR/table.md"

@@ -3,7 +3,8 @@
   python benchmarks/render_table.py RESULTS.jsonl [--reference | --scaling] > table.md
 
 One row per line (other --input modes are skipped), under a header naming the machine and software the
-lines were measured on. --reference adds the project's measurements of the official PyTorch code on
+lines were measured on; lines of benchmarks/official_dan_step.py in the same file (accelerator.sh's
+OFFICIAL) add a table of the official DAN step beside fer_jax's DAN rows. --reference adds the project's measurements of the official PyTorch code on
 one H100 (issue 18) beside each method, for a GPU table; --scaling renders the lines of
 benchmarks/scaling.py (one config on 1, 2, 4, 8 … devices) with the collectives of each train step.
 """
@@ -97,6 +98,31 @@ def paper_table(rows: list[dict], reference: bool = False) -> str:
   return f"{machine(rows)}\n\n{markdown(header, [paper_row(row, reference) for row in rows])}\n\n{note}\n"
 
 
+OFFICIAL_HEADER = ["official DAN step", "device", "size", "batch", "train img/s", "train step ms", "warm-up s",
+                   "torch"]
+
+
+def official_table(rows: list[dict]) -> str:
+  """The official DAN step's lines, with fer_jax's DAN train img/s at the same size and batch as a
+  multiple of each; empty when there are none."""
+  official = [row for row in rows if row.get("code", "").startswith("official DAN")]
+  if not official:
+    return ""
+  ours = [row for row in rows if row.get("input") == "synthetic" and row.get("model") == "dan"]
+  dtypes = sorted({row["dtype"] for row in ours})
+  lines = []
+  for row in official:
+    same = {mine["dtype"]: mine["train_img_per_s"] for mine in ours
+            if (mine["input_size"], mine["batch_size"]) == (row["input_size"], row["batch_size"])}
+    ratios = [f"{same[dtype] / row['train_img_per_s']:.2f}×" if dtype in same else "–" for dtype in dtypes]
+    lines.append([f"{row['variant']} ({row['dtype']})", row["device_kind"], f"{row['input_size']}²",
+                  str(row["batch_size"]), _number(row["train_img_per_s"]), _number(row["train_step_ms"], 1),
+                  f"{row['warmup_s']:.2f}", row["torch"], *ratios])
+  header = OFFICIAL_HEADER + [f"fer_jax {dtype} ÷ this" for dtype in dtypes]
+  return (f"\nThe official DAN step (benchmarks/official_dan_step.py) in the same run:\n\n{markdown(header, lines)}\n\n"
+          "tuned: bf16 autocast and channels_last; compiled: tuned with torch.compile.\n")
+
+
 SCALING_HEADER = ["devices", "global batch", "batch per device", "train img/s", "× 1 device", "train step ms",
                   "eval img/s", "train compile s", "all-reduce ops", "BN statistics", "BN backward", "gradients",
                   "loss + metrics"]
@@ -139,7 +165,7 @@ def main() -> None:
   parser.add_argument("--scaling", action="store_true", help="a device-count table (benchmarks/scaling.py)")
   args = parser.parse_args()
   rows = read_lines(args.results)
-  sys.stdout.write(scaling_table(rows) if args.scaling else paper_table(rows, args.reference))
+  sys.stdout.write(scaling_table(rows) if args.scaling else paper_table(rows, args.reference) + official_table(rows))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 synthetic set and tiny run configs, configs as the CLI loads them, random model variables,
 subprocess runs of the CLI and their error checks."""
 
+import importlib.util
 import os
 import re
 
@@ -11,6 +12,7 @@ from fer_jax import models
 from fer_jax.data.builders import synthetic  # noqa: F401  (registers the builder)
 import tensorflow_datasets as tfds
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The folder of synthetic/tiny for this pytest session, under pytest's temporary folder: set by
 # the session fixture in conftest.py, inherited by the subprocesses the tests start.
 TINY_DATA_ENV = "FER_JAX_TEST_TFDS_DIR"
@@ -43,14 +45,18 @@ def tiny_run(config, size: int = 32, batch_size: int = 32, epochs: int = 1, per_
   return config
 
 
-def get_config(spec: str):
-  """Loads "configs/<file>.py:<arg>" (relative to the repository root) as the CLI would."""
-  import importlib.util
-  path, _, arg = spec.partition(":")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  module_spec = importlib.util.spec_from_file_location("config_module", os.path.join(root, path))
+def load_script(path: str, name: str = ""):
+  """The Python file at `path` (relative to the repository root) imported as a module."""
+  module_spec = importlib.util.spec_from_file_location(name or os.path.basename(path)[:-3], os.path.join(ROOT, path))
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  return module
+
+
+def get_config(spec: str):
+  """Loads "configs/<file>.py:<arg>" (relative to the repository root) as the CLI would."""
+  path, _, arg = spec.partition(":")
+  module = load_script(path, "config_module")
   return module.get_config(arg) if arg else module.get_config()
 
 
@@ -74,7 +80,6 @@ def run_pipeline(text: str, size: int, image, seed: int = 0):
   return np.asarray(jax.jit(compiled)(np.asarray(image)[None], keys)[0])
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # As root, file permissions do not bind; commands that must meet them drop these capabilities.
 _WITHOUT_FILE_PERMISSION_BYPASS = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
 

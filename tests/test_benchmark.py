@@ -3,7 +3,6 @@ markdown tables of benchmarks/render_table.py. No timing is asserted: only that 
 and agrees with what can be counted independently."""
 
 import ast
-import importlib.util
 import json
 import os
 import re
@@ -20,13 +19,8 @@ from fer_jax import models
 from fer_jax.models import layers
 import helpers
 
-_SPEC = importlib.util.spec_from_file_location("render_table", os.path.join(helpers.ROOT, "benchmarks", "render_table.py"))
-render_table = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(render_table)
-_SPEC = importlib.util.spec_from_file_location("profile_breakdown",
-                                               os.path.join(helpers.ROOT, "benchmarks", "profile_breakdown.py"))
-profile_breakdown = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(profile_breakdown)
+render_table = helpers.load_script("benchmarks/render_table.py")
+profile_breakdown = helpers.load_script("benchmarks/profile_breakdown.py")
 
 SYNTHETIC_FIELDS = (
     "init_s", "train_img_per_s", "train_step_ms", "train_compile_s", "train_warmup_s", "train_flops_per_step",
@@ -190,6 +184,21 @@ def test_paper_table_renders_a_line():
   assert small[-3:] == ["–"] * 3  # the official figures are of the paper's input size only
   assert table.startswith("1 × NVIDIA H100 80GB HBM3 (gpu, 26 host CPUs (Intel(R) Xeon(R) Platinum 8480+)), "
                           "jax 0.11.2 / jaxlib 0.11.2, backend cuda 12080, cuda_runtime 12080, nvidia_driver 570.86; 2026-12-01")
+
+
+def test_official_table_sets_each_variant_beside_fer_jax_at_the_same_size_and_batch():
+  official = {"code": "official DAN (rafdb.py step)", "variant": "tuned", "dtype": "bfloat16 autocast",
+              "device_kind": "NVIDIA H200", "input_size": 224, "batch_size": 256, "train_img_per_s": 4000.0,
+              "train_step_ms": 64.0, "warmup_s": 3.5, "torch": "2.11.0"}
+  rows = [LINE, {**LINE, "dtype": "float32", "train_img_per_s": 5000.0}, official,
+          {**official, "variant": "fp32", "dtype": "float32", "batch_size": 128}]
+  table = render_table.official_table(rows)
+  lines = [line for line in table.split("\n") if line.startswith("| ")]
+  assert lines[0].endswith("| fer_jax bfloat16 ÷ this | fer_jax float32 ÷ this |")
+  assert lines[1] == ("| tuned (bfloat16 autocast) | NVIDIA H200 | 224² | 256 | 4,000.00 | 64.0 | 3.50 | 2.11.0 "
+                      f"| {9876.54 / 4000:.2f}× | 1.25× |")
+  assert lines[2].endswith("| 128 | 4,000.00 | 64.0 | 3.50 | 2.11.0 | – | – |")  # no fer_jax line at batch 128
+  assert render_table.official_table([LINE]) == ""
 
 
 def test_scaling_table_renders_collectives_in_mib():
