@@ -1,6 +1,10 @@
 """The shared layers: the convolution, the max pool, PyTorch's default initialisers and PReLU."""
 
+import json
+import os
 import re
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -246,3 +250,40 @@ def test_max_pool_gradient_is_xla_s_own_on_accelerators():
   for platform, select_and_scatter in (("cuda", True), ("tpu", True), ("cpu", False)):
     module = export.export(grad, platforms=[platform])(shape).mlir_module()
     assert ("stablehlo.select_and_scatter" in module) == select_and_scatter, platform
+
+
+# ResNet's stem, its pool's gradient against XLA's (relative max difference of the stem BatchNorm's
+# bias gradient), in a process of its own: at the LLVM -O1 of the suite's XLA_FLAGS (conftest.py) the
+# discrepancy it guards against does not arise.
+_STEM_GRADIENT_CHECK = """
+import json, flax.linen as nn, jax, jax.numpy as jnp
+from fer_jax import mesh as mesh_lib
+from fer_jax.models import layers
+from fer_jax.models.backbones import resnet
+net = resnet.ResNet(resnet.BasicBlock, (2,), num_stages=1)
+x = jax.random.normal(jax.random.key(0), (2, 112, 112, 3))
+variables = net.init(jax.random.key(1), x, train=False)
+def stem_bias_gradient():
+  def loss(params):
+    out, _ = net.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(out["layer1"]))
+  return jax.jit(jax.grad(loss), compiler_options=mesh_lib.CPU_COMPILER_OPTIONS)(variables["params"])["bn1"]["bias"]
+gradient = stem_bias_gradient()
+layers.max_pool = nn.max_pool
+expected = stem_bias_gradient()
+print(json.dumps(float(jnp.abs(gradient - expected).max() / jnp.abs(expected).max())))
+"""
+
+
+@pytest.mark.integration
+def test_max_pool_gradient_after_batch_norm_and_relu_in_a_compiled_stem_is_xla_s():
+  """XLA computes the pool's input (BatchNorm, ReLU) for the forward pass and again, rounded
+  otherwise, inside the gradient: maxima compared across the two missed, and the windows they missed
+  lost their gradient (this stem's BatchNorm bias gradient was 22 % off in float32; DAN's 12 % in
+  float64 at 112 px; found against the official DAN step). The gradient takes its maxima from one
+  stored x."""
+  env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+  result = subprocess.run([sys.executable, "-c", _STEM_GRADIENT_CHECK], capture_output=True, text=True, env=env,
+                          cwd=helpers.ROOT, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout.splitlines()[-1]) < 1e-5

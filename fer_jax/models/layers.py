@@ -143,15 +143,13 @@ _max_pool = jax.custom_vjp(_reduce_window_max, nondiff_argnums=(1, 2, 3))
 
 
 def _max_pool_forward(x, window, strides, padding):
-  pooled = _max_pool(x, window, strides, padding)
-  return pooled, (x, pooled)
+  return _max_pool(x, window, strides, padding), x
 
 
-def _max_pool_backward(window, strides, padding, residuals, output_gradient):
-  x, pooled = residuals
-  xla_gradient = lambda x, pooled, dy: jax.vjp(lambda x: _reduce_window_max(x, window, strides, padding), x)[1](dy)[0]
+def _max_pool_backward(window, strides, padding, x, output_gradient):
+  xla_gradient = lambda x, dy: jax.vjp(lambda x: _reduce_window_max(x, window, strides, padding), x)[1](dy)[0]
   tap_gradient = functools.partial(_max_pool_gradient_by_taps, window=window, strides=strides, padding=padding)
-  return lax.platform_dependent(x, pooled, output_gradient, cpu=tap_gradient, default=xla_gradient),
+  return lax.platform_dependent(x, output_gradient, cpu=tap_gradient, default=xla_gradient),
 
 
 _max_pool.defvjp(_max_pool_forward, _max_pool_backward)
@@ -164,15 +162,20 @@ def _tap_window(padded, i: int, j: int, out_height: int, out_width: int, strides
                                           j + strides[1] * (out_width - 1) + 1, channels), (1, *strides, 1))
 
 
-def _max_pool_gradient_by_taps(x, pooled, output_gradient, window, strides, padding):
+def _max_pool_gradient_by_taps(x, output_gradient, window, strides, padding):
   """∂L/∂x: each output's gradient added at its window's first maximum. The padded input is
-  assembled from one phase per stride offset (positions p + stride·a), each a sum of shifted taps."""
-  padded = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
-  batch, out_height, out_width, channels = pooled.shape
+  assembled from one phase per stride offset (positions p + stride·a), each a sum of shifted taps.
+
+  The maxima are taken again here from x stored once: a tap equals its window's maximum exactly only
+  when both are read from the same values, and XLA may compute x's elementwise producers (BatchNorm,
+  ReLU) once for the forward pass and again, rounded otherwise, inside this gradient's fusions."""
+  padded = lax.pad(stored(x), jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
+  batch, out_height, out_width, channels = output_gradient.shape
   taps = [(i, j) for i in range(window[0]) for j in range(window[1])]
+  windows = [_tap_window(padded, i, j, out_height, out_width, strides) for i, j in taps]
+  pooled = functools.reduce(jnp.maximum, windows)
   winner = jnp.full(pooled.shape, len(taps), np.min_scalar_type(len(taps)))
-  for index, (i, j) in reversed(list(enumerate(taps))):
-    tap = _tap_window(padded, i, j, out_height, out_width, strides)
+  for index, tap in reversed(list(enumerate(windows))):
     winner = jnp.where(tap == pooled, jnp.asarray(index, winner.dtype), winner)
   winner = stored(winner)
   output_gradient = stored(output_gradient)
