@@ -11,10 +11,11 @@
 # WARMUP (default 5 untimed steps after compilation), PROFILE=1 (a jax.profiler trace of 3 train
 # steps per run under OUT_DIR/profile/), REFERENCE=0 (no official-code H100 columns), CONFIGS (a
 # space-separated subset), REMAT (config.model.remat of every run, default none), PY (python),
-# RUN_TIMEOUT (seconds; a run past it is stopped and the next one starts), OFFICIAL (a clone of
-# https://github.com/yaoing/DAN: then the official DAN step is timed after ours, on the same device
-# and at DAN's batch, in each of OFFICIAL_VARIANTS, default "fp32 tuned compiled"; see
-# benchmarks/official_dan_step.py). Lines are appended to OUT_DIR/results.jsonl.
+# RUN_TIMEOUT (seconds; a run past it is stopped and the next one starts), OFFICIAL (clones of the
+# official code as METHOD=DIR words, e.g. "dan=/tmp/DAN scan_cci=/tmp/SCAN-CCI-FER": then each
+# method's official training step is timed after ours, on the same device and at the same batch, in
+# each of OFFICIAL_VARIANTS, default "fp32 tuned compiled"; see benchmarks/official_step.py).
+# Lines are appended to OUT_DIR/results.jsonl.
 set -euo pipefail
 OUT_DIR=$(realpath -m "${1:?usage: bash benchmarks/accelerator.sh OUT_DIR}")
 cd "$(dirname "$0")/.."
@@ -43,12 +44,17 @@ done
 
 if [ -n "${OFFICIAL:-}" ]; then
   device=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
-  for variant in ${OFFICIAL_VARIANTS:-fp32 tuned compiled}; do
-    echo "official DAN $variant" >&2
-    "${limit[@]}" "$PY" benchmarks/official_dan_step.py --official="$OFFICIAL" --device="$device" --variant="$variant" \
-      --batch="${BATCH:-256}" --steps="$STEPS" --warmup="$WARMUP" --output="$OUT_DIR/results.jsonl" \
-      > /dev/null 2> "$OUT_DIR/logs/official_dan.$variant.log" \
-      || echo "failed: official DAN $variant (see $OUT_DIR/logs/official_dan.$variant.log)" >&2
+  batch=()
+  if [ -n "${BATCH:-}" ]; then batch=(--batch="$BATCH"); fi
+  for clone in $OFFICIAL; do
+    method=${clone%%=*}
+    for variant in ${OFFICIAL_VARIANTS:-fp32 tuned compiled}; do
+      echo "official $method $variant" >&2
+      "${limit[@]}" "$PY" benchmarks/official_step.py --method="$method" --official="${clone#*=}" --device="$device" \
+        --variant="$variant" "${batch[@]}" --steps="$STEPS" --warmup="$WARMUP" --output="$OUT_DIR/results.jsonl" \
+        > /dev/null 2> "$OUT_DIR/logs/official_$method.$variant.log" \
+        || echo "failed: official $method $variant (see $OUT_DIR/logs/official_$method.$variant.log)" >&2
+    done
   done
 fi
 

@@ -3,8 +3,8 @@
   python benchmarks/render_table.py RESULTS.jsonl [--reference | --scaling] > table.md
 
 One row per line (other --input modes are skipped), under a header naming the machine and software the
-lines were measured on; lines of benchmarks/official_dan_step.py in the same file (accelerator.sh's
-OFFICIAL) add a table of the official DAN step beside fer_jax's DAN rows. --reference adds the project's measurements of the official PyTorch code on
+lines were measured on; lines of benchmarks/official_step.py in the same file (accelerator.sh's
+OFFICIAL) add a table of the official training steps beside fer_jax's rows of the same method. --reference adds the project's measurements of the official PyTorch code on
 one H100 (issue 18) beside each method, for a GPU table; --scaling renders the lines of
 benchmarks/scaling.py (one config on 1, 2, 4, 8 … devices) with the collectives of each train step.
 """
@@ -98,29 +98,31 @@ def paper_table(rows: list[dict], reference: bool = False) -> str:
   return f"{machine(rows)}\n\n{markdown(header, [paper_row(row, reference) for row in rows])}\n\n{note}\n"
 
 
-OFFICIAL_HEADER = ["official DAN step", "device", "size", "batch", "train img/s", "train step ms", "warm-up s",
+OFFICIAL_HEADER = ["official step", "variant", "device", "size", "batch", "train img/s", "train step ms", "warm-up s",
                    "torch"]
 
 
 def official_table(rows: list[dict]) -> str:
-  """The official DAN step's lines, with fer_jax's DAN train img/s at the same size and batch as a
-  multiple of each; empty when there are none."""
-  official = [row for row in rows if row.get("code", "").startswith("official DAN")]
+  """The official training steps' lines (benchmarks/official_step.py), each with fer_jax's train img/s
+  of the same method, size and batch as a multiple of it, per dtype; empty when there are none."""
+  official = [row for row in rows if row.get("code") == "official"]
   if not official:
     return ""
-  ours = [row for row in rows if row.get("input") == "synthetic" and row.get("model") == "dan"]
+  ours = [row for row in rows if row.get("input") == "synthetic"]
   dtypes = sorted({row["dtype"] for row in ours})
   lines = []
   for row in official:
+    key = (row["method"], row["input_size"], row["batch_size"])
     same = {mine["dtype"]: mine["train_img_per_s"] for mine in ours
-            if (mine["input_size"], mine["batch_size"]) == (row["input_size"], row["batch_size"])}
+            if (mine["model"], mine["input_size"], mine["batch_size"]) == key}
     ratios = [f"{same[dtype] / row['train_img_per_s']:.2f}×" if dtype in same else "–" for dtype in dtypes]
-    lines.append([f"{row['variant']} ({row['dtype']})", row["device_kind"], f"{row['input_size']}²",
+    lines.append([row["method"], f"{row['variant']} ({row['dtype']})", row["device_kind"], f"{row['input_size']}²",
                   str(row["batch_size"]), _number(row["train_img_per_s"]), _number(row["train_step_ms"], 1),
                   f"{row['warmup_s']:.2f}", row["torch"], *ratios])
   header = OFFICIAL_HEADER + [f"fer_jax {dtype} ÷ this" for dtype in dtypes]
-  return (f"\nThe official DAN step (benchmarks/official_dan_step.py) in the same run:\n\n{markdown(header, lines)}\n\n"
-          "tuned: bf16 autocast and channels_last; compiled: tuned with torch.compile.\n")
+  return (f"\nThe official training steps (benchmarks/official_step.py) in the same run:\n\n"
+          f"{markdown(header, lines)}\n\n"
+          "tuned: bf16 autocast and channels_last; compiled: tuned with the forward pass through torch.compile.\n")
 
 
 SCALING_HEADER = ["devices", "global batch", "batch per device", "train img/s", "× 1 device", "train step ms",

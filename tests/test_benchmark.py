@@ -186,18 +186,20 @@ def test_paper_table_renders_a_line():
                           "jax 0.11.2 / jaxlib 0.11.2, backend cuda 12080, cuda_runtime 12080, nvidia_driver 570.86; 2026-12-01")
 
 
-def test_official_table_sets_each_variant_beside_fer_jax_at_the_same_size_and_batch():
-  official = {"code": "official DAN (rafdb.py step)", "variant": "tuned", "dtype": "bfloat16 autocast",
+def test_official_table_sets_each_official_step_beside_fer_jax_at_the_same_method_size_and_batch():
+  official = {"code": "official", "method": "dan", "variant": "tuned", "dtype": "bfloat16 autocast",
               "device_kind": "NVIDIA H200", "input_size": 224, "batch_size": 256, "train_img_per_s": 4000.0,
               "train_step_ms": 64.0, "warmup_s": 3.5, "torch": "2.11.0"}
   rows = [LINE, {**LINE, "dtype": "float32", "train_img_per_s": 5000.0}, official,
-          {**official, "variant": "fp32", "dtype": "float32", "batch_size": 128}]
+          {**official, "variant": "fp32", "dtype": "float32", "batch_size": 128},
+          {**official, "method": "scan_cci"}]
   table = render_table.official_table(rows)
   lines = [line for line in table.split("\n") if line.startswith("| ")]
   assert lines[0].endswith("| fer_jax bfloat16 ÷ this | fer_jax float32 ÷ this |")
-  assert lines[1] == ("| tuned (bfloat16 autocast) | NVIDIA H200 | 224² | 256 | 4,000.00 | 64.0 | 3.50 | 2.11.0 "
+  assert lines[1] == ("| dan | tuned (bfloat16 autocast) | NVIDIA H200 | 224² | 256 | 4,000.00 | 64.0 | 3.50 | 2.11.0 "
                       f"| {9876.54 / 4000:.2f}× | 1.25× |")
   assert lines[2].endswith("| 128 | 4,000.00 | 64.0 | 3.50 | 2.11.0 | – | – |")  # no fer_jax line at batch 128
+  assert lines[3].startswith("| scan_cci |") and lines[3].endswith("| – | – |")  # nor of SCAN-CCI
   assert render_table.official_table([LINE]) == ""
 
 

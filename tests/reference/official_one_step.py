@@ -16,10 +16,12 @@ groups, losses; the model in training mode). Prints the worst relative error
 """
 
 import argparse
+import dataclasses
 import importlib.machinery
 import os
 import sys
 import types
+from typing import Callable
 
 import torch
 
@@ -48,35 +50,52 @@ def stand_in(name: str, **attributes) -> types.ModuleType:
   return module
 
 
-def dan_official(official: str, batches, config) -> list[dict]:
+@dataclasses.dataclass
+class OfficialTraining:
+  """An official training script's state and step pieces: `modules` {name: nn.Module} and `extra`
+  {fer_jax path: nn.Parameter} (DAN's affinity centres) are what `optimizer` trains;
+  `forward(images NCHW)` gives the networks' outputs, `loss(outputs, labels)` the script's loss."""
+  modules: dict
+  extra: dict
+  optimizer: torch.optim.Optimizer
+  forward: Callable
+  loss: Callable
+
+  def loss_of(self, images, labels):
+    return self.loss(self.forward(images), labels)
+
+
+def dan_official(official: str, config, device: str = "cpu", dtype=torch.float64) -> OfficialTraining:
   """rafdb.py's training step (`run_training`): CE + affinity + partition loss, SGD (lr 0.1,
   momentum 0.9, weight decay 1e-4) over the network and the affinity centres."""
   sys.modules.setdefault("sklearn.metrics", stand_in("sklearn.metrics", balanced_accuracy_score=None))
   rafdb = official_import(official, "rafdb", ("pandas", "sklearn"))
   network = official_import(official, "networks.dan")
   torch.manual_seed(0)
-  model = network.DAN(num_class=config.model.num_classes, num_head=config.model.num_heads, pretrained=False).double()
-  affinity = rafdb.AffinityLoss(torch.device("cpu"), num_class=config.model.num_centres).double()
+  model = network.DAN(num_class=config.model.num_classes, num_head=config.model.num_heads, pretrained=False)
+  model = model.to(device, dtype)
+  affinity = rafdb.AffinityLoss(torch.device(device), num_class=config.model.num_centres).to(device, dtype)
   optimizer = torch.optim.SGD(list(model.parameters()) + list(affinity.parameters()), lr=config.optimizer.lr,
                               weight_decay=config.optimizer.weight_decay, momentum=config.optimizer.momentum)
   cross_entropy, partition = torch.nn.CrossEntropyLoss(), rafdb.PartitionLoss()
 
-  def loss_of(images, labels):
-    out, features, heads = model(images)
+  def loss(outputs, labels):
+    out, features, heads = outputs
     return cross_entropy(out, labels) + affinity(features, labels) + partition(heads)
 
-  return one_step.torch_steps({"model": model}, {"affinity/centres": affinity.centers}, optimizer, loss_of, batches)
+  return OfficialTraining({"model": model}, {"affinity/centres": affinity.centers}, optimizer, model, loss)
 
 
 def run_dan(official: str, size: int, batch: int):
   config = one_step.float64_config("configs/dan.py:rafdb", size)
   batches = one_step.random_batches(2, batch, size, config.model.num_classes)
-  initial, torch_records = one_step.in_fer_jax_layout(config, dan_official(official, batches, config),
-                                                      one_step.dan_checkpoint)
+  training = dan_official(official, config)
+  records = one_step.torch_steps(training.modules, training.extra, training.optimizer, training.loss_of, batches)
+  initial, torch_records = one_step.in_fer_jax_layout(config, records, one_step.dan_checkpoint)
   return initial, one_step.jax_steps(config, initial, batches), torch_records
 
 
-def scan_cci_official(official: str, batches, config) -> list[dict]:
+def scan_cci_official(official: str, config, device: str = "cpu", dtype=torch.float64) -> OfficialTraining:
   """main_rafdb.py's training step (`main` and `train`): trunk, shared-SCAN attention branch and
   region branch under DataParallel; SGD with momentum 0.9 and weight decay 1e-3, the trunk at
   lr 1e-4 and both branches at 0.01; loss 0.2·CE(attention) + 0.8·Σ CE(region j)."""
@@ -87,7 +106,7 @@ def scan_cci_official(official: str, batches, config) -> list[dict]:
   parts = {"base": resnet.resnet50(pretrained=False),
            "attention": attention_net.SharedAttentionBranch(inputdim=512, num_regions=25, num_classes=num_classes),
            "region": attention_net.RegionBranch(inputdim=1024, num_regions=4, num_classes=num_classes)}
-  parts = {name: torch.nn.DataParallel(part).double() for name, part in parts.items()}
+  parts = {name: torch.nn.DataParallel(part).to(device, dtype) for name, part in parts.items()}
   head_lr, trunk_multiplier = config.optimizer.lr, config.optimizer.lr_groups[0][1]
   optimizer = torch.optim.SGD([{"params": parts["base"].parameters(), "lr": head_lr * trunk_multiplier,
                                 "momentum": config.optimizer.momentum, "weight_decay": config.optimizer.weight_decay}])
@@ -97,21 +116,24 @@ def scan_cci_official(official: str, batches, config) -> list[dict]:
   criterion = torch.nn.CrossEntropyLoss()
   attention_weight = config.loss.attention_weight
 
-  def loss_of(images, labels):
+  def forward(images):
     f2, f3 = parts["base"](images)
-    _, _, attention_logits = parts["attention"](f2)
-    region_logits = parts["region"](f3)
+    return parts["attention"](f2)[2], parts["region"](f3)
+
+  def loss(outputs, labels):
+    attention_logits, region_logits = outputs
     region = sum(criterion(region_logits[:, :, j], labels) for j in range(region_logits.shape[2]))
     return attention_weight * criterion(attention_logits, labels) + (1 - attention_weight) * region
 
-  return one_step.torch_steps(parts, {}, optimizer, loss_of, batches)
+  return OfficialTraining(parts, {}, optimizer, forward, loss)
 
 
 def run_scan_cci(official: str, size: int, batch: int):
   config = one_step.float64_config("configs/scan_cci.py:rafdb", size)
   batches = one_step.random_batches(2, batch, size, config.model.num_classes)
-  initial, torch_records = one_step.in_fer_jax_layout(config, scan_cci_official(official, batches, config),
-                                                      one_step.scan_cci_checkpoint)
+  training = scan_cci_official(official, config)
+  records = one_step.torch_steps(training.modules, training.extra, training.optimizer, training.loss_of, batches)
+  initial, torch_records = one_step.in_fer_jax_layout(config, records, one_step.scan_cci_checkpoint)
   return initial, one_step.jax_steps(config, initial, batches), torch_records
 
 
