@@ -280,8 +280,8 @@ def test_max_pool_gradient_after_batch_norm_and_relu_in_a_compiled_stem_is_xla_s
   """XLA computes the pool's input (BatchNorm, ReLU) for the forward pass and again, rounded
   otherwise, inside the gradient: maxima compared across the two missed, and the windows they missed
   lost their gradient (this stem's BatchNorm bias gradient was 22 % off in float32; DAN's 12 % in
-  float64 at 112 px; found against the official DAN step). The gradient takes its maxima from one
-  stored x."""
+  float64 at 112 px; found against the official DAN step). The gradient now finds each window's
+  winner by comparing its taps with one another."""
   env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
   result = subprocess.run([sys.executable, "-c", _STEM_GRADIENT_CHECK], capture_output=True, text=True, env=env,
                           cwd=helpers.ROOT, timeout=300)

@@ -166,17 +166,18 @@ def _max_pool_gradient_by_taps(x, output_gradient, window, strides, padding):
   """∂L/∂x: each output's gradient added at its window's first maximum. The padded input is
   assembled from one phase per stride offset (positions p + stride·a), each a sum of shifted taps.
 
-  The maxima are taken again here from x stored once: a tap equals its window's maximum exactly only
-  when both are read from the same values, and XLA may compute x's elementwise producers (BatchNorm,
-  ReLU) once for the forward pass and again, rounded otherwise, inside this gradient's fusions."""
-  padded = lax.pad(stored(x), jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
+  The winning tap is found by comparing the taps with one another (a tap wins where it exceeds every
+  earlier one), never with the forward pass's maxima: XLA computes x's elementwise producers
+  (BatchNorm, ReLU) once for the forward pass and again inside this gradient, rounded otherwise, and
+  a window none of whose recomputed taps equalled its stored maximum lost its gradient."""
+  padded = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
   batch, out_height, out_width, channels = output_gradient.shape
   taps = [(i, j) for i in range(window[0]) for j in range(window[1])]
   windows = [_tap_window(padded, i, j, out_height, out_width, strides) for i, j in taps]
-  pooled = functools.reduce(jnp.maximum, windows)
-  winner = jnp.full(pooled.shape, len(taps), np.min_scalar_type(len(taps)))
-  for index, tap in reversed(list(enumerate(windows))):
-    winner = jnp.where(tap == pooled, jnp.asarray(index, winner.dtype), winner)
+  best, winner = windows[0], jnp.zeros(output_gradient.shape, np.min_scalar_type(len(taps)))
+  for index, tap in enumerate(windows[1:], start=1):
+    better = tap > best
+    best, winner = jnp.where(better, tap, best), jnp.where(better, jnp.asarray(index, winner.dtype), winner)
   winner = stored(winner)
   output_gradient = stored(output_gradient)
   phase_height, phase_width = (-(-size // stride) for size, stride in zip(padded.shape[1:3], strides))
