@@ -24,7 +24,6 @@ to set beside `benchmarks/profile_breakdown.py` (docs/performance.md).
 """
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -34,6 +33,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "tests"), ROOT]
+from helpers import get_config  # noqa: E402  (tests/helpers.py loads configs as the CLI does)
 from reference.official_one_step import dan_official  # noqa: E402
 from reference.official_one_step import scan_cci_official  # noqa: E402
 
@@ -42,7 +42,7 @@ TRAININGS = {"dan": dan_official, "scan_cci": scan_cci_official}
 
 def paper_config(method: str):
   """fer_jax's configs/METHOD.py:rafdb, which holds the official recipe's settings."""
-  return importlib.import_module(f"configs.{method}").get_config("rafdb")
+  return get_config(f"configs/{method}.py:rafdb")
 
 
 def official_step(method: str, official: str, device: str, variant: str):

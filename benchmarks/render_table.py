@@ -4,7 +4,8 @@
 
 One row per line (other --input modes are skipped), under a header naming the machine and software the
 lines were measured on; lines of benchmarks/official_step.py in the same file (accelerator.sh's
-OFFICIAL) add a table of the official training steps beside fer_jax's rows of the same method. --reference adds the project's measurements of the official PyTorch code on
+OFFICIAL) add a table of the official training steps beside fer_jax's rows of the same method.
+--reference adds the project's measurements of the official PyTorch code on
 one H100 (issue 18) beside each method, for a GPU table; --scaling renders the lines of
 benchmarks/scaling.py (one config on 1, 2, 4, 8 … devices) with the collectives of each train step.
 """

@@ -27,13 +27,10 @@ import sys
 import tempfile
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name as canonical
 
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")
-
-
-def canonical(name: str) -> str:
-  return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def runtime_requirements(python_version: str, name: str = "fer_jax", extras=()) -> list[Requirement]:
@@ -52,9 +49,10 @@ def runtime_closure(python_version: str, root: str = "fer_jax") -> dict[str, tup
   pending = [(r.name, r.extras) for r in runtime_requirements(python_version, root)]
   while pending:
     name, extras = pending.pop()
-    if {(canonical(name), extra) for extra in ("", *extras)} <= done:
+    wanted = {(canonical(name), extra) for extra in ("", *extras)}
+    if wanted <= done:
       continue
-    done |= {(canonical(name), extra) for extra in ("", *extras)}
+    done |= wanted
     try:
       distribution = importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
