@@ -5,7 +5,8 @@ session's synthetic/tiny folder, see tests/conftest.py); tests/test_train.py doe
 Prints one JSON line: device count, both loss curves, the largest parameter difference,
 whether a run checkpointed at step 4 and resumed on all devices ends with exactly the
 parameters of the uninterrupted one, and whether an evaluation whose batch does not divide
-over the devices gives the one-device confusion matrix. The model is small (conv + BatchNorm + dense): the
+over the devices gives the one-device confusion matrix; it fails if a checkpoint save on all
+devices compiles any program (orbax's per-replica slicing, see checkpointing.manager). The model is small (conv + BatchNorm + dense): the
 point is the sharded step with its device augmentation, the same code for every method.
 """
 
@@ -62,9 +63,22 @@ def run(devices, config, steps=4, start=0, checkpoint_dir=None):
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
   if checkpoints:
-    checkpointing.save(checkpoints, steps, state, config)
-    checkpoints.wait_until_finished()
+    save_compilations = compilations_during(lambda: (checkpointing.save(checkpoints, steps, state, config),
+                                                     checkpoints.wait_until_finished()))
+    assert save_compilations == 0, f"a checkpoint save on {len(devices)} devices compiled {save_compilations} programs"
   return losses, jax.device_get(state["params"])
+
+
+def compilations_during(action) -> int:
+  """How many XLA programs `action()` compiles."""
+  events = []
+  listener = lambda event, duration, **_: events.append(event) if event == train.COMPILE_EVENT else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    action()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return len(events)
 
 
 def confusion(devices, config, variables):
