@@ -146,6 +146,13 @@ def _stack(g, eqn, *xs):
   return g.op("Concat", *[g.op("Unsqueeze", x, _ints([axis])) for x in xs], axis=axis)
 
 
+def _unstack(g, eqn, x):
+  """`a, b, c = x` along an axis (JAX ≥ 0.11 traces that as one primitive): Split, then Squeeze each."""
+  axis, count = eqn.params["axis"], len(eqn.outvars)
+  parts = g.op("Split", x, _ints([1] * count), axis=axis, outputs=count)
+  return [g.op("Squeeze", part, _ints([axis])) for part in (parts if count > 1 else [parts])]
+
+
 def _slice(g, eqn, x):
   starts, limits = eqn.params["start_indices"], eqn.params["limit_indices"]
   strides = eqn.params["strides"] or (1,) * len(starts)
@@ -295,7 +302,7 @@ _TRANSLATIONS = {
     "rsqrt": _rsqrt, "square": _square, "erfc": _erfc, "select_n": _select_n,
     "reduce_sum": _reduce("ReduceSum"), "reduce_max": _reduce("ReduceMax"),
     "reshape": _reshape, "squeeze": _squeeze, "broadcast_in_dim": _broadcast_in_dim, "transpose": _transpose,
-    "concatenate": _concatenate, "stack": _stack, "slice": _slice, "pad": _pad,
+    "concatenate": _concatenate, "stack": _stack, "unstack": _unstack, "slice": _slice, "pad": _pad,
     "dot_general": _dot_general, "conv_general_dilated": _conv_general_dilated,
     "reduce_window_max": _reduce_window_max, "reduce_window_sum": _reduce_window_sum,
     "top_k": _top_k, "sort": _sort, "gather": _gather, "scatter": _scatter,

@@ -168,6 +168,7 @@ class Writer:
   def close(self):
     if self._writer:
       self._writer.close()
+      self._writer = None
 
 
 def _format_eta(seconds: float) -> str:
@@ -531,17 +532,22 @@ class TrainingRun:
     raise Preempted(self.step)
 
   def run(self) -> dict:
-    """Trains to the last step (or early stop) and returns the final report."""
-    with StopSignals() as signals:
-      for step, batch in self.remaining_batches():
-        self.train(step, batch)
-        stop = self.evaluate_and_select()
-        self.checkpoint(force=stop or bool(signals.received))
-        if signals.received:
-          self.stop_for(signals.received)
-        if stop:
-          break
-    report = self.report()
+    """Trains to the last step (or early stop) and returns the final report. The TensorBoard
+    writer is closed however the run ends: left to its exit hook, Python ≥ 3.12 prints a traceback
+    (its thread cannot start at interpreter shutdown)."""
+    try:
+      with StopSignals() as signals:
+        for step, batch in self.remaining_batches():
+          self.train(step, batch)
+          stop = self.evaluate_and_select()
+          self.checkpoint(force=stop or bool(signals.received))
+          if signals.received:
+            self.stop_for(signals.received)
+          if stop:
+            break
+      report = self.report()
+    finally:
+      self.writer.close()
     logging.info("XLA compilations of the jitted steps: %s",
                  ", ".join(f"{name} {count}" for name, count in self.compilations().items()))
     return report
@@ -563,7 +569,6 @@ class TrainingRun:
     report = final_report(self.evaluator, variables, self.workdir, self.step, reusable)
     for name, results in report["evaluators"].items():
       self.writer.scalars(self.step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
-    self.writer.close()
     return report
 
 

@@ -74,6 +74,22 @@ def test_fixed_batch_size():
   assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [2, 7]
 
 
+@pytest.mark.parametrize("axis, count", [(1, 3), (2, 1)])
+def test_unstacking_along_an_axis_runs_as_in_jax(axis, count):
+  """`q, k, v = qkv`: traced as one `unstack` primitive by JAX 0.12 (APViT's attention)."""
+  def parts(x):
+    return jax.lax.unstack(x[:, :, :count] if axis == 2 else x, axis=axis)
+  x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+  exported = onnx_export.to_onnx(lambda x: [p * (i + 1) for i, p in enumerate(parts(x))],
+                                 jax.ShapeDtypeStruct((jax.export.symbolic_shape("batch")[0], 3, 4), jnp.float32),
+                                 [f"y{i}" for i in range(count)])
+  results = session(exported.SerializeToString()).run(None, {"images": x})
+  expected = [np.asarray(p) * (i + 1) for i, p in enumerate(parts(x))]
+  assert len(results) == count
+  for result, want in zip(results, expected):
+    np.testing.assert_array_equal(result, want)
+
+
 def test_a_primitive_without_translation_is_a_user_error_naming_it():
   images = jax.ShapeDtypeStruct((2, 4), jnp.float32)
   with pytest.raises(UserError, match="primitive `cumsum` has no ONNX translation.*--format=stablehlo"):
