@@ -48,9 +48,10 @@ def manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointMan
 def _write_arrays_whole() -> None:
   """Each array is written whole from the devices of one replica. Orbax's default outside GPUs
   cuts a replicated array into a slice per replica, so that the hosts holding replicas share its
-  writing: for these models (at most ~100 MB of state) that is overhead, a slicing program compiled
-  and run per array, shape and device before every save returns (a DAN save on 8 CPU devices:
-  12.4 s the first time, 4 s after; whole: 1.6–2.9 s). StandardSave reads the global registry, so
+  writing: for these models (a few hundred MB of state at most) that is overhead, a slicing program
+  compiled and run per array, shape and device before every save returns (a DAN save on 8 CPU
+  devices held the loop 7.5 s the first time, 0.5–0.7 s after; whole 0.1–0.2 s,
+  benchmarks/checkpoint_save.py). StandardSave reads the global registry, so
   this is set there; the array metadata store of orbax's default handler is left out: it serves
   only random keys, which the state holds none of."""
   ocp.type_handlers.register_type_handler(

@@ -147,7 +147,7 @@ def _stack(g, eqn, *xs):
 
 
 def _unstack(g, eqn, x):
-  """`a, b, c = x` along an axis (JAX ≥ 0.11 traces that as one primitive): Split, then Squeeze each."""
+  """`a, b, c = x` along an axis (JAX 0.12 traces that as one primitive): Split, then Squeeze each."""
   axis, count = eqn.params["axis"], len(eqn.outvars)
   parts = g.op("Split", x, _ints([1] * count), axis=axis, outputs=count)
   return [g.op("Squeeze", part, _ints([axis])) for part in (parts if count > 1 else [parts])]
