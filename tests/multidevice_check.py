@@ -6,8 +6,9 @@ Prints one JSON line: device count, both loss curves, the largest parameter diff
 whether a run checkpointed at step 4 and resumed on all devices ends with exactly the
 parameters of the uninterrupted one, and whether an evaluation whose batch does not divide
 over the devices gives the one-device confusion matrix; it fails if a checkpoint save on all
-devices compiles any program (orbax's per-replica slicing, see checkpointing.manager). The model is small (conv + BatchNorm + dense): the
-point is the sharded step with its device augmentation, the same code for every method.
+devices compiles any program (orbax's per-replica slicing, see checkpointing.manager). The model is
+small (conv + BatchNorm + dense): the point is the sharded step with its device augmentation, the
+same code for every method.
 """
 
 import json
@@ -63,8 +64,10 @@ def run(devices, config, steps=4, start=0, checkpoint_dir=None):
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
   if checkpoints:
-    save_compilations = compilations_during(lambda: (checkpointing.save(checkpoints, steps, state, config),
-                                                     checkpoints.wait_until_finished()))
+    def save():
+      checkpointing.save(checkpoints, steps, state, config)
+      checkpointing.wait_until_saved(checkpoints)
+    save_compilations = compilations_during(save)
     assert save_compilations == 0, f"a checkpoint save on {len(devices)} devices compiled {save_compilations} programs"
   return losses, jax.device_get(state["params"])
 
