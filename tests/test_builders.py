@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 from reference import datasets as fx
 import ml_collections
@@ -21,6 +22,7 @@ from fer_jax.data import prepare
 from fer_jax.data.builders import affectnet
 from fer_jax.data.builders import ferplus
 from fer_jax.data.builders import rafdb
+from fer_jax.data.builders import synthetic
 
 tfds.disable_progress_bar()
 
@@ -47,6 +49,18 @@ def labels_of(examples: dict) -> dict:
 def assert_colour(image, rgb, tolerance=6):
   assert image.ndim == 3 and image.shape[2] == 3
   np.testing.assert_allclose(image.reshape(-1, 3).mean(0), rgb, atol=tolerance)
+
+
+def test_making_a_builder_of_an_unprepared_set_leaves_no_temporary_folder(tmp_path, monkeypatch):
+  """TFDS looks for an unprepared set's information in its bucket, leaving an empty tmp*tfds folder
+  each time; fer_jax's sets are never there, so their builders do not look."""
+  temporary = tmp_path / "tmp"
+  temporary.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", os.fspath(temporary))
+  for builder_cls in [*prepare.DATASETS.values(), synthetic.Synthetic]:
+    builder = builder_cls(data_dir=os.fspath(tmp_path / "tfds"))
+    assert builder.info.splits == {}  # nothing prepared, nothing read from anywhere
+  assert list(temporary.iterdir()) == []
 
 
 # --------------------------------------------------------------------------------------------

@@ -97,8 +97,21 @@ def encode_image(data: bytes, channels: int) -> bytes:
     return buffer.getvalue()
 
 
-class ManualBuilder(tfds.core.GeneratorBasedBuilder):
-  """A GeneratorBasedBuilder over a folder the user downloaded by hand.
+class _LocalInfo(tfds.core.DatasetInfo):
+  def initialize_from_bucket(self) -> None:
+    """Nothing: fer_jax's sets are never in TFDS's bucket, and TFDS's lookup leaves an empty
+    temporary folder behind each time a builder is made before its set is prepared."""
+
+
+class LocalBuilder(tfds.core.GeneratorBasedBuilder):
+  """A GeneratorBasedBuilder of a set that exists only on this machine's disks."""
+
+  def dataset_info_from_configs(self, **kwargs) -> tfds.core.DatasetInfo:
+    return _LocalInfo(builder=self, **kwargs)  # no README or CITATIONS.bib files to merge in
+
+
+class ManualBuilder(LocalBuilder):
+  """A builder over a folder the user downloaded by hand.
 
   Subclasses list `Record`s per split, record in `split_sources` the file or folder each
   split is read from, and set `CHANNELS` and `EXPECTED_SIZES` ({config name or None: {split:

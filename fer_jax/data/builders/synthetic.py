@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from fer_jax.data import builder_utils
 from fer_jax.data import synthetic_faces
 
 SPLIT_SEEDS = {"train": 1, "test": 2}
@@ -20,7 +21,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
 
-class Synthetic(tfds.core.GeneratorBasedBuilder):
+class Synthetic(builder_utils.LocalBuilder):
   """Face-like images of the 7 basic expressions with pose, lighting and occlusion nuisances."""
 
   VERSION = tfds.core.Version("1.1.0")
