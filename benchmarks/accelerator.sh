@@ -14,7 +14,10 @@
 # RUN_TIMEOUT (seconds; a run past it is stopped and the next one starts), OFFICIAL (clones of the
 # official code as METHOD=DIR words, e.g. "dan=/tmp/DAN scan_cci=/tmp/SCAN-CCI-FER": then each
 # method's official training step is timed after ours, on the same device and at the same batch, in
-# each of OFFICIAL_VARIANTS, default "fp32 tuned compiled"; see benchmarks/official_step.py).
+# each of OFFICIAL_VARIANTS, default "fp32 tuned compiled"; OFFICIAL_PACKAGES, a folder of packages
+# the official code needs and the machine lacks, e.g. APViT's mmcv 1.x; see benchmarks/official_step.py;
+# "lhcnet=DIR" times the official Keras step, fp32 only, with TF_PY, a python with TensorFlow and
+# tf-keras, default PY; see tests/reference/official_lhcnet_keras.py).
 # Lines are appended to OUT_DIR/results.jsonl.
 set -euo pipefail
 OUT_DIR=$(realpath -m "${1:?usage: bash benchmarks/accelerator.sh OUT_DIR}")
@@ -46,12 +49,22 @@ if [ -n "${OFFICIAL:-}" ]; then
   device=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
   batch=()
   if [ -n "${BATCH:-}" ]; then batch=(--batch="$BATCH"); fi
+  packages=()
+  if [ -n "${OFFICIAL_PACKAGES:-}" ]; then packages=(--packages="$OFFICIAL_PACKAGES"); fi
   for clone in $OFFICIAL; do
     method=${clone%%=*}
+    if [ "$method" = lhcnet ]; then
+      echo "official lhcnet fp32" >&2
+      TF_USE_LEGACY_KERAS=1 "${limit[@]}" "${TF_PY:-$PY}" tests/reference/official_lhcnet_keras.py time_step \
+        --official="${clone#*=}" "${batch[@]}" --steps="$STEPS" --warmup="$WARMUP" --output="$OUT_DIR/results.jsonl" \
+        > /dev/null 2> "$OUT_DIR/logs/official_lhcnet.fp32.log" \
+        || echo "failed: official lhcnet fp32 (see $OUT_DIR/logs/official_lhcnet.fp32.log)" >&2
+      continue
+    fi
     for variant in ${OFFICIAL_VARIANTS:-fp32 tuned compiled}; do
       echo "official $method $variant" >&2
       "${limit[@]}" "$PY" benchmarks/official_step.py --method="$method" --official="${clone#*=}" --device="$device" \
-        --variant="$variant" "${batch[@]}" --steps="$STEPS" --warmup="$WARMUP" --output="$OUT_DIR/results.jsonl" \
+        --variant="$variant" "${batch[@]}" "${packages[@]}" --steps="$STEPS" --warmup="$WARMUP" --output="$OUT_DIR/results.jsonl" \
         > /dev/null 2> "$OUT_DIR/logs/official_$method.$variant.log" \
         || echo "failed: official $method $variant (see $OUT_DIR/logs/official_$method.$variant.log)" >&2
     done

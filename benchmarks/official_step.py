@@ -1,17 +1,25 @@
-"""The official training step of DAN or SCAN-CCI timed on random inputs, to set beside
+"""The official training step of DAN, SCAN-CCI or APViT timed on random inputs, to set beside
 `python -m fer_jax.benchmark --config=configs/METHOD.py:rafdb --input=synthetic` on the same machine.
 
 Needs a clone of the official repository (imported from there, not copied):
   git clone https://github.com/yaoing/DAN /tmp/DAN
   git clone https://github.com/1980x/SCAN-CCI-FER /tmp/SCAN-CCI-FER
+  git clone https://github.com/youqingxiaozhua/APViT /tmp/APViT
   python benchmarks/official_step.py --method=dan --official=/tmp/DAN [--batch=16] [--size=224]
-      [--steps=8] [--warmup=2] [--device=cuda] [--variant=fp32|tuned|compiled]
+      [--steps=8] [--warmup=2] [--device=cuda] [--variant=fp32|tuned|compiled] [--packages=DIR]
 
-The step is the official training script's (tests/reference/official_one_step.py builds it): DAN's
-rafdb.py (ResNet-18 trunk, 4 heads, cross-entropy + affinity + partition loss, SGD over the
-network and the affinity centres) or SCAN-CCI's main_rafdb.py (ResNet-50 trunk, shared-SCAN
-attention and region branches under DataParallel, SGD in three learning-rate groups), in training
-mode, on random images and labels already on the device, as fer_jax's `--input=synthetic`. The
+APViT's code needs mmcv 1.x (pure Python without its compiled ops; its setup.py needs a setuptools
+that still has pkg_resources), installed into a folder that --packages puts on the import path:
+  pip install --target /tmp/mmcv1 --no-deps --no-build-isolation mmcv==1.7.2 addict yapf platformdirs
+  python benchmarks/official_step.py --method=apvit --official=/tmp/APViT --packages=/tmp/mmcv1
+
+The step is the official training script's (tests/reference/official_one_step.py and
+official_apvit_one_step.py build it): DAN's rafdb.py (ResNet-18 trunk, 4 heads, cross-entropy +
+affinity + partition loss, SGD over the network and the affinity centres), SCAN-CCI's
+main_rafdb.py (ResNet-50 trunk, shared-SCAN attention and region branches under DataParallel, SGD
+in three learning-rate groups) or APViT's configs/apvit/RAF.py through mmcls and mmcv (IR-50 and
+PoolingViT, cross-entropy, SGD with its paramwise decays, the gradients' norm clipped at 10), in
+training mode, on random images and labels already on the device, as fer_jax's `--input=synthetic`. The
 batch and input size default to fer_jax's `configs/METHOD.py:rafdb`. --variant: `fp32` as
 released; `tuned` runs the networks under bf16 autocast in channels_last layout (the losses on
 their outputs in float32, as autocast leaves DAN's in-place `addmm_` no bf16 form); `compiled`
@@ -34,10 +42,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "tests"), ROOT]
 from helpers import get_config  # noqa: E402  (tests/helpers.py loads configs as the CLI does)
+from reference.official_apvit_one_step import apvit_official  # noqa: E402
 from reference.official_one_step import dan_official  # noqa: E402
 from reference.official_one_step import scan_cci_official  # noqa: E402
 
-TRAININGS = {"dan": dan_official, "scan_cci": scan_cci_official}
+TRAININGS = {"apvit": apvit_official, "dan": dan_official, "scan_cci": scan_cci_official}
 
 
 def paper_config(method: str):
@@ -54,6 +63,7 @@ def official_step(method: str, official: str, device: str, variant: str):
     for module in training.modules.values():
       module.to(memory_format=torch.channels_last)
   forward = torch.compile(training.forward) if variant == "compiled" else training.forward
+  parameters = [p for group in training.optimizer.param_groups for p in group["params"]]
 
   def step(images, labels):
     training.optimizer.zero_grad()
@@ -61,6 +71,8 @@ def official_step(method: str, official: str, device: str, variant: str):
       outputs = forward(images)
     loss = training.loss(tuple(output.float() for output in outputs), labels)
     loss.backward()
+    if training.max_grad_norm:
+      torch.nn.utils.clip_grad_norm_(parameters, training.max_grad_norm)
     training.optimizer.step()
     return loss
   return step
@@ -93,7 +105,11 @@ def main():
   parser.add_argument("--profile_steps", type=int, default=0)
   parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
   parser.add_argument("--variant", default="fp32", choices=["fp32", "tuned", "compiled"])
+  parser.add_argument("--packages", default="", help="a folder put first on the import path: packages the "
+                      "official code needs that are not installed (APViT's mmcv 1.x)")
   args = parser.parse_args()
+  if args.packages:
+    sys.path.insert(0, os.path.abspath(args.packages))
   config = paper_config(args.method)
   batch, size = args.batch or config.batch_size, args.size or config.input.size
   load = os.getloadavg()[0]

@@ -100,7 +100,7 @@ def paper_table(rows: list[dict], reference: bool = False) -> str:
 
 
 OFFICIAL_HEADER = ["official step", "variant", "device", "size", "batch", "train img/s", "train step ms", "warm-up s",
-                   "torch"]
+                   "framework"]
 
 
 def official_table(rows: list[dict]) -> str:
@@ -119,9 +119,10 @@ def official_table(rows: list[dict]) -> str:
     ratios = [f"{same[dtype] / row['train_img_per_s']:.2f}×" if dtype in same else "–" for dtype in dtypes]
     lines.append([row["method"], f"{row['variant']} ({row['dtype']})", row["device_kind"], f"{row['input_size']}²",
                   str(row["batch_size"]), _number(row["train_img_per_s"]), _number(row["train_step_ms"], 1),
-                  f"{row['warmup_s']:.2f}", row["torch"], *ratios])
+                  f"{row['warmup_s']:.2f}", row.get("framework") or f"torch {row['torch']}", *ratios])
   header = OFFICIAL_HEADER + [f"fer_jax {dtype} ÷ this" for dtype in dtypes]
-  return (f"\nThe official training steps (benchmarks/official_step.py) in the same run:\n\n"
+  return (f"\nThe official training steps (benchmarks/official_step.py; LHC-Net's Keras step: "
+          f"tests/reference/official_lhcnet_keras.py time_step) in the same run:\n\n"
           f"{markdown(header, lines)}\n\n"
           "tuned: bf16 autocast and channels_last; compiled: tuned with the forward pass through torch.compile.\n")
 

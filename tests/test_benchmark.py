@@ -192,14 +192,17 @@ def test_official_table_sets_each_official_step_beside_fer_jax_at_the_same_metho
               "train_step_ms": 64.0, "warmup_s": 3.5, "torch": "2.11.0"}
   rows = [LINE, {**LINE, "dtype": "float32", "train_img_per_s": 5000.0}, official,
           {**official, "variant": "fp32", "dtype": "float32", "batch_size": 128},
-          {**official, "method": "scan_cci"}]
+          {**official, "method": "scan_cci"},
+          {**{k: v for k, v in official.items() if k != "torch"}, "method": "lhcnet", "variant": "fp32",
+           "framework": "tensorflow 2.21.0"}]
   table = render_table.official_table(rows)
   lines = [line for line in table.split("\n") if line.startswith("| ")]
   assert lines[0].endswith("| fer_jax bfloat16 ÷ this | fer_jax float32 ÷ this |")
-  assert lines[1] == ("| dan | tuned (bfloat16 autocast) | NVIDIA H200 | 224² | 256 | 4,000.00 | 64.0 | 3.50 | 2.11.0 "
-                      f"| {9876.54 / 4000:.2f}× | 1.25× |")
-  assert lines[2].endswith("| 128 | 4,000.00 | 64.0 | 3.50 | 2.11.0 | – | – |")  # no fer_jax line at batch 128
+  assert lines[1] == ("| dan | tuned (bfloat16 autocast) | NVIDIA H200 | 224² | 256 | 4,000.00 | 64.0 | 3.50 | "
+                      f"torch 2.11.0 | {9876.54 / 4000:.2f}× | 1.25× |")
+  assert lines[2].endswith("| 128 | 4,000.00 | 64.0 | 3.50 | torch 2.11.0 | – | – |")  # no fer_jax line at batch 128
   assert lines[3].startswith("| scan_cci |") and lines[3].endswith("| – | – |")  # nor of SCAN-CCI
+  assert "| tensorflow 2.21.0 |" in lines[4]  # LHC-Net's official code (official_lhcnet_keras.py time_step)
   assert render_table.official_table([LINE]) == ""
 
 

@@ -37,6 +37,7 @@ import jax  # noqa: E402
 
 from fer_jax import models  # noqa: E402
 from reference import one_step  # noqa: E402
+from reference.official_one_step import OfficialTraining  # noqa: E402
 from test_one_step_apvit import apvit_checkpoint  # noqa: E402
 
 GROUPS = (("IR-50 convs", r"^params/extractor/.*/kernel$"), ("IR-50 PReLU", r"^params/extractor/.*/slope$"),
@@ -44,7 +45,7 @@ GROUPS = (("IR-50 convs", r"^params/extractor/.*/kernel$"), ("IR-50 PReLU", r"^p
           ("ViT projection, CLS, pos. embeddings", r"^params/vit/(projs_0|cls_token|cls_pos_embed|patch_pos_embed)"),
           ("ViT blocks + final norm", r"^params/vit/"), ("head", r"^params/head/"))
 STEPS_PER_EPOCH = 48  # RAF-DB's 12 271 images in batches of 256: both steps are in epoch 0
-def official_model(root: str, seed: int, width: int, heads: int):
+def official_model(root: str, seed: int, width: int, heads: int, dtype=torch.float64):
   from mmcv import Config
   from mmcls.models import build_classifier
   cfg = Config.fromfile(os.path.join(root, "configs/apvit/RAF.py"))
@@ -64,7 +65,32 @@ def official_model(root: str, seed: int, width: int, heads: int):
         norm.running_var.copy_(0.5 + torch.rand(norm.running_var.shape, generator=generator))
     model.head.fc.weight.copy_(0.05 * torch.randn(model.head.fc.weight.shape, generator=generator))
     model.head.fc.bias.copy_(0.05 * torch.randn(model.head.fc.bias.shape, generator=generator))
-  return cfg, model.float().double().train()
+  return cfg, model.float().to(dtype).train()
+
+
+def apvit_official(official: str, config, device: str = "cpu", dtype=torch.float64) -> OfficialTraining:
+  """configs/apvit/RAF.py's training step, for benchmarks/official_step.py: the model's forward_train
+  (IR-50 and PoolingViT features, then LinearClsHead's cross-entropy), mmcv's SGD with the config's
+  paramwise decays, and its OptimizerHook's clipping of the gradients' norm at max_norm."""
+  sys.path.insert(0, official)
+  try:
+    from mmcv.runner import build_optimizer
+  except ImportError as e:
+    raise SystemExit(f"APViT's official code needs mmcv 1.x ({e}): pip install --target DIR --no-deps "
+                     "--no-build-isolation mmcv==1.7.2 addict yapf platformdirs, then put DIR on the path") from e
+  cfg, model = official_model(official, 0, config.model.width, config.model.num_heads, dtype)
+  model.to(device)
+
+  def features(images):
+    x, aux_losses = model.extract_feat(images)
+    assert not any(aux_losses.values()), aux_losses  # RAF.py's PoolingViT adds no loss of its own
+    return (x,)
+
+  def loss(outputs, labels):
+    return model.head.forward_train(outputs[0], labels)["ce_loss"]
+
+  return OfficialTraining({"model": model}, {}, build_optimizer(model, cfg.optimizer), features, loss,
+                          max_grad_norm=cfg.optimizer_config.grad_clip.max_norm)
 
 
 class TopPoolRecorder:

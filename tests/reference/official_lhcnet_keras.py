@@ -8,6 +8,8 @@ object-based TF checkpoints, which Keras 3 no longer writes:
       --official=LHC_Net_checkout --images=DIR --out=DIR
   TF_USE_LEGACY_KERAS=1 python tests/reference/official_lhcnet_keras.py train_step \
       --official=LHC_Net_checkout --out=DIR
+  TF_USE_LEGACY_KERAS=1 python tests/reference/official_lhcnet_keras.py time_step \
+      --official=LHC_Net_checkout [--batch=64] [--steps=8] [--warmup=2] [--output=FILE]
 
 --official is a checkout of github.com/Bodhis4ttva/LHC_Net; its Lib/Utils.py, Lib/LHC_Net.py and
 Lib/LHC_Net_Controller.py are executed as its scripts execute them (`exec`), nothing is copied.
@@ -29,13 +31,17 @@ Adam, LHC-NetC frozen but for the gains), the checkpoints before and after each 
 `train_on_batch` steps (B/step0…2, C/step0…2) and results.npz: the batch, the two losses and, for
 C, Adam's step count and moments. Dropout is off (its masks cannot be shared between
 frameworks). The optimizers are TF 2.4's (OptimizerV2, kept as tf.keras.optimizers.legacy).
+`time_step` times LHC_Train.py's training step (float32, at its batch of 64 unless --batch) and
+prints a JSON line as benchmarks/official_step.py does for the PyTorch methods.
 """
 
 import argparse
 import glob
+import json
 import linecache
 import os
 import sys
+import time
 import types
 
 import numpy as np
@@ -234,15 +240,57 @@ def train_step(args):
     np.savez(os.path.join(args.out, stage, "results.npz"), **results)
 
 
+def time_step(args):
+  """LHC_Train.py's step (stage B) timed as benchmarks/official_step.py times the PyTorch ones: LHC-Net
+  in float32 (dropout on), SGD at 0.01, cross-entropy and its accuracy metric, `train_on_batch` on
+  one random batch again and again; one JSON line of that script's fields."""
+  os.environ["TF_DETERMINISTIC_OPS"] = "1"   # LHC_Train.py's settings
+  tf.random.set_seed(0)
+  official = load_official(args.official)
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0, 255, (args.batch, SIZE, SIZE, 3)).astype(np.float32)
+  labels = one_hot(rng.integers(0, 7, args.batch))
+  load = os.getloadavg()[0]
+  model = build(official, controller=False)
+  model.compile(optimizer=sgd(), loss="categorical_crossentropy", metrics=["categorical_accuracy"])
+
+  def seconds(steps):
+    start = time.perf_counter()
+    for _ in range(steps):
+      model.train_on_batch(images, labels)   # returns the loss as a number: each step ends on the host
+    return time.perf_counter() - start
+
+  warmup, step = seconds(args.warmup), seconds(args.steps) / args.steps
+  gpus = tf.config.list_physical_devices("GPU")
+  line = json.dumps({"code": "official", "method": "lhcnet", "variant": "fp32", "batch_size": args.batch,
+                     "input_size": SIZE, "dtype": "float32", "steps": args.steps, "warmup_steps": args.warmup,
+                     "train_img_per_s": round(args.batch / step, 2), "train_step_ms": round(1e3 * step, 1),
+                     "warmup_s": round(warmup, 2), "framework": f"tensorflow {tf.__version__}",
+                     "device": "gpu" if gpus else "cpu",
+                     "device_kind": tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu")
+                     if gpus else "cpu", "threads": os.cpu_count(), "load_average_1m": load})
+  print(line)
+  if args.output:
+    with open(args.output, "a") as f:
+      f.write(line + "\n")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("command", choices=["predict", "train_step"])
+  parser.add_argument("command", choices=["predict", "train_step", "time_step"])
   parser.add_argument("--official", required=True)
   parser.add_argument("--images")
-  parser.add_argument("--out", required=True)
+  parser.add_argument("--out", default="", help="predict and train_step: the folder they write")
+  parser.add_argument("--batch", type=int, default=64, help="time_step: LHC_Train.py's batch")
+  parser.add_argument("--steps", type=int, default=8)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--output", default="", help="time_step: a file its JSON line is appended to")
   args = parser.parse_args()
-  os.makedirs(args.out, exist_ok=True)
-  {"predict": predict, "train_step": train_step}[args.command](args)
+  if args.command != "time_step":
+    if not args.out:
+      parser.error(f"{args.command} needs --out")
+    os.makedirs(args.out, exist_ok=True)
+  {"predict": predict, "train_step": train_step, "time_step": time_step}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -54,12 +54,14 @@ def stand_in(name: str, **attributes) -> types.ModuleType:
 class OfficialTraining:
   """An official training script's state and step pieces: `modules` {name: nn.Module} and `extra`
   {fer_jax path: nn.Parameter} (DAN's affinity centres) are what `optimizer` trains;
-  `forward(images NCHW)` gives the networks' outputs, `loss(outputs, labels)` the script's loss."""
+  `forward(images NCHW)` gives the networks' outputs, `loss(outputs, labels)` the script's loss;
+  `max_grad_norm`, where the script clips, the gradients' global norm before each update."""
   modules: dict
   extra: dict
   optimizer: torch.optim.Optimizer
   forward: Callable
   loss: Callable
+  max_grad_norm: float | None = None
 
   def loss_of(self, images, labels):
     return self.loss(self.forward(images), labels)
