@@ -93,10 +93,6 @@ def _square(g, eqn, x):
   return g.op("Mul", x, x)
 
 
-def _erfc(g, eqn, x):
-  return g.op("Sub", np.ones((), eqn.invars[0].aval.dtype), g.op("Erf", x))
-
-
 def _select_n(g, eqn, predicate, *cases):
   if len(cases) != 2 or eqn.invars[0].aval.dtype != np.bool_:
     raise UserError("ONNX export: select_n is translated for a boolean choice between two values only.")
@@ -299,7 +295,7 @@ _TRANSLATIONS = {
     "neg": _unary("Neg"), "abs": _unary("Abs"), "sqrt": _unary("Sqrt"),
     "stop_gradient": _unary("Identity"), "copy": _unary("Identity"),
     "name": _unary("Identity"),  # checkpoint_name: a label for config.model.remat, no computation
-    "rsqrt": _rsqrt, "square": _square, "erfc": _erfc, "select_n": _select_n,
+    "rsqrt": _rsqrt, "square": _square, "erf": _unary("Erf"), "select_n": _select_n,
     "reduce_sum": _reduce("ReduceSum"), "reduce_max": _reduce("ReduceMax"),
     "reshape": _reshape, "squeeze": _squeeze, "broadcast_in_dim": _broadcast_in_dim, "transpose": _transpose,
     "concatenate": _concatenate, "stack": _stack, "unstack": _unstack, "slice": _slice, "pad": _pad,
