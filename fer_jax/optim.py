@@ -108,5 +108,17 @@ def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) ->
   transforms.update({str(i): group(m) for i, (_, m) in enumerate(opt_config.lr_groups)})
   tx = optax.multi_transform(transforms, param_labels(opt_config, params))
   if opt_config.grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
+    tx = optax.chain(clip_grad_norm(opt_config.grad_clip_norm), tx)
   return tx
+
+
+def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
+  """Gradients times min(1, max_norm / (global L2 norm + 1e-6)), as torch.nn.utils.clip_grad_norm_
+  (which APViT's mmcv OptimizerHook calls) scales them; optax.clip_by_global_norm has no 1e-6."""
+
+  def update(updates, state, params=None):
+    del params
+    scale = jnp.minimum(1.0, max_norm / (optax.tree.norm(updates) + 1e-6))
+    return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -62,6 +62,23 @@ def test_gradient_clipping_uses_global_norm():
   np.testing.assert_allclose(updates["a"], [-0.6, -0.8], rtol=1e-6)
 
 
+def test_gradient_clipping_scales_as_torch_clip_grad_norm():
+  """torch adds 1e-6 to the norm: at a norm of 1e-3 that is a 1e-3 relative difference."""
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  grads = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
+  for norm, max_norm in ((1e-3, 1e-4), (20.0, 10.0), (5.0, 10.0)):
+    scaled = {k: v * norm / np.sqrt(sum(np.sum(g**2) for g in grads.values())) for k, v in grads.items()}
+    tensors = [torch.nn.Parameter(torch.zeros(v.shape, dtype=torch.float64)) for v in scaled.values()]
+    for tensor, value in zip(tensors, scaled.values()):
+      tensor.grad = torch.from_numpy(value.copy())
+    torch.nn.utils.clip_grad_norm_(tensors, max_norm)
+    with jax.enable_x64(True):
+      clipped, _ = optim.clip_grad_norm(max_norm).update(jax.tree.map(jnp.asarray, scaled), optax.EmptyState())
+    for tensor, value in zip(tensors, clipped.values()):
+      np.testing.assert_allclose(np.asarray(value), tensor.grad.numpy(), rtol=1e-12)
+
+
 def test_bad_names_fail_early():
   with pytest.raises(ValueError, match="schedule 'linear'"):
     optim.lr_schedule(_opt(schedule="linear"), 1, 1)
