@@ -6,8 +6,8 @@ Arguments pick the data set:
   affectnet7  AffectNet, 7 classes. Official README: 65.69 % (epoch 6).
   affectnet8  AffectNet, 8 classes. Official README: 62.09 % (epoch 5).
   synthetic   the built-in synthetic faces at 72×72, trained from scratch (a CPU demo, not a
-              paper setting): 97.70 % test accuracy after 5 epochs on 1 CPU device (10 min 34 s on
-              our 2-core Xeon, 2026-12-03, b3f0693; 96.85 % at 66b13e0, 97.60 % at 31052ed, 97.80 %
+              paper setting): 97.00 % test accuracy after 5 epochs on 1 CPU device (9 min 35 s on
+              our 2-core Xeon, 2026-12-03, d7869f5; 97.70 % at b3f0693, 96.85 % at 66b13e0, 97.60 % at 31052ed, 97.80 %
               at ab1d6c9, while the CPU max pool gradient dropped some windows'; before
               the CPU convolution changes 97.50 % on 1 device and 97.80 % on
               8 fake CPU devices, docs/running_at_scale.md). Fewer epochs stop where accuracy
