@@ -10,7 +10,6 @@ milliseconds and GFLOP/s of each (BENCHMARKS.md, APViT's and LHC-Net's official 
 """
 
 import argparse
-import time
 
 import jax
 from jax import lax
@@ -29,16 +28,6 @@ PRODUCTS = {  # name: (JAX contraction of (a, b), PyTorch form, shapes of a and 
 }
 
 
-def torch_milliseconds(product, a, b, repeats: int) -> float:
-  product(a, b)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    product(a, b)
-    times.append(time.perf_counter() - start)
-  return float(np.median(times)) * 1e3
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--repeats", type=int, default=10)
@@ -52,7 +41,7 @@ def main() -> None:
       a, b = (np.random.default_rng(i).standard_normal(shape, np.float32) for i, shape in enumerate((a_shape, b_shape)))
       jax_product = lambda a, b, dimensions=dimensions: lax.dot_general(a, b, dimensions)
       ours = milliseconds(compiled_for_the_steps(jax_product, a, b), a, b, repeats=args.repeats)
-      theirs = torch_milliseconds(torch_product, torch.from_numpy(a), torch.from_numpy(b), args.repeats)
+      theirs = milliseconds(torch_product, torch.from_numpy(a), torch.from_numpy(b), repeats=args.repeats)
       print(f"| {layer} | {name} | {ours:.1f} | {gflop / ours * 1e3:.0f} | {theirs:.1f} | {gflop / theirs * 1e3:.0f} |")
 
 
