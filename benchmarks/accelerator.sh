@@ -53,19 +53,17 @@ if [ -n "${OFFICIAL:-}" ]; then
   if [ -n "${OFFICIAL_PACKAGES:-}" ]; then packages=(--packages="$OFFICIAL_PACKAGES"); fi
   for clone in $OFFICIAL; do
     method=${clone%%=*}
-    if [ "$method" = lhcnet ]; then
-      echo "official lhcnet fp32" >&2
-      TF_USE_LEGACY_KERAS=1 "${limit[@]}" "${TF_PY:-$PY}" tests/reference/official_lhcnet_keras.py time_step \
-        --official="${clone#*=}" "${batch[@]}" --steps="$STEPS" --warmup="$WARMUP" --output="$OUT_DIR/results.jsonl" \
-        > /dev/null 2> "$OUT_DIR/logs/official_lhcnet.fp32.log" \
-        || echo "failed: official lhcnet fp32 (see $OUT_DIR/logs/official_lhcnet.fp32.log)" >&2
-      continue
+    if [ "$method" = lhcnet ]; then   # Keras, as released only
+      step=(env TF_USE_LEGACY_KERAS=1 "${TF_PY:-$PY}" tests/reference/official_lhcnet_keras.py time_step)
+      variants=fp32
+    else
+      step=("$PY" benchmarks/official_step.py --method="$method" --device="$device" "${packages[@]}")
+      variants=${OFFICIAL_VARIANTS:-fp32 tuned compiled}
     fi
-    for variant in ${OFFICIAL_VARIANTS:-fp32 tuned compiled}; do
+    for variant in $variants; do
       echo "official $method $variant" >&2
-      "${limit[@]}" "$PY" benchmarks/official_step.py --method="$method" --official="${clone#*=}" --device="$device" \
-        --variant="$variant" "${batch[@]}" "${packages[@]}" --steps="$STEPS" --warmup="$WARMUP" --output="$OUT_DIR/results.jsonl" \
-        > /dev/null 2> "$OUT_DIR/logs/official_$method.$variant.log" \
+      "${limit[@]}" "${step[@]}" --official="${clone#*=}" --variant="$variant" "${batch[@]}" --steps="$STEPS" \
+        --warmup="$WARMUP" --output="$OUT_DIR/results.jsonl" > /dev/null 2> "$OUT_DIR/logs/official_$method.$variant.log" \
         || echo "failed: official $method $variant (see $OUT_DIR/logs/official_$method.$variant.log)" >&2
     done
   done

@@ -262,7 +262,7 @@ def time_step(args):
 
   warmup, step = seconds(args.warmup), seconds(args.steps) / args.steps
   gpus = tf.config.list_physical_devices("GPU")
-  line = json.dumps({"code": "official", "method": "lhcnet", "variant": "fp32", "batch_size": args.batch,
+  line = json.dumps({"code": "official", "method": "lhcnet", "variant": args.variant, "batch_size": args.batch,
                      "input_size": SIZE, "dtype": "float32", "steps": args.steps, "warmup_steps": args.warmup,
                      "train_img_per_s": round(args.batch / step, 2), "train_step_ms": round(1e3 * step, 1),
                      "warmup_s": round(warmup, 2), "framework": f"tensorflow {tf.__version__}",
@@ -285,6 +285,7 @@ def main():
   parser.add_argument("--steps", type=int, default=8)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--output", default="", help="time_step: a file its JSON line is appended to")
+  parser.add_argument("--variant", default="fp32", choices=["fp32"], help="time_step: as released, the only one")
   args = parser.parse_args()
   if args.command != "time_step":
     if not args.out:
