@@ -32,6 +32,7 @@ from PIL import Image
 from fer_jax import checkpointing
 from fer_jax import config_lib
 from fer_jax import export
+from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import predict
 from fer_jax import validation
@@ -115,7 +116,9 @@ def _load_export(path: str, tta_name: str, batch_size: int) -> predict.Predictor
     padding = [(0, fixed_batch - images.shape[0])] + [(0, 0)] * (images.ndim - 1)  # the program's one batch size
     return exported.call(variables, jnp.pad(images, padding))["logits"][:images.shape[0]]
 
-  return predict.Predictor(config, variables, tta_name, fixed_batch or batch_size, logits_fn=logits)
+  # A fixed-batch program takes the whole batch: it runs on one device, in steps of at most its batch (padded to it).
+  mesh = mesh_lib.make_mesh(jax.local_devices()[:1]) if fixed_batch else None
+  return predict.Predictor(config, variables, tta_name, fixed_batch or batch_size, logits_fn=logits, mesh=mesh)
 
 
 def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> predict.Predictor:

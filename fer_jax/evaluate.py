@@ -68,9 +68,9 @@ def evaluator_specs(config) -> dict[str, Spec]:
 
 def _spec(config, name: str, fields) -> Spec:
   resolved = config.copy_and_resolve_references()
-  own_data_set = fields.dataset in ("", config.dataset.name)
+  # "" = the run's data_dir for every data set: prepared sets share one folder (the launchers' --data-dir).
   resolved.dataset.update(name=fields.dataset or config.dataset.name,
-                          data_dir=fields.data_dir or (config.dataset.data_dir if own_data_set else ""),
+                          data_dir=fields.data_dir or config.dataset.data_dir,
                           image_size=fields.image_size or config.dataset.image_size)
   resolved.input.eval_pp = fields.pp or config.input.eval_pp
   return Spec(name, resolved, fields.split, fields.tta, fields.every_epochs, fields.skip_if_missing)

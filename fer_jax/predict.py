@@ -6,7 +6,8 @@
 
 --checkpoint is a training workdir, a converted checkpoint or a `fer_jax.export` folder.
 Face crops are decoded on the host at the stored size (`config.dataset.image_size`, else the
-model's input size) and go through the method's own test-time pipeline (`config.input.eval_pp`)
+model's input size), grey for the grey data sets (FER2013, FERPlus) as they store their images,
+and go through the method's own test-time pipeline (`config.input.eval_pp`)
 on the device, in batches (the last one padded to a power of two, so few steps are compiled).
 With --tta the probabilities are the weighted mean of the softmax over that `fer_jax.tta` view
 set (the logits stay those of the image itself).
@@ -112,12 +113,14 @@ def check_output(path: str) -> None:
 class Predictor:
   """Preprocessing and a jitted, data-parallel forward pass for one config and checkpoint."""
 
-  def __init__(self, config, variables: dict, tta_name: str = "none", batch_size: int = 64, logits_fn=None):
-    """`logits_fn(variables, images)`: the model's logits; default the config's model (an export passes its program)."""
+  def __init__(self, config, variables: dict, tta_name: str = "none", batch_size: int = 64, logits_fn=None,
+               mesh=None):
+    """`logits_fn(variables, images)`: the model's logits; default the config's model (an export passes its program).
+    `mesh`: the devices the batches are split over; default every device."""
     self.config = config
     self.class_names = labels.class_names(config.dataset.class_order)
     self.preprocess = pipeline.FilePreprocessor(config)
-    self.mesh = mesh_lib.make_mesh()
+    self.mesh = mesh_lib.make_mesh() if mesh is None else mesh
     devices = self.mesh.devices.size
     self.batch_size = -(-batch_size // devices) * devices
     self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))

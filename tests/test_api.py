@@ -3,7 +3,10 @@ without its config, and an export folder; face crops against direct model calls;
 photos and in a video (stride, time, face tracks, smoothing, annotation), typed results."""
 
 import csv
+import json
 import os
+import subprocess
+import sys
 
 import cv2
 import jax
@@ -23,7 +26,7 @@ from fer_jax import predict
 from fer_jax.data import pipeline
 from fer_jax.face import align
 from fer_jax.face import detector
-from helpers import get_config, random_variables
+from helpers import ROOT, cpu_devices_env, get_config, random_variables
 
 HOPPER = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 HOPPER_FACE = (178, 110, 351, 330)  # the mtcnn package's box (see test_face_detector.py)
@@ -169,3 +172,24 @@ def test_photos_are_read_upright_as_their_exif_orientation_says(tmp_path):
     photo.save(path, exif=exif)
     expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
     np.testing.assert_array_equal(api.read_photo(str(path)), expected)
+
+
+@pytest.mark.integration  # a subprocess on two CPU devices
+def test_a_fixed_batch_export_predicts_on_two_devices_as_on_one(config, variables, tmp_path):
+  """A program of one batch size (3, not a multiple of the 2 devices) runs on one device, in steps of
+  at most 3 crops, padded to 3 (5 crops: 3, then 2)."""
+  folder = tmp_path / "exported"
+  export.export(config, jax.device_get(variables), str(folder), 3, platforms=("cpu",))
+  images = np.random.default_rng(5).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+  np.save(tmp_path / "crops.npy", images)
+  script = ("import json, sys, jax, numpy as np, fer_jax; model = fer_jax.load(sys.argv[1], batch_size=8); "
+            "print(json.dumps([jax.device_count(), model.predictor.batch_size, "
+            "[[p.probabilities[c] for c in model.class_names] for p in model.predict(list(np.load(sys.argv[2])))]]))")
+  result = subprocess.run([sys.executable, "-c", script, str(folder), str(tmp_path / "crops.npy")], cwd=ROOT,
+                          env=cpu_devices_env(2), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  devices, batch_size, got = json.loads(result.stdout.strip().splitlines()[-1])
+  assert devices == 2 and batch_size == 3
+  one_device = fer_jax.load(str(folder), batch_size=8)
+  want = [[p.probabilities[c] for c in one_device.class_names] for p in one_device.predict(list(images))]
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

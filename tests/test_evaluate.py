@@ -3,8 +3,10 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
+from helpers import get_config
 
 
 def test_metrics_from_confusion_matrix():
@@ -59,3 +61,15 @@ def test_report_files(tmp_path):
   assert json.loads((tmp_path / "eval_results.json").read_text())["confusion_matrix"] == [[3, 1], [0, 4]]
   table = (tmp_path / "eval_results.md").read_text()
   assert "| other | d | s | 8 | 87.50 | 87.50 |" in table  # 7 of 8 right; recalls 3/4 and 4/4
+
+
+def test_an_evaluator_on_another_data_set_reads_the_runs_data_dir_unless_given_its_own():
+  config = get_config("configs/apvit.py:rafdb")
+  config.dataset.data_dir = "/shared/tfds"
+  config.evals.ferplus = config_lib.evaluator(dataset="ferplus")
+  config.evals.sfew = config_lib.evaluator(dataset="sfew/aligned", data_dir="/elsewhere", split="validation")
+  specs = evaluate.evaluator_specs(config)
+  where = {name: (spec.config.dataset.name, spec.config.dataset.data_dir) for name, spec in specs.items()}
+  assert where["ferplus"] == ("ferplus", "/shared/tfds")  # README: data_dir "default: the run's own"
+  assert where["sfew"] == ("sfew/aligned", "/elsewhere")
+  assert where["test"] == where["occlusion"] == ("rafdb/aligned224", "/shared/tfds")

@@ -152,7 +152,7 @@ def test_specs_take_the_runs_values_where_left_empty():
   assert (mouth.dataset.name, mouth.dataset.data_dir, mouth.dataset.image_size) == ("synthetic", "/data", 48)
   assert mouth.input.eval_pp == "occlude('mouth', geometry='synthetic')|" + config.input.eval_pp
   other = specs["other"].config
-  assert (other.dataset.name, other.dataset.data_dir, other.dataset.image_size) == ("ferplus", "", 64)
+  assert (other.dataset.name, other.dataset.data_dir, other.dataset.image_size) == ("ferplus", "/data", 64)
   assert other.input.eval_pp == config.input.eval_pp and specs["other"].pp_key == "evals.other.pp"
 
 

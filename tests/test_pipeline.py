@@ -210,3 +210,13 @@ def test_label_index_gives_the_labels_and_order_of_the_records(tmp_path, caplog)
     np.save(f, np.zeros(3, [("label", np.int64)]))
   with pytest.raises(pipeline.DataError, match=f"{index} has 3 rows but split 'train' has 9 records. Delete it"):
     pipeline._read_labels_and_order(affectnet, "train")
+
+
+@pytest.mark.parametrize("name", ["fer2013", "ferplus/majority", "ferplus/plurality", "rafdb/basic", "rafdb/aligned224",
+                                  "affectnet/classes8", "sfew/aligned", "fedro", "synthetic"])
+def test_files_are_decoded_at_the_channels_the_data_sets_builder_stores(name, tmp_path):
+  """Images given as files (predict, visualize, export) reach the eval pipeline as the set's own do."""
+  config = get_config("configs/dan.py:synthetic")
+  config.dataset.name = name
+  stored = tfds.builder(name, data_dir=str(tmp_path)).info.features["image"].shape[-1]
+  assert pipeline.dataset_channels(config) == stored

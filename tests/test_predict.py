@@ -122,3 +122,41 @@ def test_no_readable_image_is_an_error(config, checkpoint, tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode != 0
   assert result.returncode == 2 and "error: No readable image under --input=" in result.stderr
+
+
+class _InputPredictor(predict.Predictor):
+  """A Predictor whose "model" returns its input: `inputs` is what a model is given for uint8 images."""
+
+  def __init__(self, config):
+    super().__init__(config, {}, batch_size=1, logits_fn=lambda v, x: x.reshape(x.shape[0], -1))
+
+  def inputs(self, images: list[np.ndarray]) -> np.ndarray:
+    return self(images)[1].reshape(len(images), self.config.input.size, self.config.input.size, -1)
+
+
+def test_a_colour_crop_reaches_a_grey_data_sets_model_as_its_grey_conversion(tmp_path):
+  """FER2013 is stored grey (converted with PIL's "L", as its builder does) and its detected faces are
+  cropped grey: a crop given as it is (--nodetect, Model.predict) is decoded grey too, then gray_to_rgb()."""
+  config = get_config("configs/lhcnet.py:fer2013")
+  colour = np.random.default_rng(3).integers(0, 256, (60, 60, 3), dtype=np.uint8)
+  Image.fromarray(colour).save(tmp_path / "colour.png")
+  Image.fromarray(colour).convert("L").save(tmp_path / "grey.png")
+  model = api.Model(_InputPredictor(config))
+  stored = [model.predictor.preprocess.read(str(tmp_path / "colour.png")), model._stored(colour),
+            model.predictor.preprocess.read(str(tmp_path / "grey.png"))]
+  assert all(image.shape == (48, 48, 1) for image in stored)
+  inputs = model.predictor.inputs(stored)
+  assert inputs.shape == (3, 224, 224, 3) and np.array_equal(inputs[..., 0], inputs[..., 2])
+  np.testing.assert_array_equal(inputs[0], inputs[2])
+  np.testing.assert_array_equal(inputs[1], inputs[2])
+
+
+def test_a_colour_data_sets_crops_stay_in_colour(tmp_path):
+  config = get_config("configs/dan.py:rafdb")
+  colour = np.random.default_rng(4).integers(0, 256, (120, 120, 3), dtype=np.uint8)
+  Image.fromarray(colour).save(tmp_path / "colour.png")
+  predictor = _InputPredictor(config)
+  stored = predictor.preprocess.read(str(tmp_path / "colour.png"))
+  np.testing.assert_array_equal(stored, np.asarray(Image.fromarray(colour).resize((100, 100), Image.BILINEAR)))
+  inputs = predictor.inputs([stored])
+  assert inputs.shape == (1, 224, 224, 3) and not np.allclose(inputs[..., 0], inputs[..., 1])

@@ -31,6 +31,7 @@ from fer_jax.data import builder_utils
 from fer_jax.data import decode
 from fer_jax.data import labels as labels_lib
 from fer_jax.data.builder_utils import DataError
+from fer_jax.face import align
 
 AUTO_PREPARED = ("synthetic",)
 GENERATION_TIMEOUT_S = 3600  # how long the other processes wait for process 0 to generate a built-in set
@@ -503,13 +504,21 @@ def to_global(local_batch: dict, mesh) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
+def dataset_channels(config) -> int:
+  """The channels the data set stores: 1 for the grey sets (FER2013, FERPlus), else 3. From
+  `fer_jax.face.align`'s table (no prepared set needed), as detected faces are cropped, so that
+  files reach the eval pipeline as the set's own images do; its `gray_to_rgb()` copies grey ones."""
+  return 1 if align.alignment_for(config).grey else 3
+
+
 class FilePreprocessor:
-  """Images from files (predict, visualize): decoded on the host at `config.dataset.image_size`
-  (else the model's input size), then the eval pipeline, inside the caller's jit."""
+  """Images from files (predict, visualize, export): decoded on the host at `config.dataset.image_size`
+  (else the model's input size) and at the data set's channels (`dataset_channels`), then the
+  eval pipeline, inside the caller's jit."""
 
   def __init__(self, config):
     side = config.dataset.image_size or config.input.size
-    self.shape = (side, side, config.input.channels)
+    self.shape = (side, side, dataset_channels(config))
     self.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, "input.eval_pp")
     self.seed = config.seed
 

@@ -7,8 +7,8 @@
   box         AffectNet, FER2013, FERPlus, SFEW and others: the square around the detected box,
               grown by a margin on every side, cropped and resized.
 FER2013 and FERPlus photos are grey: their crops are made grey, then, like every crop, brought to
-the model's stored image (`fer_jax.data.decode.to_stored`: 48×48, grey copied to 3 channels for
-LHC-Net). The margins are our judgement from crops of real photos (the data sets do not publish
+the data set's stored image (`fer_jax.data.decode.to_stored`: 48×48 grey, which the eval pipeline's
+`gray_to_rgb()` copies to LHC-Net's 3 channels). The margins are our judgement from crops of real photos (the data sets do not publish
 theirs): edit ALIGNMENTS to match how your training crops were made.
 """
 
