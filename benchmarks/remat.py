@@ -19,14 +19,12 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from helpers import abstract_train_step, get_config  # noqa: E402  pylint: disable=wrong-import-position
+from helpers import PAPER_CONFIGS, abstract_train_step, get_config  # noqa: E402  pylint: disable=wrong-import-position
 
 from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax import models  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax.models import layers  # noqa: E402  pylint: disable=wrong-import-position
 
-PAPER_CONFIGS = ("configs/dan.py:rafdb", "configs/apvit.py:rafdb", "configs/scan_cci.py:rafdb",
-                 "configs/lhcnet.py:fer2013,stage=B")
 
 
 def measure(spec: str, remat: str, batch_size: int, dtype: str) -> dict:

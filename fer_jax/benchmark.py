@@ -139,7 +139,7 @@ def _cost(compiled) -> dict:
   return {"flops": float(cost.get("flops", 0.0)), "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
 
 
-def _memory_analysis(compiled) -> dict:
+def memory_analysis(compiled) -> dict:
   """The compiled executable's buffer sizes (bytes per device) as XLA planned them."""
   analysis = compiled.memory_analysis()
   names = ("argument", "output", "alias", "temp", "generated_code")
@@ -153,7 +153,7 @@ def _device_peak_bytes() -> int | None:
   return max(peaks) if peaks else None
 
 
-def _planned_peak_bytes(analysis: dict) -> int | None:
+def planned_peak_bytes(analysis: dict) -> int | None:
   """Arguments + outputs + temporaries − donated-and-reused buffers: the executable's own peak."""
   if not analysis:
     return None
@@ -168,7 +168,7 @@ _COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%?\S+ = (.+?) (all-reduce|all-gather|re
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
-def _shape_bytes(shape_text: str) -> int:
+def shape_bytes(shape_text: str) -> int:
   """Bytes of an HLO shape, e.g. "f32[64,3]{1,0}" or a tuple "(f32[64]{0}, bf16[8,8]{1,0})"."""
   return sum(_DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
              for dtype, dims in _SHAPE.findall(shape_text) if dtype in _DTYPE_BYTES)
@@ -199,16 +199,26 @@ def _element_names(op_name: str) -> list[str]:
   return [op_name]
 
 
+def module_path(op_name: str) -> str:
+  """The model's module path in a JAX op name ("jit(step)/transpose(jvp(DAN))/trunk/bn1/reduce_sum" →
+  "trunk/bn1"; "" outside the model: loss, optimiser, metrics): the last run of names between
+  transformations, without the "checkpoint" of a rematerialised block ("transpose(jvp(M))/trunk/jvp(M)/
+  trunk/checkpoint/layer1_0/bn1/…") or a conditional's ("trunk/cond/branch_0_fun/transpose(jvp())/…")."""
+  runs = [[]]
+  for part in _split_top_level(op_name, "/")[:-1]:
+    if "(" in part:
+      runs.append([])
+    elif part not in ("checkpoint", "cond") and not re.fullmatch(r"branch_\d+_fun", part):
+      runs[-1].append(part)
+  return "/".join(next((run for run in reversed(runs) if run), []))
+
+
 def collective_role(name: str, batch_norm_paths: set[str]) -> str:
   """What a collective's operand reduces, from its JAX op name (e.g. "jit(step)/transpose(jvp(DAN))/
   trunk/bn1/reduce_sum"): the batch statistics of a BatchNorm (a module path in `batch_norm_paths`) or
   their backward pass (with the BatchNorm's own parameter gradients), other parameter gradients, or the
   loss and metrics."""
-  parts = _split_top_level(name, "/")[:-1]
-  # The module path follows the last transformation; a rematerialised block's backward pass names
-  # "transpose(jvp(M))/trunk/jvp(M)/trunk/checkpoint/layer1_0/bn1/…".
-  last_transformation = max((i for i, part in enumerate(parts) if "(" in part), default=-1)
-  module = "/".join(part for part in parts[last_transformation + 1:] if part != "checkpoint")
+  module = module_path(name)
   backward = "transpose(" in name
   if module in batch_norm_paths:
     return "batchnorm_backward" if backward else "batchnorm_statistics"
@@ -234,7 +244,7 @@ def collectives(hlo_text: str, batch_norm_paths: set[str]) -> dict:
     for role_name in set(roles):
       found["by_role"].setdefault(role_name, {"ops": 0, "tensors": 0, "bytes": 0})["ops"] += 1
     for role_name, (dtype, dims) in zip(roles, shapes):
-      size = _shape_bytes(f"{dtype}[{dims}]")
+      size = shape_bytes(f"{dtype}[{dims}]")
       found["by_role"][role_name]["tensors"] += 1
       found["by_role"][role_name]["bytes"] += size
       found["bytes"] += size
@@ -302,7 +312,7 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
                                            lambda _: eval_step(variables, batch))
 
   train_cost, eval_cost = _cost(train_step), _cost(eval_step)
-  memory = _memory_analysis(train_step)
+  memory = memory_analysis(train_step)
   peak = peak_tflops(jax.devices()[0].device_kind)
   train_figures = _timing("train", batch_size, train_compile, train_warmup, train_seconds, train_cost["flops"],
                           devices)
@@ -314,7 +324,7 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
       "train_bytes_accessed_per_step": train_cost["bytes_accessed"] * devices,
       "peak_tflops_per_device": peak,
       "mfu": round(train_figures["train_tflops_per_s"] / (peak * devices), 4) if peak else None,
-      "peak_memory_bytes": device_peak if device_peak is not None else _planned_peak_bytes(memory),
+      "peak_memory_bytes": device_peak if device_peak is not None else planned_peak_bytes(memory),
       "peak_memory_source": "device.memory_stats" if device_peak is not None else "compiled.memory_analysis",
       "train_memory_analysis": memory,
       "train_saved_for_backward_bytes": saved_for_backward_bytes(

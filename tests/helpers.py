@@ -53,6 +53,12 @@ def load_script(path: str, name: str = ""):
   return module
 
 
+# Every method's paper config at its paper batch size and resolution (LHC-Net's stage B: the backbone
+# with its LHC modules), as benchmarks/accelerator.sh runs them.
+PAPER_CONFIGS = ("configs/dan.py:rafdb", "configs/apvit.py:rafdb", "configs/scan_cci.py:rafdb",
+                 "configs/lhcnet.py:fer2013,stage=B")
+
+
 def get_config(spec: str):
   """Loads "configs/<file>.py:<arg>" (relative to the repository root) as the CLI would."""
   path, _, arg = spec.partition(":")

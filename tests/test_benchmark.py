@@ -21,6 +21,7 @@ import helpers
 
 render_table = helpers.load_script("benchmarks/render_table.py")
 profile_breakdown = helpers.load_script("benchmarks/profile_breakdown.py")
+gpu_compile = helpers.load_script("benchmarks/gpu_compile.py")
 
 SYNTHETIC_FIELDS = (
     "init_s", "train_img_per_s", "train_step_ms", "train_compile_s", "train_warmup_s", "train_flops_per_step",
@@ -150,6 +151,66 @@ def test_collective_role_of_a_rematerialised_blocks_batch_norm():
       == "batchnorm_statistics"
   assert benchmark.collective_role("jit(train_step)/transpose(jvp(DAN))/trunk/jvp(DAN)/trunk/checkpoint/"
                                    "layer1_0/conv1/conv_general_dilated", paths) == "gradients"
+
+
+def test_module_path_of_op_names():
+  assert benchmark.module_path("jit(train_step)/jvp(DAN)/trunk/layer1_0/jit(relu)/max") == "trunk/layer1_0"
+  assert benchmark.module_path("jit(train_step)/transpose(jvp(DAN))/trunk/cond/branch_0_fun/transpose(jvp())/"
+                               "select_and_scatter") == "trunk"
+  assert benchmark.module_path("jit(train_step)/mul") == ""
+
+
+# A GPU program's text as XLA prints it after optimisation (trimmed): a cuDNN convolution forward and
+# its kernel gradient, a Triton GEMM whose dot sits in a nested computation, two fusions and a copy.
+GPU_HLO = """HloModule jit_step, is_scheduled=true
+
+%dot_body (p0: bf16[32,64], p1: bf16[64,16]) -> bf16[32,16] {
+  %p0 = bf16[32,64]{1,0} parameter(0)
+  %p1 = bf16[64,16]{1,0} parameter(1)
+  ROOT %dot.1 = bf16[32,16]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%gemm_body (q0: bf16[32,64], q1: bf16[64,16]) -> bf16[32,16] {
+  %q0 = bf16[32,64]{1,0} parameter(0)
+  %q1 = bf16[64,16]{1,0} parameter(1)
+  ROOT %nested = bf16[32,16]{1,0} fusion(%q0, %q1), kind=kCustom, calls=%dot_body
+}
+
+ENTRY %main.9 (x.1: bf16[8,56,56,64], w.1: bf16[32,3,3,64], a.1: bf16[32,64], b.1: bf16[64,16]) -> f32[32] {
+  %x.1 = bf16[8,56,56,64]{3,2,1,0} parameter(0), metadata={op_name="x"}
+  %w.1 = bf16[32,3,3,64]{3,2,1,0} parameter(1), metadata={op_name="w"}
+  %a.1 = bf16[32,64]{1,0} parameter(2)
+  %b.1 = bf16[64,16]{1,0} parameter(3)
+  %conv.1 = (bf16[8,54,54,32]{3,2,1,0}, u8[4096]{0}) custom-call(%x.1, %w.1), window={size=3x3}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward", metadata={op_name="jit(step)/jvp(Net)/conv/conv_general_dilated"}
+  %y.1 = bf16[8,54,54,32]{3,2,1,0} get-tuple-element(%conv.1), index=0
+  %filter.1 = (bf16[32,3,3,64]{3,2,1,0}, u8[0]{0}) custom-call(%x.1, %y.1), window={size=3x3}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter", metadata={op_name="jit(step)/transpose(jvp(Net))/conv/conv_general_dilated"}
+  %relu.1 = bf16[8,54,54,32]{3,2,1,0} fusion(%y.1), kind=kLoop, calls=%relu_body, metadata={op_name="jit(step)/jvp(Net)/conv/jit(relu)/max"}
+  %sum.1 = f32[32]{0} fusion(%relu.1), kind=kInput, calls=%sum_body, metadata={op_name="jit(step)/jvp(Net)/bn/reduce_sum"}
+  %gemm.1 = bf16[32,16]{1,0} fusion(%a.1, %b.1), kind=kCustom, calls=%gemm_body, backend_config={"fusion_backend_config":{"kind":"__triton_nested_gemm_fusion"}}
+  %copy.1 = f32[32]{0} copy(%sum.1)
+  ROOT %tuple.1 = (f32[32]{0}, bf16[32,16]{1,0}) tuple(%copy.1, %gemm.1)
+}
+"""
+
+
+def test_gpu_kernels_of_compiled_hlo_text_with_xlas_flop_count_as_reference():
+  """benchmarks/gpu_compile.py's kernels: bytes from the shapes (cuDNN's u8 workspace left out), and
+  the FLOPs of the convolutions and the GEMM as XLA's own cost analysis counts the same products."""
+  found = gpu_compile.kernels(GPU_HLO)
+  assert [kernel["kind"] for kernel in found] == ["convolution", "convolution", "elementwise", "reduction", "gemm",
+                                                 "copy"]
+  x, w, y = 8 * 56 * 56 * 64 * 2, 32 * 9 * 64 * 2, 8 * 54 * 54 * 32 * 2
+  assert [kernel["bytes"] for kernel in found] == [x + w + y, x + y + w, 2 * y, y + 32 * 4,
+                                                   (32 * 64 + 64 * 16 + 32 * 16) * 2, 2 * 32 * 4]
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv_flops = jax.jit(conv).lower(jax.ShapeDtypeStruct((8, 56, 56, 64), jnp.float32),
+                                   jax.ShapeDtypeStruct((3, 3, 64, 32), jnp.float32)).compile().cost_analysis()["flops"]
+  dot_flops = jax.jit(jnp.dot).lower(jax.ShapeDtypeStruct((32, 64), jnp.float32),
+                                     jax.ShapeDtypeStruct((64, 16), jnp.float32)).compile().cost_analysis()["flops"]
+  assert [kernel["flops"] for kernel in found] == [conv_flops, conv_flops, 0, 0, dot_flops, 0]
+  assert found[0]["dtype"] == "bf16" and benchmark.module_path(found[2]["op_name"]) == "conv"
+  timed = gpu_compile.roofline(found, bandwidth=1e12)
+  assert timed[0]["seconds"] == max(found[0]["bytes"] / 1e12, conv_flops / gpu_compile.HOPPER_PEAK_FLOPS["bf16"])
 
 
 def test_batch_norm_paths_of_batch_stats():

@@ -17,14 +17,12 @@ from fer_jax import models
 from fer_jax import validation
 from fer_jax.errors import ConfigError
 from fer_jax.models import layers
-from helpers import get_config, random_variables
+from helpers import PAPER_CONFIGS, get_config, random_variables
 
 # (config, remat) whose gradients are compared with the plain step's: each backbone's blocks once
 # (SCAN-CCI's trunk is DAN's ResNet, resnet.py, with other blocks), each policy at least twice.
 GRADIENT_CASES = (("configs/dan.py:synthetic", "elementwise"), ("configs/dan.py:synthetic", "blocks"),
                   ("configs/apvit.py:synthetic", "blocks"), ("configs/lhcnet.py:synthetic,stage=B", "elementwise"))
-PAPER = ("configs/dan.py:rafdb", "configs/apvit.py:rafdb", "configs/scan_cci.py:rafdb",
-         "configs/lhcnet.py:fer2013,stage=B")
 # Bytes kept for the backward pass with remat "blocks", as a fraction of none, at most (measured at the
 # paper configs, batch 16, float32: DAN 0.53, APViT 0.24, SCAN-CCI 0.39, LHC-Net 0.61).
 BLOCKS_KEEP_AT_MOST = 0.65
@@ -37,7 +35,7 @@ def _config(spec: str, remat: str, dtype: str = "float32"):
   return config
 
 
-@pytest.mark.parametrize("spec", PAPER)
+@pytest.mark.parametrize("spec", PAPER_CONFIGS)
 def test_remat_keeps_the_variables_and_less_for_the_backward_pass(spec):
   """The same variable names and shapes (checkpoints and converters are unchanged), and less saved for
   the backward pass: "elementwise" less than none, "blocks" less again."""

@@ -1,0 +1,274 @@
+"""Each method's train step compiled for a GPU on a machine without one: its kernels and a roofline.
+
+  python benchmarks/gpu_compile.py [CONFIG ...] [--dtype=bfloat16] [--target=benchmarks/gpu_targets/h200.txtpb]
+      [--devices=1] [--batch_size=B] [--output=FILE.jsonl] [--hlo_dir=DIR]
+
+Needs JAX's CUDA plugin (`pip install "jax-cuda12-plugin[with-cuda]==$(python -c 'import jax;
+print(jax.__version__)')"`), not a GPU: XLA's GPU compiler builds the step for the device that
+--target describes (a GpuTargetConfigProto: compute capability, SMs, bandwidth, memory) as it would
+on that device, cuDNN convolutions and Triton GEMMs included, without autotuning (which needs the
+device). For each config (default: every method's paper config at its paper batch size), from the
+optimised HLO: the kernels one step launches by kind, the bytes each reads and writes (its operands'
+and results' shapes), the FLOPs of the convolutions and GEMMs, and a roofline, each kernel's
+max(bytes / memory bandwidth, FLOPs / dense peak) summed: a lower bound on the step's time on that
+device, hence an upper bound on its images a second, and where its time must go. Also XLA's planned
+memory and the collectives between --devices devices. Prints a markdown table; --hlo_dir keeps the
+HLO. Figures here are the compiler's plan, not a measurement: benchmarks/accelerator.sh measures.
+"""
+
+import argparse
+import collections
+import json
+import math
+import os
+import re
+import sys
+import time
+
+if __name__ == "__main__":
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX starts a backend: compiling for a GPU needs none
+import jax  # noqa: E402  pylint: disable=wrong-import-position
+import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402  pylint: disable=wrong-import-position
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from helpers import PAPER_CONFIGS, get_config  # noqa: E402  pylint: disable=wrong-import-position
+
+from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
+from fer_jax import mesh as mesh_lib  # noqa: E402  pylint: disable=wrong-import-position
+from fer_jax import models  # noqa: E402  pylint: disable=wrong-import-position
+from fer_jax import optim  # noqa: E402  pylint: disable=wrong-import-position
+from fer_jax import train  # noqa: E402  pylint: disable=wrong-import-position
+
+DEFAULT_TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets", "h200.txtpb")
+# Dense peaks of Hopper (H100 SXM, H200) in FLOP/s by a kernel's output dtype: float32 products run
+# as TF32, XLA's default on GPUs.
+HOPPER_PEAK_FLOPS = {"bf16": 989e12, "f16": 989e12, "f32": 494e12}
+NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all"}
+COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
+               "all-reduce-start", "all-gather-start", "collective-permute-start"}
+GEMM_KINDS = ("__triton_gemm", "__triton_nested_gemm_fusion", "__cudnn$fusion", "__cublas$gemm",
+              "__cublas$lt$matmul")
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*?)\)(.*)$")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?(%[\w.\-]+) \(.*?\{\n(.*?)\n\}", re.MULTILINE | re.DOTALL)
+_SHAPES = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+
+
+def gpu_devices(target_path: str, count: int) -> list:
+  """`count` compile-only devices of the GPU that the GpuTargetConfigProto text at `target_path` describes."""
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  with open(target_path, encoding="utf-8") as file:
+    target = file.read()
+  try:
+    return topologies.get_topology_desc("target", "cuda", target_config=target, topology=f"1x1x{count}").devices
+  except Exception as error:  # pylint: disable=broad-exception-caught  # the plugin's own error types vary
+    raise SystemExit(f"Compiling for a GPU needs JAX's CUDA plugin: pip install "
+                     f"\"jax-cuda12-plugin[with-cuda]=={jax.__version__}\" ({error})") from error
+
+
+def memory_bandwidth(target_path: str) -> float:
+  """Bytes a second, as the target config states."""
+  with open(target_path, encoding="utf-8") as file:
+    return float(re.search(r"memory_bandwidth:\s*(\d+)", file.read()).group(1))
+
+
+def compile_train_step(spec: str, dtype: str, devices: list, batch_size: int):
+  """(config, compiled train step, seconds) for `spec` over `devices`, batch_size 0 the config's own."""
+  config = get_config(spec)
+  config.model.dtype = dtype
+  config.batch_size = batch_size or config.batch_size
+  mesh = mesh_lib.make_mesh(devices)
+  method = models.get_method(config.model.name)
+  model = method.build(config.model)
+  tx = optim.make_optimizer(config.optimizer, 1, 1, models.abstract_variables(model, config)["params"])
+  step = train.make_train_step(model, method.loss, config.loss, tx, optim.lr_schedule(config.optimizer, 1, 1),
+                               mesh, config.seed)
+  sharded = NamedSharding(mesh, P("data"))
+  batch = {"image": jax.ShapeDtypeStruct(models.dummy_images(config, config.batch_size).shape, jnp.float32,
+                                         sharding=sharded),
+           "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharded),
+           "mask": jax.ShapeDtypeStruct((config.batch_size,), jnp.float32, sharding=sharded)}
+  start = time.perf_counter()
+  compiled = step.lower(train.abstract_state(model, tx, config, mesh), batch).compile()
+  return config, compiled, time.perf_counter() - start
+
+
+def _dims(shape_text: str) -> list[int]:
+  """The dimensions of an HLO shape's first array ("bf16[8,56,56,64]{3,2,1,0}" → [8, 56, 56, 64])."""
+  return [int(d) for d in _SHAPES.search(shape_text).group(2).split(",") if d]
+
+
+def convolution_flops(result: str, operands: list[str], target: str, dim_labels: str) -> float:
+  """2 × the forward output's elements × the kernel's taps × input features: cuDNN's forward, input
+  gradient and kernel gradient calls each do a forward convolution's products. dim_labels names
+  the forward convolution's input, kernel and output dimensions ("b01f_o01i->b01f")."""
+  kernel_labels = dim_labels.split("_")[1].split("->")[0]
+  if target == "__cudnn$convBackwardFilter":
+    kernel, forward_output = result, operands[1]
+  elif target == "__cudnn$convBackwardInput":
+    kernel, forward_output = operands[1], operands[0]
+  else:
+    kernel, forward_output = operands[1], result
+  kernel_dims = _dims(kernel)
+  taps = math.prod(size for label, size in zip(kernel_labels, kernel_dims) if label.isdigit())
+  return 2.0 * math.prod(_dims(forward_output)) * taps * kernel_dims[kernel_labels.index("i")]
+
+
+def dot_flops(body: str) -> float:
+  """2 × result elements × contracted size of each dot in a computation's text."""
+  flops = 0.0
+  matches = [match for match in map(_INSTRUCTION.match, body.splitlines()) if match]
+  shapes = {match.group(1): match.group(2) for match in matches}
+  for match in matches:
+    if match.group(3) != "dot":
+      continue
+    lhs = _dims(shapes[match.group(4).split(",")[0].strip()])
+    contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", match.group(5)).group(1)
+    flops += 2.0 * math.prod(_dims(match.group(2))) * math.prod(lhs[int(d)] for d in contracting.split(",") if d)
+  return flops
+
+
+def _reachable(name: str, bodies: dict) -> str:
+  """The text of computation `name` and of every computation it calls."""
+  seen, stack, text = set(), [name], []
+  while stack:
+    current = stack.pop()
+    if current in seen or current not in bodies:
+      continue
+    seen.add(current)
+    text.append(bodies[current])
+    stack += re.findall(r"(?:calls|to_apply)=(%[\w.\-]+)", bodies[current])
+  return "\n".join(text)
+
+
+def kernel_kind(op: str, attributes: str) -> str:
+  if op == "custom-call":
+    target = re.search(r'custom_call_target="([^"]+)"', attributes).group(1)
+    return ("convolution" if target.startswith("__cudnn$conv") else
+            "gemm" if target in GEMM_KINDS else "other")
+  if op == "fusion":
+    backend = re.search(r'"kind":"([^"]+)"', attributes)
+    if backend and backend.group(1) in GEMM_KINDS:
+      return "gemm"
+    return {"kInput": "reduction", "kLoop": "elementwise"}.get(re.search(r"kind=(\w+)", attributes).group(1), "other")
+  if op in COLLECTIVES:
+    return "collective"
+  return "copy" if op in ("copy", "transpose") else "other"
+
+
+def kernels(hlo_text: str) -> list[dict]:
+  """The kernels of a compiled GPU program's entry computation, in order: kind, bytes read and written,
+  FLOPs (convolutions and GEMMs), result dtype and the JAX op name."""
+  bodies = dict(_COMPUTATION.findall(hlo_text))
+  entry = bodies[re.search(r"^ENTRY (%[\w.\-]+)", hlo_text, re.MULTILINE).group(1)]
+  shapes, found = {}, []
+  for line in entry.splitlines():
+    match = _INSTRUCTION.match(line)
+    if not match:
+      continue
+    name, shape, op, operand_text, attributes = match.groups()
+    shapes[name] = shape
+    if op in NOT_KERNELS or op.endswith("-done"):
+      continue
+    operands = [shapes[word] for word in re.findall(r"%[\w.\-]+", operand_text) if word in shapes]
+    kind = kernel_kind(op, attributes)
+    called = re.search(r"calls=(%[\w.\-]+)", attributes)
+    written = shape.split(", u8[")[0] if kind == "convolution" else shape  # not cuDNN's workspace
+    flops = 0.0
+    if kind == "convolution":
+      target = re.search(r'custom_call_target="([^"]+)"', attributes).group(1)
+      flops = convolution_flops(written, operands, target, re.search(r"dim_labels=([\w>-]+)", attributes).group(1))
+    elif kind == "gemm":
+      flops = dot_flops(_reachable(called.group(1), bodies)) if called else 0.0
+    # A fusion XLA made may carry no name of its own: then its computation's last op's.
+    named = re.findall(r'op_name="([^"]+)"', attributes) or re.findall(r'op_name="([^"]+)"', bodies.get(
+        called.group(1) if called else "", ""))
+    found.append({"kind": kind, "bytes": sum(map(benchmark.shape_bytes, operands + [written])), "flops": flops,
+                  "dtype": _SHAPES.search(written).group(1) if _SHAPES.search(written) else "",
+                  "op_name": named[-1] if named else ""})
+  return found
+
+
+def roofline(found: list[dict], bandwidth: float) -> list[dict]:
+  """Each kernel with its roofline seconds: max(bytes / bandwidth, FLOPs / peak of its dtype); 0 for
+  collectives, whose bytes cross NVLink or the network, not memory (their bytes are in the summary)."""
+  def seconds(kernel):
+    if kernel["kind"] == "collective":
+      return 0.0
+    return max(kernel["bytes"] / bandwidth,
+               kernel["flops"] / HOPPER_PEAK_FLOPS.get(kernel["dtype"], HOPPER_PEAK_FLOPS["f32"]))
+  return [{**kernel, "seconds": seconds(kernel)} for kernel in found]
+
+
+def summarise(spec: str, config, compiled, compile_seconds: float, devices: list, bandwidth: float,
+              top: int = 12) -> dict:
+  timed = roofline(kernels(compiled.as_text()), bandwidth)
+  by_kind = collections.defaultdict(lambda: {"kernels": 0, "bytes": 0, "flops": 0.0, "seconds": 0.0})
+  by_module = collections.defaultdict(float)
+  for kernel in timed:
+    for key in ("bytes", "flops", "seconds"):
+      by_kind[kernel["kind"]][key] += kernel[key]
+    by_kind[kernel["kind"]]["kernels"] += 1
+    by_module[benchmark.module_path(kernel["op_name"]) or "step"] += kernel["seconds"]
+  seconds = sum(kernel["seconds"] for kernel in timed)
+  memory = benchmark.memory_analysis(compiled)
+  return {
+      "config": spec, "model": config.model.name, "input_size": config.input.size, "batch_size": config.batch_size,
+      "dtype": config.model.dtype, "device_kind": devices[0].device_kind, "devices": len(devices),
+      "jax": jax.__version__, "compile_s": round(compile_seconds, 1), "kernels": len(timed),
+      "by_kind": dict(sorted(by_kind.items())),
+      "roofline_step_ms": seconds * 1e3, "roofline_img_per_s": config.batch_size / seconds,
+      "roofline_top_level_modules_ms": dict(sorted(((name, value * 1e3) for name, value in by_module.items()),
+                                                   key=lambda item: -item[1])[:top]),
+      "planned_peak_bytes": benchmark.planned_peak_bytes(memory), "memory_analysis": memory,
+      "collectives": benchmark.collectives(compiled.as_text(), set()) if len(devices) > 1 else None}
+
+
+def table(rows: list[dict]) -> str:
+  lines = ["| config | size | batch | dtype | kernels (conv / GEMM / reduction / elementwise / other) "
+           "| conv+GEMM TFLOP | other GB | roofline ms (conv+GEMM / rest) | ≤ img/s | planned peak GiB |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for row in rows:
+    kinds = row["by_kind"]
+    get = lambda kind, key: kinds.get(kind, {}).get(key, 0)  # noqa: E731
+    products = ("convolution", "gemm")
+    rest = [kind for kind in kinds if kind not in products]
+    counts = " / ".join(str(get(kind, "kernels")) for kind in ("convolution", "gemm", "reduction", "elementwise"))
+    counts += f" / {sum(get(kind, 'kernels') for kind in rest if kind not in ('reduction', 'elementwise'))}"
+    lines.append(
+        f"| `{row['config']}` | {row['input_size']}² | {row['batch_size']} | {row['dtype']} | {counts} "
+        f"| {sum(get(k, 'flops') for k in products) / 1e12:.2f} | {sum(get(k, 'bytes') for k in rest) / 1e9:.2f} "
+        f"| {row['roofline_step_ms']:.2f} ({sum(get(k, 'seconds') for k in products) * 1e3:.2f} / "
+        f"{sum(get(k, 'seconds') for k in rest) * 1e3:.2f}) | {row['roofline_img_per_s']:,.0f} "
+        f"| {row['planned_peak_bytes'] / 2**30:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("configs", nargs="*", default=PAPER_CONFIGS, help="config specs (default: the paper ones)")
+  parser.add_argument("--dtype", default="bfloat16", help="config.model.dtype (accelerators' default)")
+  parser.add_argument("--target", default=DEFAULT_TARGET, help="GpuTargetConfigProto text of the GPU")
+  parser.add_argument("--devices", type=int, default=1, help="GPUs the batch is split over")
+  parser.add_argument("--batch_size", type=int, default=0, help="instead of each config's own (0)")
+  parser.add_argument("--output", default="", help="also append the JSON lines to this file")
+  parser.add_argument("--hlo_dir", default="", help="write each compiled step's HLO text here")
+  args = parser.parse_args()
+  devices, bandwidth = gpu_devices(args.target, args.devices), memory_bandwidth(args.target)
+  rows = []
+  for spec in args.configs:
+    config, compiled, seconds = compile_train_step(spec, args.dtype, devices, args.batch_size)
+    rows.append(summarise(spec, config, compiled, seconds, devices, bandwidth))
+    if args.hlo_dir:
+      os.makedirs(args.hlo_dir, exist_ok=True)
+      with open(os.path.join(args.hlo_dir, f"{config.model.name}.{args.dtype}.hlo.txt"), "w", encoding="utf-8") as file:
+        file.write(compiled.as_text())
+  if args.output:
+    with open(args.output, "a", encoding="utf-8") as output:
+      output.writelines(json.dumps(row) + "\n" for row in rows)
+  sys.stdout.write(table(rows))
+
+
+if __name__ == "__main__":
+  main()
