@@ -113,7 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.select_metric = ""
   config.select_decimals = 0          # compare the metric rounded to this many decimals (0 = unrounded)
   config.select_ties = "earliest"     # earliest | latest: which of equally good epochs is kept
-  config.early_stopping_patience = 0  # stop after this many evaluations without a strict gain (0 = never)
+  config.early_stopping_patience = 0  # stop after this many epochs without a strict gain (0 = never)
   config.restore_best = False         # report with the best epoch's weights instead of the last
   config.log_every_steps = 50
   config.checkpoint_every_steps = 0  # 0 = at the end of every epoch

@@ -404,8 +404,12 @@ class ProgressLog:
     self.restart_clock()
 
   def restart_clock(self) -> None:
-    """Starts a new timing window (after an evaluation, whose time is not training time)."""
+    """Starts a new window of steps and of their time."""
     self._start, self._pending = time.perf_counter(), []
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` (an evaluation's, not training time) out of the window's time; its steps stay."""
+    self._start += seconds
 
   def add(self, step: int, metrics: dict) -> None:
     self._pending.append(metrics)
@@ -500,14 +504,14 @@ class TrainingRun:
     if not due:
       return False
     self.guard.check()
-    results = {}
+    results, start = {}, time.perf_counter()
     for name in due:
       results[name] = self.evaluator(self.variables, name)
       self.last_evals[self.evaluator.specs[name].data_key] = results[name]
       logging.info("epoch %d %s (%s): accuracy %.4f mean-class %.4f", epoch, name, results[name]["split"],
                    results[name]["accuracy"], results[name]["mean_class_accuracy"])
       self.writer.scalars(self.step, {f"{name}/{k}": results[name][k] for k in ("accuracy", "mean_class_accuracy")})
-    self.progress.restart_clock()
+    self.progress.exclude(time.perf_counter() - start)
     if self.config.select_on not in results:
       return False
     stop = self.selection.update(epoch, self.step, results[self.config.select_on], self.variables, self.config)

@@ -374,3 +374,37 @@ def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, str
   assert not [name for name in os.listdir(killed / "checkpoints") if not name.isdigit()]  # leftovers cleaned
   assert (checkpointing.fingerprint(_final_params(straight, 35))
           == checkpointing.fingerprint(_final_params(killed, 35)))
+
+
+def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluation(monkeypatch):
+  """ProgressLog: an evaluation between two logs leaves its time out of img/s but keeps the steps
+  before it in the next logged means (they were dropped, and that mean covered fewer steps)."""
+  class Scalars:
+    def __init__(self):
+      self.logged = {}
+
+    def scalars(self, step, values):
+      self.logged[step] = values
+
+  class Guard:
+    def add(self, step, metrics):
+      pass
+
+    def check(self):
+      pass
+
+  clock = [0.0]
+  monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+  config = get_config("configs/dan.py:synthetic")
+  config.log_every_steps, config.batch_size = 4, 2
+  writer = Scalars()
+  progress = train.ProgressLog(config, num_steps=8, steps_per_epoch=2, writer=writer, guard=Guard())
+  losses = [1.0, 2.0, 3.0, 6.0]
+  for step, loss in enumerate(losses, start=1):
+    clock[0] += 1.0  # a second a step
+    progress.add(step, {"loss": loss, "accuracy": 0.5, "lr": 0.1})
+    if step == 2:  # an evaluation of 100 s at the end of epoch 1
+      clock[0] += 100.0
+      progress.exclude(100.0)
+  assert writer.logged[4]["train/loss"] == np.mean(losses)
+  assert writer.logged[4]["train/img_per_s"] == 4 * 2 / 4.0
