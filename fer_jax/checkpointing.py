@@ -115,10 +115,66 @@ def _root_cause(error: BaseException) -> str:
 
 
 def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict) -> dict:
+  """The saved training state, after checking that it has the structure and shapes `abstract_state` (what this
+  run's config builds) has: a changed config is told apart from damaged files, which alone call for deleting."""
   step_directory = os.path.join(checkpoints.directory, str(step))
   with _read_errors(step_directory, f"delete {step_directory} to resume from the step before it"):
-    restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-  return restored["state"]
+    saved = _saved_tree(os.path.join(step_directory, "state"))
+    target, rewrap = _unclipped_target(saved, abstract_state)
+    _check_same_state(saved, target, step_directory)
+    restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  return rewrap(restored["state"])
+
+
+def _saved_tree(state_directory: str) -> dict:
+  """The saved tree's metadata (paths, shapes, dtypes), read without reading any array."""
+  return ocp.StandardCheckpointer().metadata(state_directory).item_metadata.tree
+
+
+def _unclipped_target(saved: dict, abstract_state: dict):
+  """(target, function giving a restored target the state's layout). Before optim.make_optimizer always
+  chained its clip stage, a run with grad_clip_norm=0 saved the optimizer state without it: such a
+  checkpoint restores into the inner state, and the clip stage's empty state is put back in front."""
+  opt_state = abstract_state.get("opt_state")
+  if (_differences(saved, abstract_state) and isinstance(opt_state, tuple) and len(opt_state) == 2
+      and not jax.tree.leaves(opt_state[0])):
+    clip_state, inner = opt_state
+    unclipped = {**abstract_state, "opt_state": inner}
+    if not _differences(saved, unclipped):
+      return unclipped, lambda state: {**state, "opt_state": (clip_state, state["opt_state"])}
+  return abstract_state, lambda state: state
+
+
+def _differences(saved: dict, target: dict) -> list[str]:
+  """How the saved tree and the target differ: leaf paths only in one of them, and shapes."""
+  got, want = _leaf_shapes(saved), _leaf_shapes(target)
+  mismatched = [f"{k}: checkpoint {got[k]} vs config {want[k]}" for k in sorted(set(got) & set(want))
+                if got[k] != want[k]]
+  return [f"{label}: {_first(items)}" for label, items in
+          (("only in the checkpoint", sorted(set(got) - set(want))),
+           ("only in the config's", sorted(set(want) - set(got))), ("shape mismatch", mismatched)) if items]
+
+
+def _leaf_shapes(tree) -> dict:
+  """{"opt_state/1/inner_states/default/…": shape} as Orbax names the leaves (a tuple's items by index,
+  a NamedTuple's by field), for a saved tree's metadata and an abstract state alike."""
+  return {"/".join(path): tuple(getattr(leaf, "shape", None) or ())
+          for path, leaf in ocp.tree.to_flat_dict(tree).items()}
+
+
+def _first(items: Sequence[str], count: int = 3) -> str:
+  return ", ".join(items[:count]) + (f" … ({len(items)} in all)" if len(items) > count else "")
+
+
+def _check_same_state(saved: dict, target: dict, step_directory: str) -> None:
+  differences = _differences(saved, target)
+  if differences:
+    raise CheckpointError(
+        f"The checkpoint {step_directory} is intact, but this run's config builds a different training state than the "
+        f"one saved there ({'; '.join(differences)}): the optimizer (name, momentum, weight_decay, lr_groups, "
+        "trainable) or the model was changed since the run started. To resume, run the command with the config the "
+        "run was started with (the same --config and overrides); to train with this config, start a new --workdir "
+        f"with --config.init_from={step_directory} to start from its weights. Nothing needs deleting.")
 
 
 @contextlib.contextmanager
@@ -157,6 +213,9 @@ def _step_directory(path: str) -> str:
                         "folder, a step folder inside it, or the output of `python -m fer_jax.convert`.")
 
 
+MODEL_COLLECTIONS = ("params", "batch_stats")  # what eval, predict and init_from read of a checkpoint
+
+
 def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | None = None,
                   may_be_missing: str = "", expected_model=None, class_names: Sequence[str] = ()) -> dict:
   """Reads {params, batch_stats} and checks every name and shape against the model's.
@@ -179,13 +238,16 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
 
 
 def _restore_on_this_host(state_directory: str) -> dict:
-  """The whole saved tree on this process's first device, whatever devices or processes wrote it
-  (a pod's checkpoint restores on a laptop)."""
-  checkpointer = ocp.StandardCheckpointer()
+  """The saved params and batch_stats on this process's first device, whatever devices or processes
+  wrote them (a pod's checkpoint restores on a laptop). A training state's step and optimizer state
+  are not read: Adam's moments alone are twice the params (partial restore, Orbax ≥ 0.11.14)."""
+  checkpointer = ocp.PyTreeCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  saved = checkpointer.metadata(state_directory).item_metadata.tree
-  return checkpointer.restore(state_directory, jax.tree.map(
-      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), saved))
+  saved = _saved_tree(state_directory)
+  target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                        {name: saved[name] for name in MODEL_COLLECTIONS if name in saved})
+  return checkpointer.restore(state_directory, args=ocp.args.PyTreeRestore(
+      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
 
 
 def _fill_missing(variables: dict, fresh_variables: dict, pattern: str) -> dict:
@@ -268,9 +330,7 @@ def check_matches(variables: dict, abstract_variables: dict, source: str, descri
   mismatched = [f"{k}: checkpoint {got[k]} vs model {want[k]}" for k in sorted(set(got) & set(want))
                 if got[k] != want[k]]
   if missing or unexpected or mismatched:
-    def first(items):
-      return ", ".join(items[:5]) + (f" … ({len(items)} in all)" if len(items) > 5 else "")
-    problems = [f"{label}: {first(items)}" for label, items in
+    problems = [f"{label}: {_first(items, 5)}" for label, items in
                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if items]
     raise CheckpointError(f"The checkpoint {source} ({description or 'no meta record'}) does not fit the configured model "
                           f"({'; '.join(problems)}). It was probably written for another model or "

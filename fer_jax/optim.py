@@ -107,9 +107,14 @@ def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) ->
   transforms = {FROZEN: optax.set_to_zero(), "default": group(1.0)}
   transforms.update({str(i): group(m) for i, (_, m) in enumerate(opt_config.lr_groups)})
   tx = optax.multi_transform(transforms, param_labels(opt_config, params))
-  if opt_config.grad_clip_norm:
-    tx = optax.chain(clip_grad_norm(opt_config.grad_clip_norm), tx)
-  return tx
+  return optax.chain(clip_stage(opt_config.grad_clip_norm), tx)
+
+
+def clip_stage(max_norm: float) -> optax.GradientTransformation:
+  """clip_grad_norm, or the identity for max_norm 0. Both keep an EmptyState, so the optimizer
+  state, and a checkpoint of it, has one structure whatever grad_clip_norm is: a run resumes after
+  clipping is turned on, as the non-finite-loss message advises."""
+  return clip_grad_norm(max_norm) if max_norm else optax.identity()
 
 
 def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:

@@ -62,6 +62,18 @@ def test_gradient_clipping_uses_global_norm():
   np.testing.assert_allclose(updates["a"], [-0.6, -0.8], rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_state_structure_does_not_depend_on_gradient_clipping(name):
+  """A checkpoint saved without clipping resumes with it (the non-finite-loss message's advice)."""
+  params = {"w": jnp.ones(3)}
+  states = [optim.make_optimizer(_opt(name=name, grad_clip_norm=clip), 1, 1, params).init(params)
+            for clip in (0.0, 1.0)]
+  assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
+  unclipped, _ = optim.make_optimizer(_opt(name=name, lr=1.0), 1, 1, params).update(
+      {"w": jnp.array([30.0, 40.0, 0.0])}, states[0], params)
+  assert float(optax.tree.norm(unclipped)) > 1.0  # max_norm 0 means no clipping
+
+
 def test_gradient_clipping_scales_as_torch_clip_grad_norm():
   """torch adds 1e-6 to the norm: at a norm of 1e-3 that is a 1e-3 relative difference."""
   torch = pytest.importorskip("torch")
