@@ -16,9 +16,7 @@ memory and the collectives between --devices devices. Prints a markdown table; -
 HLO. Figures here are the compiler's plan, not a measurement: benchmarks/accelerator.sh measures.
 """
 
-import argparse
 import collections
-import json
 import math
 import os
 import re
@@ -32,7 +30,7 @@ import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402  pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from helpers import PAPER_CONFIGS, get_config  # noqa: E402  pylint: disable=wrong-import-position
+from helpers import get_config, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
 from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax import mesh as mesh_lib  # noqa: E402  pylint: disable=wrong-import-position
@@ -246,13 +244,9 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("configs", nargs="*", default=PAPER_CONFIGS, help="config specs (default: the paper ones)")
-  parser.add_argument("--dtype", default="bfloat16", help="config.model.dtype (accelerators' default)")
+  parser = paper_configs_parser(__doc__.split("\n")[0])
   parser.add_argument("--target", default=DEFAULT_TARGET, help="GpuTargetConfigProto text of the GPU")
   parser.add_argument("--devices", type=int, default=1, help="GPUs the batch is split over")
-  parser.add_argument("--batch_size", type=int, default=0, help="instead of each config's own (0)")
-  parser.add_argument("--output", default="", help="also append the JSON lines to this file")
   parser.add_argument("--hlo_dir", default="", help="write each compiled step's HLO text here")
   args = parser.parse_args()
   devices, bandwidth = gpu_devices(args.target, args.devices), memory_bandwidth(args.target)
@@ -264,10 +258,7 @@ def main() -> None:
       os.makedirs(args.hlo_dir, exist_ok=True)
       with open(os.path.join(args.hlo_dir, f"{config.model.name}.{args.dtype}.hlo.txt"), "w", encoding="utf-8") as file:
         file.write(compiled.as_text())
-  if args.output:
-    with open(args.output, "a", encoding="utf-8") as output:
-      output.writelines(json.dumps(row) + "\n" for row in rows)
-  sys.stdout.write(table(rows))
+  write_rows(rows, args.output, table(rows))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ optimisations (recomputations included: XLA's CPU compiler merges them back into
 GPUs and TPUs run them). Prints a markdown table.
 """
 
-import argparse
-import json
 import os
 import sys
 
@@ -19,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from helpers import PAPER_CONFIGS, abstract_train_step, get_config  # noqa: E402  pylint: disable=wrong-import-position
+from helpers import abstract_train_step, get_config, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
 from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax import models  # noqa: E402  pylint: disable=wrong-import-position
@@ -58,18 +56,10 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("configs", nargs="*", default=PAPER_CONFIGS, help="config specs (default: the paper ones)")
-  parser.add_argument("--batch_size", type=int, default=0, help="instead of each config's own (0)")
-  parser.add_argument("--dtype", default="bfloat16", help="config.model.dtype (accelerators' default)")
-  parser.add_argument("--output", default="", help="also append the JSON lines to this file")
-  args = parser.parse_args()
+  args = paper_configs_parser(__doc__.split("\n")[0]).parse_args()
   rows = [measure(spec, remat, args.batch_size, args.dtype) for spec in args.configs
           for remat in layers.REMAT_POLICIES]
-  if args.output:
-    with open(args.output, "a", encoding="utf-8") as output:
-      output.writelines(json.dumps(row) + "\n" for row in rows)
-  sys.stdout.write(table(rows))
+  write_rows(rows, args.output, table(rows))
 
 
 if __name__ == "__main__":

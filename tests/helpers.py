@@ -2,9 +2,12 @@
 synthetic set and tiny run configs, configs as the CLI loads them, random model variables,
 subprocess runs of the CLI and their error checks."""
 
+import argparse
 import importlib.util
+import json
 import os
 import re
+import sys
 
 import jax
 import numpy as np
@@ -57,6 +60,24 @@ def load_script(path: str, name: str = ""):
 # with its LHC modules), as benchmarks/accelerator.sh runs them.
 PAPER_CONFIGS = ("configs/dan.py:rafdb", "configs/apvit.py:rafdb", "configs/scan_cci.py:rafdb",
                  "configs/lhcnet.py:fer2013,stage=B")
+
+
+def paper_configs_parser(description: str) -> argparse.ArgumentParser:
+  """The arguments of a script that tabulates configs (benchmarks/remat.py, gpu_compile.py)."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("configs", nargs="*", default=PAPER_CONFIGS, help="config specs (default: the paper ones)")
+  parser.add_argument("--batch_size", type=int, default=0, help="instead of each config's own (0)")
+  parser.add_argument("--dtype", default="bfloat16", help="config.model.dtype (accelerators' default)")
+  parser.add_argument("--output", default="", help="also append the JSON lines to this file")
+  return parser
+
+
+def write_rows(rows: list[dict], output: str, table: str) -> None:
+  """Appends the rows as JSON lines to `output` (if given) and prints their markdown table."""
+  if output:
+    with open(output, "a", encoding="utf-8") as file:
+      file.writelines(json.dumps(row) + "\n" for row in rows)
+  sys.stdout.write(table)
 
 
 def get_config(spec: str):
