@@ -14,6 +14,10 @@ and sample standard deviation, ddof = 1, of every metric of every evaluator, wit
 TTA, per-class accuracies included), DIR/seeds_per_class.png (per-class accuracy with error
 bars, one group per evaluator) and DIR/seeds_accuracy.png (accuracy per evaluator, one marker
 per seed).
+
+Exit status as `fer_jax.main`'s: 75 when SIGTERM/SIGINT stopped a seed's run after saving its step
+(run the same command to resume it and train the seeds after it), 1 on a non-finite loss or
+gradient (the message names the seed's step and last good checkpoint).
 """
 
 import json
@@ -78,12 +82,15 @@ def commands(argv, workdir: str, seeds: list[int]) -> list[str]:
 
 
 def train_seeds(config, workdir: str, seeds: list[int]) -> None:
+  """Trains each seed in turn; a stop ends the command as fer_jax.main's does (75 preempted, 1 non-finite)."""
   from fer_jax import train  # JAX starts only when training
-  for seed in seeds:
-    run_config = config.copy_and_resolve_references()
-    run_config.seed = seed
-    logging.info("Seed %d in %s", seed, seed_workdir(workdir, seed))
-    train.train_and_evaluate(run_config, seed_workdir(workdir, seed))
+  from fer_jax.main import training_exit_status
+  with training_exit_status():
+    for seed in seeds:
+      run_config = config.copy_and_resolve_references()
+      run_config.seed = seed
+      logging.info("Seed %d in %s", seed, seed_workdir(workdir, seed))
+      train.train_and_evaluate(run_config, seed_workdir(workdir, seed))
 
 
 def read_reports(workdir: str, seeds: list[int]) -> dict[int, dict]:

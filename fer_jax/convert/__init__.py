@@ -14,6 +14,8 @@ import dataclasses
 import functools
 import os
 from typing import Any, Callable, Sequence
+import zipfile
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -68,8 +70,24 @@ SOURCES_BY_NAME = {source.name: source for source in SOURCES}
 
 
 def _load_npz(path: str) -> dict:
-  with np.load(path, allow_pickle=False) as data:
-    return dict(data)
+  """A .npz archive of numeric arrays. NumPy takes any file that is not a zip archive for a pickle and
+  suggests unpickling it; a checkpoint that is no zip archive is a damaged download, and object
+  arrays (which only unpickling reads, and unpickling can run code) are refused."""
+  kind = "a NumPy .npz archive"
+  with open(path, "rb") as f:  # opened here, so that a file-system error keeps its own message
+    if not zipfile.is_zipfile(f):
+      raise core.unreadable(path, kind, "not a zip archive")
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return dict(data)
+  except ValueError as e:
+    if "allow_pickle" not in str(e):
+      raise core.unreadable(path, kind, str(e)) from e
+    raise ConversionError(f"Refused to load {path}: it holds object arrays, which only unpickling reads, and "
+                          "fer_jax never runs code from a checkpoint. Use the official file, or if you trust it, "
+                          "re-save its arrays as numbers (numpy.savez).") from e
+  except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+    raise core.unreadable(path, kind, str(e) or type(e).__name__) from e
 
 
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}

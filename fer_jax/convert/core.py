@@ -29,6 +29,26 @@ class ConversionError(UserError, ValueError):
   """A source checkpoint that cannot be mapped onto the configured model."""
 
 
+def unreadable(path: str, kind: str, reason: str) -> ConversionError:
+  """The error for a file that does not read as `kind` ("a PyTorch checkpoint"): most often a download
+  that stopped early or saved a web page in the file's place, so the fix is to download it again."""
+  if _is_web_page(path):
+    return ConversionError(f"{path} is a web page (HTML), not {kind}: the download saved a page in its place (as "
+                           "Google Drive does for large files or an exceeded download quota); download it again, "
+                           "in a browser if need be.")
+  return ConversionError(f"Could not read {path} as {kind} ({reason}): the file is incomplete or damaged (an "
+                         f"interrupted download?) or not {kind} at all; download it again, or check the path.")
+
+
+def _is_web_page(path: str) -> bool:
+  try:
+    with open(path, "rb") as f:
+      head = f.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+  except OSError:
+    return False
+  return head.startswith((b"<!doctype html", b"<html"))
+
+
 def _describe(name: str, value) -> str:
   return f"{name} {tuple(np.shape(value))}"
 

@@ -8,6 +8,7 @@ listing datasets such as "conv0/kernel:0". Tensors are returned as "<layer>/<wei
 import numpy as np
 
 from fer_jax.convert.core import ConversionError
+from fer_jax.convert.core import unreadable
 
 
 def _text(value) -> str:
@@ -19,14 +20,24 @@ def load(path: str) -> dict[str, np.ndarray]:
     import h5py
   except ImportError as e:
     raise ConversionError("Reading a Keras .h5 file needs h5py: pip install h5py") from e
+  try:
+    with h5py.File(path, "r") as f:
+      return _weights(path, f)
+  except (OSError, KeyError, RuntimeError) as e:
+    if isinstance(e, OSError) and e.errno is not None:  # a file-system error: fer_jax.cli names it with its fix
+      raise
+    # h5py's words for a file that is not HDF5 or is cut ("file signature not found", "truncated file").
+    raise unreadable(path, "a Keras HDF5 file", str(e)) from e
+
+
+def _weights(path: str, f) -> dict[str, np.ndarray]:
+  root = f["model_weights"] if "model_weights" in f else f
+  if "layer_names" not in root.attrs:
+    raise ConversionError(f"{path} is not a Keras weights file (no layer_names attribute).")
   tensors = {}
-  with h5py.File(path, "r") as f:
-    root = f["model_weights"] if "model_weights" in f else f
-    if "layer_names" not in root.attrs:
-      raise ConversionError(f"{path} is not a Keras weights file (no layer_names attribute).")
-    for layer in map(_text, root.attrs["layer_names"]):
-      group = root[layer]
-      for weight in map(_text, group.attrs.get("weight_names", ())):
-        short = weight.rsplit("/", 1)[-1].split(":", 1)[0]
-        tensors[f"{layer}/{short}"] = np.asarray(group[weight])
+  for layer in map(_text, root.attrs["layer_names"]):
+    group = root[layer]
+    for weight in map(_text, group.attrs.get("weight_names", ())):
+      short = weight.rsplit("/", 1)[-1].split(":", 1)[0]
+      tensors[f"{layer}/{short}"] = np.asarray(group[weight])
   return tensors

@@ -5,15 +5,18 @@ A checkpoint `PREFIX` is `PREFIX.index`, a LevelDB-format table from each variab
 raw little-endian tensor bytes. This module parses both with the few protobuf and table rules
 they use. Keys are returned without the object-graph suffix "/.ATTRIBUTES/VARIABLE_VALUE";
 string tensors (the serialized object graph) and sliced (partitioned) variables are not
-returned; CRC checksums are not verified.
+returned; CRC checksums are not verified, but a cut or garbled file (a download that stopped
+early) is reported as such: an index that does not parse, or a shard shorter than its tensors.
 """
 
+import math
 import os
 import struct
 
 import numpy as np
 
 from fer_jax.convert.core import ConversionError
+from fer_jax.convert.core import unreadable
 
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48
@@ -23,6 +26,10 @@ _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 9: np.int64,
            10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64}
 _DT_STRING, _DT_BFLOAT16 = 7, 14
+
+
+class _Garbled(Exception):
+  """Bytes of the index that no TensorFlow writer produces: the file is damaged."""
 
 
 def _varint(data: bytes, position: int) -> tuple[int, int]:
@@ -36,8 +43,9 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
     shift += 7
 
 
-def _fields(message: bytes):
-  """(field number, wire type, value) of a protobuf message; value is int or bytes."""
+def _fields(message: bytes, wires: dict[int, int]):
+  """(field number, wire type, value) of a protobuf message; value is int or bytes. `wires` maps the
+  field numbers read to their wire type: another one there means garbled bytes."""
   position = 0
   while position < len(message):
     tag, position = _varint(message, position)
@@ -52,7 +60,9 @@ def _fields(message: bytes):
     elif wire == 5:
       value, position = message[position:position + 4], position + 4
     else:
-      raise ConversionError(f"Unsupported protobuf wire type {wire} in a checkpoint index.")
+      raise _Garbled(f"protobuf wire type {wire}")
+    if wires.get(number, wire) != wire:
+      raise _Garbled(f"protobuf field {number} of wire type {wire}")
     yield number, wire, value
 
 
@@ -62,16 +72,16 @@ def _signed(value: int) -> int:
 
 def _shape(message: bytes) -> tuple[int, ...]:
   dims = []
-  for number, _, value in _fields(message):
+  for number, _, value in _fields(message, {2: 2}):
     if number == 2:
-      size = next((_signed(v) for n, _, v in _fields(value) if n == 1), 0)
+      size = next((_signed(v) for n, _, v in _fields(value, {1: 0}) if n == 1), 0)
       dims.append(size)
   return tuple(dims)
 
 
 def _entry(message: bytes) -> dict:
   entry = {"dtype": 0, "shape": (), "shard": 0, "offset": 0, "size": 0, "sliced": False}
-  for number, _, value in _fields(message):
+  for number, _, value in _fields(message, {1: 0, 2: 2, 3: 0, 4: 0, 5: 0}):
     if number == 1:
       entry["dtype"] = value
     elif number == 2:
@@ -89,8 +99,10 @@ def _entry(message: bytes) -> dict:
 
 def _block_entries(data: bytes, offset: int, size: int):
   """(key, value) pairs of one table block (keys are prefix-compressed)."""
-  if data[offset + size] != 0:
+  if data[offset + size] == 1:  # the block's compression type: 0 none, 1 Snappy
     raise ConversionError("The checkpoint index uses a compressed table, which this reader does not support.")
+  if data[offset + size] != 0:
+    raise _Garbled(f"block compression type {data[offset + size]}")
   block = data[offset:offset + size]
   num_restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
   end = len(block) - 4 - 4 * num_restarts
@@ -115,16 +127,23 @@ def read_index(index_path: str) -> dict[bytes, bytes]:
   with open(index_path, "rb") as f:
     data = f.read()
   if len(data) < _FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != _TABLE_MAGIC:
-    raise ConversionError(f"{index_path} is not a TensorFlow checkpoint index (bad table magic).")
+    raise _damaged_index(index_path, "no table footer at its end")
   footer = data[len(data) - _FOOTER_SIZE:]
-  _, position = _varint(footer, 0)   # metaindex handle: offset, size
-  _, position = _varint(footer, position)
-  index_offset, position = _varint(footer, position)
-  index_size, _ = _varint(footer, position)
-  entries = {}
-  for _, handle in _block_entries(data, index_offset, index_size):
-    entries.update(_block_entries(data, *_handle(handle)))
+  try:
+    _, position = _varint(footer, 0)   # metaindex handle: offset, size
+    _, position = _varint(footer, position)
+    index_offset, position = _varint(footer, position)
+    index_size, _ = _varint(footer, position)
+    entries = {}
+    for _, handle in _block_entries(data, index_offset, index_size):
+      entries.update(_block_entries(data, *_handle(handle)))
+  except (struct.error, IndexError, _Garbled) as e:  # e.g. a block handle pointing past the file's end
+    raise _damaged_index(index_path, "its table blocks do not parse") from e
   return entries
+
+
+def _damaged_index(index_path: str, reason: str) -> ConversionError:
+  return unreadable(index_path, "a TensorFlow checkpoint index", reason)
 
 
 def checkpoint_prefix(path: str) -> str | None:
@@ -151,27 +170,49 @@ def load(path: str) -> dict[str, np.ndarray]:
   if prefix is None:
     raise ConversionError(f"{path} is not a TensorFlow checkpoint: pass its prefix (e.g. "
                           "Downloaded_Models/LHC_Net/LHC_Net), its .index file or its folder.")
-  entries = read_index(prefix + ".index")
-  num_shards = next((v for n, _, v in _fields(entries.get(b"", b"")) if n == 1), 1)
+  index_path = prefix + ".index"
+  table = read_index(index_path)
+  try:
+    num_shards = next((v for n, _, v in _fields(table.get(b"", b""), {1: 0}) if n == 1), 1)
+    entries = {key.decode("utf-8").removesuffix(_VALUE_SUFFIX): _entry(message)
+               for key, message in table.items() if key}
+  except (IndexError, UnicodeDecodeError, _Garbled) as e:
+    raise _damaged_index(index_path, "an entry does not parse") from e
   shards: dict[int, bytes] = {}
   tensors = {}
-  for raw_key, message in entries.items():
-    if not raw_key:
-      continue
-    entry = _entry(message)
-    key = raw_key.decode("utf-8").removesuffix(_VALUE_SUFFIX)
+  for key, entry in entries.items():
     if entry["dtype"] == _DT_STRING or entry["sliced"]:
       continue
+    shard_path = f"{prefix}.data-{entry['shard']:05d}-of-{num_shards:05d}"
     if entry["shard"] not in shards:
-      shard_path = f"{prefix}.data-{entry['shard']:05d}-of-{num_shards:05d}"
-      with open(shard_path, "rb") as f:
-        shards[entry["shard"]] = f.read()
-    raw = shards[entry["shard"]][entry["offset"]:entry["offset"] + entry["size"]]
-    if entry["dtype"] == _DT_BFLOAT16:
-      array = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
-    elif entry["dtype"] in _DTYPES:
-      array = np.frombuffer(raw, np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<"))
-    else:
-      raise ConversionError(f"{key}: unsupported TensorFlow dtype code {entry['dtype']}.")
-    tensors[key] = array.reshape(entry["shape"]).astype(array.dtype.newbyteorder("="))
+      shards[entry["shard"]] = _read_shard(shard_path)
+    tensors[key] = _tensor(key, entry, shards[entry["shard"]], shard_path, index_path)
   return tensors
+
+
+def _read_shard(shard_path: str) -> bytes:
+  if not os.path.isfile(shard_path):
+    raise ConversionError(f"{shard_path} is missing: a TensorFlow checkpoint is its .index file and every data "
+                          "shard it lists; download the whole checkpoint folder again, or check the path.")
+  with open(shard_path, "rb") as f:
+    return f.read()
+
+
+def _tensor(key: str, entry: dict, shard: bytes, shard_path: str, index_path: str) -> np.ndarray:
+  """One tensor's bytes from its shard, checked against the index before they are interpreted."""
+  if entry["dtype"] == _DT_BFLOAT16:
+    dtype = np.dtype("<u2")
+  elif entry["dtype"] in _DTYPES:
+    dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
+  else:
+    raise ConversionError(f"{key}: unsupported TensorFlow dtype code {entry['dtype']}.")
+  if min(entry["shape"], default=0) < 0 or entry["size"] != math.prod(entry["shape"]) * dtype.itemsize:
+    raise _damaged_index(index_path, f"{key} has shape {entry['shape']} but {entry['size']} bytes")
+  end = entry["offset"] + entry["size"]
+  if end > len(shard):
+    raise unreadable(shard_path, "a TensorFlow checkpoint data shard",
+                     f"{key} ends at byte {end:,}, the file holds {len(shard):,}")
+  array = np.frombuffer(shard[entry["offset"]:end], dtype).reshape(entry["shape"])
+  if entry["dtype"] == _DT_BFLOAT16:
+    return (array.astype(np.uint32) << 16).view(np.float32)
+  return array.astype(array.dtype.newbyteorder("="))

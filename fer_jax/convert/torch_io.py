@@ -6,7 +6,9 @@ plain containers. The VGGFace2 ResNet-50 weights are a plain pickle of NumPy arr
 by an unpickler that resolves nothing but the NumPy array and dtype constructors (and the
 `_codecs.encode` helper that Python-3 pickles of byte strings use): any other global, such as
 `os.system`, is refused before anything runs. PyTorch's legacy tar format is refused outright:
-PyTorch reads it only without the `weights_only` restriction.
+PyTorch reads it only without the `weights_only` restriction. A file that is no pickle at all
+(a web page saved by a failed download, a cut file) is damaged, not untrusted: its message says
+to download it again.
 """
 
 import io
@@ -15,6 +17,7 @@ import re
 import tarfile
 
 from fer_jax.convert.core import ConversionError
+from fer_jax.convert.core import unreadable
 
 _NUMPY_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
@@ -26,8 +29,8 @@ _NUMPY_GLOBALS = {
     ("_codecs", "encode"): ("_codecs", "encode"),
 }
 
-
-_DAMAGED = "the file is incomplete or damaged (an interrupted download?): download it again"
+# How every PyTorch checkpoint starts: a zip archive (PyTorch ≥ 1.6) or a pickle's PROTO opcode (the legacy format).
+_TORCH_MAGIC = (b"PK", b"\x80")
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -53,7 +56,7 @@ def load_numpy_pickle(path: str) -> dict:
     raise ConversionError(f"Refused to load {path}: fer_jax {e} and never runs code from a checkpoint. "
                           "Use the official file.") from e
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-    raise ConversionError(f"Could not read {path} as a pickle of NumPy arrays ({e}): {_DAMAGED}.") from e
+    raise unreadable(path, "a pickle of NumPy arrays", str(e) or type(e).__name__) from e
   if not isinstance(loaded, dict):
     raise ConversionError(f"{path} holds a {type(loaded).__name__}, not a dict of NumPy arrays.")
   return loaded
@@ -86,13 +89,26 @@ def load_torch(path: str):
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     if "Weights only load failed" not in str(e):
-      raise ConversionError(f"Could not read {path} as a PyTorch checkpoint ({_first_line(e)}): {_DAMAGED}.") from e
+      raise unreadable(path, "a PyTorch checkpoint", _first_line(e)) from e
+    if not _starts_like_torch(path):  # not a pickle at all (a web page, random bytes): damaged, not untrusted
+      raise unreadable(path, "a PyTorch checkpoint", _unpickler_error(e)) from e
     raise ConversionError(f"Refused to load {path}: {_refused_global(e)} fer_jax reads only tensors and plain "
                           "containers and never runs code from a checkpoint. Use the official file, or if you "
                           "trust it, re-save only its tensors with torch.save.") from e
   except (RuntimeError, EOFError, ValueError) as e:
-    raise ConversionError(f"Could not read {path} as a PyTorch checkpoint ({_first_line(e)}): {_DAMAGED}.") from e
+    raise unreadable(path, "a PyTorch checkpoint", _first_line(e) or type(e).__name__) from e
   return _to_numpy(loaded)
+
+
+def _starts_like_torch(path: str) -> bool:
+  with open(path, "rb") as f:
+    return f.read(2).startswith(_TORCH_MAGIC)
+
+
+def _unpickler_error(error: Exception) -> str:
+  """The cause PyTorch's weights-only unpickler gave ("Unsupported operand 60"), without its advice."""
+  match = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+  return match[1].strip() if match else _first_line(error)
 
 
 def _first_line(error: Exception) -> str:

@@ -1,0 +1,180 @@
+"""Damaged or wrong converter inputs: one short message naming the file and the fix, never a traceback.
+
+A stranger's download fails in two common ways: it stops early (a truncated file) or the site
+answers with a web page saved under the file's name (Google Drive for large files or an
+exceeded quota). Each case runs `fer_jax.convert.convert`, the function the command calls, and
+checks the line `fer_jax.cli` would print (`cli.describe`); the two integration tests run the
+command itself. The files are small fakes written here (the TensorFlow one is the fixture
+bundle that TensorFlow wrote, cut).
+"""
+
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from fer_jax import cli
+from fer_jax import convert
+from helpers import assert_user_error, get_config, run_command
+
+WEB_PAGE = (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>"
+            b"<body>Google Drive can't scan this file for viruses.</body></html>\n")
+TF_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "tf_checkpoint", "bundle")
+SHARD = ".data-00000-of-00001"
+
+
+def conversion_message(config: str, path) -> str:
+  """The `error:` line `python -m fer_jax.convert --config=configs/<config> --checkpoint=<path>` prints."""
+  with pytest.raises(Exception) as caught:
+    convert.convert(get_config(f"configs/{config}"), [str(path)])
+  message = cli.describe(caught.value)
+  assert message is not None, f"a traceback: {caught.value!r}"
+  assert "\n" not in message and "allow_pickle" not in message and "weights_only" not in message, message
+  return message
+
+
+def assert_damaged(message: str, path, kind: str) -> None:
+  for fragment in (f"Could not read {path} as {kind}", "incomplete or damaged", "download it again"):
+    assert fragment in message, (fragment, message)
+  assert "Refused" not in message, message
+
+
+def assert_web_page(message: str, path) -> None:
+  for fragment in (f"{path} is a web page (HTML)", "download it again"):
+    assert fragment in message, (fragment, message)
+  assert "Refused" not in message, message
+
+
+def tf_copy(folder, index=None, shard=None) -> str:
+  """The fixture bundle copied to folder/bundle, its index or data shard bytes replaced when given."""
+  folder.mkdir()
+  prefix = str(folder / "bundle")
+  for suffix, replacement in ((".index", index), (SHARD, shard)):
+    if replacement is None:
+      shutil.copy(TF_FIXTURE + suffix, prefix + suffix)
+    else:
+      with open(prefix + suffix, "wb") as f:
+        f.write(replacement)
+  return prefix
+
+
+def fixture_bytes(suffix: str) -> bytes:
+  with open(TF_FIXTURE + suffix, "rb") as f:
+    return f.read()
+
+
+def test_web_page_saved_as_pth_is_a_failed_download_not_a_refusal(tmp_path):
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  path.write_bytes(WEB_PAGE)
+  assert_web_page(conversion_message("dan.py:rafdb", path), path)
+
+
+def test_pth_that_is_no_pickle_is_damaged_not_refused(tmp_path):
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  path.write_bytes(b"\0garbage" * 64)
+  assert_damaged(conversion_message("dan.py:rafdb", path), path, "a PyTorch checkpoint")
+
+
+def test_pickle_with_more_than_tensors_is_still_refused(tmp_path):
+  path = tmp_path / "model.pth"
+  torch.save({"model_state_dict": {"fc.weight": torch.zeros(7, 512)}, "optimizer": torch.optim.SGD}, path)
+  message = conversion_message("dan.py:rafdb", path)
+  assert f"Refused to load {path}" in message and "never runs code from a checkpoint" in message, message
+
+
+@pytest.mark.parametrize("content", ["web page", "random bytes", "truncated"])
+def test_h5_that_is_not_hdf5_or_is_cut_is_named(tmp_path, content):
+  path = tmp_path / "resnet34_imagenet_1000_no_top.h5"
+  if content == "truncated":
+    with h5py.File(path, "w") as f:
+      f.attrs["layer_names"] = [b"conv0"]
+      f.create_group("conv0").attrs["weight_names"] = [b"conv0/kernel:0"]
+      f["conv0"]["conv0/kernel:0"] = np.ones((7, 7, 3, 64), np.float32)
+    path.write_bytes(path.read_bytes()[:4096])
+  else:
+    path.write_bytes(WEB_PAGE if content == "web page" else os.urandom(4096))
+  message = conversion_message("lhcnet.py:fer2013", path)
+  if content == "web page":
+    assert_web_page(message, path)
+  else:
+    assert_damaged(message, path, "a Keras HDF5 file")
+
+
+@pytest.mark.parametrize("content", ["web page", "truncated", "corrupt"])
+def test_npz_that_is_not_a_zip_or_is_damaged_is_named_without_pickle_advice(tmp_path, content):
+  path = tmp_path / "ViT-S_16.npz"
+  if content == "web page":
+    path.write_bytes(WEB_PAGE)
+  else:
+    rng = np.random.default_rng(0)
+    np.savez_compressed(path, **{"Transformer/posembed_input/pos_embedding": rng.normal(size=(1, 197, 384))})
+    data = bytearray(path.read_bytes())
+    if content == "truncated":
+      data = data[:len(data) // 2]
+    else:
+      data[len(data) // 2:len(data) // 2 + 64] = b"x" * 64
+    path.write_bytes(bytes(data))
+  message = conversion_message("apvit.py:rafdb", path)
+  if content == "web page":
+    assert_web_page(message, path)
+  else:
+    assert_damaged(message, path, "a NumPy .npz archive")
+
+
+def test_npz_of_object_arrays_is_refused_without_pickle_advice(tmp_path):
+  path = tmp_path / "ViT-S_16.npz"
+  np.savez(path, **{"Transformer/posembed_input/pos_embedding": np.array([{}], dtype=object)})
+  message = conversion_message("apvit.py:rafdb", path)
+  assert f"Refused to load {path}" in message and "object arrays" in message, message
+
+
+def test_truncated_tf_data_shard_is_named(tmp_path):
+  prefix = tf_copy(tmp_path / "LHC_Net", shard=fixture_bytes(SHARD)[:100])
+  assert_damaged(conversion_message("lhcnet.py:fer2013", prefix), prefix + SHARD,
+                 "a TensorFlow checkpoint data shard")
+
+
+def test_missing_tf_data_shard_is_named(tmp_path):
+  prefix = tf_copy(tmp_path / "LHC_Net")
+  os.remove(prefix + SHARD)
+  message = conversion_message("lhcnet.py:fer2013", prefix)
+  assert f"{prefix + SHARD} is missing" in message and "download the whole checkpoint folder again" in message, \
+      message
+
+
+@pytest.mark.parametrize("cut", ["end", "footer handles", "middle"])
+def test_damaged_tf_index_is_named(tmp_path, cut):
+  index = fixture_bytes(".index")
+  footer = index[-48:]
+  damaged = {"end": index[:len(index) // 2],                                     # a download stopped early
+             "footer handles": index[:-48] + bytes(40) + footer[-8:],            # block handles lost
+             "middle": index[:len(index) // 2] + footer}[cut]                    # blocks cut, footer kept
+  prefix = tf_copy(tmp_path / "LHC_Net", index=damaged)
+  assert_damaged(conversion_message("lhcnet.py:fer2013", prefix), prefix + ".index",
+                 "a TensorFlow checkpoint index")
+
+
+def test_intact_tf_fixture_still_reads(tmp_path):
+  assert len(convert.tf_checkpoint.load(tf_copy(tmp_path / "LHC_Net"))) == 120
+
+
+@pytest.mark.integration
+def test_convert_command_on_a_web_page_pth(tmp_path):
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  path.write_bytes(WEB_PAGE)
+  result = run_command("fer_jax.convert", "--config=configs/dan.py:rafdb", f"--checkpoint={path}",
+                       f"--workdir={tmp_path / 'out'}")
+  assert_user_error(result, f"{path} is a web page (HTML)", "download it again")
+  assert "Refused" not in result.stderr
+
+
+@pytest.mark.integration
+def test_convert_command_on_a_truncated_lhc_net_download(tmp_path):
+  prefix = tf_copy(tmp_path / "LHC_Net", shard=fixture_bytes(SHARD)[:100])
+  (tmp_path / "LHC_Net" / "checkpoint").write_text('model_checkpoint_path: "bundle"\n')
+  result = run_command("fer_jax.convert", "--config=configs/lhcnet.py:fer2013", f"--checkpoint={tmp_path / 'LHC_Net'}",
+                       f"--workdir={tmp_path / 'out'}")
+  assert_user_error(result, f"Could not read {prefix + SHARD}", "incomplete or damaged", "download it again")
