@@ -86,10 +86,14 @@ def _class_order(names) -> str:
                   "pass its config to fer_jax.load(path, config=...).")
 
 
-def _config_from_record(model: dict, class_names, model_input: dict) -> ml_collections.ConfigDict:
+def _config_from_record(model: dict, class_names, model_input: dict,
+                        dataset: dict | None = None) -> ml_collections.ConfigDict:
+  """A checkpoint's or export's config from its record; `dataset` (absent from records written before it was
+  kept) gives the crop style and stored size of the data set it was trained on."""
   config = config_lib.base_config()
   config.model.update(model)
   config.input.update(model_input)
+  config.dataset.update(dataset or {})
   config.dataset.class_order = _class_order(class_names)
   return config
 
@@ -104,7 +108,7 @@ def _load_export(path: str, tta_name: str, batch_size: int) -> predict.Predictor
   model_input = info["input"]
   config = _config_from_record({"name": info["method"], "num_classes": len(info["class_names"])},
                                info["class_names"], {"size": model_input["height"], "channels": model_input["channels"],
-                                                     "eval_pp": info["preprocessing"]})
+                                                     "eval_pp": info["preprocessing"]}, info.get("dataset"))
   with open(os.path.join(path, export.STABLEHLO), "rb") as f:
     exported = jax.export.deserialize(f.read())
   variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), export.VARIABLES))
@@ -126,7 +130,7 @@ def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> predi
     meta = checkpointing.read_meta(path)
     if "model" not in meta:
       raise UserError(f"The checkpoint at {path} has no meta record: pass its config to fer_jax.load(path, config=...).")
-    config = _config_from_record(meta["model"], meta["class_names"], meta["input"])
+    config = _config_from_record(meta["model"], meta["class_names"], meta["input"], meta.get("dataset"))
   validation.validate(config, training=False)
   variables = models.load_trained_variables(config, models.build_model(config), path)
   return predict.Predictor(config, variables, tta_name or config.eval.tta, batch_size)

@@ -73,8 +73,14 @@ def newest_step(checkpoints: ocp.CheckpointManager) -> int | None:
 
 
 def metadata(config) -> dict:
+  """The meta record: enough to rebuild the model and its inputs without the config (`fer_jax.load`),
+  the data set's name and stored size included (they pick the crop style and grey decoding)."""
   return {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
-          "input": config.input.to_dict()}
+          "input": config.input.to_dict(), "dataset": dataset_record(config)}
+
+
+def dataset_record(config) -> dict:
+  return {"name": config.dataset.name, "image_size": config.dataset.image_size}
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config) -> None:

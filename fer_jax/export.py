@@ -10,7 +10,7 @@ writes
                       with a symbolic batch size B (fixed with --batch_size=N), lowered for the
                       platforms in --platforms (default cpu and cuda)
   OUT/model.json      class names, input size and channels, the preprocessing to apply first
-                      (config.input.eval_pp), batch size and platforms
+                      (config.input.eval_pp), the data set (name, stored size), batch size and platforms
 Reload with JAX and Orbax only (no model code):
   exported = jax.export.deserialize(open("OUT/model.stablehlo", "rb").read())
   variables = orbax.checkpoint.StandardCheckpointer().restore("OUT/variables")
@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import models
@@ -113,6 +114,7 @@ def metadata(config, batch_size: int | None, format_fields: dict) -> dict:
       "input": {"height": config.input.size, "width": config.input.size, "channels": config.input.channels,
                 "dtype": "float32", "layout": "NHWC"},
       "preprocessing": config.input.eval_pp.replace("{size}", str(config.input.size)),
+      "dataset": checkpointing.dataset_record(config),
       "batch_size": "symbolic" if batch_size is None else batch_size,
       "outputs": {"logits": "float32 [batch, classes]", "probabilities": "softmax of the logits"},
       **format_fields,

@@ -193,3 +193,17 @@ def test_a_fixed_batch_export_predicts_on_two_devices_as_on_one(config, variable
   one_device = fer_jax.load(str(folder), batch_size=8)
   want = [[p.probabilities[c] for c in one_device.class_names] for p in one_device.predict(list(images))]
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_checkpoint_and_an_export_record_their_data_set_for_loading_without_a_config(variables, tmp_path):
+  """The data set picks the crop style, the stored size and grey decoding (FER2013's crops are
+  boxes, 48×48 grey): fer_jax.load without a config reads it from the meta record or model.json."""
+  grey = get_config("configs/dan.py:synthetic")
+  grey.input.size = 32
+  grey.dataset.update(name="fer2013", image_size=48)
+  grey.input.eval_pp = "gray_to_rgb()|" + grey.input.eval_pp
+  checkpointing.save_model(str(tmp_path / "checkpoints"), variables, grey)
+  loaded = fer_jax.load(str(tmp_path), batch_size=1)
+  assert (loaded.config.dataset.name, loaded.alignment.style, loaded.alignment.grey) == ("fer2013", "box", True)
+  assert loaded.predictor.preprocess.shape == (48, 48, 1)
+  assert export.metadata(grey, None, {})["dataset"] == {"name": "fer2013", "image_size": 48}
