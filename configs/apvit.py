@@ -69,7 +69,7 @@ def get_config(arg: str = "rafdb"):
     config.evals = config_lib.subset_evaluators()
   elif data == "ferplus":
     config.model.num_classes = 8
-    config.dataset.update(name="ferplus", class_order="apvit8")
+    config.dataset.update(name="ferplus", class_order="apvit8", image_size=48)  # photos to predict: decoded at 48², as stored
     config.evals = config_lib.subset_evaluators()
   elif data in ("affectnet7", "affectnet8"):
     config.model.num_classes = int(data[-1])

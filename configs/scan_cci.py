@@ -80,7 +80,8 @@ def get_config(arg: str = "rafdb"):
     config.evals = config_lib.subset_evaluators()
   elif data == "ferplus":
     config.model.num_classes = 8
-    config.dataset.update(name="ferplus", class_order="affectnet8", train_split="train+validation")
+    config.dataset.update(name="ferplus", class_order="affectnet8", train_split="train+validation",
+                          image_size=48)  # photos to predict: decoded at 48², as stored
     config.evals = config_lib.subset_evaluators()
   elif data in ("affectnet7", "affectnet8"):
     config.model.num_classes = int(data[-1])

@@ -220,3 +220,12 @@ def test_files_are_decoded_at_the_channels_the_data_sets_builder_stores(name, tm
   config.dataset.name = name
   stored = tfds.builder(name, data_dir=str(tmp_path)).info.features["image"].shape[-1]
   assert pipeline.dataset_channels(config) == stored
+
+
+@pytest.mark.parametrize("spec", ["configs/apvit.py:ferplus", "configs/scan_cci.py:ferplus", "configs/lhcnet.py:fer2013"])
+def test_the_48_pixel_sets_configs_decode_files_at_the_stored_shape(spec, tmp_path):
+  """FER2013's and FERPlus' files reach the eval pipeline at the set's 48×48×1, as its own images do
+  (decoded at the model's input size, they skipped the pipeline's resize)."""
+  config = get_config(spec)
+  stored = tfds.builder(config.dataset.name, data_dir=str(tmp_path)).info.features["image"].shape
+  assert pipeline.FilePreprocessor(config).shape == stored
