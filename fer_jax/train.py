@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
@@ -333,7 +334,7 @@ PREEMPTED_EXIT_STATUS = 75  # EX_TEMPFAIL: the run saved its step; the same comm
 
 
 class Preempted(Exception):
-  """SIGTERM or SIGINT arrived; the current step was saved."""
+  """SIGTERM or SIGINT arrived (on any of the processes); the current step was saved."""
 
 
 class NonFiniteError(RuntimeError):
@@ -365,6 +366,16 @@ class StopSignals:
   def __exit__(self, *exc):
     for s, handler in self._previous.items():
       signal.signal(s, handler)
+
+
+def agreed_signal(received: str | None) -> str | None:
+  """The signal that stops every process after this step, the same on each: this process's own
+  (`received`), else the lowest-numbered process's ("SIGTERM on process 1"), else None. A collective:
+  every process calls it after the same steps."""
+  numbers = multihost_utils.process_allgather(np.int32(signal.Signals[received] if received else 0)).tolist()
+  if received:
+    return received
+  return next((f"{signal.Signals(n).name} on process {index}" for index, n in enumerate(numbers) if n), None)
 
 
 class FiniteGuard:
@@ -411,10 +422,14 @@ class ProgressLog:
     """Leaves `seconds` (an evaluation's, not training time) out of the window's time; its steps stay."""
     self._start += seconds
 
+  def due(self, step: int) -> bool:
+    """Whether `step` ends a logged window, whose metrics the host waits for."""
+    return step % self.config.log_every_steps == 0 or step == self.num_steps
+
   def add(self, step: int, metrics: dict) -> None:
     self._pending.append(metrics)
     self.guard.add(step, metrics)
-    if step % self.config.log_every_steps == 0 or step == self.num_steps:
+    if self.due(step):
       self.guard.check()
       means = {k: float(np.mean([m[k] for m in jax.device_get(self._pending)])) for k in self._pending[0]}
       elapsed = time.perf_counter() - self._start
@@ -520,12 +535,29 @@ class TrainingRun:
                    self.selection.patience)
     return stop
 
-  def checkpoint(self, force: bool = False) -> None:
-    """Saves the step when due (every checkpoint_every_steps, else every epoch, and the last one) or forced."""
+  def checkpoint_due(self) -> bool:
+    """Whether the step is saved unforced: every checkpoint_every_steps, else every epoch, and the last one."""
     every = self.config.checkpoint_every_steps or self.steps_per_epoch
-    if force or self.step % every == 0 or self.step == self.num_steps:
+    return self.step % every == 0 or self.step == self.num_steps
+
+  def checkpoint(self, force: bool = False) -> None:
+    """Saves the step when due or forced."""
+    if force or self.checkpoint_due():
       self.guard.check()
       checkpointing.save(self.checkpoints, self.step, self.state, self.config)
+
+  def stop_signal(self, signals: StopSignals) -> str | None:
+    """The signal to save this step and stop for, or None. One process stops after the step its
+    signal arrived in. Several must stop at the same step: the launchers signal the hosts one by
+    one, and a process saving alone would wait in the save's barrier for the others while they wait
+    in the next step's collectives for it. So they agree (agreed_signal), but only after the steps
+    the host waits for anyway (logged or saved ones), adding no wait to the others: on several
+    processes a stop may come up to log_every_steps steps after the signal."""
+    if jax.process_count() == 1:
+      return signals.received
+    if self.progress.due(self.step) or self.checkpoint_due():
+      return agreed_signal(signals.received)
+    return None
 
   def stop_for(self, signal_name: str) -> None:
     """After a forced checkpoint: waits for every save, then raises Preempted."""
@@ -544,9 +576,10 @@ class TrainingRun:
         for step, batch in self.remaining_batches():
           self.train(step, batch)
           stop = self.evaluate_and_select()
-          self.checkpoint(force=stop or bool(signals.received))
-          if signals.received:
-            self.stop_for(signals.received)
+          stop_signal = self.stop_signal(signals)
+          self.checkpoint(force=stop or bool(stop_signal))
+          if stop_signal:
+            self.stop_for(stop_signal)
           if stop:
             break
       report = self.report()

@@ -11,7 +11,7 @@ Usage: launch/ssh_hosts.sh --hosts=HOSTS --config=CONFIG --workdir=DIR [options]
 Starts process i of N on host i (over ssh, in parallel) with
   --distributed --coordinator_address=HOST0:PORT --num_processes=N --process_id=i
 streams every log line prefixed with [i:host], and when one process fails (or on Ctrl-C) sends
-SIGTERM to the others, which save their step and exit 75. Exit status: 0 when every process
+SIGTERM to the others, which agree on a step, save it and exit 75. Exit status: 0 when every process
 succeeded, else the first failure's. Every host must see the same checkout, DATA_DIR and
 WORKDIR (a shared folder), and accept ssh without a password prompt.
 

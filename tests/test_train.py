@@ -408,3 +408,35 @@ def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluati
       progress.exclude(100.0)
   assert writer.logged[4]["train/loss"] == np.mean(losses)
   assert writer.logged[4]["train/img_per_s"] == 4 * 2 / 4.0
+
+
+def test_processes_exchange_their_stop_signals_only_after_logged_or_saved_steps(monkeypatch):
+  """TrainingRun.stop_signal: one process stops after the step its signal arrived in, exchanging
+  nothing; several exchange their signals only after the steps logged (every 4 here) or saved (every
+  6, and the last), with no collective in the steps between, and all stop at the first such step
+  after any process's signal."""
+  config = get_config("configs/dan.py:synthetic")
+  config.log_every_steps, config.checkpoint_every_steps = 4, 6
+  run = train.TrainingRun.__new__(train.TrainingRun)  # only what stop_signal reads
+  run.config, run.steps_per_epoch, run.num_steps = config, 5, 10
+  run.progress = train.ProgressLog(config, num_steps=10, steps_per_epoch=5, writer=None, guard=None)
+  signals, exchanged, other = train.StopSignals(), [], [0]
+
+  def allgather(number):
+    exchanged.append(run.step)
+    return np.array([number, other[0]])  # this process's signal number and process 1's
+
+  def stop_signal(step, received=None):
+    run.step, signals.received = step, received
+    return run.stop_signal(signals)
+
+  monkeypatch.setattr(train.multihost_utils, "process_allgather", allgather)
+  assert [stop_signal(step) for step in range(1, 11)] == [None] * 10
+  assert stop_signal(3, "SIGTERM") == "SIGTERM" and not exchanged
+  monkeypatch.setattr(train.jax, "process_count", lambda: 2)
+  assert [stop_signal(step) for step in range(1, 11)] == [None] * 10
+  assert exchanged == [4, 6, 8, 10]
+  assert [stop_signal(step, "SIGINT") for step in (1, 2, 3, 4)] == [None, None, None, "SIGINT"]
+  other[0] = signal.SIGTERM  # process 1 received one, this one none
+  assert [stop_signal(step) for step in (5, 6)] == [None, "SIGTERM on process 1"]
+  assert exchanged == [4, 6, 8, 10, 4, 6]
