@@ -13,7 +13,7 @@ writes
                       (config.input.eval_pp), the data set (name, stored size), batch size and platforms
 Reload with JAX and Orbax only (no model code):
   exported = jax.export.deserialize(open("OUT/model.stablehlo", "rb").read())
-  variables = orbax.checkpoint.StandardCheckpointer().restore("OUT/variables")
+  variables = orbax.checkpoint.StandardCheckpointer().restore(os.path.abspath("OUT/variables"))  # absolute only
   outputs = exported.call(variables, images)
 The images must already be preprocessed as model.json's "preprocessing" says (resize, then
 normalise; PIL/cv2 resizing happens outside the program).

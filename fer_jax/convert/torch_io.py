@@ -79,7 +79,8 @@ def load_torch(path: str):
   try:
     import torch
   except ImportError as e:
-    raise ConversionError("Reading a PyTorch checkpoint needs PyTorch: pip install torch") from e
+    raise ConversionError("Reading a PyTorch checkpoint needs PyTorch: pip install -e '.[parity]' (the tested torch "
+                          "and torchvision), or pip install torch") from e
   if tarfile.is_tarfile(path):
     raise ConversionError(f"Refused to load {path}: it is in PyTorch's legacy tar format, which PyTorch reads "
                           "only in its unsafe mode that runs any code the file holds, and fer_jax never runs code "

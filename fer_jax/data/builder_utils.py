@@ -302,9 +302,10 @@ def label_columns(builder, split: str) -> np.ndarray:
   prepared before the index existed, or one not built by `ManualBuilder`)."""
   path = label_index_path(builder, split)
   if not path.exists():
-    logging.info("%s has no label index %s; reading the labels from every record instead (for a set prepared "
-                 "by `python -m fer_jax.data.prepare` before indexes existed, running it again adds the index "
-                 "without rebuilding the set).", builder.info.full_name, path)
+    if isinstance(builder, ManualBuilder):  # the built-in sets are small and keep no index
+      logging.info("%s has no label index %s; reading the labels from every record instead (for a set prepared "
+                   "by `python -m fer_jax.data.prepare` before indexes existed, running it again adds the index "
+                   "without rebuilding the set).", builder.info.full_name, path)
     return read_label_columns(builder, split)
   with path.open("rb") as f:
     table = np.load(f, allow_pickle=False)
