@@ -9,7 +9,8 @@ print(jax.__version__)')"`), not a GPU: XLA's GPU compiler builds the step for t
 on that device, cuDNN convolutions and Triton GEMMs included, without autotuning (which needs the
 device). For each config (default: every method's paper config at its paper batch size), from the
 optimised HLO: the kernels one step launches by kind, the bytes each reads and writes (its operands'
-and results' shapes), the FLOPs of the convolutions and GEMMs, and a roofline, each kernel's
+and results' shapes; an elementwise fusion reads at most an element of each operand per element it
+writes), the FLOPs of the convolutions and GEMMs, and a roofline, each kernel's
 max(bytes / memory bandwidth, FLOPs / dense peak) summed: a lower bound on the step's time on that
 device, hence an upper bound on its images a second, and where its time must go. Also XLA's planned
 memory and the collectives between --devices devices. Prints a markdown table; --hlo_dir keeps the
@@ -155,6 +156,21 @@ def kernel_kind(op: str, attributes: str) -> str:
   return "copy" if op in ("copy", "transpose") else "other"
 
 
+def _elements(shape_text: str) -> list[int]:
+  return [math.prod(int(d) for d in dims.split(",") if d) for _, dims in _SHAPES.findall(shape_text)]
+
+
+def read_bytes(kind: str, operands: list[str], written: str, body: str) -> int:
+  """Bytes a kernel reads: its operands whole, but an elementwise fusion (`body` its computation's text)
+  or a copy reads at most one element of an operand per element it writes (a slice of q out of a qkv
+  product reads a third of it), unless a window reduction (a max pool) reads several."""
+  if kind not in ("elementwise", "copy") or " reduce-window(" in body:
+    return sum(map(benchmark.shape_bytes, operands))
+  most = max(_elements(written), default=0)
+  return sum(min(benchmark.shape_bytes(operand), most * benchmark.shape_bytes(operand) // max(sum(_elements(operand)), 1))
+             for operand in operands)
+
+
 def kernels(hlo_text: str) -> list[dict]:
   """The kernels of a compiled GPU program's entry computation, in order: kind, bytes read and written,
   FLOPs (convolutions and GEMMs), result dtype and the JAX op name."""
@@ -172,18 +188,19 @@ def kernels(hlo_text: str) -> list[dict]:
     operands = [shapes[word] for word in re.findall(r"%[\w.\-]+", operand_text) if word in shapes]
     kind = kernel_kind(op, attributes)
     called = re.search(r"calls=(%[\w.\-]+)", attributes)
+    body = _reachable(called.group(1), bodies) if called else ""
     written = shape.split(", u8[")[0] if kind == "convolution" else shape  # not cuDNN's workspace
     flops = 0.0
     if kind == "convolution":
       target = re.search(r'custom_call_target="([^"]+)"', attributes).group(1)
       flops = convolution_flops(written, operands, target, re.search(r"dim_labels=([\w>-]+)", attributes).group(1))
     elif kind == "gemm":
-      flops = dot_flops(_reachable(called.group(1), bodies)) if called else 0.0
+      flops = dot_flops(body)
     # A fusion XLA made may carry no name of its own: then its computation's last op's.
     named = re.findall(r'op_name="([^"]+)"', attributes) or re.findall(r'op_name="([^"]+)"', bodies.get(
         called.group(1) if called else "", ""))
-    found.append({"kind": kind, "bytes": sum(map(benchmark.shape_bytes, operands + [written])), "flops": flops,
-                  "dtype": _SHAPES.search(written).group(1) if _SHAPES.search(written) else "",
+    found.append({"kind": kind, "bytes": read_bytes(kind, operands, written, body) + benchmark.shape_bytes(written),
+                  "flops": flops, "dtype": _SHAPES.search(written).group(1) if _SHAPES.search(written) else "",
                   "op_name": named[-1] if named else ""})
   return found
 
