@@ -31,13 +31,11 @@ import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402  pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from helpers import get_config, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
+from helpers import abstract_train_step, get_config, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
 from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax import mesh as mesh_lib  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax import models  # noqa: E402  pylint: disable=wrong-import-position
-from fer_jax import optim  # noqa: E402  pylint: disable=wrong-import-position
-from fer_jax import train  # noqa: E402  pylint: disable=wrong-import-position
 
 DEFAULT_TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets", "h200.txtpb")
 # Dense peaks of Hopper (H100 SXM, H200) in FLOP/s by a kernel's output dtype: float32 products run
@@ -51,7 +49,6 @@ GEMM_KINDS = ("__triton_gemm", "__triton_nested_gemm_fusion", "__cudnn$fusion", 
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*?)\)(.*)$")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?(%[\w.\-]+) \(.*?\{\n(.*?)\n\}", re.MULTILINE | re.DOTALL)
-_SHAPES = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 
 
 def gpu_devices(target_path: str, count: int) -> list:
@@ -78,24 +75,20 @@ def compile_train_step(spec: str, dtype: str, devices: list, batch_size: int):
   config.model.dtype = dtype
   config.batch_size = batch_size or config.batch_size
   mesh = mesh_lib.make_mesh(devices)
-  method = models.get_method(config.model.name)
-  model = method.build(config.model)
-  tx = optim.make_optimizer(config.optimizer, 1, 1, models.abstract_variables(model, config)["params"])
-  step = train.make_train_step(model, method.loss, config.loss, tx, optim.lr_schedule(config.optimizer, 1, 1),
-                               mesh, config.seed)
+  step, state = abstract_train_step(config, mesh)
   sharded = NamedSharding(mesh, P("data"))
   batch = {"image": jax.ShapeDtypeStruct(models.dummy_images(config, config.batch_size).shape, jnp.float32,
                                          sharding=sharded),
            "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharded),
            "mask": jax.ShapeDtypeStruct((config.batch_size,), jnp.float32, sharding=sharded)}
   start = time.perf_counter()
-  compiled = step.lower(train.abstract_state(model, tx, config, mesh), batch).compile()
+  compiled = step.lower(state, batch).compile()
   return config, compiled, time.perf_counter() - start
 
 
 def _dims(shape_text: str) -> list[int]:
   """The dimensions of an HLO shape's first array ("bf16[8,56,56,64]{3,2,1,0}" → [8, 56, 56, 64])."""
-  return [int(d) for d in _SHAPES.search(shape_text).group(2).split(",") if d]
+  return [int(d) for d in benchmark.HLO_SHAPE.search(shape_text).group(2).split(",") if d]
 
 
 def convolution_flops(result: str, operands: list[str], target: str, dim_labels: str) -> float:
@@ -128,6 +121,19 @@ def dot_flops(body: str) -> float:
   return flops
 
 
+def library_gemm_flops(result: str, operands: list[str], attributes: str) -> float:
+  """2 × result elements × contracted size of a cuBLAS call, whose dimensions are in its backend config."""
+  contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', attributes)
+  lhs = _dims(operands[0])
+  contracted = math.prod(lhs[int(d.strip('"'))] for d in contracting.group(1).split(",") if d) if contracting else 0
+  return 2.0 * math.prod(_dims(result)) * contracted
+
+
+def _first_array(shape_text: str) -> str:
+  found = benchmark.HLO_SHAPE.search(shape_text)
+  return found.group(0) if found else shape_text
+
+
 def _reachable(name: str, bodies: dict) -> str:
   """The text of computation `name` and of every computation it calls."""
   seen, stack, text = set(), [name], []
@@ -157,7 +163,7 @@ def kernel_kind(op: str, attributes: str) -> str:
 
 
 def _elements(shape_text: str) -> list[int]:
-  return [math.prod(int(d) for d in dims.split(",") if d) for _, dims in _SHAPES.findall(shape_text)]
+  return [math.prod(int(d) for d in dims.split(",") if d) for _, dims in benchmark.HLO_SHAPE.findall(shape_text)]
 
 
 def read_bytes(kind: str, operands: list[str], written: str, body: str) -> int:
@@ -189,18 +195,19 @@ def kernels(hlo_text: str) -> list[dict]:
     kind = kernel_kind(op, attributes)
     called = re.search(r"calls=(%[\w.\-]+)", attributes)
     body = _reachable(called.group(1), bodies) if called else ""
-    written = shape.split(", u8[")[0] if kind == "convolution" else shape  # not cuDNN's workspace
+    # A library call's result is its output and its workspace (cuDNN's u8, cuBLAS' s8): the output only.
+    written = _first_array(shape) if op == "custom-call" else shape
     flops = 0.0
     if kind == "convolution":
       target = re.search(r'custom_call_target="([^"]+)"', attributes).group(1)
       flops = convolution_flops(written, operands, target, re.search(r"dim_labels=([\w>-]+)", attributes).group(1))
     elif kind == "gemm":
-      flops = dot_flops(body)
+      flops = dot_flops(body) if called else library_gemm_flops(written, operands, attributes)
     # A fusion XLA made may carry no name of its own: then its computation's last op's.
     named = re.findall(r'op_name="([^"]+)"', attributes) or re.findall(r'op_name="([^"]+)"', bodies.get(
         called.group(1) if called else "", ""))
     found.append({"kind": kind, "bytes": read_bytes(kind, operands, written, body) + benchmark.shape_bytes(written),
-                  "flops": flops, "dtype": _SHAPES.search(written).group(1) if _SHAPES.search(written) else "",
+                  "flops": flops, "dtype": benchmark.HLO_SHAPE.search(written).group(1) if benchmark.HLO_SHAPE.search(written) else "",
                   "op_name": named[-1] if named else ""})
   return found
 
@@ -237,7 +244,14 @@ def summarise(spec: str, config, compiled, compile_seconds: float, devices: list
       "roofline_top_level_modules_ms": dict(sorted(((name, value * 1e3) for name, value in by_module.items()),
                                                    key=lambda item: -item[1])[:top]),
       "planned_peak_bytes": benchmark.planned_peak_bytes(memory), "memory_analysis": memory,
-      "collectives": benchmark.collectives(compiled.as_text(), set()) if len(devices) > 1 else None}
+      "collectives": _collectives(compiled.as_text()) if len(devices) > 1 else None}
+
+
+def _collectives(hlo_text: str) -> dict:
+  """The step's cross-device ops and bytes per device. Not by role: XLA's GPU passes name combined
+  gradient all-reduces after the optimiser's ops, which benchmark.collective_role cannot attribute."""
+  found = benchmark.collectives(hlo_text, set())
+  return {"ops": found["ops"], "bytes": found["bytes"]}
 
 
 def table(rows: list[dict]) -> str:

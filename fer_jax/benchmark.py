@@ -162,7 +162,7 @@ def planned_peak_bytes(analysis: dict) -> int | None:
 
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
                 "f32": 4, "s64": 8, "u64": 8, "f64": 8}
-_SHAPE = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+HLO_SHAPE = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")  # "bf16[8,56]" → dtype, dims
 _COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%?\S+ = (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
                          r"collective-permute)(?:-start)?\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -171,7 +171,7 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 def shape_bytes(shape_text: str) -> int:
   """Bytes of an HLO shape, e.g. "f32[64,3]{1,0}" or a tuple "(f32[64]{0}, bf16[8,8]{1,0})"."""
   return sum(_DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
-             for dtype, dims in _SHAPE.findall(shape_text) if dtype in _DTYPE_BYTES)
+             for dtype, dims in HLO_SHAPE.findall(shape_text) if dtype in _DTYPE_BYTES)
 
 
 def _split_top_level(text: str, separator: str) -> list[str]:
@@ -234,7 +234,7 @@ def collectives(hlo_text: str, batch_norm_paths: set[str]) -> dict:
     match = _COLLECTIVE.match(line)
     if not match:
       continue
-    shapes = _SHAPE.findall(match.group(1))
+    shapes = HLO_SHAPE.findall(match.group(1))
     op_name = _OP_NAME.search(line)
     names = _element_names(op_name.group(1) if op_name else "")
     if len(names) != len(shapes):

@@ -153,12 +153,18 @@ def _unclipped_target(saved: dict, abstract_state: dict):
 
 def _differences(saved: dict, target: dict) -> list[str]:
   """How the saved tree and the target differ: leaf paths only in one of them, and shapes."""
-  got, want = _leaf_shapes(saved), _leaf_shapes(target)
-  mismatched = [f"{k}: checkpoint {got[k]} vs config {want[k]}" for k in sorted(set(got) & set(want))
+  return _shape_differences(_leaf_shapes(saved), _leaf_shapes(target), ("only in the config's", "only in the checkpoint"),
+                           "config", count=3)
+
+
+def _shape_differences(got: dict, want: dict, labels: tuple[str, str], wanted_by: str, count: int) -> list[str]:
+  """"label: first paths" for the paths only in `want`, those only in `got` (`labels`, in that order),
+  and the shapes that differ ("checkpoint S vs <wanted_by> S′"), each list cut to its first `count`."""
+  mismatched = [f"{k}: checkpoint {got[k]} vs {wanted_by} {want[k]}" for k in sorted(set(got) & set(want))
                 if got[k] != want[k]]
-  return [f"{label}: {_first(items)}" for label, items in
-          (("only in the checkpoint", sorted(set(got) - set(want))),
-           ("only in the config's", sorted(set(want) - set(got))), ("shape mismatch", mismatched)) if items]
+  return [f"{label}: {_first(items, count)}" for label, items in
+          ((labels[0], sorted(set(want) - set(got))), (labels[1], sorted(set(got) - set(want))),
+           ("shape mismatch", mismatched)) if items]
 
 
 def _leaf_shapes(tree) -> dict:
@@ -330,14 +336,9 @@ def _shapes(tree) -> dict:
 
 
 def check_matches(variables: dict, abstract_variables: dict, source: str, description: str = "") -> None:
-  got, want = _shapes(variables), _shapes(abstract_variables)
-  missing = sorted(set(want) - set(got))
-  unexpected = sorted(set(got) - set(want))
-  mismatched = [f"{k}: checkpoint {got[k]} vs model {want[k]}" for k in sorted(set(got) & set(want))
-                if got[k] != want[k]]
-  if missing or unexpected or mismatched:
-    problems = [f"{label}: {_first(items, 5)}" for label, items in
-                (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if items]
+  problems = _shape_differences(_shapes(variables), _shapes(abstract_variables), ("missing", "unexpected"), "model",
+                               count=5)
+  if problems:
     raise CheckpointError(f"The checkpoint {source} ({description or 'no meta record'}) does not fit the configured model "
                           f"({'; '.join(problems)}). It was probably written for another model or "
                           "number of classes: pass the --config it was trained or converted with.")

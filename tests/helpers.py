@@ -166,17 +166,17 @@ def assert_user_error(result, *fragments: str, foreign_traceback: str = "") -> N
     assert fragment in message, (fragment, message)
 
 
-def abstract_train_step(config):
-  """`config`'s jitted train step (10 steps an epoch) and its initial state as shapes and dtypes."""
+def abstract_train_step(config, mesh=None):
+  """`config`'s jitted train step (10 steps an epoch) over `mesh` (default every device) and its initial
+  state as shapes, dtypes and shardings."""
   from fer_jax import mesh as mesh_lib, models, optim, train  # pylint: disable=import-outside-toplevel
+  mesh = mesh or mesh_lib.make_mesh()
   method = models.get_method(config.model.name)
   model = method.build(config.model)
-  abstract = models.abstract_variables(model, config)
-  tx = optim.make_optimizer(config.optimizer, 10, config.num_epochs, abstract["params"])
+  tx = optim.make_optimizer(config.optimizer, 10, config.num_epochs, models.abstract_variables(model, config)["params"])
   schedule = optim.lr_schedule(config.optimizer, 10, config.num_epochs)
-  step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh_lib.make_mesh(), 0)
-  state = jax.eval_shape(lambda: {"step": np.int32(0), **abstract, "opt_state": tx.init(abstract["params"])})
-  return step, state
+  step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, 0)
+  return step, train.abstract_state(model, tx, config, mesh)
 
 
 def ynn_convolutions(hlo: str) -> list[str]:

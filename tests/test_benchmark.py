@@ -162,7 +162,7 @@ def test_module_path_of_op_names():
 
 # A GPU program's text as XLA prints it after optimisation (trimmed): a cuDNN convolution forward and
 # its kernel gradient, a Triton GEMM whose dot sits in a nested computation, fusions (one a slice
-# reading a quarter of its operand) and a copy.
+# reading a quarter of its operand), a copy and a cuBLAS GEMM with its workspace.
 GPU_HLO = """HloModule jit_step, is_scheduled=true
 
 %dot_body (p0: bf16[32,64], p1: bf16[64,16]) -> bf16[32,16] {
@@ -190,27 +190,29 @@ ENTRY %main.9 (x.1: bf16[8,56,56,64], w.1: bf16[32,3,3,64], a.1: bf16[32,64], b.
   %gemm.1 = bf16[32,16]{1,0} fusion(%a.1, %b.1), kind=kCustom, calls=%gemm_body, backend_config={"fusion_backend_config":{"kind":"__triton_nested_gemm_fusion"}}
   %copy.1 = f32[32]{0} copy(%sum.1)
   %third.1 = bf16[8,54,54,8]{3,2,1,0} fusion(%relu.1), kind=kLoop, calls=%slice_body, metadata={op_name="jit(step)/jvp(Net)/attn/slice"}
+  %cublas.1 = (bf16[32,16]{1,0}, s8[4194304]{0}) custom-call(%a.1, %b.1), custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}
   ROOT %tuple.1 = (f32[32]{0}, bf16[32,16]{1,0}, bf16[8,54,54,8]{3,2,1,0}) tuple(%copy.1, %gemm.1, %third.1)
 }
 """
 
 
 def test_gpu_kernels_of_compiled_hlo_text_with_xlas_flop_count_as_reference():
-  """benchmarks/gpu_compile.py's kernels: bytes from the shapes (cuDNN's u8 workspace left out; a
-  slice reads what it writes), and
+  """benchmarks/gpu_compile.py's kernels: bytes from the shapes (cuDNN's and cuBLAS' workspaces left
+  out; a slice reads what it writes), and
   the FLOPs of the convolutions and the GEMM as XLA's own cost analysis counts the same products."""
   found = gpu_compile.kernels(GPU_HLO)
   assert [kernel["kind"] for kernel in found] == ["convolution", "convolution", "elementwise", "reduction", "gemm",
-                                                 "copy", "elementwise"]
+                                                 "copy", "elementwise", "gemm"]
   x, w, y = 8 * 56 * 56 * 64 * 2, 32 * 9 * 64 * 2, 8 * 54 * 54 * 32 * 2
   assert [kernel["bytes"] for kernel in found] == [x + w + y, x + y + w, 2 * y, y + 32 * 4,
-                                                   (32 * 64 + 64 * 16 + 32 * 16) * 2, 2 * 32 * 4, 2 * y // 4]
+                                                   (32 * 64 + 64 * 16 + 32 * 16) * 2, 2 * 32 * 4, 2 * y // 4,
+                                                   (32 * 64 + 64 * 16 + 32 * 16) * 2]
   conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   conv_flops = jax.jit(conv).lower(jax.ShapeDtypeStruct((8, 56, 56, 64), jnp.float32),
                                    jax.ShapeDtypeStruct((3, 3, 64, 32), jnp.float32)).compile().cost_analysis()["flops"]
   dot_flops = jax.jit(jnp.dot).lower(jax.ShapeDtypeStruct((32, 64), jnp.float32),
                                      jax.ShapeDtypeStruct((64, 16), jnp.float32)).compile().cost_analysis()["flops"]
-  assert [kernel["flops"] for kernel in found] == [conv_flops, conv_flops, 0, 0, dot_flops, 0, 0]
+  assert [kernel["flops"] for kernel in found] == [conv_flops, conv_flops, 0, 0, dot_flops, 0, 0, dot_flops]
   assert found[0]["dtype"] == "bf16" and benchmark.module_path(found[2]["op_name"]) == "conv"
   timed = gpu_compile.roofline(found, bandwidth=1e12)
   assert timed[0]["seconds"] == max(found[0]["bytes"] / 1e12, conv_flops / gpu_compile.HOPPER_PEAK_FLOPS["bf16"])
