@@ -5,9 +5,6 @@ by SIGTERM/SIGINT after saving its step (run the same command to resume); 1 non-
 gradient (the message names the step and the last good checkpoint).
 """
 
-import contextlib
-import sys
-
 from absl import flags
 from absl import logging
 import jax
@@ -53,19 +50,6 @@ def reject_urls(config, workdir: str, checkpoint: str | None) -> None:
                       "(docs/running_at_scale.md, \"Where the data and the workdir live\").")
 
 
-@contextlib.contextmanager
-def training_exit_status():
-  """Ends a command whose training stopped with the exit status listed above (fer_jax.seeds shares it):
-  75 when preempted (the step is saved), 1 after logging a non-finite loss's message."""
-  try:
-    yield
-  except train.Preempted:
-    sys.exit(train.PREEMPTED_EXIT_STATUS)
-  except train.NonFiniteError as e:
-    logging.error("%s", e)
-    sys.exit(1)
-
-
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
@@ -75,7 +59,7 @@ def main(argv):
     start_distributed(args.coordinator_address, args.num_processes, args.process_id)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   if args.mode == "train":
-    with training_exit_status():
+    with train.exit_status_on_stop():
       train.train_and_evaluate(args.config, args.workdir)
   else:
     if not args.checkpoint:

@@ -84,8 +84,7 @@ def commands(argv, workdir: str, seeds: list[int]) -> list[str]:
 def train_seeds(config, workdir: str, seeds: list[int]) -> None:
   """Trains each seed in turn; a stop ends the command as fer_jax.main's does (75 preempted, 1 non-finite)."""
   from fer_jax import train  # JAX starts only when training
-  from fer_jax.main import training_exit_status
-  with training_exit_status():
+  with train.exit_status_on_stop():
     for seed in seeds:
       run_config = config.copy_and_resolve_references()
       run_config.seed = seed

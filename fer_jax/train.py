@@ -1,7 +1,9 @@
 """The training loop: data-parallel jit over a device mesh, Orbax resume, eval and reports."""
 
+import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -339,6 +341,19 @@ class Preempted(Exception):
 
 class NonFiniteError(RuntimeError):
   """A loss or gradient norm was NaN or Inf; nothing from that step on was evaluated or saved."""
+
+
+@contextlib.contextmanager
+def exit_status_on_stop():
+  """Ends a command whose training stopped (fer_jax.main, fer_jax.seeds) with exit status 75 when
+  preempted (the step is saved), 1 after logging a non-finite loss's message."""
+  try:
+    yield
+  except Preempted:
+    sys.exit(PREEMPTED_EXIT_STATUS)
+  except NonFiniteError as e:
+    logging.error("%s", e)
+    sys.exit(1)
 
 
 class StopSignals:
