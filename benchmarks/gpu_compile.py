@@ -22,20 +22,15 @@ import math
 import os
 import re
 import sys
-import time
 
 if __name__ == "__main__":
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX starts a backend: compiling for a GPU needs none
 import jax  # noqa: E402  pylint: disable=wrong-import-position
-import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402  pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from helpers import abstract_train_step, get_config, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
+from helpers import compile_train_step, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
 from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
-from fer_jax import mesh as mesh_lib  # noqa: E402  pylint: disable=wrong-import-position
-from fer_jax import models  # noqa: E402  pylint: disable=wrong-import-position
 
 DEFAULT_TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets", "h200.txtpb")
 # Dense peaks of Hopper (H100 SXM, H200) in FLOP/s by a kernel's output dtype: float32 products run
@@ -47,8 +42,8 @@ COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
 GEMM_KINDS = ("__triton_gemm", "__triton_nested_gemm_fusion", "__cudnn$fusion", "__cublas$gemm",
               "__cublas$lt$matmul")
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*?)\)(.*)$")
-_COMPUTATION = re.compile(r"^(?:ENTRY )?(%[\w.\-]+) \(.*?\{\n(.*?)\n\}", re.MULTILINE | re.DOTALL)
+INSTRUCTION = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*?)\)(.*)$")
+COMPUTATION = re.compile(r"^(?:ENTRY )?(%[\w.\-]+) \(.*?\{\n(.*?)\n\}", re.MULTILINE | re.DOTALL)
 
 
 def gpu_devices(target_path: str, count: int) -> list:
@@ -67,23 +62,6 @@ def memory_bandwidth(target_path: str) -> float:
   """Bytes a second, as the target config states."""
   with open(target_path, encoding="utf-8") as file:
     return float(re.search(r"memory_bandwidth:\s*(\d+)", file.read()).group(1))
-
-
-def compile_train_step(spec: str, dtype: str, devices: list, batch_size: int):
-  """(config, compiled train step, seconds) for `spec` over `devices`, batch_size 0 the config's own."""
-  config = get_config(spec)
-  config.model.dtype = dtype
-  config.batch_size = batch_size or config.batch_size
-  mesh = mesh_lib.make_mesh(devices)
-  step, state = abstract_train_step(config, mesh)
-  sharded = NamedSharding(mesh, P("data"))
-  batch = {"image": jax.ShapeDtypeStruct(models.dummy_images(config, config.batch_size).shape, jnp.float32,
-                                         sharding=sharded),
-           "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharded),
-           "mask": jax.ShapeDtypeStruct((config.batch_size,), jnp.float32, sharding=sharded)}
-  start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  return config, compiled, time.perf_counter() - start
 
 
 def _dims(shape_text: str) -> list[int]:
@@ -110,7 +88,7 @@ def convolution_flops(result: str, operands: list[str], target: str, dim_labels:
 def dot_flops(body: str) -> float:
   """2 × result elements × contracted size of each dot in a computation's text."""
   flops = 0.0
-  matches = [match for match in map(_INSTRUCTION.match, body.splitlines()) if match]
+  matches = [match for match in map(INSTRUCTION.match, body.splitlines()) if match]
   shapes = {match.group(1): match.group(2) for match in matches}
   for match in matches:
     if match.group(3) != "dot":
@@ -134,7 +112,7 @@ def _first_array(shape_text: str) -> str:
   return found.group(0) if found else shape_text
 
 
-def _reachable(name: str, bodies: dict) -> str:
+def reachable(name: str, bodies: dict) -> str:
   """The text of computation `name` and of every computation it calls."""
   seen, stack, text = set(), [name], []
   while stack:
@@ -180,11 +158,11 @@ def read_bytes(kind: str, operands: list[str], written: str, body: str) -> int:
 def kernels(hlo_text: str) -> list[dict]:
   """The kernels of a compiled GPU program's entry computation, in order: kind, bytes read and written,
   FLOPs (convolutions and GEMMs), result dtype and the JAX op name."""
-  bodies = dict(_COMPUTATION.findall(hlo_text))
+  bodies = dict(COMPUTATION.findall(hlo_text))
   entry = bodies[re.search(r"^ENTRY (%[\w.\-]+)", hlo_text, re.MULTILINE).group(1)]
   shapes, found = {}, []
   for line in entry.splitlines():
-    match = _INSTRUCTION.match(line)
+    match = INSTRUCTION.match(line)
     if not match:
       continue
     name, shape, op, operand_text, attributes = match.groups()
@@ -194,7 +172,7 @@ def kernels(hlo_text: str) -> list[dict]:
     operands = [shapes[word] for word in re.findall(r"%[\w.\-]+", operand_text) if word in shapes]
     kind = kernel_kind(op, attributes)
     called = re.search(r"calls=(%[\w.\-]+)", attributes)
-    body = _reachable(called.group(1), bodies) if called else ""
+    body = reachable(called.group(1), bodies) if called else ""
     # A library call's result is its output and its workspace (cuDNN's u8, cuBLAS' s8): the output only.
     written = _first_array(shape) if op == "custom-call" else shape
     flops = 0.0
@@ -244,10 +222,10 @@ def summarise(spec: str, config, compiled, compile_seconds: float, devices: list
       "roofline_top_level_modules_ms": dict(sorted(((name, value * 1e3) for name, value in by_module.items()),
                                                    key=lambda item: -item[1])[:top]),
       "planned_peak_bytes": benchmark.planned_peak_bytes(memory), "memory_analysis": memory,
-      "collectives": _collectives(compiled.as_text()) if len(devices) > 1 else None}
+      "collectives": collective_ops(compiled.as_text()) if len(devices) > 1 else None}
 
 
-def _collectives(hlo_text: str) -> dict:
+def collective_ops(hlo_text: str) -> dict:
   """The step's cross-device ops and bytes per device. Not by role: XLA's GPU passes name combined
   gradient all-reduces after the optimiser's ops, which benchmark.collective_role cannot attribute."""
   found = benchmark.collectives(hlo_text, set())

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import time
 
 import jax
 import numpy as np
@@ -177,6 +178,27 @@ def abstract_train_step(config, mesh=None):
   schedule = optim.lr_schedule(config.optimizer, 10, config.num_epochs)
   step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, 0)
   return step, train.abstract_state(model, tx, config, mesh)
+
+
+def compile_train_step(spec: str, dtype: str, devices: list, batch_size: int = 0):
+  """(config, compiled train step, seconds to compile) of config `spec` in `dtype`, its batch (batch_size,
+  0 for the config's own) split over `devices`, which may be another platform's compile-only ones."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  from fer_jax import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  config = get_config(spec)
+  config.model.dtype = dtype
+  config.batch_size = batch_size or config.batch_size
+  mesh = mesh_lib.make_mesh(devices)
+  step, state = abstract_train_step(config, mesh)
+  sharded = NamedSharding(mesh, P("data"))
+  batch = {"image": jax.ShapeDtypeStruct(models.dummy_images(config, config.batch_size).shape, jnp.float32,
+                                         sharding=sharded),
+           "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharded),
+           "mask": jax.ShapeDtypeStruct((config.batch_size,), jnp.float32, sharding=sharded)}
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  return config, compiled, time.perf_counter() - start
 
 
 def ynn_convolutions(hlo: str) -> list[str]:

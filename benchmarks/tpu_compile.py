@@ -1,0 +1,169 @@
+"""Each method's train step compiled for a TPU on a machine without one: the TPU compiler's estimate.
+
+  python benchmarks/tpu_compile.py [CONFIG ...] [--dtype=bfloat16] [--topology=v5e:2x2] [--devices=1]
+      [--batch_size=B] [--output=FILE.jsonl] [--hlo_dir=DIR]
+
+Needs libtpu (`pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"`), not a TPU:
+JAX's compile-only TPU devices of --topology let XLA's TPU compiler build the step for --devices chips
+as it would on them. For each config (default: every method's paper config at its paper batch size):
+the compiler's own estimate of every kernel's cycles (the `estimated_cycles` it writes into each
+kernel of the compiled program), summed into a step time at the chip's clock, hence images a second
+and MFU; the same by kind of kernel and by model module; XLA's cost analysis (FLOPs, bytes accessed)
+and the roofline bound it gives; planned memory against the chip's HBM; collectives. Prints a
+markdown table; --hlo_dir keeps the HLO. A compiler's estimate, not a measurement.
+"""
+
+import collections
+import os
+import re
+import sys
+
+if __name__ == "__main__":
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX starts a backend: compiling for a TPU needs none
+import jax  # noqa: E402  pylint: disable=wrong-import-position
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_compile  # noqa: E402  pylint: disable=wrong-import-position  # its HLO text parsing
+from helpers import compile_train_step, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
+
+from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
+
+# Google's figures for a chip (cloud.google.com/tpu/docs/v5e): dense bf16 peak, HBM bandwidth and size.
+# The clock is the peak over what the TensorCore's four 128×128 MXUs do a cycle (2 FLOP a cell).
+TPU_CHIPS = {"TPU v5 lite": {"name": "v5e", "peak_flops": 197e12, "hbm_bandwidth": 819e9, "hbm_bytes": 16e9,
+                             "clock_hz": 197e12 / (4 * 128 * 128 * 2)}}
+_CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
+_OP = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = .*? ([a-z][\w\-]*)\(")
+
+
+def tpu_devices(topology: str, count: int) -> list:
+  """`count` compile-only chips of TPU `topology` (e.g. "v5e:2x2"; libtpu's names)."""
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  try:
+    devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+  except Exception as error:  # pylint: disable=broad-exception-caught  # libtpu's own error types vary
+    raise SystemExit(f"Compiling for a TPU needs libtpu: pip install \"jax[tpu]=={jax.__version__}\" "
+                     f"({error})") from error
+  if count > len(devices):
+    raise SystemExit(f"--devices={count}: topology {topology} has {len(devices)} chips; pass a larger one (v5e:2x4)")
+  if devices[0].device_kind not in TPU_CHIPS:
+    raise SystemExit(f"No figures for {devices[0].device_kind!r}: add its peak, bandwidth, HBM and clock to "
+                     "TPU_CHIPS")
+  return devices[:count]
+
+
+ELEMENTWISE = frozenset({"abs", "add", "compare", "convert", "divide", "exponential", "log", "maximum", "minimum",
+                         "multiply", "negate", "rsqrt", "select", "sqrt", "subtract", "tanh"})
+
+
+def kernel_kind(op: str, body: str) -> str:
+  """What a kernel of the entry computation does, from its op and (for a fusion) its computation's text."""
+  if op == "fusion":
+    return ("convolution" if " convolution(" in body else "matmul" if " dot(" in body else
+            "reduction" if re.search(r" (?:reduce|reduce-window|select-and-scatter)\(", body) else "elementwise")
+  if op in ("convolution", "dot"):
+    return "convolution" if op == "convolution" else "matmul"
+  if op in ("reduce", "reduce-window", "select-and-scatter"):
+    return "reduction"
+  if op.startswith(("all-", "reduce-scatter", "collective-permute")):
+    return "collective"
+  if op.startswith(("copy", "transpose")):
+    return "copy"
+  return "elementwise" if op in ELEMENTWISE else "other"
+
+
+def kernels(hlo_text: str) -> list[dict]:
+  """The kernels of a compiled TPU program's entry computation that carry a cycle estimate: kind,
+  estimated cycles and the JAX op name (a fusion without one of its own: its computation's last)."""
+  bodies = dict(gpu_compile.COMPUTATION.findall(hlo_text))
+  entry = bodies[re.search(r"^ENTRY (%[\w.\-]+)", hlo_text, re.MULTILINE).group(1)]
+  found = []
+  for line in entry.splitlines():
+    match, cycles = _OP.match(line), _CYCLES.search(line)
+    if not (match and cycles):
+      continue
+    called = re.search(r"calls=(%[\w.\-]+)", line)
+    body = gpu_compile.reachable(called.group(1), bodies) if called else ""
+    named = re.findall(r'op_name="([^"]+)"', line) or re.findall(r'op_name="([^"]+)"', body)
+    found.append({"kind": kernel_kind(match.group(2), body), "cycles": int(cycles.group(1)),
+                  "op_name": named[-1] if named else ""})
+  return found
+
+
+def summarise(spec: str, config, compiled, compile_seconds: float, devices: list, top: int = 12) -> dict:
+  chip = TPU_CHIPS[devices[0].device_kind]
+  found = kernels(compiled.as_text())
+  by_kind = collections.defaultdict(lambda: {"kernels": 0, "ms": 0.0})
+  by_module = collections.defaultdict(float)
+  for kernel in found:
+    ms = kernel["cycles"] / chip["clock_hz"] * 1e3
+    by_kind[kernel["kind"]]["kernels"] += 1
+    by_kind[kernel["kind"]]["ms"] += ms
+    by_module[benchmark.module_path(kernel["op_name"]) or "step"] += ms
+  step_ms = sum(kernel["cycles"] for kernel in found) / chip["clock_hz"] * 1e3
+  cost = compiled.cost_analysis()
+  flops, accessed = cost["flops"], cost["bytes accessed"]
+  memory = benchmark.memory_analysis(compiled)
+  return {
+      "config": spec, "model": config.model.name, "input_size": config.input.size, "batch_size": config.batch_size,
+      "dtype": config.model.dtype, "device_kind": devices[0].device_kind, "devices": len(devices),
+      "jax": jax.__version__, "libtpu": _libtpu_version(), "compile_s": round(compile_seconds, 1),
+      "kernels": len(found), "by_kind": dict(sorted(by_kind.items())),
+      "estimated_step_ms": step_ms, "estimated_img_per_s": config.batch_size / step_ms * 1e3,
+      "estimated_mfu": flops / (step_ms * 1e-3 * chip["peak_flops"]),
+      "estimated_top_level_modules_ms": dict(sorted(by_module.items(), key=lambda item: -item[1])[:top]),
+      "xla_flops": flops, "xla_bytes_accessed": accessed,
+      "roofline_step_ms": max(flops / chip["peak_flops"], accessed / chip["hbm_bandwidth"]) * 1e3,
+      "planned_peak_bytes": benchmark.planned_peak_bytes(memory), "hbm_bytes": chip["hbm_bytes"],
+      "memory_analysis": memory,
+      "collectives": gpu_compile.collective_ops(compiled.as_text()) if len(devices) > 1 else None}
+
+
+def _libtpu_version() -> str:
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
+  try:
+    return metadata.version("libtpu")
+  except metadata.PackageNotFoundError:
+    return ""
+
+
+def table(rows: list[dict]) -> str:
+  lines = ["| config | size | batch | dtype | chips | kernels "
+           "| estimated ms (conv+matmul / reduction / elementwise / other) | ≈ img/s | MFU | roofline ms "
+           "| planned peak GB of HBM |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for row in rows:
+    kinds = row["by_kind"]
+    ms = lambda kind: kinds.get(kind, {}).get("ms", 0.0)  # noqa: E731
+    products = ms("convolution") + ms("matmul")
+    other = sum(value["ms"] for kind, value in kinds.items()
+                if kind not in ("convolution", "matmul", "reduction", "elementwise"))
+    lines.append(
+        f"| `{row['config']}` | {row['input_size']}² | {row['batch_size']} | {row['dtype']} | {row['devices']} "
+        f"| {row['kernels']} | {row['estimated_step_ms']:.1f} ({products:.1f} / {ms('reduction'):.1f} / "
+        f"{ms('elementwise'):.1f} / {other:.1f}) | {row['estimated_img_per_s']:,.0f} | {row['estimated_mfu']:.0%} "
+        f"| {row['roofline_step_ms']:.1f} | {row['planned_peak_bytes'] / 1e9:.1f} of {row['hbm_bytes'] / 1e9:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+  parser = paper_configs_parser(__doc__.split("\n")[0])
+  parser.add_argument("--topology", default="v5e:2x2", help="libtpu's name of a TPU slice to take chips from")
+  parser.add_argument("--devices", type=int, default=1, help="chips the batch is split over")
+  parser.add_argument("--hlo_dir", default="", help="write each compiled step's HLO text here")
+  args = parser.parse_args()
+  devices = tpu_devices(args.topology, args.devices)
+  rows = []
+  for spec in args.configs:
+    config, compiled, seconds = compile_train_step(spec, args.dtype, devices, args.batch_size)
+    rows.append(summarise(spec, config, compiled, seconds, devices))
+    if args.hlo_dir:
+      os.makedirs(args.hlo_dir, exist_ok=True)
+      with open(os.path.join(args.hlo_dir, f"{config.model.name}.{args.dtype}.tpu.hlo.txt"), "w",
+                encoding="utf-8") as file:
+        file.write(compiled.as_text())
+  write_rows(rows, args.output, table(rows))
+
+if __name__ == "__main__":
+  main()
