@@ -3,11 +3,14 @@
   python benchmarks/batch_norm_variance.py [--size=224] [--batch=16] [--rounds=8]
 
 Results on the shared 2-core CPU: batch_norm_variance.jsonl (cost and accuracy with --rounds=0; the
-float32 step times from --rounds=5, run under a load average of 20).
+float32 step times from --rounds=5, run under a load average of 20; the last 11 lines, with
+shifted_one_pass, from `--rounds=0 --dtypes=float32`).
 
 Forms (each returns the mean and the biased variance, in float32):
   one_pass            E[x²] − E[x]², clipped at 0 (Flax's default; fer_jax's form before this script)
   two_pass            mean((x − mean)²): fer_jax's `batch_statistics` (Flax's use_fast_variance=False)
+  shifted_one_pass    E[(x − s)²] − E[x − s]², s the first value of each channel: one pass, as the
+                      one_pass form, with the mean's size taken out first
 Until BatchNorm's gradient was written out (f0561af) autodiff differentiated the form, and a third,
 two_pass_constant (the mean as a constant inside the variance), was the library's for its shorter
 backward pass; the recorded lines, batch_norm_variance.jsonl, hold all three.
@@ -51,7 +54,14 @@ def one_pass(x, axes):
   return mean, jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
 
 
-FORMS = {"one_pass": one_pass, "two_pass": batch_norm.batch_statistics}
+def shifted_one_pass(x, axes):
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  shift = jax.lax.stop_gradient(x[(0,) * (x.ndim - 1)])
+  mean, mean_square = jnp.mean(x - shift, axes), jnp.mean(jnp.square(x - shift), axes)
+  return shift + mean, jnp.maximum(mean_square - jnp.square(mean), 0.0)
+
+
+FORMS = {"one_pass": one_pass, "two_pass": batch_norm.batch_statistics, "shifted_one_pass": shifted_one_pass}
 RATIOS = (1.0, 1e2, 1e3, 1e4)
 
 
