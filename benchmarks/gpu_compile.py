@@ -42,7 +42,7 @@ COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
 GEMM_KINDS = ("__triton_gemm", "__triton_nested_gemm_fusion", "__cudnn$fusion", "__cublas$gemm",
               "__cublas$lt$matmul")
 
-INSTRUCTION = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*?)\)(.*)$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*?)\)(.*)$")
 COMPUTATION = re.compile(r"^(?:ENTRY )?(%[\w.\-]+) \(.*?\{\n(.*?)\n\}", re.MULTILINE | re.DOTALL)
 
 
@@ -88,7 +88,7 @@ def convolution_flops(result: str, operands: list[str], target: str, dim_labels:
 def dot_flops(body: str) -> float:
   """2 × result elements × contracted size of each dot in a computation's text."""
   flops = 0.0
-  matches = [match for match in map(INSTRUCTION.match, body.splitlines()) if match]
+  matches = [match for match in map(_INSTRUCTION.match, body.splitlines()) if match]
   shapes = {match.group(1): match.group(2) for match in matches}
   for match in matches:
     if match.group(3) != "dot":
@@ -162,7 +162,7 @@ def kernels(hlo_text: str) -> list[dict]:
   entry = bodies[re.search(r"^ENTRY (%[\w.\-]+)", hlo_text, re.MULTILINE).group(1)]
   shapes, found = {}, []
   for line in entry.splitlines():
-    match = INSTRUCTION.match(line)
+    match = _INSTRUCTION.match(line)
     if not match:
       continue
     name, shape, op, operand_text, attributes = match.groups()

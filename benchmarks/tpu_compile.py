@@ -14,12 +14,15 @@ markdown table; --hlo_dir keeps the HLO. A compiler's estimate, not a measuremen
 """
 
 import collections
+import importlib.metadata
+import importlib.util
 import os
 import re
 import sys
 
 if __name__ == "__main__":
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX starts a backend: compiling for a TPU needs none
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no TPU is held: let several compiles run at once
 import jax  # noqa: E402  pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -40,11 +43,12 @@ _OP = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = .*? ([a-z][\w\-]*)\(")
 def tpu_devices(topology: str, count: int) -> list:
   """`count` compile-only chips of TPU `topology` (e.g. "v5e:2x2"; libtpu's names)."""
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  if importlib.util.find_spec("libtpu") is None:
+    raise SystemExit(f"Compiling for a TPU needs libtpu: pip install \"jax[tpu]=={jax.__version__}\"")
   try:
     devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
   except Exception as error:  # pylint: disable=broad-exception-caught  # libtpu's own error types vary
-    raise SystemExit(f"Compiling for a TPU needs libtpu: pip install \"jax[tpu]=={jax.__version__}\" "
-                     f"({error})") from error
+    raise SystemExit(f"--topology={topology}: libtpu gives no such TPU slice ({error})") from error
   if count > len(devices):
     raise SystemExit(f"--devices={count}: topology {topology} has {len(devices)} chips; pass a larger one (v5e:2x4)")
   if devices[0].device_kind not in TPU_CHIPS:
@@ -108,7 +112,7 @@ def summarise(spec: str, config, compiled, compile_seconds: float, devices: list
   return {
       "config": spec, "model": config.model.name, "input_size": config.input.size, "batch_size": config.batch_size,
       "dtype": config.model.dtype, "device_kind": devices[0].device_kind, "devices": len(devices),
-      "jax": jax.__version__, "libtpu": _libtpu_version(), "compile_s": round(compile_seconds, 1),
+      "jax": jax.__version__, "libtpu": importlib.metadata.version("libtpu"), "compile_s": round(compile_seconds, 1),
       "kernels": len(found), "by_kind": dict(sorted(by_kind.items())),
       "estimated_step_ms": step_ms, "estimated_img_per_s": config.batch_size / step_ms * 1e3,
       "estimated_mfu": flops / (step_ms * 1e-3 * chip["peak_flops"]),
@@ -118,14 +122,6 @@ def summarise(spec: str, config, compiled, compile_seconds: float, devices: list
       "planned_peak_bytes": benchmark.planned_peak_bytes(memory), "hbm_bytes": chip["hbm_bytes"],
       "memory_analysis": memory,
       "collectives": gpu_compile.collective_ops(compiled.as_text()) if len(devices) > 1 else None}
-
-
-def _libtpu_version() -> str:
-  from importlib import metadata  # pylint: disable=import-outside-toplevel
-  try:
-    return metadata.version("libtpu")
-  except metadata.PackageNotFoundError:
-    return ""
 
 
 def table(rows: list[dict]) -> str:
