@@ -11,9 +11,9 @@ Forms (each returns the mean and the biased variance, in float32):
   two_pass            mean((x − mean)²): fer_jax's `batch_statistics` (Flax's use_fast_variance=False)
   shifted_one_pass    E[(x − s)²] − E[x − s]², s the first value of each channel: one pass, as the
                       one_pass form, with the mean's size taken out first
-Until BatchNorm's gradient was written out (f0561af) autodiff differentiated the form, and a third,
+Until BatchNorm's gradient was written out (f0561af) autodiff differentiated the form, and another,
 two_pass_constant (the mean as a constant inside the variance), was the library's for its shorter
-backward pass; the recorded lines, batch_norm_variance.jsonl, hold all three.
+backward pass; the recorded lines before shifted_one_pass's, batch_norm_variance.jsonl, hold it.
 Figures:
   accuracy   the largest relative error of the variance over 64 channels of 16×14×14 values with
              mean/std ratios 1 … 1e4, float32 and bfloat16 input, against float64 NumPy on the very

@@ -226,8 +226,9 @@ def summarise(spec: str, config, compiled, compile_seconds: float, devices: list
 
 
 def collective_ops(hlo_text: str) -> dict:
-  """The step's cross-device ops and bytes per device. Not by role: XLA's GPU passes name combined
-  gradient all-reduces after the optimiser's ops, which benchmark.collective_role cannot attribute."""
+  """A compiled step's cross-device ops and bytes per device (GPU or TPU HLO). Not by role: XLA's GPU
+  passes name combined gradient all-reduces after the optimiser's ops, which
+  benchmark.collective_role cannot attribute."""
   found = benchmark.collectives(hlo_text, set())
   return {"ops": found["ops"], "bytes": found["bytes"]}
 

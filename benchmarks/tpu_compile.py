@@ -37,7 +37,7 @@ from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-positi
 TPU_CHIPS = {"TPU v5 lite": {"name": "v5e", "peak_flops": 197e12, "hbm_bandwidth": 819e9, "hbm_bytes": 16e9,
                              "clock_hz": 197e12 / (4 * 128 * 128 * 2)}}
 _CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
-_OP = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = .*? ([a-z][\w\-]*)\(")
+_OP = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (.*?) ([a-z][\w\-]*)\(([^)]*)\)")
 
 
 def tpu_devices(topology: str, count: int) -> list:
@@ -59,15 +59,17 @@ def tpu_devices(topology: str, count: int) -> list:
 
 ELEMENTWISE = frozenset({"abs", "add", "compare", "convert", "divide", "exponential", "log", "maximum", "minimum",
                          "multiply", "negate", "rsqrt", "select", "sqrt", "subtract", "tanh"})
+NOT_KERNELS = frozenset({"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all"})
 
 
 def kernel_kind(op: str, body: str) -> str:
-  """What a kernel of the entry computation does, from its op and (for a fusion) its computation's text."""
+  """What a kernel of the entry computation does, from its op and (for a fusion) its computation's text.
+  (The TPU compiler turns dots into convolutions, so "convolution" holds the matrix products too.)"""
   if op == "fusion":
-    return ("convolution" if " convolution(" in body else "matmul" if " dot(" in body else
+    return ("convolution" if " convolution(" in body else
             "reduction" if re.search(r" (?:reduce|reduce-window|select-and-scatter)\(", body) else "elementwise")
-  if op in ("convolution", "dot"):
-    return "convolution" if op == "convolution" else "matmul"
+  if op == "convolution":
+    return "convolution"
   if op in ("reduce", "reduce-window", "select-and-scatter"):
     return "reduction"
   if op.startswith(("all-", "reduce-scatter", "collective-permute")):
@@ -78,45 +80,70 @@ def kernel_kind(op: str, body: str) -> str:
 
 
 def kernels(hlo_text: str) -> list[dict]:
-  """The kernels of a compiled TPU program's entry computation that carry a cycle estimate: kind,
-  estimated cycles and the JAX op name (a fusion without one of its own: its computation's last)."""
+  """The kernels of a compiled TPU program's entry computation: op, kind, the compiler's estimated cycles
+  (None where it gives none: collectives, sorts, select-and-scatter, custom calls), its cost model, the
+  bytes of its operands and result, and the JAX op name (a fusion without one: its computation's last).
+  Async pairs (`*-start`, `*-done`) are data movement beside the kernels and are left out."""
   bodies = dict(gpu_compile.COMPUTATION.findall(hlo_text))
   entry = bodies[re.search(r"^ENTRY (%[\w.\-]+)", hlo_text, re.MULTILINE).group(1)]
-  found = []
+  if sum(map(int, _CYCLES.findall(entry))) != sum(map(int, _CYCLES.findall(hlo_text))):
+    raise ValueError("Kernels with a cycle estimate outside the entry computation (a loop or a conditional): "
+                     "their counts are unknown here")
+  shapes, found = {}, []
   for line in entry.splitlines():
-    match, cycles = _OP.match(line), _CYCLES.search(line)
-    if not (match and cycles):
+    match = _OP.match(line)
+    if not match:
       continue
+    name, shape, op, operand_text = match.groups()
+    shapes[name] = shape
+    if op in NOT_KERNELS or op.endswith(("-start", "-done")):
+      continue
+    cycles, model = _CYCLES.search(line), re.search(r'"cost_model_type":"COST_MODEL_TYPE_(\w+)"', line)
     called = re.search(r"calls=(%[\w.\-]+)", line)
     body = gpu_compile.reachable(called.group(1), bodies) if called else ""
     named = re.findall(r'op_name="([^"]+)"', line) or re.findall(r'op_name="([^"]+)"', body)
-    found.append({"kind": kernel_kind(match.group(2), body), "cycles": int(cycles.group(1)),
-                  "op_name": named[-1] if named else ""})
+    operands = [shapes[word] for word in re.findall(r"%[\w.\-]+", operand_text) if word in shapes]
+    found.append({"op": op, "kind": kernel_kind(op, body), "cycles": int(cycles.group(1)) if cycles else None,
+                  "cost_model": model.group(1) if model else "", "op_name": named[-1] if named else "",
+                  "bytes": benchmark.shape_bytes(shape) + sum(map(benchmark.shape_bytes, operands))})
   return found
 
 
-def summarise(spec: str, config, compiled, compile_seconds: float, devices: list, top: int = 12) -> dict:
+def summarise(spec: str, config, compiled, compile_seconds: float, devices: list) -> dict:
+  """One JSON line: the estimated kernels' milliseconds by kind, cost model and module; the kernels
+  without an estimate by op, with the least time their bytes take at HBM bandwidth (collectives apart:
+  their bytes cross the chips' links); XLA's cost analysis and planned memory."""
   chip = TPU_CHIPS[devices[0].device_kind]
   found = kernels(compiled.as_text())
+  estimated = [kernel for kernel in found if kernel["cycles"] is not None]
+  unestimated = [kernel for kernel in found if kernel["cycles"] is None and kernel["kind"] != "collective"]
   by_kind = collections.defaultdict(lambda: {"kernels": 0, "ms": 0.0})
-  by_module = collections.defaultdict(float)
-  for kernel in found:
+  by_cost_model, by_module = collections.defaultdict(float), collections.defaultdict(float)
+  for kernel in estimated:
     ms = kernel["cycles"] / chip["clock_hz"] * 1e3
     by_kind[kernel["kind"]]["kernels"] += 1
     by_kind[kernel["kind"]]["ms"] += ms
+    by_cost_model[kernel["cost_model"]] += ms
     by_module[benchmark.module_path(kernel["op_name"]) or "step"] += ms
-  step_ms = sum(kernel["cycles"] for kernel in found) / chip["clock_hz"] * 1e3
+  without = collections.defaultdict(lambda: {"kernels": 0, "bytes": 0})
+  for kernel in unestimated:
+    without[kernel["op"]]["kernels"] += 1
+    without[kernel["op"]]["bytes"] += kernel["bytes"]
+  step_ms = sum(by_kind[kind]["ms"] for kind in by_kind)
   cost = compiled.cost_analysis()
   flops, accessed = cost["flops"], cost["bytes accessed"]
   memory = benchmark.memory_analysis(compiled)
   return {
       "config": spec, "model": config.model.name, "input_size": config.input.size, "batch_size": config.batch_size,
       "dtype": config.model.dtype, "device_kind": devices[0].device_kind, "devices": len(devices),
-      "jax": jax.__version__, "libtpu": importlib.metadata.version("libtpu"), "compile_s": round(compile_seconds, 1),
-      "kernels": len(found), "by_kind": dict(sorted(by_kind.items())),
+      "jax": jax.__version__, "libtpu": _version("libtpu"), "compile_s": round(compile_seconds, 1),
+      "kernels": len(estimated), "by_kind": dict(sorted(by_kind.items())),
       "estimated_step_ms": step_ms, "estimated_img_per_s": config.batch_size / step_ms * 1e3,
       "estimated_mfu": flops / (step_ms * 1e-3 * chip["peak_flops"]),
-      "estimated_top_level_modules_ms": dict(sorted(by_module.items(), key=lambda item: -item[1])[:top]),
+      "estimated_ms_by_cost_model": dict(by_cost_model),
+      "estimated_modules_ms": dict(sorted(by_module.items(), key=lambda item: -item[1])),
+      "unestimated": dict(sorted(without.items())),
+      "unestimated_floor_ms": sum(kernel["bytes"] for kernel in unestimated) / chip["hbm_bandwidth"] * 1e3,
       "xla_flops": flops, "xla_bytes_accessed": accessed,
       "roofline_step_ms": max(flops / chip["peak_flops"], accessed / chip["hbm_bandwidth"]) * 1e3,
       "planned_peak_bytes": benchmark.planned_peak_bytes(memory), "hbm_bytes": chip["hbm_bytes"],
@@ -124,22 +151,28 @@ def summarise(spec: str, config, compiled, compile_seconds: float, devices: list
       "collectives": gpu_compile.collective_ops(compiled.as_text()) if len(devices) > 1 else None}
 
 
+def _version(distribution: str) -> str:
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:  # libtpu under another name (libtpu-nightly)
+    return "unknown"
+
+
 def table(rows: list[dict]) -> str:
   lines = ["| config | size | batch | dtype | chips | kernels "
-           "| estimated ms (conv+matmul / reduction / elementwise / other) | ≈ img/s | MFU | roofline ms "
-           "| planned peak GB of HBM |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| estimated ms (conv / reduction / elementwise / other) | + unestimated, at least ms | ≈ img/s | MFU "
+           "| roofline ms | planned peak GB of HBM |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for row in rows:
     kinds = row["by_kind"]
     ms = lambda kind: kinds.get(kind, {}).get("ms", 0.0)  # noqa: E731
-    products = ms("convolution") + ms("matmul")
-    other = sum(value["ms"] for kind, value in kinds.items()
-                if kind not in ("convolution", "matmul", "reduction", "elementwise"))
+    other = sum(value["ms"] for kind, value in kinds.items() if kind not in ("convolution", "reduction", "elementwise"))
     lines.append(
         f"| `{row['config']}` | {row['input_size']}² | {row['batch_size']} | {row['dtype']} | {row['devices']} "
-        f"| {row['kernels']} | {row['estimated_step_ms']:.1f} ({products:.1f} / {ms('reduction'):.1f} / "
-        f"{ms('elementwise'):.1f} / {other:.1f}) | {row['estimated_img_per_s']:,.0f} | {row['estimated_mfu']:.0%} "
-        f"| {row['roofline_step_ms']:.1f} | {row['planned_peak_bytes'] / 1e9:.1f} of {row['hbm_bytes'] / 1e9:.0f} |")
+        f"| {row['kernels']} | {row['estimated_step_ms']:.1f} ({ms('convolution'):.1f} / {ms('reduction'):.1f} / "
+        f"{ms('elementwise'):.1f} / {other:.1f}) | {row['unestimated_floor_ms']:.1f} "
+        f"| {row['estimated_img_per_s']:,.0f} | {row['estimated_mfu']:.0%} | {row['roofline_step_ms']:.1f} "
+        f"| {row['planned_peak_bytes'] / 1e9:.1f} of {row['hbm_bytes'] / 1e9:.0f} |")
   return "\n".join(lines) + "\n"
 
 
@@ -154,12 +187,14 @@ def main() -> None:
   for spec in args.configs:
     config, compiled, seconds = compile_train_step(spec, args.dtype, devices, args.batch_size)
     rows.append(summarise(spec, config, compiled, seconds, devices))
+    write_rows(rows[-1:], args.output, "")  # each line as it comes: a config compiles for minutes
     if args.hlo_dir:
       os.makedirs(args.hlo_dir, exist_ok=True)
-      with open(os.path.join(args.hlo_dir, f"{config.model.name}.{args.dtype}.tpu.hlo.txt"), "w",
-                encoding="utf-8") as file:
+      name = re.sub(r"[^\w.=-]+", "_", spec) + f".{args.dtype}.{len(devices)}chips.tpu.hlo.txt"
+      with open(os.path.join(args.hlo_dir, name), "w", encoding="utf-8") as file:
         file.write(compiled.as_text())
-  write_rows(rows, args.output, table(rows))
+  sys.stdout.write(table(rows))
+
 
 if __name__ == "__main__":
   main()

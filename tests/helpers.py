@@ -64,7 +64,8 @@ PAPER_CONFIGS = ("configs/dan.py:rafdb", "configs/apvit.py:rafdb", "configs/scan
 
 
 def paper_configs_parser(description: str) -> argparse.ArgumentParser:
-  """The arguments of a script that tabulates configs (benchmarks/remat.py, gpu_compile.py)."""
+  """The arguments of a script that tabulates configs (benchmarks/remat.py, gpu_compile.py, tpu_compile.py,
+  compile_candidates.py)."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("configs", nargs="*", default=PAPER_CONFIGS, help="config specs (default: the paper ones)")
   parser.add_argument("--batch_size", type=int, default=0, help="instead of each config's own (0)")

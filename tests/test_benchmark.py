@@ -220,10 +220,11 @@ def test_gpu_kernels_of_compiled_hlo_text_with_xlas_flop_count_as_reference():
 
 
 # A TPU program's text as XLA prints it after optimisation (trimmed): tiled layouts, a convolution fused
-# with a reduction, a window reduction without an op name of its own, an elementwise fusion, a copy,
-# an all-reduce, each with the compiler's cycle estimate; a parameter and a tuple without one.
+# with a reduction, a window reduction without an op name of its own, an elementwise op and a copy, each
+# with the compiler's cycle estimate; a select-and-scatter and an all-reduce without one; an async copy
+# pair, a parameter and tuples, which are no kernels.
 _TPU_CONFIG = ('backend_config={{"flag_configs":[],"window_config":{{"kernel_window_bounds":[],'
-               '"estimated_cycles":"{}","iteration_bounds":["1"],"cost_model_type":"COST_MODEL_TYPE_CLASSIC"}}}}')
+               '"estimated_cycles":"{}","iteration_bounds":["1"],"cost_model_type":"COST_MODEL_TYPE_{}"}}}}')
 TPU_HLO = f"""HloModule jit_train_step, is_scheduled=true
 
 %conv_body (c0: bf16[8,56,56,64], c1: bf16[3,3,64,64]) -> (f32[64], bf16[8,56,56,64]) {{
@@ -241,29 +242,40 @@ TPU_HLO = f"""HloModule jit_train_step, is_scheduled=true
   ROOT %reduce-window.1 = bf16[8,28,28,64]{{0,3,2,1:T(8,128)(2,1)}} reduce-window(%w0, %ninf), window={{size=1x3x3x1 stride=1x2x2x1 pad=0_0x1_1x1_1x0_0}}, to_apply=%max_body, metadata={{op_name="jit(train_step)/jvp(DAN)/trunk/reduce_window_max"}}
 }}
 
-ENTRY %main.7 (x.1: bf16[8,56,56,64], w.1: bf16[3,3,64,64]) -> (f32[64], bf16[8,28,28,64]) {{
+ENTRY %main.7 (x.1: bf16[8,56,56,64], w.1: bf16[3,3,64,64]) -> (f32[64], bf16[8,28,28,64], bf16[8,56,56,64]) {{
   %x.1 = bf16[8,56,56,64]{{0,3,2,1:T(8,128)(2,1)}} parameter(0), metadata={{op_name="x"}}
   %w.1 = bf16[3,3,64,64]{{3,2,1,0:T(8,128)(2,1)}} parameter(1)
-  %convert_reduce_fusion.1 = (f32[64]{{0:T(128)S(1)}}, bf16[8,56,56,64]{{0,3,2,1:T(8,128)(2,1)}}) fusion(%x.1, %w.1), kind=kOutput, calls=%conv_body, metadata={{op_name="jit(train_step)/jvp(DAN)/trunk/conv1/conv_general_dilated" stack_frame_id=3}}, {_TPU_CONFIG.format(2831464)}
+  %convert_reduce_fusion.1 = (f32[64]{{0:T(128)S(1)}}, bf16[8,56,56,64]{{0,3,2,1:T(8,128)(2,1)}}) fusion(%x.1, %w.1), kind=kOutput, calls=%conv_body, metadata={{op_name="jit(train_step)/jvp(DAN)/trunk/conv1/conv_general_dilated" stack_frame_id=3}}, {_TPU_CONFIG.format(2831464, "CLASSIC")}
   %gte.1 = bf16[8,56,56,64]{{0,3,2,1:T(8,128)(2,1)}} get-tuple-element(%convert_reduce_fusion.1), index=1
-  %fusion.7 = bf16[8,28,28,64]{{0,3,2,1:T(8,128)(2,1)}} fusion(%gte.1), kind=kLoop, calls=%pool_body, {_TPU_CONFIG.format(2215531)}
-  %max.2 = bf16[8,28,28,64]{{0,3,2,1:T(8,128)(2,1)}} maximum(%fusion.7, %fusion.7), metadata={{op_name="jit(train_step)/jvp(DAN)/trunk/jit(relu)/max"}}, {_TPU_CONFIG.format(90000)}
+  %fusion.7 = bf16[8,28,28,64]{{0,3,2,1:T(8,128)(2,1)}} fusion(%gte.1), kind=kLoop, calls=%pool_body, {_TPU_CONFIG.format(2215531, "INVALID")}
+  %max.2 = bf16[8,28,28,64]{{0,3,2,1:T(8,128)(2,1)}} maximum(%fusion.7, %fusion.7), metadata={{op_name="jit(train_step)/jvp(DAN)/trunk/jit(relu)/max"}}, {_TPU_CONFIG.format(90000, "INVALID")}
+  %select-and-scatter.1 = bf16[8,56,56,64]{{0,3,2,1:T(8,128)(2,1)}} select-and-scatter(%gte.1, %max.2, %ninf.2), window={{size=1x3x3x1 stride=1x2x2x1}}, select=%ge_body, scatter=%add_body, metadata={{op_name="jit(train_step)/transpose(jvp(DAN))/trunk/select_and_scatter"}}
   %gte.2 = f32[64]{{0:T(128)S(1)}} get-tuple-element(%convert_reduce_fusion.1), index=0
-  %copy.9 = f32[64]{{0:T(128)}} copy(%gte.2), {_TPU_CONFIG.format(1825)}
-  %all-reduce.4 = f32[64]{{0:T(128)}} all-reduce(%copy.9), replica_groups={{{{0,1}}}}, to_apply=%add_body, metadata={{op_name="jit(train_step)/transpose(jvp(DAN))/trunk/bn1/reduce_sum"}}, {_TPU_CONFIG.format(4000)}
-  ROOT %tuple.9 = (f32[64]{{0:T(128)}}, bf16[8,28,28,64]{{0,3,2,1:T(8,128)(2,1)}}) tuple(%all-reduce.4, %max.2)
+  %copy.9 = f32[64]{{0:T(128)}} copy(%gte.2), {_TPU_CONFIG.format(1825, "INVALID")}
+  %copy-start.3 = (f32[64]{{0:T(128)S(1)}}, f32[64]{{0:T(128)}}, u32[]{{:S(2)}}) copy-start(%copy.9)
+  %copy-done.3 = f32[64]{{0:T(128)}} copy-done(%copy-start.3)
+  %all-reduce.4 = f32[64]{{0:T(128)}} all-reduce(%copy-done.3), replica_groups={{{{0,1}}}}, to_apply=%add_body, metadata={{op_name="jit(train_step)/transpose(jvp(DAN))/trunk/bn1/reduce_sum"}}
+  ROOT %tuple.9 = (f32[64]{{0:T(128)}}, bf16[8,28,28,64]{{0,3,2,1:T(8,128)(2,1)}}, bf16[8,56,56,64]{{0,3,2,1:T(8,128)(2,1)}}) tuple(%all-reduce.4, %max.2, %select-and-scatter.1)
 }}
 """
 
 
 def test_tpu_kernels_of_compiled_hlo_text():
-  """benchmarks/tpu_compile.py's kernels: every entry instruction with a cycle estimate, its kind from
-  its op or its fusion's computation, and the module it belongs to (a fusion without an op name of
-  its own: its computation's)."""
+  """benchmarks/tpu_compile.py's kernels: every entry instruction that computes, with the compiler's
+  cycle estimate where it gives one, its kind from its op or its fusion's computation, its bytes, and the
+  module it belongs to (a fusion without an op name of its own: its computation's)."""
   found = tpu_compile.kernels(TPU_HLO)
-  assert [(kernel["kind"], kernel["cycles"], benchmark.module_path(kernel["op_name"])) for kernel in found] == [
-      ("convolution", 2831464, "trunk/conv1"), ("reduction", 2215531, "trunk"), ("elementwise", 90000, "trunk"),
-      ("copy", 1825, ""), ("collective", 4000, "trunk/bn1")]
+  assert [(kernel["kind"], kernel["cycles"], kernel["cost_model"], benchmark.module_path(kernel["op_name"]))
+          for kernel in found] == [
+      ("convolution", 2831464, "CLASSIC", "trunk/conv1"), ("reduction", 2215531, "INVALID", "trunk"),
+      ("elementwise", 90000, "INVALID", "trunk"), ("reduction", None, "", "trunk"), ("copy", 1825, "INVALID", ""),
+      ("collective", None, "", "trunk/bn1")]
+  stem, pooled = 8 * 56 * 56 * 64 * 2, 8 * 28 * 28 * 64 * 2
+  assert found[0]["bytes"] == 64 * 4 + stem + stem + 3 * 3 * 64 * 64 * 2
+  assert found[3]["bytes"] == stem + stem + pooled  # select-and-scatter: result, input, arriving gradient
+  with pytest.raises(ValueError, match="outside the entry computation"):
+    tpu_compile.kernels(TPU_HLO.replace("dim_labels=b01f_01io->b01f",
+                                        "dim_labels=b01f_01io->b01f, " + _TPU_CONFIG.format(5, "CLASSIC")))
 
 
 def test_batch_norm_paths_of_batch_stats():

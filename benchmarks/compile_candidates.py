@@ -1,0 +1,101 @@
+"""Speed candidates swapped into the library for one compile for a GPU or a TPU, without either.
+
+  python benchmarks/compile_candidates.py --variant=NAME --platform=tpu|gpu [CONFIG ...] [--devices=1]
+      [--dtype=bfloat16] [--output=FILE.jsonl]
+
+Each variant replaces one piece of fer_jax in this process only, then the paper configs' train steps
+are compiled and summarised as benchmarks/tpu_compile.py or gpu_compile.py do (their JSON lines, with
+"variant" added); the same command with --variant=none gives the library's own figures beside them.
+The variants (BENCHMARKS.md, "Compiled for a TPU v5e", says what each gave):
+  none                           the library as it is
+  max_pool_tap_gradient          layers.max_pool's gradient by taps (the CPU's) on every platform
+  batch_norm_shifted_one_pass    BatchNorm statistics in one pass shifted by each channel's first value
+  batch_norm_one_pass            E[x²] − E[x]² (Flax's default; inaccurate when a mean is large)
+  attention_tokens_before_heads  the ViT attention's products on [B, N, heads, d], no explicit head split
+"""
+
+import json
+import os
+import sys
+
+if __name__ == "__main__":
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+import einops  # noqa: E402  pylint: disable=wrong-import-position
+import flax.linen as nn  # noqa: E402  pylint: disable=wrong-import-position
+import jax  # noqa: E402  pylint: disable=wrong-import-position
+import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import batch_norm_variance  # noqa: E402  pylint: disable=wrong-import-position
+import gpu_compile  # noqa: E402  pylint: disable=wrong-import-position
+import tpu_compile  # noqa: E402  pylint: disable=wrong-import-position
+from helpers import compile_train_step, paper_configs_parser  # noqa: E402  pylint: disable=wrong-import-position
+
+from fer_jax.models import layers  # noqa: E402  pylint: disable=wrong-import-position
+from fer_jax.models.backbones import batch_norm, vit  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _max_pool_tap_gradient():
+  def backward(window, strides, padding, x, output_gradient):
+    return layers._max_pool_gradient_by_taps(x, output_gradient, window=window, strides=strides, padding=padding),  # pylint: disable=protected-access
+  layers._max_pool.defvjp(layers._max_pool_forward, backward)  # pylint: disable=protected-access
+
+
+def _batch_norm_form(name: str):
+  def swap():
+    form = batch_norm_variance.FORMS[name]
+    batch_norm.batch_statistics = lambda x, axes: tuple(
+        batch_norm.checkpoint_name(value, batch_norm.BATCH_STATISTICS) for value in form(x, axes))
+  return swap
+
+
+class _TokensBeforeHeads(vit.Attention):
+  @nn.compact
+  def __call__(self, x):
+    batch, tokens, width = x.shape
+    qkv = vit.dense(3 * width, self.dtype, "qkv", use_bias=False)(x)
+    q, k, v = einops.rearrange(qkv, "b n (qkv h d) -> qkv b n h d", qkv=3, h=self.num_heads)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (width // self.num_heads)**-0.5
+    weights = jax.nn.softmax(logits.astype(layers.at_least_float32(self.dtype)), axis=-1).astype(self.dtype)
+    y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, tokens, width)
+    return vit.dense(width, self.dtype, "proj")(y), logits[:, :, 0, :]
+
+
+def _attention_tokens_before_heads():
+  vit.Attention = _TokensBeforeHeads
+
+
+VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_tap_gradient,
+            "batch_norm_shifted_one_pass": _batch_norm_form("shifted_one_pass"),
+            "batch_norm_one_pass": _batch_norm_form("one_pass"),
+            "attention_tokens_before_heads": _attention_tokens_before_heads}
+
+
+def main() -> None:
+  parser = paper_configs_parser(__doc__.split("\n")[0])
+  parser.add_argument("--variant", required=True, choices=sorted(VARIANTS))
+  parser.add_argument("--platform", required=True, choices=("gpu", "tpu"))
+  parser.add_argument("--devices", type=int, default=1)
+  args = parser.parse_args()
+  VARIANTS[args.variant]()
+  if args.platform == "tpu":
+    devices = tpu_compile.tpu_devices("v5e:2x4" if args.devices > 4 else "v5e:2x2", args.devices)
+    summarise = tpu_compile.summarise
+  else:
+    devices = gpu_compile.gpu_devices(gpu_compile.DEFAULT_TARGET, args.devices)
+    bandwidth = gpu_compile.memory_bandwidth(gpu_compile.DEFAULT_TARGET)
+    summarise = lambda *summary_args: gpu_compile.summarise(*summary_args, bandwidth)  # noqa: E731
+  for spec in args.configs:
+    config, compiled, seconds = compile_train_step(spec, args.dtype, devices, args.batch_size)
+    row = {**summarise(spec, config, compiled, seconds, devices), "variant": args.variant}
+    line = json.dumps(row)
+    if args.output:
+      with open(args.output, "a", encoding="utf-8") as file:
+        file.write(line + "\n")
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+  main()
