@@ -127,7 +127,7 @@ def max_pool(x, window, strides=(1, 1), padding="VALID"):
   ResNet-18's stem pool at batch 16 (docs/performance.md). There the gradient goes to each
   window's first maximum in row-major order, as XLA's and PyTorch's do, through one uint8 map of
   which tap won and shifted sums of the taps' shares; elsewhere it is XLA's own (compiled for a TPU
-  v5e, the taps would make DAN's step 28 % slower by the compiler's estimate: BENCHMARKS.md).
+  v5e, the taps would make DAN's step 26–29 % slower by the compiler's estimate: BENCHMARKS.md).
   """
   window, strides = tuple(window), tuple(strides)
   if isinstance(padding, str):
