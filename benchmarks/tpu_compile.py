@@ -3,14 +3,15 @@
   python benchmarks/tpu_compile.py [CONFIG ...] [--dtype=bfloat16] [--topology=v5e:2x2] [--devices=1]
       [--batch_size=B] [--output=FILE.jsonl] [--hlo_dir=DIR]
 
-Needs libtpu (`pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"`), not a TPU:
-JAX's compile-only TPU devices of --topology let XLA's TPU compiler build the step for --devices chips
-as it would on them. For each config (default: every method's paper config at its paper batch size):
-the compiler's own estimate of every kernel's cycles (the `estimated_cycles` it writes into each
-kernel of the compiled program), summed into a step time at the chip's clock, hence images a second
-and MFU; the same by kind of kernel and by model module; XLA's cost analysis (FLOPs, bytes accessed)
-and the roofline bound it gives; planned memory against the chip's HBM; collectives. Prints a
-markdown table; --hlo_dir keeps the HLO. A compiler's estimate, not a measurement.
+Needs libtpu (`pip install -e . "jax[tpu]==JAX_VERSION"` in a virtual environment of its own), not a
+TPU: JAX's compile-only TPU devices of --topology let XLA's TPU compiler build the step for --devices
+chips as it would on them. For each config (default: every method's paper config at its paper batch
+size): the compiler's own estimate of each kernel's cycles (the `estimated_cycles` it writes into the
+kernels of the compiled program), summed into a step time at the chip's clock, hence images a second
+and MFU; the same by kind of kernel, cost model and model module; the kernels it gives no estimate,
+with the least time their bytes take; the estimate of kernels in loops or conditionals, apart; XLA's
+cost analysis (FLOPs, bytes accessed) and its roofline; planned memory against the chip's HBM;
+collectives. Prints a markdown table; --hlo_dir keeps the HLO. A compiler's estimate, not a measurement.
 """
 
 import collections
@@ -34,7 +35,7 @@ from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-positi
 
 # Google's figures for a chip (cloud.google.com/tpu/docs/v5e): dense bf16 peak, HBM bandwidth and size.
 # The clock is the peak over what the TensorCore's four 128×128 MXUs do a cycle (2 FLOP a cell).
-TPU_CHIPS = {"TPU v5 lite": {"name": "v5e", "peak_flops": 197e12, "hbm_bandwidth": 819e9, "hbm_bytes": 16e9,
+TPU_CHIPS = {"TPU v5 lite": {"peak_flops": 197e12, "hbm_bandwidth": 819e9, "hbm_bytes": 16e9,
                              "clock_hz": 197e12 / (4 * 128 * 128 * 2)}}
 _CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
 _OP = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (.*?) ([a-z][\w\-]*)\(([^)]*)\)")
