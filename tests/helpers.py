@@ -11,6 +11,8 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 from fer_jax import models
 from fer_jax.data.builders import synthetic  # noqa: F401  (registers the builder)
@@ -184,8 +186,6 @@ def abstract_train_step(config, mesh=None):
 def compile_train_step(spec: str, dtype: str, devices: list, batch_size: int = 0):
   """(config, compiled train step, seconds to compile) of config `spec` in `dtype`, its batch (batch_size,
   0 for the config's own) split over `devices`, which may be another platform's compile-only ones."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
   from fer_jax import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   config = get_config(spec)
   config.model.dtype = dtype
