@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batch_norm_variance  # noqa: E402  pylint: disable=wrong-import-position
 import gpu_compile  # noqa: E402  pylint: disable=wrong-import-position
 import tpu_compile  # noqa: E402  pylint: disable=wrong-import-position
-from helpers import compile_train_step, paper_configs_parser  # noqa: E402  pylint: disable=wrong-import-position
+from helpers import compiled_train_steps, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
 from fer_jax.models import layers  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax.models.backbones import batch_norm, vit  # noqa: E402  pylint: disable=wrong-import-position
@@ -87,14 +87,9 @@ def main() -> None:
     devices = gpu_compile.gpu_devices(gpu_compile.DEFAULT_TARGET, args.devices)
     bandwidth = gpu_compile.memory_bandwidth(gpu_compile.DEFAULT_TARGET)
     summarise = lambda *summary_args: gpu_compile.summarise(*summary_args, bandwidth)  # noqa: E731
-  for spec in args.configs:
-    config, compiled, seconds = compile_train_step(spec, args.dtype, devices, args.batch_size)
-    row = {**summarise(spec, config, compiled, seconds, devices), "variant": args.variant}
-    line = json.dumps(row)
-    if args.output:
-      with open(args.output, "a", encoding="utf-8") as file:
-        file.write(line + "\n")
-    print(line, flush=True)
+  for compiled in compiled_train_steps(args.configs, args.dtype, args.batch_size, devices):
+    row = {**summarise(*compiled, devices), "variant": args.variant}
+    write_rows([row], args.output, json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ if __name__ == "__main__":
 import jax  # noqa: E402  pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from helpers import compile_train_step, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
+from helpers import compiled_train_steps, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
 from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -203,7 +203,8 @@ def roofline(found: list[dict], bandwidth: float) -> list[dict]:
 
 def summarise(spec: str, config, compiled, compile_seconds: float, devices: list, bandwidth: float,
               top: int = 12) -> dict:
-  timed = roofline(kernels(compiled.as_text()), bandwidth)
+  hlo_text = compiled.as_text()
+  timed = roofline(kernels(hlo_text), bandwidth)
   by_kind = collections.defaultdict(lambda: {"kernels": 0, "bytes": 0, "flops": 0.0, "seconds": 0.0})
   by_module = collections.defaultdict(float)
   for kernel in timed:
@@ -222,7 +223,7 @@ def summarise(spec: str, config, compiled, compile_seconds: float, devices: list
       "roofline_top_level_modules_ms": dict(sorted(((name, value * 1e3) for name, value in by_module.items()),
                                                    key=lambda item: -item[1])[:top]),
       "planned_peak_bytes": benchmark.planned_peak_bytes(memory), "memory_analysis": memory,
-      "collectives": collective_ops(compiled.as_text()) if len(devices) > 1 else None}
+      "collectives": collective_ops(hlo_text) if len(devices) > 1 else None}
 
 
 def collective_ops(hlo_text: str) -> dict:
@@ -260,14 +261,8 @@ def main() -> None:
   parser.add_argument("--hlo_dir", default="", help="write each compiled step's HLO text here")
   args = parser.parse_args()
   devices, bandwidth = gpu_devices(args.target, args.devices), memory_bandwidth(args.target)
-  rows = []
-  for spec in args.configs:
-    config, compiled, seconds = compile_train_step(spec, args.dtype, devices, args.batch_size)
-    rows.append(summarise(spec, config, compiled, seconds, devices, bandwidth))
-    if args.hlo_dir:
-      os.makedirs(args.hlo_dir, exist_ok=True)
-      with open(os.path.join(args.hlo_dir, f"{config.model.name}.{args.dtype}.hlo.txt"), "w", encoding="utf-8") as file:
-        file.write(compiled.as_text())
+  rows = [summarise(*compiled, devices, bandwidth) for compiled in compiled_train_steps(
+      args.configs, args.dtype, args.batch_size, devices, args.hlo_dir, "gpu")]
   write_rows(rows, args.output, table(rows))
 
 

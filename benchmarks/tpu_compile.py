@@ -29,7 +29,7 @@ import jax  # noqa: E402  pylint: disable=wrong-import-position
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_compile  # noqa: E402  pylint: disable=wrong-import-position  # its HLO text parsing
-from helpers import compile_train_step, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
+from helpers import compiled_train_steps, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
 from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -121,7 +121,8 @@ def summarise(spec: str, config, compiled, compile_seconds: float, devices: list
   apart: their bytes cross the chips' links); the estimate of kernels in loops or conditionals, apart;
   XLA's cost analysis and planned memory."""
   chip = TPU_CHIPS[devices[0].device_kind]
-  found = kernels(compiled.as_text())
+  hlo_text = compiled.as_text()
+  found = kernels(hlo_text)
   estimated = [kernel for kernel in found if kernel["cycles"] is not None]
   unestimated = [kernel for kernel in found if kernel["cycles"] is None and kernel["kind"] != "collective"]
   by_kind = collections.defaultdict(lambda: {"kernels": 0, "ms": 0.0})
@@ -151,12 +152,12 @@ def summarise(spec: str, config, compiled, compile_seconds: float, devices: list
       "estimated_modules_ms": dict(sorted(by_module.items(), key=lambda item: -item[1])),
       "unestimated": dict(sorted(without.items())),
       "unestimated_floor_ms": sum(kernel["bytes"] for kernel in unestimated) / chip["hbm_bandwidth"] * 1e3,
-      "outside_entry_ms": cycles_outside_entry(compiled.as_text()) / chip["clock_hz"] * 1e3,
+      "outside_entry_ms": cycles_outside_entry(hlo_text) / chip["clock_hz"] * 1e3,
       "xla_flops": flops, "xla_bytes_accessed": accessed,
       "roofline_step_ms": max(flops / chip["peak_flops"], accessed / chip["hbm_bandwidth"]) * 1e3,
       "planned_peak_bytes": benchmark.planned_peak_bytes(memory), "hbm_bytes": chip["hbm_bytes"],
       "memory_analysis": memory,
-      "collectives": gpu_compile.collective_ops(compiled.as_text()) if len(devices) > 1 else None}
+      "collectives": gpu_compile.collective_ops(hlo_text) if len(devices) > 1 else None}
 
 
 def _version(distribution: str) -> str:
@@ -192,15 +193,9 @@ def main() -> None:
   args = parser.parse_args()
   devices = tpu_devices(args.topology, args.devices)
   rows = []
-  for spec in args.configs:
-    config, compiled, seconds = compile_train_step(spec, args.dtype, devices, args.batch_size)
-    rows.append(summarise(spec, config, compiled, seconds, devices))
+  for compiled in compiled_train_steps(args.configs, args.dtype, args.batch_size, devices, args.hlo_dir, "tpu"):
+    rows.append(summarise(*compiled, devices))
     write_rows(rows[-1:], args.output, "")  # each line as it comes: a config compiles for minutes
-    if args.hlo_dir:
-      os.makedirs(args.hlo_dir, exist_ok=True)
-      name = re.sub(r"[^\w.=-]+", "_", spec) + f".{args.dtype}.{len(devices)}chips.tpu.hlo.txt"
-      with open(os.path.join(args.hlo_dir, name), "w", encoding="utf-8") as file:
-        file.write(compiled.as_text())
   sys.stdout.write(table(rows))
 
 

@@ -202,6 +202,19 @@ def compile_train_step(spec: str, dtype: str, devices: list, batch_size: int = 0
   return config, compiled, time.perf_counter() - start
 
 
+def compiled_train_steps(specs, dtype: str, batch_size: int, devices: list, hlo_dir: str = "", platform: str = ""):
+  """(spec, config, compiled train step, seconds to compile) for each of `specs` in turn (compile_train_step),
+  each step's HLO text written to `hlo_dir` if given, as "<spec>.<dtype>.<N>devices.<platform>.hlo.txt"."""
+  for spec in specs:
+    config, compiled, seconds = compile_train_step(spec, dtype, devices, batch_size)
+    if hlo_dir:
+      os.makedirs(hlo_dir, exist_ok=True)
+      name = re.sub(r"[^\w.=-]+", "_", spec) + f".{dtype}.{len(devices)}devices.{platform}.hlo.txt"
+      with open(os.path.join(hlo_dir, name), "w", encoding="utf-8") as file:
+        file.write(compiled.as_text())
+    yield spec, config, compiled, seconds
+
+
 def ynn_convolutions(hlo: str) -> list[str]:
   """The YNNPACK fusions of a compiled XLA:CPU program's text whose computation holds a convolution."""
   bodies = dict(re.findall(r"^(%\S+) \(.*?\{\n(.*?)\n\}", hlo, re.MULTILINE | re.DOTALL))
