@@ -1,16 +1,19 @@
-"""BatchNorm's batch variance: accuracy and cost of three forms, one JSON line per figure.
+"""BatchNorm's batch variance: accuracy and cost of its forms, one JSON line per figure.
 
   python benchmarks/batch_norm_variance.py [--size=224] [--batch=16] [--rounds=8]
 
 Results on the shared 2-core CPU: batch_norm_variance.jsonl (cost and accuracy with --rounds=0; the
-float32 step times from --rounds=5, run under a load average of 20; the last 11 lines, with
-shifted_one_pass, from `--rounds=0 --dtypes=float32`).
+float32 step times from --rounds=5, run under a load average of 20; 11 lines with shifted_one_pass
+from `--rounds=0 --dtypes=float32`; the last 8, with two_pass_8_shares, from `--dtypes=`, accuracy only).
 
 Forms (each returns the mean and the biased variance, in float32):
   one_pass            E[x²] − E[x]², clipped at 0 (Flax's default; fer_jax's form before this script)
-  two_pass            mean((x − mean)²): fer_jax's `batch_statistics` (Flax's use_fast_variance=False)
+  two_pass            mean((x − mean)²): fer_jax's `batch_statistics` on one device (Flax's
+                      use_fast_variance=False)
   shifted_one_pass    E[(x − s)²] − E[x − s]², s the first value of each channel: one pass, as the
                       one_pass form, with the mean's size taken out first
+  two_pass_8_shares   (accuracy only) `batch_norm.sharded_batch_moments` over 8 shares: each share's
+                      two passes, combined; fer_jax's form on a batch split over 8 devices
 Until BatchNorm's gradient was written out (f0561af) autodiff differentiated the form, and another,
 two_pass_constant (the mean as a constant inside the variance), was the library's for its shorter
 backward pass; the recorded lines before shifted_one_pass's, batch_norm_variance.jsonl, hold it.
@@ -61,7 +64,15 @@ def shifted_one_pass(x, axes):
   return shift + mean, jnp.maximum(mean_square - jnp.square(mean), 0.0)
 
 
+def two_pass_8_shares(x, axes):
+  """batch_norm.sharded_batch_moments over 8 equal shares of the batch: the arithmetic of the train
+  step's BatchNorm on 8 devices, here on one (the all-gather aside)."""
+  with jax.sharding.use_abstract_mesh(mesh_lib.make_mesh(jax.devices()[:1]).abstract_mesh):
+    return batch_norm.sharded_batch_moments(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axes, 8)
+
+
 FORMS = {"one_pass": one_pass, "two_pass": batch_norm.batch_statistics, "shifted_one_pass": shifted_one_pass}
+ACCURACY_FORMS = {**FORMS, "two_pass_8_shares": two_pass_8_shares}
 RATIOS = (1.0, 1e2, 1e3, 1e4)
 
 
@@ -77,7 +88,7 @@ def accuracy() -> list[dict]:
       exact = np.var(np.asarray(x.astype(jnp.float32), np.float64), axis=(0, 1, 2))
       spread = exact > 0
       row = {"figure": "accuracy", "input": dtype, "mean_over_std": ratio, "constant_channels": int(np.sum(~spread))}
-      for name, form in FORMS.items():
+      for name, form in ACCURACY_FORMS.items():
         var = np.asarray(jax.jit(form, static_argnums=1)(x, (0, 1, 2))[1], np.float64)
         error = np.max(np.abs(var[spread] - exact[spread]) / exact[spread], initial=0.0)
         row[name] = {"max_relative_error": float(f"{error:.3g}")}
@@ -148,7 +159,7 @@ def main():
   args = parser.parse_args()
   for row in accuracy():
     print(json.dumps(row), flush=True)
-  for dtype in args.dtypes.split(","):
+  for dtype in filter(None, args.dtypes.split(",")):
     steps = compiled_steps(args.size, args.batch, dtype)
     where = {"model": "dan", "size": args.size, "batch": args.batch, "dtype": dtype, "backend": jax.default_backend()}
     for name, (compiled, _, _) in steps.items():

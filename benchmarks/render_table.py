@@ -128,7 +128,7 @@ def official_table(rows: list[dict]) -> str:
 
 
 SCALING_HEADER = ["devices", "global batch", "batch per device", "train img/s", "× 1 device", "train step ms",
-                  "eval img/s", "train compile s", "all-reduce ops", "BN statistics", "BN backward", "gradients",
+                  "eval img/s", "train compile s", "collective ops", "BN statistics", "BN backward", "gradients",
                   "loss + metrics"]
 ROLES = ("batchnorm_statistics", "batchnorm_backward", "gradients", "loss_and_metrics")
 

@@ -80,8 +80,9 @@ def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, 
     images = batch["image"] if augment is None else augment(batch["image"], batch["position"])
 
     def objective(params):
-      outputs, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
-                                     train=train, rngs={"dropout": rng}, mutable=["batch_stats"])
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # BatchNorm splits its statistics by its data axis
+        outputs, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
+                                       train=train, rngs={"dropout": rng}, mutable=["batch_stats"])
       loss, parts = loss_fn(outputs, batch["label"], loss_config)
       return loss, (outputs["logits"], updates.get("batch_stats", state["batch_stats"]), parts)
 

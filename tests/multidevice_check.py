@@ -8,9 +8,12 @@ parameters of the uninterrupted one, and whether an evaluation whose batch does 
 over the devices gives the one-device confusion matrix; it fails if a checkpoint save on all
 devices compiles any program (orbax's per-replica slicing, see checkpointing.manager). The model is
 small (conv + BatchNorm + dense): the point is the sharded step with its device augmentation, the
-same code for every method.
+same code for every method. It also reports the collectives of the all-device train step, whose one
+BatchNorm reduces its batch statistics in one all-gather (backbones/batch_norm.batch_moments), and
+how far those statistics fall from float64 NumPy's on inputs whose mean is 10⁴ times their spread.
 """
 
+import itertools
 import json
 import sys
 import tempfile
@@ -22,12 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fer_jax import benchmark
 from fer_jax import checkpointing
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
 from fer_jax.data import pipeline
+from fer_jax.models import layers
+from fer_jax.models.backbones import batch_norm
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from helpers import get_config, tiny_run  # noqa: E402
@@ -37,7 +43,7 @@ class SmallNet(nn.Module):
   @nn.compact
   def __call__(self, x, train):
     x = nn.Conv(16, (3, 3), (2, 2))(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    x = nn.relu(layers.torch_batch_norm(train, None, "bn")(x))
     return {"logits": nn.Dense(7)(jnp.mean(x, axis=(1, 2)))}
 
 
@@ -58,8 +64,10 @@ def run(devices, config, steps=4, start=0, checkpoint_dir=None):
     state = checkpointing.restore_state(checkpoints, start, state)
   data = pipeline.TrainData(config, mesh)
   step = train.make_train_step(model, cross_entropy, config.loss, tx, schedule, mesh, config.seed, data.augment)
-  losses = []
-  for _, batch in zip(range(steps - start), data.batches(start)):
+  losses, batches = [], data.batches(start)
+  first = next(batches)
+  collectives = benchmark.collectives(step.lower(state, first).compile().as_text(), set())["ops"]
+  for _, batch in zip(range(steps - start), itertools.chain([first], batches)):
     assert len(batch["image"].sharding.device_set) == len(devices)
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
@@ -69,7 +77,24 @@ def run(devices, config, steps=4, start=0, checkpoint_dir=None):
       checkpointing.wait_until_saved(checkpoints)
     save_compilations = compilations_during(save)
     assert save_compilations == 0, f"a checkpoint save on {len(devices)} devices compiled {save_compilations} programs"
-  return losses, jax.device_get(state["params"])
+  return losses, jax.device_get(state["params"]), collectives
+
+
+def batch_moments_error(devices) -> float:
+  """The largest relative error of batch_norm.batch_statistics's mean and variance on `devices`, the
+  batch sharded as in a train step, against float64 NumPy, at mean/std 10⁴ (float32)."""
+  mesh = mesh_lib.make_mesh(devices)
+  values = np.random.default_rng(0).normal(1e4, 1.0, (8 * len(devices), 5, 5, 3)) * np.array([0.5, 1.0, 2.0])
+  x = jax.device_put(values.astype(np.float32), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+
+  def statistics(x):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return batch_norm.batch_statistics(x, (0, 1, 2))
+
+  mean, var = jax.jit(statistics)(x)
+  rounded = np.asarray(x, np.float64)
+  exact_mean, exact_var = rounded.mean((0, 1, 2)), rounded.var((0, 1, 2))
+  return max(float(np.max(np.abs(mean - exact_mean) / exact_mean)), float(np.max(np.abs(var - exact_var) / exact_var)))
 
 
 def compilations_during(action) -> int:
@@ -96,13 +121,13 @@ def main():
   config = tiny_run(get_config("configs/dan.py:synthetic"))
   # SGD: Adam's normalised steps would blow rounding-level gradient differences up to ±lr.
   config.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)
-  one_losses, one_params = run(jax.devices()[:1], config)
-  all_losses, all_params = run(jax.devices(), config)
+  one_losses, one_params, _ = run(jax.devices()[:1], config)
+  all_losses, all_params, collectives = run(jax.devices(), config)
   difference = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(one_params), jax.tree.leaves(all_params)))
-  straight_losses, straight_params = run(jax.devices(), config, steps=8)
+  straight_losses, straight_params, _ = run(jax.devices(), config, steps=8)
   with tempfile.TemporaryDirectory() as directory:
     run(jax.devices(), config, steps=4, checkpoint_dir=directory)
-    resumed_losses, resumed_params = run(jax.devices(), config, steps=8, start=4, checkpoint_dir=directory)
+    resumed_losses, resumed_params, _ = run(jax.devices(), config, steps=8, start=4, checkpoint_dir=directory)
   resumed_exactly = straight_losses[4:] == resumed_losses and all(
       np.array_equal(a, b) for a, b in zip(jax.tree.leaves(straight_params), jax.tree.leaves(resumed_params)))
   config.eval_batch_size = 25  # 70 examples: 3 batches, rounded up to 32 on 8 devices
@@ -110,7 +135,10 @@ def main():
   same_evaluation = confusion(jax.devices()[:1], config, variables) == confusion(jax.devices(), config, variables)
   print(json.dumps({"devices": jax.device_count(), "one_device_losses": one_losses,
                     "all_device_losses": all_losses, "max_param_difference": difference,
-                    "resumed_exactly": resumed_exactly, "same_evaluation": same_evaluation}))
+                    "resumed_exactly": resumed_exactly, "same_evaluation": same_evaluation,
+                    "train_step_collectives": collectives,
+                    "batch_moments_error": {"one_device": batch_moments_error(jax.devices()[:1]),
+                                            "all_devices": batch_moments_error(jax.devices())}}))
 
 
 if __name__ == "__main__":

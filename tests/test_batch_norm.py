@@ -1,5 +1,6 @@
 """Our BatchNorm against PyTorch's (running statistics, gradients), Flax's two-pass form (everything
-else) and float64 NumPy (the batch variance of inputs whose mean dwarfs their spread)."""
+else) and float64 NumPy (the batch variance of inputs whose mean dwarfs their spread, whole or in
+shares as on several devices)."""
 
 import flax.linen as nn
 import jax
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from fer_jax.models.backbones.batch_norm import BatchNorm, normalise_batch
+from fer_jax import mesh as mesh_lib
+from fer_jax.models.backbones.batch_norm import BatchNorm, normalise_batch, sharded_batch_moments
 
 X = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 5, 6, 8)).astype(np.float32)  # NHWC
 
@@ -98,6 +100,29 @@ def test_batch_variance_is_exact_when_the_mean_dwarfs_the_spread(dtype, mean_ove
   expected = (values - values.mean(axis=(0, 1, 2))) / np.sqrt(exact_var + 1e-5)
   # The mean's rounding error, ~ε·mean, shifts every output by ~ε·mean/std.
   np.testing.assert_allclose(np.asarray(y, np.float64), expected, atol=1e-4 + 1e-6 * mean_over_std / std)
+
+
+def test_statistics_combined_from_shares_are_the_whole_batchs_and_so_is_their_gradient():
+  """sharded_batch_moments over 8 shares of the batch (the arithmetic of 8 devices, here on one) at
+  mean/std 1e4: mean and variance against float64 NumPy, and autodiff's gradient (SCAN-CCI's region
+  units differentiate their statistics) against d mean/dx = 1/n and d var/dx = 2(x − mean)/n."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(1e4, 1.0, (16, 14, 14, 8)) * np.linspace(0.5, 2.0, 8), jnp.float32)
+  mesh = mesh_lib.make_mesh(jax.devices()[:1])
+
+  def moments(x):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return sharded_batch_moments(x, (0, 1, 2), 8)
+
+  values = np.asarray(x, np.float64)
+  mean, var = jax.jit(moments)(x)
+  np.testing.assert_allclose(mean, values.mean((0, 1, 2)), rtol=1e-7)
+  np.testing.assert_allclose(var, values.var((0, 1, 2)), rtol=1e-6)
+  u, w = rng.normal(size=8), rng.normal(size=8)
+  gradient = jax.jit(jax.grad(lambda x: jnp.sum(u * moments(x)[0]) + jnp.sum(w * moments(x)[1])))(x)
+  count = values.size // 8
+  expected = u / count + w * 2 * (values - values.mean((0, 1, 2))) / count
+  np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-4 * np.max(np.abs(expected)))
 
 
 def test_names_dtypes_and_initial_values():

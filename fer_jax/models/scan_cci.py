@@ -23,7 +23,7 @@ import optax
 
 from fer_jax import attention_maps
 from fer_jax.models import Method, from_config, layers
-from fer_jax.models.backbones import resnet
+from fer_jax.models.backbones import batch_norm, resnet
 
 REGION_SIZE = 6
 
@@ -154,15 +154,6 @@ def regionwise(values):
   return values[:, None, None]
 
 
-def region_statistics(y):
-  """Each region's mean and biased variance [n, C] over batch and space of y [b, n, h, w, C], two-pass
-  as backbones/batch_norm.batch_statistics computes them. Autodiff differentiates these: the mean
-  enters the variance as a constant (the variance's gradient through it is zero), one reduction
-  less in the backward pass."""
-  mean = jnp.mean(y, axis=(0, 2, 3), keepdims=True)
-  return mean[0, :, 0, 0], jnp.mean(jnp.square(y - lax.stop_gradient(mean)), axis=(0, 2, 3))
-
-
 def scan(units: Sequence[SCANUnit], groups, train: bool, dtype) -> list[tuple[Any, Any]]:
   """(x ⊙ M, M) for each group (region indices, stacked regions x [b, n, h, w, C]).
 
@@ -178,7 +169,7 @@ def scan(units: Sequence[SCANUnit], groups, train: bool, dtype) -> list[tuple[An
     y = region_conv(x, kernels if shared else [kernels[i] for i in indices], dtype)
     y = jnp.where(y >= 0, y, slope.astype(y.dtype) * y)
     if train:
-      mean, var = region_statistics(y.astype(precise))
+      mean, var = batch_norm.batch_moments(y.astype(precise), (0, 2, 3))  # autodiff differentiates these
     else:  # normalised by the running statistics: these only carry the shape
       mean = var = jnp.zeros((y.shape[1], y.shape[-1]), precise)
     activations.append(y)
