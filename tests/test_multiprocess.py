@@ -9,8 +9,9 @@ as a different reduction order leaves them. Two processes whose workdirs differ 
 with one error naming each one's newest step. Two checkpoint folders save the same steps at once.
 SIGTERM to one of two processes stops both at the same saved step (exit 75), which they resume from.
 
-Two devices a process, not more: every device takes part in each of the step's 58 gloo all-reduces,
-which on the 2-core machine cost ~10 s a step with four devices a process and ~4 s with two."""
+Two devices a process, not more: every device takes part in each of the step's 91 gloo collectives
+(41 all-gathers of BatchNorm statistics, 50 all-reduces); with two devices a process a step takes
+~1.3 s on the 2-core machine (benchmarks/two_processes.sh), more with more devices."""
 
 import contextlib
 import json
