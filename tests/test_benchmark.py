@@ -343,10 +343,10 @@ def test_scaling_table_renders_collectives_in_mib():
 
 
 @pytest.mark.integration
-def test_all_reduces_carry_each_gradient_once_and_two_statistics_per_batch_norm_channel():
+def test_collectives_carry_each_gradient_once_and_three_statistics_per_batch_norm_channel_and_device():
   """On 2 devices (a subprocess), TinyNet's train step all-reduces each parameter gradient once (conv
-  and dense kernels and biases; the BatchNorm's scale and bias with its backward sums) and the mean
-  and mean of squares of each BatchNorm channel."""
+  and dense kernels and biases; the BatchNorm's scale and bias with its backward sums) and all-gathers
+  each device's three statistics of each BatchNorm channel (batch_norm.sharded_batch_moments)."""
   code = ("import json, sys; sys.path.insert(0, 'tests'); from absl import flags; flags.FLAGS.mark_as_parsed(); "
           "import test_benchmark; print(json.dumps(test_benchmark.tiny_benchmark(steps=1, warmup=0)))")
   env = {**helpers.cpu_devices_env(2),
@@ -358,8 +358,9 @@ def test_all_reduces_carry_each_gradient_once_and_two_statistics_per_batch_norm_
   params = models.abstract_variables(TinyNet(), tiny_config())["params"]
   roles = line["train_collectives"]["by_role"]
   assert line["devices"] == 2 and line["train_collectives"]["ops"]["all-reduce"] >= 1
+  assert line["train_collectives"]["ops"]["all-gather"] == 1
   assert (roles["gradients"]["tensors"], roles["gradients"]["bytes"]) == (4, _bytes({k: params[k] for k in ("conv", "fc")}))
-  assert (roles["batchnorm_statistics"]["tensors"], roles["batchnorm_statistics"]["bytes"]) == (2, 2 * 4 * 4)
+  assert (roles["batchnorm_statistics"]["tensors"], roles["batchnorm_statistics"]["bytes"]) == (1, 3 * 2 * 4 * 4)
   assert roles["batchnorm_backward"]["bytes"] >= _bytes(params["bn"])
 
 

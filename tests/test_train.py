@@ -176,7 +176,7 @@ def test_eight_devices_match_one_device_and_resume_exactly():
   assert report["resumed_exactly"]
   assert report["same_evaluation"]
   # The step's one BatchNorm reduces its batch statistics in one all-gather; the backward pass's sums
-  # and the gradient take an all-reduce each. The two-pass error on one device is up to (ε·mean/std)².
+  # and the gradient take an all-reduce each. The two-pass error on one device is of order (ε·mean/std)².
   assert report["train_step_collectives"] == {"all-gather": 1, "all-reduce": 2}
   assert report["batch_moments_error"]["one_device"] < 1e-4
   assert report["batch_moments_error"]["all_devices"] < 1e-6
