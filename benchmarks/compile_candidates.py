@@ -12,6 +12,8 @@ The variants (BENCHMARKS.md, "Compiled for a TPU v5e", says what each gave):
   batch_norm_shifted_one_pass    BatchNorm statistics in one pass shifted by each channel's first value
   batch_norm_one_pass            E[x²] − E[x]² (Flax's default; inaccurate when a mean is large)
   attention_tokens_before_heads  the ViT attention's products on [B, N, heads, d], no explicit head split
+  batch_norm_one_round_on_tpu    BatchNorm's statistics in one collective round on TPUs too (GPUs' and
+                                 CPUs' batch_norm.sharded_batch_moments; TPUs keep two rounds)
 """
 
 import json
@@ -67,10 +69,20 @@ def _attention_tokens_before_heads():
   vit.Attention = _TokensBeforeHeads
 
 
+def _batch_norm_one_round_on_tpu():
+  def one_round(x, axes):
+    shards = batch_norm._batch_shards()  # pylint: disable=protected-access
+    if shards > 1 and x.shape[0] % shards == 0:
+      return batch_norm.sharded_batch_moments(x, axes, shards)
+    return batch_norm._two_passes(x, axes)  # pylint: disable=protected-access
+  batch_norm.batch_moments = one_round
+
+
 VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_tap_gradient,
             "batch_norm_shifted_one_pass": _batch_norm_form("shifted_one_pass"),
             "batch_norm_one_pass": _batch_norm_form("one_pass"),
-            "attention_tokens_before_heads": _attention_tokens_before_heads}
+            "attention_tokens_before_heads": _attention_tokens_before_heads,
+            "batch_norm_one_round_on_tpu": _batch_norm_one_round_on_tpu}
 
 
 def main() -> None:
