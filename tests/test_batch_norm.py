@@ -119,7 +119,8 @@ def test_statistics_combined_from_shares_are_the_whole_batchs_and_so_is_their_gr
   np.testing.assert_allclose(mean, values.mean((0, 1, 2)), rtol=1e-7)
   np.testing.assert_allclose(var, values.var((0, 1, 2)), rtol=1e-6)
   u, w = rng.normal(size=8), rng.normal(size=8)
-  gradient = jax.jit(jax.grad(lambda x: jnp.sum(u * moments(x)[0]) + jnp.sum(w * moments(x)[1])))(x)
+  weighted = lambda mean, var: jnp.sum(u * mean) + jnp.sum(w * var)  # noqa: E731
+  gradient = jax.jit(jax.grad(lambda x: weighted(*moments(x))))(x)
   count = values.size // 8
   expected = u / count + w * 2 * (values - values.mean((0, 1, 2))) / count
   np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-4 * np.max(np.abs(expected)))

@@ -25,6 +25,9 @@ from jax.sharding import PartitionSpec as P
 # config.model.remat policy keeps them, so that a block computed again in the backward pass
 # normalises with them instead of reducing its batch (and all-reducing it across devices) again.
 BATCH_STATISTICS = "batch_statistics"
+# Where a batch split over devices keeps the two global passes (two collective rounds a layer) rather
+# than `sharded_batch_moments`'s one round: see `batch_moments`.
+TWO_ROUND_PLATFORMS = ("tpu",)
 
 
 def batch_moments(x, axes):
@@ -34,13 +37,14 @@ def batch_moments(x, axes):
   gradient through it is zero (Σ(x − mean) = 0), and autodiff skips it.
 
   Traced under a mesh whose "data" axis splits the batch over several devices (the train step's),
-  `sharded_batch_moments` computes them in one collective round instead of two, except on TPUs:
-  there XLA's TPU compiler merges the all-reduces of parallel layers but not the all-gathers, and
+  `sharded_batch_moments` computes them in one collective round instead of two, except on
+  TWO_ROUND_PLATFORMS, TPUs: there XLA's TPU compiler merges the all-reduces of parallel layers but not the all-gathers, and
   spreads the combination over many small kernels (DAN on 8 v5e chips: 64 collective ops before, 91
   after, 5 % more estimated kernel time and 28 % more planned memory; docs/performance.md)."""
   shards = _batch_shards()
   if shards > 1 and x.shape[0] % shards == 0:
-    return lax.platform_dependent(x, tpu=lambda whole: _two_passes(whole, axes),
+    two_passes = lambda whole: _two_passes(whole, axes)  # noqa: E731
+    return lax.platform_dependent(x, **dict.fromkeys(TWO_ROUND_PLATFORMS, two_passes),
                                   default=lambda whole: sharded_batch_moments(whole, axes, shards))
   return _two_passes(x, axes)
 
