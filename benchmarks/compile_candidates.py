@@ -8,7 +8,7 @@ are compiled and summarised as benchmarks/tpu_compile.py or gpu_compile.py do (t
 "variant" added); the same command with --variant=none gives the library's own figures beside them.
 The variants (BENCHMARKS.md, "Compiled for a TPU v5e", says what each gave):
   none                           the library as it is
-  max_pool_tap_gradient          layers.max_pool's gradient by taps (the CPU's) on every platform
+  max_pool_tap_gradient          layers.max_pool's gradient by taps (CUDA's, without `stored`) on TPUs too
   batch_norm_shifted_one_pass    BatchNorm statistics in one pass shifted by each channel's first value
   batch_norm_one_pass            E[x²] − E[x]² (Flax's default; inaccurate when a mean is large)
   attention_tokens_before_heads  the ViT attention's products on [B, N, heads, d], no explicit head split
@@ -40,7 +40,7 @@ from fer_jax.models.backbones import batch_norm, vit  # noqa: E402  pylint: disa
 
 
 def _max_pool_tap_gradient():
-  def backward(window, strides, padding, x, output_gradient):
+  def backward(window, strides, padding, x, output_gradient):  # as layers._max_pool_backward's CUDA branch
     return layers._max_pool_gradient_by_taps(x, output_gradient, window=window, strides=strides, padding=padding),  # pylint: disable=protected-access
   layers._max_pool.defvjp(layers._max_pool_forward, backward)  # pylint: disable=protected-access
 

@@ -204,7 +204,8 @@ def _pool_loss(pool):
 
 @pytest.mark.parametrize("x_shape, window, strides, padding", POOLS)
 def test_max_pool_and_its_gradient_on_the_cpu_equal_lax(x_shape, window, strides, padding):
-  """Equal maxima too: the gradient goes to the window's first, as XLA's select-and-scatter does."""
+  """Equal maxima too: the gradient goes to the window's first, as XLA's select-and-scatter does. The
+  tap gradient as CUDA GPUs take it (without `stored`), run here, too."""
   with jax.enable_x64(True):
     x = _tied(x_shape, jnp.float64)
     pool = lambda x: layers.max_pool(x, window, strides, padding)
@@ -212,6 +213,12 @@ def test_max_pool_and_its_gradient_on_the_cpu_equal_lax(x_shape, window, strides
     expected = jax.grad(_pool_loss(reference))(x)
     gradient = jax.jit(jax.grad(_pool_loss(pool)))(x)
     np.testing.assert_array_equal(jax.jit(pool)(x), reference(x))
+    y, pool_vjp = jax.vjp(pool, x)
+    arriving = jax.grad(lambda y: _pool_loss(lambda y: y)(y))(y)
+    pads = lax.padtype_to_pads(x.shape[1:3], window, strides, padding) if isinstance(padding, str) else padding
+    unstored = jax.jit(lambda x, dy: layers._max_pool_gradient_by_taps(  # pylint: disable=protected-access
+        x, dy, window=window, strides=strides, padding=tuple(map(tuple, pads))))(x, arriving)
+    np.testing.assert_array_equal(unstored, pool_vjp(arriving)[0])
   np.testing.assert_allclose(gradient, expected, rtol=0, atol=1e-13 * np.abs(expected).max())
 
 
@@ -244,12 +251,17 @@ def test_max_pool_gradient_stores_its_tap_map_and_the_gradient_it_receives_on_th
   assert stored_buffers() == (0, 0)
 
 
-def test_max_pool_gradient_is_xla_s_own_on_accelerators():
+def test_max_pool_gradient_is_by_taps_on_cpus_and_cuda_gpus_and_xla_s_own_on_tpus():
+  """The CPU's stores its tap map and arriving gradient in two conditionals (`stored`); CUDA's, none
+  (lax.platform_dependent's own conditionals are in every platform's module)."""
   grad = jax.jit(jax.grad(_pool_loss(lambda x: layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))))))
   shape = jax.ShapeDtypeStruct((2, 12, 12, 3), jnp.float32)
-  for platform, select_and_scatter in (("cuda", True), ("tpu", True), ("cpu", False)):
-    module = export.export(grad, platforms=[platform])(shape).mlir_module()
-    assert ("stablehlo.select_and_scatter" in module) == select_and_scatter, platform
+  modules = {platform: export.export(grad, platforms=[platform])(shape).mlir_module()
+             for platform in ("cuda", "tpu", "cpu")}
+  assert {platform: "stablehlo.select_and_scatter" in module for platform, module in modules.items()} == {
+      "cuda": False, "tpu": True, "cpu": False}
+  cases = {platform: module.count("stablehlo.case") for platform, module in modules.items()}
+  assert cases["cpu"] == cases["cuda"] + 2 == cases["tpu"] + 2
 
 
 # ResNet's stem, its pool's gradient against XLA's (relative max difference of the stem BatchNorm's
