@@ -12,6 +12,7 @@ The variants (BENCHMARKS.md, "Compiled for a TPU v5e", says what each gave):
   batch_norm_shifted_one_pass    BatchNorm statistics in one pass shifted by each channel's first value
   batch_norm_one_pass            E[x²] − E[x]² (Flax's default; inaccurate when a mean is large)
   attention_tokens_before_heads  the ViT attention's products on [B, N, heads, d], no explicit head split
+  attention_cudnn_flash          the ViT attention as cuDNN's flash attention (GPUs, bf16 only)
   batch_norm_one_round_on_tpu    BatchNorm's statistics in one collective round on TPUs too (GPUs' and
                                  CPUs' batch_norm.sharded_batch_moments; TPUs keep two rounds)
 """
@@ -69,6 +70,27 @@ def _attention_tokens_before_heads():
   vit.Attention = _TokensBeforeHeads
 
 
+class _CudnnFlashAttention(vit.Attention):
+  """Softmax(q·kᵀ)·v in one cuDNN flash-attention call a direction, the tokens padded to an even count
+  (JAX 0.10's cuDNN path takes no odd one) and masked by length; the CLS row of the logits, which
+  attentive token pooling ranks by, as a product of its own."""
+  @nn.compact
+  def __call__(self, x):
+    batch, tokens, width = x.shape
+    head_dim = width // self.num_heads
+    qkv = vit.dense(3 * width, self.dtype, "qkv", use_bias=False)(x)
+    q, k, v = einops.rearrange(qkv, "b n (qkv h d) -> qkv b n h d", qkv=3, h=self.num_heads)
+    padded = [jnp.pad(t, ((0, 0), (0, tokens % 2), (0, 0), (0, 0))) for t in (q, k, v)]
+    y = jax.nn.dot_product_attention(*padded, scale=head_dim**-0.5, implementation="cudnn",
+                                     key_value_seq_lengths=jnp.full((batch,), tokens, jnp.int32))[:, :tokens]
+    cls_logits = jnp.einsum("bhd,bkhd->bhk", q[:, 0], k) * head_dim**-0.5
+    return vit.dense(width, self.dtype, "proj")(y.reshape(batch, tokens, width)), cls_logits
+
+
+def _attention_cudnn_flash():
+  vit.Attention = _CudnnFlashAttention
+
+
 def _batch_norm_one_round_on_tpu():
   batch_norm.TWO_ROUND_PLATFORMS = ()
 
@@ -77,6 +99,7 @@ VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_tap_gradien
             "batch_norm_shifted_one_pass": _batch_norm_form("shifted_one_pass"),
             "batch_norm_one_pass": _batch_norm_form("one_pass"),
             "attention_tokens_before_heads": _attention_tokens_before_heads,
+            "attention_cudnn_flash": _attention_cudnn_flash,
             "batch_norm_one_round_on_tpu": _batch_norm_one_round_on_tpu}
 
 

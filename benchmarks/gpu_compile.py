@@ -10,9 +10,9 @@ on that device, cuDNN convolutions and Triton GEMMs included, without autotuning
 device). For each config (default: every method's paper config at its paper batch size), from the
 optimised HLO: the kernels one step launches by kind, the bytes each reads and writes (its operands'
 and results' shapes; an elementwise fusion reads at most an element of each operand per element it
-writes), the FLOPs of the convolutions and GEMMs, and a roofline, each kernel's
-max(bytes / memory bandwidth, FLOPs / dense peak) summed: a lower bound on the step's time on that
-device, hence an upper bound on its images a second, and where its time must go. Also XLA's planned
+writes), the FLOPs of the convolutions and GEMMs (cuDNN's fused attention among them), and a roofline,
+each kernel's max(bytes / memory bandwidth, FLOPs / dense peak) summed: a lower bound on the step's
+time on that device, hence an upper bound on its images a second, and where its time must go. Also XLA's planned
 memory and the collectives between --devices devices. Prints a markdown table; --hlo_dir keeps the
 HLO. Figures here are the compiler's plan, not a measurement: benchmarks/accelerator.sh measures.
 """
@@ -39,6 +39,7 @@ HOPPER_PEAK_FLOPS = {"bf16": 989e12, "f16": 989e12, "f32": 494e12}
 NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all"}
 COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
                "all-reduce-start", "all-gather-start", "collective-permute-start"}
+ATTENTION_PREFIX = "__cudnn$fmha"  # cuDNN's fused attention, counted with the GEMMs
 GEMM_KINDS = ("__triton_gemm", "__triton_nested_gemm_fusion", "__cudnn$fusion", "__cublas$gemm",
               "__cublas$lt$matmul")
 
@@ -107,9 +108,12 @@ def library_gemm_flops(result: str, operands: list[str], attributes: str) -> flo
   return 2.0 * math.prod(_dims(result)) * contracted
 
 
-def _first_array(shape_text: str) -> str:
-  found = benchmark.HLO_SHAPE.search(shape_text)
-  return found.group(0) if found else shape_text
+def _outputs(shape_text: str) -> str:
+  """A library call's result less its workspace, the last array when it is u8 (cuDNN) or s8 (cuBLAS)."""
+  arrays = [found.group(0) for found in benchmark.HLO_SHAPE.finditer(shape_text)]
+  if len(arrays) > 1 and arrays[-1].startswith(("u8[", "s8[")):
+    arrays = arrays[:-1]
+  return ", ".join(arrays) or shape_text
 
 
 def reachable(name: str, bodies: dict) -> str:
@@ -125,11 +129,21 @@ def reachable(name: str, bodies: dict) -> str:
   return "\n".join(text)
 
 
+def attention_flops(operands: list[str], target: str, attributes: str) -> float:
+  """cuDNN's fused (flash) attention: 2 × the [B, heads, T, S] logits' elements (the backend config's
+  intermediate_tensor_shape) × the head dim, a product; the forward pass takes two (q·kᵀ and p·v), the
+  backward five (q·kᵀ again, then dv, dp, dq and dk)."""
+  logits = re.search(r'"intermediate_tensor_shape":\s*\{"element_type":\s*"\w+",\s*"dimensions":\s*\[([^\]]*)\]',
+                     attributes)
+  elements = math.prod(int(d.strip(' "')) for d in logits.group(1).split(",") if d.strip())
+  return (5 if target.endswith("Backward") else 2) * 2.0 * elements * _dims(operands[0])[-1]
+
+
 def kernel_kind(op: str, attributes: str) -> str:
   if op == "custom-call":
     target = re.search(r'custom_call_target="([^"]+)"', attributes).group(1)
     return ("convolution" if target.startswith("__cudnn$conv") else
-            "gemm" if target in GEMM_KINDS else "other")
+            "gemm" if target in GEMM_KINDS or target.startswith(ATTENTION_PREFIX) else "other")
   if op == "fusion":
     backend = re.search(r'"kind":"([^"]+)"', attributes)
     if backend and backend.group(1) in GEMM_KINDS:
@@ -157,7 +171,7 @@ def read_bytes(kind: str, operands: list[str], written: str, body: str) -> int:
 
 def kernels(hlo_text: str) -> list[dict]:
   """The kernels of a compiled GPU program's entry computation, in order: kind, bytes read and written,
-  FLOPs (convolutions and GEMMs), result dtype and the JAX op name."""
+  FLOPs (convolutions, GEMMs, fused attention), result dtype and the JAX op name."""
   bodies = dict(COMPUTATION.findall(hlo_text))
   entry = bodies[re.search(r"^ENTRY (%[\w.\-]+)", hlo_text, re.MULTILINE).group(1)]
   shapes, found = {}, []
@@ -173,12 +187,13 @@ def kernels(hlo_text: str) -> list[dict]:
     kind = kernel_kind(op, attributes)
     called = re.search(r"calls=(%[\w.\-]+)", attributes)
     body = reachable(called.group(1), bodies) if called else ""
-    # A library call's result is its output and its workspace (cuDNN's u8, cuBLAS' s8): the output only.
-    written = _first_array(shape) if op == "custom-call" else shape
+    written = _outputs(shape) if op == "custom-call" else shape
     flops = 0.0
     if kind == "convolution":
       target = re.search(r'custom_call_target="([^"]+)"', attributes).group(1)
       flops = convolution_flops(written, operands, target, re.search(r"dim_labels=([\w>-]+)", attributes).group(1))
+    elif kind == "gemm" and op == "custom-call" and ATTENTION_PREFIX in attributes:
+      flops = attention_flops(operands, re.search(r'custom_call_target="([^"]+)"', attributes).group(1), attributes)
     elif kind == "gemm":
       flops = dot_flops(body) if called else library_gemm_flops(written, operands, attributes)
     # A fusion XLA made may carry no name of its own: then its computation's last op's.

@@ -219,6 +219,41 @@ def test_gpu_kernels_of_compiled_hlo_text_with_xlas_flop_count_as_reference():
   assert timed[0]["seconds"] == max(found[0]["bytes"] / 1e12, conv_flops / gpu_compile.HOPPER_PEAK_FLOPS["bf16"])
 
 
+# cuDNN's fused attention in a GPU program's text (trimmed): B 2, T = S = 6, 4 heads of 8; the forward
+# call returns the output, the softmax statistics and a workspace, the backward dq, dk, dv and one.
+_ATTENTION_CONFIG = ('"cudnn_fmha_backend_config": {"intermediate_tensor_shape": {"element_type": "BF16", '
+                     '"dimensions": ["2", "4", "6", "6"], "tuple_shapes": []}, "is_flash_attention": true}')
+ATTENTION_HLO = f"""HloModule jit_step, is_scheduled=true
+
+ENTRY %main.2 (q.1: bf16[2,6,4,8], k.1: bf16[2,6,4,8], v.1: bf16[2,6,4,8]) -> bf16[2,4,6,8] {{
+  %q.1 = bf16[2,6,4,8]{{3,2,1,0}} parameter(0)
+  %k.1 = bf16[2,6,4,8]{{3,2,1,0}} parameter(1)
+  %v.1 = bf16[2,6,4,8]{{3,2,1,0}} parameter(2)
+  %fwd.1 = (bf16[2,4,6,8]{{3,1,2,0}}, f32[2,4,6]{{2,1,0}}, u8[0]{{0}}) custom-call(%q.1, %k.1, %v.1), custom_call_target="__cudnn$fmhaSoftmax", metadata={{op_name="jit(step)/jvp(Net)/attn/dot_product_attention_fwd"}}, backend_config={{{_ATTENTION_CONFIG}}}
+  %out.1 = bf16[2,4,6,8]{{3,1,2,0}} get-tuple-element(%fwd.1), index=0
+  %stats.1 = f32[2,4,6]{{2,1,0}} get-tuple-element(%fwd.1), index=1
+  %bwd.1 = (bf16[2,4,6,8]{{3,1,2,0}}, bf16[2,4,6,8]{{3,1,2,0}}, bf16[2,4,6,8]{{3,1,2,0}}, u8[0]{{0}}) custom-call(%q.1, %k.1, %v.1, %stats.1, %out.1), custom_call_target="__cudnn$fmhaSoftmaxBackward", metadata={{op_name="jit(step)/transpose(jvp(Net))/attn/dot_product_attention_bwd"}}, backend_config={{{_ATTENTION_CONFIG}}}
+  ROOT %dq.1 = bf16[2,4,6,8]{{3,1,2,0}} get-tuple-element(%bwd.1), index=0
+}}
+"""
+
+
+def test_gpu_fused_attention_kernels_with_xlas_flop_count_of_the_same_products_as_reference():
+  """cuDNN's flash attention is counted with the GEMMs: its forward pass does the FLOPs of q·kᵀ and p·v as
+  XLA counts them, its backward those of five such products (q·kᵀ again, dv, dp, dq, dk); its bytes are its
+  operands and its outputs, the workspace left out."""
+  forward, backward = gpu_compile.kernels(ATTENTION_HLO)
+  q = jax.ShapeDtypeStruct((2, 4, 6, 8), jnp.float32)
+  logits = jax.ShapeDtypeStruct((2, 4, 6, 6), jnp.float32)
+  products = lambda q, k, p: (jnp.einsum("bhtd,bhsd->bhts", q, k), jnp.einsum("bhts,bhsd->bhtd", p, k))
+  two_products = jax.jit(products).lower(q, q, logits).compile().cost_analysis()["flops"]
+  assert (forward["kind"], backward["kind"]) == ("gemm", "gemm")
+  assert (forward["flops"], backward["flops"]) == (two_products, 2.5 * two_products)
+  tensor = 2 * 6 * 4 * 8 * 2
+  assert forward["bytes"] == 3 * tensor + tensor + 2 * 4 * 6 * 4
+  assert backward["bytes"] == 3 * tensor + 2 * 4 * 6 * 4 + tensor + 3 * tensor
+
+
 # A TPU program's text as XLA prints it after optimisation (trimmed): tiled layouts, a convolution fused
 # with a reduction, a window reduction without an op name of its own, an elementwise op and a copy, each
 # with the compiler's cycle estimate; a select-and-scatter and an all-reduce without one; an async copy
