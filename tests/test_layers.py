@@ -222,6 +222,26 @@ def test_max_pool_and_its_gradient_on_the_cpu_equal_lax(x_shape, window, strides
   np.testing.assert_allclose(gradient, expected, rtol=0, atol=1e-13 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("zero_padded", [False, True])
+def test_stem_pools_before_its_relu_as_exactly_as_after(zero_padded):
+  """ResNet's stem, relu(max_pool(z)), and ResNet-v2's, relu(max_pool(zero_pad(z))), equal the papers'
+  max pool of relu(z) (lax's, its own gradient) in value and, to rounding, in gradient, which reaches
+  the same inputs: ties, zeros and windows without a positive value included (max and ReLU commute,
+  and a window whose maximum is not positive passes no gradient either way)."""
+  with jax.enable_x64(True):
+    z = _tied((2, 13, 13, 3), jnp.float64) - 1.0  # about half of it at or below zero
+    pad = (lambda z: jnp.pad(z, ((0, 0), (1, 1), (1, 1), (0, 0)))) if zero_padded else (lambda z: z)
+    window = ((3, 3), (2, 2), "VALID" if zero_padded else ((1, 1), (1, 1)))
+    papers = lambda z: nn.max_pool(pad(jax.nn.relu(z)), *window)
+    ours = lambda z: jax.nn.relu(layers.max_pool(pad(z), *window))
+    np.testing.assert_array_equal(jax.jit(ours)(z), papers(z))
+    expected = jax.grad(_pool_loss(papers))(z)
+    gradient = jax.jit(jax.grad(_pool_loss(ours)))(z)
+  # An input in several windows sums their shares in another order than XLA's scatter: rounding apart.
+  np.testing.assert_allclose(gradient, expected, rtol=0, atol=1e-13 * np.abs(expected).max())
+  assert np.count_nonzero(expected) and np.array_equal(gradient == 0, expected == 0)
+
+
 def test_max_pool_gradient_goes_to_the_first_maximum_as_pytorch_s():
   import torch
   x = _tied((2, 12, 12, 3))

@@ -79,8 +79,10 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool) -> dict:
     x = layers.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
-    x = nn.relu(layers.torch_batch_norm(train, self.dtype, "bn1")(x))
-    x = layers.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = layers.torch_batch_norm(train, self.dtype, "bn1")(x)
+    # torchvision's relu then max pool, in the other order: the same values and gradients (max and
+    # ReLU commute), and the gradient needs no full-size ReLU mask (docs/performance.md).
+    x = nn.relu(layers.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))))
     features = {}
     block = layers.rematerialised(self.block, self.remat, static_argnums=(2,))
     for stage in range(self.num_stages):
