@@ -6,7 +6,7 @@
 Each variant replaces one piece of fer_jax in this process only, then the paper configs' train steps
 are compiled and summarised as benchmarks/tpu_compile.py or gpu_compile.py do (their JSON lines, with
 "variant" added); the same command with --variant=none gives the library's own figures beside them.
-The variants (BENCHMARKS.md, "Compiled for a TPU v5e", says what each gave):
+The variants (BENCHMARKS.md's "Compiled for a GPU" and "Compiled for a TPU v5e" say what each gave):
   none                           the library as it is
   max_pool_tap_gradient          layers.max_pool's gradient by taps (CUDA's, without `stored`) on TPUs too
   batch_norm_shifted_one_pass    BatchNorm statistics in one pass shifted by each channel's first value

@@ -135,13 +135,20 @@ def attention_flops(operands: list[str], target: str, attributes: str) -> float:
   backward five (q·kᵀ again, then dv, dp, dq and dk)."""
   logits = re.search(r'"intermediate_tensor_shape":\s*\{"element_type":\s*"\w+",\s*"dimensions":\s*\[([^\]]*)\]',
                      attributes)
+  if not logits:
+    raise ValueError(f"{target} without the logits' shape (intermediate_tensor_shape) in its backend config")
   elements = math.prod(int(d.strip(' "')) for d in logits.group(1).split(",") if d.strip())
   return (5 if target.endswith("Backward") else 2) * 2.0 * elements * _dims(operands[0])[-1]
 
 
+def custom_call_target(attributes: str) -> str:
+  found = re.search(r'custom_call_target="([^"]+)"', attributes)
+  return found.group(1) if found else ""
+
+
 def kernel_kind(op: str, attributes: str) -> str:
   if op == "custom-call":
-    target = re.search(r'custom_call_target="([^"]+)"', attributes).group(1)
+    target = custom_call_target(attributes)
     return ("convolution" if target.startswith("__cudnn$conv") else
             "gemm" if target in GEMM_KINDS or target.startswith(ATTENTION_PREFIX) else "other")
   if op == "fusion":
@@ -189,11 +196,11 @@ def kernels(hlo_text: str) -> list[dict]:
     body = reachable(called.group(1), bodies) if called else ""
     written = _outputs(shape) if op == "custom-call" else shape
     flops = 0.0
+    target = custom_call_target(attributes) if op == "custom-call" else ""
     if kind == "convolution":
-      target = re.search(r'custom_call_target="([^"]+)"', attributes).group(1)
       flops = convolution_flops(written, operands, target, re.search(r"dim_labels=([\w>-]+)", attributes).group(1))
-    elif kind == "gemm" and op == "custom-call" and ATTENTION_PREFIX in attributes:
-      flops = attention_flops(operands, re.search(r'custom_call_target="([^"]+)"', attributes).group(1), attributes)
+    elif target.startswith(ATTENTION_PREFIX):
+      flops = attention_flops(operands, target, attributes)
     elif kind == "gemm":
       flops = dot_flops(body) if called else library_gemm_flops(written, operands, attributes)
     # A fusion XLA made may carry no name of its own: then its computation's last op's.

@@ -220,7 +220,8 @@ def test_gpu_kernels_of_compiled_hlo_text_with_xlas_flop_count_as_reference():
 
 
 # cuDNN's fused attention in a GPU program's text (trimmed): B 2, T = S = 6, 4 heads of 8; the forward
-# call returns the output, the softmax statistics and a workspace, the backward dq, dk, dv and one.
+# call returns the output, the softmax statistics and a workspace, the backward (q, k, v, statistics,
+# output and its gradient, here the output again) dq, dk, dv and one.
 _ATTENTION_CONFIG = ('"cudnn_fmha_backend_config": {"intermediate_tensor_shape": {"element_type": "BF16", '
                      '"dimensions": ["2", "4", "6", "6"], "tuple_shapes": []}, "is_flash_attention": true}')
 ATTENTION_HLO = f"""HloModule jit_step, is_scheduled=true
@@ -229,10 +230,10 @@ ENTRY %main.2 (q.1: bf16[2,6,4,8], k.1: bf16[2,6,4,8], v.1: bf16[2,6,4,8]) -> bf
   %q.1 = bf16[2,6,4,8]{{3,2,1,0}} parameter(0)
   %k.1 = bf16[2,6,4,8]{{3,2,1,0}} parameter(1)
   %v.1 = bf16[2,6,4,8]{{3,2,1,0}} parameter(2)
-  %fwd.1 = (bf16[2,4,6,8]{{3,1,2,0}}, f32[2,4,6]{{2,1,0}}, u8[0]{{0}}) custom-call(%q.1, %k.1, %v.1), custom_call_target="__cudnn$fmhaSoftmax", metadata={{op_name="jit(step)/jvp(Net)/attn/dot_product_attention_fwd"}}, backend_config={{{_ATTENTION_CONFIG}}}
+  %fwd.1 = (bf16[2,4,6,8]{{3,1,2,0}}, f32[2,4,6]{{2,1,0}}, u8[1024]{{0}}) custom-call(%q.1, %k.1, %v.1), custom_call_target="__cudnn$fmhaSoftmax", metadata={{op_name="jit(step)/jvp(Net)/attn/dot_product_attention_fwd"}}, backend_config={{{_ATTENTION_CONFIG}}}
   %out.1 = bf16[2,4,6,8]{{3,1,2,0}} get-tuple-element(%fwd.1), index=0
   %stats.1 = f32[2,4,6]{{2,1,0}} get-tuple-element(%fwd.1), index=1
-  %bwd.1 = (bf16[2,4,6,8]{{3,1,2,0}}, bf16[2,4,6,8]{{3,1,2,0}}, bf16[2,4,6,8]{{3,1,2,0}}, u8[0]{{0}}) custom-call(%q.1, %k.1, %v.1, %stats.1, %out.1), custom_call_target="__cudnn$fmhaSoftmaxBackward", metadata={{op_name="jit(step)/transpose(jvp(Net))/attn/dot_product_attention_bwd"}}, backend_config={{{_ATTENTION_CONFIG}}}
+  %bwd.1 = (bf16[2,4,6,8]{{3,1,2,0}}, bf16[2,4,6,8]{{3,1,2,0}}, bf16[2,4,6,8]{{3,1,2,0}}, u8[1024]{{0}}) custom-call(%q.1, %k.1, %v.1, %stats.1, %out.1, %out.1), custom_call_target="__cudnn$fmhaSoftmaxBackward", metadata={{op_name="jit(step)/transpose(jvp(Net))/attn/dot_product_attention_bwd"}}, backend_config={{{_ATTENTION_CONFIG}}}
   ROOT %dq.1 = bf16[2,4,6,8]{{3,1,2,0}} get-tuple-element(%bwd.1), index=0
 }}
 """
@@ -251,7 +252,7 @@ def test_gpu_fused_attention_kernels_with_xlas_flop_count_of_the_same_products_a
   assert (forward["flops"], backward["flops"]) == (two_products, 2.5 * two_products)
   tensor = 2 * 6 * 4 * 8 * 2
   assert forward["bytes"] == 3 * tensor + tensor + 2 * 4 * 6 * 4
-  assert backward["bytes"] == 3 * tensor + 2 * 4 * 6 * 4 + tensor + 3 * tensor
+  assert backward["bytes"] == 3 * tensor + 2 * 4 * 6 * 4 + 2 * tensor + 3 * tensor
 
 
 # A TPU program's text as XLA prints it after optimisation (trimmed): tiled layouts, a convolution fused

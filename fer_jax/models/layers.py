@@ -127,8 +127,8 @@ def max_pool(x, window, strides=(1, 1), padding="VALID"):
   pool at batch 16 on the CPU, and on an H200 3.3 GB of DAN's step's memory traffic at batch 256
   (docs/performance.md). There the gradient goes to each window's first maximum in row-major order,
   as XLA's and PyTorch's do, through one uint8 map of which tap won and shifted sums of the taps'
-  shares; on TPUs it is XLA's own (compiled for a TPU v5e, the taps would make DAN's step 26–29 %
-  slower by the compiler's estimate: BENCHMARKS.md).
+  shares; elsewhere (TPUs, ROCm GPUs) it is XLA's own (compiled for a TPU v5e, the taps would make
+  DAN's step 26 % slower by the compiler's estimate: BENCHMARKS.md).
   """
   window, strides = tuple(window), tuple(strides)
   if isinstance(padding, str):
@@ -151,7 +151,7 @@ def _max_pool_forward(x, window, strides, padding):
 def _max_pool_backward(window, strides, padding, x, output_gradient):
   xla_gradient = lambda x, dy: jax.vjp(lambda x: _reduce_window_max(x, window, strides, padding), x)[1](dy)[0]
   tap_gradient = functools.partial(_max_pool_gradient_by_taps, window=window, strides=strides, padding=padding)
-  return lax.platform_dependent(x, output_gradient, cpu=functools.partial(tap_gradient, store=stored),
+  return lax.platform_dependent(x, output_gradient, cpu=functools.partial(tap_gradient, materialise=stored),
                                 cuda=tap_gradient, default=xla_gradient),
 
 
@@ -165,15 +165,15 @@ def _tap_window(padded, i: int, j: int, out_height: int, out_width: int, strides
                                           j + strides[1] * (out_width - 1) + 1, channels), (1, *strides, 1))
 
 
-def _max_pool_gradient_by_taps(x, output_gradient, window, strides, padding, store=lambda value: value):
+def _max_pool_gradient_by_taps(x, output_gradient, window, strides, padding, materialise=lambda value: value):
   """∂L/∂x: each output's gradient added at its window's first maximum. The padded input is
   assembled from one phase per stride offset (positions p + stride·a), each a sum of shifted taps.
 
   The winning tap is found by comparing the taps with one another (a tap wins where it exceeds every
   earlier one), never with the forward pass's maxima: XLA computes x's elementwise producers
-  (BatchNorm, ReLU) once for the forward pass and again inside this gradient, rounded otherwise, and
-  a window none of whose recomputed taps equalled its stored maximum lost its gradient. `store` is the
-  CPU's `stored` (the tap map and the arriving gradient computed once); compiled for an H200 its
+  (a BatchNorm) once for the forward pass and again inside this gradient, rounded otherwise, and
+  a window none of whose recomputed taps equalled its stored maximum lost its gradient. `materialise` is
+  the CPU's `stored` (the tap map and the arriving gradient computed once); compiled for an H200 its
   conditional moved more bytes than it saved (DAN's step: 7.74 ms of roofline with it, 7.64 without)."""
   padded = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
   batch, out_height, out_width, channels = output_gradient.shape
@@ -183,8 +183,8 @@ def _max_pool_gradient_by_taps(x, output_gradient, window, strides, padding, sto
   for index, tap in enumerate(windows[1:], start=1):
     better = tap > best
     best, winner = jnp.where(better, tap, best), jnp.where(better, jnp.asarray(index, winner.dtype), winner)
-  winner = store(winner)
-  output_gradient = store(output_gradient)
+  winner = materialise(winner)
+  output_gradient = materialise(output_gradient)
   phase_height, phase_width = (-(-size // stride) for size, stride in zip(padded.shape[1:3], strides))
   zero = jnp.zeros((), output_gradient.dtype)
   phases = [[zero] * strides[1] for _ in range(strides[0])]
