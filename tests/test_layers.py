@@ -243,6 +243,7 @@ def test_stem_pooling_before_its_relu_equals_pooling_after(zero_padded):
     gradient = jax.jit(jax.grad(_pool_loss(ours)))(z)
   # An input in several windows sums their shares in another order than XLA's scatter: rounding apart.
   np.testing.assert_allclose(gradient, expected, rtol=0, atol=1e-13 * np.abs(expected).max())
+  gradient, expected = np.asarray(gradient), np.asarray(expected)  # float64 outside enable_x64
   assert np.count_nonzero(expected) and np.array_equal(gradient == 0, expected == 0)
 
 
