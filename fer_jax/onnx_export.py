@@ -305,14 +305,18 @@ _TRANSLATIONS = {
 }
 
 
-def _inner_jaxpr(eqn):
-  """The body of a call-like equation (jit, custom_jvp_call, …) as (jaxpr, consts), or None."""
+def _inner_jaxpr(eqn, values):
+  """What a call-like equation (jit, custom_jvp_call, …) runs, or a conditional whose branch is known at
+  export (lax.platform_dependent's, the exporting machine's platform), as (jaxpr, consts, args); or None."""
+  if eqn.primitive.name == "cond" and isinstance(values[0], np.ndarray):
+    branch = eqn.params["branches"][int(values[0])]
+    return branch.jaxpr, branch.consts, values[1:]
   for key in ("jaxpr", "call_jaxpr"):
     body = eqn.params.get(key)
     if isinstance(body, jex.core.ClosedJaxpr):
-      return body.jaxpr, body.consts
+      return body.jaxpr, body.consts, values
     if isinstance(body, jex.core.Jaxpr):
-      return body, ()
+      return body, (), values
   return None
 
 
@@ -346,8 +350,8 @@ def _translate(g, jaxpr, consts, args):
   env.update(zip(jaxpr.invars, args))
   for eqn in jaxpr.eqns:
     values = [read(v) for v in eqn.invars]
-    inner = _inner_jaxpr(eqn)
-    outputs = _translate(g, *inner, values) if inner else _translate_equation(g, eqn, values)
+    inner = _inner_jaxpr(eqn, values)
+    outputs = _translate(g, *inner) if inner else _translate_equation(g, eqn, values)
     env.update(zip(eqn.outvars, outputs))
   return [read(v) for v in jaxpr.outvars]
 

@@ -71,8 +71,10 @@ def _jaxpr_macs(jaxpr) -> int:
       (contracting, _), _ = eqn.params["dimension_numbers"]
       lhs = eqn.invars[0].aval
       total += int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs.shape[d] for d in contracting]))
-    for sub in _subjaxprs(eqn.params):
-      total += _jaxpr_macs(sub)
+    if eqn.primitive.name == "cond":  # one branch runs (lax.platform_dependent's, one a platform): the largest
+      total += max(_jaxpr_macs(branch.jaxpr) for branch in eqn.params["branches"])
+    else:
+      total += sum(_jaxpr_macs(sub) for sub in _subjaxprs(eqn.params))
   return total
 
 

@@ -3,6 +3,7 @@
 import math
 
 import jax
+from jax import export
 import jax.numpy as jnp
 import numpy as np
 
@@ -57,6 +58,29 @@ def test_attention_matches_reference_and_returns_the_cls_row_of_pre_softmax_logi
   np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
   assert cls_logits.shape == (2, HEADS, TOKENS)
   np.testing.assert_allclose(cls_logits, ref_logits[:, :, 0, :], rtol=1e-5, atol=1e-5)
+
+
+def test_tpu_attention_with_heads_in_the_products_matches_reference():
+  """The form TPUs compile (q, k, v and the output each a product with its kernel viewed per head)."""
+  attention = vit.Attention(HEADS)
+  x = jax.random.normal(jax.random.key(5), (2, TOKENS, WIDTH))
+  params = _random_block_params(attention, x)
+  y, cls_logits = vit._attend_heads_in_products(x, params["qkv"]["kernel"], params["proj"]["kernel"],
+                                                params["proj"]["bias"], num_heads=HEADS, dtype=jnp.float32)
+  ref_y, ref_logits = _attention(np.asarray(x, np.float64), _np(params))
+  np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(cls_logits, ref_logits[:, :, 0, :], rtol=1e-5, atol=1e-5)
+
+
+def test_attention_splits_heads_in_its_products_on_tpus_only():
+  """TPUs: three q, k, v products, two of attention, one output; elsewhere one qkv product."""
+  attention = vit.Attention(HEADS)
+  x = jax.ShapeDtypeStruct((2, TOKENS, WIDTH), jnp.float32)
+  variables = jax.eval_shape(lambda x: attention.init(jax.random.key(0), x), x)
+  forward = jax.jit(attention.apply)
+  products = {platform: export.export(forward, platforms=[platform])(variables, x).mlir_module()
+              .count("stablehlo.dot_general") for platform in ("tpu", "cuda", "cpu")}
+  assert products == {"tpu": 6, "cuda": 4, "cpu": 4}
 
 
 def test_block_matches_reference_with_exact_gelu_and_epsilon_1e6():
