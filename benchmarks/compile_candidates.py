@@ -13,7 +13,7 @@ The variants (BENCHMARKS.md's "Compiled for a GPU" and "Compiled for a TPU v5e" 
   batch_norm_one_pass            E[x²] − E[x]² (Flax's default; inaccurate when a mean is large)
   attention_tokens_before_heads  the ViT attention's products on [B, N, heads, d], no explicit head split
   attention_cudnn_flash          the ViT attention as cuDNN's flash attention (GPUs, bf16 only)
-  attention_heads_in_products    the ViT attention's heads split inside its products (TPUs' form) everywhere
+  attention_tpu_form             the ViT attention as TPUs take it (q, k, v products of their own) everywhere
   batch_norm_one_round_on_tpu    BatchNorm's statistics in one collective round on TPUs too (GPUs' and
                                  CPUs' batch_norm.sharded_batch_moments; TPUs keep two rounds)
 """
@@ -71,10 +71,10 @@ def _attention_tokens_before_heads():
   vit.Attention = _TokensBeforeHeads
 
 
-def _attention_heads_in_products():
+def _attention_tpu_form():
   """TPUs' attention form on every platform; XLA's GPU compiler (without autotuning) fails on it
   ("Couldn't find output tile sizes")."""
-  vit._attend = vit._attend_heads_in_products  # pylint: disable=protected-access
+  vit._attend = vit._attend_tokens_before_heads  # pylint: disable=protected-access
 
 
 class _CudnnFlashAttention(vit.Attention):
@@ -107,7 +107,7 @@ VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_tap_gradien
             "batch_norm_one_pass": _batch_norm_form("one_pass"),
             "attention_tokens_before_heads": _attention_tokens_before_heads,
             "attention_cudnn_flash": _attention_cudnn_flash,
-            "attention_heads_in_products": _attention_heads_in_products,
+            "attention_tpu_form": _attention_tpu_form,
             "batch_norm_one_round_on_tpu": _batch_norm_one_round_on_tpu}
 
 

@@ -60,19 +60,19 @@ def test_attention_matches_reference_and_returns_the_cls_row_of_pre_softmax_logi
   np.testing.assert_allclose(cls_logits, ref_logits[:, :, 0, :], rtol=1e-5, atol=1e-5)
 
 
-def test_tpu_attention_with_heads_in_the_products_matches_reference():
+def test_tpu_attention_with_tokens_before_heads_matches_reference():
   """The form TPUs compile (q, k, v and the output each a product with its kernel viewed per head)."""
   attention = vit.Attention(HEADS)
   x = jax.random.normal(jax.random.key(5), (2, TOKENS, WIDTH))
   params = _random_block_params(attention, x)
-  y, cls_logits = vit._attend_heads_in_products(x, params["qkv"]["kernel"], params["proj"]["kernel"],
-                                                params["proj"]["bias"], num_heads=HEADS, dtype=jnp.float32)
+  y, cls_logits = vit._attend_tokens_before_heads(x, params["qkv"]["kernel"], params["proj"]["kernel"],
+                                                 params["proj"]["bias"], num_heads=HEADS, dtype=jnp.float32)
   ref_y, ref_logits = _attention(np.asarray(x, np.float64), _np(params))
   np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(cls_logits, ref_logits[:, :, 0, :], rtol=1e-5, atol=1e-5)
 
 
-def test_attention_splits_heads_in_its_products_on_tpus_only():
+def test_attention_takes_q_k_v_as_products_of_their_own_on_tpus_only():
   """TPUs: three q, k, v products, two of attention, one output; elsewhere one qkv product."""
   attention = vit.Attention(HEADS)
   x = jax.ShapeDtypeStruct((2, TOKENS, WIDTH), jnp.float32)

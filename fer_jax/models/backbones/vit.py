@@ -53,9 +53,10 @@ class Attention(nn.Module):
   """Multi-head self-attention, qkv without bias, logits (q·kᵀ)·head_dim^-0.5.
 
   Returns the projected output and the CLS query row of the pre-softmax logits, [B, heads, N].
-  Parameters as two nn.Dense, `qkv` and `proj`. TPUs split the heads inside the products
-  (`_attend_heads_in_products`: 8 v5e chips, APViT's step −9.7 % estimated); XLA's GPU compiler builds
-  no GEMM for those without autotuning (docs/performance.md).
+  Parameters as two nn.Dense, `qkv` and `proj`. TPUs take q, k and v as products of their own, tokens
+  before heads (`_attend_tokens_before_heads`: no head split to copy; APViT's step estimated −9.0 % on
+  one v5e chip, −9.8 % on 8); XLA's GPU compiler builds no GEMM for those products without autotuning
+  (docs/performance.md).
   """
   num_heads: int
   dtype: Any = jnp.float32
@@ -66,8 +67,8 @@ class Attention(nn.Module):
     qkv_kernel, _ = DenseParameters(3 * width, use_bias=False, name="qkv")(width)
     proj_kernel, proj_bias = DenseParameters(width, name="proj")(width)
     attend = functools.partial(_attend, num_heads=self.num_heads, dtype=self.dtype)
-    attend_in_products = functools.partial(_attend_heads_in_products, num_heads=self.num_heads, dtype=self.dtype)
-    return lax.platform_dependent(x, qkv_kernel, proj_kernel, proj_bias, tpu=attend_in_products, default=attend)
+    attend_tokens_first = functools.partial(_attend_tokens_before_heads, num_heads=self.num_heads, dtype=self.dtype)
+    return lax.platform_dependent(x, qkv_kernel, proj_kernel, proj_bias, tpu=attend_tokens_first, default=attend)
 
 
 def _linear(x, kernel, bias, dtype):
@@ -77,11 +78,13 @@ def _linear(x, kernel, bias, dtype):
   return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
-def _softmax_attention(q, k, v, dtype):
-  """(softmax(q·kᵀ·d^-0.5)·v, logits), q, k, v [B, heads, N, d]; the softmax in at least float32."""
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * q.shape[-1]**-0.5
+def _softmax_attention(q, k, v, dtype, layout="bhnd"):
+  """(softmax(q·kᵀ·d^-0.5)·v, logits [B, heads, N, N]); q, k, v and the result laid out as `layout`,
+  "bhnd" or "bnhd"; the softmax in at least float32."""
+  queries, keys = layout.replace("n", "q"), layout.replace("n", "k")
+  logits = jnp.einsum(f"{queries},{keys}->bhqk", q, k) * q.shape[-1]**-0.5
   weights = jax.nn.softmax(logits.astype(layers.at_least_float32(dtype)), axis=-1).astype(dtype)
-  return jnp.einsum("bhqk,bhkd->bhqd", weights, v), logits
+  return jnp.einsum(f"bhqk,{keys}->{queries}", weights, v), logits
 
 
 def _attend(x, qkv_kernel, proj_kernel, proj_bias, num_heads, dtype):
@@ -92,15 +95,15 @@ def _attend(x, qkv_kernel, proj_kernel, proj_bias, num_heads, dtype):
   return _linear(einops.rearrange(y, "b h n d -> b n (h d)"), proj_kernel, proj_bias, dtype), logits[:, :, 0, :]
 
 
-def _attend_heads_in_products(x, qkv_kernel, proj_kernel, proj_bias, num_heads, dtype):
+def _attend_tokens_before_heads(x, qkv_kernel, proj_kernel, proj_bias, num_heads, dtype):
   """`_attend` with q, k, v each a product of x with its third of the kernel viewed [C, heads, d], straight
-  to [B, heads, N, d], and the output a product with the proj kernel viewed [heads, d, C]."""
+  to [B, N, heads, d], the attention's products on those, and the output a product over (heads, d)."""
   width = x.shape[-1]
   x, qkv_kernel, proj_kernel, proj_bias = nn.dtypes.promote_dtype(x, qkv_kernel, proj_kernel, proj_bias, dtype=dtype)
   thirds = qkv_kernel.reshape(width, 3, num_heads, width // num_heads)
-  q, k, v = (jnp.einsum("bnc,chd->bhnd", x, thirds[:, i]) for i in range(3))
-  y, logits = _softmax_attention(q, k, v, dtype)
-  return jnp.einsum("bhnd,hdc->bnc", y, proj_kernel.reshape(num_heads, -1, width)) + proj_bias, logits[:, :, 0, :]
+  q, k, v = (jnp.einsum("bnc,chd->bnhd", x, thirds[:, i]) for i in range(3))
+  y, logits = _softmax_attention(q, k, v, dtype, layout="bnhd")
+  return jnp.einsum("bnhd,hdc->bnc", y, proj_kernel.reshape(num_heads, -1, width)) + proj_bias, logits[:, :, 0, :]
 
 
 class Mlp(nn.Module):
