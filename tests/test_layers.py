@@ -226,18 +226,19 @@ def test_max_pool_and_its_gradient_on_the_cpu_and_as_cuda_takes_it_equal_lax(x_s
 
 @pytest.mark.parametrize("zero_padded", [False, True])
 def test_stem_pooling_before_its_relu_equals_pooling_after(zero_padded):
-  """ResNet's stem, relu(max_pool(z)), and ResNet-v2's, relu(max_pool(zero_pad(z))), equal the papers'
-  max pool of relu(z) (lax's, its own gradient) in value and, to rounding, in gradient, which reaches
-  the same inputs: ties, zeros and windows without a positive value included (max and ReLU commute,
-  and a window whose maximum is not positive passes no gradient either way). That the models use
-  this order and still equal the papers' is checked against PyTorch (test_one_step_parity.py, DAN
-  and SCAN-CCI) and NumPy (test_resnet_v2.py's stem)."""
+  """The stems' relu(max_pool(z)) (−∞ padding) equals the papers' pools of relu(z): ResNet's (−∞
+  padding) and ResNet-v2's (zeros padded, then "valid"), in value and, to rounding, in gradient, which
+  reaches the same inputs: ties, zeros and windows without a positive value included (max and ReLU
+  commute, relu(max(m, 0)) = relu(m), and a window whose maximum is not positive passes no gradient
+  either way). That the models use this order and still equal the papers' is checked against PyTorch
+  (test_one_step_parity.py, DAN and SCAN-CCI) and NumPy (test_resnet_v2.py's stem)."""
   with jax.enable_x64(True):
     z = _tied((2, 13, 13, 3), jnp.float64) - 1.0  # about half of it at or below zero
-    pad = (lambda z: jnp.pad(z, ((0, 0), (1, 1), (1, 1), (0, 0)))) if zero_padded else (lambda z: z)
-    window = ((3, 3), (2, 2), "VALID" if zero_padded else ((1, 1), (1, 1)))
-    papers = lambda z: nn.max_pool(pad(jax.nn.relu(z)), *window)
-    ours = lambda z: jax.nn.relu(layers.max_pool(pad(z), *window))
+    if zero_padded:
+      papers = lambda z: nn.max_pool(jnp.pad(jax.nn.relu(z), ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), (2, 2), "VALID")
+    else:
+      papers = lambda z: nn.max_pool(jax.nn.relu(z), (3, 3), (2, 2), ((1, 1), (1, 1)))
+    ours = lambda z: jax.nn.relu(layers.max_pool(z, (3, 3), (2, 2), ((1, 1), (1, 1))))
     np.testing.assert_array_equal(jax.jit(ours)(z), papers(z))
     expected = jax.grad(_pool_loss(papers))(z)
     gradient = jax.jit(jax.grad(_pool_loss(ours)))(z)

@@ -97,9 +97,9 @@ class ResNetV2(nn.Module):
     x = batch_norm(train, self.dtype, "bn_data", use_scale=False)(x)
     x = conv(self.width, 7, 2, 3, self.dtype, "conv0")(x)
     x = batch_norm(train, self.dtype, "bn0")(x)
-    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # Keras pads with zeros, then pools "valid".
-    # Keras' relu before the pad and pool, moved after them: the same values and gradients (as in resnet.py).
-    x = nn.relu(layers.max_pool(x, (3, 3), (2, 2), padding="VALID"))
+    # Keras: relu, zero pad, "valid" max pool. With the relu after the pool, as in resnet.py, the pad's
+    # zeros change nothing (relu(max(m, 0)) = relu(m)): the same values and gradients, no padded copy.
+    x = nn.relu(layers.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))))
     features = {"stem": insert("stem", x)}
     x = features["stem"]
     unit_class = layers.rematerialised(PreActBasicUnit, self.remat, static_argnums=(2,))
