@@ -11,7 +11,7 @@ The variants (BENCHMARKS.md's "Compiled for a GPU" and "Compiled for a TPU v5e" 
   max_pool_tap_gradient          layers.max_pool's gradient by taps (CUDA's, without `stored`) on TPUs too
   batch_norm_shifted_one_pass    BatchNorm statistics in one pass shifted by each channel's first value
   batch_norm_one_pass            E[x²] − E[x]² (Flax's default; inaccurate when a mean is large)
-  attention_tokens_before_heads  the ViT attention's products on [B, N, heads, d], no explicit head split
+  attention_tokens_before_heads  the ViT attention's products on [B, N, heads, d] sliced from one qkv product
   attention_cudnn_flash          the ViT attention as cuDNN's flash attention (GPUs, bf16 only)
   attention_tpu_form             the ViT attention as TPUs take it (q, k, v products of their own) everywhere
   batch_norm_one_round_on_tpu    BatchNorm's statistics in one collective round on TPUs too (GPUs' and
@@ -74,7 +74,7 @@ def _attention_tokens_before_heads():
 def _attention_tpu_form():
   """TPUs' attention form on every platform; XLA's GPU compiler (without autotuning) fails on it
   ("Couldn't find output tile sizes")."""
-  vit._attend = vit._attend_tokens_before_heads  # pylint: disable=protected-access
+  vit._attend_heads_first = vit._attend_tokens_before_heads  # pylint: disable=protected-access
 
 
 class _CudnnFlashAttention(vit.Attention):

@@ -36,6 +36,7 @@ import time
 from absl import flags
 from absl import logging
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import jaxlib
@@ -121,8 +122,48 @@ def saved_for_backward_bytes(model, variables, images) -> int:
                                          mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})[0]["logits"]
     return jax.vjp(forward, params)[1]  # a function whose leaves are the residuals
 
-  residuals = jax.eval_shape(backward_pass, variables["params"], variables["batch_stats"], images)
-  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(residuals))
+  closed = jax.make_jaxpr(lambda *args: jax.tree.leaves(backward_pass(*args)))(
+      variables["params"], variables["batch_stats"], images)
+  return _residual_bytes(closed.jaxpr)
+
+
+def _residual_bytes(jaxpr) -> int:
+  """Bytes of a jaxpr's outputs (a vjp's residuals), counting those of a conditional (lax.platform_dependent's)
+  for the branch that keeps the most: each branch fills the other branches' residuals with empty arrays."""
+  producers = {var: (eqn, k) for eqn in jaxpr.eqns for k, var in enumerate(eqn.outvars)}
+  plain, by_conditional = 0, {}
+  for var in jaxpr.outvars:
+    size = var.aval.size * var.aval.dtype.itemsize
+    origin = _conditional_origin(producers, var)
+    if origin is None:
+      plain += size
+      continue
+    eqn, k = origin
+    kept = by_conditional.setdefault(id(eqn), [0] * len(eqn.params["branches"]))
+    for b, branch in enumerate(eqn.params["branches"]):
+      kept[b] += 0 if _is_filler(branch.jaxpr, branch.jaxpr.outvars[k]) else size
+  return plain + sum(max(kept) for kept in by_conditional.values())
+
+
+def _conditional_origin(producers, var):
+  """(the cond equation, its output index) that `var` comes from, through call-like equations; or None."""
+  if isinstance(var, jex.core.Literal) or var not in producers:
+    return None
+  eqn, k = producers[var]
+  if eqn.primitive.name == "cond":
+    return eqn, k
+  inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+  if inner is None:
+    return None
+  inner = getattr(inner, "jaxpr", inner)
+  return _conditional_origin({v: (e, i) for e in inner.eqns for i, v in enumerate(e.outvars)}, inner.outvars[k])
+
+
+def _is_filler(jaxpr, var) -> bool:
+  producer = next((eqn for eqn in jaxpr.eqns if any(var is out for out in eqn.outvars)), None)
+  while producer is not None and producer.primitive.name == "broadcast_in_dim":
+    producer = next((eqn for eqn in jaxpr.eqns if any(producer.invars[0] is out for out in eqn.outvars)), None)
+  return producer is not None and producer.primitive.name.startswith("empty")
 
 
 def _compile(jitted, *args):

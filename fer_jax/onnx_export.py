@@ -306,10 +306,11 @@ _TRANSLATIONS = {
 
 
 def _inner_jaxpr(eqn, values):
-  """What a call-like equation (jit, custom_jvp_call, …) runs, or a conditional whose branch is known at
-  export (lax.platform_dependent's, the exporting machine's platform), as (jaxpr, consts, args); or None."""
-  if eqn.primitive.name == "cond" and isinstance(values[0], np.ndarray):
-    branch = eqn.params["branches"][int(values[0])]
+  """What a call-like equation (jit, custom_jvp_call, …) runs, or lax.platform_dependent's default branch
+  (the same on any exporting machine), as (jaxpr, consts, args); or None."""
+  platforms = eqn.params.get("branches_platforms") if eqn.primitive.name == "cond" else None
+  if platforms and None in platforms:
+    branch = eqn.params["branches"][platforms.index(None)]
     return branch.jaxpr, branch.consts, values[1:]
   for key in ("jaxpr", "call_jaxpr"):
     body = eqn.params.get(key)

@@ -71,7 +71,7 @@ def _jaxpr_macs(jaxpr) -> int:
       (contracting, _), _ = eqn.params["dimension_numbers"]
       lhs = eqn.invars[0].aval
       total += int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs.shape[d] for d in contracting]))
-    if eqn.primitive.name == "cond":  # one branch runs (lax.platform_dependent's, one a platform): the largest
+    if eqn.primitive.name == "cond":  # one branch runs (lax.platform_dependent's: one a platform); the largest
       total += max(_jaxpr_macs(branch.jaxpr) for branch in eqn.params["branches"])
     else:
       total += sum(_jaxpr_macs(sub) for sub in _subjaxprs(eqn.params))

@@ -11,6 +11,7 @@ import sys
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import pytest
 
@@ -100,6 +101,28 @@ def test_saved_for_backward_bytes_of_a_linear_model_are_its_input():
   variables = jax.eval_shape(lambda: Linear().init(jax.random.key(0), jnp.zeros(images.shape), train=False))
   saved = benchmark.saved_for_backward_bytes(Linear(), {"params": variables["params"], "batch_stats": {}}, images)
   assert saved == 5 * 8 * 8 * 3 * 4
+
+
+class PlatformDependentLinear(nn.Module):
+  """sin(x·W) on TPUs, elsewhere the sum of sin over [x·W, x·W] ([B, 14]): each keeps x and a cosine of
+  its own shape, [B, 7] or [B, 14], for its gradient (JAX shares residual slots of one shape)."""
+  @nn.compact
+  def __call__(self, images, train: bool):
+    del train
+    kernel = self.param("kernel", nn.initializers.zeros, (8 * 8 * 3, 7))
+    x = images.reshape(images.shape[0], -1)
+    return {"logits": lax.platform_dependent(x, kernel, tpu=lambda x, w: jnp.sin(x @ w),
+                                            default=lambda x, w: jnp.sin(jnp.concatenate([x @ w] * 2, axis=1)).reshape(-1, 2, 7).sum(1))}
+
+
+def test_saved_for_backward_bytes_count_the_branch_of_a_platform_conditional_that_keeps_most():
+  """Each branch of a lax.platform_dependent fills the other's residuals with empty arrays: those are not
+  counted: x, the [B, 14] cosine and the platform index; not also the other branch's [B, 7]."""
+  images = jax.ShapeDtypeStruct((5, 8, 8, 3), jnp.float32)
+  model = PlatformDependentLinear()
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(images.shape), train=False))
+  saved = benchmark.saved_for_backward_bytes(model, {"params": variables["params"], "batch_stats": {}}, images)
+  assert saved == 5 * 8 * 8 * 3 * 4 + 5 * 14 * 4 + 4
 
 
 def test_profile_breakdown_puts_the_traced_steps_ops_in_categories(tmp_path):

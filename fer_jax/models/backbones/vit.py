@@ -54,9 +54,8 @@ class Attention(nn.Module):
 
   Returns the projected output and the CLS query row of the pre-softmax logits, [B, heads, N].
   Parameters as two nn.Dense, `qkv` and `proj`. TPUs take q, k and v as products of their own, tokens
-  before heads (`_attend_tokens_before_heads`: no head split to copy; APViT's step estimated −9.0 % on
-  one v5e chip, −9.8 % on 8); XLA's GPU compiler builds no GEMM for those products without autotuning
-  (docs/performance.md).
+  before heads (`_attend_tokens_before_heads`: no head split for the compiler to copy); XLA's GPU
+  compiler builds no GEMM for those products without autotuning (docs/performance.md).
   """
   num_heads: int
   dtype: Any = jnp.float32
@@ -66,9 +65,9 @@ class Attention(nn.Module):
     width = x.shape[-1]
     qkv_kernel, _ = DenseParameters(3 * width, use_bias=False, name="qkv")(width)
     proj_kernel, proj_bias = DenseParameters(width, name="proj")(width)
-    attend = functools.partial(_attend, num_heads=self.num_heads, dtype=self.dtype)
-    attend_tokens_first = functools.partial(_attend_tokens_before_heads, num_heads=self.num_heads, dtype=self.dtype)
-    return lax.platform_dependent(x, qkv_kernel, proj_kernel, proj_bias, tpu=attend_tokens_first, default=attend)
+    heads_first = functools.partial(_attend_heads_first, num_heads=self.num_heads, dtype=self.dtype)
+    tokens_before_heads = functools.partial(_attend_tokens_before_heads, num_heads=self.num_heads, dtype=self.dtype)
+    return lax.platform_dependent(x, qkv_kernel, proj_kernel, proj_bias, tpu=tokens_before_heads, default=heads_first)
 
 
 def _linear(x, kernel, bias, dtype):
@@ -87,23 +86,27 @@ def _softmax_attention(q, k, v, dtype, layout="bhnd"):
   return jnp.einsum(f"bhqk,{keys}->{queries}", weights, v), logits
 
 
-def _attend(x, qkv_kernel, proj_kernel, proj_bias, num_heads, dtype):
+def _attend_heads_first(x, qkv_kernel, proj_kernel, proj_bias, num_heads, dtype):
   """The qkv product [B, N, 3C] rearranged into heads, as timm splits it; the output merged back."""
-  qkv = _linear(x, qkv_kernel, None, dtype)
+  with jax.named_scope("qkv"):
+    qkv = _linear(x, qkv_kernel, None, dtype)
   q, k, v = einops.rearrange(qkv, "b n (qkv h d) -> qkv b h n d", qkv=3, h=num_heads)
   y, logits = _softmax_attention(q, k, v, dtype)
-  return _linear(einops.rearrange(y, "b h n d -> b n (h d)"), proj_kernel, proj_bias, dtype), logits[:, :, 0, :]
+  with jax.named_scope("proj"):
+    return _linear(einops.rearrange(y, "b h n d -> b n (h d)"), proj_kernel, proj_bias, dtype), logits[:, :, 0, :]
 
 
 def _attend_tokens_before_heads(x, qkv_kernel, proj_kernel, proj_bias, num_heads, dtype):
-  """`_attend` with q, k, v each a product of x with its third of the kernel viewed [C, heads, d], straight
+  """`_attend_heads_first` with q, k, v each a product of x with its third of the kernel viewed [C, heads, d], straight
   to [B, N, heads, d], the attention's products on those, and the output a product over (heads, d)."""
   width = x.shape[-1]
   x, qkv_kernel, proj_kernel, proj_bias = nn.dtypes.promote_dtype(x, qkv_kernel, proj_kernel, proj_bias, dtype=dtype)
   thirds = qkv_kernel.reshape(width, 3, num_heads, width // num_heads)
-  q, k, v = (jnp.einsum("bnc,chd->bnhd", x, thirds[:, i]) for i in range(3))
+  with jax.named_scope("qkv"):
+    q, k, v = (jnp.einsum("bnc,chd->bnhd", x, thirds[:, i]) for i in range(3))
   y, logits = _softmax_attention(q, k, v, dtype, layout="bnhd")
-  return jnp.einsum("bnhd,hdc->bnc", y, proj_kernel.reshape(num_heads, -1, width)) + proj_bias, logits[:, :, 0, :]
+  with jax.named_scope("proj"):
+    return jnp.einsum("bnhd,hdc->bnc", y, proj_kernel.reshape(num_heads, -1, width)) + proj_bias, logits[:, :, 0, :]
 
 
 class Mlp(nn.Module):
