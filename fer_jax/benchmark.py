@@ -130,11 +130,10 @@ def saved_for_backward_bytes(model, variables, images) -> int:
 def _residual_bytes(jaxpr) -> int:
   """Bytes of a jaxpr's outputs (a vjp's residuals), counting those of a conditional (lax.platform_dependent's)
   for the branch that keeps the most: each branch fills the other branches' residuals with empty arrays."""
-  producers = {var: (eqn, k) for eqn in jaxpr.eqns for k, var in enumerate(eqn.outvars)}
   plain, by_conditional = 0, {}
   for var in jaxpr.outvars:
     size = var.aval.size * var.aval.dtype.itemsize
-    origin = _conditional_origin(producers, var)
+    origin = _conditional_origin(jaxpr, var)
     if origin is None:
       plain += size
       continue
@@ -145,25 +144,32 @@ def _residual_bytes(jaxpr) -> int:
   return plain + sum(max(kept) for kept in by_conditional.values())
 
 
-def _conditional_origin(producers, var):
-  """(the cond equation, its output index) that `var` comes from, through call-like equations; or None."""
-  if isinstance(var, jex.core.Literal) or var not in producers:
+def _producer(jaxpr, var):
+  """(the equation of `jaxpr` that writes `var`, its output index), or None (an input or a literal)."""
+  if isinstance(var, jex.core.Literal):
     return None
-  eqn, k = producers[var]
+  return next(((eqn, k) for eqn in jaxpr.eqns for k, out in enumerate(eqn.outvars) if out is var), None)
+
+
+def _conditional_origin(jaxpr, var):
+  """(the cond equation, its output index) that `var` comes from, through call-like equations; or None."""
+  found = _producer(jaxpr, var)
+  if found is None:
+    return None
+  eqn, k = found
   if eqn.primitive.name == "cond":
     return eqn, k
   inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
-  if inner is None:
-    return None
   inner = getattr(inner, "jaxpr", inner)
-  return _conditional_origin({v: (e, i) for e in inner.eqns for i, v in enumerate(e.outvars)}, inner.outvars[k])
+  return None if inner is None else _conditional_origin(inner, inner.outvars[k])
 
 
 def _is_filler(jaxpr, var) -> bool:
-  producer = next((eqn for eqn in jaxpr.eqns if any(var is out for out in eqn.outvars)), None)
-  while producer is not None and producer.primitive.name == "broadcast_in_dim":
-    producer = next((eqn for eqn in jaxpr.eqns if any(producer.invars[0] is out for out in eqn.outvars)), None)
-  return producer is not None and producer.primitive.name.startswith("empty")
+  """Whether `var` is an empty array (broadcast): a branch's stand-in for another branch's residual."""
+  found = _producer(jaxpr, var)
+  while found is not None and found[0].primitive.name == "broadcast_in_dim":
+    found = _producer(jaxpr, found[0].invars[0])
+  return found is not None and found[0].primitive.name.startswith("empty")
 
 
 def _compile(jitted, *args):

@@ -111,8 +111,8 @@ class PlatformDependentLinear(nn.Module):
     del train
     kernel = self.param("kernel", nn.initializers.zeros, (8 * 8 * 3, 7))
     x = images.reshape(images.shape[0], -1)
-    return {"logits": lax.platform_dependent(x, kernel, tpu=lambda x, w: jnp.sin(x @ w),
-                                            default=lambda x, w: jnp.sin(jnp.concatenate([x @ w] * 2, axis=1)).reshape(-1, 2, 7).sum(1))}
+    twice = lambda x, w: jnp.sin(jnp.concatenate([x @ w] * 2, axis=1)).reshape(-1, 2, 7).sum(1)
+    return {"logits": lax.platform_dependent(x, kernel, tpu=lambda x, w: jnp.sin(x @ w), default=twice)}
 
 
 def test_saved_for_backward_bytes_count_the_branch_of_a_platform_conditional_that_keeps_most():
