@@ -98,17 +98,19 @@ def test_average_pooling_leaves_padding_out_of_the_count():
   np.testing.assert_allclose(got, np_avg_pool_same(x, 3), rtol=1e-6)
 
 
-def test_heads_are_contiguous_row_major_bands():
+@pytest.mark.parametrize("heads,band", [(2, (2, 4)), (8, (2,))])   # whole rows; part of a row
+def test_heads_are_contiguous_row_major_bands(heads, band):
   x = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
-  heads = np.asarray(lhcnet.to_heads(jnp.asarray(x), 2))
-  assert heads.shape == (2, 2, 3, 8)
-  np.testing.assert_array_equal(heads[:, 0], x[:, :2].reshape(2, 8, 3).transpose(0, 2, 1))  # rows 0–1
-  np.testing.assert_array_equal(heads[:, 1], x[:, 2:].reshape(2, 8, 3).transpose(0, 2, 1))  # rows 2–3
-  np.testing.assert_array_equal(heads, np_split_heads(x, 2))
-  np.testing.assert_array_equal(lhcnet.from_heads(jnp.asarray(heads), 4, 4), x)
+  bands = np.asarray(lhcnet.to_bands(jnp.asarray(x), heads))
+  assert bands.shape == (2, heads, *band, 3)
+  length = 16 // heads
+  positions = x.reshape(2, 16, 3)
+  for head in range(heads):
+    np.testing.assert_array_equal(bands[:, head].reshape(2, length, 3), positions[:, head * length:(head + 1) * length])
+  np.testing.assert_array_equal(bands.reshape(2, heads, -1, 3).transpose(0, 1, 3, 2), np_split_heads(x, heads))
 
 
-@pytest.mark.parametrize("size,channels,heads,embed_dim", [(4, 5, 2, 3), (4, 6, 4, 2), (3, 4, 1, 5)])
+@pytest.mark.parametrize("size,channels,heads,embed_dim", [(4, 5, 2, 3), (4, 6, 4, 2), (3, 4, 1, 5), (2, 3, 4, 2)])
 def test_module_matches_numpy(size, channels, heads, embed_dim):
   module = lhcnet.LHCModule(heads, embed_dim)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, size, size, channels)), jnp.float32)

@@ -24,8 +24,8 @@ LHC-Net tree, so LHC-Net can start from its checkpoint.
 import functools
 from typing import Any, Optional, Sequence
 
-import einops
 import flax.linen as nn
+from jax import lax
 import jax.numpy as jnp
 
 from fer_jax.models import Method, from_config, layers
@@ -39,16 +39,17 @@ head_glorot_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"
                                                        batch_axis=(0,))
 
 
-def to_heads(x, num_heads: int):
-  """B×R×R×C → B×h×C×P: the row-major positions cut into h contiguous bands of length P."""
-  positions = einops.rearrange(x, "b y x c -> b (y x) c")
-  return einops.rearrange(positions, "b (h p) c -> b h c p", h=num_heads)
+def band_shape(height: int, width: int, num_heads: int) -> tuple[int, ...]:
+  """The shape of one of h contiguous row-major bands of the positions: whole rows where h divides the height."""
+  if height % num_heads == 0:
+    return (height // num_heads, width)
+  return (height * width // num_heads,)
 
 
-def from_heads(x, height: int, width: int):
-  """Inverse of `to_heads`."""
-  positions = einops.rearrange(x, "b h c p -> b (h p) c")
-  return einops.rearrange(positions, "b (y x) c -> b y x c", y=height, x=width)
+def to_bands(x, num_heads: int):
+  """B×R×R×C → B×h×(band)×C, the positions cut into h contiguous row-major bands (a reshape)."""
+  batch, height, width, channels = x.shape
+  return x.reshape(batch, num_heads, *band_shape(height, width, num_heads), channels)
 
 
 class LHCModule(nn.Module):
@@ -78,17 +79,23 @@ class LHCModule(nn.Module):
     kernel = self.param("qk_kernel", head_glorot_uniform, (self.num_heads, band, self.embed_dim))
     bias = self.param("qk_bias", nn.initializers.zeros, (self.num_heads, self.embed_dim))
     precise = layers.at_least_float32(self.dtype)
-    # Heads folded into the batch: XLA:CPU reduces an array with a size-1 axis (a module with one
-    # head) up to 50× slower (docs/performance.md, "A head axis of size 1").
-    heads_in_batch = lambda t: einops.rearrange(t, "b h c x -> (b h) c x")
-    project = lambda t: heads_in_batch(jnp.einsum("bhcp,hpe->bhce", to_heads(t.astype(precise), self.num_heads),
-                                                  kernel) + bias[:, None, :])
+    # Channels stay last and the bands are whole rows where they can be: the products contract each
+    # band where it lies, so nothing moves the channels before the positions (on a TPU such moves are
+    # copies; docs/performance.md, "LHC-Net's bands, channels last"). Heads are folded into the batch
+    # once projected: XLA:CPU reduces an array with a size-1 axis (a module with one head) up to 50×
+    # slower (docs/performance.md, "A head axis of size 1").
+    shape = band_shape(height, width, self.num_heads)
+    band_kernel = kernel.reshape(self.num_heads, *shape, self.embed_dim)
+    project = lambda t: (jnp.einsum("bh...c,h...e->bhce", to_bands(t.astype(precise), self.num_heads), band_kernel)
+                         + bias[:, None, :]).reshape(-1, channels, self.embed_dim)
     scores = jnp.einsum("nce,nde->ncd", project(query), project(key))
     gate = nn.sigmoid(nn.Dense(channels, kernel_init=glorot_uniform, name="scale_dense")(
         jnp.mean(scores, axis=-1)))
     attention = nn.softmax(scores / jnp.power(float(self.embed_dim), self.norm_c + gate[..., None]), axis=-1)
-    out = jnp.einsum("ncd,ndp->ncp", attention, heads_in_batch(to_heads(value.astype(precise), self.num_heads)))
-    out = from_heads(einops.rearrange(out, "(b h) c p -> b h c p", h=self.num_heads), height, width)
+    # XLA:CPU would fuse the softmax into the product with the value, one YNNPACK fusion twice as slow.
+    attention = lax.platform_dependent(attention, cpu=layers.stored, default=lambda attention: attention)
+    value_bands = to_bands(value.astype(precise), self.num_heads).reshape(-1, *shape, channels)
+    out = jnp.einsum("ncd,n...d->n...c", attention, value_bands).reshape(x.shape)
     if self.controller_init is not None:
       w = self.param("controller", nn.initializers.constant(self.controller_init), ())
       out = out * (1.0 + jnp.tanh(w))
