@@ -110,12 +110,13 @@ def test_heads_are_contiguous_row_major_bands(heads, band):
   np.testing.assert_array_equal(bands.reshape(2, heads, -1, 3).transpose(0, 1, 3, 2), np_split_heads(x, heads))
 
 
-@pytest.mark.parametrize("size,channels,heads,embed_dim", [(4, 5, 2, 3), (4, 6, 4, 2), (3, 4, 1, 5), (2, 3, 4, 2)])
-def test_module_matches_numpy(size, channels, heads, embed_dim):
+@pytest.mark.parametrize("height,width,channels,heads,embed_dim",
+                         [(4, 4, 5, 2, 3), (4, 4, 6, 4, 2), (3, 3, 4, 1, 5), (2, 2, 3, 4, 2), (6, 4, 3, 4, 2)])
+def test_module_matches_numpy(height, width, channels, heads, embed_dim):  # last two: bands of part of a row
   module = lhcnet.LHCModule(heads, embed_dim)
-  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, size, size, channels)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, height, width, channels)), jnp.float32)
   params = random_module_params(module, x)
-  assert params["qk_kernel"].shape == (heads, size * size // heads, embed_dim)
+  assert params["qk_kernel"].shape == (heads, height * width // heads, embed_dim)
   got = module.apply({"params": params}, x)
   want = np.asarray(x, np.float64) + np_lhc(np.asarray(x, np.float64), to_np(params), heads, embed_dim)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -53,6 +53,11 @@ def stored(x):
   return lax.cond(jnp.isnan(as_float), lambda x: jnp.full_like(x, first), lambda x: x, x)
 
 
+def stored_on_cpu(x):
+  """`stored` on CPUs; x as it is on other platforms."""
+  return lax.platform_dependent(x, cpu=stored, default=lambda x: x)
+
+
 @jax.custom_vjp
 def stored_for_gradient(x):
   """x; under differentiation on the CPU, `stored`: for a convolution's kernel gradient, whose
@@ -63,7 +68,7 @@ def stored_for_gradient(x):
 
 
 def _stored_for_gradient_forward(x):
-  return lax.platform_dependent(x, cpu=stored, default=lambda x: x), None
+  return stored_on_cpu(x), None
 
 
 stored_for_gradient.defvjp(_stored_for_gradient_forward, lambda _, gradient: (gradient,))

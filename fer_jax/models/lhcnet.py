@@ -25,7 +25,6 @@ import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-from jax import lax
 import jax.numpy as jnp
 
 from fer_jax.models import Method, from_config, layers
@@ -40,14 +39,15 @@ head_glorot_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"
 
 
 def band_shape(height: int, width: int, num_heads: int) -> tuple[int, ...]:
-  """The shape of one of h contiguous row-major bands of the positions: whole rows where h divides the height."""
+  """The shape of one of h contiguous row-major bands of the positions: (rows, width) where h divides the
+  height, else (positions,)."""
   if height % num_heads == 0:
     return (height // num_heads, width)
   return (height * width // num_heads,)
 
 
 def to_bands(x, num_heads: int):
-  """B×R×R×C → B×h×(band)×C, the positions cut into h contiguous row-major bands (a reshape)."""
+  """B×H×W×C → B×h×(band)×C, the positions cut into h contiguous row-major bands (a reshape)."""
   batch, height, width, channels = x.shape
   return x.reshape(batch, num_heads, *band_shape(height, width, num_heads), channels)
 
@@ -84,17 +84,18 @@ class LHCModule(nn.Module):
     # copies; docs/performance.md, "LHC-Net's bands, channels last"). Heads are folded into the batch
     # once projected: XLA:CPU reduces an array with a size-1 axis (a module with one head) up to 50×
     # slower (docs/performance.md, "A head axis of size 1").
-    shape = band_shape(height, width, self.num_heads)
-    band_kernel = kernel.reshape(self.num_heads, *shape, self.embed_dim)
+    band_dims = band_shape(height, width, self.num_heads)
+    band_kernel = kernel.reshape(self.num_heads, *band_dims, self.embed_dim)
     project = lambda t: (jnp.einsum("bh...c,h...e->bhce", to_bands(t.astype(precise), self.num_heads), band_kernel)
                          + bias[:, None, :]).reshape(-1, channels, self.embed_dim)
     scores = jnp.einsum("nce,nde->ncd", project(query), project(key))
     gate = nn.sigmoid(nn.Dense(channels, kernel_init=glorot_uniform, name="scale_dense")(
         jnp.mean(scores, axis=-1)))
     attention = nn.softmax(scores / jnp.power(float(self.embed_dim), self.norm_c + gate[..., None]), axis=-1)
-    # XLA:CPU would fuse the softmax into the product with the value, one YNNPACK fusion twice as slow.
-    attention = lax.platform_dependent(attention, cpu=layers.stored, default=lambda attention: attention)
-    value_bands = to_bands(value.astype(precise), self.num_heads).reshape(-1, *shape, channels)
+    # XLA:CPU would fuse the softmax into the product with the value, one YNNPACK fusion twice as slow
+    # (`layers.stored`: a NaN as the attention's first value then fills the whole batch's with NaN).
+    attention = layers.stored_on_cpu(attention)
+    value_bands = to_bands(value.astype(precise), self.num_heads).reshape(-1, *band_dims, channels)
     out = jnp.einsum("ncd,n...d->n...c", attention, value_bands).reshape(x.shape)
     if self.controller_init is not None:
       w = self.param("controller", nn.initializers.constant(self.controller_init), ())
