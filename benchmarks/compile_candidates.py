@@ -16,6 +16,8 @@ The variants (BENCHMARKS.md's "Compiled for a GPU" and "Compiled for a TPU v5e" 
   attention_tpu_form             the ViT attention as TPUs take it (q, k, v products of their own) everywhere
   batch_norm_one_round_on_tpu    BatchNorm's statistics in one collective round on TPUs too (GPUs' and
                                  CPUs' batch_norm.sharded_batch_moments; TPUs keep two rounds)
+  optimizer_state_sharded        the optimiser's state split over the data axis (ZeRO stage 1), each leaf
+                                 along its first axis that the device count divides; parameters replicated
 """
 
 import json
@@ -29,14 +31,17 @@ import einops  # noqa: E402  pylint: disable=wrong-import-position
 import flax.linen as nn  # noqa: E402  pylint: disable=wrong-import-position
 import jax  # noqa: E402  pylint: disable=wrong-import-position
 import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402  pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batch_norm_variance  # noqa: E402  pylint: disable=wrong-import-position
 import gpu_compile  # noqa: E402  pylint: disable=wrong-import-position
 import tpu_compile  # noqa: E402  pylint: disable=wrong-import-position
+import helpers  # noqa: E402  pylint: disable=wrong-import-position
 from helpers import compiled_train_steps, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
+from fer_jax import mesh as mesh_lib  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax.models import layers  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax.models.backbones import batch_norm, vit  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -102,13 +107,37 @@ def _batch_norm_one_round_on_tpu():
   batch_norm.TWO_ROUND_PLATFORMS = ()
 
 
+def _split_over_data(leaf, mesh) -> NamedSharding:
+  for axis, size in enumerate(leaf.shape):
+    if size % mesh.shape["data"] == 0:
+      return NamedSharding(mesh, P(*[None] * axis, "data"))
+  return NamedSharding(mesh, P())
+
+
+def _optimizer_state_sharded():
+  replicated_step = helpers.abstract_train_step
+
+  def abstract_train_step(config, mesh=None):
+    step, state = replicated_step(config, mesh)
+    mesh = mesh or mesh_lib.make_mesh()
+    shardings = {**jax.tree.map(lambda leaf: leaf.sharding, state),
+                 "opt_state": jax.tree.map(lambda leaf: _split_over_data(leaf, mesh), state["opt_state"])}
+    state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                         state, shardings)
+    step = jax.jit(step.__wrapped__, in_shardings=(shardings, NamedSharding(mesh, P("data"))),
+                   out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
+    return step, state
+  helpers.abstract_train_step = abstract_train_step
+
+
 VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_tap_gradient,
             "batch_norm_shifted_one_pass": _batch_norm_form("shifted_one_pass"),
             "batch_norm_one_pass": _batch_norm_form("one_pass"),
             "attention_tokens_before_heads": _attention_tokens_before_heads,
             "attention_cudnn_flash": _attention_cudnn_flash,
             "attention_tpu_form": _attention_tpu_form,
-            "batch_norm_one_round_on_tpu": _batch_norm_one_round_on_tpu}
+            "batch_norm_one_round_on_tpu": _batch_norm_one_round_on_tpu,
+            "optimizer_state_sharded": _optimizer_state_sharded}
 
 
 def main() -> None:
