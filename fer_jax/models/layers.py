@@ -46,11 +46,11 @@ def stored(x):
   it with a stride of a whole map) or many times (the max pool gradient's tap map) then reads every
   producer's inputs that way: slower than reading x once stored. XLA fuses nothing across a
   conditional, so x goes through one; its other branch, taken only when x's first element is NaN,
-  fills x with that NaN.
+  writes that element again: x either way, which XLA cannot tell.
   """
   first = x.reshape(-1)[0]
   as_float = first if jnp.issubdtype(x.dtype, jnp.inexact) else first.astype(float)  # XLA folds ints' i == i
-  return lax.cond(jnp.isnan(as_float), lambda x: jnp.full_like(x, first), lambda x: x, x)
+  return lax.cond(jnp.isnan(as_float), lambda x: x.at[(0,) * x.ndim].set(first), lambda x: x, x)
 
 
 def stored_on_cpu(x):

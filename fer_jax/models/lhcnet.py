@@ -92,8 +92,7 @@ class LHCModule(nn.Module):
     gate = nn.sigmoid(nn.Dense(channels, kernel_init=glorot_uniform, name="scale_dense")(
         jnp.mean(scores, axis=-1)))
     attention = nn.softmax(scores / jnp.power(float(self.embed_dim), self.norm_c + gate[..., None]), axis=-1)
-    # XLA:CPU would fuse the softmax into the product with the value, one YNNPACK fusion twice as slow
-    # (`layers.stored`: a NaN as the attention's first value then fills the whole batch's with NaN).
+    # XLA:CPU would fuse the softmax into the product with the value, one YNNPACK fusion twice as slow.
     attention = layers.stored_on_cpu(attention)
     value_bands = to_bands(value.astype(precise), self.num_heads).reshape(-1, *band_dims, channels)
     out = jnp.einsum("ncd,n...d->n...c", attention, value_bands).reshape(x.shape)
