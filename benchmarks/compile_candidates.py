@@ -41,7 +41,6 @@ import tpu_compile  # noqa: E402  pylint: disable=wrong-import-position
 import helpers  # noqa: E402  pylint: disable=wrong-import-position
 from helpers import compiled_train_steps, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
-from fer_jax import mesh as mesh_lib  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax.models import layers  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax.models.backbones import batch_norm, vit  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -119,7 +118,7 @@ def _optimizer_state_sharded():
 
   def abstract_train_step(config, mesh=None):
     step, state = replicated_step(config, mesh)
-    mesh = mesh or mesh_lib.make_mesh()
+    mesh = state["step"].sharding.mesh
     shardings = {**jax.tree.map(lambda leaf: leaf.sharding, state),
                  "opt_state": jax.tree.map(lambda leaf: _split_over_data(leaf, mesh), state["opt_state"])}
     state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
