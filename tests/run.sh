@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh clone: virtual environment, install, run.
-#   bash tests/run.sh [pytest arguments]
+#   [PYTHON=python3.12] bash tests/run.sh [pytest arguments]
 # Both tiers, in two pytest-xdist workers (XLA compiles on one thread: two keep two cores busy)
 # that steal queued tests from each other, so neither idles while the other runs the long ones;
 # the fast one alone: .venv/bin/python -m pytest -m "not integration" (README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
+"${PYTHON:-python3}" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
 exec .venv/bin/python -m pytest -q -n 2 --dist worksteal --durations=25 "$@"
