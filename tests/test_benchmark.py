@@ -434,7 +434,7 @@ def test_accelerator_script_benchmarks_each_config_in_each_dtype_and_renders_the
   assert result.returncode == 0 and "failed" not in result.stderr, result.stderr
   lines = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
   assert [(line["model"], line["dtype"], line["batch_size"], line["input"]) for line in lines] == [
-      ("dan", "float32", 2, "synthetic"), ("dan", "bfloat16", 2, "synthetic")]
+      ("dan", "bfloat16", 2, "synthetic"), ("dan", "float32", 2, "synthetic")]
   table = (tmp_path / "out" / "table.md").read_text()
   assert table.count("| `configs/dan.py:synthetic` | 72² | 2 |") == 2 and "official fp32 (H100, batch 256)" in table
 
