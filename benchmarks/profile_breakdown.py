@@ -4,7 +4,8 @@
       --steps=2 --warmup=1 --profile_dir=DIR
   python benchmarks/profile_breakdown.py DIR [--top 15]
 
-Each op of the trace (XLA's thunks on the CPU) is matched to its instruction in the compiled train
+Each op of the trace (XLA's thunks on the CPU; on a GPU, the device's kernels, those that a command
+buffer launched by the fusion they are named after) is matched to its instruction in the compiled train
 step (DIR/train_step.hlo.txt) and put in a category by the JAX operation its metadata names:
 convolutions forward, their gradients as XLA's convolutions, the CPU's 1×1 kernel gradients as
 products, pools, BatchNorm, activations, the optimiser, collectives. Prints milliseconds per step of
@@ -61,6 +62,14 @@ def category(instruction: str, opcode: str, op_name: str) -> str:
   return "other"
 
 
+def traced_instruction(event: dict, names: dict) -> str | None:
+  """The compiled step's instruction an op of the trace ran: its `hlo_op`, or, for a GPU kernel that a
+  command buffer (a CUDA graph) launched, the fusion its kernel is named after ("loop_add_fusion_3")."""
+  kernel = event.get("name", "")
+  candidates = (event.get("args", {}).get("hlo_op"), kernel, re.sub(r"_(\d+)$", r".\1", kernel))
+  return next((name for name in candidates if name in names), None)
+
+
 def breakdown(directory: str, steps: int) -> tuple[collections.Counter, collections.Counter]:
   """(ms per step by category, ms per step by op) of the newest trace under `directory`."""
   trace, = sorted(glob.glob(os.path.join(directory, "plugins", "profile", "*", "perfetto_trace.json.gz")))[-1:]
@@ -68,10 +77,12 @@ def breakdown(directory: str, steps: int) -> tuple[collections.Counter, collecti
     events = json.load(file)["traceEvents"]
   with open(os.path.join(directory, "train_step.hlo.txt")) as file:
     names = instructions(file.read())
+  devices = {event["pid"] for event in events
+             if event.get("ph") == "M" and event.get("args", {}).get("name", "").startswith("/device:")}
   by_category, by_op = collections.Counter(), collections.Counter()
   for event in events:
-    name = event.get("args", {}).get("hlo_op", event.get("name"))
-    if event.get("ph") != "X" or name not in names:
+    name = traced_instruction(event, names)
+    if event.get("ph") != "X" or name is None or (devices and event.get("pid") not in devices):
       continue
     milliseconds = event["dur"] / 1e3 / steps
     opcode, op_name = names[name]

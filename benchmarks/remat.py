@@ -38,7 +38,7 @@ def measure(spec: str, remat: str, batch_size: int, dtype: str) -> dict:
   return {"config": spec, "model": config.model.name, "input_size": config.input.size, "batch_size": batch,
           "dtype": dtype, "remat": remat, "jax": jax.__version__,
           "saved_for_backward_bytes": benchmark.saved_for_backward_bytes(models.build_model(config), variables, images),
-          "lowered_train_flops_per_step": float(lowered.cost_analysis()["flops"])}
+          "lowered_train_flops_per_step": benchmark.program_flops(lowered)}
 
 
 def table(rows: list[dict]) -> str:

@@ -35,6 +35,10 @@ def _number(value, digits: int = 2) -> str:
   return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def _per_image(value, row: dict):
+  return None if value is None else value / row["batch_size"]
+
+
 def _memory(row: dict) -> str:
   """GiB; a † marks XLA's planned figure (compiled.memory_analysis) where the device reports none."""
   size = row.get("peak_memory_bytes")
@@ -58,7 +62,7 @@ def paper_row(row: dict, reference: bool = False) -> list[str]:
   cells = [f"`{config_argument(row)}`", f"{row['input_size']}²", str(row["batch_size"]), _precision(row),
            str(row["devices"]), _number(row["train_img_per_s"]), _number(row["train_step_ms"], 1),
            _number(row["eval_img_per_s"]), f"{row['train_compile_s']:.1f} / {row['eval_compile_s']:.1f}",
-           f"{row['train_warmup_s']:.2f}", _number(row["train_flops_per_step"] / row["batch_size"] / 1e9),
+           f"{row['train_warmup_s']:.2f}", _number(_per_image(row["train_flops_per_step"], row) / 1e9),
            _number(row["train_tflops_per_s"], 3),
            "–" if row.get("mfu") is None else f"{row['mfu']:.1%}", _memory(row), _kept_for_backward(row)]
   if reference:

@@ -9,8 +9,8 @@ and `--warmup` untimed steps:
   synthetic   the jitted train and eval steps on device-resident random model inputs (no data set
               needed). The state's initialisation (`init_s`, compile included), compilation and
               warm-up are timed apart from the steps; the line also holds
-              XLA's cost analysis (FLOPs per step, hence achieved TFLOP/s and MFU against the
-              device's dense bf16 peak), peak device memory, what one device's forward pass keeps
+              XLA's cost analysis (FLOPs per step of the program before optimisation, hence
+              achieved TFLOP/s and MFU against the device's dense bf16 peak), peak device memory, what one device's forward pass keeps
               for the backward pass (`saved_for_backward_bytes`, which config.model.remat lowers),
               the cross-device collectives of the compiled train step, and the software and
               hardware it ran on;
@@ -40,6 +40,7 @@ import jax.extend as jex
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import jaxlib
+from jax._src.lib import _jax as xla_extension  # hlo_module_cost_analysis: no public form (program_flops)
 
 from fer_jax import cli
 from fer_jax import config_lib
@@ -173,17 +174,33 @@ def _is_filler(jaxpr, var) -> bool:
 
 
 def _compile(jitted, *args):
-  """(the compiled executable, seconds spent lowering and compiling it)."""
+  """(the compiled executable, seconds spent lowering and compiling it, its cost: `_cost`)."""
   start = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
-  return compiled, time.perf_counter() - start
+  lowered = jitted.lower(*args)
+  compiled = lowered.compile()
+  seconds = time.perf_counter() - start
+  return compiled, seconds, _cost(lowered, compiled)
 
 
-def _cost(compiled) -> dict:
-  """XLA's cost analysis of one call: FLOPs and bytes accessed (per device where partitioned)."""
+def _cost(lowered, compiled) -> dict:
+  """One call's FLOPs (`program_flops`) and the bytes one device's compiled program accesses (XLA's
+  cost analysis)."""
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, list) else cost) or {}
-  return {"flops": float(cost.get("flops", 0.0)), "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+  return {"flops": program_flops(lowered), "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+
+
+def program_flops(lowered) -> float | None:
+  """The FLOPs of a lowered program, all devices together, before XLA optimises it for a device: the
+  count of XLA's cost analysis on the CPU client. The compiled program's own count misses the work of
+  library calls (on GPUs, cuDNN's convolutions count nothing), and the GPU and TPU plugins analyse no
+  lowered program. None where JAX has no CPU client (JAX_PLATFORMS without cpu)."""
+  try:
+    cpu = jax.devices("cpu")[0].client
+  except RuntimeError:
+    return None
+  module = lowered.compiler_ir("hlo").as_hlo_module()
+  return float(xla_extension.hlo_module_cost_analysis(cpu, module).get("flops", 0.0))
 
 
 def memory_analysis(compiled) -> dict:
@@ -313,12 +330,12 @@ def _synthetic_batch(config, mesh, batch_size: int) -> dict:
 
 
 def _timing(name: str, batch_size: int, compile_seconds: float, warmup_seconds: float, seconds: float,
-            flops: float, devices: int) -> dict:
-  """The figures of one timed step: `flops` is XLA's count for one device's share of the step."""
+            flops: float | None) -> dict:
+  """The figures of one timed step: `flops` is XLA's count for the whole step, all devices together."""
   return {f"{name}_img_per_s": round(batch_size / seconds, 2), f"{name}_step_ms": round(seconds * 1e3, 3),
           f"{name}_compile_s": round(compile_seconds, 2), f"{name}_warmup_s": round(warmup_seconds, 3),
-          f"{name}_flops_per_step": flops * devices,
-          f"{name}_tflops_per_s": round(flops * devices / seconds / 1e12, 4)}
+          f"{name}_flops_per_step": flops,
+          f"{name}_tflops_per_s": None if flops is None else round(flops / seconds / 1e12, 4)}
 
 
 def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dict:
@@ -335,7 +352,7 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
   init_seconds = time.perf_counter() - start
   batch = _synthetic_batch(config, mesh, batch_size)
 
-  train_step, train_compile = _compile(
+  train_step, train_compile, train_cost = _compile(
       train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed), holder["state"], batch)
 
   def run_train(_):
@@ -353,24 +370,23 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
       file.write(train_step.as_text())
 
   variables = {"params": holder["state"]["params"], "batch_stats": holder["state"]["batch_stats"]}
-  eval_step, eval_compile = _compile(evaluate.confusion_step(model, config.model.num_classes, mesh),
-                                     variables, batch)
+  eval_step, eval_compile, eval_cost = _compile(evaluate.confusion_step(model, config.model.num_classes, mesh),
+                                                variables, batch)
   eval_warmup, eval_seconds = _time_stream(itertools.repeat(None), warmup, steps,
                                            lambda _: eval_step(variables, batch))
 
-  train_cost, eval_cost = _cost(train_step), _cost(eval_step)
   memory = memory_analysis(train_step)
   peak = peak_tflops(jax.devices()[0].device_kind)
-  train_figures = _timing("train", batch_size, train_compile, train_warmup, train_seconds, train_cost["flops"],
-                          devices)
+  train_figures = _timing("train", batch_size, train_compile, train_warmup, train_seconds, train_cost["flops"])
   return {
       "input": "synthetic", **_describe(config, mesh, batch_size), "steps": steps, "warmup_steps": warmup,
       "init_s": round(init_seconds, 2),
       "img_per_s": train_figures["train_img_per_s"], **train_figures,
-      **_timing("eval", batch_size, eval_compile, eval_warmup, eval_seconds, eval_cost["flops"], devices),
+      **_timing("eval", batch_size, eval_compile, eval_warmup, eval_seconds, eval_cost["flops"]),
       "train_bytes_accessed_per_step": train_cost["bytes_accessed"] * devices,
       "peak_tflops_per_device": peak,
-      "mfu": round(train_figures["train_tflops_per_s"] / (peak * devices), 4) if peak else None,
+      "mfu": round(train_figures["train_tflops_per_s"] / (peak * devices), 4)
+             if peak and train_figures["train_tflops_per_s"] is not None else None,
       "peak_memory_bytes": device_peak if device_peak is not None else planned_peak_bytes(memory),
       "peak_memory_source": "device.memory_stats" if device_peak is not None else "compiled.memory_analysis",
       "train_memory_analysis": memory,

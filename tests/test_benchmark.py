@@ -3,6 +3,7 @@ markdown tables of benchmarks/render_table.py. No timing is asserted: only that 
 and agrees with what can be counted independently."""
 
 import ast
+import gzip
 import json
 import os
 import re
@@ -134,6 +135,42 @@ def test_profile_breakdown_puts_the_traced_steps_ops_in_categories(tmp_path):
   # The train step's convolutions are XLA's own kernels, not YNNPACK fusions (mesh.CPU_COMPILER_OPTIONS).
   hlo = (tmp_path / "train_step.hlo.txt").read_text()
   assert " convolution(" in hlo and not helpers.ynn_convolutions(hlo)
+
+
+def test_profile_breakdown_of_a_gpu_trace_counts_device_kernels_by_instruction(tmp_path):
+  """An H200 trace's shape: cuDNN's kernels name their custom call in `hlo_op`; a kernel that a command
+  buffer (CUDA graph) launched names only the command buffer, its own name the fusion's; the host's
+  launch events carry instruction names too and are not kernels."""
+  (tmp_path / "train_step.hlo.txt").write_text(
+      '  %cudnn-conv.1 = (bf16[8,4,4,2]{3,2,1,0}, u8[0]{0}) custom-call(%p.1, %p.2), '
+      'custom_call_target="__cudnn$convForward", metadata={op_name="jit(train_step)/jvp(Net)/conv/conv_general_dilated"}\n'
+      '  %loop_maximum_fusion.3 = bf16[8,4,4,2]{3,2,1,0} fusion(%p.3), kind=kLoop, calls=%fused_maximum, '
+      'metadata={op_name="jit(train_step)/jvp(Net)/jit(relu)/max"}\n')
+  events = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "pid": 701, "name": "process_name", "args": {"name": "/host:CPU"}},
+            {"ph": "X", "pid": 1, "tid": 14, "dur": 300.0, "name": "sm90_xmma_fprop_implicit_gemm_bf16",
+             "args": {"hlo_op": "cudnn-conv.1"}},
+            {"ph": "X", "pid": 1, "tid": 14, "dur": 60.0, "name": "loop_maximum_fusion_3",
+             "args": {"hlo_op": "command_buffer_9"}},
+            {"ph": "X", "pid": 1, "tid": 14, "dur": 9.0, "name": "memcpy32_post", "args": {"hlo_op": "command_buffer_9"}},
+            {"ph": "X", "pid": 701, "tid": 2, "dur": 500.0, "name": "cudnn-conv.1"}]
+  trace_dir = tmp_path / "plugins" / "profile" / "2026_12_04"
+  trace_dir.mkdir(parents=True)
+  with gzip.open(trace_dir / "perfetto_trace.json.gz", "wt") as file:
+    json.dump({"traceEvents": events}, file)
+  by_category, by_op = profile_breakdown.breakdown(str(tmp_path), 3)
+  assert by_category == {"conv forward": pytest.approx(0.1), "activation forward": pytest.approx(0.02)}
+  assert by_op["loop_maximum_fusion.3 (jvp(Net)/jit(relu)/max)"] == pytest.approx(0.02)
+
+
+def test_program_flops_count_a_convolution_and_a_product_by_their_formulas():
+  """2 × outputs × taps × input features, and 2 × M × K × N: what MFU divides by the device's peak."""
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  lowered = jax.jit(conv).lower(jax.ShapeDtypeStruct((8, 57, 57, 3), jnp.bfloat16),
+                                jax.ShapeDtypeStruct((7, 7, 3, 64), jnp.bfloat16))
+  assert benchmark.program_flops(lowered) == 2 * (8 * 26 * 26 * 64) * (7 * 7) * 3
+  lowered = jax.jit(jnp.dot).lower(jax.ShapeDtypeStruct((32, 64), jnp.float32), jax.ShapeDtypeStruct((64, 16), jnp.float32))
+  assert benchmark.program_flops(lowered) == 2 * 32 * 64 * 16
 
 
 def test_peak_tflops_of_device_kinds():
