@@ -96,7 +96,7 @@ def paper_table(rows: list[dict], reference: bool = False) -> str:
     return "(no synthetic results)"
   header = PAPER_HEADER + (REFERENCE_HEADER if reference else [])
   note = ("Compilation and warm-up steps are timed apart and not in the img/s figures; FLOPs from XLA's cost "
-          "analysis, MFU against the device's dense bf16 peak; † peak memory as XLA planned it "
+          "analysis of the step before optimisation, MFU against the device's dense bf16 peak; † peak memory as XLA planned it "
           "(compiled.memory_analysis), the device reporting none; kept for backward: what one device's "
           "forward pass keeps for the backward pass (jax.vjp's residuals, parameters included), which "
           "config.model.remat lowers.")
