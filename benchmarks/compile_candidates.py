@@ -18,8 +18,16 @@ The variants (BENCHMARKS.md's "Compiled for a GPU" and "Compiled for a TPU v5e" 
                                  CPUs' batch_norm.sharded_batch_moments; TPUs keep two rounds)
   optimizer_state_sharded        the optimiser's state split over the data axis (ZeRO stage 1), each leaf
                                  along its first axis that the device count divides; parameters replicated
+  conv_input_channels_padded     the RGB stems' convolutions on their input and kernel zero-padded from 3
+                                 to 8 input channels (exact: cuDNN runs 3 channels in a slow kernel)
+  max_pool_xla_gradient          layers.max_pool's gradient as XLA's own (select-and-scatter) on CUDA too
+  max_pool_tap_gradient_stored   the CPU's tap gradient, its tap map and arriving gradient `stored`, on
+                                 CUDA too
+benchmarks/run_candidates.py times the variants that change the library's train step on this
+machine's devices.
 """
 
+import functools
 import json
 import os
 import sys
@@ -43,12 +51,6 @@ from helpers import compiled_train_steps, paper_configs_parser, write_rows  # no
 
 from fer_jax.models import layers  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax.models.backbones import batch_norm, vit  # noqa: E402  pylint: disable=wrong-import-position
-
-
-def _max_pool_tap_gradient():
-  def backward(window, strides, padding, x, output_gradient):  # as layers._max_pool_backward's CUDA branch
-    return layers._max_pool_gradient_by_taps(x, output_gradient, window=window, strides=strides, padding=padding),  # pylint: disable=protected-access
-  layers._max_pool.defvjp(layers._max_pool_forward, backward)  # pylint: disable=protected-access
 
 
 def _batch_norm_form(name: str):
@@ -129,14 +131,47 @@ def _optimizer_state_sharded():
   helpers.abstract_train_step = abstract_train_step
 
 
-VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_tap_gradient,
+STEM_CHANNELS = 8
+
+
+def _conv_input_channels_padded():
+  library_conv = layers.conv_general_dilated
+
+  def conv_general_dilated(lhs, rhs, *args, **kwargs):
+    if rhs.ndim == 4 and rhs.shape[2] == 3:  # HWIO: an RGB stem
+      lhs = jnp.pad(lhs, ((0, 0),) * 3 + ((0, STEM_CHANNELS - 3),))
+      rhs = jnp.pad(rhs, ((0, 0),) * 2 + ((0, STEM_CHANNELS - 3), (0, 0)))
+    return library_conv(lhs, rhs, *args, **kwargs)
+  layers.Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+
+def _max_pool_gradient(cuda: str, default: str):
+  """layers.max_pool's gradient on CUDA and on other non-CPU platforms: "taps" (the library's CUDA
+  form), "stored_taps" (the CPU's) or "xla" (select-and-scatter); CPUs keep theirs."""
+  def swap():
+    def backward(window, strides, padding, x, output_gradient):
+      taps = functools.partial(layers._max_pool_gradient_by_taps, window=window, strides=strides, padding=padding)  # pylint: disable=protected-access
+      gradients = {"taps": taps, "stored_taps": functools.partial(taps, materialise=layers.stored),
+                   "xla": lambda x, dy: jax.vjp(lambda x: layers._reduce_window_max(x, window, strides, padding),  # pylint: disable=protected-access
+                                                x)[1](dy)[0]}
+      return jax.lax.platform_dependent(x, output_gradient, cpu=gradients["stored_taps"], cuda=gradients[cuda],
+                                        default=gradients[default]),
+    layers._max_pool.defvjp(layers._max_pool_forward, backward)  # pylint: disable=protected-access
+  return swap
+
+
+VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_gradient(cuda="taps", default="taps"),
             "batch_norm_shifted_one_pass": _batch_norm_form("shifted_one_pass"),
             "batch_norm_one_pass": _batch_norm_form("one_pass"),
             "attention_tokens_before_heads": _attention_tokens_before_heads,
             "attention_cudnn_flash": _attention_cudnn_flash,
             "attention_tpu_form": _attention_tpu_form,
             "batch_norm_one_round_on_tpu": _batch_norm_one_round_on_tpu,
-            "optimizer_state_sharded": _optimizer_state_sharded}
+            "optimizer_state_sharded": _optimizer_state_sharded,
+            "conv_input_channels_padded": _conv_input_channels_padded,
+            "max_pool_xla_gradient": _max_pool_gradient(cuda="xla", default="xla"),
+            "max_pool_tap_gradient_stored": _max_pool_gradient(cuda="stored_taps", default="xla")}
+COMPILE_ONLY = {"optimizer_state_sharded"}  # swaps the step tests/helpers builds, not the library's
 
 
 def main() -> None:

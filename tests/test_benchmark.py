@@ -3,6 +3,7 @@ markdown tables of benchmarks/render_table.py. No timing is asserted: only that 
 and agrees with what can be counted independently."""
 
 import ast
+import functools
 import gzip
 import json
 import os
@@ -14,6 +15,7 @@ import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from fer_jax import benchmark
@@ -25,6 +27,7 @@ render_table = helpers.load_script("benchmarks/render_table.py")
 profile_breakdown = helpers.load_script("benchmarks/profile_breakdown.py")
 gpu_compile = helpers.load_script("benchmarks/gpu_compile.py")
 tpu_compile = helpers.load_script("benchmarks/tpu_compile.py")
+compile_candidates = helpers.load_script("benchmarks/compile_candidates.py")
 
 SYNTHETIC_FIELDS = (
     "init_s", "train_img_per_s", "train_step_ms", "train_compile_s", "train_warmup_s", "train_flops_per_step",
@@ -171,6 +174,27 @@ def test_program_flops_count_a_convolution_and_a_product_by_their_formulas():
   assert benchmark.program_flops(lowered) == 2 * (8 * 26 * 26 * 64) * (7 * 7) * 3
   lowered = jax.jit(jnp.dot).lower(jax.ShapeDtypeStruct((32, 64), jnp.float32), jax.ShapeDtypeStruct((64, 16), jnp.float32))
   assert benchmark.program_flops(lowered) == 2 * 32 * 64 * 16
+
+
+def test_stem_channels_padded_candidate_gives_lax_convolution_and_its_gradients():
+  """compile_candidates' conv_input_channels_padded: an RGB stem's 7×7 convolution on input and kernel
+  zero-padded to 8 channels gives lax's convolution of the 3, and the same gradients of both."""
+  library_conv = layers.Conv
+  try:
+    compile_candidates.VARIANTS["conv_input_channels_padded"]()
+    padded_conv = layers.Conv.keywords["conv_general_dilated"]
+  finally:
+    layers.Conv = library_conv
+  keys = jax.random.split(jax.random.key(0))
+  x, w = jax.random.normal(keys[0], (2, 17, 17, 3)), jax.random.normal(keys[1], (7, 7, 3, 8))
+  arguments = dict(window_strides=(2, 2), padding=((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w, **arguments)))  # noqa: E731
+  reference = jax.value_and_grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, w)
+  candidate = jax.value_and_grad(loss(padded_conv), argnums=(0, 1))(x, w)
+  assert "tensor<7x7x8x8xf32>" in jax.jit(functools.partial(padded_conv, **arguments)).lower(x, w).as_text()
+  for got, want in zip(jax.tree.leaves(candidate), jax.tree.leaves(reference)):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())  # float32 sums reordered
 
 
 def test_peak_tflops_of_device_kinds():

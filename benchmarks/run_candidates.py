@@ -1,0 +1,67 @@
+"""Speed candidates (benchmarks/compile_candidates.py's variants) timed on this machine's devices.
+
+  python benchmarks/run_candidates.py --variants=none,conv_input_channels_padded,max_pool_xla_gradient \\
+      [CONFIG ...] [--dtype=bfloat16] [--batch_size=B] [--steps=20] [--warmup=5] [--rounds=2] \\
+      [--output=FILE.jsonl]
+
+Each variant runs in a process of its own (a variant replaces a piece of fer_jax for the whole
+process), and there each config's train and eval steps are timed as `python -m fer_jax.benchmark
+--input=synthetic` times them: one JSON line per config and variant, with "variant" and "round"
+added. Rounds interleave the variants (A B A B …), so that a drift of the machine falls on each.
+The compile-only variants (compile_candidates.COMPILE_ONLY) are refused.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compile_candidates  # noqa: E402  pylint: disable=wrong-import-position
+from helpers import get_config, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
+
+from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def time_variant(args) -> None:
+  """In this process: swap args.one in, then time each config."""
+  compile_candidates.VARIANTS[args.one]()
+  for spec in args.configs:
+    config = get_config(spec)
+    config.model.dtype = args.dtype
+    config.batch_size = args.batch_size or config.batch_size
+    row = {"config": spec, "variant": args.one, "round": args.round, **benchmark.environment(),
+           **benchmark.benchmark(config, args.steps, args.warmup)}
+    write_rows([row], args.output, json.dumps(row) + "\n")
+
+
+def main() -> None:
+  parser = paper_configs_parser(__doc__.split("\n")[0])
+  parser.add_argument("--variants", default="none", help="comma-separated compile_candidates variants")
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--warmup", type=int, default=5)
+  parser.add_argument("--rounds", type=int, default=1)
+  parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # the child process's variant
+  parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.one:
+    time_variant(args)
+    return
+  variants = args.variants.split(",")
+  unknown = [name for name in variants if name not in compile_candidates.VARIANTS]
+  refused = [name for name in variants if name in compile_candidates.COMPILE_ONLY]
+  if unknown or refused:
+    parser.error(f"unknown variants {unknown}, compile-only variants {refused}; "
+                 f"choose from {sorted(set(compile_candidates.VARIANTS) - compile_candidates.COMPILE_ONLY)}")
+  passed = [*args.configs, f"--dtype={args.dtype}", f"--batch_size={args.batch_size}", f"--steps={args.steps}",
+            f"--warmup={args.warmup}", f"--output={args.output}"]
+  for round_index in range(args.rounds):
+    for name in variants:
+      print(f"round {round_index}: {name}", file=sys.stderr, flush=True)
+      subprocess.run([sys.executable, __file__, *passed, f"--one={name}", f"--round={round_index}"], check=False)
+
+
+if __name__ == "__main__":
+  main()
