@@ -20,6 +20,8 @@ The variants (BENCHMARKS.md's "Compiled for a GPU" and "Compiled for a TPU v5e" 
                                  along its first axis that the device count divides; parameters replicated
   conv_input_channels_padded     the RGB stems' convolutions on their input and kernel zero-padded from 3
                                  to 8 input channels (exact: cuDNN runs 3 channels in a slow kernel)
+  conv_stem_space_to_depth       the stride-2 RGB stems (ResNets' 7×7) as stride-1 convolutions on 2×2
+                                 space-to-depth blocks, 16 channels with zeros (exact; the others padded)
   max_pool_xla_gradient          layers.max_pool's gradient as XLA's own (select-and-scatter) on CUDA too
   max_pool_tap_gradient_stored   the CPU's tap gradient, its tap map and arriving gradient `stored`, on
                                  CUDA too
@@ -131,18 +133,41 @@ def _optimizer_state_sharded():
   helpers.abstract_train_step = abstract_train_step
 
 
-STEM_CHANNELS = 8
+def _channels_padded(lhs, rhs, channels: int):
+  """NHWC input and HWIO kernel with zero input channels added up to `channels`."""
+  extra = channels - rhs.shape[2]
+  return jnp.pad(lhs, ((0, 0),) * 3 + ((0, extra),)), jnp.pad(rhs, ((0, 0),) * 2 + ((0, extra), (0, 0)))
 
 
-def _conv_input_channels_padded():
-  library_conv = layers.conv_general_dilated
+def _space_to_depth_convolution(lhs, rhs, padding, conv, channels: int, precision=None):
+  """A stride-2 convolution as a stride-1 one on 2×2 blocks of the padded input (4× the channels,
+  zero-padded to `channels`) with the kernel regrouped the same way: the same products."""
+  (top, bottom), (left, right) = padding
+  height, width = lhs.shape[1] + top + bottom, lhs.shape[2] + left + right
+  out_height, out_width = (height - rhs.shape[0]) // 2 + 1, (width - rhs.shape[1]) // 2 + 1
+  lhs = jnp.pad(lhs, ((0, 0), (top, bottom + height % 2), (left, right + width % 2), (0, 0)))
+  rhs = jnp.pad(rhs, ((0, rhs.shape[0] % 2), (0, rhs.shape[1] % 2), (0, 0), (0, 0)))
+  lhs = einops.rearrange(lhs, "n (h a) (w b) c -> n h w (a b c)", a=2, b=2)
+  rhs = einops.rearrange(rhs, "(h a) (w b) i o -> h w (a b i) o", a=2, b=2)
+  output = conv(*_channels_padded(lhs, rhs, channels), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                precision=precision)
+  return output[:, :out_height, :out_width]
 
-  def conv_general_dilated(lhs, rhs, *args, **kwargs):
-    if rhs.ndim == 4 and rhs.shape[2] == 3:  # HWIO: an RGB stem
-      lhs = jnp.pad(lhs, ((0, 0),) * 3 + ((0, STEM_CHANNELS - 3),))
-      rhs = jnp.pad(rhs, ((0, 0),) * 2 + ((0, STEM_CHANNELS - 3), (0, 0)))
-    return library_conv(lhs, rhs, *args, **kwargs)
-  layers.Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+def _rgb_stems(space_to_depth: bool):
+  """The RGB stems' convolutions (3 input channels) on input and kernel zero-padded to 8 channels, or,
+  strided by 2, `_space_to_depth_convolution` on 16: cuDNN runs 3 channels in a slow kernel."""
+  def swap():
+    library_conv = layers.conv_general_dilated
+
+    def conv_general_dilated(lhs, rhs, window_strides, padding, **options):
+      if rhs.ndim != 4 or rhs.shape[2] != 3:  # HWIO: not an RGB stem
+        return library_conv(lhs, rhs, window_strides, padding, **options)
+      if space_to_depth and tuple(window_strides) == (2, 2) and not isinstance(padding, str):
+        return _space_to_depth_convolution(lhs, rhs, padding, library_conv, 16, options.get("precision"))
+      return library_conv(*_channels_padded(lhs, rhs, 8), window_strides, padding, **options)
+    layers.Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+  return swap
 
 
 def _max_pool_gradient(cuda: str, default: str):
@@ -168,7 +193,8 @@ VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_gradient(cu
             "attention_tpu_form": _attention_tpu_form,
             "batch_norm_one_round_on_tpu": _batch_norm_one_round_on_tpu,
             "optimizer_state_sharded": _optimizer_state_sharded,
-            "conv_input_channels_padded": _conv_input_channels_padded,
+            "conv_input_channels_padded": _rgb_stems(space_to_depth=False),
+            "conv_stem_space_to_depth": _rgb_stems(space_to_depth=True),
             "max_pool_xla_gradient": _max_pool_gradient(cuda="xla", default="xla"),
             "max_pool_tap_gradient_stored": _max_pool_gradient(cuda="stored_taps", default="xla")}
 COMPILE_ONLY = {"optimizer_state_sharded"}  # swaps the step tests/helpers builds, not the library's

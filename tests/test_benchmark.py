@@ -176,22 +176,26 @@ def test_program_flops_count_a_convolution_and_a_product_by_their_formulas():
   assert benchmark.program_flops(lowered) == 2 * 32 * 64 * 16
 
 
-def test_stem_channels_padded_candidate_gives_lax_convolution_and_its_gradients():
-  """compile_candidates' conv_input_channels_padded: an RGB stem's 7×7 convolution on input and kernel
-  zero-padded to 8 channels gives lax's convolution of the 3, and the same gradients of both."""
+@pytest.mark.parametrize("variant, size, kernel_shape", [("conv_input_channels_padded", 17, "7x7x8x8"),
+                                                         ("conv_stem_space_to_depth", 17, "4x4x16x8"),
+                                                         ("conv_stem_space_to_depth", 18, "4x4x16x8")])
+def test_stem_candidates_give_lax_convolution_and_its_gradients(variant, size, kernel_shape):
+  """compile_candidates' RGB stem variants: a 7×7 stride-2 convolution of 3 channels on input and
+  kernel zero-padded to 8 channels, or on 2×2 space-to-depth blocks (odd and even sides), gives lax's
+  convolution, and the same gradients of both."""
   library_conv = layers.Conv
   try:
-    compile_candidates.VARIANTS["conv_input_channels_padded"]()
-    padded_conv = layers.Conv.keywords["conv_general_dilated"]
+    compile_candidates.VARIANTS[variant]()
+    stem_conv = layers.Conv.keywords["conv_general_dilated"]
   finally:
     layers.Conv = library_conv
   keys = jax.random.split(jax.random.key(0))
-  x, w = jax.random.normal(keys[0], (2, 17, 17, 3)), jax.random.normal(keys[1], (7, 7, 3, 8))
+  x, w = jax.random.normal(keys[0], (2, size, size, 3)), jax.random.normal(keys[1], (7, 7, 3, 8))
   arguments = dict(window_strides=(2, 2), padding=((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
   loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w, **arguments)))  # noqa: E731
   reference = jax.value_and_grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, w)
-  candidate = jax.value_and_grad(loss(padded_conv), argnums=(0, 1))(x, w)
-  assert "tensor<7x7x8x8xf32>" in jax.jit(functools.partial(padded_conv, **arguments)).lower(x, w).as_text()
+  candidate = jax.value_and_grad(loss(stem_conv), argnums=(0, 1))(x, w)
+  assert f"tensor<{kernel_shape}xf32>" in jax.jit(functools.partial(stem_conv, **arguments)).lower(x, w).as_text()
   for got, want in zip(jax.tree.leaves(candidate), jax.tree.leaves(reference)):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())  # float32 sums reordered
