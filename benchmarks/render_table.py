@@ -35,8 +35,9 @@ def _number(value, digits: int = 2) -> str:
   return "–" if value is None else f"{value:,.{digits}f}"
 
 
-def _per_image(value, row: dict):
-  return None if value is None else value / row["batch_size"]
+def _gflop_per_image(row: dict):
+  flops = row["train_flops_per_step"]
+  return None if flops is None else flops / row["batch_size"] / 1e9
 
 
 def _memory(row: dict) -> str:
@@ -62,7 +63,7 @@ def paper_row(row: dict, reference: bool = False) -> list[str]:
   cells = [f"`{config_argument(row)}`", f"{row['input_size']}²", str(row["batch_size"]), _precision(row),
            str(row["devices"]), _number(row["train_img_per_s"]), _number(row["train_step_ms"], 1),
            _number(row["eval_img_per_s"]), f"{row['train_compile_s']:.1f} / {row['eval_compile_s']:.1f}",
-           f"{row['train_warmup_s']:.2f}", _number(_per_image(row["train_flops_per_step"], row) / 1e9),
+           f"{row['train_warmup_s']:.2f}", _number(_gflop_per_image(row)),
            _number(row["train_tflops_per_s"], 3),
            "–" if row.get("mfu") is None else f"{row['mfu']:.1%}", _memory(row), _kept_for_backward(row)]
   if reference:
@@ -96,9 +97,9 @@ def paper_table(rows: list[dict], reference: bool = False) -> str:
     return "(no synthetic results)"
   header = PAPER_HEADER + (REFERENCE_HEADER if reference else [])
   note = ("Compilation and warm-up steps are timed apart and not in the img/s figures; FLOPs from XLA's cost "
-          "analysis of the step before optimisation, MFU against the device's dense bf16 peak; † peak memory as XLA planned it "
-          "(compiled.memory_analysis), the device reporting none; kept for backward: what one device's "
-          "forward pass keeps for the backward pass (jax.vjp's residuals, parameters included), which "
+          "analysis of the step before optimisation, MFU against the device's dense bf16 peak; † peak memory "
+          "as XLA planned it (compiled.memory_analysis), the device reporting none; kept for backward: what "
+          "one device's forward pass keeps for the backward pass (jax.vjp's residuals, parameters included), which "
           "config.model.remat lowers.")
   return f"{machine(rows)}\n\n{markdown(header, [paper_row(row, reference) for row in rows])}\n\n{note}\n"
 

@@ -10,10 +10,10 @@ and `--warmup` untimed steps:
               needed). The state's initialisation (`init_s`, compile included), compilation and
               warm-up are timed apart from the steps; the line also holds
               XLA's cost analysis (FLOPs per step of the program before optimisation, hence
-              achieved TFLOP/s and MFU against the device's dense bf16 peak), peak device memory, what one device's forward pass keeps
-              for the backward pass (`saved_for_backward_bytes`, which config.model.remat lowers),
-              the cross-device collectives of the compiled train step, and the software and
-              hardware it ran on;
+              achieved TFLOP/s and MFU against the device's dense bf16 peak), peak device memory,
+              what one device's forward pass keeps for the backward pass
+              (`saved_for_backward_bytes`, which config.model.remat lowers), the cross-device
+              collectives of the compiled train step, and the software and hardware it ran on;
   host        the host stream alone: uint8 batches of the prepared training split delivered onto
               the device (decoded by worker processes, or from the decoded cache), no augmentation;
   augment     the train pipeline alone on device-resident uint8 batches at the stored size;
