@@ -163,7 +163,9 @@ def _rgb_stems(space_to_depth: bool):
     def conv_general_dilated(lhs, rhs, window_strides, padding, **options):
       if rhs.ndim != 4 or rhs.shape[2] != 3:  # HWIO: not an RGB stem
         return library_conv(lhs, rhs, window_strides, padding, **options)
-      if space_to_depth and tuple(window_strides) == (2, 2) and not isinstance(padding, str):
+      plain = (options.get("feature_group_count", 1) == 1 and not isinstance(padding, str)
+               and all(options.get(name) in (None, (1, 1)) for name in ("lhs_dilation", "rhs_dilation")))
+      if space_to_depth and plain and tuple(window_strides) == (2, 2):
         return _space_to_depth_convolution(lhs, rhs, padding, library_conv, 16, options.get("precision"))
       return library_conv(*_channels_padded(lhs, rhs, 8), window_strides, padding, **options)
     layers.Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

@@ -42,6 +42,9 @@ CATEGORIES = [
 ]
 
 
+UNATTRIBUTED = "device kernels of no instruction"
+
+
 def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
   """{instruction name: (its opcode, the JAX op name of its metadata)} for the compiled step."""
   names = {}
@@ -81,8 +84,12 @@ def breakdown(directory: str, steps: int) -> tuple[collections.Counter, collecti
              if event.get("ph") == "M" and event.get("args", {}).get("name", "").startswith("/device:")}
   by_category, by_op = collections.Counter(), collections.Counter()
   for event in events:
+    if event.get("ph") != "X" or (devices and event.get("pid") not in devices):
+      continue
     name = traced_instruction(event, names)
-    if event.get("ph") != "X" or name is None or (devices and event.get("pid") not in devices):
+    if name is None:
+      if devices:  # a device's kernel of no instruction (a copy of a command buffer's own): its time still counts
+        by_category[UNATTRIBUTED] += event["dur"] / 1e3 / steps
       continue
     milliseconds = event["dur"] / 1e3 / steps
     opcode, op_name = names[name]
@@ -98,7 +105,7 @@ def main():
   parser.add_argument("--top", type=int, default=15, help="how many of the slowest ops to list")
   args = parser.parse_args()
   by_category, by_op = breakdown(args.directory, benchmark.PROFILED_STEPS)
-  print(f"ms per step, summed over ops ({sum(by_category.values()):.0f} in all)")
+  print(f"ms per step, summed over ops ({sum(by_category.values()):.1f} in all)")
   for name, milliseconds in by_category.most_common():
     print(f"{milliseconds:9.1f}  {name}")
   print(f"\nslowest {args.top} ops, ms per step")

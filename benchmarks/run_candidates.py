@@ -1,7 +1,7 @@
 """Speed candidates (benchmarks/compile_candidates.py's variants) timed on this machine's devices.
 
   python benchmarks/run_candidates.py --variants=none,conv_input_channels_padded,max_pool_xla_gradient \\
-      [CONFIG ...] [--dtype=bfloat16] [--batch_size=B] [--steps=20] [--warmup=5] [--rounds=2] \\
+      [CONFIG ...] [--dtype=bfloat16] [--batch_size=B] [--steps=20] [--warmup=5] [--rounds=1] \\
       [--output=FILE.jsonl]
 
 Each variant runs in a process of its own (a variant replaces a piece of fer_jax for the whole
@@ -57,10 +57,15 @@ def main() -> None:
                  f"choose from {sorted(set(compile_candidates.VARIANTS) - compile_candidates.COMPILE_ONLY)}")
   passed = [*args.configs, f"--dtype={args.dtype}", f"--batch_size={args.batch_size}", f"--steps={args.steps}",
             f"--warmup={args.warmup}", f"--output={args.output}"]
+  failed = []
   for round_index in range(args.rounds):
     for name in variants:
       print(f"round {round_index}: {name}", file=sys.stderr, flush=True)
-      subprocess.run([sys.executable, __file__, *passed, f"--one={name}", f"--round={round_index}"], check=False)
+      child = subprocess.run([sys.executable, __file__, *passed, f"--one={name}", f"--round={round_index}"], check=False)
+      if child.returncode:
+        failed.append(f"{name} (round {round_index})")
+  if failed:
+    sys.exit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import jax.extend as jex
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import jaxlib
-from jax._src.lib import _jax as xla_extension  # hlo_module_cost_analysis: no public form (program_flops)
 
 from fer_jax import cli
 from fer_jax import config_lib
@@ -184,7 +183,7 @@ def _compile(jitted, *args):
 
 def _cost(lowered, compiled) -> dict:
   """One call's FLOPs (`program_flops`) and the bytes one device's compiled program accesses (XLA's
-  cost analysis)."""
+  cost analysis of it: on GPUs, without cuDNN's convolutions)."""
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, list) else cost) or {}
   return {"flops": program_flops(lowered), "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
@@ -194,13 +193,16 @@ def program_flops(lowered) -> float | None:
   """The FLOPs of a lowered program, all devices together, before XLA optimises it for a device: the
   count of XLA's cost analysis on the CPU client. The compiled program's own count misses the work of
   library calls (on GPUs, cuDNN's convolutions count nothing), and the GPU and TPU plugins analyse no
-  lowered program. None where JAX has no CPU client (JAX_PLATFORMS without cpu)."""
+  lowered program. Calls the lowered program already makes to a library (cuDNN's attention) and
+  shard_map bodies (counted once) are not all of their work. None where JAX has no CPU client
+  (JAX_PLATFORMS without cpu) or no longer offers this analysis."""
   try:
-    cpu = jax.devices("cpu")[0].client
-  except RuntimeError:
+    from jax._src.lib import _jax  # pylint: disable=import-outside-toplevel  # hlo_module_cost_analysis: no public form
+    cost = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, lowered.compiler_ir("hlo").as_hlo_module())
+  except (ImportError, AttributeError, RuntimeError) as error:
+    logging.warning("No FLOP count of the step (%s): no MFU.", error)
     return None
-  module = lowered.compiler_ir("hlo").as_hlo_module()
-  return float(xla_extension.hlo_module_cost_analysis(cpu, module).get("flops", 0.0))
+  return float(cost.get("flops", 0.0))
 
 
 def memory_analysis(compiled) -> dict:

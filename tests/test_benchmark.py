@@ -162,8 +162,10 @@ def test_profile_breakdown_of_a_gpu_trace_counts_device_kernels_by_instruction(t
   with gzip.open(trace_dir / "perfetto_trace.json.gz", "wt") as file:
     json.dump({"traceEvents": events}, file)
   by_category, by_op = profile_breakdown.breakdown(str(tmp_path), 3)
-  assert by_category == {"conv forward": pytest.approx(0.1), "activation forward": pytest.approx(0.02)}
-  assert by_op["loop_maximum_fusion.3 (jvp(Net)/jit(relu)/max)"] == pytest.approx(0.02)
+  assert by_category == {"conv forward": pytest.approx(0.1), "activation forward": pytest.approx(0.02),
+                         profile_breakdown.UNATTRIBUTED: pytest.approx(0.003)}
+  assert by_op == {"cudnn-conv.1 (jvp(Net)/conv/conv_general_dilated)": pytest.approx(0.1),
+                   "loop_maximum_fusion.3 (jvp(Net)/jit(relu)/max)": pytest.approx(0.02)}
 
 
 def test_program_flops_count_a_convolution_and_a_product_by_their_formulas():
@@ -199,6 +201,18 @@ def test_stem_candidates_give_lax_convolution_and_its_gradients(variant, size, k
   for got, want in zip(jax.tree.leaves(candidate), jax.tree.leaves(reference)):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())  # float32 sums reordered
+
+
+def test_program_flops_of_a_step_split_over_devices_are_the_whole_steps():
+  """MFU divides the count by the devices' summed peak: the count is of the whole batch on 4 devices."""
+  code = ("import jax, jax.numpy as jnp; from jax.sharding import Mesh, NamedSharding, PartitionSpec as P; "
+          "from fer_jax import benchmark; "
+          "x = jax.ShapeDtypeStruct((8, 64), jnp.float32, sharding=NamedSharding(Mesh(jax.devices(), ('data',)), P('data'))); "
+          "w = jax.ShapeDtypeStruct((64, 16), jnp.float32); "
+          "print(jax.device_count(), benchmark.program_flops(jax.jit(jnp.dot).lower(x, w)))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, env=helpers.cpu_devices_env(4),
+                          capture_output=True, text=True, timeout=300, check=True)
+  assert result.stdout.split() == ["4", str(float(2 * 8 * 64 * 16))]
 
 
 def test_peak_tflops_of_device_kinds():
