@@ -1,7 +1,7 @@
 """Speed candidates swapped into the library for one compile for a GPU or a TPU, without either.
 
   python benchmarks/compile_candidates.py --variant=NAME --platform=tpu|gpu [CONFIG ...] [--devices=1]
-      [--dtype=bfloat16] [--output=FILE.jsonl]
+      [--dtype=bfloat16] [--output=FILE.jsonl] [--hlo_dir=DIR]
 
 Each variant replaces one piece of fer_jax in this process only, then the paper configs' train steps
 are compiled and summarised as benchmarks/tpu_compile.py or gpu_compile.py do (their JSON lines, with
@@ -207,6 +207,7 @@ def main() -> None:
   parser.add_argument("--variant", required=True, choices=sorted(VARIANTS))
   parser.add_argument("--platform", required=True, choices=("gpu", "tpu"))
   parser.add_argument("--devices", type=int, default=1)
+  parser.add_argument("--hlo_dir", default="", help="write each compiled step's HLO text here")
   args = parser.parse_args()
   VARIANTS[args.variant]()
   if args.platform == "tpu":
@@ -216,7 +217,8 @@ def main() -> None:
     devices = gpu_compile.gpu_devices(gpu_compile.DEFAULT_TARGET, args.devices)
     bandwidth = gpu_compile.memory_bandwidth(gpu_compile.DEFAULT_TARGET)
     summarise = lambda *summary_args: gpu_compile.summarise(*summary_args, bandwidth)  # noqa: E731
-  for compiled in compiled_train_steps(args.configs, args.dtype, args.batch_size, devices):
+  for compiled in compiled_train_steps(args.configs, args.dtype, args.batch_size, devices, args.hlo_dir,
+                                       f"{args.platform}.{args.variant}"):
     row = {**summarise(*compiled, devices), "variant": args.variant}
     write_rows([row], args.output, json.dumps(row) + "\n")
 
