@@ -173,17 +173,9 @@ def _rgb_stems(space_to_depth: bool):
 
 
 def _max_pool_gradient(cuda: str, default: str):
-  """layers.max_pool's gradient on CUDA and on other non-CPU platforms: "taps" (the library's CUDA
-  form), "stored_taps" (the CPU's) or "xla" (select-and-scatter); CPUs keep theirs."""
+  """layers.max_pool's gradient on CUDA and on the other non-CPU platforms (layers.MAX_POOL_GRADIENTS)."""
   def swap():
-    def backward(window, strides, padding, x, output_gradient):
-      taps = functools.partial(layers._max_pool_gradient_by_taps, window=window, strides=strides, padding=padding)  # pylint: disable=protected-access
-      gradients = {"taps": taps, "stored_taps": functools.partial(taps, materialise=layers.stored),
-                   "xla": lambda x, dy: jax.vjp(lambda x: layers._reduce_window_max(x, window, strides, padding),  # pylint: disable=protected-access
-                                                x)[1](dy)[0]}
-      return jax.lax.platform_dependent(x, output_gradient, cpu=gradients["stored_taps"], cuda=gradients[cuda],
-                                        default=gradients[default]),
-    layers._max_pool.defvjp(layers._max_pool_forward, backward)  # pylint: disable=protected-access
+    layers.MAX_POOL_GRADIENTS = {**layers.MAX_POOL_GRADIENTS, "cuda": cuda, "default": default}
   return swap
 
 

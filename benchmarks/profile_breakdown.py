@@ -86,12 +86,11 @@ def breakdown(directory: str, steps: int) -> tuple[collections.Counter, collecti
   for event in events:
     if event.get("ph") != "X" or (devices and event.get("pid") not in devices):
       continue
-    name = traced_instruction(event, names)
+    name, milliseconds = traced_instruction(event, names), event["dur"] / 1e3 / steps
     if name is None:
       if devices:  # a device's kernel of no instruction (a copy of a command buffer's own): its time still counts
-        by_category[UNATTRIBUTED] += event["dur"] / 1e3 / steps
+        by_category[UNATTRIBUTED] += milliseconds
       continue
-    milliseconds = event["dur"] / 1e3 / steps
     opcode, op_name = names[name]
     by_category[category(name, opcode, op_name)] += milliseconds
     op_name = re.sub(r"^jit\(train_step\)/", "", op_name)

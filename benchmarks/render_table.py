@@ -99,8 +99,8 @@ def paper_table(rows: list[dict], reference: bool = False) -> str:
   note = ("Compilation and warm-up steps are timed apart and not in the img/s figures; FLOPs from XLA's cost "
           "analysis of the step before optimisation, MFU against the device's dense bf16 peak; † peak memory "
           "as XLA planned it (compiled.memory_analysis), the device reporting none; kept for backward: what "
-          "one device's forward pass keeps for the backward pass (jax.vjp's residuals, parameters included), which "
-          "config.model.remat lowers.")
+          "one device's forward pass keeps for the backward pass (jax.vjp's residuals, parameters included), "
+          "which config.model.remat lowers.")
   return f"{machine(rows)}\n\n{markdown(header, [paper_row(row, reference) for row in rows])}\n\n{note}\n"
 
 

@@ -155,11 +155,16 @@ def _max_pool_forward(x, window, strides, padding):
   return _max_pool(x, window, strides, padding), x
 
 
+# The gradient form of each platform (`default`: the others); benchmarks/compile_candidates.py swaps it.
+MAX_POOL_GRADIENTS = {"cpu": "stored_taps", "cuda": "taps", "default": "xla"}
+
+
 def _max_pool_backward(window, strides, padding, x, output_gradient):
-  xla_gradient = lambda x, dy: jax.vjp(lambda x: _reduce_window_max(x, window, strides, padding), x)[1](dy)[0]
-  tap_gradient = functools.partial(_max_pool_gradient_by_taps, window=window, strides=strides, padding=padding)
-  return lax.platform_dependent(x, output_gradient, cpu=functools.partial(tap_gradient, materialise=stored),
-                                cuda=tap_gradient, default=xla_gradient),
+  taps = functools.partial(_max_pool_gradient_by_taps, window=window, strides=strides, padding=padding)
+  forms = {"taps": taps, "stored_taps": functools.partial(taps, materialise=stored),
+           "xla": lambda x, dy: jax.vjp(lambda x: _reduce_window_max(x, window, strides, padding), x)[1](dy)[0]}
+  return lax.platform_dependent(x, output_gradient,
+                                **{platform: forms[form] for platform, form in MAX_POOL_GRADIENTS.items()}),
 
 
 _max_pool.defvjp(_max_pool_forward, _max_pool_backward)
