@@ -206,7 +206,7 @@ def kernels(hlo_text: str) -> list[dict]:
     # A fusion XLA made may carry no name of its own: then its computation's last op's.
     named = re.findall(r'op_name="([^"]+)"', attributes) or re.findall(r'op_name="([^"]+)"', bodies.get(
         called.group(1) if called else "", ""))
-    found.append({"kind": kind, "bytes": read_bytes(kind, operands, written, body) + benchmark.shape_bytes(written),
+    found.append({"instruction": name[1:], "kind": kind, "bytes": read_bytes(kind, operands, written, body) + benchmark.shape_bytes(written),
                   "flops": flops, "dtype": benchmark.HLO_SHAPE.search(written).group(1) if benchmark.HLO_SHAPE.search(written) else "",
                   "op_name": named[-1] if named else ""})
   return found

@@ -168,6 +168,51 @@ def test_profile_breakdown_of_a_gpu_trace_counts_device_kernels_by_instruction(t
                    "loop_maximum_fusion.3 (jvp(Net)/jit(relu)/max)": pytest.approx(0.02)}
 
 
+DEDUPLICATED_HLO = """HloModule jit_train_step, is_scheduled=true
+
+ENTRY %main.1 (x.1: bf16[8,56,56,64], w.1: bf16[32,3,3,64]) -> (f32[32], f32[32]) {
+  %x.1 = bf16[8,56,56,64]{3,2,1,0} parameter(0)
+  %w.1 = bf16[32,3,3,64]{3,2,1,0} parameter(1)
+  %conv.1 = (bf16[8,54,54,32]{3,2,1,0}, u8[0]{0}) custom-call(%x.1, %w.1), window={size=3x3}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward", metadata={op_name="jit(train_step)/jvp(Net)/conv/conv_general_dilated"}
+  %y.1 = bf16[8,54,54,32]{3,2,1,0} get-tuple-element(%conv.1), index=0
+  %input_reduce_fusion.7 = f32[32]{0} fusion(%y.1), kind=kInput, calls=%sum_body, metadata={op_name="jit(train_step)/jvp(Net)/bn1/reduce_sum" deduplicated_name="input_reduce_fusion.4"}
+  %input_reduce_fusion.4 = f32[32]{0} fusion(%y.1), kind=kInput, calls=%sum_body, metadata={op_name="jit(train_step)/jvp(Net)/bn2/reduce_sum" deduplicated_name="input_reduce_fusion.4"}
+  ROOT %tuple.1 = (f32[32]{0}, f32[32]{0}) tuple(%input_reduce_fusion.7, %input_reduce_fusion.4)
+}
+"""
+
+
+def test_profile_breakdown_gives_a_shared_gpu_kernels_launches_to_its_instructions_in_turn(tmp_path):
+  """XLA's GPU compiler emits identical fusions once and a trace names every launch after one of them:
+  the launches go to the instructions in the order the step runs them, and each kernel stands beside
+  its roofline (benchmarks/gpu_compile.py's, from the same compiled step)."""
+  (tmp_path / "train_step.hlo.txt").write_text(DEDUPLICATED_HLO)
+  kernel = lambda ts, dur, name, hlo_op: {"ph": "X", "pid": 1, "tid": 7, "ts": ts, "dur": dur, "name": name,  # noqa: E731
+                                          "args": {"hlo_op": hlo_op}}
+  events = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+            kernel(0, 500.0, "sm90_xmma_fprop", "conv.1"), kernel(600, 10.0, "input_reduce_fusion_4", "command_buffer_1"),
+            kernel(700, 20.0, "input_reduce_fusion_4", "command_buffer_1"), kernel(1000, 300.0, "sm90_xmma_fprop", "conv.1"),
+            kernel(1400, 30.0, "input_reduce_fusion_4", "command_buffer_1"),
+            kernel(1500, 40.0, "input_reduce_fusion_4", "command_buffer_1")]
+  trace_dir = tmp_path / "plugins" / "profile" / "2026_12_05"
+  trace_dir.mkdir(parents=True)
+  with gzip.open(trace_dir / "perfetto_trace.json.gz", "wt") as file:
+    json.dump({"traceEvents": events}, file)
+  by_instruction, unattributed, _ = profile_breakdown.measured_instructions(str(tmp_path), 2)
+  assert by_instruction == {"conv.1": pytest.approx(0.4), "input_reduce_fusion.7": pytest.approx(0.02),
+                            "input_reduce_fusion.4": pytest.approx(0.03)} and unattributed == 0
+  categories, rows = profile_breakdown.against_roofline(str(tmp_path), 2, bandwidth=1e12)
+  x, w, y = 8 * 56 * 56 * 64 * 2, 32 * 9 * 64 * 2, 8 * 54 * 54 * 32 * 2
+  conv_ms = 1e3 * max((x + w + y) / 1e12, 2 * (8 * 54 * 54 * 32) * 9 * 64 / gpu_compile.HOPPER_PEAK_FLOPS["bf16"])
+  reduce_ms = 1e3 * (y + 32 * 4) / 1e12
+  assert [(row["instruction"], row["measured_ms"], row["roofline_ms"], row["excess_ms"]) for row in rows] == [
+      ("conv.1", pytest.approx(0.4), pytest.approx(conv_ms), pytest.approx(0.4 - conv_ms)),
+      ("input_reduce_fusion.4", pytest.approx(0.03), pytest.approx(reduce_ms), pytest.approx(0.03 - reduce_ms)),
+      ("input_reduce_fusion.7", pytest.approx(0.02), pytest.approx(reduce_ms), pytest.approx(0.02 - reduce_ms))]
+  assert [(row["category"], row["measured_ms"]) for row in categories] == [
+      ("conv forward", pytest.approx(0.4)), ("BatchNorm forward", pytest.approx(0.05))]
+
+
 def test_program_flops_count_a_convolution_and_a_product_by_their_formulas():
   """2 × outputs × taps × input features, and 2 × M × K × N: what MFU divides by the device's peak."""
   conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
