@@ -25,6 +25,7 @@ The variants (BENCHMARKS.md's "Compiled for a GPU" and "Compiled for a TPU v5e" 
   max_pool_xla_gradient          layers.max_pool's gradient as XLA's own (select-and-scatter) on CUDA too
   max_pool_tap_gradient_stored   the CPU's tap gradient, its tap map and arriving gradient `stored`, on
                                  CUDA too
+Variants joined by "+" are swapped in together (conv_input_channels_padded+max_pool_xla_gradient).
 benchmarks/run_candidates.py times the variants that change the library's train step on this
 machine's devices.
 """
@@ -194,14 +195,26 @@ VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_gradient(cu
 COMPILE_ONLY = {"optimizer_state_sharded"}  # swaps the step tests/helpers builds, not the library's
 
 
+def swap_in(variant: str) -> None:
+  """Swap in a variant, or several joined by "+"."""
+  for name in variant.split("+"):
+    VARIANTS[name]()
+
+
+def unknown_variants(variants: list[str]) -> list[str]:
+  return [variant for variant in variants if not all(name in VARIANTS for name in variant.split("+"))]
+
+
 def main() -> None:
   parser = paper_configs_parser(__doc__.split("\n")[0])
-  parser.add_argument("--variant", required=True, choices=sorted(VARIANTS))
+  parser.add_argument("--variant", required=True, help=f"one of {sorted(VARIANTS)}, or several joined by +")
   parser.add_argument("--platform", required=True, choices=("gpu", "tpu"))
   parser.add_argument("--devices", type=int, default=1)
   parser.add_argument("--hlo_dir", default="", help="write each compiled step's HLO text here")
   args = parser.parse_args()
-  VARIANTS[args.variant]()
+  if unknown_variants([args.variant]):
+    parser.error(f"unknown variant {args.variant}; choose from {sorted(VARIANTS)}, or several joined by +")
+  swap_in(args.variant)
   if args.platform == "tpu":
     devices = tpu_compile.tpu_devices("v5e:2x4" if args.devices > 4 else "v5e:2x2", args.devices)
     summarise = tpu_compile.summarise

@@ -27,7 +27,7 @@ from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-positi
 
 def time_variant(args) -> None:
   """In this process: swap args.one in, then time each config."""
-  compile_candidates.VARIANTS[args.one]()
+  compile_candidates.swap_in(args.one)
   for spec in args.configs:
     config = get_config(spec)
     config.model.dtype = args.dtype
@@ -39,7 +39,8 @@ def time_variant(args) -> None:
 
 def main() -> None:
   parser = paper_configs_parser(__doc__.split("\n")[0])
-  parser.add_argument("--variants", default="none", help="comma-separated compile_candidates variants")
+  parser.add_argument("--variants", default="none",
+                      help="comma-separated compile_candidates variants; a+b swaps in a and b together")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--warmup", type=int, default=5)
   parser.add_argument("--rounds", type=int, default=1)
@@ -50,8 +51,8 @@ def main() -> None:
     time_variant(args)
     return
   variants = args.variants.split(",")
-  unknown = [name for name in variants if name not in compile_candidates.VARIANTS]
-  refused = [name for name in variants if name in compile_candidates.COMPILE_ONLY]
+  unknown = compile_candidates.unknown_variants(variants)
+  refused = [variant for variant in variants if set(variant.split("+")) & compile_candidates.COMPILE_ONLY]
   if unknown or refused:
     parser.error(f"unknown variants {unknown}, compile-only variants {refused}; "
                  f"choose from {sorted(set(compile_candidates.VARIANTS) - compile_candidates.COMPILE_ONLY)}")

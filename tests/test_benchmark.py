@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 
 import flax.linen as nn
 import jax
@@ -246,6 +247,21 @@ def test_stem_candidates_give_lax_convolution_and_its_gradients(variant, size, k
   for got, want in zip(jax.tree.leaves(candidate), jax.tree.leaves(reference)):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())  # float32 sums reordered
+
+
+def test_candidates_joined_by_plus_are_swapped_in_together_and_checked_by_name():
+  library_conv, library_gradients = layers.Conv, layers.MAX_POOL_GRADIENTS
+  try:
+    compile_candidates.swap_in("conv_input_channels_padded+max_pool_xla_gradient")
+    assert layers.Conv is not library_conv and layers.MAX_POOL_GRADIENTS["cuda"] == "xla"
+  finally:
+    layers.Conv, layers.MAX_POOL_GRADIENTS = library_conv, library_gradients
+  assert compile_candidates.unknown_variants(["none", "conv_input_channels_padded+max_pool_xla_gradient",
+                                              "max_pool_xla_gradient+no_such_thing"]) == [
+      "max_pool_xla_gradient+no_such_thing"]
+  refused = subprocess.run([sys.executable, os.path.join(helpers.ROOT, "benchmarks", "run_candidates.py"),
+                            "--variants=none+optimizer_state_sharded"], capture_output=True, text=True, timeout=120)
+  assert refused.returncode == 2 and "compile-only variants ['none+optimizer_state_sharded']" in refused.stderr
 
 
 def test_program_flops_of_a_step_split_over_devices_are_the_whole_steps():
@@ -561,6 +577,37 @@ def test_accelerator_script_benchmarks_each_config_in_each_dtype_and_renders_the
       ("dan", "bfloat16", 2, "synthetic"), ("dan", "float32", 2, "synthetic")]
   table = (tmp_path / "out" / "table.md").read_text()
   assert table.count("| `configs/dan.py:synthetic` | 72² | 2 |") == 2 and "official fp32 (H100, batch 256)" in table
+
+
+@pytest.mark.integration
+def test_device_session_runs_its_items_within_the_budget_and_goes_on_where_it_stopped(tmp_path):
+  """benchmarks/device_session.sh, the next lent GPU's script, on the CPU with a small config in place
+  of the paper ones: a candidates item and a profiled item run, their lines, breakdown, logs and traces
+  delivered; called again with the same state, a done item is not rerun and an item whose estimate does
+  not fit in the budget is skipped, and everything done so far is delivered again."""
+  env = {**os.environ, "PY": sys.executable, "STATE": str(tmp_path / "state"), "DAN": "configs/dan.py:synthetic",
+         "SCAN_CCI": "configs/dan.py:synthetic", "BATCH": "2", "STEPS": "1", "WARMUP": "1"}
+  script = os.path.join(helpers.ROOT, "benchmarks", "device_session.sh")
+  first = subprocess.run(["bash", script, str(tmp_path / "first")], capture_output=True, text=True, timeout=600,
+                         env={**env, "ITEMS": "dan_combined scan_cci_256", "BUDGET": "600"})
+  assert first.returncode == 0 and "failed" not in first.stdout, first.stdout + first.stderr
+  out = tmp_path / "first"
+  assert (out / "done.txt").read_text().split() == ["dan_combined", "scan_cci_256"]
+  candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+  assert [(line["variant"], line["batch_size"]) for line in candidates] == [
+      ("conv_input_channels_padded+max_pool_xla_gradient", 2), ("conv_stem_space_to_depth+max_pool_xla_gradient", 2)]
+  results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+  assert [(line["model"], line["dtype"], line["batch_size"]) for line in results] == [("dan", "bfloat16", 2)]
+  assert (out / "breakdown_scan_cci_256.txt").read_text().startswith("ms per step, summed over ops")
+  with tarfile.open(out / "profiles.tgz") as archive:
+    assert any(name.endswith("perfetto_trace.json.gz") for name in archive.getnames())
+  with tarfile.open(out / "logs.tgz") as archive:
+    assert {"logs/dan_combined.log", "logs/scan_cci_256.log"} <= set(archive.getnames())
+  again = subprocess.run(["bash", script, str(tmp_path / "again")], capture_output=True, text=True, timeout=300,
+                         env={**env, "ITEMS": "dan_combined dan_batch_norm", "BUDGET": "20"})
+  assert again.returncode == 0 and "skipped: dan_batch_norm (50 s estimated" in again.stdout, again.stdout
+  assert "dan_combined" not in again.stdout.replace("skipped", "")
+  assert (tmp_path / "again" / "candidates.jsonl").read_text() == (out / "candidates.jsonl").read_text()
 
 
 @pytest.mark.integration

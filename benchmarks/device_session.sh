@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# A lent accelerator's few minutes: issue 18's open measurements in order of what they are worth,
+# bounded by the time the call has. An item starts only if its estimate fits in what is left; what
+# each item wrote, and that it is done, stays in STATE (in the checkout, which a warm machine keeps),
+# so the same command issued again goes on where the last call stopped. BENCHMARKS.md ("One H200,
+# measured") says why each item is here.
+#
+#   BUDGET=570 bash benchmarks/device_session.sh OUT_DIR
+#
+#   dan_stem_and_pool     DAN's stem and max pool candidates against the library (run_candidates.py):
+#                         the stem is 4.55 of the 9.02 ms DAN's H200 step spends over its roofline
+#   lhcnet_profile        LHC-Net stage B, bf16, profiled: its goal is an MFU, and it has no profile yet
+#   scan_cci_256          SCAN-CCI bf16 at batch 256, the batch of its goal, profiled
+#   dan_batch_norm        DAN with BatchNorm's statistics in one shifted pass
+#   apvit_attention       APViT with cuDNN's flash attention against the library
+#   dan_combined          the stem candidates with XLA's max pool gradient, together
+#   dan_stem_and_pool_2   the first item again in reverse order (a second reading of each)
+#
+# Environment: BUDGET (seconds this call may take, default 570), ITEMS (a space-separated subset, in
+# this order), STATE (default .device_session), WHEELS (a folder from `python launch/offline_wheels.py`:
+# the dependencies the machine lacks are installed from it without an index), PY (python), TARGET (the
+# GpuTargetConfigProto whose bandwidth the profiles' rooflines take, default
+# benchmarks/gpu_targets/h200.txtpb); DAN, LHCNET, SCAN_CCI, APVIT (the configs, default each paper
+# config) and BATCH, STEPS, WARMUP (every run's, instead of the paper batch, 20 and 5) give a small run
+# of the same items on a CPU. Each call writes into OUT_DIR everything done so far: candidates.jsonl and
+# results.jsonl (the timed lines), breakdown_ITEM.txt (a profile by category, then, on a GPU, beside its
+# roofline), env.txt, done.txt, session.log, and the items' logs and traces as logs.tgz and profiles.tgz.
+set -euo pipefail
+OUT_DIR=$(realpath -m "${1:?usage: bash benchmarks/device_session.sh OUT_DIR}")
+cd "$(dirname "$0")/.."
+DEADLINE=$(( $(date +%s) + ${BUDGET:-570} ))
+PY=${PY:-python}
+STATE=$(realpath -m "${STATE:-.device_session}")
+TARGET=${TARGET:-benchmarks/gpu_targets/h200.txtpb}
+DAN=${DAN:-configs/dan.py:rafdb}
+LHCNET=${LHCNET:-configs/lhcnet.py:fer2013,stage=B}
+SCAN_CCI=${SCAN_CCI:-configs/scan_cci.py:rafdb}
+APVIT=${APVIT:-configs/apvit.py:rafdb}
+ITEMS=${ITEMS:-dan_stem_and_pool lhcnet_profile scan_cci_256 dan_batch_norm apvit_attention dan_combined dan_stem_and_pool_2}
+STEM_AND_POOL=conv_input_channels_padded,conv_stem_space_to_depth,max_pool_xla_gradient,max_pool_tap_gradient_stored
+# Seconds each item takes on an H200 (a process per run, compilation and 25 steps: DAN ~40, APViT ~80,
+# SCAN-CCI and LHC-Net ~55, as on 2026-12-04), with a margin.
+declare -A ESTIMATE=([dan_stem_and_pool]=240 [lhcnet_profile]=80 [scan_cci_256]=80 [dan_batch_norm]=50
+                     [apvit_attention]=180 [dan_combined]=100 [dan_stem_and_pool_2]=240)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # fer_jax from this checkout, installed or not
+mkdir -p "$OUT_DIR" "$STATE/logs" "$STATE/items"
+touch "$STATE/done.txt"
+exec > >(tee -a "$STATE/session.log") 2>&1
+
+size=()
+if [ -n "${BATCH:-}" ]; then size+=(--batch_size="$BATCH"); fi
+size+=(--steps="${STEPS:-20}" --warmup="${WARMUP:-5}")
+
+bounded() {  # COMMAND ...: stopped at the deadline
+  local left=$(( DEADLINE - $(date +%s) ))
+  if (( left <= 0 )); then return 124; fi  # timeout 0 would not stop it
+  timeout "$left" "$@"
+}
+
+candidates() {  # CONFIG VARIANTS
+  bounded "$PY" benchmarks/run_candidates.py "$1" --variants="$2" "${size[@]}" --output="$STATE/candidates.jsonl"
+}
+
+profiled() {  # ITEM CONFIG PAPER_BATCH: bf16, one run profiled, then its breakdown
+  local name=$1 config=$2 trace
+  CONFIGS=$config BATCH=${BATCH:-$3} DTYPES=bfloat16 PROFILE=1 REFERENCE=0 \
+    bounded bash benchmarks/accelerator.sh "$STATE/items/$name" || return 1
+  grep -q . "$STATE/items/$name/results.jsonl" || return 1
+  cat "$STATE/items/$name/results.jsonl" >> "$STATE/results.jsonl"
+  trace=$(find "$STATE/items/$name/profile" -mindepth 1 -maxdepth 1 -type d | head -n 1)
+  bounded "$PY" benchmarks/profile_breakdown.py "$trace" --top 25 > "$STATE/breakdown_$name.txt" || return 1
+  if [ "$BACKEND" = gpu ]; then
+    bounded "$PY" benchmarks/profile_breakdown.py "$trace" --roofline "$TARGET" --top 40 >> "$STATE/breakdown_$name.txt"
+  fi
+}
+
+run_item() {
+  case $1 in
+    dan_stem_and_pool) candidates "$DAN" "none,$STEM_AND_POOL" ;;
+    lhcnet_profile) profiled lhcnet_profile "$LHCNET" 64 ;;
+    scan_cci_256) profiled scan_cci_256 "$SCAN_CCI" 256 ;;
+    dan_batch_norm) candidates "$DAN" batch_norm_shifted_one_pass ;;
+    apvit_attention) candidates "$APVIT" none,attention_cudnn_flash ;;
+    dan_combined) candidates "$DAN" \
+      conv_input_channels_padded+max_pool_xla_gradient,conv_stem_space_to_depth+max_pool_xla_gradient ;;
+    dan_stem_and_pool_2) candidates "$DAN" "$(echo "$STEM_AND_POOL" | tr ',' '\n' | tac | paste -sd,),none" ;;
+    *) echo "unknown item $1"; return 2 ;;
+  esac
+}
+
+deliver() {  # everything done so far, into OUT_DIR, in a few files
+  cp "$STATE"/done.txt "$STATE"/session.log "$OUT_DIR"/
+  for file in "$STATE"/env.txt "$STATE"/*.jsonl "$STATE"/breakdown_*.txt; do
+    if [ -f "$file" ]; then cp "$file" "$OUT_DIR"/; fi
+  done
+  tar -czf "$OUT_DIR/logs.tgz" -C "$STATE" --exclude=profile logs items
+  (cd "$STATE" && find items -mindepth 2 -maxdepth 2 -name profile -print0 | tar -czf "$OUT_DIR/profiles.tgz" \
+    --exclude='*.xplane.pb' --null -T -)  # the perfetto traces that profile_breakdown.py reads
+}
+trap deliver EXIT
+
+if [ -n "${WHEELS:-}" ]; then
+  "$PY" -m pip install -q --no-index --find-links="$WHEELS" -r "$WHEELS/requirements.txt"
+fi
+"$PY" -c "import fer_jax.benchmark" || { echo "fer_jax's dependencies are missing here: give WHEELS"; exit 1; }
+if [ ! -f "$STATE/env.txt" ]; then
+  { date -u; nvidia-smi 2>/dev/null || true
+    "$PY" -c "import json; from fer_jax import benchmark; print(json.dumps(benchmark.environment()))"
+    "$PY" -m pip list --format=freeze 2>/dev/null || true; } > "$STATE/env.txt"
+fi
+BACKEND=$("$PY" -c "import jax; print(jax.default_backend())")
+
+for item in $ITEMS; do
+  if grep -qx "$item" "$STATE/done.txt"; then continue; fi
+  left=$(( DEADLINE - $(date +%s) ))
+  if (( left < ${ESTIMATE[$item]:-60} )); then
+    echo "skipped: $item (${ESTIMATE[$item]:-60} s estimated, $left s left)"
+    continue
+  fi
+  echo "$(date -u +%T) $item"
+  if run_item "$item" > "$STATE/logs/$item.log" 2>&1; then
+    echo "$item" >> "$STATE/done.txt"
+  else
+    echo "failed: $item (logs/$item.log)"
+  fi
+done
