@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
       "max_per_class": 0,           # training split: only the first N per class, in annotation order (0 = all)
       "image_size": 0,              # side the host decodes every image to (0 = the set's own size)
       "cache": "auto",              # decoded uint8 images kept in: auto | none | host | device
-      "cache_budget_mb": 0.0,         # device cache limit per device (0 = a quarter of its memory, 2 GiB on CPU)
+      "cache_budget_mb": 0.0,         # device cache limit per device in MiB (0 = a quarter of its memory, 2 GiB on CPU)
   })
   config.input = ml_collections.ConfigDict({
       "size": 224,                  # height = width fed to the model

@@ -133,8 +133,8 @@ def test_cache_auto_chooses_by_size_and_a_cache_that_does_not_fit_is_refused():
   assert data.cache_mode == "device"  # 280 × 32 × 32 × 3 bytes fit any budget
   data = pipeline.TrainData(_config(cache="auto", cache_budget_mb=0.5), mesh_lib.make_mesh())
   assert data.cache_mode == "host"
-  with pytest.raises(pipeline.DataError, match=r"280 × \(32, 32, 3\) uint8 = 1 MB\) exceeds the device cache budget "
-                     r"of 0 MB: use --config.dataset.cache=host"):
+  with pytest.raises(pipeline.DataError, match=r"280 × \(32, 32, 3\) uint8 = 1 MiB\) exceeds the device cache budget "
+                     r"of 0 MiB: use --config.dataset.cache=host"):
     pipeline.TrainData(_config(cache="device", cache_budget_mb=0.1), mesh_lib.make_mesh())
   with pytest.raises(pipeline.DataError, match="Unknown config.dataset.cache 'disk'; valid: auto, none, host, device"):
     pipeline.TrainData(_config(cache="disk"), mesh_lib.make_mesh())

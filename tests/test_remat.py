@@ -17,7 +17,7 @@ from fer_jax import models
 from fer_jax import validation
 from fer_jax.errors import ConfigError
 from fer_jax.models import layers
-from helpers import PAPER_CONFIGS, get_config, random_variables
+from helpers import PAPER_CONFIGS, get_config, load_script, random_variables
 
 # (config, remat) whose gradients are compared with the plain step's: each backbone's blocks once
 # (SCAN-CCI's trunk is DAN's ResNet, resnet.py, with other blocks), each policy at least twice.
@@ -92,3 +92,16 @@ def test_an_unknown_remat_is_a_config_error():
   with pytest.raises(ConfigError,
                      match="config.model.remat='everything' is not one of: 'none', 'elementwise', 'blocks'"):
     validation.validate(config, training=True)
+
+
+def test_remat_table_gives_ratios_to_the_plain_step_and_a_dash_where_no_flops_were_counted():
+  """benchmarks/remat.py's table: memory and FLOPs per image beside the plain step's, "–" for a FLOP
+  count that this JAX could not give (benchmark.program_flops returns None)."""
+  remat_script = load_script("benchmarks/remat.py")
+  row = lambda remat, saved, flops: {"config": "c", "model": "dan", "input_size": 224, "batch_size": 2,  # noqa: E731
+                                     "dtype": "float32", "remat": remat, "saved_for_backward_bytes": saved,
+                                     "lowered_train_flops_per_step": flops}
+  lines = remat_script.table([row("none", 2**30, 4e9), row("blocks", 2**29, 5e9), row("elementwise", 2**29, None)])
+  assert lines.splitlines()[2:] == ["| `c` | 224² | 2 | float32 | none | 1.00 | 1.00 | 2.00 | 1.00 |",
+                                    "| `c` | 224² | 2 | float32 | blocks | 0.50 | 0.50 | 2.50 | 1.25 |",
+                                    "| `c` | 224² | 2 | float32 | elementwise | 0.50 | 0.50 | – | – |"]

@@ -234,7 +234,7 @@ def choose_cache(config, count: int, shape: tuple[int, int, int], what: str, on_
     mode = "host"
   size = count * math.prod(shape)
   device_budget, host_budget = _device_budget(config), _host_budget()
-  megabytes = lambda n: f"{n / 2**20:,.0f} MB"
+  megabytes = lambda n: f"{n / 2**20:,.0f} MiB"
   if mode == "device" and size > device_budget:
     raise DataError(f"The decoded {what} ({count:,} × {shape} uint8 = {megabytes(size)}) exceeds the device cache "
                     f"budget of {megabytes(device_budget)}: use --config.dataset.cache=host (or none), or raise "
