@@ -79,6 +79,7 @@ def paper_configs_parser(description: str) -> argparse.ArgumentParser:
 def write_rows(rows: list[dict], output: str, table: str) -> None:
   """Appends the rows as JSON lines to `output` (if given) and prints their markdown table."""
   if output:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)  # a run's figures are not lost to a missing folder
     with open(output, "a", encoding="utf-8") as file:
       file.writelines(json.dumps(row) + "\n" for row in rows)
   sys.stdout.write(table)
