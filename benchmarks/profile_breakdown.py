@@ -2,10 +2,11 @@
 
   python -m fer_jax.benchmark --config=configs/dan.py:rafdb --input=synthetic --config.batch_size=16 \\
       --steps=2 --warmup=1 --profile_dir=DIR
-  python benchmarks/profile_breakdown.py DIR [--top 15]
+  python benchmarks/profile_breakdown.py DIR [--top 15] [--roofline benchmarks/gpu_targets/h200.txtpb]
 
 Each op of the trace (XLA's thunks on the CPU; on a GPU, the device's kernels, those that a command
-buffer launched by the fusion they are named after) is matched to its instruction in the compiled train
+buffer launched by the fusion they are named after, a kernel that identical fusions share given to
+each of them in turn) is matched to its instruction in the compiled train
 step (DIR/train_step.hlo.txt) and put in a category by the JAX operation its metadata names:
 convolutions forward, their gradients as XLA's convolutions, the CPU's 1×1 kernel gradients as
 products, pools, BatchNorm, activations, the optimiser, collectives. Prints milliseconds per step of
@@ -13,6 +14,9 @@ each category and of the slowest ops. The sums are of op durations: ops that run
 several threads add up to more than the step's wall time. On the CPU, XLA's own convolution kernels
 (fer_jax's steps, mesh.CPU_COMPILER_OPTIONS) hand their work to Eigen's thread pool, which the trace
 does not record: their ops show little more than the hand-over, and the step's time is the measure.
+With --roofline (a GPU's trace), each kernel is set beside its roofline on the device the target
+describes (benchmarks/gpu_compile.py's, of the same compiled step): measured, roofline and excess ms
+per step by category, then the kernels furthest over theirs.
 """
 
 import argparse
