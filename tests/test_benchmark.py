@@ -195,7 +195,7 @@ def test_profile_breakdown_gives_a_shared_gpu_kernels_launches_to_its_instructio
             kernel(700, 20.0, "input_reduce_fusion_4", "command_buffer_1"), kernel(1000, 300.0, "sm90_xmma_fprop", "conv.1"),
             kernel(1400, 30.0, "input_reduce_fusion_4", "command_buffer_1"),
             kernel(1500, 40.0, "input_reduce_fusion_4", "command_buffer_1")]
-  trace_dir = tmp_path / "plugins" / "profile" / "2026_12_05"
+  trace_dir = tmp_path / "plugins" / "profile" / "2026_12_04_evening"
   trace_dir.mkdir(parents=True)
   with gzip.open(trace_dir / "perfetto_trace.json.gz", "wt") as file:
     json.dump({"traceEvents": events}, file)
