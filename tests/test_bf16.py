@@ -29,6 +29,11 @@ from the float32 run, while bfloat16 deviates 0.26 (this file's order) and 0.10 
 and a doubled learning rate 0.355, so no band tells a broken run from batch noise. SCAN-CCI
 barely learns in the 120 SGD steps a CPU affords, and its bf16 run deviates 0.265 of the drop,
 no less than a doubled learning rate does (0.31). Both need an accelerator's budget of steps.
+Nor is LHC-Net's stage B, the backbone with its LHC modules (their products in bfloat16, gates and
+softmaxes in float32: tests/test_compute_dtype.py): at 80 px, SGD at its 0.01 does not learn in 60
+steps and at 0.1 does not settle; with stage A1's Adam it learns, and its bfloat16 run deviates 0.35
+of the drop (0.38 with the modules wholly in float32, before 2026-12-04 evening) where float32 on
+another order of the same batches deviates 0.37: batch noise, which no band tells from a broken run.
 """
 
 import math

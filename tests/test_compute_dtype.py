@@ -83,13 +83,13 @@ def _dtypes(eqn) -> set[str]:
   return {str(v.aval.dtype) for v in [*eqn.invars, *eqn.outvars] if hasattr(v.aval, "dtype")}
 
 
-def _bfloat16_train_step(spec: str, **model):
-  """The equations of `spec`'s jitted train step with model.dtype="bfloat16" at 32 px, batch 2,
+def _bfloat16_train_step(spec: str, size: int = 32, **model):
+  """The equations of `spec`'s jitted train step with model.dtype="bfloat16" at `size` px, batch 2,
   and the step's output (state, metrics) as shapes and dtypes."""
   config = get_config(spec)
   config.model.update(dtype="bfloat16", **model)
   step, state = abstract_train_step(config)
-  batch = {"image": jax.ShapeDtypeStruct((2, 32, 32, 3), np.float32), "label": jax.ShapeDtypeStruct((2,), np.int32)}
+  batch = {"image": jax.ShapeDtypeStruct((2, size, size, 3), np.float32), "label": jax.ShapeDtypeStruct((2,), np.int32)}
   return list(_equations(step.trace(state, batch).jaxpr.jaxpr)), jax.eval_shape(step, state, batch)
 
 
@@ -131,6 +131,17 @@ def test_bfloat16_dan_computes_its_trunk_and_heads_in_bfloat16_and_the_rest_in_f
 def test_bfloat16_apvit_computes_its_backbone_in_bfloat16_and_the_rest_in_float32():
   equations, output = _bfloat16_train_step("configs/apvit.py:synthetic")
   _check_float32_outside(equations, output, "APViT", r"extractor|vit", float32_matmuls=r"APViT\)+/head/fc$")
+
+
+@pytest.mark.integration  # traces a ResNet-34v2 LHC-Net train step with its five LHC modules
+def test_bfloat16_lhcnet_computes_its_attention_products_in_bfloat16_and_its_gates_and_softmaxes_in_float32():
+  spec = "configs/lhcnet.py:synthetic,stage=B"
+  equations, output = _bfloat16_train_step(spec, size=get_config(spec).input.size)  # its bands fix the size
+  _check_float32_outside(equations, output, "LHCNet", r"backbone(?!.*scale_dense)|head",
+                         float32_matmuls=r"lhc\d/scale_dense$")
+  attention = [path for eqn, path in equations if eqn.primitive.name == "dot_general"
+               and re.search(r"^jvp\(LHCNet\)/backbone/lhc\d/(bh...c,h...e->bhce|nce,nde->ncd|ncd,n...d->n...c)$", path)]
+  assert len(attention) == 5 * 4  # each module's two projections, scores and product with the value
 
 
 def test_batch_norm_on_bfloat16_input_computes_in_float32():

@@ -83,18 +83,19 @@ class LHCModule(nn.Module):
     # band where it lies, so nothing moves the channels before the positions (on a TPU such moves are
     # copies; docs/performance.md, "LHC-Net's bands, channels last"). Heads are folded into the batch
     # once projected: XLA:CPU reduces an array with a size-1 axis (a module with one head) up to 50×
-    # slower (docs/performance.md, "A head axis of size 1").
+    # slower (docs/performance.md, "A head axis of size 1"). The products run in the compute dtype, the
+    # gate and the softmax in at least float32, as every attention here.
     band_dims = band_shape(height, width, self.num_heads)
-    band_kernel = kernel.reshape(self.num_heads, *band_dims, self.embed_dim)
-    project = lambda t: (jnp.einsum("bh...c,h...e->bhce", to_bands(t.astype(precise), self.num_heads), band_kernel)
-                         + bias[:, None, :]).reshape(-1, channels, self.embed_dim)
-    scores = jnp.einsum("nce,nde->ncd", project(query), project(key))
+    band_kernel = kernel.reshape(self.num_heads, *band_dims, self.embed_dim).astype(self.dtype)
+    project = lambda t: (jnp.einsum("bh...c,h...e->bhce", to_bands(t.astype(self.dtype), self.num_heads), band_kernel)
+                         + bias.astype(self.dtype)[:, None, :]).reshape(-1, channels, self.embed_dim)
+    scores = jnp.einsum("nce,nde->ncd", project(query), project(key)).astype(precise)
     gate = nn.sigmoid(nn.Dense(channels, kernel_init=glorot_uniform, name="scale_dense")(
         jnp.mean(scores, axis=-1)))
     attention = nn.softmax(scores / jnp.power(float(self.embed_dim), self.norm_c + gate[..., None]), axis=-1)
     # XLA:CPU would fuse the softmax into the product with the value, one YNNPACK fusion twice as slow.
-    attention = layers.stored_on_cpu(attention)
-    value_bands = to_bands(value.astype(precise), self.num_heads).reshape(-1, *band_dims, channels)
+    attention = layers.stored_on_cpu(attention.astype(self.dtype))
+    value_bands = to_bands(value.astype(self.dtype), self.num_heads).reshape(-1, *band_dims, channels)
     out = jnp.einsum("ncd,n...d->n...c", attention, value_bands).reshape(x.shape)
     if self.controller_init is not None:
       w = self.param("controller", nn.initializers.constant(self.controller_init), ())
