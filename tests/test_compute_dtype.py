@@ -93,9 +93,10 @@ def _bfloat16_train_step(spec: str, size: int = 32, **model):
   return list(_equations(step.trace(state, batch).jaxpr.jaxpr)), jax.eval_shape(step, state, batch)
 
 
-def _check_float32_outside(equations, output, model_name: str, low_precision_scopes: str, float32_matmuls: str):
+def _check_float32_outside(equations, output, model_name: str, low_precision_scopes: str,
+                           float32_matmuls: str | None):
   """Matmuls in `low_precision_scopes` (a regex on the module path) take bfloat16 operands and
-  those in `float32_matmuls` float32; normalisation (every rsqrt), softmaxes (every exp but the
+  those in `float32_matmuls` (None: there are none) float32; normalisation (every rsqrt), softmaxes (every exp but the
   GELU's), the loss, metrics and optimiser (every equation outside the model) are float32; the
   new state and the metrics are float32."""
   inside = lambda path: re.search(rf"\({model_name}\)+/({low_precision_scopes})", path)
@@ -105,7 +106,7 @@ def _check_float32_outside(equations, output, model_name: str, low_precision_sco
   assert len(low) > 20 and all({str(v.aval.dtype) for v in eqn.invars} == {BF16}
                                for eqn, path in matmuls if inside(path))
   precise = [path for eqn, path in matmuls if not inside(path)]
-  assert precise and all(re.search(float32_matmuls, path) for path in precise), precise
+  assert (precise and all(re.search(float32_matmuls, path) for path in precise)) if float32_matmuls else not precise, precise
   assert all(_dtypes(eqn) == {F32} for eqn, path in matmuls if not inside(path))
   for eqn, path in equations:
     if eqn.primitive.name == "rsqrt" or (eqn.primitive.name == "exp" and "mlp" not in path):
@@ -142,6 +143,12 @@ def test_bfloat16_lhcnet_computes_its_attention_products_in_bfloat16_and_its_gat
   attention = [path for eqn, path in equations if eqn.primitive.name == "dot_general"
                and re.search(r"^jvp\(LHCNet\)/backbone/lhc\d/(bh...c,h...e->bhce|nce,nde->ncd|ncd,n...d->n...c)$", path)]
   assert len(attention) == 5 * 4  # each module's two projections, scores and product with the value
+
+
+@pytest.mark.integration  # traces a ResNet-50 trunk SCAN-CCI train step
+def test_bfloat16_scan_cci_computes_its_trunk_branches_and_heads_in_bfloat16_and_the_rest_in_float32():
+  equations, output = _bfloat16_train_step("configs/scan_cci.py:synthetic")
+  _check_float32_outside(equations, output, "SCANCCI", r"trunk|attention|cci", float32_matmuls=None)
 
 
 def test_batch_norm_on_bfloat16_input_computes_in_float32():
