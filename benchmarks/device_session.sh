@@ -63,7 +63,7 @@ candidates() {  # CONFIG VARIANTS
 
 profiled() {  # ITEM CONFIG PAPER_BATCH: bf16, one run profiled, then its breakdown
   local name=$1 config=$2 trace
-  CONFIGS=$config BATCH=${BATCH:-$3} DTYPES=bfloat16 PROFILE=1 REFERENCE=0 \
+  PY=$PY CONFIGS=$config BATCH=${BATCH:-$3} DTYPES=bfloat16 PROFILE=1 REFERENCE=0 \
     bounded bash benchmarks/accelerator.sh "$STATE/items/$name" || return 1
   grep -q . "$STATE/items/$name/results.jsonl" || return 1
   cat "$STATE/items/$name/results.jsonl" >> "$STATE/results.jsonl"
