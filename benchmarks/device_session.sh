@@ -15,6 +15,9 @@
 #   apvit_attention       APViT with cuDNN's flash attention against the library
 #   dan_combined          the stem candidates with XLA's max pool gradient, together
 #   dan_stem_and_pool_2   the first item again in reverse order (a second reading of each)
+#   apvit_official        APViT's official step as released and tuned (bf16 autocast), on the same GPU:
+#                         with APVIT_CLONE (github.com/youqingxiaozhua/APViT) and OFFICIAL_PACKAGES (mmcv
+#                         1.x, pure Python: benchmarks/official_step.py says how), else it fails at once
 #
 # Environment: BUDGET (seconds this call may take, default 570), ITEMS (a space-separated subset, in
 # this order), STATE (default .device_session), WHEELS (a folder from `python launch/offline_wheels.py`:
@@ -22,8 +25,8 @@
 # GpuTargetConfigProto whose bandwidth the profiles' rooflines take, default
 # benchmarks/gpu_targets/h200.txtpb); DAN, LHCNET, SCAN_CCI, APVIT (the configs, default each paper
 # config) and BATCH, STEPS, WARMUP (every run's, instead of the paper batch, 20 and 5) give a small run
-# of the same items on a CPU. Each call writes into OUT_DIR everything done so far: candidates.jsonl and
-# results.jsonl (the timed lines), breakdown_ITEM.txt (a profile by category, then, on a GPU, beside its
+# of the same items on a CPU. Each call writes into OUT_DIR everything done so far: candidates.jsonl,
+# results.jsonl and official.jsonl (the timed lines), breakdown_ITEM.txt (a profile by category, then, on a GPU, beside its
 # roofline), env.txt, done.txt, session.log, and the items' logs and traces as logs.tgz and profiles.tgz.
 set -euo pipefail
 OUT_DIR=$(realpath -m "${1:?usage: bash benchmarks/device_session.sh OUT_DIR}")
@@ -36,12 +39,12 @@ DAN=${DAN:-configs/dan.py:rafdb}
 LHCNET=${LHCNET:-configs/lhcnet.py:fer2013,stage=B}
 SCAN_CCI=${SCAN_CCI:-configs/scan_cci.py:rafdb}
 APVIT=${APVIT:-configs/apvit.py:rafdb}
-ITEMS=${ITEMS:-dan_stem_and_pool lhcnet_profile scan_cci_256 dan_batch_norm apvit_attention dan_combined dan_stem_and_pool_2}
+ITEMS=${ITEMS:-dan_stem_and_pool lhcnet_profile scan_cci_256 dan_batch_norm apvit_attention dan_combined dan_stem_and_pool_2 apvit_official}
 STEM_AND_POOL=conv_input_channels_padded,conv_stem_space_to_depth,max_pool_xla_gradient,max_pool_tap_gradient_stored
 # Seconds each item takes on an H200 (a process per run, compilation and 25 steps: DAN ~40, APViT ~80,
 # SCAN-CCI and LHC-Net ~55, as on 2026-12-04), with a margin.
 declare -A ESTIMATE=([dan_stem_and_pool]=240 [lhcnet_profile]=80 [scan_cci_256]=80 [dan_batch_norm]=50
-                     [apvit_attention]=180 [dan_combined]=100 [dan_stem_and_pool_2]=240)
+                     [apvit_attention]=180 [dan_combined]=100 [dan_stem_and_pool_2]=240 [apvit_official]=150)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # fer_jax from this checkout, installed or not
 mkdir -p "$OUT_DIR" "$STATE/logs" "$STATE/items"
 touch "$STATE/done.txt"
@@ -74,6 +77,16 @@ profiled() {  # ITEM CONFIG PAPER_BATCH: bf16, one run profiled, then its breakd
   fi
 }
 
+official_apvit() {  # as released, then tuned, at fer_jax's APViT batch
+  local variant
+  for variant in fp32 tuned; do
+    bounded "$PY" benchmarks/official_step.py --method=apvit --official="${APVIT_CLONE:?no APVIT_CLONE}" \
+      --packages="${OFFICIAL_PACKAGES:?no OFFICIAL_PACKAGES}" --device="$DEVICE" --variant="$variant" \
+      ${BATCH:+--batch="$BATCH"} --steps="${STEPS:-20}" --warmup="${WARMUP:-5}" \
+      --output="$STATE/official.jsonl" || return 1
+  done
+}
+
 run_item() {
   case $1 in
     dan_stem_and_pool) candidates "$DAN" "none,$STEM_AND_POOL" ;;
@@ -84,6 +97,7 @@ run_item() {
     dan_combined) candidates "$DAN" \
       conv_input_channels_padded+max_pool_xla_gradient,conv_stem_space_to_depth+max_pool_xla_gradient ;;
     dan_stem_and_pool_2) candidates "$DAN" "$(echo "$STEM_AND_POOL" | tr ',' '\n' | tac | paste -sd,),none" ;;
+    apvit_official) official_apvit ;;
     *) echo "unknown item $1"; return 2 ;;
   esac
 }
@@ -99,16 +113,18 @@ deliver() {  # everything done so far, into OUT_DIR, in a few files
 }
 trap deliver EXIT
 
+if [ ! -f "$STATE/env.txt" ]; then  # first, so that even a failed install tells what the machine has
+  { date -u; nvidia-smi 2>/dev/null || true; "$PY" -m pip list --format=freeze 2>/dev/null || true; } > "$STATE/env.txt"
+fi
 if [ -n "${WHEELS:-}" ]; then
   "$PY" -m pip install -q --no-index --find-links="$WHEELS" -r "$WHEELS/requirements.txt"
 fi
 "$PY" -c "import fer_jax.benchmark" || { echo "fer_jax's dependencies are missing here: give WHEELS"; exit 1; }
-if [ ! -f "$STATE/env.txt" ]; then
-  { date -u; nvidia-smi 2>/dev/null || true
-    "$PY" -c "import json; from fer_jax import benchmark; print(json.dumps(benchmark.environment()))"
-    "$PY" -m pip list --format=freeze 2>/dev/null || true; } > "$STATE/env.txt"
+if ! grep -q '"device_kind"' "$STATE/env.txt"; then
+  "$PY" -c "import json; from fer_jax import benchmark; print(json.dumps(benchmark.environment()))" >> "$STATE/env.txt"
 fi
 BACKEND=$("$PY" -c "import jax; print(jax.default_backend())")
+DEVICE=$([ "$BACKEND" = gpu ] && echo cuda || echo cpu)  # torch's name for it
 
 for item in $ITEMS; do
   if grep -qx "$item" "$STATE/done.txt"; then continue; fi

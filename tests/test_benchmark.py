@@ -608,6 +608,21 @@ def test_device_session_runs_its_items_within_the_budget_and_goes_on_where_it_st
   assert again.returncode == 0 and "skipped: dan_batch_norm (50 s estimated" in again.stdout, again.stdout
   assert "dan_combined" not in again.stdout.replace("skipped", "")
   assert (tmp_path / "again" / "candidates.jsonl").read_text() == (out / "candidates.jsonl").read_text()
+  environment = (out / "env.txt").read_text()
+  assert f"jax=={jax.__version__}" in environment and '"device_kind": "cpu"' in environment
+
+
+def test_device_session_tells_what_the_machine_has_even_when_its_wheels_do_not_install(tmp_path):
+  """The first thing a lease needs to know for the next one: its packages, delivered before the
+  install from WHEELS is tried, and the call stops there with pip's error."""
+  wheels = tmp_path / "wheels"
+  wheels.mkdir()
+  (wheels / "requirements.txt").write_text("no-such-package-for-fer-jax==1.0\n")
+  env = {**os.environ, "PY": sys.executable, "STATE": str(tmp_path / "state"), "WHEELS": str(wheels), "BUDGET": "60"}
+  result = subprocess.run(["bash", os.path.join(helpers.ROOT, "benchmarks", "device_session.sh"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, env=env)
+  assert result.returncode != 0 and "no-such-package-for-fer-jax" in result.stdout
+  assert f"jax=={jax.__version__}" in (tmp_path / "out" / "env.txt").read_text()
 
 
 @pytest.mark.integration
