@@ -219,9 +219,12 @@ def main() -> None:
     devices = tpu_compile.tpu_devices("v5e:2x4" if args.devices > 4 else "v5e:2x2", args.devices)
     summarise = tpu_compile.summarise
   else:
+    ptx_dir = gpu_compile.dump_ptx()
     devices = gpu_compile.gpu_devices(gpu_compile.DEFAULT_TARGET, args.devices)
     bandwidth = gpu_compile.memory_bandwidth(gpu_compile.DEFAULT_TARGET)
-    summarise = lambda *summary_args: gpu_compile.summarise(*summary_args, bandwidth)  # noqa: E731
+    rate = gpu_compile.issue_rate(gpu_compile.DEFAULT_TARGET)
+    summarise = lambda *summary_args: gpu_compile.summarise(  # noqa: E731
+        *summary_args, bandwidth, gpu_compile.take_ptx(ptx_dir), rate)
   for compiled in compiled_train_steps(args.configs, args.dtype, args.batch_size, devices, args.hlo_dir,
                                        f"{args.platform}.{args.variant}"):
     row = {**summarise(*compiled, devices), "variant": args.variant}

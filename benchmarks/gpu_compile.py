@@ -12,16 +12,22 @@ optimised HLO: the kernels one step launches by kind, the bytes each reads and w
 and results' shapes; an elementwise fusion reads at most an element of each operand per element it
 writes), the FLOPs of the convolutions and GEMMs (cuDNN's fused attention among them), and a roofline,
 each kernel's max(bytes / memory bandwidth, FLOPs / dense peak) summed: a lower bound on the step's
-time on that device, hence an upper bound on its images a second, and where its time must go. Also XLA's planned
-memory and the collectives between --devices devices. Prints a markdown table; --hlo_dir keeps the
+time on that device, hence an upper bound on its images a second, and where its time must go. From the
+PTX XLA writes for the step, each loop fusion's instruction issue is estimated too (its warps × its
+instructions over the GPU's issue rate; every branch counted): `with_issue_step_ms` sums max(roofline,
+issue) a kernel, which caught the max pool gradient's index arithmetic that the bytes miss. Also XLA's
+planned memory and the collectives between --devices devices. Prints a markdown table; --hlo_dir keeps the
 HLO. Figures here are the compiler's plan, not a measurement: benchmarks/accelerator.sh measures.
 """
 
 import collections
+import glob
 import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 
 if __name__ == "__main__":
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX starts a backend: compiling for a GPU needs none
@@ -206,10 +212,60 @@ def kernels(hlo_text: str) -> list[dict]:
     # A fusion XLA made may carry no name of its own: then its computation's last op's.
     named = re.findall(r'op_name="([^"]+)"', attributes) or re.findall(r'op_name="([^"]+)"', bodies.get(
         called.group(1) if called else "", ""))
-    found.append({"instruction": name[1:], "kind": kind, "bytes": read_bytes(kind, operands, written, body) + benchmark.shape_bytes(written),
-                  "flops": flops, "dtype": benchmark.HLO_SHAPE.search(written).group(1) if benchmark.HLO_SHAPE.search(written) else "",
+    kernel = re.search(r'deduplicated_name="([^"]+)"', attributes)  # identical fusions share one kernel
+    found.append({"instruction": name[1:], "kernel": kernel.group(1) if kernel else name[1:], "kind": kind, "bytes": read_bytes(kind, operands, written, body) + benchmark.shape_bytes(written),
+                  "flops": flops, "written": written, "dtype": benchmark.HLO_SHAPE.search(written).group(1) if benchmark.HLO_SHAPE.search(written) else "",
                   "op_name": named[-1] if named else ""})
   return found
+
+
+def dump_ptx() -> str:
+  """A new temporary folder into which XLA writes the PTX of each train step it compiles from now on
+  (before the process's first compile: XLA reads its flags once)."""
+  folder = tempfile.mkdtemp(prefix="gpu_compile_ptx_")
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={folder} --xla_dump_hlo_module_re=train_step"
+  return folder
+
+
+def take_ptx(folder: str) -> str:
+  """The PTX text dumped into `folder` since the last call, which empties it."""
+  text = "".join(open(path, encoding="utf-8").read() for path in sorted(glob.glob(os.path.join(folder, "*.ptx"))))
+  for path in os.listdir(folder):
+    (shutil.rmtree if os.path.isdir(os.path.join(folder, path)) else os.remove)(os.path.join(folder, path))
+  return text
+
+
+def ptx_kernels(ptx_text: str) -> dict[str, tuple[int, int]]:
+  """{kernel: (its PTX instructions, elements a thread writes: its widest vector store)}."""
+  found = {}
+  for name, body in re.findall(r"\.entry (\w+)\((.*?)\n\}", ptx_text, re.DOTALL):
+    instructions = sum(1 for line in body.splitlines() if re.match(r"\s+[@a-z]", line))
+    found[name] = (instructions, max(map(int, re.findall(r"st\.global\.v(\d)", body)), default=1))
+  return found
+
+
+def issue_rate(target_path: str) -> float:
+  """Warp instructions the GPU issues a second: SMs × schedulers (FP32 lanes over the warp size) × clock."""
+  with open(target_path, encoding="utf-8") as file:
+    target = file.read()
+  get = lambda key: float(re.search(rf"{key}:\s*([\d.]+)", target).group(1))  # noqa: E731
+  return get("core_count") * get("fpus_per_core") / get("threads_per_warp") * get("clock_rate_ghz") * 1e9
+
+
+def with_issue(found: list[dict], ptx: dict, rate: float) -> list[dict]:
+  """Each loop fusion (elementwise kernel) with `issue_seconds`: its warps × its PTX instructions over
+  the issue rate. A loop fusion's thread runs its code once, without loops, so this counts every
+  instruction of every branch: an estimate, not a bound, for kernels whose index arithmetic takes the
+  time rather than their bytes (a max pool's taps: BENCHMARKS.md, "One H200, measured")."""
+  timed = []
+  for kernel in found:
+    entry = ptx.get(kernel["kernel"].replace(".", "_")) if kernel["kind"] == "elementwise" else None
+    if entry:
+      instructions, width = entry
+      warps = math.ceil(max(_elements(kernel["written"]), default=0) / width / 32)
+      kernel = {**kernel, "issue_seconds": warps * instructions / rate}
+    timed.append(kernel)
+  return timed
 
 
 def roofline(found: list[dict], bandwidth: float) -> list[dict]:
@@ -224,9 +280,9 @@ def roofline(found: list[dict], bandwidth: float) -> list[dict]:
 
 
 def summarise(spec: str, config, compiled, compile_seconds: float, devices: list, bandwidth: float,
-              top: int = 12) -> dict:
+              ptx_text: str = "", rate: float = 0.0, top: int = 12) -> dict:
   hlo_text = compiled.as_text()
-  timed = roofline(kernels(hlo_text), bandwidth)
+  timed = roofline(with_issue(kernels(hlo_text), ptx_kernels(ptx_text), rate), bandwidth)
   by_kind = collections.defaultdict(lambda: {"kernels": 0, "bytes": 0, "flops": 0.0, "seconds": 0.0})
   by_module = collections.defaultdict(float)
   for kernel in timed:
@@ -235,6 +291,9 @@ def summarise(spec: str, config, compiled, compile_seconds: float, devices: list
     by_kind[kernel["kind"]]["kernels"] += 1
     by_module[benchmark.module_path(kernel["op_name"]) or "step"] += kernel["seconds"]
   seconds = sum(kernel["seconds"] for kernel in timed)
+  with_issue_seconds = sum(max(kernel["seconds"], kernel.get("issue_seconds", 0.0)) for kernel in timed)
+  issue_bound = sorted((kernel for kernel in timed if kernel.get("issue_seconds", 0.0) > kernel["seconds"]),
+                       key=lambda kernel: kernel["seconds"] - kernel["issue_seconds"])[:5]
   memory = benchmark.memory_analysis(compiled)
   return {
       "config": spec, "model": config.model.name, "input_size": config.input.size, "batch_size": config.batch_size,
@@ -242,6 +301,10 @@ def summarise(spec: str, config, compiled, compile_seconds: float, devices: list
       "jax": jax.__version__, "compile_s": round(compile_seconds, 1), "kernels": len(timed),
       "by_kind": dict(sorted(by_kind.items())),
       "roofline_step_ms": seconds * 1e3, "roofline_img_per_s": config.batch_size / seconds,
+      "with_issue_step_ms": with_issue_seconds * 1e3 if ptx_text else None,
+      "issue_bound_kernels": [{"instruction": kernel["instruction"], "op_name": kernel["op_name"],
+                               "roofline_ms": kernel["seconds"] * 1e3, "issue_ms": kernel["issue_seconds"] * 1e3}
+                              for kernel in issue_bound],
       "roofline_top_level_modules_ms": dict(sorted(((name, value * 1e3) for name, value in by_module.items()),
                                                    key=lambda item: -item[1])[:top]),
       "planned_peak_bytes": benchmark.planned_peak_bytes(memory), "memory_analysis": memory,
@@ -258,8 +321,8 @@ def collective_ops(hlo_text: str) -> dict:
 
 def table(rows: list[dict]) -> str:
   lines = ["| config | size | batch | dtype | kernels (conv / GEMM / reduction / elementwise / other) "
-           "| conv+GEMM TFLOP | other GB | roofline ms (conv+GEMM / rest) | ≤ img/s | planned peak GiB |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| conv+GEMM TFLOP | other GB | roofline ms (conv+GEMM / rest) | ≤ img/s | with issue ms | planned peak GiB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for row in rows:
     kinds = row["by_kind"]
     get = lambda kind, key: kinds.get(kind, {}).get(key, 0)  # noqa: E731
@@ -272,6 +335,7 @@ def table(rows: list[dict]) -> str:
         f"| {sum(get(k, 'flops') for k in products) / 1e12:.2f} | {sum(get(k, 'bytes') for k in rest) / 1e9:.2f} "
         f"| {row['roofline_step_ms']:.2f} ({sum(get(k, 'seconds') for k in products) * 1e3:.2f} / "
         f"{sum(get(k, 'seconds') for k in rest) * 1e3:.2f}) | {row['roofline_img_per_s']:,.0f} "
+        f"| {'–' if row.get('with_issue_step_ms') is None else format(row['with_issue_step_ms'], '.2f')} "
         f"| {row['planned_peak_bytes'] / 2**30:.1f} |")
   return "\n".join(lines) + "\n"
 
@@ -282,9 +346,11 @@ def main() -> None:
   parser.add_argument("--devices", type=int, default=1, help="GPUs the batch is split over")
   parser.add_argument("--hlo_dir", default="", help="write each compiled step's HLO text here")
   args = parser.parse_args()
+  ptx_dir = dump_ptx()
   devices, bandwidth = gpu_devices(args.target, args.devices), memory_bandwidth(args.target)
-  rows = [summarise(*compiled, devices, bandwidth) for compiled in compiled_train_steps(
-      args.configs, args.dtype, args.batch_size, devices, args.hlo_dir, "gpu")]
+  rows = [summarise(*compiled, devices, bandwidth, take_ptx(ptx_dir), issue_rate(args.target))
+          for compiled in compiled_train_steps(args.configs, args.dtype, args.batch_size, devices, args.hlo_dir, "gpu")]
+  shutil.rmtree(ptx_dir)
   write_rows(rows, args.output, table(rows))
 
 

@@ -6,6 +6,7 @@ import ast
 import functools
 import gzip
 import json
+import math
 import os
 import re
 import subprocess
@@ -380,6 +381,42 @@ def test_gpu_kernels_of_compiled_hlo_text_with_xlas_flop_count_as_reference():
   assert found[0]["dtype"] == "bf16" and benchmark.module_path(found[2]["op_name"]) == "conv"
   timed = gpu_compile.roofline(found, bandwidth=1e12)
   assert timed[0]["seconds"] == max(found[0]["bytes"] / 1e12, conv_flops / gpu_compile.HOPPER_PEAK_FLOPS["bf16"])
+
+
+PTX = """
+.visible .entry loop_relu_fusion(
+\t.param .u64 loop_relu_fusion_param_0
+)
+.reqntid 128, 1, 1
+{
+\t.reg .pred \t%p<2>;
+\tmov.u32 \t%r1, %tid.x;
+\tsetp.gt.u32 \t%p1, %r1, 9;
+\t@%p1 bra \t$L__BB0_2;
+\tld.global.nc.v2.b16 \t{%rs1, %rs2}, [%rd1];
+\tst.global.v4.b16 \t[%rd2], {%rs1, %rs2, %rs1, %rs2};
+$L__BB0_2:
+\tret;
+
+}
+"""
+
+
+def test_issue_estimate_counts_a_loop_fusions_ptx_instructions_for_its_warps():
+  """benchmarks/gpu_compile.py's issue estimate: a loop fusion's threads each run its PTX instructions
+  once (labels and directives are not instructions) and write its widest vector store's elements; the
+  H200 issues 132 SMs × 4 schedulers × 1.98 GHz warp instructions a second."""
+  assert gpu_compile.ptx_kernels(PTX) == {"loop_relu_fusion": (6, 4)}
+  rate = gpu_compile.issue_rate(gpu_compile.DEFAULT_TARGET)
+  assert rate == pytest.approx(132 * 4 * 1.98e9)
+  relu = {"instruction": "relu.1", "kernel": "loop_relu_fusion.1", "kind": "elementwise",
+          "written": "bf16[8,54,54,32]{3,2,1,0}", "bytes": 0, "flops": 0.0, "dtype": "bf16"}
+  reduction = {**relu, "kind": "reduction", "kernel": "loop_relu_fusion"}
+  estimated = gpu_compile.with_issue([relu, reduction], {"loop_relu_fusion_1": (6, 4)}, rate)
+  assert estimated[0]["issue_seconds"] == pytest.approx(math.ceil(8 * 54 * 54 * 32 / 4 / 32) * 6 / rate)
+  assert "issue_seconds" not in estimated[1]  # a reduction's threads loop: no count from its code
+  assert [kernel["kernel"] for kernel in gpu_compile.kernels(DEDUPLICATED_HLO)][1:] == [
+      "input_reduce_fusion.4", "input_reduce_fusion.4"]
 
 
 # cuDNN's fused attention in a GPU program's text (trimmed): B 2, T = S = 6, 4 heads of 8; the forward
