@@ -79,9 +79,12 @@ profiled() {  # ITEM CONFIG PAPER_BATCH: bf16, one run profiled, then its breakd
 
 official_apvit() {  # as released, then tuned, at fer_jax's APViT batch
   local variant
+  if [ -z "${APVIT_CLONE:-}" ] || [ -z "${OFFICIAL_PACKAGES:-}" ]; then
+    echo "apvit_official needs APVIT_CLONE and OFFICIAL_PACKAGES"; return 1
+  fi
   for variant in fp32 tuned; do
-    bounded "$PY" benchmarks/official_step.py --method=apvit --official="${APVIT_CLONE:?no APVIT_CLONE}" \
-      --packages="${OFFICIAL_PACKAGES:?no OFFICIAL_PACKAGES}" --device="$DEVICE" --variant="$variant" \
+    bounded "$PY" benchmarks/official_step.py --method=apvit --official="$APVIT_CLONE" \
+      --packages="$OFFICIAL_PACKAGES" --device="$DEVICE" --variant="$variant" \
       ${BATCH:+--batch="$BATCH"} --steps="${STEPS:-20}" --warmup="${WARMUP:-5}" \
       --output="$STATE/official.jsonl" || return 1
   done
