@@ -25,6 +25,8 @@ The variants (BENCHMARKS.md's "Compiled for a GPU" and "Compiled for a TPU v5e" 
   max_pool_xla_gradient          layers.max_pool's gradient as XLA's own (select-and-scatter) on CUDA too
   max_pool_tap_gradient_stored   the CPU's tap gradient, its tap map and arriving gradient `stored`, on
                                  CUDA too
+  max_pool_gradient_input_phases the tap gradient built on the input's own phases, interleaved by a
+                                 transpose (no padded grid to crop; CPUs and CUDA GPUs)
 Variants joined by "+" are swapped in together (conv_input_channels_padded+max_pool_xla_gradient).
 benchmarks/run_candidates.py times the variants that change the library's train step on this
 machine's devices.
@@ -42,6 +44,7 @@ import einops  # noqa: E402  pylint: disable=wrong-import-position
 import flax.linen as nn  # noqa: E402  pylint: disable=wrong-import-position
 import jax  # noqa: E402  pylint: disable=wrong-import-position
 import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
+from jax import lax  # noqa: E402  pylint: disable=wrong-import-position
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402  pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -180,6 +183,37 @@ def _max_pool_gradient(cuda: str, default: str):
   return swap
 
 
+def _max_pool_gradient_by_input_phases(x, output_gradient, window, strides, padding, materialise=lambda value: value):
+  """layers.max_pool's gradient by taps, each phase of the input itself (rows s·m + a, columns s·n + b)
+  a sum of its taps' shares shifted, then the phases interleaved by a transpose: no padded grid to crop,
+  fewer instructions a thread in XLA's GPU kernels. Sides that the strides do not divide: the library's."""
+  height, width = x.shape[1:3]
+  if height % strides[0] or width % strides[1]:
+    return library_max_pool_gradient(x, output_gradient, window, strides, padding, materialise)
+  batch, out_height, out_width, channels = output_gradient.shape
+  taps, winner = layers.tap_winners(layers.padded_for_pool(x, padding), output_gradient.shape, window, strides)
+  winner, output_gradient = materialise(winner), materialise(output_gradient)
+  rows, columns = height // strides[0], width // strides[1]
+  zero = jnp.zeros((), output_gradient.dtype)
+  phases = [[jnp.zeros((batch, rows, columns, channels), output_gradient.dtype)] * strides[1]
+            for _ in range(strides[0])]
+  for index, (i, j) in enumerate(taps):
+    a, b = (i - padding[0][0]) % strides[0], (j - padding[1][0]) % strides[1]
+    down, right = (a + padding[0][0] - i) // strides[0], (b + padding[1][0] - j) // strides[1]  # share row m + down
+    share = jnp.where(winner == index, output_gradient, zero)
+    phases[a][b] = phases[a][b] + lax.pad(share, zero, [(0, 0, 0), (-down, rows - out_height + down, 0),
+                                                        (-right, columns - out_width + right, 0), (0, 0, 0)])
+  interleaved = jnp.stack([jnp.stack(row) for row in phases]).transpose(2, 3, 0, 4, 1, 5)
+  return interleaved.reshape(batch, height, width, channels)
+
+
+library_max_pool_gradient = layers._max_pool_gradient_by_taps  # pylint: disable=protected-access
+
+
+def _max_pool_input_phases():
+  layers._max_pool_gradient_by_taps = _max_pool_gradient_by_input_phases  # pylint: disable=protected-access
+
+
 VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_gradient(cuda="taps", default="taps"),
             "batch_norm_shifted_one_pass": _batch_norm_form("shifted_one_pass"),
             "batch_norm_one_pass": _batch_norm_form("one_pass"),
@@ -191,7 +225,8 @@ VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_gradient(cu
             "conv_input_channels_padded": _rgb_stems(space_to_depth=False),
             "conv_stem_space_to_depth": _rgb_stems(space_to_depth=True),
             "max_pool_xla_gradient": _max_pool_gradient(cuda="xla", default="xla"),
-            "max_pool_tap_gradient_stored": _max_pool_gradient(cuda="stored_taps", default="xla")}
+            "max_pool_tap_gradient_stored": _max_pool_gradient(cuda="stored_taps", default="xla"),
+            "max_pool_gradient_input_phases": _max_pool_input_phases}
 COMPILE_ONLY = {"optimizer_state_sharded"}  # swaps the step tests/helpers builds, not the library's
 
 

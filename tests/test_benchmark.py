@@ -250,6 +250,27 @@ def test_stem_candidates_give_lax_convolution_and_its_gradients(variant, size, k
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())  # float32 sums reordered
 
 
+@pytest.mark.parametrize("x_shape, window, strides, padding", [
+    ((2, 12, 12, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),  # ResNet's stem pool
+    ((2, 7, 7, 4), (3, 3), (1, 1), ((1, 1), (1, 1))),    # LHC-Net's key pool
+    ((2, 8, 6, 2), (2, 2), (2, 2), ((0, 0), (0, 0))),
+    ((1, 10, 10, 2), (5, 5), (3, 3), ((1, 2), (1, 2))),  # sides the strides do not divide: the library's form
+])
+def test_max_pool_gradient_by_input_phases_gives_lax_gradient_with_ties(x_shape, window, strides, padding):
+  """compile_candidates' max_pool_gradient_input_phases: each window's gradient at its first maximum, as
+  XLA's select-and-scatter puts it, on inputs where most windows hold equal maxima (float64: to rounding)."""
+  with jax.enable_x64(True):
+    x = jnp.round(jax.nn.relu(jax.random.normal(jax.random.key(0), x_shape, jnp.float64)) * 2) / 2
+    reduce_max = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),  # noqa: E731
+                                             ((0, 0), *padding, (0, 0)))
+    y, vjp = jax.vjp(reduce_max, x)
+    arriving = jax.random.normal(jax.random.key(1), y.shape, jnp.float64)
+    expected = vjp(arriving)[0]
+    got = jax.jit(functools.partial(compile_candidates._max_pool_gradient_by_input_phases,  # pylint: disable=protected-access
+                                    window=window, strides=strides, padding=padding))(x, arriving)
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-13 * np.abs(expected).max())
+
+
 def test_candidates_joined_by_plus_are_swapped_in_together_and_checked_by_name():
   library_conv, library_gradients = layers.Conv, layers.MAX_POOL_GRADIENTS
   try:
@@ -632,7 +653,8 @@ def test_device_session_runs_its_items_within_the_budget_and_goes_on_where_it_st
   assert (out / "done.txt").read_text().split() == ["dan_combined", "scan_cci_256"]
   candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
   assert [(line["variant"], line["batch_size"]) for line in candidates] == [
-      ("conv_input_channels_padded+max_pool_xla_gradient", 2), ("conv_stem_space_to_depth+max_pool_xla_gradient", 2)]
+      ("conv_input_channels_padded+max_pool_xla_gradient", 2), ("conv_stem_space_to_depth+max_pool_xla_gradient", 2),
+      ("conv_input_channels_padded+max_pool_gradient_input_phases", 2)]
   results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
   assert [(line["model"], line["dtype"], line["batch_size"]) for line in results] == [("dan", "bfloat16", 2)]
   assert (out / "breakdown_scan_cci_256.txt").read_text().startswith("ms per step, summed over ops")

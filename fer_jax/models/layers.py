@@ -177,6 +177,23 @@ def _tap_window(padded, i: int, j: int, out_height: int, out_width: int, strides
                                           j + strides[1] * (out_width - 1) + 1, channels), (1, *strides, 1))
 
 
+def padded_for_pool(x, padding):
+  """x padded with −∞ as a max pool's `padding` ((top, bottom), (left, right)) says."""
+  return lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
+
+
+def tap_winners(padded, output_shape, window, strides):
+  """(the window's taps (i, j) in row-major order, the index of each window's first maximum among them
+  as the smallest unsigned integers that hold it): taps compared with one another."""
+  taps = [(i, j) for i in range(window[0]) for j in range(window[1])]
+  windows = [_tap_window(padded, i, j, output_shape[1], output_shape[2], strides) for i, j in taps]
+  best, winner = windows[0], jnp.zeros(output_shape, np.min_scalar_type(len(taps)))
+  for index, tap in enumerate(windows[1:], start=1):
+    better = tap > best
+    best, winner = jnp.where(better, tap, best), jnp.where(better, jnp.asarray(index, winner.dtype), winner)
+  return taps, winner
+
+
 def _max_pool_gradient_by_taps(x, output_gradient, window, strides, padding, materialise=lambda value: value):
   """∂L/∂x: each output's gradient added at its window's first maximum. The padded input is
   assembled from one phase per stride offset (positions p + stride·a), each a sum of shifted taps.
@@ -187,14 +204,9 @@ def _max_pool_gradient_by_taps(x, output_gradient, window, strides, padding, mat
   a window none of whose recomputed taps equalled its stored maximum lost its gradient. `materialise` is
   the CPU's `stored` (the tap map and the arriving gradient computed once); compiled for an H200 its
   conditional moved more bytes than it saved (DAN's step: 7.74 ms of roofline with it, 7.64 without)."""
-  padded = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
+  padded = padded_for_pool(x, padding)
   batch, out_height, out_width, channels = output_gradient.shape
-  taps = [(i, j) for i in range(window[0]) for j in range(window[1])]
-  windows = [_tap_window(padded, i, j, out_height, out_width, strides) for i, j in taps]
-  best, winner = windows[0], jnp.zeros(output_gradient.shape, np.min_scalar_type(len(taps)))
-  for index, tap in enumerate(windows[1:], start=1):
-    better = tap > best
-    best, winner = jnp.where(better, tap, best), jnp.where(better, jnp.asarray(index, winner.dtype), winner)
+  taps, winner = tap_winners(padded, output_gradient.shape, window, strides)
   winner = materialise(winner)
   output_gradient = materialise(output_gradient)
   phase_height, phase_width = (-(-size // stride) for size, stride in zip(padded.shape[1:3], strides))
