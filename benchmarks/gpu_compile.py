@@ -45,6 +45,7 @@ HOPPER_PEAK_FLOPS = {"bf16": 989e12, "f16": 989e12, "f32": 494e12}
 NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all"}
 COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
                "all-reduce-start", "all-gather-start", "collective-permute-start"}
+WARP_SIZE = 32  # threads, every NVIDIA GPU's
 ATTENTION_PREFIX = "__cudnn$fmha"  # cuDNN's fused attention, counted with the GEMMs
 GEMM_KINDS = ("__triton_gemm", "__triton_nested_gemm_fusion", "__cudnn$fusion", "__cublas$gemm",
               "__cublas$lt$matmul")
@@ -213,8 +214,10 @@ def kernels(hlo_text: str) -> list[dict]:
     named = re.findall(r'op_name="([^"]+)"', attributes) or re.findall(r'op_name="([^"]+)"', bodies.get(
         called.group(1) if called else "", ""))
     kernel = re.search(r'deduplicated_name="([^"]+)"', attributes)  # identical fusions share one kernel
-    found.append({"instruction": name[1:], "kernel": kernel.group(1) if kernel else name[1:], "kind": kind, "bytes": read_bytes(kind, operands, written, body) + benchmark.shape_bytes(written),
-                  "flops": flops, "written": written, "dtype": benchmark.HLO_SHAPE.search(written).group(1) if benchmark.HLO_SHAPE.search(written) else "",
+    dtype = benchmark.HLO_SHAPE.search(written)
+    found.append({"instruction": name[1:], "kernel": kernel.group(1) if kernel else name[1:], "kind": kind,
+                  "bytes": read_bytes(kind, operands, written, body) + benchmark.shape_bytes(written),
+                  "flops": flops, "written": written, "dtype": dtype.group(1) if dtype else "",
                   "op_name": named[-1] if named else ""})
   return found
 
@@ -249,7 +252,7 @@ def issue_rate(target_path: str) -> float:
   with open(target_path, encoding="utf-8") as file:
     target = file.read()
   get = lambda key: float(re.search(rf"{key}:\s*([\d.]+)", target).group(1))  # noqa: E731
-  return get("core_count") * get("fpus_per_core") / get("threads_per_warp") * get("clock_rate_ghz") * 1e9
+  return get("core_count") * get("fpus_per_core") / WARP_SIZE * get("clock_rate_ghz") * 1e9
 
 
 def with_issue(found: list[dict], ptx: dict, rate: float) -> list[dict]:
@@ -262,7 +265,7 @@ def with_issue(found: list[dict], ptx: dict, rate: float) -> list[dict]:
     entry = ptx.get(kernel["kernel"].replace(".", "_")) if kernel["kind"] == "elementwise" else None
     if entry:
       instructions, width = entry
-      warps = math.ceil(max(_elements(kernel["written"]), default=0) / width / 32)
+      warps = math.ceil(max(_elements(kernel["written"]), default=0) / width / WARP_SIZE)
       kernel = {**kernel, "issue_seconds": warps * instructions / rate}
     timed.append(kernel)
   return timed
@@ -347,8 +350,8 @@ def main() -> None:
   parser.add_argument("--hlo_dir", default="", help="write each compiled step's HLO text here")
   args = parser.parse_args()
   ptx_dir = dump_ptx()
-  devices, bandwidth = gpu_devices(args.target, args.devices), memory_bandwidth(args.target)
-  rows = [summarise(*compiled, devices, bandwidth, take_ptx(ptx_dir), issue_rate(args.target))
+  devices, bandwidth, rate = gpu_devices(args.target, args.devices), memory_bandwidth(args.target), issue_rate(args.target)
+  rows = [summarise(*compiled, devices, bandwidth, take_ptx(ptx_dir), rate)
           for compiled in compiled_train_steps(args.configs, args.dtype, args.batch_size, devices, args.hlo_dir, "gpu")]
   shutil.rmtree(ptx_dir)
   write_rows(rows, args.output, table(rows))
