@@ -27,6 +27,9 @@ The variants (BENCHMARKS.md's "Compiled for a GPU" and "Compiled for a TPU v5e" 
                                  CUDA too
   max_pool_gradient_input_phases the tap gradient built on the input's own phases, interleaved by a
                                  transpose (no padded grid to crop; CPUs and CUDA GPUs)
+  max_pool_forward_by_taps       layers.max_pool's forward pass as its taps' elementwise maximum
+  max_pool_winner_from_forward   the forward pass keeps each window's winning tap (one byte an output)
+                                 for the gradient on the input's phases instead of x, on every platform
 Variants joined by "+" are swapped in together (conv_input_channels_padded+max_pool_xla_gradient).
 benchmarks/run_candidates.py times the variants that change the library's train step on this
 machine's devices.
@@ -187,13 +190,18 @@ def _max_pool_gradient_by_input_phases(x, output_gradient, window, strides, padd
   """layers.max_pool's gradient by taps, each phase of the input itself (rows s·m + a, columns s·n + b)
   a sum of its taps' shares shifted, then the phases interleaved by a transpose: no padded grid to crop,
   fewer instructions a thread in XLA's GPU kernels. Sides that the strides do not divide: the library's."""
-  height, width = x.shape[1:3]
-  if height % strides[0] or width % strides[1]:
+  if x.shape[1] % strides[0] or x.shape[2] % strides[1]:
     return library_max_pool_gradient(x, output_gradient, window, strides, padding, materialise)
-  batch, out_height, out_width, channels = output_gradient.shape
   taps, winner = layers.tap_winners(layers.padded_for_pool(x, padding), output_gradient.shape, window, strides)
-  winner, output_gradient = materialise(winner), materialise(output_gradient)
-  rows, columns = height // strides[0], width // strides[1]
+  return _gradient_on_input_phases(taps, materialise(winner), materialise(output_gradient), x.shape[1:3],
+                                   strides, padding)
+
+
+def _gradient_on_input_phases(taps, winner, output_gradient, input_size, strides, padding):
+  """∂L/∂x of a max pool from each window's winning tap (`winner`, an index into `taps`): each phase of
+  x a sum of its taps' shares shifted, the phases interleaved."""
+  batch, out_height, out_width, channels = output_gradient.shape
+  rows, columns = input_size[0] // strides[0], input_size[1] // strides[1]
   zero = jnp.zeros((), output_gradient.dtype)
   phases = [[jnp.zeros((batch, rows, columns, channels), output_gradient.dtype)] * strides[1]
             for _ in range(strides[0])]
@@ -204,7 +212,57 @@ def _max_pool_gradient_by_input_phases(x, output_gradient, window, strides, padd
     phases[a][b] = phases[a][b] + lax.pad(share, zero, [(0, 0, 0), (-down, rows - out_height + down, 0),
                                                         (-right, columns - out_width + right, 0), (0, 0, 0)])
   interleaved = jnp.stack([jnp.stack(row) for row in phases]).transpose(2, 3, 0, 4, 1, 5)
-  return interleaved.reshape(batch, height, width, channels)
+  return interleaved.reshape(batch, *input_size, channels)
+
+
+def _tap_windows_and_winner(x, window, strides, padding):
+  """A max pool's taps, its output (the taps' elementwise maximum, NaN as lax.max carries it) and
+  each window's first winning tap."""
+  padded = layers.padded_for_pool(x, padding)
+  output_shape = jax.eval_shape(lambda x: layers._reduce_window_max(x, window, strides, padding), x).shape  # pylint: disable=protected-access
+  windows = [layers._tap_window(padded, i, j, *output_shape[1:3], strides)  # pylint: disable=protected-access
+             for i in range(window[0]) for j in range(window[1])]
+  taps, winner = layers.tap_winners(padded, output_shape, window, strides)
+  return taps, functools.reduce(jnp.maximum, windows), winner
+
+
+def _max_pool_forward_by_taps():
+  """The max pool's forward pass as the taps' elementwise maximum (no reduce-window); gradient the library's."""
+  pool = jax.custom_vjp(lambda x, window, strides, padding: _tap_windows_and_winner(x, window, strides, padding)[1],
+                        nondiff_argnums=(1, 2, 3))
+  pool.defvjp(lambda x, *static: (pool(x, *static), x), layers._max_pool_backward)  # pylint: disable=protected-access
+  layers._max_pool = pool  # pylint: disable=protected-access
+
+
+def _pool_with_winner(x, window, strides, padding, input_size):
+  del input_size
+  return _tap_windows_and_winner(x, window, strides, padding)[1]
+
+
+def _pool_with_winner_forward(x, window, strides, padding, input_size):
+  del input_size
+  _, maxima, winner = _tap_windows_and_winner(x, window, strides, padding)
+  return maxima, winner
+
+
+def _pool_with_winner_backward(window, strides, padding, input_size, winner, output_gradient):
+  taps = [(i, j) for i in range(window[0]) for j in range(window[1])]
+  return _gradient_on_input_phases(taps, winner, output_gradient, input_size, strides, padding),
+
+
+_pool_keeping_winner = jax.custom_vjp(_pool_with_winner, nondiff_argnums=(1, 2, 3, 4))
+_pool_keeping_winner.defvjp(_pool_with_winner_forward, _pool_with_winner_backward)
+
+
+def _max_pool_winner_from_forward():
+  """The forward pass finds each window's winning tap beside its maximum and keeps that map (one byte
+  an output) for the gradient, instead of x: no taps compared again, x's producers not recomputed
+  there; the gradient on x's phases (`_gradient_on_input_phases`), on every platform."""
+  def pool(x, window, strides, padding):
+    if x.shape[1] % strides[0] or x.shape[2] % strides[1]:
+      raise NotImplementedError(f"max_pool_winner_from_forward: sides {x.shape[1:3]} not divided by {strides}")
+    return _pool_keeping_winner(x, window, strides, padding, x.shape[1:3])
+  layers._max_pool = pool  # pylint: disable=protected-access
 
 
 library_max_pool_gradient = layers._max_pool_gradient_by_taps  # pylint: disable=protected-access
@@ -226,7 +284,9 @@ VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_gradient(cu
             "conv_stem_space_to_depth": _rgb_stems(space_to_depth=True),
             "max_pool_xla_gradient": _max_pool_gradient(cuda="xla", default="xla"),
             "max_pool_tap_gradient_stored": _max_pool_gradient(cuda="stored_taps", default="xla"),
-            "max_pool_gradient_input_phases": _max_pool_input_phases}
+            "max_pool_gradient_input_phases": _max_pool_input_phases,
+            "max_pool_forward_by_taps": _max_pool_forward_by_taps,
+            "max_pool_winner_from_forward": _max_pool_winner_from_forward}
 COMPILE_ONLY = {"optimizer_state_sharded"}  # swaps the step tests/helpers builds, not the library's
 
 

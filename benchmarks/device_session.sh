@@ -40,11 +40,11 @@ LHCNET=${LHCNET:-configs/lhcnet.py:fer2013,stage=B}
 SCAN_CCI=${SCAN_CCI:-configs/scan_cci.py:rafdb}
 APVIT=${APVIT:-configs/apvit.py:rafdb}
 ITEMS=${ITEMS:-dan_stem_and_pool lhcnet_profile scan_cci_256 dan_batch_norm apvit_attention dan_combined dan_stem_and_pool_2 apvit_official}
-STEM_AND_POOL=conv_input_channels_padded,conv_stem_space_to_depth,max_pool_xla_gradient,max_pool_tap_gradient_stored,max_pool_gradient_input_phases
+STEM_AND_POOL=conv_input_channels_padded,conv_stem_space_to_depth,max_pool_xla_gradient,max_pool_tap_gradient_stored,max_pool_gradient_input_phases,max_pool_winner_from_forward
 # Seconds each item takes on an H200 (a process per run, compilation and 25 steps: DAN ~40, APViT ~80,
 # SCAN-CCI and LHC-Net ~55, as on 2026-12-04), with a margin.
-declare -A ESTIMATE=([dan_stem_and_pool]=290 [lhcnet_profile]=80 [scan_cci_256]=80 [dan_batch_norm]=50
-                     [apvit_attention]=180 [dan_combined]=150 [dan_stem_and_pool_2]=290 [apvit_official]=150)
+declare -A ESTIMATE=([dan_stem_and_pool]=330 [lhcnet_profile]=80 [scan_cci_256]=80 [dan_batch_norm]=50
+                     [apvit_attention]=180 [dan_combined]=190 [dan_stem_and_pool_2]=330 [apvit_official]=150)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # fer_jax from this checkout, installed or not
 mkdir -p "$OUT_DIR" "$STATE/logs" "$STATE/items"
 touch "$STATE/done.txt"
@@ -98,7 +98,8 @@ run_item() {
     dan_batch_norm) candidates "$DAN" batch_norm_shifted_one_pass ;;
     apvit_attention) candidates "$APVIT" none,attention_cudnn_flash ;;
     dan_combined) candidates "$DAN" "conv_input_channels_padded+max_pool_xla_gradient,\
-conv_stem_space_to_depth+max_pool_xla_gradient,conv_input_channels_padded+max_pool_gradient_input_phases" ;;
+conv_stem_space_to_depth+max_pool_xla_gradient,conv_input_channels_padded+max_pool_gradient_input_phases,\
+conv_input_channels_padded+max_pool_winner_from_forward" ;;
     dan_stem_and_pool_2) candidates "$DAN" "$(echo "$STEM_AND_POOL" | tr ',' '\n' | tac | paste -sd,),none" ;;
     apvit_official) official_apvit ;;
     *) echo "unknown item $1"; return 2 ;;

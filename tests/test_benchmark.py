@@ -271,6 +271,40 @@ def test_max_pool_gradient_by_input_phases_gives_lax_gradient_with_ties(x_shape,
   np.testing.assert_allclose(got, expected, rtol=0, atol=1e-13 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("variant", ["max_pool_forward_by_taps", "max_pool_winner_from_forward"])
+@pytest.mark.parametrize("x_shape, window, strides, padding", [
+    ((2, 12, 12, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),  # ResNet's stem pool
+    ((2, 7, 7, 4), (3, 3), (1, 1), ((1, 1), (1, 1))),    # LHC-Net's key pool
+    ((2, 8, 6, 2), (2, 2), (2, 2), ((0, 0), (0, 0))),
+])
+def test_max_pool_forward_candidates_give_lax_pool_and_gradient_with_ties_and_nan(variant, x_shape, window, strides,
+                                                                                   padding, monkeypatch):
+  """compile_candidates' pools whose forward pass compares taps: lax's maxima (a NaN carried as lax.max
+  carries it) and each window's gradient at its first maximum, on inputs where most windows tie."""
+  monkeypatch.setattr(layers, "_max_pool", layers._max_pool)  # pylint: disable=protected-access
+  compile_candidates.swap_in(variant)
+  pool = jax.jit(lambda x: layers.max_pool(x, window, strides, padding))
+  with jax.enable_x64(True):
+    x = jnp.round(jax.nn.relu(jax.random.normal(jax.random.key(0), x_shape, jnp.float64)) * 2) / 2
+    reduce_max = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),  # noqa: E731
+                                             ((0, 0), *padding, (0, 0)))
+    expected, vjp = jax.vjp(reduce_max, x)
+    got, candidate_vjp = jax.vjp(pool, x)
+    arriving = jax.random.normal(jax.random.key(1), expected.shape, jnp.float64)
+    expected_gradient, gradient = vjp(arriving)[0], candidate_vjp(arriving)[0]
+    with_nan = x.at[0, 3, 3, 0].set(jnp.nan)
+    np.testing.assert_array_equal(pool(with_nan), reduce_max(with_nan))
+  np.testing.assert_array_equal(got, expected)
+  np.testing.assert_allclose(gradient, expected_gradient, rtol=0, atol=1e-13 * np.abs(expected_gradient).max())
+
+
+def test_max_pool_winner_from_forward_refuses_sides_its_strides_do_not_divide(monkeypatch):
+  monkeypatch.setattr(layers, "_max_pool", layers._max_pool)  # pylint: disable=protected-access
+  compile_candidates.swap_in("max_pool_winner_from_forward")
+  with pytest.raises(NotImplementedError, match=r"sides \(11, 12\) not divided by \(2, 2\)"):
+    layers.max_pool(jnp.zeros((1, 11, 12, 2)), (3, 3), (2, 2), ((1, 1), (1, 1)))
+
+
 def test_candidates_joined_by_plus_are_swapped_in_together_and_checked_by_name():
   library_conv, library_gradients = layers.Conv, layers.MAX_POOL_GRADIENTS
   try:
@@ -654,7 +688,8 @@ def test_device_session_runs_its_items_within_the_budget_and_goes_on_where_it_st
   candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
   assert [(line["variant"], line["batch_size"]) for line in candidates] == [
       ("conv_input_channels_padded+max_pool_xla_gradient", 2), ("conv_stem_space_to_depth+max_pool_xla_gradient", 2),
-      ("conv_input_channels_padded+max_pool_gradient_input_phases", 2)]
+      ("conv_input_channels_padded+max_pool_gradient_input_phases", 2),
+      ("conv_input_channels_padded+max_pool_winner_from_forward", 2)]
   results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
   assert [(line["model"], line["dtype"], line["batch_size"]) for line in results] == [("dan", "bfloat16", 2)]
   assert (out / "breakdown_scan_cci_256.txt").read_text().startswith("ms per step, summed over ops")
