@@ -38,6 +38,7 @@ machine's devices.
 import functools
 import json
 import os
+import shutil
 import sys
 
 if __name__ == "__main__":
@@ -324,6 +325,8 @@ def main() -> None:
                                        f"{args.platform}.{args.variant}"):
     row = {**summarise(*compiled, devices), "variant": args.variant}
     write_rows([row], args.output, json.dumps(row) + "\n")
+  if args.platform == "gpu":
+    shutil.rmtree(ptx_dir)
 
 
 if __name__ == "__main__":
