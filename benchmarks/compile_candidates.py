@@ -22,6 +22,8 @@ The variants (BENCHMARKS.md's "Compiled for a GPU" and "Compiled for a TPU v5e" 
                                  to 8 input channels (exact: cuDNN runs 3 channels in a slow kernel)
   conv_stem_space_to_depth       the stride-2 RGB stems (ResNets' 7×7) as stride-1 convolutions on 2×2
                                  space-to-depth blocks, 16 channels with zeros (exact; the others padded)
+  conv_stem_patches_product      the RGB stems' convolutions as one matrix product of their input's patches
+                                 (slices concatenated) with the kernel
   max_pool_xla_gradient          layers.max_pool's gradient as XLA's own (select-and-scatter) on CUDA too
   max_pool_tap_gradient_stored   the CPU's tap gradient, its tap map and arriving gradient `stored`, on
                                  CUDA too
@@ -162,9 +164,23 @@ def _space_to_depth_convolution(lhs, rhs, padding, conv, channels: int, precisio
   return output[:, :out_height, :out_width]
 
 
-def _rgb_stems(space_to_depth: bool):
-  """The RGB stems' convolutions (3 input channels) on input and kernel zero-padded to 8 channels, or,
-  strided by 2, `_space_to_depth_convolution` on 16: cuDNN runs 3 channels in a slow kernel."""
+def _patches_product(lhs, rhs, window_strides, padding, precision=None):
+  """A convolution as one matrix product of the input's patches (each output position's window, taps
+  in the kernel's (row, column, channel) order, built from strided slices) with the kernel as a matrix."""
+  rows, columns, channels, features = rhs.shape
+  padded = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+  out_height, out_width = ((size - window) // stride + 1 for size, window, stride
+                           in zip(padded.shape[1:3], (rows, columns), window_strides))
+  taps = [lax.slice(padded, (0, i, j, 0), (padded.shape[0], i + window_strides[0] * (out_height - 1) + 1,
+                                           j + window_strides[1] * (out_width - 1) + 1, channels), (1, *window_strides, 1))
+          for i in range(rows) for j in range(columns)]
+  return jnp.dot(jnp.concatenate(taps, axis=-1), rhs.reshape(rows * columns * channels, features), precision=precision)
+
+
+def _rgb_stems(form: str):
+  """The RGB stems' convolutions (3 input channels): on input and kernel zero-padded to 8 channels
+  ("padded"); strided by 2, `_space_to_depth_convolution` on 16 ("space_to_depth", the others padded);
+  or as `_patches_product` ("patches"): cuDNN runs 3 channels in a slow kernel."""
   def swap():
     library_conv = layers.conv_general_dilated
 
@@ -173,7 +189,9 @@ def _rgb_stems(space_to_depth: bool):
         return library_conv(lhs, rhs, window_strides, padding, **options)
       plain = (options.get("feature_group_count", 1) == 1 and not isinstance(padding, str)
                and all(options.get(name) in (None, (1, 1)) for name in ("lhs_dilation", "rhs_dilation")))
-      if space_to_depth and plain and tuple(window_strides) == (2, 2):
+      if form == "patches" and plain:
+        return _patches_product(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), options.get("precision"))
+      if form == "space_to_depth" and plain and tuple(window_strides) == (2, 2):
         return _space_to_depth_convolution(lhs, rhs, padding, library_conv, 16, options.get("precision"))
       return library_conv(*_channels_padded(lhs, rhs, 8), window_strides, padding, **options)
     layers.Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
@@ -281,8 +299,9 @@ VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_gradient(cu
             "attention_tpu_form": _attention_tpu_form,
             "batch_norm_one_round_on_tpu": _batch_norm_one_round_on_tpu,
             "optimizer_state_sharded": _optimizer_state_sharded,
-            "conv_input_channels_padded": _rgb_stems(space_to_depth=False),
-            "conv_stem_space_to_depth": _rgb_stems(space_to_depth=True),
+            "conv_input_channels_padded": _rgb_stems("padded"),
+            "conv_stem_space_to_depth": _rgb_stems("space_to_depth"),
+            "conv_stem_patches_product": _rgb_stems("patches"),
             "max_pool_xla_gradient": _max_pool_gradient(cuda="xla", default="xla"),
             "max_pool_tap_gradient_stored": _max_pool_gradient(cuda="stored_taps", default="xla"),
             "max_pool_gradient_input_phases": _max_pool_input_phases,

@@ -40,11 +40,11 @@ LHCNET=${LHCNET:-configs/lhcnet.py:fer2013,stage=B}
 SCAN_CCI=${SCAN_CCI:-configs/scan_cci.py:rafdb}
 APVIT=${APVIT:-configs/apvit.py:rafdb}
 ITEMS=${ITEMS:-dan_stem_and_pool lhcnet_profile scan_cci_256 dan_batch_norm apvit_attention dan_combined dan_stem_and_pool_2 apvit_official}
-STEM_AND_POOL=conv_input_channels_padded,conv_stem_space_to_depth,max_pool_xla_gradient,max_pool_tap_gradient_stored,max_pool_gradient_input_phases,max_pool_winner_from_forward
+STEM_AND_POOL=conv_input_channels_padded,conv_stem_space_to_depth,max_pool_xla_gradient,max_pool_tap_gradient_stored,max_pool_gradient_input_phases,max_pool_winner_from_forward,conv_stem_patches_product
 # Seconds each item takes on an H200 (a process per run, compilation and 25 steps: DAN ~40, APViT ~80,
 # SCAN-CCI and LHC-Net ~55, as on 2026-12-04), with a margin.
-declare -A ESTIMATE=([dan_stem_and_pool]=330 [lhcnet_profile]=80 [scan_cci_256]=80 [dan_batch_norm]=50
-                     [apvit_attention]=180 [dan_combined]=190 [dan_stem_and_pool_2]=330 [apvit_official]=150)
+declare -A ESTIMATE=([dan_stem_and_pool]=370 [lhcnet_profile]=80 [scan_cci_256]=80 [dan_batch_norm]=50
+                     [apvit_attention]=180 [dan_combined]=190 [dan_stem_and_pool_2]=370 [apvit_official]=150)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # fer_jax from this checkout, installed or not
 mkdir -p "$OUT_DIR" "$STATE/logs" "$STATE/items"
 touch "$STATE/done.txt"

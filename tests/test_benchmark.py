@@ -227,11 +227,13 @@ def test_program_flops_count_a_convolution_and_a_product_by_their_formulas():
 
 @pytest.mark.parametrize("variant, size, kernel_shape", [("conv_input_channels_padded", 17, "7x7x8x8"),
                                                          ("conv_stem_space_to_depth", 17, "4x4x16x8"),
-                                                         ("conv_stem_space_to_depth", 18, "4x4x16x8")])
+                                                         ("conv_stem_space_to_depth", 18, "4x4x16x8"),
+                                                         ("conv_stem_patches_product", 17, "147x8"),
+                                                         ("conv_stem_patches_product", 18, "147x8")])
 def test_stem_candidates_give_lax_convolution_and_its_gradients(variant, size, kernel_shape):
   """compile_candidates' RGB stem variants: a 7×7 stride-2 convolution of 3 channels on input and
-  kernel zero-padded to 8 channels, or on 2×2 space-to-depth blocks (odd and even sides), gives lax's
-  convolution, and the same gradients of both."""
+  kernel zero-padded to 8 channels, on 2×2 space-to-depth blocks (odd and even sides), or as a product
+  of the input's patches with the kernel as a matrix, gives lax's convolution, and the same gradients."""
   library_conv = layers.Conv
   try:
     compile_candidates.VARIANTS[variant]()
