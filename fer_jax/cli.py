@@ -16,6 +16,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 
 from fer_jax.errors import USER_ERROR_STATUS
 from fer_jax.errors import UserError
@@ -80,15 +81,38 @@ def _parse_flags(argv):
   except Exception as error:  # pylint: disable=broad-except  (config files raise what they like)
     if "--verbose" in argv:
       raise
-    print(f"error: {_flag_message(error)} (--helpshort lists the flags).", file=sys.stderr)
+    print(f"error: {_flag_message(error, argv)} (--helpshort lists the flags).", file=sys.stderr)
     sys.exit(USER_ERROR_STATUS)
 
 
-def _flag_message(error: BaseException) -> str:
+def _flag_message(error: BaseException, argv) -> str:
   text = str(error.args[0]) if error.args else str(error)
-  misspelt = re.search(r"'(\w+)\\?'.*Did you mean \"(\w+)\"", text, re.DOTALL)
-  if isinstance(error, AttributeError) and misspelt:  # ml_collections' words for a misspelt --config.KEY
-    return f"the config has no key {misspelt.group(1)!r}; did you mean {misspelt.group(2)!r}?"
+  unknown, node = re.search(r"'(\w+)\\?'", text), _config_node_raising(error)
+  if isinstance(error, (AttributeError, KeyError)) and unknown and node is not None:  # a --config.KEY not there
+    key, near = unknown.group(1), re.search(r'Did you mean "(\w+)"', text)  # ml_collections' suggestion
+    hint = f"did you mean {near.group(1)!r}?" if near else f"valid: {', '.join(sorted(node.keys()))}"
+    return f"{_config_path_to(key, argv)} has no key {key!r}; {hint}"
   if "Traceback (most recent call last)" in text:  # a config file's own exception, as ml_collections wraps it
     text = text.strip().splitlines()[-1]
   return " ".join(text.split())
+
+
+def _config_path_to(key: str, argv) -> str:
+  """"config.a.b" for the `--config.a.b.KEY…` argument that names `key`; "the config" at the top."""
+  for arg in argv:
+    parts = arg.split("=")[0].split(".")
+    if parts[0] == "--config" and key in parts[1:]:
+      return ".".join(["config", *parts[1:parts.index(key)]]) if parts.index(key) > 1 else "the config"
+  return "the config"
+
+
+def _config_node_raising(error: BaseException):
+  """The innermost ConfigDict whose own method raised `error` (the node an unknown key was looked up
+  in), or None."""
+  node, frame = None, error.__traceback__
+  while frame is not None:
+    candidate = frame.tb_frame.f_locals.get("self")
+    if isinstance(candidate, ml_collections.ConfigDict):
+      node = candidate
+    frame = frame.tb_next
+  return node
