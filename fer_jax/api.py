@@ -113,6 +113,7 @@ def _load_export(path: str, tta_name: str, batch_size: int) -> predict.Predictor
     exported = jax.export.deserialize(f.read())
   variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), export.VARIABLES))
   fixed_batch = info["batch_size"] if isinstance(info["batch_size"], int) else 0
+  tta_name = tta_name or info.get("tta", "none")  # exports before it was recorded: none
 
   def logits(variables, images):
     if not fixed_batch:
@@ -142,7 +143,7 @@ def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> Model:
   if isinstance(config, str):
     config = load_config(config)
   if _is_export(path):
-    return Model(_load_export(path, tta or "none", batch_size))
+    return Model(_load_export(path, tta, batch_size))
   return Model(_load_checkpoint(path, config, tta, batch_size))
 
 

@@ -114,6 +114,7 @@ def metadata(config, batch_size: int | None, format_fields: dict) -> dict:
       "input": {"height": config.input.size, "width": config.input.size, "channels": config.input.channels,
                 "dtype": "float32", "layout": "NHWC"},
       "preprocessing": config.input.eval_pp.replace("{size}", str(config.input.size)),
+      "tta": config.eval.tta,  # the views fer_jax.predict averages unless told otherwise (fer_jax.tta)
       "dataset": checkpointing.dataset_record(config),
       "batch_size": "symbolic" if batch_size is None else batch_size,
       "outputs": {"logits": "float32 [batch, classes]", "probabilities": "softmax of the logits"},

@@ -118,6 +118,7 @@ class Predictor:
     """`logits_fn(variables, images)`: the model's logits; default the config's model (an export passes its program).
     `mesh`: the devices the batches are split over; default every device."""
     self.config = config
+    self.tta_name = tta_name
     self.class_names = labels.class_names(config.dataset.class_order)
     self.preprocess = pipeline.FilePreprocessor(config)
     self.mesh = mesh_lib.make_mesh() if mesh is None else mesh

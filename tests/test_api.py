@@ -92,6 +92,25 @@ def test_an_export_folder_loads_and_predicts_as_its_checkpoint(model, config, va
   np.testing.assert_allclose(got, reference_probabilities(config, variables, images), atol=1e-5)
 
 
+@pytest.mark.integration  # compiles the model
+def test_an_export_predicts_with_its_config_s_test_time_augmentation_unless_told_otherwise(config, variables, workdir,
+                                                                                         tmp_path):
+  """As a checkpoint does: LHC-Net's configs evaluate with lhc62, and its export must not silently drop it."""
+  flipped = config.copy_and_resolve_references()
+  flipped.eval.tta = "flip"
+  export.export(flipped, jax.device_get(variables), str(tmp_path / "exported"), None, platforms=("cpu",))
+  assert json.loads((tmp_path / "exported" / "model.json").read_text())["tta"] == "flip"
+  exported = fer_jax.load(str(tmp_path / "exported"), batch_size=2)
+  assert exported.predictor.tta_name == "flip" and fer_jax.load(str(tmp_path / "exported"), tta="none").predictor.tta_name == "none"
+  images = crops(config)
+  as_checkpoint = fer_jax.load(str(workdir), tta="flip", batch_size=2).predict(images)
+  got = [[p.probabilities[c] for c in exported.class_names] for p in exported.predict(images)]
+  want = [[p.probabilities[c] for c in exported.class_names] for p in as_checkpoint]
+  unflipped = [[p.probabilities[c] for c in exported.class_names] for p in fer_jax.load(str(workdir), batch_size=2).predict(images)]
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+  assert np.abs(np.array(got) - np.array(unflipped)).max() > 1e-5  # the flipped view changes them (by 3e-5 here)
+
+
 def test_crops_and_photos_are_told_apart_by_shape_and_size(model):
   # The model decodes to 32 px: crops are nearly square and at most max(2 × 32, 128) px.
   assert model.is_face_crop(48, 48) and model.is_face_crop(100, 80) and model.is_face_crop(128, 128)
