@@ -689,9 +689,9 @@ def test_device_session_runs_its_items_within_the_budget_and_goes_on_where_it_st
   assert (out / "done.txt").read_text().split() == ["dan_combined", "scan_cci_256"]
   candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
   assert [(line["variant"], line["batch_size"]) for line in candidates] == [
-      ("conv_input_channels_padded+max_pool_xla_gradient", 2), ("conv_stem_space_to_depth+max_pool_xla_gradient", 2),
-      ("conv_input_channels_padded+max_pool_gradient_input_phases", 2),
-      ("conv_input_channels_padded+max_pool_winner_from_forward", 2)]
+      ("conv_input_channels_padded+max_pool_winner_from_forward", 2),
+      ("conv_stem_patches_product+max_pool_winner_from_forward", 2),
+      ("conv_stem_space_to_depth+max_pool_winner_from_forward", 2), ("conv_input_channels_padded+max_pool_xla_gradient", 2)]
   results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
   assert [(line["model"], line["dtype"], line["batch_size"]) for line in results] == [("dan", "bfloat16", 2)]
   assert (out / "breakdown_scan_cci_256.txt").read_text().startswith("ms per step, summed over ops")
