@@ -484,8 +484,9 @@ def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag()
   flags.DEFINE_enum("input", "synthetic", list(INPUT_MODES), "What to time (see the module docstring).")
-  flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
-  flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation (and worker start-up for the data modes).")
+  flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).", lower_bound=1)
+  flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation (and worker start-up for the data modes).",
+                       lower_bound=0)
   flags.DEFINE_string("output", "", "Also append the JSON line to this file.")
   flags.DEFINE_string("profile_dir", "", "synthetic: write a jax.profiler trace of 3 train steps here "
                       "(after the timed steps, so the figures do not include the profiler) and the "

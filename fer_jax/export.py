@@ -172,7 +172,7 @@ def define_flags() -> None:
   config_lib.define_config_flag("configs/<method>.py:<dataset> of the checkpoint.")
   flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint folder or converted model.")
   flags.DEFINE_string("out", None, "New folder for the export.")
-  flags.DEFINE_integer("batch_size", 0, "Fixed batch size; 0 = symbolic (any batch size).")
+  flags.DEFINE_integer("batch_size", 0, "Fixed batch size; 0 = symbolic (any batch size).", lower_bound=0)
   flags.DEFINE_list("platforms", ["cpu", "cuda"], "stablehlo: platforms to lower for (cpu, cuda, rocm, tpu).")
   flags.DEFINE_enum("format", "stablehlo", FORMATS, "stablehlo (JAX, Orbax variables) or onnx (one file, "
                     "needs the onnx extra).")

@@ -411,7 +411,7 @@ def define_flags() -> None:
   flags.DEFINE_string("input", None, "An image, or a folder searched recursively for images.")
   flags.DEFINE_string("output", None, "Where to write the predictions: .csv or .json.")
   flags.DEFINE_enum("tta", None, list(tta.NAMES), "Test-time augmentation; default: config.eval.tta.")
-  flags.DEFINE_integer("batch_size", 64, "Images per device step (rounded up to the device count).")
+  flags.DEFINE_integer("batch_size", 64, "Images per device step (rounded up to the device count).", lower_bound=1)
   flags.DEFINE_bool("detect", None, "Find faces in every image (--nodetect: images are face crops); "
                     "default: videos and images that are not face crops (see the module's docstring).")
   flags.DEFINE_float("min_face_size", api.MIN_FACE_SIZE, "Faces with a shorter box side (pixels) are not classified.")

@@ -34,7 +34,7 @@ def define_flags():
   flags.DEFINE_string("checkpoint", None, "A workdir, its checkpoints folder, or one step's folder.")
   flags.DEFINE_string("input", None, "An image file, or a folder searched recursively for images.")
   flags.DEFINE_string("out", None, "Folder for the PNGs.")
-  flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
+  flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
   flags.mark_flags_as_required(["config", "checkpoint", "input", "out"])
 
 

@@ -1,5 +1,6 @@
 """Bad inputs to predict and visualize: each bad image is skipped and named with its fix; a bad
---input, --output or --checkpoint exits 2 with one `error:` line naming the path and the fix."""
+--input, --output or --checkpoint exits 2 with one `error:` line naming the path and the fix, as
+does a count out of range (a batch size or step count) there and in export and benchmark."""
 
 import json
 import os
@@ -174,6 +175,18 @@ def test_a_folder_without_images_names_the_folder_and_the_extensions(names, tmp_
   result = predict("/nonexistent/checkpoint", folder, tmp_path / "preds.csv")
   assert_user_error(result, f"No image file under --input={folder}", ".jpg, .jpeg, .png",
                     "pass a folder that holds images with one of these extensions, or one image file")
+
+
+@pytest.mark.parametrize("module, paths, flag, message", [
+    ("fer_jax.predict", ("--checkpoint=C", "--input=I", "--output=o.csv"), "--batch_size=0", "0 is not a positive integer"),
+    ("fer_jax.visualize", ("--checkpoint=C", "--input=I", "--out=O"), "--batch_size=-2", "-2 is not a positive integer"),
+    ("fer_jax.export", ("--checkpoint=C", "--out=O"), "--batch_size=-3", "-3 is not a non-negative integer"),
+    ("fer_jax.benchmark", (), "--steps=0", "0 is not a positive integer"),
+    ("fer_jax.benchmark", (), "--warmup=-1", "-1 is not a non-negative integer"),
+])
+def test_a_count_out_of_range_stops_before_any_work(module, paths, flag, message):
+  """They gave a division by zero, negative images a second or an index error."""
+  assert_user_error(run_command(module, *DAN, *paths, flag, timeout=120), f"flag {flag}: {message}")
 
 
 @pytest.mark.integration
