@@ -229,17 +229,19 @@ MODEL_COLLECTIONS = ("params", "batch_stats")  # what eval, predict and init_fro
 
 
 def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | None = None,
-                  may_be_missing: str = "", expected_model=None, class_names: Sequence[str] = ()) -> dict:
+                  may_be_missing: str = "", expected_model=None, class_names: Sequence[str] = (),
+                  expected_input=None) -> dict:
   """Reads {params, batch_stats} and checks every name and shape against the model's.
 
   Variables whose path ("params/lhc1/…") matches `may_be_missing` may be absent from the
   checkpoint; they are taken from `fresh_variables` (e.g. modules a later stage adds).
-  With `expected_model` (a config.model) and `class_names`, as for inference, the checkpoint's
-  meta record must exist and name the same method, number of classes and class order.
+  With `expected_model` (a config.model), `class_names` and `expected_input` (a config.input), as for
+  inference, the checkpoint's meta record must exist and name the same method, number of classes,
+  class order and input size and channels.
   """
   step_directory = _step_directory(path)
   if expected_model is not None:
-    _check_identity(step_directory, expected_model, tuple(class_names))
+    _check_identity(step_directory, expected_model, tuple(class_names), expected_input)
   with _read_errors(step_directory, "use another step of the run, or convert or export the model again"):
     restored = _restore_on_this_host(os.path.join(step_directory, "state"))
   variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
@@ -296,8 +298,9 @@ def read_meta(path: str) -> dict:
   return _meta(_step_directory(path))
 
 
-def _check_identity(step_directory: str, model_config, class_names: tuple[str, ...]) -> None:
-  """The checkpoint must be of the configured method, class count and class order."""
+def _check_identity(step_directory: str, model_config, class_names: tuple[str, ...], input_config=None) -> None:
+  """The checkpoint must be of the configured method, class count, class order and (with
+  `input_config`) input size and channels: the same weights on other inputs give confident nonsense."""
   meta = _meta(step_directory)
   if "model" not in meta or "class_names" not in meta:
     raise CheckpointError(f"The checkpoint {step_directory} has no meta record ({META_FILE}), so its method and "
@@ -313,6 +316,15 @@ def _check_identity(step_directory: str, model_config, class_names: tuple[str, .
     raise CheckpointError(f"The checkpoint {step_directory} predicts the classes ({', '.join(saved_classes)}) but the "
                           f"config's class order gives ({', '.join(class_names)}): set "
                           "--config.dataset.class_order to the order it was trained with.")
+  saved_input = meta.get("input", {})
+  differing = [key for key in ("size", "channels")
+               if input_config is not None and key in saved_input and saved_input[key] != input_config[key]]
+  if differing:
+    raise CheckpointError(f"The checkpoint {step_directory} was trained on inputs of "
+                          + ", ".join(f"{key} {saved_input[key]}" for key in differing) + " but the config gives "
+                          + ", ".join(f"{key} {input_config[key]}" for key in differing) + ": pass "
+                          + " ".join(f"--config.input.{key}={saved_input[key]}" for key in differing)
+                          + " as it was trained or converted with.")
 
 
 def _describe(step_directory: str, model_config=None) -> str:

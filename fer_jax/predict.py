@@ -200,7 +200,7 @@ class FacePredictions:
                annotate: str = ""):
     self.model, self.min_face_size, self.min_score = model, min_face_size, min_score
     self.smooth, self.annotate = smooth, annotate
-    self.rows, self.skipped, self.faces_skipped = [], [], 0
+    self.rows, self.skipped, self.faces_skipped, self.photos_without_faces = [], [], 0, []
     self._queue, self._tracks = [], _Tracks()
 
   def add_crop(self, path: str) -> None:
@@ -215,15 +215,18 @@ class FacePredictions:
       image = api.read_photo(path)
     except decode.UnreadableImageError as error:
       return self.skip(path, error)
-    self.add_frame(path, image, None, name)
+    if not self.add_frame(path, image, None, name):
+      self.photos_without_faces.append(path)
 
-  def add_frame(self, source: str, image: np.ndarray, time: float | None, name: str) -> None:
+  def add_frame(self, source: str, image: np.ndarray, time: float | None, name: str) -> int:
+    """Queues the faces found in `image`; returns how many."""
     found, crops, reasons = self.model.faces(image, self.min_face_size, self.min_score)
     rows = [{"image": source, "time": time, "face": i, "box": list(face.box),
              "landmarks": [list(point) for point in face.landmarks], "score": face.score, "skipped": reason}
             for i, (face, reason) in enumerate(zip(found, reasons))]
     self.faces_skipped += sum(bool(reason) for reason in reasons)
     self._push(_Frame(source, image if self.annotate else None, rows, [c for c in crops if c is not None], name))
+    return len(found)
 
   def skip(self, path: str, error: Exception) -> None:
     logging.warning("Skipping unreadable image: %s", error)
@@ -338,12 +341,13 @@ def video_frames(path: str, stride: int):
 
 def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool | None, min_face_size: float,
                    min_score: float, stride: int = 1, smooth: float = 0.0, annotate: str = "") -> FacePredictions:
-  """Every input (face crop, photo or video under `root`) through the model. `detect` None:
-  videos always, photos unless `model.is_face_crop` (nearly square and small); True/False: always/never."""
+  """Every input (face crop, photo or video under `root`) through the model. Videos always go
+  through face detection; images, with `detect` None, unless `model.is_face_crop` (nearly square and
+  small), with True/False always/never."""
   results = FacePredictions(model, min_face_size, min_score, smooth, annotate)
   for path in progress(paths, "inputs"):
     name = os.path.splitext(os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path))[0]
-    if path.lower().endswith(VIDEO_EXTENSIONS) and detect is not False:
+    if path.lower().endswith(VIDEO_EXTENSIONS):  # --nodetect is for images: a video's frames are not crops
       _add_video(results, path, name, stride)
     elif detect is False or (detect is None and model.is_face_crop(*api.photo_size(path))):
       results.add_crop(path)
@@ -436,6 +440,9 @@ def main(argv):
   logging.info("Wrote %d predictions to %s; skipped %d unreadable of %d images%s", len(results.rows), args.output,
                len(results.skipped), len(paths),
                (": " + ", ".join(p for p, _ in results.skipped)) if results.skipped else "")
+  if results.photos_without_faces:
+    logging.warning("No face found in %d photo(s), which have no rows (if they are face crops, pass --nodetect): %s",
+                    len(results.photos_without_faces), ", ".join(results.photos_without_faces))
   if results.faces_skipped:
     logging.info("%d faces were too small (< --min_face_size=%g px) or too unsure (< --min_score=%g): their rows "
                  "say why and hold no prediction.", results.faces_skipped, args.min_face_size, args.min_score)

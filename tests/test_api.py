@@ -182,6 +182,21 @@ def test_a_video_is_read_every_stride_frames_tracked_smoothed_and_drawn(model, v
   assert centre_x[2] - centre_x[0] == pytest.approx(16, abs=3)  # the face moved 4 px a frame
 
 
+@pytest.mark.integration  # compiles the model (and the detector)
+def test_nodetect_reads_images_as_crops_and_still_finds_the_faces_of_a_video(model, video, tmp_path):
+  """A video's frames are no face crops: it was skipped as "not an image" under --nodetect. A photo in
+  which no face is found has no row; it is listed (and predict's log names it)."""
+  flat = tmp_path / "flat.png"
+  Image.new("RGB", (300, 300), (128, 128, 128)).save(flat)
+  crop = tmp_path / "crop.png"
+  Image.fromarray(crops(model.config)[0]).save(crop)
+  results = predict.predict_inputs(model, [video, str(crop)], os.path.dirname(video), False, 24, 0.9, stride=3)
+  assert results.skipped == [] and [row["image"] for row in results.rows] == [video, video, str(crop)]
+  assert [row["face"] for row in results.rows[:2]] == [0, 0] and "face" not in results.rows[2]
+  photos = predict.predict_inputs(model, [str(flat)], str(tmp_path), True, 24, 0.9)
+  assert photos.rows == [] and photos.photos_without_faces == [str(flat)]
+
+
 def test_photos_are_read_upright_as_their_exif_orientation_says(tmp_path):
   photo = Image.open(HOPPER).convert("RGB").resize((64, 75))
   for orientation in range(1, 9):

@@ -219,6 +219,21 @@ def test_checkpoint_with_another_class_order_is_refused_for_inference(tmp_path):
     models.load_trained_variables(config, model, path)
 
 
+@pytest.mark.integration
+def test_checkpoint_trained_on_another_input_size_is_refused_for_inference(tmp_path):
+  """A DAN takes any size, so the same weights on other inputs ran and gave confident nonsense."""
+  config = _tiny_dan()
+  model = models.build_model(config)
+  variables = jax.jit(lambda: models.init_variables(model, config, jax.random.key(0)))()
+  path = checkpointing.save_model(str(tmp_path / "small"), variables, config)
+  larger = config.copy_and_resolve_references()
+  larger.input.size = 2 * config.input.size
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=rf"trained on inputs of size {config.input.size} but the config gives size "
+                           rf"{larger.input.size}: pass --config.input.size={config.input.size} as"):
+    models.load_trained_variables(larger, model, path)
+
+
 def _main(*args, timeout=600):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   return subprocess.run([sys.executable, "-m", "fer_jax.main", *args], cwd=ROOT, env=env, capture_output=True,

@@ -106,6 +106,7 @@ def abstract_variables(model, config) -> dict:
 
 def load_trained_variables(config, model, checkpoint: str) -> dict:
   """A checkpoint's variables for evaluation or inference: the checkpoint's method, class count,
-  class order, names and shapes are checked against the (validated) config."""
+  class order, input size and channels, names and shapes are checked against the (validated) config."""
   return checkpointing.restore_model(checkpoint, abstract_variables(model, config), expected_model=config.model,
-                                     class_names=labels.class_names(config.dataset.class_order))
+                                     class_names=labels.class_names(config.dataset.class_order),
+                                     expected_input=config.input)
