@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 
 from fer_jax import checkpointing
@@ -98,10 +97,6 @@ def _config_from_record(model: dict, class_names, model_input: dict,
   return config
 
 
-def _is_export(path: str) -> bool:
-  return all(os.path.exists(os.path.join(path, name)) for name in (export.METADATA, export.STABLEHLO, export.VARIABLES))
-
-
 def _load_export(path: str, tta_name: str, batch_size: int) -> predict.Predictor:
   with open(os.path.join(path, export.METADATA)) as f:
     info = json.load(f)
@@ -111,7 +106,7 @@ def _load_export(path: str, tta_name: str, batch_size: int) -> predict.Predictor
                                                      "eval_pp": info["preprocessing"]}, info.get("dataset"))
   with open(os.path.join(path, export.STABLEHLO), "rb") as f:
     exported = jax.export.deserialize(f.read())
-  variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), export.VARIABLES))
+  variables = export.read_variables(path)
   fixed_batch = info["batch_size"] if isinstance(info["batch_size"], int) else 0
   tta_name = tta_name or info.get("tta", "none")  # exports before it was recorded: none
 
@@ -142,7 +137,7 @@ def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> Model:
   path = os.path.expanduser(path)
   if isinstance(config, str):
     config = load_config(config)
-  if _is_export(path):
+  if export.is_export(path):
     return Model(_load_export(path, tta, batch_size))
   return Model(_load_checkpoint(path, config, tta, batch_size))
 

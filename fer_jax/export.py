@@ -107,6 +107,16 @@ def onnx_parity(config, variables: dict, serialized: bytes, paths: list[str], ba
   return {"images": len(paths), "worst_relative_logit_error": error}
 
 
+def is_export(path: str) -> bool:
+  """Whether `path` is a StableHLO export folder (model.json, model.stablehlo, variables/)."""
+  return all(os.path.exists(os.path.join(path, name)) for name in (METADATA, STABLEHLO, VARIABLES))
+
+
+def read_variables(path: str) -> dict:
+  """An export folder's {params, batch_stats}."""
+  return ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), VARIABLES))
+
+
 def metadata(config, batch_size: int | None, format_fields: dict) -> dict:
   return {
       "method": config.model.name,

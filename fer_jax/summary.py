@@ -7,7 +7,8 @@ The last line is `params: N`: trainable parameters ("params" collection) without
 statistics and without training-only state such as DAN's affinity centres.
 
 With --checkpoint (a training workdir, its checkpoints/ folder, a step folder or a converted
-model, restored and checked as for `--mode=eval`), the line before it is `params_sha256: HEX`,
+model, restored and checked as for `--mode=eval`; or a `fer_jax.export` folder, its variables checked
+against the config's model), the line before it is `params_sha256: HEX`,
 `checkpointing.fingerprint` of its params and batch_stats: equal digests mean equal weights.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
+from fer_jax import export
 from fer_jax import models
 from fer_jax import validation
 
@@ -87,6 +89,15 @@ def _subjaxprs(params):
         yield item
 
 
+def trained_variables(config, model, abstract_variables: dict, path: str) -> dict:
+  """The variables of a checkpoint, or of an export folder (checked against the config's model)."""
+  if not export.is_export(path):
+    return models.load_trained_variables(config, model, path)
+  variables = export.read_variables(path)
+  checkpointing.check_matches(variables, abstract_variables, path, "an export folder")
+  return variables
+
+
 def main(argv):
   del argv
   config = flags.FLAGS.config
@@ -97,8 +108,8 @@ def main(argv):
   digest = None
   if flags.FLAGS.checkpoint:
     # Restored first, so a checkpoint that does not fit the config fails before any output.
-    digest = checkpointing.fingerprint(jax.device_get(
-        models.load_trained_variables(config, model, flags.FLAGS.checkpoint)))
+    digest = checkpointing.fingerprint(jax.device_get(trained_variables(config, model, variables,
+                                                                        flags.FLAGS.checkpoint)))
   auxiliary = method.auxiliary_params
   rows = module_table(variables["params"], flags.FLAGS.depth, auxiliary)
   width = max(len(name) for name, _ in rows) + 2
@@ -120,7 +131,7 @@ def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag()
   flags.DEFINE_integer("depth", 2, "Module nesting depth of the table.", lower_bound=1)
-  flags.DEFINE_string("checkpoint", "", "Training workdir, checkpoint folder or converted model: also print "
+  flags.DEFINE_string("checkpoint", "", "Training workdir, checkpoint folder, converted model or export folder: also print "
                       "`params_sha256: HEX`, the fingerprint of its params and batch_stats.")
   flags.mark_flags_as_required(["config"])
 

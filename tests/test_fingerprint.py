@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fer_jax import checkpointing
+from fer_jax import export
 from helpers import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,12 +119,15 @@ def test_summary_prints_the_fingerprint_of_a_saved_model(tmp_path):
 
   command = [sys.executable, "-m", "fer_jax.summary", "--config=configs/dan.py:synthetic", "--config.input.size=32"]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  with_checkpoint, without = (subprocess.run(command + extra, cwd=ROOT, env=env, capture_output=True, text=True,
-                                             timeout=300) for extra in ([f"--checkpoint={workdir}"], []))
+  export.export(config, variables, str(tmp_path / "exported"), platforms=("cpu",))
+  with_checkpoint, without, exported = (
+      subprocess.run(command + extra, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+      for extra in ([f"--checkpoint={workdir}"], [], [f"--checkpoint={tmp_path / 'exported'}"]))
   assert with_checkpoint.returncode == 0, with_checkpoint.stderr[-3000:]
   assert without.returncode == 0, without.stderr[-3000:]
   lines = with_checkpoint.stdout.strip().splitlines()
   assert re.fullmatch(r"params: \d+", lines[-1])  # still the last line
   assert lines[-2] == f"params_sha256: {expected}"
-  # Without --checkpoint, the same report less that line.
+  # Without --checkpoint, the same report less that line; an export of the weights, the same digest.
   assert without.stdout.strip().splitlines() == lines[:-2] + lines[-1:]
+  assert exported.returncode == 0 and exported.stdout.strip().splitlines() == lines, exported.stderr[-3000:]
