@@ -92,8 +92,11 @@ def _flag_message(error: BaseException, argv) -> str:
     key, near = unknown.group(1), re.search(r'Did you mean "(\w+)"', text)  # ml_collections' suggestion
     hint = f"did you mean {near.group(1)!r}?" if near else f"valid: {', '.join(sorted(node.keys()))}"
     return f"{_config_path_to(key, argv)} has no key {key!r}; {hint}"
+  missing_file = re.search(r"Failed loading config file.*?\[Errno \d+\] (.*)", text, re.DOTALL)
+  if missing_file:  # ml_collections' words, the paths it tried included
+    return f"{missing_file.group(1).strip()}: pass --config=configs/<method>.py:<dataset>"
   if "Traceback (most recent call last)" in text:  # a config file's own exception, as ml_collections wraps it
-    text = text.strip().splitlines()[-1]
+    text = re.sub(r"^\w+(Error|Exception): ", "", text.strip().splitlines()[-1])
   return " ".join(text.split())
 
 

@@ -12,6 +12,7 @@ an `UnreadableImageError` that names the file and the fix.
 import dataclasses
 import errno
 import io
+import re
 import struct
 import warnings
 import zlib
@@ -65,7 +66,8 @@ def read_file(path: str, shape: tuple[int, int, int]) -> np.ndarray:
   except UnreadableImageError:
     raise
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-    raise _too_large(path, f"more than {Image.MAX_IMAGE_PIXELS:,}") from error
+    claimed = re.search(r"\((\d+) pixels\)", str(error))  # PIL's words: "Image size (900000000 pixels) exceeds …"
+    raise _too_large(path, f"{int(claimed.group(1)):,}" if claimed else f"more than {Image.MAX_IMAGE_PIXELS:,}") from error
   except _DECODE_ERRORS as error:
     raise _unreadable(path, error) from error
 
