@@ -139,6 +139,9 @@ def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> Model:
     config = load_config(config)
   if export.is_export(path):
     return Model(_load_export(path, tta, batch_size))
+  if os.path.exists(os.path.join(path, export.ONNX)):
+    raise UserError(f"{path} is an ONNX export: run it in ONNX Runtime (its model.json says how); fer_jax.load and "
+                    "predict read the default export (`python -m fer_jax.export` without --format=onnx).")
   return Model(_load_checkpoint(path, config, tta, batch_size))
 
 
@@ -212,7 +215,9 @@ class Model:
                        dict(zip(self.class_names, map(float, z)))) for p, z in zip(probabilities, logits)]
 
   def predict(self, images_or_paths) -> list[Prediction]:
-    """One Prediction per face crop (a path, or an RGB/grey uint8 array of any size)."""
+    """One Prediction per face crop (a path, or an RGB/grey uint8 array of any size) of a list."""
+    if isinstance(images_or_paths, (str, os.PathLike, np.ndarray)):
+      raise TypeError("Model.predict takes a list of face crops (paths or arrays): wrap the one crop in a list.")
     return self.classify([self._stored(image) for image in images_or_paths])
 
   def faces(self, photo, min_face_size: float = MIN_FACE_SIZE, min_score: float = MIN_SCORE):

@@ -76,9 +76,9 @@ def list_images(path: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> li
   if os.path.isfile(path):
     return [path]
   if not os.path.exists(path):
-    raise UserError(f"--input={path} does not exist: pass an image file or a folder of images.")
+    raise UserError(f"--input={path} does not exist: pass an image or video file, or a folder of them.")
   if not os.path.isdir(path):
-    raise UserError(f"--input={path} is neither a file nor a folder: pass an image file or a folder of images.")
+    raise UserError(f"--input={path} is neither a file nor a folder: pass an image or video file, or a folder of them.")
   found = sorted(os.path.join(root, name) for root, _, names in os.walk(path, onerror=_warn_unreadable_folder)
                  for name in names if name.lower().endswith(extensions))
   if not found:
@@ -411,8 +411,8 @@ def _face_fields(row: dict) -> list:
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag("configs/<method>.py:<dataset> of the checkpoint.")
-  flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint folder or converted model.")
-  flags.DEFINE_string("input", None, "An image, or a folder searched recursively for images.")
+  flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint folder, converted model or export folder.")
+  flags.DEFINE_string("input", None, "An image or video, or a folder searched recursively for them.")
   flags.DEFINE_string("output", None, "Where to write the predictions: .csv or .json.")
   flags.DEFINE_enum("tta", None, list(tta.NAMES), "Test-time augmentation; default: config.eval.tta.")
   flags.DEFINE_integer("batch_size", 64, "Images per device step (rounded up to the device count).", lower_bound=1)
@@ -437,7 +437,7 @@ def main(argv):
   results = predict_inputs(model, paths, args.input, args.detect, args.min_face_size, args.min_score, args.stride,
                            args.smooth, args.annotate)
   write_predictions(results.rows, results.skipped, model.class_names, args.output)
-  logging.info("Wrote %d predictions to %s; skipped %d unreadable of %d images%s", len(results.rows), args.output,
+  logging.info("Wrote %d predictions to %s; skipped %d unreadable of %d inputs%s", len(results.rows), args.output,
                len(results.skipped), len(paths),
                (": " + ", ".join(p for p, _ in results.skipped)) if results.skipped else "")
   if results.photos_without_faces:

@@ -24,6 +24,7 @@ from fer_jax import export
 from fer_jax import models
 from fer_jax import predict
 from fer_jax.data import pipeline
+from fer_jax.errors import UserError
 from fer_jax.face import align
 from fer_jax.face import detector
 from helpers import ROOT, cpu_devices_env, get_config, random_variables
@@ -109,6 +110,15 @@ def test_an_export_predicts_with_its_config_s_test_time_augmentation_unless_told
   unflipped = [[p.probabilities[c] for c in exported.class_names] for p in fer_jax.load(str(workdir), batch_size=2).predict(images)]
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
   assert np.abs(np.array(got) - np.array(unflipped)).max() > 1e-5  # the flipped view changes them (by 3e-5 here)
+
+
+def test_an_onnx_export_and_a_lone_crop_are_refused_with_what_to_do_instead(model, tmp_path):
+  for name in (export.METADATA, export.ONNX):
+    (tmp_path / name).write_text("{}")
+  with pytest.raises(UserError, match=r"is an ONNX export: run it in ONNX Runtime .* without --format=onnx"):
+    fer_jax.load(str(tmp_path))
+  with pytest.raises(TypeError, match="takes a list of face crops"):  # a path's characters were read as paths
+    model.predict(str(tmp_path / "face.png"))
 
 
 def test_crops_and_photos_are_told_apart_by_shape_and_size(model):

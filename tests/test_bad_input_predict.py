@@ -108,7 +108,7 @@ def test_only_the_readable_images_are_predicted_and_the_rest_counted(predicted):
   result, written = predicted
   assert [os.path.basename(p["image"]) for p in written["predictions"]] == GOOD
   assert sorted(os.path.basename(s["image"]) for s in written["skipped"]) == BAD
-  assert f"skipped {len(BAD)} unreadable of {len(GOOD) + len(BAD)} images" in result.stderr
+  assert f"skipped {len(BAD)} unreadable of {len(GOOD) + len(BAD)} inputs" in result.stderr
   rows = {os.path.basename(p["image"]): p for p in written["predictions"]}
   assert "box" not in rows["face.png"] and rows["hopper.jpg"]["face"] == 0  # a 48×48 crop; a 512×600 photo's face
 
@@ -192,7 +192,7 @@ def test_a_count_out_of_range_stops_before_any_work(module, paths, flag, message
 @pytest.mark.integration
 def test_a_missing_input_is_named(tmp_path):
   result = predict("/nonexistent/checkpoint", tmp_path / "missing", tmp_path / "preds.csv")
-  assert_user_error(result, f"--input={tmp_path / 'missing'} does not exist", "pass an image file or a folder")
+  assert_user_error(result, f"--input={tmp_path / 'missing'} does not exist", "pass an image or video file, or a folder")
 
 
 @pytest.mark.integration

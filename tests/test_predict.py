@@ -104,7 +104,7 @@ def test_command_line_writes_json_and_reports_unreadable_images(config, checkpoi
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Skipping unreadable image" in result.stderr and "broken.jpg" in result.stderr
-  assert "Wrote 3 predictions" in result.stderr and "skipped 1 unreadable of 4 images" in result.stderr
+  assert "Wrote 3 predictions" in result.stderr and "skipped 1 unreadable of 4 inputs" in result.stderr
   written = json.loads(out.read_text())
   assert written["class_names"] == ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
   assert [os.path.basename(s["image"]) for s in written["skipped"]] == ["broken.jpg"]
