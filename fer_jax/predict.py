@@ -106,6 +106,12 @@ def check_output(path: str) -> None:
   if not os.access(existing, os.W_OK | os.X_OK):
     raise UserError(f"--output={path} cannot be written: the folder {existing} is not writable; "
                     f"fix its permissions or choose another location.")
+
+
+def check_annotate(path: str) -> None:
+  """Fails fast if --annotate names a file: the drawn photos go into a folder (new or existing)."""
+  if path and os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"--annotate={path} is a file: pass a folder (new or existing) for the drawn photos.")
   if os.path.exists(path) and not os.access(path, os.W_OK):
     raise UserError(f"--output={path} exists and is not writable: fix its permissions or choose another path.")
 
@@ -432,6 +438,7 @@ def main(argv):
     raise UserError(f"Unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
   check_output(args.output)
+  check_annotate(args.annotate)
   paths = list_images(args.input, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
   model = api.load(args.checkpoint, config=args.config, tta=args.tta or "", batch_size=args.batch_size)
   results = predict_inputs(model, paths, args.input, args.detect, args.min_face_size, args.min_score, args.stride,

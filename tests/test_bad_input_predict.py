@@ -216,6 +216,14 @@ def test_an_output_under_a_regular_file_fails_before_the_model_is_loaded(mixed, 
 
 
 @pytest.mark.integration
+def test_an_annotate_path_that_is_a_file_fails_before_the_model_is_loaded(mixed, tmp_path):
+  (tmp_path / "drawn.png").write_bytes(b"")
+  result = run_command("fer_jax.predict", *DAN, f"--checkpoint={tmp_path / 'none'}", f"--input={mixed / 'face.png'}",
+                       f"--output={tmp_path / 'p.csv'}", f"--annotate={tmp_path / 'drawn.png'}", timeout=300)
+  assert_user_error(result, f"--annotate={tmp_path / 'drawn.png'} is a file: pass a folder")  # not "No checkpoint"
+
+
+@pytest.mark.integration
 def test_an_output_with_another_extension_is_refused(mixed, tmp_path):
   result = predict("/nonexistent/checkpoint", mixed, tmp_path / "preds.txt")
   assert_user_error(result, f"--output={tmp_path / 'preds.txt'} must end in .csv or .json")
