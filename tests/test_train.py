@@ -192,12 +192,17 @@ def test_some_synthetic_configs_evaluate_in_batches_that_do_not_divide_over_eigh
   assert [get_config(spec).eval_batch_size % 8 for spec in SYNTHETIC_CONFIGS] != [0] * len(SYNTHETIC_CONFIGS)
 
 
-@pytest.mark.integration
-def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):
+def _saved_tiny_dan(folder):
+  """(config, model, variables, checkpoint path) of a freshly initialised tiny DAN saved in `folder`."""
   config = _tiny_dan()
   model = models.build_model(config)
   variables = jax.jit(lambda: models.init_variables(model, config, jax.random.key(0)))()
-  path = checkpointing.save_model(str(tmp_path / "dan7"), variables, config)
+  return config, model, variables, checkpointing.save_model(str(folder), variables, config)
+
+
+@pytest.mark.integration
+def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):
+  _, _, _, path = _saved_tiny_dan(tmp_path / "dan7")
   eight = _tiny_dan()
   eight.model.update(num_classes=8)
   with pytest.raises(checkpointing.CheckpointError, match=r"\(model dan, 7 classes\).*params/fc/bias: checkpoint \(7,\) vs model \(8,\)"):
@@ -208,10 +213,7 @@ def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):
 
 @pytest.mark.integration
 def test_checkpoint_with_another_class_order_is_refused_for_inference(tmp_path):
-  config = _tiny_dan()
-  model = models.build_model(config)
-  variables = jax.jit(lambda: models.init_variables(model, config, jax.random.key(0)))()
-  path = checkpointing.save_model(str(tmp_path / "fer2013_order"), variables, config)
+  config, model, variables, path = _saved_tiny_dan(tmp_path / "fer2013_order")
   restored = models.load_trained_variables(config, model, path)
   np.testing.assert_array_equal(restored["params"]["fc"]["bias"], variables["params"]["fc"]["bias"])
   config.dataset.class_order = "rafdb"  # same 7 classes, another order
@@ -222,10 +224,7 @@ def test_checkpoint_with_another_class_order_is_refused_for_inference(tmp_path):
 @pytest.mark.integration
 def test_checkpoint_trained_on_another_input_size_is_refused_for_inference(tmp_path):
   """A DAN takes any size, so the same weights on other inputs ran and gave confident nonsense."""
-  config = _tiny_dan()
-  model = models.build_model(config)
-  variables = jax.jit(lambda: models.init_variables(model, config, jax.random.key(0)))()
-  path = checkpointing.save_model(str(tmp_path / "small"), variables, config)
+  config, model, _, path = _saved_tiny_dan(tmp_path / "small")
   larger = config.copy_and_resolve_references()
   larger.input.size = 2 * config.input.size
   with pytest.raises(checkpointing.CheckpointError,
