@@ -106,14 +106,14 @@ def check_output(path: str) -> None:
   if not os.access(existing, os.W_OK | os.X_OK):
     raise UserError(f"--output={path} cannot be written: the folder {existing} is not writable; "
                     f"fix its permissions or choose another location.")
+  if os.path.exists(path) and not os.access(path, os.W_OK):
+    raise UserError(f"--output={path} exists and is not writable: fix its permissions or choose another path.")
 
 
 def check_annotate(path: str) -> None:
   """Fails fast if --annotate names a file: the drawn photos go into a folder (new or existing)."""
   if path and os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f"--annotate={path} is a file: pass a folder (new or existing) for the drawn photos.")
-  if os.path.exists(path) and not os.access(path, os.W_OK):
-    raise UserError(f"--output={path} exists and is not writable: fix its permissions or choose another path.")
 
 
 class Predictor:

@@ -207,6 +207,16 @@ def test_an_output_in_a_read_only_folder_fails_before_the_model_is_loaded(mixed,
 
 
 @pytest.mark.integration
+def test_a_read_only_output_file_fails_before_the_model_is_loaded(mixed, tmp_path):
+  output = tmp_path / "preds.csv"
+  output.write_text("kept\n")
+  os.chmod(output, 0o444)
+  result = predict("/nonexistent/checkpoint", mixed, output, obey_permissions=True)
+  assert_user_error(result, f"--output={output} exists and is not writable: fix its permissions")
+  assert output.read_text() == "kept\n"
+
+
+@pytest.mark.integration
 def test_an_output_under_a_regular_file_fails_before_the_model_is_loaded(mixed, tmp_path):
   (tmp_path / "notes.txt").write_text("a file, not a folder")
   output = tmp_path / "notes.txt" / "preds.csv"
