@@ -131,8 +131,8 @@ def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag()
   flags.DEFINE_integer("depth", 2, "Module nesting depth of the table.", lower_bound=1)
-  flags.DEFINE_string("checkpoint", "", "Training workdir, checkpoint folder, converted model or export folder: also print "
-                      "`params_sha256: HEX`, the fingerprint of its params and batch_stats.")
+  flags.DEFINE_string("checkpoint", "", "Training workdir, checkpoint folder, converted model or export folder: "
+                      "also print `params_sha256: HEX`, the fingerprint of its params and batch_stats.")
   flags.mark_flags_as_required(["config"])
 
 

@@ -102,12 +102,14 @@ def test_an_export_predicts_with_its_config_s_test_time_augmentation_unless_told
   export.export(flipped, jax.device_get(variables), str(tmp_path / "exported"), None, platforms=("cpu",))
   assert json.loads((tmp_path / "exported" / "model.json").read_text())["tta"] == "flip"
   exported = fer_jax.load(str(tmp_path / "exported"), batch_size=2)
-  assert exported.predictor.tta_name == "flip" and fer_jax.load(str(tmp_path / "exported"), tta="none").predictor.tta_name == "none"
+  assert exported.predictor.tta_name == "flip"
+  assert fer_jax.load(str(tmp_path / "exported"), tta="none").predictor.tta_name == "none"
   images = crops(config)
   as_checkpoint = fer_jax.load(str(workdir), tta="flip", batch_size=2).predict(images)
   got = [[p.probabilities[c] for c in exported.class_names] for p in exported.predict(images)]
   want = [[p.probabilities[c] for c in exported.class_names] for p in as_checkpoint]
-  unflipped = [[p.probabilities[c] for c in exported.class_names] for p in fer_jax.load(str(workdir), batch_size=2).predict(images)]
+  plain = fer_jax.load(str(workdir), batch_size=2).predict(images)
+  unflipped = [[p.probabilities[c] for c in exported.class_names] for p in plain]
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
   assert np.abs(np.array(got) - np.array(unflipped)).max() > 1e-5  # the flipped view changes them (by 3e-5 here)
 

@@ -67,7 +67,8 @@ def read_file(path: str, shape: tuple[int, int, int]) -> np.ndarray:
     raise
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
     claimed = re.search(r"\((\d+) pixels\)", str(error))  # PIL's words: "Image size (900000000 pixels) exceeds …"
-    raise _too_large(path, f"{int(claimed.group(1)):,}" if claimed else f"more than {Image.MAX_IMAGE_PIXELS:,}") from error
+    pixels = f"{int(claimed.group(1)):,}" if claimed else f"more than {Image.MAX_IMAGE_PIXELS:,}"
+    raise _too_large(path, pixels) from error
   except _DECODE_ERRORS as error:
     raise _unreadable(path, error) from error
 
