@@ -23,7 +23,7 @@ The paper's runs start from face.evoLVe's IR-50 (MS-Celeb-1M) and timm's ViT-Sma
 then add --config.init_from=converted/apvit_init to the training command.
 
 The paper's batch of 256 on one GPU: at 112² the forward pass keeps 22.9 GiB for the backward pass
-in bf16; `--config.model.remat=elementwise` keeps 9.4 GiB for 0.3 % more FLOPs, `blocks` 3.5 GiB
+in bf16; `--config.model.remat=elementwise` keeps 9.4 GiB for 0.1 % more FLOPs, `blocks` 3.5 GiB
 for 26 % more (`python benchmarks/remat.py`; README, "Rematerialisation").
 
 Weight decay: the official config exempts the CLS token and positional embeddings, but its key

@@ -3,10 +3,10 @@
 `config.eval.tta` names a set:
   none   the image itself;
   flip   the image and its horizontal mirror, equal weights;
-  lhc62  LHC-Net's 62-view average (docs/methods/lhcnet.md §1.9): the image with weight 3; 53 views, one
-         per (rotation 0/±0.4 rad, x shift 0/±10 px, y shift 0/±10 px, flip no/yes) except the
-         identity; 6 views of the central 90 % resized back, one per (rotation 0/±0.15 rad,
-         flip no/yes); each weight 1, divisor 62.
+  lhc62  LHC-Net's 60-view average, weights summing to 62 (docs/methods/lhcnet.md §1.9): the image
+         with weight 3; 53 views, one per (rotation 0/±0.4 rad, x shift 0/±10 px, y shift 0/±10 px,
+         flip no/yes) except the identity; 6 views of the central 90 % resized back, one per
+         (rotation 0/±0.15 rad, flip no/yes); each weight 1, divisor 62.
 
 Every view is flip → central crop + bilinear resize back → translate → rotate, with the
 official code's TensorFlow semantics: `tf.image.central_crop` box, `tf.image.resize` bilinear
