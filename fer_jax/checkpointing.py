@@ -76,7 +76,7 @@ def metadata(config) -> dict:
   """The meta record: enough to rebuild the model and its inputs without the config (`fer_jax.load`),
   the data set's name and stored size included (they pick the crop style and grey decoding)."""
   return {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
-          "input": config.input.to_dict(), "dataset": dataset_record(config)}
+          "input": config.input.to_dict(), "dataset": dataset_record(config), "batch_size": config.batch_size}
 
 
 def dataset_record(config) -> dict:
@@ -120,10 +120,18 @@ def _root_cause(error: BaseException) -> str:
   return message if len(message) <= 240 else message[:240] + " …"
 
 
-def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict) -> dict:
+def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict,
+                  batch_size: int | None = None) -> dict:
   """The saved training state, after checking that it has the structure and shapes `abstract_state` (what this
-  run's config builds) has: a changed config is told apart from damaged files, which alone call for deleting."""
+  run's config builds) has, and (given) was trained at `batch_size` (the step counter counts its epochs): a
+  changed config is told apart from damaged files, which alone call for deleting."""
   step_directory = os.path.join(checkpoints.directory, str(step))
+  saved_batch = _meta(step_directory).get("batch_size", batch_size)  # not recorded before 2026-12-04
+  if batch_size is not None and saved_batch != batch_size:
+    raise CheckpointError(f"The run in {os.path.dirname(checkpoints.directory)} trained at a global batch of "
+                          f"{saved_batch}, this config's is {batch_size}: its steps would stand for other epochs and "
+                          f"schedule. Resume with --config.batch_size={saved_batch}, or start a new --workdir with "
+                          f"--config.init_from={step_directory}.")
   with _read_errors(step_directory, f"delete {step_directory} to resume from the step before it"):
     saved = _saved_tree(os.path.join(step_directory, "state"))
     target, rewrap = _unclipped_target(saved, abstract_state)

@@ -344,17 +344,37 @@ class NonFiniteError(RuntimeError):
   """A loss or gradient norm was NaN or Inf; nothing from that step on was evaluated or saved."""
 
 
+class StoppedOutsideSteps(Exception):
+  """SIGTERM or SIGINT arrived outside the training steps (setting up, evaluating, reporting), where
+  nothing is left to save: what the run saved stands, and the same command goes on from it."""
+
+
+def _stop_outside_steps(signum, frame):
+  del frame
+  raise StoppedOutsideSteps(signal.Signals(signum).name)
+
+
 @contextlib.contextmanager
 def exit_status_on_stop():
   """Ends a command whose training stopped (fer_jax.main, fer_jax.seeds) with exit status 75 when
-  preempted (the step is saved), 1 after logging a non-finite loss's message."""
+  preempted (the step is saved) or signalled outside the training steps (StopSignals holds SIGTERM
+  and SIGINT during them), 1 after logging a non-finite loss's message."""
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous = {s: signal.signal(s, _stop_outside_steps) for s in StopSignals.SIGNALS} if main_thread else {}
   try:
     yield
   except Preempted:
     sys.exit(PREEMPTED_EXIT_STATUS)
+  except StoppedOutsideSteps as e:
+    logging.warning("%s received outside the training steps: stopped. The saved steps stand; run the same "
+                    "command to go on from the newest.", e)
+    sys.exit(PREEMPTED_EXIT_STATUS)
   except NonFiniteError as e:
     logging.error("%s", e)
     sys.exit(1)
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
 
 
 class StopSignals:
@@ -491,7 +511,8 @@ class TrainingRun:
   def _restore_or_initialise(self, tx) -> dict:
     if self.start_step:
       state = checkpointing.restore_state(self.checkpoints, self.start_step,
-                                          abstract_state(self.model, tx, self.config, self.mesh))
+                                          abstract_state(self.model, tx, self.config, self.mesh),
+                                          batch_size=self.config.batch_size)
       logging.info("Resumed from step %d in %s", self.start_step, self.workdir)
       return state
     state = create_state(self.model, tx, self.config, self.mesh)

@@ -89,6 +89,19 @@ def test_resume_with_another_optimizer_says_the_checkpoint_is_intact(tmp_path, c
   assert _files(tmp_path) == before
 
 
+def test_resume_at_another_batch_size_is_refused_with_the_batch_to_pass(tmp_path):
+  """The step counter counts epochs of the saved batch: resumed at another, the run trained and reported
+  epochs it had not seen, silently. A config at the saved batch resumes."""
+  config = _config()
+  checkpoints = _saved(tmp_path, _trained_state(config), config)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=rf"trained at a global batch of {config.batch_size}, this config's is "
+                           rf"{2 * config.batch_size}: .* --config.batch_size={config.batch_size}, or start a new"):
+    checkpointing.restore_state(checkpoints, 2, _abstract_state(config), batch_size=2 * config.batch_size)
+  _assert_trees_equal(checkpointing.restore_state(checkpoints, 2, _abstract_state(config), batch_size=config.batch_size),
+                      _trained_state(config))
+
+
 def test_resume_with_another_model_names_the_shape_difference(tmp_path):
   checkpoints = _saved(tmp_path, _trained_state(_config()), _config())
   abstract = _abstract_state(_config())

@@ -434,6 +434,19 @@ def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluati
   assert writer.logged[4]["train/img_per_s"] == 4 * 2 / 4.0
 
 
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_outside_the_training_steps_stops_with_exit_75_and_no_traceback(name):
+  """Setting up, evaluating or reporting, where StopSignals does not hold the signals: a SIGINT gave
+  a KeyboardInterrupt traceback (exit 130) and a SIGTERM killed the process (143)."""
+  code = ("import os, signal, time\nfrom fer_jax import train\nwith train.exit_status_on_stop():\n"
+          f"  os.kill(os.getpid(), signal.{name})\n  time.sleep(60)\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == train.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
+  assert f"{name} received outside the training steps: stopped" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
 def test_processes_exchange_their_stop_signals_only_after_logged_or_saved_steps(monkeypatch):
   """TrainingRun.stop_signal: one process stops after the step its signal arrived in, exchanging
   nothing; several exchange their signals only after the steps logged (every 4 here) or saved (every
