@@ -43,6 +43,7 @@ from fer_jax import config_lib
 from fer_jax import models
 from fer_jax import onnx_export
 from fer_jax import validation
+from fer_jax.data import augment
 from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
@@ -123,7 +124,7 @@ def metadata(config, batch_size: int | None, format_fields: dict) -> dict:
       "class_names": list(labels.class_names(config.dataset.class_order)),
       "input": {"height": config.input.size, "width": config.input.size, "channels": config.input.channels,
                 "dtype": "float32", "layout": "NHWC"},
-      "preprocessing": config.input.eval_pp.replace("{size}", str(config.input.size)),
+      "preprocessing": augment.with_size(config.input.eval_pp, config.input.size),
       "tta": config.eval.tta,  # the views fer_jax.predict averages unless told otherwise (fer_jax.tta)
       "dataset": checkpointing.dataset_record(config),
       "batch_size": "symbolic" if batch_size is None else batch_size,

@@ -23,6 +23,7 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import validation
+from fer_jax.data import augment
 from fer_jax.data import pipeline
 
 
@@ -243,7 +244,7 @@ class Evaluator:
     confusion = evaluate.confusion_matrix(self._steps[step_key], variables, eval_data)
     results = evaluate.metrics(confusion, eval_data.split.class_names)
     return {**results, "evaluator": name, "split": spec.split, "dataset": spec.config.dataset.name,
-            "model": self.config.model.name, "pp": spec.config.input.eval_pp,
+            "model": self.config.model.name, "pp": augment.with_size(spec.config.input.eval_pp, spec.config.input.size),
             "class_mapping": evaluate.class_mapping(eval_data.split)}
 
   def steps(self) -> list[WatchedStep]:

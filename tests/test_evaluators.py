@@ -98,6 +98,7 @@ def test_eight_class_model_on_sfew_counts_contempt_predictions_wrong(fixture_set
   assert results["per_class_accuracy"][labels.CONTEMPT] is None
   assert results["class_mapping"]["model_classes_absent"] == [labels.CONTEMPT]
   assert results["class_mapping"]["excluded_examples"] == {}
+  assert results["pp"] == "gray_to_rgb()|resize(8)|to_float()"  # as it ran, not "resize({size})"
 
 
 @pytest.mark.integration

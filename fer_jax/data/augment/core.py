@@ -122,6 +122,11 @@ class Pipeline:
     return jax.vmap(one)(images, keys)
 
 
+def with_size(text: str, size: int) -> str:
+  """A pipeline string with "{size}" as `size` (config.input.size): what runs, as reports write it."""
+  return text.replace("{size}", str(size))
+
+
 def parse(text: str, size: int | None = None, uint8: bool = True) -> Pipeline:
   """Compiles a pipeline string; "{size}" in it stands for `size` (config.input.size).
 
@@ -129,7 +134,7 @@ def parse(text: str, size: int | None = None, uint8: bool = True) -> Pipeline:
   have uint8 semantics (False for a pipeline nested after `normalize`).
   """
   if size is not None:
-    text = text.replace("{size}", str(size))
+    text = with_size(text, size)
   steps = []
   for part in _split_top_level(text):
     name, op = _parse_op(part, uint8)
