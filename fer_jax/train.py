@@ -255,9 +255,11 @@ class Evaluator:
 EXAMPLES_PER_EVALUATOR = 8
 
 
-def final_report(evaluator: Evaluator, variables, workdir: str, step: int, reusable: dict | None = None) -> dict:
+def final_report(evaluator: Evaluator, variables, workdir: str, step: int | None,
+                 reusable: dict | None = None) -> dict:
   """Runs every reported evaluator (single pass and, where it has one, with its TTA), writes the
   report files and returns the "test" evaluator's results with all of them under "evaluators".
+  `step`: the training step evaluated (None for `--mode=eval`'s checkpoint).
   `reusable`: {data_key: results} already computed with these variables."""
   reusable, evaluators = dict(reusable or {}), {}
   for name in evaluator.reported:
@@ -661,4 +663,4 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   evaluator.open_all()
   variables = models.load_trained_variables(config, model, checkpoint)
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
-  return final_report(evaluator, variables, workdir, step=-1)
+  return final_report(evaluator, variables, workdir, step=None)  # a checkpoint given, not a step of this run
