@@ -37,10 +37,10 @@ benchmarks/run_candidates.py times the variants that change the library's train 
 machine's devices.
 """
 
+import contextlib
 import functools
 import json
 import os
-import shutil
 import sys
 
 if __name__ == "__main__":
@@ -330,22 +330,21 @@ def main() -> None:
   if unknown_variants([args.variant]):
     parser.error(f"unknown variant {args.variant}; choose from {sorted(VARIANTS)}, or several joined by +")
   swap_in(args.variant)
-  if args.platform == "tpu":
-    devices = tpu_compile.tpu_devices("v5e:2x4" if args.devices > 4 else "v5e:2x2", args.devices)
-    summarise = tpu_compile.summarise
-  else:
-    ptx_dir = gpu_compile.dump_ptx()
-    devices = gpu_compile.gpu_devices(gpu_compile.DEFAULT_TARGET, args.devices)
-    bandwidth = gpu_compile.memory_bandwidth(gpu_compile.DEFAULT_TARGET)
-    rate = gpu_compile.issue_rate(gpu_compile.DEFAULT_TARGET)
-    summarise = lambda *summary_args: gpu_compile.summarise(  # noqa: E731
-        *summary_args, bandwidth, gpu_compile.take_ptx(ptx_dir), rate)
-  for compiled in compiled_train_steps(args.configs, args.dtype, args.batch_size, devices, args.hlo_dir,
-                                       f"{args.platform}.{args.variant}"):
-    row = {**summarise(*compiled, devices), "variant": args.variant}
-    write_rows([row], args.output, json.dumps(row) + "\n")
-  if args.platform == "gpu":
-    shutil.rmtree(ptx_dir)
+  with contextlib.ExitStack() as stack:
+    if args.platform == "tpu":
+      devices = tpu_compile.tpu_devices("v5e:2x4" if args.devices > 4 else "v5e:2x2", args.devices)
+      summarise = tpu_compile.summarise
+    else:
+      ptx_dir = stack.enter_context(gpu_compile.dumped_ptx())
+      devices = gpu_compile.gpu_devices(gpu_compile.DEFAULT_TARGET, args.devices)
+      bandwidth = gpu_compile.memory_bandwidth(gpu_compile.DEFAULT_TARGET)
+      rate = gpu_compile.issue_rate(gpu_compile.DEFAULT_TARGET)
+      summarise = lambda *summary_args: gpu_compile.summarise(  # noqa: E731
+          *summary_args, bandwidth, gpu_compile.take_ptx(ptx_dir), rate)
+    for compiled in compiled_train_steps(args.configs, args.dtype, args.batch_size, devices, args.hlo_dir,
+                                         f"{args.platform}.{args.variant}"):
+      row = {**summarise(*compiled, devices), "variant": args.variant}
+      write_rows([row], args.output, json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

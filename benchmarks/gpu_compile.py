@@ -21,6 +21,7 @@ HLO. Figures here are the compiler's plan, not a measurement: benchmarks/acceler
 """
 
 import collections
+import contextlib
 import glob
 import math
 import os
@@ -222,12 +223,14 @@ def kernels(hlo_text: str) -> list[dict]:
   return found
 
 
-def dump_ptx() -> str:
-  """A new temporary folder into which XLA writes the PTX of each train step it compiles from now on
-  (before the process's first compile: XLA reads its flags once)."""
-  folder = tempfile.mkdtemp(prefix="gpu_compile_ptx_")
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={folder} --xla_dump_hlo_module_re=train_step"
-  return folder
+@contextlib.contextmanager
+def dumped_ptx():
+  """A temporary folder, removed on exit, into which XLA writes the PTX of each train step it compiles
+  from now on (enter before the process's first compile: XLA reads its flags once)."""
+  with tempfile.TemporaryDirectory(prefix="gpu_compile_ptx_") as folder:
+    os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={folder} "
+                               "--xla_dump_hlo_module_re=train_step")
+    yield folder
 
 
 def take_ptx(folder: str) -> str:
@@ -349,11 +352,10 @@ def main() -> None:
   parser.add_argument("--devices", type=int, default=1, help="GPUs the batch is split over")
   parser.add_argument("--hlo_dir", default="", help="write each compiled step's HLO text here")
   args = parser.parse_args()
-  ptx_dir = dump_ptx()
   devices, bandwidth, rate = gpu_devices(args.target, args.devices), memory_bandwidth(args.target), issue_rate(args.target)
-  rows = [summarise(*compiled, devices, bandwidth, take_ptx(ptx_dir), rate)
-          for compiled in compiled_train_steps(args.configs, args.dtype, args.batch_size, devices, args.hlo_dir, "gpu")]
-  shutil.rmtree(ptx_dir)
+  with dumped_ptx() as ptx_dir:
+    rows = [summarise(*compiled, devices, bandwidth, take_ptx(ptx_dir), rate)
+            for compiled in compiled_train_steps(args.configs, args.dtype, args.batch_size, devices, args.hlo_dir, "gpu")]
   write_rows(rows, args.output, table(rows))
 
 

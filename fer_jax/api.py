@@ -215,9 +215,10 @@ class Model:
                        dict(zip(self.class_names, map(float, z)))) for p, z in zip(probabilities, logits)]
 
   def predict(self, images_or_paths) -> list[Prediction]:
-    """One Prediction per face crop (a path, or an RGB/grey uint8 array of any size) of a list."""
-    if isinstance(images_or_paths, (str, os.PathLike, np.ndarray)):
-      raise TypeError("Model.predict takes a list of face crops (paths or arrays): wrap the one crop in a list.")
+    """One Prediction per face crop (a path, or an RGB/grey uint8 array of any size) of a list (or of
+    a stacked array)."""
+    if isinstance(images_or_paths, (str, os.PathLike)):
+      raise TypeError("Model.predict takes a list of face crops (paths or arrays): wrap the one path in a list.")
     return self.classify([self._stored(image) for image in images_or_paths])
 
   def faces(self, photo, min_face_size: float = MIN_FACE_SIZE, min_score: float = MIN_SCORE):
