@@ -5,6 +5,9 @@ Arguments pick the data set:
               also the model-selection split, as in the official script).
   affectnet7  AffectNet, 7 classes. Official README: 65.69 % (epoch 6).
   affectnet8  AffectNet, 8 classes. Official README: 62.09 % (epoch 5).
+              Both read the later "4 GB" release's cropped faces, as the official run; from the
+              original release add --config.dataset.name=affectnet/classes8_facecrop (or
+              classes7_facecrop), which crops to its face boxes (whole photos otherwise).
   synthetic   the built-in synthetic faces at 72×72, trained from scratch (a CPU demo, not a
               paper setting): 97.00 % test accuracy after 5 epochs on 1 CPU device (9 min 35 s on
               our 2-core Xeon, 2026-12-03, d7869f5; 97.70 % at b3f0693, 96.85 % at 66b13e0, 97.60 % at 31052ed, 97.80 %

@@ -6,6 +6,7 @@ import re
 
 import jax
 import ml_collections
+import tensorflow_datasets as tfds
 
 from fer_jax import config_lib
 from fer_jax import models
@@ -70,7 +71,24 @@ def _value_problems(config) -> list[str]:
               "max_checkpoints"):
     if _get(config, key) < 1:
       problems.append(f"config.{key}={_get(config, key)} must be at least 1.")
+  for key, zero in (("dataset.image_size", "the set's own size"), ("dataset.max_per_class", "all")):
+    if _get(config, key) < 0:
+      problems.append(f"config.{key}={_get(config, key)} must be 0 ({zero}) or more.")
+  for key in ("dataset.train_split", "dataset.eval_split", "dataset.test_split"):
+    problems += _split_problems(f"config.{key}", _get(config, key), optional=key == "dataset.test_split")
   return problems
+
+
+def _split_problems(key: str, spec: str, optional: bool = False) -> list[str]:
+  """A split as TFDS reads it: a name, `+` joins and slices such as 'train[:10%]' or 'test[100:]'."""
+  if optional and not spec:
+    return []
+  try:
+    tfds.core.ReadInstruction.from_spec(spec)
+  except ValueError:
+    return [f"{key}={spec!r} is not a split: give a split name, '+' joins and slices such as 'train[:10%]' "
+            "or 'train[100:]' (https://www.tensorflow.org/datasets/splits)."]
+  return []
 
 
 def _selection_problems(config) -> list[str]:
@@ -127,6 +145,8 @@ def _evaluator_value_problems(key: str, fields: dict, size: int) -> list[str]:
   problems = _choice(f"{key[len('config.'):]}.tta", fields["tta"], tta.NAMES)
   if not fields["split"]:
     problems.append(f"{key}.split is empty: name a split of the data set (e.g. 'test').")
+  else:
+    problems += _split_problems(f"{key}.split", fields["split"])
   for name in ("every_epochs", "image_size"):
     if fields[name] < 0:
       problems.append(f"{key}.{name}={fields[name]} must be 0 or more.")

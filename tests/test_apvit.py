@@ -16,6 +16,7 @@ from fer_jax import predict
 from fer_jax import optim
 from fer_jax import summary
 from fer_jax import visualize
+from fer_jax.errors import ConfigError
 from fer_jax.models import apvit
 from fer_jax.models.backbones import vit
 from helpers import get_config, run_pipeline, tiny_run, train_on_eight_devices
@@ -314,3 +315,11 @@ def test_synthetic_config_trains_end_to_end_on_eight_devices(tmp_path):
   results = train_on_eight_devices("configs/apvit.py:synthetic", tmp_path)
   assert np.asarray(results["confusion_matrix"]).shape == (7, 7)
   assert os.path.exists(os.path.join(tmp_path, "eval_results.json"))
+
+
+def test_an_input_too_small_for_app_keep_is_a_config_error_under_jit():
+  config = get_config("configs/apvit.py:rafdb")
+  config.input.size = 64  # an 8×8 patch grid, 64 positions for APP's 160
+  model = models.build_model(config)
+  with pytest.raises(ConfigError, match=r"app_keep=160 .* 8×8 patch grid of a 64² input.*app_keep ≤ 64"):
+    jax.jit(lambda: models.init_variables(model, config, jax.random.key(0)))()

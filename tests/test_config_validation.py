@@ -2,6 +2,7 @@
 
 import pytest
 
+from fer_jax import config_lib
 from fer_jax import validation
 from fer_jax.errors import ConfigError
 from helpers import get_config
@@ -67,3 +68,27 @@ def test_every_problem_is_listed_at_once():
   assert "config.dataset.cache='disk' is not one of: 'auto', 'none', 'host', 'device'" in message
   assert "config.eval.tta='ten_crop' is not one of: 'none', 'flip', 'lhc62'" in message
   assert "config.batch_size=0 must be at least 1" in message
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("dataset.image_size", -1, "config.dataset.image_size=-1 must be 0 (the set's own size) or more"),
+    ("dataset.max_per_class", -5, "config.dataset.max_per_class=-5 must be 0 (all) or more"),
+    ("dataset.train_split", "train[:abc]", "config.dataset.train_split='train[:abc]' is not a split"),
+    ("dataset.test_split", "test[", "config.dataset.test_split='test[' is not a split")])
+def test_dataset_values_out_of_range(key, value, expected):
+  config = get_config("configs/dan.py:synthetic")
+  section, name = key.split(".")
+  config[section][name] = value
+  assert expected in _problems(config, training=False)
+
+
+def test_an_evaluator_split_must_parse():
+  config = get_config("configs/dan.py:synthetic")
+  config.evals = {"held_out": config_lib.evaluator(split="test[:10%")}
+  assert "config.evals.held_out.split='test[:10%' is not a split" in _problems(config, training=False)
+
+
+def test_slices_and_joins_are_splits():
+  config = get_config("configs/dan.py:synthetic")
+  config.dataset.update(train_split="train[:80%]+validation", eval_split="train[80%:]", test_split="")
+  validation.validate(config, training=False)

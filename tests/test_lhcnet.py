@@ -13,6 +13,7 @@ from fer_jax import checkpointing
 from fer_jax import models
 from fer_jax import optim
 from fer_jax.data import pipeline
+from fer_jax.errors import ConfigError
 from fer_jax.models import lhcnet
 from helpers import get_config, run_pipeline, tiny_run, train_on_eight_devices
 
@@ -136,7 +137,7 @@ def test_controller_scales_the_attention_by_one_plus_tanh():
 
 def test_heads_must_divide_the_positions():
   module = lhcnet.LHCModule(7, 4)
-  with pytest.raises(ValueError, match="equal bands"):
+  with pytest.raises(ConfigError, match="equal bands.*config.input.size"):  # a user error, not a traceback
     module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
 
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from fer_jax import attention_maps
+from fer_jax.errors import ConfigError
 from fer_jax.models import Method, from_config, layers
 from fer_jax.models.backbones import irse
 from fer_jax.models.backbones import vit
@@ -89,6 +90,10 @@ class PoolingViT(PoolingViTSettings):
   @nn.compact
   def __call__(self, features):
     batch, height, width, channels = features.shape
+    if self.app_keep > height * width:
+      raise ConfigError(f"config.model.app_keep={self.app_keep} tokens cannot be kept from the {height}×{width} "
+                        f"patch grid of a {height * FEATURE_STRIDE}² input: use a larger config.input.size (the "
+                        f"paper's 112) or config.model.app_keep ≤ {height * width}.")
     # The official init leaves the projection at PyTorch's default.
     projected = layers.Conv(self.width, (1, 1), kernel_init=layers.torch_kernel_init,
                         bias_init=layers.torch_bias_init(channels), dtype=self.dtype,

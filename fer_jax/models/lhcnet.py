@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fer_jax.errors import ConfigError
 from fer_jax.models import Method, from_config, layers
 from fer_jax.models.backbones import resnet_v2
 
@@ -66,8 +67,9 @@ class LHCModule(nn.Module):
   def __call__(self, x):
     _, height, width, channels = x.shape
     if (height * width) % self.num_heads:
-      raise ValueError(f"An LHC module with {self.num_heads} heads needs the {height}×{width} positions "
-                       "to split into equal bands: choose config.model.lhc_heads dividing R².")
+      raise ConfigError(f"An LHC module with {self.num_heads} heads needs its {height}×{width} map's positions to "
+                        "split into equal bands: choose config.model.lhc_heads dividing them, or another "
+                        "config.input.size (the paper's 224 fits every stage).")
     band = height * width // self.num_heads
     window = (self.pool_size, self.pool_size)
     query = nn.avg_pool(x, window, padding="SAME", count_include_pad=False)
