@@ -4,11 +4,15 @@ Each test writes a tiny copy of an owner's layout (tests/reference/datasets.py),
 and runs the real command.
 """
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from fer_jax.data.prepare import make_builder
 from reference import datasets as fx
-from helpers import assert_user_error, run_command
+from helpers import ROOT, assert_user_error, run_command
 
 pytestmark = pytest.mark.integration  # every test runs fer_jax.data.prepare in a subprocess
 
@@ -120,3 +124,51 @@ def test_read_only_data_dir(tmp_path):
   result = prepare("rafdb", tmp_path / "manual", data_dir, obey_permissions=True)
   assert_user_error(result, f"--data_dir {data_dir} is not writable (Permission denied: {data_dir}/",
                     "Make it writable, or pass another --data_dir")
+
+
+def read_train_labels(data_dir) -> dict[str, int]:
+  source = make_builder("rafdb", str(data_dir)).as_data_source("train")
+  return {source[i]["file_name"].decode(): int(source[i]["label"]) for i in range(len(source))}
+
+
+def test_overwrite_rebuilds_and_a_failed_rebuild_keeps_the_prepared_copy(tmp_path):
+  written = fx.write_rafdb(tmp_path / "manual")
+  label_file = tmp_path / "manual" / "basic" / "EmoLabel" / "list_patition_label.txt"
+  assert prepare("rafdb", tmp_path / "manual", tmp_path / "tfds").returncode == 0
+  replace_line(label_file, 1, "train_00001.jpg 1")
+  rebuilt = prepare("rafdb", tmp_path / "manual", tmp_path / "tfds", "--overwrite")
+  assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+  assert f"rafdb/basic/1.0.0 in {tmp_path / 'tfds' / 'rafdb' / 'basic' / '1.0.0'}:\n  train: 8 examples" in rebuilt.stdout
+  expected = {**written["labels"]["train"], "train_00001.jpg": 0}
+  assert read_train_labels(tmp_path / "tfds") == expected
+
+  replace_line(label_file, 3, "train_00003.jpg 9")
+  result = prepare("rafdb", tmp_path / "manual", tmp_path / "tfds", "--overwrite")
+  assert_user_error(result, f"{label_file}, line 3: label '9' is not one of")
+  assert read_train_labels(tmp_path / "tfds") == expected  # the copy rebuilt before, whole
+  assert sorted(path.name for path in (tmp_path / "tfds" / "rafdb" / "basic").iterdir()) == ["1.0.0"]
+
+
+def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
+  """A real SIGINT, sent by the run to itself while it writes the third training example."""
+  fx.write_rafdb(tmp_path / "manual")
+  script = tmp_path / "interrupted_prepare.py"
+  script.write_text(
+      "import os, signal\n"
+      "from fer_jax import cli\n"
+      "from fer_jax.data import builder_utils, prepare\n"
+      "from fer_jax.data.builders import rafdb\n"
+      "def interrupted(self, split, records):\n"
+      "  for number, example in enumerate(builder_utils.ManualBuilder._generate_examples(self, split, records)):\n"
+      "    if number == 2:\n"
+      "      os.kill(os.getpid(), signal.SIGINT)\n"
+      "    yield example\n"
+      "rafdb.Rafdb._generate_examples = interrupted\n"
+      "prepare.define_flags()\n"
+      "cli.run(prepare.main)\n")
+  result = subprocess.run([sys.executable, str(script), "--dataset=rafdb", f"--manual_dir={tmp_path / 'manual'}",
+                           f"--data_dir={tmp_path / 'tfds'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 130, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert result.stderr.rstrip().endswith("Interrupted: rafdb was not built; a copy prepared before stays as it was. "
+                                         "Run the same command to start again.")

@@ -1,6 +1,7 @@
 """The FER builders and `prepare` on tiny copies of the owners' layouts (tests/reference/datasets.py)."""
 
 import functools
+import io
 import logging
 import math
 import os
@@ -12,10 +13,12 @@ import tempfile
 from reference import datasets as fx
 import ml_collections
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
 from fer_jax.data import builder_utils
+from fer_jax.data import decode
 from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.data import prepare
@@ -90,6 +93,17 @@ def test_fer2013_bad_pixel_row_is_skipped_and_counted(tmp_path):
   builder = build("fer2013", tmp_path / "manual", tmp_path / "tfds", skip_corrupt=True)
   assert builder.skipped_images == {"public_test": ["fer2013.csv:4"]}
   assert builder.info.splits["public_test"].num_examples == 1
+
+
+def test_fer2013_row_missing_a_column_names_file_and_line(tmp_path):
+  fx.write_fer2013(tmp_path / "manual")
+  csv = tmp_path / "manual" / "fer2013.csv"
+  lines = csv.read_text().splitlines()
+  lines[3] = lines[3].rsplit(",", 1)[0]  # line 4 without its Usage
+  csv.write_text("\n".join(lines) + "\n")
+  with pytest.raises(builder_utils.DataError, match=r"fer2013\.csv, line 4: expected 3 columns \(emotion, pixels, Usage\), "
+                     "got 2"):
+    build("fer2013", tmp_path / "manual", tmp_path / "tfds")
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,6 +187,46 @@ def test_ferplus_occlusion_and_pose_subsets_through_prepare(tmp_path, caplog, co
   assert (dropped in caplog.text) == (config == "majority")  # fer0000009 has no majority label
 
 
+def test_ferplus_label_csv_missing_in_one_folder_is_refused_not_mixed_with_fer2013new(tmp_path):
+  fx.write_ferplus(tmp_path / "manual")
+  (tmp_path / "manual" / "data" / "FER2013Test" / "label.csv").unlink()
+  with pytest.raises(builder_utils.DataError) as error:
+    build("ferplus", tmp_path / "manual", tmp_path / "tfds")
+  message = str(error.value)
+  assert f"{tmp_path / 'manual'} has {tmp_path / 'manual' / 'data' / 'FER2013Train' / 'label.csv'} but lacks " \
+         "FER2013Test/label.csv" in message
+  assert "move them all away to take every split's votes from fer2013new.csv" in message
+
+
+@pytest.mark.parametrize("row,expected", [
+    ('fer0000006.png,"(0, 0, 48, 48)",0,0,0,10,0,0,0,0,0',
+     "line 1: expected 12 columns (image name, face box, neutral, happiness, surprise, sadness, anger, disgust, fear, "
+     "contempt, unknown, NF), got 11."),
+    ("fer0000006.png,0,0,0,10,0,0,0,0,0", "line 1: expected 11 columns (image name, neutral, happiness"),
+    (',"(0, 0, 48, 48)",0,0,0,10,0,0,0,0,0,0', "line 1: the image name (first column) is empty"),
+])
+def test_ferplus_malformed_label_csv_row_is_named(tmp_path, row, expected):
+  fx.write_ferplus(tmp_path / "manual")
+  label_csv = tmp_path / "manual" / "data" / "FER2013Valid" / "label.csv"
+  lines = label_csv.read_text().splitlines()
+  assert lines[0] == 'fer0000006.png,"(0, 0, 48, 48)",0,0,0,10,0,0,0,0,0,0'
+  label_csv.write_text("\n".join([row, *lines[1:]]) + "\n")
+  with pytest.raises(builder_utils.DataError) as error:
+    build("ferplus", tmp_path / "manual", tmp_path / "tfds")
+  assert str(error.value).startswith(f"{label_csv}, {expected}")
+
+
+def test_ferplus_fer2013new_row_with_only_its_usage_names_file_and_line(tmp_path):
+  fx.write_ferplus(tmp_path / "manual", label_csv=False, pngs=False)
+  new_csv = tmp_path / "manual" / "fer2013new.csv"
+  lines = new_csv.read_text().splitlines()
+  lines[3] = "Training"
+  new_csv.write_text("\n".join(lines) + "\n")
+  with pytest.raises(builder_utils.DataError, match=r"fer2013new\.csv, line 4: expected 12 columns \(Usage, Image name, "
+                     "neutral.*got 1"):
+    build("ferplus", tmp_path / "manual", tmp_path / "tfds")
+
+
 # --------------------------------------------------------------------------------------------
 # RAF-DB
 
@@ -203,6 +257,42 @@ def test_rafdb_aligned224_reads_apvit_layout(tmp_path):
   examples = read(builder, "test")
   assert labels_of(examples) == written["labels"]["test"]
   assert examples["test_0001.jpg"]["image"].shape == (16, 16, 3)
+
+
+def _rafdb_label_file(root, lines: list[str]) -> pathlib.Path:
+  """RAF-DB's tiny copy with `lines` replacing the first lines of its label file."""
+  fx.write_rafdb(root)
+  label_file = root / "basic" / "EmoLabel" / "list_patition_label.txt"
+  old = label_file.read_text().splitlines()
+  label_file.write_text("\n".join([*lines, *old[len(lines):]]) + "\n")
+  return label_file
+
+
+def test_rafdb_label_lines_separated_by_any_whitespace(tmp_path):
+  written = fx.write_rafdb(tmp_path / "written")
+  _rafdb_label_file(tmp_path / "manual", ["train_00001.jpg\t5", "train_00002.jpg   4 "])
+  builder = build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  assert labels_of(read(builder, "train")) == written["labels"]["train"]
+
+
+def test_rafdb_label_line_of_three_fields_says_the_format(tmp_path):
+  label_file = _rafdb_label_file(tmp_path / "manual", ["train_00001.jpg 5 2"])
+  with pytest.raises(builder_utils.DataError) as error:
+    build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  assert str(error.value).startswith(f"{label_file}, line 1: 'train_00001.jpg 5 2' is not a line \"<image name> "
+                                     '<label 1-7>" (as "train_00001.jpg 5")')
+
+
+def test_rafdb_duplicate_label_lines_must_agree(tmp_path):
+  label_file = _rafdb_label_file(tmp_path / "manual", ["train_00001.jpg 5", "train_00001.jpg 5"])
+  builder = build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  assert labels_of(read(builder, "train"))["train_00001.jpg"] == 4
+  assert builder.info.splits["train"].num_examples == len(fx.RAFDB_TRAIN) - 1  # line 2 replaced train_00002
+  label_file.write_text("train_00001.jpg 5\ntrain_00002.jpg 4\ntrain_00001_aligned.jpg 3\n")
+  with pytest.raises(builder_utils.DataError) as error:
+    build("rafdb", tmp_path / "manual", tmp_path / "tfds2")
+  assert str(error.value).startswith(f"{label_file}, line 3: 'train_00001_aligned.jpg' is labelled 3, but {label_file}, "
+                                     "line 1 gives it 5. Keep one of the lines")
 
 
 def test_rafdb_names_map_to_the_official_apvit_table():
@@ -291,6 +381,29 @@ def test_affectnet_later_release_npy_annotations(tmp_path):
   assert len(read(builder, "validation")) == 7
 
 
+def test_affectnet_face_box_outside_the_image_names_csv_line_even_with_skip_corrupt(tmp_path):
+  fx.write_affectnet_original(tmp_path / "manual")
+  csv = tmp_path / "manual" / "Manually_Annotated_file_lists" / "validation.csv"
+  lines = csv.read_text().splitlines()
+  fields = lines[2].split(",")
+  fields[1:5] = ["40", "2", "8", "6"]  # face_x beyond the 16-pixel-wide image
+  lines[2] = ",".join(fields)
+  csv.write_text("\n".join(lines) + "\n")
+  for skip_corrupt in (False, True):
+    with pytest.raises(builder_utils.DataError) as error:
+      build("affectnet/classes8_facecrop", tmp_path / "manual", tmp_path / "tfds", skip_corrupt)
+    assert str(error.value).startswith(f"{csv}, line 3: the face box (face_x, face_y, face_width, face_height) "
+                                       f"(40, 2, 8, 6) lies outside the 16×12 image {tmp_path / 'manual'}")
+
+
+def test_affectnet_empty_annotation_file_is_named(tmp_path):
+  fx.write_affectnet_later(tmp_path / "manual")
+  empty = tmp_path / "manual" / "val_set" / "annotations" / "3_exp.npy"
+  empty.write_bytes(b"")
+  with pytest.raises(builder_utils.DataError, match=f"Cannot read the annotation {empty} \\(No data left in file\\)"):
+    build("affectnet", tmp_path / "manual", tmp_path / "tfds")
+
+
 def test_affectnet_face_crop_needs_the_original_release(tmp_path):
   fx.write_affectnet_later(tmp_path / "manual")
   with pytest.raises(builder_utils.DataError, match="already cropped: use config classes8"):
@@ -323,6 +436,18 @@ def test_sfew_class_folders(tmp_path, config):
     assert labels_of(examples) == expected  # Thumbs.db is ignored
     for name, example in examples.items():
       assert_colour(example["image"], written["colour"][name], tolerance=0)
+
+
+@pytest.mark.parametrize("dataset,write", [("sfew", fx.write_sfew), ("fedro", fx.write_fedro)])
+def test_macos_metadata_in_class_folders_is_skipped(tmp_path, dataset, write):
+  written = write(tmp_path / "manual")
+  for image in list((tmp_path / "manual").rglob("*.[jp][pn]g")):
+    (image.parent / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # what macOS's zip puts there
+    fx.write_image(image.parent / "__MACOSX" / f"._{image.name}", 0)
+  builder = build(dataset, tmp_path / "manual", tmp_path / "tfds")
+  split = "validation" if dataset == "sfew" else "test"
+  expected = written["aligned"] if dataset == "sfew" else written
+  assert labels_of(read(builder, split)) == expected[split]
 
 
 def test_fedro_folders_in_affectnet_order(tmp_path):
@@ -366,6 +491,72 @@ def test_corrupt_image_raises_or_is_skipped_and_counted(tmp_path):
   builder = build("rafdb", tmp_path / "manual", tmp_path / "tfds", skip_corrupt=True)
   assert builder.skipped_images == {"test": ["test_0003.jpg"]}
   assert builder.info.splits["test"].num_examples == len(fx.RAFDB_TEST) - 1
+
+
+def test_empty_image_file_is_named_and_can_be_skipped(tmp_path):
+  fx.write_rafdb(tmp_path / "manual")
+  empty = tmp_path / "manual" / "basic" / "Image" / "aligned" / "test_0003_aligned.jpg"
+  empty.write_bytes(b"")
+  with pytest.raises(builder_utils.DataError, match=f"Cannot read image {empty} \\(the file is empty\\)"):
+    build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  builder = build("rafdb", tmp_path / "manual", tmp_path / "tfds", skip_corrupt=True)
+  assert builder.skipped_images == {"test": ["test_0003.jpg"]}
+
+
+def test_missing_image_stops_even_with_skip_corrupt(tmp_path):
+  fx.write_rafdb(tmp_path / "manual")
+  missing = tmp_path / "manual" / "basic" / "Image" / "aligned" / "test_0003_aligned.jpg"
+  missing.unlink()
+  for skip_corrupt in (False, True):
+    with pytest.raises(builder_utils.DataError) as error:
+      build("rafdb", tmp_path / "manual", tmp_path / "tfds", skip_corrupt)
+    assert str(error.value).startswith(f"Image {missing}, listed in {tmp_path / 'manual' / 'basic' / 'EmoLabel'}")
+    assert "does not exist. Restore it from the owners' download (--skip_corrupt skips unreadable images, not " \
+           "missing ones)." in str(error.value)
+
+
+def _with_byte_order_mark(path) -> None:
+  path.write_bytes("\ufeff".encode() + path.read_bytes())
+
+
+@pytest.mark.parametrize("dataset,write,text_files", [
+    ("fer2013", fx.write_fer2013, ["fer2013.csv"]),
+    ("ferplus", fx.write_ferplus, ["data/FER2013Train/label.csv", "data/FER2013Valid/label.csv"]),
+    ("ferplus", functools.partial(fx.write_ferplus, label_csv=False, pngs=False), ["fer2013new.csv"]),
+    ("affectnet", fx.write_affectnet_original, ["Manually_Annotated_file_lists/training.csv",
+                                                "Manually_Annotated_file_lists/validation.csv"]),
+    ("rafdb", fx.write_rafdb, ["basic/EmoLabel/list_patition_label.txt"]),
+])
+def test_text_files_with_a_byte_order_mark_read_as_without(tmp_path, dataset, write, text_files):
+  write(tmp_path / "plain")
+  write(tmp_path / "marked")
+  for name in text_files:
+    _with_byte_order_mark(tmp_path / "marked" / name)
+  plain = build(dataset, tmp_path / "plain", tmp_path / "tfds_plain")
+  marked = build(dataset, tmp_path / "marked", tmp_path / "tfds_marked")
+  for split in plain.info.splits:
+    assert labels_of(read(marked, split)) == labels_of(read(plain, split))
+
+
+SIXTEEN_BIT = np.array([[0x0000, 0x00ff, 0x0100], [0x8040, 0xff00, 0xffff]], np.uint16)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Image.fromarray(SIXTEEN_BIT),  # as PIL opens 16-bit grey PNGs
+    lambda: Image.frombytes("I;16B", (3, 2), SIXTEEN_BIT.astype(">u2").tobytes()),
+    lambda: Image.fromarray(SIXTEEN_BIT.astype(np.int32)),  # as older PIL versions open them
+], ids=["I;16", "I;16B", "I"])
+def test_sixteen_bit_grey_keeps_its_top_eight_bits_when_stored_and_at_prediction(make):
+  image = make()
+  expected = (SIXTEEN_BIT >> 8).astype(np.uint8)
+  for channels in (1, 3):
+    np.testing.assert_array_equal(decode.to_stored(image, (2, 3, channels)), np.repeat(expected[..., None], channels, -1))
+  buffer = io.BytesIO()
+  image.save(buffer, format="TIFF")
+  for channels, mode in ((1, "L"), (3, "RGB")):
+    with Image.open(io.BytesIO(builder_utils.encode_image(buffer.getvalue(), channels))) as stored:
+      assert stored.mode == mode
+      np.testing.assert_array_equal(np.asarray(stored.convert("L")), expected)
 
 
 def test_label_out_of_range_names_file_and_line(tmp_path):
@@ -477,10 +668,15 @@ def test_prepare_command_is_idempotent_and_fails_on_bad_input(tmp_path):
   first = run([*command, f"--manual_dir={tmp_path / 'manual'}"])
   assert first.returncode == 0, first.stderr
   assert "test: 14 examples" in first.stdout
-  # Already complete: nothing is read, not even the (now missing) manual directory.
-  again = run([*command, f"--manual_dir={tmp_path / 'gone'}"])
+  # Already complete: nothing is read, and the warning says how to rebuild.
+  (tmp_path / "manual" / "FED_RO_crop" / "anger" / "anger_0.jpg").unlink()
+  again = run([*command, f"--manual_dir={tmp_path / 'manual'}"])
   assert again.returncode == 0 and "test: 14 examples" in again.stdout
-  bad = run([*command[:-1], f"--data_dir={tmp_path / 'other'}", f"--manual_dir={tmp_path / 'gone'}"])
-  assert bad.returncode == 2
-  assert f"--manual_dir {tmp_path / 'gone'} is not a folder" in bad.stderr
-  assert "github.com/mysee1989/PG-CNN" in bad.stderr
+  assert (f"fedro/1.0.0 is already prepared in {tmp_path / 'tfds' / 'fedro' / '1.0.0'}, so nothing was read from "
+          f"{tmp_path / 'manual'}. To rebuild it from there, run the same command with --overwrite.") in again.stderr
+  # A --manual_dir that does not exist stops it, even when the set is prepared.
+  for data_dir in (tmp_path / "tfds", tmp_path / "other"):
+    bad = run([*command[:-1], f"--data_dir={data_dir}", f"--manual_dir={tmp_path / 'gone'}"])
+    assert bad.returncode == 2
+    assert f"--manual_dir {tmp_path / 'gone'} is not a folder" in bad.stderr
+    assert "github.com/mysee1989/PG-CNN" in bad.stderr

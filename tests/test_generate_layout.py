@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from fer_jax.data import generate_layout
 from fer_jax.data import labels
 from fer_jax.data import prepare
+from helpers import assert_user_error, run_command
 
 tfds.disable_progress_bar()
 SCALE = 0.001  # 1-5 images per class
@@ -207,3 +208,11 @@ def test_output_depends_only_on_the_seed(tmp_path):
   assert (tmp_path / "c" / "fer2013.csv").read_bytes() == (tmp_path / "d" / "fer2013.csv").read_bytes()
   with pytest.raises(ValueError, match="not empty"):
     generate_layout.generate("rafdb", os.fspath(tmp_path / "a"), scale=SCALE)
+
+
+@pytest.mark.integration
+def test_command_refuses_a_non_empty_out_with_status_2(tmp_path):
+  (tmp_path / "kept.txt").write_text("not to be mixed with a layout")
+  result = run_command("fer_jax.data.generate_layout", "--dataset=rafdb", f"--out={tmp_path}", f"--scale={SCALE}")
+  assert_user_error(result, f"Cannot write the rafdb layout: --out {tmp_path} is not empty; choose a new folder.")
+  assert [path.name for path in tmp_path.iterdir()] == ["kept.txt"]

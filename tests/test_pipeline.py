@@ -202,7 +202,7 @@ def test_label_index_gives_the_labels_and_order_of_the_records(tmp_path, caplog)
   with caplog.at_level("INFO"):
     _assert_same_labels_and_order(affectnet, splits)
   assert f"has no label index {index}" in caplog.text
-  prepare.prepare("affectnet", os.fspath(tmp_path / "gone"), os.fspath(tmp_path / "tfds"))
+  prepare.prepare("affectnet", os.fspath(tmp_path / "affectnet"), os.fspath(tmp_path / "tfds"))
   assert index.exists()
   _assert_same_labels_and_order(affectnet, ("train",))
 

@@ -21,8 +21,10 @@ from absl import logging
 from etils import epath
 import numpy as np
 from PIL import Image
+from PIL import UnidentifiedImageError
 import tensorflow_datasets as tfds
 
+from fer_jax.data import decode
 from fer_jax.errors import UserError
 
 
@@ -66,9 +68,22 @@ def parse_label(text: str, valid: Container[int], where: str) -> int:
   return value
 
 
+def check_columns(row: Sequence[str], names: Sequence[str], where: str) -> None:
+  """Raises unless the CSV `row` has one column per name."""
+  if len(row) != len(names):
+    raise DataError(f"{where}: expected {len(names)} columns ({', '.join(names)}), got {len(row)}. Correct the "
+                    "line or restore the file from the owners' download.")
+
+
+def open_text(path: epath.Path):
+  """A label file or CSV opened for reading (also by `csv.reader`): UTF-8 with or without a byte-order
+  mark, any line ending."""
+  return open(path, encoding="utf-8-sig", newline="")
+
+
 def read_lines(path: epath.Path) -> Iterator[tuple[int, str]]:
-  """(1-based line number, stripped text) of the non-blank lines; CRLF files are fine."""
-  with open(path, encoding="utf-8-sig") as f:
+  """(1-based line number, stripped text) of the non-blank lines."""
+  with open_text(path) as f:
     for number, line in enumerate(f, start=1):
       if line.strip():
         yield number, line.strip()
@@ -85,15 +100,21 @@ def encode_image(data: bytes, channels: int) -> bytes:
 
   JPEG and PNG files whose pixels are already 8-bit gray or (for colour sets) RGB are kept
   byte for byte; anything else (CMYK, palette, alpha, 16-bit, BMP, ...) is converted and
-  stored as PNG.
+  stored as PNG (16-bit grey scaled to 8 bits, `decode.to_mode`).
   """
-  with Image.open(io.BytesIO(data)) as image:
+  if not data:
+    raise ValueError("the file is empty")
+  try:
+    image = Image.open(io.BytesIO(data))
+  except UnidentifiedImageError:
+    raise ValueError("not an image file PIL can identify") from None
+  with image:
     image.load()
     kept_modes = ("L",) if channels == 1 else ("L", "RGB")
     if image.format in ("JPEG", "PNG") and image.mode in kept_modes:
       return data
     buffer = io.BytesIO()
-    image.convert("L" if channels == 1 else "RGB").save(buffer, format="PNG")
+    decode.to_mode(image, "L" if channels == 1 else "RGB").save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -175,6 +196,12 @@ class ManualBuilder(LocalBuilder):
     try:
       data = record.image() if callable(record.image) else record.image.read_bytes()
       return encode_image(data, self.CHANNELS)
+    except DataError:
+      raise  # a label found faulty on reading the image (an AffectNet face box outside it): never skipped
+    except FileNotFoundError as e:
+      listed_in = self.split_sources.get(split, "the label file")
+      raise DataError(f"Image {e.filename or source}, listed in {listed_in}, does not exist. Restore it from the "
+                      "owners' download (--skip_corrupt skips unreadable images, not missing ones).") from e
     except (OSError, ValueError, Image.DecompressionBombError) as e:
       if not self.skip_corrupt:
         fix = "Make it readable" if isinstance(e, PermissionError) else "Replace it from the owners' download"
@@ -186,6 +213,12 @@ class ManualBuilder(LocalBuilder):
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def is_image_file(path: epath.Path) -> bool:
+  """An image by its suffix, but not macOS's `._<name>` metadata (which unzipping an archive made on a Mac
+  leaves beside each file)."""
+  return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("._")
 
 
 def class_folder_records(folder: epath.Path, class_of_folder: dict[str, int], root: epath.Path,
@@ -203,8 +236,7 @@ def class_folder_records(folder: epath.Path, class_of_folder: dict[str, int], ro
     raise DataError(f"{folder} lacks the class folders {missing} (found: {found}). The manual directory "
                     f"should look like:\n{layout}")
   return [Record(file_name=os.fspath(path.relative_to(root)), label=label, image=path)
-          for child, label in labels.items() for path in sorted(child.iterdir())
-          if path.suffix.lower() in IMAGE_SUFFIXES]
+          for child, label in labels.items() for path in sorted(child.iterdir()) if is_image_file(path)]
 
 
 

@@ -42,12 +42,23 @@ class UnreadableImageError(UserError, OSError):
   """An image file that cannot, or must not, be decoded; the message names the file and the fix."""
 
 
+# PIL's modes of 16-bit grey samples; older PIL versions open 16-bit PNGs as "I" (32-bit integers).
+SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+  """`image` as 8-bit "RGB" or "L". 16-bit grey keeps its top 8 bits, where PIL's own convert clips every
+  sample above 255 (an all-white image)."""
+  if image.mode in SIXTEEN_BIT_GREY_MODES:
+    samples = np.clip(np.asarray(image), 0, 2**16 - 1).astype(np.uint16)
+    image = Image.fromarray((samples >> 8).astype(np.uint8))
+  return image if image.mode == mode else image.convert(mode)
+
+
 def to_stored(image: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
   """RGB (3 channels) or grayscale (1), resized with PIL bilinear (antialiased) if its size differs."""
   height, width, channels = shape
-  mode = "RGB" if channels == 3 else "L"
-  if image.mode != mode:
-    image = image.convert(mode)
+  image = to_mode(image, "RGB" if channels == 3 else "L")
   if image.size != (width, height):
     image = image.resize((width, height), Image.BILINEAR)
   array = np.asarray(image)

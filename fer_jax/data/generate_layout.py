@@ -53,7 +53,6 @@ import io
 import math
 import multiprocessing
 import os
-import sys
 import time
 
 from absl import flags
@@ -63,6 +62,7 @@ from PIL import Image
 from fer_jax import cli
 from fer_jax.data import labels
 from fer_jax.data import synthetic_faces
+from fer_jax.errors import ConfigError
 from fer_jax.errors import UserError
 
 # Class counts in each data set's own label order (labels.CLASS_ORDERS).
@@ -381,11 +381,11 @@ PREPARE_NAMES = {"rafdb_aligned224": "rafdb/aligned224"}  # --dataset of prepare
 def generate(dataset: str, out: str, scale: float = 1.0, seed: int = 0, workers: int = 0) -> dict:
   """Writes the layout of `dataset` under `out`; returns {split: count per label}, "bytes", "seconds"."""
   if dataset not in LAYOUTS:
-    raise ValueError(f"Unknown data set {dataset!r}; choose one of {', '.join(LAYOUTS)}.")
+    raise ConfigError(f"Unknown data set {dataset!r}; choose one of {', '.join(LAYOUTS)}.")
   if scale <= 0:
-    raise ValueError(f"--scale must be positive, got {scale}.")
+    raise ConfigError(f"--scale must be positive, got {scale}.")
   if os.path.isdir(out) and os.listdir(out):
-    raise ValueError(f"--out {out} is not empty; choose a new folder.")
+    raise ConfigError(f"--out {out} is not empty; choose a new folder.")
   start = time.perf_counter()
   jobs, counts = LAYOUTS[dataset](out, scale, seed)
   total_bytes = WRITERS.get(dataset, write_images)(jobs, workers)
@@ -426,9 +426,8 @@ def main(argv):
   args = flags.FLAGS
   try:
     result = generate(args.dataset, args.out, args.scale, args.seed, args.workers)
-  except ValueError as e:
-    print(f"Cannot write the {args.dataset} layout: {e}", file=sys.stderr)
-    sys.exit(1)
+  except ConfigError as e:
+    raise ConfigError(f"Cannot write the {args.dataset} layout: {e}") from None
   print(summary(args.dataset, args.out, result))
 
 

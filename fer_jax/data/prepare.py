@@ -5,23 +5,30 @@ r"""Turns a hand-downloaded FER data set into a TFDS (ArrayRecord) data set, onc
 
 --dataset is one of fer2013, ferplus, rafdb, affectnet, sfew, fedro, optionally with a
 builder config: ferplus/plurality, rafdb/aligned224, affectnet/classes7, sfew/original, ...
-(without one, each data set's default config). A second run finds the set complete and does
-nothing, except give a set prepared before label indexes existed its index (`*.labels.npy`,
-read from the records; nothing is rebuilt). TFDS writes every split into a temporary
-`incomplete.*` folder beside the final one and renames it only when all splits and the
-metadata are written, so an interrupted run never leaves a set that looks complete; the next
-run deletes such leftovers before starting again.
+(without one, each data set's default config). A second run finds the set complete, warns that
+it read nothing from --manual_dir (`--overwrite` rebuilds the set) and does nothing else, except
+give a set prepared before label indexes existed its index (`*.labels.npy`, read from the
+records; nothing is rebuilt). TFDS writes every split into a temporary `incomplete.*` folder
+beside the final one and renames it only when all splits and the metadata are written, so an
+interrupted run never leaves a set that looks complete; the next run deletes such leftovers
+before starting again. `--overwrite` builds the new copy in such a folder too and swaps it in
+only once complete: a rebuild that fails or is interrupted keeps the old copy. Ctrl-C ends the
+run with a one-line message and exit status 130.
 Bad input ends the run with a one-line message naming the file (and line) at fault and the
 fix, and exit status 2 (`--verbose` adds the traceback): a missing --manual_dir or file,
 labels out of range or missing (an AffectNet image without its `_exp.npy`), a malformed row, a
 split with no examples (a CSV holding only its header), an occlusion or pose list entry naming
-an image its split lacks, an unreadable image, or a --data_dir that cannot be written. `--skip_corrupt` skips unreadable images only (damaged, truncated or
-not readable by this user, FER2013 rows whose pixels are not 48×48 values in 0-255), logs and
-counts them; a missing or malformed label still stops the run, since leaving such images out
-would quietly change the set.
+an image its split lacks, an unreadable image, or a --data_dir that cannot be written.
+`--skip_corrupt` skips unreadable images only (empty, damaged, truncated or not readable by
+this user, FER2013 rows whose pixels are not 48×48 values in 0-255), logs and counts them; a
+missing image file or a missing or malformed label still stops the run, since leaving such
+images out would quietly change the set.
 """
 
 import errno
+import os
+import signal
+import sys
 
 from absl import flags
 from absl import logging
@@ -34,6 +41,7 @@ from fer_jax.data.builders import affectnet, fedro, fer2013, ferplus, rafdb, sfe
 from fer_jax.errors import UserError
 
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+INTERRUPTED_STATUS = 128 + signal.SIGINT  # a shell's status for a command stopped by Ctrl-C
 DATASETS = {"fer2013": fer2013.Fer2013, "ferplus": ferplus.Ferplus, "rafdb": rafdb.Rafdb,
             "affectnet": affectnet.Affectnet, "sfew": sfew.Sfew, "fedro": fedro.Fedro}
 
@@ -60,29 +68,54 @@ def remove_leftovers(builder) -> None:
 
 def prepare(dataset: str, manual_dir: str, data_dir: str | None = None, skip_corrupt: bool = False,
             overwrite: bool = False):
-  """Builds `dataset` from `manual_dir` unless a complete copy exists; returns the builder."""
+  """Builds `dataset` from `manual_dir` unless a complete copy exists (rebuilds it with `overwrite`);
+  returns the builder of the prepared set."""
   builder = make_builder(dataset, data_dir, skip_corrupt)
+  manual = epath.Path(manual_dir).expanduser()
+  if not manual.is_dir():
+    raise builder_utils.DataError(f"--manual_dir {manual} is not a folder.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   try:
-    if builder.is_prepared() and not overwrite:
-      logging.info("%s is already prepared in %s.", builder.info.full_name, builder.data_dir)
+    prepared = builder.is_prepared()
+    if prepared and not overwrite:
+      logging.warning("%s is already prepared in %s, so nothing was read from %s. To rebuild it from there, run "
+                      "the same command with --overwrite.", builder.info.full_name, builder.data_dir, manual)
       builder_utils.write_label_index(builder)  # a set prepared before the label index existed gets it
       return builder
-    manual = epath.Path(manual_dir).expanduser()
-    if not manual.is_dir():
-      raise builder_utils.DataError(f"--manual_dir {manual} is not a folder.\n"
-                                    f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     remove_leftovers(builder)
-    modes = tfds.download.GenerateMode
-    mode = modes.FORCE_REDOWNLOAD if overwrite else modes.REUSE_DATASET_IF_EXISTS
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(manual_dir=manual, download_mode=mode))
+    if prepared:
+      return rebuild(dataset, builder, manual)
+    build(builder, manual)
   except OSError as e:
     if e.errno in NOT_WRITABLE and is_inside(e.filename, builder.data_dir_root):
       raise builder_utils.DataError(f"--data_dir {builder.data_dir_root} is not writable ({e.strerror}: "
                                     f"{e.filename}). Make it writable, or pass another --data_dir.") from e
     raise
   return builder
+
+
+def build(builder, manual: epath.Path) -> None:
+  builder.download_and_prepare(file_format="array_record",
+                               download_config=tfds.download.DownloadConfig(manual_dir=manual))
+
+
+def rebuild(dataset: str, builder, manual: epath.Path):
+  """Builds a fresh copy of the prepared `builder`'s set beside it and swaps it in only once complete, so a
+  failed or interrupted rebuild leaves the old copy as it was; returns the builder of the new copy.
+
+  The fresh copy's folder is named as TFDS names its temporary ones, so the next run deletes it if this
+  one is killed."""
+  path = builder.data_path
+  staging = path.parent / f"incomplete.overwrite{os.getpid()}_{path.name}"
+  try:
+    fresh = make_builder(dataset, os.fspath(staging), builder.skip_corrupt)
+    build(fresh, manual)
+    path.rename(staging / "replaced")
+    fresh.data_path.rename(path)
+  finally:
+    staging.rmtree(missing_ok=True)
+  rebuilt = make_builder(dataset, builder.data_dir_root, builder.skip_corrupt)
+  rebuilt.skipped_images = fresh.skipped_images
+  return rebuilt
 
 
 def is_inside(path, folder) -> bool:
@@ -107,7 +140,8 @@ def define_flags() -> None:
   flags.DEFINE_string("data_dir", None, "Where TFDS data sets live (default: TFDS's, "
                       "~/tensorflow_datasets or $TFDS_DATA_DIR).")
   flags.DEFINE_bool("skip_corrupt", False, "Skip and count unreadable images instead of failing.")
-  flags.DEFINE_bool("overwrite", False, "Delete an existing prepared copy and build it again.")
+  flags.DEFINE_bool("overwrite", False, "Build the set again, replacing a prepared copy only once the new one "
+                    "is complete.")
   flags.mark_flags_as_required(["dataset", "manual_dir"])
 
 
@@ -120,6 +154,10 @@ def main(argv):
     builder = prepare(args.dataset, args.manual_dir, args.data_dir, args.skip_corrupt, args.overwrite)
   except builder_utils.DataError as e:
     raise builder_utils.DataError(f"Cannot prepare {args.dataset}: {e}") from None
+  except KeyboardInterrupt:
+    print(f"\nInterrupted: {args.dataset} was not built; a copy prepared before stays as it was. Run the same "
+          "command to start again.", file=sys.stderr)
+    sys.exit(INTERRUPTED_STATUS)
   print(summary(builder))
 
 

@@ -39,7 +39,8 @@ CSV_FOLDERS = (".", "Manually_Annotated_file_lists")
 IMAGE_FOLDERS = ("Manually_Annotated_Images", "Manually_Annotated/Manually_Annotated_Images")
 ORIGINAL_SPLITS = {"train": "training.csv", "validation": "validation.csv"}
 LATER_SPLITS = {"train": "train_set", "validation": "val_set"}
-HEADER_START = "subDirectory_filePath"
+COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks", "expression",
+           "valence", "arousal")
 CODES = range(11)  # 0-7 the expressions, 8 None, 9 Uncertain, 10 Non-face
 CROP_QUALITY = 95
 MISSING_SHOWN = 5  # missing annotation files named in the error
@@ -86,14 +87,17 @@ def _expected(num_classes: int) -> dict[str, int]:
   return {"train": 287_651 if num_classes == 8 else 283_901, "validation": 500 * num_classes, **subsets}
 
 
-def crop_face(path, box: tuple[int, int, int, int]) -> bytes:
-  """JPEG of `path` cropped to (x, y, width, height), clipped to the image."""
+def crop_face(path, box: tuple[int, int, int, int], where: str) -> bytes:
+  """JPEG of `path` cropped to (x, y, width, height), clipped to the image; DataError naming `where`
+  (the CSV row) when the box lies wholly outside it."""
   x, y, width, height = box
   with Image.open(path) as image:
     left, top = max(x, 0), max(y, 0)
     right, bottom = min(x + width, image.width), min(y + height, image.height)
     if right <= left or bottom <= top:
-      raise ValueError(f"face box {box} lies outside the {image.width}×{image.height} image")
+      raise builder_utils.DataError(
+          f"{where}: the face box (face_x, face_y, face_width, face_height) {box} lies outside the "
+          f"{image.width}×{image.height} image {path}. Correct the row or restore the file from the owners' download.")
     face = image.crop((left, top, right, bottom))
     if face.mode not in ("L", "RGB"):
       face = face.convert("RGB")
@@ -177,7 +181,7 @@ class Affectnet(builder_utils.ManualBuilder):
         image = images / row[0].strip()
         if self.builder_config.face_crop:
           box = tuple(int(_number(v, where)) for v in row[1:5])
-          image = functools.partial(crop_face, image, box)
+          image = functools.partial(crop_face, image, box, where)
         yield builder_utils.Record(file_name=row[0].strip(), label=code, image=image, extras=extras)
 
   def _subsets(self, lists: dict, validation_csv, images) -> dict[str, list[builder_utils.Record]]:
@@ -212,15 +216,13 @@ class Affectnet(builder_utils.ManualBuilder):
 
 def _annotation_rows(path):
   """(where, row) of every image row of an original-release CSV (the header and blank lines skipped)."""
-  with open(path, newline="") as f:
+  with builder_utils.open_text(path) as f:
     reader = csv.reader(f)
     for row in reader:
-      if not row or row[0].strip() == HEADER_START:
+      if not row or row[0].strip() == COLUMNS[0]:
         continue
       where = f"{path}, line {reader.line_num}"
-      if len(row) != 9:
-        raise builder_utils.DataError(
-            f"{where}: expected 9 columns ({HEADER_START}, face_x, ..., arousal), got {len(row)}.")
+      builder_utils.check_columns(row, COLUMNS, where)
       yield where, row
 
 
@@ -268,8 +270,9 @@ def _npy_text(path) -> str:
   """The scalar an annotation .npy holds (the release stores strings; numbers work too), as text."""
   try:
     value = np.load(path, allow_pickle=False).item()
-  except (OSError, ValueError) as e:
-    raise builder_utils.DataError(f"Cannot read the annotation {path}: {e}") from e
+  except (OSError, ValueError, EOFError) as e:  # EOFError: an empty or truncated file
+    raise builder_utils.DataError(f"Cannot read the annotation {path} ({e}). Restore it from the "
+                                  "owners' download.") from e
   return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 

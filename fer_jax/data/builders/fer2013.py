@@ -38,7 +38,7 @@ def find_csv(root):
 
 def read_rows(path) -> Iterator[tuple[int, str, str, str]]:
   """(line number, emotion, pixels, Usage) of every row; column order and spacing may vary."""
-  with open(path, newline="") as f:
+  with builder_utils.open_text(path) as f:
     reader = csv.reader(f)
     header = [name.strip() for name in next(reader, [])]
     missing = [name for name in COLUMNS if name not in header]
@@ -48,6 +48,7 @@ def read_rows(path) -> Iterator[tuple[int, str, str, str]]:
     emotion, pixels, usage = (header.index(name) for name in COLUMNS)
     for row in reader:
       if row:
+        builder_utils.check_columns(row, header, f"{path}, line {reader.line_num}")
         yield reader.line_num, row[emotion], row[pixels], row[usage].strip()
 
 

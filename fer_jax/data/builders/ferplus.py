@@ -1,8 +1,9 @@
 """FERPlus (docs/methods/datasets.md §5.2): FER2013 faces relabelled by 10 annotators, 8 classes.
 
-Votes come from each folder's `label.csv` when present (what the FERPlus trainer and
+Votes come from the folders' `label.csv` files when present (what the FERPlus trainer and
 SCAN-CCI read; both layouts, with and without the face-box column), otherwise from
-`fer2013new.csv`. The two files disagree on about 4% of the images. Images come from the
+`fer2013new.csv`; the two disagree on about 4% of the images, so a download where only some
+folders hold a `label.csv` is refused rather than mixing them. Images come from the
 PNGs written by FERPlus's `generate_training_data.py`, or are regenerated the same way from
 `fer2013.csv` when a folder holds no PNGs.
 
@@ -147,27 +148,29 @@ RULES = {"majority": _majority, "plurality": _plurality, "distribution": _distri
 
 
 def parse_votes(values: list[str], where: str) -> np.ndarray:
-  if len(values) != len(VOTE_COLUMNS):
-    raise builder_utils.DataError(f"{where}: expected {len(VOTE_COLUMNS)} vote counts "
-                                  f"({', '.join(VOTE_COLUMNS)}), got {len(values)}.")
   return np.array([builder_utils.parse_label(v, range(11), where) for v in values], np.int32)
 
 
 def read_label_csv(path) -> Iterator[tuple[str, np.ndarray]]:
   """(image name, votes) of a folder's label.csv, with or without the face-box column."""
-  with open(path, newline="") as f:
+  with builder_utils.open_text(path) as f:
     reader = csv.reader(f)
     for row in reader:
       if not row:
         continue
       where = f"{path}, line {reader.line_num}"
-      has_box = len(row) == 2 + len(VOTE_COLUMNS) and row[1].strip().startswith("(")
-      yield row[0].strip(), parse_votes(row[2:] if has_box else row[1:], where)
+      has_box = len(row) > 1 and row[1].strip().startswith("(")
+      columns = ("image name", *(("face box",) if has_box else ()), *VOTE_COLUMNS)
+      builder_utils.check_columns(row, columns, where)
+      if not row[0].strip():
+        raise builder_utils.DataError(f"{where}: the image name (first column) is empty. Correct the line or "
+                                      "restore the file from the owners' download.")
+      yield row[0].strip(), parse_votes(row[len(columns) - len(VOTE_COLUMNS):], where)
 
 
 def read_fer2013new(path) -> Iterator[tuple[int, str, str, np.ndarray]]:
   """(line, Usage, image name or "" for non-faces, votes) of every row of fer2013new.csv."""
-  with open(path, newline="") as f:
+  with builder_utils.open_text(path) as f:
     reader = csv.reader(f)
     header = [name.strip() for name in next(reader, [])]
     if header[:2] != ["Usage", "Image name"] or tuple(header[2:]) != VOTE_COLUMNS:
@@ -176,6 +179,7 @@ def read_fer2013new(path) -> Iterator[tuple[int, str, str, np.ndarray]]:
     for row in reader:
       if row:
         where = f"{path}, line {reader.line_num}"
+        builder_utils.check_columns(row, header, where)
         yield reader.line_num, row[0].strip(), row[1].strip(), parse_votes(row[2:], where)
 
 
@@ -210,8 +214,7 @@ class Ferplus(builder_utils.ManualBuilder):
 
   def _split_generators(self, dl_manager):
     root = self.manual_root(dl_manager)
-    self._votes_files = {}
-    votes = {split: self._read_votes(root, split) for split in FOLDERS}
+    votes = self._read_votes(root)
     records = {split: self._records(root, split, votes[split]) for split in FOLDERS}
     lists = builder_utils.find_subset_lists((root, root / "FER2013Test", root / "data" / "FER2013Test"), SUBSET_LISTS)
     if lists:
@@ -221,23 +224,34 @@ class Ferplus(builder_utils.ManualBuilder):
         keys = builder_utils.listed_keys(path, parse_subset_entry, labels, votes["test"], range(NUM_EMOTIONS),
                                          f"FERPlus's test split ({self.split_sources['test']})")
         records[split] = [test[key] for key in keys]
-        self.split_sources[split], self._votes_files[split] = path, self._votes_files["test"]
+        self.split_sources[split] = path
     return {split: self._generate_examples(split, split_records) for split, split_records in records.items()}
 
   def _expected_size(self, split: str) -> int | None:
-    return EXPECTED_SIZES.get((self.builder_config.name, self._votes_files.get(split)), {}).get(split)
+    return EXPECTED_SIZES.get((self.builder_config.name, self._votes_file), {}).get(split)
 
-  def _read_votes(self, root, split: str) -> dict[str, np.ndarray]:
-    """{image name: votes} of the split, from its folder's label.csv, else from fer2013new.csv."""
-    folder = _folder(root, split)
-    label_csv = folder / "label.csv" if folder is not None else None
-    if label_csv is not None and label_csv.exists():
-      self._votes_files[split], self.split_sources[split] = "label.csv", label_csv
-      return dict(read_label_csv(label_csv))
+  def _read_votes(self, root) -> dict[str, dict[str, np.ndarray]]:
+    """{split: {image name: votes}}, from every folder's label.csv, else all from fer2013new.csv: never
+    a mix, as the two disagree on about 4% of the images."""
+    label_csvs = {split: path for split in FOLDERS if (path := _label_csv(root, split)) is not None}
+    if label_csvs and len(label_csvs) < len(FOLDERS):
+      missing = ", ".join(f"{FOLDERS[split][0]}/label.csv" for split in FOLDERS if split not in label_csvs)
+      raise builder_utils.DataError(
+          f"{root} has {next(iter(label_csvs.values()))} but lacks {missing}: the splits would take their votes "
+          "from different files, which disagree on about 4% of the images. Restore every label.csv from "
+          "github.com/microsoft/FERPlus (generate_training_data.py), or move them all away to take every split's "
+          "votes from fer2013new.csv.")
+    if label_csvs:
+      self._votes_file, self.split_sources = "label.csv", dict(label_csvs)
+      return {split: dict(read_label_csv(path)) for split, path in label_csvs.items()}
     new_csv = builder_utils.find_path(root, ("fer2013new.csv",), "FERPlus's fer2013new.csv", LAYOUT)
-    self._votes_files[split], self.split_sources[split] = "fer2013new.csv", new_csv
-    usage = FOLDERS[split][1]
-    return {name: v for _, row_usage, name, v in read_fer2013new(new_csv) if row_usage == usage and name}
+    self._votes_file, self.split_sources = "fer2013new.csv", dict.fromkeys(FOLDERS, new_csv)
+    split_of_usage = {usage: split for split, (_, usage) in FOLDERS.items()}
+    votes = {split: {} for split in FOLDERS}
+    for _, usage, name, row_votes in read_fer2013new(new_csv):
+      if name and usage in split_of_usage:
+        votes[split_of_usage[usage]][name] = row_votes
+    return votes
 
   def _records(self, root, split: str, votes: dict):
     folder_name, usage = FOLDERS[split]
@@ -259,6 +273,12 @@ def _folder(root, split: str):
   """The split's folder (FER2013Train, ...) in `root` or `root/data`; None when neither has it."""
   name = FOLDERS[split][0]
   return next((base / name for base in (root, root / "data") if (base / name).exists()), None)
+
+
+def _label_csv(root, split: str):
+  """The label.csv in the split's folder; None when the folder or the file is missing."""
+  folder = _folder(root, split)
+  return folder / "label.csv" if folder is not None and (folder / "label.csv").exists() else None
 
 
 def parse_subset_entry(text: str) -> tuple[str, str]:

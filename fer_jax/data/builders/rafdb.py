@@ -108,21 +108,36 @@ class Rafdb(builder_utils.ManualBuilder):
     paths = [builder_utils.find_path(root, (label_file,), f"the RAF-DB label file {label_file}", LAYOUT)
              for label_file in self.builder_config.label_files]
     self.split_sources.update(dict.fromkeys(splits, " and ".join(map(str, paths))))
+    first_lines = {}
     for path in paths:
       for line, text in builder_utils.read_lines(path):
         where = f"{path}, line {line}"
-        name, _, label = text.partition(" ")
-        split = name.split("_", 1)[0]
+        name, label = _name_and_label(text, where)
+        split, base = name.split("_", 1)[0], base_name(name)
         if split not in splits:
           raise builder_utils.DataError(f"{where}: {name!r} starts with neither train_ nor test_.")
         label = builder_utils.parse_label(label, range(1, NUM_CLASSES + 1), where) - 1
-        splits[split][base_name(name)] = (f"{base_name(name)}.jpg", label)
+        if base in splits[split] and splits[split][base][1] != label:
+          raise builder_utils.DataError(f"{where}: {name!r} is labelled {label + 1}, but {first_lines[base]} gives it "
+                                        f"{splits[split][base][1] + 1}. Keep one of the lines, or restore the file "
+                                        "from the owners' download.")
+        first_lines.setdefault(base, where)
+        splits[split][base] = (f"{base}.jpg", label)
     return splits
 
   def _records(self, images, entries):
     suffix = self.builder_config.image_suffix
     for base, (name, label) in entries.items():
       yield builder_utils.Record(file_name=name, label=label, image=images / f"{base}{suffix}.jpg")
+
+
+def _name_and_label(text: str, where: str) -> tuple[str, str]:
+  """The two fields of a label file's line, separated by any whitespace."""
+  fields = text.split()
+  if len(fields) != 2:
+    raise builder_utils.DataError(f"{where}: {text!r} is not a line \"<image name> <label 1-7>\" (as "
+                                  "\"train_00001.jpg 5\"). Correct the line or restore the file from the owners' download.")
+  return fields[0], fields[1]
 
 
 def parse_subset_entry(text: str) -> tuple[str, str | None]:
