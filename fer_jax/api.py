@@ -8,9 +8,11 @@
 
 `load` accepts a training workdir (its newest checkpoint), a checkpoints/ or step folder, the
 output of `python -m fer_jax.convert`, or a `python -m fer_jax.export` folder (run through its
-StableHLO program, no model code). Without `config`, a checkpoint's meta record gives the model,
-its input and its class order; pass the config for the data set's stored image size and its
-alignment (`fer_jax.face.align`). `python -m fer_jax.predict` is a command line over this API.
+StableHLO program, no model code). Without `config`, a checkpoint's meta record (an export's
+model.json) gives the model, its input, its class order, the data set (its stored image size and
+alignment, `fer_jax.face.align`) and the test-time augmentation. A `config` is checked against an
+export's record as against a checkpoint's, and gives the test-time augmentation and what records
+written before 2026-12-03 lack (the data set). `python -m fer_jax.predict` is a command line over this API.
 """
 
 from __future__ import annotations  # fer_jax.predict (the command) imports this module
@@ -18,7 +20,6 @@ from __future__ import annotations  # fer_jax.predict (the command) imports this
 import dataclasses
 import functools
 import importlib.util
-import json
 import os
 import warnings
 
@@ -85,30 +86,39 @@ def _class_order(names) -> str:
                   "pass its config to fer_jax.load(path, config=...).")
 
 
-def _config_from_record(model: dict, class_names, model_input: dict,
-                        dataset: dict | None = None) -> ml_collections.ConfigDict:
-  """A checkpoint's or export's config from its record; `dataset` (absent from records written before it was
-  kept) gives the crop style and stored size of the data set it was trained on."""
+def _config_from_record(model: dict, class_names, model_input: dict, dataset: dict | None = None,
+                        tta_name: str = "none") -> ml_collections.ConfigDict:
+  """A checkpoint's or export's config from the parts of its meta record (`checkpointing.metadata`); `dataset`
+  (absent from records written before 2026-12-03) gives the crop style and stored size of the data set it was
+  trained on, `tta_name` (absent before 2026-12-05: none) the test-time augmentation."""
   config = config_lib.base_config()
   config.model.update(model)
   config.input.update(model_input)
   config.dataset.update(dataset or {})
   config.dataset.class_order = _class_order(class_names)
+  config.eval.tta = tta_name
   return config
 
 
-def _load_export(path: str, tta_name: str, batch_size: int) -> predict.Predictor:
-  with open(os.path.join(path, export.METADATA)) as f:
-    info = json.load(f)
-  model_input = info["input"]
-  config = _config_from_record({"name": info["method"], "num_classes": len(info["class_names"])},
-                               info["class_names"], {"size": model_input["height"], "channels": model_input["channels"],
-                                                     "eval_pp": info["preprocessing"]}, info.get("dataset"))
-  with open(os.path.join(path, export.STABLEHLO), "rb") as f:
-    exported = jax.export.deserialize(f.read())
+def _config_from_meta(meta: dict) -> ml_collections.ConfigDict:
+  return _config_from_record(meta["model"], meta["class_names"], meta["input"], meta.get("dataset"),
+                             meta.get("tta", "none"))
+
+
+def _load_export(path: str, config, tta_name: str, batch_size: int) -> predict.Predictor:
+  """The export's own record gives the model and its inputs; a `config` is checked against it as for a
+  checkpoint, gives the test-time augmentation and fills what older exports did not record."""
+  info = export.read_metadata(path)
+  meta = export.meta_record(info)
+  if config is not None:
+    validation.validate(config, training=False)
+    checkpointing.check_identity(meta, f"The export {path}", config.model,
+                                 labels.class_names(config.dataset.class_order), config.input)
+    meta = {"dataset": checkpointing.dataset_record(config), **meta, "tta": config.eval.tta}
+  config = _config_from_meta(meta)
+  exported = export.read_program(path)
   variables = export.read_variables(path)
   fixed_batch = info["batch_size"] if isinstance(info["batch_size"], int) else 0
-  tta_name = tta_name or info.get("tta", "none")  # exports before it was recorded: none
 
   def logits(variables, images):
     if not fixed_batch:
@@ -118,7 +128,8 @@ def _load_export(path: str, tta_name: str, batch_size: int) -> predict.Predictor
 
   # A fixed-batch program takes the whole batch: it runs on one device, in steps of at most its batch (padded to it).
   mesh = mesh_lib.make_mesh(jax.local_devices()[:1]) if fixed_batch else None
-  return predict.Predictor(config, variables, tta_name, fixed_batch or batch_size, logits_fn=logits, mesh=mesh)
+  return predict.Predictor(config, variables, tta_name or config.eval.tta, fixed_batch or batch_size, logits_fn=logits,
+                           mesh=mesh)
 
 
 def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> predict.Predictor:
@@ -126,20 +137,20 @@ def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> predi
     meta = checkpointing.read_meta(path)
     if "model" not in meta:
       raise UserError(f"The checkpoint at {path} has no meta record: pass its config to fer_jax.load(path, config=...).")
-    config = _config_from_record(meta["model"], meta["class_names"], meta["input"], meta.get("dataset"))
+    config = _config_from_meta(meta)
   validation.validate(config, training=False)
   variables = models.load_trained_variables(config, models.build_model(config), path)
   return predict.Predictor(config, variables, tta_name or config.eval.tta, batch_size)
 
 
 def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> Model:
-  """The model at `path`; `config` a ConfigDict or "configs/<method>.py:<dataset>" (checkpoints only)."""
+  """The model at `path`; `config` a ConfigDict or "configs/<method>.py:<dataset>"."""
   path = os.path.expanduser(path)
   if isinstance(config, str):
     config = load_config(config)
   if export.is_export(path):
-    return Model(_load_export(path, tta, batch_size))
-  if os.path.exists(os.path.join(path, export.ONNX)):
+    return Model(_load_export(path, config, tta, batch_size))
+  if export.is_onnx_export(path):
     raise UserError(f"{path} is an ONNX export: run it in ONNX Runtime (its model.json says how); fer_jax.load and "
                     "predict read the default export (`python -m fer_jax.export` without --format=onnx).")
   return Model(_load_checkpoint(path, config, tta, batch_size))

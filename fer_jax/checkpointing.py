@@ -16,6 +16,7 @@ import os
 import re
 import sys
 
+from etils import epath
 from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
@@ -72,22 +73,29 @@ def newest_step(checkpoints: ocp.CheckpointManager) -> int | None:
   return step
 
 
-def metadata(config) -> dict:
+def metadata(config, initialisation_only: bool = False) -> dict:
   """The meta record: enough to rebuild the model and its inputs without the config (`fer_jax.load`),
-  the data set's name and stored size included (they pick the crop style and grey decoding)."""
-  return {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
-          "input": config.input.to_dict(), "dataset": dataset_record(config), "batch_size": config.batch_size}
+  the data set's name and stored size included (they pick the crop style and grey decoding), and the
+  test-time augmentation inference uses by default. `initialisation_only` (recorded only when true)
+  marks weights that only start a training (an untrained head): inference refuses them."""
+  record = {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
+            "input": config.input.to_dict(), "dataset": dataset_record(config), "batch_size": config.batch_size,
+            "tta": config.eval.tta}
+  return {**record, INITIALISATION_ONLY: True} if initialisation_only else record
+
+
+INITIALISATION_ONLY = "initialisation_only"
 
 
 def dataset_record(config) -> dict:
   return {"name": config.dataset.name, "image_size": config.dataset.image_size}
 
 
-def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config) -> None:
+def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config, initialisation_only: bool = False) -> None:
   """Starts an asynchronous save of `step` (after the previous save has finished)."""
   with save_errors(checkpoints):
-    checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   meta=ocp.args.JsonSave(metadata(config))))
+    checkpoints.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata(config, initialisation_only))))
 
 
 def wait_until_saved(checkpoints: ocp.CheckpointManager) -> None:
@@ -132,7 +140,7 @@ def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state:
                           f"{saved_batch}, this config's is {batch_size}: its steps would stand for other epochs and "
                           f"schedule. Resume with --config.batch_size={saved_batch}, or start a new --workdir with "
                           f"--config.init_from={step_directory}.")
-  with _read_errors(step_directory, f"delete {step_directory} to resume from the step before it"):
+  with read_errors(f"the checkpoint {step_directory}", f"delete {step_directory} to resume from the step before it"):
     saved = _saved_tree(os.path.join(step_directory, "state"))
     target, rewrap = _unclipped_target(saved, abstract_state)
     _check_same_state(saved, target, step_directory)
@@ -141,8 +149,10 @@ def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state:
 
 
 def _saved_tree(state_directory: str) -> dict:
-  """The saved tree's metadata (paths, shapes, dtypes), read without reading any array."""
-  return ocp.StandardCheckpointer().metadata(state_directory).item_metadata.tree
+  """The saved tree's metadata (paths, shapes, dtypes), read without reading any array. Read by the item's
+  handler: a checkpointer would also look for a step's metadata file in the item's folder (it is in the
+  step's) and warn that it is missing."""
+  return ocp.StandardCheckpointHandler().metadata(epath.Path(state_directory)).tree
 
 
 def _unclipped_target(saved: dict, abstract_state: dict):
@@ -198,22 +208,24 @@ def _check_same_state(saved: dict, target: dict, step_directory: str) -> None:
 
 
 @contextlib.contextmanager
-def _read_errors(step_directory: str, fix: str):
+def read_errors(what: str, fix: str):
+  """Any failure to read `what` ("the checkpoint DIR") as a CheckpointError saying it is damaged, and `fix`."""
   try:
     yield
   except CheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (Orbax wraps TensorStore's errors in bare Exceptions)
     reason = _root_cause(e)
-    raise CheckpointError(f"Cannot read the checkpoint {step_directory} ({reason}): it is damaged or incomplete; "
-                          f"{fix}.") from e
+    raise CheckpointError(f"Cannot read {what} ({reason}): it is damaged or incomplete; {fix}.") from e
 
 
-def save_model(directory: str, variables: dict, config) -> str:
-  """Writes params and batch_stats as step 0 of a fresh checkpoint directory; returns it."""
+def save_model(directory: str, variables: dict, config, initialisation_only: bool = False) -> str:
+  """Writes params and batch_stats as step 0 of a fresh checkpoint directory; returns it.
+  `initialisation_only`: the weights only start a training (e.g. a backbone-only conversion, whose
+  head is untrained); `init_from` reads them, inference refuses them."""
   checkpoints = manager(directory)
   state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-  save(checkpoints, 0, state, config)
+  save(checkpoints, 0, state, config, initialisation_only)
   checkpoints.wait_until_finished()
   return os.path.join(os.path.abspath(directory), "0")
 
@@ -238,19 +250,21 @@ MODEL_COLLECTIONS = ("params", "batch_stats")  # what eval, predict and init_fro
 
 def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | None = None,
                   may_be_missing: str = "", expected_model=None, class_names: Sequence[str] = (),
-                  expected_input=None) -> dict:
+                  expected_input=None, initialisation_ok: bool = False) -> dict:
   """Reads {params, batch_stats} and checks every name and shape against the model's.
 
   Variables whose path ("params/lhc1/…") matches `may_be_missing` may be absent from the
   checkpoint; they are taken from `fresh_variables` (e.g. modules a later stage adds).
   With `expected_model` (a config.model), `class_names` and `expected_input` (a config.input), as for
   inference, the checkpoint's meta record must exist and name the same method, number of classes,
-  class order and input size and channels.
+  class order and input size and channels, and not mark the weights as only an initialisation
+  (unless `initialisation_ok`: reading the weights, not running them).
   """
   step_directory = _step_directory(path)
   if expected_model is not None:
-    _check_identity(step_directory, expected_model, tuple(class_names), expected_input)
-  with _read_errors(step_directory, "use another step of the run, or convert or export the model again"):
+    _check_identity(step_directory, expected_model, tuple(class_names), expected_input, initialisation_ok)
+  with read_errors(f"the checkpoint {step_directory}",
+                   "use another step of the run, or convert or export the model again"):
     restored = _restore_on_this_host(os.path.join(step_directory, "state"))
   variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
   if may_be_missing:
@@ -306,29 +320,42 @@ def read_meta(path: str) -> dict:
   return _meta(_step_directory(path))
 
 
-def _check_identity(step_directory: str, model_config, class_names: tuple[str, ...], input_config=None) -> None:
-  """The checkpoint must be of the configured method, class count, class order and (with
-  `input_config`) input size and channels: the same weights on other inputs give confident nonsense."""
+def _check_identity(step_directory: str, model_config, class_names: tuple[str, ...], input_config=None,
+                    initialisation_ok: bool = False) -> None:
+  """The checkpoint's meta record must exist, not mark the weights as only an initialisation (unless
+  `initialisation_ok`), and match the config (check_identity)."""
   meta = _meta(step_directory)
+  if meta.get(INITIALISATION_ONLY) and not initialisation_ok:
+    raise CheckpointError(f"The checkpoint {step_directory} is only an initialisation (its classifier head is "
+                          "untrained): it is a starting point for training, not a model to run. Train from it with "
+                          f"--config.init_from={step_directory}.")
   if "model" not in meta or "class_names" not in meta:
     raise CheckpointError(f"The checkpoint {step_directory} has no meta record ({META_FILE}), so its method and "
                           "class order cannot be checked. Use a checkpoint written by `fer_jax.main`, "
                           "`fer_jax.convert` or `fer_jax.export`.")
-  saved_model, saved_classes = meta["model"], tuple(meta["class_names"])
+  check_identity(meta, f"The checkpoint {step_directory}", model_config, class_names, input_config)
+
+
+def check_identity(record: dict, source: str, model_config, class_names: tuple[str, ...], input_config=None) -> None:
+  """The model `source` ("The checkpoint DIR") holds must be of the configured method, class count, class order
+  and (with `input_config`) input size and channels: the same weights on other inputs give confident nonsense.
+  `record`: {"model": {name, num_classes}, "class_names", "input": {size, channels}}, a meta record or an
+  export's model.json in its terms."""
+  saved_model, saved_classes = record["model"], tuple(record["class_names"])
   if saved_model.get("name") != model_config.name or saved_model.get("num_classes") != model_config.num_classes:
-    raise CheckpointError(f"The checkpoint {step_directory} holds a {saved_model.get('name')} model with "
+    raise CheckpointError(f"{source} holds a {saved_model.get('name')} model with "
                           f"{saved_model.get('num_classes')} classes ({', '.join(saved_classes)}), but the config builds "
                           f"{model_config.name} with {model_config.num_classes}: pass the --config it was trained or "
                           f"converted with (configs/{saved_model.get('name')}.py:<dataset>).")
   if saved_classes != class_names:
-    raise CheckpointError(f"The checkpoint {step_directory} predicts the classes ({', '.join(saved_classes)}) but the "
+    raise CheckpointError(f"{source} predicts the classes ({', '.join(saved_classes)}) but the "
                           f"config's class order gives ({', '.join(class_names)}): set "
                           "--config.dataset.class_order to the order it was trained with.")
-  saved_input = meta.get("input", {})
+  saved_input = record.get("input", {})
   differing = [key for key in ("size", "channels")
                if input_config is not None and key in saved_input and saved_input[key] != input_config[key]]
   if differing:
-    raise CheckpointError(f"The checkpoint {step_directory} was trained on inputs of "
+    raise CheckpointError(f"{source} was trained on inputs of "
                           + ", ".join(f"{key} {saved_input[key]}" for key in differing) + " but the config gives "
                           + ", ".join(f"{key} {input_config[key]}" for key in differing) + ": pass "
                           + " ".join(f"--config.input.{key}={saved_input[key]}" for key in differing)
@@ -341,7 +368,8 @@ def _describe(step_directory: str, model_config=None) -> str:
   if not model:
     return "no meta record"
   differences = [f"{key}={model[key]!r} (config {model_config[key]!r})" for key in sorted(model)
-                 if model_config is not None and key in model_config and _plain(model_config[key]) != model[key]]
+                 if model_config is not None and key in model_config and _plain(model_config[key]) != model[key]
+                 and not (key == "dtype" and model[key] == "auto")]  # the config's is resolved (validate)
   return (f"model {model['name']}, {model['num_classes']} classes"
           + (f"; differs from the config in {', '.join(differences)}" if differences else ""))
 

@@ -10,7 +10,9 @@ writes
                       with a symbolic batch size B (fixed with --batch_size=N), lowered for the
                       platforms in --platforms (default cpu and cuda)
   OUT/model.json      class names, input size and channels, the preprocessing to apply first
-                      (config.input.eval_pp), the data set (name, stored size), batch size and platforms
+                      (config.input.eval_pp), the data set (name, stored size), the test-time
+                      augmentation, the compute dtype (config.model.dtype as it resolved here: the
+                      program computes in it on every platform), batch size and platforms
 Reload with JAX and Orbax only (no model code):
   exported = jax.export.deserialize(open("OUT/model.stablehlo", "rb").read())
   variables = orbax.checkpoint.StandardCheckpointer().restore(os.path.abspath("OUT/variables"))  # absolute only
@@ -53,6 +55,8 @@ ONNX = "model.onnx"
 VARIABLES = "variables"
 METADATA = "model.json"
 FORMATS = ("stablehlo", "onnx")
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # as jax.export names them
+FIELDS = ("method", "class_names", "input", "preprocessing", "batch_size")  # what reading model.json needs
 OUTPUTS = ("logits", "probabilities")  # the inference function's outputs, in pytree order
 
 
@@ -113,9 +117,56 @@ def is_export(path: str) -> bool:
   return all(os.path.exists(os.path.join(path, name)) for name in (METADATA, STABLEHLO, VARIABLES))
 
 
+def is_onnx_export(path: str) -> bool:
+  return os.path.exists(os.path.join(path, ONNX))
+
+
+def _damaged(path: str):
+  """Any failure to read the export file `path` as a CheckpointError naming it, with the fix."""
+  return checkpointing.read_errors(path, "export the model again (`python -m fer_jax.export`)")
+
+
+def read_metadata(path: str) -> dict:
+  """An export folder's model.json."""
+  file = os.path.join(path, METADATA)
+  with _damaged(file):
+    with open(file) as f:
+      info = json.load(f)
+    missing = [key for key in FIELDS if not isinstance(info, dict) or key not in info]
+    if missing:
+      raise ValueError(f"no {', '.join(missing)}")
+  return info
+
+
+def meta_record(info: dict) -> dict:
+  """model.json in the terms of a checkpoint's meta record (`checkpointing.metadata`)."""
+  return {"model": {"name": info["method"], "num_classes": len(info["class_names"]),
+                    "dtype": info.get("compute_dtype", "auto")},  # not recorded before 2026-12-05: unknown
+          "class_names": info["class_names"],
+          "input": {"size": info["input"]["height"], "channels": info["input"]["channels"],
+                    "eval_pp": info["preprocessing"]},
+          **{key: info[key] for key in ("dataset", "tta") if key in info}}
+
+
+def read_program(path: str) -> jax.export.Exported:
+  """An export folder's program, which must be lowered for this machine's platform."""
+  file = os.path.join(path, STABLEHLO)
+  with _damaged(file):
+    with open(file, "rb") as f:
+      exported = jax.export.deserialize(f.read())
+  platform = jax.export.default_export_platform()
+  if platform not in exported.platforms:
+    platforms = ",".join([*exported.platforms, platform])
+    raise UserError(f"{file} was exported for {', '.join(exported.platforms)} only, not for this machine's {platform}: "
+                    f"export the model again with --platforms={platforms}.")
+  return exported
+
+
 def read_variables(path: str) -> dict:
   """An export folder's {params, batch_stats}."""
-  return ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), VARIABLES))
+  folder = os.path.join(os.path.abspath(path), VARIABLES)
+  with _damaged(folder):
+    return ocp.StandardCheckpointer().restore(folder)
 
 
 def metadata(config, batch_size: int | None, format_fields: dict) -> dict:
@@ -124,6 +175,7 @@ def metadata(config, batch_size: int | None, format_fields: dict) -> dict:
       "class_names": list(labels.class_names(config.dataset.class_order)),
       "input": {"height": config.input.size, "width": config.input.size, "channels": config.input.channels,
                 "dtype": "float32", "layout": "NHWC"},
+      "compute_dtype": models.compute_dtype(config.model.dtype),  # "auto" as it resolved where exported
       "preprocessing": augment.with_size(config.input.eval_pp, config.input.size),
       "tta": config.eval.tta,  # the views fer_jax.predict averages unless told otherwise (fer_jax.tta)
       "dataset": checkpointing.dataset_record(config),
@@ -163,9 +215,13 @@ def export(config, variables: dict, out: str, batch_size: int | None = None, pla
            export_format: str = "stablehlo", verify_images=()) -> dict:
   """Writes OUT/variables, OUT/model.stablehlo and OUT/model.json (or, for export_format "onnx",
   OUT/model.onnx and OUT/model.json, checked against JAX on `verify_images`); returns the metadata."""
-  out = os.path.abspath(out)
+  out = os.path.abspath(os.path.expanduser(out))
   if os.path.exists(out) and os.listdir(out):
     raise UserError(f"--out={out} is not empty: export into a new folder.")
+  unknown = [platform for platform in platforms if platform not in PLATFORMS]
+  if unknown and export_format == "stablehlo":
+    raise UserError(f"--platforms: {', '.join(unknown)} is not a platform JAX exports for ({', '.join(PLATFORMS)}; "
+                    "a GPU is cuda or rocm): pass e.g. --platforms=cpu,cuda.")
   if verify_images and export_format != "onnx":
     raise UserError("--verify_images checks an ONNX export: add --format=onnx or drop it.")
   if export_format == "onnx":
@@ -176,6 +232,14 @@ def export(config, variables: dict, out: str, batch_size: int | None = None, pla
   with open(os.path.join(out, METADATA), "w") as f:
     json.dump(info, f, indent=2)
   return info
+
+
+def check_not_an_export(checkpoint: str) -> None:
+  """An export holds no checkpoint to export from (and an ONNX one no variables at all)."""
+  if is_export(checkpoint) or is_onnx_export(checkpoint):
+    raise UserError(f"--checkpoint={checkpoint} is an export folder, not a checkpoint: pass the checkpoint it was "
+                    "exported from (a training workdir or a converted model); `predict` and `fer_jax.load` run a "
+                    "StableHLO export folder as it is.")
 
 
 def define_flags() -> None:
@@ -198,6 +262,7 @@ def main(argv):
   args = flags.FLAGS
   config = args.config
   validation.validate(config, training=False)
+  check_not_an_export(os.path.expanduser(args.checkpoint))
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, args.checkpoint)
   info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms, args.format,
@@ -206,7 +271,8 @@ def main(argv):
     logging.info("ONNX Runtime vs JAX on %(images)d images: worst relative logit error "
                  "%(worst_relative_logit_error).2e", info["onnx_runtime_vs_jax"])
   logging.info("Exported %s (%s, batch %s) as %s to %s", config.model.name, ", ".join(info["class_names"]),
-               info["batch_size"], " ".join([info["format"], *info.get("platforms", [])]), os.path.abspath(args.out))
+               info["batch_size"], " ".join([info["format"], *info.get("platforms", [])]),
+               os.path.abspath(os.path.expanduser(args.out)))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
       --input=IMAGE_VIDEO_OR_FOLDER --output=preds.csv [--tta=flip] [--batch_size=64] \
       [--detect | --nodetect] [--annotate=DIR] [--stride=N] [--smooth=0.6]
 
---checkpoint is a training workdir, a converted checkpoint or a `fer_jax.export` folder.
+--checkpoint is a training workdir, a converted checkpoint or a `fer_jax.export` folder (checked against
+--config as a checkpoint is).
 Face crops are decoded on the host at the stored size (`config.dataset.image_size`, else the
 model's input size), grey for the grey data sets (FER2013, FERPlus) as they store their images,
 and go through the method's own test-time pipeline (`config.input.eval_pp`)

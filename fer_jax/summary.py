@@ -7,12 +7,13 @@ The last line is `params: N`: trainable parameters ("params" collection) without
 statistics and without training-only state such as DAN's affinity centres.
 
 With --checkpoint (a training workdir, its checkpoints/ folder, a step folder or a converted
-model, restored and checked as for `--mode=eval`; or a `fer_jax.export` folder, its variables checked
-against the config's model), the line before it is `params_sha256: HEX`,
+model, restored and checked as for `--mode=eval`; or a StableHLO `fer_jax.export` folder, its model.json
+and variables checked against the config), the line before it is `params_sha256: HEX`,
 `checkpointing.fingerprint` of its params and batch_stats: equal digests mean equal weights.
 """
 
 from collections.abc import Mapping
+import os
 
 from absl import flags
 from clu import parameter_overview
@@ -25,6 +26,8 @@ from fer_jax import config_lib
 from fer_jax import export
 from fer_jax import models
 from fer_jax import validation
+from fer_jax.data import labels
+from fer_jax.errors import UserError
 
 
 def count_params(tree, exclude=()) -> int:
@@ -90,9 +93,16 @@ def _subjaxprs(params):
 
 
 def trained_variables(config, model, abstract_variables: dict, path: str) -> dict:
-  """The variables of a checkpoint, or of an export folder (checked against the config's model)."""
+  """The variables of a checkpoint (checked as for inference, but an initialisation-only conversion's are
+  read too: its fingerprint verifies a copy), or of a StableHLO export folder (checked likewise)."""
+  path = os.path.expanduser(path)
+  if export.is_onnx_export(path):
+    raise UserError(f"--checkpoint={path} is an ONNX export (model.onnx), whose weights summary does not read: pass "
+                    "the checkpoint it was exported from, or a StableHLO export folder (export without --format=onnx).")
   if not export.is_export(path):
-    return models.load_trained_variables(config, model, path)
+    return models.load_trained_variables(config, model, path, initialisation_ok=True)
+  checkpointing.check_identity(export.meta_record(export.read_metadata(path)), f"The export {path}", config.model,
+                               labels.class_names(config.dataset.class_order), config.input)
   variables = export.read_variables(path)
   checkpointing.check_matches(variables, abstract_variables, path, "an export folder")
   return variables
@@ -108,8 +118,7 @@ def main(argv):
   digest = None
   if flags.FLAGS.checkpoint:
     # Restored first, so a checkpoint that does not fit the config fails before any output.
-    digest = checkpointing.fingerprint(jax.device_get(trained_variables(config, model, variables,
-                                                                        flags.FLAGS.checkpoint)))
+    digest = checkpointing.fingerprint(jax.device_get(trained_variables(config, model, variables, flags.FLAGS.checkpoint)))
   auxiliary = method.auxiliary_params
   rows = module_table(variables["params"], flags.FLAGS.depth, auxiliary)
   width = max(len(name) for name, _ in rows) + 2

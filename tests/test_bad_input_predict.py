@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from fer_jax import checkpointing
+from fer_jax import export
 from fer_jax.data import decode
 from helpers import assert_user_error, get_config, random_variables, run_command
 
@@ -243,6 +244,24 @@ def test_an_output_with_another_extension_is_refused(mixed, tmp_path):
 def test_a_checkpoint_folder_without_a_checkpoint_is_named(mixed, tmp_path):
   result = predict(str(tmp_path), mixed / "face.png", tmp_path / "preds.csv")
   assert_user_error(result, f"No checkpoint found at {tmp_path}", "pass a training workdir")
+
+
+@pytest.mark.integration
+def test_a_damaged_export_and_one_for_another_platform_are_named_with_the_fix(mixed, tmp_path):
+  """Both ended in tracebacks (OUT_OF_RANGE from Orbax, jax.export's ValueError)."""
+  config = get_config("configs/dan.py:synthetic")
+  config.input.size = 32
+  variables = random_variables(config)
+  export.export(config, variables, str(tmp_path / "damaged"), platforms=("cpu",))
+  for path in (tmp_path / "damaged" / export.VARIABLES).glob("**/d/*"):
+    os.truncate(path, path.stat().st_size // 2)
+  result = predict(str(tmp_path / "damaged"), mixed / "face.png", tmp_path / "preds.csv")
+  assert_user_error(result, f"Cannot read {tmp_path / 'damaged' / 'variables'} (OUT_OF_RANGE",
+                    "damaged or incomplete; export the model again")
+  export.export(config, variables, str(tmp_path / "tpu"), platforms=("tpu",))
+  result = predict(str(tmp_path / "tpu"), mixed / "face.png", tmp_path / "preds.csv")
+  assert_user_error(result, "was exported for tpu only, not for this machine's cpu",
+                    "export the model again with --platforms=tpu,cpu")
 
 
 # --- visualize ---------------------------------------------------------------------------------

@@ -16,9 +16,12 @@ import pytest
 
 from fer_jax import checkpointing
 from fer_jax import config_lib
+from fer_jax import models
 from fer_jax import optim
+from fer_jax import summary
 from fer_jax import train
-from helpers import get_config, tiny_run
+from fer_jax import validation
+from helpers import get_config, random_variables, tiny_run
 
 PARAMS = {"trunk": {"kernel": jnp.arange(6.0).reshape(3, 2)},
           "head": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
@@ -172,3 +175,58 @@ def test_a_run_resumes_with_clipping_turned_on_and_refuses_another_optimizer(tmp
   with pytest.raises(checkpointing.CheckpointError, match="is intact, but this run's config builds a different"):
     train.train_and_evaluate(config, str(tmp_path))
   assert _files(tmp_path / "checkpoints") == before
+
+
+def test_an_initialisation_only_model_starts_training_but_inference_and_its_summary_refuse_or_read_it(tmp_path):
+  """A backbone-only conversion's head is untrained: its predictions would be noise, so every inference path
+  (through models.load_trained_variables) refuses it and names init_from, which reads it; summary fingerprints it."""
+  config = get_config("configs/dan.py:synthetic")
+  config.input.size = 32
+  variables = random_variables(config)
+  model = models.build_model(config)
+  checkpointing.save_model(str(tmp_path / "plain"), variables, config)
+  step = checkpointing.save_model(str(tmp_path / "init"), variables, config, initialisation_only=True)
+  assert checkpointing.read_meta(str(tmp_path / "init"))["initialisation_only"] is True
+  assert "initialisation_only" not in checkpointing.read_meta(str(tmp_path / "plain"))
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=rf"{step} is only an initialisation .* starting point for training, .* "
+                           rf"--config.init_from={step}\.$"):
+    models.load_trained_variables(config, model, str(tmp_path / "init"))
+  abstract = models.abstract_variables(model, config)
+  _assert_trees_equal(checkpointing.restore_model(str(tmp_path / "init"), abstract), variables)  # as init_from reads
+  _assert_trees_equal(summary.trained_variables(config, model, abstract, str(tmp_path / "init")), variables)
+  _assert_trees_equal(models.load_trained_variables(config, model, str(tmp_path / "plain")), variables)
+
+
+def test_the_meta_record_keeps_the_test_time_augmentation(tmp_path):
+  config = get_config("configs/dan.py:synthetic")
+  config.eval.tta = "lhc62"
+  checkpointing.save_model(str(tmp_path), random_variables(config), config)
+  assert checkpointing.read_meta(str(tmp_path))["tta"] == "lhc62"
+
+
+def test_a_recorded_auto_dtype_is_no_difference_from_the_resolved_one(tmp_path):
+  """A conversion records dtype "auto"; the config's is resolved (validate): listing them as a difference
+  beside the real one (use_lhc) was noise."""
+  stage_b = get_config("configs/lhcnet.py:synthetic,stage=B")
+  stage_b.input.size = 32
+  assert stage_b.model.dtype == "auto"
+  checkpointing.save_model(str(tmp_path), random_variables(stage_b), stage_b)
+  stage_a = get_config("configs/lhcnet.py:synthetic")
+  stage_a.input.size = 32
+  validation.validate(stage_a, training=False)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"; differs from the config in use_lhc=True \(config False\)\) does not fit"):
+    models.load_trained_variables(stage_a, models.build_model(stage_a), str(tmp_path))
+
+
+def test_restoring_a_model_warns_of_no_missing_metadata_file(tmp_path, caplog):
+  """The state/ folder of a step is an item: its metadata file is the step's, not the item's own."""
+  config = _config()
+  state = _trained_state(config)
+  _saved(tmp_path, state, config)
+  abstract = jax.eval_shape(lambda: {"params": state["params"], "batch_stats": state["batch_stats"]})
+  with caplog.at_level(logging.WARNING):
+    checkpointing.restore_model(str(tmp_path), abstract)
+    checkpointing.restore_state(checkpointing.manager(str(tmp_path / "checkpoints")), 2, _abstract_state(config))
+  assert caplog.records == [], caplog.text

@@ -101,3 +101,41 @@ def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
   config = small_config("configs/dan.py:synthetic")
   with pytest.raises(UserError, match="not empty"):
     export.export(config, {}, str(tmp_path))
+
+
+def test_out_in_the_home_folder_is_expanded(tmp_path, monkeypatch):
+  """`--out='~/x'` (quoted, so no shell expands it) wrote a folder named "~" in the working directory."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  config = small_config("configs/dan.py:synthetic")
+  export.export(config, random_variables(config), "~/exported", platforms=("cpu",))
+  assert sorted(os.listdir(tmp_path / "home" / "exported")) == ["model.json", "model.stablehlo", "variables"]
+  assert not os.path.exists(tmp_path / "~")
+
+
+def test_a_platform_jax_does_not_name_is_refused_with_the_names(tmp_path):
+  config = small_config("configs/dan.py:synthetic")
+  with pytest.raises(UserError, match=r"^--platforms: gpu is not a platform JAX exports for \(cpu, cuda, rocm, tpu; a "
+                                      r"GPU is cuda or rocm\): pass e\.g\. --platforms=cpu,cuda\.$"):
+    export.export(config, random_variables(config), str(tmp_path / "out"), platforms=("cpu", "gpu"))
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_model_json_records_the_dtype_the_program_computes_in(tmp_path):
+  config = small_config("configs/dan.py:synthetic")
+  config.model.dtype = "bfloat16"
+  info = export.export(config, random_variables(config), str(tmp_path), platforms=("cpu",))
+  assert info["compute_dtype"] == "bfloat16"
+  assert export.meta_record(info)["model"]["dtype"] == "bfloat16"  # what fer_jax.load(folder).config reports
+  program = (tmp_path / export.STABLEHLO).read_bytes()
+  assert "bf16" in jax.export.deserialize(program).mlir_module()
+
+
+@pytest.mark.parametrize("kind", ["stablehlo", "onnx"])
+def test_an_export_folder_given_as_the_checkpoint_says_what_it_is(tmp_path, kind):
+  files = {"stablehlo": (export.METADATA, export.STABLEHLO, export.VARIABLES), "onnx": (export.METADATA, export.ONNX)}
+  for name in files[kind]:
+    (tmp_path / name).write_text("{}")
+  with pytest.raises(UserError, match=rf"^--checkpoint={tmp_path} is an export folder, not a checkpoint: pass the "
+                                      r"checkpoint it was exported from .* run a StableHLO export folder as it is\.$"):
+    export.check_not_an_export(str(tmp_path))

@@ -1,5 +1,6 @@
 """checkpointing.fingerprint: the documented canonical form, its sensitivity, and `summary --checkpoint`."""
 
+import gc
 import hashlib
 import os
 import re
@@ -12,6 +13,9 @@ import pytest
 
 from fer_jax import checkpointing
 from fer_jax import export
+from fer_jax import models
+from fer_jax import summary
+from fer_jax.errors import UserError
 from helpers import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,3 +135,28 @@ def test_summary_prints_the_fingerprint_of_a_saved_model(tmp_path):
   # Without --checkpoint, the same report less that line; an export of the weights, the same digest.
   assert without.stdout.strip().splitlines() == lines[:-2] + lines[-1:]
   assert exported.returncode == 0 and exported.stdout.strip().splitlines() == lines, exported.stderr[-3000:]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's failed read, collected late
+def test_summary_names_an_onnx_export_and_a_damaged_one_with_what_to_do(tmp_path):
+  from helpers import random_variables
+  config = get_config("configs/dan.py:synthetic")
+  config.input.size = 32
+  variables = random_variables(config)
+  model = models.build_model(config)
+  abstract = models.abstract_variables(model, config)
+  for name in (export.METADATA, export.ONNX):
+    (tmp_path / "onnx" / name).parent.mkdir(exist_ok=True)
+    (tmp_path / "onnx" / name).write_text("{}")
+  with pytest.raises(UserError, match=r"is an ONNX export \(model\.onnx\), whose weights summary does not read: pass "
+                                      r"the checkpoint it was exported from, or a StableHLO export folder"):
+    summary.trained_variables(config, model, abstract, str(tmp_path / "onnx"))
+  export.export(config, variables, str(tmp_path / "exported"), platforms=("cpu",))
+  assert checkpointing.fingerprint(summary.trained_variables(config, model, abstract, str(tmp_path / "exported"))) == \
+      checkpointing.fingerprint(variables)
+  for path in (tmp_path / "exported" / export.VARIABLES).glob("**/d/*"):
+    os.truncate(path, path.stat().st_size // 2)
+  with pytest.raises(checkpointing.CheckpointError, match=rf"Cannot read {tmp_path}/exported/variables \(.*\): it is "
+                                                          r"damaged or incomplete; export the model again"):
+    summary.trained_variables(config, model, abstract, str(tmp_path / "exported"))
+  gc.collect()  # here, not during the next test

@@ -104,9 +104,10 @@ def abstract_variables(model, config) -> dict:
   return jax.eval_shape(lambda: init_variables(model, config, jax.random.key(0)))
 
 
-def load_trained_variables(config, model, checkpoint: str) -> dict:
+def load_trained_variables(config, model, checkpoint: str, initialisation_ok: bool = False) -> dict:
   """A checkpoint's variables for evaluation or inference: the checkpoint's method, class count,
-  class order, input size and channels, names and shapes are checked against the (validated) config."""
+  class order, input size and channels, names and shapes are checked against the (validated) config.
+  `initialisation_ok`: read a model marked as only an initialisation too (to fingerprint, not to run)."""
   return checkpointing.restore_model(checkpoint, abstract_variables(model, config), expected_model=config.model,
                                      class_names=labels.class_names(config.dataset.class_order),
-                                     expected_input=config.input)
+                                     expected_input=config.input, initialisation_ok=initialisation_ok)
