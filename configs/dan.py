@@ -26,7 +26,7 @@ Arguments pick the data set:
 from fer_jax import config_lib
 
 DATA_SETS = ("rafdb", "affectnet7", "affectnet8", "synthetic")
-OCCLUSION = ("no", "yes")  # synthetic: also evaluate with synthetic occluders
+OCCLUSION = ("no", "yes")  # synthetic only: also evaluate with synthetic occluders
 IMAGENET = "normalize('imagenet')"
 RAFDB_TRAIN = ("resize({size})|flip()|random_apply(0.2, 'rotate(20)|random_crop({size}, padding=32)')|"
                f"{IMAGENET}|random_erasing(p=0.5, scale=(0.02, 0.25), value=0.0)")
@@ -37,6 +37,10 @@ AFFECTNET_TRAIN = ("resize({size})|flip()|random_apply(0.7, 'random_affine(20, t
 def get_config(arg: str = "rafdb"):
   parsed = config_lib.parse_arg(arg, __file__, DATA_SETS, occlusion=OCCLUSION)
   data = parsed.data
+  if parsed.occlusion == "yes" and data != "synthetic":
+    raise ValueError(f"configs/dan.py: occlusion=yes applies to 'synthetic' only (its occluders are placed for the "
+                     f"synthetic faces), not {data!r}: drop it, or add occlude(...) evaluators to config.evals "
+                     "(README, 'Synthetic occlusion').")
   config = config_lib.base_config()
   config.model.update(name="dan", num_classes=7, num_heads=4, num_centres=8)
   config.loss.update(affinity_weight=1.0, partition_weight=1.0)

@@ -78,13 +78,13 @@ def _spec(config, name: str, fields) -> Spec:
 
 def class_mapping(split) -> dict:
   """How a split's classes met the model's, by name: each data-set class → the model class it
-  is scored as (None: its records are left out, with their count); model classes the data set
-  lacks (predicting one is always wrong)."""
+  is scored as (None: its records are left out); the count left out of each class the split has
+  records of; model classes the data set lacks (predicting one is always wrong)."""
   model = set(split.class_names)
   return {
       "dataset_to_model": {name: (name if name in model else None) for name in split.source_class_names},
       "excluded_examples": {name: count for name, count in zip(split.source_class_names, split.source_counts)
-                            if name not in model},
+                            if name not in model and count},
       "model_classes_absent": [name for name in split.class_names if name not in split.source_class_names],
   }
 
@@ -168,7 +168,7 @@ def write_report(report: dict, workdir: str, examples: dict | None = None) -> No
   """DIR/eval_results.json (the "test" evaluator's results at the top level, as before, and every
   evaluator under "evaluators"), eval_results.md, a confusion matrix PNG per evaluator
   (confusion_matrix.png for "test", confusion_matrix_<name>.png for the others), examples_<name>.png
-  of `examples` ({name: uint8 images}) and eval_summary.png (process 0 only)."""
+  of `examples` ({name: uint8 images, `EvalData.examples`}) and eval_summary.png (process 0 only)."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
@@ -213,11 +213,13 @@ def markdown(evaluators: dict, examples: dict) -> str:
   for name, r in evaluators.items():
     mapping = r["class_mapping"]
     if mapping["excluded_examples"] or mapping["model_classes_absent"]:
-      excluded = ", ".join(f"{c} ({n} examples)" for c, n in mapping["excluded_examples"].items()) or "none"
+      excluded = ", ".join(f"{c} ({n} example{'' if n == 1 else 's'})"
+                           for c, n in mapping["excluded_examples"].items()) or "none"
       absent = ", ".join(mapping["model_classes_absent"]) or "none"
       lines += ["", f"{name}: classes mapped by name from {r['dataset']}. Left out (the model lacks them): {excluded}. "
                 f"Model classes {r['dataset']} lacks (predicting them counts as wrong): {absent}."]
   lines += ["", "Pictures: " + ", ".join(f"[{name}]({confusion_file(name)})" for name in evaluators)
             + " (confusion matrices); " + ", ".join(f"[{name}](examples_{name}.png)" for name in examples)
-            + " (first inputs as evaluated); [accuracy per evaluator](eval_summary.png).", ""]
+            + " (first inputs before normalize()/to_float(), occluders included); "
+            "[accuracy per evaluator](eval_summary.png).", ""]
   return "\n".join(lines)

@@ -76,6 +76,8 @@ def _value_problems(config) -> list[str]:
       problems.append(f"config.{key}={_get(config, key)} must be 0 ({zero}) or more.")
   for key in ("dataset.train_split", "dataset.eval_split", "dataset.test_split"):
     problems += _split_problems(f"config.{key}", _get(config, key), optional=key == "dataset.test_split")
+  for key in ("input.train_pp", "input.eval_pp"):
+    problems += _pipeline_problems(f"config.{key}", _get(config, key), config.input.size)
   return problems
 
 
@@ -153,11 +155,18 @@ def _evaluator_value_problems(key: str, fields: dict, size: int) -> list[str]:
   if fields["data_dir"] and not fields["dataset"]:
     problems.append(f"{key}.data_dir is set without {key}.dataset: name the data set it holds.")
   if fields["pp"]:
-    try:
-      augment.parse(fields["pp"], size=size)
-    except ValueError as e:
-      problems.append(f"{key}.pp: {e}")
+    problems += _pipeline_problems(f"{key}.pp", fields["pp"], size)
   return problems
+
+
+def _pipeline_problems(key: str, text: str, size: int) -> list[str]:
+  """A pipeline string's ops and arguments (fer_jax.data.pipeline.compile_pipeline also traces it at
+  the stored shape, once the data set is open)."""
+  try:
+    augment.parse(text, size=size)
+  except ValueError as e:
+    return [f"{key}: {e}"]
+  return []
 
 
 def _training_problems(config, new_run: bool) -> list[str]:

@@ -92,3 +92,23 @@ def test_slices_and_joins_are_splits():
   config = get_config("configs/dan.py:synthetic")
   config.dataset.update(train_split="train[:80%]+validation", eval_split="train[80%:]", test_split="")
   validation.validate(config, training=False)
+
+
+def test_pipelines_are_checked_op_by_op_with_their_keys():
+  config = get_config("configs/dan.py:synthetic")
+  config.input.update(train_pp="resize({size})|jitter()|normalize('imagenet')",
+                      eval_pp="resize({size})|normalize('imagenet')|occlude('mouth')")
+  config.evals = {"mouth": config_lib.evaluator(pp="occlude('mouth', fill=(1, 2))|" + config.input.eval_pp),
+                  "bright": config_lib.evaluator(pp="occlude('eyes', fill=300)|resize({size})|to_float()")}
+  message = _problems(config, training=False)
+  assert "config.input.train_pp: Unknown preprocessing op 'jitter'" in message
+  assert ("config.input.eval_pp: occlude('mouth') comes after to_float()/normalize(), where values are no longer "
+          "0–255: put it before them.") in message
+  assert "config.evals.mouth.pp: occlude: fill=(1, 2) must be a grey level or an (R, G, B) triple" in message
+  assert "config.evals.bright.pp: occlude: fill=300 must be" in message
+
+
+@pytest.mark.parametrize("data", ["rafdb", "affectnet7", "affectnet8"])
+def test_dan_occlusion_option_is_refused_where_it_would_add_nothing(data):
+  with pytest.raises(ValueError, match=f"occlusion=yes applies to 'synthetic' only .*, not '{data}': drop it"):
+    get_config(f"configs/dan.py:{data},occlusion=yes")

@@ -6,6 +6,8 @@ import flax.linen as nn
 from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
+from fer_jax.data import labels
+from fer_jax.data import pipeline
 from helpers import get_config
 
 
@@ -73,3 +75,24 @@ def test_an_evaluator_on_another_data_set_reads_the_runs_data_dir_unless_given_i
   assert where["ferplus"] == ("ferplus", "/shared/tfds")  # README: data_dir "default: the run's own"
   assert where["sfew"] == ("sfew/aligned", "/elsewhere")
   assert where["test"] == where["occlusion"] == ("rafdb/aligned224", "/shared/tfds")
+
+
+def _ferplus_split_for_a_seven_class_model(contempt_images: int) -> pipeline.Split:
+  ferplus = labels.CLASS_ORDERS["ferplus"]
+  counts = tuple(contempt_images if name == labels.CONTEMPT else 2 for name in ferplus)
+  return pipeline.Split(source=None, labels=np.zeros(0, np.int32), class_names=labels.CLASS_ORDERS["fer2013"],
+                        image_shape=None, source_class_names=ferplus, source_counts=counts)
+
+
+def test_only_classes_with_images_left_out_are_reported_as_left_out():
+  results = {**evaluate.metrics(np.eye(7, dtype=int), labels.CLASS_ORDERS["fer2013"]), "dataset": "ferplus",
+             "split": "test", "pp": "p"}
+  tables = {}
+  for contempt in (0, 1, 3):
+    mapping = evaluate.class_mapping(_ferplus_split_for_a_seven_class_model(contempt))
+    assert mapping["dataset_to_model"][labels.CONTEMPT] is None
+    assert mapping["excluded_examples"] == ({labels.CONTEMPT: contempt} if contempt else {})
+    tables[contempt] = evaluate.markdown({"ferplus": {**results, "class_mapping": mapping}}, {})
+  assert "Left out" not in tables[0]
+  assert "Left out (the model lacks them): contempt (1 example)." in tables[1]
+  assert "Left out (the model lacks them): contempt (3 examples)." in tables[3]

@@ -4,6 +4,7 @@ builders' fixture layouts, each eval step compiled once over several evaluations
 import json
 import logging
 import os
+import re
 import types
 
 import flax.linen as nn
@@ -20,9 +21,10 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import train
 from fer_jax import validation
 from fer_jax.data import labels
+from fer_jax.data import pipeline
 from fer_jax.data import prepare
 from fer_jax.errors import ConfigError
-from helpers import get_config, random_variables
+from helpers import get_config, random_variables, tiny_run
 
 tfds.disable_progress_bar()
 
@@ -177,6 +179,45 @@ def test_validation_names_each_bad_evaluator_key():
   assert "config.select_on='values' must name an evaluator that runs during training (every_epochs ≥ 1): eval" in message
 
 
+def _boxes_evaluator(seed: int) -> pipeline.EvalData:
+  config = tiny_run(get_config("configs/dan.py:synthetic"))
+  config.seed = seed
+  config.evals = {"boxes": config_lib.evaluator(pp="occlude('boxes', area=0.3, count=3, fill=0)|resize(32)|"
+                                                   "normalize('imagenet')")}
+  spec = evaluate.evaluator_specs(config)["boxes"]
+  return pipeline.EvalData(spec.config, mesh_lib.make_mesh(), spec.split, spec.pp_key)
+
+
+def test_random_occluders_are_the_same_whatever_seed_trained_the_model():
+  """fer_jax.seeds trains seed N with --config.seed=N: each must be tested on the same occluded split."""
+  inputs, examples = [], []
+  for seed in (0, 1):
+    data = _boxes_evaluator(seed)
+    batch = next(iter(data.batches()))
+    inputs.append(np.asarray(jax.jit(data.preprocess)(batch["image"], batch["position"])))
+    examples.append(data.examples(8))
+  np.testing.assert_array_equal(inputs[0], inputs[1])
+  np.testing.assert_array_equal(examples[0], examples[1])
+  painted = [np.argwhere(np.all(image == 0, axis=-1)) for image in examples[0]]
+  assert all(len(boxes) for boxes in painted)  # the examples show the occluders, placed per example
+  assert len({tuple(boxes[0]) for boxes in painted}) > 1
+
+
+@pytest.mark.parametrize("key, value", [("evals.held_out.split", "validation"), ("dataset.test_split", "validation"),
+                                        ("dataset.eval_split", "train+valid")])
+def test_a_split_the_set_lacks_names_the_key_that_asked_for_it(key, value):
+  config = tiny_run(get_config("configs/dan.py:synthetic"))
+  config.evals = {"held_out": config_lib.evaluator()}
+  *parents, last = key.split(".")
+  section = config
+  for part in parents:
+    section = section[part]
+  section[last] = value
+  evaluator = train.Evaluator(Constant(7), config, mesh_lib.make_mesh())
+  with pytest.raises(pipeline.DataError, match=re.escape(f"config.{key}={value!r}: Data set 'synthetic/tiny' has no split")):
+    evaluator.open_all()
+
+
 @pytest.mark.integration
 def test_dan_trained_on_rafdb_reported_on_ferplus_and_sfew(fixture_sets, tmp_path):
   """--mode=eval's path: a DAN RAF-DB checkpoint with FERPlus and SFEW evaluators."""
@@ -203,5 +244,5 @@ def test_dan_trained_on_rafdb_reported_on_ferplus_and_sfew(fixture_sets, tmp_pat
   assert {"eval_results.json", "eval_results.md", "eval_summary.png", "confusion_matrix.png",
           "confusion_matrix_ferplus.png", "examples_sfew.png"} <= files
   table = (tmp_path / "report" / "eval_results.md").read_text()
-  assert "Left out (the model lacks them): contempt (1 examples)" in table
+  assert "Left out (the model lacks them): contempt (1 example)." in table
   assert json.loads((tmp_path / "report" / "eval_results.json").read_text())["evaluators"]["sfew"]["split"] == "validation"

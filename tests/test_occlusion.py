@@ -81,3 +81,28 @@ def test_fill_colour_and_bad_arguments():
     augment.parse("occlude('eyes', geometry='rafdb')")
   with pytest.raises(ValueError, match="lacks"):
     augment.parse("occlude('eyes', geometry={'eye_y': 0.4})")
+
+
+@pytest.mark.parametrize("fill", ["(1, 2)", "300", "-1", "(0, 0, 256)", "'red'"])
+def test_a_fill_that_is_not_a_0_255_grey_level_or_rgb_triple_is_refused_when_parsed(fill):
+  with pytest.raises(ValueError, match="must be a grey level or an \\(R, G, B\\) triple of values in 0–255"):
+    augment.parse(f"occlude('mouth', fill={fill})|to_float()")
+
+
+def test_a_one_value_fill_paints_every_channel():
+  out = run_pipeline("occlude('lower_half', fill=(7,))|to_float()", 20, np.full((20, 20, 3), 100, np.uint8))
+  assert np.all(out[-1] == 7) and np.all(out[0] == 100)
+
+
+@pytest.mark.parametrize("boxes", ["area=1.5", "count=0", "count=1.5", "area='big'"])
+def test_box_arguments_are_checked_when_parsed(boxes):
+  with pytest.raises(ValueError, match="must be a number in \\(0, 1\\) and count=.* a whole number"):
+    augment.parse(f"occlude('boxes', {boxes})|to_float()")
+
+
+@pytest.mark.parametrize("text", ["resize(32)|normalize('imagenet')|occlude('mouth')",
+                                  "to_float()|random_apply(0.5, \"occlude('boxes')\")"])
+def test_occlusion_after_values_become_floats_is_refused(text):
+  with pytest.raises(ValueError, match="occlude\\(.*\\) comes after to_float\\(\\)/normalize\\(\\), .* put it before them"):
+    augment.parse(text)
+

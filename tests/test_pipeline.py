@@ -7,6 +7,7 @@ from reference import datasets as fx
 import tensorflow_datasets as tfds
 
 from fer_jax import mesh as mesh_lib
+from fer_jax.data import augment
 from fer_jax.data import builder_utils
 from fer_jax.data import pipeline
 from fer_jax.data import prepare
@@ -105,6 +106,16 @@ def test_clear_errors_for_missing_data_and_bad_settings(tmp_path):
   config.input.train_pp = "resize(32)|jitter()"
   with pytest.raises(pipeline.DataError, match="Unknown preprocessing op 'jitter'.*the device pipeline knows: .*flip"):
     pipeline.TrainData(config, mesh_lib.make_mesh())
+
+
+def test_a_pipeline_that_fails_only_when_traced_fails_when_its_data_is_opened():
+  """Errors that parsing cannot see (here a geometry value that is not a number) stop before any
+  work, naming the evaluator's key, not in the final report's eval step."""
+  config = _config()
+  geometry = {**augment.occlusion.GEOMETRIES["synthetic"], "mouth_y": "low"}
+  config.input.eval_pp = f"occlude('mouth', geometry={geometry})|to_float()"
+  with pytest.raises(pipeline.DataError, match="^config.evals.mouth.pp: unsupported operand"):
+    pipeline.EvalData(config, mesh_lib.make_mesh(), "test", "evals.mouth.pp")
 
 
 def _first_batches(config, steps=3, start=0):

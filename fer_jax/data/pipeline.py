@@ -99,18 +99,22 @@ def has_split(config, split: str) -> bool:
   return not _missing_splits(_builder(config.dataset), split)
 
 
-def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = False) -> Split:
+def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = False,
+               split_key: str = "") -> Split:
   """Opens a prepared split and maps its labels to `config.dataset.class_order` by class name.
 
   Records of classes the order lacks get label −1 (left out). Classes of the order the data set
   lacks are an error, unless `evaluation` (a model scored on another data set). With
   `max_per_class`, only the first that many records of each class count, in annotation
   order (the builder's `annotation_index` where it has one, else record order).
+  `split_key`: the config key that named `split` (e.g. "dataset.train_split"), for the error when the
+  set lacks it.
   """
   builder = _builder(config.dataset)
   missing = _missing_splits(builder, split)
   if missing:
-    raise DataError(f"Data set {config.dataset.name!r} has no split {missing[0]!r}; "
+    named_by = f"config.{split_key}={split!r}: " if split_key else ""
+    raise DataError(f"{named_by}Data set {config.dataset.name!r} has no split {missing[0]!r}; "
                     f"its splits are: {', '.join(builder.info.splits)} (join several with '+').")
   target = labels_lib.class_names(config.dataset.class_order)
   source_names = tuple(builder.info.features["label"].names)
@@ -196,7 +200,10 @@ def compile_pipeline(config, text: str, shape: tuple[int, int, int], key: str) -
   try:
     pipeline = augment.parse(text, size=config.input.size)
     output = pipeline.output_shape(shape)
-  except ValueError as e:
+    # Traced once on an abstract batch, so that arguments only tracing rejects fail here, before any work.
+    jax.eval_shape(lambda images: pipeline(images, augment.evaluation_keys(jax.numpy.arange(1))),
+                   jax.ShapeDtypeStruct((1, *shape), np.uint8))
+  except (ValueError, TypeError) as e:
     raise DataError(f"config.{key}: {e}") from e
   expected = (config.input.size, config.input.size, config.input.channels)
   if output != expected or not pipeline.ends_uint8:
@@ -369,7 +376,8 @@ class TrainData:
   def __init__(self, config, mesh):
     self.config = config
     self.mesh = mesh
-    self.split = load_split(config, config.dataset.train_split, config.dataset.max_per_class)
+    self.split = load_split(config, config.dataset.train_split, config.dataset.max_per_class,
+                            split_key="dataset.train_split")
     self.global_batch = config.batch_size  # divides over devices and processes (fer_jax.validation)
     self.local_batch = self.global_batch // jax.process_count()
     self.epoch_length = len(epoch_indices(self.split, config.dataset.sampler, config.seed, 0,
@@ -416,6 +424,14 @@ class TrainData:
       yield cache.finish(batch) if cache else batch
 
 
+def _split_key(config, split: str, pp_key: str) -> str:
+  """The key that named an evaluator's split: `evals.<name>.split` beside its `evals.<name>.pp`, else
+  the built-in evaluators' dataset.test_split or eval_split."""
+  if pp_key.startswith("evals."):
+    return pp_key.removesuffix(".pp") + ".split"
+  return "dataset.test_split" if split == config.dataset.test_split else "dataset.eval_split"
+
+
 @dataclasses.dataclass(frozen=True)
 class _EvalExample:
   """Position → one example of the split in order; positions past its end are padding (mask 0)."""
@@ -444,7 +460,7 @@ class EvalData:
   def __init__(self, config, mesh, split_name: str, pp_key: str = "input.eval_pp"):
     self.config = config
     self.mesh = mesh
-    self.split = load_split(config, split_name, evaluation=True)
+    self.split = load_split(config, split_name, evaluation=True, split_key=_split_key(config, split_name, pp_key))
     self.records = self.split.indices
     # Padding is masked, so any batch works: rounded up to fill every device.
     devices = mesh.devices.size
@@ -473,8 +489,8 @@ class EvalData:
     return other
 
   def preprocess(self, images: jax.Array, positions: jax.Array) -> jax.Array:
-    """The eval pipeline on a uint8 batch (inside jit)."""
-    return self.pipeline(images, augment.example_keys(self.config.seed, positions))
+    """The eval pipeline on a uint8 batch (inside jit), keyed by position alone (not config.seed)."""
+    return self.pipeline(images, augment.evaluation_keys(positions))
 
   def examples(self, count: int) -> np.ndarray:
     """The first `count` examples as the eval pipeline shows them before its float part (uint8),
@@ -482,7 +498,7 @@ class EvalData:
     count = min(count, len(self.records))  # not the padding
     batch = next(iter(self.local_batches()))
     images, positions = batch["image"][:count], batch["position"][:count]
-    keys = augment.example_keys(self.config.seed, positions)
+    keys = augment.evaluation_keys(positions)
     return np.asarray(jax.jit(self.pipeline.visible_part)(images, keys)).astype(np.uint8)
 
   def local_batches(self) -> grain.IterDataset:
@@ -520,7 +536,6 @@ class FilePreprocessor:
     side = config.dataset.image_size or config.input.size
     self.shape = (side, side, dataset_channels(config))
     self.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, "input.eval_pp")
-    self.seed = config.seed
 
   def read(self, path: str) -> np.ndarray:
     """uint8 at the stored shape; `decode.UnreadableImageError` for a file that cannot be decoded."""
@@ -528,4 +543,4 @@ class FilePreprocessor:
 
   def __call__(self, images: jax.Array) -> jax.Array:
     positions = jax.numpy.arange(images.shape[0])
-    return self.pipeline(images, augment.example_keys(self.seed, positions))
+    return self.pipeline(images, augment.evaluation_keys(positions))

@@ -7,6 +7,7 @@ occluders placed from the face geometry, for robustness evaluation).
 """
 
 from fer_jax.data.augment import basic, color, geometry, occlusion  # noqa: F401  (register the ops)
-from fer_jax.data.augment.core import OPS, Op, Pipeline, example_keys, parse, quantize, register, with_size
+from fer_jax.data.augment.core import (OPS, Op, Pipeline, evaluation_keys, example_keys, parse, quantize, register,
+                                      with_size)
 
-__all__ = ["OPS", "Op", "Pipeline", "example_keys", "parse", "quantize", "register", "with_size"]
+__all__ = ["OPS", "Op", "Pipeline", "evaluation_keys", "example_keys", "parse", "quantize", "register", "with_size"]

@@ -6,7 +6,8 @@ A pipeline is ops joined by "|", each a call with literal arguments, e.g.
 It runs on the device, inside the jitted step, on uint8 batches at the stored size: every op
 maps one HWC float32 image to another, vmapped over the batch, with its random draws taken
 from the example's own key (derived from the seed and the example's position in the run), so
-a resumed run augments every example exactly as an uninterrupted one.
+a resumed run augments every example exactly as an uninterrupted one; evaluation keys derive
+from the position in the split alone (`evaluation_keys`).
 
 Values keep uint8 semantics until `to_float()` or `normalize()`: while they do, the pipeline
 rounds and clips every op's output to integers in 0–255, as the libraries the ops imitate
@@ -44,11 +45,13 @@ class Op:
     `sample`'s distribution with the library's sampler.
   output_shape(shape) → shape, static.
   ends_uint8: values are floats from this op on (to_float, normalize).
+  needs_uint8: the op works on 0–255 values (e.g. paints a 0–255 colour): refused after those two.
   """
   apply: Callable[[jax.Array, Any], jax.Array]
   sample: Callable[[jax.Array, Shape], Any] = _no_params
   output_shape: Callable[[Shape], Shape] = _same_shape
   ends_uint8: bool = False
+  needs_uint8: bool = False
 
 
 OPS: dict[str, Callable[..., Op]] = {}
@@ -179,9 +182,13 @@ def _parse_op(text: str, uint8: bool) -> tuple[str, Op]:
   if name == "random_apply":  # its inner pipeline continues in the current value semantics
     kwargs["uint8"] = uint8
   try:
-    return name, OPS[name](*args, **kwargs)
+    op = OPS[name](*args, **kwargs)
   except TypeError as e:
     raise ValueError(f"Bad arguments in preprocessing op {text!r}: {e}") from e
+  if op.needs_uint8 and not uint8:
+    raise ValueError(f"{text} comes after to_float()/normalize(), where values are no longer 0–255: "
+                     "put it before them.")
+  return name, op
 
 
 AUGMENT_STREAM = 0x61756720  # separates augmentation keys from the step's dropout keys
@@ -191,3 +198,13 @@ def example_keys(seed: int, positions: jax.Array) -> jax.Array:
   """One key per example from (seed, global example position): the same wherever the run resumes."""
   base = jax.random.fold_in(jax.random.key(seed), AUGMENT_STREAM)
   return jax.vmap(lambda position: jax.random.fold_in(base, position))(positions)
+
+
+# Evaluation pipelines draw (random occluders) from this seed, not config.seed: models trained
+# with different seeds are tested on the same inputs.
+EVALUATION_SEED = 0
+
+
+def evaluation_keys(positions: jax.Array) -> jax.Array:
+  """One key per example of an evaluated split, from its position in the split alone."""
+  return example_keys(EVALUATION_SEED, positions)

@@ -8,8 +8,10 @@ to_float/normalize so that `fill` is a 0–255 colour):
   mouth       a box over the mouth;
   lower_half  everything below the nose;
   mask        a surgical-mask shape from just below the nose to the chin, rounded at the bottom;
-  boxes       `count` squares of `area` (fraction of the image, all together) at random places,
-              drawn from the example's key: the same boxes for the same example in every run.
+  boxes       `count` squares of `area` / `count` of the image each, at random places drawn from
+              the example's key; they may overlap, so together they cover at most `area`. In
+              evaluation the key depends only on the example's position in the split
+              (`core.evaluation_keys`): every run covers each image the same way.
 """
 
 import jax
@@ -51,6 +53,15 @@ def _geometry(geometry) -> dict:
   return geometry
 
 
+def _colour(region: str, fill) -> np.ndarray:
+  """`fill` as float32: a 0–255 grey level, or one 0–255 value per channel (1 or 3)."""
+  fill = DEFAULT_FILL.get(region, 0) if fill is None else fill
+  values = fill if isinstance(fill, (tuple, list)) else (fill,)
+  if len(values) not in (1, 3) or not all(isinstance(v, (int, float)) and 0 <= v <= 255 for v in values):
+    raise ValueError(f"occlude: fill={fill!r} must be a grey level or an (R, G, B) triple of values in 0–255.")
+  return np.asarray(fill, np.float32)
+
+
 def _box(ys, xs, top, bottom, left, right):
   return (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
 
@@ -76,16 +87,18 @@ def _fixed_region(region: str, g: dict):
 
 @register
 def occlude(region: str, geometry="synthetic", fill=None, area: float = 0.2, count: int = 1) -> Op:
-  """Paints `region` (REGIONS) with `fill` (a grey level or an RGB triple, 0–255).
+  """Paints `region` (REGIONS) with `fill` (a grey level or an RGB triple, 0–255), on 0–255 values only.
 
   `geometry`: a name in GEOMETRIES or a dict of the same keys. `area` and `count`: the "boxes"
-  region only (squares of area / count of the image each, wholly inside it).
+  region only (`count` squares of area / count of the image each, wholly inside it, which may overlap).
   """
   if region not in REGIONS:
     raise ValueError(f"occlude: unknown region {region!r}; valid: {', '.join(REGIONS)}.")
-  if region == "boxes" and not (0 < area < 1 and count >= 1 and area / count < 1):
-    raise ValueError(f"occlude('boxes'): area={area} must be in (0, 1) and count={count} at least 1.")
-  colour = np.asarray(DEFAULT_FILL.get(region, 0) if fill is None else fill, np.float32)
+  if region == "boxes" and not (isinstance(area, (int, float)) and 0 < area < 1
+                                and isinstance(count, int) and count >= 1):
+    raise ValueError(f"occlude('boxes'): area={area!r} must be a number in (0, 1) and count={count!r} a whole "
+                     "number, at least 1.")
+  colour = _colour(region, fill)
   side = float(np.sqrt(area / count))
 
   def sample(key, shape):
@@ -105,4 +118,4 @@ def occlude(region: str, geometry="synthetic", fill=None, area: float = 0.2, cou
     return jnp.where(inside[:, :, None], value, image)
 
   _geometry(geometry)  # fail when the op is built, not when traced
-  return Op(apply=apply, sample=sample)
+  return Op(apply=apply, sample=sample, needs_uint8=True)
