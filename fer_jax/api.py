@@ -19,7 +19,6 @@ from __future__ import annotations  # fer_jax.predict (the command) imports this
 
 import dataclasses
 import functools
-import importlib.util
 import os
 import warnings
 
@@ -72,9 +71,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise UserError(f"config {spec!r}: {path} is not a file; pass configs/<method>.py:<dataset>.")
-  module_spec = importlib.util.spec_from_file_location("fer_jax_user_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = config_lib.config_module(path)
   return module.get_config(arg) if arg else module.get_config()
 
 

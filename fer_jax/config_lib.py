@@ -1,6 +1,7 @@
 """Defaults shared by every config (each file in configs/ starts from `base_config()` and reads
 its argument with `parse_arg`) and the `--config` flag; `fer_jax.validation` checks a whole config."""
 
+import importlib.util
 import os
 from collections.abc import Sequence
 
@@ -159,3 +160,11 @@ def parse_arg(arg: str, config_file: str, data_sets: Sequence[str],
 def _valid_args(data_sets, options) -> str:
   usage = "".join(f",{key}=<{'|'.join(values)}>" for key, values in options.items())
   return f"valid: {', '.join(data_sets)}" + (f" (optionally followed by {usage})" if usage else "") + "."
+
+
+def config_module(path: str):
+  """A config file (configs/<method>.py) as a module: its get_config and the names it defines."""
+  module_spec = importlib.util.spec_from_file_location(f"fer_jax_config_{os.path.basename(path)[:-3]}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module

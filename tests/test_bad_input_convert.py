@@ -9,14 +9,21 @@ import builtins
 import io
 import os
 import pickle
+import shlex
+import shutil
 import struct
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 
-from helpers import assert_user_error, run_command
+from fer_jax import checkpointing
+from fer_jax import train
+from helpers import ROOT, assert_user_error, cpu_devices_env, run_command
 from reference.dan import ReferenceDAN
 from reference.lhcnet import keras_weights, tf_checkpoint_names, with_optimizer_state
 
@@ -131,11 +138,131 @@ def test_dan_checkpoint_with_another_method_names_dan(tmp_path, dan_checkpoint, 
                     "It looks like a dan file", "--config=configs/dan.py:<data set>")
 
 
-def test_dan_checkpoint_with_another_class_count_names_both(tmp_path, dan_checkpoint):
-  result = convert("dan.py:rafdb", dan_checkpoint, tmp_path / "out", "--config.model.num_classes=8")
+def test_dan_checkpoint_with_another_class_count_names_the_configs_that_fit(tmp_path, dan_checkpoint):
+  result = convert("dan.py:affectnet8", dan_checkpoint, tmp_path / "out")
   assert_user_error(result, f"{DAN_FILE} holds a 7-class classifier (fc.weight (7, 512))",
-                    "the config builds 8 classes", "--config.model.num_classes=7",
+                    "the config builds 8 classes: pass --config=configs/dan.py:rafdb or "
+                    "--config=configs/dan.py:affectnet7 or --config=configs/dan.py:synthetic",
                     "fc.weight (7, 512) does not fit params/fc/kernel (512, 8)")
+  assert "num_classes" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def dan_8_class_checkpoint(tmp_path_factory):
+  path = tmp_path_factory.mktemp("dan8") / "affecnet8_epoch5_acc0.6209.pth"
+  torch.save({"iter": 5, "model_state_dict": ReferenceDAN(num_classes=8).state_dict()}, path)
+  return str(path)
+
+
+def test_following_the_advice_for_another_class_count_gives_a_usable_model(tmp_path, dan_8_class_checkpoint):
+  result = convert("dan.py:rafdb", dan_8_class_checkpoint, tmp_path / "out")
+  assert_user_error(result, "holds a 8-class classifier", "the config builds 7 classes: pass "
+                    "--config=configs/dan.py:affectnet8.")
+  assert "num_classes" not in result.stderr  # it used to suggest --config.model.num_classes=8, with 7 class names
+  converted = convert("dan.py:affectnet8", dan_8_class_checkpoint, tmp_path / "out")
+  assert converted.returncode == 0, converted.stderr[-3000:]
+  meta = checkpointing.read_meta(str(tmp_path / "out"))
+  assert meta["model"]["num_classes"] == len(meta["class_names"]) == 8
+
+
+def test_config_that_cannot_run_is_refused_before_the_checkpoint_is_read(tmp_path):
+  result = convert("dan.py:rafdb", tmp_path / "not_there.pth", tmp_path / "out", "--config.model.num_classes=8")
+  assert_user_error(result, "config.dataset.class_order='rafdb' names 7 classes",
+                    "config.model.num_classes=8: set one to match the other")
+  assert "not_there.pth" not in result.stderr
+
+
+def test_dan_file_named_for_another_data_set_is_converted_with_a_warning_naming_both(tmp_path, dan_checkpoint):
+  result = convert("dan.py:affectnet7", dan_checkpoint, tmp_path / "out")
+  assert result.returncode == 0, result.stderr[-3000:]
+  warning = next(line for line in result.stderr.splitlines() if line.startswith("W") and DAN_FILE in line)
+  assert ("is named like the released rafdb model (classes surprise, fear, disgust, happiness, sadness, anger, "
+          "neutral), but the config's class order affectnet7 is neutral, happiness") in warning
+  assert "Unless the file was renamed, pass --config=configs/dan.py:rafdb." in warning
+  assert "whose outputs are the classes of the config's class order affectnet7: neutral, happiness" in result.stderr
+
+
+def logged_command(result, label: str) -> list[str]:
+  """The command logged after `label` ("Evaluate with:"), split as a shell would."""
+  line = next(line for line in result.stderr.splitlines() if label in line)
+  return shlex.split(line.split(label, 1)[1])
+
+
+def test_next_command_keeps_the_overrides_shell_quoted(tmp_path, dan_checkpoint):
+  workdir = tmp_path / "out"
+  result = convert("dan.py:rafdb", dan_checkpoint, workdir, "--config.dataset.data_dir=/data/my faces")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert logged_command(result, "Evaluate with:") == [
+      "python", "-m", "fer_jax.main", "--mode=eval", "--config=configs/dan.py:rafdb",
+      "--config.dataset.data_dir=/data/my faces", f"--checkpoint={workdir}", "--workdir=<report", "folder>"]
+  assert "initialisation_only" not in checkpointing.read_meta(str(workdir))
+
+
+def test_backbone_only_conversion_says_how_to_train_from_it_and_is_marked_so(tmp_path):
+  path = tmp_path / "resnet18_msceleb.pth"
+  torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, path)
+  workdir = tmp_path / "out"
+  result = convert("dan.py:rafdb", path, workdir, "--config.seed=3")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Evaluate with" not in result.stderr
+  assert "a starting point for training, not a model to evaluate or predict with" in result.stderr
+  assert logged_command(result, "Train from it with:") == [
+      "python", "-m", "fer_jax.main", "--config=configs/dan.py:rafdb", f"--config.init_from={workdir}",
+      "--workdir=<run", "folder>"]
+  assert checkpointing.read_meta(str(workdir))["initialisation_only"] is True
+
+
+def test_home_folder_is_expanded_in_the_paths(tmp_path, dan_checkpoint, monkeypatch):
+  home = tmp_path / "home"
+  home.mkdir()
+  shutil.copy(dan_checkpoint, home / DAN_FILE)
+  monkeypatch.setenv("HOME", str(home))
+  result = run_command("fer_jax.convert", "--config=configs/dan.py:rafdb", f"--checkpoint=~/{DAN_FILE}",
+                       "--workdir=~/converted")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert checkpointing.read_meta(str(home / "converted"))["model"]["name"] == "dan"
+  assert not os.path.exists(os.path.join(ROOT, "~"))
+
+
+# Sends this process SIGINT while Orbax writes the converted model, as a Ctrl-C would, then runs the command.
+INTERRUPTED_SAVE = """
+import os, runpy, signal, sys
+import orbax.checkpoint as ocp
+wait_until_finished = ocp.CheckpointManager.wait_until_finished
+def interrupted(self):
+  os.kill(os.getpid(), signal.SIGINT)
+  return wait_until_finished(self)
+ocp.CheckpointManager.wait_until_finished = interrupted
+sys.argv[0] = "fer_jax.convert"
+runpy.run_module("fer_jax.convert", run_name="__main__")
+"""
+
+
+def test_interrupted_save_removes_its_output_and_the_same_command_converts_again(tmp_path, dan_checkpoint):
+  args = ["--config=configs/dan.py:rafdb", f"--checkpoint={dan_checkpoint}", f"--workdir={tmp_path / 'out'}"]
+  result = subprocess.run([sys.executable, "-c", INTERRUPTED_SAVE, *args], cwd=ROOT, env=cpu_devices_env(1),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == train.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert f"Stopped while writing {tmp_path / 'out'}: removed what it wrote" in result.stderr
+  assert not (tmp_path / "out").exists()
+  rerun = run_command("fer_jax.convert", *args)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+
+
+def test_workdir_left_by_an_interrupted_conversion_is_cleaned(tmp_path, dan_checkpoint):
+  (tmp_path / "out" / "0.orbax-checkpoint-tmp-1733356800" / "state").mkdir(parents=True)
+  result = convert("dan.py:rafdb", dan_checkpoint, tmp_path / "out")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Removed the partial output of an interrupted conversion" in result.stderr
+  assert sorted(os.listdir(tmp_path / "out")) == ["0"]
+
+
+def test_help_shows_the_examples_as_written():
+  result = run_command("fer_jax.convert", "--helpshort")
+  assert "--config=configs/dan.py:rafdb \\\n      --checkpoint=rafdb_epoch21" in result.stdout
+  assert "--checkpoint: The file to convert (for a TensorFlow checkpoint: its folder, prefix or .index file)" in \
+      " ".join(result.stdout.split())
 
 
 class RunsShell:

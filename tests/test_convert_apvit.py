@@ -13,6 +13,7 @@ from timm.models import vision_transformer
 
 from fer_jax import convert
 from fer_jax import models
+from fer_jax.data import labels
 from fer_jax.models.backbones import irse
 from fer_jax.models.backbones import vit
 from helpers import get_config
@@ -45,7 +46,8 @@ def test_mmcv_checkpoint_gives_the_reference_logits(config, images, tmp_path):
   torch.manual_seed(0)
   reference = randomise(ReferenceAPViT(config.model), seed=5)
   path = tmp_path / "APViT_RAF-3eeecf7d.pth"
-  torch.save({"meta": {"mmcv_version": "1.3.8", "epoch": 40, "CLASSES": ["Surprise", "Fear"]},
+  classes = [name.capitalize() for name in labels.class_names(config.dataset.class_order)]  # as mmcv records them
+  torch.save({"meta": {"mmcv_version": "1.3.8", "epoch": 40, "CLASSES": classes},
               "state_dict": reference.state_dict()}, path)
   variables, report = convert.convert(config, [str(path)])
   logits = jax.jit(lambda v, x: models.build_model(config).apply(v, x, train=False)["logits"])(variables, images)
@@ -138,3 +140,22 @@ def test_backbones_are_told_apart_and_checked_against_the_method(config, backbon
   with pytest.raises(convert.ConversionError, match=r"is not a checkpoint format fer_jax converts for dan.*resnet18"
                      r".* It looks like a timm_vit file: convert it with configs/apvit\.py"):
     convert.read_source(paths[1], "dan")
+
+
+APVIT8 = ["Anger", "Disgust", "Fear", "Sadness", "Happiness", "Surprise", "Neutral", "Contempt"]  # mmcv's meta.CLASSES
+RAFDB = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+
+
+@pytest.mark.parametrize("recorded, advice", [
+    (APVIT8, "pass --config=configs/apvit.py:ferplus or --config=configs/apvit.py:affectnet8."),
+    (RAFDB, "add --config.dataset.class_order=rafdb to the command."),
+])
+def test_classes_the_checkpoint_records_must_be_the_configs(config, tmp_path, recorded, advice):
+  path = tmp_path / "APViT_RAF-3eeecf7d.pth"
+  torch.save({"meta": {"CLASSES": recorded},
+              "state_dict": {"extractor.input_layer.0.weight": torch.zeros(1), "vit.cls_token": torch.zeros(1)}}, path)
+  with pytest.raises(convert.ConversionError) as error:
+    convert.convert(config, [str(path)])
+  assert str(error.value) == (
+      f"APViT_RAF-3eeecf7d.pth records its classes as {', '.join(recorded)}, but the config's class order apvit7 is "
+      f"anger, disgust, fear, sadness, happiness, surprise, neutral, which would name its outputs wrongly: {advice}")

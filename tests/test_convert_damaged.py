@@ -10,6 +10,8 @@ bundle that TensorFlow wrote, cut).
 
 import os
 import shutil
+import warnings
+import zipfile
 
 import h5py
 import numpy as np
@@ -159,6 +161,72 @@ def test_damaged_tf_index_is_named(tmp_path, cut):
 
 def test_intact_tf_fixture_still_reads(tmp_path):
   assert len(convert.tf_checkpoint.load(tf_copy(tmp_path / "LHC_Net"))) == 120
+
+
+def test_folder_of_tensorflow_checkpoints_names_them(tmp_path):
+  parent = tmp_path / "Downloaded_Models"
+  parent.mkdir()
+  for name in ("LHC_Net", "LHC_NetC"):
+    tf_copy(parent / name)
+  message = conversion_message("lhcnet.py:fer2013,stage=B", parent)
+  assert message == (f"{parent} is a folder of TensorFlow checkpoints: pass one of them, "
+                     f"--checkpoint={parent / 'LHC_Net'} or --checkpoint={parent / 'LHC_NetC'}.")
+
+
+def test_folder_without_a_checkpoint_says_what_it_holds(tmp_path):
+  (tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth").write_bytes(b"")
+  message = conversion_message("dan.py:rafdb", tmp_path)
+  assert message == (f"{tmp_path} is a folder, not a checkpoint (it holds rafdb_epoch21_acc0.897_bacc0.8275.pth; no "
+                     "TensorFlow checkpoint's `checkpoint` or .index file): pass the checkpoint file itself.")
+
+
+def test_tf_data_shard_without_its_index_is_named(tmp_path):
+  prefix = tf_copy(tmp_path / "LHC_Net")
+  os.remove(prefix + ".index")
+  message = conversion_message("lhcnet.py:fer2013,stage=B", prefix + SHARD)
+  assert message == (f"{prefix + SHARD} is a data shard of a TensorFlow checkpoint, but its index {prefix}.index is "
+                     "missing: download the .index file too, beside the shard.")
+
+
+def test_checkpoint_file_naming_a_checkpoint_that_is_not_there_is_named(tmp_path):
+  folder = tmp_path / "LHC_Net"
+  tf_copy(folder)
+  os.rename(folder / "bundle.index", folder / "other.index")
+  (folder / "checkpoint").write_text('model_checkpoint_path: "bundle"\n')
+  message = conversion_message("lhcnet.py:fer2013,stage=B", folder)
+  assert message.startswith(f"{folder / 'checkpoint'} names the checkpoint {folder / 'bundle'}, which is not there")
+  assert "download the whole checkpoint folder again" in message
+
+
+@pytest.mark.parametrize("name", ["drive-download.zip", "rafdb_epoch21_acc0.897_bacc0.8275.pth"])
+def test_zip_archive_holding_the_checkpoint_says_extract_it(tmp_path, name):
+  path = tmp_path / name
+  with zipfile.ZipFile(path, "w") as archive:
+    archive.writestr("rafdb_epoch21_acc0.897_bacc0.8275.pth", b"PK")
+  message = conversion_message("dan.py:rafdb", path)
+  assert message == (f"{path} is a zip archive of files (rafdb_epoch21_acc0.897_bacc0.8275.pth), not a PyTorch "
+                     "checkpoint: extract it and pass the checkpoint it holds.")
+
+
+@pytest.mark.parametrize("make, dtype", [(lambda t: t.to(torch.float8_e4m3fn), "float8_e4m3fn"),
+                                         (lambda t: torch.quantize_per_tensor(t, 0.1, 0, torch.qint8), "qint8")])
+def test_tensors_numpy_has_no_dtype_for_are_named_with_the_fix(tmp_path, make, dtype):
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  with warnings.catch_warnings():  # PyTorch deprecates its quantized tensors, which old checkpoints still hold
+    warnings.simplefilter("ignore")
+    torch.save({"model_state_dict": {"fc.weight": make(torch.ones(7, 512))}}, path)
+  message = conversion_message("dan.py:rafdb", path)
+  assert message == (f"{path}: model_state_dict/fc.weight is a {dtype} tensor, which fer_jax does not read: re-save "
+                     "the checkpoint with its weights in float32 or float16.")
+
+
+def test_integer_weights_are_named_with_the_fix(tmp_path):  # integer BatchNorm counters pass: the parity tests
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  torch.save({"model_state_dict": {"fc.weight": torch.ones(7, 512, dtype=torch.int8)}}, path)
+  message = conversion_message("dan.py:rafdb", path)
+  assert message == ("rafdb_epoch21_acc0.897_bacc0.8275.pth [dan]: fc.weight is int8, where fer_jax expects "
+                     "floating-point weights (a quantized model?): re-save the checkpoint with its weights in "
+                     "float32 or float16.")
 
 
 @pytest.mark.integration

@@ -126,3 +126,51 @@ def test_msceleb_resnet18_fills_the_trunk_and_initialises_the_rest(tmp_path, ima
   reseeded, _ = convert.convert(config, [str(path)])
   np.testing.assert_array_equal(reseeded["params"]["trunk"]["conv1"]["kernel"], variables["params"]["trunk"]["conv1"]["kernel"])
   assert not np.array_equal(reseeded["params"]["head3"]["ca"]["fc1"]["kernel"], kernel)
+
+
+@pytest.mark.parametrize("layout", ["DataParallel keys", "bare state dict", "bare DataParallel state dict"])
+def test_data_parallel_keys_and_bare_state_dicts_convert_as_the_release(released, converted, tmp_path, layout):
+  state = torch.load(released[1], weights_only=True)["model_state_dict"]
+  if "DataParallel" in layout:
+    state = {f"module.{name}": value for name, value in state.items()}
+  path = tmp_path / "dan.pth"
+  torch.save(state if layout.startswith("bare") else {"iter": 21, "model_state_dict": state}, path)
+  variables, _ = convert.convert(small_config(), [str(path)])
+  jax.tree.map(np.testing.assert_array_equal, variables, converted[0])
+
+
+def test_keys_that_do_not_match_are_listed_unknown_first_in_a_short_message(released, tmp_path):
+  state = torch.load(released[1], weights_only=True)["model_state_dict"]
+  path = tmp_path / "renamed.pth"
+  torch.save({"model_state_dict": {f"net.{name}": value for name, value in state.items()}}, path)
+  with pytest.raises(convert.ConversionError) as error:
+    convert.convert(small_config(), [str(path)])
+  lines = str(error.value).splitlines()
+  assert "renamed.pth [dan]: unknown to this model: net.features.0.weight (64, 3, 7, 7)" in lines[1]
+  assert lines[2].startswith("  renamed.pth [dan]: bn.running_mean, ") and lines[2].endswith("(234 in all) are missing")
+  assert len(lines) == 5 and lines[-1].startswith("Pass the --config")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_float16_bfloat16_and_float64_weights_convert_to_their_float32_values(released, tmp_path, dtype):
+  state = torch.load(released[1], weights_only=True)["model_state_dict"]
+  paths = {kind: tmp_path / f"{kind}.pth" for kind in ("saved", "float32")}
+  for kind, cast in (("saved", lambda v: v.to(dtype)), ("float32", lambda v: v.to(dtype).float())):
+    torch.save({"model_state_dict": {name: cast(v) if v.is_floating_point() else v for name, v in state.items()}},
+               paths[kind])
+  saved, _ = convert.convert(small_config(), [str(paths["saved"])])
+  expected, _ = convert.convert(small_config(), [str(paths["float32"])])
+  jax.tree.map(np.testing.assert_array_equal, saved, expected)
+
+
+def test_a_source_that_does_not_fit_names_the_one_that_does(released):
+  with pytest.raises(convert.ConversionError, match=r"is no resnet18 file \(--source=resnet18\) but a dan one: "
+                                                   r"pass --source=dan, or no --source"):
+    convert.convert(small_config(), [released[1]], ["resnet18"])
+
+
+def test_only_a_backbone_makes_an_initialisation(converted, tmp_path):
+  assert not converted[1].initialisation_only  # only the affinity centres, a training-only parameter, are fresh
+  path = tmp_path / "resnet18_msceleb.pth"
+  torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, path)
+  assert convert.convert(small_config(), [str(path)])[1].initialisation_only

@@ -74,8 +74,11 @@ def test_separate_unit_checkpoint_needs_the_separate_config(tmp_path):
   path = saved_like_official(ReferenceScanCci(7, shared=False), tmp_path / "model_best.pth.tar")
   with pytest.raises(convert.ConversionError) as error:
     convert.convert(small_config("synthetic"), [path])
-  assert "local_attention_masks.attention.0.weight is missing" in str(error.value)
-  assert "attention_state_dict/module.local_attention_masks.0.attention.0.weight (512, 512, 3, 3)" in str(error.value)
+  unknown, missing = str(error.value).splitlines()[1:3]
+  assert ("unknown to this model: attention_state_dict/module.local_attention_masks.0.attention.0.weight "
+          "(512, 512, 3, 3)") in unknown
+  assert "attention_state_dict/module.local_attention_masks.attention.0.weight, " in missing
+  assert missing.endswith(" are missing")
 
 
 @pytest.mark.integration
@@ -126,3 +129,15 @@ def test_numpy_pickles_of_either_python_load(tmp_path):
     loaded = torch_io.load_numpy_pickle(str(path))
     assert loaded.keys() == arrays.keys()
     assert all(np.array_equal(loaded[k], arrays[k]) and loaded[k].dtype == arrays[k].dtype for k in arrays)
+
+
+def test_checkpoint_saved_without_data_parallel_converts_as_the_official_one(tmp_path):
+  reference = randomise(ReferenceScanCci(7, shared=True), seed=3)
+  official = saved_like_official(reference, tmp_path / "model_best.pth.tar")
+  bare = tmp_path / "bare.pth.tar"
+  torch.save({"epoch": 12, "base_state_dict": reference.base.state_dict(),
+              "attention_state_dict": reference.attention.state_dict(),
+              "region_state_dict": reference.region.state_dict()}, bare)
+  expected, _ = convert.convert(small_config("synthetic"), [official])
+  variables, _ = convert.convert(small_config("synthetic"), [str(bare)])
+  jax.tree.map(np.testing.assert_array_equal, variables, expected)

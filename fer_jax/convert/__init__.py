@@ -8,6 +8,9 @@ writes an Orbax checkpoint of {params, batch_stats} (`fer_jax.checkpointing.save
 `--source`); `SOURCES` lists them, each defined in the module of its method. Backbone-only
 sources fill their part of the model and leave the rest as freshly initialised (seeded with
 `config.seed`); several `--checkpoint`s may fill different parts (APViT: IR-50 + ViT-Small).
+Such a model is saved as an initialisation only: `--config.init_from` reads it, evaluation and
+inference refuse it. The converted model's outputs are named by the config's class order, which
+must be the one the checkpoint records (fer_jax.convert.classes).
 """
 
 import dataclasses
@@ -23,6 +26,7 @@ import numpy as np
 
 from fer_jax import models
 from fer_jax.convert import apvit
+from fer_jax.convert import classes
 from fer_jax.convert import core
 from fer_jax.convert import dan
 from fer_jax.convert import keras_h5
@@ -45,11 +49,16 @@ class Source:
   files: str                                 # the official file names, for messages and docs
   # What the tensors hold when it is not what the config builds (classes, stage), and the --config to pass.
   mismatch: Callable[[dict, Any], str | None] | None = None
+  # The file's contents → the class names it records in the order of the outputs, or None (fer_jax.convert.classes).
+  recorded_classes: Callable[[Any], Sequence[str] | None] | None = None
+  # (official file-name prefix, class order of that release): what a file name says of its classes.
+  file_orders: tuple[tuple[str, str], ...] = ()
 
 
 SOURCES = (
     Source("dan", "dan", "torch", dan.select, dan.map_checkpoint, False,
-           "rafdb_epoch21_acc0.897_bacc0.8275.pth, affecnet8_epoch5_acc0.6209.pth, AffectNet-7 file", dan.mismatch),
+           "rafdb_epoch21_acc0.897_bacc0.8275.pth, affecnet8_epoch5_acc0.6209.pth, AffectNet-7 file", dan.mismatch,
+           file_orders=dan.FILE_ORDERS),
     Source("resnet18", "dan", "torch", torchvision_resnet.select_resnet18, torchvision_resnet.map_resnet18, True,
            "resnet18_msceleb.pth"),
     Source("scan_cci", "scan_cci", "torch", scan_cci.select, scan_cci.map_checkpoint, False,
@@ -57,7 +66,7 @@ SOURCES = (
     Source("vggface2_resnet50", "scan_cci", "numpy_pickle", torchvision_resnet.select_resnet50,
            torchvision_resnet.map_resnet50, True, "vgg_msceleb_resnet50_ft_weight.pkl"),
     Source("apvit", "apvit", "torch", apvit.select_checkpoint, apvit.map_checkpoint, False, "APViT_RAF-3eeecf7d.pth",
-           apvit.mismatch),
+           apvit.mismatch, apvit.recorded_classes),
     Source("ir50", "apvit", "torch", apvit.select_ir50, apvit.map_ir50, True, "backbone_ir50_ms1m_epoch120.pth"),
     Source("timm_vit", "apvit", "torch", apvit.select_timm, apvit.map_timm, True, "vit_small_p16_224-15ec54c9.pth"),
     Source("vit_npz", "apvit", "npz", apvit.select_npz, apvit.map_npz, True, "a ViT .npz with the same shapes"),
@@ -97,8 +106,8 @@ READERS = {"torch": torch_io.load_torch, "numpy_pickle": torch_io.load_numpy_pic
 
 def reader_for(path: str) -> str:
   """The reader a file needs, from its kind."""
-  if tf_checkpoint.checkpoint_prefix(path):
-    return "tf_checkpoint"
+  if tf_checkpoint.checkpoint_prefix(path) or tf_checkpoint.is_data_shard(path) or os.path.isdir(path):
+    return "tf_checkpoint"  # its reader names what a folder without a TensorFlow checkpoint holds
   extension = os.path.splitext(path)[1].lower()
   return {".h5": "keras_h5", ".hdf5": "keras_h5", ".npz": "npz", ".pkl": "numpy_pickle",
           ".pickle": "numpy_pickle"}.get(extension, "torch")
@@ -116,8 +125,10 @@ def check_exists(path: str) -> None:
                           "checkpoint its folder, its prefix or its .index file).")
 
 
-def read_source(path: str, method: str, source_name: str | None = None) -> tuple[Source, dict]:
-  """Reads `path` and finds (or checks) which source of `method` it is; returns its tensors."""
+def read_source(path: str, method: str, source_name: str | None = None) -> tuple[Source, dict, Sequence[str] | None]:
+  """Reads `path` and finds (or checks) which source of `method` it is; returns it, its tensors and the class
+  names the file records (None if it records none)."""
+  path = os.path.expanduser(path)
   candidates = [s for s in SOURCES if s.method == method]
   if source_name:
     if source_name not in SOURCES_BY_NAME:
@@ -133,13 +144,22 @@ def read_source(path: str, method: str, source_name: str | None = None) -> tuple
     if source.reader == reader:
       tensors = source.select(loaded)
       if tensors is not None:
-        return source, tensors
+        return source, tensors, source.recorded_classes(loaded) if source.recorded_classes else None
+  raise _unknown_format(path, method, reader, loaded, source_name)
+
+
+def _unknown_format(path: str, method: str, reader: str, loaded, source_name: str | None) -> ConversionError:
+  """The error for a file that no candidate source reads: the --source or --config that fits it, if one does."""
+  fitting = [s for s in SOURCES if s.reader == reader and s.name != source_name and s.select(loaded) is not None]
+  fitting.sort(key=lambda s: s.method != method)
+  if fitting and fitting[0].method == method:  # only with a --source: without, read_source would have taken it
+    return ConversionError(f"{path} is no {source_name} file (--source={source_name}) but a {fitting[0].name} one: "
+                           f"pass --source={fitting[0].name}, or no --source.")
   known = "; ".join(f"{s.name} ({s.files})" for s in SOURCES if s.method == method)
-  elsewhere = [s for s in SOURCES if s.method != method and s.reader == reader and s.select(loaded) is not None]
-  hint = (f" It looks like a {elsewhere[0].name} file: convert it with configs/{elsewhere[0].method}.py "
-          f"(--config=configs/{elsewhere[0].method}.py:<data set>)." if elsewhere else "")
-  raise ConversionError(f"{path} ({reader}, {_outline(loaded)}) is not a checkpoint format fer_jax converts "
-                        f"for {method}. Known sources: {known}.{hint}")
+  hint = (f" It looks like a {fitting[0].name} file: convert it with configs/{fitting[0].method}.py "
+          f"(--config=configs/{fitting[0].method}.py:<data set>)." if fitting else "")
+  return ConversionError(f"{path} ({reader}, {_outline(loaded)}) is not a checkpoint format fer_jax converts "
+                         f"for {method}. Known sources: {known}.{hint}")
 
 
 def _fresh_variables(model, config) -> dict:
@@ -159,12 +179,17 @@ def convert(config, checkpoints: Sequence[str], sources: Sequence[str] = ()) -> 
   """Maps the checkpoint files onto the model `config` builds; returns ({params, batch_stats}, report)."""
   if sources and len(sources) != len(checkpoints):
     raise ConversionError(f"Give one --source per --checkpoint or none ({len(sources)} for {len(checkpoints)}).")
-  for path in checkpoints:
+  paths = [os.path.expanduser(path) for path in checkpoints]
+  for path in paths:
     check_exists(path)
   inputs = []
-  for index, path in enumerate(checkpoints):
-    source, tensors = read_source(path, config.model.name, sources[index] if sources else None)
-    inputs.append((source, tensors, os.path.basename(os.path.normpath(path))))
+  for index, path in enumerate(paths):
+    source, tensors, recorded = read_source(path, config.model.name, sources[index] if sources else None)
+    file_name = os.path.basename(os.path.normpath(path))
+    if recorded:
+      classes.check_recorded(config, file_name, recorded)
+    classes.warn_if_named_otherwise(config, file_name, source.file_orders)
+    inputs.append((source, tensors, file_name))
   return convert_tensors(config, inputs)
 
 
@@ -182,5 +207,7 @@ def convert_tensors(config, inputs: Sequence[tuple[Source, dict, str]]) -> tuple
     backbone_only |= source.backbone_only
   fresh = functools.partial(_fresh_variables, model, config)
   auxiliary = set(models.get_method(config.model.name).auxiliary_params)
-  return core.finish(target, tensor_sets, fresh,
-                     lambda path: backbone_only or path.split("/")[1] in auxiliary, config.seed, diagnoses)
+  variables, report = core.finish(target, tensor_sets, fresh,
+                                  lambda path: backbone_only or path.split("/")[1] in auxiliary, config.seed, diagnoses)
+  report.initialisation_only = any(path.split("/")[1] not in auxiliary for path in report.fresh)
+  return variables, report

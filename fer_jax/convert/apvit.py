@@ -1,7 +1,8 @@
 """APViT's released checkpoint and the two backbones its training starts from (docs/methods/apvit.md §3).
 
 Sources:
-  apvit     `APViT_RAF-3eeecf7d.pth`, an mmcv checkpoint {meta, state_dict}. Keys:
+  apvit     `APViT_RAF-3eeecf7d.pth`, an mmcv checkpoint {meta, state_dict}; meta.CLASSES names
+            the classes in the order of the outputs, which the config's must be. Keys:
             extractor.input_layer.{0 conv, 1 BN, 2 PReLU},
             extractor.body.{stage}.{unit}.{res_layer.{0 BN, 1 conv, 2 PReLU, 3 conv, 4 BN},
             shortcut_layer.{0 conv, 1 BN}}, vit.projs.0, vit.cls_token, vit.patch_pos_embed,
@@ -31,6 +32,7 @@ import re
 
 import numpy as np
 
+from fer_jax.convert import classes
 from fer_jax.convert import core
 
 RULES: tuple[core.Rule, ...] = (
@@ -58,20 +60,20 @@ def _ir_module(module: str, unit_name) -> str | None:
   return f"extractor.body.{unit_name(int(match[1]))}.{match[2]}.{match[3]}" if match else None
 
 
-def _unwrap(loaded, *keys):
-  for key in keys:
-    if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
-      loaded = loaded[key]
-  return loaded if isinstance(loaded, dict) else None
-
-
 def select_checkpoint(loaded):
-  state = _unwrap(loaded, "state_dict")
+  state = core.state_dict(loaded, "state_dict")
   return state if state and any(str(k).startswith("extractor.") for k in state) and "vit.cls_token" in state else None
 
 
+def recorded_classes(loaded) -> tuple[str, ...] | None:
+  """mmcv's `meta.CLASSES`: the class names, in the order of the model's outputs."""
+  meta = loaded.get("meta") if isinstance(loaded, dict) else None
+  names = meta.get("CLASSES") if isinstance(meta, dict) else None
+  return tuple(names) if isinstance(names, (list, tuple)) and names else None
+
+
 def mismatch(tensors, config) -> str | None:
-  return core.classes_mismatch(tensors, config, "head.fc.weight", axis=0)
+  return classes.classes_mismatch(tensors, config, "head.fc.weight", axis=0)
 
 
 def map_checkpoint(tensors: core.Tensors, target: core.Target, config) -> None:
@@ -86,7 +88,7 @@ def map_checkpoint(tensors: core.Tensors, target: core.Target, config) -> None:
 
 
 def select_ir50(loaded):
-  state = _unwrap(loaded, "state_dict")
+  state = core.state_dict(loaded, "state_dict")
   if state and "input_layer.0.weight" in state and "body.0.res_layer.0.weight" in state:
     return state
   return None
@@ -105,7 +107,7 @@ def map_ir50(tensors: core.Tensors, target: core.Target, config) -> None:
 
 
 def select_timm(loaded):
-  state = _unwrap(loaded, "model", "state_dict")
+  state = core.state_dict(loaded, "model", "state_dict")
   return state if state and "pos_embed" in state and "blocks.0.attn.qkv.weight" in state else None
 
 

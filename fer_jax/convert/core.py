@@ -29,6 +29,9 @@ class ConversionError(UserError, ValueError):
   """A source checkpoint that cannot be mapped onto the configured model."""
 
 
+RESAVE_IN_FLOAT = "re-save the checkpoint with its weights in float32 or float16."
+
+
 def unreadable(path: str, kind: str, reason: str) -> ConversionError:
   """The error for a file that does not read as `kind` ("a PyTorch checkpoint"): most often a download
   that stopped early or saved a web page in the file's place, so the fix is to download it again."""
@@ -47,6 +50,27 @@ def _is_web_page(path: str) -> bool:
   except OSError:
     return False
   return head.startswith((b"<!doctype html", b"<html"))
+
+
+DATA_PARALLEL_PREFIX = "module."
+
+
+def state_dict(loaded, *keys: str) -> dict | None:
+  """The non-empty dict under each of `keys` in turn where there is one ("model", "state_dict": a bare state dict
+  passes as is), with its keys as the bare model names them; None if `loaded` holds none."""
+  for key in keys:
+    if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+      loaded = loaded[key]
+  return module_keys(loaded, data_parallel=False) if isinstance(loaded, dict) and loaded else None
+
+
+def module_keys(state: dict, data_parallel: bool) -> dict:
+  """`state` with its keys as a model wrapped in DataParallel names them (each prefixed "module.") if
+  `data_parallel`, else as the bare model does: torch.save of either is the same checkpoint, and the official
+  code saved some methods' models wrapped and others bare."""
+  if all(isinstance(key, str) and key.startswith(DATA_PARALLEL_PREFIX) for key in state):
+    state = {key[len(DATA_PARALLEL_PREFIX):]: value for key, value in state.items()}
+  return {DATA_PARALLEL_PREFIX + key: value for key, value in state.items()} if data_parallel else state
 
 
 def _describe(name: str, value) -> str:
@@ -75,12 +99,17 @@ class Tensors:
     return list(self.tensors)
 
   def get(self, name: str) -> np.ndarray | None:
-    """The tensor called `name`, marked used; None (and recorded as missing) if absent."""
+    """The tensor called `name`, marked used; None (and recorded as missing) if absent. Every tensor read
+    is a model weight, so one that is not floating-point (a quantized model's int8 weights) is refused."""
     if name not in self.tensors:
       self.missing.append(name)
       return None
+    value = np.asarray(self.tensors[name])
+    if not np.issubdtype(value.dtype, np.floating):
+      raise ConversionError(f"{self.origin}: {name} is {value.dtype}, where fer_jax expects floating-point weights "
+                            "(a quantized model?): " + RESAVE_IN_FLOAT)
     self.used.add(name)
-    return np.asarray(self.tensors[name])
+    return value
 
   def drop(self, pattern: str, reason: str) -> None:
     """Drops every not yet used tensor whose whole name matches the regex `pattern`."""
@@ -251,6 +280,8 @@ class Report:
   dropped: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # origin → {name: reason}
   fresh: list[str] = dataclasses.field(default_factory=list)               # variable paths left as initialised
   seed: int = 0
+  # Some of what inference needs (a classifier, …) is freshly initialised: a starting point for training only.
+  initialisation_only: bool = False
 
   def lines(self) -> list[str]:
     lines = [f"{origin}: {count} tensors converted" for origin, count in self.converted.items()]
@@ -265,18 +296,6 @@ class Report:
       lines.append(f"freshly initialised (seed {self.seed}, not in the source): {len(self.fresh)} variables "
                    f"in {', '.join(modules)}")
     return lines
-
-
-def classes_mismatch(tensors: Mapping[str, np.ndarray], config, classifier: str, axis: int) -> str | None:
-  """Says what to pass when the classifier weight `classifier` has another number of classes than the config."""
-  if classifier not in tensors:
-    return None
-  shape = tuple(np.shape(tensors[classifier]))
-  if shape[axis] == config.model.num_classes:
-    return None
-  return (f"holds a {shape[axis]}-class classifier ({classifier} {shape}), but the config builds "
-          f"{config.model.num_classes} classes: pass the --config of a {shape[axis]}-class data set or set "
-          f"--config.model.num_classes={shape[axis]}")
 
 
 def _failure(problems: list[str], diagnoses: list[str], limit: int = 12) -> ConversionError:
@@ -297,12 +316,15 @@ def finish(target: Target, sources: list[Tensors], fresh_variables: Callable[[],
   are left) when `may_stay_fresh(path)`; otherwise they are reported missing. `diagnoses`
   (what a checkpoint holds and the --config it needs) lead the error message if anything is left.
   """
-  problems = list(target.problems)
-  for tensors in sources:
-    problems += [f"{tensors.origin}: {name} is missing" for name in tensors.missing]
+  problems = []
+  for tensors in sources:  # the unknown names first: beside the missing ones they show how the names differ
     unknown = [_describe(name, tensors.tensors[name]) for name in tensors.unknown()]
     if unknown:
       problems.append(f"{tensors.origin}: unknown to this model: {_listing(unknown)}")
+    if tensors.missing:
+      problems.append(f"{tensors.origin}: {_listing(tensors.missing)} {'is' if len(tensors.missing) == 1 else 'are'} "
+                      "missing")
+  problems += target.problems
   unfilled = target.unfilled()
   not_allowed = [f"{path} {tuple(target.abstract[path].shape)}" for path in unfilled if not may_stay_fresh(path)]
   if not_allowed:

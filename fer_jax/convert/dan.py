@@ -1,7 +1,9 @@
 """DAN's released checkpoints (`rafdb_epoch21_acc0.897_bacc0.8275.pth`, `affecnet8_epoch5_acc0.6209.pth`, …).
 
 A `torch.save` dict {iter, model_state_dict, optimizer_state_dict}; only `model_state_dict`
-holds weights, loaded strictly by the official demo. Its keys (docs/methods/dan.md §2.9):
+holds weights, loaded strictly by the official demo. A bare state dict of the same keys is read
+too, and keys prefixed `module.` (a model saved in DataParallel) lose the prefix. Its keys
+(docs/methods/dan.md §2.9):
   features.0 / features.1                conv1 / bn1 of the ResNet-18 trunk
   features.{4,5,6,7}.B.*                 layer1…layer4, block B
   cat_head{i}.sa.{conv1x1,conv_3x3,conv_1x3,conv_3x1}.{0 conv, 1 BN}
@@ -11,6 +13,7 @@ Dropped: the BatchNorm `num_batches_tracked` counters. The affinity centres are 
 released files (a training-only parameter, see DAN issue #15): they are freshly initialised.
 """
 
+from fer_jax.convert import classes
 from fer_jax.convert import core
 from fer_jax.convert import torchvision_resnet
 
@@ -27,16 +30,19 @@ RULES: tuple[core.Rule, ...] = (
     (r"fc|bn", r"\g<0>"),
 )
 NOT_RELEASED = "affinity"
+# The released files' names (AffectNet misspelt as the authors did) and the class order of each.
+FILE_ORDERS = (("rafdb_", "rafdb"), ("affecnet7_", "affectnet7"), ("affecnet8_", "affectnet8"))
 
 
 def select(loaded):
-  if isinstance(loaded, dict) and isinstance(loaded.get("model_state_dict"), dict):
-    return loaded["model_state_dict"]
-  return None
+  """`model_state_dict`, or a bare state dict of DAN's keys (what re-saving the model's tensors gives)."""
+  state = core.state_dict(loaded, "model_state_dict")
+  released = isinstance(loaded, dict) and isinstance(loaded.get("model_state_dict"), dict)
+  return state if state and (released or "features.0.weight" in state) else None
 
 
 def mismatch(tensors, config) -> str | None:
-  return core.classes_mismatch(tensors, config, "fc.weight", axis=0)
+  return classes.classes_mismatch(tensors, config, "fc.weight", axis=0)
 
 
 def map_checkpoint(tensors: core.Tensors, target: core.Target, config) -> None:

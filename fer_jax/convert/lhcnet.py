@@ -26,6 +26,7 @@ import re
 
 import numpy as np
 
+from fer_jax.convert import classes
 from fer_jax.convert import core
 
 BACKBONE = "backbone"
@@ -88,7 +89,7 @@ def mismatch(tensors, config) -> str | None:
   """The stage (or else the number of classes) the checkpoint needs, when the config builds another."""
   held, built = _checkpoint_network(tensors), _config_network(config)
   if held == built:
-    return core.classes_mismatch(tensors, config, "fc3/kernel", axis=1)
+    return classes.classes_mismatch(tensors, config, "fc3/kernel", axis=1)
   data = "fer2013" if config.dataset.name == "fer2013" else "synthetic"
   stage = {"A": "A1 (A2 and A3 build the same network)"}.get(held, held)
   return (f"holds {NETWORKS[held]}, stage {'A1–A3' if held == 'A' else held}, but the config (stage "

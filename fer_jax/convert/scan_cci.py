@@ -2,7 +2,8 @@
 
 A `torch.save` dict {epoch, base_state_dict, attention_state_dict, region_state_dict,
 best_prec1, optimizer}; the three state dicts hold the weights, every key prefixed `module.`
-(DataParallel), and are loaded strictly by the official scripts (docs/methods/scan_cci.md §4.10):
+(DataParallel; a run saved without it gets the prefix added), and are loaded strictly by the
+official scripts (docs/methods/scan_cci.md §4.10):
   base_state_dict       module.conv1, module.bn1, module.layer{1,2,3}.B.* (torchvision names)
   attention_state_dict  module.local_attention_masks.attention.{0 conv, 1 PReLU, 2 BN} (one shared
                         unit, RAF-DB) or module.local_attention_masks.{0…24}.attention.* (separate
@@ -18,6 +19,7 @@ import re
 
 import numpy as np
 
+from fer_jax.convert import classes
 from fer_jax.convert import core
 from fer_jax.convert import torchvision_resnet
 
@@ -41,11 +43,12 @@ RULES: tuple[core.Rule, ...] = (
 def select(loaded):
   if not (isinstance(loaded, dict) and all(isinstance(loaded.get(name), dict) for name in STATE_DICTS)):
     return None
-  return {f"{name}/{key}": value for name in STATE_DICTS for key, value in loaded[name].items()}
+  return {f"{name}/{key}": value for name in STATE_DICTS
+          for key, value in core.module_keys(loaded[name], data_parallel=True).items()}
 
 
 def mismatch(tensors, config) -> str | None:
-  return core.classes_mismatch(tensors, config, ATTENTION + "fc.weight", axis=0)
+  return classes.classes_mismatch(tensors, config, ATTENTION + "fc.weight", axis=0)
 
 
 def _drop_region_copies(tensors: core.Tensors, target: core.Target) -> None:

@@ -11,6 +11,7 @@ early) is reported as such: an index that does not parse, or a shard shorter tha
 
 import math
 import os
+import re
 import struct
 
 import numpy as np
@@ -146,31 +147,84 @@ def _damaged_index(index_path: str, reason: str) -> ConversionError:
   return unreadable(index_path, "a TensorFlow checkpoint index", reason)
 
 
+_DATA_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
+
+
+def is_data_shard(path: str) -> bool:
+  return bool(_DATA_SHARD.search(path))
+
+
 def checkpoint_prefix(path: str) -> str | None:
-  """The checkpoint prefix for a prefix, its .index file, or a folder with a `checkpoint` file."""
+  """The checkpoint prefix for a prefix, its .index file or a data shard, or a folder with a `checkpoint` file or a
+  single .index file."""
   path = os.path.expanduser(path)
-  if path.endswith(".index") and os.path.isfile(path):
-    return path[:-len(".index")]
+  shard = _DATA_SHARD.search(path)
+  stem = path[:shard.start()] if shard else path.removesuffix(".index")
+  if stem != path and os.path.isfile(stem + ".index"):
+    return stem
   if os.path.isfile(path + ".index"):
     return path
-  state_file = os.path.join(path, "checkpoint")
-  if os.path.isdir(path) and os.path.isfile(state_file):
-    with open(state_file) as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        if key.strip() == "model_checkpoint_path":
-          name = value.strip().strip('"')
-          return name if os.path.isabs(name) else os.path.join(path, name)
+  if not os.path.isdir(path):
+    return None
+  recorded = _recorded_prefix(os.path.join(path, "checkpoint"))
+  if recorded:
+    # The path TensorFlow recorded, else its base name beside the `checkpoint` file: a path of the machine that
+    # saved it (absolute, or relative to another folder, or a Windows path) is not where the download is.
+    beside = os.path.join(path, re.split(r"[\\/]", recorded)[-1])
+    return next((p for p in (os.path.join(path, recorded), beside) if os.path.isfile(p + ".index")), beside)
+  indexes = _index_files(path)
+  return os.path.join(path, indexes[0].removesuffix(".index")) if len(indexes) == 1 else None
+
+
+def _recorded_prefix(state_file: str) -> str | None:
+  """The model_checkpoint_path of a `checkpoint` state file (text protobuf), escapes undone."""
+  if not os.path.isfile(state_file):
+    return None
+  with open(state_file, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      key, _, value = line.partition(":")
+      if key.strip() == "model_checkpoint_path":
+        return value.strip().strip('"').replace("\\\\", "\\")
   return None
+
+
+def _index_files(folder: str) -> list[str]:
+  return sorted(name for name in os.listdir(folder) if name.endswith(".index"))
+
+
+def _not_a_checkpoint(path: str) -> ConversionError:
+  """What to pass instead of `path`, which names no TensorFlow checkpoint."""
+  if is_data_shard(path):
+    index = path[:_DATA_SHARD.search(path).start()] + ".index"
+    return ConversionError(f"{path} is a data shard of a TensorFlow checkpoint, but its index {index} is missing: "
+                           "download the .index file too, beside the shard.")
+  if os.path.isdir(path):
+    inner = [os.path.join(path, name) for name in sorted(os.listdir(path))
+             if os.path.isdir(os.path.join(path, name)) and checkpoint_prefix(os.path.join(path, name))]
+    if inner:
+      return ConversionError(f"{path} is a folder of TensorFlow checkpoints: pass one of them, "
+                             f"{' or '.join('--checkpoint=' + folder for folder in inner)}.")
+    indexes = _index_files(path)
+    if indexes:
+      return ConversionError(f"{path} holds several TensorFlow checkpoints ({', '.join(indexes)}): pass one's "
+                             f".index file, e.g. --checkpoint={os.path.join(path, indexes[0])}.")
+    entries = sorted(os.listdir(path))
+    holds = f"it holds {', '.join(entries[:4])}{' …' if len(entries) > 4 else ''}" if entries else "it is empty"
+    return ConversionError(f"{path} is a folder, not a checkpoint ({holds}; no TensorFlow checkpoint's `checkpoint` "
+                           "or .index file): pass the checkpoint file itself.")
+  return ConversionError(f"{path} is not a TensorFlow checkpoint: pass its prefix (e.g. "
+                         "Downloaded_Models/LHC_Net/LHC_Net), its .index file or its folder.")
 
 
 def load(path: str) -> dict[str, np.ndarray]:
   """Every numeric tensor of a TensorFlow checkpoint, by object-graph key."""
   prefix = checkpoint_prefix(path)
   if prefix is None:
-    raise ConversionError(f"{path} is not a TensorFlow checkpoint: pass its prefix (e.g. "
-                          "Downloaded_Models/LHC_Net/LHC_Net), its .index file or its folder.")
+    raise _not_a_checkpoint(path)
   index_path = prefix + ".index"
+  if not os.path.isfile(index_path):
+    raise ConversionError(f"{os.path.join(path, 'checkpoint')} names the checkpoint {prefix}, which is not there "
+                          f"(no {index_path}): download the whole checkpoint folder again, or check the path.")
   table = read_index(index_path)
   try:
     num_shards = next((v for n, _, v in _fields(table.get(b"", b""), {1: 0}) if n == 1), 1)

@@ -15,8 +15,10 @@ import io
 import pickle
 import re
 import tarfile
+import zipfile
 
 from fer_jax.convert.core import ConversionError
+from fer_jax.convert.core import RESAVE_IN_FLOAT
 from fer_jax.convert.core import unreadable
 
 _NUMPY_GLOBALS = {
@@ -62,15 +64,20 @@ def load_numpy_pickle(path: str) -> dict:
   return loaded
 
 
-def _to_numpy(value):
+def _to_numpy(value, path: str, name: str = ""):
+  """`value` with its tensors as NumPy arrays (bfloat16 as float32); `name` is its key path, for messages."""
   import torch
   if isinstance(value, torch.Tensor):
     tensor = value.detach().cpu()
-    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+    try:
+      return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+    except TypeError as e:  # float8, quantized (qint8, …): dtypes NumPy has none of
+      raise ConversionError(f"{path}: {name} is a {str(tensor.dtype).removeprefix('torch.')} tensor, which fer_jax "
+                            f"does not read: {RESAVE_IN_FLOAT}") from e
   if isinstance(value, dict):
-    return {key: _to_numpy(item) for key, item in value.items()}
+    return {key: _to_numpy(item, path, f"{name}/{key}" if name else str(key)) for key, item in value.items()}
   if isinstance(value, (list, tuple)):
-    return type(value)(_to_numpy(item) for item in value)
+    return type(value)(_to_numpy(item, path, f"{name}/{index}") for index, item in enumerate(value))
   return value
 
 
@@ -86,6 +93,7 @@ def load_torch(path: str):
                           "only in its unsafe mode that runs any code the file holds, and fer_jax never runs code "
                           "from a checkpoint. If you trust it, re-save its tensors with a current PyTorch "
                           "(torch.save).")
+  _check_not_an_archive_of_files(path)
   try:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
@@ -95,10 +103,26 @@ def load_torch(path: str):
       raise unreadable(path, "a PyTorch checkpoint", _unpickler_error(e)) from e
     raise ConversionError(f"Refused to load {path}: {_refused_global(e)} fer_jax reads only tensors and plain "
                           "containers and never runs code from a checkpoint. Use the official file, or if you "
-                          "trust it, re-save only its tensors with torch.save.") from e
+                          "trust it, re-save only its tensors: torch.save(model.state_dict(), PATH).") from e
   except (RuntimeError, EOFError, ValueError) as e:
     raise unreadable(path, "a PyTorch checkpoint", _first_line(e) or type(e).__name__) from e
-  return _to_numpy(loaded)
+  return _to_numpy(loaded, path)
+
+
+def _check_not_an_archive_of_files(path: str) -> None:
+  """PyTorch's own format is a zip archive too, whose pickle is a `data.pkl` member; any other zip is a download
+  packed for transfer."""
+  if not zipfile.is_zipfile(path):
+    return
+  try:
+    with zipfile.ZipFile(path) as archive:
+      names = archive.namelist()
+  except zipfile.BadZipFile:
+    return  # damaged: torch.load says so
+  if not any(name.endswith("data.pkl") for name in names):
+    shown = ", ".join(names[:4]) + (f" … ({len(names)} in all)" if len(names) > 4 else "")
+    raise ConversionError(f"{path} is a zip archive of files ({shown}), not a PyTorch checkpoint: extract it and "
+                          "pass the checkpoint it holds.")
 
 
 def _starts_like_torch(path: str) -> bool:

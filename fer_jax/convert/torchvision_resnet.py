@@ -33,27 +33,15 @@ def copy_trunk(tensors: core.Tensors, target: core.Target, source_prefix: str = 
                      core.TORCH)
 
 
-def _state_dict(loaded):
-  """A torchvision state dict, bare or under "state_dict", without a DataParallel prefix."""
-  if not isinstance(loaded, dict):
-    return None
-  state = loaded.get("state_dict", loaded)
-  if not isinstance(state, dict) or not state:
-    return None
-  if all(isinstance(k, str) and k.startswith("module.") for k in state):
-    state = {k[len("module."):]: v for k, v in state.items()}
-  return state
-
-
 def select_resnet18(loaded):
-  state = _state_dict(loaded)
+  state = core.state_dict(loaded, "state_dict")
   if state and "layer4.1.bn2.running_var" in state and "layer1.0.conv3.weight" not in state:
     return state
   return None
 
 
 def select_resnet50(loaded):
-  state = _state_dict(loaded)
+  state = core.state_dict(loaded, "state_dict")
   if state and "layer3.5.conv3.weight" in state and "conv1.weight" in state:
     return state
   return None
