@@ -5,15 +5,18 @@ r"""Trains a config over several seeds and reports every evaluator's metrics as 
 
 Seed N trains in DIR/seed_N with `--config.seed=N` (the initialisation, the data order and the
 augmentation all follow it), one after the other; each run resumes where it stopped, and a
-finished one is only read. `--print_commands` prints the per-seed training commands instead (one
-cluster job each; any other --config.* overrides are passed on) and the command that writes the
-summary once they are done (`--summarize_only`).
+finished one (its eval_results.json reports its newest checkpoint's step) is only read: delete
+that file to train or evaluate it again. `--print_commands` prints the per-seed training
+commands instead (one cluster job each; any other --config.* overrides are passed on) and the
+command that writes the summary once they are done (`--summarize_only`).
 
 The summary, over the seeds' DIR/seed_N/eval_results.json: DIR/seeds_summary.json and .md (mean
 and sample standard deviation, ddof = 1, of every metric of every evaluator, with and without
-TTA, per-class accuracies included), DIR/seeds_per_class.png (per-class accuracy with error
-bars, one group per evaluator) and DIR/seeds_accuracy.png (accuracy per evaluator, one marker
-per seed).
+TTA, per-class accuracies included; n counts the seeds with a value, and one value has no
+standard deviation, "–"), DIR/seeds_per_class.png (per-class accuracy with error bars, one group
+per evaluator) and DIR/seeds_accuracy.png (accuracy per evaluator, one marker per seed). Reports
+whose evaluators, model, data, classes, preprocessing or TTA differ come from different runs:
+they are refused (exit 2), not averaged.
 
 Exit status as `fer_jax.main`'s: 75 when SIGTERM/SIGINT stopped a seed's run after saving its step
 (run the same command to resume it and train the seeds after it), 1 on a non-finite loss or
@@ -35,6 +38,9 @@ from fer_jax import visualize
 from fer_jax.errors import UserError
 
 SCALARS = ("accuracy", "mean_class_accuracy", "macro_f1")
+REPORT = "eval_results.json"
+# What every seed of one config shares in each evaluator's results (with its TTA's name).
+RUN_KEYS = ("model", "dataset", "split", "class_names", "num_examples", "pp")
 
 
 def define_flags() -> None:
@@ -61,13 +67,30 @@ def seed_workdir(workdir: str, seed: int) -> str:
   return os.path.join(workdir, f"seed_{seed}")
 
 
-def config_arguments(argv) -> list[str]:
-  """The --config and --config.* arguments of this command line (as --name=value), without --config.seed."""
-  arguments = []
-  for index, word in enumerate(argv):
-    name = word.split("=", 1)[0]
-    if name == "--config" or (name.startswith("--config.") and name != "--config.seed"):
-      arguments.append(f"{word}={argv[index + 1]}" if name == "--config" and "=" not in word else word)
+def _flag_name(name: str, flag_values) -> str:
+  """The flag an argument names: `noNAME` sets the boolean flag NAME to false."""
+  if name not in flag_values and name.startswith("no") and name[2:] in flag_values and flag_values[name[2:]].boolean:
+    return name[2:]
+  return name
+
+
+def config_arguments(argv, flag_values=flags.FLAGS) -> list[str]:
+  """The --config and --config.* arguments of this command line, without --config.seed, each one word
+  (--name=value). Read as absl reads them: one dash or two, `--name value` for a flag that takes a value,
+  `--name` / `--noname` for a boolean, nothing after `--`."""
+  arguments, words = [], iter(argv)
+  for word in words:
+    if word == "--":
+      break
+    if not word.startswith("-"):
+      continue
+    name, has_value, value = word.lstrip("-").partition("=")
+    flag = _flag_name(name, flag_values)
+    boolean = flag in flag_values and flag_values[flag].boolean
+    if not has_value and not boolean:
+      value = next(words, "")
+    if flag.split(".")[0] == "config" and flag != "config.seed":
+      arguments.append(f"--{name}" if boolean and not has_value else f"--{name}={value}")
   return arguments
 
 
@@ -81,11 +104,37 @@ def commands(argv, workdir: str, seeds: list[int]) -> list[str]:
   return lines
 
 
+def _read_report(path: str) -> dict:
+  """A seed's eval_results.json."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise UserError(f"{path} is not a complete report ({e}): delete it and run this command again to "
+                    "evaluate that seed.") from None
+
+
+def finished(run_dir: str) -> bool:
+  """Whether the run in `run_dir` ended and wrote its report: its eval_results.json is of its newest
+  checkpoint's step (a report of an earlier step is from before the run resumed)."""
+  report, checkpoints = os.path.join(run_dir, REPORT), os.path.join(run_dir, "checkpoints")
+  if not os.path.exists(report) or not os.path.isdir(checkpoints):
+    return False
+  steps = [int(name) for name in os.listdir(checkpoints) if name.isdigit()]
+  return bool(steps) and _read_report(report).get("step") == max(steps)
+
+
 def train_seeds(config, workdir: str, seeds: list[int]) -> None:
-  """Trains each seed in turn; a stop ends the command as fer_jax.main's does (75 preempted, 1 non-finite)."""
+  """Trains each unfinished seed in turn; a stop ends the command as fer_jax.main's does (75 preempted,
+  1 non-finite)."""
+  pending = [seed for seed in seeds if not finished(seed_workdir(workdir, seed))]
+  for seed in sorted(set(seeds) - set(pending)):
+    logging.info("Seed %d finished in %s: reading its report", seed, seed_workdir(workdir, seed))
+  if not pending:
+    return
   from fer_jax import train  # JAX starts only when training
   with train.exit_status_on_stop():
-    for seed in seeds:
+    for seed in pending:
       run_config = config.copy_and_resolve_references()
       run_config.seed = seed
       logging.info("Seed %d in %s", seed, seed_workdir(workdir, seed))
@@ -96,15 +145,41 @@ def read_reports(workdir: str, seeds: list[int]) -> dict[int, dict]:
   """{seed: {evaluator: results}} from each seed's eval_results.json."""
   reports, missing = {}, []
   for seed in seeds:
-    path = os.path.join(seed_workdir(workdir, seed), "eval_results.json")
+    path = os.path.join(seed_workdir(workdir, seed), REPORT)
     if not os.path.exists(path):
       missing.append(path)
       continue
-    with open(path) as f:
-      reports[seed] = json.load(f)["evaluators"]
+    reports[seed] = _read_report(path)["evaluators"]
   if missing:
     raise UserError(f"No report yet in {', '.join(missing)}: train those seeds first (or drop them from --seeds).")
+  check_same_run(workdir, reports)
   return reports
+
+
+def _run_record(report: dict) -> dict:
+  """{evaluator: what every seed of one config has alike in its results}."""
+  return {name: {**{key: results.get(key) for key in RUN_KEYS}, "tta": results.get("tta", {}).get("name", "none")}
+          for name, results in report.items()}
+
+
+def _differences(first: dict, other: dict) -> list[str]:
+  """How the run record `other` differs from `first`, each difference once with the evaluators it is in."""
+  found = {} if set(first) == set(other) else {f"evaluators {', '.join(other)} (not {', '.join(first)})": []}
+  for name in [name for name in first if name in other]:
+    for key, value in first[name].items():
+      if other[name][key] != value:
+        found.setdefault(f"{key} {other[name][key]!r} (not {value!r})", []).append(name)
+  return [difference + (f" in {', '.join(names)}" if names else "") for difference, names in found.items()]
+
+
+def check_same_run(workdir: str, reports: dict[int, dict]) -> None:
+  """Refuses reports that are not of one config: seeds of different runs do not average."""
+  (first_seed, first), *others = ((seed, _run_record(report)) for seed, report in reports.items())
+  differing = [f"seed_{seed} differs from seed_{first_seed} in {'; '.join(differences)}" for seed, record in others
+               if (differences := _differences(first, record))]
+  if differing:
+    raise UserError(f"The seed folders in {workdir} hold different runs: {'. '.join(differing)}. Summarize the "
+                    "seeds of one config only: drop the others from --seeds, or train them again in new folders.")
 
 
 def _metrics(results: dict) -> dict[str, float | None]:
@@ -118,31 +193,35 @@ def _metrics(results: dict) -> dict[str, float | None]:
 
 
 def _mean_std(values: list) -> dict:
+  """Over the values present (n of them): the mean, and the sample standard deviation from two on."""
   present = [v for v in values if v is not None]
-  if not present:
-    return {"mean": None, "std": None, "values": values}
-  return {"mean": statistics.fmean(present), "std": statistics.stdev(present) if len(present) > 1 else 0.0,
-          "values": values}
+  return {"mean": statistics.fmean(present) if present else None,
+          "std": statistics.stdev(present) if len(present) > 1 else None, "n": len(present), "values": values}
 
 
 def summarize(reports: dict[int, dict]) -> dict:
-  """{evaluator: {metric: {mean, std, values}}} over the seeds (evaluators every seed has)."""
+  """{evaluator: {metric: {mean, std, n, values}}} over the seeds (reports of one run, check_same_run)."""
   seeds = list(reports)
-  names = [name for name in reports[seeds[0]] if all(name in reports[s] for s in seeds)]
   summary = {}
-  for name in names:
+  for name in reports[seeds[0]]:
     per_seed = [_metrics(reports[seed][name]) for seed in seeds]
     summary[name] = {metric: _mean_std([m.get(metric) for m in per_seed]) for metric in per_seed[0]}
   return {"seeds": seeds, "evaluators": summary}
 
 
 def _cell(stats: dict) -> str:
-  return "–" if stats["mean"] is None else f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
+  """"mean ± std" in %: "–" for what there are too few values for, "(n=…)" where some seeds have none."""
+  if stats["mean"] is None:
+    return "–"
+  std = "–" if stats["std"] is None else f"{100 * stats['std']:.2f}"
+  fewer = f" (n={stats['n']})" if stats["n"] < len(stats["values"]) else ""
+  return f"{100 * stats['mean']:.2f} ± {std}{fewer}"
 
 
 def markdown(summary: dict) -> str:
   seeds = ", ".join(map(str, summary["seeds"]))
-  lines = [f"Mean ± sample standard deviation (%) over seeds {seeds}.", "",
+  lines = [f"Mean ± sample standard deviation (%) over seeds {seeds} (n = {len(summary['seeds'])} per metric "
+           "unless marked).", "",
            "| evaluator | " + " | ".join(SCALARS) + " | TTA accuracy |", "|---|" + "---:|" * (len(SCALARS) + 1)]
   for name, metrics in summary["evaluators"].items():
     tta = _cell(metrics["tta/accuracy"]) if "tta/accuracy" in metrics else "–"

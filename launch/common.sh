@@ -92,6 +92,10 @@ positive_integer() {
   [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1=$2 must be a positive integer"
 }
 
+port_number() {
+  [[ $2 =~ ^[1-9][0-9]{0,4}$ && $2 -le 65535 ]] || die "$1=$2 must be a port number from 1 to 65535"
+}
+
 # The argv of one training process: `PYTHON -m fer_jax.main --config ... --workdir ...`, then
 # DATA_DIR, the given launcher flags and the user's extra arguments (after `--`).
 training_command() {

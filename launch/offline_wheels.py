@@ -14,7 +14,7 @@ installs the rest from WHEELS. TARGET_PACKAGES names what the target has (`pip l
 --format=freeze` there, or one name a line): its compiled packages (jaxlib, numpy, OpenCV, …) are
 left out, its pure-Python ones kept (small; they let pip replace a version outside fer_jax's
 ranges). A package published only as source (promise) is built into a wheel here, and must
-then be pure Python. Exits 1 naming each package it could not get.
+then be pure Python. Exits 1 naming each package it could not get, 2 when it cannot read --have.
 """
 
 import argparse
@@ -106,8 +106,13 @@ def main(argv=None) -> int:
   parser.add_argument("--python_version", default="3.12", help="the target's CPython, MAJOR.MINOR")
   parser.add_argument("--have", default="", help="the target's `pip list --format=freeze` (or one name a line)")
   args = parser.parse_args(argv)
+  try:
+    have = target_packages(args.have) if args.have else set()
+  except OSError as e:
+    parser.exit(2, f"error: --have={args.have}: {e.strerror}; give the file with the target's "
+                "`pip list --format=freeze`\n")
   closure = runtime_closure(args.python_version)
-  wanted = to_fetch(closure, target_packages(args.have) if args.have else set())
+  wanted = to_fetch(closure, have)
   os.makedirs(args.out, exist_ok=True)
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     failures = [f for f in pool.map(lambda n: fetch(n, wanted[n], closure[n][1], args.python_version, args.out),

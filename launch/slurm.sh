@@ -16,7 +16,8 @@ give each process only the GPU numbered \$SLURM_LOCALID, so JAX_LOCAL_DEVICE_IDS
 --per-gpu: one process per GPU, each on GPU \$SLURM_LOCALID (JAX's own choice).
 Every node must see the checkout, DATA_DIR and WORKDIR (a shared folder). The processes get
 SIGTERM 120 s before the time limit (sbatch --signal), save and exit 75; submit the same
-command again to resume from WORKDIR.
+command again to resume from WORKDIR. A process that fails (any other non-zero status) cancels
+the step (scancel), which stops the others; one that exits 75 leaves the others to finish saving.
 
   --config=CONFIG         configs/<method>.py:<dataset>
   --workdir=DIR           run folder on a shared file system
@@ -65,7 +66,7 @@ parse_args() {
   require CONFIG WORKDIR
   positive_integer --nodes "$NODES"
   positive_integer --gpus-per-node "$GPUS_PER_NODE"
-  [[ -z $PORT ]] || positive_integer --port "$PORT"
+  [[ -z $PORT ]] || port_number --port "$PORT"
 }
 
 # 0,1,…,G−1
@@ -75,13 +76,22 @@ all_gpu_ids() {
   printf '%s' "$ids"
 }
 
-# What the batch job runs: `env [JAX_…=…] srun … python -m fer_jax.main … --distributed`.
+# Each task's wrapper around fer_jax.main. srun's --kill-on-bad-exit would kill every task when the
+# first one exits 75 after a stop, while the others may still be saving; so it is off, and the
+# wrapper cancels the step itself on a real failure. It traps SIGTERM and SIGINT, which Slurm
+# sends to every process of the step, to outlive fer_jax.main and pass its status on.
+# shellcheck disable=SC2016  # expanded by the task's shell
+TASK_WRAPPER='trap : TERM INT; "$@"; status=$?; '
+# shellcheck disable=SC2016
+TASK_WRAPPER+='((status == 0 || status == 75)) || scancel "$SLURM_JOB_ID.$SLURM_STEP_ID"; exit "$status"'
+
+# What the batch job runs: `env [JAX_…=…] srun … bash -c WRAPPER … python -m fer_jax.main … --distributed`.
 job_command() {
   local environment=()
   ((PER_GPU)) || environment+=("JAX_LOCAL_DEVICE_IDS=$(all_gpu_ids)")
   [[ -z $PORT ]] || environment+=("JAX_COORDINATOR_PORT=$PORT")
   training_command "$PYTHON" "$CONFIG" "$WORKDIR" "$DATA_DIR" --distributed
-  local step=(srun --kill-on-bad-exit=1 "${TRAINING_COMMAND[@]}")
+  local step=(srun --kill-on-bad-exit=0 bash -c "$TASK_WRAPPER" fer_jax_task "${TRAINING_COMMAND[@]}")
   if ((${#environment[@]})); then
     quote_command env "${environment[@]}" "${step[@]}"
   else

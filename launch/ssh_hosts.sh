@@ -52,21 +52,42 @@ ssh_hosts_option() {
 parse_args() {
   parse_options ssh_hosts_option "$@"
   require HOSTS CONFIG WORKDIR
-  positive_integer --port "$PORT"
+  port_number --port "$PORT"
+  local assignment
+  for assignment in "${ENV_ASSIGNMENTS[@]}"; do
+    # `env NAME` would run NAME as the command.
+    [[ $assignment =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] ||
+      die "--env=$assignment: write --env=NAME=VALUE, e.g. --env=NCCL_DEBUG=INFO"
+  done
+}
+
+# Dies unless $1 is one host, [user@]name; $2 says where it was read, $3 how to write it.
+check_host() {
+  [[ $1 =~ ^([^@[:space:]]+@)?[A-Za-z0-9._-]+$ ]] || die "$2: '$1' is not a host name; $3"
 }
 
 # HOST_LIST from a file (one per line, blank lines and # comments skipped) or a comma list.
 read_hosts() {
-  local line
+  local line number=0 host
   HOST_LIST=()
   if [[ -f $HOSTS ]]; then
     while IFS= read -r line || [[ -n $line ]]; do
+      number=$((number + 1))
       line=${line%%#*}
-      line=${line//[[:space:]]/}
-      [[ -z $line ]] || HOST_LIST+=("$line")
+      line=${line#"${line%%[![:space:]]*}"}
+      line=${line%"${line##*[![:space:]]}"}
+      [[ -n $line ]] || continue
+      check_host "$line" "$HOSTS line $number" "write one host per line (# starts a comment)"
+      HOST_LIST+=("$line")
     done <"$HOSTS"
   else
-    IFS=, read -r -a HOST_LIST <<<"$HOSTS"
+    [[ $HOSTS != */* && $HOSTS != *.@(txt|list|lst|hosts|conf|cfg|csv) ]] ||
+      die "--hosts=$HOSTS: no such file; give an existing hosts file or a comma list, --hosts=node0,node1"
+    # The comma added keeps a trailing empty entry, which read would drop.
+    IFS=, read -r -a HOST_LIST <<<"$HOSTS,"
+    for host in "${HOST_LIST[@]}"; do
+      check_host "$host" "--hosts=$HOSTS" "write --hosts=node0,node1,... (no spaces, no empty entries)"
+    done
   fi
   ((${#HOST_LIST[@]})) || die "--hosts=$HOSTS names no host"
 }

@@ -23,8 +23,8 @@ Commands
 Options
   --name=NAME --zone=ZONE --project=PROJECT (default: gcloud's)
   --accelerator-type=TYPE   default v5litepod-16
-  --runtime-version=V       default by type: v4 tpu-ubuntu2204-base, v5litepod v2-alpha-tpuv5-lite,
-                            v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e
+  --runtime-version=V       for create, resume-loop and all; default by type: v4 tpu-ubuntu2204-base,
+                            v5litepod v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e
   --spot                    Spot capacity (can be preempted at any time)
   --queued                  create through a queued resource (waits until ACTIVE)
   --config=CONFIG           configs/<method>.py:<dataset> (run, resume-loop, all)
@@ -86,7 +86,18 @@ parse_args() {
   [[ $DATA_MODE == @(copy|mount) ]] || die "--data=$DATA_MODE: use copy or mount"
   [[ $MAX_RETRIES =~ ^[0-9]+$ ]] || die "--max-retries=$MAX_RETRIES must be a whole number"
   [[ $RETRY_WAIT =~ ^[0-9]+$ ]] || die "--retry-wait=$RETRY_WAIT must be a whole number of seconds"
-  [[ -n $RUNTIME_VERSION ]] || RUNTIME_VERSION=$(default_runtime_version "$ACCELERATOR_TYPE")
+  check_url --workdir "$WORKDIR"
+  check_url --data-dir "$DATA_DIR"
+  # Only the commands that may create the TPU need its image.
+  if [[ $COMMAND == @(create|resume-loop|all) && -z $RUNTIME_VERSION ]]; then
+    RUNTIME_VERSION=$(default_runtime_version "$ACCELERATOR_TYPE")
+  fi
+}
+
+# Dies on a mistyped URL: `gs:/b/run` would be a local folder on each worker, not the shared bucket.
+check_url() {
+  [[ ! $2 =~ ^[A-Za-z][A-Za-z0-9+.-]*:/([^/]|$) ]] || die "$1=$2: write ${2%%:*}://${2#*:/} (two slashes)"
+  [[ $2 != gs://?(/*) ]] || die "$1=$2 names no bucket: write gs://BUCKET/PATH"
 }
 
 default_runtime_version() {

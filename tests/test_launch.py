@@ -6,6 +6,7 @@ script is clean under shellcheck."""
 import os
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -76,6 +77,34 @@ def test_ssh_comma_list_and_missing_hosts():
   assert_user_error(launch("ssh_hosts.sh", "--hosts", "a", "--config=c", "--workdir=w"), "--hosts", "--key=VALUE")
 
 
+@pytest.mark.parametrize("option, fragments", [
+    ("--hosts=node0,,node1", ["--hosts=node0,,node1: '' is not a host name", "no empty entries"]),
+    ("--hosts=,", ["--hosts=,: '' is not a host name"]),
+    ("--hosts=node0,", ["--hosts=node0,: '' is not a host name"]),
+    ("--hosts=node0, node1", ["' node1' is not a host name", "no spaces"]),
+    ("--hosts=hosts.txt", ["--hosts=hosts.txt: no such file"]),
+    ("--hosts=cluster/hosts", ["--hosts=cluster/hosts: no such file"]),
+    ("--env=FOO", ["--env=FOO: write --env=NAME=VALUE"]),
+    ("--port=99999", ["--port=99999 must be a port number from 1 to 65535"]),
+    ("--port=0", ["--port=0 must be a port number"])])
+def test_ssh_refuses_malformed_hosts_environment_and_ports(option, fragments):
+  args = ["--hosts=node0,node1", "--config=c", "--workdir=w", option, "--dry-run"]
+  result = launch("ssh_hosts.sh", *args)
+  assert_user_error(result, *fragments)
+  assert result.stdout == "" and len(result.stderr.splitlines()) == 1
+
+
+def test_ssh_hosts_file_refuses_a_host_with_a_space_and_keeps_comments(tmp_path):
+  hosts = tmp_path / "hosts"
+  hosts.write_text("node0  # the coordinator\n\n  # spare: node9\n\tnode1\r\nnode 2\n")
+  assert_user_error(launch("ssh_hosts.sh", f"--hosts={hosts}", "--config=c", "--workdir=w", "--dry-run"),
+                    f"{hosts} line 5: 'node 2' is not a host name", "one host per line")
+  hosts.write_text("node0  # the coordinator\n\n  # spare: node9\n\tnode1\r\n")
+  commands = dry_run("ssh_hosts.sh", f"--hosts={hosts}", "--config=c", "--workdir=w", "--port=65535")
+  assert [argv[3] for argv in commands] == ["node0", "node1"]
+  assert option(shlex.split(commands[0][4]), "--coordinator_address") == "node0:65535"
+
+
 @pytest.fixture
 def fake_ssh(tmp_path):
   """`ssh` that skips its options and host and runs the command here; a stand-in interpreter
@@ -137,7 +166,8 @@ def test_slurm_one_process_per_node_drives_all_its_gpus(monkeypatch):
     assert flag in argv
   assert job[:2] == ["env", "JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7"]
   step = job[2:]
-  assert step[:5] == ["srun", "--kill-on-bad-exit=1", ".venv/bin/python", "-m", "fer_jax.main"]
+  assert step[:2] == ["srun", "--kill-on-bad-exit=0"]
+  assert step[step.index("fer_jax_task") + 1:][:3] == [".venv/bin/python", "-m", "fer_jax.main"]
   assert "--distributed" in step and step[-1] == "--config.batch_size=512"
   assert option(step, "--config.dataset.data_dir") == "/shared/tfds"
   assert not any(word.startswith(("--coordinator_address", "--process_id")) for word in step)
@@ -150,6 +180,47 @@ def test_slurm_one_process_per_gpu(monkeypatch):
   assert "--ntasks-per-node=4" in argv and "--gpus-per-node=4" in argv and "--requeue" not in argv
   assert job[:3] == ["env", "JAX_COORDINATOR_PORT=5555", "srun"]
   assert jax_detects(job, monkeypatch, procid=6, localid=2) == ("gpu07:5555", 2, 6, [2])
+
+
+@pytest.fixture
+def slurm_task(tmp_path):
+  """Runs one task of the job's srun step here, as slurmstepd would: the step's per-task command with
+  a stand-in for fer_jax.main (`python` below, which answers SIGTERM by saving, then exits 75, and
+  otherwise exits with $EXIT_STATUS) and for scancel (which logs its arguments)."""
+  _, job = sbatch_job()
+  srun = job[job.index("srun"):]
+  task = srun[srun.index("bash"):srun.index("fer_jax_task") + 1]
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  executable(bin_dir / "scancel", f'#!/usr/bin/env bash\necho "$*" >> {tmp_path}/scancel\n')
+  python = executable(tmp_path / "python", """#!/usr/bin/env bash
+trap 'echo saving; sleep 0.5; echo saved; exit 75' TERM
+echo started
+[[ -z $EXIT_STATUS ]] || exit "$EXIT_STATUS"
+for _ in $(seq 300); do sleep 0.1; done
+""")
+
+  def run(exit_status="", signal_when_started=None):
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0",
+           "EXIT_STATUS": exit_status}
+    process = subprocess.Popen([*task, str(python), "-m", "fer_jax.main"], stdout=subprocess.PIPE, text=True,
+                               env=env, start_new_session=True)
+    assert process.stdout.readline() == "started\n"
+    if signal_when_started:
+      os.killpg(process.pid, signal_when_started)  # Slurm signals every process of the step
+    output, _ = process.communicate(timeout=30)
+    cancelled = (tmp_path / "scancel").read_text() if (tmp_path / "scancel").exists() else ""
+    return process.returncode, output, cancelled
+
+  return srun, run
+
+
+def test_slurm_a_stopped_task_exits_75_without_ending_the_step_and_a_failed_one_cancels_it(slurm_task):
+  srun, run = slurm_task
+  assert srun[:2] == ["srun", "--kill-on-bad-exit=0"]  # srun would kill every task when the first exits 75
+  assert run(signal_when_started=signal.SIGTERM) == (75, "saving\nsaved\n", "")  # the wrapper outlives the save
+  assert run(exit_status="0") == (0, "", "")
+  assert run(exit_status="3") == (3, "", "4242.0\n")
 
 
 # ---- Cloud TPU ------------------------------------------------------------------------------
@@ -199,6 +270,21 @@ def test_tpu_spot_queued_keep_and_mounted_data():
   assert not any("delete" in argv for argv in commands)  # --keep
   (delete,) = dry_run("tpu.sh", "delete", "--name=fer-v5e", "--zone=z", "--queued")
   assert delete[3:] == ["queued-resources", "delete", "fer-v5e", "--force", "--quiet", "--zone=z"]
+
+
+def test_tpu_refuses_a_url_with_one_slash_or_no_bucket():
+  assert_user_error(launch("tpu.sh", "run", *TPU, "--workdir=gs:/runs-bucket/apvit", "--dry-run"),
+                    "--workdir=gs:/runs-bucket/apvit: write gs://runs-bucket/apvit (two slashes)")
+  assert_user_error(launch("tpu.sh", "all", *TPU, "--data-dir=gs:///tfds", "--dry-run"),
+                    "--data-dir=gs:///tfds names no bucket: write gs://BUCKET/PATH")
+
+
+def test_tpu_needs_a_runtime_version_only_to_create():
+  (delete,) = dry_run("tpu.sh", "delete", "--name=x", "--zone=z", "--accelerator-type=v3-8")
+  assert delete[3:6] == ["tpu-vm", "delete", "x"]
+  for command in ("create", "resume-loop", "all"):
+    assert_user_error(launch("tpu.sh", command, *TPU, "--accelerator-type=v3-8", "--dry-run"),
+                      "no default runtime version for --accelerator-type=v3-8: pass --runtime-version")
 
 
 @pytest.fixture

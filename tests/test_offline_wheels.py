@@ -60,3 +60,12 @@ def test_fer_jax_closure_holds_its_dependencies_and_their_extras_but_not_its_own
   assert closure["flax"][1] and not closure["jaxlib"][1]
   required = {offline_wheels.canonical(r.name) for r in offline_wheels.runtime_requirements("3.12")}
   assert {"jax", "tensorflow-datasets", "mtcnn"} <= required <= set(closure)
+
+
+def test_a_missing_have_file_is_one_line_naming_it(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exited:
+    offline_wheels.main([f"--out={tmp_path / 'wheels'}", f"--have={tmp_path / 'missing.txt'}"])
+  assert exited.value.code == 2
+  assert capsys.readouterr().err == (f"error: --have={tmp_path / 'missing.txt'}: No such file or directory; give the "
+                                     "file with the target's `pip list --format=freeze`\n")
+  assert not (tmp_path / "wheels").exists()

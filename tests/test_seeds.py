@@ -1,6 +1,7 @@
 """fer_jax.seeds: per-seed commands, and mean ± sample std of every evaluator's metrics over seeds."""
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 from fer_jax import seeds
 from fer_jax import train
 from fer_jax.errors import UserError
-from helpers import ROOT, cpu_devices_env, run_command
+from helpers import ROOT, assert_user_error, cpu_devices_env, run_command
 
 CLASSES = ("a", "b")
 
@@ -121,3 +122,97 @@ def test_preempted_seeds_command_exits_75_without_a_traceback(tmp_path):
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == train.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def _run(model="dan", tta="flip", classes=CLASSES, evaluators=("test", "occluded")):
+  """A seed's report as training writes it: each evaluator's results with the run's model, data and TTA."""
+  identity = {"model": model, "dataset": "synthetic/tiny", "split": "test", "class_names": list(classes),
+              "num_examples": 70, "pp": "resize(32)|normalize('imagenet')"}
+  report = {name: {**_results(0.5, (0.5, 0.5)), **identity} for name in evaluators}
+  report["test"]["tta"] = {**_results(0.6, (0.6, 0.6)), "name": tta}
+  return report
+
+
+def _write_reports(workdir, reports):
+  for seed, evaluators in reports.items():
+    (workdir / f"seed_{seed}").mkdir(parents=True)
+    (workdir / f"seed_{seed}" / "eval_results.json").write_text(json.dumps({"evaluators": evaluators}))
+
+
+def test_reports_of_different_runs_are_refused_naming_the_seed_folders_and_what_differs(tmp_path):
+  _write_reports(tmp_path, {0: _run(), 1: _run(model="scan_cci", classes=("b", "a")), 2: _run(tta="none"),
+                            3: _run(evaluators=("test",)), 4: _run()})
+  with pytest.raises(UserError) as refused:
+    seeds.read_reports(str(tmp_path), [0, 1, 2, 3, 4])
+  message = str(refused.value)
+  assert f"The seed folders in {tmp_path} hold different runs" in message
+  assert "seed_1 differs from seed_0 in model 'scan_cci' (not 'dan') in test, occluded; class_names ['b', 'a'] " \
+         "(not ['a', 'b']) in test, occluded" in message
+  assert "seed_2 differs from seed_0 in tta 'none' (not 'flip') in test" in message
+  assert "seed_3 differs from seed_0 in evaluators test (not test, occluded)" in message
+  assert "seed_4" not in message and "drop the others from --seeds" in message
+  assert set(seeds.read_reports(str(tmp_path), [0, 4])) == {0, 4}
+
+
+def test_one_value_has_no_std_and_fewer_values_than_seeds_are_counted(tmp_path):
+  one = seeds.summarize({0: REPORTS[0]})
+  assert one["evaluators"]["test"]["accuracy"] == {"mean": 0.8, "std": None, "n": 1, "values": [0.8]}
+  assert "| test | 80.00 ± – |" in seeds.markdown(one) and "82.00 ± –" in seeds.markdown(one)
+  reports = {seed: json.loads(json.dumps(report)) for seed, report in REPORTS.items()}
+  reports[0]["occluded"]["per_class_accuracy"]["b"] = 0.3  # b had examples under seed 0 only
+  reports[1]["occluded"]["per_class_accuracy"]["b"] = 0.5
+  summary = seeds.summarize(reports)
+  assert summary["evaluators"]["occluded"]["per_class_accuracy/b"]["n"] == 2
+  assert summary["evaluators"]["test"]["accuracy"]["n"] == 3
+  table = seeds.markdown(summary)
+  assert "over seeds 0, 1, 2 (n = 3 per metric unless marked)" in table
+  assert "| occluded | 40.00 ± 20.00 | 40.00 ± 14.14 (n=2) |" in table
+
+
+def _finished_or_not(workdir, seed, checkpoint_steps, reported_step=None):
+  run = workdir / f"seed_{seed}"
+  for step in checkpoint_steps:
+    (run / "checkpoints" / str(step)).mkdir(parents=True)
+  if reported_step is not None:
+    (run / "eval_results.json").write_text(json.dumps({"step": reported_step, "evaluators": REPORTS[0]}))
+
+
+def test_a_finished_seed_is_only_read_and_the_others_train(tmp_path, monkeypatch):
+  _finished_or_not(tmp_path, 0, [2, 4, "6.orbax-checkpoint-tmp-17"], reported_step=4)  # finished (a save left behind)
+  _finished_or_not(tmp_path, 1, [2, 6], reported_step=2)  # resumed after an earlier report, then stopped
+  _finished_or_not(tmp_path, 2, [4])  # stopped before its report
+  started = []
+  monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: started.append(config.seed))
+  seeds.train_seeds(ml_collections.ConfigDict({"seed": 0}), str(tmp_path), [0, 1, 2, 3])
+  assert started == [1, 2, 3]
+  started.clear()
+  seeds.train_seeds(ml_collections.ConfigDict({"seed": 0}), str(tmp_path), [0])
+  assert started == []
+  _finished_or_not(tmp_path, 4, [2])
+  (tmp_path / "seed_4" / "eval_results.json").write_text('{"step": 2, "evalua')  # cut off while written
+  with pytest.raises(UserError, match=r"seed_4/eval_results.json is not a complete report .*: delete it"):
+    seeds.train_seeds(ml_collections.ConfigDict({"seed": 0}), str(tmp_path), [4])
+
+
+@pytest.mark.integration
+def test_print_commands_read_every_argument_form_absl_accepts(tmp_path):
+  result = run_command("fer_jax.seeds", "--config", "configs/dan.py:synthetic", "--config.optimizer.lr", "0.01",
+                       "-config.num_epochs", "3", "--noconfig.restore_best", "-config.batch_size=16", "--config.seed",
+                       "7", "--workdir", str(tmp_path), "--seeds", "0,1", "--print_commands")
+  assert result.returncode == 0, result.stderr[-2000:]
+  forwarded = ["--config=configs/dan.py:synthetic", "--config.optimizer.lr=0.01", "--config.num_epochs=3",
+               "--noconfig.restore_best", "--config.batch_size=16"]
+  lines = [shlex.split(line) for line in result.stdout.splitlines()]
+  assert [argv[1:] for argv in lines] == [
+      ["-m", "fer_jax.main", *forwarded, f"--workdir={tmp_path}/seed_0", "--config.seed=0"],
+      ["-m", "fer_jax.main", *forwarded, f"--workdir={tmp_path}/seed_1", "--config.seed=1"],
+      ["-m", "fer_jax.seeds", *forwarded, f"--workdir={tmp_path}", "--seeds=0,1", "--summarize_only"]]
+
+
+@pytest.mark.integration
+def test_summarizing_seeds_of_different_runs_exits_2(tmp_path):
+  _write_reports(tmp_path, {0: _run(), 1: _run(model="scan_cci")})
+  result = run_command("fer_jax.seeds", "--config=configs/dan.py:synthetic", f"--workdir={tmp_path}", "--seeds=0,1",
+                       "--summarize_only")
+  assert_user_error(result, "seed_1 differs from seed_0 in model 'scan_cci' (not 'dan')")
+  assert not (tmp_path / "seeds_summary.json").exists()
