@@ -50,6 +50,7 @@ from fer_jax import optim
 from fer_jax import train
 from fer_jax import validation
 from fer_jax.data import pipeline
+from fer_jax.errors import UserError
 
 INPUT_MODES = ("synthetic", "host", "augment", "end_to_end")
 PROFILED_STEPS = 3
@@ -464,9 +465,23 @@ def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
   return {**result, "img_per_s": round(data.global_batch / seconds, 2)}
 
 
+def check_output(path: str) -> None:
+  """Fails before any work if the JSON line could not be appended to `path`."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise UserError(f"--output={path} is a folder: pass a file to append the JSON line to.")
+  if not os.path.isdir(folder):
+    raise UserError(f"--output={path}: there is no folder {folder}; create it or choose another path.")
+  if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+    raise UserError(f"--output={path} cannot be written: fix its permissions or choose another path.")
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise UserError(f"Unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
+  if args.output:
+    check_output(args.output)
   validation.validate(args.config, training=True)
   measured_on = environment()  # before the run: the load average of the machine without it
   if args.input == "synthetic":

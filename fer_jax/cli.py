@@ -37,6 +37,19 @@ _FILE_SYSTEM_HINTS = {
 }
 
 
+def check_writable_place(flag: str, folder: str) -> None:
+  """Fails before any work unless `folder` (existing or to be created) can be written: its nearest
+  existing part must be a writable folder. `flag` ("--output=PATH") names it in the message."""
+  existing = os.path.abspath(folder)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UserError(f"{flag} cannot be created: {existing} is a file, not a folder; choose another path.")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise UserError(f"{flag} cannot be written: the folder {existing} is not writable; fix its permissions or "
+                    "choose another location.")
+
+
 def describe(error: BaseException) -> str | None:
   """The one-line message for a user error, or None for a bug."""
   if isinstance(error, UserError):

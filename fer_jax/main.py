@@ -5,12 +5,15 @@ by SIGTERM/SIGINT after saving its step (run the same command to resume); 1 non-
 gradient (the message names the step and the last good checkpoint).
 """
 
+import re
+
 from absl import flags
 from absl import logging
 import jax
 
 from fer_jax import cli
 from fer_jax import config_lib
+from fer_jax import distributed
 from fer_jax import train
 from fer_jax.errors import UserError
 
@@ -25,17 +28,14 @@ def define_flags() -> None:
                     "detected on Cloud TPU and Slurm, else give the three flags below (JAX_COORDINATOR_ADDRESS "
                     "may replace --coordinator_address).")
   flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0.")
-  flags.DEFINE_integer("num_processes", None, "--distributed: how many processes take part.")
-  flags.DEFINE_integer("process_id", None, "--distributed: this process's index, 0 … num_processes − 1.")
+  flags.DEFINE_integer("num_processes", None, "--distributed: how many processes take part.", lower_bound=1)
+  flags.DEFINE_integer("process_id", None, "--distributed: this process's index, 0 … num_processes − 1.",
+                       lower_bound=0)
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-def start_distributed(coordinator_address, num_processes, process_id) -> None:
-  """jax.distributed.initialize; CPU devices exchange collectives over gloo (only the CPU backend
-  reads that setting)."""
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
+# "gs:/bucket/run": a URL with a slash lost, which would be a local folder named "gs:" on each host.
+URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")
 
 
 def reject_urls(config, workdir: str, checkpoint: str | None) -> None:
@@ -44,7 +44,7 @@ def reject_urls(config, workdir: str, checkpoint: str | None) -> None:
            "config.init_from": config.init_from,
            **{f"config.evals.{name}.data_dir": entry.data_dir for name, entry in config.evals.items()}}
   for name, path in paths.items():
-    if path and "://" in path:
+    if path and ("://" in path or URL_SCHEME.match(path)):
       raise UserError(f"{name}={path} is a URL; fer_jax reads and writes through the file system. Mount the "
                       "bucket (e.g. gcsfuse, as launch/tpu.sh does) and pass the mounted path "
                       "(docs/running_at_scale.md, \"Where the data and the workdir live\").")
@@ -54,9 +54,11 @@ def main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
-  reject_urls(args.config, args.workdir, args.checkpoint)
+  distributed.check_flags(args.distributed, {name: getattr(args, name) for name in distributed.FLAGS})
   if args.distributed:
-    start_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    distributed.start(args.coordinator_address, args.num_processes, args.process_id)
+    distributed.check_same_run(args.config, args.mode)
+  reject_urls(args.config, args.workdir, args.checkpoint)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   if args.mode == "train":
     with train.exit_status_on_stop():

@@ -98,15 +98,7 @@ def check_output(path: str) -> None:
     raise UserError(f"--output={path} must end in .csv or .json.")
   if os.path.isdir(path):
     raise UserError(f"--output={path} is a folder: pass a file path ending in .csv or .json.")
-  existing = os.path.dirname(os.path.abspath(path))
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise UserError(f"--output={path} cannot be created: {existing} is a file, not a folder; "
-                    f"choose an output path inside a folder.")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise UserError(f"--output={path} cannot be written: the folder {existing} is not writable; "
-                    f"fix its permissions or choose another location.")
+  cli.check_writable_place(f"--output={path}", os.path.dirname(os.path.abspath(path)))
   if os.path.exists(path) and not os.access(path, os.W_OK):
     raise UserError(f"--output={path} exists and is not writable: fix its permissions or choose another path.")
 

@@ -25,6 +25,7 @@ from fer_jax import optim
 from fer_jax import validation
 from fer_jax.data import augment
 from fer_jax.data import pipeline
+from fer_jax.errors import UserError
 
 
 # The initialisation runs once, so its compile time matters, not its speed: LLVM's -O1 compiles it in
@@ -358,10 +359,10 @@ def _stop_outside_steps(signum, frame):
 
 
 @contextlib.contextmanager
-def exit_status_on_stop():
+def exit_status_on_stop(stopped: str = "The saved steps stand; run the same command to go on from the newest."):
   """Ends a command whose training stopped (fer_jax.main, fer_jax.seeds) with exit status 75 when
   preempted (the step is saved) or signalled outside the training steps (StopSignals holds SIGTERM
-  and SIGINT during them), 1 after logging a non-finite loss's message."""
+  and SIGINT during them; `stopped` says what stands then), 1 after logging a non-finite loss's message."""
   main_thread = threading.current_thread() is threading.main_thread()
   previous = {s: signal.signal(s, _stop_outside_steps) for s in StopSignals.SIGNALS} if main_thread else {}
   try:
@@ -369,8 +370,7 @@ def exit_status_on_stop():
   except Preempted:
     sys.exit(PREEMPTED_EXIT_STATUS)
   except StoppedOutsideSteps as e:
-    logging.warning("%s received outside the training steps: stopped. The saved steps stand; run the same "
-                    "command to go on from the newest.", e)
+    logging.warning("%s received: stopped. %s", e, stopped)
     sys.exit(PREEMPTED_EXIT_STATUS)
   except NonFiniteError as e:
     logging.error("%s", e)
@@ -480,12 +480,15 @@ class ProgressLog:
       self.restart_clock()
 
 
+CHECKPOINTS = "checkpoints"  # a training workdir's folder of steps
+
+
 class TrainingRun:
   """One run in `workdir`: set up (or resumed) once, then driven step by step by `train_and_evaluate`."""
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
-    self.checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.max_checkpoints)
+    self.checkpoints = checkpointing.manager(os.path.join(workdir, CHECKPOINTS), config.max_checkpoints)
     self.start_step = checkpointing.newest_step(self.checkpoints) or 0
     validation.validate(config, training=True, new_run=not self.start_step)
     self.mesh = mesh_lib.make_mesh()
@@ -654,8 +657,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return TrainingRun(config, workdir).run()
 
 
+def check_not_a_training_run(workdir: str) -> None:
+  """An evaluation's report would overwrite a training run's own (eval_results.json, its figures)."""
+  if os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
+    raise UserError(f"--workdir={workdir} holds a training run ({os.path.join(workdir, CHECKPOINTS)}): this "
+                    "evaluation's report would overwrite the run's eval_results.json and figures. Pass another "
+                    "--workdir for the evaluation (--checkpoint may still name this run).")
+
+
 def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   """`--mode=eval`: runs every evaluator of `config` on a saved or converted checkpoint and writes the report."""
+  check_not_a_training_run(workdir)
   validation.validate(config, training=False)
   mesh = mesh_lib.make_mesh()
   model = models.build_model(config)

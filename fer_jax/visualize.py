@@ -9,10 +9,12 @@ Images are listed as `fer_jax.predict` lists them (a folder recursively); each g
 config's eval pipeline; the method's `save_attention_maps` (APViT: kept patches and tokens;
 SCAN-CCI: attention masks) writes the PNGs, numbered in the order of the readable images (the
 log maps each number to its image). Unreadable images are reported by name and skipped; a
-missing or empty --input, or no readable image, fails before the model is loaded.
+missing or empty --input, a video, no readable image, or an --out that cannot be a writable
+folder fails before the model is loaded.
 """
 
 import functools
+import os
 
 from absl import flags
 from absl import logging
@@ -153,10 +155,18 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
   return method.save_attention_maps(images, outputs, out_dir)
 
 
+def check_not_a_video(path: str) -> None:
+  if os.path.isfile(path) and path.lower().endswith(predict.VIDEO_EXTENSIONS):
+    raise UserError(f"--input={path} is a video; visualize reads photos: pass an image or a folder of them "
+                    "(fer_jax.predict classifies a video's frames).")
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
+  cli.check_writable_place(f"--out={args.out}", args.out)  # before any image or model is read
+  check_not_a_video(args.input)
   paths = predict.list_images(args.input)
   validation.validate(args.config, training=False)
   written = write_attention_maps(args.config, args.checkpoint, paths, args.out, args.batch_size)

@@ -3,10 +3,12 @@ synthetic set and tiny run configs, configs as the CLI loads them, random model 
 subprocess runs of the CLI and their error checks."""
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import re
+import socket
 import sys
 import time
 
@@ -221,3 +223,20 @@ def ynn_convolutions(hlo: str) -> list[str]:
   bodies = dict(re.findall(r"^(%\S+) \(.*?\{\n(.*?)\n\}", hlo, re.MULTILINE | re.DOTALL))
   fusions = re.findall(r"^\s*(%\S+) = .*?calls=(%[\w.\-]+).*\"__ynn_fusion\"", hlo, re.MULTILINE)
   return [name for name, called in fusions if " convolution(" in bodies.get(called, "")]
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def killed_at_end(processes):
+  """`processes`, each killed on leaving if still running: a process stuck in a barrier or a
+  collective ignores SIGTERM."""
+  try:
+    yield processes
+  finally:
+    for process in processes:
+      process.kill()

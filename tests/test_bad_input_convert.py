@@ -244,7 +244,8 @@ def test_interrupted_save_removes_its_output_and_the_same_command_converts_again
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == train.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
-  assert f"Stopped while writing {tmp_path / 'out'}: removed what it wrote" in result.stderr
+  assert f"SIGINT received: stopped. Nothing is left in {tmp_path / 'out'}; the same command converts again." \
+      in result.stderr
   assert not (tmp_path / "out").exists()
   rerun = run_command("fer_jax.convert", *args)
   assert rerun.returncode == 0, rerun.stderr[-3000:]

@@ -176,6 +176,17 @@ def test_benchmark_with_an_unknown_cache_mode():
   assert_user_error(result, "config.dataset.cache='disk' is not one of")
 
 
+def test_benchmark_checks_its_output_and_arguments_before_any_work(tmp_path):
+  """Both ran the whole benchmark: one failed only when appending its line, the other ignored the argument."""
+  benchmark = ("fer_jax.benchmark", "--config=configs/dan.py:synthetic", "--config.input.size=16", "--steps=1")
+  result = run_command(*benchmark, f"--output={tmp_path / 'missing' / 'x.jsonl'}")
+  assert_user_error(result, f"--output={tmp_path / 'missing' / 'x.jsonl'}: there is no folder {tmp_path / 'missing'}")
+  assert result.stdout == ""
+  result = run_command(*benchmark, "host")  # meant --input=host
+  assert_user_error(result, "Unexpected arguments: ['host']")
+  assert result.stdout == ""
+
+
 @pytest.fixture
 def small_disk(tmp_path):
   """A 130 MB tmpfs: room for one tiny-DAN training checkpoint (~90 MB), not for two."""

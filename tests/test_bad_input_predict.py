@@ -223,7 +223,7 @@ def test_an_output_under_a_regular_file_fails_before_the_model_is_loaded(mixed, 
   output = tmp_path / "notes.txt" / "preds.csv"
   result = predict("/nonexistent/checkpoint", mixed, output)
   assert_user_error(result, f"--output={output} cannot be created: {tmp_path / 'notes.txt'} is a file, not a folder",
-                    "choose an output path inside a folder")
+                    "choose another path")
 
 
 @pytest.mark.integration

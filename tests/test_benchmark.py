@@ -22,6 +22,7 @@ import pytest
 
 from fer_jax import benchmark
 from fer_jax import models
+from fer_jax.errors import UserError
 from fer_jax.models import layers
 import helpers
 
@@ -332,6 +333,17 @@ def test_program_flops_of_a_step_split_over_devices_are_the_whole_steps():
   result = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, env=helpers.cpu_devices_env(4),
                           capture_output=True, text=True, timeout=300, check=True)
   assert result.stdout.split() == ["4", str(float(2 * 8 * 64 * 16))]
+
+
+def test_an_output_the_line_cannot_be_appended_to_is_refused(tmp_path):
+  (tmp_path / "file").write_text("")
+  for output, message in [(tmp_path / "missing" / "x.jsonl", f"there is no folder {tmp_path / 'missing'}; create it"),
+                          (tmp_path / "file" / "x.jsonl", f"there is no folder {tmp_path / 'file'}"),
+                          (tmp_path, "is a folder: pass a file to append the JSON line to")]:
+    with pytest.raises(UserError, match=re.escape(f"--output={output}") + ".*" + re.escape(message)):
+      benchmark.check_output(str(output))
+  benchmark.check_output(str(tmp_path / "new.jsonl"))
+  benchmark.check_output(str(tmp_path / "file"))
 
 
 def test_peak_tflops_of_device_kinds():

@@ -7,10 +7,10 @@ from fer_jax.errors import UserError
 from helpers import get_config
 
 
+@pytest.mark.parametrize("url", ["gs://bucket/path", "gs:/bucket/path", "s3:/bucket/path"])  # a slash lost: still a URL
 @pytest.mark.parametrize("key", ["workdir", "checkpoint", "data_dir", "init_from", "evaluator"])
-def test_a_url_is_refused_with_the_key_and_the_mount_fix(key):
+def test_a_url_is_refused_with_the_key_and_the_mount_fix(key, url):
   config = get_config("configs/dan.py:synthetic")
-  url = "gs://bucket/path"
   workdir, checkpoint = (url if key == "workdir" else "/tmp/run"), (url if key == "checkpoint" else None)
   if key == "data_dir":
     config.dataset.data_dir = url
@@ -26,3 +26,4 @@ def test_a_url_is_refused_with_the_key_and_the_mount_fix(key):
 
 def test_local_paths_pass():
   main.reject_urls(get_config("configs/dan.py:synthetic"), "/tmp/run", "workdirs/x")
+  main.reject_urls(get_config("configs/dan.py:synthetic"), "runs/gs:1/x", "./gs:/x")

@@ -13,12 +13,10 @@ Two devices a process, not more: every device takes part in each of the step's 9
 (41 all-gathers of BatchNorm statistics, 50 all-reduces); with two devices a process a step takes
 ~1.3 s on the 2-core machine (benchmarks/two_processes.sh), more with more devices."""
 
-import contextlib
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +30,7 @@ from fer_jax import checkpointing
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import train
-from helpers import ROOT, cpu_devices_env, get_config, tiny_run
+from helpers import ROOT, cpu_devices_env, free_port, get_config, killed_at_end, tiny_run
 
 pytestmark = pytest.mark.integration
 
@@ -42,12 +40,6 @@ def _args(workdir, data_dir):
           f"--config.dataset.data_dir={data_dir}", "--config.input.size=32", "--config.batch_size=32",
           "--config.num_epochs=1", "--config.log_every_steps=2", "--config.data_workers=0",
           "--config.select_metric=accuracy", "--config.restore_best=True"]
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _first_loss(log: str) -> float:
@@ -85,7 +77,7 @@ def _distance(a: dict, b: dict) -> float:
 def _start_two(workdir, data_dir, logs, other_workdir=None, checkpoint_every_steps=2) -> list[subprocess.Popen]:
   """Both processes, each writing its log to a file (a pipe nobody reads would fill and block it);
   process 1 in `other_workdir` if given."""
-  address = f"localhost:{_free_port()}"
+  address = f"localhost:{free_port()}"
   workdirs = [workdir, other_workdir or workdir]
   return [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_args(workdirs[index], data_dir), "--distributed",
                             f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}",
@@ -111,17 +103,6 @@ def _wait_for_line(processes, log, text: str, timeout: float = 600) -> None:
     assert all(process.poll() is None for process in processes), f"a process ended before logging {text!r}"
     assert time.monotonic() < deadline, f"no {text!r} logged"
     time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def _killed_at_end(processes):
-  """`processes`, each killed on leaving if still running: a process stuck in a barrier or a
-  collective ignores SIGTERM."""
-  try:
-    yield processes
-  finally:
-    for process in processes:
-      process.kill()
 
 
 def _failure(log: str) -> str:
@@ -213,7 +194,7 @@ def test_two_checkpoint_folders_save_the_same_steps_at_once_on_two_processes(tmp
   Orbax's one barrier name for both managers, 5 of 9 pairs of processes that saved one step failed
   (`Barrier _async_write_complete.1 is already ongoing`) and the other process hung; this test
   failed 3 times of 3."""
-  address = f"localhost:{_free_port()}"
+  address = f"localhost:{free_port()}"
   processes = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "two_managers_check.py"), address,
                                  str(index), str(tmp_path)], cwd=ROOT, env=cpu_devices_env(1), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for index in range(2)]
@@ -237,7 +218,7 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path, tiny_data
   logs = [tmp_path / f"process_{index}.log" for index in range(2)]
   with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
     # Saved at the epoch's end only (step 8): the one step saved before it is the stop's.
-    with _killed_at_end(_start_two(workdir, tiny_data_dir, [log_0, log_1], checkpoint_every_steps=0)) as processes:
+    with killed_at_end(_start_two(workdir, tiny_data_dir, [log_0, log_1], checkpoint_every_steps=0)) as processes:
       _wait_for_line(processes, logs[1], "step 2/8")
       processes[1].send_signal(signal.SIGTERM)
       codes = [process.wait(timeout=240) for process in processes]
@@ -254,7 +235,7 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path, tiny_data
 
   again = [tmp_path / f"again_{index}.log" for index in range(2)]
   with again[0].open("w") as log_0, again[1].open("w") as log_1:
-    with _killed_at_end(_start_two(workdir, tiny_data_dir, [log_0, log_1], checkpoint_every_steps=0)) as processes:
+    with killed_at_end(_start_two(workdir, tiny_data_dir, [log_0, log_1], checkpoint_every_steps=0)) as processes:
       codes = [process.wait(timeout=600) for process in processes]
   texts = [log.read_text() for log in again]
   assert codes == [0, 0], "\n".join(map(_failure, texts))

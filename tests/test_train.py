@@ -22,6 +22,7 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
+from fer_jax.errors import UserError
 from helpers import assert_user_error, cpu_devices_env, get_config, tiny_run
 from jax._src import array as jax_array
 
@@ -270,6 +271,17 @@ def test_selection_can_round_the_metric_and_let_a_later_tie_win(tmp_path):
   assert selection.best_epoch == 2
 
 
+def test_an_evaluation_report_is_refused_in_a_training_workdir(tmp_path):
+  """`--mode=eval --checkpoint=D --workdir=D` overwrote the training's eval_results.json."""
+  (tmp_path / "checkpoints" / "8").mkdir(parents=True)
+  (tmp_path / "eval_results.json").write_text("{}")
+  with pytest.raises(UserError, match=rf"^--workdir={tmp_path} holds a training run \({tmp_path / 'checkpoints'}\): "
+                                      r"this evaluation's report would overwrite the run's eval_results.json and "
+                                      r"figures. Pass another --workdir for the evaluation"):
+    train.evaluate_checkpoint(get_config("configs/dan.py:synthetic"), str(tmp_path), str(tmp_path))
+  assert (tmp_path / "eval_results.json").read_text() == "{}"
+
+
 def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
   assert_user_error(_main("--config=configs/dan.py:synthetic", f"--workdir={tmp_path}", "--config.batch_sise=3"),
                     "the config has no key 'batch_sise'; did you mean 'batch_size'?")
@@ -445,7 +457,7 @@ def test_a_signal_outside_the_training_steps_stops_with_exit_75_and_no_traceback
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == train.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
-  assert f"{name} received outside the training steps: stopped" in result.stderr
+  assert f"{name} received: stopped. The saved steps stand; run the same command to go on" in result.stderr
   assert "Traceback" not in result.stderr
 
 

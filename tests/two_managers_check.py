@@ -20,7 +20,7 @@ from fer_jax.main import start_distributed
 
 def main(coordinator_address: str, process_id: str, workdir: str):
   start_distributed(coordinator_address, 2, int(process_id))
-  config = ml_collections.ConfigDict({"model": {"name": "none"}, "input": {}, "batch_size": 2,
+  config = ml_collections.ConfigDict({"model": {"name": "none"}, "input": {}, "batch_size": 2, "eval": {"tta": "none"},
                                      "dataset": {"name": "synthetic", "class_order": "rafdb", "image_size": 0}})
   replicated = NamedSharding(mesh_lib.make_mesh(), PartitionSpec())
   state = jax.jit(lambda: {"params": {"w": jnp.arange(2.0 ** 24)}}, out_shardings=replicated)()

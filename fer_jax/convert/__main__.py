@@ -78,7 +78,6 @@ def save(workdir: str, variables: dict, config, initialisation_only: bool) -> st
       shutil.rmtree(workdir, ignore_errors=True)
     else:
       remove_entries(workdir)
-    logging.warning("Stopped while writing %s: removed what it wrote; the same command converts again.", workdir)
     raise
 
 
@@ -101,7 +100,7 @@ def main(argv):
   # A copy: the converted model records config.model.dtype as given ("auto" stays "auto").
   validation.validate(config.copy_and_resolve_references(), training=False)
   check_workdir(workdir)
-  with train.exit_status_on_stop():  # a stop signal: exit status 75, no traceback
+  with train.exit_status_on_stop(stopped=f"Nothing is left in {workdir}; the same command converts again."):
     variables, report = convert.convert(config, args.checkpoint, args.source or ())
     for line in report.lines():
       logging.info("%s", line)

@@ -1,0 +1,137 @@
+"""`fer_jax.main --distributed`'s start-up checks: the distributed flags (given without --distributed,
+missing outside a detected cluster, inconsistent), and processes started with different configs,
+which every process refuses before any work, naming the keys."""
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from fer_jax import distributed
+from fer_jax.errors import UserError
+from helpers import ROOT, assert_user_error, cpu_devices_env, free_port, get_config, killed_at_end, run_command
+
+TINY = ["--config=configs/dan.py:synthetic", "--config.dataset.name=synthetic/tiny", "--config.input.size=32",
+        "--config.num_epochs=1", "--config.data_workers=0"]
+
+
+def _flags(coordinator_address=None, num_processes=None, process_id=None) -> dict:
+  return {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
+
+
+def test_distributed_flags_without_distributed_are_refused():
+  with pytest.raises(UserError, match=r"^--num_processes, --process_id take effect with --distributed only: add "
+                                      r"--distributed"):
+    distributed.check_flags(False, _flags(num_processes=2, process_id=1))
+  distributed.check_flags(False, _flags())
+
+
+def test_inconsistent_distributed_flags_are_refused():
+  with pytest.raises(UserError, match=r"--process_id=2 is not below --num_processes=2: number the processes 0 … 1"):
+    distributed.check_flags(True, _flags("localhost:1234", 2, 2))
+  with pytest.raises(UserError, match=r"--coordinator_address=localhost needs a port: pass HOST:PORT"):
+    distributed.check_flags(True, _flags("localhost", 2, 0))
+  distributed.check_flags(True, _flags("localhost:1234", 2, 1))
+  distributed.check_flags(True, _flags())  # a cluster JAX detects fills them in
+
+
+def test_config_differences_name_each_key_and_both_values():
+  zero = {"batch_size": 32, "seed": 0, "input.eval_pp": "x" * 80, "--mode": "train"}
+  one = {"batch_size": 16, "seed": 0, "input.eval_pp": "x" * 79 + "y", "--mode": "train", "model.remat": False}
+  assert distributed.config_differences([zero, one]) == (
+      f"batch_size: 32 on process 0, 16 on process 1; input.eval_pp: \"{'x' * 58}… on process 0, "
+      f"\"{'x' * 58}… on process 1; model.remat: no such key on process 0, false on process 1")
+  assert distributed.config_differences([zero, zero, one, one]) == (
+      f"batch_size: 32 on process 0, 16 on process 2 (2 processes differ); input.eval_pp: \"{'x' * 58}… on process "
+      f"0, \"{'x' * 58}… on process 2 (2 processes differ); model.remat: no such key on process 0, false on process 2 "
+      "(2 processes differ)")
+  assert distributed.config_differences([{"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}, {}]).endswith("; and 2 more keys")
+
+
+class _Processes:
+  """Runs a function on `count` threads standing for processes, whose process_allgather stacks what
+  each thread gave, as jax's does across processes."""
+
+  def __init__(self, count: int):
+    self._barrier, self._given, self._index = threading.Barrier(count, timeout=60), [None] * count, threading.local()
+
+  def allgather(self, value):
+    self._given[self._index.value] = np.asarray(value)
+    self._barrier.wait()
+    gathered = np.stack(self._given)
+    self._barrier.wait()  # every thread has read this round before the next one's values arrive
+    return gathered
+
+  def run(self, function, arguments: list) -> list:
+    """What `function(*arguments[i])` returned or raised on each thread i."""
+    outcomes = [None] * len(arguments)
+
+    def on_thread(index):
+      self._index.value = index
+      try:
+        outcomes[index] = function(*arguments[index])
+      except Exception as error:  # pylint: disable=broad-except
+        outcomes[index] = error
+
+    threads = [threading.Thread(target=on_thread, args=(index,)) for index in range(len(arguments))]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
+    return outcomes
+
+
+def test_every_process_refuses_configs_that_differ_naming_the_keys(monkeypatch):
+  processes = _Processes(2)
+  monkeypatch.setattr(distributed.multihost_utils, "process_allgather", processes.allgather)
+  configs = [get_config("configs/dan.py:synthetic") for _ in range(2)]
+  assert processes.run(distributed.check_same_run, [(config, "train") for config in configs]) == [None, None]
+  configs[1].batch_size, configs[1].optimizer.lr = 16, 0.5
+  outcomes = processes.run(distributed.check_same_run, [(config, "train") for config in configs])
+  assert all(isinstance(outcome, UserError) for outcome in outcomes), outcomes
+  assert str(outcomes[0]) == str(outcomes[1]) == (
+      "The processes were started with different configs: batch_size: 32 on process 0, 16 on process 1; "
+      f"optimizer.lr: {configs[0].optimizer.lr} on process 0, 0.5 on process 1. Start every process with the same "
+      "--config, --config.* flags and --mode.")
+  outcomes = processes.run(distributed.check_same_run, [(configs[0], "train"), (configs[0], "eval")])
+  assert all("--mode: \"train\" on process 0, \"eval\" on process 1" in str(outcome) for outcome in outcomes)
+
+
+@pytest.mark.integration
+def test_distributed_flags_without_distributed_stop_the_command(tmp_path):
+  result = run_command("fer_jax.main", *TINY, f"--workdir={tmp_path}", "--coordinator_address=localhost:1234",
+                       "--num_processes=2", "--process_id=1")
+  assert_user_error(result, "--coordinator_address, --num_processes, --process_id take effect with --distributed "
+                    "only: add --distributed")
+
+
+@pytest.mark.integration
+def test_distributed_outside_a_cluster_names_the_missing_flags(tmp_path):
+  result = run_command("fer_jax.main", *TINY, f"--workdir={tmp_path}", "--distributed", "--process_id=0")
+  assert_user_error(result, "--distributed could not start: coordinator_address should be defined.",
+                    "add --coordinator_address, --num_processes (every process the same")
+  assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.integration
+def test_two_processes_with_different_configs_both_stop_before_any_work(tmp_path, tiny_data_dir):
+  """Started with batch sizes 32 and 16, two processes trained against each other, then hung; with
+  epochs 1 and 2, one ended and the other died in a gloo error."""
+  address, workdir = f"localhost:{free_port()}", tmp_path / "run"
+  logs = [tmp_path / f"process_{index}.log" for index in range(2)]
+  differing = [["--config.batch_size=32", "--config.num_epochs=1"], ["--config.batch_size=16", "--config.num_epochs=2"]]
+  with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
+    started = [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *TINY, *differing[index], f"--workdir={workdir}",
+                                 f"--config.dataset.data_dir={tiny_data_dir}", "--distributed",
+                                 f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}"],
+                                cwd=ROOT, env=cpu_devices_env(1), stdout=subprocess.DEVNULL, stderr=log)
+               for index, log in enumerate((log_0, log_1))]
+    with killed_at_end(started) as processes:
+      codes = [process.wait(timeout=300) for process in processes]
+  for code, log in zip(codes, logs):
+    assert_user_error(subprocess.CompletedProcess([], code, "", log.read_text()),
+                      "The processes were started with different configs: batch_size: 32 on process 0, 16 on process "
+                      "1; num_epochs: 1 on process 0, 2 on process 1. Start every process with the same --config")
+  assert not workdir.exists()
