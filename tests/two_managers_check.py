@@ -14,12 +14,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 import ml_collections
 
 from fer_jax import checkpointing
+from fer_jax import distributed
 from fer_jax import mesh as mesh_lib
-from fer_jax.main import start_distributed
 
 
 def main(coordinator_address: str, process_id: str, workdir: str):
-  start_distributed(coordinator_address, 2, int(process_id))
+  distributed.start(coordinator_address, 2, int(process_id))
   config = ml_collections.ConfigDict({"model": {"name": "none"}, "input": {}, "batch_size": 2, "eval": {"tta": "none"},
                                      "dataset": {"name": "synthetic", "class_order": "rafdb", "image_size": 0}})
   replicated = NamedSharding(mesh_lib.make_mesh(), PartitionSpec())
