@@ -51,6 +51,13 @@ class Spec:
   def pp_key(self) -> str:
     return "input.eval_pp" if self.name in config_lib.BUILT_IN_EVALUATORS else f"evals.{self.name}.pp"
 
+  @property
+  def split_config_key(self) -> str:
+    """The config key that named `split` (evaluator_fields), for messages."""
+    if self.name == "test" and self.config.dataset.test_split:
+      return "dataset.test_split"
+    return "dataset.eval_split" if self.name in config_lib.BUILT_IN_EVALUATORS else f"evals.{self.name}.split"
+
 
 def evaluator_fields(config) -> dict[str, dict]:
   """{name: fields} of the built-in evaluators and then `config.evals`, defaults filled in."""

@@ -229,7 +229,8 @@ class Evaluator:
       if spec.split_key in self._splits:
         self._data[spec.data_key] = self._splits[spec.split_key].with_pipeline(spec.config, spec.pp_key)
       else:
-        self._data[spec.data_key] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key)
+        self._data[spec.data_key] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key,
+                                                      spec.split_config_key)
         self._splits[spec.split_key] = self._data[spec.data_key]
     return self._data[spec.data_key]
 

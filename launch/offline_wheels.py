@@ -111,9 +111,12 @@ def main(argv=None) -> int:
   except OSError as e:
     parser.exit(2, f"error: --have={args.have}: {e.strerror}; give the file with the target's "
                 "`pip list --format=freeze`\n")
+  try:
+    os.makedirs(args.out, exist_ok=True)
+  except OSError as e:
+    parser.exit(2, f"error: --out={args.out}: {e.strerror}; give a folder (new or existing) for the wheels\n")
   closure = runtime_closure(args.python_version)
   wanted = to_fetch(closure, have)
-  os.makedirs(args.out, exist_ok=True)
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     failures = [f for f in pool.map(lambda n: fetch(n, wanted[n], closure[n][1], args.python_version, args.out),
                                     sorted(wanted)) if f]

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.data import prepare
 from fer_jax.data.builders import affectnet
+from fer_jax.data.builders import fer2013
 from fer_jax.data.builders import ferplus
 from fer_jax.data.builders import rafdb
 from fer_jax.data.builders import synthetic
@@ -680,3 +682,11 @@ def test_prepare_command_is_idempotent_and_fails_on_bad_input(tmp_path):
     assert bad.returncode == 2
     assert f"--manual_dir {tmp_path / 'gone'} is not a folder" in bad.stderr
     assert "github.com/mysee1989/PG-CNN" in bad.stderr
+
+
+@pytest.mark.parametrize("pixels, expected", [("", "got 0"), ("1 2 3", "got 3"),
+                                              (" ".join(["300"] * 2304), "got values in [300, 300]")])
+def test_fer2013_pixels_that_are_no_48_by_48_image_say_why(pixels, expected):
+  """An empty pixels cell gave numpy's "zero-size array to reduction operation" instead."""
+  with pytest.raises(ValueError, match=re.escape(expected)):
+    fer2013.pixels_to_png(pixels)

@@ -69,3 +69,12 @@ def test_a_missing_have_file_is_one_line_naming_it(tmp_path, capsys):
   assert capsys.readouterr().err == (f"error: --have={tmp_path / 'missing.txt'}: No such file or directory; give the "
                                      "file with the target's `pip list --format=freeze`\n")
   assert not (tmp_path / "wheels").exists()
+
+
+def test_an_out_that_is_a_file_is_one_line_naming_it(tmp_path, capsys):
+  (tmp_path / "wheels").write_text("not a folder")
+  with pytest.raises(SystemExit) as exited:
+    offline_wheels.main([f"--out={tmp_path / 'wheels'}"])
+  assert exited.value.code == 2
+  assert capsys.readouterr().err == (f"error: --out={tmp_path / 'wheels'}: File exists; give a folder (new or "
+                                     "existing) for the wheels\n")

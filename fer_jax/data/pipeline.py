@@ -424,14 +424,6 @@ class TrainData:
       yield cache.finish(batch) if cache else batch
 
 
-def _split_key(config, split: str, pp_key: str) -> str:
-  """The key that named an evaluator's split: `evals.<name>.split` beside its `evals.<name>.pp`, else
-  the built-in evaluators' dataset.test_split or eval_split."""
-  if pp_key.startswith("evals."):
-    return pp_key.removesuffix(".pp") + ".split"
-  return "dataset.test_split" if split == config.dataset.test_split else "dataset.eval_split"
-
-
 @dataclasses.dataclass(frozen=True)
 class _EvalExample:
   """Position → one example of the split in order; positions past its end are padding (mask 0)."""
@@ -454,13 +446,14 @@ class EvalData:
   """A whole split in order, padded to full global batches of uint8 images; padding has mask 0.
 
   Labels are mapped by class name to `config.dataset.class_order` (the model's classes): records
-  of classes the model lacks are left out; `pp_key` names the key the eval pipeline
-  (`config.input.eval_pp`) came from, for error messages."""
+  of classes the model lacks are left out; `pp_key` and `split_key` name the keys the eval pipeline
+  (`config.input.eval_pp`) and the split came from, for error messages."""
 
-  def __init__(self, config, mesh, split_name: str, pp_key: str = "input.eval_pp"):
+  def __init__(self, config, mesh, split_name: str, pp_key: str = "input.eval_pp",
+               split_key: str = "dataset.eval_split"):
     self.config = config
     self.mesh = mesh
-    self.split = load_split(config, split_name, evaluation=True, split_key=_split_key(config, split_name, pp_key))
+    self.split = load_split(config, split_name, evaluation=True, split_key=split_key)
     self.records = self.split.indices
     # Padding is masked, so any batch works: rounded up to fill every device.
     devices = mesh.devices.size

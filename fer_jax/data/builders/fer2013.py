@@ -55,9 +55,11 @@ def read_rows(path) -> Iterator[tuple[int, str, str, str]]:
 def pixels_to_png(pixels: str) -> bytes:
   """The PNG of a row's 2304 space-separated gray values; ValueError if they are not that."""
   values = np.array(pixels.split(), dtype=np.int64)
-  if values.size != IMAGE_SIZE * IMAGE_SIZE or values.min() < 0 or values.max() > 255:
-    raise ValueError(f"expected {IMAGE_SIZE * IMAGE_SIZE} values in 0-255, got {values.size} "
-                     f"in [{values.min()}, {values.max()}]")
+  if values.size != IMAGE_SIZE * IMAGE_SIZE:
+    raise ValueError(f"expected {IMAGE_SIZE * IMAGE_SIZE} values in 0-255, got {values.size}")
+  if values.min() < 0 or values.max() > 255:
+    raise ValueError(f"expected {IMAGE_SIZE * IMAGE_SIZE} values in 0-255, got values in [{values.min()}, "
+                     f"{values.max()}]")
   buffer = io.BytesIO()
   Image.fromarray(values.reshape(IMAGE_SIZE, IMAGE_SIZE).astype(np.uint8)).save(buffer, format="PNG")
   return buffer.getvalue()
