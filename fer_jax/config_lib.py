@@ -1,10 +1,12 @@
 """Defaults shared by every config (each file in configs/ starts from `base_config()` and reads
-its argument with `parse_arg`) and the `--config` flag; `fer_jax.validation` checks a whole config."""
+its argument with `parse_arg`), the `--config` flag and the `--config` arguments of a command line;
+`fer_jax.validation` checks a whole config."""
 
 import importlib.util
 import os
 from collections.abc import Sequence
 
+from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
@@ -128,6 +130,33 @@ def base_config() -> ml_collections.ConfigDict:
   config.inference_mode_from_epoch = 0
   config.data_workers = -1           # decoding processes when not cached (-1 = one per CPU core)
   return config
+
+
+def _flag_name(name: str, flag_values) -> str:
+  """The flag an argument names: `noNAME` sets the boolean flag NAME to false."""
+  if name not in flag_values and name.startswith("no") and name[2:] in flag_values and flag_values[name[2:]].boolean:
+    return name[2:]
+  return name
+
+
+def config_arguments(argv, flag_values=flags.FLAGS) -> list[str]:
+  """The --config and --config.* arguments of this command line, without --config.seed, each one word
+  (--name=value). Read as absl reads them: one dash or two, `--name value` for a flag that takes a value,
+  `--name` / `--noname` for a boolean, nothing after `--`."""
+  arguments, words = [], iter(argv)
+  for word in words:
+    if word == "--":
+      break
+    if not word.startswith("-"):
+      continue
+    name, has_value, value = word.lstrip("-").partition("=")
+    flag = _flag_name(name, flag_values)
+    boolean = flag in flag_values and flag_values[flag].boolean
+    if not has_value and not boolean:
+      value = next(words, "")
+    if flag.split(".")[0] == "config" and flag != "config.seed":
+      arguments.append(f"--{name}" if boolean and not has_value else f"--{name}={value}")
+  return arguments
 
 
 def define_config_flag(help_text: str = "configs/<method>.py:<dataset>"):

@@ -67,36 +67,9 @@ def seed_workdir(workdir: str, seed: int) -> str:
   return os.path.join(workdir, f"seed_{seed}")
 
 
-def _flag_name(name: str, flag_values) -> str:
-  """The flag an argument names: `noNAME` sets the boolean flag NAME to false."""
-  if name not in flag_values and name.startswith("no") and name[2:] in flag_values and flag_values[name[2:]].boolean:
-    return name[2:]
-  return name
-
-
-def config_arguments(argv, flag_values=flags.FLAGS) -> list[str]:
-  """The --config and --config.* arguments of this command line, without --config.seed, each one word
-  (--name=value). Read as absl reads them: one dash or two, `--name value` for a flag that takes a value,
-  `--name` / `--noname` for a boolean, nothing after `--`."""
-  arguments, words = [], iter(argv)
-  for word in words:
-    if word == "--":
-      break
-    if not word.startswith("-"):
-      continue
-    name, has_value, value = word.lstrip("-").partition("=")
-    flag = _flag_name(name, flag_values)
-    boolean = flag in flag_values and flag_values[flag].boolean
-    if not has_value and not boolean:
-      value = next(words, "")
-    if flag.split(".")[0] == "config" and flag != "config.seed":
-      arguments.append(f"--{name}" if boolean and not has_value else f"--{name}={value}")
-  return arguments
-
-
 def commands(argv, workdir: str, seeds: list[int]) -> list[str]:
   """One `fer_jax.main` command per seed, then this program's summary command."""
-  config = config_arguments(argv)
+  config = config_lib.config_arguments(argv)
   lines = [shlex.join([sys.executable, "-m", "fer_jax.main", *config, f"--workdir={seed_workdir(workdir, seed)}",
                        f"--config.seed={seed}"]) for seed in seeds]
   lines.append(shlex.join([sys.executable, "-m", "fer_jax.seeds", *config, f"--workdir={workdir}",

@@ -21,7 +21,6 @@ from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import convert
-from fer_jax import seeds
 from fer_jax import train
 from fer_jax import validation
 from fer_jax.data import labels
@@ -83,7 +82,7 @@ def save(workdir: str, variables: dict, config, initialisation_only: bool) -> st
 
 def next_command(workdir: str, initialisation_only: bool) -> str:
   """The command that uses the converted model, with this command's --config and overrides, shell-quoted."""
-  config = seeds.config_arguments(sys.argv)
+  config = config_lib.config_arguments(sys.argv)
   if initialisation_only:
     return "Train from it with: " + shlex.join(["python", "-m", "fer_jax.main", *config,
                                                f"--config.init_from={workdir}"]) + " --workdir=<run folder>"
