@@ -83,23 +83,17 @@ def _class_order(names) -> str:
                   "pass its config to fer_jax.load(path, config=...).")
 
 
-def _config_from_record(model: dict, class_names, model_input: dict, dataset: dict | None = None,
-                        tta_name: str = "none") -> ml_collections.ConfigDict:
-  """A checkpoint's or export's config from the parts of its meta record (`checkpointing.metadata`); `dataset`
-  (absent from records written before 2026-12-03) gives the crop style and stored size of the data set it was
-  trained on, `tta_name` (absent before 2026-12-05: none) the test-time augmentation."""
-  config = config_lib.base_config()
-  config.model.update(model)
-  config.input.update(model_input)
-  config.dataset.update(dataset or {})
-  config.dataset.class_order = _class_order(class_names)
-  config.eval.tta = tta_name
-  return config
-
-
 def _config_from_meta(meta: dict) -> ml_collections.ConfigDict:
-  return _config_from_record(meta["model"], meta["class_names"], meta["input"], meta.get("dataset"),
-                             meta.get("tta", "none"))
+  """A checkpoint's or export's config from its meta record (`checkpointing.metadata`): the model, its input
+  and class names; the data set (absent from records written before 2026-12-03) gives the crop style and
+  stored size it was trained on, "tta" (absent before 2026-12-05: none) the test-time augmentation."""
+  config = config_lib.base_config()
+  config.model.update(meta["model"])
+  config.input.update(meta["input"])
+  config.dataset.update(meta.get("dataset") or {})
+  config.dataset.class_order = _class_order(meta["class_names"])
+  config.eval.tta = meta.get("tta", "none")
+  return config
 
 
 def _load_export(path: str, config, tta_name: str, batch_size: int) -> predict.Predictor:

@@ -150,16 +150,21 @@ def _damaged_index(index_path: str, reason: str) -> ConversionError:
 _DATA_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
 
 
+def _shard_prefix(path: str) -> str | None:
+  """The checkpoint prefix of a data shard's path ("…/LHC_Net.data-00000-of-00001" → "…/LHC_Net"), else None."""
+  shard = _DATA_SHARD.search(path)
+  return path[:shard.start()] if shard else None
+
+
 def is_data_shard(path: str) -> bool:
-  return bool(_DATA_SHARD.search(path))
+  return _shard_prefix(path) is not None
 
 
 def checkpoint_prefix(path: str) -> str | None:
   """The checkpoint prefix for a prefix, its .index file or a data shard, or a folder with a `checkpoint` file or a
   single .index file."""
   path = os.path.expanduser(path)
-  shard = _DATA_SHARD.search(path)
-  stem = path[:shard.start()] if shard else path.removesuffix(".index")
+  stem = _shard_prefix(path) or path.removesuffix(".index")
   if stem != path and os.path.isfile(stem + ".index"):
     return stem
   if os.path.isfile(path + ".index"):
@@ -195,7 +200,7 @@ def _index_files(folder: str) -> list[str]:
 def _not_a_checkpoint(path: str) -> ConversionError:
   """What to pass instead of `path`, which names no TensorFlow checkpoint."""
   if is_data_shard(path):
-    index = path[:_DATA_SHARD.search(path).start()] + ".index"
+    index = _shard_prefix(path) + ".index"
     return ConversionError(f"{path} is a data shard of a TensorFlow checkpoint, but its index {index} is missing: "
                            "download the .index file too, beside the shard.")
   if os.path.isdir(path):
