@@ -18,15 +18,22 @@ FLAGS = ("coordinator_address", "num_processes", "process_id")
 
 def check_flags(distributed: bool, values: dict) -> None:
   """`values`: {flag name: value or None} of FLAGS. Refuses those given without
-  --distributed (the process would train alone) and a process_id outside num_processes."""
+  --distributed (the process would train alone), a coordinator address (flag or JAX_COORDINATOR_ADDRESS)
+  without a port and a process_id outside num_processes."""
   given = [f"--{name}" for name, value in values.items() if value is not None]
   if given and not distributed:
     raise UserError(f"{', '.join(given)} take effect with --distributed only: add --distributed (or drop them).")
   address, count, index = (values[name] for name in FLAGS)
-  if address is not None and not re.fullmatch(r".+:\d+", address):
-    raise UserError(f"--coordinator_address={address} needs a port: pass HOST:PORT of process 0 (e.g. {address}:1234).")
+  _check_port("--coordinator_address", address)
+  if distributed and address is None:
+    _check_port("JAX_COORDINATOR_ADDRESS", os.environ.get("JAX_COORDINATOR_ADDRESS") or None)
   if count is not None and index is not None and index >= count:
     raise UserError(f"--process_id={index} is not below --num_processes={count}: number the processes 0 … {count - 1}.")
+
+
+def _check_port(name: str, address: str | None) -> None:
+  if address is not None and not re.fullmatch(r".+:\d+", address):
+    raise UserError(f"{name}={address} needs a port: pass HOST:PORT of process 0 (e.g. {address}:1234).")
 
 
 def start(coordinator_address, num_processes, process_id) -> None:

@@ -37,6 +37,16 @@ def test_inconsistent_distributed_flags_are_refused():
   distributed.check_flags(True, _flags())  # a cluster JAX detects fills them in
 
 
+def test_coordinator_address_from_the_environment_needs_a_port(monkeypatch):
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "node0")
+  with pytest.raises(UserError, match=r"^JAX_COORDINATOR_ADDRESS=node0 needs a port: pass HOST:PORT"):
+    distributed.check_flags(True, _flags(num_processes=2, process_id=0))
+  distributed.check_flags(False, _flags())
+  distributed.check_flags(True, _flags("node0:1234", 2, 0))  # the flag is what JAX uses
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "node0:1234")
+  distributed.check_flags(True, _flags(num_processes=2, process_id=0))
+
+
 def test_config_differences_name_each_key_and_both_values():
   zero = {"batch_size": 32, "seed": 0, "input.eval_pp": "x" * 80, "--mode": "train"}
   one = {"batch_size": 16, "seed": 0, "input.eval_pp": "x" * 79 + "y", "--mode": "train", "model.remat": False}
