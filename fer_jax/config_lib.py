@@ -3,10 +3,12 @@ its argument with `parse_arg`), the `--config` flag and the `--config` arguments
 `fer_jax.validation` checks a whole config."""
 
 import importlib.util
+import json
 import os
 from collections.abc import Sequence
 
 from absl import flags
+from flax import traverse_util
 import ml_collections
 from ml_collections import config_flags
 
@@ -51,6 +53,11 @@ def synthetic_occlusion_evaluators(eval_pp: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       f"occluded_{region}": evaluator(pp=f"occlude('{region}', geometry='synthetic')|{eval_pp}")
       for region in ("mouth", "eyes", "mask")})
+
+
+def flat(config) -> dict:
+  """{"optimizer.lr": 0.1, …}: every key of `config` dotted, values as JSON has them (tuples as lists)."""
+  return json.loads(json.dumps(traverse_util.flatten_dict(config.to_dict(), sep="."), default=str))
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -6,11 +6,11 @@ import json
 import os
 import re
 
-from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from fer_jax import config_lib
 from fer_jax.errors import UserError
 
 FLAGS = ("coordinator_address", "num_processes", "process_id")
@@ -59,8 +59,7 @@ def check_same_run(config, mode: str) -> None:
   """Stops every process, naming the keys, if their configs (or --mode) differ: they would exchange
   gradients of different batches or steps, or wait for each other forever. A collective: each process
   gathers every process's fingerprint and, on a difference, every process's config."""
-  own = json.dumps({"--mode": mode, **traverse_util.flatten_dict(config.to_dict(), sep=".")}, sort_keys=True,
-                   default=str).encode()
+  own = json.dumps({"--mode": mode, **config_lib.flat(config)}, sort_keys=True).encode()
   digests = multihost_utils.process_allgather(np.frombuffer(hashlib.sha256(own).digest(), np.uint8))
   if (digests == digests[0]).all():
     return

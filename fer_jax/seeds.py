@@ -15,8 +15,9 @@ and sample standard deviation, ddof = 1, of every metric of every evaluator, wit
 TTA, per-class accuracies included; n counts the seeds with a value, and one value has no
 standard deviation, "–"), DIR/seeds_per_class.png (per-class accuracy with error bars, one group
 per evaluator) and DIR/seeds_accuracy.png (accuracy per evaluator, one marker per seed). Reports
-whose evaluators, model, data, classes, preprocessing or TTA differ come from different runs:
-they are refused (exit 2), not averaged.
+whose evaluators, model, data, classes, preprocessing or TTA differ, or whose recorded configs
+differ in a key other than NOT_OF_THE_RUN's, come from different runs: they are refused (exit 2),
+not averaged.
 
 Exit status as `fer_jax.main`'s: 75 when SIGTERM/SIGINT stopped a seed's run after saving its step
 (run the same command to resume it and train the seeds after it), 1 on a non-finite loss or
@@ -41,6 +42,9 @@ SCALARS = ("accuracy", "mean_class_accuracy", "macro_f1")
 REPORT = "eval_results.json"
 # What every seed of one config shares in each evaluator's results (with its TTA's name).
 RUN_KEYS = ("model", "dataset", "split", "class_names", "num_examples", "pp")
+# Config keys seeds of one run may differ in: where and how often things are written, read and logged.
+NOT_OF_THE_RUN = ("seed", "dataset.data_dir", "dataset.cache", "dataset.cache_budget_mb", "data_workers",
+                  "log_every_steps", "checkpoint_every_steps", "max_checkpoints")
 
 
 def define_flags() -> None:
@@ -122,17 +126,17 @@ def read_reports(workdir: str, seeds: list[int]) -> dict[int, dict]:
     if not os.path.exists(path):
       missing.append(path)
       continue
-    reports[seed] = _read_report(path)["evaluators"]
+    reports[seed] = _read_report(path)
   if missing:
     raise UserError(f"No report yet in {', '.join(missing)}: train those seeds first (or drop them from --seeds).")
   check_same_run(workdir, reports)
-  return reports
+  return {seed: report["evaluators"] for seed, report in reports.items()}
 
 
-def _run_record(report: dict) -> dict:
+def _run_record(evaluators: dict) -> dict:
   """{evaluator: what every seed of one config has alike in its results}."""
   return {name: {**{key: results.get(key) for key in RUN_KEYS}, "tta": results.get("tta", {}).get("name", "none")}
-          for name, results in report.items()}
+          for name, results in evaluators.items()}
 
 
 def _differences(first: dict, other: dict) -> list[str]:
@@ -145,11 +149,23 @@ def _differences(first: dict, other: dict) -> list[str]:
   return [difference + (f" in {', '.join(names)}" if names else "") for difference, names in found.items()]
 
 
+def _config_differences(first: dict, other: dict) -> list[str]:
+  """The config keys of the run in which two reports differ (none where a report records no config)."""
+  if not first or not other:
+    return []
+  keys = sorted((set(first) | set(other)) - set(NOT_OF_THE_RUN))
+  return [f"config.{key} {other.get(key)!r} (not {first.get(key)!r})" for key in keys if first.get(key) != other.get(key)]
+
+
 def check_same_run(workdir: str, reports: dict[int, dict]) -> None:
   """Refuses reports that are not of one config: seeds of different runs do not average."""
-  (first_seed, first), *others = ((seed, _run_record(report)) for seed, report in reports.items())
-  differing = [f"seed_{seed} differs from seed_{first_seed} in {'; '.join(differences)}" for seed, record in others
-               if (differences := _differences(first, record))]
+  (first_seed, first), *others = reports.items()
+  differing = []
+  for seed, report in others:
+    differences = (_differences(_run_record(first["evaluators"]), _run_record(report["evaluators"]))
+                   + _config_differences(first.get("config", {}), report.get("config", {})))
+    if differences:
+      differing.append(f"seed_{seed} differs from seed_{first_seed} in {'; '.join(differences)}")
   if differing:
     raise UserError(f"The seed folders in {workdir} hold different runs: {'. '.join(differing)}. Summarize the "
                     "seeds of one config only: drop the others from --seeds, or train them again in new folders.")

@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
+from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
@@ -260,7 +261,8 @@ EXAMPLES_PER_EVALUATOR = 8
 def final_report(evaluator: Evaluator, variables, workdir: str, step: int | None,
                  reusable: dict | None = None) -> dict:
   """Runs every reported evaluator (single pass and, where it has one, with its TTA), writes the
-  report files and returns the "test" evaluator's results with all of them under "evaluators".
+  report files and returns the "test" evaluator's results with all of them under "evaluators" and
+  the run's config, flat, under "config".
   `step`: the training step evaluated (None for `--mode=eval`'s checkpoint).
   `reusable`: {data_key: results} already computed with these variables."""
   reusable, evaluators = dict(reusable or {}), {}
@@ -276,7 +278,7 @@ def final_report(evaluator: Evaluator, variables, workdir: str, step: int | None
     logging.info("%s (%s %s): accuracy %.4f, mean-class accuracy %.4f over %d examples%s", name, results["dataset"],
                  spec.split, results["accuracy"], results["mean_class_accuracy"], results["num_examples"],
                  f"; with {spec.tta} TTA: accuracy {results['tta']['accuracy']:.4f}" if "tta" in results else "")
-  report = {**evaluators[evaluate.REPORTED], "evaluators": evaluators}
+  report = {**evaluators[evaluate.REPORTED], "evaluators": evaluators, "config": config_lib.flat(evaluator.config)}
   examples = {name: evaluator.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in evaluators}
   evaluate.write_report(report, workdir, examples)
   return report

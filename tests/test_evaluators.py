@@ -245,4 +245,6 @@ def test_dan_trained_on_rafdb_reported_on_ferplus_and_sfew(fixture_sets, tmp_pat
           "confusion_matrix_ferplus.png", "examples_sfew.png"} <= files
   table = (tmp_path / "report" / "eval_results.md").read_text()
   assert "Left out (the model lacks them): contempt (1 example)." in table
-  assert json.loads((tmp_path / "report" / "eval_results.json").read_text())["evaluators"]["sfew"]["split"] == "validation"
+  recorded = json.loads((tmp_path / "report" / "eval_results.json").read_text())
+  assert recorded["evaluators"]["sfew"]["split"] == "validation"
+  assert recorded["config"]["evals.sfew.dataset"] == "sfew/aligned" and recorded["config"]["eval_batch_size"] == 8

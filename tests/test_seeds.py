@@ -154,6 +154,22 @@ def test_reports_of_different_runs_are_refused_naming_the_seed_folders_and_what_
   assert set(seeds.read_reports(str(tmp_path), [0, 4])) == {0, 4}
 
 
+def test_reports_whose_configs_differ_beyond_seed_and_bookkeeping_are_refused(tmp_path):
+  config = {"seed": 0, "num_epochs": 5, "optimizer.lr": 0.1, "dataset.data_dir": "/a", "log_every_steps": 50}
+  configs = {0: config, 1: {**config, "seed": 1, "dataset.data_dir": "/b", "log_every_steps": 10},
+             2: {**config, "seed": 2, "num_epochs": 4, "optimizer.lr": 0.01}, 3: {}}
+  for seed, run_config in configs.items():
+    (tmp_path / f"seed_{seed}").mkdir()
+    (tmp_path / f"seed_{seed}" / "eval_results.json").write_text(json.dumps({"evaluators": _run(),
+                                                                             "config": run_config}))
+  with pytest.raises(UserError) as refused:
+    seeds.read_reports(str(tmp_path), [0, 1, 2])
+  assert "seed_2 differs from seed_0 in config.num_epochs 4 (not 5); config.optimizer.lr 0.01 (not 0.1)." \
+         in str(refused.value)
+  assert "seed_1" not in str(refused.value)
+  assert set(seeds.read_reports(str(tmp_path), [0, 1, 3])) == {0, 1, 3}  # a report of before configs were recorded
+
+
 def test_one_value_has_no_std_and_fewer_values_than_seeds_are_counted(tmp_path):
   one = seeds.summarize({0: REPORTS[0]})
   assert one["evaluators"]["test"]["accuracy"] == {"mean": 0.8, "std": None, "n": 1, "values": [0.8]}
