@@ -18,9 +18,10 @@ from fer_jax.data import decode
 from fer_jax.data import pipeline
 
 
-def pixels(config, split_name: str) -> tuple[np.ndarray, np.ndarray]:
-  """The eval pipeline's output for every example of the split, flattened, and the labels."""
-  split = pipeline.load_split(config, split_name)
+def pixels(config, split_name: str, split_key: str) -> tuple[np.ndarray, np.ndarray]:
+  """The eval pipeline's output for every example of the split (named by `config.<split_key>`),
+  flattened, and the labels."""
+  split = pipeline.load_split(config, split_name, split_key=split_key)
   shape = pipeline.stored_shape(config, split)
   records = split.indices
   images = pipeline.decode_all(decode.Decoder(split.source, shape), records, pipeline.num_workers(config))
@@ -42,8 +43,9 @@ def ridge_accuracy(train_x, train_y, test_x, test_y, num_classes: int, ridge: fl
 def main(argv):
   del argv
   config = flags.FLAGS.config
-  train_x, train_y = pixels(config, config.dataset.train_split)
-  test_x, test_y = pixels(config, config.dataset.test_split or config.dataset.eval_split)
+  train_x, train_y = pixels(config, config.dataset.train_split, "dataset.train_split")
+  test_key = "dataset.test_split" if config.dataset.test_split else "dataset.eval_split"
+  test_x, test_y = pixels(config, config.dataset.test_split or config.dataset.eval_split, test_key)
   accuracy = ridge_accuracy(train_x, train_y, test_x, test_y, config.model.num_classes, flags.FLAGS.ridge)
   print(json.dumps({"dataset": config.dataset.name, "input_size": config.input.size, "train": len(train_y),
                     "test": len(test_y), "ridge": flags.FLAGS.ridge, "linear_test_accuracy": round(accuracy, 4)}))
