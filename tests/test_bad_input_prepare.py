@@ -139,6 +139,7 @@ def test_overwrite_rebuilds_and_a_failed_rebuild_keeps_the_prepared_copy(tmp_pat
   rebuilt = prepare("rafdb", tmp_path / "manual", tmp_path / "tfds", "--overwrite")
   assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
   assert f"rafdb/basic/1.0.0 in {tmp_path / 'tfds' / 'rafdb' / 'basic' / '1.0.0'}:\n  train: 8 examples" in rebuilt.stdout
+  assert f"replaced the old one in {tmp_path / 'tfds' / 'rafdb' / 'basic' / '1.0.0'}." in rebuilt.stderr
   expected = {**written["labels"]["train"], "train_00001.jpg": 0}
   assert read_train_labels(tmp_path / "tfds") == expected
 

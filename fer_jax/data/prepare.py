@@ -111,6 +111,7 @@ def rebuild(dataset: str, builder, manual: epath.Path):
     build(fresh, manual)
     path.rename(staging / "replaced")
     fresh.data_path.rename(path)
+    logging.info("The rebuilt copy (TFDS named its staging folder above) replaced the old one in %s.", path)
   finally:
     staging.rmtree(missing_ok=True)
   rebuilt = make_builder(dataset, builder.data_dir_root, builder.skip_corrupt)
