@@ -24,6 +24,11 @@ def test_unknown_op_and_bad_arguments_name_the_op():
     augment.parse("flip()|fliq()")
   with pytest.raises(ValueError, match="Bad arguments in preprocessing op 'flip\\(q=1\\)'"):
     augment.parse("flip(q=1)")
+  with pytest.raises(ValueError, match=r"'rotate\(angle=10\)': .*'angle'\. It takes rotate\(degrees, "
+                                       r"method='nearest', fill=0\)\.$"):
+    augment.parse("rotate(angle=10)")
+  with pytest.raises(ValueError, match=r"It takes random_apply\(p, pipeline\)\.$"):
+    augment.parse("random_apply(0.5)")
   with pytest.raises(ValueError, match="Cannot parse"):
     augment.parse("flip(")
   with pytest.raises(ValueError, match="Unknown normalisation 'imagenett'"):

@@ -17,6 +17,7 @@ float values and are not rounded.
 
 import ast
 import dataclasses
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -184,11 +185,18 @@ def _parse_op(text: str, uint8: bool) -> tuple[str, Op]:
   try:
     op = OPS[name](*args, **kwargs)
   except TypeError as e:
-    raise ValueError(f"Bad arguments in preprocessing op {text!r}: {e}") from e
+    raise ValueError(f"Bad arguments in preprocessing op {text!r}: {e}. It takes {signature(name)}.") from e
   if op.needs_uint8 and not uint8:
     raise ValueError(f"{text} comes after to_float()/normalize(), where values are no longer 0–255: "
                      "put it before them.")
   return name, op
+
+
+def signature(name: str) -> str:
+  """How a pipeline string calls op `name`: "rotate(degrees, method='nearest', fill=0)"."""
+  parameters = [str(p.replace(annotation=inspect.Parameter.empty))
+                for p in inspect.signature(OPS[name]).parameters.values() if p.name != "uint8"]
+  return f"{name}({', '.join(parameters)})"
 
 
 AUGMENT_STREAM = 0x61756720  # separates augmentation keys from the step's dropout keys
