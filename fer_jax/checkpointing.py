@@ -36,11 +36,12 @@ def manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointMan
   """Steps are written to a temporary folder and renamed when complete, so a killed save never
   leaves a broken newest step; the leftovers of such saves are deleted when a manager opens.
   The processes' barriers are named after the folder: a run's two managers (checkpoints/, best/)
-  save the same step at once, and with one name the second save's barrier fails on several hosts."""
+  save the same step at once, and with one name the second save's barrier fails on several hosts.
+  The folder is made by the first save, so a run its config stops leaves none behind."""
   directory = os.path.abspath(directory)
   _write_arrays_whole()
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+      max_to_keep=max_to_keep, create=False, cleanup_tmp_directories=True,
       multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=os.path.basename(directory)))
   return ocp.CheckpointManager(directory, options=options)
 
