@@ -15,12 +15,9 @@ export's record as against a checkpoint's, and gives the test-time augmentation 
 written before 2026-12-03 lack (the data set). `python -m fer_jax.predict` is a command line over this API.
 """
 
-from __future__ import annotations  # fer_jax.predict (the command) imports this module
-
 import dataclasses
 import functools
 import os
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +28,9 @@ from PIL import Image
 from fer_jax import checkpointing
 from fer_jax import config_lib
 from fer_jax import export
+from fer_jax import inference
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
-from fer_jax import predict
 from fer_jax import validation
 from fer_jax.data import decode
 from fer_jax.data import labels
@@ -96,7 +93,7 @@ def _config_from_meta(meta: dict) -> ml_collections.ConfigDict:
   return config
 
 
-def _load_export(path: str, config, tta_name: str, batch_size: int) -> predict.Predictor:
+def _load_export(path: str, config, tta_name: str, batch_size: int) -> inference.Predictor:
   """The export's own record gives the model and its inputs; a `config` is checked against it as for a
   checkpoint, gives the test-time augmentation and fills what older exports did not record."""
   info = export.read_metadata(path)
@@ -119,11 +116,11 @@ def _load_export(path: str, config, tta_name: str, batch_size: int) -> predict.P
 
   # A fixed-batch program takes the whole batch: it runs on one device, in steps of at most its batch (padded to it).
   mesh = mesh_lib.make_mesh(jax.local_devices()[:1]) if fixed_batch else None
-  return predict.Predictor(config, variables, tta_name or config.eval.tta, fixed_batch or batch_size, logits_fn=logits,
-                           mesh=mesh)
+  return inference.Predictor(config, variables, tta_name or config.eval.tta, fixed_batch or batch_size,
+                             logits_fn=logits, mesh=mesh)
 
 
-def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> predict.Predictor:
+def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> inference.Predictor:
   if config is None:
     meta = checkpointing.read_meta(path)
     if "model" not in meta:
@@ -131,10 +128,10 @@ def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> predi
     config = _config_from_meta(meta)
   validation.validate(config, training=False)
   variables = models.load_trained_variables(config, models.build_model(config), path)
-  return predict.Predictor(config, variables, tta_name or config.eval.tta, batch_size)
+  return inference.Predictor(config, variables, tta_name or config.eval.tta, batch_size)
 
 
-def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> Model:
+def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> "Model":
   """The model at `path`; `config` a ConfigDict or "configs/<method>.py:<dataset>"."""
   path = os.path.expanduser(path)
   if isinstance(config, str):
@@ -147,39 +144,8 @@ def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> Model:
   return Model(_load_checkpoint(path, config, tta, batch_size))
 
 
-# EXIF orientation → the transposition that shows the photo upright (as PIL's ImageOps.exif_transpose).
-UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-           8: Image.Transpose.ROTATE_90}
-EXIF_ORIENTATION = 0x0112
-
-
-def read_photo(path: str) -> np.ndarray:
-  """A photo at its own size, upright (EXIF orientation applied), RGB uint8;
-  `decode.UnreadableImageError` as for any input image."""
-  (width, height), orientation = photo_header(path)
-  image = decode.read_file(path, (height, width, 3))
-  return np.asarray(Image.fromarray(image).transpose(UPRIGHT[orientation])) if orientation in UPRIGHT else image
-
-
-def photo_size(path: str) -> tuple[int, int]:
-  return photo_header(path)[0]
-
-
-def photo_header(path: str) -> tuple[tuple[int, int], int]:
-  """((width, height) as stored, EXIF orientation) from the header; ((1, 1), 1) when it cannot be
-  read (decoding then names the problem)."""
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-      with Image.open(path) as image:
-        return image.size, image.getexif().get(EXIF_ORIENTATION, 1)
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-    return (1, 1), 1
-
-
 def _as_rgb(photo) -> np.ndarray:
-  image = read_photo(photo) if isinstance(photo, (str, os.PathLike)) else np.asarray(photo)
+  image = decode.read_photo(photo) if isinstance(photo, (str, os.PathLike)) else np.asarray(photo)
   if image.dtype != np.uint8 or image.ndim not in (2, 3):
     raise UserError(f"A photo must be a path or a uint8 array [height, width(, channels)], got {image.dtype} "
                     f"{image.shape}.")
@@ -189,7 +155,7 @@ def _as_rgb(photo) -> np.ndarray:
 class Model:
   """Classifies face crops (`predict`) and the faces of photos (`detect_and_predict`)."""
 
-  def __init__(self, predictor: predict.Predictor):
+  def __init__(self, predictor: inference.Predictor):
     self.predictor = predictor
     self.config = predictor.config
     self.class_names = predictor.class_names

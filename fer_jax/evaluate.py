@@ -20,9 +20,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import config_lib
+from fer_jax import figures
 from fer_jax import mesh as mesh_lib
 from fer_jax import tta
-from fer_jax import visualize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,13 +183,13 @@ def write_report(report: dict, workdir: str, examples: dict | None = None) -> No
     json.dump(report, f, indent=2)
   evaluators = report["evaluators"]
   for name, results in evaluators.items():
-    visualize.plot_confusion(np.array(results["confusion_matrix"]), results["class_names"],
-                             os.path.join(workdir, confusion_file(name)),
-                             f"{name}: accuracy {results['accuracy']:.2%}, mean-class {results['mean_class_accuracy']:.2%}")
+    figures.plot_confusion(np.array(results["confusion_matrix"]), results["class_names"],
+                           os.path.join(workdir, confusion_file(name)),
+                           f"{name}: accuracy {results['accuracy']:.2%}, mean-class {results['mean_class_accuracy']:.2%}")
   for name, images in (examples or {}).items():
-    visualize.plot_examples(images, os.path.join(workdir, f"examples_{name}.png"), f"{name}: {evaluators[name]['pp']}")
-  visualize.plot_accuracies({"": {name: r["accuracy"] for name, r in evaluators.items()}},
-                            os.path.join(workdir, "eval_summary.png"))
+    figures.plot_examples(images, os.path.join(workdir, f"examples_{name}.png"), f"{name}: {evaluators[name]['pp']}")
+  figures.plot_accuracies({"": {name: r["accuracy"] for name, r in evaluators.items()}},
+                          os.path.join(workdir, "eval_summary.png"))
   with open(os.path.join(workdir, "eval_results.md"), "w") as f:
     f.write(markdown(evaluators, examples or {}))
 

@@ -42,12 +42,12 @@ import orbax.checkpoint as ocp
 from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
+from fer_jax import inference
 from fer_jax import models
 from fer_jax import onnx_export
 from fer_jax import validation
 from fer_jax.data import augment
 from fer_jax.data import labels
-from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
 STABLEHLO = "model.stablehlo"
@@ -101,7 +101,7 @@ def onnx_parity(config, variables: dict, serialized: bytes, paths: list[str], ba
     raise UserError(f"--verify_images needs onnxruntime ({error}): pip install 'fer_jax[onnx]'.") from None
   if batch_size is not None and len(paths) != batch_size:
     raise UserError(f"--verify_images: give exactly --batch_size={batch_size} images (got {len(paths)}).")
-  preprocess = pipeline.FilePreprocessor(config)
+  preprocess = inference.FilePreprocessor(config)
   images = np.asarray(jax.jit(preprocess)(np.stack([preprocess.read(path) for path in paths])))
   expected = np.asarray(jax.jit(inference_function(config))(variables, images)["logits"])
   options = onnxruntime.SessionOptions()

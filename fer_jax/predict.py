@@ -34,8 +34,6 @@ and counted. A missing or empty --input, or an --output that could not be writte
 the model is loaded.
 """
 
-from __future__ import annotations  # fer_jax.api imports this module
-
 import csv
 import dataclasses
 import json
@@ -43,54 +41,21 @@ import os
 
 from absl import flags
 from absl import logging
-import jax
-import jax.numpy as jnp
 import numpy as np
 import cv2
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 import tqdm
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import api
 from fer_jax import cli
 from fer_jax import config_lib
-from fer_jax import mesh as mesh_lib
-from fer_jax import models
+from fer_jax import inference
 from fer_jax import tta
 from fer_jax.data import decode
-from fer_jax.data import labels
-from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 from fer_jax.face import detector
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-
-
-def list_images(path: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
-  """The file itself, or every file with one of `extensions` under a folder, sorted; a UserError if there is none.
-
-  Folder symlinks are not followed (a link to a parent folder cannot loop); unreadable folders
-  are warned about and skipped."""
-  if os.path.isfile(path):
-    return [path]
-  if not os.path.exists(path):
-    raise UserError(f"--input={path} does not exist: pass an image or video file, or a folder of them.")
-  if not os.path.isdir(path):
-    raise UserError(f"--input={path} is neither a file nor a folder: pass an image or video file, or a folder of them.")
-  found = sorted(os.path.join(root, name) for root, _, names in os.walk(path, onerror=_warn_unreadable_folder)
-                 for name in names if name.lower().endswith(extensions))
-  if not found:
-    raise UserError(f"No image file under --input={path} (searched recursively for {', '.join(extensions)}): "
-                    f"pass a folder that holds images with one of these extensions, or one image file.")
-  return found
-
-
-def _warn_unreadable_folder(error: OSError) -> None:
-  logging.warning("Skipping unreadable folder %s: %s.", error.filename, error.strerror)
-
 
 def check_output(path: str) -> None:
   """Fails fast, before any model or image is loaded, if the predictions could not be written to `path`."""
@@ -107,75 +72,6 @@ def check_annotate(path: str) -> None:
   """Fails fast if --annotate names a file: the drawn photos go into a folder (new or existing)."""
   if path and os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f"--annotate={path} is a file: pass a folder (new or existing) for the drawn photos.")
-
-
-class Predictor:
-  """Preprocessing and a jitted, data-parallel forward pass for one config and checkpoint."""
-
-  def __init__(self, config, variables: dict, tta_name: str = "none", batch_size: int = 64, logits_fn=None,
-               mesh=None):
-    """`logits_fn(variables, images)`: the model's logits; default the config's model (an export passes its program).
-    `mesh`: the devices the batches are split over; default every device."""
-    self.config = config
-    self.tta_name = tta_name
-    self.class_names = labels.class_names(config.dataset.class_order)
-    self.preprocess = pipeline.FilePreprocessor(config)
-    self.mesh = mesh_lib.make_mesh() if mesh is None else mesh
-    devices = self.mesh.devices.size
-    self.batch_size = -(-batch_size // devices) * devices
-    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
-    if logits_fn is None:
-      model = models.build_model(config)
-      logits_fn = lambda v, x: model.apply(v, x, train=False)["logits"]
-
-    def forward(variables, images):
-      images = self.preprocess(images)
-      model_logits = lambda x: logits_fn(variables, x).astype(jnp.float32)
-      logits = model_logits(images)
-      probabilities = (jax.nn.softmax(logits, axis=-1) if tta_name == "none"
-                       else tta.predict(tta_name, model_logits, images))
-      return probabilities, logits
-
-    tta.weights(tta_name)  # an unknown name fails here, naming the valid ones
-    self._forward = jax.jit(forward, in_shardings=(NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))),
-                            compiler_options=mesh_lib.compiler_options(self.mesh))
-
-  def padded_size(self, count: int) -> int:
-    """The batch a step of `count` images runs at: the device count times a power of two, at most
-    `batch_size` (a photo's few faces do not pay for a full batch; few sizes are compiled)."""
-    devices = self.mesh.devices.size
-    return min(self.batch_size, devices * (1 << (-(-count // devices) - 1).bit_length()))
-
-  def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N, K], logits [N, K]) of uint8 images at `self.preprocess.shape`, float32."""
-    probabilities, logits = [], []
-    for start in range(0, len(images), self.batch_size):
-      batch = np.stack(images[start:start + self.batch_size])
-      padding = np.zeros((self.padded_size(len(batch)) - len(batch), *batch.shape[1:]), batch.dtype)
-      padded = np.concatenate([batch, padding])
-      batch_probabilities, batch_logits = jax.device_get(self._forward(self.variables, padded))
-      probabilities.append(batch_probabilities[:len(batch)])
-      logits.append(batch_logits[:len(batch)])
-    return np.concatenate(probabilities), np.concatenate(logits)
-
-
-def read_images(preprocess: pipeline.FilePreprocessor, paths: list[str]):
-  """(images, their paths, [(path, reason)] skipped): each unreadable file is warned about and skipped."""
-  images, readable, skipped = [], [], []
-  for path in paths:
-    try:
-      images.append(preprocess.read(path))
-      readable.append(path)
-    except decode.UnreadableImageError as error:
-      logging.warning("Skipping unreadable image: %s", error)
-      skipped.append((path, str(error)))
-  return images, readable, skipped
-
-
-def no_readable_image(where: str, skipped: list[tuple[str, str]]) -> UserError:
-  """The error when every image was skipped: the one reason with its fix, else a pointer to the warnings."""
-  detail = skipped[0][1] if len(skipped) == 1 else f"all {len(skipped)} were skipped; see the warning above for each"
-  return UserError(f"No readable image {where}: {detail}")
 
 
 @dataclasses.dataclass
@@ -202,19 +98,18 @@ class FacePredictions:
     self.rows, self.skipped, self.faces_skipped, self.photos_without_faces = [], [], 0, []
     self._queue, self._tracks = [], _Tracks()
 
-  def add_crop(self, path: str) -> None:
+  def add_image(self, path: str, name: str, detect: bool | None) -> None:
+    """Queues an image, read once, as a face crop or as a photo's faces (`predict_inputs` says which)."""
     try:
-      crop = self.model.predictor.preprocess.read(path)
+      with decode.opened(path) as image:
+        is_crop = self.model.is_face_crop(*image.size) if detect is None else not detect
+        shape = self.model.predictor.preprocess.shape
+        pixels = decode.to_stored(image, shape) if is_crop else decode.upright_rgb(image)
     except decode.UnreadableImageError as error:
       return self.skip(path, error)
-    self._push(_Frame(path, None, [{"image": path}], [crop]))
-
-  def add_photo(self, path: str, name: str) -> None:
-    try:
-      image = api.read_photo(path)
-    except decode.UnreadableImageError as error:
-      return self.skip(path, error)
-    if not self.add_frame(path, image, None, name):
+    if is_crop:
+      self._push(_Frame(path, None, [{"image": path}], [pixels]))
+    elif not self.add_frame(path, pixels, None, name):
       self.photos_without_faces.append(path)
 
   def add_frame(self, source: str, image: np.ndarray, time: float | None, name: str) -> int:
@@ -346,12 +241,10 @@ def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool |
   results = FacePredictions(model, min_face_size, min_score, smooth, annotate)
   for path in progress(paths, "inputs"):
     name = os.path.splitext(os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path))[0]
-    if path.lower().endswith(VIDEO_EXTENSIONS):  # --nodetect is for images: a video's frames are not crops
+    if path.lower().endswith(inference.VIDEO_EXTENSIONS):  # --nodetect is for images: a video's frames are not crops
       _add_video(results, path, name, stride)
-    elif detect is False or (detect is None and model.is_face_crop(*api.photo_size(path))):
-      results.add_crop(path)
     else:
-      results.add_photo(path, name + ".png")
+      results.add_image(path, name + ".png", detect)
   results.flush()
   return results
 
@@ -432,7 +325,7 @@ def main(argv):
   args = flags.FLAGS
   check_output(args.output)
   check_annotate(args.annotate)
-  paths = list_images(args.input, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+  paths = inference.list_images(args.input, inference.IMAGE_EXTENSIONS + inference.VIDEO_EXTENSIONS)
   model = api.load(args.checkpoint, config=args.config, tta=args.tta or "", batch_size=args.batch_size)
   results = predict_inputs(model, paths, args.input, args.detect, args.min_face_size, args.min_score, args.stride,
                            args.smooth, args.annotate)
@@ -447,7 +340,7 @@ def main(argv):
     logging.info("%d faces were too small (< --min_face_size=%g px) or too unsure (< --min_score=%g): their rows "
                  "say why and hold no prediction.", results.faces_skipped, args.min_face_size, args.min_score)
   if not results.rows and results.skipped:
-    raise no_readable_image(f"under --input={args.input}", results.skipped)
+    raise inference.no_readable_image(f"under --input={args.input}", results.skipped)
 
 
 if __name__ == "__main__":

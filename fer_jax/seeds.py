@@ -35,7 +35,7 @@ from absl import logging
 
 from fer_jax import cli
 from fer_jax import config_lib
-from fer_jax import visualize
+from fer_jax import figures
 from fer_jax.errors import UserError
 
 SCALARS = ("accuracy", "mean_class_accuracy", "macro_f1")
@@ -109,7 +109,7 @@ def train_seeds(config, workdir: str, seeds: list[int]) -> None:
     logging.info("Seed %d finished in %s: reading its report", seed, seed_workdir(workdir, seed))
   if not pending:
     return
-  from fer_jax import train  # JAX starts only when training
+  from fer_jax import train  # the training stack loads only when a seed trains
   with train.exit_status_on_stop():
     for seed in pending:
       run_config = config.copy_and_resolve_references()
@@ -231,12 +231,12 @@ def write_summary(workdir: str, reports: dict[int, dict]) -> dict:
     f.write(markdown(summary))
   per_class = {name: {m.split("/", 1)[1]: stats for m, stats in metrics.items() if m.startswith("per_class_accuracy/")}
                for name, metrics in summary["evaluators"].items()}
-  visualize.plot_per_class({n: {c: s["mean"] for c, s in v.items()} for n, v in per_class.items()},
-                           {n: {c: s["std"] for c, s in v.items()} for n, v in per_class.items()},
-                           os.path.join(workdir, "seeds_per_class.png"),
-                           f"per-class accuracy over seeds {', '.join(map(str, summary['seeds']))}")
-  visualize.plot_accuracies({f"seed {seed}": {name: results["accuracy"] for name, results in report.items()}
-                             for seed, report in reports.items()}, os.path.join(workdir, "seeds_accuracy.png"))
+  figures.plot_per_class({n: {c: s["mean"] for c, s in v.items()} for n, v in per_class.items()},
+                         {n: {c: s["std"] for c, s in v.items()} for n, v in per_class.items()},
+                         os.path.join(workdir, "seeds_per_class.png"),
+                         f"per-class accuracy over seeds {', '.join(map(str, summary['seeds']))}")
+  figures.plot_accuracies({f"seed {seed}": {name: results["accuracy"] for name, results in report.items()}
+                           for seed, report in reports.items()}, os.path.join(workdir, "seeds_accuracy.png"))
   return summary
 
 

@@ -1,6 +1,4 @@
-"""Pictures: attention maps of a trained model over face images (the program), and the report's
-figures (confusion matrices, evaluated inputs, accuracy per evaluator and seed, per-class accuracy
-over seeds).
+"""Attention maps of a trained model over face images.
 
   python -m fer_jax.visualize --config=configs/apvit.py:rafdb --checkpoint=WORKDIR \\
       --input=IMAGE_OR_FOLDER --out=DIR
@@ -23,11 +21,10 @@ import numpy as np
 
 from fer_jax import cli
 from fer_jax import config_lib
+from fer_jax import inference
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
-from fer_jax import predict
 from fer_jax import validation
-from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
 def define_flags():
@@ -40,105 +37,16 @@ def define_flags():
   flags.mark_flags_as_required(["config", "checkpoint", "input", "out"])
 
 
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def plot_confusion(confusion: np.ndarray, class_names, path: str, title: str) -> None:
-  plt = _pyplot()
-  rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-  size = 1.0 + 0.8 * len(class_names)
-  figure, axes = plt.subplots(figsize=(size + 1.5, size))
-  image = axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-  figure.colorbar(image, ax=axes, fraction=0.046)
-  ticks = range(len(class_names))
-  axes.set_xticks(ticks, class_names, rotation=45, ha="right")
-  axes.set_yticks(ticks, class_names)
-  axes.set_xlabel("predicted")
-  axes.set_ylabel("true")
-  axes.set_title(title, fontsize=9)
-  for i in ticks:
-    for j in ticks:
-      axes.text(j, i, f"{rates[i, j]:.2f}\n({confusion[i, j]})", ha="center", va="center", fontsize=7,
-                color="white" if rates[i, j] > 0.5 else "black")
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
-
-
-def plot_examples(images: np.ndarray, path: str, title: str) -> None:
-  """uint8 images (N, H, W, C) side by side, enlarged so that small inputs stay visible."""
-  plt = _pyplot()
-  figure, axes = plt.subplots(1, len(images), figsize=(1.6 * len(images), 2.0), squeeze=False)
-  for axis, image in zip(axes[0], images):
-    axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255,
-                interpolation="nearest")
-    axis.axis("off")
-  figure.suptitle(title, fontsize=7)
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
-
-
-def plot_accuracies(accuracies: dict, path: str) -> None:
-  """{seed label: {evaluator: accuracy}} → accuracy per evaluator, one marker per seed, bars at the mean."""
-  plt = _pyplot()
-  names = list(dict.fromkeys(name for run in accuracies.values() for name in run))
-  figure, axes = plt.subplots(figsize=(1.5 + 1.1 * len(names), 3.2))
-  positions = np.arange(len(names))
-  means = [np.mean([run[n] for run in accuracies.values() if n in run]) for n in names]
-  axes.bar(positions, np.multiply(means, 100), color="#c6dbef")
-  for index, (label, run) in enumerate(accuracies.items()):
-    offsets = positions + (index - (len(accuracies) - 1) / 2) * 0.12
-    axes.plot([o for o, n in zip(offsets, names) if n in run], [100 * run[n] for n in names if n in run], "o",
-              label=label or None)
-  for x, mean in zip(positions, means):
-    axes.text(x, 100 * mean, f"{100 * mean:.1f}", ha="center", va="bottom", fontsize=8)
-  axes.set_xticks(positions, names, rotation=30, ha="right")
-  axes.set_ylabel("accuracy %")
-  axes.set_ylim(0, 105)
-  if any(accuracies):
-    axes.legend(fontsize=7)
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
-
-
-def plot_per_class(means: dict, stds: dict, path: str, title: str) -> None:
-  """{evaluator: {class: mean}} and the standard deviations → grouped bars with error bars (%)."""
-  plt = _pyplot()
-  names = list(means)
-  classes = list(next(iter(means.values())))
-  width = 0.8 / len(names)
-  figure, axes = plt.subplots(figsize=(2 + 0.9 * len(classes), 3.4))
-  for index, name in enumerate(names):
-    values = [100 * (means[name][c] if means[name][c] is not None else np.nan) for c in classes]
-    errors = [100 * (stds[name][c] if stds[name][c] is not None else np.nan) for c in classes]
-    axes.bar(np.arange(len(classes)) + (index - (len(names) - 1) / 2) * width, values, width, yerr=errors,
-             capsize=2, label=name)
-  axes.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
-  axes.set_ylabel("accuracy % (mean ± std over seeds)")
-  axes.set_ylim(0, 105)
-  axes.set_title(title, fontsize=9)
-  axes.legend(fontsize=7)
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
-
-
 def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_size: int) -> list[str]:
   """The PNGs of the readable images among `paths`, numbered in their order; unreadable ones are skipped."""
   method = models.get_method(config.model.name)
   if method.save_attention_maps is None:
     raise UserError(f"Model {config.model.name!r} has no attention maps to save: "
                     f"pass an APViT or SCAN-CCI config and checkpoint.")
-  preprocess = pipeline.FilePreprocessor(config)
-  decoded, readable, skipped = predict.read_images(preprocess, paths)
+  preprocess = inference.FilePreprocessor(config)
+  decoded, readable, skipped = inference.read_images(preprocess, paths)
   if not decoded:
-    raise predict.no_readable_image("to visualize", skipped)
+    raise inference.no_readable_image("to visualize", skipped)
   for index, path in enumerate(readable):
     logging.info("%04d_*.png: %s", index, path)
   model = method.build(config.model)
@@ -156,7 +64,7 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
 
 
 def check_not_a_video(path: str) -> None:
-  if os.path.isfile(path) and path.lower().endswith(predict.VIDEO_EXTENSIONS):
+  if os.path.isfile(path) and path.lower().endswith(inference.VIDEO_EXTENSIONS):
     raise UserError(f"--input={path} is a video; visualize reads photos: pass an image or a folder of them "
                     "(fer_jax.predict classifies a video's frames).")
 
@@ -167,7 +75,7 @@ def main(argv):
   args = flags.FLAGS
   cli.check_writable_place(f"--out={args.out}", args.out)  # before any image or model is read
   check_not_a_video(args.input)
-  paths = predict.list_images(args.input)
+  paths = inference.list_images(args.input)
   validation.validate(args.config, training=False)
   written = write_attention_maps(args.config, args.checkpoint, paths, args.out, args.batch_size)
   print(f"wrote {len(written)} PNGs to {args.out}")

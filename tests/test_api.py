@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 from matplotlib import cbook
 from PIL import Image
-from PIL import ImageOps
 import skimage.data
 
 import fer_jax
 from fer_jax import api
 from fer_jax import checkpointing
 from fer_jax import export
+from fer_jax import inference
 from fer_jax import models
 from fer_jax import predict
-from fer_jax.data import pipeline
+from fer_jax.data import decode
 from fer_jax.errors import UserError
 from fer_jax.face import align
 from fer_jax.face import detector
@@ -63,7 +63,7 @@ def model(workdir):
 
 def reference_probabilities(config, variables, images) -> np.ndarray:
   """Softmax of the model called directly on the eval pipeline of uint8 images at the stored size."""
-  preprocess = pipeline.FilePreprocessor(config)
+  preprocess = inference.FilePreprocessor(config)
   apply = jax.jit(lambda v, x: models.build_model(config).apply(v, preprocess(x), train=False)["logits"])
   return np.asarray(jax.nn.softmax(apply(variables, np.stack(images))))
 
@@ -212,15 +212,20 @@ def test_nodetect_reads_images_as_crops_and_still_finds_the_faces_of_a_video(mod
   assert photos.rows == [] and photos.photos_without_faces == [str(flat)]
 
 
-def test_photos_are_read_upright_as_their_exif_orientation_says(tmp_path):
-  photo = Image.open(HOPPER).convert("RGB").resize((64, 75))
-  for orientation in range(1, 9):
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    path = tmp_path / f"oriented_{orientation}.jpg"
-    photo.save(path, exif=exif)
-    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
-    np.testing.assert_array_equal(api.read_photo(str(path)), expected)
+# EXIF orientation → the turn that shows the stored pixels (rows, columns) upright, as the EXIF standard draws it.
+UPRIGHT = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+           8: lambda a: np.rot90(a)}
+
+
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+def test_photos_are_read_upright_as_their_exif_orientation_says(orientation, tmp_path):
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  path = tmp_path / f"oriented_{orientation}.jpg"
+  Image.open(HOPPER).convert("RGB").resize((64, 75)).save(path, exif=exif)
+  stored = np.asarray(Image.open(path).convert("RGB"))  # PIL decodes a JPEG as stored, not turned
+  np.testing.assert_array_equal(decode.read_photo(str(path)), UPRIGHT[orientation](stored))
 
 
 @pytest.mark.integration  # a subprocess on two CPU devices
@@ -253,8 +258,8 @@ def test_a_checkpoint_and_an_export_record_their_data_set_for_loading_without_a_
   grey.input.eval_pp = "gray_to_rgb()|" + grey.input.eval_pp
   checkpointing.save_model(str(tmp_path / "checkpoints"), variables, grey)
   loaded = fer_jax.load(str(tmp_path), batch_size=1)
-  assert (loaded.config.dataset.name, loaded.alignment.style, loaded.alignment.grey) == ("fer2013", "box", True)
-  assert loaded.predictor.preprocess.shape == (48, 48, 1)
+  assert (loaded.config.dataset.name, loaded.alignment.style) == ("fer2013", "box")
+  assert loaded.predictor.preprocess.shape == (48, 48, 1)  # grey
   assert export.metadata(grey, None, {})["dataset"] == {"name": "fer2013", "image_size": 48}
 
 

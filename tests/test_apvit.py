@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from fer_jax import checkpointing
+from fer_jax import inference
 from fer_jax import models
-from fer_jax import predict
 from fer_jax import optim
 from fer_jax import summary
 from fer_jax import visualize
@@ -304,7 +304,7 @@ def test_visualize_writes_maps_for_a_folder_of_faces(tmp_path):
   faces.mkdir()
   for index in range(3):
     Image.fromarray(np.full((40, 40, 3), 60 * index, np.uint8)).save(faces / f"face{index}.png")
-  paths = predict.list_images(str(faces))
+  paths = inference.list_images(str(faces))
   written = visualize.write_attention_maps(config, checkpoint, paths, str(tmp_path / "maps"), batch_size=2)
   assert sorted(os.path.basename(p) for p in written) == sorted(
       f"{i:04d}_{kind}.png" for i in range(3) for kind in ("app_patches", "atp_tokens"))

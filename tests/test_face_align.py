@@ -81,11 +81,11 @@ def test_box_style_is_the_square_around_the_box_with_its_margin():
     ("configs/lhcnet.py:fer2013", "box", (48, 48, 1)),
 ])
 def test_each_config_gets_its_data_sets_style(hopper, spec, style, shape, tmp_path):
-  from fer_jax.data import pipeline
+  from fer_jax import inference
   config = get_config(spec)
   alignment = align.alignment_for(config)
   assert alignment.style == style
-  crop = align.aligned(*hopper, alignment, pipeline.FilePreprocessor(config).shape)
+  crop = align.aligned(*hopper, alignment, inference.FilePreprocessor(config).shape)
   assert crop.shape == shape and crop.dtype == np.uint8
   # FER2013's crops are grey, as the data set stores them; the eval pipeline's gray_to_rgb() copies them.
   Image.fromarray(crop.squeeze(-1) if crop.shape[-1] == 1 else crop).save(tmp_path / f"{spec.split(':')[1]}.png")  # looked at once: an acceptable face crop

@@ -10,9 +10,9 @@ from matplotlib import cbook
 from PIL import Image
 
 from fer_jax import checkpointing
+from fer_jax import inference
 from fer_jax import models
 from fer_jax import optim
-from fer_jax.data import pipeline
 from fer_jax.errors import ConfigError
 from fer_jax.models import lhcnet
 from helpers import get_config, run_pipeline, tiny_run, train_on_eight_devices
@@ -302,7 +302,7 @@ def test_fer2013_pipelines_resize_in_float_as_tensorflow_does():
 def test_a_48_pixel_png_given_to_predict_is_resized_in_float_as_tensorflow_does(tmp_path):
   gray = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("L").resize((48, 48))
   gray.save(tmp_path / "face.png")
-  preprocess = pipeline.FilePreprocessor(get_config("configs/lhcnet.py:fer2013,stage=B"))
+  preprocess = inference.FilePreprocessor(get_config("configs/lhcnet.py:fer2013,stage=B"))
   got = np.asarray(jax.jit(preprocess)(preprocess.read(str(tmp_path / "face.png"))[None]))[0]
   want = np.repeat(tf_bilinear_resize(np.asarray(gray)[..., None], 224, 224), 3, axis=-1)
   np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)

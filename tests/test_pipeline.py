@@ -6,9 +6,11 @@ import pytest
 from reference import datasets as fx
 import tensorflow_datasets as tfds
 
+from fer_jax import inference
 from fer_jax import mesh as mesh_lib
 from fer_jax.data import augment
 from fer_jax.data import builder_utils
+from fer_jax.data import decode
 from fer_jax.data import pipeline
 from fer_jax.data import prepare
 from helpers import get_config, tiny_run
@@ -227,10 +229,8 @@ def test_label_index_gives_the_labels_and_order_of_the_records(tmp_path, caplog)
                                   "affectnet/classes8", "sfew/aligned", "fedro", "synthetic"])
 def test_files_are_decoded_at_the_channels_the_data_sets_builder_stores(name, tmp_path):
   """Images given as files (predict, visualize, export) reach the eval pipeline as the set's own do."""
-  config = get_config("configs/dan.py:synthetic")
-  config.dataset.name = name
   stored = tfds.builder(name, data_dir=str(tmp_path)).info.features["image"].shape[-1]
-  assert pipeline.dataset_channels(config) == stored
+  assert decode.stored_channels(name) == stored
 
 
 @pytest.mark.parametrize("spec", ["configs/apvit.py:ferplus", "configs/scan_cci.py:ferplus", "configs/lhcnet.py:fer2013"])
@@ -239,4 +239,4 @@ def test_the_48_pixel_sets_configs_decode_files_at_the_stored_shape(spec, tmp_pa
   (decoded at the model's input size, they skipped the pipeline's resize)."""
   config = get_config(spec)
   stored = tfds.builder(config.dataset.name, data_dir=str(tmp_path)).info.features["image"].shape
-  assert pipeline.FilePreprocessor(config).shape == stored
+  assert inference.FilePreprocessor(config).shape == stored

@@ -13,9 +13,9 @@ from PIL import Image
 
 from fer_jax import api
 from fer_jax import checkpointing
+from fer_jax import inference
 from fer_jax import models
 from fer_jax import predict
-from fer_jax.data import pipeline
 from helpers import get_config, random_variables
 
 SIZE = 32
@@ -53,7 +53,7 @@ def faces(tmp_path_factory):
 def reference_logits(config, checkpoint, faces):
   """Logits of the images and of their mirror images, by direct model calls on the eval pipeline."""
   variables, _ = checkpoint
-  preprocess = pipeline.FilePreprocessor(config)
+  preprocess = inference.FilePreprocessor(config)
   paths = [faces / "a.png", faces / "b.jpg", faces / "sub" / "c.png"]
   images = np.asarray(jax.jit(preprocess)(np.stack([preprocess.read(str(p)) for p in paths])))
   model = models.build_model(config)
@@ -62,18 +62,18 @@ def reference_logits(config, checkpoint, faces):
 
 
 def test_images_are_found_recursively_and_sorted(faces):
-  found = [os.path.relpath(p, faces) for p in predict.list_images(str(faces))]
+  found = [os.path.relpath(p, faces) for p in inference.list_images(str(faces))]
   assert found == ["a.png", "b.jpg", "broken.jpg", os.path.join("sub", "c.png")]
-  assert predict.list_images(str(faces / "notes.txt")) == [str(faces / "notes.txt")]
+  assert inference.list_images(str(faces / "notes.txt")) == [str(faces / "notes.txt")]
 
 
 @pytest.mark.integration
 def test_flip_tta_averages_the_softmax_of_both_views_in_padded_batches(config, checkpoint, faces, reference_logits, tmp_path):
   variables, _ = checkpoint
-  predictor = predict.Predictor(config, variables, tta_name="flip", batch_size=2)
+  predictor = inference.Predictor(config, variables, tta_name="flip", batch_size=2)
   devices = jax.device_count()
   assert predictor.batch_size == -(-2 // devices) * devices  # a multiple of the device count
-  results = predict.predict_inputs(api.Model(predictor), predict.list_images(str(faces)), str(faces), detect=False,
+  results = predict.predict_inputs(api.Model(predictor), inference.list_images(str(faces)), str(faces), detect=False,
                                    min_face_size=0, min_score=0)
   rows, skipped = results.rows, results.skipped
   plain, mirrored = reference_logits
@@ -124,7 +124,7 @@ def test_no_readable_image_is_an_error(config, checkpoint, tmp_path):
   assert result.returncode == 2 and "error: No readable image under --input=" in result.stderr
 
 
-class _InputPredictor(predict.Predictor):
+class _InputPredictor(inference.Predictor):
   """A Predictor whose "model" returns its input: `inputs` is what a model is given for uint8 images."""
 
   def __init__(self, config):
@@ -160,3 +160,17 @@ def test_a_colour_data_sets_crops_stay_in_colour(tmp_path):
   np.testing.assert_array_equal(stored, np.asarray(Image.fromarray(colour).resize((100, 100), Image.BILINEAR)))
   inputs = predictor.inputs([stored])
   assert inputs.shape == (1, 224, 224, 3) and not np.allclose(inputs[..., 0], inputs[..., 1])
+
+
+def test_each_image_is_opened_once_whether_a_crop_or_a_photo(tmp_path, monkeypatch):
+  """Whether an image is a face crop or a photo is read from the file opened to decode it."""
+  model = api.Model(_InputPredictor(get_config("configs/dan.py:rafdb")))
+  monkeypatch.setattr(model, "faces", lambda image, *_: ([], [], []))  # no face found: the detector is not needed
+  crop, photo = str(tmp_path / "crop.png"), str(tmp_path / "photo.png")
+  Image.new("RGB", (100, 100)).save(crop)
+  Image.new("RGB", (640, 480)).save(photo)
+  opened, real_open = [], Image.open
+  monkeypatch.setattr(Image, "open", lambda path, *args: opened.append(path) or real_open(path, *args))
+  results = predict.predict_inputs(model, [crop, photo], str(tmp_path), None, 24, 0.9)
+  assert opened == [crop, photo]
+  assert [row["image"] for row in results.rows] == [crop] and results.photos_without_faces == [photo]

@@ -53,6 +53,18 @@ def test_summary_is_the_mean_and_sample_std_of_every_metric(tmp_path):
     assert (tmp_path / picture).stat().st_size > 5000
 
 
+def test_importing_seeds_loads_neither_training_nor_inference():
+  """The summary's figures come from fer_jax.figures (matplotlib loads when one is drawn); training loads
+  only when a seed trains."""
+  code = ("import sys, fer_jax.seeds; "
+          "print(' '.join(name for name in sys.modules if name.startswith('fer_jax') or name in ('cv2', 'matplotlib')))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+  loaded = set(result.stdout.split())
+  assert "fer_jax.figures" in loaded
+  assert not loaded & {"fer_jax.train", "fer_jax.models", "fer_jax.visualize", "fer_jax.predict", "fer_jax.inference",
+                       "fer_jax.api", "cv2", "matplotlib"}
+
+
 def test_missing_run_and_bad_seeds_are_user_errors(tmp_path):
   _write_runs(tmp_path)
   with pytest.raises(UserError, match=r"No report yet in .*seed_7/eval_results.json: train those seeds first"):

@@ -491,3 +491,14 @@ def test_processes_exchange_their_stop_signals_only_after_logged_or_saved_steps(
   other[0] = signal.SIGTERM  # process 1 received one, this one none
   assert [stop_signal(step) for step in (5, 6)] == [None, "SIGTERM on process 1"]
   assert exchanged == [4, 6, 8, 10, 4, 6]
+
+
+def test_importing_training_loads_no_inference_stack():
+  """The report's figures come from fer_jax.figures: training loads none of predict, the API, export or
+  face detection (the review counted 33 fer_jax modules, the inference stack among them)."""
+  code = "import sys, fer_jax.train; print(' '.join(name for name in sys.modules if name.startswith('fer_jax')))"
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+  loaded = set(result.stdout.split())
+  assert "fer_jax.figures" in loaded
+  assert not loaded & {"fer_jax.predict", "fer_jax.api", "fer_jax.inference", "fer_jax.export", "fer_jax.onnx_export",
+                       "fer_jax.visualize", "fer_jax.face"}

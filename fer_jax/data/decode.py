@@ -4,11 +4,12 @@ This is all the per-image work the host does. Everything random, and the resize 
 model's input size, runs on the device (`fer_jax.data.augment`), so batches cross to the
 device as uint8 at the stored size.
 
-`read_file` (images the user names: predict, visualize) refuses an image whose header claims more
-than `MAX_IMAGE_PIXELS` before decoding it, and turns every way a file can fail to decode into
-an `UnreadableImageError` that names the file and the fix.
+`read_file` and `read_photo` (images the user names: predict, visualize, `fer_jax.load`) refuse an
+image whose header claims more than `MAX_IMAGE_PIXELS` before decoding it, and turn every way a
+file can fail to decode into an `UnreadableImageError` that names the file and the fix.
 """
 
+import contextlib
 import dataclasses
 import errno
 import io
@@ -19,6 +20,7 @@ import zlib
 
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
 from fer_jax.errors import UserError
@@ -40,6 +42,15 @@ _OPEN_FIXES = {
 
 class UnreadableImageError(UserError, OSError):
   """An image file that cannot, or must not, be decoded; the message names the file and the fix."""
+
+
+# The data sets whose images are grey (by the first part of config.dataset.name, "ferplus/majority" → "ferplus").
+GREY_DATASETS = ("fer2013", "ferplus")
+
+
+def stored_channels(dataset_name: str) -> int:
+  """The channels a data set stores its images with: 1 for the grey sets, else 3."""
+  return 1 if dataset_name.split("/")[0] in GREY_DATASETS else 3
 
 
 # PIL's modes of 16-bit grey samples; older PIL versions open 16-bit PNGs as "I" (32-bit integers).
@@ -67,13 +78,31 @@ def to_stored(image: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
 
 def read_file(path: str, shape: tuple[int, int, int]) -> np.ndarray:
   """An image file at the stored shape; `UnreadableImageError` if it is too large, unreadable or not an image."""
+  with opened(path) as image:
+    return to_stored(image, shape)
+
+
+def read_photo(path: str) -> np.ndarray:
+  """A photo at its own size, upright (EXIF orientation applied), RGB uint8; `UnreadableImageError` as `read_file`."""
+  with opened(path) as image:
+    return upright_rgb(image)
+
+
+def upright_rgb(image: Image.Image) -> np.ndarray:
+  return np.asarray(to_mode(ImageOps.exif_transpose(image), "RGB"))
+
+
+@contextlib.contextmanager
+def opened(path: str):
+  """The image file, open, for decoding it once; `UnreadableImageError` (raised on entering or from the body)
+  if it is too large, unreadable or not an image."""
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       with Image.open(path) as image:
         if image.width * image.height > MAX_IMAGE_PIXELS:
           raise _too_large(path, f"{image.width}×{image.height}")
-        return to_stored(image, shape)
+        yield image
   except UnreadableImageError:
     raise
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

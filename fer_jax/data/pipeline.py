@@ -31,7 +31,6 @@ from fer_jax.data import builder_utils
 from fer_jax.data import decode
 from fer_jax.data import labels as labels_lib
 from fer_jax.data.builder_utils import DataError
-from fer_jax.face import align
 
 AUTO_PREPARED = ("synthetic",)
 GENERATION_TIMEOUT_S = 3600  # how long the other processes wait for process 0 to generate a built-in set
@@ -511,29 +510,3 @@ def to_global(local_batch: dict, mesh) -> dict:
   """Assembles each process's slice into one array sharded over the mesh's data axis."""
   sharding = NamedSharding(mesh, P("data"))
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
-
-
-def dataset_channels(config) -> int:
-  """The channels the data set stores: 1 for the grey sets (FER2013, FERPlus), else 3. From
-  `fer_jax.face.align`'s table (no prepared set needed), as detected faces are cropped, so that
-  files reach the eval pipeline as the set's own images do; its `gray_to_rgb()` copies grey ones."""
-  return 1 if align.alignment_for(config).grey else 3
-
-
-class FilePreprocessor:
-  """Images from files (predict, visualize, export): decoded on the host at `config.dataset.image_size`
-  (else the model's input size) and at the data set's channels (`dataset_channels`), then the
-  eval pipeline, inside the caller's jit."""
-
-  def __init__(self, config):
-    side = config.dataset.image_size or config.input.size
-    self.shape = (side, side, dataset_channels(config))
-    self.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, "input.eval_pp")
-
-  def read(self, path: str) -> np.ndarray:
-    """uint8 at the stored shape; `decode.UnreadableImageError` for a file that cannot be decoded."""
-    return decode.read_file(path, self.shape)
-
-  def __call__(self, images: jax.Array) -> jax.Array:
-    positions = jax.numpy.arange(images.shape[0])
-    return self.pipeline(images, augment.evaluation_keys(positions))

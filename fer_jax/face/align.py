@@ -6,10 +6,10 @@
               2019) scaled to that side: RAF-DB's own template is not published.
   box         AffectNet, FER2013, FERPlus, SFEW and others: the square around the detected box,
               grown by a margin on every side, cropped and resized.
-FER2013 and FERPlus photos are grey: their crops are made grey, then, like every crop, brought to
-the data set's stored image (`fer_jax.data.decode.to_stored`: 48×48 grey, which the eval pipeline's
-`gray_to_rgb()` copies to LHC-Net's 3 channels). The margins are our judgement from crops of real photos (the data sets do not publish
-theirs): edit ALIGNMENTS to match how your training crops were made.
+Every crop is then brought to the data set's stored image (`fer_jax.data.decode.to_stored`; FER2013's
+and FERPlus' are 48×48 grey, `decode.stored_channels`, which the eval pipeline's `gray_to_rgb()`
+copies to LHC-Net's 3 channels). The margins are our judgement from crops of real photos (the data
+sets do not publish theirs): edit ALIGNMENTS to match how your training crops were made.
 """
 
 import dataclasses
@@ -29,13 +29,12 @@ ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 7
 class Alignment:
   style: str  # "similarity" or "box"
   margin: float = 0.0  # box: added on every side, as a fraction of the box side
-  grey: bool = False  # the data set's photos are grey (then copied to the model's channels)
 
 
 # By the first part of config.dataset.name ("rafdb/aligned224" → "rafdb"); others: BOX.
 BOX = Alignment("box", margin=0.1)
-ALIGNMENTS = {"rafdb": Alignment("similarity"), "fer2013": Alignment("box", margin=0.15, grey=True),
-              "ferplus": Alignment("box", margin=0.15, grey=True)}
+ALIGNMENTS = {"rafdb": Alignment("similarity"), "fer2013": Alignment("box", margin=0.15),
+              "ferplus": Alignment("box", margin=0.15)}
 
 
 def alignment_for(config) -> Alignment:
@@ -66,6 +65,5 @@ def aligned_rgb(image: np.ndarray, face: detector.Face, alignment: Alignment, si
 
 
 def aligned(image: np.ndarray, face: detector.Face, alignment: Alignment, shape: tuple[int, int, int]) -> np.ndarray:
-  """The face as the model's stored image: uint8 at `shape` (height = width, 1 or 3 channels)."""
-  crop = Image.fromarray(aligned_rgb(image, face, alignment, shape[0]))
-  return decode.to_stored(crop.convert("L") if alignment.grey else crop, shape)
+  """The face as the model's stored image: uint8 at `shape` (height = width, 1 (grey) or 3 channels)."""
+  return decode.to_stored(Image.fromarray(aligned_rgb(image, face, alignment, shape[0])), shape)

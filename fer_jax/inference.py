@@ -1,0 +1,135 @@
+"""A trained model over images from files, shared by `fer_jax.api` and the predict, visualize and export
+commands: the input files a command is given (`list_images`), their decoding and eval pipeline
+(`FilePreprocessor`) and a jitted, data-parallel forward pass (`Predictor`).
+"""
+
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fer_jax import mesh as mesh_lib
+from fer_jax import models
+from fer_jax import tta
+from fer_jax.data import augment
+from fer_jax.data import decode
+from fer_jax.data import labels
+from fer_jax.data import pipeline
+from fer_jax.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def list_images(path: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
+  """The file itself, or every file with one of `extensions` under a folder, sorted; a UserError if there is none.
+
+  Folder symlinks are not followed (a link to a parent folder cannot loop); unreadable folders
+  are warned about and skipped."""
+  if os.path.isfile(path):
+    return [path]
+  if not os.path.exists(path):
+    raise UserError(f"--input={path} does not exist: pass an image or video file, or a folder of them.")
+  if not os.path.isdir(path):
+    raise UserError(f"--input={path} is neither a file nor a folder: pass an image or video file, or a folder of them.")
+  found = sorted(os.path.join(root, name) for root, _, names in os.walk(path, onerror=_warn_unreadable_folder)
+                 for name in names if name.lower().endswith(extensions))
+  if not found:
+    raise UserError(f"No image file under --input={path} (searched recursively for {', '.join(extensions)}): "
+                    f"pass a folder that holds images with one of these extensions, or one image file.")
+  return found
+
+
+def _warn_unreadable_folder(error: OSError) -> None:
+  logging.warning("Skipping unreadable folder %s: %s.", error.filename, error.strerror)
+
+
+class FilePreprocessor:
+  """Images from files: decoded on the host at `config.dataset.image_size` (else the model's input size)
+  and at the channels the data set stores (`decode.stored_channels`), so that they reach the eval
+  pipeline as the set's own images do, then the eval pipeline, inside the caller's jit."""
+
+  def __init__(self, config):
+    side = config.dataset.image_size or config.input.size
+    self.shape = (side, side, decode.stored_channels(config.dataset.name))
+    self.pipeline = pipeline.compile_pipeline(config, config.input.eval_pp, self.shape, "input.eval_pp")
+
+  def read(self, path: str) -> np.ndarray:
+    """uint8 at the stored shape; `decode.UnreadableImageError` for a file that cannot be decoded."""
+    return decode.read_file(path, self.shape)
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    positions = jax.numpy.arange(images.shape[0])
+    return self.pipeline(images, augment.evaluation_keys(positions))
+
+
+def read_images(preprocess: FilePreprocessor, paths: list[str]):
+  """(images, their paths, [(path, reason)] skipped): each unreadable file is warned about and skipped."""
+  images, readable, skipped = [], [], []
+  for path in paths:
+    try:
+      images.append(preprocess.read(path))
+      readable.append(path)
+    except decode.UnreadableImageError as error:
+      logging.warning("Skipping unreadable image: %s", error)
+      skipped.append((path, str(error)))
+  return images, readable, skipped
+
+
+def no_readable_image(where: str, skipped: list[tuple[str, str]]) -> UserError:
+  """The error when every image was skipped: the one reason with its fix, else a pointer to the warnings."""
+  detail = skipped[0][1] if len(skipped) == 1 else f"all {len(skipped)} were skipped; see the warning above for each"
+  return UserError(f"No readable image {where}: {detail}")
+
+
+class Predictor:
+  """Preprocessing and a jitted, data-parallel forward pass for one config and checkpoint."""
+
+  def __init__(self, config, variables: dict, tta_name: str = "none", batch_size: int = 64, logits_fn=None,
+               mesh=None):
+    """`logits_fn(variables, images)`: the model's logits; default the config's model (an export passes its program).
+    `mesh`: the devices the batches are split over; default every device."""
+    self.config = config
+    self.tta_name = tta_name
+    self.class_names = labels.class_names(config.dataset.class_order)
+    self.preprocess = FilePreprocessor(config)
+    self.mesh = mesh_lib.make_mesh() if mesh is None else mesh
+    devices = self.mesh.devices.size
+    self.batch_size = -(-batch_size // devices) * devices
+    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
+    if logits_fn is None:
+      model = models.build_model(config)
+      logits_fn = lambda v, x: model.apply(v, x, train=False)["logits"]
+
+    def forward(variables, images):
+      images = self.preprocess(images)
+      model_logits = lambda x: logits_fn(variables, x).astype(jnp.float32)
+      logits = model_logits(images)
+      probabilities = (jax.nn.softmax(logits, axis=-1) if tta_name == "none"
+                       else tta.predict(tta_name, model_logits, images))
+      return probabilities, logits
+
+    tta.weights(tta_name)  # an unknown name fails here, naming the valid ones
+    self._forward = jax.jit(forward, in_shardings=(NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))),
+                            compiler_options=mesh_lib.compiler_options(self.mesh))
+
+  def padded_size(self, count: int) -> int:
+    """The batch a step of `count` images runs at: the device count times a power of two, at most
+    `batch_size` (a photo's few faces do not pay for a full batch; few sizes are compiled)."""
+    devices = self.mesh.devices.size
+    return min(self.batch_size, devices * (1 << (-(-count // devices) - 1).bit_length()))
+
+  def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [N, K], logits [N, K]) of uint8 images at `self.preprocess.shape`, float32."""
+    probabilities, logits = [], []
+    for start in range(0, len(images), self.batch_size):
+      batch = np.stack(images[start:start + self.batch_size])
+      padding = np.zeros((self.padded_size(len(batch)) - len(batch), *batch.shape[1:]), batch.dtype)
+      padded = np.concatenate([batch, padding])
+      batch_probabilities, batch_logits = jax.device_get(self._forward(self.variables, padded))
+      probabilities.append(batch_probabilities[:len(batch)])
+      logits.append(batch_logits[:len(batch)])
+    return np.concatenate(probabilities), np.concatenate(logits)
