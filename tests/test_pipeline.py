@@ -96,8 +96,12 @@ def test_clear_errors_for_missing_data_and_bad_settings(tmp_path):
     pipeline.load_split(_config(), "validation")
   with pytest.raises(pipeline.DataError, match="no split 'valid'"):
     pipeline.load_split(_config(), "train+valid")
-  with pytest.raises(pipeline.DataError, match="Unknown data set 'nosuchset'"):
+  with pytest.raises(pipeline.DataError, match="Unknown data set 'nosuchset'") as unknown:
     pipeline.load_split(_config(name="nosuchset"), "train")
+  message = str(unknown.value)  # not TFDS's catalogue of every data set it knows (471 lines)
+  assert message.startswith("Unknown data set 'nosuchset' (config.dataset.name): fer_jax's are fer2013, ferplus, "
+                            f"rafdb, affectnet, sfew, fedro, synthetic; prepared in {_config().dataset.data_dir}: ")
+  assert "synthetic. Check the spelling, or prepare the set first" in message and "\n" not in message
   config = _config()
   config.input.update(size=40, eval_pp="normalize('imagenet')")
   with pytest.raises(pipeline.DataError, match="eval_pp .* into float \\(32, 32, 3\\), but the model takes float \\(40, 40, 3\\)"):

@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax.data import augment
 from fer_jax.data import builder_utils
+from fer_jax.data import builders  # registers fer_jax's builders with TFDS
 from fer_jax.data import decode
 from fer_jax.data import labels as labels_lib
 from fer_jax.data.builder_utils import DataError
@@ -53,12 +54,13 @@ class Split:
 
 
 def _builder(dataset_config):
-  import fer_jax.data.builders  # noqa: F401  (registers our builders with TFDS)
   data_dir = os.path.expanduser(dataset_config.data_dir) if dataset_config.data_dir else None
   try:
     builder = tfds.builder(dataset_config.name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise DataError(f"Unknown data set {dataset_config.name!r} (config.dataset.name). {e}") from e
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f"Unknown data set {dataset_config.name!r} (config.dataset.name): fer_jax's are "
+                    f"{', '.join(builders.NAMES)}{_prepared_in(data_dir)}. Check the spelling, or prepare the set "
+                    "first (README, 'Preparing data').") from None
   if dataset_config.name.split("/")[0] in AUTO_PREPARED:
     builder = _generate_once(dataset_config.name, data_dir, builder)
   if not builder.is_prepared():
@@ -68,6 +70,15 @@ def _builder(dataset_config):
         f"--manual_dir=PATH_TO_DOWNLOAD{' --data_dir=' + data_dir if data_dir else ''}\n"
         "(README, 'Preparing data', shows the layout each data set needs).")
   return builder
+
+
+def _prepared_in(data_dir: str | None) -> str:
+  """"; prepared in DIR: a, b" for the data sets (TFDS folders) of a given data_dir."""
+  if not data_dir or not os.path.isdir(data_dir):
+    return ""
+  names = sorted(name for name in os.listdir(data_dir) if not name.startswith((".", "downloads"))
+                 and os.path.isdir(os.path.join(data_dir, name)))
+  return f"; prepared in {data_dir}: {', '.join(names)}" if names else f"; {data_dir} holds no prepared set"
 
 
 def _generate_once(name: str, data_dir: str | None, builder):
