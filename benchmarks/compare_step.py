@@ -15,20 +15,17 @@ import importlib.util
 import json
 import os
 import re
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_jax import api
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from helpers import get_config  # noqa: E402  (tests/helpers.py loads configs as the CLI does)
 
 
 def method_from_file(path: str):
@@ -82,7 +79,7 @@ def main():
   parser.add_argument("--size", type=int, default=224)
   parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args()
-  config = get_config(args.config)
+  config = api.load_config(args.config)
   config.input.size = args.size
   sides = {"old": method_from_file(args.old_module), "new": models.get_method(config.model.name)}
   built = {}

@@ -53,14 +53,13 @@ import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
 from jax import lax  # noqa: E402  pylint: disable=wrong-import-position
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402  pylint: disable=wrong-import-position
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batch_norm_variance  # noqa: E402  pylint: disable=wrong-import-position
 import gpu_compile  # noqa: E402  pylint: disable=wrong-import-position
 import tpu_compile  # noqa: E402  pylint: disable=wrong-import-position
-import helpers  # noqa: E402  pylint: disable=wrong-import-position
-from helpers import compiled_train_steps, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
+from common import compiled_train_steps, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
+from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax.models import layers  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax.models.backbones import batch_norm, vit  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -128,7 +127,7 @@ def _split_over_data(leaf, mesh) -> NamedSharding:
 
 
 def _optimizer_state_sharded():
-  replicated_step = helpers.abstract_train_step
+  replicated_step = benchmark.abstract_train_step
 
   def abstract_train_step(config, mesh=None):
     step, state = replicated_step(config, mesh)
@@ -140,7 +139,7 @@ def _optimizer_state_sharded():
     step = jax.jit(step.__wrapped__, in_shardings=(shardings, NamedSharding(mesh, P("data"))),
                    out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
     return step, state
-  helpers.abstract_train_step = abstract_train_step
+  benchmark.abstract_train_step = abstract_train_step
 
 
 def _channels_padded(lhs, rhs, channels: int):
@@ -307,7 +306,7 @@ VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_gradient(cu
             "max_pool_gradient_input_phases": _max_pool_input_phases,
             "max_pool_forward_by_taps": _max_pool_forward_by_taps,
             "max_pool_winner_from_forward": _max_pool_winner_from_forward}
-COMPILE_ONLY = {"optimizer_state_sharded"}  # swaps the step tests/helpers builds, not the library's
+COMPILE_ONLY = {"optimizer_state_sharded"}  # swaps the step benchmark.abstract_train_step builds, not training's
 
 
 def swap_in(variant: str) -> None:

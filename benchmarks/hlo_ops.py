@@ -7,7 +7,8 @@ custom-call of the optimised HLO with its shape and the op it came from.
 import argparse
 import re
 
-from compare_step import compiled_step, get_config
+from compare_step import compiled_step
+from fer_jax import api
 from fer_jax import models
 
 
@@ -16,7 +17,7 @@ def main():
   parser.add_argument("config")
   parser.add_argument("--batch", type=int, default=4)
   args = parser.parse_args()
-  config = get_config(args.config)
+  config = api.load_config(args.config)
   compiled, _, _, figures = compiled_step(models.get_method(config.model.name), config, args.batch)
   print(figures)
   for line in compiled.as_text().splitlines():

@@ -16,8 +16,8 @@ from absl import app
 from absl import flags
 
 from fer_jax import config_lib
+from fer_jax import mesh as mesh_lib
 from fer_jax import models
-from fer_jax import train
 
 
 def measure(config) -> dict:
@@ -25,7 +25,7 @@ def measure(config) -> dict:
   init = jax.jit(lambda: models.init_variables(model, config, jax.random.key(config.seed)))
   lowered = init.lower()
   seconds, values = {}, {}
-  for name, options in (("default", None), ("create_state", train.CPU_INIT_COMPILER_OPTIONS)):
+  for name, options in (("default", None), ("create_state", mesh_lib.CPU_INIT_COMPILER_OPTIONS)):
     start = time.perf_counter()
     compiled = lowered.compile(compiler_options=options)
     seconds[name] = round(time.perf_counter() - start, 2)
@@ -33,7 +33,7 @@ def measure(config) -> dict:
   identical = all(bool((a == b).all()) for a, b in zip(values["default"], values["create_state"]))
   return {"model": config.model.name, "convolutions": lowered.as_text().count("stablehlo.convolution"),
           "compile_s_default": seconds["default"], "compile_s_create_state": seconds["create_state"],
-          "options": train.CPU_INIT_COMPILER_OPTIONS, "bit_identical": identical,
+          "options": mesh_lib.CPU_INIT_COMPILER_OPTIONS, "bit_identical": identical,
           "platform": jax.devices()[0].platform, "jax": jax.__version__}
 
 

@@ -41,17 +41,18 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "tests"), ROOT]
-from helpers import get_config  # noqa: E402  (tests/helpers.py loads configs as the CLI does)
 from reference.official_apvit_one_step import apvit_official  # noqa: E402
 from reference.official_one_step import dan_official  # noqa: E402
 from reference.official_one_step import scan_cci_official  # noqa: E402
+
+from fer_jax import api  # noqa: E402
 
 TRAININGS = {"apvit": apvit_official, "dan": dan_official, "scan_cci": scan_cci_official}
 
 
 def paper_config(method: str):
   """fer_jax's configs/METHOD.py:rafdb, which holds the official recipe's settings."""
-  return get_config(f"configs/{method}.py:rafdb")
+  return api.load_config(os.path.join(ROOT, "configs", f"{method}.py:rafdb"))
 
 
 def official_step(method: str, official: str, device: str, variant: str):

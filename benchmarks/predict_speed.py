@@ -26,8 +26,8 @@ import skimage.data
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fer_jax import api  # noqa: E402
+from fer_jax import inference  # noqa: E402
 from fer_jax import models  # noqa: E402
-from fer_jax import predict  # noqa: E402
 
 
 def sample_photos() -> dict:
@@ -60,7 +60,7 @@ def main():
   config = api.load_config(args.config)
   model_code = models.build_model(config)
   variables = models.init_variables(model_code, config, jax.random.key(0))
-  model = api.Model(predict.Predictor(config, variables, "none", args.batch_size))
+  model = api.Model(inference.Predictor(config, variables, "none", args.batch_size))
   photos = sample_photos()
   for name, photo in photos.items():
     faces, compile_seconds = timed(model.detector, photo)

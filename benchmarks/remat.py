@@ -16,9 +16,10 @@ import sys
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from helpers import abstract_train_step, get_config, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
+from fer_jax import api  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax import models  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax.models import layers  # noqa: E402  pylint: disable=wrong-import-position
@@ -27,11 +28,11 @@ from fer_jax.models import layers  # noqa: E402  pylint: disable=wrong-import-po
 
 def measure(spec: str, remat: str, batch_size: int, dtype: str) -> dict:
   """One row; batch_size 0 is the config's own."""
-  config = get_config(spec)
+  config = api.load_config(spec)
   config.model.remat, config.model.dtype = remat, dtype
   batch = batch_size or config.batch_size
   images = jax.ShapeDtypeStruct(models.dummy_images(config, batch).shape, jnp.float32)
-  step, state = abstract_train_step(config)
+  step, state = benchmark.abstract_train_step(config)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   lowered = step.lower(state, {"image": images, "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
                                "mask": jax.ShapeDtypeStruct((batch,), jnp.float32)})

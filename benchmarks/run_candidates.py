@@ -17,11 +17,11 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compile_candidates  # noqa: E402  pylint: disable=wrong-import-position
-from helpers import get_config, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
+from common import paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
+from fer_jax import api  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -29,7 +29,7 @@ def time_variant(args) -> None:
   """In this process: swap args.one in, then time each config."""
   compile_candidates.swap_in(args.one)
   for spec in args.configs:
-    config = get_config(spec)
+    config = api.load_config(spec)
     config.model.dtype = args.dtype
     config.batch_size = args.batch_size or config.batch_size
     row = {"config": spec, "variant": args.one, "round": args.round, **benchmark.environment(),

@@ -1,4 +1,4 @@
-r"""APViT (Xue et al. 2022): IR-50 + ViT-Small with attentive patch and token pooling.
+r"""APViT (Xue et al. 2022, arXiv 2212.05463): IR-50 + ViT-Small with attentive patch and token pooling.
 
 Arguments pick the data set:
   rafdb       RAF-DB basic, APViT's 224×224 re-aligned faces, 7 classes. Official README:

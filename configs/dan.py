@@ -1,4 +1,4 @@
-"""DAN (Wen et al. 2021): ResNet-18 + 4 cross-attention heads, affinity and partition losses.
+"""DAN (Wen et al. 2021, arXiv 2109.07270): ResNet-18 + 4 cross-attention heads, affinity and partition losses.
 
 Arguments pick the data set:
   rafdb       RAF-DB basic, 7 classes. Official README: 89.70 % (epoch 21; the test split is
@@ -10,11 +10,9 @@ Arguments pick the data set:
               classes7_facecrop), which crops to its face boxes (whole photos otherwise).
   synthetic   the built-in synthetic faces at 72×72, trained from scratch (a CPU demo, not a
               paper setting): 97.00 % test accuracy after 5 epochs on 1 CPU device (9 min 35 s on
-              our 2-core Xeon, 2026-12-03, d7869f5; 97.70 % at b3f0693, 96.85 % at 66b13e0, 97.60 % at 31052ed, 97.80 %
-              at ab1d6c9, while the CPU max pool gradient dropped some windows'; before
-              the CPU convolution changes 97.50 % on 1 device and 97.80 % on
-              8 fake CPU devices, docs/running_at_scale.md). Fewer epochs stop where accuracy
-              still climbs fast and runs part: with 3, 96.95 % and 93.60 %.
+              our 2-core Xeon; earlier runs: README, "The built-in synthetic data set"). Fewer
+              epochs stop where accuracy still climbs fast and runs part: with 3, 96.95 % and
+              93.60 %.
               With ",occlusion=yes" the report adds the test split with the mouth, the eyes and
               the lower face (a surgical mask) covered (evaluators occluded_mouth,
               occluded_eyes, occluded_mask); measured on the 5-epoch model of 2026-12-01: 42.70 %,

@@ -53,6 +53,10 @@ from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
 INPUT_MODES = ("synthetic", "host", "augment", "end_to_end")
+# Every method's paper config at its paper batch size and resolution (LHC-Net's stage B: the backbone
+# with its LHC modules), as benchmarks/accelerator.sh runs them.
+PAPER_CONFIGS = ("configs/dan.py:rafdb", "configs/apvit.py:rafdb", "configs/scan_cci.py:rafdb",
+                 "configs/lhcnet.py:fer2013,stage=B")
 PROFILED_STEPS = 3
 
 
@@ -324,6 +328,18 @@ def batch_norm_paths(batch_stats) -> set[str]:
   return {"/".join(str(key.key) for key in path[:-1]) for path, _ in leaves}
 
 
+def abstract_train_step(config, mesh=None):
+  """`config`'s jitted train step (10 steps an epoch) over `mesh` (default every device) and its initial
+  state as shapes, dtypes and shardings: what compiles the step without running anything."""
+  mesh = mesh or mesh_lib.make_mesh()
+  method = models.get_method(config.model.name)
+  model = method.build(config.model)
+  tx = optim.make_optimizer(config.optimizer, 10, config.num_epochs, models.abstract_variables(model, config)["params"])
+  schedule = optim.lr_schedule(config.optimizer, 10, config.num_epochs)
+  step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, 0)
+  return step, train.abstract_state(model, tx, config, mesh)
+
+
 def _synthetic_batch(config, mesh, batch_size: int) -> dict:
   keys = jax.random.split(jax.random.key(0))
   return jax.device_put({
@@ -466,7 +482,8 @@ def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
 
 
 def check_output(path: str) -> None:
-  """Fails before any work if the JSON line could not be appended to `path`."""
+  """Fails before any work if the JSON line could not be appended to `path`. Not cli.check_writable_place:
+  the line is appended to a file (itself writable, not a folder) whose folder must exist already."""
   folder = os.path.dirname(os.path.abspath(path))
   if os.path.isdir(path):
     raise UserError(f"--output={path} is a folder: pass a file to append the JSON line to.")

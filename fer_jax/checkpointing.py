@@ -25,7 +25,6 @@ import orbax.checkpoint as ocp
 
 from fer_jax.data import labels
 from fer_jax.errors import UserError
-from fer_jax.optim import path_of
 
 
 class CheckpointError(UserError, ValueError):
@@ -296,7 +295,7 @@ def _fill_missing(variables: dict, fresh_variables: dict, pattern: str) -> dict:
 
 
 def _flat(tree) -> dict:
-  return {path_of(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return traverse_util.flatten_dict(tree, sep="/")
 
 
 META_FILE = os.path.join("meta", "metadata")
@@ -423,18 +422,8 @@ def fingerprint(variables: Mapping) -> str:
   b"8:params/w,1:2,7:float32,8:" + b"\x00\x00\x80?\x00\x00\x00@" + b",".
   Values are hashed exactly: a one-ulp change, a renamed leaf, a reshape or a cast changes it.
   """
-  leaves = []
-
-  def visit(tree, name):
-    if isinstance(tree, Mapping) or hasattr(tree, "items"):
-      for key, subtree in tree.items():
-        visit(subtree, f"{name}/{key}")
-    else:
-      leaves.append((name, tree))
-
-  for collection in FINGERPRINT_COLLECTIONS:
-    if collection in variables:
-      visit(variables[collection], collection)
+  leaves = _flat({collection: variables[collection] for collection in FINGERPRINT_COLLECTIONS
+                  if collection in variables}).items()
 
   digest = hashlib.sha256()
 

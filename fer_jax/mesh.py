@@ -20,6 +20,18 @@ CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
+# A model's initialisation runs once, so its compile time matters, not its speed: LLVM's -O1 compiles
+# it in about half the time of the default -O2 on XLA's CPU backend, to bit-identical values
+# (docs/performance.md, "Start-up"; tests/test_train.py checks the values).
+CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def init_compiler_options(mesh: jax.sharding.Mesh | None = None) -> dict | None:
+  """The XLA options of a model's one-off initialisation over `mesh` (default: on jax.devices()[0])."""
+  device = jax.devices()[0] if mesh is None else mesh.devices.flat[0]
+  return CPU_INIT_COMPILER_OPTIONS if device.platform == "cpu" else None
+
+
 def on_cpu(mesh: jax.sharding.Mesh) -> bool:
   return mesh.devices.flat[0].platform == "cpu"
 

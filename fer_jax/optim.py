@@ -19,7 +19,8 @@ SCHEDULES = ("constant", "step", "exponential", "cosine")
 
 
 def path_of(key_path) -> str:
-  return "/".join(str(getattr(k, "key", k)) for k in key_path)
+  """A parameter's path as the regexes of the config see it: "trunk/layer1_0/conv1/kernel"."""
+  return jax.tree_util.keystr(key_path, simple=True, separator="/")
 
 
 def lr_schedule(opt_config, steps_per_epoch: int, num_epochs: int):

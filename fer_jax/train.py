@@ -29,12 +29,6 @@ from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
 
-# The initialisation runs once, so its compile time matters, not its speed: LLVM's -O1 compiles it in
-# about half the time of the default -O2 on XLA's CPU backend, to bit-identical values
-# (docs/performance.md, "Start-up"; tests/test_train.py checks the values).
-CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
-
-
 def _initialiser(model, tx, config, mesh):
   def init():
     variables = models.init_variables(model, config, jax.random.key(config.seed))
@@ -45,7 +39,7 @@ def _initialiser(model, tx, config, mesh):
 def create_state(model, tx, config, mesh) -> dict:
   """{step, params, batch_stats, opt_state}, born replicated on the mesh."""
   compiled = _initialiser(model, tx, config, mesh).lower().compile(
-      compiler_options=CPU_INIT_COMPILER_OPTIONS if mesh_lib.on_cpu(mesh) else None)
+      compiler_options=mesh_lib.init_compiler_options(mesh))
   return compiled()
 
 

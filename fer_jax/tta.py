@@ -136,15 +136,15 @@ def combine(probabilities, view_weights):
   return jnp.einsum("vbk,v->bk", probabilities, view_weights) / jnp.sum(view_weights)
 
 
-def predict(name: str, logits_fn: Callable, images, views_per_step: int = 1):
+def predict(name: str, logits_fn: Callable, images):
   """TTA class probabilities [B, K] of `logits_fn` (a batch of images → logits).
 
-  Runs `views_per_step` views per model call (`jax.lax.map`), so memory stays that of
-  `views_per_step` plain forward passes while the whole set is one traced computation. One view a
-  call is a plain loop, without vmap: an exported program (`jax.export`) has no batching rule.
+  Runs one view per model call (`jax.lax.map`), so memory stays that of one plain forward pass
+  while the whole set is one traced computation; a plain loop, without vmap: an exported program
+  (`jax.export`) has no batching rule.
   """
   _, height, width, _ = images.shape
   probabilities = jax.lax.map(
       lambda table: jax.nn.softmax(logits_fn(apply_view(images, table)).astype(jnp.float32), axis=-1),
-      tables(name, height, width), batch_size=views_per_step if views_per_step > 1 else None)
+      tables(name, height, width))
   return combine(probabilities, jnp.asarray(weights(name)))

@@ -2,19 +2,13 @@
 synthetic set and tiny run configs, configs as the CLI loads them, random model variables,
 subprocess runs of the CLI and their error checks."""
 
-import argparse
 import contextlib
 import importlib.util
-import json
 import os
 import re
 import socket
-import sys
-import time
 
 import jax
-import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 from fer_jax import models
 from fer_jax.data.builders import synthetic  # noqa: F401  (registers the builder)
@@ -59,32 +53,6 @@ def load_script(path: str, name: str = ""):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module
-
-
-# Every method's paper config at its paper batch size and resolution (LHC-Net's stage B: the backbone
-# with its LHC modules), as benchmarks/accelerator.sh runs them.
-PAPER_CONFIGS = ("configs/dan.py:rafdb", "configs/apvit.py:rafdb", "configs/scan_cci.py:rafdb",
-                 "configs/lhcnet.py:fer2013,stage=B")
-
-
-def paper_configs_parser(description: str) -> argparse.ArgumentParser:
-  """The arguments of a script that tabulates configs (benchmarks/remat.py, gpu_compile.py, tpu_compile.py,
-  compile_candidates.py)."""
-  parser = argparse.ArgumentParser(description=description)
-  parser.add_argument("configs", nargs="*", default=PAPER_CONFIGS, help="config specs (default: the paper ones)")
-  parser.add_argument("--batch_size", type=int, default=0, help="instead of each config's own (0)")
-  parser.add_argument("--dtype", default="bfloat16", help="config.model.dtype (accelerators' default)")
-  parser.add_argument("--output", default="", help="also append the JSON lines to this file")
-  return parser
-
-
-def write_rows(rows: list[dict], output: str, table: str) -> None:
-  """Appends the rows as JSON lines to `output` (if given) and prints their markdown table."""
-  if output:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)  # a run's figures are not lost to a missing folder
-    with open(output, "a", encoding="utf-8") as file:
-      file.writelines(json.dumps(row) + "\n" for row in rows)
-  sys.stdout.write(table)
 
 
 def get_config(spec: str):
@@ -171,51 +139,6 @@ def assert_user_error(result, *fragments: str, foreign_traceback: str = "") -> N
   message = result.stderr[result.stderr.rindex("error: "):]
   for fragment in fragments:
     assert fragment in message, (fragment, message)
-
-
-def abstract_train_step(config, mesh=None):
-  """`config`'s jitted train step (10 steps an epoch) over `mesh` (default every device) and its initial
-  state as shapes, dtypes and shardings."""
-  from fer_jax import mesh as mesh_lib, models, optim, train  # pylint: disable=import-outside-toplevel
-  mesh = mesh or mesh_lib.make_mesh()
-  method = models.get_method(config.model.name)
-  model = method.build(config.model)
-  tx = optim.make_optimizer(config.optimizer, 10, config.num_epochs, models.abstract_variables(model, config)["params"])
-  schedule = optim.lr_schedule(config.optimizer, 10, config.num_epochs)
-  step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, 0)
-  return step, train.abstract_state(model, tx, config, mesh)
-
-
-def compile_train_step(spec: str, dtype: str, devices: list, batch_size: int = 0):
-  """(config, compiled train step, seconds to compile) of config `spec` in `dtype`, its batch (batch_size,
-  0 for the config's own) split over `devices`, which may be another platform's compile-only ones."""
-  from fer_jax import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  config = get_config(spec)
-  config.model.dtype = dtype
-  config.batch_size = batch_size or config.batch_size
-  mesh = mesh_lib.make_mesh(devices)
-  step, state = abstract_train_step(config, mesh)
-  sharded = NamedSharding(mesh, P("data"))
-  batch = {"image": jax.ShapeDtypeStruct(models.dummy_images(config, config.batch_size).shape, jnp.float32,
-                                         sharding=sharded),
-           "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharded),
-           "mask": jax.ShapeDtypeStruct((config.batch_size,), jnp.float32, sharding=sharded)}
-  start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  return config, compiled, time.perf_counter() - start
-
-
-def compiled_train_steps(specs, dtype: str, batch_size: int, devices: list, hlo_dir: str = "", platform: str = ""):
-  """(spec, config, compiled train step, seconds to compile) for each of `specs` in turn (compile_train_step),
-  each step's HLO text written to `hlo_dir` if given, as "<spec>.<dtype>.<N>devices.<platform>.hlo.txt"."""
-  for spec in specs:
-    config, compiled, seconds = compile_train_step(spec, dtype, devices, batch_size)
-    if hlo_dir:
-      os.makedirs(hlo_dir, exist_ok=True)
-      name = re.sub(r"[^\w.=-]+", "_", spec) + f".{dtype}.{len(devices)}devices.{platform}.hlo.txt"
-      with open(os.path.join(hlo_dir, name), "w", encoding="utf-8") as file:
-        file.write(compiled.as_text())
-    yield spec, config, compiled, seconds
 
 
 def ynn_convolutions(hlo: str) -> list[str]:

@@ -345,7 +345,7 @@ def test_workdir_under_a_file_is_refused_before_converting(tmp_path, dan_checkpo
   (tmp_path / "file").write_text("")
   workdir = tmp_path / "file" / "out"
   assert_user_error(convert("dan.py:rafdb", dan_checkpoint, workdir),
-                    f"--workdir={workdir} cannot be created: {tmp_path / 'file'} is a file", "another --workdir")
+                    f"--workdir={workdir} cannot be created: {tmp_path / 'file'} is a file", "choose another path")
 
 
 def test_workdir_in_a_read_only_folder_is_refused_before_converting(tmp_path, dan_checkpoint):
@@ -353,5 +353,5 @@ def test_workdir_in_a_read_only_folder_is_refused_before_converting(tmp_path, da
   workdir = tmp_path / "read_only" / "out"
   result = convert("dan.py:rafdb", dan_checkpoint, workdir, obey_permissions=True)
   assert_user_error(result, f"--workdir={workdir} cannot be written",
-                    f"the folder {tmp_path / 'read_only'} is not writable", "Fix its permissions")
+                    f"the folder {tmp_path / 'read_only'} is not writable", "fix its permissions")
   assert not workdir.exists()

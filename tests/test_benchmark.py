@@ -736,9 +736,10 @@ def test_device_session_tells_what_the_machine_has_even_when_its_wheels_do_not_i
 @pytest.mark.integration
 def test_every_benchmark_script_starts_and_prints_its_usage():
   """Each script under benchmarks/ imports what it uses from today's fer_jax (and tests/) and prints
-  its usage: argparse's, or absl's (its docstring; absl's --help exits 1)."""
+  its usage: argparse's, or absl's (its docstring; absl's --help exits 1). common.py is the scripts'
+  shared module, no script."""
   folder = os.path.join(helpers.ROOT, "benchmarks")
-  names = sorted(name for name in os.listdir(folder) if name.endswith(".py"))
+  names = sorted(name for name in os.listdir(folder) if name.endswith(".py") and name != "common.py")
   runs = {name: subprocess.Popen([sys.executable, os.path.join(folder, name), "--help"], cwd=helpers.ROOT,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in names}
   try:
@@ -751,3 +752,17 @@ def test_every_benchmark_script_starts_and_prints_its_usage():
   finally:
     for process in runs.values():
       process.kill()
+
+
+def test_benchmark_scripts_take_nothing_from_tests_but_the_official_reference_steps():
+  """The scripts' shared code is benchmarks/common.py and fer_jax, not tests/helpers.py: only
+  official_step.py (tests/reference's official training steps) and bf16_loss_curve.py (tests/test_bf16.py's
+  paired runs) reach into tests/."""
+  folder = os.path.join(helpers.ROOT, "benchmarks")
+  reaching = set()
+  for name in sorted(os.listdir(folder)):
+    if name.endswith(".py"):
+      with open(os.path.join(folder, name), encoding="utf-8") as source:
+        if re.search(r"import helpers|from helpers import|\"tests\"", source.read()):
+          reaching.add(name)
+  assert reaching == {"official_step.py", "bf16_loss_curve.py"}

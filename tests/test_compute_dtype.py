@@ -23,7 +23,8 @@ from fer_jax import validation
 from fer_jax.data import labels
 from fer_jax.errors import ConfigError
 from fer_jax.models.backbones.batch_norm import BatchNorm
-from helpers import abstract_train_step, get_config
+from fer_jax.benchmark import abstract_train_step
+from helpers import get_config
 
 BF16, F32 = "bfloat16", "float32"
 MATMULS = ("conv_general_dilated", "dot_general")

@@ -20,6 +20,7 @@ import torch
 
 from fer_jax import cli
 from fer_jax import convert
+from fer_jax.errors import UserError
 from helpers import assert_user_error, get_config, run_command
 
 WEB_PAGE = (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>"
@@ -246,3 +247,16 @@ def test_convert_command_on_a_truncated_lhc_net_download(tmp_path):
   result = run_command("fer_jax.convert", "--config=configs/lhcnet.py:fer2013", f"--checkpoint={tmp_path / 'LHC_Net'}",
                        f"--workdir={tmp_path / 'out'}")
   assert_user_error(result, f"Could not read {prefix + SHARD}", "incomplete or damaged", "download it again")
+
+
+@pytest.mark.parametrize("under", ["file", "file/out"])
+def test_workdir_in_or_under_a_file_is_refused_as_every_command_refuses_an_output_place(tmp_path, under):
+  """The converter's --workdir check is the commands' (cli.check_writable_place): the same line for a
+  folder that cannot be created, the workdir itself a file included."""
+  from fer_jax.convert import __main__ as convert_main  # pylint: disable=import-outside-toplevel
+  (tmp_path / "file").write_text("")
+  workdir = str(tmp_path / under)
+  with pytest.raises(UserError) as refused:
+    convert_main.check_workdir(workdir)
+  assert str(refused.value) == (f"--workdir={workdir} cannot be created: {tmp_path / 'file'} is a file, not a folder; "
+                                "choose another path.")

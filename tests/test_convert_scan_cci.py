@@ -141,3 +141,13 @@ def test_checkpoint_saved_without_data_parallel_converts_as_the_official_one(tmp
   expected, _ = convert.convert(small_config("synthetic"), [official])
   variables, _ = convert.convert(small_config("synthetic"), [str(bare)])
   jax.tree.map(np.testing.assert_array_equal, variables, expected)
+
+
+def test_the_variables_a_checkpoint_lacks_are_the_default_compiles_bit_for_bit():
+  """The converter's one-off initialisation compiles as training's (mesh.init_compiler_options):
+  its values are XLA's default compile's exactly (an -O0 compile rounded 43 of SCAN-CCI's 234 leaves
+  differently)."""
+  config = get_config("configs/scan_cci.py:rafdb")
+  model = models.build_model(config)
+  reference = jax.jit(lambda: models.init_variables(model, config, jax.random.key(config.seed)))()
+  jax.tree.map(np.testing.assert_array_equal, reference, convert._fresh_variables(model, config))  # pylint: disable=protected-access

@@ -160,3 +160,16 @@ def test_summary_names_an_onnx_export_and_a_damaged_one_with_what_to_do(tmp_path
                                                           r"damaged or incomplete; export the model again"):
     summary.trained_variables(config, model, abstract, str(tmp_path / "exported"))
   gc.collect()  # here, not during the next test
+
+
+def test_pinned_digest_of_a_nested_tree_is_kept_plain_or_frozen():
+  """A fixed tree's fingerprint as the library computed it before its walk became flax's flatten_dict
+  (nested names, a bfloat16 leaf, an empty mapping, a collection left out): saved fingerprints stay valid."""
+  from flax.core import FrozenDict  # pylint: disable=import-outside-toplevel
+  tree = {"params": {"trunk": {"layer1_0": {"conv1": {"kernel": np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)}},
+                               "bn1": {"scale": np.ones(4, ml_dtypes.bfloat16), "bias": np.zeros(4, np.float32)}},
+                     "fc": {"kernel": np.full((4, 7), 0.5, np.float32)}, "empty": {}},
+          "batch_stats": {"trunk": {"bn1": {"mean": np.arange(4, dtype=np.float32), "var": np.ones(4, np.float32)}}},
+          "opt_state": [1, 2]}
+  pinned = "b5417ba4b025bc51a1ad9ffed0b74a9a18eff086aa50d857744c30a68c05c709"
+  assert checkpointing.fingerprint(tree) == checkpointing.fingerprint(FrozenDict(tree)) == pinned

@@ -51,7 +51,7 @@ def test_width_change_unit_has_a_strided_conv_shortcut():
 
 
 def test_ir50_stages_1_to_3_map_112_to_14x14x256_with_the_official_parameter_count():
-  trunk = irse.IR50(num_stages=3)
+  trunk = irse.IRSE(irse.IR50_STAGE_SIZES, num_stages=3)
   x = jax.ShapeDtypeStruct((2, 112, 112, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: trunk.init(jax.random.key(0), x, train=False), x)
   features = jax.eval_shape(lambda v, x: trunk.apply(v, x, train=False), variables, x)
@@ -62,14 +62,14 @@ def test_ir50_stages_1_to_3_map_112_to_14x14x256_with_the_official_parameter_cou
 
 
 def test_full_ir50_ends_at_7x7x512():
-  trunk = irse.IR50()
+  trunk = irse.IRSE(irse.IR50_STAGE_SIZES)
   x = jax.ShapeDtypeStruct((1, 112, 112, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: trunk.init(jax.random.key(0), x, train=False), x)
   features = jax.eval_shape(lambda v, x: trunk.apply(v, x, train=False), variables, x)
   assert features["stage4"].shape == (1, 7, 7, 512)
 
 
-def _face_evolve_keys(stage_sizes=(3, 4, 14)) -> set[str]:
+def _face_evolve_keys(stage_sizes=irse.IR50_STAGE_SIZES[:3]) -> set[str]:
   """face.evoLVe IR-50 state-dict keys for the first stages (BN running stats left out)."""
   bn = ("weight", "bias")
   keys = {"input_layer.0.weight", "input_layer.2.weight"} | {f"input_layer.1.{p}" for p in bn}
@@ -84,7 +84,7 @@ def _face_evolve_keys(stage_sizes=(3, 4, 14)) -> set[str]:
 
 
 def test_parameter_names_are_a_plain_map_of_face_evolve_keys():
-  trunk = irse.IR50(num_stages=3)
+  trunk = irse.IRSE(irse.IR50_STAGE_SIZES, num_stages=3)
   x = jax.ShapeDtypeStruct((1, 112, 112, 3), jnp.float32)
   params = jax.eval_shape(lambda x: trunk.init(jax.random.key(0), x, train=False), x)["params"]
   leaf_names = {"kernel": "weight", "scale": "weight", "bias": "bias", "slope": "weight"}

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import abstract_train_step
+from fer_jax.benchmark import abstract_train_step
 from reference import one_step
 from reference.apvit import ReferenceAPViT
 from reference.common import randomise

@@ -21,7 +21,8 @@ import torch
 
 from fer_jax import validation
 from fer_jax.errors import ConfigError
-from helpers import abstract_train_step, get_config
+from fer_jax.benchmark import abstract_train_step
+from helpers import get_config
 from reference import one_step
 from reference.dan import ReferenceDAN, affinity_loss, partition_loss
 from reference.scan_cci import SIZE as SCAN_CCI_SIZE, ReferenceScanCci

@@ -136,3 +136,11 @@ def test_moments_stay_float32_beside_float32_params(name, grad_dtype):
   assert len(moments) == {"sgd": 2, "adam": 4, "adamw": 4, "keras_adam": 4}[name]  # momentum; first and second
   float32 = {jnp.dtype(jnp.float32)}
   assert {leaf.dtype for leaf in moments} == {params["kernel"].dtype, params["bias"].dtype} == float32
+
+
+def test_path_of_names_sequence_and_field_keys_plainly():
+  """Paths into an optimiser state (tuples, NamedTuple fields) read as the parameters' do: "1/mu/w",
+  not "[1]/.mu/w"."""
+  state = optax.chain(optax.add_decayed_weights(1e-4), optax.adam(1e-3)).init({"w": jnp.zeros(2)})
+  paths = [optim.path_of(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+  assert "1/0/mu/w" in paths and all("[" not in path and "." not in path for path in paths)

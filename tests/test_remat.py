@@ -17,7 +17,8 @@ from fer_jax import models
 from fer_jax import validation
 from fer_jax.errors import ConfigError
 from fer_jax.models import layers
-from helpers import PAPER_CONFIGS, get_config, load_script, random_variables
+from fer_jax.benchmark import PAPER_CONFIGS
+from helpers import get_config, load_script, random_variables
 
 # (config, remat) whose gradients are compared with the plain step's: each backbone's blocks once
 # (SCAN-CCI's trunk is DAN's ResNet, resnet.py, with other blocks), each policy at least twice.

@@ -137,7 +137,7 @@ def test_the_quickly_compiled_initial_state_is_the_default_compiles():
     variables = models.init_variables(model, config, jax.random.key(config.seed))
     return {"step": jnp.zeros((), jnp.int32), **variables, "opt_state": tx.init(variables["params"])}
   quick, reference = train.create_state(model, tx, config, mesh), jax.jit(init)()
-  assert train.CPU_INIT_COMPILER_OPTIONS == {"xla_backend_optimization_level": 1}
+  assert mesh_lib.CPU_INIT_COMPILER_OPTIONS == {"xla_backend_optimization_level": 1}
   jax.tree.map(np.testing.assert_array_equal, reference, quick)
   assert jax.tree.map(lambda leaf: leaf.sharding, quick) == jax.tree.map(
       lambda leaf: leaf.sharding, train.abstract_state(model, tx, config, mesh))

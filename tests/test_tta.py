@@ -148,17 +148,3 @@ def test_combine_is_the_weighted_mean_of_softmax_outputs():
   weights = jnp.asarray(tta.weights("lhc62"))
   want = (3 * probabilities[0] + probabilities[1:].sum(axis=0)) / 62
   np.testing.assert_allclose(tta.combine(probabilities, weights), want, rtol=1e-6)
-
-
-@pytest.mark.integration
-def test_predict_equals_views_then_combine(images):
-  x = jnp.asarray(images)
-  projection = jnp.asarray(np.random.default_rng(3).normal(size=(3, 7)), jnp.float32)
-  logits_fn = lambda batch: jnp.mean(batch, axis=(1, 2)) @ projection / 50.0
-  views, weights = _views("lhc62", x)
-  want = tta.combine(jax.vmap(lambda v: jax.nn.softmax(logits_fn(v)))(views), weights)
-  for views_per_step in (1, 4):
-    got = jax.jit(lambda batch: tta.predict("lhc62", logits_fn, batch, views_per_step))(x)
-    assert got.shape == (2, 7)
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-    np.testing.assert_allclose(got.sum(axis=-1), 1.0, rtol=1e-5)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax.convert import apvit
 from fer_jax.convert import classes
@@ -99,7 +100,6 @@ def _load_npz(path: str) -> dict:
     raise core.unreadable(path, kind, str(e) or type(e).__name__) from e
 
 
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 READERS = {"torch": torch_io.load_torch, "numpy_pickle": torch_io.load_numpy_pickle, "npz": _load_npz,
            "keras_h5": keras_h5.load, "tf_checkpoint": tf_checkpoint.load}
 
@@ -165,14 +165,13 @@ def _unknown_format(path: str, method: str, reader: str, loaded, source_name: st
 def _fresh_variables(model, config) -> dict:
   """`models.init_variables` for config.seed, which fills what a checkpoint lacks.
 
-  It runs once per conversion, so on the CPU it is compiled without XLA's expensive passes:
-  the random initialisers of a large model otherwise take most of a conversion's time (the
-  values equal the default compilation's up to float rounding).
+  It runs once per conversion, so it compiles as training's initialisation does
+  (`mesh.init_compiler_options`): the random initialisers of a large model otherwise take most of
+  a conversion's time.
   """
   init = lambda seed: models.init_variables(model, config, jax.random.key(seed))
   lowered = jax.jit(init).lower(jax.ShapeDtypeStruct((), jnp.int32))
-  options = _FAST_COMPILE if jax.default_backend() == "cpu" else None
-  return lowered.compile(compiler_options=options)(np.int32(config.seed))
+  return lowered.compile(compiler_options=mesh_lib.init_compiler_options())(np.int32(config.seed))
 
 
 def convert(config, checkpoints: Sequence[str], sources: Sequence[str] = ()) -> tuple[dict, Report]:

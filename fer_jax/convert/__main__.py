@@ -51,15 +51,7 @@ def check_workdir(workdir: str) -> None:
     logging.info("Removed the partial output of an interrupted conversion from %s.", workdir)
   elif entries:
     raise UserError(f"--workdir={workdir} is not empty: convert into a new folder.")
-  existing = workdir
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    where = "is a file" if existing == workdir else f"cannot be created: {existing} is a file"
-    raise UserError(f"--workdir={workdir} {where}, not a folder. Choose another --workdir.")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise UserError(f"--workdir={workdir} cannot be written: the folder {existing} is not writable. "
-                    "Fix its permissions or choose another --workdir.")
+  cli.check_writable_place(f"--workdir={workdir}", workdir)
 
 
 def remove_entries(folder: str) -> None:

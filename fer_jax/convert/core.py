@@ -15,12 +15,10 @@ import dataclasses
 import re
 from typing import Callable, Iterable, Mapping
 
-import jax
 import numpy as np
 from flax import traverse_util
 
 from fer_jax.errors import UserError
-from fer_jax.optim import path_of
 
 COLLECTIONS = ("params", "batch_stats")
 
@@ -170,7 +168,7 @@ class Target:
   """The configured model's variables, filled leaf by leaf with shape checks."""
 
   def __init__(self, abstract_variables: dict):
-    self.abstract = {path_of(k): v for k, v in jax.tree_util.tree_flatten_with_path(abstract_variables)[0]}
+    self.abstract = traverse_util.flatten_dict(abstract_variables, sep="/")
     self.values: dict[str, np.ndarray] = {}
     self.origins: dict[str, str] = {}
     self.problems: list[str] = []
@@ -333,7 +331,7 @@ def finish(target: Target, sources: list[Tensors], fresh_variables: Callable[[],
     raise _failure(problems, list(diagnoses))
   values = dict(target.values)
   if unfilled:
-    fresh = {path_of(k): v for k, v in jax.tree_util.tree_flatten_with_path(fresh_variables())[0]}
+    fresh = traverse_util.flatten_dict(fresh_variables(), sep="/")
     values.update({path: np.asarray(fresh[path]) for path in unfilled})
   variables = traverse_util.unflatten_dict({tuple(path.split("/")): value for path, value in values.items()})
   report = Report(converted={t.origin: len(t.used) for t in sources},

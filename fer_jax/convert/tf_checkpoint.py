@@ -21,7 +21,6 @@ from fer_jax.convert.core import unreadable
 
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48
-_BLOCK_TRAILER_SIZE = 5  # compression type byte + CRC32C
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 # tensorflow/core/framework/types.proto
 _DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 9: np.int64,

@@ -132,7 +132,7 @@ class ClassifierHead(nn.Module):
 class APViT(PoolingViTSettings):
   """IR-50 stages 1–3 (`extractor`), the pooling ViT on their map (`vit`), a linear `head`."""
   num_classes: int = 7
-  ir_stage_sizes: Sequence[int] = (3, 4, 14)
+  ir_stage_sizes: Sequence[int] = irse.IR50_STAGE_SIZES[:3]
 
   @nn.compact
   def __call__(self, images, train: bool) -> dict:

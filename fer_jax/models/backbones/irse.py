@@ -7,7 +7,6 @@ over all stages. (APViT's own checkpoints number units per stage, `body.{stage}.
 `sum(stage_sizes[:stage]) + unit`.)
 """
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -18,6 +17,7 @@ from fer_jax.models import layers
 # IRSE._initialize_weights: Xavier-uniform convolutions, BatchNorm γ = 1 and β = 0.
 conv_init = nn.initializers.xavier_uniform()
 STAGE_WIDTHS = (64, 128, 256, 512)
+IR50_STAGE_SIZES = (3, 4, 14, 3)  # units per stage
 
 
 def conv3x3(features: int, stride: int, dtype: Any, name: str) -> nn.Conv:
@@ -74,5 +74,3 @@ class IRSE(nn.Module):
       features[f"stage{stage + 1}"] = x
     return features
 
-
-IR50 = functools.partial(IRSE, (3, 4, 14, 3))
