@@ -2,6 +2,7 @@
 its argument with `parse_arg`), the `--config` flag and the `--config` arguments of a command line;
 `fer_jax.validation` checks a whole config."""
 
+import importlib
 import importlib.util
 import json
 import os
@@ -53,6 +54,18 @@ def synthetic_occlusion_evaluators(eval_pp: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       f"occluded_{region}": evaluator(pp=f"occlude('{region}', geometry='synthetic')|{eval_pp}")
       for region in ("mouth", "eyes", "mask")})
+
+
+def module_of_yours(path: str, named_by: str, error: type[Exception]):
+  """The module `path` (dotted) of a method or data set of the user's, importable from the working folder or
+  PYTHONPATH; `error` naming `named_by` (the key or flag) and the fix when there is no such module."""
+  try:
+    return importlib.import_module(path)
+  except ModuleNotFoundError as missing:
+    if not path.startswith(missing.name or "\0"):
+      raise  # the module itself imports something missing
+    raise error(f"{named_by}: no module {missing.name!r} on the Python path ({os.getcwd()} and PYTHONPATH): run "
+                "from the folder that holds it, or add that folder to PYTHONPATH.") from None
 
 
 def flat(config) -> dict:

@@ -44,8 +44,16 @@ def _choice(key: str, value, valid) -> list[str]:
   return [f"config.{key}={value!r} is not one of: {', '.join(repr(v) for v in valid)}."]
 
 
+def _method_problems(name: str) -> list[str]:
+  try:
+    models.get_method(name)
+  except models.UnknownMethodError as error:
+    return [str(error)]
+  return []
+
+
 def _value_problems(config) -> list[str]:
-  problems = (_choice("model.name", config.model.name, models.METHODS)
+  problems = (_method_problems(config.model.name)
               + _choice("model.dtype", config.model.dtype, models.DTYPES)
               + _choice("model.remat", config.model.remat, tuple(layers.REMAT_POLICIES))
               + _choice("dataset.class_order", config.dataset.class_order, sorted(labels.CLASS_ORDERS))

@@ -5,7 +5,8 @@ r"""Turns a hand-downloaded FER data set into a TFDS (ArrayRecord) data set, onc
 
 --dataset is one of fer2013, ferplus, rafdb, affectnet, sfew, fedro, optionally with a
 builder config: ferplus/plurality, rafdb/aligned224, affectnet/classes7, sfew/original, ...
-(without one, each data set's default config). A second run finds the set complete, warns that
+(without one, each data set's default config), or the module path of a builder of yours
+(my_sets.class_folders; docs/extending.md). A second run finds the set complete, warns that
 it read nothing from --manual_dir (`--overwrite` rebuilds the set) and does nothing else, except
 give a set prepared before label indexes existed its index (`*.labels.npy`, read from the
 records; nothing is rebuilt). TFDS writes every split into a temporary `incomplete.*` folder
@@ -36,6 +37,7 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from fer_jax import cli
+from fer_jax import config_lib
 from fer_jax.data import builder_utils
 from fer_jax.data.builders import affectnet, fedro, fer2013, ferplus, rafdb, sfew
 from fer_jax.errors import UserError
@@ -49,13 +51,28 @@ DATASETS = {"fer2013": fer2013.Fer2013, "ferplus": ferplus.Ferplus, "rafdb": raf
 def make_builder(dataset: str, data_dir: str | None = None, skip_corrupt: bool = False):
   """The builder for "NAME" or "NAME/CONFIG"; DataError listing the valid choices otherwise."""
   name, _, config = dataset.partition("/")
-  if name not in DATASETS:
-    raise builder_utils.DataError(f"Unknown data set {name!r}; choose one of {', '.join(DATASETS)}.")
-  builder_cls = DATASETS[name]
+  builder_cls = builder_class(name)
   if config and config not in builder_cls.builder_configs:
     valid = ", ".join(f"{name}/{c}" for c in builder_cls.builder_configs) or f"{name} (it has no configs)"
     raise builder_utils.DataError(f"Unknown config {dataset!r}; choose one of {valid}.")
   return builder_cls(config=config or None, data_dir=data_dir, skip_corrupt=skip_corrupt)
+
+
+def builder_class(name: str):
+  """fer_jax's builder `name`, or the one builder_utils.ManualBuilder a module of yours defines
+  (NAME a module path, "my_sets.class_folders"; docs/extending.md)."""
+  if name in DATASETS:
+    return DATASETS[name]
+  if "." not in name:
+    raise builder_utils.DataError(f"Unknown data set {name!r}; choose one of {', '.join(DATASETS)}, or name the "
+                                  "module of a builder of yours (my_sets.class_folders, docs/extending.md).")
+  module = config_lib.module_of_yours(name, f"--dataset={name}", builder_utils.DataError)
+  builders = [value for value in vars(module).values() if isinstance(value, type)
+              and issubclass(value, builder_utils.ManualBuilder) and value.__module__ == module.__name__]
+  if len(builders) != 1:
+    raise builder_utils.DataError(f"--dataset={name}: {module.__file__} defines {len(builders)} subclasses of "
+                                  "fer_jax.data.builder_utils.ManualBuilder; it needs exactly one.")
+  return builders[0]
 
 
 def remove_leftovers(builder) -> None:

@@ -1,6 +1,8 @@
 """The four methods behind one contract, and the helpers every tool builds and loads models with.
 
-Each method module `fer_jax.models.<name>` defines `METHOD = Method(...)`:
+Each method module defines `METHOD = Method(...)`: fer_jax's own are `fer_jax.models.<name>`
+(config.model.name = "dan", ...); config.model.name may also be the module path of a method of
+yours, importable from where the command runs ("my_methods.plain_resnet"; docs/extending.md).
   build(model_config) -> flax.linen.Module, whose `__call__(images, train)` returns a dict
       with at least "logits" ([batch, num_classes], float32, or float64 in the float64 reference
       mode: `layers.at_least_float32`);
@@ -22,10 +24,12 @@ import jax.numpy as jnp
 import optax
 
 from fer_jax import checkpointing
+from fer_jax import config_lib
 from fer_jax.data import labels
+from fer_jax.errors import ConfigError
 from fer_jax.models import layers
 
-METHODS = ("dan", "lhcnet", "apvit", "scan_cci")
+METHODS = ("dan", "lhcnet", "apvit", "scan_cci")  # fer_jax's own
 # config.model.dtype: the compute dtype of activations, convolutions and matmuls; "auto" is bfloat16 on a
 # GPU or TPU and float32 on the CPU. Parameters, BatchNorm statistics, logits and losses stay in at
 # least float32 (`layers.at_least_float32`); float64 is the reference mode (docs/fidelity.md).
@@ -76,10 +80,25 @@ def from_config(module_class, model_config, **values) -> nn.Module:
   return module_class(**{**fields, **values})
 
 
+class UnknownMethodError(ConfigError):
+  """A config.model.name that names no method."""
+
+
 def get_method(name: str) -> Method:
-  if name not in METHODS:
-    raise ValueError(f"Unknown model name {name!r}; valid names: {', '.join(METHODS)}.")
-  return importlib.import_module(f"fer_jax.models.{name}").METHOD
+  """The METHOD of fer_jax.models.<name> for fer_jax's own, else of the module `name` names;
+  UnknownMethodError naming the fix when there is none."""
+  if name in METHODS:
+    module = importlib.import_module(f"fer_jax.models.{name}")
+  elif "." in name:
+    module = config_lib.module_of_yours(name, f"config.model.name={name!r}", UnknownMethodError)
+  else:
+    raise UnknownMethodError(f"config.model.name={name!r} is not one of fer_jax's methods ({', '.join(METHODS)}) nor "
+                             "a module path of yours (my_methods.plain_resnet, docs/extending.md).")
+  method = getattr(module, "METHOD", None)
+  if not isinstance(method, Method):
+    raise UnknownMethodError(f"config.model.name={name!r}: {module.__file__} defines no METHOD = "
+                             "fer_jax.models.Method(build, loss, ...) (docs/extending.md).")
+  return method
 
 
 def build_model(config) -> nn.Module:

@@ -1,0 +1,1 @@
+"""Methods of a project of yours, outside fer_jax (docs/extending.md)."""

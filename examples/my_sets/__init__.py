@@ -1,0 +1,1 @@
+"""Data sets of a project of yours, outside fer_jax (docs/extending.md)."""

@@ -1,0 +1,91 @@
+"""A method and a data set of the user's, outside fer_jax (examples/my_methods/plain_resnet.py,
+examples/my_sets/class_folders.py; docs/extending.md): named by their module paths, they train, report,
+prepare and load as fer_jax's own do."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+import fer_jax
+from fer_jax import models
+from fer_jax import validation
+from fer_jax.data import labels
+from fer_jax.data import prepare
+from fer_jax.errors import ConfigError, UserError
+from helpers import ROOT, cpu_devices_env, get_config, run_command
+
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def test_a_model_name_that_names_no_method_is_refused_with_the_fix(monkeypatch):
+  monkeypatch.syspath_prepend(EXAMPLES)
+  for name, fix in (("plain_resnet", "is not one of fer_jax's methods (dan, lhcnet, apvit, scan_cci) nor a module "
+                                     "path of yours"),
+                    ("my_method.plain_resnet", "no module 'my_method' on the Python path"),
+                    ("my_methods.plain_resnett", "no module 'my_methods.plain_resnett' on the Python path"),
+                    ("fer_jax.models.layers", "layers.py defines no METHOD = fer_jax.models.Method(")):
+    config = get_config("configs/dan.py:synthetic")
+    config.model.name = name
+    with pytest.raises(ConfigError, match="The config cannot run") as refused:
+      validation.validate(config, training=False)
+    assert f"config.model.name={name!r}" in str(refused.value) and fix in str(refused.value)
+  assert models.get_method("my_methods.plain_resnet").loss.__name__ == "label_smoothing_loss"
+
+
+@pytest.mark.integration
+def test_a_method_of_yours_trains_reports_and_loads(tmp_path, tiny_data_dir, monkeypatch):
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "fer_jax.main", "--config=plain_resnet_config.py:synthetic",
+             f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny", f"--config.dataset.data_dir={tiny_data_dir}",
+             "--config.input.size=32", "--config.num_epochs=1", "--config.eval_batch_size=35",
+             "--config.data_workers=0"]
+  result = subprocess.run(command, cwd=EXAMPLES, env=cpu_devices_env(1), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((workdir / "eval_results.json").read_text())
+  assert report["model"] == "my_methods.plain_resnet" and report["num_examples"] == 70
+  assert report["config"]["loss.label_smoothing"] == 0.1
+  monkeypatch.syspath_prepend(EXAMPLES)
+  faces = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+  predictions = fer_jax.load(str(workdir)).predict(faces)
+  assert len(predictions) == 3 and all(np.isclose(sum(p.probabilities.values()), 1) for p in predictions)
+
+
+def test_a_data_set_module_that_names_no_builder_is_refused_with_the_fix(monkeypatch):
+  monkeypatch.syspath_prepend(EXAMPLES)
+  with pytest.raises(UserError, match=r"^Unknown data set 'class_folders'; choose one of fer2013, .*, or name the "
+                                      r"module of a builder of yours"):
+    prepare.make_builder("class_folders")
+  with pytest.raises(UserError, match=r"^--dataset=my_sets.folders: no module 'my_sets.folders' on the Python path"):
+    prepare.make_builder("my_sets.folders")
+  with pytest.raises(UserError, match=r"^--dataset=my_methods.plain_resnet: .*plain_resnet.py defines 0 subclasses "
+                                      r"of fer_jax.data.builder_utils.ManualBuilder; it needs exactly one\.$"):
+    prepare.builder_class("my_methods.plain_resnet")
+  assert prepare.builder_class("my_sets.class_folders").__name__ == "ClassFolders"
+
+
+@pytest.mark.integration
+def test_a_data_set_of_yours_prepares_and_trains(tmp_path):
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 4), ("test", 2)):
+    for name in labels.CLASS_ORDERS["fer2013"]:
+      (tmp_path / "manual" / split / name).mkdir(parents=True)
+      for index in range(count):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), np.uint8)).save(tmp_path / "manual" / split / name / f"{index}.png")
+  prepared = subprocess.run([sys.executable, "-m", "fer_jax.data.prepare", "--dataset=my_sets.class_folders",
+                             f"--manual_dir={tmp_path / 'manual'}", f"--data_dir={tmp_path / 'tfds'}"], cwd=EXAMPLES,
+                            env=cpu_devices_env(1), capture_output=True, text=True, timeout=600)
+  assert prepared.returncode == 0, prepared.stderr[-3000:]
+  assert "class_folders/1.0.0" in prepared.stdout and "train: 28 examples" in prepared.stdout
+  # Training needs no import of the builder: TFDS reads the prepared set from its files.
+  result = run_command("fer_jax.main", "--config=configs/dan.py:synthetic", f"--workdir={tmp_path / 'run'}",
+                       "--config.dataset.name=class_folders", f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+                       "--config.input.size=32", "--config.batch_size=7", "--config.eval_batch_size=7",
+                       "--config.num_epochs=1", "--config.data_workers=0")
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+  assert report["dataset"] == "class_folders" and report["num_examples"] == 14
