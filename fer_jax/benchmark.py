@@ -494,8 +494,7 @@ def check_output(path: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
   if args.output:
     check_output(args.output)

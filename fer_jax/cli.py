@@ -87,6 +87,10 @@ def _parse_flags(argv):
   that does not load) printed as one `error:` line and exit status 2."""
   try:
     remaining = flags.FLAGS(argv)
+    if len(remaining) > 1:
+      print(f"error: unexpected arguments {' '.join(remaining[1:])}: write every setting as a flag, --name=value "
+            "(--helpshort lists the flags).", file=sys.stderr)
+      sys.exit(USER_ERROR_STATUS)
     if "config" in flags.FLAGS:
       # A config file that failed to load is a stand-in raising its error on first attribute access.
       flags.FLAGS["config"].value.to_dict  # pylint: disable=pointless-statement

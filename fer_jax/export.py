@@ -257,8 +257,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
   config = args.config
   validation.validate(config, training=False)

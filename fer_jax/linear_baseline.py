@@ -41,7 +41,7 @@ def ridge_accuracy(train_x, train_y, test_x, test_y, num_classes: int, ridge: fl
 
 
 def main(argv):
-  del argv
+  del argv  # cli.run refuses arguments that are not flags
   config = flags.FLAGS.config
   train_x, train_y = pixels(config, config.dataset.train_split, "dataset.train_split")
   test_key = "dataset.test_split" if config.dataset.test_split else "dataset.eval_split"

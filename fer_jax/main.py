@@ -51,8 +51,7 @@ def reject_urls(config, workdir: str, checkpoint: str | None) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
   distributed.check_flags(args.distributed, {name: getattr(args, name) for name in distributed.FLAGS})
   if args.distributed:

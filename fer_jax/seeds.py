@@ -241,8 +241,7 @@ def write_summary(workdir: str, reports: dict[int, dict]) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
   seeds = parse_seeds(args.seeds)
   if args.print_commands:

@@ -109,7 +109,7 @@ def trained_variables(config, model, abstract_variables: dict, path: str) -> dic
 
 
 def main(argv):
-  del argv
+  del argv  # cli.run refuses arguments that are not flags
   config = flags.FLAGS.config
   validation.validate(config, training=False)
   method = models.get_method(config.model.name)

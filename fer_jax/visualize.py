@@ -70,8 +70,7 @@ def check_not_a_video(path: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
   cli.check_writable_place(f"--out={args.out}", args.out)  # before any image or model is read
   check_not_a_video(args.input)

@@ -183,8 +183,16 @@ def test_benchmark_checks_its_output_and_arguments_before_any_work(tmp_path):
   assert_user_error(result, f"--output={tmp_path / 'missing' / 'x.jsonl'}: there is no folder {tmp_path / 'missing'}")
   assert result.stdout == ""
   result = run_command(*benchmark, "host")  # meant --input=host
-  assert_user_error(result, "Unexpected arguments: ['host']")
+  assert_user_error(result, "unexpected arguments host: write every setting as a flag, --name=value")
   assert result.stdout == ""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", ["fer_jax.summary", "fer_jax.linear_baseline"])
+def test_arguments_that_are_not_flags_are_refused_by_every_command(command):
+  """summary and linear_baseline ignored them; every command now refuses them as it parses its flags."""
+  assert_user_error(run_command(command, "--config=configs/dan.py:synthetic", "rafdb"),
+                    "unexpected arguments rafdb: write every setting as a flag")
 
 
 @pytest.fixture

@@ -83,8 +83,7 @@ def next_command(workdir: str, initialisation_only: bool) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
   workdir = os.path.abspath(os.path.expanduser(args.workdir))
   config = args.config

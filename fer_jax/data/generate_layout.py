@@ -63,7 +63,6 @@ from fer_jax import cli
 from fer_jax.data import labels
 from fer_jax.data import synthetic_faces
 from fer_jax.errors import ConfigError
-from fer_jax.errors import UserError
 
 # Class counts in each data set's own label order (labels.CLASS_ORDERS).
 RAFDB_COUNTS = {"train": (1290, 281, 717, 4772, 1982, 705, 2524),  # 12,271
@@ -421,8 +420,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
   try:
     result = generate(args.dataset, args.out, args.scale, args.seed, args.workers)

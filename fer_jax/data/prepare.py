@@ -40,7 +40,6 @@ from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax.data import builder_utils
 from fer_jax.data.builders import affectnet, fedro, fer2013, ferplus, rafdb, sfew
-from fer_jax.errors import UserError
 
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 INTERRUPTED_STATUS = 128 + signal.SIGINT  # a shell's status for a command stopped by Ctrl-C
@@ -164,8 +163,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
   tfds.enable_progress_bar()
   try:
