@@ -59,22 +59,22 @@ def model_mode(config, step: int, steps_per_epoch: int) -> str:
   return "inference" if start and epoch >= start else "train"
 
 
-def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, augment=None,
-                    model_mode: str = "train"):
-  """jit(state, batch) → (state, metrics). With `augment` (uint8 images, positions → model inputs,
+def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, augment_fn=None,
+                    mode: str = "train"):
+  """jit(state, batch) → (state, metrics). With `augment_fn` (uint8 images, positions → model inputs,
   e.g. `TrainData.augment`), the batch holds uint8 images and their positions, augmented inside
-  the step; without it, the images are model inputs already. `model_mode="inference"` computes
+  the step; without it, the images are model inputs already. `mode="inference"` computes
   the gradient with the model in inference mode (BatchNorm on its running statistics, which stay
   as they are; no dropout), as PyTorch does after `model.eval()`. On CPUs it compiles with
   `mesh.compiler_options`, which JAX accepts on a top-level jit only: call, `.trace` or `.lower` it,
   not inside another jit."""
-  if model_mode not in MODEL_MODES:
-    raise ValueError(f"Unknown model mode {model_mode!r}; valid: {', '.join(MODEL_MODES)}.")
-  train = model_mode == "train"
+  if mode not in MODEL_MODES:
+    raise ValueError(f"Unknown model mode {mode!r}; valid: {', '.join(MODEL_MODES)}.")
+  train = mode == "train"
 
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.key(seed), state["step"])
-    images = batch["image"] if augment is None else augment(batch["image"], batch["position"])
+    images = batch["image"] if augment_fn is None else augment_fn(batch["image"], batch["position"])
 
     def objective(params):
       with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # BatchNorm splits its statistics by its data axis

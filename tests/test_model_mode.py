@@ -35,7 +35,7 @@ def _one_step(model_mode: str):
   tx = optax.sgd(0.1)
   state = {"step": np.int32(0), "params": params, "batch_stats": stats, "opt_state": tx.init(params)}
   step = train.make_train_step(model, models.cross_entropy_loss, None, tx, lambda s: 0.1, mesh_lib.make_mesh(), 0,
-                               model_mode=model_mode)
+                               mode=model_mode)
   new_state, metrics = jax.device_get(step(state, {"image": x, "label": labels}))
   return x, labels, params, stats, new_state, metrics
 
