@@ -9,7 +9,8 @@ PIL truncates bilinear/bicubic warp results (we round: −0.5 bias in PIL, ≤ 1
 bicubic resize stores its horizontal pass in 8 bits, clipping the cubic's overshoot at hard edges
 (≤ 3 grey levels on 0.06 % of a photo's values, up to ~9 on flat-coloured graphics).
 
-Two resamplers serve all:
+Two resamplers serve every op here (fer_jax.tta has its own: LHC-Net's test-time views follow
+TensorFlow's resize and projective transform in TensorFlow's arithmetic order):
 
 * Resizes are separable: one dense weight matrix per axis, (output, input), applied as two
   matmuls. A fixed resize computes them in NumPy float64 when the op is built; random_resized_crop
