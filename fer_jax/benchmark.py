@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import jaxlib
 
+from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import evaluate
@@ -388,7 +389,7 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
     with open(os.path.join(profile_dir, "train_step.hlo.txt"), "w") as file:
       file.write(train_step.as_text())
 
-  variables = {"params": holder["state"]["params"], "batch_stats": holder["state"]["batch_stats"]}
+  variables = checkpointing.model_variables(holder["state"])
   eval_step, eval_compile, eval_cost = _compile(evaluate.confusion_step(model, config.model.num_classes, mesh),
                                                 variables, batch)
   eval_warmup, eval_seconds = _time_stream(itertools.repeat(None), warmup, steps,

@@ -31,6 +31,14 @@ class CheckpointError(UserError, ValueError):
   """A checkpoint that is missing or does not fit the configured model."""
 
 
+MODEL_COLLECTIONS = ("params", "batch_stats")  # a model's variables: what eval, predict, init_from, fingerprints read
+
+
+def model_variables(tree: Mapping) -> dict:
+  """{params, batch_stats} of a training state or of a model's variables (batch_stats {} if it has none)."""
+  return {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}
+
+
 def manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
   """Steps are written to a temporary folder and renamed when complete, so a killed save never
   leaves a broken newest step; the leftovers of such saves are deleted when a manager opens.
@@ -224,8 +232,7 @@ def save_model(directory: str, variables: dict, config, initialisation_only: boo
   `initialisation_only`: the weights only start a training (e.g. a backbone-only conversion, whose
   head is untrained); `init_from` reads them, inference refuses them."""
   checkpoints = manager(directory)
-  state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-  save(checkpoints, 0, state, config, initialisation_only)
+  save(checkpoints, 0, model_variables(variables), config, initialisation_only)
   checkpoints.wait_until_finished()
   return os.path.join(os.path.abspath(directory), "0")
 
@@ -243,9 +250,6 @@ def _step_directory(path: str) -> str:
         return os.path.join(folder, str(max(steps)))
   raise CheckpointError(f"No checkpoint found at {path}: pass a training workdir, its checkpoints/ "
                         "folder, a step folder inside it, or the output of `python -m fer_jax.convert`.")
-
-
-MODEL_COLLECTIONS = ("params", "batch_stats")  # what eval, predict and init_from read of a checkpoint
 
 
 def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | None = None,
@@ -266,7 +270,7 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
   with read_errors(f"the checkpoint {step_directory}",
                    "use another step of the run, or convert or export the model again"):
     restored = _restore_on_this_host(os.path.join(step_directory, "state"))
-  variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+  variables = model_variables(restored)
   if may_be_missing:
     variables = _fill_missing(variables, fresh_variables, may_be_missing)
   check_matches(variables, abstract_variables, step_directory, _describe(step_directory, expected_model))
@@ -392,9 +396,6 @@ def check_matches(variables: dict, abstract_variables: dict, source: str, descri
                           "number of classes: pass the --config it was trained or converted with.")
 
 
-FINGERPRINT_COLLECTIONS = ("params", "batch_stats")
-
-
 def fingerprint(variables: Mapping) -> str:
   r"""SHA-256 (lowercase hex) of a model's params and batch_stats, in a canonical form.
 
@@ -422,7 +423,7 @@ def fingerprint(variables: Mapping) -> str:
   b"8:params/w,1:2,7:float32,8:" + b"\x00\x00\x80?\x00\x00\x00@" + b",".
   Values are hashed exactly: a one-ulp change, a renamed leaf, a reshape or a cast changes it.
   """
-  leaves = _flat({collection: variables[collection] for collection in FINGERPRINT_COLLECTIONS
+  leaves = _flat({collection: variables[collection] for collection in MODEL_COLLECTIONS
                   if collection in variables}).items()
 
   digest = hashlib.sha256()

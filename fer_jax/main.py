@@ -14,6 +14,7 @@ import jax
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import distributed
+from fer_jax import stopping
 from fer_jax import train
 from fer_jax.errors import UserError
 
@@ -60,7 +61,7 @@ def main(argv):
   reject_urls(args.config, args.workdir, args.checkpoint)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   if args.mode == "train":
-    with train.exit_status_on_stop():
+    with stopping.exit_status_on_stop():
       train.train_and_evaluate(args.config, args.workdir)
   else:
     if not args.checkpoint:

@@ -36,6 +36,7 @@ from absl import logging
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import figures
+from fer_jax import stopping
 from fer_jax.errors import UserError
 
 SCALARS = ("accuracy", "mean_class_accuracy", "macro_f1")
@@ -110,7 +111,7 @@ def train_seeds(config, workdir: str, seeds: list[int]) -> None:
   if not pending:
     return
   from fer_jax import train  # the training stack loads only when a seed trains
-  with train.exit_status_on_stop():
+  with stopping.exit_status_on_stop():
     for seed in pending:
       run_config = config.copy_and_resolve_references()
       run_config.seed = seed

@@ -1,9 +1,6 @@
 """The training loop: data-parallel jit over a device mesh, Orbax resume, eval and reports."""
 
-import contextlib
 import os
-import signal
-import sys
 import threading
 import time
 
@@ -14,7 +11,6 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
@@ -23,6 +19,7 @@ from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
+from fer_jax import stopping
 from fer_jax import validation
 from fer_jax.data import augment
 from fer_jax.data import pipeline
@@ -179,8 +176,7 @@ def _format_eta(seconds: float) -> str:
 
 
 def load_initial_variables(state: dict, config, model, mesh) -> dict:
-  fresh = ({"params": jax.device_get(state["params"]), "batch_stats": jax.device_get(state["batch_stats"])}
-           if config.init_from_missing else None)
+  fresh = jax.device_get(checkpointing.model_variables(state)) if config.init_from_missing else None
   variables = checkpointing.restore_model(config.init_from, models.abstract_variables(model, config),
                                           fresh, config.init_from_missing)
   logging.info("Initialised params and batch_stats from %s", config.init_from)
@@ -334,86 +330,6 @@ def loss_config_for(config, train_split: pipeline.Split) -> ml_collections.Confi
   return loss_config
 
 
-PREEMPTED_EXIT_STATUS = 75  # EX_TEMPFAIL: the run saved its step; the same command resumes it
-
-
-class Preempted(Exception):
-  """SIGTERM or SIGINT arrived (on any of the processes); the current step was saved."""
-
-
-class NonFiniteError(RuntimeError):
-  """A loss or gradient norm was NaN or Inf; nothing from that step on was evaluated or saved."""
-
-
-class StoppedOutsideSteps(Exception):
-  """SIGTERM or SIGINT arrived outside the training steps (setting up, evaluating, reporting), where
-  nothing is left to save: what the run saved stands, and the same command goes on from it."""
-
-
-def _stop_outside_steps(signum, frame):
-  del frame
-  raise StoppedOutsideSteps(signal.Signals(signum).name)
-
-
-@contextlib.contextmanager
-def exit_status_on_stop(stopped: str = "The saved steps stand; run the same command to go on from the newest."):
-  """Ends a command whose training stopped (fer_jax.main, fer_jax.seeds) with exit status 75 when
-  preempted (the step is saved) or signalled outside the training steps (StopSignals holds SIGTERM
-  and SIGINT during them; `stopped` says what stands then), 1 after logging a non-finite loss's message."""
-  main_thread = threading.current_thread() is threading.main_thread()
-  previous = {s: signal.signal(s, _stop_outside_steps) for s in StopSignals.SIGNALS} if main_thread else {}
-  try:
-    yield
-  except Preempted:
-    sys.exit(PREEMPTED_EXIT_STATUS)
-  except StoppedOutsideSteps as e:
-    logging.warning("%s received: stopped. %s", e, stopped)
-    sys.exit(PREEMPTED_EXIT_STATUS)
-  except NonFiniteError as e:
-    logging.error("%s", e)
-    sys.exit(1)
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
-
-
-class StopSignals:
-  """The first SIGTERM/SIGINT asks the loop to save and stop; a second one exits at once."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.received = None
-    self._previous = {}
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.received:
-      os._exit(128 + signum)
-    self.received = signal.Signals(signum).name
-    logging.warning("%s received: saving the current step, then stopping (send it again to exit at once).",
-                    self.received)
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-    return self
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
-
-
-def agreed_signal(received: str | None) -> str | None:
-  """The signal that stops every process after this step, the same on each: this process's own
-  (`received`), else the lowest-numbered process's ("SIGTERM on process 1"), else None. A collective:
-  every process calls it after the same steps."""
-  numbers = multihost_utils.process_allgather(np.int32(signal.Signals[received] if received else 0)).tolist()
-  if received:
-    return received
-  return next((f"{signal.Signals(n).name} on process {index}" for index, n in enumerate(numbers) if n), None)
-
-
 class FiniteGuard:
   """Stops the run at the first step whose loss or gradient norm is not finite, before any
   evaluation or save can see its parameters."""
@@ -432,7 +348,7 @@ class FiniteGuard:
         checkpointing.wait_until_saved(self.checkpoints)
         last = self.checkpoints.latest_step()
         parts = ", ".join(f"{name} {float(value):.4g}" for name, value in metrics.items() if name != "lr")
-        raise NonFiniteError(
+        raise stopping.NonFiniteError(
             f"Non-finite training values at step {step} (epoch {step / self.steps_per_epoch:.2f}): {parts}. "
             "Nothing from that step on was saved; the last good checkpoint is "
             f"{os.path.join(self.checkpoints.directory, str(last)) if last is not None else 'none (no step saved yet)'}. "
@@ -525,7 +441,7 @@ class TrainingRun:
 
   @property
   def variables(self) -> dict:
-    return {"params": self.state["params"], "batch_stats": self.state["batch_stats"]}
+    return checkpointing.model_variables(self.state)
 
   def remaining_batches(self):
     """(step, batch) from the step after the newest checkpoint; none if early stopping already ended the run."""
@@ -586,7 +502,7 @@ class TrainingRun:
       self.guard.check()
       checkpointing.save(self.checkpoints, self.step, self.state, self.config)
 
-  def stop_signal(self, signals: StopSignals) -> str | None:
+  def stop_signal(self, signals: stopping.StopSignals) -> str | None:
     """The signal to save this step and stop for, or None. One process stops after the step its
     signal arrived in. Several must stop at the same step: the launchers signal the hosts one by
     one, and a process saving alone would wait in the save's barrier for the others while they wait
@@ -596,7 +512,7 @@ class TrainingRun:
     if jax.process_count() == 1:
       return signals.received
     if self.progress.due(self.step) or self.checkpoint_due():
-      return agreed_signal(signals.received)
+      return stopping.agreed_signal(signals.received)
     return None
 
   def stop_for(self, signal_name: str) -> None:
@@ -605,14 +521,14 @@ class TrainingRun:
     self.selection.wait_until_finished()
     logging.warning("Saved step %d (epoch %.2f) in %s after %s; start the same command again to resume.",
                     self.step, self.step / self.steps_per_epoch, self.checkpoints.directory, signal_name)
-    raise Preempted(self.step)
+    raise stopping.Preempted(self.step)
 
   def run(self) -> dict:
     """Trains to the last step (or early stop) and returns the final report. The TensorBoard
     writer is closed however the run ends: left to its exit hook, Python ≥ 3.12 prints a traceback
     (its thread cannot start at interpreter shutdown)."""
     try:
-      with StopSignals() as signals:
+      with stopping.StopSignals() as signals:
         for step, batch in self.remaining_batches():
           self.train(step, batch)
           stop = self.evaluate_and_select()

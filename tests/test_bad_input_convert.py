@@ -22,7 +22,7 @@ import torch
 import torchvision
 
 from fer_jax import checkpointing
-from fer_jax import train
+from fer_jax import stopping
 from helpers import ROOT, assert_user_error, cpu_devices_env, run_command
 from reference.dan import ReferenceDAN
 from reference.lhcnet import keras_weights, tf_checkpoint_names, with_optimizer_state
@@ -242,7 +242,7 @@ def test_interrupted_save_removes_its_output_and_the_same_command_converts_again
   args = ["--config=configs/dan.py:rafdb", f"--checkpoint={dan_checkpoint}", f"--workdir={tmp_path / 'out'}"]
   result = subprocess.run([sys.executable, "-c", INTERRUPTED_SAVE, *args], cwd=ROOT, env=cpu_devices_env(1),
                           capture_output=True, text=True, timeout=600)
-  assert result.returncode == train.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
+  assert result.returncode == stopping.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
   assert f"SIGINT received: stopped. Nothing is left in {tmp_path / 'out'}; the same command converts again." \
       in result.stderr
@@ -257,6 +257,17 @@ def test_workdir_left_by_an_interrupted_conversion_is_cleaned(tmp_path, dan_chec
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Removed the partial output of an interrupted conversion" in result.stderr
   assert sorted(os.listdir(tmp_path / "out")) == ["0"]
+
+
+def test_importing_the_convert_command_loads_no_training_loop():
+  """Its exit statuses on a stop come from fer_jax.stopping; the training loop is not part of a conversion."""
+  code = ("import sys, fer_jax.convert.__main__; "
+          "print(' '.join(name for name in sys.modules if name.startswith('fer_jax')))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=True)
+  loaded = set(result.stdout.split())
+  assert "fer_jax.stopping" in loaded
+  assert "fer_jax.train" not in loaded
 
 
 def test_help_shows_the_examples_as_written():

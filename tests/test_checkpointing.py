@@ -157,6 +157,14 @@ def test_restore_model_reads_only_params_and_batch_stats(tmp_path, monkeypatch):
   assert read and sorted(read) == sorted(ocp.tree.to_flat_dict(abstract, sep=".")), read
 
 
+def test_model_variables_of_a_training_state_and_of_a_model_without_batch_norm():
+  params, batch_stats = {"head": {"kernel": np.ones((2, 3))}}, {"bn": {"mean": np.zeros(2)}}
+  state = {"step": 7, "params": params, "batch_stats": batch_stats, "opt_state": ({"mu": params},)}
+  assert checkpointing.model_variables(state) == {"params": params, "batch_stats": batch_stats}
+  assert checkpointing.model_variables({"params": params}) == {"params": params, "batch_stats": {}}
+  assert checkpointing.fingerprint(state) == checkpointing.fingerprint(checkpointing.model_variables(state))
+
+
 @pytest.mark.integration
 def test_a_run_resumes_with_clipping_turned_on_and_refuses_another_optimizer(tmp_path, caplog):
   """The non-finite-loss advice end to end: set grad_clip_norm, start again, it resumes."""

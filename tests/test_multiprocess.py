@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from fer_jax import checkpointing
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
+from fer_jax import stopping
 from fer_jax import train
 from helpers import ROOT, cpu_devices_env, free_port, get_config, killed_at_end, tiny_run
 
@@ -223,7 +224,7 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path, tiny_data
       processes[1].send_signal(signal.SIGTERM)
       codes = [process.wait(timeout=240) for process in processes]
   texts = [log.read_text() for log in logs]
-  assert codes == [train.PREEMPTED_EXIT_STATUS] * 2, "\n".join(map(_failure, texts))
+  assert codes == [stopping.PREEMPTED_EXIT_STATUS] * 2, "\n".join(map(_failure, texts))
   saved = [re.search(r"Saved step (\d+) \(epoch [\d.]+\) in \S+ after ([\w ]+); start the same", text)
            for text in texts]
   assert all(saved), "\n".join(map(_failure, texts))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fer_jax import seeds
+from fer_jax import stopping
 from fer_jax import train
 from fer_jax.errors import UserError
 from helpers import ROOT, assert_user_error, cpu_devices_env, run_command
@@ -96,30 +97,30 @@ def test_summarize_only_from_the_command_line(tmp_path):
   assert "| occluded | 50.00 ± 10.00 |" in result.stdout
 
 
-@pytest.mark.parametrize("stop, status", [(train.Preempted, train.PREEMPTED_EXIT_STATUS),
-                                          (train.NonFiniteError, 1)])
+@pytest.mark.parametrize("stop, status", [(stopping.Preempted, stopping.PREEMPTED_EXIT_STATUS),
+                                          (stopping.NonFiniteError, 1)])
 def test_a_stopped_seed_ends_the_command_with_mains_exit_status(tmp_path, monkeypatch, caplog, stop, status):
   started = []
 
   def train_and_evaluate(config, workdir):
     started.append((config.seed, workdir))
     if config.seed == 3:
-      raise stop("Non-finite training values at step 2" if stop is train.NonFiniteError else "")
+      raise stop("Non-finite training values at step 2" if stop is stopping.NonFiniteError else "")
 
   monkeypatch.setattr(train, "train_and_evaluate", train_and_evaluate)
   with pytest.raises(SystemExit) as exited:
     seeds.train_seeds(ml_collections.ConfigDict({"seed": 0}), str(tmp_path), [0, 3, 5])
   assert exited.value.code == status
   assert started == [(0, str(tmp_path / "seed_0")), (3, str(tmp_path / "seed_3"))]  # seed 5 never started
-  assert ("Non-finite training values at step 2" in caplog.text) == (stop is train.NonFiniteError)
+  assert ("Non-finite training values at step 2" in caplog.text) == (stop is stopping.NonFiniteError)
 
 
 # `python -m fer_jax.seeds` with the training replaced by a stop (a SIGTERM saves the step, then raises Preempted).
 STOPPED_SEEDS = """
 import sys
-from fer_jax import cli, seeds, train
+from fer_jax import cli, seeds, stopping, train
 def train_and_evaluate(config, workdir):
-  raise train.Preempted()
+  raise stopping.Preempted()
 train.train_and_evaluate = train_and_evaluate
 seeds.define_flags()
 sys.argv = ["fer_jax.seeds", *sys.argv[1:]]
@@ -132,7 +133,7 @@ def test_preempted_seeds_command_exits_75_without_a_traceback(tmp_path):
   result = subprocess.run([sys.executable, "-c", STOPPED_SEEDS, "--config=configs/dan.py:synthetic",
                            f"--workdir={tmp_path}", "--seeds=0,1"], cwd=ROOT, env=cpu_devices_env(1),
                           capture_output=True, text=True, timeout=600)
-  assert result.returncode == train.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
+  assert result.returncode == stopping.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 

@@ -21,6 +21,7 @@ from fer_jax import checkpointing
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
+from fer_jax import stopping
 from fer_jax import train
 from fer_jax.errors import UserError
 from helpers import assert_user_error, cpu_devices_env, get_config, tiny_run
@@ -350,7 +351,7 @@ def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp
     log.append(line)
     if "step 3/35" in line:
       process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=300) == train.PREEMPTED_EXIT_STATUS, "".join(log[-30:])
+  assert process.wait(timeout=300) == stopping.PREEMPTED_EXIT_STATUS, "".join(log[-30:])
   saved = [line for line in log if "after SIGTERM; start the same command again" in line]
   assert saved, "".join(log[-30:])
   step = int(saved[0].split("Saved step ")[1].split(" ")[0])
@@ -366,7 +367,7 @@ def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path):
   config = _tiny_dan()
   config.optimizer.update(name="sgd", lr=1e30, grad_clip_norm=0.0)
   config.update(checkpoint_every_steps=1, log_every_steps=100)
-  with pytest.raises(train.NonFiniteError, match=r"Non-finite training values at step 2 \(epoch 0.25\): .* loss nan.*"
+  with pytest.raises(stopping.NonFiniteError, match=r"Non-finite training values at step 2 \(epoch 0.25\): .* loss nan.*"
                      r"the last good checkpoint is .*checkpoints/1\. Lower --config.optimizer.lr"):
     train.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
@@ -452,11 +453,11 @@ def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluati
 def test_a_signal_outside_the_training_steps_stops_with_exit_75_and_no_traceback(name):
   """Setting up, evaluating or reporting, where StopSignals does not hold the signals: a SIGINT gave
   a KeyboardInterrupt traceback (exit 130) and a SIGTERM killed the process (143)."""
-  code = ("import os, signal, time\nfrom fer_jax import train\nwith train.exit_status_on_stop():\n"
+  code = ("import os, signal, time\nfrom fer_jax import stopping\nwith stopping.exit_status_on_stop():\n"
           f"  os.kill(os.getpid(), signal.{name})\n  time.sleep(60)\n")
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
                           capture_output=True, text=True, timeout=120)
-  assert result.returncode == train.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
+  assert result.returncode == stopping.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
   assert f"{name} received: stopped. The saved steps stand; run the same command to go on" in result.stderr
   assert "Traceback" not in result.stderr
 
@@ -471,7 +472,7 @@ def test_processes_exchange_their_stop_signals_only_after_logged_or_saved_steps(
   run = train.TrainingRun.__new__(train.TrainingRun)  # only what stop_signal reads
   run.config, run.steps_per_epoch, run.num_steps = config, 5, 10
   run.progress = train.ProgressLog(config, num_steps=10, steps_per_epoch=5, writer=None, guard=None)
-  signals, exchanged, other = train.StopSignals(), [], [0]
+  signals, exchanged, other = stopping.StopSignals(), [], [0]
 
   def allgather(number):
     exchanged.append(run.step)
@@ -481,7 +482,7 @@ def test_processes_exchange_their_stop_signals_only_after_logged_or_saved_steps(
     run.step, signals.received = step, received
     return run.stop_signal(signals)
 
-  monkeypatch.setattr(train.multihost_utils, "process_allgather", allgather)
+  monkeypatch.setattr(stopping.multihost_utils, "process_allgather", allgather)
   assert [stop_signal(step) for step in range(1, 11)] == [None] * 10
   assert stop_signal(3, "SIGTERM") == "SIGTERM" and not exchanged
   monkeypatch.setattr(train.jax, "process_count", lambda: 2)

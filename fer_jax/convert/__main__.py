@@ -21,7 +21,7 @@ from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import convert
-from fer_jax import train
+from fer_jax import stopping
 from fer_jax import validation
 from fer_jax.data import labels
 from fer_jax.errors import UserError
@@ -64,7 +64,7 @@ def save(workdir: str, variables: dict, config, initialisation_only: bool) -> st
   created = not os.path.exists(workdir)
   try:
     return checkpointing.save_model(workdir, variables, config, initialisation_only=initialisation_only)
-  except train.StoppedOutsideSteps:
+  except stopping.StoppedOutsideSteps:
     if created:
       shutil.rmtree(workdir, ignore_errors=True)
     else:
@@ -90,7 +90,7 @@ def main(argv):
   # A copy: the converted model records config.model.dtype as given ("auto" stays "auto").
   validation.validate(config.copy_and_resolve_references(), training=False)
   check_workdir(workdir)
-  with train.exit_status_on_stop(stopped=f"Nothing is left in {workdir}; the same command converts again."):
+  with stopping.exit_status_on_stop(stopped=f"Nothing is left in {workdir}; the same command converts again."):
     variables, report = convert.convert(config, args.checkpoint, args.source or ())
     for line in report.lines():
       logging.info("%s", line)

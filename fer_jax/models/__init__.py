@@ -113,7 +113,7 @@ def init_variables(model, config, rng) -> dict:
   """{params, batch_stats} as `model.init` draws them from `rng` (batch_stats {} if it has none),
   float32, or float64 in the float64 reference mode (docs/fidelity.md)."""
   variables = model.init({"params": rng, "dropout": rng}, dummy_images(config), train=False)
-  variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  variables = checkpointing.model_variables(variables)
   dtype = layers.at_least_float32(compute_dtype(config.model.dtype))
   return jax.tree.map(lambda leaf: leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf,
                       variables)
