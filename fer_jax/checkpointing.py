@@ -16,6 +16,7 @@ import os
 import re
 import sys
 
+from absl import logging
 from etils import epath
 from flax import traverse_util
 import jax
@@ -29,6 +30,17 @@ from fer_jax.errors import UserError
 
 class CheckpointError(UserError, ValueError):
   """A checkpoint that is missing or does not fit the configured model."""
+
+
+def _reported_best(workdir: str) -> str | None:
+  """best/STEP of a workdir whose eval_results.json reports that step's weights."""
+  try:
+    with open(os.path.join(workdir, "eval_results.json")) as f:
+      step = json.load(f).get("step")
+  except (OSError, ValueError):
+    return None
+  folder = os.path.join(workdir, "best", str(step))
+  return folder if step is not None and os.path.isdir(os.path.join(folder, "state")) else None
 
 
 MODEL_COLLECTIONS = ("params", "batch_stats")  # a model's variables: what eval, predict, init_from, fingerprints read
@@ -81,14 +93,17 @@ def newest_step(checkpoints: ocp.CheckpointManager) -> int | None:
   return step
 
 
-def metadata(config, initialisation_only: bool = False) -> dict:
+def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | None = None) -> dict:
   """The meta record: enough to rebuild the model and its inputs without the config (`fer_jax.load`),
   the data set's name and stored size included (they pick the crop style and grey decoding), and the
   test-time augmentation inference uses by default. `initialisation_only` (recorded only when true)
-  marks weights that only start a training (an untrained head): inference refuses them."""
+  marks weights that only start a training (an untrained head): inference refuses them.
+  `steps_per_epoch` (a training run's) is what a resumed run's epochs must have too."""
   record = {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
             "input": config.input.to_dict(), "dataset": dataset_record(config), "batch_size": config.batch_size,
             "tta": config.eval.tta}
+  if steps_per_epoch is not None:
+    record["steps_per_epoch"] = steps_per_epoch
   return {**record, INITIALISATION_ONLY: True} if initialisation_only else record
 
 
@@ -99,11 +114,12 @@ def dataset_record(config) -> dict:
   return {"name": config.dataset.name, "image_size": config.dataset.image_size}
 
 
-def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config, initialisation_only: bool = False) -> None:
+def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config, initialisation_only: bool = False,
+         steps_per_epoch: int | None = None) -> None:
   """Starts an asynchronous save of `step` (after the previous save has finished)."""
   with save_errors(checkpoints):
-    checkpoints.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata(config, initialisation_only))))
+    checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
+        metadata(config, initialisation_only, steps_per_epoch))))
 
 
 def wait_until_saved(checkpoints: ocp.CheckpointManager) -> None:
@@ -136,24 +152,40 @@ def _root_cause(error: BaseException) -> str:
   return message if len(message) <= 240 else message[:240] + " …"
 
 
-def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict,
-                  batch_size: int | None = None) -> dict:
+def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict, config=None,
+                  steps_per_epoch: int | None = None) -> dict:
   """The saved training state, after checking that it has the structure and shapes `abstract_state` (what this
-  run's config builds) has, and (given) was trained at `batch_size` (the step counter counts its epochs): a
-  changed config is told apart from damaged files, which alone call for deleting."""
+  run's config builds) has and (with `config`, `steps_per_epoch`) that `config` continues the run: a changed
+  config is told apart from damaged files, which alone call for deleting."""
   step_directory = os.path.join(checkpoints.directory, str(step))
-  saved_batch = _meta(step_directory).get("batch_size", batch_size)  # not recorded before 2026-12-04
-  if batch_size is not None and saved_batch != batch_size:
-    raise CheckpointError(f"The run in {os.path.dirname(checkpoints.directory)} trained at a global batch of "
-                          f"{saved_batch}, this config's is {batch_size}: its steps would stand for other epochs and "
-                          f"schedule. Resume with --config.batch_size={saved_batch}, or start a new --workdir with "
-                          f"--config.init_from={step_directory}.")
+  if config is not None:
+    _check_continues(step_directory, config, steps_per_epoch)
   with read_errors(f"the checkpoint {step_directory}", f"delete {step_directory} to resume from the step before it"):
     saved = _saved_tree(os.path.join(step_directory, "state"))
     target, rewrap = _unclipped_target(saved, abstract_state)
     _check_same_state(saved, target, step_directory)
     restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   return rewrap(restored["state"])
+
+
+def _check_continues(step_directory: str, config, steps_per_epoch: int | None) -> None:
+  """The run saved in `step_directory` must be of the config's model, classes and inputs, and its step counter
+  must count the config's epochs (its global batch and steps per epoch)."""
+  meta, run = _meta(step_directory), os.path.dirname(os.path.dirname(step_directory))
+  if "model" in meta:
+    check_identity(meta, f"The run in {run}", config.model, labels.class_names(config.dataset.class_order),
+                   config.input)
+  new_run = f"or start a new --workdir with --config.init_from={step_directory}."
+  saved_batch = meta.get("batch_size", config.batch_size)  # not recorded before 2026-12-04
+  if saved_batch != config.batch_size:
+    raise CheckpointError(f"The run in {run} trained at a global batch of {saved_batch}, this config's is "
+                          f"{config.batch_size}: its steps would stand for other epochs and schedule. Resume with "
+                          f"--config.batch_size={saved_batch}, {new_run}")
+  saved_steps = meta.get("steps_per_epoch", steps_per_epoch)  # not recorded before 2026-12-05
+  if steps_per_epoch is not None and saved_steps != steps_per_epoch:
+    raise CheckpointError(f"The run in {run} trained {saved_steps} steps an epoch, this config's training split gives "
+                          f"{steps_per_epoch}: its steps would stand for other epochs and schedule. Resume with the "
+                          f"dataset.train_split, max_per_class and sampler it was trained with, {new_run}")
 
 
 def _saved_tree(state_directory: str) -> dict:
@@ -238,10 +270,14 @@ def save_model(directory: str, variables: dict, config, initialisation_only: boo
 
 
 def _step_directory(path: str) -> str:
-  """Accepts a workdir, its checkpoints/ folder or one step folder; returns the newest step folder."""
+  """Accepts a workdir, its checkpoints/ folder or one step folder; returns a step folder: of a workdir, the
+  weights its report evaluated (the best epoch's, best/STEP, with restore_best), else the newest step."""
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isdir(os.path.join(path, "state")):
     return path
+  reported = _reported_best(path)
+  if reported:
+    return reported
   for folder in (os.path.join(path, "checkpoints"), path):
     if os.path.isdir(folder):
       steps = [int(name) for name in os.listdir(folder) if name.isdigit()
@@ -265,6 +301,7 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
   (unless `initialisation_ok`: reading the weights, not running them).
   """
   step_directory = _step_directory(path)
+  logging.info("Reading the model in %s", step_directory)
   if expected_model is not None:
     _check_identity(step_directory, expected_model, tuple(class_names), expected_input, initialisation_ok)
   with read_errors(f"the checkpoint {step_directory}",

@@ -93,13 +93,14 @@ def _read_report(path: str) -> dict:
 
 
 def finished(run_dir: str) -> bool:
-  """Whether the run in `run_dir` ended and wrote its report: its eval_results.json is of its newest
-  checkpoint's step (a report of an earlier step is from before the run resumed)."""
+  """Whether the run in `run_dir` ended and wrote its report: its eval_results.json reports training up to its
+  newest checkpoint's step (a report of fewer steps is from before the run resumed)."""
   report, checkpoints = os.path.join(run_dir, REPORT), os.path.join(run_dir, "checkpoints")
   if not os.path.exists(report) or not os.path.isdir(checkpoints):
     return False
   steps = [int(name) for name in os.listdir(checkpoints) if name.isdigit()]
-  return bool(steps) and _read_report(report).get("step") == max(steps)
+  record = _read_report(report)
+  return bool(steps) and record.get("trained_steps", record.get("step")) == max(steps)  # "step" alone before 2026-12-05
 
 
 def train_seeds(config, workdir: str, seeds: list[int]) -> None:

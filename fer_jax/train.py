@@ -249,12 +249,12 @@ EXAMPLES_PER_EVALUATOR = 8
 
 
 def final_report(evaluator: Evaluator, variables, workdir: str, step: int | None,
-                 reusable: dict | None = None) -> dict:
+                 reusable: dict | None = None, trained_steps: int | None = None) -> dict:
   """Runs every reported evaluator (single pass and, where it has one, with its TTA), writes the
-  report files and returns the "test" evaluator's results with all of them under "evaluators" and
-  the run's config, flat, under "config".
-  `step`: the training step evaluated (None for `--mode=eval`'s checkpoint).
-  `reusable`: {data_key: results} already computed with these variables."""
+  report files and returns the "test" evaluator's results with all of them under "evaluators", the
+  run's config, flat, under "config" and the steps it trained under "trained_steps".
+  `step`: the training step whose weights are evaluated (the best epoch's with restore_best; None for
+  `--mode=eval`'s checkpoint). `reusable`: {data_key: results} already computed with these variables."""
   reusable, evaluators = dict(reusable or {}), {}
   for name in evaluator.reported:
     spec = evaluator.specs[name]
@@ -268,7 +268,8 @@ def final_report(evaluator: Evaluator, variables, workdir: str, step: int | None
     logging.info("%s (%s %s): accuracy %.4f, mean-class accuracy %.4f over %d examples%s", name, results["dataset"],
                  spec.split, results["accuracy"], results["mean_class_accuracy"], results["num_examples"],
                  f"; with {spec.tta} TTA: accuracy {results['tta']['accuracy']:.4f}" if "tta" in results else "")
-  report = {**evaluators[evaluate.REPORTED], "evaluators": evaluators, "config": config_lib.flat(evaluator.config)}
+  report = {**evaluators[evaluate.REPORTED], "evaluators": evaluators, "config": config_lib.flat(evaluator.config),
+            "trained_steps": trained_steps}
   examples = {name: evaluator.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in evaluators}
   evaluate.write_report(report, workdir, examples)
   return report
@@ -282,7 +283,7 @@ class Selection:
   earlier epoch stays best unless `config.select_ties == "latest"`."""
 
   def __init__(self, config, workdir: str):
-    self.metric = config.select_metric
+    self.metric, self.evaluator = config.select_metric, config.select_on
     self.patience = config.early_stopping_patience
     self.decimals, self.later_ties_win = config.select_decimals, config.select_ties == "latest"
     self.best_value, self.best_epoch = -1.0, 0
@@ -293,7 +294,16 @@ class Selection:
       if best_step is not None:
         record = self.checkpoints.restore(best_step,
                                           args=ocp.args.Composite(selection=ocp.args.JsonRestore()))["selection"]
+        self._check_same_selection(record)
         self.best_value, self.best_epoch = record["value"], record["epoch"]
+
+  def _check_same_selection(self, record: dict) -> None:
+    """The best epoch kept was chosen by one evaluator's metric; another's values do not compare with it."""
+    saved = (record["metric"], record.get("evaluator", self.evaluator))  # the evaluator recorded since 2026-12-05
+    if saved != (self.metric, self.evaluator):
+      raise UserError(f"{self.checkpoints.directory} keeps the best epoch by {saved[0]} on {saved[1]}; this config "
+                      f"selects by {self.metric} on {self.evaluator}, whose values do not compare with it. Resume with "
+                      f"--config.select_metric={saved[0]} --config.select_on={saved[1]}, or start a new --workdir.")
 
   def update(self, epoch: int, step: int, results: dict, variables: dict, config) -> bool:
     """Records an evaluation; returns True when training should stop early."""
@@ -305,7 +315,8 @@ class Selection:
       with checkpointing.save_errors(self.checkpoints):
         self.checkpoints.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(checkpointing.metadata(config)),
-            selection=ocp.args.JsonSave({"value": self.best_value, "epoch": epoch, "metric": self.metric})))
+            selection=ocp.args.JsonSave({"value": self.best_value, "epoch": epoch, "metric": self.metric,
+                                         "evaluator": self.evaluator})))
       logging.info("New best %s %.4f at epoch %d", self.metric, self.best_value, epoch)
     return bool(self.patience) and epoch - self.best_epoch >= self.patience
 
@@ -410,6 +421,9 @@ class TrainingRun:
     self.data = pipeline.TrainData(config, self.mesh)
     self.evaluator = Evaluator(self.model, config, self.mesh)
     self.evaluator.open_all()
+    if config.select_metric and config.select_on not in self.evaluator.specs:
+      raise UserError(f"config.select_on={config.select_on!r} names an evaluator skipped for its missing split (above): "
+                      "select on another (e.g. --config.select_on=eval), or prepare the set with that split.")
     self.steps_per_epoch, self.num_steps = self.data.steps_per_epoch, self.data.num_steps
     self.abstract = models.abstract_variables(self.model, config)
     tx = optim.make_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs, self.abstract["params"])
@@ -430,8 +444,8 @@ class TrainingRun:
   def _restore_or_initialise(self, tx) -> dict:
     if self.start_step:
       state = checkpointing.restore_state(self.checkpoints, self.start_step,
-                                          abstract_state(self.model, tx, self.config, self.mesh),
-                                          batch_size=self.config.batch_size)
+                                          abstract_state(self.model, tx, self.config, self.mesh), self.config,
+                                          self.steps_per_epoch)
       logging.info("Resumed from step %d in %s", self.start_step, self.workdir)
       return state
     state = create_state(self.model, tx, self.config, self.mesh)
@@ -500,7 +514,7 @@ class TrainingRun:
     """Saves the step when due or forced."""
     if force or self.checkpoint_due():
       self.guard.check()
-      checkpointing.save(self.checkpoints, self.step, self.state, self.config)
+      checkpointing.save(self.checkpoints, self.step, self.state, self.config, steps_per_epoch=self.steps_per_epoch)
 
   def stop_signal(self, signals: stopping.StopSignals) -> str | None:
     """The signal to save this step and stop for, or None. One process stops after the step its
@@ -553,13 +567,14 @@ class TrainingRun:
     """The final report of every evaluator, with the best epoch's weights if configured."""
     checkpointing.wait_until_saved(self.checkpoints)
     self.selection.wait_until_finished()
-    variables, reusable = self.variables, self.last_evals
+    variables, reusable, step = self.variables, self.last_evals, self.step
     if self.config.restore_best and self.selection.metric and self.selection.checkpoints.latest_step() is not None:
       variables = jax.device_put(self.selection.best_variables(self.abstract), NamedSharding(self.mesh, P()))
-      logging.info("Reporting the best epoch (%d, %s %.4f)", self.selection.best_epoch, self.selection.metric,
-                   self.selection.best_value)
+      step = self.selection.checkpoints.latest_step()
+      logging.info("Reporting the best epoch (%d, step %d, %s %.4f)", self.selection.best_epoch, step,
+                   self.selection.metric, self.selection.best_value)
       reusable = {}
-    report = final_report(self.evaluator, variables, self.workdir, self.step, reusable)
+    report = final_report(self.evaluator, variables, self.workdir, step, reusable, trained_steps=self.step)
     for name, results in report["evaluators"].items():
       self.writer.scalars(self.step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
     return report

@@ -3,6 +3,7 @@ predict and init_from; tiny hand-made trees, and one real run on synthetic/tiny.
 
 import gc
 import glob
+import json
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ from fer_jax import optim
 from fer_jax import summary
 from fer_jax import train
 from fer_jax import validation
+from fer_jax.errors import UserError
 from helpers import get_config, random_variables, tiny_run
 
 PARAMS = {"trunk": {"kernel": jnp.arange(6.0).reshape(3, 2)},
@@ -100,9 +102,36 @@ def test_resume_at_another_batch_size_is_refused_with_the_batch_to_pass(tmp_path
   with pytest.raises(checkpointing.CheckpointError,
                      match=rf"trained at a global batch of {config.batch_size}, this config's is "
                            rf"{2 * config.batch_size}: .* --config.batch_size={config.batch_size}, or start a new"):
-    checkpointing.restore_state(checkpoints, 2, _abstract_state(config), batch_size=2 * config.batch_size)
-  _assert_trees_equal(checkpointing.restore_state(checkpoints, 2, _abstract_state(config), batch_size=config.batch_size),
+    checkpointing.restore_state(checkpoints, 2, _abstract_state(config), _with(config, batch_size=2 * config.batch_size))
+  _assert_trees_equal(checkpointing.restore_state(checkpoints, 2, _abstract_state(config), config),
                       _trained_state(config))
+
+
+def _with(config, **values):
+  changed = config.copy_and_resolve_references()
+  changed.update(values)
+  return changed
+
+
+def test_resume_with_another_epoch_length_or_class_order_is_refused(tmp_path):
+  """Resumed on a training split of another length (max_per_class, train_split, sampler) the step counter
+  counted epochs it had not trained; under another class order the head's rows stood for other classes:
+  both resumed silently."""
+  config, abstract = _config(), _abstract_state(_config())
+  checkpoints = checkpointing.manager(str(tmp_path / "checkpoints"))
+  checkpointing.save(checkpoints, 2, _trained_state(config), config, steps_per_epoch=3)
+  checkpointing.wait_until_saved(checkpoints)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"trained 3 steps an epoch, this config's training split gives 2: .* Resume with the "
+                           r"dataset.train_split, max_per_class and sampler it was trained with, or start a new"):
+    checkpointing.restore_state(checkpoints, 2, abstract, config, steps_per_epoch=2)
+  other_classes = _with(config)
+  other_classes.dataset.class_order = "rafdb"
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"predicts the classes \(anger, disgust, .*\) but the config's class order gives "
+                           r"\(surprise, fear, .*--config.dataset.class_order"):
+    checkpointing.restore_state(checkpoints, 2, abstract, other_classes, 3)
+  _assert_trees_equal(checkpointing.restore_state(checkpoints, 2, abstract, config, 3), _trained_state(config))
 
 
 def test_resume_with_another_model_names_the_shape_difference(tmp_path):
@@ -238,3 +267,35 @@ def test_restoring_a_model_warns_of_no_missing_metadata_file(tmp_path, caplog):
     checkpointing.restore_model(str(tmp_path), abstract)
     checkpointing.restore_state(checkpointing.manager(str(tmp_path / "checkpoints")), 2, _abstract_state(config))
   assert caplog.records == [], caplog.text
+
+
+def test_a_workdir_gives_the_weights_its_report_evaluated(tmp_path):
+  """With restore_best the report evaluates best/STEP; --mode=eval, predict and fer_jax.load of the workdir read
+  those weights (they read the newest checkpoint before, another model than the report's)."""
+  config, variables = _config(), {"params": PARAMS, "batch_stats": BATCH_STATS}
+  for folder, step in (("checkpoints", 8), ("best", 3)):
+    checkpoints = checkpointing.manager(str(tmp_path / folder))
+    checkpointing.save(checkpoints, step, variables, config)
+    checkpointing.wait_until_saved(checkpoints)
+  assert checkpointing._step_directory(str(tmp_path)) == str(tmp_path / "checkpoints" / "8")  # no report yet
+  for reported, read in ((3, tmp_path / "best" / "3"), (8, tmp_path / "checkpoints" / "8")):
+    (tmp_path / "eval_results.json").write_text(json.dumps({"step": reported}))
+    assert checkpointing._step_directory(str(tmp_path)) == str(read)
+  assert checkpointing._step_directory(str(tmp_path / "checkpoints")) == str(tmp_path / "checkpoints" / "8")
+
+
+def test_a_resumed_selection_by_another_metric_or_evaluator_is_refused(tmp_path):
+  """The best epoch kept was chosen by one metric: resumed by another, its value was compared (and logged) as if
+  it were the new metric's."""
+  config = _config()
+  config.update(select_metric="accuracy", select_on="eval")
+  selection = train.Selection(config, str(tmp_path))
+  selection.update(1, 8, {"accuracy": 0.5}, {"params": PARAMS, "batch_stats": BATCH_STATS}, config)
+  selection.wait_until_finished()
+  assert train.Selection(config, str(tmp_path)).best_value == 0.5  # the same selection resumes
+  for key, value in (("select_metric", "mean_class_accuracy"), ("select_on", "occluded")):
+    changed = _with(config, **{key: value})
+    with pytest.raises(UserError, match=rf"best keeps the best epoch by accuracy on eval; this config selects by "
+                                        rf"{changed.select_metric} on {changed.select_on}, .* Resume with "
+                                        r"--config.select_metric=accuracy --config.select_on=eval, or start a new"):
+      train.Selection(changed, str(tmp_path))

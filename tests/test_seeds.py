@@ -198,22 +198,25 @@ def test_one_value_has_no_std_and_fewer_values_than_seeds_are_counted(tmp_path):
   assert "| occluded | 40.00 ± 20.00 | 40.00 ± 14.14 (n=2) |" in table
 
 
-def _finished_or_not(workdir, seed, checkpoint_steps, reported_step=None):
+def _finished_or_not(workdir, seed, checkpoint_steps, reported_step=None, trained_steps=None):
   run = workdir / f"seed_{seed}"
   for step in checkpoint_steps:
     (run / "checkpoints" / str(step)).mkdir(parents=True)
   if reported_step is not None:
-    (run / "eval_results.json").write_text(json.dumps({"step": reported_step, "evaluators": REPORTS[0]}))
+    trained = {} if trained_steps is None else {"trained_steps": trained_steps}
+    (run / "eval_results.json").write_text(json.dumps({"step": reported_step, **trained, "evaluators": REPORTS[0]}))
 
 
 def test_a_finished_seed_is_only_read_and_the_others_train(tmp_path, monkeypatch):
   _finished_or_not(tmp_path, 0, [2, 4, "6.orbax-checkpoint-tmp-17"], reported_step=4)  # finished (a save left behind)
   _finished_or_not(tmp_path, 1, [2, 6], reported_step=2)  # resumed after an earlier report, then stopped
   _finished_or_not(tmp_path, 2, [4])  # stopped before its report
+  _finished_or_not(tmp_path, 5, [4, 6], reported_step=2, trained_steps=6)  # reports its best epoch (restore_best)
+  _finished_or_not(tmp_path, 6, [4, 6], reported_step=2, trained_steps=4)  # resumed after that report, then stopped
   started = []
   monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: started.append(config.seed))
-  seeds.train_seeds(ml_collections.ConfigDict({"seed": 0}), str(tmp_path), [0, 1, 2, 3])
-  assert started == [1, 2, 3]
+  seeds.train_seeds(ml_collections.ConfigDict({"seed": 0}), str(tmp_path), [0, 1, 2, 3, 5, 6])
+  assert started == [1, 2, 3, 6]
   started.clear()
   seeds.train_seeds(ml_collections.ConfigDict({"seed": 0}), str(tmp_path), [0])
   assert started == []

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from fer_jax import checkpointing
+from fer_jax import config_lib
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
@@ -90,9 +91,12 @@ def test_the_loop_compiles_each_step_once_donates_the_state_and_fetches_only_to_
 
   run.train = train_guarded
   with caplog.at_level(logging.WARNING):
-    run.run()
+    report = run.run()
   assert run.compilations() == {"train step (train mode)": 1, "train step (inference mode)": 0,
                                 "eval step (eval)": 1}
+  # The step of the weights reported, the best epoch's (it reported the last step before), and the steps trained.
+  assert report["step"] == run.selection.checkpoints.latest_step() == 8 * run.selection.best_epoch
+  assert report["trained_steps"] == 16
   assert not [r.getMessage() for r in caplog.records if "compiled again" in r.getMessage()]
   # 8 steps per epoch: the metrics reach the host at the log steps only.
   assert [step for step, count in fetches.items() if count] == [4, 8, 12, 16] and len(fetches) == 16
@@ -503,3 +507,14 @@ def test_importing_training_loads_no_inference_stack():
   assert "fer_jax.figures" in loaded
   assert not loaded & {"fer_jax.predict", "fer_jax.api", "fer_jax.inference", "fer_jax.export", "fer_jax.onnx_export",
                        "fer_jax.visualize", "fer_jax.face"}
+
+
+@pytest.mark.integration
+def test_selecting_on_an_evaluator_skipped_for_its_missing_split_is_refused(tmp_path):
+  """The evaluator was dropped with a warning and selection, early stopping and restore_best silently did nothing."""
+  config = _tiny_dan()
+  config.evals = {"occluded": config_lib.evaluator(split="test_occlusion", skip_if_missing=True, every_epochs=1)}
+  config.update(select_on="occluded", select_metric="accuracy", early_stopping_patience=1)
+  with pytest.raises(UserError, match=r"^config.select_on='occluded' names an evaluator skipped for its missing split"):
+    train.TrainingRun(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
