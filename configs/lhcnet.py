@@ -1,7 +1,8 @@
 """LHC-Net (Pecoraro et al. 2021, arXiv 2111.07224): ResNet34v2 + local multi-head channel attention.
 
-The argument is "<data>[,stage=<stage>]"; the official "modular" recipe runs five stages, each
-one run that starts from the best checkpoint of the one before (`config.init_from`), keeps
+The argument is "<data>[,stage=<stage>]" (the stage is chosen there only: the config has no stage
+key); the official "modular" recipe runs five stages, each one run that starts from the best
+checkpoint of the one before (`config.init_from`), keeps
 the epoch with the best PublicTest accuracy (Keras EarlyStopping with restore_best_weights) and
 reports PrivateTest:
   A1  ResNet34v2 + head, no LHC; from the ImageNet ResNet34v2 (qubvel
@@ -21,7 +22,7 @@ reports PrivateTest:
               JPEG (quality 100) after the resize; ours stay float, as its test images do.
               Paper: 74.42 % PrivateTest accuracy (TTA).
   synthetic   the built-in synthetic faces at 80×80 with head counts that fit its feature maps
-              (CPU demo of the stages; not a paper setting).
+              (CPU demo of the stages, chained by init_from as above; not a paper setting).
 
   python -m fer_jax.convert --config=configs/lhcnet.py:fer2013,stage=A1 \
       --checkpoint=resnet34_imagenet_1000_no_top.h5 --workdir=workdirs/resnet34v2_imagenet
@@ -29,8 +30,9 @@ reports PrivateTest:
       --config.init_from=workdirs/resnet34v2_imagenet
   python -m fer_jax.main --config=configs/lhcnet.py:fer2013,stage=A2 --workdir=workdirs/lhc_A2 \
       --config.init_from=workdirs/lhc_A1/best
-  … A3 from A2/best, B from A3/best, C from B/best, likewise. `init_from_missing` names what
-  B and C add to the checkpoint they start from (the LHC modules; the controllers).
+  … A3 from A2/best, B from A3/best, C from B/best, likewise: A2…C refuse a new run without
+  --config.init_from (`init_from_required`). `init_from_missing` names what B and C add to the
+  checkpoint they start from (the LHC modules; the controllers).
 """
 
 from fer_jax import config_lib
@@ -58,7 +60,6 @@ def get_config(arg: str = "fer2013"):
   parsed = config_lib.parse_arg(arg, __file__, DATA_SETS, stage=STAGES)
   data, stage = parsed.data, parsed.stage
   config = config_lib.base_config()
-  config.stage = stage
   config.model.update(
       name="lhcnet", num_classes=7,
       use_lhc=stage in ("B", "C"),
@@ -80,6 +81,8 @@ def get_config(arg: str = "fer2013"):
   config.early_stopping_patience = patience    # stop after this many epochs without a strict gain
   config.restore_best = True                   # finish (and test) with the best epoch's weights
   config.eval.tta = "lhc62"                    # for the final test-split evaluation only
+  # A2…C fine-tune the previous stage's best checkpoint: a new run without --config.init_from stops before any work.
+  config.init_from_required = stage != "A1"
   # Variables that the previous stage's checkpoint lacks and that keep their fresh initialisation.
   config.init_from_missing = {"B": r"^params/lhc\d/", "C": r"^params/lhc\d/controller$"}.get(stage, "")
 

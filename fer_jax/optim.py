@@ -9,9 +9,12 @@ weight-decay exemptions are regexes over paths such as "trunk/layer1_0/conv1/ker
 import math
 import re
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import optax
+
+from fer_jax.errors import ConfigError
 
 FROZEN = "frozen"
 OPTIMIZERS = ("sgd", "adam", "adamw", "keras_adam")
@@ -92,7 +95,26 @@ def param_labels(opt_config, params):
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+def _check_patterns(opt_config, params) -> None:
+  """Logs how many parameters the trainable, lr_groups and weight_decay_exclude regexes match; a
+  ConfigError for a trainable or lr_groups regex that matches none (it would freeze every parameter,
+  or set the rate of none)."""
+  paths = [path_of(key_path) for key_path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  patterns = {"trainable": opt_config.trainable, "weight_decay_exclude": opt_config.weight_decay_exclude,
+              **{f"lr_groups[{index}]": pattern for index, (pattern, _) in enumerate(opt_config.lr_groups)}}
+  for key, pattern in patterns.items():
+    if not pattern:
+      continue
+    matched = sum(1 for path in paths if re.search(pattern, path))
+    logging.info("config.optimizer.%s=%r matches %d of the %d parameters", key, pattern, matched, len(paths))
+    if not matched and key != "weight_decay_exclude":
+      examples = ", ".join(dict.fromkeys((paths[0], paths[len(paths) // 2], paths[-1])))
+      raise ConfigError(f"config.optimizer.{key}={pattern!r} matches none of the model's {len(paths)} parameters "
+                        f"(paths such as {examples}): correct the regex.")
+
+
 def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) -> optax.GradientTransformation:
+  _check_patterns(opt_config, params)
   schedule = lr_schedule(opt_config, steps_per_epoch, num_epochs)
   exclude = opt_config.weight_decay_exclude
   decay_mask = lambda tree: jax.tree_util.tree_map_with_path(

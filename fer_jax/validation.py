@@ -31,7 +31,8 @@ def validate(config, *, training: bool, new_run: bool = False) -> None:
   run ignores it). Raises ConfigError listing every problem with the keys and the fix.
   """
   models.resolve_dtype(config)
-  problems = _value_problems(config) + _selection_problems(config) + _evaluator_problems(config)
+  problems = (_value_problems(config) + _optimizer_problems(config) + _selection_problems(config)
+              + _evaluator_problems(config))
   if training:
     problems += _training_problems(config, new_run)
   if problems:
@@ -44,16 +45,17 @@ def _choice(key: str, value, valid) -> list[str]:
   return [f"config.{key}={value!r} is not one of: {', '.join(repr(v) for v in valid)}."]
 
 
-def _method_problems(name: str) -> list[str]:
+def _method_problems(config) -> list[str]:
+  """An unknown method, or the method's own rules (`Method.config_problems`)."""
   try:
-    models.get_method(name)
+    method = models.get_method(config.model.name)
   except models.UnknownMethodError as error:
     return [str(error)]
-  return []
+  return method.config_problems(config)
 
 
 def _value_problems(config) -> list[str]:
-  problems = (_method_problems(config.model.name)
+  problems = (_method_problems(config)
               + _choice("model.dtype", config.model.dtype, models.DTYPES)
               + _choice("model.remat", config.model.remat, tuple(layers.REMAT_POLICIES))
               + _choice("dataset.class_order", config.dataset.class_order, sorted(labels.CLASS_ORDERS))
@@ -76,10 +78,12 @@ def _value_problems(config) -> list[str]:
     problems.append(f"config.inference_mode_from_epoch={config.inference_mode_from_epoch} must be 0 (never) "
                     "or an epoch number from 1.")
   for key in ("input.size", "batch_size", "eval_batch_size", "num_epochs", "eval.every_epochs", "log_every_steps",
-              "max_checkpoints"):
+              "max_checkpoints", "optimizer.step_epochs"):
     if _get(config, key) < 1:
       problems.append(f"config.{key}={_get(config, key)} must be at least 1.")
-  for key, zero in (("dataset.image_size", "the set's own size"), ("dataset.max_per_class", "all")):
+  for key, zero in (("dataset.image_size", "the set's own size"), ("dataset.max_per_class", "all"),
+                    ("dataset.repeat_factor_threshold", "no repeats"), ("optimizer.lr", "no updates"),
+                    ("optimizer.weight_decay", "none"), ("optimizer.grad_clip_norm", "no clipping")):
     if _get(config, key) < 0:
       problems.append(f"config.{key}={_get(config, key)} must be 0 ({zero}) or more.")
   for key in ("dataset.train_split", "dataset.eval_split", "dataset.test_split"):
@@ -87,6 +91,36 @@ def _value_problems(config) -> list[str]:
   for key in ("input.train_pp", "input.eval_pp"):
     problems += _pipeline_problems(f"config.{key}", _get(config, key), config.input.size)
   return problems
+
+
+def _optimizer_problems(config) -> list[str]:
+  """The optimiser's bounded values and its regexes over parameter paths (init_from_missing's too)."""
+  problems = []
+  for key in ("optimizer.momentum", "optimizer.b1", "optimizer.b2"):
+    if not 0 <= _get(config, key) < 1:
+      problems.append(f"config.{key}={_get(config, key)} must be in [0, 1).")
+  for key in ("optimizer.gamma", "optimizer.eps"):
+    if _get(config, key) <= 0:
+      problems.append(f"config.{key}={_get(config, key)} must be more than 0.")
+  for key in ("optimizer.trainable", "optimizer.weight_decay_exclude", "init_from_missing"):
+    problems += _regex_problems(f"config.{key}", _get(config, key))
+  for index, group in enumerate(config.optimizer.lr_groups):
+    key = f"config.optimizer.lr_groups[{index}]"
+    if not (isinstance(group, (tuple, list)) and len(group) == 2 and isinstance(group[0], str)
+            and isinstance(group[1], (int, float)) and group[1] >= 0):
+      problems.append(f"{key}={group!r} must be a (regex, learning-rate multiplier ≥ 0) pair, e.g. ('^trunk/', 0.1).")
+    else:
+      problems += _regex_problems(key, group[0])
+  return problems
+
+
+def _regex_problems(key: str, pattern: str) -> list[str]:
+  try:
+    re.compile(pattern)
+  except re.error as error:
+    return [f"{key}={pattern!r} is not a regular expression ({error}): correct it, with a backslash before a "
+            "literal ( [ . or +."]
+  return []
 
 
 def _split_problems(key: str, spec: str, optional: bool = False) -> list[str]:

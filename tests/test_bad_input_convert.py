@@ -124,7 +124,7 @@ def test_released_lhc_net_with_the_default_stage_a1_names_its_stage(tmp_path, fo
                                                                     network, stage):
   path = released_lhc_folder(tmp_path / folder, prefix, with_controllers)
   result = convert("lhcnet.py:fer2013", path, tmp_path / "out")
-  assert_user_error(result, f"{folder} holds {network}", "the config (stage A1) builds a plain ResNet34v2",
+  assert_user_error(result, f"{folder} holds {network}", "the config (stage A1–A3) builds a plain ResNet34v2",
                     f"pass --config=configs/lhcnet.py:fer2013,{stage}", "conv1/LHC_Module/Wqk/0/kernel")
   assert "Pass the --config (method" not in result.stderr
   converted = convert(f"lhcnet.py:fer2013,{stage}", path, tmp_path / "out")

@@ -80,9 +80,32 @@ def test_patience_without_select_metric_stops_before_any_work(tmp_path):
   assert not os.path.exists(tmp_path / "checkpoints")  # nor would --mode=eval into it be taken for a training run
 
 
-def test_sfew_without_init_from_stops_before_reading_data(tmp_path):
-  result = _main("--config=configs/scan_cci.py:sfew", f"--workdir={tmp_path}", "--config.dataset.data_dir=/nonexistent")
+@pytest.mark.parametrize("spec", ["configs/scan_cci.py:sfew", "configs/lhcnet.py:fer2013,stage=C"])
+def test_fine_tuning_without_init_from_stops_before_reading_data(tmp_path, spec):
+  result = _main(f"--config={spec}", f"--workdir={tmp_path}", "--config.dataset.data_dir=/nonexistent")
   assert_user_error(result, "config.init_from_required", "--config.init_from=CHECKPOINT")
+
+
+def test_a_stage_given_as_a_key_is_refused(tmp_path):
+  """The stage is the config file's argument; as a key it was ignored (stage A1 trained)."""
+  result = _main("--config=configs/lhcnet.py:fer2013", "--config.stage=B", f"--workdir={tmp_path}")
+  assert_user_error(result, "the config has no key 'stage'")
+
+
+def test_apvit_depth_without_a_keep_rate_per_block_stops_before_reading_data(tmp_path):
+  result = _main("--config=configs/apvit.py:rafdb", "--config.model.depth=9", "--config.model.num_heads=7",
+                 f"--workdir={tmp_path}", "--config.dataset.data_dir=/nonexistent")
+  assert_user_error(result, "config.model.atp_keep_rates=(1.0, 1.0, 1.0, 1.0, 0.9, 0.9, 0.9, 0.9) needs one keep rate",
+                    "config.model.num_heads=7 must divide config.model.width=768")
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_a_trainable_regex_matching_no_parameter(tmp_path, tiny_data_dir):
+  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={tmp_path}",
+                 "--config.optimizer.trainable=^nothing_matches")
+  assert_user_error(result, "config.optimizer.trainable='^nothing_matches' matches none of the model's",
+                    "paths such as", "correct the regex")
+  assert not os.path.exists(tmp_path / "checkpoints" / "1")
 
 
 def test_batch_size_that_does_not_divide_over_the_devices(tmp_path, tiny_data_dir):

@@ -13,10 +13,16 @@ SHIPPED = ([f"configs/dan.py:{a}" for a in ("rafdb", "affectnet7", "affectnet8",
            + [f"configs/lhcnet.py:{d},stage={s}" for d in ("fer2013", "synthetic") for s in ("A1", "A2", "A3", "B", "C")])
 
 
+FINE_TUNING = ["configs/scan_cci.py:sfew"] + [f"configs/lhcnet.py:{d},stage={s}" for d in ("fer2013", "synthetic")
+                                               for s in ("A2", "A3", "B", "C")]
+
+
 @pytest.mark.parametrize("spec", SHIPPED)
-def test_every_shipped_config_is_valid(spec):
+def test_every_shipped_config_is_valid(spec, tmp_path):
   config = get_config(spec)
   validation.validate(config, training=False)
+  if config.init_from_required:
+    config.init_from = str(tmp_path)  # the checkpoint of the stage before (test_fine_tuning_needs_init_from…)
   validation.validate(config, training=True, new_run=True)
 
 
@@ -36,11 +42,16 @@ def test_selection_settings_need_a_select_metric(key, value, turn_off):
   assert "--config.select_metric=accuracy" in message and turn_off in message
 
 
-def test_sfew_needs_init_from_only_when_a_new_run_starts():
-  config = get_config("configs/scan_cci.py:sfew")
+@pytest.mark.parametrize("spec", FINE_TUNING)
+def test_fine_tuning_needs_init_from_only_when_a_new_run_starts(spec):
+  config = get_config(spec)
   assert "pass --config.init_from=CHECKPOINT" in _problems(config, training=True, new_run=True)
   validation.validate(config, training=True, new_run=False)  # resuming ignores init_from
   validation.validate(config, training=False)                 # evaluation, prediction, benchmarks
+
+
+def test_only_the_fine_tuning_configs_need_init_from():
+  assert [spec for spec in SHIPPED if get_config(spec).init_from_required] == FINE_TUNING[1:]
 
 
 def test_init_from_must_exist(tmp_path):
@@ -112,3 +123,90 @@ def test_pipelines_are_checked_op_by_op_with_their_keys():
 def test_dan_occlusion_option_is_refused_where_it_would_add_nothing(data):
   with pytest.raises(ValueError, match=f"occlusion=yes applies to 'synthetic' only .*, not '{data}': drop it"):
     get_config(f"configs/dan.py:{data},occlusion=yes")
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("optimizer.step_epochs", 0, "config.optimizer.step_epochs=0 must be at least 1"),
+    ("optimizer.grad_clip_norm", -1.0, "config.optimizer.grad_clip_norm=-1.0 must be 0 (no clipping) or more"),
+    ("optimizer.lr", -0.1, "config.optimizer.lr=-0.1 must be 0 (no updates) or more"),
+    ("optimizer.weight_decay", -1e-4, "config.optimizer.weight_decay=-0.0001 must be 0 (none) or more"),
+    ("optimizer.gamma", 0.0, "config.optimizer.gamma=0.0 must be more than 0"),
+    ("optimizer.eps", 0.0, "config.optimizer.eps=0.0 must be more than 0"),
+    ("optimizer.momentum", 1.0, "config.optimizer.momentum=1.0 must be in [0, 1)"),
+    ("optimizer.b1", -0.1, "config.optimizer.b1=-0.1 must be in [0, 1)"),
+    ("optimizer.b2", 1.0, "config.optimizer.b2=1.0 must be in [0, 1)"),
+    ("dataset.repeat_factor_threshold", -1.0,
+     "config.dataset.repeat_factor_threshold=-1.0 must be 0 (no repeats) or more")])
+def test_numeric_values_out_of_range(key, value, expected):
+  config = get_config("configs/dan.py:synthetic")
+  section, name = key.split(".")
+  config[section][name] = value
+  assert expected in _problems(config, training=False)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("optimizer.trainable", "(bias", "config.optimizer.trainable='(bias' is not a regular expression (missing ), "
+     "unterminated subpattern at position 0)"),
+    ("optimizer.weight_decay_exclude", "bias|(", "config.optimizer.weight_decay_exclude='bias|(' is not a regular"),
+    ("optimizer.lr_groups", (("^trunk/", 0.1), ("head[", 2.0)),
+     "config.optimizer.lr_groups[1]='head[' is not a regular expression (unterminated character set at position 4)"),
+    ("init_from_missing", "^params/lhc[", "config.init_from_missing='^params/lhc[' is not a regular expression")])
+def test_regexes_must_compile(key, value, expected):
+  config = get_config("configs/dan.py:synthetic")
+  if "." in key:
+    section, key = key.split(".")
+    config[section][key] = value
+  else:
+    config[key] = value
+  message = _problems(config, training=False)
+  assert expected in message and "with a backslash before a literal" in message
+
+
+def test_lr_groups_are_regex_and_multiplier_pairs():
+  config = get_config("configs/dan.py:synthetic")
+  config.optimizer.lr_groups = (("^trunk/", -0.1), ("^head/",))
+  message = _problems(config, training=False)
+  assert "config.optimizer.lr_groups[0]=('^trunk/', -0.1) must be a (regex, learning-rate multiplier ≥ 0)" in message
+  assert "config.optimizer.lr_groups[1]=('^head/',) must be a (regex" in message
+
+
+@pytest.mark.parametrize("spec, overrides, expected", [
+    ("configs/apvit.py:rafdb", {"depth": 9},
+     "config.model.atp_keep_rates=(1.0, 1.0, 1.0, 1.0, 0.9, 0.9, 0.9, 0.9) needs one keep rate in (0, 1] per block, "
+     "config.model.depth=9: give 9 rates or change the depth"),
+    ("configs/apvit.py:rafdb", {"atp_keep_rates": (1.0,) * 7 + (1.5,)}, "needs one keep rate in (0, 1] per block"),
+    ("configs/apvit.py:rafdb", {"num_heads": 7},
+     "config.model.num_heads=7 must divide config.model.width=768: choose a head count that does"),
+    ("configs/apvit.py:rafdb", {"ir_stage_sizes": (3, 4)}, "config.model.ir_stage_sizes=(3, 4) needs the unit counts "
+                                                           "of the 3 IR stages APViT uses"),
+    ("configs/lhcnet.py:fer2013,stage=B", {"lhc_heads": (8, 8, 7, 7)},
+     "config.model.lhc_heads=(8, 8, 7, 7) needs one entry per LHC module: give 5"),
+    ("configs/lhcnet.py:fer2013,stage=B", {"lhc_embed_dims": (196, 196, 56, 14, 0)},
+     "config.model.lhc_embed_dims=(196, 196, 56, 14, 0): every entry must be at least 1"),
+    ("configs/lhcnet.py:fer2013,stage=C", {"controller_init": (0.0, 0.0)},
+     "config.model.controller_init=(0.0, 0.0) needs one entry per LHC module: give 5")])
+def test_per_block_model_values_are_checked_before_any_work(spec, overrides, expected):
+  config = get_config(spec)
+  config.model.update(overrides)
+  assert expected in _problems(config, training=False)
+
+
+def test_scan_cci_class_counts_must_give_one_positive_count_per_class():
+  config = get_config("configs/scan_cci.py:rafdb")
+  config.loss.update(class_weights="effective_number", class_counts=(10, 20, 30))
+  assert ("config.loss.class_counts=(10, 20, 30) needs 7 positive counts (config.model.num_classes), one per class "
+          "in the model's class order: give them, or leave it () to count the training split") in \
+      _problems(config, training=False)
+  config.loss.class_counts = (10, 20, 30, 40, 50, 60, 0)
+  assert "config.loss.class_counts=(10, 20, 30, 40, 50, 60, 0) needs 7 positive counts" in \
+      _problems(config, training=False)
+  config.loss.update(class_counts=(), class_weights="inverse")
+  assert "config.loss.class_weights='inverse' is not one of: '', 'effective_number'" in \
+      _problems(config, training=False)
+
+
+def test_method_rules_are_listed_beside_other_problems():
+  config = get_config("configs/apvit.py:rafdb")
+  config.model.update(dtype="fp8", depth=3)
+  message = _problems(config, training=False)
+  assert "config.model.dtype='fp8' is not one of" in message and "config.model.depth=3: give 3 rates" in message

@@ -15,7 +15,7 @@ from fer_jax import models
 from fer_jax import optim
 from fer_jax.errors import ConfigError
 from fer_jax.models import lhcnet
-from helpers import get_config, run_pipeline, tiny_run, train_on_eight_devices
+from helpers import get_config, random_variables, run_pipeline, tiny_run, train_on_eight_devices
 
 
 def count(tree) -> int:
@@ -239,7 +239,10 @@ def test_config_stages_follow_the_official_recipe():
     assert config.num_epochs == 300 and config.select_metric == "accuracy" and config.restore_best
     assert config.eval.tta == "lhc62"
     assert config.init_from_missing == {"B": r"^params/lhc\d/", "C": r"^params/lhc\d/controller$"}.get(stage, "")
-  assert get_config("configs/lhcnet.py:fer2013").stage == "A1"
+    assert config.init_from_required == (stage != "A1")  # A2…C start from the stage before
+  default = get_config("configs/lhcnet.py:fer2013")
+  assert default.to_dict() == get_config("configs/lhcnet.py:fer2013,stage=A1").to_dict()
+  assert "stage" not in default  # only the argument chooses it: --config.stage=B is refused, not ignored
   assert "keras_image_generator(rotation_range=30" in get_config("configs/lhcnet.py:fer2013").input.train_pp
   assert get_config("configs/lhcnet.py:fer2013,stage=B").input.train_pp == \
       "to_float()|resize({size}, 'cv2_bilinear')|gray_to_rgb()"
@@ -323,19 +326,22 @@ def test_synthetic_config_runs_a_forward_pass(stage):
 
 @pytest.mark.integration
 def test_synthetic_controller_stage_trains_end_to_end_on_eight_devices_and_only_the_five_gates(tmp_path):
+  stage_b = tiny_run(get_config("configs/lhcnet.py:synthetic,stage=B"))
+  start = random_variables(stage_b)
+  init_from = checkpointing.save_model(str(tmp_path / "stage_b"), start, stage_b)
   # The 60-view test-time augmentation is pinned by tests/test_tta.py; here it would dominate.
-  train_on_eight_devices("configs/lhcnet.py:synthetic,stage=C", tmp_path, {"eval.tta": "flip"})
-  assert (tmp_path / "eval_results.json").exists()
+  train_on_eight_devices("configs/lhcnet.py:synthetic,stage=C", tmp_path / "stage_c",
+                         {"eval.tta": "flip", "init_from": init_from})
+  assert (tmp_path / "stage_c" / "eval_results.json").exists()
   config = tiny_run(get_config("configs/lhcnet.py:synthetic,stage=C"))
-  model = models.build_model(config)
-  initial = jax.jit(lambda: models.init_variables(model, config, jax.random.key(config.seed)))()
-  final = checkpointing.restore_model(str(tmp_path), models.abstract_variables(model, config))
-  changed = {optim.path_of(path) for path, before in jax.tree_util.tree_flatten_with_path(initial)[0]
-             if not np.array_equal(before, _leaf(final, path))}
-  assert changed == {f"params/lhc{i}/controller" for i in range(1, 6)}
+  final = checkpointing.restore_model(str(tmp_path / "stage_c"),
+                                      models.abstract_variables(models.build_model(config), config))
+  before, after = _by_path(start), _by_path(final)
+  controllers = [f"params/lhc{i}/controller" for i in range(1, 6)]
+  assert set(after) - set(before) == set(controllers)
+  assert all(np.array_equal(after[path], value) for path, value in before.items())  # stage B's network, frozen
+  assert all(after[path] != initial for path, initial in zip(controllers, config.model.controller_init))
 
 
-def _leaf(tree, path):
-  for key in path:
-    tree = tree[key.key]
-  return np.asarray(tree)
+def _by_path(variables) -> dict:
+  return {optim.path_of(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}

@@ -6,6 +6,7 @@ import pytest
 
 from fer_jax import config_lib
 from fer_jax import optim
+from fer_jax.errors import ConfigError
 
 
 def _opt(**overrides):
@@ -53,6 +54,29 @@ def test_groups_frozen_and_decay_exemptions():
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["trunk"]["kernel"], 0.0)
   np.testing.assert_allclose(updates["head"]["bias"], -1.0)
+
+
+GROUPED_PARAMS = {"trunk": {"kernel": jnp.ones(2)}, "head": {"kernel": jnp.ones(2), "bias": jnp.ones(2)}}
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("trainable", "^nothing_matches", "config.optimizer.trainable='^nothing_matches'"),
+    ("lr_groups", (("^head/", 1.0), ("^body/", 0.1)), "config.optimizer.lr_groups[1]='^body/'")])
+def test_a_trainable_or_lr_groups_regex_matching_no_parameter_is_refused(key, value, named):
+  """Such a trainable regex froze every parameter, such a group set no rate, without a word."""
+  with pytest.raises(ConfigError) as error:
+    optim.make_optimizer(_opt(**{key: value}), 1, 1, GROUPED_PARAMS)
+  assert str(error.value) == (f"{named} matches none of the model's 3 parameters (paths such as head/bias, "
+                              "head/kernel, trunk/kernel): correct the regex.")
+
+
+def test_the_parameters_each_regex_matches_are_logged(caplog):
+  config = _opt(trainable="kernel$", lr_groups=(("^trunk/", 0.1),), weight_decay_exclude="^nothing")
+  with caplog.at_level("INFO"):
+    optim.make_optimizer(config, 1, 1, GROUPED_PARAMS)
+  assert "config.optimizer.trainable='kernel$' matches 2 of the 3 parameters" in caplog.text
+  assert "config.optimizer.lr_groups[0]='^trunk/' matches 1 of the 3 parameters" in caplog.text
+  assert "config.optimizer.weight_decay_exclude='^nothing' matches 0 of the 3 parameters" in caplog.text  # not refused
 
 
 def test_gradient_clipping_uses_global_norm():

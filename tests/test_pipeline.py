@@ -114,6 +114,29 @@ def test_clear_errors_for_missing_data_and_bad_settings(tmp_path):
     pipeline.TrainData(config, mesh_lib.make_mesh())
 
 
+def test_a_channel_mismatch_names_the_channels_and_the_fix():
+  config = _config()
+  config.input.channels = 1
+  with pytest.raises(pipeline.DataError, match=r"into 3-channel images, but the model takes config.input.channels=1: "
+                                                r"set --config.input.channels=3\.$"):
+    pipeline.TrainData(config, mesh_lib.make_mesh())
+  config.input.channels = 3
+  with pytest.raises(pipeline.DataError, match=r"into 1-channel images, but the model takes config.input.channels=3: "
+                                                r"add gray_to_rgb\(\) to config.input.eval_pp, or set "
+                                                r"--config.input.channels=1\.$"):
+    pipeline.compile_pipeline(config, "resize({size})|to_float()", (48, 48, 1), "input.eval_pp")
+
+
+def test_a_training_split_smaller_than_a_batch_names_the_batch_and_max_per_class_to_pass():
+  with pytest.raises(pipeline.DataError, match=r"has 14 examples per epoch, fewer than config.batch_size 32: use "
+                                                r"--config.batch_size=14 or a config.dataset.max_per_class above 2 "
+                                                r"\(0 = all\)\.$"):
+    pipeline.TrainData(_config(max_per_class=2), mesh_lib.make_mesh())
+  with pytest.raises(pipeline.DataError, match=r"use --config.batch_size=7 or more of "
+                                                r"config.dataset.train_split='train\[:7\]'\.$"):
+    pipeline.TrainData(_config(train_split="train[:7]"), mesh_lib.make_mesh())
+
+
 def test_a_pipeline_that_fails_only_when_traced_fails_when_its_data_is_opened():
   """Errors that parsing cannot see (here a geometry value that is not a number) stop before any
   work, naming the evaluator's key, not in the final report's eval step."""

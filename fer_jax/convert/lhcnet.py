@@ -92,8 +92,9 @@ def mismatch(tensors, config) -> str | None:
     return classes.classes_mismatch(tensors, config, "fc3/kernel", axis=1)
   data = "fer2013" if config.dataset.name == "fer2013" else "synthetic"
   stage = {"A": "A1 (A2 and A3 build the same network)"}.get(held, held)
-  return (f"holds {NETWORKS[held]}, stage {'A1–A3' if held == 'A' else held}, but the config (stage "
-          f"{config.stage}) builds {NETWORKS[built]}: pass --config=configs/lhcnet.py:{data},stage={stage}")
+  stages = lambda network: "A1–A3" if network == "A" else network
+  return (f"holds {NETWORKS[held]}, stage {stages(held)}, but the config (stage {stages(built)}) builds "
+          f"{NETWORKS[built]}: pass --config=configs/lhcnet.py:{data},stage={stage}")
 
 
 def map_checkpoint(tensors: core.Tensors, target: core.Target, config) -> None:

@@ -216,6 +216,11 @@ def compile_pipeline(config, text: str, shape: tuple[int, int, int], key: str) -
   except (ValueError, TypeError) as e:
     raise DataError(f"config.{key}: {e}") from e
   expected = (config.input.size, config.input.size, config.input.channels)
+  if output[2] != expected[2]:
+    fix = (f"add gray_to_rgb() to config.{key}, or set --config.input.channels={output[2]}" if output[2] == 1
+           else f"set --config.input.channels={output[2]}")
+    raise DataError(f"config.{key} {text!r} turns the stored {shape} uint8 images into {output[2]}-channel images, "
+                    f"but the model takes config.input.channels={expected[2]}: {fix}.")
   if output != expected or not pipeline.ends_uint8:
     raise DataError(f"config.{key} {text!r} turns the stored {shape} uint8 images into "
                     f"{'float ' if pipeline.ends_uint8 else 'uint8 '}{output}, but the model takes float {expected}: "
@@ -380,6 +385,18 @@ class _CachedBatch:
             "position": positions.astype(np.int32)}
 
 
+def _fewer_examples_fix(config, examples: int) -> str:
+  """What makes a training epoch of `examples` hold one batch: a smaller batch (dividing over the devices),
+  or more of the data that config.dataset.max_per_class or a slice of the training split left out."""
+  devices = jax.device_count()
+  fixes = [f"--config.batch_size={examples // devices * devices}"] if examples >= devices else []
+  if config.dataset.max_per_class:
+    fixes.append(f"a config.dataset.max_per_class above {config.dataset.max_per_class} (0 = all)")
+  if "[" in config.dataset.train_split:
+    fixes.append(f"more of config.dataset.train_split={config.dataset.train_split!r}")
+  return " or ".join(fixes) or "a training split with more examples"
+
+
 class TrainData:
   """The training stream of a run: sizes, the device pipeline, and uint8 batches from a step."""
 
@@ -395,7 +412,7 @@ class TrainData:
     self.steps_per_epoch = self.epoch_length // self.global_batch
     if self.steps_per_epoch == 0:
       raise DataError(f"The training split has {self.epoch_length} examples per epoch, fewer than "
-                      f"config.batch_size {self.global_batch}.")
+                      f"config.batch_size {self.global_batch}: use {_fewer_examples_fix(config, self.epoch_length)}.")
     self.num_steps = self.steps_per_epoch * config.num_epochs
     self.shape = stored_shape(config, self.split)
     self.pipeline = compile_pipeline(config, config.input.train_pp, self.shape, "input.train_pp")

@@ -10,7 +10,9 @@ yours, importable from where the command runs ("my_methods.plain_resnet"; docs/e
       the mean softmax cross-entropy;
   auxiliary_params: top-level parameter names that are training-only state (DAN's affinity
       centres), left out of the model's parameter count;
-  save_attention_maps(images, outputs, out_dir) -> written paths, for methods that have them.
+  save_attention_maps(images, outputs, out_dir) -> written paths, for methods that have them;
+  config_problems(config) -> list of problems (one line each: the key and the fix) with values that
+      would fail only once the model is traced or the loss computed; fer_jax.validation adds them.
 """
 
 import dataclasses
@@ -67,6 +69,7 @@ class Method:
   loss: Callable = cross_entropy_loss
   auxiliary_params: tuple[str, ...] = ()
   save_attention_maps: Callable | None = None
+  config_problems: Callable = lambda config: []
 
 
 def from_config(module_class, model_config, **values) -> nn.Module:

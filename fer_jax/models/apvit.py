@@ -145,6 +145,23 @@ class APViT(PoolingViTSettings):
     return {"logits": logits, "app_positions": app_positions, "atp_positions": atp_positions}
 
 
+def config_problems(config) -> list[str]:
+  """The per-block lists and head count of config.model, checked before any work (fer_jax.validation)."""
+  depth, width, heads, rates, stages = (config.model.get(name, getattr(APViT, name)) for name in
+                                        ("depth", "width", "num_heads", "atp_keep_rates", "ir_stage_sizes"))
+  problems = []
+  if len(rates) != depth or not all(0 < rate <= 1 for rate in rates):
+    problems.append(f"config.model.atp_keep_rates={tuple(rates)} needs one keep rate in (0, 1] per block, "
+                    f"config.model.depth={depth}: give {depth} rates or change the depth.")
+  if heads < 1 or width % heads:
+    problems.append(f"config.model.num_heads={heads} must divide config.model.width={width}: choose a head count "
+                    "that does (the paper's 8 for 768).")
+  if len(stages) != 3:
+    problems.append(f"config.model.ir_stage_sizes={tuple(stages)} needs the unit counts of the 3 IR stages APViT uses "
+                    f"(the paper's {irse.IR50_STAGE_SIZES[:3]}).")
+  return problems
+
+
 METHOD = Method(build=functools.partial(from_config, APViT),
-                save_attention_maps=functools.partial(attention_maps.save_apvit_maps,
-                                                      patch_size=FEATURE_STRIDE))
+                save_attention_maps=functools.partial(attention_maps.save_apvit_maps, patch_size=FEATURE_STRIDE),
+                config_problems=config_problems)

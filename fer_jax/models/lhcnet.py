@@ -147,10 +147,7 @@ class LHCNet(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool) -> dict:
     insertions = {}
-    if self.use_lhc:
-      if not len(self.lhc_heads) == len(self.lhc_embed_dims) == len(resnet_v2.TAP_POINTS):
-        raise ValueError(f"config.model.lhc_heads and lhc_embed_dims need one entry per module "
-                         f"({len(resnet_v2.TAP_POINTS)}).")
+    if self.use_lhc:  # the per-module lists have one entry per tap point (config_problems)
       controller_init = self.controller_init if self.controller else (None,) * len(resnet_v2.TAP_POINTS)
       for index, point in enumerate(resnet_v2.TAP_POINTS):
         insertions[point] = LHCModule(self.lhc_heads[index], self.lhc_embed_dims[index], self.pool_size,
@@ -162,4 +159,16 @@ class LHCNet(nn.Module):
     return {"logits": logits.astype(layers.at_least_float32(self.dtype))}
 
 
-METHOD = Method(build=functools.partial(from_config, LHCNet))
+def config_problems(config) -> list[str]:
+  """The per-module lists of config.model, checked before any work (fer_jax.validation)."""
+  modules = len(resnet_v2.TAP_POINTS)
+  lists = {key: tuple(config.model.get(key, getattr(LHCNet, key)))
+           for key in ("lhc_heads", "lhc_embed_dims", "controller_init")}
+  problems = [f"config.model.{key}={values} needs one entry per LHC module: give {modules} (after the stem and "
+              "after each of the 4 stages)." for key, values in lists.items() if len(values) != modules]
+  problems += [f"config.model.{key}={lists[key]}: every entry must be at least 1."
+               for key in ("lhc_heads", "lhc_embed_dims") if any(value < 1 for value in lists[key])]
+  return problems
+
+
+METHOD = Method(build=functools.partial(from_config, LHCNet), config_problems=config_problems)

@@ -318,6 +318,20 @@ def effective_number_weights(counts: Sequence[int], beta: float) -> np.ndarray:
   return weights / weights.sum() * len(counts)
 
 
+def config_problems(config) -> list[str]:
+  """config.loss's weighting and the class counts given to it, checked before any work (fer_jax.validation)."""
+  loss_config, num_classes = config.loss, config.model.num_classes
+  problems = []
+  if loss_config.class_weights not in ("", "effective_number"):
+    problems.append(f"config.loss.class_weights={loss_config.class_weights!r} is not one of: '', 'effective_number'.")
+  counts = tuple(loss_config.class_counts)
+  if counts and (len(counts) != num_classes or min(counts) < 1):
+    problems.append(f"config.loss.class_counts={counts} needs {num_classes} positive counts "
+                    f"(config.model.num_classes), one per class in the model's class order: give them, or leave it "
+                    "() to count the training split.")
+  return problems
+
+
 def class_weights(loss_config, num_classes: int):
   """None, or the per-class weights that loss_config.class_weights names."""
   if not loss_config.class_weights:
@@ -352,4 +366,4 @@ def loss(outputs, labels, loss_config):
 
 
 METHOD = Method(build=functools.partial(from_config, SCANCCI), loss=loss,
-                save_attention_maps=attention_maps.save_scan_cci_maps)
+                save_attention_maps=attention_maps.save_scan_cci_maps, config_problems=config_problems)
