@@ -95,7 +95,7 @@ def param_labels(opt_config, params):
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def _check_patterns(opt_config, params) -> None:
+def check_patterns(opt_config, params) -> None:
   """Logs how many parameters the trainable, lr_groups and weight_decay_exclude regexes match; a
   ConfigError for a trainable or lr_groups regex that matches none (it would freeze every parameter,
   or set the rate of none)."""
@@ -114,7 +114,6 @@ def _check_patterns(opt_config, params) -> None:
 
 
 def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) -> optax.GradientTransformation:
-  _check_patterns(opt_config, params)
   schedule = lr_schedule(opt_config, steps_per_epoch, num_epochs)
   exclude = opt_config.weight_decay_exclude
   decay_mask = lambda tree: jax.tree_util.tree_map_with_path(

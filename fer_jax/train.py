@@ -418,6 +418,8 @@ class TrainingRun:
     self.mesh = mesh_lib.make_mesh()
     method = models.get_method(config.model.name)
     self.model = method.build(config.model)
+    self.abstract = models.abstract_variables(self.model, config)
+    optim.check_patterns(config.optimizer, self.abstract["params"])  # before the data is read
     self.data = pipeline.TrainData(config, self.mesh)
     self.evaluator = Evaluator(self.model, config, self.mesh)
     self.evaluator.open_all()
@@ -425,7 +427,6 @@ class TrainingRun:
       raise UserError(f"config.select_on={config.select_on!r} names an evaluator skipped for its missing split (above): "
                       "select on another (e.g. --config.select_on=eval), or prepare the set with that split.")
     self.steps_per_epoch, self.num_steps = self.data.steps_per_epoch, self.data.num_steps
-    self.abstract = models.abstract_variables(self.model, config)
     tx = optim.make_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs, self.abstract["params"])
     schedule = optim.lr_schedule(config.optimizer, self.steps_per_epoch, config.num_epochs)
     self.state = self._restore_or_initialise(tx)

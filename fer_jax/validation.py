@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import tensorflow_datasets as tfds
 
+from fer_jax import checkpointing
 from fer_jax import config_lib
 from fer_jax import models
 from fer_jax import optim
@@ -226,7 +227,21 @@ def _training_problems(config, new_run: bool) -> list[str]:
     if config.init_from and not os.path.exists(os.path.expanduser(config.init_from)):
       problems.append(f"config.init_from={config.init_from} does not exist: pass a training workdir, a checkpoint "
                       "or the output of `python -m fer_jax.convert`.")
+    elif config.init_from:
+      problems += _init_from_problems(config)
   return problems
+
+
+def _init_from_problems(config) -> list[str]:
+  """config.init_from must hold a checkpoint of the method the config trains."""
+  try:
+    saved = checkpointing.read_meta(config.init_from).get("model", {}).get("name")
+  except checkpointing.CheckpointError as error:
+    return [f"config.init_from: {error}"]
+  if saved and saved != config.model.name:
+    return [f"config.init_from={config.init_from} holds a {saved} model, but this config trains {config.model.name}: "
+            f"pass a {config.model.name} checkpoint (a run's, a conversion, or an earlier stage's best/)."]
+  return []
 
 
 def _get(config, dotted_key: str):

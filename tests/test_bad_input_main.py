@@ -100,12 +100,12 @@ def test_apvit_depth_without_a_keep_rate_per_block_stops_before_reading_data(tmp
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def test_a_trainable_regex_matching_no_parameter(tmp_path, tiny_data_dir):
-  result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={tmp_path}",
+def test_a_trainable_regex_matching_no_parameter_stops_before_reading_data(tmp_path):
+  result = _main(*TINY, "--config.dataset.data_dir=/nonexistent", f"--workdir={tmp_path}",
                  "--config.optimizer.trainable=^nothing_matches")
   assert_user_error(result, "config.optimizer.trainable='^nothing_matches' matches none of the model's",
                     "paths such as", "correct the regex")
-  assert not os.path.exists(tmp_path / "checkpoints" / "1")
+  assert not os.path.exists(tmp_path / "checkpoints")
 
 
 def test_batch_size_that_does_not_divide_over_the_devices(tmp_path, tiny_data_dir):

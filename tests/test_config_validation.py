@@ -1,7 +1,9 @@
 """validation.validate: every shipped config passes, and each cross-field rule names its keys and the fix."""
 
+import jax.numpy as jnp
 import pytest
 
+from fer_jax import checkpointing
 from fer_jax import config_lib
 from fer_jax import validation
 from fer_jax.errors import ConfigError
@@ -21,8 +23,8 @@ FINE_TUNING = ["configs/scan_cci.py:sfew"] + [f"configs/lhcnet.py:{d},stage={s}"
 def test_every_shipped_config_is_valid(spec, tmp_path):
   config = get_config(spec)
   validation.validate(config, training=False)
-  if config.init_from_required:
-    config.init_from = str(tmp_path)  # the checkpoint of the stage before (test_fine_tuning_needs_init_from…)
+  if config.init_from_required:  # the checkpoint of the stage before (test_fine_tuning_needs_init_from…)
+    config.init_from = checkpointing.save_model(str(tmp_path), {"params": {"w": jnp.ones(2)}}, config)
   validation.validate(config, training=True, new_run=True)
 
 
@@ -58,6 +60,24 @@ def test_init_from_must_exist(tmp_path):
   config = get_config("configs/dan.py:synthetic")
   config.init_from = str(tmp_path / "missing")
   assert f"config.init_from={tmp_path / 'missing'} does not exist" in _problems(config, training=True, new_run=True)
+
+
+def test_init_from_must_hold_a_checkpoint_of_the_method_trained(tmp_path):
+  """Another method's checkpoint was read after all the data was decoded, and refused with ~1,700 characters of
+  parameter paths."""
+  dan = get_config("configs/dan.py:synthetic")
+  checkpointing.save_model(str(tmp_path / "dan"), {"params": {"w": jnp.ones(2)}}, dan)
+  config = get_config("configs/scan_cci.py:synthetic")
+  config.init_from = str(tmp_path / "dan")
+  assert (f"config.init_from={tmp_path / 'dan'} holds a dan model, but this config trains scan_cci: pass a scan_cci "
+          "checkpoint") in _problems(config, training=True, new_run=True)
+  validation.validate(config, training=True, new_run=False)  # a resumed run ignores init_from
+  (tmp_path / "empty").mkdir()
+  config.init_from = str(tmp_path / "empty")
+  assert f"config.init_from: No checkpoint found at {tmp_path / 'empty'}" in _problems(config, training=True,
+                                                                                       new_run=True)
+  dan.init_from = str(tmp_path / "dan")
+  validation.validate(dan, training=True, new_run=True)
 
 
 def test_class_order_must_name_num_classes():

@@ -65,7 +65,7 @@ GROUPED_PARAMS = {"trunk": {"kernel": jnp.ones(2)}, "head": {"kernel": jnp.ones(
 def test_a_trainable_or_lr_groups_regex_matching_no_parameter_is_refused(key, value, named):
   """Such a trainable regex froze every parameter, such a group set no rate, without a word."""
   with pytest.raises(ConfigError) as error:
-    optim.make_optimizer(_opt(**{key: value}), 1, 1, GROUPED_PARAMS)
+    optim.check_patterns(_opt(**{key: value}), GROUPED_PARAMS)
   assert str(error.value) == (f"{named} matches none of the model's 3 parameters (paths such as head/bias, "
                               "head/kernel, trunk/kernel): correct the regex.")
 
@@ -73,7 +73,7 @@ def test_a_trainable_or_lr_groups_regex_matching_no_parameter_is_refused(key, va
 def test_the_parameters_each_regex_matches_are_logged(caplog):
   config = _opt(trainable="kernel$", lr_groups=(("^trunk/", 0.1),), weight_decay_exclude="^nothing")
   with caplog.at_level("INFO"):
-    optim.make_optimizer(config, 1, 1, GROUPED_PARAMS)
+    optim.check_patterns(config, GROUPED_PARAMS)
   assert "config.optimizer.trainable='kernel$' matches 2 of the 3 parameters" in caplog.text
   assert "config.optimizer.lr_groups[0]='^trunk/' matches 1 of the 3 parameters" in caplog.text
   assert "config.optimizer.weight_decay_exclude='^nothing' matches 0 of the 3 parameters" in caplog.text  # not refused
