@@ -100,6 +100,14 @@ def test_apvit_depth_without_a_keep_rate_per_block_stops_before_reading_data(tmp
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
+def test_an_input_too_small_for_apvits_kept_patches_stops_before_reading_data(tmp_path):
+  """The model's own shape rule (traced with the abstract variables) runs before the data is opened and decoded."""
+  result = _main("--config=configs/apvit.py:rafdb", "--config.input.size=64", f"--workdir={tmp_path}",
+                 "--config.dataset.data_dir=/nonexistent")
+  assert_user_error(result, "config.model.app_keep=160 tokens cannot be kept from the 8×8 patch grid of a 64² input")
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
 def test_a_trainable_regex_matching_no_parameter_stops_before_reading_data(tmp_path):
   result = _main(*TINY, "--config.dataset.data_dir=/nonexistent", f"--workdir={tmp_path}",
                  "--config.optimizer.trainable=^nothing_matches")
