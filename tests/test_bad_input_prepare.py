@@ -159,6 +159,7 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
       "from fer_jax import cli\n"
       "from fer_jax.data import builder_utils, prepare\n"
       "from fer_jax.data.builders import rafdb\n"
+      "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as a terminal's, whatever this test inherits
       "def interrupted(self, split, records):\n"
       "  for number, example in enumerate(builder_utils.ManualBuilder._generate_examples(self, split, records)):\n"
       "    if number == 2:\n"
