@@ -154,9 +154,19 @@ def _root_cause(error: BaseException) -> str:
 
 def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict, config=None,
                   steps_per_epoch: int | None = None) -> dict:
-  """The saved training state, after checking that it has the structure and shapes `abstract_state` (what this
-  run's config builds) has and (with `config`, `steps_per_epoch`) that `config` continues the run: a changed
-  config is told apart from damaged files, which alone call for deleting."""
+  """The saved training state, once `check_resumable` finds that this run's config continues it."""
+  target, rewrap = check_resumable(checkpoints, step, abstract_state, config, steps_per_epoch)
+  step_directory = os.path.join(checkpoints.directory, str(step))
+  with read_errors(f"the checkpoint {step_directory}", f"delete {step_directory} to resume from the step before it"):
+    restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  return rewrap(restored["state"])
+
+
+def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict, config=None,
+                    steps_per_epoch: int | None = None):
+  """Checks, reading no array, that the saved state has the structure and shapes `abstract_state` (what this run's
+  config builds) has and (with `config`, `steps_per_epoch`) that `config` continues the run: a changed config is
+  told apart from damaged files, which alone call for deleting. Returns (restore target, its rewrapping)."""
   step_directory = os.path.join(checkpoints.directory, str(step))
   if config is not None:
     _check_continues(step_directory, config, steps_per_epoch)
@@ -164,8 +174,7 @@ def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state:
     saved = _saved_tree(os.path.join(step_directory, "state"))
     target, rewrap = _unclipped_target(saved, abstract_state)
     _check_same_state(saved, target, step_directory)
-    restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  return rewrap(restored["state"])
+  return target, rewrap
 
 
 def _check_continues(step_directory: str, config, steps_per_epoch: int | None) -> None:

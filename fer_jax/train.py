@@ -420,6 +420,10 @@ class TrainingRun:
     self.model = method.build(config.model)
     self.abstract = models.abstract_variables(self.model, config)
     optim.check_patterns(config.optimizer, self.abstract["params"])  # before the data is read
+    if self.start_step:  # a changed model, optimizer or batch too (the state's layout needs no epoch length)
+      probe = optim.make_optimizer(config.optimizer, 1, config.num_epochs, self.abstract["params"])
+      checkpointing.check_resumable(self.checkpoints, self.start_step, abstract_state(self.model, probe, config,
+                                                                                      self.mesh), config)
     self.data = pipeline.TrainData(config, self.mesh)
     self.evaluator = Evaluator(self.model, config, self.mesh)
     self.evaluator.open_all()
