@@ -32,10 +32,6 @@ def init_compiler_options(mesh: jax.sharding.Mesh | None = None) -> dict | None:
   return CPU_INIT_COMPILER_OPTIONS if device.platform == "cpu" else None
 
 
-def on_cpu(mesh: jax.sharding.Mesh) -> bool:
-  return mesh.devices.flat[0].platform == "cpu"
-
-
 def compiler_options(mesh: jax.sharding.Mesh) -> dict | None:
   """The XLA options of a step jitted over `mesh`: CPU_COMPILER_OPTIONS on CPUs whose XLA takes them,
   XLA's defaults elsewhere."""

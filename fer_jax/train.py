@@ -420,10 +420,7 @@ class TrainingRun:
     self.model = method.build(config.model)
     self.abstract = models.abstract_variables(self.model, config)
     optim.check_patterns(config.optimizer, self.abstract["params"])  # before the data is read
-    if self.start_step:  # a changed model, optimizer or batch too (the state's layout needs no epoch length)
-      probe = optim.make_optimizer(config.optimizer, 1, config.num_epochs, self.abstract["params"])
-      checkpointing.check_resumable(self.checkpoints, self.start_step, abstract_state(self.model, probe, config,
-                                                                                      self.mesh), config)
+    self.resume_target = self._checked_resume_target() if self.start_step else None
     self.data = pipeline.TrainData(config, self.mesh)
     self.evaluator = Evaluator(self.model, config, self.mesh)
     self.evaluator.open_all()
@@ -446,10 +443,18 @@ class TrainingRun:
     logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %d devices", config.model.name,
                  config.dataset.name, self.num_steps, self.steps_per_epoch, config.batch_size, self.mesh.devices.size)
 
+  def _checked_resume_target(self) -> dict:
+    """The state a resumed run restores into, checked against the saved one before the data is read (a changed
+    model, optimizer, batch or class order stops here): its layout does not depend on the epoch length, which
+    the data gives later, so an optimizer built for any is as good."""
+    probe = optim.make_optimizer(self.config.optimizer, 1, self.config.num_epochs, self.abstract["params"])
+    target = abstract_state(self.model, probe, self.config, self.mesh)
+    checkpointing.check_resumable(self.checkpoints, self.start_step, target, self.config)
+    return target
+
   def _restore_or_initialise(self, tx) -> dict:
     if self.start_step:
-      state = checkpointing.restore_state(self.checkpoints, self.start_step,
-                                          abstract_state(self.model, tx, self.config, self.mesh), self.config,
+      state = checkpointing.restore_state(self.checkpoints, self.start_step, self.resume_target, self.config,
                                           self.steps_per_epoch)
       logging.info("Resumed from step %d in %s", self.start_step, self.workdir)
       return state
