@@ -18,6 +18,7 @@ from absl import flags
 from absl import logging
 import ml_collections
 
+from fer_jax import config_lib
 from fer_jax.errors import USER_ERROR_STATUS
 from fer_jax.errors import UserError
 
@@ -107,8 +108,11 @@ def _flag_message(error: BaseException, argv) -> str:
   unknown, node = re.search(r"'(\w+)\\?'", text), _config_node_raising(error)
   if isinstance(error, (AttributeError, KeyError)) and unknown and node is not None:  # a --config.KEY not there
     key, near = unknown.group(1), re.search(r'Did you mean "(\w+)"', text)  # ml_collections' suggestion
+    where = _config_path_to(key, argv)
+    if where == "the config" and key in config_lib.ARGUMENT_OPTIONS:
+      return f"the config has no key {key!r}: {key} is the config file's argument, {config_lib.ARGUMENT_OPTIONS[key]}"
     hint = f"did you mean {near.group(1)!r}?" if near else f"valid: {', '.join(sorted(node.keys()))}"
-    return f"{_config_path_to(key, argv)} has no key {key!r}; {hint}"
+    return f"{where} has no key {key!r}; {hint}"
   missing_file = re.search(r"Failed loading config file.*?\[Errno \d+\] (.*)", text, re.DOTALL)
   if missing_file:  # ml_collections' words, the paths it tried included
     return f"{missing_file.group(1).strip()}: pass --config=configs/<method>.py:<dataset>"

@@ -185,6 +185,11 @@ def define_config_flag(help_text: str = "configs/<method>.py:<dataset>"):
   return config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
 
 
+# The options of the config files read in this process, each with the --config argument that sets it: a
+# `--config.OPTION` override names it (the config holds no such key).
+ARGUMENT_OPTIONS: dict[str, str] = {}
+
+
 def parse_arg(arg: str, config_file: str, data_sets: Sequence[str],
               **options: Sequence[str]) -> ml_collections.ConfigDict:
   """Reads a config file's argument, "<data set>[,<option>=<value>…]" (e.g. "fer2013,stage=B").
@@ -195,6 +200,7 @@ def parse_arg(arg: str, config_file: str, data_sets: Sequence[str],
   """
   data, *settings = arg.split(",")
   name, valid = f"configs/{os.path.basename(config_file)}", _valid_args(data_sets, options)
+  ARGUMENT_OPTIONS.update({key: f"--config={name}:{data},{key}=<{'|'.join(values)}>" for key, values in options.items()})
   if data not in data_sets:
     raise ValueError(f"Unknown argument {data!r} for {name}; {valid}")
   parsed = ml_collections.ConfigDict({"data": data, **{key: values[0] for key, values in options.items()}})

@@ -89,7 +89,8 @@ def test_fine_tuning_without_init_from_stops_before_reading_data(tmp_path, spec)
 def test_a_stage_given_as_a_key_is_refused(tmp_path):
   """The stage is the config file's argument; as a key it was ignored (stage A1 trained)."""
   result = _main("--config=configs/lhcnet.py:fer2013", "--config.stage=B", f"--workdir={tmp_path}")
-  assert_user_error(result, "the config has no key 'stage'")
+  assert_user_error(result, "the config has no key 'stage': stage is the config file's argument, "
+                    "--config=configs/lhcnet.py:fer2013,stage=<A1|A2|A3|B|C>")
 
 
 def test_apvit_depth_without_a_keep_rate_per_block_stops_before_reading_data(tmp_path):
