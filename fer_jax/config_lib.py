@@ -110,7 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
   config.num_epochs = 40
   config.optimizer = ml_collections.ConfigDict({
-      "name": "sgd",                # sgd | adam | adamw
+      "name": "sgd",                # fer_jax.optim.OPTIMIZERS: sgd | adam | adamw | keras_adam
       "lr": 0.1,
       "momentum": 0.9,
       "nesterov": False,

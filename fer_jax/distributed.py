@@ -22,7 +22,9 @@ def check_flags(distributed: bool, values: dict) -> None:
   without a port and a process_id outside num_processes."""
   given = [f"--{name}" for name, value in values.items() if value is not None]
   if given and not distributed:
-    raise UserError(f"{', '.join(given)} take effect with --distributed only: add --distributed (or drop them).")
+    verb = "takes" if len(given) == 1 else "take"
+    raise UserError(f"{', '.join(given)} {verb} effect with --distributed only: add --distributed (or drop "
+                    f"{'it' if len(given) == 1 else 'them'}).")
   address, count, index = (values[name] for name in FLAGS)
   _check_port("--coordinator_address", address)
   if distributed and address is None:

@@ -25,6 +25,9 @@ def test_distributed_flags_without_distributed_are_refused():
   with pytest.raises(UserError, match=r"^--num_processes, --process_id take effect with --distributed only: add "
                                       r"--distributed"):
     distributed.check_flags(False, _flags(num_processes=2, process_id=1))
+  with pytest.raises(UserError, match=r"^--num_processes takes effect with --distributed only: add --distributed \(or "
+                                      r"drop it\)"):
+    distributed.check_flags(False, _flags(num_processes=2))
   distributed.check_flags(False, _flags())
 
 
