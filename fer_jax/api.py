@@ -12,7 +12,9 @@ StableHLO program, no model code). Without `config`, a checkpoint's meta record 
 model.json) gives the model, its input, its class order, the data set (its stored image size and
 alignment, `fer_jax.face.align`) and the test-time augmentation. A `config` is checked against an
 export's record as against a checkpoint's, and gives the test-time augmentation and what records
-written before 2026-12-03 lack (the data set). `python -m fer_jax.predict` is a command line over this API.
+written before 2026-12-03 lack (the data set). With a config or without, the record gives the shape
+a trained model's images were decoded to (a converted model's, and older records', go by the config).
+`python -m fer_jax.predict` is a command line over this API.
 """
 
 import dataclasses
@@ -83,11 +85,13 @@ def _class_order(names) -> str:
 def _config_from_meta(meta: dict) -> ml_collections.ConfigDict:
   """A checkpoint's or export's config from its meta record (`checkpointing.metadata`): the model, its input
   and class names; the data set (absent from records written before 2026-12-03) gives the crop style and
-  stored size it was trained on, "tta" (absent before 2026-12-05: none) the test-time augmentation."""
+  stored size it was trained on, "tta" (absent before 2026-12-05: none) the test-time augmentation. The
+  shape its images were decoded to is no config key: `checkpointing.recorded_shape` reads it."""
   config = config_lib.base_config()
   config.model.update(meta["model"])
   config.input.update(meta["input"])
-  config.dataset.update(meta.get("dataset") or {})
+  dataset = meta.get("dataset") or {}
+  config.dataset.update({key: value for key, value in dataset.items() if key in config.dataset})
   config.dataset.class_order = _class_order(meta["class_names"])
   config.eval.tta = meta.get("tta", "none")
   return config
@@ -117,18 +121,19 @@ def _load_export(path: str, config, tta_name: str, batch_size: int) -> inference
   # A fixed-batch program takes the whole batch: it runs on one device, in steps of at most its batch (padded to it).
   mesh = mesh_lib.make_mesh(jax.local_devices()[:1]) if fixed_batch else None
   return inference.Predictor(config, variables, tta_name or config.eval.tta, fixed_batch or batch_size,
-                             logits_fn=logits, mesh=mesh)
+                             logits_fn=logits, mesh=mesh, stored_shape=checkpointing.recorded_shape(meta))
 
 
 def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> inference.Predictor:
+  meta = checkpointing.read_meta(path)
   if config is None:
-    meta = checkpointing.read_meta(path)
     if "model" not in meta:
       raise UserError(f"The checkpoint at {path} has no meta record: pass its config to fer_jax.load(path, config=...).")
     config = _config_from_meta(meta)
   validation.validate(config, training=False)
   variables = models.load_trained_variables(config, models.build_model(config), path)
-  return inference.Predictor(config, variables, tta_name or config.eval.tta, batch_size)
+  return inference.Predictor(config, variables, tta_name or config.eval.tta, batch_size,
+                             stored_shape=checkpointing.recorded_shape(meta))
 
 
 def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> "Model":

@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fer_jax import config_lib
 from fer_jax.data import labels
 from fer_jax.errors import UserError
 
@@ -93,15 +94,18 @@ def newest_step(checkpoints: ocp.CheckpointManager) -> int | None:
   return step
 
 
-def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | None = None) -> dict:
+def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | None = None,
+             stored_shape: Sequence[int] = ()) -> dict:
   """The meta record: enough to rebuild the model and its inputs without the config (`fer_jax.load`),
-  the data set's name and stored size included (they pick the crop style and grey decoding), and the
-  test-time augmentation inference uses by default. `initialisation_only` (recorded only when true)
-  marks weights that only start a training (an untrained head): inference refuses them.
-  `steps_per_epoch` (a training run's) is what a resumed run's epochs must have too."""
+  the data set's name and stored size and shape included (they pick the crop style and the decoding), the
+  test-time augmentation inference uses by default, and the whole config (flat, `config_lib.flat`), which a
+  resumed run must continue. `initialisation_only` (recorded only when true) marks weights that only start a
+  training (an untrained head): inference refuses them. `steps_per_epoch` (a training run's) is what a resumed
+  run's epochs must have too; `stored_shape` (a training run's, `dataset_record`) the shape its training
+  split's images are decoded to."""
   record = {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
-            "input": config.input.to_dict(), "dataset": dataset_record(config), "batch_size": config.batch_size,
-            "tta": config.eval.tta}
+            "input": config.input.to_dict(), "dataset": dataset_record(config, stored_shape),
+            "batch_size": config.batch_size, "tta": config.eval.tta, "config": config_lib.flat(config)}
   if steps_per_epoch is not None:
     record["steps_per_epoch"] = steps_per_epoch
   return {**record, INITIALISATION_ONLY: True} if initialisation_only else record
@@ -110,16 +114,26 @@ def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | N
 INITIALISATION_ONLY = "initialisation_only"
 
 
-def dataset_record(config) -> dict:
-  return {"name": config.dataset.name, "image_size": config.dataset.image_size}
+def dataset_record(config, stored_shape: Sequence[int] = ()) -> dict:
+  """The data set's name, the side its images are decoded to (0: their own) and, where a run read them, the
+  (height, width, channels) they were decoded to (`pipeline.stored_shape`): a set of yours's grey images or
+  own size; a model no data was read for (a conversion) leaves them to the name and `image_size`."""
+  record = {"name": config.dataset.name, "image_size": config.dataset.image_size}
+  return {**record, "stored_shape": list(stored_shape)} if stored_shape else record
+
+
+def recorded_shape(meta: dict) -> tuple[int, ...]:
+  """The (height, width, channels) a meta record's training decoded its images to; () where it does not say (a
+  converted model, a record written before 2026-12-05): `inference.FilePreprocessor` then goes by the config."""
+  return tuple((meta.get("dataset") or {}).get("stored_shape", ()))
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config, initialisation_only: bool = False,
-         steps_per_epoch: int | None = None) -> None:
+         steps_per_epoch: int | None = None, stored_shape: Sequence[int] = ()) -> None:
   """Starts an asynchronous save of `step` (after the previous save has finished)."""
   with save_errors(checkpoints):
     checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
-        metadata(config, initialisation_only, steps_per_epoch))))
+        metadata(config, initialisation_only, steps_per_epoch, stored_shape))))
 
 
 def wait_until_saved(checkpoints: ocp.CheckpointManager) -> None:
@@ -179,7 +193,8 @@ def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_stat
 
 def _check_continues(step_directory: str, config, steps_per_epoch: int | None) -> None:
   """The run saved in `step_directory` must be of the config's model, classes and inputs, and its step counter
-  must count the config's epochs (its global batch and steps per epoch)."""
+  must count the config's epochs (its global batch and steps per epoch) and train as it did
+  (`config_lib.resume_differences`)."""
   meta, run = _meta(step_directory), os.path.dirname(os.path.dirname(step_directory))
   if "model" in meta:
     check_identity(meta, f"The run in {run}", config.model, labels.class_names(config.dataset.class_order),
@@ -195,6 +210,11 @@ def _check_continues(step_directory: str, config, steps_per_epoch: int | None) -
     raise CheckpointError(f"The run in {run} trained {saved_steps} steps an epoch, this config's training split gives "
                           f"{steps_per_epoch}: its steps would stand for other epochs and schedule. Resume with the "
                           f"dataset.train_split, max_per_class and sampler it was trained with, {new_run}")
+  changed = config_lib.resume_differences(meta.get("config", {}), config)
+  if changed:
+    raise CheckpointError(f"The run in {run} was trained with other settings: {_first(changed)}. A resumed run "
+                          "continues the same training (its checkpoints are left as they are): resume with the config "
+                          f"it was trained with ({os.path.join(step_directory, META_FILE)} records it), {new_run}")
 
 
 def _saved_tree(state_directory: str) -> dict:

@@ -10,9 +10,10 @@ writes
                       with a symbolic batch size B (fixed with --batch_size=N), lowered for the
                       platforms in --platforms (default cpu and cuda)
   OUT/model.json      class names, input size and channels, the preprocessing to apply first
-                      (config.input.eval_pp), the data set (name, stored size), the test-time
-                      augmentation, the compute dtype (config.model.dtype as it resolved here: the
-                      program computes in it on every platform), batch size and platforms
+                      (config.input.eval_pp), the data set (name, stored size; the shape a
+                      trained model's images were decoded to), the test-time augmentation, the compute dtype
+                      (config.model.dtype as it resolved here: the program computes in it on every
+                      platform), batch size and platforms
 Reload with JAX and Orbax only (no model code):
   exported = jax.export.deserialize(open("OUT/model.stablehlo", "rb").read())
   variables = orbax.checkpoint.StandardCheckpointer().restore(os.path.abspath("OUT/variables"))  # absolute only
@@ -29,6 +30,7 @@ normalise; PIL/cv2 resizing happens outside the program).
 Run with ONNX Runtime: onnxruntime.InferenceSession("OUT/model.onnx").run(None, {"images": images}).
 """
 
+from collections.abc import Sequence
 import json
 import os
 
@@ -92,16 +94,17 @@ def export_onnx(config, variables: dict, batch_size: int | None = None):
                              OUTPUTS, name=config.model.name)
 
 
-def onnx_parity(config, variables: dict, serialized: bytes, paths: list[str], batch_size: int | None) -> dict:
-  """ONNX Runtime against JAX on the image files (after the eval preprocessing): the largest
-  absolute logit difference divided by the largest absolute JAX logit."""
+def onnx_parity(config, variables: dict, serialized: bytes, paths: list[str], batch_size: int | None,
+                stored_shape: Sequence[int]) -> dict:
+  """ONNX Runtime against JAX on the image files (after the eval preprocessing, decoded at `stored_shape`, as
+  `inference.FilePreprocessor`): the largest absolute logit difference divided by the largest absolute JAX logit."""
   try:
     import onnxruntime
   except ImportError as error:
     raise UserError(f"--verify_images needs onnxruntime ({error}): pip install 'fer_jax[onnx]'.") from None
   if batch_size is not None and len(paths) != batch_size:
     raise UserError(f"--verify_images: give exactly --batch_size={batch_size} images (got {len(paths)}).")
-  preprocess = inference.FilePreprocessor(config)
+  preprocess = inference.FilePreprocessor(config, stored_shape)
   images = np.asarray(jax.jit(preprocess)(np.stack([preprocess.read(path) for path in paths])))
   expected = np.asarray(jax.jit(inference_function(config))(variables, images)["logits"])
   options = onnxruntime.SessionOptions()
@@ -169,7 +172,8 @@ def read_variables(path: str) -> dict:
     return ocp.StandardCheckpointer().restore(folder)
 
 
-def metadata(config, batch_size: int | None, format_fields: dict) -> dict:
+def metadata(config, batch_size: int | None, format_fields: dict, stored_shape: Sequence[int] = ()) -> dict:
+  """model.json; `stored_shape`: what the checkpoint's training decoded its images to, as its meta record says."""
   return {
       "method": config.model.name,
       "class_names": list(labels.class_names(config.dataset.class_order)),
@@ -178,7 +182,7 @@ def metadata(config, batch_size: int | None, format_fields: dict) -> dict:
       "compute_dtype": models.compute_dtype(config.model.dtype),  # "auto" as it resolved where exported
       "preprocessing": augment.with_size(config.input.eval_pp, config.input.size),
       "tta": config.eval.tta,  # the views fer_jax.predict averages unless told otherwise (fer_jax.tta)
-      "dataset": checkpointing.dataset_record(config),
+      "dataset": checkpointing.dataset_record(config, stored_shape),
       "batch_size": "symbolic" if batch_size is None else batch_size,
       "outputs": {"logits": "float32 [batch, classes]", "probabilities": "softmax of the logits"},
       **format_fields,
@@ -186,12 +190,14 @@ def metadata(config, batch_size: int | None, format_fields: dict) -> dict:
   }
 
 
-def write_onnx(config, variables: dict, out: str, batch_size: int | None, verify_images) -> dict:
+def write_onnx(config, variables: dict, out: str, batch_size: int | None, verify_images,
+               stored_shape: Sequence[int]) -> dict:
   """OUT/model.onnx, checked against JAX on `verify_images` first; returns model.json's format fields."""
   serialized = export_onnx(config, variables, batch_size).SerializeToString()
   fields = {"format": "onnx", "onnx_opset": onnx_export.OPSET}
   if verify_images:
-    fields["onnx_runtime_vs_jax"] = onnx_parity(config, variables, serialized, list(verify_images), batch_size)
+    fields["onnx_runtime_vs_jax"] = onnx_parity(config, variables, serialized, list(verify_images), batch_size,
+                                                stored_shape)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, ONNX), "wb") as f:
     f.write(serialized)
@@ -212,9 +218,11 @@ def write_stablehlo(config, variables: dict, out: str, batch_size: int | None, p
 
 
 def export(config, variables: dict, out: str, batch_size: int | None = None, platforms=("cpu", "cuda"),
-           export_format: str = "stablehlo", verify_images=()) -> dict:
+           export_format: str = "stablehlo", verify_images=(), stored_shape: Sequence[int] = ()) -> dict:
   """Writes OUT/variables, OUT/model.stablehlo and OUT/model.json (or, for export_format "onnx",
-  OUT/model.onnx and OUT/model.json, checked against JAX on `verify_images`); returns the metadata."""
+  OUT/model.onnx and OUT/model.json, checked against JAX on `verify_images`); returns the metadata.
+  `stored_shape`: what the checkpoint's training decoded its images to, as its meta record says
+  (`checkpointing.recorded_shape`)."""
   out = os.path.abspath(os.path.expanduser(out))
   if os.path.exists(out) and os.listdir(out):
     raise UserError(f"--out={out} is not empty: export into a new folder.")
@@ -225,10 +233,10 @@ def export(config, variables: dict, out: str, batch_size: int | None = None, pla
   if verify_images and export_format != "onnx":
     raise UserError("--verify_images checks an ONNX export: add --format=onnx or drop it.")
   if export_format == "onnx":
-    fields = write_onnx(config, variables, out, batch_size, verify_images)
+    fields = write_onnx(config, variables, out, batch_size, verify_images, stored_shape)
   else:
     fields = write_stablehlo(config, variables, out, batch_size, platforms)
-  info = metadata(config, batch_size, fields)
+  info = metadata(config, batch_size, fields, stored_shape)
   with open(os.path.join(out, METADATA), "w") as f:
     json.dump(info, f, indent=2)
   return info
@@ -265,7 +273,7 @@ def main(argv):
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, args.checkpoint)
   info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms, args.format,
-                args.verify_images)
+                args.verify_images, checkpointing.recorded_shape(checkpointing.read_meta(args.checkpoint)))
   if "onnx_runtime_vs_jax" in info:
     logging.info("ONNX Runtime vs JAX on %(images)d images: worst relative logit error "
                  "%(worst_relative_logit_error).2e", info["onnx_runtime_vs_jax"])

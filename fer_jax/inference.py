@@ -3,6 +3,7 @@ commands: the input files a command is given (`list_images`), their decoding and
 (`FilePreprocessor`) and a jitted, data-parallel forward pass (`Predictor`).
 """
 
+from collections.abc import Sequence
 import os
 
 from absl import logging
@@ -49,12 +50,15 @@ def _warn_unreadable_folder(error: OSError) -> None:
 
 class FilePreprocessor:
   """Images from files: decoded on the host at `config.dataset.image_size` (else the model's input size)
-  and at the channels the data set stores (`decode.stored_channels`), so that they reach the eval
-  pipeline as the set's own images do, then the eval pipeline, inside the caller's jit."""
+  and at the channels the data set stores, so that they reach the eval pipeline as the set's own images
+  do, then the eval pipeline, inside the caller's jit. `stored_shape`: the (height, width, channels) the
+  model's training decoded its images to, as its meta record gives it (`checkpointing.recorded_shape`); where
+  it gives none (a conversion, an older record), the config's size and the channels by the set's name
+  (`decode.stored_channels`)."""
 
-  def __init__(self, config):
+  def __init__(self, config, stored_shape: Sequence[int] = ()):
     side = config.dataset.image_size or config.input.size
-    self.shape = (side, side, decode.stored_channels(config.dataset.name))
+    self.shape = tuple(stored_shape) or (side, side, decode.stored_channels(config.dataset.name))
     self.pipeline = pipeline.compile_pipeline(config, config.input.eval_pp, self.shape, "input.eval_pp")
 
   def read(self, path: str) -> np.ndarray:
@@ -89,13 +93,13 @@ class Predictor:
   """Preprocessing and a jitted, data-parallel forward pass for one config and checkpoint."""
 
   def __init__(self, config, variables: dict, tta_name: str = "none", batch_size: int = 64, logits_fn=None,
-               mesh=None):
+               mesh=None, stored_shape: Sequence[int] = ()):
     """`logits_fn(variables, images)`: the model's logits; default the config's model (an export passes its program).
-    `mesh`: the devices the batches are split over; default every device."""
+    `mesh`: the devices the batches are split over; default every device. `stored_shape`: as `FilePreprocessor`'s."""
     self.config = config
     self.tta_name = tta_name
     self.class_names = labels.class_names(config.dataset.class_order)
-    self.preprocess = FilePreprocessor(config)
+    self.preprocess = FilePreprocessor(config, stored_shape)
     self.mesh = mesh_lib.make_mesh() if mesh is None else mesh
     devices = self.mesh.devices.size
     self.batch_size = -(-batch_size // devices) * devices

@@ -44,8 +44,7 @@ REPORT = "eval_results.json"
 # What every seed of one config shares in each evaluator's results (with its TTA's name).
 RUN_KEYS = ("model", "dataset", "split", "class_names", "num_examples", "pp")
 # Config keys seeds of one run may differ in: where and how often things are written, read and logged.
-NOT_OF_THE_RUN = ("seed", "dataset.data_dir", "dataset.cache", "dataset.cache_budget_mb", "data_workers",
-                  "log_every_steps", "checkpoint_every_steps", "max_checkpoints")
+NOT_OF_THE_RUN = ("seed", *config_lib.NOT_OF_THE_TRAINING)
 
 
 def define_flags() -> None:

@@ -1,5 +1,6 @@
 """The training loop: data-parallel jit over a device mesh, Orbax resume, eval and reports."""
 
+from collections.abc import Sequence
 import os
 import threading
 import time
@@ -305,8 +306,10 @@ class Selection:
                       f"selects by {self.metric} on {self.evaluator}, whose values do not compare with it. Resume with "
                       f"--config.select_metric={saved[0]} --config.select_on={saved[1]}, or start a new --workdir.")
 
-  def update(self, epoch: int, step: int, results: dict, variables: dict, config) -> bool:
-    """Records an evaluation; returns True when training should stop early."""
+  def update(self, epoch: int, step: int, results: dict, variables: dict, config,
+             stored_shape: Sequence[int]) -> bool:
+    """Records an evaluation; returns True when training should stop early. `stored_shape`: what the training
+    split's images are decoded to, for the meta record (`checkpointing.dataset_record`)."""
     if not self.metric:
       return False
     value = round(results[self.metric], self.decimals) if self.decimals else results[self.metric]
@@ -314,7 +317,8 @@ class Selection:
       self.best_value, self.best_epoch = value, epoch
       with checkpointing.save_errors(self.checkpoints):
         self.checkpoints.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(checkpointing.metadata(config)),
+            state=ocp.args.StandardSave(variables),
+            meta=ocp.args.JsonSave(checkpointing.metadata(config, stored_shape=stored_shape)),
             selection=ocp.args.JsonSave({"value": self.best_value, "epoch": epoch, "metric": self.metric,
                                          "evaluator": self.evaluator})))
       logging.info("New best %s %.4f at epoch %d", self.metric, self.best_value, epoch)
@@ -509,7 +513,8 @@ class TrainingRun:
     self.progress.exclude(time.perf_counter() - start)
     if self.config.select_on not in results:
       return False
-    stop = self.selection.update(epoch, self.step, results[self.config.select_on], self.variables, self.config)
+    stop = self.selection.update(epoch, self.step, results[self.config.select_on], self.variables, self.config,
+                                 self.data.shape)
     if stop:
       logging.info("Early stopping at epoch %d: no gain in %s for %d epochs", epoch, self.selection.metric,
                    self.selection.patience)
@@ -524,7 +529,8 @@ class TrainingRun:
     """Saves the step when due or forced."""
     if force or self.checkpoint_due():
       self.guard.check()
-      checkpointing.save(self.checkpoints, self.step, self.state, self.config, steps_per_epoch=self.steps_per_epoch)
+      checkpointing.save(self.checkpoints, self.step, self.state, self.config, steps_per_epoch=self.steps_per_epoch,
+                         stored_shape=self.data.shape)
 
   def stop_signal(self, signals: stopping.StopSignals) -> str | None:
     """The signal to save this step and stop for, or None. One process stops after the step its

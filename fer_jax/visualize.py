@@ -19,6 +19,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import inference
@@ -43,7 +44,7 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
   if method.save_attention_maps is None:
     raise UserError(f"Model {config.model.name!r} has no attention maps to save: "
                     f"pass an APViT or SCAN-CCI config and checkpoint.")
-  preprocess = inference.FilePreprocessor(config)
+  preprocess = inference.FilePreprocessor(config, checkpointing.recorded_shape(checkpointing.read_meta(checkpoint)))
   decoded, readable, skipped = inference.read_images(preprocess, paths)
   if not decoded:
     raise inference.no_readable_image("to visualize", skipped)

@@ -209,9 +209,42 @@ def test_a_run_resumes_with_clipping_turned_on_and_refuses_another_optimizer(tmp
   shutil.rmtree(tmp_path / "checkpoints" / "8")
   before = _files(tmp_path / "checkpoints")
   config.optimizer.name = "adam" if config.optimizer.name != "adam" else "sgd"
-  with pytest.raises(checkpointing.CheckpointError, match="is intact, but this run's config builds a different"):
+  with pytest.raises(checkpointing.CheckpointError, match=f"was trained with other settings: "
+                     f"config.optimizer.name '{config.optimizer.name}'"):
     train.train_and_evaluate(config, str(tmp_path))
   assert _files(tmp_path / "checkpoints") == before
+
+
+@pytest.mark.parametrize("key, value, refused", [
+    ("optimizer.momentum", 0.5, True),  # the optimiser state's layout is the same: it resumed silently
+    ("optimizer.weight_decay", 5e-4, True),
+    ("model.dtype", "bfloat16", True),  # the same variables, other numerics
+    ("seed", 1, True),  # another data order
+    ("input.train_pp", "flip_lr()", True),
+    ("optimizer.lr", 0.001, False),  # what a non-finite loss calls for
+    ("optimizer.grad_clip_norm", 1.0, False),
+    ("num_epochs", 80, False),
+    ("data_workers", 0, False),
+    ("eval.tta", "flip", False),
+    ("model.remat", "blocks", False),  # the same gradients
+])
+def test_a_resume_may_change_how_long_and_how_it_steps_but_not_what_it_trains(key, value, refused):
+  config = get_config("configs/dan.py:rafdb")
+  saved = config_lib.flat(config)
+  section, _, name = key.rpartition(".")
+  (config[section] if section else config)[name] = value
+  differences = config_lib.resume_differences(saved, config)
+  assert differences == ([f"config.{key} {value!r} (saved {saved[key]!r})"] if refused else [])
+
+
+def test_a_cosine_schedule_resumes_only_for_the_epochs_it_was_shaped_for():
+  config = get_config("configs/dan.py:rafdb")
+  config.optimizer.schedule = "cosine"
+  saved = config_lib.flat(config)
+  config.num_epochs += 10
+  assert config_lib.resume_differences(saved, config) == [f"config.num_epochs {config.num_epochs} "
+                                                          f"(saved {saved['num_epochs']})"]
+  assert config_lib.resume_differences({}, config) == []  # checkpoints written before the config was recorded
 
 
 def test_an_initialisation_only_model_starts_training_but_inference_and_its_summary_refuse_or_read_it(tmp_path):
@@ -240,6 +273,19 @@ def test_the_meta_record_keeps_the_test_time_augmentation(tmp_path):
   config.eval.tta = "lhc62"
   checkpointing.save_model(str(tmp_path), random_variables(config), config)
   assert checkpointing.read_meta(str(tmp_path))["tta"] == "lhc62"
+
+
+def test_the_meta_record_keeps_the_shape_a_run_decoded_its_data_set_to(tmp_path):
+  """A run records what its training split's images are decoded to; a conversion read no data and an older record
+  has none (the config's size and the set's name decide)."""
+  config = _config()
+  checkpoints = checkpointing.manager(str(tmp_path / "run"))
+  checkpointing.save(checkpoints, 1, {"params": PARAMS}, config, steps_per_epoch=1, stored_shape=(40, 40, 1))
+  checkpointing.wait_until_saved(checkpoints)
+  assert checkpointing.recorded_shape(checkpointing.read_meta(str(tmp_path / "run"))) == (40, 40, 1)
+  checkpointing.save_model(str(tmp_path / "converted"), {"params": PARAMS}, config)
+  assert checkpointing.recorded_shape(checkpointing.read_meta(str(tmp_path / "converted"))) == ()
+  assert checkpointing.recorded_shape({"model": {}}) == ()
 
 
 def test_a_recorded_auto_dtype_is_no_difference_from_the_resolved_one(tmp_path):
@@ -290,7 +336,7 @@ def test_a_resumed_selection_by_another_metric_or_evaluator_is_refused(tmp_path)
   config = _config()
   config.update(select_metric="accuracy", select_on="eval")
   selection = train.Selection(config, str(tmp_path))
-  selection.update(1, 8, {"accuracy": 0.5}, {"params": PARAMS, "batch_stats": BATCH_STATS}, config)
+  selection.update(1, 8, {"accuracy": 0.5}, {"params": PARAMS, "batch_stats": BATCH_STATS}, config, (8, 8, 3))
   selection.wait_until_finished()
   assert train.Selection(config, str(tmp_path)).best_value == 0.5  # the same selection resumes
   for key, value in (("select_metric", "mean_class_accuracy"), ("select_on", "occluded")):

@@ -13,6 +13,7 @@ import pytest
 
 import fer_jax
 from fer_jax import models
+from fer_jax import train
 from fer_jax import validation
 from fer_jax.data import labels
 from fer_jax.data import prepare
@@ -20,6 +21,20 @@ from fer_jax.errors import ConfigError, UserError
 from helpers import ROOT, cpu_devices_env, get_config, run_command
 
 EXAMPLES = os.path.join(ROOT, "examples")
+# examples/my_sets/class_folders.py kept grey, as FER2013 stores its faces.
+GREY_FOLDERS = """
+import tensorflow_datasets as tfds
+from my_sets import class_folders
+
+
+class GreyFolders(class_folders.ClassFolders):
+  CHANNELS = 1
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 1)),
+        "label": tfds.features.ClassLabel(names=class_folders.CLASS_NAMES), "file_name": tfds.features.Text()}))
+"""
 
 
 def test_a_model_name_that_names_no_method_is_refused_with_the_fix(monkeypatch):
@@ -89,3 +104,41 @@ def test_a_data_set_of_yours_prepares_and_trains(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((tmp_path / "run" / "eval_results.json").read_text())
   assert report["dataset"] == "class_folders" and report["num_examples"] == 14
+
+
+@pytest.mark.integration
+def test_a_grey_data_set_of_yours_is_predicted_on_grey_as_it_was_trained(tmp_path, monkeypatch):
+  """A run records the shape its set's images are decoded to: a photo reaches the model as the set's images
+  reached it in training (fer_jax knew only its own grey sets, by name, and decoded this set's photos in colour,
+  and at the model's input size where training decoded at the images' own, 40×40)."""
+  (tmp_path / "grey_sets").mkdir()
+  (tmp_path / "grey_sets" / "__init__.py").touch()
+  (tmp_path / "grey_sets" / "grey_folders.py").write_text(GREY_FOLDERS)
+  monkeypatch.syspath_prepend(EXAMPLES)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for name in labels.CLASS_ORDERS["fer2013"]:
+      (tmp_path / "manual" / split / name).mkdir(parents=True)
+      Image.fromarray(rng.integers(0, 256, (40, 40, 3), np.uint8)).save(tmp_path / "manual" / split / name / "0.png")
+  prepare.prepare("grey_sets.grey_folders", str(tmp_path / "manual"), str(tmp_path / "tfds"))
+  config = get_config("configs/dan.py:synthetic")
+  config.dataset.update(name="grey_folders", data_dir=str(tmp_path / "tfds"))
+  config.input.update(size=32, train_pp="gray_to_rgb()|" + config.input.train_pp,
+                      eval_pp="gray_to_rgb()|" + config.input.eval_pp)
+  config.update(batch_size=7, eval_batch_size=7, num_epochs=1, data_workers=0, select_metric="accuracy",
+                restore_best=True)  # the workdir's model is then the best epoch's (best/STEP)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  exported = run_command("fer_jax.export", "--config=configs/dan.py:synthetic", "--config.dataset.name=grey_folders",
+                         "--config.input.size=32", f"--config.input.eval_pp={config.input.eval_pp}",
+                         f"--checkpoint={tmp_path / 'run'}", f"--out={tmp_path / 'exported'}", "--platforms=cpu")
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  photo = rng.integers(0, 256, (32, 32, 3), np.uint8)
+  Image.fromarray(photo).save(tmp_path / "photo.png")
+  grey = np.asarray(Image.fromarray(photo).convert("L").resize((40, 40), Image.BILINEAR))[..., None]
+  for model in (fer_jax.load(str(tmp_path / "run"), batch_size=1),  # from the meta record
+                fer_jax.load(str(tmp_path / "run"), config=config, batch_size=1),  # as predict --config loads it
+                fer_jax.load(str(tmp_path / "exported"), batch_size=1)):
+    np.testing.assert_array_equal(model.predictor.preprocess.read(str(tmp_path / "photo.png")), grey)
+  prediction, = model.predict([str(tmp_path / "photo.png")])
+  assert np.isclose(sum(prediction.probabilities.values()), 1)

@@ -252,11 +252,11 @@ def test_selection_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
   config.update(select_metric="mean_class_accuracy", early_stopping_patience=2)
   variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
   selection = train.Selection(config, str(tmp_path))
-  assert not selection.update(1, 10, {"mean_class_accuracy": 0.5}, variables, config)
+  assert not selection.update(1, 10, {"mean_class_accuracy": 0.5}, variables, config, (8, 8, 3))
   best = {"params": {"w": np.ones(2, np.float32)}, "batch_stats": {}}
-  assert not selection.update(2, 20, {"mean_class_accuracy": 0.6}, best, config)
-  assert not selection.update(3, 30, {"mean_class_accuracy": 0.6}, variables, config)  # equal is no gain
-  assert selection.update(4, 40, {"mean_class_accuracy": 0.55}, variables, config)
+  assert not selection.update(2, 20, {"mean_class_accuracy": 0.6}, best, config, (8, 8, 3))
+  assert not selection.update(3, 30, {"mean_class_accuracy": 0.6}, variables, config, (8, 8, 3))  # equal is no gain
+  assert selection.update(4, 40, {"mean_class_accuracy": 0.55}, variables, config, (8, 8, 3))
   selection.wait_until_finished()
   restored = train.Selection(config, str(tmp_path))  # as after a restart
   assert (restored.best_epoch, restored.best_value) == (2, 0.6)
@@ -269,10 +269,10 @@ def test_selection_can_round_the_metric_and_let_a_later_tie_win(tmp_path):
   config.update(select_metric="accuracy", select_decimals=4, select_ties="latest")
   variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
   selection = train.Selection(config, str(tmp_path))
-  selection.update(1, 10, {"accuracy": 0.91234}, variables, config)
-  selection.update(2, 20, {"accuracy": 0.91226}, variables, config)  # 0.9123 either way: epoch 2 wins
+  selection.update(1, 10, {"accuracy": 0.91234}, variables, config, (8, 8, 3))
+  selection.update(2, 20, {"accuracy": 0.91226}, variables, config, (8, 8, 3))  # 0.9123 either way: epoch 2 wins
   assert (selection.best_epoch, selection.best_value) == (2, 0.9123)
-  selection.update(3, 30, {"accuracy": 0.9122}, variables, config)
+  selection.update(3, 30, {"accuracy": 0.9122}, variables, config, (8, 8, 3))
   assert selection.best_epoch == 2
 
 

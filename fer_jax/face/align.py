@@ -7,9 +7,10 @@
   box         AffectNet, FER2013, FERPlus, SFEW and others: the square around the detected box,
               grown by a margin on every side, cropped and resized.
 Every crop is then brought to the data set's stored image (`fer_jax.data.decode.to_stored`; FER2013's
-and FERPlus' are 48×48 grey, `decode.stored_channels`, which the eval pipeline's `gray_to_rgb()`
-copies to LHC-Net's 3 channels). The margins are our judgement from crops of real photos (the data
-sets do not publish theirs): edit ALIGNMENTS to match how your training crops were made.
+and FERPlus' are 48×48 grey, which the eval pipeline's `gray_to_rgb()` copies to LHC-Net's 3 channels;
+the channels are those the model's meta record gives, `fer_jax.inference.FilePreprocessor`). The
+margins are our judgement from crops of real photos (the data sets do not publish theirs): edit
+ALIGNMENTS to match how your training crops were made.
 """
 
 import dataclasses
