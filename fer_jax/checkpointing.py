@@ -212,9 +212,12 @@ def _check_continues(step_directory: str, config, steps_per_epoch: int | None) -
                           f"dataset.train_split, max_per_class and sampler it was trained with, {new_run}")
   changed = config_lib.resume_differences(meta.get("config", {}), config)
   if changed:
-    raise CheckpointError(f"The run in {run} was trained with other settings: {_first(changed)}. A resumed run "
-                          "continues the same training (its checkpoints are left as they are): resume with the config "
-                          f"it was trained with ({os.path.join(step_directory, META_FILE)} records it), {new_run}")
+    cosine = " (it shapes the cosine schedule)" if any(key == "num_epochs" for key, _, _ in changed) else ""
+    raise CheckpointError(
+        f"The run in {run} was trained with other settings: "
+        + ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in changed) + cosine
+        + ". A resumed run continues the same training (its checkpoints are left as they are): resume with "
+        + " ".join(config_lib.override(key, saved) for key, _, saved in changed) + f", {new_run}")
 
 
 def _saved_tree(state_directory: str) -> dict:

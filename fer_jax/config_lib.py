@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shlex
 from collections.abc import Sequence
 
 from absl import flags
@@ -41,25 +42,31 @@ NOT_OF_THE_TRAINING = ("dataset.data_dir", "dataset.cache", "dataset.cache_budge
                        "log_every_steps", "checkpoint_every_steps", "max_checkpoints")
 # What a resumed run may change besides (a key, or a prefix ending in "." or "_"): the learning rate and gradient
 # clipping (what a non-finite loss calls for), how long it trains (not under a cosine schedule, which num_epochs
-# shapes), what it evaluates, selects and stops on, where a new run would start from, and what the backward pass
-# recomputes (the same gradients, `config.model.remat`).
+# shapes), what it evaluates, reports, selects and stops on, where a new run would start from, and what the
+# backward pass recomputes (the same gradients, `config.model.remat`).
 RESUME_MAY_CHANGE = NOT_OF_THE_TRAINING + (
-    "optimizer.lr", "optimizer.grad_clip_norm", "num_epochs", "eval.", "evals.", "eval_batch_size", "select_",
-    "restore_best", "early_stopping_patience", "init_from", "init_from_missing", "init_from_required", "model.remat")
+    "optimizer.lr", "optimizer.grad_clip_norm", "num_epochs", "eval.", "evals.", "eval_batch_size",
+    "dataset.test_split", "select_", "restore_best", "early_stopping_patience", "init_from", "init_from_missing",
+    "init_from_required", "model.remat")
 
 
-def resume_differences(saved: dict, config) -> list[str]:
-  """The keys of `config` (flat) a run resumed from a checkpoint recording `saved` (its flat config) must not
-  change, as "config.KEY VALUE (saved VALUE)"; none where nothing is recorded (checkpoints before 2026-12-05)."""
-  if not saved:
-    return []
+def resume_differences(saved: dict, config) -> list[tuple[str, object, object]]:
+  """(key, this config's value, the saved one) for each key of `config` (flat) a run resumed from a checkpoint
+  recording `saved` (its flat config) must not change; none where nothing is recorded (checkpoints before
+  2026-12-05). Keys one side lacks (another fer_jax version's) are not compared."""
   current = flat(config)
   may_change = [key for key in RESUME_MAY_CHANGE
                 if not (key == "num_epochs" and current.get("optimizer.schedule") == "cosine")]
   def fixed(key):
     return not any(key == entry or (entry[-1] in "._" and key.startswith(entry)) for entry in may_change)
-  return [f"config.{key} {current.get(key)!r} (saved {saved.get(key)!r})"
-          for key in sorted(set(saved) | set(current)) if fixed(key) and saved.get(key) != current.get(key)]
+  return [(key, current[key], saved[key]) for key in sorted(set(saved) & set(current))
+          if fixed(key) and saved[key] != current[key]]
+
+
+def override(key: str, value) -> str:
+  """The command-line argument setting flat `key` to a value of `flat`'s (lists as tuples), quoted for a shell."""
+  text = repr(tuple(value)) if isinstance(value, list) else value if isinstance(value, str) else json.dumps(value)
+  return shlex.quote(f"--config.{key}={text}")
 
 
 # RAF-DB's occlusion and pose test subsets (fer_jax.data.builders.rafdb), present when their list
