@@ -4,9 +4,10 @@
   model = fer_jax.load("workdirs/dan_rafdb", config="configs/dan.py:rafdb")
   for face in model.detect_and_predict("group.jpg"):
     print(face.index, face.box, face.prediction.label if face.prediction else face.skipped)
-  model.predict(["crop1.png", crop_array])  # face crops: one Prediction each
+  model.predict(["crop1.png", crop_array])  # face crops of at least min_face_size px: one Prediction each
 
-`load` accepts a training workdir (its newest checkpoint), a checkpoints/ or step folder, the
+`load` accepts a training workdir (the weights its report evaluated, `best/STEP` with restore_best, else
+its newest checkpoint), a checkpoints/ or step folder, the
 output of `python -m fer_jax.convert`, or a `python -m fer_jax.export` folder (run through its
 StableHLO program, no model code). Without `config`, a checkpoint's meta record (an export's
 model.json) gives the model, its input, its class order, the data set (its stored image size and
@@ -17,8 +18,8 @@ a trained model's images were decoded to (a converted model's, and older records
 `python -m fer_jax.predict` is a command line over this API.
 """
 
+import contextlib
 import dataclasses
-import functools
 import os
 
 import jax
@@ -45,6 +46,9 @@ from fer_jax.face import detector
 CROP_ASPECT = 1.25
 CROP_MAX_SIDE_FACTOR, CROP_MIN_LIMIT = 2, 128
 MIN_FACE_SIZE, MIN_SCORE = 24.0, 0.9
+# The detector searches for faces down to this fraction of min_face_size (MTCNN's usual 20 px at the default
+# 24), so that faces just below it are found and reported as too small, and none far below are searched for.
+SEARCH_BELOW_MIN_FACE_SIZE = 5 / 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +86,7 @@ def _class_order(names) -> str:
                   "pass its config to fer_jax.load(path, config=...).")
 
 
-def _config_from_meta(meta: dict) -> ml_collections.ConfigDict:
+def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
   """A checkpoint's or export's config from its meta record (`checkpointing.metadata`): the model, its input
   and class names; the data set (absent from records written before 2026-12-03) gives the crop style and
   stored size it was trained on, "tta" (absent before 2026-12-05: none) the test-time augmentation. The
@@ -97,6 +101,13 @@ def _config_from_meta(meta: dict) -> ml_collections.ConfigDict:
   return config
 
 
+def _using_tta(config: ml_collections.ConfigDict, tta_name: str) -> ml_collections.ConfigDict:
+  """A copy of `config` whose eval.tta is the test-time augmentation the model runs: `tta_name`, else its own."""
+  config = config.copy_and_resolve_references()
+  config.eval.tta = tta_name or config.eval.tta
+  return config
+
+
 def _load_export(path: str, config, tta_name: str, batch_size: int) -> inference.Predictor:
   """The export's own record gives the model and its inputs; a `config` is checked against it as for a
   checkpoint, gives the test-time augmentation and fills what older exports did not record."""
@@ -107,7 +118,7 @@ def _load_export(path: str, config, tta_name: str, batch_size: int) -> inference
     checkpointing.check_identity(meta, f"The export {path}", config.model,
                                  labels.class_names(config.dataset.class_order), config.input)
     meta = {"dataset": checkpointing.dataset_record(config), **meta, "tta": config.eval.tta}
-  config = _config_from_meta(meta)
+  config = _using_tta(config_from_meta(meta), tta_name)
   exported = export.read_program(path)
   variables = export.read_variables(path)
   fixed_batch = info["batch_size"] if isinstance(info["batch_size"], int) else 0
@@ -120,7 +131,7 @@ def _load_export(path: str, config, tta_name: str, batch_size: int) -> inference
 
   # A fixed-batch program takes the whole batch: it runs on one device, in steps of at most its batch (padded to it).
   mesh = mesh_lib.make_mesh(jax.local_devices()[:1]) if fixed_batch else None
-  return inference.Predictor(config, variables, tta_name or config.eval.tta, fixed_batch or batch_size,
+  return inference.Predictor(config, variables, config.eval.tta, fixed_batch or batch_size,
                              logits_fn=logits, mesh=mesh, stored_shape=checkpointing.recorded_shape(meta))
 
 
@@ -129,15 +140,17 @@ def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> infer
   if config is None:
     if "model" not in meta:
       raise UserError(f"The checkpoint at {path} has no meta record: pass its config to fer_jax.load(path, config=...).")
-    config = _config_from_meta(meta)
+    config = config_from_meta(meta)
   validation.validate(config, training=False)
+  config = _using_tta(config, tta_name)
   variables = models.load_trained_variables(config, models.build_model(config), path)
-  return inference.Predictor(config, variables, tta_name or config.eval.tta, batch_size,
+  return inference.Predictor(config, variables, config.eval.tta, batch_size,
                              stored_shape=checkpointing.recorded_shape(meta))
 
 
 def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> "Model":
-  """The model at `path`; `config` a ConfigDict or "configs/<method>.py:<dataset>"."""
+  """The model at `path`; `config` a ConfigDict or "configs/<method>.py:<dataset>". `tta` (default: the config's,
+  else the recorded one) is the test-time augmentation it runs, which its `config.eval.tta` then says."""
   path = os.path.expanduser(path)
   if isinstance(config, str):
     config = load_config(config)
@@ -149,12 +162,24 @@ def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> "Model"
   return Model(_load_checkpoint(path, config, tta, batch_size))
 
 
-def _as_rgb(photo) -> np.ndarray:
-  image = decode.read_photo(photo) if isinstance(photo, (str, os.PathLike)) else np.asarray(photo)
-  if image.dtype != np.uint8 or image.ndim not in (2, 3):
-    raise UserError(f"A photo must be a path or a uint8 array [height, width(, channels)], got {image.dtype} "
-                    f"{image.shape}.")
-  return np.repeat(image.reshape(*image.shape[:2], -1), 3, axis=-1) if image.ndim == 2 or image.shape[-1] == 1 else image
+def as_rgb(image) -> np.ndarray:
+  """A uint8 array [height, width] or [height, width, 1–4 channels] as RGB [height, width, 3]: grey repeated,
+  alpha dropped (as PIL's convert("RGB")); a UserError naming the fix for any other array."""
+  image = np.asarray(image)
+  channels = 1 if image.ndim == 2 else image.shape[-1] if image.ndim == 3 else 0
+  if image.dtype != np.uint8 or channels not in (1, 2, 3, 4) or 0 in image.shape[:2]:
+    raise UserError(f"An image array must be uint8 [height, width] or [height, width, channels] with 1 (grey), 2 "
+                    f"(grey, alpha), 3 (RGB) or 4 (RGBA) channels, got {image.dtype} {image.shape}: convert it "
+                    "(floats in 0–1: (image * 255).round().astype(np.uint8)).")
+  image = image.reshape(*image.shape[:2], channels)
+  return image[..., :3] if channels >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+
+
+def check_limits(min_face_size: float, min_score: float = MIN_SCORE) -> None:
+  if not min_face_size >= 0:
+    raise UserError(f"min_face_size={min_face_size:g} must be 0 or more (pixels of a face's shorter side).")
+  if not 0 <= min_score <= 1:
+    raise UserError(f"min_score={min_score:g} must be between 0 and 1 (the detector's face probability).")
 
 
 class Model:
@@ -165,19 +190,32 @@ class Model:
     self.config = predictor.config
     self.class_names = predictor.class_names
     self.alignment = align.alignment_for(self.config)
+    self._detectors = {}  # by the smallest face searched for
 
-  @functools.cached_property
+  def detector_for(self, min_face_size: float) -> detector.Detector:
+    """The detector whose image pyramid stops a little below faces of `min_face_size` px
+    (`SEARCH_BELOW_MIN_FACE_SIZE`; at its 12-px window at the least: below that it would enlarge the photo)."""
+    smallest = max(min_face_size * SEARCH_BELOW_MIN_FACE_SIZE, float(detector.CELL))
+    if smallest not in self._detectors:
+      self._detectors[smallest] = detector.Detector(min_face_size=smallest)
+    return self._detectors[smallest]
+
+  @property
   def detector(self) -> detector.Detector:
-    return detector.Detector()
+    """The detector `detect_and_predict` runs by default (for faces of at least `MIN_FACE_SIZE` px)."""
+    return self.detector_for(MIN_FACE_SIZE)
 
   def is_face_crop(self, width: int, height: int) -> bool:
-    limit = max(CROP_MAX_SIDE_FACTOR * self.predictor.preprocess.shape[0], CROP_MIN_LIMIT)
-    return max(width, height) <= min(width, height) * CROP_ASPECT and max(width, height) <= limit
+    return is_face_crop(width, height, self.predictor.preprocess.shape[0])
 
-  def _stored(self, image) -> np.ndarray:
-    if isinstance(image, (str, os.PathLike)):
-      return self.predictor.preprocess.read(str(image))
-    return decode.to_stored(Image.fromarray(np.asarray(image).squeeze()), self.predictor.preprocess.shape)
+  def _stored(self, image, index: int, min_face_size: float) -> np.ndarray:
+    """A face crop (a path, read upright, or an array as `as_rgb` takes it) at the stored shape."""
+    path = os.fspath(image) if isinstance(image, (str, os.PathLike)) else ""
+    with decode.opened(path) if path else contextlib.nullcontext(Image.fromarray(as_rgb(image))) as picture:
+      if reason := size_reason(min(picture.size), min_face_size):
+        raise UserError(f"The face crop {path or f'array {index}'}: {reason}; pass a larger crop, or "
+                        "min_face_size=0 to classify it.")
+      return decode.to_stored(picture, self.predictor.preprocess.shape)
 
   def classify(self, crops: list[np.ndarray]) -> list[Prediction]:
     """Predictions of uint8 images already at the stored shape, batched on the device."""
@@ -187,17 +225,19 @@ class Model:
     return [Prediction(self.class_names[int(np.argmax(p))], float(np.max(p)), dict(zip(self.class_names, map(float, p))),
                        dict(zip(self.class_names, map(float, z)))) for p, z in zip(probabilities, logits)]
 
-  def predict(self, images_or_paths) -> list[Prediction]:
-    """One Prediction per face crop (a path, or an RGB/grey uint8 array of any size) of a list (or of
-    a stacked array)."""
+  def predict(self, images_or_paths, min_face_size: float = MIN_FACE_SIZE) -> list[Prediction]:
+    """One Prediction per face crop (a path, or a uint8 grey, RGB or RGBA array of any size) of a list (or of
+    a stacked array); a UserError for a crop whose shorter side is below `min_face_size` px."""
     if isinstance(images_or_paths, (str, os.PathLike)):
       raise TypeError("Model.predict takes a list of face crops (paths or arrays): wrap the one path in a list.")
-    return self.classify([self._stored(image) for image in images_or_paths])
+    check_limits(min_face_size)
+    return self.classify([self._stored(image, i, min_face_size) for i, image in enumerate(images_or_paths)])
 
   def faces(self, photo, min_face_size: float = MIN_FACE_SIZE, min_score: float = MIN_SCORE):
     """(detected faces, their aligned crops or None when skipped, the reasons) of one photo."""
-    image = _as_rgb(photo)
-    found = self.detector(image)
+    check_limits(min_face_size, min_score)
+    image = decode.read_photo(os.fspath(photo)) if isinstance(photo, (str, os.PathLike)) else as_rgb(photo)
+    found = self.detector_for(min_face_size)(image)
     reasons = [skip_reason(face, min_face_size, min_score) for face in found]
     crops = [None if reason else align.aligned(image, face, self.alignment, self.predictor.preprocess.shape)
              for face, reason in zip(found, reasons)]
@@ -205,7 +245,7 @@ class Model:
 
   def detect_and_predict(self, photo, min_face_size: float = MIN_FACE_SIZE, min_score: float = MIN_SCORE
                          ) -> list[FaceResult]:
-    """Every face the detector finds in a photo (path or RGB uint8 array), left to right; faces
+    """Every face the detector finds in a photo (path or uint8 grey, RGB or RGBA array), left to right; faces
     smaller than `min_face_size` pixels or scored below `min_score` are returned unclassified, with the reason."""
     found, crops, reasons = self.faces(photo, min_face_size, min_score)
     predictions = iter(self.classify([crop for crop in crops if crop is not None]))
@@ -213,9 +253,21 @@ class Model:
             for i, (face, reason) in enumerate(zip(found, reasons))]
 
 
+def is_face_crop(width: int, height: int, stored_side: int) -> bool:
+  """Whether an image of this size is taken for a face crop (not searched for faces): nearly square (sides within
+  `CROP_ASPECT`) and at most `CROP_MAX_SIDE_FACTOR` times the stored side (`CROP_MIN_LIMIT` px at the least)."""
+  limit = max(CROP_MAX_SIDE_FACTOR * stored_side, CROP_MIN_LIMIT)
+  return max(width, height) <= min(width, height) * CROP_ASPECT and max(width, height) <= limit
+
+
+def size_reason(size: float, min_face_size: float) -> str:
+  """Why a face whose shorter side (a detected box's, or a crop's) is `size` px is not classified, or ""."""
+  return f"face smaller than the minimum size ({size:.0f} < {min_face_size:g} px)" if size < min_face_size else ""
+
+
 def skip_reason(face: detector.Face, min_face_size: float, min_score: float) -> str:
-  if face.size < min_face_size:
-    return f"face smaller than the minimum size ({face.size:.0f} < {min_face_size:g} px)"
+  if reason := size_reason(face.size, min_face_size):
+    return reason
   if face.score < min_score:
     return f"detection score below the minimum ({face.score:.3f} < {min_score:g})"
   return ""

@@ -92,7 +92,7 @@ def _parse_flags(argv):
       print(f"error: unexpected arguments {' '.join(remaining[1:])}: write every setting as a flag, --name=value "
             "(--helpshort lists the flags).", file=sys.stderr)
       sys.exit(USER_ERROR_STATUS)
-    if "config" in flags.FLAGS:
+    if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
       # A config file that failed to load is a stand-in raising its error on first attribute access.
       flags.FLAGS["config"].value.to_dict  # pylint: disable=pointless-statement
     return remaining

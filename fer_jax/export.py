@@ -25,8 +25,9 @@ normalise; PIL/cv2 resizing happens outside the program).
   OUT/model.onnx      the same inference function, weights embedded (opset 18), input "images"
                       float32 [batch, H, W, C], outputs "logits" and "probabilities"; batch is a
                       dynamic dimension unless --batch_size=N (fer_jax.onnx_export translates it)
-  OUT/model.json      as above, without platforms; with --verify_images=A.jpg,B.png also the
-                      worst relative logit difference between ONNX Runtime and JAX on those images
+  OUT/model.json      as above, without platforms (--platforms is refused: the file runs wherever
+                      ONNX Runtime does); with --verify_images=A.jpg,B.png also the worst relative
+                      logit difference between ONNX Runtime and JAX on those images
 Run with ONNX Runtime: onnxruntime.InferenceSession("OUT/model.onnx").run(None, {"images": images}).
 """
 
@@ -269,6 +270,9 @@ def main(argv):
   args = flags.FLAGS
   config = args.config
   validation.validate(config, training=False)
+  if args.format == "onnx" and args["platforms"].present:
+    raise UserError("--platforms chooses what a StableHLO program is lowered for; an ONNX file runs wherever ONNX "
+                    "Runtime does: drop --platforms, or drop --format=onnx.")
   check_not_an_export(os.path.expanduser(args.checkpoint))
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, args.checkpoint)

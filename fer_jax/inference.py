@@ -49,12 +49,11 @@ def _warn_unreadable_folder(error: OSError) -> None:
 
 
 class FilePreprocessor:
-  """Images from files: decoded on the host at `config.dataset.image_size` (else the model's input size)
-  and at the channels the data set stores, so that they reach the eval pipeline as the set's own images
-  do, then the eval pipeline, inside the caller's jit. `stored_shape`: the (height, width, channels) the
-  model's training decoded its images to, as its meta record gives it (`checkpointing.recorded_shape`); where
-  it gives none (a conversion, an older record), the config's size and the channels by the set's name
-  (`decode.stored_channels`)."""
+  """Images from files: decoded on the host at `stored_shape`, the (height, width, channels) the model's
+  training decoded its data set to, as its meta record gives it (`checkpointing.recorded_shape`), so that they
+  reach the eval pipeline as the set's own images did, then the eval pipeline, inside the caller's jit. Where
+  the record gives none (a conversion, an older record): `config.dataset.image_size`, else the model's input
+  size, and the channels by the set's name (`decode.stored_channels`)."""
 
   def __init__(self, config, stored_shape: Sequence[int] = ()):
     side = config.dataset.image_size or config.input.size
@@ -62,7 +61,7 @@ class FilePreprocessor:
     self.pipeline = pipeline.compile_pipeline(config, config.input.eval_pp, self.shape, "input.eval_pp")
 
   def read(self, path: str) -> np.ndarray:
-    """uint8 at the stored shape; `decode.UnreadableImageError` for a file that cannot be decoded."""
+    """uint8, upright, at the stored shape; `decode.UnreadableImageError` for a file that cannot be decoded."""
     return decode.read_file(path, self.shape)
 
   def __call__(self, images: jax.Array) -> jax.Array:

@@ -6,9 +6,8 @@
 
 --checkpoint is a training workdir, a converted checkpoint or a `fer_jax.export` folder (checked against
 --config as a checkpoint is).
-Face crops are decoded on the host at the stored size (`config.dataset.image_size`, else the
-model's input size), grey for the grey data sets (FER2013, FERPlus) as they store their images,
-and go through the method's own test-time pipeline (`config.input.eval_pp`)
+Face crops are decoded on the host at the shape the model's training decoded its data set to (its
+record's, `inference.FilePreprocessor`: grey for FER2013, FERPlus and grey sets of yours), and go through the method's own test-time pipeline (`config.input.eval_pp`)
 on the device, in batches (the last one padded to a power of two, so few steps are compiled).
 With --tta the probabilities are the weighted mean of the softmax over that `fer_jax.tta` view
 set (the logits stay those of the image itself).
@@ -18,26 +17,31 @@ image when --detect, or by default when it is not a face crop, i.e. not nearly s
 within 25 %) or larger than twice the stored side (at least 128 px). In a photo or every
 --stride-th frame, MTCNN (`fer_jax.face`) finds each face with five landmarks; the face is
 cropped as the config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned, others a
-box with a margin; grey 48×48 for FER2013-style inputs) and classified. Faces smaller than
---min_face_size or scored below --min_score are written unclassified, with the reason.
---smooth=W (video) follows faces from frame to frame by box overlap and averages each track's
-probabilities over time (p ← W·p_before + (1 − W)·p_now). --annotate writes every photo and
-processed frame with its boxes, landmarks and labels drawn, as PNGs.
+box with a margin; grey 48×48 for FER2013-style inputs) and classified. The detector searches
+for faces down to --min_face_size (at least 12 px); faces smaller than that or scored below
+--min_score are written unclassified, with the reason. A video's faces are followed from frame to
+frame by box overlap (the track); --smooth=W averages each track's probabilities over time
+(p ← W·p_before + (1 − W)·p_now). --annotate writes every photo and processed frame with its
+boxes, landmarks and labels drawn, as PNGs named after the input with its extension
+(photo.jpg.png, clip.mp4/frame_000015.png).
 
 Per crop or face the output holds the top class, its probability, the probability of every
-class (named in the config's class order) and the logits; for faces also the frame's time, the
-face's index (left to right), track, box, landmarks, detection score and why it was skipped;
-`.csv` or `.json` by the output's extension. A folder is searched recursively for images and
-videos. Unreadable inputs (not an image, corrupt, truncated, unreadable, a symbolic-link loop, or
-a header claiming more than `fer_jax.data.decode.MAX_IMAGE_PIXELS`) are reported by name, skipped
-and counted. A missing or empty --input, or an --output that could not be written, fails before
-the model is loaded.
+class (named in the config's class order) and the logits; for faces also the video frame's index
+and time, the face's index (left to right), track, box, landmarks, detection score and why it was
+skipped; `.csv` or `.json` by the output's extension. A folder is searched recursively for images
+and videos. Inputs without a row of their own are listed with the reason and warned about: a face
+crop smaller than --min_face_size, a photo or video in which no face is found, and unreadable
+inputs (not an image, corrupt, truncated, unreadable, a symbolic-link loop, or a header claiming
+more than `fer_jax.data.decode.MAX_IMAGE_PIXELS`), which are counted. Images are read upright
+(their EXIF orientation applied). A missing or empty --input, or an --output that could not be
+written, fails before the model is loaded.
 """
 
 import csv
 import dataclasses
 import json
 import os
+import tempfile
 
 from absl import flags
 from absl import logging
@@ -57,15 +61,25 @@ from fer_jax.data import decode
 from fer_jax.errors import UserError
 from fer_jax.face import detector
 
+NO_FACE = "no face found"  # the reason a photo or video without a face has no row
+
+
 def check_output(path: str) -> None:
   """Fails fast, before any model or image is loaded, if the predictions could not be written to `path`."""
   if not path.lower().endswith((".csv", ".json")):
     raise UserError(f"--output={path} must end in .csv or .json.")
   if os.path.isdir(path):
     raise UserError(f"--output={path} is a folder: pass a file path ending in .csv or .json.")
-  cli.check_writable_place(f"--output={path}", os.path.dirname(os.path.abspath(path)))
+  folder = os.path.dirname(os.path.abspath(path))
+  cli.check_writable_place(f"--output={path}", folder)
   if os.path.exists(path) and not os.access(path, os.W_OK):
     raise UserError(f"--output={path} exists and is not writable: fix its permissions or choose another path.")
+  try:  # permissions do not tell all (/proc, a read-only mount, root's bypass): make a file there
+    os.makedirs(folder, exist_ok=True)
+    tempfile.TemporaryFile(dir=folder).close()
+  except OSError as error:
+    raise UserError(f"--output={path} cannot be written: a file cannot be made in {folder} ({error.strerror}); "
+                    "choose another location.") from error
 
 
 def check_annotate(path: str) -> None:
@@ -88,14 +102,16 @@ class FacePredictions:
   """Rows of predictions for face crops, photos and video frames, classified in device-sized batches.
 
   `add_*` queue a crop or a photo's faces; every `batch_size` queued crops (or 16 queued photos
-  when annotating) are classified, smoothed over each video's face tracks, drawn, and appended to
-  `rows`, in input order."""
+  when annotating) are classified, followed (and smoothed) over each video's face tracks, drawn, and
+  appended to `rows`, in input order. `skipped`: (input, reason) of each input without a row of its
+  own, the `unreadable` ones among them."""
 
   def __init__(self, model: api.Model, min_face_size: float, min_score: float, smooth: float = 0.0,
                annotate: str = ""):
+    api.check_limits(min_face_size, min_score)
     self.model, self.min_face_size, self.min_score = model, min_face_size, min_score
     self.smooth, self.annotate = smooth, annotate
-    self.rows, self.skipped, self.faces_skipped, self.photos_without_faces = [], [], 0, []
+    self.rows, self.skipped, self.unreadable, self.faces_skipped = [], [], [], 0
     self._queue, self._tracks = [], _Tracks()
 
   def add_image(self, path: str, name: str, detect: bool | None) -> None:
@@ -103,28 +119,35 @@ class FacePredictions:
     try:
       with decode.opened(path) as image:
         is_crop = self.model.is_face_crop(*image.size) if detect is None else not detect
-        shape = self.model.predictor.preprocess.shape
-        pixels = decode.to_stored(image, shape) if is_crop else decode.upright_rgb(image)
+        if is_crop and (reason := api.size_reason(min(image.size), self.min_face_size)):
+          return self.skip(path, reason)
+        pixels = decode.to_stored(image, self.model.predictor.preprocess.shape) if is_crop else decode.rgb(image)
     except decode.UnreadableImageError as error:
-      return self.skip(path, error)
+      return self.skip_unreadable(path, error)
     if is_crop:
       self._push(_Frame(path, None, [{"image": path}], [pixels]))
-    elif not self.add_frame(path, pixels, None, name):
-      self.photos_without_faces.append(path)
+    elif not self.add_frame(path, pixels, name):
+      self.skip(path, NO_FACE, "if it is a face crop, pass --nodetect")
 
-  def add_frame(self, source: str, image: np.ndarray, time: float | None, name: str) -> int:
-    """Queues the faces found in `image`; returns how many."""
+  def add_frame(self, source: str, image: np.ndarray, name: str, frame: int | None = None,
+                time: float | None = None) -> int:
+    """Queues the faces found in `image` (a photo, or a video's `frame` at `time` seconds); returns how many."""
     found, crops, reasons = self.model.faces(image, self.min_face_size, self.min_score)
-    rows = [{"image": source, "time": time, "face": i, "box": list(face.box),
+    rows = [{"image": source, "frame": frame, "time": time, "face": i, "box": list(face.box),
              "landmarks": [list(point) for point in face.landmarks], "score": face.score, "skipped": reason}
             for i, (face, reason) in enumerate(zip(found, reasons))]
     self.faces_skipped += sum(bool(reason) for reason in reasons)
     self._push(_Frame(source, image if self.annotate else None, rows, [c for c in crops if c is not None], name))
     return len(found)
 
-  def skip(self, path: str, error: Exception) -> None:
+  def skip(self, path: str, reason: str, fix: str = "") -> None:
+    logging.warning("Skipping %s: %s%s.", path, reason, f" ({fix})" if fix else "")
+    self.skipped.append((path, reason))
+
+  def skip_unreadable(self, path: str, error: Exception) -> None:
     logging.warning("Skipping unreadable image: %s", error)
     self.skipped.append((path, str(error)))
+    self.unreadable.append((path, str(error)))
 
   def _push(self, frame: _Frame) -> None:
     self._queue.append(frame)
@@ -138,8 +161,8 @@ class FacePredictions:
       for row in frame.rows:
         if not row.get("skipped"):
           _fill(row, next(predictions))
-      if self.smooth and frame.rows and frame.rows[0].get("time") is not None:
-        self._tracks.smooth(frame.source, frame.rows, self.smooth, self.model.class_names)
+      if frame.rows and frame.rows[0].get("frame") is not None:
+        self._tracks.follow(frame.source, frame.rows, self.smooth, self.model.class_names)
       if frame.image is not None:
         draw_faces(frame.image, frame.rows, os.path.join(self.annotate, frame.name))
       self.rows.extend(frame.rows)
@@ -153,14 +176,15 @@ def _fill(row: dict, prediction: api.Prediction) -> None:
 
 class _Tracks:
   """Faces of consecutive processed frames of one video matched by box overlap (greedy, best
-  IoU first, over TRACK_IOU); each track's probabilities are an exponential moving average."""
+  IoU first, over TRACK_IOU); each track's probabilities are an exponential moving average (the
+  past weighing `weight`: with 0, the frame's own)."""
 
   TRACK_IOU = 0.3
 
   def __init__(self):
     self.video, self.previous, self.next_id = None, [], 0
 
-  def smooth(self, video: str, rows: list[dict], weight: float, class_names) -> None:
+  def follow(self, video: str, rows: list[dict], weight: float, class_names) -> None:
     if video != self.video:
       self.video, self.previous = video, []
     classified = [row for row in rows if not row["skipped"]]
@@ -240,8 +264,9 @@ def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool |
   small), with True/False always/never."""
   results = FacePredictions(model, min_face_size, min_score, smooth, annotate)
   for path in progress(paths, "inputs"):
-    name = os.path.splitext(os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path))[0]
-    if path.lower().endswith(inference.VIDEO_EXTENSIONS):  # --nodetect is for images: a video's frames are not crops
+    # The drawings' names keep the input's extension: photo.jpg and photo.png are drawn apart.
+    name = os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path)
+    if is_video(path):  # --nodetect is for images: a video's frames are not crops
       _add_video(results, path, name, stride)
     else:
       results.add_image(path, name + ".png", detect)
@@ -249,13 +274,26 @@ def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool |
   return results
 
 
+def is_video(path: str) -> bool:
+  return path.lower().endswith(inference.VIDEO_EXTENSIONS)
+
+
+def detects_faces(paths: list[str], detect: bool | None) -> bool:
+  """Whether a run may find faces (its output then has the face columns, found or not): unless --nodetect
+  without a video."""
+  return detect is not False or any(map(is_video, paths))
+
+
 def _add_video(results: FacePredictions, path: str, name: str, stride: int) -> None:
   try:
     frames, count = video_frames(path, stride)
   except decode.UnreadableImageError as error:
-    return results.skip(path, error)
+    return results.skip_unreadable(path, error)
+  found = 0
   for index, time, frame in progress(frames, os.path.basename(path), -(-count // stride) or None):
-    results.add_frame(path, frame, time, os.path.join(name, f"frame_{index:06d}.png"))
+    found += results.add_frame(path, frame, os.path.join(name, f"frame_{index:06d}.png"), index, time)
+  if not found:
+    results.skip(path, NO_FACE, f"in any frame read at --stride={stride}")
 
 
 def progress(items, what: str, total: int | None = None):
@@ -266,26 +304,29 @@ def progress(items, what: str, total: int | None = None):
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
-def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_names, path: str) -> None:
-  """CSV (one row per crop or face) or JSON. Crops: image, prediction, confidence, p_<class>…,
-  logit_<class>…; with detected faces also time (video frames, seconds), face, track, box,
-  landmarks, score and skipped (why a face was not classified) after the image."""
+FACE_COLUMNS = ("frame", "time", "face", "track", "x1", "y1", "x2", "y2",
+                *(f"{p}_{axis}" for p in LANDMARKS for axis in "xy"), "score")
+
+
+def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_names, path: str,
+                      face_columns: bool) -> None:
+  """JSON (the rows, and the inputs skipped with their reason) or CSV: one row per crop or face, then one per
+  input skipped. Columns: image, [frame (a video frame's index), time (its seconds), face, track, box,
+  landmarks, score: with `face_columns`], skipped (why it holds no prediction), prediction, confidence,
+  p_<class>…, logit_<class>…."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if path.lower().endswith(".json"):
     with open(path, "w") as f:
       json.dump({"class_names": list(class_names), "predictions": rows,
-                 "skipped": [{"image": image, "error": error} for image, error in skipped]}, f, indent=2)
+                 "skipped": [{"image": image, "reason": reason} for image, reason in skipped]}, f, indent=2)
     return
-  detected = any("face" in row for row in rows)
-  face_columns = ["time", "face", "track", "x1", "y1", "x2", "y2",
-                  *(f"{p}_{axis}" for p in LANDMARKS for axis in "xy"), "score", "skipped"] if detected else []
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["image", *face_columns, "prediction", "confidence", *(f"p_{c}" for c in class_names),
-                     *(f"logit_{c}" for c in class_names)])
-    for row in rows:
+    writer.writerow(["image", *(FACE_COLUMNS if face_columns else ()), "skipped", "prediction", "confidence",
+                     *(f"p_{c}" for c in class_names), *(f"logit_{c}" for c in class_names)])
+    for row in [*rows, *({"image": image, "skipped": reason} for image, reason in skipped)]:
       classified = "prediction" in row
-      writer.writerow([row["image"], *(_face_fields(row) if detected else []),
+      writer.writerow([row["image"], *(_face_fields(row) if face_columns else ()), row.get("skipped", ""),
                        row.get("prediction", ""), f"{row['confidence']:.6f}" if classified else "",
                        *(f"{row['probabilities'][c]:.6f}" if classified else "" for c in class_names),
                        *(f"{row['logits'][c]:.6f}" if classified else "" for c in class_names)])
@@ -293,11 +334,11 @@ def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_na
 
 def _face_fields(row: dict) -> list:
   if "face" not in row:
-    return [""] * 19
-  time = "" if row["time"] is None else f"{row['time']:.3f}"
+    return [""] * len(FACE_COLUMNS)
+  frame, time = ("", "") if row["frame"] is None else (row["frame"], f"{row['time']:.3f}")
   points = [f"{v:.1f}" for point in row["landmarks"] for v in point]
-  return [time, row["face"], row.get("track", ""), *(f"{v:.1f}" for v in row["box"]), *points,
-          f"{row['score']:.4f}", row["skipped"]]
+  return [frame, time, row["face"], row.get("track", ""), *(f"{v:.1f}" for v in row["box"]), *points,
+          f"{row['score']:.4f}"]
 
 
 def define_flags() -> None:
@@ -310,8 +351,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 64, "Images per device step (rounded up to the device count).", lower_bound=1)
   flags.DEFINE_bool("detect", None, "Find faces in every image (--nodetect: images are face crops); "
                     "default: videos and images that are not face crops (see the module's docstring).")
-  flags.DEFINE_float("min_face_size", api.MIN_FACE_SIZE, "Faces with a shorter box side (pixels) are not classified.")
-  flags.DEFINE_float("min_score", api.MIN_SCORE, "Faces with a lower detection score are not classified.")
+  flags.DEFINE_float("min_face_size", api.MIN_FACE_SIZE, "Faces (detected boxes, face crops) with a shorter side "
+                     "(pixels) are not classified; the detector searches for faces down to it.", lower_bound=0.0)
+  flags.DEFINE_float("min_score", api.MIN_SCORE, "Faces with a lower detection score are not classified.",
+                     lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer("stride", 1, "Videos: every N-th frame.", lower_bound=1)
   flags.DEFINE_float("smooth", 0.0, "Videos: weight of the past in each face track's moving average (0 = off).",
                      lower_bound=0.0, upper_bound=0.99)
@@ -328,18 +371,16 @@ def main(argv):
   model = api.load(args.checkpoint, config=args.config, tta=args.tta or "", batch_size=args.batch_size)
   results = predict_inputs(model, paths, args.input, args.detect, args.min_face_size, args.min_score, args.stride,
                            args.smooth, args.annotate)
-  write_predictions(results.rows, results.skipped, model.class_names, args.output)
-  logging.info("Wrote %d predictions to %s; skipped %d unreadable of %d inputs%s", len(results.rows), args.output,
-               len(results.skipped), len(paths),
+  write_predictions(results.rows, results.skipped, model.class_names, args.output,
+                    detects_faces(paths, args.detect))
+  logging.info("Wrote %d predictions to %s; skipped %d of %d inputs (%d unreadable)%s", len(results.rows),
+               args.output, len(results.skipped), len(paths), len(results.unreadable),
                (": " + ", ".join(p for p, _ in results.skipped)) if results.skipped else "")
-  if results.photos_without_faces:
-    logging.warning("No face found in %d photo(s), which have no rows (if they are face crops, pass --nodetect): %s",
-                    len(results.photos_without_faces), ", ".join(results.photos_without_faces))
   if results.faces_skipped:
     logging.info("%d faces were too small (< --min_face_size=%g px) or too unsure (< --min_score=%g): their rows "
                  "say why and hold no prediction.", results.faces_skipped, args.min_face_size, args.min_score)
-  if not results.rows and results.skipped:
-    raise inference.no_readable_image(f"under --input={args.input}", results.skipped)
+  if len(results.unreadable) == len(paths):
+    raise inference.no_readable_image(f"under --input={args.input}", results.unreadable)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Parameters per module and MACs of a configured model.
 
   python -m fer_jax.summary --config=configs/apvit.py:rafdb
-  python -m fer_jax.summary --config=configs/apvit.py:rafdb --checkpoint=PATH
+  python -m fer_jax.summary [--config=configs/apvit.py:rafdb] --checkpoint=PATH
 
 The last line is `params: N`: trainable parameters ("params" collection) without BatchNorm
 statistics and without training-only state such as DAN's affinity centres.
@@ -10,6 +10,8 @@ With --checkpoint (a training workdir, its checkpoints/ folder, a step folder or
 model, restored and checked as for `--mode=eval`; or a StableHLO `fer_jax.export` folder, its model.json
 and variables checked against the config), the line before it is `params_sha256: HEX`,
 `checkpointing.fingerprint` of its params and batch_stats: equal digests mean equal weights.
+--config may then be left out: the checkpoint's meta record (an export's model.json) gives the
+model, its input and classes, as for `fer_jax.load`.
 """
 
 from collections.abc import Mapping
@@ -20,6 +22,7 @@ from clu import parameter_overview
 import jax
 import numpy as np
 
+from fer_jax import api
 from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
@@ -92,13 +95,28 @@ def _subjaxprs(params):
         yield item
 
 
+def check_not_onnx(path: str) -> None:
+  if export.is_onnx_export(path):
+    raise UserError(f"--checkpoint={path} is an ONNX export (model.onnx), whose weights summary does not read: pass "
+                    "the checkpoint it was exported from, or a StableHLO export folder (export without --format=onnx).")
+
+
+def recorded_config(path: str):
+  """The config the meta record of a checkpoint (or an export's model.json) at `path` rebuilds, as `fer_jax.load`'s."""
+  path = os.path.expanduser(path)
+  check_not_onnx(path)
+  meta = export.meta_record(export.read_metadata(path)) if export.is_export(path) else checkpointing.read_meta(path)
+  if "model" not in meta:
+    raise UserError(f"--checkpoint={path} has no meta record to rebuild its config from: pass its "
+                    "--config=configs/<method>.py:<dataset>.")
+  return api.config_from_meta(meta)
+
+
 def trained_variables(config, model, abstract_variables: dict, path: str) -> dict:
   """The variables of a checkpoint (checked as for inference, but an initialisation-only conversion's are
   read too: its fingerprint verifies a copy), or of a StableHLO export folder (checked likewise)."""
   path = os.path.expanduser(path)
-  if export.is_onnx_export(path):
-    raise UserError(f"--checkpoint={path} is an ONNX export (model.onnx), whose weights summary does not read: pass "
-                    "the checkpoint it was exported from, or a StableHLO export folder (export without --format=onnx).")
+  check_not_onnx(path)
   if not export.is_export(path):
     return models.load_trained_variables(config, model, path, initialisation_ok=True)
   checkpointing.check_identity(export.meta_record(export.read_metadata(path)), f"The export {path}", config.model,
@@ -111,6 +129,10 @@ def trained_variables(config, model, abstract_variables: dict, path: str) -> dic
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
   config = flags.FLAGS.config
+  if config is None:
+    if not flags.FLAGS.checkpoint:
+      raise UserError("Pass --config=configs/<method>.py:<dataset>, or a --checkpoint whose meta record gives it.")
+    config = recorded_config(flags.FLAGS.checkpoint)
   validation.validate(config, training=False)
   method = models.get_method(config.model.name)
   model = method.build(config.model)
@@ -138,11 +160,10 @@ def main(argv):
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
-  config_lib.define_config_flag()
+  config_lib.define_config_flag("configs/<method>.py:<dataset>; with --checkpoint, its meta record's by default.")
   flags.DEFINE_integer("depth", 2, "Module nesting depth of the table.", lower_bound=1)
   flags.DEFINE_string("checkpoint", "", "Training workdir, checkpoint folder, converted model or export folder: "
                       "also print `params_sha256: HEX`, the fingerprint of its params and batch_stats.")
-  flags.mark_flags_as_required(["config"])
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@
 Images are listed as `fer_jax.predict` lists them (a folder recursively); each goes through the
 config's eval pipeline; the method's `save_attention_maps` (APViT: kept patches and tokens;
 SCAN-CCI: attention masks) writes the PNGs, numbered in the order of the readable images (the
-log maps each number to its image). Unreadable images are reported by name and skipped; a
-missing or empty --input, a video, no readable image, or an --out that cannot be a writable
-folder fails before the model is loaded.
+log maps each number to its image). The maps are of face crops: an image that is not one by
+`fer_jax.predict`'s rule (nearly square, sides within 25 %, and at most twice the stored side, at
+least 128 px) is warned about and drawn whole, squashed to the model's input: no face is detected.
+Unreadable images are reported by name and skipped; a missing or empty --input, a video, no
+readable image, an export folder as --checkpoint, or an --out that cannot be a writable folder
+fails before the model is loaded. Every batch runs through one compiled program (the last one padded).
 """
 
 import functools
@@ -19,13 +22,16 @@ from absl import logging
 import jax
 import numpy as np
 
+from fer_jax import api
 from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
+from fer_jax import export
 from fer_jax import inference
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import validation
+from fer_jax.data import decode
 from fer_jax.errors import UserError
 
 def define_flags():
@@ -50,6 +56,7 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
     raise inference.no_readable_image("to visualize", skipped)
   for index, path in enumerate(readable):
     logging.info("%04d_*.png: %s", index, path)
+    warn_unless_a_face_crop(path, preprocess.shape[0])
   model = method.build(config.model)
   variables = models.load_trained_variables(config, model, checkpoint)
 
@@ -58,10 +65,29 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
     images = preprocess(batch)
     return images, model.apply(variables, images, train=False)
 
-  batches = [jax.device_get(forward(variables, np.stack(decoded[start:start + batch_size])))
-             for start in range(0, len(decoded), batch_size)]
-  images, outputs = jax.tree.map(lambda *parts: np.concatenate(parts), *batches)
+  images, outputs = forward_in_batches(forward, variables, decoded, batch_size)
   return method.save_attention_maps(images, outputs, out_dir)
+
+
+def forward_in_batches(forward, variables, images: list[np.ndarray], batch_size: int):
+  """`forward(variables, batch)` of every image, in batches of `batch_size` (or of all the images, if fewer):
+  the last one padded to that size, so that one program runs them all, and its padding dropped."""
+  size = min(batch_size, len(images))
+  batches = []
+  for start in range(0, len(images), size):
+    batch = np.stack(images[start:start + size])
+    padding = np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)
+    batches.append(jax.device_get(forward(variables, np.concatenate([batch, padding]))))
+  return jax.tree.map(lambda *parts: np.concatenate(parts)[:len(images)], *batches)
+
+
+def warn_unless_a_face_crop(path: str, stored_side: int) -> None:
+  with decode.opened(path) as image:
+    width, height = image.size
+  if not api.is_face_crop(width, height, stored_side):
+    logging.warning("%s (%d×%d) is not a face crop (nearly square, at most %d px): its maps are of the whole image "
+                    "squashed to the model's input, no face is found in it; crop the face first.",
+                    path, width, height, max(api.CROP_MAX_SIDE_FACTOR * stored_side, api.CROP_MIN_LIMIT))
 
 
 def check_not_a_video(path: str) -> None:
@@ -75,6 +101,7 @@ def main(argv):
   args = flags.FLAGS
   cli.check_writable_place(f"--out={args.out}", args.out)  # before any image or model is read
   check_not_a_video(args.input)
+  export.check_not_an_export(os.path.expanduser(args.checkpoint))  # attention maps need the model's code
   paths = inference.list_images(args.input)
   validation.validate(args.config, training=False)
   written = write_attention_maps(args.config, args.checkpoint, paths, args.out, args.batch_size)

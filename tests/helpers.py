@@ -2,6 +2,7 @@
 synthetic set and tiny run configs, configs as the CLI loads them, random model variables,
 subprocess runs of the CLI and their error checks."""
 
+import collections
 import contextlib
 import importlib.util
 import os
@@ -11,6 +12,7 @@ import socket
 import jax
 import numpy as np
 from fer_jax import models
+from fer_jax import train
 from fer_jax.data.builders import synthetic  # noqa: F401  (registers the builder)
 import tensorflow_datasets as tfds
 
@@ -163,3 +165,15 @@ def killed_at_end(processes):
   finally:
     for process in processes:
       process.kill()
+
+
+def compiled_during(action) -> collections.Counter:
+  """The XLA programs `action()` compiles, counted by name."""
+  names = collections.Counter()
+  listener = lambda event, _, fun_name="", **__: names.update([fun_name]) if event == train.COMPILE_EVENT else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    action()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return names

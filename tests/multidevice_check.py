@@ -36,7 +36,7 @@ from fer_jax.models import layers
 from fer_jax.models.backbones import batch_norm
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from helpers import get_config, tiny_run  # noqa: E402
+from helpers import compiled_during, get_config, tiny_run  # noqa: E402
 
 
 class SmallNet(nn.Module):
@@ -76,7 +76,7 @@ def run(devices, config, steps=4, start=0, checkpoint_dir=None):
     def save():
       checkpointing.save(checkpoints, steps, state, config)
       checkpointing.wait_until_saved(checkpoints)
-    save_compilations = compilations_during(save)
+    save_compilations = sum(compiled_during(save).values())
     assert save_compilations == 0, f"a checkpoint save on {len(devices)} devices compiled {save_compilations} programs"
   return losses, jax.device_get(state["params"]), collectives
 
@@ -96,18 +96,6 @@ def batch_moments_error(devices) -> float:
   rounded = np.asarray(x, np.float64)
   exact_mean, exact_var = rounded.mean((0, 1, 2)), rounded.var((0, 1, 2))
   return max(float(np.max(np.abs(mean - exact_mean) / exact_mean)), float(np.max(np.abs(var - exact_var) / exact_var)))
-
-
-def compilations_during(action) -> int:
-  """How many XLA programs `action()` compiles."""
-  events = []
-  listener = lambda event, duration, **_: events.append(event) if event == train.COMPILE_EVENT else None
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    action()
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  return len(events)
 
 
 def confusion(devices, config, variables):

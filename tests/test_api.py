@@ -178,20 +178,23 @@ def test_a_video_is_read_every_stride_frames_tracked_smoothed_and_drawn(model, v
   smoothed = predict.predict_inputs(model, [video], root, None, 24, 0.9, stride=2, smooth=0.5,
                                     annotate=str(tmp_path / "drawn"))
   assert [row["time"] for row in plain.rows] == pytest.approx([0, 2 / 25, 4 / 25])
-  assert [row["track"] for row in smoothed.rows] == [0, 0, 0]
+  assert [row["frame"] for row in plain.rows] == [0, 2, 4]  # the drawings' names: a row joins its drawing
+  assert [row["track"] for row in plain.rows] == [row["track"] for row in smoothed.rows] == [0, 0, 0]
   raw = np.array([[row["probabilities"][c] for c in model.class_names] for row in plain.rows])
   expected = [raw[0]]
   for now in raw[1:]:
     expected.append(0.5 * expected[-1] + 0.5 * now)
   got = np.array([[row["probabilities"][c] for c in model.class_names] for row in smoothed.rows])
   np.testing.assert_allclose(got, expected, atol=1e-6)
-  assert sorted(os.listdir(tmp_path / "drawn" / "clip")) == ["frame_000000.png", "frame_000002.png", "frame_000004.png"]
+  assert sorted(os.listdir(tmp_path / "drawn" / "clip.avi")) == [
+      "frame_000000.png", "frame_000002.png", "frame_000004.png"]
 
   output = tmp_path / "faces.csv"
-  predict.write_predictions(smoothed.rows, smoothed.skipped, model.class_names, str(output))
+  predict.write_predictions(smoothed.rows, smoothed.skipped, model.class_names, str(output), face_columns=True)
   with open(output) as f:
     table = list(csv.DictReader(f))
   assert [row["time"] for row in table] == ["0.000", "0.080", "0.160"]
+  assert [row["frame"] for row in table] == ["0", "2", "4"]
   assert [float(row["x1"]) for row in table] == pytest.approx([row["box"][0] for row in smoothed.rows], abs=0.05)
   centre_x = [np.mean([float(row[f"{point}_x"]) for point in predict.LANDMARKS]) for row in table]
   assert centre_x[2] - centre_x[0] == pytest.approx(16, abs=3)  # the face moved 4 px a frame
@@ -200,7 +203,7 @@ def test_a_video_is_read_every_stride_frames_tracked_smoothed_and_drawn(model, v
 @pytest.mark.integration  # compiles the model (and the detector)
 def test_nodetect_reads_images_as_crops_and_still_finds_the_faces_of_a_video(model, video, tmp_path):
   """A video's frames are no face crops: it was skipped as "not an image" under --nodetect. A photo in
-  which no face is found has no row; it is listed (and predict's log names it)."""
+  which no face is found has no row; it is listed as skipped, with the reason."""
   flat = tmp_path / "flat.png"
   Image.new("RGB", (300, 300), (128, 128, 128)).save(flat)
   crop = tmp_path / "crop.png"
@@ -209,7 +212,7 @@ def test_nodetect_reads_images_as_crops_and_still_finds_the_faces_of_a_video(mod
   assert results.skipped == [] and [row["image"] for row in results.rows] == [video, video, str(crop)]
   assert [row["face"] for row in results.rows[:2]] == [0, 0] and "face" not in results.rows[2]
   photos = predict.predict_inputs(model, [str(flat)], str(tmp_path), True, 24, 0.9)
-  assert photos.rows == [] and photos.photos_without_faces == [str(flat)]
+  assert photos.rows == [] and photos.skipped == [(str(flat), predict.NO_FACE)]
 
 
 # EXIF orientation → the turn that shows the stored pixels (rows, columns) upright, as the EXIF standard draws it.
@@ -320,6 +323,17 @@ def test_a_checkpoint_loads_without_a_config_with_the_test_time_augmentation_it_
   del meta["tta"]
   meta_file.write_text(json.dumps(meta))
   assert fer_jax.load(str(tmp_path)).predictor.tta_name == "none"
+
+
+def test_a_loaded_model_s_config_names_the_test_time_augmentation_it_runs(workdir, exported, config):
+  """fer_jax.load(..., tta="flip") ran flip while its config said eval.tta "none"."""
+  for path in (workdir, exported):
+    model = fer_jax.load(str(path), tta="flip")
+    assert model.predictor.tta_name == model.config.eval.tta == "flip"
+  given = config.copy_and_resolve_references()
+  for path in (workdir, exported):
+    assert fer_jax.load(str(path), config=given, tta="flip").config.eval.tta == "flip"
+  assert given.eval.tta == "none"  # the caller's config is not changed
 
 
 def _truncate(path: pathlib.Path) -> None:

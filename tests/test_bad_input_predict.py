@@ -109,7 +109,7 @@ def test_only_the_readable_images_are_predicted_and_the_rest_counted(predicted):
   result, written = predicted
   assert [os.path.basename(p["image"]) for p in written["predictions"]] == GOOD
   assert sorted(os.path.basename(s["image"]) for s in written["skipped"]) == BAD
-  assert f"skipped {len(BAD)} unreadable of {len(GOOD) + len(BAD)} inputs" in result.stderr
+  assert f"skipped {len(BAD)} of {len(GOOD) + len(BAD)} inputs ({len(BAD)} unreadable)" in result.stderr
   rows = {os.path.basename(p["image"]): p for p in written["predictions"]}
   assert "box" not in rows["face.png"] and rows["hopper.jpg"]["face"] == 0  # a 48×48 crop; a 512×600 photo's face
 
@@ -180,13 +180,18 @@ def test_a_folder_without_images_names_the_folder_and_the_extensions(names, tmp_
 
 @pytest.mark.parametrize("module, paths, flag, message", [
     ("fer_jax.predict", ("--checkpoint=C", "--input=I", "--output=o.csv"), "--batch_size=0", "0 is not a positive integer"),
+    ("fer_jax.predict", ("--checkpoint=C", "--input=I", "--output=o.csv"), "--min_score=2",
+     "2.0 is not a number in the range [0.0, 1.0]"),
+    ("fer_jax.predict", ("--checkpoint=C", "--input=I", "--output=o.csv"), "--min_face_size=-5",
+     "-5.0 is not a non-negative number"),
     ("fer_jax.visualize", ("--checkpoint=C", "--input=I", "--out=O"), "--batch_size=-2", "-2 is not a positive integer"),
     ("fer_jax.export", ("--checkpoint=C", "--out=O"), "--batch_size=-3", "-3 is not a non-negative integer"),
     ("fer_jax.benchmark", (), "--steps=0", "0 is not a positive integer"),
     ("fer_jax.benchmark", (), "--warmup=-1", "-1 is not a non-negative integer"),
 ])
 def test_a_count_out_of_range_stops_before_any_work(module, paths, flag, message):
-  """They gave a division by zero, negative images a second or an index error."""
+  """They gave a division by zero, negative images a second or an index error (predict's minimums: every face
+  skipped)."""
   assert_user_error(run_command(module, *DAN, *paths, flag, timeout=120), f"flag {flag}: {message}")
 
 
@@ -224,6 +229,13 @@ def test_an_output_under_a_regular_file_fails_before_the_model_is_loaded(mixed, 
   result = predict("/nonexistent/checkpoint", mixed, output)
   assert_user_error(result, f"--output={output} cannot be created: {tmp_path / 'notes.txt'} is a file, not a folder",
                     "choose another path")
+
+
+@pytest.mark.integration
+def test_an_output_where_no_file_can_be_made_fails_before_the_model_is_loaded(mixed):
+  """/proc is writable by its permissions, for root; the run did all the work, then failed without naming --output."""
+  result = predict("/nonexistent/checkpoint", mixed / "face.png", "/proc/preds.csv")
+  assert_user_error(result, "--output=/proc/preds.csv cannot be written", "/proc")  # not "No checkpoint found"
 
 
 @pytest.mark.integration
@@ -278,8 +290,9 @@ def test_visualize_skips_a_refused_image_and_draws_the_others(apvit_checkpoint, 
 
 
 @pytest.mark.integration
-def test_visualize_with_a_refused_image_as_the_only_input_fails_before_the_model_is_loaded(mixed, tmp_path):
-  result = visualize("/nonexistent/checkpoint", mixed / "bomb.png", tmp_path / "maps")
+def test_visualize_with_a_refused_image_as_the_only_input_fails_before_the_model_is_loaded(apvit_checkpoint, mixed,
+                                                                                            tmp_path):
+  result = visualize(apvit_checkpoint, mixed / "bomb.png", tmp_path / "maps")
   assert_user_error(result, f"No readable image to visualize: {mixed / 'bomb.png'} is refused before decoding",
                     "downscale it or remove it")
 

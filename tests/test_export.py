@@ -14,7 +14,7 @@ from fer_jax import checkpointing
 from fer_jax import export
 from fer_jax import models
 from fer_jax.errors import UserError
-from helpers import get_config, random_variables
+from helpers import assert_user_error, get_config, random_variables, run_command
 
 SIZE = 32
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,3 +139,12 @@ def test_an_export_folder_given_as_the_checkpoint_says_what_it_is(tmp_path, kind
   with pytest.raises(UserError, match=rf"^--checkpoint={tmp_path} is an export folder, not a checkpoint: pass the "
                                       r"checkpoint it was exported from .* run a StableHLO export folder as it is\.$"):
     export.check_not_an_export(str(tmp_path))
+
+
+@pytest.mark.integration
+def test_platforms_given_with_the_onnx_format_are_refused(tmp_path):
+  """The ONNX export ignored them without a word; refused before the checkpoint is read."""
+  result = run_command("fer_jax.export", "--config=configs/dan.py:synthetic", "--format=onnx", "--platforms=tpu",
+                       f"--checkpoint={tmp_path / 'nothing'}", f"--out={tmp_path / 'out'}")
+  assert_user_error(result, "--platforms chooses what a StableHLO program is lowered for; an ONNX file runs wherever "
+                    "ONNX Runtime does: drop --platforms, or drop --format=onnx.")

@@ -5,6 +5,7 @@ and real photos: every face found where it is, nothing found where there is none
 Once, outside the suite (TensorFlow 2.21, mtcnn 1.0.0), our three networks matched the mtcnn
 package's Keras models within 3e-7 on random inputs; the PyTorch model here pins that."""
 
+
 import jax
 import numpy as np
 import pytest
@@ -189,3 +190,38 @@ def test_no_face_is_found_where_there_is_none(detect, name):
 def test_detections_are_the_same_on_every_run(detect):
   image = photo("astronaut")
   assert detect(image) == detect(image) == detector.Detector()(image)
+
+
+# --- compiled programs -------------------------------------------------------------------------
+
+
+def test_photos_of_every_size_share_one_pnet_program(detect):
+  """Each new photo size compiled P-Net again (sizes were bucketed to 64 px) and two eager ops that took
+  its outputs apart; now P-Net scans fixed tiles and its outputs are taken apart on the host."""
+  astronaut = Image.fromarray(photo("astronaut"))
+  sizes = [(512, 512), (401, 383), (450, 600), (900, 700), (777, 450), (610, 530)]
+  found = []
+  names = helpers.compiled_during(
+      lambda: found.extend(confident(detect(np.asarray(astronaut.resize(size)))) for size in sizes))
+  assert set(names) <= {"jit(pnet)", "jit(rnet)", "jit(onet)"} and names["jit(pnet)"] <= 1, names
+  assert [len(faces) for faces in found] == [1] * len(sizes)
+
+
+def test_pnet_over_tiles_is_one_pass_over_the_canvas(detect, weights):
+  grid = (2, 3)
+  canvas = np.random.default_rng(0).uniform(-1, 1, (*map(detector.canvas_side, grid), 3)).astype(np.float32)
+  whole = detector._jitted_networks()[0](weights["pnet"], canvas[None])
+  for tiled, one_pass in zip(detect._scan(canvas, grid), whole):
+    np.testing.assert_allclose(tiled, np.asarray(one_pass)[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("height, width", [(120, 90), (600, 512), (420, 900), (1080, 1920), (3000, 400)])
+def test_pyramid_levels_lie_apart_on_the_stride_grid_inside_the_canvas(height, width):
+  scales = detector.pyramid_scales(height, width, 20.0, 0.709)
+  shapes = [(int(np.ceil(height * scale)), int(np.ceil(width * scale))) for scale in scales]
+  offsets, grid = detector.pack_levels(shapes)
+  taken = np.zeros(list(map(detector.canvas_side, grid)), int)
+  for (top, left), (level_height, level_width) in zip(offsets, shapes):
+    assert top % 2 == left % 2 == 0
+    taken[top:top + level_height, left:left + level_width] += 1
+  assert taken.max() == 1 and taken.sum() == sum(h * w for h, w in shapes)  # no overlap, nothing cut off

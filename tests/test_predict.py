@@ -3,9 +3,11 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
+import cv2
 import jax
 import numpy as np
 import pytest
@@ -16,6 +18,9 @@ from fer_jax import checkpointing
 from fer_jax import inference
 from fer_jax import models
 from fer_jax import predict
+from fer_jax.data import decode
+from fer_jax.errors import UserError
+from fer_jax.face import detector
 from helpers import get_config, random_variables
 
 SIZE = 32
@@ -85,12 +90,13 @@ def test_flip_tta_averages_the_softmax_of_both_views_in_padded_batches(config, c
   assert [row["prediction"] for row in rows] == [predictor.class_names[i] for i in np.argmax(expected, axis=1)]
 
   out = tmp_path / "preds.csv"
-  predict.write_predictions(rows, skipped, predictor.class_names, str(out))
+  predict.write_predictions(rows, skipped, predictor.class_names, str(out), face_columns=False)
   with open(out) as f:
     table = list(csv.DictReader(f))
-  assert [os.path.basename(r["image"]) for r in table] == ["a.png", "b.jpg", "c.png"]
-  assert list(table[0]) == ["image", "prediction", "confidence", *(f"p_{c}" for c in predictor.class_names),
+  assert [os.path.basename(r["image"]) for r in table] == ["a.png", "b.jpg", "c.png", "broken.jpg"]
+  assert list(table[0]) == ["image", "skipped", "prediction", "confidence", *(f"p_{c}" for c in predictor.class_names),
                             *(f"logit_{c}" for c in predictor.class_names)]
+  assert table[3]["skipped"] == skipped[0][1] and table[3]["prediction"] == "" and table[0]["skipped"] == ""
   assert float(table[1]["confidence"]) == pytest.approx(expected[1].max(), abs=1e-5)
 
 
@@ -104,7 +110,7 @@ def test_command_line_writes_json_and_reports_unreadable_images(config, checkpoi
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Skipping unreadable image" in result.stderr and "broken.jpg" in result.stderr
-  assert "Wrote 3 predictions" in result.stderr and "skipped 1 unreadable of 4 inputs" in result.stderr
+  assert "Wrote 3 predictions" in result.stderr and "skipped 1 of 4 inputs (1 unreadable)" in result.stderr
   written = json.loads(out.read_text())
   assert written["class_names"] == ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
   assert [os.path.basename(s["image"]) for s in written["skipped"]] == ["broken.jpg"]
@@ -142,7 +148,7 @@ def test_a_colour_crop_reaches_a_grey_data_sets_model_as_its_grey_conversion(tmp
   Image.fromarray(colour).save(tmp_path / "colour.png")
   Image.fromarray(colour).convert("L").save(tmp_path / "grey.png")
   model = api.Model(_InputPredictor(config))
-  stored = [model.predictor.preprocess.read(str(tmp_path / "colour.png")), model._stored(colour),
+  stored = [model.predictor.preprocess.read(str(tmp_path / "colour.png")), model._stored(colour, 0, 24),
             model.predictor.preprocess.read(str(tmp_path / "grey.png"))]
   assert all(image.shape == (48, 48, 1) for image in stored)
   inputs = model.predictor.inputs(stored)
@@ -173,4 +179,155 @@ def test_each_image_is_opened_once_whether_a_crop_or_a_photo(tmp_path, monkeypat
   monkeypatch.setattr(Image, "open", lambda path, *args: opened.append(path) or real_open(path, *args))
   results = predict.predict_inputs(model, [crop, photo], str(tmp_path), None, 24, 0.9)
   assert opened == [crop, photo]
-  assert [row["image"] for row in results.rows] == [crop] and results.photos_without_faces == [photo]
+  assert [row["image"] for row in results.rows] == [crop] and results.skipped == [(photo, predict.NO_FACE)]
+
+
+def _recording_model(monkeypatch, faces_found: bool = True) -> tuple[api.Model, list[np.ndarray]]:
+  """A RAF-DB model (crops at 100×100) whose `classify` records the crops it is given; with `faces_found`
+  False, no face is found in any photo (the detector is not needed)."""
+  model = api.Model(_InputPredictor(get_config("configs/dan.py:rafdb")))
+  classified = []
+  monkeypatch.setattr(model, "classify", lambda crops: classified.extend(crops) or
+                      [api.Prediction("anger", 1.0, {}, {}) for _ in crops])
+  if not faces_found:
+    monkeypatch.setattr(model, "faces", lambda image, *_: ([], [], []))
+  return model, classified
+
+
+def _fake_detector(monkeypatch) -> tuple[list[float], list[np.ndarray]]:
+  """detector.Detector replaced by one that finds no face: (the minimum face size of each one built, the photos
+  searched)."""
+  built, searched = [], []
+
+  class Fake:
+    def __init__(self, min_face_size=20.0):
+      built.append(min_face_size)
+
+    def __call__(self, image):
+      searched.append(image)
+      return []
+
+  monkeypatch.setattr(detector, "Detector", Fake)
+  return built, searched
+
+
+def test_a_face_crop_is_read_upright_as_its_exif_orientation_says(tmp_path, monkeypatch):
+  """Photos were turned upright, face crops (predict, Model.predict, visualize) were read as stored: sideways."""
+  model, classified = _recording_model(monkeypatch)
+  upright = np.random.default_rng(5).integers(0, 256, (90, 80, 3), dtype=np.uint8)
+  exif = Image.Exif()
+  exif[0x0112] = 6  # the pixels lie a quarter turn left of upright
+  path = str(tmp_path / "sideways.png")
+  Image.fromarray(np.rot90(upright)).save(path, exif=exif)
+  predict.predict_inputs(model, [path], str(tmp_path), None, 24, 0.9)
+  model.predict([path])
+  expected = decode.to_stored(Image.fromarray(upright), model.predictor.preprocess.shape)
+  assert len(classified) == 2 and all(np.array_equal(crop, expected) for crop in classified)
+  np.testing.assert_array_equal(model.predictor.preprocess.read(path), expected)
+
+
+def test_a_crop_smaller_than_the_minimum_face_size_is_skipped_with_the_reason(tmp_path, monkeypatch, caplog):
+  """An 8×8 image, or a 1×1 array, was a face crop and got a confident prediction."""
+  model, classified = _recording_model(monkeypatch)
+  tiny = str(tmp_path / "tiny.png")
+  Image.new("RGB", (8, 8)).save(tiny)
+  reason = "face smaller than the minimum size (8 < 24 px)"
+  for detect in (None, False):
+    results = predict.predict_inputs(model, [tiny], str(tmp_path), detect, 24, 0.9)
+    assert results.rows == [] and results.skipped == [(tiny, reason)] and classified == []
+  assert f"Skipping {tiny}: {reason}." in caplog.text
+  with pytest.raises(UserError, match=r"^The face crop array 1: face smaller than the minimum size \(1 < 24 px\); "
+                                      r"pass a larger crop, or min_face_size=0 to classify it\.$"):
+    model.predict([np.zeros((30, 30, 3), np.uint8), np.zeros((1, 1, 3), np.uint8)])
+  with pytest.raises(UserError, match=f"^The face crop {tiny}: {re.escape(reason)}"):
+    model.predict([tiny])
+  assert len(model.predict([tiny, np.zeros((1, 1), np.uint8)], min_face_size=0)) == 2
+
+
+def test_alpha_is_dropped_and_an_array_that_is_no_uint8_image_is_refused_alike_by_both_paths(monkeypatch):
+  """detect_and_predict(RGBA) failed to broadcast (60, 60, 4) into (60, 60, 3); predict([float32]) raised PIL's
+  "Cannot handle this data type"."""
+  model, classified = _recording_model(monkeypatch)
+  _, searched = _fake_detector(monkeypatch)
+  rgb = np.random.default_rng(6).integers(0, 256, (60, 60, 3), dtype=np.uint8)
+  alpha = np.full((60, 60, 1), 7, np.uint8)
+  rgba, grey_alpha = np.concatenate([rgb, alpha], -1), np.concatenate([rgb[..., :1], alpha], -1)
+  assert model.detect_and_predict(rgba) == [] and model.detect_and_predict(grey_alpha) == []
+  np.testing.assert_array_equal(searched[0], rgb)
+  np.testing.assert_array_equal(searched[1], np.repeat(rgb[..., :1], 3, -1))
+  model.predict([rgba, grey_alpha])
+  for crop, array in zip(classified, (rgba, grey_alpha)):
+    as_pil_converts = decode.to_stored(Image.fromarray(array).convert("RGB"), model.predictor.preprocess.shape)
+    np.testing.assert_array_equal(crop, as_pil_converts)
+  for array in (rgb.astype(np.float32) / 255, np.zeros((60, 60, 5), np.uint8)):
+    refusal = rf"^An image array must be uint8 .* got {array.dtype} \(60, 60, {array.shape[-1]}\): convert it"
+    for call in (model.predict, model.detect_and_predict):
+      with pytest.raises(UserError, match=refusal):
+        call([array] if call == model.predict else array)
+
+
+def test_the_detector_searches_for_faces_down_to_a_little_below_the_minimum_face_size(monkeypatch):
+  """A 42 MP photo was searched down to 20-px faces when 200 px were asked for (7.7 s instead of 1.7 s)."""
+  built, _ = _fake_detector(monkeypatch)
+  model, _ = _recording_model(monkeypatch)
+  photo = np.zeros((300, 400, 3), np.uint8)
+  for min_face_size in (240, 240, api.MIN_FACE_SIZE, 0):
+    model.detect_and_predict(photo, min_face_size=min_face_size)
+  assert built == [200, 20, detector.CELL]  # 5/6 of it (a face just below it is reported), one detector each
+
+
+@pytest.mark.parametrize("limits, message", [
+    ((-5, 0.9), r"^min_face_size=-5 must be 0 or more"), ((24, 2), r"^min_score=2 must be between 0 and 1"),
+    ((float("nan"), 0.9), r"^min_face_size=nan must be 0 or more")], ids=["size", "score", "nan"])
+def test_a_minimum_out_of_range_is_refused(limits, message, monkeypatch, tmp_path):
+  """They were accepted: every face was then skipped."""
+  model, _ = _recording_model(monkeypatch)
+  _fake_detector(monkeypatch)
+  with pytest.raises(UserError, match=message):
+    model.detect_and_predict(np.zeros((60, 60, 3), np.uint8), *limits)
+  with pytest.raises(UserError, match=message):
+    predict.predict_inputs(model, [str(tmp_path / "any.png")], str(tmp_path), None, *limits)
+
+
+def _flat_video(path: str, frames: int = 3) -> str:
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (64, 48))
+  for _ in range(frames):
+    writer.write(np.full((48, 64, 3), 90, np.uint8))
+  writer.release()
+  return path
+
+
+def test_photos_and_videos_without_a_face_are_listed_and_the_columns_do_not_depend_on_what_is_found(
+    tmp_path, monkeypatch, caplog):
+  """A video without a face left no trace and no warning; a CSV lost its face columns when no face was found."""
+  model, _ = _recording_model(monkeypatch, faces_found=False)
+  photo, video = str(tmp_path / "flat.png"), _flat_video(str(tmp_path / "clip.avi"))
+  Image.new("RGB", (640, 480), (128, 128, 128)).save(photo)
+  results = predict.predict_inputs(model, [photo, video], str(tmp_path), None, 24, 0.9)
+  assert results.rows == [] and results.skipped == [(photo, predict.NO_FACE), (video, predict.NO_FACE)]
+  assert f"Skipping {photo}: no face found (if it is a face crop, pass --nodetect)." in caplog.text
+  assert f"Skipping {video}: no face found (in any frame read at --stride=1)." in caplog.text
+  out = tmp_path / "faces.csv"
+  predict.write_predictions(results.rows, results.skipped, model.class_names, str(out),
+                            predict.detects_faces([photo, video], None))
+  with open(out) as f:
+    table = list(csv.DictReader(f))
+  assert list(table[0])[:len(predict.FACE_COLUMNS) + 3] == ["image", *predict.FACE_COLUMNS, "skipped", "prediction"]
+  assert [(row["image"], row["skipped"], row["prediction"]) for row in table] == [
+      (photo, predict.NO_FACE, ""), (video, predict.NO_FACE, "")]
+  predict.write_predictions(results.rows, results.skipped, model.class_names, str(tmp_path / "faces.json"), True)
+  assert json.loads((tmp_path / "faces.json").read_text())["skipped"] == [
+      {"image": photo, "reason": predict.NO_FACE}, {"image": video, "reason": predict.NO_FACE}]
+  assert not predict.detects_faces([photo], False) and predict.detects_faces([photo, video], False)
+
+
+def test_drawings_of_inputs_that_share_a_base_name_do_not_overwrite_each_other(tmp_path, monkeypatch):
+  """person.jpg and person.png were both drawn to person.png, the last one kept."""
+  model, _ = _recording_model(monkeypatch, faces_found=False)
+  (tmp_path / "in").mkdir()
+  paths = [str(tmp_path / "in" / name) for name in ("person.jpg", "person.png")]
+  for path, grey in zip(paths, (50, 200)):
+    Image.new("RGB", (640, 480), (grey,) * 3).save(path)
+  predict.predict_inputs(model, paths, str(tmp_path / "in"), None, 24, 0.9, annotate=str(tmp_path / "drawn"))
+  assert sorted(os.listdir(tmp_path / "drawn")) == ["person.jpg.png", "person.png.png"]
+  assert np.asarray(Image.open(tmp_path / "drawn" / "person.png.png"))[0, 0, 0] == 200

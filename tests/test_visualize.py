@@ -1,17 +1,23 @@
-"""`fer_jax.visualize` checks its --out and --input before reading any image or the model
-(tests/test_bad_input_predict.py covers unreadable images)."""
+"""`fer_jax.visualize` checks its --out, --input and --checkpoint before reading any image or the model
+(tests/test_bad_input_predict.py covers unreadable images), runs every batch through one program and warns
+of images that are not face crops."""
 
+import logging
+
+import jax
+import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assert_user_error, run_command
+from fer_jax import checkpointing
+from fer_jax import export
+from fer_jax import visualize
+from helpers import assert_user_error, compiled_during, get_config, random_variables, run_command
 
-pytestmark = pytest.mark.integration  # each test runs the command in a subprocess
 
-
-def _visualize(input_path, out):
+def _visualize(input_path, out, checkpoint="/nonexistent"):
   # No checkpoint there: these checks come before the model is read.
-  return run_command("fer_jax.visualize", "--config=configs/apvit.py:synthetic", "--checkpoint=/nonexistent",
+  return run_command("fer_jax.visualize", "--config=configs/apvit.py:synthetic", f"--checkpoint={checkpoint}",
                      f"--input={input_path}", f"--out={out}", timeout=300)
 
 
@@ -22,15 +28,57 @@ def face(tmp_path):
   return path
 
 
+@pytest.mark.integration  # runs the command in a subprocess
 def test_an_out_under_a_file_is_refused_first(face, tmp_path):
   """It failed only after the model had run, when writing the first PNG."""
   result = _visualize(face, face / "maps")
   assert_user_error(result, f"--out={face / 'maps'} cannot be created: {face} is a file, not a folder")
 
 
+@pytest.mark.integration
 def test_a_video_is_named_as_one(tmp_path):
   """It was called "not an image PIL can identify" with a PNG or JPEG to replace it with."""
   (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
   result = _visualize(tmp_path / "clip.mp4", tmp_path / "maps")
   assert_user_error(result, f"--input={tmp_path / 'clip.mp4'} is a video; visualize reads photos",
                     "fer_jax.predict classifies a video's frames")
+
+
+@pytest.mark.integration
+def test_an_export_folder_as_the_checkpoint_is_named_as_one(face, tmp_path):
+  """It was "No checkpoint found"."""
+  for name in (export.METADATA, export.STABLEHLO, export.VARIABLES):
+    (tmp_path / "exported" / name).parent.mkdir(exist_ok=True)
+    (tmp_path / "exported" / name).write_text("{}")
+  result = _visualize(face, tmp_path / "maps", checkpoint=tmp_path / "exported")
+  assert_user_error(result, f"--checkpoint={tmp_path / 'exported'} is an export folder, not a checkpoint: pass the "
+                    "checkpoint it was exported from")
+
+
+def test_the_last_batch_is_padded_to_the_batch_size_and_its_padding_dropped():
+  """The last, partial batch compiled a second program."""
+  forward = jax.jit(lambda scale, batch: (batch * scale, {"total": batch.sum(axis=(1, 2, 3))}))
+  images = [np.full((4, 4, 3), index + 1, np.int32) for index in range(5)]
+  scaled, outputs = visualize.forward_in_batches(forward, 2, images, batch_size=2)
+  assert forward._cache_size() == 1
+  np.testing.assert_array_equal(scaled, 2 * np.stack(images))
+  np.testing.assert_array_equal(outputs["total"], [48 * (index + 1) for index in range(5)])
+
+
+@pytest.mark.integration  # compiles a small APViT
+def test_maps_of_a_folder_compile_one_forward_pass_and_name_an_image_that_is_no_face_crop(tmp_path, caplog):
+  config = get_config("configs/apvit.py:synthetic")
+  checkpoint = checkpointing.save_model(str(tmp_path / "model"), random_variables(config), config)
+  sizes = {"face0.png": (40, 40), "face1.png": (36, 40), "photo.png": (120, 60)}  # the stored side is 32
+  for name, size in sizes.items():
+    Image.new("RGB", size, (120, 90, 70)).save(tmp_path / name)
+  written = []
+  with caplog.at_level(logging.WARNING):
+    compiled = compiled_during(lambda: written.extend(visualize.write_attention_maps(
+        config, checkpoint, [str(tmp_path / name) for name in sizes], str(tmp_path / "maps"), batch_size=2)))
+  assert compiled["jit(forward)"] == 1, compiled
+  assert len(written) == 2 * len(sizes)
+  warnings = [record.getMessage() for record in caplog.records if "not a face crop" in record.getMessage()]
+  assert warnings == [f"{tmp_path / 'photo.png'} (120×60) is not a face crop (nearly square, at most 128 px): its "
+                      "maps are of the whole image squashed to the model's input, no face is found in it; crop the "
+                      "face first."]

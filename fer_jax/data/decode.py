@@ -4,9 +4,11 @@ This is all the per-image work the host does. Everything random, and the resize 
 model's input size, runs on the device (`fer_jax.data.augment`), so batches cross to the
 device as uint8 at the stored size.
 
-`read_file` and `read_photo` (images the user names: predict, visualize, `fer_jax.load`) refuse an
-image whose header claims more than `MAX_IMAGE_PIXELS` before decoding it, and turn every way a
-file can fail to decode into an `UnreadableImageError` that names the file and the fix.
+`opened`, and `read_file` and `read_photo` through it (images the user names: predict, visualize,
+`fer_jax.load`), refuse an image whose header claims more than `MAX_IMAGE_PIXELS` before decoding it,
+turn every way a file can fail to decode into an `UnreadableImageError` that names the file and the
+fix, and give the image upright (its EXIF orientation applied, as photo viewers show it). A data set's
+images (`Decoder`) are decoded as their pixels lie in the file, as `fer_jax.prepare` stores them.
 """
 
 import contextlib
@@ -79,31 +81,33 @@ def to_stored(image: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def read_file(path: str, shape: tuple[int, int, int]) -> np.ndarray:
-  """An image file at the stored shape; `UnreadableImageError` if it is too large, unreadable or not an image."""
+  """An image file, upright, at the stored shape; `UnreadableImageError` if it is too large, unreadable or not an
+  image."""
   with opened(path) as image:
     return to_stored(image, shape)
 
 
 def read_photo(path: str) -> np.ndarray:
-  """A photo at its own size, upright (EXIF orientation applied), RGB uint8; `UnreadableImageError` as `read_file`."""
+  """A photo at its own size, upright, RGB uint8; `UnreadableImageError` as `read_file`."""
   with opened(path) as image:
-    return upright_rgb(image)
+    return rgb(image)
 
 
-def upright_rgb(image: Image.Image) -> np.ndarray:
-  return np.asarray(to_mode(ImageOps.exif_transpose(image), "RGB"))
+def rgb(image: Image.Image) -> np.ndarray:
+  return np.asarray(to_mode(image, "RGB"))
 
 
 @contextlib.contextmanager
 def opened(path: str):
-  """The image file, open, for decoding it once; `UnreadableImageError` (raised on entering or from the body)
-  if it is too large, unreadable or not an image."""
+  """The image file, decoded once and upright (EXIF orientation applied); `UnreadableImageError` (raised on
+  entering or from the body) if it is too large, unreadable or not an image."""
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       with Image.open(path) as image:
         if image.width * image.height > MAX_IMAGE_PIXELS:
           raise _too_large(path, f"{image.width}×{image.height}")
+        ImageOps.exif_transpose(image, in_place=True)
         yield image
   except UnreadableImageError:
     raise

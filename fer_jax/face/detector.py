@@ -5,11 +5,11 @@ The cascade (Zhang et al. 2016): P-Net scans an image pyramid whose first level 
 non-maximum suppression, squared, cropped at 24×24 for R-Net, then at 48×48 for O-Net, each
 stage keeping the boxes over its threshold and moving them by the predicted offsets.
 
-The networks run jitted (fer_jax.face.networks), one call per stage. Shapes are bucketed so that
-photos of similar size and every frame of a video reuse the compiled programs: all pyramid levels
-are packed on one canvas (`pack_levels`) whose sides are multiples of `CANVAS_BUCKET` pixels, and
-the crops of a stage are padded to 64, 256, 1024, … Resizing, cropping and suppression run on
-the host.
+The networks run jitted (fer_jax.face.networks), with shapes that do not depend on the photo, so
+that photos of every size and every frame of a video reuse the same compiled programs: all pyramid
+levels are packed on one canvas (`pack_levels`) that P-Net scans in overlapping tiles of a fixed
+size (`TILE`; identical to one pass over the whole canvas), `TILES_PER_CALL` a call, and the crops
+of a stage are padded to 64, 256, 1024, … Resizing, cropping and suppression run on the host.
 """
 
 import dataclasses
@@ -22,8 +22,12 @@ import numpy as np
 from fer_jax import mesh as mesh_lib
 from fer_jax.face import networks
 
-CANVAS_BUCKET = 64
 CELL, STRIDE = 12, 2  # P-Net's window and step in pyramid pixels
+# P-Net's tiles start TILE_STRIDE pixels apart and overlap by CELL − STRIDE, so that every window on
+# its stride-2 grid is one of exactly one tile's TILE_STRIDE / STRIDE × TILE_STRIDE / STRIDE cells.
+TILE_STRIDE = 128
+TILE = TILE_STRIDE + CELL - STRIDE
+TILES_PER_CALL = 4  # a few: fewer calls, little padding in the last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,20 +122,49 @@ def _even(n: int) -> int:
   return n + n % 2
 
 
+def canvas_side(tiles: int) -> int:
+  """The pixels `tiles` tiles in a row scan."""
+  return tiles * TILE_STRIDE + TILE - TILE_STRIDE
+
+
+def tiles_spanning(pixels: int) -> int:
+  """The fewest tiles in a row that scan `pixels` (at least one)."""
+  return max(-(-(pixels - canvas_side(0)) // TILE_STRIDE), 1)
+
+
+def _columns(shapes: list[tuple[int, int]], height: int) -> tuple[list[tuple[int, int]], int]:
+  """(top, left) of each level, largest first, in columns at most `height` tall (each level in the
+  first column with room, else in a new one on the right), and the columns' total width."""
+  columns, offsets = [], []  # columns: [left, width, filled height]
+  for level_height, level_width in shapes:
+    column = next((c for c in columns if c[2] + _even(level_height) <= height), None)
+    if column is None:
+      column = [sum(c[1] for c in columns), _even(level_width), 0]
+      columns.append(column)
+    offsets.append((column[2], column[0]))
+    column[2] += _even(level_height)
+  return offsets, sum(c[1] for c in columns)
+
+
 def pack_levels(shapes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tuple[int, int]]:
-  """(top, left) of each pyramid level (height, width), largest first, on one canvas, and the
-  canvas's (height, width) rounded up to CANVAS_BUCKET: the first level at the top left, the odd
-  levels stacked in a column to its right, the others in a column right of that. Offsets are
-  even, so every level's cells lie on P-Net's stride-2 grid; as a cell sees exactly its 12×12
-  window, a cell whose window lies inside a level sees that level alone."""
-  widths = [_even(width) for _, width in shapes[:3]] + [0, 0]
-  lefts, heights, offsets = (0, widths[0], widths[0] + widths[1]), [0, 0, 0], []
-  for i, (height, _) in enumerate(shapes):
-    column = 0 if i == 0 else 2 - i % 2
-    offsets.append((heights[column], lefts[column]))
-    heights[column] += _even(height)
-  round_up = lambda n: -(-n // CANVAS_BUCKET) * CANVAS_BUCKET
-  return offsets, (round_up(max(heights)), round_up(sum(widths)))
+  """(top, left) of each pyramid level (height, width), largest first, on a canvas of the fewest
+  tiles, and the canvas's (rows, columns) of tiles. Offsets are even, so every level's cells lie
+  on P-Net's stride-2 grid; as a cell sees exactly its 12×12 window, a cell whose window lies
+  inside a level sees that level alone."""
+  packings = []
+  for rows in range(tiles_spanning(_even(shapes[0][0])), tiles_spanning(sum(_even(h) for h, _ in shapes)) + 1):
+    offsets, width = _columns(shapes, canvas_side(rows))
+    packings.append((rows * tiles_spanning(width), rows, tiles_spanning(width), offsets))
+  _, rows, columns, offsets = min(packings, key=lambda packing: packing[:2])
+  return offsets, (rows, columns)
+
+
+def _stitched(tiles: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+  """P-Net's outputs [rows × columns, cells, cells, …] of a canvas's tiles as one map of the canvas."""
+  rows, columns = grid
+  cells = tiles.shape[1]
+  by_tile = tiles.reshape(rows, columns, cells, cells, *tiles.shape[3:])
+  return by_tile.swapaxes(1, 2).reshape(rows * cells, columns * cells, *tiles.shape[3:])
 
 
 class Detector:
@@ -167,12 +200,12 @@ class Detector:
     if not scales:
       return np.zeros((0, 5), np.float32)
     shapes = [(int(np.ceil(height * scale)), int(np.ceil(width * scale))) for scale in scales]
-    offsets, canvas_shape = pack_levels(shapes)
-    canvas = np.zeros((*canvas_shape, 3), np.float32)
+    offsets, grid = pack_levels(shapes)
+    canvas = np.zeros((*map(canvas_side, grid), 3), np.float32)
     for (top, left), (level_height, level_width) in zip(offsets, shapes):
       canvas[top:top + level_height, left:left + level_width] = cv2.resize(
           normalized, (level_width, level_height), interpolation=cv2.INTER_AREA)
-    probability, offsets_predicted = (np.asarray(a[0]) for a in self._pnet(canvas[None]))
+    probability, offsets_predicted = self._scan(canvas, grid)
     found = []
     for scale, (top, left), (level_height, level_width) in zip(scales, offsets, shapes):
       cells = (slice(top // STRIDE, (top + level_height - CELL) // STRIDE + 1),
@@ -189,6 +222,16 @@ class Detector:
       return np.zeros((0, 5), np.float32)
     proposals = np.concatenate(found)
     return proposals[non_max_suppression(proposals[:, :4], proposals[:, 4], self.nms_proposals)]
+
+  def _scan(self, canvas: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """P-Net's face probability [cells down, cells across] and box offsets [.., .., 4] over the canvas,
+    from its tiles in calls of TILES_PER_CALL (the last one padded)."""
+    count = grid[0] * grid[1]
+    tiles = np.zeros((-(-count // TILES_PER_CALL) * TILES_PER_CALL, TILE, TILE, 3), np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(canvas, (TILE, TILE, 3))[::TILE_STRIDE, ::TILE_STRIDE, 0]
+    tiles[:count] = windows.reshape(count, TILE, TILE, 3)
+    calls = jax.device_get([self._pnet(tiles[i:i + TILES_PER_CALL]) for i in range(0, len(tiles), TILES_PER_CALL)])
+    return tuple(_stitched(np.concatenate(parts)[:count], grid) for parts in zip(*calls))
 
   def _crops(self, normalized: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     patches = np.zeros((_bucket(len(boxes)), size, size, 3), np.float32)

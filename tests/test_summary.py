@@ -1,0 +1,57 @@
+"""fer_jax.summary without --config: the config from a checkpoint's meta record or an export's model.json
+(tests/test_fingerprint.py covers `summary --checkpoint`'s digest, tests/test_bad_input_main.py its user errors)."""
+
+import shutil
+
+import pytest
+
+from fer_jax import checkpointing
+from fer_jax import export
+from fer_jax import summary
+from fer_jax.errors import UserError
+from helpers import assert_user_error, get_config, random_variables, run_command
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  """(config, a workdir-like folder with its checkpoint, a StableHLO export of the same weights)."""
+  folder = tmp_path_factory.mktemp("summary")
+  config = get_config("configs/dan.py:synthetic")
+  config.input.size = 32
+  variables = random_variables(config, seed=3)
+  checkpointing.save_model(str(folder / "workdir" / "checkpoints"), variables, config)
+  export.export(config, variables, str(folder / "exported"), platforms=("cpu",))
+  return config, folder / "workdir", folder / "exported"
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "export"])
+def test_the_config_comes_from_the_record(saved, kind):
+  config, workdir, exported = saved
+  recorded = summary.recorded_config(str(workdir if kind == "checkpoint" else exported))
+  for key in ("model.name", "model.num_classes", "input.size", "input.channels", "dataset.name",
+              "dataset.class_order"):
+    section, name = key.split(".")
+    assert recorded[section][name] == config[section][name], key
+
+
+def test_a_checkpoint_without_a_meta_record_asks_for_its_config(saved, tmp_path):
+  _, workdir, _ = saved
+  shutil.copytree(workdir, tmp_path / "workdir")
+  shutil.rmtree(tmp_path / "workdir" / "checkpoints" / "0" / "meta")
+  with pytest.raises(UserError, match=rf"^--checkpoint={tmp_path / 'workdir'} has no meta record to rebuild its "
+                                      r"config from: pass its --config=configs/<method>\.py:<dataset>\.$"):
+    summary.recorded_config(str(tmp_path / "workdir"))
+
+
+@pytest.mark.integration
+def test_summary_of_a_checkpoint_needs_no_config(saved):
+  """--config was required even where the checkpoint's meta record gives the model."""
+  _, workdir, _ = saved
+  given = run_command("fer_jax.summary", "--config=configs/dan.py:synthetic", "--config.input.size=32",
+                      f"--checkpoint={workdir}")
+  recorded = run_command("fer_jax.summary", f"--checkpoint={workdir}")
+  assert given.returncode == 0, given.stderr[-3000:]
+  assert recorded.returncode == 0, recorded.stderr[-3000:]
+  assert recorded.stdout == given.stdout
+  assert_user_error(run_command("fer_jax.summary"), "Pass --config=configs/<method>.py:<dataset>, or a --checkpoint "
+                    "whose meta record gives it.")
