@@ -68,6 +68,7 @@ def run(main) -> None:
   def main_with_clean_errors(argv):
     # Orbax logs every save and restore at INFO; the commands log what they saved themselves.
     logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+    sys.unraisablehook = _without_closed_loop_callbacks(sys.unraisablehook)
     try:
       return main(argv)
     except Exception as error:  # pylint: disable=broad-except
@@ -81,6 +82,16 @@ def run(main) -> None:
       os._exit(USER_ERROR_STATUS)
 
   app.run(main_with_clean_errors, flags_parser=_parse_flags)
+
+
+def _without_closed_loop_callbacks(hook):
+  """`hook` but for "Event loop is closed": after a failed Orbax read (a damaged checkpoint or export) the reads
+  still in flight complete on TensorStore's threads and call back into the asyncio loop the failure closed, each
+  printing that error's traceback beside the one-line message."""
+  def filtered(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      hook(unraisable)
+  return filtered
 
 
 def _parse_flags(argv):
