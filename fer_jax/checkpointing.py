@@ -301,7 +301,7 @@ def save_model(directory: str, variables: dict, config, initialisation_only: boo
   return os.path.join(os.path.abspath(directory), "0")
 
 
-def _step_directory(path: str) -> str:
+def step_folder(path: str) -> str:
   """Accepts a workdir, its checkpoints/ folder or one step folder; returns a step folder: of a workdir, the
   weights its report evaluated (the best epoch's, best/STEP, with restore_best), else the newest step."""
   path = os.path.abspath(os.path.expanduser(path))
@@ -332,7 +332,7 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
   class order and input size and channels, and not mark the weights as only an initialisation
   (unless `initialisation_ok`: reading the weights, not running them).
   """
-  step_directory = _step_directory(path)
+  step_directory = step_folder(path)
   logging.info("Reading the model in %s", step_directory)
   if expected_model is not None:
     _check_identity(step_directory, expected_model, tuple(class_names), expected_input, initialisation_ok)
@@ -390,7 +390,7 @@ def _meta(step_directory: str) -> dict:
 def read_meta(path: str) -> dict:
   """The meta record (method, classes, input) of the checkpoint at `path` (a workdir, its
   checkpoints/ folder, a step folder or a converted model); {} if it has none."""
-  return _meta(_step_directory(path))
+  return _meta(step_folder(path))
 
 
 def _check_identity(step_directory: str, model_config, class_names: tuple[str, ...], input_config=None,

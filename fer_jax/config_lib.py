@@ -57,10 +57,13 @@ def resume_differences(saved: dict, config) -> list[tuple[str, object, object]]:
   current = flat(config)
   may_change = [key for key in RESUME_MAY_CHANGE
                 if not (key == "num_epochs" and current.get("optimizer.schedule") == "cosine")]
-  def fixed(key):
-    return not any(key == entry or (entry[-1] in "._" and key.startswith(entry)) for entry in may_change)
   return [(key, current[key], saved[key]) for key in sorted(set(saved) & set(current))
-          if fixed(key) and saved[key] != current[key]]
+          if not named_by(key, may_change) and saved[key] != current[key]]
+
+
+def named_by(key: str, entries) -> bool:
+  """Whether the flat `key` is one of `entries`: a key, or a prefix ending in "." or "_" (RESUME_MAY_CHANGE's)."""
+  return any(key == entry or (entry[-1] in "._" and key.startswith(entry)) for entry in entries)
 
 
 def override(key: str, value) -> str:

@@ -7,6 +7,7 @@ the host only merges K×K matrices, on any number of devices and processes. All 
 from it.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,6 +36,7 @@ class Spec:
   tta: str
   every_epochs: int
   skip_if_missing: bool
+  dataset_key: str  # the config key that named the data set, for messages
 
   @property
   def split_key(self) -> tuple:
@@ -80,19 +82,21 @@ def _spec(config, name: str, fields) -> Spec:
                           data_dir=fields.data_dir or config.dataset.data_dir,
                           image_size=fields.image_size or config.dataset.image_size)
   resolved.input.eval_pp = fields.pp or config.input.eval_pp
-  return Spec(name, resolved, fields.split, fields.tta, fields.every_epochs, fields.skip_if_missing)
+  dataset_key = f"evals.{name}.dataset" if fields.dataset else "dataset.name"
+  return Spec(name, resolved, fields.split, fields.tta, fields.every_epochs, fields.skip_if_missing, dataset_key)
 
 
 def class_mapping(split) -> dict:
   """How a split's classes met the model's, by name: each data-set class → the model class it
   is scored as (None: its records are left out); the count left out of each class the split has
-  records of; model classes the data set lacks (predicting one is always wrong)."""
+  records of; model classes the split has no example of, because the data set lacks them or this
+  split holds none (predicting one is always wrong)."""
   model = set(split.class_names)
+  counts = dict(zip(split.source_class_names, split.source_counts))
   return {
       "dataset_to_model": {name: (name if name in model else None) for name in split.source_class_names},
-      "excluded_examples": {name: count for name, count in zip(split.source_class_names, split.source_counts)
-                            if name not in model and count},
-      "model_classes_absent": [name for name in split.class_names if name not in split.source_class_names],
+      "excluded_examples": {name: count for name, count in counts.items() if name not in model and count},
+      "model_classes_absent": [name for name in split.class_names if not counts.get(name)],
   }
 
 
@@ -148,22 +152,25 @@ def confusion_matrix(step, variables, eval_data) -> np.ndarray:
 
 
 def metrics(confusion: np.ndarray, class_names) -> dict:
-  """Accuracy, mean-class (balanced) accuracy over classes present, per-class accuracy, macro F1."""
+  """Accuracy, mean-class (balanced) accuracy over the classes present, per-class accuracy, and macro F1
+  as scikit-learn's f1_score(average="macro") defines it: the mean F1 over the classes that are true or
+  predicted at least once. Null (None) for no examples."""
   support = confusion.sum(axis=1)
   predicted = confusion.sum(axis=0)
   correct = np.diag(confusion)
   present = support > 0
   recall = np.where(present, correct / np.maximum(support, 1), np.nan)
-  precision = np.where(predicted > 0, correct / np.maximum(predicted, 1), 0.0)
-  f1 = np.where(present, 2 * precision * np.nan_to_num(recall) / np.maximum(precision + np.nan_to_num(recall), 1e-12), np.nan)
+  seen = present | (predicted > 0)
+  f1 = 2 * correct[seen] / (support[seen] + predicted[seen])  # 2·precision·recall / (precision + recall)
+  examples = int(support.sum())
   return {
-      "accuracy": float(correct.sum() / max(support.sum(), 1)),
-      "mean_class_accuracy": float(np.nanmean(recall)) if present.any() else 0.0,
-      "macro_f1": float(np.nanmean(f1)) if present.any() else 0.0,
+      "accuracy": float(correct.sum() / examples) if examples else None,
+      "mean_class_accuracy": float(np.nanmean(recall)) if examples else None,
+      "macro_f1": float(f1.mean()) if examples else None,
       "per_class_accuracy": {name: (None if np.isnan(r) else float(r)) for name, r in zip(class_names, recall)},
       "class_names": list(class_names),
       "confusion_matrix": confusion.tolist(),
-      "num_examples": int(support.sum()),
+      "num_examples": examples,
   }
 
 
@@ -175,37 +182,61 @@ def write_report(report: dict, workdir: str, examples: dict | None = None) -> No
   """DIR/eval_results.json (the "test" evaluator's results at the top level, as before, and every
   evaluator under "evaluators"), eval_results.md, a confusion matrix PNG per evaluator
   (confusion_matrix.png for "test", confusion_matrix_<name>.png for the others), examples_<name>.png
-  of `examples` ({name: uint8 images, `EvalData.examples`}) and eval_summary.png (process 0 only)."""
+  of `examples` ({name: uint8 images, `EvalData.examples`}) and eval_summary.png (process 0 only).
+  The figures of evaluators that the report DIR held before listed and this one does not are removed."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
+  evaluators = report["evaluators"]
+  _remove_figures_of_the_previous_report(workdir, evaluators)
   with open(os.path.join(workdir, "eval_results.json"), "w") as f:
     json.dump(report, f, indent=2)
-  evaluators = report["evaluators"]
   for name, results in evaluators.items():
     figures.plot_confusion(np.array(results["confusion_matrix"]), results["class_names"],
                            os.path.join(workdir, confusion_file(name)),
                            f"{name}: accuracy {results['accuracy']:.2%}, mean-class {results['mean_class_accuracy']:.2%}")
   for name, images in (examples or {}).items():
-    figures.plot_examples(images, os.path.join(workdir, f"examples_{name}.png"), f"{name}: {evaluators[name]['pp']}")
+    figures.plot_examples(images, os.path.join(workdir, examples_file(name)), f"{name}: {evaluators[name]['pp']}")
   figures.plot_accuracies({"": {name: r["accuracy"] for name, r in evaluators.items()}},
                           os.path.join(workdir, "eval_summary.png"))
   with open(os.path.join(workdir, "eval_results.md"), "w") as f:
-    f.write(markdown(evaluators, examples or {}))
+    f.write(markdown(report, examples or {}))
+
+
+def _remove_figures_of_the_previous_report(workdir: str, evaluators: dict) -> None:
+  """A report written again into its folder with fewer evaluators leaves no figure of the others."""
+  try:
+    with open(os.path.join(workdir, "eval_results.json")) as f:
+      previous = json.load(f)["evaluators"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return
+  for name in set(previous) - set(evaluators):
+    for file_name in (confusion_file(name), examples_file(name)):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(workdir, file_name))
 
 
 def confusion_file(name: str) -> str:
   return "confusion_matrix.png" if name == REPORTED else f"confusion_matrix_{name}.png"
 
 
+def examples_file(name: str) -> str:
+  return f"examples_{name}.png"
+
+
 def _percent(value) -> str:
   return "–" if value is None else f"{100 * value:.2f}"
 
 
-def markdown(evaluators: dict, examples: dict) -> str:
-  """eval_results.md: one row per evaluator, per-class accuracies, class mappings, pictures."""
-  lines = ["| evaluator | data set | split | examples | accuracy % | mean-class % | macro F1 % | TTA | TTA accuracy % |",
-           "|---|---|---|---:|---:|---:|---:|---|---:|"]
+def markdown(report: dict, examples: dict) -> str:
+  """eval_results.md: the weights, one row per evaluator, per-class accuracies, class mappings, evaluators
+  skipped, pictures."""
+  evaluators = report["evaluators"]
+  lines = []
+  if report.get("checkpoint"):
+    lines += [f"Weights: {report['checkpoint']} (step {report['step']}).", ""]
+  lines += ["| evaluator | data set | split | examples | accuracy % | mean-class % | macro F1 % | TTA | TTA accuracy % |",
+            "|---|---|---|---:|---:|---:|---:|---|---:|"]
   for name, r in evaluators.items():
     tta_entry = r.get("tta", {})
     lines.append(f"| {name} | {r['dataset']} | {r['split']} | {r['num_examples']} | {_percent(r['accuracy'])} | "
@@ -224,9 +255,13 @@ def markdown(evaluators: dict, examples: dict) -> str:
                            for c, n in mapping["excluded_examples"].items()) or "none"
       absent = ", ".join(mapping["model_classes_absent"]) or "none"
       lines += ["", f"{name}: classes mapped by name from {r['dataset']}. Left out (the model lacks them): {excluded}. "
-                f"Model classes {r['dataset']} lacks (predicting them counts as wrong): {absent}."]
+                f"Model classes without an example in {r['split']} (predicting them counts as wrong): {absent}."]
+  skipped = report.get("skipped_evaluators", {})
+  if skipped:
+    lines += ["", "Skipped (skip_if_missing): " + "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+              + "."]
   lines += ["", "Pictures: " + ", ".join(f"[{name}]({confusion_file(name)})" for name in evaluators)
-            + " (confusion matrices); " + ", ".join(f"[{name}](examples_{name}.png)" for name in examples)
+            + " (confusion matrices); " + ", ".join(f"[{name}]({examples_file(name)})" for name in examples)
             + " (first inputs before normalize()/to_float(), occluders included); "
             "[accuracy per evaluator](eval_summary.png).", ""]
   return "\n".join(lines)

@@ -10,6 +10,7 @@ import re
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 
 from fer_jax import cli
 from fer_jax import config_lib
@@ -40,12 +41,15 @@ URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")
 
 
 def reject_urls(config, workdir: str, checkpoint: str | None) -> None:
-  """fer_jax reads and writes through the file system: an object-store URL must arrive as a mounted path."""
+  """fer_jax reads and writes through the file system: an object-store URL must arrive as a mounted path.
+  Runs before the config is validated: an evaluator entry that is not a dict, or lacks data_dir, is left to
+  validation's message."""
   paths = {"--workdir": workdir, "--checkpoint": checkpoint, "config.dataset.data_dir": config.dataset.data_dir,
            "config.init_from": config.init_from,
-           **{f"config.evals.{name}.data_dir": entry.data_dir for name, entry in config.evals.items()}}
+           **{f"config.evals.{name}.data_dir": entry.get("data_dir") for name, entry in config.evals.items()
+              if isinstance(entry, (dict, ml_collections.ConfigDict))}}
   for name, path in paths.items():
-    if path and ("://" in path or URL_SCHEME.match(path)):
+    if isinstance(path, str) and ("://" in path or URL_SCHEME.match(path)):
       raise UserError(f"{name}={path} is a URL; fer_jax reads and writes through the file system. Mount the "
                       "bucket (e.g. gcsfuse, as launch/tpu.sh does) and pass the mounted path "
                       "(docs/running_at_scale.md, \"Where the data and the workdir live\").")

@@ -5,19 +5,24 @@ r"""Trains a config over several seeds and reports every evaluator's metrics as 
 
 Seed N trains in DIR/seed_N with `--config.seed=N` (the initialisation, the data order and the
 augmentation all follow it), one after the other; each run resumes where it stopped, and a
-finished one (its eval_results.json reports its newest checkpoint's step) is only read: delete
-that file to train or evaluate it again. `--print_commands` prints the per-seed training
-commands instead (one cluster job each; any other --config.* overrides are passed on) and the
-command that writes the summary once they are done (`--summarize_only`).
+finished one (`why_unfinished`) is only read: delete its eval_results.json to train or evaluate it
+again. A finished run whose report is of fewer epochs or other evaluation settings than the
+command's is resumed (it trains on, or only evaluates again). Before any training, seed folders
+holding another seed's run, or a run of settings a resume would not bring it to (another
+learning rate, model, data…, fewer epochs), are refused (exit 2), naming the folders and keys.
+`--print_commands` prints the per-seed training commands instead (one cluster job each; any
+other --config.* overrides are passed on) and the command that writes the summary once they are
+done (`--summarize_only`, which checks the runs against its --config alike and summarizes only
+finished ones).
 
 The summary, over the seeds' DIR/seed_N/eval_results.json: DIR/seeds_summary.json and .md (mean
 and sample standard deviation, ddof = 1, of every metric of every evaluator, with and without
 TTA, per-class accuracies included; n counts the seeds with a value, and one value has no
-standard deviation, "–"), DIR/seeds_per_class.png (per-class accuracy with error bars, one group
-per evaluator) and DIR/seeds_accuracy.png (accuracy per evaluator, one marker per seed). Reports
-whose evaluators, model, data, classes, preprocessing or TTA differ, or whose recorded configs
-differ in a key other than NOT_OF_THE_RUN's, come from different runs: they are refused (exit 2),
-not averaged.
+standard deviation, "–"; the flat config the seeds share but the seed, and each evaluator's data
+set, split and TTA), DIR/seeds_per_class.png (per-class accuracy with error bars, one group per
+evaluator) and DIR/seeds_accuracy.png (accuracy per evaluator, one marker per seed). Reports
+whose evaluators, model, data, classes, preprocessing or TTA differ come from different runs:
+they are refused (exit 2), not averaged.
 
 Exit status as `fer_jax.main`'s: 75 when SIGTERM/SIGINT stopped a seed's run after saving its step
 (run the same command to resume it and train the seeds after it), 1 on a non-finite loss or
@@ -33,6 +38,7 @@ import sys
 from absl import flags
 from absl import logging
 
+from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import figures
@@ -41,10 +47,17 @@ from fer_jax.errors import UserError
 
 SCALARS = ("accuracy", "mean_class_accuracy", "macro_f1")
 REPORT = "eval_results.json"
+CHECKPOINTS = "checkpoints"
 # What every seed of one config shares in each evaluator's results (with its TTA's name).
 RUN_KEYS = ("model", "dataset", "split", "class_names", "num_examples", "pp")
-# Config keys seeds of one run may differ in: where and how often things are written, read and logged.
-NOT_OF_THE_RUN = ("seed", *config_lib.NOT_OF_THE_TRAINING)
+# Config keys that do not change a run's reported numbers: where and how often things are read, written and logged,
+# the evaluation batch (its padding is masked) and what the backward pass recomputes (the same gradients: a seed
+# resumed with it after running out of memory). Seeds of one run may differ in them.
+NOT_OF_THE_RESULTS = (*config_lib.NOT_OF_THE_TRAINING, "eval_batch_size", "model.remat")
+# What resuming a seed's run brings it up to: more epochs (not under a cosine schedule, config_lib.resume_differences)
+# and other evaluators (a finished run evaluates again). Other keys a resume may change (the learning rate, clipping,
+# selection, initialisation) would leave the seeds trained differently, and fewer epochs would not undo training.
+BROUGHT_UP_TO_DATE = ("num_epochs", "eval.", "evals.", "dataset.test_split")
 
 
 def define_flags() -> None:
@@ -53,7 +66,7 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Folder of the runs: DIR/seed_N for each seed, and the summary.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds.")
   flags.DEFINE_bool("print_commands", False, "Print each seed's training command (and the summary's) instead.")
-  flags.DEFINE_bool("summarize_only", False, "Only write the summary of runs already finished.")
+  flags.DEFINE_bool("summarize_only", False, "Only summarize the seeds' runs, each finished as --config has it.")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -91,47 +104,142 @@ def _read_report(path: str) -> dict:
                     "evaluate that seed.") from None
 
 
-def finished(run_dir: str) -> bool:
-  """Whether the run in `run_dir` ended and wrote its report: its eval_results.json reports training up to its
-  newest checkpoint's step (a report of fewer steps is from before the run resumed)."""
-  report, checkpoints = os.path.join(run_dir, REPORT), os.path.join(run_dir, "checkpoints")
-  if not os.path.exists(report) or not os.path.isdir(checkpoints):
-    return False
-  steps = [int(name) for name in os.listdir(checkpoints) if name.isdigit()]
-  record = _read_report(report)
-  return bool(steps) and record.get("trained_steps", record.get("step")) == max(steps)  # "step" alone before 2026-12-05
+def seed_config(config, seed: int):
+  """The command's config as seed `seed`'s run trains and records it: config.model.dtype="auto" resolved to this
+  backend's dtype, as validation resolves it."""
+  from fer_jax import models  # the model registry loads only when a config is compared or trained
+  run_config = config.copy_and_resolve_references()
+  run_config.seed = seed
+  run_config.model.dtype = models.compute_dtype(run_config.model.dtype)
+  return run_config
+
+
+def _newest_step(run_dir: str) -> int | None:
+  checkpoints = os.path.join(run_dir, CHECKPOINTS)
+  return max((int(name) for name in os.listdir(checkpoints) if name.isdigit()), default=None) \
+      if os.path.isdir(checkpoints) else None
+
+
+def _reported_step(report: dict) -> int | None:
+  return report.get("trained_steps", report.get("step"))  # "step" alone before 2026-12-05
+
+
+def _current_report(run_dir: str) -> dict | None:
+  """The run's report where it covers every checkpoint the run has: it reports training up to the newest
+  checkpoint's step, or no checkpoint is left (deleted once the run had finished). None where there is no report,
+  or the run trained on after it (resumed, then stopped)."""
+  path = os.path.join(run_dir, REPORT)
+  if not os.path.exists(path):
+    return None
+  report, newest = _read_report(path), _newest_step(run_dir)
+  return report if newest is None or _reported_step(report) == newest else None
+
+
+def recorded_config(run_dir: str) -> dict:
+  """The flat config the run in `run_dir` last trained or reported with: its current report's, else its newest
+  checkpoint's meta record's; {} where none is recorded (no run, or one from before 2026-12-05)."""
+  report = _current_report(run_dir)
+  if report is not None:
+    return report.get("config", {})
+  if _newest_step(run_dir) is None:
+    return {}
+  return checkpointing.read_meta(os.path.join(run_dir, CHECKPOINTS)).get("config", {})
+
+
+def _config_changes(recorded: dict, config) -> list[tuple[str, object, object]]:
+  """(key, `config`'s value, the recorded one) for each key changing reported numbers (not NOT_OF_THE_RESULTS'
+  or the seed) in which `config` differs from a run's recorded flat config. Keys one side lacks (another fer_jax
+  version's) are not compared, but for evaluators added or removed."""
+  current = config_lib.flat(config)
+  keys = (set(recorded) & set(current)) | {key for key in set(recorded) ^ set(current) if key.startswith("evals.")}
+  return [(key, current.get(key), recorded.get(key)) for key in sorted(keys)
+          if current.get(key) != recorded.get(key) and not config_lib.named_by(key, ("seed", *NOT_OF_THE_RESULTS))]
+
+
+def _not_brought_up_to_date(recorded: dict, config) -> list[tuple[str, object, object]]:
+  """The changes of `_config_changes` that resuming the run would not bring it to: what a resume may not change
+  (config_lib.resume_differences), fewer epochs, and what BROUGHT_UP_TO_DATE leaves out."""
+  fixed = {key for key, _, _ in config_lib.resume_differences(recorded, config)}
+  return [(key, now, saved) for key, now, saved in _config_changes(recorded, config)
+          if key in fixed or not config_lib.named_by(key, BROUGHT_UP_TO_DATE) or (key == "num_epochs" and now < saved)]
+
+
+def check_runs(config, workdir: str, seeds: list[int]) -> None:
+  """Refuses, before any training, seed folders whose runs this command would not make runs of `config` (for their
+  seed): a run of another seed, or one differing in keys resuming it would not bring it to."""
+  problems, flags_of_the_runs = {}, {}
+  for seed in seeds:
+    recorded = recorded_config(seed_workdir(workdir, seed))
+    if recorded.get("seed", seed) != seed:
+      other = recorded["seed"]
+      problems.setdefault(f"holds a run of config.seed {other} (move it to seed_{other} or delete it)", []).append(seed)
+      continue
+    for key, now, saved in _not_brought_up_to_date(recorded, seed_config(config, seed)):
+      cosine = " (it shapes the cosine schedule)" if key == "num_epochs" and now > saved else ""
+      problems.setdefault(f"trained with config.{key} {saved!r} (this command's {now!r}){cosine}", []).append(seed)
+      flags_of_the_runs[config_lib.override(key, saved)] = None
+  if not problems:
+    return
+  fix = (f" The seeds of a summary are of one config: give the settings the runs trained with "
+         f"({' '.join(flags_of_the_runs)}), or train this config in a new --workdir." if flags_of_the_runs else "")
+  raise UserError(f"The seed folders in {workdir} hold runs this command would not continue as runs of its config: "
+                  + "; ".join(f"{', '.join(f'seed_{seed}' for seed in folders)} {problem}"
+                              for problem, folders in problems.items()) + "." + fix)
+
+
+def why_unfinished(run_dir: str, config) -> str | None:
+  """None where the run in `run_dir` is finished as `config` (the command's, for its seed) would have it, else why
+  not. Finished: its report covers every checkpoint it has (`_current_report`) and records `config` in every key
+  that changes reported numbers. A run whose report is of fewer epochs or other evaluation settings is not (the
+  command resumes it), so a summary never mixes runs of different lengths or evaluations."""
+  report, newest = _current_report(run_dir), _newest_step(run_dir)
+  if report is None:
+    if newest is None:
+      return "no run yet"
+    path = os.path.join(run_dir, REPORT)
+    before = f"after its report of step {_reported_step(_read_report(path))}" if os.path.exists(path) \
+        else "before its report"
+    return f"stopped at step {newest}, {before}"
+  changes = _config_changes(report.get("config", {}), config)
+  if not changes:
+    return None
+  left = "" if newest is not None else " (no checkpoint is left: it trains from the start)"
+  return "its report is of " + ", ".join(f"config.{key} {saved!r} (this command's {now!r})"
+                                         for key, now, saved in changes) + left
 
 
 def train_seeds(config, workdir: str, seeds: list[int]) -> None:
-  """Trains each unfinished seed in turn; a stop ends the command as fer_jax.main's does (75 preempted,
-  1 non-finite)."""
-  pending = [seed for seed in seeds if not finished(seed_workdir(workdir, seed))]
-  for seed in sorted(set(seeds) - set(pending)):
-    logging.info("Seed %d finished in %s: reading its report", seed, seed_workdir(workdir, seed))
+  """Checks the seed folders (check_runs), then trains each unfinished seed in turn; a stop ends the command as
+  fer_jax.main's does (75 preempted, 1 non-finite)."""
+  check_runs(config, workdir, seeds)
+  pending = {}
+  for seed in seeds:
+    why = why_unfinished(seed_workdir(workdir, seed), seed_config(config, seed))
+    if why is None:
+      logging.info("Seed %d finished in %s: reading its report", seed, seed_workdir(workdir, seed))
+    else:
+      pending[seed] = why
   if not pending:
     return
   from fer_jax import train  # the training stack loads only when a seed trains
   with stopping.exit_status_on_stop():
-    for seed in pending:
-      run_config = config.copy_and_resolve_references()
-      run_config.seed = seed
-      logging.info("Seed %d in %s", seed, seed_workdir(workdir, seed))
-      train.train_and_evaluate(run_config, seed_workdir(workdir, seed))
+    for seed, why in pending.items():
+      logging.info("Seed %d in %s: %s; training it", seed, seed_workdir(workdir, seed), why)
+      train.train_and_evaluate(seed_config(config, seed), seed_workdir(workdir, seed))
 
 
-def read_reports(workdir: str, seeds: list[int]) -> dict[int, dict]:
-  """{seed: {evaluator: results}} from each seed's eval_results.json."""
-  reports, missing = {}, []
-  for seed in seeds:
-    path = os.path.join(seed_workdir(workdir, seed), REPORT)
-    if not os.path.exists(path):
-      missing.append(path)
-      continue
-    reports[seed] = _read_report(path)
-  if missing:
-    raise UserError(f"No report yet in {', '.join(missing)}: train those seeds first (or drop them from --seeds).")
+def read_reports(config, workdir: str, seeds: list[int]) -> dict[int, dict]:
+  """{seed: report} of the seeds' runs, each finished as `config` (for its seed) would have it; refuses runs that
+  are not (check_runs, why_unfinished) or are not of one run (check_same_run)."""
+  check_runs(config, workdir, seeds)
+  unfinished = [f"seed_{seed} ({why})" for seed in seeds
+                if (why := why_unfinished(seed_workdir(workdir, seed), seed_config(config, seed))) is not None]
+  if unfinished:
+    raise UserError(f"Not finished in {workdir}: {'; '.join(unfinished)}. Train them first: run this command without "
+                    "--summarize_only (or their commands from --print_commands), or drop them from --seeds.")
+  reports = {seed: _read_report(os.path.join(seed_workdir(workdir, seed), REPORT)) for seed in seeds}
   check_same_run(workdir, reports)
-  return {seed: report["evaluators"] for seed, report in reports.items()}
+  return reports
 
 
 def _run_record(evaluators: dict) -> dict:
@@ -150,21 +258,12 @@ def _differences(first: dict, other: dict) -> list[str]:
   return [difference + (f" in {', '.join(names)}" if names else "") for difference, names in found.items()]
 
 
-def _config_differences(first: dict, other: dict) -> list[str]:
-  """The config keys of the run in which two reports differ (none where a report records no config)."""
-  if not first or not other:
-    return []
-  keys = sorted((set(first) | set(other)) - set(NOT_OF_THE_RUN))
-  return [f"config.{key} {other.get(key)!r} (not {first.get(key)!r})" for key in keys if first.get(key) != other.get(key)]
-
-
 def check_same_run(workdir: str, reports: dict[int, dict]) -> None:
   """Refuses reports that are not of one config: seeds of different runs do not average."""
   (first_seed, first), *others = reports.items()
   differing = []
   for seed, report in others:
-    differences = (_differences(_run_record(first["evaluators"]), _run_record(report["evaluators"]))
-                   + _config_differences(first.get("config", {}), report.get("config", {})))
+    differences = _differences(_run_record(first["evaluators"]), _run_record(report["evaluators"]))
     if differences:
       differing.append(f"seed_{seed} differs from seed_{first_seed} in {'; '.join(differences)}")
   if differing:
@@ -189,14 +288,25 @@ def _mean_std(values: list) -> dict:
           "std": statistics.stdev(present) if len(present) > 1 else None, "n": len(present), "values": values}
 
 
+def _shared_config(reports: dict[int, dict]) -> dict:
+  """The flat config every seed's report records alike, but the seed ({} where one records none)."""
+  first, *others = [report.get("config", {}) for report in reports.values()]
+  return {key: value for key, value in first.items()
+          if key != "seed" and all(key in other and other[key] == value for other in others)}
+
+
 def summarize(reports: dict[int, dict]) -> dict:
-  """{evaluator: {metric: {mean, std, n, values}}} over the seeds (reports of one run, check_same_run)."""
+  """Over the seeds' reports (of one run, check_same_run): {"seeds", "config" (_shared_config), "runs" (each
+  evaluator's model, data set, split, examples, preprocessing and TTA), "evaluators": {evaluator: {metric: {mean,
+  std, n, values}}}}."""
   seeds = list(reports)
+  evaluators = {seed: report["evaluators"] for seed, report in reports.items()}
   summary = {}
-  for name in reports[seeds[0]]:
-    per_seed = [_metrics(reports[seed][name]) for seed in seeds]
+  for name in evaluators[seeds[0]]:
+    per_seed = [_metrics(evaluators[seed][name]) for seed in seeds]
     summary[name] = {metric: _mean_std([m.get(metric) for m in per_seed]) for metric in per_seed[0]}
-  return {"seeds": seeds, "evaluators": summary}
+  return {"seeds": seeds, "config": _shared_config(reports), "runs": _run_record(evaluators[seeds[0]]),
+          "evaluators": summary}
 
 
 def _cell(stats: dict) -> str:
@@ -209,13 +319,16 @@ def _cell(stats: dict) -> str:
 
 
 def markdown(summary: dict) -> str:
-  seeds = ", ".join(map(str, summary["seeds"]))
-  lines = [f"Mean ± sample standard deviation (%) over seeds {seeds} (n = {len(summary['seeds'])} per metric "
-           "unless marked).", "",
-           "| evaluator | " + " | ".join(SCALARS) + " | TTA accuracy |", "|---|" + "---:|" * (len(SCALARS) + 1)]
+  seeds, runs = ", ".join(map(str, summary["seeds"])), summary["runs"]
+  lines = [f"Mean ± sample standard deviation (%) over seeds {seeds} of {next(iter(runs.values()))['model']} "
+           f"(n = {len(summary['seeds'])} per metric unless marked).", "",
+           "| evaluator | data set | split | examples | " + " | ".join(SCALARS) + " | TTA | TTA accuracy |",
+           "|---|---|---|---:|" + "---:|" * len(SCALARS) + "---|---:|"]
   for name, metrics in summary["evaluators"].items():
+    run = runs[name]
     tta = _cell(metrics["tta/accuracy"]) if "tta/accuracy" in metrics else "–"
-    lines.append(f"| {name} | " + " | ".join(_cell(metrics[m]) for m in SCALARS) + f" | {tta} |")
+    lines.append(f"| {name} | {run['dataset']} | {run['split']} | {run['num_examples']} | "
+                 + " | ".join(_cell(metrics[m]) for m in SCALARS) + f" | {run['tta']} | {tta} |")
   first = next(iter(summary["evaluators"].values()))
   classes = [m.split("/", 1)[1] for m in first if m.startswith("per_class_accuracy/")]
   lines += ["", "| evaluator | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
@@ -236,7 +349,7 @@ def write_summary(workdir: str, reports: dict[int, dict]) -> dict:
                          {n: {c: s["std"] for c, s in v.items()} for n, v in per_class.items()},
                          os.path.join(workdir, "seeds_per_class.png"),
                          f"per-class accuracy over seeds {', '.join(map(str, summary['seeds']))}")
-  figures.plot_accuracies({f"seed {seed}": {name: results["accuracy"] for name, results in report.items()}
+  figures.plot_accuracies({f"seed {seed}": {name: results["accuracy"] for name, results in report["evaluators"].items()}
                            for seed, report in reports.items()}, os.path.join(workdir, "seeds_accuracy.png"))
   return summary
 
@@ -250,7 +363,7 @@ def main(argv):
     return
   if not args.summarize_only:
     train_seeds(args.config, args.workdir, seeds)
-  summary = write_summary(args.workdir, read_reports(args.workdir, seeds))
+  summary = write_summary(args.workdir, read_reports(args.config, args.workdir, seeds))
   print(markdown(summary))
 
 

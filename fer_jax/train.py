@@ -192,15 +192,16 @@ class Evaluator:
   def __init__(self, model, config, mesh):
     self.model, self.config, self.mesh = model, config, mesh
     self.specs = evaluate.evaluator_specs(config)
+    self.skipped = {}  # {name: why}, for the report
     self._splits, self._data, self._steps = {}, {}, {}
 
   def open_all(self) -> None:
     """Opens every evaluator's split now, so that a bad one fails before any training; drops
-    (with a warning) those with `skip_if_missing` whose split the prepared set lacks."""
+    (with a warning, and in `skipped`) those with `skip_if_missing` whose split the prepared set lacks."""
     for name, spec in list(self.specs.items()):
-      if spec.skip_if_missing and not pipeline.has_split(spec.config, spec.split):
-        logging.warning("Evaluator %s skipped: %s has no split %r (skip_if_missing).", name,
-                        spec.config.dataset.name, spec.split)
+      if spec.skip_if_missing and not pipeline.has_split(spec.config, spec.split, spec.dataset_key):
+        self.skipped[name] = f"{spec.config.dataset.name} has no split {spec.split!r}"
+        logging.warning("Evaluator %s skipped: %s (skip_if_missing).", name, self.skipped[name])
         del self.specs[name]
       else:
         self.data(name)
@@ -222,7 +223,7 @@ class Evaluator:
         self._data[spec.data_key] = self._splits[spec.split_key].with_pipeline(spec.config, spec.pp_key)
       else:
         self._data[spec.data_key] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key,
-                                                      spec.split_config_key)
+                                                      spec.split_config_key, spec.dataset_key)
         self._splits[spec.split_key] = self._data[spec.data_key]
     return self._data[spec.data_key]
 
@@ -249,13 +250,15 @@ class Evaluator:
 EXAMPLES_PER_EVALUATOR = 8
 
 
-def final_report(evaluator: Evaluator, variables, workdir: str, step: int | None,
+def final_report(evaluator: Evaluator, variables, workdir: str, step: int | None, checkpoint: str,
                  reusable: dict | None = None, trained_steps: int | None = None) -> dict:
   """Runs every reported evaluator (single pass and, where it has one, with its TTA), writes the
   report files and returns the "test" evaluator's results with all of them under "evaluators", the
-  run's config, flat, under "config" and the steps it trained under "trained_steps".
-  `step`: the training step whose weights are evaluated (the best epoch's with restore_best; None for
-  `--mode=eval`'s checkpoint). `reusable`: {data_key: results} already computed with these variables."""
+  evaluators skipped for a missing split under "skipped_evaluators", the run's config, flat, under
+  "config", the checkpoint folder of the weights under "checkpoint" and the steps the run trained under
+  "trained_steps" (None: `--mode=eval`). `step`: the step whose weights are evaluated (the best epoch's with
+  restore_best; under `--mode=eval` the number `checkpoint` is named by, 0 for a converted model, None where it is
+  not one). `reusable`: {data_key: results} already computed with these variables."""
   reusable, evaluators = dict(reusable or {}), {}
   for name in evaluator.reported:
     spec = evaluator.specs[name]
@@ -269,8 +272,8 @@ def final_report(evaluator: Evaluator, variables, workdir: str, step: int | None
     logging.info("%s (%s %s): accuracy %.4f, mean-class accuracy %.4f over %d examples%s", name, results["dataset"],
                  spec.split, results["accuracy"], results["mean_class_accuracy"], results["num_examples"],
                  f"; with {spec.tta} TTA: accuracy {results['tta']['accuracy']:.4f}" if "tta" in results else "")
-  report = {**evaluators[evaluate.REPORTED], "evaluators": evaluators, "config": config_lib.flat(evaluator.config),
-            "trained_steps": trained_steps}
+  report = {**evaluators[evaluate.REPORTED], "evaluators": evaluators, "skipped_evaluators": evaluator.skipped,
+            "config": config_lib.flat(evaluator.config), "checkpoint": checkpoint, "trained_steps": trained_steps}
   examples = {name: evaluator.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in evaluators}
   evaluate.write_report(report, workdir, examples)
   return report
@@ -583,14 +586,15 @@ class TrainingRun:
     """The final report of every evaluator, with the best epoch's weights if configured."""
     checkpointing.wait_until_saved(self.checkpoints)
     self.selection.wait_until_finished()
-    variables, reusable, step = self.variables, self.last_evals, self.step
+    variables, reusable, step, checkpoints = self.variables, self.last_evals, self.step, self.checkpoints
     if self.config.restore_best and self.selection.metric and self.selection.checkpoints.latest_step() is not None:
       variables = jax.device_put(self.selection.best_variables(self.abstract), NamedSharding(self.mesh, P()))
-      step = self.selection.checkpoints.latest_step()
+      step, checkpoints = self.selection.checkpoints.latest_step(), self.selection.checkpoints
       logging.info("Reporting the best epoch (%d, step %d, %s %.4f)", self.selection.best_epoch, step,
                    self.selection.metric, self.selection.best_value)
       reusable = {}
-    report = final_report(self.evaluator, variables, self.workdir, step, reusable, trained_steps=self.step)
+    report = final_report(self.evaluator, variables, self.workdir, step, os.path.join(checkpoints.directory, str(step)),
+                          reusable, trained_steps=self.step)
     for name, results in report["evaluators"].items():
       self.writer.scalars(self.step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
     return report
@@ -619,4 +623,6 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   evaluator.open_all()
   variables = models.load_trained_variables(config, model, checkpoint)
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
-  return final_report(evaluator, variables, workdir, step=None)  # a checkpoint given, not a step of this run
+  step_directory = checkpointing.step_folder(checkpoint)  # the folder load_trained_variables read
+  name = os.path.basename(step_directory)
+  return final_report(evaluator, variables, workdir, int(name) if name.isdigit() else None, step_directory)

@@ -251,6 +251,18 @@ def test_rafdb_basic_with_occlusion_and_pose_subsets(tmp_path, caplog):
     assert labels_of(read(builder, split)) == {name: test[name] for name in names}
   assert "rafdb_occlusion_list.txt: 1 of 3 labels differ" in caplog.text
   assert "split 'train' has 8 examples; the published size is 12271" in caplog.text
+  assert "is in none of" not in caplog.text
+
+
+def test_rafdb_with_two_of_the_three_subset_lists_warns_of_the_missing_one(tmp_path, caplog):
+  fx.write_rafdb(tmp_path / "manual", subsets=True)
+  (tmp_path / "manual" / "basic" / "EmoLabel" / "val_raf_db_list_45.txt").unlink()
+  with caplog.at_level(logging.WARNING):
+    builder = build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  assert set(builder.info.splits) == {"train", "test", "test_occlusion", "test_pose30"}
+  assert (f"val_raf_db_list_45.txt or val_raf_db_list_pose_45.txt is in none of {tmp_path / 'manual' / 'basic' / 'EmoLabel'}, "
+          f"{tmp_path / 'manual'}, beside rafdb_occlusion_list.txt, val_raf_db_list.txt: the set will have no "
+          "'test_pose45' split") in caplog.text
 
 
 def test_rafdb_aligned224_reads_apvit_layout(tmp_path):

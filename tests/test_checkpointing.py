@@ -351,11 +351,11 @@ def test_a_workdir_gives_the_weights_its_report_evaluated(tmp_path):
     checkpoints = checkpointing.manager(str(tmp_path / folder))
     checkpointing.save(checkpoints, step, variables, config)
     checkpointing.wait_until_saved(checkpoints)
-  assert checkpointing._step_directory(str(tmp_path)) == str(tmp_path / "checkpoints" / "8")  # no report yet
+  assert checkpointing.step_folder(str(tmp_path)) == str(tmp_path / "checkpoints" / "8")  # no report yet
   for reported, read in ((3, tmp_path / "best" / "3"), (8, tmp_path / "checkpoints" / "8")):
     (tmp_path / "eval_results.json").write_text(json.dumps({"step": reported}))
-    assert checkpointing._step_directory(str(tmp_path)) == str(read)
-  assert checkpointing._step_directory(str(tmp_path / "checkpoints")) == str(tmp_path / "checkpoints" / "8")
+    assert checkpointing.step_folder(str(tmp_path)) == str(read)
+  assert checkpointing.step_folder(str(tmp_path / "checkpoints")) == str(tmp_path / "checkpoints" / "8")
 
 
 def test_a_resumed_selection_by_another_metric_or_evaluator_is_refused(tmp_path):

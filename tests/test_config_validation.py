@@ -5,8 +5,10 @@ import pytest
 
 from fer_jax import checkpointing
 from fer_jax import config_lib
+from fer_jax import evaluate
+from fer_jax import main
 from fer_jax import validation
-from fer_jax.errors import ConfigError
+from fer_jax.errors import ConfigError, UserError
 from helpers import get_config
 
 SHIPPED = ([f"configs/dan.py:{a}" for a in ("rafdb", "affectnet7", "affectnet8", "synthetic", "synthetic,occlusion=yes")]
@@ -117,6 +119,21 @@ def test_an_evaluator_split_must_parse():
   config = get_config("configs/dan.py:synthetic")
   config.evals = {"held_out": config_lib.evaluator(split="test[:10%")}
   assert "config.evals.held_out.split='test[:10%' is not a split" in _problems(config, training=False)
+
+
+def test_evaluator_entries_partly_written_or_not_dicts_reach_validation_from_main():
+  """main checks paths for URLs before validation: it read every entry's data_dir, and crashed (AttributeError)."""
+  config = get_config("configs/dan.py:synthetic")
+  config.evals = {"partial": {"split": "test"}, "text": "test_occlusion",
+                  "bucket": {"dataset": "rafdb", "data_dir": "gs://bucket/tfds"}}
+  with pytest.raises(UserError, match=r"^config\.evals\.bucket\.data_dir=gs://bucket/tfds is a URL"):
+    main.reject_urls(config, "/tmp/run", None)
+  del config.evals["bucket"]
+  main.reject_urls(config, "/tmp/run", None)
+  assert _problems(config, training=False) == "The config cannot run:\n  config.evals.text must be config_lib.evaluator(...), not str."
+  del config.evals["text"]
+  validation.validate(config, training=False)
+  assert evaluate.evaluator_specs(config)["partial"].split == "test"  # the other keys take their defaults
 
 
 def test_slices_and_joins_are_splits():

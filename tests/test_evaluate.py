@@ -1,3 +1,5 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +24,21 @@ def test_metrics_from_confusion_matrix():
   f1_a = 2 * (8 / 9) * 0.8 / (8 / 9 + 0.8)
   f1_b = 2 * (1 / 3) * 0.5 / (1 / 3 + 0.5)
   assert np.isclose(results["macro_f1"], (f1_a + f1_b) / 2)
+
+
+def test_macro_f1_is_sklearns_over_the_classes_true_or_predicted():
+  """sklearn.metrics.f1_score(y_true, y_pred, average="macro") averages over the labels of y_true ∪ y_pred: a
+  class no example has but a prediction names counts, with F1 0."""
+  y_true, y_pred = [0, 0, 0, 1, 1], [0, 0, 2, 1, 0]  # class 2 is predicted once, never true; class 3 neither
+  confusion = np.zeros((4, 4), int)
+  np.add.at(confusion, (y_true, y_pred), 1)
+  f1 = {0: 2 * 2 / (2 * 2 + 1 + 1), 1: 2 * 1 / (2 * 1 + 0 + 1), 2: 0.0}  # 2·TP / (2·TP + FP + FN) per class
+  assert np.isclose(evaluate.metrics(confusion, "abcd")["macro_f1"], sum(f1.values()) / 3)  # 4/9, not 2/3
+
+
+def test_metrics_of_no_examples_are_null():
+  results = evaluate.metrics(np.zeros((3, 3), int), ("a", "b", "c"))
+  assert (results["accuracy"], results["mean_class_accuracy"], results["macro_f1"]) == (None, None, None)
 
 
 class Fixed(nn.Module):
@@ -65,6 +82,18 @@ def test_report_files(tmp_path):
   assert "| other | d | s | 8 | 87.50 | 87.50 |" in table  # 7 of 8 right; recalls 3/4 and 4/4
 
 
+def test_a_report_written_again_with_fewer_evaluators_leaves_no_figure_of_the_others(tmp_path):
+  results = {**evaluate.metrics(np.array([[3, 1], [0, 4]]), ("x", "y")), "dataset": "d", "split": "s", "pp": "p",
+             "class_mapping": {"excluded_examples": {}, "model_classes_absent": []}}
+  images = np.zeros((2, 8, 8, 3), np.uint8)
+  evaluate.write_report({**results, "evaluators": {"test": results, "sfew": results}}, str(tmp_path),
+                        {"test": images, "sfew": images})
+  (tmp_path / "confusion_matrix_mine.png").write_bytes(b"a file of the user's, no report listed it")
+  evaluate.write_report({**results, "evaluators": {"test": results}}, str(tmp_path), {"test": images})
+  assert sorted(os.listdir(tmp_path)) == ["confusion_matrix.png", "confusion_matrix_mine.png", "eval_results.json",
+                                          "eval_results.md", "eval_summary.png", "examples_test.png"]
+
+
 def test_an_evaluator_on_another_data_set_reads_the_runs_data_dir_unless_given_its_own():
   config = get_config("configs/apvit.py:rafdb")
   config.dataset.data_dir = "/shared/tfds"
@@ -92,7 +121,20 @@ def test_only_classes_with_images_left_out_are_reported_as_left_out():
     mapping = evaluate.class_mapping(_ferplus_split_for_a_seven_class_model(contempt))
     assert mapping["dataset_to_model"][labels.CONTEMPT] is None
     assert mapping["excluded_examples"] == ({labels.CONTEMPT: contempt} if contempt else {})
-    tables[contempt] = evaluate.markdown({"ferplus": {**results, "class_mapping": mapping}}, {})
+    tables[contempt] = evaluate.markdown({"evaluators": {"ferplus": {**results, "class_mapping": mapping}}}, {})
   assert "Left out" not in tables[0]
   assert "Left out (the model lacks them): contempt (1 example)." in tables[1]
   assert "Left out (the model lacks them): contempt (3 examples)." in tables[3]
+
+
+def test_a_model_class_the_split_has_no_image_of_is_noted_though_the_set_has_the_class():
+  """README: when the split has no contempt images, contempt predictions count as wrong, and the report says so."""
+  ferplus = labels.CLASS_ORDERS["ferplus"]
+  split = pipeline.Split(source=None, labels=np.zeros(0, np.int32), class_names=ferplus, image_shape=None,
+                         source_class_names=ferplus, source_counts=tuple(0 if c == labels.CONTEMPT else 2 for c in ferplus))
+  mapping = evaluate.class_mapping(split)
+  assert mapping["model_classes_absent"] == [labels.CONTEMPT] and mapping["excluded_examples"] == {}
+  results = {**evaluate.metrics(np.diag([2] * 7 + [0]), ferplus), "dataset": "ferplus", "split": "test", "pp": "p",
+             "class_mapping": mapping}
+  assert ("Model classes without an example in test (predicting them counts as wrong): contempt."
+          in evaluate.markdown({"evaluators": {"test": results}}, {}))

@@ -1,6 +1,7 @@
 """Named evaluators (config.evals): validation, defaults, cross-data-set class mapping on the
 builders' fixture layouts, each eval step compiled once over several evaluations, the report."""
 
+import io
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import types
 import flax.linen as nn
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 from reference import datasets as fx
 import tensorflow_datasets as tfds
@@ -20,6 +22,7 @@ from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import train
 from fer_jax import validation
+from fer_jax.data import builder_utils
 from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.data import prepare
@@ -84,7 +87,8 @@ def test_seven_class_model_on_ferplus_leaves_contempt_out(fixture_sets):
   mapping = results["class_mapping"]
   assert mapping["excluded_examples"] == {labels.CONTEMPT: train_labels.count(labels.CONTEMPT)}
   assert mapping["dataset_to_model"][labels.CONTEMPT] is None and mapping["dataset_to_model"]["fear"] == "fear"
-  assert mapping["model_classes_absent"] == []
+  # The model's classes this split has no image of (FERPlus has them all; its train split here has four faces).
+  assert mapping["model_classes_absent"] == [name for name in labels.CLASS_ORDERS["sfew"] if name not in kept]
 
 
 def test_eight_class_model_on_sfew_counts_contempt_predictions_wrong(fixture_sets):
@@ -101,6 +105,81 @@ def test_eight_class_model_on_sfew_counts_contempt_predictions_wrong(fixture_set
   assert results["class_mapping"]["model_classes_absent"] == [labels.CONTEMPT]
   assert results["class_mapping"]["excluded_examples"] == {}
   assert results["pp"] == "gray_to_rgb()|resize(8)|to_float()"  # as it ran, not "resize({size})"
+
+
+def _prepare_outside_fer_jax(data_dir: str, name: str, class_names: list[str], labels_of_images: list[int]) -> None:
+  """A set built outside ManualBuilder (whose prepare checks class names), read back from its files as runs read it."""
+  with tfds.core.registered.skip_registration():
+    class OwnSet(builder_utils.LocalBuilder):
+      VERSION = tfds.core.Version("1.0.0")
+
+      def _info(self):
+        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(8, 8, 3)), "label": tfds.features.ClassLabel(names=class_names)}))
+
+      def _split_generators(self, dl_manager):
+        return {"test": self._generate_examples()}
+
+      def _generate_examples(self):
+        for index, label in enumerate(labels_of_images):
+          png = io.BytesIO()
+          Image.new("RGB", (8, 8), (index, index, index)).save(png, format="PNG")
+          yield index, {"image": png.getvalue(), "label": label}
+    OwnSet.name = name
+    OwnSet(data_dir=data_dir).download_and_prepare(file_format="array_record")
+
+
+@pytest.mark.parametrize("class_names", [["happy", "sad", "angry", "neutral"], ["happy", "sad", "angry"]])
+def test_an_evaluator_on_a_set_whose_class_names_are_not_fer_jaxs_is_refused(fixture_sets, tmp_path, class_names):
+  """An evaluator dropped the images of the unknown classes: "accuracy 0.3333 over 3 examples", or with no class
+  known a crash in the image cache."""
+  _prepare_outside_fer_jax(str(tmp_path), "emotions", class_names, [index % len(class_names) for index in range(12)])
+  data_dir, _ = fixture_sets
+  config = _config(data_dir, "sfew/aligned", "validation", "sfew", mine=dict(dataset="emotions", split="test"))
+  config.evals.mine.data_dir = str(tmp_path)
+  evaluator = train.Evaluator(Constant(7), config, mesh_lib.make_mesh())
+  with pytest.raises(pipeline.DataError, match=re.escape("Data set 'emotions' (config.evals.mine.dataset) has classes "
+                                                         "fer_jax does not know: happy, sad, angry. ")):
+    evaluator.open_all()
+
+
+def test_an_evaluator_whose_split_keeps_no_image_for_the_model_is_refused(tmp_path):
+  _prepare_outside_fer_jax(str(tmp_path), "contempt_only", list(labels.CLASS_ORDERS["ferplus"]), [7, 7, 7])
+  config = _config(str(tmp_path), "contempt_only", "test", "fer2013")
+  for cache in ("host", "none"):  # reported "accuracy 0.0000 over 0 examples", or crashed in the image cache
+    config.dataset.cache = cache
+    evaluator = train.Evaluator(Constant(7), config, mesh_lib.make_mesh())
+    with pytest.raises(pipeline.DataError, match=re.escape(
+        "config.dataset.eval_split='test': none of the images of 'contempt_only' test is of a class of the model "
+        "(config.dataset.class_order='fer2013'); it holds contempt (3).")):
+      evaluator.open_all()
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(dataset="fer_plus", split="test"), "Unknown data set 'fer_plus' (config.evals.other.dataset): fer_jax's are"),
+    (dict(dataset="rafdb", split="test", skip_if_missing=True),
+     "Data set 'rafdb' is not prepared in {}/rafdb/basic/1.0.0 (config.evals.other.dataset)."),
+])
+def test_an_evaluators_data_set_unknown_or_unprepared_names_the_evaluators_key(fixture_sets, tmp_path, fields, message):
+  data_dir, _ = fixture_sets
+  config = _config(data_dir, "sfew/aligned", "validation", "sfew", other=fields)
+  config.evals.other.data_dir = str(tmp_path)
+  evaluator = train.Evaluator(Constant(7), config, mesh_lib.make_mesh())
+  with pytest.raises(pipeline.DataError, match=re.escape(message.format(tmp_path))):
+    evaluator.open_all()
+
+
+def test_the_report_lists_the_evaluators_skipped_and_why(fixture_sets, tmp_path):
+  data_dir, _ = fixture_sets
+  config = _config(data_dir, "rafdb", "test", "rafdb", pose45=dict(dataset="rafdb", split="test_pose45",
+                                                                    skip_if_missing=True))
+  evaluator = train.Evaluator(Constant(7), config, mesh_lib.make_mesh())
+  evaluator.open_all()
+  train.final_report(evaluator, _predicting(labels.NEUTRAL, "rafdb"), str(tmp_path), 0, "model/0")
+  recorded = json.loads((tmp_path / "eval_results.json").read_text())
+  assert list(recorded["evaluators"]) == ["test"]
+  assert recorded["skipped_evaluators"] == {"pose45": "rafdb has no split 'test_pose45'"}
+  assert "Skipped (skip_if_missing): pose45: rafdb has no split 'test_pose45'." in (tmp_path / "eval_results.md").read_text()
 
 
 @pytest.mark.integration
@@ -248,3 +327,28 @@ def test_dan_trained_on_rafdb_reported_on_ferplus_and_sfew(fixture_sets, tmp_pat
   recorded = json.loads((tmp_path / "report" / "eval_results.json").read_text())
   assert recorded["evaluators"]["sfew"]["split"] == "validation"
   assert recorded["config"]["evals.sfew.dataset"] == "sfew/aligned" and recorded["config"]["eval_batch_size"] == 8
+
+
+@pytest.mark.integration
+def test_mode_eval_reports_the_checkpoint_it_read_and_only_this_evaluations_figures(fixture_sets, tmp_path):
+  """A workdir whose report evaluated best/77 is read at best/77: the report says so (its step was null). Evaluated
+  again into the same folder without the sfew evaluator, the report leaves no sfew figure beside it."""
+  data_dir, _ = fixture_sets
+  config = get_config("configs/dan.py:rafdb")
+  config.dataset.update(data_dir=data_dir, image_size=32)
+  config.input.size = 32
+  config.update(eval_batch_size=8, data_workers=0)
+  config.evals = {"sfew": config_lib.evaluator(dataset="sfew/aligned", data_dir=data_dir, split="validation")}
+  best = checkpointing.manager(str(tmp_path / "run" / "best"))
+  checkpointing.save(best, 77, random_variables(config), config)
+  best.wait_until_finished()
+  (tmp_path / "run" / "eval_results.json").write_text(json.dumps({"step": 77, "trained_steps": 80}))
+  report = train.evaluate_checkpoint(config, str(tmp_path / "run"), str(tmp_path / "report"))
+  assert (report["step"], report["checkpoint"], report["trained_steps"]) == (77, str(tmp_path / "run" / "best" / "77"), None)
+  table = (tmp_path / "report" / "eval_results.md").read_text()
+  assert table.startswith(f"Weights: {tmp_path / 'run' / 'best' / '77'} (step 77).")
+  assert {"confusion_matrix_sfew.png", "examples_sfew.png"} <= set(os.listdir(tmp_path / "report"))
+  config.evals = {}
+  train.evaluate_checkpoint(config, str(tmp_path / "run"), str(tmp_path / "report"))
+  assert sorted(os.listdir(tmp_path / "report")) == ["confusion_matrix.png", "eval_results.json", "eval_results.md",
+                                                     "eval_summary.png", "examples_test.png"]

@@ -36,6 +36,20 @@ class GreyFolders(class_folders.ClassFolders):
         "label": tfds.features.ClassLabel(names=class_folders.CLASS_NAMES), "file_name": tfds.features.Text()}))
 """
 
+# examples/my_sets/class_folders.py with class names of the user's own, which runs cannot map to a model's classes.
+OWN_CLASS_NAMES = """
+import tensorflow_datasets as tfds
+from my_sets import class_folders
+
+
+class Emotions(class_folders.ClassFolders):
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3)),
+        "label": tfds.features.ClassLabel(names=["happy", "sad", "angry", "neutral"]),
+        "file_name": tfds.features.Text()}))
+"""
+
 
 def test_a_model_name_that_names_no_method_is_refused_with_the_fix(monkeypatch):
   monkeypatch.syspath_prepend(EXAMPLES)
@@ -63,6 +77,7 @@ def test_a_method_of_yours_trains_reports_and_loads(tmp_path, tiny_data_dir, mon
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((workdir / "eval_results.json").read_text())
   assert report["model"] == "my_methods.plain_resnet" and report["num_examples"] == 70
+  assert report["checkpoint"] == str(workdir / "checkpoints" / str(report["step"]))  # the weights reported
   assert report["config"]["loss.label_smoothing"] == 0.1
   monkeypatch.syspath_prepend(EXAMPLES)
   faces = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
@@ -81,6 +96,19 @@ def test_a_data_set_module_that_names_no_builder_is_refused_with_the_fix(monkeyp
                                       r"of fer_jax.data.builder_utils.ManualBuilder; it needs exactly one\.$"):
     prepare.builder_class("my_methods.plain_resnet")
   assert prepare.builder_class("my_sets.class_folders").__name__ == "ClassFolders"
+
+
+def test_a_data_set_of_yours_whose_class_names_are_not_fer_jaxs_is_refused_by_prepare(tmp_path, monkeypatch):
+  (tmp_path / "named_sets").mkdir()
+  (tmp_path / "named_sets" / "__init__.py").touch()
+  (tmp_path / "named_sets" / "emotions.py").write_text(OWN_CLASS_NAMES)
+  monkeypatch.syspath_prepend(EXAMPLES)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  (tmp_path / "manual").mkdir()
+  with pytest.raises(UserError, match=r"^named_sets\.emotions\.Emotions has classes fer_jax does not know: happy, sad, "
+                                      r"angry\. .*\(anger, disgust, fear, happiness, sadness, surprise, neutral, contempt\)"):
+    prepare.prepare("named_sets.emotions", str(tmp_path / "manual"), str(tmp_path / "tfds"))
+  assert not prepare.make_builder("named_sets.emotions", str(tmp_path / "tfds")).is_prepared()
 
 
 @pytest.mark.integration

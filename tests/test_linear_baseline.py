@@ -1,17 +1,59 @@
+import json
+
 import numpy as np
 import pytest
 
 from fer_jax import linear_baseline
+from fer_jax.errors import UserError
 from helpers import assert_user_error, run_command
+
+
+def _accuracy(x, y):
+  return np.mean(linear_baseline.ridge_predictions(x[:150], y[:150], x[150:], 2, 1.0) == y[150:])
 
 
 def test_ridge_separates_linear_classes_and_fails_on_xor():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(200, 5))
-  y = (x[:, 0] > 0).astype(int)
-  assert linear_baseline.ridge_accuracy(x[:150], y[:150], x[150:], y[150:], 2, 1.0) > 0.9
-  xor = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(int)
-  assert linear_baseline.ridge_accuracy(x[:150], xor[:150], x[150:], xor[150:], 2, 1.0) < 0.75
+  assert _accuracy(x, (x[:, 0] > 0).astype(int)) > 0.9
+  assert _accuracy(x, ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(int)) < 0.75
+
+
+@pytest.mark.parametrize("examples, features", [(40, 6), (6, 40)])  # solved in the primal, in the dual
+def test_ridge_predicts_as_the_closed_form_in_the_dual(examples, features):
+  rng = np.random.default_rng(1)
+  x, y, test_x = rng.normal(size=(examples, features)), rng.integers(0, 3, examples), rng.normal(size=(30, features))
+  centred, mean = x - x.mean(axis=0), x.mean(axis=0)
+  targets = np.eye(3)[y] - 1 / 3
+  dual = np.linalg.solve(centred @ centred.T + 2.0 * np.eye(examples), targets)
+  expected = np.argmax((test_x - mean) @ centred.T @ dual, axis=1)
+  np.testing.assert_array_equal(linear_baseline.ridge_predictions(x, y, test_x, 3, 2.0), expected)
+
+
+def test_scores_are_accuracy_and_the_mean_accuracy_over_the_classes_present():
+  labels = np.array([0, 0, 0, 0, 1, 2, 2, 2])  # no example of class 3
+  predicted = np.array([0, 0, 0, 1, 1, 0, 2, 3])
+  scores = linear_baseline.scores(labels, predicted, ("a", "b", "c", "d"))
+  assert scores["accuracy"] == np.mean(predicted == labels)
+  assert np.isclose(scores["mean_class_accuracy"], np.mean([np.mean(predicted[labels == c] == c) for c in (0, 1, 2)]))
+
+
+def test_a_baseline_beyond_the_memory_allowed_is_refused_naming_max_per_class():
+  linear_baseline.check_memory(8000, 2000, 72 * 72 * 3, max_gb=16)  # the synthetic set: 3 GB
+  with pytest.raises(UserError, match=r"287651 training and 3999 test images of 150528 values each needs about 884 "
+                                      r"GB of memory, more than --max_gb=16: .*--config.dataset.max_per_class=N"):
+    linear_baseline.check_memory(287651, 3999, 224 * 224 * 3, max_gb=16)  # AffectNet at 224²
+
+
+@pytest.mark.integration
+def test_the_baseline_trains_on_the_first_max_per_class_images_of_each_class(tiny_data_dir):
+  result = run_command("fer_jax.linear_baseline", "--config=configs/dan.py:synthetic",
+                       "--config.dataset.name=synthetic/tiny", f"--config.dataset.data_dir={tiny_data_dir}",
+                       "--config.input.size=32", "--config.data_workers=0", "--config.dataset.max_per_class=2")
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(result.stdout.splitlines()[-1])
+  assert report["train"] == 14 and report["test"] == 70  # 2 of each of the 7 classes
+  assert 0 <= report["linear_test_mean_class_accuracy"] <= 1
 
 
 @pytest.mark.integration

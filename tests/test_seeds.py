@@ -1,7 +1,9 @@
 """fer_jax.seeds: per-seed commands, and mean ± sample std of every evaluator's metrics over seeds."""
 
 import json
+import logging
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -16,13 +18,17 @@ from fer_jax.errors import UserError
 from helpers import ROOT, assert_user_error, cpu_devices_env, run_command
 
 CLASSES = ("a", "b")
+# What every evaluator's results of one run share (seeds.RUN_KEYS).
+IDENTITY = {"model": "dan", "dataset": "synthetic/tiny", "split": "test", "class_names": list(CLASSES),
+            "num_examples": 70, "pp": "resize(32)|normalize('imagenet')"}
+ANY_SEED = ml_collections.ConfigDict({"seed": 0, "model": {"dtype": "float32"}})  # reports recording none match it
 
 
 def _results(accuracy, per_class, tta_accuracy=None):
   results = {"accuracy": accuracy, "mean_class_accuracy": accuracy / 2, "macro_f1": accuracy / 3,
-             "per_class_accuracy": dict(zip(CLASSES, per_class))}
+             "per_class_accuracy": dict(zip(CLASSES, per_class)), **IDENTITY}
   if tta_accuracy is not None:
-    results["tta"] = {**results, "accuracy": tta_accuracy}
+    results["tta"] = {**results, "accuracy": tta_accuracy, "name": "flip"}
   return results
 
 
@@ -31,15 +37,16 @@ REPORTS = {0: {"test": _results(0.8, (0.7, None), 0.82), "occluded": _results(0.
            2: {"test": _results(0.7, (0.9, None), 0.74), "occluded": _results(0.4, (0.2, None))}}
 
 
-def _write_runs(workdir):
+def _write_runs(workdir, configs=None):
   for seed, evaluators in REPORTS.items():
     (workdir / f"seed_{seed}").mkdir(parents=True)
-    (workdir / f"seed_{seed}" / "eval_results.json").write_text(json.dumps({"evaluators": evaluators}))
+    config = {"config": configs[seed]} if configs else {}
+    (workdir / f"seed_{seed}" / "eval_results.json").write_text(json.dumps({"evaluators": evaluators, **config}))
 
 
 def test_summary_is_the_mean_and_sample_std_of_every_metric(tmp_path):
-  _write_runs(tmp_path)
-  summary = seeds.write_summary(str(tmp_path), seeds.read_reports(str(tmp_path), [0, 1, 2]))
+  _write_runs(tmp_path, {seed: {"seed": seed, "num_epochs": 5, "dataset.data_dir": f"/data{seed}"} for seed in REPORTS})
+  summary = seeds.write_summary(str(tmp_path), seeds.read_reports(ANY_SEED, str(tmp_path), [0, 1, 2]))
   test, occluded = summary["evaluators"]["test"], summary["evaluators"]["occluded"]
   for stats, values in ((test["accuracy"], [0.8, 0.9, 0.7]), (test["tta/accuracy"], [0.82, 0.91, 0.74]),
                         (test["macro_f1"], [0.8 / 3, 0.9 / 3, 0.7 / 3]),
@@ -47,9 +54,13 @@ def test_summary_is_the_mean_and_sample_std_of_every_metric(tmp_path):
     assert np.isclose(stats["mean"], np.mean(values)) and np.isclose(stats["std"], np.std(values, ddof=1))
   assert test["per_class_accuracy/b"]["mean"] is None  # no seed had an example of b
   assert "tta/accuracy" not in occluded
-  assert json.loads((tmp_path / "seeds_summary.json").read_text())["seeds"] == [0, 1, 2]
+  written = json.loads((tmp_path / "seeds_summary.json").read_text())
+  assert written["seeds"] == [0, 1, 2]
+  assert written["config"] == {"num_epochs": 5}  # what the seeds share: not the seed, not the data's folder
+  assert written["runs"]["test"] == {**IDENTITY, "tta": "flip"} and written["runs"]["occluded"]["tta"] == "none"
   table = (tmp_path / "seeds_summary.md").read_text()
-  assert "| test | 80.00 ± 10.00 |" in table and "| 82.33 ± 8.50 |" in table
+  assert "over seeds 0, 1, 2 of dan" in table
+  assert "| test | synthetic/tiny | test | 70 | 80.00 ± 10.00 |" in table and "| flip | 82.33 ± 8.50 |" in table
   for picture in ("seeds_per_class.png", "seeds_accuracy.png"):
     assert (tmp_path / picture).stat().st_size > 5000
 
@@ -68,8 +79,9 @@ def test_importing_seeds_loads_neither_training_nor_inference():
 
 def test_missing_run_and_bad_seeds_are_user_errors(tmp_path):
   _write_runs(tmp_path)
-  with pytest.raises(UserError, match=r"No report yet in .*seed_7/eval_results.json: train those seeds first"):
-    seeds.read_reports(str(tmp_path), [0, 7])
+  with pytest.raises(UserError, match=r"Not finished in .*: seed_7 \(no run yet\)\. Train them first: run this "
+                                      "command without --summarize_only"):
+    seeds.read_reports(ANY_SEED, str(tmp_path), [0, 7])
   with pytest.raises(UserError, match="comma-separated integers"):
     seeds.parse_seeds(["0", "x"])
   with pytest.raises(UserError, match="each once"):
@@ -94,7 +106,7 @@ def test_summarize_only_from_the_command_line(tmp_path):
   result = run_command("fer_jax.seeds", "--config=configs/dan.py:synthetic", f"--workdir={tmp_path}", "--seeds=0,1,2",
                        "--summarize_only")
   assert result.returncode == 0, result.stderr[-2000:]
-  assert "| occluded | 50.00 ± 10.00 |" in result.stdout
+  assert "| occluded | synthetic/tiny | test | 70 | 50.00 ± 10.00 |" in result.stdout
 
 
 @pytest.mark.parametrize("stop, status", [(stopping.Preempted, stopping.PREEMPTED_EXIT_STATUS),
@@ -109,7 +121,7 @@ def test_a_stopped_seed_ends_the_command_with_mains_exit_status(tmp_path, monkey
 
   monkeypatch.setattr(train, "train_and_evaluate", train_and_evaluate)
   with pytest.raises(SystemExit) as exited:
-    seeds.train_seeds(ml_collections.ConfigDict({"seed": 0}), str(tmp_path), [0, 3, 5])
+    seeds.train_seeds(ANY_SEED, str(tmp_path), [0, 3, 5])
   assert exited.value.code == status
   assert started == [(0, str(tmp_path / "seed_0")), (3, str(tmp_path / "seed_3"))]  # seed 5 never started
   assert ("Non-finite training values at step 2" in caplog.text) == (stop is stopping.NonFiniteError)
@@ -156,7 +168,7 @@ def test_reports_of_different_runs_are_refused_naming_the_seed_folders_and_what_
   _write_reports(tmp_path, {0: _run(), 1: _run(model="scan_cci", classes=("b", "a")), 2: _run(tta="none"),
                             3: _run(evaluators=("test",)), 4: _run()})
   with pytest.raises(UserError) as refused:
-    seeds.read_reports(str(tmp_path), [0, 1, 2, 3, 4])
+    seeds.read_reports(ANY_SEED, str(tmp_path), [0, 1, 2, 3, 4])
   message = str(refused.value)
   assert f"The seed folders in {tmp_path} hold different runs" in message
   assert "seed_1 differs from seed_0 in model 'scan_cci' (not 'dan') in test, occluded; class_names ['b', 'a'] " \
@@ -164,47 +176,66 @@ def test_reports_of_different_runs_are_refused_naming_the_seed_folders_and_what_
   assert "seed_2 differs from seed_0 in tta 'none' (not 'flip') in test" in message
   assert "seed_3 differs from seed_0 in evaluators test (not test, occluded)" in message
   assert "seed_4" not in message and "drop the others from --seeds" in message
-  assert set(seeds.read_reports(str(tmp_path), [0, 4])) == {0, 4}
+  assert set(seeds.read_reports(ANY_SEED, str(tmp_path), [0, 4])) == {0, 4}
 
 
-def test_reports_whose_configs_differ_beyond_seed_and_bookkeeping_are_refused(tmp_path):
-  config = {"seed": 0, "num_epochs": 5, "optimizer.lr": 0.1, "dataset.data_dir": "/a", "log_every_steps": 50}
-  configs = {0: config, 1: {**config, "seed": 1, "dataset.data_dir": "/b", "log_every_steps": 10},
-             2: {**config, "seed": 2, "num_epochs": 4, "optimizer.lr": 0.01}, 3: {}}
+# A command's config, and how its runs record it (model.dtype "auto" resolved on the CPU the tests run on).
+COMMAND = {"seed": 0, "num_epochs": 5, "optimizer": {"lr": 0.1, "schedule": "constant"}, "eval": {"tta": "flip"},
+           "eval_batch_size": 64, "dataset": {"data_dir": "/a"}, "log_every_steps": 50, "model": {"dtype": "auto"}}
+RECORDED = {"num_epochs": 5, "optimizer.lr": 0.1, "optimizer.schedule": "constant", "eval.tta": "flip",
+            "eval_batch_size": 64, "dataset.data_dir": "/a", "log_every_steps": 50, "model.dtype": "float32"}
+
+
+def test_reports_are_summarized_only_as_runs_of_the_commands_config_but_for_what_changes_no_number(tmp_path):
+  """Seeds differing in where the data is read from, logging or the evaluation batch are one run's; a report of
+  another learning rate or TTA is not one of the command's config."""
+  configs = {0: {**RECORDED, "seed": 0}, 1: {**RECORDED, "seed": 1, "dataset.data_dir": "/b", "eval_batch_size": 16},
+             2: {**RECORDED, "seed": 2, "optimizer.lr": 0.01}, 3: {}, 4: {**RECORDED, "seed": 4, "eval.tta": "none"}}
   for seed, run_config in configs.items():
     (tmp_path / f"seed_{seed}").mkdir()
     (tmp_path / f"seed_{seed}" / "eval_results.json").write_text(json.dumps({"evaluators": _run(),
                                                                              "config": run_config}))
+  command = ml_collections.ConfigDict(COMMAND)
+  assert set(seeds.read_reports(command, str(tmp_path), [0, 1, 3])) == {0, 1, 3}  # 3: before configs were recorded
   with pytest.raises(UserError) as refused:
-    seeds.read_reports(str(tmp_path), [0, 1, 2])
-  assert "seed_2 differs from seed_0 in config.num_epochs 4 (not 5); config.optimizer.lr 0.01 (not 0.1)." \
-         in str(refused.value)
-  assert "seed_1" not in str(refused.value)
-  assert set(seeds.read_reports(str(tmp_path), [0, 1, 3])) == {0, 1, 3}  # a report of before configs were recorded
+    seeds.read_reports(command, str(tmp_path), [0, 1, 2])
+  assert str(refused.value) == (
+      f"The seed folders in {tmp_path} hold runs this command would not continue as runs of its config: seed_2 "
+      "trained with config.optimizer.lr 0.01 (this command's 0.1). The seeds of a summary are of one config: give "
+      "the settings the runs trained with (--config.optimizer.lr=0.01), or train this config in a new --workdir.")
+  with pytest.raises(UserError, match=r"seed_4 \(its report is of config.eval.tta 'none' \(this command's 'flip'\)"):
+    seeds.read_reports(command, str(tmp_path), [0, 4])
 
 
 def test_one_value_has_no_std_and_fewer_values_than_seeds_are_counted(tmp_path):
-  one = seeds.summarize({0: REPORTS[0]})
+  one = seeds.summarize({0: {"evaluators": REPORTS[0]}})
   assert one["evaluators"]["test"]["accuracy"] == {"mean": 0.8, "std": None, "n": 1, "values": [0.8]}
-  assert "| test | 80.00 ± – |" in seeds.markdown(one) and "82.00 ± –" in seeds.markdown(one)
+  table = seeds.markdown(one)
+  assert "| test | synthetic/tiny | test | 70 | 80.00 ± – |" in table and "| flip | 82.00 ± – |" in table
   reports = {seed: json.loads(json.dumps(report)) for seed, report in REPORTS.items()}
   reports[0]["occluded"]["per_class_accuracy"]["b"] = 0.3  # b had examples under seed 0 only
   reports[1]["occluded"]["per_class_accuracy"]["b"] = 0.5
-  summary = seeds.summarize(reports)
+  summary = seeds.summarize({seed: {"evaluators": report} for seed, report in reports.items()})
   assert summary["evaluators"]["occluded"]["per_class_accuracy/b"]["n"] == 2
   assert summary["evaluators"]["test"]["accuracy"]["n"] == 3
   table = seeds.markdown(summary)
-  assert "over seeds 0, 1, 2 (n = 3 per metric unless marked)" in table
+  assert "over seeds 0, 1, 2 of dan (n = 3 per metric unless marked)" in table
   assert "| occluded | 40.00 ± 20.00 | 40.00 ± 14.14 (n=2) |" in table
 
 
-def _finished_or_not(workdir, seed, checkpoint_steps, reported_step=None, trained_steps=None):
+def _finished_or_not(workdir, seed, checkpoint_steps, reported_step=None, trained_steps=None, config=None):
+  """A seed's run: its checkpoints (each with its meta record of `config`) and its report, if `reported_step`."""
   run = workdir / f"seed_{seed}"
+  run.mkdir(parents=True, exist_ok=True)
+  recorded = {} if config is None else {"config": {**config, "seed": seed}}
   for step in checkpoint_steps:
-    (run / "checkpoints" / str(step)).mkdir(parents=True)
+    (run / "checkpoints" / str(step) / "state").mkdir(parents=True)
+    (run / "checkpoints" / str(step) / "meta").mkdir()
+    (run / "checkpoints" / str(step) / "meta" / "metadata").write_text(json.dumps(recorded))
   if reported_step is not None:
     trained = {} if trained_steps is None else {"trained_steps": trained_steps}
-    (run / "eval_results.json").write_text(json.dumps({"step": reported_step, **trained, "evaluators": REPORTS[0]}))
+    (run / "eval_results.json").write_text(json.dumps({"step": reported_step, **trained, "evaluators": REPORTS[0],
+                                                       **recorded}))
 
 
 def test_a_finished_seed_is_only_read_and_the_others_train(tmp_path, monkeypatch):
@@ -215,16 +246,96 @@ def test_a_finished_seed_is_only_read_and_the_others_train(tmp_path, monkeypatch
   _finished_or_not(tmp_path, 6, [4, 6], reported_step=2, trained_steps=4)  # resumed after that report, then stopped
   started = []
   monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: started.append(config.seed))
-  seeds.train_seeds(ml_collections.ConfigDict({"seed": 0}), str(tmp_path), [0, 1, 2, 3, 5, 6])
+  seeds.train_seeds(ANY_SEED, str(tmp_path), [0, 1, 2, 3, 5, 6])
   assert started == [1, 2, 3, 6]
   started.clear()
-  seeds.train_seeds(ml_collections.ConfigDict({"seed": 0}), str(tmp_path), [0])
+  seeds.train_seeds(ANY_SEED, str(tmp_path), [0])
   assert started == []
   _finished_or_not(tmp_path, 4, [2])
   (tmp_path / "seed_4" / "eval_results.json").write_text('{"step": 2, "evalua')  # cut off while written
   with pytest.raises(UserError, match=r"seed_4/eval_results.json is not a complete report .*: delete it"):
-    seeds.train_seeds(ml_collections.ConfigDict({"seed": 0}), str(tmp_path), [4])
+    seeds.train_seeds(ANY_SEED, str(tmp_path), [4])
 
+
+
+def test_seed_runs_a_resume_would_not_make_runs_of_the_commands_config_are_refused_before_any_training(
+    tmp_path, monkeypatch):
+  """Finished seeds of another learning rate were read as finished (the old table, exit 0), and a copy of one seed's
+  run in another seed's folder was averaged as a third value."""
+  for seed in (0, 1):
+    _finished_or_not(tmp_path, seed, [4], reported_step=4, config=RECORDED)
+  _finished_or_not(tmp_path, 2, [2], config=RECORDED)  # stopped before its report: its checkpoint's record counts
+  shutil.copytree(tmp_path / "seed_0", tmp_path / "seed_5")
+  started = []
+  monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: started.append(config.seed))
+  command = ml_collections.ConfigDict({**COMMAND, "num_epochs": 4, "optimizer": {"lr": 0.05, "schedule": "constant"}})
+  with pytest.raises(UserError) as refused:
+    seeds.train_seeds(command, str(tmp_path), [0, 1, 2, 5])
+  assert str(refused.value) == (
+      f"The seed folders in {tmp_path} hold runs this command would not continue as runs of its config: seed_0, "
+      "seed_1, seed_2 trained with config.num_epochs 5 (this command's 4); seed_0, seed_1, seed_2 trained with "
+      "config.optimizer.lr 0.1 (this command's 0.05); seed_5 holds a run of config.seed 0 (move it to seed_0 or "
+      "delete it). The seeds of a summary are of one config: give the settings the runs trained with "
+      "(--config.num_epochs=5 --config.optimizer.lr=0.1), or train this config in a new --workdir.")
+  assert started == []
+  cosine = {**RECORDED, "optimizer.schedule": "cosine"}
+  _finished_or_not(tmp_path, 6, [4], reported_step=4, config=cosine)
+  with pytest.raises(UserError, match=r"seed_6 trained with config.num_epochs 5 \(this command's 6\) \(it shapes the "
+                                      r"cosine schedule\)"):
+    seeds.train_seeds(ml_collections.ConfigDict({**COMMAND, "num_epochs": 6, "optimizer": {"lr": 0.1,
+                                                 "schedule": "cosine"}}), str(tmp_path), [6])
+
+
+def test_a_finished_seed_of_fewer_epochs_or_other_evaluators_trains_on_and_each_seed_says_why_it_trains(
+    tmp_path, monkeypatch, caplog):
+  """With num_epochs raised, finished seeds were read (their old reports) and only a stopped one trained on: the
+  summary then mixed runs of different lengths."""
+  longer = {**RECORDED, "num_epochs": 6}
+  _finished_or_not(tmp_path, 0, [4], reported_step=4, config=RECORDED)  # finished at 5 epochs, the command asks 6
+  _finished_or_not(tmp_path, 1, [4], reported_step=4, config={**longer, "eval.tta": "none"})  # evaluated without TTA
+  alike = {**longer, "eval_batch_size": 16, "dataset.data_dir": "/b"}  # in what changes no number
+  _finished_or_not(tmp_path, 2, [4], reported_step=4, config=alike)
+  _finished_or_not(tmp_path, 3, [], reported_step=4, config=longer)  # finished, its checkpoints deleted since
+  _finished_or_not(tmp_path, 4, [], reported_step=4, config=RECORDED)  # of 5 epochs, its checkpoints deleted since
+  _finished_or_not(tmp_path, 6, [4, 7], reported_step=4, config=longer)  # resumed after its report, then stopped
+  started = []
+  monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: started.append(config.seed))
+  caplog.set_level(logging.INFO)
+  seeds.train_seeds(ml_collections.ConfigDict({**COMMAND, "num_epochs": 6}), str(tmp_path), [0, 1, 2, 3, 4, 6, 7])
+  assert started == [0, 1, 4, 6, 7]
+  for line in ("Seed 0 in {}/seed_0: its report is of config.num_epochs 5 (this command's 6); training it",
+               "Seed 1 in {}/seed_1: its report is of config.eval.tta 'none' (this command's 'flip'); training it",
+               "Seed 2 finished in {}/seed_2: reading its report", "Seed 3 finished in {}/seed_3: reading its report",
+               "Seed 4 in {}/seed_4: its report is of config.num_epochs 5 (this command's 6) (no checkpoint is left: "
+               "it trains from the start); training it",
+               "Seed 6 in {}/seed_6: stopped at step 7, after its report of step 4; training it",
+               "Seed 7 in {}/seed_7: no run yet; training it"):
+    assert line.format(tmp_path) in caplog.text
+
+
+def test_only_finished_runs_are_summarized(tmp_path):
+  """A seed resumed after its report, then stopped, was summarized from its stale report."""
+  _finished_or_not(tmp_path, 0, [11], reported_step=11, config=RECORDED)
+  _finished_or_not(tmp_path, 1, [7, 11], reported_step=7, config=RECORDED)
+  with pytest.raises(UserError) as refused:
+    seeds.read_reports(ml_collections.ConfigDict(COMMAND), str(tmp_path), [0, 1])
+  assert str(refused.value) == (
+      f"Not finished in {tmp_path}: seed_1 (stopped at step 11, after its report of step 7). Train them first: run "
+      "this command without --summarize_only (or their commands from --print_commands), or drop them from --seeds.")
+  assert set(seeds.read_reports(ml_collections.ConfigDict(COMMAND), str(tmp_path), [0])) == {0}
+
+
+@pytest.mark.integration
+def test_summarize_only_refuses_a_stale_report_and_a_copy_of_another_seeds_run(tmp_path):
+  for seed in (0, 1):
+    _finished_or_not(tmp_path, seed, [7], reported_step=7, config={})
+  shutil.copytree(tmp_path / "seed_0", tmp_path / "seed_5")
+  summarize = ("fer_jax.seeds", "--config=configs/dan.py:synthetic", f"--workdir={tmp_path}", "--summarize_only")
+  assert_user_error(run_command(*summarize, "--seeds=0,1,5"), "seed_5 holds a run of config.seed 0 (move it to seed_0")
+  _finished_or_not(tmp_path, 2, [7, 11], reported_step=7)
+  assert_user_error(run_command(*summarize, "--seeds=0,1,2"), "seed_2 (stopped at step 11, after its report of step 7)",
+                    "run this command without --summarize_only")
+  assert not (tmp_path / "seeds_summary.json").exists()
 
 @pytest.mark.integration
 def test_print_commands_read_every_argument_form_absl_accepts(tmp_path):

@@ -168,7 +168,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
   evaluated = train.evaluate_checkpoint(config, straight, str(tmp_path / "eval"))
   assert evaluated["confusion_matrix"] == results["confusion_matrix"]
   with open(tmp_path / "eval" / "eval_results.json") as f:
-    assert json.load(f)["step"] is None and results["step"] == 8  # a checkpoint given, not a step of a run
+    assert json.load(f)["step"] == results["step"] == 8  # the step of the checkpoint it read
 
 
 @pytest.mark.usefixtures("tiny_data_dir")  # built here; the subprocess inherits its path

@@ -25,6 +25,7 @@ from PIL import UnidentifiedImageError
 import tensorflow_datasets as tfds
 
 from fer_jax.data import decode
+from fer_jax.data import labels
 from fer_jax.errors import UserError
 
 
@@ -89,6 +90,17 @@ def read_lines(path: epath.Path) -> Iterator[tuple[int, str]]:
         yield number, line.strip()
 
 
+def check_class_names(names: Sequence[str], what: str) -> None:
+  """Every class name of a set must be one of fer_jax's (`labels.CLASSES`), by which runs map a set's classes
+  to config.dataset.class_order; `what` names the set (or its builder) in the error."""
+  unknown = [name for name in names if name not in labels.CLASSES]
+  if unknown:
+    raise DataError(f"{what} has classes fer_jax does not know: {', '.join(unknown)}. A run maps a set's classes to "
+                    f"its config.dataset.class_order by name: name them in the builder's ClassLabel as "
+                    f"fer_jax.data.labels does ({', '.join(labels.CLASSES)}) and prepare the set again (--overwrite "
+                    "replaces a prepared copy; docs/extending.md).")
+
+
 def warn_if_unexpected_size(dataset: str, split: str, actual: int, expected: int | None) -> None:
   if expected is not None and actual != expected:
     logging.warning("%s split %r has %d examples; the published size is %d. Check that the download "
@@ -150,6 +162,7 @@ class ManualBuilder(LocalBuilder):
     self.split_sources: dict[str, os.PathLike | str] = {}
 
   def _download_and_prepare(self, dl_manager, download_config=None):
+    check_class_names(self.info.features["label"].names, f"{type(self).__module__}.{type(self).__name__}")
     super()._download_and_prepare(dl_manager, download_config)
     write_label_index(self)  # into TFDS's temporary folder: it appears with the set or not at all
 
@@ -244,12 +257,19 @@ SUBSET_SOURCE = "github.com/kaiwang960112/Challenge-condition-FER-dataset"
 
 
 def find_subset_lists(folders: Sequence[epath.Path], names: dict[str, Sequence[str]]) -> dict[str, epath.Path]:
-  """{split: the first `folder/name` that exists} for Wang et al.'s occlusion and pose list files."""
+  """{split: the first `folder/name` that exists} for Wang et al.'s occlusion and pose list files; warns,
+  naming the file, of each list missing beside lists found (its subset's split and evaluator will be absent)."""
   found = {}
   for split, candidates in names.items():
     paths = [folder / name for name in candidates for folder in folders if (folder / name).exists()]
     if paths:
       found[split] = paths[0]
+  missing = [split for split in names if split not in found] if found else []
+  for split in missing:
+    logging.warning("%s is in none of %s, beside %s: the set will have no %r split, and its evaluator "
+                    "(config_lib.subset_evaluators) will be skipped. Put the file there from %s and prepare the set "
+                    "again with --overwrite.", " or ".join(names[split]), ", ".join(map(str, folders)),
+                    ", ".join(path.name for path in found.values()), split, SUBSET_SOURCE)
   return found
 
 

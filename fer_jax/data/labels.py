@@ -9,6 +9,7 @@ import numpy as np
 
 ANGER, DISGUST, FEAR, HAPPINESS = "anger", "disgust", "fear", "happiness"
 SADNESS, SURPRISE, NEUTRAL, CONTEMPT = "sadness", "surprise", "neutral", "contempt"
+CLASSES = (ANGER, DISGUST, FEAR, HAPPINESS, SADNESS, SURPRISE, NEUTRAL, CONTEMPT)  # every class a set may name
 
 CLASS_ORDERS = {
     # Data sets, as their owners number them.

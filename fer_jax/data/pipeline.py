@@ -53,19 +53,20 @@ class Split:
     return np.flatnonzero(self.labels >= 0)
 
 
-def _builder(dataset_config):
+def _builder(dataset_config, dataset_key: str = "dataset.name"):
+  """The prepared set `dataset_config.name`; `dataset_key` is the config key that named it, for messages."""
   data_dir = os.path.expanduser(dataset_config.data_dir) if dataset_config.data_dir else None
   try:
     builder = tfds.builder(dataset_config.name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(f"Unknown data set {dataset_config.name!r} (config.dataset.name): fer_jax's are "
+    raise DataError(f"Unknown data set {dataset_config.name!r} (config.{dataset_key}): fer_jax's are "
                     f"{', '.join(builders.NAMES)}{_prepared_in(data_dir)}. Check the spelling, or prepare the set "
                     "first (README, 'Preparing data').") from None
   if dataset_config.name.split("/")[0] in AUTO_PREPARED:
     builder = _generate_once(dataset_config.name, data_dir, builder)
   if not builder.is_prepared():
     raise DataError(
-        f"Data set {dataset_config.name!r} is not prepared in {builder.data_dir}. Prepare it "
+        f"Data set {dataset_config.name!r} is not prepared in {builder.data_dir} (config.{dataset_key}). Prepare it "
         f"once from your own download with:\n  python -m fer_jax.data.prepare --dataset={dataset_config.name} "
         f"--manual_dir=PATH_TO_DOWNLOAD{' --data_dir=' + data_dir if data_dir else ''}\n"
         "(README, 'Preparing data', shows the layout each data set needs).")
@@ -104,23 +105,23 @@ def _missing_splits(builder, split: str) -> list[str]:
   return [name for name in parts if name not in builder.info.splits]
 
 
-def has_split(config, split: str) -> bool:
-  """Whether the prepared `config.dataset` holds every part of `split`."""
-  return not _missing_splits(_builder(config.dataset), split)
+def has_split(config, split: str, dataset_key: str = "dataset.name") -> bool:
+  """Whether the prepared `config.dataset` (named by `dataset_key`) holds every part of `split`."""
+  return not _missing_splits(_builder(config.dataset, dataset_key), split)
 
 
 def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = False,
-               split_key: str = "") -> Split:
+               split_key: str = "", dataset_key: str = "dataset.name") -> Split:
   """Opens a prepared split and maps its labels to `config.dataset.class_order` by class name.
 
-  Records of classes the order lacks get label −1 (left out). Classes of the order the data set
-  lacks are an error, unless `evaluation` (a model scored on another data set). With
-  `max_per_class`, only the first that many records of each class count, in annotation
-  order (the builder's `annotation_index` where it has one, else record order).
-  `split_key`: the config key that named `split` (e.g. "dataset.train_split"), for the error when the
-  set lacks it.
+  Records of classes the order lacks get label −1 (left out); class names that are not fer_jax's
+  are an error. Classes of the order the data set lacks are an error, unless `evaluation` (a model
+  scored on another data set). With `max_per_class`, only the first that many records of each
+  class count, in annotation order (the builder's `annotation_index` where it has one, else
+  record order). `split_key` and `dataset_key`: the config keys that named `split` (e.g.
+  "dataset.train_split") and the data set, for the errors.
   """
-  builder = _builder(config.dataset)
+  builder = _builder(config.dataset, dataset_key)
   missing = _missing_splits(builder, split)
   if missing:
     named_by = f"config.{split_key}={split!r}: " if split_key else ""
@@ -128,6 +129,7 @@ def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = Fa
                     f"its splits are: {', '.join(builder.info.splits)} (join several with '+').")
   target = labels_lib.class_names(config.dataset.class_order)
   source_names = tuple(builder.info.features["label"].names)
+  builder_utils.check_class_names(source_names, f"Data set {config.dataset.name!r} (config.{dataset_key})")
   try:
     mapping = labels_lib.label_map(source_names, target, allow_missing=evaluation)
   except ValueError as e:
@@ -142,6 +144,11 @@ def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = Fa
   counts = np.bincount(raw_labels, minlength=len(source_names))
   return Split(source, split_labels, target, tuple(image_feature.shape), source_names,
                tuple(int(c) for c in counts))
+
+
+def _class_counts(split: Split) -> str:
+  """"anger (3), contempt (2)": the split's records per class of its data set."""
+  return ", ".join(f"{name} ({count})" for name, count in zip(split.source_class_names, split.source_counts) if count)
 
 
 def _read_labels_and_order(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -473,15 +480,21 @@ class EvalData:
   """A whole split in order, padded to full global batches of uint8 images; padding has mask 0.
 
   Labels are mapped by class name to `config.dataset.class_order` (the model's classes): records
-  of classes the model lacks are left out; `pp_key` and `split_key` name the keys the eval pipeline
-  (`config.input.eval_pp`) and the split came from, for error messages."""
+  of classes the model lacks are left out, and a split none of whose records is left is an error;
+  `pp_key`, `split_key` and `dataset_key` name the keys the eval pipeline (`config.input.eval_pp`),
+  the split and the data set came from, for error messages."""
 
   def __init__(self, config, mesh, split_name: str, pp_key: str = "input.eval_pp",
-               split_key: str = "dataset.eval_split"):
+               split_key: str = "dataset.eval_split", dataset_key: str = "dataset.name"):
     self.config = config
     self.mesh = mesh
-    self.split = load_split(config, split_name, evaluation=True, split_key=split_key)
+    self.split = load_split(config, split_name, evaluation=True, split_key=split_key, dataset_key=dataset_key)
     self.records = self.split.indices
+    if not len(self.records):
+      raise DataError(f"config.{split_key}={split_name!r}: none of the images of {config.dataset.name!r} "
+                      f"{split_name} is of a class of the model (config.dataset.class_order="
+                      f"{config.dataset.class_order!r}); it holds {_class_counts(self.split)}. Name a split with "
+                      "images of the model's classes.")
     # Padding is masked, so any batch works: rounded up to fill every device.
     devices = mesh.devices.size
     self.global_batch = -(-config.eval_batch_size // devices) * devices
