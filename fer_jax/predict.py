@@ -18,7 +18,7 @@ within 25 %) or larger than twice the stored side (at least 128 px). In a photo 
 --stride-th frame, MTCNN (`fer_jax.face`) finds each face with five landmarks; the face is
 cropped as the config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned, others a
 box with a margin; grey 48×48 for FER2013-style inputs) and classified. The detector searches
-for faces down to --min_face_size (at least 12 px); faces smaller than that or scored below
+for faces down to 5/6 of --min_face_size (at least 12 px); faces smaller than it or scored below
 --min_score are written unclassified, with the reason. A video's faces are followed from frame to
 frame by box overlap (the track); --smooth=W averages each track's probabilities over time
 (p ← W·p_before + (1 − W)·p_now). --annotate writes every photo and processed frame with its
@@ -352,7 +352,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("detect", None, "Find faces in every image (--nodetect: images are face crops); "
                     "default: videos and images that are not face crops (see the module's docstring).")
   flags.DEFINE_float("min_face_size", api.MIN_FACE_SIZE, "Faces (detected boxes, face crops) with a shorter side "
-                     "(pixels) are not classified; the detector searches for faces down to it.", lower_bound=0.0)
+                     "(pixels) are not classified; the detector searches for faces down to 5/6 of it.", lower_bound=0.0)
   flags.DEFINE_float("min_score", api.MIN_SCORE, "Faces with a lower detection score are not classified.",
                      lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer("stride", 1, "Videos: every N-th frame.", lower_bound=1)

@@ -105,12 +105,9 @@ def _read_report(path: str) -> dict:
 
 
 def seed_config(config, seed: int):
-  """The command's config as seed `seed`'s run trains and records it: config.model.dtype="auto" resolved to this
-  backend's dtype, as validation resolves it."""
-  from fer_jax import models  # the model registry loads only when a config is compared or trained
+  """The command's config as seed `seed`'s run trains it."""
   run_config = config.copy_and_resolve_references()
   run_config.seed = seed
-  run_config.model.dtype = models.compute_dtype(run_config.model.dtype)
   return run_config
 
 
@@ -149,19 +146,33 @@ def recorded_config(run_dir: str) -> dict:
 def _config_changes(recorded: dict, config) -> list[tuple[str, object, object]]:
   """(key, `config`'s value, the recorded one) for each key changing reported numbers (not NOT_OF_THE_RESULTS'
   or the seed) in which `config` differs from a run's recorded flat config. Keys one side lacks (another fer_jax
-  version's) are not compared, but for evaluators added or removed."""
+  version's) are not compared, but for evaluators added or removed; nor is a dtype the command leaves "auto" (a run
+  records what it resolved to on its machine: seeds trained on GPUs are summarized on a CPU)."""
   current = config_lib.flat(config)
   keys = (set(recorded) & set(current)) | {key for key in set(recorded) ^ set(current) if key.startswith("evals.")}
+  if current.get("model.dtype") == "auto":
+    keys.discard("model.dtype")
   return [(key, current.get(key), recorded.get(key)) for key in sorted(keys)
           if current.get(key) != recorded.get(key) and not config_lib.named_by(key, ("seed", *NOT_OF_THE_RESULTS))]
 
 
+def _selection_keys(config) -> tuple[str, ...]:
+  """The evaluator whose results choose the kept epoch and the stop (select_metric set): evaluating it otherwise
+  again would not choose again."""
+  if not config.get("select_metric"):
+    return ()
+  return ("eval.", "dataset.eval_split") if config.select_on == "eval" else (f"evals.{config.select_on}.",)
+
+
 def _not_brought_up_to_date(recorded: dict, config) -> list[tuple[str, object, object]]:
   """The changes of `_config_changes` that resuming the run would not bring it to: what a resume may not change
-  (config_lib.resume_differences), fewer epochs, and what BROUGHT_UP_TO_DATE leaves out."""
+  (config_lib.resume_differences), fewer epochs, the selecting evaluator (`_selection_keys`), and what
+  BROUGHT_UP_TO_DATE leaves out."""
   fixed = {key for key, _, _ in config_lib.resume_differences(recorded, config)}
+  selection = _selection_keys(config)
   return [(key, now, saved) for key, now, saved in _config_changes(recorded, config)
-          if key in fixed or not config_lib.named_by(key, BROUGHT_UP_TO_DATE) or (key == "num_epochs" and now < saved)]
+          if key in fixed or not config_lib.named_by(key, BROUGHT_UP_TO_DATE) or config_lib.named_by(key, selection)
+          or (key == "num_epochs" and now < saved)]
 
 
 def check_runs(config, workdir: str, seeds: list[int]) -> None:

@@ -179,7 +179,7 @@ def test_reports_of_different_runs_are_refused_naming_the_seed_folders_and_what_
   assert set(seeds.read_reports(ANY_SEED, str(tmp_path), [0, 4])) == {0, 4}
 
 
-# A command's config, and how its runs record it (model.dtype "auto" resolved on the CPU the tests run on).
+# A command's config, and how its runs record it (model.dtype "auto" resolved on the CPU the tests ran on).
 COMMAND = {"seed": 0, "num_epochs": 5, "optimizer": {"lr": 0.1, "schedule": "constant"}, "eval": {"tta": "flip"},
            "eval_batch_size": 64, "dataset": {"data_dir": "/a"}, "log_every_steps": 50, "model": {"dtype": "auto"}}
 RECORDED = {"num_epochs": 5, "optimizer.lr": 0.1, "optimizer.schedule": "constant", "eval.tta": "flip",
@@ -205,6 +205,24 @@ def test_reports_are_summarized_only_as_runs_of_the_commands_config_but_for_what
       "the settings the runs trained with (--config.optimizer.lr=0.01), or train this config in a new --workdir.")
   with pytest.raises(UserError, match=r"seed_4 \(its report is of config.eval.tta 'none' \(this command's 'flip'\)"):
     seeds.read_reports(command, str(tmp_path), [0, 4])
+
+
+def test_a_dtype_left_auto_summarizes_runs_of_any_machine_and_the_selecting_evaluator_is_not_evaluated_again(tmp_path):
+  """Seeds trained on GPUs record bfloat16, which "auto" gave them: a CPU summarizes them (it took them for another
+  dtype). With select_metric set, another TTA of the selecting evaluator would have chosen another epoch: evaluating
+  the kept weights again does not make the run one of the command's."""
+  for seed in (0, 1):
+    (tmp_path / f"seed_{seed}").mkdir()
+    (tmp_path / f"seed_{seed}" / "eval_results.json").write_text(json.dumps({"evaluators": _run(), "config": {
+        **RECORDED, "seed": seed, "model.dtype": "bfloat16", "select_metric": "accuracy", "select_on": "eval"}}))
+  command = ml_collections.ConfigDict({**COMMAND, "select_metric": "accuracy", "select_on": "eval"})
+  assert set(seeds.read_reports(command, str(tmp_path), [0, 1])) == {0, 1}
+  command.model.dtype = "float32"  # given, not left to the machine
+  with pytest.raises(UserError, match=r"seed_0, seed_1 trained with config.model.dtype 'bfloat16'"):
+    seeds.read_reports(command, str(tmp_path), [0, 1])
+  command.model.dtype, command.eval.tta = "auto", "none"
+  with pytest.raises(UserError, match=r"seed_0, seed_1 trained with config.eval.tta 'flip' \(this command's 'none'\)"):
+    seeds.read_reports(command, str(tmp_path), [0, 1])
 
 
 def test_one_value_has_no_std_and_fewer_values_than_seeds_are_counted(tmp_path):

@@ -8,7 +8,7 @@ stage keeping the boxes over its threshold and moving them by the predicted offs
 The networks run jitted (fer_jax.face.networks), with shapes that do not depend on the photo, so
 that photos of every size and every frame of a video reuse the same compiled programs: all pyramid
 levels are packed on one canvas (`pack_levels`) that P-Net scans in overlapping tiles of a fixed
-size (`TILE`; identical to one pass over the whole canvas), `TILES_PER_CALL` a call, and the crops
+size (`TILE`; the map of one pass over the whole canvas, to float rounding), `TILES_PER_CALL` a call, and the crops
 of a stage are padded to 64, 256, 1024, … Resizing, cropping and suppression run on the host.
 """
 
