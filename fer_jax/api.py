@@ -41,10 +41,6 @@ from fer_jax.errors import UserError
 from fer_jax.face import align
 from fer_jax.face import detector
 
-# A photo is taken for a face crop when it is nearly square (sides within this ratio) and no
-# larger than CROP_MAX_SIDE_FACTOR × the side the model decodes to (at least CROP_MIN_LIMIT px).
-CROP_ASPECT = 1.25
-CROP_MAX_SIDE_FACTOR, CROP_MIN_LIMIT = 2, 128
 MIN_FACE_SIZE, MIN_SCORE = 24.0, 0.9
 # The detector searches for faces down to this fraction of min_face_size (MTCNN's usual 20 px at the default
 # 24), so that faces just below it are found and reported as too small, and none far below are searched for.
@@ -78,29 +74,6 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
-def _class_order(names) -> str:
-  for order, order_names in labels.CLASS_ORDERS.items():
-    if tuple(order_names) == tuple(names):
-      return order
-  raise UserError(f"The model's classes ({', '.join(names)}) are in no order of fer_jax.data.labels.CLASS_ORDERS: "
-                  "pass its config to fer_jax.load(path, config=...).")
-
-
-def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
-  """A checkpoint's or export's config from its meta record (`checkpointing.metadata`): the model, its input
-  and class names; the data set (absent from records written before 2026-12-03) gives the crop style and
-  stored size it was trained on, "tta" (absent before 2026-12-05: none) the test-time augmentation. The
-  shape its images were decoded to is no config key: `checkpointing.recorded_shape` reads it."""
-  config = config_lib.base_config()
-  config.model.update(meta["model"])
-  config.input.update(meta["input"])
-  dataset = meta.get("dataset") or {}
-  config.dataset.update({key: value for key, value in dataset.items() if key in config.dataset})
-  config.dataset.class_order = _class_order(meta["class_names"])
-  config.eval.tta = meta.get("tta", "none")
-  return config
-
-
 def _using_tta(config: ml_collections.ConfigDict, tta_name: str) -> ml_collections.ConfigDict:
   """A copy of `config` whose eval.tta is the test-time augmentation the model runs: `tta_name`, else its own."""
   config = config.copy_and_resolve_references()
@@ -118,7 +91,7 @@ def _load_export(path: str, config, tta_name: str, batch_size: int) -> inference
     checkpointing.check_identity(meta, f"The export {path}", config.model,
                                  labels.class_names(config.dataset.class_order), config.input)
     meta = {"dataset": checkpointing.dataset_record(config), **meta, "tta": config.eval.tta}
-  config = _using_tta(config_from_meta(meta), tta_name)
+  config = _using_tta(checkpointing.config_from_meta(meta), tta_name)
   exported = export.read_program(path)
   variables = export.read_variables(path)
   fixed_batch = info["batch_size"] if isinstance(info["batch_size"], int) else 0
@@ -140,7 +113,7 @@ def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> infer
   if config is None:
     if "model" not in meta:
       raise UserError(f"The checkpoint at {path} has no meta record: pass its config to fer_jax.load(path, config=...).")
-    config = config_from_meta(meta)
+    config = checkpointing.config_from_meta(meta)
   validation.validate(config, training=False)
   config = _using_tta(config, tta_name)
   variables = models.load_trained_variables(config, models.build_model(config), path)
@@ -206,7 +179,7 @@ class Model:
     return self.detector_for(MIN_FACE_SIZE)
 
   def is_face_crop(self, width: int, height: int) -> bool:
-    return is_face_crop(width, height, self.predictor.preprocess.shape[0])
+    return inference.is_face_crop(width, height, self.predictor.preprocess.shape[0])
 
   def _stored(self, image, index: int, min_face_size: float) -> np.ndarray:
     """A face crop (a path, read upright, or an array as `as_rgb` takes it) at the stored shape."""
@@ -251,13 +224,6 @@ class Model:
     predictions = iter(self.classify([crop for crop in crops if crop is not None]))
     return [FaceResult(i, face.box, face.landmarks, face.score, None if reason else next(predictions), reason)
             for i, (face, reason) in enumerate(zip(found, reasons))]
-
-
-def is_face_crop(width: int, height: int, stored_side: int) -> bool:
-  """Whether an image of this size is taken for a face crop (not searched for faces): nearly square (sides within
-  `CROP_ASPECT`) and at most `CROP_MAX_SIDE_FACTOR` times the stored side (`CROP_MIN_LIMIT` px at the least)."""
-  limit = max(CROP_MAX_SIDE_FACTOR * stored_side, CROP_MIN_LIMIT)
-  return max(width, height) <= min(width, height) * CROP_ASPECT and max(width, height) <= limit
 
 
 def size_reason(size: float, min_face_size: float) -> str:

@@ -21,6 +21,7 @@ from etils import epath
 from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -126,6 +127,29 @@ def recorded_shape(meta: dict) -> tuple[int, ...]:
   """The (height, width, channels) a meta record's training decoded its images to; () where it does not say (a
   converted model, a record written before 2026-12-05): `inference.FilePreprocessor` then goes by the config."""
   return tuple((meta.get("dataset") or {}).get("stored_shape", ()))
+
+
+def _class_order(names) -> str:
+  for order, order_names in labels.CLASS_ORDERS.items():
+    if tuple(order_names) == tuple(names):
+      return order
+  raise UserError(f"The model's classes ({', '.join(names)}) are in no order of fer_jax.data.labels.CLASS_ORDERS: "
+                  "pass its config (fer_jax.load(path, config=...), or --config).")
+
+
+def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
+  """A checkpoint's or export's config from its meta record (`checkpointing.metadata`): the model, its input
+  and class names; the data set (absent from records written before 2026-12-03) gives the crop style and
+  stored size it was trained on, "tta" (absent before 2026-12-05: none) the test-time augmentation. The
+  shape its images were decoded to is no config key: `checkpointing.recorded_shape` reads it."""
+  config = config_lib.base_config()
+  config.model.update(meta["model"])
+  config.input.update(meta["input"])
+  dataset = meta.get("dataset") or {}
+  config.dataset.update({key: value for key, value in dataset.items() if key in config.dataset})
+  config.dataset.class_order = _class_order(meta["class_names"])
+  config.eval.tta = meta.get("tta", "none")
+  return config
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config, initialisation_only: bool = False,

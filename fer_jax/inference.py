@@ -48,6 +48,24 @@ def _warn_unreadable_folder(error: OSError) -> None:
   logging.warning("Skipping unreadable folder %s: %s.", error.filename, error.strerror)
 
 
+# A photo is taken for a face crop when it is nearly square (sides within this ratio) and no
+# larger than CROP_MAX_SIDE_FACTOR × the side the model decodes to (at least CROP_MIN_LIMIT px).
+CROP_ASPECT = 1.25
+CROP_MAX_SIDE_FACTOR, CROP_MIN_LIMIT = 2, 128
+
+
+def face_crop_limit(stored_side: int) -> int:
+  """The longest side of an image taken for a face crop, for a model decoding to `stored_side`."""
+  return max(CROP_MAX_SIDE_FACTOR * stored_side, CROP_MIN_LIMIT)
+
+
+def is_face_crop(width: int, height: int, stored_side: int) -> bool:
+  """Whether an image of this size is taken for a face crop (not searched for faces): nearly square (sides within
+  `CROP_ASPECT`) and at most `CROP_MAX_SIDE_FACTOR` times the stored side (`CROP_MIN_LIMIT` px at the least)."""
+  limit = face_crop_limit(stored_side)
+  return max(width, height) <= min(width, height) * CROP_ASPECT and max(width, height) <= limit
+
+
 class FilePreprocessor:
   """Images from files: decoded on the host at `stored_shape`, the (height, width, channels) the model's
   training decoded its data set to, as its meta record gives it (`checkpointing.recorded_shape`), so that they

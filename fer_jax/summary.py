@@ -22,7 +22,6 @@ from clu import parameter_overview
 import jax
 import numpy as np
 
-from fer_jax import api
 from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
@@ -109,7 +108,7 @@ def recorded_config(path: str):
   if "model" not in meta:
     raise UserError(f"--checkpoint={path} has no meta record to rebuild its config from: pass its "
                     "--config=configs/<method>.py:<dataset>.")
-  return api.config_from_meta(meta)
+  return checkpointing.config_from_meta(meta)
 
 
 def trained_variables(config, model, abstract_variables: dict, path: str) -> dict:

@@ -22,7 +22,6 @@ from absl import logging
 import jax
 import numpy as np
 
-from fer_jax import api
 from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
@@ -84,10 +83,10 @@ def forward_in_batches(forward, variables, images: list[np.ndarray], batch_size:
 def warn_unless_a_face_crop(path: str, stored_side: int) -> None:
   with decode.opened(path) as image:
     width, height = image.size
-  if not api.is_face_crop(width, height, stored_side):
+  if not inference.is_face_crop(width, height, stored_side):
     logging.warning("%s (%d×%d) is not a face crop (nearly square, at most %d px): its maps are of the whole image "
                     "squashed to the model's input, no face is found in it; crop the face first.",
-                    path, width, height, max(api.CROP_MAX_SIDE_FACTOR * stored_side, api.CROP_MIN_LIMIT))
+                    path, width, height, inference.face_crop_limit(stored_side))
 
 
 def check_not_a_video(path: str) -> None:

@@ -15,7 +15,6 @@ from jax._src import core
 import numpy as np
 import pytest
 
-from fer_jax import api
 from fer_jax import checkpointing
 from fer_jax import config_lib
 from fer_jax import models
@@ -53,13 +52,13 @@ def test_auto_is_bfloat16_on_a_gpu_or_tpu_and_checkpoints_record_it(backend, mon
 
 
 def test_records_written_before_auto_keep_their_dtype_and_records_without_one_resolve(monkeypatch):
-  """A checkpoint's meta record as fer_jax.load reads it without a config (api.config_from_meta)."""
+  """A checkpoint's meta record as fer_jax.load reads it without a config (checkpointing.config_from_meta)."""
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   record = {"name": "dan", "num_classes": 7, "num_heads": 4, "num_centres": 8}
   for saved, used in (("float32", "float32"), (None, "bfloat16")):
     model = record | ({"dtype": saved} if saved else {})
     meta = {"model": model, "class_names": labels.class_names("rafdb"), "input": {"size": 112}}
-    config = api.config_from_meta(meta)
+    config = checkpointing.config_from_meta(meta)
     validation.validate(config, training=False)
     assert config.model.dtype == used
 
