@@ -225,3 +225,9 @@ def test_pyramid_levels_lie_apart_on_the_stride_grid_inside_the_canvas(height, w
     assert top % 2 == left % 2 == 0
     taken[top:top + level_height, left:left + level_width] += 1
   assert taken.max() == 1 and taken.sum() == sum(h * w for h, w in shapes)  # no overlap, nothing cut off
+
+
+def test_detectors_of_every_minimum_face_size_share_one_copy_of_the_weights():
+  """Each Detector read MTCNN's weights and put them on the device again (one a --min_face_size)."""
+  small, large = detector.Detector(min_face_size=12.0), detector.Detector(min_face_size=200.0)
+  assert small._pnet.args[0] is large._pnet.args[0] and small._onet.args[0] is large._onet.args[0]

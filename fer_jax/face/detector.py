@@ -110,6 +110,13 @@ def _jitted_networks():
   return tuple(jax.jit(network, compiler_options=options) for network in (networks.pnet, networks.rnet, networks.onet))
 
 
+@functools.cache
+def _device_weights() -> dict:
+  """MTCNN's weights, read and put on the device once per process, whichever Detector (of whichever
+  minimum face size) runs them."""
+  return jax.device_put(networks.load_weights())
+
+
 def _bucket(count: int) -> int:
   """64, 256, 1024, …: crops per R-Net or O-Net call."""
   bucket = 64
@@ -174,7 +181,7 @@ class Detector:
                nms=(0.5, 0.7, 0.7, 0.7)):
     self.min_face_size, self.thresholds, self.scale_factor = min_face_size, thresholds, scale_factor
     self.nms_level, self.nms_proposals, self.nms_refined, self.nms_final = nms
-    weights = jax.device_put(networks.load_weights())
+    weights = _device_weights()
     pnet, rnet, onet = _jitted_networks()
     self._pnet = functools.partial(pnet, weights["pnet"])
     self._rnet = functools.partial(rnet, weights["rnet"])
