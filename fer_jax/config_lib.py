@@ -50,15 +50,23 @@ RESUME_MAY_CHANGE = NOT_OF_THE_TRAINING + (
     "init_from_required", "model.remat")
 
 
-def resume_differences(saved: dict, config) -> list[tuple[str, object, object]]:
-  """(key, this config's value, the saved one) for each key of `config` (flat) a run resumed from a checkpoint
-  recording `saved` (its flat config) must not change; none where nothing is recorded (checkpoints before
-  2026-12-05). Keys one side lacks (another fer_jax version's) are not compared."""
+def differences(recorded: dict, config, ignored: Sequence[str], unshared: str = "") -> list[tuple[str, object, object]]:
+  """(key, `config`'s value, the recorded one) for each flat key in which `config` differs from a `recorded` flat
+  config, but for the keys `ignored` names (`named_by`). Keys one side lacks (another fer_jax version's) are not
+  compared, but for those under the prefix `unshared` (e.g. evaluators added or removed)."""
   current = flat(config)
-  may_change = [key for key in RESUME_MAY_CHANGE
-                if not (key == "num_epochs" and current.get("optimizer.schedule") == "cosine")]
-  return [(key, current[key], saved[key]) for key in sorted(set(saved) & set(current))
-          if not named_by(key, may_change) and saved[key] != current[key]]
+  keys = (set(recorded) & set(current)) | {key for key in set(recorded) ^ set(current) if unshared and
+                                           key.startswith(unshared)}
+  return [(key, current.get(key), recorded.get(key)) for key in sorted(keys)
+          if not named_by(key, ignored) and recorded.get(key) != current.get(key)]
+
+
+def resume_differences(saved: dict, config) -> list[tuple[str, object, object]]:
+  """`differences` in the keys a run resumed from a checkpoint recording `saved` (its flat config) must not change
+  (all but RESUME_MAY_CHANGE's; num_epochs too under a cosine schedule, which it shapes); none where nothing is
+  recorded (checkpoints before 2026-12-05)."""
+  cosine = flat(config).get("optimizer.schedule") == "cosine"
+  return differences(saved, config, [key for key in RESUME_MAY_CHANGE if not (key == "num_epochs" and cosine)])
 
 
 def named_by(key: str, entries) -> bool:

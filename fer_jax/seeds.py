@@ -148,12 +148,8 @@ def _config_changes(recorded: dict, config) -> list[tuple[str, object, object]]:
   or the seed) in which `config` differs from a run's recorded flat config. Keys one side lacks (another fer_jax
   version's) are not compared, but for evaluators added or removed; nor is a dtype the command leaves "auto" (a run
   records what it resolved to on its machine: seeds trained on GPUs are summarized on a CPU)."""
-  current = config_lib.flat(config)
-  keys = (set(recorded) & set(current)) | {key for key in set(recorded) ^ set(current) if key.startswith("evals.")}
-  if current.get("model.dtype") == "auto":
-    keys.discard("model.dtype")
-  return [(key, current.get(key), recorded.get(key)) for key in sorted(keys)
-          if current.get(key) != recorded.get(key) and not config_lib.named_by(key, ("seed", *NOT_OF_THE_RESULTS))]
+  auto_dtype = ("model.dtype",) if config_lib.flat(config).get("model.dtype") == "auto" else ()
+  return config_lib.differences(recorded, config, ("seed", *NOT_OF_THE_RESULTS, *auto_dtype), unshared="evals.")
 
 
 def _selection_keys(config) -> tuple[str, ...]:
