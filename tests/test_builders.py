@@ -436,6 +436,18 @@ def test_affectnet_code_out_of_range_names_file_and_line(tmp_path):
     build("affectnet", tmp_path / "manual", tmp_path / "tfds")
 
 
+def test_affectnet_image_listed_twice_names_the_file_list(tmp_path):
+  """A repeated training.csv row reached TFDS's duplicate-key check, which needs TensorFlow: four tracebacks."""
+  fx.write_affectnet_original(tmp_path / "manual")
+  csv = tmp_path / "manual" / "Manually_Annotated_file_lists" / "training.csv"
+  lines = csv.read_text().splitlines()
+  csv.write_text("\n".join([*lines, lines[1]]) + "\n")
+  listed = lines[1].split(",")[0]
+  with pytest.raises(builder_utils.DataError, match=f"lists the image {listed} twice for the 'train' split: keep "
+                                                    "one of its rows"):
+    build("affectnet", tmp_path / "manual", tmp_path / "tfds")
+
+
 # --------------------------------------------------------------------------------------------
 # SFEW and FED-RO
 

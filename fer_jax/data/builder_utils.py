@@ -174,8 +174,12 @@ class ManualBuilder(LocalBuilder):
                       f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}") from e
 
   def _generate_examples(self, split: str, records: Iterable[Record]):
-    count = 0
+    count, seen = 0, set()
     for record in records:
+      if record.file_name in seen:  # TFDS's own duplicate-key check needs TensorFlow: a traceback here
+        raise DataError(f"{self.split_sources.get(split, 'The manual directory')} lists the image "
+                        f"{record.file_name} twice for the {split!r} split: keep one of its rows.")
+      seen.add(record.file_name)
       image = self._read_image(split, record)
       if image is None:
         continue
