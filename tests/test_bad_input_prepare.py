@@ -76,6 +76,13 @@ def test_missing_manual_dir(tmp_path):
                     "Request RAF-DB at http://www.whdeng.cn/raf/model1.html", "EmoLabel/list_patition_label.txt")
 
 
+def test_a_download_not_yet_extracted_is_named(tmp_path):
+  (tmp_path / "manual").mkdir()
+  (tmp_path / "manual" / "basic.zip").write_bytes(b"PK")
+  result = prepare("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  assert_user_error(result, f"{tmp_path / 'manual'} holds basic.zip: extract it there first.")
+
+
 def test_rafdb_label_out_of_range_names_file_and_line(tmp_path):
   fx.write_rafdb(tmp_path / "manual")
   label_file = tmp_path / "manual" / "basic" / "EmoLabel" / "list_patition_label.txt"

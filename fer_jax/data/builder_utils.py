@@ -53,8 +53,15 @@ def find_path(root: epath.Path, candidates: Sequence[str], what: str, layout: st
     if path.exists():
       return path
   tried = "\n".join(f"  {root / candidate}" for candidate in candidates)
-  raise DataError(f"Cannot find {what}. Looked for:\n{tried}\n"
+  archives = sorted(path.name for path in root.iterdir() if path.name.lower().endswith(ARCHIVES)) \
+      if root.is_dir() else []
+  unpack = f"{root} holds {', '.join(archives)}: extract it there first.\n" if archives else ""
+  raise DataError(f"Cannot find {what}. {unpack}Looked for:\n{tried}\n"
                   f"The manual directory should look like:\n{layout}")
+
+
+# What the owners' downloads come as, which prepare reads only once extracted.
+ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 
 
 def parse_label(text: str, valid: Container[int], where: str) -> int:
