@@ -448,6 +448,22 @@ def test_affectnet_image_listed_twice_names_the_file_list(tmp_path):
     build("affectnet", tmp_path / "manual", tmp_path / "tfds")
 
 
+def test_affectnet_validation_image_in_the_training_list_is_warned_of(tmp_path, caplog):
+  """It was accepted silently: the validation scores would count an image the model trained on."""
+  fx.write_affectnet_original(tmp_path / "manual")
+  lists = tmp_path / "manual" / "Manually_Annotated_file_lists"
+  leaked = (lists / "validation.csv").read_text().splitlines()[1]
+  training = (lists / "training.csv").read_text().splitlines()
+  (lists / "training.csv").write_text("\n".join([*training, leaked]) + "\n")
+  with caplog.at_level(logging.WARNING):
+    build("affectnet", tmp_path / "manual", tmp_path / "tfds")
+  warnings = [r.getMessage() for r in caplog.records if "'train' split are in" in r.getMessage()]
+  assert warnings == [f"affectnet: 1 images of the 'train' split are in the 'validation' split too (e.g. "
+                      f"{leaked.split(',')[0]}): a model trained on them would be scored on them. Remove them from "
+                      f"one of {lists / 'training.csv'} and {lists / 'validation.csv'}, then prepare again with "
+                      "--overwrite."]
+
+
 # --------------------------------------------------------------------------------------------
 # SFEW and FED-RO
 

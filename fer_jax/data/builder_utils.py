@@ -167,6 +167,7 @@ class ManualBuilder(LocalBuilder):
     self.skip_corrupt = skip_corrupt
     self.skipped_images: dict[str, list[str]] = {}
     self.split_sources: dict[str, os.PathLike | str] = {}
+    self.names_by_split: dict[str, set[str]] = {}
 
   def _download_and_prepare(self, dl_manager, download_config=None):
     check_class_names(self.info.features["label"].names, f"{type(self).__module__}.{type(self).__name__}")
@@ -193,12 +194,26 @@ class ManualBuilder(LocalBuilder):
       count += 1
       yield record.file_name, {"image": image, "label": record.label, "file_name": record.file_name,
                                **record.extras}
+    self.names_by_split[split] = seen
+    self._warn_of_training_images_in(split)
     skipped = self.skipped_images.get(split, [])
     if skipped:
       logging.warning("%s split %r: skipped %d unreadable images.", self.name, split, len(skipped))
     if count == 0:
       raise self._empty_split_error(split)
     warn_if_unexpected_size(self.info.full_name, split, count, self._expected_size(split))
+
+  def _warn_of_training_images_in(self, split: str) -> None:
+    """A warning for images of the training split that another split lists too (its scores would count them)."""
+    train = self.names_by_split.get("train", set())
+    for other in ([split] if split != "train" else list(self.names_by_split)):
+      shared = sorted(train & self.names_by_split[other]) if other != "train" else []
+      if shared:
+        logging.warning("%s: %d images of the 'train' split are in the %r split too (e.g. %s): a model trained on "
+                        "them would be scored on them. Remove them from one of %s and %s, then prepare again "
+                        "with --overwrite.", self.name, len(shared), other, shared[0],
+                        self.split_sources.get("train", "the training list"),
+                        self.split_sources.get(other, f"the {other} list"))
 
   def _empty_split_error(self, split: str) -> DataError:
     """Raised instead of TFDS's "No examples were yielded", which names no file."""
