@@ -45,6 +45,7 @@ def _reported_best(workdir: str) -> str | None:
   return folder if step is not None and os.path.isdir(os.path.join(folder, "state")) else None
 
 
+CHECKPOINTS = "checkpoints"  # a training workdir's folder of steps
 MODEL_COLLECTIONS = ("params", "batch_stats")  # a model's variables: what eval, predict, init_from, fingerprints read
 
 
@@ -236,7 +237,7 @@ def _check_continues(step_directory: str, config, steps_per_epoch: int | None) -
                           f"dataset.train_split, max_per_class and sampler it was trained with, {new_run}")
   changed = config_lib.resume_differences(meta.get("config", {}), config)
   if changed:
-    cosine = " (it shapes the cosine schedule)" if any(key == "num_epochs" for key, _, _ in changed) else ""
+    cosine = config_lib.COSINE_SHAPED if any(key == "num_epochs" for key, _, _ in changed) else ""
     raise CheckpointError(
         f"The run in {run} was trained with other settings: "
         + ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in changed) + cosine
@@ -325,6 +326,15 @@ def save_model(directory: str, variables: dict, config, initialisation_only: boo
   return os.path.join(os.path.abspath(directory), "0")
 
 
+def newest_saved_step(folder: str) -> int | None:
+  """The highest step of `folder` (a checkpoints/ folder) with its saved state, read from the file system alone
+  (no manager, no other process asked); None where there is none."""
+  if not os.path.isdir(folder):
+    return None
+  return max((int(name) for name in os.listdir(folder)
+              if name.isdigit() and os.path.isdir(os.path.join(folder, name, "state"))), default=None)
+
+
 def step_folder(path: str) -> str:
   """Accepts a workdir, its checkpoints/ folder or one step folder; returns a step folder: of a workdir, the
   weights its report evaluated (the best epoch's, best/STEP, with restore_best), else the newest step."""
@@ -334,12 +344,10 @@ def step_folder(path: str) -> str:
   reported = _reported_best(path)
   if reported:
     return reported
-  for folder in (os.path.join(path, "checkpoints"), path):
-    if os.path.isdir(folder):
-      steps = [int(name) for name in os.listdir(folder) if name.isdigit()
-               and os.path.isdir(os.path.join(folder, name, "state"))]
-      if steps:
-        return os.path.join(folder, str(max(steps)))
+  for folder in (os.path.join(path, CHECKPOINTS), path):
+    newest = newest_saved_step(folder)
+    if newest is not None:
+      return os.path.join(folder, str(newest))
   raise CheckpointError(f"No checkpoint found at {path}: pass a training workdir, its checkpoints/ "
                         "folder, a step folder inside it, or the output of `python -m fer_jax.convert`.")
 

@@ -61,6 +61,10 @@ def differences(recorded: dict, config, ignored: Sequence[str], unshared: str = 
           if not named_by(key, ignored) and recorded.get(key) != current.get(key)]
 
 
+# Said beside a num_epochs a resume or a seed may not change.
+COSINE_SHAPED = " (it shapes the cosine schedule)"
+
+
 def resume_differences(saved: dict, config) -> list[tuple[str, object, object]]:
   """`differences` in the keys a run resumed from a checkpoint recording `saved` (its flat config) must not change
   (all but RESUME_MAY_CHANGE's; num_epochs too under a cosine schedule, which it shapes); none where nothing is

@@ -47,7 +47,6 @@ from fer_jax.errors import UserError
 
 SCALARS = ("accuracy", "mean_class_accuracy", "macro_f1")
 REPORT = "eval_results.json"
-CHECKPOINTS = "checkpoints"
 # What every seed of one config shares in each evaluator's results (with its TTA's name).
 RUN_KEYS = ("model", "dataset", "split", "class_names", "num_examples", "pp")
 # Config keys that do not change a run's reported numbers: where and how often things are read, written and logged,
@@ -112,9 +111,7 @@ def seed_config(config, seed: int):
 
 
 def _newest_step(run_dir: str) -> int | None:
-  checkpoints = os.path.join(run_dir, CHECKPOINTS)
-  return max((int(name) for name in os.listdir(checkpoints) if name.isdigit()), default=None) \
-      if os.path.isdir(checkpoints) else None
+  return checkpointing.newest_saved_step(os.path.join(run_dir, checkpointing.CHECKPOINTS))
 
 
 def _reported_step(report: dict) -> int | None:
@@ -140,7 +137,7 @@ def recorded_config(run_dir: str) -> dict:
     return report.get("config", {})
   if _newest_step(run_dir) is None:
     return {}
-  return checkpointing.read_meta(os.path.join(run_dir, CHECKPOINTS)).get("config", {})
+  return checkpointing.read_meta(os.path.join(run_dir, checkpointing.CHECKPOINTS)).get("config", {})
 
 
 def _config_changes(recorded: dict, config) -> list[tuple[str, object, object]]:
@@ -182,7 +179,7 @@ def check_runs(config, workdir: str, seeds: list[int]) -> None:
       problems.setdefault(f"holds a run of config.seed {other} (move it to seed_{other} or delete it)", []).append(seed)
       continue
     for key, now, saved in _not_brought_up_to_date(recorded, seed_config(config, seed)):
-      cosine = " (it shapes the cosine schedule)" if key == "num_epochs" and now > saved else ""
+      cosine = config_lib.COSINE_SHAPED if key == "num_epochs" and now > saved else ""
       problems.setdefault(f"trained with config.{key} {saved!r} (this command's {now!r}){cosine}", []).append(seed)
       flags_of_the_runs[config_lib.override(key, saved)] = None
   if not problems:

@@ -411,7 +411,6 @@ class ProgressLog:
       self.restart_clock()
 
 
-CHECKPOINTS = "checkpoints"  # a training workdir's folder of steps
 
 
 class TrainingRun:
@@ -419,7 +418,7 @@ class TrainingRun:
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
-    self.checkpoints = checkpointing.manager(os.path.join(workdir, CHECKPOINTS), config.max_checkpoints)
+    self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.CHECKPOINTS), config.max_checkpoints)
     self.start_step = checkpointing.newest_step(self.checkpoints) or 0
     validation.validate(config, training=True, new_run=not self.start_step)
     self.mesh = mesh_lib.make_mesh()
@@ -607,8 +606,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def check_not_a_training_run(workdir: str) -> None:
   """An evaluation's report would overwrite a training run's own (eval_results.json, its figures)."""
-  if os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
-    raise UserError(f"--workdir={workdir} holds a training run ({os.path.join(workdir, CHECKPOINTS)}): this "
+  checkpoints = os.path.join(workdir, checkpointing.CHECKPOINTS)
+  if os.path.isdir(checkpoints):
+    raise UserError(f"--workdir={workdir} holds a training run ({checkpoints}): this "
                     "evaluation's report would overwrite the run's eval_results.json and figures. Pass another "
                     "--workdir for the evaluation (--checkpoint may still name this run).")
 
