@@ -4,6 +4,7 @@ Each test writes a tiny copy of an owner's layout (tests/reference/datasets.py),
 and runs the real command.
 """
 
+import collections
 import subprocess
 import sys
 
@@ -149,6 +150,9 @@ def test_overwrite_rebuilds_and_a_failed_rebuild_keeps_the_prepared_copy(tmp_pat
   assert f"replaced the old one in {tmp_path / 'tfds' / 'rafdb' / 'basic' / '1.0.0'}." in rebuilt.stderr
   expected = {**written["labels"]["train"], "train_00001.jpg": 0}
   assert read_train_labels(tmp_path / "tfds") == expected
+  per_class = collections.Counter(expected.values())
+  names = make_builder("rafdb", str(tmp_path / "tfds")).info.features["label"].names
+  assert f"train: 8 examples ({', '.join(f'{name} {per_class[i]}' for i, name in enumerate(names))})" in rebuilt.stdout
 
   replace_line(label_file, 3, "train_00003.jpg 9")
   result = prepare("rafdb", tmp_path / "manual", tmp_path / "tfds", "--overwrite")

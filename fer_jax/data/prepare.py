@@ -34,6 +34,7 @@ import sys
 from absl import flags
 from absl import logging
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 
 from fer_jax import cli
@@ -143,8 +144,13 @@ def is_inside(path, folder) -> bool:
 
 
 def summary(builder) -> str:
+  """Each split's size and its images per class, in the set's own class order."""
+  names = builder.info.features["label"].names
   lines = [f"{builder.info.full_name} in {builder.data_dir}:"]
-  lines += [f"  {split}: {info.num_examples} examples" for split, info in builder.info.splits.items()]
+  for split, info in builder.info.splits.items():
+    counts = np.bincount(builder_utils.label_columns(builder, split)["label"], minlength=len(names))
+    per_class = ", ".join(f"{name} {count}" for name, count in zip(names, counts))
+    lines.append(f"  {split}: {info.num_examples} examples ({per_class})")
   lines += [f"  skipped {len(names)} unreadable images in {split}"
             for split, names in builder.skipped_images.items()]
   return "\n".join(lines)
