@@ -23,7 +23,8 @@ SHELLCHECK = shutil.which("shellcheck") or shutil.which("shellcheck", path=os.pa
 
 
 def launch(script, *args, env=None, timeout=30):
-  return subprocess.run(["bash", os.path.join(LAUNCH, script), *args], capture_output=True, text=True,
+  """Runs `script` as the docs write it, launch/SCRIPT ARGS (its mode and shebang included)."""
+  return subprocess.run([os.path.join(LAUNCH, script), *args], capture_output=True, text=True,
                         timeout=timeout, env={**os.environ, **(env or {})})
 
 
