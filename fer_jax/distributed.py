@@ -5,6 +5,8 @@ import hashlib
 import json
 import os
 import re
+import socket
+import time
 
 import jax
 from jax.experimental import multihost_utils
@@ -14,6 +16,7 @@ from fer_jax import config_lib
 from fer_jax.errors import UserError
 
 FLAGS = ("coordinator_address", "num_processes", "process_id")
+COORDINATOR_TIMEOUT_S = 300  # as long as jax.distributed.initialize waits for the other processes
 
 
 def check_flags(distributed: bool, values: dict) -> None:
@@ -42,6 +45,10 @@ def start(coordinator_address, num_processes, process_id) -> None:
   """jax.distributed.initialize; CPU devices exchange collectives over gloo (only the CPU backend
   reads that setting). On Cloud TPU and Slurm JAX fills in the flags not given; elsewhere those
   missing are named."""
+  address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if address and process_id:
+    flag = "--coordinator_address" if coordinator_address else "JAX_COORDINATOR_ADDRESS"
+    wait_for_coordinator(address, flag, COORDINATOR_TIMEOUT_S)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
@@ -55,6 +62,26 @@ def start(coordinator_address, num_processes, process_id) -> None:
     raise UserError(f"--distributed could not start: {error} Outside a cluster JAX detects (Cloud TPU, Slurm), add "
                     f"{', '.join(missing)} (every process the same --coordinator_address=HOST:PORT of process 0 and "
                     "--num_processes, each its own --process_id).") from error
+
+
+def wait_for_coordinator(address: str, flag: str, timeout_s: float) -> None:
+  """Returns once something listens at process 0's HOST:PORT. Where the host does not resolve here, or nothing
+  answers within `timeout_s`, a UserError names the address: JAX itself would abort the process after five
+  minutes with a native stack trace that blames another task."""
+  host, port = address.rsplit(":", 1)
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+      return
+    except socket.gaierror as error:
+      raise UserError(f"{flag}={address}: {host} does not resolve on this host ({error.strerror}): give process "
+                      "0's host a name or address that every process's host resolves.") from None
+    except OSError:
+      if time.monotonic() > deadline:
+        raise UserError(f"Nothing answered at {flag}={address} (process 0) within {timeout_s:g} s: start process 0 "
+                        "there, or correct the address; its port must be open to this host.") from None
+      time.sleep(1)
 
 
 def check_same_run(config, mode: str) -> None:

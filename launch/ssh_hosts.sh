@@ -11,9 +11,10 @@ Usage: launch/ssh_hosts.sh --hosts=HOSTS --config=CONFIG --workdir=DIR [options]
 Starts process i of N on host i (over ssh, in parallel) with
   --distributed --coordinator_address=HOST0:PORT --num_processes=N --process_id=i
 streams every log line prefixed with [i:host], and when one process fails (or on Ctrl-C) sends
-SIGTERM to the others, which agree on a step, save it and exit 75. Exit status: 0 when every process
-succeeded, else the first failure's. Every host must see the same checkout, DATA_DIR and
-WORKDIR (a shared folder), and accept ssh without a password prompt.
+SIGTERM to the others: on Ctrl-C they agree on a step, save it and exit 75; after a process died
+JAX ends the others without a save. Exit status: 0 when every process succeeded, else the first
+failure's. Every host must see the same checkout, DATA_DIR and WORKDIR (a shared folder), resolve
+HOST0 as written, and accept ssh without a password prompt.
 
   --hosts=LIST|FILE      comma list (host0,host1,...) or a file with one host per line (# comments)
   --config=CONFIG        configs/<method>.py:<dataset>

@@ -2,6 +2,7 @@
 missing outside a detected cluster, inconsistent), and processes started with different configs,
 which every process refuses before any work, naming the keys."""
 
+import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +49,21 @@ def test_coordinator_address_from_the_environment_needs_a_port(monkeypatch):
   distributed.check_flags(True, _flags("node0:1234", 2, 0))  # the flag is what JAX uses
   monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "node0:1234")
   distributed.check_flags(True, _flags(num_processes=2, process_id=0))
+
+
+def test_a_coordinator_that_does_not_resolve_or_answer_is_named(monkeypatch):
+  port = free_port()  # nothing listens there
+  monkeypatch.setattr(distributed, "COORDINATOR_TIMEOUT_S", 0.5)
+  monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **_: pytest.fail("JAX was left to wait"))
+  with pytest.raises(UserError, match=rf"^Nothing answered at --coordinator_address=127.0.0.1:{port} \(process 0\) "
+                                      r"within 0.5 s: start process 0 there, or correct the address"):
+    distributed.start(f"127.0.0.1:{port}", 2, 1)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "no-such-host.invalid:1234")
+  with pytest.raises(UserError, match=r"^JAX_COORDINATOR_ADDRESS=no-such-host.invalid:1234: no-such-host.invalid does "
+                                      r"not resolve on this host"):
+    distributed.start(None, 2, 1)
+  with socket.create_server(("127.0.0.1", 0)) as listening:
+    distributed.wait_for_coordinator(f"127.0.0.1:{listening.getsockname()[1]}", "--coordinator_address", 0.5)
 
 
 def test_config_differences_name_each_key_and_both_values():
