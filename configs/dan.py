@@ -18,7 +18,10 @@ Arguments pick the data set:
               occluded_eyes, occluded_mask); measured on the 5-epoch model of 2026-12-01: 42.70 %,
               38.85 % and 64.85 % (plain test 97.50 %).
 
-  python -m fer_jax.main --config=configs/dan.py:rafdb --workdir=workdirs/dan_rafdb
+The paper's runs start from the MS-Celeb-1M ResNet-18 (without it a run warns):
+  python -m fer_jax.convert --config=configs/dan.py:rafdb --checkpoint=resnet18_msceleb.pth --workdir=converted/dan_init
+  python -m fer_jax.main --config=configs/dan.py:rafdb --workdir=workdirs/dan_rafdb \
+      --config.init_from=converted/dan_init
 """
 
 from fer_jax import config_lib
@@ -49,6 +52,7 @@ def get_config(arg: str = "rafdb"):
   if data != "synthetic":
     # The official scripts keep the epoch with the best accuracy on the evaluated split.
     config.update(select_metric="accuracy", restore_best=True)
+    config.init_from_recipe = "the MS-Celeb-1M ResNet-18 (resnet18_msceleb.pth)"
   if data == "rafdb":
     config.dataset.update(name="rafdb", class_order="rafdb", image_size=100)  # RAF-DB's aligned faces
     # rafdb.py compares accuracies rounded to 4 decimals and lets a later equal epoch replace the best.

@@ -86,6 +86,8 @@ def get_config(arg: str = "fer2013"):
   # Variables that the previous stage's checkpoint lacks and that keep their fresh initialisation.
   config.init_from_missing = {"B": r"^params/lhc\d/", "C": r"^params/lhc\d/controller$"}.get(stage, "")
 
+  if data == "fer2013" and stage == "A1":
+    config.init_from_recipe = "the ImageNet ResNet34v2 (resnet34_imagenet_1000_no_top.h5)"
   augment = KERAS_AUGMENT.get(stage, "")
   if data == "fer2013":
     config.dataset.update(name="fer2013", class_order="fer2013", train_split="train",

@@ -33,7 +33,11 @@ Arguments pick the data set:
               is no pretrained trunk. A wiring check, not a paper setting, and slow on a CPU
               (2.3 img/s measured on 2 shared cores): accuracy was not measured.
 
-  python -m fer_jax.main --config=configs/scan_cci.py:rafdb --workdir=workdirs/scan_cci_rafdb
+The paper's runs start from the VGGFace2 ResNet-50 (SCAN-CCI's README; without it a run warns):
+  python -m fer_jax.convert --config=configs/scan_cci.py:rafdb --checkpoint=vgg_msceleb_resnet50_ft_weight.pkl \
+      --workdir=converted/scan_init
+  python -m fer_jax.main --config=configs/scan_cci.py:rafdb --workdir=workdirs/scan_cci_rafdb \
+      --config.init_from=converted/scan_init
   python -m fer_jax.main --config=configs/scan_cci.py:sfew --config.init_from=CKPT --workdir=workdirs/scan_cci_sfew
 """
 
@@ -74,6 +78,8 @@ def get_config(arg: str = "rafdb"):
   config.update(select_metric="accuracy", restore_best=True)
   config.inference_mode_from_epoch = 2  # the official scripts' mode after the first validation
 
+  if data not in ("sfew", "synthetic"):  # SFEW fine-tunes a SCAN-CCI checkpoint (init_from_required)
+    config.init_from_recipe = "the VGGFace2 ResNet-50 (vgg_msceleb_resnet50_ft_weight.pkl)"
   if data == "rafdb":
     config.model.shared_local_units = True
     config.dataset.update(name="rafdb", class_order="affectnet7", image_size=100)

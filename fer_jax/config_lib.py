@@ -37,9 +37,10 @@ def evaluator(**fields) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({**EVALUATOR_DEFAULTS, **fields})
 
 
-# Keys that say where the data is read from, how fast, and what is logged or kept: not what a run trains.
+# Keys that say where the data is read from, how fast, what is logged or kept, and what the recipe starts from (a
+# note for the warning): not what a run trains.
 NOT_OF_THE_TRAINING = ("dataset.data_dir", "dataset.cache", "dataset.cache_budget_mb", "data_workers",
-                       "log_every_steps", "checkpoint_every_steps", "max_checkpoints")
+                       "log_every_steps", "checkpoint_every_steps", "max_checkpoints", "init_from_recipe")
 # What a resumed run may change besides (a key, or a prefix ending in "." or "_"): the learning rate and gradient
 # clipping (what a non-finite loss calls for), how long it trains (not under a cosine schedule, which num_epochs
 # shapes), what it evaluates, reports, selects and stops on, where a new run would start from, and what the
@@ -192,6 +193,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.init_from = ""              # Orbax checkpoint whose params/batch_stats start the run
   config.init_from_missing = ""      # regex over "params/…" paths that init_from may lack (kept fresh)
   config.init_from_required = False  # a fine-tuning recipe: refuse to start a new run without init_from
+  config.init_from_recipe = ""       # the weights the paper's run starts from: a new run without init_from warns
   # From this (1-based) epoch on, train with the model in inference mode (BatchNorm on running
   # statistics, frozen; no dropout), as official scripts that never switch back after evaluating
   # do (SCAN-CCI); 0 = always training mode.

@@ -232,6 +232,15 @@ def _training_problems(config, new_run: bool) -> list[str]:
   return problems
 
 
+def random_start_warning(config) -> str | None:
+  """For a new run of a recipe that starts from pretrained weights (`config.init_from_recipe`) without them."""
+  if config.init_from or not config.init_from_recipe:
+    return None
+  return (f"The paper's run starts from {config.init_from_recipe}; without --config.init_from this one starts from "
+          "random weights and will not reach the paper's accuracy. Convert them (README, \"Pretrained backbones\") "
+          "and pass --config.init_from=FOLDER.")
+
+
 def _init_from_problems(config) -> list[str]:
   """config.init_from must hold a checkpoint of the method the config trains."""
   try:

@@ -58,6 +58,25 @@ def test_only_the_fine_tuning_configs_need_init_from():
   assert [spec for spec in SHIPPED if get_config(spec).init_from_required] == FINE_TUNING[1:]
 
 
+PRETRAINED_START = ([f"configs/dan.py:{a}" for a in ("rafdb", "affectnet7", "affectnet8")]
+                    + [f"configs/apvit.py:{a}" for a in ("rafdb", "ferplus", "affectnet7", "affectnet8")]
+                    + [f"configs/scan_cci.py:{a}" for a in ("rafdb", "ferplus", "affectnet7", "affectnet8")]
+                    + ["configs/lhcnet.py:fer2013,stage=A1"])
+
+
+def test_a_random_start_is_warned_of_where_the_paper_starts_from_pretrained_weights():
+  """The official DAN, APViT and SCAN-CCI scripts load their pretrained backbones by default, LHC-Net's stage A1
+  its ImageNet ResNet34v2; fine-tuning configs refuse to start without init_from instead."""
+  assert [spec for spec in SHIPPED if validation.random_start_warning(get_config(spec))] == PRETRAINED_START
+  config = get_config("configs/scan_cci.py:rafdb")
+  assert validation.random_start_warning(config) == (
+      "The paper's run starts from the VGGFace2 ResNet-50 (vgg_msceleb_resnet50_ft_weight.pkl); without "
+      "--config.init_from this one starts from random weights and will not reach the paper's accuracy. Convert them "
+      "(README, \"Pretrained backbones\") and pass --config.init_from=FOLDER.")
+  config.init_from = "converted/scan_init"
+  assert validation.random_start_warning(config) is None
+
+
 def test_init_from_must_exist(tmp_path):
   config = get_config("configs/dan.py:synthetic")
   config.init_from = str(tmp_path / "missing")

@@ -24,6 +24,7 @@ from fer_jax import models
 from fer_jax import optim
 from fer_jax import stopping
 from fer_jax import train
+from fer_jax import validation
 from fer_jax.errors import UserError
 from helpers import assert_user_error, cpu_devices_env, get_config, tiny_run
 from jax._src import array as jax_array
@@ -303,6 +304,16 @@ def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
 
 
 @pytest.mark.integration
+def test_a_new_run_of_a_recipe_from_pretrained_weights_without_them_warns(tmp_path, caplog):
+  """The README's SCAN-CCI command trained a random trunk at the recipe's fine-tuning rate of 1e-4, silently."""
+  config = _tiny_dan()
+  config.init_from_recipe = "the MS-Celeb-1M ResNet-18 (resnet18_msceleb.pth)"
+  with caplog.at_level(logging.WARNING):
+    train.TrainingRun(config, str(tmp_path / "run"))
+  assert ("The paper's run starts from the MS-Celeb-1M ResNet-18 (resnet18_msceleb.pth); without --config.init_from "
+          "this one starts from random weights") in caplog.text
+
+
 def test_init_from_may_lack_the_modules_a_later_stage_adds(tmp_path):
   config = _tiny_dan()
   model = models.build_model(config)
