@@ -1,7 +1,7 @@
 """Wheels to install fer_jax on a machine without internet (an air-gapped cluster node, a lent GPU
 box), made here, where pip reaches an index.
 
-  python launch/offline_wheels.py --out=WHEELS [--python_version=3.12] [--have=TARGET_PACKAGES]
+  .venv/bin/python launch/offline_wheels.py --out=WHEELS [--python_version=3.12] [--have=TARGET_PACKAGES]
   # copy WHEELS and the checkout there, then, on it, from the checkout:
   python -m pip install --no-index --find-links=WHEELS -r WHEELS/requirements.txt
   python -m fer_jax.main --config=...      # or `pip install --no-index --no-deps -e .` first
@@ -33,9 +33,19 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x
              "manylinux2014_x86_64", "manylinux1_x86_64")
 
 
+def installed(name: str, root: str = "fer_jax") -> importlib.metadata.Distribution:
+  """`name`'s installed distribution; SystemExit naming it and the fix where this Python lacks it."""
+  try:
+    return importlib.metadata.distribution(name)
+  except importlib.metadata.PackageNotFoundError:
+    needed_by = "" if name == root else f" (needed by {root})"
+    raise SystemExit(f"{name}{needed_by} is not installed for {sys.executable}: run this with the Python fer_jax is "
+                     "installed in (.venv/bin/python), or `pip install -e .` in the checkout first") from None
+
+
 def runtime_requirements(python_version: str, name: str = "fer_jax", extras=()) -> list[Requirement]:
   """What `name` (with `extras`) requires on `python_version`."""
-  requirements = [Requirement(line) for line in importlib.metadata.requires(name) or []]
+  requirements = [Requirement(line) for line in installed(name, root=name).requires or []]
   def applies(requirement, extra):
     return requirement.marker.evaluate({"extra": extra, "python_version": python_version,
                                         "python_full_version": f"{python_version}.0"})
@@ -53,10 +63,7 @@ def runtime_closure(python_version: str, root: str = "fer_jax") -> dict[str, tup
     if wanted <= done:
       continue
     done |= wanted
-    try:
-      distribution = importlib.metadata.distribution(name)
-    except importlib.metadata.PackageNotFoundError:
-      raise SystemExit(f"{name} (needed by {root}) is not installed here: `pip install -e .` in the checkout first")
+    distribution = installed(name, root)
     pure = "Root-Is-Purelib: true" in (distribution.read_text("WHEEL") or "")
     closure[canonical(name)] = (distribution.version, pure)
     pending += [(r.name, r.extras) for r in runtime_requirements(python_version, name, extras)]

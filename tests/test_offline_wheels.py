@@ -38,8 +38,16 @@ def test_the_closure_follows_markers_for_the_target_python_and_requested_extras_
 def test_a_requirement_not_installed_here_stops_with_the_fix(tmp_path, monkeypatch):
   _distribution(tmp_path, "lonely", "1.0", ["missing-package"])
   monkeypatch.syspath_prepend(str(tmp_path))
-  with pytest.raises(SystemExit, match=r"missing-package .*pip install -e \."):
+  with pytest.raises(SystemExit, match=r"missing-package \(needed by lonely\) is not installed for .*pip install -e \."):
     offline_wheels.runtime_closure("3.12", root="lonely")
+
+
+def test_a_python_without_fer_jax_stops_with_the_fix():
+  """Run with a Python fer_jax is not installed in, as README's `python launch/offline_wheels.py` may be, the
+  script ended in a PackageNotFoundError traceback."""
+  with pytest.raises(SystemExit, match=r"^not-installed-root is not installed for .*: run this with the Python "
+                                       r"fer_jax is installed in \(\.venv/bin/python\)"):
+    offline_wheels.runtime_closure("3.12", root="not-installed-root")
 
 
 def test_the_target_keeps_its_compiled_packages_and_gets_every_pure_one(stand_ins, tmp_path):
