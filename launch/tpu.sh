@@ -14,9 +14,12 @@ Commands
   setup        copy this checkout's HEAD (git archive) to every worker, install it with jax[tpu]
                in /tmp/fer_jax/venv, mount the gs:// buckets (gcsfuse) and copy the data
   run          train on every worker (--distributed), log lines prefixed by worker host name
-  stop         SIGTERM the training on every worker: it saves its step and exits 75
+  stop         SIGTERM the training on every worker and wait until it has saved its step and
+               exited (status 75), SIGKILL after --stop-timeout; a resume-loop (or all) running
+               meanwhile ends after --retry-wait instead of running again
   resume-loop  run; after a preemption (exit 75, ssh lost, or the TPU no longer READY) run
-               again, re-creating and setting up the TPU if it is gone, up to --max-retries
+               again, up to --max-retries: on a READY TPU once the last training has exited
+               (stopped as by stop), else after re-creating and setting up the TPU
   delete       delete the TPU (with --queued: the queued resource and its TPU)
   all          create, setup, resume-loop, then delete (even after a failure) unless --keep
 
@@ -37,6 +40,8 @@ Options
   --jax-version=V           pin jax[tpu]==V (default: pip's choice within setup.cfg's range)
   --max-retries=N           resume-loop: runs after the first (default 5)
   --retry-wait=SECONDS      resume-loop: pause before each retry (default 60)
+  --stop-timeout=SECONDS    stop, resume-loop: how long the training may take to save and exit
+                            after SIGTERM before SIGKILL (default 600)
   --keep                    all: do not delete the TPU at the end
   --dry-run                 print the commands, run nothing
   --help                    this text
@@ -47,9 +52,10 @@ EOF
 REMOTE_BASE=/tmp/fer_jax
 REMOTE_PYTHON=$REMOTE_BASE/venv/bin/python
 PID_FILE=$REMOTE_BASE/train.pid
+STOP_MARKER=$REMOTE_BASE/stop_requested
 COMMAND="" NAME="" ZONE="" PROJECT="" ACCELERATOR_TYPE=v5litepod-16 RUNTIME_VERSION="" SPOT=0 QUEUED=0
 CONFIG="" WORKDIR="" DATA_DIR="" DATA_MODE=copy PYTHON_VERSION=3.12 JAX_VERSION="" MAX_RETRIES=5
-RETRY_WAIT=60 KEEP=0
+RETRY_WAIT=60 STOP_TIMEOUT=600 KEEP=0
 
 # One of this script's own options (parse_options reads the shared ones).
 tpu_option() {
@@ -69,6 +75,7 @@ tpu_option() {
     --jax-version=*) JAX_VERSION=$(option_value "$1") ;;
     --max-retries=*) MAX_RETRIES=$(option_value "$1") ;;
     --retry-wait=*) RETRY_WAIT=$(option_value "$1") ;;
+    --stop-timeout=*) STOP_TIMEOUT=$(option_value "$1") ;;
     --keep) KEEP=1 ;;
     *) return 1 ;;
   esac
@@ -86,6 +93,7 @@ parse_args() {
   [[ $DATA_MODE == @(copy|mount) ]] || die "--data=$DATA_MODE: use copy or mount"
   [[ $MAX_RETRIES =~ ^[0-9]+$ ]] || die "--max-retries=$MAX_RETRIES must be a whole number"
   [[ $RETRY_WAIT =~ ^[0-9]+$ ]] || die "--retry-wait=$RETRY_WAIT must be a whole number of seconds"
+  [[ $STOP_TIMEOUT =~ ^[0-9]+$ ]] || die "--stop-timeout=$STOP_TIMEOUT must be a whole number of seconds"
   check_url --workdir "$WORKDIR"
   check_url --data-dir "$DATA_DIR"
   # Only the commands that may create the TPU need its image.
@@ -243,20 +251,43 @@ setup_workers() {
     on_all_workers "$(setup_script)"
 }
 
-# The worker-side training line: record the pid (for stop), prefix every line with the host name.
+# The worker-side training line: clear `stop`'s marker, record the pid (for stop), prefix every
+# line with the host name.
 run_script() {
   training_command "$REMOTE_PYTHON" "$CONFIG" "$(worker_path "$WORKDIR")" "$(worker_data_dir)" --distributed
   # shellcheck disable=SC2016  # $BASHPID and $(hostname) are the worker's
-  printf 'cd %s/src && set -o pipefail && (echo $BASHPID > %s && exec %s) 2>&1 | sed -u "s/^/[$(hostname)] /"' \
-    "$REMOTE_BASE" "$PID_FILE" "$(quote_command "${TRAINING_COMMAND[@]}")"
+  printf 'rm -f %s && cd %s/src && set -o pipefail && (echo $BASHPID > %s && exec %s) 2>&1 | sed -u "s/^/[$(hostname)] /"' \
+    "$STOP_MARKER" "$REMOTE_BASE" "$PID_FILE" "$(quote_command "${TRAINING_COMMAND[@]}")"
 }
 
 run_training() {
   on_all_workers "$(run_script)"
 }
 
+# The worker-side stop: SIGTERM, then wait until the training has saved its step and exited (a
+# lost ssh session leaves it running, and the TPU takes one training at a time); SIGKILL after
+# --stop-timeout (safe: the newest complete checkpoint stands). The pid must still be a
+# training's: the file outlives the process.
+# shellcheck disable=SC2016  # $pid and $(hostname) are the worker's
+stop_script() {
+  printf 'pid=$(cat %s 2>/dev/null) && grep -qsF fer_jax.main "/proc/$pid/cmdline" && kill -TERM "$pid" || exit 0; ' \
+    "$PID_FILE"
+  printf 'for _ in $(seq %s); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 1; done; ' "$STOP_TIMEOUT"
+  printf 'echo "[$(hostname)] training still runs %s s after SIGTERM: SIGKILL" >&2; kill -KILL "$pid" 2>/dev/null || true' \
+    "$STOP_TIMEOUT"
+}
+
 stop_training() {
-  on_all_workers "kill -TERM \"\$(cat $PID_FILE 2>/dev/null)\" 2>/dev/null || true"
+  on_all_workers "$(stop_script)"
+}
+
+# `tpu.sh stop`: its marker tells a resume loop that the training was stopped on purpose.
+stop_command() {
+  on_all_workers "touch $STOP_MARKER; $(stop_script)"
+}
+
+stop_requested() {
+  [[ $(on_all_workers "if test -e $STOP_MARKER; then echo stop-requested; fi") == *stop-requested* ]]
 }
 
 # Runs until training ends without a preemption, or the retries are spent; returns its status.
@@ -279,7 +310,12 @@ resume_loop() {
     note "status $status, TPU $state: resuming from $WORKDIR (retry $retries of $MAX_RETRIES) in ${RETRY_WAIT} s"
     sleep "$RETRY_WAIT"
     if [[ $state == READY ]]; then
-      stop_training
+      stop_training || note "stopping the training on $NAME failed"
+      # Checked only now: a `stop` during the wait above counts too.
+      if stop_requested; then
+        note "training was stopped by launch/tpu.sh stop (status $status): not run again"
+        return "$status"
+      fi
     else
       delete_tpu || true
       # A failure here (no capacity yet) only makes the next run fail and spend a retry.
@@ -305,7 +341,7 @@ main() {
     create) create_tpu ;;
     setup) setup_workers ;;
     run) run_training ;;
-    stop) stop_training ;;
+    stop) stop_command ;;
     resume-loop) resume_loop ;;
     delete) delete_tpu ;;
     all) all ;;

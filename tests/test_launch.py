@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
 from jax._src import clusters
 import pytest
@@ -290,39 +291,104 @@ def test_tpu_needs_a_runtime_version_only_to_create():
 
 @pytest.fixture
 def fake_gcloud(tmp_path):
-  """`gcloud` that logs each call and answers from scripts: training runs' exit statuses
-  (run_codes) and the TPU's states (states), one per line, consumed in order."""
+  """`gcloud` that logs each call and answers from scripts: training runs' codes (run_codes) and
+  the TPU's states (states), one per line, consumed in order. Its ssh runs the command (all but the
+  set-up's) on two workers, folders here standing for each one's /tmp/fer_jax, in parallel. Their
+  `venv/bin/python` stands for fer_jax.main: it takes its worker's TPU (one process at a time, else
+  it exits 1), logs to $FAKE/log and exits with the run code; run code `term` trains until SIGTERM,
+  saves for a second and exits 75; `lost` does the same after the ssh session is lost (gcloud exits
+  255 once both have started); `hung` is lost too but ignores SIGTERM."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   executable(bin_dir / "gcloud", """#!/usr/bin/env bash
 printf '%s\\n' "$*" >> "$FAKE/calls"
 pop() { local first; read -r first < "$FAKE/$1" || first=$2; sed -i 1d "$FAKE/$1"; printf '%s\\n' "$first"; }
+on_workers() {
+  local worker pids=() pid status=0
+  for worker in worker0 worker1; do
+    bash -c "${command//"/tmp/fer_jax"/$FAKE/$worker}" & pids+=("$!")
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+  return "$status"
+}
+command=""
+for arg; do [[ $arg == --command=* ]] && command=${arg#--command=}; done
 case "$*" in
-  *"tpu-vm ssh"*fer_jax.main*) exit "$(pop run_codes 0)" ;;
+  *"tpu-vm ssh"*fer_jax_src.tar.gz*) ;;
+  *"tpu-vm ssh"*"-m fer_jax.main"*)
+    RUN_CODE=$(pop run_codes 0)
+    export RUN_CODE
+    [[ $RUN_CODE == @(lost|hung) ]] || { on_workers; exit; }
+    rm -f "$FAKE"/worker?/started
+    on_workers >/dev/null 2>&1 &
+    until [[ -e $FAKE/worker0/started && -e $FAKE/worker1/started ]]; do sleep 0.1; done
+    exit 255 ;;
+  *"tpu-vm ssh"*) on_workers ;;
   *"tpu-vm describe"*) pop states READY ;;
 esac
 """)
+  python = executable(tmp_path / "python", """#!/usr/bin/env bash
+folder=${0%/venv/bin/python}
+worker=$(basename "$folder")
+exec 9>"$folder/tpu"
+flock -n 9 || { echo "$worker: TPU in use" >> "$FAKE/log"; exit 1; }
+echo "$worker started" >> "$FAKE/log"
+touch "$folder/started"
+case $RUN_CODE in
+  term | lost) trap 'sleep 1; echo "$worker saved its step" >> "$FAKE/log"; exit 75' TERM ;;
+  hung) trap '' TERM ;;
+  *) exit "$RUN_CODE" ;;
+esac
+for _ in $(seq 300); do sleep 0.1 9>&-; done
+exit 9
+""")
+  for worker in ("worker0", "worker1"):
+    (tmp_path / worker / "src").mkdir(parents=True)
+    (tmp_path / worker / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / worker / "venv" / "bin" / "python").symlink_to(python)
   env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE": str(tmp_path), "TMPDIR": str(tmp_path)}
 
-  def loop(run_codes, states, *args):
+  def loop(run_codes, states, *args, stop_when_started=False):
+    """Runs `tpu.sh all`; with stop_when_started, `tpu.sh stop` from another terminal once both
+    workers train."""
     (tmp_path / "run_codes").write_text("".join(f"{code}\n" for code in run_codes))
     (tmp_path / "states").write_text("".join(f"{state}\n" for state in states))
     (tmp_path / "calls").write_text("")
-    result = launch("tpu.sh", "all", *TPU, "--retry-wait=0", *args, env=env)
+    (tmp_path / "log").write_text("")
+    process = subprocess.Popen([os.path.join(LAUNCH, "tpu.sh"), "all", *TPU, "--retry-wait=0", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    if stop_when_started:
+      while (tmp_path / "log").read_text().count(" started") < 2:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.1)
+      stop = loop.stop()
+      assert stop.returncode == 0, stop.stderr
+    stdout, stderr = process.communicate(timeout=60)
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     calls = [" ".join(line.split()[2:4]) for line in (tmp_path / "calls").read_text().splitlines()]
-    is_training = ["fer_jax.main" in line for line in (tmp_path / "calls").read_text().splitlines()]
+    is_training = ["-m fer_jax.main" in line for line in (tmp_path / "calls").read_text().splitlines()]
     return result, ["train" if training else call for call, training in zip(calls, is_training)]
 
+  loop.stop = lambda *args: launch("tpu.sh", "stop", "--name=fer-v5e", "--zone=us-west4-a", *args, env=env)
   return loop
 
 
+def training_log(tmp_path) -> list[set[str]]:
+  """The stand-in training's log lines, two at a time (one per worker, in either order)."""
+  lines = (tmp_path / "log").read_text().splitlines()
+  return [set(lines[index:index + 2]) for index in range(0, len(lines), 2)]
+
+
 SETUP = ["tpu-vm scp", "tpu-vm ssh"]
+RETRY_ON_READY = ["tpu-vm describe", "tpu-vm ssh", "tpu-vm ssh"]  # stop the training, look for `tpu.sh stop`'s marker
+STARTED = {"worker0 started", "worker1 started"}
+SAVED = {"worker0 saved its step", "worker1 saved its step"}
 
 
 def test_tpu_resume_loop_reruns_after_exit_75_and_recreates_a_preempted_tpu(fake_gcloud):
   result, calls = fake_gcloud([75, 1, 0], ["READY", "PREEMPTED"])
   assert result.returncode == 0, result.stderr
-  assert calls == ["tpu-vm create", *SETUP, "train", "tpu-vm describe", "tpu-vm ssh", "train",  # 75, READY: stop, rerun
+  assert calls == ["tpu-vm create", *SETUP, "train", *RETRY_ON_READY, "train",  # 75, READY: stop, rerun
                    "tpu-vm describe", "tpu-vm delete", "tpu-vm create", *SETUP, "train",  # PREEMPTED: re-create
                    "tpu-vm delete"]
 
@@ -334,6 +400,46 @@ def test_tpu_resume_loop_stops_on_a_real_failure_and_after_max_retries(fake_gclo
   result, calls = fake_gcloud([75, 75, 75], ["READY"] * 3, "--max-retries=2", "--keep")
   assert result.returncode == 75 and "no retries left" in result.stderr
   assert calls.count("train") == 3 and "tpu-vm delete" not in calls
+
+
+@pytest.mark.integration  # waits for the stand-in training to save and exit
+def test_tpu_resume_loop_reruns_after_a_lost_ssh_session_only_once_the_training_exited(fake_gcloud, tmp_path):
+  result, calls = fake_gcloud(["lost", 0], ["READY"])
+  assert result.returncode == 0, result.stderr
+  assert calls == ["tpu-vm create", *SETUP, "train", *RETRY_ON_READY, "train", "tpu-vm delete"]
+  assert training_log(tmp_path) == [STARTED, SAVED, STARTED]  # the TPU was free for the rerun
+
+
+@pytest.mark.integration  # waits --stop-timeout for the stand-in training
+def test_tpu_stop_kills_a_training_still_running_after_stop_timeout(fake_gcloud, tmp_path):
+  result, _ = fake_gcloud(["hung", 0], ["READY"], "--stop-timeout=1")
+  assert result.returncode == 0, result.stderr
+  assert "training still runs 1 s after SIGTERM: SIGKILL" in result.stderr
+  assert training_log(tmp_path) == [STARTED, STARTED]
+
+
+def test_tpu_stop_leaves_alone_a_process_that_took_a_finished_training_pid(fake_gcloud, tmp_path):
+  other = subprocess.Popen(["sleep", "30"])
+  for worker in ("worker0", "worker1"):
+    (tmp_path / worker / "train.pid").write_text(f"{other.pid}\n")
+  result = fake_gcloud.stop("--stop-timeout=0")
+  alive = other.poll() is None
+  other.kill()
+  assert result.returncode == 0 and alive, result.stderr
+  assert (tmp_path / "worker0" / "stop_requested").exists() and (tmp_path / "worker1" / "stop_requested").exists()
+
+
+@pytest.mark.integration  # runs `tpu.sh stop` beside a running loop
+def test_tpu_stop_ends_a_resume_loop_and_the_next_run_clears_its_marker(fake_gcloud, tmp_path):
+  result, calls = fake_gcloud(["term", 0], ["READY"], stop_when_started=True)
+  assert result.returncode == 75 and "training was stopped by launch/tpu.sh stop" in result.stderr
+  assert calls == ["tpu-vm create", *SETUP, "train", "tpu-vm ssh",  # `tpu.sh stop`
+                   *RETRY_ON_READY, "tpu-vm delete"]
+  assert training_log(tmp_path) == [STARTED, SAVED]
+  # The marker lasts until the next run; the loop's own stop after an exit 75 leaves none.
+  result, calls = fake_gcloud([75, 0], ["READY"])
+  assert result.returncode == 0, result.stderr
+  assert calls.count("train") == 2
 
 
 # ---- all scripts ----------------------------------------------------------------------------
