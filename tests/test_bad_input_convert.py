@@ -315,6 +315,16 @@ def test_malicious_legacy_pth_tar_is_refused_before_it_runs(tmp_path):
   assert not (tmp_path / "ran").exists()
 
 
+def test_legacy_pth_cut_in_a_global_name_is_damaged_not_refused(tmp_path):
+  path = tmp_path / "model_best.pth.tar"
+  torch.save({"base_state_dict": {"conv1.weight": torch.ones(2)}}, path, _use_new_zipfile_serialization=False)
+  data = path.read_bytes()
+  path.write_bytes(data[:data.index(b"_rebuild_tensor") + 5])  # the pickle names torch._utils._rebu
+  result = convert("scan_cci.py:rafdb", path, tmp_path / "out")
+  assert_user_error(result, f"Could not read {path} as a PyTorch checkpoint", "download it again")
+  assert "Refused" not in result.stderr
+
+
 def test_malicious_tar_format_checkpoint_is_refused_before_it_runs(tmp_path):
   path = tmp_path / "model_best.tar"
   members = {"sys_info": {"protocol_version": 1001, "little_endian": True}, "storages": 0, "tensors": 0,

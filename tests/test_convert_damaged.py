@@ -9,7 +9,10 @@ bundle that TensorFlow wrote, cut).
 """
 
 import os
+import pickle
 import shutil
+import sys
+import tarfile
 import warnings
 import zipfile
 
@@ -20,6 +23,7 @@ import torch
 
 from fer_jax import cli
 from fer_jax import convert
+from fer_jax.convert import torch_io
 from fer_jax.errors import UserError
 from helpers import assert_user_error, get_config, run_command
 
@@ -31,8 +35,13 @@ SHARD = ".data-00000-of-00001"
 
 def conversion_message(config: str, path) -> str:
   """The `error:` line `python -m fer_jax.convert --config=configs/<config> --checkpoint=<path>` prints."""
+  return user_message(lambda: convert.convert(get_config(f"configs/{config}"), [str(path)]))
+
+
+def user_message(call) -> str:
+  """The `error:` line the command prints for what `call` raises."""
   with pytest.raises(Exception) as caught:
-    convert.convert(get_config(f"configs/{config}"), [str(path)])
+    call()
   message = cli.describe(caught.value)
   assert message is not None, f"a traceback: {caught.value!r}"
   assert "\n" not in message and "allow_pickle" not in message and "weights_only" not in message, message
@@ -64,6 +73,19 @@ def tf_copy(folder, index=None, shard=None) -> str:
   return prefix
 
 
+def write_h5(path, weights: dict) -> None:
+  """A Keras weights file of {"<layer>/<weight>": array}."""
+  layers = {}
+  for name in weights:
+    layers.setdefault(name.rpartition("/")[0], []).append(name)
+  with h5py.File(path, "w") as f:
+    f.attrs["layer_names"] = [layer.encode() for layer in layers]
+    for layer, names in layers.items():
+      f.create_group(layer).attrs["weight_names"] = [f"{name}:0".encode() for name in names]
+      for name in names:
+        f[layer][f"{name}:0"] = weights[name]
+
+
 def fixture_bytes(suffix: str) -> bytes:
   with open(TF_FIXTURE + suffix, "rb") as f:
     return f.read()
@@ -88,14 +110,63 @@ def test_pickle_with_more_than_tensors_is_still_refused(tmp_path):
   assert f"Refused to load {path}" in message and "never runs code from a checkpoint" in message, message
 
 
+def test_legacy_format_pth_cut_anywhere_is_damaged_not_refused(tmp_path):
+  """A cut in a global's name ("torch._utils._rebu") is no global to refuse: the file is damaged."""
+  whole = tmp_path / "whole.pth"
+  torch.save({"iter": 21, "model_state_dict": {"fc.weight": torch.ones(7, 4), "fc.bias": torch.ones(7)}}, whole,
+             _use_new_zipfile_serialization=False)
+  data = whole.read_bytes()
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  for cut in range(1, len(data), 7):
+    path.write_bytes(data[:cut])
+    assert_damaged(user_message(lambda: torch_io.load_torch(str(path))), path, "a PyTorch checkpoint")
+
+
+def test_zip_format_pth_with_its_pickle_cut_is_damaged(tmp_path):
+  whole = tmp_path / "whole.pth"
+  torch.save({"iter": 21, "model_state_dict": {"fc.weight": torch.ones(7, 4), "fc.bias": torch.ones(7)}}, whole)
+  with zipfile.ZipFile(whole) as archive:
+    members = {name: archive.read(name) for name in archive.namelist()}
+  (pickle_name,) = [name for name in members if name.endswith("data.pkl")]
+  original = members[pickle_name]
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  for cut in range(1, len(original), 7):
+    with zipfile.ZipFile(path, "w") as archive:
+      for name, data in members.items():
+        archive.writestr(name, original[:cut] if name == pickle_name else data)
+    assert_damaged(user_message(lambda: torch_io.load_torch(str(path))), path, "a PyTorch checkpoint")
+
+
+@pytest.mark.parametrize("version", ["1.12.1", "2.5.1+cu121", "2.9.1"])
+def test_pytorch_whose_weights_only_mode_runs_code_is_refused(tmp_path, monkeypatch, version):
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  torch.save({"model_state_dict": {"fc.weight": torch.zeros(7, 512)}}, path)
+  monkeypatch.setattr(torch, "__version__", version)
+  assert conversion_message("dan.py:rafdb", path) == (
+      f"Refused to read {path} with PyTorch {version}: before 2.10, PyTorch's weights-only loading can run code from "
+      "a crafted file; pip install 'torch>=2.10'.")
+
+
+@pytest.mark.parametrize("version", ["2.10.0", "2.14.1+cu130"])
+def test_pytorch_from_the_floor_on_reads(tmp_path, monkeypatch, version):
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  torch.save({"model_state_dict": {"fc.weight": torch.zeros(7, 512)}}, path)
+  monkeypatch.setattr(torch, "__version__", version)
+  assert torch_io.load_torch(str(path))["model_state_dict"]["fc.weight"].shape == (7, 512)
+
+
+def test_missing_pytorch_is_named_with_the_version_to_install(tmp_path, monkeypatch):
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  torch.save({"model_state_dict": {"fc.weight": torch.zeros(7, 512)}}, path)
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+  assert conversion_message("dan.py:rafdb", path).endswith("or pip install 'torch>=2.10'")
+
+
 @pytest.mark.parametrize("content", ["web page", "random bytes", "truncated"])
 def test_h5_that_is_not_hdf5_or_is_cut_is_named(tmp_path, content):
   path = tmp_path / "resnet34_imagenet_1000_no_top.h5"
   if content == "truncated":
-    with h5py.File(path, "w") as f:
-      f.attrs["layer_names"] = [b"conv0"]
-      f.create_group("conv0").attrs["weight_names"] = [b"conv0/kernel:0"]
-      f["conv0"]["conv0/kernel:0"] = np.ones((7, 7, 3, 64), np.float32)
+    write_h5(path, {"conv0/kernel": np.ones((7, 7, 3, 64), np.float32)})
     path.write_bytes(path.read_bytes()[:4096])
   else:
     path.write_bytes(WEB_PAGE if content == "web page" else os.urandom(4096))
@@ -209,6 +280,20 @@ def test_zip_archive_holding_the_checkpoint_says_extract_it(tmp_path, name):
                      "checkpoint: extract it and pass the checkpoint it holds.")
 
 
+@pytest.mark.parametrize("name", ["Downloaded_Models.tar.gz", "Downloaded_Models.tar"])
+def test_tar_archive_of_the_lhc_net_folder_says_extract_it_without_needing_pytorch(tmp_path, monkeypatch, name):
+  folder = tmp_path / "Downloaded_Models"
+  tf_copy(folder)
+  path = tmp_path / name
+  with tarfile.open(path, "w:gz" if name.endswith(".gz") else "w") as archive:
+    archive.add(folder, arcname="Downloaded_Models")
+  monkeypatch.setitem(sys.modules, "torch", None)  # an LHC-Net user need not have PyTorch
+  message = conversion_message("lhcnet.py:fer2013", path)
+  assert message == (f"{path} is a tar archive of files (Downloaded_Models, Downloaded_Models/bundle.data-00000-of-"
+                     "00001, Downloaded_Models/bundle.index), not a PyTorch checkpoint: extract it and pass the "
+                     "checkpoint it holds."), message
+
+
 @pytest.mark.parametrize("make, dtype", [(lambda t: t.to(torch.float8_e4m3fn), "float8_e4m3fn"),
                                          (lambda t: torch.quantize_per_tensor(t, 0.1, 0, torch.qint8), "qint8")])
 def test_tensors_numpy_has_no_dtype_for_are_named_with_the_fix(tmp_path, make, dtype):
@@ -228,6 +313,75 @@ def test_integer_weights_are_named_with_the_fix(tmp_path):  # integer BatchNorm 
   assert message == ("rafdb_epoch21_acc0.897_bacc0.8275.pth [dan]: fc.weight is int8, where fer_jax expects "
                      "floating-point weights (a quantized model?): re-save the checkpoint with its weights in "
                      "float32 or float16.")
+
+
+def test_numpy_pickle_with_a_garbled_encoding_name_is_damaged(tmp_path):
+  path = tmp_path / "vgg_msceleb_resnet50_ft_weight.pkl"
+  data = pickle.dumps({"conv1.weight": np.zeros(4, np.float32)}, protocol=2)  # its bytes: _codecs.encode(…, "latin1")
+  path.write_bytes(data.replace(b"latin1", b"lat3n1"))
+  assert_damaged(conversion_message("scan_cci.py:rafdb", path), path, "a pickle of NumPy arrays")
+
+
+def test_npz_with_garbled_header_flags_is_damaged(tmp_path):
+  path = tmp_path / "ViT-S_16.npz"
+  np.savez(path, **{"Transformer/posembed_input/pos_embedding": np.zeros((1, 197, 384), np.float32)})
+  data = bytearray(path.read_bytes())
+  for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # the local and central headers
+    data[data.index(signature) + flags_at] |= 0x40  # "strong encryption", which zipfile does not read
+  path.write_bytes(bytes(data))
+  assert_damaged(conversion_message("apvit.py:rafdb", path), path, "a NumPy .npz archive")
+
+
+def test_imagenet_h5_with_its_classifier_names_the_no_top_file(tmp_path):
+  path = tmp_path / "resnet34_imagenet_1000.h5"
+  write_h5(path, {"bn_data/moving_mean": np.zeros(3, np.float32), "conv0/kernel": np.zeros((7, 7, 3, 64), np.float32),
+                  "fc1/kernel": np.zeros((512, 1000), np.float32), "fc1/bias": np.zeros(1000, np.float32)})
+  with pytest.raises(convert.ConversionError) as caught:
+    convert.convert(get_config("configs/lhcnet.py:fer2013,stage=A1"), [str(path)])
+  assert str(caught.value).splitlines()[0] == (
+      "resnet34_imagenet_1000.h5 holds ResNet34 with its ImageNet classifier (fc1/…): pass "
+      "resnet34_imagenet_1000_no_top.h5, qubvel's backbone without it.")
+
+
+@pytest.mark.parametrize("given, fitting", [("lhcnet", "resnet34v2_h5"), ("resnet34v2_h5", "lhcnet")])
+def test_source_for_another_kind_of_file_names_the_source_that_reads_it(tmp_path, given, fitting):
+  if fitting == "lhcnet":
+    path = tmp_path / "LHC_Net"
+    tf_copy(path)
+  else:
+    path = tmp_path / "resnet34_imagenet_1000_no_top.h5"
+    write_h5(path, {"conv0/kernel": np.zeros((7, 7, 3, 64), np.float32)})
+  readers = {"lhcnet": "tf_checkpoint", "resnet34v2_h5": "keras_h5"}
+  assert user_message(lambda: convert.read_source(str(path), "lhcnet", given)) == (
+      f"{path} is no {given} file (--source={given} reads {readers[given]} files, this is a {readers[fitting]} one): "
+      f"pass --source={fitting}, or no --source.")
+
+
+def test_keras_file_saved_as_pth_reads_as_keras(tmp_path):
+  path = tmp_path / "resnet34.pth"
+  write_h5(path, {"bn_data/moving_mean": np.zeros(3, np.float32), "conv0/kernel": np.zeros((7, 7, 3, 64), np.float32)})
+  assert convert.read_source(str(path), "lhcnet")[0].name == "resnet34v2_h5"
+  assert conversion_message("dan.py:rafdb", path).startswith(
+      f"{path} (keras_h5, keys bn_data/moving_mean, conv0/kernel) is not a checkpoint format fer_jax converts for dan.")
+
+
+def test_folder_given_to_the_h5_reader_is_named_in_one_line(tmp_path):
+  message = user_message(lambda: convert.read_source(str(tmp_path), "lhcnet", "resnet34v2_h5"))
+  assert message == f"Is a directory: {tmp_path} (the path is a folder where a file is expected).", message
+
+
+def test_method_without_converters_says_so(tmp_path):
+  path = tmp_path / "weights.pth"
+  torch.save({"weights": {"x": torch.zeros(2)}}, path)
+  assert user_message(lambda: convert.read_source(str(path), "my_method")) == (
+      f"{path} (torch, keys weights) is not a checkpoint format fer_jax converts for my_method. Known sources: none.")
+
+
+def test_file_of_another_method_is_named_with_its_article(tmp_path):
+  path = tmp_path / "backbone_ir50_ms1m_epoch120.pth"
+  torch.save({"input_layer.0.weight": torch.zeros(1), "body.0.res_layer.0.weight": torch.zeros(1)}, path)
+  assert "It looks like an ir50 file: convert it with configs/apvit.py" in \
+      user_message(lambda: convert.read_source(str(path), "dan"))
 
 
 @pytest.mark.integration

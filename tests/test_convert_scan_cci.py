@@ -122,13 +122,39 @@ def test_a_malicious_pickle_is_refused_before_it_runs(tmp_path, monkeypatch):
 
 def test_numpy_pickles_of_either_python_load(tmp_path):
   arrays = {"conv1.weight": np.arange(6, dtype=np.float32).reshape(1, 2, 3), "bn1.running_var": np.ones(2)}
-  for protocol in (2, 4):
+  for protocol in (2, 4, 5):  # 5: Python 3.14's default, whose arrays NumPy rebuilds with _frombuffer
     path = tmp_path / f"weights{protocol}.pkl"
     with open(path, "wb") as f:
       pickle.dump(arrays, f, protocol=protocol)
     loaded = torch_io.load_numpy_pickle(str(path))
     assert loaded.keys() == arrays.keys()
     assert all(np.array_equal(loaded[k], arrays[k]) and loaded[k].dtype == arrays[k].dtype for k in arrays)
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_numpy_values_beside_the_state_dict_load(tmp_path, zip_format):
+  path = tmp_path / "model_best.pth.tar"
+  extras = {"best": np.float64(0.9), "epoch": np.int64(12), "history": np.arange(3, dtype=np.float32)}
+  torch.save({"base_state_dict": {"conv1.weight": torch.ones(2)}, **extras}, path,
+             _use_new_zipfile_serialization=zip_format)
+  loaded = torch_io.load_torch(str(path))
+  assert all(type(loaded[key]) is type(value) and np.array_equal(loaded[key], value) for key, value in extras.items())
+
+
+class SavesFile:
+  def __init__(self, path):
+    self.path = str(path)
+
+  def __reduce__(self):
+    return (np.save, (self.path, np.zeros(1)))
+
+
+def test_numpy_functions_beyond_its_constructors_are_refused(tmp_path):
+  path = tmp_path / "model_best.pth.tar"
+  torch.save({"base_state_dict": {"conv1.weight": torch.ones(2)}, "payload": SavesFile(tmp_path / "ran.npy")}, path)
+  with pytest.raises(convert.ConversionError, match=r"would call numpy\.save\."):
+    torch_io.load_torch(str(path))
+  assert not (tmp_path / "ran.npy").exists()
 
 
 def test_checkpoint_saved_without_data_parallel_converts_as_the_official_one(tmp_path):

@@ -74,7 +74,7 @@ SOURCES = (
     Source("lhcnet", "lhcnet", "tf_checkpoint", lhcnet.select_checkpoint, lhcnet.map_checkpoint, False,
            "Downloaded_Models/LHC_Net/LHC_Net, Downloaded_Models/LHC_NetC/LHC_Net_Controller", lhcnet.mismatch),
     Source("resnet34v2_h5", "lhcnet", "keras_h5", lhcnet.select_h5, lhcnet.map_h5, True,
-           "resnet34_imagenet_1000_no_top.h5"),
+           "resnet34_imagenet_1000_no_top.h5", lhcnet.h5_mismatch),
 )
 SOURCES_BY_NAME = {source.name: source for source in SOURCES}
 
@@ -96,7 +96,7 @@ def _load_npz(path: str) -> dict:
     raise ConversionError(f"Refused to load {path}: it holds object arrays, which only unpickling reads, and "
                           "fer_jax never runs code from a checkpoint. Use the official file, or if you trust it, "
                           "re-save its arrays as numbers (numpy.savez).") from e
-  except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+  except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:  # the last: garbled header flags
     raise core.unreadable(path, kind, str(e) or type(e).__name__) from e
 
 
@@ -104,13 +104,44 @@ READERS = {"torch": torch_io.load_torch, "numpy_pickle": torch_io.load_numpy_pic
            "keras_h5": keras_h5.load, "tf_checkpoint": tf_checkpoint.load}
 
 
+# The reader each file-name extension calls for; a file whose name says nothing (.bin, .tar) is PyTorch's.
+READERS_BY_EXTENSION = {".pth": "torch", ".pt": "torch", ".h5": "keras_h5", ".hdf5": "keras_h5", ".npz": "npz",
+                        ".pkl": "numpy_pickle", ".pickle": "numpy_pickle"}
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def reader_for(path: str) -> str:
   """The reader a file needs, from its kind."""
-  if tf_checkpoint.checkpoint_prefix(path) or tf_checkpoint.is_data_shard(path) or os.path.isdir(path):
+  if os.path.isdir(path):
     return "tf_checkpoint"  # its reader names what a folder without a TensorFlow checkpoint holds
-  extension = os.path.splitext(path)[1].lower()
-  return {".h5": "keras_h5", ".hdf5": "keras_h5", ".npz": "npz", ".pkl": "numpy_pickle",
-          ".pickle": "numpy_pickle"}.get(extension, "torch")
+  return _known_reader(path) or "torch"
+
+
+def _known_reader(path: str) -> str | None:
+  """The reader a file's content or name calls for; None where neither tells (a folder without a TensorFlow
+  checkpoint included)."""
+  if tf_checkpoint.checkpoint_prefix(path) or tf_checkpoint.is_data_shard(path):
+    return "tf_checkpoint"
+  if os.path.isdir(path):
+    return None
+  with open(path, "rb") as f:
+    if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+      return "keras_h5"  # whatever its name says (a Keras file saved as .pth)
+  return READERS_BY_EXTENSION.get(os.path.splitext(path)[1].lower())
+
+
+def _check_source_reads(path: str, source: Source) -> None:
+  """A --source whose reader is not the one the file's kind calls for, with the --source that fits."""
+  kind = _known_reader(path)
+  if kind in (None, source.reader):
+    return
+  fitting = [f"--source={s.name}" for s in SOURCES if s.method == source.method and s.reader == kind]
+  raise ConversionError(f"{path} is no {source.name} file (--source={source.name} reads {source.reader} files, this "
+                        f"is {_a(kind)} one): pass {', or '.join(fitting + ['no --source'])}.")
+
+
+def _a(word: str) -> str:
+  return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def _outline(loaded) -> str:
@@ -138,6 +169,8 @@ def read_source(path: str, method: str, source_name: str | None = None) -> tuple
                             f"but the config builds {method}.")
     candidates = [SOURCES_BY_NAME[source_name]]
   check_exists(path)
+  if source_name:
+    _check_source_reads(path, candidates[0])
   reader = candidates[0].reader if source_name else reader_for(path)
   loaded = READERS[reader](path)
   for source in candidates:
@@ -153,10 +186,10 @@ def _unknown_format(path: str, method: str, reader: str, loaded, source_name: st
   fitting = [s for s in SOURCES if s.reader == reader and s.name != source_name and s.select(loaded) is not None]
   fitting.sort(key=lambda s: s.method != method)
   if fitting and fitting[0].method == method:  # only with a --source: without, read_source would have taken it
-    return ConversionError(f"{path} is no {source_name} file (--source={source_name}) but a {fitting[0].name} one: "
+    return ConversionError(f"{path} is no {source_name} file (--source={source_name}) but {_a(fitting[0].name)} one: "
                            f"pass --source={fitting[0].name}, or no --source.")
-  known = "; ".join(f"{s.name} ({s.files})" for s in SOURCES if s.method == method)
-  hint = (f" It looks like a {fitting[0].name} file: convert it with configs/{fitting[0].method}.py "
+  known = "; ".join(f"{s.name} ({s.files})" for s in SOURCES if s.method == method) or "none"
+  hint = (f" It looks like {_a(fitting[0].name)} file: convert it with configs/{fitting[0].method}.py "
           f"(--config=configs/{fitting[0].method}.py:<data set>)." if fitting else "")
   return ConversionError(f"{path} ({reader}, {_outline(loaded)}) is not a checkpoint format fer_jax converts "
                          f"for {method}. Known sources: {known}.{hint}")

@@ -21,7 +21,8 @@ def load(path: str) -> dict[str, np.ndarray]:
   except ImportError as e:
     raise ConversionError("Reading a Keras .h5 file needs h5py: pip install h5py") from e
   try:
-    with h5py.File(path, "r") as f:
+    # Opened here, so that a file-system error keeps its own message (h5py's spans lines of its internals).
+    with open(path, "rb") as file, h5py.File(file, "r") as f:
       return _weights(path, f)
   except (OSError, KeyError, RuntimeError) as e:
     if isinstance(e, OSError) and e.errno is not None:  # a file-system error: fer_jax.cli names it with its fix

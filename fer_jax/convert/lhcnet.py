@@ -120,3 +120,12 @@ def map_h5(tensors: core.Tensors, target: core.Target, config) -> None:
   for module in target.modules(BACKBONE):
     layer = re.sub(r"^(stage\d+_unit\d+)/", r"\1_", module[len(BACKBONE) + 1:])
     core.copy_module(tensors, target, module, layer, core.KERAS)
+
+
+def h5_mismatch(tensors, config) -> str | None:
+  """qubvel's file with the ImageNet classifier (fc1), which the model has no place for."""
+  del config
+  if "fc1/kernel" not in tensors:
+    return None
+  return ("holds ResNet34 with its ImageNet classifier (fc1/…): pass resnet34_imagenet_1000_no_top.h5, qubvel's "
+          "backbone without it")

@@ -2,28 +2,39 @@
 
 Checkpoints come from strangers' download links, and unpickling can run arbitrary code.
 PyTorch files are read with `torch.load(weights_only=True)`, which only rebuilds tensors and
-plain containers. The VGGFace2 ResNet-50 weights are a plain pickle of NumPy arrays; it is read
-by an unpickler that resolves nothing but the NumPy array and dtype constructors (and the
-`_codecs.encode` helper that Python-3 pickles of byte strings use): any other global, such as
-`os.system`, is refused before anything runs. PyTorch's legacy tar format is refused outright:
-PyTorch reads it only without the `weights_only` restriction. A file that is no pickle at all
-(a web page saved by a failed download, a cut file) is damaged, not untrusted: its message says
-to download it again.
+plain containers, and only under a PyTorch recent enough that this mode holds (`TORCH_FLOOR`).
+The VGGFace2 ResNet-50 weights are a plain pickle of NumPy arrays; it is read by an unpickler
+that resolves nothing but `_NUMPY_GLOBALS`, the NumPy array, scalar and dtype constructors (and
+the `_codecs.encode` helper that Python-3 pickles of byte strings use): any other global, such
+as `os.system`, is refused before anything runs. A PyTorch file may call the same constructors
+(NumPy values saved beside a state dict) and nothing else beyond tensors. PyTorch's legacy tar
+format is refused outright: PyTorch reads it only without the `weights_only` restriction. A
+file that does not read (a web page saved by a failed download, a cut file, a global's name
+cut mid-way) is damaged, not untrusted: its message says to download it again.
 """
 
+import contextlib
+import importlib
+import importlib.util
 import io
 import pickle
 import re
+import sys
 import tarfile
 import zipfile
+
+import numpy as np
 
 from fer_jax.convert.core import ConversionError
 from fer_jax.convert.core import RESAVE_IN_FLOAT
 from fer_jax.convert.core import unreadable
 
+# The globals a pickle of NumPy arrays names (NumPy < 2 wrote numpy.core), each with where it is now.
 _NUMPY_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"): ("numpy._core.numeric", "_frombuffer"),  # pickle protocol 5
+    ("numpy._core.numeric", "_frombuffer"): ("numpy._core.numeric", "_frombuffer"),
     ("numpy.core.multiarray", "scalar"): ("numpy._core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"): ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"): ("numpy", "ndarray"),
@@ -31,8 +42,12 @@ _NUMPY_GLOBALS = {
     ("_codecs", "encode"): ("_codecs", "encode"),
 }
 
-# How every PyTorch checkpoint starts: a zip archive (PyTorch ≥ 1.6) or a pickle's PROTO opcode (the legacy format).
-_TORCH_MAGIC = (b"PK", b"\x80")
+# Older PyTorch runs code from a crafted file even with weights_only=True (CVE-2025-32434 before 2.6,
+# CVE-2026-24747 before 2.10); before 1.13 it has no weights_only at all.
+TORCH_FLOOR = "2.10"
+
+# The members of PyTorch's legacy tar format.
+_LEGACY_TAR_MEMBERS = {"sys_info", "pickle", "storages", "tensors"}
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -57,7 +72,7 @@ def load_numpy_pickle(path: str) -> dict:
   except RefusedGlobal as e:
     raise ConversionError(f"Refused to load {path}: fer_jax {e} and never runs code from a checkpoint. "
                           "Use the official file.") from e
-  except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+  except Exception as e:  # pylint: disable=broad-except  (a garbled pickle fails anywhere in the unpickler)
     raise unreadable(path, "a pickle of NumPy arrays", str(e) or type(e).__name__) from e
   if not isinstance(loaded, dict):
     raise ConversionError(f"{path} holds a {type(loaded).__name__}, not a dict of NumPy arrays.")
@@ -83,51 +98,102 @@ def _to_numpy(value, path: str, name: str = ""):
 
 def load_torch(path: str):
   """A `torch.save` file with its tensors as NumPy arrays, read with `weights_only=True`."""
+  _check_not_an_archive_of_files(path)
+  torch = _safe_torch(path)
+  with _read_errors(path), torch.serialization.safe_globals(_numpy_safe_globals()):
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+  return _to_numpy(loaded, path)
+
+
+@contextlib.contextmanager
+def _read_errors(path: str):
+  """Whatever reading `path` raises, as the user error it is (`_load_error`); a file-system error keeps its own:
+  fer_jax.cli names it with its fix."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (a damaged file fails anywhere in its reader)
+    if isinstance(e, OSError) and e.errno is not None:
+      raise
+    raise _load_error(path, e) from e
+
+
+def _safe_torch(path: str):
+  """The torch module, if it is one whose weights-only loading runs no code from the file."""
   try:
     import torch
   except ImportError as e:
     raise ConversionError("Reading a PyTorch checkpoint needs PyTorch: pip install -e '.[parity]' (the tested torch "
-                          "and torchvision), or pip install torch") from e
+                          f"and torchvision), or pip install 'torch>={TORCH_FLOOR}'") from e
+  if _release(torch.__version__) < _release(TORCH_FLOOR):
+    raise ConversionError(f"Refused to read {path} with PyTorch {torch.__version__}: before {TORCH_FLOOR}, PyTorch's "
+                          f"weights-only loading can run code from a crafted file; pip install 'torch>={TORCH_FLOOR}'.")
+  return torch
+
+
+def _release(version: str) -> tuple[int, int]:
+  major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+  return int(major), int(minor)
+
+
+def _numpy_safe_globals() -> list:
+  """`_NUMPY_GLOBALS` for PyTorch's weights-only unpickler, under the names files give them, and the dtype classes:
+  that unpickler also asks for the class of each object whose state the file sets (a dtype's byte order)."""
+  constructors = [(getattr(importlib.import_module(module), name), ".".join(named))
+                  for named, (module, name) in _NUMPY_GLOBALS.items()]
+  return constructors + list({type(np.dtype(code)) for code in np.typecodes["All"]})
+
+
+def _load_error(path: str, error: Exception) -> ConversionError:
+  """The error for a PyTorch file that did not read: refused if the weights-only unpickler stopped at a global that
+  exists, damaged otherwise (a global's name cut mid-way included)."""
+  match = re.search(r"GLOBAL (.+?) (?:was not an allowed|whose module)", str(error))
+  if match and _exists(match[1]):
+    return ConversionError(f"Refused to load {path}: unpickling it would call {match[1]}. fer_jax reads only tensors "
+                           "and plain containers and never runs code from a checkpoint. Use the official file, or if "
+                           "you trust it, re-save only its tensors: torch.save(model.state_dict(), PATH).")
+  return unreadable(path, "a PyTorch checkpoint", _unpickler_error(error) or type(error).__name__)
+
+
+def _exists(qualified: str) -> bool:
+  """Whether `qualified` ("posix.system") names a global that exists. A module not imported yet is only looked for:
+  importing it would run its code."""
+  module, _, name = qualified.rpartition(".")
+  module = module or "builtins"  # PyTorch names builtins without their module
+  if module in sys.modules:
+    return hasattr(sys.modules[module], name)
+  parent = module.rpartition(".")[0]
+  try:
+    return bool(name) and (not parent or parent in sys.modules) and importlib.util.find_spec(module) is not None
+  except ImportError:  # a name no module can have ("a..b", a submodule of a module that is no package)
+    return False
+
+
+def _archive_members(path: str) -> tuple[str | None, list[str]]:
+  """Which archive `path` is ("zip", "tar", or None for neither) and its members' names."""
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as archive:
+      return "zip", archive.namelist()
   if tarfile.is_tarfile(path):
+    with tarfile.open(path) as archive:
+      return "tar", archive.getnames()
+  return None, []
+
+
+def _check_not_an_archive_of_files(path: str) -> None:
+  """PyTorch's own formats are archives too: a zip whose pickle is a `data.pkl` member, or the legacy tar format
+  (refused); any other zip or tar is a download packed for transfer."""
+  with _read_errors(path):
+    kind, names = _archive_members(path)
+  if kind is None or kind == "zip" and any(name.endswith("data.pkl") for name in names):
+    return
+  if kind == "tar" and set(names) == _LEGACY_TAR_MEMBERS:
     raise ConversionError(f"Refused to load {path}: it is in PyTorch's legacy tar format, which PyTorch reads "
                           "only in its unsafe mode that runs any code the file holds, and fer_jax never runs code "
                           "from a checkpoint. If you trust it, re-save its tensors with a current PyTorch "
                           "(torch.save).")
-  _check_not_an_archive_of_files(path)
-  try:
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:
-    if "Weights only load failed" not in str(e):
-      raise unreadable(path, "a PyTorch checkpoint", _first_line(e)) from e
-    if not _starts_like_torch(path):  # not a pickle at all (a web page, random bytes): damaged, not untrusted
-      raise unreadable(path, "a PyTorch checkpoint", _unpickler_error(e)) from e
-    raise ConversionError(f"Refused to load {path}: {_refused_global(e)} fer_jax reads only tensors and plain "
-                          "containers and never runs code from a checkpoint. Use the official file, or if you "
-                          "trust it, re-save only its tensors: torch.save(model.state_dict(), PATH).") from e
-  except (RuntimeError, EOFError, ValueError) as e:
-    raise unreadable(path, "a PyTorch checkpoint", _first_line(e) or type(e).__name__) from e
-  return _to_numpy(loaded, path)
-
-
-def _check_not_an_archive_of_files(path: str) -> None:
-  """PyTorch's own format is a zip archive too, whose pickle is a `data.pkl` member; any other zip is a download
-  packed for transfer."""
-  if not zipfile.is_zipfile(path):
-    return
-  try:
-    with zipfile.ZipFile(path) as archive:
-      names = archive.namelist()
-  except zipfile.BadZipFile:
-    return  # damaged: torch.load says so
-  if not any(name.endswith("data.pkl") for name in names):
-    shown = ", ".join(names[:4]) + (f" … ({len(names)} in all)" if len(names) > 4 else "")
-    raise ConversionError(f"{path} is a zip archive of files ({shown}), not a PyTorch checkpoint: extract it and "
-                          "pass the checkpoint it holds.")
-
-
-def _starts_like_torch(path: str) -> bool:
-  with open(path, "rb") as f:
-    return f.read(2).startswith(_TORCH_MAGIC)
+  shown = ", ".join(names[:4]) + (f" … ({len(names)} in all)" if len(names) > 4 else "")
+  raise ConversionError(f"{path} is a {kind} archive of files ({shown}), not a PyTorch checkpoint: extract it and "
+                        "pass the checkpoint it holds.")
 
 
 def _unpickler_error(error: Exception) -> str:
@@ -139,8 +205,3 @@ def _unpickler_error(error: Exception) -> str:
 def _first_line(error: Exception) -> str:
   """PyTorch's own first sentence; the rest of its messages are advice for its users, such as weights_only=False."""
   return re.split(r"(?<=\.)\s|\n", str(error).strip(), maxsplit=1)[0].rstrip(".")
-
-
-def _refused_global(error: Exception) -> str:
-  match = re.search(r"GLOBAL ([\w.]+)", str(error))
-  return f"unpickling it would call {match[1]}." if match else "unpickling it needs more than tensors."
