@@ -91,7 +91,7 @@ job_command() {
   ((PER_GPU)) || environment+=("JAX_LOCAL_DEVICE_IDS=$(all_gpu_ids)")
   [[ -z $PORT ]] || environment+=("JAX_COORDINATOR_PORT=$PORT")
   training_command "$PYTHON" "$CONFIG" "$WORKDIR" "$DATA_DIR" --distributed
-  local step=(srun --kill-on-bad-exit=0 bash -c "$TASK_WRAPPER" fer_jax_task "${TRAINING_COMMAND[@]}")
+  local step=(srun --kill-on-bad-exit=0 --label bash -c "$TASK_WRAPPER" fer_jax_task "${TRAINING_COMMAND[@]}")
   if ((${#environment[@]})); then
     quote_command env "${environment[@]}" "${step[@]}"
   else

@@ -168,7 +168,7 @@ def test_slurm_one_process_per_node_drives_all_its_gpus(monkeypatch):
     assert flag in argv
   assert job[:2] == ["env", "JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7"]
   step = job[2:]
-  assert step[:2] == ["srun", "--kill-on-bad-exit=0"]
+  assert step[:3] == ["srun", "--kill-on-bad-exit=0", "--label"]  # the log's lines tagged by task
   assert step[step.index("fer_jax_task") + 1:][:3] == [".venv/bin/python", "-m", "fer_jax.main"]
   assert "--distributed" in step and step[-1] == "--config.batch_size=512"
   assert option(step, "--config.dataset.data_dir") == "/shared/tfds"
