@@ -309,7 +309,9 @@ def test_a_new_run_of_a_recipe_from_pretrained_weights_without_them_warns(tmp_pa
   config = _tiny_dan()
   config.init_from_recipe = "the MS-Celeb-1M ResNet-18 (resnet18_msceleb.pth)"
   with caplog.at_level(logging.WARNING):
-    train.TrainingRun(config, str(tmp_path / "run"))
+    run = train.TrainingRun(config, str(tmp_path / "run"))
+  run.writer.close()  # its TensorBoard thread would outlive the test
+  run.checkpoints.close()
   assert ("The paper's run starts from the MS-Celeb-1M ResNet-18 (resnet18_msceleb.pth); without --config.init_from "
           "this one starts from random weights") in caplog.text
 
