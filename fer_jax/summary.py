@@ -100,7 +100,7 @@ def check_not_onnx(path: str) -> None:
                     "the checkpoint it was exported from, or a StableHLO export folder (export without --format=onnx).")
 
 
-def recorded_config(path: str):
+def rebuilt_config(path: str):
   """The config the meta record of a checkpoint (or an export's model.json) at `path` rebuilds, as `fer_jax.load`'s."""
   path = os.path.expanduser(path)
   check_not_onnx(path)
@@ -131,7 +131,7 @@ def main(argv):
   if config is None:
     if not flags.FLAGS.checkpoint:
       raise UserError("Pass --config=configs/<method>.py:<dataset>, or a --checkpoint whose meta record gives it.")
-    config = recorded_config(flags.FLAGS.checkpoint)
+    config = rebuilt_config(flags.FLAGS.checkpoint)
   validation.validate(config, training=False)
   method = models.get_method(config.model.name)
   model = method.build(config.model)

@@ -27,7 +27,7 @@ def saved(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["checkpoint", "export"])
 def test_the_config_comes_from_the_record(saved, kind):
   config, workdir, exported = saved
-  recorded = summary.recorded_config(str(workdir if kind == "checkpoint" else exported))
+  recorded = summary.rebuilt_config(str(workdir if kind == "checkpoint" else exported))
   for key in ("model.name", "model.num_classes", "input.size", "input.channels", "dataset.name",
               "dataset.class_order"):
     section, name = key.split(".")
@@ -40,7 +40,7 @@ def test_a_checkpoint_without_a_meta_record_asks_for_its_config(saved, tmp_path)
   shutil.rmtree(tmp_path / "workdir" / "checkpoints" / "0" / "meta")
   with pytest.raises(UserError, match=rf"^--checkpoint={tmp_path / 'workdir'} has no meta record to rebuild its "
                                       r"config from: pass its --config=configs/<method>\.py:<dataset>\.$"):
-    summary.recorded_config(str(tmp_path / "workdir"))
+    summary.rebuilt_config(str(tmp_path / "workdir"))
 
 
 @pytest.mark.integration
