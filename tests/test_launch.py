@@ -139,6 +139,34 @@ def test_ssh_first_failure_stops_every_other_process(fake_ssh, tmp_path):
   assert "process 0 (h0) exited with status 75" in result.stderr
 
 
+def test_ssh_stop_never_signals_a_stale_pid_files_process(tmp_path):
+  """Process 1 fails while h2's ssh is still connecting: h2's pid file is the last run's, whose pid
+  now belongs to another program. That program must survive the stop."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  executable(bin_dir / "ssh", '#!/usr/bin/env bash\nwhile [[ $1 == -* ]]; do shift 2; done\n'
+             '[[ $1 == h2 && $2 == *fer_jax.main* ]] && sleep 1\nexec bash -c "$2"\n')  # h2 starts late
+  python = executable(tmp_path / "python", """#!/usr/bin/env bash
+for arg; do [[ $arg == --process_id=* ]] && id=${arg#*=}; done
+if [[ $id == 1 ]]; then sleep 0.3; exit 3; fi
+sleep 1.5
+""")
+  port = os.getpid() % 20000 + 40000
+  bystander = subprocess.Popen(["sleep", "60"])
+  try:
+    with open(f"/tmp/fer_jax_ssh_{port}_2.pid", "w") as stale:
+      stale.write(f"{bystander.pid}\n")
+    result = launch("ssh_hosts.sh", "--hosts=h0,h1,h2", "--config=c", f"--workdir={tmp_path}",
+                    f"--python={python}", f"--port={port}", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode == 3, result.stderr
+    assert bystander.poll() is None, "the stop signalled the stale pid's process"
+  finally:
+    bystander.kill()
+    for index in range(3):
+      if os.path.exists(f"/tmp/fer_jax_ssh_{port}_{index}.pid"):
+        os.remove(f"/tmp/fer_jax_ssh_{port}_{index}.pid")
+
+
 # ---- Slurm ----------------------------------------------------------------------------------
 
 def sbatch_job(*args):
