@@ -85,13 +85,19 @@ TASK_WRAPPER='trap : TERM INT; "$@"; status=$?; '
 # shellcheck disable=SC2016
 TASK_WRAPPER+='((status == 0 || status == 75)) || scancel "$SLURM_JOB_ID.$SLURM_STEP_ID"; exit "$status"'
 
-# What the batch job runs: `env [JAX_…=…] srun … bash -c WRAPPER … python -m fer_jax.main … --distributed`.
+# Since Slurm 22.05 srun no longer inherits the job's --cpus-per-task; this hands it on (older
+# versions ignore SRUN_CPUS_PER_TASK).
+# shellcheck disable=SC2016  # expanded by the batch job's shell
+CPUS_PER_TASK_TO_SRUN='[ -z "${SLURM_CPUS_PER_TASK:-}" ] || export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; '
+
+# What the batch job runs: `…; env [JAX_…=…] srun … bash -c WRAPPER … python -m fer_jax.main … --distributed`.
 job_command() {
   local environment=()
   ((PER_GPU)) || environment+=("JAX_LOCAL_DEVICE_IDS=$(all_gpu_ids)")
   [[ -z $PORT ]] || environment+=("JAX_COORDINATOR_PORT=$PORT")
   training_command "$PYTHON" "$CONFIG" "$WORKDIR" "$DATA_DIR" --distributed
   local step=(srun --kill-on-bad-exit=0 --label bash -c "$TASK_WRAPPER" fer_jax_task "${TRAINING_COMMAND[@]}")
+  printf '%s' "$CPUS_PER_TASK_TO_SRUN"
   if ((${#environment[@]})); then
     quote_command env "${environment[@]}" "${step[@]}"
   else

@@ -173,7 +173,25 @@ def sbatch_job(*args):
   (argv,) = dry_run("slurm.sh", "--config=configs/dan.py:affectnet8", "--workdir=/shared/runs/dan",
                     "--data-dir=/shared/tfds", *args)
   assert argv[0] == "sbatch"
-  return argv, shlex.split(option(argv, "--wrap"))
+  cpus_to_srun, _, step = option(argv, "--wrap").partition("; ")
+  assert "SRUN_CPUS_PER_TASK" in cpus_to_srun
+  return argv, shlex.split(step)
+
+
+@pytest.mark.parametrize("cpus_per_task", ["32", None])
+def test_slurm_step_gets_the_jobs_cpus_per_task(tmp_path, cpus_per_task):
+  """Slurm ≥ 22.05's srun no longer inherits sbatch's --cpus-per-task (its NEWS for 22.05): the job
+  hands it on in SRUN_CPUS_PER_TASK, and sets nothing where the job has none."""
+  argv, _ = sbatch_job("--sbatch-arg=--cpus-per-task=32")
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  executable(bin_dir / "srun", '#!/usr/bin/env bash\necho "srun cpus: ${SRUN_CPUS_PER_TASK-unset}"\n')
+  env = {key: value for key, value in os.environ.items() if not key.startswith(("SLURM_", "SRUN_"))}
+  env["PATH"] = f"{bin_dir}:{env['PATH']}"
+  if cpus_per_task:
+    env["SLURM_CPUS_PER_TASK"] = cpus_per_task  # what sbatch sets in the job for --cpus-per-task
+  result = subprocess.run(["sh", "-c", option(argv, "--wrap")], capture_output=True, text=True, env=env, timeout=30)
+  assert result.stdout == f"srun cpus: {cpus_per_task or 'unset'}\n", result.stderr
 
 
 def jax_detects(job, monkeypatch, procid, localid):
