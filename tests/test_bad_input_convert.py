@@ -298,12 +298,15 @@ def test_malicious_zip_pth_is_refused_before_it_runs(tmp_path):
   assert not (tmp_path / "ran").exists()
 
 
-def test_malicious_numpy_pickle_is_refused_before_it_runs(tmp_path):
+# Protocol 2 names exec by its Python 2 name, __builtin__.exec, which a Python 2 era file would give too.
+@pytest.mark.parametrize("protocol, named", [(pickle.DEFAULT_PROTOCOL, "builtins.exec"), (2, "__builtin__.exec")])
+def test_malicious_numpy_pickle_is_refused_before_it_runs(tmp_path, protocol, named):
   path = tmp_path / "vgg_msceleb_resnet50_ft_weight.pkl"
   with open(path, "wb") as f:
-    pickle.dump({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32), "x": RunsPython(tmp_path / "ran")}, f)
+    pickle.dump({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32), "x": RunsPython(tmp_path / "ran")}, f,
+                protocol=protocol)
   assert_user_error(convert("scan_cci.py:rafdb", path, tmp_path / "out"), f"Refused to load {path}",
-                    "builtins.exec", "never runs code from a checkpoint")
+                    f"global {named} ", "never runs code from a checkpoint")
   assert not (tmp_path / "ran").exists()
 
 

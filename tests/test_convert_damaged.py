@@ -322,12 +322,44 @@ def test_numpy_pickle_with_a_garbled_encoding_name_is_damaged(tmp_path):
   assert_damaged(conversion_message("scan_cci.py:rafdb", path), path, "a pickle of NumPy arrays")
 
 
+@pytest.mark.parametrize("name, garbled", [(b"multiarray", b"multiarrbx"), (b"_reconstruct", b"_reconstrucu")])
+def test_numpy_pickle_naming_a_global_that_does_not_exist_is_damaged_not_refused(tmp_path, name, garbled):
+  """A byte flipped in a global's module or name: no such global exists to refuse."""
+  path = tmp_path / "vgg_msceleb_resnet50_ft_weight.pkl"
+  path.write_bytes(pickle.dumps({"conv1.weight": np.zeros(4, np.float32)}, protocol=2).replace(name, garbled))
+  message = conversion_message("scan_cci.py:rafdb", path)
+  assert_damaged(message, path, "a pickle of NumPy arrays")
+  assert "does not exist" in message, message
+
+
+def test_legacy_pth_whose_garbled_pickle_header_names_another_protocol_prints_no_pytorch_warning(tmp_path):
+  path = tmp_path / "model_best.pth.tar"
+  torch.save({"base_state_dict": {"conv1.weight": torch.ones(2)}}, path, _use_new_zipfile_serialization=False)
+  data = bytearray(path.read_bytes())
+  data[data.index(b"\x80\x02}") + 1] = 3  # the state dict's pickle says protocol 3, and the file is cut
+  path.write_bytes(bytes(data[:200]))
+  with warnings.catch_warnings(record=True) as printed:
+    warnings.simplefilter("always")
+    assert_damaged(user_message(lambda: torch_io.load_torch(str(path))), path, "a PyTorch checkpoint")
+  assert not printed, [str(warning.message) for warning in printed]
+
+
 def test_npz_with_garbled_header_flags_is_damaged(tmp_path):
   path = tmp_path / "ViT-S_16.npz"
   np.savez(path, **{"Transformer/posembed_input/pos_embedding": np.zeros((1, 197, 384), np.float32)})
   data = bytearray(path.read_bytes())
   for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # the local and central headers
     data[data.index(signature) + flags_at] |= 0x40  # "strong encryption", which zipfile does not read
+  path.write_bytes(bytes(data))
+  assert_damaged(conversion_message("apvit.py:rafdb", path), path, "a NumPy .npz archive")
+
+
+def test_npz_with_a_garbled_central_directory_offset_is_damaged(tmp_path):
+  path = tmp_path / "ViT-S_16.npz"
+  np.savez(path, **{"Transformer/posembed_input/pos_embedding": np.zeros((1, 197, 384), np.float32)})
+  data = bytearray(path.read_bytes())
+  end_record = data.rindex(b"PK\x05\x06")
+  data[end_record + 16:end_record + 20] = (0x7FFFFFFF).to_bytes(4, "little")  # where the central directory starts
   path.write_bytes(bytes(data))
   assert_damaged(conversion_message("apvit.py:rafdb", path), path, "a NumPy .npz archive")
 

@@ -14,6 +14,7 @@ must be the one the checkpoint records (fer_jax.convert.classes).
 """
 
 import dataclasses
+import errno
 import functools
 import os
 from typing import Any, Callable, Sequence
@@ -98,6 +99,10 @@ def _load_npz(path: str) -> dict:
                           "re-save its arrays as numbers (numpy.savez).") from e
   except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:  # the last: garbled header flags
     raise core.unreadable(path, kind, str(e) or type(e).__name__) from e
+  except OSError as e:  # zipfile seeks to a negative offset when the central directory's offset is garbled
+    if e.errno != errno.EINVAL:
+      raise  # a file-system error keeps its own message: fer_jax.cli names its fix
+    raise core.unreadable(path, kind, "a member's offset lies before the start of the file") from e
 
 
 READERS = {"torch": torch_io.load_torch, "numpy_pickle": torch_io.load_numpy_pickle, "npz": _load_npz,

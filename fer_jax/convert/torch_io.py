@@ -10,9 +10,10 @@ as `os.system`, is refused before anything runs. A PyTorch file may call the sam
 (NumPy values saved beside a state dict) and nothing else beyond tensors. PyTorch's legacy tar
 format is refused outright: PyTorch reads it only without the `weights_only` restriction. A
 file that does not read (a web page saved by a failed download, a cut file, a global's name
-cut mid-way) is damaged, not untrusted: its message says to download it again.
+cut mid-way or garbled) is damaged, not untrusted: its message says to download it again.
 """
 
+import _compat_pickle
 import contextlib
 import importlib
 import importlib.util
@@ -21,6 +22,7 @@ import pickle
 import re
 import sys
 import tarfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -55,12 +57,21 @@ class RefusedGlobal(pickle.UnpicklingError):
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
-  """Unpickles dicts, lists and NumPy arrays; refuses every other global."""
+  """Unpickles dicts, lists and NumPy arrays; refuses every other global that exists."""
 
   def find_class(self, module: str, name: str):
-    if (module, name) not in _NUMPY_GLOBALS:
-      raise RefusedGlobal(f"refused to load the global {module}.{name} (only NumPy arrays are allowed)")
-    return super().find_class(*_NUMPY_GLOBALS[(module, name)])
+    if (module, name) in _NUMPY_GLOBALS:
+      return super().find_class(*_NUMPY_GLOBALS[(module, name)])
+    if not _exists(_python3_name(module, name)):  # a name garbled in the file, not a global to refuse
+      raise pickle.UnpicklingError(f"the global {module}.{name} does not exist")
+    raise RefusedGlobal(f"refused to load the global {module}.{name} (only NumPy arrays are allowed)")
+
+
+def _python3_name(module: str, name: str) -> str:
+  """The qualified name Python 3 gives a pickle's global: Python 2 pickles name some by their Python 2 names
+  (__builtin__.exec), which pickle translates as it reads them."""
+  default = (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
+  return ".".join(_compat_pickle.NAME_MAPPING.get((module, name), default))
 
 
 def load_numpy_pickle(path: str) -> dict:
@@ -100,7 +111,9 @@ def load_torch(path: str):
   """A `torch.save` file with its tensors as NumPy arrays, read with `weights_only=True`."""
   _check_not_an_archive_of_files(path)
   torch = _safe_torch(path)
-  with _read_errors(path), torch.serialization.safe_globals(_numpy_safe_globals()):
+  with _read_errors(path), torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
+    # A garbled byte often names another pickle protocol; PyTorch's warning would print beside the file's message.
+    warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   return _to_numpy(loaded, path)
 
