@@ -23,10 +23,13 @@ from fer_jax.data import decode
 from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.data import prepare
+from fer_jax.data import synthetic_faces
 from fer_jax.data.builders import affectnet
+from fer_jax.data.builders import fedro
 from fer_jax.data.builders import fer2013
 from fer_jax.data.builders import ferplus
 from fer_jax.data.builders import rafdb
+from fer_jax.data.builders import sfew
 from fer_jax.data.builders import synthetic
 
 tfds.disable_progress_bar()
@@ -66,6 +69,58 @@ def test_making_a_builder_of_an_unprepared_set_leaves_no_temporary_folder(tmp_pa
     builder = builder_cls(data_dir=os.fspath(tmp_path / "tfds"))
     assert builder.info.splits == {}  # nothing prepared, nothing read from anywhere
   assert list(temporary.iterdir()) == []
+
+
+def stored_image(info) -> tuple:
+  """The image feature's shape and encoding ("" when kept as read), as features.json records them."""
+  return info.features["image"].shape, info.features["image"].to_json_content().encoding_format
+
+
+GREY = ((48, 48, 1), "png")
+COLOUR = ((None, None, 3), "")
+
+
+def test_a_manual_builder_stating_only_its_classes_gets_the_shared_info(tmp_path):
+  class OwnClasses(fedro.Fedro, skip_registration=True):
+    def _info(self):
+      return self.face_info(labels.CLASS_ORDERS["sfew"])
+
+  info = OwnClasses(data_dir=os.fspath(tmp_path)).info
+  assert list(info.features) == ["image", "label", "file_name"]
+  assert (stored_image(info), info.features["label"].names) == (COLOUR, list(labels.CLASS_ORDERS["sfew"]))
+  assert (info.supervised_keys, info.description) == (("image", "label"), __doc__.strip())
+  assert (str(info.version), info.release_notes) == ("1.0.0", {"1.0.0": "First release."})
+
+
+@pytest.mark.parametrize("builder_cls,config,features,image,homepages", [
+    (fer2013.Fer2013, None, [], GREY, [fer2013.HOMEPAGE]),
+    (ferplus.Ferplus, "majority", ["votes"], GREY, ["https://github.com/microsoft/FERPlus"]),
+    (ferplus.Ferplus, "distribution", ["votes", "vote_distribution"], GREY, ["https://github.com/microsoft/FERPlus"]),
+    (rafdb.Rafdb, "aligned224", [], COLOUR, ["http://www.whdeng.cn/raf/model1.html"]),
+    (affectnet.Affectnet, "classes7_facecrop", ["valence", "arousal", "annotation_index"], COLOUR,
+     ["http://mohammadmahoor.com/affectnet/"]),
+    (sfew.Sfew, "original", [], COLOUR, []),
+    (fedro.Fedro, None, [], COLOUR, ["https://github.com/mysee1989/PG-CNN"]),
+])
+def test_each_builder_describes_its_set_as_prepared_copies_record_it(tmp_path, builder_cls, config, features, image,
+                                                                     homepages):
+  """What a prepared copy's dataset_info.json and features.json hold: changing it needs a new VERSION."""
+  info = builder_cls(config=config, data_dir=os.fspath(tmp_path)).info
+  assert list(info.features) == ["image", "label", "file_name", *features]
+  assert stored_image(info) == image
+  proto = info.as_proto
+  assert (list(proto.location.urls), info.supervised_keys) == (homepages, ("image", "label"))
+  assert (proto.description, proto.version) == (sys.modules[builder_cls.__module__].__doc__.strip(), "1.0.0")
+  assert dict(proto.release_notes) == {"1.0.0": "First release."}
+
+
+def test_the_synthetic_set_keeps_its_own_version_and_description(tmp_path):
+  info = synthetic.Synthetic(config="tiny", data_dir=os.fspath(tmp_path)).info
+  assert list(info.features) == ["image", "label"]
+  assert stored_image(info) == ((32, 32, 3), "png")
+  assert (str(info.version), info.description) == ("1.1.0", synthetic_faces.__doc__.strip())
+  assert info.release_notes == {"1.1.0": "Larger faces and features, milder pose and occlusion.",
+                                "1.0.0": "First release."}
 
 
 # --------------------------------------------------------------------------------------------

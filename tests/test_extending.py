@@ -23,7 +23,6 @@ from helpers import ROOT, cpu_devices_env, get_config, run_command
 EXAMPLES = os.path.join(ROOT, "examples")
 # examples/my_sets/class_folders.py kept grey, as FER2013 stores its faces.
 GREY_FOLDERS = """
-import tensorflow_datasets as tfds
 from my_sets import class_folders
 
 
@@ -31,23 +30,17 @@ class GreyFolders(class_folders.ClassFolders):
   CHANNELS = 1
 
   def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 1)),
-        "label": tfds.features.ClassLabel(names=class_folders.CLASS_NAMES), "file_name": tfds.features.Text()}))
+    return self.face_info(class_folders.CLASS_NAMES, image_shape=(None, None, 1))
 """
 
 # examples/my_sets/class_folders.py with class names of the user's own, which runs cannot map to a model's classes.
 OWN_CLASS_NAMES = """
-import tensorflow_datasets as tfds
 from my_sets import class_folders
 
 
 class Emotions(class_folders.ClassFolders):
   def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3)),
-        "label": tfds.features.ClassLabel(names=["happy", "sad", "angry", "neutral"]),
-        "file_name": tfds.features.Text()}))
+    return self.face_info(["happy", "sad", "angry", "neutral"])
 """
 
 

@@ -15,6 +15,7 @@ reads them in milliseconds instead of parsing every record (`label_columns`).
 import dataclasses
 import io
 import os
+import sys
 from typing import Callable, Container, Iterable, Iterator, Sequence
 
 from absl import logging
@@ -144,18 +145,33 @@ class _LocalInfo(tfds.core.DatasetInfo):
 
 
 class LocalBuilder(tfds.core.GeneratorBasedBuilder):
-  """A GeneratorBasedBuilder of a set that exists only on this machine's disks."""
+  """A GeneratorBasedBuilder of a set that exists only on this machine's disks, described by `face_info`."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
 
   def dataset_info_from_configs(self, **kwargs) -> tfds.core.DatasetInfo:
     return _LocalInfo(builder=self, **kwargs)  # no README or CITATIONS.bib files to merge in
+
+  def face_info(self, class_names: Sequence[str], *, image_shape: tuple = (None, None, 3),
+                encoding_format: str | None = None, extra_features: dict | None = None,
+                homepage: str | None = None, description: str | None = None) -> tfds.core.DatasetInfo:
+    """The info of a set of (`image`, `label`) pairs, its supervised keys, with `extra_features` after them;
+    `description` defaults to the builder module's docstring."""
+    features = {"image": tfds.features.Image(shape=image_shape, encoding_format=encoding_format),
+                "label": tfds.features.ClassLabel(names=class_names), **(extra_features or {})}
+    if description is None:
+      description = sys.modules[type(self).__module__].__doc__
+    return self.dataset_info_from_configs(description=description, features=tfds.features.FeaturesDict(features),
+                                          supervised_keys=("image", "label"), homepage=homepage)
 
 
 class ManualBuilder(LocalBuilder):
   """A builder over a folder the user downloaded by hand.
 
-  Subclasses list `Record`s per split, record in `split_sources` the file or folder each
-  split is read from, and set `CHANNELS` and `EXPECTED_SIZES` ({config name or None: {split:
-  published size}}).
+  Subclasses describe their set with `face_info`, list `Record`s per split, record in
+  `split_sources` the file or folder each split is read from, and set `CHANNELS` and
+  `EXPECTED_SIZES` ({config name or None: {split: published size}}).
   """
 
   CHANNELS = 3
@@ -173,6 +189,12 @@ class ManualBuilder(LocalBuilder):
     check_class_names(self.info.features["label"].names, f"{type(self).__module__}.{type(self).__name__}")
     super()._download_and_prepare(dl_manager, download_config)
     write_label_index(self)  # into TFDS's temporary folder: it appears with the set or not at all
+
+  def face_info(self, class_names: Sequence[str], *, extra_features: dict | None = None,
+                **kwargs) -> tfds.core.DatasetInfo:
+    """`LocalBuilder.face_info` with each record's `file_name` (its key) before the set's own features."""
+    return super().face_info(class_names, extra_features={"file_name": tfds.features.Text(), **(extra_features or {})},
+                             **kwargs)
 
   def manual_root(self, dl_manager) -> epath.Path:
     try:

@@ -8,7 +8,7 @@ device as uint8 at the stored size.
 `fer_jax.load`), refuse an image whose header claims more than `MAX_IMAGE_PIXELS` before decoding it,
 turn every way a file can fail to decode into an `UnreadableImageError` that names the file and the
 fix, and give the image upright (its EXIF orientation applied, as photo viewers show it). A data set's
-images (`Decoder`) are decoded as their pixels lie in the file, as `fer_jax.prepare` stores them.
+images (`Decoder`) are decoded as their pixels lie in the file, as `fer_jax.data.prepare` stores them.
 """
 
 import contextlib

@@ -110,8 +110,6 @@ class Affectnet(builder_utils.ManualBuilder):
   """AffectNet in its own code order; splits train / validation (the usual test set), + occlusion and
   pose validation subsets."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
       AffectnetConfig(name="classes8", description="8 classes, images as released."),
@@ -127,19 +125,10 @@ class Affectnet(builder_utils.ManualBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     order = "affectnet8" if self.builder_config.num_classes == 8 else "affectnet7"
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3)),
-            "label": tfds.features.ClassLabel(names=labels.CLASS_ORDERS[order]),
-            "file_name": tfds.features.Text(),
-            "valence": tfds.features.Scalar(dtype=np.float32),
-            "arousal": tfds.features.Scalar(dtype=np.float32),
-            "annotation_index": tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="http://mohammadmahoor.com/affectnet/",
-    )
+    return self.face_info(labels.CLASS_ORDERS[order], homepage="http://mohammadmahoor.com/affectnet/",
+                          extra_features={"valence": tfds.features.Scalar(dtype=np.float32),
+                                          "arousal": tfds.features.Scalar(dtype=np.float32),
+                                          "annotation_index": tfds.features.Scalar(dtype=np.int64)})
 
   def _split_generators(self, dl_manager):
     root = self.manual_root(dl_manager)

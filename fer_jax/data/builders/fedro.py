@@ -26,22 +26,11 @@ into the manual directory:
 class Fedro(builder_utils.ManualBuilder):
   """FED-RO, labels in AffectNet's 7-class order; split test."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   EXPECTED_SIZES = {None: {"test": 400}}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3)),
-            "label": tfds.features.ClassLabel(names=labels.CLASS_ORDERS["affectnet7"]),
-            "file_name": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/mysee1989/PG-CNN",
-    )
+    return self.face_info(labels.CLASS_ORDERS["affectnet7"], homepage="https://github.com/mysee1989/PG-CNN")
 
   def _split_generators(self, dl_manager):
     root = self.manual_root(dl_manager)

@@ -16,6 +16,7 @@ SPLITS = {"train": "Training", "public_test": "PublicTest", "private_test": "Pri
 CSV_NAMES = ("fer2013.csv", "icml_face_data.csv", "fer2013/fer2013.csv")
 COLUMNS = ("emotion", "pixels", "Usage")
 IMAGE_SIZE = 48
+STORED_IMAGE = {"image_shape": (IMAGE_SIZE, IMAGE_SIZE, 1), "encoding_format": "png"}  # FERPlus stores its faces so too
 HOMEPAGE = ("https://www.kaggle.com/c/"
             "challenges-in-representation-learning-facial-expression-recognition-challenge")
 
@@ -74,23 +75,12 @@ def check_usage(usage: str, where: str) -> str:
 class Fer2013(builder_utils.ManualBuilder):
   """FER2013 in its own class order; splits train / public_test / private_test."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   CHANNELS = 1
   EXPECTED_SIZES = {None: {"train": 28_709, "public_test": 3_589, "private_test": 3_589}}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), encoding_format="png"),
-            "label": tfds.features.ClassLabel(names=labels.CLASS_ORDERS["fer2013"]),
-            "file_name": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
-        homepage=HOMEPAGE,
-    )
+    return self.face_info(labels.CLASS_ORDERS["fer2013"], homepage=HOMEPAGE, **STORED_IMAGE)
 
   def _split_generators(self, dl_manager):
     path = find_csv(self.manual_root(dl_manager))

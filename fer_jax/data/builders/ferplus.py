@@ -187,8 +187,6 @@ class Ferplus(builder_utils.ManualBuilder):
   """FERPlus in its own class order (8 classes); splits train / validation / test (+ occlusion and pose
   test subsets)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   CHANNELS = 1
   BUILDER_CONFIGS = [
@@ -199,18 +197,11 @@ class Ferplus(builder_utils.ManualBuilder):
   DEFAULT_BUILDER_CONFIG_NAME = "majority"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    features = {
-        "image": tfds.features.Image(shape=(fer2013.IMAGE_SIZE, fer2013.IMAGE_SIZE, 1),
-                                     encoding_format="png"),
-        "label": tfds.features.ClassLabel(names=labels.CLASS_ORDERS["ferplus"]),
-        "file_name": tfds.features.Text(),
-        "votes": tfds.features.Tensor(shape=(len(VOTE_COLUMNS),), dtype=np.int32),
-    }
+    features = {"votes": tfds.features.Tensor(shape=(len(VOTE_COLUMNS),), dtype=np.int32)}
     if self.builder_config.name == "distribution":
       features["vote_distribution"] = tfds.features.Tensor(shape=(NUM_EMOTIONS,), dtype=np.float32)
-    return self.dataset_info_from_configs(
-        description=__doc__, features=tfds.features.FeaturesDict(features),
-        supervised_keys=("image", "label"), homepage="https://github.com/microsoft/FERPlus")
+    return self.face_info(labels.CLASS_ORDERS["ferplus"], extra_features=features,
+                          homepage="https://github.com/microsoft/FERPlus", **fer2013.STORED_IMAGE)
 
   def _split_generators(self, dl_manager):
     root = self.manual_root(dl_manager)

@@ -62,8 +62,6 @@ def base_name(name: str) -> str:
 class Rafdb(builder_utils.ManualBuilder):
   """RAF-DB basic in its own class order; splits train / test (+ occlusion and pose test subsets)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
       RafdbConfig(name="basic", description="Official 100×100 aligned faces (DAN, SCAN-CCI)."),
@@ -75,16 +73,7 @@ class Rafdb(builder_utils.ManualBuilder):
   EXPECTED_SIZES = {"basic": EXPECTED, "aligned224": EXPECTED}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3)),
-            "label": tfds.features.ClassLabel(names=labels.CLASS_ORDERS["rafdb"]),
-            "file_name": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="http://www.whdeng.cn/raf/model1.html",
-    )
+    return self.face_info(labels.CLASS_ORDERS["rafdb"], homepage="http://www.whdeng.cn/raf/model1.html")
 
   def _split_generators(self, dl_manager):
     manual = self.manual_root(dl_manager)

@@ -39,8 +39,6 @@ class SfewConfig(tfds.core.BuilderConfig):
 class Sfew(builder_utils.ManualBuilder):
   """SFEW 2.0 in its own (alphabetical) class order; splits train / validation."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
       SfewConfig(name="aligned", description="The organisers' aligned faces.",
@@ -53,15 +51,7 @@ class Sfew(builder_utils.ManualBuilder):
   EXPECTED_SIZES = {"original": {"train": 958, "validation": 436}}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3)),
-            "label": tfds.features.ClassLabel(names=labels.CLASS_ORDERS["sfew"]),
-            "file_name": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
-    )
+    return self.face_info(labels.CLASS_ORDERS["sfew"])
 
   def _split_generators(self, dl_manager):
     root = self.manual_root(dl_manager)

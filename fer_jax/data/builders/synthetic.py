@@ -34,14 +34,8 @@ class Synthetic(builder_utils.LocalBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-            "label": tfds.features.ClassLabel(names=synthetic_faces.CLASSES),
-        }),
-        supervised_keys=("image", "label"),
-        description=synthetic_faces.__doc__,
-    )
+    return self.face_info(synthetic_faces.CLASSES, image_shape=(size, size, 3), encoding_format="png",
+                          description=synthetic_faces.__doc__)
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
