@@ -36,7 +36,6 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import validation
 from fer_jax.data import decode
-from fer_jax.data import labels
 from fer_jax.errors import UserError
 from fer_jax.face import align
 from fer_jax.face import detector
@@ -88,8 +87,7 @@ def _load_export(path: str, config, tta_name: str, batch_size: int) -> inference
   meta = export.meta_record(info)
   if config is not None:
     validation.validate(config, training=False)
-    checkpointing.check_identity(meta, f"The export {path}", config.model,
-                                 labels.class_names(config.dataset.class_order), config.input)
+    export.check_export_identity(path, meta, config)
     meta = {"dataset": checkpointing.dataset_record(config), **meta, "tta": config.eval.tta}
   config = _using_tta(checkpointing.config_from_meta(meta), tta_name)
   exported = export.read_program(path)
@@ -111,9 +109,8 @@ def _load_export(path: str, config, tta_name: str, batch_size: int) -> inference
 def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> inference.Predictor:
   meta = checkpointing.read_meta(path)
   if config is None:
-    if "model" not in meta:
-      raise UserError(f"The checkpoint at {path} has no meta record: pass its config to fer_jax.load(path, config=...).")
-    config = checkpointing.config_from_meta(meta)
+    config = export.config_from_record(meta, f"The checkpoint at {path}",
+                                       "pass its config to fer_jax.load(path, config=...)")
   validation.validate(config, training=False)
   config = _using_tta(config, tta_name)
   variables = models.load_trained_variables(config, models.build_model(config), path)

@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -49,6 +50,27 @@ def check_writable_place(flag: str, folder: str) -> None:
   if not os.access(existing, os.W_OK | os.X_OK):
     raise UserError(f"{flag} cannot be written: the folder {existing} is not writable; fix its permissions or "
                     "choose another location.")
+
+
+def check_writable_file(flag: str, path: str, expected: str, folder_must_exist: bool = False) -> None:
+  """Fails before any work unless the file `path` (new or existing) can be written: not a folder, writable if it
+  exists, in a folder that exists (with `folder_must_exist`) or can be created, where a file can be made. `flag`
+  ("--output") names it in messages; `expected` ("a file path ending in .csv") is what to pass instead of a folder."""
+  named = f"{flag}={path}"
+  if os.path.isdir(path):
+    raise UserError(f"{named} is a folder: pass {expected}.")
+  folder = os.path.dirname(os.path.abspath(path))
+  if folder_must_exist and not os.path.isdir(folder):
+    raise UserError(f"{named}: there is no folder {folder}; create it or choose another path.")
+  check_writable_place(named, folder)
+  if os.path.exists(path) and not os.access(path, os.W_OK):
+    raise UserError(f"{named} exists and is not writable: fix its permissions or choose another path.")
+  try:  # permissions do not tell all (/proc, a read-only mount, root's bypass): make a file there
+    os.makedirs(folder, exist_ok=True)
+    tempfile.TemporaryFile(dir=folder).close()
+  except OSError as error:
+    raise UserError(f"{named} cannot be written: a file cannot be made in {folder} ({error.strerror}); "
+                    "choose another location.") from error
 
 
 def describe(error: BaseException) -> str | None:

@@ -152,6 +152,33 @@ def meta_record(info: dict) -> dict:
           **{key: info[key] for key in ("dataset", "tta") if key in info}}
 
 
+def read_record(path: str) -> dict:
+  """The meta record of the export folder (its model.json in those terms) or the checkpoint (`checkpointing.read_meta`:
+  {} if it has none) at `path`."""
+  return meta_record(read_metadata(path)) if is_export(path) else checkpointing.read_meta(path)
+
+
+def read_stored_shape(path: str) -> tuple[int, ...]:
+  """The (height, width, channels) the training of the model at `path` decoded its images to, as its meta record
+  says; () where it does not (`checkpointing.recorded_shape`)."""
+  return checkpointing.recorded_shape(read_record(path))
+
+
+def config_from_record(record: dict, source: str, fix: str):
+  """The config a meta record (`read_record`'s) rebuilds; a UserError naming `source` ("--checkpoint=PATH") and the
+  `fix` (how to pass a config instead) where there is no record."""
+  if "model" not in record:
+    raise UserError(f"{source} has no meta record to rebuild its config from: {fix}.")
+  return checkpointing.config_from_meta(record)
+
+
+def check_export_identity(path: str, record: dict, config) -> None:
+  """The export folder at `path`, whose meta record is `record`, must hold the model `config` builds (method,
+  classes, input), as a checkpoint must."""
+  checkpointing.check_identity(record, f"The export {path}", config.model,
+                               labels.class_names(config.dataset.class_order), config.input)
+
+
 def read_program(path: str) -> jax.export.Exported:
   """An export folder's program, which must be lowered for this machine's platform."""
   file = os.path.join(path, STABLEHLO)
@@ -277,7 +304,7 @@ def main(argv):
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, args.checkpoint)
   info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms, args.format,
-                args.verify_images, checkpointing.recorded_shape(checkpointing.read_meta(args.checkpoint)))
+                args.verify_images, read_stored_shape(args.checkpoint))
   if "onnx_runtime_vs_jax" in info:
     logging.info("ONNX Runtime vs JAX on %(images)d images: worst relative logit error "
                  "%(worst_relative_logit_error).2e", info["onnx_runtime_vs_jax"])

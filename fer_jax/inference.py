@@ -106,6 +106,19 @@ def no_readable_image(where: str, skipped: list[tuple[str, str]]) -> UserError:
   return UserError(f"No readable image {where}: {detail}")
 
 
+def forward_in_batches(forward, variables, images: list[np.ndarray], batch_size: int, padded_size=None):
+  """`forward(variables, batch)` of every image, on the host, in batches of `batch_size`: each padded with zeros to
+  `padded_size(its image count)` (default `batch_size`: one program runs them all), and its padding dropped."""
+  outputs = []
+  for start in range(0, len(images), batch_size):
+    batch = np.stack(images[start:start + batch_size])
+    size = padded_size(len(batch)) if padded_size else batch_size
+    padding = np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)
+    output = jax.device_get(forward(variables, np.concatenate([batch, padding])))
+    outputs.append(jax.tree.map(lambda part: part[:len(batch)], output))
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
 class Predictor:
   """Preprocessing and a jitted, data-parallel forward pass for one config and checkpoint."""
 
@@ -145,12 +158,4 @@ class Predictor:
 
   def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, K], logits [N, K]) of uint8 images at `self.preprocess.shape`, float32."""
-    probabilities, logits = [], []
-    for start in range(0, len(images), self.batch_size):
-      batch = np.stack(images[start:start + self.batch_size])
-      padding = np.zeros((self.padded_size(len(batch)) - len(batch), *batch.shape[1:]), batch.dtype)
-      padded = np.concatenate([batch, padding])
-      batch_probabilities, batch_logits = jax.device_get(self._forward(self.variables, padded))
-      probabilities.append(batch_probabilities[:len(batch)])
-      logits.append(batch_logits[:len(batch)])
-    return np.concatenate(probabilities), np.concatenate(logits)
+    return forward_in_batches(self._forward, self.variables, images, self.batch_size, self.padded_size)

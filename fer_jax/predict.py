@@ -41,7 +41,6 @@ import csv
 import dataclasses
 import json
 import os
-import tempfile
 
 from absl import flags
 from absl import logging
@@ -68,18 +67,7 @@ def check_output(path: str) -> None:
   """Fails fast, before any model or image is loaded, if the predictions could not be written to `path`."""
   if not path.lower().endswith((".csv", ".json")):
     raise UserError(f"--output={path} must end in .csv or .json.")
-  if os.path.isdir(path):
-    raise UserError(f"--output={path} is a folder: pass a file path ending in .csv or .json.")
-  folder = os.path.dirname(os.path.abspath(path))
-  cli.check_writable_place(f"--output={path}", folder)
-  if os.path.exists(path) and not os.access(path, os.W_OK):
-    raise UserError(f"--output={path} exists and is not writable: fix its permissions or choose another path.")
-  try:  # permissions do not tell all (/proc, a read-only mount, root's bypass): make a file there
-    os.makedirs(folder, exist_ok=True)
-    tempfile.TemporaryFile(dir=folder).close()
-  except OSError as error:
-    raise UserError(f"--output={path} cannot be written: a file cannot be made in {folder} ({error.strerror}); "
-                    "choose another location.") from error
+  cli.check_writable_file("--output", path, "a file path ending in .csv or .json")
 
 
 def check_annotate(path: str) -> None:

@@ -28,7 +28,6 @@ from fer_jax import config_lib
 from fer_jax import export
 from fer_jax import models
 from fer_jax import validation
-from fer_jax.data import labels
 from fer_jax.errors import UserError
 
 
@@ -104,11 +103,8 @@ def rebuilt_config(path: str):
   """The config the meta record of a checkpoint (or an export's model.json) at `path` rebuilds, as `fer_jax.load`'s."""
   path = os.path.expanduser(path)
   check_not_onnx(path)
-  meta = export.meta_record(export.read_metadata(path)) if export.is_export(path) else checkpointing.read_meta(path)
-  if "model" not in meta:
-    raise UserError(f"--checkpoint={path} has no meta record to rebuild its config from: pass its "
-                    "--config=configs/<method>.py:<dataset>.")
-  return checkpointing.config_from_meta(meta)
+  return export.config_from_record(export.read_record(path), f"--checkpoint={path}",
+                                   "pass its --config=configs/<method>.py:<dataset>")
 
 
 def trained_variables(config, model, abstract_variables: dict, path: str) -> dict:
@@ -118,8 +114,7 @@ def trained_variables(config, model, abstract_variables: dict, path: str) -> dic
   check_not_onnx(path)
   if not export.is_export(path):
     return models.load_trained_variables(config, model, path, initialisation_ok=True)
-  checkpointing.check_identity(export.meta_record(export.read_metadata(path)), f"The export {path}", config.model,
-                               labels.class_names(config.dataset.class_order), config.input)
+  export.check_export_identity(path, export.read_record(path), config)
   variables = export.read_variables(path)
   checkpointing.check_matches(variables, abstract_variables, path, "an export folder")
   return variables

@@ -20,9 +20,7 @@ import os
 from absl import flags
 from absl import logging
 import jax
-import numpy as np
 
-from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import export
@@ -49,7 +47,7 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
   if method.save_attention_maps is None:
     raise UserError(f"Model {config.model.name!r} has no attention maps to save: "
                     f"pass an APViT or SCAN-CCI config and checkpoint.")
-  preprocess = inference.FilePreprocessor(config, checkpointing.recorded_shape(checkpointing.read_meta(checkpoint)))
+  preprocess = inference.FilePreprocessor(config, export.read_stored_shape(checkpoint))
   decoded, readable, skipped = inference.read_images(preprocess, paths)
   if not decoded:
     raise inference.no_readable_image("to visualize", skipped)
@@ -64,20 +62,9 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
     images = preprocess(batch)
     return images, model.apply(variables, images, train=False)
 
-  images, outputs = forward_in_batches(forward, variables, decoded, batch_size)
+  # Batches of at most the image count (a few images are not padded to a full batch), the last one padded to it.
+  images, outputs = inference.forward_in_batches(forward, variables, decoded, min(batch_size, len(decoded)))
   return method.save_attention_maps(images, outputs, out_dir)
-
-
-def forward_in_batches(forward, variables, images: list[np.ndarray], batch_size: int):
-  """`forward(variables, batch)` of every image, in batches of `batch_size` (or of all the images, if fewer):
-  the last one padded to that size, so that one program runs them all, and its padding dropped."""
-  size = min(batch_size, len(images))
-  batches = []
-  for start in range(0, len(images), size):
-    batch = np.stack(images[start:start + size])
-    padding = np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)
-    batches.append(jax.device_get(forward(variables, np.concatenate([batch, padding]))))
-  return jax.tree.map(lambda *parts: np.concatenate(parts)[:len(images)], *batches)
 
 
 def warn_unless_a_face_crop(path: str, stored_side: int) -> None:

@@ -126,6 +126,14 @@ def test_an_onnx_export_and_a_lone_crop_are_refused_with_what_to_do_instead(mode
     model.predict(str(tmp_path / "face.png"))
 
 
+def test_a_checkpoint_without_a_meta_record_is_loaded_only_with_its_config(workdir, tmp_path):
+  shutil.copytree(workdir, tmp_path / "workdir")
+  shutil.rmtree(tmp_path / "workdir" / "checkpoints" / "0" / "meta")
+  with pytest.raises(UserError, match=rf"^The checkpoint at {tmp_path / 'workdir'} has no meta record to rebuild its "
+                                      r"config from: pass its config to fer_jax\.load\(path, config=\.\.\.\)\.$"):
+    fer_jax.load(str(tmp_path / "workdir"))
+
+
 def test_crops_and_photos_are_told_apart_by_shape_and_size(model):
   # The model decodes to 32 px: crops are nearly square and at most max(2 × 32, 128) px.
   assert model.is_face_crop(48, 48) and model.is_face_crop(100, 80) and model.is_face_crop(128, 128)

@@ -131,6 +131,19 @@ def test_model_json_records_the_dtype_the_program_computes_in(tmp_path):
   assert "bf16" in jax.export.deserialize(program).mlir_module()
 
 
+def test_the_stored_shape_is_read_from_a_checkpoint_and_from_its_export_alike(tmp_path):
+  """What a run decoded its images to reaches the preprocessing of export, visualize and fer_jax.load."""
+  config = small_config("configs/dan.py:synthetic")
+  variables = random_variables(config)
+  checkpoints = checkpointing.manager(str(tmp_path / "run"))
+  checkpointing.save(checkpoints, 1, variables, config, stored_shape=(40, 40, 1))
+  checkpointing.wait_until_saved(checkpoints)
+  checkpoints.close()
+  export.export(config, variables, str(tmp_path / "exported"), platforms=("cpu",), stored_shape=(40, 40, 1))
+  assert export.read_stored_shape(str(tmp_path / "run")) == (40, 40, 1)
+  assert export.read_stored_shape(str(tmp_path / "exported")) == (40, 40, 1)
+
+
 @pytest.mark.parametrize("kind", ["stablehlo", "onnx"])
 def test_an_export_folder_given_as_the_checkpoint_says_what_it_is(tmp_path, kind):
   files = {"stablehlo": (export.METADATA, export.STABLEHLO, export.VARIABLES), "onnx": (export.METADATA, export.ONNX)}

@@ -130,6 +130,21 @@ def test_no_readable_image_is_an_error(config, checkpoint, tmp_path):
   assert result.returncode == 2 and "error: No readable image under --input=" in result.stderr
 
 
+def test_each_batch_is_padded_to_the_size_padded_size_gives_and_its_padding_dropped():
+  """Predictor's steps go through the helper visualize's do: a last step of few images runs at a smaller size."""
+  sizes = []
+
+  def forward(offset, batch):
+    sizes.append(len(batch))
+    return batch.sum(axis=(1, 2, 3)) + offset, (batch[:, 0, 0, 0],)
+
+  images = [np.full((2, 2, 1), index, np.int32) for index in range(5)]
+  totals, (firsts,) = inference.forward_in_batches(forward, 10, images, 3, lambda count: 4 if count > 2 else 2)
+  assert sizes == [4, 2]
+  np.testing.assert_array_equal(totals, [4 * index + 10 for index in range(5)])
+  np.testing.assert_array_equal(firsts, range(5))
+
+
 class _InputPredictor(inference.Predictor):
   """A Predictor whose "model" returns its input: `inputs` is what a model is given for uint8 images."""
 

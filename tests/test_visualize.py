@@ -11,6 +11,7 @@ from PIL import Image
 
 from fer_jax import checkpointing
 from fer_jax import export
+from fer_jax import inference
 from fer_jax import visualize
 from helpers import assert_user_error, compiled_during, get_config, random_variables, run_command
 
@@ -59,7 +60,7 @@ def test_the_last_batch_is_padded_to_the_batch_size_and_its_padding_dropped():
   """The last, partial batch compiled a second program."""
   forward = jax.jit(lambda scale, batch: (batch * scale, {"total": batch.sum(axis=(1, 2, 3))}))
   images = [np.full((4, 4, 3), index + 1, np.int32) for index in range(5)]
-  scaled, outputs = visualize.forward_in_batches(forward, 2, images, batch_size=2)
+  scaled, outputs = inference.forward_in_batches(forward, 2, images, batch_size=2)  # as visualize runs its batches
   assert forward._cache_size() == 1
   np.testing.assert_array_equal(scaled, 2 * np.stack(images))
   np.testing.assert_array_equal(outputs["total"], [48 * (index + 1) for index in range(5)])
