@@ -106,10 +106,9 @@ def dan_step(size: int, batch: int, dtype: str):
   model = method.build(config.model)
   mesh = mesh_lib.make_mesh()
   abstract = models.abstract_variables(model, config)
-  tx = optim.make_optimizer(config.optimizer, 100, config.num_epochs, abstract["params"])
-  schedule = optim.lr_schedule(config.optimizer, 100, config.num_epochs)
-  step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, 0)
-  state = train.create_state(model, tx, config, mesh)
+  optimizer = optim.make_optimizer(config.optimizer, 100, config.num_epochs, abstract["params"])
+  step = train.make_train_step(model, method.loss, config.loss, optimizer, mesh, 0)
+  state = train.create_state(model, optimizer.tx, config, mesh)
   rng = np.random.default_rng(0)
   data = {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
           "label": (np.arange(batch) % 7).astype(np.int32)}

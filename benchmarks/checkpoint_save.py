@@ -34,8 +34,9 @@ _OUTPUT = flags.DEFINE_string("output", None, "Also append the JSON lines to thi
 
 def state_of(config) -> dict:
   model = models.build_model(config)
-  tx = optim.make_optimizer(config.optimizer, 10, config.num_epochs, models.abstract_variables(model, config)["params"])
-  return train.create_state(model, tx, config, mesh_lib.make_mesh())
+  optimizer = optim.make_optimizer(config.optimizer, 10, config.num_epochs,
+                                   models.abstract_variables(model, config)["params"])
+  return train.create_state(model, optimizer.tx, config, mesh_lib.make_mesh())
 
 
 def time_save(state: dict, config) -> dict:

@@ -39,10 +39,9 @@ def compiled_step(method, config, batch_size: int):
   """(compiled step, state, batch, figures) for random inputs."""
   model = method.build(config.model)
   variables = models.init_variables(model, config, jax.random.key(0))
-  tx = optim.make_optimizer(config.optimizer, 10, config.num_epochs, variables["params"])
-  schedule = optim.lr_schedule(config.optimizer, 10, config.num_epochs)
-  step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh_lib.make_mesh(), 0)
-  state = {"step": jnp.int32(0), **variables, "opt_state": tx.init(variables["params"])}
+  optimizer = optim.make_optimizer(config.optimizer, 10, config.num_epochs, variables["params"])
+  step = train.make_train_step(model, method.loss, config.loss, optimizer, mesh_lib.make_mesh(), 0)
+  state = {"step": jnp.int32(0), **variables, "opt_state": optimizer.tx.init(variables["params"])}
   size = config.input.size
   batch = {"image": jax.random.normal(jax.random.key(1), (batch_size, size, size, 3)),
            "label": jnp.asarray(np.arange(batch_size) % config.model.num_classes, jnp.int32)}

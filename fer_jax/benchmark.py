@@ -51,7 +51,6 @@ from fer_jax import optim
 from fer_jax import train
 from fer_jax import validation
 from fer_jax.data import pipeline
-from fer_jax.errors import UserError
 
 INPUT_MODES = ("synthetic", "host", "augment", "end_to_end")
 # Every method's paper config at its paper batch size and resolution (LHC-Net's stage B: the backbone
@@ -335,10 +334,10 @@ def abstract_train_step(config, mesh=None):
   mesh = mesh or mesh_lib.make_mesh()
   method = models.get_method(config.model.name)
   model = method.build(config.model)
-  tx = optim.make_optimizer(config.optimizer, 10, config.num_epochs, models.abstract_variables(model, config)["params"])
-  schedule = optim.lr_schedule(config.optimizer, 10, config.num_epochs)
-  step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, 0)
-  return step, train.abstract_state(model, tx, config, mesh)
+  optimizer = optim.make_optimizer(config.optimizer, 10, config.num_epochs,
+                                   models.abstract_variables(model, config)["params"])
+  step = train.make_train_step(model, method.loss, config.loss, optimizer, mesh, 0)
+  return step, train.abstract_state(model, optimizer.tx, config, mesh)
 
 
 def _synthetic_batch(config, mesh, batch_size: int) -> dict:
@@ -365,15 +364,14 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
   method = models.get_method(config.model.name)
   model = method.build(config.model)
   batch_size = config.batch_size
-  tx = optim.make_optimizer(config.optimizer, 1, 1, models.abstract_variables(model, config)["params"])
-  schedule = optim.lr_schedule(config.optimizer, 1, 1)
+  optimizer = optim.make_optimizer(config.optimizer, 1, 1, models.abstract_variables(model, config)["params"])
   start = time.perf_counter()
-  holder = {"state": jax.block_until_ready(train.create_state(model, tx, config, mesh))}
+  holder = {"state": jax.block_until_ready(train.create_state(model, optimizer.tx, config, mesh))}
   init_seconds = time.perf_counter() - start
   batch = _synthetic_batch(config, mesh, batch_size)
 
   train_step, train_compile, train_cost = _compile(
-      train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed), holder["state"], batch)
+      train.make_train_step(model, method.loss, config.loss, optimizer, mesh, config.seed), holder["state"], batch)
 
   def run_train(_):
     holder["state"], metrics = train_step(holder["state"], batch)
@@ -467,13 +465,11 @@ def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
   else:
     method = models.get_method(config.model.name)
     model = method.build(config.model)
-    tx = optim.make_optimizer(config.optimizer, data.steps_per_epoch, config.num_epochs,
-                              models.abstract_variables(model, config)["params"])
-    schedule = optim.lr_schedule(config.optimizer, data.steps_per_epoch, config.num_epochs)
-    holder = {"state": train.create_state(model, tx, config, mesh)}
+    optimizer = optim.make_optimizer(config.optimizer, data.steps_per_epoch, config.num_epochs,
+                                     models.abstract_variables(model, config)["params"])
+    holder = {"state": train.create_state(model, optimizer.tx, config, mesh)}
     loss_config = train.loss_config_for(config, data.split)
-    train_step = train.make_train_step(model, method.loss, loss_config, tx, schedule, mesh, config.seed,
-                                       data.augment)
+    train_step = train.make_train_step(model, method.loss, loss_config, optimizer, mesh, config.seed, data.augment)
 
     def step(batch):
       holder["state"], metrics = train_step(holder["state"], batch)
@@ -482,23 +478,11 @@ def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
   return {**result, "img_per_s": round(data.global_batch / seconds, 2)}
 
 
-def check_output(path: str) -> None:
-  """Fails before any work if the JSON line could not be appended to `path`. Not cli.check_writable_place:
-  the line is appended to a file (itself writable, not a folder) whose folder must exist already."""
-  folder = os.path.dirname(os.path.abspath(path))
-  if os.path.isdir(path):
-    raise UserError(f"--output={path} is a folder: pass a file to append the JSON line to.")
-  if not os.path.isdir(folder):
-    raise UserError(f"--output={path}: there is no folder {folder}; create it or choose another path.")
-  if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-    raise UserError(f"--output={path} cannot be written: fix its permissions or choose another path.")
-
-
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
   if args.output:
-    check_output(args.output)
+    cli.check_writable_file("--output", args.output, "a file to append the JSON line to", folder_must_exist=True)
   validation.validate(args.config, training=True)
   measured_on = environment()  # before the run: the load average of the machine without it
   if args.input == "synthetic":

@@ -8,6 +8,7 @@ weight-decay exemptions are regexes over paths such as "trunk/layer1_0/conv1/ker
 
 import math
 import re
+from typing import Callable, NamedTuple
 
 from absl import logging
 import jax
@@ -113,7 +114,13 @@ def check_patterns(opt_config, params) -> None:
                         f"(paths such as {examples}): correct the regex.")
 
 
-def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) -> optax.GradientTransformation:
+class Optimizer(NamedTuple):
+  """The update rule, and the learning rate it applies at each step (logged beside the loss)."""
+  tx: optax.GradientTransformation
+  schedule: Callable
+
+
+def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) -> Optimizer:
   schedule = lr_schedule(opt_config, steps_per_epoch, num_epochs)
   exclude = opt_config.weight_decay_exclude
   decay_mask = lambda tree: jax.tree_util.tree_map_with_path(
@@ -129,7 +136,7 @@ def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) ->
   transforms = {FROZEN: optax.set_to_zero(), "default": group(1.0)}
   transforms.update({str(i): group(m) for i, (_, m) in enumerate(opt_config.lr_groups)})
   tx = optax.multi_transform(transforms, param_labels(opt_config, params))
-  return optax.chain(clip_stage(opt_config.grad_clip_norm), tx)
+  return Optimizer(optax.chain(clip_stage(opt_config.grad_clip_norm), tx), schedule)
 
 
 def clip_stage(max_norm: float) -> optax.GradientTransformation:

@@ -57,9 +57,9 @@ def model_mode(config, step: int, steps_per_epoch: int) -> str:
   return "inference" if start and epoch >= start else "train"
 
 
-def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, augment_fn=None,
+def make_train_step(model, loss_fn, loss_config, optimizer, mesh, seed: int, augment_fn=None,
                     mode: str = "train"):
-  """jit(state, batch) → (state, metrics). With `augment_fn` (uint8 images, positions → model inputs,
+  """jit(state, batch) → (state, metrics), stepping `optimizer` (optim.Optimizer). With `augment_fn` (uint8 images, positions → model inputs,
   e.g. `TrainData.augment`), the batch holds uint8 images and their positions, augmented inside
   the step; without it, the images are model inputs already. `mode="inference"` computes
   the gradient with the model in inference mode (BatchNorm on its running statistics, which stay
@@ -82,12 +82,12 @@ def make_train_step(model, loss_fn, loss_config, tx, schedule, mesh, seed: int, 
       return loss, (outputs["logits"], updates.get("batch_stats", state["batch_stats"]), parts)
 
     (loss, (logits, batch_stats, parts)), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    updates, opt_state = optimizer.tx.update(grads, state["opt_state"], state["params"])
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                  "batch_stats": batch_stats, "opt_state": opt_state}
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"], dtype=logits.dtype)
-    return new_state, {"loss": loss, "accuracy": accuracy, "lr": schedule(state["step"]),
-                       "grad_norm": optax.tree_utils.tree_norm(grads), **parts}
+    return new_state, {"loss": loss, "accuracy": accuracy, "lr": optimizer.schedule(state["step"]),
+                       "grad_norm": optax.tree.norm(grads), **parts}
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(train_step, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
@@ -436,13 +436,12 @@ class TrainingRun:
       raise UserError(f"config.select_on={config.select_on!r} names an evaluator skipped for its missing split (above): "
                       "select on another (e.g. --config.select_on=eval), or prepare the set with that split.")
     self.steps_per_epoch, self.num_steps = self.data.steps_per_epoch, self.data.num_steps
-    tx = optim.make_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs, self.abstract["params"])
-    schedule = optim.lr_schedule(config.optimizer, self.steps_per_epoch, config.num_epochs)
-    self.state = self._restore_or_initialise(tx)
+    optimizer = optim.make_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs, self.abstract["params"])
+    self.state = self._restore_or_initialise(optimizer.tx)
     self.selection = Selection(config, workdir)
     loss_config = loss_config_for(config, self.data.split)
     self.train_steps = {mode: WatchedStep(f"train step ({mode} mode)", make_train_step(
-        self.model, method.loss, loss_config, tx, schedule, self.mesh, config.seed, self.data.augment, mode))
+        self.model, method.loss, loss_config, optimizer, self.mesh, config.seed, self.data.augment, mode))
         for mode in MODEL_MODES}
     self.writer = Writer(workdir)
     self.guard = FiniteGuard(self.checkpoints, self.steps_per_epoch)
@@ -456,7 +455,7 @@ class TrainingRun:
     model, optimizer, batch or class order stops here): its layout does not depend on the epoch length, which
     the data gives later, so an optimizer built for any is as good."""
     probe = optim.make_optimizer(self.config.optimizer, 1, self.config.num_epochs, self.abstract["params"])
-    target = abstract_state(self.model, probe, self.config, self.mesh)
+    target = abstract_state(self.model, probe.tx, self.config, self.mesh)
     checkpointing.check_resumable(self.checkpoints, self.start_step, target, self.config)
     return target
 

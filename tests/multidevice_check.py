@@ -56,14 +56,13 @@ def run(devices, config, steps=4, start=0, checkpoint_dir=None):
   saves the final state there when given."""
   mesh = mesh_lib.make_mesh(devices)
   model = SmallNet()
-  tx = optim.make_optimizer(config.optimizer, 8, 1, models.abstract_variables(model, config)["params"])
-  schedule = optim.lr_schedule(config.optimizer, 8, 1)
-  state = train.create_state(model, tx, config, mesh)
+  optimizer = optim.make_optimizer(config.optimizer, 8, 1, models.abstract_variables(model, config)["params"])
+  state = train.create_state(model, optimizer.tx, config, mesh)
   checkpoints = checkpointing.manager(checkpoint_dir) if checkpoint_dir else None
   if start:
     state = checkpointing.restore_state(checkpoints, start, state)
   data = pipeline.TrainData(config, mesh)
-  step = train.make_train_step(model, cross_entropy, config.loss, tx, schedule, mesh, config.seed, data.augment)
+  step = train.make_train_step(model, cross_entropy, config.loss, optimizer, mesh, config.seed, data.augment)
   losses, batches = [], data.batches(start)
   first = next(batches)
   compiled = step.lower(state, first).compile()  # run as it is, so that its collectives are the ones counted

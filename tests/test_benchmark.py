@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from fer_jax import benchmark
+from fer_jax import cli
 from fer_jax import models
 from fer_jax.errors import UserError
 from fer_jax.models import layers
@@ -336,14 +337,18 @@ def test_program_flops_of_a_step_split_over_devices_are_the_whole_steps():
 
 
 def test_an_output_the_line_cannot_be_appended_to_is_refused(tmp_path):
+  """benchmark's --output check (cli.check_writable_file with folder_must_exist): the folder is not created."""
   (tmp_path / "file").write_text("")
+  check = lambda path: cli.check_writable_file("--output", str(path), "a file to append the JSON line to",  # noqa: E731
+                                               folder_must_exist=True)
   for output, message in [(tmp_path / "missing" / "x.jsonl", f"there is no folder {tmp_path / 'missing'}; create it"),
                           (tmp_path / "file" / "x.jsonl", f"there is no folder {tmp_path / 'file'}"),
                           (tmp_path, "is a folder: pass a file to append the JSON line to")]:
     with pytest.raises(UserError, match=re.escape(f"--output={output}") + ".*" + re.escape(message)):
-      benchmark.check_output(str(output))
-  benchmark.check_output(str(tmp_path / "new.jsonl"))
-  benchmark.check_output(str(tmp_path / "file"))
+      check(output)
+  assert not (tmp_path / "missing").exists()
+  check(tmp_path / "new.jsonl")
+  check(tmp_path / "file")
 
 
 def test_peak_tflops_of_device_kinds():

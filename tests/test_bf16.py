@@ -98,12 +98,11 @@ def _losses(config, initial_state, images, labels, batches, learning_rate_scale=
   model = method.build(config.model)
   mesh = mesh_lib.make_mesh()
   abstract = models.abstract_variables(model, config)
-  tx = optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs, abstract["params"])
-  schedule = optim.lr_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
+  optimizer = optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs, abstract["params"])
   loss_config = config.loss.copy_and_resolve_references()
   if "class_counts" in loss_config and not loss_config.class_counts:
     loss_config.class_counts = tuple(int(c) for c in np.bincount(labels, minlength=config.model.num_classes))
-  train_step = train.make_train_step(model, method.loss, loss_config, tx, schedule, mesh, config.seed)
+  train_step = train.make_train_step(model, method.loss, loss_config, optimizer, mesh, config.seed)
   state = jax.device_put(initial_state, NamedSharding(mesh, P()))
   losses = []
   for indices in batches:
@@ -134,7 +133,7 @@ def float32_and_bfloat16_losses(config, images, labels, batches):
   signature = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
   assert signature(models.abstract_variables(method.build(half.model), half)) == signature(
       models.abstract_variables(model, full))
-  tx = optim.make_optimizer(full.optimizer, 1, full.num_epochs, models.abstract_variables(model, full)["params"])
+  tx = optim.make_optimizer(full.optimizer, 1, full.num_epochs, models.abstract_variables(model, full)["params"]).tx
   initial_state = jax.device_get(train.create_state(model, tx, full, mesh_lib.make_mesh()))
   return (_losses(full, initial_state, images, labels, batches),
           _losses(half, initial_state, images, labels, batches))

@@ -39,7 +39,7 @@ def _config(**optimizer):
 
 def _trained_state(config, steps: int = 2) -> dict:
   """A state whose moments and step count are not their initial values."""
-  tx = optim.make_optimizer(config.optimizer, 1, 1, PARAMS)
+  tx = optim.make_optimizer(config.optimizer, 1, 1, PARAMS).tx
   params, opt_state = PARAMS, tx.init(PARAMS)
   for _ in range(steps):
     grads = jax.tree.map(lambda p: jnp.full(p.shape, 10.0), params)
@@ -49,7 +49,7 @@ def _trained_state(config, steps: int = 2) -> dict:
 
 
 def _abstract_state(config) -> dict:
-  tx = optim.make_optimizer(config.optimizer, 1, 1, PARAMS)
+  tx = optim.make_optimizer(config.optimizer, 1, 1, PARAMS).tx
   return jax.eval_shape(lambda: {"step": jnp.int32(0), "params": PARAMS, "batch_stats": BATCH_STATS,
                                  "opt_state": tx.init(PARAMS)})
 

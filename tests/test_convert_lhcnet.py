@@ -160,10 +160,11 @@ def test_a_stage_b_training_step_from_the_checkpoint_is_the_keras_step(images):
     weights = {k: v for k, v in keras_weights(config, seed=3).items() if not k.startswith("controller")}
     before = converted(config, weights)
     model = models.build_model(config)
-    tx = optim.make_optimizer(config.optimizer, 1, 1, before["params"])
-    step = train.make_train_step(model, models.get_method("lhcnet").loss, config.loss, tx,
-                                 optim.lr_schedule(config.optimizer, 1, 1), mesh.make_mesh(), config.seed)
-    state, metrics = step(jax.tree.map(jnp.array, {"step": np.int32(0), **before, "opt_state": tx.init(before["params"])}),
+    optimizer = optim.make_optimizer(config.optimizer, 1, 1, before["params"])
+    step = train.make_train_step(model, models.get_method("lhcnet").loss, config.loss, optimizer, mesh.make_mesh(),
+                                 config.seed)
+    opt_state = optimizer.tx.init(before["params"])
+    state, metrics = step(jax.tree.map(jnp.array, {"step": np.int32(0), **before, "opt_state": opt_state}),
                           {"image": jnp.asarray(images, jnp.float64), "label": jnp.asarray(labels, jnp.int32)})
     loss, updated = reference_sgd_step(images, labels, weights, learning_rate=0.01)
     after = converted(config, updated)

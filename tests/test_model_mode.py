@@ -12,6 +12,7 @@ import pytest
 from fer_jax import checkpointing
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
+from fer_jax import optim
 from fer_jax import train
 from helpers import get_config, tiny_run
 
@@ -34,8 +35,8 @@ def _one_step(model_mode: str):
   stats = {"bn": {"mean": rng.normal(size=3).astype(np.float32), "var": rng.uniform(0.5, 2, 3).astype(np.float32)}}
   tx = optax.sgd(0.1)
   state = {"step": np.int32(0), "params": params, "batch_stats": stats, "opt_state": tx.init(params)}
-  step = train.make_train_step(model, models.cross_entropy_loss, None, tx, lambda s: 0.1, mesh_lib.make_mesh(), 0,
-                               mode=model_mode)
+  step = train.make_train_step(model, models.cross_entropy_loss, None, optim.Optimizer(tx, lambda s: 0.1),
+                               mesh_lib.make_mesh(), 0, mode=model_mode)
   new_state, metrics = jax.device_get(step(state, {"image": x, "label": labels}))
   return x, labels, params, stats, new_state, metrics
 

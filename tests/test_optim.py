@@ -29,7 +29,7 @@ def test_sgd_matches_pytorch_update_with_coupled_weight_decay():
   # PyTorch SGD: buf = m·buf + (g + wd·p); p ← p − lr·buf.
   params = {"w": jnp.array([1.0, -2.0])}
   grads = {"w": jnp.array([0.5, 0.25])}
-  tx = optim.make_optimizer(_opt(lr=0.1, momentum=0.9, weight_decay=0.01), 1, 1, params)
+  tx = optim.make_optimizer(_opt(lr=0.1, momentum=0.9, weight_decay=0.01), 1, 1, params).tx
   state = tx.init(params)
   p, buf = np.array([1.0, -2.0]), np.zeros(2)
   for _ in range(3):
@@ -44,13 +44,13 @@ def test_groups_frozen_and_decay_exemptions():
   params = {"trunk": {"kernel": jnp.ones(2)}, "head": {"kernel": jnp.ones(2), "bias": jnp.ones(2)}}
   grads = {"trunk": {"kernel": jnp.ones(2)}, "head": {"kernel": jnp.ones(2), "bias": jnp.ones(2)}}
   config = _opt(lr=1.0, momentum=0.0, weight_decay=0.5, lr_groups=(("^trunk/", 0.01),), weight_decay_exclude="bias$")
-  updates, _ = optim.make_optimizer(config, 1, 1, params).update(grads, optim.make_optimizer(
-      config, 1, 1, params).init(params), params)
+  updates, _ = optim.make_optimizer(config, 1, 1, params).tx.update(grads, optim.make_optimizer(
+      config, 1, 1, params).tx.init(params), params)
   np.testing.assert_allclose(updates["trunk"]["kernel"], -0.01 * 1.5)
   np.testing.assert_allclose(updates["head"]["kernel"], -1.5)
   np.testing.assert_allclose(updates["head"]["bias"], -1.0)
   frozen = _opt(lr=1.0, momentum=0.0, trainable="^head/")
-  tx = optim.make_optimizer(frozen, 1, 1, params)
+  tx = optim.make_optimizer(frozen, 1, 1, params).tx
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["trunk"]["kernel"], 0.0)
   np.testing.assert_allclose(updates["head"]["bias"], -1.0)
@@ -81,7 +81,7 @@ def test_the_parameters_each_regex_matches_are_logged(caplog):
 
 def test_gradient_clipping_uses_global_norm():
   params = {"a": jnp.zeros(2)}
-  tx = optim.make_optimizer(_opt(lr=1.0, momentum=0.0, grad_clip_norm=1.0), 1, 1, params)
+  tx = optim.make_optimizer(_opt(lr=1.0, momentum=0.0, grad_clip_norm=1.0), 1, 1, params).tx
   updates, _ = tx.update({"a": jnp.array([3.0, 4.0])}, tx.init(params), params)
   np.testing.assert_allclose(updates["a"], [-0.6, -0.8], rtol=1e-6)
 
@@ -90,10 +90,10 @@ def test_gradient_clipping_uses_global_norm():
 def test_state_structure_does_not_depend_on_gradient_clipping(name):
   """A checkpoint saved without clipping resumes with it (the non-finite-loss message's advice)."""
   params = {"w": jnp.ones(3)}
-  states = [optim.make_optimizer(_opt(name=name, grad_clip_norm=clip), 1, 1, params).init(params)
+  states = [optim.make_optimizer(_opt(name=name, grad_clip_norm=clip), 1, 1, params).tx.init(params)
             for clip in (0.0, 1.0)]
   assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
-  unclipped, _ = optim.make_optimizer(_opt(name=name, lr=1.0), 1, 1, params).update(
+  unclipped, _ = optim.make_optimizer(_opt(name=name, lr=1.0), 1, 1, params).tx.update(
       {"w": jnp.array([30.0, 40.0, 0.0])}, states[0], params)
   assert float(optax.tree.norm(unclipped)) > 1.0  # max_norm 0 means no clipping
 
@@ -119,13 +119,13 @@ def test_bad_names_fail_early():
   with pytest.raises(ValueError, match="schedule 'linear'"):
     optim.lr_schedule(_opt(schedule="linear"), 1, 1)
   with pytest.raises(ValueError, match="optimizer.name 'lamb'"):
-    optim.make_optimizer(_opt(name="lamb"), 1, 1, {"a": jnp.zeros(1)})
+    optim.make_optimizer(_opt(name="lamb"), 1, 1, {"a": jnp.zeros(1)}).tx
 
 
 def test_keras_adam_adds_epsilon_to_the_uncorrected_root_as_keras_does():
   config = _opt(name="keras_adam", lr=0.01, eps=1e-3)
   params = {"w": np.array([1.0, -2.0, 0.5], np.float32)}
-  tx = optim.make_optimizer(config, 1, 1, params)
+  tx = optim.make_optimizer(config, 1, 1, params).tx
   state, w = tx.init(params), params["w"].astype(np.float64)
   m = v = np.zeros(3)
   for t, grad in enumerate(([0.1, -0.3, 2.0], [0.2, 0.1, -1.0], [-0.05, 0.4, 0.3]), start=1):
@@ -137,8 +137,8 @@ def test_keras_adam_adds_epsilon_to_the_uncorrected_root_as_keras_does():
     w = w - 0.01 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (np.sqrt(v) + 1e-3)
     np.testing.assert_allclose(params["w"], w, rtol=1e-5)
   # Optax's placement (ε on the corrected root) gives another first step.
-  keras_step, _ = optim.make_optimizer(config, 1, 1, params).update({"w": np.float32([0.1] * 3)}, tx.init(params))
-  adam = optim.make_optimizer(_opt(name="adam", lr=0.01, eps=1e-3), 1, 1, params)
+  keras_step, _ = optim.make_optimizer(config, 1, 1, params).tx.update({"w": np.float32([0.1] * 3)}, tx.init(params))
+  adam = optim.make_optimizer(_opt(name="adam", lr=0.01, eps=1e-3), 1, 1, params).tx
   optax_step, _ = adam.update({"w": np.float32([0.1] * 3)}, adam.init(params))
   assert abs(float(keras_step["w"][0]) / float(optax_step["w"][0]) - 1) > 0.1
 
@@ -150,7 +150,7 @@ def test_moments_stay_float32_beside_float32_params(name, grad_dtype):
   even were a gradient to arrive in bfloat16."""
   params = {"kernel": jnp.ones((3, 2), jnp.float32), "bias": jnp.zeros(2, jnp.float32)}
   config = _opt(name=name, lr=0.1, momentum=0.9, weight_decay=1e-4, grad_clip_norm=1.0)
-  tx = optim.make_optimizer(config, 1, 1, params)
+  tx = optim.make_optimizer(config, 1, 1, params).tx
   grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.5, grad_dtype), params)
   state = tx.init(params)
   for _ in range(2):

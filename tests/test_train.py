@@ -24,7 +24,6 @@ from fer_jax import models
 from fer_jax import optim
 from fer_jax import stopping
 from fer_jax import train
-from fer_jax import validation
 from fer_jax.errors import UserError
 from helpers import assert_user_error, cpu_devices_env, get_config, tiny_run
 from jax._src import array as jax_array
@@ -117,13 +116,12 @@ def test_a_bf16_train_step_returns_the_state_in_its_float32_types():
   model = models.build_model(config)
   method = models.get_method(config.model.name)
   abstract = models.abstract_variables(model, config)
-  tx = optim.make_optimizer(config.optimizer, 8, 1, abstract["params"])
+  optimizer = optim.make_optimizer(config.optimizer, 8, 1, abstract["params"])
   mesh = mesh_lib.make_mesh()
-  state = train.abstract_state(model, tx, config, mesh)
+  state = train.abstract_state(model, optimizer.tx, config, mesh)
   batch = {"image": jax.ShapeDtypeStruct((32, 32, 32, 3), jnp.float32),
            "label": jax.ShapeDtypeStruct((32,), jnp.int32)}
-  schedule = optim.lr_schedule(config.optimizer, 8, 1)
-  step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed)
+  step = train.make_train_step(model, method.loss, config.loss, optimizer, mesh, config.seed)
   new_state, _ = jax.eval_shape(step, state, batch)
   types = lambda tree: jax.tree.map(lambda leaf: (leaf.shape, leaf.dtype, leaf.weak_type), tree)  # noqa: E731
   assert types(new_state) == types(state)
@@ -137,7 +135,7 @@ def test_the_quickly_compiled_initial_state_is_the_default_compiles():
   initialisation is the reference (APViT: truncated-normal, Xavier and Kaiming initialisers)."""
   config = tiny_run(get_config("configs/apvit.py:synthetic"))
   model, mesh = models.build_model(config), mesh_lib.make_mesh()
-  tx = optim.make_optimizer(config.optimizer, 8, 1, models.abstract_variables(model, config)["params"])
+  tx = optim.make_optimizer(config.optimizer, 8, 1, models.abstract_variables(model, config)["params"]).tx
 
   def init():
     variables = models.init_variables(model, config, jax.random.key(config.seed))

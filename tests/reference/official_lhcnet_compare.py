@@ -202,12 +202,11 @@ def compare_train_step(args):
     keras_steps = [flat(convert.convert(config, [f"{folder}/step{step}/{network}"])[0]) for step in (0, 1, 2)]
     official = np.load(f"{folder}/results.npz")
     model, method = models.build_model(config), models.get_method("lhcnet")
-    tx = optim.make_optimizer(config.optimizer, 1, 1, models.abstract_variables(model, config)["params"])
+    optimizer = optim.make_optimizer(config.optimizer, 1, 1, models.abstract_variables(model, config)["params"])
     mesh = mesh_lib.make_mesh()
-    step_fn = train.make_train_step(model, method.loss, config.loss, tx, optim.lr_schedule(config.optimizer, 1, 1),
-                                    mesh, config.seed)
+    step_fn = train.make_train_step(model, method.loss, config.loss, optimizer, mesh, config.seed)
     variables, _ = convert.convert(config, [f"{folder}/step0/{network}"])
-    state = {"step": jnp.zeros((), jnp.int32), **variables, "opt_state": tx.init(variables["params"])}
+    state = {"step": jnp.zeros((), jnp.int32), **variables, "opt_state": optimizer.tx.init(variables["params"])}
     state = jax.tree.map(jnp.array, state)   # one buffer per leaf: the step donates its state
     batch = {"image": jnp.asarray(official["image"]), "label": jnp.asarray(official["label"], jnp.int32)}
     print(f"stage {stage}: parameters in {jax.tree.leaves(state['params'])[0].dtype}, images in {batch['image'].dtype}")

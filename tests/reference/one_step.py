@@ -40,10 +40,9 @@ def jax_steps(config, variables: dict, batches) -> list[dict]:
   method = models.get_method(config.model.name)
   model = method.build(config.model)
   mesh = mesh_lib.make_mesh()
-  tx = optim.make_optimizer(config.optimizer, STEPS_PER_EPOCH, config.num_epochs, variables["params"])
-  schedule = optim.lr_schedule(config.optimizer, STEPS_PER_EPOCH, config.num_epochs)
-  step = train.make_train_step(model, method.loss, config.loss, tx, schedule, mesh, config.seed)
-  state = {"step": jnp.zeros((), jnp.int32), **variables, "opt_state": tx.init(variables["params"])}
+  optimizer = optim.make_optimizer(config.optimizer, STEPS_PER_EPOCH, config.num_epochs, variables["params"])
+  step = train.make_train_step(model, method.loss, config.loss, optimizer, mesh, config.seed)
+  state = {"step": jnp.zeros((), jnp.int32), **variables, "opt_state": optimizer.tx.init(variables["params"])}
   state = jax.device_put(state, NamedSharding(mesh, P()))
   records = []
   for images, labels in batches:
