@@ -34,18 +34,22 @@ class CheckpointError(UserError, ValueError):
   """A checkpoint that is missing or does not fit the configured model."""
 
 
+CHECKPOINTS = "checkpoints"  # a training workdir's folder of steps
+BEST = "best"  # ... and of its best epoch's step (config.select_metric)
+REPORT = "eval_results.json"  # a training or evaluation workdir's report (fer_jax.evaluate.write_report)
+
+
 def _reported_best(workdir: str) -> str | None:
   """best/STEP of a workdir whose eval_results.json reports that step's weights."""
   try:
-    with open(os.path.join(workdir, "eval_results.json")) as f:
+    with open(os.path.join(workdir, REPORT)) as f:
       step = json.load(f).get("step")
   except (OSError, ValueError):
     return None
-  folder = os.path.join(workdir, "best", str(step))
+  folder = os.path.join(workdir, BEST, str(step))
   return folder if step is not None and os.path.isdir(os.path.join(folder, "state")) else None
 
 
-CHECKPOINTS = "checkpoints"  # a training workdir's folder of steps
 MODEL_COLLECTIONS = ("params", "batch_stats")  # a model's variables: what eval, predict, init_from, fingerprints read
 
 

@@ -1,5 +1,5 @@
 """Evaluation: the named evaluators of a config, a jitted step that accumulates a confusion
-matrix, metrics, and reports.
+matrix, metrics, and reports; the final report of a training run and `--mode=eval`.
 
 Every example counts once: the last batch is padded and padded rows carry mask 0. The
 confusion matrix (a `clu.metrics.Metric`) is summed inside the step over the global batch, so
@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 
+from absl import logging
 from clu import metrics as clu_metrics
 import flax
 import jax
@@ -20,10 +21,17 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fer_jax import checkpointing
 from fer_jax import config_lib
 from fer_jax import figures
 from fer_jax import mesh as mesh_lib
+from fer_jax import models
 from fer_jax import tta
+from fer_jax import validation
+from fer_jax import watched_step
+from fer_jax.data import augment
+from fer_jax.data import pipeline
+from fer_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,15 +47,15 @@ class Spec:
   dataset_key: str  # the config key that named the data set, for messages
 
   @property
-  def split_key(self) -> tuple:
-    """Evaluators with equal keys read the same decoded images."""
+  def split_identity(self) -> tuple:
+    """Evaluators with equal identities read the same decoded images."""
     dataset = self.config.dataset
     return (dataset.name, dataset.data_dir, dataset.image_size, self.split)
 
   @property
-  def data_key(self) -> tuple:
-    """Evaluators with equal keys see the same inputs (they share steps and results)."""
-    return (*self.split_key, self.config.input.eval_pp)
+  def inputs_identity(self) -> tuple:
+    """Evaluators with equal identities see the same inputs (they share steps and results)."""
+    return (*self.split_identity, self.config.input.eval_pp)
 
   @property
   def pp_key(self) -> str:
@@ -189,7 +197,7 @@ def write_report(report: dict, workdir: str, examples: dict | None = None) -> No
   os.makedirs(workdir, exist_ok=True)
   evaluators = report["evaluators"]
   _remove_figures_of_the_previous_report(workdir, evaluators)
-  with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+  with open(os.path.join(workdir, checkpointing.REPORT), "w") as f:
     json.dump(report, f, indent=2)
   for name, results in evaluators.items():
     figures.plot_confusion(np.array(results["confusion_matrix"]), results["class_names"],
@@ -206,7 +214,7 @@ def write_report(report: dict, workdir: str, examples: dict | None = None) -> No
 def _remove_figures_of_the_previous_report(workdir: str, evaluators: dict) -> None:
   """A report written again into its folder with fewer evaluators leaves no figure of the others."""
   try:
-    with open(os.path.join(workdir, "eval_results.json")) as f:
+    with open(os.path.join(workdir, checkpointing.REPORT)) as f:
       previous = json.load(f)["evaluators"]
   except (OSError, ValueError, KeyError, TypeError):
     return
@@ -265,3 +273,122 @@ def markdown(report: dict, examples: dict) -> str:
             + " (first inputs before normalize()/to_float(), occluders included); "
             "[accuracy per evaluator](eval_summary.png).", ""]
   return "\n".join(lines)
+
+
+class Evaluators:
+  """The config's named evaluators (fer_jax.evaluator_specs): eval data and a jitted step
+  per (preprocessing, stored shape, TTA), built once and reused at every evaluation, so evaluating
+  adds no compilation after the first."""
+
+  def __init__(self, model, config, mesh):
+    self.model, self.config, self.mesh = model, config, mesh
+    self.specs = evaluator_specs(config)
+    self.skipped = {}  # {name: why}, for the report
+    self._splits, self._data, self._steps = {}, {}, {}
+
+  def open_all(self) -> None:
+    """Opens every evaluator's split now, so that a bad one fails before any training; drops
+    (with a warning, and in `skipped`) those with `skip_if_missing` whose split the prepared set lacks."""
+    for name, spec in list(self.specs.items()):
+      if spec.skip_if_missing and not pipeline.has_split(spec.config, spec.split, spec.dataset_key):
+        self.skipped[name] = f"{spec.config.dataset.name} has no split {spec.split!r}"
+        logging.warning("Evaluator %s skipped: %s (skip_if_missing).", name, self.skipped[name])
+        del self.specs[name]
+      else:
+        self.data(name)
+
+  @property
+  def periodic(self) -> list[str]:
+    return [name for name, spec in self.specs.items() if spec.every_epochs]
+
+  @property
+  def reported(self) -> list[str]:
+    """The final report's evaluators: all but "eval" where it reads the same inputs as "test"."""
+    same = self.specs["eval"].inputs_identity == self.specs["test"].inputs_identity
+    return [name for name in self.specs if not (name == "eval" and same)]
+
+  def data(self, name: str) -> pipeline.EvalData:
+    spec = self.specs[name]
+    if spec.inputs_identity not in self._data:
+      if spec.split_identity in self._splits:
+        self._data[spec.inputs_identity] = self._splits[spec.split_identity].with_pipeline(spec.config, spec.pp_key)
+      else:
+        self._data[spec.inputs_identity] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key,
+                                                      spec.split_config_key, spec.dataset_key)
+        self._splits[spec.split_identity] = self._data[spec.inputs_identity]
+    return self._data[spec.inputs_identity]
+
+  def __call__(self, variables, name: str, tta_name: str = "none") -> dict:
+    spec, eval_data = self.specs[name], self.data(name)
+    # Evaluators whose images are stored alike and preprocessed alike share one compiled step.
+    step_key = (eval_data.pipeline.text, eval_data.shape, tta_name)
+    if step_key not in self._steps:
+      jitted = confusion_step(self.model, self.config.model.num_classes, self.mesh, tta_name,
+                                       eval_data.preprocess)
+      self._steps[step_key] = watched_step.WatchedStep(f"eval step ({name}{'' if tta_name == 'none' else ', ' + tta_name})",
+                                          jitted)
+    confusion = confusion_matrix(self._steps[step_key], variables, eval_data)
+    results = metrics(confusion, eval_data.split.class_names)
+    return {**results, "evaluator": name, "split": spec.split, "dataset": spec.config.dataset.name,
+            "model": self.config.model.name, "pp": augment.with_size(spec.config.input.eval_pp, spec.config.input.size),
+            "class_mapping": class_mapping(eval_data.split)}
+
+  def steps(self) -> list[watched_step.WatchedStep]:
+    """The steps built so far (each compiles once: one per preprocessing, stored shape and TTA)."""
+    return list(self._steps.values())
+
+
+EXAMPLES_PER_EVALUATOR = 8
+
+
+def final_report(evaluators: Evaluators, variables, workdir: str, step: int | None, checkpoint: str,
+                 reusable: dict | None = None, trained_steps: int | None = None) -> dict:
+  """Runs every reported evaluator (single pass and, where it has one, with its TTA), writes the
+  report files and returns the "test" evaluator's results with all of them under "evaluators", the
+  evaluators skipped for a missing split under "skipped_evaluators", the run's config, flat, under
+  "config", the checkpoint folder of the weights under "checkpoint" and the steps the run trained under
+  "trained_steps" (None: `--mode=eval`). `step`: the step whose weights are evaluated (the best epoch's with
+  restore_best; under `--mode=eval` the number `checkpoint` is named by, 0 for a converted model, None where it is
+  not one). `reusable`: {inputs_identity: results} already computed with these variables."""
+  reusable, by_name = dict(reusable or {}), {}
+  for name in evaluators.reported:
+    spec = evaluators.specs[name]
+    results = reusable.get(spec.inputs_identity) or evaluators(variables, name)
+    reusable[spec.inputs_identity] = results
+    results = {**results, "evaluator": name, "step": step}
+    if spec.tta != "none":
+      with_tta = evaluators(variables, name, spec.tta)
+      results["tta"] = {"name": spec.tta, **{k: with_tta[k] for k in TTA_KEYS}}
+    by_name[name] = results
+    logging.info("%s (%s %s): accuracy %.4f, mean-class accuracy %.4f over %d examples%s", name, results["dataset"],
+                 spec.split, results["accuracy"], results["mean_class_accuracy"], results["num_examples"],
+                 f"; with {spec.tta} TTA: accuracy {results['tta']['accuracy']:.4f}" if "tta" in results else "")
+  report = {**by_name[REPORTED], "evaluators": by_name, "skipped_evaluators": evaluators.skipped,
+            "config": config_lib.flat(evaluators.config), "checkpoint": checkpoint, "trained_steps": trained_steps}
+  examples = {name: evaluators.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in by_name}
+  write_report(report, workdir, examples)
+  return report
+
+
+def check_not_a_training_run(workdir: str) -> None:
+  """An evaluation's report would overwrite a training run's own (eval_results.json, its figures)."""
+  checkpoints = os.path.join(workdir, checkpointing.CHECKPOINTS)
+  if os.path.isdir(checkpoints):
+    raise UserError(f"--workdir={workdir} holds a training run ({checkpoints}): this "
+                    "evaluation's report would overwrite the run's eval_results.json and figures. Pass another "
+                    "--workdir for the evaluation (--checkpoint may still name this run).")
+
+
+def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
+  """`--mode=eval`: runs every evaluator of `config` on a saved or converted checkpoint and writes the report."""
+  check_not_a_training_run(workdir)
+  validation.validate(config, training=False)
+  mesh = mesh_lib.make_mesh()
+  model = models.build_model(config)
+  evaluators = Evaluators(model, config, mesh)
+  evaluators.open_all()
+  variables = models.load_trained_variables(config, model, checkpoint)
+  variables = jax.device_put(variables, NamedSharding(mesh, P()))
+  step_directory = checkpointing.step_folder(checkpoint)  # the folder load_trained_variables read
+  name = os.path.basename(step_directory)
+  return final_report(evaluators, variables, workdir, int(name) if name.isdigit() else None, step_directory)

@@ -15,6 +15,7 @@ import ml_collections
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import distributed
+from fer_jax import evaluate
 from fer_jax import stopping
 from fer_jax import train
 from fer_jax.errors import UserError
@@ -70,7 +71,7 @@ def main(argv):
   else:
     if not args.checkpoint:
       raise UserError("--mode=eval needs --checkpoint=PATH (a workdir, checkpoint or converted model).")
-    train.evaluate_checkpoint(args.config, args.checkpoint, args.workdir)
+    evaluate.evaluate_checkpoint(args.config, args.checkpoint, args.workdir)
 
 
 if __name__ == "__main__":

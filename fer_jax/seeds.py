@@ -46,7 +46,6 @@ from fer_jax import stopping
 from fer_jax.errors import UserError
 
 SCALARS = ("accuracy", "mean_class_accuracy", "macro_f1")
-REPORT = "eval_results.json"
 # What every seed of one config shares in each evaluator's results (with its TTA's name).
 RUN_KEYS = ("model", "dataset", "split", "class_names", "num_examples", "pp")
 # Config keys that do not change a run's reported numbers: where and how often things are read, written and logged,
@@ -122,7 +121,7 @@ def _current_report(run_dir: str) -> dict | None:
   """The run's report where it covers every checkpoint the run has: it reports training up to the newest
   checkpoint's step, or no checkpoint is left (deleted once the run had finished). None where there is no report,
   or the run trained on after it (resumed, then stopped)."""
-  path = os.path.join(run_dir, REPORT)
+  path = os.path.join(run_dir, checkpointing.REPORT)
   if not os.path.exists(path):
     return None
   report, newest = _read_report(path), _newest_step(run_dir)
@@ -200,7 +199,7 @@ def why_unfinished(run_dir: str, config) -> str | None:
   if report is None:
     if newest is None:
       return "no run yet"
-    path = os.path.join(run_dir, REPORT)
+    path = os.path.join(run_dir, checkpointing.REPORT)
     before = f"after its report of step {_reported_step(_read_report(path))}" if os.path.exists(path) \
         else "before its report"
     return f"stopped at step {newest}, {before}"
@@ -241,7 +240,7 @@ def read_reports(config, workdir: str, seeds: list[int]) -> dict[int, dict]:
   if unfinished:
     raise UserError(f"Not finished in {workdir}: {'; '.join(unfinished)}. Train them first: run this command without "
                     "--summarize_only (or their commands from --print_commands), or drop them from --seeds.")
-  reports = {seed: _read_report(os.path.join(seed_workdir(workdir, seed), REPORT)) for seed in seeds}
+  reports = {seed: _read_report(os.path.join(seed_workdir(workdir, seed), checkpointing.REPORT)) for seed in seeds}
   check_same_run(workdir, reports)
   return reports
 

@@ -1,8 +1,8 @@
-"""The training loop: data-parallel jit over a device mesh, Orbax resume, eval and reports."""
+"""The training loop: data-parallel jit over a device mesh, Orbax resume, periodic evaluation, best-epoch
+selection and the final report (fer_jax.evaluate)."""
 
 from collections.abc import Sequence
 import os
-import threading
 import time
 
 from absl import logging
@@ -15,14 +15,13 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
-from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import stopping
 from fer_jax import validation
-from fer_jax.data import augment
+from fer_jax import watched_step
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
@@ -95,60 +94,6 @@ def make_train_step(model, loss_fn, loss_config, optimizer, mesh, seed: int, aug
                  compiler_options=mesh_lib.compiler_options(mesh))
 
 
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring's event, once per XLA compilation
-_calling = threading.local()  # the WatchedStep running in this thread, if any
-
-
-def _count_compilation(event: str, duration: float, fun_name: str = "", **_) -> None:
-  del duration
-  step = getattr(_calling, "step", None)
-  if event == COMPILE_EVENT and step is not None and fun_name == step.fun_name:
-    step.compiles += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_count_compilation)
-
-
-def argument_types(args) -> dict[str, str]:
-  """Each argument's type (weak types marked ~) and placement, by path: what a jitted function's
-  compilations are keyed on."""
-  return {jax.tree_util.keystr(path): f"{jax.typeof(leaf)} on {getattr(leaf, 'sharding', 'the host')}"
-          for path, leaf in jax.tree_util.tree_leaves_with_path(args)}
-
-
-class WatchedStep:
-  """A jitted step meant to compile once per run: counts its XLA compilations (jax.monitoring's
-  compile events during its own calls) and logs a warning naming it and the arguments whose type or
-  placement changed whenever a call compiles it again."""
-
-  def __init__(self, name: str, jitted):
-    self.name, self.jitted, self.compiles = name, jitted, 0
-    self.fun_name = f"jit({jitted.__name__})"
-    self._first_types = None
-
-  def __call__(self, *args):
-    before, outer = self.compiles, getattr(_calling, "step", None)
-    _calling.step = self
-    try:
-      outputs = self.jitted(*args)
-    finally:
-      _calling.step = outer
-    if self.compiles > before:
-      self._compiled(args)
-    return outputs
-
-  def _compiled(self, args) -> None:
-    types = argument_types(args)
-    if self._first_types is None:
-      self._first_types = types
-      return
-    changed = [f"{path}: {self._first_types.get(path, 'absent')} → {now}" for path, now in types.items()
-               if self._first_types.get(path) != now]
-    shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
-    logging.warning("%s compiled again (%d compilations this run); changed since its first compilation: %s",
-                    self.name, self.compiles, shown or "no argument's type or placement")
-
-
 class Writer:
   """TensorBoard scalars (tensorboardX, no TensorFlow needed) from process 0."""
 
@@ -184,101 +129,6 @@ def load_initial_variables(state: dict, config, model, mesh) -> dict:
   return {**state, **jax.device_put(variables, NamedSharding(mesh, P()))}
 
 
-class Evaluator:
-  """The config's named evaluators (fer_jax.evaluate.evaluator_specs): eval data and a jitted step
-  per (preprocessing, stored shape, TTA), built once and reused at every evaluation, so evaluating
-  adds no compilation after the first."""
-
-  def __init__(self, model, config, mesh):
-    self.model, self.config, self.mesh = model, config, mesh
-    self.specs = evaluate.evaluator_specs(config)
-    self.skipped = {}  # {name: why}, for the report
-    self._splits, self._data, self._steps = {}, {}, {}
-
-  def open_all(self) -> None:
-    """Opens every evaluator's split now, so that a bad one fails before any training; drops
-    (with a warning, and in `skipped`) those with `skip_if_missing` whose split the prepared set lacks."""
-    for name, spec in list(self.specs.items()):
-      if spec.skip_if_missing and not pipeline.has_split(spec.config, spec.split, spec.dataset_key):
-        self.skipped[name] = f"{spec.config.dataset.name} has no split {spec.split!r}"
-        logging.warning("Evaluator %s skipped: %s (skip_if_missing).", name, self.skipped[name])
-        del self.specs[name]
-      else:
-        self.data(name)
-
-  @property
-  def periodic(self) -> list[str]:
-    return [name for name, spec in self.specs.items() if spec.every_epochs]
-
-  @property
-  def reported(self) -> list[str]:
-    """The final report's evaluators: all but "eval" where it reads the same inputs as "test"."""
-    same = self.specs["eval"].data_key == self.specs["test"].data_key
-    return [name for name in self.specs if not (name == "eval" and same)]
-
-  def data(self, name: str) -> pipeline.EvalData:
-    spec = self.specs[name]
-    if spec.data_key not in self._data:
-      if spec.split_key in self._splits:
-        self._data[spec.data_key] = self._splits[spec.split_key].with_pipeline(spec.config, spec.pp_key)
-      else:
-        self._data[spec.data_key] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key,
-                                                      spec.split_config_key, spec.dataset_key)
-        self._splits[spec.split_key] = self._data[spec.data_key]
-    return self._data[spec.data_key]
-
-  def __call__(self, variables, name: str, tta_name: str = "none") -> dict:
-    spec, eval_data = self.specs[name], self.data(name)
-    # Evaluators whose images are stored alike and preprocessed alike share one compiled step.
-    step_key = (eval_data.pipeline.text, eval_data.shape, tta_name)
-    if step_key not in self._steps:
-      jitted = evaluate.confusion_step(self.model, self.config.model.num_classes, self.mesh, tta_name,
-                                       eval_data.preprocess)
-      self._steps[step_key] = WatchedStep(f"eval step ({name}{'' if tta_name == 'none' else ', ' + tta_name})",
-                                          jitted)
-    confusion = evaluate.confusion_matrix(self._steps[step_key], variables, eval_data)
-    results = evaluate.metrics(confusion, eval_data.split.class_names)
-    return {**results, "evaluator": name, "split": spec.split, "dataset": spec.config.dataset.name,
-            "model": self.config.model.name, "pp": augment.with_size(spec.config.input.eval_pp, spec.config.input.size),
-            "class_mapping": evaluate.class_mapping(eval_data.split)}
-
-  def steps(self) -> list[WatchedStep]:
-    """The steps built so far (each compiles once: one per preprocessing, stored shape and TTA)."""
-    return list(self._steps.values())
-
-
-EXAMPLES_PER_EVALUATOR = 8
-
-
-def final_report(evaluator: Evaluator, variables, workdir: str, step: int | None, checkpoint: str,
-                 reusable: dict | None = None, trained_steps: int | None = None) -> dict:
-  """Runs every reported evaluator (single pass and, where it has one, with its TTA), writes the
-  report files and returns the "test" evaluator's results with all of them under "evaluators", the
-  evaluators skipped for a missing split under "skipped_evaluators", the run's config, flat, under
-  "config", the checkpoint folder of the weights under "checkpoint" and the steps the run trained under
-  "trained_steps" (None: `--mode=eval`). `step`: the step whose weights are evaluated (the best epoch's with
-  restore_best; under `--mode=eval` the number `checkpoint` is named by, 0 for a converted model, None where it is
-  not one). `reusable`: {data_key: results} already computed with these variables."""
-  reusable, evaluators = dict(reusable or {}), {}
-  for name in evaluator.reported:
-    spec = evaluator.specs[name]
-    results = reusable.get(spec.data_key) or evaluator(variables, name)
-    reusable[spec.data_key] = results
-    results = {**results, "evaluator": name, "step": step}
-    if spec.tta != "none":
-      with_tta = evaluator(variables, name, spec.tta)
-      results["tta"] = {"name": spec.tta, **{k: with_tta[k] for k in evaluate.TTA_KEYS}}
-    evaluators[name] = results
-    logging.info("%s (%s %s): accuracy %.4f, mean-class accuracy %.4f over %d examples%s", name, results["dataset"],
-                 spec.split, results["accuracy"], results["mean_class_accuracy"], results["num_examples"],
-                 f"; with {spec.tta} TTA: accuracy {results['tta']['accuracy']:.4f}" if "tta" in results else "")
-  report = {**evaluators[evaluate.REPORTED], "evaluators": evaluators, "skipped_evaluators": evaluator.skipped,
-            "config": config_lib.flat(evaluator.config), "checkpoint": checkpoint, "trained_steps": trained_steps}
-  examples = {name: evaluator.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in evaluators}
-  evaluate.write_report(report, workdir, examples)
-  return report
-
-
 class Selection:
   """Best epoch on the evaluator `config.select_on` by `config.select_metric`, kept in workdir/best;
   early stopping.
@@ -293,7 +143,7 @@ class Selection:
     self.best_value, self.best_epoch = -1.0, 0
     self.checkpoints = None
     if self.metric:
-      self.checkpoints = checkpointing.manager(os.path.join(workdir, "best"), max_to_keep=1)
+      self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.BEST), max_to_keep=1)
       best_step = checkpointing.newest_step(self.checkpoints)
       if best_step is not None:
         record = self.checkpoints.restore(best_step,
@@ -430,9 +280,9 @@ class TrainingRun:
     optim.check_patterns(config.optimizer, self.abstract["params"])  # before the data is read
     self.resume_target = self._checked_resume_target() if self.start_step else None
     self.data = pipeline.TrainData(config, self.mesh)
-    self.evaluator = Evaluator(self.model, config, self.mesh)
-    self.evaluator.open_all()
-    if config.select_metric and config.select_on not in self.evaluator.specs:
+    self.evaluators = evaluate.Evaluators(self.model, config, self.mesh)
+    self.evaluators.open_all()
+    if config.select_metric and config.select_on not in self.evaluators.specs:
       raise UserError(f"config.select_on={config.select_on!r} names an evaluator skipped for its missing split (above): "
                       "select on another (e.g. --config.select_on=eval), or prepare the set with that split.")
     self.steps_per_epoch, self.num_steps = self.data.steps_per_epoch, self.data.num_steps
@@ -440,7 +290,7 @@ class TrainingRun:
     self.state = self._restore_or_initialise(optimizer.tx)
     self.selection = Selection(config, workdir)
     loss_config = loss_config_for(config, self.data.split)
-    self.train_steps = {mode: WatchedStep(f"train step ({mode} mode)", make_train_step(
+    self.train_steps = {mode: watched_step.WatchedStep(f"train step ({mode} mode)", make_train_step(
         self.model, method.loss, loss_config, optimizer, self.mesh, config.seed, self.data.augment, mode))
         for mode in MODEL_MODES}
     self.writer = Writer(workdir)
@@ -494,8 +344,8 @@ class TrainingRun:
     epoch, within = divmod(self.step, self.steps_per_epoch)
     if within:
       return []
-    return [name for name in self.evaluator.periodic
-            if self.step == self.num_steps or epoch % self.evaluator.specs[name].every_epochs == 0]
+    return [name for name in self.evaluators.periodic
+            if self.step == self.num_steps or epoch % self.evaluators.specs[name].every_epochs == 0]
 
   def evaluate_and_select(self) -> bool:
     """At the end of an evaluated epoch: runs the due evaluators and, when `select_on` is one of
@@ -508,8 +358,8 @@ class TrainingRun:
     self.guard.check()
     results, start = {}, time.perf_counter()
     for name in due:
-      results[name] = self.evaluator(self.variables, name)
-      self.last_evals[self.evaluator.specs[name].data_key] = results[name]
+      results[name] = self.evaluators(self.variables, name)
+      self.last_evals[self.evaluators.specs[name].inputs_identity] = results[name]
       logging.info("epoch %d %s (%s): accuracy %.4f mean-class %.4f", epoch, name, results[name]["split"],
                    results[name]["accuracy"], results[name]["mean_class_accuracy"])
       self.writer.scalars(self.step, {f"{name}/{k}": results[name][k] for k in ("accuracy", "mean_class_accuracy")})
@@ -580,7 +430,7 @@ class TrainingRun:
 
   def compilations(self) -> dict[str, int]:
     """{step name: XLA compilations so far} of the train steps and the eval steps: 1 each once used."""
-    return {step.name: step.compiles for step in (*self.train_steps.values(), *self.evaluator.steps())}
+    return {step.name: step.compiles for step in (*self.train_steps.values(), *self.evaluators.steps())}
 
   def report(self) -> dict:
     """The final report of every evaluator, with the best epoch's weights if configured."""
@@ -593,7 +443,7 @@ class TrainingRun:
       logging.info("Reporting the best epoch (%d, step %d, %s %.4f)", self.selection.best_epoch, step,
                    self.selection.metric, self.selection.best_value)
       reusable = {}
-    report = final_report(self.evaluator, variables, self.workdir, step, os.path.join(checkpoints.directory, str(step)),
+    report = evaluate.final_report(self.evaluators, variables, self.workdir, step, os.path.join(checkpoints.directory, str(step)),
                           reusable, trained_steps=self.step)
     for name, results in report["evaluators"].items():
       self.writer.scalars(self.step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
@@ -603,27 +453,3 @@ class TrainingRun:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming from its newest checkpoint) and writes the eval report."""
   return TrainingRun(config, workdir).run()
-
-
-def check_not_a_training_run(workdir: str) -> None:
-  """An evaluation's report would overwrite a training run's own (eval_results.json, its figures)."""
-  checkpoints = os.path.join(workdir, checkpointing.CHECKPOINTS)
-  if os.path.isdir(checkpoints):
-    raise UserError(f"--workdir={workdir} holds a training run ({checkpoints}): this "
-                    "evaluation's report would overwrite the run's eval_results.json and figures. Pass another "
-                    "--workdir for the evaluation (--checkpoint may still name this run).")
-
-
-def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
-  """`--mode=eval`: runs every evaluator of `config` on a saved or converted checkpoint and writes the report."""
-  check_not_a_training_run(workdir)
-  validation.validate(config, training=False)
-  mesh = mesh_lib.make_mesh()
-  model = models.build_model(config)
-  evaluator = Evaluator(model, config, mesh)
-  evaluator.open_all()
-  variables = models.load_trained_variables(config, model, checkpoint)
-  variables = jax.device_put(variables, NamedSharding(mesh, P()))
-  step_directory = checkpointing.step_folder(checkpoint)  # the folder load_trained_variables read
-  name = os.path.basename(step_directory)
-  return final_report(evaluator, variables, workdir, int(name) if name.isdigit() else None, step_directory)

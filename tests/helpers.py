@@ -12,7 +12,7 @@ import socket
 import jax
 import numpy as np
 from fer_jax import models
-from fer_jax import train
+from fer_jax import watched_step
 from fer_jax.data.builders import synthetic  # noqa: F401  (registers the builder)
 import tensorflow_datasets as tfds
 
@@ -170,7 +170,7 @@ def killed_at_end(processes):
 def compiled_during(action) -> collections.Counter:
   """The XLA programs `action()` compiles, counted by name."""
   names = collections.Counter()
-  listener = lambda event, _, fun_name="", **__: names.update([fun_name]) if event == train.COMPILE_EVENT else None
+  listener = lambda event, _, fun_name="", **__: names.update([fun_name]) if event == watched_step.COMPILE_EVENT else None
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     action()

@@ -27,6 +27,7 @@ import optax
 
 from fer_jax import benchmark
 from fer_jax import checkpointing
+from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
@@ -101,7 +102,7 @@ def confusion(devices, config, variables):
   """The eval split's confusion matrix on `devices`, with a batch that does not divide over them."""
   mesh = mesh_lib.make_mesh(devices)
   replicated = jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  return train.Evaluator(SmallNet(), config, mesh)(replicated, "eval")["confusion_matrix"]
+  return evaluate.Evaluators(SmallNet(), config, mesh)(replicated, "eval")["confusion_matrix"]
 
 
 def main():

@@ -13,8 +13,8 @@ from torch import nn
 
 from fer_jax import checkpointing
 from fer_jax import convert
+from fer_jax import evaluate
 from fer_jax import models
-from fer_jax import train
 from fer_jax.models.backbones import resnet as resnet_lib
 from helpers import get_config, tiny_run
 from reference.common import randomise
@@ -74,7 +74,7 @@ def test_converted_checkpoint_restores_and_evaluates(converted, tmp_path):
   model = models.build_model(config)
   restored = checkpointing.restore_model(str(tmp_path / "converted"), models.abstract_variables(model, config))
   assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), restored, variables))
-  results = train.evaluate_checkpoint(config, str(tmp_path / "converted"), str(tmp_path / "report"))
+  results = evaluate.evaluate_checkpoint(config, str(tmp_path / "converted"), str(tmp_path / "report"))
   assert results["num_examples"] == 70
   assert (tmp_path / "report" / "eval_results.json").exists()
 

@@ -75,7 +75,7 @@ def test_seven_class_model_on_ferplus_leaves_contempt_out(fixture_sets):
   data_dir, _ = fixture_sets
   config = _config(data_dir, "sfew/aligned", "validation", "sfew",
                    ferplus=dict(dataset="ferplus/plurality", split="train", pp="gray_to_rgb()|to_float()"))
-  evaluator = train.Evaluator(Constant(7), config, mesh_lib.make_mesh())
+  evaluator = evaluate.Evaluators(Constant(7), config, mesh_lib.make_mesh())
   results = evaluator(_predicting(labels.NEUTRAL, "sfew"), "ferplus")
   # The fixture's plurality labels in its train split, by FERPlus class name.
   ferplus_names = labels.CLASS_ORDERS["ferplus"]
@@ -95,7 +95,7 @@ def test_eight_class_model_on_sfew_counts_contempt_predictions_wrong(fixture_set
   data_dir, written = fixture_sets
   config = _config(data_dir, "ferplus/plurality", "validation", "ferplus",
                    sfew=dict(dataset="sfew/aligned", split="validation"))
-  evaluator = train.Evaluator(Constant(8), config, mesh_lib.make_mesh())
+  evaluator = evaluate.Evaluators(Constant(8), config, mesh_lib.make_mesh())
   results = evaluator(_predicting(labels.CONTEMPT, "ferplus"), "sfew")
   contempt = labels.CLASS_ORDERS["ferplus"].index(labels.CONTEMPT)
   confusion = np.array(results["confusion_matrix"])
@@ -137,7 +137,7 @@ def test_an_evaluator_on_a_set_whose_class_names_are_not_fer_jaxs_is_refused(fix
   data_dir, _ = fixture_sets
   config = _config(data_dir, "sfew/aligned", "validation", "sfew", mine=dict(dataset="emotions", split="test"))
   config.evals.mine.data_dir = str(tmp_path)
-  evaluator = train.Evaluator(Constant(7), config, mesh_lib.make_mesh())
+  evaluator = evaluate.Evaluators(Constant(7), config, mesh_lib.make_mesh())
   with pytest.raises(pipeline.DataError, match=re.escape("Data set 'emotions' (config.evals.mine.dataset) has classes "
                                                          "fer_jax does not know: happy, sad, angry. ")):
     evaluator.open_all()
@@ -148,7 +148,7 @@ def test_an_evaluator_whose_split_keeps_no_image_for_the_model_is_refused(tmp_pa
   config = _config(str(tmp_path), "contempt_only", "test", "fer2013")
   for cache in ("host", "none"):  # reported "accuracy 0.0000 over 0 examples", or crashed in the image cache
     config.dataset.cache = cache
-    evaluator = train.Evaluator(Constant(7), config, mesh_lib.make_mesh())
+    evaluator = evaluate.Evaluators(Constant(7), config, mesh_lib.make_mesh())
     with pytest.raises(pipeline.DataError, match=re.escape(
         "config.dataset.eval_split='test': none of the images of 'contempt_only' test is of a class of the model "
         "(config.dataset.class_order='fer2013'); it holds contempt (3).")):
@@ -164,7 +164,7 @@ def test_an_evaluators_data_set_unknown_or_unprepared_names_the_evaluators_key(f
   data_dir, _ = fixture_sets
   config = _config(data_dir, "sfew/aligned", "validation", "sfew", other=fields)
   config.evals.other.data_dir = str(tmp_path)
-  evaluator = train.Evaluator(Constant(7), config, mesh_lib.make_mesh())
+  evaluator = evaluate.Evaluators(Constant(7), config, mesh_lib.make_mesh())
   with pytest.raises(pipeline.DataError, match=re.escape(message.format(tmp_path))):
     evaluator.open_all()
 
@@ -173,9 +173,9 @@ def test_the_report_lists_the_evaluators_skipped_and_why(fixture_sets, tmp_path)
   data_dir, _ = fixture_sets
   config = _config(data_dir, "rafdb", "test", "rafdb", pose45=dict(dataset="rafdb", split="test_pose45",
                                                                     skip_if_missing=True))
-  evaluator = train.Evaluator(Constant(7), config, mesh_lib.make_mesh())
+  evaluator = evaluate.Evaluators(Constant(7), config, mesh_lib.make_mesh())
   evaluator.open_all()
-  train.final_report(evaluator, _predicting(labels.NEUTRAL, "rafdb"), str(tmp_path), 0, "model/0")
+  evaluate.final_report(evaluator, _predicting(labels.NEUTRAL, "rafdb"), str(tmp_path), 0, "model/0")
   recorded = json.loads((tmp_path / "eval_results.json").read_text())
   assert list(recorded["evaluators"]) == ["test"]
   assert recorded["skipped_evaluators"] == {"pose45": "rafdb has no split 'test_pose45'"}
@@ -189,7 +189,7 @@ def test_each_eval_step_compiles_once_over_several_evaluations(fixture_sets, cap
                    sfew=dict(dataset="sfew/aligned", split="validation", tta="flip"),
                    boxes=dict(dataset="sfew/aligned", split="validation", pp="occlude('boxes')|to_float()"))
   mesh = mesh_lib.make_mesh()
-  evaluator = train.Evaluator(Constant(8), config, mesh)
+  evaluator = evaluate.Evaluators(Constant(8), config, mesh)
   evaluator.open_all()
 
   def epoch(index):
@@ -214,8 +214,8 @@ def test_each_eval_step_compiles_once_over_several_evaluations(fixture_sets, cap
 def test_due_evaluators_follow_every_epochs_and_the_last_step():
   spec = lambda every: types.SimpleNamespace(every_epochs=every)  # noqa: E731
   run = types.SimpleNamespace(steps_per_epoch=10, num_steps=50,
-                              evaluator=types.SimpleNamespace(periodic=["eval", "occluded"],
-                                                              specs={"eval": spec(1), "occluded": spec(2)}))
+                              evaluators=types.SimpleNamespace(periodic=["eval", "occluded"],
+                                                               specs={"eval": spec(1), "occluded": spec(2)}))
   due = {}
   for step in (5, 10, 20, 30, 50):
     run.step = step
@@ -292,7 +292,7 @@ def test_a_split_the_set_lacks_names_the_key_that_asked_for_it(key, value):
   for part in parents:
     section = section[part]
   section[last] = value
-  evaluator = train.Evaluator(Constant(7), config, mesh_lib.make_mesh())
+  evaluator = evaluate.Evaluators(Constant(7), config, mesh_lib.make_mesh())
   with pytest.raises(pipeline.DataError, match=re.escape(f"config.{key}={value!r}: Data set 'synthetic/tiny' has no split")):
     evaluator.open_all()
 
@@ -310,7 +310,7 @@ def test_dan_trained_on_rafdb_reported_on_ferplus_and_sfew(fixture_sets, tmp_pat
                                                   pp="gray_to_rgb()|" + config.input.eval_pp),
                   "sfew": config_lib.evaluator(dataset="sfew/aligned", data_dir=data_dir, split="validation")}
   checkpoint = checkpointing.save_model(str(tmp_path / "dan"), random_variables(config), config)
-  report = train.evaluate_checkpoint(config, checkpoint, str(tmp_path / "report"))
+  report = evaluate.evaluate_checkpoint(config, checkpoint, str(tmp_path / "report"))
   evaluators = report["evaluators"]
   assert list(evaluators) == ["test", "ferplus", "sfew"]
   assert evaluators["test"]["num_examples"] == len(fx.RAFDB_TEST) and report["num_examples"] == len(fx.RAFDB_TEST)
@@ -343,12 +343,12 @@ def test_mode_eval_reports_the_checkpoint_it_read_and_only_this_evaluations_figu
   checkpointing.save(best, 77, random_variables(config), config)
   best.wait_until_finished()
   (tmp_path / "run" / "eval_results.json").write_text(json.dumps({"step": 77, "trained_steps": 80}))
-  report = train.evaluate_checkpoint(config, str(tmp_path / "run"), str(tmp_path / "report"))
+  report = evaluate.evaluate_checkpoint(config, str(tmp_path / "run"), str(tmp_path / "report"))
   assert (report["step"], report["checkpoint"], report["trained_steps"]) == (77, str(tmp_path / "run" / "best" / "77"), None)
   table = (tmp_path / "report" / "eval_results.md").read_text()
   assert table.startswith(f"Weights: {tmp_path / 'run' / 'best' / '77'} (step 77).")
   assert {"confusion_matrix_sfew.png", "examples_sfew.png"} <= set(os.listdir(tmp_path / "report"))
   config.evals = {}
-  train.evaluate_checkpoint(config, str(tmp_path / "run"), str(tmp_path / "report"))
+  evaluate.evaluate_checkpoint(config, str(tmp_path / "run"), str(tmp_path / "report"))
   assert sorted(os.listdir(tmp_path / "report")) == ["confusion_matrix.png", "eval_results.json", "eval_results.md",
                                                      "eval_summary.png", "examples_test.png"]

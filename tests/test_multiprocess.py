@@ -27,10 +27,10 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from fer_jax import checkpointing
+from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import stopping
-from fer_jax import train
 from helpers import ROOT, cpu_devices_env, free_port, get_config, killed_at_end, tiny_run
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,7 @@ def _confusion_on_one_device(variables) -> list:
   config = tiny_run(get_config("configs/dan.py:synthetic"))
   model, mesh = models.build_model(config), mesh_lib.make_mesh()
   replicated = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
-  return train.Evaluator(model, config, mesh)(replicated, "test")["confusion_matrix"]
+  return evaluate.Evaluators(model, config, mesh)(replicated, "test")["confusion_matrix"]
 
 
 def _initial_params() -> dict:

@@ -19,11 +19,13 @@ import pytest
 
 from fer_jax import checkpointing
 from fer_jax import config_lib
+from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import stopping
 from fer_jax import train
+from fer_jax import watched_step
 from fer_jax.errors import UserError
 from helpers import assert_user_error, cpu_devices_env, get_config, tiny_run
 from jax._src import array as jax_array
@@ -45,7 +47,7 @@ def test_a_watched_step_counts_its_compilations_and_names_what_changed(caplog):
   def scale(x):
     return 2 * x
 
-  step = train.WatchedStep("scale step", jax.jit(scale))
+  step = watched_step.WatchedStep("scale step", jax.jit(scale))
   with caplog.at_level(logging.WARNING):
     step(np.ones(3, np.float32))
     jax.jit(scale)(np.ones(5, np.float32))  # another jitted function's compilation, though of the same name
@@ -164,7 +166,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
   with open(os.path.join(straight, "eval_results.json")) as f:
     assert json.load(f)["accuracy"] == results["accuracy"]
   # --mode=eval on the saved checkpoint reproduces the final report.
-  evaluated = train.evaluate_checkpoint(config, straight, str(tmp_path / "eval"))
+  evaluated = evaluate.evaluate_checkpoint(config, straight, str(tmp_path / "eval"))
   assert evaluated["confusion_matrix"] == results["confusion_matrix"]
   with open(tmp_path / "eval" / "eval_results.json") as f:
     assert json.load(f)["step"] == results["step"] == 8  # the step of the checkpoint it read
@@ -282,7 +284,7 @@ def test_an_evaluation_report_is_refused_in_a_training_workdir(tmp_path):
   with pytest.raises(UserError, match=rf"^--workdir={tmp_path} holds a training run \({tmp_path / 'checkpoints'}\): "
                                       r"this evaluation's report would overwrite the run's eval_results.json and "
                                       r"figures. Pass another --workdir for the evaluation"):
-    train.evaluate_checkpoint(get_config("configs/dan.py:synthetic"), str(tmp_path), str(tmp_path))
+    evaluate.evaluate_checkpoint(get_config("configs/dan.py:synthetic"), str(tmp_path), str(tmp_path))
   assert (tmp_path / "eval_results.json").read_text() == "{}"
 
 
