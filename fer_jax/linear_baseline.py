@@ -18,11 +18,14 @@ import json
 
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import evaluate
+from fer_jax import validation
+from fer_jax.data import augment
 from fer_jax.data import decode
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
@@ -38,7 +41,7 @@ def pixels(config, split: pipeline.Split) -> tuple[np.ndarray, np.ndarray]:
   shape, prepare = _eval_pipeline(config, split)
   records = split.indices
   images = pipeline.decode_all(decode.Decoder(split.source, shape), records, pipeline.num_workers(config))
-  keys = jax.random.split(jax.random.key(0), len(records))
+  keys = augment.evaluation_keys(jnp.arange(len(records)))  # an evaluator's draws for each position in the split
   features = np.asarray(jax.jit(prepare)(images, keys)).reshape(len(records), -1)
   return features.astype(np.float64), split.labels[records]
 
@@ -77,6 +80,7 @@ def scores(labels: np.ndarray, predicted: np.ndarray, class_names) -> dict[str, 
 
 def baseline(config, ridge: float, max_gb: float) -> dict:
   """The baseline's report: the data, the sizes, and the test scores."""
+  validation.validate(config, training=False)
   train = pipeline.load_split(config, config.dataset.train_split, config.dataset.max_per_class,
                               split_key="dataset.train_split")
   test_key = "dataset.test_split" if config.dataset.test_split else "dataset.eval_split"

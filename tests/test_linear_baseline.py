@@ -1,11 +1,14 @@
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from fer_jax import linear_baseline
+from fer_jax import mesh as mesh_lib
+from fer_jax.data import pipeline
 from fer_jax.errors import UserError
-from helpers import assert_user_error, run_command
+from helpers import assert_user_error, get_config, run_command
 
 
 def _accuracy(x, y):
@@ -62,3 +65,28 @@ def test_a_split_the_set_lacks_is_named_by_its_config_key(tiny_data_dir):
                        "--config.dataset.name=synthetic/tiny", f"--config.dataset.data_dir={tiny_data_dir}",
                        "--config.input.size=32", "--config.data_workers=0", "--config.dataset.test_split=tset")
   assert_user_error(result, "config.dataset.test_split='tset': Data set 'synthetic/tiny' has no split 'tset'")
+
+
+@pytest.mark.integration
+def test_the_baseline_sees_each_image_as_the_evaluation_does(tiny_data_dir):
+  """An eval pipeline with random draws (boxes occluded where each example's key says) shows the baseline the
+  images an evaluator scores the model on, keyed by position in the split."""
+  config = get_config("configs/dan.py:synthetic")
+  config.dataset.update(name="synthetic/tiny", data_dir=tiny_data_dir)
+  config.update(data_workers=0, eval_batch_size=32)
+  config.input.update(size=32, eval_pp="resize({size})|occlude('boxes', area=0.3, count=2, fill=0)|normalize('imagenet')")
+  split = pipeline.load_split(config, "test")
+  features, labels = linear_baseline.pixels(config, split)
+  evaluation = pipeline.EvalData(config, mesh_lib.make_mesh(), "test")
+  seen = []
+  for batch in evaluation.local_batches():
+    seen.append(np.asarray(jax.jit(evaluation.preprocess)(batch["image"], batch["position"])))
+  seen = np.concatenate(seen)[:len(labels)].reshape(len(labels), -1)
+  np.testing.assert_allclose(features, seen, rtol=1e-6)
+
+
+def test_a_config_that_cannot_run_is_refused_as_every_command_refuses_it():
+  config = get_config("configs/dan.py:synthetic")
+  config.input.size = 0
+  with pytest.raises(UserError, match=r"The config cannot run:\n.*config\.input\.size"):
+    linear_baseline.baseline(config, ridge=1.0, max_gb=1.0)
