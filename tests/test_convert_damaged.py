@@ -301,9 +301,12 @@ def test_tensors_numpy_has_no_dtype_for_are_named_with_the_fix(tmp_path, make, d
   with warnings.catch_warnings():  # PyTorch deprecates its quantized tensors, which old checkpoints still hold
     warnings.simplefilter("ignore")
     torch.save({"model_state_dict": {"fc.weight": make(torch.ones(7, 512))}}, path)
-  message = conversion_message("dan.py:rafdb", path)
+  with warnings.catch_warnings(record=True) as printed:  # PyTorch's own deprecation would print beside the message
+    warnings.simplefilter("always")
+    message = conversion_message("dan.py:rafdb", path)
   assert message == (f"{path}: model_state_dict/fc.weight is a {dtype} tensor, which fer_jax does not read: re-save "
                      "the checkpoint with its weights in float32 or float16.")
+  assert not printed, [str(warning.message) for warning in printed]
 
 
 def test_integer_weights_are_named_with_the_fix(tmp_path):  # integer BatchNorm counters pass: the parity tests

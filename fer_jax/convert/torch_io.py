@@ -112,8 +112,10 @@ def load_torch(path: str):
   _check_not_an_archive_of_files(path)
   torch = _safe_torch(path)
   with _read_errors(path), torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
-    # A garbled byte often names another pickle protocol; PyTorch's warning would print beside the file's message.
+    # PyTorch's own warnings would print beside the file's message: a garbled byte often names another pickle
+    # protocol, and quantized tensors (refused after loading) use its deprecated TypedStorage.
     warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+    warnings.filterwarnings("ignore", "TypedStorage is deprecated", UserWarning)
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   return _to_numpy(loaded, path)
 
