@@ -276,7 +276,7 @@ def markdown(report: dict, examples: dict) -> str:
 
 
 class Evaluators:
-  """The config's named evaluators (fer_jax.evaluator_specs): eval data and a jitted step
+  """The config's named evaluators (evaluator_specs): eval data and a jitted step
   per (preprocessing, stored shape, TTA), built once and reused at every evaluation, so evaluating
   adds no compilation after the first."""
 
@@ -309,24 +309,24 @@ class Evaluators:
 
   def data(self, name: str) -> pipeline.EvalData:
     spec = self.specs[name]
-    if spec.inputs_identity not in self._data:
-      if spec.split_identity in self._splits:
-        self._data[spec.inputs_identity] = self._splits[spec.split_identity].with_pipeline(spec.config, spec.pp_key)
+    inputs, split = spec.inputs_identity, spec.split_identity
+    if inputs not in self._data:
+      if split in self._splits:
+        self._data[inputs] = self._splits[split].with_pipeline(spec.config, spec.pp_key)
       else:
-        self._data[spec.inputs_identity] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key,
-                                                      spec.split_config_key, spec.dataset_key)
-        self._splits[spec.split_identity] = self._data[spec.inputs_identity]
-    return self._data[spec.inputs_identity]
+        self._data[inputs] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key,
+                                               spec.split_config_key, spec.dataset_key)
+        self._splits[split] = self._data[inputs]
+    return self._data[inputs]
 
   def __call__(self, variables, name: str, tta_name: str = "none") -> dict:
     spec, eval_data = self.specs[name], self.data(name)
     # Evaluators whose images are stored alike and preprocessed alike share one compiled step.
     step_key = (eval_data.pipeline.text, eval_data.shape, tta_name)
     if step_key not in self._steps:
-      jitted = confusion_step(self.model, self.config.model.num_classes, self.mesh, tta_name,
-                                       eval_data.preprocess)
-      self._steps[step_key] = watched_step.WatchedStep(f"eval step ({name}{'' if tta_name == 'none' else ', ' + tta_name})",
-                                          jitted)
+      jitted = confusion_step(self.model, self.config.model.num_classes, self.mesh, tta_name, eval_data.preprocess)
+      label = name if tta_name == "none" else f"{name}, {tta_name}"
+      self._steps[step_key] = watched_step.WatchedStep(f"eval step ({label})", jitted)
     confusion = confusion_matrix(self._steps[step_key], variables, eval_data)
     results = metrics(confusion, eval_data.split.class_names)
     return {**results, "evaluator": name, "split": spec.split, "dataset": spec.config.dataset.name,

@@ -58,9 +58,9 @@ def model_mode(config, step: int, steps_per_epoch: int) -> str:
 
 def make_train_step(model, loss_fn, loss_config, optimizer, mesh, seed: int, augment_fn=None,
                     mode: str = "train"):
-  """jit(state, batch) → (state, metrics), stepping `optimizer` (optim.Optimizer). With `augment_fn` (uint8 images, positions → model inputs,
-  e.g. `TrainData.augment`), the batch holds uint8 images and their positions, augmented inside
-  the step; without it, the images are model inputs already. `mode="inference"` computes
+  """jit(state, batch) → (state, metrics), stepping `optimizer` (optim.Optimizer). With `augment_fn`
+  (uint8 images, positions → model inputs, e.g. `TrainData.augment`), the batch holds uint8 images
+  and their positions, augmented inside the step; without it, the images are model inputs already. `mode="inference"` computes
   the gradient with the model in inference mode (BatchNorm on its running statistics, which stay
   as they are; no dropout), as PyTorch does after `model.eval()`. On CPUs it compiles with
   `mesh.compiler_options`, which JAX accepts on a top-level jit only: call, `.trace` or `.lower` it,
@@ -443,8 +443,8 @@ class TrainingRun:
       logging.info("Reporting the best epoch (%d, step %d, %s %.4f)", self.selection.best_epoch, step,
                    self.selection.metric, self.selection.best_value)
       reusable = {}
-    report = evaluate.final_report(self.evaluators, variables, self.workdir, step, os.path.join(checkpoints.directory, str(step)),
-                          reusable, trained_steps=self.step)
+    report = evaluate.final_report(self.evaluators, variables, self.workdir, step,
+                                   os.path.join(checkpoints.directory, str(step)), reusable, trained_steps=self.step)
     for name, results in report["evaluators"].items():
       self.writer.scalars(self.step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
     return report

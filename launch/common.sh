@@ -105,3 +105,10 @@ training_command() {
   [[ -z $data_dir ]] || TRAINING_COMMAND+=("--config.dataset.data_dir=$data_dir")
   TRAINING_COMMAND+=("$@" "${TRAINING_EXTRA_ARGS[@]}")
 }
+
+# The host-side shell text that sends SIGTERM to the training whose pid file is $1 and succeeds only
+# if it did: the file outlives its process, so the pid must still be a fer_jax.main's.
+# shellcheck disable=SC2016  # $pid is the host's
+sigterm_training() {
+  printf 'pid=$(cat %s 2>/dev/null) && grep -qsF fer_jax.main "/proc/$pid/cmdline" && kill -TERM "$pid"' "$1"
+}

@@ -130,14 +130,11 @@ start_process() {
   PROCESS_OF_PID[$!]=$index
 }
 
-# SIGTERM to the training process on host $1: it saves its step and exits 75. The pid file outlives
-# its process (a process still connecting finds the last run's), so the pid must still be training's.
-# shellcheck disable=SC2016  # $pid is the host's
+# SIGTERM to the training process on host $1: it saves its step and exits 75 (a process still
+# connecting finds the last run's pid file, which sigterm_training leaves alone).
 stop_process() {
   local index=$1
-  run ssh "${SSH_OPTIONS[@]}" "${HOST_LIST[$index]}" \
-    "$(printf 'pid=$(cat %s 2>/dev/null) && grep -qsF fer_jax.main "/proc/$pid/cmdline" && kill -TERM "$pid"; true' \
-      "$(pid_file "$index")")" || true
+  run ssh "${SSH_OPTIONS[@]}" "${HOST_LIST[$index]}" "$(sigterm_training "$(pid_file "$index")"); true" || true
 }
 
 stop_all() {

@@ -266,12 +266,10 @@ run_training() {
 
 # The worker-side stop: SIGTERM, then wait until the training has saved its step and exited (a
 # lost ssh session leaves it running, and the TPU takes one training at a time); SIGKILL after
-# --stop-timeout (safe: the newest complete checkpoint stands). The pid must still be a
-# training's: the file outlives the process.
+# --stop-timeout (safe: the newest complete checkpoint stands).
 # shellcheck disable=SC2016  # $pid and $(hostname) are the worker's
 stop_script() {
-  printf 'pid=$(cat %s 2>/dev/null) && grep -qsF fer_jax.main "/proc/$pid/cmdline" && kill -TERM "$pid" || exit 0; ' \
-    "$PID_FILE"
+  printf '%s || exit 0; ' "$(sigterm_training "$PID_FILE")"
   printf 'for _ in $(seq %s); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 1; done; ' "$STOP_TIMEOUT"
   printf 'echo "[$(hostname)] training still runs %s s after SIGTERM: SIGKILL" >&2; kill -KILL "$pid" 2>/dev/null || true' \
     "$STOP_TIMEOUT"

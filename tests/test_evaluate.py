@@ -68,10 +68,15 @@ def test_confusion_step_counts_masked_rows_zero_times():
   np.testing.assert_array_equal(total, [[4, 0, 0], [0, 4, 2], [0, 0, 2]])
 
 
-def test_report_files(tmp_path):
+def _one_evaluators_results():
+  """An evaluator's results (7 of 8 right) and its example inputs, as write_report takes them."""
   results = {**evaluate.metrics(np.array([[3, 1], [0, 4]]), ("x", "y")), "dataset": "d", "split": "s", "pp": "p",
              "class_mapping": {"excluded_examples": {}, "model_classes_absent": []}}
-  images = np.zeros((2, 8, 8, 3), np.uint8)
+  return results, np.zeros((2, 8, 8, 3), np.uint8)
+
+
+def test_report_files(tmp_path):
+  results, images = _one_evaluators_results()
   evaluate.write_report({**results, "evaluators": {"test": results, "other": results}}, str(tmp_path),
                         {"test": images, "other": images})
   for name in ("confusion_matrix.png", "confusion_matrix_other.png", "examples_other.png", "eval_summary.png"):
@@ -83,9 +88,7 @@ def test_report_files(tmp_path):
 
 
 def test_a_report_written_again_with_fewer_evaluators_leaves_no_figure_of_the_others(tmp_path):
-  results = {**evaluate.metrics(np.array([[3, 1], [0, 4]]), ("x", "y")), "dataset": "d", "split": "s", "pp": "p",
-             "class_mapping": {"excluded_examples": {}, "model_classes_absent": []}}
-  images = np.zeros((2, 8, 8, 3), np.uint8)
+  results, images = _one_evaluators_results()
   evaluate.write_report({**results, "evaluators": {"test": results, "sfew": results}}, str(tmp_path),
                         {"test": images, "sfew": images})
   (tmp_path / "confusion_matrix_mine.png").write_bytes(b"a file of the user's, no report listed it")
