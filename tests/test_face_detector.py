@@ -6,7 +6,12 @@ Once, outside the suite (TensorFlow 2.21, mtcnn 1.0.0), our three networks match
 package's Keras models within 3e-7 on random inputs; the PyTorch model here pins that."""
 
 
+import hashlib
+import os
+import shutil
+
 import jax
+import joblib
 import numpy as np
 import pytest
 from matplotlib import cbook
@@ -124,6 +129,24 @@ def test_a_weight_file_other_than_mtcnn_1_0_0s_is_refused(monkeypatch, tmp_path)
   monkeypatch.setattr(networks, "weights_folder", lambda: str(tmp_path))
   with pytest.raises(networks.MissingWeightsError, match="pip install --force-reinstall mtcnn==1.0.0"):
     networks.load_network("pnet")
+
+
+def test_the_weights_are_read_from_the_bytes_whose_hash_was_checked(monkeypatch, tmp_path, weights):
+  """A file replaced between the hash check and the unpickling is not read: the check and the
+  load see one read of the file."""
+  original = os.path.join(networks.weights_folder(), "pnet.lz4")
+  shutil.copy(original, tmp_path / "pnet.lz4")
+  monkeypatch.setattr(networks, "weights_folder", lambda: str(tmp_path))
+  sha256 = hashlib.sha256
+
+  def hash_then_swap(data):
+    digest = sha256(data)
+    joblib.dump([np.zeros_like(a) for a in joblib.load(original)], tmp_path / "pnet.lz4", compress="lz4")
+    return digest
+
+  monkeypatch.setattr(networks.hashlib, "sha256", hash_then_swap)
+  loaded = networks.load_network("pnet")
+  assert jax.tree.all(jax.tree.map(np.array_equal, loaded, weights["pnet"]))
 
 
 # --- the cascade's box arithmetic against torchvision ------------------------------------------

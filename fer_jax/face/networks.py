@@ -9,6 +9,7 @@ in the order left eye, right eye, nose, left mouth corner, right mouth corner (i
 
 import hashlib
 import importlib.util
+import io
 import os
 
 import jax
@@ -20,8 +21,8 @@ from fer_jax.errors import UserError
 
 # mtcnn 1.0.0 (MIT) stores each network as a joblib+lz4 pickle of a list of NumPy arrays in
 # Keras layer order. Unpickling runs code, so only these exact files are read: each is checked
-# against its SHA-256 before joblib sees it, which makes loading them as safe as importing the
-# pinned package itself. Nothing of mtcnn is imported (its package imports TensorFlow).
+# against its SHA-256 before joblib sees it, and joblib unpickles the very bytes that were checked,
+# which makes loading them as safe as importing the pinned package itself. Nothing of mtcnn is imported (its package imports TensorFlow).
 WEIGHT_FILES = {
     "pnet": "ea6b0c3e685ebee3165326ad6484acc95f2ef78f1c94fbf40a55704fa989f7b5",
     "rnet": "cb00e6460f3c98b0bfafaba3c0a0ded4bdf6e62cee7174d969e8670d7e757fee",
@@ -52,11 +53,12 @@ def load_network(name: str) -> dict:
   """{layer: {"kernel"/"bias"/"alpha": array}} of one network, from the pinned wheel's file."""
   path = os.path.join(weights_folder(), f"{name}.lz4")
   with open(path, "rb") as f:
-    digest = hashlib.sha256(f.read()).hexdigest()
+    data = f.read()
+  digest = hashlib.sha256(data).hexdigest()
   if digest != WEIGHT_FILES[name]:
     raise MissingWeightsError(f"{path} is not the file mtcnn 1.0.0 ships (SHA-256 {digest}): "
                               "pip install --force-reinstall mtcnn==1.0.0.")
-  arrays = iter(joblib.load(path))
+  arrays = iter(joblib.load(io.BytesIO(data)))
   layers = {}
   for layer in LAYOUT[name]:
     if layer.startswith("prelu"):
