@@ -22,7 +22,8 @@ from fer_jax.errors import UserError
 # mtcnn 1.0.0 (MIT) stores each network as a joblib+lz4 pickle of a list of NumPy arrays in
 # Keras layer order. Unpickling runs code, so only these exact files are read: each is checked
 # against its SHA-256 before joblib sees it, and joblib unpickles the very bytes that were checked,
-# which makes loading them as safe as importing the pinned package itself. Nothing of mtcnn is imported (its package imports TensorFlow).
+# which makes loading them as safe as importing the pinned package itself. Nothing of mtcnn is
+# imported (its package imports TensorFlow).
 WEIGHT_FILES = {
     "pnet": "ea6b0c3e685ebee3165326ad6484acc95f2ef78f1c94fbf40a55704fa989f7b5",
     "rnet": "cb00e6460f3c98b0bfafaba3c0a0ded4bdf6e62cee7174d969e8670d7e757fee",
