@@ -7,6 +7,7 @@ the host only merges K×K matrices, on any number of devices and processes. All 
 from it.
 """
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -26,6 +27,8 @@ from fer_jax import config_lib
 from fer_jax import figures
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
+from fer_jax import progress
+from fer_jax import stopping
 from fer_jax import tta
 from fer_jax import validation
 from fer_jax import watched_step
@@ -151,11 +154,23 @@ def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", prepro
   return jax.jit(eval_step, out_shardings=replicated, compiler_options=mesh_lib.compiler_options(mesh))
 
 
-def confusion_matrix(step, variables, eval_data) -> np.ndarray:
-  total = None
-  for batch in eval_data.batches():
+IN_FLIGHT = 3  # evaluation batches queued on the devices beyond the one the host waits for
+
+
+def confusion_matrix(step, variables, eval_data, label: str) -> np.ndarray:
+  """The split's confusion matrix. The host keeps IN_FLIGHT batches queued and waits for the oldest in Python,
+  so that SIGINT/SIGTERM stops a long evaluation within a batch (not after every batch it had queued), and logs
+  the progress of a long one (`label`: what it evaluates)."""
+  total, queued = None, collections.deque()
+  batch_progress = progress.BatchProgress(label, eval_data.num_batches)
+  for index, batch in enumerate(eval_data.batches()):
     update = step(variables, batch)
     total = update if total is None else total.merge(update)
+    queued.append(total.counts)
+    if len(queued) > IN_FLIGHT:
+      stopping.wait_interruptibly(queued.popleft())
+      batch_progress.update(index + 1 - len(queued))  # the batches computed
+  stopping.wait_interruptibly(total.counts)
   return np.asarray(jax.device_get(total.compute()), np.int64)
 
 
@@ -325,9 +340,8 @@ class Evaluators:
     step_key = (eval_data.pipeline.text, eval_data.shape, tta_name)
     if step_key not in self._steps:
       jitted = confusion_step(self.model, self.config.model.num_classes, self.mesh, tta_name, eval_data.preprocess)
-      label = name if tta_name == "none" else f"{name}, {tta_name}"
-      self._steps[step_key] = watched_step.WatchedStep(f"eval step ({label})", jitted)
-    confusion = confusion_matrix(self._steps[step_key], variables, eval_data)
+      self._steps[step_key] = watched_step.WatchedStep(f"eval step ({_label(name, tta_name)})", jitted)
+    confusion = confusion_matrix(self._steps[step_key], variables, eval_data, f"Evaluating {_label(name, tta_name)}")
     results = metrics(confusion, eval_data.split.class_names)
     return {**results, "evaluator": name, "split": spec.split, "dataset": spec.config.dataset.name,
             "model": self.config.model.name, "pp": augment.with_size(spec.config.input.eval_pp, spec.config.input.size),
@@ -336,6 +350,10 @@ class Evaluators:
   def steps(self) -> list[watched_step.WatchedStep]:
     """The steps built so far (each compiles once: one per preprocessing, stored shape and TTA)."""
     return list(self._steps.values())
+
+
+def _label(name: str, tta_name: str) -> str:
+  return name if tta_name == "none" else f"{name}, {tta_name}"
 
 
 EXAMPLES_PER_EVALUATOR = 8

@@ -1,8 +1,8 @@
 """Train or evaluate a method: `python -m fer_jax.main --config=configs/dan.py:rafdb --workdir=DIR`.
 
 Exit status: 0 done; 2 a user error (one `error:` line: the file or key and the fix); 75 stopped
-by SIGTERM/SIGINT after saving its step (run the same command to resume); 1 non-finite loss or
-gradient (the message names the step and the last good checkpoint).
+by SIGTERM/SIGINT after saving its step (run the same command to resume; `--mode=eval`: to evaluate
+again); 1 non-finite loss or gradient (the message names the step and the last good checkpoint).
 """
 
 import re
@@ -71,7 +71,9 @@ def main(argv):
   else:
     if not args.checkpoint:
       raise UserError("--mode=eval needs --checkpoint=PATH (a workdir, checkpoint or converted model).")
-    evaluate.evaluate_checkpoint(args.config, args.checkpoint, args.workdir)
+    with stopping.exit_status_on_stop("The evaluation's report is missing or incomplete; run the same command to "
+                                      "evaluate again."):
+      evaluate.evaluate_checkpoint(args.config, args.checkpoint, args.workdir)
 
 
 if __name__ == "__main__":

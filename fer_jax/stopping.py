@@ -6,8 +6,10 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from absl import logging
+import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
@@ -53,6 +55,16 @@ def exit_status_on_stop(stopped: str = "The saved steps stand; run the same comm
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
+
+
+def wait_interruptibly(array: jax.Array, longest_sleep: float = 0.05) -> None:
+  """Waits in Python until `array` is computed, so that a SIGINT/SIGTERM handler runs meanwhile (inside
+  `block_until_ready` it would run only once the device is done). The sleeps grow from 0.1 ms: a short
+  wait costs little more than itself."""
+  sleep = 1e-4
+  while not array.is_ready():
+    time.sleep(sleep)
+    sleep = min(2 * sleep, longest_sleep)
 
 
 class StopSignals:

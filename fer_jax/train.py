@@ -19,6 +19,7 @@ from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
+from fer_jax import progress
 from fer_jax import stopping
 from fer_jax import validation
 from fer_jax import watched_step
@@ -113,12 +114,6 @@ class Writer:
     if self._writer:
       self._writer.close()
       self._writer = None
-
-
-def _format_eta(seconds: float) -> str:
-  minutes, seconds = divmod(int(seconds), 60)
-  hours, minutes = divmod(minutes, 60)
-  return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
 def load_initial_variables(state: dict, config, model, mesh) -> dict:
@@ -256,7 +251,7 @@ class ProgressLog:
       images_per_second = len(self._pending) * self.config.batch_size / elapsed
       logging.info("step %d/%d epoch %.2f loss %.4f accuracy %.3f lr %.3g | %.1f img/s ETA %s", step, self.num_steps,
                    step / self.steps_per_epoch, means["loss"], means["accuracy"], means["lr"], images_per_second,
-                   _format_eta((self.num_steps - step) * elapsed / len(self._pending)))
+                   progress.format_eta((self.num_steps - step) * elapsed / len(self._pending)))
       self.writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
       self.restart_clock()
 

@@ -1,18 +1,20 @@
 """Bad input to training, evaluation, summary, export and benchmark: each case exits with status 2
 and one message naming the file or key and the fix (tests/test_bad_input_{prepare,convert,predict}.py
-cover the other commands)."""
+cover the other commands); an evaluation stopped by Ctrl-C exits with status 75 and one message."""
 
 import glob
 import os
 import shutil
 import subprocess
+import sys
 
 import jax
 import pytest
 
 from fer_jax import checkpointing
 from fer_jax import models
-from helpers import assert_user_error, get_config, run_command, tiny_run
+from fer_jax import stopping
+from helpers import ROOT, assert_user_error, cpu_devices_env, get_config, run_command, tiny_run
 
 pytestmark = pytest.mark.integration  # every test runs a command (main, summary, export, benchmark) in a subprocess
 
@@ -250,3 +252,30 @@ def test_a_disk_that_fills_during_a_save_keeps_the_previous_checkpoint(small_dis
   config = _tiny_dan()
   restored = checkpointing.restore_model(str(small_disk), models.abstract_variables(models.build_model(config), config))
   assert all(bool(jax.numpy.isfinite(leaf).all()) for leaf in jax.tree.leaves(restored))
+
+
+# Sends this process SIGINT as the evaluation first waits for the devices, as a Ctrl-C would, then runs the command.
+INTERRUPTED_EVALUATION = """
+import os, runpy, signal, sys
+from fer_jax import stopping
+wait_interruptibly = stopping.wait_interruptibly
+def interrupted(array):
+  os.kill(os.getpid(), signal.SIGINT)
+  return wait_interruptibly(array)
+stopping.wait_interruptibly = interrupted
+sys.argv[0] = "fer_jax.main"
+runpy.run_module("fer_jax.main", run_name="__main__")
+"""
+
+
+def test_an_evaluation_stopped_by_ctrl_c_exits_75_with_one_line(dan_checkpoint, tmp_path, tiny_data_dir):
+  report = tmp_path / "report"
+  result = subprocess.run([sys.executable, "-c", INTERRUPTED_EVALUATION, *TINY, "--mode=eval",
+                           f"--config.dataset.data_dir={tiny_data_dir}", f"--checkpoint={dan_checkpoint}",
+                           f"--workdir={report}"], cwd=ROOT, env=cpu_devices_env(1), capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == stopping.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert ("SIGINT received: stopped. The evaluation's report is missing or incomplete; run the same command to "
+          "evaluate again.") in result.stderr
+  assert not (report / "eval_results.json").exists()

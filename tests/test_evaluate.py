@@ -1,13 +1,18 @@
+import logging
 import os
+import re
+import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
+import pytest
 
 from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
+from fer_jax import progress
 from fer_jax.data import labels
 from fer_jax.data import pipeline
 from helpers import get_config
@@ -59,13 +64,66 @@ def test_confusion_step_counts_masked_rows_zero_times():
   assert isinstance(update, evaluate.ConfusionMatrix)
   np.testing.assert_array_equal(update.compute(), [[2, 0, 0], [0, 2, 1], [0, 0, 1]])
 
-  class Batches:
-    def batches(self):
-      return iter([batch, batch])
-
-  total = evaluate.confusion_matrix(step, {}, Batches())
+  total = evaluate.confusion_matrix(step, {}, Batches([batch, batch]), "test")
   assert total.dtype == np.int64
   np.testing.assert_array_equal(total, [[4, 0, 0], [0, 4, 2], [0, 0, 2]])
+
+
+class Batches:
+  """Stands for EvalData: `batches()` counts the batches handed out."""
+
+  def __init__(self, batches):
+    self._batches, self.num_batches, self.handed_out = batches, len(batches), 0
+
+  def batches(self):
+    for batch in self._batches:
+      self.handed_out += 1
+      yield batch
+
+
+class Alarm(Exception):
+  pass
+
+
+def _raise_alarm(signum, frame):
+  raise Alarm
+
+
+def test_a_signal_stops_an_evaluation_within_its_queued_batches():
+  """A signal handler runs while the host waits for the devices, with only IN_FLIGHT batches queued. Before,
+  all 12 batches were queued at once (XLA:CPU queues a few dozen) and the host then waited inside XLA, where
+  no handler runs, until all were done; a command stopped there also waited for them all before it exited."""
+  weights = jax.random.normal(jax.random.key(0), (512, 512)) / 512 ** 0.5
+
+  @jax.jit
+  def slow_step(variables, batch):  # 300 products of 512² a batch: 0.2 s on two idle cores
+    del variables
+    x = jax.lax.fori_loop(0, 300, lambda _, x: jnp.tanh(x @ weights), batch["x"])
+    return evaluate.ConfusionMatrix(counts=jnp.zeros((3, 3), jnp.int32) + (x[0, 0] > 9).astype(jnp.int32))
+
+  inputs = [{"x": jnp.full((512, 512), float(i))} for i in range(12)]
+  jax.block_until_ready(slow_step({}, inputs[0]))  # compiled before the alarm is set
+  batches = Batches(inputs)
+  previous = signal.signal(signal.SIGALRM, _raise_alarm)
+  try:
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    with pytest.raises(Alarm):
+      evaluate.confusion_matrix(slow_step, {}, batches, "slow")
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+  assert batches.handed_out < 12
+
+
+def test_a_long_evaluation_logs_its_progress(monkeypatch, caplog):
+  monkeypatch.setattr(progress, "LOG_EVERY_SECONDS", 0.0)
+  step = evaluate.confusion_step(Fixed(), 3, mesh_lib.make_mesh())
+  batch = {"image": jnp.zeros((4, 2, 2, 1)), "label": jnp.zeros(4, jnp.int32), "mask": jnp.ones(4)}
+  with caplog.at_level(logging.INFO):
+    evaluate.confusion_matrix(step, {}, Batches([batch] * 6), "Evaluating test, flip")
+  logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Evaluating test, flip: ")]
+  assert [line.split(", ETA ")[0] for line in logged] == [f"Evaluating test, flip: {k}/6 batches" for k in (1, 2, 3)]
+  assert all(re.fullmatch(r".*, ETA \dm\d\ds", line) for line in logged)
 
 
 def _one_evaluators_results():
