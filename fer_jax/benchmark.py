@@ -503,10 +503,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).", lower_bound=1)
   flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation (and worker start-up for the data modes).",
                        lower_bound=0)
-  flags.DEFINE_string("output", "", "Also append the JSON line to this file.")
-  flags.DEFINE_string("profile_dir", "", "synthetic: write a jax.profiler trace of 3 train steps here "
-                      "(after the timed steps, so the figures do not include the profiler) and the "
-                      "compiled train step's HLO; benchmarks/profile_breakdown.py DIR sums it up.")
+  cli.define_path("output", "", "Also append the JSON line to this file.")
+  cli.define_path("profile_dir", "", "synthetic: write a jax.profiler trace of 3 train steps here "
+                  "(after the timed steps, so the figures do not include the profiler) and the "
+                  "compiled train step's HLO; benchmarks/profile_breakdown.py DIR sums it up.")
   flags.mark_flags_as_required(["config"])
 
 

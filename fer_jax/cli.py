@@ -3,6 +3,9 @@
     if __name__ == "__main__":
       cli.run(main)
 
+Every flag naming a file or folder is defined by `define_path` (or its multi and list kinds), which expands
+`~` as a shell does at the start of a word: bash leaves the `~` of `--workdir=~/run` as it is.
+
 A `UserError` (or a file-system error such as a missing path, a denied permission or a full
 disk) is printed as `error: <message>` and the command exits with status 2; `--verbose`
 prints the traceback too. Any other exception is a bug and keeps its traceback.
@@ -24,6 +27,8 @@ from fer_jax.errors import USER_ERROR_STATUS
 from fer_jax.errors import UserError
 
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of user errors too (for bug reports).")
+# A flag defined by define_path belongs to the module calling it (whose --helpshort lists it), not to this one.
+flags.disclaim_key_flags()
 
 _FILE_SYSTEM_HINTS = {
     errno.ENOENT: "check the path",
@@ -37,6 +42,35 @@ _FILE_SYSTEM_HINTS = {
     errno.EDQUOT: "the disk quota is exceeded: free space or choose another location",
     errno.ELOOP: "the path has a symbolic-link loop",
 }
+
+
+class _PathParser(flags.ArgumentParser):
+  """A path, `~` expanded."""
+
+  def parse(self, argument: str) -> str:
+    return os.path.expanduser(argument)
+
+
+class _PathListParser(flags.ListParser):
+  """Comma-separated paths, each with `~` expanded."""
+
+  def parse(self, argument) -> list[str]:
+    return [os.path.expanduser(path) for path in super().parse(argument)]
+
+
+def define_path(name: str, default: str | None, help_text: str) -> flags.FlagHolder:
+  """A flag naming a file or folder."""
+  return flags.DEFINE(_PathParser(), name, default, help_text, serializer=flags.ArgumentSerializer())
+
+
+def define_multi_path(name: str, default: list[str] | None, help_text: str) -> flags.FlagHolder:
+  """A path flag given once per path."""
+  return flags.DEFINE_multi(_PathParser(), flags.ArgumentSerializer(), name, default, help_text)
+
+
+def define_path_list(name: str, default: list[str], help_text: str) -> flags.FlagHolder:
+  """A flag of comma-separated paths."""
+  return flags.DEFINE(_PathListParser(), name, default, help_text, serializer=flags.CsvListSerializer(","))
 
 
 def check_writable_place(flag: str, folder: str) -> None:
@@ -103,7 +137,16 @@ def run(main) -> None:
       # Not sys.exit: Orbax's background reads and writes would print tracebacks while Python shuts down.
       os._exit(USER_ERROR_STATUS)
 
+  _list_shared_flags_in_short_help()
   app.run(main_with_clean_errors, flags_parser=_parse_flags)
+
+
+def _list_shared_flags_in_short_help() -> None:
+  """--helpshort lists the key flags of the main module (named by sys.argv[0]): its own flags, and so the
+  shared ones it takes, defined here and in fer_jax.config_lib."""
+  for name in ("config", "verbose"):
+    if name in flags.FLAGS:
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def _without_closed_loop_callbacks(hook):

@@ -23,10 +23,10 @@ from fer_jax.errors import UserError
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag()
-  flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard events, reports.")
+  cli.define_path("workdir", None, "Run directory: checkpoints, TensorBoard events, reports.")
   flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from workdir; reports every evaluator "
                     "at the end) or eval (every evaluator of the config on --checkpoint).")
-  flags.DEFINE_string("checkpoint", None, "--mode=eval: workdir, checkpoint or converted model.")
+  cli.define_path("checkpoint", None, "--mode=eval: workdir, checkpoint or converted model.")
   flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-process): the cluster is "
                     "detected on Cloud TPU and Slurm, else give the three flags below (JAX_COORDINATOR_ADDRESS "
                     "may replace --coordinator_address).")

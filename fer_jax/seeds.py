@@ -61,7 +61,7 @@ BROUGHT_UP_TO_DATE = ("num_epochs", "eval.", "evals.", "dataset.test_split")
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag()
-  flags.DEFINE_string("workdir", None, "Folder of the runs: DIR/seed_N for each seed, and the summary.")
+  cli.define_path("workdir", None, "Folder of the runs: DIR/seed_N for each seed, and the summary.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds.")
   flags.DEFINE_bool("print_commands", False, "Print each seed's training command (and the summary's) instead.")
   flags.DEFINE_bool("summarize_only", False, "Only summarize the seeds' runs, each finished as --config has it.")

@@ -15,7 +15,6 @@ model, its input and classes, as for `fer_jax.load`.
 """
 
 from collections.abc import Mapping
-import os
 
 from absl import flags
 from clu import parameter_overview
@@ -101,7 +100,6 @@ def check_not_onnx(path: str) -> None:
 
 def rebuilt_config(path: str):
   """The config the meta record of a checkpoint (or an export's model.json) at `path` rebuilds, as `fer_jax.load`'s."""
-  path = os.path.expanduser(path)
   check_not_onnx(path)
   return export.config_from_record(export.read_record(path), f"--checkpoint={path}",
                                    "pass its --config=configs/<method>.py:<dataset>")
@@ -110,7 +108,6 @@ def rebuilt_config(path: str):
 def trained_variables(config, model, abstract_variables: dict, path: str) -> dict:
   """The variables of a checkpoint (checked as for inference, but an initialisation-only conversion's are
   read too: its fingerprint verifies a copy), or of a StableHLO export folder (checked likewise)."""
-  path = os.path.expanduser(path)
   check_not_onnx(path)
   if not export.is_export(path):
     return models.load_trained_variables(config, model, path, initialisation_ok=True)
@@ -156,8 +153,8 @@ def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag("configs/<method>.py:<dataset>; with --checkpoint, its meta record's by default.")
   flags.DEFINE_integer("depth", 2, "Module nesting depth of the table.", lower_bound=1)
-  flags.DEFINE_string("checkpoint", "", "Training workdir, checkpoint folder, converted model or export folder: "
-                      "also print `params_sha256: HEX`, the fingerprint of its params and batch_stats.")
+  cli.define_path("checkpoint", "", "Training workdir, checkpoint folder, converted model or export folder: "
+                  "also print `params_sha256: HEX`, the fingerprint of its params and batch_stats.")
 
 
 if __name__ == "__main__":

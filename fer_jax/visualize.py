@@ -34,9 +34,9 @@ from fer_jax.errors import UserError
 def define_flags():
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag("Model config, e.g. configs/apvit.py:rafdb.")
-  flags.DEFINE_string("checkpoint", None, "A workdir, its checkpoints folder, or one step's folder.")
-  flags.DEFINE_string("input", None, "An image file, or a folder searched recursively for images.")
-  flags.DEFINE_string("out", None, "Folder for the PNGs.")
+  cli.define_path("checkpoint", None, "A workdir, its checkpoints folder, or one step's folder.")
+  cli.define_path("input", None, "An image file, or a folder searched recursively for images.")
+  cli.define_path("out", None, "Folder for the PNGs.")
   flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
   flags.mark_flags_as_required(["config", "checkpoint", "input", "out"])
 
@@ -87,7 +87,7 @@ def main(argv):
   args = flags.FLAGS
   cli.check_writable_place(f"--out={args.out}", args.out)  # before any image or model is read
   check_not_a_video(args.input)
-  export.check_not_an_export(os.path.expanduser(args.checkpoint))  # attention maps need the model's code
+  export.check_not_an_export(args.checkpoint)  # attention maps need the model's code
   paths = inference.list_images(args.input)
   validation.validate(args.config, training=False)
   written = write_attention_maps(args.config, args.checkpoint, paths, args.out, args.batch_size)

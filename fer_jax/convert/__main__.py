@@ -33,9 +33,9 @@ PARTIAL_SAVE = "0.orbax-checkpoint-tmp"
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag("configs/<method>.py:<dataset> the checkpoint belongs to.")
-  flags.DEFINE_multi_string("checkpoint", None, "The file to convert (for a TensorFlow checkpoint: its folder, "
-                            "prefix or .index file); one per backbone to combine")
-  flags.DEFINE_string("workdir", None, "Output folder for the converted Orbax checkpoint (new or empty).")
+  cli.define_multi_path("checkpoint", None, "The file to convert (for a TensorFlow checkpoint: its folder, "
+                        "prefix or .index file); one per backbone to combine")
+  cli.define_path("workdir", None, "Output folder for the converted Orbax checkpoint (new or empty).")
   flags.DEFINE_multi_string(
       "source", None, "Source format, one per --checkpoint; default: recognised from the file. One of: "
       + ", ".join(f"{s.name} ({s.method})" for s in convert.SOURCES) + ".")
@@ -85,7 +85,7 @@ def next_command(workdir: str, initialisation_only: bool) -> str:
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
-  workdir = os.path.abspath(os.path.expanduser(args.workdir))
+  workdir = os.path.abspath(args.workdir)
   config = args.config
   # A copy: the converted model records config.model.dtype as given ("auto" stays "auto").
   validation.validate(config.copy_and_resolve_references(), training=False)

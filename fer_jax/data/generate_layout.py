@@ -412,7 +412,7 @@ def summary(dataset: str, out: str, result: dict) -> str:
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   flags.DEFINE_enum("dataset", None, list(LAYOUTS), "Which data set's layout to write.")
-  flags.DEFINE_string("out", None, "New (or empty) folder to write it to: the --manual_dir of prepare.")
+  cli.define_path("out", None, "New (or empty) folder to write it to: the --manual_dir of prepare.")
   flags.DEFINE_float("scale", 1.0, "Multiplies every class count (at least one image per class).")
   flags.DEFINE_integer("seed", 0, "Seeds labels, names, geometry and pixels.")
   flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes writing images (0: this one).")

@@ -159,9 +159,9 @@ def summary(builder) -> str:
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   flags.DEFINE_string("dataset", None, f"NAME or NAME/CONFIG, NAME one of {', '.join(DATASETS)}.")
-  flags.DEFINE_string("manual_dir", None, "Folder holding the owners' download (see README).")
-  flags.DEFINE_string("data_dir", None, "Where TFDS data sets live (default: TFDS's, "
-                      "~/tensorflow_datasets or $TFDS_DATA_DIR).")
+  cli.define_path("manual_dir", None, "Folder holding the owners' download (see README).")
+  cli.define_path("data_dir", None, "Where TFDS data sets live (default: TFDS's, "
+                  "~/tensorflow_datasets or $TFDS_DATA_DIR).")
   flags.DEFINE_bool("skip_corrupt", False, "Skip and count unreadable images instead of failing.")
   flags.DEFINE_bool("overwrite", False, "Build the set again, replacing a prepared copy only once the new one "
                     "is complete.")
