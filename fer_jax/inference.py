@@ -21,11 +21,10 @@ from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
-def list_images(path: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
+def list_images(path: str, extensions: tuple[str, ...] = decode.IMAGE_SUFFIXES) -> list[str]:
   """The file itself, or every file with one of `extensions` under a folder, sorted; a UserError if there is none.
 
   Folder symlinks are not followed (a link to a parent folder cannot loop); unreadable folders

@@ -332,9 +332,9 @@ def _face_fields(row: dict) -> list:
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag("configs/<method>.py:<dataset> of the checkpoint.")
-  flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint folder, converted model or export folder.")
-  flags.DEFINE_string("input", None, "An image or video, or a folder searched recursively for them.")
-  flags.DEFINE_string("output", None, "Where to write the predictions: .csv or .json.")
+  cli.define_path("checkpoint", None, "Training workdir, checkpoint folder, converted model or export folder.")
+  cli.define_path("input", None, "An image or video, or a folder searched recursively for them.")
+  cli.define_path("output", None, "Where to write the predictions: .csv or .json.")
   flags.DEFINE_enum("tta", None, list(tta.NAMES), "Test-time augmentation; default: config.eval.tta.")
   flags.DEFINE_integer("batch_size", 64, "Images per device step (rounded up to the device count).", lower_bound=1)
   flags.DEFINE_bool("detect", None, "Find faces in every image (--nodetect: images are face crops); "
@@ -346,7 +346,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("stride", 1, "Videos: every N-th frame.", lower_bound=1)
   flags.DEFINE_float("smooth", 0.0, "Videos: weight of the past in each face track's moving average (0 = off).",
                      lower_bound=0.0, upper_bound=0.99)
-  flags.DEFINE_string("annotate", "", "Folder to write the photos and frames to, with faces drawn and labelled.")
+  cli.define_path("annotate", "", "Folder to write the photos and frames to, with faces drawn and labelled.")
   flags.mark_flags_as_required(["config", "checkpoint", "input", "output"])
 
 
@@ -355,7 +355,7 @@ def main(argv):
   args = flags.FLAGS
   check_output(args.output)
   check_annotate(args.annotate)
-  paths = inference.list_images(args.input, inference.IMAGE_EXTENSIONS + inference.VIDEO_EXTENSIONS)
+  paths = inference.list_images(args.input, decode.IMAGE_SUFFIXES + inference.VIDEO_EXTENSIONS)
   model = api.load(args.checkpoint, config=args.config, tta=args.tta or "", batch_size=args.batch_size)
   results = predict_inputs(model, paths, args.input, args.detect, args.min_face_size, args.min_score, args.stride,
                            args.smooth, args.annotate)

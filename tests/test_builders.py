@@ -555,6 +555,60 @@ def test_fedro_folders_in_affectnet_order(tmp_path):
   np.testing.assert_array_equal(labels.label_map(names, labels.CLASS_ORDERS["affectnet7"]), range(7))
 
 
+def test_images_in_no_class_folder_are_left_out_with_one_warning_that_counts_them(tmp_path, caplog):
+  """A misnamed class folder (happiness/ beside happy/) was skipped with an INFO line among TFDS's own."""
+  written = fx.write_fedro(tmp_path / "manual")
+  crop = tmp_path / "manual" / "FED_RO_crop"
+  for k in range(3):
+    fx.write_image(crop / "happiness" / f"{k}.jpg", k)
+  fx.write_image(crop / "loose.png", 0)
+  fx.write_image(crop / "sad" / "more" / "deep.jpg", 0)
+  (crop / "__MACOSX" / "sad").mkdir(parents=True)  # no images in these: nothing is left out
+  (crop / "__MACOSX" / "sad" / "._sad_0.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+  (crop / "empty").mkdir()
+  with caplog.at_level(logging.INFO):
+    builder = build("fedro", tmp_path / "manual", tmp_path / "tfds")
+  assert labels_of(read(builder, "test")) == written["test"]
+  [warning] = [r for r in caplog.records if "Leaving out" in r.getMessage()]
+  assert warning.levelno == logging.WARNING
+  assert warning.getMessage() == (
+      f"Leaving out 5 images under {crop} that are not directly in one of its class folders (neural, neutral, "
+      "happy, sad, surprise, fear, disgust, anger): 1 in ./, 3 in happiness/, 1 in sad/more/ (e.g. loose.png). Move "
+      "each into its class's folder (names match case-insensitively) and prepare again with --overwrite.")
+
+
+def test_sfew_aligned_faces_beside_the_original_frames_are_not_left_out_images(tmp_path, caplog):
+  """Train/ may hold Train_Aligned_Faces/ beside the class folders of config original."""
+  written = fx.write_sfew(tmp_path / "manual")
+  for split in ("Train", "Val"):
+    (tmp_path / "manual" / f"{split}_Aligned_Faces").rename(tmp_path / "manual" / split / f"{split}_Aligned_Faces")
+  with caplog.at_level(logging.WARNING):
+    builder = build("sfew/original", tmp_path / "manual", tmp_path / "tfds")
+  assert labels_of(read(builder, "validation")) == written["original"]["validation"]
+  assert "Leaving out" not in caplog.text
+
+
+def test_class_folders_read_every_image_suffix_that_predict_reads(tmp_path):
+  """.tif, .webp, .gif, .ppm and .pgm images in a class folder were left out silently. They are stored as PNG,
+  as BMP was: the prepared set holds JPEG and PNG only."""
+  written = fx.write_fedro(tmp_path / "manual")
+  formats = {".tif": "TIFF", ".TIFF": "TIFF", ".webp": "WEBP", ".gif": "GIF", ".ppm": "PPM", ".pgm": "PPM"}
+  for index, (suffix, fmt) in enumerate(formats.items()):
+    name = f"FED_RO_crop/happy/extra_{index}{suffix}"
+    fx.write_image(tmp_path / "manual" / name, index, mode="L" if suffix == ".pgm" else "RGB", fmt=fmt)
+    written["test"][name] = 1
+  builder = build("fedro", tmp_path / "manual", tmp_path / "tfds")
+  examples = read(builder, "test")
+  assert labels_of(examples) == written["test"]
+  stored = builder.as_data_source("test", decoders={"image": tfds.decode.SkipDecoding()})
+  stored = {example["file_name"].decode(): example["image"] for example in read_records(stored)}
+  for name in written["test"]:
+    if "extra_" in name:
+      assert stored[name].startswith(b"\x89PNG")
+      with Image.open(tmp_path / "manual" / name) as image:
+        np.testing.assert_array_equal(examples[name]["image"], np.asarray(image.convert("RGB")))
+
+
 # --------------------------------------------------------------------------------------------
 # Errors on bad input
 

@@ -12,6 +12,7 @@ labels (and `annotation_index` where the set has one) in record order, so a trai
 reads them in milliseconds instead of parsing every record (`label_columns`).
 """
 
+import collections
 import dataclasses
 import io
 import os
@@ -273,32 +274,50 @@ class ManualBuilder(LocalBuilder):
       return None
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
-
 def is_image_file(path: epath.Path) -> bool:
   """An image by its suffix, but not macOS's `._<name>` metadata (which unzipping an archive made on a Mac
   leaves beside each file)."""
-  return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("._")
+  return path.suffix.lower() in decode.IMAGE_SUFFIXES and not path.name.startswith("._")
 
 
-def class_folder_records(folder: epath.Path, class_of_folder: dict[str, int], root: epath.Path,
-                         layout: str) -> list[Record]:
-  """Records of `folder/<class>/<image>`; class folders match case-insensitively, others are ignored."""
-  labels = {}
-  for child in sorted(folder.iterdir()):
-    if child.is_dir() and child.name.lower() in class_of_folder:
-      labels[child] = class_of_folder[child.name.lower()]
-    elif child.is_dir():
-      logging.info("Ignoring %s: not a class folder (%s).", child, ", ".join(class_of_folder))
+def class_folder_records(folder: epath.Path, class_of_folder: dict[str, int], root: epath.Path, layout: str,
+                         other_folders: Container[str] = ()) -> list[Record]:
+  """Records of `folder/<class>/<image>`; class folders match case-insensitively. Images anywhere else under
+  `folder` are left out with a warning, except in `other_folders` (lower-case names of folders in `folder` that
+  the download holds beside the class folders)."""
+  labels = {child: class_of_folder[child.name.lower()] for child in sorted(folder.iterdir())
+            if child.is_dir() and child.name.lower() in class_of_folder}
   missing = sorted(name for name, label in class_of_folder.items() if label not in labels.values())
   if missing:
     found = ", ".join(child.name for child in labels) or "none"
     raise DataError(f"{folder} lacks the class folders {missing} (found: {found}). The manual directory "
                     f"should look like:\n{layout}")
+  _warn_of_images_outside(folder, labels, class_of_folder, other_folders)
   return [Record(file_name=os.fspath(path.relative_to(root)), label=label, image=path)
           for child, label in labels.items() for path in sorted(child.iterdir()) if is_image_file(path)]
 
+
+PLACES_NAMED = 5  # folders of left-out images a warning names
+
+
+def _warn_of_images_outside(folder: epath.Path, class_folders: Container[epath.Path],
+                            class_of_folder: dict[str, int], other_folders: Container[str]) -> None:
+  """One warning for the images under `folder` that no class folder holds directly (loose, in a misnamed folder
+  or deeper in a class folder): a set prepared without them is not the set the folder holds."""
+  left_out = []
+  for directory, subfolders, names in folder.walk():  # in sorted order, for the same example each time
+    subfolders[:] = sorted(name for name in subfolders if directory != folder or name.lower() not in other_folders)
+    if directory not in class_folders:
+      left_out += [directory / name for name in sorted(names) if is_image_file(directory / name)]
+  if not left_out:
+    return
+  counts = sorted(collections.Counter(os.fspath(path.parent.relative_to(folder)) for path in left_out).items())
+  places = ", ".join(f"{count} in {place}/" for place, count in counts[:PLACES_NAMED])
+  places += f" and in {len(counts) - PLACES_NAMED} more folders" if len(counts) > PLACES_NAMED else ""
+  logging.warning("Leaving out %d images under %s that are not directly in one of its class folders (%s): %s "
+                  "(e.g. %s). Move each into its class's folder (names match case-insensitively) and prepare again "
+                  "with --overwrite.", len(left_out), folder, ", ".join(class_of_folder), places,
+                  left_out[0].relative_to(folder))
 
 
 SUBSET_SOURCE = "github.com/kaiwang960112/Challenge-condition-FER-dataset"

@@ -15,6 +15,8 @@ from fer_jax.data import labels
 
 CLASS_FOLDERS = {name: index for index, name in enumerate(
     ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"))}
+# Train/ and Val/ may hold the aligned faces beside the original frames' class folders.
+ALIGNED_FOLDERS = ("train_aligned_faces", "val_aligned_faces")
 
 LAYOUT = """\
   config aligned:
@@ -59,5 +61,5 @@ class Sfew(builder_utils.ManualBuilder):
     for split, candidates in self.builder_config.folders.items():
       folder = builder_utils.find_path(root, candidates, f"the SFEW {split} folder", LAYOUT)
       self.split_sources[split] = folder
-      splits[split] = builder_utils.class_folder_records(folder, CLASS_FOLDERS, root, LAYOUT)
+      splits[split] = builder_utils.class_folder_records(folder, CLASS_FOLDERS, root, LAYOUT, ALIGNED_FOLDERS)
     return {split: self._generate_examples(split, records) for split, records in splits.items()}
