@@ -156,8 +156,9 @@ class Selection:
 
   def update(self, epoch: int, step: int, results: dict, variables: dict, config,
              stored_shape: Sequence[int]) -> bool:
-    """Records an evaluation; returns True when training should stop early. `stored_shape`: what the training
-    split's images are decoded to, for the meta record (`checkpointing.dataset_record`)."""
+    """Records an evaluation; returns True when its epoch is the new best, whose `variables` this call saved.
+    `stored_shape`: what the training split's images are decoded to, for the meta record
+    (`checkpointing.dataset_record`)."""
     if not self.metric:
       return False
     value = round(results[self.metric], self.decimals) if self.decimals else results[self.metric]
@@ -170,6 +171,11 @@ class Selection:
             selection=ocp.args.JsonSave({"value": self.best_value, "epoch": epoch, "metric": self.metric,
                                          "evaluator": self.evaluator})))
       logging.info("New best %s %.4f at epoch %d", self.metric, self.best_value, epoch)
+      return True
+    return False
+
+  def patience_ran_out(self, epoch: int) -> bool:
+    """Whether early stopping ends training after `epoch`."""
     return bool(self.patience) and epoch - self.best_epoch >= self.patience
 
   def wait_until_finished(self) -> None:
@@ -292,6 +298,7 @@ class TrainingRun:
     self.guard = FiniteGuard(self.checkpoints, self.steps_per_epoch)
     self.progress = ProgressLog(config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)
     self.step, self.last_evals = self.start_step, {}
+    self.best_evals = {}  # {step: its last_evals} of the best epoch, once this process has saved one
     logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %d devices", config.model.name,
                  config.dataset.name, self.num_steps, self.steps_per_epoch, config.batch_size, self.mesh.devices.size)
 
@@ -321,8 +328,7 @@ class TrainingRun:
 
   def remaining_batches(self):
     """(step, batch) from the step after the newest checkpoint; none if early stopping already ended the run."""
-    patience = self.selection.patience
-    if self.start_step and patience and self.start_step // self.steps_per_epoch - self.selection.best_epoch >= patience:
+    if self.start_step and self.selection.patience_ran_out(self.start_step // self.steps_per_epoch):
       return iter(())
     return enumerate(self.data.batches(self.start_step), start=self.start_step + 1)
 
@@ -361,8 +367,10 @@ class TrainingRun:
     self.progress.exclude(time.perf_counter() - start)
     if self.config.select_on not in results:
       return False
-    stop = self.selection.update(epoch, self.step, results[self.config.select_on], self.variables, self.config,
-                                 self.data.shape)
+    if self.selection.update(epoch, self.step, results[self.config.select_on], self.variables, self.config,
+                             self.data.shape):
+      self.best_evals = {self.step: self.last_evals}
+    stop = self.selection.patience_ran_out(epoch)
     if stop:
       logging.info("Early stopping at epoch %d: no gain in %s for %d epochs", epoch, self.selection.metric,
                    self.selection.patience)
@@ -428,7 +436,10 @@ class TrainingRun:
     return {step.name: step.compiles for step in (*self.train_steps.values(), *self.evaluators.steps())}
 
   def report(self) -> dict:
-    """The final report of every evaluator, with the best epoch's weights if configured."""
+    """The final report of every evaluator, with the best epoch's weights if configured. It reuses the evaluations
+    made with the very weights reported: the last epoch's, or the best epoch's when this process saved them. A best
+    epoch from before a restart is evaluated again: nothing kept proves that the split's images and the code that
+    preprocesses them are still those it was evaluated on."""
     checkpointing.wait_until_saved(self.checkpoints)
     self.selection.wait_until_finished()
     variables, reusable, step, checkpoints = self.variables, self.last_evals, self.step, self.checkpoints
@@ -437,7 +448,7 @@ class TrainingRun:
       step, checkpoints = self.selection.checkpoints.latest_step(), self.selection.checkpoints
       logging.info("Reporting the best epoch (%d, step %d, %s %.4f)", self.selection.best_epoch, step,
                    self.selection.metric, self.selection.best_value)
-      reusable = {}
+      reusable = self.best_evals.get(step, {})
     report = evaluate.final_report(self.evaluators, variables, self.workdir, step,
                                    os.path.join(checkpoints.directory, str(step)), reusable, trained_steps=self.step)
     for name, results in report["evaluators"].items():

@@ -109,6 +109,36 @@ def test_the_loop_compiles_each_step_once_donates_the_state_and_fetches_only_to_
 
 
 @pytest.mark.integration
+def test_the_report_of_the_best_epoch_reuses_its_evaluation_unless_a_restart_came_between(tmp_path, monkeypatch,
+                                                                                          caplog):
+  """restore_best evaluated the best epoch's weights again on the split they had been evaluated on at that epoch
+  (84 s of SCAN-CCI's synthetic run on the CPU). A run started again has only the saved weights: it evaluates them."""
+  config = tiny_run(get_config("configs/dan.py:synthetic"), epochs=2, per_class=10)
+  config.update(select_metric="accuracy", restore_best=True)
+  evaluations, confusion_matrix = [], evaluate.confusion_matrix
+
+  def counted(*args):
+    evaluations.append(confusion_matrix(*args))
+    return evaluations[-1]
+
+  monkeypatch.setattr(evaluate, "confusion_matrix", counted)
+  run = train.TrainingRun(config, str(tmp_path))
+  update = run.selection.update
+  # Epoch 1 stays the best, as if epoch 2 scored lower: the last epoch's evaluation is not the one to reuse.
+  run.selection.update = lambda epoch, step, results, *rest: update(epoch, step, {**results, "accuracy": 2 - epoch},
+                                                                    *rest)
+  with caplog.at_level(logging.INFO):
+    report = run.run()
+  assert len(evaluations) == 2  # the "eval" evaluator (whose inputs "test" shares) at each epoch's end, none after
+  assert report["step"] == run.steps_per_epoch and report["confusion_matrix"] == evaluations[0].tolist()
+  assert (f"epoch 1 eval (test): accuracy {report['accuracy']:.4f} mean-class {report['mean_class_accuracy']:.4f}"
+          in caplog.text)
+  evaluations.clear()
+  again = train.TrainingRun(config, str(tmp_path)).run()
+  assert len(evaluations) == 1 and again["confusion_matrix"] == report["confusion_matrix"]
+
+
+@pytest.mark.integration
 def test_a_bf16_train_step_returns_the_state_in_its_float32_types():
   """bf16 computes; the parameters, BatchNorm statistics and Adam's moments stay float32, so the
   step's output state is its next input without a recompilation (traced, not run)."""
@@ -253,11 +283,11 @@ def test_selection_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
   config.update(select_metric="mean_class_accuracy", early_stopping_patience=2)
   variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
   selection = train.Selection(config, str(tmp_path))
-  assert not selection.update(1, 10, {"mean_class_accuracy": 0.5}, variables, config, (8, 8, 3))
   best = {"params": {"w": np.ones(2, np.float32)}, "batch_stats": {}}
-  assert not selection.update(2, 20, {"mean_class_accuracy": 0.6}, best, config, (8, 8, 3))
-  assert not selection.update(3, 30, {"mean_class_accuracy": 0.6}, variables, config, (8, 8, 3))  # equal is no gain
-  assert selection.update(4, 40, {"mean_class_accuracy": 0.55}, variables, config, (8, 8, 3))
+  kept = [selection.update(epoch, 10 * epoch, {"mean_class_accuracy": value}, weights, config, (8, 8, 3))
+          for epoch, value, weights in ((1, 0.5, variables), (2, 0.6, best), (3, 0.6, variables), (4, 0.55, variables))]
+  assert kept == [True, True, False, False]  # equal is no gain
+  assert [selection.patience_ran_out(epoch) for epoch in (3, 4)] == [False, True]
   selection.wait_until_finished()
   restored = train.Selection(config, str(tmp_path))  # as after a restart
   assert (restored.best_epoch, restored.best_value) == (2, 0.6)
