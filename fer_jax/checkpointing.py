@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 
 from absl import logging
@@ -26,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fer_jax import config_lib
+from fer_jax import errors
 from fer_jax.data import labels
 from fer_jax.errors import UserError
 
@@ -199,8 +201,7 @@ def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state:
                   steps_per_epoch: int | None = None) -> dict:
   """The saved training state, once `check_resumable` finds that this run's config continues it."""
   target, rewrap = check_resumable(checkpoints, step, abstract_state, config, steps_per_epoch)
-  step_directory = os.path.join(checkpoints.directory, str(step))
-  with read_errors(f"the checkpoint {step_directory}", f"delete {step_directory} to resume from the step before it"):
+  with _newest_step_read_errors(checkpoints, step):
     restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   return rewrap(restored["state"])
 
@@ -213,11 +214,22 @@ def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_stat
   step_directory = os.path.join(checkpoints.directory, str(step))
   if config is not None:
     _check_continues(step_directory, config, steps_per_epoch)
-  with read_errors(f"the checkpoint {step_directory}", f"delete {step_directory} to resume from the step before it"):
+  with _newest_step_read_errors(checkpoints, step):
     saved = _saved_tree(os.path.join(step_directory, "state"))
     target, rewrap = _unclipped_target(saved, abstract_state)
     _check_same_state(saved, target, step_directory)
   return target, rewrap
+
+
+def _newest_step_read_errors(checkpoints: ocp.CheckpointManager, step: int):
+  """`read_errors` of the run's newest step, whose deletion resumes the run from the step before it. Without one
+  the run starts over, in a workdir of its own: a best/ folder left by the old one would keep its best epoch."""
+  step_directory = os.path.join(checkpoints.directory, str(step))
+  earlier = [saved for saved in checkpoints.all_steps() if saved < step]
+  fix = (f"delete {step_directory} to resume from step {max(earlier)}, the one before it" if earlier
+         else f"it is the run's only checkpoint, so start the run over: delete "
+              f"{os.path.dirname(checkpoints.directory)} or pass a new --workdir")
+  return read_errors(f"the checkpoint {step_directory}", fix)
 
 
 def _check_continues(step_directory: str, config, steps_per_epoch: int | None) -> None:
@@ -352,8 +364,25 @@ def step_folder(path: str) -> str:
     newest = newest_saved_step(folder)
     if newest is not None:
       return os.path.join(folder, str(newest))
-  raise CheckpointError(f"No checkpoint found at {path}: pass a training workdir, its checkpoints/ "
-                        "folder, a step folder inside it, or the output of `python -m fer_jax.convert`.")
+  raise CheckpointError(_no_checkpoint(path))
+
+
+def _no_checkpoint(path: str) -> str:
+  """Why `path` gives no checkpoint, naming an export folder and a file of the official code as such."""
+  # Imported here, for this message alone: fer_jax.export imports this module, fer_jax.convert through fer_jax.models.
+  from fer_jax import convert  # pylint: disable=import-outside-toplevel
+  from fer_jax import export  # pylint: disable=import-outside-toplevel
+  if export.is_export(path) or export.is_onnx_export(path):
+    return export.not_a_checkpoint(path)
+  # SCAN-CCI's model_best.pth.tar: a .tar alone may be any archive.
+  if ((os.path.isfile(path) and path.lower().endswith((*convert.READERS_BY_EXTENSION, ".pth.tar")))
+      or convert.tf_checkpoint.checkpoint_prefix(path)):
+    return (f"{path} is a checkpoint of the official code (or a pretrained backbone), not converted: run "
+            f"`python -m fer_jax.convert --config=configs/<method>.py:<dataset> {shlex.quote('--checkpoint=' + path)} "
+            "--workdir=OUT` with the config of the model it holds, then pass OUT instead.")
+  return (f"No checkpoint found at {path}: pass a training workdir, its checkpoints/ folder, a step folder inside "
+          "it, or the output of `python -m fer_jax.convert` (predict and fer_jax.load also run a "
+          "`python -m fer_jax.export` folder).")
 
 
 def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | None = None,
@@ -452,22 +481,22 @@ def check_identity(record: dict, source: str, model_config, class_names: tuple[s
   export's model.json in its terms."""
   saved_model, saved_classes = record["model"], tuple(record["class_names"])
   if saved_model.get("name") != model_config.name or saved_model.get("num_classes") != model_config.num_classes:
-    raise CheckpointError(f"{source} holds a {saved_model.get('name')} model with "
+    raise CheckpointError(f"{source} holds {errors.with_article(saved_model.get('name'))} model with "
                           f"{saved_model.get('num_classes')} classes ({', '.join(saved_classes)}), but the config builds "
-                          f"{model_config.name} with {model_config.num_classes}: pass the --config it was trained or "
-                          f"converted with (configs/{saved_model.get('name')}.py:<dataset>).")
+                          f"{model_config.name} with {model_config.num_classes}: pass the {errors.config_key()} it was "
+                          f"trained or converted with (configs/{saved_model.get('name')}.py:<dataset>).")
   if saved_classes != class_names:
     raise CheckpointError(f"{source} predicts the classes ({', '.join(saved_classes)}) but the "
                           f"config's class order gives ({', '.join(class_names)}): set "
-                          "--config.dataset.class_order to the order it was trained with.")
+                          f"{errors.config_key('dataset.class_order')} to the order it was trained with.")
   saved_input = record.get("input", {})
   differing = [key for key in ("size", "channels")
                if input_config is not None and key in saved_input and saved_input[key] != input_config[key]]
   if differing:
     raise CheckpointError(f"{source} was trained on inputs of "
                           + ", ".join(f"{key} {saved_input[key]}" for key in differing) + " but the config gives "
-                          + ", ".join(f"{key} {input_config[key]}" for key in differing) + ": pass "
-                          + " ".join(f"--config.input.{key}={saved_input[key]}" for key in differing)
+                          + ", ".join(f"{key} {input_config[key]}" for key in differing) + ": "
+                          + errors.config_change({f"input.{key}": saved_input[key] for key in differing})
                           + " as it was trained or converted with.")
 
 
@@ -498,7 +527,7 @@ def check_matches(variables: dict, abstract_variables: dict, source: str, descri
   if problems:
     raise CheckpointError(f"The checkpoint {source} ({description or 'no meta record'}) does not fit the configured model "
                           f"({'; '.join(problems)}). It was probably written for another model or "
-                          "number of classes: pass the --config it was trained or converted with.")
+                          f"number of classes: pass the {errors.config_key()} it was trained or converted with.")
 
 
 def fingerprint(variables: Mapping) -> str:

@@ -2,10 +2,16 @@
 
 Every command prints such an error as its message alone and exits with `USER_ERROR_STATUS`
 (`fer_jax.cli.run`); any other exception is a bug and keeps its traceback. Messages name
-the file or key and say what to do.
+the file or key and say what to do, in the caller's terms: a config change is a flag on the command
+line and a Python statement under `python_caller` (`fer_jax.load`'s caller).
 """
 
+import contextlib
+import contextvars
+
 USER_ERROR_STATUS = 2
+
+_PYTHON_CALLER = contextvars.ContextVar("python_caller", default=False)
 
 
 class UserError(Exception):
@@ -14,3 +20,38 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
   """A config value, or a combination of values, that cannot work."""
+
+
+@contextlib.contextmanager
+def python_caller():
+  """Messages raised inside name config changes as Python code, not as flags: the caller has a config object."""
+  token = _PYTHON_CALLER.set(True)
+  try:
+    yield
+  finally:
+    _PYTHON_CALLER.reset(token)
+
+
+def config_key(key: str = "") -> str:
+  """The config, or its `key` ("input.size"), as the user names it: --config.input.size, or in Python
+  config.input.size (the config passed to fer_jax.load)."""
+  name = f"config.{key}" if key else "config"
+  return name if _PYTHON_CALLER.get() else f"--{name}"
+
+
+def config_setting(key: str, value) -> str:
+  """--config.input.size=32, or in Python config.input.size = 32."""
+  return f"{config_key(key)} = {value!r}" if _PYTHON_CALLER.get() else f"{config_key(key)}={value}"
+
+
+def config_change(settings: dict) -> str:
+  """"pass --config.input.size=32 --config.input.channels=1", or in Python "set config.input.size = 32;
+  config.input.channels = 1"."""
+  if _PYTHON_CALLER.get():
+    return "set " + "; ".join(config_setting(key, value) for key, value in settings.items())
+  return "pass " + " ".join(config_setting(key, value) for key, value in settings.items())
+
+
+def with_article(word: str) -> str:
+  """"an apvit", "a dan": a name (a method's) after the indefinite article its first letter calls for."""
+  return f"{'an' if word and word[0].lower() in 'aeiou' else 'a'} {word}"

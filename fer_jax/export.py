@@ -273,22 +273,28 @@ def export(config, variables: dict, out: str, batch_size: int | None = None, pla
 def check_not_an_export(checkpoint: str) -> None:
   """An export holds no checkpoint to export from (and an ONNX one no variables at all)."""
   if is_export(checkpoint) or is_onnx_export(checkpoint):
-    raise UserError(f"--checkpoint={checkpoint} is an export folder, not a checkpoint: pass the checkpoint it was "
-                    "exported from (a training workdir or a converted model); `predict` and `fer_jax.load` run a "
-                    "StableHLO export folder as it is.")
+    raise UserError(not_a_checkpoint(f"--checkpoint={checkpoint}"))
+
+
+def not_a_checkpoint(source: str) -> str:
+  """The message for an export folder given (as `source`: "--checkpoint=PATH", or the path) where a checkpoint is
+  read: model.json does not record which one it was exported from."""
+  return (f"{source} is an export folder, not a checkpoint: pass the checkpoint it was exported from (a training "
+          "workdir or a converted model). Exports are for deployment, not for training, evaluation or exporting "
+          "again: `python -m fer_jax.predict` and `fer_jax.load` run a StableHLO export folder as it is.")
 
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag("configs/<method>.py:<dataset> of the checkpoint.")
-  flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint folder or converted model.")
-  flags.DEFINE_string("out", None, "New folder for the export.")
+  cli.define_path("checkpoint", None, "Training workdir, checkpoint folder or converted model.")
+  cli.define_path("out", None, "New folder for the export.")
   flags.DEFINE_integer("batch_size", 0, "Fixed batch size; 0 = symbolic (any batch size).", lower_bound=0)
   flags.DEFINE_list("platforms", ["cpu", "cuda"], "stablehlo: platforms to lower for (cpu, cuda, rocm, tpu).")
   flags.DEFINE_enum("format", "stablehlo", FORMATS, "stablehlo (JAX, Orbax variables) or onnx (one file, "
                     "needs the onnx extra).")
-  flags.DEFINE_list("verify_images", [], "onnx: image files to run through ONNX Runtime and JAX; the worst relative "
-                    "logit difference is logged and kept in model.json.")
+  cli.define_path_list("verify_images", [], "onnx: image files to run through ONNX Runtime and JAX; the worst "
+                       "relative logit difference is logged and kept in model.json.")
   flags.mark_flags_as_required(["config", "checkpoint", "out"])
 
 
@@ -300,7 +306,7 @@ def main(argv):
   if args.format == "onnx" and args["platforms"].present:
     raise UserError("--platforms chooses what a StableHLO program is lowered for; an ONNX file runs wherever ONNX "
                     "Runtime does: drop --platforms, or drop --format=onnx.")
-  check_not_an_export(os.path.expanduser(args.checkpoint))
+  check_not_an_export(args.checkpoint)
   model = models.build_model(config)
   variables = models.load_trained_variables(config, model, args.checkpoint)
   info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms, args.format,
@@ -310,7 +316,7 @@ def main(argv):
                  "%(worst_relative_logit_error).2e", info["onnx_runtime_vs_jax"])
   logging.info("Exported %s (%s, batch %s) as %s to %s", config.model.name, ", ".join(info["class_names"]),
                info["batch_size"], " ".join([info["format"], *info.get("platforms", [])]),
-               os.path.abspath(os.path.expanduser(args.out)))
+               os.path.abspath(args.out))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from fer_jax import checkpointing
 from fer_jax import config_lib
+from fer_jax import errors
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import tta
@@ -144,12 +145,12 @@ def _selection_problems(config) -> list[str]:
   if config.early_stopping_patience < 0:
     problems.append(f"config.early_stopping_patience={config.early_stopping_patience} must be 0 (never) or more.")
   if not config.select_metric:
-    for key, value in (("early_stopping_patience", config.early_stopping_patience),
-                       ("restore_best", config.restore_best)):
+    for key, value, off in (("early_stopping_patience", config.early_stopping_patience, 0),
+                            ("restore_best", config.restore_best, False)):
       if value:
         problems.append(f"config.{key}={value} needs a metric to compare epochs by: set "
-                        "--config.select_metric=accuracy (or mean_class_accuracy), or turn it off "
-                        f"(--config.{key}={0 if key == 'early_stopping_patience' else False}).")
+                        f"{errors.config_setting('select_metric', 'accuracy')} (or mean_class_accuracy), or turn it "
+                        f"off ({errors.config_setting(key, off)}).")
   return problems
 
 
@@ -248,8 +249,9 @@ def _init_from_problems(config) -> list[str]:
   except checkpointing.CheckpointError as error:
     return [f"config.init_from: {error}"]
   if saved and saved != config.model.name:
-    return [f"config.init_from={config.init_from} holds a {saved} model, but this config trains {config.model.name}: "
-            f"pass a {config.model.name} checkpoint (a run's, a conversion, or an earlier stage's best/)."]
+    return [f"config.init_from={config.init_from} holds {errors.with_article(saved)} model, but this config trains "
+            f"{config.model.name}: pass {errors.with_article(config.model.name)} checkpoint (a run's, a conversion, "
+            "or an earlier stage's best/)."]
   return []
 
 

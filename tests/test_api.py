@@ -30,7 +30,7 @@ from fer_jax.data import decode
 from fer_jax.errors import UserError
 from fer_jax.face import align
 from fer_jax.face import detector
-from helpers import ROOT, cpu_devices_env, get_config, random_variables
+from helpers import ROOT, assert_user_error, cpu_devices_env, get_config, random_variables
 
 HOPPER = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 HOPPER_FACE = (178, 110, 351, 330)  # the mtcnn package's box (see test_face_detector.py)
@@ -291,19 +291,45 @@ def _changed(config, **fields):
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({}, r"holds a dan model with 7 classes .*, but the config builds scan_cci with 7: pass the --config it was "
+    ({}, r"holds a dan model with 7 classes .*, but the config builds scan_cci with 7: pass the config it was "
          r"trained or converted with \(configs/dan\.py:<dataset>\)\.$"),
     ({"dataset__class_order": "rafdb"}, r"predicts the classes \(anger, .*\) but the config's class order gives "
-                                        r"\(surprise, .*--config\.dataset\.class_order"),
+                                        r"\(surprise, .*\): set config\.dataset\.class_order to the order"),
     ({"input__size": 64},
-     r"was trained on inputs of size 32 but the config gives size 64: pass --config\.input\.size=32"),
+     r"was trained on inputs of size 32 but the config gives size 64: set config\.input\.size = 32 as it was"),
 ], ids=["method", "class_order", "input_size"])
 def test_an_export_of_another_model_than_the_config_s_is_refused(exported, config, fields, message):
-  """`predict --config=configs/scan_cci.py:… --checkpoint=<a DAN export>` ran DAN."""
+  """`predict --config=configs/scan_cci.py:… --checkpoint=<a DAN export>` ran DAN. The fix is what a Python caller
+  changes in its config (it was told "pass --config.input.size=32")."""
   given = _changed(get_config("configs/scan_cci.py:synthetic") if not fields else config, **fields)
   given.input.size = fields.get("input__size", 32)
   with pytest.raises(checkpointing.CheckpointError, match=rf"^The export {exported} {message}"):
     fer_jax.load(str(exported), config=given)
+
+
+def test_a_checkpoint_of_another_input_size_names_the_python_change_and_predict_the_flag(workdir, exported, config,
+                                                                                        tmp_path):
+  """fer_jax.load's caller was told "pass --config.input.size=32"; predict, a command over the same API, keeps it."""
+  with pytest.raises(checkpointing.CheckpointError, match=r"gives size 64: set config\.input\.size = 32 as it was"):
+    fer_jax.load(str(workdir), config=_changed(config, input__size=64))
+  Image.new("RGB", (32, 32)).save(tmp_path / "face.png")
+  result = subprocess.run([sys.executable, "-m", "fer_jax.predict", "--config=configs/dan.py:synthetic",
+                           "--config.input.size=64", f"--checkpoint={exported}", f"--input={tmp_path / 'face.png'}",
+                           f"--output={tmp_path / 'preds.csv'}"], cwd=ROOT, env=cpu_devices_env(1),
+                          capture_output=True, text=True, timeout=600)
+  assert_user_error(result, "gives size 64: pass --config.input.size=32 as it was trained or converted with.")
+
+
+@pytest.mark.parametrize("name", ["rafdb_epoch21_acc0.897_bacc0.8275.pth", "model_best.pth.tar"])
+def test_a_file_of_the_official_code_is_named_with_the_command_that_converts_it(name, tmp_path):
+  """It was "No checkpoint found", as for predict --checkpoint=FILE."""
+  (tmp_path / name).write_bytes(b"PK")
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=rf"^{tmp_path / name} is a checkpoint of the official code \(or a pretrained backbone\), "
+                           rf"not converted: run `python -m fer_jax\.convert --config=configs/<method>\.py:<dataset> "
+                           rf"--checkpoint={tmp_path / name} --workdir=OUT` with the config of the model it holds, "
+                           r"then pass OUT instead\.$"):
+    fer_jax.load(str(tmp_path / name), config="configs/dan.py:synthetic")
 
 
 def test_the_config_gives_an_export_its_test_time_augmentation_and_what_old_records_lack(exported, config, tmp_path):

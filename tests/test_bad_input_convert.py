@@ -140,7 +140,7 @@ def test_dan_checkpoint_with_another_method_names_dan(tmp_path, dan_checkpoint, 
 
 def test_dan_checkpoint_with_another_class_count_names_the_configs_that_fit(tmp_path, dan_checkpoint):
   result = convert("dan.py:affectnet8", dan_checkpoint, tmp_path / "out")
-  assert_user_error(result, f"{DAN_FILE} holds a 7-class classifier (fc.weight (7, 512))",
+  assert_user_error(result, f"{DAN_FILE} holds a classifier of 7 classes (fc.weight (7, 512))",
                     "the config builds 8 classes: pass --config=configs/dan.py:rafdb or "
                     "--config=configs/dan.py:affectnet7 or --config=configs/dan.py:synthetic",
                     "fc.weight (7, 512) does not fit params/fc/kernel (512, 8)")
@@ -156,7 +156,7 @@ def dan_8_class_checkpoint(tmp_path_factory):
 
 def test_following_the_advice_for_another_class_count_gives_a_usable_model(tmp_path, dan_8_class_checkpoint):
   result = convert("dan.py:rafdb", dan_8_class_checkpoint, tmp_path / "out")
-  assert_user_error(result, "holds a 8-class classifier", "the config builds 7 classes: pass "
+  assert_user_error(result, "holds a classifier of 8 classes", "the config builds 7 classes: pass "
                     "--config=configs/dan.py:affectnet8.")
   assert "num_classes" not in result.stderr  # it used to suggest --config.model.num_classes=8, with 7 class names
   converted = convert("dan.py:affectnet8", dan_8_class_checkpoint, tmp_path / "out")
@@ -379,3 +379,11 @@ def test_workdir_in_a_read_only_folder_is_refused_before_converting(tmp_path, da
   assert_user_error(result, f"--workdir={workdir} cannot be written",
                     f"the folder {tmp_path / 'read_only'} is not writable", "fix its permissions")
   assert not workdir.exists()
+
+
+def test_the_log_says_why_the_batch_norm_step_counters_are_dropped(tmp_path, dan_checkpoint):
+  """It said "Flax BatchNorm keeps none": fer_jax's BatchNorm is its own (fer_jax/models/backbones/batch_norm.py)."""
+  result = convert("dan.py:rafdb", dan_checkpoint, tmp_path / "out")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert ("[dan]: dropped 41 (BatchNorm step counter; fer_jax's BatchNorm keeps none, as its running averages use a "
+          "fixed momentum): bn.num_batches_tracked") in result.stderr, result.stderr[-3000:]

@@ -175,14 +175,14 @@ def test_eval_with_a_truncated_checkpoint(damaged_copy, tmp_path):
                     foreign_traceback="OUT_OF_RANGE")
 
 
-def test_resume_from_a_damaged_newest_step_names_the_step_to_delete(tmp_path, tiny_data_dir):
+def test_resume_from_a_damaged_only_step_says_to_start_over(tmp_path, tiny_data_dir):
   assert _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={tmp_path}").returncode == 0
   for path in glob.glob(f"{tmp_path}/checkpoints/8/state/**/*", recursive=True):
     if os.path.isfile(path) and os.path.getsize(path) > 100_000:
       os.truncate(path, 1000)
   result = _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={tmp_path}")
   assert_user_error(result, f"Cannot read the checkpoint {tmp_path / 'checkpoints' / '8'}",
-                    f"delete {tmp_path / 'checkpoints' / '8'} to resume from the step before it")
+                    f"it is the run's only checkpoint, so start the run over: delete {tmp_path} or pass a new --workdir")
 
 
 def test_summary_of_an_lhcnet_checkpoint_of_another_stage(tmp_path):
@@ -279,3 +279,29 @@ def test_an_evaluation_stopped_by_ctrl_c_exits_75_with_one_line(dan_checkpoint, 
   assert ("SIGINT received: stopped. The evaluation's report is missing or incomplete; run the same command to "
           "evaluate again.") in result.stderr
   assert not (report / "eval_results.json").exists()
+
+
+def _fake_export(folder):
+  """A folder with the files that make an export folder (fer_jax.export.is_export)."""
+  (folder / "variables").mkdir(parents=True)
+  for name in ("model.json", "model.stablehlo"):
+    (folder / name).write_text("{}")
+  return folder
+
+
+@pytest.mark.parametrize("given, flag", [("export", "--checkpoint"), ("official_file", "--checkpoint"),
+                                         ("official_file", "--config.init_from")])
+def test_an_export_or_an_unconverted_official_file_is_named_with_what_to_pass(tmp_path, given, flag):
+  """Both were "No checkpoint found … pass a training workdir, …, or the output of python -m fer_jax.convert"."""
+  if given == "export":
+    path = _fake_export(tmp_path / "exported")
+    expected = (f"{path} is an export folder, not a checkpoint: pass the checkpoint it was exported from",
+                "Exports are for deployment, not for training, evaluation or exporting again")
+  else:
+    path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+    path.write_bytes(b"PK")
+    expected = (f"{path} is a checkpoint of the official code (or a pretrained backbone), not converted: run "
+                f"`python -m fer_jax.convert --config=configs/<method>.py:<dataset> --checkpoint={path} --workdir=OUT`",)
+  mode = ("--mode=eval",) if flag == "--checkpoint" else ()
+  result = _main(*TINY, *mode, f"{flag}={path}", f"--workdir={tmp_path / 'run'}")
+  assert_user_error(result, *expected)

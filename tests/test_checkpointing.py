@@ -156,14 +156,21 @@ def test_resume_of_a_state_saved_without_the_clip_stage(tmp_path, resumed_clip):
 
 # Orbax's failed read leaves a callback for its closed event loop, reported when collected.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_resume_from_damaged_files_names_the_step_to_delete(tmp_path):
+@pytest.mark.parametrize("earlier_step", [1, None], ids=["with_a_step_before", "only_step"])
+def test_resume_from_damaged_files_names_the_step_to_delete(tmp_path, earlier_step):
+  """With no step before the damaged one, the run starts over: it was told to delete it "to resume from the step
+  before it"."""
+  if earlier_step:
+    _saved(tmp_path, _trained_state(_config()), _config(), step=earlier_step)
   checkpoints = _saved(tmp_path, _trained_state(_config()), _config())
   step_directory = tmp_path / "checkpoints" / "2"
   data = [path for path in glob.glob(f"{step_directory}/state/**/d/*", recursive=True) if os.path.isfile(path)]
   assert data
   for path in data:
     os.truncate(path, os.path.getsize(path) // 2)
-  with pytest.raises(checkpointing.CheckpointError, match=f"damaged or incomplete; delete {step_directory} "):
+  fix = (f"delete {step_directory} to resume from step 1, the one before it\\." if earlier_step else
+         f"it is the run's only checkpoint, so start the run over: delete {tmp_path} or pass a new --workdir\\.")
+  with pytest.raises(checkpointing.CheckpointError, match=f"damaged or incomplete; {fix}$"):
     checkpointing.restore_state(checkpoints, 2, _abstract_state(_config()))
   gc.collect()  # here, not during the next test
 

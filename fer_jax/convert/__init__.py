@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_jax import errors
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax.convert import apvit
@@ -142,11 +143,7 @@ def _check_source_reads(path: str, source: Source) -> None:
     return
   fitting = [f"--source={s.name}" for s in SOURCES if s.method == source.method and s.reader == kind]
   raise ConversionError(f"{path} is no {source.name} file (--source={source.name} reads {source.reader} files, this "
-                        f"is {_a(kind)} one): pass {', or '.join(fitting + ['no --source'])}.")
-
-
-def _a(word: str) -> str:
-  return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+                        f"is {errors.with_article(kind)} one): pass {', or '.join(fitting + ['no --source'])}.")
 
 
 def _outline(loaded) -> str:
@@ -191,10 +188,11 @@ def _unknown_format(path: str, method: str, reader: str, loaded, source_name: st
   fitting = [s for s in SOURCES if s.reader == reader and s.name != source_name and s.select(loaded) is not None]
   fitting.sort(key=lambda s: s.method != method)
   if fitting and fitting[0].method == method:  # only with a --source: without, read_source would have taken it
-    return ConversionError(f"{path} is no {source_name} file (--source={source_name}) but {_a(fitting[0].name)} one: "
+    return ConversionError(f"{path} is no {source_name} file (--source={source_name}) but "
+                           f"{errors.with_article(fitting[0].name)} one: "
                            f"pass --source={fitting[0].name}, or no --source.")
   known = "; ".join(f"{s.name} ({s.files})" for s in SOURCES if s.method == method) or "none"
-  hint = (f" It looks like {_a(fitting[0].name)} file: convert it with configs/{fitting[0].method}.py "
+  hint = (f" It looks like {errors.with_article(fitting[0].name)} file: convert it with configs/{fitting[0].method}.py "
           f"(--config=configs/{fitting[0].method}.py:<data set>)." if fitting else "")
   return ConversionError(f"{path} ({reader}, {_outline(loaded)}) is not a checkpoint format fer_jax converts "
                          f"for {method}. Known sources: {known}.{hint}")

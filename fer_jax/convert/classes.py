@@ -57,7 +57,7 @@ def classes_mismatch(tensors, config, classifier: str, axis: int) -> str | None:
   shape = tuple(np.shape(tensors[classifier]))
   if shape[axis] == config.model.num_classes:
     return None
-  return (f"holds a {shape[axis]}-class classifier ({classifier} {shape}), but the config builds "
+  return (f"holds a classifier of {shape[axis]} classes ({classifier} {shape}), but the config builds "
           f"{config.model.num_classes} classes: {config_advice(config, shape[axis])}")
 
 

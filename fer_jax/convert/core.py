@@ -148,8 +148,8 @@ TORCH = Layout(
         "layer_norm": {"scale": ("weight", _same), "bias": ("bias", _same)},
         "prelu": {"slope": ("weight", _same)},
     },
-    extras={"batch_norm": (("num_batches_tracked",
-                            "BatchNorm step counter; Flax BatchNorm keeps none (the momentum is fixed)"),)},
+    extras={"batch_norm": (("num_batches_tracked", "BatchNorm step counter; fer_jax's BatchNorm keeps none, as "
+                                                   "its running averages use a fixed momentum"),)},
 )
 
 # Keras kernels are already (kh, kw, in, out) and (in, out).

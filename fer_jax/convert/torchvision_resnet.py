@@ -8,7 +8,7 @@ the key map is a renaming. Sources:
   vggface2_resnet50  `vgg_msceleb_resnet50_ft_weight.pkl`, a pickle of NumPy arrays under
                      torchvision ResNet-50 names, read with the NumPy-only unpickler. Dropped as
                      the official SCAN-CCI loader does: `layer4.*` and `fc.*`.
-BatchNorm `num_batches_tracked` counters, where present, are dropped (Flax keeps none).
+BatchNorm `num_batches_tracked` counters, where present, are dropped (fer_jax's BatchNorm keeps none).
 Everything outside the trunk is freshly initialised (seeded by `config.seed`).
 """
 
