@@ -5,6 +5,7 @@
   for face in model.detect_and_predict("group.jpg"):
     print(face.index, face.box, face.prediction.label if face.prediction else face.skipped)
   model.predict(["crop1.png", crop_array])  # face crops of at least min_face_size px: one Prediction each
+                                            # (paths, PIL images, uint8 arrays; or a stacked array)
 
 `load` accepts a training workdir (the weights its report evaluated, `best/STEP` with restore_best, else
 its newest checkpoint), a checkpoints/ or step folder, the
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 from fer_jax import checkpointing
 from fer_jax import config_lib
@@ -34,6 +36,7 @@ from fer_jax import export
 from fer_jax import inference
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
+from fer_jax import tta as tta_lib
 from fer_jax import validation
 from fer_jax.data import decode
 from fer_jax.errors import UserError
@@ -50,8 +53,8 @@ SEARCH_BELOW_MIN_FACE_SIZE = 5 / 6
 class Prediction:
   label: str
   confidence: float
-  probabilities: dict[str, float]
-  logits: dict[str, float]
+  probabilities: dict[str, float]  # with a test-time augmentation, its views' mean
+  logits: dict[str, float]         # the plain forward pass's, with a test-time augmentation too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +125,7 @@ def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> "Model"
   """The model at `path`; `config` a ConfigDict or "configs/<method>.py:<dataset>". `tta` (default: the config's,
   else the recorded one) is the test-time augmentation it runs, which its `config.eval.tta` then says."""
   path = os.path.expanduser(path)
+  _check_arguments(tta, batch_size)
   if isinstance(config, str):
     config = load_config(config)
   if export.is_export(path):
@@ -130,6 +134,15 @@ def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> "Model"
     raise UserError(f"{path} is an ONNX export: run it in ONNX Runtime (its model.json says how); fer_jax.load and "
                     "predict read the default export (`python -m fer_jax.export` without --format=onnx).")
   return Model(_load_checkpoint(path, config, tta, batch_size))
+
+
+def _check_arguments(tta_name: str, batch_size: int) -> None:
+  """Refused here, with the argument's name: later they would fail deep inside, naming a config key."""
+  if tta_name and tta_name not in tta_lib.NAMES:
+    raise UserError(f"tta={tta_name!r} is no test-time augmentation: pass one of {', '.join(tta_lib.NAMES)}, "
+                    "or \"\" for the config's.")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise UserError(f"batch_size={batch_size!r} must be a positive integer (the images of a device step).")
 
 
 def as_rgb(image) -> np.ndarray:
@@ -179,12 +192,11 @@ class Model:
     return inference.is_face_crop(width, height, self.predictor.preprocess.shape[0])
 
   def _stored(self, image, index: int, min_face_size: float) -> np.ndarray:
-    """A face crop (a path, read upright, or an array as `as_rgb` takes it) at the stored shape."""
-    path = os.fspath(image) if isinstance(image, (str, os.PathLike)) else ""
-    with decode.opened(path) if path else contextlib.nullcontext(Image.fromarray(as_rgb(image))) as picture:
+    """A face crop (`opened`) at the stored shape."""
+    with opened(image) as picture:
       if reason := size_reason(min(picture.size), min_face_size):
-        raise UserError(f"The face crop {path or f'array {index}'}: {reason}; pass a larger crop, or "
-                        "min_face_size=0 to classify it.")
+        name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
+        raise UserError(f"The face crop {name}: {reason}; pass a larger crop, or min_face_size=0 to classify it.")
       return decode.to_stored(picture, self.predictor.preprocess.shape)
 
   def classify(self, crops: list[np.ndarray]) -> list[Prediction]:
@@ -196,17 +208,20 @@ class Model:
                        dict(zip(self.class_names, map(float, z)))) for p, z in zip(probabilities, logits)]
 
   def predict(self, images_or_paths, min_face_size: float = MIN_FACE_SIZE) -> list[Prediction]:
-    """One Prediction per face crop (a path, or a uint8 grey, RGB or RGBA array of any size) of a list (or of
-    a stacked array); a UserError for a crop whose shorter side is below `min_face_size` px."""
-    if isinstance(images_or_paths, (str, os.PathLike)):
-      raise TypeError("Model.predict takes a list of face crops (paths or arrays): wrap the one path in a list.")
+    """One Prediction per face crop (a path, a PIL image, or a uint8 grey, RGB or RGBA array of any size) of a
+    list, or of a stacked array ([count, height, width(, channels)]); a UserError for a crop whose shorter side
+    is below `min_face_size` px."""
+    if _is_one_image(images_or_paths):
+      raise TypeError("Model.predict takes a list of face crops (paths, PIL images or arrays) or a stacked array "
+                      "[count, height, width(, channels)]: wrap the one image in a list.")
     check_limits(min_face_size)
     return self.classify([self._stored(image, i, min_face_size) for i, image in enumerate(images_or_paths)])
 
   def faces(self, photo, min_face_size: float = MIN_FACE_SIZE, min_score: float = MIN_SCORE):
     """(detected faces, their aligned crops or None when skipped, the reasons) of one photo."""
     check_limits(min_face_size, min_score)
-    image = decode.read_photo(os.fspath(photo)) if isinstance(photo, (str, os.PathLike)) else as_rgb(photo)
+    with opened(photo) as picture:
+      image = decode.rgb(picture)
     found = self.detector_for(min_face_size)(image)
     reasons = [skip_reason(face, min_face_size, min_score) for face in found]
     crops = [None if reason else align.aligned(image, face, self.alignment, self.predictor.preprocess.shape)
@@ -221,6 +236,25 @@ class Model:
     predictions = iter(self.classify([crop for crop in crops if crop is not None]))
     return [FaceResult(i, face.box, face.landmarks, face.score, None if reason else next(predictions), reason)
             for i, (face, reason) in enumerate(zip(found, reasons))]
+
+
+def opened(image):
+  """An image as PIL's, upright: a path opened (`decode.opened`), a PIL image turned by its EXIF orientation as a
+  file's would be, an array as `as_rgb` takes it."""
+  if isinstance(image, (str, os.PathLike)):
+    return decode.opened(os.fspath(image))
+  if isinstance(image, Image.Image):
+    return contextlib.nullcontext(ImageOps.exif_transpose(image))
+  return contextlib.nullcontext(Image.fromarray(as_rgb(image)))
+
+
+def _is_one_image(images) -> bool:
+  """A path, a PIL image, or an array of one image ([height, width] or [height, width, 1–4 channels]), where a
+  list of them or a stack [count, height, width(, channels)] belongs. [count, 48, 48] is a stack of grey faces."""
+  if isinstance(images, (str, os.PathLike, Image.Image)):
+    return True
+  shape = getattr(images, "shape", None)
+  return shape is not None and (len(shape) < 3 or (len(shape) == 3 and shape[-1] <= 4))
 
 
 def size_reason(size: float, min_face_size: float) -> str:

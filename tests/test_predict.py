@@ -251,7 +251,7 @@ def test_a_crop_smaller_than_the_minimum_face_size_is_skipped_with_the_reason(tm
     results = predict.predict_inputs(model, [tiny], str(tmp_path), detect, 24, 0.9)
     assert results.rows == [] and results.skipped == [(tiny, reason)] and classified == []
   assert f"Skipping {tiny}: {reason}." in caplog.text
-  with pytest.raises(UserError, match=r"^The face crop array 1: face smaller than the minimum size \(1 < 24 px\); "
+  with pytest.raises(UserError, match=r"^The face crop image 1: face smaller than the minimum size \(1 < 24 px\); "
                                       r"pass a larger crop, or min_face_size=0 to classify it\.$"):
     model.predict([np.zeros((30, 30, 3), np.uint8), np.zeros((1, 1, 3), np.uint8)])
   with pytest.raises(UserError, match=f"^The face crop {tiny}: {re.escape(reason)}"):
@@ -279,6 +279,48 @@ def test_alpha_is_dropped_and_an_array_that_is_no_uint8_image_is_refused_alike_b
     for call in (model.predict, model.detect_and_predict):
       with pytest.raises(UserError, match=refusal):
         call([array] if call == model.predict else array)
+
+
+def test_a_pil_image_of_any_mode_is_read_as_its_file_would_be(monkeypatch, tmp_path):
+  """A palette, CMYK or YCbCr PIL image was read as its raw bands (palette indices as grey, C, M, Y as R, G, B:
+  another label), and an EXIF-rotated one sideways, where the same image given by its path was read right."""
+  model, classified = _recording_model(monkeypatch)
+  _, searched = _fake_detector(monkeypatch)
+  rgb = Image.fromarray(np.random.default_rng(7).integers(0, 256, (60, 80, 3), dtype=np.uint8))
+  rotated = tmp_path / "rotated.jpg"
+  exif = Image.Exif()
+  exif[0x0112] = 6  # orientation: turn 90° clockwise to view
+  rgb.save(rotated, exif=exif)
+  images = [rgb.convert("P"), rgb.convert("CMYK"), rgb.convert("YCbCr")]
+  with Image.open(rotated) as from_file:
+    model.predict([*images, from_file, str(rotated)])
+    model.detect_and_predict(from_file)
+  model.detect_and_predict(str(rotated))
+  for crop, image in zip(classified, images):
+    np.testing.assert_array_equal(crop, decode.to_stored(image.convert("RGB"), model.predictor.preprocess.shape))
+  np.testing.assert_array_equal(classified[3], classified[4])
+  assert searched[0].shape == (80, 60, 3)
+  np.testing.assert_array_equal(searched[0], searched[1])
+
+
+@pytest.mark.parametrize("one_image", [np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40), np.uint8),
+                                       Image.new("RGB", (40, 40))], ids=["rgb_array", "grey_array", "pil"])
+def test_one_image_where_a_list_belongs_is_refused_and_a_stack_of_grey_faces_is_not(monkeypatch, one_image):
+  """An RGB array [40, 40, 3] was read as 40 grey images of 40×3 pixels: 40 predictions."""
+  model, classified = _recording_model(monkeypatch)
+  with pytest.raises(TypeError, match=r"takes a list of face crops .* wrap the one image in a list"):
+    model.predict(one_image)
+  assert len(model.predict(np.zeros((5, 48, 48), np.uint8))) == 5 == len(classified)  # [count, 48, 48]: FER2013's
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"tta": "bogus"}, r"^tta='bogus' is no test-time augmentation: pass one of none, flip, lhc62"),
+    ({"batch_size": 0}, r"^batch_size=0 must be a positive integer"),
+    ({"batch_size": 2.5}, r"^batch_size=2.5 must be a positive integer")], ids=["tta", "zero", "float"])
+def test_load_refuses_a_bad_argument_by_its_name(tmp_path, arguments, message):
+  """They failed on the first prediction, deep inside (range() arg 3 must not be zero), or named config.eval.tta."""
+  with pytest.raises(UserError, match=message):
+    api.load(str(tmp_path), **arguments)
 
 
 def test_the_detector_searches_for_faces_down_to_a_little_below_the_minimum_face_size(monkeypatch):

@@ -158,7 +158,8 @@ def summary(builder) -> str:
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
-  flags.DEFINE_string("dataset", None, f"NAME or NAME/CONFIG, NAME one of {', '.join(DATASETS)}.")
+  flags.DEFINE_string("dataset", None, f"NAME or NAME/CONFIG, NAME one of {', '.join(DATASETS)}, or the module "
+                      "path of a builder of yours (my_sets.class_folders).")
   cli.define_path("manual_dir", None, "Folder holding the owners' download (see README).")
   cli.define_path("data_dir", None, "Where TFDS data sets live (default: TFDS's, "
                   "~/tensorflow_datasets or $TFDS_DATA_DIR).")
