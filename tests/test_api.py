@@ -236,7 +236,8 @@ def test_photos_are_read_upright_as_their_exif_orientation_says(orientation, tmp
   path = tmp_path / f"oriented_{orientation}.jpg"
   Image.open(HOPPER).convert("RGB").resize((64, 75)).save(path, exif=exif)
   stored = np.asarray(Image.open(path).convert("RGB"))  # PIL decodes a JPEG as stored, not turned
-  np.testing.assert_array_equal(decode.read_photo(str(path)), UPRIGHT[orientation](stored))
+  with decode.opened(str(path)) as image:
+    np.testing.assert_array_equal(decode.rgb(image), UPRIGHT[orientation](stored))
 
 
 @pytest.mark.integration  # a subprocess on two CPU devices

@@ -4,7 +4,7 @@ This is all the per-image work the host does. Everything random, and the resize 
 model's input size, runs on the device (`fer_jax.data.augment`), so batches cross to the
 device as uint8 at the stored size.
 
-`opened`, and `read_file` and `read_photo` through it (images the user names: predict, visualize,
+`opened`, and `read_file` through it (images the user names: predict, visualize,
 `fer_jax.load`), refuse an image whose header claims more than `MAX_IMAGE_PIXELS` before decoding it,
 turn every way a file can fail to decode into an `UnreadableImageError` that names the file and the
 fix, and give the image upright (its EXIF orientation applied, as photo viewers show it). A data set's
@@ -88,12 +88,6 @@ def read_file(path: str, shape: tuple[int, int, int]) -> np.ndarray:
   image."""
   with opened(path) as image:
     return to_stored(image, shape)
-
-
-def read_photo(path: str) -> np.ndarray:
-  """A photo at its own size, upright, RGB uint8; `UnreadableImageError` as `read_file`."""
-  with opened(path) as image:
-    return rgb(image)
 
 
 def rgb(image: Image.Image) -> np.ndarray:
