@@ -192,8 +192,8 @@ class Model:
     return inference.is_face_crop(width, height, self.predictor.preprocess.shape[0])
 
   def _stored(self, image, index: int, min_face_size: float) -> np.ndarray:
-    """A face crop (`opened`) at the stored shape."""
-    with opened(image) as picture:
+    """A face crop (a path, a PIL image or an array: `_as_picture`) at the stored shape."""
+    with _as_picture(image) as picture:
       if reason := size_reason(min(picture.size), min_face_size):
         name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
         raise UserError(f"The face crop {name}: {reason}; pass a larger crop, or min_face_size=0 to classify it.")
@@ -220,7 +220,7 @@ class Model:
   def faces(self, photo, min_face_size: float = MIN_FACE_SIZE, min_score: float = MIN_SCORE):
     """(detected faces, their aligned crops or None when skipped, the reasons) of one photo."""
     check_limits(min_face_size, min_score)
-    with opened(photo) as picture:
+    with _as_picture(photo) as picture:
       image = decode.rgb(picture)
     found = self.detector_for(min_face_size)(image)
     reasons = [skip_reason(face, min_face_size, min_score) for face in found]
@@ -238,9 +238,9 @@ class Model:
             for i, (face, reason) in enumerate(zip(found, reasons))]
 
 
-def opened(image):
-  """An image as PIL's, upright: a path opened (`decode.opened`), a PIL image turned by its EXIF orientation as a
-  file's would be, an array as `as_rgb` takes it."""
+def _as_picture(image):
+  """A context giving an image as PIL's, upright: a path opened (`decode.opened`), a PIL image turned by its EXIF
+  orientation as a file's would be, an array as `as_rgb` takes it."""
   if isinstance(image, (str, os.PathLike)):
     return decode.opened(os.fspath(image))
   if isinstance(image, Image.Image):
