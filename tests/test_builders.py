@@ -809,6 +809,15 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
   assert builder.info.splits["train"].num_examples == len(fx.RAFDB_TRAIN)
 
 
+def test_prepare_from_python_expands_the_home_folder_of_both_paths(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.chdir(tmp_path)
+  fx.write_rafdb(tmp_path / "manual")
+  builder = prepare.prepare("rafdb", "~/manual", "~/tfds")
+  assert builder.is_prepared() and os.fspath(builder.data_dir_root) == os.fspath(tmp_path / "tfds")
+  assert not (tmp_path / "~").exists()
+
+
 @pytest.mark.integration
 def test_prepare_command_is_idempotent_and_fails_on_bad_input(tmp_path):
   fx.write_fedro(tmp_path / "manual")

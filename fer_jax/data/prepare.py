@@ -55,7 +55,8 @@ def make_builder(dataset: str, data_dir: str | None = None, skip_corrupt: bool =
   if config and config not in builder_cls.builder_configs:
     valid = ", ".join(f"{name}/{c}" for c in builder_cls.builder_configs) or f"{name} (it has no configs)"
     raise builder_utils.DataError(f"Unknown config {dataset!r}; choose one of {valid}.")
-  return builder_cls(config=config or None, data_dir=data_dir, skip_corrupt=skip_corrupt)
+  return builder_cls(config=config or None, data_dir=data_dir and os.path.expanduser(data_dir),
+                     skip_corrupt=skip_corrupt)
 
 
 def builder_class(name: str):
