@@ -27,7 +27,7 @@ The paper's runs start from the MS-Celeb-1M ResNet-18 (without it a run warns):
 from fer_jax import config_lib
 
 DATA_SETS = ("rafdb", "affectnet7", "affectnet8", "synthetic")
-OCCLUSION = ("no", "yes")  # synthetic only: also evaluate with synthetic occluders
+OPTIONS = {"occlusion": ("no", "yes")}  # synthetic only: also evaluate with synthetic occluders
 IMAGENET = "normalize('imagenet')"
 RAFDB_TRAIN = ("resize({size})|flip()|random_apply(0.2, 'rotate(20)|random_crop({size}, padding=32)')|"
                f"{IMAGENET}|random_erasing(p=0.5, scale=(0.02, 0.25), value=0.0)")
@@ -36,7 +36,7 @@ AFFECTNET_TRAIN = ("resize({size})|flip()|random_apply(0.7, 'random_affine(20, t
 
 
 def get_config(arg: str = "rafdb"):
-  parsed = config_lib.parse_arg(arg, __file__, DATA_SETS, occlusion=OCCLUSION)
+  parsed = config_lib.parse_arg(arg, __file__, DATA_SETS, **OPTIONS)
   data = parsed.data
   if parsed.occlusion == "yes" and data != "synthetic":
     raise ValueError(f"configs/dan.py: occlusion=yes applies to 'synthetic' only (its occluders are placed for the "

@@ -38,7 +38,7 @@ reports PrivateTest:
 from fer_jax import config_lib
 
 DATA_SETS = ("fer2013", "synthetic")
-STAGES = ("A1", "A2", "A3", "B", "C")  # the first is the default
+OPTIONS = {"stage": ("A1", "A2", "A3", "B", "C")}  # each option's first value is its default
 RAW = "to_float()"
 # Keras ImageDataGenerator settings of the official steps (float pixels, fill "nearest", bilinear).
 KERAS_AUGMENT = {
@@ -57,7 +57,7 @@ RECIPE = {
 
 
 def get_config(arg: str = "fer2013"):
-  parsed = config_lib.parse_arg(arg, __file__, DATA_SETS, stage=STAGES)
+  parsed = config_lib.parse_arg(arg, __file__, DATA_SETS, **OPTIONS)
   data, stage = parsed.data, parsed.stage
   config = config_lib.base_config()
   config.model.update(

@@ -4,7 +4,9 @@ subprocess runs of the CLI and their error checks."""
 
 import collections
 import contextlib
+import glob
 import importlib.util
+import itertools
 import os
 import re
 import socket
@@ -62,6 +64,26 @@ def get_config(spec: str):
   path, _, arg = spec.partition(":")
   module = load_script(path, "config_module")
   return module.get_config(arg) if arg else module.get_config()
+
+
+def shipped_configs() -> list[str]:
+  """Every "configs/<file>.py:<data set>,<option>=<value>…" a config file builds: each of its DATA_SETS with each
+  combination of its OPTIONS' values (an option at its default, the first, left out), but those its get_config
+  refuses (an option meant for other data sets)."""
+  specs = []
+  for path in sorted(glob.glob("configs/[!_]*.py", root_dir=ROOT)):
+    module = load_script(path, "config_module")
+    options = getattr(module, "OPTIONS", {})
+    for data in module.DATA_SETS:
+      for values in itertools.product(*options.values()):
+        arg = ",".join([data, *(f"{key}={value}" for (key, choices), value in zip(options.items(), values)
+                                if value != choices[0])])
+        try:
+          module.get_config(arg)
+        except ValueError:
+          continue
+        specs.append(f"{path}:{arg}")
+  return specs
 
 
 def random_variables(config, seed=0):
