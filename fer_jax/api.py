@@ -23,12 +23,14 @@ import contextlib
 import dataclasses
 import os
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
+from PIL import UnidentifiedImageError
 
 from fer_jax import checkpointing
 from fer_jax import config_lib
@@ -40,6 +42,7 @@ from fer_jax import tta as tta_lib
 from fer_jax import validation
 from fer_jax.data import decode
 from fer_jax.errors import UserError
+from fer_jax.errors import with_article
 from fer_jax.face import align
 from fer_jax.face import detector
 
@@ -68,12 +71,26 @@ class FaceResult:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """"configs/dan.py:rafdb" (a path, then the argument) as `--config` reads it."""
+  """"configs/dan.py:rafdb" (a path, then the argument) as `--config` reads it; a config file's refusal of its
+  argument (`config_lib.parse_arg`'s ValueError) as a UserError naming `config=`."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
-    raise UserError(f"config {spec!r}: {path} is not a file; pass configs/<method>.py:<dataset>.")
+    raise UserError(f"config={spec!r}: {path} is not a file; pass configs/<method>.py:<dataset>.")
   module = config_lib.config_module(path)
-  return module.get_config(arg) if arg else module.get_config()
+  try:
+    return module.get_config(arg) if arg else module.get_config()
+  except ValueError as error:
+    raise UserError(f"config={spec!r}: {error}") from None
+
+
+def _as_config(config) -> ml_collections.ConfigDict | None:
+  """`fer_jax.load`'s `config`: None, a ConfigDict, or "configs/<method>.py:<dataset>" (a str or os.PathLike)."""
+  if isinstance(config, (str, os.PathLike)):
+    return load_config(os.fspath(config))
+  if config is None or isinstance(config, ml_collections.ConfigDict):
+    return config
+  raise UserError(f"config= takes an ml_collections.ConfigDict or \"configs/<method>.py:<dataset>\", not "
+                  f"{with_article(type(config).__name__)}.")
 
 
 def _using_tta(config: ml_collections.ConfigDict, tta_name: str) -> ml_collections.ConfigDict:
@@ -122,12 +139,12 @@ def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> infer
 
 
 def load(path: str, config=None, tta: str = "", batch_size: int = 64) -> "Model":
-  """The model at `path`; `config` a ConfigDict or "configs/<method>.py:<dataset>". `tta` (default: the config's,
-  else the recorded one) is the test-time augmentation it runs, which its `config.eval.tta` then says."""
+  """The model at `path`; `config` a ConfigDict or "configs/<method>.py:<dataset>" (a str or os.PathLike). `tta`
+  (default: the config's, else the recorded one) is the test-time augmentation it runs, which its `config.eval.tta`
+  then says."""
   path = os.path.expanduser(path)
   _check_arguments(tta, batch_size)
-  if isinstance(config, str):
-    config = load_config(config)
+  config = _as_config(config)
   if export.is_export(path):
     return Model(_load_export(path, config, tta, batch_size))
   if export.is_onnx_export(path):
@@ -151,11 +168,26 @@ def as_rgb(image) -> np.ndarray:
   image = np.asarray(image)
   channels = 1 if image.ndim == 2 else image.shape[-1] if image.ndim == 3 else 0
   if image.dtype != np.uint8 or channels not in (1, 2, 3, 4) or 0 in image.shape[:2]:
+    fixes = "; ".join(_conversions(image))
     raise UserError(f"An image array must be uint8 [height, width] or [height, width, channels] with 1 (grey), 2 "
-                    f"(grey, alpha), 3 (RGB) or 4 (RGBA) channels, got {image.dtype} {image.shape}: convert it "
-                    "(floats in 0–1: (image * 255).round().astype(np.uint8)).")
+                    f"(grey, alpha), 3 (RGB) or 4 (RGBA) channels, got {image.dtype} {image.shape}: convert it"
+                    + (f" ({fixes})." if fixes else "."))
   image = image.reshape(*image.shape[:2], channels)
   return image[..., :3] if channels >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+
+
+def _conversions(image: np.ndarray) -> list[str]:
+  """The conversions an array `as_rgb` refuses needs, by its axes (channels first, as PyTorch's) and its type."""
+  conversions = []
+  if image.ndim == 3 and image.shape[0] <= 4 < image.shape[-1]:
+    conversions.append("channels first: np.moveaxis(image, 0, -1)")
+  if np.issubdtype(image.dtype, np.floating):
+    conversions.append("floats in 0–1: (image * 255).round().astype(np.uint8)")
+  elif image.dtype == np.uint16:
+    conversions.append("16-bit: (image // 257).astype(np.uint8)")
+  elif image.dtype != np.uint8:
+    conversions.append(f"{image.dtype}: scale it to 0–255 if needed, then image.astype(np.uint8)")
+  return conversions
 
 
 def check_limits(min_face_size: float, min_score: float = MIN_SCORE) -> None:
@@ -191,31 +223,47 @@ class Model:
   def is_face_crop(self, width: int, height: int) -> bool:
     return inference.is_face_crop(width, height, self.predictor.preprocess.shape[0])
 
-  def _stored(self, image, index: int, min_face_size: float) -> np.ndarray:
-    """A face crop (a path, a PIL image or an array: `_as_picture`) at the stored shape."""
-    with _as_picture(image) as picture:
-      if reason := size_reason(min(picture.size), min_face_size):
-        name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
-        raise UserError(f"The face crop {name}: {reason}; pass a larger crop, or min_face_size=0 to classify it.")
-      return decode.to_stored(picture, self.predictor.preprocess.shape)
+  def _stored(self, picture: Image.Image, name: str, min_face_size: float) -> np.ndarray:
+    """A face crop at the stored shape."""
+    if reason := size_reason(min(picture.size), min_face_size):
+      raise UserError(f"The face crop {name}: {reason}; pass a larger crop, or min_face_size=0 to classify it.")
+    return decode.to_stored(picture, self.predictor.preprocess.shape)
 
   def classify(self, crops: list[np.ndarray]) -> list[Prediction]:
     """Predictions of uint8 images already at the stored shape, batched on the device."""
     if not crops:
       return []
     probabilities, logits = self.predictor(crops)
-    return [Prediction(self.class_names[int(np.argmax(p))], float(np.max(p)), dict(zip(self.class_names, map(float, p))),
-                       dict(zip(self.class_names, map(float, z)))) for p, z in zip(probabilities, logits)]
+    return [Prediction(self.class_names[int(np.argmax(p))], float(np.max(p)),
+                       dict(zip(self.class_names, map(float, p))), dict(zip(self.class_names, map(float, z))))
+            for p, z in zip(probabilities, logits)]
 
   def predict(self, images_or_paths, min_face_size: float = MIN_FACE_SIZE) -> list[Prediction]:
     """One Prediction per face crop (a path, a PIL image, or a uint8 grey, RGB or RGBA array of any size) of a
     list, or of a stacked array ([count, height, width(, channels)]); a UserError for a crop whose shorter side
-    is below `min_face_size` px."""
+    is below `min_face_size` px, a warning for images not shaped like face crops (photos: `detect_and_predict`)."""
     if _is_one_image(images_or_paths):
       raise TypeError("Model.predict takes a list of face crops (paths, PIL images or arrays) or a stacked array "
                       "[count, height, width(, channels)]: wrap the one image in a list.")
     check_limits(min_face_size)
-    return self.classify([self._stored(image, i, min_face_size) for i, image in enumerate(images_or_paths)])
+    crops, not_crops = [], []
+    for index, image in enumerate(images_or_paths):
+      name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
+      with _as_picture(image) as picture:
+        crops.append(self._stored(picture, name, min_face_size))
+        if not self.is_face_crop(*picture.size):
+          not_crops.append(f"{name}, {picture.width}×{picture.height}")
+    if not_crops:
+      self._warn_not_crops(not_crops, len(crops))
+    return self.classify(crops)
+
+  def _warn_not_crops(self, not_crops: list[str], count: int) -> None:
+    """Photos given to `predict` are classified whole, as one face: said once per call, as the command line
+    would have searched them for faces."""
+    limit = inference.face_crop_limit(self.predictor.preprocess.shape[0])
+    logging.warning("Model.predict: %d of %d images (the first: %s) are not shaped like face crops (nearly square, "
+                    "at most %d px a side); each is classified whole, as one face. For the faces in photos, call "
+                    "detect_and_predict.", len(not_crops), count, not_crops[0], limit)
 
   def faces(self, photo, min_face_size: float = MIN_FACE_SIZE, min_score: float = MIN_SCORE):
     """(detected faces, their aligned crops or None when skipped, the reasons) of one photo."""
@@ -239,13 +287,29 @@ class Model:
 
 
 def _as_picture(image):
-  """A context giving an image as PIL's, upright: a path opened (`decode.opened`), a PIL image turned by its EXIF
+  """A context giving an image as PIL's, upright: a path opened (`_opened`), a PIL image turned by its EXIF
   orientation as a file's would be, an array as `as_rgb` takes it."""
   if isinstance(image, (str, os.PathLike)):
-    return decode.opened(os.fspath(image))
+    return _opened(os.fspath(image))
   if isinstance(image, Image.Image):
     return contextlib.nullcontext(ImageOps.exif_transpose(image))
   return contextlib.nullcontext(Image.fromarray(as_rgb(image)))
+
+
+@contextlib.contextmanager
+def _opened(path: str):
+  """`decode.opened`, but a file that is no image and is named as a video is refused as a video, with the ways to
+  read one."""
+  try:
+    with decode.opened(path) as picture:
+      yield picture
+  except decode.UnreadableImageError as error:
+    if isinstance(error.__cause__, UnidentifiedImageError) and path.lower().endswith(inference.VIDEO_EXTENSIONS):
+      raise UserError(f"{path} is a video: Model.predict and detect_and_predict read images. Pass its frames "
+                      "(fer_jax.predict.video_frames reads them) to detect_and_predict, or run `python -m "
+                      f"fer_jax.predict --input={path}` (with --config, --checkpoint and --output), which follows "
+                      "its faces from frame to frame.") from None
+    raise
 
 
 def _is_one_image(images) -> bool:

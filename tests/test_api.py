@@ -321,6 +321,13 @@ def test_a_checkpoint_of_another_input_size_names_the_python_change_and_predict_
   assert_user_error(result, "gives size 64: pass --config.input.size=32 as it was trained or converted with.")
 
 
+def test_a_config_file_is_taken_as_a_path_object_too(workdir):
+  """config=pathlib.Path(...) failed with an AttributeError; here the file's config is read and checked against the
+  checkpoint's record (its input size 72, the checkpoint's 32)."""
+  with pytest.raises(checkpointing.CheckpointError, match=r"gives size 72: set config\.input\.size = 32 as it was"):
+    fer_jax.load(str(workdir), config=pathlib.Path("configs/dan.py:synthetic"))
+
+
 @pytest.mark.parametrize("name", ["rafdb_epoch21_acc0.897_bacc0.8275.pth", "model_best.pth.tar"])
 def test_a_file_of_the_official_code_is_named_with_the_command_that_converts_it(name, tmp_path):
   """It was "No checkpoint found", as for predict --checkpoint=FILE."""

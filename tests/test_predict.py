@@ -163,7 +163,8 @@ def test_a_colour_crop_reaches_a_grey_data_sets_model_as_its_grey_conversion(tmp
   Image.fromarray(colour).save(tmp_path / "colour.png")
   Image.fromarray(colour).convert("L").save(tmp_path / "grey.png")
   model = api.Model(_InputPredictor(config))
-  stored = [model.predictor.preprocess.read(str(tmp_path / "colour.png")), model._stored(colour, 0, 24),
+  stored = [model.predictor.preprocess.read(str(tmp_path / "colour.png")),
+            model._stored(Image.fromarray(colour), "image 0", 24),
             model.predictor.preprocess.read(str(tmp_path / "grey.png"))]
   assert all(image.shape == (48, 48, 1) for image in stored)
   inputs = model.predictor.inputs(stored)
@@ -316,11 +317,76 @@ def test_one_image_where_a_list_belongs_is_refused_and_a_stack_of_grey_faces_is_
 @pytest.mark.parametrize("arguments, message", [
     ({"tta": "bogus"}, r"^tta='bogus' is no test-time augmentation: pass one of none, flip, lhc62"),
     ({"batch_size": 0}, r"^batch_size=0 must be a positive integer"),
-    ({"batch_size": 2.5}, r"^batch_size=2.5 must be a positive integer")], ids=["tta", "zero", "float"])
+    ({"batch_size": 2.5}, r"^batch_size=2.5 must be a positive integer"),
+    ({"config": "configs/dan.py:syntheticc"},
+     r"^config='configs/dan.py:syntheticc': Unknown argument 'syntheticc' for configs/dan\.py; valid: rafdb, "
+     r"affectnet7, affectnet8, synthetic \(optionally followed by ,occlusion=<no\|yes>\)\.$"),
+    ({"config": "configs/dann.py:rafdb"},
+     r"^config='configs/dann.py:rafdb': configs/dann.py is not a file; pass configs/<method>\.py:<dataset>\.$"),
+    ({"config": {"model": {"name": "dan"}}},
+     r'^config= takes an ml_collections\.ConfigDict or "configs/<method>\.py:<dataset>", not a dict\.$'),
+    ({"config": 3}, r"^config= takes an ml_collections\.ConfigDict .*, not an int\.$"),
+], ids=["tta", "zero", "float", "config_argument", "config_file", "config_dict", "config_int"])
 def test_load_refuses_a_bad_argument_by_its_name(tmp_path, arguments, message):
-  """They failed on the first prediction, deep inside (range() arg 3 must not be zero), or named config.eval.tta."""
+  """They failed on the first prediction, deep inside (range() arg 3 must not be zero), or named config.eval.tta; a
+  config file's unknown argument was its ValueError, a dict an AttributeError."""
   with pytest.raises(UserError, match=message):
     api.load(str(tmp_path), **arguments)
+
+
+@pytest.mark.parametrize("array, conversions", [
+    (np.zeros((60, 60, 3), np.float32), "floats in 0–1: (image * 255).round().astype(np.uint8)"),
+    (np.zeros((60, 60), np.uint16), "16-bit: (image // 257).astype(np.uint8)"),
+    (np.zeros((60, 60, 3), np.int64), "int64: scale it to 0–255 if needed, then image.astype(np.uint8)"),
+    (np.zeros((3, 60, 60), np.uint8), "channels first: np.moveaxis(image, 0, -1)"),
+    (np.zeros((1, 60, 60), np.float64),
+     "channels first: np.moveaxis(image, 0, -1); floats in 0–1: (image * 255).round().astype(np.uint8)"),
+], ids=["float", "uint16", "int64", "channels_first", "channels_first_float"])
+def test_an_array_that_is_no_uint8_image_is_refused_with_the_conversion_it_needs(array, conversions):
+  """Every refusal gave the hint for floats in 0–1, a 16-bit or channels-first array's too."""
+  with pytest.raises(UserError, match=rf"got {array.dtype} {re.escape(str(array.shape))}: convert it "
+                                      rf"\({re.escape(conversions)}\)\.$"):
+    api.as_rgb(array)
+  with pytest.raises(UserError, match=r"got uint8 \(60, 60, 5\): convert it\.$"):  # no conversion fits
+    api.as_rgb(np.zeros((60, 60, 5), np.uint8))
+
+
+def test_a_video_given_as_an_image_is_named_a_video_with_the_command_that_reads_it(tmp_path, monkeypatch):
+  """It was "not an image PIL can identify (corrupt, or not an image at all)"."""
+  model, classified = _recording_model(monkeypatch)
+  _fake_detector(monkeypatch)
+  video = _flat_video(str(tmp_path / "clip.avi"))
+  (tmp_path / "clip.MP4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # named a video: not decoded to tell
+  for path in (video, str(tmp_path / "clip.MP4")):
+    for call in (lambda: model.predict([path]), lambda: model.detect_and_predict(path)):
+      with pytest.raises(UserError, match=rf"^{re.escape(path)} is a video: Model\.predict and detect_and_predict "
+                                          r"read images\. Pass its frames \(fer_jax\.predict\.video_frames reads "
+                                          rf"them\) to detect_and_predict, or run `python -m fer_jax\.predict "
+                                          rf"--input={re.escape(path)}` \(with --config, --checkpoint and --output\)"):
+        call()
+  (tmp_path / "notes.txt").write_text("not an image")
+  with pytest.raises(decode.UnreadableImageError, match="is not an image PIL can identify"):
+    model.predict([str(tmp_path / "notes.txt")])
+  with pytest.raises(decode.UnreadableImageError, match=r"missing\.mp4 cannot be opened \(No such file"):
+    model.detect_and_predict(str(tmp_path / "missing.mp4"))
+  assert classified == []
+
+
+def test_images_not_shaped_like_face_crops_are_classified_with_one_warning_naming_detect_and_predict(
+    tmp_path, monkeypatch, caplog):
+  """A whole photo given to Model.predict was classified as one face without a word (the command line searches it
+  for faces)."""
+  model, classified = _recording_model(monkeypatch)  # RAF-DB: crops at 100×100, taken for crops up to 200 px
+  Image.new("RGB", (300, 300)).save(tmp_path / "large.png")
+  crop, photo, large = np.zeros((100, 90, 3), np.uint8), np.zeros((480, 640, 3), np.uint8), str(tmp_path / "large.png")
+  assert len(model.predict([crop, photo, large])) == 3 == len(classified)
+  warnings = [record.getMessage() for record in caplog.records if "Model.predict" in record.getMessage()]
+  assert warnings == ["Model.predict: 2 of 3 images (the first: image 1, 640×480) are not shaped like face crops "
+                      "(nearly square, at most 200 px a side); each is classified whole, as one face. For the faces "
+                      "in photos, call detect_and_predict."]
+  caplog.clear()
+  model.predict([crop, Image.new("RGB", (200, 180))])
+  assert "Model.predict" not in caplog.text
 
 
 def test_the_detector_searches_for_faces_down_to_a_little_below_the_minimum_face_size(monkeypatch):
