@@ -46,7 +46,7 @@ class Source:
   name: str
   method: str
   reader: str                                # a key of READERS
-  select: Callable[[Any], dict | None]       # the file's contents → its tensors by name, or None
+  select: Callable[[Any], dict | None]       # the file's contents → its tensors by name, or None (a core.Selector)
   map: Callable[[core.Tensors, core.Target, Any], None]
   backbone_only: bool
   files: str                                 # the official file names, for messages and docs
@@ -62,20 +62,20 @@ SOURCES = (
     Source("dan", "dan", "torch", dan.select, dan.map_checkpoint, False,
            "rafdb_epoch21_acc0.897_bacc0.8275.pth, affecnet8_epoch5_acc0.6209.pth, AffectNet-7 file", dan.mismatch,
            file_orders=dan.FILE_ORDERS),
-    Source("resnet18", "dan", "torch", torchvision_resnet.select_resnet18, torchvision_resnet.map_resnet18, True,
+    Source("resnet18", "dan", "torch", torchvision_resnet.RESNET18_KEYS, torchvision_resnet.map_resnet18, True,
            "resnet18_msceleb.pth"),
     Source("scan_cci", "scan_cci", "torch", scan_cci.select, scan_cci.map_checkpoint, False,
            "model_best.pth.tar (a SCAN-CCI training run; none were released)", scan_cci.mismatch),
-    Source("vggface2_resnet50", "scan_cci", "numpy_pickle", torchvision_resnet.select_resnet50,
+    Source("vggface2_resnet50", "scan_cci", "numpy_pickle", torchvision_resnet.RESNET50_KEYS,
            torchvision_resnet.map_resnet50, True, "vgg_msceleb_resnet50_ft_weight.pkl"),
-    Source("apvit", "apvit", "torch", apvit.select_checkpoint, apvit.map_checkpoint, False, "APViT_RAF-3eeecf7d.pth",
+    Source("apvit", "apvit", "torch", apvit.CHECKPOINT_KEYS, apvit.map_checkpoint, False, "APViT_RAF-3eeecf7d.pth",
            apvit.mismatch, apvit.recorded_classes),
-    Source("ir50", "apvit", "torch", apvit.select_ir50, apvit.map_ir50, True, "backbone_ir50_ms1m_epoch120.pth"),
-    Source("timm_vit", "apvit", "torch", apvit.select_timm, apvit.map_timm, True, "vit_small_p16_224-15ec54c9.pth"),
-    Source("vit_npz", "apvit", "npz", apvit.select_npz, apvit.map_npz, True, "a ViT .npz with the same shapes"),
-    Source("lhcnet", "lhcnet", "tf_checkpoint", lhcnet.select_checkpoint, lhcnet.map_checkpoint, False,
+    Source("ir50", "apvit", "torch", apvit.IR50_KEYS, apvit.map_ir50, True, "backbone_ir50_ms1m_epoch120.pth"),
+    Source("timm_vit", "apvit", "torch", apvit.TIMM_KEYS, apvit.map_timm, True, "vit_small_p16_224-15ec54c9.pth"),
+    Source("vit_npz", "apvit", "npz", apvit.NPZ_KEYS, apvit.map_npz, True, "a ViT .npz with the same shapes"),
+    Source("lhcnet", "lhcnet", "tf_checkpoint", lhcnet.CHECKPOINT_KEYS, lhcnet.map_checkpoint, False,
            "Downloaded_Models/LHC_Net/LHC_Net, Downloaded_Models/LHC_NetC/LHC_Net_Controller", lhcnet.mismatch),
-    Source("resnet34v2_h5", "lhcnet", "keras_h5", lhcnet.select_h5, lhcnet.map_h5, True,
+    Source("resnet34v2_h5", "lhcnet", "keras_h5", lhcnet.H5_KEYS, lhcnet.map_h5, True,
            "resnet34_imagenet_1000_no_top.h5", lhcnet.h5_mismatch),
 )
 SOURCES_BY_NAME = {source.name: source for source in SOURCES}
@@ -191,11 +191,15 @@ def _unknown_format(path: str, method: str, reader: str, loaded, source_name: st
     return ConversionError(f"{path} is no {source_name} file (--source={source_name}) but "
                            f"{errors.with_article(fitting[0].name)} one: "
                            f"pass --source={fitting[0].name}, or no --source.")
-  known = "; ".join(f"{s.name} ({s.files})" for s in SOURCES if s.method == method) or "none"
+  known = "; ".join(f"{s.name} ({s.files}{_expected_keys(s)})" for s in SOURCES if s.method == method) or "none"
   hint = (f" It looks like {errors.with_article(fitting[0].name)} file: convert it with configs/{fitting[0].method}.py "
           f"(--config=configs/{fitting[0].method}.py:<data set>)." if fitting else "")
   return ConversionError(f"{path} ({reader}, {_outline(loaded)}) is not a checkpoint format fer_jax converts "
                          f"for {method}. Known sources: {known}.{hint}")
+
+
+def _expected_keys(source: Source) -> str:
+  return f": {source.select.describe()}" if isinstance(source.select, core.Selector) else ""
 
 
 def _fresh_variables(model, config) -> dict:

@@ -60,9 +60,7 @@ def _ir_module(module: str, unit_name) -> str | None:
   return f"extractor.body.{unit_name(int(match[1]))}.{match[2]}.{match[3]}" if match else None
 
 
-def select_checkpoint(loaded):
-  state = core.state_dict(loaded, "state_dict")
-  return state if state and any(str(k).startswith("extractor.") for k in state) and "vit.cls_token" in state else None
+CHECKPOINT_KEYS = core.Selector(present=("extractor.*", "vit.cls_token"), containers=("state_dict",))
 
 
 def recorded_classes(loaded) -> tuple[str, ...] | None:
@@ -87,11 +85,7 @@ def map_checkpoint(tensors: core.Tensors, target: core.Target, config) -> None:
     core.copy_module(tensors, target, module, source, core.TORCH)
 
 
-def select_ir50(loaded):
-  state = core.state_dict(loaded, "state_dict")
-  if state and "input_layer.0.weight" in state and "body.0.res_layer.0.weight" in state:
-    return state
-  return None
+IR50_KEYS = core.Selector(present=("input_layer.0.weight", "body.0.res_layer.0.weight"), containers=("state_dict",))
 
 
 def map_ir50(tensors: core.Tensors, target: core.Target, config) -> None:
@@ -106,9 +100,7 @@ def map_ir50(tensors: core.Tensors, target: core.Target, config) -> None:
   tensors.drop(r"output_layer\..*", "IR-50's embedding head, unused by APViT")
 
 
-def select_timm(loaded):
-  state = core.state_dict(loaded, "model", "state_dict")
-  return state if state and "pos_embed" in state and "blocks.0.attn.qkv.weight" in state else None
+TIMM_KEYS = core.Selector(present=("pos_embed", "blocks.0.attn.qkv.weight"), containers=("model", "state_dict"))
 
 
 def _split_pos_embed(tensors: core.Tensors, target: core.Target, name: str) -> None:
@@ -139,8 +131,7 @@ NPZ_BLOCK = {"norm1": "LayerNorm_0", "norm2": "LayerNorm_2", "mlp/fc1": "MlpBloc
              "mlp/fc2": "MlpBlock_3/Dense_1"}
 
 
-def select_npz(loaded):
-  return loaded if "Transformer/posembed_input/pos_embedding" in loaded else None
+NPZ_KEYS = core.Selector(present=("Transformer/posembed_input/pos_embedding",))
 
 
 def _join_qkv(tensors: core.Tensors, target: core.Target, module: str, block: str) -> None:

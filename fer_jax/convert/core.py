@@ -71,6 +71,34 @@ def module_keys(state: dict, data_parallel: bool) -> dict:
   return {DATA_PARALLEL_PREFIX + key: value for key, value in state.items()} if data_parallel else state
 
 
+@dataclasses.dataclass(frozen=True)
+class Selector:
+  """Recognises a source's files by their tensor names: called on a file's contents, returns its tensors by name
+  if they hold every name in `present` and none in `absent` (a name ending in "*" stands for any name so begun),
+  else None. `containers` are the keys a PyTorch checkpoint may wrap its state dict in (`state_dict`); None takes
+  the contents as read (NumPy, Keras and TensorFlow files, whose names are never DataParallel's)."""
+  present: tuple[str, ...]
+  absent: tuple[str, ...] = ()
+  containers: tuple[str, ...] | None = None
+
+  def __call__(self, loaded) -> dict | None:
+    tensors = loaded if self.containers is None else state_dict(loaded, *self.containers)
+    held = lambda name: _holds(tensors, name)
+    if isinstance(tensors, dict) and all(map(held, self.present)) and not any(map(held, self.absent)):
+      return tensors
+    return None
+
+  def describe(self) -> str:
+    """What a file of this source holds, for messages: "keys a, b, and no c"."""
+    return "keys " + ", ".join(self.present) + "".join(f", and no {name}" for name in self.absent)
+
+
+def _holds(tensors: dict, name: str) -> bool:
+  if name.endswith("*"):
+    return any(str(key).startswith(name[:-1]) for key in tensors)
+  return name in tensors
+
+
 def _describe(name: str, value) -> str:
   return f"{name} {tuple(np.shape(value))}"
 

@@ -66,8 +66,7 @@ def _copy_lhc(tensors: core.Tensors, target: core.Target, index: int, owner: str
     core.copy_leaf(tensors, target, module, "controller", f"controller{index}/w")
 
 
-def select_checkpoint(loaded):
-  return loaded if "conv1/conv1/kernel" in loaded and "fc3/kernel" in loaded else None
+CHECKPOINT_KEYS = core.Selector(present=("conv1/conv1/kernel", "fc3/kernel"))
 
 
 # The three networks of the stages, by the letter that tells them apart (A1, A2 and A3 share one network).
@@ -111,8 +110,7 @@ def map_checkpoint(tensors: core.Tensors, target: core.Target, config) -> None:
   tensors.drop(r"optimizer/.*|.*/\.OPTIMIZER_SLOT/.*|save_counter", "optimizer state, not weights")
 
 
-def select_h5(loaded):
-  return loaded if "bn_data/moving_mean" in loaded and "conv0/kernel" in loaded else None
+H5_KEYS = core.Selector(present=("bn_data/moving_mean", "conv0/kernel"))
 
 
 def map_h5(tensors: core.Tensors, target: core.Target, config) -> None:

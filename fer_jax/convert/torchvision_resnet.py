@@ -33,18 +33,10 @@ def copy_trunk(tensors: core.Tensors, target: core.Target, source_prefix: str = 
                      core.TORCH)
 
 
-def select_resnet18(loaded):
-  state = core.state_dict(loaded, "state_dict")
-  if state and "layer4.1.bn2.running_var" in state and "layer1.0.conv3.weight" not in state:
-    return state
-  return None
-
-
-def select_resnet50(loaded):
-  state = core.state_dict(loaded, "state_dict")
-  if state and "layer3.5.conv3.weight" in state and "conv1.weight" in state:
-    return state
-  return None
+# ResNet-18's blocks have two convolutions, ResNet-50's three.
+RESNET18_KEYS = core.Selector(present=("layer4.1.bn2.running_var",), absent=("layer1.0.conv3.weight",),
+                              containers=("state_dict",))
+RESNET50_KEYS = core.Selector(present=("layer3.5.conv3.weight", "conv1.weight"), containers=("state_dict",))
 
 
 def map_resnet18(tensors: core.Tensors, target: core.Target, config) -> None:
