@@ -81,17 +81,17 @@ def _value_problems(config) -> list[str]:
                     "or an epoch number from 1.")
   for key in ("input.size", "batch_size", "eval_batch_size", "num_epochs", "eval.every_epochs", "log_every_steps",
               "max_checkpoints", "optimizer.step_epochs"):
-    if _get(config, key) < 1:
-      problems.append(f"config.{key}={_get(config, key)} must be at least 1.")
+    if config[key] < 1:
+      problems.append(f"config.{key}={config[key]} must be at least 1.")
   for key, zero in (("dataset.image_size", "the set's own size"), ("dataset.max_per_class", "all"),
                     ("dataset.repeat_factor_threshold", "no repeats"), ("optimizer.lr", "no updates"),
                     ("optimizer.weight_decay", "none"), ("optimizer.grad_clip_norm", "no clipping")):
-    if _get(config, key) < 0:
-      problems.append(f"config.{key}={_get(config, key)} must be 0 ({zero}) or more.")
+    if config[key] < 0:
+      problems.append(f"config.{key}={config[key]} must be 0 ({zero}) or more.")
   for key in ("dataset.train_split", "dataset.eval_split", "dataset.test_split"):
-    problems += _split_problems(f"config.{key}", _get(config, key), optional=key == "dataset.test_split")
+    problems += _split_problems(f"config.{key}", config[key], optional=key == "dataset.test_split")
   for key in ("input.train_pp", "input.eval_pp"):
-    problems += _pipeline_problems(f"config.{key}", _get(config, key), config.input.size)
+    problems += _pipeline_problems(f"config.{key}", config[key], config.input.size)
   return problems
 
 
@@ -99,13 +99,13 @@ def _optimizer_problems(config) -> list[str]:
   """The optimiser's bounded values and its regexes over parameter paths (init_from_missing's too)."""
   problems = []
   for key in ("optimizer.momentum", "optimizer.b1", "optimizer.b2"):
-    if not 0 <= _get(config, key) < 1:
-      problems.append(f"config.{key}={_get(config, key)} must be in [0, 1).")
+    if not 0 <= config[key] < 1:
+      problems.append(f"config.{key}={config[key]} must be in [0, 1).")
   for key in ("optimizer.gamma", "optimizer.eps"):
-    if _get(config, key) <= 0:
-      problems.append(f"config.{key}={_get(config, key)} must be more than 0.")
+    if config[key] <= 0:
+      problems.append(f"config.{key}={config[key]} must be more than 0.")
   for key in ("optimizer.trainable", "optimizer.weight_decay_exclude", "init_from_missing"):
-    problems += _regex_problems(f"config.{key}", _get(config, key))
+    problems += _regex_problems(f"config.{key}", config[key])
   for index, group in enumerate(config.optimizer.lr_groups):
     key = f"config.optimizer.lr_groups[{index}]"
     if not (isinstance(group, (tuple, list)) and len(group) == 2 and isinstance(group[0], str)
@@ -253,9 +253,3 @@ def _init_from_problems(config) -> list[str]:
             f"{config.model.name}: pass {errors.with_article(config.model.name)} checkpoint (a run's, a conversion, "
             "or an earlier stage's best/)."]
   return []
-
-
-def _get(config, dotted_key: str):
-  for part in dotted_key.split("."):
-    config = config[part]
-  return config
