@@ -441,15 +441,21 @@ META_FILE = os.path.join("meta", "metadata")
 
 def _meta(step_directory: str) -> dict:
   """The checkpoint's meta record; {} if it has none (checkpoints written outside fer_jax)."""
-  path = os.path.join(step_directory, META_FILE)
+  return json_item(step_directory, "meta", "the meta record",
+                   "Use another step of the run, or convert or export the model again.")
+
+
+def json_item(step_directory: str, item: str, what: str, fix: str) -> dict:
+  """A step's item saved by Orbax's JsonSave (read as a file: no manager or handler needed); {} if the step has
+  none; a CheckpointError naming `what` it is and the `fix` when it cannot be read."""
+  path = os.path.join(step_directory, item, "metadata")
   if not os.path.exists(path):
     return {}
   try:
     with open(path) as f:
       return json.load(f)
   except (OSError, ValueError) as e:
-    raise CheckpointError(f"Cannot read the meta record {path} ({e}): the checkpoint is damaged. Use another "
-                          "step of the run, or convert or export the model again.") from None
+    raise CheckpointError(f"Cannot read {what} {path} ({e}): the checkpoint is damaged. {fix}") from None
 
 
 def read_meta(path: str) -> dict:

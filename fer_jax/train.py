@@ -141,10 +141,19 @@ class Selection:
       self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.BEST), max_to_keep=1)
       best_step = checkpointing.newest_step(self.checkpoints)
       if best_step is not None:
-        record = self.checkpoints.restore(best_step,
-                                          args=ocp.args.Composite(selection=ocp.args.JsonRestore()))["selection"]
+        record = self._saved_record(os.path.join(self.checkpoints.directory, str(best_step)))
         self._check_same_selection(record)
         self.best_value, self.best_epoch = record["value"], record["epoch"]
+
+  def _saved_record(self, best_directory: str) -> dict:
+    """The best epoch's selection record ({value, epoch, metric, evaluator}) kept with its weights."""
+    fix = (f"Delete {self.checkpoints.directory} to resume without it (the best epoch is then chosen among the "
+           "epochs still to train), or start a new --workdir.")
+    record = checkpointing.json_item(best_directory, "selection", "the best epoch's record", fix)
+    if not {"value", "epoch", "metric"} <= record.keys():
+      raise checkpointing.CheckpointError(f"{best_directory} holds no complete record of the best epoch "
+                                          f"(selection/metadata): the checkpoint is damaged. {fix}")
+    return record
 
   def _check_same_selection(self, record: dict) -> None:
     """The best epoch kept was chosen by one evaluator's metric; another's values do not compare with it."""

@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 
@@ -380,3 +381,20 @@ def test_a_resumed_selection_by_another_metric_or_evaluator_is_refused(tmp_path)
                                         rf"{changed.select_metric} on {changed.select_on}, .* Resume with "
                                         r"--config.select_metric=accuracy --config.select_on=eval, or start a new"):
       train.Selection(changed, str(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "incomplete", "missing"])
+def test_a_damaged_record_of_the_best_epoch_is_named_with_the_fix(tmp_path, damage):
+  config = _config()
+  config.update(select_metric="accuracy", select_on="eval")
+  selection = train.Selection(config, str(tmp_path))
+  selection.update(1, 8, {"accuracy": 0.5}, {"params": PARAMS, "batch_stats": BATCH_STATS}, config, (8, 8, 3))
+  selection.wait_until_finished()
+  record = tmp_path / "best" / "8" / "selection" / "metadata"
+  if damage == "missing":
+    record.unlink()
+  else:
+    record.write_text('{"value": 0.5, "epo' if damage == "truncated" else '{"value": 0.5}')
+  fix = rf"the checkpoint is damaged\. Delete {re.escape(str(tmp_path / 'best'))} to resume without it .*, or start a new"
+  with pytest.raises(checkpointing.CheckpointError, match=fix):
+    train.Selection(config, str(tmp_path))
