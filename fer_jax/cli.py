@@ -122,8 +122,7 @@ def run(main) -> None:
   """absl's app.run, with user errors printed as one message and exit status 2."""
 
   def main_with_clean_errors(argv):
-    # Orbax logs every save and restore at INFO; the commands log what they saved themselves.
-    logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+    logging.get_absl_handler().addFilter(_worth_showing)
     sys.unraisablehook = _without_closed_loop_callbacks(sys.unraisablehook)
     try:
       return main(argv)
@@ -139,6 +138,15 @@ def run(main) -> None:
 
   _list_shared_flags_in_short_help()
   app.run(main_with_clean_errors, flags_parser=_parse_flags)
+
+
+def _worth_showing(record) -> bool:
+  """Leaves out other packages' routine lines: Orbax's on every save and restore, TFDS's INFO on every set it reads
+  or writes (the commands log what they saved and read themselves), and JAX's INFO that it found no TPU."""
+  if "/orbax/" in record.pathname:
+    return False
+  routine = "/tensorflow_datasets/" in record.pathname or record.getMessage().startswith("Unable to initialize backend")
+  return record.levelno >= logging.converter.STANDARD_WARNING or not routine
 
 
 def _list_shared_flags_in_short_help() -> None:
@@ -181,6 +189,9 @@ def _parse_flags(argv):
 
 def _flag_message(error: BaseException, argv) -> str:
   text = str(error.args[0]) if error.args else str(error)
+  missing = re.findall(r"Flag --(\w+) must have a value other than None", text)
+  if missing:  # absl's words: "flag --workdir=None: Flag --workdir must have a value other than None."
+    return "; ".join(f"--{name} is required ({flags.FLAGS[name].help.rstrip('.')})" for name in missing)
   unknown, node = re.search(r"'(\w+)\\?'", text), _config_node_raising(error)
   if isinstance(error, (AttributeError, KeyError)) and unknown and node is not None:  # a --config.KEY not there
     key, near = unknown.group(1), re.search(r'Did you mean "(\w+)"', text)  # ml_collections' suggestion

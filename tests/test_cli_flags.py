@@ -1,13 +1,16 @@
-"""Every command's path flags expand `~` (bash does not after `--flag=`), and its --helpshort lists the flags
-it takes from fer_jax's shared modules (--config, --verbose)."""
+"""Every command's path flags expand `~` (bash does not after `--flag=`), its --helpshort lists the flags
+it takes from fer_jax's shared modules (--config, --verbose), a missing required flag is named with its help,
+and other packages' routine log lines are left out."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
 
+from fer_jax import cli
 from helpers import ROOT, cpu_devices_env
 
 # Each command's path flags, and the flags it requires besides them.
@@ -84,3 +87,30 @@ def test_helpshort_lists_the_shared_flags_the_command_takes(module, takes_config
   listed = (result.stdout + result.stderr).partition("\nflags:\n")[2]
   assert "\n  --[no]verbose:" in listed
   assert ("\n  --config:" in listed) == takes_config
+
+
+def test_a_missing_required_flag_is_named_with_its_help():
+  result = subprocess.run([sys.executable, "-m", "fer_jax.main", "--config=configs/dan.py:synthetic"], cwd=ROOT,
+                          env=cpu_devices_env(1), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip() == ("error: --workdir is required (Run directory: checkpoints, TensorBoard events, "
+                                   "reports) (--helpshort lists the flags).")
+
+
+def test_the_search_for_a_tpu_is_not_logged_where_there_is_none():
+  environment = {key: value for key, value in cpu_devices_env(1).items() if key != "JAX_PLATFORMS"}
+  result = subprocess.run([sys.executable, "-m", "fer_jax.summary", "--config=configs/dan.py:synthetic"], cwd=ROOT,
+                          env=environment, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and "dan · synthetic" in result.stdout
+  assert "Unable to initialize backend" not in result.stderr
+
+
+@pytest.mark.parametrize("pathname, level, shown", [
+    ("/site-packages/tensorflow_datasets/core/dataset_builder.py", logging.INFO, False),
+    ("/site-packages/tensorflow_datasets/core/dataset_builder.py", logging.WARNING, True),
+    ("/site-packages/orbax/checkpoint/checkpoint_manager.py", logging.WARNING, False),
+    ("/work/fer_jax/train.py", logging.INFO, True),
+])
+def test_other_packages_routine_lines_are_left_out(pathname, level, shown):
+  record = logging.LogRecord("absl", level, pathname, 1, "Load dataset info from %s", ("/data",), None)
+  assert cli._worth_showing(record) == shown  # pylint: disable=protected-access
