@@ -224,6 +224,7 @@ def write_report(report: dict, workdir: str, examples: dict | None = None) -> No
                           os.path.join(workdir, "eval_summary.png"))
   with open(os.path.join(workdir, "eval_results.md"), "w") as f:
     f.write(markdown(report, examples or {}))
+  logging.info("Wrote the report to %s (eval_results.json, eval_results.md and the figures).", os.path.abspath(workdir))
 
 
 def _remove_figures_of_the_previous_report(workdir: str, evaluators: dict) -> None:

@@ -81,8 +81,8 @@ class StopSignals:
     if self.received:
       os._exit(128 + signum)
     self.received = signal.Signals(signum).name
-    logging.warning("%s received: saving the current step, then stopping (send it again to exit at once).",
-                    self.received)
+    logging.warning("%s received: stopping once the steps already queued (and an evaluation they end) are done, "
+                    "then saving the last of them (send it again to exit at once, unsaved).", self.received)
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():

@@ -307,9 +307,8 @@ class TrainingRun:
     self.guard = FiniteGuard(self.checkpoints, self.steps_per_epoch)
     self.progress = ProgressLog(config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)
     self.step, self.last_evals = self.start_step, {}
+    self.called = set()  # the names of the train steps called (compiled) so far
     self.best_evals = {}  # {step: its last_evals} of the best epoch, once this process has saved one
-    logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %d devices", config.model.name,
-                 config.dataset.name, self.num_steps, self.steps_per_epoch, config.batch_size, self.mesh.devices.size)
 
   def _checked_resume_target(self) -> dict:
     """The state a resumed run restores into, checked against the saved one before the data is read (a changed
@@ -336,15 +335,32 @@ class TrainingRun:
     return checkpointing.model_variables(self.state)
 
   def remaining_batches(self):
-    """(step, batch) from the step after the newest checkpoint; none if early stopping already ended the run."""
-    if self.start_step and self.selection.patience_ran_out(self.start_step // self.steps_per_epoch):
+    """(step, batch) from the step after the newest checkpoint; none if the run already ended (its last step, or
+    early stopping)."""
+    ended = self.start_step >= self.num_steps or (
+        self.start_step and self.selection.patience_ran_out(self.start_step // self.steps_per_epoch))
+    if ended:
+      logging.info("The run in %s ended at step %d (epoch %d): nothing is left to train; evaluating it again for "
+                   "the report.", os.path.abspath(self.workdir), self.start_step, self.start_step // self.steps_per_epoch)
       return iter(())
+    devices = self.mesh.devices.size
+    logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %d device%s", self.config.model.name,
+                 self.config.dataset.name, self.num_steps, self.steps_per_epoch, self.config.batch_size, devices,
+                 "" if devices == 1 else "s")
     return enumerate(self.data.batches(self.start_step), start=self.start_step + 1)
 
   def train(self, step: int, batch: dict) -> None:
-    """One step, in the model mode of its epoch (each mode's step is compiled once)."""
-    mode = model_mode(self.config, step, self.steps_per_epoch)
-    self.state, metrics = self.train_steps[mode](self.state, batch)
+    """One step, in the model mode of its epoch (each mode's step is compiled once, its time left out of img/s)."""
+    train_step = self.train_steps[model_mode(self.config, step, self.steps_per_epoch)]
+    if train_step.name in self.called:
+      self.state, metrics = train_step(self.state, batch)
+    else:
+      logging.info("Compiling the %s…", train_step.name)
+      start = time.perf_counter()
+      self.state, metrics = train_step(self.state, batch)
+      self.progress.exclude(time.perf_counter() - start)
+      logging.info("Compiled the %s in %.1f s.", train_step.name, time.perf_counter() - start)
+      self.called.add(train_step.name)
     self.step = step
     self.progress.add(step, metrics)
 
@@ -436,8 +452,9 @@ class TrainingRun:
       report = self.report()
     finally:
       self.writer.close()
-    logging.info("XLA compilations of the jitted steps: %s",
-                 ", ".join(f"{name} {count}" for name, count in self.compilations().items()))
+    logging.debug("XLA compilations of the jitted steps: %s",
+                  ", ".join(f"{name} {count}" for name, count in self.compilations().items()))
+    logging.info("Training curves: tensorboard --logdir %s", os.path.abspath(self.workdir))
     return report
 
   def compilations(self) -> dict[str, int]:

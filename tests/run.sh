@@ -6,7 +6,10 @@
 # the fast one alone: .venv/bin/python -m pytest -m "not integration" (README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "Installing fer_jax and its test dependencies (PyTorch, timm and ONNX Runtime for the reference and export tests) into .venv:" \
+     "a first run downloads a few GB." >&2
 "${PYTHON:-python3}" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
+echo "Running both tiers of tests in two workers (about 20 minutes on two cores)." >&2
 exec .venv/bin/python -m pytest -q -n 2 --dist worksteal --durations=25 "$@"

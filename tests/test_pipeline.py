@@ -1,3 +1,4 @@
+import logging
 import os
 
 import jax
@@ -173,11 +174,18 @@ def test_cache_auto_chooses_by_size_and_a_cache_that_does_not_fit_is_refused():
   assert data.cache_mode == "device"  # 280 × 32 × 32 × 3 bytes fit any budget
   data = pipeline.TrainData(_config(cache="auto", cache_budget_mb=0.5), mesh_lib.make_mesh())
   assert data.cache_mode == "host"
-  with pytest.raises(pipeline.DataError, match=r"280 × \(32, 32, 3\) uint8 = 1 MiB\) exceeds the device cache budget "
-                     r"of 0 MiB: use --config.dataset.cache=host"):
+  with pytest.raises(pipeline.DataError, match=r"280 × \(32, 32, 3\) uint8 = 840 KiB\) exceeds the device cache budget "
+                     r"of 102 KiB: use --config.dataset.cache=host"):
     pipeline.TrainData(_config(cache="device", cache_budget_mb=0.1), mesh_lib.make_mesh())
   with pytest.raises(pipeline.DataError, match="Unknown config.dataset.cache 'disk'; valid: auto, none, host, device"):
     pipeline.TrainData(_config(cache="disk"), mesh_lib.make_mesh())
+
+
+def test_the_cache_of_an_evaluated_split_is_logged_without_the_device_budget_it_never_uses(caplog):
+  with caplog.at_level(logging.INFO):
+    assert pipeline.choose_cache(_config(cache="auto"), 70, (32, 32, 3), "test split", on_device=False) == "host"
+  assert "Decoded cache for the test split: host (210 KiB; evaluated splits stay on the host; half the free" in caplog.text
+  assert "device budget" not in caplog.text
 
 
 def test_images_are_decoded_at_the_configured_size():

@@ -133,9 +133,20 @@ def test_the_report_of_the_best_epoch_reuses_its_evaluation_unless_a_restart_cam
   assert report["step"] == run.steps_per_epoch and report["confusion_matrix"] == evaluations[0].tolist()
   assert (f"epoch 1 eval (test): accuracy {report['accuracy']:.4f} mean-class {report['mean_class_accuracy']:.4f}"
           in caplog.text)
+  # The silent first step is said to compile (its time is left out of img/s), and the end names the outputs.
+  assert caplog.text.count("Compiling the train step (train mode)…") == 1
+  assert "Compiled the train step (train mode) in " in caplog.text and "Training dan on synthetic/tiny" in caplog.text
+  assert f"Wrote the report to {tmp_path} (eval_results.json" in caplog.text
+  assert f"Training curves: tensorboard --logdir {tmp_path}" in caplog.text
   evaluations.clear()
-  again = train.TrainingRun(config, str(tmp_path)).run()
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    again = train.TrainingRun(config, str(tmp_path)).run()
   assert len(evaluations) == 1 and again["confusion_matrix"] == report["confusion_matrix"]
+  # A finished run started again says so, and does not look like a training.
+  assert (f"The run in {tmp_path} ended at step {2 * run.steps_per_epoch} (epoch 2): nothing is left to train; "
+          "evaluating it again for the report.") in caplog.text
+  assert "Training dan" not in caplog.text and "Compiling" not in caplog.text
 
 
 @pytest.mark.integration

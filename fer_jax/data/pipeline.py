@@ -263,7 +263,7 @@ def choose_cache(config, count: int, shape: tuple[int, int, int], what: str, on_
     mode = "host"
   size = count * math.prod(shape)
   device_budget, host_budget = _device_budget(config), _host_budget()
-  megabytes = lambda n: f"{n / 2**20:,.0f} MiB"
+  megabytes = lambda n: f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 2**10:,.0f} KiB"
   if mode == "device" and size > device_budget:
     raise DataError(f"The decoded {what} ({count:,} × {shape} uint8 = {megabytes(size)}) exceeds the device cache "
                     f"budget of {megabytes(device_budget)}: use --config.dataset.cache=host (or none), or raise "
@@ -273,8 +273,9 @@ def choose_cache(config, count: int, shape: tuple[int, int, int], what: str, on_
                     f"of the free host memory ({megabytes(2 * host_budget)} free): use --config.dataset.cache=none.")
   if mode == "auto":
     mode = "device" if on_device and size <= device_budget else "host" if size <= host_budget else "none"
-    logging.info("Decoded cache for the %s: %s (%s; device budget %s, half the free host memory %s).", what,
-                 mode, megabytes(size), megabytes(device_budget), megabytes(host_budget))
+    budgets = (f"device budget {megabytes(device_budget)}, " if on_device else "evaluated splits stay on the host; ")
+    logging.info("Decoded cache for the %s: %s (%s; %shalf the free host memory %s).", what, mode, megabytes(size),
+                 budgets, megabytes(host_budget))
   return mode
 
 
