@@ -10,7 +10,6 @@ import shlex
 from collections.abc import Sequence
 
 from absl import flags
-from flax import traverse_util
 import ml_collections
 from ml_collections import config_flags
 
@@ -119,6 +118,7 @@ def module_of_yours(path: str, named_by: str, error: type[Exception]):
 
 def flat(config) -> dict:
   """{"optimizer.lr": 0.1, …}: every key of `config` dotted, values as JSON has them (tuples as lists)."""
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel  (prepare imports this module, not JAX)
   return json.loads(json.dumps(traverse_util.flatten_dict(config.to_dict(), sep="."), default=str))
 
 

@@ -185,3 +185,16 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
   assert "Traceback" not in result.stderr
   assert result.stderr.rstrip().endswith("Interrupted: rafdb was not built; a copy prepared before stays as it was. "
                                          "Run the same command to start again.")
+
+
+def test_prepare_imports_no_jax(tmp_path):
+  """Ctrl-C while JAX was being imported, in the run's first second, printed "Exception ignored in: <function
+  _xla_gc_callback>" and the run went on; prepare needs no JAX."""
+  fx.write_fedro(tmp_path / "manual")
+  result = subprocess.run([sys.executable, "-X", "importtime", "-m", "fer_jax.data.prepare", "--dataset=fedro",
+                           f"--manual_dir={tmp_path / 'manual'}", f"--data_dir={tmp_path / 'tfds'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+  assert "fer_jax.data.builders.fedro" in imported
+  assert sorted(imported & {"jax", "flax"}) == []

@@ -7,6 +7,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -438,6 +439,16 @@ def test_affectnet_face_crop(tmp_path):
     assert_colour(example["image"][1:-1, 1:-1], fx.FACE_COLOUR, tolerance=12)
 
 
+def test_affectnet_face_crop_of_a_sixteen_bit_grey_image_keeps_its_top_eight_bits(tmp_path):
+  """It was stored all white, where the configs that keep whole images keep the top 8 bits."""
+  written = fx.write_affectnet_original(tmp_path / "manual")
+  name = next(iter(written["rows"]["validation"]))
+  Image.fromarray(np.full((12, 16), 0x8040, np.uint16)).save(tmp_path / "manual" / "Manually_Annotated_Images" / name,
+                                                            format="PNG")
+  builder = build("affectnet/classes8_facecrop", tmp_path / "manual", tmp_path / "tfds")
+  np.testing.assert_allclose(read(builder, "validation")[name]["image"], 0x80, atol=1)
+
+
 def test_affectnet_later_release_npy_annotations(tmp_path):
   written = fx.write_affectnet_later(tmp_path / "manual")
   builder = build("affectnet/classes7", tmp_path / "manual", tmp_path / "tfds")
@@ -666,8 +677,90 @@ def test_missing_image_stops_even_with_skip_corrupt(tmp_path):
            "missing ones)." in str(error.value)
 
 
-def _with_byte_order_mark(path) -> None:
-  path.write_bytes("\ufeff".encode() + path.read_bytes())
+def test_missing_image_beside_one_named_in_another_case_says_to_rename_it(tmp_path):
+  fx.write_rafdb(tmp_path / "manual")
+  aligned = tmp_path / "manual" / "basic" / "Image" / "aligned"
+  (aligned / "train_00001_aligned.jpg").rename(aligned / "train_00001_aligned.JPG")
+  with pytest.raises(builder_utils.DataError) as error:
+    build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  assert str(error.value) == (f"Image {aligned / 'train_00001_aligned.jpg'}, listed in "
+                              f"{tmp_path / 'manual' / 'basic' / 'EmoLabel' / 'list_patition_label.txt'}, does not "
+                              "exist; train_00001_aligned.JPG is there: rename it train_00001_aligned.jpg.")
+
+
+def test_broken_link_to_an_image_is_named_with_its_target(tmp_path):
+  fx.write_fedro(tmp_path / "manual")
+  link = tmp_path / "manual" / "FED_RO_crop" / "happy" / "happy_2.jpg"
+  link.symlink_to(tmp_path / "elsewhere" / "happy_2.jpg")
+  with pytest.raises(builder_utils.DataError) as error:
+    build("fedro", tmp_path / "manual", tmp_path / "tfds", skip_corrupt=True)
+  assert str(error.value) == (f"Image {link}, listed in {tmp_path / 'manual' / 'FED_RO_crop'}, is a broken link to "
+                              f"{tmp_path / 'elsewhere' / 'happy_2.jpg'}: restore the file it points to, or replace "
+                              "the link with the image.")
+
+
+def test_class_folder_image_whose_name_is_not_utf8_is_kept_with_the_bytes_escaped(tmp_path):
+  """A Latin-1 "é" from a Windows archive: TFDS could not store the name (UnicodeEncodeError, surrogates)."""
+  written = fx.write_fedro(tmp_path / "manual")
+  happy = tmp_path / "manual" / "FED_RO_crop" / "happy"
+  fx.write_image(happy / os.fsdecode(b"caf\xe9.jpg"), 3)
+  builder = build("fedro", tmp_path / "manual", tmp_path / "tfds")
+  assert labels_of(read(builder, "test")) == {**written["test"], "FED_RO_crop/happy/caf\\xe9.jpg": 1}
+
+
+@pytest.mark.parametrize("dataset,write,extracted,archive", [
+    ("rafdb", fx.write_rafdb, "basic/Image/aligned", "basic/Image/aligned.zip"),
+    ("sfew", fx.write_sfew, "Train_Aligned_Faces", "Train/Train_Aligned_Faces.zip"),
+    ("fedro", fx.write_fedro, "FED_RO_crop", "FED_RO/FED_RO_crop.zip"),
+])
+def test_an_archive_not_extracted_in_a_sub_folder_is_named(tmp_path, dataset, write, extracted, archive):
+  write(tmp_path / "manual")
+  shutil.rmtree(tmp_path / "manual" / extracted)
+  (tmp_path / "manual" / archive).parent.mkdir(exist_ok=True)
+  (tmp_path / "manual" / archive).write_bytes(b"PK")
+  with pytest.raises(builder_utils.DataError) as error:
+    build(dataset, tmp_path / "manual", tmp_path / "tfds")
+  folder, name = os.path.split(tmp_path / "manual" / archive)
+  assert f"{folder} holds {name}: extract it there first.\n" in str(error.value)
+
+
+def test_manual_dir_that_is_an_archive_says_to_extract_it(tmp_path):
+  (tmp_path / "basic.zip").write_bytes(b"PK")
+  with pytest.raises(builder_utils.DataError) as error:
+    prepare.prepare("rafdb", os.fspath(tmp_path / "basic.zip"), os.fspath(tmp_path / "tfds"))
+  assert str(error.value).startswith(f"--manual_dir {tmp_path / 'basic.zip'} is an archive: extract it, and pass the "
+                                     "folder it gives as --manual_dir.\nRequest RAF-DB at")
+
+
+def test_rafdb_label_line_of_neither_split_says_the_fix(tmp_path):
+  label_file = _rafdb_label_file(tmp_path / "manual", ["val_0001.jpg 5"])
+  with pytest.raises(builder_utils.DataError) as error:
+    build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  assert str(error.value) == (f"{label_file}, line 1: 'val_0001.jpg' starts with neither train_ nor test_, as every "
+                              'image of the official label files does ("train_00001.jpg 5", "test_0001.jpg 4"). '
+                              "Correct the line or restore the file from the owners' download.")
+
+
+@pytest.mark.parametrize("dataset,write,text_file,line", [
+    ("fer2013", fx.write_fer2013, "fer2013.csv", 4),
+    # Such a row was left out unseen where the PNGs are there (nothing compares it with fer2013.csv).
+    ("ferplus", functools.partial(fx.write_ferplus, label_csv=False), "fer2013new.csv", 9),
+])
+def test_usage_not_spelt_as_the_official_file_does_says_the_fix(tmp_path, dataset, write, text_file, line):
+  write(tmp_path / "manual")
+  path = tmp_path / "manual" / text_file
+  lines = path.read_text().splitlines()
+  lines[line - 1] = lines[line - 1].replace("PublicTest", "publictest")
+  path.write_text("\n".join(lines) + "\n")
+  with pytest.raises(builder_utils.DataError) as error:
+    build(dataset, tmp_path / "manual", tmp_path / "tfds")
+  assert str(error.value) == (f"{path}, line {line}: Usage 'publictest' is not one of Training, PublicTest, "
+                              "PrivateTest, the only values (spelt so) of the official file. Correct the line or "
+                              "restore the file from the owners' download.")
+
+
+def _with_byte_order_mark_and_crlf(path) -> None:
+  path.write_bytes("\ufeff".encode() + path.read_bytes().replace(b"\n", b"\r\n"))
 
 
 @pytest.mark.parametrize("dataset,write,text_files", [
@@ -678,15 +771,61 @@ def _with_byte_order_mark(path) -> None:
                                                 "Manually_Annotated_file_lists/validation.csv"]),
     ("rafdb", fx.write_rafdb, ["basic/EmoLabel/list_patition_label.txt"]),
 ])
-def test_text_files_with_a_byte_order_mark_read_as_without(tmp_path, dataset, write, text_files):
+def test_text_files_with_a_byte_order_mark_and_crlf_read_as_without(tmp_path, dataset, write, text_files):
   write(tmp_path / "plain")
   write(tmp_path / "marked")
   for name in text_files:
-    _with_byte_order_mark(tmp_path / "marked" / name)
+    _with_byte_order_mark_and_crlf(tmp_path / "marked" / name)
   plain = build(dataset, tmp_path / "plain", tmp_path / "tfds_plain")
   marked = build(dataset, tmp_path / "marked", tmp_path / "tfds_marked")
   for split in plain.info.splits:
     assert labels_of(read(marked, split)) == labels_of(read(plain, split))
+
+
+@pytest.mark.parametrize("dataset,write,text_file", [
+    ("fer2013", fx.write_fer2013, "fer2013.csv"),
+    ("ferplus", fx.write_ferplus, "data/FER2013Valid/label.csv"),
+    ("ferplus", functools.partial(fx.write_ferplus, label_csv=False, pngs=False), "fer2013new.csv"),
+    ("affectnet", fx.write_affectnet_original, "Manually_Annotated_file_lists/validation.csv"),
+    ("rafdb", fx.write_rafdb, "basic/EmoLabel/list_patition_label.txt"),
+])
+def test_text_file_saved_as_utf16_is_named_with_the_fix(tmp_path, dataset, write, text_file):
+  """As Excel or a Windows tool saves it: a raw UnicodeDecodeError before."""
+  write(tmp_path / "manual")
+  path = tmp_path / "manual" / text_file
+  path.write_bytes(path.read_text().encode("utf-16"))
+  with pytest.raises(builder_utils.DataError) as error:
+    build(dataset, tmp_path / "manual", tmp_path / "tfds")
+  assert str(error.value) == (f"{path} is not UTF-8 text (it holds the byte 0xff: saved as UTF-16 by Excel or a "
+                              "Windows tool?). Save it as UTF-8 (Excel: \"CSV UTF-8\") or restore it from the owners' "
+                              "download.")
+
+
+def _open_a_quote(path, line: int) -> None:
+  lines = path.read_text().splitlines()
+  lines[line - 1] = '"' + lines[line - 1]
+  path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("dataset,write,text_file,trouble", [
+    ("fer2013", fx.write_fer2013, "fer2013.csv", "runs on to line 11"),
+    # Over the csv module's field limit (131,072 characters) before the end of the file.
+    ("fer2013", functools.partial(fx.write_fer2013, rows=fx.FER2013_ROWS * 6), "fer2013.csv",
+     "cannot be read (field larger than field limit (131072))"),
+    ("ferplus", functools.partial(fx.write_ferplus, box=False), "data/FER2013Train/label.csv", "runs on to line 6"),
+    ("ferplus", functools.partial(fx.write_ferplus, label_csv=False, pngs=False), "fer2013new.csv",
+     "runs on to line 13"),
+    ("affectnet", fx.write_affectnet_original, "Manually_Annotated_file_lists/training.csv", "runs on to line 13"),
+])
+def test_csv_quote_left_open_is_named_at_its_line(tmp_path, dataset, write, text_file, trouble):
+  """The row was blamed on the file's last line ("got 2 columns"), or on no line at all above the field limit."""
+  write(tmp_path / "manual")
+  path = tmp_path / "manual" / text_file
+  _open_a_quote(path, 3)
+  with pytest.raises(builder_utils.DataError) as error:
+    build(dataset, tmp_path / "manual", tmp_path / "tfds")
+  assert str(error.value) == (f"{path}, line 3: the row starting here {trouble}, as when a quote (\") opened in it is "
+                              "never closed. Close or remove the quote, or restore the file from the owners' download.")
 
 
 SIXTEEN_BIT = np.array([[0x0000, 0x00ff, 0x0100], [0x8040, 0xff00, 0xffff]], np.uint16)
@@ -807,6 +946,25 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
   builder = prepare.prepare("rafdb", tmp_path / "manual", os.fspath(tmp_path / "tfds"))
   assert builder.is_prepared() and not stale.exists()
   assert builder.info.splits["train"].num_examples == len(fx.RAFDB_TRAIN)
+
+
+def test_a_first_prepare_gives_no_tfds_warning_of_a_missing_dataset_info(tmp_path, caplog):
+  fx.write_fedro(tmp_path / "manual")
+  with caplog.at_level(logging.WARNING):
+    builder = prepare.prepare("fedro", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds"))
+  assert builder.is_prepared()
+  assert "has no dataset_info.json" not in caplog.text
+
+
+def test_a_set_folder_holding_no_prepared_set_is_named_not_taken_as_prepared(tmp_path):
+  """TFDS reused such a folder: the run built nothing and printed an empty summary, exit 0."""
+  fx.write_fedro(tmp_path / "manual")
+  folder = tmp_path / "tfds" / "fedro" / "1.0.0"
+  folder.mkdir(parents=True)
+  with pytest.raises(builder_utils.DataError) as error:
+    prepare.prepare("fedro", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds"))
+  assert str(error.value) == (f"{folder} exists but holds no prepared set (no dataset_info.json): move it away or "
+                              "delete it, then run the same command again.")
 
 
 def test_prepare_from_python_expands_the_home_folder_of_both_paths(tmp_path, monkeypatch):

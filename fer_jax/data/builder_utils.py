@@ -13,6 +13,7 @@ reads them in milliseconds instead of parsing every record (`label_columns`).
 """
 
 import collections
+import csv
 import dataclasses
 import io
 import os
@@ -49,21 +50,49 @@ class Record:
 
 
 def find_path(root: epath.Path, candidates: Sequence[str], what: str, layout: str) -> epath.Path:
-  """The first of `root/candidate` that exists; otherwise an error listing them all."""
+  """The first of `root/candidate` that exists; otherwise an error listing them all and naming the archives on the
+  way to them (`archives_note`)."""
   for candidate in candidates:
     path = root / candidate
     if path.exists():
       return path
   tried = "\n".join(f"  {root / candidate}" for candidate in candidates)
-  archives = sorted(path.name for path in root.iterdir() if path.name.lower().endswith(ARCHIVES)) \
-      if root.is_dir() else []
-  unpack = f"{root} holds {', '.join(archives)}: extract it there first.\n" if archives else ""
-  raise DataError(f"Cannot find {what}. {unpack}Looked for:\n{tried}\n"
+  raise DataError(f"Cannot find {what}. {archives_note(root, candidates)}Looked for:\n{tried}\n"
                   f"The manual directory should look like:\n{layout}")
+
+
+def archives_note(root: epath.Path, candidates: Sequence[str]) -> str:
+  """"<folder> holds <archives>: extract it there first." for each folder from `root` to where a candidate path
+  would be that holds an archive: an owner's download not extracted yet."""
+  return "".join(f"{folder} holds {', '.join(archives)}: extract it there first.\n"
+                 for folder, archives in _archives_in(_folders_on_the_way(root, candidates)).items())
+
+
+def _folders_on_the_way(root: epath.Path, candidates: Sequence[str]) -> list[epath.Path]:
+  """`root` and every folder between it and a candidate (`root/Image` for "Image/aligned")."""
+  folders = [root]
+  for candidate in candidates:
+    parts = epath.Path(candidate).parts[:-1]
+    folders += [root.joinpath(*parts[:end]) for end in range(1, len(parts) + 1)]
+  return list(dict.fromkeys(folders))
+
+
+def _archives_in(folders: Iterable[epath.Path]) -> dict[epath.Path, list[str]]:
+  """{folder: the names of its archives} of the `folders` that exist and hold any."""
+  found = {}
+  for folder in folders:
+    archives = sorted(path.name for path in folder.iterdir() if is_archive(path)) if folder.is_dir() else []
+    if archives:
+      found[folder] = archives
+  return found
 
 
 # What the owners' downloads come as, which prepare reads only once extracted.
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
+
+
+def is_archive(path: epath.Path) -> bool:
+  return path.name.lower().endswith(ARCHIVES) and path.is_file()
 
 
 def parse_label(text: str, valid: Container[int], where: str) -> int:
@@ -92,11 +121,45 @@ def open_text(path: epath.Path):
 
 
 def read_lines(path: epath.Path) -> Iterator[tuple[int, str]]:
-  """(1-based line number, stripped text) of the non-blank lines."""
+  """(1-based line number, stripped text) of the non-blank lines; DataError if the file is not UTF-8 text."""
   with open_text(path) as f:
-    for number, line in enumerate(f, start=1):
-      if line.strip():
-        yield number, line.strip()
+    try:
+      for number, line in enumerate(f, start=1):
+        if line.strip():
+          yield number, line.strip()
+    except UnicodeDecodeError as e:
+      raise not_utf8(path, e) from None
+
+
+def csv_rows(path: epath.Path) -> Iterator[tuple[int, list[str]]]:
+  """(line number, row) of the non-blank rows of a CSV whose every row is one line, as each owner's CSV is; a
+  DataError naming the line where a row starts that runs on over the next lines (a quote left open) or that the
+  csv module cannot read, or saying the file is not UTF-8 text."""
+  with open_text(path) as f:
+    reader = csv.reader(f)
+    start = 1
+    try:
+      for row in reader:
+        if reader.line_num > start:
+          raise _unclosed_quote(path, start, f"runs on to line {reader.line_num}")
+        if row:
+          yield start, row
+        start = reader.line_num + 1
+    except csv.Error as e:
+      raise _unclosed_quote(path, start, f"cannot be read ({e})") from None
+    except UnicodeDecodeError as e:
+      raise not_utf8(path, e) from None
+
+
+def _unclosed_quote(path: epath.Path, line: int, trouble: str) -> DataError:
+  return DataError(f"{path}, line {line}: the row starting here {trouble}, as when a quote (\") opened in it is never "
+                   "closed. Close or remove the quote, or restore the file from the owners' download.")
+
+
+def not_utf8(path: epath.Path, error: UnicodeDecodeError) -> DataError:
+  return DataError(f"{path} is not UTF-8 text (it holds the byte {error.object[error.start]:#04x}: saved as UTF-16 by "
+                   "Excel or a Windows tool?). Save it as UTF-8 (Excel: \"CSV UTF-8\") or restore it from the owners' "
+                   "download.")
 
 
 def check_class_names(names: Sequence[str], what: str) -> None:
@@ -207,6 +270,7 @@ class ManualBuilder(LocalBuilder):
   def _generate_examples(self, split: str, records: Iterable[Record]):
     count, seen = 0, set()
     for record in records:
+      record = dataclasses.replace(record, file_name=stored_name(record.file_name))
       if record.file_name in seen:  # TFDS's own duplicate-key check needs TensorFlow: a traceback here
         raise DataError(f"{self.split_sources.get(split, 'The manual directory')} lists the image "
                         f"{record.file_name} twice for the {split!r} split: keep one of its rows.")
@@ -261,9 +325,7 @@ class ManualBuilder(LocalBuilder):
     except DataError:
       raise  # a label found faulty on reading the image (an AffectNet face box outside it): never skipped
     except FileNotFoundError as e:
-      listed_in = self.split_sources.get(split, "the label file")
-      raise DataError(f"Image {e.filename or source}, listed in {listed_in}, does not exist. Restore it from the "
-                      "owners' download (--skip_corrupt skips unreadable images, not missing ones).") from e
+      raise missing_image_error(os.fspath(e.filename or source), self.split_sources.get(split, "the label file")) from e
     except (OSError, ValueError, Image.DecompressionBombError) as e:
       if not self.skip_corrupt:
         fix = "Make it readable" if isinstance(e, PermissionError) else "Replace it from the owners' download"
@@ -272,6 +334,27 @@ class ManualBuilder(LocalBuilder):
       logging.warning("Skipping unreadable image %s: %s", source, e)
       self.skipped_images.setdefault(split, []).append(record.file_name)
       return None
+
+
+def stored_name(name: str) -> str:
+  """`name` with the bytes of a file name that are not UTF-8 (Latin-1 from a Windows archive; Python holds them as
+  surrogates, which TFDS cannot store) written as \\xNN escapes."""
+  return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def missing_image_error(path: str, listed_in) -> DataError:
+  """For an image `path` not found: a broken link, a file whose name differs in case only, or one to restore."""
+  image = f"Image {path}, listed in {listed_in},"
+  if os.path.islink(path):
+    return DataError(f"{image} is a broken link to {os.readlink(path)}: restore the file it points to, or replace the "
+                     "link with the image.")
+  folder, name = os.path.split(path)
+  namesakes = sorted(other for other in os.listdir(folder) if other.lower() == name.lower()) \
+      if os.path.isdir(folder) else []
+  if namesakes:
+    return DataError(f"{image} does not exist; {namesakes[0]} is there: rename it {name}.")
+  return DataError(f"{image} does not exist. Restore it from the owners' download (--skip_corrupt skips unreadable "
+                   "images, not missing ones).")
 
 
 def is_image_file(path: epath.Path) -> bool:

@@ -16,10 +16,12 @@ before starting again. `--overwrite` builds the new copy in such a folder too an
 only once complete: a rebuild that fails or is interrupted keeps the old copy. Ctrl-C ends the
 run with a one-line message and exit status 130.
 Bad input ends the run with a one-line message naming the file (and line) at fault and the
-fix, and exit status 2 (`--verbose` adds the traceback): a missing --manual_dir or file,
-labels out of range or missing (an AffectNet image without its `_exp.npy`), a malformed row, a
-split with no examples (a CSV holding only its header), an occlusion or pose list entry naming
-an image its split lacks, an unreadable image, or a --data_dir that cannot be written.
+fix, and exit status 2 (`--verbose` adds the traceback): a missing --manual_dir or file (an
+archive not extracted is named), labels out of range or missing (an AffectNet image without its
+`_exp.npy`), a malformed row (a quote left open: the line it opened on), a label file or CSV not
+in UTF-8, a split with no examples (a CSV holding only its header), an occlusion or pose list
+entry naming an image its split lacks, an unreadable image, a --data_dir that cannot be written,
+or a folder in the set's place that holds no prepared set.
 `--skip_corrupt` skips unreadable images only (empty, damaged, truncated or not readable by
 this user, FER2013 rows whose pixels are not 48×48 values in 0-255), logs and counts them; a
 missing image file or a missing or malformed label still stops the run, since leaving such
@@ -76,6 +78,17 @@ def builder_class(name: str):
   return builders[0]
 
 
+def is_prepared(builder) -> bool:
+  """Whether the set is prepared, without TFDS's warning that a set not prepared yet has no dataset_info.json; a
+  DataError when its folder exists but holds no complete set (it would be taken as prepared and left empty)."""
+  if not builder.data_path.exists():
+    return False
+  if not builder.is_prepared():
+    raise builder_utils.DataError(f"{builder.data_path} exists but holds no prepared set (no dataset_info.json): "
+                                  "move it away or delete it, then run the same command again.")
+  return True
+
+
 def remove_leftovers(builder) -> None:
   """Deletes the temporary folders of earlier interrupted runs of this builder and version."""
   path = builder.data_path
@@ -90,10 +103,13 @@ def prepare(dataset: str, manual_dir: str, data_dir: str | None = None, skip_cor
   returns the builder of the prepared set."""
   builder = make_builder(dataset, data_dir, skip_corrupt)
   manual = epath.Path(manual_dir).expanduser()
+  if builder_utils.is_archive(manual):
+    raise builder_utils.DataError(f"--manual_dir {manual} is an archive: extract it, and pass the folder it gives as "
+                                  f"--manual_dir.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   if not manual.is_dir():
     raise builder_utils.DataError(f"--manual_dir {manual} is not a folder.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   try:
-    prepared = builder.is_prepared()
+    prepared = is_prepared(builder)
     if prepared and not overwrite:
       logging.warning("%s is already prepared in %s, so nothing was read from %s. To rebuild it from there, run "
                       "the same command with --overwrite.", builder.info.full_name, builder.data_dir, manual)

@@ -20,7 +20,6 @@ the validation split become the extra splits `validation_occlusion`, `validation
 release's file names, which the later release does not keep.
 """
 
-import csv
 import dataclasses
 import functools
 import io
@@ -33,6 +32,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from fer_jax.data import builder_utils
+from fer_jax.data import decode
 from fer_jax.data import labels
 
 CSV_FOLDERS = (".", "Manually_Annotated_file_lists")
@@ -100,7 +100,7 @@ def crop_face(path, box: tuple[int, int, int, int], where: str) -> bytes:
           f"{image.width}×{image.height} image {path}. Correct the row or restore the file from the owners' download.")
     face = image.crop((left, top, right, bottom))
     if face.mode not in ("L", "RGB"):
-      face = face.convert("RGB")
+      face = decode.to_mode(face, "RGB")
     buffer = io.BytesIO()
     face.save(buffer, format="JPEG", quality=CROP_QUALITY, subsampling=0)
     return buffer.getvalue()
@@ -205,12 +205,9 @@ class Affectnet(builder_utils.ManualBuilder):
 
 def _annotation_rows(path):
   """(where, row) of every image row of an original-release CSV (the header and blank lines skipped)."""
-  with builder_utils.open_text(path) as f:
-    reader = csv.reader(f)
-    for row in reader:
-      if not row or row[0].strip() == COLUMNS[0]:
-        continue
-      where = f"{path}, line {reader.line_num}"
+  for line, row in builder_utils.csv_rows(path):
+    if row[0].strip() != COLUMNS[0]:
+      where = f"{path}, line {line}"
       builder_utils.check_columns(row, COLUMNS, where)
       yield where, row
 

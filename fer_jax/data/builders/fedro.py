@@ -37,8 +37,9 @@ class Fedro(builder_utils.ManualBuilder):
     folder = next((root / r for r in ROOTS if _has_class_folders(root / r)), None)
     if folder is None:
       tried = ", ".join(str(root / r) for r in ROOTS)
-      raise builder_utils.DataError(f"Cannot find FED-RO's class folders in any of {tried}. The manual "
-                                    f"directory should look like:\n{LAYOUT}")
+      raise builder_utils.DataError(f"Cannot find FED-RO's class folders in any of {tried}. "
+                                    f"{builder_utils.archives_note(root, ROOTS)}The manual directory should look "
+                                    f"like:\n{LAYOUT}")
     self.split_sources["test"] = folder
     return {"test": self._generate_examples("test", builder_utils.class_folder_records(
         folder, CLASS_FOLDERS, root, LAYOUT))}

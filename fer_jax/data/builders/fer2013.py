@@ -1,6 +1,5 @@
 """FER2013 from the Kaggle CSV (docs/methods/datasets.md §5.1): 48×48 gray faces, 7 classes."""
 
-import csv
 import functools
 import io
 from typing import Iterator
@@ -38,19 +37,19 @@ def find_csv(root):
 
 
 def read_rows(path) -> Iterator[tuple[int, str, str, str]]:
-  """(line number, emotion, pixels, Usage) of every row; column order and spacing may vary."""
-  with builder_utils.open_text(path) as f:
-    reader = csv.reader(f)
-    header = [name.strip() for name in next(reader, [])]
-    missing = [name for name in COLUMNS if name not in header]
-    if missing:
-      raise builder_utils.DataError(f"{path}, line 1: header {header} lacks the columns {missing}; "
-                                    f"expected {', '.join(COLUMNS)} in any order.")
-    emotion, pixels, usage = (header.index(name) for name in COLUMNS)
-    for row in reader:
-      if row:
-        builder_utils.check_columns(row, header, f"{path}, line {reader.line_num}")
-        yield reader.line_num, row[emotion], row[pixels], row[usage].strip()
+  """(line number, emotion, pixels, Usage) of every row, Usage checked; column order and spacing may vary."""
+  rows = builder_utils.csv_rows(path)
+  header_line, header = next(rows, (1, []))
+  header = [name.strip() for name in header]
+  missing = [name for name in COLUMNS if name not in header]
+  if missing:
+    raise builder_utils.DataError(f"{path}, line {header_line}: header {header} lacks the columns {missing}; "
+                                  f"expected {', '.join(COLUMNS)} in any order.")
+  emotion, pixels, usage = (header.index(name) for name in COLUMNS)
+  for line, row in rows:
+    where = f"{path}, line {line}"
+    builder_utils.check_columns(row, header, where)
+    yield line, row[emotion], row[pixels], check_usage(row[usage].strip(), where)
 
 
 def pixels_to_png(pixels: str) -> bytes:
@@ -68,7 +67,9 @@ def pixels_to_png(pixels: str) -> bytes:
 
 def check_usage(usage: str, where: str) -> str:
   if usage not in SPLITS.values():
-    raise builder_utils.DataError(f"{where}: Usage {usage!r} is not one of {', '.join(SPLITS.values())}.")
+    raise builder_utils.DataError(f"{where}: Usage {usage!r} is not one of {', '.join(SPLITS.values())}, the only "
+                                  "values (spelt so) of the official file. Correct the line or restore the file from "
+                                  "the owners' download.")
   return usage
 
 
@@ -91,8 +92,7 @@ class Fer2013(builder_utils.ManualBuilder):
 def _records(path, usage: str):
   classes = range(len(labels.CLASS_ORDERS["fer2013"]))
   for line, emotion, pixels, row_usage in read_rows(path):
-    where = f"{path}, line {line}"
-    if check_usage(row_usage, where) == usage:
+    if row_usage == usage:
       yield builder_utils.Record(file_name=f"{path.name}:{line}",
-                                 label=builder_utils.parse_label(emotion, classes, where),
+                                 label=builder_utils.parse_label(emotion, classes, f"{path}, line {line}"),
                                  image=functools.partial(pixels_to_png, pixels))

@@ -21,7 +21,6 @@ Challenge-condition-FER-dataset) are present, their subsets of the test split be
 extra splits `test_occlusion`, `test_pose30` and `test_pose45`, labelled by the config.
 """
 
-import csv
 import functools
 import re
 from typing import Iterator
@@ -153,34 +152,29 @@ def parse_votes(values: list[str], where: str) -> np.ndarray:
 
 def read_label_csv(path) -> Iterator[tuple[str, np.ndarray]]:
   """(image name, votes) of a folder's label.csv, with or without the face-box column."""
-  with builder_utils.open_text(path) as f:
-    reader = csv.reader(f)
-    for row in reader:
-      if not row:
-        continue
-      where = f"{path}, line {reader.line_num}"
-      has_box = len(row) > 1 and row[1].strip().startswith("(")
-      columns = ("image name", *(("face box",) if has_box else ()), *VOTE_COLUMNS)
-      builder_utils.check_columns(row, columns, where)
-      if not row[0].strip():
-        raise builder_utils.DataError(f"{where}: the image name (first column) is empty. Correct the line or "
-                                      "restore the file from the owners' download.")
-      yield row[0].strip(), parse_votes(row[len(columns) - len(VOTE_COLUMNS):], where)
+  for line, row in builder_utils.csv_rows(path):
+    where = f"{path}, line {line}"
+    has_box = len(row) > 1 and row[1].strip().startswith("(")
+    columns = ("image name", *(("face box",) if has_box else ()), *VOTE_COLUMNS)
+    builder_utils.check_columns(row, columns, where)
+    if not row[0].strip():
+      raise builder_utils.DataError(f"{where}: the image name (first column) is empty. Correct the line or "
+                                    "restore the file from the owners' download.")
+    yield row[0].strip(), parse_votes(row[len(columns) - len(VOTE_COLUMNS):], where)
 
 
 def read_fer2013new(path) -> Iterator[tuple[int, str, str, np.ndarray]]:
-  """(line, Usage, image name or "" for non-faces, votes) of every row of fer2013new.csv."""
-  with builder_utils.open_text(path) as f:
-    reader = csv.reader(f)
-    header = [name.strip() for name in next(reader, [])]
-    if header[:2] != ["Usage", "Image name"] or tuple(header[2:]) != VOTE_COLUMNS:
-      raise builder_utils.DataError(f"{path}, line 1: unexpected header {header}; expected Usage, "
-                                    f"Image name, {', '.join(VOTE_COLUMNS)}.")
-    for row in reader:
-      if row:
-        where = f"{path}, line {reader.line_num}"
-        builder_utils.check_columns(row, header, where)
-        yield reader.line_num, row[0].strip(), row[1].strip(), parse_votes(row[2:], where)
+  """(line, Usage (checked), image name or "" for non-faces, votes) of every row of fer2013new.csv."""
+  rows = builder_utils.csv_rows(path)
+  header_line, header = next(rows, (1, []))
+  header = [name.strip() for name in header]
+  if header[:2] != ["Usage", "Image name"] or tuple(header[2:]) != VOTE_COLUMNS:
+    raise builder_utils.DataError(f"{path}, line {header_line}: unexpected header {header}; expected Usage, "
+                                  f"Image name, {', '.join(VOTE_COLUMNS)}.")
+  for line, row in rows:
+    where = f"{path}, line {line}"
+    builder_utils.check_columns(row, header, where)
+    yield line, fer2013.check_usage(row[0].strip(), where), row[1].strip(), parse_votes(row[2:], where)
 
 
 class Ferplus(builder_utils.ManualBuilder):
@@ -240,7 +234,7 @@ class Ferplus(builder_utils.ManualBuilder):
     split_of_usage = {usage: split for split, (_, usage) in FOLDERS.items()}
     votes = {split: {} for split in FOLDERS}
     for _, usage, name, row_votes in read_fer2013new(new_csv):
-      if name and usage in split_of_usage:
+      if name:
         votes[split_of_usage[usage]][name] = row_votes
     return votes
 

@@ -104,7 +104,9 @@ class Rafdb(builder_utils.ManualBuilder):
         name, label = _name_and_label(text, where)
         split, base = name.split("_", 1)[0], base_name(name)
         if split not in splits:
-          raise builder_utils.DataError(f"{where}: {name!r} starts with neither train_ nor test_.")
+          raise builder_utils.DataError(f"{where}: {name!r} starts with neither train_ nor test_, as every image of "
+                                        "the official label files does (\"train_00001.jpg 5\", \"test_0001.jpg 4\"). "
+                                        "Correct the line or restore the file from the owners' download.")
         label = builder_utils.parse_label(label, range(1, NUM_CLASSES + 1), where) - 1
         if base in splits[split] and splits[split][base][1] != label:
           raise builder_utils.DataError(f"{where}: {name!r} is labelled {label + 1}, but {first_lines[base]} gives it "
