@@ -967,6 +967,16 @@ def test_a_set_folder_holding_no_prepared_set_is_named_not_taken_as_prepared(tmp
                               "delete it, then run the same command again.")
 
 
+def test_building_a_set_prints_nothing_to_stdout_and_logs_what_it_builds(tmp_path, capsys, caplog):
+  """TFDS prints "Downloading and preparing dataset Unknown size …" to stdout, though nothing is downloaded."""
+  fx.write_rafdb(tmp_path / "manual")
+  with caplog.at_level(logging.INFO):
+    builder = prepare.prepare("rafdb", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds"))
+  assert capsys.readouterr().out == ""
+  assert f"Building rafdb/basic/1.0.0 in {builder.data_dir}…" in caplog.text
+  assert f"Built rafdb/basic/1.0.0 in {builder.data_dir}." in caplog.text
+
+
 def test_prepare_from_python_expands_the_home_folder_of_both_paths(tmp_path, monkeypatch):
   monkeypatch.setenv("HOME", str(tmp_path))
   monkeypatch.chdir(tmp_path)

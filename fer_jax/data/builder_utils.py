@@ -217,6 +217,14 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder):
   def dataset_info_from_configs(self, **kwargs) -> tfds.core.DatasetInfo:
     return _LocalInfo(builder=self, **kwargs)  # no README or CITATIONS.bib files to merge in
 
+  def _log_download_bytes(self) -> None:
+    """Logged, where TFDS prints "Downloading and preparing dataset Unknown size …" to stdout: nothing is
+    downloaded, and the sizes are unknown until built."""
+    logging.info("Building %s in %s…", self.info.full_name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("Built %s in %s.", self.info.full_name, self.data_dir)
+
   def face_info(self, class_names: Sequence[str], *, image_shape: tuple = (None, None, 3),
                 encoding_format: str | None = None, extra_features: dict | None = None,
                 homepage: str | None = None, description: str | None = None) -> tfds.core.DatasetInfo:

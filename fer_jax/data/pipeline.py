@@ -84,7 +84,9 @@ def _prepared_in(data_dir: str | None) -> str:
 
 def _generate_once(name: str, data_dir: str | None, builder):
   """Generates a built-in set: process 0 first while the others wait, so that a folder shared by
-  all hosts is written once; a host that still lacks it afterwards (a local folder) generates its own."""
+  all hosts is written once; a host that still lacks it afterwards (a local folder) generates its own.
+  Without TFDS's progress bars, which name its temporary files (the builder logs what it builds)."""
+  tfds.disable_progress_bar()
   if jax.process_index() == 0 and not builder.is_prepared():
     builder.download_and_prepare(file_format="array_record")
   if jax.process_count() > 1:  # every process passes here, prepared or not, so none waits alone
