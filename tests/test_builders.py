@@ -220,6 +220,25 @@ def test_ferplus_votes_from_fer2013new_without_label_csv(tmp_path):
   assert labels_of(read(builder, "validation"))["FER2013Valid/fer0000007.png"] == 4
 
 
+@pytest.mark.parametrize("votes_file", ["label.csv", "fer2013new.csv"])
+def test_ferplus_an_image_listed_again_is_kept_once_or_refused_with_other_votes(tmp_path, votes_file):
+  """Its last row used to win silently: a second row with other votes changed the image's label."""
+  fx.write_ferplus(tmp_path / "manual", label_csv=votes_file == "label.csv")
+  path = tmp_path / "manual" / ("data/FER2013Valid/label.csv" if votes_file == "label.csv" else "fer2013new.csv")
+  lines = path.read_text().splitlines()
+  number, row = next((n, line) for n, line in enumerate(lines, start=1) if "fer0000006.png" in line)
+  path.write_text("\n".join(lines + [row]) + "\n")
+  once = read(build("ferplus", tmp_path / "manual", tmp_path / "tfds"), "validation")
+  assert list(once).count("FER2013Valid/fer0000006.png") == 1 and labels_of(once)["FER2013Valid/fer0000006.png"] == 3
+  fields = row.split(",")
+  other_votes = ",".join(fields[:-10] + fields[-1:] + fields[-10:-1])  # each vote one column on
+  assert other_votes != row
+  path.write_text("\n".join(lines + [other_votes]) + "\n")
+  with pytest.raises(builder_utils.DataError, match=rf"{votes_file}, line {len(lines) + 1}: fer0000006.png has other "
+                                                    rf"votes than on line {number}\. Keep one of the rows"):
+    build("ferplus", tmp_path / "manual", tmp_path / "tfds2")
+
+
 def test_ferplus_bad_vote_names_file_and_line(tmp_path):
   fx.write_ferplus(tmp_path / "manual")
   label_csv = tmp_path / "manual" / "data" / "FER2013Valid" / "label.csv"

@@ -23,7 +23,7 @@ extra splits `test_occlusion`, `test_pose30` and `test_pose45`, labelled by the 
 
 import functools
 import re
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -150,8 +150,8 @@ def parse_votes(values: list[str], where: str) -> np.ndarray:
   return np.array([builder_utils.parse_label(v, range(11), where) for v in values], np.int32)
 
 
-def read_label_csv(path) -> Iterator[tuple[str, np.ndarray]]:
-  """(image name, votes) of a folder's label.csv, with or without the face-box column."""
+def read_label_csv(path) -> Iterator[tuple[int, str, np.ndarray]]:
+  """(line, image name, votes) of a folder's label.csv, with or without the face-box column."""
   for line, row in builder_utils.csv_rows(path):
     where = f"{path}, line {line}"
     has_box = len(row) > 1 and row[1].strip().startswith("(")
@@ -160,7 +160,7 @@ def read_label_csv(path) -> Iterator[tuple[str, np.ndarray]]:
     if not row[0].strip():
       raise builder_utils.DataError(f"{where}: the image name (first column) is empty. Correct the line or "
                                     "restore the file from the owners' download.")
-    yield row[0].strip(), parse_votes(row[len(columns) - len(VOTE_COLUMNS):], where)
+    yield line, row[0].strip(), parse_votes(row[len(columns) - len(VOTE_COLUMNS):], where)
 
 
 def read_fer2013new(path) -> Iterator[tuple[int, str, str, np.ndarray]]:
@@ -175,6 +175,19 @@ def read_fer2013new(path) -> Iterator[tuple[int, str, str, np.ndarray]]:
     where = f"{path}, line {line}"
     builder_utils.check_columns(row, header, where)
     yield line, fer2013.check_usage(row[0].strip(), where), row[1].strip(), parse_votes(row[2:], where)
+
+
+def _votes_by_name(path, rows: Iterable[tuple[int, str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """{image name: votes} of a split's (line, name, votes) rows: a name listed again with the same votes is kept
+  once, with other votes refused, naming both lines."""
+  votes, first_line = {}, {}
+  for line, name, row_votes in rows:
+    if name in votes and not np.array_equal(votes[name], row_votes):
+      raise builder_utils.DataError(f"{path}, line {line}: {name} has other votes than on line {first_line[name]}. "
+                                    "Keep one of the rows, or restore the file from the owners' download.")
+    votes.setdefault(name, row_votes)
+    first_line.setdefault(name, line)
+  return votes
 
 
 class Ferplus(builder_utils.ManualBuilder):
@@ -228,15 +241,15 @@ class Ferplus(builder_utils.ManualBuilder):
           "votes from fer2013new.csv.")
     if label_csvs:
       self._votes_file, self.split_sources = "label.csv", dict(label_csvs)
-      return {split: dict(read_label_csv(path)) for split, path in label_csvs.items()}
+      return {split: _votes_by_name(path, read_label_csv(path)) for split, path in label_csvs.items()}
     new_csv = builder_utils.find_path(root, ("fer2013new.csv",), "FERPlus's fer2013new.csv", LAYOUT)
     self._votes_file, self.split_sources = "fer2013new.csv", dict.fromkeys(FOLDERS, new_csv)
     split_of_usage = {usage: split for split, (_, usage) in FOLDERS.items()}
-    votes = {split: {} for split in FOLDERS}
-    for _, usage, name, row_votes in read_fer2013new(new_csv):
+    rows = {split: [] for split in FOLDERS}
+    for line, usage, name, row_votes in read_fer2013new(new_csv):
       if name:
-        votes[split_of_usage[usage]][name] = row_votes
-    return votes
+        rows[split_of_usage[usage]].append((line, name, row_votes))
+    return {split: _votes_by_name(new_csv, split_rows) for split, split_rows in rows.items()}
 
   def _records(self, root, split: str, votes: dict):
     folder_name, usage = FOLDERS[split]
