@@ -52,6 +52,11 @@ def config_change(settings: dict) -> str:
   return "pass " + " ".join(config_setting(key, value) for key, value in settings.items())
 
 
+def counted(count: int, noun: str) -> str:
+  """"1 prediction", "2 predictions": a count and its noun, in the plural unless it is one."""
+  return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def with_article(word: str) -> str:
   """"an apvit", "a dan": a name (a method's) after the indefinite article its first letter calls for."""
   return f"{'an' if word and word[0].lower() in 'aeiou' else 'a'} {word}"

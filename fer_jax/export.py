@@ -34,6 +34,8 @@ Run with ONNX Runtime: onnxruntime.InferenceSession("OUT/model.onnx").run(None, 
 from collections.abc import Sequence
 import json
 import os
+import shlex
+import sys
 
 from absl import flags
 from absl import logging
@@ -284,6 +286,23 @@ def not_a_checkpoint(source: str) -> str:
           "again: `python -m fer_jax.predict` and `fer_jax.load` run a StableHLO export folder as it is.")
 
 
+def exported_line(info: dict, out: str, config_arguments: list[str]) -> str:
+  """What was exported (model.json `info`) to the folder `out`, and how to run it: `fer_jax.predict` with this
+  command's --config arguments for a StableHLO export, ONNX Runtime for an ONNX one."""
+  names, batch_size, image = info["class_names"], info["batch_size"], info["input"]
+  symbolic = batch_size == "symbolic"
+  what = (f"Exported {info['method']} ({len(names)} classes: {', '.join(names)}; "
+          f"{'any batch size' if symbolic else f'batch size {batch_size}'})")
+  if info["format"] == "onnx":
+    shape = ", ".join(map(str, ("N" if symbolic else batch_size, image["height"], image["width"], image["channels"])))
+    return (f"{what} as ONNX to {out}. Run it with ONNX Runtime: onnxruntime.InferenceSession("
+            f"{json.dumps(os.path.join(out, ONNX))}).run(None, {{\"images\": images}}), images float32 [{shape}] "
+            f"preprocessed as model.json's \"preprocessing\" says: {info['preprocessing']}.")
+  command = shlex.join(["python", "-m", "fer_jax.predict", *config_arguments, f"--checkpoint={out}", "--input=PHOTO",
+                        "--output=predictions.csv"])
+  return f"{what} as StableHLO for {', '.join(info['platforms'])} to {out}. Run it: {command}"
+
+
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag("configs/<method>.py:<dataset> of the checkpoint.")
@@ -314,9 +333,7 @@ def main(argv):
   if "onnx_runtime_vs_jax" in info:
     logging.info("ONNX Runtime vs JAX on %(images)d images: worst relative logit error "
                  "%(worst_relative_logit_error).2e", info["onnx_runtime_vs_jax"])
-  logging.info("Exported %s (%s, batch %s) as %s to %s", config.model.name, ", ".join(info["class_names"]),
-               info["batch_size"], " ".join([info["format"], *info.get("platforms", [])]),
-               os.path.abspath(args.out))
+  logging.info("%s", exported_line(info, os.path.abspath(args.out), config_lib.config_arguments(sys.argv)))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
 --checkpoint is a training workdir, a converted checkpoint or a `fer_jax.export` folder (checked against
 --config as a checkpoint is).
 Face crops are decoded on the host at the shape the model's training decoded its data set to (its
-record's, `inference.FilePreprocessor`: grey for FER2013, FERPlus and grey sets of yours), and go through the method's own test-time pipeline (`config.input.eval_pp`)
-on the device, in batches (the last one padded to a power of two, so few steps are compiled).
+record's, `inference.FilePreprocessor`: grey for FER2013, FERPlus and grey sets of yours), and go through
+the method's own test-time pipeline (`config.input.eval_pp`) on the device, in batches (the last one padded
+to a power of two, so few steps are compiled).
 With --tta the probabilities are the weighted mean of the softmax over that `fer_jax.tta` view
 set (the logits stay those of the image itself).
 
@@ -34,7 +35,8 @@ crop smaller than --min_face_size, a photo or video in which no face is found, a
 inputs (not an image, corrupt, truncated, unreadable, a symbolic-link loop, or a header claiming
 more than `fer_jax.data.decode.MAX_IMAGE_PIXELS`), which are counted. Images are read upright
 (their EXIF orientation applied). A missing or empty --input, or an --output that could not be
-written, fails before the model is loaded.
+written, fails before the model is loaded. The log gives each prediction when there are at most
+`FEW_ROWS` rows, then the counts and the output's absolute path.
 """
 
 import csv
@@ -54,6 +56,7 @@ import tqdm
 from fer_jax import api
 from fer_jax import cli
 from fer_jax import config_lib
+from fer_jax import errors
 from fer_jax import inference
 from fer_jax import tta
 from fer_jax.data import decode
@@ -329,6 +332,37 @@ def _face_fields(row: dict) -> list:
           f"{row['score']:.4f}"]
 
 
+FEW_ROWS = 10  # up to this many rows are logged one by one; beyond, the summary alone
+
+
+def log_results(results: FacePredictions, inputs: int, output: str) -> None:
+  """Each row's prediction when there are few, then what was written to `output` and what was skipped of the
+  `inputs` (each skipped input was named in its warning)."""
+  if len(results.rows) <= FEW_ROWS:
+    for row in results.rows:
+      logging.info("%s", row_summary(row))
+  predictions = sum("prediction" in row for row in results.rows)
+  summary = f"Wrote {errors.counted(predictions, 'prediction')} to {output}"
+  if results.skipped:
+    unreadable = f"{len(results.unreadable)} unreadable; " if results.unreadable else ""
+    warnings = "the warning" if len(results.skipped) == 1 else "the warnings"
+    summary += f"; skipped {len(results.skipped)} of {errors.counted(inputs, 'input')} ({unreadable}see {warnings} above)"
+  logging.info("%s.", summary)
+  if results.faces_skipped:
+    logging.info("%s not classified, too small (< --min_face_size=%g px) or too unsure (< --min_score=%g): the "
+                 "output's rows say why.", errors.counted(results.faces_skipped, "face"), results.min_face_size,
+                 results.min_score)
+
+
+def row_summary(row: dict) -> str:
+  """"photo.jpg face 0: happiness (93.1%)", "clip.mp4 frame 15 face 1: not classified (why)"."""
+  where = row["image"] + (f" frame {row['frame']}" if row.get("frame") is not None else "")
+  where += f" face {row['face']}" if "face" in row else ""
+  if "prediction" not in row:
+    return f"{where}: not classified ({row['skipped']})"
+  return f"{where}: {row['prediction']} ({row['confidence']:.1%})"
+
+
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag("configs/<method>.py:<dataset> of the checkpoint.")
@@ -361,12 +395,7 @@ def main(argv):
                            args.smooth, args.annotate)
   write_predictions(results.rows, results.skipped, model.class_names, args.output,
                     detects_faces(paths, args.detect))
-  logging.info("Wrote %d predictions to %s; skipped %d of %d inputs (%d unreadable)%s", len(results.rows),
-               args.output, len(results.skipped), len(paths), len(results.unreadable),
-               (": " + ", ".join(p for p, _ in results.skipped)) if results.skipped else "")
-  if results.faces_skipped:
-    logging.info("%d faces were too small (< --min_face_size=%g px) or too unsure (< --min_score=%g): their rows "
-                 "say why and hold no prediction.", results.faces_skipped, args.min_face_size, args.min_score)
+  log_results(results, len(paths), os.path.abspath(args.output))
   if len(results.unreadable) == len(paths):
     raise inference.no_readable_image(f"under --input={args.input}", results.unreadable)
 

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
+from fer_jax import errors
 from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
@@ -343,10 +344,9 @@ class TrainingRun:
       logging.info("The run in %s ended at step %d (epoch %d): nothing is left to train; evaluating it again for "
                    "the report.", os.path.abspath(self.workdir), self.start_step, self.start_step // self.steps_per_epoch)
       return iter(())
-    devices = self.mesh.devices.size
-    logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %d device%s", self.config.model.name,
-                 self.config.dataset.name, self.num_steps, self.steps_per_epoch, self.config.batch_size, devices,
-                 "" if devices == 1 else "s")
+    logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %s", self.config.model.name,
+                 self.config.dataset.name, self.num_steps, self.steps_per_epoch, self.config.batch_size,
+                 errors.counted(self.mesh.devices.size, "device"))
     return enumerate(self.data.batches(self.start_step), start=self.start_step + 1)
 
   def train(self, step: int, batch: dict) -> None:

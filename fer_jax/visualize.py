@@ -23,6 +23,7 @@ import jax
 
 from fer_jax import cli
 from fer_jax import config_lib
+from fer_jax import errors
 from fer_jax import export
 from fer_jax import inference
 from fer_jax import mesh as mesh_lib
@@ -91,7 +92,7 @@ def main(argv):
   paths = inference.list_images(args.input)
   validation.validate(args.config, training=False)
   written = write_attention_maps(args.config, args.checkpoint, paths, args.out, args.batch_size)
-  print(f"wrote {len(written)} PNGs to {args.out}")
+  logging.info("Wrote %s to %s.", errors.counted(len(written), "PNG"), os.path.abspath(args.out))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import export
 from fer_jax.data import decode
-from helpers import assert_user_error, get_config, random_variables, run_command
+from helpers import ROOT, assert_user_error, get_config, random_variables, run_command
 
 DAN = ("--config=configs/dan.py:synthetic", "--config.input.size=32")
 APVIT = ("--config=configs/apvit.py:synthetic",)
@@ -111,7 +111,8 @@ def test_only_the_readable_images_are_predicted_and_the_rest_counted(predicted):
   result, written = predicted
   assert [os.path.basename(p["image"]) for p in written["predictions"]] == GOOD
   assert sorted(os.path.basename(s["image"]) for s in written["skipped"]) == BAD
-  assert f"skipped {len(BAD)} of {len(GOOD) + len(BAD)} inputs ({len(BAD)} unreadable)" in result.stderr
+  assert (f"skipped {len(BAD)} of {len(GOOD) + len(BAD)} inputs ({len(BAD)} unreadable; see the warnings above)."
+          in result.stderr)
   rows = {os.path.basename(p["image"]): p for p in written["predictions"]}
   assert "box" not in rows["face.png"] and rows["hopper.jpg"]["face"] == 0  # a 48×48 crop; a 512×600 photo's face
 
@@ -294,12 +295,15 @@ def test_closed_loop_callbacks_after_a_failed_read_print_nothing_beside_the_mess
 
 @pytest.mark.integration
 def test_visualize_skips_a_refused_image_and_draws_the_others(apvit_checkpoint, mixed, tmp_path):
-  result = visualize(apvit_checkpoint, mixed, tmp_path / "maps", obey_permissions=True)
+  """The last line was "wrote 4 PNGs to maps", printed to stdout, where everything else is logged to stderr."""
+  result = visualize(apvit_checkpoint, mixed, os.path.relpath(tmp_path / "maps", ROOT), obey_permissions=True)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "is refused before decoding" in skip_warning(result, mixed / "bomb.png")
   assert f"0001_*.png: {mixed / 'hopper.jpg'}" in result.stderr
   assert sorted(os.listdir(tmp_path / "maps")) == [
       f"{index:04d}_{kind}.png" for index in range(len(GOOD)) for kind in ("app_patches", "atp_tokens")]
+  assert f"] Wrote {2 * len(GOOD)} PNGs to {tmp_path / 'maps'}.\n" in result.stderr, result.stderr[-3000:]
+  assert result.stdout == ""
 
 
 @pytest.mark.integration

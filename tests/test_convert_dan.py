@@ -67,6 +67,22 @@ def test_released_checkpoint_gives_the_reference_logits(released, converted, ima
   assert all(name.endswith("num_batches_tracked") for dropped in report.dropped.values() for name in dropped)
 
 
+def test_the_log_counts_the_step_counters_and_names_a_drop_that_may_matter(released, converted, tmp_path):
+  """The step counters were listed by name ("bn.num_batches_tracked, cat_head0.ca…"), one fresh variable was
+  "1 variables"; a classifier left out is still named."""
+  counters = sum(name.endswith("num_batches_tracked") for name in released[0].state_dict())
+  reason = "BatchNorm step counter; fer_jax's BatchNorm keeps none, as its running averages use a fixed momentum"
+  lines = converted[1].lines()
+  assert lines[1:] == [f"rafdb_epoch21_acc0.897_bacc0.8275.pth [dan]: dropped {counters} tensors ({reason})",
+                       "freshly initialised (seed 0, not in the source): 1 variable in affinity"]
+  path = tmp_path / "resnet18_msceleb.pth"
+  torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, path)
+  lines = convert.convert(small_config(), [str(path)])[1].lines()
+  assert ("resnet18_msceleb.pth [resnet18]: dropped 2 tensors (ImageNet/MS-Celeb classifier; DAN's trunk stops before "
+          "it, as the official code does): fc.weight, fc.bias") in lines
+  assert any(line.endswith(f"dropped 20 tensors ({reason})") for line in lines), lines
+
+
 def test_converted_checkpoint_restores_and_evaluates(converted, tmp_path):
   config = tiny_run(small_config(), size=SIZE, batch_size=16)
   variables, _ = converted

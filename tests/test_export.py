@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from fer_jax import checkpointing
 from fer_jax import export
@@ -74,6 +76,14 @@ def test_export_reloads_and_runs_without_fer_jax(tmp_path):
        f"--checkpoint={os.path.dirname(checkpoint)}", f"--out={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-3000:]
+  run_it = (f"as StableHLO for cpu, cuda to {out}. Run it: python -m fer_jax.predict --config=configs/dan.py:synthetic "
+            f"--config.input.size={SIZE} --checkpoint={out} --input=PHOTO --output=predictions.csv")
+  assert run_it in result.stderr, result.stderr[-3000:]
+  Image.new("RGB", (40, 40)).save(tmp_path / "face.png")
+  command = shlex.split(run_it.split("Run it: ")[1].replace("PHOTO", str(tmp_path / "face.png")))
+  predicted = subprocess.run([sys.executable, *command[1:-1], f"--output={tmp_path / 'predictions.csv'}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert predicted.returncode == 0 and (tmp_path / "predictions.csv").exists(), predicted.stderr[-3000:]
   info = json.loads((out / "model.json").read_text())
   assert info["batch_size"] == "symbolic" and info["class_names"][0] == "anger"
   assert info["preprocessing"] == "resize(32)|normalize('imagenet')"
@@ -94,6 +104,17 @@ def test_export_reloads_and_runs_without_fer_jax(tmp_path):
     np.testing.assert_allclose(outputs["logits_5"], expected, atol=1e-5)
     np.testing.assert_allclose(outputs["logits_3"], expected[:3], atol=1e-5)
     np.testing.assert_allclose(outputs["probabilities_5"].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_the_last_line_says_what_was_exported_and_the_command_that_runs_it():
+  """It read "Exported dan (anger, …, neutral, batch symbolic) as stablehlo cpu cuda to …": the class names beside
+  the batch mode, and no next step."""
+  info = export.metadata(small_config("configs/dan.py:synthetic"), None, {"format": "stablehlo",
+                                                                          "platforms": ["cpu", "cuda"]})
+  assert export.exported_line(info, "/exports/dan one", ["--config=configs/dan.py:synthetic"]) == (
+      "Exported dan (7 classes: anger, disgust, fear, happiness, sadness, surprise, neutral; any batch size) as "
+      "StableHLO for cpu, cuda to /exports/dan one. Run it: python -m fer_jax.predict "
+      "--config=configs/dan.py:synthetic '--checkpoint=/exports/dan one' --input=PHOTO --output=predictions.csv")
 
 
 def test_export_refuses_a_folder_that_is_not_empty(tmp_path):

@@ -108,6 +108,17 @@ def test_verify_images_is_refused_for_stablehlo(tmp_path):
     export.export(config, {}, str(tmp_path / "out"), verify_images=["a.png"])
 
 
+def test_the_last_line_says_what_was_exported_and_how_onnx_runtime_runs_it():
+  """It read "Exported dan (anger, …, neutral, batch 4) as onnx to …": the class names beside the batch size, and no
+  next step."""
+  info = export.metadata(small_config("configs/dan.py:synthetic", 32), 4, {"format": "onnx"})
+  assert export.exported_line(info, "/exports/dan", ["--config=configs/dan.py:synthetic"]) == (
+      "Exported dan (7 classes: anger, disgust, fear, happiness, sadness, surprise, neutral; batch size 4) as ONNX to "
+      "/exports/dan. Run it with ONNX Runtime: onnxruntime.InferenceSession(\"/exports/dan/model.onnx\").run(None, "
+      "{\"images\": images}), images float32 [4, 32, 32, 3] preprocessed as model.json's \"preprocessing\" says: "
+      "resize(32)|normalize('imagenet').")
+
+
 @pytest.mark.integration
 def test_export_command_writes_an_onnx_file(tmp_path):
   config = small_config("configs/dan.py:synthetic", 32)
@@ -121,6 +132,7 @@ def test_export_command_writes_an_onnx_file(tmp_path):
   result = run_command("fer_jax.export", *args, f"--out={out}", "--format=onnx",
                        f"--verify_images={photos[0]},{photos[1]}", timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert f"any batch size) as ONNX to {out}. Run it with ONNX Runtime: " in result.stderr, result.stderr[-3000:]
   assert sorted(os.listdir(out)) == ["model.json", "model.onnx"]
   info = json.loads((out / "model.json").read_text())
   assert (info["format"], info["batch_size"], info["onnx_opset"]) == ("onnx", "symbolic", onnx_export.OPSET)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import re
 import subprocess
@@ -106,11 +107,15 @@ def test_command_line_writes_json_and_reports_unreadable_images(config, checkpoi
   out = tmp_path / "preds.json"
   result = subprocess.run(
       [sys.executable, "-m", "fer_jax.predict", "--config=configs/dan.py:synthetic", "--config.input.size=32",
-       f"--checkpoint={os.path.dirname(path)}", f"--input={faces}", f"--output={out}", "--tta=none"],
+       f"--checkpoint={os.path.dirname(path)}", f"--input={faces}", f"--output={os.path.relpath(out, ROOT)}",
+       "--tta=none"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Skipping unreadable image" in result.stderr and "broken.jpg" in result.stderr
-  assert "Wrote 3 predictions" in result.stderr and "skipped 1 of 4 inputs (1 unreadable)" in result.stderr
+  assert f"Wrote 3 predictions to {out}; skipped 1 of 4 inputs (1 unreadable; see the warning above)." in result.stderr
+  assert [line.split("] ")[-1] for line in result.stderr.splitlines() if line.endswith("%)")] == [
+      f"{faces / name}: {prediction['prediction']} ({prediction['confidence']:.1%})"
+      for name, prediction in zip(("a.png", "b.jpg", "sub/c.png"), json.loads(out.read_text())["predictions"])]
   written = json.loads(out.read_text())
   assert written["class_names"] == ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
   assert [os.path.basename(s["image"]) for s in written["skipped"]] == ["broken.jpg"]
@@ -454,3 +459,66 @@ def test_drawings_of_inputs_that_share_a_base_name_do_not_overwrite_each_other(t
   predict.predict_inputs(model, paths, str(tmp_path / "in"), None, 24, 0.9, annotate=str(tmp_path / "drawn"))
   assert sorted(os.listdir(tmp_path / "drawn")) == ["person.jpg.png", "person.png.png"]
   assert np.asarray(Image.open(tmp_path / "drawn" / "person.png.png"))[0, 0, 0] == 200
+
+
+def _logged(caplog, run) -> list[str]:
+  """The messages logged (INFO and above) while `run()` runs."""
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    run()
+  return [record.getMessage() for record in caplog.records]
+
+
+def _happy_model(monkeypatch) -> api.Model:
+  model, _ = _recording_model(monkeypatch)
+  monkeypatch.setattr(model, "classify", lambda crops: [api.Prediction("happiness", 0.9314, {}, {}) for _ in crops])
+  return model
+
+
+def test_a_few_predictions_are_logged_each_then_one_summary_names_the_absolute_output(tmp_path, monkeypatch, caplog):
+  """One photo's prediction was only in the --output file; the summary read "Wrote 1 predictions to preds.csv;
+  skipped 0 of 1 inputs (0 unreadable)", the path as typed."""
+  model = _happy_model(monkeypatch)
+  crop = str(tmp_path / "crop.png")
+  Image.new("RGB", (100, 100)).save(crop)
+  results = predict.predict_inputs(model, [crop], str(tmp_path), None, 24, 0.9)
+  assert _logged(caplog, lambda: predict.log_results(results, 1, "/abs/out.csv")) == [
+      f"{crop}: happiness (93.1%)", "Wrote 1 prediction to /abs/out.csv."]
+
+
+def test_each_skipped_input_is_named_once_and_the_summary_counts_them(tmp_path, monkeypatch, caplog):
+  """The summary listed every skipped input again after its warning."""
+  model = _happy_model(monkeypatch)
+  paths = [str(tmp_path / name) for name in ("a.png", "b.png", "broken.jpg", "tiny.png")]
+  for path in paths[:2]:
+    Image.new("RGB", (100, 100)).save(path)
+  (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+  Image.new("RGB", (8, 8)).save(paths[3])
+  messages = _logged(caplog, lambda: predict.log_results(
+      predict.predict_inputs(model, paths, str(tmp_path), None, 24, 0.9), len(paths), "/abs/out.csv"))
+  assert messages[-1] == ("Wrote 2 predictions to /abs/out.csv; skipped 2 of 4 inputs (1 unreadable; see the warnings "
+                          "above).")
+  assert [sum(path in message for message in messages) for path in paths[2:]] == [1, 1]
+
+
+def test_faces_are_logged_with_their_index_and_many_rows_by_the_summary_alone(tmp_path, monkeypatch, caplog):
+  """A photo's faces are told apart by their index; past FEW_ROWS rows the summary alone is logged."""
+  model = _happy_model(monkeypatch)
+  found = [detector.Face((0.0, 0.0, 40.0, 40.0), ((10.0, 10.0),) * 5, 0.99) for _ in range(2)]
+  reason = "face smaller than the minimum size (40 < 48 px)"
+  aligned = [np.zeros((100, 100, 3), np.uint8), None]
+  monkeypatch.setattr(model, "faces", lambda image, *_: (found, aligned, ["", reason]))
+  photo = str(tmp_path / "group.jpg")
+  Image.new("RGB", (640, 480)).save(photo)
+  results = predict.predict_inputs(model, [photo], str(tmp_path), None, 48, 0.9)
+  assert _logged(caplog, lambda: predict.log_results(results, 1, "/abs/out.json")) == [
+      f"{photo} face 0: happiness (93.1%)", f"{photo} face 1: not classified ({reason})",
+      "Wrote 1 prediction to /abs/out.json.",
+      "1 face not classified, too small (< --min_face_size=48 px) or too unsure (< --min_score=0.9): the output's "
+      "rows say why."]
+  crops = [str(tmp_path / f"{index:02d}.png") for index in range(predict.FEW_ROWS + 1)]
+  for crop in crops:
+    Image.new("RGB", (100, 100)).save(crop)
+  results = predict.predict_inputs(model, crops, str(tmp_path), None, 24, 0.9)
+  assert _logged(caplog, lambda: predict.log_results(results, len(crops), "/abs/out.csv")) == [
+      f"Wrote {len(crops)} predictions to /abs/out.csv."]

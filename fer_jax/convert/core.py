@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 from flax import traverse_util
 
+from fer_jax import errors
 from fer_jax.errors import UserError
 
 COLLECTIONS = ("params", "batch_stats")
@@ -116,6 +117,7 @@ class Tensors:
     self.origin = origin
     self.used: set[str] = set()
     self.dropped: dict[str, str] = {}
+    self.expected: set[str] = set()  # the reasons of drops every checkpoint of the format holds
     self.missing: list[str] = []
 
   def __contains__(self, name: str) -> bool:
@@ -137,12 +139,16 @@ class Tensors:
     self.used.add(name)
     return value
 
-  def drop(self, pattern: str, reason: str) -> None:
-    """Drops every not yet used tensor whose whole name matches the regex `pattern`."""
+  def drop(self, pattern: str, reason: str, expected: bool = False) -> None:
+    """Drops every not yet used tensor whose whole name matches the regex `pattern`. An `expected` drop (what every
+    checkpoint of the format holds beside the weights: step counters, optimizer state) is logged by count only: its
+    names tell nothing about whether the checkpoint fits."""
     compiled = re.compile(pattern)
     for name in self.tensors:
       if name not in self.used and compiled.fullmatch(name):
         self.dropped[name] = reason
+    if expected:
+      self.expected.add(reason)
 
   def unknown(self) -> list[str]:
     return [name for name in self.tensors if name not in self.used and name not in self.dropped]
@@ -266,7 +272,7 @@ def copy_module(tensors: Tensors, target: Target, module: str, source: str, layo
     if value is not None:
       target.put(module, leaf, transform(value), name, value.shape)
   for weight, reason in layout.extras.get(kind, ()):
-    tensors.drop(re.escape(layout.join(source, weight)), reason)
+    tensors.drop(re.escape(layout.join(source, weight)), reason, expected=True)
 
 
 def copy_leaf(tensors: Tensors, target: Target, module: str, leaf: str, name: str,
@@ -304,23 +310,25 @@ class Report:
   """What a conversion did, for the log and the tests."""
   converted: dict[str, int] = dataclasses.field(default_factory=dict)      # origin → tensors used
   dropped: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # origin → {name: reason}
+  expected: set[str] = dataclasses.field(default_factory=set)              # reasons of drops logged by count only
   fresh: list[str] = dataclasses.field(default_factory=list)               # variable paths left as initialised
   seed: int = 0
   # Some of what inference needs (a classifier, …) is freshly initialised: a starting point for training only.
   initialisation_only: bool = False
 
   def lines(self) -> list[str]:
-    lines = [f"{origin}: {count} tensors converted" for origin, count in self.converted.items()]
+    lines = [f"{origin}: {errors.counted(count, 'tensor')} converted" for origin, count in self.converted.items()]
     for origin, dropped in self.dropped.items():
       by_reason: dict[str, list[str]] = {}
       for name, reason in dropped.items():
         by_reason.setdefault(reason, []).append(name)
       for reason, names in by_reason.items():
-        lines.append(f"{origin}: dropped {len(names)} ({reason}): {_listing(names, 6)}")
+        listed = "" if reason in self.expected else f": {_listing(names, 6)}"
+        lines.append(f"{origin}: dropped {errors.counted(len(names), 'tensor')} ({reason}){listed}")
     if self.fresh:
       modules = sorted({path.split("/")[1] for path in self.fresh})
-      lines.append(f"freshly initialised (seed {self.seed}, not in the source): {len(self.fresh)} variables "
-                   f"in {', '.join(modules)}")
+      lines.append(f"freshly initialised (seed {self.seed}, not in the source): "
+                   f"{errors.counted(len(self.fresh), 'variable')} in {', '.join(modules)}")
     return lines
 
 
@@ -363,5 +371,6 @@ def finish(target: Target, sources: list[Tensors], fresh_variables: Callable[[],
     values.update({path: np.asarray(fresh[path]) for path in unfilled})
   variables = traverse_util.unflatten_dict({tuple(path.split("/")): value for path, value in values.items()})
   report = Report(converted={t.origin: len(t.used) for t in sources},
-                  dropped={t.origin: t.dropped for t in sources if t.dropped}, fresh=unfilled, seed=seed)
+                  dropped={t.origin: t.dropped for t in sources if t.dropped},
+                  expected=set().union(*(t.expected for t in sources)), fresh=unfilled, seed=seed)
   return {c: variables.get(c, {}) for c in COLLECTIONS}, report

@@ -107,7 +107,7 @@ def map_checkpoint(tensors: core.Tensors, target: core.Target, config) -> None:
   for index, owner in enumerate(owners, start=1):
     if target.leaves(f"lhc{index}"):
       _copy_lhc(tensors, target, index, owner)
-  tensors.drop(r"optimizer/.*|.*/\.OPTIMIZER_SLOT/.*|save_counter", "optimizer state, not weights")
+  tensors.drop(r"optimizer/.*|.*/\.OPTIMIZER_SLOT/.*|save_counter", "optimizer state, not weights", expected=True)
 
 
 H5_KEYS = core.Selector(present=("bn_data/moving_mean", "conv0/kernel"))
