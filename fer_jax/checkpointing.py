@@ -200,7 +200,12 @@ def _root_cause(error: BaseException) -> str:
 def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict, config=None,
                   steps_per_epoch: int | None = None) -> dict:
   """The saved training state, once `check_resumable` finds that this run's config continues it."""
-  target, rewrap = check_resumable(checkpoints, step, abstract_state, config, steps_per_epoch)
+  return restore_checked(checkpoints, step, check_resumable(checkpoints, step, abstract_state, config, steps_per_epoch))
+
+
+def restore_checked(checkpoints: ocp.CheckpointManager, step: int, resumable: tuple) -> dict:
+  """The saved training state, read into the (restore target, its rewrapping) `check_resumable` returned."""
+  target, rewrap = resumable
   with _newest_step_read_errors(checkpoints, step):
     restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   return rewrap(restored["state"])
@@ -219,6 +224,26 @@ def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_stat
     target, rewrap = _unclipped_target(saved, abstract_state)
     _check_same_state(saved, target, step_directory)
   return target, rewrap
+
+
+def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_epoch: int) -> None:
+  """The run saved at `step` must have trained `steps_per_epoch` steps an epoch (`check_resumable` checks it too
+  when given the epoch length, which a run knows only once its data is read)."""
+  step_directory = os.path.join(checkpoints.directory, str(step))
+  _check_epoch_length(_meta(step_directory), os.path.dirname(checkpoints.directory), steps_per_epoch,
+                      _new_run_fix(step_directory))
+
+
+def _check_epoch_length(meta: dict, run: str, steps_per_epoch: int, new_run: str) -> None:
+  saved_steps = meta.get("steps_per_epoch", steps_per_epoch)  # not recorded before 2026-12-05
+  if saved_steps != steps_per_epoch:
+    raise CheckpointError(f"The run in {run} trained {saved_steps} steps an epoch, this config's training split gives "
+                          f"{steps_per_epoch}: its steps would stand for other epochs and schedule. Resume with the "
+                          f"dataset.train_split, max_per_class and sampler it was trained with, {new_run}")
+
+
+def _new_run_fix(step_directory: str) -> str:
+  return f"or start a new --workdir with --config.init_from={step_directory}."
 
 
 def _newest_step_read_errors(checkpoints: ocp.CheckpointManager, step: int):
@@ -240,17 +265,14 @@ def _check_continues(step_directory: str, config, steps_per_epoch: int | None) -
   if "model" in meta:
     check_identity(meta, f"The run in {run}", config.model, labels.class_names(config.dataset.class_order),
                    config.input)
-  new_run = f"or start a new --workdir with --config.init_from={step_directory}."
+  new_run = _new_run_fix(step_directory)
   saved_batch = meta.get("batch_size", config.batch_size)  # not recorded before 2026-12-04
   if saved_batch != config.batch_size:
     raise CheckpointError(f"The run in {run} trained at a global batch of {saved_batch}, this config's is "
                           f"{config.batch_size}: its steps would stand for other epochs and schedule. Resume with "
                           f"--config.batch_size={saved_batch}, {new_run}")
-  saved_steps = meta.get("steps_per_epoch", steps_per_epoch)  # not recorded before 2026-12-05
-  if steps_per_epoch is not None and saved_steps != steps_per_epoch:
-    raise CheckpointError(f"The run in {run} trained {saved_steps} steps an epoch, this config's training split gives "
-                          f"{steps_per_epoch}: its steps would stand for other epochs and schedule. Resume with the "
-                          f"dataset.train_split, max_per_class and sampler it was trained with, {new_run}")
+  if steps_per_epoch is not None:
+    _check_epoch_length(meta, run, steps_per_epoch, new_run)
   changed = config_lib.resume_differences(meta.get("config", {}), config)
   if changed:
     cosine = config_lib.COSINE_SHAPED if any(key == "num_epochs" for key, _, _ in changed) else ""

@@ -289,7 +289,7 @@ class TrainingRun:
     self.model = method.build(config.model)
     self.abstract = models.abstract_variables(self.model, config)
     optim.check_patterns(config.optimizer, self.abstract["params"])  # before the data is read
-    self.resume_target = self._checked_resume_target() if self.start_step else None
+    self.resumable = self._check_resumable() if self.start_step else None
     self.data = pipeline.TrainData(config, self.mesh)
     self.evaluators = evaluate.Evaluators(self.model, config, self.mesh)
     self.evaluators.open_all()
@@ -311,19 +311,18 @@ class TrainingRun:
     self.called = set()  # the names of the train steps called (compiled) so far
     self.best_evals = {}  # {step: its last_evals} of the best epoch, once this process has saved one
 
-  def _checked_resume_target(self) -> dict:
-    """The state a resumed run restores into, checked against the saved one before the data is read (a changed
+  def _check_resumable(self) -> tuple:
+    """`checkpointing.check_resumable` of the state a resumed run restores into, before the data is read (a changed
     model, optimizer, batch or class order stops here): its layout does not depend on the epoch length, which
-    the data gives later, so an optimizer built for any is as good."""
+    the data gives later (`_restore_or_initialise` checks it), so an optimizer built for any is as good."""
     probe = optim.make_optimizer(self.config.optimizer, 1, self.config.num_epochs, self.abstract["params"])
     target = abstract_state(self.model, probe.tx, self.config, self.mesh)
-    checkpointing.check_resumable(self.checkpoints, self.start_step, target, self.config)
-    return target
+    return checkpointing.check_resumable(self.checkpoints, self.start_step, target, self.config)
 
   def _restore_or_initialise(self, tx) -> dict:
     if self.start_step:
-      state = checkpointing.restore_state(self.checkpoints, self.start_step, self.resume_target, self.config,
-                                          self.steps_per_epoch)
+      checkpointing.check_epoch_length(self.checkpoints, self.start_step, self.steps_per_epoch)
+      state = checkpointing.restore_checked(self.checkpoints, self.start_step, self.resumable)
       logging.info("Resumed from step %d in %s", self.start_step, self.workdir)
       return state
     state = create_state(self.model, tx, self.config, self.mesh)

@@ -127,6 +127,10 @@ def test_resume_with_another_epoch_length_or_class_order_is_refused(tmp_path):
                      match=r"trained 3 steps an epoch, this config's training split gives 2: .* Resume with the "
                            r"dataset.train_split, max_per_class and sampler it was trained with, or start a new"):
     checkpointing.restore_state(checkpoints, 2, abstract, config, steps_per_epoch=2)
+  with pytest.raises(checkpointing.CheckpointError, match=r"trained 3 steps an epoch, this config's training split "
+                                                          rf"gives 2: .*--config.init_from={tmp_path}/checkpoints/2\."):
+    checkpointing.check_epoch_length(checkpoints, 2, 2)  # a resumed TrainingRun's check, once the data is read
+  checkpointing.check_epoch_length(checkpoints, 2, 3)
   other_classes = _with(config)
   other_classes.dataset.class_order = "rafdb"
   with pytest.raises(checkpointing.CheckpointError,

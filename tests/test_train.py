@@ -191,7 +191,7 @@ def test_the_quickly_compiled_initial_state_is_the_default_compiles():
 
 
 @pytest.mark.integration
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monkeypatch):
   config = _tiny_dan()
   config.checkpoint_every_steps = 4
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
@@ -200,7 +200,10 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
   # Interrupted after the step-4 checkpoint: the later one and the reports never got written.
   shutil.rmtree(os.path.join(resumed, "checkpoints", "8"))
   os.remove(os.path.join(resumed, "eval_results.json"))
+  checks, check_resumable = [], checkpointing.check_resumable
+  monkeypatch.setattr(checkpointing, "check_resumable", lambda *args: checks.append(args) or check_resumable(*args))
   results = train.train_and_evaluate(config, resumed)
+  assert len(checks) == 1  # the saved state is checked (its metadata read) once
   a, b = _final_params(straight, 8), _final_params(resumed, 8)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
