@@ -368,6 +368,8 @@ def main(argv):
     train_seeds(args.config, args.workdir, seeds)
   summary = write_summary(args.workdir, read_reports(args.config, args.workdir, seeds))
   print(markdown(summary))
+  logging.info("Wrote the summary to %s (seeds_summary.json, seeds_summary.md, seeds_accuracy.png).",
+               os.path.abspath(args.workdir))
 
 
 if __name__ == "__main__":
