@@ -33,9 +33,10 @@ match no parameter and everything is decayed. `optimizer.weight_decay_exclude` i
 (NO_DECAY below) gives the intended exemption.
 """
 
+import functools
+
 from fer_jax import config_lib
 
-DATA_SETS = ("rafdb", "ferplus", "affectnet7", "affectnet8", "synthetic")
 NO_DECAY = r"^vit/(cls_token|cls_pos_embed|patch_pos_embed)$"
 IMAGENET = "normalize('imagenet')"
 # mmcls chain of the official config; grayscale and colour jitter act on RGB here (the
@@ -47,10 +48,51 @@ TRAIN_PP = ("gray_to_rgb()|random_apply(0.5, 'rotate(6, method=\"cv2_bilinear\")
             f"{IMAGENET}|random_erasing(p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value='random', "
             "ratio_sampling='uniform')")
 EVAL_PP = f"gray_to_rgb()|resize({{size}}, method='cv2_bilinear')|{IMAGENET}"
+PRETRAINED = ("face.evoLVe's IR-50 (backbone_ir50_ms1m_epoch120.pth) and timm's ViT-Small "
+              "(vit_small_p16_224-15ec54c9.pth)")
+
+
+def _rafdb(config) -> None:
+  config.init_from_recipe = PRETRAINED
+  config.dataset.update(name="rafdb/aligned224", class_order="apvit7", image_size=224)
+  config.evals = config_lib.subset_evaluators()
+
+
+def _ferplus(config) -> None:
+  config.init_from_recipe = PRETRAINED
+  config.model.num_classes = 8
+  config.dataset.update(name="ferplus", class_order="apvit8",
+                        image_size=48)  # photos to predict: decoded at 48², as stored
+  config.evals = config_lib.subset_evaluators()
+
+
+def _affectnet(config, num_classes: int) -> None:
+  config.init_from_recipe = PRETRAINED
+  config.model.num_classes = num_classes
+  config.dataset.update(name=f"affectnet/classes{num_classes}", class_order=f"apvit{num_classes}",
+                        eval_split="validation", image_size=224)  # images of many sizes, decoded at 224
+  config.evals = config_lib.subset_evaluators("validation")
+
+
+def _synthetic(config) -> None:
+  config.model.update(ir_stage_sizes=(1, 1, 1), width=192, num_heads=3, mlp_dim=576, app_keep=12)
+  config.input.size = 32
+  config.dataset.update(name="synthetic", class_order="apvit7", sampler="uniform")
+  config.batch_size = 64
+  config.eval_batch_size = 64
+  config.num_epochs = 8
+  config.optimizer.lr = 0.01
+  config.log_every_steps = 20
+
+
+# The arguments: each data set's settings, applied over those every data set shares (get_config).
+SETTINGS = {"rafdb": _rafdb, "ferplus": _ferplus, "affectnet7": functools.partial(_affectnet, num_classes=7),
+            "affectnet8": functools.partial(_affectnet, num_classes=8), "synthetic": _synthetic}
+DATA_SETS = tuple(SETTINGS)
 
 
 def get_config(arg: str = "rafdb"):
-  data = config_lib.parse_arg(arg, __file__, DATA_SETS).data
+  data = config_lib.parse_arg(arg, __file__, SETTINGS).data
   config = config_lib.base_config()
   config.model.update(
       name="apvit", num_classes=7, ir_stage_sizes=(3, 4, 14), width=768, depth=8, num_heads=8,
@@ -63,29 +105,5 @@ def get_config(arg: str = "rafdb"):
   # Cosine per epoch (mmcv CosineAnnealing, by_epoch): lr_e = 0.5·lr·(1 + cos(π·e/40)).
   config.optimizer.update(name="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4, schedule="cosine",
                           grad_clip_norm=10.0, weight_decay_exclude="")
-
-  if data != "synthetic":
-    config.init_from_recipe = ("face.evoLVe's IR-50 (backbone_ir50_ms1m_epoch120.pth) and timm's ViT-Small "
-                               "(vit_small_p16_224-15ec54c9.pth)")
-  if data == "rafdb":
-    config.dataset.update(name="rafdb/aligned224", class_order="apvit7", image_size=224)
-    config.evals = config_lib.subset_evaluators()
-  elif data == "ferplus":
-    config.model.num_classes = 8
-    config.dataset.update(name="ferplus", class_order="apvit8", image_size=48)  # photos to predict: decoded at 48², as stored
-    config.evals = config_lib.subset_evaluators()
-  elif data in ("affectnet7", "affectnet8"):
-    config.model.num_classes = int(data[-1])
-    config.dataset.update(name=f"affectnet/classes{data[-1]}", class_order=f"apvit{data[-1]}",
-                          eval_split="validation", image_size=224)  # images of many sizes, decoded at 224
-    config.evals = config_lib.subset_evaluators("validation")
-  else:  # synthetic
-    config.model.update(ir_stage_sizes=(1, 1, 1), width=192, num_heads=3, mlp_dim=576, app_keep=12)
-    config.input.size = 32
-    config.dataset.update(name="synthetic", class_order="apvit7", sampler="uniform")
-    config.batch_size = 64
-    config.eval_batch_size = 64
-    config.num_epochs = 8
-    config.optimizer.lr = 0.01
-    config.log_every_steps = 20
+  SETTINGS[data](config)
   return config

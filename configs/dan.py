@@ -24,9 +24,10 @@ The paper's runs start from the MS-Celeb-1M ResNet-18 (without it a run warns):
       --config.init_from=converted/dan_init
 """
 
+import functools
+
 from fer_jax import config_lib
 
-DATA_SETS = ("rafdb", "affectnet7", "affectnet8", "synthetic")
 OPTIONS = {"occlusion": ("no", "yes")}  # synthetic only: also evaluate with synthetic occluders
 IMAGENET = "normalize('imagenet')"
 RAFDB_TRAIN = ("resize({size})|flip()|random_apply(0.2, 'rotate(20)|random_crop({size}, padding=32)')|"
@@ -35,12 +36,59 @@ AFFECTNET_TRAIN = ("resize({size})|flip()|random_apply(0.7, 'random_affine(20, t
                    f"scale=(0.8, 1.0))')|{IMAGENET}|random_erasing(p=0.5, scale=(0.02, 0.33), value=0.0)")
 
 
+def _official_run(config) -> None:
+  # The official scripts keep the epoch with the best accuracy on the evaluated split.
+  config.update(select_metric="accuracy", restore_best=True)
+  config.init_from_recipe = "the MS-Celeb-1M ResNet-18 (resnet18_msceleb.pth)"
+
+
+def _rafdb(config) -> None:
+  _official_run(config)
+  config.dataset.update(name="rafdb", class_order="rafdb", image_size=100)  # RAF-DB's aligned faces
+  # rafdb.py compares accuracies rounded to 4 decimals and lets a later equal epoch replace the best.
+  config.update(select_decimals=4, select_ties="latest")
+  config.num_epochs = 40
+  config.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
+                          schedule="step", step_epochs=10, gamma=0.1)
+
+
+def _affectnet(config, num_classes: int) -> None:
+  _official_run(config)
+  config.model.update(num_classes=num_classes, num_centres=num_classes)
+  # Images of many sizes: the host decodes them to the official Resize's 224×224.
+  config.dataset.update(name="affectnet", class_order=f"affectnet{num_classes}", eval_split="validation",
+                        sampler="class_balanced", image_size=224)
+  config.input.train_pp = AFFECTNET_TRAIN
+  config.num_epochs = 10
+  config.optimizer.update(name="adam", lr=1e-4, weight_decay=0.0, schedule="exponential", gamma=0.6)
+
+
+def _synthetic(config) -> None:
+  # CPU demo, not a paper setting: 72×72 input (XLA's CPU convolutions are slow when the
+  # last stage is 2×2, i.e. below 72 px), flips only. From scratch the unnormalised spatial
+  # attention makes early gradients spiky; without clipping, Adam stalls at chance for
+  # hundreds of steps (measured; see the README's synthetic section).
+  config.dataset.update(name="synthetic", class_order="fer2013")
+  config.input.update(size=72, train_pp=f"resize({{size}})|flip()|{IMAGENET}",
+                      eval_pp=f"resize({{size}})|{IMAGENET}")
+  config.batch_size = 32
+  config.eval_batch_size = 250
+  config.num_epochs = 5
+  config.optimizer.update(name="adam", lr=3e-4, weight_decay=0.0, schedule="cosine", grad_clip_norm=1.0)
+  config.log_every_steps = 25
+
+
+# The arguments: each data set's settings, applied over those every data set shares (get_config).
+SETTINGS = {"rafdb": _rafdb, "affectnet7": functools.partial(_affectnet, num_classes=7),
+            "affectnet8": functools.partial(_affectnet, num_classes=8), "synthetic": _synthetic}
+DATA_SETS = tuple(SETTINGS)
+
+
 def get_config(arg: str = "rafdb"):
-  parsed = config_lib.parse_arg(arg, __file__, DATA_SETS, **OPTIONS)
-  data = parsed.data
-  if parsed.occlusion == "yes" and data != "synthetic":
+  parsed = config_lib.parse_arg(arg, __file__, SETTINGS, **OPTIONS)
+  if parsed.occlusion == "yes" and parsed.data != "synthetic":
     raise ValueError(f"configs/dan.py: occlusion=yes applies to 'synthetic' only (its occluders are placed for the "
-                     f"synthetic faces), not {data!r}: drop it, or add occlude(...) evaluators to config.evals "
+                     f"synthetic faces), not {parsed.data!r}: drop it, or add occlude(...) evaluators to config.evals "
                      "(README, 'Synthetic occlusion').")
   config = config_lib.base_config()
   config.model.update(name="dan", num_classes=7, num_heads=4, num_centres=8)
@@ -48,40 +96,7 @@ def get_config(arg: str = "rafdb"):
   config.input.update(size=224, train_pp=RAFDB_TRAIN, eval_pp=f"resize({{size}})|{IMAGENET}")
   config.batch_size = 256
   config.eval_batch_size = 256
-
-  if data != "synthetic":
-    # The official scripts keep the epoch with the best accuracy on the evaluated split.
-    config.update(select_metric="accuracy", restore_best=True)
-    config.init_from_recipe = "the MS-Celeb-1M ResNet-18 (resnet18_msceleb.pth)"
-  if data == "rafdb":
-    config.dataset.update(name="rafdb", class_order="rafdb", image_size=100)  # RAF-DB's aligned faces
-    # rafdb.py compares accuracies rounded to 4 decimals and lets a later equal epoch replace the best.
-    config.update(select_decimals=4, select_ties="latest")
-    config.num_epochs = 40
-    config.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
-                            schedule="step", step_epochs=10, gamma=0.1)
-  elif data in ("affectnet7", "affectnet8"):
-    num_classes = int(data[-1])
-    config.model.update(num_classes=num_classes, num_centres=num_classes)
-    # Images of many sizes: the host decodes them to the official Resize's 224×224.
-    config.dataset.update(name="affectnet", class_order=data, eval_split="validation",
-                          sampler="class_balanced", image_size=224)
-    config.input.train_pp = AFFECTNET_TRAIN
-    config.num_epochs = 10
-    config.optimizer.update(name="adam", lr=1e-4, weight_decay=0.0, schedule="exponential", gamma=0.6)
-  else:  # synthetic
-    # CPU demo, not a paper setting: 72×72 input (XLA's CPU convolutions are slow when the
-    # last stage is 2×2, i.e. below 72 px), flips only. From scratch the unnormalised spatial
-    # attention makes early gradients spiky; without clipping, Adam stalls at chance for
-    # hundreds of steps (measured; see the README's synthetic section).
-    config.dataset.update(name="synthetic", class_order="fer2013")
-    config.input.update(size=72, train_pp=f"resize({{size}})|flip()|{IMAGENET}",
-                        eval_pp=f"resize({{size}})|{IMAGENET}")
-    config.batch_size = 32
-    config.eval_batch_size = 250
-    config.num_epochs = 5
-    config.optimizer.update(name="adam", lr=3e-4, weight_decay=0.0, schedule="cosine", grad_clip_norm=1.0)
-    config.log_every_steps = 25
-    if parsed.occlusion == "yes":
-      config.evals = config_lib.synthetic_occlusion_evaluators(config.input.eval_pp)
+  SETTINGS[parsed.data](config)
+  if parsed.occlusion == "yes":
+    config.evals = config_lib.synthetic_occlusion_evaluators(config.input.eval_pp)
   return config

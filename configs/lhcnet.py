@@ -37,7 +37,6 @@ reports PrivateTest:
 
 from fer_jax import config_lib
 
-DATA_SETS = ("fer2013", "synthetic")
 OPTIONS = {"stage": ("A1", "A2", "A3", "B", "C")}  # each option's first value is its default
 RAW = "to_float()"
 # Keras ImageDataGenerator settings of the official steps (float pixels, fill "nearest", bilinear).
@@ -56,8 +55,39 @@ RECIPE = {
 }
 
 
+def _fer2013(config, stage: str) -> None:
+  if stage == "A1":
+    config.init_from_recipe = "the ImageNet ResNet34v2 (resnet34_imagenet_1000_no_top.h5)"
+  config.dataset.update(name="fer2013", class_order="fer2013", train_split="train",
+                        eval_split="public_test", test_split="private_test",
+                        image_size=48)  # photos given to predict are decoded at 48², resized on the device
+  to_model = f"{RAW}|resize({{size}}, 'cv2_bilinear')|gray_to_rgb()"
+  config.input.update(size=224, channels=3, train_pp="|".join(filter(None, (to_model, KERAS_AUGMENT.get(stage, "")))),
+                      eval_pp=to_model)
+
+
+def _synthetic(config, stage: str) -> None:
+  config.dataset.update(name="synthetic", class_order="fer2013", train_split="train",
+                        eval_split="test", test_split="test")
+  # Heads dividing the 20², 10², 5², 3² maps at 80 px and the 8², 4², 2², 1² maps at 32 px
+  # (the tests' size): bands of 5, 5 and 5 rows, then whole maps; E ≈ P / 2 at 80 px.
+  config.model.update(lhc_heads=(4, 4, 2, 1, 1), lhc_embed_dims=(50, 50, 25, 12, 5))
+  flip = "flip()|" if stage in ("A1", "A2") else ""
+  config.input.update(size=80, channels=3, train_pp=f"resize({{size}})|{flip}{RAW}",
+                      eval_pp=f"resize({{size}})|{RAW}")
+  config.batch_size = min(config.batch_size, 32)
+  config.eval_batch_size = 100
+  config.num_epochs = 2
+  config.log_every_steps = 20
+
+
+# The data sets: each one's settings for a stage, applied over those every data set shares (get_config).
+SETTINGS = {"fer2013": _fer2013, "synthetic": _synthetic}
+DATA_SETS = tuple(SETTINGS)
+
+
 def get_config(arg: str = "fer2013"):
-  parsed = config_lib.parse_arg(arg, __file__, DATA_SETS, **OPTIONS)
+  parsed = config_lib.parse_arg(arg, __file__, SETTINGS, **OPTIONS)
   data, stage = parsed.data, parsed.stage
   config = config_lib.base_config()
   config.model.update(
@@ -86,28 +116,5 @@ def get_config(arg: str = "fer2013"):
   # Variables that the previous stage's checkpoint lacks and that keep their fresh initialisation.
   config.init_from_missing = {"B": r"^params/lhc\d/", "C": r"^params/lhc\d/controller$"}.get(stage, "")
 
-  if data == "fer2013" and stage == "A1":
-    config.init_from_recipe = "the ImageNet ResNet34v2 (resnet34_imagenet_1000_no_top.h5)"
-  augment = KERAS_AUGMENT.get(stage, "")
-  if data == "fer2013":
-    config.dataset.update(name="fer2013", class_order="fer2013", train_split="train",
-                          eval_split="public_test", test_split="private_test",
-                          image_size=48)  # photos given to predict are decoded at 48², resized on the device
-    to_model = f"{RAW}|resize({{size}}, 'cv2_bilinear')|gray_to_rgb()"
-    config.input.update(size=224, channels=3, train_pp="|".join(filter(None, (to_model, augment))),
-                        eval_pp=to_model)
-  else:
-    size = 80
-    config.dataset.update(name="synthetic", class_order="fer2013", train_split="train",
-                          eval_split="test", test_split="test")
-    # Heads dividing the 20², 10², 5², 3² maps at 80 px and the 8², 4², 2², 1² maps at 32 px
-    # (the tests' size): bands of 5, 5 and 5 rows, then whole maps; E ≈ P / 2 at 80 px.
-    config.model.update(lhc_heads=(4, 4, 2, 1, 1), lhc_embed_dims=(50, 50, 25, 12, 5))
-    flip = "flip()|" if stage in ("A1", "A2") else ""
-    config.input.update(size=size, channels=3, train_pp=f"resize({{size}})|{flip}{RAW}",
-                        eval_pp=f"resize({{size}})|{RAW}")
-    config.batch_size = min(batch_size, 32)
-    config.eval_batch_size = 100
-    config.num_epochs = 2
-    config.log_every_steps = 20
+  SETTINGS[data](config, stage)
   return config

@@ -41,11 +41,13 @@ The paper's runs start from the VGGFace2 ResNet-50 (SCAN-CCI's README; without i
   python -m fer_jax.main --config=configs/scan_cci.py:sfew --config.init_from=CKPT --workdir=workdirs/scan_cci_sfew
 """
 
+import functools
+
 from fer_jax import config_lib
 
-DATA_SETS = ("rafdb", "ferplus", "affectnet7", "affectnet8", "sfew", "synthetic")
 HALF = "normalize('half')"
 TRUNK_LR = 1e-4
+VGGFACE2 = "the VGGFace2 ResNet-50 (vgg_msceleb_resnet50_ft_weight.pkl)"
 
 
 def _pipelines(color_jitter: bool) -> tuple[str, str]:
@@ -60,8 +62,59 @@ def _optimizer(config, head_lr: float, weight_decay: float) -> None:
                           lr_groups=((r"^trunk/", TRUNK_LR / head_lr),))
 
 
+def _rafdb(config) -> None:
+  config.init_from_recipe = VGGFACE2
+  config.model.shared_local_units = True
+  config.dataset.update(name="rafdb", class_order="affectnet7", image_size=100)
+  config.evals = config_lib.subset_evaluators()
+
+
+def _ferplus(config) -> None:
+  config.init_from_recipe = VGGFACE2
+  config.model.num_classes = 8
+  config.dataset.update(name="ferplus", class_order="affectnet8", train_split="train+validation",
+                        image_size=48)  # photos to predict: decoded at 48², as stored
+  config.evals = config_lib.subset_evaluators()
+
+
+def _affectnet(config, num_classes: int) -> None:
+  config.init_from_recipe = VGGFACE2
+  config.model.num_classes = num_classes
+  config.dataset.update(name="affectnet", class_order=f"affectnet{num_classes}", eval_split="validation",
+                        max_per_class=20_000, image_size=224)  # images of many sizes, decoded at 224
+  config.evals = config_lib.subset_evaluators("validation")
+  _optimizer(config, head_lr=0.001, weight_decay=1e-3)
+
+
+def _sfew(config) -> None:  # fine-tunes a SCAN-CCI checkpoint: no init_from_recipe
+  config.dataset.update(name="sfew", class_order="affectnet7", eval_split="validation",
+                        sampler="uniform", image_size=224)  # images of many sizes, decoded at 224
+  config.loss.class_weights = "effective_number"
+  config.input.train_pp, config.input.eval_pp = _pipelines(color_jitter=False)
+  config.eval_batch_size = 32
+  _optimizer(config, head_lr=0.001, weight_decay=1e-4)
+  config.init_from_required = True  # a new run without --config.init_from stops before any work
+
+
+def _synthetic(config) -> None:
+  config.model.shared_local_units = True
+  config.dataset.update(name="synthetic", class_order="affectnet7")
+  config.input.size = 64
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.num_epochs = 2
+  config.optimizer.lr_groups = ()
+  config.log_every_steps = 20
+
+
+# The arguments: each data set's settings, applied over those every data set shares (get_config).
+SETTINGS = {"rafdb": _rafdb, "ferplus": _ferplus, "affectnet7": functools.partial(_affectnet, num_classes=7),
+            "affectnet8": functools.partial(_affectnet, num_classes=8), "sfew": _sfew, "synthetic": _synthetic}
+DATA_SETS = tuple(SETTINGS)
+
+
 def get_config(arg: str = "rafdb"):
-  data = config_lib.parse_arg(arg, __file__, DATA_SETS).data
+  data = config_lib.parse_arg(arg, __file__, SETTINGS).data
   config = config_lib.base_config()
   config.model.update(name="scan_cci", num_classes=7, shared_local_units=False,
                       bottom_strip_quirk=True)
@@ -77,39 +130,5 @@ def get_config(arg: str = "rafdb"):
   # The official script keeps the epoch with the best accuracy on the evaluated (test) split.
   config.update(select_metric="accuracy", restore_best=True)
   config.inference_mode_from_epoch = 2  # the official scripts' mode after the first validation
-
-  if data not in ("sfew", "synthetic"):  # SFEW fine-tunes a SCAN-CCI checkpoint (init_from_required)
-    config.init_from_recipe = "the VGGFace2 ResNet-50 (vgg_msceleb_resnet50_ft_weight.pkl)"
-  if data == "rafdb":
-    config.model.shared_local_units = True
-    config.dataset.update(name="rafdb", class_order="affectnet7", image_size=100)
-    config.evals = config_lib.subset_evaluators()
-  elif data == "ferplus":
-    config.model.num_classes = 8
-    config.dataset.update(name="ferplus", class_order="affectnet8", train_split="train+validation",
-                          image_size=48)  # photos to predict: decoded at 48², as stored
-    config.evals = config_lib.subset_evaluators()
-  elif data in ("affectnet7", "affectnet8"):
-    config.model.num_classes = int(data[-1])
-    config.dataset.update(name="affectnet", class_order=data, eval_split="validation", max_per_class=20_000,
-                          image_size=224)  # images of many sizes, decoded at 224
-    config.evals = config_lib.subset_evaluators("validation")
-    _optimizer(config, head_lr=0.001, weight_decay=1e-3)
-  elif data == "sfew":
-    config.dataset.update(name="sfew", class_order="affectnet7", eval_split="validation",
-                          sampler="uniform", image_size=224)  # images of many sizes, decoded at 224
-    config.loss.class_weights = "effective_number"
-    config.input.train_pp, config.input.eval_pp = _pipelines(color_jitter=False)
-    config.eval_batch_size = 32
-    _optimizer(config, head_lr=0.001, weight_decay=1e-4)
-    config.init_from_required = True  # a new run without --config.init_from stops before any work
-  else:  # synthetic
-    config.model.shared_local_units = True
-    config.dataset.update(name="synthetic", class_order="affectnet7")
-    config.input.size = 64
-    config.batch_size = 32
-    config.eval_batch_size = 64
-    config.num_epochs = 2
-    config.optimizer.lr_groups = ()
-    config.log_every_steps = 20
+  SETTINGS[data](config)
   return config

@@ -7,7 +7,7 @@ import importlib.util
 import json
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from absl import flags
 import ml_collections
@@ -135,7 +135,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
 
   config.dataset = ml_collections.ConfigDict({
-      "name": "synthetic",          # a TFDS builder name (fer_jax.data.builders registers ours)
+      "name": "",                   # a TFDS builder name (fer_jax.data.builders registers ours); each config sets it
       "data_dir": "",               # where prepared TFDS sets live; "" = TFDS default
       "train_split": "train",
       "eval_split": "test",         # evaluated every eval.every_epochs; model selection uses it
@@ -240,13 +240,13 @@ def define_config_flag(help_text: str = "configs/<method>.py:<dataset>"):
 ARGUMENT_OPTIONS: dict[str, str] = {}
 
 
-def parse_arg(arg: str, config_file: str, data_sets: Sequence[str],
+def parse_arg(arg: str, config_file: str, data_sets: Collection[str],
               **options: Sequence[str]) -> ml_collections.ConfigDict:
   """Reads a config file's argument, "<data set>[,<option>=<value>…]" (e.g. "fer2013,stage=B").
 
-  `config_file`: the config's `__file__`; `data_sets`: the valid data-set names; `options`: each
-  option's valid values, the first being its default. Returns a ConfigDict with `data` and every
-  option; raises ValueError naming the valid arguments on a bad one.
+  `config_file`: the config's `__file__`; `data_sets`: the valid data-set names (a config's `SETTINGS`, each
+  data set's settings by name); `options`: each option's valid values, the first being its default. Returns a
+  ConfigDict with `data` and every option; raises ValueError naming the valid arguments on a bad one.
   """
   data, *settings = arg.split(",")
   name, valid = f"configs/{os.path.basename(config_file)}", _valid_args(data_sets, options)

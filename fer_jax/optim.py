@@ -18,8 +18,6 @@ import optax
 from fer_jax.errors import ConfigError
 
 FROZEN = "frozen"
-OPTIMIZERS = ("sgd", "adam", "adamw", "keras_adam")
-SCHEDULES = ("constant", "step", "exponential", "cosine")
 
 
 def path_of(key_path) -> str:
@@ -27,40 +25,42 @@ def path_of(key_path) -> str:
   return jax.tree_util.keystr(key_path, simple=True, separator="/")
 
 
+def _chosen(table: dict, name: str, key: str):
+  """`table[name]`; a ValueError naming config.`key` and the valid names otherwise (a config not validated)."""
+  if name not in table:
+    raise ValueError(f"Unknown config.{key} {name!r}; valid: {', '.join(table)}.")
+  return table[name]
+
+
+# Each schedule's multiplier of the base rate at an epoch (an integer array) of a run of num_epochs.
+SCHEDULES = {
+    "constant": lambda epoch, opt_config, num_epochs: jnp.ones_like(epoch, float),
+    "step": lambda epoch, opt_config, num_epochs: opt_config.gamma ** (epoch // opt_config.step_epochs).astype(float),
+    "exponential": lambda epoch, opt_config, num_epochs: opt_config.gamma ** epoch.astype(float),
+    "cosine": lambda epoch, opt_config, num_epochs: 0.5 * (1 + jnp.cos(math.pi * epoch.astype(float) / num_epochs)),
+}
+
+
 def lr_schedule(opt_config, steps_per_epoch: int, num_epochs: int):
   """Step → learning rate, constant within an epoch; in JAX's default float (float64 with
   JAX_ENABLE_X64=1, for the float64 reference mode)."""
-  base, gamma = opt_config.lr, opt_config.gamma
-
-  def multiplier(epoch):
-    name = opt_config.schedule
-    if name == "constant":
-      return jnp.ones_like(epoch, float)
-    if name == "step":
-      return gamma ** (epoch // opt_config.step_epochs).astype(float)
-    if name == "exponential":
-      return gamma ** epoch.astype(float)
-    if name == "cosine":
-      return 0.5 * (1 + jnp.cos(math.pi * epoch.astype(float) / num_epochs))
-    raise ValueError(f"Unknown config.optimizer.schedule {name!r}; valid: {', '.join(SCHEDULES)}.")
-
-  multiplier(jnp.zeros((), jnp.int32))  # fail early on a bad name
-  return lambda step: base * multiplier(jnp.asarray(step) // steps_per_epoch)
+  multiplier = _chosen(SCHEDULES, opt_config.schedule, "optimizer.schedule")
+  base = opt_config.lr
+  return lambda step: base * multiplier(jnp.asarray(step) // steps_per_epoch, opt_config, num_epochs)
 
 
-def _base(opt_config, learning_rate, decay_mask) -> optax.GradientTransformation:
-  name = opt_config.name
-  if name == "sgd":
-    return optax.sgd(learning_rate, momentum=opt_config.momentum or None, nesterov=opt_config.nesterov)
-  if name == "adam":
-    return optax.adam(learning_rate, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps)
-  if name == "keras_adam":
-    return optax.chain(scale_by_keras_adam(opt_config.b1, opt_config.b2, opt_config.eps),
-                       optax.scale_by_learning_rate(learning_rate))
-  if name == "adamw":
-    return optax.adamw(learning_rate, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps,
-                       weight_decay=opt_config.weight_decay, mask=decay_mask)
-  raise ValueError(f"Unknown config.optimizer.name {name!r}; valid: {', '.join(OPTIMIZERS)}.")
+# Each optimiser's update rule from the config, the learning rate (step → rate) and the weight-decay mask.
+OPTIMIZERS = {
+    "sgd": lambda opt_config, learning_rate, decay_mask: optax.sgd(
+        learning_rate, momentum=opt_config.momentum or None, nesterov=opt_config.nesterov),
+    "adam": lambda opt_config, learning_rate, decay_mask: optax.adam(
+        learning_rate, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps),
+    "adamw": lambda opt_config, learning_rate, decay_mask: optax.adamw(
+        learning_rate, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps,
+        weight_decay=opt_config.weight_decay, mask=decay_mask),
+    "keras_adam": lambda opt_config, learning_rate, decay_mask: optax.chain(
+        scale_by_keras_adam(opt_config.b1, opt_config.b2, opt_config.eps), optax.scale_by_learning_rate(learning_rate)),
+}
 
 
 def scale_by_keras_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
@@ -122,13 +122,14 @@ class Optimizer(NamedTuple):
 
 def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) -> Optimizer:
   schedule = lr_schedule(opt_config, steps_per_epoch, num_epochs)
+  base = _chosen(OPTIMIZERS, opt_config.name, "optimizer.name")
   exclude = opt_config.weight_decay_exclude
   decay_mask = lambda tree: jax.tree_util.tree_map_with_path(
       lambda kp, _: not (exclude and re.search(exclude, path_of(kp))), tree)
 
   def group(multiplier: float) -> optax.GradientTransformation:
     learning_rate = lambda step: multiplier * schedule(step)
-    steps = [_base(opt_config, learning_rate, decay_mask)]
+    steps = [base(opt_config, learning_rate, decay_mask)]
     if opt_config.weight_decay and opt_config.name != "adamw":
       steps.insert(0, optax.add_decayed_weights(opt_config.weight_decay, decay_mask))
     return optax.chain(*steps)

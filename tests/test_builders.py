@@ -20,6 +20,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from fer_jax.data import builder_utils
+from fer_jax.data import builders
 from fer_jax.data import decode
 from fer_jax.data import labels
 from fer_jax.data import pipeline
@@ -66,10 +67,21 @@ def test_making_a_builder_of_an_unprepared_set_leaves_no_temporary_folder(tmp_pa
   temporary = tmp_path / "tmp"
   temporary.mkdir()
   monkeypatch.setattr(tempfile, "tempdir", os.fspath(temporary))
-  for builder_cls in [*prepare.DATASETS.values(), synthetic.Synthetic]:
+  for builder_cls in [*builders.MANUAL.values(), synthetic.Synthetic]:
     builder = builder_cls(data_dir=os.fspath(tmp_path / "tfds"))
     assert builder.info.splits == {}  # nothing prepared, nothing read from anywhere
   assert list(temporary.iterdir()) == []
+
+
+def test_the_built_in_sets_are_registered_once(monkeypatch):
+  """builders.MANUAL is the one list of fer_jax's sets prepared from a download (prepare and decode each kept their
+  own): prepare builds what it holds, decode reads its builder's CHANNELS, and NAMES (the sets an unknown name's
+  message lists) adds the generated synthetic set."""
+  assert builders.NAMES == (*builders.MANUAL, synthetic.Synthetic.name)
+  grey_builder = type("Greyset", (), {"CHANNELS": 1})
+  monkeypatch.setitem(builders.MANUAL, "greyset", grey_builder)
+  assert prepare.builder_class("greyset") is grey_builder
+  assert decode.stored_channels("greyset/some_config") == 1
 
 
 def stored_image(info) -> tuple:

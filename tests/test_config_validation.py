@@ -1,5 +1,7 @@
 """validation.validate: every shipped config passes, and each cross-field rule names its keys and the fix."""
 
+import os
+
 import jax.numpy as jnp
 import pytest
 
@@ -9,7 +11,7 @@ from fer_jax import evaluate
 from fer_jax import main
 from fer_jax import validation
 from fer_jax.errors import ConfigError, UserError
-from helpers import get_config, shipped_configs
+from helpers import get_config, load_script, shipped_configs
 
 SHIPPED = shipped_configs()
 FINE_TUNING = ["configs/scan_cci.py:sfew"] + [f"configs/lhcnet.py:{d},stage={s}" for d in ("fer2013", "synthetic")
@@ -22,6 +24,21 @@ def test_the_shipped_configs_are_every_data_set_of_every_method_and_their_option
   assert "configs/dan.py:rafdb,occlusion=yes" not in SHIPPED  # refused: occlusion=yes is synthetic-only
   assert {spec.partition(":")[0] for spec in SHIPPED} == {f"configs/{m}.py" for m in ("apvit", "dan", "lhcnet",
                                                                                        "scan_cci")}
+
+
+CONFIG_FILES = sorted({spec.partition(":")[0] for spec in SHIPPED}) + ["examples/plain_resnet_config.py"]
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_a_data_set_named_without_its_settings_is_refused(path):
+  """A name added to a config's DATA_SETS alone was given the synthetic CPU demo's settings (each config ended with
+  `else:  # synthetic`); the arguments are the keys of SETTINGS, each data set's settings."""
+  module = load_script(path, "config_module")
+  valid = ", ".join(module.DATA_SETS)
+  module.DATA_SETS = (*module.DATA_SETS, "newset")
+  with pytest.raises(ValueError, match=rf"^Unknown argument 'newset' for configs/{os.path.basename(path)}; valid: "
+                     rf"{valid}\b"):
+    module.get_config("newset")
 
 
 @pytest.mark.parametrize("spec", SHIPPED)

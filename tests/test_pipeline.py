@@ -7,6 +7,7 @@ import pytest
 from reference import datasets as fx
 import tensorflow_datasets as tfds
 
+from fer_jax import config_lib
 from fer_jax import inference
 from fer_jax import mesh as mesh_lib
 from fer_jax.data import augment
@@ -80,7 +81,8 @@ def test_samplers():
   # repeat factor: class frequencies 0.9, 0.09, 0.01 → ceil(max(1, sqrt(0.15 / f))) = 1, 2, 4
   repeated = pipeline.epoch_indices(split, "repeat_factor", 0, 0, 0.15)
   np.testing.assert_array_equal(np.bincount(split.labels[repeated]), [90, 18, 4])
-  with pytest.raises(ValueError, match="sampler 'random'"):
+  with pytest.raises(ValueError, match=r"^Unknown config\.dataset\.sampler 'random'; valid: uniform, class_balanced, "
+                     r"repeat_factor\.$"):
     pipeline.epoch_indices(split, "random", 0, 0, 0.15)
 
 
@@ -88,6 +90,14 @@ def test_dropped_classes_are_excluded():
   split = _split([0, -1, 2, -1])
   assert list(pipeline.epoch_indices(split, "uniform", 0, 0, 0.15)) != []
   assert set(pipeline.epoch_indices(split, "uniform", 0, 0, 0.15)) == {0, 2}
+
+
+def test_a_config_that_names_no_data_set_is_refused_not_trained_on_the_synthetic_faces():
+  """base_config() named the synthetic set, so a config of yours that left dataset.name out trained on it."""
+  assert config_lib.base_config().dataset.name == ""
+  with pytest.raises(pipeline.DataError, match=r"^config\.dataset\.name is empty: name the data set, one of fer_jax's "
+                     r"\(fer2013, ferplus, rafdb, affectnet, sfew, fedro, synthetic\) or one you prepared"):
+    pipeline.load_split(_config(name=""), "train")
 
 
 def test_clear_errors_for_missing_data_and_bad_settings(tmp_path):

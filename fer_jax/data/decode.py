@@ -49,15 +49,16 @@ class UnreadableImageError(UserError, OSError):
   """An image file that cannot, or must not, be decoded; the message names the file and the fix."""
 
 
-# fer_jax's data sets whose images are grey (by the first part of config.dataset.name, "ferplus/majority" → "ferplus").
-GREY_DATASETS = ("fer2013", "ferplus")
-
-
 def stored_channels(dataset_name: str) -> int:
-  """The channels a data set stores its images with, by its name: 1 for fer_jax's grey sets, else 3. For a model
-  whose meta record gives none (a conversion, an older record); a trained model's record gives the shape its
-  set's images were decoded to (`fer_jax.checkpointing.recorded_shape`), a set of yours included."""
-  return 1 if dataset_name.split("/")[0] in GREY_DATASETS else 3
+  """The channels a data set stores its images with, by its name ("ferplus/majority" → "ferplus"): its builder's
+  `CHANNELS` for fer_jax's sets (1 for the grey ones), else 3. For a model whose meta record gives none (a
+  conversion, an older record); a trained model's record gives the shape its set's images were decoded to
+  (`fer_jax.checkpointing.recorded_shape`), a set of yours included."""
+  # Imported here: the builders import this module, and TFDS, which the callers (predict, the API) have loaded
+  # already but that this module's other users (decoding a file) need not.
+  from fer_jax.data import builders  # pylint: disable=import-outside-toplevel
+  builder = builders.MANUAL.get(dataset_name.split("/")[0])
+  return builder.CHANNELS if builder else 3
 
 
 # PIL's modes of 16-bit grey samples; older PIL versions open 16-bit PNGs as "I" (32-bit integers).

@@ -56,6 +56,9 @@ class Split:
 def _builder(dataset_config, dataset_key: str = "dataset.name"):
   """The prepared set `dataset_config.name`; `dataset_key` is the config key that named it, for messages."""
   data_dir = os.path.expanduser(dataset_config.data_dir) if dataset_config.data_dir else None
+  if not dataset_config.name:  # base_config() leaves it empty: each config names its set
+    raise DataError(f"config.{dataset_key} is empty: name the data set, one of fer_jax's ({', '.join(builders.NAMES)}) "
+                    "or one you prepared (docs/extending.md).")
   try:
     builder = tfds.builder(dataset_config.name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
@@ -172,27 +175,39 @@ def keep_first_per_class(split_labels: np.ndarray, limit: int, order: np.ndarray
   return kept
 
 
+def _class_balanced(rng, indices: np.ndarray, class_sizes: np.ndarray, repeat_threshold: float) -> np.ndarray:
+  """Draws with replacement, weight 1 / class size."""
+  weights = 1.0 / class_sizes
+  return rng.choice(indices, size=len(indices), replace=True, p=weights / weights.sum())
+
+
+def _repeat_factor(rng, indices: np.ndarray, class_sizes: np.ndarray, repeat_threshold: float) -> np.ndarray:
+  """Every image repeated ceil(max(1, sqrt(t / f_class))) times."""
+  frequency = class_sizes / len(indices)
+  repeats = np.ceil(np.maximum(1.0, np.sqrt(repeat_threshold / frequency))).astype(int)
+  return rng.permutation(np.repeat(indices, repeats))
+
+
+# Each sampler's epoch (record indices in training order) from the random generator, the records' indices, the
+# size of each record's class and config.dataset.repeat_factor_threshold.
+SAMPLERS = {
+    "uniform": lambda rng, indices, class_sizes, repeat_threshold: rng.permutation(indices),
+    "class_balanced": _class_balanced,
+    "repeat_factor": _repeat_factor,
+}
+
+
 def epoch_indices(split: Split, sampler: str, seed: int, epoch: int, repeat_threshold: float) -> np.ndarray:
   """Record indices of one epoch, in training order."""
-  rng = np.random.default_rng([seed, epoch])
+  if sampler not in SAMPLERS:
+    raise ValueError(f"Unknown config.dataset.sampler {sampler!r}; valid: {', '.join(SAMPLERS)}.")
   indices = split.indices
   labels = split.labels[indices]
   counts = np.bincount(labels, minlength=len(split.class_names))
-  if sampler == "uniform":
-    return rng.permutation(indices)
-  if sampler == "class_balanced":  # draws with replacement, weight 1 / class count
-    weights = 1.0 / counts[labels]
-    return rng.choice(indices, size=len(indices), replace=True, p=weights / weights.sum())
-  if sampler == "repeat_factor":   # every image repeated ceil(max(1, sqrt(t / f_class))) times
-    frequency = counts[labels] / len(indices)
-    repeats = np.ceil(np.maximum(1.0, np.sqrt(repeat_threshold / frequency))).astype(int)
-    return rng.permutation(np.repeat(indices, repeats))
-  raise ValueError(f"Unknown config.dataset.sampler {sampler!r}; valid: {', '.join(SAMPLERS)}.")
-
+  return SAMPLERS[sampler](np.random.default_rng([seed, epoch]), indices, counts[labels], repeat_threshold)
 
 
 CACHE_MODES = ("auto", "none", "host", "device")
-SAMPLERS = ("uniform", "class_balanced", "repeat_factor")
 
 
 def stored_shape(config, split: Split) -> tuple[int, int, int]:

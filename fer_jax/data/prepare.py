@@ -3,8 +3,8 @@ r"""Turns a hand-downloaded FER data set into a TFDS (ArrayRecord) data set, onc
   python -m fer_jax.data.prepare --dataset=rafdb --manual_dir=~/data/RAF-DB/basic \
       [--data_dir=~/tensorflow_datasets] [--skip_corrupt] [--overwrite]
 
---dataset is one of fer2013, ferplus, rafdb, affectnet, sfew, fedro, optionally with a
-builder config: ferplus/plurality, rafdb/aligned224, affectnet/classes7, sfew/original, ...
+--dataset names one of fer_jax's sets (`fer_jax.data.builders.MANUAL`, listed under --dataset by `--help`),
+optionally with a builder config: ferplus/plurality, rafdb/aligned224, affectnet/classes7, sfew/original, ...
 (without one, each data set's default config), or the module path of a builder of yours
 (my_sets.class_folders; docs/extending.md). A second run finds the set complete, warns that
 it read nothing from --manual_dir (`--overwrite` rebuilds the set) and does nothing else, except
@@ -42,12 +42,10 @@ import tensorflow_datasets as tfds
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax.data import builder_utils
-from fer_jax.data.builders import affectnet, fedro, fer2013, ferplus, rafdb, sfew
+from fer_jax.data import builders
 
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 INTERRUPTED_STATUS = 128 + signal.SIGINT  # a shell's status for a command stopped by Ctrl-C
-DATASETS = {"fer2013": fer2013.Fer2013, "ferplus": ferplus.Ferplus, "rafdb": rafdb.Rafdb,
-            "affectnet": affectnet.Affectnet, "sfew": sfew.Sfew, "fedro": fedro.Fedro}
 
 
 def make_builder(dataset: str, data_dir: str | None = None, skip_corrupt: bool = False):
@@ -64,18 +62,18 @@ def make_builder(dataset: str, data_dir: str | None = None, skip_corrupt: bool =
 def builder_class(name: str):
   """fer_jax's builder `name`, or the one builder_utils.ManualBuilder a module of yours defines
   (NAME a module path, "my_sets.class_folders"; docs/extending.md)."""
-  if name in DATASETS:
-    return DATASETS[name]
+  if name in builders.MANUAL:
+    return builders.MANUAL[name]
   if "." not in name:
-    raise builder_utils.DataError(f"Unknown data set {name!r}; choose one of {', '.join(DATASETS)}, or name the "
+    raise builder_utils.DataError(f"Unknown data set {name!r}; choose one of {', '.join(builders.MANUAL)}, or name the "
                                   "module of a builder of yours (my_sets.class_folders, docs/extending.md).")
   module = config_lib.module_of_yours(name, f"--dataset={name}", builder_utils.DataError)
-  builders = [value for value in vars(module).values() if isinstance(value, type)
-              and issubclass(value, builder_utils.ManualBuilder) and value.__module__ == module.__name__]
-  if len(builders) != 1:
-    raise builder_utils.DataError(f"--dataset={name}: {module.__file__} defines {len(builders)} subclasses of "
+  defined = [value for value in vars(module).values() if isinstance(value, type)
+             and issubclass(value, builder_utils.ManualBuilder) and value.__module__ == module.__name__]
+  if len(defined) != 1:
+    raise builder_utils.DataError(f"--dataset={name}: {module.__file__} defines {len(defined)} subclasses of "
                                   "fer_jax.data.builder_utils.ManualBuilder; it needs exactly one.")
-  return builders[0]
+  return defined[0]
 
 
 def is_prepared(builder) -> bool:
@@ -175,7 +173,7 @@ def summary(builder) -> str:
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
-  flags.DEFINE_string("dataset", None, f"NAME or NAME/CONFIG, NAME one of {', '.join(DATASETS)}, or the module "
+  flags.DEFINE_string("dataset", None, f"NAME or NAME/CONFIG, NAME one of {', '.join(builders.MANUAL)}, or the module "
                       "path of a builder of yours (my_sets.class_folders).")
   cli.define_path("manual_dir", None, "Folder holding the owners' download (see README).")
   cli.define_path("data_dir", None, "Where TFDS data sets live (default: TFDS's, "
