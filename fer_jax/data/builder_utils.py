@@ -173,12 +173,6 @@ def check_class_names(names: Sequence[str], what: str) -> None:
                     "replaces a prepared copy; docs/extending.md).")
 
 
-def warn_if_unexpected_size(dataset: str, split: str, actual: int, expected: int | None) -> None:
-  if expected is not None and actual != expected:
-    logging.warning("%s split %r has %d examples; the published size is %d. Check that the download "
-                    "is complete and is the release the README names.", dataset, split, actual, expected)
-
-
 def encode_image(data: bytes, channels: int) -> bytes:
   """Decodes fully (so damage shows up now) and returns bytes TFDS decodes to `channels`.
 
@@ -254,6 +248,7 @@ class ManualBuilder(LocalBuilder):
     self._original_state["skip_corrupt"] = skip_corrupt
     self.skip_corrupt = skip_corrupt
     self.skipped_images: dict[str, list[str]] = {}
+    self.unexpected_sizes: dict[str, tuple[int, int]] = {}  # {split: (examples, published size)} that differ
     self.split_sources: dict[str, os.PathLike | str] = {}
     self.names_by_split: dict[str, set[str]] = {}
 
@@ -261,6 +256,15 @@ class ManualBuilder(LocalBuilder):
     check_class_names(self.info.features["label"].names, f"{type(self).__module__}.{type(self).__name__}")
     super()._download_and_prepare(dl_manager, download_config)
     write_label_index(self)  # into TFDS's temporary folder: it appears with the set or not at all
+    self._warn_of_unexpected_sizes()
+
+  def _warn_of_unexpected_sizes(self) -> None:
+    """Once, after every split is written: not one warning amid each split's progress bars."""
+    if self.unexpected_sizes:
+      sizes = ", ".join(f"{split} {count:,} (published {expected:,})"
+                        for split, (count, expected) in self.unexpected_sizes.items())
+      logging.warning("%s has splits of other sizes than published: %s. Check that the download is complete and is "
+                      "the release the README names.", self.info.full_name, sizes)
 
   def face_info(self, class_names: Sequence[str], *, extra_features: dict | None = None,
                 **kwargs) -> tfds.core.DatasetInfo:
@@ -296,7 +300,9 @@ class ManualBuilder(LocalBuilder):
       logging.warning("%s split %r: skipped %d unreadable images.", self.name, split, len(skipped))
     if count == 0:
       raise self._empty_split_error(split)
-    warn_if_unexpected_size(self.info.full_name, split, count, self._expected_size(split))
+    expected = self._expected_size(split)
+    if expected is not None and count != expected:
+      self.unexpected_sizes[split] = (count, expected)
 
   def _warn_of_training_images_in(self, split: str) -> None:
     """A warning for images of the training split that another split lists too (its scores would count them)."""

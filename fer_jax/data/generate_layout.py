@@ -402,7 +402,8 @@ def summary(dataset: str, out: str, result: dict) -> str:
     per_class = ", ".join(f"{name} {n:,}" for name, n in zip(names, result[split]))
     lines.append(f"  {split}: {sum(result[split]):,} ({per_class})")
   data_dir = os.path.abspath(out).rstrip(os.sep) + "_tfds"
-  lines += ["Prepare it (into its own data_dir, apart from any real copy) with:",
+  lines += ["Prepare it (into its own data_dir, apart from any real copy; its warning that the splits' sizes differ "
+            "from the published ones is expected) with:",
             f"  python -m fer_jax.data.prepare --dataset={PREPARE_NAMES.get(dataset, dataset)} "
             f"--manual_dir={os.path.abspath(out)} "
             f"--data_dir={data_dir}"]
