@@ -99,10 +99,11 @@ def read_images(preprocess: FilePreprocessor, paths: list[str]):
   return images, readable, skipped
 
 
-def no_readable_image(where: str, skipped: list[tuple[str, str]]) -> UserError:
-  """The error when every image was skipped: the one reason with its fix, else a pointer to the warnings."""
+def no_readable_image(where: str, skipped: list[tuple[str, str]], what: str = "image") -> UserError:
+  """The error when every image (or `what`: predict's "input", images and videos) was skipped: the one reason with
+  its fix, else a pointer to the warnings."""
   detail = skipped[0][1] if len(skipped) == 1 else f"all {len(skipped)} were skipped; see the warning above for each"
-  return UserError(f"No readable image {where}: {detail}")
+  return UserError(f"No readable {what} {where}: {detail}")
 
 
 def forward_in_batches(forward, variables, images: list[np.ndarray], batch_size: int, padded_size=None):

@@ -13,36 +13,42 @@ to a power of two, so few steps are compiled).
 With --tta the probabilities are the weighted mean of the softmax over that `fer_jax.tta` view
 set (the logits stay those of the image itself).
 
-Which inputs are photos: videos (.mp4 .avi .mov .mkv .webm .m4v, read with OpenCV) always; an
-image when --detect, or by default when it is not a face crop, i.e. not nearly square (sides
-within 25 %) or larger than twice the stored side (at least 128 px). In a photo or every
---stride-th frame, MTCNN (`fer_jax.face`) finds each face with five landmarks; the face is
-cropped as the config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned, others a
-box with a margin; grey 48×48 for FER2013-style inputs) and classified. The detector searches
-for faces down to 5/6 of --min_face_size (at least 12 px); faces smaller than it or scored below
---min_score are written unclassified, with the reason. A video's faces are followed from frame to
-frame by box overlap (the track); --smooth=W averages each track's probabilities over time
-(p ← W·p_before + (1 − W)·p_now). --annotate writes every photo and processed frame with its
-boxes, landmarks and labels drawn, as PNGs named after the input with its extension
+Which inputs are photos: videos (.mp4 .avi .mov .mkv .webm .m4v, read with OpenCV) always; an image when
+--detect, or by default when it is not a face crop, i.e. not nearly square (sides within 25 %) or larger than
+twice the stored side (at least 128 px). In a photo or every --stride-th frame, MTCNN (`fer_jax.face`) finds
+each face with five landmarks; the face is cropped as the config's data set was (`fer_jax.face.align`: RAF-DB
+similarity-aligned, others a box with a margin; grey 48×48 for FER2013-style inputs) and classified. The
+detector searches for faces down to 5/6 of --min_face_size (at least 12 px); faces smaller than it or scored
+below --min_score are written unclassified, with the reason. A video's faces are followed from frame to frame
+by box overlap (the track; a frame without a classified face keeps the tracks); --smooth=W averages each
+track's probabilities over time (p ← W·p_before + (1 − W)·p_now). --annotate writes every photo and processed
+frame with its boxes, landmarks and labels drawn, as PNGs named after the input with its extension
 (photo.jpg.png, clip.mp4/frame_000015.png).
 
-Per crop or face the output holds the top class, its probability, the probability of every
-class (named in the config's class order) and the logits; for faces also the video frame's index
-and time, the face's index (left to right), track, box, landmarks, detection score and why it was
-skipped; `.csv` or `.json` by the output's extension. A folder is searched recursively for images
-and videos. Inputs without a row of their own are listed with the reason and warned about: a face
-crop smaller than --min_face_size, a photo or video in which no face is found, and unreadable
-inputs (not an image, corrupt, truncated, unreadable, a symbolic-link loop, or a header claiming
-more than `fer_jax.data.decode.MAX_IMAGE_PIXELS`), which are counted. Images are read upright
-(their EXIF orientation applied). A missing or empty --input, or an --output that could not be
-written, fails before the model is loaded. The log gives each prediction when there are at most
-`FEW_ROWS` rows, then the counts and the output's absolute path.
+Per crop or face the output holds the top class, its probability, the probability of every class (named in the
+config's class order) and the logits; for faces also the video frame's index and time, the face's index (left
+to right), track (none for a photo's faces and those not classified), box, landmarks, detection score and why
+it was skipped; `.csv` or `.json` by the output's extension, written whole or not at all (through a temporary
+file; a file name's bytes that are not UTF-8 written as "\\udce9"). A folder is searched recursively for
+images and videos. Inputs without a row of their own are listed with the reason and warned about: a face crop
+smaller than --min_face_size, a photo or video in which no face is found, and unreadable inputs (not an image,
+corrupt, truncated, unreadable, a symbolic-link loop, or a header claiming more than
+`fer_jax.data.decode.MAX_IMAGE_PIXELS`; an empty, truncated or non-video file named as a video), which are
+counted. A video's frames that cannot be read (a damaged file) are passed over, with one warning giving their
+number. Images are read upright (their EXIF orientation applied). A missing or empty --input, or an --output
+that could not be written, fails before the model is loaded. The log gives each prediction when there are at
+most `FEW_ROWS` rows, then the counts and the output's absolute path. SIGINT (Ctrl-C) or SIGTERM stops the run
+after the image or video frame in hand: the output holds the rows done and lists the input cut off
+("interrupted at frame N") and those not reached as skipped, and the command exits with status 75 (run it
+again to complete the output); a second signal exits at once, writing nothing.
 """
 
+import contextlib
 import csv
 import dataclasses
 import json
 import os
+import sys
 
 from absl import flags
 from absl import logging
@@ -58,12 +64,17 @@ from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import errors
 from fer_jax import inference
+from fer_jax import stopping
 from fer_jax import tta
 from fer_jax.data import decode
 from fer_jax.errors import UserError
 from fer_jax.face import detector
 
 NO_FACE = "no face found"  # the reason a photo or video without a face has no row
+
+# FFmpeg's own messages on a damaged video (hundreds of lines) go unsaid: `video_frames` warns once, naming the file.
+# OpenCV reads this when its first capture opens; a value the user set is kept.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 def check_output(path: str) -> None:
@@ -95,14 +106,14 @@ class FacePredictions:
   `add_*` queue a crop or a photo's faces; every `batch_size` queued crops (or 16 queued photos
   when annotating) are classified, followed (and smoothed) over each video's face tracks, drawn, and
   appended to `rows`, in input order. `skipped`: (input, reason) of each input without a row of its
-  own, the `unreadable` ones among them."""
+  own, the `unreadable` ones among them, and the inputs a stop signal `cut_off` (the one in hand, those not reached)."""
 
   def __init__(self, model: api.Model, min_face_size: float, min_score: float, smooth: float = 0.0,
                annotate: str = ""):
     api.check_limits(min_face_size, min_score)
     self.model, self.min_face_size, self.min_score = model, min_face_size, min_score
     self.smooth, self.annotate = smooth, annotate
-    self.rows, self.skipped, self.unreadable, self.faces_skipped = [], [], [], 0
+    self.rows, self.skipped, self.unreadable, self.cut_off, self.faces_skipped = [], [], [], [], 0
     self._queue, self._tracks = [], _Tracks()
 
   def add_image(self, path: str, name: str, detect: bool | None) -> None:
@@ -124,7 +135,7 @@ class FacePredictions:
                 time: float | None = None) -> int:
     """Queues the faces found in `image` (a photo, or a video's `frame` at `time` seconds); returns how many."""
     found, crops, reasons = self.model.faces(image, self.min_face_size, self.min_score)
-    rows = [{"image": source, "frame": frame, "time": time, "face": i, "box": list(face.box),
+    rows = [{"image": source, "frame": frame, "time": time, "face": i, "track": None, "box": list(face.box),
              "landmarks": [list(point) for point in face.landmarks], "score": face.score, "skipped": reason}
             for i, (face, reason) in enumerate(zip(found, reasons))]
     self.faces_skipped += sum(bool(reason) for reason in reasons)
@@ -136,9 +147,14 @@ class FacePredictions:
     self.skipped.append((path, reason))
 
   def skip_unreadable(self, path: str, error: Exception) -> None:
-    logging.warning("Skipping unreadable image: %s", error)
+    logging.warning("Skipping unreadable input: %s", error)
     self.skipped.append((path, str(error)))
     self.unreadable.append((path, str(error)))
+
+  def cut(self, paths: list[str], reason: str) -> None:
+    """Lists `paths` as skipped for `reason`, without a warning each: one line says the output is partial."""
+    self.skipped += [(path, reason) for path in paths]
+    self.cut_off += paths
 
   def _push(self, frame: _Frame) -> None:
     self._queue.append(frame)
@@ -179,8 +195,10 @@ class _Tracks:
     if video != self.video:
       self.video, self.previous = video, []
     classified = [row for row in rows if not row["skipped"]]
+    if not classified:
+      return  # as after a frame without a face: a face too small or unsure for a frame keeps its track
     current = [None] * len(classified)
-    if classified and self.previous:
+    if self.previous:
       boxes_now, boxes_before = np.array([r["box"] for r in classified]), np.array([b for _, b, _ in self.previous])
       overlaps = detector.iou_matrix(boxes_now, boxes_before)
       for flat in np.argsort(-overlaps, axis=None):
@@ -223,45 +241,86 @@ def draw_faces(image: np.ndarray, rows: list[dict], path: str) -> None:
   picture.save(path)
 
 
+MAX_FAILED_READS = 250  # failed reads in a row taken for the end of a video whose header claims more frames
+
+
 def video_frames(path: str, stride: int):
-  """(frame index, time in seconds, RGB frame) of every `stride`-th frame; the frame count (0 if unknown)."""
-  capture = cv2.VideoCapture(path)
-  if not capture.isOpened():
-    raise decode.UnreadableImageError(f"{path} cannot be opened as a video by OpenCV: replace it with an MP4 or AVI "
-                                      "file, or remove it.")
+  """(frame index, time in seconds, RGB frame) of every `stride`-th frame; the frame count its header gives (0 if
+  unknown). A frame that cannot be read (a damaged video) is passed over, and their number warned about once."""
+  file, capture = _open_video(path)
   fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-  count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+  count = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
 
   def frames():
-    index = 0
+    index = failed = failed_in_a_row = 0
     try:
       while True:
         ok, frame = capture.read()
-        if not ok:
-          return
-        if index % stride == 0:
-          yield index, index / fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        if ok:
+          failed_in_a_row = 0
+          if index % stride == 0:
+            yield index, index / fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        elif index >= count or failed_in_a_row == MAX_FAILED_READS:
+          break
+        else:  # the next read goes on past the bad frame
+          failed, failed_in_a_row = failed + 1, failed_in_a_row + 1
         index += 1
     finally:
       capture.release()
+      file.close()
+    if unread := failed + max(count - index, 0):
+      logging.warning("%s: %d of its %d frames could not be read (the file is damaged or truncated); the others "
+                      "were read. Re-copy or re-encode it to read them all.", path, unread, count)
 
   return frames(), count
+
+
+def _open_video(path: str):
+  """(the file, OpenCV's capture of it) or `decode.UnreadableImageError`. OpenCV reads the file Python opened, by
+  its descriptor's path on Linux: given a name that is not valid UTF-8 (Python holds such bytes as surrogates)
+  it crashes the process."""
+  try:
+    file = open(path, "rb")  # pylint: disable=consider-using-with  (closed by the caller, or below on failure)
+  except OSError as error:
+    raise decode.unreadable_error(path, error) from error
+  by_descriptor = f"/proc/self/fd/{file.fileno()}"
+  if os.path.exists(by_descriptor):
+    capture = cv2.VideoCapture(by_descriptor)
+  elif os.fsencode(path).decode("utf-8", "replace") == path:
+    capture = cv2.VideoCapture(path)
+  else:
+    file.close()
+    raise decode.UnreadableImageError(f"{path} cannot be opened by OpenCV: its name is not valid UTF-8; rename it.")
+  if capture.isOpened():
+    return file, capture
+  empty = os.fstat(file.fileno()).st_size == 0
+  file.close()
+  if empty:
+    raise decode.UnreadableImageError(f"{path} is empty (0 bytes): re-copy it, or remove it.")
+  raise decode.UnreadableImageError(f"{path} cannot be opened as a video by OpenCV: it is likely truncated or not a "
+                                    "video. Re-copy or re-encode it (to MP4, say), or remove it.")
 
 
 def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool | None, min_face_size: float,
                    min_score: float, stride: int = 1, smooth: float = 0.0, annotate: str = "") -> FacePredictions:
   """Every input (face crop, photo or video under `root`) through the model. Videos always go
   through face detection; images, with `detect` None, unless `model.is_face_crop` (nearly square and
-  small), with True/False always/never."""
+  small), with True/False always/never. SIGINT or SIGTERM stops the loop once the image or video frame in hand
+  is done: the inputs it leaves undone are listed as skipped (`cut_off`), the rows done kept."""
   results = FacePredictions(model, min_face_size, min_score, smooth, annotate)
-  for path in progress(paths, "inputs"):
-    # The drawings' names keep the input's extension: photo.jpg and photo.png are drawn apart.
-    name = os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path)
-    if is_video(path):  # --nodetect is for images: a video's frames are not crops
-      _add_video(results, path, name, stride)
-    else:
-      results.add_image(path, name + ".png", detect)
-  results.flush()
+  with stopping.StopSignals("stopping after the image or video frame in hand, then writing the rows done (send "
+                             "it again to exit at once, writing nothing).") as stop:
+    for position, path in enumerate(progress(paths, "inputs")):
+      if stop.received:
+        results.cut(paths[position:], f"not reached: stopped by {stop.received}")
+        break
+      # The drawings' names keep the input's extension: photo.jpg and photo.png are drawn apart.
+      name = os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path)
+      if is_video(path):  # --nodetect is for images: a video's frames are not crops
+        _add_video(results, path, name, stride, stop)
+      else:
+        results.add_image(path, name + ".png", detect)
+    results.flush()
   return results
 
 
@@ -275,7 +334,7 @@ def detects_faces(paths: list[str], detect: bool | None) -> bool:
   return detect is not False or any(map(is_video, paths))
 
 
-def _add_video(results: FacePredictions, path: str, name: str, stride: int) -> None:
+def _add_video(results: FacePredictions, path: str, name: str, stride: int, stop: stopping.StopSignals) -> None:
   try:
     frames, count = video_frames(path, stride)
   except decode.UnreadableImageError as error:
@@ -283,6 +342,9 @@ def _add_video(results: FacePredictions, path: str, name: str, stride: int) -> N
   found = 0
   for index, time, frame in progress(frames, os.path.basename(path), -(-count // stride) or None):
     found += results.add_frame(path, frame, os.path.join(name, f"frame_{index:06d}.png"), index, time)
+    if stop.received:
+      frames.close()
+      return results.cut([path], f"interrupted at frame {index + 1} by {stop.received}")
   if not found:
     results.skip(path, NO_FACE, f"in any frame read at --stride={stride}")
 
@@ -304,14 +366,12 @@ def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_na
   """JSON (the rows, and the inputs skipped with their reason) or CSV: one row per crop or face, then one per
   input skipped. Columns: image, [frame (a video frame's index), time (its seconds), face, track, box,
   landmarks, score: with `face_columns`], skipped (why it holds no prediction), prediction, confidence,
-  p_<class>…, logit_<class>…."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  if path.lower().endswith(".json"):
-    with open(path, "w") as f:
+  p_<class>…, logit_<class>…. The file appears whole or not at all (a failure leaves a previous one as it was)."""
+  with _written_whole(path) as f:
+    if path.lower().endswith(".json"):
       json.dump({"class_names": list(class_names), "predictions": rows,
                  "skipped": [{"image": image, "reason": reason} for image, reason in skipped]}, f, indent=2)
-    return
-  with open(path, "w", newline="") as f:
+      return
     writer = csv.writer(f)
     writer.writerow(["image", *(FACE_COLUMNS if face_columns else ()), "skipped", "prediction", "confidence",
                      *(f"p_{c}" for c in class_names), *(f"logit_{c}" for c in class_names)])
@@ -323,13 +383,31 @@ def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_na
                        *(f"{row['logits'][c]:.6f}" if classified else "" for c in class_names)])
 
 
+@contextlib.contextmanager
+def _written_whole(path: str):
+  """A text file that replaces `path` (`os.replace`) once written: a failure while writing leaves `path` as it was.
+  In UTF-8, with a file name's bytes that are not (Python holds them as surrogates) written as the log and JSON
+  show them, "\\udce9": the CSV stays valid UTF-8, which every reader takes."""
+  folder, name = os.path.split(os.path.realpath(path))
+  os.makedirs(folder, exist_ok=True)
+  partial = os.path.join(folder, f".{name}.{os.getpid()}.partial")
+  try:
+    with open(partial, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+      yield f
+    os.replace(partial, os.path.join(folder, name))
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(partial)
+    raise
+
+
 def _face_fields(row: dict) -> list:
   if "face" not in row:
     return [""] * len(FACE_COLUMNS)
   frame, time = ("", "") if row["frame"] is None else (row["frame"], f"{row['time']:.3f}")
   points = [f"{v:.1f}" for point in row["landmarks"] for v in point]
-  return [frame, time, row["face"], row.get("track", ""), *(f"{v:.1f}" for v in row["box"]), *points,
-          f"{row['score']:.4f}"]
+  track = "" if row["track"] is None else row["track"]
+  return [frame, time, row["face"], track, *(f"{v:.1f}" for v in row["box"]), *points, f"{row['score']:.4f}"]
 
 
 FEW_ROWS = 10  # up to this many rows are logged one by one; beyond, the summary alone
@@ -337,21 +415,24 @@ FEW_ROWS = 10  # up to this many rows are logged one by one; beyond, the summary
 
 def log_results(results: FacePredictions, inputs: int, output: str) -> None:
   """Each row's prediction when there are few, then what was written to `output` and what was skipped of the
-  `inputs` (each skipped input was named in its warning)."""
+  `inputs` (each skipped input was named in its warning), and whether a stop signal left `output` partial."""
   if len(results.rows) <= FEW_ROWS:
     for row in results.rows:
       logging.info("%s", row_summary(row))
   predictions = sum("prediction" in row for row in results.rows)
   summary = f"Wrote {errors.counted(predictions, 'prediction')} to {output}"
-  if results.skipped:
+  if skipped := len(results.skipped) - len(results.cut_off):
     unreadable = f"{len(results.unreadable)} unreadable; " if results.unreadable else ""
-    warnings = "the warning" if len(results.skipped) == 1 else "the warnings"
-    summary += f"; skipped {len(results.skipped)} of {errors.counted(inputs, 'input')} ({unreadable}see {warnings} above)"
+    warnings = "the warning" if skipped == 1 else "the warnings"
+    summary += f"; skipped {skipped} of {errors.counted(inputs, 'input')} ({unreadable}see {warnings} above)"
   logging.info("%s.", summary)
   if results.faces_skipped:
     logging.info("%s not classified, too small (< --min_face_size=%g px) or too unsure (< --min_score=%g): the "
                  "output's rows say why.", errors.counted(results.faces_skipped, "face"), results.min_face_size,
                  results.min_score)
+  if results.cut_off:
+    logging.warning("Stopped early: %s is partial; it lists the %s not done as skipped. Run the same command again "
+                    "to complete it.", output, errors.counted(len(results.cut_off), "input"))
 
 
 def row_summary(row: dict) -> str:
@@ -396,8 +477,10 @@ def main(argv):
   write_predictions(results.rows, results.skipped, model.class_names, args.output,
                     detects_faces(paths, args.detect))
   log_results(results, len(paths), os.path.abspath(args.output))
+  if results.cut_off:
+    sys.exit(stopping.PREEMPTED_EXIT_STATUS)
   if len(results.unreadable) == len(paths):
-    raise inference.no_readable_image(f"under --input={args.input}", results.unreadable)
+    raise inference.no_readable_image(f"under --input={args.input}", results.unreadable, "input")
 
 
 if __name__ == "__main__":

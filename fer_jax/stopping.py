@@ -71,9 +71,12 @@ class StopSignals:
   """The first SIGTERM/SIGINT asks the loop to save and stop; a second one exits at once."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  TRAINING = ("stopping once the steps already queued (and an evaluation they end) are done, then saving the last "
+              "of them (send it again to exit at once, unsaved).")
 
-  def __init__(self):
+  def __init__(self, what_follows: str = TRAINING):
     self.received = None
+    self.what_follows = what_follows  # logged after "SIGTERM received: "
     self._previous = {}
 
   def _handle(self, signum, frame):
@@ -81,8 +84,7 @@ class StopSignals:
     if self.received:
       os._exit(128 + signum)
     self.received = signal.Signals(signum).name
-    logging.warning("%s received: stopping once the steps already queued (and an evaluation they end) are done, "
-                    "then saving the last of them (send it again to exit at once, unsaved).", self.received)
+    logging.warning("%s received: %s", self.received, self.what_follows)
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():

@@ -24,7 +24,8 @@ from helpers import ROOT, assert_user_error, get_config, random_variables, run_c
 DAN = ("--config=configs/dan.py:synthetic", "--config.input.size=32")
 APVIT = ("--config=configs/apvit.py:synthetic",)
 GOOD = ["face.png", "hopper.jpg"]
-BAD = ["a.jpg", "b.jpg", "bomb.png", "corrupt.png", "locked.png", "notes.jpg", "truncated.jpg"]
+BAD = ["a.jpg", "b.jpg", "bomb.png", "corrupt.png", "empty.mp4", "locked.png", "notes.jpg", "notes.mp4",
+       "truncated.jpg"]
 
 
 def png(width: int, height: int, compressed_pixels: bytes) -> bytes:
@@ -65,8 +66,8 @@ def apvit_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
-  """Two readable faces beside one file of each bad kind, a symbolic-link loop, a link to the parent
-  folder and an unreadable subfolder."""
+  """Two readable faces beside one file of each bad kind (images, an empty video and a text file named as one), a
+  symbolic-link loop, a link to the parent folder and an unreadable subfolder."""
   folder = tmp_path_factory.mktemp("mixed")
   hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
   shutil.copy(hopper, folder / "hopper.jpg")
@@ -74,6 +75,8 @@ def mixed(tmp_path_factory):
   Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / "face.png")
   (folder / "bomb.png").write_bytes(png(30000, 30000, zlib.compress(bytes(1024))))
   (folder / "notes.jpg").write_text("Notes, not a photo.")
+  (folder / "empty.mp4").write_bytes(b"")
+  (folder / "notes.mp4").write_text("Notes, not a video.")
   (folder / "corrupt.png").write_bytes(png(48, 48, rng.bytes(512)))
   jpeg = pathlib.Path(hopper).read_bytes()
   (folder / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
@@ -97,9 +100,9 @@ def predicted(dan_checkpoint, mixed, tmp_path_factory):
   return result, json.loads(output.read_text())
 
 
-def skip_warning(result, path) -> str:
-  """The warning line that skips `path`."""
-  lines = [line for line in result.stderr.splitlines() if f"Skipping unreadable image: {path} " in line]
+def skip_warning(result, path, what: str = "input") -> str:
+  """The warning line that skips `path`: an unreadable "input" to predict, "image" to visualize."""
+  lines = [line for line in result.stderr.splitlines() if f"Skipping unreadable {what}: {path} " in line]
   assert len(lines) == 1, result.stderr[-3000:]
   return lines[0]
 
@@ -126,6 +129,18 @@ def test_a_header_claiming_30000x30000_pixels_is_refused(predicted, mixed):
 def test_a_text_file_named_like_an_image_is_skipped(predicted, mixed):
   warning = skip_warning(predicted[0], mixed / "notes.jpg")
   assert "is not an image PIL can identify" in warning and "replace it with a PNG or JPEG, or remove it" in warning
+
+
+def test_an_empty_video_is_named_empty(predicted, mixed):
+  """It was "cannot be opened as a video by OpenCV: replace it with an MP4 or AVI file", under "unreadable image"."""
+  assert skip_warning(predicted[0], mixed / "empty.mp4").endswith(
+      f"Skipping unreadable input: {mixed / 'empty.mp4'} is empty (0 bytes): re-copy it, or remove it.")
+
+
+def test_a_file_named_as_a_video_that_opencv_cannot_open_is_named_with_the_likely_cause(predicted, mixed):
+  assert skip_warning(predicted[0], mixed / "notes.mp4").endswith(
+      f"{mixed / 'notes.mp4'} cannot be opened as a video by OpenCV: it is likely truncated or not a video. Re-copy or "
+      "re-encode it (to MP4, say), or remove it.")
 
 
 def test_a_corrupt_image_is_skipped(predicted, mixed):
@@ -298,7 +313,7 @@ def test_visualize_skips_a_refused_image_and_draws_the_others(apvit_checkpoint, 
   """The last line was "wrote 4 PNGs to maps", printed to stdout, where everything else is logged to stderr."""
   result = visualize(apvit_checkpoint, mixed, os.path.relpath(tmp_path / "maps", ROOT), obey_permissions=True)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "is refused before decoding" in skip_warning(result, mixed / "bomb.png")
+  assert "is refused before decoding" in skip_warning(result, mixed / "bomb.png", "image")
   assert f"0001_*.png: {mixed / 'hopper.jpg'}" in result.stderr
   assert sorted(os.listdir(tmp_path / "maps")) == [
       f"{index:04d}_{kind}.png" for index in range(len(GOOD)) for kind in ("app_patches", "atp_tokens")]

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -111,7 +112,7 @@ def test_command_line_writes_json_and_reports_unreadable_images(config, checkpoi
        "--tta=none"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "Skipping unreadable image" in result.stderr and "broken.jpg" in result.stderr
+  assert "Skipping unreadable input" in result.stderr and "broken.jpg" in result.stderr
   assert f"Wrote 3 predictions to {out}; skipped 1 of 4 inputs (1 unreadable; see the warning above)." in result.stderr
   assert [line.split("] ")[-1] for line in result.stderr.splitlines() if line.endswith("%)")] == [
       f"{faces / name}: {prediction['prediction']} ({prediction['confidence']:.1%})"
@@ -132,7 +133,50 @@ def test_no_readable_image_is_an_error(config, checkpoint, tmp_path):
        f"--output={tmp_path / 'p.csv'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode != 0
-  assert result.returncode == 2 and "error: No readable image under --input=" in result.stderr
+  assert result.returncode == 2 and "error: No readable input under --input=" in result.stderr
+
+
+# `python -m fer_jax.predict`, SIGINT sent by the process to itself as it reads a video's frame 1 (where no face is
+# found: the detector is not needed).
+_PREDICT_INTERRUPTED_AT_FRAME_1 = """
+import os, signal, sys
+from fer_jax import cli, predict
+
+def add_frame(results, source, image, name, frame=None, time=None):
+  if frame == 1:
+    os.kill(os.getpid(), signal.SIGINT)
+  return 0
+
+predict.FacePredictions.add_frame = add_frame
+predict.define_flags()
+cli.run(predict.main)
+"""
+
+
+@pytest.mark.integration
+def test_an_interrupted_run_writes_the_rows_done_lists_the_rest_and_exits_75(checkpoint, tmp_path):
+  """Ctrl-C lost every input already done: exit status 130, a traceback, no output."""
+  folder = tmp_path / "inputs"
+  folder.mkdir()
+  Image.fromarray(np.random.default_rng(8).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / "a.png")
+  video = _flat_video(str(folder / "b.avi"))
+  Image.new("RGB", (48, 48)).save(folder / "c.png")
+  out = tmp_path / "preds.csv"
+  result = subprocess.run(
+      [sys.executable, "-c", _PREDICT_INTERRUPTED_AT_FRAME_1, "--config=configs/dan.py:synthetic",
+       "--config.input.size=32", f"--checkpoint={os.path.dirname(checkpoint[1])}", f"--input={folder}",
+       f"--output={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 75, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert "SIGINT received: stopping after the image or video frame in hand" in result.stderr
+  assert f"Stopped early: {out} is partial; it lists the 2 inputs not done as skipped. Run the same command again to " \
+         "complete it." in result.stderr
+  with open(out) as f:
+    table = list(csv.DictReader(f))
+  assert [(row["image"], row["skipped"], row["prediction"] != "") for row in table] == [
+      (str(folder / "a.png"), "", True), (video, "interrupted at frame 2 by SIGINT", False),
+      (str(folder / "c.png"), "not reached: stopped by SIGINT", False)]
 
 
 def test_each_batch_is_padded_to_the_size_padded_size_gives_and_its_padding_dropped():
@@ -522,3 +566,133 @@ def test_faces_are_logged_with_their_index_and_many_rows_by_the_summary_alone(tm
   results = predict.predict_inputs(model, crops, str(tmp_path), None, 24, 0.9)
   assert _logged(caplog, lambda: predict.log_results(results, len(crops), "/abs/out.csv")) == [
       f"Wrote {len(crops)} predictions to /abs/out.csv."]
+
+
+def _damaged_video(path: str) -> str:
+  """20 frames of noise (MPEG-4 in MP4) with 2000 bytes zeroed in the middle: OpenCV fails to read frame 5, then
+  reads on."""
+  plain = path + ".plain.mp4"
+  writer = cv2.VideoWriter(plain, cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (64, 48))
+  rng = np.random.default_rng(9)
+  for _ in range(20):
+    writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+  writer.release()
+  with open(plain, "rb") as f:
+    data = bytearray(f.read())
+  data[len(data) // 2:len(data) // 2 + 2000] = bytes(2000)
+  with open(path, "wb") as f:
+    f.write(data)
+  os.remove(plain)
+  return path
+
+
+def test_a_damaged_video_is_read_past_its_bad_frames_with_one_warning(tmp_path, caplog):
+  """Reading stopped at its first bad frame (5 frames of 20 read), without a word."""
+  path = _damaged_video(str(tmp_path / "damaged.mp4"))
+  frames, count = predict.video_frames(path, 1)
+  indices = [index for index, _, _ in frames]
+  assert count == 20 and len(indices) > 10 and indices == sorted(indices)
+  assert [record.getMessage() for record in caplog.records] == [
+      f"{path}: {20 - len(indices)} of its 20 frames could not be read (the file is damaged or truncated); the others "
+      "were read. Re-copy or re-encode it to read them all."]
+
+
+def test_a_video_whose_name_is_not_utf8_is_read_and_ffmpeg_says_nothing(tmp_path):
+  """OpenCV crashed the process (SIGSEGV) opening a name with a Latin-1 'é' as its raw byte; FFmpeg printed hundreds
+  of lines on a damaged video."""
+  path = os.path.join(os.fsencode(tmp_path), b"clip\xe9.mp4")
+  os.rename(_damaged_video(str(tmp_path / "clip.mp4")), path)
+  script = ("import sys; from fer_jax import predict; frames, count = predict.video_frames(sys.argv[1], 1); "
+            "print(count, len(list(frames)))")
+  result = subprocess.run([sys.executable, "-c", script, path], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  count, read = map(int, result.stdout.split())
+  assert count == 20 and read > 10
+  assert f"clip\\udce9.mp4: {20 - read} of its 20 frames could not be read" in result.stderr
+  assert not re.search(r"^\[", result.stderr, re.MULTILINE), result.stderr[-3000:]  # FFmpeg's "[mpeg4 @ 0x…] …"
+
+
+def test_names_that_are_not_utf8_are_written_and_a_failed_write_leaves_the_previous_output(tmp_path):
+  """The CSV failed after all the work (UnicodeEncodeError on '\\udce9') and was left truncated."""
+  video, photo = os.fsdecode(b"clip\xe9.mp4"), os.fsdecode(b"caf\xe9.jpg")
+  face = {"image": video, "frame": 0, "time": 0.0, "face": 0, "track": None, "box": [0.0, 0.0, 9.0, 9.0],
+          "landmarks": [[1.0, 2.0]] * 5, "score": 0.99, "skipped": "too small"}
+  for name in ("preds.csv", "preds.json"):
+    predict.write_predictions([face], [(photo, f"{photo} is empty")], ("anger",), str(tmp_path / name), True)
+  with open(tmp_path / "preds.csv", encoding="utf-8") as f:  # UTF-8 throughout, as every reader takes it
+    table = list(csv.DictReader(f))
+  assert [(row["image"], row["skipped"], row["track"]) for row in table] == [
+      ("clip\\udce9.mp4", "too small", ""), ("caf\\udce9.jpg", "caf\\udce9.jpg is empty", "")]
+  written = json.loads((tmp_path / "preds.json").read_text())  # JSON's escape: loaded back as the very name
+  assert written["predictions"][0]["image"] == video and written["skipped"][0]["image"] == photo
+
+  (tmp_path / "preds.csv").write_text("kept\n")
+  with pytest.raises(ValueError):
+    predict.write_predictions([{"image": "a.png", "prediction": "anger", "confidence": "not a number"}], [],
+                              ("anger",), str(tmp_path / "preds.csv"), False)
+  assert (tmp_path / "preds.csv").read_text() == "kept\n"
+  assert sorted(os.listdir(tmp_path)) == ["preds.csv", "preds.json"]
+
+
+def test_a_frame_whose_faces_are_all_unclassified_keeps_the_tracks():
+  """It reset them, as a frame without a face does not: the face came back as a new track, its smoothing restarted."""
+  tracks = predict._Tracks()
+
+  def frame(skipped: str, anger: float) -> list[dict]:
+    return [{"box": [10.0, 10.0, 50.0, 50.0], "skipped": skipped, "probabilities": {"anger": anger, "fear": 1 - anger}}]
+
+  first, unsure, back = frame("", 0.9), frame("detection score below the minimum", 0.0), frame("", 0.1)
+  for rows in (first, unsure, back):
+    tracks.follow("clip.mp4", rows, 0.5, ("anger", "fear"))
+  assert first[0]["track"] == back[0]["track"] == 0
+  assert back[0]["probabilities"] == pytest.approx({"anger": 0.5, "fear": 0.5})
+
+
+def test_every_face_row_has_a_track_none_unless_followed(tmp_path, monkeypatch):
+  """A photo's faces and a video's unclassified ones had no "track" key in the JSON (the CSV: an empty cell)."""
+  model, _ = _recording_model(monkeypatch)
+  monkeypatch.setattr(model, "classify", lambda crops: [
+      api.Prediction("anger", 1.0, {c: float(c == "anger") for c in model.class_names},
+                     {c: 0.0 for c in model.class_names}) for _ in crops])
+  found = [detector.Face((0.0, 0.0, 40.0, 40.0), ((10.0, 10.0),) * 5, 0.99),
+           detector.Face((50.0, 0.0, 60.0, 10.0), ((55.0, 5.0),) * 5, 0.99)]
+  reason = "face smaller than the minimum size (10 < 24 px)"
+  monkeypatch.setattr(model, "faces", lambda image, *_: (found, [np.zeros((100, 100, 3), np.uint8), None],
+                                                         ["", reason]))
+  photo = str(tmp_path / "group.jpg")
+  Image.new("RGB", (640, 480)).save(photo)
+  video = _flat_video(str(tmp_path / "clip.avi"), frames=2)
+  results = predict.predict_inputs(model, [photo, video], str(tmp_path), None, 24, 0.9)
+  predict.write_predictions(results.rows, results.skipped, model.class_names, str(tmp_path / "p.json"), True)
+  predict.write_predictions(results.rows, results.skipped, model.class_names, str(tmp_path / "p.csv"), True)
+  tracks = [None, None, 0, None, 0, None]  # the photo's two faces, then each frame's
+  assert [row["track"] for row in json.loads((tmp_path / "p.json").read_text())["predictions"]] == tracks
+  with open(tmp_path / "p.csv") as f:
+    assert [row["track"] for row in csv.DictReader(f)] == ["" if track is None else str(track) for track in tracks]
+
+
+def _signal_reached_the_test(signum, frame):
+  del frame
+  raise AssertionError(f"{signal.Signals(signum).name} was not caught")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_ends_the_loop_after_the_frame_in_hand_and_lists_what_is_left(signum, tmp_path, monkeypatch):
+  """SIGTERM and SIGINT ended the run at once, the inputs done lost (fer_jax.predict then writes them, exit 75)."""
+  model = _happy_model(monkeypatch)
+  monkeypatch.setattr(model, "faces", lambda image, *_: os.kill(os.getpid(), signum) or ([], [], []))
+  paths = [str(tmp_path / "a.png"), _flat_video(str(tmp_path / "b.avi")), str(tmp_path / "c.png")]
+  for path in paths[::2]:
+    Image.new("RGB", (100, 100)).save(path)
+  outer = {s: signal.signal(s, _signal_reached_the_test) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:  # the signal fails the test, not pytest, where predict_inputs does not catch it
+    results = predict.predict_inputs(model, paths, str(tmp_path), None, 24, 0.9)
+    assert signal.getsignal(signum) is _signal_reached_the_test  # set back
+  finally:
+    for s, handler in outer.items():
+      signal.signal(s, handler)
+  name = signal.Signals(signum).name
+  assert [row["image"] for row in results.rows] == paths[:1] and results.cut_off == paths[1:]
+  assert results.skipped == [(paths[1], f"interrupted at frame 1 by {name}"),
+                             (paths[2], f"not reached: stopped by {name}")]

@@ -114,7 +114,7 @@ def opened(path: str):
     pixels = f"{int(claimed.group(1)):,}" if claimed else f"more than {Image.MAX_IMAGE_PIXELS:,}"
     raise _too_large(path, pixels) from error
   except _DECODE_ERRORS as error:
-    raise _unreadable(path, error) from error
+    raise unreadable_error(path, error) from error
 
 
 def _too_large(path: str, claimed_pixels: str) -> UnreadableImageError:
@@ -123,7 +123,7 @@ def _too_large(path: str, claimed_pixels: str) -> UnreadableImageError:
       f"{MAX_IMAGE_PIXELS:,} (fer_jax.data.decode.MAX_IMAGE_PIXELS); downscale it or remove it.")
 
 
-def _unreadable(path: str, error: Exception) -> UnreadableImageError:
+def unreadable_error(path: str, error: Exception) -> UnreadableImageError:
   if isinstance(error, UnidentifiedImageError):
     return UnreadableImageError(f"{path} is not an image PIL can identify (corrupt, or not an image at all): "
                                 f"replace it with a PNG or JPEG, or remove it.")
