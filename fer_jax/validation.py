@@ -48,12 +48,13 @@ def _choice(key: str, value, valid) -> list[str]:
 
 
 def _method_problems(config) -> list[str]:
-  """An unknown method, or the method's own rules (`Method.config_problems`)."""
+  """An unknown method, a config.model key its module has no field for (`models.model_key_problems`), or the
+  method's own rules (`Method.config_problems`)."""
   try:
     method = models.get_method(config.model.name)
   except models.UnknownMethodError as error:
     return [str(error)]
-  return method.config_problems(config)
+  return models.model_key_problems(method, config) + method.config_problems(config)
 
 
 def _value_problems(config) -> list[str]:

@@ -253,6 +253,20 @@ def test_configs(arg, classes, order, dataset):
       assert out.shape == (size, size, 3) and out.dtype == np.float32
 
 
+def test_config_keys_are_apvits_fields_with_its_pooling_vits_and_fill_both():
+  config = get_config("configs/apvit.py:synthetic")
+  assert models.module_fields(apvit.PoolingViTSettings) == ("width", "depth", "num_heads", "mlp_dim", "app_keep",
+                                                            "atp_keep_rates", "dtype", "remat")
+  model = apvit.METHOD.build(config.model)
+  assert (model.width, model.app_keep, model.ir_stage_sizes) == (192, 12, (1, 1, 1))
+  config.model.atp_keep_rate = (0.9,) * 8
+  with pytest.raises(ConfigError) as refused:
+    apvit.METHOD.build(config.model)
+  assert str(refused.value) == ("config.model.atp_keep_rate is not a key of method 'apvit' (did you mean atp_keep_rates?): rename "
+                     "or remove it; its keys are dtype, name, num_classes, remat, width, depth, num_heads, mlp_dim, "
+                     "app_keep, atp_keep_rates, ir_stage_sizes.")
+
+
 def test_rafdb_config_is_the_official_recipe():
   config = get_config("configs/apvit.py")
   assert config.dataset.name == "rafdb/aligned224" and config.input.size == 112

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fer_jax import mesh as mesh_lib
+from fer_jax.models.backbones import batch_norm
 from fer_jax.models.backbones.batch_norm import BatchNorm, normalise_batch, sharded_batch_moments
 
 X = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 5, 6, 8)).astype(np.float32)  # NHWC
@@ -36,6 +37,7 @@ def test_running_statistics_follow_pytorch():
   np.testing.assert_allclose(y, expected, atol=1e-5)
   np.testing.assert_allclose(stats["mean"], torch_bn.running_mean.numpy(), rtol=1e-6)
   np.testing.assert_allclose(stats["var"], torch_bn.running_var.numpy(), rtol=1e-5)
+  assert batch_norm.unbiased_variance(jnp.float32(2.0), 5) == 2.5 and batch_norm.unbiased_variance(2.0, 1) == 2.0
 
 
 def test_everything_but_the_running_variance_matches_flax():

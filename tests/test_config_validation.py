@@ -287,3 +287,12 @@ def test_method_rules_are_listed_beside_other_problems():
   config.model.update(dtype="fp8", depth=3)
   message = _problems(config, training=False)
   assert "config.model.dtype='fp8' is not one of" in message and "config.model.depth=3: give 3 rates" in message
+
+
+def test_a_misspelt_model_key_is_listed_with_the_other_problems_before_any_work():
+  config = get_config("configs/scan_cci.py:synthetic")
+  config.model.shared_local_unit = False
+  config.batch_size = 0
+  message = _problems(config, training=False)
+  assert "config.model.shared_local_unit is not a key of method 'scan_cci' (did you mean shared_local_units?)" in message
+  assert "config.batch_size=0 must be at least 1." in message

@@ -1,11 +1,16 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import ml_collections
 import pytest
 
+from fer_jax import validation
+from fer_jax.errors import ConfigError
 from fer_jax.models import dan
 from fer_jax.summary import count_params
+from helpers import get_config
 
 
 @pytest.mark.parametrize("num_classes, expected", [(7, 19_723_733), (8, 19_724_248)])
@@ -82,3 +87,20 @@ def test_total_loss_sums_with_weights():
   logits = np.asarray(outputs["logits"])
   log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
   np.testing.assert_allclose(float(parts["ce_loss"]), -log_probs[np.arange(4), np.asarray(labels)].mean(), rtol=1e-5)
+
+
+def test_a_misspelt_model_key_is_refused_naming_the_method_and_the_valid_keys():
+  """config.model.num_centers was left out without a word, building 8 centres."""
+  config = get_config("configs/dan.py:synthetic")
+  config.model.num_centers = 3
+  problem = ("config.model.num_centers is not a key of method 'dan' (did you mean num_centres?): rename or remove it; "
+             "its keys are dtype, name, num_classes, remat, num_heads, num_centres.")
+  with pytest.raises(ConfigError) as refused:
+    dan.METHOD.build(config.model)
+  assert str(refused.value) == problem
+  with pytest.raises(ConfigError, match=re.escape(problem)):  # the check before any work lists it too
+    validation.validate(config, training=False)
+  config = get_config("configs/dan.py:synthetic")
+  config.model.num_centres = 3
+  validation.validate(config, training=False)
+  assert dan.METHOD.build(config.model).num_centres == 3

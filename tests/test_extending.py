@@ -2,11 +2,16 @@
 examples/my_sets/class_folders.py; docs/extending.md): named by their module paths, they train, report,
 prepare and load as fer_jax's own do."""
 
+import dataclasses
+import functools
 import json
 import os
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
@@ -18,6 +23,7 @@ from fer_jax import validation
 from fer_jax.data import labels
 from fer_jax.data import prepare
 from fer_jax.errors import ConfigError, UserError
+from fer_jax.models import dan
 from helpers import ROOT, cpu_devices_env, get_config, run_command
 
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -57,6 +63,53 @@ def test_a_model_name_that_names_no_method_is_refused_with_the_fix(monkeypatch):
       validation.validate(config, training=False)
     assert f"config.model.name={name!r}" in str(refused.value) and fix in str(refused.value)
   assert models.get_method("my_methods.plain_resnet").loss.__name__ == "label_smoothing_loss"
+
+
+class Linear(nn.Module):
+  """A module of the user's without a `remat` field."""
+  num_classes: int = 7
+
+  @nn.compact
+  def __call__(self, images, train: bool) -> dict:
+    return {"logits": nn.Dense(self.num_classes)(jnp.mean(images, axis=(1, 2)))}
+
+
+def test_a_method_of_yours_gets_the_keys_every_config_has_and_its_misspelt_keys_refused():
+  config = get_config("examples/plain_resnet_config.py:synthetic")
+  config.model.num_clases = 8
+  method = models.Method(build=functools.partial(models.from_config, Linear))
+  with pytest.raises(ConfigError, match=r"^config\.model\.num_clases is not a key of method 'my_methods.plain_resnet' "
+                                        r"\(did you mean num_classes\?\)"):
+    method.build(config.model)
+  config = get_config("examples/plain_resnet_config.py:synthetic")
+  assert config.model.remat == "none" and method.build(config.model).num_classes == 7
+  config.model.num_clases = 8
+  assert models.model_key_problems(method, config)[0].startswith("config.model.num_clases is not a key")
+  # A build of its own reads config.model its own way: nothing to check it against.
+  assert models.model_key_problems(models.Method(build=lambda model_config: Linear()), config) == []
+
+
+def test_a_loss_of_yours_on_dan_keeps_the_rest_of_dans_method(monkeypatch):
+  """docs/extending.md's recipe, examples/my_methods/dan_confidence_penalty.py: a Method of DAN's build with another
+  loss lost auxiliary_params=("affinity",), counting the affinity centres as model parameters."""
+  monkeypatch.syspath_prepend(EXAMPLES)
+  config = get_config("configs/dan.py:synthetic")
+  config.model.name = "my_methods.dan_confidence_penalty"
+  config.loss.confidence_penalty = 0.5
+  validation.validate(config, training=False)
+  method = models.get_method(config.model.name)
+  assert method == dataclasses.replace(dan.METHOD, loss=method.loss) and method.auxiliary_params == ("affinity",)
+  keys = jax.random.split(jax.random.key(0), 4)
+  outputs = {"logits": jax.random.normal(keys[0], (4, 7)), "pooled_features": jax.random.normal(keys[1], (4, 512)),
+             "heads": jax.random.normal(keys[2], (4, 4, 512)), "centres": jax.random.normal(keys[3], (8, 512))}
+  labels = jnp.array([0, 3, 6, 3])
+  total, metrics = method.loss(outputs, labels, config.loss)
+  dan_total, dan_metrics = dan.loss(outputs, labels, config.loss)
+  probabilities = np.asarray(jax.nn.softmax(outputs["logits"]))
+  penalty = np.mean(np.sum(probabilities * np.log(probabilities), axis=-1))
+  np.testing.assert_allclose(metrics["confidence_penalty"], penalty, rtol=1e-5)
+  np.testing.assert_allclose(total, dan_total + 0.5 * penalty, rtol=1e-5)
+  assert metrics.keys() == dan_metrics.keys() | {"confidence_penalty"}
 
 
 @pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The shared layers: the convolution, the max pool, PyTorch's default initialisers and PReLU."""
+"""The shared layers: the convolution, the max pool, PyTorch's default initialisers, PReLU and cross-entropy."""
 
 import json
 import os
@@ -13,8 +13,10 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from fer_jax import mesh as mesh_lib
+from fer_jax import models
 from fer_jax.models import layers
 import helpers
 
@@ -26,6 +28,17 @@ def test_prelu_has_one_slope_per_channel():
   np.testing.assert_allclose(variables["params"]["slope"], [0.25, 0.25, 0.25])
   y = prelu.apply({"params": {"slope": jnp.array([0.1, 0.2, 0.5])}}, x)
   np.testing.assert_allclose(y, [[-0.2, 3.0, -0.5]])
+  np.testing.assert_array_equal(layers.prelu(x, jnp.array([0.1, 0.2, 0.5])), y)
+
+
+@pytest.mark.parametrize("weights", [None, (0.2, 1.0, 3.0)])
+def test_cross_entropy_is_pytorchs_with_and_without_class_weights(weights):
+  logits = np.random.default_rng(0).normal(size=(6, 3))
+  labels = np.array([0, 2, 1, 1, 0, 2])
+  expected = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(labels),
+                                               None if weights is None else torch.tensor(weights, dtype=torch.float64))
+  np.testing.assert_allclose(models.cross_entropy(jnp.asarray(logits, jnp.float32), labels, weights),
+                             expected.numpy(), rtol=1e-6)
 
 
 def test_torch_dense_draws_weight_and_bias_from_plus_minus_one_over_root_fan_in():

@@ -1,6 +1,7 @@
 """SCAN-CCI: region split, SCAN/ECA/CCI against NumPy, losses, configs, parameter counts, PNGs."""
 
 import os
+import re
 
 import flax
 import jax
@@ -17,6 +18,7 @@ from fer_jax import attention_maps
 from fer_jax import train
 from fer_jax import visualize
 from fer_jax.data import labels, pipeline
+from fer_jax.errors import ConfigError
 from fer_jax.models import get_method, scan_cci
 
 ARGS = ("rafdb", "ferplus", "affectnet7", "affectnet8", "sfew", "synthetic")
@@ -351,12 +353,17 @@ def test_loss_with_effective_number_class_weights_follows_pytorch_weighted_mean(
   assert not np.isclose(attention, numpy_ce(outputs["attention_logits"], labels))
 
 
-def test_loss_rejects_missing_class_counts_and_unknown_weighting():
+def test_loss_refuses_class_counts_it_cannot_weigh_naming_the_key_and_the_fix():
+  """The counts config_problems cannot see (tests/test_config_validation.py covers those it can): the training
+  split's, which may lack a class (a ValueError and its traceback), or none where nothing counted them (a benchmark's
+  synthetic batches). A weighting's name is config_problems' alone."""
   outputs, labels = fake_outputs(), np.array([0, 2, 1, 1, 0])
-  with pytest.raises(ValueError, match="class_counts"):
-    scan_cci.loss(outputs, labels, loss_config(class_weights="effective_number"))
-  with pytest.raises(ValueError, match="Unknown class_weights"):
-    scan_cci.loss(outputs, labels, loss_config(class_weights="inverse"))
+  for counts in ((3, 0, 5), ()):
+    with pytest.raises(ConfigError, match=rf"^config\.loss\.class_weights='effective_number' needs 3 positive class "
+                                          rf"counts, got config\.loss\.class_counts={re.escape(str(counts))} \(the "
+                                          r"training split's where the config gives none\): train on a split with "
+                                          r"images of every class, or give the counts\.$"):
+      scan_cci.loss(outputs, labels, loss_config(class_weights="effective_number", class_counts=counts))
 
 
 def test_effective_number_weights():
@@ -366,8 +373,6 @@ def test_effective_number_weights():
   np.testing.assert_allclose(weights, [0.0271587, 0.2703689, 2.7024724], rtol=1e-6)
   assert weights.sum() == pytest.approx(3.0)
   np.testing.assert_allclose(scan_cci.effective_number_weights([5, 50, 500], 0.0), [1.0, 1.0, 1.0])
-  with pytest.raises(ValueError, match="positive count"):
-    scan_cci.effective_number_weights([3, 0], 0.9999)
 
 
 # --- configs -------------------------------------------------------------------------------------

@@ -3,19 +3,30 @@
 Each method module defines `METHOD = Method(...)`: fer_jax's own are `fer_jax.models.<name>`
 (config.model.name = "dan", ...); config.model.name may also be the module path of a method of
 yours, importable from where the command runs ("my_methods.plain_resnet"; docs/extending.md).
-  build(model_config) -> flax.linen.Module, whose `__call__(images, train)` returns a dict
-      with at least "logits" ([batch, num_classes], float32, or float64 in the float64 reference
-      mode: `layers.at_least_float32`);
+  build(model_config) -> flax.linen.Module, whose `__call__(images, train)` returns a dict of arrays
+      (or tuples of arrays) with at least "logits" ([batch, num_classes], float32, or float64 in the
+      float64 reference mode: `layers.at_least_float32`); `functools.partial(from_config, Module)` fills
+      the module's fields from config.model, and a config.model key that is neither a field nor one
+      every config has (BASE_MODEL_KEYS) is a ConfigError;
   loss(outputs, labels, loss_config) -> (scalar loss, dict of scalar metrics), by default
-      the mean softmax cross-entropy;
+      the mean softmax cross-entropy (`cross_entropy`); loss_config is config.loss, whose
+      `class_counts=()`, where it has that key, the loop fills with the training split's count of
+      each class (in the model's class order);
   auxiliary_params: top-level parameter names that are training-only state (DAN's affinity
       centres), left out of the model's parameter count;
   save_attention_maps(images, outputs, out_dir) -> written paths, for methods that have them;
   config_problems(config) -> list of problems (one line each: the key and the fix) with values that
       would fail only once the model is traced or the loss computed; fer_jax.validation adds them.
+
+What the loop gives a model: one random stream, "dropout" (`init` also gets "params"); two variable
+collections, `params` and `batch_stats`, of which the module may update only `batch_stats` in training
+(the optimiser updates `params`), the only ones kept (checkpoints, init_from). The loss sees only the
+outputs and the labels, so a parameter it needs is an output (DAN returns its `centres`).
 """
 
 import dataclasses
+import difflib
+import functools
 import importlib
 from typing import Callable
 
@@ -55,11 +66,20 @@ def resolve_dtype(config) -> None:
                jax.default_backend())
 
 
+def cross_entropy(logits, labels, weights=None):
+  """Softmax cross-entropy of integer `labels`, as PyTorch's CrossEntropyLoss(weight) and Keras'
+  categorical cross-entropy: the mean over the batch, or with per-class `weights` Σ w_y·CE / Σ w_y."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if weights is None:
+    return jnp.mean(losses)
+  sample_weights = jnp.asarray(weights, losses.dtype)[labels]
+  return jnp.sum(sample_weights * losses) / jnp.sum(sample_weights)
+
+
 def cross_entropy_loss(outputs, labels, loss_config):
-  """Mean softmax cross-entropy of outputs["logits"] (PyTorch's CrossEntropyLoss, Keras'
-  categorical cross-entropy), with no options."""
+  """Mean softmax cross-entropy of outputs["logits"], with no options."""
   del loss_config
-  ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels))
+  ce = cross_entropy(outputs["logits"], labels)
   return ce, {"ce_loss": ce}
 
 
@@ -72,11 +92,46 @@ class Method:
   config_problems: Callable = lambda config: []
 
 
+# The config.model keys every config has (config_lib.base_config); a method's module may take them as fields or not.
+BASE_MODEL_KEYS = tuple(config_lib.base_config().model.keys())
+
+
+def module_fields(module_class) -> tuple[str, ...]:
+  """The fields of a Flax module class that its user sets, in order: all but Flax's `parent` and `name`."""
+  return tuple(field.name for field in dataclasses.fields(module_class) if field.name not in ("parent", "name"))
+
+
+def unknown_key_problems(module_class, model_config) -> list[str]:
+  """One line for each key of `model_config` that is neither in BASE_MODEL_KEYS nor a field of
+  `module_class`, naming the method, the closest valid key and the valid ones."""
+  valid = BASE_MODEL_KEYS + tuple(key for key in module_fields(module_class) if key not in BASE_MODEL_KEYS)
+  problems = []
+  for key in model_config.keys():
+    if key not in valid:
+      close = difflib.get_close_matches(key, valid, n=1)
+      hint = f" (did you mean {close[0]}?)" if close else ""
+      problems.append(f"config.model.{key} is not a key of method {model_config.get('name', '')!r}{hint}: rename or "
+                      f"remove it; its keys are {', '.join(valid)}.")
+  return problems
+
+
+def model_key_problems(method: Method, config) -> list[str]:
+  """`unknown_key_problems` of config.model where `method` is built by `functools.partial(from_config,
+  Module)` (as fer_jax's are), for the check before any work; none for a build that reads config.model its way."""
+  build = method.build
+  if isinstance(build, functools.partial) and build.func is from_config and build.args:
+    return unknown_key_problems(build.args[0], config.model)
+  return []
+
+
 def from_config(module_class, model_config, **values) -> nn.Module:
   """`module_class` with every field that `model_config` holds (lists as tuples, dtype names as
-  dtypes), then `values`: one new model option is one config key and one module field."""
-  names = {field.name for field in dataclasses.fields(module_class)} - {"name", "parent"}
-  fields = {key: model_config[key] for key in names if key in model_config}
+  dtypes), then `values`: one new model option is one config key and one module field. A key that
+  is no field (nor in BASE_MODEL_KEYS) is a ConfigError naming it."""
+  problems = unknown_key_problems(module_class, model_config)
+  if problems:
+    raise ConfigError("\n".join(problems))
+  fields = {key: model_config[key] for key in module_fields(module_class) if key in model_config}
   fields = {key: tuple(v) if isinstance(v, list) else v for key, v in fields.items()}
   if "dtype" in fields:
     fields["dtype"] = jnp.dtype(compute_dtype(fields["dtype"]))

@@ -12,7 +12,6 @@ Names mirror the official checkpoint (`extractor.*`, `vit.projs.0`, `vit.cls_tok
 embeddings keep its [1, N, C] shapes.
 """
 
-import dataclasses
 import functools
 from typing import Any, Sequence
 
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 
 from fer_jax import attention_maps
 from fer_jax.errors import ConfigError
-from fer_jax.models import Method, from_config, layers
+from fer_jax.models import Method, from_config, layers, module_fields
 from fer_jax.models.backbones import irse
 from fer_jax.models.backbones import vit
 
@@ -138,8 +137,7 @@ class APViT(PoolingViTSettings):
   def __call__(self, images, train: bool) -> dict:
     features = irse.IRSE(self.ir_stage_sizes, num_stages=3, dtype=self.dtype, remat=self.remat,
                          name="extractor")(images.astype(self.dtype), train)["stage3"]
-    settings = {field.name: getattr(self, field.name) for field in dataclasses.fields(PoolingViTSettings)
-                if field.name not in ("parent", "name")}
+    settings = {name: getattr(self, name) for name in module_fields(PoolingViTSettings)}
     cls, app_positions, atp_positions = PoolingViT(**settings, name="vit")(features)
     logits = ClassifierHead(self.num_classes, name="head")(cls.astype(layers.at_least_float32(self.dtype)))
     return {"logits": logits, "app_positions": app_positions, "atp_positions": atp_positions}

@@ -11,9 +11,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
-from fer_jax.models import Method, from_config, layers
+from fer_jax.models import Method, cross_entropy, from_config, layers
 from fer_jax.models.backbones import resnet
 
 
@@ -113,7 +112,7 @@ def partition_loss(heads):
 
 
 def loss(outputs, labels, loss_config):
-  ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels))
+  ce = cross_entropy(outputs["logits"], labels)
   affinity = affinity_loss(outputs["pooled_features"], outputs["centres"], labels)
   partition = partition_loss(outputs["heads"])
   total = ce + loss_config.affinity_weight * affinity + loss_config.partition_weight * partition

@@ -275,10 +275,19 @@ def torch_batch_norm(train: bool, dtype: Any, name: str) -> BatchNorm:
   return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
 
 
+def prelu(x, slope):
+  """PyTorch's PReLU: x where it is ≥ 0, else slope·x, the slopes (one per channel) in x's dtype."""
+  return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+
+
+def prelu_slope(module: nn.Module, channels: int):
+  """PyTorch nn.PReLU(channels)'s parameter, `module`'s "slope": one per channel, initialised to 0.25."""
+  return module.param("slope", nn.initializers.constant(0.25), (channels,))
+
+
 class PReLU(nn.Module):
-  """PyTorch nn.PReLU(C): one slope per channel, initialised to 0.25."""
+  """PyTorch nn.PReLU(C)."""
 
   @nn.compact
   def __call__(self, x):
-    slope = self.param("slope", nn.initializers.constant(0.25), (x.shape[-1],))
-    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+    return prelu(x, prelu_slope(self, x.shape[-1]))

@@ -19,10 +19,10 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from fer_jax import attention_maps
-from fer_jax.models import Method, from_config, layers
+from fer_jax.errors import ConfigError
+from fer_jax.models import Method, cross_entropy, from_config, layers
 from fer_jax.models.backbones import batch_norm, resnet
 
 REGION_SIZE = 6
@@ -73,7 +73,7 @@ class PReLUSlope(nn.Module):
 
   @nn.compact
   def __call__(self):
-    return self.param("slope", nn.initializers.constant(0.25), (self.channels,))
+    return layers.prelu_slope(self, self.channels)
 
 
 class RegionBatchNorm(nn.Module):
@@ -103,7 +103,7 @@ class RegionBatchNorm(nn.Module):
       running_mean.value = decay * running_mean.value + folded(
           [(places, mean) for places, mean, _, _ in statistics])
       running_var.value = decay * running_var.value + folded(
-          [(places, var * (count / max(count - 1, 1))) for places, _, var, count in statistics])
+          [(places, batch_norm.unbiased_variance(var, count)) for places, _, var, count in statistics])
     scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
     normalisations = []
@@ -167,7 +167,7 @@ def scan(units: Sequence[SCANUnit], groups, train: bool, dtype) -> list[tuple[An
   for indices, x in groups:
     slope = slopes[0] if shared else regionwise(jnp.stack([slopes[i] for i in indices]))
     y = region_conv(x, kernels if shared else [kernels[i] for i in indices], dtype)
-    y = jnp.where(y >= 0, y, slope.astype(y.dtype) * y)
+    y = layers.prelu(y, slope)
     if train:
       mean, var = batch_norm.batch_moments(y.astype(precise), (0, 2, 3))  # autodiff differentiates these
     else:  # normalised by the running statistics: these only carry the shape
@@ -309,11 +309,8 @@ class SCANCCI(nn.Module):
 
 
 def effective_number_weights(counts: Sequence[int], beta: float) -> np.ndarray:
-  """Class-balanced weights (1 − β) / (1 − β^n_c), scaled to sum to the number of classes."""
+  """Class-balanced weights (1 − β) / (1 − β^n_c) of positive counts, scaled to sum to the number of classes."""
   counts = np.asarray(counts, np.float64)
-  if np.any(counts <= 0):
-    raise ValueError(f"Effective-number weights need a positive count for every class, "
-                     f"got {counts.tolist()}.")
   weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
   return weights / weights.sum() * len(counts)
 
@@ -333,29 +330,22 @@ def config_problems(config) -> list[str]:
 
 
 def class_weights(loss_config, num_classes: int):
-  """None, or the per-class weights that loss_config.class_weights names."""
+  """None, or the weights that loss_config.class_weights names. `config_problems` checks that name and the counts
+  a config gives before any work; the counts it cannot see, the training split's (which may lack a class) or none
+  where nothing counted them (a benchmark's synthetic batches), are checked here."""
   if not loss_config.class_weights:
     return None
-  if loss_config.class_weights != "effective_number":
-    raise ValueError(f"Unknown class_weights {loss_config.class_weights!r}; valid: '', 'effective_number'.")
-  if len(loss_config.class_counts) != num_classes:
-    raise ValueError(
-        "class_weights='effective_number' needs config.loss.class_counts: the training split's "
-        f"{num_classes} per-class counts in the model's class order, got {tuple(loss_config.class_counts)}.")
-  return effective_number_weights(loss_config.class_counts, loss_config.effective_number_beta)
-
-
-def cross_entropy(logits, labels, weights=None):
-  """PyTorch CrossEntropyLoss(weight): Σ w_y·CE / Σ w_y, the plain mean without weights."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  if weights is None:
-    return jnp.mean(losses)
-  sample_weights = jnp.asarray(weights, losses.dtype)[labels]
-  return jnp.sum(sample_weights * losses) / jnp.sum(sample_weights)
+  counts = tuple(loss_config.class_counts)
+  if len(counts) != num_classes or min(counts, default=0) < 1:
+    raise ConfigError(f"config.loss.class_weights='effective_number' needs {num_classes} positive class counts, got "
+                      f"config.loss.class_counts={counts} (the training split's where the config gives none): train on "
+                      "a split with images of every class, or give the counts.")
+  return effective_number_weights(counts, loss_config.effective_number_beta)
 
 
 def loss(outputs, labels, loss_config):
-  """w·CE(attention) + (1 − w)·Σ_regions CE(region), w = loss_config.attention_weight (0.2)."""
+  """w·CE(attention) + (1 − w)·Σ_regions CE(region), w = loss_config.attention_weight (0.2), each CE weighted
+  by class as PyTorch's CrossEntropyLoss(weight) where config.loss.class_weights says."""
   weights = class_weights(loss_config, outputs["attention_logits"].shape[-1])
   attention = cross_entropy(outputs["attention_logits"], labels, weights)
   region_logits = outputs["region_logits"]

@@ -135,6 +135,12 @@ def _normalise_batch_backward(epsilon, residuals, cotangents):
 normalise_batch.defvjp(_normalise_batch_forward, _normalise_batch_backward)
 
 
+def unbiased_variance(var, count: int):
+  """The unbiased variance of `count` values from their biased one `var`: n / (n − 1) times it (itself for
+  one value); what the running variance moves towards."""
+  return var * (count / max(count - 1, 1))
+
+
 class BatchNorm(nn.Module):
   """Normalises over every axis but the last (the global batch under jit sharding)."""
   use_running_average: bool
@@ -157,8 +163,7 @@ class BatchNorm(nn.Module):
     else:
       y, mean, var = normalise_batch(x, scale, bias, self.epsilon)
       if not self.is_initializing():
-        count = x.size // features
-        unbiased = var * (count / max(count - 1, 1))
+        unbiased = unbiased_variance(var, x.size // features)
         running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
         running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased
     return y.astype(self.dtype or precise)
