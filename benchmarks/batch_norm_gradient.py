@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cpu_reductions import compiled_for_the_steps, milliseconds  # benchmarks/: the same timing
-from fer_jax.models.backbones import batch_norm
+from fer_jax.models import batch_norm
 
 EPSILON = 1e-5
 SHAPES = ((112, 64), (56, 64), (28, 128), (14, 256), (7, 512))  # ResNet-18's stem and stages at 224²

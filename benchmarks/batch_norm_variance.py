@@ -48,7 +48,7 @@ from fer_jax import mesh as mesh_lib  # noqa: E402
 from fer_jax import models  # noqa: E402
 from fer_jax import optim  # noqa: E402
 from fer_jax import train  # noqa: E402
-from fer_jax.models.backbones import batch_norm  # noqa: E402
+from fer_jax.models import batch_norm  # noqa: E402
 
 
 def one_pass(x, axes):

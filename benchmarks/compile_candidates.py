@@ -8,7 +8,7 @@ are compiled and summarised as benchmarks/tpu_compile.py or gpu_compile.py do (t
 "variant" added); the same command with --variant=none gives the library's own figures beside them.
 The variants (BENCHMARKS.md's "Compiled for a GPU" and "Compiled for a TPU v5e" say what each gave):
   none                           the library as it is
-  max_pool_tap_gradient          layers.max_pool's gradient by taps (CUDA's, without `stored`) on TPUs too
+  max_pool_tap_gradient          fast_ops.max_pool's gradient by taps (CUDA's, without `stored`) on TPUs too
   batch_norm_shifted_one_pass    BatchNorm statistics in one pass shifted by each channel's first value
   batch_norm_one_pass            E[x²] − E[x]² (Flax's default; inaccurate when a mean is large)
   attention_tokens_before_heads  the ViT attention's products on [B, N, heads, d] sliced from one qkv product
@@ -24,12 +24,12 @@ The variants (BENCHMARKS.md's "Compiled for a GPU" and "Compiled for a TPU v5e" 
                                  space-to-depth blocks, 16 channels with zeros (exact; the others padded)
   conv_stem_patches_product      the RGB stems' convolutions as one matrix product of their input's patches
                                  (slices concatenated) with the kernel
-  max_pool_xla_gradient          layers.max_pool's gradient as XLA's own (select-and-scatter) on CUDA too
+  max_pool_xla_gradient          fast_ops.max_pool's gradient as XLA's own (select-and-scatter) on CUDA too
   max_pool_tap_gradient_stored   the CPU's tap gradient, its tap map and arriving gradient `stored`, on
                                  CUDA too
   max_pool_gradient_input_phases the tap gradient built on the input's own phases, interleaved by a
                                  transpose (no padded grid to crop; CPUs and CUDA GPUs)
-  max_pool_forward_by_taps       layers.max_pool's forward pass as its taps' elementwise maximum
+  max_pool_forward_by_taps       fast_ops.max_pool's forward pass as its taps' elementwise maximum
   max_pool_winner_from_forward   the forward pass keeps each window's winning tap (one byte an output)
                                  for the gradient on the input's phases instead of x, on every platform
 Variants joined by "+" are swapped in together (conv_input_channels_padded+max_pool_xla_gradient).
@@ -60,8 +60,8 @@ import tpu_compile  # noqa: E402  pylint: disable=wrong-import-position
 from common import compiled_train_steps, paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
 
 from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
-from fer_jax.models import layers  # noqa: E402  pylint: disable=wrong-import-position
-from fer_jax.models.backbones import batch_norm, vit  # noqa: E402  pylint: disable=wrong-import-position
+from fer_jax.models import batch_norm, fast_ops, layers  # noqa: E402  pylint: disable=wrong-import-position
+from fer_jax.models.backbones import vit  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _batch_norm_form(name: str):
@@ -181,7 +181,7 @@ def _rgb_stems(form: str):
   ("padded"); strided by 2, `_space_to_depth_convolution` on 16 ("space_to_depth", the others padded);
   or as `_patches_product` ("patches"): cuDNN runs 3 channels in a slow kernel."""
   def swap():
-    library_conv = layers.conv_general_dilated
+    library_conv = fast_ops.conv_general_dilated
 
     def conv_general_dilated(lhs, rhs, window_strides, padding, **options):
       if rhs.ndim != 4 or rhs.shape[2] != 3:  # HWIO: not an RGB stem
@@ -193,24 +193,24 @@ def _rgb_stems(form: str):
       if form == "space_to_depth" and plain and tuple(window_strides) == (2, 2):
         return _space_to_depth_convolution(lhs, rhs, padding, library_conv, 16, options.get("precision"))
       return library_conv(*_channels_padded(lhs, rhs, 8), window_strides, padding, **options)
-    layers.Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+    fast_ops.Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
   return swap
 
 
 def _max_pool_gradient(cuda: str, default: str):
-  """layers.max_pool's gradient on CUDA and on the other non-CPU platforms (layers.MAX_POOL_GRADIENTS)."""
+  """fast_ops.max_pool's gradient on CUDA and on the other non-CPU platforms (fast_ops.MAX_POOL_GRADIENTS)."""
   def swap():
-    layers.MAX_POOL_GRADIENTS = {**layers.MAX_POOL_GRADIENTS, "cuda": cuda, "default": default}
+    fast_ops.MAX_POOL_GRADIENTS = {**fast_ops.MAX_POOL_GRADIENTS, "cuda": cuda, "default": default}
   return swap
 
 
 def _max_pool_gradient_by_input_phases(x, output_gradient, window, strides, padding, materialise=lambda value: value):
-  """layers.max_pool's gradient by taps, each phase of the input itself (rows s·m + a, columns s·n + b)
+  """fast_ops.max_pool's gradient by taps, each phase of the input itself (rows s·m + a, columns s·n + b)
   a sum of its taps' shares shifted, then the phases interleaved by a transpose: no padded grid to crop,
   fewer instructions a thread in XLA's GPU kernels. Sides that the strides do not divide: the library's."""
   if x.shape[1] % strides[0] or x.shape[2] % strides[1]:
     return library_max_pool_gradient(x, output_gradient, window, strides, padding, materialise)
-  taps, winner = layers.tap_winners(layers.padded_for_pool(x, padding), output_gradient.shape, window, strides)
+  taps, winner = fast_ops.tap_winners(fast_ops.padded_for_pool(x, padding), output_gradient.shape, window, strides)
   return _gradient_on_input_phases(taps, materialise(winner), materialise(output_gradient), x.shape[1:3],
                                    strides, padding)
 
@@ -236,11 +236,11 @@ def _gradient_on_input_phases(taps, winner, output_gradient, input_size, strides
 def _tap_windows_and_winner(x, window, strides, padding):
   """A max pool's taps, its output (the taps' elementwise maximum, NaN as lax.max carries it) and
   each window's first winning tap."""
-  padded = layers.padded_for_pool(x, padding)
-  output_shape = jax.eval_shape(lambda x: layers._reduce_window_max(x, window, strides, padding), x).shape  # pylint: disable=protected-access
-  windows = [layers._tap_window(padded, i, j, *output_shape[1:3], strides)  # pylint: disable=protected-access
+  padded = fast_ops.padded_for_pool(x, padding)
+  output_shape = jax.eval_shape(lambda x: fast_ops._reduce_window_max(x, window, strides, padding), x).shape  # pylint: disable=protected-access
+  windows = [fast_ops._tap_window(padded, i, j, *output_shape[1:3], strides)  # pylint: disable=protected-access
              for i in range(window[0]) for j in range(window[1])]
-  taps, winner = layers.tap_winners(padded, output_shape, window, strides)
+  taps, winner = fast_ops.tap_winners(padded, output_shape, window, strides)
   return taps, functools.reduce(jnp.maximum, windows), winner
 
 
@@ -248,8 +248,8 @@ def _max_pool_forward_by_taps():
   """The max pool's forward pass as the taps' elementwise maximum (no reduce-window); gradient the library's."""
   pool = jax.custom_vjp(lambda x, window, strides, padding: _tap_windows_and_winner(x, window, strides, padding)[1],
                         nondiff_argnums=(1, 2, 3))
-  pool.defvjp(lambda x, *static: (pool(x, *static), x), layers._max_pool_backward)  # pylint: disable=protected-access
-  layers._max_pool = pool  # pylint: disable=protected-access
+  pool.defvjp(lambda x, *static: (pool(x, *static), x), fast_ops._max_pool_backward)  # pylint: disable=protected-access
+  fast_ops._max_pool = pool  # pylint: disable=protected-access
 
 
 def _pool_with_winner(x, window, strides, padding, input_size):
@@ -280,14 +280,14 @@ def _max_pool_winner_from_forward():
     if x.shape[1] % strides[0] or x.shape[2] % strides[1]:
       raise NotImplementedError(f"max_pool_winner_from_forward: sides {x.shape[1:3]} not divided by {strides}")
     return _pool_keeping_winner(x, window, strides, padding, x.shape[1:3])
-  layers._max_pool = pool  # pylint: disable=protected-access
+  fast_ops._max_pool = pool  # pylint: disable=protected-access
 
 
-library_max_pool_gradient = layers._max_pool_gradient_by_taps  # pylint: disable=protected-access
+library_max_pool_gradient = fast_ops._max_pool_gradient_by_taps  # pylint: disable=protected-access
 
 
 def _max_pool_input_phases():
-  layers._max_pool_gradient_by_taps = _max_pool_gradient_by_input_phases  # pylint: disable=protected-access
+  fast_ops._max_pool_gradient_by_taps = _max_pool_gradient_by_input_phases  # pylint: disable=protected-access
 
 
 VARIANTS = {"none": lambda: None, "max_pool_tap_gradient": _max_pool_gradient(cuda="taps", default="taps"),

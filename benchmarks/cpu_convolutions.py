@@ -1,7 +1,7 @@
 """The CPU's convolutions of ResNet-18 and ResNet-50 at 224² (batch 16, float32), forward, input
 gradient and kernel gradient, three ways: XLA with JAX's default options (YNNPACK's convolution
 kernels), as fer_jax's steps compile them (`mesh.compiler_options`: XLA's own kernels; a 1×1
-kernel gradient one matrix product, `layers.conv_general_dilated`), and PyTorch's where it is
+kernel gradient one matrix product, `fast_ops.conv_general_dilated`), and PyTorch's where it is
 installed (oneDNN).
 
   python benchmarks/cpu_convolutions.py [--batch 16] [--repeats 5]
@@ -19,7 +19,7 @@ from jax import lax
 import numpy as np
 
 from fer_jax import mesh as mesh_lib
-from fer_jax.models import layers
+from fer_jax.models import fast_ops
 
 # input side, channels in, out, stride, kernel side: ResNet-18's stem and a 3×3 of each stage, then
 # ResNet-50's 1×1 convolutions at 56² and a downsampling one
@@ -75,7 +75,7 @@ def main():
     dy = jax.random.normal(jax.random.key(2), (args.batch, size // stride, size // stride, features))
     flops = 2 * dy.size * side * side * channels
     default = jax_passes(lax.conv_general_dilated, stride, side // 2, None)
-    ours = jax_passes(layers.conv_general_dilated, stride, side // 2, options)
+    ours = jax_passes(fast_ops.conv_general_dilated, stride, side // 2, options)
     relative = lambda expected, value: float(np.max(np.abs(expected - value)) / np.max(np.abs(expected)))
     difference = max(relative(d(x, kernel, dy), o(x, kernel, dy)) for d, o in zip(default[1:], ours[1:]))
     ways = [default, ours, torch_passes(x, kernel, dy, stride)]

@@ -1,5 +1,5 @@
 """The gradient of the max pools the backbones use, on the CPU: XLA's own (the transpose of
-lax.reduce_window, select-and-scatter) against fer_jax's (`layers.max_pool`: each window's first
+lax.reduce_window, select-and-scatter) against fer_jax's (`fast_ops.max_pool`: each window's first
 maximum by taps), and PyTorch's `max_pool2d` forward and backward where it is installed.
 
   python benchmarks/max_pool_gradient.py [--batch 16] [--repeats 10]
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cpu_convolutions import seconds  # the sibling script: run from the repository root as above
-from fer_jax.models import layers
+from fer_jax.models import fast_ops
 
 # name, input (height, width, channels), window, strides, padding
 POOLS = [("ResNet stem, 3×3 stride 2 (DAN, SCAN-CCI)", (112, 112, 64), (3, 3), (2, 2), ((1, 1), (1, 1))),
@@ -54,7 +54,7 @@ def main():
     x = jax.nn.relu(jax.random.normal(jax.random.key(0), (args.batch, *shape)))
     x = jnp.round(x * 4) / 4
     xla = gradient(lambda x: nn.max_pool(x, window, strides, padding))
-    ours = gradient(lambda x: layers.max_pool(x, window, strides, padding))
+    ours = gradient(lambda x: fast_ops.max_pool(x, window, strides, padding))
     dy = jax.random.normal(jax.random.key(1), jax.eval_shape(lambda x: nn.max_pool(x, window, strides, padding),
                                                              x).shape)
     difference = float(jnp.max(jnp.abs(xla(x, dy) - ours(x, dy))))

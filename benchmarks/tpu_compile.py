@@ -109,7 +109,7 @@ def kernels(hlo_text: str) -> list[dict]:
 
 def cycles_outside_entry(hlo_text: str) -> int:
   """The estimated cycles of kernels in computations the entry calls as a loop or a conditional (a branch
-  of `cond` in layers.max_pool's tap gradient): how many times they run is not in the program's text."""
+  of `cond` in fast_ops.max_pool's tap gradient): how many times they run is not in the program's text."""
   entry = re.search(r"^ENTRY .*?\{\n(.*?)\n\}", hlo_text, re.MULTILINE | re.DOTALL).group(1)
   return sum(map(int, _CYCLES.findall(hlo_text))) - sum(map(int, _CYCLES.findall(entry)))
 

@@ -9,7 +9,7 @@ over the devices gives the one-device confusion matrix; it fails if a checkpoint
 devices compiles any program (orbax's per-replica slicing, see checkpointing.manager). The model is
 small (conv + BatchNorm + dense): the point is the sharded step with its device augmentation, the
 same code for every method. It also reports the collectives of the all-device train step, whose one
-BatchNorm reduces its batch statistics in one all-gather (backbones/batch_norm.batch_moments), and
+BatchNorm reduces its batch statistics in one all-gather (models/batch_norm.batch_moments), and
 how far those statistics fall from float64 NumPy's on inputs whose mean is 10⁴ times their spread.
 """
 
@@ -33,8 +33,8 @@ from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
 from fer_jax.data import pipeline
+from fer_jax.models import batch_norm
 from fer_jax.models import layers
-from fer_jax.models.backbones import batch_norm
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from helpers import compiled_during, get_config, tiny_run  # noqa: E402

@@ -382,7 +382,7 @@ def test_workdir_in_a_read_only_folder_is_refused_before_converting(tmp_path, da
 
 
 def test_the_log_says_why_the_batch_norm_step_counters_are_dropped_and_counts_them(tmp_path, dan_checkpoint):
-  """It said "Flax BatchNorm keeps none": fer_jax's BatchNorm is its own (fer_jax/models/backbones/batch_norm.py).
+  """It said "Flax BatchNorm keeps none": fer_jax's BatchNorm is its own (fer_jax/models/batch_norm.py).
   It listed the 41 counters ("…: bn.num_batches_tracked, cat_head0.ca…"), and said "1 variables"."""
   result = convert("dan.py:rafdb", dan_checkpoint, tmp_path / "out")
   assert result.returncode == 0, result.stderr[-3000:]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fer_jax import mesh as mesh_lib
-from fer_jax.models.backbones import batch_norm
-from fer_jax.models.backbones.batch_norm import BatchNorm, normalise_batch, sharded_batch_moments
+from fer_jax.models import batch_norm
+from fer_jax.models.batch_norm import BatchNorm, normalise_batch, sharded_batch_moments
 
 X = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 5, 6, 8)).astype(np.float32)  # NHWC
 

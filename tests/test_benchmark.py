@@ -24,7 +24,7 @@ from fer_jax import benchmark
 from fer_jax import cli
 from fer_jax import models
 from fer_jax.errors import UserError
-from fer_jax.models import layers
+from fer_jax.models import fast_ops, layers
 import helpers
 
 render_table = helpers.load_script("benchmarks/render_table.py")
@@ -236,12 +236,12 @@ def test_stem_candidates_give_lax_convolution_and_its_gradients(variant, size, k
   """compile_candidates' RGB stem variants: a 7×7 stride-2 convolution of 3 channels on input and
   kernel zero-padded to 8 channels, on 2×2 space-to-depth blocks (odd and even sides), or as a product
   of the input's patches with the kernel as a matrix, gives lax's convolution, and the same gradients."""
-  library_conv = layers.Conv
+  library_conv = fast_ops.Conv
   try:
     compile_candidates.VARIANTS[variant]()
-    stem_conv = layers.Conv.keywords["conv_general_dilated"]
+    stem_conv = fast_ops.Conv.keywords["conv_general_dilated"]
   finally:
-    layers.Conv = library_conv
+    fast_ops.Conv = library_conv
   keys = jax.random.split(jax.random.key(0))
   x, w = jax.random.normal(keys[0], (2, size, size, 3)), jax.random.normal(keys[1], (7, 7, 3, 8))
   arguments = dict(window_strides=(2, 2), padding=((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -285,9 +285,9 @@ def test_max_pool_forward_candidates_give_lax_pool_and_gradient_with_ties_and_na
                                                                                    padding, monkeypatch):
   """compile_candidates' pools whose forward pass compares taps: lax's maxima (a NaN carried as lax.max
   carries it) and each window's gradient at its first maximum, on inputs where most windows tie."""
-  monkeypatch.setattr(layers, "_max_pool", layers._max_pool)  # pylint: disable=protected-access
+  monkeypatch.setattr(fast_ops, "_max_pool", fast_ops._max_pool)  # pylint: disable=protected-access
   compile_candidates.swap_in(variant)
-  pool = jax.jit(lambda x: layers.max_pool(x, window, strides, padding))
+  pool = jax.jit(lambda x: fast_ops.max_pool(x, window, strides, padding))
   with jax.enable_x64(True):
     x = jnp.round(jax.nn.relu(jax.random.normal(jax.random.key(0), x_shape, jnp.float64)) * 2) / 2
     reduce_max = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),  # noqa: E731
@@ -303,19 +303,19 @@ def test_max_pool_forward_candidates_give_lax_pool_and_gradient_with_ties_and_na
 
 
 def test_max_pool_winner_from_forward_refuses_sides_its_strides_do_not_divide(monkeypatch):
-  monkeypatch.setattr(layers, "_max_pool", layers._max_pool)  # pylint: disable=protected-access
+  monkeypatch.setattr(fast_ops, "_max_pool", fast_ops._max_pool)  # pylint: disable=protected-access
   compile_candidates.swap_in("max_pool_winner_from_forward")
   with pytest.raises(NotImplementedError, match=r"sides \(11, 12\) not divided by \(2, 2\)"):
-    layers.max_pool(jnp.zeros((1, 11, 12, 2)), (3, 3), (2, 2), ((1, 1), (1, 1)))
+    fast_ops.max_pool(jnp.zeros((1, 11, 12, 2)), (3, 3), (2, 2), ((1, 1), (1, 1)))
 
 
 def test_candidates_joined_by_plus_are_swapped_in_together_and_checked_by_name():
-  library_conv, library_gradients = layers.Conv, layers.MAX_POOL_GRADIENTS
+  library_conv, library_gradients = fast_ops.Conv, fast_ops.MAX_POOL_GRADIENTS
   try:
     compile_candidates.swap_in("conv_input_channels_padded+max_pool_xla_gradient")
-    assert layers.Conv is not library_conv and layers.MAX_POOL_GRADIENTS["cuda"] == "xla"
+    assert fast_ops.Conv is not library_conv and fast_ops.MAX_POOL_GRADIENTS["cuda"] == "xla"
   finally:
-    layers.Conv, layers.MAX_POOL_GRADIENTS = library_conv, library_gradients
+    fast_ops.Conv, fast_ops.MAX_POOL_GRADIENTS = library_conv, library_gradients
   assert compile_candidates.unknown_variants(["none", "conv_input_channels_padded+max_pool_xla_gradient",
                                               "max_pool_xla_gradient+no_such_thing"]) == [
       "max_pool_xla_gradient+no_such_thing"]

@@ -14,7 +14,7 @@ deviation |bf16 − fp32| is therefore measured in units of how far the fp32 run
 affinity and partition terms, ~3.9 at the start) and LHC-Net's (plain cross-entropy) alike,
 and that is not fooled by a loss that goes to zero, where relative errors blow up.
 Measured on CPU (XLA CPU, jax 0.10.2, the convolutions' CPU kernel gradient of
-fer_jax/models/layers.py), this file's own pools and batches: DAN 0.038 (over its 5-epoch
+fer_jax/models/fast_ops.py), this file's own pools and batches: DAN 0.038 (over its 5-epoch
 schedule, compressed into the 100 steps), LHC-Net A1 0.049 of the drop, under a band of 0.10;
 less than float32 itself deviates when the same batches come in another order (DAN 0.059,
 LHC-Net 0.077). The band fails a broken run: training the same set-up with the learning rate

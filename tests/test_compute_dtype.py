@@ -21,7 +21,7 @@ from fer_jax import models
 from fer_jax import validation
 from fer_jax.data import labels
 from fer_jax.errors import ConfigError
-from fer_jax.models.backbones.batch_norm import BatchNorm
+from fer_jax.models.batch_norm import BatchNorm
 from fer_jax.benchmark import abstract_train_step
 from helpers import get_config
 
@@ -103,7 +103,7 @@ def _check_float32_outside(equations, output, model_name: str, low_precision_sco
   inside = lambda path: re.search(rf"\({model_name}\)+/({low_precision_scopes})", path)
   matmuls = [(eqn, path) for eqn, path in equations if eqn.primitive.name in MATMULS]
   low = [path for eqn, path in matmuls if inside(path)]
-  # operands: the CPU's 1×1 kernel gradient sums its products in float32 (layers.py)
+  # operands: the CPU's 1×1 kernel gradient sums its products in float32 (fast_ops.py)
   assert len(low) > 20 and all({str(v.aval.dtype) for v in eqn.invars} == {BF16}
                                for eqn, path in matmuls if inside(path))
   precise = [path for eqn, path in matmuls if not inside(path)]

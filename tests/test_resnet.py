@@ -2,7 +2,7 @@ import jax
 from jax import export
 import jax.numpy as jnp
 
-from fer_jax.models import layers
+from fer_jax.models import fast_ops
 from fer_jax.models.backbones import resnet
 from fer_jax.summary import count_params
 
@@ -64,5 +64,5 @@ def test_a_bottleneck_stores_its_input_for_its_readers_on_the_cpu_only(monkeypat
   lowered for CUDA nothing is stored."""
   cases = lambda platform: _bottleneck_gradient(platform).count("stablehlo.case")
   assert cases("cpu") == cases("cuda") + 3  # two 3×3 convolutions' inputs and the second block's
-  monkeypatch.setattr(layers, "stored", lambda x: x)
+  monkeypatch.setattr(fast_ops, "stored", lambda x: x)
   assert cases("cpu") == cases("cuda")  # the three more are `stored`'s

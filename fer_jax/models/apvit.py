@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from fer_jax import attention_maps
 from fer_jax.errors import ConfigError
-from fer_jax.models import Method, from_config, layers, module_fields
+from fer_jax.models import Method, fast_ops, from_config, layers, module_fields
 from fer_jax.models.backbones import irse
 from fer_jax.models.backbones import vit
 
@@ -94,7 +94,7 @@ class PoolingViT(PoolingViTSettings):
                         f"patch grid of a {height * FEATURE_STRIDE}² input: use a larger config.input.size (the "
                         f"paper's 112) or config.model.app_keep ≤ {height * width}.")
     # The official init leaves the projection at PyTorch's default.
-    projected = layers.Conv(self.width, (1, 1), kernel_init=layers.torch_kernel_init,
+    projected = fast_ops.Conv(self.width, (1, 1), kernel_init=layers.torch_kernel_init,
                         bias_init=layers.torch_bias_init(channels), dtype=self.dtype,
                         name="projs_0")(features)
     patch_pos_embed = self.param("patch_pos_embed", vit.dense_init, (1, height * width, self.width))

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fer_jax.models import Method, cross_entropy, from_config, layers
+from fer_jax.models import Method, cross_entropy, fast_ops, from_config, layers
 from fer_jax.models.backbones import resnet
 
 
@@ -26,7 +26,7 @@ class SpatialGate(nn.Module):
   def __call__(self, x, train: bool):
     def conv_bn(y, features, kernel, name):
       pad = tuple((k - 1) // 2 for k in kernel)
-      y = layers.Conv(features, kernel, padding=tuple((p, p) for p in pad), kernel_init=resnet.conv_init,
+      y = fast_ops.Conv(features, kernel, padding=tuple((p, p) for p in pad), kernel_init=resnet.conv_init,
                   dtype=self.dtype, name=f"{name}_conv")(y)
       return layers.torch_batch_norm(train, self.dtype, f"{name}_bn")(y)
 

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fer_jax.errors import ConfigError
-from fer_jax.models import Method, from_config, layers
+from fer_jax.models import Method, fast_ops, from_config, layers
 from fer_jax.models.backbones import resnet_v2
 
 
@@ -73,8 +73,8 @@ class LHCModule(nn.Module):
     band = height * width // self.num_heads
     window = (self.pool_size, self.pool_size)
     query = nn.avg_pool(x, window, padding="SAME", count_include_pad=False)
-    key = layers.max_pool(x, window, padding="SAME")
-    value = layers.Conv(channels, (self.kernel_size, self.kernel_size), padding="SAME", kernel_init=glorot_uniform,
+    key = fast_ops.max_pool(x, window, padding="SAME")
+    value = fast_ops.Conv(channels, (self.kernel_size, self.kernel_size), padding="SAME", kernel_init=glorot_uniform,
                     dtype=self.dtype, name="value_conv")(x)
     value = nn.avg_pool(value, (3, 3), padding="SAME", count_include_pad=False)
 
@@ -96,7 +96,7 @@ class LHCModule(nn.Module):
         jnp.mean(scores, axis=-1)))
     attention = nn.softmax(scores / jnp.power(float(self.embed_dim), self.norm_c + gate[..., None]), axis=-1)
     # XLA:CPU would fuse the softmax into the product with the value, one YNNPACK fusion twice as slow.
-    attention = layers.stored_on_cpu(attention.astype(self.dtype))
+    attention = fast_ops.stored_on_cpu(attention.astype(self.dtype))
     value_bands = to_bands(value.astype(self.dtype), self.num_heads).reshape(-1, *band_dims, channels)
     out = jnp.einsum("ncd,n...d->n...c", attention, value_bands).reshape(x.shape)
     if self.controller_init is not None:

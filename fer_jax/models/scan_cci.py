@@ -22,8 +22,8 @@ import numpy as np
 
 from fer_jax import attention_maps
 from fer_jax.errors import ConfigError
-from fer_jax.models import Method, cross_entropy, from_config, layers
-from fer_jax.models.backbones import batch_norm, resnet
+from fer_jax.models import Method, batch_norm, cross_entropy, fast_ops, from_config, layers
+from fer_jax.models.backbones import resnet
 
 REGION_SIZE = 6
 
@@ -77,7 +77,7 @@ class PReLUSlope(nn.Module):
 
 
 class RegionBatchNorm(nn.Module):
-  """BatchNorm (backbones/batch_norm.py's variables and formulas, PyTorch's momentum 0.1 and eps
+  """BatchNorm (batch_norm.py's variables and formulas, PyTorch's momentum 0.1 and eps
   1e-5) of a unit called once on each of `regions` regions in turn, given their batch statistics.
 
   `statistics` holds, per group of regions, (their places in the call order, mean and biased
@@ -133,20 +133,20 @@ class SCANUnit(nn.Module):
     return self.bn(statistics, regions, train)
 
 
-def region_conv(x, kernels, dtype):
+def region_conv(x, unit_kernels, dtype):
   """3×3 convolution with zero padding at each region's border of stacked regions [b, n, h, w, C],
   by one kernel (the regions folded into the batch) or one per region.
 
   Separate kernels take one convolution per region: XLA:CPU runs the grouped convolution that
   vmap makes of them ~10× slower (docs/performance.md).
   """
-  conv = functools.partial(layers.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+  conv = functools.partial(fast_ops.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  if len(kernels) == 1:
-    x, kernel = nn.dtypes.promote_dtype(x, kernels[0], dtype=dtype)
+  if len(unit_kernels) == 1:
+    x, kernel = nn.dtypes.promote_dtype(x, unit_kernels[0], dtype=dtype)
     return conv(x.reshape(-1, *x.shape[2:]), kernel).reshape(x.shape[:-1] + kernel.shape[-1:])
   return jnp.stack([conv(*nn.dtypes.promote_dtype(x[:, index], kernel, dtype=dtype))
-                    for index, kernel in enumerate(kernels)], axis=1)
+                    for index, kernel in enumerate(unit_kernels)], axis=1)
 
 
 def regionwise(values):
@@ -161,12 +161,12 @@ def scan(units: Sequence[SCANUnit], groups, train: bool, dtype) -> list[tuple[An
   convolved on its own and batch-normalised with its own statistics, as a call per region would.
   """
   precise = layers.at_least_float32(dtype)
-  kernels, slopes = zip(*(unit.weights() for unit in units))
+  unit_kernels, slopes = zip(*(unit.weights() for unit in units))
   shared = len(units) == 1
   activations, statistics = [], []
   for indices, x in groups:
     slope = slopes[0] if shared else regionwise(jnp.stack([slopes[i] for i in indices]))
-    y = region_conv(x, kernels if shared else [kernels[i] for i in indices], dtype)
+    y = region_conv(x, unit_kernels if shared else [unit_kernels[i] for i in indices], dtype)
     y = layers.prelu(y, slope)
     if train:
       mean, var = batch_norm.batch_moments(y.astype(precise), (0, 2, 3))  # autodiff differentiates these
@@ -252,7 +252,7 @@ class ECA(nn.Module):
   def __call__(self, x):
     pooled = jnp.mean(x.astype(layers.at_least_float32(self.dtype)), axis=(1, 2))[..., None]
     pad = (self.kernel_size - 1) // 2
-    gate = layers.Conv(1, (self.kernel_size,), padding=((pad, pad),), use_bias=False,
+    gate = fast_ops.Conv(1, (self.kernel_size,), padding=((pad, pad),), use_bias=False,
                    kernel_init=layers.torch_kernel_init, dtype=self.dtype, name="conv")(pooled)
     return x * nn.sigmoid(gate[..., 0]).astype(x.dtype)[:, None, None, :]
 

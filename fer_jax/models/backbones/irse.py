@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_jax.models import layers
+from fer_jax.models import fast_ops, layers
 
 # IRSE._initialize_weights: Xavier-uniform convolutions, BatchNorm γ = 1 and β = 0.
 conv_init = nn.initializers.xavier_uniform()
@@ -21,7 +21,7 @@ IR50_STAGE_SIZES = (3, 4, 14, 3)  # units per stage
 
 
 def conv3x3(features: int, stride: int, dtype: Any, name: str) -> nn.Conv:
-  return layers.Conv(features, (3, 3), (stride, stride), padding=((1, 1), (1, 1)), use_bias=False,
+  return fast_ops.Conv(features, (3, 3), (stride, stride), padding=((1, 1), (1, 1)), use_bias=False,
                  kernel_init=conv_init, dtype=dtype, name=name)
 
 
@@ -36,7 +36,7 @@ class BottleneckIR(nn.Module):
     if x.shape[-1] == self.features:
       shortcut = x[:, ::self.stride, ::self.stride]
     else:
-      shortcut = layers.Conv(self.features, (1, 1), (self.stride, self.stride), padding="VALID",
+      shortcut = fast_ops.Conv(self.features, (1, 1), (self.stride, self.stride), padding="VALID",
                          use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                          name="shortcut_layer_0")(x)
       shortcut = layers.torch_batch_norm(train, self.dtype, "shortcut_layer_1")(shortcut)

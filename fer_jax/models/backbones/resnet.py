@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_jax.models import layers
+from fer_jax.models import fast_ops, layers
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -20,7 +20,7 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 def conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
          use_bias: bool = False) -> nn.Conv:
   pad = (kernel - 1) // 2
-  return layers.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
+  return fast_ops.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
                  use_bias=use_bias, kernel_init=conv_init, dtype=dtype, name=name)
 
 
@@ -57,7 +57,7 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     out_features = self.features * self.expansion
-    x = layers.stored_for_gradient(x)  # its readers are 1×1 convolutions and the shortcut: computed once
+    x = fast_ops.stored_for_gradient(x)  # its readers are 1×1 convolutions and the shortcut: computed once
     y = conv(self.features, 1, 1, self.dtype, "conv1")(x)
     y = nn.relu(layers.torch_batch_norm(train, self.dtype, "bn1")(y))
     y = conv(self.features, 3, self.stride, self.dtype, "conv2")(y)
@@ -77,12 +77,12 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool) -> dict:
-    x = layers.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+    x = fast_ops.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
     x = layers.torch_batch_norm(train, self.dtype, "bn1")(x)
     # torchvision's relu then max pool, in the other order: the same values and gradients (max and
     # ReLU commute), and the gradient needs no full-size ReLU mask (docs/performance.md).
-    x = nn.relu(layers.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))))
+    x = nn.relu(fast_ops.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))))
     features = {}
     block = layers.rematerialised(self.block, self.remat, static_argnums=(2,))
     for stage in range(self.num_stages):

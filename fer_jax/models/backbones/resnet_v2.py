@@ -34,8 +34,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_jax.models import layers
-from fer_jax.models.backbones.batch_norm import BatchNorm
+from fer_jax.models import fast_ops, layers
+from fer_jax.models.batch_norm import BatchNorm
 
 # Keras "he_uniform".
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")
@@ -49,7 +49,7 @@ def batch_norm(train: bool, dtype: Any, name: str, use_scale: bool = True) -> Ba
 
 
 def conv(features: int, kernel: int, stride: int, pad: int, dtype: Any, name: str) -> nn.Conv:
-  return layers.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
+  return fast_ops.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
                  use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
 
 
@@ -99,7 +99,7 @@ class ResNetV2(nn.Module):
     x = batch_norm(train, self.dtype, "bn0")(x)
     # Keras: relu, zero pad, "valid" max pool. With the relu after the pool, as in resnet.py, the pad's
     # zeros change nothing (relu(max(m, 0)) = relu(m)): the same values and gradients, no padded copy.
-    x = nn.relu(layers.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))))
+    x = nn.relu(fast_ops.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))))
     features = {"stem": insert("stem", x)}
     x = features["stem"]
     unit_class = layers.rematerialised(PreActBasicUnit, self.remat, static_argnums=(2,))
