@@ -52,6 +52,14 @@ def config_change(settings: dict) -> str:
   return "pass " + " ".join(config_setting(key, value) for key, value in settings.items())
 
 
+def chosen(table: dict, name: str, key: str):
+  """`table[name]`, the entry config.`key` names; a ValueError naming the key and the valid names otherwise (for a
+  config not validated: `fer_jax.validation` lists such a name among its problems first)."""
+  if name not in table:
+    raise ValueError(f"Unknown config.{key} {name!r}; valid: {', '.join(table)}.")
+  return table[name]
+
+
 def counted(count: int, noun: str) -> str:
   """"1 prediction", "2 predictions": a count and its noun, in the plural unless it is one."""
   return f"{count} {noun}{'' if count == 1 else 's'}"

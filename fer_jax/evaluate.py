@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
 from fer_jax import config_lib
+from fer_jax import errors
 from fer_jax import figures
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
@@ -275,7 +276,7 @@ def markdown(report: dict, examples: dict) -> str:
   for name, r in evaluators.items():
     mapping = r["class_mapping"]
     if mapping["excluded_examples"] or mapping["model_classes_absent"]:
-      excluded = ", ".join(f"{c} ({n} example{'' if n == 1 else 's'})"
+      excluded = ", ".join(f"{c} ({errors.counted(n, 'example')})"
                            for c, n in mapping["excluded_examples"].items()) or "none"
       absent = ", ".join(mapping["model_classes_absent"]) or "none"
       lines += ["", f"{name}: classes mapped by name from {r['dataset']}. Left out (the model lacks them): {excluded}. "

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fer_jax import errors
 from fer_jax.errors import ConfigError
 
 FROZEN = "frozen"
@@ -23,13 +24,6 @@ FROZEN = "frozen"
 def path_of(key_path) -> str:
   """A parameter's path as the regexes of the config see it: "trunk/layer1_0/conv1/kernel"."""
   return jax.tree_util.keystr(key_path, simple=True, separator="/")
-
-
-def _chosen(table: dict, name: str, key: str):
-  """`table[name]`; a ValueError naming config.`key` and the valid names otherwise (a config not validated)."""
-  if name not in table:
-    raise ValueError(f"Unknown config.{key} {name!r}; valid: {', '.join(table)}.")
-  return table[name]
 
 
 # Each schedule's multiplier of the base rate at an epoch (an integer array) of a run of num_epochs.
@@ -44,7 +38,7 @@ SCHEDULES = {
 def lr_schedule(opt_config, steps_per_epoch: int, num_epochs: int):
   """Step → learning rate, constant within an epoch; in JAX's default float (float64 with
   JAX_ENABLE_X64=1, for the float64 reference mode)."""
-  multiplier = _chosen(SCHEDULES, opt_config.schedule, "optimizer.schedule")
+  multiplier = errors.chosen(SCHEDULES, opt_config.schedule, "optimizer.schedule")
   base = opt_config.lr
   return lambda step: base * multiplier(jnp.asarray(step) // steps_per_epoch, opt_config, num_epochs)
 
@@ -122,7 +116,7 @@ class Optimizer(NamedTuple):
 
 def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) -> Optimizer:
   schedule = lr_schedule(opt_config, steps_per_epoch, num_epochs)
-  base = _chosen(OPTIMIZERS, opt_config.name, "optimizer.name")
+  base = errors.chosen(OPTIMIZERS, opt_config.name, "optimizer.name")
   exclude = opt_config.weight_decay_exclude
   decay_mask = lambda tree: jax.tree_util.tree_map_with_path(
       lambda kp, _: not (exclude and re.search(exclude, path_of(kp))), tree)

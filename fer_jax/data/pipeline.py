@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fer_jax import errors
 from fer_jax.data import augment
 from fer_jax.data import builder_utils
 from fer_jax.data import builders  # registers fer_jax's builders with TFDS
@@ -199,12 +200,11 @@ SAMPLERS = {
 
 def epoch_indices(split: Split, sampler: str, seed: int, epoch: int, repeat_threshold: float) -> np.ndarray:
   """Record indices of one epoch, in training order."""
-  if sampler not in SAMPLERS:
-    raise ValueError(f"Unknown config.dataset.sampler {sampler!r}; valid: {', '.join(SAMPLERS)}.")
+  draw = errors.chosen(SAMPLERS, sampler, "dataset.sampler")
   indices = split.indices
   labels = split.labels[indices]
   counts = np.bincount(labels, minlength=len(split.class_names))
-  return SAMPLERS[sampler](np.random.default_rng([seed, epoch]), indices, counts[labels], repeat_threshold)
+  return draw(np.random.default_rng([seed, epoch]), indices, counts[labels], repeat_threshold)
 
 
 CACHE_MODES = ("auto", "none", "host", "device")
