@@ -304,7 +304,7 @@ def _opened(path: str):
     with decode.opened(path) as picture:
       yield picture
   except decode.UnreadableImageError as error:
-    if isinstance(error.__cause__, UnidentifiedImageError) and path.lower().endswith(inference.VIDEO_EXTENSIONS):
+    if isinstance(error.__cause__, UnidentifiedImageError) and inference.is_video(path):
       raise UserError(f"{path} is a video: Model.predict and detect_and_predict read images. Pass its frames "
                       "(fer_jax.predict.video_frames reads them) to detect_and_predict, or run `python -m "
                       f"fer_jax.predict --input={path}` (with --config, --checkpoint and --output), which follows "

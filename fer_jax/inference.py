@@ -24,6 +24,11 @@ from fer_jax.errors import UserError
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
+def is_video(path: str) -> bool:
+  """Whether `path` is named as a video (`VIDEO_EXTENSIONS`, any case)."""
+  return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
 def list_images(path: str, extensions: tuple[str, ...] = decode.IMAGE_SUFFIXES) -> list[str]:
   """The file itself, or every file with one of `extensions` under a folder, sorted; a UserError if there is none.
 

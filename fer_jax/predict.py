@@ -316,7 +316,7 @@ def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool |
         break
       # The drawings' names keep the input's extension: photo.jpg and photo.png are drawn apart.
       name = os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path)
-      if is_video(path):  # --nodetect is for images: a video's frames are not crops
+      if inference.is_video(path):  # --nodetect is for images: a video's frames are not crops
         _add_video(results, path, name, stride, stop)
       else:
         results.add_image(path, name + ".png", detect)
@@ -324,14 +324,10 @@ def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool |
   return results
 
 
-def is_video(path: str) -> bool:
-  return path.lower().endswith(inference.VIDEO_EXTENSIONS)
-
-
 def detects_faces(paths: list[str], detect: bool | None) -> bool:
   """Whether a run may find faces (its output then has the face columns, found or not): unless --nodetect
   without a video."""
-  return detect is not False or any(map(is_video, paths))
+  return detect is not False or any(map(inference.is_video, paths))
 
 
 def _add_video(results: FacePredictions, path: str, name: str, stride: int, stop: stopping.StopSignals) -> None:

@@ -78,7 +78,7 @@ def warn_unless_a_face_crop(path: str, stored_side: int) -> None:
 
 
 def check_not_a_video(path: str) -> None:
-  if os.path.isfile(path) and path.lower().endswith(inference.VIDEO_EXTENSIONS):
+  if os.path.isfile(path) and inference.is_video(path):
     raise UserError(f"--input={path} is a video; visualize reads photos: pass an image or a folder of them "
                     "(fer_jax.predict classifies a video's frames).")
 
