@@ -2,7 +2,7 @@
 
   python -m fer_jax.linear_baseline --config=configs/dan.py:synthetic
 
-Fits one-vs-rest ridge regression (closed form) on the config's eval preprocessing of the
+Fits one-vs-rest ridge regression (closed form, with an unpenalised intercept) on the config's eval preprocessing of the
 training split, as training takes it (the first config.dataset.max_per_class images of each
 class where set), and reports the test split's accuracy and mean class accuracy (over the
 classes it has, as fer_jax.evaluate scores a model).
@@ -57,17 +57,21 @@ def check_memory(train: int, test: int, features: int, max_gb: float) -> None:
 
 
 def ridge_predictions(train_x, train_y, test_x, num_classes: int, ridge: float) -> np.ndarray:
-  """The test examples' classes under one-vs-rest ridge regression on centred features: solved in the dual (n×n)
-  or, with more examples than features, in the primal (d×d); both give the same weights."""
+  """The test examples' classes under one-vs-rest ridge regression with an unpenalised intercept (as
+  scikit-learn's RidgeClassifier fits it): on centred features and targets, the intercept is the targets' mean,
+  each class's share of the training split. Solved in the dual (n×n) or, with more examples than features, in
+  the primal (d×d); both give the same weights."""
   mean = train_x.mean(axis=0)
   train_x, test_x = train_x - mean, test_x - mean
-  targets = np.eye(num_classes)[train_y] - 1.0 / num_classes
+  targets = np.eye(num_classes)[train_y]
+  intercept = targets.mean(axis=0)
+  targets = targets - intercept
   examples, features = train_x.shape
   if examples > features:
     weights = np.linalg.solve(train_x.T @ train_x + ridge * np.eye(features), train_x.T @ targets)
   else:
     weights = train_x.T @ np.linalg.solve(train_x @ train_x.T + ridge * np.eye(examples), targets)
-  return np.argmax(test_x @ weights, axis=1)
+  return np.argmax(test_x @ weights + intercept, axis=1)
 
 
 def scores(labels: np.ndarray, predicted: np.ndarray, class_names) -> dict[str, float]:

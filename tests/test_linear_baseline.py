@@ -3,6 +3,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from sklearn import linear_model as sklearn_linear
 
 from fer_jax import linear_baseline
 from fer_jax import mesh as mesh_lib
@@ -22,14 +23,12 @@ def test_ridge_separates_linear_classes_and_fails_on_xor():
   assert _accuracy(x, ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(int)) < 0.75
 
 
-@pytest.mark.parametrize("examples, features", [(40, 6), (6, 40)])  # solved in the primal, in the dual
-def test_ridge_predicts_as_the_closed_form_in_the_dual(examples, features):
+@pytest.mark.parametrize("counts, features", [((45, 10, 5), 6), ((8, 2, 1), 40)])  # solved in the primal, dual
+def test_ridge_predicts_as_scikit_learns_ridge_classifier_on_imbalanced_classes(counts, features):
   rng = np.random.default_rng(1)
-  x, y, test_x = rng.normal(size=(examples, features)), rng.integers(0, 3, examples), rng.normal(size=(30, features))
-  centred, mean = x - x.mean(axis=0), x.mean(axis=0)
-  targets = np.eye(3)[y] - 1 / 3
-  dual = np.linalg.solve(centred @ centred.T + 2.0 * np.eye(examples), targets)
-  expected = np.argmax((test_x - mean) @ centred.T @ dual, axis=1)
+  y = np.repeat([0, 1, 2], counts)  # only the intercept keeps the rare classes rare
+  x, test_x = rng.normal(size=(len(y), features)), rng.normal(size=(200, features))
+  expected = sklearn_linear.RidgeClassifier(alpha=2.0).fit(x, y).predict(test_x)
   np.testing.assert_array_equal(linear_baseline.ridge_predictions(x, y, test_x, 3, 2.0), expected)
 
 
