@@ -260,6 +260,8 @@ def markdown(report: dict, examples: dict) -> str:
   lines = []
   if report.get("checkpoint"):
     lines += [f"Weights: {report['checkpoint']} (step {report['step']}).", ""]
+  if report.get("selection"):
+    lines += [f"Selected: {selection_note(report['selection'])}", ""]
   lines += ["| evaluator | data set | split | examples | accuracy % | mean-class % | macro F1 % | TTA | TTA accuracy % |",
             "|---|---|---|---:|---:|---:|---:|---|---:|"]
   for name, r in evaluators.items():
@@ -361,15 +363,43 @@ def _label(name: str, tta_name: str) -> str:
 EXAMPLES_PER_EVALUATOR = 8
 
 
+def selection_record(evaluators: Evaluators, metric: str, evaluator: str, epoch: int, value: float,
+                     trained_epochs: int) -> dict:
+  """What chose the reported weights (the best epoch by `metric` on `evaluator`), and the reported evaluators that
+  read the very images the choice was made on besides `evaluator` itself: their figures are the best of several
+  epochs on them."""
+  chosen_on = evaluators.specs[evaluator]
+  images = chosen_on.split_identity[:2] + chosen_on.split_identity[3:]  # the image size aside
+  same = [name for name in evaluators.reported if name != evaluator
+          and evaluators.specs[name].split_identity[:2] + evaluators.specs[name].split_identity[3:] == images]
+  return {"metric": metric, "evaluator": evaluator, "dataset": chosen_on.config.dataset.name,
+          "split": chosen_on.split, "epoch": epoch, "value": value, "trained_epochs": trained_epochs,
+          "reported_on_the_same_split": same}
+
+
+def selection_note(selection: dict, chosen: str = "") -> str:
+  """How the reported weights were chosen (`chosen`: which epoch, by default "The best epoch (E of N)"), saying
+  when a reported figure is the selection's own."""
+  chosen = chosen or f"The best epoch ({selection['epoch']} of {selection['trained_epochs']})"
+  note = (f"{chosen} by {selection['metric']} on the evaluator {selection['evaluator']} ({selection['dataset']} "
+          f"{selection['split']}).")
+  if same := selection["reported_on_the_same_split"]:
+    note += (f" {', '.join(same)} {'reports' if len(same) == 1 else 'report'} the split the epoch was chosen on: "
+             "the best of the epochs evaluated there, an optimistic figure (the official scripts report it so); "
+             "select on a split held out of training and testing for an unbiased one (README, 'Model selection').")
+  return note
+
+
 def final_report(evaluators: Evaluators, variables, workdir: str, step: int | None, checkpoint: str,
-                 reusable: dict | None = None, trained_steps: int | None = None) -> dict:
+                 reusable: dict | None = None, trained_steps: int | None = None, selection: dict | None = None) -> dict:
   """Runs every reported evaluator (single pass and, where it has one, with its TTA), writes the
   report files and returns the "test" evaluator's results with all of them under "evaluators", the
   evaluators skipped for a missing split under "skipped_evaluators", the run's config, flat, under
   "config", the checkpoint folder of the weights under "checkpoint" and the steps the run trained under
   "trained_steps" (None: `--mode=eval`). `step`: the step whose weights are evaluated (the best epoch's with
   restore_best; under `--mode=eval` the number `checkpoint` is named by, 0 for a converted model, None where it is
-  not one). `reusable`: {inputs_identity: results} already computed with these variables."""
+  not one). `reusable`: {inputs_identity: results} already computed with these variables. `selection`: what chose
+  these weights (`selection_record`), under "selection", where they are a selected epoch's."""
   reusable, by_name = dict(reusable or {}), {}
   for name in evaluators.reported:
     spec = evaluators.specs[name]
@@ -384,7 +414,8 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
                  spec.split, results["accuracy"], results["mean_class_accuracy"], results["num_examples"],
                  f"; with {spec.tta} TTA: accuracy {results['tta']['accuracy']:.4f}" if "tta" in results else "")
   report = {**by_name[REPORTED], "evaluators": by_name, "skipped_evaluators": evaluators.skipped,
-            "config": config_lib.flat(evaluators.config), "checkpoint": checkpoint, "trained_steps": trained_steps}
+            "config": config_lib.flat(evaluators.config), "checkpoint": checkpoint, "trained_steps": trained_steps,
+            "selection": selection}
   examples = {name: evaluators.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in by_name}
   write_report(report, workdir, examples)
   return report

@@ -309,7 +309,18 @@ def summarize(reports: dict[int, dict]) -> dict:
     per_seed = [_metrics(evaluators[seed][name]) for seed in seeds]
     summary[name] = {metric: _mean_std([m.get(metric) for m in per_seed]) for metric in per_seed[0]}
   return {"seeds": seeds, "config": _shared_config(reports), "runs": _run_record(evaluators[seeds[0]]),
-          "evaluators": summary}
+          "evaluators": summary, "selection": _selection(reports)}
+
+
+def _selection(reports: dict[int, dict]) -> dict | None:
+  """How every seed's reported weights were chosen (one rule, check_same_run), with each seed's epoch and value;
+  None where they are the last epoch's."""
+  selections = {seed: report.get("selection") for seed, report in reports.items()}
+  if not all(selections.values()):
+    return None
+  return {**next(iter(selections.values())),
+          **{key: {seed: selection[key] for seed, selection in selections.items()}
+             for key in ("epoch", "value", "trained_epochs")}}
 
 
 def _cell(stats: dict) -> str:
@@ -324,9 +335,14 @@ def _cell(stats: dict) -> str:
 def markdown(summary: dict) -> str:
   seeds, runs = ", ".join(map(str, summary["seeds"])), summary["runs"]
   lines = [f"Mean ± sample standard deviation (%) over seeds {seeds} of {next(iter(runs.values()))['model']} "
-           f"(n = {len(summary['seeds'])} per metric unless marked).", "",
-           "| evaluator | data set | split | examples | " + " | ".join(SCALARS) + " | TTA | TTA accuracy |",
-           "|---|---|---|---:|" + "---:|" * len(SCALARS) + "---|---:|"]
+           f"(n = {len(summary['seeds'])} per metric unless marked).", ""]
+  if selection := summary.get("selection"):
+    from fer_jax import evaluate  # the model stack loads only where a selection is told
+    epochs = ", ".join(f"seed {seed}: {epoch} of {selection['trained_epochs'][seed]}"
+                       for seed, epoch in selection["epoch"].items())
+    lines += [f"Weights: {evaluate.selection_note(selection, f'each seed’s best epoch ({epochs})')}", ""]
+  lines += ["| evaluator | data set | split | examples | " + " | ".join(SCALARS) + " | TTA | TTA accuracy |",
+            "|---|---|---|---:|" + "---:|" * len(SCALARS) + "---|---:|"]
   for name, metrics in summary["evaluators"].items():
     run = runs[name]
     tta = _cell(metrics["tta/accuracy"]) if "tta/accuracy" in metrics else "–"

@@ -468,14 +468,18 @@ class TrainingRun:
     checkpointing.wait_until_saved(self.checkpoints)
     self.selection.wait_until_finished()
     variables, reusable, step, checkpoints = self.variables, self.last_evals, self.step, self.checkpoints
+    selection = None
     if self.config.restore_best and self.selection.metric and self.selection.checkpoints.latest_step() is not None:
       variables = jax.device_put(self.selection.best_variables(self.abstract), NamedSharding(self.mesh, P()))
       step, checkpoints = self.selection.checkpoints.latest_step(), self.selection.checkpoints
-      logging.info("Reporting the best epoch (%d, step %d, %s %.4f)", self.selection.best_epoch, step,
-                   self.selection.metric, self.selection.best_value)
+      selection = evaluate.selection_record(self.evaluators, self.selection.metric, self.selection.evaluator,
+                                            self.selection.best_epoch, self.selection.best_value,
+                                            self.step // self.steps_per_epoch)
+      logging.info("Reporting step %d. %s", step, evaluate.selection_note(selection))
       reusable = self.best_evals.get(step, {})
     report = evaluate.final_report(self.evaluators, variables, self.workdir, step,
-                                   os.path.join(checkpoints.directory, str(step)), reusable, trained_steps=self.step)
+                                   os.path.join(checkpoints.directory, str(step)), reusable, trained_steps=self.step,
+                                   selection=selection)
     for name, results in report["evaluators"].items():
       self.writer.scalars(self.step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
     return report

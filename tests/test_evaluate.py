@@ -147,6 +147,35 @@ def test_report_files(tmp_path):
   assert "| other | d | s | 8 | 87.50 | 87.50 |" in table  # 7 of 8 right; recalls 3/4 and 4/4
 
 
+def test_the_selection_names_the_reported_evaluators_that_read_the_split_it_chose_on():
+  """DAN's RAF-DB config selects its best epoch on the test split and reports it there, as the official script
+  does: the report says so. Selected on a held-out part of the training split, nothing reported is its own."""
+  config = get_config("configs/dan.py:rafdb")
+  config.evals.occluded_mouth = config_lib.evaluator(pp="occlude('mouth')|" + config.input.eval_pp)
+  config.evals.ferplus = config_lib.evaluator(dataset="ferplus")
+  selection = evaluate.selection_record(evaluate.Evaluators(None, config, None), "accuracy", "eval", 37, 0.9, 40)
+  assert selection["reported_on_the_same_split"] == ["test", "occluded_mouth"]
+  assert evaluate.selection_note(selection).startswith(
+      "The best epoch (37 of 40) by accuracy on the evaluator eval (rafdb test). test, occluded_mouth report "
+      "the split the epoch was chosen on: the best of the epochs evaluated there, an optimistic figure")
+  config.dataset.update(eval_split="train[90%:]", test_split="test")
+  selection = evaluate.selection_record(evaluate.Evaluators(None, config, None), "accuracy", "eval", 37, 0.9, 40)
+  assert selection["reported_on_the_same_split"] == []
+  assert evaluate.selection_note(selection) == ("The best epoch (37 of 40) by accuracy on the evaluator eval "
+                                                "(rafdb train[90%:]).")
+
+
+def test_a_report_of_a_selected_epoch_says_how_it_was_chosen(tmp_path):
+  results, images = _one_evaluators_results()
+  selection = {"metric": "accuracy", "evaluator": "eval", "dataset": "d", "split": "s", "epoch": 3, "value": 0.875,
+               "trained_epochs": 5, "reported_on_the_same_split": ["test"]}
+  evaluate.write_report({**results, "evaluators": {"test": results}, "selection": selection}, str(tmp_path),
+                        {"test": images})
+  table = (tmp_path / "eval_results.md").read_text()
+  assert ("Selected: The best epoch (3 of 5) by accuracy on the evaluator eval (d s). test reports the split the "
+          "epoch was chosen on") in table
+
+
 def test_a_report_written_again_with_fewer_evaluators_leaves_no_figure_of_the_others(tmp_path):
   results, images = _one_evaluators_results()
   evaluate.write_report({**results, "evaluators": {"test": results, "sfew": results}}, str(tmp_path),

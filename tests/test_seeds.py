@@ -65,6 +65,20 @@ def test_summary_is_the_mean_and_sample_std_of_every_metric(tmp_path):
     assert (tmp_path / picture).stat().st_size > 5000
 
 
+def test_the_summary_of_selected_epochs_says_how_each_seed_chose_its_weights(tmp_path):
+  _write_runs(tmp_path)
+  for seed in REPORTS:
+    report = json.loads((tmp_path / f"seed_{seed}" / "eval_results.json").read_text())
+    report["selection"] = {"metric": "accuracy", "evaluator": "eval", "dataset": "synthetic/tiny", "split": "test",
+                           "epoch": seed + 2, "value": 0.5, "trained_epochs": 5, "reported_on_the_same_split": ["test"]}
+    (tmp_path / f"seed_{seed}" / "eval_results.json").write_text(json.dumps(report))
+  summary = seeds.write_summary(str(tmp_path), seeds.read_reports(ANY_SEED, str(tmp_path), [0, 1, 2]))
+  assert summary["selection"]["epoch"] == {0: 2, 1: 3, 2: 4}
+  assert ("Weights: each seed’s best epoch (seed 0: 2 of 5, seed 1: 3 of 5, seed 2: 4 of 5) by accuracy on the "
+          "evaluator eval (synthetic/tiny test). test reports the split the epoch was chosen on: the best of the "
+          "epochs evaluated there, an optimistic figure") in (tmp_path / "seeds_summary.md").read_text()
+
+
 def test_importing_seeds_loads_neither_training_nor_inference():
   """The summary's figures come from fer_jax.figures (matplotlib loads when one is drawn); training loads
   only when a seed trains."""
