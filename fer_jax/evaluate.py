@@ -309,8 +309,8 @@ class Evaluators:
     """Opens every evaluator's split now, so that a bad one fails before any training; drops
     (with a warning, and in `skipped`) those with `skip_if_missing` whose split the prepared set lacks."""
     for name, spec in list(self.specs.items()):
-      if spec.skip_if_missing and not pipeline.has_split(spec.config, spec.split, spec.dataset_key):
-        self.skipped[name] = f"{spec.config.dataset.name} has no split {spec.split!r}"
+      if spec.skip_if_missing and (absence := pipeline.split_absence(spec.config, spec.split, spec.dataset_key)):
+        self.skipped[name] = absence
         logging.warning("Evaluator %s skipped: %s (skip_if_missing).", name, self.skipped[name])
         del self.specs[name]
       else:

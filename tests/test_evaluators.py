@@ -178,8 +178,19 @@ def test_the_report_lists_the_evaluators_skipped_and_why(fixture_sets, tmp_path)
   evaluate.final_report(evaluator, _predicting(labels.NEUTRAL, "rafdb"), str(tmp_path), 0, "model/0")
   recorded = json.loads((tmp_path / "eval_results.json").read_text())
   assert list(recorded["evaluators"]) == ["test"]
-  assert recorded["skipped_evaluators"] == {"pose45": "rafdb has no split 'test_pose45'"}
-  assert "Skipped (skip_if_missing): pose45: rafdb has no split 'test_pose45'." in (tmp_path / "eval_results.md").read_text()
+  reason = "rafdb has no split 'test_pose45'; its splits: train, test"
+  assert recorded["skipped_evaluators"] == {"pose45": reason}
+  assert f"Skipped (skip_if_missing): pose45: {reason}." in (tmp_path / "eval_results.md").read_text()
+
+
+def test_an_evaluator_skipped_for_a_misspelt_split_is_told_the_closest_name(fixture_sets, caplog):
+  data_dir, _ = fixture_sets
+  config = _config(data_dir, "rafdb", "test", "rafdb", mine=dict(dataset="rafdb", split="tset", skip_if_missing=True))
+  evaluator = evaluate.Evaluators(Constant(7), config, mesh_lib.make_mesh())
+  with caplog.at_level(logging.WARNING):
+    evaluator.open_all()
+  assert evaluator.skipped == {"mine": "rafdb has no split 'tset' (did you mean 'test'?); its splits: train, test"}
+  assert "Evaluator mine skipped: rafdb has no split 'tset' (did you mean 'test'?)" in caplog.text
 
 
 @pytest.mark.integration

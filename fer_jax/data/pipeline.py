@@ -14,6 +14,7 @@ its own slice of every global batch.
 
 import copy
 import dataclasses
+import difflib
 import itertools
 import math
 import os
@@ -111,9 +112,17 @@ def _missing_splits(builder, split: str) -> list[str]:
   return [name for name in parts if name not in builder.info.splits]
 
 
-def has_split(config, split: str, dataset_key: str = "dataset.name") -> bool:
-  """Whether the prepared `config.dataset` (named by `dataset_key`) holds every part of `split`."""
-  return not _missing_splits(_builder(config.dataset, dataset_key), split)
+def split_absence(config, split: str, dataset_key: str = "dataset.name") -> str:
+  """"" where the prepared `config.dataset` (named by `dataset_key`) holds every part of `split`, else why not:
+  the part missing, the closest split name where one is close (a misspelling), and the splits it has."""
+  builder = _builder(config.dataset, dataset_key)
+  missing = _missing_splits(builder, split)
+  if not missing:
+    return ""
+  splits = list(builder.info.splits)
+  closest = difflib.get_close_matches(missing[0], splits, n=1)
+  return (f"{config.dataset.name} has no split {missing[0]!r}"
+          f"{f' (did you mean {closest[0]!r}?)' if closest else ''}; its splits: {', '.join(splits)}")
 
 
 def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = False,
