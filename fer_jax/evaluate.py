@@ -430,9 +430,21 @@ def check_not_a_training_run(workdir: str) -> None:
                     "--workdir for the evaluation (--checkpoint may still name this run).")
 
 
+def warn_of_a_replaced_report(workdir: str, checkpoint: str) -> None:
+  """An evaluation's report replaces the one its folder holds: said, naming the weights that one evaluated."""
+  try:
+    with open(os.path.join(workdir, checkpointing.REPORT)) as f:
+      previous = json.load(f).get("checkpoint")
+  except (OSError, ValueError, AttributeError):
+    return
+  logging.warning("%s holds the report of an evaluation of %s: this one of %s replaces it (pass another --workdir to "
+                  "keep both).", os.path.abspath(workdir), previous or "unnamed weights", checkpoint)
+
+
 def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   """`--mode=eval`: runs every evaluator of `config` on a saved or converted checkpoint and writes the report."""
   check_not_a_training_run(workdir)
+  warn_of_a_replaced_report(workdir, checkpoint)
   validation.validate(config, training=False)
   mesh = mesh_lib.make_mesh()
   model = models.build_model(config)

@@ -358,6 +358,7 @@ def markdown(summary: dict) -> str:
 
 def write_summary(workdir: str, reports: dict[int, dict]) -> dict:
   summary = summarize(reports)
+  _warn_of_other_seeds_replaced(workdir, summary["seeds"])
   with open(os.path.join(workdir, "seeds_summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   with open(os.path.join(workdir, "seeds_summary.md"), "w") as f:
@@ -373,6 +374,17 @@ def write_summary(workdir: str, reports: dict[int, dict]) -> dict:
   return summary
 
 
+def _warn_of_other_seeds_replaced(workdir: str, seeds: list[int]) -> None:
+  try:
+    with open(os.path.join(workdir, "seeds_summary.json")) as f:
+      previous = json.load(f)["seeds"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return
+  if previous != seeds:
+    logging.warning("The summary over seeds %s in %s is replaced by this one over seeds %s.",
+                    ", ".join(map(str, previous)), os.path.abspath(workdir), ", ".join(map(str, seeds)))
+
+
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
@@ -384,7 +396,8 @@ def main(argv):
     train_seeds(args.config, args.workdir, seeds)
   summary = write_summary(args.workdir, read_reports(args.config, args.workdir, seeds))
   print(markdown(summary))
-  logging.info("Wrote the summary to %s (seeds_summary.json, seeds_summary.md, seeds_accuracy.png).",
+  logging.info("Wrote the summary to %s (seeds_summary.json, seeds_summary.md, seeds_accuracy.png, "
+               "seeds_per_class.png).",
                os.path.abspath(args.workdir))
 
 

@@ -176,6 +176,16 @@ def test_a_report_of_a_selected_epoch_says_how_it_was_chosen(tmp_path):
           "epoch was chosen on") in table
 
 
+def test_an_evaluation_replacing_another_ones_report_says_so(tmp_path, caplog):
+  with caplog.at_level(logging.WARNING):
+    evaluate.warn_of_a_replaced_report(str(tmp_path), "runs/b/checkpoints/8")  # no report there: nothing said
+    assert not caplog.records
+    (tmp_path / "eval_results.json").write_text('{"checkpoint": "runs/a/checkpoints/16"}')
+    evaluate.warn_of_a_replaced_report(str(tmp_path), "runs/b/checkpoints/8")
+  assert (f"{tmp_path} holds the report of an evaluation of runs/a/checkpoints/16: this one of runs/b/checkpoints/8 "
+          "replaces it") in caplog.text
+
+
 def test_a_report_written_again_with_fewer_evaluators_leaves_no_figure_of_the_others(tmp_path):
   results, images = _one_evaluators_results()
   evaluate.write_report({**results, "evaluators": {"test": results, "sfew": results}}, str(tmp_path),

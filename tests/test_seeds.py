@@ -79,6 +79,16 @@ def test_the_summary_of_selected_epochs_says_how_each_seed_chose_its_weights(tmp
           "epochs evaluated there, an optimistic figure") in (tmp_path / "seeds_summary.md").read_text()
 
 
+def test_a_summary_over_other_seeds_replacing_the_last_says_so(tmp_path, caplog):
+  _write_runs(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    seeds.write_summary(str(tmp_path), seeds.read_reports(ANY_SEED, str(tmp_path), [0, 1, 2]))
+    seeds.write_summary(str(tmp_path), seeds.read_reports(ANY_SEED, str(tmp_path), [0, 1, 2]))
+    assert not caplog.records  # the same seeds summarised again
+    seeds.write_summary(str(tmp_path), seeds.read_reports(ANY_SEED, str(tmp_path), [0, 1]))
+  assert f"The summary over seeds 0, 1, 2 in {tmp_path} is replaced by this one over seeds 0, 1." in caplog.text
+
+
 def test_importing_seeds_loads_neither_training_nor_inference():
   """The summary's figures come from fer_jax.figures (matplotlib loads when one is drawn); training loads
   only when a seed trains."""
