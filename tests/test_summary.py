@@ -7,7 +7,9 @@ import pytest
 
 from fer_jax import checkpointing
 from fer_jax import export
+from fer_jax import models
 from fer_jax import summary
+from fer_jax import validation
 from fer_jax.errors import UserError
 from helpers import assert_user_error, get_config, random_variables, run_command
 
@@ -32,6 +34,18 @@ def test_the_config_comes_from_the_record(saved, kind):
               "dataset.class_order"):
     section, name = key.split(".")
     assert recorded[section][name] == config[section][name], key
+
+
+@pytest.mark.parametrize("spec", ["configs/dan.py:rafdb", "configs/apvit.py:rafdb", "configs/scan_cci.py:rafdb",
+                                  "configs/lhcnet.py:fer2013,stage=C"])
+def test_every_methods_record_rebuilds_a_config_that_passes_the_check(spec):
+  """SCAN-CCI's check read config.loss keys that the rebuilt config lacks: summary and fer_jax.load of any SCAN-CCI
+  checkpoint without --config ended in AttributeError 'class_weights'."""
+  rebuilt = checkpointing.config_from_meta(checkpointing.metadata(get_config(spec)))
+  validation.validate(rebuilt, training=False)
+  expected = get_config(spec)
+  models.resolve_dtype(expected)  # as the check resolved the rebuilt config's "auto"
+  assert rebuilt.model.to_dict() == expected.model.to_dict()
 
 
 def test_a_checkpoint_without_a_meta_record_asks_for_its_config(saved, tmp_path):

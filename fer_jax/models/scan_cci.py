@@ -316,12 +316,14 @@ def effective_number_weights(counts: Sequence[int], beta: float) -> np.ndarray:
 
 
 def config_problems(config) -> list[str]:
-  """config.loss's weighting and the class counts given to it, checked before any work (fer_jax.validation)."""
+  """config.loss's weighting and the class counts given to it, checked before any work (fer_jax.validation). A
+  config rebuilt from a checkpoint's record for inference has no loss settings: nothing to check."""
   loss_config, num_classes = config.loss, config.model.num_classes
   problems = []
-  if loss_config.class_weights not in ("", "effective_number"):
-    problems.append(f"config.loss.class_weights={loss_config.class_weights!r} is not one of: '', 'effective_number'.")
-  counts = tuple(loss_config.class_counts)
+  weighting = loss_config.get("class_weights", "")
+  if weighting not in ("", "effective_number"):
+    problems.append(f"config.loss.class_weights={weighting!r} is not one of: '', 'effective_number'.")
+  counts = tuple(loss_config.get("class_counts", ()))
   if counts and (len(counts) != num_classes or min(counts) < 1):
     problems.append(f"config.loss.class_counts={counts} needs {num_classes} positive counts "
                     f"(config.model.num_classes), one per class in the model's class order: give them, or leave it "
