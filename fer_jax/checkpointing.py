@@ -182,6 +182,7 @@ def save_errors(checkpoints: ocp.CheckpointManager):
     kept = (f"the newest complete checkpoint, {os.path.join(checkpoints.directory, str(max(complete)))}, is intact"
             if complete else "no complete checkpoint was written yet")
     reason = _root_cause(e)
+    errors.quiet_closed_event_loops()
     raise CheckpointError(f"Saving a checkpoint in {checkpoints.directory} failed ({reason}); {kept}. Free space or "
                           "fix the folder, then run the same command again to resume.") from e
 
@@ -351,6 +352,7 @@ def read_errors(what: str, fix: str):
     raise
   except Exception as e:  # pylint: disable=broad-except  (Orbax wraps TensorStore's errors in bare Exceptions)
     reason = _root_cause(e)
+    errors.quiet_closed_event_loops()
     raise CheckpointError(f"Cannot read {what} ({reason}): it is damaged or incomplete; {fix}.") from e
 
 

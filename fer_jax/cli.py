@@ -23,6 +23,7 @@ from absl import logging
 import ml_collections
 
 from fer_jax import config_lib
+from fer_jax import errors
 from fer_jax.errors import USER_ERROR_STATUS
 from fer_jax.errors import UserError
 
@@ -123,7 +124,7 @@ def run(main) -> None:
 
   def main_with_clean_errors(argv):
     logging.get_absl_handler().addFilter(_worth_showing)
-    sys.unraisablehook = _without_closed_loop_callbacks(sys.unraisablehook)
+    errors.quiet_closed_event_loops()
     try:
       return main(argv)
     except Exception as error:  # pylint: disable=broad-except
@@ -155,16 +156,6 @@ def _list_shared_flags_in_short_help() -> None:
   for name in ("config", "verbose"):
     if name in flags.FLAGS:
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-
-
-def _without_closed_loop_callbacks(hook):
-  """`hook` but for "Event loop is closed": after a failed Orbax read (a damaged checkpoint or export) the reads
-  still in flight complete on TensorStore's threads and call back into the asyncio loop the failure closed, each
-  printing that error's traceback beside the one-line message."""
-  def filtered(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
-      hook(unraisable)
-  return filtered
 
 
 def _parse_flags(argv):

@@ -8,6 +8,7 @@ line and a Python statement under `python_caller` (`fer_jax.load`'s caller).
 
 import contextlib
 import contextvars
+import sys
 
 USER_ERROR_STATUS = 2
 
@@ -68,3 +69,20 @@ def counted(count: int, noun: str) -> str:
 def with_article(word: str) -> str:
   """"an apvit", "a dan": a name (a method's) after the indefinite article its first letter calls for."""
   return f"{'an' if word and word[0].lower() in 'aeiou' else 'a'} {word}"
+
+
+def quiet_closed_event_loops() -> None:
+  """Leaves "Event loop is closed" out of the unraisable-exception hook, once per process: after a failed Orbax read
+  (a damaged checkpoint or export) the reads still in flight complete on TensorStore's threads and call back into
+  the asyncio loop the failure closed, each printing that error's traceback beside the clear error (the commands
+  at start-up, `fer_jax.checkpointing.read_errors` in a Python process at the first failed read)."""
+  hook = sys.unraisablehook
+  if getattr(hook, "quiets_closed_event_loops", False):
+    return
+
+  def filtered(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      hook(unraisable)
+
+  filtered.quiets_closed_event_loops = True
+  sys.unraisablehook = filtered
