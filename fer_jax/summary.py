@@ -15,6 +15,8 @@ model, its input and classes, as for `fer_jax.load`.
 """
 
 from collections.abc import Mapping
+import itertools
+import re
 
 from absl import flags
 from clu import parameter_overview
@@ -38,12 +40,12 @@ def count_params(tree, exclude=()) -> int:
 
 
 def module_table(params, depth: int, exclude=()) -> list[tuple[str, int]]:
-  """(indented name, count) per module down to `depth`; a module's children are listed when
-  at least one of them is a module."""
+  """(indented name, count) per module down to `depth`, numbered ones in their numbers' order (block_2 before
+  block_10); a module's children are listed when at least one of them is a module."""
   rows = []
 
   def visit(tree, level):
-    for name, subtree in tree.items():
+    for name, subtree in sorted(tree.items(), key=lambda item: _in_number_order(item[0])):
       if level == 0 and name in exclude:
         continue
       rows.append(("  " * level + name, count_params(subtree)))
@@ -52,6 +54,10 @@ def module_table(params, depth: int, exclude=()) -> list[tuple[str, int]]:
 
   visit(params, 0)
   return rows
+
+
+def _in_number_order(name: str) -> list:
+  return [int(part) if odd else part for odd, part in zip(itertools.cycle((False, True)), re.split(r"(\d+)", name))]
 
 
 def macs(model, config) -> int:

@@ -3,6 +3,7 @@
 
 import shutil
 
+import numpy as np
 import pytest
 
 from fer_jax import checkpointing
@@ -69,3 +70,11 @@ def test_summary_of_a_checkpoint_needs_no_config(saved):
   assert recorded.stdout == given.stdout
   assert_user_error(run_command("fer_jax.summary"), "Pass --config=configs/<method>.py:<dataset>, or a --checkpoint "
                     "whose meta record gives it.")
+
+
+def test_numbered_modules_are_listed_in_their_numbers_order():
+  """SCAN-CCI's 25 region units were listed local_scan_0, _1, _10 … _19, _2."""
+  params = {f"local_scan_{n}": {"kernel": np.zeros(n + 1)} for n in (10, 2, 0, 1)}
+  params["lhc1"] = {"controller": {"kernel": np.zeros(3)}}
+  assert summary.module_table(params, depth=1) == [("lhc1", 3), ("local_scan_0", 1), ("local_scan_1", 2),
+                                                   ("local_scan_2", 3), ("local_scan_10", 11)]
