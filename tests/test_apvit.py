@@ -335,5 +335,5 @@ def test_an_input_too_small_for_app_keep_is_a_config_error_under_jit():
   config = get_config("configs/apvit.py:rafdb")
   config.input.size = 64  # an 8×8 patch grid, 64 positions for APP's 160
   model = models.build_model(config)
-  with pytest.raises(ConfigError, match=r"app_keep=160 .* 8×8 patch grid of a 64² input.*app_keep ≤ 64"):
+  with pytest.raises(ConfigError, match=r"app_keep=160 .* 8×8 patch grid \(the input's side over 8, rounded up\).*app_keep ≤ 64"):
     jax.jit(lambda: models.init_variables(model, config, jax.random.key(0)))()

@@ -115,7 +115,7 @@ def test_an_input_too_small_for_apvits_kept_patches_stops_before_reading_data(tm
   """The model's own shape rule (traced with the abstract variables) runs before the data is opened and decoded."""
   result = _main("--config=configs/apvit.py:rafdb", "--config.input.size=64", f"--workdir={tmp_path}",
                  "--config.dataset.data_dir=/nonexistent")
-  assert_user_error(result, "config.model.app_keep=160 tokens cannot be kept from the 8×8 patch grid of a 64² input")
+  assert_user_error(result, "config.model.app_keep=160 tokens cannot be kept from the 8×8 patch grid (the input's side over 8, rounded up)")
   assert not os.path.exists(tmp_path / "checkpoints")
 
 

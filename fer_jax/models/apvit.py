@@ -91,8 +91,8 @@ class PoolingViT(PoolingViTSettings):
     batch, height, width, channels = features.shape
     if self.app_keep > height * width:
       raise ConfigError(f"config.model.app_keep={self.app_keep} tokens cannot be kept from the {height}×{width} "
-                        f"patch grid of a {height * FEATURE_STRIDE}² input: use a larger config.input.size (the "
-                        f"paper's 112) or config.model.app_keep ≤ {height * width}.")
+                        f"patch grid (the input's side over {FEATURE_STRIDE}, rounded up): use a larger "
+                        f"config.input.size (the paper's 112) or config.model.app_keep ≤ {height * width}.")
     # The official init leaves the projection at PyTorch's default.
     projected = fast_ops.Conv(self.width, (1, 1), kernel_init=layers.torch_kernel_init,
                         bias_init=layers.torch_bias_init(channels), dtype=self.dtype,
