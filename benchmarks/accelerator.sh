@@ -11,8 +11,9 @@
 # the CPU no-regression figures), STEPS (default 20 timed steps),
 # WARMUP (default 5 untimed steps after compilation), PROFILE=1 (a jax.profiler trace of 3 train
 # steps per run under OUT_DIR/profile/), REFERENCE=0 (no official-code H100 columns), CONFIGS (a
-# space-separated subset), REMAT (config.model.remat of every run, default none), PY (python),
-# RUN_TIMEOUT (seconds; a run past it is stopped and the next one starts), OFFICIAL (clones of the
+# space-separated subset), REMAT (config.model.remat of every run, default none), PY (default python3,
+# else python), RUN_TIMEOUT (seconds; a run past it is stopped, killed 10 s later if it has not
+# gone, and the next one starts), OFFICIAL (clones of the
 # official code as METHOD=DIR words, e.g. "dan=/tmp/DAN scan_cci=/tmp/SCAN-CCI-FER": then each
 # method's official training step is timed after ours, on the same device and at the same batch, in
 # each of OFFICIAL_VARIANTS, default "fp32 tuned compiled"; OFFICIAL_PACKAGES, a folder of packages
@@ -23,14 +24,14 @@
 set -euo pipefail
 OUT_DIR=$(realpath -m "${1:?usage: bash benchmarks/accelerator.sh OUT_DIR}")
 cd "$(dirname "$0")/.."
-PY=${PY:-python}
+PY=${PY:-$(command -v python3 || echo python)}
 DTYPES=${DTYPES:-bfloat16 float32}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-5}
 read -r -a CONFIGS <<< "${CONFIGS:-configs/dan.py:rafdb configs/apvit.py:rafdb configs/scan_cci.py:rafdb configs/lhcnet.py:fer2013,stage=B}"
 mkdir -p "$OUT_DIR/logs"
 limit=()
-if [ -n "${RUN_TIMEOUT:-}" ]; then limit=(timeout "$RUN_TIMEOUT"); fi
+if [ -n "${RUN_TIMEOUT:-}" ]; then limit=(timeout -k 10 "$RUN_TIMEOUT"); fi
 
 for dtype in $DTYPES; do
   for config in "${CONFIGS[@]}"; do

@@ -21,20 +21,25 @@
 #
 # Environment: BUDGET (seconds this call may take, default 570), ITEMS (a space-separated subset, in
 # this order), STATE (default .device_session), WHEELS (a folder from `python launch/offline_wheels.py`:
-# the dependencies the machine lacks are installed from it without an index), PY (python), TARGET (the
-# GpuTargetConfigProto whose bandwidth the profiles' rooflines take, default
-# benchmarks/gpu_targets/h200.txtpb); DAN, LHCNET, SCAN_CCI, APVIT (the configs, default each paper
-# config) and BATCH, STEPS, WARMUP (every run's, instead of the paper batch, 20 and 5) give a small run
-# of the same items on a CPU. Each call writes into OUT_DIR everything done so far: candidates.jsonl,
-# results.jsonl and official.jsonl (the timed lines), breakdown_ITEM.txt (a profile by category, then, on a GPU, beside its
-# roofline), env.txt, done.txt, session.log, and the items' logs and traces as logs.tgz and profiles.tgz.
+# the dependencies the machine lacks are installed from it without an index), PY (default python3, else
+# python: a fresh machine may have no `python`), TARGET (the GpuTargetConfigProto whose bandwidth the
+# profiles' rooflines take; default the one in benchmarks/gpu_targets whose device_description_str is the
+# GPU's device kind: h100.txtpb for "NVIDIA H100 80GB HBM3", h200.txtpb for "NVIDIA H200"; none, and no
+# rooflines, for another GPU); DAN, LHCNET, SCAN_CCI, APVIT (the configs, default each paper config) and
+# BATCH, STEPS, WARMUP (every run's, instead of the paper batch, 20 and 5) give a small run of the same
+# items on a CPU. Every call writes into OUT_DIR everything done so far, after the environment is known,
+# after each item and at exit (a call killed at its time limit has delivered its finished items), in at
+# most 8 files, the most the device tool brings back: candidates.jsonl, results.jsonl and official.jsonl
+# (the timed lines), breakdowns.txt (each profiled item's breakdown by category, then, on a GPU with a
+# TARGET, beside its roofline), env.txt (the machine), session.log (what the calls printed: each item
+# started, done, failed or skipped), logs.tgz (done.txt, the items' logs and files) and profiles.tgz (their
+# traces).
 set -euo pipefail
 OUT_DIR=$(realpath -m "${1:?usage: bash benchmarks/device_session.sh OUT_DIR}")
 cd "$(dirname "$0")/.."
 DEADLINE=$(( $(date +%s) + ${BUDGET:-570} ))
-PY=${PY:-python}
+PY=${PY:-$(command -v python3 || echo python)}
 STATE=$(realpath -m "${STATE:-.device_session}")
-TARGET=${TARGET:-benchmarks/gpu_targets/h200.txtpb}
 DAN=${DAN:-configs/dan.py:rafdb}
 LHCNET=${LHCNET:-configs/lhcnet.py:fer2013,stage=B}
 SCAN_CCI=${SCAN_CCI:-configs/scan_cci.py:rafdb}
@@ -56,10 +61,10 @@ size=()
 if [ -n "${BATCH:-}" ]; then size+=(--batch_size="$BATCH"); fi
 size+=(--steps="${STEPS:-20}" --warmup="${WARMUP:-5}")
 
-bounded() {  # COMMAND ...: stopped at the deadline
+bounded() {  # COMMAND ...: stopped at the deadline (TERM to its process group, KILL 10 s later)
   local left=$(( DEADLINE - $(date +%s) ))
   if (( left <= 0 )); then return 124; fi  # timeout 0 would not stop it
-  timeout "$left" "$@"
+  timeout -k 10 "$left" "$@"
 }
 
 candidates() {  # CONFIG VARIANTS
@@ -74,7 +79,7 @@ profiled() {  # ITEM CONFIG PAPER_BATCH: bf16, one run profiled, then its breakd
   cat "$STATE/items/$name/results.jsonl" >> "$STATE/results.jsonl"
   trace=$(find "$STATE/items/$name/profile" -mindepth 1 -maxdepth 1 -type d | head -n 1)
   bounded "$PY" benchmarks/profile_breakdown.py "$trace" --top 25 > "$STATE/breakdown_$name.txt" || return 1
-  if [ "$BACKEND" = gpu ]; then
+  if [ "$BACKEND" = gpu ] && [ -n "$TARGET" ]; then
     bounded "$PY" benchmarks/profile_breakdown.py "$trace" --roofline "$TARGET" --top 40 >> "$STATE/breakdown_$name.txt"
   fi
 }
@@ -108,19 +113,37 @@ conv_input_channels_padded+max_pool_xla_gradient" ;;
   esac
 }
 
-deliver() {  # everything done so far, into OUT_DIR, in a few files
-  cp "$STATE"/done.txt "$STATE"/session.log "$OUT_DIR"/
-  for file in "$STATE"/env.txt "$STATE"/*.jsonl "$STATE"/breakdown_*.txt; do
-    if [ -f "$file" ]; then cp "$file" "$OUT_DIR"/; fi
+MAX_FILE_BYTES=$(( 16 * 2**20 ))  # the most the device tool brings back of one file
+
+deliver() {  # everything done so far into OUT_DIR, in at most 8 files (the header says which)
+  local staging="$STATE/delivery" file
+  rm -rf "$staging"
+  mkdir -p "$staging"
+  for file in candidates.jsonl results.jsonl official.jsonl env.txt session.log; do
+    if [ -f "$STATE/$file" ]; then cp "$STATE/$file" "$staging"/; fi
   done
-  tar -czf "$OUT_DIR/logs.tgz" -C "$STATE" --exclude=profile logs items
-  (cd "$STATE" && find items -mindepth 2 -maxdepth 2 -name profile -print0 | tar -czf "$OUT_DIR/profiles.tgz" \
+  for file in "$STATE"/breakdown_*.txt; do
+    if [ -f "$file" ]; then
+      file=$(basename "$file" .txt)
+      { echo "==> ${file#breakdown_} <=="; cat "$STATE/$file.txt"; echo; } >> "$staging/breakdowns.txt"
+    fi
+  done
+  tar -czf "$staging/logs.tgz" -C "$STATE" --exclude=profile done.txt logs items
+  (cd "$STATE" && find items -mindepth 2 -maxdepth 2 -name profile -print0 | tar -czf "$staging/profiles.tgz" \
     --exclude='*.xplane.pb' --null -T -)  # the perfetto traces that profile_breakdown.py reads
+  for file in "$staging"/*; do
+    if (( $(stat -c %s "$file") > MAX_FILE_BYTES )); then
+      echo "warning: $(basename "$file") is over 16 MiB: the device tool will not bring it back" >&2
+    fi
+  done
+  cp "$staging"/* "$OUT_DIR"/
 }
 trap deliver EXIT
+trap 'exit 143' TERM  # a call stopped at its limit: deliver (the EXIT trap) before going
 
 if [ ! -f "$STATE/env.txt" ]; then  # first, so that even a failed install tells what the machine has
   { date -u; nvidia-smi 2>/dev/null || true; "$PY" -m pip list --format=freeze 2>/dev/null || true; } > "$STATE/env.txt"
+  deliver
 fi
 if [ -n "${WHEELS:-}" ]; then
   "$PY" -m pip install -q --no-index --find-links="$WHEELS" -r "$WHEELS/requirements.txt"
@@ -129,8 +152,19 @@ fi
 if ! grep -q '"device_kind"' "$STATE/env.txt"; then
   "$PY" -c "import json; from fer_jax import benchmark; print(json.dumps(benchmark.environment()))" >> "$STATE/env.txt"
 fi
-BACKEND=$("$PY" -c "import jax; print(jax.default_backend())")
+found=$("$PY" -c "import jax; print(jax.default_backend(), jax.devices()[0].device_kind)")
+BACKEND=${found%% *}
+KIND=${found#* }
 DEVICE=$([ "$BACKEND" = gpu ] && echo cuda || echo cpu)  # torch's name for it
+if [ "$BACKEND" = gpu ] && [ -z "${TARGET:-}" ]; then  # the target that describes this GPU, if there is one
+  TARGET=$(grep -lxF "device_description_str: \"$KIND\"" benchmarks/gpu_targets/*.txtpb | head -n 1 || true)
+  if [ -z "$TARGET" ]; then
+    echo "no benchmarks/gpu_targets/*.txtpb describes a \"$KIND\": breakdowns without rooflines (set TARGET)"
+  fi
+fi
+TARGET=${TARGET:-}
+echo "$(date -u +%T) $BACKEND: $KIND${TARGET:+, rooflines against $TARGET}"
+deliver
 
 for item in $ITEMS; do
   if grep -qx "$item" "$STATE/done.txt"; then continue; fi
@@ -142,7 +176,9 @@ for item in $ITEMS; do
   echo "$(date -u +%T) $item"
   if run_item "$item" > "$STATE/logs/$item.log" 2>&1; then
     echo "$item" >> "$STATE/done.txt"
+    echo "$(date -u +%T) done: $item"
   else
-    echo "failed: $item (logs/$item.log)"
+    echo "$(date -u +%T) failed: $item (logs/$item.log)"
   fi
+  deliver  # now: the call may be killed at its limit during the next item
 done

@@ -16,7 +16,9 @@ several threads add up to more than the step's wall time. On the CPU, XLA's own 
 does not record: their ops show little more than the hand-over, and the step's time is the measure.
 With --roofline (a GPU's trace), each kernel is set beside its roofline on the device the target
 describes (benchmarks/gpu_compile.py's, of the same compiled step): measured, roofline and excess ms
-per step by category, then the kernels furthest over theirs.
+per step by category, then the kernels furthest over theirs. Take the target of the GPU the trace was
+recorded on (benchmarks/gpu_targets: h100.txtpb for an H100 80GB HBM3 at 3.35 TB/s, h200.txtpb for an
+H200 at 4.8 TB/s): another's bandwidth moves every memory-bound roofline.
 """
 
 import argparse

@@ -3,8 +3,11 @@
   python benchmarks/render_table.py RESULTS.jsonl [--reference | --scaling] > table.md
 
 One row per line (other --input modes are skipped), under a header naming the machine and software the
-lines were measured on; lines of benchmarks/official_step.py in the same file (accelerator.sh's
-OFFICIAL) add a table of the official training steps beside fer_jax's rows of the same method.
+lines were measured on; lines of benchmarks/run_candidates.py (device_session.sh's candidates.jsonl) add a
+"variant" column (with the round where there are several); lines of benchmarks/official_step.py in the same
+file (accelerator.sh's OFFICIAL) add a table of the official training steps beside fer_jax's rows of the
+same method. A results file that does not exist gives a "(no results: …)" table; a line that is not a
+JSON object (a run cut short while writing it) is skipped with a warning naming its file and line.
 --reference adds the project's measurements of the official PyTorch code on
 one H100 (issue 18) beside each method, for a GPU table; --scaling renders the lines of
 benchmarks/scaling.py (one config on 1, 2, 4, 8 … devices) with the collectives of each train step.
@@ -12,6 +15,7 @@ benchmarks/scaling.py (one config on 1, 2, 4, 8 … devices) with the collective
 
 import argparse
 import json
+import os
 import sys
 
 # img/s of the official code's training step on one H100 at batch 256, by method and input side,
@@ -26,9 +30,9 @@ PAPER_HEADER = ["config", "size", "batch", "dtype", "devices", "train img/s", "t
 
 
 def config_argument(row: dict) -> str:
-  """The --config= value of the command that measured `row`."""
+  """The --config= value of the command that measured `row` (run_candidates.py's lines: their "config")."""
   return next((arg.split("=", 1)[1] for arg in row.get("command", "").split() if arg.startswith("--config=")),
-              row.get("model", "?"))
+              row.get("config") or row.get("model", "?"))
 
 
 def _number(value, digits: int = 2) -> str:
@@ -59,8 +63,16 @@ def _precision(row: dict) -> str:
   return row["dtype"] if remat == "none" else f"{row['dtype']}, remat {remat}"
 
 
-def paper_row(row: dict, reference: bool = False) -> list[str]:
-  cells = [f"`{config_argument(row)}`", f"{row['input_size']}²", str(row["batch_size"]), _precision(row),
+def _variant(row: dict, rounds: bool) -> str:
+  """run_candidates.py's variant ("none": the library as it is), and its round where there are several."""
+  variant = row.get("variant", "–")
+  return f"{variant}, round {row['round']}" if rounds and "round" in row else variant
+
+
+def paper_row(row: dict, reference: bool = False, variant: str | None = None) -> list[str]:
+  """A line's cells; `variant` (run_candidates.py's lines), the cell after the config."""
+  cells = [f"`{config_argument(row)}`", *([] if variant is None else [variant]), f"{row['input_size']}²",
+           str(row["batch_size"]), _precision(row),
            str(row["devices"]), _number(row["train_img_per_s"]), _number(row["train_step_ms"], 1),
            _number(row["eval_img_per_s"]), f"{row['train_compile_s']:.1f} / {row['eval_compile_s']:.1f}",
            f"{row['train_warmup_s']:.2f}", _number(_gflop_per_image(row)),
@@ -96,12 +108,18 @@ def paper_table(rows: list[dict], reference: bool = False) -> str:
   if not rows:
     return "(no synthetic results)"
   header = PAPER_HEADER + (REFERENCE_HEADER if reference else [])
+  variants = any("variant" in row for row in rows)  # candidates.jsonl: tell the candidates apart
+  rounds = len({row.get("round") for row in rows}) > 1
+  if variants:
+    header = header[:1] + ["variant"] + header[1:]
+  cells = [paper_row(row, reference, _variant(row, rounds) if variants else None) for row in rows]
   note = ("Compilation and warm-up steps are timed apart and not in the img/s figures; FLOPs from XLA's cost "
-          "analysis of the step before optimisation, MFU against the device's dense bf16 peak; † peak memory "
+          "analysis of the step before optimisation (without the recomputation of config.model.remat), MFU "
+          "against the device's dense bf16 peak; † peak memory "
           "as XLA planned it (compiled.memory_analysis), the device reporting none; kept for backward: what "
           "one device's forward pass keeps for the backward pass (jax.vjp's residuals, parameters included), "
           "which config.model.remat lowers.")
-  return f"{machine(rows)}\n\n{markdown(header, [paper_row(row, reference) for row in rows])}\n\n{note}\n"
+  return f"{machine(rows)}\n\n{markdown(header, cells)}\n\n{note}\n"
 
 
 OFFICIAL_HEADER = ["official step", "variant", "device", "size", "batch", "train img/s", "train step ms", "warm-up s",
@@ -163,8 +181,23 @@ def scaling_table(rows: list[dict]) -> str:
 
 
 def read_lines(path: str) -> list[dict]:
-  with open(path) as lines:
-    return [json.loads(line) for line in lines if line.strip()]
+  """The JSON objects of a file's lines; a line that is not one (cut short) is skipped with a warning."""
+  rows = []
+  with open(path, encoding="utf-8") as lines:
+    for number, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        problem = "" if isinstance(row, dict) else f"a JSON {type(row).__name__}"
+      except json.JSONDecodeError as error:
+        problem = error.msg
+      if problem:
+        print(f"render_table.py: {path}:{number}: skipped, not a JSON object ({problem}; a run cut short?)",
+              file=sys.stderr)
+      else:
+        rows.append(row)
+  return rows
 
 
 def main() -> None:
@@ -173,6 +206,10 @@ def main() -> None:
   parser.add_argument("--reference", action="store_true", help="add the official code's H100 figures")
   parser.add_argument("--scaling", action="store_true", help="a device-count table (benchmarks/scaling.py)")
   args = parser.parse_args()
+  if not os.path.isfile(args.results):
+    state = "is not a file" if os.path.exists(args.results) else "does not exist"
+    sys.stdout.write(f"(no results: {args.results} {state}; every run failed or none ran: see their logs)\n")
+    return
   rows = read_lines(args.results)
   sys.stdout.write(scaling_table(rows) if args.scaling else paper_table(rows, args.reference) + official_table(rows))
 

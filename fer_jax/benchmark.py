@@ -7,21 +7,54 @@
 --input picks what is timed, `img_per_s` is its speed over `--steps` steps that follow compilation
 and `--warmup` untimed steps:
   synthetic   the jitted train and eval steps on device-resident random model inputs (no data set
-              needed). The state's initialisation (`init_s`, compile included), compilation and
-              warm-up are timed apart from the steps; the line also holds
-              XLA's cost analysis (FLOPs per step of the program before optimisation, hence
-              achieved TFLOP/s and MFU against the device's dense bf16 peak), peak device memory,
-              what one device's forward pass keeps for the backward pass
-              (`saved_for_backward_bytes`, which config.model.remat lowers), the cross-device
-              collectives of the compiled train step, and the software and hardware it ran on;
+              needed); --profile_dir=DIR (this mode only) also writes a jax.profiler trace of 3 more
+              train steps and the compiled train step's HLO there;
   host        the host stream alone: uint8 batches of the prepared training split delivered onto
               the device (decoded by worker processes, or from the decoded cache), no augmentation;
   augment     the train pipeline alone on device-resident uint8 batches at the stored size;
   end_to_end  the real train step fed by the real pipeline (host stream + device augmentation).
 The modes other than synthetic read the prepared data set the config names. Run one configuration
 per process (a fresh XLA client): benchmarks/accelerator.sh runs every method's paper config.
+
+The line's fields. Every mode: `command` (the flags), the machine (`environment()`: `date`, `platform`,
+`device_kind`, `devices`, `processes`, `jax`, `jaxlib`, `backend_version`, on a CUDA backend `cuda_runtime`,
+`cudnn`, `cuda_driver` and `nvidia_driver`, `host_cpus`, `host_cpu_model`, `load_average_1m` before the
+run), the run (`input`, `model`, `dataset`, `input_size`, `dtype`, `remat`, `batch_size` (global),
+`devices`, `device_kind`, `steps`, `warmup_steps`) and `img_per_s` (images a second over the timed steps).
+--input=synthetic adds:
+  init_s                          the train state's initialisation, its compilation included
+  train_img_per_s, train_step_ms  the train step's speed (= img_per_s) and time, compilation and warm-up not in it
+  train_compile_s, train_warmup_s seconds lowering and compiling the train step; running its warm-up steps
+  train_flops_per_step            the step's work: XLA's FLOP count of the train step before optimisation,
+                                  all devices together (`program_flops`), lowered with config.model.remat
+                                  "none" whatever the run's remat, so that recomputation does not count
+  train_tflops_per_s, mfu         that work a second; its share of `peak_tflops_per_device` × devices
+                                  (the dense bf16 peak, `PEAK_TFLOPS`; null for an unknown device)
+  train_flops_per_step_with_remat the FLOPs of the step as run: with config.model.remat, its recomputation
+                                  included (= train_flops_per_step without remat)
+  train_hardware_tflops_per_s     those FLOPs a second: what the device computed, recomputation included
+  eval_img_per_s, eval_step_ms, eval_compile_s, eval_warmup_s, eval_flops_per_step, eval_tflops_per_s
+                                  the same of the eval step (at the same batch)
+  train_bytes_accessed_per_step   bytes the compiled train step accesses (XLA's cost analysis of one device's
+                                  program × devices; on GPUs without cuDNN's convolutions)
+  peak_memory_bytes, peak_memory_source
+                                  the most device memory in use during the train steps ("device.memory_stats",
+                                  peak_bytes_in_use) or, where the device reports none, the compiled train
+                                  step's arguments + outputs + temporaries − aliased ("compiled.memory_analysis")
+  train_memory_analysis           that analysis: {argument, output, alias, temp, generated_code} bytes per device
+  train_saved_for_backward_bytes  what one device's forward pass keeps for the backward pass (jax.vjp's
+                                  residuals, parameters included; `saved_for_backward_bytes`), which
+                                  config.model.remat lowers
+  train_collectives               the compiled train step's cross-device ops: {"ops": {kind: count}, "bytes",
+                                  "by_role": {role: {"ops", "tensors", "bytes"}}} (`collectives`)
+--input=host, augment and end_to_end add `stored_shape`, `cache` (the cache mode) and `cache_seconds` (filling
+it), `workers` (decoding processes), `first_batch_s` (the first batch, not a step: the workers' start-up),
+`compile_s` (lowering and compiling the augmentation or the train step before any timed or warm-up step;
+null for host, which compiles nothing), `warmup_s` (the warm-up batches), `step_ms` (a timed batch);
+end_to_end also `init_s` (the train state's initialisation).
 """
 
+import copy
 import datetime
 import itertools
 import json
@@ -51,6 +84,7 @@ from fer_jax import optim
 from fer_jax import train
 from fer_jax import validation
 from fer_jax.data import pipeline
+from fer_jax.errors import UserError
 
 INPUT_MODES = ("synthetic", "host", "augment", "end_to_end")
 # Every method's paper config at its paper batch size and resolution (LHC-Net's stage B: the backbone
@@ -395,11 +429,16 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
 
   memory = memory_analysis(train_step)
   peak = peak_tflops(jax.devices()[0].device_kind)
-  train_figures = _timing("train", batch_size, train_compile, train_warmup, train_seconds, train_cost["flops"])
+  executed_flops = train_cost["flops"]  # with the recomputation of config.model.remat
+  work_flops = executed_flops if config.model.remat == "none" else _train_flops_without_remat(config, mesh, batch)
+  train_figures = _timing("train", batch_size, train_compile, train_warmup, train_seconds, work_flops)
   return {
       "input": "synthetic", **_describe(config, mesh, batch_size), "steps": steps, "warmup_steps": warmup,
       "init_s": round(init_seconds, 2),
       "img_per_s": train_figures["train_img_per_s"], **train_figures,
+      "train_flops_per_step_with_remat": executed_flops,
+      "train_hardware_tflops_per_s":
+          None if executed_flops is None else round(executed_flops / train_seconds / 1e12, 4),
       **_timing("eval", batch_size, eval_compile, eval_warmup, eval_seconds, eval_cost["flops"]),
       "train_bytes_accessed_per_step": train_cost["bytes_accessed"] * devices,
       "peak_tflops_per_device": peak,
@@ -413,6 +452,18 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
                                                  jnp.float32)),
       "train_collectives": collectives(train_step.as_text(), batch_norm_paths(variables["batch_stats"])),
   }
+
+
+def _train_flops_without_remat(config, mesh, batch) -> float | None:
+  """`program_flops` of `config`'s train step with config.model.remat "none": the step's work, without
+  what a rematerialised step computes again (lowered from shapes, not compiled)."""
+  plain = copy.deepcopy(config)
+  plain.model.remat = "none"
+  method = models.get_method(plain.model.name)
+  model = method.build(plain.model)
+  optimizer = optim.make_optimizer(plain.optimizer, 1, 1, models.abstract_variables(model, plain)["params"])
+  step = train.make_train_step(model, method.loss, plain.loss, optimizer, mesh, plain.seed)
+  return program_flops(step.lower(train.abstract_state(model, optimizer.tx, plain, mesh), batch))
 
 
 def _train_data(config, mesh, steps: int) -> pipeline.TrainData:
@@ -444,45 +495,73 @@ def _time_stream(batches, warmup: int, steps: int, consume) -> tuple[float, floa
 
 
 def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
-  """--input=host | augment | end_to_end on the prepared data set."""
+  """--input=host | augment | end_to_end on the prepared data set. The first batch (the decoding workers'
+  start-up) and the compilation of what consumes the batches (`.lower().compile()`, as --input=synthetic
+  compiles its steps) are timed apart, before the `warmup` untimed batches and the `steps` timed ones."""
   mesh = mesh_lib.make_mesh()
-  data = _train_data(config, mesh, steps + warmup)
+  data = _train_data(config, mesh, 1 + warmup + steps)
   start = time.perf_counter()
   data.cache()
-  result = {"input": mode, **_describe(config, mesh, data.global_batch), "stored_shape": list(data.shape),
-            "cache": data.cache_mode, "cache_seconds": round(time.perf_counter() - start, 2),
+  result = {"input": mode, **_describe(config, mesh, data.global_batch), "steps": steps, "warmup_steps": warmup,
+            "stored_shape": list(data.shape), "cache": data.cache_mode,
+            "cache_seconds": round(time.perf_counter() - start, 2),
             "workers": data.workers if data.cache_mode == "none" else 0}
-  if mode == "host":
-    _, seconds = _time_stream(data.batches(0), warmup, steps, lambda batch: batch["image"])
-  elif mode == "augment":
-    sharding = NamedSharding(mesh, P("data"))
+  sharding = NamedSharding(mesh, P("data"))
+  if mode == "augment":
     images = jax.device_put(jax.random.randint(jax.random.key(0), (data.global_batch, *data.shape), 0, 256)
                             .astype(jnp.uint8), sharding)
-    augment = jax.jit(data.augment, out_shardings=sharding)
-    offsets = jnp.arange(data.global_batch)
-    batches = ((images, offsets + i * data.global_batch) for i in range(warmup + steps))
-    _, seconds = _time_stream(batches, warmup, steps, lambda batch: augment(*batch))
+    offsets = jax.device_put(jnp.arange(data.global_batch), sharding)
+    batches = iter([(images, offsets + i * data.global_batch) for i in range(1 + warmup + steps)])
   else:
+    batches = data.batches(0)
+  if mode == "end_to_end":
     method = models.get_method(config.model.name)
     model = method.build(config.model)
     optimizer = optim.make_optimizer(config.optimizer, data.steps_per_epoch, config.num_epochs,
                                      models.abstract_variables(model, config)["params"])
-    holder = {"state": train.create_state(model, optimizer.tx, config, mesh)}
-    loss_config = train.loss_config_for(config, data.split)
-    train_step = train.make_train_step(model, method.loss, loss_config, optimizer, mesh, config.seed, data.augment)
+    start = time.perf_counter()
+    holder = {"state": jax.block_until_ready(train.create_state(model, optimizer.tx, config, mesh))}
+    result["init_s"] = round(time.perf_counter() - start, 2)
+    train_step = train.make_train_step(model, method.loss, train.loss_config_for(config, data.split), optimizer,
+                                       mesh, config.seed, data.augment)
+  start = time.perf_counter()
+  first = jax.block_until_ready(next(batches))  # the workers' start-up: not a step
+  first_batch_seconds = time.perf_counter() - start
+  start = time.perf_counter()
+  if mode == "host":
+    consume = lambda batch: batch["image"]  # noqa: E731  # nothing to compile: the stream is the figure
+  elif mode == "augment":
+    augment = jax.jit(data.augment, out_shardings=sharding).lower(*first).compile()
+    consume = lambda batch: augment(*batch)  # noqa: E731
+  else:
+    train_step = train_step.lower(holder["state"], first).compile()
 
-    def step(batch):
+    def consume(batch):
       holder["state"], metrics = train_step(holder["state"], batch)
       return metrics["loss"]
-    _, seconds = _time_stream(data.batches(0), warmup, steps, step)
-  return {**result, "img_per_s": round(data.global_batch / seconds, 2)}
+  compile_seconds = None if mode == "host" else round(time.perf_counter() - start, 2)
+  warmup_seconds, seconds = _time_stream(batches, warmup, steps, consume)
+  return {**result, "first_batch_s": round(first_batch_seconds, 3), "compile_s": compile_seconds,
+          "warmup_s": round(warmup_seconds, 3), "step_ms": round(seconds * 1e3, 3),
+          "img_per_s": round(data.global_batch / seconds, 2)}
+
+
+def check_arguments(input_mode: str, output: str, profile_dir: str) -> None:
+  """Fails before any work on flags that would fail or be ignored after it: --profile_dir with an --input
+  that writes no trace, an --output or a --profile_dir that cannot be written."""
+  if profile_dir and input_mode != "synthetic":
+    raise UserError(f"--profile_dir={profile_dir}: only --input=synthetic writes a trace (of its train steps); "
+                    f"--input={input_mode} has none: leave --profile_dir out, or profile --input=synthetic.")
+  if output:
+    cli.check_writable_file("--output", output, "a file to append the JSON line to", folder_must_exist=True)
+  if profile_dir:
+    cli.check_writable_place(f"--profile_dir={profile_dir}", profile_dir)
 
 
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
-  if args.output:
-    cli.check_writable_file("--output", args.output, "a file to append the JSON line to", folder_must_exist=True)
+  check_arguments(args.input, args.output, args.profile_dir)
   validation.validate(args.config, training=True)
   measured_on = environment()  # before the run: the load average of the machine without it
   if args.input == "synthetic":
@@ -501,10 +580,10 @@ def define_flags() -> None:
   config_lib.define_config_flag()
   flags.DEFINE_enum("input", "synthetic", list(INPUT_MODES), "What to time (see the module docstring).")
   flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).", lower_bound=1)
-  flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation (and worker start-up for the data modes).",
-                       lower_bound=0)
+  flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation (and, for the data modes, after the first "
+                       "batch, which starts the workers and is timed apart).", lower_bound=0)
   cli.define_path("output", "", "Also append the JSON line to this file.")
-  cli.define_path("profile_dir", "", "synthetic: write a jax.profiler trace of 3 train steps here "
+  cli.define_path("profile_dir", "", "--input=synthetic only: write a jax.profiler trace of 3 train steps here "
                   "(after the timed steps, so the figures do not include the profiler) and the "
                   "compiled train step's HLO; benchmarks/profile_breakdown.py DIR sums it up.")
   flags.mark_flags_as_required(["config"])

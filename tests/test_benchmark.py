@@ -9,9 +9,11 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 
 import flax.linen as nn
 import jax
@@ -58,15 +60,24 @@ def tiny_config():
   return config
 
 
-def tiny_benchmark(steps: int = 1, warmup: int = 1, profile_dir: str = "") -> dict:
-  """fer_jax.benchmark's synthetic line for TinyNet with DAN's synthetic optimizer and input."""
+def tiny_benchmark(steps: int = 1, warmup: int = 1, profile_dir: str = "", network=lambda model_config: TinyNet(),
+                   remat: str = "none") -> dict:
+  """fer_jax.benchmark's synthetic line for TinyNet (or `network(config.model)`) with DAN's synthetic
+  optimizer and input."""
   original = models.get_method
-  models.get_method = lambda name: models.Method(build=lambda model_config: TinyNet())
+  models.get_method = lambda name: models.Method(build=network)
+  config = tiny_config()
+  config.model.remat = remat
   try:
     return {**benchmark.environment(),
-            **benchmark.benchmark(tiny_config(), steps=steps, warmup=warmup, profile_dir=profile_dir)}
+            **benchmark.benchmark(config, steps=steps, warmup=warmup, profile_dir=profile_dir)}
   finally:
     models.get_method = original
+
+
+def undocumented(line: dict) -> list[str]:
+  """The fields of a benchmark line that fer_jax.benchmark's docstring does not name."""
+  return [key for key in line if not re.search(rf"`{key}`|^ *{key}\b|, {key}\b", benchmark.__doc__, re.MULTILINE)]
 
 
 def _bytes(tree) -> int:
@@ -93,7 +104,40 @@ def test_synthetic_line_holds_every_figure():
   assert line["peak_memory_bytes"] >= line["train_memory_analysis"]["argument"] > _bytes(variables)
   assert line["train_collectives"] == {"ops": {}, "bytes": 0, "by_role": {}}  # one device
   assert line["train_saved_for_backward_bytes"] > _bytes(jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.float32))
+  assert line["train_flops_per_step_with_remat"] == line["train_flops_per_step"]  # remat none
+  assert not undocumented(line)
   json.dumps(line)
+
+
+class RematBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.relu(nn.Conv(8, (3, 3), name="conv")(nn.relu(nn.Conv(8, (3, 3), name="conv0")(x))))
+
+
+class RematNet(nn.Module):
+  """A block of two convolutions that config.model.remat recomputes in the backward pass."""
+  remat: str = "none"
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    x = layers.rematerialised(RematBlock, self.remat)(name="block")(images)
+    return {"logits": nn.Dense(7, name="fc")(jnp.mean(x, (1, 2)))}
+
+
+def test_mfu_counts_the_steps_work_without_what_remat_computes_again():
+  """With config.model.remat, the step as lowered computes the block's forward pass again: its FLOPs
+  are reported apart (train_flops_per_step_with_remat); train_flops_per_step, TFLOP/s and MFU are of the
+  work, the same count as without remat."""
+  plain = tiny_benchmark(steps=1, warmup=0, network=lambda model_config: RematNet(model_config.remat))
+  blocks = tiny_benchmark(steps=1, warmup=0, network=lambda model_config: RematNet(model_config.remat),
+                          remat="blocks")
+  assert blocks["remat"] == "blocks"
+  assert blocks["train_flops_per_step"] == plain["train_flops_per_step"]
+  assert plain["train_flops_per_step_with_remat"] == plain["train_flops_per_step"]
+  conv_forward = 2 * 4 * 16 * 16 * 8 * 9 * 8  # the second convolution of the block, computed again
+  assert blocks["train_flops_per_step_with_remat"] >= blocks["train_flops_per_step"] + conv_forward
+  assert blocks["train_hardware_tflops_per_s"] is not None and not undocumented(blocks)
 
 
 class Linear(nn.Module):
@@ -349,6 +393,63 @@ def test_an_output_the_line_cannot_be_appended_to_is_refused(tmp_path):
   assert not (tmp_path / "missing").exists()
   check(tmp_path / "new.jsonl")
   check(tmp_path / "file")
+
+
+def test_profile_dir_is_checked_before_any_work_and_refused_where_nothing_is_profiled(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(UserError, match=re.escape(f"--profile_dir={tmp_path / 'file' / 'trace'} cannot be created: "
+                                                f"{tmp_path / 'file'} is a file")):
+    benchmark.check_arguments("synthetic", "", str(tmp_path / "file" / "trace"))
+  for mode in ("host", "augment", "end_to_end"):
+    with pytest.raises(UserError, match=f"only --input=synthetic writes a trace.*--input={mode} has none"):
+      benchmark.check_arguments(mode, "", str(tmp_path / "trace"))
+  with pytest.raises(UserError, match="--output="):
+    benchmark.check_arguments("synthetic", str(tmp_path / "file" / "x.jsonl"), str(tmp_path / "trace"))
+  benchmark.check_arguments("synthetic", str(tmp_path / "x.jsonl"), str(tmp_path / "new" / "trace"))
+  assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.integration
+def test_benchmark_command_refuses_a_profile_dir_it_cannot_write_before_compiling(tmp_path):
+  (tmp_path / "file").write_text("")
+  result = helpers.run_command("fer_jax.benchmark", "--config=configs/dan.py:synthetic", "--config.batch_size=2",
+                               "--steps=1", "--warmup=0", f"--profile_dir={tmp_path / 'file' / 'trace'}",
+                               f"--output={tmp_path / 'line.jsonl'}", timeout=300)
+  assert result.returncode == 2 and f"{tmp_path / 'file'} is a file" in result.stderr, result.stderr[-2000:]
+  assert not (tmp_path / "line.jsonl").exists() and "compiled" not in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["augment", "end_to_end"])
+def test_input_modes_compile_before_the_steps_they_time(mode, tiny_data_dir, monkeypatch):
+  """--input=augment and end_to_end with --warmup=0: what consumes the batches is compiled (and timed as
+  compile_s) before the timed steps, in which nothing is traced, lowered or compiled; the line carries
+  its steps and warm-up steps, each field named in the docstring."""
+  del tiny_data_dir
+  config = helpers.tiny_run(helpers.get_config("configs/dan.py:synthetic"), size=16, batch_size=8)
+  monkeypatch.setattr(models, "get_method", lambda name: models.Method(build=lambda model_config: TinyNet()))
+  compiling, inside = [], []
+  listener = lambda event, duration, **kwargs: compiling.append(event)  # noqa: E731
+  timed = benchmark._time_stream  # pylint: disable=protected-access
+
+  def watched(*args):
+    before = len(compiling)
+    try:
+      return timed(*args)
+    finally:
+      inside.extend(event for event in compiling[before:] if event.startswith("/jax/core/compile/"))
+
+  monkeypatch.setattr(benchmark, "_time_stream", watched)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    line = benchmark.benchmark_input(config, mode, steps=2, warmup=0)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not inside, inside
+  assert any(event.startswith("/jax/core/compile/") for event in compiling)
+  assert (line["input"], line["steps"], line["warmup_steps"], line["batch_size"]) == (mode, 2, 0, 8)
+  assert line["compile_s"] > 0 and line["first_batch_s"] >= 0 and line["warmup_s"] == 0
+  assert line["img_per_s"] == pytest.approx(8 / (line["step_ms"] / 1e3), rel=1e-2)
+  assert not undocumented({**benchmark.environment(), "command": "", **line})
 
 
 def test_peak_tflops_of_device_kinds():
@@ -643,6 +744,55 @@ def test_official_table_sets_each_official_step_beside_fer_jax_at_the_same_metho
   assert render_table.official_table([LINE]) == ""
 
 
+def test_paper_table_tells_candidates_apart_by_their_variant_and_round():
+  """benchmarks/run_candidates.py's lines (device_session.sh's candidates.jsonl): no command, their config
+  and variant; each row names its variant, and its round where there are several."""
+  candidate = {k: v for k, v in LINE.items() if k != "command"}
+  rows = [{**candidate, "config": "configs/dan.py:rafdb", "variant": variant, "round": round_index}
+          for round_index in (0, 1) for variant in ("none", "conv_stem_space_to_depth")]
+  lines = [line for line in render_table.paper_table(rows).split("\n") if line.startswith("| ")]
+  assert lines[0].startswith("| config | variant | size | batch |")
+  assert [line.split(" | ")[:3] for line in lines[1:]] == [
+      ["| `configs/dan.py:rafdb`", f"{variant}, round {round_index}", "224²"]
+      for round_index in (0, 1) for variant in ("none", "conv_stem_space_to_depth")]
+  one_round = [line for line in render_table.paper_table(rows[:2]).split("\n") if line.startswith("| ")]
+  assert [line.split(" | ")[1] for line in one_round[1:]] == ["none", "conv_stem_space_to_depth"]
+  assert all(line.count("|") == len(render_table.PAPER_HEADER) + 2 for line in lines)
+
+
+def test_render_table_of_missing_or_truncated_results(tmp_path, capsys, monkeypatch):
+  """accelerator.sh renders whatever its runs wrote: a missing file (every run failed) gives a
+  "(no results: …)" table, and a line cut short is skipped with a warning naming its file and line."""
+  missing = tmp_path / "results.jsonl"
+  monkeypatch.setattr(sys, "argv", ["render_table.py", str(missing)])
+  render_table.main()
+  assert capsys.readouterr().out.startswith(f"(no results: {missing} does not exist")
+  missing.write_text(json.dumps(LINE) + "\n\n" + json.dumps({**LINE, "dtype": "float32"})[:-40] + "\n[1]\n")
+  monkeypatch.setattr(sys, "argv", ["render_table.py", str(missing), "--reference"])
+  render_table.main()
+  printed = capsys.readouterr()
+  assert printed.out.count("| `configs/dan.py:rafdb` |") == 1
+  assert f"{missing}:3: skipped, not a JSON object" in printed.err and f"{missing}:4: skipped" in printed.err
+  monkeypatch.setattr(sys, "argv", ["render_table.py", str(tmp_path)])
+  render_table.main()
+  assert capsys.readouterr().out.startswith(f"(no results: {tmp_path} is not a file")
+
+
+def test_h100_target_describes_the_lent_h100():
+  """benchmarks/gpu_targets/h100.txtpb: the H100 80GB HBM3 that a lease's first call gets (its rooflines'
+  bandwidth, 3.35 TB/s, not the H200's 4.8), named as JAX names its device kind."""
+  path = os.path.join(helpers.ROOT, "benchmarks", "gpu_targets", "h100.txtpb")
+  assert gpu_compile.memory_bandwidth(path) == 3.35e12
+  with open(path, encoding="utf-8") as file:
+    text = file.read()
+  assert 'device_description_str: "NVIDIA H100 80GB HBM3"' in text.splitlines()
+  assert re.search(r"device_memory_size: 85520809984\b", text) and re.search(r"core_count: 132\b", text)
+  assert re.search(r"l2_cache_size: 52428800\b", text) and "cuda_compute_capability { major: 9 minor: 0 }" in text
+  with open(os.path.join(helpers.ROOT, "benchmarks", "gpu_targets", "h200.txtpb"), encoding="utf-8") as file:
+    keys = lambda text: re.findall(r"^\s*(\w+)[: {]", text, re.MULTILINE)  # noqa: E731
+    assert keys(text) == keys(file.read())  # the same fields as the H200's
+
+
 def test_scaling_table_renders_collectives_in_mib():
   eight = {**LINE, "devices": 8, "batch_size": 32, "train_img_per_s": 20.0}
   table = render_table.scaling_table([eight, {**LINE, "batch_size": 32, "train_img_per_s": 25.0}])
@@ -703,7 +853,9 @@ def test_device_session_runs_its_items_within_the_budget_and_goes_on_where_it_st
                          env={**env, "ITEMS": "dan_combined scan_cci_256", "BUDGET": "600"})
   assert first.returncode == 0 and "failed" not in first.stdout, first.stdout + first.stderr
   out = tmp_path / "first"
-  assert (out / "done.txt").read_text().split() == ["dan_combined", "scan_cci_256"]
+  assert len(os.listdir(out)) <= 8  # the most the device tool brings back
+  with tarfile.open(out / "logs.tgz") as archive:
+    assert archive.extractfile("done.txt").read().decode().split() == ["dan_combined", "scan_cci_256"]
   candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
   assert [(line["variant"], line["batch_size"]) for line in candidates] == [
       ("conv_input_channels_padded+max_pool_winner_from_forward", 2),
@@ -711,7 +863,7 @@ def test_device_session_runs_its_items_within_the_budget_and_goes_on_where_it_st
       ("conv_stem_space_to_depth+max_pool_winner_from_forward", 2), ("conv_input_channels_padded+max_pool_xla_gradient", 2)]
   results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
   assert [(line["model"], line["dtype"], line["batch_size"]) for line in results] == [("dan", "bfloat16", 2)]
-  assert (out / "breakdown_scan_cci_256.txt").read_text().startswith("ms per step, summed over ops")
+  assert (out / "breakdowns.txt").read_text().startswith("==> scan_cci_256 <==\nms per step, summed over ops")
   with tarfile.open(out / "profiles.tgz") as archive:
     assert any(name.endswith("perfetto_trace.json.gz") for name in archive.getnames())
   with tarfile.open(out / "logs.tgz") as archive:
@@ -736,6 +888,84 @@ def test_device_session_tells_what_the_machine_has_even_when_its_wheels_do_not_i
                           capture_output=True, text=True, timeout=120, env=env)
   assert result.returncode != 0 and "no-such-package-for-fer-jax" in result.stdout
   assert f"jax=={jax.__version__}" in (tmp_path / "out" / "env.txt").read_text()
+
+
+# device_session.sh's PY for a pretend H100: the items' programs write at once what they would (candidates,
+# official steps, accelerator.sh's benchmark runs with their trace folders, breakdowns), the session's own
+# python calls (pip, fer_jax.benchmark.environment) go to the real python; DAN's stem and pool candidates
+# wait for $STOP, after writing the command that started them (device_session.sh's `bounded`).
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+value() {  # FLAG ARGUMENT...: the value of --FLAG=
+  local flag=$1 argument
+  shift
+  for argument in "$@"; do case $argument in "--$flag="*) echo "${argument#*=}" ;; esac; done
+}
+case "$*" in
+  *"jax.default_backend(), jax.devices()[0].device_kind"*) echo "gpu NVIDIA H100 80GB HBM3" ;;
+  *run_candidates.py*--variants=none,max_pool*)
+    tr '\0' ' ' < /proc/$PPID/cmdline > "$STOP.started_by"
+    while [ ! -e "$STOP" ]; do sleep 0.2; done
+    exit 1 ;;
+  *run_candidates.py*) echo '{"input": "synthetic", "variant": "'"$(value variants "$@")"'"}' >> "$(value output "$@")" ;;
+  *official_step.py*) echo '{"code": "official", "variant": "'"$(value variant "$@")"'"}' >> "$(value output "$@")" ;;
+  "-m fer_jax.benchmark "*)
+    mkdir -p "$(value profile_dir "$@")/plugins" && touch "$(value profile_dir "$@")/plugins/trace.json.gz"
+    echo '{"input": "synthetic", "config": "'"$(value config "$@")"'"}' >> "$(value output "$@")" ;;
+  *render_table.py*) echo "a table" ;;
+  *profile_breakdown.py*) echo "breakdown ${*:2}" ;;
+  *) exec "$REAL_PYTHON" "$@" ;;
+esac
+"""
+
+
+@pytest.mark.integration
+def test_device_session_delivers_each_item_as_it_ends_in_at_most_eight_files(tmp_path):
+  """A call that the device tool kills at its time limit brings back what is under OUT_DIR by then:
+  device_session.sh delivers after each item, every kind of output of every item in at most 8 files
+  (the most the tool brings back), and on an H100 takes the H100's roofline target. Killed (SIGKILL,
+  no exit trap) while its last item runs, it has delivered the four before."""
+  python = tmp_path / "python"
+  python.write_text(FAKE_PYTHON)
+  python.chmod(0o755)
+  state, out, stop = tmp_path / "state", tmp_path / "out", tmp_path / "stop"
+  env = {**os.environ, "PY": str(python), "REAL_PYTHON": sys.executable, "STOP": str(stop), "STATE": str(state),
+         "APVIT_CLONE": str(tmp_path), "OFFICIAL_PACKAGES": str(tmp_path), "BUDGET": "600",
+         "ITEMS": "dan_batch_norm lhcnet_profile scan_cci_256 apvit_official dan_stem_and_pool"}
+  with open(tmp_path / "printed", "w") as printed:
+    session = subprocess.Popen(["bash", os.path.join(helpers.ROOT, "benchmarks", "device_session.sh"), str(out)],
+                               env=env, stdout=printed, stderr=subprocess.STDOUT, start_new_session=True)
+  try:
+    for _ in range(1500):  # the last item has started: the call is in it
+      if (tmp_path / "stop.started_by").exists() or session.poll() is not None:
+        break
+      time.sleep(0.2)
+    assert session.poll() is None, (tmp_path / "printed").read_text()[-3000:]
+    os.killpg(session.pid, signal.SIGKILL)
+    session.wait()
+  finally:
+    stop.write_text("")
+    if session.poll() is None:
+      os.killpg(session.pid, signal.SIGKILL)
+  assert sorted(os.listdir(out)) == ["breakdowns.txt", "candidates.jsonl", "env.txt", "logs.tgz", "official.jsonl",
+                                     "profiles.tgz", "results.jsonl", "session.log"]
+  assert [json.loads(line)["variant"] for line in (out / "candidates.jsonl").read_text().splitlines()] == [
+      "batch_norm_shifted_one_pass"]
+  assert [json.loads(line)["variant"] for line in (out / "official.jsonl").read_text().splitlines()] == ["fp32", "tuned"]
+  assert [json.loads(line)["config"] for line in (out / "results.jsonl").read_text().splitlines()] == [
+      "configs/lhcnet.py:fer2013,stage=B", "configs/scan_cci.py:rafdb"]
+  breakdowns = (out / "breakdowns.txt").read_text()
+  for item in ("lhcnet_profile", "scan_cci_256"):
+    trace = next((state / "items" / item / "profile").iterdir())
+    assert (f"==> {item} <==\nbreakdown {trace} --top 25\nbreakdown {trace} --roofline "
+            f"benchmarks/gpu_targets/h100.txtpb --top 40\n") in breakdowns
+  with tarfile.open(out / "logs.tgz") as archive:
+    assert archive.extractfile("done.txt").read().decode().split() == [
+        "dan_batch_norm", "lhcnet_profile", "scan_cci_256", "apvit_official"]
+  with tarfile.open(out / "profiles.tgz") as archive:
+    assert "items/scan_cci_256/profile" in archive.getnames()
+  assert "gpu: NVIDIA H100 80GB HBM3, rooflines against benchmarks/gpu_targets/h100.txtpb" in (
+      out / "session.log").read_text()
+  assert "timeout -k 10 " in (tmp_path / "stop.started_by").read_text()  # a child that ignores TERM is killed
 
 
 @pytest.mark.integration
