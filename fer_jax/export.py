@@ -9,33 +9,44 @@ writes
                         infer(variables, images float32 [B, H, W, C]) → {"logits", "probabilities"}
                       with a symbolic batch size B (fixed with --batch_size=N), lowered for the
                       platforms in --platforms (default cpu and cuda)
-  OUT/model.json      class names, input size and channels, the preprocessing to apply first
-                      (config.input.eval_pp), the data set (name, stored size; the shape a
-                      trained model's images were decoded to), the test-time augmentation, the compute dtype
-                      (config.model.dtype as it resolved here: the program computes in it on every
-                      platform), batch size and platforms
+  OUT/model.json      class names, the model's config (config.model, its dtype as it resolved
+                      here: the program computes in it on every platform), input size and
+                      channels, the preprocessing to apply first (config.input.eval_pp; in plain
+                      terms under "expected_input": decoding, pipeline, normalisation numbers), the
+                      data set (name, stored size; the shape a trained model's images were decoded
+                      to), the test-time augmentation (not in the program: "tta_included" false),
+                      the compute dtype, batch size and platforms
 Reload with JAX and Orbax only (no model code):
   exported = jax.export.deserialize(open("OUT/model.stablehlo", "rb").read())
   variables = orbax.checkpoint.StandardCheckpointer().restore(os.path.abspath("OUT/variables"))  # absolute only
   outputs = exported.call(variables, images)
-The images must already be preprocessed as model.json's "preprocessing" says (resize, then
+The images must already be preprocessed as model.json's "expected_input" says (decode, resize, then
 normalise; PIL/cv2 resizing happens outside the program).
 
 --format=onnx (needs the `onnx` extra: pip install 'fer_jax[onnx]') writes instead
   OUT/model.onnx      the same inference function, weights embedded (opset 18), input "images"
                       float32 [batch, H, W, C], outputs "logits" and "probabilities"; batch is a
-                      dynamic dimension unless --batch_size=N (fer_jax.onnx_export translates it)
+                      dynamic dimension unless --batch_size=N (fer_jax.onnx_export translates it);
+                      it computes in float32: config.model.dtype "auto" exports as float32 wherever
+                      it runs, any other dtype is refused
   OUT/model.json      as above, without platforms (--platforms is refused: the file runs wherever
                       ONNX Runtime does); with --verify_images=A.jpg,B.png also the worst relative
                       logit difference between ONNX Runtime and JAX on those images
 Run with ONNX Runtime: onnxruntime.InferenceSession("OUT/model.onnx").run(None, {"images": images}).
+
+The export is written into OUT.export-partial, next to OUT, and moved into OUT once complete: SIGINT or SIGTERM
+stops it with exit status 75 and nothing written (the same command exports again).
 """
 
 from collections.abc import Sequence
+import contextlib
 import json
 import os
 import shlex
+import shutil
+import signal
 import sys
+import threading
 
 from absl import flags
 from absl import logging
@@ -50,9 +61,12 @@ from fer_jax import config_lib
 from fer_jax import inference
 from fer_jax import models
 from fer_jax import onnx_export
+from fer_jax import stopping
 from fer_jax import validation
 from fer_jax.data import augment
+from fer_jax.data import decode
 from fer_jax.data import labels
+from fer_jax.data.augment import basic
 from fer_jax.errors import UserError
 
 STABLEHLO = "model.stablehlo"
@@ -63,6 +77,8 @@ FORMATS = ("stablehlo", "onnx")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # as jax.export names them
 FIELDS = ("method", "class_names", "input", "preprocessing", "batch_size")  # what reading model.json needs
 OUTPUTS = ("logits", "probabilities")  # the inference function's outputs, in pytree order
+PARTIAL = ".export-partial"  # OUT + PARTIAL: where an export is written before it is moved into OUT
+ORBAX_PARTIAL = VARIABLES + ".orbax-checkpoint-tmp"  # what an interrupted Orbax save leaves (the name's start)
 
 
 def inference_function(config):
@@ -90,8 +106,32 @@ def export_inference(config, variables: dict, batch_size: int | None = None,
       abstract, abstract_images(config, batch_size))
 
 
+def onnx_config(config):
+  """The config an ONNX export traces: config.model.dtype "auto" becomes float32, whatever it resolves to on this
+  machine (bfloat16 on a GPU or TPU), as ONNX Runtime computes the file; an explicit other dtype than float32 is a
+  UserError with the fix (the translator has no dtype conversions). Logs the dtype chosen for "auto". Called before
+  `validation.validate`, which resolves "auto" to this machine's dtype (and names a dtype that is none)."""
+  dtype = config.model.dtype
+  if dtype == "float32" or dtype not in models.DTYPES:
+    return config
+  if dtype != "auto":
+    raise UserError(f"--format=onnx exports a float32 program, but --config.model.dtype={dtype} asks for {dtype} "
+                    "computation: pass --config.model.dtype=float32 (or leave it auto), or export with "
+                    f"--format=stablehlo, which computes in {dtype}.")
+  resolved = models.compute_dtype(dtype)
+  config = config.copy_and_resolve_references()
+  config.model.dtype = "float32"
+  if resolved == "float32":
+    logging.info("ONNX export computes in float32 (config.model.dtype='auto'; model.json's compute_dtype).")
+  else:
+    logging.info("ONNX export computes in float32, not the %s that config.model.dtype='auto' resolves to on this %s "
+                 "backend: ONNX Runtime runs the file in float32 (model.json's compute_dtype).", resolved,
+                 jax.default_backend())
+  return config
+
+
 def export_onnx(config, variables: dict, batch_size: int | None = None):
-  """The model's inference function with `variables` embedded, as an ONNX ModelProto."""
+  """The model's inference function with `variables` embedded, as an ONNX ModelProto (`config`: `onnx_config`'s)."""
   infer = inference_function(config)
   return onnx_export.to_onnx(lambda images: infer(variables, images), abstract_images(config, batch_size),
                              OUTPUTS, name=config.model.name)
@@ -145,9 +185,15 @@ def read_metadata(path: str) -> dict:
 
 
 def meta_record(info: dict) -> dict:
-  """model.json in the terms of a checkpoint's meta record (`checkpointing.metadata`)."""
-  return {"model": {"name": info["method"], "num_classes": len(info["class_names"]),
-                    "dtype": info.get("compute_dtype", "auto")},  # not recorded before 2026-12-05: unknown
+  """model.json in the terms of a checkpoint's meta record (`checkpointing.metadata`): its config.model ("model",
+  not recorded before 2026-12-05: then only the method, the class count and the dtype, which rebuild a method's
+  default architecture only)."""
+  if isinstance(info.get("model"), dict):
+    model = {**info["model"], "dtype": info.get("compute_dtype", info["model"].get("dtype", "auto"))}
+  else:
+    model = {"name": info["method"], "num_classes": len(info["class_names"]),
+             "dtype": info.get("compute_dtype", "auto")}  # not recorded before 2026-12-05: unknown
+  return {"model": model,
           "class_names": info["class_names"],
           "input": {"size": info["input"]["height"], "channels": info["input"]["channels"],
                     "eval_pp": info["preprocessing"]},
@@ -202,16 +248,76 @@ def read_variables(path: str) -> dict:
     return ocp.StandardCheckpointer().restore(folder)
 
 
+def _values(text: str, decoded: tuple[int, int, int]) -> dict:
+  """What the values entering the model are, by the pipeline `text` (run on images of shape `decoded`):
+  normalize's mean and std for the channels it sees, else the 0–255 range."""
+  try:
+    steps = augment.parse(text).steps
+  except ValueError:  # not a pipeline (a config not validated): nothing more to say
+    return {"values": f"as the pipeline {text} leaves them (fer_jax.data.augment)"}
+  values, shape = {"values": "0 to 255, not normalised"}, tuple(decoded)
+  for step in steps:
+    if step.name == "normalize":
+      mean, std = step.arguments["mean"], step.arguments["std"]
+      if isinstance(mean, str):
+        mean, std = basic.NORMALIZATIONS[mean]
+      channels = shape[-1]
+      values = {"values": "(value / 255 - mean) / std, per channel",
+                "normalize": {"mean": [float(m) for m in mean][:channels], "std": [float(d) for d in std][:channels]}}
+    shape = step.op.output_shape(shape)
+  return values
+
+
+def decoded_shape(config, stored_shape: Sequence[int] = ()) -> tuple[int, int, int]:
+  """The (height, width, channels) an image file is decoded to before the eval pipeline, as
+  `inference.FilePreprocessor` decodes it: `stored_shape`, else dataset.image_size (else the input size) and the
+  data set's channels."""
+  side = config.dataset.image_size or config.input.size
+  return tuple(stored_shape) or (side, side, decode.stored_channels(config.dataset.name))
+
+
+def expected_input(config, batch_size: int | None, stored_shape: Sequence[int] = ()) -> dict:
+  """What the program expects, in terms that need no fer_jax: the array, how an image file becomes one (decoding
+  as `inference.FilePreprocessor` does, then the eval pipeline) and the numbers of its normalisation."""
+  height, width, channels = decoded_shape(config, stored_shape)
+  pipeline = augment.with_size(config.input.eval_pp, config.input.size)
+  size = config.input.size
+  return {
+      "shape": ["batch" if batch_size is None else batch_size, size, size, config.input.channels],
+      "layout": "NHWC", "dtype": "float32",
+      "decode": {"height": height, "width": width, "channels": channels,
+                 "how": f"each image file upright (its EXIF orientation applied), as 8-bit "
+                        f"{'RGB' if channels == 3 else 'grey (PIL mode L)'}, resized to {width}x{height} with PIL's "
+                        "Image.BILINEAR where its size differs (a trained model's stored shape, else "
+                        "dataset.image_size, else the input size)"},
+      "then": pipeline,  # the eval pipeline (config.input.eval_pp), on the decoded 0-255 values
+      "ops": "fer_jax.data.augment's, in order: resize(size) is PIL's Image.resize (bilinear unless a method is "
+             "named, antialiased when shrinking), resize(size, 'cv2_bilinear') cv2.resize INTER_LINEAR; "
+             "gray_to_rgb() copies one channel to three; before to_float()/normalize() every op's result is "
+             "rounded to 0-255 integers",
+      **_values(pipeline, (height, width, channels)),
+  }
+
+
+def model_record(config) -> dict:
+  """config.model, with its dtype as it resolved here ("auto": by this machine's backend): the program computes
+  in it, and `meta_record` rebuilds the model (any architecture option) from it."""
+  return {**config.model.to_dict(), "dtype": models.compute_dtype(config.model.dtype)}
+
+
 def metadata(config, batch_size: int | None, format_fields: dict, stored_shape: Sequence[int] = ()) -> dict:
   """model.json; `stored_shape`: what the checkpoint's training decoded its images to, as its meta record says."""
   return {
       "method": config.model.name,
+      "model": model_record(config),
       "class_names": list(labels.class_names(config.dataset.class_order)),
       "input": {"height": config.input.size, "width": config.input.size, "channels": config.input.channels,
                 "dtype": "float32", "layout": "NHWC"},
       "compute_dtype": models.compute_dtype(config.model.dtype),  # "auto" as it resolved where exported
       "preprocessing": augment.with_size(config.input.eval_pp, config.input.size),
+      "expected_input": expected_input(config, batch_size, stored_shape),
       "tta": config.eval.tta,  # the views fer_jax.predict averages unless told otherwise (fer_jax.tta)
+      "tta_included": False,  # not in the exported program: fer_jax.predict and fer_jax.load apply it around it
       "dataset": checkpointing.dataset_record(config, stored_shape),
       "batch_size": "symbolic" if batch_size is None else batch_size,
       "outputs": {"logits": "float32 [batch, classes]", "probabilities": "softmax of the logits"},
@@ -228,47 +334,135 @@ def write_onnx(config, variables: dict, out: str, batch_size: int | None, verify
   if verify_images:
     fields["onnx_runtime_vs_jax"] = onnx_parity(config, variables, serialized, list(verify_images), batch_size,
                                                 stored_shape)
-  os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, ONNX), "wb") as f:
     f.write(serialized)
   return fields
 
 
+@contextlib.contextmanager
+def signals_held():
+  """A first SIGINT or SIGTERM waits until the block is done, then stops the command as it would have
+  (`stopping.StoppedOutsideSteps`): an Orbax save interrupted in Python goes on writing on TensorStore's threads,
+  into the folder the stop removes. A second one stops at once."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+
+  def hold(signum, frame):
+    del frame
+    if received:
+      raise stopping.StoppedOutsideSteps(signal.Signals(signum).name)
+    received.append(signal.Signals(signum).name)
+
+  previous = {s: signal.signal(s, hold) for s in stopping.StopSignals.SIGNALS}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  if received:
+    raise stopping.StoppedOutsideSteps(received[0])
+
+
 def write_stablehlo(config, variables: dict, out: str, batch_size: int | None, platforms) -> dict:
   """OUT/variables and OUT/model.stablehlo; returns model.json's format fields."""
   exported = export_inference(config, variables, batch_size, tuple(platforms))
-  os.makedirs(out, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(out, VARIABLES), variables)
-  checkpointer.wait_until_finished()
+  with signals_held():
+    try:
+      checkpointer.save(os.path.join(out, VARIABLES), variables)
+      checkpointer.wait_until_finished()
+    finally:
+      checkpointer.close()
   with open(os.path.join(out, STABLEHLO), "wb") as f:
     f.write(exported.serialize())
   return {"format": "stablehlo", "platforms": list(exported.platforms),
           "calling_convention_version": exported.calling_convention_version}
 
 
+def _left_by_a_stopped_export(entries: list[str]) -> bool:
+  """Whether a folder's `entries` are what an export stopped before model.json (written last) left there: exports
+  before 2026-12-05 wrote into --out itself (an Orbax save interrupted leaves variables.orbax-checkpoint-tmp…)."""
+  return METADATA not in entries and all(entry in (VARIABLES, STABLEHLO, ONNX) or entry.startswith(ORBAX_PARTIAL)
+                                         for entry in entries)
+
+
+def check_out(out: str) -> str:
+  """--out as an absolute path, checked before any work: a new or empty folder (or one holding only what an
+  interrupted export left, which is removed) in a writable place."""
+  out = os.path.abspath(os.path.expanduser(out))
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f"--out={out} is a file: export into a new folder.")
+  entries = os.listdir(out) if os.path.isdir(out) else []
+  if entries and _left_by_a_stopped_export(entries):
+    for entry in entries:
+      path = os.path.join(out, entry)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+    logging.info("Removed the partial output of an interrupted export from %s.", out)
+  elif entries:
+    raise UserError(f"--out={out} is not empty: export into a new folder.")
+  cli.check_writable_place(f"--out={out}", out)
+  return out
+
+
+def check_platforms(platforms: Sequence[str], export_format: str) -> tuple[str, ...]:
+  """--platforms, each once, in order; one JAX does not export for is a UserError (for a StableHLO export)."""
+  platforms = tuple(dict.fromkeys(platforms))
+  if export_format != "stablehlo":
+    return platforms
+  if not platforms:
+    raise UserError("--platforms is empty: pass the platforms to lower for, e.g. --platforms=cpu,cuda.")
+  unknown = [platform for platform in platforms if platform not in PLATFORMS]
+  if unknown:
+    raise UserError(f"--platforms: {', '.join(unknown)} is not a platform JAX exports for ({', '.join(PLATFORMS)}; "
+                    "a GPU is cuda or rocm): pass e.g. --platforms=cpu,cuda.")
+  return platforms
+
+
+def _move_into_place(partial: str, out: str) -> None:
+  """The complete export in `partial` becomes `out` (its entries moved into `out` if that is an empty folder
+  already, model.json last)."""
+  if not os.path.isdir(out):
+    os.rename(partial, out)
+    return
+  for name in sorted(os.listdir(partial), key=lambda name: name == METADATA):
+    os.rename(os.path.join(partial, name), os.path.join(out, name))
+  os.rmdir(partial)
+
+
 def export(config, variables: dict, out: str, batch_size: int | None = None, platforms=("cpu", "cuda"),
            export_format: str = "stablehlo", verify_images=(), stored_shape: Sequence[int] = ()) -> dict:
   """Writes OUT/variables, OUT/model.stablehlo and OUT/model.json (or, for export_format "onnx",
-  OUT/model.onnx and OUT/model.json, checked against JAX on `verify_images`); returns the metadata.
-  `stored_shape`: what the checkpoint's training decoded its images to, as its meta record says
-  (`checkpointing.recorded_shape`)."""
-  out = os.path.abspath(os.path.expanduser(out))
-  if os.path.exists(out) and os.listdir(out):
-    raise UserError(f"--out={out} is not empty: export into a new folder.")
-  unknown = [platform for platform in platforms if platform not in PLATFORMS]
-  if unknown and export_format == "stablehlo":
-    raise UserError(f"--platforms: {', '.join(unknown)} is not a platform JAX exports for ({', '.join(PLATFORMS)}; "
-                    "a GPU is cuda or rocm): pass e.g. --platforms=cpu,cuda.")
+  OUT/model.onnx and OUT/model.json, checked against JAX on `verify_images`; config.model.dtype as `onnx_config`
+  makes it); returns the metadata. `stored_shape`: what the checkpoint's training decoded its images to, as its
+  meta record says (`checkpointing.recorded_shape`). Written into OUT.export-partial and moved into OUT once
+  complete: any exception (a stop signal's included) leaves nothing."""
+  out = check_out(out)
+  platforms = check_platforms(platforms, export_format)
   if verify_images and export_format != "onnx":
     raise UserError("--verify_images checks an ONNX export: add --format=onnx or drop it.")
   if export_format == "onnx":
-    fields = write_onnx(config, variables, out, batch_size, verify_images, stored_shape)
-  else:
-    fields = write_stablehlo(config, variables, out, batch_size, platforms)
-  info = metadata(config, batch_size, fields, stored_shape)
-  with open(os.path.join(out, METADATA), "w") as f:
-    json.dump(info, f, indent=2)
+    config = onnx_config(config)
+  partial = out + PARTIAL
+  if os.path.exists(partial):  # left by an export killed at once (SIGKILL, a second signal, a lost machine)
+    shutil.rmtree(partial)
+  os.makedirs(partial)
+  try:
+    if export_format == "onnx":
+      fields = write_onnx(config, variables, partial, batch_size, verify_images, stored_shape)
+    else:
+      fields = write_stablehlo(config, variables, partial, batch_size, platforms)
+    info = metadata(config, batch_size, fields, stored_shape)
+    with open(os.path.join(partial, METADATA), "w") as f:
+      json.dump(info, f, indent=2)
+    _move_into_place(partial, out)
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
   return info
 
 
@@ -295,12 +489,45 @@ def exported_line(info: dict, out: str, config_arguments: list[str]) -> str:
           f"{'any batch size' if symbolic else f'batch size {batch_size}'})")
   if info["format"] == "onnx":
     shape = ", ".join(map(str, ("N" if symbolic else batch_size, image["height"], image["width"], image["channels"])))
+    how, expected = info["preprocessing"], info.get("expected_input")  # an export before 2026-12-05 has no recipe
+    if expected:
+      decoded = expected["decode"]
+      how = f"decoded to {decoded['height']}x{decoded['width']}x{decoded['channels']}, then {how}"
+      if "normalize" in expected:
+        how += f" (mean {expected['normalize']['mean']}, std {expected['normalize']['std']})"
     return (f"{what} as ONNX to {out}. Run it with ONNX Runtime: onnxruntime.InferenceSession("
             f"{json.dumps(os.path.join(out, ONNX))}).run(None, {{\"images\": images}}), images float32 [{shape}] "
-            f"preprocessed as model.json's \"preprocessing\" says: {info['preprocessing']}.")
-  command = shlex.join(["python", "-m", "fer_jax.predict", *config_arguments, f"--checkpoint={out}", "--input=PHOTO",
-                        "--output=predictions.csv"])
+            f"preprocessed as model.json's \"expected_input\" says: {how}.")
+  command = shlex.join([sys.executable, "-m", "fer_jax.predict", *absolute_config(config_arguments),
+                        f"--checkpoint={out}", "--input=PHOTO", "--output=predictions.csv"])
   return f"{what} as StableHLO for {', '.join(info['platforms'])} to {out}. Run it: {command}"
+
+
+def absolute_config(config_arguments: list[str]) -> list[str]:
+  """`config_lib.config_arguments`' words with the --config file's path made absolute (its `:argument` kept), so
+  that the command runs from any folder."""
+  words = []
+  for word in config_arguments:
+    name, has_value, value = word.partition("=")
+    if has_value and name == "--config":
+      path, colon, argument = value.partition(":")
+      word = f"--config={os.path.abspath(os.path.expanduser(path))}{colon}{argument}"
+    words.append(word)
+  return words
+
+
+def tta_line(info: dict) -> str | None:
+  """The log line for a config whose test-time augmentation (model.json's "tta") the exported program leaves out;
+  None for "none"."""
+  if info.get("tta", "none") == "none":
+    return None
+  if info["format"] == "onnx":
+    return (f"config.eval.tta={info['tta']!r} is not in the exported program: ONNX Runtime gives one view's "
+            "predictions, not the average of the views the config evaluates with (fer_jax.tta; model.json's "
+            "\"tta_included\": false).")
+  return (f"config.eval.tta={info['tta']!r} is not in the exported program, which computes one view: fer_jax.predict "
+          "and fer_jax.load apply it around the program (model.json's \"tta\"); other runtimes give one view's "
+          "predictions (\"tta_included\": false).")
 
 
 def define_flags() -> None:
@@ -321,19 +548,29 @@ def main(argv):
   del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
   config = args.config
+  if args.format == "onnx":
+    config = onnx_config(config)  # before validation resolves "auto" to this machine's dtype
   validation.validate(config, training=False)
+  # Every argument is checked before the checkpoint is read and the model traced.
   if args.format == "onnx" and args["platforms"].present:
     raise UserError("--platforms chooses what a StableHLO program is lowered for; an ONNX file runs wherever ONNX "
                     "Runtime does: drop --platforms, or drop --format=onnx.")
+  if args.verify_images and args.format != "onnx":
+    raise UserError("--verify_images checks an ONNX export: add --format=onnx or drop it.")
+  platforms = check_platforms(args.platforms, args.format)
+  out = check_out(args.out)
   check_not_an_export(args.checkpoint)
-  model = models.build_model(config)
-  variables = models.load_trained_variables(config, model, args.checkpoint)
-  info = export(config, jax.device_get(variables), args.out, args.batch_size or None, args.platforms, args.format,
-                args.verify_images, read_stored_shape(args.checkpoint))
+  with stopping.exit_status_on_stop(stopped=f"Nothing was written to {out}; the same command exports again."):
+    model = models.build_model(config)
+    variables = models.load_trained_variables(config, model, args.checkpoint)
+    info = export(config, jax.device_get(variables), out, args.batch_size or None, platforms, args.format,
+                  args.verify_images, read_stored_shape(args.checkpoint))
   if "onnx_runtime_vs_jax" in info:
     logging.info("ONNX Runtime vs JAX on %(images)d images: worst relative logit error "
                  "%(worst_relative_logit_error).2e", info["onnx_runtime_vs_jax"])
-  logging.info("%s", exported_line(info, os.path.abspath(args.out), config_lib.config_arguments(sys.argv)))
+  if tta_line(info):
+    logging.info("%s", tta_line(info))
+  logging.info("%s", exported_line(info, out, config_lib.config_arguments(sys.argv)))
 
 
 if __name__ == "__main__":

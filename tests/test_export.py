@@ -9,12 +9,14 @@ import textwrap
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
 from fer_jax import checkpointing
 from fer_jax import export
 from fer_jax import models
+from fer_jax import stopping
 from fer_jax.errors import UserError
 from helpers import assert_user_error, get_config, random_variables, run_command
 
@@ -76,17 +78,20 @@ def test_export_reloads_and_runs_without_fer_jax(tmp_path):
        f"--checkpoint={os.path.dirname(checkpoint)}", f"--out={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-3000:]
-  run_it = (f"as StableHLO for cpu, cuda to {out}. Run it: python -m fer_jax.predict --config=configs/dan.py:synthetic "
-            f"--config.input.size={SIZE} --checkpoint={out} --input=PHOTO --output=predictions.csv")
+  run_it = (f"as StableHLO for cpu, cuda to {out}. Run it: {shlex.quote(sys.executable)} -m fer_jax.predict "
+            f"--config={shlex.quote(ROOT + '/configs/dan.py:synthetic')} --config.input.size={SIZE} --checkpoint={out} "
+            "--input=PHOTO --output=predictions.csv")
   assert run_it in result.stderr, result.stderr[-3000:]
   Image.new("RGB", (40, 40)).save(tmp_path / "face.png")
   command = shlex.split(run_it.split("Run it: ")[1].replace("PHOTO", str(tmp_path / "face.png")))
-  predicted = subprocess.run([sys.executable, *command[1:-1], f"--output={tmp_path / 'predictions.csv'}"], cwd=ROOT,
+  # As printed (but the output's place), from another folder: the interpreter and the config file are absolute.
+  predicted = subprocess.run([*command[:-1], f"--output={tmp_path / 'predictions.csv'}"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert predicted.returncode == 0 and (tmp_path / "predictions.csv").exists(), predicted.stderr[-3000:]
   info = json.loads((out / "model.json").read_text())
   assert info["batch_size"] == "symbolic" and info["class_names"][0] == "anger"
   assert info["preprocessing"] == "resize(32)|normalize('imagenet')"
+  assert info["model"]["name"] == "dan" and info["model"]["dtype"] == "float32"
   assert sorted(os.listdir(out)) == ["model.json", "model.stablehlo", "variables"]
 
   images = np.random.default_rng(0).normal(size=(5, SIZE, SIZE, 3)).astype(np.float32)
@@ -106,15 +111,21 @@ def test_export_reloads_and_runs_without_fer_jax(tmp_path):
     np.testing.assert_allclose(outputs["probabilities_5"].sum(axis=1), 1.0, atol=1e-6)
 
 
-def test_the_last_line_says_what_was_exported_and_the_command_that_runs_it():
+def test_the_last_line_says_what_was_exported_and_the_command_that_runs_it(tmp_path, monkeypatch):
   """It read "Exported dan (anger, …, neutral, batch symbolic) as stablehlo cpu cuda to …": the class names beside
-  the batch mode, and no next step."""
+  the batch mode, and no next step. The command began with a bare `python` (another interpreter than the one with
+  fer_jax, outside its virtual environment) and kept the --config path relative to where the export ran."""
   info = export.metadata(small_config("configs/dan.py:synthetic"), None, {"format": "stablehlo",
                                                                           "platforms": ["cpu", "cuda"]})
-  assert export.exported_line(info, "/exports/dan one", ["--config=configs/dan.py:synthetic"]) == (
+  monkeypatch.setattr(sys, "executable", "/opt/my env/bin/python3")
+  (tmp_path / "work dir").mkdir()
+  monkeypatch.chdir(tmp_path / "work dir")
+  assert export.exported_line(info, "/exports/dan one", ["--config=configs/dan.py:synthetic",
+                                                         "--config.input.size=32"]) == (
       "Exported dan (7 classes: anger, disgust, fear, happiness, sadness, surprise, neutral; any batch size) as "
-      "StableHLO for cpu, cuda to /exports/dan one. Run it: python -m fer_jax.predict "
-      "--config=configs/dan.py:synthetic '--checkpoint=/exports/dan one' --input=PHOTO --output=predictions.csv")
+      "StableHLO for cpu, cuda to /exports/dan one. Run it: '/opt/my env/bin/python3' -m fer_jax.predict "
+      f"'--config={tmp_path}/work dir/configs/dan.py:synthetic' --config.input.size=32 '--checkpoint=/exports/dan one' "
+      "--input=PHOTO --output=predictions.csv")
 
 
 def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
@@ -122,6 +133,118 @@ def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
   config = small_config("configs/dan.py:synthetic")
   with pytest.raises(UserError, match="not empty"):
     export.export(config, {}, str(tmp_path))
+
+
+def test_a_stopped_export_leaves_nothing_and_the_same_export_runs_again(tmp_path, monkeypatch):
+  """SIGINT or SIGTERM during the save left --out/variables.orbax-checkpoint-tmp…, after which the same command
+  failed with "--out=… is not empty"."""
+  config = small_config("configs/dan.py:synthetic")
+  variables = random_variables(config)
+  out = tmp_path / "exported"
+
+  def stopped_save(self, path, *args, **kwargs):
+    del self, args, kwargs
+    os.makedirs(f"{path}.orbax-checkpoint-tmp-1712")  # what Orbax has written when the signal comes
+    raise stopping.StoppedOutsideSteps("SIGTERM")
+
+  with monkeypatch.context() as patched:
+    patched.setattr(ocp.StandardCheckpointer, "save", stopped_save)
+    with pytest.raises(stopping.StoppedOutsideSteps):
+      export.export(config, variables, str(out), platforms=("cpu",))
+  assert os.listdir(tmp_path) == []
+  export.export(config, variables, str(out), platforms=("cpu",))
+  assert sorted(os.listdir(out)) == ["model.json", "model.stablehlo", "variables"]
+  assert os.listdir(tmp_path) == ["exported"]
+  assert export.read_variables(str(out))["params"].keys() == variables["params"].keys()
+
+
+def test_what_an_interrupted_export_left_is_removed(tmp_path):
+  """An export stopped by an earlier version (which wrote into --out itself) or killed at once (its folder beside
+  --out) does not block the same command."""
+  config = small_config("configs/dan.py:synthetic")
+  out = tmp_path / "exported"
+  (out / "variables.orbax-checkpoint-tmp-1712").mkdir(parents=True)
+  (tmp_path / "exported.export-partial" / "variables").mkdir(parents=True)
+  export.export(config, random_variables(config), str(out), platforms=("cpu",))
+  assert sorted(os.listdir(out)) == ["model.json", "model.stablehlo", "variables"]
+  assert os.listdir(tmp_path) == ["exported"]
+
+
+# Runs `python -m fer_jax.export ARGS` whose variables save is stopped by a real SIGINT.
+INTERRUPTED = textwrap.dedent("""
+    import os, runpy, signal, sys, time
+    import orbax.checkpoint as ocp
+    def save(self, path, *args, **kwargs):
+      os.makedirs(f"{path}.orbax-checkpoint-tmp-1712")
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1)  # the signal arrives during the save
+    ocp.StandardCheckpointer.save = save
+    sys.argv = ["fer_jax.export", *sys.argv[1:]]
+    runpy.run_module("fer_jax.export", run_name="__main__", alter_sys=True)
+""")
+
+
+@pytest.mark.integration
+def test_an_interrupted_export_command_exits_75_with_one_line_and_nothing_written(tmp_path):
+  """It printed a KeyboardInterrupt traceback and left --out/variables.orbax-checkpoint-tmp."""
+  config = small_config("configs/dan.py:synthetic")
+  checkpoint = checkpointing.save_model(str(tmp_path / "checkpoint"), random_variables(config), config)
+  out = tmp_path / "exported"
+  (tmp_path / "interrupted.py").write_text(INTERRUPTED)
+  result = subprocess.run(
+      [sys.executable, str(tmp_path / "interrupted.py"), "--config=configs/dan.py:synthetic",
+       f"--config.input.size={SIZE}", f"--checkpoint={os.path.dirname(checkpoint)}", f"--out={out}",
+       "--platforms=cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == stopping.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
+  assert f"SIGINT received: stopped. Nothing was written to {out}; the same command exports again." in result.stderr
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert sorted(os.listdir(tmp_path)) == ["checkpoint", "interrupted.py"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("arguments, message", [
+    (["--format=onnx", "--config.model.dtype=bfloat16"],
+     "--format=onnx exports a float32 program, but --config.model.dtype=bfloat16 asks for bfloat16 computation: pass "
+     "--config.model.dtype=float32 (or leave it auto), or export with --format=stablehlo, which computes in "
+     "bfloat16."),
+    (["--out={tmp}"], "--out={tmp} is not empty: export into a new folder.")], ids=["onnx_bfloat16", "out_not_empty"])
+def test_arguments_are_refused_before_the_checkpoint_is_read(tmp_path, arguments, message):
+  """A checkpoint that does not exist: its error would come first if it were read before the arguments' checks."""
+  (tmp_path / "old.txt").write_text("x")
+  arguments = [argument.format(tmp=tmp_path) for argument in arguments]
+  out = [] if any(argument.startswith("--out=") for argument in arguments) else [f"--out={tmp_path / 'out'}"]
+  result = run_command("fer_jax.export", "--config=configs/dan.py:synthetic", f"--checkpoint={tmp_path / 'nothing'}",
+                       *arguments, *out)
+  assert_user_error(result, message.format(tmp=tmp_path))
+
+
+def test_model_json_rebuilds_a_non_default_architecture():
+  """model.json kept only the method's name: LHC-Net stage C's export (LHC modules, controller) was read back as the
+  default LHC-Net, which its weights do not fit (`fer_jax.summary --checkpoint=<export>`: "does not fit the
+  configured model (unexpected: params/lhc1/controller …)")."""
+  config = small_config("configs/lhcnet.py:synthetic,stage=C")
+  info = json.loads(json.dumps(export.metadata(config, None, {"format": "stablehlo", "platforms": ["cpu"]})))
+  rebuilt = checkpointing.config_from_meta(export.meta_record(info))
+
+  def shapes(config):
+    return jax.tree.map(lambda leaf: leaf.shape, models.abstract_variables(models.build_model(config), config))
+  assert shapes(rebuilt) == shapes(config)
+  assert rebuilt.model.dtype == "float32"  # "auto" as it resolved where exported
+  older = {key: value for key, value in info.items() if key != "model"}  # written before config.model was kept
+  assert export.meta_record(older)["model"] == {"name": "lhcnet", "num_classes": 7, "dtype": "float32"}
+
+
+def test_a_platform_named_twice_is_lowered_for_once_and_none_is_refused(tmp_path):
+  config = small_config("configs/dan.py:synthetic")
+  variables = random_variables(config)
+  info = export.export(config, variables, str(tmp_path / "twice"), platforms=("cpu", "cpu"))
+  assert info["platforms"] == ["cpu"]
+  assert export.read_program(str(tmp_path / "twice")).platforms == ("cpu",)
+  with pytest.raises(UserError, match=r"^--platforms is empty: pass the platforms to lower for, e\.g\. "
+                                      r"--platforms=cpu,cuda\.$"):
+    export.export(config, variables, str(tmp_path / "none"), platforms=())
+  assert sorted(os.listdir(tmp_path)) == ["twice"]
 
 
 def test_out_in_the_home_folder_is_expanded(tmp_path, monkeypatch):

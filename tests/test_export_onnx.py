@@ -2,7 +2,9 @@
 
 import json
 import os
+import subprocess
 import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +15,11 @@ import pytest
 
 from fer_jax import checkpointing
 from fer_jax import export
+from fer_jax import inference
 from fer_jax import models
 from fer_jax import onnx_export
 from fer_jax.errors import UserError
-from helpers import get_config, random_variables, run_command
+from helpers import ROOT, cpu_devices_env, get_config, random_variables
 
 # SCAN-CCI at 64²: an 8×8 layer2 map, so several local regions (and their scatter) are exported.
 SPECS = [("configs/dan.py:synthetic", 32), ("configs/apvit.py:synthetic", 32),
@@ -111,16 +114,98 @@ def test_verify_images_is_refused_for_stablehlo(tmp_path):
 def test_the_last_line_says_what_was_exported_and_how_onnx_runtime_runs_it():
   """It read "Exported dan (anger, …, neutral, batch 4) as onnx to …": the class names beside the batch size, and no
   next step."""
-  info = export.metadata(small_config("configs/dan.py:synthetic", 32), 4, {"format": "onnx"})
+  info = export.metadata(small_config("configs/dan.py:synthetic", 32), 4, {"format": "onnx"}, (40, 40, 3))
   assert export.exported_line(info, "/exports/dan", ["--config=configs/dan.py:synthetic"]) == (
       "Exported dan (7 classes: anger, disgust, fear, happiness, sadness, surprise, neutral; batch size 4) as ONNX to "
       "/exports/dan. Run it with ONNX Runtime: onnxruntime.InferenceSession(\"/exports/dan/model.onnx\").run(None, "
-      "{\"images\": images}), images float32 [4, 32, 32, 3] preprocessed as model.json's \"preprocessing\" says: "
-      "resize(32)|normalize('imagenet').")
+      "{\"images\": images}), images float32 [4, 32, 32, 3] preprocessed as model.json's \"expected_input\" says: "
+      "decoded to 40x40x3, then resize(32)|normalize('imagenet') (mean [0.485, 0.456, 0.406], std [0.229, 0.224, "
+      "0.225]).")
+
+
+def test_auto_exports_float32_where_it_resolves_to_bfloat16(tmp_path, monkeypatch):
+  """On a GPU or TPU config.model.dtype="auto" is bfloat16, and the ONNX export of every default config failed
+  ("convert_element_type has no ONNX translation … export with --format=stablehlo instead")."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert models.compute_dtype("auto") == "bfloat16"
+  config = small_config("configs/dan.py:synthetic", 32)
+  assert config.model.dtype == "auto"
+  variables = random_variables(config, seed=4)
+  info = export.export(config, variables, str(tmp_path / "out"), export_format="onnx")
+  assert info["compute_dtype"] == info["model"]["dtype"] == "float32"
+  assert json.loads((tmp_path / "out" / "model.json").read_text())["compute_dtype"] == "float32"
+  images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  logits, = session(str(tmp_path / "out" / "model.onnx")).run(["logits"], {"images": images})
+  config.model.dtype = "float32"
+  assert relative_error(logits, jax_logits(config, variables, images)) <= 1e-4
+
+
+def test_an_explicit_bfloat16_is_refused_for_onnx_with_the_fixes(tmp_path):
+  config = small_config("configs/dan.py:synthetic", 32)
+  config.model.dtype = "bfloat16"
+  with pytest.raises(UserError, match=r"^--format=onnx exports a float32 program, but --config\.model\.dtype=bfloat16 "
+                                      r"asks for bfloat16 computation: pass --config\.model\.dtype=float32 \(or leave "
+                                      r"it auto\), or export with --format=stablehlo, which computes in bfloat16\.$"):
+    export.export(config, random_variables(config), str(tmp_path / "out"), export_format="onnx")
+  assert os.listdir(tmp_path) == []
+
+
+def test_model_json_says_how_to_make_the_input_without_fer_jax(tmp_path):
+  """model.json named the pipeline in fer_jax's own terms: an ONNX Runtime user could not tell the decoding size,
+  the normalisation's numbers or that the config's test-time augmentation is not in the file. Followed with PIL
+  and NumPy alone, it gives fer_jax's own preprocessing."""
+  config = small_config("configs/dan.py:synthetic", 32)
+  info = json.loads(json.dumps(export.metadata(config, None, {"format": "onnx"}, stored_shape=(40, 36, 3))))
+  expected = info["expected_input"]
+  assert (expected["shape"], expected["layout"], expected["dtype"]) == (["batch", 32, 32, 3], "NHWC", "float32")
+  assert {key: expected["decode"][key] for key in ("height", "width", "channels")} == {
+      "height": 40, "width": 36, "channels": 3}
+  assert expected["then"] == "resize(32)|normalize('imagenet')"
+  assert expected["normalize"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+  assert (info["tta"], info["tta_included"]) == ("none", False)
+
+  photo = tmp_path / "face.png"
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 45, 3), np.uint8)).save(photo)
+  decoded = Image.open(photo).convert("RGB").resize((36, 40), Image.BILINEAR)
+  resized = np.asarray(decoded.resize((32, 32), Image.BILINEAR), np.float32)
+  mine = (resized / 255 - np.asarray(expected["normalize"]["mean"])) / np.asarray(expected["normalize"]["std"])
+  preprocess = inference.FilePreprocessor(config, (40, 36, 3))
+  theirs = np.asarray(jax.jit(preprocess)(preprocess.read(str(photo))[None]))[0]
+  np.testing.assert_allclose(mine, theirs, atol=1.01 / 255 / 0.224)  # at most one 8-bit level apart
+
+
+def test_model_json_of_a_grey_unnormalised_model_with_tta():
+  """LHC-Net on FER2013: grey 48×48 images, raw 0–255 values, and a 60-view test-time augmentation the file lacks."""
+  config = get_config("configs/lhcnet.py:fer2013,stage=C")
+  info = export.metadata(config, 2, {"format": "onnx"})
+  expected = info["expected_input"]
+  assert expected["shape"] == [2, 224, 224, 3]
+  assert {key: expected["decode"][key] for key in ("height", "width", "channels")} == {
+      "height": 48, "width": 48, "channels": 1}
+  assert "grey" in expected["decode"]["how"]
+  assert expected["values"] == "0 to 255, not normalised" and "normalize" not in expected
+  assert (info["tta"], info["tta_included"]) == ("lhc62", False)
+  assert export.tta_line(info) == (
+      "config.eval.tta='lhc62' is not in the exported program: ONNX Runtime gives one view's predictions, not the "
+      "average of the views the config evaluates with (fer_jax.tta; model.json's \"tta_included\": false).")
+  without_tta = export.metadata(small_config("configs/dan.py:synthetic", 32), None, {"format": "onnx"})
+  assert export.tta_line(without_tta) is None
+
+
+# Runs `python -m fer_jax.export ARGS` as on a GPU: config.model.dtype="auto" resolves to bfloat16.
+AS_ON_A_GPU = textwrap.dedent("""
+    import runpy, sys
+    import jax
+    jax.default_backend = lambda: "gpu"
+    sys.argv = ["fer_jax.export", *sys.argv[1:]]
+    runpy.run_module("fer_jax.export", run_name="__main__", alter_sys=True)
+""")
 
 
 @pytest.mark.integration
 def test_export_command_writes_an_onnx_file(tmp_path):
+  """Run as on a GPU, where the default config's "auto" dtype is bfloat16, which the ONNX export did not translate
+  (it failed for every default config: "convert_element_type has no ONNX translation")."""
   config = small_config("configs/dan.py:synthetic", 32)
   variables = random_variables(config, seed=3)
   checkpoint = checkpointing.save_model(str(tmp_path / "checkpoint"), variables, config)
@@ -129,13 +214,18 @@ def test_export_command_writes_an_onnx_file(tmp_path):
   photos = [tmp_path / f"{n}.png" for n in range(2)]
   for n, photo in enumerate(photos):
     Image.fromarray(np.random.default_rng(n).integers(0, 256, (40, 30, 3), np.uint8)).save(photo)
-  result = run_command("fer_jax.export", *args, f"--out={out}", "--format=onnx",
-                       f"--verify_images={photos[0]},{photos[1]}", timeout=300)
+  (tmp_path / "as_on_a_gpu.py").write_text(AS_ON_A_GPU)
+  result = subprocess.run([sys.executable, str(tmp_path / "as_on_a_gpu.py"), *args, f"--out={out}", "--format=onnx",
+                           f"--verify_images={photos[0]},{photos[1]}"], cwd=ROOT, env=cpu_devices_env(1),
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"any batch size) as ONNX to {out}. Run it with ONNX Runtime: " in result.stderr, result.stderr[-3000:]
+  assert ("ONNX export computes in float32, not the bfloat16 that config.model.dtype='auto' resolves to on this gpu "
+          "backend") in result.stderr, result.stderr[-3000:]
   assert sorted(os.listdir(out)) == ["model.json", "model.onnx"]
   info = json.loads((out / "model.json").read_text())
   assert (info["format"], info["batch_size"], info["onnx_opset"]) == ("onnx", "symbolic", onnx_export.OPSET)
+  assert info["compute_dtype"] == info["model"]["dtype"] == "float32"
   assert info["onnx_runtime_vs_jax"]["images"] == 2
   assert 0 <= info["onnx_runtime_vs_jax"]["worst_relative_logit_error"] <= 1e-4
 

@@ -74,6 +74,7 @@ class Step:
   name: str
   op: Op
   rounds: bool          # in the uint8 part of the pipeline: output rounded to integers
+  arguments: dict = dataclasses.field(default_factory=dict)  # the op's, by parameter name, defaults included
 
 
 class Pipeline:
@@ -141,9 +142,9 @@ def parse(text: str, size: int | None = None, uint8: bool = True) -> Pipeline:
     text = with_size(text, size)
   steps = []
   for part in _split_top_level(text):
-    name, op = _parse_op(part, uint8)
+    name, op, arguments = _parse_op(part, uint8)
     uint8 = uint8 and not op.ends_uint8
-    steps.append(Step(name, op, rounds=uint8))
+    steps.append(Step(name, op, rounds=uint8, arguments=arguments))
   return Pipeline(text, steps)
 
 
@@ -168,7 +169,7 @@ def _split_top_level(text: str) -> list[str]:
   return [part.strip() for part in parts if part.strip()]
 
 
-def _parse_op(text: str, uint8: bool) -> tuple[str, Op]:
+def _parse_op(text: str, uint8: bool) -> tuple[str, Op, dict]:
   try:
     call = ast.parse(text if text.endswith(")") else text + "()", mode="eval").body
     assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
@@ -189,7 +190,9 @@ def _parse_op(text: str, uint8: bool) -> tuple[str, Op]:
   if op.needs_uint8 and not uint8:
     raise ValueError(f"{text} comes after to_float()/normalize(), where values are no longer 0–255: "
                      "put it before them.")
-  return name, op
+  bound = inspect.signature(OPS[name]).bind(*args, **kwargs)
+  bound.apply_defaults()
+  return name, op, dict(bound.arguments)
 
 
 def signature(name: str) -> str:
