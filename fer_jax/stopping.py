@@ -3,6 +3,7 @@ non-finite loss, and the exit statuses the commands end with (75: run the same c
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -29,9 +30,38 @@ class StoppedOutsideSteps(Exception):
   nothing is left to save: what the run saved stands, and the same command goes on from it."""
 
 
+# A first SIGTERM/SIGINT outside the steps of a run of several processes, held for the training loop's
+# StopSignals: the processes stop together at their next agreed step (`agreed_signal`). One process leaving alone
+# would leave the others waiting for it in a collective, and itself in JAX's shutdown barrier, until both abort.
+_held: list[str] = []
+
+
 def _stop_outside_steps(signum, frame):
   del frame
-  raise StoppedOutsideSteps(signal.Signals(signum).name)
+  name = signal.Signals(signum).name
+  if not jax.distributed.is_initialized():
+    raise StoppedOutsideSteps(name)
+  if _held:
+    os._exit(128 + signum)
+  _held.append(name)
+  logging.warning("%s received outside the training steps: held until every process of the run stops with this one "
+                  "at a saved step (send it again to exit at once, unsaved).", name)
+
+
+# What a collective reports when another process of the run stopped or died (gloo on CPUs, NCCL on GPUs, JAX's
+# coordination service everywhere).
+LOST_PEER = re.compile(r"Gloo|NCCL|[Cc]onnection (reset|closed|refused)|[Hh]eartbeat|UNAVAILABLE|DEADLINE_EXCEEDED")
+
+
+def lost_peer_message(error: BaseException) -> str | None:
+  """The one line for a collective that failed because another process of the run stopped or died; None for any
+  other error."""
+  if not (jax.distributed.is_initialized() and isinstance(error, jax.errors.JaxRuntimeError)
+          and LOST_PEER.search(str(error))):
+    return None
+  return (f"A collective with the other processes of the run failed ({str(error).strip().splitlines()[0][:200]}): "
+          "another process stopped or died. The steps saved stand: start every process again with the same "
+          "command to go on from the newest.")
 
 
 @contextlib.contextmanager
@@ -39,7 +69,9 @@ def exit_status_on_stop(stopped: str = "The saved steps stand; run the same comm
   """Ends a command whose training or conversion stopped (fer_jax.main, fer_jax.seeds, fer_jax.convert)
   with exit status 75 when preempted (the step is saved) or signalled outside the training steps
   (StopSignals holds SIGTERM and SIGINT during them; `stopped` says what stands then), 1 after logging
-  a non-finite loss's message."""
+  a non-finite loss's message. On several processes a signal outside the steps is held for the training loop,
+  where they stop together (a second one exits at once), and a collective failed because another process stopped
+  or died ends the command with one line and 75 (`lost_peer_message`)."""
   main_thread = threading.current_thread() is threading.main_thread()
   previous = {s: signal.signal(s, _stop_outside_steps) for s in StopSignals.SIGNALS} if main_thread else {}
   try:
@@ -52,9 +84,17 @@ def exit_status_on_stop(stopped: str = "The saved steps stand; run the same comm
   except NonFiniteError as e:
     logging.error("%s", e)
     sys.exit(1)
+  except jax.errors.JaxRuntimeError as e:
+    if (message := lost_peer_message(e)) is None:
+      raise
+    logging.error("%s", message)
+    logging.flush()
+    os._exit(PREEMPTED_EXIT_STATUS)  # not sys.exit: JAX's shutdown barrier would wait for the lost process, then abort
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
+  if _held:
+    logging.warning("The %s held was not acted on: the command had finished what it was doing.", _held.pop())
 
 
 def wait_interruptibly(array: jax.Array, longest_sleep: float = 0.05) -> None:
@@ -87,6 +127,8 @@ class StopSignals:
     logging.warning("%s received: %s", self.received, self.what_follows)
 
   def __enter__(self):
+    if _held:  # received while the run was setting up (several processes): acted on as if received now
+      self.received = _held.pop()
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self

@@ -530,6 +530,34 @@ def test_a_signal_outside_the_training_steps_stops_with_exit_75_and_no_traceback
   assert "Traceback" not in result.stderr
 
 
+def test_on_several_processes_a_signal_while_setting_up_is_held_for_the_loop(monkeypatch, caplog):
+  """Process 1 signalled while setting up left alone (exit 75) while process 0 waited for it in a collective: both
+  sat 5 minutes in JAX's barriers, then aborted (exit 134). Held, it stops them together at the first agreed step."""
+  monkeypatch.setattr(stopping.jax.distributed, "is_initialized", lambda: True)
+  with caplog.at_level(logging.WARNING):
+    with stopping.exit_status_on_stop():
+      os.kill(os.getpid(), signal.SIGTERM)  # handled at once (the main thread, between bytecodes): no exception
+      with stopping.StopSignals() as signals:
+        assert signals.received == "SIGTERM"
+  assert "SIGTERM received outside the training steps: held until every process of the run stops" in caplog.text
+  assert signal.getsignal(signal.SIGTERM) is not stopping._stop_outside_steps  # pylint: disable=protected-access
+
+
+def test_a_collective_failed_for_a_lost_process_ends_with_one_line_and_75(monkeypatch):
+  """The survivor of a process killed mid-run printed a JaxRuntimeError traceback ("Gloo AllGather failed …
+  Connection reset by peer"), then waited 76 s in JAX's shutdown barrier and aborted (exit 134)."""
+  lost = jax.errors.JaxRuntimeError("UNKNOWN: Gloo AllGather failed: [pair.cc:538] Read error: Connection reset by "
+                                    "peer\nmore")
+  assert stopping.lost_peer_message(lost) is None  # one process: no other to lose
+  monkeypatch.setattr(stopping.jax.distributed, "is_initialized", lambda: True)
+  assert stopping.lost_peer_message(lost) == (
+      "A collective with the other processes of the run failed (UNKNOWN: Gloo AllGather failed: [pair.cc:538] Read "
+      "error: Connection reset by peer): another process stopped or died. The steps saved stand: start every process "
+      "again with the same command to go on from the newest.")
+  assert stopping.lost_peer_message(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory")) is None
+  assert stopping.lost_peer_message(RuntimeError("Connection reset by peer")) is None
+
+
 def test_processes_exchange_their_stop_signals_only_after_logged_or_saved_steps(monkeypatch):
   """TrainingRun.stop_signal: one process stops after the step its signal arrived in, exchanging
   nothing; several exchange their signals only after the steps logged (every 4 here) or saved (every
