@@ -30,20 +30,23 @@ class StoppedOutsideSteps(Exception):
   nothing is left to save: what the run saved stands, and the same command goes on from it."""
 
 
-# A first SIGTERM/SIGINT outside the steps of a run of several processes, held for the training loop's
-# StopSignals: the processes stop together at their next agreed step (`agreed_signal`). One process leaving alone
-# would leave the others waiting for it in a collective, and itself in JAX's shutdown barrier, until both abort.
+# A SIGTERM/SIGINT outside the training steps not yet acted on, for the training loop's StopSignals to take up.
+# On several processes the first one is held so: they stop together at their next agreed step (`agreed_signal`);
+# one process leaving alone would leave the others waiting for it in a collective, and itself in JAX's shutdown
+# barrier, until both abort. On one, the handler's exception stops the command, unless Python swallows it (raised
+# inside a garbage-collection callback, it prints "Exception ignored" and goes on).
 _held: list[str] = []
 
 
 def _stop_outside_steps(signum, frame):
   del frame
   name = signal.Signals(signum).name
-  if not jax.distributed.is_initialized():
-    raise StoppedOutsideSteps(name)
-  if _held:
+  several = jax.distributed.is_initialized()
+  if several and _held:
     os._exit(128 + signum)
   _held.append(name)
+  if not several:
+    raise StoppedOutsideSteps(name)
   logging.warning("%s received outside the training steps: held until every process of the run stops with this one "
                   "at a saved step (send it again to exit at once, unsaved).", name)
 
@@ -79,6 +82,7 @@ def exit_status_on_stop(stopped: str = "The saved steps stand; run the same comm
   except Preempted:
     sys.exit(PREEMPTED_EXIT_STATUS)
   except StoppedOutsideSteps as e:
+    _held.clear()
     logging.warning("%s received: stopped. %s", e, stopped)
     sys.exit(PREEMPTED_EXIT_STATUS)
   except NonFiniteError as e:

@@ -543,6 +543,21 @@ def test_on_several_processes_a_signal_while_setting_up_is_held_for_the_loop(mon
   assert signal.getsignal(signal.SIGTERM) is not stopping._stop_outside_steps  # pylint: disable=protected-access
 
 
+def test_a_signal_whose_exception_python_swallowed_still_stops_the_loop(caplog):
+  """A SIGINT arriving inside JAX's garbage-collection callback raised there; Python printed "Exception ignored"
+  and the command went on as if never signalled (about one export in 20)."""
+  with stopping.exit_status_on_stop():
+    with pytest.raises(stopping.StoppedOutsideSteps):  # what Python swallows inside a garbage-collection callback
+      stopping._stop_outside_steps(signal.SIGINT, None)  # pylint: disable=protected-access
+    with stopping.StopSignals() as signals:
+      assert signals.received == "SIGINT"
+  with caplog.at_level(logging.WARNING):
+    with stopping.exit_status_on_stop():
+      with pytest.raises(stopping.StoppedOutsideSteps):
+        stopping._stop_outside_steps(signal.SIGTERM, None)  # pylint: disable=protected-access
+  assert "The SIGTERM held was not acted on: the command had finished what it was doing." in caplog.text
+
+
 def test_a_collective_failed_for_a_lost_process_ends_with_one_line_and_75(monkeypatch):
   """The survivor of a process killed mid-run printed a JaxRuntimeError traceback ("Gloo AllGather failed …
   Connection reset by peer"), then waited 76 s in JAX's shutdown barrier and aborted (exit 134)."""
