@@ -9,6 +9,10 @@ Arguments pick the data set:
   ferplus     FERPlus (majority vote), 8 classes. No official config: the RAF-DB recipe.
   affectnet7  AffectNet, 7 classes, validation set as test. No official config: the RAF-DB recipe.
   affectnet8  AffectNet, 8 classes. No official config: the RAF-DB recipe.
+              Both read the later "4 GB" release's cropped faces as they are; from the original
+              release, whose images are whole photos, add --config.dataset.name=affectnet/classes8_facecrop
+              (or classes7_facecrop), which crops to its face boxes: the author advises aligned
+              faces (APViT issue #19; docs/methods/apvit.md).
   synthetic   a scaled-down APViT (one IR unit per stage, width 192, 3 heads; APP keeps 12 of
               the 4×4 patches, ATP 12 → 10 → 9 → 8 → 7) on the built-in synthetic faces at
               32×32, uniform sampling, 8 epochs from scratch (CPU demo; not a paper setting):

@@ -17,8 +17,14 @@ Arguments pick the data set:
   ferplus     FERPlus majority-vote labels, 8 classes, 25 separate SCAN units, heads lr 0.01;
               trains on train+validation merged, as the official script does.
   affectnet7  AffectNet, 7 classes, separate units, heads lr 0.001; as the official loader,
-              only the first 20,000 training images of each class (annotation order).
+              only the first 20,000 training images of each class (annotation order: the original
+              release's training.csv order; the later release's id order keeps another 20,000).
   affectnet8  AffectNet, 8 classes, otherwise as affectnet7.
+              The official loader reads the authors' own aligned faces (main_affectnet.py's default
+              Manually_Annotated_Images_aligned/, never released), whole. The later "4 GB"
+              release's faces are cropped already; from the original release, whose images are
+              whole photos, add --config.dataset.name=affectnet/classes8_facecrop, which crops
+              to its face boxes: the closest to the authors' faces that can be had.
   sfew        SFEW 2.0, 7 classes, separate units, fine-tuned from a 7-class checkpoint given
               by --config.init_from (training stops with an error without it); no ColorJitter,
               effective-number class weights (β 0.9999) instead of class-balanced sampling,

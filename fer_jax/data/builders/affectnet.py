@@ -3,8 +3,9 @@
 Reads either release, whichever the manual directory holds (the original one when both):
   original  `training.csv` (with header) and `validation.csv` (without) beside
             `Manually_Annotated_Images/`; the `*_facecrop` configs crop each image to the
-            CSV's face box (stored as JPEG quality 95, 4:4:4), the others keep it whole as
-            SCAN-CCI does;
+            CSV's face box (stored as JPEG quality 95, 4:4:4), the others keep it whole (a
+            whole photo: SCAN-CCI's official loader reads the authors' own aligned faces instead,
+            never released, to which the face-box crop is the closest);
   later     the "4 GB" release DAN uses: `train_set|val_set/images/{id}.jpg` with
             `annotations/{id}_exp.npy`, `_val.npy`, `_aro.npy` (faces already cropped); an
             image without its `_exp.npy` stops the build, even with --skip_corrupt.
