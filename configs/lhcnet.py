@@ -20,7 +20,8 @@ reports PrivateTest:
               Training, select on PublicTest, report PrivateTest with the 62-view TTA.
               Deviation: the official training images are floored and round-tripped through
               JPEG (quality 100) after the resize; ours stay float, as its test images do.
-              Paper: 74.42 % PrivateTest accuracy (TTA).
+              Paper: 74.42 % PrivateTest accuracy (TTA; recalled, as Papers with Code lists it:
+              which variant, B or C, gave it is not verified here, docs/methods/lhcnet.md §1.11).
   synthetic   the built-in synthetic faces at 80×80 with head counts that fit its feature maps
               (CPU demo of the stages, chained by init_from as above; not a paper setting).
 
