@@ -1,16 +1,22 @@
 """Several processes as one run: jax.distributed started from the command's flags, and every
-process checked to run the same config before any work (`fer_jax.main --distributed`)."""
+process checked before any work (`fer_jax.main --distributed`): process 0's coordinator port free,
+as many devices on every process, the same config, and one shared workdir."""
 
+import collections
+import errno
 import hashlib
+import itertools
 import json
 import os
 import re
+import secrets
 import socket
 import time
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+import orbax.checkpoint as ocp
 
 from fer_jax import config_lib
 from fer_jax.errors import UserError
@@ -46,9 +52,11 @@ def start(coordinator_address, num_processes, process_id) -> None:
   reads that setting). On Cloud TPU and Slurm JAX fills in the flags not given; elsewhere those
   missing are named."""
   address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  flag = "--coordinator_address" if coordinator_address else "JAX_COORDINATOR_ADDRESS"
   if address and process_id:
-    flag = "--coordinator_address" if coordinator_address else "JAX_COORDINATOR_ADDRESS"
     wait_for_coordinator(address, flag, COORDINATOR_TIMEOUT_S)
+  if address and process_id == 0:
+    check_port_free(address, flag, os.environ.get("JAX_COORDINATOR_BIND_ADDRESS") or None)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
@@ -62,6 +70,63 @@ def start(coordinator_address, num_processes, process_id) -> None:
     raise UserError(f"--distributed could not start: {error} Outside a cluster JAX detects (Cloud TPU, Slurm), add "
                     f"{', '.join(missing)} (every process the same --coordinator_address=HOST:PORT of process 0 and "
                     "--num_processes, each its own --process_id).") from error
+  _together(check_device_counts, jax.devices(), jax.process_count())
+
+
+def _together(check, *args) -> None:
+  """check(*args); where it raises a UserError (every process raises it at the same point), this process leaves
+  the coordination service first, with the others (its shutdown barrier): cli.run ends a process at once, and
+  process 0's end would otherwise abort a process still talking to the service, before it prints its error."""
+  try:
+    check(*args)
+  except UserError:
+    try:
+      jax.distributed.shutdown()
+    except Exception:  # pylint: disable=broad-except  # a process that died: the error still goes out
+      pass
+    raise
+
+
+def check_port_free(address: str, flag: str, bind_address: str | None = None) -> None:
+  """Process 0 (its --process_id given as 0) binds the coordinator's port for a moment: where it is taken, JAX's
+  service would kill this process with a segfault and leave the others waiting five minutes. Binds all
+  interfaces (IPv4 and IPv6), as JAX's service does, or JAX_COORDINATOR_BIND_ADDRESS's host where set; with
+  SO_REUSEADDR (a closed connection's TIME_WAIT does not stop JAX either), never SO_REUSEPORT.
+
+  Where --process_id is left to a cluster JAX detects, this process may not be process 0, and on process 0's
+  host it would find process 0's own service there: no check."""
+  host, port = (bind_address or address).rsplit(":", 1)
+  if bind_address:
+    host, dual = host.strip("[]"), False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+  else:
+    dual = socket.has_dualstack_ipv6()
+    host, family = ("::", socket.AF_INET6) if dual else ("", socket.AF_INET)
+  try:
+    socket.create_server((host, int(port)), family=family, dualstack_ipv6=dual).close()
+  except OSError as error:
+    name = "JAX_COORDINATOR_BIND_ADDRESS" if bind_address else flag
+    if error.errno == errno.EADDRINUSE:
+      raise UserError(f"{name}={bind_address or address}: port {port} is already in use on this host (process 0's), "
+                      "so the coordinator cannot listen there. An earlier run still alive? Stop it, or pass another "
+                      "port to every process.") from None
+    if error.errno == errno.EACCES:
+      raise UserError(f"{name}={bind_address or address}: this user may not listen on port {port} "
+                      f"({error.strerror}): pass a port above 1023 to every process.") from None
+    raise UserError(f"{name}={bind_address or address}: process 0 cannot listen on port {port} here "
+                    f"({error.strerror}): pass this host's name and a free port to every process.") from None
+
+
+def check_device_counts(devices, process_count: int) -> None:
+  """Every process must bring as many devices: the batch is split evenly over processes, and JAX's own gathers
+  fail with a reshape error otherwise. Counted from `devices` (every process's, each with a process_index), no
+  collective; the same message on every process."""
+  counts = collections.Counter(device.process_index for device in devices)
+  if len({counts[index] for index in range(process_count)}) > 1:
+    listed = ", ".join(f"process {index}: {counts[index]}" for index in range(process_count))
+    raise UserError(f"The processes have different numbers of devices ({listed}): every process needs as many. "
+                    "Give each the same number: CUDA_VISIBLE_DEVICES (GPUs), JAX_LOCAL_DEVICE_IDS, or on CPU "
+                    "XLA_FLAGS=--xla_force_host_platform_device_count=N (set or unset alike on every host).")
 
 
 def wait_for_coordinator(address: str, flag: str, timeout_s: float) -> None:
@@ -88,6 +153,10 @@ def check_same_run(config, mode: str) -> None:
   """Stops every process, naming the keys, if their configs (or --mode) differ: they would exchange
   gradients of different batches or steps, or wait for each other forever. A collective: each process
   gathers every process's fingerprint and, on a difference, every process's config."""
+  _together(_check_same_run, config, mode)
+
+
+def _check_same_run(config, mode: str) -> None:
   own = json.dumps({"--mode": mode, **config_lib.flat(config)}, sort_keys=True).encode()
   digests = multihost_utils.process_allgather(np.frombuffer(hashlib.sha256(own).digest(), np.uint8))
   if (digests == digests[0]).all():
@@ -116,3 +185,80 @@ def config_differences(configs: list[dict]) -> str:
 
 def _short(text: str, limit: int = 60) -> str:
   return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+SHARED_CHECK_PREFIX = ".fer_jax_shared_check_"
+TOKEN_WAIT_S = 5  # how long a process looks for process 0's file: a network file system may show it late
+_exchanges = itertools.count()
+
+
+def check_shared_workdir(workdir: str) -> None:
+  """Stops every process unless each one's --workdir is the folder process 0's is (the path may be spelled
+  differently per host): process 0 creates it and writes a file with a random name there, then every process
+  looks for that file; the file is removed once every process has looked. Before, processes given different
+  folders (or each a local disk) trained to the end and failed at the next resume; a file given as workdir
+  was trained past. Exchanges through the coordination service, no device collective."""
+  if jax.process_count() > 1:
+    _together(shared_workdir_check, workdir, jax.process_index(), _gather_strings)
+
+
+def shared_workdir_check(workdir: str, index: int, gather) -> None:
+  """check_shared_workdir as process `index`; `gather(name, text)` returns every process's text for `name`."""
+  problem, token_path = _workdir_problem(workdir), None
+  token = ""
+  if index == 0 and not problem:
+    token = secrets.token_hex(16)
+    token_path = os.path.join(workdir, SHARED_CHECK_PREFIX + token)
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      with open(token_path, "w") as f:
+        f.write(token)
+    except OSError as error:
+      problem, token, token_path = f"--workdir={workdir} cannot be written ({error.strerror})", "", None
+  zero = json.loads(gather("workdir token", json.dumps([token, workdir, socket.gethostname()]))[0])
+  if index and not problem and zero[0]:
+    problem = _missing_token(workdir, zero)
+  problems = [json.loads(text) for text in gather("workdir checked", json.dumps(problem))]
+  if token_path:  # every process has looked
+    try:
+      os.remove(token_path)
+    except OSError:
+      pass
+  failed = [(number, text) for number, text in enumerate(problems) if text]
+  if failed:
+    raise UserError("; ".join(f"process {number}: {text}" for number, text in failed) +
+                    ". Start every process with --workdir set to one folder shared by all hosts (a network file "
+                    "system or mounted bucket; the path may differ per host).")
+
+
+def _workdir_problem(workdir: str) -> str:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    return f"--workdir={workdir} is a file, not a folder"
+  return ""
+
+
+def _missing_token(workdir: str, zero: list) -> str:
+  """"" where process 0's token file is in `workdir` here (looked for up to TOKEN_WAIT_S), else the message."""
+  token, zero_workdir, zero_host = zero
+  path = os.path.join(workdir, SHARED_CHECK_PREFIX + token)
+  deadline = time.monotonic() + TOKEN_WAIT_S
+  while True:
+    try:
+      with open(path) as f:
+        if f.read() == token:
+          return ""
+    except OSError:
+      pass
+    if time.monotonic() > deadline:
+      return (f"--workdir={workdir} is not the folder process 0 sees ({zero_workdir} on {zero_host}): every "
+              "process needs the same shared folder")
+    time.sleep(0.5)
+
+
+def _gather_strings(name: str, text: str) -> list[str]:
+  """Every process's `text`, through the coordination service's key-value store: each name once per run."""
+  client = ocp.multihost.get_jax_distributed_client()
+  key = f"fer_jax/{name.replace(' ', '_')}/{next(_exchanges)}"
+  client.key_value_set(f"{key}/{jax.process_index()}", text)
+  return [client.blocking_key_value_get(f"{key}/{number}", COORDINATOR_TIMEOUT_S * 1000)
+          for number in range(jax.process_count())]

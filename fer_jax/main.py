@@ -64,6 +64,8 @@ def main(argv):
     distributed.start(args.coordinator_address, args.num_processes, args.process_id)
     distributed.check_same_run(args.config, args.mode)
   reject_urls(args.config, args.workdir, args.checkpoint)
+  if args.distributed and args.mode == "train":  # an evaluation's report is written by process 0 alone
+    distributed.check_shared_workdir(args.workdir)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   if args.mode == "train":
     with stopping.exit_status_on_stop():

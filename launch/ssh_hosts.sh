@@ -93,8 +93,12 @@ read_hosts() {
   ((${#HOST_LIST[@]})) || die "--hosts=$HOSTS names no host"
 }
 
+# Process $1's pid file on its host, as a word of the remote command: named after the host user's id
+# (`$(id -u)`, expanded there), since /tmp is every user's and another user's file of the same port and
+# index would not be writable.
 pid_file() {
-  printf '/tmp/fer_jax_ssh_%s_%s.pid' "$PORT" "$1"
+  # shellcheck disable=SC2016  # expanded by the host's shell
+  printf '/tmp/fer_jax_ssh_$(id -u)_%s_%s.pid' "$PORT" "$1"
 }
 
 # The shell command that process $1 runs on its host: it records its pid (for stop_process),

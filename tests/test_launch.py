@@ -131,12 +131,32 @@ def test_ssh_first_failure_stops_every_other_process(fake_ssh, tmp_path):
   result = launch("ssh_hosts.sh", "--hosts=h0,h1,h2", "--config=c", f"--workdir={tmp_path}", f"--python={python}",
                   f"--port={port}", env=env)
   for index in range(3):
-    os.remove(f"/tmp/fer_jax_ssh_{port}_{index}.pid")
+    os.remove(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid")
   assert result.returncode == 3, result.stderr
   lines = result.stdout.splitlines()
   assert {"[0:h0] process 0 started", "[1:h1] process 1 fails", "[0:h0] process 0 saved its step",
           "[2:h2] process 2 saved its step"} <= set(lines), result.stdout
   assert "process 0 (h0) exited with status 75" in result.stderr
+
+
+def test_ssh_pid_files_are_named_after_the_user(fake_ssh, tmp_path):
+  """/tmp is every user's: another user's pid file of the same port and index (not writable here) made
+  `echo $$ >` fail, and the process never started. Here a folder stands in for that file."""
+  env, python = fake_ssh
+  port = os.getpid() % 20000 + 30000
+  others = [f"/tmp/fer_jax_ssh_{port}_{index}.pid" for index in range(3)]  # the names every user shared
+  for path in others:
+    os.makedirs(path, exist_ok=True)
+  try:
+    result = launch("ssh_hosts.sh", "--hosts=h0,h1,h2", "--config=c", f"--workdir={tmp_path}", f"--python={python}",
+                    f"--port={port}", env=env)
+    assert result.returncode == 3 and "[1:h1] process 1 fails" in result.stdout, result.stderr
+    assert "process 0 (h0) exited with status 75" in result.stderr
+  finally:
+    for index, path in enumerate(others):
+      os.rmdir(path)
+      if os.path.exists(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid"):
+        os.remove(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid")
 
 
 def test_ssh_stop_never_signals_a_stale_pid_files_process(tmp_path):
@@ -154,7 +174,7 @@ sleep 1.5
   port = os.getpid() % 20000 + 40000
   bystander = subprocess.Popen(["sleep", "60"])
   try:
-    with open(f"/tmp/fer_jax_ssh_{port}_2.pid", "w") as stale:
+    with open(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_2.pid", "w") as stale:
       stale.write(f"{bystander.pid}\n")
     result = launch("ssh_hosts.sh", "--hosts=h0,h1,h2", "--config=c", f"--workdir={tmp_path}",
                     f"--python={python}", f"--port={port}", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
@@ -163,8 +183,8 @@ sleep 1.5
   finally:
     bystander.kill()
     for index in range(3):
-      if os.path.exists(f"/tmp/fer_jax_ssh_{port}_{index}.pid"):
-        os.remove(f"/tmp/fer_jax_ssh_{port}_{index}.pid")
+      if os.path.exists(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid"):
+        os.remove(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid")
 
 
 # ---- Slurm ----------------------------------------------------------------------------------

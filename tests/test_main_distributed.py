@@ -2,10 +2,12 @@
 missing outside a detected cluster, inconsistent), and processes started with different configs,
 which every process refuses before any work, naming the keys."""
 
+import os
 import socket
 import subprocess
 import sys
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -79,12 +81,64 @@ def test_config_differences_name_each_key_and_both_values():
   assert distributed.config_differences([{"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}, {}]).endswith("; and 2 more keys")
 
 
+def test_process_0_refuses_a_coordinator_port_in_use(monkeypatch):
+  """JAX's service segfaulted process 0 at once ("Failed to add port to server") and the others waited
+  five minutes for it."""
+  monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **_: pytest.fail("JAX was started"))
+  with socket.create_server(("127.0.0.1", 0)) as taken:  # an earlier run's coordinator, on one interface only
+    port = taken.getsockname()[1]
+    with pytest.raises(UserError, match=rf"^--coordinator_address=localhost:{port}: port {port} is already in use on "
+                                        r"this host \(process 0's\), so the coordinator cannot listen there. An "
+                                        r"earlier run still alive\? Stop it, or pass another port to every process."):
+      distributed.start(f"localhost:{port}", 2, 0)
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", f"node0:{port}")
+    with pytest.raises(UserError, match=rf"^JAX_COORDINATOR_ADDRESS=node0:{port}: port {port} is already in use"):
+      distributed.start(None, 2, 0)
+    monkeypatch.setenv("JAX_COORDINATOR_BIND_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(UserError, match=rf"^JAX_COORDINATOR_BIND_ADDRESS=127.0.0.1:{port}: port {port} is already"):
+      distributed.check_port_free(f"node0:{port}", "--coordinator_address", f"127.0.0.1:{port}")
+  distributed.check_port_free(f"localhost:{port}", "--coordinator_address")  # free again
+
+
+def test_process_0_accepts_a_free_port_and_a_closed_connections_time_wait():
+  with socket.create_server(("127.0.0.1", 0)) as server:
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server's side closes first: its port is left in TIME_WAIT
+    client.close()
+  distributed.check_port_free(f"localhost:{port}", "--coordinator_address")
+
+
+def _devices(*processes: int) -> list:
+  return [types.SimpleNamespace(process_index=index, id=number) for number, index in enumerate(processes)]
+
+
+def test_processes_with_unequal_device_counts_are_named():
+  """Process 0 with 2 devices, process 1 with 1: check_same_run's gather failed with `cannot reshape array
+  of size 3 into shape (2,2)`."""
+  distributed.check_device_counts(_devices(0, 0, 1, 1), 2)
+  distributed.check_device_counts(_devices(0), 1)
+  with pytest.raises(UserError, match=r"^The processes have different numbers of devices \(process 0: 2, process 1: "
+                                      r"1\): every process needs as many. Give each the same number: "
+                                      r"CUDA_VISIBLE_DEVICES \(GPUs\), JAX_LOCAL_DEVICE_IDS, or on CPU "
+                                      r"XLA_FLAGS=--xla_force_host_platform_device_count=N"):
+    distributed.check_device_counts(_devices(0, 0, 1), 2)
+  with pytest.raises(UserError, match=r"\(process 0: 1, process 1: 1, process 2: 0\)"):
+    distributed.check_device_counts(_devices(0, 1), 3)
+
+
 class _Processes:
   """Runs a function on `count` threads standing for processes, whose process_allgather stacks what
-  each thread gave, as jax's does across processes."""
+  each thread gave, as jax's does across processes; `gather` lists what each gave, as the coordination
+  service's key-value store does for distributed._gather_strings."""
 
   def __init__(self, count: int):
     self._barrier, self._given, self._index = threading.Barrier(count, timeout=60), [None] * count, threading.local()
+
+  def gather(self, name, text):
+    del name
+    return list(self.allgather(text))
 
   def allgather(self, value):
     self._given[self._index.value] = np.asarray(value)
@@ -126,6 +180,48 @@ def test_every_process_refuses_configs_that_differ_naming_the_keys(monkeypatch):
       "--config, --config.* flags and --mode.")
   outcomes = processes.run(distributed.check_same_run, [(configs[0], "train"), (configs[0], "eval")])
   assert all("--mode: \"train\" on process 0, \"eval\" on process 1" in str(outcome) for outcome in outcomes)
+
+
+def _check_workdirs(workdirs: list) -> list:
+  """What shared_workdir_check raised (or None) on each of len(workdirs) processes (threads)."""
+  processes = _Processes(len(workdirs))
+  return processes.run(distributed.shared_workdir_check,
+                       [(str(workdir), index, processes.gather) for index, workdir in enumerate(workdirs)])
+
+
+def _leftover_tokens(folder) -> list:
+  return [name for name in os.listdir(folder) if name.startswith(distributed.SHARED_CHECK_PREFIX)]
+
+
+def test_one_shared_workdir_passes_however_each_process_spells_it(tmp_path):
+  (tmp_path / "link").symlink_to(tmp_path / "run", target_is_directory=True)  # process 0 creates run/
+  assert _check_workdirs([tmp_path / "run", tmp_path / "link", f"{tmp_path}/./run/"]) == [None, None, None]
+  assert (tmp_path / "run").is_dir() and _leftover_tokens(tmp_path / "run") == []
+
+
+def test_processes_whose_workdirs_differ_all_stop_naming_them(tmp_path, monkeypatch):
+  """Given different folders (or local disks), the processes trained to the end and failed at the next resume."""
+  monkeypatch.setattr(distributed, "TOKEN_WAIT_S", 0.2)
+  (tmp_path / "other").mkdir()
+  outcomes = _check_workdirs([tmp_path / "run", tmp_path / "run", tmp_path / "other"])
+  assert all(isinstance(outcome, UserError) for outcome in outcomes), outcomes
+  assert str(outcomes[0]) == str(outcomes[1]) == str(outcomes[2]) == (
+      f"process 2: --workdir={tmp_path}/other is not the folder process 0 sees ({tmp_path}/run on "
+      f"{socket.gethostname()}): every process needs the same shared folder. Start every process with --workdir set to "
+      "one folder shared by all hosts (a network file system or mounted bucket; the path may differ per host).")
+  assert _leftover_tokens(tmp_path / "run") == [] and os.listdir(tmp_path / "other") == []
+
+
+def test_a_file_given_as_workdir_stops_every_process(tmp_path, monkeypatch):
+  """A process given a regular file as its workdir trained along."""
+  monkeypatch.setattr(distributed, "TOKEN_WAIT_S", 0.2)
+  (tmp_path / "file").write_text("x")
+  for workdirs, culprit in [([tmp_path / "run", tmp_path / "file"], 1), ([tmp_path / "file", tmp_path / "run"], 0)]:
+    outcomes = _check_workdirs(workdirs)
+    assert all(isinstance(outcome, UserError) for outcome in outcomes), outcomes
+    assert all(str(outcome).startswith(f"process {culprit}: --workdir={tmp_path}/file is a file, not a folder. Start "
+                                       "every process with --workdir set to one folder") for outcome in outcomes)
+  assert (tmp_path / "file").read_text() == "x" and _leftover_tokens(tmp_path / "run") == []
 
 
 @pytest.mark.integration

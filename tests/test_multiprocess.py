@@ -6,7 +6,7 @@ written); the two processes generate the built-in set once (process 0), give the
 and best/ at once, write one set of outputs and a checkpoint that restores on one device and
 evaluates there to their confusion matrix, with final parameters as close to the one-process run's
 as a different reduction order leaves them. Two processes whose workdirs differ stop at start-up
-with one error naming each one's newest step. Two checkpoint folders save the same steps at once.
+with one error naming the folders. Two checkpoint folders save the same steps at once.
 SIGTERM to one of two processes stops both at the same saved step (exit 75), which they resume from.
 
 Two devices a process, not more: every device takes part in each of the step's 91 gloo collectives
@@ -175,19 +175,23 @@ def test_one_process_with_four_devices_and_two_with_two_train_alike(tmp_path, ti
   assert (workdir / "confusion_matrix.png").exists()
 
 
-def test_processes_that_see_different_checkpoints_stop_with_a_clear_error(tmp_path, tiny_data_dir):
-  """A workdir that is not shared: process 0 sees a step that process 1 does not."""
-  (tmp_path / "zero" / "checkpoints" / "4").mkdir(parents=True)
+def test_processes_given_different_workdirs_stop_at_start_up(tmp_path, tiny_data_dir):
+  """A workdir that is not shared (or one local disk per host): both processes trained to the end, each writing
+  into its own folder, and failed only at the next resume (checkpointing's check of the newest steps); now both
+  stop before any work, naming the folders."""
   logs = [tmp_path / f"process_{index}.log" for index in range(2)]
   with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
-    processes = _start_two(tmp_path / "zero", tiny_data_dir, [log_0, log_1], other_workdir=tmp_path / "one")
-    codes = [process.wait(timeout=300) for process in processes]
+    with killed_at_end(_start_two(tmp_path / "zero", tiny_data_dir, [log_0, log_1],
+                                  other_workdir=tmp_path / "one")) as processes:
+      codes = [process.wait(timeout=120) for process in processes]
   for log in logs:
     text = log.read_text()
-    assert "The processes see different newest checkpoints" in text, text[-3000:]
-    assert "process 0: 4, process 1: none" in text
-    assert "Traceback" not in text
+    assert f"error: process 1: --workdir={tmp_path}/one is not the folder process 0 sees ({tmp_path}/zero on " \
+        in text, text[-3000:]
+    assert "every process needs the same shared folder" in text and "Traceback" not in text
   assert codes == [2, 2]
+  assert sorted(os.listdir(tmp_path)) == ["process_0.log", "process_1.log", "zero"]  # process 1 created nothing
+  assert os.listdir(tmp_path / "zero") == []  # nothing written, the check's file removed
 
 
 def test_two_checkpoint_folders_save_the_same_steps_at_once_on_two_processes(tmp_path):
@@ -242,3 +246,34 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path, tiny_data
   assert codes == [0, 0], "\n".join(map(_failure, texts))
   assert all(f"Resumed from step {step} " in text for text in texts)
   assert (workdir / "checkpoints" / "8" / "state").is_dir() and (workdir / "eval_results.json").exists()
+
+
+def test_sigterm_to_one_process_while_setting_up_stops_both_at_one_saved_step(tmp_path, tiny_data_dir):
+  """Process 1 signalled before training left alone (exit 75) while process 0 waited for it in a collective: both
+  sat 5 minutes in JAX's barriers, then aborted (exit 134). Held, the signal stops both at the first agreed step."""
+  workdir, logs = tmp_path / "run", [tmp_path / f"process_{index}.log" for index in range(2)]
+  with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
+    with killed_at_end(_start_two(workdir, tiny_data_dir, [log_0, log_1], checkpoint_every_steps=0)) as processes:
+      _wait_for_line(processes, logs[1], "JAX process 1/2")
+      processes[1].send_signal(signal.SIGTERM)
+      codes = [process.wait(timeout=240) for process in processes]
+  texts = [log.read_text() for log in logs]
+  assert codes == [stopping.PREEMPTED_EXIT_STATUS] * 2, "\n".join(map(_failure, texts))
+  assert "SIGTERM received outside the training steps: held until every process of the run stops" in texts[1]
+  assert "after SIGTERM on process 1; start the same command again to resume" in texts[0]
+  assert "Traceback" not in texts[0] + texts[1]
+
+
+def test_a_process_killed_mid_run_ends_the_other_with_one_line_and_75(tmp_path, tiny_data_dir):
+  """The survivor printed a JaxRuntimeError traceback (Gloo ... Connection reset by peer), waited 76 s in JAX's
+  shutdown barrier for the dead process, then aborted (exit 134)."""
+  workdir, logs = tmp_path / "run", [tmp_path / f"process_{index}.log" for index in range(2)]
+  with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
+    with killed_at_end(_start_two(workdir, tiny_data_dir, [log_0, log_1])) as processes:
+      _wait_for_line(processes, logs[0], "step 2/8")
+      processes[1].kill()
+      code = processes[0].wait(timeout=60)
+  text = logs[0].read_text()
+  assert code == stopping.PREEMPTED_EXIT_STATUS, _failure(text)
+  assert "another process stopped or died. The steps saved stand: start every process again" in text
+  assert "Traceback" not in text
