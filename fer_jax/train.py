@@ -301,6 +301,7 @@ class TrainingRun:
     self.state = self._restore_or_initialise(optimizer.tx)
     self.selection = Selection(config, workdir)
     loss_config = loss_config_for(config, self.data.split)
+    models.check_contract(method, self.model, self.abstract, loss_config, config)
     self.train_steps = {mode: watched_step.WatchedStep(f"train step ({mode} mode)", make_train_step(
         self.model, method.loss, loss_config, optimizer, self.mesh, config.seed, self.data.augment, mode))
         for mode in MODEL_MODES}

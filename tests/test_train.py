@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +27,7 @@ from fer_jax import optim
 from fer_jax import stopping
 from fer_jax import train
 from fer_jax import watched_step
+from fer_jax.errors import ConfigError
 from fer_jax.errors import UserError
 from helpers import assert_user_error, cpu_devices_env, get_config, tiny_run
 from jax._src import array as jax_array
@@ -625,3 +627,55 @@ def test_selecting_on_an_evaluator_skipped_for_its_missing_split_is_refused(tmp_
   with pytest.raises(UserError, match=r"^config.select_on='occluded' names an evaluator skipped for its missing split"):
     train.TrainingRun(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+class _Head(nn.Module):
+  """A method's module as an author might get it wrong (`mistake`)."""
+  mistake: str = ""
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    logits = nn.Dense(9 if self.mistake == "nine_logits" else 7)(jnp.mean(images, axis=(1, 2)))
+    if self.mistake == "array":
+      return logits
+    return {"scores" if self.mistake == "no_logits" else "logits": logits}
+
+
+class _HeadTakingTraining(nn.Module):
+  @nn.compact
+  def __call__(self, images, training: bool = False):
+    return {"logits": nn.Dense(7)(jnp.mean(images, axis=(1, 2)))}
+
+
+def _per_example_loss(outputs, labels, loss_config):
+  del loss_config
+  losses = -jax.nn.log_softmax(outputs["logits"])[jnp.arange(labels.shape[0]), labels]
+  return losses, {}
+
+
+@pytest.mark.parametrize("module, loss, message", [
+    (_Head("nine_logits"), models.cross_entropy_loss, r"its \"logits\" for a batch of 2 have shape \(2, 9\), not \(2, 7\)"),
+    (_Head("array"), models.cross_entropy_loss, r"its module returns ShapeDtypeStruct, not a dict with \"logits\""),
+    (_Head("no_logits"), models.cross_entropy_loss, r"its module returns a dict of 'scores', not a dict with \"logits\""),
+    (_HeadTakingTraining(), models.cross_entropy_loss, r"its module, called as model.apply\(variables, images, train=True\), raised TypeError: .*unexpected keyword "
+     r"argument 'train'"),
+    (_Head(), _per_example_loss, r"its loss has shape \(2,\), not \(\) : reduce it over the batch"),
+    (_Head(), lambda outputs, labels, loss_config: models.cross_entropy(outputs["logits"], labels),
+     r"its loss returns ShapeDtypeStruct, not a pair \(scalar loss, \{name: scalar metric\}\)"),
+    (_Head(), lambda outputs, labels, loss_config: (jnp.zeros(()), [jnp.zeros(())]), r"its loss returns tuple, not a pair"),
+])
+def test_a_method_breaking_its_contract_is_named_before_any_step(module, loss, message):
+  """An author's module with 9 logits for 7 classes trained a whole epoch and failed at the evaluation (5 logits: a
+  NaN loss blamed on the learning rate); the other mistakes gave JAX tracebacks after the data was read and the step
+  compiled."""
+  config = tiny_run(get_config("configs/dan.py:synthetic"))
+  config.model.name = "my_methods.head"
+  method = models.Method(build=lambda model_config: module, loss=loss)
+  # The module's own variables (init calls it with train=False, which _HeadTakingTraining refuses: _Head's then).
+  variables = models.abstract_variables(_Head() if isinstance(module, _HeadTakingTraining) else module, config)
+  with pytest.raises(ConfigError, match=r"^Method 'my_methods.head' does not keep the Method contract \(docs/extending"
+                                        r".md, 'A method of yours'\): " + message):
+    models.check_contract(method, module, variables, config.loss, config)
+  variables = models.abstract_variables(_Head(), config)
+  models.check_contract(models.Method(build=lambda model_config: _Head()), _Head(), variables, config.loss, config)
+

@@ -28,6 +28,7 @@ import dataclasses
 import difflib
 import functools
 import importlib
+from collections.abc import Mapping
 from typing import Callable
 
 from absl import logging
@@ -161,6 +162,46 @@ def get_method(name: str) -> Method:
 
 def build_model(config) -> nn.Module:
   return get_method(config.model.name).build(config.model)
+
+
+CONTRACT = "the Method contract (docs/extending.md, 'A method of yours')"
+
+
+def check_contract(method: Method, model, abstract_variables: dict, loss_config, config) -> None:
+  """Traces (computing nothing) the module in training mode and the method's loss on a batch of 2, before any
+  step: a ConfigError naming the Method contract where the module does not take `(images, train)`, does not
+  return a dict with "logits" of [batch, config.model.num_classes], or the loss does not return (a scalar,
+  {name: scalar}). Found otherwise after the first epoch (more logits than classes, at the evaluation) or as a
+  NaN loss (fewer) or a JAX traceback."""
+  name, classes = config.model.name, config.model.num_classes
+
+  def fail(what: str):
+    raise ConfigError(f"Method {name!r} does not keep {CONTRACT}: {what}")
+
+  def forward(variables, images):
+    return model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])[0]
+
+  images = jax.ShapeDtypeStruct((2, config.input.size, config.input.size, config.input.channels), jnp.float32)
+  try:
+    outputs = jax.eval_shape(forward, abstract_variables, images)
+  except TypeError as error:
+    fail(f"its module, called as model.apply(variables, images, train=True), raised TypeError: {error}")
+  if not isinstance(outputs, Mapping) or "logits" not in outputs:
+    got = f"a dict of {', '.join(map(repr, outputs))}" if isinstance(outputs, Mapping) else type(outputs).__name__
+    fail(f"its module returns {got}, not a dict with \"logits\" ([batch, {classes}]).")
+  shape = getattr(outputs["logits"], "shape", None)
+  if shape != (2, classes):
+    fail(f"its \"logits\" for a batch of 2 have shape {shape}, not (2, {classes}): config.model.num_classes={classes} "
+         "(the class order's count) is what the module must predict.")
+  labels_struct = jax.ShapeDtypeStruct((2,), jnp.int32)
+  result = jax.eval_shape(lambda outputs, labels: method.loss(outputs, labels, loss_config), outputs, labels_struct)
+  if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping)):
+    fail(f"its loss returns {type(result).__name__}, not a pair (scalar loss, {{name: scalar metric}}).")
+  loss, metrics = result
+  if getattr(loss, "shape", None) != ():
+    fail(f"its loss has shape {getattr(loss, 'shape', None)}, not () : reduce it over the batch (its mean, say).")
+  if not_scalar := [key for key, value in metrics.items() if getattr(value, "shape", None) != ()]:
+    fail(f"its loss's metrics {', '.join(map(repr, not_scalar))} are not scalars.")
 
 
 def dummy_images(config, batch: int = 1):
