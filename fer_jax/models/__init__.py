@@ -21,7 +21,8 @@ yours, importable from where the command runs ("my_methods.plain_resnet"; docs/e
 What the loop gives a model: one random stream, "dropout" (`init` also gets "params"); two variable
 collections, `params` and `batch_stats`, of which the module may update only `batch_stats` in training
 (the optimiser updates `params`), the only ones kept (checkpoints, init_from). The loss sees only the
-outputs and the labels, so a parameter it needs is an output (DAN returns its `centres`).
+outputs and the labels, so a parameter it needs is an output (DAN returns its `centres`). Training traces the
+module and the loss before its first step and names what breaks this contract (`check_contract`).
 """
 
 import dataclasses
