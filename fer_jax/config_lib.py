@@ -249,7 +249,7 @@ def parse_arg(arg: str, config_file: str, data_sets: Collection[str],
   ConfigDict with `data` and every option; raises ValueError naming the valid arguments on a bad one.
   """
   data, *settings = arg.split(",")
-  name, valid = f"configs/{os.path.basename(config_file)}", _valid_args(data_sets, options)
+  name, valid = shown_path(config_file), _valid_args(data_sets, options)
   ARGUMENT_OPTIONS.update({key: f"--config={name}:{data},{key}=<{'|'.join(values)}>" for key, values in options.items()})
   if data not in data_sets:
     raise ValueError(f"Unknown argument {data!r} for {name}; {valid}")
@@ -260,6 +260,15 @@ def parse_arg(arg: str, config_file: str, data_sets: Collection[str],
       raise ValueError(f"Unknown option {setting!r} in {arg!r} for {name}; {valid}")
     parsed[key] = value
   return parsed
+
+
+def shown_path(path: str) -> str:
+  """A config file's path (its `__file__`) as a message names it: as --config gave it where relative (configs/dan.py,
+  or plain_resnet_config.py from examples/), else relative to the working folder where it lies under it."""
+  if not os.path.isabs(path):
+    return os.path.normpath(path)
+  relative = os.path.relpath(path)
+  return path if relative.split(os.sep)[0] == os.pardir else relative
 
 
 def _valid_args(data_sets, options) -> str:

@@ -40,12 +40,14 @@ stops it with exit status 75 and nothing written (the same command exports again
 
 from collections.abc import Sequence
 import contextlib
+import importlib
 import json
 import os
 import shlex
 import shutil
 import signal
 import sys
+import sysconfig
 import threading
 
 from absl import flags
@@ -500,7 +502,33 @@ def exported_line(info: dict, out: str, config_arguments: list[str]) -> str:
             f"preprocessed as model.json's \"expected_input\" says: {how}.")
   command = shlex.join([sys.executable, "-m", "fer_jax.predict", *absolute_config(config_arguments),
                         f"--checkpoint={out}", "--input=PHOTO", "--output=predictions.csv"])
+  folder = method_folder(info["method"])
+  if folder:  # a method of yours: importable from any folder with the one it was imported from on the path
+    command = f"PYTHONPATH={shlex.quote(folder)} {command}"
   return f"{what} as StableHLO for {', '.join(info['platforms'])} to {out}. Run it: {command}"
+
+
+def method_folder(name: str) -> str | None:
+  """For a method of yours (config.model.name a module path outside fer_jax, "my_methods.plain_resnet"), the folder
+  its top-level package was imported from, which `exported_line`'s command puts on PYTHONPATH; None for fer_jax's
+  own, and for one imported from site-packages (importable from any folder)."""
+  top = name.split(".")[0]
+  if name in models.METHODS or "." not in name or top == "fer_jax":
+    return None
+  module = sys.modules.get(top)
+  if module is None:
+    try:
+      module = importlib.import_module(top)
+    except ImportError:
+      return None
+  places = list(getattr(module, "__path__", None) or [])  # a package's folder (a namespace package has no __file__)
+  if getattr(module, "__file__", None):
+    places = [os.path.dirname(module.__file__)] if places else [module.__file__]
+  if not places:
+    return None
+  folder = os.path.dirname(os.path.abspath(places[0]))
+  installed = {os.path.abspath(path) for path in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])}
+  return None if folder in installed else folder
 
 
 def absolute_config(config_arguments: list[str]) -> list[str]:

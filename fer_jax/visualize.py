@@ -47,7 +47,8 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
   method = models.get_method(config.model.name)
   if method.save_attention_maps is None:
     raise UserError(f"Model {config.model.name!r} has no attention maps to save: "
-                    f"pass an APViT or SCAN-CCI config and checkpoint.")
+                    "pass an APViT or SCAN-CCI config and checkpoint, or give your method a "
+                    "`save_attention_maps` (docs/extending.md).")
   preprocess = inference.FilePreprocessor(config, export.read_stored_shape(checkpoint))
   decoded, readable, skipped = inference.read_images(preprocess, paths)
   if not decoded:
@@ -65,6 +66,7 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
 
   # Batches of at most the image count (a few images are not padded to a full batch), the last one padded to it.
   images, outputs = inference.forward_in_batches(forward, variables, decoded, min(batch_size, len(decoded)))
+  os.makedirs(out_dir, exist_ok=True)  # a method of yours writes its files there as they are
   return method.save_attention_maps(images, outputs, out_dir)
 
 

@@ -1,6 +1,8 @@
 """validation.validate: every shipped config passes, and each cross-field rule names its keys and the fix."""
 
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import pytest
@@ -11,7 +13,7 @@ from fer_jax import evaluate
 from fer_jax import main
 from fer_jax import validation
 from fer_jax.errors import ConfigError, UserError
-from helpers import get_config, load_script, shipped_configs
+from helpers import ROOT, assert_user_error, cpu_devices_env, get_config, load_script, shipped_configs
 
 SHIPPED = shipped_configs()
 FINE_TUNING = ["configs/scan_cci.py:sfew"] + [f"configs/lhcnet.py:{d},stage={s}" for d in ("fer2013", "synthetic")
@@ -26,19 +28,38 @@ def test_the_shipped_configs_are_every_data_set_of_every_method_and_their_option
                                                                                        "scan_cci")}
 
 
-CONFIG_FILES = sorted({spec.partition(":")[0] for spec in SHIPPED}) + ["examples/plain_resnet_config.py"]
+CONFIG_FILES = sorted({spec.partition(":")[0] for spec in SHIPPED}) + ["examples/plain_resnet_config.py",
+                                                                       "examples/dan_confidence_penalty_config.py"]
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)
-def test_a_data_set_named_without_its_settings_is_refused(path):
+def test_a_data_set_named_without_its_settings_is_refused(path, monkeypatch):
   """A name added to a config's DATA_SETS alone was given the synthetic CPU demo's settings (each config ended with
   `else:  # synthetic`); the arguments are the keys of SETTINGS, each data set's settings."""
+  monkeypatch.chdir(ROOT)
   module = load_script(path, "config_module")
   valid = ", ".join(module.DATA_SETS)
   module.DATA_SETS = (*module.DATA_SETS, "newset")
-  with pytest.raises(ValueError, match=rf"^Unknown argument 'newset' for configs/{os.path.basename(path)}; valid: "
-                     rf"{valid}\b"):
+  with pytest.raises(ValueError, match=rf"^Unknown argument 'newset' for {path}; valid: {valid}\b"):
     module.get_config("newset")
+
+
+def test_an_unknown_argument_names_the_config_file_as_given(tmp_path, monkeypatch):
+  """`cd examples && … --config=plain_resnet_config.py:rafdb` printed "Unknown argument 'rafdb' for
+  configs/plain_resnet_config.py", a file that is not there: the file is named relative to the working folder (as
+  --config gives it), or absolute outside it."""
+  result = subprocess.run([sys.executable, "-m", "fer_jax.main", "--config=plain_resnet_config.py:rafdb",
+                           f"--workdir={tmp_path / 'run'}"], cwd=os.path.join(ROOT, "examples"),
+                          env=cpu_devices_env(1), capture_output=True, text=True, timeout=300)
+  assert_user_error(result, "Unknown argument 'rafdb' for plain_resnet_config.py; valid: synthetic.")
+  result = subprocess.run([sys.executable, "-m", "fer_jax.main", "--config=../configs/dan.py:raf",
+                           f"--workdir={tmp_path / 'run'}"], cwd=os.path.join(ROOT, "examples"),
+                          env=cpu_devices_env(1), capture_output=True, text=True, timeout=300)
+  assert_user_error(result, "Unknown argument 'raf' for ../configs/dan.py; valid: rafdb, ")
+  monkeypatch.chdir(tmp_path)
+  module = load_script("configs/dan.py", "config_module")
+  with pytest.raises(ValueError, match=rf"^Unknown argument 'raf' for {ROOT}/configs/dan\.py; valid: rafdb, "):
+    module.get_config("raf")
 
 
 @pytest.mark.parametrize("spec", SHIPPED)

@@ -128,6 +128,37 @@ def test_the_last_line_says_what_was_exported_and_the_command_that_runs_it(tmp_p
       "--input=PHOTO --output=predictions.csv")
 
 
+def test_the_command_puts_the_folder_of_a_method_of_yours_on_the_python_path(tmp_path, monkeypatch):
+  """For config.model.name="my_methods.plain_resnet" the command failed from any other folder than the one holding
+  my_methods ("no module 'my_methods' on the Python path"): it now sets PYTHONPATH to that folder."""
+  package = tmp_path / "my code" / "fake_methods"
+  package.mkdir(parents=True)
+  (package / "__init__.py").touch()
+  (package / "mine.py").write_text("MARK = 'imported'\n")
+  monkeypatch.syspath_prepend(str(tmp_path / "my code"))
+  monkeypatch.delitem(sys.modules, "fake_methods", raising=False)
+  monkeypatch.delitem(sys.modules, "fake_methods.mine", raising=False)
+  __import__("fake_methods.mine")
+  info = export.metadata(small_config("configs/dan.py:synthetic"), None, {"format": "stablehlo", "platforms": ["cpu"]})
+  info["method"] = "fake_methods.mine"
+  python = sys.executable
+  monkeypatch.setattr(sys, "executable", "/opt/my env/bin/python3")
+  line = export.exported_line(info, "/exports/mine", ["--config=/work/mine_config.py:synthetic"])
+  assert line.endswith(f"Run it: PYTHONPATH='{tmp_path}/my code' '/opt/my env/bin/python3' -m fer_jax.predict "
+                       "--config=/work/mine_config.py:synthetic --checkpoint=/exports/mine --input=PHOTO "
+                       "--output=predictions.csv"), line
+  # The prefix, as a shell reads it, makes the method importable from another folder.
+  prefix = line.partition("Run it: ")[2].partition(" '/opt/my env")[0]
+  (tmp_path / "elsewhere").mkdir()
+  run = subprocess.run(["sh", "-c", f"{prefix} {shlex.quote(python)} -c 'import fake_methods.mine as m; "
+                        "print(m.MARK)'"], cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=60)
+  assert run.stdout.strip() == "imported", run.stderr
+  # fer_jax's own methods need none.
+  info["method"] = "dan"
+  assert "PYTHONPATH" not in export.exported_line(info, "/exports/dan", ["--config=configs/dan.py:synthetic"])
+  assert export.method_folder("fer_jax.models.dan") is None
+
+
 def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
   (tmp_path / "old.txt").write_text("x")
   config = small_config("configs/dan.py:synthetic")

@@ -24,7 +24,7 @@ from fer_jax.data import labels
 from fer_jax.data import prepare
 from fer_jax.errors import ConfigError, UserError
 from fer_jax.models import dan
-from helpers import ROOT, cpu_devices_env, get_config, run_command
+from helpers import ROOT, cpu_devices_env, get_config, load_script, run_command
 
 EXAMPLES = os.path.join(ROOT, "examples")
 # examples/my_sets/class_folders.py kept grey, as FER2013 stores its faces.
@@ -98,7 +98,8 @@ def test_a_loss_of_yours_on_dan_keeps_the_rest_of_dans_method(monkeypatch):
   config.loss.confidence_penalty = 0.5
   validation.validate(config, training=False)
   method = models.get_method(config.model.name)
-  assert method == dataclasses.replace(dan.METHOD, loss=method.loss) and method.auxiliary_params == ("affinity",)
+  assert method == dataclasses.replace(dan.METHOD, loss=method.loss, config_problems=method.config_problems)
+  assert method.auxiliary_params == ("affinity",)
   keys = jax.random.split(jax.random.key(0), 4)
   outputs = {"logits": jax.random.normal(keys[0], (4, 7)), "pooled_features": jax.random.normal(keys[1], (4, 512)),
              "heads": jax.random.normal(keys[2], (4, 4, 512)), "centres": jax.random.normal(keys[3], (8, 512))}
@@ -110,6 +111,49 @@ def test_a_loss_of_yours_on_dan_keeps_the_rest_of_dans_method(monkeypatch):
   np.testing.assert_allclose(metrics["confidence_penalty"], penalty, rtol=1e-5)
   np.testing.assert_allclose(total, dan_total + 0.5 * penalty, rtol=1e-5)
   assert metrics.keys() == dan_metrics.keys() | {"confidence_penalty"}
+
+
+def test_the_confidence_penalty_has_a_config_and_its_missing_or_negative_weight_is_named(monkeypatch):
+  """examples/my_methods/dan_confidence_penalty.py had no config: DAN's with its name validated, and the first train
+  step died with a raw AttributeError (config.loss has no confidence_penalty), which DAN's locked config refuses to
+  add from the command line."""
+  monkeypatch.syspath_prepend(EXAMPLES)
+  module = load_script("examples/dan_confidence_penalty_config.py", "config_module")
+  assert "cd examples && python -m fer_jax.main --config=dan_confidence_penalty_config.py:synthetic" in module.__doc__
+  config = module.get_config("synthetic")
+  assert config.model.name == "my_methods.dan_confidence_penalty" and config.loss.confidence_penalty == 0.1
+  dans = get_config("configs/dan.py:synthetic")
+  assert {key: value for key, value in config.loss.items() if key != "confidence_penalty"} == dict(dans.loss)
+  assert config.optimizer == dans.optimizer and config.input == dans.input and config.model.num_centres == 8
+  validation.validate(config, training=True, new_run=True)
+  assert models.get_method(config.model.name).config_problems(config) == []
+  config.loss.confidence_penalty = 0.0  # DAN's loss
+  validation.validate(config, training=False)
+
+  config = get_config("configs/dan.py:synthetic")
+  config.model.name = "my_methods.dan_confidence_penalty"
+  with pytest.raises(ConfigError, match="The config cannot run") as refused:
+    validation.validate(config, training=False)
+  assert ("config.loss.confidence_penalty is missing: 'my_methods.dan_confidence_penalty' needs the penalty's weight; "
+          "run with examples/dan_confidence_penalty_config.py") in str(refused.value)
+  config.loss.confidence_penalty = -0.1
+  with pytest.raises(ConfigError, match=r"config\.loss\.confidence_penalty=-0\.1 must be a number of at least 0"):
+    validation.validate(config, training=False)
+
+
+@pytest.mark.integration
+def test_the_confidence_penalty_trains_from_its_config(tmp_path, tiny_data_dir):
+  """The command of examples/dan_confidence_penalty_config.py's docstring, on synthetic/tiny for one epoch."""
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "fer_jax.main", "--config=dan_confidence_penalty_config.py:synthetic",
+             f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny", f"--config.dataset.data_dir={tiny_data_dir}",
+             "--config.input.size=32", "--config.num_epochs=1", "--config.batch_size=35",
+             "--config.eval_batch_size=35", "--config.data_workers=0", "--config.loss.confidence_penalty=0.3"]
+  result = subprocess.run(command, cwd=EXAMPLES, env=cpu_devices_env(1), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((workdir / "eval_results.json").read_text())
+  assert report["model"] == "my_methods.dan_confidence_penalty" and report["num_examples"] == 70
+  assert report["config"]["loss.confidence_penalty"] == 0.3 and report["config"]["loss.affinity_weight"] == 1.0
 
 
 @pytest.mark.integration

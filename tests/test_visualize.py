@@ -3,8 +3,11 @@
 of images that are not face crops."""
 
 import logging
+import os
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,7 +15,9 @@ from PIL import Image
 from fer_jax import checkpointing
 from fer_jax import export
 from fer_jax import inference
+from fer_jax import models
 from fer_jax import visualize
+from fer_jax.errors import UserError
 from helpers import assert_user_error, compiled_during, get_config, random_variables, run_command
 
 
@@ -83,3 +88,42 @@ def test_maps_of_a_folder_compile_one_forward_pass_and_name_an_image_that_is_no_
   assert warnings == [f"{tmp_path / 'photo.png'} (120×60) is not a face crop (nearly square, at most 128 px): its "
                       "maps are of the whole image squashed to the model's input, no face is found in it; crop the "
                       "face first."]
+
+
+class Mean(nn.Module):
+  """A method of the user's: a linear head on the images' mean colour."""
+
+  @nn.compact
+  def __call__(self, images, train: bool) -> dict:
+    return {"logits": nn.Dense(7)(jnp.mean(images, axis=(1, 2))), "maps": images[..., 0]}
+
+
+def save_maps_as_they_are(images, outputs, out_dir):
+  """As a method of the user's might: straight into out_dir, which it does not create."""
+  paths = [os.path.join(out_dir, f"{index:04d}.npy") for index in range(len(images))]
+  for path, maps in zip(paths, np.asarray(outputs["maps"])):
+    np.save(path, maps)
+  return paths
+
+
+def test_a_method_of_yours_saves_its_maps_into_an_out_not_made_yet(tmp_path, monkeypatch):
+  """visualize left --out to the method's save_attention_maps (fer_jax's own create it): a method of yours that
+  wrote there failed with "No such file or directory"."""
+  config = get_config("configs/dan.py:synthetic")
+  config.input.size = 16
+  method = models.Method(build=lambda model_config: Mean(), save_attention_maps=save_maps_as_they_are)
+  monkeypatch.setattr(models, "get_method", lambda name: method)
+  checkpoint = checkpointing.save_model(str(tmp_path / "model"), models.init_variables(Mean(), config,
+                                                                                       jax.random.key(0)), config)
+  Image.new("RGB", (40, 40), (120, 90, 70)).save(tmp_path / "face.png")
+  out = tmp_path / "maps" / "new"
+  written = visualize.write_attention_maps(config, checkpoint, [str(tmp_path / "face.png")], str(out), batch_size=2)
+  assert written == [str(out / "0000.npy")] and np.load(out / "0000.npy").shape == (16, 16)
+
+
+def test_a_method_without_maps_is_told_how_to_give_it_some(monkeypatch):
+  config = get_config("configs/dan.py:synthetic")
+  with pytest.raises(UserError, match=r"^Model 'dan' has no attention maps to save: pass an APViT or SCAN-CCI config "
+                                      r"and checkpoint, or give your method a `save_attention_maps` "
+                                      r"\(docs/extending\.md\)\.$"):
+    visualize.write_attention_maps(config, "/nonexistent", [], "/nonexistent/maps", batch_size=2)
