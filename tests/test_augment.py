@@ -6,12 +6,13 @@ and test_augment_color.py.
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import torch
 from torchvision.transforms import functional as TF
 
-from fer_jax.data import augment
+from fer_jax.data import augment, pipeline as data_pipeline
 from helpers import run_pipeline
 
 
@@ -33,6 +34,59 @@ def test_unknown_op_and_bad_arguments_name_the_op():
     augment.parse("flip(")
   with pytest.raises(ValueError, match="Unknown normalisation 'imagenett'"):
     augment.parse("normalize('imagenett')")
+
+
+def test_a_value_error_inside_an_op_keeps_its_message_and_names_the_call():
+  """An op's own ValueError (here rotate unpacking a string as a (min, max) pair) says which call
+  raised it and how the op is called; errors of a nested pipeline keep naming their own op."""
+  with pytest.raises(ValueError, match=r"^too many values to unpack \(expected 2\)\. Raised by preprocessing op "
+                                       r"\"rotate\('ten'\)\", which takes rotate\(degrees, method='nearest', fill=0\)\.$"):
+    augment.parse("resize(48)|rotate('ten')|to_float()")
+  with pytest.raises(ValueError, match=r"^occlude: unknown region 'nose'; .*\. Raised by preprocessing op "
+                                       r"\"occlude\('nose'\)\", which takes occlude\(region, "):
+    augment.parse("occlude('nose')")
+  with pytest.raises(ValueError, match=r"^Unknown preprocessing op 'fliq' in 'fliq\(\)'; .*, to_float\.$"):
+    augment.parse("random_apply(0.5, 'fliq()')")
+  with pytest.raises(ValueError, match=r"^too many values to unpack \(expected 2\)\. Raised by preprocessing op "
+                                       r"\"rotate\('ten'\)\", which takes rotate\("):
+    augment.parse("random_apply(0.5, \"rotate('ten')\")")
+
+
+def test_a_factory_that_returns_no_op_is_named(monkeypatch):
+  monkeypatch.setitem(augment.OPS, "no_op_for_test", lambda: (lambda image, params: image))
+  with pytest.raises(ValueError, match=r"^Preprocessing op 'no_op_for_test' \(in 'no_op_for_test\(\)'\) gave function, "
+                                       r"not an Op: its factory must return a fer_jax.data.augment Op"):
+    augment.parse("flip()|no_op_for_test()|to_float()")
+
+
+def _crop_op(declare: bool) -> augment.Op:
+  """Crops 2 pixels off each side, declaring its output shape or not."""
+  if declare:
+    return augment.Op(apply=lambda image, params: image[2:-2, 2:-2],
+                      output_shape=lambda shape: (shape[0] - 4, shape[1] - 4, shape[2]))
+  return augment.Op(apply=lambda image, params: image[2:-2, 2:-2])
+
+
+def test_an_op_that_changes_the_shape_undeclared_is_named_where_the_pipeline_is_compiled(monkeypatch):
+  """Tracing compares every op's image with the shape its Op declares: an undeclared crop would
+  otherwise feed the model 44² images declared as 48², or, followed by a resize, draw the later
+  ops for the wrong size."""
+  config = ml_collections.ConfigDict({"input": {"size": 48, "channels": 3}})
+  monkeypatch.setitem(augment.OPS, "crop_for_test", lambda: _crop_op(declare=False))
+  text = "resize(48)|crop_for_test()|to_float()"
+  with pytest.raises(data_pipeline.DataError,
+                     match=r"^config.input.train_pp: op 'crop_for_test\(\)' of pipeline 'resize\(48\)\|crop_for_test\(\)\|"
+                           r"to_float\(\)' turns \(48, 48, 3\) images into \(44, 44, 3\), but its Op's output_shape says "
+                           r"\(48, 48, 3\): an op whose apply changes the image's shape must declare it"):
+    data_pipeline.compile_pipeline(config, text, (60, 60, 3), "input.train_pp")
+  with pytest.raises(data_pipeline.DataError, match=r"op 'crop_for_test\(\)' .* into \(48, 48, 3\)"):
+    data_pipeline.compile_pipeline(config, "crop_for_test()|resize(48)|to_float()", (52, 52, 3), "input.eval_pp")
+  monkeypatch.setitem(augment.OPS, "crop_for_test", lambda: _crop_op(declare=True))
+  compiled = data_pipeline.compile_pipeline(config, "resize(52)|crop_for_test()|to_float()", (60, 60, 3),
+                                            "input.train_pp")
+  assert compiled.output_shape((60, 60, 3)) == (48, 48, 3)
+  image = np.random.default_rng(0).integers(0, 256, (52, 52, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(run_pipeline("crop_for_test()|to_float()", None, image), image[2:-2, 2:-2])
 
 
 def test_random_apply_must_keep_the_shape_and_cannot_hold_a_conversion():

@@ -243,9 +243,11 @@ def compile_pipeline(config, text: str, shape: tuple[int, int, int], key: str) -
   try:
     pipeline = augment.parse(text, size=config.input.size)
     output = pipeline.output_shape(shape)
-    # Traced once on an abstract batch, so that arguments only tracing rejects fail here, before any work.
+    # Traced once on an abstract batch, so that arguments only tracing rejects fail here, before any work,
+    # then op by op: an op (of a user's) whose image leaves at another shape than it declares is named.
     jax.eval_shape(lambda images: pipeline(images, augment.evaluation_keys(jax.numpy.arange(1))),
                    jax.ShapeDtypeStruct((1, *shape), np.uint8))
+    pipeline.check_shapes(shape)
   except (ValueError, TypeError) as e:
     raise DataError(f"config.{key}: {e}") from e
   expected = (config.input.size, config.input.size, config.input.channels)

@@ -75,6 +75,7 @@ class Step:
   op: Op
   rounds: bool          # in the uint8 part of the pipeline: output rounded to integers
   arguments: dict = dataclasses.field(default_factory=dict)  # the op's, by parameter name, defaults included
+  call: str = ""        # as the pipeline string writes it, "rotate(10)"
 
 
 class Pipeline:
@@ -92,6 +93,23 @@ class Pipeline:
     for step in self.steps:
       shape = step.op.output_shape(tuple(shape))
     return tuple(shape)
+
+  def check_shapes(self, shape: Shape) -> None:
+    """Traces every op on one abstract image of its input shape, from input `shape`, and raises
+    naming the first whose image comes out at another shape than its `output_shape` declares
+    (an op of one's own that crops or resizes without declaring it): the ops after it would draw
+    for the wrong shape, and the model would get the wrong one."""
+    for step in self.steps:
+      shape = tuple(shape)
+      declared = tuple(step.op.output_shape(shape))
+      run = lambda image, key, op=step.op, shape=shape: op.apply(image, op.sample(key, shape))
+      traced = jax.eval_shape(run, jax.ShapeDtypeStruct(shape, jnp.float32), jax.random.key(0))
+      traced = tuple(getattr(traced, "shape", ()))
+      if traced != declared:
+        raise ValueError(f"op {step.call or step.name!r} of pipeline {self.text!r} turns {shape} images into {traced}, "
+                         f"but its Op's output_shape says {declared}: an op whose apply changes the image's shape must "
+                         "declare it, Op(..., output_shape=lambda shape: ...) (docs/extending.md, \"An op of yours\").")
+      shape = declared
 
   def sample(self, key: jax.Array, shape: Shape) -> list:
     """The random draws of every op for one image of input `shape`."""
@@ -144,7 +162,7 @@ def parse(text: str, size: int | None = None, uint8: bool = True) -> Pipeline:
   for part in _split_top_level(text):
     name, op, arguments = _parse_op(part, uint8)
     uint8 = uint8 and not op.ends_uint8
-    steps.append(Step(name, op, rounds=uint8, arguments=arguments))
+    steps.append(Step(name, op, rounds=uint8, arguments=arguments, call=part))
   return Pipeline(text, steps)
 
 
@@ -169,6 +187,10 @@ def _split_top_level(text: str) -> list[str]:
   return [part.strip() for part in parts if part.strip()]
 
 
+class OpError(ValueError):
+  """A pipeline string's error that already names its op (kept as it is when a nested pipeline raises it)."""
+
+
 def _parse_op(text: str, uint8: bool) -> tuple[str, Op, dict]:
   try:
     call = ast.parse(text if text.endswith(")") else text + "()", mode="eval").body
@@ -176,20 +198,27 @@ def _parse_op(text: str, uint8: bool) -> tuple[str, Op, dict]:
     args = [ast.literal_eval(a) for a in call.args]
     kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
   except (SyntaxError, ValueError, AssertionError) as e:
-    raise ValueError(f"Cannot parse preprocessing op {text!r}: write it as name(literal, key=literal).") from e
+    raise OpError(f"Cannot parse preprocessing op {text!r}: write it as name(literal, key=literal).") from e
   name = call.func.id
   if name not in OPS:
-    raise ValueError(f"Unknown preprocessing op {name!r} in {text!r}; the device pipeline knows: "
-                     f"{', '.join(sorted(OPS))}.")
+    raise OpError(f"Unknown preprocessing op {name!r} in {text!r}; the device pipeline knows: "
+                  f"{', '.join(sorted(OPS))}.")
   if name == "random_apply":  # its inner pipeline continues in the current value semantics
     kwargs["uint8"] = uint8
   try:
     op = OPS[name](*args, **kwargs)
   except TypeError as e:
-    raise ValueError(f"Bad arguments in preprocessing op {text!r}: {e}. It takes {signature(name)}.") from e
+    raise OpError(f"Bad arguments in preprocessing op {text!r}: {e}. It takes {signature(name)}.") from e
+  except OpError:  # from a nested pipeline (random_apply's), naming its own op
+    raise
+  except ValueError as e:  # the op's own message first ("occlude: unknown region ..."), then the call
+    raise OpError(f"{str(e).rstrip('.')}. Raised by preprocessing op {text!r}, which takes {signature(name)}.") from e
+  if not isinstance(op, Op):
+    raise OpError(f"Preprocessing op {name!r} (in {text!r}) gave {type(op).__name__}, not an Op: its factory "
+                  "must return a fer_jax.data.augment Op, augment.Op(apply=...).")
   if op.needs_uint8 and not uint8:
-    raise ValueError(f"{text} comes after to_float()/normalize(), where values are no longer 0–255: "
-                     "put it before them.")
+    raise OpError(f"{text} comes after to_float()/normalize(), where values are no longer 0–255: "
+                  "put it before them.")
   bound = inspect.signature(OPS[name]).bind(*args, **kwargs)
   bound.apply_defaults()
   return name, op, dict(bound.arguments)
