@@ -303,8 +303,9 @@ def expected_input(config, batch_size: int | None, stored_shape: Sequence[int] =
 
 def model_record(config) -> dict:
   """config.model, with its dtype as it resolved here ("auto": by this machine's backend): the program computes
-  in it, and `meta_record` rebuilds the model (any architecture option) from it."""
-  return {**config.model.to_dict(), "dtype": models.compute_dtype(config.model.dtype)}
+  in it, and `meta_record` rebuilds the model (any architecture option) from it. As model.json reads back: lists
+  where the config holds tuples."""
+  return json.loads(json.dumps({**config.model.to_dict(), "dtype": models.compute_dtype(config.model.dtype)}))
 
 
 def metadata(config, batch_size: int | None, format_fields: dict, stored_shape: Sequence[int] = ()) -> dict:

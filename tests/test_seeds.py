@@ -131,7 +131,8 @@ def test_summarize_only_from_the_command_line(tmp_path):
                        "--summarize_only")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "| occluded | synthetic/tiny | test | 70 | 50.00 ± 10.00 |" in result.stdout
-  assert (f"Wrote the summary to {tmp_path} (seeds_summary.json, seeds_summary.md, seeds_accuracy.png)."
+  assert (f"Wrote the summary to {tmp_path} (seeds_summary.json, seeds_summary.md, seeds_accuracy.png, "
+          "seeds_per_class.png)."
           in result.stderr)
 
 
