@@ -913,6 +913,7 @@ case "$*" in
   *"jax.default_backend(), jax.devices()[0].device_kind"*) echo "gpu NVIDIA H100 80GB HBM3" ;;
   *run_candidates.py*--variants=none,max_pool*)
     tr '\0' ' ' < /proc/$PPID/cmdline > "$STOP.started_by"
+    echo $$ > "$STOP.pid"
     while [ ! -e "$STOP" ]; do sleep 0.2; done
     exit 1 ;;
   *run_candidates.py*) echo '{"input": "synthetic", "variant": "'"$(value variants "$@")"'"}' >> "$(value output "$@")" ;;
@@ -928,6 +929,20 @@ esac
 
 
 @pytest.mark.integration
+def _ended(pid_file, seconds: float = 5) -> None:
+  """Waits for the process whose pid `pid_file` holds (if it was written) to end, killing it after `seconds`."""
+  if not pid_file.exists():
+    return
+  pid = int(pid_file.read_text())
+  for _ in range(int(seconds / 0.1)):
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return
+    time.sleep(0.1)
+  os.kill(pid, signal.SIGKILL)
+
+
 def test_device_session_delivers_each_item_as_it_ends_in_at_most_eight_files(tmp_path):
   """A call that the device tool kills at its time limit brings back what is under OUT_DIR by then:
   device_session.sh delivers after each item, every kind of output of every item in at most 8 files
@@ -955,6 +970,7 @@ def test_device_session_delivers_each_item_as_it_ends_in_at_most_eight_files(tmp
     stop.write_text("")
     if session.poll() is None:
       os.killpg(session.pid, signal.SIGKILL)
+    _ended(tmp_path / "stop.pid")  # the item's program, in the process group `timeout` made: not the session's
   assert sorted(os.listdir(out)) == ["breakdowns.txt", "candidates.jsonl", "env.txt", "logs.tgz", "official.jsonl",
                                      "profiles.tgz", "results.jsonl", "session.log"]
   assert [json.loads(line)["variant"] for line in (out / "candidates.jsonl").read_text().splitlines()] == [
