@@ -57,6 +57,12 @@ class Spec:
     return (dataset.name, dataset.data_dir, dataset.image_size, self.split)
 
   @property
+  def images_identity(self) -> tuple:
+    """Evaluators with equal identities read the same images, whatever size they are decoded to."""
+    dataset = self.config.dataset
+    return (dataset.name, dataset.data_dir, self.split)
+
+  @property
   def inputs_identity(self) -> tuple:
     """Evaluators with equal identities see the same inputs (they share steps and results)."""
     return (*self.split_identity, self.config.input.eval_pp)
@@ -369,9 +375,8 @@ def selection_record(evaluators: Evaluators, metric: str, evaluator: str, epoch:
   read the very images the choice was made on besides `evaluator` itself: their figures are the best of several
   epochs on them."""
   chosen_on = evaluators.specs[evaluator]
-  images = chosen_on.split_identity[:2] + chosen_on.split_identity[3:]  # the image size aside
-  same = [name for name in evaluators.reported if name != evaluator
-          and evaluators.specs[name].split_identity[:2] + evaluators.specs[name].split_identity[3:] == images]
+  same = [name for name in evaluators.reported
+          if name != evaluator and evaluators.specs[name].images_identity == chosen_on.images_identity]
   return {"metric": metric, "evaluator": evaluator, "dataset": chosen_on.config.dataset.name,
           "split": chosen_on.split, "epoch": epoch, "value": value, "trained_epochs": trained_epochs,
           "reported_on_the_same_split": same}

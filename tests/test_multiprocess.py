@@ -213,6 +213,18 @@ def test_two_checkpoint_folders_save_the_same_steps_at_once_on_two_processes(tmp
     assert stdout.strip().splitlines()[-1] == "saved [[1, 2, 3], [1, 2, 3]]"
 
 
+def _sigterm_to_process_1_after(line: str, workdir, data_dir, tmp_path) -> tuple[list[int], list[str]]:
+  """Both processes started (saving at the epoch's end only), SIGTERM to process 1 once its log holds `line`:
+  their exit statuses and logs."""
+  logs = [tmp_path / f"process_{index}.log" for index in range(2)]
+  with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
+    with killed_at_end(_start_two(workdir, data_dir, [log_0, log_1], checkpoint_every_steps=0)) as processes:
+      _wait_for_line(processes, logs[1], line)
+      processes[1].send_signal(signal.SIGTERM)
+      codes = [process.wait(timeout=240) for process in processes]
+  return codes, [log.read_text() for log in logs]
+
+
 def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path, tiny_data_dir):
   """The launchers signal the hosts one by one: here SIGTERM reaches process 1 alone, after step 2.
   Both processes save the same step, a logged one (they agree there), exit 75, and the same command
@@ -220,14 +232,8 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path, tiny_data
   arrived in and waited in the save's barrier for process 0, which waited in the next step's
   collectives for process 1: both hung."""
   workdir = tmp_path / "run"
-  logs = [tmp_path / f"process_{index}.log" for index in range(2)]
-  with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
-    # Saved at the epoch's end only (step 8): the one step saved before it is the stop's.
-    with killed_at_end(_start_two(workdir, tiny_data_dir, [log_0, log_1], checkpoint_every_steps=0)) as processes:
-      _wait_for_line(processes, logs[1], "step 2/8")
-      processes[1].send_signal(signal.SIGTERM)
-      codes = [process.wait(timeout=240) for process in processes]
-  texts = [log.read_text() for log in logs]
+  # Saved at the epoch's end only (step 8): the one step saved before it is the stop's.
+  codes, texts = _sigterm_to_process_1_after("step 2/8", workdir, tiny_data_dir, tmp_path)
   assert codes == [stopping.PREEMPTED_EXIT_STATUS] * 2, "\n".join(map(_failure, texts))
   saved = [re.search(r"Saved step (\d+) \(epoch [\d.]+\) in \S+ after ([\w ]+); start the same", text)
            for text in texts]
@@ -251,13 +257,7 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path, tiny_data
 def test_sigterm_to_one_process_while_setting_up_stops_both_at_one_saved_step(tmp_path, tiny_data_dir):
   """Process 1 signalled before training left alone (exit 75) while process 0 waited for it in a collective: both
   sat 5 minutes in JAX's barriers, then aborted (exit 134). Held, the signal stops both at the first agreed step."""
-  workdir, logs = tmp_path / "run", [tmp_path / f"process_{index}.log" for index in range(2)]
-  with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
-    with killed_at_end(_start_two(workdir, tiny_data_dir, [log_0, log_1], checkpoint_every_steps=0)) as processes:
-      _wait_for_line(processes, logs[1], "JAX process 1/2")
-      processes[1].send_signal(signal.SIGTERM)
-      codes = [process.wait(timeout=240) for process in processes]
-  texts = [log.read_text() for log in logs]
+  codes, texts = _sigterm_to_process_1_after("JAX process 1/2", tmp_path / "run", tiny_data_dir, tmp_path)
   assert codes == [stopping.PREEMPTED_EXIT_STATUS] * 2, "\n".join(map(_failure, texts))
   assert "SIGTERM received outside the training steps: held until every process of the run stops" in texts[1]
   assert "after SIGTERM on process 1; start the same command again to resume" in texts[0]
