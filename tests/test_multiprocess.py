@@ -2,12 +2,13 @@
 collectives) that train, checkpoint and evaluate like it: the one-process run end to end (the
 config's own evaluation batch of 250 padded to 252, flip TTA, the best epoch restored, every output
 written); the two processes generate the built-in set once (process 0), give the same first losses
-(the same global batches), resume after one of them is killed, save the last step into checkpoints/
-and best/ at once, write one set of outputs and a checkpoint that restores on one device and
-evaluates there to their confusion matrix, with final parameters as close to the one-process run's
-as a different reduction order leaves them. Two processes whose workdirs differ stop at start-up
-with one error naming the folders. Two checkpoint folders save the same steps at once.
-SIGTERM to one of two processes stops both at the same saved step (exit 75), which they resume from.
+(the same global batches), stop together at one saved step when SIGTERM reaches one of them (exit
+75), resume from it, save the last step into checkpoints/ and best/ at once, write one set of outputs
+and a checkpoint that restores on one device and evaluates there to their confusion matrix, with
+final parameters as close to the one-process run's as a different reduction order leaves them.
+SIGTERM while setting up stops both too; a process killed ends the other at once. Two processes whose
+workdirs differ stop at start-up with one error naming the folders. Two checkpoint folders save the
+same steps at once.
 
 Two devices a process, not more: every device takes part in each of the step's 91 gloo collectives
 (41 all-gathers of BatchNorm statistics, 50 all-reduces); with two devices a process a step takes
@@ -87,16 +88,6 @@ def _start_two(workdir, data_dir, logs, other_workdir=None, checkpoint_every_ste
           for index, log in enumerate(logs)]
 
 
-def _wait_for_checkpoint(processes, checkpoints, log_0, timeout: float = 1200) -> None:
-  """Until a checkpoint is complete and process 0 has logged the first steps' loss."""
-  deadline = time.monotonic() + timeout
-  while not (checkpoints.is_dir() and any(name.isdigit() for name in os.listdir(checkpoints))
-             and "step 2/" in log_0.read_text()):
-    assert all(process.poll() is None for process in processes), "a process ended before its first checkpoint"
-    assert time.monotonic() < deadline, "no checkpoint was written"
-    time.sleep(0.2)
-
-
 def _wait_for_line(processes, log, text: str, timeout: float = 600) -> None:
   """Until `log` holds `text`, every process still running."""
   deadline = time.monotonic() + timeout
@@ -128,33 +119,52 @@ def _check_one_process_run(result, workdir) -> None:
   assert sum(map(sum, report["tta"]["confusion_matrix"])) == 70
 
 
-def test_one_process_with_four_devices_and_two_with_two_train_alike(tmp_path, tiny_data_dir):
+def _sigterm_to_process_1_after(line: str, workdir, data_dir, tmp_path) -> tuple[list[int], list[str]]:
+  """Both processes started (saving at the epoch's end only), SIGTERM to process 1 once its log holds `line`:
+  their exit statuses and logs."""
+  logs = [tmp_path / f"process_{index}.log" for index in range(2)]
+  with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
+    with killed_at_end(_start_two(workdir, data_dir, [log_0, log_1], checkpoint_every_steps=0)) as processes:
+      _wait_for_line(processes, logs[1], line)
+      processes[1].send_signal(signal.SIGTERM)
+      codes = [process.wait(timeout=240) for process in processes]
+  return codes, [log.read_text() for log in logs]
+
+
+def test_one_process_with_four_devices_and_two_with_two_train_alike_through_a_sigterm_to_one(tmp_path, tiny_data_dir):
+  """The launchers signal the hosts one by one: here SIGTERM reaches process 1 alone, after step 2. Both
+  processes save the same step, a logged one (they agree there), exit 75, and the same command resumes from it
+  and ends as the one-process run. Before the processes agreed on the step, process 1 saved the step its
+  signal arrived in and waited in the save's barrier for process 0, which waited in the next step's
+  collectives for process 1: both hung."""
   single = subprocess.run([sys.executable, "-m", "fer_jax.main", *_args(tmp_path / "one", tiny_data_dir),
                            "--config.eval.tta=flip"],
                           cwd=ROOT, env=cpu_devices_env(4), capture_output=True, text=True, timeout=600)
   _check_one_process_run(single, tmp_path / "one")
   workdir, fresh_data = tmp_path / "two", tmp_path / "tfds"  # the two generate synthetic/tiny themselves
-  first = [tmp_path / f"first_{index}.log" for index in range(2)]
-  with first[0].open("w") as log_0, first[1].open("w") as log_1:
-    processes = _start_two(workdir, fresh_data, [log_0, log_1])
-    _wait_for_checkpoint(processes, workdir / "checkpoints", first[0])
-    processes[1].kill()  # one host lost: the other blocks in a collective until its launcher stops it too
-    processes[0].kill()
-    for process in processes:
-      process.wait(timeout=60)
-  logs = [log.read_text() for log in first]
+  # Saved at the epoch's end only (step 8): the one step saved before it is the stop's.
+  codes, logs = _sigterm_to_process_1_after("step 2/8", workdir, fresh_data, tmp_path)
+  assert codes == [stopping.PREEMPTED_EXIT_STATUS] * 2, "\n".join(map(_failure, logs))
   assert "Waiting for process 0 to generate synthetic/tiny" in logs[1] and "Generating" not in logs[1]
   assert "JAX process 1/2" in logs[1] and "4 devices" in logs[0]
   # The mean loss of the first two steps: the same global batches through the same model.
   assert _first_loss(logs[0]) == pytest.approx(_first_loss(single.stderr), rel=5e-4)
+  saved = [re.search(r"Saved step (\d+) \(epoch [\d.]+\) in \S+ after ([\w ]+); start the same", log)
+           for log in logs]
+  assert all(saved), "\n".join(map(_failure, logs))
+  assert [match.group(2) for match in saved] == ["SIGTERM on process 1", "SIGTERM"]
+  step = saved[0].group(1)
+  # Mostly 4 (the signal lands just after step 2's exchange), later if this process is starved.
+  assert saved[1].group(1) == step and step in ("2", "4", "6", "8")
+  assert os.listdir(workdir / "checkpoints") == [step] and (workdir / "checkpoints" / step / "state").is_dir()
 
   again = [tmp_path / f"again_{index}.log" for index in range(2)]
   with again[0].open("w") as log_0, again[1].open("w") as log_1:
-    processes = _start_two(workdir, fresh_data, [log_0, log_1])
-    codes = [process.wait(timeout=600) for process in processes]
-  assert codes == [0, 0], "\n".join(_failure(log.read_text()) for log in again)
-  resumed = [re.search(r"Resumed from step (\d+)", log.read_text()).group(1) for log in again]
-  assert resumed[0] == resumed[1] != "0"
+    with killed_at_end(_start_two(workdir, fresh_data, [log_0, log_1], checkpoint_every_steps=0)) as processes:
+      codes = [process.wait(timeout=600) for process in processes]
+  texts = [log.read_text() for log in again]
+  assert codes == [0, 0], "\n".join(map(_failure, texts))
+  assert all(f"Resumed from step {step} " in text for text in texts)
   (one, one_variables), (two, two_variables) = _report(tmp_path / "one"), _report(workdir)
   assert two["num_examples"] == one["num_examples"] == 70
   # Evaluated across the two processes, the final checkpoint gives what it gives on one device.
@@ -162,7 +172,7 @@ def test_one_process_with_four_devices_and_two_with_two_train_alike(tmp_path, ti
   # Gloo sums the gradients and BatchNorm statistics in another order than one process does, and
   # Adam steps from scratch amplify the rounding. Measured over the epoch's 8 steps: the
   # two-process parameters ended 0.46 of the distance training moved them away from the
-  # one-process ones (an uninterrupted two-process run ends bit-identical to this killed and resumed
+  # one-process ones (an uninterrupted two-process run ends bit-identical to a killed and resumed
   # one); runs that differ from the one-process one in reduction order only ended 0.17 (one
   # device), 0.39 (two processes × 4 devices) and 0.46 (× 1) away. Near chance after 8 steps
   # (accuracy 0.19, 0.16 and 0.17 on one, two processes and one device), so predictions and
@@ -172,7 +182,7 @@ def test_one_process_with_four_devices_and_two_with_two_train_alike(tmp_path, ti
   assert apart < 0.75 * moved, (apart, moved)
   # The last step went into checkpoints/ and best/ together (each manager's barriers have their own names).
   assert (workdir / "checkpoints" / "8" / "state").is_dir() and (workdir / "best" / "8" / "state").is_dir()
-  assert (workdir / "confusion_matrix.png").exists()
+  assert (workdir / "confusion_matrix.png").exists() and (workdir / "eval_results.json").exists()
 
 
 def test_processes_given_different_workdirs_stop_at_start_up(tmp_path, tiny_data_dir):
@@ -211,47 +221,6 @@ def test_two_checkpoint_folders_save_the_same_steps_at_once_on_two_processes(tmp
   for process, (stdout, stderr) in zip(processes, outputs):
     assert process.returncode == 0, stderr[-3000:]
     assert stdout.strip().splitlines()[-1] == "saved [[1, 2, 3], [1, 2, 3]]"
-
-
-def _sigterm_to_process_1_after(line: str, workdir, data_dir, tmp_path) -> tuple[list[int], list[str]]:
-  """Both processes started (saving at the epoch's end only), SIGTERM to process 1 once its log holds `line`:
-  their exit statuses and logs."""
-  logs = [tmp_path / f"process_{index}.log" for index in range(2)]
-  with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
-    with killed_at_end(_start_two(workdir, data_dir, [log_0, log_1], checkpoint_every_steps=0)) as processes:
-      _wait_for_line(processes, logs[1], line)
-      processes[1].send_signal(signal.SIGTERM)
-      codes = [process.wait(timeout=240) for process in processes]
-  return codes, [log.read_text() for log in logs]
-
-
-def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path, tiny_data_dir):
-  """The launchers signal the hosts one by one: here SIGTERM reaches process 1 alone, after step 2.
-  Both processes save the same step, a logged one (they agree there), exit 75, and the same command
-  resumes from it. Before the processes agreed on the step, process 1 saved the step its signal
-  arrived in and waited in the save's barrier for process 0, which waited in the next step's
-  collectives for process 1: both hung."""
-  workdir = tmp_path / "run"
-  # Saved at the epoch's end only (step 8): the one step saved before it is the stop's.
-  codes, texts = _sigterm_to_process_1_after("step 2/8", workdir, tiny_data_dir, tmp_path)
-  assert codes == [stopping.PREEMPTED_EXIT_STATUS] * 2, "\n".join(map(_failure, texts))
-  saved = [re.search(r"Saved step (\d+) \(epoch [\d.]+\) in \S+ after ([\w ]+); start the same", text)
-           for text in texts]
-  assert all(saved), "\n".join(map(_failure, texts))
-  assert [match.group(2) for match in saved] == ["SIGTERM on process 1", "SIGTERM"]
-  step = saved[0].group(1)
-  # Mostly 4 (the signal lands just after step 2's exchange), later if this process is starved.
-  assert saved[1].group(1) == step and step in ("2", "4", "6", "8")
-  assert os.listdir(workdir / "checkpoints") == [step] and (workdir / "checkpoints" / step / "state").is_dir()
-
-  again = [tmp_path / f"again_{index}.log" for index in range(2)]
-  with again[0].open("w") as log_0, again[1].open("w") as log_1:
-    with killed_at_end(_start_two(workdir, tiny_data_dir, [log_0, log_1], checkpoint_every_steps=0)) as processes:
-      codes = [process.wait(timeout=600) for process in processes]
-  texts = [log.read_text() for log in again]
-  assert codes == [0, 0], "\n".join(map(_failure, texts))
-  assert all(f"Resumed from step {step} " in text for text in texts)
-  assert (workdir / "checkpoints" / "8" / "state").is_dir() and (workdir / "eval_results.json").exists()
 
 
 def test_sigterm_to_one_process_while_setting_up_stops_both_at_one_saved_step(tmp_path, tiny_data_dir):
