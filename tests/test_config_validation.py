@@ -1,9 +1,11 @@
 """validation.validate: every shipped config passes, and each cross-field rule names its keys and the fix."""
 
+import functools
 import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax.numpy as jnp
 import pytest
 
@@ -11,6 +13,7 @@ from fer_jax import checkpointing
 from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import main
+from fer_jax import models
 from fer_jax import validation
 from fer_jax.errors import ConfigError, UserError
 from helpers import ROOT, assert_user_error, cpu_devices_env, get_config, load_script, shipped_configs
@@ -317,3 +320,15 @@ def test_a_misspelt_model_key_is_listed_with_the_other_problems_before_any_work(
   message = _problems(config, training=False)
   assert "config.model.shared_local_unit is not a key of method 'scan_cci' (did you mean shared_local_units?)" in message
   assert "config.batch_size=0 must be at least 1." in message
+
+
+def test_a_method_given_its_module_class_as_build_is_told_to_build_it_from_the_config():
+  """Method(build=MyModule) failed inside the module's first layer, once the data was read, with Python's own
+  TypeError ('ConfigDict' + int): MyModule(config.model) took the config for its first field."""
+  class Plain(nn.Module):
+    num_classes: int = 7
+
+  with pytest.raises(ConfigError, match=r"^Method\(build=Plain\) is given the module class.*functools\.partial\("
+                                        r"fer_jax\.models\.from_config, Plain\)"):
+    models.Method(build=Plain)
+  models.Method(build=functools.partial(models.from_config, Plain))

@@ -93,6 +93,13 @@ class Method:
   save_attention_maps: Callable | None = None
   config_problems: Callable = lambda config: []
 
+  def __post_init__(self):
+    if isinstance(self.build, type) and issubclass(self.build, nn.Module):
+      name = self.build.__name__
+      raise ConfigError(f"Method(build={name}) is given the module class, where build takes config.model and returns "
+                        f"the module: write Method(build=functools.partial(fer_jax.models.from_config, {name})) "
+                        "(docs/extending.md, 'A method of yours').")
+
 
 # The config.model keys every config has (config_lib.base_config); a method's module may take them as fields or not.
 BASE_MODEL_KEYS = tuple(config_lib.base_config().model.keys())
