@@ -73,10 +73,21 @@ parse_options() {
     case $1 in
       --dry-run) DRY_RUN=1 ;;
       --help | -h) usage; exit 0 ;;
-      --) shift; TRAINING_EXTRA_ARGS=("$@"); return ;;
+      --) shift; launcher_flags_after_dashes "$@"; TRAINING_EXTRA_ARGS=("$@"); return ;;
       *) "$script_option" "$1" || die "unknown argument $1 (options are written --key=VALUE; see --help)" ;;
     esac
     shift
+  done
+}
+
+# What follows `--` goes to fer_jax.main: a launcher's own --dry-run or --help there would be lost (and the
+# launch really made), so it is refused before anything starts.
+launcher_flags_after_dashes() {
+  local argument
+  for argument in "$@"; do
+    case $argument in
+      --dry-run | --help | -h) die "$argument comes after --, where the arguments go to fer_jax.main: put it before --" ;;
+    esac
   done
 }
 

