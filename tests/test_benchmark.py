@@ -5,6 +5,7 @@ and agrees with what can be counted independently."""
 import ast
 import functools
 import gzip
+import inspect
 import json
 import math
 import os
@@ -852,14 +853,31 @@ def test_accelerator_script_benchmarks_each_config_in_each_dtype_and_renders_the
   assert table.count("| `configs/dan.py:synthetic` | 72² | 2 |") == 2 and "official fp32 (H100, batch 256)" in table
 
 
+def tiny_method_config(folder) -> tuple[str, dict]:
+  """(the spec of a config file in `folder`, the environment that finds its method): DAN's synthetic config on
+  TinyNet, a method of the user's (folder/tiny_methods/tiny_net.py), for the benchmark scripts' processes."""
+  (folder / "tiny_methods").mkdir(parents=True)
+  (folder / "tiny_methods" / "__init__.py").touch()
+  (folder / "tiny_methods" / "tiny_net.py").write_text(
+      "import flax.linen as nn\nimport jax.numpy as jnp\n\nfrom fer_jax import models\nfrom fer_jax.models import layers\n\n\n"
+      f"{inspect.getsource(TinyNet)}\n\nMETHOD = models.Method(build=lambda model_config: TinyNet())\n")
+  (folder / "tiny_config.py").write_text(
+      "from configs import dan\n\n\ndef get_config(arg):\n  config = dan.get_config(arg)\n"
+      "  config.model.name = \"tiny_methods.tiny_net\"\n  return config\n")
+  path = os.pathsep.join(filter(None, (str(folder), helpers.ROOT, os.environ.get("PYTHONPATH"))))
+  return f"{folder / 'tiny_config.py'}:synthetic", {"PYTHONPATH": path}
+
+
 @pytest.mark.integration
 def test_device_session_runs_its_items_within_the_budget_and_goes_on_where_it_stopped(tmp_path):
-  """benchmarks/device_session.sh, the next lent GPU's script, on the CPU with a small config in place
-  of the paper ones: a candidates item and a profiled item run, their lines, breakdown, logs and traces
-  delivered; called again with the same state, a done item is not rerun and an item whose estimate does
-  not fit in the budget is skipped, and everything done so far is delivered again."""
-  env = {**os.environ, "PY": sys.executable, "STATE": str(tmp_path / "state"), "DAN": "configs/dan.py:synthetic",
-         "SCAN_CCI": "configs/dan.py:synthetic", "BATCH": "2", "STEPS": "1", "WARMUP": "1"}
+  """benchmarks/device_session.sh, the next lent GPU's script, on the CPU with TinyNet's config in place
+  of the paper ones (the script, not the model, is under test here; DAN's real steps go through
+  accelerator.sh in the test above): a candidates item and a profiled item run, their lines, breakdown,
+  logs and traces delivered; called again with the same state, a done item is not rerun and an item
+  whose estimate does not fit in the budget is skipped, and everything done so far is delivered again."""
+  config, path = tiny_method_config(tmp_path / "tiny")
+  env = {**os.environ, **path, "PY": sys.executable, "STATE": str(tmp_path / "state"), "DAN": config,
+         "SCAN_CCI": config, "BATCH": "2", "STEPS": "1", "WARMUP": "1"}
   script = os.path.join(helpers.ROOT, "benchmarks", "device_session.sh")
   first = subprocess.run(["bash", script, str(tmp_path / "first")], capture_output=True, text=True, timeout=600,
                          env={**env, "ITEMS": "dan_batch_norm scan_cci_256", "BUDGET": "600"})
@@ -871,7 +889,8 @@ def test_device_session_runs_its_items_within_the_budget_and_goes_on_where_it_st
   candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
   assert [(line["variant"], line["batch_size"]) for line in candidates] == [("batch_norm_shifted_one_pass", 2)]
   results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-  assert [(line["model"], line["dtype"], line["batch_size"]) for line in results] == [("dan", "bfloat16", 2)]
+  assert [(line["model"], line["dtype"], line["batch_size"]) for line in results] == [
+      ("tiny_methods.tiny_net", "bfloat16", 2)]
   assert (out / "breakdowns.txt").read_text().startswith("==> scan_cci_256 <==\nms per step, summed over ops")
   with tarfile.open(out / "profiles.tgz") as archive:
     assert any(name.endswith("perfetto_trace.json.gz") for name in archive.getnames())
@@ -928,7 +947,6 @@ esac
 """
 
 
-@pytest.mark.integration
 def _ended(pid_file, seconds: float = 5) -> None:
   """Waits for the process whose pid `pid_file` holds (if it was written) to end, killing it after `seconds`."""
   if not pid_file.exists():
@@ -943,6 +961,7 @@ def _ended(pid_file, seconds: float = 5) -> None:
   os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.integration
 def test_device_session_delivers_each_item_as_it_ends_in_at_most_eight_files(tmp_path):
   """A call that the device tool kills at its time limit brings back what is under OUT_DIR by then:
   device_session.sh delivers after each item, every kind of output of every item in at most 8 files
@@ -993,25 +1012,35 @@ def test_device_session_delivers_each_item_as_it_ends_in_at_most_eight_files(tmp
   assert "timeout -k 10 " in (tmp_path / "stop.started_by").read_text()  # a child that ignores TERM is killed
 
 
+def _source(path: str) -> str:
+  with open(path, encoding="utf-8") as source:
+    return source.read()
+
+
 @pytest.mark.integration
-def test_every_benchmark_script_starts_and_prints_its_usage():
+def test_every_benchmark_script_starts_and_prints_its_usage(tmp_path):
   """Each script under benchmarks/ imports what it uses from today's fer_jax (and tests/) and prints
   its usage: argparse's, or absl's (its docstring; absl's --help exits 1). common.py is the scripts'
-  shared module, no script."""
+  shared module, no script. The absl scripts run in a process each (absl's flags are global: two
+  scripts' --config would clash), the others one after another in one (tests/usages_check.py)."""
   folder = os.path.join(helpers.ROOT, "benchmarks")
   names = sorted(name for name in os.listdir(folder) if name.endswith(".py") and name != "common.py")
-  runs = {name: subprocess.Popen([sys.executable, os.path.join(folder, name), "--help"], cwd=helpers.ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in names}
-  try:
-    for name, process in runs.items():
-      output = process.communicate(timeout=300)[0]
-      with open(os.path.join(folder, name), encoding="utf-8") as source:
-        summary = ast.get_docstring(ast.parse(source.read())).splitlines()[0]
-      assert process.returncode in (0, 1) and "Traceback" not in output, (name, output[-3000:])
-      assert f"usage: {name}" in output or summary in output, (name, output[-3000:])
-  finally:
-    for process in runs.values():
-      process.kill()
+  sources = {name: _source(os.path.join(folder, name)) for name in names}
+  absl = [name for name in names if re.search(r"^from absl import", sources[name], re.MULTILINE)]
+  shared = subprocess.run([sys.executable, os.path.join(helpers.ROOT, "tests", "usages_check.py"), folder,
+                           str(tmp_path / "usages.json"), *(name for name in names if name not in absl)],
+                          cwd=helpers.ROOT, capture_output=True, text=True, timeout=300)
+  assert shared.returncode == 0, shared.stderr[-3000:]
+  usages = json.loads((tmp_path / "usages.json").read_text())
+  for name in absl:
+    run = subprocess.run([sys.executable, os.path.join(folder, name), "--help"], cwd=helpers.ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    usages[name] = [run.returncode, run.stdout]
+  assert sorted(usages) == names
+  for name, (status, output) in usages.items():
+    summary = ast.get_docstring(ast.parse(sources[name])).splitlines()[0]
+    assert status in (0, 1) and "Traceback" not in output, (name, output[-3000:])
+    assert f"usage: {name}" in output or summary in output, (name, output[-3000:])
 
 
 def test_benchmark_scripts_take_nothing_from_tests_but_the_official_reference_steps():

@@ -143,12 +143,14 @@ def test_the_confidence_penalty_has_a_config_and_its_missing_or_negative_weight_
 
 @pytest.mark.integration
 def test_the_confidence_penalty_trains_from_its_config(tmp_path, tiny_data_dir):
-  """The command of examples/dan_confidence_penalty_config.py's docstring, on synthetic/tiny for one epoch."""
+  """The command of examples/dan_confidence_penalty_config.py's docstring, on synthetic/tiny (10 training images
+  a class: 2 steps) for one epoch."""
   workdir = tmp_path / "run"
   command = [sys.executable, "-m", "fer_jax.main", "--config=dan_confidence_penalty_config.py:synthetic",
              f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny", f"--config.dataset.data_dir={tiny_data_dir}",
-             "--config.input.size=32", "--config.num_epochs=1", "--config.batch_size=35",
-             "--config.eval_batch_size=35", "--config.data_workers=0", "--config.loss.confidence_penalty=0.3"]
+             "--config.dataset.max_per_class=10", "--config.input.size=32", "--config.num_epochs=1",
+             "--config.batch_size=35", "--config.eval_batch_size=35", "--config.data_workers=0",
+             "--config.loss.confidence_penalty=0.3"]
   result = subprocess.run(command, cwd=EXAMPLES, env=cpu_devices_env(1), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((workdir / "eval_results.json").read_text())
@@ -161,8 +163,8 @@ def test_a_method_of_yours_trains_reports_and_loads(tmp_path, tiny_data_dir, mon
   workdir = tmp_path / "run"
   command = [sys.executable, "-m", "fer_jax.main", "--config=plain_resnet_config.py:synthetic",
              f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny", f"--config.dataset.data_dir={tiny_data_dir}",
-             "--config.input.size=32", "--config.num_epochs=1", "--config.eval_batch_size=35",
-             "--config.data_workers=0"]
+             "--config.dataset.max_per_class=10", "--config.input.size=32", "--config.num_epochs=1",
+             "--config.eval_batch_size=35", "--config.data_workers=0"]  # 2 steps of 32
   result = subprocess.run(command, cwd=EXAMPLES, env=cpu_devices_env(1), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((workdir / "eval_results.json").read_text())
