@@ -51,6 +51,16 @@ def tiny_run(config, size: int = 32, batch_size: int = 32, epochs: int = 1, per_
   return config
 
 
+def short_dan_run():
+  """configs/dan.py:synthetic shrunk by tiny_run to 2 epochs of 4 steps of 8 images (the first 5 of each class),
+  evaluated in batches of 32: the one train step (train mode) that the training runs of test_train.py (in process
+  and in the CLI subprocesses) and test_model_mode.py compile, once a session through the persistent compilation
+  cache."""
+  config = tiny_run(get_config("configs/dan.py:synthetic"), batch_size=8, epochs=2, per_class=5)
+  config.eval_batch_size = 32
+  return config
+
+
 def load_script(path: str, name: str = ""):
   """The Python file at `path` (relative to the repository root) imported as a module."""
   module_spec = importlib.util.spec_from_file_location(name or os.path.basename(path)[:-3], os.path.join(ROOT, path))

@@ -29,7 +29,7 @@ from fer_jax import train
 from fer_jax import watched_step
 from fer_jax.errors import ConfigError
 from fer_jax.errors import UserError
-from helpers import assert_user_error, cpu_devices_env, get_config, tiny_run
+from helpers import assert_user_error, cpu_devices_env, get_config, short_dan_run, tiny_run
 from jax._src import array as jax_array
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +37,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _tiny_dan(epochs=1):
   return tiny_run(get_config("configs/dan.py:synthetic"), epochs=epochs)
+
+
+SHORT_RUN_STEPS = 8  # helpers.short_dan_run's 2 epochs of 4 steps
+
+
+def _short_main_config():
+  """short_dan_run's config as `_tiny_main_args` give it to the CLI: each step logged, every third saved (the 3
+  newest kept, steps 3, 6 and 8), evaluated at the end only."""
+  config = short_dan_run()
+  config.update(log_every_steps=1, checkpoint_every_steps=3, max_checkpoints=3)
+  config.eval.every_epochs = 2
+  return config
+
+
+def _tiny_main_args(workdir, data_dir, checkpoint_every_steps=3):
+  """The flags of `_short_main_config()` (a resume from the CLI's checkpoints with that config checks they agree;
+  the steps saved change nothing trained)."""
+  return ["--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
+          f"--config.dataset.data_dir={data_dir}", "--config.dataset.max_per_class=5", "--config.input.size=32",
+          "--config.batch_size=8", "--config.eval_batch_size=32", "--config.num_epochs=2",
+          "--config.log_every_steps=1", f"--config.checkpoint_every_steps={checkpoint_every_steps}",
+          "--config.max_checkpoints=3", "--config.eval.every_epochs=2", "--config.data_workers=0"]
 
 
 def _final_params(workdir, step):
@@ -83,8 +105,8 @@ def counting_host_fetches():
 def test_the_loop_compiles_each_step_once_donates_the_state_and_fetches_only_to_log(tmp_path, caplog):
   """Two epochs of the real loop, evaluated at each end and reported on the best epoch's restored
   weights; each training step runs with implicit host-device transfers disallowed."""
-  config = _tiny_dan(epochs=2)
-  config.update(select_metric="accuracy", restore_best=True, log_every_steps=4)
+  config = short_dan_run()
+  config.update(select_metric="accuracy", restore_best=True, log_every_steps=3)
   run = train.TrainingRun(config, str(tmp_path))
   train_one, fetches = run.train, {}
 
@@ -99,11 +121,11 @@ def test_the_loop_compiles_each_step_once_donates_the_state_and_fetches_only_to_
   assert run.compilations() == {"train step (train mode)": 1, "train step (inference mode)": 0,
                                 "eval step (eval)": 1}
   # The step of the weights reported, the best epoch's (it reported the last step before), and the steps trained.
-  assert report["step"] == run.selection.checkpoints.latest_step() == 8 * run.selection.best_epoch
-  assert report["trained_steps"] == 16
+  assert report["step"] == run.selection.checkpoints.latest_step() == 4 * run.selection.best_epoch
+  assert report["trained_steps"] == 8
   assert not [r.getMessage() for r in caplog.records if "compiled again" in r.getMessage()]
-  # 8 steps per epoch: the metrics reach the host at the log steps only.
-  assert [step for step, count in fetches.items() if count] == [4, 8, 12, 16] and len(fetches) == 16
+  # 4 steps per epoch: the metrics reach the host at the log steps (and the last) only, not at the end of epoch 1.
+  assert [step for step, count in fetches.items() if count] == [3, 6, 8] and len(fetches) == 8
   # The compiled step writes the new state over the old one: every byte of it is aliased.
   batch = next(run.data.batches(0))
   memory = run.train_steps["train"].jitted.lower(run.state, batch).compile().memory_analysis()
@@ -115,7 +137,7 @@ def test_the_report_of_the_best_epoch_reuses_its_evaluation_unless_a_restart_cam
                                                                                           caplog):
   """restore_best evaluated the best epoch's weights again on the split they had been evaluated on at that epoch
   (84 s of SCAN-CCI's synthetic run on the CPU). A run started again has only the saved weights: it evaluates them."""
-  config = tiny_run(get_config("configs/dan.py:synthetic"), epochs=2, per_class=10)
+  config = short_dan_run()
   config.update(select_metric="accuracy", restore_best=True)
   evaluations, confusion_matrix = [], evaluate.confusion_matrix
 
@@ -197,29 +219,29 @@ def test_the_quickly_compiled_initial_state_is_the_default_compiles():
 
 
 @pytest.mark.integration
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monkeypatch):
-  config = _tiny_dan()
-  config.checkpoint_every_steps = 4
-  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  train.train_and_evaluate(config, straight)
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monkeypatch, straight):
+  """Resumed in this process from a copy of the uninterrupted CLI run (`straight`) cut back to its step 3."""
+  config = _short_main_config()
+  resumed = tmp_path / "resumed"
   shutil.copytree(straight, resumed)
-  # Interrupted after the step-4 checkpoint: the later one and the reports never got written.
-  shutil.rmtree(os.path.join(resumed, "checkpoints", "8"))
-  os.remove(os.path.join(resumed, "eval_results.json"))
+  # Interrupted after the step-3 checkpoint, within epoch 1: the later ones and the reports never got written.
+  for step in (6, SHORT_RUN_STEPS):
+    shutil.rmtree(resumed / "checkpoints" / str(step))
+  os.remove(resumed / "eval_results.json")
   checks, check_resumable = [], checkpointing.check_resumable
   monkeypatch.setattr(checkpointing, "check_resumable", lambda *args: checks.append(args) or check_resumable(*args))
-  results = train.train_and_evaluate(config, resumed)
+  results = train.train_and_evaluate(config, str(resumed))
   assert len(checks) == 1  # the saved state is checked (its metadata read) once
-  a, b = _final_params(straight, 8), _final_params(resumed, 8)
+  a, b = _final_params(straight, SHORT_RUN_STEPS), _final_params(resumed, SHORT_RUN_STEPS)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  with open(os.path.join(straight, "eval_results.json")) as f:
+  with open(straight / "eval_results.json") as f:
     assert json.load(f)["accuracy"] == results["accuracy"]
   # --mode=eval on the saved checkpoint reproduces the final report.
-  evaluated = evaluate.evaluate_checkpoint(config, straight, str(tmp_path / "eval"))
+  evaluated = evaluate.evaluate_checkpoint(config, str(straight), str(tmp_path / "eval"))
   assert evaluated["confusion_matrix"] == results["confusion_matrix"]
   with open(tmp_path / "eval" / "eval_results.json") as f:
-    assert json.load(f)["step"] == results["step"] == 8  # the step of the checkpoint it read
+    assert json.load(f)["step"] == results["step"] == SHORT_RUN_STEPS  # the step of the checkpoint it read
 
 
 @pytest.mark.usefixtures("tiny_data_dir")  # built here; the subprocess inherits its path
@@ -387,16 +409,9 @@ def test_init_from_may_lack_the_modules_a_later_stage_adds(tmp_path):
                                 variables["params"]["head0"]["sa"]["conv1x1_conv"]["kernel"])
 
 
-def _tiny_main_args(workdir, data_dir):
-  return ["--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
-          f"--config.dataset.data_dir={data_dir}", "--config.input.size=32", "--config.batch_size=8",
-          "--config.eval_batch_size=32", "--config.num_epochs=1", "--config.log_every_steps=1",
-          "--config.data_workers=0"]
-
-
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, tiny_data_dir, worker_id):
-  """The uninterrupted run that the interrupted ones must end equal to: run once a session, by the
+  """The uninterrupted run that the interrupted and resumed ones must end equal to: run once a session, by the
   first pytest-xdist worker that asks (the other waits on a lock, then reads the same folder)."""
   shared = tmp_path_factory.getbasetemp()
   if worker_id != "master":  # the workers' folders share a parent, this session's own
@@ -413,31 +428,34 @@ def straight(tmp_path_factory, tiny_data_dir, worker_id):
 @pytest.mark.integration
 def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp_path, straight, tiny_data_dir):
   preempted = tmp_path / "preempted"
+  args = _tiny_main_args(preempted, tiny_data_dir, checkpoint_every_steps=SHORT_RUN_STEPS)  # no save but SIGTERM's
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  process = subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_tiny_main_args(preempted, tiny_data_dir)],
+  process = subprocess.Popen([sys.executable, "-m", "fer_jax.main", *args],
                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   log = []
   for line in process.stderr:
     log.append(line)
-    if "step 3/35" in line:
+    if f"step 2/{SHORT_RUN_STEPS}" in line:
       process.send_signal(signal.SIGTERM)
   assert process.wait(timeout=300) == stopping.PREEMPTED_EXIT_STATUS, "".join(log[-30:])
   saved = [line for line in log if "after SIGTERM; start the same command again" in line]
   assert saved, "".join(log[-30:])
   step = int(saved[0].split("Saved step ")[1].split(" ")[0])
-  assert 3 <= step < 35 and (preempted / "checkpoints" / str(step) / "state").is_dir()
+  assert 2 <= step < SHORT_RUN_STEPS and os.listdir(preempted / "checkpoints") == [str(step)]
+  assert (preempted / "checkpoints" / str(step) / "state").is_dir()
   assert not (preempted / "eval_results.json").exists()
-  assert _main(*_tiny_main_args(preempted, tiny_data_dir)).returncode == 0
-  for x, y in zip(jax.tree.leaves(_final_params(straight, 35)), jax.tree.leaves(_final_params(preempted, 35))):
+  assert _main(*args).returncode == 0
+  for x, y in zip(jax.tree.leaves(_final_params(straight, SHORT_RUN_STEPS)),
+                  jax.tree.leaves(_final_params(preempted, SHORT_RUN_STEPS))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.integration
 def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path):
-  config = _tiny_dan()
-  config.optimizer.update(name="sgd", lr=1e30, grad_clip_norm=0.0)
+  config = short_dan_run()
+  config.optimizer.lr = 1e30  # Adam's, as short_dan_run's other runs: only the train step is compiled anew
   config.update(checkpoint_every_steps=1, log_every_steps=100)
-  with pytest.raises(stopping.NonFiniteError, match=r"Non-finite training values at step 2 \(epoch 0.25\): .* loss nan.*"
+  with pytest.raises(stopping.NonFiniteError, match=r"Non-finite training values at step 2 \(epoch 0.50\): .* loss nan.*"
                      r"the last good checkpoint is .*checkpoints/1\. Lower --config.optimizer.lr"):
     train.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
@@ -447,9 +465,9 @@ def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path):
   assert not [thread for thread in threading.enumerate() if type(thread).__module__.startswith("tensorboardX")]
 
 
-def _kill_at(process, moment, log, checkpoints) -> None:
+def _kill_at(process, moment, log, checkpoints) -> bool:
   """SIGKILL once training runs: "save" as soon as a save is under way beside a complete step,
-  else after `moment` seconds."""
+  else after `moment` seconds. Whether a save was seen under way."""
   def saving():
     names = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
     return any(name.isdigit() for name in names) and any("tmp" in name for name in names)
@@ -457,15 +475,18 @@ def _kill_at(process, moment, log, checkpoints) -> None:
   while process.poll() is None and "img/s ETA" not in log.read_text():
     time.sleep(0.01)
   deadline = time.monotonic() + (60 if moment == "save" else moment)
-  while time.monotonic() < deadline and process.poll() is None and not (moment == "save" and saving()):
+  under_way = False
+  while not under_way and time.monotonic() < deadline and process.poll() is None:
     time.sleep(0.002)
+    under_way = moment == "save" and saving()
   process.kill()
   process.wait()
+  return under_way
 
 
 @pytest.mark.integration
 def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, straight, tiny_data_dir):
-  args = lambda workdir: [*_tiny_main_args(workdir, tiny_data_dir), "--config.checkpoint_every_steps=3"]
+  args = lambda workdir: _tiny_main_args(workdir, tiny_data_dir)  # saves steps 3, 6 and 8
   killed = tmp_path / "killed"
   model_config = _tiny_dan()
   abstract = models.abstract_variables(models.build_model(model_config), model_config)
@@ -475,14 +496,15 @@ def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, str
     with open(log, "w") as stderr:
       process = subprocess.Popen([sys.executable, "-m", "fer_jax.main", *args(killed)], cwd=ROOT, env=env,
                                  stdout=subprocess.DEVNULL, stderr=stderr)
-      _kill_at(process, moment, log, killed / "checkpoints")
+      under_way = _kill_at(process, moment, log, killed / "checkpoints")
+    assert under_way or moment != "save", "no save was seen under way to kill the run in: " + log.read_text()[-3000:]
     # The newest complete step restores (names, shapes, values) whatever the kill interrupted.
     checkpointing.restore_model(str(killed), abstract)
   result = _main(*args(killed))
   assert result.returncode == 0, result.stderr[-3000:]
   assert not [name for name in os.listdir(killed / "checkpoints") if not name.isdigit()]  # leftovers cleaned
-  assert (checkpointing.fingerprint(_final_params(straight, 35))
-          == checkpointing.fingerprint(_final_params(killed, 35)))
+  assert (checkpointing.fingerprint(_final_params(straight, SHORT_RUN_STEPS))
+          == checkpointing.fingerprint(_final_params(killed, SHORT_RUN_STEPS)))
 
 
 def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluation(monkeypatch):
