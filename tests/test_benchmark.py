@@ -1050,8 +1050,7 @@ def test_benchmark_scripts_take_nothing_from_tests_but_the_official_reference_st
   folder = os.path.join(helpers.ROOT, "benchmarks")
   reaching = set()
   for name in sorted(os.listdir(folder)):
-    if name.endswith(".py"):
-      with open(os.path.join(folder, name), encoding="utf-8") as source:
-        if re.search(r"import helpers|from helpers import|\"tests\"", source.read()):
-          reaching.add(name)
+    if name.endswith(".py") and re.search(r"import helpers|from helpers import|\"tests\"",
+                                          _source(os.path.join(folder, name))):
+      reaching.add(name)
   assert reaching == {"official_step.py", "bf16_loss_curve.py"}

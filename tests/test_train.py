@@ -52,13 +52,14 @@ def _short_main_config():
 
 
 def _tiny_main_args(workdir, data_dir, checkpoint_every_steps=3):
-  """The flags of `_short_main_config()` (a resume from the CLI's checkpoints with that config checks they agree;
-  the steps saved change nothing trained)."""
-  return ["--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
-          f"--config.dataset.data_dir={data_dir}", "--config.dataset.max_per_class=5", "--config.input.size=32",
-          "--config.batch_size=8", "--config.eval_batch_size=32", "--config.num_epochs=2",
-          "--config.log_every_steps=1", f"--config.checkpoint_every_steps={checkpoint_every_steps}",
-          "--config.max_checkpoints=3", "--config.eval.every_epochs=2", "--config.data_workers=0"]
+  """The flags that give the CLI `_short_main_config()` (its checkpoints saved every `checkpoint_every_steps`,
+  which changes nothing trained) on `data_dir`."""
+  config = _short_main_config()
+  config.update(checkpoint_every_steps=checkpoint_every_steps)
+  config.dataset.data_dir = str(data_dir)
+  shipped, short = config_lib.flat(get_config("configs/dan.py:synthetic")), config_lib.flat(config)
+  return ["--config=configs/dan.py:synthetic", f"--workdir={workdir}",
+          *(f"--config.{key}={value}" for key, value in short.items() if shipped[key] != value)]
 
 
 def _final_params(workdir, step):
