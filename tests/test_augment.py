@@ -81,6 +81,10 @@ def test_an_op_that_changes_the_shape_undeclared_is_named_where_the_pipeline_is_
     data_pipeline.compile_pipeline(config, text, (60, 60, 3), "input.train_pp")
   with pytest.raises(data_pipeline.DataError, match=r"op 'crop_for_test\(\)' .* into \(48, 48, 3\)"):
     data_pipeline.compile_pipeline(config, "crop_for_test()|resize(48)|to_float()", (52, 52, 3), "input.eval_pp")
+  with pytest.raises(data_pipeline.DataError, match=r"op 'crop_for_test\(\)' of pipeline 'flip\(\)\|crop_for_test\(\)' "
+                                                    r"turns \(48, 48, 3\) images into \(44, 44, 3\)"):
+    data_pipeline.compile_pipeline(config, "resize(48)|random_apply(0.5, 'flip()|crop_for_test()')|to_float()",
+                                   (60, 60, 3), "input.train_pp")
   monkeypatch.setitem(augment.OPS, "crop_for_test", lambda: _crop_op(declare=True))
   compiled = data_pipeline.compile_pipeline(config, "resize(52)|crop_for_test()|to_float()", (60, 60, 3),
                                             "input.train_pp")

@@ -72,5 +72,8 @@ def random_apply(p: float, pipeline: str, uint8: bool = True) -> Op:
 
   def apply(image, params):
     applied, inner_params = params
-    return jnp.where(applied, inner.apply(image, inner_params), image)
+    changed = inner.apply(image, inner_params)
+    if changed.shape != image.shape:  # an inner op that changes the shape undeclared
+      inner.check_shapes(image.shape)
+    return jnp.where(applied, changed, image)
   return Op(apply=apply, sample=sample, output_shape=output_shape)
