@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 
 from fer_jax import config_lib
 from fer_jax import errors
+from fer_jax import stopping
 from fer_jax.data import labels
 from fer_jax.errors import UserError
 
@@ -178,6 +179,7 @@ def save_errors(checkpoints: ocp.CheckpointManager):
   try:
     yield
   except (OSError, ValueError) as e:
+    stopping.stop_if_held()
     complete = checkpoints.all_steps(read=True)
     kept = (f"the newest complete checkpoint, {os.path.join(checkpoints.directory, str(max(complete)))}, is intact"
             if complete else "no complete checkpoint was written yet")
@@ -185,6 +187,7 @@ def save_errors(checkpoints: ocp.CheckpointManager):
     errors.quiet_closed_event_loops()
     raise CheckpointError(f"Saving a checkpoint in {checkpoints.directory} failed ({reason}); {kept}. Free space or "
                           "fix the folder, then run the same command again to resume.") from e
+  stopping.stop_if_held()
 
 
 def _root_cause(error: BaseException) -> str:
@@ -351,9 +354,11 @@ def read_errors(what: str, fix: str):
   except CheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (Orbax wraps TensorStore's errors in bare Exceptions)
+    stopping.stop_if_held()
     reason = _root_cause(e)
     errors.quiet_closed_event_loops()
     raise CheckpointError(f"Cannot read {what} ({reason}): it is damaged or incomplete; {fix}.") from e
+  stopping.stop_if_held()
 
 
 def save_model(directory: str, variables: dict, config, initialisation_only: bool = False) -> str:

@@ -1,6 +1,7 @@
 """How a training or conversion stops: SIGTERM/SIGINT during and outside the training steps, a
 non-finite loss, and the exit statuses the commands end with (75: run the same command to go on)."""
 
+import asyncio
 import contextlib
 import os
 import re
@@ -30,11 +31,13 @@ class StoppedOutsideSteps(Exception):
   nothing is left to save: what the run saved stands, and the same command goes on from it."""
 
 
-# A SIGTERM/SIGINT outside the training steps not yet acted on, for the training loop's StopSignals to take up.
-# On several processes the first one is held so: they stop together at their next agreed step (`agreed_signal`);
-# one process leaving alone would leave the others waiting for it in a collective, and itself in JAX's shutdown
-# barrier, until both abort. On one, the handler's exception stops the command, unless Python swallows it (raised
-# inside a garbage-collection callback, it prints "Exception ignored" and goes on).
+# A SIGTERM/SIGINT outside the training steps not yet acted on, for the training loop's StopSignals (or, on one
+# process, `stop_if_held`) to take up. On several processes the first one is held so: they stop together at their
+# next agreed step (`agreed_signal`); one process leaving alone would leave the others waiting for it in a collective,
+# and itself in JAX's shutdown barrier, until both abort. On one, the handler's exception stops the command, but
+# inside an event loop (Orbax reading or writing a checkpoint), where the exception would be printed and lost in a
+# callback, or surface as a damaged checkpoint; and unless Python swallows it (raised inside a garbage-collection
+# callback, it prints "Exception ignored" and goes on).
 _held: list[str] = []
 
 
@@ -42,13 +45,32 @@ def _stop_outside_steps(signum, frame):
   del frame
   name = signal.Signals(signum).name
   several = jax.distributed.is_initialized()
-  if several and _held:
+  if _held and (several or _in_event_loop()):
     os._exit(128 + signum)
   _held.append(name)
-  if not several:
+  if several:
+    logging.warning("%s received outside the training steps: held until every process of the run stops with this "
+                    "one at a saved step (send it again to exit at once, unsaved).", name)
+  elif _in_event_loop():
+    logging.warning("%s received: stopping once the checkpoint being read or written is complete (send it again to "
+                    "exit at once).", name)
+  else:
     raise StoppedOutsideSteps(name)
-  logging.warning("%s received outside the training steps: held until every process of the run stops with this one "
-                  "at a saved step (send it again to exit at once, unsaved).", name)
+
+
+def _in_event_loop() -> bool:
+  try:
+    asyncio.get_running_loop()
+  except RuntimeError:
+    return False
+  return True
+
+
+def stop_if_held() -> None:
+  """On one process, raises StoppedOutsideSteps for a signal held while an event loop ran (`_stop_outside_steps`);
+  called once a checkpoint is read or written."""
+  if _held and not jax.distributed.is_initialized():
+    raise StoppedOutsideSteps(_held[-1])
 
 
 # What a collective reports when another process of the run stopped or died (gloo on CPUs, NCCL on GPUs, JAX's

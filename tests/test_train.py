@@ -1,5 +1,6 @@
 """The real loop on tiny synthetic data: end to end, resume, multi-device, checkpoints, CLI errors."""
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -597,6 +598,27 @@ def test_a_signal_whose_exception_python_swallowed_still_stops_the_loop(caplog):
       with pytest.raises(stopping.StoppedOutsideSteps):
         stopping._stop_outside_steps(signal.SIGTERM, None)  # pylint: disable=protected-access
   assert "The SIGTERM held was not acted on: the command had finished what it was doing." in caplog.text
+
+
+@pytest.mark.parametrize("around", ["read", "save"])
+def test_a_signal_while_a_checkpoint_is_read_or_saved_stops_once_it_is_done(around, tmp_path, caplog):
+  """Orbax reads and writes in an event loop on the main thread. The handler's exception raised there surfaced as
+  "Cannot read the checkpoint … (SIGTERM): it is damaged or incomplete; delete …" (exit 2, telling the user to
+  delete a good step), or was printed and lost in one of the loop's callbacks (exit 0)."""
+  async def checkpoint_io():
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.sleep(0.01)
+    return "done"
+
+  done = []
+  errors_of = {"read": lambda: checkpointing.read_errors("the checkpoint X", "delete X"),
+               "save": lambda: checkpointing.save_errors(checkpointing.manager(str(tmp_path)))}[around]
+  with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as stopped:
+    with stopping.exit_status_on_stop():
+      with errors_of():
+        done.append(asyncio.run(checkpoint_io()))
+  assert stopped.value.code == stopping.PREEMPTED_EXIT_STATUS and done == ["done"]
+  assert "SIGTERM received: stopping once the checkpoint being read or written is complete" in caplog.text
 
 
 def test_a_collective_failed_for_a_lost_process_ends_with_one_line_and_75(monkeypatch):
