@@ -426,10 +426,20 @@ class TrainingRun:
       return stopping.agreed_signal(signals.received)
     return None
 
-  def stop_for(self, signal_name: str) -> None:
-    """After a forced checkpoint: waits for every save, then raises Preempted."""
+  def signal_after_the_steps(self, signals: stopping.StopSignals) -> str | None:
+    """A signal that arrived after the last step's `stop_signal` (during its evaluation or save), on any process:
+    the run stops before its report, which a restart makes."""
+    if jax.process_count() == 1:
+      return signals.received
+    return stopping.agreed_signal(signals.received)
+
+  def wait_for_saves(self) -> None:
     checkpointing.wait_until_saved(self.checkpoints)
     self.selection.wait_until_finished()
+
+  def stop_for(self, signal_name: str) -> None:
+    """After a forced checkpoint: waits for every save, then raises Preempted."""
+    self.wait_for_saves()
     logging.warning("Saved step %d (epoch %.2f) in %s after %s; start the same command again to resume.",
                     self.step, self.step / self.steps_per_epoch, self.checkpoints.directory, signal_name)
     raise stopping.Preempted(self.step)
@@ -449,6 +459,9 @@ class TrainingRun:
             self.stop_for(stop_signal)
           if stop:
             break
+        self.wait_for_saves()
+        if late_signal := self.signal_after_the_steps(signals):
+          self.stop_for(late_signal)
       report = self.report()
     finally:
       self.writer.close()
@@ -465,9 +478,7 @@ class TrainingRun:
     """The final report of every evaluator, with the best epoch's weights if configured. It reuses the evaluations
     made with the very weights reported: the last epoch's, or the best epoch's when this process saved them. A best
     epoch from before a restart is evaluated again: nothing kept proves that the split's images and the code that
-    preprocesses them are still those it was evaluated on."""
-    checkpointing.wait_until_saved(self.checkpoints)
-    self.selection.wait_until_finished()
+    preprocesses them are still those it was evaluated on. Called once every save is complete."""
     variables, reusable, step, checkpoints = self.variables, self.last_evals, self.step, self.checkpoints
     selection = None
     if self.config.restore_best and self.selection.metric and self.selection.checkpoints.latest_step() is not None:

@@ -462,6 +462,30 @@ def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp
 
 
 @pytest.mark.integration
+def test_a_signal_after_the_last_steps_check_lets_its_save_finish_and_stops_before_the_report(tmp_path, monkeypatch,
+                                                                                              caplog):
+  """A SIGTERM during the last step's save, after the loop's last look at the signals: the final report's wait for
+  the save was outside the loop's StopSignals, so the signal cut the save short (exit 75 with the last epoch lost);
+  one during the last evaluation was dropped (the report ran, exit 0)."""
+  config = short_dan_run()
+  run, wait_until_saved, sent = train.TrainingRun(config, str(tmp_path)), checkpointing.wait_until_saved, []
+
+  def signalled_wait(checkpoints):
+    if run.step == run.num_steps and not sent:
+      sent.append("SIGTERM")
+      os.kill(os.getpid(), signal.SIGTERM)
+    wait_until_saved(checkpoints)
+
+  monkeypatch.setattr(checkpointing, "wait_until_saved", signalled_wait)
+  with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as stopped:
+    with stopping.exit_status_on_stop():
+      run.run()
+  assert stopped.value.code == stopping.PREEMPTED_EXIT_STATUS
+  assert sent and sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]  # complete: no temporary folder
+  assert f"Saved step {SHORT_RUN_STEPS} (epoch 2.00)" in caplog.text and not (tmp_path / "eval_results.json").exists()
+
+
+@pytest.mark.integration
 def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path):
   config = short_dan_run()
   config.optimizer.lr = 1e30  # Adam's, as short_dan_run's other runs: only the train step is compiled anew
