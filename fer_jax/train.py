@@ -2,7 +2,10 @@
 selection and the final report (fer_jax.evaluate)."""
 
 from collections.abc import Sequence
+import contextlib
+import fcntl
 import os
+import socket
 import time
 
 from absl import logging
@@ -499,4 +502,34 @@ class TrainingRun:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming from its newest checkpoint) and writes the eval report."""
-  return TrainingRun(config, workdir).run()
+  with training_lock(workdir):
+    return TrainingRun(config, workdir).run()
+
+
+LOCK_FILE = ".training.lock"  # in a workdir: which process trains there
+
+
+@contextlib.contextmanager
+def training_lock(workdir: str):
+  """One training at a time in a workdir: process 0 holds a lock on workdir/LOCK_FILE while it trains (released
+  however it ends, a kill too). Two runs saved the same steps over each other, and each deleted the other's saves
+  under way as a killed run's leftovers, then both failed blaming the disk."""
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  with open(path, "a+") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      lock.seek(0)
+      raise UserError(f"Another training runs in {os.path.abspath(workdir)} ({lock.read().strip() or 'its process unknown'}, "
+                      f"holding {LOCK_FILE}): wait for it to end or stop it, or pass another --workdir.") from None
+    except OSError as error:  # a file system without locks
+      logging.warning("Cannot lock %s (%s): make sure no other training uses this workdir.", path, error.strerror)
+    else:
+      lock.truncate(0)
+      lock.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+      lock.flush()
+    yield

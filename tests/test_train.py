@@ -485,6 +485,18 @@ def test_a_signal_after_the_last_steps_check_lets_its_save_finish_and_stops_befo
   assert f"Saved step {SHORT_RUN_STEPS} (epoch 2.00)" in caplog.text and not (tmp_path / "eval_results.json").exists()
 
 
+def test_a_second_training_in_a_workdir_stops_at_once_naming_the_first(tmp_path):
+  """Two trainings in one workdir both trained to the end, then failed, each save's temporary folder deleted by the
+  other run's manager as a killed run's leftovers ("Save failed … Free space or fix the folder")."""
+  with train.training_lock(str(tmp_path)):
+    with pytest.raises(UserError, match=rf"^Another training runs in {tmp_path} \(process {os.getpid()} on .*, since "
+                       r".*, holding \.training\.lock\): wait for it to end or stop it, or pass another --workdir\.$"):
+      train.train_and_evaluate(short_dan_run(), str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
+  with train.training_lock(str(tmp_path)):  # released when the first ends
+    pass
+
+
 @pytest.mark.integration
 def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path):
   config = short_dan_run()
