@@ -303,6 +303,7 @@ class TrainingRun:
     optimizer = optim.make_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs, self.abstract["params"])
     self.state = self._restore_or_initialise(optimizer.tx)
     self.selection = Selection(config, workdir)
+    self._warn_of_a_lost_best_epoch()
     loss_config = loss_config_for(config, self.data.split)
     models.check_contract(method, self.model, self.abstract, loss_config, config)
     self.train_steps = {mode: watched_step.WatchedStep(f"train step ({mode} mode)", make_train_step(
@@ -322,6 +323,19 @@ class TrainingRun:
     probe = optim.make_optimizer(self.config.optimizer, 1, self.config.num_epochs, self.abstract["params"])
     target = abstract_state(self.model, probe.tx, self.config, self.mesh)
     return checkpointing.check_resumable(self.checkpoints, self.start_step, target, self.config)
+
+  def _warn_of_a_lost_best_epoch(self) -> None:
+    """A resumed run's best/ folder holds no epoch though its selection's evaluator ran before the restart (best/
+    deleted, or only checkpoints/ copied): its best epoch is chosen among the epochs still to train."""
+    spec = self.evaluators.specs.get(self.selection.evaluator)
+    epoch = self.start_step // self.steps_per_epoch
+    if self.selection.metric and not self.selection.best_epoch and spec and spec.every_epochs and (
+        epoch >= spec.every_epochs):
+      left = (f"epoch {epoch + 1}" if epoch + 1 == self.config.num_epochs
+              else f"epochs {epoch + 1}–{self.config.num_epochs}")
+      logging.warning("%s holds no best epoch, though the run evaluated %s until epoch %d: its best epoch is chosen "
+                      "from %s only. Put the run's best/ folder back to choose from all of them.",
+                      self.selection.checkpoints.directory, self.selection.evaluator, epoch, left)
 
   def _restore_or_initialise(self, tx) -> dict:
     if self.start_step:

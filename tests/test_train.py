@@ -439,6 +439,21 @@ def straight(tmp_path_factory, tiny_data_dir, worker_id):
 
 
 @pytest.mark.integration
+def test_a_resumed_run_whose_best_epoch_is_lost_says_so(tmp_path, straight, caplog):
+  """A resumed run selecting its best epoch, whose best/ folder was deleted or not copied, chose among the epochs
+  still to train and reported "the best epoch (2 of 2)", saying nothing."""
+  config = _short_main_config()
+  config.update(select_metric="accuracy", restore_best=True)
+  config.eval.every_epochs = 1
+  resumed = tmp_path / "resumed"
+  shutil.copytree(straight, resumed, ignore=shutil.ignore_patterns("8"))  # resumed at step 6, in epoch 2
+  with caplog.at_level(logging.WARNING):
+    train.TrainingRun(config, str(resumed))
+  assert (f"{resumed}/best holds no best epoch, though the run evaluated eval until epoch 1: its best epoch is "
+          "chosen from epoch 2 only. Put the run's best/ folder back") in caplog.text
+
+
+@pytest.mark.integration
 def test_sigterm_saves_the_step_and_the_restart_ends_as_an_uninterrupted_run(tmp_path, straight, tiny_data_dir):
   preempted = tmp_path / "preempted"
   args = _tiny_main_args(preempted, tiny_data_dir, checkpoint_every_steps=SHORT_RUN_STEPS)  # no save but SIGTERM's
