@@ -1,3 +1,4 @@
+import json
 import logging
 import os
 import re
@@ -9,6 +10,7 @@ import numpy as np
 import flax.linen as nn
 import pytest
 
+from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
@@ -240,3 +242,19 @@ def test_a_model_class_the_split_has_no_image_of_is_noted_though_the_set_has_the
              "class_mapping": mapping}
   assert ("Model classes without an example in test (predicting them counts as wrong): contempt."
           in evaluate.markdown({"evaluators": {"test": results}}, {}))
+
+
+def test_a_report_that_cannot_be_written_leaves_the_previous_one_and_names_its_file(tmp_path, monkeypatch):
+  """A full disk left eval_results.json empty (written in place) and said "No space left on device", naming no file."""
+  path = tmp_path / "eval_results.json"
+  path.write_text('{"accuracy": 0.5}')
+  full_disk = lambda file, mode="r": open("/dev/full" if "w" in mode else file, mode)  # noqa: E731
+  monkeypatch.setattr(evaluate, "open", full_disk, raising=False)
+  with pytest.raises(OSError) as error:
+    evaluate.write_report({"accuracy": 0.25, "evaluators": {}}, str(tmp_path))
+  assert cli.describe(error.value) == (f"No space left on device: {path} (the disk is full: free space or choose "
+                                       "another location; earlier checkpoints are kept).")
+  assert path.read_text() == '{"accuracy": 0.5}' and os.listdir(tmp_path) == ["eval_results.json"]
+  monkeypatch.undo()
+  evaluate.write_whole(str(path), '{"accuracy": 0.25}')
+  assert json.loads(path.read_text())["accuracy"] == 0.25 and os.listdir(tmp_path) == ["eval_results.json"]
