@@ -222,6 +222,10 @@ def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_stat
   told apart from damaged files, which alone call for deleting. Returns (restore target, its rewrapping)."""
   step_directory = os.path.join(checkpoints.directory, str(step))
   if config is not None:
+    if not _meta(step_directory):
+      raise CheckpointError(f"{step_directory} has no meta record ({META_FILE}), which a training saves with every "
+                            f"step: the checkpoint is incomplete and cannot be checked against this config; "
+                            f"{_newest_step_fix(checkpoints, step)}.")
     _check_continues(step_directory, config, steps_per_epoch)
   with _newest_step_read_errors(checkpoints, step):
     saved = _saved_tree(os.path.join(step_directory, "state"))
@@ -253,12 +257,16 @@ def _new_run_fix(step_directory: str) -> str:
 def _newest_step_read_errors(checkpoints: ocp.CheckpointManager, step: int):
   """`read_errors` of the run's newest step, whose deletion resumes the run from the step before it. Without one
   the run starts over, in a workdir of its own: a best/ folder left by the old one would keep its best epoch."""
+  return read_errors(f"the checkpoint {os.path.join(checkpoints.directory, str(step))}",
+                     _newest_step_fix(checkpoints, step))
+
+
+def _newest_step_fix(checkpoints: ocp.CheckpointManager, step: int) -> str:
   step_directory = os.path.join(checkpoints.directory, str(step))
   earlier = [saved for saved in checkpoints.all_steps() if saved < step]
-  fix = (f"delete {step_directory} to resume from step {max(earlier)}, the one before it" if earlier
-         else f"it is the run's only checkpoint, so start the run over: delete "
-              f"{os.path.dirname(checkpoints.directory)} or pass a new --workdir")
-  return read_errors(f"the checkpoint {step_directory}", fix)
+  return (f"delete {step_directory} to resume from step {max(earlier)}, the one before it" if earlier
+          else f"it is the run's only checkpoint, so start the run over: delete "
+               f"{os.path.dirname(checkpoints.directory)} or pass a new --workdir")
 
 
 def _check_continues(step_directory: str, config, steps_per_epoch: int | None) -> None:

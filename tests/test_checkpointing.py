@@ -180,6 +180,19 @@ def test_resume_from_damaged_files_names_the_step_to_delete(tmp_path, earlier_st
   gc.collect()  # here, not during the next test
 
 
+def test_resume_from_a_step_without_its_meta_record_names_the_step_to_delete(tmp_path):
+  """Without meta/ every check of the config against the run's was skipped: a resume at another batch size and seed
+  went on as if nothing had changed."""
+  _saved(tmp_path, _trained_state(_config()), _config(), step=1)
+  checkpoints = _saved(tmp_path, _trained_state(_config()), _config())
+  shutil.rmtree(tmp_path / "checkpoints" / "2" / "meta")
+  with pytest.raises(checkpointing.CheckpointError, match=re.escape(
+      f"{tmp_path}/checkpoints/2 has no meta record (meta/metadata), which a training saves with every step: the "
+      f"checkpoint is incomplete and cannot be checked against this config; delete {tmp_path}/checkpoints/2 to resume "
+      "from step 1, the one before it.")):
+    checkpointing.restore_state(checkpoints, 2, _abstract_state(_config()), _config())
+
+
 def test_restore_model_reads_only_params_and_batch_stats(tmp_path, monkeypatch):
   """eval, predict and init_from keep the weights: Adam's moments (2× the params) are not read."""
   config = _config(name="adam")
