@@ -293,6 +293,10 @@ def _check_continues(step_directory: str, config, steps_per_epoch: int | None) -
         + ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in changed) + cosine
         + ". A resumed run continues the same training (its checkpoints are left as they are): resume with "
         + " ".join(config_lib.override(key, saved) for key, _, saved in changed) + f", {new_run}")
+  allowed = config_lib.differences(meta.get("config", {}), config, config_lib.NOT_OF_THE_TRAINING)
+  if allowed:
+    logging.info("Resuming %s with settings changed since step %s was saved: %s.", run, os.path.basename(step_directory),
+                 ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in allowed))
 
 
 def _saved_tree(state_directory: str) -> dict:

@@ -232,6 +232,8 @@ def test_a_run_resumes_with_clipping_turned_on_and_refuses_another_optimizer(tmp
   with caplog.at_level(logging.INFO):
     train.train_and_evaluate(config, str(tmp_path))
   assert "Resumed from step 4" in caplog.text
+  assert (f"Resuming {tmp_path} with settings changed since step 4 was saved: config.optimizer.grad_clip_norm 1.0 "
+          "(saved 0.0).") in caplog.text
   shutil.rmtree(tmp_path / "checkpoints" / "8")
   before = _files(tmp_path / "checkpoints")
   config.optimizer.name = "adam" if config.optimizer.name != "adam" else "sgd"
