@@ -62,6 +62,12 @@ class Spec:
     dataset = self.config.dataset
     return (dataset.name, dataset.data_dir, self.split)
 
+  def reads_images_of(self, other: "Spec") -> bool:
+    """Whether every image this evaluator reads is one `other` reads: the same split of the same set, or one of its
+    occlusion and pose subsets (config_lib.SUBSETS, prepared as "<split>_<subset>")."""
+    subsets = {f"{other.split}_{subset}" for subset in config_lib.SUBSETS}
+    return self.images_identity[:2] == other.images_identity[:2] and (self.split == other.split or self.split in subsets)
+
   @property
   def inputs_identity(self) -> tuple:
     """Evaluators with equal identities see the same inputs (they share steps and results)."""
@@ -385,11 +391,11 @@ EXAMPLES_PER_EVALUATOR = 8
 def selection_record(evaluators: Evaluators, metric: str, evaluator: str, epoch: int, value: float,
                      trained_epochs: int) -> dict:
   """What chose the reported weights (the best epoch by `metric` on `evaluator`), and the reported evaluators that
-  read the very images the choice was made on besides `evaluator` itself: their figures are the best of several
-  epochs on them."""
+  read images the choice was made on besides `evaluator` itself (its split's, or a subset's of it): their figures
+  are the best of several epochs on them."""
   chosen_on = evaluators.specs[evaluator]
   same = [name for name in evaluators.reported
-          if name != evaluator and evaluators.specs[name].images_identity == chosen_on.images_identity]
+          if name != evaluator and evaluators.specs[name].reads_images_of(chosen_on)]
   return {"metric": metric, "evaluator": evaluator, "dataset": chosen_on.config.dataset.name,
           "split": chosen_on.split, "epoch": epoch, "value": value, "trained_epochs": trained_epochs,
           "reported_on_the_same_split": same}
@@ -402,7 +408,7 @@ def selection_note(selection: dict, chosen: str = "") -> str:
   note = (f"{chosen} by {selection['metric']} on the evaluator {selection['evaluator']} ({selection['dataset']} "
           f"{selection['split']}).")
   if same := selection["reported_on_the_same_split"]:
-    note += (f" {', '.join(same)} {'reports' if len(same) == 1 else 'report'} the split the epoch was chosen on: "
+    note += (f" {', '.join(same)} {'reads' if len(same) == 1 else 'read'} images the epoch was chosen on: "
              "the best of the epochs evaluated there, an optimistic figure (the official scripts report it so); "
              "select on a split held out of training and testing for an unbiased one (README, 'Model selection').")
   return note

@@ -155,11 +155,13 @@ def test_the_selection_names_the_reported_evaluators_that_read_the_split_it_chos
   config = get_config("configs/dan.py:rafdb")
   config.evals.occluded_mouth = config_lib.evaluator(pp="occlude('mouth')|" + config.input.eval_pp)
   config.evals.ferplus = config_lib.evaluator(dataset="ferplus")
+  config.evals.update(config_lib.subset_evaluators())  # subsets of the test split: they were not named
   selection = evaluate.selection_record(evaluate.Evaluators(None, config, None), "accuracy", "eval", 37, 0.9, 40)
-  assert selection["reported_on_the_same_split"] == ["test", "occluded_mouth"]
+  assert selection["reported_on_the_same_split"] == ["test", "occluded_mouth", "occlusion", "pose30", "pose45"]
   assert evaluate.selection_note(selection).startswith(
-      "The best epoch (37 of 40) by accuracy on the evaluator eval (rafdb test). test, occluded_mouth report "
-      "the split the epoch was chosen on: the best of the epochs evaluated there, an optimistic figure")
+      "The best epoch (37 of 40) by accuracy on the evaluator eval (rafdb test). test, occluded_mouth, occlusion, "
+      "pose30, pose45 read images the epoch was chosen on: the best of the epochs evaluated there, an optimistic "
+      "figure")
   config.dataset.update(eval_split="train[90%:]", test_split="test")
   selection = evaluate.selection_record(evaluate.Evaluators(None, config, None), "accuracy", "eval", 37, 0.9, 40)
   assert selection["reported_on_the_same_split"] == []
@@ -174,8 +176,8 @@ def test_a_report_of_a_selected_epoch_says_how_it_was_chosen(tmp_path):
   evaluate.write_report({**results, "evaluators": {"test": results}, "selection": selection}, str(tmp_path),
                         {"test": images})
   table = (tmp_path / "eval_results.md").read_text()
-  assert ("Selected: The best epoch (3 of 5) by accuracy on the evaluator eval (d s). test reports the split the "
-          "epoch was chosen on") in table
+  assert ("Selected: The best epoch (3 of 5) by accuracy on the evaluator eval (d s). test reads images the epoch "
+          "was chosen on") in table
 
 
 def test_an_evaluation_replacing_another_ones_report_says_so(tmp_path, caplog):

@@ -75,7 +75,7 @@ def test_the_summary_of_selected_epochs_says_how_each_seed_chose_its_weights(tmp
   summary = seeds.write_summary(str(tmp_path), seeds.read_reports(ANY_SEED, str(tmp_path), [0, 1, 2]))
   assert summary["selection"]["epoch"] == {0: 2, 1: 3, 2: 4}
   assert ("Weights: each seed’s best epoch (seed 0: 2 of 5, seed 1: 3 of 5, seed 2: 4 of 5) by accuracy on the "
-          "evaluator eval (synthetic/tiny test). test reports the split the epoch was chosen on: the best of the "
+          "evaluator eval (synthetic/tiny test). test reads images the epoch was chosen on: the best of the "
           "epochs evaluated there, an optimistic figure") in (tmp_path / "seeds_summary.md").read_text()
 
 
