@@ -98,5 +98,5 @@ def get_config(arg: str = "rafdb"):
   config.eval_batch_size = 256
   SETTINGS[parsed.data](config)
   if parsed.occlusion == "yes":
-    config.evals = config_lib.synthetic_occlusion_evaluators(config.input.eval_pp)
+    config.evals = config_lib.synthetic_occlusion_evaluators()
   return config

@@ -19,13 +19,22 @@ EVALUATOR_DEFAULTS = {
     "data_dir": "",           # "" = config.dataset.data_dir
     "split": "test",
     "image_size": 0,          # side the host decodes images to (0 = config.dataset.image_size)
-    "pp": "",                 # device pipeline string ("" = config.input.eval_pp)
+    "pp": "",                 # device pipeline string ("" = config.input.eval_pp; EVAL_PP in it stands for it)
     "tta": "none",            # fer_jax.tta.NAMES; reported beside the single pass
     "every_epochs": 0,        # also evaluate every N epochs during training (0 = only in the final report)
     "skip_if_missing": False,  # a split the prepared set lacks is skipped with a warning instead of an error
 }
 # Evaluators every run has, made from config.dataset and config.eval; config.evals adds others.
 BUILT_IN_EVALUATORS = ("eval", "test")
+
+
+# In an evaluator's pipeline string, the run's own `config.input.eval_pp` (as set when the run starts, overrides too).
+EVAL_PP = "{eval_pp}"
+
+
+def evaluator_pp(pp: str, eval_pp: str) -> str:
+  """The pipeline an evaluator's `pp` stands for, given the run's `eval_pp`."""
+  return pp.replace(EVAL_PP, eval_pp) if pp else eval_pp
 
 
 def evaluator(**fields) -> ml_collections.ConfigDict:
@@ -96,11 +105,11 @@ def subset_evaluators(split: str = "test") -> ml_collections.ConfigDict:
                                     for subset in SUBSETS})
 
 
-def synthetic_occlusion_evaluators(eval_pp: str) -> ml_collections.ConfigDict:
+def synthetic_occlusion_evaluators() -> ml_collections.ConfigDict:
   """The synthetic faces' test split with the mouth, the eyes and the lower face covered
-  (fer_jax.data.augment.occlusion) before `eval_pp`."""
+  (fer_jax.data.augment.occlusion) before the run's `input.eval_pp`."""
   return ml_collections.ConfigDict({
-      f"occluded_{region}": evaluator(pp=f"occlude('{region}', geometry='synthetic')|{eval_pp}")
+      f"occluded_{region}": evaluator(pp=f"occlude('{region}', geometry='synthetic')|{EVAL_PP}")
       for region in ("mouth", "eyes", "mask")})
 
 

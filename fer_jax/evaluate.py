@@ -105,7 +105,7 @@ def _spec(config, name: str, fields) -> Spec:
   resolved.dataset.update(name=fields.dataset or config.dataset.name,
                           data_dir=fields.data_dir or config.dataset.data_dir,
                           image_size=fields.image_size or config.dataset.image_size)
-  resolved.input.eval_pp = fields.pp or config.input.eval_pp
+  resolved.input.eval_pp = config_lib.evaluator_pp(fields.pp, config.input.eval_pp)
   dataset_key = f"evals.{name}.dataset" if fields.dataset else "dataset.name"
   return Spec(name, resolved, fields.split, fields.tta, fields.every_epochs, fields.skip_if_missing, dataset_key)
 

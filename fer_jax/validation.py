@@ -179,7 +179,7 @@ def _evaluator_problems(config) -> list[str]:
     if wrong:
       problems.append(f"{key}: {', '.join(wrong)} of the wrong type; the defaults: {config_lib.EVALUATOR_DEFAULTS}.")
       continue
-    problems += _evaluator_value_problems(key, fields, config.input.size)
+    problems += _evaluator_value_problems(key, fields, config.input)
     if fields["every_epochs"] > 0:
       periodic.add(name)
   if config.select_metric and config.select_on not in periodic:
@@ -188,7 +188,7 @@ def _evaluator_problems(config) -> list[str]:
   return problems
 
 
-def _evaluator_value_problems(key: str, fields: dict, size: int) -> list[str]:
+def _evaluator_value_problems(key: str, fields: dict, input_config) -> list[str]:
   problems = _choice(f"{key[len('config.'):]}.tta", fields["tta"], tta.NAMES)
   if not fields["split"]:
     problems.append(f"{key}.split is empty: name a split of the data set (e.g. 'test').")
@@ -200,7 +200,8 @@ def _evaluator_value_problems(key: str, fields: dict, size: int) -> list[str]:
   if fields["data_dir"] and not fields["dataset"]:
     problems.append(f"{key}.data_dir is set without {key}.dataset: name the data set it holds.")
   if fields["pp"]:
-    problems += _pipeline_problems(f"{key}.pp", fields["pp"], size)
+    problems += _pipeline_problems(f"{key}.pp", config_lib.evaluator_pp(fields["pp"], input_config.eval_pp),
+                                   input_config.size)
   return problems
 
 

@@ -260,3 +260,14 @@ def test_a_report_that_cannot_be_written_leaves_the_previous_one_and_names_its_f
   monkeypatch.undo()
   evaluate.write_whole(str(path), '{"accuracy": 0.25}')
   assert json.loads(path.read_text())["accuracy"] == 0.25 and os.listdir(tmp_path) == ["eval_results.json"]
+
+
+def test_an_evaluators_pipeline_follows_the_runs_eval_pp_it_names():
+  """DAN's synthetic occlusion evaluators copied input.eval_pp when the config was made: overridden on the command
+  line, the test split ran the new preprocessing and the occluded ones the old, with no warning."""
+  config = get_config("configs/dan.py:synthetic,occlusion=yes")
+  config.input.eval_pp = "resize({size})|normalize('half')"
+  specs = evaluate.evaluator_specs(config)
+  assert specs["occluded_mouth"].config.input.eval_pp == (
+      "occlude('mouth', geometry='synthetic')|resize({size})|normalize('half')")
+  assert specs["test"].config.input.eval_pp == config.input.eval_pp
