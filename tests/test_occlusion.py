@@ -7,6 +7,7 @@ from PIL import Image, ImageDraw
 import pytest
 
 from fer_jax.data import augment
+from fer_jax.data.augment import occlusion
 from fer_jax.data import synthetic_faces
 from helpers import run_pipeline
 
@@ -81,6 +82,19 @@ def test_fill_colour_and_bad_arguments():
     augment.parse("occlude('eyes', geometry='rafdb')")
   with pytest.raises(ValueError, match="lacks"):
     augment.parse("occlude('eyes', geometry={'eye_y': 0.4})")
+  outside = {**occlusion.GEOMETRIES["synthetic"], "mouth_y": 1.8, "mouth_half_width": -0.2}  # painted nothing
+  with pytest.raises(ValueError, match=r"the geometry dict's mouth_y=1.8, mouth_half_width=-0.2 place no region"):
+    augment.parse(f"occlude('mouth', geometry={outside!r})")
+  upside_down = {**occlusion.GEOMETRIES["synthetic"], "chin_y": 0.6}
+  with pytest.raises(ValueError, match=r"nose_y, mouth_y and chin_y place no region in the image: .*nose_y < mouth_y"):
+    augment.parse(f"occlude('mask', geometry={upside_down!r})")
+
+
+def test_an_rgb_fill_on_a_grey_image_is_its_grey_level():
+  """The mask's light blue (170, 205, 230) painted grey images 170, its red value."""
+  out = run_pipeline("occlude('lower_half', fill=(170, 205, 230))|to_float()", 20, np.full((20, 20, 1), 100, np.uint8))
+  grey = np.asarray(Image.new("RGB", (1, 1), (170, 205, 230)).convert("L"))[0, 0]
+  assert out.shape == (20, 20, 1) and np.all(out[-1] == grey) and np.all(out[0] == 100)
 
 
 @pytest.mark.parametrize("fill", ["(1, 2)", "300", "-1", "(0, 0, 256)", "'red'"])

@@ -39,6 +39,7 @@ GEOMETRIES = {
 }
 REGIONS = ("eyes", "mouth", "lower_half", "mask", "boxes")
 DEFAULT_FILL = {"mask": (170, 205, 230)}  # light blue; every other region black
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _geometry(geometry) -> dict:
@@ -50,6 +51,12 @@ def _geometry(geometry) -> dict:
   missing = sorted(set(GEOMETRIES["synthetic"]) - set(geometry))
   if missing:
     raise ValueError(f"occlude: the geometry dict lacks {missing}.")
+  wrong = [f"{key}={value!r}" for key, value in geometry.items() if key in GEOMETRIES["synthetic"] and not (
+      isinstance(value, (int, float)) and (0 < value <= 0.5 if "half" in key else 0 <= value <= 1))]
+  if wrong or not geometry["nose_y"] < geometry["mouth_y"] < geometry["chin_y"]:
+    raise ValueError(f"occlude: the geometry dict's {', '.join(wrong) or 'nose_y, mouth_y and chin_y'} place no region "
+                     "in the image: the *_y keys are fractions of the height in [0, 1], nose_y < mouth_y < chin_y, "
+                     "the half widths and heights fractions in (0, 0.5].")
   return geometry
 
 
@@ -60,6 +67,14 @@ def _colour(region: str, fill) -> np.ndarray:
   if len(values) not in (1, 3) or not all(isinstance(v, (int, float)) and 0 <= v <= 255 for v in values):
     raise ValueError(f"occlude: fill={fill!r} must be a grey level or an (R, G, B) triple of values in 0–255.")
   return np.asarray(fill, np.float32)
+
+
+def _fill_of(colour: np.ndarray, channels: int) -> np.ndarray:
+  """The fill of an image with `channels` channels: an (R, G, B) fill on a grey image is its grey level (ITU-R 601
+  luma, PIL's convert("L")), not its red value."""
+  if colour.size == 3 and channels == 1:
+    return np.float32(np.round(colour @ LUMA))[None]
+  return np.broadcast_to(colour, (3,))[:channels] if colour.ndim else colour
 
 
 def _box(ys, xs, top, bottom, left, right):
@@ -114,8 +129,7 @@ def occlude(region: str, geometry="synthetic", fill=None, area: float = 0.2, cou
       inside = jnp.any(jax.vmap(lambda c: _box(ys, xs, c[0], c[0] + side, c[1], c[1] + side))(corners), axis=0)
     else:
       inside = _fixed_region(region, _geometry(geometry))(ys, xs)
-    value = jnp.broadcast_to(colour, (3,))[:channels] if colour.ndim else colour
-    return jnp.where(inside[:, :, None], value, image)
+    return jnp.where(inside[:, :, None], _fill_of(colour, channels), image)
 
   _geometry(geometry)  # fail when the op is built, not when traced
   return Op(apply=apply, sample=sample, needs_uint8=True)
