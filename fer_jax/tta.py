@@ -6,7 +6,8 @@
   lhc62  LHC-Net's 60-view average, weights summing to 62 (docs/methods/lhcnet.md §1.9): the image
          with weight 3; 53 views, one per (rotation 0/±0.4 rad, x shift 0/±10 px, y shift 0/±10 px,
          flip no/yes) except the identity; 6 views of the central 90 % resized back, one per
-         (rotation 0/±0.15 rad, flip no/yes); each weight 1, divisor 62.
+         (rotation 0/±0.15 rad, flip no/yes); each weight 1, divisor 62. The shifts are the official
+         10 px at its 224² input, scaled to other sizes (10/224 of the side: 5 px at APViT's 112²).
 
 Every view is flip → central crop + bilinear resize back → translate → rotate, with the
 official code's TensorFlow semantics: `tf.image.central_crop` box, `tf.image.resize` bilinear
@@ -27,7 +28,9 @@ import numpy as np
 
 NAMES = ("none", "flip", "lhc62")
 
-# (flip, central fraction, x shift px, y shift px, rotation rad, weight), in the official order.
+# (flip, central fraction, x shift px, y shift px, rotation rad, weight), in the official order; the shifts in pixels
+# of a SHIFT_SIZE² image.
+SHIFT_SIZE = 224
 _IDENTITY = (False, 1.0, 0.0, 0.0, 0.0, 3.0)
 _LHC62 = ((_IDENTITY,)
           + tuple((flip, 1.0, dx, dy, angle, 1.0)
@@ -86,7 +89,7 @@ def tables(name: str, height: int, width: int) -> dict:
   for flip, fraction, dx, dy, angle, _ in _view_set(name):
     rows.append(_resize_table(height, fraction, False))
     cols.append(_resize_table(width, fraction, flip))
-    shifts.append(np.array([1, 0, -dx, 0, 1, -dy], np.float32))
+    shifts.append(np.array([1, 0, -dx * width / SHIFT_SIZE, 0, 1, -dy * height / SHIFT_SIZE], np.float32))
     rotations.append(_rotation(angle, height, width))
   return {"rows": np.stack(rows), "cols": np.stack(cols), "shift": np.stack(shifts),
           "rotation": np.stack(rotations)}

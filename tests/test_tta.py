@@ -136,7 +136,10 @@ def test_none_and_flip_sets():
 def test_views_match_the_official_ops(images, lhc62_views, view):
   index = [v[:5] for v in tta.VIEW_SETS["lhc62"]].index(view)
   got = np.asarray(lhc62_views[0][index])
-  want = np.stack([np_view(image.astype(np.float64), *view) for image in images])
+  flip, fraction, dx, dy, angle = view
+  _, height, width, _ = images.shape  # the official shifts are of 224² images, scaled to these
+  want = np.stack([np_view(image.astype(np.float64), flip, fraction, dx * width / 224, dy * height / 224, angle)
+                   for image in images])
   if view[1:] == (1.0, 0.0, 0.0, 0.0):
     np.testing.assert_array_equal(got, want)
   else:
