@@ -18,7 +18,8 @@ EVALUATOR_DEFAULTS = {
     "dataset": "",            # a TFDS builder name ("" = config.dataset.name); classes are mapped by name
     "data_dir": "",           # "" = config.dataset.data_dir
     "split": "test",
-    "image_size": 0,          # side the host decodes images to (0 = config.dataset.image_size)
+    "image_size": 0,          # side the host decodes images to (0 = config.dataset.image_size; for another data
+                              # set than the run's, its own fixed size, if it has one)
     "pp": "",                 # device pipeline string ("" = config.input.eval_pp; EVAL_PP in it stands for it)
     "tta": "none",            # fer_jax.tta.NAMES; reported beside the single pass
     "every_epochs": 0,        # also evaluate every N epochs during training (0 = only in the final report)

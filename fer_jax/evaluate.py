@@ -49,12 +49,13 @@ class Spec:
   every_epochs: int
   skip_if_missing: bool
   dataset_key: str  # the config key that named the data set, for messages
+  decoded_as_stored: bool = False  # another data set than the run's, no image_size given (pipeline.stored_shape)
 
   @property
   def split_identity(self) -> tuple:
     """Evaluators with equal identities read the same decoded images."""
     dataset = self.config.dataset
-    return (dataset.name, dataset.data_dir, dataset.image_size, self.split)
+    return (dataset.name, dataset.data_dir, dataset.image_size, self.split, self.decoded_as_stored)
 
   @property
   def images_identity(self) -> tuple:
@@ -107,7 +108,9 @@ def _spec(config, name: str, fields) -> Spec:
                           image_size=fields.image_size or config.dataset.image_size)
   resolved.input.eval_pp = config_lib.evaluator_pp(fields.pp, config.input.eval_pp)
   dataset_key = f"evals.{name}.dataset" if fields.dataset else "dataset.name"
-  return Spec(name, resolved, fields.split, fields.tta, fields.every_epochs, fields.skip_if_missing, dataset_key)
+  as_stored = fields.dataset not in ("", config.dataset.name) and not fields.image_size
+  return Spec(name, resolved, fields.split, fields.tta, fields.every_epochs, fields.skip_if_missing, dataset_key,
+              as_stored)
 
 
 def class_mapping(split) -> dict:
@@ -359,7 +362,7 @@ class Evaluators:
         self._data[inputs] = self._splits[split].with_pipeline(spec.config, spec.pp_key)
       else:
         self._data[inputs] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key,
-                                               spec.split_config_key, spec.dataset_key)
+                                               spec.split_config_key, spec.dataset_key, spec.decoded_as_stored)
         self._splits[split] = self._data[inputs]
     return self._data[inputs]
 

@@ -219,14 +219,18 @@ def epoch_indices(split: Split, sampler: str, seed: int, epoch: int, repeat_thre
 CACHE_MODES = ("auto", "none", "host", "device")
 
 
-def stored_shape(config, split: Split) -> tuple[int, int, int]:
+def stored_shape(config, split: Split, as_stored: bool = False) -> tuple[int, int, int]:
   """The (height, width, channels) every image is decoded to on the host.
 
   `config.dataset.image_size` when set; else the data set's fixed image size; else (sizes
-  vary) the first image's, which the log names.
+  vary) the first image's, which the log names. `as_stored` (an evaluator on another data set than
+  the run's): the data set's fixed image size before `config.dataset.image_size`, the run's set's: FERPlus'
+  48² faces were decoded at RAF-DB's 100², then resized to the model's input.
   """
   height, width, channels = split.image_shape
   channels = channels or 3
+  if as_stored and height and width:
+    return (height, width, channels)
   if config.dataset.image_size:
     return (config.dataset.image_size, config.dataset.image_size, channels)
   if height and width:
@@ -514,7 +518,7 @@ class EvalData:
   the split and the data set came from, for error messages."""
 
   def __init__(self, config, mesh, split_name: str, pp_key: str = "input.eval_pp",
-               split_key: str = "dataset.eval_split", dataset_key: str = "dataset.name"):
+               split_key: str = "dataset.eval_split", dataset_key: str = "dataset.name", as_stored: bool = False):
     self.config = config
     self.mesh = mesh
     self.split = load_split(config, split_name, evaluation=True, split_key=split_key, dataset_key=dataset_key)
@@ -532,7 +536,7 @@ class EvalData:
                    "devices.", split_name, self.global_batch, config.eval_batch_size, devices)
     self.local_batch = self.global_batch // jax.process_count()
     self.num_batches = max(1, math.ceil(len(self.records) / self.global_batch))
-    self.shape = stored_shape(config, self.split)
+    self.shape = stored_shape(config, self.split, as_stored)
     self.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, pp_key)
     self.workers = num_workers(config)
     self.decoder = decode.Decoder(self.split.source, self.shape)
