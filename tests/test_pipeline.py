@@ -149,12 +149,11 @@ def test_a_training_split_smaller_than_a_batch_names_the_batch_and_max_per_class
 
 
 def test_a_pipeline_that_fails_only_when_traced_fails_when_its_data_is_opened():
-  """Errors that parsing cannot see (here a geometry value that is not a number) stop before any
+  """Errors that parsing cannot see (here a normalisation of two channels on three) stop before any
   work, naming the evaluator's key, not in the final report's eval step."""
   config = _config()
-  geometry = {**augment.occlusion.GEOMETRIES["synthetic"], "mouth_y": "low"}
-  config.input.eval_pp = f"occlude('mouth', geometry={geometry})|to_float()"
-  with pytest.raises(pipeline.DataError, match="^config.evals.mouth.pp: unsupported operand"):
+  config.input.eval_pp = "normalize(mean=(0.5, 0.5), std=(0.5, 0.5))"
+  with pytest.raises(pipeline.DataError, match="^config.evals.mouth.pp: Incompatible shapes for broadcasting"):
     pipeline.EvalData(config, mesh_lib.make_mesh(), "test", "evals.mouth.pp")
 
 
