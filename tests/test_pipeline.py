@@ -10,7 +10,6 @@ import tensorflow_datasets as tfds
 from fer_jax import config_lib
 from fer_jax import inference
 from fer_jax import mesh as mesh_lib
-from fer_jax.data import augment
 from fer_jax.data import builder_utils
 from fer_jax.data import decode
 from fer_jax.data import pipeline
