@@ -68,6 +68,9 @@ def manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointMan
   save the same step at once, and with one name the second save's barrier fails on several hosts.
   The folder is made by the first save, so a run its config stops leaves none behind."""
   directory = os.path.abspath(directory)
+  if os.path.exists(directory) and not os.path.isdir(directory):  # else found only by the first save
+    raise CheckpointError(f"{directory} is a file, not a folder of checkpoints: move it away, or pass another "
+                          "--workdir.")
   _write_arrays_whole()
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=False, cleanup_tmp_directories=True,

@@ -193,6 +193,14 @@ def test_resume_from_a_step_without_its_meta_record_names_the_step_to_delete(tmp
     checkpointing.restore_state(checkpoints, 2, _abstract_state(_config()), _config())
 
 
+def test_a_file_where_the_checkpoints_folder_goes_is_named_before_training(tmp_path):
+  """It was found by the first save, an epoch of training later."""
+  (tmp_path / "checkpoints").write_text("notes")
+  with pytest.raises(checkpointing.CheckpointError, match=re.escape(
+      f"{tmp_path}/checkpoints is a file, not a folder of checkpoints: move it away, or pass another --workdir.")):
+    train.TrainingRun(tiny_run(get_config("configs/dan.py:synthetic")), str(tmp_path))
+
+
 def test_restore_model_reads_only_params_and_batch_stats(tmp_path, monkeypatch):
   """eval, predict and init_from keep the weights: Adam's moments (2× the params) are not read."""
   config = _config(name="adam")
