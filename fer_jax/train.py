@@ -531,19 +531,30 @@ def training_lock(workdir: str):
   if jax.process_index() != 0:
     yield
     return
+  created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
-  with open(path, "a+") as lock:
-    try:
-      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      lock.seek(0)
-      raise UserError(f"Another training runs in {os.path.abspath(workdir)} ({lock.read().strip() or 'its process unknown'}, "
-                      f"holding {LOCK_FILE}): wait for it to end or stop it, or pass another --workdir.") from None
-    except OSError as error:  # a file system without locks
-      logging.warning("Cannot lock %s (%s): make sure no other training uses this workdir.", path, error.strerror)
-    else:
-      lock.truncate(0)
-      lock.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-      lock.flush()
-    yield
+  try:
+    with open(path, "a+") as lock:
+      _lock(lock, path, workdir)
+      yield
+  finally:
+    if created and os.listdir(workdir) == [LOCK_FILE]:  # a run its config stopped leaves no workdir behind
+      os.remove(path)
+      os.rmdir(workdir)
+
+
+def _lock(lock, path: str, workdir: str) -> None:
+  """Takes the lock of the open lock file `lock` and writes who holds it, or raises naming the holder."""
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.seek(0)
+    raise UserError(f"Another training runs in {os.path.abspath(workdir)} ({lock.read().strip() or 'its process unknown'}, "
+                    f"holding {LOCK_FILE}): wait for it to end or stop it, or pass another --workdir.") from None
+  except OSError as error:  # a file system without locks
+    logging.warning("Cannot lock %s (%s): make sure no other training uses this workdir.", path, error.strerror)
+  else:
+    lock.truncate(0)
+    lock.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    lock.flush()

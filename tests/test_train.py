@@ -510,6 +510,11 @@ def test_a_second_training_in_a_workdir_stops_at_once_naming_the_first(tmp_path)
   assert not os.path.exists(tmp_path / "checkpoints")
   with train.training_lock(str(tmp_path)):  # released when the first ends
     pass
+  config = short_dan_run()
+  config.batch_size = 0
+  with pytest.raises(ConfigError):  # a run its config stops leaves no workdir behind
+    train.train_and_evaluate(config, str(tmp_path / "new"))
+  assert not os.path.exists(tmp_path / "new")
 
 
 @pytest.mark.integration
