@@ -448,7 +448,7 @@ def test_a_resumed_run_whose_best_epoch_is_lost_says_so(tmp_path, straight, capl
   resumed = tmp_path / "resumed"
   shutil.copytree(straight, resumed, ignore=shutil.ignore_patterns("8"))  # resumed at step 6, in epoch 2
   with caplog.at_level(logging.WARNING):
-    train.TrainingRun(config, str(resumed))
+    train.TrainingRun(config, str(resumed)).writer.close()
   assert (f"{resumed}/best holds no best epoch, though the run evaluated eval until epoch 1: its best epoch is "
           "chosen from epoch 2 only. Put the run's best/ folder back") in caplog.text
 
@@ -573,7 +573,10 @@ def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, str
     checkpointing.restore_model(str(killed), abstract)
     if moment == "save":  # the killed save's temporary folder is deleted when the next run opens its checkpoints
       assert _unfinished_saves(killed), os.listdir(killed / "checkpoints")
-      checkpointing.manager(str(killed / "checkpoints"))
+      checkpointing.manager(str(killed / "checkpoints"))  # which deletes it in a thread of its own
+      deadline = time.monotonic() + 30
+      while _unfinished_saves(killed) and time.monotonic() < deadline:
+        time.sleep(0.05)
       assert not _unfinished_saves(killed), os.listdir(killed / "checkpoints")
   result = _main(*args(killed))
   assert result.returncode == 0, result.stderr[-3000:]
