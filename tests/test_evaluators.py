@@ -75,12 +75,10 @@ def test_seven_class_model_on_ferplus_leaves_contempt_out(fixture_sets):
   data_dir, _ = fixture_sets
   config = _config(data_dir, "sfew/aligned", "validation", "sfew",
                    ferplus=dict(dataset="ferplus/plurality", split="train", pp="gray_to_rgb()|resize({size})|to_float()"))
-  config.eval_batch_size = 64
   evaluator = evaluate.Evaluators(Constant(7), config, mesh_lib.make_mesh())
   results = evaluator(_predicting(labels.NEUTRAL, "sfew"), "ferplus")
   # Decoded as stored, 48², not at the run's dataset.image_size (8): the eval pipeline resizes once, as the set's own.
   assert evaluator.data("ferplus").shape == (48, 48, 1) and evaluator.data("eval").shape == (8, 8, 3)
-  assert evaluator.data("ferplus").global_batch == 4  # its 4 images, not padded to eval_batch_size's 64
   # The fixture's plurality labels in its train split, by FERPlus class name.
   ferplus_names = labels.CLASS_ORDERS["ferplus"]
   train_labels = [ferplus_names[label] for name, label in fx.FERPLUS_LABELS["plurality"].items()

@@ -530,12 +530,10 @@ class EvalData:
                       "images of the model's classes.")
     # Padding is masked, so any batch works: rounded up to fill every device.
     devices = mesh.devices.size
-    # A split smaller than a batch (RAF-DB's pose and occlusion lists) is one batch of its own size, not padded.
-    self.global_batch = -(-min(config.eval_batch_size, len(self.records)) // devices) * devices
+    self.global_batch = -(-config.eval_batch_size // devices) * devices
     if self.global_batch != config.eval_batch_size:
-      logging.info("Evaluating %s (%d images) in batches of %d: config.eval_batch_size %d, at most the split, rounded "
-                   "up to a multiple of the %d devices.", split_name, len(self.records), self.global_batch,
-                   config.eval_batch_size, devices)
+      logging.info("Evaluating %s in batches of %d: config.eval_batch_size %d rounded up to a multiple of the %d "
+                   "devices.", split_name, self.global_batch, config.eval_batch_size, devices)
     self.local_batch = self.global_batch // jax.process_count()
     self.num_batches = max(1, math.ceil(len(self.records) / self.global_batch))
     self.shape = stored_shape(config, self.split, as_stored)
