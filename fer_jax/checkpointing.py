@@ -182,7 +182,6 @@ def save_errors(checkpoints: ocp.CheckpointManager):
   try:
     yield
   except (OSError, ValueError) as e:
-    stopping.stop_if_held()
     complete = checkpoints.all_steps(read=True)
     kept = (f"the newest complete checkpoint, {os.path.join(checkpoints.directory, str(max(complete)))}, is intact"
             if complete else "no complete checkpoint was written yet")
@@ -225,11 +224,7 @@ def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_stat
   told apart from damaged files, which alone call for deleting. Returns (restore target, its rewrapping)."""
   step_directory = os.path.join(checkpoints.directory, str(step))
   if config is not None:
-    if not _meta(step_directory):
-      raise CheckpointError(f"{step_directory} has no meta record ({META_FILE}), which a training saves with every "
-                            f"step: the checkpoint is incomplete and cannot be checked against this config; "
-                            f"{_newest_step_fix(checkpoints, step)}.")
-    _check_continues(step_directory, config, steps_per_epoch)
+    _check_continues(step_directory, config, steps_per_epoch, _newest_step_fix(checkpoints, step))
   with _newest_step_read_errors(checkpoints, step):
     saved = _saved_tree(os.path.join(step_directory, "state"))
     target, rewrap = _unclipped_target(saved, abstract_state)
@@ -272,11 +267,14 @@ def _newest_step_fix(checkpoints: ocp.CheckpointManager, step: int) -> str:
                f"{os.path.dirname(checkpoints.directory)} or pass a new --workdir")
 
 
-def _check_continues(step_directory: str, config, steps_per_epoch: int | None) -> None:
+def _check_continues(step_directory: str, config, steps_per_epoch: int | None, damaged_fix: str) -> None:
   """The run saved in `step_directory` must be of the config's model, classes and inputs, and its step counter
   must count the config's epochs (its global batch and steps per epoch) and train as it did
-  (`config_lib.resume_differences`)."""
+  (`config_lib.resume_differences`). A step without its meta record is incomplete: `damaged_fix`."""
   meta, run = _meta(step_directory), os.path.dirname(os.path.dirname(step_directory))
+  if not meta:
+    raise CheckpointError(f"{step_directory} has no meta record ({META_FILE}), which a training saves with every "
+                          f"step: the checkpoint is incomplete and cannot be checked against this config; {damaged_fix}.")
   if "model" in meta:
     check_identity(meta, f"The run in {run}", config.model, labels.class_names(config.dataset.class_order),
                    config.input)
@@ -296,7 +294,7 @@ def _check_continues(step_directory: str, config, steps_per_epoch: int | None) -
         + ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in changed) + cosine
         + ". A resumed run continues the same training (its checkpoints are left as they are): resume with "
         + " ".join(config_lib.override(key, saved) for key, _, saved in changed) + f", {new_run}")
-  allowed = config_lib.differences(meta.get("config", {}), config, config_lib.NOT_OF_THE_TRAINING)
+  allowed = config_lib.differences(meta.get("config", {}), config, config_lib.NOT_OF_THE_TRAINING, unshared="evals.")
   if allowed:
     logging.info("Resuming %s with settings changed since step %s was saved: %s.", run, os.path.basename(step_directory),
                  ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in allowed))

@@ -20,7 +20,7 @@ EVALUATOR_DEFAULTS = {
     "split": "test",
     "image_size": 0,          # side the host decodes images to (0 = config.dataset.image_size; for another data
                               # set than the run's, its own fixed size, if it has one)
-    "pp": "",                 # device pipeline string ("" = config.input.eval_pp; EVAL_PP in it stands for it)
+    "pp": "",                 # device pipeline string ("" = config.input.eval_pp, which "{eval_pp}" in it stands for)
     "tta": "none",            # fer_jax.tta.NAMES; reported beside the single pass
     "every_epochs": 0,        # also evaluate every N epochs during training (0 = only in the final report)
     "skip_if_missing": False,  # a split the prepared set lacks is skipped with a warning instead of an error

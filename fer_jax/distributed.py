@@ -192,6 +192,21 @@ TOKEN_WAIT_S = 5  # how long a process looks for process 0's file: a network fil
 _exchanges = itertools.count()
 
 
+def raise_process_zeros_error(message: str) -> None:
+  """Raises process 0's user error `message` ("" for none; the other processes give "") on every process together:
+  the others would go on into the run and lose process 0 in their first collective."""
+  if jax.process_count() > 1:
+    _together(process_zeros_error_check, message, _gather_strings)
+  elif message:
+    raise UserError(message)
+
+
+def process_zeros_error_check(message: str, gather) -> None:
+  """raise_process_zeros_error on one process; `gather(name, text)` returns every process's text for `name`."""
+  if zero := gather("process 0's error", message)[0]:
+    raise UserError(zero)
+
+
 def check_shared_workdir(workdir: str) -> None:
   """Stops every process unless each one's --workdir is the folder process 0's is (the path may be spelled
   differently per host): process 0 creates it and writes a file with a random name there, then every process

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
+from fer_jax import distributed
 from fer_jax import errors
 from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
@@ -526,35 +527,38 @@ LOCK_FILE = ".training.lock"  # in a workdir: which process trains there
 @contextlib.contextmanager
 def training_lock(workdir: str):
   """One training at a time in a workdir: process 0 holds a lock on workdir/LOCK_FILE while it trains (released
-  however it ends, a kill too). Two runs saved the same steps over each other, and each deleted the other's saves
-  under way as a killed run's leftovers, then both failed blaming the disk."""
+  however it ends, a kill too), and every process stops if another run holds it. Two runs saved the same steps over
+  each other, and each deleted the other's saves under way as a killed run's leftovers, then both failed blaming the
+  disk. flock locks are seen by runs on the same host, or on a file system that shares them (NFS)."""
   if jax.process_index() != 0:
+    distributed.raise_process_zeros_error("")
     yield
     return
   created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
-  try:
-    with open(path, "a+") as lock:
-      _lock(lock, path, workdir)
+  with open(path, "a+") as lock:
+    distributed.raise_process_zeros_error(_lock(lock, path, workdir))
+    try:
       yield
-  finally:
-    if created and os.listdir(workdir) == [LOCK_FILE]:  # a run its config stopped leaves no workdir behind
-      os.remove(path)
-      os.rmdir(workdir)
+    finally:
+      if created and os.listdir(workdir) == [LOCK_FILE]:  # a run its config stopped leaves no workdir behind
+        os.remove(path)
+        os.rmdir(workdir)
 
 
-def _lock(lock, path: str, workdir: str) -> None:
-  """Takes the lock of the open lock file `lock` and writes who holds it, or raises naming the holder."""
+def _lock(lock, path: str, workdir: str) -> str:
+  """Takes the lock of the open lock file `lock` and writes who holds it; else the error naming the holder."""
   try:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
     lock.seek(0)
-    raise UserError(f"Another training runs in {os.path.abspath(workdir)} ({lock.read().strip() or 'its process unknown'}, "
-                    f"holding {LOCK_FILE}): wait for it to end or stop it, or pass another --workdir.") from None
+    return (f"Another training runs in {os.path.abspath(workdir)} ({lock.read().strip() or 'its process unknown'}, "
+            f"holding {LOCK_FILE}): wait for it to end or stop it, or pass another --workdir.")
   except OSError as error:  # a file system without locks
     logging.warning("Cannot lock %s (%s): make sure no other training uses this workdir.", path, error.strerror)
-  else:
-    lock.truncate(0)
-    lock.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    lock.flush()
+    return ""
+  lock.truncate(0)
+  lock.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+  lock.flush()
+  return ""

@@ -250,13 +250,18 @@ def test_a_report_that_cannot_be_written_leaves_the_previous_one_and_names_its_f
   """A full disk left eval_results.json empty (written in place) and said "No space left on device", naming no file."""
   path = tmp_path / "eval_results.json"
   path.write_text('{"accuracy": 0.5}')
-  full_disk = lambda file, mode="r": open("/dev/full" if "w" in mode else file, mode)  # noqa: E731
+  def full_disk(file, mode="r"):  # opens (and so truncates) the file written, whose writes then fail
+    if "w" not in mode:
+      return open(file, mode)
+    open(file, mode).close()
+    return open("/dev/full", mode)
+
   monkeypatch.setattr(evaluate, "open", full_disk, raising=False)
   with pytest.raises(OSError) as error:
     evaluate.write_report({"accuracy": 0.25, "evaluators": {}}, str(tmp_path))
+  assert path.read_text() == '{"accuracy": 0.5}' and os.listdir(tmp_path) == ["eval_results.json"]
   assert cli.describe(error.value) == (f"No space left on device: {path} (the disk is full: free space or choose "
                                        "another location; earlier checkpoints are kept).")
-  assert path.read_text() == '{"accuracy": 0.5}' and os.listdir(tmp_path) == ["eval_results.json"]
   monkeypatch.undo()
   evaluate.write_whole(str(path), '{"accuracy": 0.25}')
   assert json.loads(path.read_text())["accuracy"] == 0.25 and os.listdir(tmp_path) == ["eval_results.json"]

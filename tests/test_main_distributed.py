@@ -182,6 +182,17 @@ def test_every_process_refuses_configs_that_differ_naming_the_keys(monkeypatch):
   assert all("--mode: \"train\" on process 0, \"eval\" on process 1" in str(outcome) for outcome in outcomes)
 
 
+def test_a_user_error_of_process_0_is_raised_on_every_process():
+  """The workdir lock is process 0's: another run holding it stopped process 0 alone, and the others went on into
+  the run to lose it in their first collective (exit 75, 'another process stopped or died')."""
+  processes = _Processes(2)
+  message = "Another training runs in /w (process 7 on host, since …, holding .training.lock): wait for it …"
+  outcomes = processes.run(distributed.process_zeros_error_check, [(message, processes.gather), ("", processes.gather)])
+  assert [type(outcome) for outcome in outcomes] == [UserError, UserError]
+  assert str(outcomes[0]) == str(outcomes[1]) == message
+  assert processes.run(distributed.process_zeros_error_check, [("", processes.gather)] * 2) == [None, None]
+
+
 def _check_workdirs(workdirs: list) -> list:
   """What shared_workdir_check raised (or None) on each of len(workdirs) processes (threads)."""
   processes = _Processes(len(workdirs))

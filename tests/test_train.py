@@ -503,12 +503,14 @@ def test_a_signal_after_the_last_steps_check_lets_its_save_finish_and_stops_befo
 def test_a_second_training_in_a_workdir_stops_at_once_naming_the_first(tmp_path):
   """Two trainings in one workdir both trained to the end, then failed, each save's temporary folder deleted by the
   other run's manager as a killed run's leftovers ("Save failed … Free space or fix the folder")."""
-  with train.training_lock(str(tmp_path)):
-    with pytest.raises(UserError, match=rf"^Another training runs in {tmp_path} \(process {os.getpid()} on .*, since "
+  workdir = tmp_path / "run"
+  with train.training_lock(str(workdir)):
+    with pytest.raises(UserError, match=rf"^Another training runs in {workdir} \(process {os.getpid()} on .*, since "
                        r".*, holding \.training\.lock\): wait for it to end or stop it, or pass another --workdir\.$"):
-      train.train_and_evaluate(short_dan_run(), str(tmp_path))
-  assert not os.path.exists(tmp_path / "checkpoints")
-  with train.training_lock(str(tmp_path)):  # released when the first ends
+      train.train_and_evaluate(short_dan_run(), str(workdir))
+    assert os.listdir(workdir) == [".training.lock"]  # the refused run leaves the first's lock and workdir alone
+  assert not os.path.exists(workdir)  # made by the first, which stopped before training: nothing left behind
+  with train.training_lock(str(workdir)):  # released when the first ended
     pass
   config = short_dan_run()
   config.batch_size = 0
@@ -571,9 +573,8 @@ def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, str
     assert under_way or moment != "save", "no save was seen under way to kill the run in: " + log.read_text()[-3000:]
     # The newest complete step restores (names, shapes, values) whatever the kill interrupted.
     checkpointing.restore_model(str(killed), abstract)
-    if moment == "save":  # the killed save's temporary folder is deleted when the next run opens its checkpoints
-      assert _unfinished_saves(killed), os.listdir(killed / "checkpoints")
-      checkpointing.manager(str(killed / "checkpoints"))  # which deletes it in a thread of its own
+    if _unfinished_saves(killed):  # the killed save's folder (unless renamed complete before the kill landed) is
+      checkpointing.manager(str(killed / "checkpoints"))  # deleted when the next run opens, in a thread of its own
       deadline = time.monotonic() + 30
       while _unfinished_saves(killed) and time.monotonic() < deadline:
         time.sleep(0.05)
