@@ -222,10 +222,10 @@ def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_stat
   """Checks, reading no array, that the saved state has the structure and shapes `abstract_state` (what this run's
   config builds) has and (with `config`, `steps_per_epoch`) that `config` continues the run: a changed config is
   told apart from damaged files, which alone call for deleting. Returns (restore target, its rewrapping)."""
-  step_directory = os.path.join(checkpoints.directory, str(step))
+  step_directory, damaged_fix = os.path.join(checkpoints.directory, str(step)), _newest_step_fix(checkpoints, step)
   if config is not None:
-    _check_continues(step_directory, config, steps_per_epoch, _newest_step_fix(checkpoints, step))
-  with _newest_step_read_errors(checkpoints, step):
+    _check_continues(step_directory, config, steps_per_epoch, damaged_fix)
+  with read_errors(f"the checkpoint {step_directory}", damaged_fix):
     saved = _saved_tree(os.path.join(step_directory, "state"))
     target, rewrap = _unclipped_target(saved, abstract_state)
     _check_same_state(saved, target, step_directory)

@@ -44,14 +44,14 @@ _held: list[str] = []
 def _stop_outside_steps(signum, frame):
   del frame
   name = signal.Signals(signum).name
-  several = jax.distributed.is_initialized()
-  if _held and (several or _in_event_loop()):
+  several, in_event_loop = jax.distributed.is_initialized(), _in_event_loop()
+  if _held and (several or in_event_loop):
     os._exit(128 + signum)
   _held.append(name)
   if several:
     logging.warning("%s received outside the training steps: held until every process of the run stops with this "
                     "one at a saved step (send it again to exit at once, unsaved).", name)
-  elif _in_event_loop():
+  elif in_event_loop:
     logging.warning("%s received: stopping once the checkpoint being read or written is complete (send it again to "
                     "exit at once).", name)
   else:

@@ -438,18 +438,14 @@ class TrainingRun:
     in the next step's collectives for it. So they agree (agreed_signal), but only after the steps
     the host waits for anyway (logged or saved ones), adding no wait to the others: on several
     processes a stop may come up to log_every_steps steps after the signal."""
-    if jax.process_count() == 1:
-      return signals.received
-    if self.progress.due(self.step) or self.checkpoint_due():
-      return stopping.agreed_signal(signals.received)
+    if jax.process_count() == 1 or self.progress.due(self.step) or self.checkpoint_due():
+      return self.signal_received(signals)
     return None
 
-  def signal_after_the_steps(self, signals: stopping.StopSignals) -> str | None:
-    """A signal that arrived after the last step's `stop_signal` (during its evaluation or save), on any process:
-    the run stops before its report, which a restart makes."""
-    if jax.process_count() == 1:
-      return signals.received
-    return stopping.agreed_signal(signals.received)
+  @staticmethod
+  def signal_received(signals: stopping.StopSignals) -> str | None:
+    """This process's signal; on several processes, the one they agree on (a collective: every process calls it)."""
+    return signals.received if jax.process_count() == 1 else stopping.agreed_signal(signals.received)
 
   def wait_for_saves(self) -> None:
     checkpointing.wait_until_saved(self.checkpoints)
@@ -478,7 +474,7 @@ class TrainingRun:
           if stop:
             break
         self.wait_for_saves()
-        if late_signal := self.signal_after_the_steps(signals):
+        if late_signal := self.signal_received(signals):  # after the last step's check: stopped before the report
           self.stop_for(late_signal)
       report = self.report()
     finally:
