@@ -200,9 +200,18 @@ def _evaluator_value_problems(key: str, fields: dict, input_config) -> list[str]
   if fields["data_dir"] and not fields["dataset"]:
     problems.append(f"{key}.data_dir is set without {key}.dataset: name the data set it holds.")
   if fields["pp"]:
-    problems += _pipeline_problems(f"{key}.pp", config_lib.evaluator_pp(fields["pp"], input_config.eval_pp),
-                                   input_config.size)
+    problems += (_eval_pp_placement_problems(f"{key}.pp", fields["pp"]) or
+                 _pipeline_problems(f"{key}.pp", config_lib.evaluator_pp(fields["pp"], input_config.eval_pp),
+                                    input_config.size))
   return problems
+
+
+def _eval_pp_placement_problems(key: str, pp: str) -> list[str]:
+  """"{eval_pp}" stands for whole stages: inside an op's arguments the run's pipeline would break their quoting."""
+  if pp.count(config_lib.EVAL_PP) == augment.split_stages(pp).count(config_lib.EVAL_PP):
+    return []
+  return [f"{key}={pp!r}: {config_lib.EVAL_PP} stands for the run's whole input.eval_pp, a stage of its own "
+          f"between '|' (e.g. \"occlude('mouth')|{config_lib.EVAL_PP}\"), not a value inside an op's arguments."]
 
 
 def _pipeline_problems(key: str, text: str, size: int) -> list[str]:

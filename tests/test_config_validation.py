@@ -220,6 +220,17 @@ def test_pipelines_are_checked_op_by_op_with_their_keys():
   assert "config.evals.bright.pp: occlude: fill=300 must be" in message
 
 
+def test_eval_pp_placeholder_inside_an_ops_arguments_is_refused_naming_where_it_goes():
+  """Substituted inside quotes, APViT's eval_pp (its own quotes) broke them: a parse error quoting text never written."""
+  config = get_config("configs/apvit.py:synthetic")
+  config.evals = {"nested": config_lib.evaluator(pp="random_apply(1.0, '{eval_pp}')"),
+                  "stage": config_lib.evaluator(pp="gray_to_rgb() | {eval_pp}")}
+  message = _problems(config, training=False)
+  assert ("config.evals.nested.pp=\"random_apply(1.0, '{eval_pp}')\": {eval_pp} stands for the run's whole "
+          "input.eval_pp, a stage of its own between '|'") in message
+  assert "cv2_bilinear" not in message and "evals.stage" not in message
+
+
 @pytest.mark.parametrize("data", ["rafdb", "affectnet7", "affectnet8"])
 def test_dan_occlusion_option_is_refused_where_it_would_add_nothing(data):
   with pytest.raises(ValueError, match=f"occlusion=yes applies to 'synthetic' only .*, not '{data}': drop it"):

@@ -8,6 +8,7 @@ occluders placed from the face geometry, for robustness evaluation).
 
 from fer_jax.data.augment import basic, color, geometry, occlusion  # noqa: F401  (register the ops)
 from fer_jax.data.augment.core import (OPS, Op, Pipeline, evaluation_keys, example_keys, parse, quantize, register,
-                                      with_size)
+                                      split_stages, with_size)
 
-__all__ = ["OPS", "Op", "Pipeline", "evaluation_keys", "example_keys", "parse", "quantize", "register", "with_size"]
+__all__ = ["OPS", "Op", "Pipeline", "evaluation_keys", "example_keys", "parse", "quantize", "register", "split_stages",
+           "with_size"]

@@ -159,14 +159,14 @@ def parse(text: str, size: int | None = None, uint8: bool = True) -> Pipeline:
   if size is not None:
     text = with_size(text, size)
   steps = []
-  for part in _split_top_level(text):
+  for part in split_stages(text):
     name, op, arguments = _parse_op(part, uint8)
     uint8 = uint8 and not op.ends_uint8
     steps.append(Step(name, op, rounds=uint8, arguments=arguments, call=part))
   return Pipeline(text, steps)
 
 
-def _split_top_level(text: str) -> list[str]:
+def split_stages(text: str) -> list[str]:
   """Splits at "|" outside quotes and parentheses, so nested pipelines stay whole."""
   parts, current, depth, quote = [], [], 0, None
   for char in text:
