@@ -302,7 +302,8 @@ def markdown(report: dict, examples: dict) -> str:
             "| evaluator | " + " | ".join(class_names) + " |", "|---|" + "---:|" * len(class_names)]
   for name, r in evaluators.items():
     lines.append(f"| {name} | " + " | ".join(_percent(r["per_class_accuracy"][c]) for c in class_names) + " |")
-  lines += ["", "Preprocessing:", ""] + [f"* {name}: `{r['pp']}`" for name, r in evaluators.items()]
+  lines += ["", "Preprocessing (on the device, of the images the host decoded):", ""] + [
+      f"* {name}: `{r['pp']}` of {r['decoded_size'][0]}×{r['decoded_size'][1]}" for name, r in evaluators.items()]
   for name, r in evaluators.items():
     mapping = r["class_mapping"]
     if mapping["excluded_examples"] or mapping["model_classes_absent"]:
@@ -377,7 +378,7 @@ class Evaluators:
     results = metrics(confusion, eval_data.split.class_names)
     return {**results, "evaluator": name, "split": spec.split, "dataset": spec.config.dataset.name,
             "model": self.config.model.name, "pp": augment.with_size(spec.config.input.eval_pp, spec.config.input.size),
-            "class_mapping": class_mapping(eval_data.split)}
+            "decoded_size": list(eval_data.shape[:2]), "class_mapping": class_mapping(eval_data.split)}
 
   def steps(self) -> list[watched_step.WatchedStep]:
     """The steps built so far (each compiles once: one per preprocessing, stored shape and TTA)."""

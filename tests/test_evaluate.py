@@ -133,7 +133,7 @@ def test_a_long_evaluation_logs_its_progress(monkeypatch, caplog):
 def _one_evaluators_results():
   """An evaluator's results (7 of 8 right) and its example inputs, as write_report takes them."""
   results = {**evaluate.metrics(np.array([[3, 1], [0, 4]]), ("x", "y")), "dataset": "d", "split": "s", "pp": "p",
-             "class_mapping": {"excluded_examples": {}, "model_classes_absent": []}}
+             "decoded_size": [8, 8], "class_mapping": {"excluded_examples": {}, "model_classes_absent": []}}
   return results, np.zeros((2, 8, 8, 3), np.uint8)
 
 
@@ -147,6 +147,7 @@ def test_report_files(tmp_path):
   assert json.loads((tmp_path / "eval_results.json").read_text())["confusion_matrix"] == [[3, 1], [0, 4]]
   table = (tmp_path / "eval_results.md").read_text()
   assert "| other | d | s | 8 | 87.50 | 87.50 |" in table  # 7 of 8 right; recalls 3/4 and 4/4
+  assert "* other: `p` of 8×8" in table
 
 
 def test_the_selection_names_the_reported_evaluators_that_read_the_split_it_chose_on():
@@ -221,7 +222,7 @@ def _ferplus_split_for_a_seven_class_model(contempt_images: int) -> pipeline.Spl
 
 def test_only_classes_with_images_left_out_are_reported_as_left_out():
   results = {**evaluate.metrics(np.eye(7, dtype=int), labels.CLASS_ORDERS["fer2013"]), "dataset": "ferplus",
-             "split": "test", "pp": "p"}
+             "split": "test", "pp": "p", "decoded_size": [48, 48]}
   tables = {}
   for contempt in (0, 1, 3):
     mapping = evaluate.class_mapping(_ferplus_split_for_a_seven_class_model(contempt))
@@ -241,7 +242,7 @@ def test_a_model_class_the_split_has_no_image_of_is_noted_though_the_set_has_the
   mapping = evaluate.class_mapping(split)
   assert mapping["model_classes_absent"] == [labels.CONTEMPT] and mapping["excluded_examples"] == {}
   results = {**evaluate.metrics(np.diag([2] * 7 + [0]), ferplus), "dataset": "ferplus", "split": "test", "pp": "p",
-             "class_mapping": mapping}
+             "decoded_size": [48, 48], "class_mapping": mapping}
   assert ("Model classes without an example in test (predicting them counts as wrong): contempt."
           in evaluate.markdown({"evaluators": {"test": results}}, {}))
 

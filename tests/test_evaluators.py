@@ -79,6 +79,7 @@ def test_seven_class_model_on_ferplus_leaves_contempt_out(fixture_sets):
   results = evaluator(_predicting(labels.NEUTRAL, "sfew"), "ferplus")
   # Decoded as stored, 48², not at the run's dataset.image_size (8): the eval pipeline resizes once, as the set's own.
   assert evaluator.data("ferplus").shape == (48, 48, 1) and evaluator.data("eval").shape == (8, 8, 3)
+  assert results["decoded_size"] == [48, 48]  # the report says so: one figure's inputs differ by the decoded size
   # The fixture's plurality labels in its train split, by FERPlus class name.
   ferplus_names = labels.CLASS_ORDERS["ferplus"]
   train_labels = [ferplus_names[label] for name, label in fx.FERPLUS_LABELS["plurality"].items()
