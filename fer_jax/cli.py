@@ -39,7 +39,7 @@ _FILE_SYSTEM_HINTS = {
     errno.EACCES: "fix its permissions or choose another location",
     errno.EPERM: "fix its permissions or choose another location",
     errno.EROFS: "the file system is read-only: choose a writable location",
-    errno.ENOSPC: "the disk is full: free space or choose another location; earlier checkpoints are kept",
+    errno.ENOSPC: "the disk is full: free space or choose another location",
     errno.EDQUOT: "the disk quota is exceeded: free space or choose another location",
     errno.ELOOP: "the path has a symbolic-link loop",
 }

@@ -158,7 +158,7 @@ def test_overwrite_rebuilds_and_a_failed_rebuild_keeps_the_prepared_copy(tmp_pat
   result = prepare("rafdb", tmp_path / "manual", tmp_path / "tfds", "--overwrite")
   assert_user_error(result, f"{label_file}, line 3: label '9' is not one of")
   assert read_train_labels(tmp_path / "tfds") == expected  # the copy rebuilt before, whole
-  assert sorted(path.name for path in (tmp_path / "tfds" / "rafdb" / "basic").iterdir()) == ["1.0.0"]
+  assert sorted(path.name for path in (tmp_path / "tfds" / "rafdb" / "basic").iterdir()) == [".prepare.lock", "1.0.0"]
 
 
 def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 from reference import datasets as fx
 import ml_collections
@@ -978,6 +979,50 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
   builder = prepare.prepare("rafdb", tmp_path / "manual", os.fspath(tmp_path / "tfds"))
   assert builder.is_prepared() and not stale.exists()
   assert builder.info.splits["train"].num_examples == len(fx.RAFDB_TRAIN)
+
+
+@pytest.mark.integration
+def test_a_second_prepare_of_a_set_waits_for_the_first_and_deletes_nothing_it_writes(tmp_path, caplog):
+  """Two jobs running `prepare && train` on one data dir: the second deleted the first's folder under way as a
+  killed run's leftover, and the first failed ("open() failed: No such file or directory")."""
+  fx.write_rafdb(tmp_path / "manual")
+  builder = prepare.make_builder("rafdb", os.fspath(tmp_path / "tfds"))
+  under_way = tmp_path / "tfds" / "rafdb" / "basic" / "incomplete.ABC123_1.0.0"
+  second = threading.Thread(target=prepare.prepare, args=("rafdb", tmp_path / "manual", os.fspath(tmp_path / "tfds")))
+  with caplog.at_level(logging.WARNING), prepare.preparing_alone(builder):
+    under_way.mkdir(parents=True)
+    second.start()
+    second.join(timeout=3)
+    assert second.is_alive() and under_way.exists()
+  second.join(timeout=120)
+  assert "Waiting for another run preparing rafdb/basic/1.0.0" in caplog.text
+  assert builder.is_prepared() and not under_way.exists()
+
+
+def test_a_prepared_sets_run_deletes_a_killed_rebuilds_leftover(tmp_path):
+  """A killed --overwrite left its staging copy (a whole set) through every later run finding the set prepared."""
+  fx.write_fedro(tmp_path / "manual")
+  prepare.prepare("fedro", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds"))
+  staging = tmp_path / "tfds" / "fedro" / "incomplete.overwrite4242_1.0.0"
+  staging.mkdir()
+  prepare.prepare("fedro", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds"))
+  assert not staging.exists()
+
+
+def test_a_full_disk_while_writing_records_names_the_data_dir(tmp_path, monkeypatch):
+  """ArrayRecord's writer raises a RuntimeError: it ended in a traceback, exit 1."""
+  fx.write_fedro(tmp_path / "manual")
+
+  def full_disk(builder, manual):
+    raise RuntimeError('Failed to finalize writing of split "train": write() failed: No space left on device; '
+                       f"writing {builder.data_dir}/fedro-train.array_record-00000-of-00001")
+
+  monkeypatch.setattr(prepare, "build", full_disk)
+  with pytest.raises(builder_utils.DataError) as error:
+    prepare.prepare("fedro", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds"))
+  assert str(error.value) == (f"--data_dir {tmp_path / 'tfds'} ran out of space (No space left on device) while "
+                              "writing fedro/1.0.0: free space or pass another --data_dir, then run the same command "
+                              "again (a copy prepared before stays as it was).")
 
 
 def test_a_first_prepare_gives_no_tfds_warning_of_a_missing_dataset_info(tmp_path, caplog):

@@ -12,7 +12,8 @@ give a set prepared before label indexes existed its index (`*.labels.npy`, read
 records; nothing is rebuilt). TFDS writes every split into a temporary `incomplete.*` folder
 beside the final one and renames it only when all splits and the metadata are written, so an
 interrupted run never leaves a set that looks complete; the next run deletes such leftovers
-before starting again. `--overwrite` builds the new copy in such a folder too and swaps it in
+before starting again (a second run preparing the same set waits for the first to end,
+holding a lock beside its version folders: `.prepare.lock`). `--overwrite` builds the new copy in such a folder too and swaps it in
 only once complete: a rebuild that fails or is interrupted keeps the old copy. Ctrl-C ends the
 run with a one-line message and exit status 130.
 Bad input ends the run with a one-line message naming the file (and line) at fault and the
@@ -28,7 +29,9 @@ missing image file or a missing or malformed label still stops the run, since le
 images out would quietly change the set.
 """
 
+import contextlib
 import errno
+import fcntl
 import os
 import signal
 import sys
@@ -45,6 +48,7 @@ from fer_jax.data import builder_utils
 from fer_jax.data import builders
 
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 INTERRUPTED_STATUS = 128 + signal.SIGINT  # a shell's status for a command stopped by Ctrl-C
 
 
@@ -107,22 +111,62 @@ def prepare(dataset: str, manual_dir: str, data_dir: str | None = None, skip_cor
   if not manual.is_dir():
     raise builder_utils.DataError(f"--manual_dir {manual} is not a folder.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   try:
-    prepared = is_prepared(builder)
-    if prepared and not overwrite:
-      logging.warning("%s is already prepared in %s, so nothing was read from %s. To rebuild it from there, run "
-                      "the same command with --overwrite.", builder.info.full_name, builder.data_dir, manual)
-      builder_utils.write_label_index(builder)  # a set prepared before the label index existed gets it
-      return builder
-    remove_leftovers(builder)
-    if prepared:
-      return rebuild(dataset, builder, manual)
-    build(builder, manual)
+    with preparing_alone(builder):
+      remove_leftovers(builder)
+      prepared = is_prepared(builder)
+      if prepared and not overwrite:
+        logging.warning("%s is already prepared in %s, so nothing was read from %s. To rebuild it from there, run "
+                        "the same command with --overwrite.", builder.info.full_name, builder.data_dir, manual)
+        builder_utils.write_label_index(builder)  # a set prepared before the label index existed gets it
+        return builder
+      if prepared:
+        return rebuild(dataset, builder, manual)
+      build(builder, manual)
   except OSError as e:
     if e.errno in NOT_WRITABLE and is_inside(e.filename, builder.data_dir_root):
       raise builder_utils.DataError(f"--data_dir {builder.data_dir_root} is not writable ({e.strerror}: "
                                     f"{e.filename}). Make it writable, or pass another --data_dir.") from e
-    raise
+    if e.errno not in DISK_FULL:
+      raise
+    raise _disk_full_error(builder, e.strerror) from e
+  except RuntimeError as e:  # ArrayRecord's writer reports a full disk so
+    reason = next((os.strerror(code) for code in DISK_FULL if os.strerror(code) in str(e)), None)
+    if reason is None:
+      raise
+    raise _disk_full_error(builder, reason) from e
   return builder
+
+
+def _disk_full_error(builder, reason: str) -> builder_utils.DataError:
+  return builder_utils.DataError(f"--data_dir {builder.data_dir_root} ran out of space ({reason}) while writing "
+                                 f"{builder.info.full_name}: free space or pass another --data_dir, then run the same "
+                                 "command again (a copy prepared before stays as it was).")
+
+
+LOCK_FILE = ".prepare.lock"  # beside a set's version folders: which run prepares it
+
+
+@contextlib.contextmanager
+def preparing_alone(builder):
+  """One run at a time prepares a set in a data dir (each job of a cluster may run `prepare && train` on a shared
+  one): a run deleted another's folder under way as a killed run's leftover. A second run waits for the first,
+  then finds the set prepared. flock locks are seen by runs on the same host or on NFS; not taken on gs://."""
+  folder = builder.data_path.parent
+  if "://" in os.fspath(folder):
+    yield
+    return
+  folder.mkdir(parents=True, exist_ok=True)
+  with open(folder / LOCK_FILE, "a+") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.warning("Waiting for another run preparing %s in %s to end (it holds %s).", builder.info.full_name,
+                      builder.data_dir_root, folder / LOCK_FILE)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError as error:  # a file system without locks
+      logging.warning("Cannot lock %s (%s): make sure no other run prepares this set.", folder / LOCK_FILE,
+                      error.strerror)
+    yield
 
 
 def build(builder, manual: epath.Path) -> None:
