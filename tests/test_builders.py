@@ -509,6 +509,21 @@ def test_affectnet_face_box_outside_the_image_names_csv_line_even_with_skip_corr
                                        f"(40, 2, 8, 6) lies outside the 16×12 image {tmp_path / 'manual'}")
 
 
+@pytest.mark.parametrize("field, value", [(1, "nan"), (4, "inf"), (7, "nan")])
+def test_affectnet_csv_values_that_are_not_finite_numbers_name_the_line(tmp_path, field, value):
+  """A face box of "nan" crashed in int() ("cannot convert float NaN to integer"), naming no file."""
+  fx.write_affectnet_original(tmp_path / "manual")
+  csv = tmp_path / "manual" / "Manually_Annotated_file_lists" / "validation.csv"
+  lines = csv.read_text().splitlines()
+  fields = lines[2].split(",")
+  fields[field] = value
+  lines[2] = ",".join(fields)
+  csv.write_text("\n".join(lines) + "\n")
+  with pytest.raises(builder_utils.DataError) as error:
+    build("affectnet/classes8_facecrop", tmp_path / "manual", tmp_path / "tfds")
+  assert str(error.value) == f"{csv}, line 3: {value!r} is not a number."
+
+
 def test_affectnet_empty_annotation_file_is_named(tmp_path):
   fx.write_affectnet_later(tmp_path / "manual")
   empty = tmp_path / "manual" / "val_set" / "annotations" / "3_exp.npy"

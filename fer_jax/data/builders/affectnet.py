@@ -248,9 +248,12 @@ def _check_annotated(images, annotated: set[str], annotations) -> None:
 
 def _number(text: str, where: str) -> float:
   try:
-    return float(text)
+    value = float(text)
   except ValueError:
-    raise builder_utils.DataError(f"{where}: {text!r} is not a number.") from None
+    value = math.nan
+  if not math.isfinite(value):
+    raise builder_utils.DataError(f"{where}: {text!r} is not a number.")
+  return value
 
 
 def _npy_text(path) -> str:
