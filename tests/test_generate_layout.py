@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -208,6 +209,21 @@ def test_output_depends_only_on_the_seed(tmp_path):
   assert (tmp_path / "c" / "fer2013.csv").read_bytes() == (tmp_path / "d" / "fer2013.csv").read_bytes()
   with pytest.raises(ValueError, match="not empty"):
     generate_layout.generate("rafdb", os.fspath(tmp_path / "a"), scale=SCALE)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_scale_that_is_not_a_positive_number_is_refused_before_anything_is_written(tmp_path, scale):
+  """--scale=nan passed the check, crashed in int() and left a half-written --out, which a rerun refused."""
+  with pytest.raises(ValueError, match=f"--scale must be a positive number, got {scale}."):
+    generate_layout.generate("rafdb", os.fspath(tmp_path / "out"), scale=scale)
+  assert not (tmp_path / "out").exists()
+
+
+def test_the_printed_prepare_command_quotes_paths_for_the_shell(tmp_path):
+  out = tmp_path / "gen dir's"
+  result = {"train": [1] * 7, "test": [1] * 7, "bytes": 0, "seconds": 0.0}
+  command = generate_layout.summary("rafdb", os.fspath(out), result).splitlines()[-1]
+  assert shlex.split(command)[-2:] == [f"--manual_dir={out}", f"--data_dir={out}_tfds"]
 
 
 @pytest.mark.integration

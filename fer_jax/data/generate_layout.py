@@ -53,6 +53,7 @@ import io
 import math
 import multiprocessing
 import os
+import shlex
 import time
 
 from absl import flags
@@ -381,8 +382,8 @@ def generate(dataset: str, out: str, scale: float = 1.0, seed: int = 0, workers:
   """Writes the layout of `dataset` under `out`; returns {split: count per label}, "bytes", "seconds"."""
   if dataset not in LAYOUTS:
     raise ConfigError(f"Unknown data set {dataset!r}; choose one of {', '.join(LAYOUTS)}.")
-  if scale <= 0:
-    raise ConfigError(f"--scale must be positive, got {scale}.")
+  if not (math.isfinite(scale) and scale > 0):
+    raise ConfigError(f"--scale must be a positive number, got {scale}.")
   if os.path.isdir(out) and os.listdir(out):
     raise ConfigError(f"--out {out} is not empty; choose a new folder.")
   start = time.perf_counter()
@@ -405,8 +406,8 @@ def summary(dataset: str, out: str, result: dict) -> str:
   lines += ["Prepare it (into its own data_dir, apart from any real copy; its warning that the splits' sizes differ "
             "from the published ones is expected) with:",
             f"  python -m fer_jax.data.prepare --dataset={PREPARE_NAMES.get(dataset, dataset)} "
-            f"--manual_dir={os.path.abspath(out)} "
-            f"--data_dir={data_dir}"]
+            f"--manual_dir={shlex.quote(os.path.abspath(out))} "
+            f"--data_dir={shlex.quote(data_dir)}"]
   return "\n".join(lines)
 
 
