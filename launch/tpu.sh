@@ -21,7 +21,7 @@ Commands
                again, up to --max-retries: on a READY TPU once the last training has exited
                (stopped as by stop), else after re-creating and setting up the TPU
   delete       delete the TPU (with --queued: the queued resource and its TPU)
-  all          create, setup, resume-loop, then delete (even after a failure) unless --keep
+  all          create, setup, resume-loop, then delete (even after a failure or Ctrl-C) unless --keep
 
 Options
   --name=NAME --zone=ZONE --project=PROJECT (default: gcloud's)
@@ -102,10 +102,13 @@ parse_args() {
   fi
 }
 
-# Dies on a mistyped URL: `gs:/b/run` would be a local folder on each worker, not the shared bucket.
+# Dies on a mistyped URL: `gs:/b/run` would be a local folder on each worker, not the shared bucket;
+# and on a relative path, which the workers would read inside $REMOTE_BASE/src, the folder `setup` replaces.
 check_url() {
   [[ ! $2 =~ ^[A-Za-z][A-Za-z0-9+.-]*:/([^/]|$) ]] || die "$1=$2: write ${2%%:*}://${2#*:/} (two slashes)"
   [[ $2 != gs://?(/*) ]] || die "$1=$2 names no bucket: write gs://BUCKET/PATH"
+  [[ -z $2 || $2 == gs://* || $2 == /* ]] ||
+    die "$1=$2 is relative: the workers run in $REMOTE_BASE/src, which setup replaces; write gs://BUCKET/PATH or an absolute path the workers share"
 }
 
 default_runtime_version() {
@@ -324,13 +327,29 @@ resume_loop() {
 
 all() {
   local status=0
+  trap interrupted_all INT TERM
   { create_tpu && setup_workers && resume_loop; } || status=$?
+  trap - INT TERM
+  keep_or_delete_tpu
+  return "$status"
+}
+
+keep_or_delete_tpu() {
   if ((KEEP)); then
     note "--keep: $NAME is still running (delete it with: launch/tpu.sh delete --name=$NAME --zone=$ZONE)"
   else
     delete_tpu
   fi
-  return "$status"
+}
+
+# Ctrl-C or SIGTERM during `all`: the training saves its step and stops, and the TPU is deleted unless --keep,
+# as after a failure (the TPU billed on, the training running on unseen).
+interrupted_all() {
+  trap - INT TERM
+  note "interrupted: stopping the training on $NAME"
+  stop_training || note "stopping the training on $NAME failed"
+  keep_or_delete_tpu || note "deleting $NAME failed: delete it with launch/tpu.sh delete --name=$NAME --zone=$ZONE"
+  exit 130
 }
 
 main() {

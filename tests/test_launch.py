@@ -414,21 +414,25 @@ exit 9
     (tmp_path / worker / "venv" / "bin" / "python").symlink_to(python)
   env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE": str(tmp_path), "TMPDIR": str(tmp_path)}
 
-  def loop(run_codes, states, *args, stop_when_started=False):
-    """Runs `tpu.sh all`; with stop_when_started, `tpu.sh stop` from another terminal once both
-    workers train."""
+  def loop(run_codes, states, *args, stop_when_started=False, interrupt_when_started=False):
+    """Runs `tpu.sh all`; once both workers train, with stop_when_started `tpu.sh stop` from another
+    terminal, with interrupt_when_started Ctrl-C (SIGINT to its process group)."""
     (tmp_path / "run_codes").write_text("".join(f"{code}\n" for code in run_codes))
     (tmp_path / "states").write_text("".join(f"{state}\n" for state in states))
     (tmp_path / "calls").write_text("")
     (tmp_path / "log").write_text("")
     process = subprocess.Popen([os.path.join(LAUNCH, "tpu.sh"), "all", *TPU, "--retry-wait=0", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
-    if stop_when_started:
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+                               start_new_session=True)
+    if stop_when_started or interrupt_when_started:
       while (tmp_path / "log").read_text().count(" started") < 2:
         assert process.poll() is None, process.communicate()
         time.sleep(0.1)
+    if stop_when_started:
       stop = loop.stop()
       assert stop.returncode == 0, stop.stderr
+    if interrupt_when_started:
+      os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     calls = [" ".join(line.split()[2:4]) for line in (tmp_path / "calls").read_text().splitlines()]
@@ -506,6 +510,23 @@ def test_tpu_stop_ends_a_resume_loop_and_the_next_run_clears_its_marker(fake_gcl
   result, calls = fake_gcloud([75, 0], ["READY"])
   assert result.returncode == 0, result.stderr
   assert calls.count("train") == 2
+
+
+@pytest.mark.integration  # waits for the stand-in training to save and exit
+def test_tpu_all_interrupted_stops_the_training_and_deletes_the_tpu(fake_gcloud, tmp_path):
+  """Ctrl-C left the TPU running (billed) and the training on it, unseen: `all` had no trap."""
+  result, calls = fake_gcloud(["term"], ["READY"], interrupt_when_started=True)
+  assert result.returncode == 130 and "interrupted: stopping the training on fer-v5e" in result.stderr
+  assert calls == ["tpu-vm create", *SETUP, "train", "tpu-vm ssh", "tpu-vm delete"]
+  assert training_log(tmp_path) == [STARTED, SAVED]
+
+
+def test_tpu_refuses_a_relative_workdir_or_data_dir():
+  """The workers run in /tmp/fer_jax/src, which a later `setup` deletes, checkpoints and all."""
+  assert_user_error(launch("tpu.sh", "run", *TPU, "--workdir=runs/dan", "--dry-run"),
+                    "--workdir=runs/dan is relative: the workers run in /tmp/fer_jax/src, which setup replaces")
+  assert_user_error(launch("tpu.sh", "run", *TPU, "--data-dir=tfds", "--dry-run"), "--data-dir=tfds is relative")
+  assert dry_run("tpu.sh", "run", *TPU, "--workdir=/mnt/nfs/run", "--data-dir=/mnt/nfs/tfds")
 
 
 # ---- all scripts ----------------------------------------------------------------------------
