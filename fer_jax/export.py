@@ -385,15 +385,14 @@ def write_stablehlo(config, variables: dict, out: str, batch_size: int | None, p
 
 
 def _left_by_a_stopped_export(entries: list[str]) -> bool:
-  """Whether a folder's `entries` are what an export stopped before model.json (written last) left there: exports
-  before 2026-12-05 wrote into --out itself (an Orbax save interrupted leaves variables.orbax-checkpoint-tmp…)."""
-  return METADATA not in entries and all(entry in (VARIABLES, STABLEHLO, ONNX) or entry.startswith(ORBAX_PARTIAL)
-                                         for entry in entries)
+  """Whether a folder's `entries` are only what an Orbax save interrupted inside it leaves (exports before
+  2026-12-05 wrote into --out itself). Other names (variables/, model.onnx) may be a user's own files: kept."""
+  return all(entry.startswith(ORBAX_PARTIAL) for entry in entries)
 
 
 def check_out(out: str) -> str:
-  """--out as an absolute path, checked before any work: a new or empty folder (or one holding only what an
-  interrupted export left, which is removed) in a writable place."""
+  """--out as an absolute path, checked before any work: a new or empty folder (or one holding only the
+  temporary folder of an interrupted Orbax save, which is removed) in a writable place."""
   out = os.path.abspath(os.path.expanduser(out))
   if os.path.exists(out) and not os.path.isdir(out):
     raise UserError(f"--out={out} is a file: export into a new folder.")
@@ -407,7 +406,8 @@ def check_out(out: str) -> str:
         os.remove(path)
     logging.info("Removed the partial output of an interrupted export from %s.", out)
   elif entries:
-    raise UserError(f"--out={out} is not empty: export into a new folder.")
+    raise UserError(f"--out={out} is not empty (it holds {', '.join(sorted(entries)[:3])}"
+                    f"{', …' if len(entries) > 3 else ''}): export into a new folder.")
   cli.check_writable_place(f"--out={out}", out)
   return out
 

@@ -189,6 +189,19 @@ def test_a_stopped_export_leaves_nothing_and_the_same_export_runs_again(tmp_path
   assert export.read_variables(str(out))["params"].keys() == variables["params"].keys()
 
 
+def test_an_out_holding_files_of_a_users_own_is_refused_and_kept(tmp_path):
+  """A folder holding only variables/ or model.onnx was taken for an interrupted export's and deleted."""
+  config = small_config("configs/dan.py:synthetic")
+  for name in ("variables", "model.onnx"):
+    out = tmp_path / name.replace(".", "_")
+    kept = out / "variables" / "important.bin" if name == "variables" else out / name
+    kept.parent.mkdir(parents=True)
+    kept.write_text("mine")
+    with pytest.raises(UserError, match=f"--out={out} is not empty \\(it holds {name}\\): export into a new folder."):
+      export.export(config, random_variables(config), str(out), platforms=("cpu",))
+    assert kept.read_text() == "mine"
+
+
 def test_what_an_interrupted_export_left_is_removed(tmp_path):
   """An export stopped by an earlier version (which wrote into --out itself) or killed at once (its folder beside
   --out) does not block the same command."""
@@ -239,7 +252,7 @@ def test_an_interrupted_export_command_exits_75_with_one_line_and_nothing_writte
      "--format=onnx exports a float32 program, but --config.model.dtype=bfloat16 asks for bfloat16 computation: pass "
      "--config.model.dtype=float32 (or leave it auto), or export with --format=stablehlo, which computes in "
      "bfloat16."),
-    (["--out={tmp}"], "--out={tmp} is not empty: export into a new folder.")], ids=["onnx_bfloat16", "out_not_empty"])
+    (["--out={tmp}"], "--out={tmp} is not empty (it holds old.txt): export into a new folder.")], ids=["onnx_bfloat16", "out_not_empty"])
 def test_arguments_are_refused_before_the_checkpoint_is_read(tmp_path, arguments, message):
   """A checkpoint that does not exist: its error would come first if it were read before the arguments' checks."""
   (tmp_path / "old.txt").write_text("x")
