@@ -11,7 +11,6 @@ disk) is printed as `error: <message>` and the command exits with status 2; `--v
 prints the traceback too. Any other exception is a bug and keeps its traceback.
 """
 
-import errno
 import os
 import re
 import sys
@@ -31,18 +30,6 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of user erro
 # A flag defined by define_path belongs to the module calling it (whose --helpshort lists it), not to this one.
 flags.disclaim_key_flags()
 
-_FILE_SYSTEM_HINTS = {
-    errno.ENOENT: "check the path",
-    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
-    errno.EISDIR: "the path is a folder where a file is expected",
-    errno.EEXIST: "choose a path that does not exist yet",
-    errno.EACCES: "fix its permissions or choose another location",
-    errno.EPERM: "fix its permissions or choose another location",
-    errno.EROFS: "the file system is read-only: choose a writable location",
-    errno.ENOSPC: "the disk is full: free space or choose another location",
-    errno.EDQUOT: "the disk quota is exceeded: free space or choose another location",
-    errno.ELOOP: "the path has a symbolic-link loop",
-}
 
 
 class _PathParser(flags.ArgumentParser):
@@ -112,9 +99,9 @@ def describe(error: BaseException) -> str | None:
   """The one-line message for a user error, or None for a bug."""
   if isinstance(error, UserError):
     return str(error)
-  if isinstance(error, OSError) and error.errno in _FILE_SYSTEM_HINTS:
+  if errors.is_file_system_error(error):
     where = error.filename if error.filename is not None else ""
-    return f"{error.strerror}{': ' + str(where) if where != '' else ''} ({_FILE_SYSTEM_HINTS[error.errno]})."
+    return f"{error.strerror}{': ' + str(where) if where != '' else ''} ({errors.FILE_SYSTEM_HINTS[error.errno]})."
   cause = error.__cause__ or error.__context__
   return describe(cause) if cause is not None and cause is not error else None
 

@@ -8,11 +8,32 @@ line and a Python statement under `python_caller` (`fer_jax.load`'s caller).
 
 import contextlib
 import contextvars
+import errno
 import sys
 
 USER_ERROR_STATUS = 2
 
 _PYTHON_CALLER = contextvars.ContextVar("python_caller", default=False)
+
+# The errors of a file system (not of a file's content), each with its fix: commands print them as user errors.
+FILE_SYSTEM_HINTS = {
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "the path is a folder where a file is expected",
+    errno.EEXIST: "choose a path that does not exist yet",
+    errno.EACCES: "fix its permissions or choose another location",
+    errno.EPERM: "fix its permissions or choose another location",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.ENOSPC: "the disk is full: free space or choose another location",
+    errno.EDQUOT: "the disk quota is exceeded: free space or choose another location",
+    errno.ELOOP: "the path has a symbolic-link loop",
+}
+
+
+def is_file_system_error(error: BaseException) -> bool:
+  """A missing file, a permission, a full disk (FILE_SYSTEM_HINTS), not a reader's complaint about a file's bytes
+  (PyTorch's reader raises EINVAL for a file cut short)."""
+  return isinstance(error, OSError) and error.errno in FILE_SYSTEM_HINTS
 
 
 class UserError(Exception):

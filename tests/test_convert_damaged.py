@@ -137,6 +137,34 @@ def test_zip_format_pth_with_its_pickle_cut_is_damaged(tmp_path):
     assert_damaged(user_message(lambda: torch_io.load_torch(str(path))), path, "a PyTorch checkpoint")
 
 
+def test_zip_format_pth_cut_short_anywhere_is_damaged(tmp_path):
+  """Cut between ~4.5 KB and its end, PyTorch's zip reader raised OSError EINVAL: a traceback, exit 1."""
+  whole = tmp_path / "whole.pth"
+  torch.save({"model_state_dict": {"fc.weight": torch.ones(7, 2048), "fc.bias": torch.ones(7)}}, whole)
+  data = whole.read_bytes()
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  for cut in range(500, len(data), 2000):
+    path.write_bytes(data[:cut])
+    assert_damaged(user_message(lambda: torch_io.load_torch(str(path))), path, "a PyTorch checkpoint")
+
+
+def test_a_whole_pickled_model_is_refused_with_the_fix_not_called_damaged(tmp_path, monkeypatch):
+  """torch.save(model) with the official code (networks.dan.DAN, a module not installed here, or torchvision's not
+  imported yet) was taken for a name garbled in a damaged file: "download it again", with PyTorch's advice to
+  allow the class."""
+  official = type("DAN", (torch.nn.Module,), {"__module__": "networks.dan"})
+  for name in ("networks", "networks.dan"):
+    monkeypatch.setitem(sys.modules, name, type(sys)(name))
+  sys.modules["networks"].dan, sys.modules["networks.dan"].DAN = sys.modules["networks.dan"], official
+  path = tmp_path / "model.pth"
+  torch.save(official(), path)
+  monkeypatch.delitem(sys.modules, "networks.dan")
+  monkeypatch.delitem(sys.modules, "networks")
+  message = user_message(lambda: torch_io.load_torch(str(path)))
+  assert message.startswith(f"Refused to load {path}: unpickling it would call networks.dan.DAN. ")
+  assert "torch.save(model.state_dict(), PATH)" in message and "add_safe_globals" not in message
+
+
 @pytest.mark.parametrize("version", ["1.12.1", "2.5.1+cu121", "2.9.1"])
 def test_pytorch_whose_weights_only_mode_runs_code_is_refused(tmp_path, monkeypatch, version):
   path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"

@@ -14,7 +14,6 @@ must be the one the checkpoint records (fer_jax.convert.classes).
 """
 
 import dataclasses
-import errno
 import functools
 import os
 from typing import Any, Callable, Sequence
@@ -101,8 +100,8 @@ def _load_npz(path: str) -> dict:
   except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:  # the last: garbled header flags
     raise core.unreadable(path, kind, str(e) or type(e).__name__) from e
   except OSError as e:  # zipfile seeks to a negative offset when the central directory's offset is garbled
-    if e.errno != errno.EINVAL:
-      raise  # a file-system error keeps its own message: fer_jax.cli names its fix
+    if errors.is_file_system_error(e):
+      raise  # it keeps its own message: fer_jax.cli names its fix
     raise core.unreadable(path, kind, "a member's offset lies before the start of the file") from e
 
 

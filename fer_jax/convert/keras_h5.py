@@ -7,6 +7,7 @@ listing datasets such as "conv0/kernel:0". Tensors are returned as "<layer>/<wei
 
 import numpy as np
 
+from fer_jax import errors
 from fer_jax.convert.core import ConversionError
 from fer_jax.convert.core import unreadable
 
@@ -25,7 +26,7 @@ def load(path: str) -> dict[str, np.ndarray]:
     with open(path, "rb") as file, h5py.File(file, "r") as f:
       return _weights(path, f)
   except (OSError, KeyError, RuntimeError) as e:
-    if isinstance(e, OSError) and e.errno is not None:  # a file-system error: fer_jax.cli names it with its fix
+    if errors.is_file_system_error(e):  # fer_jax.cli names it with its fix
       raise
     # h5py's words for a file that is not HDF5 or is cut ("file signature not found", "truncated file").
     raise unreadable(path, "a Keras HDF5 file", str(e)) from e

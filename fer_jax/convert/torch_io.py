@@ -27,6 +27,7 @@ import zipfile
 
 import numpy as np
 
+from fer_jax import errors
 from fer_jax.convert.core import ConversionError
 from fer_jax.convert.core import RESAVE_IN_FLOAT
 from fer_jax.convert.core import unreadable
@@ -62,7 +63,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
   def find_class(self, module: str, name: str):
     if (module, name) in _NUMPY_GLOBALS:
       return super().find_class(*_NUMPY_GLOBALS[(module, name)])
-    if not _exists(_python3_name(module, name)):  # a name garbled in the file, not a global to refuse
+    if not _names_a_global(_python3_name(module, name)):  # a name garbled in the file, not a global to refuse
       raise pickle.UnpicklingError(f"the global {module}.{name} does not exist")
     raise RefusedGlobal(f"refused to load the global {module}.{name} (only NumPy arrays are allowed)")
 
@@ -127,7 +128,7 @@ def _read_errors(path: str):
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except  (a damaged file fails anywhere in its reader)
-    if isinstance(e, OSError) and e.errno is not None:
+    if errors.is_file_system_error(e):
       raise
     raise _load_error(path, e) from e
 
@@ -162,25 +163,32 @@ def _load_error(path: str, error: Exception) -> ConversionError:
   """The error for a PyTorch file that did not read: refused if the weights-only unpickler stopped at a global that
   exists, damaged otherwise (a global's name cut mid-way included)."""
   match = re.search(r"GLOBAL (.+?) (?:was not an allowed|whose module)", str(error))
-  if match and _exists(match[1]):
+  if match and _names_a_global(match[1]):
     return ConversionError(f"Refused to load {path}: unpickling it would call {match[1]}. fer_jax reads only tensors "
                            "and plain containers and never runs code from a checkpoint. Use the official file, or if "
                            "you trust it, re-save only its tensors: torch.save(model.state_dict(), PATH).")
   return unreadable(path, "a PyTorch checkpoint", _unpickler_error(error) or type(error).__name__)
 
 
-def _exists(qualified: str) -> bool:
-  """Whether `qualified` ("posix.system") names a global that exists. A module not imported yet is only looked for:
-  importing it would run its code."""
+def _names_a_global(qualified: str) -> bool:
+  """Whether `qualified` ("posix.system") may name a global, not a name garbled in a damaged file
+  ("torch._utils._rebu", "numpy.core.multiarrbx"): an attribute of a module imported already, or a module that
+  exists as far as it can be looked for without importing (which would run its code): a module not imported
+  under a package imported, or a package not installed here (a whole model pickled with the official code names its
+  classes: networks.dan.DAN)."""
   module, _, name = qualified.rpartition(".")
   module = module or "builtins"  # PyTorch names builtins without their module
+  if not all(part.isidentifier() for part in (*module.split("."), name)):
+    return False
   if module in sys.modules:
     return hasattr(sys.modules[module], name)
-  parent = module.rpartition(".")[0]
+  parts = module.split(".")
+  depth = next(depth for depth in range(1, len(parts) + 1) if ".".join(parts[:depth]) not in sys.modules)
   try:
-    return bool(name) and (not parent or parent in sys.modules) and importlib.util.find_spec(module) is not None
-  except ImportError:  # a name no module can have ("a..b", a submodule of a module that is no package)
+    found = importlib.util.find_spec(".".join(parts[:depth])) is not None
+  except (ImportError, ValueError):  # a submodule of a module that is no package
     return False
+  return found or depth == 1
 
 
 def _archive_members(path: str) -> tuple[str | None, list[str]]:
