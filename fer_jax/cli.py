@@ -32,10 +32,26 @@ flags.disclaim_key_flags()
 
 
 
+# "gs://…", "s3:/…" (a slash lost): fer_jax reads and writes through the file system only.
+URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
+def local_path_problem(path: str) -> str | None:
+  """Why `path` cannot be read or written by fer_jax (an object-store URL), with the fix; None for a path."""
+  if "://" in path or URL_SCHEME.match(path):
+    return ("is a URL; fer_jax reads and writes through the file system. Mount the bucket (e.g. gcsfuse, as "
+            "launch/tpu.sh does) and pass the mounted path (docs/running_at_scale.md, \"Where the data and the "
+            "workdir live\").")
+  return None
+
+
 class _PathParser(flags.ArgumentParser):
-  """A path, `~` expanded."""
+  """A path, `~` expanded; a URL refused."""
 
   def parse(self, argument: str) -> str:
+    problem = local_path_problem(argument)
+    if problem:
+      raise ValueError(problem)
     return os.path.expanduser(argument)
 
 

@@ -5,7 +5,6 @@ by SIGTERM/SIGINT after saving its step (run the same command to resume; `--mode
 again); 1 non-finite loss or gradient (the message names the step and the last good checkpoint).
 """
 
-import re
 
 from absl import flags
 from absl import logging
@@ -37,23 +36,17 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-# "gs:/bucket/run": a URL with a slash lost, which would be a local folder named "gs:" on each host.
-URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")
-
-
-def reject_urls(config, workdir: str, checkpoint: str | None) -> None:
-  """fer_jax reads and writes through the file system: an object-store URL must arrive as a mounted path.
-  Runs before the config is validated: an evaluator entry that is not a dict, or lacks data_dir, is left to
-  validation's message."""
-  paths = {"--workdir": workdir, "--checkpoint": checkpoint, "config.dataset.data_dir": config.dataset.data_dir,
-           "config.init_from": config.init_from,
+def reject_urls(config) -> None:
+  """fer_jax reads and writes through the file system: an object-store URL must arrive as a mounted path (path
+  flags refuse one as they are parsed, cli.local_path_problem; these are the config's paths). Runs before the
+  config is validated: an evaluator entry that is not a dict, or lacks data_dir, is left to validation's message."""
+  paths = {"config.dataset.data_dir": config.dataset.data_dir, "config.init_from": config.init_from,
            **{f"config.evals.{name}.data_dir": entry.get("data_dir") for name, entry in config.evals.items()
               if isinstance(entry, (dict, ml_collections.ConfigDict))}}
   for name, path in paths.items():
-    if isinstance(path, str) and ("://" in path or URL_SCHEME.match(path)):
-      raise UserError(f"{name}={path} is a URL; fer_jax reads and writes through the file system. Mount the "
-                      "bucket (e.g. gcsfuse, as launch/tpu.sh does) and pass the mounted path "
-                      "(docs/running_at_scale.md, \"Where the data and the workdir live\").")
+    problem = isinstance(path, str) and cli.local_path_problem(path)
+    if problem:
+      raise UserError(f"{name}={path} {problem}")
 
 
 def main(argv):
@@ -63,7 +56,7 @@ def main(argv):
   if args.distributed:
     distributed.start(args.coordinator_address, args.num_processes, args.process_id)
     distributed.check_same_run(args.config, args.mode)
-  reject_urls(args.config, args.workdir, args.checkpoint)
+  reject_urls(args.config)
   if args.distributed and args.mode == "train":  # an evaluation's report is written by process 0 alone
     distributed.check_shared_workdir(args.workdir)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())

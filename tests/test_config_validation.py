@@ -191,9 +191,9 @@ def test_evaluator_entries_partly_written_or_not_dicts_reach_validation_from_mai
   config.evals = {"partial": {"split": "test"}, "text": "test_occlusion",
                   "bucket": {"dataset": "rafdb", "data_dir": "gs://bucket/tfds"}}
   with pytest.raises(UserError, match=r"^config\.evals\.bucket\.data_dir=gs://bucket/tfds is a URL"):
-    main.reject_urls(config, "/tmp/run", None)
+    main.reject_urls(config)
   del config.evals["bucket"]
-  main.reject_urls(config, "/tmp/run", None)
+  main.reject_urls(config)
   assert _problems(config, training=False) == "The config cannot run:\n  config.evals.text must be config_lib.evaluator(...), not str."
   del config.evals["text"]
   validation.validate(config, training=False)

@@ -150,11 +150,8 @@ LOCK_FILE = ".prepare.lock"  # beside a set's version folders: which run prepare
 def preparing_alone(builder):
   """One run at a time prepares a set in a data dir (each job of a cluster may run `prepare && train` on a shared
   one): a run deleted another's folder under way as a killed run's leftover. A second run waits for the first,
-  then finds the set prepared. flock locks are seen by runs on the same host or on NFS; not taken on gs://."""
+  then finds the set prepared. flock locks are seen by runs on the same host or on NFS."""
   folder = builder.data_path.parent
-  if "://" in os.fspath(folder):
-    yield
-    return
   folder.mkdir(parents=True, exist_ok=True)
   with open(folder / LOCK_FILE, "a+") as lock:
     try:
