@@ -144,13 +144,17 @@ def test_msceleb_resnet18_fills_the_trunk_and_initialises_the_rest(tmp_path, ima
   assert not np.array_equal(reseeded["params"]["head3"]["ca"]["fc1"]["kernel"], kernel)
 
 
-@pytest.mark.parametrize("layout", ["DataParallel keys", "bare state dict", "bare DataParallel state dict"])
+@pytest.mark.parametrize("layout", ["DataParallel keys", "bare state dict", "bare DataParallel state dict",
+                                    "torch.compile keys", "under state_dict", "under model"])
 def test_data_parallel_keys_and_bare_state_dicts_convert_as_the_release(released, converted, tmp_path, layout):
   state = torch.load(released[1], weights_only=True)["model_state_dict"]
   if "DataParallel" in layout:
     state = {f"module.{name}": value for name, value in state.items()}
+  if "torch.compile" in layout:
+    state = {f"_orig_mod.{name}": value for name, value in state.items()}
   path = tmp_path / "dan.pth"
-  torch.save(state if layout.startswith("bare") else {"iter": 21, "model_state_dict": state}, path)
+  container = layout.split()[-1] if layout.startswith("under") else "model_state_dict"
+  torch.save(state if layout.startswith("bare") else {"iter": 21, container: state}, path)
   variables, _ = convert.convert(small_config(), [str(path)])
   jax.tree.map(np.testing.assert_array_equal, variables, converted[0])
 

@@ -52,6 +52,7 @@ def _is_web_page(path: str) -> bool:
 
 
 DATA_PARALLEL_PREFIX = "module."
+WRAPPER_PREFIXES = (DATA_PARALLEL_PREFIX, "_orig_mod.")  # what nn.DataParallel and torch.compile add to the names
 
 
 def state_dict(loaded, *keys: str) -> dict | None:
@@ -66,9 +67,10 @@ def state_dict(loaded, *keys: str) -> dict | None:
 def module_keys(state: dict, data_parallel: bool) -> dict:
   """`state` with its keys as a model wrapped in DataParallel names them (each prefixed "module.") if
   `data_parallel`, else as the bare model does: torch.save of either is the same checkpoint, and the official
-  code saved some methods' models wrapped and others bare."""
-  if all(isinstance(key, str) and key.startswith(DATA_PARALLEL_PREFIX) for key in state):
-    state = {key[len(DATA_PARALLEL_PREFIX):]: value for key, value in state.items()}
+  code saved some methods' models wrapped and others bare. A torch.compile'd model's prefix goes too."""
+  while prefix := next((prefix for prefix in WRAPPER_PREFIXES
+                        if all(isinstance(key, str) and key.startswith(prefix) for key in state)), None):
+    state = {key[len(prefix):]: value for key, value in state.items()}
   return {DATA_PARALLEL_PREFIX + key: value for key, value in state.items()} if data_parallel else state
 
 

@@ -2,7 +2,8 @@
 
 A `torch.save` dict {iter, model_state_dict, optimizer_state_dict}; only `model_state_dict`
 holds weights, loaded strictly by the official demo. A bare state dict of the same keys is read
-too, and keys prefixed `module.` (a model saved in DataParallel) lose the prefix. Its keys
+too (also under `state_dict` or `model`), and keys prefixed `module.` (a model saved in DataParallel) or
+`_orig_mod.` (torch.compile) lose the prefix. Its keys
 (docs/methods/dan.md §2.9):
   features.0 / features.1                conv1 / bn1 of the ResNet-18 trunk
   features.{4,5,6,7}.B.*                 layer1…layer4, block B
@@ -35,8 +36,9 @@ FILE_ORDERS = (("rafdb_", "rafdb"), ("affecnet7_", "affectnet7"), ("affecnet8_",
 
 
 def select(loaded):
-  """`model_state_dict`, or a bare state dict of DAN's keys (what re-saving the model's tensors gives)."""
-  state = core.state_dict(loaded, "model_state_dict")
+  """`model_state_dict`, or a state dict of DAN's keys bare or saved under "state_dict" or "model" (what re-saving
+  the model's tensors gives)."""
+  state = core.state_dict(loaded, "model_state_dict", "state_dict", "model")
   released = isinstance(loaded, dict) and isinstance(loaded.get("model_state_dict"), dict)
   return state if state and (released or "features.0.weight" in state) else None
 
