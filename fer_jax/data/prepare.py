@@ -13,9 +13,10 @@ records; nothing is rebuilt). TFDS writes every split into a temporary `incomple
 beside the final one and renames it only when all splits and the metadata are written, so an
 interrupted run never leaves a set that looks complete; the next run deletes such leftovers
 before starting again (a second run preparing the same set waits for the first to end,
-holding a lock beside its version folders: `.prepare.lock`). `--overwrite` builds the new copy in such a folder too and swaps it in
-only once complete: a rebuild that fails or is interrupted keeps the old copy. Ctrl-C ends the
-run with a one-line message and exit status 130.
+holding a lock beside its version folders: `.prepare.lock`). `--overwrite` builds the new copy
+in such a folder too and swaps it in only once complete: a rebuild that fails or is interrupted
+keeps the old copy. Ctrl-C ends the run with a one-line message and exit status 130. A full disk
+names --data_dir (exit 2).
 Bad input ends the run with a one-line message naming the file (and line) at fault and the
 fix, and exit status 2 (`--verbose` adds the traceback): a missing --manual_dir or file (an
 archive not extracted is named), labels out of range or missing (an AffectNet image without its
