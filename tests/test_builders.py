@@ -1014,6 +1014,20 @@ def test_a_second_prepare_of_a_set_waits_for_the_first_and_deletes_nothing_it_wr
   assert builder.is_prepared() and not under_way.exists()
 
 
+def test_a_set_prepared_in_a_read_only_place_is_found_prepared_without_its_lock(tmp_path, monkeypatch):
+  """A set an administrator prepared in a read-only folder: `prepare && train` must find it, not fail at the lock."""
+  fx.write_fedro(tmp_path / "manual")
+  prepare.prepare("fedro", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds"))
+
+  def read_only(path, *args, **kwargs):
+    if os.fspath(path).endswith(prepare.LOCK_FILE):
+      raise PermissionError(13, "Permission denied", os.fspath(path))
+    return open(path, *args, **kwargs)
+
+  monkeypatch.setattr(prepare, "open", read_only, raising=False)
+  assert prepare.prepare("fedro", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds")).is_prepared()
+
+
 def test_a_prepared_sets_run_deletes_a_killed_rebuilds_leftover(tmp_path):
   """A killed --overwrite left its staging copy (a whole set) through every later run finding the set prepared."""
   fx.write_fedro(tmp_path / "manual")

@@ -154,7 +154,14 @@ def preparing_alone(builder):
   then finds the set prepared. flock locks are seen by runs on the same host or on NFS."""
   folder = builder.data_path.parent
   folder.mkdir(parents=True, exist_ok=True)
-  with open(folder / LOCK_FILE, "a+") as lock:
+  try:
+    lock = open(folder / LOCK_FILE, "a+")
+  except OSError as error:
+    if error.errno not in NOT_WRITABLE:
+      raise
+    yield  # a set prepared in a read-only place is only read; one to build fails at its first write, named
+    return
+  with lock:
     try:
       fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
