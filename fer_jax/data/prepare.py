@@ -144,7 +144,7 @@ def _disk_full_error(builder, reason: str) -> builder_utils.DataError:
                                  "command again (a copy prepared before stays as it was).")
 
 
-LOCK_FILE = ".prepare.lock"  # beside a set's version folders: which run prepares it
+LOCK_FILE = ".prepare.lock"  # beside a set's version folders: held by the run preparing it
 
 
 @contextlib.contextmanager
