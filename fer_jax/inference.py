@@ -3,6 +3,7 @@ commands: the input files a command is given (`list_images`), their decoding and
 (`FilePreprocessor`) and a jitted, data-parallel forward pass (`Predictor`).
 """
 
+import collections
 from collections.abc import Sequence
 import os
 
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fer_jax import errors
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import tta
@@ -21,7 +23,9 @@ from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+# The containers OpenCV's FFmpeg reads (each checked by writing and reading one: tests/test_predict.py).
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".wmv", ".flv", ".3gp", ".mpg", ".mpeg", ".ts",
+                    ".mts", ".m2ts")
 
 
 def is_video(path: str) -> bool:
@@ -29,27 +33,48 @@ def is_video(path: str) -> bool:
   return path.lower().endswith(VIDEO_EXTENSIONS)
 
 
-def list_images(path: str, extensions: tuple[str, ...] = decode.IMAGE_SUFFIXES) -> list[str]:
+def list_images(path: str, extensions: tuple[str, ...] = decode.IMAGE_SUFFIXES,
+                unreadable_folders: list[tuple[str, str]] | None = None) -> list[str]:
   """The file itself, or every file with one of `extensions` under a folder, sorted; a UserError if there is none.
 
-  Folder symlinks are not followed (a link to a parent folder cannot loop); unreadable folders
-  are warned about and skipped."""
+  Folder symlinks are not followed (a link to a parent folder cannot loop). The files left out are counted by
+  extension in one line; each unreadable folder is warned about, skipped, and appended to `unreadable_folders`
+  (folder, reason) if given."""
   if os.path.isfile(path):
     return [path]
   if not os.path.exists(path):
     raise UserError(f"--input={path} does not exist: pass an image or video file, or a folder of them.")
   if not os.path.isdir(path):
     raise UserError(f"--input={path} is neither a file nor a folder: pass an image or video file, or a folder of them.")
-  found = sorted(os.path.join(root, name) for root, _, names in os.walk(path, onerror=_warn_unreadable_folder)
-                 for name in names if name.lower().endswith(extensions))
+
+  def skip_unreadable_folder(error: OSError) -> None:
+    reason = f"{error.filename} cannot be listed ({error.strerror}): make it readable (chmod a+rx) or remove it."
+    logging.warning("Skipping unreadable folder: %s", reason)
+    if unreadable_folders is not None:
+      unreadable_folders.append((error.filename, reason))
+
+  files = sorted(os.path.join(root, name) for root, _, names in os.walk(path, onerror=skip_unreadable_folder)
+                 for name in names)
+  found = [file for file in files if file.lower().endswith(extensions)]
+  _log_left_out([file for file in files if not file.lower().endswith(extensions)], path)
   if not found:
     raise UserError(f"No image file under --input={path} (searched recursively for {', '.join(extensions)}): "
                     f"pass a folder that holds images with one of these extensions, or one image file.")
   return found
 
 
-def _warn_unreadable_folder(error: OSError) -> None:
-  logging.warning("Skipping unreadable folder %s: %s.", error.filename, error.strerror)
+SHOWN_EXTENSIONS = 8  # the most frequent extensions of the files left out that the log line names
+
+
+def _log_left_out(files: list[str], folder: str) -> None:
+  """One line: how many `files` (under `folder`) were left out for their extension, and how many of each."""
+  if not files:
+    return
+  counts = collections.Counter(os.path.splitext(file)[1].lower() or "(none)" for file in files)
+  ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+  shown = ", ".join(f"{extension} ×{count}" for extension, count in ranked[:SHOWN_EXTENSIONS])
+  logging.info("Left out %s under %s whose extension is not read: %s%s.",
+               errors.counted(len(files), "file"), folder, shown, ", …" if len(ranked) > SHOWN_EXTENSIONS else "")
 
 
 # A photo is taken for a face crop when it is nearly square (sides within this ratio) and no
@@ -109,6 +134,15 @@ def no_readable_image(where: str, skipped: list[tuple[str, str]], what: str = "i
   its fix, else a pointer to the warnings."""
   detail = skipped[0][1] if len(skipped) == 1 else f"all {len(skipped)} were skipped; see the warning above for each"
   return UserError(f"No readable {what} {where}: {detail}")
+
+
+def skipped_summary(skipped: int, inputs: int, unreadable: int, what: str) -> str:
+  """"; skipped 2 of 5 inputs (1 unreadable; see the warnings above)", for a summary line; "" if none was skipped."""
+  if not skipped:
+    return ""
+  unreadable_count = f"{unreadable} unreadable; " if unreadable else ""
+  warnings = "the warning" if skipped == 1 else "the warnings"
+  return f"; skipped {skipped} of {errors.counted(inputs, what)} ({unreadable_count}see {warnings} above)"
 
 
 def forward_in_batches(forward, variables, images: list[np.ndarray], batch_size: int, padded_size=None):

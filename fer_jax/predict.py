@@ -13,39 +13,43 @@ to a power of two, so few steps are compiled).
 With --tta the probabilities are the weighted mean of the softmax over that `fer_jax.tta` view
 set (the logits stay those of the image itself).
 
-Which inputs are photos: videos (.mp4 .avi .mov .mkv .webm .m4v, read with OpenCV) always; an image when
---detect, or by default when it is not a face crop, i.e. not nearly square (sides within 25 %) or larger than
-twice the stored side (at least 128 px). In a photo or every --stride-th frame, MTCNN (`fer_jax.face`) finds
-each face with five landmarks; the face is cropped as the config's data set was (`fer_jax.face.align`: RAF-DB
-similarity-aligned, others a box with a margin; grey 48×48 for FER2013-style inputs) and classified. The
-detector searches for faces down to 5/6 of --min_face_size (at least 12 px); faces smaller than it or scored
-below --min_score are written unclassified, with the reason. A video's faces are followed from frame to frame
-by box overlap (the track; a frame without a classified face keeps the tracks); --smooth=W averages each
-track's probabilities over time (p ← W·p_before + (1 − W)·p_now). --annotate writes every photo and processed
-frame with its boxes, landmarks and labels drawn, as PNGs named after the input with its extension
-(photo.jpg.png, clip.mp4/frame_000015.png).
+Which inputs are photos: videos (`inference.VIDEO_EXTENSIONS`: .mp4 .avi .mov .mkv .webm .m4v .wmv .flv .3gp .mpg
+.mpeg .ts .mts .m2ts, read with OpenCV) always; an image when --detect, or by default when it is not a face crop,
+i.e. not nearly square (sides within 25 %) or larger than twice the stored side (at least 128 px). In a photo or
+every --stride-th frame, MTCNN (`fer_jax.face`) finds each face with five landmarks; the face is cropped as the
+config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned, others a box with a margin; grey 48×48 for
+FER2013-style inputs) and classified. The detector searches for faces down to 5/6 of --min_face_size (at least 12
+px); faces smaller than it or scored below --min_score are written unclassified, with the reason. A video's faces
+are followed from frame to frame by box overlap (the track; a frame without a classified face keeps the tracks);
+--smooth=W averages each track's probabilities over time (p ← W·p_before + (1 − W)·p_now). --annotate writes every
+photo and processed frame with its boxes, landmarks and labels drawn, as PNGs named after the input with its
+extension (photo.jpg.png, clip.mp4/frame_000015.png; a name over 255 bytes is cut short and ended by a hash); face
+crops are not drawn (one warning says so). A drawing that cannot be written (a full disk) stops the drawing with
+one warning, not the run.
 
 Per crop or face the output holds the top class, its probability, the probability of every class (named in the
-config's class order) and the logits; for faces also the video frame's index and time, the face's index (left
-to right), track (none for a photo's faces and those not classified), box, landmarks, detection score and why
-it was skipped; `.csv` or `.json` by the output's extension, written whole or not at all (through a temporary
-file; a file name's bytes that are not UTF-8 written as "\\udce9"). A folder is searched recursively for
-images and videos. Inputs without a row of their own are listed with the reason and warned about: a face crop
-smaller than --min_face_size, a photo or video in which no face is found, and unreadable inputs (not an image,
-corrupt, truncated, unreadable, a symbolic-link loop, or a header claiming more than
-`fer_jax.data.decode.MAX_IMAGE_PIXELS`; an empty, truncated or non-video file named as a video), which are
-counted. A video's frames that cannot be read (a damaged file) are passed over, with one warning giving their
-number. Images are read upright (their EXIF orientation applied). A missing or empty --input, or an --output
-that could not be written, fails before the model is loaded. The log gives each prediction when there are at
-most `FEW_ROWS` rows, then the counts and the output's absolute path. SIGINT (Ctrl-C) or SIGTERM stops the run
-after the image or video frame in hand: the output holds the rows done and lists the input cut off
-("interrupted at frame N") and those not reached as skipped, and the command exits with status 75 (run it
-again to complete the output); a second signal exits at once, writing nothing.
+config's class order) and the logits; for faces also the video frame's index and time, the face's index (left to
+right), track (none for a photo's faces and those not classified), box, landmarks, detection score and why it was
+skipped; `.csv` or `.json` by the output's extension, written whole or not at all (through a temporary file; a
+file name's bytes that are not UTF-8 written as "\\udce9"). A folder is searched recursively for images and videos
+(one line counts the files left out, by extension). Inputs without a row of their own are listed with the reason
+and warned about: a face crop smaller than --min_face_size, a photo or video in which no face is found, and
+unreadable inputs (an empty file, not an image, corrupt, truncated, unreadable, a symbolic-link loop, or a header
+claiming more than `fer_jax.data.decode.MAX_IMAGE_PIXELS`; a truncated or non-video file named as a video, or one
+without a frame; a folder that cannot be listed), which are counted. A video's frames that cannot be read (a
+damaged file) are passed over, with one warning giving their number. Images are read upright (their EXIF
+orientation applied); a float image (a TIFF of mode "F") with values in [0, 1] is scaled by 255. A missing or
+empty --input, or an --output or --annotate that could not be written, fails before the model is loaded. The log
+gives each prediction when there are at most `FEW_ROWS` rows, then the counts and the output's absolute path.
+SIGINT (Ctrl-C) or SIGTERM stops the run after the image or video frame in hand: the output holds the rows done
+and lists the input cut off ("interrupted at frame N") and those not reached as skipped, and the command exits
+with status 75 (run it again to complete the output); a second signal exits at once, writing nothing.
 """
 
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -85,9 +89,12 @@ def check_output(path: str) -> None:
 
 
 def check_annotate(path: str) -> None:
-  """Fails fast if --annotate names a file: the drawn photos go into a folder (new or existing)."""
-  if path and os.path.exists(path) and not os.path.isdir(path):
+  """Fails fast unless --annotate, if given, is a folder (new or existing) where the drawn photos can be written."""
+  if not path:
+    return
+  if os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f"--annotate={path} is a file: pass a folder (new or existing) for the drawn photos.")
+  cli.check_writable_place(f"--annotate={path}", path)
 
 
 @dataclasses.dataclass
@@ -106,7 +113,8 @@ class FacePredictions:
   `add_*` queue a crop or a photo's faces; every `batch_size` queued crops (or 16 queued photos
   when annotating) are classified, followed (and smoothed) over each video's face tracks, drawn, and
   appended to `rows`, in input order. `skipped`: (input, reason) of each input without a row of its
-  own, the `unreadable` ones among them, and the inputs a stop signal `cut_off` (the one in hand, those not reached)."""
+  own, the `unreadable` ones among them, and the inputs a stop signal `cut_off` (the one in hand, those not reached).
+  A drawing that cannot be written is warned about and stops the drawing (`annotate` emptied), not the run."""
 
   def __init__(self, model: api.Model, min_face_size: float, min_score: float, smooth: float = 0.0,
                annotate: str = ""):
@@ -114,7 +122,7 @@ class FacePredictions:
     self.model, self.min_face_size, self.min_score = model, min_face_size, min_score
     self.smooth, self.annotate = smooth, annotate
     self.rows, self.skipped, self.unreadable, self.cut_off, self.faces_skipped = [], [], [], [], 0
-    self._queue, self._tracks = [], _Tracks()
+    self._queue, self._tracks, self._told_crops_are_not_drawn = [], _Tracks(), False
 
   def add_image(self, path: str, name: str, detect: bool | None) -> None:
     """Queues an image, read once, as a face crop or as a photo's faces (`predict_inputs` says which)."""
@@ -127,6 +135,7 @@ class FacePredictions:
     except decode.UnreadableImageError as error:
       return self.skip_unreadable(path, error)
     if is_crop:
+      self._tell_crops_are_not_drawn(path)
       self._push(_Frame(path, None, [{"image": path}], [pixels]))
     elif not self.add_frame(path, pixels, name):
       self.skip(path, NO_FACE, "if it is a face crop, pass --nodetect")
@@ -148,8 +157,18 @@ class FacePredictions:
 
   def skip_unreadable(self, path: str, error: Exception) -> None:
     logging.warning("Skipping unreadable input: %s", error)
-    self.skipped.append((path, str(error)))
-    self.unreadable.append((path, str(error)))
+    self.count_unreadable([(path, str(error))])
+
+  def count_unreadable(self, inputs: list[tuple[str, str]]) -> None:
+    """Lists (input, reason) as unreadable and skipped, without a warning (given already: unreadable folders)."""
+    self.skipped += inputs
+    self.unreadable += inputs
+
+  def _tell_crops_are_not_drawn(self, path: str) -> None:
+    if self.annotate and not self._told_crops_are_not_drawn:
+      logging.warning("--annotate draws photos and video frames, not face crops such as %s (classified whole, they "
+                      "have no box to draw); pass --detect to search them for faces and draw those.", path)
+      self._told_crops_are_not_drawn = True
 
   def cut(self, paths: list[str], reason: str) -> None:
     """Lists `paths` as skipped for `reason`, without a warning each: one line says the output is partial."""
@@ -170,10 +189,19 @@ class FacePredictions:
           _fill(row, next(predictions))
       if frame.rows and frame.rows[0].get("frame") is not None:
         self._tracks.follow(frame.source, frame.rows, self.smooth, self.model.class_names)
-      if frame.image is not None:
-        draw_faces(frame.image, frame.rows, os.path.join(self.annotate, frame.name))
+      if frame.image is not None and self.annotate:
+        self._draw(frame)
       self.rows.extend(frame.rows)
     self._queue = []
+
+  def _draw(self, frame: _Frame) -> None:
+    path = os.path.join(self.annotate, frame.name)
+    try:
+      draw_faces(frame.image, frame.rows, path)
+    except OSError as error:
+      logging.warning("Stopped drawing: %s cannot be written (%s); the predictions go on. Fix --annotate=%s or pass "
+                      "another, then run again for the drawings.", path, error.strerror or error, self.annotate)
+      self.annotate = ""
 
 
 def _fill(row: dict, prediction: api.Prediction) -> None:
@@ -296,7 +324,7 @@ def _open_video(path: str):
   empty = os.fstat(file.fileno()).st_size == 0
   file.close()
   if empty:
-    raise decode.UnreadableImageError(f"{path} is empty (0 bytes): re-copy it, or remove it.")
+    raise decode.empty_file_error(path)
   raise decode.UnreadableImageError(f"{path} cannot be opened as a video by OpenCV: it is likely truncated or not a "
                                     "video. Re-copy or re-encode it (to MP4, say), or remove it.")
 
@@ -319,9 +347,24 @@ def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool |
       if inference.is_video(path):  # --nodetect is for images: a video's frames are not crops
         _add_video(results, path, name, stride, stop)
       else:
-        results.add_image(path, name + ".png", detect)
+        results.add_image(path, drawing_name(name), detect)
     results.flush()
   return results
+
+
+MAX_NAME_BYTES = 255  # the longest file name Linux's and macOS's file systems take, in bytes
+
+
+def drawing_name(name: str) -> str:
+  """`name` + ".png"; where its last part would pass `MAX_NAME_BYTES` in UTF-8, that part cut short and ended by a hash
+  of `name`, which keeps it apart from the others."""
+  folder, base = os.path.split(name)
+  if len(os.fsencode(base + ".png")) <= MAX_NAME_BYTES:
+    return name + ".png"
+  ending = f"~{hashlib.sha256(os.fsencode(name)).hexdigest()[:10]}.png"
+  while len(os.fsencode(base + ending)) > MAX_NAME_BYTES:
+    base = base[:-1]
+  return os.path.join(folder, base + ending)
 
 
 def detects_faces(paths: list[str], detect: bool | None) -> bool:
@@ -335,12 +378,16 @@ def _add_video(results: FacePredictions, path: str, name: str, stride: int, stop
     frames, count = video_frames(path, stride)
   except decode.UnreadableImageError as error:
     return results.skip_unreadable(path, error)
-  found = 0
+  found = processed = 0
   for index, time, frame in progress(frames, os.path.basename(path), -(-count // stride) or None):
     found += results.add_frame(path, frame, os.path.join(name, f"frame_{index:06d}.png"), index, time)
+    processed += 1
     if stop.received:
       frames.close()
       return results.cut([path], f"interrupted at frame {index + 1} by {stop.received}")
+  if not processed:  # not one frame read: the first is processed at any --stride
+    return results.skip_unreadable(path, decode.UnreadableImageError(
+        f"{path} has no frames that can be read: re-export it (to MP4, say), or remove it."))
   if not found:
     results.skip(path, NO_FACE, f"in any frame read at --stride={stride}")
 
@@ -416,12 +463,9 @@ def log_results(results: FacePredictions, inputs: int, output: str) -> None:
     for row in results.rows:
       logging.info("%s", row_summary(row))
   predictions = sum("prediction" in row for row in results.rows)
-  summary = f"Wrote {errors.counted(predictions, 'prediction')} to {output}"
-  if skipped := len(results.skipped) - len(results.cut_off):
-    unreadable = f"{len(results.unreadable)} unreadable; " if results.unreadable else ""
-    warnings = "the warning" if skipped == 1 else "the warnings"
-    summary += f"; skipped {skipped} of {errors.counted(inputs, 'input')} ({unreadable}see {warnings} above)"
-  logging.info("%s.", summary)
+  skipped = inference.skipped_summary(len(results.skipped) - len(results.cut_off), inputs, len(results.unreadable),
+                                     "input")
+  logging.info("Wrote %s to %s%s.", errors.counted(predictions, "prediction"), output, skipped)
   if results.faces_skipped:
     logging.info("%s not classified, too small (< --min_face_size=%g px) or too unsure (< --min_score=%g): the "
                  "output's rows say why.", errors.counted(results.faces_skipped, "face"), results.min_face_size,
@@ -466,16 +510,19 @@ def main(argv):
   args = flags.FLAGS
   check_output(args.output)
   check_annotate(args.annotate)
-  paths = inference.list_images(args.input, decode.IMAGE_SUFFIXES + inference.VIDEO_EXTENSIONS)
+  unreadable_folders = []
+  paths = inference.list_images(args.input, decode.IMAGE_SUFFIXES + inference.VIDEO_EXTENSIONS, unreadable_folders)
   model = api.load(args.checkpoint, config=args.config, tta=args.tta or "", batch_size=args.batch_size)
   results = predict_inputs(model, paths, args.input, args.detect, args.min_face_size, args.min_score, args.stride,
                            args.smooth, args.annotate)
+  results.count_unreadable(unreadable_folders)  # warned about as they were listed
+  inputs = len(paths) + len(unreadable_folders)
   write_predictions(results.rows, results.skipped, model.class_names, args.output,
                     detects_faces(paths, args.detect))
-  log_results(results, len(paths), os.path.abspath(args.output))
+  log_results(results, inputs, os.path.abspath(args.output))
   if results.cut_off:
     sys.exit(stopping.PREEMPTED_EXIT_STATUS)
-  if len(results.unreadable) == len(paths):
+  if len(results.unreadable) == inputs:
     raise inference.no_readable_image(f"under --input={args.input}", results.unreadable, "input")
 
 

@@ -9,9 +9,9 @@ SCAN-CCI: attention masks) writes the PNGs, numbered in the order of the readabl
 log maps each number to its image). The maps are of face crops: an image that is not one by
 `fer_jax.predict`'s rule (nearly square, sides within 25 %, and at most twice the stored side, at
 least 128 px) is warned about and drawn whole, squashed to the model's input: no face is detected.
-Unreadable images are reported by name and skipped; a missing or empty --input, a video, no
-readable image, an export folder as --checkpoint, or an --out that cannot be a writable folder
-fails before the model is loaded. Every batch runs through one compiled program (the last one padded).
+Unreadable images are reported by name, skipped and counted in the last line; a missing or empty
+--input, a video, no readable image, an export folder as --checkpoint, or an --out that cannot be a
+writable folder fails before the model is loaded. Every batch runs through one compiled program (the last one padded).
 """
 
 import functools
@@ -43,7 +43,8 @@ def define_flags():
 
 
 def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_size: int) -> list[str]:
-  """The PNGs of the readable images among `paths`, numbered in their order; unreadable ones are skipped."""
+  """The PNGs of the readable images among `paths`, numbered in their order; unreadable ones are skipped, and
+  counted in the line that says what was written."""
   method = models.get_method(config.model.name)
   if method.save_attention_maps is None:
     raise UserError(f"Model {config.model.name!r} has no attention maps to save: "
@@ -67,7 +68,10 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
   # Batches of at most the image count (a few images are not padded to a full batch), the last one padded to it.
   images, outputs = inference.forward_in_batches(forward, variables, decoded, min(batch_size, len(decoded)))
   os.makedirs(out_dir, exist_ok=True)  # a method of yours writes its files there as they are
-  return method.save_attention_maps(images, outputs, out_dir)
+  written = method.save_attention_maps(images, outputs, out_dir)
+  logging.info("Wrote %s to %s%s.", errors.counted(len(written), "PNG"), os.path.abspath(out_dir),
+               inference.skipped_summary(len(skipped), len(paths), len(skipped), "image"))
+  return written
 
 
 def warn_unless_a_face_crop(path: str, stored_side: int) -> None:
@@ -93,8 +97,7 @@ def main(argv):
   export.check_not_an_export(args.checkpoint)  # attention maps need the model's code
   paths = inference.list_images(args.input)
   validation.validate(args.config, training=False)
-  written = write_attention_maps(args.config, args.checkpoint, paths, args.out, args.batch_size)
-  logging.info("Wrote %s to %s.", errors.counted(len(written), "PNG"), os.path.abspath(args.out))
+  write_attention_maps(args.config, args.checkpoint, paths, args.out, args.batch_size)
 
 
 if __name__ == "__main__":

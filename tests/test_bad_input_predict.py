@@ -25,8 +25,9 @@ from helpers import ROOT, assert_user_error, get_config, random_variables, run_c
 DAN = ("--config=configs/dan.py:synthetic", "--config.input.size=32")
 APVIT = ("--config=configs/apvit.py:synthetic",)
 GOOD = ["face.png", "hopper.jpg"]
-BAD = ["a.jpg", "b.jpg", "bomb.png", "corrupt.png", "empty.mp4", "locked.png", "notes.jpg", "notes.mp4",
-       "truncated.jpg"]
+BAD = ["a.jpg", "b.jpg", "bomb.png", "corrupt.png", "empty.mp4", "empty.png", "locked.png", "locked_folder",
+       "notes.jpg", "notes.mp4", "truncated.jpg"]
+BAD_IMAGES = [name for name in BAD if name.endswith(decode.IMAGE_SUFFIXES)]  # what visualize reads of them
 
 
 def png(width: int, height: int, compressed_pixels: bytes) -> bytes:
@@ -67,8 +68,8 @@ def apvit_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
-  """Two readable faces beside one file of each bad kind (images, an empty video and a text file named as one), a
-  symbolic-link loop, a link to the parent folder and an unreadable subfolder."""
+  """Two readable faces beside one file of each bad kind (images, an empty image, an empty video and a text file named
+  as one), a symbolic-link loop, a link to the parent folder and an unreadable subfolder."""
   folder = tmp_path_factory.mktemp("mixed")
   hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
   shutil.copy(hopper, folder / "hopper.jpg")
@@ -77,6 +78,7 @@ def mixed(tmp_path_factory):
   (folder / "bomb.png").write_bytes(png(30000, 30000, zlib.compress(bytes(1024))))
   (folder / "notes.jpg").write_text("Notes, not a photo.")
   (folder / "empty.mp4").write_bytes(b"")
+  (folder / "empty.png").write_bytes(b"")
   (folder / "notes.mp4").write_text("Notes, not a video.")
   (folder / "corrupt.png").write_bytes(png(48, 48, rng.bytes(512)))
   jpeg = pathlib.Path(hopper).read_bytes()
@@ -132,6 +134,26 @@ def test_a_text_file_named_like_an_image_is_skipped(predicted, mixed):
   assert "is not an image PIL can identify" in warning and "replace it with a PNG or JPEG, or remove it" in warning
 
 
+def test_an_empty_image_is_named_empty_as_a_video_is(predicted, mixed, tmp_path):
+  """It was "not an image PIL can identify (corrupt, or not an image at all)"."""
+  assert skip_warning(predicted[0], mixed / "empty.png").endswith(
+      f"Skipping unreadable input: {mixed / 'empty.png'} is empty (0 bytes): re-copy it, or remove it.")
+  (tmp_path / "empty.jpg").write_bytes(b"")
+  with pytest.raises(decode.UnreadableImageError, match=r"empty\.jpg is empty \(0 bytes\): re-copy it, or remove "
+                                                      r"it\.$"):
+    decode.read_file(str(tmp_path / "empty.jpg"), (32, 32, 3))
+
+
+def test_a_float_image_of_values_in_0_to_1_is_scaled_by_255_and_others_are_clipped(tmp_path):
+  """A float TIFF (PIL's mode "F") of values in [0, 1] was read all black (PIL's convert): "no face found"."""
+  unit = np.linspace(0, 1, 48 * 48, dtype=np.float32).reshape(48, 48)
+  for name, samples, expected in (("unit.tif", unit, np.round(unit * 255)),
+                                  ("wide.tif", unit * 300 - 20, np.clip(unit * 300 - 20, 0, 255).astype(np.uint8))):
+    Image.fromarray(samples).save(tmp_path / name)
+    read = decode.read_file(str(tmp_path / name), (48, 48, 1))[..., 0]
+    np.testing.assert_array_equal(read, expected, err_msg=name)
+
+
 def test_an_empty_video_is_named_empty(predicted, mixed):
   """It was "cannot be opened as a video by OpenCV: replace it with an MP4 or AVI file", under "unreadable image"."""
   assert skip_warning(predicted[0], mixed / "empty.mp4").endswith(
@@ -167,8 +189,12 @@ def test_an_unreadable_file_is_skipped(predicted, mixed):
   assert "Permission denied" in warning and "make it readable (chmod a+r) or remove it" in warning
 
 
-def test_an_unreadable_subfolder_is_skipped_and_named(predicted, mixed):
-  assert f"Skipping unreadable folder {mixed / 'locked_folder'}: Permission denied." in predicted[0].stderr
+def test_an_unreadable_subfolder_is_skipped_named_and_listed(predicted, mixed):
+  """It was warned about, but left out of the output's skipped inputs and of the count."""
+  reason = (f"{mixed / 'locked_folder'} cannot be listed (Permission denied): make it readable (chmod a+rx) or "
+            "remove it.")
+  assert f"Skipping unreadable folder: {reason}" in predicted[0].stderr
+  assert {"image": str(mixed / "locked_folder"), "reason": reason} in predicted[1]["skipped"]
 
 
 def test_the_size_limit_is_checked_from_the_header_before_decoding(tmp_path, monkeypatch):
@@ -316,14 +342,17 @@ def test_closed_loop_callbacks_after_a_failed_read_print_nothing_beside_the_mess
 
 @pytest.mark.integration
 def test_visualize_skips_a_refused_image_and_draws_the_others(apvit_checkpoint, mixed, tmp_path):
-  """The last line was "wrote 4 PNGs to maps", printed to stdout, where everything else is logged to stderr."""
+  """The last line was "wrote 4 PNGs to maps", printed to stdout, where everything else is logged to stderr; then it
+  did not count the images skipped."""
   result = visualize(apvit_checkpoint, mixed, os.path.relpath(tmp_path / "maps", ROOT), obey_permissions=True)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "is refused before decoding" in skip_warning(result, mixed / "bomb.png", "image")
   assert f"0001_*.png: {mixed / 'hopper.jpg'}" in result.stderr
   assert sorted(os.listdir(tmp_path / "maps")) == [
       f"{index:04d}_{kind}.png" for index in range(len(GOOD)) for kind in ("app_patches", "atp_tokens")]
-  assert f"] Wrote {2 * len(GOOD)} PNGs to {tmp_path / 'maps'}.\n" in result.stderr, result.stderr[-3000:]
+  assert (f"] Wrote {2 * len(GOOD)} PNGs to {tmp_path / 'maps'}; skipped {len(BAD_IMAGES)} of "
+          f"{len(GOOD) + len(BAD_IMAGES)} images ({len(BAD_IMAGES)} unreadable; see the warnings above).\n"
+          in result.stderr), result.stderr[-3000:]
   assert result.stdout == ""
 
 

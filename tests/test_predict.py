@@ -1,6 +1,7 @@
 """fer_jax.predict: the method's eval preprocessing, batched inference, TTA, outputs, bad images."""
 
 import csv
+import errno
 import json
 import logging
 import os
@@ -469,6 +470,16 @@ def _flat_video(path: str, frames: int = 3) -> str:
   return path
 
 
+def _noise_video(path: str, fourcc: str = "mp4v", frames: int = 20) -> str:
+  """Frames of noise (which a muxer of MPEG transport streams flushes, where a few flat frames leave it empty)."""
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), 25.0, (64, 48))
+  rng = np.random.default_rng(9)
+  for _ in range(frames):
+    writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+  writer.release()
+  return path
+
+
 def test_photos_and_videos_without_a_face_are_listed_and_the_columns_do_not_depend_on_what_is_found(
     tmp_path, monkeypatch, caplog):
   """A video without a face left no trace and no warning; a CSV lost its face columns when no face was found."""
@@ -571,12 +582,7 @@ def test_faces_are_logged_with_their_index_and_many_rows_by_the_summary_alone(tm
 def _damaged_video(path: str) -> str:
   """20 frames of noise (MPEG-4 in MP4) with 2000 bytes zeroed in the middle: OpenCV fails to read frame 5, then
   reads on."""
-  plain = path + ".plain.mp4"
-  writer = cv2.VideoWriter(plain, cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (64, 48))
-  rng = np.random.default_rng(9)
-  for _ in range(20):
-    writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
-  writer.release()
+  plain = _noise_video(path + ".plain.mp4")
   with open(plain, "rb") as f:
     data = bytearray(f.read())
   data[len(data) // 2:len(data) // 2 + 2000] = bytes(2000)
@@ -696,3 +702,118 @@ def test_a_stop_signal_ends_the_loop_after_the_frame_in_hand_and_lists_what_is_l
   assert [row["image"] for row in results.rows] == paths[:1] and results.cut_off == paths[1:]
   assert results.skipped == [(paths[1], f"interrupted at frame 1 by {name}"),
                              (paths[2], f"not reached: stopped by {name}")]
+
+
+# --- --annotate, the files a folder holds, videos without frames -------------------------------------------------
+
+
+def test_drawings_of_names_over_255_bytes_are_cut_short_and_kept_apart(tmp_path, monkeypatch):
+  """A photo named with 251 characters was drawn to a 255-byte-plus name: "OSError: [Errno 36] File name too long"
+  once every prediction was made, and no output was written."""
+  model, _ = _recording_model(monkeypatch, faces_found=False)
+  (tmp_path / "in").mkdir()
+  stem = "é" * 100 + "x" * 50  # 250 bytes in UTF-8
+  paths = [str(tmp_path / "in" / f"{stem}{extension}") for extension in (".jpg", ".png")]
+  for path in paths:
+    Image.new("RGB", (640, 480)).save(path)
+  results = predict.predict_inputs(model, paths, str(tmp_path / "in"), None, 24, 0.9, annotate=str(tmp_path / "drawn"))
+  assert results.skipped == [(path, predict.NO_FACE) for path in paths]
+  drawn = os.listdir(tmp_path / "drawn")
+  assert len(set(drawn)) == 2 and all(name.startswith(stem[:100]) and name.endswith(".png") for name in drawn)
+  assert all(len(name.encode("utf-8")) <= 255 for name in drawn)
+
+
+def test_a_drawing_that_cannot_be_written_stops_the_drawing_with_one_warning_not_the_run(tmp_path, monkeypatch,
+                                                                                          caplog):
+  """With --annotate the input folder, clip.avi's frames were to be drawn into clip.avi/, a file: FileExistsError
+  ended the run after every prediction was made, none written."""
+  model, _ = _recording_model(monkeypatch, faces_found=False)
+  crop, photo = str(tmp_path / "crop.png"), str(tmp_path / "photo.png")
+  Image.new("RGB", (100, 100)).save(crop)
+  Image.new("RGB", (640, 480)).save(photo)
+  video = _flat_video(str(tmp_path / "clip.avi"))
+  with caplog.at_level(logging.INFO):
+    results = predict.predict_inputs(model, [video, crop, photo], str(tmp_path), None, 24, 0.9, annotate=str(tmp_path))
+  drawing = tmp_path / "clip.avi" / "frame_000000.png"
+  assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Stopped drawing")] == [
+      f"Stopped drawing: {drawing} cannot be written (File exists); the predictions go on. Fix --annotate={tmp_path} "
+      "or pass another, then run again for the drawings."]
+  assert [row["image"] for row in results.rows] == [crop] and results.rows[0]["prediction"] == "anger"
+  assert results.skipped == [(video, predict.NO_FACE), (photo, predict.NO_FACE)]
+  assert not os.path.exists(tmp_path / "photo.png.png")  # drawn no more
+
+
+def test_an_annotate_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path):
+  """It was found only when the first drawing was written, after the model had run: a traceback, no output."""
+  (tmp_path / "notes.txt").write_text("a file")
+  with pytest.raises(UserError, match=rf"^--annotate={re.escape(str(tmp_path))}/notes\.txt/drawn cannot be created: "
+                                      r".*notes\.txt is a file, not a folder; choose another path\.$"):
+    predict.check_annotate(str(tmp_path / "notes.txt" / "drawn"))
+  predict.check_annotate(str(tmp_path / "new" / "drawn"))  # a folder to be made
+  predict.check_annotate("")  # no --annotate
+
+
+def test_face_crops_are_not_drawn_and_one_warning_says_so(tmp_path, monkeypatch, caplog):
+  """--annotate with face crops wrote nothing and said nothing."""
+  model, _ = _recording_model(monkeypatch)
+  crops = [str(tmp_path / f"{index}.png") for index in range(2)]
+  for crop in crops:
+    Image.new("RGB", (100, 100)).save(crop)
+  messages = _logged(caplog, lambda: predict.predict_inputs(model, crops, str(tmp_path), None, 24, 0.9,
+                                                            annotate=str(tmp_path / "drawn")))
+  assert [message for message in messages if "--annotate" in message] == [
+      f"--annotate draws photos and video frames, not face crops such as {crops[0]} (classified whole, they have no "
+      "box to draw); pass --detect to search them for faces and draw those."]
+
+
+# Each container with a codec that OpenCV's FFmpeg writes into it here.
+CONTAINERS = {".wmv": "WMV2", ".flv": "FLV1", ".3gp": "mp4v", ".mpg": "PIM1", ".MPEG": "PIM1", ".ts": "mpg2",
+              ".mts": "mpg2", ".m2ts": "mpg2"}
+
+
+def test_the_video_containers_opencv_reads_are_read_as_videos(tmp_path):
+  """A .wmv, .flv, .3gp, .mpg, .mpeg, .ts, .mts or .m2ts was left out of a folder, and called "not an image PIL can
+  identify" when named."""
+  videos = [_noise_video(str(tmp_path / f"clip{extension}"), fourcc, frames=10)
+            for extension, fourcc in CONTAINERS.items()]
+  assert inference.list_images(str(tmp_path), decode.IMAGE_SUFFIXES + inference.VIDEO_EXTENSIONS) == sorted(videos)
+  for video in videos:
+    frames, _ = predict.video_frames(video, 1)
+    assert inference.is_video(video) and len(list(frames)) == 10, video
+
+
+def test_the_files_a_folder_search_leaves_out_are_counted_by_extension_in_one_line(tmp_path, caplog):
+  """.heic photos (or any file of another extension) were left out without a word."""
+  for name in ("a.png", "b.HEIC", "c.heic", "notes.txt", "README"):
+    (tmp_path / name).write_bytes(b"")
+  messages = _logged(caplog, lambda: inference.list_images(str(tmp_path)))
+  assert messages == [f"Left out 4 files under {tmp_path} whose extension is not read: .heic ×2, (none) ×1, "
+                      ".txt ×1."]
+  assert _logged(caplog, lambda: inference.list_images(str(tmp_path / "a.png"))) == []
+
+
+def test_an_unreadable_folder_is_warned_about_and_handed_to_the_caller(tmp_path, monkeypatch, caplog):
+  """predict warned about it, but left it out of the output's skipped inputs and of the count."""
+  (tmp_path / "locked").mkdir()
+  Image.new("RGB", (48, 48)).save(tmp_path / "a.png")
+  locked, listed = str(tmp_path / "locked"), os.scandir
+
+  def scandir(path):  # as for a user without root's bypass of permissions
+    if os.fspath(path) == locked:
+      raise PermissionError(errno.EACCES, "Permission denied", path)
+    return listed(path)
+
+  monkeypatch.setattr(os, "scandir", scandir)
+  folders = []
+  messages = _logged(caplog, lambda: inference.list_images(str(tmp_path), decode.IMAGE_SUFFIXES, folders))
+  reason = f"{locked} cannot be listed (Permission denied): make it readable (chmod a+rx) or remove it."
+  assert folders == [(locked, reason)] and messages == [f"Skipping unreadable folder: {reason}"]
+
+
+def test_a_video_without_frames_is_named_as_one_not_as_a_video_without_faces(tmp_path, monkeypatch):
+  """It was "no face found (in any frame read at --stride=2)"."""
+  model, _ = _recording_model(monkeypatch, faces_found=False)
+  video = _flat_video(str(tmp_path / "empty.avi"), frames=0)
+  results = predict.predict_inputs(model, [video], str(tmp_path), None, 24, 0.9, stride=2)
+  reason = f"{video} has no frames that can be read: re-export it (to MP4, say), or remove it."
+  assert results.skipped == results.unreadable == [(video, reason)]

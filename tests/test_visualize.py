@@ -106,9 +106,8 @@ def save_maps_as_they_are(images, outputs, out_dir):
   return paths
 
 
-def test_a_method_of_yours_saves_its_maps_into_an_out_not_made_yet(tmp_path, monkeypatch):
-  """visualize left --out to the method's save_attention_maps (fer_jax's own create it): a method of yours that
-  wrote there failed with "No such file or directory"."""
+def _method_of_yours(tmp_path, monkeypatch) -> tuple:
+  """(config, checkpoint) of `Mean`, registered as the config's method, and a face crop at tmp_path/face.png."""
   config = get_config("configs/dan.py:synthetic")
   config.input.size = 16
   method = models.Method(build=lambda model_config: Mean(), save_attention_maps=save_maps_as_they_are)
@@ -116,9 +115,27 @@ def test_a_method_of_yours_saves_its_maps_into_an_out_not_made_yet(tmp_path, mon
   checkpoint = checkpointing.save_model(str(tmp_path / "model"), models.init_variables(Mean(), config,
                                                                                        jax.random.key(0)), config)
   Image.new("RGB", (40, 40), (120, 90, 70)).save(tmp_path / "face.png")
+  return config, checkpoint
+
+
+def test_a_method_of_yours_saves_its_maps_into_an_out_not_made_yet(tmp_path, monkeypatch):
+  """visualize left --out to the method's save_attention_maps (fer_jax's own create it): a method of yours that
+  wrote there failed with "No such file or directory"."""
+  config, checkpoint = _method_of_yours(tmp_path, monkeypatch)
   out = tmp_path / "maps" / "new"
   written = visualize.write_attention_maps(config, checkpoint, [str(tmp_path / "face.png")], str(out), batch_size=2)
   assert written == [str(out / "0000.npy")] and np.load(out / "0000.npy").shape == (16, 16)
+
+
+def test_the_line_that_says_what_was_written_counts_the_images_skipped(tmp_path, monkeypatch, caplog):
+  """It named each unreadable image, then read "Wrote 1 PNG to …", without a count of those skipped."""
+  config, checkpoint = _method_of_yours(tmp_path, monkeypatch)
+  (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+  paths = [str(tmp_path / "broken.jpg"), str(tmp_path / "face.png")]
+  with caplog.at_level(logging.INFO):
+    visualize.write_attention_maps(config, checkpoint, paths, str(tmp_path / "maps"), batch_size=2)
+  assert [record.getMessage() for record in caplog.records if record.getMessage().startswith("Wrote")] == [
+      f"Wrote 1 PNG to {tmp_path / 'maps'}; skipped 1 of 2 images (1 unreadable; see the warning above)."]
 
 
 def test_a_method_without_maps_is_told_how_to_give_it_some(monkeypatch):

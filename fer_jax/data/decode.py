@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import errno
 import io
+import os
 import re
 import struct
 import warnings
@@ -67,11 +68,23 @@ SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 def to_mode(image: Image.Image, mode: str) -> Image.Image:
   """`image` as 8-bit "RGB" or "L". 16-bit grey keeps its top 8 bits, where PIL's own convert clips every
-  sample above 255 (an all-white image)."""
+  sample above 255 (an all-white image); float grey ("F") within [0, 1] is scaled by 255 (`_unit_floats_to_grey`)."""
   if image.mode in SIXTEEN_BIT_GREY_MODES:
     samples = np.clip(np.asarray(image), 0, 2**16 - 1).astype(np.uint16)
     image = Image.fromarray((samples >> 8).astype(np.uint8))
+  elif image.mode == "F":
+    image = _unit_floats_to_grey(image)
   return image if image.mode == mode else image.convert(mode)
+
+
+def _unit_floats_to_grey(image: Image.Image) -> Image.Image:
+  """A float image ("F", a float TIFF) whose samples all lie in [0, 1] (as torchvision's tensors hold them) as 8-bit
+  grey, scaled by 255, where PIL's own convert rounds them to 0 or 1 (an all-black image); any other is left to
+  PIL's convert, which clips it to 0–255."""
+  samples = np.asarray(image)
+  if samples.size and 0 <= samples.min() and samples.max() <= 1:
+    return Image.fromarray(np.round(samples * 255).astype(np.uint8))
+  return image
 
 
 def to_stored(image: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
@@ -123,8 +136,21 @@ def _too_large(path: str, claimed_pixels: str) -> UnreadableImageError:
       f"{MAX_IMAGE_PIXELS:,} (fer_jax.data.decode.MAX_IMAGE_PIXELS); downscale it or remove it.")
 
 
+def empty_file_error(path: str) -> UnreadableImageError:
+  return UnreadableImageError(f"{path} is empty (0 bytes): re-copy it, or remove it.")
+
+
+def _is_empty(path: str) -> bool:
+  try:
+    return os.path.getsize(path) == 0
+  except OSError:
+    return False
+
+
 def unreadable_error(path: str, error: Exception) -> UnreadableImageError:
   if isinstance(error, UnidentifiedImageError):
+    if _is_empty(path):
+      return empty_file_error(path)
     return UnreadableImageError(f"{path} is not an image PIL can identify (corrupt, or not an image at all): "
                                 f"replace it with a PNG or JPEG, or remove it.")
   if isinstance(error, OSError) and error.errno is not None:
