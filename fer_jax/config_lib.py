@@ -220,10 +220,10 @@ def _flag_name(name: str, flag_values) -> str:
 
 
 def config_arguments(argv, flag_values=flags.FLAGS) -> list[str]:
-  """The --config and --config.* arguments of this command line, without --config.seed, each one word
-  (--name=value). Read as absl reads them: one dash or two, `--name value` for a flag that takes a value,
-  `--name` / `--noname` for a boolean, nothing after `--`."""
-  arguments, words = [], iter(argv)
+  """The --config and --config.* arguments of the command line `argv` (sys.argv: the program first), without
+  --config.seed, each one word (--name=value). Read as absl reads them: --flagfile's files in place, one dash or
+  two, `--name value` for a flag that takes a value, `--name` / `--noname` for a boolean, nothing after `--`."""
+  arguments, words = [], iter(flag_values.read_flags_from_files(list(argv), force_gnu=False)[1:])
   for word in words:
     if word == "--":
       break

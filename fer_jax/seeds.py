@@ -83,7 +83,7 @@ def seed_workdir(workdir: str, seed: int) -> str:
 
 
 def commands(argv, workdir: str, seeds: list[int]) -> list[str]:
-  """One `fer_jax.main` command per seed, then this program's summary command."""
+  """One `fer_jax.main` command per seed, then this program's summary command (`argv`: sys.argv)."""
   config = config_lib.config_arguments(argv)
   lines = [shlex.join([sys.executable, "-m", "fer_jax.main", *config, f"--workdir={seed_workdir(workdir, seed)}",
                        f"--config.seed={seed}"]) for seed in seeds]
@@ -390,7 +390,7 @@ def main(argv):
   args = flags.FLAGS
   seeds = parse_seeds(args.seeds)
   if args.print_commands:
-    print("\n".join(commands(sys.argv[1:], args.workdir, seeds)))
+    print("\n".join(commands(sys.argv, args.workdir, seeds)))
     return
   if not args.summarize_only:
     train_seeds(args.config, args.workdir, seeds)

@@ -112,9 +112,15 @@ def test_missing_run_and_bad_seeds_are_user_errors(tmp_path):
     seeds.parse_seeds(["1", "1"])
 
 
-def test_commands_pass_the_config_overrides_on_and_set_the_seed():
-  argv = ["--config", "configs/dan.py:synthetic", "--config.num_epochs=2", "--config.seed=5", "--workdir=w",
-          "--seeds=0,3", "--print_commands"]
+@pytest.mark.parametrize("in_a_flagfile", [False, True])
+def test_commands_pass_the_config_overrides_on_and_set_the_seed(tmp_path, in_a_flagfile):
+  """Overrides in a --flagfile were left out: the printed commands trained and summarized another config."""
+  overrides = ["--config.num_epochs=2", "--config.seed=5"]
+  if in_a_flagfile:
+    (tmp_path / "overrides.txt").write_text("\n".join(overrides) + "\n")
+    overrides = [f"--flagfile={tmp_path / 'overrides.txt'}"]
+  argv = ["seeds.py", "--config", "configs/dan.py:synthetic", *overrides, "--workdir=w", "--seeds=0,3",
+          "--print_commands"]
   lines = seeds.commands(argv, "runs", [0, 3])
   python = sys.executable
   assert lines == [
