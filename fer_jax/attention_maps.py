@@ -25,11 +25,12 @@ def _faces(images):
 
 def _kept_patches_panel(face: np.ndarray, positions: np.ndarray, patch_size: int,
                         dim: float = 0.25) -> np.ndarray:
-  """The face with every patch not in `positions` (row-major over the grid) dimmed."""
-  grid = face.shape[0] // patch_size
+  """The face with every patch not in `positions` (row-major over the model's grid: the side over `patch_size`,
+  rounded up, the last row and column of patches cut by the face's edge) dimmed."""
+  grid = -(-face.shape[0] // patch_size)
   kept = np.zeros(grid * grid, np.float32)
   kept[np.asarray(positions)] = 1.0
-  mask = np.kron(kept.reshape(grid, grid), np.ones((patch_size, patch_size), np.float32))
+  mask = np.kron(kept.reshape(grid, grid), np.ones((patch_size, patch_size), np.float32))[:face.shape[0], :face.shape[1]]
   return np.uint8(np.round(face * (dim + (1 - dim) * mask[..., None])))
 
 

@@ -308,6 +308,25 @@ def test_save_attention_maps_dims_the_dropped_patches(tmp_path):
   assert atp.shape == (224, 4 * 224, 3)
 
 
+def test_kept_patches_are_drawn_on_the_models_grid_where_the_side_is_no_multiple_of_the_patch(tmp_path):
+  """At input size 36 the model's grid is 5×5 (36/8 rounded up): the panel drew a 4×4 one, and position 24 (the
+  last) raised IndexError."""
+  images = np.full((1, 36, 36, 3), 1.0, np.float32)
+  images[0, 0, 0] = 0.0
+  model = apvit.APViT(num_classes=7, app_keep=25)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+  outputs = jax.eval_shape(lambda variables: model.apply(variables, images, train=False), variables)
+  assert outputs["app_positions"].shape == (1, 25)  # the model's own grid: 5×5, every position kept
+  outputs = {"app_positions": np.array([[6, 24]]), "atp_positions": tuple(np.array([[6]]) for _ in range(4))}
+  path = models.get_method("apvit").save_attention_maps(images, outputs, str(tmp_path))[0]
+  panel = np.asarray(Image.open(path))[::7, 36 * 7::7, 0]  # face | kept patches, scaled ×7
+  kept = np.zeros((36, 36), bool)
+  kept[8:16, 8:16] = kept[32:, 32:] = True  # row 1 column 1, and row 4 column 4 (4 pixels of its 8, at the edge)
+  expected = np.where(kept, 255, 64)
+  expected[0, 0] = 0  # the dark pixel
+  np.testing.assert_array_equal(panel, expected)
+
+
 @pytest.mark.integration
 def test_visualize_writes_maps_for_a_folder_of_faces(tmp_path):
   config = _tiny_synthetic()
