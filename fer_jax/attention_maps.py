@@ -30,7 +30,8 @@ def _kept_patches_panel(face: np.ndarray, positions: np.ndarray, patch_size: int
   grid = -(-face.shape[0] // patch_size)
   kept = np.zeros(grid * grid, np.float32)
   kept[np.asarray(positions)] = 1.0
-  mask = np.kron(kept.reshape(grid, grid), np.ones((patch_size, patch_size), np.float32))[:face.shape[0], :face.shape[1]]
+  mask = np.kron(kept.reshape(grid, grid), np.ones((patch_size, patch_size), np.float32))
+  mask = mask[:face.shape[0], :face.shape[1]]
   return np.uint8(np.round(face * (dim + (1 - dim) * mask[..., None])))
 
 
