@@ -228,7 +228,13 @@ def train_seeds(config, workdir: str, seeds: list[int]) -> None:
   with stopping.exit_status_on_stop():
     for seed, why in pending.items():
       logging.info("Seed %d in %s: %s; training it", seed, seed_workdir(workdir, seed), why)
-      train.train_and_evaluate(seed_config(config, seed), seed_workdir(workdir, seed))
+      try:
+        train.train_and_evaluate(seed_config(config, seed), seed_workdir(workdir, seed))
+      except stopping.NonFiniteError as error:  # resumed with a lower lr, the seed would not be one of this run
+        raise stopping.NonFiniteError(error.what, (
+            "Every seed trains with one config: give this command the lower --config.optimizer.lr (or a "
+            f"--config.optimizer.grad_clip_norm) and a new --workdir, or delete the seed folders in {workdir} first."
+        )) from None
 
 
 def read_reports(config, workdir: str, seeds: list[int]) -> dict[int, dict]:

@@ -23,7 +23,12 @@ class Preempted(Exception):
 
 
 class NonFiniteError(RuntimeError):
-  """A loss or gradient norm was NaN or Inf; nothing from that step on was evaluated or saved."""
+  """A loss or gradient norm was NaN or Inf; nothing from that step on was evaluated or saved. `what` says where and
+  which values, `fix` what to do (the command that trains decides)."""
+
+  def __init__(self, what: str, fix: str):
+    super().__init__(f"{what} {fix}")
+    self.what, self.fix = what, fix
 
 
 class StoppedOutsideSteps(Exception):

@@ -234,7 +234,7 @@ class FiniteGuard:
         raise stopping.NonFiniteError(
             f"Non-finite training values at step {step} (epoch {step / self.steps_per_epoch:.2f}): {parts}. "
             "Nothing from that step on was saved; the last good checkpoint is "
-            f"{os.path.join(self.checkpoints.directory, str(last)) if last is not None else 'none (no step saved yet)'}. "
+            f"{os.path.join(self.checkpoints.directory, str(last)) if last is not None else 'none (no step saved yet)'}.",
             "Lower --config.optimizer.lr or set --config.optimizer.grad_clip_norm, then start the command again "
             "(it resumes from that checkpoint).")
     self._unchecked = []

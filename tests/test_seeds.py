@@ -150,14 +150,19 @@ def test_a_stopped_seed_ends_the_command_with_mains_exit_status(tmp_path, monkey
   def train_and_evaluate(config, workdir):
     started.append((config.seed, workdir))
     if config.seed == 3:
-      raise stop("Non-finite training values at step 2" if stop is stopping.NonFiniteError else "")
+      raise (stop("Non-finite training values at step 2.", "Lower --config.optimizer.lr, then start the command again "
+                  "(it resumes from that checkpoint).") if stop is stopping.NonFiniteError else stop(""))
 
   monkeypatch.setattr(train, "train_and_evaluate", train_and_evaluate)
   with pytest.raises(SystemExit) as exited:
     seeds.train_seeds(ANY_SEED, str(tmp_path), [0, 3, 5])
   assert exited.value.code == status
   assert started == [(0, str(tmp_path / "seed_0")), (3, str(tmp_path / "seed_3"))]  # seed 5 never started
-  assert ("Non-finite training values at step 2" in caplog.text) == (stop is stopping.NonFiniteError)
+  if stop is stopping.NonFiniteError:  # main's advice, to resume this seed with a lower lr, this command refuses
+    assert caplog.messages[-1] == (
+        "Non-finite training values at step 2. Every seed trains with one config: give this command the lower "
+        "--config.optimizer.lr (or a --config.optimizer.grad_clip_norm) and a new --workdir, or delete the seed "
+        f"folders in {tmp_path} first.")
 
 
 # `python -m fer_jax.seeds` with the training replaced by a stop (a SIGTERM saves the step, then raises Preempted).
