@@ -181,7 +181,9 @@ def _conversions(image: np.ndarray) -> list[str]:
   conversions = []
   if image.ndim == 3 and image.shape[0] <= 4 < image.shape[-1]:
     conversions.append("channels first: np.moveaxis(image, 0, -1)")
-  if np.issubdtype(image.dtype, np.floating):
+  if np.issubdtype(image.dtype, np.floating) and image.size and np.nanmax(image) > 1:
+    conversions.append("floats in 0–255: np.clip(image, 0, 255).round().astype(np.uint8)")
+  elif np.issubdtype(image.dtype, np.floating):
     conversions.append("floats in 0–1: (image * 255).round().astype(np.uint8)")
   elif image.dtype == np.uint16:
     conversions.append("16-bit: (image // 257).astype(np.uint8)")

@@ -107,7 +107,7 @@ def main(argv):
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag()
-  flags.DEFINE_float("ridge", 10.0, "L2 penalty.")
+  flags.DEFINE_float("ridge", 10.0, "L2 penalty.", lower_bound=0.0)
   flags.DEFINE_float("max_gb", 16.0, "Refuse a baseline needing more memory than this (GB).")
   flags.mark_flags_as_required(["config"])
 

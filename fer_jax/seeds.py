@@ -96,10 +96,15 @@ def _read_report(path: str) -> dict:
   """A seed's eval_results.json."""
   try:
     with open(path) as f:
-      return json.load(f)
+      report = json.load(f)
   except ValueError as e:
-    raise UserError(f"{path} is not a complete report ({e}): delete it and run this command again to "
-                    "evaluate that seed.") from None
+    report, reason = None, str(e)
+  else:
+    reason = f"a JSON {type(report).__name__}, not an object"
+  if not isinstance(report, dict):
+    raise UserError(f"{path} is not a complete report ({reason}): delete it and run this command again to "
+                    "evaluate that seed.")
+  return report
 
 
 def seed_config(config, seed: int):

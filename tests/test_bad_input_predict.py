@@ -233,10 +233,11 @@ def test_a_folder_without_images_names_the_folder_and_the_extensions(names, tmp_
     ("fer_jax.export", ("--checkpoint=C", "--out=O"), "--batch_size=-3", "-3 is not a non-negative integer"),
     ("fer_jax.benchmark", (), "--steps=0", "0 is not a positive integer"),
     ("fer_jax.benchmark", (), "--warmup=-1", "-1 is not a non-negative integer"),
+    ("fer_jax.linear_baseline", (), "--ridge=-10", "-10.0 is not a non-negative number"),
 ])
 def test_a_count_out_of_range_stops_before_any_work(module, paths, flag, message):
   """They gave a division by zero, negative images a second or an index error (predict's minimums: every face
-  skipped)."""
+  skipped; a negative ridge penalty a baseline scikit-learn refuses)."""
   assert_user_error(run_command(module, *DAN, *paths, flag, timeout=120), f"flag {flag}: {message}")
 
 

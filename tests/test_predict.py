@@ -391,9 +391,11 @@ def test_load_refuses_a_bad_argument_by_its_name(tmp_path, arguments, message):
     (np.zeros((3, 60, 60), np.uint8), "channels first: np.moveaxis(image, 0, -1)"),
     (np.zeros((1, 60, 60), np.float64),
      "channels first: np.moveaxis(image, 0, -1); floats in 0–1: (image * 255).round().astype(np.uint8)"),
-], ids=["float", "uint16", "int64", "channels_first", "channels_first_float"])
+    (np.full((60, 60, 3), 128.0, np.float32), "floats in 0–255: np.clip(image, 0, 255).round().astype(np.uint8)"),
+], ids=["float", "uint16", "int64", "channels_first", "channels_first_float", "float_0_255"])
 def test_an_array_that_is_no_uint8_image_is_refused_with_the_conversion_it_needs(array, conversions):
-  """Every refusal gave the hint for floats in 0–1, a 16-bit or channels-first array's too."""
+  """Every refusal gave the hint for floats in 0–1, a 16-bit or channels-first array's too; floats in 0–255 were
+  told to multiply by 255 (which wraps around in uint8: garbage classified without an error)."""
   with pytest.raises(UserError, match=rf"got {array.dtype} {re.escape(str(array.shape))}: convert it "
                                       rf"\({re.escape(conversions)}\)\.$"):
     api.as_rgb(array)

@@ -311,6 +311,10 @@ def test_a_finished_seed_is_only_read_and_the_others_train(tmp_path, monkeypatch
   (tmp_path / "seed_4" / "eval_results.json").write_text('{"step": 2, "evalua')  # cut off while written
   with pytest.raises(UserError, match=r"seed_4/eval_results.json is not a complete report .*: delete it"):
     seeds.train_seeds(ANY_SEED, str(tmp_path), [4])
+  (tmp_path / "seed_4" / "eval_results.json").write_text("[]")  # JSON, no report: it raised AttributeError
+  with pytest.raises(UserError, match=r"seed_4/eval_results.json is not a complete report \(a JSON list, not an "
+                                      r"object\): delete it"):
+    seeds.train_seeds(ANY_SEED, str(tmp_path), [4])
 
 
 
