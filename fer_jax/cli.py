@@ -30,8 +30,6 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of user erro
 # A flag defined by define_path belongs to the module calling it (whose --helpshort lists it), not to this one.
 flags.disclaim_key_flags()
 
-
-
 # "gs://…", "s3:/…" (a slash lost): fer_jax reads and writes through the file system only.
 URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")
 

@@ -5,7 +5,6 @@ by SIGTERM/SIGINT after saving its step (run the same command to resume; `--mode
 again); 1 non-finite loss or gradient (the message names the step and the last good checkpoint).
 """
 
-
 from absl import flags
 from absl import logging
 import jax
