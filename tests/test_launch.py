@@ -355,6 +355,12 @@ def test_tpu_needs_a_runtime_version_only_to_create():
                       "no default runtime version for --accelerator-type=v3-8: pass --runtime-version")
 
 
+def _as_from_a_terminal() -> None:
+  """SIGINT's default action, as a terminal's shell gives its commands, whatever this test inherits: a shell started
+  with SIGINT ignored (a background job's) cannot trap it."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def fake_gcloud(tmp_path):
   """`gcloud` that logs each call and answers from scripts: training runs' codes (run_codes) and
@@ -423,7 +429,7 @@ exit 9
     (tmp_path / "log").write_text("")
     process = subprocess.Popen([os.path.join(LAUNCH, "tpu.sh"), "all", *TPU, "--retry-wait=0", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=_as_from_a_terminal)
     if stop_when_started or interrupt_when_started:
       while (tmp_path / "log").read_text().count(" started") < 2:
         assert process.poll() is None, process.communicate()
