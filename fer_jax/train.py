@@ -285,7 +285,7 @@ class TrainingRun:
     self.config, self.workdir = config, workdir
     self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.CHECKPOINTS), config.max_checkpoints)
     self.start_step = checkpointing.newest_step(self.checkpoints) or 0
-    validation.validate(config, training=True, new_run=not self.start_step)
+    validation.validate(config, training=True, new_run=not self.start_step, resumed=bool(self.start_step))
     if not self.start_step and (warning := validation.random_start_warning(config)):
       logging.warning(warning)
     self.mesh = mesh_lib.make_mesh()

@@ -24,19 +24,20 @@ SELECT_METRICS = ("", "accuracy", "mean_class_accuracy")
 SELECT_TIES = ("earliest", "latest")
 
 
-def validate(config, *, training: bool, new_run: bool = False) -> None:
+def validate(config, *, training: bool, new_run: bool = False, resumed: bool = False) -> None:
   """Checks every value and cross-field rule of `config` at once, before any work, after resolving
   config.model.dtype="auto" to this backend's dtype (`models.resolve_dtype`).
 
   `training`: the config will train (batch sizes must divide over this run's devices and
-  processes). `new_run`: a run starting from scratch, which reads `init_from` (a resumed
-  run ignores it). Raises ConfigError listing every problem with the keys and the fix.
+  processes). `new_run`: a run starting from scratch, which reads `init_from` (a `resumed`
+  run ignores it, and keeps the batch it trained at). Raises ConfigError listing every problem with the keys and
+  the fix.
   """
   models.resolve_dtype(config)
   problems = (_value_problems(config) + _optimizer_problems(config) + _selection_problems(config)
               + _evaluator_problems(config))
   if training:
-    problems += _training_problems(config, new_run)
+    problems += _training_problems(config, new_run, resumed)
   if problems:
     raise ConfigError("The config cannot run:\n  " + "\n  ".join(problems))
 
@@ -224,14 +225,18 @@ def _pipeline_problems(key: str, text: str, size: int) -> list[str]:
   return []
 
 
-def _training_problems(config, new_run: bool) -> list[str]:
+def _training_problems(config, new_run: bool, resumed: bool) -> list[str]:
   problems = []
   devices, processes = jax.device_count(), jax.process_count()
   size = config.batch_size
   if size >= 1 and (size % devices or size % processes):
     fitting = max(devices, size // devices * devices)
+    fix = (f"a resumed run keeps the global batch it trained at: resume it on a device count that divides {size}, "
+           f"or start a new --workdir with --config.batch_size={fitting} (and --config.init_from=<this workdir> to "
+           "start from its weights)" if resumed else
+           f"use a multiple of {devices} (e.g. --config.batch_size={fitting})")
     problems.append(f"config.batch_size={size} must divide evenly over this run's {devices} devices and {processes} "
-                    f"processes: use a multiple of {devices} (e.g. --config.batch_size={fitting}).")
+                    f"processes: {fix}.")
   if new_run:
     if config.init_from_required and not config.init_from:
       problems.append("This config fine-tunes a trained model (config.init_from_required): pass "

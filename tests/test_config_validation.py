@@ -90,6 +90,21 @@ def test_selection_settings_need_a_select_metric(key, value, turn_off):
   assert "--config.select_metric=accuracy" in message and turn_off in message
 
 
+@pytest.mark.parametrize("resumed, fix", [
+    (False, "use a multiple of 3 (e.g. --config.batch_size=30)."),
+    (True, "a resumed run keeps the global batch it trained at: resume it on a device count that divides 32, or start "
+           "a new --workdir with --config.batch_size=30 (and --config.init_from=<this workdir> to start from its "
+           "weights).")])
+def test_a_batch_that_does_not_divide_over_the_devices_is_told_the_fix_that_works(monkeypatch, resumed, fix):
+  """A run resumed on 3 devices was told to use batch 30, which the checkpoint then refused (it trained at 32)."""
+  monkeypatch.setattr(validation.jax, "device_count", lambda: 3)
+  config = get_config("configs/dan.py:synthetic")
+  config.batch_size = 32
+  assert _problems(config, training=True, resumed=resumed) == (
+      "The config cannot run:\n  config.batch_size=32 must divide evenly over this run's 3 devices and 1 processes: "
+      + fix)
+
+
 @pytest.mark.parametrize("spec", FINE_TUNING)
 def test_fine_tuning_needs_init_from_only_when_a_new_run_starts(spec):
   config = get_config(spec)
