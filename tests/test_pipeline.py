@@ -189,6 +189,17 @@ def test_cache_auto_chooses_by_size_and_a_cache_that_does_not_fit_is_refused():
     pipeline.TrainData(_config(cache="disk"), mesh_lib.make_mesh())
 
 
+def test_cpu_devices_share_the_host_budget_their_cached_copies_sit_in(monkeypatch, caplog):
+  """On 8 fake CPU devices `auto` chose the device cache for a set of up to 2 GiB: 8 copies in host memory."""
+  monkeypatch.setattr(pipeline, "_host_budget", lambda: 4 << 30)
+  monkeypatch.setattr(pipeline.jax, "local_device_count", lambda: 8)
+  with caplog.at_level(logging.INFO):
+    assert pipeline.choose_cache(_config(cache="auto"), 30_000, (100, 100, 3), "training split") == "host"
+  assert "device budget 512 MiB" in caplog.text
+  monkeypatch.setattr(pipeline.jax, "local_device_count", lambda: 1)
+  assert pipeline.choose_cache(_config(cache="auto"), 30_000, (100, 100, 3), "training split") == "device"
+
+
 def test_the_cache_of_an_evaluated_split_is_logged_without_the_device_budget_it_never_uses(caplog):
   with caplog.at_level(logging.INFO):
     assert pipeline.choose_cache(_config(cache="auto"), 70, (32, 32, 3), "test split", on_device=False) == "host"

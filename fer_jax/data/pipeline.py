@@ -273,10 +273,15 @@ def num_workers(config) -> int:
 
 
 def _device_budget(config) -> int:
+  """What each device's copy of a cached split may take: config.dataset.cache_budget_mb, else a quarter of a device's
+  memory; on CPU devices (no memory limit) 2 GiB, at most the host budget shared by the local devices, whose copies
+  all sit in host memory (8 fake CPU devices kept 8 copies)."""
   if config.dataset.cache_budget_mb:
     return int(config.dataset.cache_budget_mb * 2**20)
   stats = jax.local_devices()[0].memory_stats() or {}
-  return int(stats["bytes_limit"] * 0.25) if "bytes_limit" in stats else 2 << 30
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"] * 0.25)
+  return min(2 << 30, _host_budget() // jax.local_device_count())
 
 
 def _host_budget() -> int:
