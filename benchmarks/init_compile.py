@@ -45,4 +45,5 @@ def main(argv):
 
 if __name__ == "__main__":
   config_lib.define_config_flag()
+  flags.mark_flag_as_required("config")
   app.run(main)

@@ -186,7 +186,9 @@ def confusion_matrix(step, variables, eval_data, label: str) -> np.ndarray:
     if len(queued) > IN_FLIGHT:
       stopping.wait_interruptibly(queued.popleft())
       batch_progress.update(index + 1 - len(queued))  # the batches computed
-  stopping.wait_interruptibly(total.counts)
+  while queued:  # the last batches, one at a time: a slow evaluation of few batches shows its progress too
+    stopping.wait_interruptibly(queued.popleft())
+    batch_progress.update(eval_data.num_batches - len(queued))
   return np.asarray(jax.device_get(total.compute()), np.int64)
 
 

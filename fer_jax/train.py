@@ -501,7 +501,7 @@ class TrainingRun:
       selection = evaluate.selection_record(self.evaluators, self.selection.metric, self.selection.evaluator,
                                             self.selection.best_epoch, self.selection.best_value,
                                             self.step // self.steps_per_epoch)
-      logging.info("Reporting step %d. %s", step, evaluate.selection_note(selection))
+      logging.info("Reporting step %d. Selected: %s", step, evaluate.selection_note(selection))
       reusable = self.best_evals.get(step, {})
     report = evaluate.final_report(self.evaluators, variables, self.workdir, step,
                                    os.path.join(checkpoints.directory, str(step)), reusable, trained_steps=self.step,
