@@ -355,10 +355,11 @@ def test_tpu_needs_a_runtime_version_only_to_create():
                       "no default runtime version for --accelerator-type=v3-8: pass --runtime-version")
 
 
-def _as_from_a_terminal() -> None:
-  """SIGINT's default action, as a terminal's shell gives its commands, whatever this test inherits: a shell started
-  with SIGINT ignored (a background job's) cannot trap it."""
-  signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Runs argv[1:] with SIGINT's default action, as a terminal's shell gives its commands, whatever this test inherits: a
+# shell started with SIGINT ignored (a background job's) cannot trap it. An exec, not Popen's preexec_fn, which
+# forks this multithreaded (JAX) process.
+AS_FROM_A_TERMINAL = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                      "os.execv(sys.argv[1], sys.argv[1:])"]
 
 
 @pytest.fixture
@@ -427,9 +428,10 @@ exit 9
     (tmp_path / "states").write_text("".join(f"{state}\n" for state in states))
     (tmp_path / "calls").write_text("")
     (tmp_path / "log").write_text("")
-    process = subprocess.Popen([os.path.join(LAUNCH, "tpu.sh"), "all", *TPU, "--retry-wait=0", *args],
+    process = subprocess.Popen([*AS_FROM_A_TERMINAL, os.path.join(LAUNCH, "tpu.sh"), "all", *TPU, "--retry-wait=0",
+                                *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
-                               start_new_session=True, preexec_fn=_as_from_a_terminal)
+                               start_new_session=True)
     if stop_when_started or interrupt_when_started:
       while (tmp_path / "log").read_text().count(" started") < 2:
         assert process.poll() is None, process.communicate()
