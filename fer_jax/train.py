@@ -3,7 +3,6 @@ selection and the final report (fer_jax.evaluate)."""
 
 from collections.abc import Sequence
 import contextlib
-import fcntl
 import os
 import socket
 import time
@@ -21,6 +20,7 @@ from fer_jax import checkpointing
 from fer_jax import distributed
 from fer_jax import errors
 from fer_jax import evaluate
+from fer_jax import file_lock
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
@@ -534,7 +534,7 @@ def training_lock(workdir: str):
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
   with open(path, "a+") as lock:
-    distributed.raise_process_zeros_error(_lock(lock, path, workdir))
+    distributed.raise_process_zeros_error(_lock(lock, workdir))
     try:
       yield
     finally:
@@ -543,17 +543,12 @@ def training_lock(workdir: str):
         os.rmdir(workdir)
 
 
-def _lock(lock, path: str, workdir: str) -> str:
+def _lock(lock, workdir: str) -> str:
   """Takes the lock of the open lock file `lock` and writes who holds it; else the error naming the holder."""
-  try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
+  if not file_lock.take(lock, unlocked_warning="make sure no other training uses this workdir."):
     lock.seek(0)
     return (f"Another training runs in {os.path.abspath(workdir)} ({lock.read().strip() or 'its process unknown'}, "
             f"holding {LOCK_FILE}): wait for it to end or stop it, or pass another --workdir.")
-  except OSError as error:  # a file system without locks
-    logging.warning("Cannot lock %s (%s): make sure no other training uses this workdir.", path, error.strerror)
-    return ""
   lock.truncate(0)
   lock.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
   lock.flush()

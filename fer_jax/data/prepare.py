@@ -32,7 +32,6 @@ images out would quietly change the set.
 
 import contextlib
 import errno
-import fcntl
 import os
 import signal
 import sys
@@ -45,6 +44,7 @@ import tensorflow_datasets as tfds
 
 from fer_jax import cli
 from fer_jax import config_lib
+from fer_jax import file_lock
 from fer_jax.data import builder_utils
 from fer_jax.data import builders
 
@@ -162,15 +162,9 @@ def preparing_alone(builder):
     yield  # a set prepared in a read-only place is only read; one to build fails at its first write, named
     return
   with lock:
-    try:
-      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      logging.warning("Waiting for another run preparing %s in %s to end (it holds %s).", builder.info.full_name,
-                      builder.data_dir_root, folder / LOCK_FILE)
-      fcntl.flock(lock, fcntl.LOCK_EX)
-    except OSError as error:  # a file system without locks
-      logging.warning("Cannot lock %s (%s): make sure no other run prepares this set.", folder / LOCK_FILE,
-                      error.strerror)
+    file_lock.take(lock, unlocked_warning="make sure no other run prepares this set.",
+                   on_held=lambda: logging.warning("Waiting for another run preparing %s in %s to end (it holds %s).",
+                                                   builder.info.full_name, builder.data_dir_root, folder / LOCK_FILE))
     yield
 
 
