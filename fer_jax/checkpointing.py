@@ -203,12 +203,6 @@ def _root_cause(error: BaseException) -> str:
   return message if len(message) <= 240 else message[:240] + " …"
 
 
-def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict, config=None,
-                  steps_per_epoch: int | None = None) -> dict:
-  """The saved training state, once `check_resumable` finds that this run's config continues it."""
-  return restore_checked(checkpoints, step, check_resumable(checkpoints, step, abstract_state, config, steps_per_epoch))
-
-
 def restore_checked(checkpoints: ocp.CheckpointManager, step: int, resumable: tuple) -> dict:
   """The saved training state, read into the (restore target, its rewrapping) `check_resumable` returned."""
   target, rewrap = resumable
@@ -217,14 +211,14 @@ def restore_checked(checkpoints: ocp.CheckpointManager, step: int, resumable: tu
   return rewrap(restored["state"])
 
 
-def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict, config=None,
-                    steps_per_epoch: int | None = None):
+def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_state: dict, config=None):
   """Checks, reading no array, that the saved state has the structure and shapes `abstract_state` (what this run's
-  config builds) has and (with `config`, `steps_per_epoch`) that `config` continues the run: a changed config is
-  told apart from damaged files, which alone call for deleting. Returns (restore target, its rewrapping)."""
+  config builds) has and (with `config`) that `config` continues the run: a changed config is told apart from
+  damaged files, which alone call for deleting. Returns (restore target, its rewrapping). The epoch's length is
+  checked apart (`check_epoch_length`), once the run has read its data."""
   step_directory, damaged_fix = os.path.join(checkpoints.directory, str(step)), _newest_step_fix(checkpoints, step)
   if config is not None:
-    _check_continues(step_directory, config, steps_per_epoch, damaged_fix)
+    _check_continues(step_directory, config, damaged_fix)
   with read_errors(f"the checkpoint {step_directory}", damaged_fix):
     saved = _saved_tree(os.path.join(step_directory, "state"))
     target, rewrap = _unclipped_target(saved, abstract_state)
@@ -233,19 +227,15 @@ def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_stat
 
 
 def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_epoch: int) -> None:
-  """The run saved at `step` must have trained `steps_per_epoch` steps an epoch (`check_resumable` checks it too
-  when given the epoch length, which a run knows only once its data is read)."""
+  """The run saved at `step` must have trained `steps_per_epoch` steps an epoch (which a run knows only once its
+  data is read)."""
   step_directory = os.path.join(checkpoints.directory, str(step))
-  _check_epoch_length(_meta(step_directory), os.path.dirname(checkpoints.directory), steps_per_epoch,
-                      _new_run_fix(step_directory))
-
-
-def _check_epoch_length(meta: dict, run: str, steps_per_epoch: int, new_run: str) -> None:
-  saved_steps = meta.get("steps_per_epoch", steps_per_epoch)  # not recorded before 2026-12-05
+  saved_steps = _meta(step_directory).get("steps_per_epoch", steps_per_epoch)  # not recorded before 2026-12-05
   if saved_steps != steps_per_epoch:
-    raise CheckpointError(f"The run in {run} trained {saved_steps} steps an epoch, this config's training split gives "
-                          f"{steps_per_epoch}: its steps would stand for other epochs and schedule. Resume with the "
-                          f"dataset.train_split, max_per_class and sampler it was trained with, {new_run}")
+    raise CheckpointError(f"The run in {os.path.dirname(checkpoints.directory)} trained {saved_steps} steps an epoch, "
+                          f"this config's training split gives {steps_per_epoch}: its steps would stand for other epochs "
+                          f"and schedule. Resume with the dataset.train_split, max_per_class and sampler it was trained "
+                          f"with, {_new_run_fix(step_directory)}")
 
 
 def _new_run_fix(step_directory: str) -> str:
@@ -267,9 +257,9 @@ def _newest_step_fix(checkpoints: ocp.CheckpointManager, step: int) -> str:
                f"{os.path.dirname(checkpoints.directory)} or pass a new --workdir")
 
 
-def _check_continues(step_directory: str, config, steps_per_epoch: int | None, damaged_fix: str) -> None:
+def _check_continues(step_directory: str, config, damaged_fix: str) -> None:
   """The run saved in `step_directory` must be of the config's model, classes and inputs, and its step counter
-  must count the config's epochs (its global batch and steps per epoch) and train as it did
+  must count the config's epochs (its global batch) and train as it did
   (`config_lib.resume_differences`). A step without its meta record is incomplete: `damaged_fix`."""
   meta, run = _meta(step_directory), os.path.dirname(os.path.dirname(step_directory))
   if not meta:
@@ -284,8 +274,6 @@ def _check_continues(step_directory: str, config, steps_per_epoch: int | None, d
     raise CheckpointError(f"The run in {run} trained at a global batch of {saved_batch}, this config's is "
                           f"{config.batch_size}: its steps would stand for other epochs and schedule. Resume with "
                           f"--config.batch_size={saved_batch}, {new_run}")
-  if steps_per_epoch is not None:
-    _check_epoch_length(meta, run, steps_per_epoch, new_run)
   changed = config_lib.resume_differences(meta.get("config", {}), config)
   if changed:
     cosine = config_lib.COSINE_SHAPED if any(key == "num_epochs" for key, _, _ in changed) else ""

@@ -26,6 +26,7 @@ from fer_jax import checkpointing
 from fer_jax import config_lib
 from fer_jax import errors
 from fer_jax import figures
+from fer_jax import files
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import progress
@@ -230,7 +231,7 @@ def write_report(report: dict, workdir: str, examples: dict | None = None) -> No
   os.makedirs(workdir, exist_ok=True)
   evaluators = report["evaluators"]
   _remove_figures_of_the_previous_report(workdir, evaluators)
-  write_whole(os.path.join(workdir, checkpointing.REPORT), json.dumps(report, indent=2))
+  files.write_whole(os.path.join(workdir, checkpointing.REPORT), json.dumps(report, indent=2))
   for name, results in evaluators.items():
     figures.plot_confusion(np.array(results["confusion_matrix"]), results["class_names"],
                            os.path.join(workdir, confusion_file(name)),
@@ -239,23 +240,8 @@ def write_report(report: dict, workdir: str, examples: dict | None = None) -> No
     figures.plot_examples(images, os.path.join(workdir, examples_file(name)), f"{name}: {evaluators[name]['pp']}")
   figures.plot_accuracies({"": {name: r["accuracy"] for name, r in evaluators.items()}},
                           os.path.join(workdir, "eval_summary.png"))
-  write_whole(os.path.join(workdir, "eval_results.md"), markdown(report, examples or {}))
+  files.write_whole(os.path.join(workdir, "eval_results.md"), markdown(report, examples or {}))
   logging.info("Wrote the report to %s (eval_results.json, eval_results.md and the figures).", os.path.abspath(workdir))
-
-
-def write_whole(path: str, text: str) -> None:
-  """`text` into `path` through a file beside it, renamed into place once written: a write that fails (a full disk)
-  leaves the file before it as it was, where writing in place left it empty, and the error names the file."""
-  partial = path + ".partial"
-  try:
-    with open(partial, "w") as f:
-      f.write(text)
-    os.replace(partial, path)
-  except OSError as error:
-    raise OSError(error.errno, error.strerror, path) from error
-  finally:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(partial)
 
 
 def _remove_figures_of_the_previous_report(workdir: str, evaluators: dict) -> None:

@@ -46,7 +46,6 @@ and lists the input cut off ("interrupted at frame N") and those not reached as 
 with status 75 (run it again to complete the output); a second signal exits at once, writing nothing.
 """
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -67,6 +66,7 @@ from fer_jax import api
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import errors
+from fer_jax import files
 from fer_jax import inference
 from fer_jax import stopping
 from fer_jax import tta
@@ -410,7 +410,10 @@ def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_na
   input skipped. Columns: image, [frame (a video frame's index), time (its seconds), face, track, box,
   landmarks, score: with `face_columns`], skipped (why it holds no prediction), prediction, confidence,
   p_<class>…, logit_<class>…. The file appears whole or not at all (a failure leaves a previous one as it was)."""
-  with _written_whole(path) as f:
+  os.makedirs(os.path.dirname(os.path.realpath(path)), exist_ok=True)
+  # In UTF-8, a file name's bytes that are not (Python holds them as surrogates) written as the log and JSON show
+  # them, "\udce9": the CSV stays valid UTF-8, which every reader takes.
+  with files.written_whole(path, newline="", encoding="utf-8", errors="backslashreplace") as f:
     if path.lower().endswith(".json"):
       json.dump({"class_names": list(class_names), "predictions": rows,
                  "skipped": [{"image": image, "reason": reason} for image, reason in skipped]}, f, indent=2)
@@ -424,24 +427,6 @@ def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_na
                        row.get("prediction", ""), f"{row['confidence']:.6f}" if classified else "",
                        *(f"{row['probabilities'][c]:.6f}" if classified else "" for c in class_names),
                        *(f"{row['logits'][c]:.6f}" if classified else "" for c in class_names)])
-
-
-@contextlib.contextmanager
-def _written_whole(path: str):
-  """A text file that replaces `path` (`os.replace`) once written: a failure while writing leaves `path` as it was.
-  In UTF-8, with a file name's bytes that are not (Python holds them as surrogates) written as the log and JSON
-  show them, "\\udce9": the CSV stays valid UTF-8, which every reader takes."""
-  folder, name = os.path.split(os.path.realpath(path))
-  os.makedirs(folder, exist_ok=True)
-  partial = os.path.join(folder, f".{name}.{os.getpid()}.partial")
-  try:
-    with open(partial, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
-      yield f
-    os.replace(partial, os.path.join(folder, name))
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(partial)
-    raise
 
 
 def _face_fields(row: dict) -> list:

@@ -42,6 +42,7 @@ from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import figures
+from fer_jax import files
 from fer_jax import stopping
 from fer_jax.errors import UserError
 
@@ -370,10 +371,8 @@ def markdown(summary: dict) -> str:
 def write_summary(workdir: str, reports: dict[int, dict]) -> dict:
   summary = summarize(reports)
   _warn_of_other_seeds_replaced(workdir, summary["seeds"])
-  with open(os.path.join(workdir, "seeds_summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  with open(os.path.join(workdir, "seeds_summary.md"), "w") as f:
-    f.write(markdown(summary))
+  files.write_whole(os.path.join(workdir, "seeds_summary.json"), json.dumps(summary, indent=2))
+  files.write_whole(os.path.join(workdir, "seeds_summary.md"), markdown(summary))
   per_class = {name: {m.split("/", 1)[1]: stats for m, stats in metrics.items() if m.startswith("per_class_accuracy/")}
                for name, metrics in summary["evaluators"].items()}
   figures.plot_per_class({n: {c: s["mean"] for c, s in v.items()} for n, v in per_class.items()},

@@ -20,7 +20,7 @@ from fer_jax import checkpointing
 from fer_jax import distributed
 from fer_jax import errors
 from fer_jax import evaluate
-from fer_jax import file_lock
+from fer_jax import files
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
@@ -545,7 +545,7 @@ def training_lock(workdir: str):
 
 def _lock(lock, workdir: str) -> str:
   """Takes the lock of the open lock file `lock` and writes who holds it; else the error naming the holder."""
-  if not file_lock.take(lock, unlocked_warning="make sure no other training uses this workdir."):
+  if not files.take_lock(lock, unlocked_warning="make sure no other training uses this workdir."):
     lock.seek(0)
     return (f"Another training runs in {os.path.abspath(workdir)} ({lock.read().strip() or 'its process unknown'}, "
             f"holding {LOCK_FILE}): wait for it to end or stop it, or pass another --workdir.")

@@ -13,6 +13,7 @@ import socket
 
 import jax
 import numpy as np
+from fer_jax import checkpointing
 from fer_jax import models
 from fer_jax import watched_step
 from fer_jax.data.builders import synthetic  # noqa: F401  (registers the builder)
@@ -209,3 +210,10 @@ def compiled_during(action) -> collections.Counter:
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   return names
+
+
+def restore_state(checkpoints, step: int, abstract_state: dict, config=None) -> dict:
+  """The saved training state, checked then read as a resumed TrainingRun does (`check_resumable`, then
+  `restore_checked`)."""
+  return checkpointing.restore_checked(checkpoints, step,
+                                       checkpointing.check_resumable(checkpoints, step, abstract_state, config))

@@ -37,7 +37,7 @@ from fer_jax.models import batch_norm
 from fer_jax.models import layers
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from helpers import compiled_during, get_config, tiny_run  # noqa: E402
+from helpers import compiled_during, get_config, restore_state, tiny_run  # noqa: E402
 
 
 class SmallNet(nn.Module):
@@ -61,7 +61,7 @@ def run(devices, config, steps=4, start=0, checkpoint_dir=None):
   state = train.create_state(model, optimizer.tx, config, mesh)
   checkpoints = checkpointing.manager(checkpoint_dir) if checkpoint_dir else None
   if start:
-    state = checkpointing.restore_state(checkpoints, start, state)
+    state = restore_state(checkpoints, start, state)
   data = pipeline.TrainData(config, mesh)
   step = train.make_train_step(model, cross_entropy, config.loss, optimizer, mesh, config.seed, data.augment)
   losses, batches = [], data.batches(start)

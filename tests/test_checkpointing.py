@@ -25,7 +25,7 @@ from fer_jax import summary
 from fer_jax import train
 from fer_jax import validation
 from fer_jax.errors import UserError
-from helpers import get_config, random_variables, tiny_run
+from helpers import get_config, random_variables, restore_state, tiny_run
 
 PARAMS = {"trunk": {"kernel": jnp.arange(6.0).reshape(3, 2)},
           "head": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
@@ -77,7 +77,7 @@ def test_resume_after_changing_grad_clip_norm(tmp_path, saved_clip, resumed_clip
   """The NaN message advises setting grad_clip_norm and resuming: the state must restore as saved."""
   state = _trained_state(_config(grad_clip_norm=saved_clip))
   checkpoints = _saved(tmp_path, state, _config(grad_clip_norm=saved_clip))
-  restored = checkpointing.restore_state(checkpoints, 2, _abstract_state(_config(grad_clip_norm=resumed_clip)))
+  restored = restore_state(checkpoints, 2, _abstract_state(_config(grad_clip_norm=resumed_clip)))
   _assert_trees_equal(restored, state)
 
 
@@ -87,7 +87,7 @@ def test_resume_with_another_optimizer_says_the_checkpoint_is_intact(tmp_path, c
   before = _files(tmp_path)
   step_directory = str(tmp_path / "checkpoints" / "2")
   with pytest.raises(checkpointing.CheckpointError) as error:
-    checkpointing.restore_state(checkpoints, 2, _abstract_state(_config(**changed)))
+    restore_state(checkpoints, 2, _abstract_state(_config(**changed)))
   message = str(error.value)
   for fragment in (step_directory, "is intact", "builds a different training state", "opt_state/",
                    "the config the run was started with", "--workdir", f"--config.init_from={step_directory}"):
@@ -104,8 +104,8 @@ def test_resume_at_another_batch_size_is_refused_with_the_batch_to_pass(tmp_path
   with pytest.raises(checkpointing.CheckpointError,
                      match=rf"trained at a global batch of {config.batch_size}, this config's is "
                            rf"{2 * config.batch_size}: .* --config.batch_size={config.batch_size}, or start a new"):
-    checkpointing.restore_state(checkpoints, 2, _abstract_state(config), _with(config, batch_size=2 * config.batch_size))
-  _assert_trees_equal(checkpointing.restore_state(checkpoints, 2, _abstract_state(config), config),
+    restore_state(checkpoints, 2, _abstract_state(config), _with(config, batch_size=2 * config.batch_size))
+  _assert_trees_equal(restore_state(checkpoints, 2, _abstract_state(config), config),
                       _trained_state(config))
 
 
@@ -124,11 +124,9 @@ def test_resume_with_another_epoch_length_or_class_order_is_refused(tmp_path):
   checkpointing.save(checkpoints, 2, _trained_state(config), config, steps_per_epoch=3)
   checkpointing.wait_until_saved(checkpoints)
   with pytest.raises(checkpointing.CheckpointError,
-                     match=r"trained 3 steps an epoch, this config's training split gives 2: .* Resume with the "
-                           r"dataset.train_split, max_per_class and sampler it was trained with, or start a new"):
-    checkpointing.restore_state(checkpoints, 2, abstract, config, steps_per_epoch=2)
-  with pytest.raises(checkpointing.CheckpointError, match=r"trained 3 steps an epoch, this config's training split "
-                                                          rf"gives 2: .*--config.init_from={tmp_path}/checkpoints/2\."):
+                     match=rf"^The run in {tmp_path} trained 3 steps an epoch, this config's training split gives 2: .* "
+                           r"Resume with the dataset.train_split, max_per_class and sampler it was trained with, or "
+                           rf"start a new --workdir with --config.init_from={tmp_path}/checkpoints/2\.$"):
     checkpointing.check_epoch_length(checkpoints, 2, 2)  # a resumed TrainingRun's check, once the data is read
   checkpointing.check_epoch_length(checkpoints, 2, 3)
   other_classes = _with(config)
@@ -136,8 +134,8 @@ def test_resume_with_another_epoch_length_or_class_order_is_refused(tmp_path):
   with pytest.raises(checkpointing.CheckpointError,
                      match=r"predicts the classes \(anger, disgust, .*\) but the config's class order gives "
                            r"\(surprise, fear, .*--config.dataset.class_order"):
-    checkpointing.restore_state(checkpoints, 2, abstract, other_classes, 3)
-  _assert_trees_equal(checkpointing.restore_state(checkpoints, 2, abstract, config, 3), _trained_state(config))
+    restore_state(checkpoints, 2, abstract, other_classes)
+  _assert_trees_equal(restore_state(checkpoints, 2, abstract, config), _trained_state(config))
 
 
 def test_resume_with_another_model_names_the_shape_difference(tmp_path):
@@ -146,7 +144,7 @@ def test_resume_with_another_model_names_the_shape_difference(tmp_path):
   abstract["batch_stats"] = {"bn": {"mean": jax.ShapeDtypeStruct((3,), jnp.float32),
                                     "var": jax.ShapeDtypeStruct((2,), jnp.float32)}}
   with pytest.raises(checkpointing.CheckpointError, match=r"batch_stats/bn/mean: checkpoint \(2,\) vs config \(3,\)"):
-    checkpointing.restore_state(checkpoints, 2, abstract)
+    restore_state(checkpoints, 2, abstract)
 
 
 @pytest.mark.parametrize("resumed_clip", [0.0, 1.0])
@@ -155,7 +153,7 @@ def test_resume_of_a_state_saved_without_the_clip_stage(tmp_path, resumed_clip):
   state = _trained_state(_config())
   _, inner = state["opt_state"]
   checkpoints = _saved(tmp_path, {**state, "opt_state": inner}, _config())
-  restored = checkpointing.restore_state(checkpoints, 2, _abstract_state(_config(grad_clip_norm=resumed_clip)))
+  restored = restore_state(checkpoints, 2, _abstract_state(_config(grad_clip_norm=resumed_clip)))
   _assert_trees_equal(restored, state)
 
 
@@ -176,7 +174,7 @@ def test_resume_from_damaged_files_names_the_step_to_delete(tmp_path, earlier_st
   fix = (f"delete {step_directory} to resume from step 1, the one before it\\." if earlier_step else
          f"it is the run's only checkpoint, so start the run over: delete {tmp_path} or pass a new --workdir\\.")
   with pytest.raises(checkpointing.CheckpointError, match=f"damaged or incomplete; {fix}$"):
-    checkpointing.restore_state(checkpoints, 2, _abstract_state(_config()))
+    restore_state(checkpoints, 2, _abstract_state(_config()))
   gc.collect()  # here, not during the next test
 
 
@@ -190,7 +188,7 @@ def test_resume_from_a_step_without_its_meta_record_names_the_step_to_delete(tmp
       f"{tmp_path}/checkpoints/2 has no meta record (meta/metadata), which a training saves with every step: the "
       f"checkpoint is incomplete and cannot be checked against this config; delete {tmp_path}/checkpoints/2 to resume "
       "from step 1, the one before it.")):
-    checkpointing.restore_state(checkpoints, 2, _abstract_state(_config()), _config())
+    restore_state(checkpoints, 2, _abstract_state(_config()), _config())
 
 
 def test_a_file_where_the_checkpoints_folder_goes_is_named_before_training(tmp_path):
@@ -374,7 +372,7 @@ def test_restoring_a_model_warns_of_no_missing_metadata_file(tmp_path, caplog):
   abstract = jax.eval_shape(lambda: {"params": state["params"], "batch_stats": state["batch_stats"]})
   with caplog.at_level(logging.WARNING):
     checkpointing.restore_model(str(tmp_path), abstract)
-    checkpointing.restore_state(checkpointing.manager(str(tmp_path / "checkpoints")), 2, _abstract_state(config))
+    restore_state(checkpointing.manager(str(tmp_path / "checkpoints")), 2, _abstract_state(config))
   assert caplog.records == [], caplog.text
 
 

@@ -13,6 +13,7 @@ import pytest
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import evaluate
+from fer_jax import files
 from fer_jax import mesh as mesh_lib
 from fer_jax import progress
 from fer_jax.data import labels
@@ -259,14 +260,14 @@ def test_a_report_that_cannot_be_written_leaves_the_previous_one_and_names_its_f
     open(file, mode).close()
     return open("/dev/full", mode)
 
-  monkeypatch.setattr(evaluate, "open", full_disk, raising=False)
+  monkeypatch.setattr(files, "open", full_disk, raising=False)
   with pytest.raises(OSError) as error:
     evaluate.write_report({"accuracy": 0.25, "evaluators": {}}, str(tmp_path))
   assert path.read_text() == '{"accuracy": 0.5}' and os.listdir(tmp_path) == ["eval_results.json"]
   assert cli.describe(error.value) == (f"No space left on device: {path} (the disk is full: free space or choose "
                                        "another location).")
   monkeypatch.undo()
-  evaluate.write_whole(str(path), '{"accuracy": 0.25}')
+  files.write_whole(str(path), '{"accuracy": 0.25}')
   assert json.loads(path.read_text())["accuracy"] == 0.25 and os.listdir(tmp_path) == ["eval_results.json"]
 
 

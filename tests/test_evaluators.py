@@ -22,6 +22,7 @@ from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import train
 from fer_jax import validation
+from fer_jax.data import augment
 from fer_jax.data import builder_utils
 from fer_jax.data import labels
 from fer_jax.data import pipeline
@@ -289,6 +290,8 @@ def test_random_occluders_are_the_same_whatever_seed_trained_the_model():
     batch = next(iter(data.batches()))
     inputs.append(np.asarray(jax.jit(data.preprocess)(batch["image"], batch["position"])))
     examples.append(data.examples(8))
+    shown = jax.jit(data.pipeline.visible_part)(batch["image"], augment.evaluation_keys(batch["position"]))
+    np.testing.assert_array_equal(examples[-1], np.asarray(shown)[:8].astype(np.uint8))  # what evaluation sees
   np.testing.assert_array_equal(inputs[0], inputs[1])
   np.testing.assert_array_equal(examples[0], examples[1])
   painted = [np.argwhere(np.all(image == 0, axis=-1)) for image in examples[0]]

@@ -567,18 +567,20 @@ class EvalData:
     """The first `count` examples as the eval pipeline shows them before its float part (uint8),
     with the same random draws as in evaluation: what a person should look at."""
     count = min(count, len(self.records))  # not the padding
-    batch = next(iter(self.local_batches()))
+    batch = self._example_batches()[0]  # decoded here: no worker processes started for one batch
     images, positions = batch["image"][:count], batch["position"][:count]
     keys = augment.evaluation_keys(positions)
     return np.asarray(jax.jit(self.pipeline.visible_part)(images, keys)).astype(np.uint8)
 
   def local_batches(self) -> grain.IterDataset:
     """This process's slices of the batches (uint8, host)."""
+    return _prefetched(self._example_batches(), self.workers, prefetch=2)
+
+  def _example_batches(self) -> grain.MapDataset:
     positions = Positions(self.global_batch, self.local_batch, jax.process_index())
-    examples = (grain.MapDataset.range(self.num_batches * self.local_batch)
-                .map(_EvalExample(self.records, self.split.labels, positions, self.decoder))
-                .batch(self.local_batch))
-    return _prefetched(examples, self.workers, prefetch=2)
+    return (grain.MapDataset.range(self.num_batches * self.local_batch)
+            .map(_EvalExample(self.records, self.split.labels, positions, self.decoder))
+            .batch(self.local_batch))
 
   def batches(self):
     for batch in self.local_batches():

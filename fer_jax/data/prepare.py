@@ -44,7 +44,7 @@ import tensorflow_datasets as tfds
 
 from fer_jax import cli
 from fer_jax import config_lib
-from fer_jax import file_lock
+from fer_jax import files
 from fer_jax.data import builder_utils
 from fer_jax.data import builders
 
@@ -162,9 +162,9 @@ def preparing_alone(builder):
     yield  # a set prepared in a read-only place is only read; one to build fails at its first write, named
     return
   with lock:
-    file_lock.take(lock, unlocked_warning="make sure no other run prepares this set.",
-                   on_held=lambda: logging.warning("Waiting for another run preparing %s in %s to end (it holds %s).",
-                                                   builder.info.full_name, builder.data_dir_root, folder / LOCK_FILE))
+    files.take_lock(lock, unlocked_warning="make sure no other run prepares this set.",
+                    on_held=lambda: logging.warning("Waiting for another run preparing %s in %s to end (it holds %s).",
+                                                    builder.info.full_name, builder.data_dir_root, folder / LOCK_FILE))
     yield
 
 
