@@ -232,10 +232,10 @@ def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_
   step_directory = os.path.join(checkpoints.directory, str(step))
   saved_steps = _meta(step_directory).get("steps_per_epoch", steps_per_epoch)  # not recorded before 2026-12-05
   if saved_steps != steps_per_epoch:
-    raise CheckpointError(f"The run in {os.path.dirname(checkpoints.directory)} trained {saved_steps} steps an epoch, "
-                          f"this config's training split gives {steps_per_epoch}: its steps would stand for other epochs "
-                          f"and schedule. Resume with the dataset.train_split, max_per_class and sampler it was trained "
-                          f"with, {_new_run_fix(step_directory)}")
+    raise CheckpointError(f"The run in {os.path.dirname(checkpoints.directory)} trained {saved_steps} steps an "
+                          f"epoch, this config's training split gives {steps_per_epoch}: its steps would stand for "
+                          "other epochs and schedule. Resume with the dataset.train_split, max_per_class and sampler "
+                          f"it was trained with, {_new_run_fix(step_directory)}")
 
 
 def _new_run_fix(step_directory: str) -> str:
@@ -553,13 +553,9 @@ def _plain(value):
   return json.loads(json.dumps(value))
 
 
-def _shapes(tree) -> dict:
-  return {path: tuple(v.shape) for path, v in _flat(tree).items()}
-
-
 def check_matches(variables: dict, abstract_variables: dict, source: str, description: str = "") -> None:
-  problems = _shape_differences(_shapes(variables), _shapes(abstract_variables), ("missing", "unexpected"), "model",
-                               count=5)
+  problems = _shape_differences(_leaf_shapes(variables), _leaf_shapes(abstract_variables), ("missing", "unexpected"),
+                               "model", count=5)
   if problems:
     raise CheckpointError(f"The checkpoint {source} ({description or 'no meta record'}) does not fit the configured model "
                           f"({'; '.join(problems)}). It was probably written for another model or "

@@ -549,9 +549,6 @@ class EvalData:
       self.decoder = ImageCache(self.decoder, self.records, "host", mesh, self.workers)
       self.workers = 0
 
-  def __len__(self) -> int:
-    return len(self.records)
-
   def with_pipeline(self, config, pp_key: str) -> "EvalData":
     """The same decoded split through another eval pipeline, `config.input.eval_pp`."""
     other = copy.copy(self)
