@@ -430,7 +430,7 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
   step_directory = step_folder(path)
   logging.info("Reading the model in %s", step_directory)
   if expected_model is not None:
-    _check_identity(step_directory, expected_model, tuple(class_names), expected_input, initialisation_ok)
+    _check_runnable(step_directory, expected_model, tuple(class_names), expected_input, initialisation_ok)
   with read_errors(f"the checkpoint {step_directory}",
                    "use another step of the run, or convert or export the model again"):
     restored = _restore_on_this_host(os.path.join(step_directory, "state"))
@@ -494,7 +494,7 @@ def read_meta(path: str) -> dict:
   return _meta(step_folder(path))
 
 
-def _check_identity(step_directory: str, model_config, class_names: tuple[str, ...], input_config=None,
+def _check_runnable(step_directory: str, model_config, class_names: tuple[str, ...], input_config=None,
                     initialisation_ok: bool = False) -> None:
   """The checkpoint's meta record must exist, not mark the weights as only an initialisation (unless
   `initialisation_ok`), and match the config (check_identity)."""

@@ -58,17 +58,13 @@ class Spec:
     dataset = self.config.dataset
     return (dataset.name, dataset.data_dir, dataset.image_size, self.split, self.decoded_as_stored)
 
-  @property
-  def images_identity(self) -> tuple:
-    """Evaluators with equal identities read the same images, whatever size they are decoded to."""
-    dataset = self.config.dataset
-    return (dataset.name, dataset.data_dir, self.split)
-
   def reads_images_of(self, other: "Spec") -> bool:
     """Whether every image this evaluator reads is one `other` reads: the same split of the same set, or one of its
     occlusion and pose subsets (config_lib.SUBSETS, prepared as "<split>_<subset>")."""
     subsets = {f"{other.split}_{subset}" for subset in config_lib.SUBSETS}
-    return self.images_identity[:2] == other.images_identity[:2] and (self.split == other.split or self.split in subsets)
+    same_set = (self.config.dataset.name, self.config.dataset.data_dir) == (other.config.dataset.name,
+                                                                           other.config.dataset.data_dir)
+    return same_set and (self.split == other.split or self.split in subsets)
 
   @property
   def inputs_identity(self) -> tuple:

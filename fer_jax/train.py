@@ -69,7 +69,7 @@ def make_train_step(model, loss_fn, loss_config, optimizer, mesh, seed: int, aug
   and their positions, augmented inside the step; without it, the images are model inputs already. `mode="inference"` computes
   the gradient with the model in inference mode (BatchNorm on its running statistics, which stay
   as they are; no dropout), as PyTorch does after `model.eval()`. On CPUs it compiles with
-  `mesh.compiler_options`, which JAX accepts on a top-level jit only: call, `.trace` or `.lower` it,
+  `mesh_lib.compiler_options`, which JAX accepts on a top-level jit only: call, `.trace` or `.lower` it,
   not inside another jit."""
   if mode not in MODEL_MODES:
     raise ValueError(f"Unknown model mode {mode!r}; valid: {', '.join(MODEL_MODES)}.")
@@ -279,7 +279,7 @@ class ProgressLog:
 
 
 class TrainingRun:
-  """One run in `workdir`: set up (or resumed) once, then driven step by step by `train_and_evaluate`."""
+  """One run in `workdir`: set up (or resumed) once, then trained to its end by `run`."""
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir

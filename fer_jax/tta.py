@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NAMES = ("none", "flip", "lhc62")
+from fer_jax import errors
 
 # (flip, central fraction, x shift px, y shift px, rotation rad, weight), in the official order; the shifts in pixels
 # of a SHIFT_SIZE² image.
@@ -44,12 +44,11 @@ VIEW_SETS = {
     "flip": ((False, 1.0, 0.0, 0.0, 0.0, 1.0), (True, 1.0, 0.0, 0.0, 0.0, 1.0)),
     "lhc62": _LHC62,
 }
+NAMES = tuple(VIEW_SETS)
 
 
 def _view_set(name: str):
-  if name not in VIEW_SETS:
-    raise ValueError(f"Unknown TTA {name!r} (config.eval.tta); valid: {', '.join(NAMES)}.")
-  return VIEW_SETS[name]
+  return errors.chosen(VIEW_SETS, name, "eval.tta")
 
 
 def weights(name: str) -> np.ndarray:

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fer_jax import errors
 from fer_jax.models.batch_norm import BATCH_STATISTICS, BatchNorm
 
 # fast_ops.conv_general_dilated names every convolution's output so (jax.ad_checkpoint.checkpoint_name):
@@ -53,11 +54,8 @@ REMAT_POLICIES = {
 def rematerialised(module_class: type[nn.Module], remat: str, **options) -> type[nn.Module]:
   """`module_class` as config.model.remat (REMAT_POLICIES) has it; `options` are nn.remat's
   (`static_argnums` counts the module as argument 0, `methods` names methods besides __call__)."""
-  if remat not in REMAT_POLICIES:
-    raise ValueError(f"Unknown config.model.remat {remat!r}; valid: {', '.join(REMAT_POLICIES)}.")
-  if REMAT_POLICIES[remat] is None:
-    return module_class
-  return nn.remat(module_class, policy=REMAT_POLICIES[remat], **options)
+  policy = errors.chosen(REMAT_POLICIES, remat, "model.remat")
+  return module_class if policy is None else nn.remat(module_class, policy=policy, **options)
 
 
 def torch_batch_norm(train: bool, dtype: Any, name: str) -> BatchNorm:
