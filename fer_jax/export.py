@@ -39,16 +39,13 @@ stops it with exit status 75 and nothing written (the same command exports again
 """
 
 from collections.abc import Sequence
-import contextlib
 import importlib
 import json
 import os
 import shlex
 import shutil
-import signal
 import sys
 import sysconfig
-import threading
 
 from absl import flags
 from absl import logging
@@ -342,37 +339,11 @@ def write_onnx(config, variables: dict, out: str, batch_size: int | None, verify
   return fields
 
 
-@contextlib.contextmanager
-def signals_held():
-  """A first SIGINT or SIGTERM waits until the block is done, then stops the command as it would have
-  (`stopping.StoppedOutsideSteps`): an Orbax save interrupted in Python goes on writing on TensorStore's threads,
-  into the folder the stop removes. A second one stops at once."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  received = []
-
-  def hold(signum, frame):
-    del frame
-    if received:
-      raise stopping.StoppedOutsideSteps(signal.Signals(signum).name)
-    received.append(signal.Signals(signum).name)
-
-  previous = {s: signal.signal(s, hold) for s in stopping.StopSignals.SIGNALS}
-  try:
-    yield
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
-  if received:
-    raise stopping.StoppedOutsideSteps(received[0])
-
-
 def write_stablehlo(config, variables: dict, out: str, batch_size: int | None, platforms) -> dict:
   """OUT/variables and OUT/model.stablehlo; returns model.json's format fields."""
   exported = export_inference(config, variables, batch_size, tuple(platforms))
   checkpointer = ocp.StandardCheckpointer()
-  with signals_held():
+  with stopping.signals_held():
     try:
       checkpointer.save(os.path.join(out, VARIABLES), variables)
       checkpointer.wait_until_finished()

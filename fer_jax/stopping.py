@@ -169,6 +169,32 @@ class StopSignals:
       signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def signals_held():
+  """A first SIGINT or SIGTERM waits until the block is done, then stops the command as it would have
+  (`StoppedOutsideSteps`): an Orbax save interrupted in Python goes on writing on TensorStore's threads,
+  into the folder the stop removes. A second one stops at once."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+
+  def hold(signum, frame):
+    del frame
+    if received:
+      raise StoppedOutsideSteps(signal.Signals(signum).name)
+    received.append(signal.Signals(signum).name)
+
+  previous = {s: signal.signal(s, hold) for s in StopSignals.SIGNALS}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  if received:
+    raise StoppedOutsideSteps(received[0])
+
+
 def agreed_signal(received: str | None) -> str | None:
   """The signal that stops every process after this step, the same on each: this process's own
   (`received`), else the lowest-numbered process's ("SIGTERM on process 1"), else None. A collective:
