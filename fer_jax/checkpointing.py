@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 
 from fer_jax import config_lib
 from fer_jax import errors
+from fer_jax import files
 from fer_jax import stopping
 from fer_jax.data import labels
 from fer_jax.errors import UserError
@@ -44,11 +45,7 @@ REPORT = "eval_results.json"  # a training or evaluation workdir's report (fer_j
 
 def _reported_best(workdir: str) -> str | None:
   """best/STEP of a workdir whose eval_results.json reports that step's weights."""
-  try:
-    with open(os.path.join(workdir, REPORT)) as f:
-      step = json.load(f).get("step")
-  except (OSError, ValueError):
-    return None
+  step = (files.json_object(os.path.join(workdir, REPORT)) or {}).get("step")
   folder = os.path.join(workdir, BEST, str(step))
   return folder if step is not None and os.path.isdir(os.path.join(folder, "state")) else None
 

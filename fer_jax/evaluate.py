@@ -242,10 +242,8 @@ def write_report(report: dict, workdir: str, examples: dict | None = None) -> No
 
 def _remove_figures_of_the_previous_report(workdir: str, evaluators: dict) -> None:
   """A report written again into its folder with fewer evaluators leaves no figure of the others."""
-  try:
-    with open(os.path.join(workdir, checkpointing.REPORT)) as f:
-      previous = json.load(f)["evaluators"]
-  except (OSError, ValueError, KeyError, TypeError):
+  previous = (files.json_object(os.path.join(workdir, checkpointing.REPORT)) or {}).get("evaluators")
+  if not isinstance(previous, dict):
     return
   for name in set(previous) - set(evaluators):
     for file_name in (confusion_file(name), examples_file(name)):
@@ -444,13 +442,11 @@ def check_not_a_training_run(workdir: str) -> None:
 
 def warn_of_a_replaced_report(workdir: str, checkpoint: str) -> None:
   """An evaluation's report replaces the one its folder holds: said, naming the weights that one evaluated."""
-  try:
-    with open(os.path.join(workdir, checkpointing.REPORT)) as f:
-      previous = json.load(f).get("checkpoint")
-  except (OSError, ValueError, AttributeError):
+  previous = files.json_object(os.path.join(workdir, checkpointing.REPORT))
+  if previous is None:
     return
   logging.warning("%s holds the report of an evaluation of %s: this one of %s replaces it (pass another --workdir to "
-                  "keep both).", os.path.abspath(workdir), previous or "unnamed weights", checkpoint)
+                  "keep both).", os.path.abspath(workdir), previous.get("checkpoint") or "unnamed weights", checkpoint)
 
 
 def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:

@@ -3,6 +3,7 @@
 
 import contextlib
 import fcntl
+import json
 import os
 
 from absl import logging
@@ -45,3 +46,14 @@ def write_whole(path: str, text: str) -> None:
   """`text` into `path`, replacing it whole (`written_whole`)."""
   with written_whole(path) as f:
     f.write(text)
+
+
+def json_object(path: str) -> dict | None:
+  """The JSON object in `path`; None where the file is missing, unreadable, or holds no JSON object (a report an
+  earlier run left, read only to inform or tidy up)."""
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return record if isinstance(record, dict) else None

@@ -385,12 +385,8 @@ def write_summary(workdir: str, reports: dict[int, dict]) -> dict:
 
 
 def _warn_of_other_seeds_replaced(workdir: str, seeds: list[int]) -> None:
-  try:
-    with open(os.path.join(workdir, "seeds_summary.json")) as f:
-      previous = json.load(f)["seeds"]
-  except (OSError, ValueError, KeyError, TypeError):
-    return
-  if previous != seeds:
+  previous = (files.json_object(os.path.join(workdir, "seeds_summary.json")) or {}).get("seeds")
+  if isinstance(previous, list) and previous != seeds:
     logging.warning("The summary over seeds %s in %s is replaced by this one over seeds %s.",
                     ", ".join(map(str, previous)), os.path.abspath(workdir), ", ".join(map(str, seeds)))
 

@@ -126,3 +126,15 @@ def test_another_input_size_and_channels_name_the_flags_or_the_python_statements
   assert _identity_error(record, config).endswith(f": pass --config.input.size=32 --config.input.channels=1 {fix}")
   with errors.python_caller():
     assert _identity_error(record, config).endswith(f": set config.input.size = 32; config.input.channels = 1 {fix}")
+
+
+@pytest.mark.parametrize("report", ["[]", '{"step": 4', '{"step": 2}', '{"evaluators": {}}'])
+def test_a_workdir_whose_report_names_no_best_step_gives_its_newest_step(tmp_path, report):
+  """A report that is not a JSON object (edited by hand, cut short) ended in an AttributeError traceback."""
+  for step in (2, 4):
+    (tmp_path / "checkpoints" / str(step) / "state").mkdir(parents=True)
+  (tmp_path / "eval_results.json").write_text(report)
+  assert checkpointing.step_folder(str(tmp_path)) == str(tmp_path / "checkpoints" / "4")
+  (tmp_path / "best" / "2" / "state").mkdir(parents=True)
+  best = report == '{"step": 2}'
+  assert checkpointing.step_folder(str(tmp_path)) == str(tmp_path / ("best/2" if best else "checkpoints/4"))

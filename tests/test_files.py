@@ -58,3 +58,10 @@ def test_a_file_replaced_whole_stays_as_it_was_when_writing_fails(tmp_path, monk
   with files.written_whole(str(path), encoding="utf-8", errors="backslashreplace") as f:
     f.write("caf\udce9")
   assert path.read_bytes() == b"caf\\udce9"
+
+
+def test_a_json_object_or_none(tmp_path):
+  for name, text in (("list.json", "[1, 2]"), ("damaged.json", '{"step": 1'), ("object.json", '{"step": 16}')):
+    (tmp_path / name).write_text(text)
+  assert [files.json_object(str(tmp_path / name)) for name in ("missing.json", "list.json", "damaged.json")] == [None] * 3
+  assert files.json_object(str(tmp_path / "object.json")) == {"step": 16}
