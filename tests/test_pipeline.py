@@ -102,7 +102,7 @@ def test_a_config_that_names_no_data_set_is_refused_not_trained_on_the_synthetic
 def test_clear_errors_for_missing_data_and_bad_settings(tmp_path):
   with pytest.raises(pipeline.DataError, match="python -m fer_jax.data.prepare --dataset=rafdb"):
     pipeline.load_split(_config(name="rafdb", data_dir=str(tmp_path), class_order="rafdb"), "train")
-  with pytest.raises(pipeline.DataError, match="no split 'validation'; its splits are: train, test \\(join several with '\\+'\\)"):
+  with pytest.raises(pipeline.DataError, match="no split 'validation'; its splits: train, test \\(join several with '\\+'\\)"):
     pipeline.load_split(_config(), "validation")
   with pytest.raises(pipeline.DataError, match="no split 'valid'"):
     pipeline.load_split(_config(), "train+valid")

@@ -107,21 +107,20 @@ def _generate_once(name: str, data_dir: str | None, builder):
   return builder
 
 
-def _missing_splits(builder, split: str) -> list[str]:
-  parts = [part.split("[")[0].strip() for part in split.split("+")]  # "train+validation" reads both
-  return [name for name in parts if name not in builder.info.splits]
-
-
 def split_absence(config, split: str, dataset_key: str = "dataset.name") -> str:
-  """"" where the prepared `config.dataset` (named by `dataset_key`) holds every part of `split`, else why not:
+  """"" where the prepared `config.dataset` (named by `dataset_key`) holds every part of `split`, else why not."""
+  return _absence(_builder(config.dataset, dataset_key), config.dataset.name, split)
+
+
+def _absence(builder, name: str, split: str) -> str:
+  """"" where `builder`'s set (`name`) holds every part of `split` ("train+validation" reads both), else why not:
   the part missing, the closest split name where one is close (a misspelling), and the splits it has."""
-  builder = _builder(config.dataset, dataset_key)
-  missing = _missing_splits(builder, split)
+  splits = list(builder.info.splits)
+  missing = [part for part in (part.split("[")[0].strip() for part in split.split("+")) if part not in splits]
   if not missing:
     return ""
-  splits = list(builder.info.splits)
   closest = difflib.get_close_matches(missing[0], splits, n=1)
-  return (f"{config.dataset.name} has no split {missing[0]!r}"
+  return (f"{name} has no split {missing[0]!r}"
           f"{f' (did you mean {closest[0]!r}?)' if closest else ''}; its splits: {', '.join(splits)}")
 
 
@@ -137,11 +136,10 @@ def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = Fa
   "dataset.train_split") and the data set, for the errors.
   """
   builder = _builder(config.dataset, dataset_key)
-  missing = _missing_splits(builder, split)
-  if missing:
+  absence = _absence(builder, f"Data set {config.dataset.name!r}", split)
+  if absence:
     named_by = f"config.{split_key}={split!r}: " if split_key else ""
-    raise DataError(f"{named_by}Data set {config.dataset.name!r} has no split {missing[0]!r}; "
-                    f"its splits are: {', '.join(builder.info.splits)} (join several with '+').")
+    raise DataError(f"{named_by}{absence} (join several with '+').")
   target = labels_lib.class_names(config.dataset.class_order)
   source_names = tuple(builder.info.features["label"].names)
   builder_utils.check_class_names(source_names, f"Data set {config.dataset.name!r} (config.{dataset_key})")
