@@ -41,6 +41,7 @@ from fer_jax import models
 from fer_jax import tta as tta_lib
 from fer_jax import validation
 from fer_jax.data import decode
+from fer_jax.data import video
 from fer_jax.errors import UserError
 from fer_jax.errors import with_article
 from fer_jax.face import align
@@ -306,9 +307,9 @@ def _opened(path: str):
     with decode.opened(path) as picture:
       yield picture
   except decode.UnreadableImageError as error:
-    if isinstance(error.__cause__, UnidentifiedImageError) and inference.is_video(path):
+    if isinstance(error.__cause__, UnidentifiedImageError) and video.is_video(path):
       raise UserError(f"{path} is a video: Model.predict and detect_and_predict read images. Pass its frames "
-                      "(fer_jax.predict.video_frames reads them) to detect_and_predict, or run `python -m "
+                      "(fer_jax.data.video.frames reads them) to detect_and_predict, or run `python -m "
                       f"fer_jax.predict --input={path}` (with --config, --checkpoint and --output), which follows "
                       "its faces from frame to frame.") from None
     raise

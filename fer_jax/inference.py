@@ -23,14 +23,6 @@ from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
-# The containers OpenCV's FFmpeg reads (each checked by writing and reading one: tests/test_predict.py).
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".wmv", ".flv", ".3gp", ".mpg", ".mpeg", ".ts",
-                    ".mts", ".m2ts")
-
-
-def is_video(path: str) -> bool:
-  """Whether `path` is named as a video (`VIDEO_EXTENSIONS`, any case)."""
-  return path.lower().endswith(VIDEO_EXTENSIONS)
 
 
 def list_images(path: str, extensions: tuple[str, ...] = decode.IMAGE_SUFFIXES,

@@ -13,7 +13,7 @@ to a power of two, so few steps are compiled).
 With --tta the probabilities are the weighted mean of the softmax over that `fer_jax.tta` view
 set (the logits stay those of the image itself).
 
-Which inputs are photos: videos (`inference.VIDEO_EXTENSIONS`: .mp4 .avi .mov .mkv .webm .m4v .wmv .flv .3gp .mpg
+Which inputs are photos: videos (`video.EXTENSIONS`: .mp4 .avi .mov .mkv .webm .m4v .wmv .flv .3gp .mpg
 .mpeg .ts .mts .m2ts, read with OpenCV) always; an image when --detect, or by default when it is not a face crop,
 i.e. not nearly square (sides within 25 %) or larger than twice the stored side (at least 128 px). In a photo or
 every --stride-th frame, MTCNN (`fer_jax.face`) finds each face with five landmarks; the face is cropped as the
@@ -56,7 +56,6 @@ import sys
 from absl import flags
 from absl import logging
 import numpy as np
-import cv2
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
@@ -71,14 +70,12 @@ from fer_jax import inference
 from fer_jax import stopping
 from fer_jax import tta
 from fer_jax.data import decode
+from fer_jax.data import video
 from fer_jax.errors import UserError
 from fer_jax.face import detector
 
 NO_FACE = "no face found"  # the reason a photo or video without a face has no row
 
-# FFmpeg's own messages on a damaged video (hundreds of lines) go unsaid: `video_frames` warns once, naming the file.
-# OpenCV reads this when its first capture opens; a value the user set is kept.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 def check_output(path: str) -> None:
@@ -269,66 +266,6 @@ def draw_faces(image: np.ndarray, rows: list[dict], path: str) -> None:
   picture.save(path)
 
 
-MAX_FAILED_READS = 250  # failed reads in a row taken for the end of a video whose header claims more frames
-
-
-def video_frames(path: str, stride: int):
-  """(frame index, time in seconds, RGB frame) of every `stride`-th frame; the frame count its header gives (0 if
-  unknown). A frame that cannot be read (a damaged video) is passed over, and their number warned about once."""
-  file, capture = _open_video(path)
-  fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-  count = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
-
-  def frames():
-    index = failed = failed_in_a_row = 0
-    try:
-      while True:
-        ok, frame = capture.read()
-        if ok:
-          failed_in_a_row = 0
-          if index % stride == 0:
-            yield index, index / fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        elif index >= count or failed_in_a_row == MAX_FAILED_READS:
-          break
-        else:  # the next read goes on past the bad frame
-          failed, failed_in_a_row = failed + 1, failed_in_a_row + 1
-        index += 1
-    finally:
-      capture.release()
-      file.close()
-    if unread := failed + max(count - index, 0):
-      logging.warning("%s: %d of its %d frames could not be read (the file is damaged or truncated); the others "
-                      "were read. Re-copy or re-encode it to read them all.", path, unread, count)
-
-  return frames(), count
-
-
-def _open_video(path: str):
-  """(the file, OpenCV's capture of it) or `decode.UnreadableImageError`. OpenCV reads the file Python opened, by
-  its descriptor's path on Linux: given a name that is not valid UTF-8 (Python holds such bytes as surrogates)
-  it crashes the process."""
-  try:
-    file = open(path, "rb")  # pylint: disable=consider-using-with  (closed by the caller, or below on failure)
-  except OSError as error:
-    raise decode.unreadable_error(path, error) from error
-  by_descriptor = f"/proc/self/fd/{file.fileno()}"
-  if os.path.exists(by_descriptor):
-    capture = cv2.VideoCapture(by_descriptor)
-  elif os.fsencode(path).decode("utf-8", "replace") == path:
-    capture = cv2.VideoCapture(path)
-  else:
-    file.close()
-    raise decode.UnreadableImageError(f"{path} cannot be opened by OpenCV: its name is not valid UTF-8; rename it.")
-  if capture.isOpened():
-    return file, capture
-  empty = os.fstat(file.fileno()).st_size == 0
-  file.close()
-  if empty:
-    raise decode.empty_file_error(path)
-  raise decode.UnreadableImageError(f"{path} cannot be opened as a video by OpenCV: it is likely truncated or not a "
-                                    "video. Re-copy or re-encode it (to MP4, say), or remove it.")
-
-
 def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool | None, min_face_size: float,
                    min_score: float, stride: int = 1, smooth: float = 0.0, annotate: str = "") -> FacePredictions:
   """Every input (face crop, photo or video under `root`) through the model. Videos always go
@@ -344,7 +281,7 @@ def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool |
         break
       # The drawings' names keep the input's extension: photo.jpg and photo.png are drawn apart.
       name = os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path)
-      if inference.is_video(path):  # --nodetect is for images: a video's frames are not crops
+      if video.is_video(path):  # --nodetect is for images: a video's frames are not crops
         _add_video(results, path, name, stride, stop)
       else:
         results.add_image(path, drawing_name(name), detect)
@@ -370,12 +307,12 @@ def drawing_name(name: str) -> str:
 def detects_faces(paths: list[str], detect: bool | None) -> bool:
   """Whether a run may find faces (its output then has the face columns, found or not): unless --nodetect
   without a video."""
-  return detect is not False or any(map(inference.is_video, paths))
+  return detect is not False or any(map(video.is_video, paths))
 
 
 def _add_video(results: FacePredictions, path: str, name: str, stride: int, stop: stopping.StopSignals) -> None:
   try:
-    frames, count = video_frames(path, stride)
+    frames, count = video.frames(path, stride)
   except decode.UnreadableImageError as error:
     return results.skip_unreadable(path, error)
   found = processed = 0
@@ -496,7 +433,7 @@ def main(argv):
   check_output(args.output)
   check_annotate(args.annotate)
   unreadable_folders = []
-  paths = inference.list_images(args.input, decode.IMAGE_SUFFIXES + inference.VIDEO_EXTENSIONS, unreadable_folders)
+  paths = inference.list_images(args.input, decode.IMAGE_SUFFIXES + video.EXTENSIONS, unreadable_folders)
   model = api.load(args.checkpoint, config=args.config, tta=args.tta or "", batch_size=args.batch_size)
   results = predict_inputs(model, paths, args.input, args.detect, args.min_face_size, args.min_score, args.stride,
                            args.smooth, args.annotate)

@@ -30,6 +30,7 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import validation
 from fer_jax.data import decode
+from fer_jax.data import video
 from fer_jax.errors import UserError
 
 def define_flags():
@@ -84,7 +85,7 @@ def warn_unless_a_face_crop(path: str, stored_side: int) -> None:
 
 
 def check_not_a_video(path: str) -> None:
-  if os.path.isfile(path) and inference.is_video(path):
+  if os.path.isfile(path) and video.is_video(path):
     raise UserError(f"--input={path} is a video; visualize reads photos: pass an image or a folder of them "
                     "(fer_jax.predict classifies a video's frames).")
 

@@ -22,6 +22,7 @@ from fer_jax import inference
 from fer_jax import models
 from fer_jax import predict
 from fer_jax.data import decode
+from fer_jax.data import video
 from fer_jax.errors import UserError
 from fer_jax.face import detector
 from helpers import get_config, random_variables
@@ -412,7 +413,7 @@ def test_a_video_given_as_an_image_is_named_a_video_with_the_command_that_reads_
   for path in (video, str(tmp_path / "clip.MP4")):
     for call in (lambda: model.predict([path]), lambda: model.detect_and_predict(path)):
       with pytest.raises(UserError, match=rf"^{re.escape(path)} is a video: Model\.predict and detect_and_predict "
-                                          r"read images\. Pass its frames \(fer_jax\.predict\.video_frames reads "
+                                          r"read images\. Pass its frames \(fer_jax\.data\.video\.frames reads "
                                           rf"them\) to detect_and_predict, or run `python -m fer_jax\.predict "
                                           rf"--input={re.escape(path)}` \(with --config, --checkpoint and --output\)"):
         call()
@@ -597,7 +598,7 @@ def _damaged_video(path: str) -> str:
 def test_a_damaged_video_is_read_past_its_bad_frames_with_one_warning(tmp_path, caplog):
   """Reading stopped at its first bad frame (5 frames of 20 read), without a word."""
   path = _damaged_video(str(tmp_path / "damaged.mp4"))
-  frames, count = predict.video_frames(path, 1)
+  frames, count = video.frames(path, 1)
   indices = [index for index, _, _ in frames]
   assert count == 20 and len(indices) > 10 and indices == sorted(indices)
   assert [record.getMessage() for record in caplog.records] == [
@@ -610,7 +611,7 @@ def test_a_video_whose_name_is_not_utf8_is_read_and_ffmpeg_says_nothing(tmp_path
   of lines on a damaged video."""
   path = os.path.join(os.fsencode(tmp_path), b"clip\xe9.mp4")
   os.rename(_damaged_video(str(tmp_path / "clip.mp4")), path)
-  script = ("import sys; from fer_jax import predict; frames, count = predict.video_frames(sys.argv[1], 1); "
+  script = ("import sys; from fer_jax.data import video; frames, count = video.frames(sys.argv[1], 1); "
             "print(count, len(list(frames)))")
   result = subprocess.run([sys.executable, "-c", script, path], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -778,10 +779,10 @@ def test_the_video_containers_opencv_reads_are_read_as_videos(tmp_path):
   identify" when named."""
   videos = [_noise_video(str(tmp_path / f"clip{extension}"), fourcc, frames=10)
             for extension, fourcc in CONTAINERS.items()]
-  assert inference.list_images(str(tmp_path), decode.IMAGE_SUFFIXES + inference.VIDEO_EXTENSIONS) == sorted(videos)
-  for video in videos:
-    frames, _ = predict.video_frames(video, 1)
-    assert inference.is_video(video) and len(list(frames)) == 10, video
+  assert inference.list_images(str(tmp_path), decode.IMAGE_SUFFIXES + video.EXTENSIONS) == sorted(videos)
+  for path in videos:
+    frames, _ = video.frames(path, 1)
+    assert video.is_video(path) and len(list(frames)) == 10, path
 
 
 def test_the_files_a_folder_search_leaves_out_are_counted_by_extension_in_one_line(tmp_path, caplog):
