@@ -249,6 +249,7 @@ class Model:
       raise TypeError("Model.predict takes a list of face crops (paths, PIL images or arrays) or a stacked array "
                       "[count, height, width(, channels)]: wrap the one image in a list.")
     check_limits(min_face_size)
+    _warn_if_channels_first(images_or_paths)
     crops, not_crops = [], []
     for index, image in enumerate(images_or_paths):
       name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
@@ -322,6 +323,16 @@ def _is_one_image(images) -> bool:
     return True
   shape = getattr(images, "shape", None)
   return shape is not None and (len(shape) < 3 or (len(shape) == 3 and shape[-1] <= 4))
+
+
+def _warn_if_channels_first(images) -> None:
+  """A stack [3 or 4, height, width] is of grey faces, as [count, 48, 48] is; it may be one image with its channels
+  first (PyTorch's order), which would be classified as 3 or 4 faces without a word."""
+  shape = getattr(images, "shape", ())
+  if len(shape) == 3 and shape[0] in (3, 4) and min(shape[1:]) > 4:
+    logging.warning("Model.predict reads the array %s as a stack of %d grey faces of %d×%d; if it is one image with "
+                    "its channels first (PyTorch's order), pass [np.moveaxis(image, 0, -1)].", tuple(shape), shape[0],
+                    shape[2], shape[1])
 
 
 def size_reason(size: float, min_face_size: float) -> str:

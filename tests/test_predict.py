@@ -357,12 +357,18 @@ def test_a_pil_image_of_any_mode_is_read_as_its_file_would_be(monkeypatch, tmp_p
 
 @pytest.mark.parametrize("one_image", [np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40), np.uint8),
                                        Image.new("RGB", (40, 40))], ids=["rgb_array", "grey_array", "pil"])
-def test_one_image_where_a_list_belongs_is_refused_and_a_stack_of_grey_faces_is_not(monkeypatch, one_image):
-  """An RGB array [40, 40, 3] was read as 40 grey images of 40×3 pixels: 40 predictions."""
+def test_one_image_where_a_list_belongs_is_refused_and_a_stack_of_grey_faces_is_not(monkeypatch, one_image, caplog):
+  """An RGB array [40, 40, 3] was read as 40 grey images of 40×3 pixels: 40 predictions. One with its channels first
+  ([3, 40, 50], PyTorch's order) is read as 3 grey faces, as documented, but no longer without a word."""
   model, classified = _recording_model(monkeypatch)
   with pytest.raises(TypeError, match=r"takes a list of face crops .* wrap the one image in a list"):
     model.predict(one_image)
-  assert len(model.predict(np.zeros((5, 48, 48), np.uint8))) == 5 == len(classified)  # [count, 48, 48]: FER2013's
+  with caplog.at_level(logging.WARNING):
+    assert len(model.predict(np.zeros((5, 48, 48), np.uint8))) == 5 == len(classified)  # [count, 48, 48]: FER2013's
+    assert not caplog.records
+    assert len(model.predict(np.zeros((3, 40, 50), np.uint8))) == 3
+  assert caplog.messages == ["Model.predict reads the array (3, 40, 50) as a stack of 3 grey faces of 50×40; if it is "
+                             "one image with its channels first (PyTorch's order), pass [np.moveaxis(image, 0, -1)]."]
 
 
 @pytest.mark.parametrize("arguments, message", [
