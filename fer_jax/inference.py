@@ -6,6 +6,7 @@ commands: the input files a command is given (`list_images`), their decoding and
 import collections
 from collections.abc import Sequence
 import os
+import stat
 
 from absl import logging
 import jax
@@ -26,12 +27,13 @@ from fer_jax.errors import UserError
 
 
 def list_images(path: str, extensions: tuple[str, ...] = decode.IMAGE_SUFFIXES,
-                unreadable_folders: list[tuple[str, str]] | None = None) -> list[str]:
+                unreadable: list[tuple[str, str]] | None = None) -> list[str]:
   """The file itself, or every file with one of `extensions` under a folder, sorted; a UserError if there is none.
 
   Folder symlinks are not followed (a link to a parent folder cannot loop). The files left out are counted by
-  extension in one line; each unreadable folder is warned about, skipped, and appended to `unreadable_folders`
-  (folder, reason) if given."""
+  extension in one line; each folder that cannot be listed, and each named pipe, socket or device named as an image
+  (reading a pipe waits for a writer forever), is warned about, skipped, and appended to `unreadable` (path, reason)
+  if given."""
   if os.path.isfile(path):
     return [path]
   if not os.path.exists(path):
@@ -40,19 +42,39 @@ def list_images(path: str, extensions: tuple[str, ...] = decode.IMAGE_SUFFIXES,
     raise UserError(f"--input={path} is neither a file nor a folder: pass an image or video file, or a folder of them.")
 
   def skip_unreadable_folder(error: OSError) -> None:
-    reason = f"{error.filename} cannot be listed ({error.strerror}): make it readable (chmod a+rx) or remove it."
-    logging.warning("Skipping unreadable folder: %s", reason)
-    if unreadable_folders is not None:
-      unreadable_folders.append((error.filename, reason))
+    skip(error.filename, f"{error.filename} cannot be listed ({error.strerror}): make it readable (chmod a+rx) or "
+                         "remove it.", "unreadable folder")
+
+  def skip(file: str, reason: str, what: str) -> None:
+    logging.warning("Skipping %s: %s", what, reason)
+    if unreadable is not None:
+      unreadable.append((file, reason))
 
   files = sorted(os.path.join(root, name) for root, _, names in os.walk(path, onerror=skip_unreadable_folder)
                  for name in names)
-  found = [file for file in files if file.lower().endswith(extensions)]
+  named = [file for file in files if file.lower().endswith(extensions)]
   _log_left_out([file for file in files if not file.lower().endswith(extensions)], path)
+  found = []
+  for file in named:
+    if kind := _special_kind(file):
+      skip(file, f"{file} is a {kind}, not a file: remove it or move it out of --input.", "special file")
+    else:
+      found.append(file)
   if not found:
     raise UserError(f"No image file under --input={path} (searched recursively for {', '.join(extensions)}): "
                     f"pass a folder that holds images with one of these extensions, or one image file.")
   return found
+
+
+def _special_kind(path: str) -> str:
+  """"named pipe", "socket" or "device" where `path` (its link followed) is one; "" for a file, or a path that
+  cannot be examined (decoding names why)."""
+  try:
+    mode = os.stat(path).st_mode
+  except OSError:
+    return ""
+  return ("named pipe" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+          else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "")
 
 
 SHOWN_EXTENSIONS = 8  # the most frequent extensions of the files left out that the log line names

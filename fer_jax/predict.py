@@ -157,7 +157,8 @@ class FacePredictions:
     self.count_unreadable([(path, str(error))])
 
   def count_unreadable(self, inputs: list[tuple[str, str]]) -> None:
-    """Lists (input, reason) as unreadable and skipped, without a warning (given already: unreadable folders)."""
+    """Lists (input, reason) as unreadable and skipped, without a warning (given already as the folders were listed:
+    `inference.list_images`'s unreadable)."""
     self.skipped += inputs
     self.unreadable += inputs
 
@@ -432,13 +433,13 @@ def main(argv):
   args = flags.FLAGS
   check_output(args.output)
   check_annotate(args.annotate)
-  unreadable_folders = []
-  paths = inference.list_images(args.input, decode.IMAGE_SUFFIXES + video.EXTENSIONS, unreadable_folders)
+  unlisted = []
+  paths = inference.list_images(args.input, decode.IMAGE_SUFFIXES + video.EXTENSIONS, unlisted)
   model = api.load(args.checkpoint, config=args.config, tta=args.tta or "", batch_size=args.batch_size)
   results = predict_inputs(model, paths, args.input, args.detect, args.min_face_size, args.min_score, args.stride,
                            args.smooth, args.annotate)
-  results.count_unreadable(unreadable_folders)  # warned about as they were listed
-  inputs = len(paths) + len(unreadable_folders)
+  results.count_unreadable(unlisted)  # warned about as they were listed
+  inputs = len(paths) + len(unlisted)
   write_predictions(results.rows, results.skipped, model.class_names, args.output,
                     detects_faces(paths, args.detect))
   log_results(results, inputs, os.path.abspath(args.output))

@@ -43,9 +43,11 @@ def define_flags():
   flags.mark_flags_as_required(["config", "checkpoint", "input", "out"])
 
 
-def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_size: int) -> list[str]:
+def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_size: int,
+                         unlisted: list[tuple[str, str]] = ()) -> list[str]:
   """The PNGs of the readable images among `paths`, numbered in their order; unreadable ones are skipped, and
-  counted in the line that says what was written."""
+  counted in the line that says what was written, with `unlisted` ((path, reason) of the folders and special files
+  `inference.list_images` skipped)."""
   method = models.get_method(config.model.name)
   if method.save_attention_maps is None:
     raise UserError(f"Model {config.model.name!r} has no attention maps to save: "
@@ -53,6 +55,7 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
                     "`save_attention_maps` (docs/extending.md).")
   preprocess = inference.FilePreprocessor(config, export.read_stored_shape(checkpoint))
   decoded, readable, skipped = inference.read_images(preprocess, paths)
+  skipped = [*unlisted, *skipped]
   if not decoded:
     raise inference.no_readable_image("to visualize", skipped)
   for index, path in enumerate(readable):
@@ -71,7 +74,7 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
   os.makedirs(out_dir, exist_ok=True)  # a method of yours writes its files there as they are
   written = method.save_attention_maps(images, outputs, out_dir)
   logging.info("Wrote %s to %s%s.", errors.counted(len(written), "PNG"), os.path.abspath(out_dir),
-               inference.skipped_summary(len(skipped), len(paths), len(skipped), "image"))
+               inference.skipped_summary(len(skipped), len(paths) + len(unlisted), len(skipped), "image"))
   return written
 
 
@@ -96,9 +99,10 @@ def main(argv):
   cli.check_writable_place(f"--out={args.out}", args.out)  # before any image or model is read
   check_not_a_video(args.input)
   export.check_not_an_export(args.checkpoint)  # attention maps need the model's code
-  paths = inference.list_images(args.input)
+  unlisted = []
+  paths = inference.list_images(args.input, unreadable=unlisted)
   validation.validate(args.config, training=False)
-  write_attention_maps(args.config, args.checkpoint, paths, args.out, args.batch_size)
+  write_attention_maps(args.config, args.checkpoint, paths, args.out, args.batch_size, unlisted)
 
 
 if __name__ == "__main__":

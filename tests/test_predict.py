@@ -819,6 +819,19 @@ def test_an_unreadable_folder_is_warned_about_and_handed_to_the_caller(tmp_path,
   assert folders == [(locked, reason)] and messages == [f"Skipping unreadable folder: {reason}"]
 
 
+def test_a_named_pipe_named_as_an_image_is_skipped_not_waited_on(tmp_path, caplog):
+  """A FIFO called photo.jpg in an --input folder blocked predict and visualize for ever in Image.open."""
+  Image.new("RGB", (48, 48)).save(tmp_path / "a.png")
+  os.mkfifo(tmp_path / "pipe.jpg")
+  os.symlink(tmp_path / "pipe.jpg", tmp_path / "link.png")
+  unlisted = []
+  messages = _logged(caplog, lambda: inference.list_images(str(tmp_path), decode.IMAGE_SUFFIXES, unlisted))
+  reasons = [f"{tmp_path / name} is a named pipe, not a file: remove it or move it out of --input."
+             for name in ("link.png", "pipe.jpg")]
+  assert unlisted == [(str(tmp_path / "link.png"), reasons[0]), (str(tmp_path / "pipe.jpg"), reasons[1])]
+  assert messages == [f"Skipping special file: {reason}" for reason in reasons]
+
+
 def test_a_video_without_frames_is_named_as_one_not_as_a_video_without_faces(tmp_path, monkeypatch):
   """It was "no face found (in any frame read at --stride=2)"."""
   model, _ = _recording_model(monkeypatch, faces_found=False)

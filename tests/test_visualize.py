@@ -133,9 +133,10 @@ def test_the_line_that_says_what_was_written_counts_the_images_skipped(tmp_path,
   (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
   paths = [str(tmp_path / "broken.jpg"), str(tmp_path / "face.png")]
   with caplog.at_level(logging.INFO):
-    visualize.write_attention_maps(config, checkpoint, paths, str(tmp_path / "maps"), batch_size=2)
+    visualize.write_attention_maps(config, checkpoint, paths, str(tmp_path / "maps"), batch_size=2,
+                                   unlisted=[(str(tmp_path / "locked"), "locked cannot be listed")])
   assert [record.getMessage() for record in caplog.records if record.getMessage().startswith("Wrote")] == [
-      f"Wrote 1 PNG to {tmp_path / 'maps'}; skipped 1 of 2 images (1 unreadable; see the warning above)."]
+      f"Wrote 1 PNG to {tmp_path / 'maps'}; skipped 2 of 3 images (2 unreadable; see the warnings above)."]
 
 
 def test_a_method_without_maps_is_told_how_to_give_it_some(monkeypatch):
