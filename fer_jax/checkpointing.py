@@ -104,19 +104,19 @@ def newest_step(checkpoints: ocp.CheckpointManager) -> int | None:
 
 
 def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | None = None,
-             stored_shape: Sequence[int] = ()) -> dict:
+             stored_shape: Sequence[int] = (), stopped_early: bool = False) -> dict:
   """The meta record: enough to rebuild the model and its inputs without the config (`fer_jax.load`),
   the data set's name and stored size and shape included (they pick the crop style and the decoding), the
   test-time augmentation inference uses by default, and the whole config (flat, `config_lib.flat`), which a
   resumed run must continue. `initialisation_only` (recorded only when true) marks weights that only start a
   training (an untrained head): inference refuses them. `steps_per_epoch` (a training run's) is what a resumed
-  run's epochs must have too; `stored_shape` (a training run's, `dataset_record`) the shape its training
-  split's images are decoded to."""
+  run's epochs must have too, and `stopped_early` (recorded with it) whether early stopping ended the run at this
+  step; `stored_shape` (a training run's, `dataset_record`) the shape its training split's images are decoded to."""
   record = {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
             "input": config.input.to_dict(), "dataset": dataset_record(config, stored_shape),
             "batch_size": config.batch_size, "tta": config.eval.tta, "config": config_lib.flat(config)}
   if steps_per_epoch is not None:
-    record["steps_per_epoch"] = steps_per_epoch
+    record.update(steps_per_epoch=steps_per_epoch, stopped_early=stopped_early)
   return {**record, INITIALISATION_ONLY: True} if initialisation_only else record
 
 
@@ -161,11 +161,11 @@ def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config, initialisation_only: bool = False,
-         steps_per_epoch: int | None = None, stored_shape: Sequence[int] = ()) -> None:
+         steps_per_epoch: int | None = None, stored_shape: Sequence[int] = (), stopped_early: bool = False) -> None:
   """Starts an asynchronous save of `step` (after the previous save has finished)."""
   with save_errors(checkpoints):
     checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
-        metadata(config, initialisation_only, steps_per_epoch, stored_shape))))
+        metadata(config, initialisation_only, steps_per_epoch, stored_shape, stopped_early))))
 
 
 def wait_until_saved(checkpoints: ocp.CheckpointManager) -> None:
@@ -221,6 +221,12 @@ def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_stat
     target, rewrap = _unclipped_target(saved, abstract_state)
     _check_same_state(saved, target, step_directory)
   return target, rewrap
+
+
+def recorded_early_stop(checkpoints: ocp.CheckpointManager, step: int) -> bool | None:
+  """Whether early stopping ended the run at its saved `step`; None where the step's meta record does not say
+  (saved before 2026-12-06)."""
+  return _meta(os.path.join(checkpoints.directory, str(step))).get("stopped_early")
 
 
 def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_epoch: int) -> None:

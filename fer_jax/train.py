@@ -356,9 +356,7 @@ class TrainingRun:
   def remaining_batches(self):
     """(step, batch) from the step after the newest checkpoint; none if the run already ended (its last step, or
     early stopping)."""
-    ended = self.start_step >= self.num_steps or (
-        self.start_step and self.selection.patience_ran_out(self.start_step // self.steps_per_epoch))
-    if ended:
+    if self.start_step >= self.num_steps or self._stopped_early():
       logging.info("The run in %s ended at step %d (epoch %d): nothing is left to train; evaluating it again for "
                    "the report.", os.path.abspath(self.workdir), self.start_step, self.start_step // self.steps_per_epoch)
       return iter(())
@@ -366,6 +364,18 @@ class TrainingRun:
                  self.config.dataset.name, self.num_steps, self.steps_per_epoch, self.config.batch_size,
                  errors.counted(self.mesh.devices.size, "device"))
     return enumerate(self.data.batches(self.start_step), start=self.start_step + 1)
+
+  def _stopped_early(self) -> bool:
+    """Whether early stopping ended the run at start_step, as its meta record says, and would still under this
+    config's patience (which a resumed run may raise, to train on). A step saved before the record said: one that
+    ends an epoch where the selection's evaluator ran, with a best epoch kept (deleted, patience is unknown)."""
+    if not self.start_step:
+      return False
+    epoch, within = divmod(self.start_step, self.steps_per_epoch)
+    stopped = checkpointing.recorded_early_stop(self.checkpoints, self.start_step)
+    if stopped is None:
+      stopped = (not within and self.selection.best_epoch > 0 and self.config.select_on in self.due_evaluators())
+    return stopped and self.selection.patience_ran_out(epoch)
 
   def train(self, step: int, batch: dict) -> None:
     """One step, in the model mode of its epoch (each mode's step is compiled once, its time left out of img/s)."""
@@ -424,12 +434,12 @@ class TrainingRun:
     every = self.config.checkpoint_every_steps or self.steps_per_epoch
     return self.step % every == 0 or self.step == self.num_steps
 
-  def checkpoint(self, force: bool = False) -> None:
-    """Saves the step when due or forced."""
+  def checkpoint(self, force: bool = False, stopped_early: bool = False) -> None:
+    """Saves the step when due or forced; `stopped_early`: early stopping ends the run at this step."""
     if force or self.checkpoint_due():
       self.guard.check()
       checkpointing.save(self.checkpoints, self.step, self.state, self.config, steps_per_epoch=self.steps_per_epoch,
-                         stored_shape=self.data.shape)
+                         stored_shape=self.data.shape, stopped_early=stopped_early)
 
   def stop_signal(self, signals: stopping.StopSignals) -> str | None:
     """The signal to save this step and stop for, or None. One process stops after the step its
@@ -468,7 +478,7 @@ class TrainingRun:
           self.train(step, batch)
           stop = self.evaluate_and_select()
           stop_signal = self.stop_signal(signals)
-          self.checkpoint(force=stop or bool(stop_signal))
+          self.checkpoint(force=stop or bool(stop_signal), stopped_early=stop)
           if stop_signal:
             self.stop_for(stop_signal)
           if stop:

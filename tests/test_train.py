@@ -501,6 +501,43 @@ def test_a_signal_after_the_last_steps_check_lets_its_save_finish_and_stops_befo
   assert f"Saved step {SHORT_RUN_STEPS} (epoch 2.00)" in caplog.text and not (tmp_path / "eval_results.json").exists()
 
 
+@pytest.mark.integration
+def test_a_resumed_run_ends_where_early_stopping_ended_it_and_nowhere_else(tmp_path, monkeypatch):
+  """A run resumed from a step its evaluations had not ended (a stop signal's save in epoch 4 of a run evaluated every
+  second epoch; the save ending epoch 2 with best/ deleted) was taken for early-stopped: "nothing is left to train",
+  its last epochs never trained, though an uninterrupted run trains them."""
+  config = short_dan_run()  # 4 steps an epoch
+  config.update(num_epochs=4, max_checkpoints=4, select_metric="accuracy", early_stopping_patience=1)
+  config.eval.every_epochs = 2
+  run = train.TrainingRun(config, str(tmp_path / "run"))
+  for step, batch in run.remaining_batches():
+    run.train(step, batch)
+    stop = run.evaluate_and_select()  # epoch 2 is the first evaluated, and the best: no stop
+    run.checkpoint(force=step == 14, stopped_early=stop)  # 14: as a stop signal in epoch 4 saves it
+    if step == 14:
+      break
+  run.wait_for_saves()
+  run.writer.close()
+
+  def first_step_resumed(config, workdir):
+    resumed = train.TrainingRun(config, str(workdir))
+    resumed.writer.close()
+    return next(iter(resumed.remaining_batches()), (None,))[0]
+
+  assert first_step_resumed(config, tmp_path / "run") == 15
+  for deleted in ("checkpoints/14", "checkpoints/12", "best"):
+    shutil.rmtree(tmp_path / "run" / deleted)
+  assert first_step_resumed(config, tmp_path / "run") == 9  # from epoch 2, best/ lost: patience unknown, trained on
+  # A run early stopping did end is ended when resumed, unless the resumed config's patience lets it train on.
+  monkeypatch.setattr(train.Selection, "update", lambda *args: False)  # no epoch improves: stops after epoch 1
+  config.eval.every_epochs = 1
+  train.TrainingRun(config, str(tmp_path / "stopped")).run()
+  assert checkpointing.recorded_early_stop(checkpointing.manager(str(tmp_path / "stopped" / "checkpoints")), 4)
+  assert first_step_resumed(config, tmp_path / "stopped") is None
+  config.early_stopping_patience = 3
+  assert first_step_resumed(config, tmp_path / "stopped") == 5
+
+
 def test_a_second_training_in_a_workdir_stops_at_once_naming_the_first(tmp_path):
   """Two trainings in one workdir both trained to the end, then failed, each save's temporary folder deleted by the
   other run's manager as a killed run's leftovers ("Save failed … Free space or fix the folder")."""
