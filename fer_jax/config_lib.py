@@ -264,10 +264,14 @@ def parse_arg(arg: str, config_file: str, data_sets: Collection[str],
   if data not in data_sets:
     raise ValueError(f"Unknown argument {data!r} for {name}; {valid}")
   parsed = ml_collections.ConfigDict({"data": data, **{key: values[0] for key, values in options.items()}})
+  given = set()
   for setting in settings:
     key, _, value = setting.partition("=")
     if value not in options.get(key, ()):
       raise ValueError(f"Unknown option {setting!r} in {arg!r} for {name}; {valid}")
+    if key in given:
+      raise ValueError(f"Option {key!r} is given twice in {arg!r} for {name}: keep one.")
+    given.add(key)
     parsed[key] = value
   return parsed
 

@@ -86,10 +86,15 @@ def _value_problems(config) -> list[str]:
     if config[key] < 1:
       problems.append(f"config.{key}={config[key]} must be at least 1.")
   for key, zero in (("dataset.image_size", "the set's own size"), ("dataset.max_per_class", "all"),
-                    ("dataset.repeat_factor_threshold", "no repeats"), ("optimizer.lr", "no updates"),
+                    ("dataset.repeat_factor_threshold", "no repeats"),
+                    ("dataset.cache_budget_mb", "a quarter of a device's memory"),
+                    ("checkpoint_every_steps", "every epoch"), ("optimizer.lr", "no updates"),
                     ("optimizer.weight_decay", "none"), ("optimizer.grad_clip_norm", "no clipping")):
     if config[key] < 0:
       problems.append(f"config.{key}={config[key]} must be 0 ({zero}) or more.")
+  if config.data_workers < -1:
+    problems.append(f"config.data_workers={config.data_workers} must be −1 (one per CPU core), 0 (threads) or a "
+                    "number of processes.")
   for key in ("dataset.train_split", "dataset.eval_split", "dataset.test_split"):
     problems += _split_problems(f"config.{key}", config[key], optional=key == "dataset.test_split")
   for key in ("input.train_pp", "input.eval_pp"):
@@ -106,6 +111,10 @@ def _optimizer_problems(config) -> list[str]:
   for key in ("optimizer.gamma", "optimizer.eps"):
     if config[key] <= 0:
       problems.append(f"config.{key}={config[key]} must be more than 0.")
+  if config.optimizer.nesterov and not (config.optimizer.name == "sgd" and config.optimizer.momentum > 0):
+    problems.append(f"config.optimizer.nesterov=True is Nesterov momentum, which needs optimizer.name='sgd' with "
+                    f"optimizer.momentum > 0 (here {config.optimizer.name!r}, momentum {config.optimizer.momentum}): "
+                    "set the momentum, or --config.optimizer.nesterov=False.")
   for key in ("optimizer.trainable", "optimizer.weight_decay_exclude", "init_from_missing"):
     problems += _regex_problems(f"config.{key}", config[key])
   for index, group in enumerate(config.optimizer.lr_groups):

@@ -52,6 +52,14 @@ def test_a_value_error_inside_an_op_keeps_its_message_and_names_the_call():
     augment.parse("random_apply(0.5, \"rotate('ten')\")")
 
 
+@pytest.mark.parametrize("op", ["flip(p=2)", "random_apply(1.5, 'flip()')", "color_jitter(0.4, p=-0.1)",
+                                "random_grayscale('half')", "random_erasing(p=True)"])
+def test_a_probability_outside_0_to_1_is_refused(op):
+  """flip(p=2) and random_apply(1.5, …) were taken (as always), a string p failed inside the first traced step."""
+  with pytest.raises(ValueError, match=r"^p=.* must be a probability, from 0 to 1\. Raised by preprocessing op "):
+    augment.parse(op)
+
+
 def test_a_factory_that_returns_no_op_is_named(monkeypatch):
   monkeypatch.setitem(augment.OPS, "no_op_for_test", lambda: (lambda image, params: image))
   with pytest.raises(ValueError, match=r"^Preprocessing op 'no_op_for_test' \(in 'no_op_for_test\(\)'\) gave function, "

@@ -330,6 +330,34 @@ def test_scan_cci_class_counts_must_give_one_positive_count_per_class():
   config.loss.update(class_counts=(), class_weights="inverse")
   assert "config.loss.class_weights='inverse' is not one of: '', 'effective_number'" in \
       _problems(config, training=False)
+  config.loss.update(class_weights="effective_number", effective_number_beta=1.0)  # a NaN loss, told to lower the lr
+  assert "config.loss.effective_number_beta=1.0 must be in [0, 1) (at 1 every class weight is 0/0" in \
+      _problems(config, training=False)
+
+
+@pytest.mark.parametrize("name, momentum", [("sgd", 0.0), ("adam", 0.9), ("keras_adam", 0.0)])
+def test_nesterov_without_sgd_momentum_is_refused(name, momentum):
+  """optax's sgd drops nesterov without momentum (every LHC-Net stage's SGD has none), and Adam has no such flag:
+  the setting did nothing, without a word (PyTorch's SGD raises)."""
+  config = get_config("configs/dan.py:synthetic")
+  config.optimizer.update(name=name, momentum=momentum, nesterov=True)
+  assert (f"config.optimizer.nesterov=True is Nesterov momentum, which needs optimizer.name='sgd' with "
+          f"optimizer.momentum > 0 (here {name!r}, momentum {momentum})") in _problems(config, training=False)
+  config.optimizer.update(name="sgd", momentum=0.9)
+  validation.validate(config, training=False)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("checkpoint_every_steps", -1, "config.checkpoint_every_steps=-1 must be 0 (every epoch) or more"),
+    ("data_workers", -2, "config.data_workers=-2 must be −1 (one per CPU core), 0 (threads) or a number"),
+    ("dataset.cache_budget_mb", -5.0,
+     "config.dataset.cache_budget_mb=-5.0 must be 0 (a quarter of a device's memory) or more")])
+def test_negative_counts_and_budgets_are_refused(key, value, expected):
+  """A negative checkpoint_every_steps saved every step, data_workers=-2 started processes, and a negative cache
+  budget failed later as 'exceeds the device cache budget of -5,120 KiB'."""
+  config = get_config("configs/dan.py:synthetic")
+  config.update_from_flattened_dict({key: value})
+  assert expected in _problems(config, training=False)
 
 
 def test_method_rules_are_listed_beside_other_problems():

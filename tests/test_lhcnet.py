@@ -265,6 +265,9 @@ def test_config_rejects_unknown_arguments():
     get_config("configs/lhcnet.py:rafdb")
   with pytest.raises(ValueError, match="stage=<A1|A2|A3|B|C>"):
     get_config("configs/lhcnet.py:fer2013,stage=D")
+  with pytest.raises(ValueError, match=r"^Option 'stage' is given twice in 'fer2013,stage=B,stage=C' for "
+                                       r"configs/lhcnet\.py: keep one\.$"):  # the last one was taken, silently
+    get_config("configs/lhcnet.py:fer2013,stage=B,stage=C")
 
 
 def test_fer2013_eval_pipeline_keeps_raw_pixels_at_224():

@@ -323,6 +323,10 @@ def config_problems(config) -> list[str]:
   weighting = loss_config.get("class_weights", "")
   if weighting not in ("", "effective_number"):
     problems.append(f"config.loss.class_weights={weighting!r} is not one of: '', 'effective_number'.")
+  beta = loss_config.get("effective_number_beta", 0.0)
+  if weighting == "effective_number" and not 0 <= beta < 1:
+    problems.append(f"config.loss.effective_number_beta={beta} must be in [0, 1) (at 1 every class weight is 0/0; "
+                    "the official SFEW script's is 0.9999).")
   counts = tuple(loss_config.get("class_counts", ()))
   if counts and (len(counts) != num_classes or min(counts) < 1):
     problems.append(f"config.loss.class_counts={counts} needs {num_classes} positive counts "

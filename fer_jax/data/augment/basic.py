@@ -12,6 +12,12 @@ NORMALIZATIONS = {
 }
 
 
+def check_probability(p) -> None:
+  """A ValueError unless `p` (an op's argument) is a probability."""
+  if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+    raise ValueError(f"p={p!r} must be a probability, from 0 to 1")
+
+
 def bernoulli(key, p: float) -> jax.Array:
   """True with probability p, drawn as torchvision does: U[0, 1) < p."""
   return jax.random.uniform(key) < p
@@ -20,6 +26,7 @@ def bernoulli(key, p: float) -> jax.Array:
 @register
 def flip(p: float = 0.5) -> Op:
   """Horizontal mirror with probability p (torchvision RandomHorizontalFlip)."""
+  check_probability(p)
   return Op(apply=lambda image, flipped: jnp.where(flipped, image[:, ::-1], image),
             sample=lambda key, shape: bernoulli(key, p))
 
@@ -56,6 +63,7 @@ def normalize(mean="imagenet", std=None) -> Op:
 @register
 def random_apply(p: float, pipeline: str, uint8: bool = True) -> Op:
   """With probability p, the whole inner pipeline (torchvision RandomApply); it must keep the shape."""
+  check_probability(p)
   inner = parse(pipeline, uint8=uint8)
   if inner.ends_uint8:
     raise ValueError(f"random_apply({p}, {pipeline!r}): to_float/normalize cannot be applied at random.")

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax.data.augment.basic import bernoulli
+from fer_jax.data.augment.basic import bernoulli, check_probability
 from fer_jax.data.augment.core import Op, register
 
 # --- Pillow's conversions, in exact integer arithmetic ---------------------------------------
@@ -214,6 +214,7 @@ def color_jitter(brightness: float = 0.0, contrast: float = 0.0, saturation: flo
   range is trivial (argument 0) do nothing wherever the permutation puts them; each one's
   output is uint8 (integral) before the next, as with PIL.
   """
+  check_probability(p)
   ranges = (_factor_range(brightness, "brightness"), _factor_range(contrast, "contrast"),
             _factor_range(saturation, "saturation"), _factor_range(hue, "hue", 0.0, (-0.5, 0.5)))
   active = [index for index, bounds in enumerate(ranges) if bounds is not None]
@@ -252,6 +253,7 @@ def random_grayscale(p: float = 0.1) -> Op:
 
   Params: bool. One-channel images are unchanged.
   """
+  check_probability(p)
   def apply(image, gray):
     if image.shape[-1] == 1:
       return image
@@ -275,6 +277,7 @@ def random_erasing(p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0
   Params: {"erase": bool, "top", "left", "height", "width": int32, and "noise" (H, W, C)
   float32 when value="random"}.
   """
+  check_probability(p)
   if ratio_sampling not in ("log", "uniform"):
     raise ValueError(f"random_erasing: unknown ratio_sampling {ratio_sampling!r}; valid: 'log', 'uniform'.")
   if isinstance(value, str) and value != "random":
