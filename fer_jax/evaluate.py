@@ -351,8 +351,8 @@ class Evaluators:
 
   def __call__(self, variables, name: str, tta_name: str = "none") -> dict:
     spec, eval_data = self.specs[name], self.data(name)
-    # Evaluators whose images are stored alike and preprocessed alike share one compiled step.
-    step_key = (eval_data.pipeline.text, eval_data.shape, tta_name)
+    # Evaluators whose batches are stored alike and preprocessed alike share one compiled step.
+    step_key = (eval_data.pipeline.text, eval_data.shape, eval_data.global_batch, tta_name)
     if step_key not in self._steps:
       jitted = confusion_step(self.model, self.config.model.num_classes, self.mesh, tta_name, eval_data.preprocess)
       self._steps[step_key] = watched_step.WatchedStep(f"eval step ({_label(name, tta_name)})", jitted)

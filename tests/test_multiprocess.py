@@ -108,7 +108,8 @@ def _check_one_process_run(result, workdir) -> None:
   assert result.returncode == 0, result.stderr[-3000:]
   assert "img/s ETA" in result.stderr and "global batch 32, 4 devices" in result.stderr
   assert get_config("configs/dan.py:synthetic").eval_batch_size == 250
-  assert "Evaluating test in batches of 252" in result.stderr
+  assert ("Evaluating test in batches of 72: config.eval_batch_size 250 capped at the split's 70 images and rounded up "
+          "to a multiple of the 4 devices.") in result.stderr
   report = json.loads((workdir / "eval_results.json").read_text())
   assert report["num_examples"] == 70 and len(report["confusion_matrix"]) == 7
   assert set(report) >= {"accuracy", "mean_class_accuracy", "per_class_accuracy", "class_names", "confusion_matrix"}

@@ -531,12 +531,16 @@ class EvalData:
                       f"{split_name} is of a class of the model (config.dataset.class_order="
                       f"{config.dataset.class_order!r}); it holds {_class_counts(self.split)}. Name a split with "
                       "images of the model's classes.")
-    # Padding is masked, so any batch works: rounded up to fill every device.
-    devices = mesh.devices.size
-    self.global_batch = -(-config.eval_batch_size // devices) * devices
+    # Padding is masked, so any batch works: at most the split (a small one is not padded to a large batch),
+    # rounded up to fill every device.
+    devices, count = mesh.devices.size, len(self.records)
+    wanted = min(config.eval_batch_size, count)
+    self.global_batch = -(-wanted // devices) * devices
     if self.global_batch != config.eval_batch_size:
-      logging.info("Evaluating %s in batches of %d: config.eval_batch_size %d rounded up to a multiple of the %d "
-                   "devices.", split_name, self.global_batch, config.eval_batch_size, devices)
+      changes = ([f"capped at the split's {count} images"] if wanted < config.eval_batch_size else []) + (
+          [f"rounded up to a multiple of the {devices} devices"] if self.global_batch != wanted else [])
+      logging.info("Evaluating %s in batches of %d: config.eval_batch_size %d %s.", split_name, self.global_batch,
+                   config.eval_batch_size, " and ".join(changes))
     self.local_batch = self.global_batch // jax.process_count()
     self.num_batches = max(1, math.ceil(len(self.records) / self.global_batch))
     self.shape = stored_shape(config, self.split, as_stored)
