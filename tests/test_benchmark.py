@@ -93,6 +93,14 @@ def test_synthetic_line_holds_every_figure():
   assert line["train_flops_per_step"] > line["eval_flops_per_step"] > 0  # the backward pass costs more
   assert line["init_s"] > 0 and line["train_compile_s"] > 0 and line["train_warmup_s"] > 0
   assert line["train_img_per_s"] > 0
+  for step in ("train", "eval"):  # each figure from the same timing: a unit or a per-device batch slips here
+    seconds = line[f"{step}_step_ms"] / 1e3
+    assert line[f"{step}_img_per_s"] == pytest.approx(line["batch_size"] / seconds, rel=1e-2)
+    assert line[f"{step}_tflops_per_s"] == pytest.approx(line[f"{step}_flops_per_step"] / seconds / 1e12, rel=1e-2,
+                                                         abs=1e-4)
+  if line["peak_tflops_per_device"]:
+    assert line["mfu"] == pytest.approx(line["train_tflops_per_s"] / line["peak_tflops_per_device"], rel=1e-2,
+                                        abs=1e-4)
   if os.path.exists("/proc/cpuinfo"):  # CPU figures compare only between machines of one CPU model
     with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
       named = re.search(r"^model name\s*:\s*(.+?)\s*$", cpuinfo.read(), re.MULTILINE)

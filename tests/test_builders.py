@@ -1034,8 +1034,10 @@ def test_a_prepared_sets_run_deletes_a_killed_rebuilds_leftover(tmp_path):
   prepare.prepare("fedro", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds"))
   staging = tmp_path / "tfds" / "fedro" / "incomplete.overwrite4242_1.0.0"
   staging.mkdir()
-  prepare.prepare("fedro", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds"))
+  prepared = {path: path.stat().st_mtime_ns for path in (tmp_path / "tfds" / "fedro").rglob("*") if path.is_file()}
+  assert prepare.prepare("fedro", os.fspath(tmp_path / "manual"), os.fspath(tmp_path / "tfds")).is_prepared()
   assert not staging.exists()
+  assert prepared and {path: path.stat().st_mtime_ns for path in prepared} == prepared  # the set itself untouched
 
 
 def test_a_full_disk_while_writing_records_names_the_data_dir(tmp_path, monkeypatch):

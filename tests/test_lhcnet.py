@@ -198,7 +198,7 @@ def test_bfloat16_module_stays_close_to_float32():
   full = lhcnet.LHCModule(2, 3).apply({"params": params}, x)
   half = lhcnet.LHCModule(2, 3, dtype=jnp.bfloat16).apply({"params": params}, x.astype(jnp.bfloat16))
   assert half.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(half, np.float32), full, rtol=0.05, atol=0.05)
+  np.testing.assert_allclose(np.asarray(half, np.float32), full, rtol=0, atol=0.03)  # measured 0.014 of outputs ≤ 3.5
 
 
 @pytest.mark.integration

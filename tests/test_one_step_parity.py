@@ -27,8 +27,9 @@ from reference import one_step
 from reference.dan import ReferenceDAN, affinity_loss, partition_loss
 from reference.scan_cci import SIZE as SCAN_CCI_SIZE, ReferenceScanCci
 
-TOLERANCE = 1e-8  # measured worst: DAN 3.4e-10 (step 2), SCAN-CCI 5.0e-11 (a step-1 change)
+TOLERANCE = 1e-8  # measured worst: DAN 3.4e-10 (step 2), SCAN-CCI 8.4e-11 (at batch 2)
 BATCH = 4
+SCAN_CCI_BATCH = 2  # its float64 step runs 19 s of CPU at batch 4, 9 at 2: every region and both lr groups either way
 
 
 def assert_close(initial, jax_records, torch_records):
@@ -82,7 +83,7 @@ def test_scan_cci_steps_equal_pytorch_with_two_learning_rates():
       region = sum(cross_entropy(regions[:, :, j], labels) for j in range(regions.shape[2]))
       return weight * cross_entropy(attention, labels) + (1 - weight) * region
 
-    batches = one_step.random_batches(2, BATCH, SCAN_CCI_SIZE, config.model.num_classes)
+    batches = one_step.random_batches(2, SCAN_CCI_BATCH, SCAN_CCI_SIZE, config.model.num_classes)
     records = one_step.torch_steps(parts, {}, optimizer, loss_of, batches)
     initial, torch_records = one_step.in_fer_jax_layout(config, records, one_step.scan_cci_checkpoint)
     assert_close(initial, one_step.jax_steps(config, initial, batches), torch_records)
