@@ -14,10 +14,14 @@
 #   dan_batch_norm        DAN with BatchNorm's statistics in one shifted pass
 #   apvit_attention       APViT with cuDNN's flash attention against the library
 #   dan_combined          the stem candidates with the pool gradient candidates, together
-#   dan_stem_and_pool_2   the first item again in reverse order (a second reading of each)
 #   apvit_official        APViT's official step as released and tuned (bf16 autocast), on the same GPU:
 #                         with APVIT_CLONE (github.com/youqingxiaozhua/APViT) and OFFICIAL_PACKAGES (mmcv
 #                         1.x, pure Python: benchmarks/official_step.py says how), else it fails at once
+#   dan_stem_and_pool_2   the first item again in reverse order (a second reading of each): only when named
+#
+# Each item is stopped at 1.5 times its estimate (a hang costs no more), and a candidates item run again
+# times only the variants it has no line of (run_candidates.py --resume). Compiled programs are kept in
+# STATE/jax_cache (JAX's persistent cache), so a rerun on a warm machine compiles nothing twice.
 #
 # Environment: BUDGET (seconds this call may take, default 570), ITEMS (a space-separated subset, in
 # this order), STATE (default .device_session), WHEELS (a folder from `python launch/offline_wheels.py`:
@@ -44,15 +48,16 @@ DAN=${DAN:-configs/dan.py:rafdb}
 LHCNET=${LHCNET:-configs/lhcnet.py:fer2013,stage=B}
 SCAN_CCI=${SCAN_CCI:-configs/scan_cci.py:rafdb}
 APVIT=${APVIT:-configs/apvit.py:rafdb}
-ITEMS=${ITEMS:-dan_stem_and_pool lhcnet_profile scan_cci_256 dan_batch_norm apvit_attention dan_combined dan_stem_and_pool_2 apvit_official}
+ITEMS=${ITEMS:-dan_stem_and_pool lhcnet_profile scan_cci_256 dan_batch_norm apvit_attention dan_combined apvit_official}
 # Most promising first (compiled for the H200, BENCHMARKS.md): should the item be cut short, they are in.
 STEM_AND_POOL=max_pool_winner_from_forward,conv_input_channels_padded,conv_stem_patches_product,conv_stem_space_to_depth,\
 max_pool_gradient_input_phases,max_pool_xla_gradient,max_pool_tap_gradient_stored
-# Seconds each item takes on an H200 (a process per run, compilation and 25 steps: DAN ~40, APViT ~80,
+# Seconds each item takes on an H200 (a process per run, compilation and 25 steps: DAN ~40, APViT ~95,
 # SCAN-CCI and LHC-Net ~55, as on 2026-12-04), with a margin.
 declare -A ESTIMATE=([dan_stem_and_pool]=370 [lhcnet_profile]=80 [scan_cci_256]=80 [dan_batch_norm]=50
-                     [apvit_attention]=180 [dan_combined]=190 [dan_stem_and_pool_2]=370 [apvit_official]=150)
+                     [apvit_attention]=220 [dan_combined]=190 [dan_stem_and_pool_2]=370 [apvit_official]=150)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # fer_jax from this checkout, installed or not
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$STATE/jax_cache}
 mkdir -p "$OUT_DIR" "$STATE/logs" "$STATE/items"
 touch "$STATE/done.txt"
 exec > >(tee -a "$STATE/session.log") 2>&1
@@ -61,14 +66,15 @@ size=()
 if [ -n "${BATCH:-}" ]; then size+=(--batch_size="$BATCH"); fi
 size+=(--steps="${STEPS:-20}" --warmup="${WARMUP:-5}")
 
-bounded() {  # COMMAND ...: stopped at the deadline (TERM to its process group, KILL 10 s later)
-  local left=$(( DEADLINE - $(date +%s) ))
+bounded() {  # COMMAND ...: stopped at the item's deadline (TERM to its process group, KILL 10 s later)
+  local left=$(( ${ITEM_DEADLINE:-$DEADLINE} - $(date +%s) ))
   if (( left <= 0 )); then return 124; fi  # timeout 0 would not stop it
   timeout -k 10 "$left" "$@"
 }
 
 candidates() {  # CONFIG VARIANTS
-  bounded "$PY" benchmarks/run_candidates.py "$1" --variants="$2" "${size[@]}" --output="$STATE/candidates.jsonl"
+  bounded "$PY" benchmarks/run_candidates.py "$1" --variants="$2" "${size[@]}" --output="$STATE/candidates.jsonl" \
+    --resume
 }
 
 profiled() {  # ITEM CONFIG PAPER_BATCH: bf16, one run profiled, then its breakdown
@@ -142,11 +148,17 @@ trap deliver EXIT
 trap 'exit 143' TERM  # a call stopped at its limit: deliver (the EXIT trap) before going
 
 if [ ! -f "$STATE/env.txt" ]; then  # first, so that even a failed install tells what the machine has
-  { date -u; nvidia-smi 2>/dev/null || true; "$PY" -m pip list --format=freeze 2>/dev/null || true; } > "$STATE/env.txt"
+  { date -u; nvidia-smi 2>/dev/null || true
+    "$PY" -m pip list --format=freeze --disable-pip-version-check 2>/dev/null || true; } > "$STATE/env.txt"
   deliver
 fi
-if [ -n "${WHEELS:-}" ]; then
-  "$PY" -m pip install -q --no-index --find-links="$WHEELS" -r "$WHEELS/requirements.txt"
+pip_install() { "$PY" -m pip install -q --disable-pip-version-check --no-compile --no-index --find-links="$WHEELS" "$@"; }
+if [ -n "${WHEELS:-}" ] && ! pip_install -r "$WHEELS/requirements.txt"; then
+  # A package of the machine older than a wheel's pin (protobuf, tensorstore) stops pip's resolver: the wheels of
+  # the packages the machine lacks, as they are, and the import below decides.
+  echo "pip could not install the wheels beside this machine's packages: the missing ones alone, without their pins"
+  mapfile -t missing < <("$PY" benchmarks/missing_wheels.py "$WHEELS")
+  if (( ${#missing[@]} )); then pip_install --no-deps "${missing[@]}" || true; fi
 fi
 "$PY" -c "import fer_jax.benchmark" || { echo "fer_jax's dependencies are missing here: give WHEELS"; exit 1; }
 if ! grep -q '"device_kind"' "$STATE/env.txt"; then
@@ -174,6 +186,8 @@ for item in $ITEMS; do
     continue
   fi
   echo "$(date -u +%T) $item"
+  ITEM_DEADLINE=$(( $(date +%s) + ${ESTIMATE[$item]:-60} * 3 / 2 ))
+  ITEM_DEADLINE=$(( ITEM_DEADLINE < DEADLINE ? ITEM_DEADLINE : DEADLINE ))
   if run_item "$item" > "$STATE/logs/$item.log" 2>&1; then
     echo "$item" >> "$STATE/done.txt"
     echo "$(date -u +%T) done: $item"

@@ -2,13 +2,15 @@
 
   python benchmarks/run_candidates.py --variants=none,conv_input_channels_padded,max_pool_xla_gradient \\
       [CONFIG ...] [--dtype=bfloat16] [--batch_size=B] [--steps=20] [--warmup=5] [--rounds=1] \\
-      [--output=FILE.jsonl]
+      [--output=FILE.jsonl [--resume]]
 
 Each variant runs in a process of its own (a variant replaces a piece of fer_jax for the whole
 process), and there each config's train and eval steps are timed as `python -m fer_jax.benchmark
 --input=synthetic` times them: one JSON line per config and variant, with "variant" and "round"
 added. Rounds interleave the variants (A B A B …), so that a drift of the machine falls on each.
-The compile-only variants (compile_candidates.COMPILE_ONLY) are refused.
+The compile-only variants (compile_candidates.COMPILE_ONLY) are refused. With --resume, a variant and round whose
+lines --output holds for every config is not run again (a call cut short, or a variant failing, costs a rerun only
+what is missing).
 """
 
 import argparse
@@ -37,6 +39,15 @@ def time_variant(args) -> None:
     write_rows([row], args.output, json.dumps(row) + "\n")
 
 
+def timed_before(output: str) -> set[tuple[str, str, int]]:
+  """(config, variant, round) of the lines `output` holds."""
+  if not output or not os.path.exists(output):
+    return set()
+  with open(output, encoding="utf-8") as lines:
+    rows = [json.loads(line) for line in lines if line.strip()]
+  return {(row["config"], row["variant"], row["round"]) for row in rows}
+
+
 def main() -> None:
   parser = paper_configs_parser(__doc__.split("\n")[0])
   parser.add_argument("--variants", default="none",
@@ -44,6 +55,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--warmup", type=int, default=5)
   parser.add_argument("--rounds", type=int, default=1)
+  parser.add_argument("--resume", action="store_true", help="skip the variants and rounds --output holds")
   parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # the child process's variant
   parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -58,9 +70,12 @@ def main() -> None:
                  f"choose from {sorted(set(compile_candidates.VARIANTS) - compile_candidates.COMPILE_ONLY)}")
   passed = [*args.configs, f"--dtype={args.dtype}", f"--batch_size={args.batch_size}", f"--steps={args.steps}",
             f"--warmup={args.warmup}", f"--output={args.output}"]
-  failed = []
+  failed, done = [], timed_before(args.output) if args.resume else set()
   for round_index in range(args.rounds):
     for name in variants:
+      if all((spec, name, round_index) in done for spec in args.configs):
+        print(f"round {round_index}: {name}, timed before", file=sys.stderr, flush=True)
+        continue
       print(f"round {round_index}: {name}", file=sys.stderr, flush=True)
       child = subprocess.run([sys.executable, __file__, *passed, f"--one={name}", f"--round={round_index}"], check=False)
       if child.returncode:

@@ -913,17 +913,42 @@ def test_device_session_runs_its_items_within_the_budget_and_goes_on_where_it_st
   assert f"jax=={jax.__version__}" in environment and '"device_kind": "cpu"' in environment
 
 
-def test_device_session_tells_what_the_machine_has_even_when_its_wheels_do_not_install(tmp_path):
-  """The first thing a lease needs to know for the next one: its packages, delivered before the
-  install from WHEELS is tried, and the call stops there with pip's error."""
+def test_device_session_tells_what_the_machine_has_and_goes_on_when_its_wheels_do_not_resolve(tmp_path):
+  """The first thing a lease needs to know for the next one: its packages, delivered before the install from WHEELS
+  is tried. A machine's package older than a wheel's pin (protobuf below googleapis-common-protos's) made pip's
+  resolver refuse the install and ended the call, and every later one, before any item: now the wheels of the
+  packages the machine lacks go in without their pins, and importing fer_jax decides."""
   wheels = tmp_path / "wheels"
   wheels.mkdir()
   (wheels / "requirements.txt").write_text("no-such-package-for-fer-jax==1.0\n")
-  env = {**os.environ, "PY": sys.executable, "STATE": str(tmp_path / "state"), "WHEELS": str(wheels), "BUDGET": "60"}
+  env = {**os.environ, "PY": sys.executable, "STATE": str(tmp_path / "state"), "WHEELS": str(wheels), "BUDGET": "60",
+         "ITEMS": ""}
   result = subprocess.run(["bash", os.path.join(helpers.ROOT, "benchmarks", "device_session.sh"), str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120, env=env)
-  assert result.returncode != 0 and "no-such-package-for-fer-jax" in result.stdout
+  assert result.returncode == 0 and "no-such-package-for-fer-jax" in result.stdout, result.stdout + result.stderr
+  assert "pip could not install the wheels beside this machine's packages: the missing ones alone" in result.stdout
   assert f"jax=={jax.__version__}" in (tmp_path / "out" / "env.txt").read_text()
+
+
+def test_missing_wheels_are_those_of_packages_not_installed(tmp_path):
+  names = ["numpy-2.0.0-cp311-cp311-manylinux_x86_64.whl", "no_such_package_for_fer_jax-1.0-py3-none-any.whl",
+           "googleapis_common_protos-1.76.0-py3-none-any.whl"]  # installed, as its name's underscores say
+  for name in names:
+    (tmp_path / name).write_bytes(b"")
+  missing_wheels = helpers.load_script(os.path.join(helpers.ROOT, "benchmarks", "missing_wheels.py"))
+  assert missing_wheels.missing_wheels(str(tmp_path)) == [str(tmp_path / names[1])]
+
+
+def test_candidates_resumed_time_only_what_their_output_lacks(tmp_path):
+  """A candidates item cut short or failing on one variant was run again whole by the next call: every variant's
+  compile and steps again (370 s of a lease for DAN's)."""
+  output = tmp_path / "candidates.jsonl"
+  output.write_text(json.dumps({"config": "configs/dan.py:synthetic", "variant": "none", "round": 0}) + "\n")
+  result = subprocess.run([sys.executable, os.path.join(helpers.ROOT, "benchmarks", "run_candidates.py"),
+                           "configs/dan.py:synthetic", "--variants=none", f"--output={output}", "--resume"],
+                          cwd=helpers.ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and "round 0: none, timed before" in result.stderr, result.stderr[-3000:]
+  assert len(output.read_text().splitlines()) == 1
 
 
 # device_session.sh's PY for a pretend H100: the items' programs write at once what they would (candidates,
