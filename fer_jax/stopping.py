@@ -31,9 +31,11 @@ class NonFiniteError(RuntimeError):
     self.what, self.fix = what, fix
 
 
-class StoppedOutsideSteps(Exception):
+class StoppedOutsideSteps(BaseException):
   """SIGTERM or SIGINT arrived outside the training steps (setting up, evaluating, reporting), where
-  nothing is left to save: what the run saved stands, and the same command goes on from it."""
+  nothing is left to save: what the run saved stands, and the same command goes on from it. A BaseException, as
+  KeyboardInterrupt is: code that catches every Exception (logging's handlers, while a line is written) lets it
+  through."""
 
 
 # A SIGTERM/SIGINT outside the training steps not yet acted on, for the training loop's StopSignals (or, on one

@@ -698,6 +698,30 @@ def test_a_signal_whose_exception_python_swallowed_still_stops_the_loop(caplog):
   assert "The SIGTERM held was not acted on: the command had finished what it was doing." in caplog.text
 
 
+def test_a_signal_while_a_log_line_is_written_stops_the_command():
+  """logging's handlers catch every Exception while they write a line: a signal arriving then printed "--- Logging
+  error ---" and the run set up, trained and saved a step before stopping (or wrote its whole report, exit 0)."""
+
+  class SignalledWhileWriting(logging.Handler):
+    def emit(self, record):
+      try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler runs here, inside emit
+      except Exception:  # pylint: disable=broad-except  (as logging.StreamHandler.emit does)
+        self.handleError(record)
+
+  handler = SignalledWhileWriting()
+  logger = logging.getLogger("fer_jax_signal_test")
+  logger.addHandler(handler)
+  try:
+    with pytest.raises(SystemExit) as stopped, stopping.exit_status_on_stop():
+      logger.warning("a line")
+      pytest.fail("the command went on after the signal")
+  finally:
+    logger.removeHandler(handler)
+  assert stopped.value.code == stopping.PREEMPTED_EXIT_STATUS
+
+
 @pytest.mark.parametrize("around", ["read", "save"])
 def test_a_signal_while_a_checkpoint_is_read_or_saved_stops_once_it_is_done(around, tmp_path, caplog):
   """Orbax reads and writes in an event loop on the main thread. The handler's exception raised there surfaced as
