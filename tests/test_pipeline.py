@@ -1,6 +1,8 @@
 import logging
 import os
+import signal
 
+import grain
 import jax
 import numpy as np
 import pytest
@@ -48,6 +50,16 @@ def test_a_split_smaller_than_the_eval_batch_is_not_padded_to_it(caplog):
   assert eval_data.global_batch == 70 and [b["image"].shape[0] for b in batches] == [70]
   assert np.asarray(batches[0]["mask"]).all()
   assert "Evaluating test in batches of 70: config.eval_batch_size 4096 capped at the split's 70 images." in caplog.text
+
+
+def _interrupt_handler(index: int) -> bool:
+  return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_decoding_workers_leave_ctrl_c_to_the_command():
+  """Ctrl-C reaches every process of the command: each decoding worker printed a KeyboardInterrupt traceback."""
+  ignored = list(pipeline._prefetched(grain.MapDataset.range(4).map(_interrupt_handler), workers=2, prefetch=2))
+  assert ignored == [True] * 4 and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 def test_training_stream_is_a_function_of_the_step():

@@ -18,6 +18,7 @@ import difflib
 import itertools
 import math
 import os
+import signal
 
 from absl import logging
 import grain
@@ -319,8 +320,16 @@ def _prefetched(dataset: grain.MapDataset, workers: int, prefetch: int) -> grain
   iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2 if not workers else 1,
                                                        prefetch_buffer_size=prefetch))
   if workers:
-    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
+                                    worker_init_fn=_ignore_interrupts)
   return iterable
+
+
+def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
+  """A decoding worker leaves Ctrl-C (SIGINT, which a terminal sends to every process of the command) to the
+  command, which saves and stops them: each printed its own KeyboardInterrupt traceback."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def decode_all(decoder: decode.Decoder, records: np.ndarray, workers: int) -> np.ndarray:
