@@ -19,6 +19,7 @@ import itertools
 import math
 import os
 import signal
+import sys
 
 from absl import logging
 import grain
@@ -320,9 +321,17 @@ def _prefetched(dataset: grain.MapDataset, workers: int, prefetch: int) -> grain
   iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2 if not workers else 1,
                                                        prefetch_buffer_size=prefetch))
   if workers:
+    if QUIET_RESOURCE_TRACKER not in sys.warnoptions:  # read when the tracker starts, with the first worker
+      sys.warnoptions.append(QUIET_RESOURCE_TRACKER)
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
                                     worker_init_fn=_ignore_interrupts)
   return iterable
+
+
+# Grain's workers leave a few batches' shared memory to the multiprocessing resource tracker, which frees it at exit
+# and warns of "leaked shared_memory objects" (google/grain issue 398) at the end of every run: the tracker process
+# takes this warning filter from the command's (`sys.warnoptions`).
+QUIET_RESOURCE_TRACKER = "ignore:resource_tracker:UserWarning:multiprocessing.resource_tracker"
 
 
 def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
