@@ -24,7 +24,7 @@
 # STATE/jax_cache (JAX's persistent cache), so a rerun on a warm machine compiles nothing twice.
 #
 # Environment: BUDGET (seconds this call may take, default 570), ITEMS (a space-separated subset, in
-# this order), STATE (default .device_session), WHEELS (a folder from `python launch/offline_wheels.py`:
+# this order; empty: none, the environment only), STATE (default .device_session), WHEELS (a folder from `python launch/offline_wheels.py`:
 # the dependencies the machine lacks are installed from it without an index), PY (default python3, else
 # python: a fresh machine may have no `python`), TARGET (the GpuTargetConfigProto whose bandwidth the
 # profiles' rooflines take; default the one in benchmarks/gpu_targets whose device_description_str is the
@@ -48,7 +48,7 @@ DAN=${DAN:-configs/dan.py:rafdb}
 LHCNET=${LHCNET:-configs/lhcnet.py:fer2013,stage=B}
 SCAN_CCI=${SCAN_CCI:-configs/scan_cci.py:rafdb}
 APVIT=${APVIT:-configs/apvit.py:rafdb}
-ITEMS=${ITEMS:-dan_stem_and_pool lhcnet_profile scan_cci_256 dan_batch_norm apvit_attention dan_combined apvit_official}
+ITEMS=${ITEMS-dan_stem_and_pool lhcnet_profile scan_cci_256 dan_batch_norm apvit_attention dan_combined apvit_official}
 # Most promising first (compiled for the H200, BENCHMARKS.md): should the item be cut short, they are in.
 STEM_AND_POOL=max_pool_winner_from_forward,conv_input_channels_padded,conv_stem_patches_product,conv_stem_space_to_depth,\
 max_pool_gradient_input_phases,max_pool_xla_gradient,max_pool_tap_gradient_stored
