@@ -25,7 +25,6 @@ from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
 
-
 def list_images(path: str, extensions: tuple[str, ...] = decode.IMAGE_SUFFIXES,
                 unreadable: list[tuple[str, str]] | None = None) -> list[str]:
   """The file itself, or every file with one of `extensions` under a folder, sorted; a UserError if there is none.
