@@ -24,9 +24,9 @@
 # STATE/jax_cache (JAX's persistent cache), so a rerun on a warm machine compiles nothing twice.
 #
 # Environment: BUDGET (seconds this call may take, default 570), ITEMS (a space-separated subset, in
-# this order; empty: none, the environment only), STATE (default .device_session), WHEELS (a folder from `python launch/offline_wheels.py`:
-# the dependencies the machine lacks are installed from it without an index), PY (default python3, else
-# python: a fresh machine may have no `python`), TARGET (the GpuTargetConfigProto whose bandwidth the
+# this order; empty: none, the environment only), STATE (default .device_session), WHEELS (a folder from
+# `python launch/offline_wheels.py`: the dependencies the machine lacks are installed from it without an
+# index), PY (default python3, else python: a fresh machine may have no `python`), TARGET (the GpuTargetConfigProto whose bandwidth the
 # profiles' rooflines take; default the one in benchmarks/gpu_targets whose device_description_str is the
 # GPU's device kind: h100.txtpb for "NVIDIA H100 80GB HBM3", h200.txtpb for "NVIDIA H200"; none, and no
 # rooflines, for another GPU); DAN, LHCNET, SCAN_CCI, APVIT (the configs, default each paper config) and

@@ -22,6 +22,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compile_candidates  # noqa: E402  pylint: disable=wrong-import-position
 from common import paper_configs_parser, write_rows  # noqa: E402  pylint: disable=wrong-import-position
+import render_table  # noqa: E402  pylint: disable=wrong-import-position
 
 from fer_jax import api  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
@@ -40,12 +41,10 @@ def time_variant(args) -> None:
 
 
 def timed_before(output: str) -> set[tuple[str, str, int]]:
-  """(config, variant, round) of the lines `output` holds."""
+  """(config, variant, round) of the lines `output` holds (a line a killed call cut short is not one)."""
   if not output or not os.path.exists(output):
     return set()
-  with open(output, encoding="utf-8") as lines:
-    rows = [json.loads(line) for line in lines if line.strip()]
-  return {(row["config"], row["variant"], row["round"]) for row in rows}
+  return {(row["config"], row["variant"], row["round"]) for row in render_table.read_lines(output)}
 
 
 def main() -> None:

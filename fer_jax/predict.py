@@ -77,7 +77,6 @@ from fer_jax.face import detector
 NO_FACE = "no face found"  # the reason a photo or video without a face has no row
 
 
-
 def check_output(path: str) -> None:
   """Fails fast, before any model or image is loaded, if the predictions could not be written to `path`."""
   if not path.lower().endswith((".csv", ".json")):
