@@ -20,12 +20,12 @@ every --stride-th frame, MTCNN (`fer_jax.face`) finds each face with five landma
 config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned, others a box with a margin; grey 48×48 for
 FER2013-style inputs) and classified. The detector searches for faces down to 5/6 of --min_face_size (at least 12
 px); faces smaller than it or scored below --min_score are written unclassified, with the reason. A video's faces
-are followed from frame to frame by box overlap (the track; a frame without a classified face keeps the tracks);
---smooth=W averages each track's probabilities over time (p ← W·p_before + (1 − W)·p_now). --annotate writes every
-photo and processed frame with its boxes, landmarks and labels drawn, as PNGs named after the input with its
-extension (photo.jpg.png, clip.mp4/frame_000015.png; a name over 255 bytes is cut short and ended by a hash); face
-crops are not drawn (one warning says so). A drawing that cannot be written (a full disk) stops the drawing with
-one warning, not the run.
+are followed from frame to frame by box overlap (the track, `fer_jax.face.tracks`; a frame without a classified face
+keeps the tracks); --smooth=W averages each track's probabilities over time (p ← W·p_before + (1 − W)·p_now).
+--annotate writes every photo and processed frame with its boxes, landmarks and labels drawn (`fer_jax.face.draw`), as
+PNGs named after the input with its extension (photo.jpg.png, clip.mp4/frame_000015.png; a name over 255 bytes is cut
+short and ended by a hash); face crops are not drawn (one warning says so). A drawing that cannot be written (a full
+disk) stops the drawing with one warning, not the run.
 
 Per crop or face the output holds the top class, its probability, the probability of every class (named in the
 config's class order) and the logits; for faces also the video frame's index and time, the face's index (left to
@@ -48,7 +48,6 @@ with status 75 (run it again to complete the output); a second signal exits at o
 
 import csv
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -56,9 +55,6 @@ import sys
 from absl import flags
 from absl import logging
 import numpy as np
-from PIL import Image
-from PIL import ImageDraw
-from PIL import ImageFont
 import tqdm
 
 from fer_jax import api
@@ -72,7 +68,8 @@ from fer_jax import tta
 from fer_jax.data import decode
 from fer_jax.data import video
 from fer_jax.errors import UserError
-from fer_jax.face import detector
+from fer_jax.face import draw
+from fer_jax.face import tracks
 
 NO_FACE = "no face found"  # the reason a photo or video without a face has no row
 
@@ -118,7 +115,7 @@ class FacePredictions:
     self.model, self.min_face_size, self.min_score = model, min_face_size, min_score
     self.smooth, self.annotate = smooth, annotate
     self.rows, self.skipped, self.unreadable, self.cut_off, self.faces_skipped = [], [], [], [], 0
-    self._queue, self._tracks, self._told_crops_are_not_drawn = [], _Tracks(), False
+    self._queue, self._tracks, self._told_crops_are_not_drawn = [], tracks.Tracks(), False
 
   def add_image(self, path: str, name: str, detect: bool | None) -> None:
     """Queues an image, read once, as a face crop or as a photo's faces (`predict_inputs` says which)."""
@@ -194,7 +191,7 @@ class FacePredictions:
   def _draw(self, frame: _Frame) -> None:
     path = os.path.join(self.annotate, frame.name)
     try:
-      draw_faces(frame.image, frame.rows, path)
+      draw.draw_faces(frame.image, frame.rows, path)
     except OSError as error:
       logging.warning("Stopped drawing: %s cannot be written (%s); the predictions go on. Fix --annotate=%s or pass "
                       "another, then run again for the drawings.", path, error.strerror or error, self.annotate)
@@ -204,66 +201,6 @@ class FacePredictions:
 def _fill(row: dict, prediction: api.Prediction) -> None:
   row.update(prediction=prediction.label, confidence=prediction.confidence,
              probabilities=prediction.probabilities, logits=prediction.logits)
-
-
-class _Tracks:
-  """Faces of consecutive processed frames of one video matched by box overlap (greedy, best
-  IoU first, over TRACK_IOU); each track's probabilities are an exponential moving average (the
-  past weighing `weight`: with 0, the frame's own)."""
-
-  TRACK_IOU = 0.3
-
-  def __init__(self):
-    self.video, self.previous, self.next_id = None, [], 0
-
-  def follow(self, video: str, rows: list[dict], weight: float, class_names) -> None:
-    if video != self.video:
-      self.video, self.previous = video, []
-    classified = [row for row in rows if not row["skipped"]]
-    if not classified:
-      return  # as after a frame without a face: a face too small or unsure for a frame keeps its track
-    current = [None] * len(classified)
-    if self.previous:
-      boxes_now, boxes_before = np.array([r["box"] for r in classified]), np.array([b for _, b, _ in self.previous])
-      overlaps = detector.iou_matrix(boxes_now, boxes_before)
-      for flat in np.argsort(-overlaps, axis=None):
-        i, j = np.unravel_index(flat, overlaps.shape)
-        if overlaps[i, j] <= self.TRACK_IOU:
-          break
-        if current[i] is None and all(c is None or c[0] != self.previous[j][0] for c in current):
-          current[i] = self.previous[j]
-    tracks = []
-    for row, match in zip(classified, current):
-      probabilities = np.array([row["probabilities"][c] for c in class_names])
-      if match is None:
-        track, self.next_id = self.next_id, self.next_id + 1
-      else:
-        track, probabilities = match[0], weight * match[2] + (1 - weight) * probabilities
-      top = int(np.argmax(probabilities))
-      row.update(track=track, prediction=class_names[top], confidence=float(probabilities[top]),
-                 probabilities=dict(zip(class_names, map(float, probabilities))))
-      tracks.append((track, row["box"], probabilities))
-    self.previous = tracks
-
-
-def draw_faces(image: np.ndarray, rows: list[dict], path: str) -> None:
-  """The photo with each face's box, landmarks and label (or why it was skipped), as a PNG."""
-  picture = Image.fromarray(image)
-  pen = ImageDraw.Draw(picture)
-  width = max(2, round(max(image.shape[:2]) / 300))
-  font = ImageFont.load_default(size=6 * width + 4)
-  for row in rows:
-    colour = (160, 160, 160) if row["skipped"] else (0, 220, 0)
-    x1, y1, x2, y2 = row["box"]
-    pen.rectangle((x1, y1, x2, y2), outline=colour, width=width)
-    for x, y in row["landmarks"]:
-      pen.ellipse((x - width, y - width, x + width, y + width), fill=(255, 60, 60))
-    label = f"{row['prediction']} {row['confidence']:.2f}" if not row["skipped"] else "skipped"
-    left, top, right, bottom = pen.textbbox((x1, y1), label, font=font, anchor="lb")
-    pen.rectangle((left, top - width, right + 2 * width, bottom), fill=colour)
-    pen.text((x1 + width, y1), label, fill=(0, 0, 0), font=font, anchor="lb")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  picture.save(path)
 
 
 def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool | None, min_face_size: float,
@@ -284,24 +221,9 @@ def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool |
       if video.is_video(path):  # --nodetect is for images: a video's frames are not crops
         _add_video(results, path, name, stride, stop)
       else:
-        results.add_image(path, drawing_name(name), detect)
+        results.add_image(path, draw.drawing_name(name), detect)
     results.flush()
   return results
-
-
-MAX_NAME_BYTES = 255  # the longest file name Linux's and macOS's file systems take, in bytes
-
-
-def drawing_name(name: str) -> str:
-  """`name` + ".png"; where its last part would pass `MAX_NAME_BYTES` in UTF-8, that part cut short and ended by a hash
-  of `name`, which keeps it apart from the others."""
-  folder, base = os.path.split(name)
-  if len(os.fsencode(base + ".png")) <= MAX_NAME_BYTES:
-    return name + ".png"
-  ending = f"~{hashlib.sha256(os.fsencode(name)).hexdigest()[:10]}.png"
-  while len(os.fsencode(base + ending)) > MAX_NAME_BYTES:
-    base = base[:-1]
-  return os.path.join(folder, base + ending)
 
 
 def detects_faces(paths: list[str], detect: bool | None) -> bool:

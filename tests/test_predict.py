@@ -25,6 +25,7 @@ from fer_jax.data import decode
 from fer_jax.data import video
 from fer_jax.errors import UserError
 from fer_jax.face import detector
+from fer_jax.face import tracks
 from helpers import get_config, random_variables
 
 SIZE = 32
@@ -652,14 +653,14 @@ def test_names_that_are_not_utf8_are_written_and_a_failed_write_leaves_the_previ
 
 def test_a_frame_whose_faces_are_all_unclassified_keeps_the_tracks():
   """It reset them, as a frame without a face does not: the face came back as a new track, its smoothing restarted."""
-  tracks = predict._Tracks()
+  followed = tracks.Tracks()
 
   def frame(skipped: str, anger: float) -> list[dict]:
     return [{"box": [10.0, 10.0, 50.0, 50.0], "skipped": skipped, "probabilities": {"anger": anger, "fear": 1 - anger}}]
 
   first, unsure, back = frame("", 0.9), frame("detection score below the minimum", 0.0), frame("", 0.1)
   for rows in (first, unsure, back):
-    tracks.follow("clip.mp4", rows, 0.5, ("anger", "fear"))
+    followed.follow("clip.mp4", rows, 0.5, ("anger", "fear"))
   assert first[0]["track"] == back[0]["track"] == 0
   assert back[0]["probabilities"] == pytest.approx({"anger": 0.5, "fear": 0.5})
 
