@@ -276,46 +276,70 @@ class ProgressLog:
       self.restart_clock()
 
 
-
-
 class TrainingRun:
   """One run in `workdir`: set up (or resumed) once, then trained to its end by `run`."""
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
-    self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.CHECKPOINTS), config.max_checkpoints)
+    self._find_the_start()
+    self._build_the_model()
+    self._open_the_data()
+    self._restore_or_start_the_state()
+    self._make_the_steps()
+    self._open_the_logs()
+
+  def _find_the_start(self) -> None:
+    """The newest checkpoint's step (0 for a new run), and the config checked for a run that starts or resumes."""
+    self.checkpoints = checkpointing.manager(os.path.join(self.workdir, checkpointing.CHECKPOINTS),
+                                             self.config.max_checkpoints)
     self.start_step = checkpointing.newest_step(self.checkpoints) or 0
-    validation.validate(config, training=True, new_run=not self.start_step, resumed=bool(self.start_step))
-    if not self.start_step and (warning := validation.random_start_warning(config)):
+    validation.validate(self.config, training=True, new_run=not self.start_step, resumed=bool(self.start_step))
+    if not self.start_step and (warning := validation.random_start_warning(self.config)):
       logging.warning(warning)
+
+  def _build_the_model(self) -> None:
+    """The mesh, the method's model and its variables' shapes; a resumed run's checkpoint checked against them, before
+    the data is read."""
     self.mesh = mesh_lib.make_mesh()
-    method = models.get_method(config.model.name)
-    self.model = method.build(config.model)
-    self.abstract = models.abstract_variables(self.model, config)
-    optim.check_patterns(config.optimizer, self.abstract["params"])  # before the data is read
+    self.method = models.get_method(self.config.model.name)
+    self.model = self.method.build(self.config.model)
+    self.abstract = models.abstract_variables(self.model, self.config)
+    optim.check_patterns(self.config.optimizer, self.abstract["params"])
     self.resumable = self._check_resumable() if self.start_step else None
-    self.data = pipeline.TrainData(config, self.mesh)
-    self.evaluators = evaluate.Evaluators(self.model, config, self.mesh)
+
+  def _open_the_data(self) -> None:
+    """The training batches and every evaluator's split; the run's length in steps."""
+    self.data = pipeline.TrainData(self.config, self.mesh)
+    self.evaluators = evaluate.Evaluators(self.model, self.config, self.mesh)
     self.evaluators.open_all()
-    if config.select_metric and config.select_on not in self.evaluators.specs:
-      raise UserError(f"config.select_on={config.select_on!r} names an evaluator skipped for its missing split (above): "
-                      "select on another (e.g. --config.select_on=eval), or prepare the set with that split.")
+    if self.config.select_metric and self.config.select_on not in self.evaluators.specs:
+      raise UserError(f"config.select_on={self.config.select_on!r} names an evaluator skipped for its missing split "
+                      "(above): select on another (e.g. --config.select_on=eval), or prepare the set with that split.")
     self.steps_per_epoch, self.num_steps = self.data.steps_per_epoch, self.data.num_steps
-    optimizer = optim.make_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs, self.abstract["params"])
-    self.state = self._restore_or_initialise(optimizer.tx)
-    self.selection = Selection(config, workdir)
+
+  def _restore_or_start_the_state(self) -> None:
+    """The optimizer; the state, restored or initialised; the best epoch kept so far."""
+    self.optimizer = optim.make_optimizer(self.config.optimizer, self.steps_per_epoch, self.config.num_epochs,
+                                          self.abstract["params"])
+    self.state = self._restore_or_initialise(self.optimizer.tx)
+    self.selection = Selection(self.config, self.workdir)
     self._warn_of_a_lost_best_epoch()
-    loss_config = loss_config_for(config, self.data.split)
-    models.check_contract(method, self.model, self.abstract, loss_config, config)
+
+  def _make_the_steps(self) -> None:
+    """One jitted train step per model mode, with the loss's config checked against the method's contract."""
+    loss_config = loss_config_for(self.config, self.data.split)
+    models.check_contract(self.method, self.model, self.abstract, loss_config, self.config)
     self.train_steps = {mode: watched_step.WatchedStep(f"train step ({mode} mode)", make_train_step(
-        self.model, method.loss, loss_config, optimizer, self.mesh, config.seed, self.data.augment, mode))
-        for mode in MODEL_MODES}
-    self.writer = Writer(workdir)
-    self.guard = FiniteGuard(self.checkpoints, self.steps_per_epoch)
-    self.progress = ProgressLog(config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)
+        self.model, self.method.loss, loss_config, self.optimizer, self.mesh, self.config.seed, self.data.augment,
+        mode)) for mode in MODEL_MODES}
     self.step, self.last_evals = self.start_step, {}
     self.called = set()  # the names of the train steps called (compiled) so far
     self.best_evals = {}  # {step: its last_evals} of the best epoch, once this process has saved one
+
+  def _open_the_logs(self) -> None:
+    self.writer = Writer(self.workdir)
+    self.guard = FiniteGuard(self.checkpoints, self.steps_per_epoch)
+    self.progress = ProgressLog(self.config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)
 
   def _check_resumable(self) -> tuple:
     """`checkpointing.check_resumable` of the state a resumed run restores into, before the data is read (a changed
