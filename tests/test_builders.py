@@ -247,9 +247,30 @@ def test_ferplus_an_image_listed_again_is_kept_once_or_refused_with_other_votes(
   other_votes = ",".join(fields[:-10] + fields[-1:] + fields[-10:-1])  # each vote one column on
   assert other_votes != row
   path.write_text("\n".join(lines + [other_votes]) + "\n")
+  if votes_file == "fer2013new.csv":  # the real file names fer0033120.png so: the first row's votes are kept
+    again = read(build("ferplus", tmp_path / "manual", tmp_path / "tfds2"), "validation")
+    assert labels_of(again)["FER2013Valid/fer0000006.png"] == 3
+    return
   with pytest.raises(builder_utils.DataError, match=rf"{votes_file}, line {len(lines) + 1}: fer0000006.png has other "
                                                     rf"votes than on line {number}\. Keep one of the rows"):
     build("ferplus", tmp_path / "manual", tmp_path / "tfds2")
+
+
+@pytest.mark.parametrize("label_csv", [True, False])
+def test_ferplus_regenerated_image_named_on_two_rows_is_its_last_rows_once(tmp_path, label_csv):
+  """fer2013new.csv names fer0006953, fer0008403, fer0011785 and fer0033120 on two rows each (the last with other
+  votes); generate_training_data.py writes the later row's pixels over the earlier's."""
+  written = fx.write_ferplus(tmp_path / "manual", pngs=False, label_csv=label_csv)
+  new_csv, fer_csv = tmp_path / "manual" / "fer2013new.csv", tmp_path / "manual" / "fer2013.csv"
+  row = next(line for line in new_csv.read_text().splitlines() if "fer0000006.png" in line)
+  fields = row.split(",")
+  new_csv.write_text(new_csv.read_text() + ",".join(fields[:-10] + fields[-1:] + fields[-10:-1]) + "\n")
+  later = np.full((48, 48), 77, np.uint8)
+  fer_csv.write_text(fer_csv.read_text() + f"0,{' '.join(map(str, later.ravel()))},PublicTest\n")
+  examples = read(build("ferplus", tmp_path / "manual", tmp_path / "tfds"), "validation")
+  assert list(examples).count("FER2013Valid/fer0000006.png") == 1
+  np.testing.assert_array_equal(examples["FER2013Valid/fer0000006.png"]["image"][..., 0], later)
+  np.testing.assert_array_equal(examples["FER2013Valid/fer0000006.png"]["votes"], written["votes"]["fer0000006.png"])
 
 
 def test_ferplus_bad_vote_names_file_and_line(tmp_path):
@@ -1124,3 +1145,23 @@ def test_fer2013_pixels_that_are_no_48_by_48_image_say_why(pixels, expected):
   """An empty pixels cell gave numpy's "zero-size array to reduction operation" instead."""
   with pytest.raises(ValueError, match=re.escape(expected)):
     fer2013.pixels_to_png(pixels)
+
+
+def test_affectnet_images_unpacked_from_manually_annotated_compressed(tmp_path):
+  """The original release's image archive, Manually_Annotated_compressed.zip, unpacks to this folder."""
+  written = fx.write_affectnet_original(tmp_path / "manual")
+  (tmp_path / "manual" / "Manually_Annotated_compressed").mkdir()
+  (tmp_path / "manual" / "Manually_Annotated_Images").rename(
+      tmp_path / "manual" / "Manually_Annotated_compressed" / "Manually_Annotated_Images")
+  builder = build("affectnet", tmp_path / "manual", tmp_path / "tfds")
+  assert labels_of(read(builder, "validation")) == {name: row[0] for name, row in written["rows"]["validation"].items()}
+
+
+def test_sfew_validation_faces_unpacked_from_val_aligned_faces_new(tmp_path):
+  """The organisers ship the aligned validation faces as Val_Aligned_Faces_new.zip."""
+  written = fx.write_sfew(tmp_path / "manual")
+  (tmp_path / "manual" / "Val_Aligned_Faces").rename(tmp_path / "manual" / "Val_Aligned_Faces_new")
+  builder = build("sfew", tmp_path / "manual", tmp_path / "tfds")
+  assert labels_of(read(builder, "validation")) == {
+      name.replace("Val_Aligned_Faces/", "Val_Aligned_Faces_new/"): label
+      for name, label in written["aligned"]["validation"].items()}

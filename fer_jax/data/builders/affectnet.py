@@ -37,7 +37,9 @@ from fer_jax.data import decode
 from fer_jax.data import labels
 
 CSV_FOLDERS = (".", "Manually_Annotated_file_lists")
-IMAGE_FOLDERS = ("Manually_Annotated_Images", "Manually_Annotated/Manually_Annotated_Images")
+# The last: Manually_Annotated_compressed.zip unpacked.
+IMAGE_FOLDERS = ("Manually_Annotated_Images", "Manually_Annotated/Manually_Annotated_Images",
+                 "Manually_Annotated_compressed/Manually_Annotated_Images")
 ORIGINAL_SPLITS = {"train": "training.csv", "validation": "validation.csv"}
 LATER_SPLITS = {"train": "train_set", "validation": "val_set"}
 COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks", "expression",
@@ -57,7 +59,7 @@ LAYOUT = """\
     MANUAL_DIR/[Manually_Annotated_file_lists/]validation.csv     face_x, face_y, face_width,
                                                                  face_height, facial_landmarks,
                                                                  expression, valence, arousal
-    MANUAL_DIR/Manually_Annotated_Images/<subDirectory_filePath>
+    MANUAL_DIR/[Manually_Annotated_compressed/]Manually_Annotated_Images/<subDirectory_filePath>
     optional validation subsets (Wang et al.), beside the CSVs or in MANUAL_DIR:
       occlusion_affectnet_list.txt, pose_30_affectnet_list.txt, pose_45_affectnet_list.txt
   or the later "4 GB" release:

@@ -25,6 +25,7 @@ import functools
 import re
 from typing import Iterable, Iterator
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -67,12 +68,12 @@ the builder regenerate the images. Expected layout:
 WHOLE_LISTS = {"test_occlusion": 605, "test_pose30": 1_170, "test_pose45": 633}
 EXPECTED_SIZES = {
     ("majority", "label.csv"): {"train": 25_045, "validation": 3_191, "test": 3_137, **WHOLE_LISTS},
-    ("majority", "fer2013new.csv"): {"train": 25_060, "validation": 3_199, "test": 3_153,
+    ("majority", "fer2013new.csv"): {"train": 25_057, "validation": 3_199, "test": 3_153,
                                      "test_occlusion": 600, "test_pose30": 1_167, "test_pose45": 630},
     ("plurality", "label.csv"): {"train": 28_385, "validation": 3_555, "test": 3_545, **WHOLE_LISTS},
-    ("plurality", "fer2013new.csv"): {"train": 28_389, "validation": 3_553, "test": 3_546, **WHOLE_LISTS},
+    ("plurality", "fer2013new.csv"): {"train": 28_386, "validation": 3_553, "test": 3_546, **WHOLE_LISTS},
     ("distribution", "label.csv"): {"train": 27_947, "validation": 3_508, "test": 3_507, **WHOLE_LISTS},
-    ("distribution", "fer2013new.csv"): {"train": 27_956, "validation": 3_505, "test": 3_505,
+    ("distribution", "fer2013new.csv"): {"train": 27_953, "validation": 3_505, "test": 3_505,
                                          "test_occlusion": 603, "test_pose30": 1_170, "test_pose45": 633},
 }
 
@@ -177,12 +178,18 @@ def read_fer2013new(path) -> Iterator[tuple[int, str, str, np.ndarray]]:
     yield line, fer2013.check_usage(row[0].strip(), where), row[1].strip(), parse_votes(row[2:], where)
 
 
-def _votes_by_name(path, rows: Iterable[tuple[int, str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _votes_by_name(path, rows: Iterable[tuple[int, str, np.ndarray]],
+                   keep_first: bool = False) -> dict[str, np.ndarray]:
   """{image name: votes} of a split's (line, name, votes) rows: a name listed again with the same votes is kept
-  once, with other votes refused, naming both lines."""
+  once; with other votes it is refused, naming both lines, or (`keep_first`: fer2013new.csv, which names
+  fer0033120.png on two rows with other votes) the first row's votes are kept, as FERPlus's label.csv keeps them."""
   votes, first_line = {}, {}
   for line, name, row_votes in rows:
     if name in votes and not np.array_equal(votes[name], row_votes):
+      if keep_first:
+        logging.warning("%s, line %d: %s has other votes than on line %d; the votes of line %d are kept, as "
+                        "FERPlus's label.csv keeps them.", path, line, name, first_line[name], first_line[name])
+        continue
       raise builder_utils.DataError(f"{path}, line {line}: {name} has other votes than on line {first_line[name]}. "
                                     "Keep one of the rows, or restore the file from the owners' download.")
     votes.setdefault(name, row_votes)
@@ -249,7 +256,7 @@ class Ferplus(builder_utils.ManualBuilder):
     for line, usage, name, row_votes in read_fer2013new(new_csv):
       if name:
         rows[split_of_usage[usage]].append((line, name, row_votes))
-    return {split: _votes_by_name(new_csv, split_rows) for split, split_rows in rows.items()}
+    return {split: _votes_by_name(new_csv, split_rows, keep_first=True) for split, split_rows in rows.items()}
 
   def _records(self, root, split: str, votes: dict):
     folder_name, usage = FOLDERS[split]
@@ -292,6 +299,9 @@ def _regenerated_images(root, usage: str, votes: dict):
   fer_csv = builder_utils.find_path(root, fer2013.CSV_NAMES, "the FER2013 CSV to regenerate the FERPlus "
                                     "images from (no PNGs found)", LAYOUT)
   new_csv = builder_utils.find_path(root, ("fer2013new.csv",), "FERPlus's fer2013new.csv", LAYOUT)
+  # fer2013new.csv names 4 images on two rows each: generate_training_data.py writes both, the later row's
+  # pixels replacing the earlier's, so the image is the name's last row.
+  last_line = {name: line for line, row_usage, name, _ in read_fer2013new(new_csv) if row_usage == usage and name}
   found = set()
   for (line, _, pixels, fer_usage), (new_line, new_usage, name, _) in zip(
       fer2013.read_rows(fer_csv), read_fer2013new(new_csv)):
@@ -299,7 +309,7 @@ def _regenerated_images(root, usage: str, votes: dict):
       raise builder_utils.DataError(
           f"{fer_csv}, line {line} (Usage {fer_usage}) and {new_csv}, line {new_line} "
           f"(Usage {new_usage}) disagree: the files are not row-aligned.")
-    if fer_usage == usage and name in votes:
+    if fer_usage == usage and name in votes and new_line == last_line[name]:
       found.add(name)
       yield name, functools.partial(fer2013.pixels_to_png, pixels)
   missing = sorted(set(votes) - found)

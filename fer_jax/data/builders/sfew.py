@@ -16,12 +16,12 @@ from fer_jax.data import labels
 CLASS_FOLDERS = {name: index for index, name in enumerate(
     ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"))}
 # Train/ and Val/ may hold the aligned faces beside the original frames' class folders.
-ALIGNED_FOLDERS = ("train_aligned_faces", "val_aligned_faces")
+ALIGNED_FOLDERS = ("train_aligned_faces", "val_aligned_faces", "val_aligned_faces_new")
 
 LAYOUT = """\
   config aligned:
     MANUAL_DIR/[Train/]Train_Aligned_Faces/{Angry,Disgust,Fear,Happy,Neutral,Sad,Surprise}/*.png
-    MANUAL_DIR/[Val/]Val_Aligned_Faces/<the same class folders>/*.png
+    MANUAL_DIR/[Val/]Val_Aligned_Faces[_new]/<the same class folders>/*.png
   config original:
     MANUAL_DIR/Train/{Angry,Disgust,Fear,Happy,Neutral,Sad,Surprise}/*.png
     MANUAL_DIR/Val/<the same class folders>/*.png"""
@@ -45,7 +45,8 @@ class Sfew(builder_utils.ManualBuilder):
   BUILDER_CONFIGS = [
       SfewConfig(name="aligned", description="The organisers' aligned faces.",
                  folders={"train": ("Train_Aligned_Faces", "Train/Train_Aligned_Faces"),
-                          "validation": ("Val_Aligned_Faces", "Val/Val_Aligned_Faces")}),
+                          "validation": ("Val_Aligned_Faces", "Val/Val_Aligned_Faces", "Val_Aligned_Faces_new",
+                                         "Val/Val_Aligned_Faces_new")}),  # Val_Aligned_Faces_new.zip unpacked
       SfewConfig(name="original", description="The whole movie frames.",
                  folders={"train": ("Train",), "validation": ("Val",)}),
   ]
