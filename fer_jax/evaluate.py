@@ -459,7 +459,7 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   evaluators = Evaluators(model, config, mesh)
   evaluators.open_all()
   variables = models.load_trained_variables(config, model, checkpoint)
-  variables = jax.device_put(variables, NamedSharding(mesh, P()))
+  variables = mesh_lib.replicated(variables, mesh)
   step_directory = checkpointing.step_folder(checkpoint)  # the folder load_trained_variables read
   name = os.path.basename(step_directory)
   return final_report(evaluators, variables, workdir, int(name) if name.isdigit() else None, step_directory)

@@ -183,9 +183,8 @@ class Predictor:
     self.class_names = labels.class_names(config.dataset.class_order)
     self.preprocess = FilePreprocessor(config, stored_shape)
     self.mesh = mesh_lib.make_mesh() if mesh is None else mesh
-    devices = self.mesh.devices.size
-    self.batch_size = -(-batch_size // devices) * devices
-    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
+    self.batch_size = mesh_lib.round_up_to_devices(batch_size, self.mesh)
+    self.variables = mesh_lib.replicated(variables, self.mesh)
     if logits_fn is None:
       model = models.build_model(config)
       logits_fn = lambda v, x: model.apply(v, x, train=False)["logits"]

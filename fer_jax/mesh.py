@@ -13,6 +13,17 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def replicated(tree, mesh: jax.sharding.Mesh):
+  """`tree`'s arrays whole on every device of `mesh`: model variables as the jitted steps take them."""
+  return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def round_up_to_devices(size: int, mesh: jax.sharding.Mesh) -> int:
+  """`size` rounded up to a multiple of `mesh`'s device count: a batch that splits evenly over the devices."""
+  devices = mesh.devices.size
+  return -(-size // devices) * devices
+
+
 # XLA:CPU hands convolutions, dots and reductions to YNNPACK by default. Its convolutions ran slower
 # than XLA's own kernels forward and in kernel gradients (1.3–6×); with XLA's own, DAN's train and eval
 # steps at batch 16 ran 1.2× as many images a second (docs/performance.md). Dots and reductions stay.

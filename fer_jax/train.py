@@ -126,7 +126,7 @@ def load_initial_variables(state: dict, config, model, mesh) -> dict:
   variables = checkpointing.restore_model(config.init_from, models.abstract_variables(model, config),
                                           fresh, config.init_from_missing)
   logging.info("Initialised params and batch_stats from %s", config.init_from)
-  return {**state, **jax.device_put(variables, NamedSharding(mesh, P()))}
+  return {**state, **mesh_lib.replicated(variables, mesh)}
 
 
 class Selection:
@@ -530,7 +530,7 @@ class TrainingRun:
     variables, reusable, step, checkpoints = self.variables, self.last_evals, self.step, self.checkpoints
     selection = None
     if self.config.restore_best and self.selection.metric and self.selection.checkpoints.latest_step() is not None:
-      variables = jax.device_put(self.selection.best_variables(self.abstract), NamedSharding(self.mesh, P()))
+      variables = mesh_lib.replicated(self.selection.best_variables(self.abstract), self.mesh)
       step, checkpoints = self.selection.checkpoints.latest_step(), self.selection.checkpoints
       selection = evaluate.selection_record(self.evaluators, self.selection.metric, self.selection.evaluator,
                                             self.selection.best_epoch, self.selection.best_value,

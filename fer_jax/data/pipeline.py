@@ -30,6 +30,7 @@ import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import errors
+from fer_jax import mesh as mesh_lib
 from fer_jax.data import augment
 from fer_jax.data import builder_utils
 from fer_jax.data import builders  # registers fer_jax's builders with TFDS
@@ -553,7 +554,7 @@ class EvalData:
     # rounded up to fill every device.
     devices, count = mesh.devices.size, len(self.records)
     wanted = min(config.eval_batch_size, count)
-    self.global_batch = -(-wanted // devices) * devices
+    self.global_batch = mesh_lib.round_up_to_devices(wanted, mesh)
     if self.global_batch != config.eval_batch_size:
       changes = ([f"capped at the split's {count} images"] if wanted < config.eval_batch_size else []) + (
           [f"rounded up to a multiple of the {devices} devices"] if self.global_batch != wanted else [])
