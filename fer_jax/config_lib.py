@@ -186,7 +186,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # The built-in evaluators: "eval" (dataset.eval_split every eval.every_epochs) and "test"
   # (dataset.test_split, else eval_split, in the final report, also with eval.tta).
-  config.eval = ml_collections.ConfigDict({"every_epochs": 1, "tta": "none"})  # tta: fer_jax.tta.NAMES
+  # predictions: the final report writes predictions_<evaluator>.csv, a row per example (fer_jax.evaluate).
+  config.eval = ml_collections.ConfigDict({"every_epochs": 1, "tta": "none", "predictions": False})  # tta: tta.NAMES
   # More named evaluators, each `evaluator(...)`: other splits or data sets, occlusions, TTA.
   config.evals = ml_collections.ConfigDict()
   # Model selection on the evaluator `select_on` (one that runs every N epochs): "" (keep the

@@ -3,12 +3,14 @@ matrix, metrics, and reports; the final report of a training run and `--mode=eva
 
 Every example counts once: the last batch is padded and padded rows carry mask 0. The
 confusion matrix (a `clu.metrics.Metric`) is summed inside the step over the global batch, so
-the host only merges K×K matrices, on any number of devices and processes. All metrics derive
-from it.
+the host only sums K×K matrices, on any number of devices and processes. All metrics derive
+from it. With `config.eval.predictions` the final report adds each example's class probabilities, from a
+second step whose output every process receives whole (`probabilities_step`).
 """
 
 import collections
 import contextlib
+import csv
 import dataclasses
 import json
 import os
@@ -144,6 +146,16 @@ class ConfusionMatrix(clu_metrics.Metric):
     return self.counts
 
 
+def _scores(model, tta_name: str, preprocess):
+  """(variables, batch) → the batch's class scores: the plain logits with `tta_name` "none", else the TTA class
+  probabilities (`fer_jax.tta.predict`)."""
+  def scores(variables, batch):
+    images = batch["image"] if preprocess is None else preprocess(batch["image"], batch["position"])
+    logits_fn = lambda x: model.apply(variables, x, train=False)["logits"]
+    return logits_fn(images) if tta_name == "none" else tta.predict(tta_name, logits_fn, images)
+  return scores
+
+
 def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", preprocess=None):
   """jit(variables, batch) → the batch's `ConfusionMatrix`.
 
@@ -152,13 +164,10 @@ def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", prepro
   With `preprocess` (uint8 images, positions → model inputs, e.g. `EvalData.preprocess`) the
   batch holds uint8 images, preprocessed inside the step.
   """
-  def predict(variables, images):
-    logits_fn = lambda x: model.apply(variables, x, train=False)["logits"]
-    return logits_fn(images) if tta_name == "none" else tta.predict(tta_name, logits_fn, images)
+  scores_of = _scores(model, tta_name, preprocess)
 
   def eval_step(variables, batch):
-    images = batch["image"] if preprocess is None else preprocess(batch["image"], batch["position"])
-    scores = predict(variables, images)
+    scores = scores_of(variables, batch)
     if scores.shape[-1] != num_classes:
       raise ValueError(f"The model predicts {scores.shape[-1]} classes, not {num_classes}")
     return ConfusionMatrix.from_model_output(logits=scores, labels=batch["label"], mask=batch["mask"])
@@ -167,26 +176,60 @@ def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", prepro
   return jax.jit(eval_step, out_shardings=replicated, compiler_options=mesh_lib.compiler_options(mesh))
 
 
+def probabilities_step(model, mesh, tta_name: str = "none", preprocess=None):
+  """jit(variables, batch) → (class probabilities [B, K] float32, positions [B], mask [B]) of the whole global batch on
+  every process: the softmax of the logits, or with `tta_name` the TTA's (`confusion_step` says how)."""
+  scores_of = _scores(model, tta_name, preprocess)
+
+  def step(variables, batch):
+    scores = scores_of(variables, batch).astype(jnp.float32)
+    probabilities = jax.nn.softmax(scores, axis=-1) if tta_name == "none" else scores
+    return probabilities, batch["position"], batch["mask"]
+
+  return jax.jit(step, out_shardings=NamedSharding(mesh, P()), compiler_options=mesh_lib.compiler_options(mesh))
+
+
 IN_FLIGHT = 3  # evaluation batches queued on the devices beyond the one the host waits for
 
 
-def confusion_matrix(step, variables, eval_data, label: str) -> np.ndarray:
-  """The split's confusion matrix. The host keeps IN_FLIGHT batches queued and waits for the oldest in Python,
-  so that SIGINT/SIGTERM stops a long evaluation within a batch (not after every batch it had queued), and logs
-  the progress of a long one (`label`: what it evaluates)."""
-  total, queued = None, collections.deque()
+def _outputs(step, variables, eval_data, label: str):
+  """`step`'s output of each batch of `eval_data`, in order, on the host. The host keeps IN_FLIGHT batches queued and
+  waits for the oldest in Python, so that SIGINT/SIGTERM stops a long evaluation within a batch (not after every batch
+  it had queued), and logs the progress of a long one (`label`: what it evaluates)."""
+  queued = collections.deque()
   batch_progress = progress.BatchProgress(label, eval_data.num_batches)
   for index, batch in enumerate(eval_data.batches()):
-    update = step(variables, batch)
-    total = update if total is None else total.merge(update)
-    queued.append(total.counts)
+    queued.append(step(variables, batch))
     if len(queued) > IN_FLIGHT:
-      stopping.wait_interruptibly(queued.popleft())
+      yield _waited_for(queued.popleft())
       batch_progress.update(index + 1 - len(queued))  # the batches computed
   while queued:  # the last batches, one at a time: a slow evaluation of few batches shows its progress too
-    stopping.wait_interruptibly(queued.popleft())
+    yield _waited_for(queued.popleft())
     batch_progress.update(eval_data.num_batches - len(queued))
-  return np.asarray(jax.device_get(total.compute()), np.int64)
+
+
+def _waited_for(output):
+  for leaf in jax.tree.leaves(output):
+    stopping.wait_interruptibly(leaf)
+  return jax.device_get(output)
+
+
+def confusion_matrix(step, variables, eval_data, label: str) -> np.ndarray:
+  """The split's confusion matrix, the sum of `step`'s (`confusion_step`) over its batches (`_outputs`)."""
+  return sum(np.asarray(update.compute(), np.int64) for update in _outputs(step, variables, eval_data, label))
+
+
+def probabilities(step, variables, eval_data, label: str) -> tuple[np.ndarray, np.ndarray]:
+  """(records [N], class probabilities [N, K]) of every example of `eval_data`'s split, by record (the split's index of
+  each), from `step` (`probabilities_step`); the padding left out."""
+  records, rows = [], []
+  for batch_probabilities, positions, mask in _outputs(step, variables, eval_data, label):
+    kept = mask > 0
+    records.append(eval_data.records[positions[kept]])
+    rows.append(batch_probabilities[kept])
+  records, rows = np.concatenate(records), np.concatenate(rows)
+  order = np.argsort(records, kind="stable")
+  return records[order], rows[order]
 
 
 def metrics(confusion: np.ndarray, class_names) -> dict:
@@ -216,17 +259,18 @@ TTA_KEYS = ("accuracy", "mean_class_accuracy", "macro_f1", "per_class_accuracy",
 REPORTED = "test"  # the evaluator whose results are also the top level of eval_results.json
 
 
-def write_report(report: dict, workdir: str, examples: dict | None = None) -> None:
+def write_report(report: dict, workdir: str, examples: dict | None = None, predictions: dict | None = None) -> None:
   """DIR/eval_results.json (the "test" evaluator's results at the top level, as before, and every
   evaluator under "evaluators"), eval_results.md, a confusion matrix PNG per evaluator
   (confusion_matrix.png for "test", confusion_matrix_<name>.png for the others), examples_<name>.png
-  of `examples` ({name: uint8 images, `EvalData.examples`}) and eval_summary.png (process 0 only).
-  The figures of evaluators that the report DIR held before listed and this one does not are removed."""
+  of `examples` ({name: uint8 images, `EvalData.examples`}), predictions_<name>.csv of `predictions` ({name:
+  `predictions_table`}) and eval_summary.png (process 0 only). The figures of evaluators that the report DIR held
+  before listed and this one does not are removed, and the predictions this one does not write."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
   evaluators = report["evaluators"]
-  _remove_figures_of_the_previous_report(workdir, evaluators)
+  _remove_files_of_the_previous_report(workdir, evaluators, predictions or {})
   files.write_whole(os.path.join(workdir, checkpointing.REPORT), json.dumps(report, indent=2))
   for name, results in evaluators.items():
     figures.plot_confusion(np.array(results["confusion_matrix"]), results["class_names"],
@@ -234,21 +278,31 @@ def write_report(report: dict, workdir: str, examples: dict | None = None) -> No
                            f"{name}: accuracy {results['accuracy']:.2%}, mean-class {results['mean_class_accuracy']:.2%}")
   for name, images in (examples or {}).items():
     figures.plot_examples(images, os.path.join(workdir, examples_file(name)), f"{name}: {evaluators[name]['pp']}")
+  for name, table in (predictions or {}).items():
+    with files.written_whole(os.path.join(workdir, predictions_file(name)), newline="", encoding="utf-8") as f:
+      csv.writer(f).writerows(table)
   figures.plot_accuracies({"": {name: r["accuracy"] for name, r in evaluators.items()}},
                           os.path.join(workdir, "eval_summary.png"))
-  files.write_whole(os.path.join(workdir, "eval_results.md"), markdown(report, examples or {}))
+  files.write_whole(os.path.join(workdir, "eval_results.md"), markdown(report, examples or {}, predictions))
   logging.info("Wrote the report to %s (eval_results.json, eval_results.md and the figures).", os.path.abspath(workdir))
 
 
-def _remove_figures_of_the_previous_report(workdir: str, evaluators: dict) -> None:
-  """A report written again into its folder with fewer evaluators leaves no figure of the others."""
+def _remove_files_of_the_previous_report(workdir: str, evaluators: dict, predictions: dict) -> None:
+  """A report written again into its folder leaves no figure of the evaluators it does not list, and no predictions
+  of the earlier weights beside its own (those it does not write)."""
   previous = (files.json_object(os.path.join(workdir, checkpointing.REPORT)) or {}).get("evaluators")
   if not isinstance(previous, dict):
     return
-  for name in set(previous) - set(evaluators):
-    for file_name in (confusion_file(name), examples_file(name)):
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(workdir, file_name))
+  stale = [file_name for name in set(previous) - set(evaluators) for file_name in (confusion_file(name),
+                                                                                   examples_file(name))]
+  stale += [predictions_file(name) for name in set(previous) - set(predictions)]
+  for file_name in stale:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(os.path.join(workdir, file_name))
+
+
+def predictions_file(name: str) -> str:
+  return f"predictions_{name}.csv"
 
 
 def confusion_file(name: str) -> str:
@@ -263,9 +317,9 @@ def _percent(value) -> str:
   return "–" if value is None else f"{100 * value:.2f}"
 
 
-def markdown(report: dict, examples: dict) -> str:
+def markdown(report: dict, examples: dict, predictions: dict | None = None) -> str:
   """eval_results.md: the weights, one row per evaluator, per-class accuracies, class mappings, evaluators
-  skipped, pictures."""
+  skipped, pictures and `predictions` files."""
   evaluators = report["evaluators"]
   lines = []
   if report.get("checkpoint"):
@@ -301,8 +355,11 @@ def markdown(report: dict, examples: dict) -> str:
   lines += ["", "Pictures: " + ", ".join(f"[{name}]({confusion_file(name)})" for name in evaluators)
             + " (confusion matrices); " + ", ".join(f"[{name}]({examples_file(name)})" for name in examples)
             + " (first inputs before normalize()/to_float(), occluders included); "
-            "[accuracy per evaluator](eval_summary.png).", ""]
-  return "\n".join(lines)
+            "[accuracy per evaluator](eval_summary.png)."]
+  if predictions:
+    lines += ["", "Predictions per example: " + ", ".join(f"[{name}]({predictions_file(name)})" for name in predictions)
+              + "."]
+  return "\n".join(lines + [""])
 
 
 class Evaluators:
@@ -349,18 +406,30 @@ class Evaluators:
         self._splits[split] = self._data[inputs]
     return self._data[inputs]
 
+  def _step(self, kind: str, name: str, tta_name: str) -> watched_step.WatchedStep:
+    """The evaluator's jitted step of `kind` ("eval": `confusion_step`, "probabilities": `probabilities_step`).
+    Evaluators whose batches are stored alike and preprocessed alike share one compiled step."""
+    eval_data = self.data(name)
+    step_key = (kind, eval_data.pipeline.text, eval_data.shape, eval_data.global_batch, tta_name)
+    if step_key not in self._steps:
+      jitted = (confusion_step(self.model, self.config.model.num_classes, self.mesh, tta_name, eval_data.preprocess)
+                if kind == "eval" else probabilities_step(self.model, self.mesh, tta_name, eval_data.preprocess))
+      self._steps[step_key] = watched_step.WatchedStep(f"{kind} step ({_label(name, tta_name)})", jitted)
+    return self._steps[step_key]
+
   def __call__(self, variables, name: str, tta_name: str = "none") -> dict:
     spec, eval_data = self.specs[name], self.data(name)
-    # Evaluators whose batches are stored alike and preprocessed alike share one compiled step.
-    step_key = (eval_data.pipeline.text, eval_data.shape, eval_data.global_batch, tta_name)
-    if step_key not in self._steps:
-      jitted = confusion_step(self.model, self.config.model.num_classes, self.mesh, tta_name, eval_data.preprocess)
-      self._steps[step_key] = watched_step.WatchedStep(f"eval step ({_label(name, tta_name)})", jitted)
-    confusion = confusion_matrix(self._steps[step_key], variables, eval_data, f"Evaluating {_label(name, tta_name)}")
+    confusion = confusion_matrix(self._step("eval", name, tta_name), variables, eval_data,
+                                 f"Evaluating {_label(name, tta_name)}")
     results = metrics(confusion, eval_data.split.class_names)
     return {**results, "evaluator": name, "split": spec.split, "dataset": spec.config.dataset.name,
             "model": self.config.model.name, "pp": augment.with_size(spec.config.input.eval_pp, spec.config.input.size),
             "decoded_size": list(eval_data.shape[:2]), "class_mapping": class_mapping(eval_data.split)}
+
+  def probabilities(self, variables, name: str, tta_name: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """(records, class probabilities) of every example of the evaluator's split (`probabilities`)."""
+    return probabilities(self._step("probabilities", name, tta_name), variables, self.data(name),
+                         f"Predicting {_label(name, tta_name)}")
 
   def steps(self) -> list[watched_step.WatchedStep]:
     """The steps built so far (each compiles once: one per preprocessing, stored shape and TTA)."""
@@ -427,8 +496,36 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
             "config": config_lib.flat(evaluators.config), "checkpoint": checkpoint, "trained_steps": trained_steps,
             "selection": selection}
   examples = {name: evaluators.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in by_name}
-  write_report(report, workdir, examples)
+  predictions = ({name: predictions_table(evaluators, variables, name) for name in by_name}
+                 if evaluators.config.eval.predictions else {})
+  write_report(report, workdir, examples, predictions)
   return report
+
+
+def predictions_table(evaluators: Evaluators, variables, name: str) -> list[list]:
+  """The evaluator's predictions_<name>.csv: a header, then a row per example of its split in the split's order:
+  `record` (its index in the prepared split), `file_name` (where the set records one), `label`, `prediction`,
+  `confidence`, `p_<class>`… (the model's classes) and, where the evaluator has a TTA, `tta_prediction`,
+  `tta_confidence`, `tta_p_<class>`…."""
+  spec, split = evaluators.specs[name], evaluators.data(name).split
+  records, plain = evaluators.probabilities(variables, name)
+  columns = {"record": records}
+  if "file_name" in split.source.dataset_info.features:
+    columns["file_name"] = [_text(split.source[int(record)]["file_name"]) for record in records]
+  columns["label"] = [split.class_names[label] for label in split.labels[records]]
+  tables = [("", plain)] + ([("tta_", evaluators.probabilities(variables, name, spec.tta)[1])]
+                            if spec.tta != "none" else [])
+  for prefix, table in tables:
+    top = np.argmax(table, axis=-1)
+    columns[f"{prefix}prediction"] = [split.class_names[index] for index in top]
+    columns[f"{prefix}confidence"] = [f"{value:.6f}" for value in table[np.arange(len(top)), top]]
+    for index, class_name in enumerate(split.class_names):
+      columns[f"{prefix}p_{class_name}"] = [f"{value:.6f}" for value in table[:, index]]
+  return [list(columns), *zip(*columns.values())]
+
+
+def _text(value) -> str:
+  return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 def check_not_a_training_run(workdir: str) -> None:

@@ -1,6 +1,7 @@
 """Named evaluators (config.evals): validation, defaults, cross-data-set class mapping on the
 builders' fixture layouts, each eval step compiled once over several evaluations, the report."""
 
+import csv
 import io
 import json
 import logging
@@ -185,6 +186,50 @@ def test_the_report_lists_the_evaluators_skipped_and_why(fixture_sets, tmp_path)
   reason = "rafdb has no split 'test_pose45'; its splits: train, test"
   assert recorded["skipped_evaluators"] == {"pose45": reason}
   assert f"Skipped (skip_if_missing): pose45: {reason}." in (tmp_path / "eval_results.md").read_text()
+
+
+class MeanColour(nn.Module):
+  """Logits: the image's mean red, green and blue over 25.5 for the first three classes, 0 for the others."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    means = images.mean(axis=(1, 2)) / 25.5
+    return {"logits": jax.numpy.pad(means, ((0, 0), (0, self.num_classes - 3)))}
+
+
+def test_predictions_name_every_example_with_its_probabilities(fixture_sets, tmp_path):
+  """eval.predictions: a row per example of SFEW's 7 validation faces (two batches of 4, the padding left out), each
+  named by its file and holding the softmax of its own colour's logits, computed here from the colour the fixture
+  wrote; with flip TTA (a uniform face flips to itself) the same again. A report written again without them leaves
+  none behind."""
+  data_dir, written = fixture_sets
+  config = _config(data_dir, "sfew/aligned", "validation", "sfew")
+  config.eval.update(tta="flip", predictions=True)
+  evaluator = evaluate.Evaluators(MeanColour(7), config, mesh_lib.make_mesh())
+  evaluator.open_all()
+  evaluate.final_report(evaluator, {"params": {}}, str(tmp_path), 0, "model/0")
+  with open(tmp_path / "predictions_test.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  class_names = labels.CLASS_ORDERS["sfew"]
+  assert [row["record"] for row in rows] == [str(i) for i in range(7)]
+  truth = written["sfew"]["aligned"]["validation"]
+  assert sorted(row["file_name"] for row in rows) == sorted(truth)
+  for row in rows:
+    logits = np.array([*written["sfew"]["colour"][row["file_name"]], 0, 0, 0, 0]) / 25.5
+    expected = np.exp(logits) / np.exp(logits).sum()
+    assert row["label"] == class_names[truth[row["file_name"]]]
+    for prefix in ("", "tta_"):
+      probabilities = [float(row[f"{prefix}p_{name}"]) for name in class_names]
+      np.testing.assert_allclose(probabilities, expected, atol=2e-6)
+      assert row[f"{prefix}prediction"] == class_names[int(np.argmax(expected))]
+      assert float(row[f"{prefix}confidence"]) == pytest.approx(expected.max(), abs=2e-6)
+  assert "[test](predictions_test.csv)" in (tmp_path / "eval_results.md").read_text()
+
+  config.eval.predictions = False
+  evaluate.final_report(evaluate.Evaluators(MeanColour(7), config, mesh_lib.make_mesh()), {"params": {}},
+                        str(tmp_path), 0, "model/0")
+  assert not (tmp_path / "predictions_test.csv").exists()
 
 
 def test_an_evaluator_skipped_for_a_misspelt_split_is_told_the_closest_name(fixture_sets, caplog):

@@ -14,6 +14,7 @@ Two devices a process, not more: every device takes part in each of the step's 9
 (41 all-gathers of BatchNorm statistics, 50 all-reduces); with two devices a process a step takes
 ~1.3 s on the 2-core machine (benchmarks/two_processes.sh), more with more devices."""
 
+import csv
 import json
 import os
 import re
@@ -41,7 +42,7 @@ def _args(workdir, data_dir):
   return ["--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
           f"--config.dataset.data_dir={data_dir}", "--config.input.size=32", "--config.batch_size=32",
           "--config.num_epochs=1", "--config.log_every_steps=2", "--config.data_workers=0",
-          "--config.select_metric=accuracy", "--config.restore_best=True"]
+          "--config.select_metric=accuracy", "--config.restore_best=True", "--config.eval.predictions=True"]
 
 
 def _first_loss(log: str) -> float:
@@ -118,6 +119,21 @@ def _check_one_process_run(result, workdir) -> None:
   assert (workdir / "checkpoints" / "8" / "state").is_dir() and (workdir / "best" / "8" / "state").is_dir()
   assert report["tta"]["name"] == "flip" and 0 <= report["tta"]["accuracy"] <= 1
   assert sum(map(sum, report["tta"]["confusion_matrix"])) == 70
+  _check_predictions(workdir, report)
+
+
+def _check_predictions(workdir, report: dict) -> None:
+  """predictions_test.csv: a row per test image, in order, whose predictions (with TTA too, where the report has it)
+  count up to the report's confusion matrices."""
+  with open(workdir / "predictions_test.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [int(row["record"]) for row in rows] == list(range(70))
+  names = report["class_names"]
+  for prefix, results in [("", report)] + ([("tta_", report["tta"])] if "tta" in report else []):
+    counts = np.zeros((len(names), len(names)), int)
+    for row in rows:
+      counts[names.index(row["label"]), names.index(row[f"{prefix}prediction"])] += 1
+    assert counts.tolist() == results["confusion_matrix"], prefix
 
 
 def _sigterm_to_process_1_after(line: str, workdir, data_dir, tmp_path) -> tuple[list[int], list[str]]:
@@ -170,6 +186,7 @@ def test_one_process_with_four_devices_and_two_with_two_train_alike_through_a_si
   assert two["num_examples"] == one["num_examples"] == 70
   # Evaluated across the two processes, the final checkpoint gives what it gives on one device.
   assert two["confusion_matrix"] == _confusion_on_one_device(two_variables)
+  _check_predictions(workdir, two)
   # Gloo sums the gradients and BatchNorm statistics in another order than one process does, and
   # Adam steps from scratch amplify the rounding. Measured over the epoch's 8 steps: the
   # two-process parameters ended 0.46 of the distance training moved them away from the
