@@ -3,6 +3,7 @@ process checked before any work (`fer_jax.main --distributed`): process 0's coor
 as many devices on every process, the same config, and one shared workdir."""
 
 import collections
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -207,6 +208,32 @@ def process_zeros_error_check(message: str, gather) -> None:
     raise UserError(zero)
 
 
+@contextlib.contextmanager
+def errors_together():
+  """A block of per-host set-up (files, prepared data, host memory) whose UserError one process may raise alone: on
+  several processes every process leaves it together, raising the first failing process's error. Before, that
+  process exited at once (status 2) while the others went on into the next barrier or collective, waited out JAX's
+  100 s heartbeat timeout and exited 75 ("another process stopped or died"), which launchers take for a preemption.
+  The block must hold no collective or barrier a failing process could skip (one at its very start is fine)."""
+  if jax.process_count() == 1:
+    yield
+    return
+  message = ""
+  try:
+    yield
+  except UserError as error:
+    message = str(error) or type(error).__name__
+  _together(any_process_error_check, message, _gather_strings)
+
+
+def any_process_error_check(message: str, gather) -> None:
+  """errors_together on one process: raises the first process's non-empty `message` ("process I: …" for I > 0)."""
+  failed = [(index, text) for index, text in enumerate(gather("set-up errors", message)) if text]
+  if failed:
+    index, text = failed[0]
+    raise UserError(text if index == 0 else f"process {index}: {text}")
+
+
 def check_shared_workdir(workdir: str) -> None:
   """Stops every process unless each one's --workdir is the folder process 0's is (the path may be spelled
   differently per host): process 0 creates it and writes a file with a random name there, then every process
@@ -221,6 +248,7 @@ def shared_workdir_check(workdir: str, index: int, gather) -> None:
   """check_shared_workdir as process `index`; `gather(name, text)` returns every process's text for `name`."""
   problem, token_path = _workdir_problem(workdir), None
   token = ""
+  created = index == 0 and not os.path.exists(workdir)
   if index == 0 and not problem:
     token = secrets.token_hex(16)
     token_path = os.path.join(workdir, SHARED_CHECK_PREFIX + token)
@@ -237,6 +265,8 @@ def shared_workdir_check(workdir: str, index: int, gather) -> None:
   if token_path:  # every process has looked
     try:
       os.remove(token_path)
+      if created:  # made for the check alone: train.training_lock makes it again (and removes it if left empty)
+        os.rmdir(workdir)
     except OSError:
       pass
   failed = [(number, text) for number, text in enumerate(problems) if text]

@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
 from fer_jax import config_lib
+from fer_jax import distributed
 from fer_jax import errors
 from fer_jax import figures
 from fer_jax import files
@@ -377,7 +378,9 @@ class Evaluators:
     """Opens every evaluator's split now, so that a bad one fails before any training; drops
     (with a warning, and in `skipped`) those with `skip_if_missing` whose split the prepared set lacks."""
     for name, spec in list(self.specs.items()):
-      if spec.skip_if_missing and (absence := pipeline.split_absence(spec.config, spec.split, spec.dataset_key)):
+      with distributed.errors_together():
+        absence = spec.skip_if_missing and pipeline.split_absence(spec.config, spec.split, spec.dataset_key)
+      if absence:
         self.skipped[name] = absence
         logging.warning("Evaluator %s skipped: %s (skip_if_missing).", name, self.skipped[name])
         del self.specs[name]
@@ -401,8 +404,9 @@ class Evaluators:
       if split in self._splits:
         self._data[inputs] = self._splits[split].with_pipeline(spec.config, spec.pp_key)
       else:
-        self._data[inputs] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key,
-                                               spec.split_config_key, spec.dataset_key, spec.decoded_as_stored)
+        with distributed.errors_together():
+          self._data[inputs] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key,
+                                                 spec.split_config_key, spec.dataset_key, spec.decoded_as_stored)
         self._splits[split] = self._data[inputs]
     return self._data[inputs]
 
@@ -550,7 +554,8 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   """`--mode=eval`: runs every evaluator of `config` on a saved or converted checkpoint and writes the report."""
   check_not_a_training_run(workdir)
   warn_of_a_replaced_report(workdir, checkpoint)
-  validation.validate(config, training=False)
+  with distributed.errors_together():
+    validation.validate(config, training=False)
   mesh = mesh_lib.make_mesh()
   model = models.build_model(config)
   evaluators = Evaluators(model, config, mesh)

@@ -293,7 +293,8 @@ class TrainingRun:
     self.checkpoints = checkpointing.manager(os.path.join(self.workdir, checkpointing.CHECKPOINTS),
                                              self.config.max_checkpoints)
     self.start_step = checkpointing.newest_step(self.checkpoints) or 0
-    validation.validate(self.config, training=True, new_run=not self.start_step, resumed=bool(self.start_step))
+    with distributed.errors_together():  # init_from may exist on some hosts only
+      validation.validate(self.config, training=True, new_run=not self.start_step, resumed=bool(self.start_step))
     if not self.start_step and (warning := validation.random_start_warning(self.config)):
       logging.warning(warning)
 
@@ -309,7 +310,8 @@ class TrainingRun:
 
   def _open_the_data(self) -> None:
     """The training batches and every evaluator's split; the run's length in steps."""
-    self.data = pipeline.TrainData(self.config, self.mesh)
+    with distributed.errors_together():  # the data prepared on each host's disk, each host's free memory
+      self.data = pipeline.TrainData(self.config, self.mesh)
     self.evaluators = evaluate.Evaluators(self.model, self.config, self.mesh)
     self.evaluators.open_all()
     if self.config.select_metric and self.config.select_on not in self.evaluators.specs:

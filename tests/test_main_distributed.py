@@ -193,6 +193,19 @@ def test_a_user_error_of_process_0_is_raised_on_every_process():
   assert processes.run(distributed.process_zeros_error_check, [("", processes.gather)] * 2) == [None, None]
 
 
+def test_a_user_error_of_any_process_is_raised_on_every_process():
+  """A check of per-host state (init_from on one host's disk, the data prepared there, its free memory) failed on
+  process 1 alone: it exited 2 and the others waited out JAX's 100 s heartbeat timeout in their next barrier, then
+  exited 75 as if preempted (distributed.errors_together)."""
+  processes = _Processes(3)
+  message = "The config cannot run:\n  config.init_from=init does not exist: pass a training workdir, …"
+  outcomes = processes.run(distributed.any_process_error_check,
+                           [("", processes.gather), (message, processes.gather), ("", processes.gather)])
+  assert [type(outcome) for outcome in outcomes] == [UserError] * 3
+  assert all(str(outcome) == f"process 1: {message}" for outcome in outcomes)
+  assert processes.run(distributed.any_process_error_check, [("", processes.gather)] * 3) == [None] * 3
+
+
 def _check_workdirs(workdirs: list) -> list:
   """What shared_workdir_check raised (or None) on each of len(workdirs) processes (threads)."""
   processes = _Processes(len(workdirs))
@@ -207,7 +220,11 @@ def _leftover_tokens(folder) -> list:
 def test_one_shared_workdir_passes_however_each_process_spells_it(tmp_path):
   (tmp_path / "link").symlink_to(tmp_path / "run", target_is_directory=True)  # process 0 creates run/
   assert _check_workdirs([tmp_path / "run", tmp_path / "link", f"{tmp_path}/./run/"]) == [None, None, None]
-  assert (tmp_path / "run").is_dir() and _leftover_tokens(tmp_path / "run") == []
+  # The folder made for the check alone is removed: a run its config then stops leaves no workdir behind.
+  assert not (tmp_path / "run").exists()
+  (tmp_path / "kept").mkdir()
+  assert _check_workdirs([tmp_path / "kept", tmp_path / "kept"]) == [None, None]
+  assert (tmp_path / "kept").is_dir() and _leftover_tokens(tmp_path / "kept") == []
 
 
 def test_processes_whose_workdirs_differ_all_stop_naming_them(tmp_path, monkeypatch):
@@ -220,7 +237,7 @@ def test_processes_whose_workdirs_differ_all_stop_naming_them(tmp_path, monkeypa
       f"process 2: --workdir={tmp_path}/other is not the folder process 0 sees ({tmp_path}/run on "
       f"{socket.gethostname()}): every process needs the same shared folder. Start every process with --workdir set to "
       "one folder shared by all hosts (a network file system or mounted bucket; the path may differ per host).")
-  assert _leftover_tokens(tmp_path / "run") == [] and os.listdir(tmp_path / "other") == []
+  assert not (tmp_path / "run").exists() and os.listdir(tmp_path / "other") == []
 
 
 def test_a_file_given_as_workdir_stops_every_process(tmp_path, monkeypatch):
@@ -232,7 +249,7 @@ def test_a_file_given_as_workdir_stops_every_process(tmp_path, monkeypatch):
     assert all(isinstance(outcome, UserError) for outcome in outcomes), outcomes
     assert all(str(outcome).startswith(f"process {culprit}: --workdir={tmp_path}/file is a file, not a folder. Start "
                                        "every process with --workdir set to one folder") for outcome in outcomes)
-  assert (tmp_path / "file").read_text() == "x" and _leftover_tokens(tmp_path / "run") == []
+  assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "run").exists()
 
 
 @pytest.mark.integration

@@ -218,8 +218,7 @@ def test_processes_given_different_workdirs_stop_at_start_up(tmp_path, tiny_data
         in text, text[-3000:]
     assert "every process needs the same shared folder" in text and "Traceback" not in text
   assert codes == [2, 2]
-  assert sorted(os.listdir(tmp_path)) == ["process_0.log", "process_1.log", "zero"]  # process 1 created nothing
-  assert os.listdir(tmp_path / "zero") == []  # nothing written, the check's file removed
+  assert sorted(os.listdir(tmp_path)) == ["process_0.log", "process_1.log"]  # nothing left: the check's folder removed
 
 
 def test_two_checkpoint_folders_save_the_same_steps_at_once_on_two_processes(tmp_path):
@@ -264,3 +263,32 @@ def test_a_process_killed_mid_run_ends_the_other_with_one_line_and_75(tmp_path, 
   assert code == stopping.PREEMPTED_EXIT_STATUS, _failure(text)
   assert "another process stopped or died. The steps saved stand: start every process again" in text
   assert "Traceback" not in text
+
+
+def test_a_user_error_of_process_1_alone_stops_both_at_once(tmp_path, tiny_data_dir):
+  """config.init_from names a folder on process 0's host alone (here: a relative path, each process in its own
+  folder). Process 1 exited 2 at start-up; process 0 went on, waited out JAX's 100 s heartbeat timeout at its next
+  barrier and exited 75 ("another process stopped or died"), which the launchers read as a preemption."""
+  config = tiny_run(get_config("configs/dan.py:synthetic"))
+  model = models.build_model(config)
+  checkpointing.save_model(str(tmp_path / "weights"), models.init_variables(model, config, jax.random.key(1)), config)
+  hosts = [tmp_path / "host_0", tmp_path / "host_1"]
+  for host in hosts:
+    host.mkdir()
+  (hosts[0] / "init").symlink_to(tmp_path / "weights", target_is_directory=True)
+  address = f"localhost:{free_port()}"
+  args = [f"--config={ROOT}/configs/dan.py:synthetic", *_args(tmp_path / "run", tiny_data_dir)[1:],
+          "--config.init_from=init"]
+  logs = [tmp_path / f"process_{index}.log" for index in range(2)]
+  with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
+    processes = [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *args, "--distributed",
+                                   f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}"],
+                                  cwd=hosts[index], env={**cpu_devices_env(2), "PYTHONPATH": ROOT},
+                                  stdout=subprocess.DEVNULL, stderr=log)
+                 for index, log in enumerate([log_0, log_1])]
+    with killed_at_end(processes):
+      codes = [process.wait(timeout=90) for process in processes]
+  texts = [log.read_text() for log in logs]
+  assert codes == [2, 2], "\n".join(map(_failure, texts))
+  for text in texts:
+    assert "error: process 1: The config cannot run:" in text and "config.init_from=init does not exist" in text
