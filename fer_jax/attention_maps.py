@@ -17,9 +17,10 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def _faces(images):
-  """Each image as an RGB uint8 face."""
-  for image in np.asarray(images, np.float32):
-    face = to_uint8(image)
+  """Each image as an RGB uint8 face: 0-255 images as they are, others (a model's normalised input) stretched."""
+  images = np.asarray(images)
+  for image in images:
+    face = image if images.dtype == np.uint8 else to_uint8(np.float32(image))
     yield np.repeat(face, 3, axis=-1) if face.shape[-1] == 1 else face
 
 

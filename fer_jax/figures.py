@@ -55,8 +55,9 @@ def plot_accuracies(accuracies: dict, path: str) -> None:
   positions = np.arange(len(names))
   means = [np.mean([run[n] for run in accuracies.values() if n in run]) for n in names]
   axes.bar(positions, np.multiply(means, 100), color="#c6dbef")
+  spacing = min(0.12, 0.7 / max(len(accuracies), 1))  # every run's markers within its evaluator's bar
   for index, (label, run) in enumerate(accuracies.items()):
-    offsets = positions + (index - (len(accuracies) - 1) / 2) * 0.12
+    offsets = positions + (index - (len(accuracies) - 1) / 2) * spacing
     axes.plot([o for o, n in zip(offsets, names) if n in run], [100 * run[n] for n in names if n in run], "o",
               label=label or None)
   for x, mean in zip(positions, means):

@@ -128,6 +128,11 @@ class FilePreprocessor:
     positions = jax.numpy.arange(images.shape[0])
     return self.pipeline(images, augment.evaluation_keys(positions))
 
+  def visible(self, images: jax.Array) -> jax.Array:
+    """The images as the eval pipeline has made them before its float part (0-255), with the same draws."""
+    positions = jax.numpy.arange(images.shape[0])
+    return self.pipeline.visible_part(images, augment.evaluation_keys(positions))
+
 
 def read_images(preprocess: FilePreprocessor, paths: list[str]):
   """(images, their paths, [(path, reason)] skipped): each unreadable file is warned about and skipped."""

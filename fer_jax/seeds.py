@@ -101,8 +101,9 @@ def _read_report(path: str) -> dict:
   except ValueError as e:
     report, reason = None, str(e)
   else:
-    reason = f"a JSON {type(report).__name__}, not an object"
-  if not isinstance(report, dict):
+    reason = (f"a JSON {type(report).__name__}, not an object" if not isinstance(report, dict) else
+              "no \"evaluators\": written by a fer_jax from before 2026-12-01, or not by fer_jax")
+  if not isinstance(report, dict) or not isinstance(report.get("evaluators"), dict):
     raise UserError(f"{path} is not a complete report ({reason}): delete it and run this command again to "
                     "evaluate that seed.")
   return report

@@ -10,16 +10,20 @@ log maps each number to its image). The maps are of face crops: an image that is
 `fer_jax.predict`'s rule (nearly square, sides within 25 %, and at most twice the stored side, at
 least 128 px) is warned about and drawn whole, squashed to the model's input: no face is detected.
 Unreadable images are reported by name, skipped and counted in the last line; a missing or empty
---input, a video, no readable image, an export folder as --checkpoint, or an --out that cannot be a
-writable folder fails before the model is loaded. Every batch runs through one compiled program (the last one padded).
+--input, a video, no readable image, an export folder as --checkpoint, an --out that cannot be a
+writable folder or that holds an earlier run's maps (numbered for other images) fails before the model is loaded.
+The faces are drawn as the eval pipeline made them before `to_float()`/`normalize()`, in their own colours. Every
+batch runs through one compiled program (the last one padded).
 """
 
 import functools
 import os
+import re
 
 from absl import flags
 from absl import logging
 import jax
+import jax.numpy as jnp
 
 from fer_jax import cli
 from fer_jax import config_lib
@@ -67,7 +71,11 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
   @functools.partial(jax.jit, compiler_options=mesh_lib.default_device_compiler_options())
   def forward(variables, batch):
     images = preprocess(batch)
-    return images, model.apply(variables, images, train=False)
+    # Drawn as the pipeline made them before to_float()/normalize() (0-255, true colours), where that is of the
+    # model's input size; the normalised input stretched back to 0-255 shifts each channel by its mean and std.
+    visible = preprocess.visible(batch)
+    shown = jnp.uint8(jnp.clip(jnp.round(visible), 0, 255)) if visible.shape[1:3] == images.shape[1:3] else images
+    return shown, model.apply(variables, images, train=False)
 
   # Batches of at most the image count (a few images are not padded to a full batch), the last one padded to it.
   images, outputs = inference.forward_in_batches(forward, variables, decoded, min(batch_size, len(decoded)))
@@ -87,6 +95,19 @@ def warn_unless_a_face_crop(path: str, stored_side: int) -> None:
                     path, width, height, inference.face_crop_limit(stored_side))
 
 
+MAP_FILE = re.compile(r"^\d{4,}_.*\.png$")  # <index>_<what>.png, as fer_jax's methods name their maps
+
+
+def check_out_holds_no_maps(out: str) -> None:
+  """Maps an earlier run left in --out would stay beside this run's, numbered for other images (the log alone
+  says which): refused, as `export` refuses an --out that is not empty."""
+  earlier = sorted(name for name in os.listdir(out) if MAP_FILE.match(name)) if os.path.isdir(out) else []
+  if earlier:
+    raise UserError(f"--out={out} holds the maps of an earlier run ({errors.counted(len(earlier), 'file')}: "
+                    f"{', '.join(earlier[:2])}"
+                    f"{', …' if len(earlier) > 2 else ''}), numbered for its images: pass a new --out, or delete them.")
+
+
 def check_not_a_video(path: str) -> None:
   if os.path.isfile(path) and video.is_video(path):
     raise UserError(f"--input={path} is a video; visualize reads photos: pass an image or a folder of them "
@@ -97,6 +118,7 @@ def main(argv):
   del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
   cli.check_writable_place(f"--out={args.out}", args.out)  # before any image or model is read
+  check_out_holds_no_maps(args.out)
   check_not_a_video(args.input)
   export.check_not_an_export(args.checkpoint)  # attention maps need the model's code
   unlisted = []

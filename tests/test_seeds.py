@@ -419,3 +419,23 @@ def test_summarizing_seeds_of_different_runs_exits_2(tmp_path):
                        "--summarize_only")
   assert_user_error(result, "seed_1 differs from seed_0 in model 'scan_cci' (not 'dan')")
   assert not (tmp_path / "seeds_summary.json").exists()
+
+
+def test_a_report_without_evaluators_is_named_with_its_fix(tmp_path):
+  """A report of a fer_jax from before 2026-12-01 (no "evaluators") ended the summary with a KeyError traceback."""
+  _write_runs(tmp_path)
+  (tmp_path / "seed_1" / "eval_results.json").write_text(json.dumps({"accuracy": 0.9, "step": 8}))
+  with pytest.raises(UserError, match=r"seed_1/eval_results\.json is not a complete report \(no \"evaluators\": .*\): "
+                                      "delete it and run this command again"):
+    seeds.read_reports(ANY_SEED, str(tmp_path), [0, 1, 2])
+
+
+def test_the_markers_of_many_seeds_stay_over_their_evaluator(tmp_path, monkeypatch):
+  """With 16 seeds the markers were spread ±0.9 around each evaluator, nearer its neighbours' bars than its own."""
+  from fer_jax import figures
+  import matplotlib.axes
+  drawn, plot = [], matplotlib.axes.Axes.plot
+  monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, x, *rest, **options: (drawn.append(list(x)),
+                                                                                       plot(self, x, *rest, **options))[1])
+  figures.plot_accuracies({f"seed {s}": {"test": 0.9, "occluded": 0.5} for s in range(16)}, str(tmp_path / "a.png"))
+  assert len(drawn) == 16 and all(abs(x - evaluator) <= 0.4 for xs in drawn for evaluator, x in enumerate(xs))

@@ -145,3 +145,27 @@ def test_a_method_without_maps_is_told_how_to_give_it_some(monkeypatch):
                                       r"and checkpoint, or give your method a `save_attention_maps` "
                                       r"\(docs/extending\.md\)\.$"):
     visualize.write_attention_maps(config, "/nonexistent", [], "/nonexistent/maps", batch_size=2)
+
+
+def test_maps_show_the_faces_in_their_own_colours(tmp_path):
+  """The normalised input was stretched back to 0–255 over all channels: ImageNet's per-channel mean and std
+  turned a grey 128 into (117, 125, 136)."""
+  config = get_config("configs/apvit.py:synthetic")
+  checkpoint = checkpointing.save_model(str(tmp_path / "model"), random_variables(config), config)
+  pixels = np.full((32, 32, 3), 128, np.uint8)
+  pixels[:8, :8], pixels[-8:, -8:] = 255, 0
+  Image.fromarray(pixels).save(tmp_path / "grey.png")
+  visualize.write_attention_maps(config, checkpoint, [str(tmp_path / "grey.png")], str(tmp_path / "maps"), 1)
+  face = np.asarray(Image.open(tmp_path / "maps" / "0000_app_patches.png"))[:, :224]  # the face, 7× enlarged
+  np.testing.assert_array_equal(face[112, 112], [128, 128, 128])
+  np.testing.assert_array_equal(face[0, 0], [255, 255, 255])
+
+
+@pytest.mark.integration
+def test_an_out_holding_maps_of_an_earlier_run_is_refused(face, tmp_path):
+  """A second run into one --out overwrote the first maps and left the rest, numbered for other images."""
+  (tmp_path / "maps").mkdir()
+  (tmp_path / "maps" / "0007_app_patches.png").write_bytes(b"")
+  result = _visualize(face, tmp_path / "maps")
+  assert_user_error(result, f"--out={tmp_path / 'maps'} holds the maps of an earlier run (1 file: "
+                    "0007_app_patches.png), numbered for its images: pass a new --out, or delete them.")
