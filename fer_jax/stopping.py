@@ -57,7 +57,8 @@ def _stop_outside_steps(signum, frame):
   _held.append(name)
   if several:
     logging.warning("%s received outside the training steps: held until every process of the run stops with this "
-                    "one at a saved step (send it again to exit at once, unsaved).", name)
+                    "one at a saved step, or, where no training step follows (an evaluation, the report), until the "
+                    "command ends (send it again to exit at once, unsaved).", name)
   elif in_event_loop:
     logging.warning("%s received: stopping once the checkpoint being read or written is complete (send it again to "
                     "exit at once).", name)
