@@ -218,12 +218,19 @@ def errors_together():
   if jax.process_count() == 1:
     yield
     return
-  message = ""
+  message, unexpected = "", None
   try:
     yield
   except UserError as error:
     message = str(error) or type(error).__name__
-  _together(any_process_error_check, message, _gather_strings)
+  except Exception as error:  # pylint: disable=broad-except  # an OSError or a bug: the others must not wait for it
+    message, unexpected = f"{type(error).__name__}: {error}", error
+  try:
+    _together(any_process_error_check, message, _gather_strings)
+  except UserError:
+    if unexpected is not None:
+      raise unexpected  # its own traceback on the process that met it
+    raise
 
 
 def any_process_error_check(message: str, gather) -> None:
@@ -232,6 +239,23 @@ def any_process_error_check(message: str, gather) -> None:
   if failed:
     index, text = failed[0]
     raise UserError(text if index == 0 else f"process {index}: {text}")
+
+
+def skipped_alike(absence: str, what: str) -> str:
+  """`absence` (why this process skips `what`, "" where it does not), which must be empty on every process or on
+  none: a process skipping an evaluator the others run would leave them waiting in its evaluations."""
+  if jax.process_count() == 1:
+    return absence
+  _together(absences_check, absence, what, _gather_strings)
+  return absence
+
+
+def absences_check(absence: str, what: str, gather) -> None:
+  absences = gather("absences", absence)
+  if len({bool(text) for text in absences}) > 1:
+    lacking = [index for index, text in enumerate(absences) if text]
+    raise UserError(f"{what}: process {lacking[0]} skips it ({absences[lacking[0]]}), process "
+                    f"{absences.index('')} does not: prepare the same data set on every host.")
 
 
 def check_shared_workdir(workdir: str) -> None:

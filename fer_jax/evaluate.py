@@ -291,12 +291,15 @@ def write_report(report: dict, workdir: str, examples: dict | None = None, predi
 def _remove_files_of_the_previous_report(workdir: str, evaluators: dict, predictions: dict) -> None:
   """A report written again into its folder leaves no figure of the evaluators it does not list, and no predictions
   of the earlier weights beside its own (those it does not write)."""
-  previous = (files.json_object(os.path.join(workdir, checkpointing.REPORT)) or {}).get("evaluators")
+  record = files.json_object(os.path.join(workdir, checkpointing.REPORT)) or {}
+  previous = record.get("evaluators")
   if not isinstance(previous, dict):
     return
   stale = [file_name for name in set(previous) - set(evaluators) for file_name in (confusion_file(name),
                                                                                    examples_file(name))]
-  stale += [predictions_file(name) for name in set(previous) - set(predictions)]
+  config = record.get("config")
+  if isinstance(config, dict) and config.get("eval.predictions"):  # the earlier report wrote them
+    stale += [predictions_file(name) for name in set(previous) - set(predictions)]
   for file_name in stale:
     with contextlib.suppress(FileNotFoundError):
       os.remove(os.path.join(workdir, file_name))
@@ -380,6 +383,7 @@ class Evaluators:
     for name, spec in list(self.specs.items()):
       with distributed.errors_together():
         absence = spec.skip_if_missing and pipeline.split_absence(spec.config, spec.split, spec.dataset_key)
+      absence = distributed.skipped_alike(absence or "", f"Evaluator {name} (skip_if_missing)")
       if absence:
         self.skipped[name] = absence
         logging.warning("Evaluator %s skipped: %s (skip_if_missing).", name, self.skipped[name])
@@ -556,6 +560,7 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   warn_of_a_replaced_report(workdir, checkpoint)
   with distributed.errors_together():
     validation.validate(config, training=False)
+    checkpointing.step_folder(checkpoint)  # --checkpoint may be on some hosts' disks only
   mesh = mesh_lib.make_mesh()
   model = models.build_model(config)
   evaluators = Evaluators(model, config, mesh)

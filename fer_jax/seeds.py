@@ -160,7 +160,8 @@ def _selection_keys(config) -> tuple[str, ...]:
   again would not choose again."""
   if not config.get("select_metric"):
     return ()
-  return ("eval.", "dataset.eval_split") if config.select_on == "eval" else (f"evals.{config.select_on}.",)
+  return (("eval.every_epochs", "dataset.eval_split") if config.select_on == "eval"
+          else (f"evals.{config.select_on}.",))
 
 
 def _not_brought_up_to_date(recorded: dict, config) -> list[tuple[str, object, object]]:

@@ -280,3 +280,13 @@ def test_an_evaluators_pipeline_follows_the_runs_eval_pp_it_names():
   assert specs["occluded_mouth"].config.input.eval_pp == (
       "occlude('mouth', geometry='synthetic')|resize({size})|normalize('half')")
   assert specs["test"].config.input.eval_pp == config.input.eval_pp
+
+
+def test_a_report_written_again_keeps_a_predictions_file_it_did_not_write(tmp_path):
+  """predictions_test.csv is removed only where the earlier report wrote it (its config's eval.predictions)."""
+  results, images = _one_evaluators_results()
+  report = {**results, "evaluators": {"test": results}, "config": {"eval.predictions": False}}
+  evaluate.write_report(report, str(tmp_path), {"test": images})
+  (tmp_path / "predictions_test.csv").write_text("the user's own\n")
+  evaluate.write_report(report, str(tmp_path), {"test": images})
+  assert (tmp_path / "predictions_test.csv").read_text() == "the user's own\n"

@@ -288,3 +288,15 @@ def test_two_processes_with_different_configs_both_stop_before_any_work(tmp_path
                       "The processes were started with different configs: batch_size: 32 on process 0, 16 on process "
                       "1; num_epochs: 1 on process 0, 2 on process 1. Start every process with the same --config")
   assert not workdir.exists()
+
+
+def test_an_evaluator_one_process_alone_skips_stops_every_process():
+  """A skip_if_missing split prepared on one host only: that process skipped the evaluator and the other's next
+  key-value exchange (errors_together in Evaluators.data) waited 300 s for it, then exited 75."""
+  processes = _Processes(2)
+  outcomes = processes.run(distributed.absences_check, [("", "Evaluator pose45", processes.gather),
+                                                        ("no split 'test_pose45'", "Evaluator pose45", processes.gather)])
+  assert [type(outcome) for outcome in outcomes] == [UserError] * 2
+  assert all(str(outcome).startswith("Evaluator pose45: process 1 skips it (no split 'test_pose45'), process 0 does "
+                                     "not") for outcome in outcomes)
+  assert processes.run(distributed.absences_check, [("gone", "e", processes.gather)] * 2) == [None, None]

@@ -292,3 +292,56 @@ def test_a_user_error_of_process_1_alone_stops_both_at_once(tmp_path, tiny_data_
   assert codes == [2, 2], "\n".join(map(_failure, texts))
   for text in texts:
     assert "error: process 1: The config cannot run:" in text and "config.init_from=init does not exist" in text
+
+
+def test_an_evaluations_checkpoint_on_one_host_alone_stops_both_with_its_message(tmp_path, tiny_data_dir):
+  """--mode=eval --checkpoint=ckpt, a relative path that resolves on process 0's host alone: process 1 exited 2 ("No
+  checkpoint found") and process 0 failed in the restore's collective with "Cannot read the checkpoint …: it is
+  damaged or incomplete", blaming an intact checkpoint."""
+  config = tiny_run(get_config("configs/dan.py:synthetic"))
+  model = models.build_model(config)
+  checkpointing.save_model(str(tmp_path / "weights"), models.init_variables(model, config, jax.random.key(1)), config)
+  hosts = [tmp_path / "host_0", tmp_path / "host_1"]
+  for host in hosts:
+    host.mkdir()
+  (hosts[0] / "ckpt").symlink_to(tmp_path / "weights", target_is_directory=True)
+  address = f"localhost:{free_port()}"
+  args = [f"--config={ROOT}/configs/dan.py:synthetic", f"--workdir={tmp_path / 'eval'}", *_args("", tiny_data_dir)[2:],
+          "--mode=eval", "--checkpoint=ckpt"]
+  logs = [tmp_path / f"process_{index}.log" for index in range(2)]
+  with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
+    processes = [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *args, "--distributed",
+                                   f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}"],
+                                  cwd=hosts[index], env={**cpu_devices_env(2), "PYTHONPATH": ROOT},
+                                  stdout=subprocess.DEVNULL, stderr=log)
+                 for index, log in enumerate([log_0, log_1])]
+    with killed_at_end(processes):
+      codes = [process.wait(timeout=90) for process in processes]
+  texts = [log.read_text() for log in logs]
+  assert codes == [2, 2], "\n".join(map(_failure, texts))
+  for text in texts:
+    assert "error: process 1: No checkpoint found at" in text and "damaged" not in text
+
+
+ERROR_IN_A_BLOCK = """
+import sys, jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from fer_jax import distributed
+with distributed.errors_together():
+  if jax.process_index() == 1:
+    raise PermissionError(13, "Permission denied", "rafdb-train.array_record")
+"""
+
+
+def test_an_unexpected_error_of_one_process_in_errors_together_stops_both_at_once(tmp_path):
+  """An OSError (not a UserError) on process 1 inside the block: both processes waited out the key-value store's
+  300 s timeout, process 0 then exited with DEADLINE_EXCEEDED (read as "another process stopped or died")."""
+  address = f"localhost:{free_port()}"
+  processes = [subprocess.Popen([sys.executable, "-c", ERROR_IN_A_BLOCK, address, str(index)], cwd=ROOT,
+                                env={**cpu_devices_env(1), "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for index in range(2)]
+  with killed_at_end(processes):
+    outputs = [process.communicate(timeout=60)[1] for process in processes]
+  assert "UserError: process 1: PermissionError: [Errno 13] Permission denied" in outputs[0], outputs[0][-2000:]
+  assert "PermissionError: [Errno 13] Permission denied: 'rafdb-train.array_record'" in outputs[1]

@@ -247,19 +247,21 @@ def test_reports_are_summarized_only_as_runs_of_the_commands_config_but_for_what
 
 def test_a_dtype_left_auto_summarizes_runs_of_any_machine_and_the_selecting_evaluator_is_not_evaluated_again(tmp_path):
   """Seeds trained on GPUs record bfloat16, which "auto" gave them: a CPU summarizes them (it took them for another
-  dtype). With select_metric set, another TTA of the selecting evaluator would have chosen another epoch: evaluating
-  the kept weights again does not make the run one of the command's."""
+  dtype). With select_metric set, the selecting evaluator evaluated at other epochs would have chosen another epoch:
+  evaluating the kept weights again does not make the run one of the command's."""
   for seed in (0, 1):
     (tmp_path / f"seed_{seed}").mkdir()
     (tmp_path / f"seed_{seed}" / "eval_results.json").write_text(json.dumps({"evaluators": _run(), "config": {
-        **RECORDED, "seed": seed, "model.dtype": "bfloat16", "select_metric": "accuracy", "select_on": "eval"}}))
-  command = ml_collections.ConfigDict({**COMMAND, "select_metric": "accuracy", "select_on": "eval"})
+        **RECORDED, "seed": seed, "model.dtype": "bfloat16", "select_metric": "accuracy", "select_on": "eval",
+        "eval.every_epochs": 1}}))
+  command = ml_collections.ConfigDict({**COMMAND, "select_metric": "accuracy", "select_on": "eval",
+                                       "eval": {"tta": "flip", "every_epochs": 1}})
   assert set(seeds.read_reports(command, str(tmp_path), [0, 1])) == {0, 1}
   command.model.dtype = "float32"  # given, not left to the machine
   with pytest.raises(UserError, match=r"seed_0, seed_1 trained with config.model.dtype 'bfloat16'"):
     seeds.read_reports(command, str(tmp_path), [0, 1])
-  command.model.dtype, command.eval.tta = "auto", "none"
-  with pytest.raises(UserError, match=r"seed_0, seed_1 trained with config.eval.tta 'flip' \(this command's 'none'\)"):
+  command.model.dtype, command.eval.every_epochs = "auto", 2
+  with pytest.raises(UserError, match=r"seed_0, seed_1 trained with config.eval.every_epochs 1 \(this command's 2\)"):
     seeds.read_reports(command, str(tmp_path), [0, 1])
 
 
@@ -439,3 +441,19 @@ def test_the_markers_of_many_seeds_stay_over_their_evaluator(tmp_path, monkeypat
                                                                                        plot(self, x, *rest, **options))[1])
   figures.plot_accuracies({f"seed {s}": {"test": 0.9, "occluded": 0.5} for s in range(16)}, str(tmp_path / "a.png"))
   assert len(drawn) == 16 and all(abs(x - evaluator) <= 0.4 for xs in drawn for evaluator, x in enumerate(xs))
+
+
+def test_asking_for_predictions_or_tta_does_not_refuse_seeds_that_selected_on_eval(tmp_path):
+  """eval.predictions and eval.tta (the report's, not the selecting evaluator's) fell under the selecting evaluator's
+  "eval." keys: seeds selected on eval were refused; its epochs and split still are."""
+  from fer_jax import config_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.base_config()
+  config.select_metric = "accuracy"
+  (tmp_path / "seed_0").mkdir()
+  (tmp_path / "seed_0" / "eval_results.json").write_text(json.dumps(
+      {"config": config_lib.flat(seeds.seed_config(config, 0)), "trained_steps": 10, "evaluators": {"test": {}}}))
+  config.eval.update(predictions=True, tta="flip")
+  seeds.check_runs(config, str(tmp_path), [0])
+  config.eval.every_epochs = 2
+  with pytest.raises(UserError, match="eval.every_epochs"):
+    seeds.check_runs(config, str(tmp_path), [0])
