@@ -150,14 +150,36 @@ def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
   and class names; the data set (absent from records written before 2026-12-03) gives the crop style and
   stored size it was trained on, "tta" (absent before 2026-12-05: none) the test-time augmentation. The
   shape its images were decoded to is no config key: `checkpointing.recorded_shape` reads it."""
+  _check_recorded_method(meta)
   config = config_lib.base_config()
-  config.model.update(meta["model"])
-  config.input.update(meta["input"])
-  dataset = meta.get("dataset") or {}
-  config.dataset.update({key: value for key, value in dataset.items() if key in config.dataset})
-  config.dataset.class_order = _class_order(meta["class_names"])
-  config.eval.tta = meta.get("tta", "none")
+  try:
+    config.model.update(meta["model"])
+    config.input.update(meta["input"])
+    dataset = meta.get("dataset") or {}
+    config.dataset.update({key: value for key, value in dataset.items() if key in config.dataset})
+    names = meta["class_names"]
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+      raise TypeError(f"class_names is {names!r}, not a list of names")
+    config.dataset.class_order = _class_order(names)
+    config.eval.tta = meta.get("tta", "none")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    if isinstance(e, UserError):
+      raise
+    raise CheckpointError(f"The model's meta record is damaged ({type(e).__name__}: {e}): pass its config "
+                          "(fer_jax.load(path, config=...), or --config), or convert or export the model again.") from None
   return config
+
+
+def _check_recorded_method(meta: dict) -> None:
+  """A record naming a method of yours by module path ("my_methods.plain_resnet"): rebuilding the model would import
+  that module, running its code, and a checkpoint from elsewhere may name a module it ships beside itself (a folder
+  under the working folder is importable). Only a module already imported (by you) is used."""
+  name = meta["model"].get("name") if isinstance(meta.get("model"), dict) else None
+  if isinstance(name, str) and "." in name and name not in sys.modules:
+    raise CheckpointError(f"The model's meta record names the method {name!r}, a module of yours: fer_jax does not "
+                          "import a module a checkpoint names, as that runs its code. If you trust it, import it "
+                          f"first (import {name}) or pass the config it was trained with (fer_jax.load(path, "
+                          "config=...), or --config).")
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config, initialisation_only: bool = False,
@@ -486,9 +508,13 @@ def json_item(step_directory: str, item: str, what: str, fix: str) -> dict:
     return {}
   try:
     with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
+      record = json.load(f)
+  except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
     raise CheckpointError(f"Cannot read {what} {path} ({e}): the checkpoint is damaged. {fix}") from None
+  if not isinstance(record, dict):
+    raise CheckpointError(f"Cannot read {what} {path} (a JSON {type(record).__name__}, not an object): the checkpoint "
+                          f"is damaged. {fix}")
+  return record
 
 
 def read_meta(path: str) -> dict:

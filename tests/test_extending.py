@@ -4,6 +4,7 @@ prepare and load as fer_jax's own do."""
 
 import dataclasses
 import functools
+import importlib
 import json
 import os
 import subprocess
@@ -173,6 +174,10 @@ def test_a_method_of_yours_trains_reports_and_loads(tmp_path, tiny_data_dir, mon
   assert report["config"]["loss.label_smoothing"] == 0.1
   monkeypatch.syspath_prepend(EXAMPLES)
   faces = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+  monkeypatch.delitem(sys.modules, "my_methods.plain_resnet", raising=False)  # imported by an earlier test
+  with pytest.raises(UserError, match="does not import a module a checkpoint names"):
+    fer_jax.load(str(workdir))  # the record alone imports no module it names
+  importlib.import_module("my_methods.plain_resnet")  # the user's own choice, as for an op of theirs
   predictions = fer_jax.load(str(workdir)).predict(faces)
   assert len(predictions) == 3 and all(np.isclose(sum(p.probabilities.values()), 1) for p in predictions)
 

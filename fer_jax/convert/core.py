@@ -103,7 +103,16 @@ def _holds(tensors: dict, name: str) -> bool:
 
 
 def _describe(name: str, value) -> str:
-  return f"{name} {tuple(np.shape(value))}"
+  try:
+    shape = tuple(np.shape(value))
+  except (ValueError, RecursionError):  # a ragged or deeply nested list beside the weights
+    return f"{_shown(name)} ({type(value).__name__})"
+  return f"{_shown(name)} {shape}"
+
+
+def _shown(name) -> str:
+  """A name from the file as messages show it: quoted where it holds line breaks or terminal control characters."""
+  return name if str(name).isprintable() else repr(name)
 
 
 def _listing(items: list[str], limit: int = 12) -> str:

@@ -91,10 +91,24 @@ def load_numpy_pickle(path: str) -> dict:
   return loaded
 
 
-def _to_numpy(value, path: str, name: str = ""):
+# Containers nested deeper than this (a state dict is 2 or 3 deep; a list holding itself is endless) are no weights.
+_MAX_DEPTH = 32
+
+
+def _to_numpy(value, path: str, name: str = "", depth: int = 0):
   """`value` with its tensors as NumPy arrays (bfloat16 as float32); `name` is its key path, for messages."""
   import torch
+  if depth > _MAX_DEPTH:
+    raise ConversionError(f"{path}: {name.split('/', 1)[0]} nests containers more than {_MAX_DEPTH} deep (or holds "
+                          "itself): it is no checkpoint of weights. Use the official file.")
   if isinstance(value, torch.Tensor):
+    if value.is_nested or value.layout != torch.strided:
+      layout = "nested" if value.is_nested else str(value.layout).removeprefix("torch.")
+      raise ConversionError(f"{path}: {name} is a {layout} tensor, which fer_jax does not read: re-save the checkpoint "
+                            "with its weights as dense tensors (tensor.to_dense()).")
+    if value.is_meta:
+      raise ConversionError(f"{path}: {name} is a meta tensor, which holds no values (saved from a model whose weights "
+                            "were never loaded?): re-save the checkpoint from the model with its weights.")
     tensor = value.detach().cpu()
     try:
       return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
@@ -102,9 +116,9 @@ def _to_numpy(value, path: str, name: str = ""):
       raise ConversionError(f"{path}: {name} is a {str(tensor.dtype).removeprefix('torch.')} tensor, which fer_jax "
                             f"does not read: {RESAVE_IN_FLOAT}") from e
   if isinstance(value, dict):
-    return {key: _to_numpy(item, path, f"{name}/{key}" if name else str(key)) for key, item in value.items()}
+    return {key: _to_numpy(item, path, f"{name}/{key}" if name else str(key), depth + 1) for key, item in value.items()}
   if isinstance(value, (list, tuple)):
-    return type(value)(_to_numpy(item, path, f"{name}/{index}") for index, item in enumerate(value))
+    return type(value)(_to_numpy(item, path, f"{name}/{index}", depth + 1) for index, item in enumerate(value))
   return value
 
 
