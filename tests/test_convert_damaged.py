@@ -266,6 +266,32 @@ def test_intact_tf_fixture_still_reads(tmp_path):
   assert len(convert.tf_checkpoint.load(tf_copy(tmp_path / "LHC_Net"))) == 120
 
 
+def test_tf_data_shard_linked_outside_its_folder_is_refused(tmp_path):
+  """A crafted checkpoint (an unpacked tar) whose shard links to a local file elsewhere converted that file's bytes
+  into the weights. Links that keep the shard beside its index still read: the folder itself a link, or index and
+  shard both links into one folder of files (a download cache's blobs)."""
+  elsewhere = tmp_path / "home"
+  elsewhere.mkdir()
+  shutil.copy(TF_FIXTURE + SHARD, elsewhere / "credentials")  # a file whose bytes the index can describe
+  prefix = tf_copy(tmp_path / "LHC_Net")
+  os.remove(prefix + SHARD)
+  os.symlink(elsewhere / "credentials", prefix + SHARD)
+  message = user_message(lambda: convert.tf_checkpoint.load(prefix))
+  assert message.startswith(f"Refused to load {prefix + SHARD}: it links to {elsewhere / 'credentials'}, outside the "
+                            f"folder of its index ({tmp_path / 'LHC_Net'})"), message
+
+  os.symlink(tmp_path / "LHC_Net", tmp_path / "linked")
+  os.remove(prefix + SHARD)
+  shutil.copy(TF_FIXTURE + SHARD, prefix + SHARD)
+  assert len(convert.tf_checkpoint.load(str(tmp_path / "linked" / "bundle"))) == 120
+  (tmp_path / "cache" / "blobs").mkdir(parents=True)
+  (tmp_path / "cache" / "snapshot").mkdir()
+  for suffix, blob in ((".index", "a1b2"), (SHARD, "c3d4")):
+    shutil.copy(TF_FIXTURE + suffix, tmp_path / "cache" / "blobs" / blob)
+    os.symlink(f"../blobs/{blob}", tmp_path / "cache" / "snapshot" / f"bundle{suffix}")
+  assert len(convert.tf_checkpoint.load(str(tmp_path / "cache" / "snapshot" / "bundle"))) == 120
+
+
 def test_folder_of_tensorflow_checkpoints_names_them(tmp_path):
   parent = tmp_path / "Downloaded_Models"
   parent.mkdir()

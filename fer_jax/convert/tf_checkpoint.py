@@ -6,7 +6,8 @@ raw little-endian tensor bytes. This module parses both with the few protobuf an
 they use. Keys are returned without the object-graph suffix "/.ATTRIBUTES/VARIABLE_VALUE";
 string tensors (the serialized object graph) and sliced (partitioned) variables are not
 returned; CRC checksums are not verified, but a cut or garbled file (a download that stopped
-early) is reported as such: an index that does not parse, or a shard shorter than its tensors.
+early) is reported as such: an index that does not parse, or a shard shorter than its tensors. A
+data shard must lie beside its index, links followed.
 """
 
 import math
@@ -243,15 +244,23 @@ def load(path: str) -> dict[str, np.ndarray]:
       continue
     shard_path = f"{prefix}.data-{entry['shard']:05d}-of-{num_shards:05d}"
     if entry["shard"] not in shards:
-      shards[entry["shard"]] = _read_shard(shard_path)
+      shards[entry["shard"]] = _read_shard(shard_path, index_path)
     tensors[key] = _tensor(key, entry, shards[entry["shard"]], shard_path, index_path)
   return tensors
 
 
-def _read_shard(shard_path: str) -> bytes:
+def _read_shard(shard_path: str, index_path: str) -> bytes:
+  """The shard's bytes. It must lie beside its index once links are followed (a link to the checkpoint's folder, or
+  links into one folder of files, as download caches keep them, are fine): a crafted checkpoint whose shard links to
+  a local file elsewhere would copy that file's bytes into the converted weights."""
   if not os.path.isfile(shard_path):
     raise ConversionError(f"{shard_path} is missing: a TensorFlow checkpoint is its .index file and every data "
                           "shard it lists; download the whole checkpoint folder again, or check the path.")
+  shard_folder, index_folder = (os.path.dirname(os.path.realpath(path)) for path in (shard_path, index_path))
+  if shard_folder != index_folder:
+    raise ConversionError(f"Refused to load {shard_path}: it links to {os.path.realpath(shard_path)}, outside the "
+                          f"folder of its index ({index_folder}). fer_jax reads only a checkpoint's own files; use "
+                          "the official download, unpacked as it is.")
   with open(shard_path, "rb") as f:
     return f.read()
 
@@ -263,7 +272,8 @@ def _tensor(key: str, entry: dict, shard: bytes, shard_path: str, index_path: st
   elif entry["dtype"] in _DTYPES:
     dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
   else:
-    raise ConversionError(f"{key}: unsupported TensorFlow dtype code {entry['dtype']}.")
+    raise ConversionError(f"{index_path}: {key} is a tensor of TensorFlow dtype code {entry['dtype']}, which fer_jax "
+                          "does not read (floats and integers only): use the official checkpoint.")
   if min(entry["shape"], default=0) < 0 or entry["size"] != math.prod(entry["shape"]) * dtype.itemsize:
     raise _damaged_index(index_path, f"{key} has shape {entry['shape']} but {entry['size']} bytes")
   end = entry["offset"] + entry["size"]
