@@ -514,15 +514,18 @@ def predictions_table(evaluators: Evaluators, variables, name: str) -> list[list
   """The evaluator's predictions_<name>.csv: a header, then a row per example of its split in the split's order:
   `record` (its index in the prepared split), `file_name` (where the set records one), `label`, `prediction`,
   `confidence`, `p_<class>`… (the model's classes) and, where the evaluator has a TTA, `tta_prediction`,
-  `tta_confidence`, `tta_p_<class>`…."""
+  `tta_confidence`, `tta_p_<class>`…. Every process computes the probabilities (collectives); process 0 alone, which
+  writes the report, makes the table (the others: [])."""
   spec, split = evaluators.specs[name], evaluators.data(name).split
   records, plain = evaluators.probabilities(variables, name)
+  with_tta = evaluators.probabilities(variables, name, spec.tta)[1] if spec.tta != "none" else None
+  if jax.process_index() != 0:
+    return []
   columns = {"record": records}
   if "file_name" in split.source.dataset_info.features:
     columns["file_name"] = [_text(split.source[int(record)]["file_name"]) for record in records]
   columns["label"] = [split.class_names[label] for label in split.labels[records]]
-  tables = [("", plain)] + ([("tta_", evaluators.probabilities(variables, name, spec.tta)[1])]
-                            if spec.tta != "none" else [])
+  tables = [("", plain)] + ([("tta_", with_tta)] if with_tta is not None else [])
   for prefix, table in tables:
     top = np.argmax(table, axis=-1)
     columns[f"{prefix}prediction"] = [split.class_names[index] for index in top]
