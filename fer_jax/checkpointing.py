@@ -158,7 +158,7 @@ def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
     dataset = meta.get("dataset") or {}
     config.dataset.update({key: value for key, value in dataset.items() if key in config.dataset})
     names = meta["class_names"]
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+    if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
       raise TypeError(f"class_names is {names!r}, not a list of names")
     config.dataset.class_order = _class_order(names)
     config.eval.tta = meta.get("tta", "none")
