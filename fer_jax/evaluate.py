@@ -559,11 +559,11 @@ def warn_of_a_replaced_report(workdir: str, checkpoint: str) -> None:
 
 def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   """`--mode=eval`: runs every evaluator of `config` on a saved or converted checkpoint and writes the report."""
-  check_not_a_training_run(workdir)
-  warn_of_a_replaced_report(workdir, checkpoint)
-  with distributed.errors_together():
+  with distributed.errors_together():  # --workdir and --checkpoint may be on some hosts' disks only
+    check_not_a_training_run(workdir)
     validation.validate(config, training=False)
-    checkpointing.step_folder(checkpoint)  # --checkpoint may be on some hosts' disks only
+    checkpointing.step_folder(checkpoint)
+  warn_of_a_replaced_report(workdir, checkpoint)
   mesh = mesh_lib.make_mesh()
   model = models.build_model(config)
   evaluators = Evaluators(model, config, mesh)
