@@ -568,6 +568,19 @@ def test_tensors_of_another_layout_or_without_values_are_named(tmp_path, make, k
   assert message.startswith(f"{path}: model_state_dict/fc.weight is {kind}"), message
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, 1e300])
+def test_weights_that_are_not_finite_in_float32_are_named(tmp_path, value):
+  """A NaN, an infinity or a float64 beyond float32's range (infinite once cast) converted silently: the model then
+  predicted NaN for every face."""
+  path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
+  weight = torch.zeros(7, 512, dtype=torch.float64)
+  weight[3, 5] = value
+  torch.save({"model_state_dict": {"fc.weight": weight}}, path)
+  with pytest.raises(UserError, match=r"\n  fc\.weight \(7, 512\) holds NaN or infinite values \(or values beyond "
+                                      r"float32's range\): the file is damaged; download it again\n"):
+    convert.convert(get_config("configs/dan.py:rafdb"), [str(path)])
+
+
 def test_pth_holding_itself_is_refused(tmp_path):
   """A list that holds itself ran into a RecursionError traceback."""
   path = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"

@@ -263,7 +263,12 @@ class Target:
     elif path in self.values:
       self.problems.append(f"{path} is given by both {self.origins[path]} and {origin}")
     else:
-      self.values[path] = np.asarray(value, self.abstract[path].dtype)
+      with np.errstate(over="ignore"):  # a float64 beyond the range: infinite, named below
+        converted = np.asarray(value, self.abstract[path].dtype)
+      if np.issubdtype(converted.dtype, np.floating) and not np.isfinite(converted).all():
+        self.problems.append(f"{source} holds NaN or infinite values (or values beyond {converted.dtype}'s range): "
+                             "the file is damaged; download it again")
+      self.values[path] = converted
       self.origins[path] = origin
 
   def unfilled(self) -> list[str]:
