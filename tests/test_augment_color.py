@@ -312,3 +312,14 @@ def test_pipeline_jits_and_is_deterministic_per_position():
   out = np.asarray(jax.jit(jitter.__call__)(images, augment.example_keys(0, jnp.arange(12))))
   assert np.array_equal(out, np.round(out)) and out.min() >= 0 and out.max() <= 255
   assert not np.array_equal(out, np.asarray(images, np.float32))
+
+
+@pytest.mark.parametrize("op", ["color_jitter(0.4, 0.4, 0.4, 0.1)", "random_grayscale(0.2)"])
+@pytest.mark.parametrize("before", ["normalize('imagenet')", "to_float()"])
+def test_colour_ops_are_refused_after_the_values_leave_0_to_255(op, before):
+  """PIL's integer arithmetic floors and clips: after normalize() the image would turn into 0s and 1s."""
+  with pytest.raises(ValueError, match=r"comes after to_float\(\)/normalize\(\)"):
+    augment.parse(f"{before}|{op}")
+  with pytest.raises(ValueError, match=r"comes after to_float\(\)/normalize\(\)"):
+    augment.parse(f"{before}|random_apply(0.5, \"{op}\")")
+  augment.parse(f"{op}|{before}")  # before them: accepted

@@ -387,3 +387,21 @@ def test_bad_arguments_name_the_op():
     augment.parse("random_affine(10, method='cv2_bilinear')")
   with pytest.raises(ValueError, match="random_crop"):
     augment.parse("random_crop(60, padding=4)").output_shape((48, 48, 3))
+
+
+@pytest.mark.parametrize("argument", ["width_shift_range=10", "height_shift_range=1.5", "width_shift_range=-0.1",
+                                      "zoom_range=(0.9, 1.1, 1.2)"])
+def test_keras_ranges_it_does_not_read_as_keras_are_refused(argument):
+  """Keras reads shift ranges >= 1 as pixels; ours are fractions, so 10 would shift by ±10 image widths."""
+  with pytest.raises(ValueError, match="keras_image_generator"):
+    augment.parse(f"to_float()|keras_image_generator({argument})")
+
+
+def test_keras_zoom_pair_matches_image_data_generator():
+  np.random.seed(0)
+  shape = (48, 64, 3)
+  generator = ImageDataGenerator(zoom_range=(0.8, 1.3))
+  theirs = [generator.get_random_transform(shape) for _ in range(KS_DRAWS)]
+  ours = _our_draws(_op("keras_image_generator", zoom_range=(0.8, 1.3)), shape)
+  for value, name in zip(ours[3:5], ["zx", "zy"]):
+    _same_distribution(value, [draw[name] for draw in theirs], name)

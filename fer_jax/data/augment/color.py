@@ -244,7 +244,8 @@ def color_jitter(brightness: float = 0.0, contrast: float = 0.0, saturation: flo
       jittered = jax.lax.switch(branch, branches, jittered, params["factors"][which])
     return jnp.where(params["applied"], jittered, image)
 
-  return Op(apply=apply, sample=sample)
+  # PIL's integer arithmetic: after normalize() it would floor and clip the values to 0 or 1.
+  return Op(apply=apply, sample=sample, needs_uint8=True)
 
 
 @register
@@ -258,7 +259,7 @@ def random_grayscale(p: float = 0.1) -> Op:
     if image.shape[-1] == 1:
       return image
     return jnp.where(gray, luma(image).astype(jnp.float32)[..., None], image)
-  return Op(apply=apply, sample=lambda key, shape: bernoulli(key, p))
+  return Op(apply=apply, sample=lambda key, shape: bernoulli(key, p), needs_uint8=True)
 
 
 ERASING_TRIES = 10

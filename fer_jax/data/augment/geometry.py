@@ -387,7 +387,19 @@ def keras_image_generator(rotation_range: float = 0.0, width_shift_range: float 
   Shift ranges are fractions of the size (Keras reads ranges ≥ 1 as pixels; preprocess.py and
   LHC-Net use fractions). Later tf.keras versions swap rows and columns in this matrix; with
   LHC-Net's symmetric draws and equal width/height ranges the distribution is the same.
+  zoom_range may also be a (low, high) pair, as in Keras.
   """
+  for name, value in (("width_shift_range", width_shift_range), ("height_shift_range", height_shift_range)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+      raise ValueError(f"keras_image_generator: {name}={value!r} must be a fraction of the size, 0 <= {name} < 1 "
+                       "(Keras reads values >= 1 as pixels: divide them by the image size).")
+  if isinstance(zoom_range, (int, float)):
+    zoom_low, zoom_high = 1 - zoom_range, 1 + zoom_range
+  elif isinstance(zoom_range, (tuple, list)) and len(zoom_range) == 2:
+    zoom_low, zoom_high = zoom_range
+  else:
+    raise ValueError(f"keras_image_generator: zoom_range={zoom_range!r} must be a number or a (low, high) pair.")
+
   def sample(key, shape):
     height, width = shape[:2]
     keys = jax.random.split(key, 5)
@@ -398,8 +410,8 @@ def keras_image_generator(rotation_range: float = 0.0, width_shift_range: float 
           if height_shift_range else zero)
     ty = (jax.random.uniform(keys[2], (), jnp.float32, -width_shift_range, width_shift_range) * width
           if width_shift_range else zero)
-    if zoom_range:
-      zx, zy = jax.random.uniform(keys[3], (2,), jnp.float32, 1 - zoom_range, 1 + zoom_range)
+    if (zoom_low, zoom_high) != (1, 1):
+      zx, zy = jax.random.uniform(keys[3], (2,), jnp.float32, zoom_low, zoom_high)
     else:
       zx, zy = one, one
     flip = bernoulli(keys[4], 0.5) & horizontal_flip
