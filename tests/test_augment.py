@@ -126,6 +126,19 @@ def test_flip_and_normalize_match_torchvision():
   assert run_pipeline("to_float()", None, np.full((2, 2, 3), 255, np.uint8)).max() == 255.0
 
 
+def test_a_colour_normalisation_of_a_grey_image_is_refused_as_torchvision_refuses_it():
+  """normalize('imagenet') on one channel used the red channel's mean and std alone; torchvision's Normalize
+  raises. A normalisation equal over the channels ('half') still applies to grey images."""
+  gray = _image(c=1)
+  with pytest.raises(RuntimeError):
+    TF.normalize(TF.to_tensor(gray), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+  with pytest.raises(ValueError, match=r"normalize: a 1-channel image and per-channel means .* put gray_to_rgb\(\) "
+                                       "before it"):
+    augment.parse("normalize('imagenet')").output_shape(gray.shape)
+  expected = TF.normalize(TF.to_tensor(gray), (0.5,), (0.5,)).permute(1, 2, 0).numpy()
+  np.testing.assert_allclose(run_pipeline("normalize('half')", None, gray), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_gray_to_rgb_copies_the_channel():
   gray = _image(c=1)
   np.testing.assert_array_equal(run_pipeline("gray_to_rgb()", None, gray), np.repeat(gray, 3, axis=-1))

@@ -57,7 +57,14 @@ def normalize(mean="imagenet", std=None) -> Op:
   def apply(image, params):
     channels = image.shape[-1]
     return (image / 255.0 - mean[:channels]) / std[:channels]
-  return Op(apply=apply, ends_uint8=True)
+
+  def output_shape(shape):
+    channels = shape[-1]
+    if channels < mean.size and (np.ptp(mean) or np.ptp(std)):  # a grey image and a colour normalisation
+      raise ValueError(f"normalize: a {channels}-channel image and per-channel means {mean.tolist()} (stds "
+                       f"{std.tolist()}), which differ: put gray_to_rgb() before it, or pass one mean and std.")
+    return tuple(shape)
+  return Op(apply=apply, output_shape=output_shape, ends_uint8=True)
 
 
 @register
