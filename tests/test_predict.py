@@ -840,3 +840,72 @@ def test_a_video_without_frames_is_named_as_one_not_as_a_video_without_faces(tmp
   results = predict.predict_inputs(model, [video], str(tmp_path), None, 24, 0.9, stride=2)
   reason = f"{video} has no frames that can be read: re-export it (to MP4, say), or remove it."
   assert results.skipped == results.unreadable == [(video, reason)]
+
+
+class _Capture:
+  """OpenCV's capture of a video as a header (frame rate, frame count) and frames at given times (None: unreadable)."""
+
+  def __init__(self, fps, count, times):
+    self.fps, self.count, self.times, self.read_so_far, self.now = fps, count, list(times), 0, 0.0
+
+  def get(self, prop):
+    return {cv2.CAP_PROP_FPS: self.fps, cv2.CAP_PROP_FRAME_COUNT: self.count, cv2.CAP_PROP_POS_MSEC: self.now}[prop]
+
+  def read(self):
+    if self.read_so_far >= len(self.times) or self.times[self.read_so_far] is None:
+      self.read_so_far += 1
+      return False, None
+    self.now = 1000 * self.times[self.read_so_far]
+    self.read_so_far += 1
+    return True, np.zeros((4, 4, 3), np.uint8)
+
+  def release(self):
+    pass
+
+
+@pytest.mark.parametrize("fps, count, times, expected_times, unread", [
+    (3.33, 10, [0, .1, .2, .3, .4, 2.5, 2.6, 2.7, 2.8, 2.9], [0, .1, .2, .3, .4, 2.5, 2.6, 2.7, 2.8, 2.9], 0),
+    (10, 30, [0, .1, .2, .3, .4, 2.5, 2.6, 2.7, 2.8, 2.9], [0, .1, .2, .3, .4, 2.5, 2.6, 2.7, 2.8, 2.9], 0),
+    (25, 10, [0, .04, None, .12, .16], [0, .04, .12, .16], 6),  # one bad frame, then cut short of its 10 frames
+])
+def test_frame_times_are_the_frames_own_and_an_estimated_frame_count_is_not_taken_for_damage(
+    monkeypatch, caplog, fps, count, times, expected_times, unread):
+  """A phone's variable-frame-rate video had its times from index / mean frame rate (seconds off); an MKV's or MPEG-TS's
+  estimated frame count was warned about as frames that "could not be read"."""
+  monkeypatch.setattr(video, "_open", lambda path: (open(os.devnull, "rb"), _Capture(fps, count, times)))
+  frames, _ = video.frames("clip.mkv", 1)
+  assert [time for _, time, _ in frames] == pytest.approx(expected_times)
+  warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+  assert warnings == ([f"clip.mkv: {unread} of its {count} frames could not be read (the file is damaged or truncated); "
+                       "the others were read. Re-copy or re-encode it to read them all."] if unread else [])
+
+
+def test_a_face_missed_beside_another_keeps_its_track_for_a_while():
+  """A face not found (or not classified) in a frame where another face was lost its track: back a frame later, it was a
+  new track and its smoothing restarted. A track missed for more than MAX_MISSED frames ends."""
+  followed, names = tracks.Tracks(), ("anger", "fear")
+  left, right = [0.0, 0.0, 50.0, 50.0], [200.0, 0.0, 250.0, 50.0]
+
+  def face(box, anger, skipped=""):
+    return {"box": box, "skipped": skipped, "probabilities": {"anger": anger, "fear": 1 - anger}}
+
+  frames = [[face(left, 0.9), face(right, 0.1)], [face(right, 0.1)], [face(left, 0.0, "too small"), face(right, 0.1)],
+            [face(left, 0.1), face(right, 0.1)]]
+  for rows in frames:
+    followed.follow("clip.mp4", rows, 0.5, names)
+  assert [row["track"] for row in frames[3]] == [0, 1]
+  assert frames[3][0]["probabilities"] == pytest.approx({"anger": 0.5, "fear": 0.5})
+  for _ in range(tracks.Tracks.MAX_MISSED + 1):
+    followed.follow("clip.mp4", [face(right, 0.1)], 0.5, names)
+  back = [face(left, 0.1), face(right, 0.1)]
+  followed.follow("clip.mp4", back, 0.5, names)
+  assert [row["track"] for row in back] == [2, 1]
+
+
+def test_eight_bit_grey_held_in_32_bit_integers_is_read_as_it_is():
+  """A grey image of mode "I" (a 32-bit TIFF, PIL's convert("I"), Image.fromarray of int32) whose samples lie in
+  0–255 was taken for 16-bit grey and kept its top 8 bits: all black, no face found."""
+  grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+  for image in (Image.fromarray(grey).convert("I"), Image.fromarray(grey.astype(np.int32))):
+    np.testing.assert_array_equal(decode.rgb(image), np.repeat(grey[..., None], 3, -1))
+    np.testing.assert_array_equal(decode.to_stored(image, (16, 16, 1))[..., 0], grey)

@@ -68,13 +68,20 @@ SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 def to_mode(image: Image.Image, mode: str) -> Image.Image:
   """`image` as 8-bit "RGB" or "L". 16-bit grey keeps its top 8 bits, where PIL's own convert clips every
-  sample above 255 (an all-white image); float grey ("F") within [0, 1] is scaled by 255 (`_unit_floats_to_grey`)."""
-  if image.mode in SIXTEEN_BIT_GREY_MODES:
+  sample above 255 (an all-white image), but 32-bit integer grey ("I") whose samples all lie in 0–255 is 8-bit grey
+  as it is (its top 8 bits were black); float grey ("F") within [0, 1] is scaled by 255 (`_unit_floats_to_grey`)."""
+  if image.mode == "I" and _within(np.asarray(image), 0, 255):
+    image = Image.fromarray(np.asarray(image).astype(np.uint8))  # 8-bit grey in 32-bit integers: a TIFF, convert("I")
+  elif image.mode in SIXTEEN_BIT_GREY_MODES:
     samples = np.clip(np.asarray(image), 0, 2**16 - 1).astype(np.uint16)
     image = Image.fromarray((samples >> 8).astype(np.uint8))
   elif image.mode == "F":
     image = _unit_floats_to_grey(image)
   return image if image.mode == mode else image.convert(mode)
+
+
+def _within(samples: np.ndarray, low: float, high: float) -> bool:
+  return bool(samples.size) and low <= samples.min() and samples.max() <= high
 
 
 def _unit_floats_to_grey(image: Image.Image) -> Image.Image:

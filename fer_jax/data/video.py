@@ -27,29 +27,39 @@ MAX_FAILED_READS = 250  # failed reads in a row taken for the end of a video who
 
 def frames(path: str, stride: int):
   """(frame index, time in seconds, RGB frame) of every `stride`-th frame; the frame count its header gives (0 if
-  unknown). A frame that cannot be read (a damaged video) is passed over, and their number warned about once."""
+  unknown). A frame's time is its own timestamp (a phone's variable frame rate), else index / frame rate. A frame that
+  cannot be read (a damaged video) is passed over, and their number warned about once; frames the header counts
+  beyond those read are not, where the frames read reach the header's duration (MKV's and MPEG-TS's counts are
+  estimates)."""
   file, capture = _open(path)
   fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
   count = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
 
   def read():
     index = failed = failed_in_a_row = 0
+    end = 0.0  # the time the last frame read ends
     try:
       while True:
         ok, frame = capture.read()
         if ok:
-          failed_in_a_row = 0
+          failed, failed_in_a_row = failed + failed_in_a_row, 0
+          milliseconds = capture.get(cv2.CAP_PROP_POS_MSEC)
+          time = milliseconds / 1000 if milliseconds > 0 or index == 0 else index / fps
+          end = time + 1 / fps
           if index % stride == 0:
-            yield index, index / fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            yield index, time, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         elif index >= count or failed_in_a_row == MAX_FAILED_READS:
           break
         else:  # the next read goes on past the bad frame
-          failed, failed_in_a_row = failed + 1, failed_in_a_row + 1
+          failed_in_a_row += 1
         index += 1
     finally:
       capture.release()
       file.close()
-    if unread := failed + max(count - index, 0):
+    missing = failed_in_a_row + max(count - index, 0)  # after the last frame read
+    if end >= (count - 0.5) / fps:
+      missing = 0  # the frames read span the header's duration: its count was an estimate
+    if unread := failed + missing:
       logging.warning("%s: %d of its %d frames could not be read (the file is damaged or truncated); the others "
                       "were read. Re-copy or re-encode it to read them all.", path, unread, count)
 
