@@ -21,7 +21,8 @@ config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned, others a
 FER2013-style inputs) and classified. The detector searches for faces down to 5/6 of --min_face_size (at least 12
 px); faces smaller than it or scored below --min_score are written unclassified, with the reason. A video's faces
 are followed from frame to frame by box overlap (the track, `fer_jax.face.tracks`; a face not found or not classified
-keeps its track for up to 25 processed frames); a frame's time is its own timestamp; --smooth=W averages each track's probabilities over time (p ← W·p_before + (1 − W)·p_now).
+keeps its track for up to 25 processed frames); a frame's time is its own timestamp; --smooth=W averages each
+track's probabilities over time (p ← W·p_before + (1 − W)·p_now).
 --annotate writes every photo and processed frame with its boxes, landmarks and labels drawn (`fer_jax.face.draw`), as
 PNGs named after the input with its extension (photo.jpg.png, clip.mp4/frame_000015.png; a name over 255 bytes is cut
 short and ended by a hash); face crops are not drawn (one warning says so). A drawing that cannot be written (a full
