@@ -19,7 +19,7 @@ per process (a fresh XLA client): benchmarks/accelerator.sh runs every method's 
 The line's fields. Every mode: `command` (the flags), the machine (`environment()`: `date`, `platform`,
 `device_kind`, `devices`, `processes`, `jax`, `jaxlib`, `backend_version`, on a CUDA backend `cuda_runtime`,
 `cudnn`, `cuda_driver` and `nvidia_driver`, `host_cpus`, `host_cpu_model`, `load_average_1m` before the
-run), the run (`input`, `model`, `dataset`, `input_size`, `dtype`, `remat`, `batch_size` (global),
+run, `compilation_cache_dir`: JAX's persistent cache, where a compile time may be a cache load), the run (`input`, `model`, `dataset`, `input_size`, `dtype`, `remat`, `batch_size` (global),
 `devices`, `device_kind`, `steps`, `warmup_steps`) and `img_per_s` (images a second over the timed steps).
 --input=synthetic adds:
   init_s                          the train state's initialisation, its compilation included
@@ -94,9 +94,11 @@ PAPER_CONFIGS = ("configs/dan.py:rafdb", "configs/apvit.py:rafdb", "configs/scan
 PROFILED_STEPS = 3
 
 
-# Dense bf16 peak TFLOP/s per device, for MFU (first match of the device kind wins).
-PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0,
-               "TPU v5 lite": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0}
+# Dense bf16 peak TFLOP/s per device, for MFU (first match of the device kind wins: a longer name first).
+# JAX names a TPU v5p "TPU v5" and a v5e "TPU v5 lite".
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200 NVL": 835.0, "H200": 989.0,
+               "A100": 312.0, "TPU v4 lite": 138.0, "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5p": 459.0,
+               "TPU v5": 459.0, "TPU v6 lite": 918.0}
 
 
 def peak_tflops(device_kind: str) -> float | None:
@@ -111,7 +113,9 @@ def environment() -> dict:
           "processes": jax.process_count(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
           "backend_version": device.client.platform_version, **_cuda_versions(),
           "host_cpus": os.cpu_count(), "host_cpu_model": host_cpu_model(),
-          "load_average_1m": round(os.getloadavg()[0], 2)}
+          "load_average_1m": round(os.getloadavg()[0], 2),
+          # compile times are cache loads where JAX's persistent cache already holds the program
+          "compilation_cache_dir": jax.config.jax_compilation_cache_dir or None}
 
 
 def host_cpu_model() -> str | None:

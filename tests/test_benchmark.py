@@ -43,7 +43,7 @@ SYNTHETIC_FIELDS = (
     "peak_memory_source", "train_memory_analysis", "train_saved_for_backward_bytes", "train_collectives", "dtype",
     "remat", "batch_size", "input_size")
 ENVIRONMENT_FIELDS = ("date", "platform", "device_kind", "devices", "jax", "jaxlib", "backend_version",
-                      "host_cpus", "host_cpu_model", "load_average_1m")
+                      "host_cpus", "host_cpu_model", "load_average_1m", "compilation_cache_dir")
 
 
 class TinyNet(nn.Module):
@@ -478,6 +478,12 @@ def test_peak_tflops_of_device_kinds():
   assert benchmark.peak_tflops("NVIDIA H100 PCIe") == 756.0
   assert benchmark.peak_tflops("TPU v5 lite") == 197.0
   assert benchmark.peak_tflops("cpu") is None
+  assert benchmark.peak_tflops("TPU v5") == 459.0  # a v5p, as JAX names it (it was None: no MFU on a v5p)
+  assert benchmark.peak_tflops("TPU v4 lite") == 138.0
+  assert benchmark.peak_tflops("TPU v6 lite") == 918.0
+  assert benchmark.peak_tflops("NVIDIA H200") == 989.0
+  assert benchmark.peak_tflops("NVIDIA H200 NVL") == benchmark.peak_tflops("NVIDIA H100 NVL") == 835.0
+  assert benchmark.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
 
 
 # Two collectives as XLA prints them (shortened): a forward BatchNorm all-reduce, and one that XLA's
