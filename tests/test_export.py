@@ -322,6 +322,7 @@ def test_model_json_records_the_dtype_the_program_computes_in(tmp_path):
 def test_the_stored_shape_is_read_from_a_checkpoint_and_from_its_export_alike(tmp_path):
   """What a run decoded its images to reaches the preprocessing of export, visualize and fer_jax.load."""
   config = small_config("configs/dan.py:synthetic")
+  config.input.eval_pp = "gray_to_rgb()|" + config.input.eval_pp  # grey images, as a grey set's config reads them
   variables = random_variables(config)
   checkpoints = checkpointing.manager(str(tmp_path / "run"))
   checkpointing.save(checkpoints, 1, variables, config, stored_shape=(40, 40, 1))
