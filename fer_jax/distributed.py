@@ -210,8 +210,9 @@ def process_zeros_error_check(message: str, gather) -> None:
 
 @contextlib.contextmanager
 def errors_together():
-  """A block of per-host set-up (files, prepared data, host memory) whose UserError one process may raise alone: on
-  several processes every process leaves it together, raising the first failing process's error. Before, that
+  """A block of per-host set-up (files, prepared data, host memory) that one process may fail alone: on several
+  processes every process leaves it together, raising the first failing process's error (a UserError with its
+  message on the others; an unexpected exception is raised as it is where it happened). Before, that
   process exited at once (status 2) while the others went on into the next barrier or collective, waited out JAX's
   100 s heartbeat timeout and exited 75 ("another process stopped or died"), which launchers take for a preemption.
   The block must hold no collective or barrier a failing process could skip (one at its very start is fine)."""
