@@ -265,20 +265,19 @@ def test_a_process_killed_mid_run_ends_the_other_with_one_line_and_75(tmp_path, 
   assert "Traceback" not in text
 
 
-def test_a_user_error_of_process_1_alone_stops_both_at_once(tmp_path, tiny_data_dir):
-  """config.init_from names a folder on process 0's host alone (here: a relative path, each process in its own
-  folder). Process 1 exited 2 at start-up; process 0 went on, waited out JAX's 100 s heartbeat timeout at its next
-  barrier and exited 75 ("another process stopped or died"), which the launchers read as a preemption."""
+def _on_two_hosts_with_weights_on_the_first(tmp_path, name: str, args: list[str]) -> tuple[list[int], list[str]]:
+  """Freshly initialised DAN weights linked as `name` in process 0's working folder alone (tmp_path/host_0; process 1
+  works in host_1), then `fer_jax.main --config=configs/dan.py:synthetic` with `args` on both processes: their exit
+  statuses and logs."""
   config = tiny_run(get_config("configs/dan.py:synthetic"))
   model = models.build_model(config)
   checkpointing.save_model(str(tmp_path / "weights"), models.init_variables(model, config, jax.random.key(1)), config)
   hosts = [tmp_path / "host_0", tmp_path / "host_1"]
   for host in hosts:
     host.mkdir()
-  (hosts[0] / "init").symlink_to(tmp_path / "weights", target_is_directory=True)
+  (hosts[0] / name).symlink_to(tmp_path / "weights", target_is_directory=True)
   address = f"localhost:{free_port()}"
-  args = [f"--config={ROOT}/configs/dan.py:synthetic", *_args(tmp_path / "run", tiny_data_dir)[1:],
-          "--config.init_from=init"]
+  args = [f"--config={ROOT}/configs/dan.py:synthetic", *args]
   logs = [tmp_path / f"process_{index}.log" for index in range(2)]
   with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
     processes = [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *args, "--distributed",
@@ -288,7 +287,15 @@ def test_a_user_error_of_process_1_alone_stops_both_at_once(tmp_path, tiny_data_
                  for index, log in enumerate([log_0, log_1])]
     with killed_at_end(processes):
       codes = [process.wait(timeout=90) for process in processes]
-  texts = [log.read_text() for log in logs]
+  return codes, [log.read_text() for log in logs]
+
+
+def test_a_user_error_of_process_1_alone_stops_both_at_once(tmp_path, tiny_data_dir):
+  """config.init_from names a folder on process 0's host alone (here: a relative path, each process in its own
+  folder). Process 1 exited 2 at start-up; process 0 went on, waited out JAX's 100 s heartbeat timeout at its next
+  barrier and exited 75 ("another process stopped or died"), which the launchers read as a preemption."""
+  codes, texts = _on_two_hosts_with_weights_on_the_first(
+      tmp_path, "init", [*_args(tmp_path / "run", tiny_data_dir)[1:], "--config.init_from=init"])
   assert codes == [2, 2], "\n".join(map(_failure, texts))
   for text in texts:
     assert "error: process 1: The config cannot run:" in text and "config.init_from=init does not exist" in text
@@ -298,26 +305,9 @@ def test_an_evaluations_checkpoint_on_one_host_alone_stops_both_with_its_message
   """--mode=eval --checkpoint=ckpt, a relative path that resolves on process 0's host alone: process 1 exited 2 ("No
   checkpoint found") and process 0 failed in the restore's collective with "Cannot read the checkpoint …: it is
   damaged or incomplete", blaming an intact checkpoint."""
-  config = tiny_run(get_config("configs/dan.py:synthetic"))
-  model = models.build_model(config)
-  checkpointing.save_model(str(tmp_path / "weights"), models.init_variables(model, config, jax.random.key(1)), config)
-  hosts = [tmp_path / "host_0", tmp_path / "host_1"]
-  for host in hosts:
-    host.mkdir()
-  (hosts[0] / "ckpt").symlink_to(tmp_path / "weights", target_is_directory=True)
-  address = f"localhost:{free_port()}"
-  args = [f"--config={ROOT}/configs/dan.py:synthetic", f"--workdir={tmp_path / 'eval'}", *_args("", tiny_data_dir)[2:],
-          "--mode=eval", "--checkpoint=ckpt"]
-  logs = [tmp_path / f"process_{index}.log" for index in range(2)]
-  with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
-    processes = [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *args, "--distributed",
-                                   f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}"],
-                                  cwd=hosts[index], env={**cpu_devices_env(2), "PYTHONPATH": ROOT},
-                                  stdout=subprocess.DEVNULL, stderr=log)
-                 for index, log in enumerate([log_0, log_1])]
-    with killed_at_end(processes):
-      codes = [process.wait(timeout=90) for process in processes]
-  texts = [log.read_text() for log in logs]
+  codes, texts = _on_two_hosts_with_weights_on_the_first(
+      tmp_path, "ckpt", [f"--workdir={tmp_path / 'eval'}", *_args("", tiny_data_dir)[2:], "--mode=eval",
+                         "--checkpoint=ckpt"])
   assert codes == [2, 2], "\n".join(map(_failure, texts))
   for text in texts:
     assert "error: process 1: No checkpoint found at" in text and "damaged" not in text
