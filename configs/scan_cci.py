@@ -97,7 +97,6 @@ def _sfew(config) -> None:  # fine-tunes a SCAN-CCI checkpoint: no init_from_rec
                         sampler="uniform", image_size=224)  # images of many sizes, decoded at 224
   config.loss.class_weights = "effective_number"
   config.input.train_pp, config.input.eval_pp = _pipelines(color_jitter=False)
-  config.eval_batch_size = 32
   _optimizer(config, head_lr=0.001, weight_decay=1e-4)
   config.init_from_required = True  # a new run without --config.init_from stops before any work
 

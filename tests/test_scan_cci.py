@@ -397,7 +397,7 @@ def test_configs_follow_the_official_scripts(arg):
     ((pattern, multiplier),) = config.optimizer.lr_groups
     assert pattern == "^trunk/" and head_lr * multiplier == pytest.approx(1e-4)
     assert config.optimizer.weight_decay == (1e-4 if arg == "sfew" else 1e-3)
-    assert config.eval_batch_size == (32 if arg == "sfew" else 64)
+    assert config.eval_batch_size == 64  # SFEW's validation loader too (main_sfew.py:143), not -b_t's 32
   assert ("color_jitter(0.4, 0.3, 0.25, 0.05)" in config.input.train_pp) == (arg != "sfew")
   assert config.dataset.sampler == ("uniform" if arg == "sfew" else "class_balanced")
   assert config.loss.class_weights == ("effective_number" if arg == "sfew" else "")
