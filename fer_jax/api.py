@@ -4,7 +4,7 @@
   model = fer_jax.load("workdirs/dan_rafdb", config="configs/dan.py:rafdb")
   for face in model.detect_and_predict("group.jpg"):
     print(face.index, face.box, face.prediction.label if face.prediction else face.skipped)
-  model.predict(["crop1.png", crop_array])  # face crops of at least min_face_size px: one Prediction each
+  model.predict(["crop1.png", crop_array])  # face crops: one Prediction each, None for one below min_face_size px
                                             # (paths, PIL images, uint8 arrays; or a stacked array)
 
 `load` accepts a training workdir (the weights its report evaluated, `best/STEP` with restore_best, else
@@ -113,7 +113,7 @@ def _load_export(path: str, config, tta_name: str, batch_size: int) -> inference
   config = _using_tta(checkpointing.config_from_meta(meta), tta_name)
   exported = export.read_program(path)
   variables = export.read_variables(path)
-  fixed_batch = info["batch_size"] if isinstance(info["batch_size"], int) else 0
+  fixed_batch = export.fixed_batch_size(path, info, exported)
 
   def logits(variables, images):
     if not fixed_batch:
@@ -226,10 +226,8 @@ class Model:
   def is_face_crop(self, width: int, height: int) -> bool:
     return inference.is_face_crop(width, height, self.predictor.preprocess.shape[0])
 
-  def _stored(self, picture: Image.Image, name: str, min_face_size: float) -> np.ndarray:
+  def _stored(self, picture: Image.Image) -> np.ndarray:
     """A face crop at the stored shape."""
-    if reason := size_reason(min(picture.size), min_face_size):
-      raise UserError(f"The face crop {name}: {reason}; pass a larger crop, or min_face_size=0 to classify it.")
     return decode.to_stored(picture, self.predictor.preprocess.shape)
 
   def classify(self, crops: list[np.ndarray]) -> list[Prediction]:
@@ -241,25 +239,35 @@ class Model:
                        dict(zip(self.class_names, map(float, p))), dict(zip(self.class_names, map(float, z))))
             for p, z in zip(probabilities, logits)]
 
-  def predict(self, images_or_paths, min_face_size: float = MIN_FACE_SIZE) -> list[Prediction]:
-    """One Prediction per face crop (a path, a PIL image, or a uint8 grey, RGB or RGBA array of any size) of a
-    list, or of a stacked array ([count, height, width(, channels)]); a UserError for a crop whose shorter side
-    is below `min_face_size` px, a warning for images not shaped like face crops (photos: `detect_and_predict`)."""
+  def predict(self, images_or_paths, min_face_size: float = MIN_FACE_SIZE) -> list[Prediction | None]:
+    """One entry per face crop (a path, a PIL image, or a uint8 grey, RGB or RGBA array of any size) of a list, or
+    of a stacked array ([count, height, width(, channels)]), in order: its Prediction, or None for a crop whose
+    shorter side is below `min_face_size` px, not classified (as `detect_and_predict` returns such faces; one
+    warning a call names them; min_face_size=0 classifies every crop); a warning for images not shaped like face
+    crops (photos: `detect_and_predict`)."""
     if _is_one_image(images_or_paths):
       raise TypeError("Model.predict takes a list of face crops (paths, PIL images or arrays) or a stacked array "
                       "[count, height, width(, channels)]: wrap the one image in a list.")
     check_limits(min_face_size)
     _warn_if_channels_first(images_or_paths)
-    crops, not_crops = [], []
+    crops, too_small, not_crops = [], [], []
     for index, image in enumerate(images_or_paths):
       name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
       with _as_picture(image) as picture:
-        crops.append(self._stored(picture, name, min_face_size))
+        if reason := size_reason(min(picture.size), min_face_size):
+          crops.append(None)
+          too_small.append(f"{name}, {reason}")
+          continue
+        crops.append(self._stored(picture))
         if not self.is_face_crop(*picture.size):
           not_crops.append(f"{name}, {picture.width}×{picture.height}")
+    if too_small:
+      logging.warning("Model.predict: %d of %d images (the first: %s) are not classified, their entries None; pass "
+                      "larger crops, or min_face_size=0 to classify them.", len(too_small), len(crops), too_small[0])
     if not_crops:
       self._warn_not_crops(not_crops, len(crops))
-    return self.classify(crops)
+    predictions = iter(self.classify([crop for crop in crops if crop is not None]))
+    return [None if crop is None else next(predictions) for crop in crops]
 
   def _warn_not_crops(self, not_crops: list[str], count: int) -> None:
     """Photos given to `predict` are classified whole, as one face: said once per call, as the command line

@@ -180,8 +180,24 @@ def read_metadata(path: str) -> dict:
     missing = [key for key in FIELDS if not isinstance(info, dict) or key not in info]
     if missing:
       raise ValueError(f"no {', '.join(missing)}")
+    batch_size = info["batch_size"]
+    if batch_size != "symbolic" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+      raise ValueError(f"batch_size={json.dumps(batch_size)} is neither \"symbolic\" nor a whole number from 1")
     meta_record(info)  # its fields of the wrong type or without their keys (input.height) fail here, named
   return info
+
+
+def fixed_batch_size(path: str, info: dict, exported: jax.export.Exported) -> int:
+  """The one batch size the program of the export folder at `path` takes (0: any), which its model.json (`info`)
+  must name: a CheckpointError where the two were edited or copied apart."""
+  batch = exported.in_avals[-1].shape[0]
+  program = batch if isinstance(batch, int) else "symbolic"
+  if info["batch_size"] != program:
+    raise checkpointing.CheckpointError(
+        f"{os.path.join(path, METADATA)} says batch_size={json.dumps(info['batch_size'])} but its {STABLEHLO} takes "
+        f"batch_size={json.dumps(program)}: they do not match (one edited, or copied from another export); export "
+        "the model again (`python -m fer_jax.export`).")
+  return batch if isinstance(batch, int) else 0
 
 
 def meta_record(info: dict) -> dict:

@@ -2,7 +2,7 @@
 
   python -m fer_jax.predict --config=configs/dan.py:rafdb --checkpoint=DIR \
       --input=IMAGE_VIDEO_OR_FOLDER --output=preds.csv [--tta=flip] [--batch_size=64] \
-      [--detect | --nodetect] [--annotate=DIR] [--stride=N] [--smooth=0.6]
+      [--detect | --nodetect] [--annotate=DIR] [--stride=N] [--smooth=0.9]
 
 --checkpoint is a training workdir, a converted checkpoint or a `fer_jax.export` folder (checked against
 --config as a checkpoint is).
@@ -22,7 +22,9 @@ FER2013-style inputs) and classified. The detector searches for faces down to 5/
 px); faces smaller than it or scored below --min_score are written unclassified, with the reason. A video's faces
 are followed from frame to frame by box overlap (the track, `fer_jax.face.tracks`; a face not found or not classified
 keeps its track for up to 25 processed frames); a frame's time is its own timestamp; --smooth=W averages each
-track's probabilities over time (p ← W·p_before + (1 − W)·p_now).
+track's probabilities over time, W being the past's weight per frame of the video (p ← Wⁿ·p_before + (1 − Wⁿ)·p_now,
+n the frames since the track's last classified face: --stride=5 gives n = 5), so --stride does not change how long
+the smoothing spans.
 --annotate writes every photo and processed frame with its boxes, landmarks and labels drawn (`fer_jax.face.draw`), as
 PNGs named after the input with its extension (photo.jpg.png, clip.mp4/frame_000015.png; a name over 255 bytes is cut
 short and ended by a hash); face crops are not drawn (one warning says so). A drawing that cannot be written (a full
@@ -344,8 +346,9 @@ def define_flags() -> None:
   flags.DEFINE_float("min_score", api.MIN_SCORE, "Faces with a lower detection score are not classified.",
                      lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer("stride", 1, "Videos: every N-th frame.", lower_bound=1)
-  flags.DEFINE_float("smooth", 0.0, "Videos: weight of the past in each face track's moving average (0 = off).",
-                     lower_bound=0.0, upper_bound=0.99)
+  flags.DEFINE_float("smooth", 0.0, "Videos: weight of the past in each face track's moving average, per frame of "
+                     "the video whatever --stride (after n frames: smooth**n; 0 = off).", lower_bound=0.0,
+                     upper_bound=0.99)
   cli.define_path("annotate", "", "Folder to write the photos and frames to, with faces drawn and labelled.")
   flags.mark_flags_as_required(["config", "checkpoint", "input", "output"])
 

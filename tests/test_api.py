@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -189,9 +190,9 @@ def test_a_video_is_read_every_stride_frames_tracked_smoothed_and_drawn(model, v
   assert [row["frame"] for row in plain.rows] == [0, 2, 4]  # the drawings' names: a row joins its drawing
   assert [row["track"] for row in plain.rows] == [row["track"] for row in smoothed.rows] == [0, 0, 0]
   raw = np.array([[row["probabilities"][c] for c in model.class_names] for row in plain.rows])
-  expected = [raw[0]]
+  expected, past = [raw[0]], 0.5 ** 2  # --smooth weighs the past per frame of the video: 2 frames a step
   for now in raw[1:]:
-    expected.append(0.5 * expected[-1] + 0.5 * now)
+    expected.append(past * expected[-1] + (1 - past) * now)
   got = np.array([[row["probabilities"][c] for c in model.class_names] for row in smoothed.rows])
   np.testing.assert_allclose(got, expected, atol=1e-6)
   assert sorted(os.listdir(tmp_path / "drawn" / "clip.avi")) == [
@@ -398,6 +399,32 @@ def test_a_damaged_export_is_named_with_the_fix(exported, damage, message, tmp_p
   with pytest.raises(checkpointing.CheckpointError, match="^Cannot read " + message.format(folder=folder) + fix):
     fer_jax.load(str(folder))
   gc.collect()  # here, not during the next test
+
+
+@pytest.mark.parametrize("batch_size", [-3, 0, 2.0, "2", True, None])
+def test_a_model_json_batch_size_other_than_symbolic_or_a_whole_number_from_1_is_named(exported, batch_size,
+                                                                                        tmp_path):
+  """Each was taken at load (a string or a float as "any batch", true as 1) and failed at the first predict with
+  jax.export's shape mismatch, or a TypeError from jnp.pad for a negative one."""
+  folder = tmp_path / "edited"
+  shutil.copytree(exported, folder)
+  info = json.loads((folder / export.METADATA).read_text())
+  (folder / export.METADATA).write_text(json.dumps({**info, "batch_size": batch_size}))
+  with pytest.raises(checkpointing.CheckpointError, match=re.escape(
+      f"Cannot read {folder}/model.json (batch_size={json.dumps(batch_size)} is neither \"symbolic\" nor a whole "
+      "number from 1): it is damaged or incomplete; export the model again (`python -m fer_jax.export`).")):
+    fer_jax.load(str(folder))
+
+
+def test_a_model_json_batch_size_the_program_does_not_take_is_named(exported, tmp_path):
+  folder = tmp_path / "edited"
+  shutil.copytree(exported, folder)
+  info = json.loads((folder / export.METADATA).read_text())
+  (folder / export.METADATA).write_text(json.dumps({**info, "batch_size": 4}))
+  with pytest.raises(checkpointing.CheckpointError, match=re.escape(
+      f"{folder}/model.json says batch_size=4 but its model.stablehlo takes batch_size=\"symbolic\": they do not "
+      "match")):
+    fer_jax.load(str(folder))
 
 
 def test_an_export_for_other_platforms_is_refused_with_the_platforms_to_export_for(config, variables, tmp_path):

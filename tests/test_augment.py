@@ -139,6 +139,24 @@ def test_a_colour_normalisation_of_a_grey_image_is_refused_as_torchvision_refuse
   np.testing.assert_allclose(run_pipeline("normalize('half')", None, gray), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("op, message", [
+    ("normalize(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])",
+     r"mean=\[123.675, 116.28, 103.53\] is on the 0–255 scale, .*: pass it divided by 255, "
+     r"mean=\[0.485, 0.456, 0.406\]"),
+    ("normalize(mean=0.5, std=127.5)", r"std=127.5 is on the 0–255 scale, .*, std=\[0.5\]"),
+    ("normalize(mean=(0.5,), std=(0,))", r"std=\(0,\) must be on the 0–1 scale, above 0"),
+    ("normalize(mean=-0.1, std=0.5)", r"mean=-0.1 must be on the 0–1 scale, from 0 to 1"),
+    ("normalize(mean=(0.5, 0.5, 0.5))", r"mean=\(0.5, 0.5, 0.5\) needs its std"),
+    ("normalize('imagenet', std=0.5)", r"'imagenet' brings its own std"),
+    ("normalize(mean=(True,), std=(0.5,))", r"mean=\(True,\) must be a number or one number per channel"),
+])
+def test_a_normalisation_off_the_0_to_1_scale_or_without_its_std_is_refused(op, message):
+  """normalize divides by 255 first: mmcv's 0–255 means were taken, and trained on inputs of about −2 everywhere;
+  a zero std gave infinities, a mean without its std NaNs."""
+  with pytest.raises(ValueError, match=rf"^normalize: {message}.*Raised by preprocessing op "):
+    augment.parse(op)
+
+
 def test_gray_to_rgb_copies_the_channel():
   gray = _image(c=1)
   np.testing.assert_array_equal(run_pipeline("gray_to_rgb()", None, gray), np.repeat(gray, 3, axis=-1))

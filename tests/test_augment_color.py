@@ -193,6 +193,32 @@ def test_erasing_rejects_unknown_ratio_sampling():
     augment.parse("random_erasing(ratio_sampling='loguniform')")
 
 
+@pytest.mark.parametrize("arguments, message", [
+    ("scale=(-0.5, 0.1)", r"scale=\(-0.5, 0.1\) must be a \(min, max\) pair of fractions of the image's area, "
+                          r"0 <= min <= max <= 1"),
+    ("scale=(0.5, 2.0)", r"scale=\(0.5, 2.0\) must be"),
+    ("scale=(0.3, 0.1)", r"scale=\(0.3, 0.1\) must be"),
+    ("scale=(0.1,)", r"scale=\(0.1,\) must be"),
+    ("scale=0.2", r"scale=0.2 must be"),
+    ("ratio=(0, 2)", r"ratio=\(0, 2\) must be a \(min, max\) pair of aspect ratios \(height / width\), 0 < min"),
+    ("ratio=(-1, 2), ratio_sampling='uniform'", r"ratio=\(-1, 2\) must be"),
+    ("value=[1, 'a', 3]", r"value=\[1, 'a', 3\] must be a number, one number per channel or 'random'"),
+])
+def test_erasing_refuses_ranges_it_cannot_draw_from_naming_the_argument(arguments, message):
+  """A negative or above-1 scale and a uniform ratio below 0 were taken and erased boxes of wrong sizes at other
+  rates; a one-number scale or a ratio of 0 failed with Python's own words, scale=(0.1,) with a bare IndexError."""
+  with pytest.raises(ValueError, match=rf"^random_erasing: {message}.*Raised by preprocessing op "):
+    augment.parse(f"to_float()|random_erasing({arguments})")
+
+
+def test_erasing_refuses_a_fill_of_other_than_one_value_or_one_per_channel():
+  pipeline = augment.parse("to_float()|random_erasing(value=(1, 2))")
+  with pytest.raises(ValueError, match=r"^random_erasing: value=\(1, 2\) has 2 per-channel values for a 3-channel "
+                                       r"image: give one number, or one per channel\.$"):
+    pipeline.output_shape((8, 8, 3))
+  assert augment.parse("to_float()|random_erasing(value=(1, 2, 3))").output_shape((8, 8, 3)) == (8, 8, 3)
+
+
 # --- sample, against the libraries' samplers ------------------------------------------------
 
 

@@ -235,6 +235,17 @@ def test_pipelines_are_checked_op_by_op_with_their_keys():
   assert "config.evals.bright.pp: occlude: fill=300 must be" in message
 
 
+def test_a_normalisation_on_the_0_to_255_scale_and_an_erasing_scale_above_1_name_their_key_and_fix():
+  config = get_config("configs/dan.py:synthetic")
+  config.input.update(train_pp="resize({size})|normalize(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])",
+                      eval_pp="resize({size})|normalize('imagenet')|random_erasing(p=0.5, scale=(2, 33))")
+  message = _problems(config, training=False)
+  assert ("config.input.train_pp: normalize: mean=[123.675, 116.28, 103.53] is on the 0–255 scale, but normalize "
+          "divides the pixels by 255 first: pass it divided by 255, mean=[0.485, 0.456, 0.406].") in message
+  assert ("config.input.eval_pp: random_erasing: scale=(2, 33) must be a (min, max) pair of fractions of the image's "
+          "area, 0 <= min <= max <= 1.") in message
+
+
 def test_eval_pp_placeholder_inside_an_ops_arguments_is_refused_naming_where_it_goes():
   """Substituted inside quotes, APViT's eval_pp (its own quotes) broke them: a parse error quoting text never written."""
   config = get_config("configs/apvit.py:synthetic")

@@ -216,7 +216,7 @@ def test_a_colour_crop_reaches_a_grey_data_sets_model_as_its_grey_conversion(tmp
   Image.fromarray(colour).convert("L").save(tmp_path / "grey.png")
   model = api.Model(_InputPredictor(config))
   stored = [model.predictor.preprocess.read(str(tmp_path / "colour.png")),
-            model._stored(Image.fromarray(colour), "image 0", 24),
+            model._stored(Image.fromarray(colour)),
             model.predictor.preprocess.read(str(tmp_path / "grey.png"))]
   assert all(image.shape == (48, 48, 1) for image in stored)
   inputs = model.predictor.inputs(stored)
@@ -304,12 +304,22 @@ def test_a_crop_smaller_than_the_minimum_face_size_is_skipped_with_the_reason(tm
     results = predict.predict_inputs(model, [tiny], str(tmp_path), detect, 24, 0.9)
     assert results.rows == [] and results.skipped == [(tiny, reason)] and classified == []
   assert f"Skipping {tiny}: {reason}." in caplog.text
-  with pytest.raises(UserError, match=r"^The face crop image 1: face smaller than the minimum size \(1 < 24 px\); "
-                                      r"pass a larger crop, or min_face_size=0 to classify it\.$"):
-    model.predict([np.zeros((30, 30, 3), np.uint8), np.zeros((1, 1, 3), np.uint8)])
-  with pytest.raises(UserError, match=f"^The face crop {tiny}: {re.escape(reason)}"):
-    model.predict([tiny])
   assert len(model.predict([tiny, np.zeros((1, 1), np.uint8)], min_face_size=0)) == 2
+
+
+def test_predict_returns_none_for_a_crop_below_the_minimum_face_size_and_classifies_the_others(tmp_path, monkeypatch,
+                                                                                               caplog):
+  """One small crop raised a UserError for the whole list, its other crops' predictions lost; the command line
+  skips such a file and detect_and_predict returns such a face unclassified."""
+  model, classified = _recording_model(monkeypatch)
+  tiny = str(tmp_path / "tiny.png")
+  Image.new("RGB", (8, 8)).save(tiny)
+  face = np.zeros((30, 30, 3), np.uint8)
+  predictions = model.predict([face, np.zeros((1, 1, 3), np.uint8), tiny, face])
+  assert [p is None for p in predictions] == [False, True, True, False] and len(classified) == 2
+  assert ("Model.predict: 2 of 4 images (the first: image 1, face smaller than the minimum size (1 < 24 px)) are "
+          "not classified, their entries None; pass larger crops, or min_face_size=0 to classify them.") in caplog.text
+  assert model.predict([tiny]) == [None]
 
 
 def test_alpha_is_dropped_and_an_array_that_is_no_uint8_image_is_refused_alike_by_both_paths(monkeypatch):
@@ -655,14 +665,15 @@ def test_a_frame_whose_faces_are_all_unclassified_keeps_the_tracks():
   """It reset them, as a frame without a face does not: the face came back as a new track, its smoothing restarted."""
   followed = tracks.Tracks()
 
-  def frame(skipped: str, anger: float) -> list[dict]:
-    return [{"box": [10.0, 10.0, 50.0, 50.0], "skipped": skipped, "probabilities": {"anger": anger, "fear": 1 - anger}}]
+  def frame(index: int, skipped: str, anger: float) -> list[dict]:
+    return [{"frame": index, "box": [10.0, 10.0, 50.0, 50.0], "skipped": skipped,
+             "probabilities": {"anger": anger, "fear": 1 - anger}}]
 
-  first, unsure, back = frame("", 0.9), frame("detection score below the minimum", 0.0), frame("", 0.1)
+  first, unsure, back = frame(0, "", 0.9), frame(1, "detection score below the minimum", 0.0), frame(2, "", 0.1)
   for rows in (first, unsure, back):
     followed.follow("clip.mp4", rows, 0.5, ("anger", "fear"))
   assert first[0]["track"] == back[0]["track"] == 0
-  assert back[0]["probabilities"] == pytest.approx({"anger": 0.5, "fear": 0.5})
+  assert back[0]["probabilities"] == pytest.approx({"anger": 0.25 * 0.9 + 0.75 * 0.1, "fear": 0.25 * 0.1 + 0.75 * 0.9})
 
 
 def test_every_face_row_has_a_track_none_unless_followed(tmp_path, monkeypatch):
@@ -886,20 +897,44 @@ def test_a_face_missed_beside_another_keeps_its_track_for_a_while():
   followed, names = tracks.Tracks(), ("anger", "fear")
   left, right = [0.0, 0.0, 50.0, 50.0], [200.0, 0.0, 250.0, 50.0]
 
-  def face(box, anger, skipped=""):
-    return {"box": box, "skipped": skipped, "probabilities": {"anger": anger, "fear": 1 - anger}}
+  def face(frame, box, anger, skipped=""):
+    return {"frame": frame, "box": box, "skipped": skipped, "probabilities": {"anger": anger, "fear": 1 - anger}}
 
-  frames = [[face(left, 0.9), face(right, 0.1)], [face(right, 0.1)], [face(left, 0.0, "too small"), face(right, 0.1)],
-            [face(left, 0.1), face(right, 0.1)]]
+  frames = [[face(0, left, 0.9), face(0, right, 0.1)], [face(1, right, 0.1)],
+            [face(2, left, 0.0, "too small"), face(2, right, 0.1)], [face(3, left, 0.1), face(3, right, 0.1)]]
   for rows in frames:
     followed.follow("clip.mp4", rows, 0.5, names)
   assert [row["track"] for row in frames[3]] == [0, 1]
-  assert frames[3][0]["probabilities"] == pytest.approx({"anger": 0.5, "fear": 0.5})
-  for _ in range(tracks.Tracks.MAX_MISSED + 1):
-    followed.follow("clip.mp4", [face(right, 0.1)], 0.5, names)
-  back = [face(left, 0.1), face(right, 0.1)]
+  past = 0.5 ** 3  # the past weighs 0.5 a frame: three frames since the face was last classified
+  assert frames[3][0]["probabilities"]["anger"] == pytest.approx(past * 0.9 + (1 - past) * 0.1)
+  for frame in range(4, 4 + tracks.Tracks.MAX_MISSED + 1):
+    followed.follow("clip.mp4", [face(frame, right, 0.1)], 0.5, names)
+  back = [face(frame + 1, left, 0.1), face(frame + 1, right, 0.1)]
   followed.follow("clip.mp4", back, 0.5, names)
   assert [row["track"] for row in back] == [2, 1]
+
+
+def _smoothed_anger(stride: int, frames: int = 9) -> dict[int, float]:
+  """A face's smoothed anger at each processed frame (every `stride`-th) of a video in which it turns from anger
+  (frame 0) to fear (every frame after)."""
+  followed, smoothed = tracks.Tracks(), {}
+  for frame in range(0, frames, stride):
+    anger = float(frame == 0)
+    rows = [{"frame": frame, "box": [0.0, 0.0, 50.0, 50.0], "skipped": "",
+             "probabilities": {"anger": anger, "fear": 1 - anger}}]
+    followed.follow("clip.mp4", rows, 0.5, ("anger", "fear"))
+    smoothed[frame] = rows[0]["probabilities"]["anger"]
+  return smoothed
+
+
+def test_smoothing_weighs_the_past_per_frame_of_the_video_whatever_the_stride():
+  """The weight applied once per processed frame: at --stride=4 the face kept 0.25 of its anger at frame 8, where
+  every frame processed left 0.004 of it; --smooth's span in the video grew with --stride."""
+  every_frame = _smoothed_anger(1)
+  assert every_frame[8] == pytest.approx(0.5 ** 8)
+  for stride in (2, 4):
+    smoothed = _smoothed_anger(stride)
+    assert smoothed == pytest.approx({frame: every_frame[frame] for frame in smoothed})
 
 
 def test_eight_bit_grey_held_in_32_bit_integers_is_read_as_it_is():

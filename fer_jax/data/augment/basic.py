@@ -45,14 +45,36 @@ def to_float() -> Op:
   return Op(apply=lambda image, params: image, ends_uint8=True)
 
 
+def _unit_scale_values(name: str, values, low_open: bool) -> np.ndarray:
+  """normalize's `mean` or `std` (`name`) as float32, refused unless a number or numbers of the 0–1 scale (above 0
+  for a std): the op divides the pixels by 255 before it subtracts and divides by them."""
+  numbers = values if isinstance(values, (tuple, list)) else [values]
+  if not numbers or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+    raise ValueError(f"normalize: {name}={values!r} must be a number or one number per channel.")
+  array = np.asarray(numbers, np.float32)
+  if array.max() > 1:
+    divided = [round(float(v) / 255, 4) for v in numbers]
+    raise ValueError(f"normalize: {name}={values!r} is on the 0–255 scale, but normalize divides the pixels by 255 "
+                     f"first: pass it divided by 255, {name}={divided}.")
+  if array.min() < 0 or (low_open and array.min() == 0):
+    raise ValueError(f"normalize: {name}={values!r} must be on the 0–1 scale, "
+                     + ("above 0 (the pixels are divided by it)." if low_open else "from 0 to 1."))
+  return array
+
+
 @register
 def normalize(mean="imagenet", std=None) -> Op:
-  """x / 255, minus mean, over std (torchvision ToTensor + Normalize); `mean` may name a pair."""
+  """x / 255, minus mean, over std (torchvision ToTensor + Normalize): both on the 0–1 scale; `mean` may name a
+  pair (NORMALIZATIONS)."""
   if isinstance(mean, str):
     if mean not in NORMALIZATIONS:
       raise ValueError(f"Unknown normalisation {mean!r}; known: {', '.join(NORMALIZATIONS)}.")
+    if std is not None:
+      raise ValueError(f"normalize: {mean!r} brings its own std: pass std only with numbers for the mean.")
     mean, std = NORMALIZATIONS[mean]
-  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  elif std is None:
+    raise ValueError(f"normalize: mean={mean!r} needs its std=... too (or name a pair: {', '.join(NORMALIZATIONS)}).")
+  mean, std = _unit_scale_values("mean", mean, low_open=False), _unit_scale_values("std", std, low_open=True)
 
   def apply(image, params):
     channels = image.shape[-1]

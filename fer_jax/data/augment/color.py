@@ -265,6 +265,24 @@ def random_grayscale(p: float = 0.1) -> Op:
 ERASING_TRIES = 10
 
 
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_erasing_range(name: str, pair, meaning: str, valid) -> None:
+  """random_erasing's `scale` or `ratio`: a (min, max) pair of numbers that `valid(min, max)` accepts."""
+  if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(_is_number, pair)) and valid(*pair)):
+    raise ValueError(f"random_erasing: {name}={pair!r} must be a (min, max) pair of {meaning}.")
+
+
+def _erasing_fill(value) -> np.ndarray:
+  """random_erasing's `value` other than "random": one number, or one per channel."""
+  numbers = value if isinstance(value, (tuple, list)) else [value]
+  if not numbers or not all(map(_is_number, numbers)):
+    raise ValueError(f"random_erasing: value={value!r} must be a number, one number per channel or 'random'.")
+  return np.asarray(numbers, np.float32)
+
+
 @register
 def random_erasing(p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0,
                    ratio_sampling: str = "log") -> Op:
@@ -281,12 +299,12 @@ def random_erasing(p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0
   check_probability(p)
   if ratio_sampling not in ("log", "uniform"):
     raise ValueError(f"random_erasing: unknown ratio_sampling {ratio_sampling!r}; valid: 'log', 'uniform'.")
-  if isinstance(value, str) and value != "random":
-    raise ValueError(f"random_erasing: value must be a number, a per-channel sequence or 'random', got {value!r}.")
-  if not (scale[0] <= scale[1] and ratio[0] <= ratio[1]):
-    raise ValueError(f"random_erasing: scale and ratio must be (min, max), got {scale} and {ratio}.")
+  _check_erasing_range("scale", scale, "fractions of the image's area, 0 <= min <= max <= 1",
+                       lambda low, high: 0 <= low <= high <= 1)
+  _check_erasing_range("ratio", ratio, "aspect ratios (height / width), 0 < min <= max",
+                       lambda low, high: 0 < low <= high)
   random_fill = value == "random"
-  fill = None if random_fill else np.asarray(value, np.float32).reshape(-1)
+  fill = None if random_fill else _erasing_fill(value)
   if ratio_sampling == "log":
     aspect_low, aspect_high = math.log(ratio[0]), math.log(ratio[1])
   else:
@@ -314,6 +332,12 @@ def random_erasing(p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0
       params["noise"] = jax.random.normal(keys[5], (height, width, channels), jnp.float32)
     return params
 
+  def output_shape(shape):
+    if fill is not None and fill.size not in (1, shape[-1]):
+      raise ValueError(f"random_erasing: value={value!r} has {fill.size} per-channel values for a {shape[-1]}-channel "
+                       "image: give one number, or one per channel.")
+    return tuple(shape)
+
   def apply(image, params):
     height, width = image.shape[:2]
     rows = jnp.arange(height)[:, None]
@@ -323,4 +347,4 @@ def random_erasing(p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0
     replacement = params["noise"] if random_fill else jnp.broadcast_to(fill, image.shape)
     return jnp.where(inside[..., None], replacement, image)
 
-  return Op(apply=apply, sample=sample)
+  return Op(apply=apply, sample=sample, output_shape=output_shape)
