@@ -5,6 +5,11 @@ The cascade (Zhang et al. 2016): P-Net scans an image pyramid whose first level 
 non-maximum suppression, squared, cropped at 24×24 for R-Net, then at 48×48 for O-Net, each
 stage keeping the boxes over its threshold and moving them by the predicted offsets.
 
+The weights are those of the `mtcnn` 1.0.0 package, and so is every step's arithmetic (its pyramid's
+truncated sides, P-Net's windows, its suppression, its bilinear crops, its box and landmark offsets and
+its thresholds): our boxes and landmarks are its own to float rounding (tests/test_face_detector.py),
+though it clips the boxes to the photo and rounds them to pixels, and we do not.
+
 The networks run jitted (fer_jax.face.networks), with shapes that do not depend on the photo, so
 that photos of every size and every frame of a video reuse the same compiled programs: all pyramid
 levels are packed on one canvas (`pack_levels`) that P-Net scans in overlapping tiles of a fixed
@@ -43,11 +48,26 @@ class Face:
 
 
 def pyramid_scales(height: int, width: int, min_face_size: float, factor: float) -> list[float]:
-  scale, smallest, scales = CELL / min_face_size, min(height, width), []
-  while smallest * scale >= CELL:
-    scales.append(scale)
-    scale *= factor
+  """Each level's scale, CELL / min_face_size × factor^level (a power, as the package computes it, so that
+  the truncated sides agree), down to the last level whose shorter side spans a cell. The package counts
+  its levels as if the first scale were 1: for other minimum sizes than 20 px it scans levels too small or
+  leaves out those of the largest faces, and for 20 px it leaves out a last level of 12 px on 1.6 % of photo sizes."""
+  first, smallest, scales = CELL / min_face_size, min(height, width), []
+  while smallest * first * factor**len(scales) >= CELL:
+    scales.append(first * factor**len(scales))
   return scales
+
+
+def level_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+  """A pyramid level's sides: the photo's times the scale, truncated (the package's resize)."""
+  return int(height * scale), int(width * scale)
+
+
+def cells_along(pixels: int) -> int:
+  """P-Net's cells along a level's side: one every STRIDE pixels while the window starts within
+  `pixels` − CELL + 1, so that the last one overhangs an odd side by a pixel, as with TensorFlow's
+  padded pooling over the level alone (`networks.pnet`'s `inside`)."""
+  return -(-(pixels - CELL) // STRIDE) + 1
 
 
 def iou_matrix(boxes: np.ndarray, others: np.ndarray, over_smaller: bool = False) -> np.ndarray:
@@ -63,16 +83,12 @@ def iou_matrix(boxes: np.ndarray, others: np.ndarray, over_smaller: bool = False
 
 def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, threshold: float,
                         over_smaller: bool = False) -> np.ndarray:
-  """Indices of the boxes kept, best first: each suppresses the lower-scored ones overlapping it
-  more than `threshold`."""
+  """Indices of the boxes kept, best first: those that no higher-scored box overlaps more than
+  `threshold`, kept or not. This is the package's suppression; the greedy kind (torchvision's) would
+  also keep a box whose only such neighbour was itself suppressed."""
   order = np.argsort(-scores, kind="stable")
   overlaps = iou_matrix(boxes[order], boxes[order], over_smaller)
-  kept, suppressed = [], np.zeros(len(order), bool)
-  for i in range(len(order)):
-    if not suppressed[i]:
-      kept.append(order[i])
-      suppressed |= overlaps[i] > threshold
-  return np.array(kept, int)
+  return order[~np.triu(overlaps > threshold, k=1).any(axis=0)]
 
 
 def squared(boxes: np.ndarray) -> np.ndarray:
@@ -82,10 +98,22 @@ def squared(boxes: np.ndarray) -> np.ndarray:
   return np.concatenate([centre - half, centre + half], axis=1)
 
 
+def inclusive_sides(boxes: np.ndarray) -> np.ndarray:
+  """Width and height plus one: the package counts x1 and x2 as pixels of an R- or O-Net box."""
+  return boxes[:, 2:4] - boxes[:, :2] + 1
+
+
 def moved(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-  """Boxes moved by offsets given as fractions of their width and height."""
-  sides = np.tile(boxes[:, 2:4] - boxes[:, :2], 2)
-  return boxes + offsets * sides
+  """R- or O-Net's boxes moved by offsets given as fractions of their inclusive sides."""
+  return boxes + offsets * np.tile(inclusive_sides(boxes), 2)
+
+
+def pnet_boxes(rows: np.ndarray, columns: np.ndarray, offsets: np.ndarray, scale: float) -> np.ndarray:
+  """The boxes of P-Net's cells in the photo: as the package places them, the window of cell (row, column)
+  spans 2·column + 1 … 2·column + CELL (a 1-based origin kept from the original code), CELL − 1 wide, and
+  the offsets are fractions of that width."""
+  windows = np.stack([columns, rows, columns, rows], axis=1) * STRIDE + np.array([1, 1, CELL, CELL])
+  return (windows + offsets * (CELL - 1)) / scale
 
 
 def crop(image: np.ndarray, box, size: int) -> np.ndarray:
@@ -99,6 +127,32 @@ def crop(image: np.ndarray, box, size: int) -> np.ndarray:
     canvas[top - y1:bottom - y1, left - x1:right - x1] = image[top:bottom, left:right]
   shrinking = canvas.shape[0] > size
   return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def sampled_crops(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+  """[N, size, size, C] float32: each box sampled at size × size points, bilinearly, 0 off the image, the
+  way the package crops for R- and O-Net (tf.image.crop_and_resize of the box as fractions of the
+  image): from x1·(W − 1)/W to x2·(W − 1)/W across, likewise down."""
+  height, width = image.shape[:2]
+  steps = np.arange(size) / (size - 1)
+  ys = (boxes[:, 1, None] + (boxes[:, 3] - boxes[:, 1])[:, None] * steps) * (height - 1) / height
+  xs = (boxes[:, 0, None] + (boxes[:, 2] - boxes[:, 0])[:, None] * steps) * (width - 1) / width
+  (top, bottom, down), (left, right, across) = _neighbours(ys, height), _neighbours(xs, width)
+  pixels = image.reshape(height * width, -1).astype(np.float32, copy=False)
+  pixel = lambda rows, columns: pixels.take(rows[:, :, None] * width + columns[:, None, :], axis=0)
+  top_left, bottom_left = pixel(top, left), pixel(bottom, left)
+  crops = top_left + (pixel(top, right) - top_left) * across[:, None, :, None]
+  lower = bottom_left + (pixel(bottom, right) - bottom_left) * across[:, None, :, None]
+  crops += (lower - crops) * down[:, :, None, None]
+  crops[~(((ys >= 0) & (ys <= height - 1))[:, :, None] & ((xs >= 0) & (xs <= width - 1))[:, None, :])] = 0
+  return crops
+
+
+def _neighbours(positions: np.ndarray, pixels: int):
+  """The pixels before and after each position (clipped to the image) and its fraction of the way."""
+  before = np.floor(positions)
+  fraction = (positions - before).astype(np.float32)
+  return np.clip(before, 0, pixels - 1).astype(int), np.clip(np.ceil(positions), 0, pixels - 1).astype(int), fraction
 
 
 @functools.cache
@@ -166,6 +220,24 @@ def pack_levels(shapes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], t
   return offsets, (rows, columns)
 
 
+def packed(levels: list[np.ndarray]):
+  """The levels [height, width, channels] on one canvas (`pack_levels`): the canvas, where on it P-Net's
+  first convolution sees one level alone ([canvas sides − 2]), each level's (top, left) and the grid."""
+  offsets, grid = pack_levels([level.shape[:2] for level in levels])
+  canvas = np.zeros((*map(canvas_side, grid), levels[0].shape[-1]), np.float32)
+  inside = np.zeros([canvas_side(n) - 2 for n in grid], bool)
+  for (top, left), level in zip(offsets, levels):
+    height, width = level.shape[:2]
+    canvas[top:top + height, left:left + width] = level
+    inside[top:top + height - 2, left:left + width - 2] = True
+  return canvas, inside, offsets, grid
+
+
+def level_cells(offset: tuple[int, int], shape: tuple[int, int]) -> tuple[slice, slice]:
+  """The cells of the level at `offset` on the canvas, in P-Net's map of the canvas."""
+  return tuple(slice(start // STRIDE, start // STRIDE + cells_along(pixels)) for start, pixels in zip(offset, shape))
+
+
 def _stitched(tiles: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
   """P-Net's outputs [rows × columns, cells, cells, …] of a canvas's tiles as one map of the canvas."""
   rows, columns = grid
@@ -177,7 +249,7 @@ def _stitched(tiles: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 class Detector:
   """`detector(rgb_uint8_image)` → the faces found, left to right."""
 
-  def __init__(self, min_face_size: float = 20.0, thresholds=(0.6, 0.7, 0.7), scale_factor: float = 0.709,
+  def __init__(self, min_face_size: float = 20.0, thresholds=(0.6, 0.7, 0.8), scale_factor: float = 0.709,
                nms=(0.5, 0.7, 0.7, 0.7)):
     self.min_face_size, self.thresholds, self.scale_factor = min_face_size, thresholds, scale_factor
     self.nms_level, self.nms_proposals, self.nms_refined, self.nms_final = nms
@@ -206,22 +278,17 @@ class Detector:
     scales = pyramid_scales(height, width, self.min_face_size, self.scale_factor)
     if not scales:
       return np.zeros((0, 5), np.float32)
-    shapes = [(int(np.ceil(height * scale)), int(np.ceil(width * scale))) for scale in scales]
-    offsets, grid = pack_levels(shapes)
-    canvas = np.zeros((*map(canvas_side, grid), 3), np.float32)
-    for (top, left), (level_height, level_width) in zip(offsets, shapes):
-      canvas[top:top + level_height, left:left + level_width] = cv2.resize(
-          normalized, (level_width, level_height), interpolation=cv2.INTER_AREA)
-    probability, offsets_predicted = self._scan(canvas, grid)
+    levels = [cv2.resize(normalized, level_shape(height, width, scale)[::-1], interpolation=cv2.INTER_AREA)
+              for scale in scales]
+    canvas, inside, offsets, grid = packed(levels)
+    probability, offsets_predicted = self._scan(canvas, inside, grid)
     found = []
-    for scale, (top, left), (level_height, level_width) in zip(scales, offsets, shapes):
-      cells = (slice(top // STRIDE, (top + level_height - CELL) // STRIDE + 1),
-               slice(left // STRIDE, (left + level_width - CELL) // STRIDE + 1))
+    for scale, offset, level in zip(scales, offsets, levels):
+      cells = level_cells(offset, level.shape[:2])
       rows, columns = np.nonzero(probability[cells] > self.thresholds[0])
       if not len(rows):
         continue
-      windows = np.stack([columns, rows, columns, rows], axis=1) * STRIDE + np.array([0, 0, CELL, CELL])
-      boxes = moved(windows / scale, offsets_predicted[cells][rows, columns])
+      boxes = pnet_boxes(rows, columns, offsets_predicted[cells][rows, columns], scale)
       scores = probability[cells][rows, columns]
       kept = non_max_suppression(boxes, scores, self.nms_level)
       found.append(np.concatenate([boxes[kept], scores[kept, None]], axis=1))
@@ -230,20 +297,24 @@ class Detector:
     proposals = np.concatenate(found)
     return proposals[non_max_suppression(proposals[:, :4], proposals[:, 4], self.nms_proposals)]
 
-  def _scan(self, canvas: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  def _scan(self, canvas: np.ndarray, inside: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """P-Net's face probability [cells down, cells across] and box offsets [.., .., 4] over the canvas,
-    from its tiles in calls of TILES_PER_CALL (the last one padded)."""
+    from its tiles in calls of TILES_PER_CALL (the last one padded); `inside` [canvas sides − 2]: where
+    its first convolution sees one level alone."""
     count = grid[0] * grid[1]
     tiles = np.zeros((-(-count // TILES_PER_CALL) * TILES_PER_CALL, TILE, TILE, 3), np.float32)
+    tiles_inside = np.zeros((len(tiles), TILE - 2, TILE - 2), bool)
     windows = np.lib.stride_tricks.sliding_window_view(canvas, (TILE, TILE, 3))[::TILE_STRIDE, ::TILE_STRIDE, 0]
     tiles[:count] = windows.reshape(count, TILE, TILE, 3)
-    calls = jax.device_get([self._pnet(tiles[i:i + TILES_PER_CALL]) for i in range(0, len(tiles), TILES_PER_CALL)])
+    windows = np.lib.stride_tricks.sliding_window_view(inside, (TILE - 2, TILE - 2))[::TILE_STRIDE, ::TILE_STRIDE]
+    tiles_inside[:count] = windows.reshape(count, TILE - 2, TILE - 2)
+    calls = jax.device_get([self._pnet(tiles[i:i + TILES_PER_CALL], tiles_inside[i:i + TILES_PER_CALL])
+                            for i in range(0, len(tiles), TILES_PER_CALL)])
     return tuple(_stitched(np.concatenate(parts)[:count], grid) for parts in zip(*calls))
 
   def _crops(self, normalized: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     patches = np.zeros((_bucket(len(boxes)), size, size, 3), np.float32)
-    for i, box in enumerate(boxes):
-      patches[i] = crop(normalized, box, size)
+    patches[:len(boxes)] = sampled_crops(normalized, boxes, size)
     return patches
 
   def _refine(self, normalized: np.ndarray, proposals: np.ndarray) -> np.ndarray:
@@ -258,9 +329,9 @@ class Detector:
     probability, offsets, points = (np.asarray(a)[:len(boxes)] for a in self._onet(self._crops(normalized, boxes, 48)))
     keep = probability > self.thresholds[2]
     boxes, probability, offsets, points = boxes[keep], probability[keep], offsets[keep], points[keep]
-    sides = boxes[:, 2:4] - boxes[:, :2]
-    landmarks = np.stack([boxes[:, None, 0] + points[:, :5] * sides[:, None, 0],
-                          boxes[:, None, 1] + points[:, 5:] * sides[:, None, 1]], axis=-1)
+    sides = inclusive_sides(boxes)
+    landmarks = np.stack([boxes[:, None, 0] - 1 + points[:, :5] * sides[:, None, 0],
+                          boxes[:, None, 1] - 1 + points[:, 5:] * sides[:, None, 1]], axis=-1)
     boxes = moved(boxes, offsets)
     kept = non_max_suppression(boxes, probability, self.nms_final, over_smaller=True)
     return boxes[kept], probability[kept], landmarks[kept]

@@ -96,10 +96,17 @@ def _flatten(x):
   return jnp.transpose(x, (0, 2, 1, 3)).reshape(x.shape[0], -1)
 
 
-def pnet(params, images):
+def pnet(params, images, inside=None):
   """images [N, H, W, 3] → (face probability [N, H', W'], box offsets [N, H', W', 4]); one
-  output cell per 12×12 window at stride 2."""
-  x = _max_pool(_prelu(_conv(images, params["conv1"]), params["prelu1"]), 2, "SAME")
+  output cell per 12×12 window at stride 2. `inside` [N, H − 2, W − 2], for images packed on a canvas:
+  where the first convolution's window lies inside one image; the pooling after it takes the others
+  for padding, as at an image's own bottom and right edges."""
+  x = _prelu(_conv(images, params["conv1"]), params["prelu1"])
+  if inside is not None:
+    x = jnp.where(inside[..., None], x, -jnp.inf)
+  x = _max_pool(x, 2, "SAME")
+  if inside is not None:
+    x = jnp.where(jnp.isneginf(x), 0.0, x)  # pools wholly between images: no cell of an image sees them
   x = _prelu(_conv(x, params["conv2"]), params["prelu2"])
   x = _prelu(_conv(x, params["conv3"]), params["prelu3"])
   face = jax.nn.softmax(_conv(x, params["face"]), axis=-1)[..., 1]
