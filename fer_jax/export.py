@@ -24,14 +24,14 @@ The images must already be preprocessed as model.json's "expected_input" says (d
 normalise; PIL/cv2 resizing happens outside the program).
 
 --format=onnx (needs the `onnx` extra: pip install 'fer_jax[onnx]') writes instead
-  OUT/model.onnx      the same inference function, weights embedded (opset 18), input "images"
+  OUT/model.onnx      the same inference function, weights embedded (opset 18, IR version 8), input "images"
                       float32 [batch, H, W, C], outputs "logits" and "probabilities"; batch is a
                       dynamic dimension unless --batch_size=N (fer_jax.onnx_export translates it);
                       it computes in float32: config.model.dtype "auto" exports as float32 wherever
                       it runs, any other dtype is refused
   OUT/model.json      as above, without platforms (--platforms is refused: the file runs wherever
                       ONNX Runtime does); with --verify_images=A.jpg,B.png also the worst relative
-                      logit difference between ONNX Runtime and JAX on those images
+                      logit difference between ONNX Runtime and JAX on those images (any number of them)
 Run with ONNX Runtime: onnxruntime.InferenceSession("OUT/model.onnx").run(None, {"images": images}).
 
 The export is written into OUT.export-partial, next to OUT, and moved into OUT once complete: SIGINT or SIGTERM
@@ -136,23 +136,38 @@ def export_onnx(config, variables: dict, batch_size: int | None = None):
                              OUTPUTS, name=config.model.name)
 
 
-def onnx_parity(config, variables: dict, serialized: bytes, paths: list[str], batch_size: int | None,
-                stored_shape: Sequence[int]) -> dict:
-  """ONNX Runtime against JAX on the image files (after the eval preprocessing, decoded at `stored_shape`, as
-  `inference.FilePreprocessor`): the largest absolute logit difference divided by the largest absolute JAX logit."""
+def _onnxruntime():
   try:
     import onnxruntime
   except ImportError as error:
     raise UserError(f"--verify_images needs onnxruntime ({error}): pip install 'fer_jax[onnx]'.") from None
-  if batch_size is not None and len(paths) != batch_size:
-    raise UserError(f"--verify_images: give exactly --batch_size={batch_size} images (got {len(paths)}).")
+  return onnxruntime
+
+
+def check_verify_images(paths: Sequence[str]) -> None:
+  """--verify_images before the checkpoint is read: ONNX Runtime importable and each file an image
+  (`decode.UnreadableImageError`, naming the file and the fix, otherwise)."""
+  if paths:
+    _onnxruntime()
+  for path in paths:
+    with decode.opened(path):
+      pass
+
+
+def onnx_parity(config, variables: dict, serialized: bytes, paths: list[str], batch_size: int | None,
+                stored_shape: Sequence[int]) -> dict:
+  """ONNX Runtime against JAX on the image files (after the eval preprocessing, decoded at `stored_shape`, as
+  `inference.FilePreprocessor`): the largest absolute logit difference divided by the largest absolute JAX logit.
+  A file of a fixed `batch_size` runs them in batches of it, the last padded with zeros."""
+  onnxruntime = _onnxruntime()
   preprocess = inference.FilePreprocessor(config, stored_shape)
   images = np.asarray(jax.jit(preprocess)(np.stack([preprocess.read(path) for path in paths])))
   expected = np.asarray(jax.jit(inference_function(config))(variables, images)["logits"])
   options = onnxruntime.SessionOptions()
   options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # spinning crawls on a busy CPU
   session = onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
-  actual, = session.run(["logits"], {"images": images})
+  actual = inference.forward_in_batches(lambda _, batch: session.run(["logits"], {"images": batch})[0], None,
+                                        list(images), batch_size or len(images))
   error = float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
   return {"images": len(paths), "worst_relative_logit_error": error}
 
@@ -436,6 +451,7 @@ def export(config, variables: dict, out: str, batch_size: int | None = None, pla
   platforms = check_platforms(platforms, export_format)
   if verify_images and export_format != "onnx":
     raise UserError("--verify_images checks an ONNX export: add --format=onnx or drop it.")
+  check_verify_images(verify_images)
   if export_format == "onnx":
     config = onnx_config(config)
   partial = out + PARTIAL
@@ -574,6 +590,7 @@ def main(argv):
                     "Runtime does: drop --platforms, or drop --format=onnx.")
   if args.verify_images and args.format != "onnx":
     raise UserError("--verify_images checks an ONNX export: add --format=onnx or drop it.")
+  check_verify_images(args.verify_images)
   platforms = check_platforms(args.platforms, args.format)
   out = check_out(args.out)
   check_not_an_export(args.checkpoint)

@@ -59,7 +59,10 @@ class _Graph:
 
   def op(self, op_type, *inputs, outputs=1, **attributes):
     names = [self.fresh() for _ in range(outputs)]
-    self.nodes.append(self.onnx.helper.make_node(op_type, [self.tensor(x) for x in inputs], names, **attributes))
+    # Named, each its own: ONNX Runtime 1.20 and 1.21 refuse a graph of nameless nodes in which their Gather/Slice
+    # to Split fusion applies twice ("two nodes with same node name (/GatherSliceToSplitFusion/)": APViT's).
+    self.nodes.append(self.onnx.helper.make_node(op_type, [self.tensor(x) for x in inputs], names,
+                                                 name=f"{op_type}_{names[0]}", **attributes))
     return names[0] if outputs == 1 else names
 
   def shape(self, dims):
@@ -370,14 +373,17 @@ def to_onnx(function, images: jax.ShapeDtypeStruct, output_names, name="fer_jax"
   tensor_dtype = onnx.helper.np_dtype_to_tensor_dtype
   graph_outputs = []
   for output_name, value, var in zip(output_names, outputs, closed.jaxpr.outvars):
-    g.nodes.append(onnx.helper.make_node("Identity", [g.tensor(value)], [output_name]))
+    g.nodes.append(onnx.helper.make_node("Identity", [g.tensor(value)], [output_name], name=output_name))
     shape = ["batch" if not isinstance(d, int) else d for d in var.aval.shape]
     graph_outputs.append(onnx.helper.make_tensor_value_info(output_name, tensor_dtype(var.aval.dtype), shape))
   image_shape = ["batch" if symbolic_batch else images.shape[0], *images.shape[1:]]
   graph = onnx.helper.make_graph(
       g.nodes, name, [onnx.helper.make_tensor_value_info("images", tensor_dtype(images.dtype), image_shape)],
       graph_outputs, g.initializers)
-  model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
-                                 producer_name="fer_jax")
+  opsets = [onnx.helper.make_opsetid("", OPSET)]
+  model = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="fer_jax")
+  # make_model stamps the installed onnx's IR version, which older ONNX Runtimes refuse ("Unsupported model IR
+  # version"); the opset's own IR version loads in every runtime that has the opset.
+  model.ir_version = onnx.helper.find_min_ir_version_for(opsets)
   onnx.checker.check_model(model, full_check=True)
   return model

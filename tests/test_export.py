@@ -252,7 +252,10 @@ def test_an_interrupted_export_command_exits_75_with_one_line_and_nothing_writte
      "--format=onnx exports a float32 program, but --config.model.dtype=bfloat16 asks for bfloat16 computation: pass "
      "--config.model.dtype=float32 (or leave it auto), or export with --format=stablehlo, which computes in "
      "bfloat16."),
-    (["--out={tmp}"], "--out={tmp} is not empty (it holds old.txt): export into a new folder.")], ids=["onnx_bfloat16", "out_not_empty"])
+    (["--out={tmp}"], "--out={tmp} is not empty (it holds old.txt): export into a new folder."),
+    (["--format=onnx", "--verify_images={tmp}/old.txt"],
+     "{tmp}/old.txt is not an image PIL can identify (corrupt, or not an image at all): replace it with a PNG or "
+     "JPEG, or remove it.")], ids=["onnx_bfloat16", "out_not_empty", "verify_images_not_an_image"])
 def test_arguments_are_refused_before_the_checkpoint_is_read(tmp_path, arguments, message):
   """A checkpoint that does not exist: its error would come first if it were read before the arguments' checks."""
   (tmp_path / "old.txt").write_text("x")

@@ -77,6 +77,17 @@ def test_fixed_batch_size():
   assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [2, 7]
 
 
+def test_the_file_loads_in_onnx_runtimes_older_than_the_onnx_package():
+  """make_model stamped the installed onnx's IR version (14 with onnx 1.23), which ONNX Runtime 1.20, the onnx
+  extra's lowest, refused ("Unsupported model IR version: 14, max supported IR version: 10"); and the nodes had no
+  names, so that 1.20 and 1.21 refused APViT's ("two nodes with same node name (/GatherSliceToSplitFusion/)")."""
+  model = onnx_export.to_onnx(lambda x: [part * 2 for part in jax.lax.unstack(x[:, :2], axis=1)],
+                              jax.ShapeDtypeStruct((2, 3, 4), jnp.float32), ["y0", "y1"])
+  assert model.ir_version == 8  # opset 18's (ONNX 1.13)
+  names = [node.name for node in model.graph.node]
+  assert all(names) and len(set(names)) == len(names), names
+
+
 @pytest.mark.parametrize("axis, count", [(1, 3), (2, 1)])
 def test_unstacking_along_an_axis_runs_as_in_jax(axis, count):
   """`q, k, v = qkv`: traced as one `unstack` primitive by JAX 0.12 (APViT's attention)."""
@@ -109,6 +120,20 @@ def test_verify_images_is_refused_for_stablehlo(tmp_path):
   config = small_config("configs/dan.py:synthetic", 32)
   with pytest.raises(UserError, match="--verify_images checks an ONNX export: add --format=onnx"):
     export.export(config, {}, str(tmp_path / "out"), verify_images=["a.png"])
+
+
+def test_verify_images_runs_any_number_of_images_through_a_fixed_batch_size(tmp_path):
+  """Three photos with --batch_size=2 were refused ("give exactly --batch_size=2 images (got 3)"), and only once the
+  model had been translated: they run in batches of 2, the last one padded."""
+  photos = []
+  for n in range(3):
+    photos.append(str(tmp_path / f"{n}.png"))
+    Image.fromarray(np.random.default_rng(n).integers(0, 256, (40, 30, 3), np.uint8)).save(photos[-1])
+  config = small_config("configs/dan.py:synthetic", 32)
+  info = export.export(config, random_variables(config, seed=4), str(tmp_path / "out"), batch_size=2,
+                       export_format="onnx", verify_images=photos)
+  assert info["onnx_runtime_vs_jax"]["images"] == 3
+  assert 0 <= info["onnx_runtime_vs_jax"]["worst_relative_logit_error"] <= 1e-4
 
 
 def test_the_last_line_says_what_was_exported_and_how_onnx_runtime_runs_it():
