@@ -37,9 +37,9 @@ def test_unknown_op_and_bad_arguments_name_the_op():
 
 
 def test_a_value_error_inside_an_op_keeps_its_message_and_names_the_call():
-  """An op's own ValueError (here rotate unpacking a string as a (min, max) pair) says which call
+  """An op's own ValueError (here rotate refusing a string for its degrees) says which call
   raised it and how the op is called; errors of a nested pipeline keep naming their own op."""
-  with pytest.raises(ValueError, match=r"^too many values to unpack \(expected 2\)\. Raised by preprocessing op "
+  with pytest.raises(ValueError, match=r"^rotate: degrees='ten' must be .*\. Raised by preprocessing op "
                                        r"\"rotate\('ten'\)\", which takes rotate\(degrees, method='nearest', fill=0\)\.$"):
     augment.parse("resize(48)|rotate('ten')|to_float()")
   with pytest.raises(ValueError, match=r"^occlude: unknown region 'nose'; .*\. Raised by preprocessing op "
@@ -47,7 +47,7 @@ def test_a_value_error_inside_an_op_keeps_its_message_and_names_the_call():
     augment.parse("occlude('nose')")
   with pytest.raises(ValueError, match=r"^Unknown preprocessing op 'fliq' in 'fliq\(\)'; .*, to_float\.$"):
     augment.parse("random_apply(0.5, 'fliq()')")
-  with pytest.raises(ValueError, match=r"^too many values to unpack \(expected 2\)\. Raised by preprocessing op "
+  with pytest.raises(ValueError, match=r"^rotate: degrees='ten' must be .*\. Raised by preprocessing op "
                                        r"\"rotate\('ten'\)\", which takes rotate\("):
     augment.parse("random_apply(0.5, \"rotate('ten')\")")
 
@@ -149,12 +149,21 @@ def test_a_colour_normalisation_of_a_grey_image_is_refused_as_torchvision_refuse
     ("normalize(mean=(0.5, 0.5, 0.5))", r"mean=\(0.5, 0.5, 0.5\) needs its std"),
     ("normalize('imagenet', std=0.5)", r"'imagenet' brings its own std"),
     ("normalize(mean=(True,), std=(0.5,))", r"mean=\(True,\) must be a number or one number per channel"),
+    ("normalize(mean=(0.5, 0.5), std=(0.5, 0.5))",
+     r"mean=\(0.5, 0.5\) must be a number or one number per channel \(R, G, B\)"),
+    ("normalize(mean=0.5, std=1e999)", r"std=inf must be a number or one number per channel"),
 ])
 def test_a_normalisation_off_the_0_to_1_scale_or_without_its_std_is_refused(op, message):
   """normalize divides by 255 first: mmcv's 0–255 means were taken, and trained on inputs of about −2 everywhere;
   a zero std gave infinities, a mean without its std NaNs."""
   with pytest.raises(ValueError, match=rf"^normalize: {message}.*Raised by preprocessing op "):
     augment.parse(op)
+
+
+def test_random_apply_refuses_an_inner_pipeline_that_is_no_string():
+  with pytest.raises(ValueError, match=r"^random_apply: pipeline=3 must be a pipeline string, e\.g\. "
+                                       r"'rotate\(10\)\|flip\(\)'\. Raised by preprocessing op "):
+    augment.parse("random_apply(0.5, 3)")
 
 
 def test_gray_to_rgb_copies_the_channel():

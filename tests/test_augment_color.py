@@ -211,6 +211,22 @@ def test_erasing_refuses_ranges_it_cannot_draw_from_naming_the_argument(argument
     augment.parse(f"to_float()|random_erasing({arguments})")
 
 
+@pytest.mark.parametrize("op, message", [
+    ("color_jitter(True)", r"brightness=True must be a number, 0 or more, or a \(min, max\) pair of numbers"),
+    ("color_jitter(1e999)", r"brightness=inf must be"),
+    ("color_jitter(0.4, -0.1)", r"contrast=-0.1 must be"),
+    ("color_jitter(saturation=(True, 2))", r"saturation=\(True, 2\) must be"),
+    ("color_jitter(brightness=(2, 1))", r"brightness range \(2.0, 1.0\) must be \(min, max\), min <= max, within "
+                                        r"\(0.0, inf\)"),
+    ("random_erasing(ratio=(0.3, 1e999))", r"ratio=\(0.3, inf\) must be a \(min, max\) pair of aspect ratios"),
+])
+def test_colour_arguments_that_are_no_numbers_or_out_of_range_are_refused(op, message):
+  """color_jitter(True) jittered by ±1 and color_jitter(1e999) drew infinite factors (NaN images); an infinite
+  erasing ratio drew NaN aspects."""
+  with pytest.raises(ValueError, match=rf"^{op.split('(')[0]}: {message}.*\. Raised by preprocessing op "):
+    augment.parse(f"to_float()|{op}" if op.startswith("random_erasing") else op)
+
+
 def test_erasing_refuses_a_fill_of_other_than_one_value_or_one_per_channel():
   pipeline = augment.parse("to_float()|random_erasing(value=(1, 2))")
   with pytest.raises(ValueError, match=r"^random_erasing: value=\(1, 2\) has 2 per-channel values for a 3-channel "

@@ -397,6 +397,50 @@ def test_keras_ranges_it_does_not_read_as_keras_are_refused(argument):
     augment.parse(f"to_float()|keras_image_generator({argument})")
 
 
+@pytest.mark.parametrize("op, message", [
+    ("resize(0)", r"size=0 must be a whole number of pixels, 1 or more, or a \(height, width\) pair of them"),
+    ("resize((48, -1))", r"size=\(48, -1\) must be a whole number of pixels"),
+    ("resize(True)", r"size=True must be"),
+    ("random_crop(48, padding=-4)", r"padding=-4 must be a whole number of pixels, 0 or more"),
+    ("random_crop(48, padding=2.5)", r"padding=2.5 must be"),
+    ("random_resized_crop(48, ratio=(0, 1))",
+     r"ratio=\(0, 1\) must be a \(min, max\) pair of aspect ratios \(width / height\), 0 < min <= max"),
+    ("random_resized_crop(48, scale=(0.5, 2))",
+     r"scale=\(0.5, 2\) must be a \(min, max\) pair of fractions of the image's area, 0 <= min <= max <= 1"),
+    ("random_resized_crop(48, scale=(0.9, 0.1))", r"scale=\(0.9, 0.1\) must be"),
+    ("rotate(-10)", r"degrees=-10 must be a number of degrees, 0 or more, or a \(min, max\) pair of them"),
+    ("rotate((10, -10))", r"degrees=\(10, -10\) must be"),
+    ("rotate(1e999)", r"degrees=inf must be"),
+    ("rotate(10, fill=(1, 2))", r"fill=\(1, 2\) must be a number or one number per channel \(R, G, B\)"),
+    ("random_affine(True)", r"degrees=True must be"),
+    ("random_affine(10, translate=(1.5, 0))",
+     r"translate=\(1.5, 0\) must be a \(horizontal, vertical\) pair of fractions of the width and height, each "
+     r"from 0 to 1"),
+    ("random_affine(10, translate=(0.1,))", r"translate=\(0.1,\) must be"),
+    ("random_affine(10, scale=(0, 1))", r"scale=\(0, 1\) must be a \(min, max\) pair of zoom factors, 0 < min <= max"),
+    ("random_affine(10, scale=(1.2, 0.8))", r"scale=\(1.2, 0.8\) must be"),
+    ("keras_image_generator(rotation_range=-5)", r"rotation_range=-5 must be a number of degrees, 0 or more"),
+    ("keras_image_generator(width_shift_range=True)", r"width_shift_range=True must be a fraction of the size"),
+    ("keras_image_generator(zoom_range=1.5)",
+     r"zoom_range=1.5 must be a number from 0 to below 1 \(zooms 1 ± it\) or a \(min, max\) pair of zoom factors"),
+    ("keras_image_generator(zoom_range=(1.1, 0.9))", r"zoom_range=\(1.1, 0.9\) must be"),
+    ("keras_image_generator(horizontal_flip=1)", r"horizontal_flip=1 must be True or False"),
+])
+def test_geometric_arguments_out_of_range_are_refused_naming_the_op_and_the_argument(op, message):
+  """rotate(-10), rotate((10, -10)) and rotation_range=-5 turned every image by the same angle (jax's uniform
+  clamps a reversed range to its min), ratio=(0, 1) failed with "math domain error", resize(0) divided by zero
+  in the first traced step; the others were taken."""
+  name = op.split("(")[0]
+  with pytest.raises(ValueError, match=rf"^{name}: {message}.*\. Raised by preprocessing op "):
+    augment.parse(op)
+
+
+def test_geometric_arguments_at_the_ends_of_their_ranges_are_taken():
+  augment.parse("resize((48, 1))|rotate(0, fill=(1, 2, 3))|rotate((-5, -5))|random_crop(48, padding=0)|"
+                "random_resized_crop(48, scale=(0, 1), ratio=(1, 1))|random_affine(0, translate=(1, 0), scale=None)|"
+                "to_float()|keras_image_generator(zoom_range=0, horizontal_flip=False)")
+
+
 def test_keras_zoom_pair_matches_image_data_generator():
   np.random.seed(0)
   shape = (48, 64, 3)

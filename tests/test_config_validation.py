@@ -246,6 +246,19 @@ def test_a_normalisation_on_the_0_to_255_scale_and_an_erasing_scale_above_1_name
           "area, 0 <= min <= max <= 1.") in message
 
 
+def test_a_normalisation_of_two_channels_and_a_negative_rotation_name_their_key():
+  """normalize((0.5, 0.5), ...) failed only inside the first traced step, once the data set was open (images have
+  1 or 3 channels); rotate(-10) turned every image by 10°."""
+  config = get_config("configs/dan.py:synthetic")
+  config.input.update(train_pp="resize({size})|rotate(-10)|normalize('imagenet')",
+                      eval_pp="resize({size})|normalize(mean=(0.5, 0.5), std=(0.5, 0.5))")
+  message = _problems(config, training=False)
+  assert ("config.input.train_pp: rotate: degrees=-10 must be a number of degrees, 0 or more, or a (min, max) pair of "
+          "them.") in message
+  assert ("config.input.eval_pp: normalize: mean=(0.5, 0.5) must be a number or one number per channel "
+          "(R, G, B).") in message
+
+
 def test_eval_pp_placeholder_inside_an_ops_arguments_is_refused_naming_where_it_goes():
   """Substituted inside quotes, APViT's eval_pp (its own quotes) broke them: a parse error quoting text never written."""
   config = get_config("configs/apvit.py:synthetic")

@@ -85,6 +85,10 @@ def test_fill_colour_and_bad_arguments():
   outside = {**occlusion.GEOMETRIES["synthetic"], "mouth_y": 1.8, "mouth_half_width": -0.2}  # painted nothing
   with pytest.raises(ValueError, match=r"the geometry dict's mouth_y=1.8, mouth_half_width=-0.2 place no region"):
     augment.parse(f"occlude('mouth', geometry={outside!r})")
+  with pytest.raises(ValueError, match=r"unknown geometry 5; known: synthetic, arcface112 \(or give a dict"):
+    augment.parse("occlude('eyes', geometry=5)")
+  with pytest.raises(ValueError, match=r"the geometry dict's eye_y=True place no region"):
+    augment.parse(f"occlude('eyes', geometry={ {**occlusion.GEOMETRIES['synthetic'], 'eye_y': True}!r})")
   upside_down = {**occlusion.GEOMETRIES["synthetic"], "chin_y": 0.6}
   with pytest.raises(ValueError, match=r"nose_y, mouth_y and chin_y place no region in the image: .*nose_y < mouth_y"):
     augment.parse(f"occlude('mask', geometry={upside_down!r})")
@@ -97,7 +101,7 @@ def test_an_rgb_fill_on_a_grey_image_is_its_grey_level():
   assert out.shape == (20, 20, 1) and np.all(out[-1] == grey) and np.all(out[0] == 100)
 
 
-@pytest.mark.parametrize("fill", ["(1, 2)", "300", "-1", "(0, 0, 256)", "'red'"])
+@pytest.mark.parametrize("fill", ["(1, 2)", "300", "-1", "(0, 0, 256)", "'red'", "True", "(0, 1e999, 0)"])
 def test_a_fill_that_is_not_a_0_255_grey_level_or_rgb_triple_is_refused_when_parsed(fill):
   with pytest.raises(ValueError, match="must be a grey level or an \\(R, G, B\\) triple of values in 0–255"):
     augment.parse(f"occlude('mouth', fill={fill})|to_float()")
@@ -108,7 +112,7 @@ def test_a_one_value_fill_paints_every_channel():
   assert np.all(out[-1] == 7) and np.all(out[0] == 100)
 
 
-@pytest.mark.parametrize("boxes", ["area=1.5", "count=0", "count=1.5", "area='big'"])
+@pytest.mark.parametrize("boxes", ["area=1.5", "count=0", "count=1.5", "area='big'", "count=True"])
 def test_box_arguments_are_checked_when_parsed(boxes):
   with pytest.raises(ValueError, match="must be a number in \\(0, 1\\) and count=.* a whole number"):
     augment.parse(f"occlude('boxes', {boxes})|to_float()")

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from fer_jax import config_lib
 from fer_jax import inference
 from fer_jax import mesh as mesh_lib
+from fer_jax.data import augment
 from fer_jax.data import builder_utils
 from fer_jax.data import decode
 from fer_jax.data import pipeline
@@ -207,11 +208,13 @@ def test_a_training_split_smaller_than_a_batch_names_the_batch_and_max_per_class
     pipeline.TrainData(_config(train_split="train[:7]"), mesh_lib.make_mesh())
 
 
-def test_a_pipeline_that_fails_only_when_traced_fails_when_its_data_is_opened():
-  """Errors that parsing cannot see (here a normalisation of two channels on three) stop before any
-  work, naming the evaluator's key, not in the final report's eval step."""
+def test_a_pipeline_that_fails_only_when_traced_fails_when_its_data_is_opened(monkeypatch):
+  """Errors that parsing cannot see (here an op of one's own adding two channels' offsets to three) stop before
+  any work, naming the evaluator's key, not in the final report's eval step."""
+  offsets = augment.Op(apply=lambda image, params: image + jax.numpy.ones(2))
+  monkeypatch.setitem(augment.OPS, "two_offsets_for_test", lambda: offsets)
   config = _config()
-  config.input.eval_pp = "normalize(mean=(0.5, 0.5), std=(0.5, 0.5))"
+  config.input.eval_pp = "two_offsets_for_test()|to_float()"
   with pytest.raises(pipeline.DataError, match="^config.evals.mouth.pp: Incompatible shapes for broadcasting"):
     pipeline.EvalData(config, mesh_lib.make_mesh(), "test", "evals.mouth.pp")
 

@@ -1,4 +1,8 @@
-"""Ops without interpolation: flip, channel copies, value conversions, random_apply."""
+"""Ops without interpolation: flip, channel copies, value conversions, random_apply; and the checks every op's
+arguments go through."""
+
+import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +16,44 @@ NORMALIZATIONS = {
 }
 
 
+def is_number(value) -> bool:
+  """A finite real number: not a bool (True would read as 1), nor 1e999 (infinity) or NaN."""
+  return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
+def check_number(op: str, name: str, value, meaning: str, valid=lambda value: True) -> None:
+  """A ValueError naming `op`'s argument `name` unless `value` is a number that `valid` accepts."""
+  if not (is_number(value) and valid(value)):
+    raise ValueError(f"{op}: {name}={value!r} must be {meaning}.")
+
+
+def check_pair(op: str, name: str, pair, meaning: str, valid=lambda first, second: True) -> None:
+  """A ValueError naming `op`'s argument `name` unless `pair` is two numbers that `valid` accepts."""
+  if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(is_number, pair)) and valid(*pair)):
+    raise ValueError(f"{op}: {name}={pair!r} must be {meaning}.")
+
+
+def check_area_and_aspect(op: str, scale, ratio, aspect: str) -> None:
+  """The box draws of random_erasing and random_resized_crop: `scale`, fractions of the image's area, and `ratio`,
+  aspect ratios (`aspect`: "height / width" or "width / height")."""
+  check_pair(op, "scale", scale, "a (min, max) pair of fractions of the image's area, 0 <= min <= max <= 1",
+             lambda low, high: 0 <= low <= high <= 1)
+  check_pair(op, "ratio", ratio, f"a (min, max) pair of aspect ratios ({aspect}), 0 < min <= max",
+             lambda low, high: 0 < low <= high)
+
+
+def channel_values(op: str, name: str, values) -> np.ndarray:
+  """An op's per-channel argument (a fill, a mean) as float32: one number, or three, one per channel of an RGB
+  image (the data sets decode to grey or RGB, and gray_to_rgb makes three)."""
+  given = values if isinstance(values, (tuple, list)) else [values]
+  if len(given) not in (1, 3) or not all(map(is_number, given)):
+    raise ValueError(f"{op}: {name}={values!r} must be a number or one number per channel (R, G, B).")
+  return np.asarray(given, np.float32)
+
+
 def check_probability(p) -> None:
   """A ValueError unless `p` (an op's argument) is a probability."""
-  if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+  if not (is_number(p) and 0 <= p <= 1):
     raise ValueError(f"p={p!r} must be a probability, from 0 to 1")
 
 
@@ -48,12 +87,9 @@ def to_float() -> Op:
 def _unit_scale_values(name: str, values, low_open: bool) -> np.ndarray:
   """normalize's `mean` or `std` (`name`) as float32, refused unless a number or numbers of the 0–1 scale (above 0
   for a std): the op divides the pixels by 255 before it subtracts and divides by them."""
-  numbers = values if isinstance(values, (tuple, list)) else [values]
-  if not numbers or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
-    raise ValueError(f"normalize: {name}={values!r} must be a number or one number per channel.")
-  array = np.asarray(numbers, np.float32)
+  array = channel_values("normalize", name, values)
   if array.max() > 1:
-    divided = [round(float(v) / 255, 4) for v in numbers]
+    divided = [round(float(v) / 255, 4) for v in np.atleast_1d(values)]
     raise ValueError(f"normalize: {name}={values!r} is on the 0–255 scale, but normalize divides the pixels by 255 "
                      f"first: pass it divided by 255, {name}={divided}.")
   if array.min() < 0 or (low_open and array.min() == 0):
@@ -93,6 +129,8 @@ def normalize(mean="imagenet", std=None) -> Op:
 def random_apply(p: float, pipeline: str, uint8: bool = True) -> Op:
   """With probability p, the whole inner pipeline (torchvision RandomApply); it must keep the shape."""
   check_probability(p)
+  if not isinstance(pipeline, str):
+    raise ValueError(f"random_apply: pipeline={pipeline!r} must be a pipeline string, e.g. 'rotate(10)|flip()'.")
   inner = parse(pipeline, uint8=uint8)
   if inner.ends_uint8:
     raise ValueError(f"random_apply({p}, {pipeline!r}): to_float/normalize cannot be applied at random.")

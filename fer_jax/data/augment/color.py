@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax.data.augment.basic import bernoulli, check_probability
+from fer_jax.data.augment.basic import (bernoulli, check_area_and_aspect, check_number, check_pair, check_probability,
+                                        is_number)
 from fer_jax.data.augment.core import Op, register
 
 # --- Pillow's conversions, in exact integer arithmetic ---------------------------------------
@@ -187,18 +188,17 @@ ADJUSTMENTS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue
 
 def _factor_range(value, name: str, center: float = 1.0, bound=(0.0, math.inf)):
   """torchvision ColorJitter._check_input: x → [max(0, c − x), c + x]; None when it cannot act."""
-  if isinstance(value, (int, float)):
-    if value < 0:
-      raise ValueError(f"color_jitter: {name} must be non-negative, got {value}.")
+  meaning = "a number, 0 or more, or a (min, max) pair of numbers"
+  if isinstance(value, (tuple, list)):
+    check_pair("color_jitter", name, value, meaning)
+    low, high = float(value[0]), float(value[1])
+  else:
+    check_number("color_jitter", name, value, meaning, lambda number: number >= 0)
     low, high = center - value, center + value
     if name != "hue":
       low = max(low, 0.0)
-  elif isinstance(value, (tuple, list)) and len(value) == 2:
-    low, high = float(value[0]), float(value[1])
-  else:
-    raise ValueError(f"color_jitter: {name} must be a number or a (min, max) pair, got {value!r}.")
   if not bound[0] <= low <= high <= bound[1]:
-    raise ValueError(f"color_jitter: {name} range ({low}, {high}) must lie within {bound}.")
+    raise ValueError(f"color_jitter: {name} range ({low}, {high}) must be (min, max), min <= max, within {bound}.")
   if low == high == center:
     return None
   return float(low), float(high)
@@ -265,20 +265,10 @@ def random_grayscale(p: float = 0.1) -> Op:
 ERASING_TRIES = 10
 
 
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_erasing_range(name: str, pair, meaning: str, valid) -> None:
-  """random_erasing's `scale` or `ratio`: a (min, max) pair of numbers that `valid(min, max)` accepts."""
-  if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(_is_number, pair)) and valid(*pair)):
-    raise ValueError(f"random_erasing: {name}={pair!r} must be a (min, max) pair of {meaning}.")
-
-
 def _erasing_fill(value) -> np.ndarray:
   """random_erasing's `value` other than "random": one number, or one per channel."""
   numbers = value if isinstance(value, (tuple, list)) else [value]
-  if not numbers or not all(map(_is_number, numbers)):
+  if not numbers or not all(map(is_number, numbers)):
     raise ValueError(f"random_erasing: value={value!r} must be a number, one number per channel or 'random'.")
   return np.asarray(numbers, np.float32)
 
@@ -299,10 +289,7 @@ def random_erasing(p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0
   check_probability(p)
   if ratio_sampling not in ("log", "uniform"):
     raise ValueError(f"random_erasing: unknown ratio_sampling {ratio_sampling!r}; valid: 'log', 'uniform'.")
-  _check_erasing_range("scale", scale, "fractions of the image's area, 0 <= min <= max <= 1",
-                       lambda low, high: 0 <= low <= high <= 1)
-  _check_erasing_range("ratio", ratio, "aspect ratios (height / width), 0 < min <= max",
-                       lambda low, high: 0 < low <= high)
+  check_area_and_aspect("random_erasing", scale, ratio, "height / width")
   random_fill = value == "random"
   fill = None if random_fill else _erasing_fill(value)
   if ratio_sampling == "log":

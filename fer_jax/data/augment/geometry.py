@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax.data.augment.basic import bernoulli
+from fer_jax.data.augment.basic import bernoulli, channel_values, check_area_and_aspect, check_number, check_pair
 from fer_jax.data.augment.core import Op, register
 
 PIL_METHODS = ("nearest", "bilinear", "bicubic")
@@ -44,8 +44,31 @@ def _check_method(op: str, method: str, valid) -> None:
     raise ValueError(f"{op}: unknown method {method!r}; valid: {', '.join(valid)}.")
 
 
-def _pair(size) -> tuple[int, int]:
-  return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+def _whole(number, least: int) -> bool:
+  return number >= least and number == int(number)
+
+
+def _size(op: str, size) -> tuple[int, int]:
+  """`size`, a side or (height, width), as (height, width) in pixels."""
+  meaning = "a whole number of pixels, 1 or more, or a (height, width) pair of them"
+  if isinstance(size, (tuple, list)):
+    check_pair(op, "size", size, meaning, lambda height, width: _whole(height, 1) and _whole(width, 1))
+    return int(size[0]), int(size[1])
+  check_number(op, "size", size, meaning, lambda side: _whole(side, 1))
+  return int(size), int(size)
+
+
+def _angles(op: str, name: str, degrees) -> tuple[float, float]:
+  """torchvision's `degrees`: d → (−d, d) for a number d ≥ 0, or a (min, max) pair."""
+  meaning = "a number of degrees, 0 or more, or a (min, max) pair of them"
+  if isinstance(degrees, (tuple, list)):
+    check_pair(op, name, degrees, meaning, lambda low, high: low <= high)
+    return degrees[0], degrees[1]
+  check_number(op, name, degrees, meaning, lambda number: number >= 0)
+  return -degrees, degrees
+
+
+_ZOOM_PAIR = "a (min, max) pair of zoom factors, 0 < min <= max"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +141,7 @@ def resize(size, method: str = "bilinear") -> Op:
   (antialiased when shrinking), or "cv2_bilinear" for cv2.resize INTER_LINEAR (mmcv's resize).
   """
   _check_method("resize", method, RESIZE_METHODS)
-  height, width = _pair(size)
+  height, width = _size("resize", size)
 
   def weights(out_size, in_size):
     if out_size == in_size:  # every method is the identity there, as PIL and cv2 copy
@@ -248,7 +271,8 @@ def rotate(degrees, method: str = "nearest", fill=0) -> Op:
   (counter-clockwise about the centre, same size, `fill` outside); method "nearest", "bilinear",
   "bicubic", or "cv2_bilinear" (mmcv.imrotate, see `_cv2_rotate`). Params: the angle."""
   _check_method("rotate", method, RESIZE_METHODS)
-  low, high = (-degrees, degrees) if isinstance(degrees, (int, float)) else degrees
+  low, high = _angles("rotate", "degrees", degrees)
+  fill = channel_values("rotate", "fill", fill)
 
   def sample(key, shape):
     return jax.random.uniform(key, (), jnp.float32, low, high)
@@ -270,9 +294,13 @@ def random_affine(degrees, translate=(0.0, 0.0), scale=(1.0, 1.0), method: str =
   round, half to even), scale ~ U(scale); PIL transform with torchvision's inverse matrix about
   (w/2, h/2). Params: (angle, tx, ty, scale)."""
   _check_method("random_affine", method, PIL_METHODS)
-  low, high = (-degrees, degrees) if isinstance(degrees, (int, float)) else degrees
+  low, high = _angles("random_affine", "degrees", degrees)
   translate = (0.0, 0.0) if translate is None else translate
   scale = (1.0, 1.0) if scale is None else scale
+  check_pair("random_affine", "translate", translate, "a (horizontal, vertical) pair of fractions of the width and "
+             "height, each from 0 to 1", lambda horizontal, vertical: 0 <= horizontal <= 1 and 0 <= vertical <= 1)
+  check_pair("random_affine", "scale", scale, _ZOOM_PAIR, lambda low, high: 0 < low <= high)
+  fill = channel_values("random_affine", "fill", fill)
 
   def sample(key, shape):
     height, width = shape[:2]
@@ -298,7 +326,10 @@ def random_affine(degrees, translate=(0.0, 0.0), scale=(1.0, 1.0), method: str =
 def random_crop(size, padding: int = 0) -> Op:
   """torchvision RandomCrop: zero padding on every side, then a size×size (or (h, w)) crop at
   top ~ U{0..H + 2p − h}, left ~ U{0..W + 2p − w}. Params: (top, left) in the padded image."""
-  height, width = _pair(size)
+  height, width = _size("random_crop", size)
+  check_number("random_crop", "padding", padding, "a whole number of pixels, 0 or more",
+               lambda number: _whole(number, 0))
+  padding = int(padding)
 
   def check(shape):
     if shape[0] + 2 * padding < height or shape[1] + 2 * padding < width:
@@ -342,7 +373,8 @@ def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), method: s
   (PIL with antialiasing at the box's scale, or "cv2_bilinear" = cv2.resize of the cropped
   box). Params: (top, left, h, w)."""
   _check_method("random_resized_crop", method, RESIZE_METHODS)
-  out_height, out_width = _pair(size)
+  out_height, out_width = _size("random_resized_crop", size)
+  check_area_and_aspect("random_resized_crop", scale, ratio, "width / height")
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
 
   def sample(key, shape):
@@ -389,16 +421,20 @@ def keras_image_generator(rotation_range: float = 0.0, width_shift_range: float 
   LHC-Net's symmetric draws and equal width/height ranges the distribution is the same.
   zoom_range may also be a (low, high) pair, as in Keras.
   """
+  op = "keras_image_generator"
+  check_number(op, "rotation_range", rotation_range, "a number of degrees, 0 or more", lambda number: number >= 0)
   for name, value in (("width_shift_range", width_shift_range), ("height_shift_range", height_shift_range)):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-      raise ValueError(f"keras_image_generator: {name}={value!r} must be a fraction of the size, 0 <= {name} < 1 "
-                       "(Keras reads values >= 1 as pixels: divide them by the image size).")
-  if isinstance(zoom_range, (int, float)):
-    zoom_low, zoom_high = 1 - zoom_range, 1 + zoom_range
-  elif isinstance(zoom_range, (tuple, list)) and len(zoom_range) == 2:
+    check_number(op, name, value, f"a fraction of the size, 0 <= {name} < 1 (Keras reads values >= 1 as pixels: "
+                 "divide them by the image size)", lambda number: 0 <= number < 1)
+  zooms = f"a number from 0 to below 1 (zooms 1 ± it) or {_ZOOM_PAIR}"
+  if isinstance(zoom_range, (tuple, list)):
+    check_pair(op, "zoom_range", zoom_range, zooms, lambda low, high: 0 < low <= high)
     zoom_low, zoom_high = zoom_range
   else:
-    raise ValueError(f"keras_image_generator: zoom_range={zoom_range!r} must be a number or a (low, high) pair.")
+    check_number(op, "zoom_range", zoom_range, zooms, lambda number: 0 <= number < 1)
+    zoom_low, zoom_high = 1 - zoom_range, 1 + zoom_range
+  if not isinstance(horizontal_flip, bool):
+    raise ValueError(f"{op}: horizontal_flip={horizontal_flip!r} must be True or False.")
 
   def sample(key, shape):
     height, width = shape[:2]

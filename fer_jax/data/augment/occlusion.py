@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_jax.data.augment.basic import is_number
 from fer_jax.data.augment.core import Op, register
 
 # y: fractions of the height, x: half widths as fractions of the width; every region is centred
@@ -43,8 +44,8 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _geometry(geometry) -> dict:
-  if isinstance(geometry, str):
-    if geometry not in GEOMETRIES:
+  if not isinstance(geometry, dict):
+    if not (isinstance(geometry, str) and geometry in GEOMETRIES):
       raise ValueError(f"occlude: unknown geometry {geometry!r}; known: {', '.join(GEOMETRIES)} "
                        "(or give a dict with the keys of one).")
     return GEOMETRIES[geometry]
@@ -52,7 +53,7 @@ def _geometry(geometry) -> dict:
   if missing:
     raise ValueError(f"occlude: the geometry dict lacks {missing}.")
   wrong = [f"{key}={value!r}" for key, value in geometry.items() if key in GEOMETRIES["synthetic"] and not (
-      isinstance(value, (int, float)) and (0 < value <= 0.5 if "half" in key else 0 <= value <= 1))]
+      is_number(value) and (0 < value <= 0.5 if "half" in key else 0 <= value <= 1))]
   if wrong or not geometry["nose_y"] < geometry["mouth_y"] < geometry["chin_y"]:
     raise ValueError(f"occlude: the geometry dict's {', '.join(wrong) or 'nose_y, mouth_y and chin_y'} place no region "
                      "in the image: the *_y keys are fractions of the height in [0, 1], nose_y < mouth_y < chin_y, "
@@ -64,7 +65,7 @@ def _colour(region: str, fill) -> np.ndarray:
   """`fill` as float32: a 0–255 grey level, or one 0–255 value per channel (1 or 3)."""
   fill = DEFAULT_FILL.get(region, 0) if fill is None else fill
   values = fill if isinstance(fill, (tuple, list)) else (fill,)
-  if len(values) not in (1, 3) or not all(isinstance(v, (int, float)) and 0 <= v <= 255 for v in values):
+  if len(values) not in (1, 3) or not all(is_number(v) and 0 <= v <= 255 for v in values):
     raise ValueError(f"occlude: fill={fill!r} must be a grey level or an (R, G, B) triple of values in 0–255.")
   return np.asarray(fill, np.float32)
 
@@ -109,8 +110,8 @@ def occlude(region: str, geometry="synthetic", fill=None, area: float = 0.2, cou
   """
   if region not in REGIONS:
     raise ValueError(f"occlude: unknown region {region!r}; valid: {', '.join(REGIONS)}.")
-  if region == "boxes" and not (isinstance(area, (int, float)) and 0 < area < 1
-                                and isinstance(count, int) and count >= 1):
+  if region == "boxes" and not (is_number(area) and 0 < area < 1 and isinstance(count, int)
+                                and not isinstance(count, bool) and count >= 1):
     raise ValueError(f"occlude('boxes'): area={area!r} must be a number in (0, 1) and count={count!r} a whole "
                      "number, at least 1.")
   colour = _colour(region, fill)
