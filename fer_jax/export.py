@@ -149,7 +149,7 @@ def check_verify_images(paths: Sequence[str]) -> None:
   (`decode.UnreadableImageError`, naming the file and the fix, otherwise)."""
   if paths:
     _onnxruntime()
-  for path in paths:
+  for path in paths or ():
     with decode.opened(path):
       pass
 

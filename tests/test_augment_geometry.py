@@ -285,6 +285,7 @@ def test_random_crop_sampler_matches_random_crop():
     (112, 112, (0.8, 1.0), (1.0, 1.0)),        # APViT
     (32, 96, (0.3, 1.0), (0.5, 2.0)),          # many tries fail: the first that fits wins
     (32, 96, (0.5, 1.0), (0.25, 0.5)),         # every try fails: the central fallback
+    (100, 100, (0.5, 2.0), (3 / 4, 4 / 3)),    # areas above the image's: those tries fail
 ])
 @pytest.mark.integration
 def test_random_resized_crop_sampler_matches_torchvision(height, width, scale, ratio):
@@ -405,8 +406,8 @@ def test_keras_ranges_it_does_not_read_as_keras_are_refused(argument):
     ("random_crop(48, padding=2.5)", r"padding=2.5 must be"),
     ("random_resized_crop(48, ratio=(0, 1))",
      r"ratio=\(0, 1\) must be a \(min, max\) pair of aspect ratios \(width / height\), 0 < min <= max"),
-    ("random_resized_crop(48, scale=(0.5, 2))",
-     r"scale=\(0.5, 2\) must be a \(min, max\) pair of fractions of the image's area, 0 <= min <= max <= 1"),
+    ("random_resized_crop(48, scale=(-0.1, 0.5))",
+     r"scale=\(-0.1, 0.5\) must be a \(min, max\) pair of fractions of the image's area, 0 <= min <= max(?! <=)"),
     ("random_resized_crop(48, scale=(0.9, 0.1))", r"scale=\(0.9, 0.1\) must be"),
     ("rotate(-10)", r"degrees=-10 must be a number of degrees, 0 or more, or a \(min, max\) pair of them"),
     ("rotate((10, -10))", r"degrees=\(10, -10\) must be"),
@@ -439,6 +440,14 @@ def test_geometric_arguments_at_the_ends_of_their_ranges_are_taken():
   augment.parse("resize((48, 1))|rotate(0, fill=(1, 2, 3))|rotate((-5, -5))|random_crop(48, padding=0)|"
                 "random_resized_crop(48, scale=(0, 1), ratio=(1, 1))|random_affine(0, translate=(1, 0), scale=None)|"
                 "to_float()|keras_image_generator(zoom_range=0, horizontal_flip=False)")
+
+
+def test_random_resized_crop_takes_areas_above_the_image_s_as_torchvision_does():
+  """It refused scale=(0.5, 2), which torchvision and mmcls take: draws above the image's area do not fit, and
+  the central fallback comes more often (the sampler test compares the draws)."""
+  pipeline = augment.parse("random_resized_crop(48, scale=(0.5, 2))")
+  assert pipeline.steps[0].arguments["scale"] == (0.5, 2)
+  assert pipeline.output_shape((100, 100, 3)) == (48, 48, 3)
 
 
 def test_keras_zoom_pair_matches_image_data_generator():

@@ -235,28 +235,23 @@ def test_pipelines_are_checked_op_by_op_with_their_keys():
   assert "config.evals.bright.pp: occlude: fill=300 must be" in message
 
 
-def test_a_normalisation_on_the_0_to_255_scale_and_an_erasing_scale_above_1_name_their_key_and_fix():
-  config = get_config("configs/dan.py:synthetic")
-  config.input.update(train_pp="resize({size})|normalize(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])",
-                      eval_pp="resize({size})|normalize('imagenet')|random_erasing(p=0.5, scale=(2, 33))")
-  message = _problems(config, training=False)
-  assert ("config.input.train_pp: normalize: mean=[123.675, 116.28, 103.53] is on the 0–255 scale, but normalize "
-          "divides the pixels by 255 first: pass it divided by 255, mean=[0.485, 0.456, 0.406].") in message
-  assert ("config.input.eval_pp: random_erasing: scale=(2, 33) must be a (min, max) pair of fractions of the image's "
-          "area, 0 <= min <= max <= 1.") in message
-
-
-def test_a_normalisation_of_two_channels_and_a_negative_rotation_name_their_key():
+@pytest.mark.parametrize("key, pp, message", [
+    ("train_pp", "resize({size})|normalize(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])",
+     "normalize: mean=[123.675, 116.28, 103.53] is on the 0–255 scale, but normalize divides the pixels by 255 "
+     "first: pass it divided by 255, mean=[0.485, 0.456, 0.406]."),
+    ("eval_pp", "resize({size})|normalize('imagenet')|random_erasing(p=0.5, scale=(2, 33))",
+     "random_erasing: scale=(2, 33) must be a (min, max) pair of fractions of the image's area, 0 <= min <= max <= 1."),
+    ("train_pp", "resize({size})|rotate(-10)|normalize('imagenet')",
+     "rotate: degrees=-10 must be a number of degrees, 0 or more, or a (min, max) pair of them."),
+    ("eval_pp", "resize({size})|normalize(mean=(0.5, 0.5), std=(0.5, 0.5))",
+     "normalize: mean=(0.5, 0.5) must be a number or one number per channel (R, G, B)."),
+], ids=["mean_0_255", "erasing_scale_above_1", "negative_rotation", "two_channel_mean"])
+def test_an_op_argument_off_its_scale_or_range_names_its_key_and_fix(key, pp, message):
   """normalize((0.5, 0.5), ...) failed only inside the first traced step, once the data set was open (images have
   1 or 3 channels); rotate(-10) turned every image by 10°."""
   config = get_config("configs/dan.py:synthetic")
-  config.input.update(train_pp="resize({size})|rotate(-10)|normalize('imagenet')",
-                      eval_pp="resize({size})|normalize(mean=(0.5, 0.5), std=(0.5, 0.5))")
-  message = _problems(config, training=False)
-  assert ("config.input.train_pp: rotate: degrees=-10 must be a number of degrees, 0 or more, or a (min, max) pair of "
-          "them.") in message
-  assert ("config.input.eval_pp: normalize: mean=(0.5, 0.5) must be a number or one number per channel "
-          "(R, G, B).") in message
+  config.input[key] = pp
+  assert f"config.input.{key}: {message}" in _problems(config, training=False)
 
 
 def test_eval_pp_placeholder_inside_an_ops_arguments_is_refused_naming_where_it_goes():

@@ -8,7 +8,8 @@ stage keeping the boxes over its threshold and moving them by the predicted offs
 The weights are those of the `mtcnn` 1.0.0 package, and so is every step's arithmetic (its pyramid's
 truncated sides, P-Net's windows, its suppression, its bilinear crops, its box and landmark offsets and
 its thresholds): our boxes and landmarks are its own to float rounding (tests/test_face_detector.py),
-though it clips the boxes to the photo and rounds them to pixels, and we do not.
+though it clips the boxes to the photo and rounds them to pixels, and we do not. The pyramid's levels are
+ours (`pyramid_scales`): the package's count leaves out levels that ours scans.
 
 The networks run jitted (fer_jax.face.networks), with shapes that do not depend on the photo, so
 that photos of every size and every frame of a video reuse the same compiled programs: all pyramid

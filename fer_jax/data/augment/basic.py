@@ -33,11 +33,12 @@ def check_pair(op: str, name: str, pair, meaning: str, valid=lambda first, secon
     raise ValueError(f"{op}: {name}={pair!r} must be {meaning}.")
 
 
-def check_area_and_aspect(op: str, scale, ratio, aspect: str) -> None:
-  """The box draws of random_erasing and random_resized_crop: `scale`, fractions of the image's area, and `ratio`,
-  aspect ratios (`aspect`: "height / width" or "width / height")."""
-  check_pair(op, "scale", scale, "a (min, max) pair of fractions of the image's area, 0 <= min <= max <= 1",
-             lambda low, high: 0 <= low <= high <= 1)
+def check_area_and_aspect(op: str, scale, ratio, aspect: str, largest: float = 1.0) -> None:
+  """The box draws of random_erasing and random_resized_crop: `scale`, areas as fractions of the image's, up to
+  `largest`, and `ratio`, aspect ratios (`aspect`: "height / width" or "width / height")."""
+  upper = "" if largest == math.inf else f" <= {largest:g}"
+  check_pair(op, "scale", scale, f"a (min, max) pair of fractions of the image's area, 0 <= min <= max{upper}",
+             lambda low, high: 0 <= low <= high <= largest)
   check_pair(op, "ratio", ratio, f"a (min, max) pair of aspect ratios ({aspect}), 0 < min <= max",
              lambda low, high: 0 < low <= high)
 

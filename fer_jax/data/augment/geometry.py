@@ -374,7 +374,8 @@ def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), method: s
   box). Params: (top, left, h, w)."""
   _check_method("random_resized_crop", method, RESIZE_METHODS)
   out_height, out_width = _size("random_resized_crop", size)
-  check_area_and_aspect("random_resized_crop", scale, ratio, "width / height")
+  # Areas above the image's are taken, as torchvision and mmcls take them: those tries do not fit (the fallback).
+  check_area_and_aspect("random_resized_crop", scale, ratio, "width / height", largest=math.inf)
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
 
   def sample(key, shape):
