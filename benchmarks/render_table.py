@@ -25,8 +25,8 @@ REFERENCE_H100 = {("dan", 224): ("4,179", "8,275–9,399", "7,121"), ("apvit", 1
 REFERENCE_HEADER = ["official fp32 (H100, batch 256)", "official tuned (H100)", "official compiled (H100)"]
 
 PAPER_HEADER = ["config", "size", "batch", "dtype", "devices", "train img/s", "train step ms", "eval img/s",
-                "compile s (train / eval)", "warm-up s", "train GFLOP/img", "train TFLOP/s", "MFU", "peak memory GiB",
-                "kept for backward GiB"]
+                "compile s (train / eval)", "warm-up s", "train GFLOP/img", "eval GFLOP/img", "train TFLOP/s", "MFU",
+                "peak memory GiB", "kept for backward GiB"]
 
 
 def config_argument(row: dict) -> str:
@@ -39,17 +39,20 @@ def _number(value, digits: int = 2) -> str:
   return "–" if value is None else f"{value:,.{digits}f}"
 
 
-def _gflop_per_image(row: dict):
-  flops = row["train_flops_per_step"]
+def _gflop_per_image(row: dict, step: str = "train"):
+  flops = row.get(f"{step}_flops_per_step")
   return None if flops is None else flops / row["batch_size"] / 1e9
 
 
 def _memory(row: dict) -> str:
-  """GiB; a † marks XLA's planned figure (compiled.memory_analysis) where the device reports none."""
+  """GiB; a † marks XLA's planned figure (compiled.memory_analysis) where the device reports none, a ‡ the device's
+  peak reached before the train steps (initialisation, compilation), which bounds the step's from above."""
   size = row.get("peak_memory_bytes")
   if size is None:
     return "–"
-  return f"{size / 2**30:.2f}" + ("" if row.get("peak_memory_source") == "device.memory_stats" else " †")
+  if row.get("peak_memory_source") != "device.memory_stats":
+    return f"{size / 2**30:.2f} †"
+  return f"{size / 2**30:.2f}" + (" ‡" if row.get("peak_memory_before_steps_bytes") == size else "")
 
 
 def _kept_for_backward(row: dict) -> str:
@@ -75,7 +78,7 @@ def paper_row(row: dict, reference: bool = False, variant: str | None = None) ->
            str(row["batch_size"]), _precision(row),
            str(row["devices"]), _number(row["train_img_per_s"]), _number(row["train_step_ms"], 1),
            _number(row["eval_img_per_s"]), f"{row['train_compile_s']:.1f} / {row['eval_compile_s']:.1f}",
-           f"{row['train_warmup_s']:.2f}", _number(_gflop_per_image(row)),
+           f"{row['train_warmup_s']:.2f}", _number(_gflop_per_image(row)), _number(_gflop_per_image(row, "eval")),
            _number(row["train_tflops_per_s"], 3),
            "–" if row.get("mfu") is None else f"{row['mfu']:.1%}", _memory(row), _kept_for_backward(row)]
   if reference:
@@ -115,8 +118,9 @@ def paper_table(rows: list[dict], reference: bool = False) -> str:
   cells = [paper_row(row, reference, _variant(row, rounds) if variants else None) for row in rows]
   note = ("Compilation and warm-up steps are timed apart and not in the img/s figures; FLOPs from XLA's cost "
           "analysis of the step before optimisation (without the recomputation of config.model.remat), MFU "
-          "against the device's dense bf16 peak; † peak memory "
-          "as XLA planned it (compiled.memory_analysis), the device reporting none; kept for backward: what "
+          "against the device's dense bf16 peak; peak memory: the device's since the process started, read after "
+          "the train steps; † as XLA planned it (compiled.memory_analysis), the device reporting none; ‡ reached "
+          "before the train steps (initialisation, compilation), the step's own at most that; kept for backward: what "
           "one device's forward pass keeps for the backward pass (jax.vjp's residuals, parameters included), "
           "which config.model.remat lowers.")
   return f"{machine(rows)}\n\n{markdown(header, cells)}\n\n{note}\n"

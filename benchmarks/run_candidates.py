@@ -8,9 +8,11 @@ Each variant runs in a process of its own (a variant replaces a piece of fer_jax
 process), and there each config's train and eval steps are timed as `python -m fer_jax.benchmark
 --input=synthetic` times them: one JSON line per config and variant, with "variant" and "round"
 added. Rounds interleave the variants (A B A B …), so that a drift of the machine falls on each.
-The compile-only variants (compile_candidates.COMPILE_ONLY) are refused. With --resume, a variant and round whose
-lines --output holds for every config is not run again (a call cut short, or a variant failing, costs a rerun only
-what is missing).
+The compile-only variants (compile_candidates.COMPILE_ONLY) are refused, and so is a config that `python -m
+fer_jax.benchmark` would refuse (fer_jax.validation, with --dtype and --batch_size in place): the first variant's
+process checks every config before timing any and exits 2, and no other variant runs. With --resume, a variant and
+round whose lines --output holds for every config is not run again (a call cut short, or a variant failing, costs
+a rerun only what is missing).
 """
 
 import argparse
@@ -26,18 +28,37 @@ import render_table  # noqa: E402  pylint: disable=wrong-import-position
 
 from fer_jax import api  # noqa: E402  pylint: disable=wrong-import-position
 from fer_jax import benchmark  # noqa: E402  pylint: disable=wrong-import-position
+from fer_jax import validation  # noqa: E402  pylint: disable=wrong-import-position
+from fer_jax.errors import USER_ERROR_STATUS, UserError  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def time_variant(args) -> None:
   """In this process: swap args.one in, then time each config."""
   compile_candidates.swap_in(args.one)
-  for spec in args.configs:
-    config = api.load_config(spec)
-    config.model.dtype = args.dtype
-    config.batch_size = args.batch_size or config.batch_size
+  for spec, config in checked_configs(args).items():
     row = {"config": spec, "variant": args.one, "round": args.round, **benchmark.environment(),
            **benchmark.benchmark(config, args.steps, args.warmup)}
     write_rows([row], args.output, json.dumps(row) + "\n")
+
+
+def checked_configs(args) -> dict:
+  """{spec: config} of args.configs with --dtype and --batch_size in place, each checked as fer_jax.benchmark checks
+  its config (config.model.dtype "auto" resolved, the batch over this machine's devices), in the process that
+  times them: the parent would take the accelerator's memory. A refused one exits with one error line: a dtype
+  misspelt gave a TypeError's traceback in each variant's process, and a batch that does not divide over the
+  devices one from deep inside JAX."""
+  configs = {}
+  for spec in args.configs:
+    try:
+      config = api.load_config(spec)
+      config.model.dtype = args.dtype
+      config.batch_size = args.batch_size or config.batch_size
+      validation.validate(config, training=True)
+    except UserError as error:
+      print(f"error: {spec} (--dtype={args.dtype}, --batch_size={args.batch_size}): {error}", file=sys.stderr)
+      sys.exit(USER_ERROR_STATUS)
+    configs[spec] = config
+  return configs
 
 
 def timed_before(output: str) -> set[tuple[str, str, int]]:
@@ -77,6 +98,8 @@ def main() -> None:
         continue
       print(f"round {round_index}: {name}", file=sys.stderr, flush=True)
       child = subprocess.run([sys.executable, __file__, *passed, f"--one={name}", f"--round={round_index}"], check=False)
+      if child.returncode == USER_ERROR_STATUS:  # a config refused: every variant would refuse it
+        sys.exit(USER_ERROR_STATUS)
       if child.returncode:
         failed.append(f"{name} (round {round_index})")
   if failed:

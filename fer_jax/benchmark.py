@@ -38,9 +38,17 @@ run, `compilation_cache_dir`: JAX's persistent cache, where a compile time may b
   train_bytes_accessed_per_step   bytes the compiled train step accesses (XLA's cost analysis of one device's
                                   program × devices; on GPUs without cuDNN's convolutions)
   peak_memory_bytes, peak_memory_source
-                                  the most device memory in use during the train steps ("device.memory_stats",
-                                  peak_bytes_in_use) or, where the device reports none, the compiled train
-                                  step's arguments + outputs + temporaries − aliased ("compiled.memory_analysis")
+                                  the most device memory in use at once, read after the train steps
+                                  ("device.memory_stats", peak_bytes_in_use: the process's peak since it started,
+                                  which JAX offers no way to reset) or, where the device reports none, the
+                                  compiled train step's arguments + outputs + temporaries − aliased
+                                  ("compiled.memory_analysis")
+  peak_memory_before_steps_bytes  that device peak read before the first train step: initialisation, the random
+                                  batch and compilation (a GPU's autotuning tries its candidates in device
+                                  memory). Where peak_memory_bytes exceeds it, the train steps set the peak (their
+                                  footprint, train state and batch included); where they are equal, the step's
+                                  own peak is at most that (compare train_memory_analysis); null where the device
+                                  reports none
   train_memory_analysis           that analysis: {argument, output, alias, temp, generated_code} bytes per device
   train_saved_for_backward_bytes  what one device's forward pass keeps for the backward pass (jax.vjp's
                                   residuals, parameters included; `saved_for_backward_bytes`), which
@@ -416,6 +424,7 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
     return metrics["loss"]
 
   logging.info("Train step compiled in %.1f s; timing %d steps after %d warm-up steps.", train_compile, steps, warmup)
+  peak_before_steps = _device_peak_bytes()
   train_warmup, train_seconds = _time_stream(itertools.repeat(None), warmup, steps, run_train)
   logging.info("Train step: %.1f ms (warm-up %.1f s).", train_seconds * 1e3, train_warmup)
   device_peak = _device_peak_bytes()  # before the eval step: the training peak
@@ -450,6 +459,7 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
              if peak and train_figures["train_tflops_per_s"] is not None else None,
       "peak_memory_bytes": device_peak if device_peak is not None else planned_peak_bytes(memory),
       "peak_memory_source": "device.memory_stats" if device_peak is not None else "compiled.memory_analysis",
+      "peak_memory_before_steps_bytes": peak_before_steps,
       "train_memory_analysis": memory,
       "train_saved_for_backward_bytes": saved_for_backward_bytes(
           model, variables, jax.ShapeDtypeStruct(models.dummy_images(config, batch_size // devices).shape,

@@ -469,14 +469,20 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
 def _restore_on_this_host(state_directory: str) -> dict:
   """The saved params and batch_stats on this process's first device, whatever devices or processes
   wrote them (a pod's checkpoint restores on a laptop). A training state's step and optimizer state
-  are not read: Adam's moments alone are twice the params (partial restore, Orbax ≥ 0.11.14)."""
-  checkpointer = ocp.PyTreeCheckpointer()
+  are not read: Adam's moments alone are twice the params (partial restore, Orbax ≥ 0.11.14). Read by the
+  handler, without a checkpointer's closing barrier: on several processes a read that fails on one host alone left
+  the others in that barrier, then failing with a lost collective that blamed their own intact copy; the callers
+  share the error instead (`distributed.errors_together`)."""
+  handler = ocp.PyTreeCheckpointHandler()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   saved = _saved_tree(state_directory)
   target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
                         {name: saved[name] for name in MODEL_COLLECTIONS if name in saved})
-  return checkpointer.restore(state_directory, args=ocp.args.PyTreeRestore(
-      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+  try:
+    return handler.restore(epath.Path(state_directory), args=ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+  finally:
+    handler.close()
 
 
 def _fill_missing(variables: dict, fresh_variables: dict, pattern: str) -> dict:

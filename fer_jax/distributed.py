@@ -327,8 +327,14 @@ def _missing_token(workdir: str, zero: list) -> str:
 
 def _gather_strings(name: str, text: str) -> list[str]:
   """Every process's `text`, through the coordination service's key-value store: each name once per run."""
-  client = ocp.multihost.get_jax_distributed_client()
+  client = coordination_client()
   key = f"fer_jax/{name.replace(' ', '_')}/{next(_exchanges)}"
   client.key_value_set(f"{key}/{jax.process_index()}", text)
   return [client.blocking_key_value_get(f"{key}/{number}", COORDINATOR_TIMEOUT_S * 1000)
           for number in range(jax.process_count())]
+
+
+def coordination_client():
+  """jax.distributed's client of the coordination service: its key-value store exchanges text between processes
+  without a device collective."""
+  return ocp.multihost.get_jax_distributed_client()

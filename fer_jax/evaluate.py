@@ -196,10 +196,12 @@ IN_FLIGHT = 3  # evaluation batches queued on the devices beyond the one the hos
 def _outputs(step, variables, eval_data, label: str):
   """`step`'s output of each batch of `eval_data`, in order, on the host. The host keeps IN_FLIGHT batches queued and
   waits for the oldest in Python, so that SIGINT/SIGTERM stops a long evaluation within a batch (not after every batch
-  it had queued), and logs the progress of a long one (`label`: what it evaluates)."""
+  it had queued; on several processes, every process before the same batch: `stopping.stop_if_agreed`), and logs the
+  progress of a long one (`label`: what it evaluates)."""
   queued = collections.deque()
   batch_progress = progress.BatchProgress(label, eval_data.num_batches)
   for index, batch in enumerate(eval_data.batches()):
+    stopping.stop_if_agreed()
     queued.append(step(variables, batch))
     if len(queued) > IN_FLIGHT:
       yield _waited_for(queued.popleft())
@@ -568,7 +570,8 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   model = models.build_model(config)
   evaluators = Evaluators(model, config, mesh)
   evaluators.open_all()
-  variables = models.load_trained_variables(config, model, checkpoint)
+  with distributed.errors_together():  # a copy of the checkpoint on one host may be damaged
+    variables = models.load_trained_variables(config, model, checkpoint)
   variables = mesh_lib.replicated(variables, mesh)
   step_directory = checkpointing.step_folder(checkpoint)  # the folder load_trained_variables read
   name = os.path.basename(step_directory)

@@ -3,6 +3,7 @@ non-finite loss, and the exit statuses the commands end with (75: run the same c
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -14,6 +15,8 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+
+from fer_jax import distributed
 
 PREEMPTED_EXIT_STATUS = 75  # EX_TEMPFAIL: the run saved its step; the same command resumes it
 
@@ -40,11 +43,11 @@ class StoppedOutsideSteps(BaseException):
 
 # A SIGTERM/SIGINT outside the training steps not yet acted on, for the training loop's StopSignals (or, on one
 # process, `stop_if_held`) to take up. On several processes the first one is held so: they stop together at their
-# next agreed step (`agreed_signal`); one process leaving alone would leave the others waiting for it in a collective,
-# and itself in JAX's shutdown barrier, until both abort. On one, the handler's exception stops the command, but
-# inside an event loop (Orbax reading or writing a checkpoint), where the exception would be printed and lost in a
-# callback, or surface as a damaged checkpoint; and unless Python swallows it (raised inside a garbage-collection
-# callback, it prints "Exception ignored" and goes on).
+# next agreed step (`agreed_signal`) or evaluation batch (`stop_if_agreed`); one process leaving alone would leave
+# the others waiting for it in a collective, and itself in JAX's shutdown barrier, until both abort. On one, the
+# handler's exception stops the command, but inside an event loop (Orbax reading or writing a checkpoint), where the
+# exception would be printed and lost in a callback, or surface as a damaged checkpoint; and unless Python swallows
+# it (raised inside a garbage-collection callback, it prints "Exception ignored" and goes on).
 _held: list[str] = []
 
 
@@ -57,8 +60,8 @@ def _stop_outside_steps(signum, frame):
   _held.append(name)
   if several:
     logging.warning("%s received outside the training steps: held until every process of the run stops with this "
-                    "one at a saved step, or, where no training step follows (an evaluation, the report), until the "
-                    "command ends (send it again to exit at once, unsaved).", name)
+                    "one, at a saved step or before an evaluation's next batch (a report being written is finished "
+                    "first; send it again to exit at once, unsaved).", name)
   elif in_event_loop:
     logging.warning("%s received: stopping once the checkpoint being read or written is complete (send it again to "
                     "exit at once).", name)
@@ -113,6 +116,7 @@ def exit_status_on_stop(stopped: str = "The saved steps stand; run the same comm
     sys.exit(PREEMPTED_EXIT_STATUS)
   except StoppedOutsideSteps as e:
     _held.clear()
+    _posted.clear()
     logging.warning("%s received: stopped. %s", e, stopped)
     sys.exit(PREEMPTED_EXIT_STATUS)
   except NonFiniteError as e:
@@ -206,3 +210,39 @@ def agreed_signal(received: str | None) -> str | None:
   if received:
     return received
   return next((f"{signal.Signals(n).name} on process {index}" for index, n in enumerate(numbers) if n), None)
+
+
+STOP_REQUESTS = "fer_jax/stop_requests"  # the coordination service's folder of the signals processes hold
+_posted: list[str] = []  # this process's held signal, once written there
+_agreements = itertools.count()  # the points passed so far: the same sequence on every process
+
+
+def stop_if_agreed() -> None:
+  """Raises StoppedOutsideSteps on every process together once any of them holds a SIGTERM/SIGINT (`_held`), at a
+  point every process passes alike (before each of an evaluation's batches). Outside the training steps only (the
+  handler of `exit_status_on_stop` in place): inside them StopSignals takes the signals and they stop at an agreed
+  step. On one process the handler raised already. Agreed through the coordination service's key-value store, not
+  a device collective: one would wait for the evaluation batches queued on the devices before it."""
+  if not jax.distributed.is_initialized() or signal.getsignal(signal.SIGTERM) is not _stop_outside_steps:
+    return
+  decision = agreed_stop(_held[-1] if _held else None, jax.process_index(), distributed.coordination_client(),
+                         next(_agreements))
+  if decision:
+    raise StoppedOutsideSteps(_held[-1] if _held else decision)
+
+
+def agreed_stop(held: str | None, index: int, client, number: int) -> str:
+  """Process 0's decision at the `number`th agreement: the signal it holds ("SIGTERM on process 0"), else the one the
+  lowest-numbered process has written to STOP_REQUESTS, else "". Every other process writes its `held` signal there
+  once and waits for the decision; process 0 waits for none. `client`: the coordination service's
+  (jax.distributed's)."""
+  if held and index and not _posted:
+    client.key_value_set(f"{STOP_REQUESTS}/{index}", held)
+    _posted.append(held)
+  key = f"fer_jax/stop_decisions/{number}"
+  if index:
+    return client.blocking_key_value_get(key, distributed.COORDINATOR_TIMEOUT_S * 1000)
+  requests = sorted((int(path.rsplit("/", 1)[1]), name) for path, name in client.key_value_dir_get(STOP_REQUESTS))
+  decision = f"{held} on process 0" if held else next((f"{name} on process {i}" for i, name in requests), "")
+  client.key_value_set(key, decision)
+  return decision

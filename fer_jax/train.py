@@ -123,8 +123,9 @@ class Writer:
 
 def load_initial_variables(state: dict, config, model, mesh) -> dict:
   fresh = jax.device_get(checkpointing.model_variables(state)) if config.init_from_missing else None
-  variables = checkpointing.restore_model(config.init_from, models.abstract_variables(model, config),
-                                          fresh, config.init_from_missing)
+  with distributed.errors_together():  # init_from may be damaged on some hosts' disks only
+    variables = checkpointing.restore_model(config.init_from, models.abstract_variables(model, config),
+                                            fresh, config.init_from_missing)
   logging.info("Initialised params and batch_stats from %s", config.init_from)
   return {**state, **mesh_lib.replicated(variables, mesh)}
 

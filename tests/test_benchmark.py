@@ -40,7 +40,8 @@ SYNTHETIC_FIELDS = (
     "init_s", "train_img_per_s", "train_step_ms", "train_compile_s", "train_warmup_s", "train_flops_per_step",
     "train_tflops_per_s", "eval_img_per_s", "eval_step_ms", "eval_compile_s", "eval_warmup_s",
     "eval_flops_per_step", "eval_tflops_per_s", "mfu", "peak_tflops_per_device", "peak_memory_bytes",
-    "peak_memory_source", "train_memory_analysis", "train_saved_for_backward_bytes", "train_collectives", "dtype",
+    "peak_memory_source", "peak_memory_before_steps_bytes", "train_memory_analysis", "train_saved_for_backward_bytes",
+    "train_collectives", "dtype",
     "remat", "batch_size", "input_size")
 ENVIRONMENT_FIELDS = ("date", "platform", "device_kind", "devices", "jax", "jaxlib", "backend_version",
                       "host_cpus", "host_cpu_model", "load_average_1m", "compilation_cache_dir")
@@ -109,7 +110,7 @@ def test_synthetic_line_holds_every_figure():
   assert line["mfu"] is None and line["peak_tflops_per_device"] is None  # no known peak for a CPU
   # The CPU reports no memory statistics: the planned peak holds at least the train state it is given.
   variables = models.abstract_variables(TinyNet(), tiny_config())
-  assert line["peak_memory_source"] == "compiled.memory_analysis"
+  assert line["peak_memory_source"] == "compiled.memory_analysis" and line["peak_memory_before_steps_bytes"] is None
   assert line["peak_memory_bytes"] >= line["train_memory_analysis"]["argument"] > _bytes(variables)
   assert line["train_collectives"] == {"ops": {}, "bytes": 0, "by_role": {}}  # one device
   assert line["train_saved_for_backward_bytes"] > _bytes(jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.float32))
@@ -154,6 +155,28 @@ class Linear(nn.Module):
   def __call__(self, images, train: bool):
     del train
     return {"logits": nn.Dense(7, use_bias=False, name="fc")(images.reshape(images.shape[0], -1))}
+
+
+def test_a_device_peak_is_reported_beside_the_peak_before_the_train_steps(monkeypatch):
+  """memory_stats() gives the process's peak since it started, which JAX offers no way to reset: the line's peak
+  was the initialisation's or the compilation's (a GPU's autotuning) as much as the step's, and nothing told which.
+  The peak read before the first train step is reported beside it; the table marks a peak the steps did not raise."""
+  peaks = iter([5 * 2**30, 7 * 2**30])  # before the train steps, after them
+  monkeypatch.setattr(benchmark, "_device_peak_bytes", lambda: next(peaks))
+  line = tiny_benchmark(steps=1, warmup=0)
+  assert (line["peak_memory_before_steps_bytes"], line["peak_memory_bytes"]) == (5 * 2**30, 7 * 2**30)
+  assert line["peak_memory_source"] == "device.memory_stats" and not undocumented(line)
+  assert render_table.paper_row(line)[-2] == "7.00"
+  assert render_table.paper_row({**line, "peak_memory_bytes": 5 * 2**30})[-2] == "5.00 ‡"
+
+
+def test_eval_flops_of_a_linear_model_are_its_product():
+  """The eval step's FLOPs (`program_flops` of the confusion step, as for the train step): a linear model's are its
+  product's, 2·B·D·K, and the few of the argmax and the confusion matrix."""
+  line = tiny_benchmark(steps=1, warmup=0, network=lambda model_config: Linear())
+  product = 2 * 4 * (16 * 16 * 3) * 7
+  assert product <= line["eval_flops_per_step"] < 1.05 * product
+  assert render_table.paper_row(line)[11] == f"{line['eval_flops_per_step'] / 4 / 1e9:,.2f}"  # eval GFLOP/img
 
 
 def test_saved_for_backward_bytes_of_a_linear_model_are_its_input():
@@ -730,7 +753,8 @@ LINE = {
     "nvidia_driver": "570.86", "load_average_1m": 0.5, "input": "synthetic", "model": "dan", "input_size": 224,
     "dtype": "bfloat16", "batch_size": 256, "train_img_per_s": 9876.54, "train_step_ms": 25.92,
     "eval_img_per_s": 30123.4, "train_compile_s": 41.26, "eval_compile_s": 9.04, "train_warmup_s": 0.912,
-    "train_flops_per_step": 3.087e12, "train_tflops_per_s": 123.4567, "mfu": 0.1248, "peak_memory_bytes": 3 * 2**30,
+    "train_flops_per_step": 3.087e12, "eval_flops_per_step": 1.029e12, "train_tflops_per_s": 123.4567, "mfu": 0.1248,
+    "peak_memory_bytes": 3 * 2**30,
     "peak_memory_source": "device.memory_stats", "train_saved_for_backward_bytes": 2**30 + 2**29, "remat": "none",
     "train_collectives": {"ops": {"all-reduce": 58}, "bytes": 79056604, "by_role": {
         "batchnorm_statistics": {"ops": 25, "tensors": 82, "bytes": 96824},
@@ -742,7 +766,7 @@ def test_paper_table_renders_a_line():
   header, rule, row = table.split("\n")[2:5]
   assert header.count("|") == rule.count("|") == row.count("|") == len(render_table.PAPER_HEADER) + 4
   assert row == ("| `configs/dan.py:rafdb` | 224² | 256 | bfloat16 | 1 | 9,876.54 | 25.9 | 30,123.40 | 41.3 / 9.0 "
-                 "| 0.91 | 12.06 | 123.457 | 12.5% | 3.00 | 1.50 | 4,179 | 8,275–9,399 | 7,121 |")
+                 "| 0.91 | 12.06 | 4.02 | 123.457 | 12.5% | 3.00 | 1.50 | 4,179 | 8,275–9,399 | 7,121 |")
   rematerialised = render_table.paper_row({**LINE, "remat": "blocks"})
   assert rematerialised[3] == "bfloat16, remat blocks"
   small = render_table.paper_row({**LINE, "input_size": 72}, reference=True)
@@ -943,6 +967,19 @@ def test_missing_wheels_are_those_of_packages_not_installed(tmp_path):
     (tmp_path / name).write_bytes(b"")
   missing_wheels = helpers.load_script(os.path.join(helpers.ROOT, "benchmarks", "missing_wheels.py"))
   assert missing_wheels.missing_wheels(str(tmp_path)) == [str(tmp_path / names[1])]
+
+
+def test_candidates_refuse_a_config_the_benchmark_refuses_before_timing_any():
+  """run_candidates.py ran its configs unvalidated: a dtype misspelt gave each variant's process a TypeError's
+  traceback from deep in the model (and --dtype=auto timed an unresolved dtype); now one error line, exit 2, and no
+  other variant started."""
+  result = subprocess.run([sys.executable, os.path.join(helpers.ROOT, "benchmarks", "run_candidates.py"),
+                           "configs/dan.py:synthetic", "--dtype=bfloat61", "--variants=none,max_pool_xla_gradient"],
+                          cwd=helpers.ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "error: configs/dan.py:synthetic (--dtype=bfloat61, --batch_size=0): The config cannot run:" in result.stderr
+  assert "config.model.dtype='bfloat61' is not one of" in result.stderr and "Traceback" not in result.stderr
+  assert "round 0: max_pool_xla_gradient" not in result.stderr
 
 
 def test_candidates_resumed_time_only_what_their_output_lacks(tmp_path):

@@ -6,18 +6,21 @@ written); the two processes generate the built-in set once (process 0), give the
 75), resume from it, save the last step into checkpoints/ and best/ at once, write one set of outputs
 and a checkpoint that restores on one device and evaluates there to their confusion matrix, with
 final parameters as close to the one-process run's as a different reduction order leaves them.
-SIGTERM while setting up stops both too; a process killed ends the other at once. Two processes whose
-workdirs differ stop at start-up with one error naming the folders. Two checkpoint folders save the
-same steps at once.
+SIGTERM while setting up stops both too, and SIGTERM in an evaluation stops both before one of its batches; a
+process killed ends the other at once. Two processes whose workdirs differ stop at start-up with one error naming
+the folders, and weights damaged on one host alone stop both with that host's path. Two checkpoint folders save
+the same steps at once.
 
 Two devices a process, not more: every device takes part in each of the step's 91 gloo collectives
 (41 all-gathers of BatchNorm statistics, 50 all-reduces); with two devices a process a step takes
 ~1.3 s on the 2-core machine (benchmarks/two_processes.sh), more with more devices."""
 
 import csv
+import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +36,7 @@ from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import stopping
-from helpers import ROOT, cpu_devices_env, free_port, get_config, killed_at_end, tiny_run
+from helpers import ROOT, cpu_devices_env, free_port, get_config, killed_at_end, random_variables, tiny_run
 
 pytestmark = pytest.mark.integration
 
@@ -77,14 +80,15 @@ def _distance(a: dict, b: dict) -> float:
                            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))))
 
 
-def _start_two(workdir, data_dir, logs, other_workdir=None, checkpoint_every_steps=2) -> list[subprocess.Popen]:
+def _start_two(workdir, data_dir, logs, other_workdir=None, checkpoint_every_steps=2,
+               extra: tuple[str, ...] = ()) -> list[subprocess.Popen]:
   """Both processes, each writing its log to a file (a pipe nobody reads would fill and block it);
-  process 1 in `other_workdir` if given."""
+  process 1 in `other_workdir` if given; `extra` flags added."""
   address = f"localhost:{free_port()}"
   workdirs = [workdir, other_workdir or workdir]
   return [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_args(workdirs[index], data_dir), "--distributed",
                             f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}",
-                            f"--config.checkpoint_every_steps={checkpoint_every_steps}"],
+                            f"--config.checkpoint_every_steps={checkpoint_every_steps}", *extra],
                            cwd=ROOT, env=cpu_devices_env(2), stdout=subprocess.DEVNULL, stderr=log)
           for index, log in enumerate(logs)]
 
@@ -136,12 +140,14 @@ def _check_predictions(workdir, report: dict) -> None:
     assert counts.tolist() == results["confusion_matrix"], prefix
 
 
-def _sigterm_to_process_1_after(line: str, workdir, data_dir, tmp_path) -> tuple[list[int], list[str]]:
-  """Both processes started (saving at the epoch's end only), SIGTERM to process 1 once its log holds `line`:
-  their exit statuses and logs."""
+def _sigterm_to_process_1_after(line: str, workdir, data_dir, tmp_path,
+                                extra: tuple[str, ...] = ()) -> tuple[list[int], list[str]]:
+  """Both processes started (saving at the epoch's end only; `extra` flags added), SIGTERM to process 1 once its log
+  holds `line`: their exit statuses and logs."""
   logs = [tmp_path / f"process_{index}.log" for index in range(2)]
   with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
-    with killed_at_end(_start_two(workdir, data_dir, [log_0, log_1], checkpoint_every_steps=0)) as processes:
+    with killed_at_end(_start_two(workdir, data_dir, [log_0, log_1], checkpoint_every_steps=0,
+                                  extra=extra)) as processes:
       _wait_for_line(processes, logs[1], line)
       processes[1].send_signal(signal.SIGTERM)
       codes = [process.wait(timeout=240) for process in processes]
@@ -250,6 +256,24 @@ def test_sigterm_to_one_process_while_setting_up_stops_both_at_one_saved_step(tm
   assert "Traceback" not in texts[0] + texts[1]
 
 
+def test_sigterm_to_one_process_in_an_evaluation_stops_both_without_a_report(tmp_path, tiny_data_dir):
+  """--mode=eval: SIGTERM reached process 1 as the evaluation set up (its config checked). Both processes held it to
+  the end of the evaluation, wrote the report and exited 0 ("not acted on"): an evaluation of a large set ran on for
+  its minutes after the launcher asked it to stop. Now both stop together before one of its batches (here 18 a
+  pass), exit 75 and write no report."""
+  config = tiny_run(get_config("configs/dan.py:synthetic"))
+  weights = checkpointing.save_model(str(tmp_path / "weights"), random_variables(config), config)
+  codes, texts = _sigterm_to_process_1_after("Model compute dtype", tmp_path / "eval", tiny_data_dir, tmp_path,
+                                             extra=("--mode=eval", f"--checkpoint={weights}",
+                                                    "--config.eval_batch_size=4"))
+  assert codes == [stopping.PREEMPTED_EXIT_STATUS] * 2, "\n".join(map(_failure, texts))
+  for text, name in zip(texts, ["SIGTERM on process 1", "SIGTERM"]):
+    assert f"{name} received: stopped. The evaluation's report is missing or incomplete; run the same" in text, \
+        _failure(text)
+    assert "Traceback" not in text
+  assert not (tmp_path / "eval").exists()
+
+
 def test_a_process_killed_mid_run_ends_the_other_with_one_line_and_75(tmp_path, tiny_data_dir):
   """The survivor printed a JaxRuntimeError traceback (Gloo ... Connection reset by peer), waited 76 s in JAX's
   shutdown barrier for the dead process, then aborted (exit 134)."""
@@ -265,17 +289,21 @@ def test_a_process_killed_mid_run_ends_the_other_with_one_line_and_75(tmp_path, 
   assert "Traceback" not in text
 
 
-def _on_two_hosts_with_weights_on_the_first(tmp_path, name: str, args: list[str]) -> tuple[list[int], list[str]]:
-  """Freshly initialised DAN weights linked as `name` in process 0's working folder alone (tmp_path/host_0; process 1
-  works in host_1), then `fer_jax.main --config=configs/dan.py:synthetic` with `args` on both processes: their exit
-  statuses and logs."""
+def _on_two_hosts_with_weights_on_the_first(tmp_path, name: str, args: list[str],
+                                            truncated_on_the_second: bool = False) -> tuple[list[int], list[str]]:
+  """Random DAN weights linked as `name` in process 0's working folder alone (tmp_path/host_0; process 1 works in
+  host_1; with `truncated_on_the_second`, a copy whose largest array file is cut in half there), then
+  `fer_jax.main --config=configs/dan.py:synthetic` with `args` on both processes: their exit statuses and logs."""
   config = tiny_run(get_config("configs/dan.py:synthetic"))
-  model = models.build_model(config)
-  checkpointing.save_model(str(tmp_path / "weights"), models.init_variables(model, config, jax.random.key(1)), config)
+  checkpointing.save_model(str(tmp_path / "weights"), random_variables(config), config)
   hosts = [tmp_path / "host_0", tmp_path / "host_1"]
   for host in hosts:
     host.mkdir()
   (hosts[0] / name).symlink_to(tmp_path / "weights", target_is_directory=True)
+  if truncated_on_the_second:
+    shutil.copytree(tmp_path / "weights", hosts[1] / name)
+    largest = max(glob.glob(f"{hosts[1] / name}/0/state/**/*", recursive=True), key=os.path.getsize)
+    os.truncate(largest, os.path.getsize(largest) // 2)
   address = f"localhost:{free_port()}"
   args = [f"--config={ROOT}/configs/dan.py:synthetic", *args]
   logs = [tmp_path / f"process_{index}.log" for index in range(2)]
@@ -299,6 +327,21 @@ def test_a_user_error_of_process_1_alone_stops_both_at_once(tmp_path, tiny_data_
   assert codes == [2, 2], "\n".join(map(_failure, texts))
   for text in texts:
     assert "error: process 1: The config cannot run:" in text and "config.init_from=init does not exist" in text
+
+
+@pytest.mark.parametrize("command", ["init_from", "eval"])
+def test_weights_damaged_on_one_host_alone_stop_both_with_their_path(tmp_path, tiny_data_dir, command):
+  """config.init_from=init (or --mode=eval's --checkpoint=init) is intact on process 0's host, truncated on process
+  1's: the checks before reading pass, so only the restore fails, on process 1 alone. Process 0 waited for it in the
+  restore's closing barrier, then exited 2 with "Cannot read the checkpoint <its own intact copy> (… Gloo AllGather
+  failed …): it is damaged"."""
+  args = ([*_args(tmp_path / "run", tiny_data_dir)[1:], "--config.init_from=init"] if command == "init_from" else
+          [f"--workdir={tmp_path / 'eval'}", *_args("", tiny_data_dir)[2:], "--mode=eval", "--checkpoint=init"])
+  codes, texts = _on_two_hosts_with_weights_on_the_first(tmp_path, "init", args, truncated_on_the_second=True)
+  assert codes == [2, 2], "\n".join(map(_failure, texts))
+  for text in texts:
+    assert f"error: process 1: Cannot read the checkpoint {tmp_path}/host_1/init/0 (" in text, text[-3000:]
+    assert "it is damaged or incomplete" in text and "Gloo" not in text
 
 
 def test_an_evaluations_checkpoint_on_one_host_alone_stops_both_with_its_message(tmp_path, tiny_data_dir):

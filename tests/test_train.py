@@ -683,6 +683,52 @@ def test_on_several_processes_a_signal_while_setting_up_is_held_for_the_loop(mon
   assert signal.getsignal(signal.SIGTERM) is not stopping._stop_outside_steps  # pylint: disable=protected-access
 
 
+class InMemoryCoordination:
+  """The key-value store of jax.distributed's coordination service, for processes simulated one after another."""
+
+  def __init__(self):
+    self.store = {}
+
+  def key_value_set(self, key, value):
+    assert key not in self.store, f"{key} written twice"  # as the service refuses
+    self.store[key] = value
+
+  def key_value_dir_get(self, directory):
+    return [(key, value) for key, value in self.store.items() if key.startswith(directory + "/")]
+
+  def blocking_key_value_get(self, key, timeout_ms):
+    del timeout_ms
+    return self.store[key]
+
+
+def test_processes_agree_to_stop_an_evaluation_at_the_point_after_process_0_sees_the_signal(monkeypatch):
+  """A signal held on several processes outside the training steps was held to the end of an evaluation (its report
+  written, exit 0). Process 1's signal, written after process 0 decided point 1, stops both at point 2; process 1
+  writes it once."""
+  monkeypatch.setattr(stopping, "_posted", [])
+  coordination = InMemoryCoordination()
+  decisions = [stopping.agreed_stop(None, 0, coordination, 0), stopping.agreed_stop(None, 1, coordination, 0),
+               stopping.agreed_stop(None, 0, coordination, 1), stopping.agreed_stop("SIGTERM", 1, coordination, 1),
+               stopping.agreed_stop(None, 0, coordination, 2), stopping.agreed_stop("SIGTERM", 1, coordination, 2)]
+  assert decisions == ["", "", "", "", "SIGTERM on process 1", "SIGTERM on process 1"]
+  assert stopping.agreed_stop("SIGINT", 0, coordination, 3) == "SIGINT on process 0"  # its own first
+
+
+def test_an_evaluation_agrees_on_stopping_outside_the_training_steps_only(monkeypatch):
+  """Inside the training steps StopSignals holds the signals (they stop at an agreed step); on one process the
+  handler raised already. Neither exchanges anything."""
+  monkeypatch.setattr(stopping, "agreed_stop", lambda *args: pytest.fail("agreed inside the steps"))
+  stopping.stop_if_agreed()  # one process
+  monkeypatch.setattr(stopping.jax.distributed, "is_initialized", lambda: True)
+  with stopping.exit_status_on_stop(), stopping.StopSignals():
+    stopping.stop_if_agreed()
+  monkeypatch.setattr(stopping, "agreed_stop", lambda *args: "SIGTERM on process 1")
+  monkeypatch.setattr(stopping.distributed, "coordination_client", lambda: None)
+  with pytest.raises(SystemExit) as stopped, stopping.exit_status_on_stop():
+    stopping.stop_if_agreed()
+  assert stopped.value.code == stopping.PREEMPTED_EXIT_STATUS
+
+
 def test_a_signal_whose_exception_python_swallowed_still_stops_the_loop(caplog):
   """A SIGINT arriving inside JAX's garbage-collection callback raised there; Python printed "Exception ignored"
   and the command went on as if never signalled (about one export in 20)."""
