@@ -202,7 +202,7 @@ def test_erasing_rejects_unknown_ratio_sampling():
     ("scale=0.2", r"scale=0.2 must be"),
     ("ratio=(0, 2)", r"ratio=\(0, 2\) must be a \(min, max\) pair of aspect ratios \(height / width\), 0 < min"),
     ("ratio=(-1, 2), ratio_sampling='uniform'", r"ratio=\(-1, 2\) must be"),
-    ("value=[1, 'a', 3]", r"value=\[1, 'a', 3\] must be a number, one number per channel or 'random'"),
+    ("value=[1, 'a', 3]", r"value=\[1, 'a', 3\] must be a number or one number per channel \(R, G, B\) or 'random'"),
 ])
 def test_erasing_refuses_ranges_it_cannot_draw_from_naming_the_argument(arguments, message):
   """A negative or above-1 scale and a uniform ratio below 0 were taken and erased boxes of wrong sizes at other
@@ -228,11 +228,14 @@ def test_colour_arguments_that_are_no_numbers_or_out_of_range_are_refused(op, me
 
 
 def test_erasing_refuses_a_fill_of_other_than_one_value_or_one_per_channel():
-  pipeline = augment.parse("to_float()|random_erasing(value=(1, 2))")
-  with pytest.raises(ValueError, match=r"^random_erasing: value=\(1, 2\) has 2 per-channel values for a 3-channel "
-                                       r"image: give one number, or one per channel\.$"):
-    pipeline.output_shape((8, 8, 3))
-  assert augment.parse("to_float()|random_erasing(value=(1, 2, 3))").output_shape((8, 8, 3)) == (8, 8, 3)
+  with pytest.raises(ValueError, match=r"^random_erasing: value=\(1, 2\) must be a number or one number per channel "
+                                       r"\(R, G, B\) or 'random'\."):
+    augment.parse("to_float()|random_erasing(value=(1, 2))")
+  pipeline = augment.parse("to_float()|random_erasing(value=(1, 2, 3))")
+  assert pipeline.output_shape((8, 8, 3)) == (8, 8, 3)
+  with pytest.raises(ValueError, match=r"^random_erasing: value=\(1, 2, 3\) has 3 per-channel values for a "
+                                       r"1-channel image: give one number, or one per channel\.$"):
+    pipeline.output_shape((8, 8, 1))
 
 
 # --- sample, against the libraries' samplers ------------------------------------------------

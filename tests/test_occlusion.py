@@ -94,6 +94,14 @@ def test_fill_colour_and_bad_arguments():
     augment.parse(f"occlude('mask', geometry={upside_down!r})")
 
 
+@pytest.mark.parametrize("arguments", ["area=0.3", "count=2", "area=0.2, count=1"])
+def test_area_and_count_given_for_another_region_than_boxes_are_refused(arguments):
+  """They size the boxes only: given with 'mouth' they did nothing, silently."""
+  with pytest.raises(ValueError, match=r"^occlude\('mouth'\): area and count size the 'boxes' region only"):
+    augment.parse(f"occlude('mouth', {arguments})")
+  assert augment.parse(f"occlude('boxes', {arguments})").output_shape((8, 8, 3)) == (8, 8, 3)
+
+
 def test_an_rgb_fill_on_a_grey_image_is_its_grey_level():
   """The mask's light blue (170, 205, 230) painted grey images 170, its red value."""
   out = run_pipeline("occlude('lower_half', fill=(170, 205, 230))|to_float()", 20, np.full((20, 20, 1), 100, np.uint8))

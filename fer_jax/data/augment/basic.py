@@ -43,12 +43,13 @@ def check_area_and_aspect(op: str, scale, ratio, aspect: str, largest: float = 1
              lambda low, high: 0 < low <= high)
 
 
-def channel_values(op: str, name: str, values) -> np.ndarray:
+def channel_values(op: str, name: str, values, alternative: str = "") -> np.ndarray:
   """An op's per-channel argument (a fill, a mean) as float32: one number, or three, one per channel of an RGB
-  image (the data sets decode to grey or RGB, and gray_to_rgb makes three)."""
+  image (the data sets decode to grey or RGB, and gray_to_rgb makes three); `alternative`: what else the op
+  takes there, for the message."""
   given = values if isinstance(values, (tuple, list)) else [values]
   if len(given) not in (1, 3) or not all(map(is_number, given)):
-    raise ValueError(f"{op}: {name}={values!r} must be a number or one number per channel (R, G, B).")
+    raise ValueError(f"{op}: {name}={values!r} must be a number or one number per channel (R, G, B){alternative}.")
   return np.asarray(given, np.float32)
 
 

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax.data.augment.basic import (bernoulli, check_area_and_aspect, check_number, check_pair, check_probability,
-                                        is_number)
+from fer_jax.data.augment.basic import (bernoulli, channel_values, check_area_and_aspect, check_number, check_pair,
+                                        check_probability)
 from fer_jax.data.augment.core import Op, register
 
 # --- Pillow's conversions, in exact integer arithmetic ---------------------------------------
@@ -265,14 +265,6 @@ def random_grayscale(p: float = 0.1) -> Op:
 ERASING_TRIES = 10
 
 
-def _erasing_fill(value) -> np.ndarray:
-  """random_erasing's `value` other than "random": one number, or one per channel."""
-  numbers = value if isinstance(value, (tuple, list)) else [value]
-  if not numbers or not all(map(is_number, numbers)):
-    raise ValueError(f"random_erasing: value={value!r} must be a number, one number per channel or 'random'.")
-  return np.asarray(numbers, np.float32)
-
-
 @register
 def random_erasing(p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0,
                    ratio_sampling: str = "log") -> Op:
@@ -291,7 +283,7 @@ def random_erasing(p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0
     raise ValueError(f"random_erasing: unknown ratio_sampling {ratio_sampling!r}; valid: 'log', 'uniform'.")
   check_area_and_aspect("random_erasing", scale, ratio, "height / width")
   random_fill = value == "random"
-  fill = None if random_fill else _erasing_fill(value)
+  fill = None if random_fill else channel_values("random_erasing", "value", value, " or 'random'")
   if ratio_sampling == "log":
     aspect_low, aspect_high = math.log(ratio[0]), math.log(ratio[1])
   else:

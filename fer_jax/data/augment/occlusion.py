@@ -102,14 +102,18 @@ def _fixed_region(region: str, g: dict):
 
 
 @register
-def occlude(region: str, geometry="synthetic", fill=None, area: float = 0.2, count: int = 1) -> Op:
+def occlude(region: str, geometry="synthetic", fill=None, area: float | None = None, count: int | None = None) -> Op:
   """Paints `region` (REGIONS) with `fill` (a grey level or an RGB triple, 0–255), on 0–255 values only.
 
-  `geometry`: a name in GEOMETRIES or a dict of the same keys. `area` and `count`: the "boxes"
-  region only (`count` squares of area / count of the image each, wholly inside it, which may overlap).
+  `geometry`: a name in GEOMETRIES or a dict of the same keys. `area` (default 0.2) and `count` (default 1): the
+  "boxes" region only (`count` squares of area / count of the image each, wholly inside it, which may overlap).
   """
   if region not in REGIONS:
     raise ValueError(f"occlude: unknown region {region!r}; valid: {', '.join(REGIONS)}.")
+  if region != "boxes" and (area, count) != (None, None):
+    raise ValueError(f"occlude({region!r}): area and count size the 'boxes' region only; drop them, or occlude "
+                     "'boxes'.")
+  area, count = 0.2 if area is None else area, 1 if count is None else count
   if region == "boxes" and not (is_number(area) and 0 < area < 1 and isinstance(count, int)
                                 and not isinstance(count, bool) and count >= 1):
     raise ValueError(f"occlude('boxes'): area={area!r} must be a number in (0, 1) and count={count!r} a whole "
