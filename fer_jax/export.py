@@ -29,6 +29,8 @@ normalise; PIL/cv2 resizing happens outside the program).
                       dynamic dimension unless --batch_size=N (fer_jax.onnx_export translates it);
                       it computes in float32: config.model.dtype "auto" exports as float32 wherever
                       it runs, any other dtype is refused
+                      model.json's keys are in its metadata_props (each value JSON text) and its doc
+                      strings name each output index's class, for the file copied alone
   OUT/model.json      as above, without platforms (--platforms is refused: the file runs wherever
                       ONNX Runtime does); with --verify_images=A.jpg,B.png also the worst relative
                       logit difference between ONNX Runtime and JAX on those images (any number of them)
@@ -40,6 +42,7 @@ stops it with exit status 75 and nothing written (the same command exports again
 
 from collections.abc import Sequence
 import importlib
+import importlib.metadata
 import json
 import os
 import shlex
@@ -360,15 +363,57 @@ def metadata(config, batch_size: int | None, format_fields: dict, stored_shape: 
 
 def write_onnx(config, variables: dict, out: str, batch_size: int | None, verify_images,
                stored_shape: Sequence[int]) -> dict:
-  """OUT/model.onnx, checked against JAX on `verify_images` first; returns model.json's format fields."""
-  serialized = export_onnx(config, variables, batch_size).SerializeToString()
+  """OUT/model.onnx, checked against JAX on `verify_images` first and carrying its model.json (`describe_onnx`),
+  which it returns."""
+  model = export_onnx(config, variables, batch_size)
   fields = {"format": "onnx", "onnx_opset": onnx_export.OPSET}
   if verify_images:
-    fields["onnx_runtime_vs_jax"] = onnx_parity(config, variables, serialized, list(verify_images), batch_size,
-                                                stored_shape)
+    fields["onnx_runtime_vs_jax"] = onnx_parity(config, variables, model.SerializeToString(), list(verify_images),
+                                                batch_size, stored_shape)
+  info = metadata(config, batch_size, fields, stored_shape)
+  describe_onnx(model, info)
   with open(os.path.join(out, ONNX), "wb") as f:
-    f.write(serialized)
-  return fields
+    f.write(model.SerializeToString())
+  return info
+
+
+def fer_jax_version() -> str | None:
+  """The installed fer_jax distribution's version; None where it is imported from a checkout not installed."""
+  try:
+    return importlib.metadata.version("fer_jax")
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def onnx_metadata(info: dict) -> dict[str, str]:
+  """model.onnx's metadata_props: model.json's (`info`) keys, each value as JSON text (json.loads gives model.json's
+  value back), and fer_jax_version where known."""
+  props = {key: json.dumps(value) for key, value in info.items()}
+  if fer_jax_version():
+    props["fer_jax_version"] = json.dumps(fer_jax_version())
+  return props
+
+
+def describe_onnx(model, info: dict) -> None:
+  """Makes the ONNX ModelProto `model` say what its model.json (`info`) says, for the file copied alone: every key in
+  metadata_props (`onnx_metadata`), and in doc strings which class each output index is and how images become the
+  input; fer_jax's version as producer_version."""
+  names = info["class_names"]
+  classes = ", ".join(f"{index} {name}" for index, name in enumerate(names))
+  shape = ", ".join(map(str, info["expected_input"]["shape"]))
+  model.doc_string = (f"fer_jax {info['method']}: facial expression classification into {len(names)} classes. "
+                      "metadata_props hold model.json's keys, each value JSON text.")
+  model.graph.doc_string = f"logits[:, i] and probabilities[:, i] are class i of class_names: {classes}."
+  docs = {"images": f"float32 [{shape}] {info['expected_input']['layout']}: each image {input_recipe(info)} "
+                    "(metadata_props' expected_input).",
+          "logits": f"float32 [batch, {len(names)}], unnormalised scores; index i is class_names[i]: {classes}.",
+          "probabilities": f"float32 [batch, {len(names)}], the softmax of logits; index i is class_names[i]."}
+  for value in [*model.graph.input, *model.graph.output]:
+    value.doc_string = docs[value.name]
+  del model.metadata_props[:]
+  for key, value in onnx_metadata(info).items():
+    model.metadata_props.add(key=key, value=value)
+  model.producer_version = fer_jax_version() or ""
 
 
 def write_stablehlo(config, variables: dict, out: str, batch_size: int | None, platforms) -> dict:
@@ -460,10 +505,10 @@ def export(config, variables: dict, out: str, batch_size: int | None = None, pla
   os.makedirs(partial)
   try:
     if export_format == "onnx":
-      fields = write_onnx(config, variables, partial, batch_size, verify_images, stored_shape)
+      info = write_onnx(config, variables, partial, batch_size, verify_images, stored_shape)
     else:
-      fields = write_stablehlo(config, variables, partial, batch_size, platforms)
-    info = metadata(config, batch_size, fields, stored_shape)
+      info = metadata(config, batch_size, write_stablehlo(config, variables, partial, batch_size, platforms),
+                      stored_shape)
     with open(os.path.join(partial, METADATA), "w") as f:
       json.dump(info, f, indent=2)
     _move_into_place(partial, out)
@@ -496,21 +541,27 @@ def exported_line(info: dict, out: str, config_arguments: list[str]) -> str:
           f"{'any batch size' if symbolic else f'batch size {batch_size}'})")
   if info["format"] == "onnx":
     shape = ", ".join(map(str, ("N" if symbolic else batch_size, image["height"], image["width"], image["channels"])))
-    how, expected = info["preprocessing"], info.get("expected_input")  # an export before 2026-12-05 has no recipe
-    if expected:
-      decoded = expected["decode"]
-      how = f"decoded to {decoded['height']}x{decoded['width']}x{decoded['channels']}, then {how}"
-      if "normalize" in expected:
-        how += f" (mean {expected['normalize']['mean']}, std {expected['normalize']['std']})"
     return (f"{what} as ONNX to {out}. Run it with ONNX Runtime: onnxruntime.InferenceSession("
             f"{json.dumps(os.path.join(out, ONNX))}).run(None, {{\"images\": images}}), images float32 [{shape}] "
-            f"preprocessed as model.json's \"expected_input\" says: {how}.")
+            f"preprocessed as model.json's \"expected_input\" says: {input_recipe(info)}.")
   command = shlex.join([sys.executable, "-m", "fer_jax.predict", *absolute_config(config_arguments),
                         f"--checkpoint={out}", "--input=PHOTO", "--output=predictions.csv"])
   folder = method_folder(info["method"])
   if folder:  # a method of yours: importable from any folder with the one it was imported from on the path
     command = f"PYTHONPATH={shlex.quote(folder)} {command}"
   return f"{what} as StableHLO for {', '.join(info['platforms'])} to {out}. Run it: {command}"
+
+
+def input_recipe(info: dict) -> str:
+  """How an image file becomes the input, in a line, by model.json (`info`): "decoded to HxWxC, then PIPELINE (mean
+  M, std S)"; the pipeline alone for an export before 2026-12-05, which has no expected_input."""
+  how, expected = info["preprocessing"], info.get("expected_input")
+  if expected:
+    decoded = expected["decode"]
+    how = f"decoded to {decoded['height']}x{decoded['width']}x{decoded['channels']}, then {how}"
+    if "normalize" in expected:
+      how += f" (mean {expected['normalize']['mean']}, std {expected['normalize']['std']})"
+  return how
 
 
 def method_folder(name: str) -> str | None:

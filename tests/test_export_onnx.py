@@ -1,5 +1,6 @@
 """fer_jax.export --format=onnx: the ONNX file, run by ONNX Runtime, gives JAX's logits."""
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import onnx
 import onnxruntime
 from PIL import Image
 import pytest
@@ -122,18 +124,45 @@ def test_verify_images_is_refused_for_stablehlo(tmp_path):
     export.export(config, {}, str(tmp_path / "out"), verify_images=["a.png"])
 
 
-def test_verify_images_runs_any_number_of_images_through_a_fixed_batch_size(tmp_path):
-  """Three photos with --batch_size=2 were refused ("give exactly --batch_size=2 images (got 3)"), and only once the
-  model had been translated: they run in batches of 2, the last one padded."""
+@pytest.fixture(scope="module")
+def verified_export(tmp_path_factory):
+  """DAN at 32² exported with --batch_size=2 and --verify_images of three photos: (its folder, the returned info)."""
+  folder = tmp_path_factory.mktemp("verified")
   photos = []
   for n in range(3):
-    photos.append(str(tmp_path / f"{n}.png"))
+    photos.append(str(folder / f"{n}.png"))
     Image.fromarray(np.random.default_rng(n).integers(0, 256, (40, 30, 3), np.uint8)).save(photos[-1])
   config = small_config("configs/dan.py:synthetic", 32)
-  info = export.export(config, random_variables(config, seed=4), str(tmp_path / "out"), batch_size=2,
+  info = export.export(config, random_variables(config, seed=4), str(folder / "out"), batch_size=2,
                        export_format="onnx", verify_images=photos)
+  return folder / "out", info
+
+
+def test_verify_images_runs_any_number_of_images_through_a_fixed_batch_size(verified_export):
+  """Three photos with --batch_size=2 were refused ("give exactly --batch_size=2 images (got 3)"), and only once the
+  model had been translated: they run in batches of 2, the last one padded."""
+  _, info = verified_export
   assert info["onnx_runtime_vs_jax"]["images"] == 3
   assert 0 <= info["onnx_runtime_vs_jax"]["worst_relative_logit_error"] <= 1e-4
+
+
+def test_the_onnx_file_alone_says_what_model_json_says(verified_export):
+  """model.onnx copied without model.json did not say which class each output index is or how to make its input:
+  ONNX Runtime reads model.json's keys from its metadata_props (each value JSON text), and its doc strings name
+  the classes by index."""
+  out, _ = verified_export
+  model_json = json.loads((out / "model.json").read_text())
+  meta = session(str(out / "model.onnx")).get_modelmeta()
+  props = {key: json.loads(value) for key, value in meta.custom_metadata_map.items()}
+  assert props.pop("fer_jax_version") == importlib.metadata.version("fer_jax")
+  assert props == model_json
+  classes = "0 anger, 1 disgust, 2 fear, 3 happiness, 4 sadness, 5 surprise, 6 neutral."
+  assert meta.graph_description.endswith(f"class i of class_names: {classes}")
+  model = onnx.load(str(out / "model.onnx"))
+  onnx.checker.check_model(model, full_check=True)
+  docs = {value.name: value.doc_string for value in [*model.graph.input, *model.graph.output]}
+  assert docs["logits"].endswith(f"index i is class_names[i]: {classes}")
+  assert "decoded to 32x32x3, then resize(32)|normalize('imagenet')" in docs["images"]
 
 
 def test_the_last_line_says_what_was_exported_and_how_onnx_runtime_runs_it():
