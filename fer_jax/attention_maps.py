@@ -44,11 +44,11 @@ def _save_panels(panels, path: str, min_side: int = 224) -> str:
 
 
 def save_apvit_maps(images, outputs, out_dir: str, patch_size: int) -> list[str]:
-  """Writes <i>_app_patches.png and <i>_atp_tokens.png over each face; returns the paths.
+  """Writes <i>_app_patches.png and, where blocks pooled tokens, <i>_atp_tokens.png over each face; returns the paths.
 
   The first shows the face beside the patches APP kept; the second, the patch tokens left after
   each ATP block (blocks 5–8, left to right). Dropped patches are dimmed; a patch is
-  `patch_size` input pixels square.
+  `patch_size` input pixels square. With every keep rate 1 (APP alone) no block pools: there is no second.
   """
   os.makedirs(out_dir, exist_ok=True)
   paths = []
@@ -56,7 +56,8 @@ def save_apvit_maps(images, outputs, out_dir: str, patch_size: int) -> list[str]
     app = _kept_patches_panel(face, outputs["app_positions"][index], patch_size)
     paths.append(_save_panels([face, app], os.path.join(out_dir, f"{index:04d}_app_patches.png")))
     atp = [_kept_patches_panel(face, stage[index], patch_size) for stage in outputs["atp_positions"]]
-    paths.append(_save_panels(atp, os.path.join(out_dir, f"{index:04d}_atp_tokens.png")))
+    if atp:
+      paths.append(_save_panels(atp, os.path.join(out_dir, f"{index:04d}_atp_tokens.png")))
   return paths
 
 

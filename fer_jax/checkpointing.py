@@ -572,8 +572,13 @@ def check_identity(record: dict, source: str, model_config, class_names: tuple[s
 
 
 def _describe(step_directory: str, model_config=None) -> str:
-  """"model lhcnet, 7 classes; differs from the config in use_lhc=True (config False)"."""
-  model = _meta(step_directory).get("model")
+  return describe_record(_meta(step_directory), model_config)
+
+
+def describe_record(record: dict, model_config=None) -> str:
+  """"model lhcnet, 7 classes; differs from the config in use_lhc=True (config False)", of a checkpoint's meta
+  record or an export's model.json."""
+  model = record.get("model")
   if not model:
     return "no meta record"
   differences = [f"{key}={model[key]!r} (config {model_config[key]!r})" for key in sorted(model)

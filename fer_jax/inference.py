@@ -35,10 +35,12 @@ def list_images(path: str, extensions: tuple[str, ...] = decode.IMAGE_SUFFIXES,
   if given."""
   if os.path.isfile(path):
     return [path]
+  # visualize lists images alone: naming a video there would send the user to a file it refuses.
+  files = "an image or video file" if set(extensions) - set(decode.IMAGE_SUFFIXES) else "an image file"
   if not os.path.exists(path):
-    raise UserError(f"--input={path} does not exist: pass an image or video file, or a folder of them.")
+    raise UserError(f"--input={path} does not exist: pass {files}, or a folder of them.")
   if not os.path.isdir(path):
-    raise UserError(f"--input={path} is neither a file nor a folder: pass an image or video file, or a folder of them.")
+    raise UserError(f"--input={path} is neither a file nor a folder: pass {files}, or a folder of them.")
 
   def skip_unreadable_folder(error: OSError) -> None:
     skip(error.filename, f"{error.filename} cannot be listed ({error.strerror}): make it readable (chmod a+rx) or "

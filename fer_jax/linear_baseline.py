@@ -68,10 +68,18 @@ def ridge_predictions(train_x, train_y, test_x, num_classes: int, ridge: float) 
   targets = targets - intercept
   examples, features = train_x.shape
   if examples > features:
-    weights = np.linalg.solve(train_x.T @ train_x + ridge * np.eye(features), train_x.T @ targets)
+    weights = _solve(train_x.T @ train_x + ridge * np.eye(features), train_x.T @ targets, ridge)
   else:
-    weights = train_x.T @ np.linalg.solve(train_x @ train_x.T + ridge * np.eye(examples), targets)
+    weights = train_x.T @ _solve(train_x @ train_x.T + ridge * np.eye(examples), targets, ridge)
   return np.argmax(test_x @ weights + intercept, axis=1)
+
+
+def _solve(system: np.ndarray, right: np.ndarray, ridge: float) -> np.ndarray:
+  # Without a penalty the system is singular wherever features repeat (gray_to_rgb's copies) or are constant, and
+  # centring always makes the dual one so: least squares takes the minimum-norm weights, the limit as ridge → 0.
+  if ridge == 0:
+    return np.linalg.lstsq(system, right, rcond=None)[0]
+  return np.linalg.solve(system, right)
 
 
 def scores(labels: np.ndarray, predicted: np.ndarray, class_names) -> dict[str, float]:
@@ -107,7 +115,8 @@ def main(argv):
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   config_lib.define_config_flag()
-  flags.DEFINE_float("ridge", 10.0, "L2 penalty.", lower_bound=0.0)
+  flags.DEFINE_float("ridge", 10.0, "L2 penalty; 0 fits plain least squares (the minimum-norm weights).",
+                    lower_bound=0.0)
   flags.DEFINE_float("max_gb", 16.0, "Refuse a baseline needing more memory than this (GB).")
   flags.mark_flags_as_required(["config"])
 

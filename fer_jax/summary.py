@@ -117,9 +117,11 @@ def trained_variables(config, model, abstract_variables: dict, path: str) -> dic
   check_not_onnx(path)
   if not export.is_export(path):
     return models.load_trained_variables(config, model, path, initialisation_ok=True)
-  export.check_export_identity(path, export.read_record(path), config)
+  record = export.read_record(path)
+  export.check_export_identity(path, record, config)
   variables = export.read_variables(path)
-  checkpointing.check_matches(variables, abstract_variables, path, "an export folder")
+  checkpointing.check_matches(variables, abstract_variables, path,
+                              f"an export folder; {checkpointing.describe_record(record, config.model)}")
   return variables
 
 

@@ -89,3 +89,13 @@ def test_a_config_that_cannot_run_is_refused_as_every_command_refuses_it():
   config.input.size = 0
   with pytest.raises(UserError, match=r"The config cannot run:\n.*config\.input\.size"):
     linear_baseline.baseline(config, ridge=1.0, max_gb=1.0)
+
+
+@pytest.mark.parametrize("examples", [300, 20])  # solved in the primal, dual
+def test_without_a_penalty_copied_channels_predict_as_the_one_they_copy(examples):
+  """--ridge=0 (allowed) on gray_to_rgb's three equal channels ended in LinAlgError 'Singular matrix'."""
+  rng = np.random.default_rng(2)
+  gray, test_gray = rng.normal(size=(examples, 10)), rng.normal(size=(200, 10))
+  y = rng.integers(0, 3, examples)
+  copied = linear_baseline.ridge_predictions(np.repeat(gray, 3, axis=1), y, np.repeat(test_gray, 3, axis=1), 3, 0.0)
+  np.testing.assert_array_equal(copied, linear_baseline.ridge_predictions(gray, y, test_gray, 3, 0.0))

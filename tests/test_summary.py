@@ -78,3 +78,16 @@ def test_numbered_modules_are_listed_in_their_numbers_order():
   params["lhc1"] = {"controller": {"kernel": np.zeros(3)}}
   assert summary.module_table(params, depth=1) == [("lhc1", 3), ("local_scan_0", 1), ("local_scan_1", 2),
                                                    ("local_scan_2", 3), ("local_scan_10", 11)]
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "export"])
+def test_a_config_the_weights_do_not_fit_is_named_by_its_differing_fields(saved, kind):
+  """An export folder's refusal named the unexpected variables alone, not the model fields its model.json gives."""
+  config, workdir, exported = saved
+  config = config.copy_and_resolve_references()
+  config.model.num_heads = 2
+  validation.validate(config, training=False)
+  model = models.get_method("dan").build(config.model)
+  with pytest.raises(UserError, match=r"differs from the config in num_heads=4 \(config 2\)\) does not fit"):
+    summary.trained_variables(config, model, models.abstract_variables(model, config),
+                              str(workdir if kind == "checkpoint" else exported))

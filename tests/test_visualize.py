@@ -169,3 +169,20 @@ def test_an_out_holding_maps_of_an_earlier_run_is_refused(face, tmp_path):
   result = _visualize(face, tmp_path / "maps")
   assert_user_error(result, f"--out={tmp_path / 'maps'} holds the maps of an earlier run (1 file: "
                     "0007_app_patches.png), numbered for its images: pass a new --out, or delete them.")
+
+
+def test_a_missing_input_asks_for_images_alone(tmp_path):
+  """It asked for "an image or video file", and visualize refuses videos."""
+  with pytest.raises(UserError, match=rf"^--input={tmp_path / 'missing'} does not exist: pass an image file, or a "
+                                      r"folder of them\.$"):
+    inference.list_images(str(tmp_path / "missing"))
+
+
+def test_an_apvit_without_token_pooling_draws_its_kept_patches_alone(tmp_path):
+  """With every ATP keep rate 1 (APP alone, a valid config) no block pools and drawing the maps ended in ValueError."""
+  config = get_config("configs/apvit.py:synthetic")
+  config.model.atp_keep_rates = (1.0,) * config.model.depth
+  checkpoint = checkpointing.save_model(str(tmp_path / "model"), random_variables(config), config)
+  Image.new("RGB", (32, 32), (120, 90, 70)).save(tmp_path / "face.png")
+  written = visualize.write_attention_maps(config, checkpoint, [str(tmp_path / "face.png")], str(tmp_path / "maps"), 1)
+  assert [os.path.basename(path) for path in written] == ["0000_app_patches.png"]
