@@ -196,7 +196,8 @@ def _flag_message(error: BaseException, argv) -> str:
     return f"{where} has no key {key!r}; {hint}"
   missing_file = re.search(r"Failed loading config file.*?\[Errno \d+\] (.*)", text, re.DOTALL)
   if missing_file:  # ml_collections' words, the paths it tried included
-    return f"{missing_file.group(1).strip()}: pass --config=configs/<method>.py:<dataset>"
+    return (f"{missing_file.group(1).strip()} in {os.getcwd()}: run the command in the fer_jax checkout, whose "
+            "configs/ hold the configs, or pass a config file's path, --config=PATH/<method>.py:<dataset>")
   if "Traceback (most recent call last)" in text:  # a config file's own exception, as ml_collections wraps it
     text = re.sub(r"^\w+(Error|Exception): ", "", text.strip().splitlines()[-1])
   return " ".join(text.split())

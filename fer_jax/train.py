@@ -3,6 +3,7 @@ selection and the final report (fer_jax.evaluate)."""
 
 from collections.abc import Sequence
 import contextlib
+import importlib.util
 import os
 import socket
 import time
@@ -49,6 +50,13 @@ def create_state(model, tx, config, mesh) -> dict:
 def abstract_state(model, tx, config, mesh) -> dict:
   """create_state's shapes, dtypes and shardings, computing nothing: what a resumed run restores into."""
   return _initialiser(model, tx, config, mesh).eval_shape()
+
+
+def training_curves_line(workdir: str) -> str:
+  """The command that shows a run's TensorBoard scalars; where TensorBoard is missing (fer_jax writes them with
+  tensorboardX and does not install it), also the install, or the command is not found."""
+  command = f"Training curves: tensorboard --logdir {os.path.abspath(workdir)}"
+  return command if importlib.util.find_spec("tensorboard") else f"{command} (after pip install tensorboard)"
 
 
 MODEL_MODES = ("train", "inference")
@@ -518,7 +526,7 @@ class TrainingRun:
       self.writer.close()
     logging.debug("XLA compilations of the jitted steps: %s",
                   ", ".join(f"{name} {count}" for name, count in self.compilations().items()))
-    logging.info("Training curves: tensorboard --logdir %s", os.path.abspath(self.workdir))
+    logging.info(training_curves_line(self.workdir))
     return report
 
   def compilations(self) -> dict[str, int]:

@@ -97,6 +97,17 @@ def test_a_missing_required_flag_is_named_with_its_help():
                                    "reports) (--helpshort lists the flags).")
 
 
+def test_a_config_path_not_found_names_the_folder_it_was_looked_for_in(tmp_path, monkeypatch):
+  """Run outside the checkout, the README's commands said only that configs/dan.py did not exist."""
+  monkeypatch.chdir(tmp_path)
+  error = OSError("Configuration is not available because of an earlier failure to load: Failed loading config file "
+                  "config_config\n  Attempted [Relative path]:\n    configs/dan.py\n      [Errno 2] No such file or "
+                  "directory: 'configs/dan.py'")
+  assert cli._flag_message(error, ["main", "--config=configs/dan.py:synthetic"]) == (
+      f"No such file or directory: 'configs/dan.py' in {tmp_path}: run the command in the fer_jax checkout, whose "
+      "configs/ hold the configs, or pass a config file's path, --config=PATH/<method>.py:<dataset>")
+
+
 def test_the_search_for_a_tpu_is_not_logged_where_there_is_none():
   environment = {key: value for key, value in cpu_devices_env(1).items() if key != "JAX_PLATFORMS"}
   result = subprocess.run([sys.executable, "-m", "fer_jax.summary", "--config=configs/dan.py:synthetic"], cwd=ROOT,

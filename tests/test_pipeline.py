@@ -56,6 +56,23 @@ def test_a_split_smaller_than_the_eval_batch_is_not_padded_to_it(caplog):
   assert "Evaluating test in batches of 70: config.eval_batch_size 4096 capped at the split's 70 images." in caplog.text
 
 
+def test_a_built_in_set_generated_on_first_use_gives_no_tfds_warning(tmp_path, caplog):
+  """The quick start's first run warned "Variant folder … has no dataset_info.json" before generating its set."""
+  config = get_config("configs/dan.py:synthetic")
+  config.dataset.update(name="synthetic/tiny", data_dir=os.fspath(tmp_path))
+  with caplog.at_level(logging.WARNING):
+    assert pipeline.split_absence(config, "train") == ""
+  assert "dataset_info.json" not in caplog.text
+
+
+def test_a_set_not_prepared_is_named_without_tfds_warning(tmp_path, caplog):
+  config = get_config("configs/dan.py:synthetic")
+  config.dataset.update(name="fedro", data_dir=os.fspath(tmp_path))
+  with caplog.at_level(logging.WARNING), pytest.raises(builder_utils.DataError, match="'fedro' is not prepared"):
+    pipeline.split_absence(config, "test")
+  assert "dataset_info.json" not in caplog.text
+
+
 def _interrupt_handler(index: int) -> bool:
   return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
@@ -300,6 +317,26 @@ def test_two_processes_read_disjoint_halves_of_every_global_batch(cache, monkeyp
               np.asarray(reference.cache().images)[slices[p][step]["row"]] for p in (0, 1)]
     global_images = next(iter(zip(range(1), reference.batches(2 + step))))[1]["image"]
     np.testing.assert_array_equal(np.concatenate(images), np.asarray(global_images))
+
+
+def test_process_0_failing_to_generate_a_built_in_set_passes_the_barrier_before_it_raises(monkeypatch, tmp_path):
+  """Raised before the barrier, the error left the other processes waiting there for an hour."""
+  events = []
+
+  class FailingBuilder:
+    data_path, data_dir = tmp_path / "synthetic" / "tiny", str(tmp_path)
+
+    def download_and_prepare(self, **_):
+      events.append("generate")
+      raise OSError("No space left on device")
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  monkeypatch.setattr(pipeline.ocp.multihost, "sync_global_processes", lambda *_, **__: events.append("barrier"))
+  monkeypatch.setattr(pipeline.tfds, "builder", lambda *_, **__: FailingBuilder())
+  with pytest.raises(OSError, match="No space left on device"):
+    pipeline._generate_once("synthetic/tiny", str(tmp_path), FailingBuilder())
+  assert events == ["generate", "barrier"]
 
 
 def _labels_record_by_record(builder, split):

@@ -82,6 +82,16 @@ def _assert_same_saved_state(workdir_a, workdir_b, step):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.parametrize("installed", [True, False])
+def test_the_training_curves_line_says_to_install_tensorboard_where_it_is_missing(tmp_path, monkeypatch, installed):
+  """fer_jax writes the scalars with tensorboardX; the `tensorboard` command the log names is not among its
+  dependencies."""
+  monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: object() if installed else None)
+  command = f"Training curves: tensorboard --logdir {tmp_path}"
+  assert train.training_curves_line(str(tmp_path)) == (command if installed else
+                                                        f"{command} (after pip install tensorboard)")
+
+
 def test_a_watched_step_counts_its_compilations_and_names_what_changed(caplog):
   def scale(x):
     return 2 * x

@@ -196,6 +196,17 @@ def encode_image(data: bytes, channels: int) -> bytes:
     return buffer.getvalue()
 
 
+def is_prepared(builder) -> bool:
+  """Whether the set is prepared, without TFDS's warning that a set not prepared yet has no dataset_info.json; a
+  DataError when its folder exists but holds no complete set (it would be taken as prepared and left empty)."""
+  if not builder.data_path.exists():
+    return False
+  if not builder.is_prepared():
+    raise DataError(f"{builder.data_path} exists but holds no prepared set (no dataset_info.json): "
+                    "move it away or delete it, then run the same command again.")
+  return True
+
+
 class _LocalInfo(tfds.core.DatasetInfo):
   def initialize_from_bucket(self) -> None:
     """Nothing: fer_jax's sets are never in TFDS's bucket, and TFDS's lookup leaves an empty

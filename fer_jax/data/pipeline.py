@@ -72,7 +72,7 @@ def _builder(dataset_config, dataset_key: str = "dataset.name"):
                     "first (README, 'Preparing data').") from None
   if dataset_config.name.split("/")[0] in AUTO_PREPARED:
     builder = _generate_once(dataset_config.name, data_dir, builder)
-  if not builder.is_prepared():
+  if not builder_utils.is_prepared(builder):
     raise DataError(
         f"Data set {dataset_config.name!r} is not prepared in {builder.data_dir} (config.{dataset_key}). Prepare it "
         f"once from your own download with:\n  python -m fer_jax.data.prepare --dataset={dataset_config.name} "
@@ -93,21 +93,33 @@ def _prepared_in(data_dir: str | None) -> str:
 def _generate_once(name: str, data_dir: str | None, builder):
   """Generates a built-in set: process 0 first while the others wait, so that a folder shared by
   all hosts is written once; a host that still lacks it afterwards (a local folder) generates its own.
-  Without TFDS's progress bars, which name its temporary files (the builder logs what it builds)."""
+  A failure is raised once every process has passed the barrier, where `errors_together` shares it (raised
+  before, it left the others in the barrier for GENERATION_TIMEOUT_S). Without TFDS's progress bars, which name
+  its temporary files (the builder logs what it builds)."""
   tfds.disable_progress_bar()
-  if jax.process_index() == 0 and not builder.is_prepared():
-    builder.download_and_prepare(file_format="array_record")
-  if jax.process_count() > 1:  # every process passes here, prepared or not, so none waits alone
-    if not builder.is_prepared():
+  failure = _generated_unless_prepared(builder) if jax.process_index() == 0 else None
+  if jax.process_count() > 1:  # every process passes here, prepared or not, failed or not, so none waits alone
+    if not builder.data_path.exists():
       logging.info("Waiting for process 0 to generate %s in %s.", name, builder.data_dir)
     # The coordination service's barrier (each name once), not a device collective, whose first
     # rendezvous gives up after 30 s on the CPU (gloo).
     ocp.multihost.sync_global_processes(f"generated {name} #{next(_generation_barriers)}", timeout=GENERATION_TIMEOUT_S,
                                         processes=set(range(jax.process_count())))
     builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-      builder.download_and_prepare(file_format="array_record")
+    failure = failure or _generated_unless_prepared(builder)
+  if failure:
+    raise failure
   return builder
+
+
+def _generated_unless_prepared(builder) -> Exception | None:
+  """Generates the set unless it is prepared; what failed, returned for `_generate_once` to raise."""
+  try:
+    if not builder_utils.is_prepared(builder):
+      builder.download_and_prepare(file_format="array_record")
+  except Exception as error:  # pylint: disable=broad-except  # raised by the caller, after the barrier
+    return error
+  return None
 
 
 def split_absence(config, split: str, dataset_key: str = "dataset.name") -> str:

@@ -81,17 +81,6 @@ def builder_class(name: str):
   return defined[0]
 
 
-def is_prepared(builder) -> bool:
-  """Whether the set is prepared, without TFDS's warning that a set not prepared yet has no dataset_info.json; a
-  DataError when its folder exists but holds no complete set (it would be taken as prepared and left empty)."""
-  if not builder.data_path.exists():
-    return False
-  if not builder.is_prepared():
-    raise builder_utils.DataError(f"{builder.data_path} exists but holds no prepared set (no dataset_info.json): "
-                                  "move it away or delete it, then run the same command again.")
-  return True
-
-
 def remove_leftovers(builder) -> None:
   """Deletes the temporary folders of earlier interrupted runs of this builder and version."""
   path = builder.data_path
@@ -114,7 +103,7 @@ def prepare(dataset: str, manual_dir: str, data_dir: str | None = None, skip_cor
   try:
     with preparing_alone(builder):
       remove_leftovers(builder)
-      prepared = is_prepared(builder)
+      prepared = builder_utils.is_prepared(builder)
       if prepared and not overwrite:
         logging.warning("%s is already prepared in %s, so nothing was read from %s. To rebuild it from there, run "
                         "the same command with --overwrite.", builder.info.full_name, builder.data_dir, manual)
