@@ -5,10 +5,13 @@
 
 Images are listed as `fer_jax.predict` lists them (a folder recursively); each goes through the
 config's eval pipeline; the method's `save_attention_maps` (APViT: kept patches and tokens;
-SCAN-CCI: attention masks) writes the PNGs, numbered in the order of the readable images (the
-log maps each number to its image). The maps are of face crops: an image that is not one by
-`fer_jax.predict`'s rule (nearly square, sides within 25 %, and at most twice the stored side, at
-least 128 px) is warned about and drawn whole, squashed to the model's input: no face is detected.
+SCAN-CCI: attention masks; DAN: one Grad-CAM++ map per head, as the official run_grad_cam.py
+draws them) writes the PNGs, numbered in the order of the readable images (the log maps each
+number to its image). A method's `attention_outputs` (DAN's: the maps, which take gradients)
+replaces the eval forward pass in the one compiled program. The maps are of face crops: an image
+that is not one by `fer_jax.predict`'s rule (nearly square, sides within 25 %, and at most twice the
+stored side, at least 128 px) is warned about and drawn whole, squashed to the model's input: no
+face is detected.
 Unreadable images are reported by name, skipped and counted in the last line; a missing or empty
 --input, a video, no readable image, an export folder as --checkpoint, an --out that cannot be a
 writable folder or that holds an earlier run's maps (numbered for other images) fails before the model is loaded.
@@ -55,8 +58,10 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
   method = models.get_method(config.model.name)
   if method.save_attention_maps is None:
     raise UserError(f"Model {config.model.name!r} has no attention maps to save: "
-                    "pass an APViT or SCAN-CCI config and checkpoint, or give your method a "
+                    "pass an APViT, SCAN-CCI or DAN config and checkpoint, or give your method a "
                     "`save_attention_maps` (docs/extending.md).")
+  attention_outputs = method.attention_outputs or (lambda model, variables, images:
+                                                   model.apply(variables, images, train=False))
   preprocess = inference.FilePreprocessor(config, export.read_stored_shape(checkpoint))
   decoded, readable, skipped = inference.read_images(preprocess, paths)
   skipped = [*unlisted, *skipped]
@@ -75,7 +80,7 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
     # model's input size; the normalised input stretched back to 0-255 shifts each channel by its mean and std.
     visible = preprocess.visible(batch)
     shown = jnp.uint8(jnp.clip(jnp.round(visible), 0, 255)) if visible.shape[1:3] == images.shape[1:3] else images
-    return shown, model.apply(variables, images, train=False)
+    return shown, attention_outputs(model, variables, images)
 
   # Batches of at most the image count (a few images are not padded to a full batch), the last one padded to it.
   images, outputs = inference.forward_in_batches(forward, variables, decoded, min(batch_size, len(decoded)))

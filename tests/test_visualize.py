@@ -10,8 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from matplotlib import cbook
 from PIL import Image
 
+from fer_jax import attention_maps
 from fer_jax import checkpointing
 from fer_jax import export
 from fer_jax import inference
@@ -140,9 +142,9 @@ def test_the_line_that_says_what_was_written_counts_the_images_skipped(tmp_path,
 
 
 def test_a_method_without_maps_is_told_how_to_give_it_some(monkeypatch):
-  config = get_config("configs/dan.py:synthetic")
-  with pytest.raises(UserError, match=r"^Model 'dan' has no attention maps to save: pass an APViT or SCAN-CCI config "
-                                      r"and checkpoint, or give your method a `save_attention_maps` "
+  config = get_config("configs/lhcnet.py:synthetic")
+  with pytest.raises(UserError, match=r"^Model 'lhcnet' has no attention maps to save: pass an APViT, SCAN-CCI or DAN "
+                                      r"config and checkpoint, or give your method a `save_attention_maps` "
                                       r"\(docs/extending\.md\)\.$"):
     visualize.write_attention_maps(config, "/nonexistent", [], "/nonexistent/maps", batch_size=2)
 
@@ -186,3 +188,40 @@ def test_an_apvit_without_token_pooling_draws_its_kept_patches_alone(tmp_path):
   Image.new("RGB", (32, 32), (120, 90, 70)).save(tmp_path / "face.png")
   written = visualize.write_attention_maps(config, checkpoint, [str(tmp_path / "face.png")], str(tmp_path / "maps"), 1)
   assert [os.path.basename(path) for path in written] == ["0000_app_patches.png"]
+
+
+@pytest.mark.integration  # the command in a subprocess, a ResNet-18 DAN's forward and backward pass
+def test_dan_draws_each_heads_grad_cam_over_a_photo(tmp_path):
+  """DAN had no maps ("has no attention maps to save"); the official run_grad_cam.py draws one per head."""
+  config = get_config("configs/dan.py:synthetic")
+  config.input.size = 64
+  config.model.num_heads = 2
+  checkpoint = checkpointing.save_model(str(tmp_path / "model"), random_variables(config), config)
+  result = run_command("fer_jax.visualize", "--config=configs/dan.py:synthetic", "--config.input.size=64",
+                       "--config.model.num_heads=2", f"--checkpoint={checkpoint}",
+                       f"--input={cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)}",
+                       f"--out={tmp_path / 'maps'}", timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "is not a face crop" in result.stderr
+  assert sorted(os.listdir(tmp_path / "maps")) == ["0000_head0_cam.png", "0000_head1_cam.png"]
+  maps = [np.asarray(Image.open(tmp_path / "maps" / name)) for name in sorted(os.listdir(tmp_path / "maps"))]
+  assert all(image.shape == (64, 64, 3) and image.dtype == np.uint8 for image in maps)
+  assert not np.array_equal(*maps)
+
+
+def test_a_cam_is_drawn_in_opencvs_jet_added_to_the_face_and_scaled_to_its_brightest_value():
+  """As grad-cam's show_cam_on_image(use_rgb=True), which DAN's official run_grad_cam.py draws with: a map's peak
+  is OpenCV's dark red (128, 0, 0), its zero dark blue (0, 0, 128), both added to the face in 0–1, the sum over its
+  largest value."""
+  face = np.zeros((2, 2, 3), np.uint8)
+  face[0, 0] = (0, 64, 0)
+  cam = np.float32([[1.0, 0.0], [0.0, 0.0]])
+  drawn = attention_maps.cam_over_face(face, cam)
+  np.testing.assert_array_equal(drawn[0, 0], [255, 127, 0])  # (128, 64, 0) / 128
+  np.testing.assert_array_equal(drawn[1, 1], [0, 0, 255])
+
+
+def test_a_cam_with_no_positive_value_is_drawn_as_zero_not_nan():
+  """grad-cam divides by the map's maximum, 0 there: NaN, cast to uint8 as whatever the platform gives."""
+  cams = jnp.zeros((1, 2, 2))
+  np.testing.assert_array_equal(attention_maps.stretched_to_input(cams, 4, 4), np.zeros((1, 4, 4)))

@@ -15,6 +15,9 @@ yours, importable from where the command runs ("my_methods.plain_resnet"; docs/e
   auxiliary_params: top-level parameter names that are training-only state (DAN's affinity
       centres), left out of the model's parameter count;
   save_attention_maps(images, outputs, out_dir) -> written paths, for methods that have them;
+  attention_outputs(model, variables, images) -> the outputs save_attention_maps draws, where they are
+      not the eval outputs (DAN's Grad-CAM++ maps, which take gradients); by default model.apply(variables,
+      images, train=False);
   config_problems(config) -> list of problems (one line each: the key and the fix) with values that
       would fail only once the model is traced or the loss computed; fer_jax.validation adds them.
 
@@ -91,6 +94,7 @@ class Method:
   loss: Callable = cross_entropy_loss
   auxiliary_params: tuple[str, ...] = ()
   save_attention_maps: Callable | None = None
+  attention_outputs: Callable | None = None
   config_problems: Callable = lambda config: []
 
   def __post_init__(self):

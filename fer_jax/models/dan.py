@@ -3,6 +3,8 @@
 Follows the official code: unnormalised spatial attention (a channel sum of ReLU outputs),
 log-softmax across heads, BatchNorm on the logits, the affinity loss on the pooled trunk
 features with learnable centres, and the partition loss as log(1 + K / mean variance).
+Its attention maps (`fer_jax.visualize`) are those of the official run_grad_cam.py: Grad-CAM++
+of the predicted class at each head's spatial attention (`grad_cam_outputs`).
 """
 
 import functools
@@ -12,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fer_jax import attention_maps
 from fer_jax.models import Method, cross_entropy, fast_ops, from_config, layers
 from fer_jax.models.backbones import resnet
 
@@ -119,4 +122,37 @@ def loss(outputs, labels, loss_config):
   return total, {"ce_loss": ce, "affinity_loss": affinity, "partition_loss": partition}
 
 
-METHOD = Method(build=functools.partial(from_config, DAN), loss=loss, auxiliary_params=("affinity",))
+def grad_cam_outputs(model, variables, images) -> dict:
+  """The eval outputs and "head_cams" [batch, heads, height, width]: for each head, the Grad-CAM++ map (0–1, of the
+  input's size) of each image's predicted class at the output of its spatial attention (`sa`, the official
+  run_grad_cam.py's target layers). One backward pass gives every head's gradient. The score is the logits' (the
+  official DAN returns (logits, features, heads), a tuple grad-cam 1.3.1 cannot take: its script ran on logits)."""
+  def logits_with_offsets(offsets):
+    # Each head's `sa` output, plus a zero offset whose gradient is the gradient with respect to that output.
+    spatial = {}
+
+    def add_offset(call, args, kwargs, context):
+      output = call(*args, **kwargs)
+      if isinstance(context.module, SpatialGate) and context.method_name == "__call__":
+        head = context.module.scope.path[-2]
+        spatial[head] = output
+        output = output + offsets[head].astype(output.dtype) if head in offsets else output
+      return output
+
+    with nn.intercept_methods(add_offset):
+      outputs = model.apply(variables, images, train=False)
+    return outputs["logits"], (outputs, spatial)
+
+  shapes = jax.eval_shape(logits_with_offsets, {})[1][1]
+  zeros = {head: jnp.zeros(shape.shape, jnp.float32) for head, shape in shapes.items()}
+  logits, pullback, (outputs, spatial) = jax.vjp(logits_with_offsets, zeros, has_aux=True)
+  predicted = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=logits.dtype)
+  (gradients,) = pullback(predicted)  # of Σ_b logits[b, predicted_b]
+  heads = [f"head{i}" for i in range(len(spatial))]
+  cams = [attention_maps.stretched_to_input(attention_maps.grad_cam_plus_plus(spatial[head], gradients[head]),
+                                            *images.shape[1:3]) for head in heads]
+  return {**outputs, "head_cams": jnp.stack(cams, axis=1)}
+
+
+METHOD = Method(build=functools.partial(from_config, DAN), loss=loss, auxiliary_params=("affinity",),
+                attention_outputs=grad_cam_outputs, save_attention_maps=attention_maps.save_dan_maps)
