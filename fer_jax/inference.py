@@ -22,6 +22,7 @@ from fer_jax.data import augment
 from fer_jax.data import decode
 from fer_jax.data import labels
 from fer_jax.data import pipeline
+from fer_jax.data import video
 from fer_jax.errors import UserError
 
 
@@ -88,8 +89,9 @@ def _log_left_out(files: list[str], folder: str) -> None:
   counts = collections.Counter(os.path.splitext(file)[1].lower() or "(none)" for file in files)
   ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
   shown = ", ".join(f"{extension} ×{count}" for extension, count in ranked[:SHOWN_EXTENSIONS])
-  logging.info("Left out %s under %s whose extension is not read: %s%s.",
-               errors.counted(len(files), "file"), folder, shown, ", …" if len(ranked) > SHOWN_EXTENSIONS else "")
+  videos = "; fer_jax.predict reads the videos" if any(map(video.is_video, files)) else ""
+  logging.info("Left out %s under %s whose extension is not read: %s%s%s.", errors.counted(len(files), "file"),
+               folder, shown, ", …" if len(ranked) > SHOWN_EXTENSIONS else "", videos)
 
 
 # A photo is taken for a face crop when it is nearly square (sides within this ratio) and no

@@ -811,6 +811,10 @@ def test_the_files_a_folder_search_leaves_out_are_counted_by_extension_in_one_li
   assert messages == [f"Left out 4 files under {tmp_path} whose extension is not read: .heic ×2, (none) ×1, "
                       ".txt ×1."]
   assert _logged(caplog, lambda: inference.list_images(str(tmp_path / "a.png"))) == []
+  (tmp_path / "clip.MP4").write_bytes(b"")  # where photos alone are listed (visualize)
+  messages = _logged(caplog, lambda: inference.list_images(str(tmp_path)))
+  assert messages == [f"Left out 5 files under {tmp_path} whose extension is not read: .heic ×2, (none) ×1, .mp4 ×1, "
+                      ".txt ×1; fer_jax.predict reads the videos."]
 
 
 def test_an_unreadable_folder_is_warned_about_and_handed_to_the_caller(tmp_path, monkeypatch, caplog):
