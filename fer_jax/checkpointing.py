@@ -429,6 +429,9 @@ def _no_checkpoint(path: str) -> str:
   from fer_jax import export  # pylint: disable=import-outside-toplevel
   if export.is_export(path) or export.is_onnx_export(path):
     return export.not_a_checkpoint(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isfile(path) and (export.is_export(folder) or export.is_onnx_export(folder)):
+    return f"{path} is a file of the export folder {folder}: pass the folder."
   # SCAN-CCI's model_best.pth.tar: a .tar alone may be any archive.
   if ((os.path.isfile(path) and path.lower().endswith((*convert.READERS_BY_EXTENSION, ".pth.tar")))
       or convert.tf_checkpoint.checkpoint_prefix(path)):
@@ -436,7 +439,7 @@ def _no_checkpoint(path: str) -> str:
             f"`python -m fer_jax.convert --config=configs/<method>.py:<dataset> {shlex.quote('--checkpoint=' + path)} "
             "--workdir=OUT` with the config of the model it holds, then pass OUT instead.")
   return (f"No checkpoint found at {path}: pass a training workdir, its checkpoints/ folder, a step folder inside "
-          "it, or the output of `python -m fer_jax.convert` (predict and fer_jax.load also run a "
+          "it, or the output of `python -m fer_jax.convert` (predict, summary and fer_jax.load also run a "
           "`python -m fer_jax.export` folder).")
 
 

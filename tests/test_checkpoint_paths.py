@@ -65,8 +65,18 @@ def test_a_path_without_a_checkpoint_lists_what_may_be_passed(tmp_path, name):
   (tmp_path / "notes.txt").write_text("x")
   assert _step_folder_error(tmp_path / name) == (
       f"No checkpoint found at {tmp_path / name}: pass a training workdir, its checkpoints/ folder, a step folder "
-      "inside it, or the output of `python -m fer_jax.convert` (predict and fer_jax.load also run a "
+      "inside it, or the output of `python -m fer_jax.convert` (predict, summary and fer_jax.load also run a "
       "`python -m fer_jax.export` folder).")
+
+
+@pytest.mark.parametrize("name", ["model.json", "model.stablehlo", "model.onnx"])
+def test_a_file_of_an_export_folder_names_the_folder_to_pass(tmp_path, name):
+  """`--checkpoint=exported/model.json` was told no checkpoint is there, and which kinds of folder to pass."""
+  files = ("model.json", "model.onnx") if name == "model.onnx" else ("model.json", "model.stablehlo", "variables")
+  for file in files:
+    (tmp_path / file).mkdir() if file == "variables" else (tmp_path / file).write_text("{}")
+  path = tmp_path / name
+  assert _step_folder_error(path) == f"{path} is a file of the export folder {tmp_path}: pass the folder."
 
 
 def _meta_only_checkpoint(folder, method: str):
