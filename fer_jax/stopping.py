@@ -113,10 +113,11 @@ def exit_status_on_stop(stopped: str = "The saved steps stand; run the same comm
   try:
     yield
   except Preempted:
+    _forget_stop_requests()
     sys.exit(PREEMPTED_EXIT_STATUS)
   except StoppedOutsideSteps as e:
     _held.clear()
-    _posted.clear()
+    _forget_stop_requests()
     logging.warning("%s received: stopped. %s", e, stopped)
     sys.exit(PREEMPTED_EXIT_STATUS)
   except NonFiniteError as e:
@@ -214,6 +215,7 @@ def agreed_signal(received: str | None) -> str | None:
 
 STOP_REQUESTS = "fer_jax/stop_requests"  # the coordination service's folder of the signals processes hold
 _posted: list[str] = []  # this process's held signal, once written there
+_stops: list[int] = []  # the stops every process took together: the requests written before the last are stale
 _agreements = itertools.count()  # the points passed so far: the same sequence on every process
 
 
@@ -233,16 +235,24 @@ def stop_if_agreed() -> None:
 
 def agreed_stop(held: str | None, index: int, client, number: int) -> str:
   """Process 0's decision at the `number`th agreement: the signal it holds ("SIGTERM on process 0"), else the one the
-  lowest-numbered process has written to STOP_REQUESTS, else "". Every other process writes its `held` signal there
-  once and waits for the decision; process 0 waits for none. `client`: the coordination service's
-  (jax.distributed's)."""
+  lowest-numbered process has written to STOP_REQUESTS (in the folder of the stops taken so far), else "". Every
+  other process writes its `held` signal there once and waits for the decision; process 0 waits for none. `client`:
+  the coordination service's (jax.distributed's)."""
+  requests_folder = f"{STOP_REQUESTS}/{len(_stops)}"
   if held and index and not _posted:
-    client.key_value_set(f"{STOP_REQUESTS}/{index}", held)
+    client.key_value_set(f"{requests_folder}/{index}", held)
     _posted.append(held)
   key = f"fer_jax/stop_decisions/{number}"
   if index:
     return client.blocking_key_value_get(key, distributed.COORDINATOR_TIMEOUT_S * 1000)
-  requests = sorted((int(path.rsplit("/", 1)[1]), name) for path, name in client.key_value_dir_get(STOP_REQUESTS))
+  requests = sorted((int(path.rsplit("/", 1)[1]), name) for path, name in client.key_value_dir_get(requests_folder))
   decision = f"{held} on process 0" if held else next((f"{name} on process {i}" for i, name in requests), "")
   client.key_value_set(key, decision)
   return decision
+
+
+def _forget_stop_requests() -> None:
+  """After a stop every process took together: the requests written for it stay in the coordination service, where
+  the next agreement of a command run again in these processes would take them for new ones (a folder per stop)."""
+  _posted.clear()
+  _stops.append(len(_stops))

@@ -724,6 +724,23 @@ def test_processes_agree_to_stop_an_evaluation_at_the_point_after_process_0_sees
   assert stopping.agreed_stop("SIGINT", 0, coordination, 3) == "SIGINT on process 0"  # its own first
 
 
+def test_a_stop_agreed_on_leaves_no_request_for_the_next_command_run_in_the_same_processes(monkeypatch):
+  """Process 1's request stayed in the coordination service after every process stopped for it: the next command run
+  in these processes (a notebook, a test calling main twice) stopped at its first batch unsignalled, and a new
+  signal of process 1 could not be written (the service refuses a key written twice)."""
+  monkeypatch.setattr(stopping, "_posted", [])
+  monkeypatch.setattr(stopping, "_stops", [], raising=False)
+  coordination = InMemoryCoordination()
+  decisions = [stopping.agreed_stop(None, 0, coordination, 0), stopping.agreed_stop("SIGTERM", 1, coordination, 0),
+               stopping.agreed_stop(None, 0, coordination, 1), stopping.agreed_stop("SIGTERM", 1, coordination, 1)]
+  assert decisions == ["", "", "SIGTERM on process 1", "SIGTERM on process 1"]
+  with pytest.raises(SystemExit), stopping.exit_status_on_stop():
+    raise stopping.StoppedOutsideSteps(decisions[-1])
+  decisions = [stopping.agreed_stop(None, 0, coordination, 2), stopping.agreed_stop("SIGINT", 1, coordination, 2),
+               stopping.agreed_stop(None, 0, coordination, 3), stopping.agreed_stop("SIGINT", 1, coordination, 3)]
+  assert decisions == ["", "", "SIGINT on process 1", "SIGINT on process 1"]
+
+
 def test_an_evaluation_agrees_on_stopping_outside_the_training_steps_only(monkeypatch):
   """Inside the training steps StopSignals holds the signals (they stop at an agreed step); on one process the
   handler raised already. Neither exchanges anything."""
