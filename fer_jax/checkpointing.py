@@ -465,7 +465,8 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
   variables = model_variables(restored)
   if may_be_missing:
     variables = _fill_missing(variables, fresh_variables, may_be_missing)
-  check_matches(variables, abstract_variables, step_directory, _describe(step_directory, expected_model))
+  check_matches(variables, abstract_variables, step_directory,
+                describe_record(_meta(step_directory), expected_model))
   return jax.tree.map(lambda a, b: np.asarray(a).astype(b.dtype), variables, abstract_variables)
 
 
@@ -572,10 +573,6 @@ def check_identity(record: dict, source: str, model_config, class_names: tuple[s
                           + ", ".join(f"{key} {input_config[key]}" for key in differing) + ": "
                           + errors.config_change({f"input.{key}": saved_input[key] for key in differing})
                           + " as it was trained or converted with.")
-
-
-def _describe(step_directory: str, model_config=None) -> str:
-  return describe_record(_meta(step_directory), model_config)
 
 
 def describe_record(record: dict, model_config=None) -> str:

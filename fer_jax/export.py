@@ -389,8 +389,8 @@ def onnx_metadata(info: dict) -> dict[str, str]:
   """model.onnx's metadata_props: model.json's (`info`) keys, each value as JSON text (json.loads gives model.json's
   value back), and fer_jax_version where known."""
   props = {key: json.dumps(value) for key, value in info.items()}
-  if fer_jax_version():
-    props["fer_jax_version"] = json.dumps(fer_jax_version())
+  if version := fer_jax_version():
+    props["fer_jax_version"] = json.dumps(version)
   return props
 
 
@@ -410,7 +410,6 @@ def describe_onnx(model, info: dict) -> None:
           "probabilities": f"float32 [batch, {len(names)}], the softmax of logits; index i is class_names[i]."}
   for value in [*model.graph.input, *model.graph.output]:
     value.doc_string = docs[value.name]
-  del model.metadata_props[:]
   for key, value in onnx_metadata(info).items():
     model.metadata_props.add(key=key, value=value)
   model.producer_version = fer_jax_version() or ""

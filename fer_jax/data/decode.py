@@ -89,7 +89,7 @@ def _unit_floats_to_grey(image: Image.Image) -> Image.Image:
   grey, scaled by 255, where PIL's own convert rounds them to 0 or 1 (an all-black image); any other is left to
   PIL's convert, which clips it to 0–255."""
   samples = np.asarray(image)
-  if samples.size and 0 <= samples.min() and samples.max() <= 1:
+  if _within(samples, 0, 1):
     return Image.fromarray(np.round(samples * 255).astype(np.uint8))
   return image
 
