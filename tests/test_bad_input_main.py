@@ -100,17 +100,6 @@ def test_apvit_depth_without_a_keep_rate_per_block_stops_before_reading_data(tmp
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def test_a_resume_with_another_optimizer_stops_before_reading_data(tmp_path, tiny_data_dir):
-  """The saved state's layout is checked against the config's before the data is opened (it was checked after the
-  training data was read and decoded)."""
-  assert _main(*TINY, f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={tmp_path}").returncode == 0
-  result = _main(*TINY, "--config.dataset.data_dir=/nonexistent", f"--workdir={tmp_path}", "--config.num_epochs=2",
-                 "--config.optimizer.name=sgd")
-  assert_user_error(result, "was trained with other settings: ", "config.optimizer.name 'sgd' (saved 'adam')",
-                    "its checkpoints are left as they are")
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["8"]
-
-
 def test_an_input_too_small_for_apvits_kept_patches_stops_before_reading_data(tmp_path):
   """The model's own shape rule (traced with the abstract variables) runs before the data is opened and decoded."""
   result = _main("--config=configs/apvit.py:rafdb", "--config.input.size=64", f"--workdir={tmp_path}",

@@ -228,7 +228,8 @@ def test_model_variables_of_a_training_state_and_of_a_model_without_batch_norm()
 
 @pytest.mark.integration
 def test_a_run_resumes_with_clipping_turned_on_and_refuses_another_optimizer(tmp_path, caplog):
-  """The non-finite-loss advice end to end: set grad_clip_norm, start again, it resumes."""
+  """The non-finite-loss advice end to end: set grad_clip_norm, start again, it resumes. Another optimiser is
+  refused before the data is opened (it was once checked after the training data was read and decoded)."""
   config = tiny_run(get_config("configs/dan.py:synthetic"))
   config.checkpoint_every_steps = 4
   config.optimizer.grad_clip_norm = 0.0
@@ -243,8 +244,9 @@ def test_a_run_resumes_with_clipping_turned_on_and_refuses_another_optimizer(tmp
   shutil.rmtree(tmp_path / "checkpoints" / "8")
   before = _files(tmp_path / "checkpoints")
   config.optimizer.name = "adam" if config.optimizer.name != "adam" else "sgd"
+  config.dataset.data_dir = str(tmp_path / "nonexistent")  # refused before the data is opened
   with pytest.raises(checkpointing.CheckpointError, match=f"was trained with other settings: "
-                     f"config.optimizer.name '{config.optimizer.name}'"):
+                     f"config.optimizer.name '{config.optimizer.name}'.*its checkpoints are left as they are"):
     train.train_and_evaluate(config, str(tmp_path))
   assert _files(tmp_path / "checkpoints") == before
 
