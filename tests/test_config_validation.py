@@ -231,7 +231,7 @@ def test_pipelines_are_checked_op_by_op_with_their_keys():
   assert "config.input.train_pp: Unknown preprocessing op 'jitter'" in message
   assert ("config.input.eval_pp: occlude('mouth') comes after to_float()/normalize(), where values are no longer "
           "0–255: put it before them.") in message
-  assert "config.evals.mouth.pp: occlude: fill=(1, 2) must be a grey level or an (R, G, B) triple" in message
+  assert "config.evals.mouth.pp: occlude: fill=(1, 2) must be a number or one number per channel (R, G, B)" in message
   assert "config.evals.bright.pp: occlude: fill=300 must be" in message
 
 

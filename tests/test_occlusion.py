@@ -109,9 +109,12 @@ def test_an_rgb_fill_on_a_grey_image_is_its_grey_level():
   assert out.shape == (20, 20, 1) and np.all(out[-1] == grey) and np.all(out[0] == 100)
 
 
-@pytest.mark.parametrize("fill", ["(1, 2)", "300", "-1", "(0, 0, 256)", "'red'", "True", "(0, 1e999, 0)"])
-def test_a_fill_that_is_not_a_0_255_grey_level_or_rgb_triple_is_refused_when_parsed(fill):
-  with pytest.raises(ValueError, match="must be a grey level or an \\(R, G, B\\) triple of values in 0–255"):
+@pytest.mark.parametrize("fill, message", [
+    ("(1, 2)", "a number or one number per channel"), ("'red'", "a number or one number per channel"),
+    ("True", "a number or one number per channel"), ("300", "in 0–255"), ("-1", "in 0–255"),
+    ("(0, 0, 256)", "in 0–255"), ("(0, 1e999, 0)", "a number or one number per channel")])
+def test_a_fill_that_is_not_a_0_255_grey_level_or_rgb_triple_is_refused_when_parsed(fill, message):
+  with pytest.raises(ValueError, match=f"occlude: fill=.* must be {message}"):
     augment.parse(f"occlude('mouth', fill={fill})|to_float()")
 
 

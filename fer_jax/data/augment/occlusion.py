@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax.data.augment.basic import is_number
+from fer_jax.data.augment.basic import channel_values, is_number
 from fer_jax.data.augment.core import Op, register
 
 # y: fractions of the height, x: half widths as fractions of the width; every region is centred
@@ -64,10 +64,10 @@ def _geometry(geometry) -> dict:
 def _colour(region: str, fill) -> np.ndarray:
   """`fill` as float32: a 0–255 grey level, or one 0–255 value per channel (1 or 3)."""
   fill = DEFAULT_FILL.get(region, 0) if fill is None else fill
-  values = fill if isinstance(fill, (tuple, list)) else (fill,)
-  if len(values) not in (1, 3) or not all(is_number(v) and 0 <= v <= 255 for v in values):
-    raise ValueError(f"occlude: fill={fill!r} must be a grey level or an (R, G, B) triple of values in 0–255.")
-  return np.asarray(fill, np.float32)
+  colour = channel_values("occlude", "fill", fill)
+  if not np.all((colour >= 0) & (colour <= 255)):
+    raise ValueError(f"occlude: fill={fill!r} must be in 0–255, as the uint8 image it covers.")
+  return colour
 
 
 def _fill_of(colour: np.ndarray, channels: int) -> np.ndarray:
