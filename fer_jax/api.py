@@ -244,7 +244,8 @@ class Model:
     of a stacked array ([count, height, width(, channels)]), in order: its Prediction, or None for a crop whose
     shorter side is below `min_face_size` px, not classified (as `detect_and_predict` returns such faces; one
     warning a call names them; min_face_size=0 classifies every crop); a warning for images not shaped like face
-    crops (photos: `detect_and_predict`)."""
+    crops (photos: `detect_and_predict`). A path that cannot be read raises `decode.UnreadableImageError` naming it,
+    before anything is classified."""
     if _is_one_image(images_or_paths):
       raise TypeError("Model.predict takes a list of face crops (paths, PIL images or arrays) or a stacked array "
                       "[count, height, width(, channels)]: wrap the one image in a list.")

@@ -42,7 +42,8 @@ claiming more than `fer_jax.data.decode.MAX_IMAGE_PIXELS`; a truncated or non-vi
 without a frame; a folder that cannot be listed), which are counted. A video's frames that cannot be read (a
 damaged file) are passed over, with one warning giving their number. Images are read upright (their EXIF
 orientation applied); a float image (a TIFF of mode "F") with values in [0, 1] is scaled by 255. A missing or
-empty --input, or an --output or --annotate that could not be written, fails before the model is loaded. The log
+empty --input, an --output or --annotate that could not be written, or an --annotate inside the --input folder
+(its drawings would be read as photos by the next run) fails before the model is loaded. The log
 gives each prediction when there are at most `FEW_ROWS` rows, then the counts and the output's absolute path.
 SIGINT (Ctrl-C) or SIGTERM stops the run after the image or video frame in hand: the output holds the rows done
 and lists the input cut off ("interrupted at frame N") and those not reached as skipped, and the command exits
@@ -84,13 +85,23 @@ def check_output(path: str) -> None:
   cli.check_writable_file("--output", path, "a file path ending in .csv or .json")
 
 
-def check_annotate(path: str) -> None:
-  """Fails fast unless --annotate, if given, is a folder (new or existing) where the drawn photos can be written."""
+def check_annotate(path: str, input_path: str = "") -> None:
+  """Fails fast unless --annotate, if given, is a folder (new or existing) where the drawn photos can be written,
+  outside a folder given as --input (`input_path`): a later run would read its drawings as photos."""
   if not path:
     return
   if os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f"--annotate={path} is a file: pass a folder (new or existing) for the drawn photos.")
+  if os.path.isdir(input_path) and _is_within(path, input_path):
+    raise UserError(f"--annotate={path} is inside --input={input_path}: the next run would read its drawings as "
+                    "photos. Pass a folder outside --input.")
   cli.check_writable_place(f"--annotate={path}", path)
+
+
+def _is_within(path: str, folder: str) -> bool:
+  """Whether `path` (existing or not) is `folder` or lies under it, links resolved."""
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return os.path.commonpath([path, folder]) == folder
 
 
 @dataclasses.dataclass
@@ -101,6 +112,7 @@ class _Frame:
   rows: list[dict]
   crops: list[np.ndarray]           # one per row whose "skipped" is empty, in order
   name: str = ""                    # the annotated file's name
+  frame: int | None = None          # a video frame's index in the video
 
 
 class FacePredictions:
@@ -144,7 +156,8 @@ class FacePredictions:
              "landmarks": [list(point) for point in face.landmarks], "score": face.score, "skipped": reason}
             for i, (face, reason) in enumerate(zip(found, reasons))]
     self.faces_skipped += sum(bool(reason) for reason in reasons)
-    self._push(_Frame(source, image if self.annotate else None, rows, [c for c in crops if c is not None], name))
+    self._push(_Frame(source, image if self.annotate else None, rows, [c for c in crops if c is not None], name,
+                      frame))
     return len(found)
 
   def skip(self, path: str, reason: str, fix: str = "") -> None:
@@ -184,7 +197,7 @@ class FacePredictions:
       for row in frame.rows:
         if not row.get("skipped"):
           _fill(row, next(predictions))
-      if frame.rows and frame.rows[0].get("frame") is not None:
+      if frame.frame is not None:  # a frame without a face counts toward its video's tracks' end
         self._tracks.follow(frame.source, frame.rows, self.smooth, self.model.class_names)
       if frame.image is not None and self.annotate:
         self._draw(frame)
@@ -357,7 +370,7 @@ def main(argv):
   del argv  # cli.run refuses arguments that are not flags
   args = flags.FLAGS
   check_output(args.output)
-  check_annotate(args.annotate)
+  check_annotate(args.annotate, args.input)
   unlisted = []
   paths = inference.list_images(args.input, decode.IMAGE_SUFFIXES + video.EXTENSIONS, unlisted)
   model = api.load(args.checkpoint, config=args.config, tta=args.tta or "", batch_size=args.batch_size)

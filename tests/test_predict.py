@@ -774,6 +774,22 @@ def test_an_annotate_folder_that_cannot_be_made_is_refused_before_any_work(tmp_p
   predict.check_annotate("")  # no --annotate
 
 
+def test_an_annotate_folder_inside_the_input_folder_is_refused_before_any_work(tmp_path):
+  """The next run (after a stop, as the log asks) read its drawings as photos: their faces were predicted again as
+  rows of their own and drawn into drawn/drawn/."""
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  (photos / "face.jpg").write_bytes(b"")
+  (tmp_path / "link").symlink_to(photos)
+  for annotate in (photos / "drawn", photos, tmp_path / "link" / "drawn"):
+    named = re.escape(f"--annotate={annotate} is inside --input={photos}")
+    with pytest.raises(UserError, match=rf"^{named}: the next run would read its drawings as photos\. Pass a folder "
+                                        r"outside --input\.$"):
+      predict.check_annotate(str(annotate), str(photos))
+  predict.check_annotate(str(tmp_path / "photos_drawn"), str(photos))  # beside it, its name starting alike
+  predict.check_annotate(str(photos / "drawn"), str(photos / "face.jpg"))  # one photo as --input
+
+
 def test_face_crops_are_not_drawn_and_one_warning_says_so(tmp_path, monkeypatch, caplog):
   """--annotate with face crops wrote nothing and said nothing."""
   model, _ = _recording_model(monkeypatch)
@@ -916,6 +932,50 @@ def test_a_face_missed_beside_another_keeps_its_track_for_a_while():
   back = [face(frame + 1, left, 0.1), face(frame + 1, right, 0.1)]
   followed.follow("clip.mp4", back, 0.5, names)
   assert [row["track"] for row in back] == [2, 1]
+
+
+def test_frames_without_a_classified_face_count_toward_a_track_s_end():
+  """A frame in which no face was classified (none found, or all too small) was not counted: a face gone from a
+  video for any number of frames came back on its old track, where MAX_MISSED frames end it."""
+  followed, names = tracks.Tracks(), ("anger", "fear")
+
+  def face(frame: int, skipped: str = "") -> list[dict]:
+    return [{"frame": frame, "box": [0.0, 0.0, 50.0, 50.0], "skipped": skipped,
+             "probabilities": {"anger": 1.0, "fear": 0.0}}]
+
+  def gone_for(missed: int, first_frame: int) -> list[dict]:
+    for frame in range(first_frame, first_frame + missed):
+      followed.follow("clip.mp4", [] if frame % 2 else face(frame, "too small"), 0.5, names)
+    back = face(first_frame + missed)
+    followed.follow("clip.mp4", back, 0.5, names)
+    return back
+
+  followed.follow("clip.mp4", face(0), 0.5, names)
+  kept = gone_for(tracks.Tracks.MAX_MISSED, 1)
+  ended = gone_for(tracks.Tracks.MAX_MISSED + 1, kept[0]["frame"] + 1)
+  assert (kept[0]["track"], ended[0]["track"]) == (0, 1)
+
+
+def test_a_video_s_frames_without_a_face_reach_its_tracks(tmp_path, monkeypatch):
+  """Frames in which no face was found were not followed: a face back after more than MAX_MISSED of them kept its
+  track."""
+  model, _ = _recording_model(monkeypatch)
+  monkeypatch.setattr(model, "classify", lambda crops: [
+      api.Prediction("anger", 1.0, {c: float(c == "anger") for c in model.class_names},
+                     {c: 0.0 for c in model.class_names}) for _ in crops])
+  last = tracks.Tracks.MAX_MISSED + 2  # one frame more missed than a track outlives
+  searched = []
+
+  def faces(image, *_):
+    searched.append(image)
+    if len(searched) - 1 not in (0, last):
+      return [], [], []
+    return [detector.Face((0.0, 0.0, 40.0, 40.0), ((10.0, 10.0),) * 5, 0.99)], [np.zeros((100, 100, 3), np.uint8)], [""]
+
+  monkeypatch.setattr(model, "faces", faces)
+  video = _flat_video(str(tmp_path / "clip.avi"), frames=last + 1)
+  results = predict.predict_inputs(model, [video], str(tmp_path), None, 24, 0.9)
+  assert [(row["frame"], row["track"]) for row in results.rows] == [(0, 0), (last, 1)]
 
 
 def _smoothed_anger(stride: int, frames: int = 9) -> dict[int, float]:

@@ -21,7 +21,7 @@ class Tracks:
   `weight` per frame of the video (the rows' "frame"): weight**n after n frames, so that --stride, or frames where
   the face was missed, leave the smoothing's span in the video as it is (with 0, the frame's own). A track not
   matched in a frame (its face not found or not classified) is kept for up to MAX_MISSED processed frames, then
-  ended."""
+  ended; `follow` is given every processed frame, those without a face (`rows` empty) included."""
 
   TRACK_IOU = 0.3
   MAX_MISSED = 25
@@ -32,11 +32,10 @@ class Tracks:
   def follow(self, video: str, rows: list[dict], weight: float, class_names) -> None:
     if video != self.video:
       self.video, self.previous, self.missed = video, [], {}
+    # A frame without a classified face ends no track at once: it counts as missed for each.
     classified = [row for row in rows if not row["skipped"]]
-    if not classified:
-      return  # as after a frame without a face: a face too small or unsure for a frame keeps its track
     current = [None] * len(classified)
-    if self.previous:
+    if self.previous and classified:
       boxes_now = np.array([row["box"] for row in classified])
       boxes_before = np.array([seen.box for seen in self.previous])
       overlaps = detector.iou_matrix(boxes_now, boxes_before)
