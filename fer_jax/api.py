@@ -188,6 +188,8 @@ def _conversions(image: np.ndarray) -> list[str]:
     conversions.append("floats in 0–1: (image * 255).round().astype(np.uint8)")
   elif image.dtype == np.uint16:
     conversions.append("16-bit: (image // 257).astype(np.uint8)")
+  elif image.dtype == np.bool_:
+    conversions.append("a mask: (image * 255).astype(np.uint8)")
   elif image.dtype != np.uint8:
     conversions.append(f"{image.dtype}: scale it to 0–255 if needed, then image.astype(np.uint8)")
   return conversions

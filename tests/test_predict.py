@@ -410,7 +410,8 @@ def test_load_refuses_a_bad_argument_by_its_name(tmp_path, arguments, message):
     (np.zeros((1, 60, 60), np.float64),
      "channels first: np.moveaxis(image, 0, -1); floats in 0–1: (image * 255).round().astype(np.uint8)"),
     (np.full((60, 60, 3), 128.0, np.float32), "floats in 0–255: np.clip(image, 0, 255).round().astype(np.uint8)"),
-], ids=["float", "uint16", "int64", "channels_first", "channels_first_float", "float_0_255"])
+    (np.ones((60, 60), bool), "a mask: (image * 255).astype(np.uint8)"),  # was told astype: 0 and 1, black
+], ids=["float", "uint16", "int64", "channels_first", "channels_first_float", "float_0_255", "bool"])
 def test_an_array_that_is_no_uint8_image_is_refused_with_the_conversion_it_needs(array, conversions):
   """Every refusal gave the hint for floats in 0–1, a 16-bit or channels-first array's too; floats in 0–255 were
   told to multiply by 255 (which wraps around in uint8: garbage classified without an error)."""
