@@ -256,7 +256,7 @@ class Model:
     crops, too_small, not_crops = [], [], []
     for index, image in enumerate(images_or_paths):
       name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
-      with _as_picture(image) as picture:
+      with _named_if_refused(name, image) as picture:
         if reason := size_reason(min(picture.size), min_face_size):
           crops.append(None)
           too_small.append(f"{name}, {reason}")
@@ -299,6 +299,16 @@ class Model:
     predictions = iter(self.classify([crop for crop in crops if crop is not None]))
     return [FaceResult(i, face.box, face.landmarks, face.score, None if reason else next(predictions), reason)
             for i, (face, reason) in enumerate(zip(found, reasons))]
+
+
+def _named_if_refused(name: str, image):
+  """`_as_picture(image)`, an array it refuses named by its place in the caller's list."""
+  try:
+    return _as_picture(image)
+  except UserError as error:
+    if isinstance(image, (str, os.PathLike)):
+      raise
+    raise UserError(f"{name}: {error}") from None
 
 
 def _as_picture(image):

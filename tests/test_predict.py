@@ -338,10 +338,11 @@ def test_alpha_is_dropped_and_an_array_that_is_no_uint8_image_is_refused_alike_b
     as_pil_converts = decode.to_stored(Image.fromarray(array).convert("RGB"), model.predictor.preprocess.shape)
     np.testing.assert_array_equal(crop, as_pil_converts)
   for array in (rgb.astype(np.float32) / 255, np.zeros((60, 60, 5), np.uint8)):
-    refusal = rf"^An image array must be uint8 .* got {array.dtype} \(60, 60, {array.shape[-1]}\): convert it"
-    for call in (model.predict, model.detect_and_predict):
-      with pytest.raises(UserError, match=refusal):
-        call([array] if call == model.predict else array)
+    refusal = rf"An image array must be uint8 .* got {array.dtype} \(60, 60, {array.shape[-1]}\): convert it"
+    with pytest.raises(UserError, match=f"^image 0: {refusal}"):
+      model.predict([array])
+    with pytest.raises(UserError, match=f"^{refusal}"):
+      model.detect_and_predict(array)
 
 
 def test_a_pil_image_of_any_mode_is_read_as_its_file_would_be(monkeypatch, tmp_path):
@@ -400,6 +401,15 @@ def test_load_refuses_a_bad_argument_by_its_name(tmp_path, arguments, message):
   config file's unknown argument was its ValueError, a dict an AttributeError."""
   with pytest.raises(UserError, match=message):
     api.load(str(tmp_path), **arguments)
+
+
+def test_an_array_refused_in_a_list_is_named_by_its_place(monkeypatch):
+  """Model.predict's refusal of one array among several did not say which one."""
+  model, classified = _recording_model(monkeypatch)
+  crops = [np.zeros((60, 60, 3), np.uint8), np.zeros((60, 60, 3), np.float32)]
+  with pytest.raises(UserError, match=r"^image 1: An image array must be uint8 .* got float32 \(60, 60, 3\)"):
+    model.predict(crops)
+  assert not classified
 
 
 @pytest.mark.parametrize("array, conversions", [
