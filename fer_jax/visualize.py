@@ -69,7 +69,7 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
     raise inference.no_readable_image("to visualize", skipped)
   for index, path in enumerate(readable):
     logging.info("%04d_*.png: %s", index, path)
-    warn_unless_a_face_crop(path, preprocess.shape[0])
+  warn_of_images_not_face_crops(readable, preprocess.shape[0])
   model = method.build(config.model)
   variables = models.load_trained_variables(config, model, checkpoint)
 
@@ -91,13 +91,18 @@ def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_siz
   return written
 
 
-def warn_unless_a_face_crop(path: str, stored_side: int) -> None:
-  with decode.opened(path) as image:
-    width, height = image.size
-  if not inference.is_face_crop(width, height, stored_side):
-    logging.warning("%s (%d×%d) is not a face crop (nearly square, at most %d px): its maps are of the whole image "
-                    "squashed to the model's input, no face is found in it; crop the face first.",
-                    path, width, height, inference.face_crop_limit(stored_side))
+def warn_of_images_not_face_crops(paths, stored_side: int) -> None:
+  """One warning for the images among `paths` not shaped like face crops, naming the first."""
+  not_crops = []
+  for path in paths:
+    with decode.opened(path) as image:
+      width, height = image.size
+    if not inference.is_face_crop(width, height, stored_side):
+      not_crops.append(f"{path}, {width}×{height}")
+  if not_crops:
+    logging.warning("%d of %d images (the first: %s) are not face crops (nearly square, at most %d px): their maps "
+                    "are of the whole image squashed to the model's input, no face is found in it; crop the faces "
+                    "first.", len(not_crops), len(paths), not_crops[0], inference.face_crop_limit(stored_side))
 
 
 MAP_FILE = re.compile(r"^\d{4,}_.*\.png$")  # <index>_<what>.png, as fer_jax's methods name their maps
