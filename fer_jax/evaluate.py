@@ -329,7 +329,8 @@ def markdown(report: dict, examples: dict, predictions: dict | None = None) -> s
   evaluators = report["evaluators"]
   lines = []
   if report.get("checkpoint"):
-    lines += [f"Weights: {report['checkpoint']} (step {report['step']}).", ""]
+    step = "" if report.get("step") is None else f" (step {report['step']})"  # None: a folder not named by a step
+    lines += [f"Weights: {report['checkpoint']}{step}.", ""]
   if report.get("selection"):
     lines += [f"Selected: {selection_note(report['selection'])}", ""]
   lines += ["| evaluator | data set | split | examples | accuracy % | mean-class % | macro F1 % | TTA | TTA accuracy % |",
@@ -565,7 +566,6 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
     check_not_a_training_run(workdir)
     validation.validate(config, training=False)
     checkpointing.step_folder(checkpoint)
-  warn_of_a_replaced_report(workdir, checkpoint)
   mesh = mesh_lib.make_mesh()
   model = models.build_model(config)
   evaluators = Evaluators(model, config, mesh)
@@ -573,6 +573,7 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   with distributed.errors_together():  # a copy of the checkpoint on one host may be damaged
     variables = models.load_trained_variables(config, model, checkpoint)
   variables = mesh_lib.replicated(variables, mesh)
+  warn_of_a_replaced_report(workdir, checkpoint)  # once the data and weights opened: a failure replaces nothing
   step_directory = checkpointing.step_folder(checkpoint)  # the folder load_trained_variables read
   name = os.path.basename(step_directory)
   return final_report(evaluators, variables, workdir, int(name) if name.isdigit() else None, step_directory)

@@ -18,7 +18,8 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import progress
 from fer_jax.data import labels
 from fer_jax.data import pipeline
-from helpers import get_config
+from fer_jax.errors import UserError
+from helpers import get_config, tiny_run
 
 
 def test_metrics_from_confusion_matrix():
@@ -192,6 +193,30 @@ def test_an_evaluation_replacing_another_ones_report_says_so(tmp_path, caplog):
     evaluate.warn_of_a_replaced_report(str(tmp_path), "runs/b/checkpoints/8")
   assert (f"{tmp_path} holds the report of an evaluation of runs/a/checkpoints/16: this one of runs/b/checkpoints/8 "
           "replaces it") in caplog.text
+
+
+def test_an_evaluation_that_fails_before_evaluating_does_not_say_it_replaces_the_report(tmp_path, caplog,
+                                                                                         tiny_data_dir):
+  """--mode=eval into a folder holding a report warned "this one … replaces it", then stopped on a split the set
+  lacks, leaving the earlier report in place."""
+  report = tmp_path / "report" / "eval_results.json"
+  report.parent.mkdir()
+  report.write_text('{"checkpoint": "runs/a/checkpoints/16"}')
+  (tmp_path / "model" / "state").mkdir(parents=True)  # a step folder: the data fails before its weights are read
+  config = tiny_run(get_config("configs/dan.py:synthetic"))
+  config.dataset.test_split = "tset"
+  with caplog.at_level(logging.WARNING), pytest.raises(UserError, match="config.dataset.test_split='tset'"):
+    evaluate.evaluate_checkpoint(config, str(tmp_path / "model"), str(report.parent))
+  assert "replaces it" not in caplog.text
+  assert report.read_text() == '{"checkpoint": "runs/a/checkpoints/16"}'
+
+
+def test_the_report_of_weights_in_a_folder_not_named_by_a_step_gives_no_step():
+  results, _ = _one_evaluators_results()
+  heading = lambda step: evaluate.markdown({"checkpoint": "models/mine", "step": step, "evaluators": {"test": results}},
+                                           {}).splitlines()[0]
+  assert heading(None) == "Weights: models/mine."
+  assert heading(8) == "Weights: models/mine (step 8)."
 
 
 def test_a_report_written_again_with_fewer_evaluators_leaves_no_figure_of_the_others(tmp_path):
