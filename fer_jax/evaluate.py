@@ -129,19 +129,23 @@ def class_mapping(split) -> dict:
 
 @flax.struct.dataclass
 class ConfusionMatrix(clu_metrics.Metric):
-  """K×K counts (rows: true class, columns: predicted) of the examples with mask 1."""
+  """K×K counts (rows: true class, columns: predicted) of the examples with mask 1, and how many of them had a
+  non-finite class score (argmax would give NaN scores class 0, a plausible accuracy)."""
 
   counts: jax.Array
+  non_finite: jax.Array
 
   @classmethod
   def from_model_output(cls, *, logits, labels, mask, **_) -> "ConfusionMatrix":
     num_classes = logits.shape[-1]
     predicted = jnp.argmax(logits, axis=-1)
-    counts = jnp.zeros((num_classes, num_classes), jnp.int32).at[labels, predicted].add((mask > 0).astype(jnp.int32))
-    return cls(counts=counts)
+    counted = mask > 0
+    counts = jnp.zeros((num_classes, num_classes), jnp.int32).at[labels, predicted].add(counted.astype(jnp.int32))
+    non_finite = jnp.sum(counted & ~jnp.all(jnp.isfinite(logits), axis=-1), dtype=jnp.int32)
+    return cls(counts=counts, non_finite=non_finite)
 
   def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
-    return type(self)(counts=self.counts + other.counts)
+    return type(self)(counts=self.counts + other.counts, non_finite=self.non_finite + other.non_finite)
 
   def compute(self) -> jax.Array:
     return self.counts
@@ -218,8 +222,18 @@ def _waited_for(output):
 
 
 def confusion_matrix(step, variables, eval_data, label: str) -> np.ndarray:
-  """The split's confusion matrix, the sum of `step`'s (`confusion_step`) over its batches (`_outputs`)."""
-  return sum(np.asarray(update.compute(), np.int64) for update in _outputs(step, variables, eval_data, label))
+  """The split's confusion matrix, the sum of `step`'s (`confusion_step`) over its batches (`_outputs`); a
+  `stopping.NonFiniteError` if any example's class scores were not finite."""
+  counts, non_finite = 0, 0
+  for update in _outputs(step, variables, eval_data, label):
+    counts, non_finite = counts + np.asarray(update.compute(), np.int64), non_finite + int(update.non_finite)
+  if non_finite:
+    raise stopping.NonFiniteError(
+        f"{label}: {non_finite} of {int(np.sum(counts))} examples got non-finite class scores (NaN or Inf), so "
+        "their predictions and the metrics would mean nothing; no report was written.",
+        "The weights or the model's inference-mode output are broken: check the checkpoint (`python -m "
+        "fer_jax.summary --checkpoint=PATH` fingerprints it) and, for a model of yours, its eval-mode outputs.")
+  return counts
 
 
 def probabilities(step, variables, eval_data, label: str) -> tuple[np.ndarray, np.ndarray]:

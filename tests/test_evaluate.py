@@ -16,6 +16,7 @@ from fer_jax import evaluate
 from fer_jax import files
 from fer_jax import mesh as mesh_lib
 from fer_jax import progress
+from fer_jax import stopping
 from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
@@ -73,6 +74,26 @@ def test_confusion_step_counts_masked_rows_zero_times():
   np.testing.assert_array_equal(total, [[4, 0, 0], [0, 4, 2], [0, 0, 2]])
 
 
+class Scaled(nn.Module):
+  """Class scores proportional to the image's first value: NaN scores for a NaN image."""
+
+  @nn.compact
+  def __call__(self, images, train):
+    return {"logits": images[:, 0, 0, :1] * jnp.array([1.0, -1.0, 0.0])}
+
+
+def test_an_evaluation_with_non_finite_class_scores_stops_instead_of_reporting():
+  """argmax gives a row of NaN scores class 0: a model outputting NaN got a plausible accuracy, without a word."""
+  step = evaluate.confusion_step(Scaled(), 3, mesh_lib.make_mesh())
+  images = jnp.zeros((4, 2, 2, 1)).at[:, 0, 0, 0].set(jnp.array([0.0, jnp.nan, 2, jnp.nan]))
+  batch = {"image": images, "label": jnp.array([0, 1, 2, 0]), "mask": jnp.array([1, 1, 1, 0], jnp.float32)}
+  update = step({}, batch)
+  assert int(update.non_finite) == 1  # the padded row's NaN is not counted
+  with pytest.raises(stopping.NonFiniteError, match=r"^Evaluating test: 2 of 6 examples got non-finite class "
+                                                    r"scores \(NaN or Inf\).* no report was written\."):
+    evaluate.confusion_matrix(step, {}, Batches([batch, batch]), "Evaluating test")
+
+
 class Batches:
   """Stands for EvalData: `batches()` counts the batches handed out."""
 
@@ -103,7 +124,8 @@ def test_a_signal_stops_an_evaluation_within_its_queued_batches():
   def slow_step(variables, batch):  # 300 products of 512² a batch: 0.2 s on two idle cores
     del variables
     x = jax.lax.fori_loop(0, 300, lambda _, x: jnp.tanh(x @ weights), batch["x"])
-    return evaluate.ConfusionMatrix(counts=jnp.zeros((3, 3), jnp.int32) + (x[0, 0] > 9).astype(jnp.int32))
+    return evaluate.ConfusionMatrix(counts=jnp.zeros((3, 3), jnp.int32) + (x[0, 0] > 9).astype(jnp.int32),
+                                    non_finite=jnp.int32(0))
 
   inputs = [{"x": jnp.full((512, 512), float(i))} for i in range(12)]
   first = slow_step({}, inputs[0])
