@@ -148,12 +148,14 @@ def _class_order(names) -> str:
 def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
   """A checkpoint's or export's config from its meta record (`checkpointing.metadata`): the model, its input
   and class names; the data set (absent from records written before 2026-12-03) gives the crop style and
-  stored size it was trained on, "tta" (absent before 2026-12-05: none) the test-time augmentation. The
-  shape its images were decoded to is no config key: `checkpointing.recorded_shape` reads it."""
+  stored size it was trained on, "tta" (absent before 2026-12-05: none) the test-time augmentation, the recorded
+  config (a checkpoint's; an export's model.json has none) its loss settings, which a method's `config_problems`
+  may check. The shape its images were decoded to is no config key: `checkpointing.recorded_shape` reads it."""
   _check_recorded_method(meta)
   config = config_lib.base_config()
   try:
     config.model.update(meta["model"])
+    config.loss.update(recorded_loss(meta))
     config.input.update(meta["input"])
     dataset = meta.get("dataset") or {}
     config.dataset.update({key: value for key, value in dataset.items() if key in config.dataset})
@@ -168,6 +170,14 @@ def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
     raise CheckpointError(f"The model's meta record is damaged ({type(e).__name__}: {e}): pass its config "
                           "(fer_jax.load(path, config=...), or --config), or convert or export the model again.") from None
   return config
+
+
+def recorded_loss(meta: dict) -> dict:
+  """The loss settings of a meta record's whole config ("loss.KEY" in its flat "config"), lists as tuples."""
+  flat = meta.get("config") or {}
+  loss = {key.removeprefix("loss."): value for key, value in flat.items() if key.startswith("loss.")}
+  loss = {key: tuple(value) if isinstance(value, list) else value for key, value in loss.items()}
+  return traverse_util.unflatten_dict(loss, sep=".")
 
 
 def _check_recorded_method(meta: dict) -> None:

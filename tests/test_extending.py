@@ -18,6 +18,7 @@ from PIL import Image
 import pytest
 
 import fer_jax
+from fer_jax import checkpointing
 from fer_jax import models
 from fer_jax import train
 from fer_jax import validation
@@ -54,7 +55,8 @@ class Emotions(class_folders.ClassFolders):
 def test_a_model_name_that_names_no_method_is_refused_with_the_fix(monkeypatch):
   monkeypatch.syspath_prepend(EXAMPLES)
   for name, fix in (("plain_resnet", "is not one of fer_jax's methods (dan, lhcnet, apvit, scan_cci) nor a module "
-                                     "path of yours"),
+                                     "path of yours, which names a module inside a package folder with its package "
+                                     "(my_methods.plain_resnet for my_methods/plain_resnet.py"),
                     ("my_method.plain_resnet", "no module 'my_method' on the Python path"),
                     ("my_methods.plain_resnett", "no module 'my_methods.plain_resnett' on the Python path"),
                     ("fer_jax.models.layers", "layers.py defines no METHOD = fer_jax.models.Method(")):
@@ -140,6 +142,18 @@ def test_the_confidence_penalty_has_a_config_and_its_missing_or_negative_weight_
   config.loss.confidence_penalty = -0.1
   with pytest.raises(ConfigError, match=r"config\.loss\.confidence_penalty=-0\.1 must be a number of at least 0"):
     validation.validate(config, training=False)
+
+
+def test_a_method_of_yours_checking_its_loss_keys_loads_from_the_record_alone(monkeypatch):
+  """fer_jax.load(workdir) of a confidence-penalty run, its module imported, rebuilt the config with an empty
+  config.loss, which the method's config_problems refused ("config.loss.confidence_penalty is missing")."""
+  monkeypatch.syspath_prepend(EXAMPLES)
+  config = load_script("examples/dan_confidence_penalty_config.py", "config_module").get_config("synthetic")
+  config.loss.confidence_penalty = 0.3
+  importlib.import_module("my_methods.dan_confidence_penalty")
+  rebuilt = checkpointing.config_from_meta(checkpointing.metadata(config))
+  assert rebuilt.loss.to_dict() == config.loss.to_dict()
+  validation.validate(rebuilt, training=False)
 
 
 @pytest.mark.integration

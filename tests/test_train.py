@@ -919,6 +919,9 @@ def _per_example_loss(outputs, labels, loss_config):
     (_Head(), lambda outputs, labels, loss_config: models.cross_entropy(outputs["logits"], labels),
      r"its loss returns ShapeDtypeStruct, not a pair \(scalar loss, \{name: scalar metric\}\)"),
     (_Head(), lambda outputs, labels, loss_config: (jnp.zeros(()), [jnp.zeros(())]), r"its loss returns tuple, not a pair"),
+    (_Head(), lambda outputs, labels, loss_config: (jnp.zeros(()), {"loss": jnp.zeros(()), "accuracy": jnp.ones(())}),
+     r"its loss's metrics 'accuracy', 'loss' take names the train step logs \(loss, accuracy, lr, grad_norm, "
+     r"img_per_s\), whose values they would replace: rename them"),
 ])
 def test_a_method_breaking_its_contract_is_named_before_any_step(module, loss, message):
   """An author's module with 9 logits for 7 classes trained a whole epoch and failed at the evaluation (5 logits: a

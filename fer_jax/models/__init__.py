@@ -8,7 +8,8 @@ yours, importable from where the command runs ("my_methods.plain_resnet"; docs/e
       float64 reference mode: `layers.at_least_float32`); `functools.partial(from_config, Module)` fills
       the module's fields from config.model, and a config.model key that is neither a field nor one
       every config has (BASE_MODEL_KEYS) is a ConfigError;
-  loss(outputs, labels, loss_config) -> (scalar loss, dict of scalar metrics), by default
+  loss(outputs, labels, loss_config) -> (scalar loss, dict of scalar metrics, logged to TensorBoard as
+      train/<name>, none named as TRAIN_STEP_METRICS), by default
       the mean softmax cross-entropy (`cross_entropy`); loss_config is config.loss, whose
       `class_counts=()`, where it has that key, the loop fills with the training split's count of
       each class (in the model's class order);
@@ -164,7 +165,8 @@ def get_method(name: str) -> Method:
     module = config_lib.module_of_yours(name, f"config.model.name={name!r}", UnknownMethodError)
   else:
     raise UnknownMethodError(f"config.model.name={name!r} is not one of fer_jax's methods ({', '.join(METHODS)}) nor "
-                             "a module path of yours (my_methods.plain_resnet, docs/extending.md).")
+                             "a module path of yours, which names a module inside a package folder with its package "
+                             "(my_methods.plain_resnet for my_methods/plain_resnet.py; docs/extending.md).")
   method = getattr(module, "METHOD", None)
   if not isinstance(method, Method):
     raise UnknownMethodError(f"config.model.name={name!r}: {module.__file__} defines no METHOD = "
@@ -177,14 +179,17 @@ def build_model(config) -> nn.Module:
 
 
 CONTRACT = "the Method contract (docs/extending.md, 'A method of yours')"
+# What the train step logs beside a loss's metrics (fer_jax.train): a metric of the same name would replace it.
+TRAIN_STEP_METRICS = ("loss", "accuracy", "lr", "grad_norm", "img_per_s")
 
 
 def check_contract(method: Method, model, abstract_variables: dict, loss_config, config) -> None:
   """Traces (computing nothing) the module in training mode and the method's loss on a batch of 2, before any
   step: a ConfigError naming the Method contract where the module does not take `(images, train)`, does not
   return a dict with "logits" of [batch, config.model.num_classes], or the loss does not return (a scalar,
-  {name: scalar}). Found otherwise after the first epoch (more logits than classes, at the evaluation) or as a
-  NaN loss (fewer) or a JAX traceback."""
+  {name: scalar}) with names other than TRAIN_STEP_METRICS. Found otherwise after the first epoch (more logits than
+  classes, at the evaluation), as a NaN loss (fewer), a JAX traceback, or (a metric named "loss", say) never: the
+  log and TensorBoard showed the metric in the train step's place."""
   name, classes = config.model.name, config.model.num_classes
 
   def fail(what: str):
@@ -214,6 +219,9 @@ def check_contract(method: Method, model, abstract_variables: dict, loss_config,
     fail(f"its loss has shape {getattr(loss, 'shape', None)}, not () : reduce it over the batch (its mean, say).")
   if not_scalar := [key for key, value in metrics.items() if getattr(value, "shape", None) != ()]:
     fail(f"its loss's metrics {', '.join(map(repr, not_scalar))} are not scalars.")
+  if taken := [key for key in metrics if key in TRAIN_STEP_METRICS]:
+    fail(f"its loss's metrics {', '.join(map(repr, taken))} take names the train step logs "
+         f"({', '.join(TRAIN_STEP_METRICS)}), whose values they would replace: rename them (\"ce_loss\", say).")
 
 
 def dummy_images(config, batch: int = 1):

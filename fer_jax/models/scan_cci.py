@@ -316,8 +316,9 @@ def effective_number_weights(counts: Sequence[int], beta: float) -> np.ndarray:
 
 
 def config_problems(config) -> list[str]:
-  """config.loss's weighting and the class counts given to it, checked before any work (fer_jax.validation). A
-  config rebuilt from a checkpoint's record for inference has no loss settings: nothing to check."""
+  """config.loss's weighting and the class counts given to it, checked before any work (fer_jax.validation), and
+  in the config rebuilt from a checkpoint's record (the settings it was trained with; an export's record has
+  none: nothing to check)."""
   loss_config, num_classes = config.loss, config.model.num_classes
   problems = []
   weighting = loss_config.get("class_weights", "")
