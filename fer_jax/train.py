@@ -278,11 +278,19 @@ class ProgressLog:
       means = {k: float(np.mean([m[k] for m in jax.device_get(self._pending)])) for k in self._pending[0]}
       elapsed = time.perf_counter() - self._start
       images_per_second = len(self._pending) * self.config.batch_size / elapsed
-      logging.info("step %d/%d epoch %.2f loss %.4f accuracy %.3f lr %.3g | %.1f img/s ETA %s", step, self.num_steps,
-                   step / self.steps_per_epoch, means["loss"], means["accuracy"], means["lr"], images_per_second,
-                   progress.format_eta((self.num_steps - step) * elapsed / len(self._pending)))
+      logging.info("step %d/%d epoch %.2f loss %.4f%s accuracy %.3f lr %.3g | %.1f img/s ETA %s", step, self.num_steps,
+                   step / self.steps_per_epoch, means["loss"], _loss_parts(means), means["accuracy"], means["lr"],
+                   images_per_second, progress.format_eta((self.num_steps - step) * elapsed / len(self._pending)))
       self.writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
       self.restart_clock()
+
+
+def _loss_parts(means: dict) -> str:
+  """" (ce_loss 0.81, affinity_loss 0.12)": the loss's own metrics, unless one alone is the loss itself."""
+  parts = {name: value for name, value in means.items() if name not in models.TRAIN_STEP_METRICS}
+  if not parts or list(parts.values()) == [means["loss"]]:
+    return ""
+  return f" ({', '.join(f'{name} {value:.4g}' for name, value in parts.items())})"
 
 
 class TrainingRun:

@@ -667,6 +667,31 @@ def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluati
   assert writer.logged[4]["train/img_per_s"] == 4 * 2 / 4.0
 
 
+def test_the_log_line_gives_the_loss_parts_unless_the_loss_is_its_one_part(caplog):
+  """The loss's own metrics (DAN's three terms) reached TensorBoard only; the log line showed their sum."""
+  class Quiet:
+    def scalars(self, step, values):
+      pass
+
+    def add(self, step, metrics):
+      pass
+
+    def check(self):
+      pass
+
+  config = get_config("configs/dan.py:synthetic")
+  config.log_every_steps = 1
+  progress = train.ProgressLog(config, num_steps=2, steps_per_epoch=2, writer=Quiet(), guard=Quiet())
+  with caplog.at_level(logging.INFO):
+    progress.add(1, {"loss": 1.5, "accuracy": 0.5, "lr": 0.1, "grad_norm": 2.0, "ce_loss": 1.25,
+                     "affinity_loss": 0.125, "partition_loss": 0.125})
+    progress.add(2, {"loss": 1.5, "accuracy": 0.5, "lr": 0.1, "grad_norm": 2.0, "ce_loss": 1.5})
+  lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("step ")]
+  assert lines[0].startswith("step 1/2 epoch 0.50 loss 1.5000 (ce_loss 1.25, affinity_loss 0.125, partition_loss "
+                             "0.125) accuracy 0.500 lr 0.1 | ")
+  assert lines[1].startswith("step 2/2 epoch 1.00 loss 1.5000 accuracy 0.500 lr 0.1 | ")
+
+
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_signal_outside_the_training_steps_stops_with_exit_75_and_no_traceback(name):
   """Setting up, evaluating or reporting, where StopSignals does not hold the signals: a SIGINT gave
