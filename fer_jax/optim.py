@@ -130,24 +130,29 @@ def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) ->
 
   transforms = {FROZEN: optax.set_to_zero(), "default": group(1.0)}
   transforms.update({str(i): group(m) for i, (_, m) in enumerate(opt_config.lr_groups)})
-  tx = optax.multi_transform(transforms, param_labels(opt_config, params))
-  return Optimizer(optax.chain(clip_stage(opt_config.grad_clip_norm), tx), schedule)
+  labels = param_labels(opt_config, params)
+  tx = optax.multi_transform(transforms, labels)
+  trained = jax.tree.map(lambda label: label != FROZEN, labels)
+  return Optimizer(optax.chain(clip_stage(opt_config.grad_clip_norm, trained), tx), schedule)
 
 
-def clip_stage(max_norm: float) -> optax.GradientTransformation:
+def clip_stage(max_norm: float, trained=None) -> optax.GradientTransformation:
   """clip_grad_norm, or the identity for max_norm 0. Both keep an EmptyState, so the optimizer
   state, and a checkpoint of it, has one structure whatever grad_clip_norm is: a run resumes after
   clipping is turned on, as the non-finite-loss message advises."""
-  return clip_grad_norm(max_norm) if max_norm else optax.identity()
+  return clip_grad_norm(max_norm, trained) if max_norm else optax.identity()
 
 
-def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
+def clip_grad_norm(max_norm: float, trained=None) -> optax.GradientTransformation:
   """Gradients times min(1, max_norm / (global L2 norm + 1e-6)), as torch.nn.utils.clip_grad_norm_
-  (which APViT's mmcv OptimizerHook calls) scales them; optax.clip_by_global_norm has no 1e-6."""
+  (which APViT's mmcv OptimizerHook calls) scales them; optax.clip_by_global_norm has no 1e-6.
+  `trained` (bools shaped as the gradients; all True if None) picks the gradients the norm counts:
+  torch gives a frozen parameter no gradient, so its clipping leaves them out, as Keras does."""
 
   def update(updates, state, params=None):
     del params
-    scale = jnp.minimum(1.0, max_norm / (optax.tree.norm(updates) + 1e-6))
+    counted = updates if trained is None else jax.tree.map(lambda g, keep: g if keep else None, updates, trained)
+    scale = jnp.minimum(1.0, max_norm / (optax.tree.norm(counted) + 1e-6))
     return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
