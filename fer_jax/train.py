@@ -275,7 +275,9 @@ class ProgressLog:
     self.guard.add(step, metrics)
     if self.due(step):
       self.guard.check()
-      means = {k: float(np.mean([m[k] for m in jax.device_get(self._pending)])) for k in self._pending[0]}
+      window = jax.device_get(self._pending)
+      # The rate is the last step's: a mean over a window crossing a decay is a rate no step had.
+      means = {k: float(np.mean([m[k] for m in window])) for k in self._pending[0]} | {"lr": float(window[-1]["lr"])}
       elapsed = time.perf_counter() - self._start
       images_per_second = len(self._pending) * self.config.batch_size / elapsed
       logging.info("step %d/%d epoch %.2f loss %.4f%s accuracy %.3f lr %.3g | %.1f img/s ETA %s", step, self.num_steps,

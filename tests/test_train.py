@@ -659,11 +659,12 @@ def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluati
   losses = [1.0, 2.0, 3.0, 6.0]
   for step, loss in enumerate(losses, start=1):
     clock[0] += 1.0  # a second a step
-    progress.add(step, {"loss": loss, "accuracy": 0.5, "lr": 0.1})
+    progress.add(step, {"loss": loss, "accuracy": 0.5, "lr": 0.1 if step <= 2 else 0.01})
     if step == 2:  # an evaluation of 100 s at the end of epoch 1
       clock[0] += 100.0
       progress.exclude(100.0)
   assert writer.logged[4]["train/loss"] == np.mean(losses)
+  assert writer.logged[4]["train/lr"] == 0.01  # the last step's rate: the mean, 0.055, was no step's
   assert writer.logged[4]["train/img_per_s"] == 4 * 2 / 4.0
 
 
