@@ -71,6 +71,10 @@ def differences(recorded: dict, config, ignored: Sequence[str], unshared: str = 
           if not named_by(key, ignored) and recorded.get(key) != current.get(key)]
 
 
+# config.seed is below this: NumPy seeds each epoch's order from the 32-bit words of [seed, epoch], so seed 2**32 + s
+# would train epoch 0 in seed s's epoch-1 order (fer_jax.data.pipeline.epoch_indices), and it takes no negative seed.
+SEED_LIMIT = 2**32
+
 # Said beside a num_epochs a resume or a seed may not change.
 COSINE_SHAPED = " (it shapes the cosine schedule)"
 

@@ -76,6 +76,10 @@ def parse_seeds(values) -> list[int]:
     raise UserError(f"--seeds takes comma-separated integers, e.g. --seeds=0,1,2 ({e}).") from e
   if not seeds or len(set(seeds)) != len(seeds):
     raise UserError(f"--seeds={','.join(values)}: give at least one seed, each once.")
+  outside = [seed for seed in seeds if not 0 <= seed < config_lib.SEED_LIMIT]
+  if outside:
+    raise UserError(f"--seeds={','.join(values)}: {outside[0]} is not a seed; each must be from 0 to "
+                    f"{config_lib.SEED_LIMIT - 1}.")
   return seeds
 
 

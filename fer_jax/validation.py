@@ -246,6 +246,8 @@ def _training_problems(config, new_run: bool, resumed: bool) -> list[str]:
            f"use a multiple of {devices} (e.g. --config.batch_size={fitting})")
     problems.append(f"config.batch_size={size} must divide evenly over this run's {devices} devices and {processes} "
                     f"processes: {fix}.")
+  if config.seed < 0 or (config.seed >= config_lib.SEED_LIMIT and not resumed):  # a resumed run keeps its order
+    problems.append(f"config.seed={config.seed} must be from 0 to {config_lib.SEED_LIMIT - 1}.")
   if new_run:
     if config.init_from_required and not config.init_from:
       problems.append("This config fine-tunes a trained model (config.init_from_required): pass "

@@ -483,6 +483,26 @@ def test_affectnet_training_cap_keeps_the_first_images_of_each_class_in_annotati
   assert (pipeline.load_split(config, "train").labels >= 0).sum() == 9
 
 
+def test_affectnet_training_cap_of_joined_splits_takes_their_parts_in_turn(tmp_path):
+  """Each split's annotation_index starts at 0: train+validation kept the validation image of five classes whose
+  first training image came later in training.csv than it in validation.csv."""
+  written = fx.write_affectnet_original(tmp_path / "manual")
+  build("affectnet/classes8", tmp_path / "manual", tmp_path / "tfds")
+  config = ml_collections.ConfigDict({
+      "dataset": {"name": "affectnet/classes8", "data_dir": str(tmp_path / "tfds"), "class_order": "affectnet8"},
+      "model": {"num_classes": 8}})
+
+  def kept(split_name):
+    split = pipeline.load_split(config, split_name, max_per_class=1)
+    return {example["file_name"].decode() for example, label in zip(read_records(split.source), split.labels)
+            if label >= 0}
+
+  first_of_training = kept("train")
+  assert len(first_of_training) == 8 and first_of_training <= set(written["rows"]["train"])
+  assert kept("train+validation") == first_of_training
+  assert kept("validation+train") == set(written["rows"]["validation"])  # one image of each of the 8 codes
+
+
 def test_affectnet_face_crop(tmp_path):
   fx.write_affectnet_original(tmp_path / "manual")
   builder = build("affectnet/classes8_facecrop", tmp_path / "manual", tmp_path / "tfds")

@@ -105,6 +105,19 @@ def test_a_batch_that_does_not_divide_over_the_devices_is_told_the_fix_that_work
       + fix)
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_the_data_order_cannot_take_is_refused_before_training(seed):
+  """Seed -1 stopped in the data pipeline with NumPy's traceback; seed 2**32 trained its first epoch in seed 0's
+  second epoch's order (NumPy seeds from the 32-bit words of [seed, epoch])."""
+  config = get_config("configs/dan.py:synthetic")
+  config.seed = seed
+  assert _problems(config, training=True, new_run=True) == (
+      f"The config cannot run:\n  config.seed={seed} must be from 0 to 4294967295.")
+  validation.validate(config, training=False)  # evaluating draws no data order
+  config.seed = 2**32 - 1
+  validation.validate(config, training=True, new_run=True)
+
+
 @pytest.mark.parametrize("spec", FINE_TUNING)
 def test_fine_tuning_needs_init_from_only_when_a_new_run_starts(spec):
   config = get_config(spec)

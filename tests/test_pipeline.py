@@ -1,4 +1,5 @@
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -161,6 +162,55 @@ def test_samplers():
   with pytest.raises(ValueError, match=r"^Unknown config\.dataset\.sampler 'random'; valid: uniform, class_balanced, "
                      r"repeat_factor\.$"):
     pipeline.epoch_indices(split, "random", 0, 0, 0.15)
+
+
+# RAF-DB's training split per class (surprise, fear, disgust, happiness, sadness, anger, neutral).
+RAFDB_TRAIN_COUNTS = (1290, 281, 717, 4772, 1982, 705, 2524)
+
+
+def test_the_repeat_factor_epoch_of_rafdb_is_apvits_15545_samples():
+  """mmcls' ClassBalancedDataset: each image ceil(max(1, sqrt(0.15 / f))) times, f its class's share of the images."""
+  labels = np.repeat(np.arange(7), RAFDB_TRAIN_COUNTS)
+  split = pipeline.Split(source=None, labels=labels, class_names=tuple("abcdefg"), image_shape=(8, 8, 3))
+  repeats = [math.ceil(max(1.0, math.sqrt(0.15 / (count / len(labels))))) for count in RAFDB_TRAIN_COUNTS]
+  assert repeats == [2, 3, 2, 1, 1, 2, 1]
+  epoch = pipeline.epoch_indices(split, "repeat_factor", 0, 0, 0.15)
+  assert len(epoch) == 15_545 and len(epoch) // 256 == 60
+  np.testing.assert_array_equal(np.bincount(epoch, minlength=len(labels)), np.array(repeats)[labels])
+
+
+def test_class_balanced_draws_each_record_with_the_official_probability():
+  """ImbalancedDatasetSampler (DAN, SCAN-CCI): an epoch of the split's size, drawn with replacement, record i with
+  probability proportional to 1 / (its class's count): each class 1/K of the draws, spread evenly inside it."""
+  labels = np.array([0] * 60 + [1] * 25 + [-1] * 5 + [2] * 10)  # -1: a class the model lacks, never drawn
+  split = _split(labels)
+  epochs = [pipeline.epoch_indices(split, "class_balanced", 3, epoch, 0.15) for epoch in range(2000)]
+  assert {len(epoch) for epoch in epochs} == {95}
+  drawn = np.bincount(np.concatenate(epochs), minlength=len(labels))
+  class_sizes = np.bincount(labels[labels >= 0])
+  expected = np.where(labels >= 0, 95 * 2000 / (3 * class_sizes[np.maximum(labels, 0)]), 0)
+  assert not drawn[labels < 0].any()
+  chi_square = np.sum((drawn - expected)[labels >= 0] ** 2 / expected[labels >= 0])
+  assert chi_square < 94 + 5 * math.sqrt(2 * 94)  # 94 degrees of freedom: five standard deviations
+
+
+def test_each_epoch_reads_its_own_draw_and_a_resume_in_a_later_epoch_continues_it():
+  """280 images in batches of 32: 8 steps an epoch read the first 256 of the epoch's permutation (the rest dropped),
+  and epoch 1 is the draw of (seed, 1), also when the run resumes inside it."""
+  data = pipeline.TrainData(_config(cache="host"), mesh_lib.make_mesh())
+  span = data.steps_per_epoch * data.global_batch
+  for epoch in (0, 1):
+    records = data.order.records(np.arange(epoch * span, (epoch + 1) * span))
+    assert len(set(records)) == span == 256
+    np.testing.assert_array_equal(records, pipeline.epoch_indices(data.split, "uniform", 0, epoch, 0.15)[:span])
+  config = _config(cache="host")
+  config.num_epochs = 2
+  data = pipeline.TrainData(config, mesh_lib.make_mesh())
+  whole = [{key: np.asarray(value) for key, value in batch.items()} for batch in data.batches(0)]
+  resumed = [{key: np.asarray(value) for key, value in batch.items()} for batch in data.batches(11)]
+  assert len(whole) == 16 and len(resumed) == 5
+  for key in ("image", "label", "position"):
+    np.testing.assert_array_equal(np.stack([b[key] for b in whole[11:]]), np.stack([b[key] for b in resumed]))
 
 
 def test_dropped_classes_are_excluded():
@@ -340,18 +390,25 @@ def test_process_0_failing_to_generate_a_built_in_set_passes_the_barrier_before_
 
 
 def _labels_record_by_record(builder, split):
-  """The reference: every record of the split read through TFDS, one at a time."""
-  source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
-  records = [source[i] for i in range(len(source))]
-  return (np.array([record["label"] for record in records], np.int32),
-          np.array([record.get("annotation_index", i) for i, record in enumerate(records)]))
+  """The reference: every record of the split read through TFDS, one at a time, and the records in annotation order:
+  the parts of a join in turn, each by its annotation_index (by position where the set has none)."""
+  labels, parts, indices = [], [], []
+  for number, part in enumerate(split.split("+")):
+    source = builder.as_data_source(part, decoders={"image": tfds.decode.SkipDecoding()})
+    for record in (source[i] for i in range(len(source))):
+      labels.append(record["label"])
+      parts.append(number)
+      indices.append(record.get("annotation_index", len(indices)))
+  return np.array(labels, np.int32), np.lexsort((indices, parts))
 
 
 def _assert_same_labels_and_order(builder, splits):
   for split in splits:
-    for got, expected in zip(pipeline._read_labels_and_order(builder, split), _labels_record_by_record(builder, split)):
-      np.testing.assert_array_equal(got, expected, err_msg=split)
-      assert got.dtype == expected.dtype
+    labels, order = pipeline._read_labels_and_order(builder, split)
+    expected_labels, expected_ranking = _labels_record_by_record(builder, split)
+    np.testing.assert_array_equal(labels, expected_labels, err_msg=split)
+    assert labels.dtype == expected_labels.dtype
+    np.testing.assert_array_equal(np.argsort(order, kind="stable"), expected_ranking, err_msg=split)
 
 
 def test_label_index_gives_the_labels_and_order_of_the_records(tmp_path, caplog):

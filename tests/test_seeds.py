@@ -110,6 +110,8 @@ def test_missing_run_and_bad_seeds_are_user_errors(tmp_path):
     seeds.parse_seeds(["0", "x"])
   with pytest.raises(UserError, match="each once"):
     seeds.parse_seeds(["1", "1"])
+  with pytest.raises(UserError, match=r"^--seeds=0,-1: -1 is not a seed; each must be from 0 to 4294967295\.$"):
+    seeds.parse_seeds(["0", "-1"])  # seed 0 trained, then seed -1 stopped in the data pipeline with a traceback
 
 
 @pytest.mark.parametrize("in_a_flagfile", [False, True])

@@ -146,8 +146,9 @@ def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = Fa
   Records of classes the order lacks get label −1 (left out); class names that are not fer_jax's
   are an error. Classes of the order the data set lacks are an error, unless `evaluation` (a model
   scored on another data set). With `max_per_class`, only the first that many records of each
-  class count, in annotation order (the builder's `annotation_index` where it has one, else
-  record order). `split_key` and `dataset_key`: the config keys that named `split` (e.g.
+  class count, in annotation order: the builder's `annotation_index` where it has one, else record
+  order (a fixed shuffle TFDS made when it prepared the set, not the label file's order); a join's
+  parts in turn. `split_key` and `dataset_key`: the config keys that named `split` (e.g.
   "dataset.train_split") and the data set, for the errors.
   """
   builder = _builder(config.dataset, dataset_key)
@@ -180,13 +181,25 @@ def _class_counts(split: Split) -> str:
 
 
 def _read_labels_and_order(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Every record's label and its annotation_index (its position where the set has none), in the
-  order of `split` ("train", "train+validation", "train[:10%]"), from the splits' label indexes."""
+  """Every record's label and its place in annotation order, in the order of `split` ("train",
+  "train+validation", "train[:10%]"), from the splits' label indexes: a join's parts in turn, each
+  by its annotation_index (its record position where the set has none)."""
   parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits)
-  table = np.concatenate([builder_utils.label_columns(builder, part.splitname)[part.from_:part.to]
-                          for part in parts])
-  order = table["annotation_index"] if "annotation_index" in table.dtype.names else np.arange(len(table))
-  return table["label"].astype(np.int32), order
+  tables = [builder_utils.label_columns(builder, part.splitname)[part.from_:part.to] for part in parts]
+  table = np.concatenate(tables)
+  if "annotation_index" not in table.dtype.names:
+    return table["label"].astype(np.int32), np.arange(len(table))
+  return table["label"].astype(np.int32), _parts_in_turn([part["annotation_index"] for part in tables])
+
+
+def _parts_in_turn(orders: list[np.ndarray]) -> np.ndarray:
+  """The parts' orders joined, each shifted past the one before it: every split's annotation_index starts
+  at 0, so train+validation ranked its validation images among the first training images of their class."""
+  shifted, start = [], 0
+  for order in orders:
+    shifted.append(order + start)
+    start += int(order.max()) + 1 if len(order) else 0
+  return np.concatenate(shifted)
 
 
 def keep_first_per_class(split_labels: np.ndarray, limit: int, order: np.ndarray) -> np.ndarray:
