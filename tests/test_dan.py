@@ -74,19 +74,24 @@ def test_partition_loss_against_hand_computation():
 
 
 def test_total_loss_sums_with_weights():
+  """Each part against its formula, each auxiliary part scaled by its own weight: unequal weights, so a weight
+  dropped or given to the other part shows (DAN's are both 1)."""
   rng = np.random.default_rng(2)
-  outputs = {"logits": jnp.asarray(rng.normal(size=(4, 7)), jnp.float32),
-             "pooled_features": jnp.asarray(rng.normal(size=(4, 512)), jnp.float32),
-             "heads": jnp.asarray(rng.normal(size=(4, 4, 512)), jnp.float32),
-             "centres": jnp.asarray(rng.normal(size=(8, 512)), jnp.float32)}
-  labels = jnp.array([0, 1, 2, 3])
-  config = ml_collections.ConfigDict({"affinity_weight": 1.0, "partition_weight": 1.0})
-  total, parts = dan.loss(outputs, labels, config)
-  np.testing.assert_allclose(float(total), float(parts["ce_loss"] + parts["affinity_loss"] + parts["partition_loss"]),
-                             rtol=1e-6)
-  logits = np.asarray(outputs["logits"])
+  logits, features = rng.normal(size=(4, 7)), rng.normal(size=(4, 512))
+  heads, centres = rng.normal(size=(4, 4, 512)), rng.normal(size=(8, 512))
+  labels = np.array([0, 1, 2, 3])
+  outputs = {name: jnp.asarray(value, jnp.float32) for name, value in
+             {"logits": logits, "pooled_features": features, "heads": heads, "centres": centres}.items()}
+  config = ml_collections.ConfigDict({"affinity_weight": 0.3, "partition_weight": 2.5})
+  total, parts = dan.loss(outputs, jnp.asarray(labels), config)
   log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-  np.testing.assert_allclose(float(parts["ce_loss"]), -log_probs[np.arange(4), np.asarray(labels)].mean(), rtol=1e-5)
+  expected = {"ce_loss": -log_probs[np.arange(4), labels].mean(),
+              "affinity_loss": ((features - centres[labels])**2).sum() / centres.var(axis=0, ddof=1).sum() / 4,
+              "partition_loss": np.log(1 + 4 / heads.var(axis=1, ddof=1).mean())}
+  for name, value in expected.items():
+    np.testing.assert_allclose(float(parts[name]), value, rtol=1e-5, err_msg=name)
+  np.testing.assert_allclose(float(total), expected["ce_loss"] + 0.3 * expected["affinity_loss"]
+                             + 2.5 * expected["partition_loss"], rtol=1e-5)
 
 
 def test_a_misspelt_model_key_is_refused_naming_the_method_and_the_valid_keys():
