@@ -104,19 +104,23 @@ def newest_step(checkpoints: ocp.CheckpointManager) -> int | None:
 
 
 def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | None = None,
-             stored_shape: Sequence[int] = (), stopped_early: bool = False) -> dict:
+             stored_shape: Sequence[int] = (), stopped_early: bool = False, training_data: dict | None = None) -> dict:
   """The meta record: enough to rebuild the model and its inputs without the config (`fer_jax.load`),
   the data set's name and stored size and shape included (they pick the crop style and the decoding), the
   test-time augmentation inference uses by default, and the whole config (flat, `config_lib.flat`), which a
   resumed run must continue. `initialisation_only` (recorded only when true) marks weights that only start a
   training (an untrained head): inference refuses them. `steps_per_epoch` (a training run's) is what a resumed
   run's epochs must have too, and `stopped_early` (recorded with it) whether early stopping ended the run at this
-  step; `stored_shape` (a training run's, `dataset_record`) the shape its training split's images are decoded to."""
+  step; `stored_shape` (a training run's, `dataset_record`) the shape its training split's images are decoded to, and
+  `training_data` (a training run's, `pipeline.training_identity`) which training split it trains on
+  (`check_training_data`)."""
   record = {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
             "input": config.input.to_dict(), "dataset": dataset_record(config, stored_shape),
             "batch_size": config.batch_size, "tta": config.eval.tta, "config": config_lib.flat(config)}
   if steps_per_epoch is not None:
     record.update(steps_per_epoch=steps_per_epoch, stopped_early=stopped_early)
+  if training_data:
+    record["training_data"] = training_data
   return {**record, INITIALISATION_ONLY: True} if initialisation_only else record
 
 
@@ -193,11 +197,12 @@ def _check_recorded_method(meta: dict) -> None:
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config, initialisation_only: bool = False,
-         steps_per_epoch: int | None = None, stored_shape: Sequence[int] = (), stopped_early: bool = False) -> None:
+         steps_per_epoch: int | None = None, stored_shape: Sequence[int] = (), stopped_early: bool = False,
+         training_data: dict | None = None) -> None:
   """Starts an asynchronous save of `step` (after the previous save has finished)."""
   with save_errors(checkpoints):
     checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
-        metadata(config, initialisation_only, steps_per_epoch, stored_shape, stopped_early))))
+        metadata(config, initialisation_only, steps_per_epoch, stored_shape, stopped_early, training_data))))
 
 
 def wait_until_saved(checkpoints: ocp.CheckpointManager) -> None:
@@ -271,6 +276,36 @@ def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_
                           f"epoch, this config's training split gives {steps_per_epoch}: its steps would stand for "
                           "other epochs and schedule. Resume with the dataset.train_split, max_per_class and sampler "
                           f"it was trained with, {_new_run_fix(step_directory)}")
+
+
+def check_training_data(checkpoints: ocp.CheckpointManager, step: int, identity: dict, prepared_in: str) -> None:
+  """The run saved at `step` must go on with the training split it started on (`identity`,
+  `pipeline.training_identity` of the set prepared in `prepared_in`): data_dir may change on resume, but a set
+  prepared again (an image skipped, another copy of the files, another builder version) would change the epochs'
+  examples and order unseen, even at as many steps an epoch. Steps saved before 2026-12-06 recorded none."""
+  step_directory = os.path.join(checkpoints.directory, str(step))
+  saved = _meta(step_directory).get("training_data")
+  differences = _training_data_differences(saved, identity) if isinstance(saved, dict) else []
+  if differences:
+    raise CheckpointError(f"The run in {os.path.dirname(checkpoints.directory)} was trained on another training split "
+                          f"than the one prepared in {prepared_in}: {'; '.join(differences)}. Point "
+                          "--config.dataset.data_dir at the set the run started with, "
+                          + _new_run_fix(step_directory))
+
+
+def _training_data_differences(saved: dict, identity: dict) -> list[str]:
+  """What differs between a run's recorded training split and this one's (`check_training_data`), in words; the
+  keys one record lacks (another fer_jax version's) are not compared."""
+  def differs(key: str) -> bool:
+    return key in saved and saved[key] != identity.get(key)
+
+  differences = [f"prepared as {identity['prepared']} (saved {saved['prepared']})"] if differs("prepared") else []
+  if differs("records") or differs("used"):
+    differences.append(f"{identity['records']} records, {identity['used']} used (saved {saved.get('records')} "
+                       f"records, {saved.get('used')} used)")
+  elif differs("labels_sha256"):
+    differences.append("as many records, but other labels or another record order")
+  return differences
 
 
 def _new_run_fix(step_directory: str) -> str:

@@ -328,9 +328,14 @@ class TrainingRun:
     self.resumable = self._check_resumable() if self.start_step else None
 
   def _open_the_data(self) -> None:
-    """The training batches and every evaluator's split; the run's length in steps."""
+    """The training batches and every evaluator's split; the run's length in steps. A resumed run's training split
+    must be the one it started on, checked before the evaluators' splits open by each process (a host's own copy may
+    differ: errors_together stops them all)."""
     with distributed.errors_together():  # the data prepared on each host's disk, each host's free memory
       self.data = pipeline.TrainData(self.config, self.mesh)
+      if self.start_step:
+        checkpointing.check_training_data(self.checkpoints, self.start_step, self.data.identity,
+                                          self.data.split.prepared_in)
     self.evaluators = evaluate.Evaluators(self.model, self.config, self.mesh)
     self.evaluators.open_all()
     if self.config.select_metric and self.config.select_on not in self.evaluators.specs:
@@ -484,7 +489,7 @@ class TrainingRun:
     if force or self.checkpoint_due():
       self.guard.check()
       checkpointing.save(self.checkpoints, self.step, self.state, self.config, steps_per_epoch=self.steps_per_epoch,
-                         stored_shape=self.data.shape, stopped_early=stopped_early)
+                         stored_shape=self.data.shape, stopped_early=stopped_early, training_data=self.data.identity)
 
   def stop_signal(self, signals: stopping.StopSignals) -> str | None:
     """The signal to save this step and stop for, or None. One process stops after the step its

@@ -3,6 +3,7 @@ predict and init_from; tiny hand-made trees, and one real run on synthetic/tiny.
 
 import gc
 import glob
+import itertools
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+import tensorflow_datasets as tfds
 
 from fer_jax import checkpointing
 from fer_jax import config_lib
@@ -24,8 +26,9 @@ from fer_jax import optim
 from fer_jax import summary
 from fer_jax import train
 from fer_jax import validation
+from fer_jax.data.builders import synthetic
 from fer_jax.errors import UserError
-from helpers import get_config, random_variables, restore_state, tiny_run
+from helpers import get_config, random_variables, restore_state, short_dan_run, tiny_run
 
 PARAMS = {"trunk": {"kernel": jnp.arange(6.0).reshape(3, 2)},
           "head": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
@@ -290,6 +293,82 @@ def test_keys_of_another_fer_jax_version_are_not_compared_on_resume():
   del saved["model.remat"], saved["inference_mode_from_epoch"]
   config.inference_mode_from_epoch = 2
   assert config_lib.resume_differences(saved, config) == []
+
+
+TRAINING_DATA = {"prepared": "synthetic/tiny/1.1.0", "records": 280, "used": 35, "labels_sha256": "a" * 64}
+
+
+def test_a_resume_on_other_training_data_names_what_differs(tmp_path):
+  """data_dir may change on resume; the set found there must be the run's: its version, counts, labels and order.
+  A step saved before the record existed resumes as before."""
+  config = _config()
+  checkpoints = checkpointing.manager(str(tmp_path / "checkpoints"))
+  checkpointing.save(checkpoints, 1, _trained_state(config), config, steps_per_epoch=1)
+  checkpointing.save(checkpoints, 2, _trained_state(config), config, steps_per_epoch=1, training_data=TRAINING_DATA)
+  checkpointing.wait_until_saved(checkpoints)
+  prepared_in = "/data/synthetic/tiny/1.1.0"
+
+  def check(step: int, **changed):
+    checkpointing.check_training_data(checkpoints, step, {**TRAINING_DATA, **changed}, prepared_in)
+
+  check(2)  # the same set, wherever it is
+  check(1, records=279, labels_sha256="b" * 64)  # nothing recorded
+  for changed, difference in (
+      ({"labels_sha256": "b" * 64}, "as many records, but other labels or another record order"),
+      ({"records": 279, "labels_sha256": "b" * 64}, "279 records, 35 used (saved 280 records, 35 used)"),
+      ({"prepared": "synthetic/tiny/1.2.0"}, "prepared as synthetic/tiny/1.2.0 (saved synthetic/tiny/1.1.0)")):
+    with pytest.raises(checkpointing.CheckpointError, match=re.escape(
+        f"The run in {tmp_path} was trained on another training split than the one prepared in {prepared_in}: "
+        f"{difference}. Point --config.dataset.data_dir at the set the run started with, or start a new --workdir "
+        f"with --config.init_from={tmp_path}/checkpoints/2.")):
+      check(2, **changed)
+
+
+def _synthetic_tiny_without_its_first_image(data_dir) -> str:
+  """synthetic/tiny prepared again in `data_dir` without its first training image (as prepare --skip_corrupt leaves
+  out an unreadable one): 279 records, as many used by short_dan_run's max_per_class (5) and steps an epoch."""
+  generate = synthetic.Synthetic._generate_examples
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(synthetic.Synthetic, "_generate_examples",
+                  lambda self, split, count: itertools.islice(generate(self, split, count), split == "train", None))
+    tfds.builder("synthetic/tiny", data_dir=str(data_dir)).download_and_prepare(file_format="array_record")
+  return str(data_dir)
+
+
+@pytest.mark.integration
+def test_a_resume_refuses_a_training_set_prepared_again_and_resumes_on_a_moved_copy(tmp_path):
+  """Nothing compared the set a resumed run found in its data_dir with the run's: one prepared again without an image
+  gave as many steps an epoch, and the run trained on with other examples in another order."""
+  config = short_dan_run()
+  workdir = str(tmp_path / "run")
+  run = train.TrainingRun(config, workdir)
+  run.train(*next(iter(run.remaining_batches())))
+  run.checkpoint(force=True)
+  run.wait_for_saves()
+  run.writer.close()
+  moved = shutil.copytree(os.path.join(config.dataset.data_dir, "synthetic"), tmp_path / "moved" / "synthetic")
+  config.dataset.data_dir = _synthetic_tiny_without_its_first_image(tmp_path / "skipped")
+  before = _files(workdir)
+  with pytest.raises(checkpointing.CheckpointError, match=(
+      rf"^The run in {workdir} was trained on another training split than the one prepared in "
+      rf"{tmp_path}/skipped/synthetic/tiny/[\d.]+: 279 records, 35 used \(saved 280 records, 35 used\)\. Point "
+      rf"--config.dataset.data_dir at the set the run started with, or start a new --workdir with "
+      rf"--config.init_from={workdir}/checkpoints/1\.$")):
+    train.TrainingRun(config, workdir)
+  assert _files(workdir) == before
+
+  def resumed_step(data_dir) -> int:
+    config.dataset.data_dir = str(data_dir)
+    resumed = train.TrainingRun(config, workdir)
+    resumed.writer.close()
+    return resumed.start_step
+
+  assert resumed_step(moved.parent) == 1
+  meta_file = tmp_path / "run" / "checkpoints" / "1" / checkpointing.META_FILE
+  meta = json.loads(meta_file.read_text())
+  del meta["training_data"]  # as saved before it was recorded
+  meta_file.write_text(json.dumps(meta))
+  assert resumed_step(tmp_path / "skipped") == 1
 
 
 def test_a_refused_resume_names_each_key_with_the_flag_that_resumes(tmp_path):

@@ -15,6 +15,7 @@ its own slice of every global batch.
 import copy
 import dataclasses
 import difflib
+import hashlib
 import itertools
 import math
 import os
@@ -52,6 +53,8 @@ class Split:
   image_shape: tuple          # the data set's image feature shape; None where sizes vary
   source_class_names: tuple[str, ...] = ()  # the data set's own classes
   source_counts: tuple[int, ...] = ()       # records of each of them in the split
+  prepared: str = ""                        # the prepared set's name/config/version ("synthetic/tiny/1.1.0")
+  prepared_in: str = ""                     # ... and its folder
 
   @property
   def indices(self) -> np.ndarray:
@@ -172,7 +175,16 @@ def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = Fa
   source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
   counts = np.bincount(raw_labels, minlength=len(source_names))
   return Split(source, split_labels, target, tuple(image_feature.shape), source_names,
-               tuple(int(c) for c in counts))
+               tuple(int(c) for c in counts), builder.info.full_name, os.fspath(builder.data_dir))
+
+
+def training_identity(split: Split) -> dict:
+  """What a resumed run's training split must still be (`checkpointing.check_training_data`): the prepared set
+  (name/config/version), its records and those used (of the class order, within max_per_class), and a SHA-256 of
+  every record's label in record order (−1: not used), on which each epoch's order and examples depend."""
+  labels = np.ascontiguousarray(split.labels, "<i4")
+  return {"prepared": split.prepared, "records": len(labels), "used": int(np.count_nonzero(labels >= 0)),
+          "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}
 
 
 def _class_counts(split: Split) -> str:
@@ -492,6 +504,7 @@ class TrainData:
     self.mesh = mesh
     self.split = load_split(config, config.dataset.train_split, config.dataset.max_per_class,
                             split_key="dataset.train_split")
+    self.identity = training_identity(self.split)
     self.global_batch = config.batch_size  # divides over devices and processes (fer_jax.validation)
     self.local_batch = self.global_batch // jax.process_count()
     self.epoch_length = len(epoch_indices(self.split, config.dataset.sampler, config.seed, 0,
