@@ -8,7 +8,7 @@ weight-decay exemptions are regexes over paths such as "trunk/layer1_0/conv1/ker
 
 import math
 import re
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import jax
@@ -109,9 +109,19 @@ def check_patterns(opt_config, params) -> None:
 
 
 class Optimizer(NamedTuple):
-  """The update rule, and the learning rate it applies at each step (logged beside the loss)."""
+  """The update rule, the learning rate it applies at each step (logged beside the loss), and which parameters it
+  trains (bools shaped as the params; None: all)."""
   tx: optax.GradientTransformation
   schedule: Callable
+  trained: Any = None
+
+
+def trained_norm(grads, trained=None) -> jax.Array:
+  """The global L2 norm of the gradients of the trained parameters (`trained`: bools shaped as `grads`, None: all).
+  Torch gives a frozen parameter no gradient, nor Keras an untrainable one; left out here, their gradients are
+  never computed (XLA drops what nothing reads)."""
+  counted = grads if trained is None else jax.tree.map(lambda g, keep: g if keep else None, grads, trained)
+  return optax.tree.norm(counted)
 
 
 def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) -> Optimizer:
@@ -133,7 +143,7 @@ def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) ->
   labels = param_labels(opt_config, params)
   tx = optax.multi_transform(transforms, labels)
   trained = jax.tree.map(lambda label: label != FROZEN, labels)
-  return Optimizer(optax.chain(clip_stage(opt_config.grad_clip_norm, trained), tx), schedule)
+  return Optimizer(optax.chain(clip_stage(opt_config.grad_clip_norm, trained), tx), schedule, trained)
 
 
 def clip_stage(max_norm: float, trained=None) -> optax.GradientTransformation:
@@ -146,13 +156,11 @@ def clip_stage(max_norm: float, trained=None) -> optax.GradientTransformation:
 def clip_grad_norm(max_norm: float, trained=None) -> optax.GradientTransformation:
   """Gradients times min(1, max_norm / (global L2 norm + 1e-6)), as torch.nn.utils.clip_grad_norm_
   (which APViT's mmcv OptimizerHook calls) scales them; optax.clip_by_global_norm has no 1e-6.
-  `trained` (bools shaped as the gradients; all True if None) picks the gradients the norm counts:
-  torch gives a frozen parameter no gradient, so its clipping leaves them out, as Keras does."""
+  The norm counts the `trained` parameters' gradients only (`trained_norm`), as torch's and Keras' clipping do."""
 
   def update(updates, state, params=None):
     del params
-    counted = updates if trained is None else jax.tree.map(lambda g, keep: g if keep else None, updates, trained)
-    scale = jnp.minimum(1.0, max_norm / (optax.tree.norm(counted) + 1e-6))
+    scale = jnp.minimum(1.0, max_norm / (trained_norm(updates, trained) + 1e-6))
     return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -100,7 +100,7 @@ def make_train_step(model, loss_fn, loss_config, optimizer, mesh, seed: int, aug
                  "batch_stats": batch_stats, "opt_state": opt_state}
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"], dtype=logits.dtype)
     return new_state, {"loss": loss, "accuracy": accuracy, "lr": optimizer.schedule(state["step"]),
-                       "grad_norm": optax.tree.norm(grads), **parts}
+                       "grad_norm": optim.trained_norm(grads, optimizer.trained), **parts}
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(train_step, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
