@@ -21,6 +21,10 @@
 # "lhcnet=DIR" times the official Keras step, fp32 only, with TF_PY, a python with TensorFlow and
 # tf-keras, default PY; see tests/reference/official_lhcnet_keras.py).
 # Lines are appended to OUT_DIR/results.jsonl.
+case "${1:-}" in  # before the first argument becomes OUT_DIR: `--help` would be a folder's name
+  -h|--help) sed -n '2,/^set /{/^#/s/^# \{0,1\}//p;}' "$0"; exit 0 ;;
+  -*) echo "error: unknown option $1; usage: bash benchmarks/accelerator.sh OUT_DIR (--help describes it)" >&2; exit 2 ;;
+esac
 set -euo pipefail
 OUT_DIR=$(realpath -m "${1:?usage: bash benchmarks/accelerator.sh OUT_DIR}")
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-"""Seconds a training-state checkpoint save holds the training loop, on every device of this process.
+r"""Seconds a training-state checkpoint save holds the training loop, on every device of this process.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \
       python benchmarks/checkpoint_save.py --config=configs/dan.py:rafdb --saves=3

@@ -1,4 +1,4 @@
-"""One config's compiled train step built from two versions of its model module, side by side.
+r"""One config's compiled train step built from two versions of its model module, side by side.
 
   python benchmarks/compare_step.py configs/scan_cci.py:rafdb OLD/fer_jax/models/scan_cci.py \
       [--batch 16] [--size 224] [--rounds 3]

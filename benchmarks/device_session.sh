@@ -38,6 +38,10 @@
 # TARGET, beside its roofline), env.txt (the machine), session.log (what the calls printed: each item
 # started, done, failed or skipped), logs.tgz (done.txt, the items' logs and files) and profiles.tgz (their
 # traces).
+case "${1:-}" in  # before the first argument becomes OUT_DIR: `--help` would be a folder's name
+  -h|--help) sed -n '2,/^set /{/^#/s/^# \{0,1\}//p;}' "$0"; exit 0 ;;
+  -*) echo "error: unknown option $1; usage: BUDGET=570 bash benchmarks/device_session.sh OUT_DIR (--help describes it)" >&2; exit 2 ;;
+esac
 set -euo pipefail
 OUT_DIR=$(realpath -m "${1:?usage: bash benchmarks/device_session.sh OUT_DIR}")
 cd "$(dirname "$0")/.."

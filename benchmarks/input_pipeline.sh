@@ -8,6 +8,12 @@
 # the `parity` extra) and our host stream on the same JPEGs, with each decoded-cache mode;
 # the device augmentation alone; and every method's paper config end to end against its
 # step-only (synthetic) speed. BATCH_E2E and STEPS_E2E size the end-to-end runs.
+case "${1:-}" in  # it takes none: an argument, --help too, was ignored and the long run began
+  "") ;;
+  -h|--help) sed -n '2,/^set /{/^#/s/^# \{0,1\}//p;}' "$0"; exit 0 ;;
+  *) echo "error: benchmarks/input_pipeline.sh takes no arguments, not $1: set DATA, OUT, BATCH_E2E or STEPS_E2E in" \
+       "its environment (--help describes them)" >&2; exit 2 ;;
+esac
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

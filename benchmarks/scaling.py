@@ -1,4 +1,4 @@
-"""Train and eval speed of one config on 1, 2, 4, 8 … devices, with the cross-device reductions of each
+r"""Train and eval speed of one config on 1, 2, 4, 8 … devices, with the cross-device reductions of each
 compiled train step, one process (a fresh XLA client) per device count.
 
   python benchmarks/scaling.py --config=configs/dan.py:synthetic --out=DIR [--devices=1,2,4,8] \

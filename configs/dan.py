@@ -1,4 +1,4 @@
-"""DAN (Wen et al. 2021, arXiv 2109.07270): ResNet-18 + 4 cross-attention heads, affinity and partition losses.
+r"""DAN (Wen et al. 2021, arXiv 2109.07270): ResNet-18 + 4 cross-attention heads, affinity and partition losses.
 
 Arguments pick the data set:
   rafdb       RAF-DB basic, 7 classes. Official README: 89.70 % (epoch 21; the test split is

@@ -1,4 +1,4 @@
-"""LHC-Net (Pecoraro et al. 2021, arXiv 2111.07224): ResNet34v2 + local multi-head channel attention.
+r"""LHC-Net (Pecoraro et al. 2021, arXiv 2111.07224): ResNet34v2 + local multi-head channel attention.
 
 The argument is "<data>[,stage=<stage>]" (the stage is chosen there only: the config has no stage
 key); the official "modular" recipe runs five stages, each one run that starts from the best

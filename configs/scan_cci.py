@@ -1,4 +1,4 @@
-"""SCAN-CCI (Gera & Balasubramanian 2021, arXiv 2007.10298; docs/methods/scan_cci.md §4).
+r"""SCAN-CCI (Gera & Balasubramanian 2021, arXiv 2007.10298; docs/methods/scan_cci.md §4).
 
 ResNet-50 to layer3, spatio-channel attention over 25 local regions + complementary context.
 Every data set is mapped to AffectNet's class order, as in the official code. SGD, momentum

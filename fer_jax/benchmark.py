@@ -1,7 +1,7 @@
-"""Speed of the input pipeline and of the jitted steps, one JSON line per run.
+r"""Speed of the input pipeline and of the jitted steps, one JSON line per run.
 
   python -m fer_jax.benchmark --config=configs/dan.py:rafdb --input=MODE [--steps=N] [--warmup=N] \
-      [--config.batch_size=B] [--config.dataset.data_dir=DIR] [--config.dataset.cache=none|host|device] \
+      [--config.batch_size=B] [--config.dataset.data_dir=DIR] [--config.dataset.cache=auto|none|host|device] \
       [--output=FILE] [--profile_dir=DIR]
 
 --input picks what is timed, `img_per_s` is its speed over `--steps` steps that follow compilation
@@ -600,7 +600,7 @@ def define_flags() -> None:
   cli.define_path("profile_dir", "", "--input=synthetic only: write a jax.profiler trace of 3 train steps here "
                   "(after the timed steps, so the figures do not include the profiler) and the "
                   "compiled train step's HLO; benchmarks/profile_breakdown.py DIR sums it up.")
-  flags.mark_flags_as_required(["config"])
+  cli.mark_required(["config"])
 
 
 if __name__ == "__main__":

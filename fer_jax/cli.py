@@ -8,11 +8,15 @@ Every flag naming a file or folder is defined by `define_path` (or its multi and
 
 A `UserError` (or a file-system error such as a missing path, a denied permission or a full
 disk) is printed as `error: <message>` and the command exits with status 2; `--verbose`
-prints the traceback too. Any other exception is a bug and keeps its traceback.
+prints the traceback too. Ctrl-C that the command does not handle itself ends it with one line and
+status 130, as a shell reports a command stopped by SIGINT. `--help` (`--helpshort`, `--helpfull`) exits
+with 0, not absl's 1, which fer_jax's commands give a non-finite loss. Any other exception is a bug and keeps
+its traceback.
 """
 
 import os
 import re
+import signal
 import sys
 import tempfile
 
@@ -29,6 +33,12 @@ from fer_jax.errors import UserError
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of user errors too (for bug reports).")
 # A flag defined by define_path belongs to the module calling it (whose --helpshort lists it), not to this one.
 flags.disclaim_key_flags()
+
+INTERRUPTED_STATUS = 128 + signal.SIGINT  # a shell's status for a command stopped by Ctrl-C
+# What --help lists before a required flag's own words (no "(default: 'None')" line follows it).
+REQUIRED = "(required) "
+# absl's words after the help of a flag given once per value.
+_MULTI_FLAG_NOTE = re.compile(r";\s*repeat this option to specify a list of values$")
 
 # "gs://…", "s3:/…" (a slash lost): fer_jax reads and writes through the file system only.
 URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")
@@ -73,6 +83,21 @@ def define_multi_path(name: str, default: list[str] | None, help_text: str) -> f
 def define_path_list(name: str, default: list[str], help_text: str) -> flags.FlagHolder:
   """A flag of comma-separated paths."""
   return flags.DEFINE(_PathListParser(), name, default, help_text, serializer=flags.CsvListSerializer(","))
+
+
+def mark_required(names: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """absl's mark_flags_as_required, with --help saying so: "(required)" before the flag's help, and no default."""
+  flags.mark_flags_as_required(names, flag_values=flag_values)
+  for name in names:
+    flag = flag_values[name]
+    flag.help = REQUIRED + flag.help
+    flag.default_as_str = None  # a config flag's default shows as 'None', as if it could be left out
+
+
+def own_help(flag) -> str:
+  """A flag's help in its own words: without the required mark, absl's note on repeated flags, or a final stop."""
+  text = flag.help.removeprefix(REQUIRED)
+  return _MULTI_FLAG_NOTE.sub("", text).rstrip(".")
 
 
 def check_writable_place(flag: str, folder: str) -> None:
@@ -122,24 +147,38 @@ def describe(error: BaseException) -> str | None:
 
 def run(main) -> None:
   """absl's app.run, with user errors printed as one message and exit status 2."""
+  _list_shared_flags_in_short_help()
+  app.run(with_clean_errors(main), flags_parser=_parse_flags)
+
+
+def with_clean_errors(main):
+  """`main` with user errors printed as one line and exit status 2, and Ctrl-C as one line and status 130."""
 
   def main_with_clean_errors(argv):
     logging.get_absl_handler().addFilter(_worth_showing)
     errors.quiet_closed_event_loops()
     try:
       return main(argv)
+    except KeyboardInterrupt:
+      if _VERBOSE.value:
+        raise
+      _exit_with_line("Interrupted (Ctrl-C) before the command finished; what it was writing may be incomplete.",
+                      INTERRUPTED_STATUS)
     except Exception as error:  # pylint: disable=broad-except
       message = describe(error)
       if message is None or _VERBOSE.value:
         raise
-      logging.flush()
-      print(f"error: {message}", file=sys.stderr, flush=True)
-      sys.stdout.flush()
-      # Not sys.exit: Orbax's background reads and writes would print tracebacks while Python shuts down.
-      os._exit(USER_ERROR_STATUS)
+      _exit_with_line(f"error: {message}", USER_ERROR_STATUS)
 
-  _list_shared_flags_in_short_help()
-  app.run(main_with_clean_errors, flags_parser=_parse_flags)
+  return main_with_clean_errors
+
+
+def _exit_with_line(line: str, status: int) -> None:
+  logging.flush()
+  print(line, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  # Not sys.exit: Orbax's background reads and writes would print tracebacks while Python shuts down.
+  os._exit(status)
 
 
 def _worth_showing(record) -> bool:
@@ -163,7 +202,12 @@ def _parse_flags(argv):
   """absl's flag parsing, with every flag error (a missing flag, a config file or `--config.KEY`
   that does not load) printed as one `error:` line and exit status 2."""
   try:
-    remaining = flags.FLAGS(argv)
+    try:
+      remaining = flags.FLAGS(argv)
+    except SystemExit as stop:
+      if stop.code == 1 and _asks_for_help(argv):
+        sys.exit(0)  # the help asked for is all done
+      raise
     if len(remaining) > 1:
       print(f"error: unexpected arguments {' '.join(remaining[1:])}: write every setting as a flag, --name=value "
             "(--helpshort lists the flags).", file=sys.stderr)
@@ -179,11 +223,22 @@ def _parse_flags(argv):
     sys.exit(USER_ERROR_STATUS)
 
 
+HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
+
+
+def _asks_for_help(argv) -> bool:
+  """Whether the command line has one of absl's help flags (after which absl exits with 1)."""
+  return any(arg.startswith("-") and arg.lstrip("-").partition("=")[0] in HELP_FLAGS for arg in argv[1:])
+
+
 def _flag_message(error: BaseException, argv) -> str:
   text = str(error.args[0]) if error.args else str(error)
   missing = re.findall(r"Flag --(\w+) must have a value other than None", text)
   if missing:  # absl's words: "flag --workdir=None: Flag --workdir must have a value other than None."
-    return "; ".join(f"--{name} is required ({flags.FLAGS[name].help.rstrip('.')})" for name in missing)
+    return "; ".join(f"--{name} is required ({own_help(flags.FLAGS[name])})" for name in missing)
+  unknown_config_key = re.match(r"Unknown command line flag '(config\.[\w.]+)'", text)
+  if unknown_config_key and "config" not in flags.FLAGS:
+    return f"this command has no config, so no --{unknown_config_key.group(1)}: its flags are its settings"
   unknown, node = re.search(r"'(\w+)\\?'", text), _config_node_raising(error)
   if isinstance(error, (AttributeError, KeyError)) and unknown and node is not None:  # a --config.KEY not there
     key, near = unknown.group(1), re.search(r'Did you mean "(\w+)"', text)  # ml_collections' suggestion
@@ -196,11 +251,28 @@ def _flag_message(error: BaseException, argv) -> str:
     return f"{where} has no key {key!r}; {hint}"
   missing_file = re.search(r"Failed loading config file.*?\[Errno \d+\] (.*)", text, re.DOTALL)
   if missing_file:  # ml_collections' words, the paths it tried included
+    meant = _config_file_meant(missing_file.group(1), argv)
+    if meant:
+      return f"{missing_file.group(1).strip()}: did you mean --config={meant}?"
     return (f"{missing_file.group(1).strip()} in {os.getcwd()}: run the command in the fer_jax checkout, whose "
             "configs/ hold the configs, or pass a config file's path, --config=PATH/<method>.py:<dataset>")
   if "Traceback (most recent call last)" in text:  # a config file's own exception, as ml_collections wraps it
     text = re.sub(r"^\w+(Error|Exception): ", "", text.strip().splitlines()[-1])
   return " ".join(text.split())
+
+
+def _config_file_meant(problem: str, argv) -> str | None:
+  """The --config value that names an existing config file where the one given (its folder or its `.py` left out)
+  names none, e.g. configs/dan.py:rafdb for dan.py:rafdb or configs/dan:rafdb; None when no such file is here."""
+  given = re.search(r"'([^']+)'", problem)
+  argument = next((arg.partition("=")[2] for arg in argv if arg.startswith("--config=")), "")
+  path, colon, config_argument = argument.partition(":")
+  if given is None or path != given.group(1):
+    return None
+  stem = path if path.endswith(".py") else f"{path}.py"
+  candidates = [stem, os.path.join("configs", stem)]
+  return next((f"{candidate}{colon}{config_argument}" for candidate in candidates
+               if candidate != path and os.path.isfile(candidate)), None)
 
 
 def _config_path_to(key: str, argv) -> str:

@@ -624,7 +624,7 @@ def define_flags() -> None:
                     "needs the onnx extra).")
   cli.define_path_list("verify_images", [], "onnx: image files to run through ONNX Runtime and JAX; the worst "
                        "relative logit difference is logged and kept in model.json.")
-  flags.mark_flags_as_required(["config", "checkpoint", "out"])
+  cli.mark_required(["config", "checkpoint", "out"])
 
 
 def main(argv):

@@ -92,6 +92,8 @@ def scores(labels: np.ndarray, predicted: np.ndarray, class_names) -> dict[str, 
 
 def baseline(config, ridge: float, max_gb: float) -> dict:
   """The baseline's report: the data, the sizes, and the test scores."""
+  if not max_gb > 0:  # else refused only once the data is read (a set built first), for needing more than it
+    raise UserError(f"--max_gb={max_gb:g}: pass the memory the baseline may take, a positive number of GB.")
   validation.validate(config, training=False)
   train = pipeline.load_split(config, config.dataset.train_split, config.dataset.max_per_class,
                               split_key="dataset.train_split")
@@ -118,7 +120,7 @@ def define_flags() -> None:
   flags.DEFINE_float("ridge", 10.0, "L2 penalty; 0 fits plain least squares (the minimum-norm weights).",
                     lower_bound=0.0)
   flags.DEFINE_float("max_gb", 16.0, "Refuse a baseline needing more memory than this (GB).")
-  flags.mark_flags_as_required(["config"])
+  cli.mark_required(["config"])
 
 
 if __name__ == "__main__":

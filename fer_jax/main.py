@@ -32,7 +32,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_processes", None, "--distributed: how many processes take part.", lower_bound=1)
   flags.DEFINE_integer("process_id", None, "--distributed: this process's index, 0 … num_processes − 1.",
                        lower_bound=0)
-  flags.mark_flags_as_required(["config", "workdir"])
+  cli.mark_required(["config", "workdir"])
 
 
 def reject_urls(config) -> None:

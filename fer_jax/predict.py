@@ -1,4 +1,4 @@
-"""Class probabilities for face crops, and for the faces in photos and videos.
+r"""Class probabilities for face crops, and for the faces in photos and videos.
 
   python -m fer_jax.predict --config=configs/dan.py:rafdb --checkpoint=DIR \
       --input=IMAGE_VIDEO_OR_FOLDER --output=preds.csv [--tta=flip] [--batch_size=64] \
@@ -34,7 +34,7 @@ Per crop or face the output holds the top class, its probability, the probabilit
 config's class order) and the logits; for faces also the video frame's index and time, the face's index (left to
 right), track (none for a photo's faces and those not classified), box, landmarks, detection score and why it was
 skipped; `.csv` or `.json` by the output's extension, written whole or not at all (through a temporary file; a
-file name's bytes that are not UTF-8 written as "\\udce9"). A folder is searched recursively for images and videos
+file name's bytes that are not UTF-8 written as "\udce9"). A folder is searched recursively for images and videos
 (one line counts the files left out, by extension). Inputs without a row of their own are listed with the reason
 and warned about: a face crop smaller than --min_face_size, a photo or video in which no face is found, and
 unreadable inputs (an empty file, not an image, corrupt, truncated, unreadable, a symbolic-link loop, or a header
@@ -363,7 +363,7 @@ def define_flags() -> None:
                      "the video whatever --stride (after n frames: smooth**n; 0 = off).", lower_bound=0.0,
                      upper_bound=0.99)
   cli.define_path("annotate", "", "Folder to write the photos and frames to, with faces drawn and labelled.")
-  flags.mark_flags_as_required(["config", "checkpoint", "input", "output"])
+  cli.mark_required(["config", "checkpoint", "input", "output"])
 
 
 def main(argv):

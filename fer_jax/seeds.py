@@ -66,7 +66,7 @@ def define_flags() -> None:
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds.")
   flags.DEFINE_bool("print_commands", False, "Print each seed's training command (and the summary's) instead.")
   flags.DEFINE_bool("summarize_only", False, "Only summarize the seeds' runs, each finished as --config has it.")
-  flags.mark_flags_as_required(["config", "workdir"])
+  cli.mark_required(["config", "workdir"])
 
 
 def parse_seeds(values) -> list[int]:

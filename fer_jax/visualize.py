@@ -47,7 +47,7 @@ def define_flags():
   cli.define_path("input", None, "An image file, or a folder searched recursively for images.")
   cli.define_path("out", None, "Folder for the PNGs.")
   flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
-  flags.mark_flags_as_required(["config", "checkpoint", "input", "out"])
+  cli.mark_required(["config", "checkpoint", "input", "out"])
 
 
 def write_attention_maps(config, checkpoint: str, paths, out_dir: str, batch_size: int,

@@ -273,7 +273,7 @@ def test_importing_the_convert_command_loads_no_training_loop():
 def test_help_shows_the_examples_as_written():
   result = run_command("fer_jax.convert", "--helpshort")
   assert "--config=configs/dan.py:rafdb \\\n      --checkpoint=rafdb_epoch21" in result.stdout
-  assert "--checkpoint: The file to convert (for a TensorFlow checkpoint: its folder, prefix or .index file)" in \
+  assert "--checkpoint: (required) The file to convert (for a TensorFlow checkpoint: its folder, prefix or .index file)" in \
       " ".join(result.stdout.split())
 
 

@@ -1,13 +1,20 @@
 """Every command's path flags expand `~` (bash does not after `--flag=`), its --helpshort lists the flags
-it takes from fer_jax's shared modules (--config, --verbose), a missing required flag is named with its help,
+it takes from fer_jax's shared modules (--config, --verbose), marks the required ones and exits 0, a missing
+required flag is named with its help, common slips are answered with the fix, Ctrl-C ends a command with one line,
 and other packages' routine log lines are left out."""
 
+import ast
+import glob
 import json
 import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 
+from absl import flags
+from ml_collections import config_flags
 import pytest
 
 from fer_jax import cli
@@ -85,8 +92,9 @@ def test_helpshort_lists_the_shared_flags_the_command_takes(module, takes_config
   result = subprocess.run([sys.executable, "-m", module, "--helpshort"], cwd=ROOT, env=cpu_devices_env(1),
                           capture_output=True, text=True, timeout=300)
   listed = (result.stdout + result.stderr).partition("\nflags:\n")[2]
+  assert result.returncode == 0, "absl's --help exits 1, the status of a non-finite loss"
   assert "\n  --[no]verbose:" in listed
-  assert ("\n  --config:" in listed) == takes_config
+  assert ("\n  --config: (required) configs/<method>.py:<dataset>" in listed) == takes_config
 
 
 def test_a_missing_required_flag_is_named_with_its_help():
@@ -95,6 +103,127 @@ def test_a_missing_required_flag_is_named_with_its_help():
   assert result.returncode == 2
   assert result.stderr.strip() == ("error: --workdir is required (Run directory: checkpoints, TensorBoard events, "
                                    "reports) (--helpshort lists the flags).")
+
+
+def test_help_marks_the_required_flags_and_gives_them_no_default(monkeypatch):
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<dataset>", flag_values=flag_values)
+  flags.DEFINE_string("workdir", None, "Run directory.", flag_values=flag_values)
+  cli.mark_required(["config", "workdir"], flag_values)
+  help_text = flag_values.get_help()
+  assert "--config: (required) configs/<method>.py:<dataset>" in help_text
+  assert "--workdir: (required) Run directory." in help_text
+  assert "(default: 'None')" not in help_text  # the config flag's showed, as if it could be left out
+  monkeypatch.setattr(flags, "FLAGS", flag_values)
+  error = flags.IllegalFlagValueError("flag --workdir=None: Flag --workdir must have a value other than None.")
+  assert cli._flag_message(error, []) == "--workdir is required (Run directory)"  # pylint: disable=protected-access
+
+
+def test_every_command_marks_its_required_flags_for_help():
+  modules = glob.glob("fer_jax/**/*.py", root_dir=ROOT, recursive=True)
+  unmarked = [path for path in modules if path != "fer_jax/cli.py"
+              and "mark_flags_as_required" in open(os.path.join(ROOT, path), encoding="utf-8").read()]
+  assert not unmarked, "call cli.mark_required, which --help shows"
+
+
+def test_a_missing_repeated_flag_is_named_on_one_line(monkeypatch):
+  """convert's --checkpoint came with absl's note on repeated flags, on a second line."""
+  flag_values = flags.FlagValues()
+  flags.DEFINE_multi_string("checkpoint", None, "The file to convert; one per backbone.", flag_values=flag_values)
+  flags.mark_flags_as_required(["checkpoint"], flag_values=flag_values)
+  monkeypatch.setattr(flags, "FLAGS", flag_values)
+  error = flags.IllegalFlagValueError("flag --checkpoint=None: Flag --checkpoint must have a value other than None.")
+  assert cli._flag_message(error, []) == (  # pylint: disable=protected-access
+      "--checkpoint is required (The file to convert; one per backbone)")
+
+
+def test_a_misspelt_flag_is_answered_with_the_flag_meant(monkeypatch):
+  flag_values = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "Run directory.", flag_values=flag_values)
+  monkeypatch.setattr(flags, "FLAGS", flag_values)
+  with pytest.raises(flags.UnrecognizedFlagError) as error:
+    flag_values(["main", "--wrkdir=w"])
+  assert cli._flag_message(error.value, ["main", "--wrkdir=w"]) == (  # pylint: disable=protected-access
+      "Unknown command line flag 'wrkdir'. Did you mean: workdir ?")
+
+
+def test_a_config_key_for_a_command_without_a_config_says_it_has_none(monkeypatch):
+  monkeypatch.setattr(flags, "FLAGS", flags.FlagValues())  # prepare's, generate_layout's: no --config
+  error = flags.UnrecognizedFlagError("config.batch_size")
+  assert cli._flag_message(error, ["prepare", "--config.batch_size=3"]) == (  # pylint: disable=protected-access
+      "this command has no config, so no --config.batch_size: its flags are its settings")
+
+
+@pytest.mark.parametrize("given, meant", [("dan.py:synthetic", "configs/dan.py:synthetic"),
+                                          ("configs/dan:rafdb", "configs/dan.py:rafdb"),
+                                          ("dan", "configs/dan.py")])
+def test_a_config_named_without_its_folder_or_py_is_found_for_the_user(given, meant, monkeypatch):
+  """In the checkout, the message asked the user to run the command in the checkout."""
+  monkeypatch.chdir(ROOT)
+  error = OSError("Configuration is not available because of an earlier failure to load: Failed loading config file "
+                  f"config_config\n  Attempted [Relative path]:\n    {given.split(':')[0]}\n      [Errno 2] No such file "
+                  f"or directory: '{given.split(':')[0]}'")
+  assert cli._flag_message(error, ["main", f"--config={given}"]) == (  # pylint: disable=protected-access
+      f"No such file or directory: '{given.split(':')[0]}': did you mean --config={meant}?")
+
+
+# A command whose main is stopped by Ctrl-C, as summary, benchmark, visualize or linear_baseline may be.
+_INTERRUPTED_COMMAND = """
+import os, signal, time
+from fer_jax import cli
+
+def main(argv):
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(60)
+
+cli.run(main)
+"""
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130():
+  """Commands without their own stop handling printed a KeyboardInterrupt traceback."""
+  result = subprocess.run([sys.executable, "-c", _INTERRUPTED_COMMAND], cwd=ROOT, env=cpu_devices_env(1),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 128 + signal.SIGINT, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines() == [
+      "Interrupted (Ctrl-C) before the command finished; what it was writing may be incomplete."]
+
+
+def _swallowed_backslashes(path: str) -> list[str]:
+  """The docstrings in `path` whose lines end in a backslash that Python takes as a line continuation."""
+  with open(os.path.join(ROOT, path), encoding="utf-8") as file:
+    source = file.read()
+  found = []
+  for node in ast.walk(ast.parse(source)):
+    body = getattr(node, "body", None)
+    if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+      text = ast.get_source_segment(source, body[0].value)
+      if not text.lower().startswith("r") and re.search(r"(?<!\\)(\\\\)*\\\n", text):
+        found.append(f"{path}: {getattr(node, 'name', 'module')}")
+  return found
+
+
+def test_docstrings_show_their_commands_continued_lines_as_written():
+  """--help of benchmark and predict ran each usage example's lines together, a backslash-newline being no newline
+  in a docstring that is not raw."""
+  paths = [path for pattern in ("fer_jax/**/*.py", "benchmarks/*.py", "configs/*.py", "launch/*.py")
+           for path in glob.glob(pattern, root_dir=ROOT, recursive=True)]
+  assert [found for path in sorted(paths) for found in _swallowed_backslashes(path)] == []
+
+
+@pytest.mark.parametrize("script", ["accelerator.sh", "device_session.sh", "input_pipeline.sh"])
+def test_benchmark_scripts_answer_help_and_refuse_an_option_before_any_work(script, tmp_path):
+  """--help was taken for OUT_DIR (realpath's own help became a folder name), and input_pipeline.sh, which takes no
+  argument, began its hour-long run."""
+  environment = {**os.environ, "PY": "false", "DATA": str(tmp_path / "data"), "OUT": str(tmp_path / "out.jsonl")}
+  result = subprocess.run(["bash", f"benchmarks/{script}", "--help"], cwd=ROOT, env=environment, capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert f"bash benchmarks/{script}" in result.stdout and "set -euo" not in result.stdout
+  result = subprocess.run(["bash", f"benchmarks/{script}", "--out=x"], cwd=ROOT, env=environment, capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 2 and result.stderr.startswith("error: ") and "--help" in result.stderr
+  assert not os.listdir(tmp_path)
 
 
 def test_a_config_path_not_found_names_the_folder_it_was_looked_for_in(tmp_path, monkeypatch):

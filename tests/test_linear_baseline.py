@@ -1,4 +1,5 @@
 import json
+import os
 
 import jax
 import numpy as np
@@ -45,6 +46,16 @@ def test_a_baseline_beyond_the_memory_allowed_is_refused_naming_max_per_class():
   with pytest.raises(UserError, match=r"287651 training and 3999 test images of 150528 values each needs about 884 "
                                       r"GB of memory, more than --max_gb=16: .*--config.dataset.max_per_class=N"):
     linear_baseline.check_memory(287651, 3999, 224 * 224 * 3, max_gb=16)  # AffectNet at 224²
+
+
+@pytest.mark.parametrize("max_gb", [0, -1])
+def test_a_max_gb_that_allows_nothing_is_refused_before_the_data_is_opened(max_gb, tmp_path):
+  """--max_gb=-1 was taken, the set read (the synthetic one built first), then refused for needing more than -1 GB."""
+  config = get_config("configs/dan.py:synthetic")
+  config.dataset.data_dir = str(tmp_path)  # nothing prepared there
+  with pytest.raises(UserError, match=rf"^--max_gb={max_gb}: pass the memory the baseline may take, a positive"):
+    linear_baseline.baseline(config, ridge=1.0, max_gb=max_gb)
+  assert not os.listdir(tmp_path)
 
 
 @pytest.mark.integration

@@ -39,7 +39,7 @@ def define_flags() -> None:
   flags.DEFINE_multi_string(
       "source", None, "Source format, one per --checkpoint; default: recognised from the file. One of: "
       + ", ".join(f"{s.name} ({s.method})" for s in convert.SOURCES) + ".")
-  flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
+  cli.mark_required(["config", "checkpoint", "workdir"])
 
 
 def check_workdir(workdir: str) -> None:

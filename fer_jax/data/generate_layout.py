@@ -418,7 +418,7 @@ def define_flags() -> None:
   flags.DEFINE_float("scale", 1.0, "Multiplies every class count (at least one image per class).")
   flags.DEFINE_integer("seed", 0, "Seeds labels, names, geometry and pixels.")
   flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes writing images (0: this one).")
-  flags.mark_flags_as_required(["dataset", "out"])
+  cli.mark_required(["dataset", "out"])
 
 
 def main(argv):

@@ -213,7 +213,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("skip_corrupt", False, "Skip and count unreadable images instead of failing.")
   flags.DEFINE_bool("overwrite", False, "Build the set again, replacing a prepared copy only once the new one "
                     "is complete.")
-  flags.mark_flags_as_required(["dataset", "manual_dir"])
+  cli.mark_required(["dataset", "manual_dir"])
 
 
 def main(argv):
