@@ -522,7 +522,7 @@ def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
             "workers": data.workers if data.cache_mode == "none" else 0}
   sharding = NamedSharding(mesh, P("data"))
   if mode == "augment":
-    images = jax.device_put(jax.random.randint(jax.random.key(0), (data.global_batch, *data.shape), 0, 256)
+    images = jax.device_put(jax.random.randint(jax.random.key(0), (data.global_batch, *data.batch_shape), 0, 256)
                             .astype(jnp.uint8), sharding)
     offsets = jax.device_put(jnp.arange(data.global_batch), sharding)
     batches = iter([(images, offsets + i * data.global_batch) for i in range(1 + warmup + steps)])

@@ -79,10 +79,17 @@ SEED_LIMIT = 2**32
 COSINE_SHAPED = " (it shapes the cosine schedule)"
 
 
+# Keys added since configs were first recorded that change what a run trains, with the value that gives what runs
+# recorded before them trained: such a record is read with it, so that a new default does not change a resumed run.
+ADDED_SINCE = {"dataset.train_jpeg_round_trip": False}  # 2026-12-06: LHC-Net's training images round-tripped
+
+
 def resume_differences(saved: dict, config) -> list[tuple[str, object, object]]:
   """`differences` in the keys a run resumed from a checkpoint recording `saved` (its flat config) must not change
-  (all but RESUME_MAY_CHANGE's; num_epochs too under a cosine schedule, which it shapes); none where nothing is
-  recorded (checkpoints before 2026-12-05)."""
+  (all but RESUME_MAY_CHANGE's; num_epochs too under a cosine schedule, which it shapes), a record without a key of
+  ADDED_SINCE read as its earlier behaviour; none where nothing is recorded (checkpoints before 2026-12-05)."""
+  if saved:
+    saved = {**ADDED_SINCE, **saved}
   cosine = flat(config).get("optimizer.schedule") == "cosine"
   return differences(saved, config, [key for key in RESUME_MAY_CHANGE if not (key == "num_epochs" and cosine)])
 
@@ -159,6 +166,7 @@ def base_config() -> ml_collections.ConfigDict:
       "repeat_factor_threshold": 0.15,
       "max_per_class": 0,           # training split: only the first N per class, in annotation order (0 = all)
       "image_size": 0,              # side the host decodes every image to (0 = the set's own size)
+      "train_jpeg_round_trip": False,  # training images resized to input.size, floored, JPEG q100 (LHC-Net's ETL)
       "cache": "auto",              # decoded uint8 images kept in: auto | none | host | device
       "cache_budget_mb": 0.0,         # device cache limit per device in MiB (0 = a quarter of its memory, 2 GiB on CPU)
   })

@@ -285,6 +285,17 @@ def test_a_cosine_schedule_resumes_only_for_the_epochs_it_was_shaped_for():
   assert config_lib.resume_differences({}, config) == []  # checkpoints written before the config was recorded
 
 
+def test_a_run_recorded_before_the_jpeg_round_trip_resumes_only_as_it_trained():
+  """LHC-Net's configs now round-trip their training images through JPEG; a run recorded before the key existed
+  trained on the float resize and would have switched images unseen (a key one record lacks is not compared)."""
+  config = get_config("configs/lhcnet.py:fer2013,stage=B")
+  saved = config_lib.flat(config)
+  del saved["dataset.train_jpeg_round_trip"]
+  assert config_lib.resume_differences(saved, config) == [("dataset.train_jpeg_round_trip", True, False)]
+  config.dataset.train_jpeg_round_trip = False
+  assert config_lib.resume_differences(saved, config) == []
+
+
 def test_keys_of_another_fer_jax_version_are_not_compared_on_resume():
   """A key added or removed since the checkpoint was written could be set by no flag to what it recorded."""
   config = get_config("configs/dan.py:rafdb")

@@ -1,5 +1,6 @@
 """LHC-Net: module maths against a direct NumPy reading of the official code, sizes, configs."""
 
+import io
 import re
 
 import jax
@@ -8,14 +9,20 @@ import numpy as np
 import pytest
 from matplotlib import cbook
 from PIL import Image
+import tensorflow_datasets as tfds
 
 from fer_jax import checkpointing
 from fer_jax import inference
 from fer_jax import models
+from fer_jax import mesh as mesh_lib
 from fer_jax import optim
+from fer_jax.data import jpeg_round_trip
+from fer_jax.data import pipeline
+from fer_jax.data import prepare
 from fer_jax.errors import ConfigError
 from fer_jax.models import lhcnet
 from helpers import get_config, random_variables, run_pipeline, tiny_run, train_on_eight_devices
+from reference import datasets as fx
 
 
 def count(tree) -> int:
@@ -278,20 +285,78 @@ def test_fer2013_eval_pipeline_keeps_raw_pixels_at_224():
   assert float(image.mean()) == 129.0
 
 
-def tf_bilinear_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """TensorFlow's bilinear resize without antialiasing (tf.image.resize, half-pixel centres), in
-  float64, as its kernel computes it: source = (out + 0.5) · in/out − 0.5, lower = max(floor, 0),
-  upper = min(ceil, in − 1), then lerp along rows and columns."""
+def tf_bilinear_resize(image: np.ndarray, height: int, width: int, dtype=np.float64) -> np.ndarray:
+  """TensorFlow's bilinear resize without antialiasing (tf.image.resize, half-pixel centres) as its
+  CPU kernel computes it, in `dtype` (float32: its own arithmetic, step for step): scale = in/out,
+  source = (out + 0.5) · scale − 0.5, lower = max(floor, 0), upper = min(ceil, in − 1), then lerp
+  along each row, then between the two rows."""
   def taps(out_size, in_size):
-    source = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5
+    source = (np.arange(out_size, dtype=dtype) + dtype(0.5)) * (dtype(in_size) / dtype(out_size)) - dtype(0.5)
     lower = np.maximum(np.floor(source), 0).astype(int)
     upper = np.minimum(np.ceil(source), in_size - 1).astype(int)
-    return lower, upper, source - np.floor(source)
+    return lower, upper, (source - np.floor(source)).astype(dtype)
 
   (top, bottom, dy), (left, right, dx) = taps(height, image.shape[0]), taps(width, image.shape[1])
-  image = image.astype(np.float64)
-  rows = image[top] + (image[bottom] - image[top]) * dy[:, None, None]
-  return rows[:, left] + (rows[:, right] - rows[:, left]) * dx[None, :, None]
+  image = image.astype(dtype)
+  columns = image[:, left] + (image[:, right] - image[:, left]) * dx[None, :, None]
+  return columns[top] + (columns[bottom] - columns[top]) * dy[:, None, None]
+
+
+def official_training_image(gray: np.ndarray) -> np.ndarray:
+  """ETL.py's training image of a 48² grey face, read back as Keras does: the float32 resize floored to
+  uint8, three channels, PIL's JPEG at quality 100 and subsampling 0, decoded as RGB."""
+  floored = np.floor(tf_bilinear_resize(gray, 224, 224, np.float32)).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(np.repeat(floored, 3, axis=-1)).save(buffer, format="JPEG", quality=100, subsampling=0)
+  return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def sample_faces() -> list[np.ndarray]:
+  photo = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("L").resize((48, 48)))[..., None]
+  return [photo, np.random.default_rng(0).integers(0, 256, (48, 48, 1), dtype=np.uint8)]
+
+
+def test_jpeg_round_trip_is_the_official_training_image():
+  for gray in sample_faces():
+    want = official_training_image(gray)
+    assert np.array_equal(want[..., :1], want[..., 1:2]) and np.array_equal(want[..., :1], want[..., 2:])
+    np.testing.assert_array_equal(jpeg_round_trip.round_trip(gray, 224), want[..., :1])
+    floored = np.floor(tf_bilinear_resize(gray, 224, 224, np.float32))
+    assert (want[..., :1] != floored).any()  # the JPEG changed some grey levels
+  # A float64 resize floors otherwise in places: the float32 steps are what the floor needs.
+  noise = sample_faces()[1]
+  in_float64, in_float32 = (np.floor(tf_bilinear_resize(noise, 224, 224, dtype)) for dtype in (np.float64, np.float32))
+  assert (in_float64 != in_float32).any()
+
+
+def test_fer2013_training_batches_take_the_round_trip_and_evaluation_images_stay_float(tmp_path):
+  fx.write_fer2013(tmp_path / "manual")
+  prepare.make_builder("fer2013", str(tmp_path / "tfds"), False).download_and_prepare(
+      file_format="array_record", download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "manual")))
+  config = get_config("configs/lhcnet.py:fer2013,stage=A3")  # no random augmentation
+  config.dataset.update(data_dir=str(tmp_path / "tfds"), cache="none")
+  config.update(batch_size=4, eval_batch_size=2, data_workers=0)
+  mesh = mesh_lib.make_mesh()
+  data = pipeline.TrainData(config, mesh)
+  assert data.shape == (48, 48, 1) and data.batch_shape == (224, 224, 1)  # the meta record keeps the 48² decode
+  batch = next(iter(data.batches(0)))
+  faces = [np.asarray(Image.open(io.BytesIO(data.split.source[int(record)]["image"])))[..., None]
+           for record in data.order.records(data.positions.of_step(0))]
+  want = np.stack([official_training_image(face) for face in faces])
+  np.testing.assert_array_equal(np.asarray(batch["image"]), want[..., :1])
+  np.testing.assert_array_equal(np.asarray(jax.jit(data.augment)(batch["image"], batch["position"])), want)
+
+  evaluation = pipeline.EvalData(config, mesh, "public_test")
+  batch = next(iter(evaluation.batches()))
+  got = np.asarray(jax.jit(evaluation.preprocess)(batch["image"], batch["position"]))
+  faces = [np.asarray(Image.open(io.BytesIO(evaluation.split.source[int(record)]["image"])))[..., None]
+           for record in evaluation.records[:2]]
+  want = np.repeat(np.stack([tf_bilinear_resize(face, 224, 224) for face in faces]), 3, axis=-1)
+  np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
+  assert not np.allclose(got, np.round(got))
+
+  config.dataset.train_jpeg_round_trip = False
+  assert pipeline.TrainData(config, mesh).batch_shape == (48, 48, 1)
 
 
 def test_fer2013_pipelines_resize_in_float_as_tensorflow_does():
@@ -299,7 +364,7 @@ def test_fer2013_pipelines_resize_in_float_as_tensorflow_does():
   want = np.repeat(tf_bilinear_resize(gray, 224, 224), 3, axis=-1)
   for stage in ("A3", "B", "C"):  # the stages without random augmentation
     config = get_config(f"configs/lhcnet.py:fer2013,stage={stage}")
-    for text in (config.input.eval_pp, config.input.train_pp):
+    for text in (config.input.eval_pp, config.input.train_pp):  # train_pp gets 48² with train_jpeg_round_trip=False
       got = run_pipeline(text, config.input.size, gray)
       np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
   assert not np.allclose(want, np.round(want))  # the values a uint8 resize would have rounded

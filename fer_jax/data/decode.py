@@ -1,6 +1,7 @@
 """Host-side decoding: encoded images → uint8 arrays of one stored shape.
 
-This is all the per-image work the host does. Everything random, and the resize to the
+This is all the per-image work the host does (but for the JPEG round trip of LHC-Net's training
+images, `fer_jax.data.jpeg_round_trip`). Everything random, and the resize to the
 model's input size, runs on the device (`fer_jax.data.augment`), so batches cross to the
 device as uint8 at the stored size.
 

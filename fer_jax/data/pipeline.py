@@ -1,9 +1,10 @@
 """TFDS data sources → uint8 batches at the stored size → global `jax.Array`s on the mesh.
 
-The host only decodes: each image becomes uint8 at one stored shape (`fer_jax.data.decode`),
-either in worker processes for every batch, or once for the whole split into a decoded cache
-kept in host memory or on the devices (`config.dataset.cache`). The config's pipeline string
-(`fer_jax.data.augment`) then runs on the device inside the jitted step.
+The host only decodes: each image becomes uint8 at one stored shape (`fer_jax.data.decode`; with
+`config.dataset.train_jpeg_round_trip`, training images then take LHC-Net's official JPEG round
+trip, `fer_jax.data.jpeg_round_trip`), either in worker processes for every batch, or once for
+the whole split into a decoded cache kept in host memory or on the devices (`config.dataset.cache`).
+The config's pipeline string (`fer_jax.data.augment`) then runs on the device inside the jitted step.
 
 The order of training examples is a pure function of (seed, position in the run): epoch e
 draws its sampler permutation from (seed, e), and the augmentation of the example at global
@@ -36,6 +37,7 @@ from fer_jax.data import augment
 from fer_jax.data import builder_utils
 from fer_jax.data import builders  # registers fer_jax's builders with TFDS
 from fer_jax.data import decode
+from fer_jax.data import jpeg_round_trip
 from fer_jax.data import labels as labels_lib
 from fer_jax.data.builder_utils import DataError
 
@@ -496,6 +498,14 @@ def _fewer_examples_fix(config, examples: int) -> str:
   return " or ".join(fixes) or "a training split with more examples"
 
 
+def training_decoder(config, decoder: decode.Decoder):
+  """The training split's decoder; with config.dataset.train_jpeg_round_trip, each image then resized to
+  config.input.size, floored and written to and read from JPEG, as LHC-Net's official training set was made."""
+  if config.dataset.train_jpeg_round_trip:
+    return jpeg_round_trip.RoundTripDecoder(decoder, config.input.size)
+  return decoder
+
+
 class TrainData:
   """The training stream of a run: sizes, the device pipeline, and uint8 batches from a step."""
 
@@ -514,13 +524,14 @@ class TrainData:
       raise DataError(f"The training split has {self.epoch_length} examples per epoch, fewer than "
                       f"config.batch_size {self.global_batch}: use {_fewer_examples_fix(config, self.epoch_length)}.")
     self.num_steps = self.steps_per_epoch * config.num_epochs
-    self.shape = stored_shape(config, self.split)
-    self.pipeline = compile_pipeline(config, config.input.train_pp, self.shape, "input.train_pp")
+    self.shape = stored_shape(config, self.split)  # what the images are decoded to, as the meta record says
+    self.decoder = training_decoder(config, decode.Decoder(self.split.source, self.shape))
+    self.batch_shape = self.decoder.shape  # the JPEG round trip's size where config.dataset asks for it
+    self.pipeline = compile_pipeline(config, config.input.train_pp, self.batch_shape, "input.train_pp")
     self.order = Order(self.split, config, self.steps_per_epoch * self.global_batch)
     self.positions = Positions(self.global_batch, self.local_batch, jax.process_index())
-    self.decoder = decode.Decoder(self.split.source, self.shape)
     self.workers = num_workers(config)
-    self.cache_mode = choose_cache(config, len(self.split.indices), self.shape, "training split")
+    self.cache_mode = choose_cache(config, len(self.split.indices), self.batch_shape, "training split")
     self._cache = None
 
   def augment(self, images: jax.Array, positions: jax.Array) -> jax.Array:
@@ -544,7 +555,7 @@ class TrainData:
     return _prefetched(examples, self.workers, prefetch=4)
 
   def batches(self, start_step: int):
-    """Global batches {"image" (uint8, stored shape), "label", "position"} for steps start_step …"""
+    """Global batches {"image" (uint8, `batch_shape`), "label", "position"} for steps start_step …"""
     cache = self.cache()
     for batch in self.local_batches(start_step):
       batch = to_global(batch, self.mesh)
