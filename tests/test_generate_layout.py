@@ -232,3 +232,6 @@ def test_command_refuses_a_non_empty_out_with_status_2(tmp_path):
   result = run_command("fer_jax.data.generate_layout", "--dataset=rafdb", f"--out={tmp_path}", f"--scale={SCALE}")
   assert_user_error(result, f"Cannot write the rafdb layout: --out {tmp_path} is not empty; choose a new folder.")
   assert [path.name for path in tmp_path.iterdir()] == ["kept.txt"]
+  result = run_command("fer_jax.data.generate_layout", "--dataset=rafdb", f"--out={tmp_path / 'new'}", "--workers=-1")
+  assert_user_error(result, "--workers=-1: -1 is not")  # it was taken, and the pool refused it mid-run
+  assert not (tmp_path / "new").exists()

@@ -417,7 +417,7 @@ def define_flags() -> None:
   cli.define_path("out", None, "New (or empty) folder to write it to: the --manual_dir of prepare.")
   flags.DEFINE_float("scale", 1.0, "Multiplies every class count (at least one image per class).")
   flags.DEFINE_integer("seed", 0, "Seeds labels, names, geometry and pixels.")
-  flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes writing images (0: this one).")
+  flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes writing images (0: this one).", lower_bound=0)
   cli.mark_required(["dataset", "out"])
 
 
