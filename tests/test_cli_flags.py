@@ -173,6 +173,7 @@ import os, signal, time
 from fer_jax import cli
 
 def main(argv):
+  signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's: a background job ignores it
   os.kill(os.getpid(), signal.SIGINT)
   time.sleep(60)
 
