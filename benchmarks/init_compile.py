@@ -12,9 +12,9 @@ import sys
 import time
 
 import jax
-from absl import app
 from absl import flags
 
+from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
@@ -45,5 +45,5 @@ def main(argv):
 
 if __name__ == "__main__":
   config_lib.define_config_flag()
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  cli.mark_required(["config"])
+  cli.run(main)

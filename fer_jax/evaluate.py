@@ -582,10 +582,10 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
     checkpointing.step_folder(checkpoint)
   mesh = mesh_lib.make_mesh()
   model = models.build_model(config)
+  with distributed.errors_together():  # a copy of the checkpoint on one host may be damaged
+    variables = models.load_trained_variables(config, model, checkpoint)  # before the data: a wrong one fails fast
   evaluators = Evaluators(model, config, mesh)
   evaluators.open_all()
-  with distributed.errors_together():  # a copy of the checkpoint on one host may be damaged
-    variables = models.load_trained_variables(config, model, checkpoint)
   variables = mesh_lib.replicated(variables, mesh)
   warn_of_a_replaced_report(workdir, checkpoint)  # once the data and weights opened: a failure replaces nothing
   step_directory = checkpointing.step_folder(checkpoint)  # the folder load_trained_variables read

@@ -128,8 +128,9 @@ def test_eval_without_checkpoint(tmp_path):
 
 
 def test_eval_with_a_checkpoint_of_another_method(dan_checkpoint, tmp_path):
-  result = _main("--config=configs/scan_cci.py:synthetic", "--mode=eval", f"--checkpoint={dan_checkpoint}",
-                 f"--workdir={tmp_path}")
+  result = _main("--config=configs/scan_cci.py:synthetic", f"--config.dataset.data_dir={tmp_path}/tfds", "--mode=eval",
+                 f"--checkpoint={dan_checkpoint}", f"--workdir={tmp_path}/report")
+  assert not os.path.exists(tmp_path / "tfds")  # the weights, refused, are read before the data
   assert_user_error(result, dan_checkpoint, "holds a dan model with 7 classes", "builds scan_cci",
                     "configs/dan.py:<dataset>")
 

@@ -10,6 +10,7 @@ import numpy as np
 import flax.linen as nn
 import pytest
 
+from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import evaluate
@@ -20,7 +21,7 @@ from fer_jax import stopping
 from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
-from helpers import get_config, tiny_run
+from helpers import get_config, random_variables, tiny_run
 
 
 def test_metrics_from_confusion_matrix():
@@ -224,11 +225,11 @@ def test_an_evaluation_that_fails_before_evaluating_does_not_say_it_replaces_the
   report = tmp_path / "report" / "eval_results.json"
   report.parent.mkdir()
   report.write_text('{"checkpoint": "runs/a/checkpoints/16"}')
-  (tmp_path / "model" / "state").mkdir(parents=True)  # a step folder: the data fails before its weights are read
   config = tiny_run(get_config("configs/dan.py:synthetic"))
-  config.dataset.test_split = "tset"
+  model = os.path.dirname(checkpointing.save_model(str(tmp_path / "model"), random_variables(config), config))
+  config.dataset.test_split = "tset"  # the weights read, the data fails
   with caplog.at_level(logging.WARNING), pytest.raises(UserError, match="config.dataset.test_split='tset'"):
-    evaluate.evaluate_checkpoint(config, str(tmp_path / "model"), str(report.parent))
+    evaluate.evaluate_checkpoint(config, model, str(report.parent))
   assert "replaces it" not in caplog.text
   assert report.read_text() == '{"checkpoint": "runs/a/checkpoints/16"}'
 
