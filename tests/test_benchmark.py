@@ -888,17 +888,18 @@ def test_collectives_carry_each_gradient_once_and_three_statistics_per_batch_nor
 @pytest.mark.integration
 def test_accelerator_script_benchmarks_each_config_in_each_dtype_and_renders_the_table(tmp_path):
   """benchmarks/accelerator.sh, the one command a lent GPU's few minutes go to, end to end on the CPU
-  with one small config: a JSON line per config and dtype, and the table of both."""
-  env = {**os.environ, "PY": sys.executable, "CONFIGS": "configs/dan.py:synthetic", "BATCH": "2", "STEPS": "1",
-         "WARMUP": "1"}
+  with TinyNet's config (the script, not the model, is under test: DAN's own steps go through fer_jax.benchmark in the
+  tests above): a JSON line per config and dtype, and the table of both."""
+  config, path = tiny_method_config(tmp_path / "tiny")
+  env = {**os.environ, **path, "PY": sys.executable, "CONFIGS": config, "BATCH": "2", "STEPS": "1", "WARMUP": "1"}
   result = subprocess.run(["bash", os.path.join(helpers.ROOT, "benchmarks", "accelerator.sh"), str(tmp_path / "out")],
                           capture_output=True, text=True, env=env, timeout=600)
   assert result.returncode == 0 and "failed" not in result.stderr, result.stderr
   lines = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
   assert [(line["model"], line["dtype"], line["batch_size"], line["input"]) for line in lines] == [
-      ("dan", "bfloat16", 2, "synthetic"), ("dan", "float32", 2, "synthetic")]
+      ("tiny_methods.tiny_net", "bfloat16", 2, "synthetic"), ("tiny_methods.tiny_net", "float32", 2, "synthetic")]
   table = (tmp_path / "out" / "table.md").read_text()
-  assert table.count("| `configs/dan.py:synthetic` | 72² | 2 |") == 2 and "official fp32 (H100, batch 256)" in table
+  assert table.count(f"| `{config}` | 72² | 2 |") == 2 and "official fp32 (H100, batch 256)" in table
 
 
 def tiny_method_config(folder) -> tuple[str, dict]:
