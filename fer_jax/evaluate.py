@@ -228,12 +228,26 @@ def confusion_matrix(step, variables, eval_data, label: str) -> np.ndarray:
   for update in _outputs(step, variables, eval_data, label):
     counts, non_finite = counts + np.asarray(update.compute(), np.int64), non_finite + int(update.non_finite)
   if non_finite:
-    raise stopping.NonFiniteError(
-        f"{label}: {non_finite} of {int(np.sum(counts))} examples got non-finite class scores (NaN or Inf), so "
-        "their predictions and the metrics would mean nothing; no report was written.",
-        "The weights or the model's inference-mode output are broken: check the checkpoint (`python -m "
-        "fer_jax.summary --checkpoint=PATH` fingerprints it) and, for a model of yours, its eval-mode outputs.")
+    raise _non_finite_scores(label, non_finite, int(np.sum(counts)))
   return counts
+
+
+def confusion_of_probabilities(probabilities: np.ndarray, labels: np.ndarray, label: str) -> np.ndarray:
+  """The confusion matrix of class probabilities [N, K] (their argmax) against `labels` [N], counted as
+  `ConfusionMatrix` counts scores; a `stopping.NonFiniteError` if any example's probabilities were not finite."""
+  num_classes = probabilities.shape[-1]
+  if non_finite := int(np.sum(~np.all(np.isfinite(probabilities), axis=-1))):
+    raise _non_finite_scores(label, non_finite, len(labels))
+  cells = labels.astype(np.int64) * num_classes + np.argmax(probabilities, axis=-1)
+  return np.bincount(cells, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def _non_finite_scores(label: str, non_finite: int, examples: int) -> stopping.NonFiniteError:
+  return stopping.NonFiniteError(
+      f"{label}: {non_finite} of {examples} examples got non-finite class scores (NaN or Inf), so "
+      "their predictions and the metrics would mean nothing; no report was written.",
+      "The weights or the model's inference-mode output are broken: check the checkpoint (`python -m "
+      "fer_jax.summary --checkpoint=PATH` fingerprints it) and, for a model of yours, its eval-mode outputs.")
 
 
 def probabilities(step, variables, eval_data, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -358,7 +372,8 @@ def markdown(report: dict, examples: dict, predictions: dict | None = None) -> s
   lines += ["", "Per-class accuracy (%; – where the split has no example of the class):", "",
             "| evaluator | " + " | ".join(class_names) + " |", "|---|" + "---:|" * len(class_names)]
   for name, r in evaluators.items():
-    lines.append(f"| {name} | " + " | ".join(_percent(r["per_class_accuracy"][c]) for c in class_names) + " |")
+    for label, results in [(name, r)] + ([(f"{name}, {r['tta']['name']} TTA", r["tta"])] if "tta" in r else []):
+      lines.append(f"| {label} | " + " | ".join(_percent(results["per_class_accuracy"][c]) for c in class_names) + " |")
   lines += ["", "Preprocessing (on the device, of the images the host decoded):", ""] + [
       f"* {name}: `{r['pp']}` of {r['decoded_size'][0]}×{r['decoded_size'][1]}" for name, r in evaluators.items()]
   for name, r in evaluators.items():
@@ -443,18 +458,24 @@ class Evaluators:
     return self._steps[step_key]
 
   def __call__(self, variables, name: str, tta_name: str = "none") -> dict:
-    spec, eval_data = self.specs[name], self.data(name)
-    confusion = confusion_matrix(self._step("eval", name, tta_name), variables, eval_data,
+    confusion = confusion_matrix(self._step("eval", name, tta_name), variables, self.data(name),
                                  f"Evaluating {_label(name, tta_name)}")
+    return self._results(name, confusion)
+
+  def predict(self, variables, name: str, tta_name: str = "none") -> tuple[dict, np.ndarray, np.ndarray]:
+    """(the results `__call__` gives, records, class probabilities) of every example of the evaluator's split
+    (`probabilities`), from one pass: the metrics are those of the probabilities the predictions list."""
+    label = f"Predicting {_label(name, tta_name)}"
+    records, table = probabilities(self._step("probabilities", name, tta_name), variables, self.data(name), label)
+    confusion = confusion_of_probabilities(table, self.data(name).split.labels[records], label)
+    return self._results(name, confusion), records, table
+
+  def _results(self, name: str, confusion: np.ndarray) -> dict:
+    spec, eval_data = self.specs[name], self.data(name)
     results = metrics(confusion, eval_data.split.class_names)
     return {**results, "evaluator": name, "split": spec.split, "dataset": spec.config.dataset.name,
             "model": self.config.model.name, "pp": augment.with_size(spec.config.input.eval_pp, spec.config.input.size),
             "decoded_size": list(eval_data.shape[:2]), "class_mapping": class_mapping(eval_data.split)}
-
-  def probabilities(self, variables, name: str, tta_name: str = "none") -> tuple[np.ndarray, np.ndarray]:
-    """(records, class probabilities) of every example of the evaluator's split (`probabilities`)."""
-    return probabilities(self._step("probabilities", name, tta_name), variables, self.data(name),
-                         f"Predicting {_label(name, tta_name)}")
 
   def steps(self) -> list[watched_step.WatchedStep]:
     """The steps built so far (each compiles once: one per preprocessing, stored shape and TTA)."""
@@ -504,14 +525,18 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
   restore_best; under `--mode=eval` the number `checkpoint` is named by, 0 for a converted model, None where it is
   not one). `reusable`: {inputs_identity: results} already computed with these variables. `selection`: what chose
   these weights (`selection_record`), under "selection", where they are a selected epoch's."""
-  reusable, by_name = dict(reusable or {}), {}
+  reusable, by_name, predicted = dict(reusable or {}), {}, {}
   for name in evaluators.reported:
     spec = evaluators.specs[name]
-    results = reusable.get(spec.inputs_identity) or evaluators(variables, name)
+    if evaluators.config.eval.predictions:  # the metrics of the probabilities the predictions list, in one pass
+      predicted[name] = [evaluators.predict(variables, name, tta_name) for tta_name in dict.fromkeys(["none", spec.tta])]
+      results, with_tta = predicted[name][0][0], predicted[name][-1][0]
+    else:
+      results = reusable.get(spec.inputs_identity) or evaluators(variables, name)
+      with_tta = evaluators(variables, name, spec.tta) if spec.tta != "none" else None
     reusable[spec.inputs_identity] = results
     results = {**results, "evaluator": name, "step": step}
     if spec.tta != "none":
-      with_tta = evaluators(variables, name, spec.tta)
       results["tta"] = {"name": spec.tta, **{k: with_tta[k] for k in TTA_KEYS}}
     by_name[name] = results
     logging.info("%s (%s %s): accuracy %.4f, mean-class accuracy %.4f over %d examples%s", name, results["dataset"],
@@ -521,28 +546,25 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
             "config": config_lib.flat(evaluators.config), "checkpoint": checkpoint, "trained_steps": trained_steps,
             "selection": selection}
   examples = {name: evaluators.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in by_name}
-  predictions = ({name: predictions_table(evaluators, variables, name) for name in by_name}
-                 if evaluators.config.eval.predictions else {})
+  predictions = {name: predictions_table(evaluators.data(name).split, *passes) for name, passes in predicted.items()}
   write_report(report, workdir, examples, predictions)
   return report
 
 
-def predictions_table(evaluators: Evaluators, variables, name: str) -> list[list]:
-  """The evaluator's predictions_<name>.csv: a header, then a row per example of its split in the split's order:
-  `record` (its index in the prepared split), `file_name` (where the set records one), `label`, `prediction`,
-  `confidence`, `p_<class>`… (the model's classes) and, where the evaluator has a TTA, `tta_prediction`,
-  `tta_confidence`, `tta_p_<class>`…. Every process computes the probabilities (collectives); process 0 alone, which
-  writes the report, makes the table (the others: [])."""
-  spec, split = evaluators.specs[name], evaluators.data(name).split
-  records, plain = evaluators.probabilities(variables, name)
-  with_tta = evaluators.probabilities(variables, name, spec.tta)[1] if spec.tta != "none" else None
+def predictions_table(split, plain: tuple, with_tta: tuple | None = None) -> list[list]:
+  """An evaluator's predictions_<name>.csv from its `Evaluators.predict` outputs (plain, and with its TTA where it
+  has one): a header, then a row per example of its split in the split's order: `record` (its index in the prepared
+  split), `file_name` (where the set records one), `label`, `prediction`, `confidence`, `p_<class>`… (the model's
+  classes) and, with a TTA, `tta_prediction`, `tta_confidence`, `tta_p_<class>`…. Every process computes the
+  probabilities (collectives); process 0 alone, which writes the report, makes the table (the others: [])."""
   if jax.process_index() != 0:
     return []
+  _, records, _ = plain
   columns = {"record": records}
   if "file_name" in split.source.dataset_info.features:
     columns["file_name"] = [_text(split.source[int(record)]["file_name"]) for record in records]
   columns["label"] = [split.class_names[label] for label in split.labels[records]]
-  tables = [("", plain)] + ([("tta_", with_tta)] if with_tta is not None else [])
+  tables = [("", plain[2])] + ([("tta_", with_tta[2])] if with_tta is not None else [])
   for prefix, table in tables:
     top = np.argmax(table, axis=-1)
     columns[f"{prefix}prediction"] = [split.class_names[index] for index in top]

@@ -95,6 +95,19 @@ def test_an_evaluation_with_non_finite_class_scores_stops_instead_of_reporting()
     evaluate.confusion_matrix(step, {}, Batches([batch, batch]), "Evaluating test")
 
 
+def test_the_confusion_of_predicted_probabilities_is_scikit_learns_and_refuses_non_finite_rows():
+  from sklearn import metrics as sklearn_metrics  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  probabilities, labels = rng.dirichlet(np.ones(4), 50).astype(np.float32), rng.integers(0, 4, 50)
+  np.testing.assert_array_equal(
+      evaluate.confusion_of_probabilities(probabilities, labels, "Predicting test"),
+      sklearn_metrics.confusion_matrix(labels, probabilities.argmax(axis=1), labels=range(4)))
+  probabilities[[3, 7], 1] = [np.nan, np.inf]
+  with pytest.raises(stopping.NonFiniteError, match=r"^Predicting test, flip: 2 of 50 examples got non-finite class "
+                                                    r"scores \(NaN or Inf\)"):
+    evaluate.confusion_of_probabilities(probabilities, labels, "Predicting test, flip")
+
+
 class Batches:
   """Stands for EvalData: `batches()` counts the batches handed out."""
 
@@ -175,6 +188,14 @@ def test_report_files(tmp_path):
   table = (tmp_path / "eval_results.md").read_text()
   assert "| other | d | s | 8 | 87.50 | 87.50 |" in table  # 7 of 8 right; recalls 3/4 and 4/4
   assert "* other: `p` of 8×8" in table
+
+
+def test_the_markdown_report_gives_the_per_class_accuracy_with_tta_too():
+  """eval_results.md listed the TTA's accuracy alone; its per-class accuracy was in eval_results.json only."""
+  results, _ = _one_evaluators_results()
+  with_tta = {**results, "tta": {"name": "flip", **evaluate.metrics(np.array([[2, 2], [0, 4]]), ("x", "y"))}}
+  table = evaluate.markdown({"evaluators": {"test": with_tta, "other": results}}, {})
+  assert "| test | 75.00 | 100.00 |\n| test, flip TTA | 50.00 | 100.00 |\n| other | 75.00 | 100.00 |" in table
 
 
 def test_the_selection_names_the_reported_evaluators_that_read_the_split_it_chose_on():

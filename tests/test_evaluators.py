@@ -208,7 +208,12 @@ def test_predictions_name_every_example_with_its_probabilities(fixture_sets, tmp
   config.eval.update(tta="flip", predictions=True)
   evaluator = evaluate.Evaluators(MeanColour(7), config, mesh_lib.make_mesh())
   evaluator.open_all()
-  evaluate.final_report(evaluator, {"params": {}}, str(tmp_path), 0, "model/0")
+  report = evaluate.final_report(evaluator, {"params": {}}, str(tmp_path), 0, "model/0")
+  # One pass each, plain and with TTA: the metrics are the predictions' (they were a second pass each, one of them
+  # through another compiled step), and what the confusion-matrix step counts.
+  assert [step.name for step in evaluator.steps()] == ["probabilities step (test)", "probabilities step (test, flip)"]
+  assert report["confusion_matrix"] == evaluator({"params": {}}, "test")["confusion_matrix"]
+  assert report["tta"]["confusion_matrix"] == evaluator({"params": {}}, "test", "flip")["confusion_matrix"]
   with open(tmp_path / "predictions_test.csv", newline="") as f:
     rows = list(csv.DictReader(f))
   class_names = labels.CLASS_ORDERS["sfew"]
