@@ -211,6 +211,27 @@ def test_output_depends_only_on_the_seed(tmp_path):
     generate_layout.generate("rafdb", os.fspath(tmp_path / "a"), scale=SCALE)
 
 
+def test_a_run_interrupted_mid_write_is_started_over_by_the_same_command(tmp_path, monkeypatch):
+  """After Ctrl-C the same command refused its own half-written --out ("not empty"), which the user had to delete."""
+  out, write_images = os.fspath(tmp_path / "out"), generate_layout.write_images
+
+  def interrupted(jobs, workers):
+    write_images(jobs[:3], workers)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(generate_layout, "write_images", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    generate_layout.generate("rafdb", out, scale=SCALE, seed=1)
+  monkeypatch.setattr(generate_layout, "write_images", write_images)
+  generate_layout.generate("rafdb", out, scale=SCALE, seed=1)
+  generate_layout.generate("rafdb", os.fspath(tmp_path / "straight"), scale=SCALE, seed=1)
+  listing = lambda folder: sorted(os.path.relpath(os.path.join(root, name), folder)
+                                  for root, _, names in os.walk(folder) for name in names)
+  assert listing(out) == listing(tmp_path / "straight") and generate_layout.INCOMPLETE not in listing(out)
+  with pytest.raises(ValueError, match="not empty"):  # a complete layout is never cleared
+    generate_layout.generate("rafdb", out, scale=SCALE, seed=1)
+
+
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
 def test_a_scale_that_is_not_a_positive_number_is_refused_before_anything_is_written(tmp_path, scale):
   """--scale=nan passed the check, crashed in int() and left a half-written --out, which a rerun refused."""

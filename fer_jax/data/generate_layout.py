@@ -54,9 +54,11 @@ import math
 import multiprocessing
 import os
 import shlex
+import shutil
 import time
 
 from absl import flags
+from absl import logging
 import numpy as np
 from PIL import Image
 
@@ -378,17 +380,28 @@ WRITERS = {"fer2013": write_csv, "ferplus": write_csv}  # the others: write_imag
 PREPARE_NAMES = {"rafdb_aligned224": "rafdb/aligned224"}  # --dataset of prepare, where not the same
 
 
+INCOMPLETE = ".generate_layout_incomplete"  # in --out while a layout is being written: a rerun starts it over
+
+
 def generate(dataset: str, out: str, scale: float = 1.0, seed: int = 0, workers: int = 0) -> dict:
-  """Writes the layout of `dataset` under `out`; returns {split: count per label}, "bytes", "seconds"."""
+  """Writes the layout of `dataset` under `out` (an --out that an interrupted run left half-written is cleared
+  first); returns {split: count per label}, "bytes", "seconds"."""
   if dataset not in LAYOUTS:
     raise ConfigError(f"Unknown data set {dataset!r}; choose one of {', '.join(LAYOUTS)}.")
   if not (math.isfinite(scale) and scale > 0):
     raise ConfigError(f"--scale must be a positive number, got {scale}.")
+  mark = os.path.join(out, INCOMPLETE)
+  if os.path.isfile(mark):
+    shutil.rmtree(out)
+    logging.info("Removed the partial layout an interrupted run left in %s.", out)
   if os.path.isdir(out) and os.listdir(out):
     raise ConfigError(f"--out {out} is not empty; choose a new folder.")
   start = time.perf_counter()
+  os.makedirs(out, exist_ok=True)
+  open(mark, "w", encoding="utf-8").close()  # removed once every file is written
   jobs, counts = LAYOUTS[dataset](out, scale, seed)
   total_bytes = WRITERS.get(dataset, write_images)(jobs, workers)
+  os.remove(mark)
   return {**counts, "bytes": total_bytes, "seconds": time.perf_counter() - start}
 
 
