@@ -131,7 +131,8 @@ class Writer:
 
 def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without PyTorch: where PyTorch is installed (for the converters),
-  tensorboardX imports it only to accept its tensors, which cost each training run 1.5 s and 480 MB of host memory."""
+  tensorboardX imports it only to accept its tensors, an import that cost each training run 1.5 s and 480 MB of host
+  memory (docs/performance.md). A PyTorch already imported is left as it is."""
   hidden = "torch" not in sys.modules
   if hidden:
     sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
