@@ -5,7 +5,7 @@ Every example counts once: the last batch is padded and padded rows carry mask 0
 confusion matrix (a `clu.metrics.Metric`) is summed inside the step over the global batch, so
 the host only sums K×K matrices, on any number of devices and processes. All metrics derive
 from it. With `config.eval.predictions` the final report adds each example's class probabilities, from a
-second step whose output every process receives whole (`probabilities_step`).
+second step whose output every process receives whole (`probabilities_step`), and counts its metrics from them.
 """
 
 import collections
@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import json
 import os
+from typing import NamedTuple
 
 from absl import logging
 from clu import metrics as clu_metrics
@@ -233,13 +234,12 @@ def confusion_matrix(step, variables, eval_data, label: str) -> np.ndarray:
 
 
 def confusion_of_probabilities(probabilities: np.ndarray, labels: np.ndarray, label: str) -> np.ndarray:
-  """The confusion matrix of class probabilities [N, K] (their argmax) against `labels` [N], counted as
-  `ConfusionMatrix` counts scores; a `stopping.NonFiniteError` if any example's probabilities were not finite."""
-  num_classes = probabilities.shape[-1]
-  if non_finite := int(np.sum(~np.all(np.isfinite(probabilities), axis=-1))):
+  """The confusion matrix of class probabilities [N, K] against `labels` [N], counted by `ConfusionMatrix` as the
+  evaluation step counts scores; a `stopping.NonFiniteError` if any example's probabilities were not finite."""
+  update = ConfusionMatrix.from_model_output(logits=probabilities, labels=labels, mask=np.ones(len(labels)))
+  if non_finite := int(update.non_finite):
     raise _non_finite_scores(label, non_finite, len(labels))
-  cells = labels.astype(np.int64) * num_classes + np.argmax(probabilities, axis=-1)
-  return np.bincount(cells, minlength=num_classes**2).reshape(num_classes, num_classes)
+  return np.asarray(update.compute(), np.int64)
 
 
 def _non_finite_scores(label: str, non_finite: int, examples: int) -> stopping.NonFiniteError:
@@ -462,13 +462,13 @@ class Evaluators:
                                  f"Evaluating {_label(name, tta_name)}")
     return self._results(name, confusion)
 
-  def predict(self, variables, name: str, tta_name: str = "none") -> tuple[dict, np.ndarray, np.ndarray]:
-    """(the results `__call__` gives, records, class probabilities) of every example of the evaluator's split
-    (`probabilities`), from one pass: the metrics are those of the probabilities the predictions list."""
-    label = f"Predicting {_label(name, tta_name)}"
-    records, table = probabilities(self._step("probabilities", name, tta_name), variables, self.data(name), label)
-    confusion = confusion_of_probabilities(table, self.data(name).split.labels[records], label)
-    return self._results(name, confusion), records, table
+  def predict(self, variables, name: str, tta_name: str = "none") -> "Predictions":
+    """The evaluator's split predicted in one pass (`probabilities`), with the results `__call__` gives counted from
+    those very probabilities."""
+    label, eval_data = f"Predicting {_label(name, tta_name)}", self.data(name)
+    records, table = probabilities(self._step("probabilities", name, tta_name), variables, eval_data, label)
+    confusion = confusion_of_probabilities(table, eval_data.split.labels[records], label)
+    return Predictions(self._results(name, confusion), records, table)
 
   def _results(self, name: str, confusion: np.ndarray) -> dict:
     spec, eval_data = self.specs[name], self.data(name)
@@ -480,6 +480,14 @@ class Evaluators:
   def steps(self) -> list[watched_step.WatchedStep]:
     """The steps built so far (each compiles once: one per preprocessing, stored shape and TTA)."""
     return list(self._steps.values())
+
+
+class Predictions(NamedTuple):
+  """`Evaluators.predict`'s output: results as `Evaluators.__call__` gives them, and the class probabilities [N, K]
+  they were counted from, by record (the split's index of each example) [N]."""
+  results: dict
+  records: np.ndarray
+  probabilities: np.ndarray
 
 
 def _label(name: str, tta_name: str) -> str:
@@ -529,8 +537,9 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
   for name in evaluators.reported:
     spec = evaluators.specs[name]
     if evaluators.config.eval.predictions:  # the metrics of the probabilities the predictions list, in one pass
-      predicted[name] = [evaluators.predict(variables, name, tta_name) for tta_name in dict.fromkeys(["none", spec.tta])]
-      results, with_tta = predicted[name][0][0], predicted[name][-1][0]
+      plain = evaluators.predict(variables, name)
+      predicted[name] = [plain] + ([evaluators.predict(variables, name, spec.tta)] if spec.tta != "none" else [])
+      results, with_tta = plain.results, predicted[name][-1].results
     else:
       results = reusable.get(spec.inputs_identity) or evaluators(variables, name)
       with_tta = evaluators(variables, name, spec.tta) if spec.tta != "none" else None
@@ -551,7 +560,7 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
   return report
 
 
-def predictions_table(split, plain: tuple, with_tta: tuple | None = None) -> list[list]:
+def predictions_table(split, plain: Predictions, with_tta: Predictions | None = None) -> list[list]:
   """An evaluator's predictions_<name>.csv from its `Evaluators.predict` outputs (plain, and with its TTA where it
   has one): a header, then a row per example of its split in the split's order: `record` (its index in the prepared
   split), `file_name` (where the set records one), `label`, `prediction`, `confidence`, `p_<class>`… (the model's
@@ -559,12 +568,12 @@ def predictions_table(split, plain: tuple, with_tta: tuple | None = None) -> lis
   probabilities (collectives); process 0 alone, which writes the report, makes the table (the others: [])."""
   if jax.process_index() != 0:
     return []
-  _, records, _ = plain
+  records = plain.records
   columns = {"record": records}
   if "file_name" in split.source.dataset_info.features:
     columns["file_name"] = [_text(split.source[int(record)]["file_name"]) for record in records]
   columns["label"] = [split.class_names[label] for label in split.labels[records]]
-  tables = [("", plain[2])] + ([("tta_", with_tta[2])] if with_tta is not None else [])
+  tables = [("", plain.probabilities)] + ([("tta_", with_tta.probabilities)] if with_tta is not None else [])
   for prefix, table in tables:
     top = np.argmax(table, axis=-1)
     columns[f"{prefix}prediction"] = [split.class_names[index] for index in top]
