@@ -481,7 +481,9 @@ def _train_flops_without_remat(config, mesh, batch) -> float | None:
 
 
 def _train_data(config, mesh, steps: int) -> pipeline.TrainData:
-  """The run's training stream, with enough epochs for `steps` steps."""
+  """The run's training stream of whole batches (an epoch's short last one dropped: it would time a smaller batch
+  and compile the step again), with enough epochs for `steps` steps."""
+  config.dataset.drop_last = True
   data = pipeline.TrainData(config, mesh)
   if data.num_steps < steps:
     config.num_epochs = math.ceil(steps / data.steps_per_epoch)

@@ -81,7 +81,8 @@ COSINE_SHAPED = " (it shapes the cosine schedule)"
 
 # Keys added since configs were first recorded that change what a run trains, with the value that gives what runs
 # recorded before them trained: such a record is read with it, so that a new default does not change a resumed run.
-ADDED_SINCE = {"dataset.train_jpeg_round_trip": False}  # 2026-12-06: LHC-Net's training images round-tripped
+ADDED_SINCE = {"dataset.train_jpeg_round_trip": False,  # 2026-12-06: LHC-Net's training images round-tripped
+               "dataset.drop_last": True}  # 2026-12-06: an epoch's last, short batch trained on
 
 
 def resume_differences(saved: dict, config) -> list[tuple[str, object, object]]:
@@ -167,6 +168,7 @@ def base_config() -> ml_collections.ConfigDict:
       "max_per_class": 0,           # training split: only the first N per class, in annotation order (0 = all)
       "image_size": 0,              # side the host decodes every image to (0 = the set's own size)
       "train_jpeg_round_trip": False,  # training images resized to input.size, floored, JPEG q100 (LHC-Net's ETL)
+      "drop_last": False,           # True: an epoch's examples after its last whole batch are not trained on
       "cache": "auto",              # decoded uint8 images kept in: auto | none | host | device
       "cache_budget_mb": 0.0,         # device cache limit per device in MiB (0 = a quarter of its memory, 2 GiB on CPU)
   })

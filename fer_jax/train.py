@@ -63,6 +63,11 @@ def training_curves_line(workdir: str) -> str:
 MODEL_MODES = ("train", "inference")
 
 
+def train_step_name(mode: str, images: int, batch_size: int) -> str:
+  """"train step (train mode)"; "train step (train mode, last batch of 47)" for an epoch's last, short batch."""
+  return f"train step ({mode} mode)" if images == batch_size else f"train step ({mode} mode, last batch of {images})"
+
+
 def model_mode(config, step: int, steps_per_epoch: int) -> str:
   """The model's mode for training step `step` (1-based): "inference" from epoch
   `config.inference_mode_from_epoch` on (1-based; 0 = never), else "train"."""
@@ -275,7 +280,7 @@ class ProgressLog:
 
   def restart_clock(self) -> None:
     """Starts a new window of steps and of their time."""
-    self._start, self._pending = time.perf_counter(), []
+    self._start, self._pending, self._images = time.perf_counter(), [], 0
 
   def exclude(self, seconds: float) -> None:
     """Leaves `seconds` (an evaluation's, not training time) out of the window's time; its steps stay."""
@@ -285,8 +290,10 @@ class ProgressLog:
     """Whether `step` ends a logged window, whose metrics the host waits for."""
     return step % self.config.log_every_steps == 0 or step == self.num_steps
 
-  def add(self, step: int, metrics: dict) -> None:
+  def add(self, step: int, metrics: dict, images: int) -> None:
+    """The metrics of `step`, which trained on `images` examples."""
     self._pending.append(metrics)
+    self._images += images
     self.guard.add(step, metrics)
     if self.due(step):
       self.guard.check()
@@ -294,7 +301,7 @@ class ProgressLog:
       # The rate is the last step's: a mean over a window crossing a decay is a rate no step had.
       means = {k: float(np.mean([m[k] for m in window])) for k in self._pending[0]} | {"lr": float(window[-1]["lr"])}
       elapsed = time.perf_counter() - self._start
-      images_per_second = len(self._pending) * self.config.batch_size / elapsed
+      images_per_second = self._images / elapsed
       logging.info("step %d/%d epoch %.2f loss %.4f%s accuracy %.3f lr %.3g | %.1f img/s ETA %s", step, self.num_steps,
                    step / self.steps_per_epoch, means["loss"], _loss_parts(means), means["accuracy"], means["lr"],
                    images_per_second, progress.format_eta((self.num_steps - step) * elapsed / len(self._pending)))
@@ -370,9 +377,12 @@ class TrainingRun:
     """One jitted train step per model mode, with the loss's config checked against the method's contract."""
     loss_config = loss_config_for(self.config, self.data.split)
     models.check_contract(self.method, self.model, self.abstract, loss_config, self.config)
-    self.train_steps = {mode: watched_step.WatchedStep(f"train step ({mode} mode)", make_train_step(
-        self.model, self.method.loss, loss_config, self.optimizer, self.mesh, self.config.seed, self.data.augment,
-        mode)) for mode in MODEL_MODES}
+    steps = {mode: make_train_step(self.model, self.method.loss, loss_config, self.optimizer, self.mesh,
+                                   self.config.seed, self.data.augment, mode) for mode in MODEL_MODES}
+    # An epoch's last, short batch has its own shape, hence its own compilation, watched apart.
+    self.train_steps = {(mode, size): watched_step.WatchedStep(train_step_name(mode, size, self.config.batch_size),
+                                                               steps[mode])
+                        for mode in MODEL_MODES for size in {self.config.batch_size, self.data.last_batch} if size}
     self.step, self.last_evals = self.start_step, {}
     self.called = set()  # the names of the train steps called (compiled) so far
     self.best_evals = {}  # {step: its last_evals} of the best epoch, once this process has saved one
@@ -444,7 +454,8 @@ class TrainingRun:
 
   def train(self, step: int, batch: dict) -> None:
     """One step, in the model mode of its epoch (each mode's step is compiled once, its time left out of img/s)."""
-    train_step = self.train_steps[model_mode(self.config, step, self.steps_per_epoch)]
+    images = batch["label"].shape[0]
+    train_step = self.train_steps[(model_mode(self.config, step, self.steps_per_epoch), images)]
     if train_step.name in self.called:
       self.state, metrics = train_step(self.state, batch)
     else:
@@ -455,7 +466,7 @@ class TrainingRun:
       logging.info("Compiled the %s in %.1f s.", train_step.name, time.perf_counter() - start)
       self.called.add(train_step.name)
     self.step = step
-    self.progress.add(step, metrics)
+    self.progress.add(step, metrics, images)
 
   def due_evaluators(self) -> list[str]:
     """The periodic evaluators due after this step: at the end of every epoch that is a multiple of

@@ -39,8 +39,9 @@ def tiny_data_dir() -> str:
 
 def tiny_run(config, size: int = 32, batch_size: int = 32, epochs: int = 1, per_class: int = 0):
   """Shrinks a `:synthetic` config to seconds of CPU work on synthetic/tiny (its first `per_class`
-  training images of each class if given: 10 make epochs of 2 steps of 32)."""
-  config.dataset.update(name="synthetic/tiny", data_dir=tiny_data_dir())
+  training images of each class if given: 10 make epochs of 2 steps of 32). An epoch's last, short batch is dropped,
+  so that a run compiles one train step (test_last_batch.py trains on it)."""
+  config.dataset.update(name="synthetic/tiny", data_dir=tiny_data_dir(), drop_last=True)
   if per_class:
     config.dataset.max_per_class = per_class
   config.input.size = size

@@ -296,6 +296,16 @@ def test_a_run_recorded_before_the_jpeg_round_trip_resumes_only_as_it_trained():
   assert config_lib.resume_differences(saved, config) == []
 
 
+def test_a_run_recorded_before_the_last_batch_was_trained_resumes_only_as_it_trained():
+  """Its epochs dropped their last, short batch: resumed as they are now, its steps would stand for other examples."""
+  config = get_config("configs/dan.py:rafdb")
+  saved = config_lib.flat(config)
+  del saved["dataset.drop_last"]
+  assert config_lib.resume_differences(saved, config) == [("dataset.drop_last", False, True)]
+  config.dataset.drop_last = True
+  assert config_lib.resume_differences(saved, config) == []
+
+
 def test_keys_of_another_fer_jax_version_are_not_compared_on_resume():
   """A key added or removed since the checkpoint was written could be set by no flag to what it recorded."""
   config = get_config("configs/dan.py:rafdb")

@@ -45,7 +45,8 @@ def _args(workdir, data_dir):
   return ["--config=configs/dan.py:synthetic", f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny",
           f"--config.dataset.data_dir={data_dir}", "--config.input.size=32", "--config.batch_size=32",
           "--config.num_epochs=1", "--config.log_every_steps=2", "--config.data_workers=0",
-          "--config.select_metric=accuracy", "--config.restore_best=True", "--config.eval.predictions=True"]
+          "--config.dataset.drop_last=True", "--config.select_metric=accuracy", "--config.restore_best=True",
+          "--config.eval.predictions=True"]
 
 
 def _first_loss(log: str) -> float:

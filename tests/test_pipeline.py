@@ -267,10 +267,11 @@ def test_a_channel_mismatch_names_the_channels_and_the_fix():
 
 def test_a_training_split_smaller_than_a_batch_names_the_batch_and_max_per_class_to_pass():
   with pytest.raises(pipeline.DataError, match=r"has 14 examples per epoch, fewer than config.batch_size 32: use "
-                                                r"--config.batch_size=14 or a config.dataset.max_per_class above 2 "
+                                                r"--config.batch_size=14 or --config.dataset.drop_last=False or a "
+                                                r"config.dataset.max_per_class above 2 "
                                                 r"\(0 = all\)\.$"):
     pipeline.TrainData(_config(max_per_class=2), mesh_lib.make_mesh())
-  with pytest.raises(pipeline.DataError, match=r"use --config.batch_size=7 or more of "
+  with pytest.raises(pipeline.DataError, match=r"use --config.batch_size=7 or --config.dataset.drop_last=False or more of "
                                                 r"config.dataset.train_split='train\[:7\]'\.$"):
     pipeline.TrainData(_config(train_split="train[:7]"), mesh_lib.make_mesh())
 

@@ -188,7 +188,7 @@ def test_the_loop_compiles_each_step_once_donates_the_state_and_fetches_only_to_
   assert [step for step, count in fetches.items() if count] == [3, 6, 8] and len(fetches) == 8
   # The compiled step writes the new state over the old one: every byte of it is aliased.
   batch = next(run.data.batches(0))
-  memory = run.train_steps["train"].jitted.lower(run.state, batch).compile().memory_analysis()
+  memory = run.train_steps[("train", run.config.batch_size)].jitted.lower(run.state, batch).compile().memory_analysis()
   assert memory.alias_size_in_bytes == sum(leaf.nbytes for leaf in jax.tree.leaves(run.state))
 
 
@@ -694,13 +694,14 @@ def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluati
   losses = [1.0, 2.0, 3.0, 6.0]
   for step, loss in enumerate(losses, start=1):
     clock[0] += 1.0  # a second a step
-    progress.add(step, {"loss": loss, "accuracy": 0.5, "lr": 0.1 if step <= 2 else 0.01})
+    images = 1 if step == 4 else 2  # epoch 2's last batch is short
+    progress.add(step, {"loss": loss, "accuracy": 0.5, "lr": 0.1 if step <= 2 else 0.01}, images)
     if step == 2:  # an evaluation of 100 s at the end of epoch 1
       clock[0] += 100.0
       progress.exclude(100.0)
   assert writer.logged[4]["train/loss"] == np.mean(losses)
   assert writer.logged[4]["train/lr"] == 0.01  # the last step's rate: the mean, 0.055, was no step's
-  assert writer.logged[4]["train/img_per_s"] == 4 * 2 / 4.0
+  assert writer.logged[4]["train/img_per_s"] == (3 * 2 + 1) / 4.0  # the images trained, over the training time
 
 
 def test_the_log_line_gives_the_loss_parts_unless_the_loss_is_its_one_part(caplog):
@@ -720,8 +721,8 @@ def test_the_log_line_gives_the_loss_parts_unless_the_loss_is_its_one_part(caplo
   progress = train.ProgressLog(config, num_steps=2, steps_per_epoch=2, writer=Quiet(), guard=Quiet())
   with caplog.at_level(logging.INFO):
     progress.add(1, {"loss": 1.5, "accuracy": 0.5, "lr": 0.1, "grad_norm": 2.0, "ce_loss": 1.25,
-                     "affinity_loss": 0.125, "partition_loss": 0.125})
-    progress.add(2, {"loss": 1.5, "accuracy": 0.5, "lr": 0.1, "grad_norm": 2.0, "ce_loss": 1.5})
+                     "affinity_loss": 0.125, "partition_loss": 0.125}, config.batch_size)
+    progress.add(2, {"loss": 1.5, "accuracy": 0.5, "lr": 0.1, "grad_norm": 2.0, "ce_loss": 1.5}, config.batch_size)
   lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("step ")]
   assert lines[0].startswith("step 1/2 epoch 0.50 loss 1.5000 (ce_loss 1.25, affinity_loss 0.125, partition_loss "
                              "0.125) accuracy 0.500 lr 0.1 | ")

@@ -424,18 +424,32 @@ class ImageCache:
 
 @dataclasses.dataclass(frozen=True)
 class Positions:
-  """Which global example positions each process reads at each step."""
+  """Which global example positions each process reads at each step: step s reads from position s·global_batch on.
+  With `last_batch` (training on the examples an epoch has left after its whole batches), the last of every
+  `steps_per_epoch` steps reads `last_batch` positions, each process an equal share of them; the process's other
+  slots of that step are padding (`of_local_index` None)."""
   global_batch: int
   local_batch: int
   process_index: int
+  steps_per_epoch: int = 0
+  last_batch: int = 0
+
+  def local_size(self, step: int) -> int:
+    """How many examples this process reads at `step` (0-based)."""
+    if self.last_batch and step % self.steps_per_epoch == self.steps_per_epoch - 1:
+      return self.last_batch * self.local_batch // self.global_batch
+    return self.local_batch
 
   def of_step(self, step: int) -> np.ndarray:
-    start = step * self.global_batch + self.process_index * self.local_batch
-    return np.arange(start, start + self.local_batch)
+    size = self.local_size(step)
+    start = step * self.global_batch + self.process_index * size
+    return np.arange(start, start + size)
 
-  def of_local_index(self, index: int) -> int:
+  def of_local_index(self, index: int) -> int | None:
+    """The position of the process's slot `index` (`local_batch` slots a step), None for a slot a short step leaves."""
     step, offset = divmod(index, self.local_batch)
-    return step * self.global_batch + self.process_index * self.local_batch + offset
+    size = self.local_size(step)
+    return step * self.global_batch + self.process_index * size + offset if offset < size else None
 
 
 class Order:
@@ -467,9 +481,17 @@ class _StreamedExample:
 
   def __call__(self, index: int) -> dict:
     position = self.positions.of_local_index(index)
+    if position is None:  # a short last batch's padding, which `_without_padding` removes
+      return {"image": np.zeros(self.decoder.shape, np.uint8), "label": np.int32(-1), "position": np.int32(-1)}
     record = self.order.records(np.array([position]))[0]
     return {"image": self.decoder(record), "label": self.order.split.labels[record],
             "position": np.int32(position)}
+
+
+def _without_padding(batch: dict) -> dict:
+  """A streamed local batch without the padding slots a short last batch ends with (position −1)."""
+  count = int(np.count_nonzero(batch["position"] >= 0))
+  return batch if count == len(batch["position"]) else {key: value[:count] for key, value in batch.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -487,10 +509,13 @@ class _CachedBatch:
 
 
 def _fewer_examples_fix(config, examples: int) -> str:
-  """What makes a training epoch of `examples` hold one batch: a smaller batch (dividing over the devices),
-  or more of the data that config.dataset.max_per_class or a slice of the training split left out."""
+  """What makes a training epoch of `examples` hold one batch: a smaller batch (dividing over the devices), a short one
+  (config.dataset.drop_last off), or more of the data that config.dataset.max_per_class or a slice of the training
+  split left out."""
   devices = jax.device_count()
   fixes = [f"--config.batch_size={examples // devices * devices}"] if examples >= devices else []
+  if config.dataset.drop_last and examples >= devices:
+    fixes.append("--config.dataset.drop_last=False")
   if config.dataset.max_per_class:
     fixes.append(f"a config.dataset.max_per_class above {config.dataset.max_per_class} (0 = all)")
   if "[" in config.dataset.train_split:
@@ -519,7 +544,8 @@ class TrainData:
     self.local_batch = self.global_batch // jax.process_count()
     self.epoch_length = len(epoch_indices(self.split, config.dataset.sampler, config.seed, 0,
                                           config.dataset.repeat_factor_threshold))
-    self.steps_per_epoch = self.epoch_length // self.global_batch
+    whole, self.last_batch = self._batches_of_an_epoch(config, mesh.devices.size)
+    self.steps_per_epoch = whole + bool(self.last_batch)
     if self.steps_per_epoch == 0:
       raise DataError(f"The training split has {self.epoch_length} examples per epoch, fewer than "
                       f"config.batch_size {self.global_batch}: use {_fewer_examples_fix(config, self.epoch_length)}.")
@@ -529,10 +555,25 @@ class TrainData:
     self.batch_shape = self.decoder.shape  # the JPEG round trip's size where config.dataset asks for it
     self.pipeline = compile_pipeline(config, config.input.train_pp, self.batch_shape, "input.train_pp")
     self.order = Order(self.split, config, self.steps_per_epoch * self.global_batch)
-    self.positions = Positions(self.global_batch, self.local_batch, jax.process_index())
+    self.positions = Positions(self.global_batch, self.local_batch, jax.process_index(), self.steps_per_epoch,
+                               self.last_batch)
     self.workers = num_workers(config)
     self.cache_mode = choose_cache(config, len(self.split.indices), self.batch_shape, "training split")
     self._cache = None
+
+  def _batches_of_an_epoch(self, config, devices: int) -> tuple[int, int]:
+    """(whole batches an epoch, the size of its last, short batch or 0). The examples left after the whole batches
+    train as a last batch, as the official loaders do (PyTorch's drop_last=False, Keras' flow_from_directory), unless
+    config.dataset.drop_last; but for those a batch cannot split evenly over the devices (fewer than `devices`)."""
+    whole, left = divmod(self.epoch_length, self.global_batch)
+    if config.dataset.drop_last or not left:
+      return whole, 0
+    last = left - left % devices
+    if last < left:
+      logging.warning("Each epoch trains %d of the %d examples left after its %d whole batches of %d as a last batch; "
+                      "the other %d are left out: a batch splits evenly over the %s (the official loaders train them "
+                      "all).", last, left, whole, self.global_batch, left - last, errors.counted(devices, "device"))
+    return whole, last
 
   def augment(self, images: jax.Array, positions: jax.Array) -> jax.Array:
     """The train pipeline on a uint8 batch, each example keyed by its position (inside jit)."""
@@ -551,11 +592,13 @@ class TrainData:
       return _prefetched(steps, workers=0, prefetch=4)
     examples = (grain.MapDataset.range(start_step * self.local_batch, self.num_steps * self.local_batch)
                 .map(_StreamedExample(self.order, self.positions, self.decoder))
-                .batch(self.local_batch, drop_remainder=True))
+                .batch(self.local_batch, drop_remainder=True)
+                .map(_without_padding))
     return _prefetched(examples, self.workers, prefetch=4)
 
   def batches(self, start_step: int):
-    """Global batches {"image" (uint8, `batch_shape`), "label", "position"} for steps start_step …"""
+    """Global batches {"image" (uint8, `batch_shape`), "label", "position"} for steps start_step … (each epoch's
+    last one `last_batch` examples, where that is not 0)."""
     cache = self.cache()
     for batch in self.local_batches(start_step):
       batch = to_global(batch, self.mesh)
