@@ -352,12 +352,13 @@ class TrainingRun:
   def _open_the_data(self) -> None:
     """The training batches and every evaluator's split; the run's length in steps. A resumed run's training split
     must be the one it started on, checked before the evaluators' splits open by each process (a host's own copy may
-    differ: errors_together stops them all)."""
+    differ: errors_together stops them all), and every process's must be process 0's."""
     with distributed.errors_together():  # the data prepared on each host's disk, each host's free memory
       self.data = pipeline.TrainData(self.config, self.mesh)
       if self.start_step:
         checkpointing.check_training_data(self.checkpoints, self.start_step, self.data.identity,
                                           self.data.split.prepared_in)
+    distributed.check_same_training_data(self.data.identity, self.data.split.prepared_in)
     self.evaluators = evaluate.Evaluators(self.model, self.config, self.mesh)
     self.evaluators.open_all()
     if self.config.select_metric and self.config.select_on not in self.evaluators.specs:
