@@ -436,8 +436,9 @@ class TrainingRun:
       logging.info("The run in %s ended at step %d (epoch %d): nothing is left to train; evaluating it again for "
                    "the report.", os.path.abspath(self.workdir), self.start_step, self.start_step // self.steps_per_epoch)
       return iter(())
-    logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d, %s", self.config.model.name,
-                 self.config.dataset.name, self.num_steps, self.steps_per_epoch, self.config.batch_size,
+    last = f", the last of {self.data.last_batch} images" if self.data.last_batch else ""
+    logging.info("Training %s on %s: %d steps (%d per epoch%s), global batch %d, %s", self.config.model.name,
+                 self.config.dataset.name, self.num_steps, self.steps_per_epoch, last, self.config.batch_size,
                  errors.counted(self.mesh.devices.size, "device"))
     return enumerate(self.data.batches(self.start_step), start=self.start_step + 1)
 
