@@ -22,7 +22,8 @@ yours, importable from where the command runs ("my_methods.plain_resnet"; docs/e
   config_problems(config) -> list of problems (one line each: the key and the fix) with values that
       would fail only once the model is traced or the loss computed; fer_jax.validation adds them.
 
-What the loop gives a model: one random stream, "dropout" (`init` also gets "params"); two variable
+What the loop gives a model: batches of config.batch_size images but an epoch's last, short one (the module and the
+loss may not assume the batch size); one random stream, "dropout" (`init` also gets "params"); two variable
 collections, `params` and `batch_stats`, of which the module may update only `batch_stats` in training
 (the optimiser updates `params`), the only ones kept (checkpoints, init_from). The loss sees only the
 outputs and the labels, so a parameter it needs is an output (DAN returns its `centres`). Training traces the
