@@ -61,6 +61,7 @@ from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import inference
+from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import onnx_export
 from fer_jax import stopping
@@ -629,6 +630,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
+  mesh_lib.keep_compilations()
   args = flags.FLAGS
   config = args.config
   if args.format == "onnx":

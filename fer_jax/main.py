@@ -14,6 +14,7 @@ from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import distributed
 from fer_jax import evaluate
+from fer_jax import mesh as mesh_lib
 from fer_jax import stopping
 from fer_jax import train
 from fer_jax.errors import UserError
@@ -59,6 +60,7 @@ def main(argv):
   if args.distributed and args.mode == "train":  # an evaluation's report is written by process 0 alone
     distributed.check_shared_workdir(args.workdir)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
+  mesh_lib.keep_compilations()
   if args.mode == "train":
     with stopping.exit_status_on_stop():
       train.train_and_evaluate(args.config, args.workdir)

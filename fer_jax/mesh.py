@@ -2,6 +2,7 @@
 the XLA options the steps compile with on it."""
 
 import functools
+import os
 
 from absl import logging
 import jax
@@ -72,3 +73,36 @@ def _cpu_takes_options() -> bool:
                     CPU_COMPILER_OPTIONS, str(error).partition("\n")[0])
     return False
   return True
+
+
+# JAX's persistent compilation cache as the training, evaluation and inference commands keep it by default: at most
+# this many bytes, the least recently used programs removed first.
+COMPILATION_CACHE_BYTES = 4 * 2**30
+COMPILATION_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def keep_compilations() -> str | None:
+  """On a GPU or TPU, keeps the XLA programs this process compiles in $XDG_CACHE_HOME/fer_jax/jax_compilation_cache
+  (~/.cache/…), for a later run that compiles the same ones (resumed, another seed, evaluated, predicting) to load
+  instead, unless $JAX_COMPILATION_CACHE_DIR names another folder (empty: none) or JAX was told one; skipped where
+  the folder cannot be written. Not on the CPU, whose XLA refuses to load programs compiled for some CPUs' tuning
+  flags even on the machine that compiled them, with an error line for each (jax-ml/jax issue 38445): there
+  $JAX_COMPILATION_CACHE_DIR turns it on. Returns the folder now in use, if any. Tracing and lowering are not kept:
+  a step's start-up is shorter, not gone. Call it once JAX's processes are started (it asks the backend)."""
+  if COMPILATION_CACHE_ENV in os.environ or jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir or None
+  if jax.default_backend() == "cpu":
+    return None
+  cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  folder = os.path.join(cache_home, "fer_jax", "jax_compilation_cache")
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as error:
+    logging.info("Compiled programs are not kept between runs: %s cannot be made (%s).", folder, error.strerror)
+    return None
+  if not os.access(folder, os.W_OK):
+    logging.info("Compiled programs are not kept between runs: %s cannot be written.", folder)
+    return None
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
+  return folder

@@ -67,6 +67,7 @@ from fer_jax import config_lib
 from fer_jax import errors
 from fer_jax import files
 from fer_jax import inference
+from fer_jax import mesh as mesh_lib
 from fer_jax import stopping
 from fer_jax import tta
 from fer_jax.data import decode
@@ -368,6 +369,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
+  mesh_lib.keep_compilations()
   args = flags.FLAGS
   check_output(args.output)
   check_annotate(args.annotate, args.input)

@@ -43,6 +43,7 @@ from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import figures
 from fer_jax import files
+from fer_jax import mesh as mesh_lib
 from fer_jax import stopping
 from fer_jax.errors import UserError
 
@@ -399,6 +400,7 @@ def _warn_of_other_seeds_replaced(workdir: str, seeds: list[int]) -> None:
 
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
+  mesh_lib.keep_compilations()
   args = flags.FLAGS
   seeds = parse_seeds(args.seeds)
   if args.print_commands:

@@ -126,6 +126,7 @@ def check_not_a_video(path: str) -> None:
 
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
+  mesh_lib.keep_compilations()
   args = flags.FLAGS
   cli.check_writable_place(f"--out={args.out}", args.out)  # before any image or model is read
   check_out_holds_no_maps(args.out)
