@@ -112,7 +112,7 @@ def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | N
   training (an untrained head): inference refuses them. `steps_per_epoch` (a training run's) is what a resumed
   run's epochs must have too, and `stopped_early` (recorded with it) whether early stopping ended the run at this
   step; `stored_shape` (a training run's, `dataset_record`) the shape its training split's images are decoded to, and
-  `training_data` (a training run's, `pipeline.training_identity`) which training split it trains on
+  `training_data` (a training run's, `pipeline.split_identity`) which training split it trains on
   (`check_training_data`)."""
   record = {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
             "input": config.input.to_dict(), "dataset": dataset_record(config, stored_shape),
@@ -280,7 +280,7 @@ def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_
 
 def check_training_data(checkpoints: ocp.CheckpointManager, step: int, identity: dict, prepared_in: str) -> None:
   """The run saved at `step` must go on with the training split it started on (`identity`,
-  `pipeline.training_identity` of the set prepared in `prepared_in`): data_dir may change on resume, but a set
+  `pipeline.split_identity` of the set prepared in `prepared_in`): data_dir may change on resume, but a set
   prepared again (an image skipped, another copy of the files, another builder version) would change the epochs'
   examples and order unseen, even at as many steps an epoch. Steps saved before 2026-12-06 recorded none."""
   step_directory = os.path.join(checkpoints.directory, str(step))

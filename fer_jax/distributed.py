@@ -171,26 +171,27 @@ def _check_same_run(config, mode: str) -> None:
                   "process with the same --config, --config.* flags and --mode.")
 
 
-def check_same_training_data(identity: dict, prepared_in: str) -> None:
-  """Stops every process unless each read the same training split (`pipeline.training_identity`): hosts with their
-  own copies of a set prepared apart (an image skipped on one, another builder version) would each train other
-  examples at the same positions, unseen. Exchanges through the coordination service, no device collective."""
+def check_same_split(what: str, identity: dict, prepared_in: str) -> None:
+  """Stops every process unless each read the same split `what` (the training split, an evaluator's;
+  `pipeline.split_identity`): hosts with their own copies of a set prepared apart (an image skipped on one, another
+  builder version) would train other examples at the same positions, or evaluate on other images, unseen. Exchanges
+  through the coordination service, no device collective."""
   if jax.process_count() > 1:
-    _together(same_training_data_check, identity, prepared_in, _gather_strings)
+    _together(same_split_check, what, identity, prepared_in, _gather_strings)
 
 
-def same_training_data_check(identity: dict, prepared_in: str, gather) -> None:
-  """check_same_training_data on one process; `gather(name, text)` returns every process's text for `name`."""
-  splits = [json.loads(text) for text in gather("training data", json.dumps([identity, prepared_in,
-                                                                              socket.gethostname()]))]
+def same_split_check(what: str, identity: dict, prepared_in: str, gather) -> None:
+  """check_same_split on one process; `gather(name, text)` returns every process's text for `name`."""
+  own = json.dumps([identity, prepared_in, socket.gethostname()])
+  splits = [json.loads(text) for text in gather("split", own)]
   differing = [index for index, (other, _, _) in enumerate(splits) if other != splits[0][0]]
   if differing:
     described = [f"process {index} on {host} {_split_in_words(split)} in {folder}"
                  for index, (split, folder, host) in ((i, splits[i]) for i in (0, differing[0]))]
     more = f" ({len(differing)} processes differ from process 0)" if len(differing) > 1 else ""
-    raise UserError(f"The processes read different training splits: {described[0]}, {described[1]}{more}. Give every "
-                    "process the same prepared set: one folder all hosts share as --config.dataset.data_dir, or "
-                    "copies of the very folder process 0 reads.")
+    raise UserError(f"The processes read different copies of {what}: {described[0]}, {described[1]}{more}. Give "
+                    "every process the same prepared set: one folder all hosts share as --config.dataset.data_dir "
+                    "(or the evaluator's data_dir), or copies of the very folder process 0 reads.")
 
 
 def _split_in_words(identity: dict) -> str:

@@ -443,6 +443,8 @@ class Evaluators:
         with distributed.errors_together():
           self._data[inputs] = pipeline.EvalData(spec.config, self.mesh, spec.split, spec.pp_key,
                                                  spec.split_config_key, spec.dataset_key, spec.decoded_as_stored)
+        opened = self._data[inputs].split
+        distributed.check_same_split(f"evaluator {name}'s split", pipeline.split_identity(opened), opened.prepared_in)
         self._splits[split] = self._data[inputs]
     return self._data[inputs]
 

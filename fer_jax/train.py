@@ -358,7 +358,7 @@ class TrainingRun:
       if self.start_step:
         checkpointing.check_training_data(self.checkpoints, self.start_step, self.data.identity,
                                           self.data.split.prepared_in)
-    distributed.check_same_training_data(self.data.identity, self.data.split.prepared_in)
+    distributed.check_same_split("the training split", self.data.identity, self.data.split.prepared_in)
     self.evaluators = evaluate.Evaluators(self.model, self.config, self.mesh)
     self.evaluators.open_all()
     if self.config.select_metric and self.config.select_on not in self.evaluators.specs:

@@ -182,25 +182,27 @@ def test_every_process_refuses_configs_that_differ_naming_the_keys(monkeypatch):
   assert all("--mode: \"train\" on process 0, \"eval\" on process 1" in str(outcome) for outcome in outcomes)
 
 
-def test_processes_that_read_different_training_splits_stop_together_naming_them():
+def test_processes_that_read_different_copies_of_a_split_stop_together_naming_them():
   """Hosts with their own prepared copies, one of which lacks an image: each trained other examples at the same
-  positions, and only a resumed run compared its split (with the checkpoint's record)."""
+  positions (or evaluated other images), and only a resumed run compared its training split (with the checkpoint's
+  record)."""
   same = {"prepared": "rafdb/default/1.0.0", "records": 12271, "used": 12271, "labels_sha256": "ab" * 32}
   other = {**same, "records": 12270, "used": 12270, "labels_sha256": "cd" * 32}
   processes = _Processes(3)
-  splits = [(same, "/data/a", processes.gather), (same, "/data/b", processes.gather),
-            (other, "/local/c", processes.gather)]
-  outcomes = processes.run(distributed.same_training_data_check, splits)
+  splits = [("the training split", split, folder, processes.gather)
+            for split, folder in [(same, "/data/a"), (same, "/data/b"), (other, "/local/c")]]
+  outcomes = processes.run(distributed.same_split_check, splits)
   assert [type(outcome) for outcome in outcomes] == [UserError] * 3
   host = socket.gethostname()
   assert str(outcomes[0]) == str(outcomes[2]) == (
-      f"The processes read different training splits: process 0 on {host} prepared as rafdb/default/1.0.0, 12271 "
-      f"records (12271 used), labels abababababab… in /data/a, process 2 on {host} prepared as rafdb/default/1.0.0, "
-      "12270 records (12270 used), labels cdcdcdcdcdcd… in /local/c. Give every process the same prepared set: one "
-      "folder all hosts share as --config.dataset.data_dir, or copies of the very folder process 0 reads.")
+      f"The processes read different copies of the training split: process 0 on {host} prepared as "
+      f"rafdb/default/1.0.0, 12271 records (12271 used), labels abababababab… in /data/a, process 2 on {host} prepared "
+      "as rafdb/default/1.0.0, 12270 records (12270 used), labels cdcdcdcdcdcd… in /local/c. Give every process the "
+      "same prepared set: one folder all hosts share as --config.dataset.data_dir (or the evaluator's data_dir), or "
+      "copies of the very folder process 0 reads.")
   two = _Processes(2)
-  same_splits = [(same, "/data/a", two.gather), (same, "/data/b", two.gather)]
-  assert two.run(distributed.same_training_data_check, same_splits) == [None, None]  # folders may differ
+  same_splits = [("evaluator test's split", same, folder, two.gather) for folder in ("/data/a", "/data/b")]
+  assert two.run(distributed.same_split_check, same_splits) == [None, None]  # folders may differ
 
 
 def test_a_user_error_of_process_0_is_raised_on_every_process():

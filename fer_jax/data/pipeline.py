@@ -180,10 +180,12 @@ def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = Fa
                tuple(int(c) for c in counts), builder.info.full_name, os.fspath(builder.data_dir))
 
 
-def training_identity(split: Split) -> dict:
-  """What a resumed run's training split must still be (`checkpointing.check_training_data`): the prepared set
-  (name/config/version), its records and those used (of the class order, within max_per_class), and a SHA-256 of
-  every record's label in record order (−1: not used), on which each epoch's order and examples depend."""
+def split_identity(split: Split) -> dict:
+  """What identifies a split's examples: the prepared set (name/config/version), its records and those used (of the
+  class order, within max_per_class), and a SHA-256 of every record's label in record order (−1: not used), on which
+  each epoch's order and examples depend. What a resumed run's training split must still be
+  (`checkpointing.check_training_data`), and what every process of a run must read alike
+  (`distributed.check_same_split`)."""
   labels = np.ascontiguousarray(split.labels, "<i4")
   return {"prepared": split.prepared, "records": len(labels), "used": int(np.count_nonzero(labels >= 0)),
           "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}
@@ -539,7 +541,7 @@ class TrainData:
     self.mesh = mesh
     self.split = load_split(config, config.dataset.train_split, config.dataset.max_per_class,
                             split_key="dataset.train_split")
-    self.identity = training_identity(self.split)
+    self.identity = split_identity(self.split)
     self.global_batch = config.batch_size  # divides over devices and processes (fer_jax.validation)
     self.local_batch = self.global_batch // jax.process_count()
     self.epoch_length = len(epoch_indices(self.split, config.dataset.sampler, config.seed, 0,
