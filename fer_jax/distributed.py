@@ -195,7 +195,7 @@ def same_split_check(what: str, identity: dict, prepared_in: str, gather) -> Non
 
 
 def _split_in_words(identity: dict) -> str:
-  """"prepared as synthetic/tiny/1.0.0, 280 records (280 used), labels 3f2a9c…": a training split's identity."""
+  """"prepared as synthetic/tiny/1.0.0, 280 records (280 used), labels 3f2a9c…": a split's identity in words."""
   return (f"prepared as {identity.get('prepared')}, {identity.get('records')} records ({identity.get('used')} used), "
           f"labels {str(identity.get('labels_sha256'))[:12]}…")
 

@@ -630,7 +630,6 @@ def define_flags() -> None:
 
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
-  mesh_lib.keep_compilations()
   args = flags.FLAGS
   config = args.config
   if args.format == "onnx":
@@ -646,6 +645,7 @@ def main(argv):
   platforms = check_platforms(args.platforms, args.format)
   out = check_out(args.out)
   check_not_an_export(args.checkpoint)
+  mesh_lib.keep_compilations()
   with stopping.exit_status_on_stop(stopped=f"Nothing was written to {out}; the same command exports again."):
     model = models.build_model(config)
     variables = models.load_trained_variables(config, model, args.checkpoint)

@@ -75,8 +75,8 @@ def _cpu_takes_options() -> bool:
   return True
 
 
-# JAX's persistent compilation cache as the training, evaluation and inference commands keep it by default: at most
-# this many bytes, the least recently used programs removed first.
+# JAX's persistent compilation cache as the training, evaluation and inference commands keep it on GPUs and TPUs: at
+# most this many bytes, the least recently used programs removed first.
 COMPILATION_CACHE_BYTES = 4 * 2**30
 COMPILATION_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 

@@ -369,12 +369,12 @@ def define_flags() -> None:
 
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
-  mesh_lib.keep_compilations()
   args = flags.FLAGS
   check_output(args.output)
   check_annotate(args.annotate, args.input)
   unlisted = []
   paths = inference.list_images(args.input, decode.IMAGE_SUFFIXES + video.EXTENSIONS, unlisted)
+  mesh_lib.keep_compilations()
   model = api.load(args.checkpoint, config=args.config, tta=args.tta or "", batch_size=args.batch_size)
   results = predict_inputs(model, paths, args.input, args.detect, args.min_face_size, args.min_score, args.stride,
                            args.smooth, args.annotate)

@@ -400,13 +400,13 @@ def _warn_of_other_seeds_replaced(workdir: str, seeds: list[int]) -> None:
 
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
-  mesh_lib.keep_compilations()
   args = flags.FLAGS
   seeds = parse_seeds(args.seeds)
   if args.print_commands:
     print("\n".join(commands(sys.argv, args.workdir, seeds)))
     return
   if not args.summarize_only:
+    mesh_lib.keep_compilations()
     train_seeds(args.config, args.workdir, seeds)
   summary = write_summary(args.workdir, read_reports(args.config, args.workdir, seeds))
   print(markdown(summary))

@@ -126,7 +126,6 @@ def check_not_a_video(path: str) -> None:
 
 def main(argv):
   del argv  # cli.run refuses arguments that are not flags
-  mesh_lib.keep_compilations()
   args = flags.FLAGS
   cli.check_writable_place(f"--out={args.out}", args.out)  # before any image or model is read
   check_out_holds_no_maps(args.out)
@@ -135,6 +134,7 @@ def main(argv):
   unlisted = []
   paths = inference.list_images(args.input, unreadable=unlisted)
   validation.validate(args.config, training=False)
+  mesh_lib.keep_compilations()
   write_attention_maps(args.config, args.checkpoint, paths, args.out, args.batch_size, unlisted)
 
 
