@@ -80,6 +80,15 @@ def test_a_last_batch_that_does_not_split_over_the_devices_trains_the_part_that_
       "out: a batch splits evenly over the 4 devices (the official loaders train them all)."]
 
 
+def test_a_last_batch_of_one_example_is_warned_of(caplog):
+  """DAN's BatchNorm on its logits: PyTorch raises for a training batch of one; ours normalises it to the bias."""
+  with caplog.at_level(logging.WARNING):
+    data = pipeline.TrainData(_config(max_per_class=7), mesh_lib.make_mesh())  # 49 images: 6 batches of 8 and 1
+  assert (data.steps_per_epoch, data.last_batch) == (7, 1)
+  [record] = [record for record in caplog.records if record.levelno == logging.WARNING]
+  assert record.getMessage().startswith("Each epoch's last batch holds 1 example: a BatchNorm over features alone")
+
+
 def _saved_variables(workdir, step: int, config) -> dict:
   model = models.build_model(config)
   return checkpointing.restore_model(os.path.join(workdir, "checkpoints", str(step)),

@@ -575,6 +575,10 @@ class TrainData:
       logging.warning("Each epoch trains %d of the %d examples left after its %d whole batches of %d as a last batch; "
                       "the other %d are left out: a batch splits evenly over the %s (the official loaders train them "
                       "all).", last, left, whole, self.global_batch, left - last, errors.counted(devices, "device"))
+    if last == 1:
+      logging.warning("Each epoch's last batch holds 1 example: a BatchNorm over features alone (DAN's on its logits) "
+                      "normalises it to its bias, where PyTorch refuses such a batch in training (\"Expected more than "
+                      "1 value per channel\"). --config.dataset.drop_last=True drops it; another batch size moves it.")
     return whole, last
 
   def augment(self, images: jax.Array, positions: jax.Array) -> jax.Array:
