@@ -285,24 +285,21 @@ def test_a_cosine_schedule_resumes_only_for_the_epochs_it_was_shaped_for():
   assert config_lib.resume_differences({}, config) == []  # checkpoints written before the config was recorded
 
 
-def test_a_run_recorded_before_the_jpeg_round_trip_resumes_only_as_it_trained():
-  """LHC-Net's configs now round-trip their training images through JPEG; a run recorded before the key existed
-  trained on the float resize and would have switched images unseen (a key one record lacks is not compared)."""
-  config = get_config("configs/lhcnet.py:fer2013,stage=B")
+@pytest.mark.parametrize("spec, key, default, before", [
+    # LHC-Net's configs now round-trip their training images through JPEG: a run recorded before trained on the
+    # float resize and would have switched images unseen (a key one record lacks is not compared).
+    ("configs/lhcnet.py:fer2013,stage=B", "dataset.train_jpeg_round_trip", True, False),
+    # Epochs now train their last, short batch: a run recorded before dropped it, and its steps would stand for
+    # other examples.
+    ("configs/dan.py:rafdb", "dataset.drop_last", False, True),
+])
+def test_a_run_recorded_before_a_key_was_added_resumes_only_as_it_trained(spec, key, default, before):
+  config = get_config(spec)
   saved = config_lib.flat(config)
-  del saved["dataset.train_jpeg_round_trip"]
-  assert config_lib.resume_differences(saved, config) == [("dataset.train_jpeg_round_trip", True, False)]
-  config.dataset.train_jpeg_round_trip = False
-  assert config_lib.resume_differences(saved, config) == []
-
-
-def test_a_run_recorded_before_the_last_batch_was_trained_resumes_only_as_it_trained():
-  """Its epochs dropped their last, short batch: resumed as they are now, its steps would stand for other examples."""
-  config = get_config("configs/dan.py:rafdb")
-  saved = config_lib.flat(config)
-  del saved["dataset.drop_last"]
-  assert config_lib.resume_differences(saved, config) == [("dataset.drop_last", False, True)]
-  config.dataset.drop_last = True
+  del saved[key]
+  assert config_lib.resume_differences(saved, config) == [(key, default, before)]
+  section, _, name = key.rpartition(".")
+  config[section][name] = before
   assert config_lib.resume_differences(saved, config) == []
 
 
