@@ -11,7 +11,8 @@ command's is resumed (it trains on, or only evaluates again). Before any trainin
 holding another seed's run, or a run of settings a resume would not bring it to (another
 learning rate, model, data…, fewer epochs), are refused (exit 2), naming the folders and keys.
 `--print_commands` prints the per-seed training commands instead (one cluster job each; any
-other --config.* overrides are passed on) and the command that writes the summary once they are
+other --config.* overrides are passed on; the config file, --workdir, data_dir and init_from as absolute paths,
+so that a job started in another folder reads the same files) and the command that writes the summary once they are
 done (`--summarize_only`, which checks the runs against its --config alike and summarizes only
 finished ones).
 
@@ -88,14 +89,32 @@ def seed_workdir(workdir: str, seed: int) -> str:
   return os.path.join(workdir, f"seed_{seed}")
 
 
+# The config keys that name files or folders, by their last part: their relative values are made absolute.
+PATH_KEYS = ("data_dir", "init_from")
+
+
 def commands(argv, workdir: str, seeds: list[int]) -> list[str]:
-  """One `fer_jax.main` command per seed, then this program's summary command (`argv`: sys.argv)."""
-  config = config_lib.config_arguments(argv)
+  """One `fer_jax.main` command per seed, then this program's summary command (`argv`: sys.argv), with the config
+  file, --workdir and the config's paths (`PATH_KEYS`) absolute: a cluster job starts in another folder."""
+  config = [_absolute(argument) for argument in config_lib.config_arguments(argv)]
+  workdir = os.path.abspath(os.path.expanduser(workdir))
   lines = [shlex.join([sys.executable, "-m", "fer_jax.main", *config, f"--workdir={seed_workdir(workdir, seed)}",
                        f"--config.seed={seed}"]) for seed in seeds]
   lines.append(shlex.join([sys.executable, "-m", "fer_jax.seeds", *config, f"--workdir={workdir}",
                            f"--seeds={','.join(map(str, seeds))}", "--summarize_only"]))
   return lines
+
+
+def _absolute(argument: str) -> str:
+  """"--config=configs/dan.py:rafdb" → "--config=/abs/configs/dan.py:rafdb"; so for a relative --config.*data_dir or
+  --config.init_from; other arguments as they are."""
+  name, has_value, value = argument.partition("=")
+  if name == "--config":
+    path, colon, arg = value.partition(":")
+    return f"{name}={os.path.abspath(os.path.expanduser(path))}{colon}{arg}"
+  if has_value and value and name.startswith("--config.") and name.rsplit(".", 1)[-1] in PATH_KEYS:
+    return f"{name}={os.path.abspath(os.path.expanduser(value))}"
+  return argument
 
 
 def _read_report(path: str) -> dict:

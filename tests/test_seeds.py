@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import shlex
 import shutil
 import subprocess
@@ -124,12 +125,29 @@ def test_commands_pass_the_config_overrides_on_and_set_the_seed(tmp_path, in_a_f
   argv = ["seeds.py", "--config", "configs/dan.py:synthetic", *overrides, "--workdir=w", "--seeds=0,3",
           "--print_commands"]
   lines = seeds.commands(argv, "runs", [0, 3])
-  python = sys.executable
+  python, config, runs = sys.executable, os.path.abspath("configs/dan.py"), os.path.abspath("runs")
   assert lines == [
-      f"{python} -m fer_jax.main --config=configs/dan.py:synthetic --config.num_epochs=2 --workdir=runs/seed_0 --config.seed=0",
-      f"{python} -m fer_jax.main --config=configs/dan.py:synthetic --config.num_epochs=2 --workdir=runs/seed_3 --config.seed=3",
-      f"{python} -m fer_jax.seeds --config=configs/dan.py:synthetic --config.num_epochs=2 --workdir=runs --seeds=0,3 "
+      f"{python} -m fer_jax.main --config={config}:synthetic --config.num_epochs=2 --workdir={runs}/seed_0 "
+      "--config.seed=0",
+      f"{python} -m fer_jax.main --config={config}:synthetic --config.num_epochs=2 --workdir={runs}/seed_3 "
+      "--config.seed=3",
+      f"{python} -m fer_jax.seeds --config={config}:synthetic --config.num_epochs=2 --workdir={runs} --seeds=0,3 "
       "--summarize_only"]
+
+
+def test_commands_give_the_config_file_workdir_and_data_paths_absolute(monkeypatch, tmp_path):
+  """A cluster job starts in another folder: relative --config, --workdir, data_dir and init_from paths (printed as
+  given until 2026-12-06) would name other files there, or none."""
+  monkeypatch.chdir(tmp_path)
+  argv = ["seeds.py", "--config=cfg/dan.py", "--config.dataset.data_dir=data", "--config.init_from=~/runs/pre",
+          "--config.eval.transfer.data_dir=other", "--config.dataset.name=rafdb", "--config.init_from_missing=head",
+          "--workdir=w", "--print_commands"]
+  training = shlex.split(seeds.commands(argv, "w", [1])[0])
+  home = os.path.expanduser("~")
+  assert training[3:] == [f"--config={tmp_path}/cfg/dan.py", f"--config.dataset.data_dir={tmp_path}/data",
+                          f"--config.init_from={home}/runs/pre", f"--config.eval.transfer.data_dir={tmp_path}/other",
+                          "--config.dataset.name=rafdb", "--config.init_from_missing=head",
+                          f"--workdir={tmp_path}/w/seed_1", "--config.seed=1"]
 
 
 @pytest.mark.integration
@@ -407,7 +425,7 @@ def test_print_commands_read_every_argument_form_absl_accepts(tmp_path):
                        "-config.num_epochs", "3", "--noconfig.restore_best", "-config.batch_size=16", "--config.seed",
                        "7", "--workdir", str(tmp_path), "--seeds", "0,1", "--print_commands")
   assert result.returncode == 0, result.stderr[-2000:]
-  forwarded = ["--config=configs/dan.py:synthetic", "--config.optimizer.lr=0.01", "--config.num_epochs=3",
+  forwarded = [f"--config={ROOT}/configs/dan.py:synthetic", "--config.optimizer.lr=0.01", "--config.num_epochs=3",
                "--noconfig.restore_best", "--config.batch_size=16"]
   lines = [shlex.split(line) for line in result.stdout.splitlines()]
   assert [argv[1:] for argv in lines] == [
