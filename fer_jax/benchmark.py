@@ -380,10 +380,10 @@ def abstract_train_step(config, mesh=None):
   mesh = mesh or mesh_lib.make_mesh()
   method = models.get_method(config.model.name)
   model = method.build(config.model)
-  optimizer = optim.make_optimizer(config.optimizer, 10, config.num_epochs,
-                                   models.abstract_variables(model, config)["params"])
+  abstract = models.abstract_variables(model, config)
+  optimizer = optim.make_optimizer(config.optimizer, 10, config.num_epochs, abstract["params"])
   step = train.make_train_step(model, method.loss, config.loss, optimizer, mesh, 0)
-  return step, train.abstract_state(model, optimizer.tx, config, mesh)
+  return step, train.abstract_state(abstract, optimizer.tx, mesh)
 
 
 def _synthetic_batch(config, mesh, batch_size: int) -> dict:
@@ -475,9 +475,10 @@ def _train_flops_without_remat(config, mesh, batch) -> float | None:
   plain.model.remat = "none"
   method = models.get_method(plain.model.name)
   model = method.build(plain.model)
-  optimizer = optim.make_optimizer(plain.optimizer, 1, 1, models.abstract_variables(model, plain)["params"])
+  abstract = models.abstract_variables(model, plain)
+  optimizer = optim.make_optimizer(plain.optimizer, 1, 1, abstract["params"])
   step = train.make_train_step(model, method.loss, plain.loss, optimizer, mesh, plain.seed)
-  return program_flops(step.lower(train.abstract_state(model, optimizer.tx, plain, mesh), batch))
+  return program_flops(step.lower(train.abstract_state(abstract, optimizer.tx, mesh), batch))
 
 
 def _train_data(config, mesh, steps: int) -> pipeline.TrainData:

@@ -48,9 +48,14 @@ def create_state(model, tx, config, mesh) -> dict:
   return compiled()
 
 
-def abstract_state(model, tx, config, mesh) -> dict:
-  """create_state's shapes, dtypes and shardings, computing nothing: what a resumed run restores into."""
-  return _initialiser(model, tx, config, mesh).eval_shape()
+def abstract_state(abstract_variables: dict, tx, mesh) -> dict:
+  """create_state's shapes, dtypes and shardings from the model's (`models.abstract_variables`), computing nothing
+  and tracing no model: what a resumed run restores into, and what a step is lowered for."""
+  replicated = NamedSharding(mesh, P())
+  state = {"step": jax.ShapeDtypeStruct((), jnp.int32), **abstract_variables,
+           "opt_state": jax.eval_shape(tx.init, abstract_variables["params"])}
+  return jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, weak_type=leaf.weak_type, sharding=replicated), state)
 
 
 def training_curves_line(workdir: str) -> str:
@@ -149,11 +154,11 @@ def _summary_writer_class():
   return SummaryWriter
 
 
-def load_initial_variables(state: dict, config, model, mesh) -> dict:
+def load_initial_variables(state: dict, config, abstract_variables: dict, mesh) -> dict:
+  """`state` with config.init_from's params and batch_stats (`abstract_variables`: the model's)."""
   fresh = jax.device_get(checkpointing.model_variables(state)) if config.init_from_missing else None
   with distributed.errors_together():  # init_from may be damaged on some hosts' disks only
-    variables = checkpointing.restore_model(config.init_from, models.abstract_variables(model, config),
-                                            fresh, config.init_from_missing)
+    variables = checkpointing.restore_model(config.init_from, abstract_variables, fresh, config.init_from_missing)
   logging.info("Initialised params and batch_stats from %s", config.init_from)
   return {**state, **mesh_lib.replicated(variables, mesh)}
 
@@ -398,7 +403,7 @@ class TrainingRun:
     model, optimizer, batch or class order stops here): its layout does not depend on the epoch length, which
     the data gives later (`_restore_or_initialise` checks it), so an optimizer built for any is as good."""
     probe = optim.make_optimizer(self.config.optimizer, 1, self.config.num_epochs, self.abstract["params"])
-    target = abstract_state(self.model, probe.tx, self.config, self.mesh)
+    target = abstract_state(self.abstract, probe.tx, self.mesh)
     return checkpointing.check_resumable(self.checkpoints, self.start_step, target, self.config)
 
   def _warn_of_a_lost_best_epoch(self) -> None:
@@ -422,7 +427,7 @@ class TrainingRun:
       return state
     state = create_state(self.model, tx, self.config, self.mesh)
     if self.config.init_from:
-      return load_initial_variables(state, self.config, self.model, self.mesh)
+      return load_initial_variables(state, self.config, self.abstract, self.mesh)
     return state
 
   @property

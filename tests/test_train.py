@@ -250,7 +250,7 @@ def test_a_bf16_train_step_returns_the_state_in_its_float32_types():
   abstract = models.abstract_variables(model, config)
   optimizer = optim.make_optimizer(config.optimizer, 8, 1, abstract["params"])
   mesh = mesh_lib.make_mesh()
-  state = train.abstract_state(model, optimizer.tx, config, mesh)
+  state = train.abstract_state(abstract, optimizer.tx, mesh)
   batch = {"image": jax.ShapeDtypeStruct((32, 32, 32, 3), jnp.float32),
            "label": jax.ShapeDtypeStruct((32,), jnp.int32)}
   step = train.make_train_step(model, method.loss, config.loss, optimizer, mesh, config.seed)
@@ -267,7 +267,8 @@ def test_the_quickly_compiled_initial_state_is_the_default_compiles():
   initialisation is the reference (APViT: truncated-normal, Xavier and Kaiming initialisers)."""
   config = tiny_run(get_config("configs/apvit.py:synthetic"))
   model, mesh = models.build_model(config), mesh_lib.make_mesh()
-  tx = optim.make_optimizer(config.optimizer, 8, 1, models.abstract_variables(model, config)["params"]).tx
+  abstract = models.abstract_variables(model, config)
+  tx = optim.make_optimizer(config.optimizer, 8, 1, abstract["params"]).tx
 
   def init():
     variables = models.init_variables(model, config, jax.random.key(config.seed))
@@ -276,7 +277,7 @@ def test_the_quickly_compiled_initial_state_is_the_default_compiles():
   assert mesh_lib.CPU_INIT_COMPILER_OPTIONS == {"xla_backend_optimization_level": 1}
   jax.tree.map(np.testing.assert_array_equal, reference, quick)
   assert jax.tree.map(lambda leaf: leaf.sharding, quick) == jax.tree.map(
-      lambda leaf: leaf.sharding, train.abstract_state(model, tx, config, mesh))
+      lambda leaf: leaf.sharding, train.abstract_state(abstract, tx, mesh))
 
 
 @pytest.mark.integration
