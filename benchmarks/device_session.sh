@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# A lent accelerator's few minutes: issue 18's open measurements in order of what they are worth,
-# bounded by the time the call has. An item starts only if its estimate fits in what is left; what
+# A lent accelerator's few minutes (15 a task, its start included: one call of BUDGET=570 is the plan):
+# issue 18's open measurements in order of what they are worth, bounded by the time the call has. An item starts only if its estimate fits in what is left; what
 # each item wrote, and that it is done, stays in STATE (in the checkout, which a warm machine keeps),
 # so the same command issued again goes on where the last call stopped. BENCHMARKS.md ("One H200,
 # measured") says why each item is here.
 #
 #   BUDGET=570 bash benchmarks/device_session.sh OUT_DIR
 #
-#   dan_stem_and_pool     DAN's stem and max pool candidates against the library (run_candidates.py):
-#                         the stem is 4.55 of the 9.02 ms DAN's H200 step spends over its roofline
+#   scan_cci_256          SCAN-CCI bf16 at batch 256, the batch of its goal, profiled: one run decides a goal
 #   lhcnet_profile        LHC-Net stage B, bf16, profiled: its goal is an MFU, and it has no profile yet
-#   scan_cci_256          SCAN-CCI bf16 at batch 256, the batch of its goal, profiled
+#   dan_stem_and_pool     DAN's three most promising stem and max pool candidates against the library
+#                         (run_candidates.py): the stem is 4.55 of the 9.02 ms DAN's H200 step spends over
+#                         its roofline
 #   dan_batch_norm        DAN with BatchNorm's statistics in one shifted pass
+#   dan_stem_and_pool_rest  DAN's other four stem and max pool candidates
 #   apvit_attention       APViT with cuDNN's flash attention against the library
 #   dan_combined          the stem candidates with the pool gradient candidates, together
 #   apvit_official        APViT's official step as released and tuned (bf16 autocast), on the same GPU:
 #                         with APVIT_CLONE (github.com/youqingxiaozhua/APViT) and OFFICIAL_PACKAGES (mmcv
 #                         1.x, pure Python: benchmarks/official_step.py says how), else it fails at once
-#   dan_stem_and_pool_2   the first item again in reverse order (a second reading of each): only when named
+#   dan_stem_and_pool_2   every stem and pool candidate again, in reverse order (a second round: the first's
+#                         lines are kept, and its variants not timed yet are timed first): only when named
 #
 # Each item is stopped at 1.5 times its estimate (a hang costs no more), and a candidates item run again
 # times only the variants it has no line of (run_candidates.py --resume). Compiled programs are kept in
@@ -52,14 +55,17 @@ DAN=${DAN:-configs/dan.py:rafdb}
 LHCNET=${LHCNET:-configs/lhcnet.py:fer2013,stage=B}
 SCAN_CCI=${SCAN_CCI:-configs/scan_cci.py:rafdb}
 APVIT=${APVIT:-configs/apvit.py:rafdb}
-ITEMS=${ITEMS-dan_stem_and_pool lhcnet_profile scan_cci_256 dan_batch_norm apvit_attention dan_combined apvit_official}
+ITEMS=${ITEMS-scan_cci_256 lhcnet_profile dan_stem_and_pool dan_batch_norm dan_stem_and_pool_rest apvit_attention \
+dan_combined apvit_official}
 # Most promising first (compiled for the H200, BENCHMARKS.md): should the item be cut short, they are in.
-STEM_AND_POOL=max_pool_winner_from_forward,conv_input_channels_padded,conv_stem_patches_product,conv_stem_space_to_depth,\
-max_pool_gradient_input_phases,max_pool_xla_gradient,max_pool_tap_gradient_stored
+STEM_AND_POOL=max_pool_winner_from_forward,conv_input_channels_padded,conv_stem_patches_product
+STEM_AND_POOL_REST=conv_stem_space_to_depth,max_pool_gradient_input_phases,max_pool_xla_gradient,\
+max_pool_tap_gradient_stored
 # Seconds each item takes on an H200 (a process per run, compilation and 25 steps: DAN ~40, APViT ~95,
 # SCAN-CCI and LHC-Net ~55, as on 2026-12-04), with a margin.
-declare -A ESTIMATE=([dan_stem_and_pool]=370 [lhcnet_profile]=80 [scan_cci_256]=80 [dan_batch_norm]=50
-                     [apvit_attention]=220 [dan_combined]=190 [dan_stem_and_pool_2]=370 [apvit_official]=150)
+declare -A ESTIMATE=([scan_cci_256]=80 [lhcnet_profile]=80 [dan_stem_and_pool]=190 [dan_batch_norm]=50
+                     [dan_stem_and_pool_rest]=190 [apvit_attention]=220 [dan_combined]=190 [dan_stem_and_pool_2]=370
+                     [apvit_official]=150)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # fer_jax from this checkout, installed or not
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$STATE/jax_cache}
 mkdir -p "$OUT_DIR" "$STATE/logs" "$STATE/items"
@@ -76,9 +82,9 @@ bounded() {  # COMMAND ...: stopped at the item's deadline (TERM to its process 
   timeout -k 10 "$left" "$@"
 }
 
-candidates() {  # CONFIG VARIANTS
-  bounded "$PY" benchmarks/run_candidates.py "$1" --variants="$2" "${size[@]}" --output="$STATE/candidates.jsonl" \
-    --resume
+candidates() {  # CONFIG VARIANTS [ROUNDS]: a round timed before (its lines in candidates.jsonl) is not run again
+  bounded "$PY" benchmarks/run_candidates.py "$1" --variants="$2" --rounds="${3:-1}" "${size[@]}" \
+    --output="$STATE/candidates.jsonl" --resume
 }
 
 profiled() {  # ITEM CONFIG PAPER_BATCH: bf16, one run profiled, then its breakdown
@@ -113,11 +119,12 @@ run_item() {
     lhcnet_profile) profiled lhcnet_profile "$LHCNET" 64 ;;
     scan_cci_256) profiled scan_cci_256 "$SCAN_CCI" 256 ;;
     dan_batch_norm) candidates "$DAN" batch_norm_shifted_one_pass ;;
+    dan_stem_and_pool_rest) candidates "$DAN" "none,$STEM_AND_POOL_REST" ;;
     apvit_attention) candidates "$APVIT" none,attention_cudnn_flash ;;
     dan_combined) candidates "$DAN" "conv_input_channels_padded+max_pool_winner_from_forward,\
 conv_stem_patches_product+max_pool_winner_from_forward,conv_stem_space_to_depth+max_pool_winner_from_forward,\
 conv_input_channels_padded+max_pool_xla_gradient" ;;
-    dan_stem_and_pool_2) candidates "$DAN" "$(echo "$STEM_AND_POOL" | tr ',' '\n' | tac | paste -sd,),none" ;;
+    dan_stem_and_pool_2) candidates "$DAN" "$(echo "$STEM_AND_POOL,$STEM_AND_POOL_REST" | tr ',' '\n' | tac | paste -sd,),none" 2 ;;
     apvit_official) official_apvit ;;
     *) echo "unknown item $1"; return 2 ;;
   esac

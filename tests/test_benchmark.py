@@ -1022,7 +1022,8 @@ case "$*" in
     echo $$ > "$STOP.pid"
     while [ ! -e "$STOP" ]; do sleep 0.2; done
     exit 1 ;;
-  *run_candidates.py*) echo '{"input": "synthetic", "variant": "'"$(value variants "$@")"'"}' >> "$(value output "$@")" ;;
+  *run_candidates.py*) echo '{"input": "synthetic", "variant": "'"$(value variants "$@")"'", "rounds": '"$(value rounds "$@")"'}' \
+    >> "$(value output "$@")" ;;
   *official_step.py*) echo '{"code": "official", "variant": "'"$(value variant "$@")"'"}' >> "$(value output "$@")" ;;
   "-m fer_jax.benchmark "*)
     mkdir -p "$(value profile_dir "$@")/plugins" && touch "$(value profile_dir "$@")/plugins/trace.json.gz"
@@ -1097,6 +1098,27 @@ def test_device_session_delivers_each_item_as_it_ends_in_at_most_eight_files(tmp
   assert "gpu: NVIDIA H100 80GB HBM3, rooflines against benchmarks/gpu_targets/h100.txtpb" in (
       out / "session.log").read_text()
   assert "timeout -k 10 " in (tmp_path / "stop.started_by").read_text()  # a child that ignores TERM is killed
+
+
+def test_the_device_sessions_second_reading_is_a_second_round_of_every_stem_and_pool_candidate(tmp_path):
+  """dan_stem_and_pool_2 ran run_candidates --resume with the first reading's round, whose lines candidates.jsonl
+  holds: it would have timed nothing. It asks for two rounds (the first's variants timed already are skipped), every
+  candidate of dan_stem_and_pool and dan_stem_and_pool_rest in reverse order, then the library."""
+  python = tmp_path / "python"
+  python.write_text(FAKE_PYTHON)
+  python.chmod(0o755)
+  env = {**os.environ, "PY": str(python), "REAL_PYTHON": sys.executable, "STOP": str(tmp_path / "stop"),
+         "STATE": str(tmp_path / "state"), "BUDGET": "600", "ITEMS": "dan_stem_and_pool_2"}
+  result = subprocess.run(["bash", os.path.join(helpers.ROOT, "benchmarks", "device_session.sh"), str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and "done: dan_stem_and_pool_2" in result.stdout, result.stdout + result.stderr
+  [line] = [json.loads(line) for line in (tmp_path / "out" / "candidates.jsonl").read_text().splitlines()]
+  with open(os.path.join(helpers.ROOT, "benchmarks", "device_session.sh")) as f:
+    script = f.read().replace("\\\n", "")
+  first, rest = (re.search(rf"^{name}=(\S+)$", script, re.MULTILINE).group(1).split(",")
+                 for name in ("STEM_AND_POOL", "STEM_AND_POOL_REST"))
+  assert line["variant"].split(",") == [*reversed(first + rest), "none"] and len(first + rest) == 7
+  assert line["rounds"] == 2
 
 
 def _source(path: str) -> str:
