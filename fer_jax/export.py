@@ -432,10 +432,14 @@ def write_stablehlo(config, variables: dict, out: str, batch_size: int | None, p
           "calling_convention_version": exported.calling_convention_version}
 
 
-def _left_by_a_stopped_export(entries: list[str]) -> bool:
-  """Whether a folder's `entries` are only what an Orbax save interrupted inside it leaves (exports before
-  2026-12-05 wrote into --out itself). Other names (variables/, model.onnx) may be a user's own files: kept."""
-  return all(entry.startswith(ORBAX_PARTIAL) for entry in entries)
+def _left_by_a_stopped_export(out: str, entries: list[str]) -> bool:
+  """Whether the folder `out`'s `entries` are only what a stopped export left: an Orbax save interrupted inside it
+  (exports before 2026-12-05 wrote into --out itself), or an export's files without model.json (moved last) beside
+  OUT.export-partial (a move into an existing, empty --out killed at once). Otherwise (variables/, model.onnx) they
+  may be a user's own files: kept."""
+  if all(entry.startswith(ORBAX_PARTIAL) for entry in entries):
+    return True
+  return os.path.isdir(out + PARTIAL) and set(entries) <= {VARIABLES, STABLEHLO, ONNX}
 
 
 def check_out(out: str) -> str:
@@ -445,7 +449,7 @@ def check_out(out: str) -> str:
   if os.path.exists(out) and not os.path.isdir(out):
     raise UserError(f"--out={out} is a file: export into a new folder.")
   entries = os.listdir(out) if os.path.isdir(out) else []
-  if entries and _left_by_a_stopped_export(entries):
+  if entries and _left_by_a_stopped_export(out, entries):
     for entry in entries:
       path = os.path.join(out, entry)
       if os.path.isdir(path):

@@ -214,6 +214,20 @@ def test_what_an_interrupted_export_left_is_removed(tmp_path):
   assert os.listdir(tmp_path) == ["exported"]
 
 
+def test_an_export_killed_while_moving_into_an_empty_out_does_not_block_the_same_command(tmp_path):
+  """Into an --out that exists (empty), the files are moved one by one, model.json last: killed between two moves,
+  --out held variables/ alone, refused as a user's own files by the next run."""
+  config = small_config("configs/dan.py:synthetic")
+  out = tmp_path / "exported"
+  (out / "variables").mkdir(parents=True)
+  (tmp_path / "exported.export-partial").mkdir()
+  (tmp_path / "exported.export-partial" / "model.stablehlo").write_bytes(b"half")
+  info = export.export(config, random_variables(config), str(out), platforms=("cpu",))
+  assert sorted(os.listdir(out)) == ["model.json", "model.stablehlo", "variables"]
+  assert os.listdir(tmp_path) == ["exported"] and info["format"] == "stablehlo"
+  assert export.read_variables(str(out))["params"].keys() == random_variables(config)["params"].keys()
+
+
 # Runs `python -m fer_jax.export ARGS` whose variables save is stopped by a real SIGINT.
 INTERRUPTED = textwrap.dedent("""
     import os, runpy, signal, sys, time
