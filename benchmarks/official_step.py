@@ -9,7 +9,7 @@ Needs a clone of the official repository (imported from there, not copied):
       [--steps=8] [--warmup=2] [--device=cuda] [--variant=fp32|tuned|compiled] [--packages=DIR]
 
 APViT's code needs mmcv 1.x (pure Python without its compiled ops; its setup.py needs a setuptools
-that still has pkg_resources), installed into a folder that --packages puts on the import path:
+that still has pkg_resources, and `wheel`), installed into a folder that --packages puts on the import path:
   pip install --target /tmp/mmcv1 --no-deps --no-build-isolation mmcv==1.7.2 addict yapf platformdirs
   python benchmarks/official_step.py --method=apvit --official=/tmp/APViT --packages=/tmp/mmcv1
 
