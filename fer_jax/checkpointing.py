@@ -104,21 +104,22 @@ def newest_step(checkpoints: ocp.CheckpointManager) -> int | None:
 
 
 def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | None = None,
-             stored_shape: Sequence[int] = (), stopped_early: bool = False, training_data: dict | None = None) -> dict:
+             stored_shape: Sequence[int] = (), stopped_early: bool = False, training_data: dict | None = None,
+             last_batch: int = 0) -> dict:
   """The meta record: enough to rebuild the model and its inputs without the config (`fer_jax.load`),
   the data set's name and stored size and shape included (they pick the crop style and the decoding), the
   test-time augmentation inference uses by default, and the whole config (flat, `config_lib.flat`), which a
   resumed run must continue. `initialisation_only` (recorded only when true) marks weights that only start a
-  training (an untrained head): inference refuses them. `steps_per_epoch` (a training run's) is what a resumed
-  run's epochs must have too, and `stopped_early` (recorded with it) whether early stopping ended the run at this
-  step; `stored_shape` (a training run's, `dataset_record`) the shape its training split's images are decoded to, and
+  training (an untrained head): inference refuses them. `steps_per_epoch` (a training run's) and `last_batch` (its
+  epochs' last, short batch, 0 for none) are what a resumed run's epochs must have too, and `stopped_early` (recorded
+  with them) whether early stopping ended the run at this step; `stored_shape` (a training run's, `dataset_record`) the shape its training split's images are decoded to, and
   `training_data` (a training run's, `pipeline.split_identity`) which training split it trains on
   (`check_training_data`)."""
   record = {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
             "input": config.input.to_dict(), "dataset": dataset_record(config, stored_shape),
             "batch_size": config.batch_size, "tta": config.eval.tta, "config": config_lib.flat(config)}
   if steps_per_epoch is not None:
-    record.update(steps_per_epoch=steps_per_epoch, stopped_early=stopped_early)
+    record.update(steps_per_epoch=steps_per_epoch, last_batch=last_batch, stopped_early=stopped_early)
   if training_data:
     record["training_data"] = training_data
   return {**record, INITIALISATION_ONLY: True} if initialisation_only else record
@@ -198,11 +199,12 @@ def _check_recorded_method(meta: dict) -> None:
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config, initialisation_only: bool = False,
          steps_per_epoch: int | None = None, stored_shape: Sequence[int] = (), stopped_early: bool = False,
-         training_data: dict | None = None) -> None:
+         training_data: dict | None = None, last_batch: int = 0) -> None:
   """Starts an asynchronous save of `step` (after the previous save has finished)."""
   with save_errors(checkpoints):
     checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
-        metadata(config, initialisation_only, steps_per_epoch, stored_shape, stopped_early, training_data))))
+        metadata(config, initialisation_only, steps_per_epoch, stored_shape, stopped_early, training_data,
+                 last_batch))))
 
 
 def wait_until_saved(checkpoints: ocp.CheckpointManager) -> None:
@@ -266,16 +268,27 @@ def recorded_early_stop(checkpoints: ocp.CheckpointManager, step: int) -> bool |
   return _meta(os.path.join(checkpoints.directory, str(step))).get("stopped_early")
 
 
-def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_epoch: int) -> None:
-  """The run saved at `step` must have trained `steps_per_epoch` steps an epoch (which a run knows only once its
-  data is read)."""
+def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_epoch: int, last_batch: int = 0,
+                       devices: int = 1) -> None:
+  """The run saved at `step` must have trained `steps_per_epoch` steps an epoch, the last of `last_batch` images
+  where it is short (which a run knows only once its data is read; the last batch also depends on the `devices`
+  it splits over)."""
   step_directory = os.path.join(checkpoints.directory, str(step))
-  saved_steps = _meta(step_directory).get("steps_per_epoch", steps_per_epoch)  # not recorded before 2026-12-05
-  if saved_steps != steps_per_epoch:
-    raise CheckpointError(f"The run in {os.path.dirname(checkpoints.directory)} trained {saved_steps} steps an "
-                          f"epoch, this config's training split gives {steps_per_epoch}: its steps would stand for "
-                          "other epochs and schedule. Resume with the dataset.train_split, max_per_class and sampler "
-                          f"it was trained with, {_new_run_fix(step_directory)}")
+  meta = _meta(step_directory)
+  saved_steps = meta.get("steps_per_epoch", steps_per_epoch)  # not recorded before 2026-12-05
+  saved_last = meta.get("last_batch", last_batch)  # not recorded before 2026-12-06
+  if (saved_steps, saved_last) != (steps_per_epoch, last_batch):
+    raise CheckpointError(f"The run in {os.path.dirname(checkpoints.directory)} trained {_epoch(saved_steps, saved_last)}; "
+                          f"this config's training split gives, on {errors.counted(devices, 'device')}, "
+                          f"{_epoch(steps_per_epoch, last_batch)}: its steps would stand for other epochs, examples and "
+                          "schedule. Resume with the dataset.train_split, max_per_class, sampler and drop_last it was "
+                          "trained with (and, where its epochs end in a short batch, a device count that splits that "
+                          f"batch as it did), {_new_run_fix(step_directory)}")
+
+
+def _epoch(steps: int, last_batch: int) -> str:
+  """"48 steps an epoch, the last of 239 images"; "47 steps an epoch"."""
+  return f"{steps} steps an epoch" + (f", the last of {last_batch} images" if last_batch else "")
 
 
 def check_training_data(checkpoints: ocp.CheckpointManager, step: int, identity: dict, prepared_in: str) -> None:

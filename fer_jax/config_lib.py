@@ -85,12 +85,17 @@ ADDED_SINCE = {"dataset.train_jpeg_round_trip": False,  # 2026-12-06: LHC-Net's 
                "dataset.drop_last": True}  # 2026-12-06: an epoch's last, short batch trained on
 
 
+def as_trained(recorded: dict) -> dict:
+  """A run's recorded flat config with ADDED_SINCE's values for the keys it lacks: what the run trained with."""
+  return {**ADDED_SINCE, **recorded}
+
+
 def resume_differences(saved: dict, config) -> list[tuple[str, object, object]]:
   """`differences` in the keys a run resumed from a checkpoint recording `saved` (its flat config) must not change
   (all but RESUME_MAY_CHANGE's; num_epochs too under a cosine schedule, which it shapes), a record without a key of
-  ADDED_SINCE read as its earlier behaviour; none where nothing is recorded (checkpoints before 2026-12-05)."""
-  if saved:
-    saved = {**ADDED_SINCE, **saved}
+  ADDED_SINCE read as its earlier behaviour (`as_trained`): where nothing is recorded (checkpoints before 2026-12-05),
+  only ADDED_SINCE's keys are compared."""
+  saved = as_trained(saved)
   cosine = flat(config).get("optimizer.schedule") == "cosine"
   return differences(saved, config, [key for key in RESUME_MAY_CHANGE if not (key == "num_epochs" and cosine)])
 

@@ -421,7 +421,8 @@ class TrainingRun:
 
   def _restore_or_initialise(self, tx) -> dict:
     if self.start_step:
-      checkpointing.check_epoch_length(self.checkpoints, self.start_step, self.steps_per_epoch)
+      checkpointing.check_epoch_length(self.checkpoints, self.start_step, self.steps_per_epoch, self.data.last_batch,
+                                       self.mesh.size)
       state = checkpointing.restore_checked(self.checkpoints, self.start_step, self.resumable)
       logging.info("Resumed from step %d in %s", self.start_step, self.workdir)
       return state
@@ -522,7 +523,8 @@ class TrainingRun:
     if force or self.checkpoint_due():
       self.guard.check()
       checkpointing.save(self.checkpoints, self.step, self.state, self.config, steps_per_epoch=self.steps_per_epoch,
-                         stored_shape=self.data.shape, stopped_early=stopped_early, training_data=self.data.identity)
+                         stored_shape=self.data.shape, stopped_early=stopped_early, training_data=self.data.identity,
+                         last_batch=self.data.last_batch)
 
   def stop_signal(self, signals: stopping.StopSignals) -> str | None:
     """The signal to save this step and stop for, or None. One process stops after the step its

@@ -127,8 +127,9 @@ def test_resume_with_another_epoch_length_or_class_order_is_refused(tmp_path):
   checkpointing.save(checkpoints, 2, _trained_state(config), config, steps_per_epoch=3)
   checkpointing.wait_until_saved(checkpoints)
   with pytest.raises(checkpointing.CheckpointError,
-                     match=rf"^The run in {tmp_path} trained 3 steps an epoch, this config's training split gives 2: .* "
-                           r"Resume with the dataset.train_split, max_per_class and sampler it was trained with, or "
+                     match=rf"^The run in {tmp_path} trained 3 steps an epoch; this config's training split gives, "
+                           r"on 1 device, 2 steps an epoch: .* Resume with the dataset.train_split, max_per_class, sampler "
+                           r"and drop_last it was trained with .*, or "
                            rf"start a new --workdir with --config.init_from={tmp_path}/checkpoints/2\.$"):
     checkpointing.check_epoch_length(checkpoints, 2, 2)  # a resumed TrainingRun's check, once the data is read
   checkpointing.check_epoch_length(checkpoints, 2, 3)
@@ -282,7 +283,16 @@ def test_a_cosine_schedule_resumes_only_for_the_epochs_it_was_shaped_for():
   saved = config_lib.flat(config)
   config.num_epochs += 10
   assert config_lib.resume_differences(saved, config) == [("num_epochs", config.num_epochs, saved["num_epochs"])]
-  assert config_lib.resume_differences({}, config) == []  # checkpoints written before the config was recorded
+
+
+def test_a_run_recorded_before_its_config_resumes_as_it_trained():
+  """Checkpoints written before the config was recorded (2026-12-05) were compared on nothing: one resumed with today's
+  defaults silently trained each epoch's last batch, which the run had dropped (a step more an epoch, the schedule
+  and epochs moved). They trained as ADDED_SINCE's values say."""
+  config = get_config("configs/dan.py:rafdb")
+  assert config_lib.resume_differences({}, config) == [("dataset.drop_last", False, True)]
+  config.dataset.drop_last = True
+  assert config_lib.resume_differences({}, config) == []
 
 
 @pytest.mark.parametrize("spec, key, default, before", [
@@ -311,6 +321,25 @@ def test_keys_of_another_fer_jax_version_are_not_compared_on_resume():
   del saved["model.remat"], saved["inference_mode_from_epoch"]
   config.inference_mode_from_epoch = 2
   assert config_lib.resume_differences(saved, config) == []
+
+
+def test_resume_on_a_device_count_that_splits_the_last_batch_otherwise_is_refused(tmp_path):
+  """An epoch's last, short batch trains the examples that split evenly over the devices: resumed on another count,
+  a run trained other examples at the same steps (2 devices), or was refused for its training split (4 devices)."""
+  config = _config()
+  checkpoints = checkpointing.manager(str(tmp_path / "checkpoints"))
+  checkpointing.save(checkpoints, 4, _trained_state(config), config, steps_per_epoch=4, last_batch=3)
+  checkpointing.wait_until_saved(checkpoints)
+  checkpointing.check_epoch_length(checkpoints, 4, 4, last_batch=3, devices=1)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=rf"^The run in {tmp_path} trained 4 steps an epoch, the last of 3 images; this config's "
+                           r"training split gives, on 2 devices, 4 steps an epoch, the last of 2 images: .* Resume with "
+                           r"the dataset.train_split, max_per_class, sampler and drop_last it was trained with \(and, "
+                           r"where its epochs end in a short batch, a device count that splits that batch as it did\)"):
+    checkpointing.check_epoch_length(checkpoints, 4, 4, last_batch=2, devices=2)
+  with pytest.raises(checkpointing.CheckpointError, match=r"gives, on 4 devices, 3 steps an epoch: "):
+    checkpointing.check_epoch_length(checkpoints, 4, 3, last_batch=0, devices=4)
+  assert checkpointing.read_meta(str(tmp_path / "checkpoints"))["last_batch"] == 3
 
 
 TRAINING_DATA = {"prepared": "synthetic/tiny/1.1.0", "records": 280, "used": 35, "labels_sha256": "a" * 64}

@@ -409,8 +409,8 @@ def test_only_finished_runs_are_summarized(tmp_path):
 
 @pytest.mark.integration
 def test_summarize_only_refuses_a_stale_report_and_a_copy_of_another_seeds_run(tmp_path):
-  for seed in (0, 1):
-    _finished_or_not(tmp_path, seed, [7], reported_step=7, config={})
+  for seed in (0, 1):  # runs of today's configs/dan.py:synthetic record its drop_last (config_lib.ADDED_SINCE)
+    _finished_or_not(tmp_path, seed, [7], reported_step=7, config={"dataset.drop_last": False})
   shutil.copytree(tmp_path / "seed_0", tmp_path / "seed_5")
   summarize = ("fer_jax.seeds", "--config=configs/dan.py:synthetic", f"--workdir={tmp_path}", "--summarize_only")
   assert_user_error(run_command(*summarize, "--seeds=0,1,5"), "seed_5 holds a run of config.seed 0 (move it to seed_0")
@@ -477,3 +477,21 @@ def test_asking_for_predictions_or_tta_does_not_refuse_seeds_that_selected_on_ev
   config.eval.every_epochs = 2
   with pytest.raises(UserError, match="eval.every_epochs"):
     seeds.check_runs(config, str(tmp_path), [0])
+
+
+def test_seeds_recorded_before_a_key_was_added_are_compared_as_they_trained(tmp_path):
+  """A run recorded before dataset.drop_last existed dropped each epoch's last batch; `seeds` compared it on nothing
+  (config_lib.ADDED_SINCE applied only on resume): a summary would mix seeds trained with and without the last
+  batch, and an unfinished one failed only once the seeds before it had trained."""
+  from fer_jax import config_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.base_config()
+  recorded = config_lib.flat(seeds.seed_config(config, 0))
+  del recorded["dataset.drop_last"]
+  (tmp_path / "seed_0").mkdir()
+  (tmp_path / "seed_0" / "eval_results.json").write_text(json.dumps(
+      {"config": recorded, "trained_steps": 10, "evaluators": {"test": {}}}))
+  with pytest.raises(UserError, match=r"seed_0 trained with config.dataset.drop_last True \(this command's False\)\..*"
+                                      r"\(--config.dataset.drop_last=true\)"):
+    seeds.check_runs(config, str(tmp_path), [0, 1])
+  config.dataset.drop_last = True
+  seeds.check_runs(config, str(tmp_path), [0, 1])  # seed_1 has no run: nothing recorded to compare
