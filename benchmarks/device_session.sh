@@ -3,8 +3,7 @@
 # issue 18's open measurements in order of what they are worth, bounded by the time the call has. An
 # item starts only if its estimate fits in what is left; what each item wrote, and that it is done,
 # stays in STATE (in the checkout, which a warm machine keeps), so the same command issued again goes
-# on where the last call stopped. BENCHMARKS.md ("One H200,
-# measured") says why each item is here.
+# on where the last call stopped. BENCHMARKS.md ("One H200, measured") says why each item is here.
 #
 #   BUDGET=570 bash benchmarks/device_session.sh OUT_DIR
 #
