@@ -112,9 +112,9 @@ def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | N
   resumed run must continue. `initialisation_only` (recorded only when true) marks weights that only start a
   training (an untrained head): inference refuses them. `steps_per_epoch` (a training run's) and `last_batch` (its
   epochs' last, short batch, 0 for none) are what a resumed run's epochs must have too, and `stopped_early` (recorded
-  with them) whether early stopping ended the run at this step; `stored_shape` (a training run's, `dataset_record`) the shape its training split's images are decoded to, and
-  `training_data` (a training run's, `pipeline.split_identity`) which training split it trains on
-  (`check_training_data`)."""
+  with them) whether early stopping ended the run at this step; `stored_shape` (a training run's, `dataset_record`)
+  the shape its training split's images are decoded to, and `training_data` (a training run's,
+  `pipeline.split_identity`) which training split it trains on (`check_training_data`)."""
   record = {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
             "input": config.input.to_dict(), "dataset": dataset_record(config, stored_shape),
             "batch_size": config.batch_size, "tta": config.eval.tta, "config": config_lib.flat(config)}
@@ -278,10 +278,11 @@ def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_
   saved_steps = meta.get("steps_per_epoch", steps_per_epoch)  # not recorded before 2026-12-05
   saved_last = meta.get("last_batch", last_batch)  # not recorded before 2026-12-06
   if (saved_steps, saved_last) != (steps_per_epoch, last_batch):
-    raise CheckpointError(f"The run in {os.path.dirname(checkpoints.directory)} trained {_epoch(saved_steps, saved_last)}; "
-                          f"this config's training split gives, on {errors.counted(devices, 'device')}, "
-                          f"{_epoch(steps_per_epoch, last_batch)}: its steps would stand for other epochs, examples and "
-                          "schedule. Resume with the dataset.train_split, max_per_class, sampler and drop_last it was "
+    raise CheckpointError(f"The run in {os.path.dirname(checkpoints.directory)} trained "
+                          f"{_epoch(saved_steps, saved_last)}; this config's training split gives, on "
+                          f"{errors.counted(devices, 'device')}, "
+                          f"{_epoch(steps_per_epoch, last_batch)}: its steps would stand for other epochs, examples "
+                          "and schedule. Resume with the dataset.train_split, max_per_class, sampler and drop_last it was "
                           "trained with (and, where its epochs end in a short batch, a device count that splits that "
                           f"batch as it did), {_new_run_fix(step_directory)}")
 
