@@ -5,7 +5,8 @@ Every example counts once: the last batch is padded and padded rows carry mask 0
 confusion matrix (a `clu.metrics.Metric`) is summed inside the step over the global batch, so
 the host only sums K×K matrices, on any number of devices and processes. All metrics derive
 from it. With `config.eval.predictions` the final report adds each example's class probabilities, from a
-second step whose output every process receives whole (`probabilities_step`), and counts its metrics from them.
+second step whose output every process receives whole (`probabilities_step`), and counts its metrics from the class
+scores behind them (`confusion_of_scores`), as the first step does.
 """
 
 import collections
@@ -183,14 +184,15 @@ def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", prepro
 
 
 def probabilities_step(model, mesh, tta_name: str = "none", preprocess=None):
-  """jit(variables, batch) → (class probabilities [B, K] float32, positions [B], mask [B]) of the whole global batch on
-  every process: the softmax of the logits, or with `tta_name` the TTA's (`confusion_step` says how)."""
+  """jit(variables, batch) → (class scores [B, K], class probabilities [B, K], positions [B], mask [B]), float32, of the
+  whole global batch on every process: the scores `confusion_step` counts (the logits, or with `tta_name` the TTA's
+  probabilities), and the softmax of the logits, or the TTA's probabilities."""
   scores_of = _scores(model, tta_name, preprocess)
 
   def step(variables, batch):
     scores = scores_of(variables, batch).astype(jnp.float32)
     probabilities = jax.nn.softmax(scores, axis=-1) if tta_name == "none" else scores
-    return probabilities, batch["position"], batch["mask"]
+    return scores, probabilities, batch["position"], batch["mask"]
 
   return jax.jit(step, out_shardings=NamedSharding(mesh, P()), compiler_options=mesh_lib.compiler_options(mesh))
 
@@ -233,10 +235,11 @@ def confusion_matrix(step, variables, eval_data, label: str) -> np.ndarray:
   return counts
 
 
-def confusion_of_probabilities(probabilities: np.ndarray, labels: np.ndarray, label: str) -> np.ndarray:
-  """The confusion matrix of class probabilities [N, K] against `labels` [N], counted by `ConfusionMatrix` as the
-  evaluation step counts scores; a `stopping.NonFiniteError` if any example's probabilities were not finite."""
-  update = ConfusionMatrix.from_model_output(logits=probabilities, labels=labels, mask=np.ones(len(labels)))
+def confusion_of_scores(scores: np.ndarray, labels: np.ndarray, label: str) -> np.ndarray:
+  """The confusion matrix of class scores [N, K] (`probabilities_step`'s) against `labels` [N], counted by
+  `ConfusionMatrix` as the evaluation step counts them; a `stopping.NonFiniteError` if any example's scores were not
+  finite."""
+  update = ConfusionMatrix.from_model_output(logits=scores, labels=labels, mask=np.ones(len(labels)))
   if non_finite := int(update.non_finite):
     raise _non_finite_scores(label, non_finite, len(labels))
   return np.asarray(update.compute(), np.int64)
@@ -250,17 +253,18 @@ def _non_finite_scores(label: str, non_finite: int, examples: int) -> stopping.N
       "fer_jax.summary --checkpoint=PATH` fingerprints it) and, for a model of yours, its eval-mode outputs.")
 
 
-def probabilities(step, variables, eval_data, label: str) -> tuple[np.ndarray, np.ndarray]:
-  """(records [N], class probabilities [N, K]) of every example of `eval_data`'s split, by record (the split's index of
-  each), from `step` (`probabilities_step`); the padding left out."""
-  records, rows = [], []
-  for batch_probabilities, positions, mask in _outputs(step, variables, eval_data, label):
+def probabilities(step, variables, eval_data, label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(records [N], class scores [N, K], class probabilities [N, K]) of every example of `eval_data`'s split, by
+  record (the split's index of each), from `step` (`probabilities_step`); the padding left out."""
+  records, scores, rows = [], [], []
+  for batch_scores, batch_probabilities, positions, mask in _outputs(step, variables, eval_data, label):
     kept = mask > 0
     records.append(eval_data.records[positions[kept]])
+    scores.append(batch_scores[kept])
     rows.append(batch_probabilities[kept])
-  records, rows = np.concatenate(records), np.concatenate(rows)
+  records, scores, rows = np.concatenate(records), np.concatenate(scores), np.concatenate(rows)
   order = np.argsort(records, kind="stable")
-  return records[order], rows[order]
+  return records[order], scores[order], rows[order]
 
 
 def metrics(confusion: np.ndarray, class_names) -> dict:
@@ -466,11 +470,11 @@ class Evaluators:
 
   def predict(self, variables, name: str, tta_name: str = "none") -> "Predictions":
     """The evaluator's split predicted in one pass (`probabilities`), with the results `__call__` gives counted from
-    those very probabilities."""
+    the very scores `__call__` counts (the logits, not their softmax, which rounds near ties to ties)."""
     label, eval_data = f"Predicting {_label(name, tta_name)}", self.data(name)
-    records, table = probabilities(self._step("probabilities", name, tta_name), variables, eval_data, label)
-    confusion = confusion_of_probabilities(table, eval_data.split.labels[records], label)
-    return Predictions(self._results(name, confusion), records, table)
+    records, scores, table = probabilities(self._step("probabilities", name, tta_name), variables, eval_data, label)
+    confusion = confusion_of_scores(scores, eval_data.split.labels[records], label)
+    return Predictions(self._results(name, confusion), records, table, np.argmax(scores, axis=-1))
 
   def _results(self, name: str, confusion: np.ndarray) -> dict:
     spec, eval_data = self.specs[name], self.data(name)
@@ -485,11 +489,12 @@ class Evaluators:
 
 
 class Predictions(NamedTuple):
-  """`Evaluators.predict`'s output: results as `Evaluators.__call__` gives them, and the class probabilities [N, K]
-  they were counted from, by record (the split's index of each example) [N]."""
+  """`Evaluators.predict`'s output: results as `Evaluators.__call__` gives them, and by record (the split's index of
+  each example) [N], the class probabilities [N, K] and the predicted classes [N] the results count."""
   results: dict
   records: np.ndarray
   probabilities: np.ndarray
+  predicted: np.ndarray
 
 
 def _label(name: str, tta_name: str) -> str:
@@ -564,8 +569,8 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
 
 def predictions_table(split, plain: Predictions, with_tta: Predictions | None = None) -> list[list]:
   """An evaluator's predictions_<name>.csv from its `Evaluators.predict` outputs (plain, and with its TTA where it
-  has one): a header, then a row per example of its split in the split's order: `record` (its index in the prepared
-  split), `file_name` (where the set records one), `label`, `prediction`, `confidence`, `p_<class>`… (the model's
+  has one): a header, then a row per example of its split in the split's order: `record` (its index in the split as
+  its spec reads it: `test[10:30]`'s first example is 0), `file_name` (where the set records one), `label`, `prediction`, `confidence`, `p_<class>`… (the model's
   classes) and, with a TTA, `tta_prediction`, `tta_confidence`, `tta_p_<class>`…. Every process computes the
   probabilities (collectives); process 0 alone, which writes the report, makes the table (the others: [])."""
   if jax.process_index() != 0:
@@ -575,9 +580,8 @@ def predictions_table(split, plain: Predictions, with_tta: Predictions | None = 
   if "file_name" in split.source.dataset_info.features:
     columns["file_name"] = [_text(split.source[int(record)]["file_name"]) for record in records]
   columns["label"] = [split.class_names[label] for label in split.labels[records]]
-  tables = [("", plain.probabilities)] + ([("tta_", with_tta.probabilities)] if with_tta is not None else [])
-  for prefix, table in tables:
-    top = np.argmax(table, axis=-1)
+  for prefix, predictions in [("", plain)] + ([("tta_", with_tta)] if with_tta is not None else []):
+    table, top = predictions.probabilities, predictions.predicted
     columns[f"{prefix}prediction"] = [split.class_names[index] for index in top]
     columns[f"{prefix}confidence"] = [f"{value:.6f}" for value in table[np.arange(len(top)), top]]
     for index, class_name in enumerate(split.class_names):

@@ -95,17 +95,51 @@ def test_an_evaluation_with_non_finite_class_scores_stops_instead_of_reporting()
     evaluate.confusion_matrix(step, {}, Batches([batch, batch]), "Evaluating test")
 
 
-def test_the_confusion_of_predicted_probabilities_is_scikit_learns_and_refuses_non_finite_rows():
+def test_the_confusion_of_predicted_scores_is_scikit_learns_and_refuses_non_finite_rows():
   from sklearn import metrics as sklearn_metrics  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
-  probabilities, labels = rng.dirichlet(np.ones(4), 50).astype(np.float32), rng.integers(0, 4, 50)
+  scores, labels = rng.normal(size=(50, 4)).astype(np.float32), rng.integers(0, 4, 50)
   np.testing.assert_array_equal(
-      evaluate.confusion_of_probabilities(probabilities, labels, "Predicting test"),
-      sklearn_metrics.confusion_matrix(labels, probabilities.argmax(axis=1), labels=range(4)))
-  probabilities[[3, 7], 1] = [np.nan, np.inf]
+      evaluate.confusion_of_scores(scores, labels, "Predicting test"),
+      sklearn_metrics.confusion_matrix(labels, scores.argmax(axis=1), labels=range(4)))
+  scores[[3, 7], 1] = [np.nan, -np.inf]
   with pytest.raises(stopping.NonFiniteError, match=r"^Predicting test, flip: 2 of 50 examples got non-finite class "
                                                     r"scores \(NaN or Inf\)"):
-    evaluate.confusion_of_probabilities(probabilities, labels, "Predicting test, flip")
+    evaluate.confusion_of_scores(scores, labels, "Predicting test, flip")
+
+
+class NearTie(nn.Module):
+  """Logits 0 but class 2's, 1e-9 (a maximum its float32 softmax rounds into a tie with class 0), and -inf for class
+  1 where the image's first value is negative."""
+
+  @nn.compact
+  def __call__(self, images, train):
+    logits = jnp.zeros((images.shape[0], 3)).at[:, 2].set(1e-9)
+    return {"logits": logits.at[:, 1].set(jnp.where(images[:, 0, 0, 0] < 0, -jnp.inf, 0.0))}
+
+
+def test_predictions_count_the_logits_as_the_evaluation_step_does():
+  """The predictions' metrics and CSV took the argmax of the softmax: a near tie went to the first class, and a -inf
+  logit (softmax 0) passed, where the evaluation step counts the logits (class 2; a non-finite score stops it)."""
+  step = evaluate.probabilities_step(NearTie(), mesh_lib.make_mesh())
+  batch = {"image": jnp.zeros((4, 2, 2, 1)), "label": jnp.array([2, 2, 0, 1]), "position": jnp.arange(4),
+           "mask": jnp.array([1, 1, 1, 0], jnp.float32)}
+  records, scores, probabilities = evaluate.probabilities(step, {}, _with_records(batch), "Predicting test")
+  assert records.tolist() == [0, 1, 2] and probabilities[0, 0] == probabilities[0, 2]  # the softmax's tie
+  np.testing.assert_array_equal(evaluate.confusion_of_scores(scores, np.array([2, 2, 0]), "Predicting test"),
+                                [[0, 0, 1], [0, 0, 0], [0, 0, 2]])
+  batch["image"] = batch["image"].at[1, 0, 0, 0].set(-1.0)
+  _, scores, probabilities = evaluate.probabilities(step, {}, _with_records(batch), "Predicting test")
+  assert np.isfinite(probabilities).all()
+  with pytest.raises(stopping.NonFiniteError, match=r"^Predicting test: 1 of 3 examples got non-finite class scores"):
+    evaluate.confusion_of_scores(scores, np.array([2, 2, 0]), "Predicting test")
+
+
+def _with_records(batch) -> "Batches":
+  """Stands for EvalData of one batch, its records numbered in order."""
+  data = Batches([batch])
+  data.records = np.arange(len(batch["label"]))
+  return data
 
 
 class Batches:
