@@ -156,7 +156,9 @@ def clip_stage(max_norm: float, trained=None) -> optax.GradientTransformation:
 def clip_grad_norm(max_norm: float, trained=None) -> optax.GradientTransformation:
   """Gradients times min(1, max_norm / (global L2 norm + 1e-6)), as torch.nn.utils.clip_grad_norm_
   (which APViT's mmcv OptimizerHook calls) scales them; optax.clip_by_global_norm has no 1e-6.
-  The norm counts the `trained` parameters' gradients only (`trained_norm`), as torch's and Keras' clipping do."""
+  The norm counts the `trained` parameters' gradients only (`trained_norm`), as torch's clip_grad_norm_ over the
+  parameters that require gradients does (Keras' `clipnorm` differs: each variable by its own norm, no 1e-6; no
+  official method here clips through Keras)."""
 
   def update(updates, state, params=None):
     del params
