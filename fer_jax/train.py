@@ -168,13 +168,14 @@ class Selection:
   early stopping.
 
   The metric is compared rounded to `config.select_decimals` (0 = unrounded); on a tie the
-  earlier epoch stays best unless `config.select_ties == "latest"`."""
+  earlier epoch stays best unless `config.select_ties == "latest"`. Early stopping counts the epochs since the last
+  strict gain (`gain_epoch`), which a later tie kept does not move, as Keras' EarlyStopping counts them."""
 
   def __init__(self, config, workdir: str):
     self.metric, self.evaluator = config.select_metric, config.select_on
     self.patience = config.early_stopping_patience
     self.decimals, self.later_ties_win = config.select_decimals, config.select_ties == "latest"
-    self.best_value, self.best_epoch = -1.0, 0
+    self.best_value, self.best_epoch, self.gain_epoch = -1.0, 0, 0
     self.checkpoints = None
     if self.metric:
       self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.BEST), max_to_keep=1)
@@ -182,7 +183,9 @@ class Selection:
       if best_step is not None:
         record = self._saved_record(os.path.join(self.checkpoints.directory, str(best_step)))
         self._check_same_selection(record)
-        self.best_value, self.best_epoch = record["value"], record["epoch"]
+        # Records before 2026-12-06 hold the rounded value alone, and no gain epoch apart from the best one.
+        self.best_value = self._compared(record.get("unrounded", record["value"]))
+        self.best_epoch, self.gain_epoch = record["epoch"], record.get("gain_epoch", record["epoch"])
 
   def _saved_record(self, best_directory: str) -> dict:
     """The best epoch's selection record ({value, epoch, metric, evaluator}) kept with its weights."""
@@ -209,22 +212,30 @@ class Selection:
     (`checkpointing.dataset_record`)."""
     if not self.metric:
       return False
-    value = round(results[self.metric], self.decimals) if self.decimals else results[self.metric]
+    unrounded = results[self.metric]
+    value = self._compared(unrounded)
     if value > self.best_value or (self.later_ties_win and value == self.best_value):
+      if value > self.best_value:
+        self.gain_epoch = epoch
       self.best_value, self.best_epoch = value, epoch
       with checkpointing.save_errors(self.checkpoints):
         self.checkpoints.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(variables),
             meta=ocp.args.JsonSave(checkpointing.metadata(config, stored_shape=stored_shape)),
-            selection=ocp.args.JsonSave({"value": self.best_value, "epoch": epoch, "metric": self.metric,
+            selection=ocp.args.JsonSave({"value": self.best_value, "unrounded": unrounded, "epoch": epoch,
+                                         "gain_epoch": self.gain_epoch, "metric": self.metric,
                                          "evaluator": self.evaluator})))
       logging.info("New best %s %.4f at epoch %d", self.metric, self.best_value, epoch)
       return True
     return False
 
+  def _compared(self, value: float) -> float:
+    """The metric's value as epochs are compared: rounded to `select_decimals` (which a resume may change)."""
+    return round(value, self.decimals) if self.decimals else value
+
   def patience_ran_out(self, epoch: int) -> bool:
-    """Whether early stopping ends training after `epoch`."""
-    return bool(self.patience) and epoch - self.best_epoch >= self.patience
+    """Whether early stopping ends training after `epoch`: `patience` epochs without a strict gain."""
+    return bool(self.patience) and epoch - self.gain_epoch >= self.patience
 
   def wait_until_finished(self) -> None:
     if self.checkpoints:
@@ -519,9 +530,12 @@ class TrainingRun:
     return self.step % every == 0 or self.step == self.num_steps
 
   def checkpoint(self, force: bool = False, stopped_early: bool = False) -> None:
-    """Saves the step when due or forced; `stopped_early`: early stopping ends the run at this step."""
+    """Saves the step when due or forced; `stopped_early`: early stopping ends the run at this step. A best epoch
+    being saved is complete first: a run killed once its step had landed would resume after an evaluation whose
+    best/ was lost, unseen."""
     if force or self.checkpoint_due():
       self.guard.check()
+      self.selection.wait_until_finished()
       checkpointing.save(self.checkpoints, self.step, self.state, self.config, steps_per_epoch=self.steps_per_epoch,
                          stored_shape=self.data.shape, stopped_early=stopped_early, training_data=self.data.identity,
                          last_batch=self.data.last_batch)

@@ -409,6 +409,41 @@ def test_selection_can_round_the_metric_and_let_a_later_tie_win(tmp_path):
   assert selection.best_epoch == 2
 
 
+@pytest.mark.integration
+def test_a_later_tie_kept_does_not_reset_the_patience_and_a_resume_rounds_anew(tmp_path):
+  """Patience counts epochs without a strict gain (config_lib, Keras' EarlyStopping): a tie kept under
+  select_ties="latest" moved the count, so a flat metric never stopped. The kept value was stored rounded: resumed
+  with other select_decimals, a worse epoch compared against the old rounding."""
+  config = _tiny_dan()
+  config.update(select_metric="accuracy", select_decimals=4, select_ties="latest", early_stopping_patience=2)
+  variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
+  selection = train.Selection(config, str(tmp_path))
+  for epoch in (1, 2, 3):
+    assert selection.update(epoch, 10 * epoch, {"accuracy": 0.91234}, variables, config, (8, 8, 3))
+  assert selection.best_epoch == 3 and [selection.patience_ran_out(epoch) for epoch in (2, 3)] == [False, True]
+  selection.wait_until_finished()
+  config.select_decimals = 0
+  restored = train.Selection(config, str(tmp_path))  # resumed, comparing unrounded values
+  assert (restored.best_epoch, restored.best_value, restored.patience_ran_out(3)) == (3, 0.91234, True)
+  assert not restored.update(4, 40, {"accuracy": 0.91231}, variables, config, (8, 8, 3))
+
+
+@pytest.mark.integration
+def test_a_step_is_saved_only_once_its_best_epoch_is(tmp_path, monkeypatch):
+  """best/ and checkpoints/ were saved asynchronously side by side: a run killed once checkpoints/STEP had landed,
+  best/STEP not, resumed after that evaluation and kept an older best epoch, unseen."""
+  config = short_dan_run()
+  config.update(select_metric="accuracy", num_epochs=1)
+  order = []
+  waited, saved = train.Selection.wait_until_finished, checkpointing.save
+  monkeypatch.setattr(train.Selection, "wait_until_finished",
+                      lambda self: (waited(self), order.append("best/ complete"))[0])
+  monkeypatch.setattr(checkpointing, "save", lambda checkpoints, step, *args, **kwargs: (
+      order.append(f"checkpoints/{step} started"), saved(checkpoints, step, *args, **kwargs))[1])
+  train.train_and_evaluate(config, str(tmp_path))
+  assert order[:2] == ["best/ complete", "checkpoints/4 started"]
+
+
 def test_an_evaluation_report_is_refused_in_a_training_workdir(tmp_path):
   """`--mode=eval --checkpoint=D --workdir=D` overwrote the training's eval_results.json."""
   (tmp_path / "checkpoints" / "8").mkdir(parents=True)
