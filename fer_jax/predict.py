@@ -16,8 +16,8 @@ set (the logits stay those of the image itself).
 Which inputs are photos: videos (`video.EXTENSIONS`: .mp4 .avi .mov .mkv .webm .m4v .wmv .flv .3gp .mpg
 .mpeg .ts .mts .m2ts, read with OpenCV) always; an image when --detect, or by default when it is not a face crop,
 i.e. not nearly square (sides within 25 %) or larger than twice the stored side (at least 128 px). In a photo or
-every --stride-th frame, MTCNN (`fer_jax.face`) finds each face with five landmarks; the face is cropped as the
-config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned, others a box with a margin; grey 48×48 for
+every --stride-th frame (and the first read, where frame 0 is damaged), MTCNN (`fer_jax.face`) finds each face with
+five landmarks; the face is cropped as the config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned, others a box with a margin; grey 48×48 for
 FER2013-style inputs) and classified. The detector searches for faces down to 5/6 of --min_face_size (at least 12
 px); faces smaller than it or scored below --min_score are written unclassified, with the reason. A video's faces
 are followed from frame to frame by box overlap (the track, `fer_jax.face.tracks`; a face not found or not classified
@@ -256,12 +256,12 @@ def _add_video(results: FacePredictions, path: str, name: str, stride: int, stop
     return results.skip_unreadable(path, error)
   found = processed = 0
   for index, time, frame in progress(frames, os.path.basename(path), -(-count // stride) or None):
+    if stop.received:  # before the next frame: a video whose last frame was in hand is complete
+      frames.close()
+      return results.cut([path], f"interrupted at frame {index} by {stop.received}")
     found += results.add_frame(path, frame, os.path.join(name, f"frame_{index:06d}.png"), index, time)
     processed += 1
-    if stop.received:
-      frames.close()
-      return results.cut([path], f"interrupted at frame {index + 1} by {stop.received}")
-  if not processed:  # not one frame read: the first is processed at any --stride
+  if not processed:  # not one frame read: the first read is processed at any --stride
     return results.skip_unreadable(path, decode.UnreadableImageError(
         f"{path} has no frames that can be read: re-export it (to MP4, say), or remove it."))
   if not found:

@@ -25,6 +25,7 @@ from fer_jax.data import decode
 from fer_jax.data import video
 from fer_jax.errors import UserError
 from fer_jax.face import detector
+from fer_jax.face import draw
 from fer_jax.face import tracks
 from helpers import get_config, random_variables
 
@@ -634,6 +635,33 @@ def test_a_damaged_video_is_read_past_its_bad_frames_with_one_warning(tmp_path, 
       "were read. Re-copy or re-encode it to read them all."]
 
 
+def test_a_video_whose_first_frame_is_damaged_is_read_from_its_first_readable_frame_at_any_stride(tmp_path):
+  """Frame 0 unreadable, a video shorter than --stride yielded no frame and was reported unreadable."""
+  data = bytearray(open(_flat_video(str(tmp_path / "plain.avi"), frames=12), "rb").read())
+  first_jpeg = data.index(b"\xff\xd8\xff")
+  data[first_jpeg:first_jpeg + 200] = bytes(200)
+  path = tmp_path / "first_damaged.avi"
+  path.write_bytes(data)
+  assert [index for index, _, _ in video.frames(str(path), 1)[0]][:2] == [1, 2]
+  assert [index for index, _, _ in video.frames(str(path), 20)[0]] == [1]
+  assert [index for index, _, _ in video.frames(str(tmp_path / "plain.avi"), 5)[0]] == [0, 5, 10]
+
+
+def test_a_stop_signal_during_a_videos_last_frame_leaves_the_video_complete(tmp_path, monkeypatch):
+  """The signal was checked after each frame, the last included: a video done whole was listed as interrupted."""
+  model = _happy_model(monkeypatch)
+  monkeypatch.setattr(model, "faces", lambda image, *_: os.kill(os.getpid(), signal.SIGINT) or ([], [], []))
+  paths = [_flat_video(str(tmp_path / "one_frame.avi"), frames=1), str(tmp_path / "b.png")]
+  Image.new("RGB", (100, 100)).save(paths[1])
+  outer = signal.signal(signal.SIGINT, _signal_reached_the_test)
+  try:
+    results = predict.predict_inputs(model, paths, str(tmp_path), None, 24, 0.9)
+  finally:
+    signal.signal(signal.SIGINT, outer)
+  assert results.cut_off == paths[1:]
+  assert results.skipped == [(paths[0], predict.NO_FACE), (paths[1], "not reached: stopped by SIGINT")]
+
+
 def test_a_video_whose_name_is_not_utf8_is_read_and_ffmpeg_says_nothing(tmp_path):
   """OpenCV crashed the process (SIGSEGV) opening a name with a Latin-1 'é' as its raw byte; FFmpeg printed hundreds
   of lines on a damaged video."""
@@ -1019,3 +1047,16 @@ def test_eight_bit_grey_held_in_32_bit_integers_is_read_as_it_is():
   for image in (Image.fromarray(grey).convert("I"), Image.fromarray(grey.astype(np.int32))):
     np.testing.assert_array_equal(decode.rgb(image), np.repeat(grey[..., None], 3, -1))
     np.testing.assert_array_equal(decode.to_stored(image, (16, 16, 1))[..., 0], grey)
+
+
+@pytest.mark.parametrize("box", [(-40, -23, 60, 87), (440, 4, 540, 114), (-30, 120, 70, 230)])
+def test_a_label_is_drawn_whole_for_a_face_cut_by_the_photos_edge(tmp_path, box):
+  """A label sat above its box's top-left corner: for a face cut by the photo's top edge (MTCNN's boxes pass the
+  edges: y1 = -23 for a forehead cut off) it was drawn outside the photo, for one at the right edge cut short."""
+  def label_pixels(row_box) -> int:
+    image = np.full((300, 500, 3), 128, np.uint8)
+    row = {"box": list(row_box), "landmarks": [], "skipped": "", "prediction": "happiness", "confidence": 0.93}
+    draw.draw_faces(image, [row], str(tmp_path / "drawn.png"))
+    return int(np.all(np.asarray(Image.open(tmp_path / "drawn.png")) < 40, axis=-1).sum())  # the label's black text
+
+  assert label_pixels(box) == label_pixels((200, 100, 300, 210)) > 0

@@ -26,8 +26,9 @@ MAX_FAILED_READS = 250  # failed reads in a row taken for the end of a video who
 
 
 def frames(path: str, stride: int):
-  """(frame index, time in seconds, RGB frame) of every `stride`-th frame; the frame count its header gives (0 if
-  unknown). A frame's time is its own timestamp (a phone's variable frame rate), else index / frame rate. A frame that
+  """(frame index, time in seconds, RGB frame) of every `stride`-th frame, and of the first frame read whatever its
+  index (a damaged frame 0 would leave a video shorter than `stride` without one); the frame count its header gives
+  (0 if unknown). A frame's time is its own timestamp (a phone's variable frame rate), else index / frame rate. A frame that
   cannot be read (a damaged video) is passed over, and their number warned about once; frames the header counts
   beyond those read are not, where the frames read reach the header's duration (MKV's and MPEG-TS's counts are
   estimates)."""
@@ -37,7 +38,7 @@ def frames(path: str, stride: int):
 
   def read():
     index = failed = failed_in_a_row = 0
-    end = 0.0  # the time the last frame read ends
+    end, first = 0.0, True  # the time the last frame read ends; no frame read yet
     try:
       while True:
         ok, frame = capture.read()
@@ -46,7 +47,8 @@ def frames(path: str, stride: int):
           milliseconds = capture.get(cv2.CAP_PROP_POS_MSEC)
           time = milliseconds / 1000 if milliseconds > 0 or index == 0 else index / fps
           end = time + 1 / fps
-          if index % stride == 0:
+          if index % stride == 0 or first:
+            first = False
             yield index, time, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         elif index >= count or failed_in_a_row == MAX_FAILED_READS:
           break

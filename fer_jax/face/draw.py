@@ -22,11 +22,24 @@ def draw_faces(image: np.ndarray, rows: list[dict], path: str) -> None:
     for x, y in row["landmarks"]:
       pen.ellipse((x - width, y - width, x + width, y + width), fill=(255, 60, 60))
     label = f"{row['prediction']} {row['confidence']:.2f}" if not row["skipped"] else "skipped"
-    left, top, right, bottom = pen.textbbox((x1, y1), label, font=font, anchor="lb")
+    x, y = _label_place(pen, label, font, (x1, y1), picture.size, width)
+    left, top, right, bottom = pen.textbbox((x, y), label, font=font, anchor="lb")
     pen.rectangle((left, top - width, right + 2 * width, bottom), fill=colour)
-    pen.text((x1 + width, y1), label, fill=(0, 0, 0), font=font, anchor="lb")
+    pen.text((x + width, y), label, fill=(0, 0, 0), font=font, anchor="lb")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   picture.save(path)
+
+
+def _label_place(pen: ImageDraw.ImageDraw, label: str, font, corner: tuple[float, float], size: tuple[int, int],
+                 margin: int) -> tuple[float, float]:
+  """Where a label's left end and baseline go: above the box's top-left `corner`, or just inside the box where the
+  photo has no room above it (a face cut by the top edge: MTCNN's boxes pass the photo's edges), kept within the
+  photo's width."""
+  left, top, right, bottom = pen.textbbox((0, 0), label, font=font, anchor="lb")
+  x1, y1 = corner
+  x = min(max(x1, 0), max(size[0] - (right - left) - 2 * margin, 0))
+  y = y1 if y1 + top - margin >= 0 else max(y1, 0) - top + margin
+  return x, y
 
 
 MAX_NAME_BYTES = 255  # the longest file name Linux's and macOS's file systems take, in bytes
