@@ -17,8 +17,8 @@ Which inputs are photos: videos (`video.EXTENSIONS`: .mp4 .avi .mov .mkv .webm .
 .mpeg .ts .mts .m2ts, read with OpenCV) always; an image when --detect, or by default when it is not a face crop,
 i.e. not nearly square (sides within 25 %) or larger than twice the stored side (at least 128 px). In a photo or
 every --stride-th frame (and the first read, where frame 0 is damaged), MTCNN (`fer_jax.face`) finds each face with
-five landmarks; the face is cropped as the config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned, others a box with a margin; grey 48×48 for
-FER2013-style inputs) and classified. The detector searches for faces down to 5/6 of --min_face_size (at least 12
+five landmarks; the face is cropped as the config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned,
+others a box with a margin; grey 48×48 for FER2013-style inputs) and classified. The detector searches for faces down to 5/6 of --min_face_size (at least 12
 px); faces smaller than it or scored below --min_score are written unclassified, with the reason. A video's faces
 are followed from frame to frame by box overlap (the track, `fer_jax.face.tracks`; a face not found or not classified
 keeps its track for up to 25 processed frames); a frame's time is its own timestamp; --smooth=W averages each
