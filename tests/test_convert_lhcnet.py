@@ -124,6 +124,11 @@ def test_plain_lhc_net_checkpoint_fills_every_variable_but_needs_stage_b():
     convert.convert_tensors(lhc_config("A3"), [(source, weights, "LHC_Net")])
   with pytest.raises(convert.ConversionError, match="controller1/w, .*controller5/w are missing"):
     convert.convert_tensors(lhc_config("C"), [(source, weights, "LHC_Net")])
+  weights["conv4_6/LHC_Module/Wqk/2/kernel"] = weights["conv4_6/LHC_Module/Wqk/2/kernel"][:-1]  # heads unequal
+  with pytest.raises(convert.ConversionError, match=r"\n  conv4_6/LHC_Module/Wqk/\{0…4\}/kernel \(5, 3\), \(5, 3\), "
+                                                    r"\(4, 3\), \(5, 3\), \(5, 3\) does not fit params/lhc4/qk_kernel "
+                                                    r"\(5, 5, 3\)\n"):
+    convert.convert_tensors(lhc_config("B"), [(source, weights, "LHC_Net")])
 
 
 @pytest.mark.integration

@@ -111,3 +111,17 @@ def test_unknown_file_names_the_keys_a_source_must_not_hold(tmp_path):
     convert.read_source(str(path), "dan")
   assert str(caught.value).endswith(
       "; resnet18 (resnet18_msceleb.pth: keys layer4.1.bn2.running_var, and no layer1.0.conv3.weight).")
+
+
+def test_tensors_of_another_rank_and_keys_that_are_not_names_are_named_not_a_traceback():
+  """A kernel of another rank failed the layout change (numpy's "axes don't match array"), a scalar classifier the
+  class count's check (IndexError), an integer key the drop of BatchNorm counters (TypeError): tracebacks, exit 1."""
+  from helpers import get_config  # pylint: disable=import-outside-toplevel
+  from reference.dan import ReferenceDAN  # pylint: disable=import-outside-toplevel
+  tensors = {name: value.numpy() for name, value in ReferenceDAN().state_dict().items()}
+  tensors.update({"features.0.weight": np.zeros((64, 147), np.float32), "fc.weight": np.float32(1), 3: np.zeros(2)})
+  with pytest.raises(convert.ConversionError) as refused:
+    convert.convert_tensors(get_config("configs/dan.py:rafdb"), [(convert.SOURCES_BY_NAME["dan"], tensors, "x.pth")])
+  assert str(refused.value).splitlines()[1:4] == [
+      "  x.pth [dan]: unknown to this model: 3 (2,)", "  fc.weight () does not fit params/fc/kernel (512, 7)",
+      "  features.0.weight (64, 147) does not fit params/trunk/conv1/kernel (7, 7, 3, 64)"]

@@ -138,8 +138,9 @@ def _join_qkv(tensors: core.Tensors, target: core.Target, module: str, block: st
   attention = f"{block}/MultiHeadDotProductAttention_1"
   kernels = [tensors.get(f"{attention}/{part}/kernel") for part in ("query", "key", "value")]
   if all(k is not None for k in kernels):
-    target.put(module, "kernel", np.concatenate([k.reshape(k.shape[0], -1) for k in kernels], axis=1),
-               f"{attention}/{{query,key,value}}/kernel")
+    target.put_transformed(module, "kernel", kernels,
+                           lambda parts: np.concatenate([k.reshape(k.shape[0], -1) for k in parts], axis=1),
+                           f"{attention}/{{query,key,value}}/kernel")
   for part in ("query", "key", "value"):
     name = f"{attention}/{part}/bias"
     if name in tensors and np.any(tensors.tensors[name]):

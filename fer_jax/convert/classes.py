@@ -55,7 +55,7 @@ def classes_mismatch(tensors, config, classifier: str, axis: int) -> str | None:
   if classifier not in tensors:
     return None
   shape = tuple(np.shape(tensors[classifier]))
-  if shape[axis] == config.model.num_classes:
+  if len(shape) <= axis or shape[axis] == config.model.num_classes:  # another rank: the key map names it
     return None
   return (f"holds a classifier of {shape[axis]} classes ({classifier} {shape}), but the config builds "
           f"{config.model.num_classes} classes: {config_advice(config, shape[axis])}")

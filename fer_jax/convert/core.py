@@ -156,7 +156,7 @@ class Tensors:
     names tell nothing about whether the checkpoint fits."""
     compiled = re.compile(pattern)
     for name in self.tensors:
-      if name not in self.used and compiled.fullmatch(name):
+      if name not in self.used and isinstance(name, str) and compiled.fullmatch(name):
         self.dropped[name] = reason
     if expected:
       self.expected.add(reason)
@@ -271,6 +271,21 @@ class Target:
       self.values[path] = converted
       self.origins[path] = origin
 
+  def put_transformed(self, module: str, leaf: str, value, transform: Callable, origin: str) -> None:
+    """`put` of `transform(value)` (a layout change of a tensor, or the joining of a list of them); a value the
+    transform cannot take (a tensor of another rank, a scalar, parts of unequal shapes) is recorded as not fitting,
+    as a wrong shape is."""
+    single = isinstance(value, np.ndarray)
+    try:
+      converted = transform(value)
+    except (ValueError, IndexError):
+      collection, shape = self.leaves(module).get(leaf, ("params", "?"))
+      shapes = tuple(value.shape) if single else ", ".join(str(tuple(part.shape)) for part in value)
+      self.attempted.add(f"{collection}/{module}/{leaf}")
+      self.problems.append(f"{origin} {shapes} does not fit {collection}/{module}/{leaf} {shape}")
+      return
+    self.put(module, leaf, converted, origin, value.shape if single else None)
+
   def unfilled(self) -> list[str]:
     """Variables no source tensor was mapped to."""
     return [path for path in self.abstract if path not in self.attempted]
@@ -286,7 +301,7 @@ def copy_module(tensors: Tensors, target: Target, module: str, source: str, layo
     name = layout.join(source, weight)
     value = tensors.get(name)
     if value is not None:
-      target.put(module, leaf, transform(value), name, value.shape)
+      target.put_transformed(module, leaf, value, transform, name)
   for weight, reason in layout.extras.get(kind, ()):
     tensors.drop(re.escape(layout.join(source, weight)), reason, expected=True)
 
@@ -296,7 +311,7 @@ def copy_leaf(tensors: Tensors, target: Target, module: str, leaf: str, name: st
   """Fills one variable from the source tensor `name`."""
   value = tensors.get(name)
   if value is not None:
-    target.put(module, leaf, transform(value), name, value.shape)
+    target.put_transformed(module, leaf, value, transform, name)
 
 
 Rule = tuple[str, str | Callable[[re.Match], str]]

@@ -59,7 +59,7 @@ def _copy_lhc(tensors: core.Tensors, target: core.Target, index: int, owner: str
   for leaf, weight in (("qk_kernel", "kernel"), ("qk_bias", "bias")):
     heads = [tensors.get(f"{source}/Wqk/{j}/{weight}") for j in range(num_heads)]
     if all(h is not None for h in heads):
-      target.put(module, leaf, np.stack(heads), f"{source}/Wqk/{{0…{num_heads - 1}}}/{weight}")
+      target.put_transformed(module, leaf, heads, np.stack, f"{source}/Wqk/{{0…{num_heads - 1}}}/{weight}")
   core.copy_module(tensors, target, f"{module}/scale_dense", f"{source}/Wp", core.KERAS)
   core.copy_module(tensors, target, f"{module}/value_conv", f"{source}/Wv", core.KERAS)
   if "controller" in target.leaves(module):
