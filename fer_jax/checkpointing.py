@@ -451,7 +451,11 @@ def save_model(directory: str, variables: dict, config, initialisation_only: boo
   `initialisation_only`: the weights only start a training (e.g. a backbone-only conversion, whose
   head is untrained); `init_from` reads them, inference refuses them."""
   checkpoints = manager(directory)
-  save(checkpoints, 0, model_variables(variables), config, initialisation_only)
+  try:
+    save(checkpoints, 0, model_variables(variables), config, initialisation_only)
+  except stopping.StoppedOutsideSteps:  # a signal held while the save began: its write goes on in the background
+    checkpoints.wait_until_finished()  # ended before the caller removes what it wrote
+    raise
   checkpoints.wait_until_finished()
   return os.path.join(os.path.abspath(directory), "0")
 
