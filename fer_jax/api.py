@@ -112,7 +112,7 @@ def _load_export(path: str, config, tta_name: str, batch_size: int) -> inference
     meta = {"dataset": checkpointing.dataset_record(config), **meta, "tta": config.eval.tta}
   config = _using_tta(checkpointing.config_from_meta(meta), tta_name)
   exported = export.read_program(path)
-  variables = export.read_variables(path)
+  variables = export.read_variables(path, exported)
   fixed_batch = export.fixed_batch_size(path, info, exported)
 
   def logits(variables, images):

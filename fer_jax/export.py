@@ -276,11 +276,34 @@ def read_program(path: str) -> jax.export.Exported:
   return exported
 
 
-def read_variables(path: str) -> dict:
-  """An export folder's {params, batch_stats}."""
+def read_variables(path: str, exported: jax.export.Exported | None = None) -> dict:
+  """An export folder's {params, batch_stats}; with its program, checked to be the variables the program takes."""
   folder = os.path.join(os.path.abspath(path), VARIABLES)
   with _damaged(folder):
-    return ocp.StandardCheckpointer().restore(folder)
+    variables = ocp.StandardCheckpointer().restore(folder)
+  if exported is not None:
+    check_variables_fit(folder, exported, variables)
+  return variables
+
+
+def check_variables_fit(folder: str, exported: jax.export.Exported, variables: dict) -> None:
+  """The variables read from `folder` must be the program's first argument (their names, shapes and dtypes): else
+  the first prediction failed inside JAX with a traceback."""
+  expected = jax.tree.unflatten(exported.in_tree, exported.in_avals)[0][0]
+  got_paths, got_leaves = zip(*jax.tree_util.tree_leaves_with_path(variables)) if variables else ((), ())
+  want_paths, want_leaves = zip(*jax.tree_util.tree_leaves_with_path(expected))
+  got = {jax.tree_util.keystr(p): (tuple(np.shape(v)), np.dtype(v.dtype)) for p, v in zip(got_paths, got_leaves)}
+  want = {jax.tree_util.keystr(p): (tuple(a.shape), np.dtype(a.dtype)) for p, a in zip(want_paths, want_leaves)}
+  if got != want:
+    differing = sorted(key for key in got.keys() | want.keys() if got.get(key) != want.get(key))
+    shown = "; ".join(f"{key}: {_leaf_text(got.get(key))}, the program takes {_leaf_text(want.get(key))}"
+                      for key in differing[:3]) + (f"; and {len(differing) - 3} more" if len(differing) > 3 else "")
+    raise checkpointing.CheckpointError(f"{folder} does not hold the variables {STABLEHLO} takes ({shown}): the export "
+                                        "folder mixes two exports. Export the model again (`python -m fer_jax.export`).")
+
+
+def _leaf_text(leaf) -> str:
+  return "absent" if leaf is None else f"{leaf[1]}{list(leaf[0])}"
 
 
 def _values(text: str, decoded: tuple[int, int, int]) -> dict:

@@ -15,6 +15,7 @@ import sys
 import cv2
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from matplotlib import cbook
 from PIL import Image
@@ -440,3 +441,20 @@ def test_an_export_reports_the_dtype_it_computes_in(exported):
   """"auto" resolved where it was exported (float32 on this CPU) is what the program computes in."""
   assert json.loads((exported / export.METADATA).read_text())["compute_dtype"] == "float32"
   assert fer_jax.load(str(exported)).config.model.dtype == "float32"
+
+
+def test_an_export_whose_variables_are_not_its_programs_is_refused_at_load(exported, variables, tmp_path):
+  """variables/ of another export (a classifier of 8 classes) loaded, and the first prediction failed inside JAX with
+  a traceback ("Shape mismatch for args[0]['params']['fc']['bias']")."""
+  folder = tmp_path / "mixed"
+  shutil.copytree(exported, folder, ignore=shutil.ignore_patterns(export.VARIABLES))
+  other = jax.device_get(variables)
+  other["params"]["fc"] = {"kernel": np.zeros((512, 8), np.float32), "bias": np.zeros(8, np.float32)}
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(str(folder / export.VARIABLES), other)
+  checkpointer.wait_until_finished()
+  with pytest.raises(checkpointing.CheckpointError, match=re.escape(
+      f"{folder}/variables does not hold the variables model.stablehlo takes (['params']['fc']['bias']: float32[8], "
+      "the program takes float32[7]; ['params']['fc']['kernel']: float32[512, 8], the program takes float32[512, 7]): "
+      "the export folder mixes two exports. Export the model again (`python -m fer_jax.export`).")):
+    fer_jax.load(str(folder))
