@@ -105,12 +105,20 @@ def check_writable_place(flag: str, folder: str) -> None:
   existing part must be a writable folder. `flag` ("--output=PATH") names it in the message."""
   existing = os.path.abspath(folder)
   while not os.path.exists(existing):
+    if os.path.islink(existing):
+      raise UserError(f"{flag} cannot be created: {existing} is a link to {os.readlink(existing)}, which does not "
+                      "exist; create its target or choose another path.")
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
     raise UserError(f"{flag} cannot be created: {existing} is a file, not a folder; choose another path.")
   if not os.access(existing, os.W_OK | os.X_OK):
     raise UserError(f"{flag} cannot be written: the folder {existing} is not writable; fix its permissions or "
                     "choose another location.")
+  try:  # permissions do not tell all (/proc, /sys, a read-only mount, root's bypass): make a folder there
+    os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".fer_jax_write_check_"))
+  except OSError as error:
+    raise UserError(f"{flag} cannot be written: nothing can be made in {existing} ({error.strerror}); choose another "
+                    "location.") from error
 
 
 def check_writable_file(flag: str, path: str, expected: str, folder_must_exist: bool = False) -> None:

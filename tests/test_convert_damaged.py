@@ -11,6 +11,7 @@ bundle that TensorFlow wrote, cut). Crafted files too: no code or local file the
 import json
 import os
 import pickle
+import re
 import shutil
 import sys
 import tarfile
@@ -506,6 +507,23 @@ def test_workdir_in_or_under_a_file_is_refused_as_every_command_refuses_an_outpu
     convert_main.check_workdir(workdir)
   assert str(refused.value) == (f"--workdir={workdir} cannot be created: {tmp_path / 'file'} is a file, not a folder; "
                                 "choose another path.")
+
+
+@pytest.mark.parametrize("place", ["/proc/fer_out", "dangling"])
+def test_a_workdir_where_nothing_can_be_made_is_refused_before_converting(tmp_path, place):
+  """Permissions alone passed /proc (and /sys, and anything for root): the conversion ran, then failed to save; a
+  dangling link failed as "No such file or directory: …/dangling/0.orbax-checkpoint-tmp"."""
+  from fer_jax.convert import __main__ as convert_main  # pylint: disable=import-outside-toplevel
+  if place == "dangling":
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
+    place = str(tmp_path / "dangling")
+  with pytest.raises(UserError) as refused:
+    convert_main.check_workdir(place)
+  assert re.fullmatch(
+      rf"--workdir={place} cannot be written: nothing can be made in /proc \(.+\); choose another location\."
+      if place.startswith("/proc") else
+      re.escape(f"--workdir={place} cannot be created: {place} is a link to {tmp_path / 'gone'}, which does not "
+                "exist; create its target or choose another path."), str(refused.value))
 
 
 # Crafted checkpoints: no code or local file they name is used, and every malformed one is a one-line user error
