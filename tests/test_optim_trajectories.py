@@ -3,8 +3,8 @@ library the official code trains with: torch.optim and its schedulers (DAN, APVi
 written out (LHC-Net; TensorFlow is not installed). Both get the same gradients on the model's own parameter paths
 (each leaf shrunk to a few numbers, float64); the parameters after every step, and the rate train.py logs for it, must
 agree. The official settings are written here as the official scripts pass them (docs/recipes.md gives their lines),
-not read from our configs. Epochs are STEPS_PER_EPOCH steps long: the pipeline drops the last partial batch, so each
-epoch has the same number of steps and the schedule moves where the data's epochs end."""
+not read from our configs. Epochs are STEPS_PER_EPOCH steps long: every epoch has the same number of steps (an epoch's last,
+short batch is one of them), so the schedule moves where the data's epochs end."""
 
 import functools
 import math
