@@ -535,6 +535,14 @@ def test_affectnet_later_release_npy_annotations(tmp_path):
   assert len(read(builder, "validation")) == 7
 
 
+@pytest.mark.parametrize("value", ["3", b"3", 3, 3.0])
+def test_affectnet_npy_annotations_read_as_dan_reads_them(tmp_path, value):
+  """An expression saved as bytes (np.array(b"3")) read as "b'3'" and was refused; DAN's int(np.load(...)) takes it."""
+  from fer_jax.data.builders import affectnet  # pylint: disable=import-outside-toplevel
+  np.save(tmp_path / "0_exp.npy", np.array(value))
+  assert affectnet._npy_text(tmp_path / "0_exp.npy") == "3"  # pylint: disable=protected-access
+
+
 def test_affectnet_face_box_outside_the_image_names_csv_line_even_with_skip_corrupt(tmp_path):
   fx.write_affectnet_original(tmp_path / "manual")
   csv = tmp_path / "manual" / "Manually_Annotated_file_lists" / "validation.csv"

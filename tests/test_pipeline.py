@@ -136,6 +136,21 @@ def test_labels_are_remapped_to_the_configured_order():
   assert raf_order.class_names[0] == "surprise"
 
 
+@pytest.mark.parametrize("spec, problem", [
+    ("train[:0]", "selects no record (the splits hold train 280, test 70 records): choose a slice that selects some"),
+    ("test[1%:2%]", "selects no record"),
+    ("train[:10]+test[80:]", "Requested slice [80:70] incompatible with 70 examples (the splits hold train 280, test "
+                             "70 records): choose a slice within its split"),
+])
+def test_a_split_slice_that_selects_no_record_or_passes_the_split_is_named(spec, problem):
+  """array_record's "Paths sequence can not be of 0 length" and TFDS's "Requested slice [80:70] incompatible…" came as
+  tracebacks (exit 1) for the train, eval and test splits."""
+  with pytest.raises(pipeline.DataError) as refused:
+    pipeline.load_split(_config(), spec, split_key="dataset.train_split")
+  assert str(refused.value).startswith(f"config.dataset.train_split={spec!r}: {problem}")
+  assert pipeline.load_split(_config(), "train[:10]+test[60:]").labels.shape == (20,)
+
+
 def test_splits_joined_with_plus_are_read_in_order():
   train_split, test_split = (pipeline.load_split(_config(), name) for name in ("train", "test"))
   joined = pipeline.load_split(_config(), "train+test")

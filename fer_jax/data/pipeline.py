@@ -144,6 +144,21 @@ def _absence(builder, name: str, split: str) -> str:
           f"{f' (did you mean {closest[0]!r}?)' if closest else ''}; its splits: {', '.join(splits)}")
 
 
+def _check_selects_records(builder, split: str, named_by: str) -> None:
+  """A DataError unless every slice of `split` lies within its split and together they select a record: an empty
+  slice or one past the split's end failed in TFDS or array_record with a traceback."""
+  sizes = ", ".join(f"{name} {info.num_examples:,}" for name, info in builder.info.splits.items())
+  try:
+    parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits)
+  except (ValueError, AssertionError) as error:
+    raise DataError(f"{named_by}{str(error).rstrip('.')} (the splits hold {sizes} records): choose a slice within "
+                    "its split, e.g. 'train[:90%]'.") from None
+  splits = builder.info.splits
+  if not sum(len(range(splits[part.splitname].num_examples)[part.from_:part.to]) for part in parts):
+    raise DataError(f"{named_by}selects no record (the splits hold {sizes} records): choose a slice that selects "
+                    "some, e.g. 'train[:90%]'.")
+
+
 def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = False,
                split_key: str = "", dataset_key: str = "dataset.name") -> Split:
   """Opens a prepared split and maps its labels to `config.dataset.class_order` by class name.
@@ -157,10 +172,11 @@ def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = Fa
   "dataset.train_split") and the data set, for the errors.
   """
   builder = _builder(config.dataset, dataset_key)
+  named_by = f"config.{split_key}={split!r}: " if split_key else f"Split {split!r} of {config.dataset.name!r}: "
   absence = _absence(builder, f"Data set {config.dataset.name!r}", split)
   if absence:
-    named_by = f"config.{split_key}={split!r}: " if split_key else ""
     raise DataError(f"{named_by}{absence} (join several with '+').")
+  _check_selects_records(builder, split, named_by)
   target = labels_lib.class_names(config.dataset.class_order)
   source_names = tuple(builder.info.features["label"].names)
   builder_utils.check_class_names(source_names, f"Data set {config.dataset.name!r} (config.{dataset_key})")

@@ -259,12 +259,14 @@ def _number(text: str, where: str) -> float:
 
 
 def _npy_text(path) -> str:
-  """The scalar an annotation .npy holds (the release stores strings; numbers work too), as text."""
+  """The scalar an annotation .npy holds (the release stores strings; bytes and numbers work too), as text."""
   try:
     value = np.load(path, allow_pickle=False).item()
   except (OSError, ValueError, EOFError) as e:  # EOFError: an empty or truncated file
     raise builder_utils.DataError(f"Cannot read the annotation {path} ({e}). Restore it from the "
                                   "owners' download.") from e
+  if isinstance(value, bytes):  # np.array(b"3") saved: numpy's S dtype, as DAN's int(np.load(...)) reads it
+    return value.decode("ascii", "replace")
   return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
