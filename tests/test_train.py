@@ -12,10 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -428,20 +430,19 @@ def test_a_later_tie_kept_does_not_reset_the_patience_and_a_resume_rounds_anew(t
   assert not restored.update(4, 40, {"accuracy": 0.91231}, variables, config, (8, 8, 3))
 
 
-@pytest.mark.integration
-def test_a_step_is_saved_only_once_its_best_epoch_is(tmp_path, monkeypatch):
+def test_a_step_is_saved_only_once_its_best_epoch_is(monkeypatch):
   """best/ and checkpoints/ were saved asynchronously side by side: a run killed once checkpoints/STEP had landed,
   best/STEP not, resumed after that evaluation and kept an older best epoch, unseen."""
-  config = short_dan_run()
-  config.update(select_metric="accuracy", num_epochs=1)
   order = []
-  waited, saved = train.Selection.wait_until_finished, checkpointing.save
-  monkeypatch.setattr(train.Selection, "wait_until_finished",
-                      lambda self: (waited(self), order.append("best/ complete"))[0])
-  monkeypatch.setattr(checkpointing, "save", lambda checkpoints, step, *args, **kwargs: (
-      order.append(f"checkpoints/{step} started"), saved(checkpoints, step, *args, **kwargs))[1])
-  train.train_and_evaluate(config, str(tmp_path))
-  assert order[:2] == ["best/ complete", "checkpoints/4 started"]
+  run = types.SimpleNamespace(step=8, steps_per_epoch=4, num_steps=16, config=ml_collections.ConfigDict(
+      {"checkpoint_every_steps": 0}), checkpoints="checkpoints", state={}, guard=types.SimpleNamespace(check=list),
+      data=types.SimpleNamespace(shape=(8, 8, 3), identity={}, last_batch=0),
+      selection=types.SimpleNamespace(wait_until_finished=lambda: order.append("best/ complete")))
+  run.checkpoint_due = lambda: train.TrainingRun.checkpoint_due(run)
+  monkeypatch.setattr(checkpointing, "save", lambda checkpoints, step, *args, **kwargs: order.append(
+      f"{checkpoints}/{step} started"))
+  train.TrainingRun.checkpoint(run)
+  assert order == ["best/ complete", "checkpoints/8 started"]
 
 
 def test_an_evaluation_report_is_refused_in_a_training_workdir(tmp_path):
