@@ -282,9 +282,9 @@ def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_
                           f"{_epoch(saved_steps, saved_last)}; this config's training split gives, on "
                           f"{errors.counted(devices, 'device')}, "
                           f"{_epoch(steps_per_epoch, last_batch)}: its steps would stand for other epochs, examples "
-                          "and schedule. Resume with the dataset.train_split, max_per_class, sampler and drop_last it was "
-                          "trained with (and, where its epochs end in a short batch, a device count that splits that "
-                          f"batch as it did), {_new_run_fix(step_directory)}")
+                          "and schedule. Resume with the dataset.train_split, max_per_class, sampler and drop_last it "
+                          "was trained with (and, where its epochs end in a short batch, a device count that splits "
+                          f"that batch as it did), {_new_run_fix(step_directory)}")
 
 
 def _epoch(steps: int, last_batch: int) -> str:

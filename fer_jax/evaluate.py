@@ -184,8 +184,8 @@ def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", prepro
 
 
 def probabilities_step(model, mesh, tta_name: str = "none", preprocess=None):
-  """jit(variables, batch) → (class scores [B, K], class probabilities [B, K], positions [B], mask [B]), float32, of the
-  whole global batch on every process: the scores `confusion_step` counts (the logits, or with `tta_name` the TTA's
+  """jit(variables, batch) → (class scores [B, K], class probabilities [B, K], positions [B], mask [B]), float32, of
+  the whole global batch on every process: the scores `confusion_step` counts (the logits, or with `tta_name` the TTA's
   probabilities), and the softmax of the logits, or the TTA's probabilities."""
   scores_of = _scores(model, tta_name, preprocess)
 
@@ -570,9 +570,10 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
 def predictions_table(split, plain: Predictions, with_tta: Predictions | None = None) -> list[list]:
   """An evaluator's predictions_<name>.csv from its `Evaluators.predict` outputs (plain, and with its TTA where it
   has one): a header, then a row per example of its split in the split's order: `record` (its index in the split as
-  its spec reads it: `test[10:30]`'s first example is 0), `file_name` (where the set records one), `label`, `prediction`, `confidence`, `p_<class>`… (the model's
-  classes) and, with a TTA, `tta_prediction`, `tta_confidence`, `tta_p_<class>`…. Every process computes the
-  probabilities (collectives); process 0 alone, which writes the report, makes the table (the others: [])."""
+  its spec reads it: `test[10:30]`'s first example is 0), `file_name` (where the set records one), `label`,
+  `prediction`, `confidence`, `p_<class>`… (the model's classes) and, with a TTA, `tta_prediction`, `tta_confidence`,
+  `tta_p_<class>`…. Every process computes the probabilities (collectives); process 0 alone, which writes the
+  report, makes the table (the others: [])."""
   if jax.process_index() != 0:
     return []
   records = plain.records

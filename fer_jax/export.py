@@ -289,21 +289,20 @@ def read_variables(path: str, exported: jax.export.Exported | None = None) -> di
 def check_variables_fit(folder: str, exported: jax.export.Exported, variables: dict) -> None:
   """The variables read from `folder` must be the program's first argument (their names, shapes and dtypes): else
   the first prediction failed inside JAX with a traceback."""
-  expected = jax.tree.unflatten(exported.in_tree, exported.in_avals)[0][0]
-  got_paths, got_leaves = zip(*jax.tree_util.tree_leaves_with_path(variables)) if variables else ((), ())
-  want_paths, want_leaves = zip(*jax.tree_util.tree_leaves_with_path(expected))
-  got = {jax.tree_util.keystr(p): (tuple(np.shape(v)), np.dtype(v.dtype)) for p, v in zip(got_paths, got_leaves)}
-  want = {jax.tree_util.keystr(p): (tuple(a.shape), np.dtype(a.dtype)) for p, a in zip(want_paths, want_leaves)}
+  got, want = _leaf_types(variables), _leaf_types(jax.tree.unflatten(exported.in_tree, exported.in_avals)[0][0])
   if got != want:
     differing = sorted(key for key in got.keys() | want.keys() if got.get(key) != want.get(key))
-    shown = "; ".join(f"{key}: {_leaf_text(got.get(key))}, the program takes {_leaf_text(want.get(key))}"
+    shown = "; ".join(f"{key}: {got.get(key, 'absent')}, the program takes {want.get(key, 'absent')}"
                       for key in differing[:3]) + (f"; and {len(differing) - 3} more" if len(differing) > 3 else "")
-    raise checkpointing.CheckpointError(f"{folder} does not hold the variables {STABLEHLO} takes ({shown}): the export "
-                                        "folder mixes two exports. Export the model again (`python -m fer_jax.export`).")
+    raise checkpointing.CheckpointError(
+        f"{folder} does not hold the variables {STABLEHLO} takes ({shown}): the export folder mixes two exports. "
+        "Export the model again (`python -m fer_jax.export`).")
 
 
-def _leaf_text(leaf) -> str:
-  return "absent" if leaf is None else f"{leaf[1]}{list(leaf[0])}"
+def _leaf_types(tree) -> dict[str, str]:
+  """Each leaf's "float32[512, 7]", by path."""
+  return {jax.tree_util.keystr(path): f"{np.dtype(leaf.dtype)}{list(np.shape(leaf))}"
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _values(text: str, decoded: tuple[int, int, int]) -> dict:

@@ -18,13 +18,13 @@ Which inputs are photos: videos (`video.EXTENSIONS`: .mp4 .avi .mov .mkv .webm .
 i.e. not nearly square (sides within 25 %) or larger than twice the stored side (at least 128 px). In a photo or
 every --stride-th frame (and the first read, where frame 0 is damaged), MTCNN (`fer_jax.face`) finds each face with
 five landmarks; the face is cropped as the config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned,
-others a box with a margin; grey 48×48 for FER2013-style inputs) and classified. The detector searches for faces down to 5/6 of --min_face_size (at least 12
-px); faces smaller than it or scored below --min_score are written unclassified, with the reason. A video's faces
-are followed from frame to frame by box overlap (the track, `fer_jax.face.tracks`; a face not found or not classified
-keeps its track for up to 25 processed frames); a frame's time is its own timestamp; --smooth=W averages each
-track's probabilities over time, W being the past's weight per frame of the video (p ← Wⁿ·p_before + (1 − Wⁿ)·p_now,
-n the frames since the track's last classified face: --stride=5 gives n = 5), so --stride does not change how long
-the smoothing spans.
+others a box with a margin; grey 48×48 for FER2013-style inputs) and classified. The detector searches for faces
+down to 5/6 of --min_face_size (at least 12 px); faces smaller than it or scored below --min_score are written
+unclassified, with the reason. A video's faces are followed from frame to frame by box overlap (the track,
+`fer_jax.face.tracks`; a face not found or not classified keeps its track for up to 25 processed frames); a frame's
+time is its own timestamp; --smooth=W averages each track's probabilities over time, W being the past's weight per
+frame of the video (p ← Wⁿ·p_before + (1 − Wⁿ)·p_now, n the frames since the track's last classified face: --stride=5
+gives n = 5), so --stride does not change how long the smoothing spans.
 --annotate writes every photo and processed frame with its boxes, landmarks and labels drawn (`fer_jax.face.draw`), as
 PNGs named after the input with its extension (photo.jpg.png, clip.mp4/frame_000015.png; a name over 255 bytes is cut
 short and ended by a hash); face crops are not drawn (one warning says so). A drawing that cannot be written (a full

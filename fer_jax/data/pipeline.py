@@ -147,13 +147,13 @@ def _absence(builder, name: str, split: str) -> str:
 def _check_selects_records(builder, split: str, named_by: str) -> None:
   """A DataError unless every slice of `split` lies within its split and together they select a record: an empty
   slice or one past the split's end failed in TFDS or array_record with a traceback."""
-  sizes = ", ".join(f"{name} {info.num_examples:,}" for name, info in builder.info.splits.items())
+  splits = builder.info.splits
+  sizes = ", ".join(f"{name} {info.num_examples:,}" for name, info in splits.items())
   try:
-    parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits)
+    parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(splits)
   except (ValueError, AssertionError) as error:
     raise DataError(f"{named_by}{str(error).rstrip('.')} (the splits hold {sizes} records): choose a slice within "
                     "its split, e.g. 'train[:90%]'.") from None
-  splits = builder.info.splits
   if not sum(len(range(splits[part.splitname].num_examples)[part.from_:part.to]) for part in parts):
     raise DataError(f"{named_by}selects no record (the splits hold {sizes} records): choose a slice that selects "
                     "some, e.g. 'train[:90%]'.")

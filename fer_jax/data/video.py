@@ -28,10 +28,10 @@ MAX_FAILED_READS = 250  # failed reads in a row taken for the end of a video who
 def frames(path: str, stride: int):
   """(frame index, time in seconds, RGB frame) of every `stride`-th frame, and of the first frame read whatever its
   index (a damaged frame 0 would leave a video shorter than `stride` without one); the frame count its header gives
-  (0 if unknown). A frame's time is its own timestamp (a phone's variable frame rate), else index / frame rate. A frame that
-  cannot be read (a damaged video) is passed over, and their number warned about once; frames the header counts
-  beyond those read are not, where the frames read reach the header's duration (MKV's and MPEG-TS's counts are
-  estimates)."""
+  (0 if unknown). A frame's time is its own timestamp (a phone's variable frame rate), else index / frame rate. A
+  frame that cannot be read (a damaged video) is passed over, and their number warned about once; frames the header
+  counts beyond those read are not, where the frames read reach the header's duration (MKV's and MPEG-TS's counts
+  are estimates)."""
   file, capture = _open(path)
   fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
   count = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
