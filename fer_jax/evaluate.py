@@ -203,12 +203,16 @@ IN_FLIGHT = 3  # evaluation batches queued on the devices beyond the one the hos
 def _outputs(step, variables, eval_data, label: str):
   """`step`'s output of each batch of `eval_data`, in order, on the host. The host keeps IN_FLIGHT batches queued and
   waits for the oldest in Python, so that SIGINT/SIGTERM stops a long evaluation within a batch (not after every batch
-  it had queued; on several processes, every process before the same batch: `stopping.stop_if_agreed`), and logs the
-  progress of a long one (`label`: what it evaluates)."""
+  it had queued; on several processes, every process before the same batch, `stopping.stop_if_agreed`, once the
+  batches queued are computed), and logs the progress of a long one (`label`: what it evaluates)."""
   queued = collections.deque()
   batch_progress = progress.BatchProgress(label, eval_data.num_batches)
   for index, batch in enumerate(eval_data.batches()):
-    stopping.stop_if_agreed()
+    try:
+      stopping.stop_if_agreed()
+    except stopping.StoppedOutsideSteps:
+      _finish(queued)
+      raise
     queued.append(step(variables, batch))
     if len(queued) > IN_FLIGHT:
       yield _waited_for(queued.popleft())
@@ -218,9 +222,16 @@ def _outputs(step, variables, eval_data, label: str):
     batch_progress.update(eval_data.num_batches - len(queued))
 
 
+def _finish(queued) -> None:
+  """Waits for the batches `queued` on the devices, which every process computes alike: processes that left with
+  their collectives running could hang in their exits, inside XLA's teardown (over 4 minutes, once)."""
+  for output in queued:
+    for leaf in jax.tree.leaves(output):
+      stopping.wait_interruptibly(leaf)
+
+
 def _waited_for(output):
-  for leaf in jax.tree.leaves(output):
-    stopping.wait_interruptibly(leaf)
+  _finish([output])
   return jax.device_get(output)
 
 
