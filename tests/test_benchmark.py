@@ -5,7 +5,6 @@ and agrees with what can be counted independently."""
 import ast
 import functools
 import gzip
-import inspect
 import json
 import math
 import os
@@ -29,6 +28,7 @@ from fer_jax import models
 from fer_jax.errors import UserError
 from fer_jax.models import fast_ops, layers
 import helpers
+from tiny_methods.tiny_net import TinyNet
 
 render_table = helpers.load_script("benchmarks/render_table.py")
 profile_breakdown = helpers.load_script("benchmarks/profile_breakdown.py")
@@ -45,15 +45,6 @@ SYNTHETIC_FIELDS = (
     "remat", "batch_size", "input_size")
 ENVIRONMENT_FIELDS = ("date", "platform", "device_kind", "devices", "jax", "jaxlib", "backend_version",
                       "host_cpus", "host_cpu_model", "load_average_1m", "compilation_cache_dir")
-
-
-class TinyNet(nn.Module):
-  """A conv, a BatchNorm and a dense layer: the benchmark's machinery at a few seconds of compilation."""
-
-  @nn.compact
-  def __call__(self, images, train: bool = False):
-    x = layers.torch_batch_norm(train, jnp.float32, "bn")(nn.Conv(4, (3, 3), name="conv")(images))
-    return {"logits": nn.Dense(7, name="fc")(jnp.mean(nn.relu(x), (1, 2)))}
 
 
 def tiny_config():
@@ -904,16 +895,12 @@ def test_accelerator_script_benchmarks_each_config_in_each_dtype_and_renders_the
 
 def tiny_method_config(folder) -> tuple[str, dict]:
   """(the spec of a config file in `folder`, the environment that finds its method): DAN's synthetic config on
-  TinyNet, a method of the user's (folder/tiny_methods/tiny_net.py), for the benchmark scripts' processes."""
-  (folder / "tiny_methods").mkdir(parents=True)
-  (folder / "tiny_methods" / "__init__.py").touch()
-  (folder / "tiny_methods" / "tiny_net.py").write_text(
-      "import flax.linen as nn\nimport jax.numpy as jnp\n\nfrom fer_jax import models\nfrom fer_jax.models import layers\n\n\n"
-      f"{inspect.getsource(TinyNet)}\n\nMETHOD = models.Method(build=lambda model_config: TinyNet())\n")
+  TinyNet (tests/tiny_methods/tiny_net.py), for the benchmark scripts' processes."""
+  folder.mkdir(parents=True)
   (folder / "tiny_config.py").write_text(
       "from configs import dan\n\n\ndef get_config(arg):\n  config = dan.get_config(arg)\n"
       "  config.model.name = \"tiny_methods.tiny_net\"\n  return config\n")
-  path = os.pathsep.join(filter(None, (str(folder), helpers.ROOT, os.environ.get("PYTHONPATH"))))
+  path = os.pathsep.join(filter(None, (os.path.join(helpers.ROOT, "tests"), helpers.ROOT, os.environ.get("PYTHONPATH"))))
   return f"{folder / 'tiny_config.py'}:synthetic", {"PYTHONPATH": path}
 
 
