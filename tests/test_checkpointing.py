@@ -28,7 +28,7 @@ from fer_jax import train
 from fer_jax import validation
 from fer_jax.data.builders import synthetic
 from fer_jax.errors import UserError
-from helpers import get_config, random_variables, restore_state, short_dan_run, tiny_run
+from helpers import get_config, random_variables, restore_state, short_dan_run, short_tiny_net_run, tiny_run
 
 PARAMS = {"trunk": {"kernel": jnp.arange(6.0).reshape(3, 2)},
           "head": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
@@ -234,7 +234,7 @@ def test_model_variables_of_a_training_state_and_of_a_model_without_batch_norm()
 def test_a_run_resumes_with_clipping_turned_on_and_refuses_another_optimizer(tmp_path, caplog):
   """The non-finite-loss advice end to end: set grad_clip_norm, start again, it resumes. Another optimiser is
   refused before the data is opened (it was once checked after the training data was read and decoded)."""
-  config = short_dan_run()  # 2 epochs of 4 steps
+  config = short_tiny_net_run()  # 2 epochs of 4 steps
   config.checkpoint_every_steps = 4
   config.optimizer.grad_clip_norm = 0.0
   train.train_and_evaluate(config, str(tmp_path))

@@ -14,7 +14,7 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import train
-from helpers import get_config, short_dan_run
+from helpers import get_config, short_tiny_net_run
 
 EPSILON = 1e-5
 
@@ -85,7 +85,7 @@ def _stats_and_params(workdir, step, config):
 
 @pytest.mark.integration
 def test_running_statistics_freeze_from_the_inference_epoch_and_resume_stays_exact(tmp_path):
-  config = short_dan_run()  # epochs of 4 steps, each saved
+  config = short_tiny_net_run()  # epochs of 4 steps, each saved
   config.inference_mode_from_epoch = 2
   config.eval.every_epochs = 2  # only the final report evaluates
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")

@@ -33,7 +33,7 @@ from fer_jax import train
 from fer_jax import watched_step
 from fer_jax.errors import ConfigError
 from fer_jax.errors import UserError
-from helpers import assert_user_error, cpu_devices_env, get_config, short_dan_run, tiny_run
+from helpers import assert_user_error, cpu_devices_env, get_config, short_dan_run, short_tiny_net_run, tiny_run
 from jax._src import array as jax_array
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -588,7 +588,7 @@ def test_a_resumed_run_ends_where_early_stopping_ended_it_and_nowhere_else(tmp_p
   """A run resumed from a step its evaluations had not ended (a stop signal's save in epoch 4 of a run evaluated every
   second epoch; the save ending epoch 2 with best/ deleted) was taken for early-stopped: "nothing is left to train",
   its last epochs never trained, though an uninterrupted run trains them."""
-  config = short_dan_run()  # 4 steps an epoch
+  config = short_tiny_net_run()  # 4 steps an epoch
   config.update(num_epochs=4, max_checkpoints=4, select_metric="accuracy", early_stopping_patience=1)
   config.eval.every_epochs = 2
   run = train.TrainingRun(config, str(tmp_path / "run"))
