@@ -11,5 +11,5 @@ echo "Installing fer_jax and its test dependencies (PyTorch, timm and ONNX Runti
 "${PYTHON:-python3}" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
-echo "Running both tiers of tests in two workers (20–25 minutes on two cores)." >&2
+echo "Running both tiers of tests in two workers (25–30 minutes on two cores)." >&2
 exec .venv/bin/python -m pytest -q -n 2 --dist worksteal --durations=25 "$@"

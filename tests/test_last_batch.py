@@ -106,7 +106,8 @@ def test_a_run_trains_the_last_batch_compiles_its_step_once_and_resumes_across_i
   run = train.TrainingRun(config, str(straight))
   with caplog.at_level(logging.INFO):
     report = run.run()
-  assert "Training tiny_methods.tiny_net on synthetic/tiny: 5 steps (5 per epoch, the last of 3 images), global batch 8" in caplog.text
+  assert ("Training tiny_methods.tiny_net on synthetic/tiny: 5 steps (5 per epoch, the last of 3 images), "
+          "global batch 8") in caplog.text
   assert report["trained_steps"] == 5
   assert run.compilations() == {"train step (train mode)": 1, "train step (train mode, last batch of 3)": 1,
                                 "train step (inference mode)": 0, "train step (inference mode, last batch of 3)": 0,
