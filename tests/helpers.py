@@ -63,12 +63,15 @@ def short_dan_run():
   return config
 
 
+TINY_NET = "tiny_methods.tiny_net"  # tests/tiny_methods/tiny_net.py's config.model.name, with tests/ on the path
+
+
 def short_tiny_net_run():
   """short_dan_run's config training TinyNet (tests/tiny_methods/tiny_net.py) instead of DAN: for the tests whose
   subject is the training loop (resuming, model modes, an epoch's last batch), not a model. Its steps compile in
   about a second and its checkpoints hold kilobytes, where DAN's hold 226 MiB (its parameters and Adam's moments)."""
   config = short_dan_run()
-  config.model.name = "tiny_methods.tiny_net"
+  config.model.name = TINY_NET
   return config
 
 

@@ -899,7 +899,7 @@ def tiny_method_config(folder) -> tuple[str, dict]:
   folder.mkdir(parents=True)
   (folder / "tiny_config.py").write_text(
       "from configs import dan\n\n\ndef get_config(arg):\n  config = dan.get_config(arg)\n"
-      "  config.model.name = \"tiny_methods.tiny_net\"\n  return config\n")
+      f"  config.model.name = {helpers.TINY_NET!r}\n  return config\n")
   path = os.pathsep.join(filter(None, (os.path.join(helpers.ROOT, "tests"), helpers.ROOT,
                                        os.environ.get("PYTHONPATH"))))
   return f"{folder / 'tiny_config.py'}:synthetic", {"PYTHONPATH": path}

@@ -15,7 +15,7 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import train
 from fer_jax.data import pipeline
-from helpers import short_dan_run, short_tiny_net_run
+from helpers import TINY_NET, short_dan_run
 
 BATCH = 8  # short_dan_run's 35 images (5 of each class): 4 whole batches of 8 and a last of 3
 
@@ -100,7 +100,7 @@ def test_a_run_trains_the_last_batch_compiles_its_step_once_and_resumes_across_i
   """An epoch of 5 steps, the 5th on 3 images; resumed from step 4 (before the last batch), the run ends on the very
   variables of the uninterrupted one."""
   config = _config()
-  config.model.name = short_tiny_net_run().model.name
+  config.model.name = TINY_NET
   config.update(num_epochs=1, checkpoint_every_steps=4)  # steps 4 and the last, 5
   straight = tmp_path / "straight"
   run = train.TrainingRun(config, str(straight))

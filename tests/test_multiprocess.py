@@ -37,7 +37,7 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import stopping
 from fer_jax import train
-from helpers import ROOT, cpu_devices_env, free_port, get_config, killed_at_end, random_variables, tiny_run
+from helpers import ROOT, TINY_NET, cpu_devices_env, free_port, get_config, killed_at_end, random_variables, tiny_run
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ def _args(workdir, data_dir):
 # The tests whose subject is the processes' signals, not a model, train TinyNet (tests/tiny_methods/tiny_net.py: a
 # train step compiled in a second, where DAN's takes half a minute in two processes beside the other tests), for
 # epochs enough that the run is still training when a test acts.
-ON_TINY_NET = ("--config.model.name=tiny_methods.tiny_net", "--config.num_epochs=50")
+ON_TINY_NET = (f"--config.model.name={TINY_NET}", "--config.num_epochs=50")
 
 
 def _first_loss(log: str) -> float:
