@@ -331,7 +331,9 @@ SYNTHETIC_CONFIGS = ["configs/dan.py:synthetic", "configs/apvit.py:synthetic", "
 
 def test_some_synthetic_configs_evaluate_in_batches_that_do_not_divide_over_eight_devices():
   """Each method's end-to-end test trains its `:synthetic` config on 8 devices with the config's
-  own evaluation batch (helpers.train_on_eight_devices; DAN's is tests/test_multiprocess.py's one-process run)."""
+  own evaluation batch (helpers.train_on_eight_devices), DAN's aside: its layers (ResNet blocks, BatchNorm, attention
+  heads) are those the others shard, and tests/multidevice_check.py evaluates a small net on 8 devices in a batch of
+  25."""
   assert [get_config(spec).eval_batch_size % 8 for spec in SYNTHETIC_CONFIGS] != [0] * len(SYNTHETIC_CONFIGS)
 
 
