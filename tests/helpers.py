@@ -137,9 +137,11 @@ _WITHOUT_FILE_PERMISSION_BYPASS = ["setpriv", "--bounding-set=-dac_override,-dac
 
 
 def cpu_devices_env(devices: int) -> dict:
-  """This process's environment (and XLA flags) for a subprocess that runs JAX on `devices` CPU devices."""
+  """This process's environment (and XLA flags) for a subprocess that runs JAX on `devices` CPU devices, with tests/
+  on its Python path (config.model.name=TINY_NET)."""
   flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
+  path = os.pathsep.join(filter(None, (os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH"))))
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags, "PYTHONPATH": path}
 
 
 def run_command(module: str, *args: str, timeout: int = 600, obey_permissions: bool = False, devices: int = 1):

@@ -26,7 +26,7 @@ from fer_jax.data import labels
 from fer_jax.data import prepare
 from fer_jax.errors import ConfigError, UserError
 from fer_jax.models import dan
-from helpers import ROOT, cpu_devices_env, get_config, load_script, run_command
+from helpers import ROOT, TINY_NET, cpu_devices_env, get_config, load_script, run_command
 
 EXAMPLES = os.path.join(ROOT, "examples")
 # examples/my_sets/class_folders.py kept grey, as FER2013 stores its faces.
@@ -235,8 +235,10 @@ def test_a_data_set_of_yours_prepares_and_trains(tmp_path):
                             env=cpu_devices_env(1), capture_output=True, text=True, timeout=600)
   assert prepared.returncode == 0, prepared.stderr[-3000:]
   assert "class_folders/1.0.0" in prepared.stdout and "train: 28 examples" in prepared.stdout
-  # Training needs no import of the builder: TFDS reads the prepared set from its files.
-  result = run_command("fer_jax.main", "--config=configs/dan.py:synthetic", f"--workdir={tmp_path / 'run'}",
+  # Training needs no import of the builder: TFDS reads the prepared set from its files. TinyNet trains: the subject
+  # is the data set.
+  result = run_command("fer_jax.main", "--config=configs/dan.py:synthetic", f"--config.model.name={TINY_NET}",
+                       f"--workdir={tmp_path / 'run'}",
                        "--config.dataset.name=class_folders", f"--config.dataset.data_dir={tmp_path / 'tfds'}",
                        "--config.input.size=32", "--config.batch_size=7", "--config.eval_batch_size=7",
                        "--config.num_epochs=1", "--config.data_workers=0")
@@ -262,13 +264,15 @@ def test_a_grey_data_set_of_yours_is_predicted_on_grey_as_it_was_trained(tmp_pat
       Image.fromarray(rng.integers(0, 256, (40, 40, 3), np.uint8)).save(tmp_path / "manual" / split / name / "0.png")
   prepare.prepare("grey_sets.grey_folders", str(tmp_path / "manual"), str(tmp_path / "tfds"))
   config = get_config("configs/dan.py:synthetic")
+  config.model.name = TINY_NET  # the subject is the data set's images
   config.dataset.update(name="grey_folders", data_dir=str(tmp_path / "tfds"))
   config.input.update(size=32, train_pp="gray_to_rgb()|" + config.input.train_pp,
                       eval_pp="gray_to_rgb()|" + config.input.eval_pp)
   config.update(batch_size=7, eval_batch_size=7, num_epochs=1, data_workers=0, select_metric="accuracy",
                 restore_best=True)  # the workdir's model is then the best epoch's (best/STEP)
   train.train_and_evaluate(config, str(tmp_path / "run"))
-  exported = run_command("fer_jax.export", "--config=configs/dan.py:synthetic", "--config.dataset.name=grey_folders",
+  exported = run_command("fer_jax.export", "--config=configs/dan.py:synthetic", f"--config.model.name={TINY_NET}",
+                         "--config.dataset.name=grey_folders",
                          "--config.input.size=32", f"--config.input.eval_pp={config.input.eval_pp}",
                          f"--checkpoint={tmp_path / 'run'}", f"--out={tmp_path / 'exported'}", "--platforms=cpu")
   assert exported.returncode == 0, exported.stderr[-3000:]

@@ -108,7 +108,7 @@ def _start_two(workdir, data_dir, logs, other_workdir=None, checkpoint_every_ste
   return [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *_args(workdirs[index], data_dir), "--distributed",
                             f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}",
                             f"--config.checkpoint_every_steps={checkpoint_every_steps}", *extra],
-                           cwd=ROOT, env={**cpu_devices_env(2), "PYTHONPATH": os.path.join(ROOT, "tests")},
+                           cwd=ROOT, env=cpu_devices_env(2),
                            stdout=subprocess.DEVNULL, stderr=log)
           for index, log in enumerate(logs)]
 
@@ -322,8 +322,7 @@ def _on_two_hosts_with_weights_on_the_first(tmp_path, name: str, args: list[str]
   with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
     processes = [subprocess.Popen([sys.executable, "-m", "fer_jax.main", *args, "--distributed",
                                    f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}"],
-                                  cwd=hosts[index],
-                                  env={**cpu_devices_env(2), "PYTHONPATH": f"{ROOT}:{os.path.join(ROOT, 'tests')}"},
+                                  cwd=hosts[index], env=cpu_devices_env(2),
                                   stdout=subprocess.DEVNULL, stderr=log)
                  for index, log in enumerate([log_0, log_1])]
     with killed_at_end(processes):
