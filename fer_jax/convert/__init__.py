@@ -23,6 +23,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from fer_jax import errors
 from fer_jax import mesh as mesh_lib
@@ -201,14 +202,14 @@ def _expected_keys(source: Source) -> str:
   return f": {source.select.describe()}" if isinstance(source.select, core.Selector) else ""
 
 
-def _fresh_variables(model, config) -> dict:
-  """`models.init_variables` for config.seed, which fills what a checkpoint lacks.
-
-  It runs once per conversion, so it compiles as training's initialisation does
-  (`mesh.init_compiler_options`): the random initialisers of a large model otherwise take most of
-  a conversion's time.
+def _fresh_variables(model, config, paths: Sequence[str]) -> dict:
+  """The variables at `paths` ("params/fc/kernel") of `models.init_variables` for config.seed: what a checkpoint
+  lacks. XLA computes these alone, not the model's other initialisers nor the forward pass that initialisation
+  traces, and compiles as training's initialisation does (`mesh.init_compiler_options`): it runs once.
   """
-  init = lambda seed: models.init_variables(model, config, jax.random.key(seed))
+  def init(seed):
+    variables = traverse_util.flatten_dict(models.init_variables(model, config, jax.random.key(seed)), sep="/")
+    return {path: variables[path] for path in paths}
   lowered = jax.jit(init).lower(jax.ShapeDtypeStruct((), jnp.int32))
   return lowered.compile(compiler_options=mesh_lib.init_compiler_options())(np.int32(config.seed))
 

@@ -373,11 +373,11 @@ def _failure(problems: list[str], diagnoses: list[str], limit: int = 12) -> Conv
                            "checkpoint belongs to.")
 
 
-def finish(target: Target, sources: list[Tensors], fresh_variables: Callable[[], dict],
+def finish(target: Target, sources: list[Tensors], fresh_variables: Callable[[list[str]], dict],
            may_stay_fresh: Callable[[str], bool], seed: int, diagnoses: Iterable[str] = ()) -> tuple[dict, Report]:
   """Checks that every source tensor and model variable is accounted for; returns the variables.
 
-  Variables no source filled take their value from `fresh_variables()` (called only if some
+  Variables no source filled take their value from `fresh_variables(paths)` ({path: value}, called only if some
   are left) when `may_stay_fresh(path)`; otherwise they are reported missing. `diagnoses`
   (what a checkpoint holds and the --config it needs) lead the error message if anything is left.
   """
@@ -398,8 +398,7 @@ def finish(target: Target, sources: list[Tensors], fresh_variables: Callable[[],
     raise _failure(problems, list(diagnoses))
   values = dict(target.values)
   if unfilled:
-    fresh = traverse_util.flatten_dict(fresh_variables(), sep="/")
-    values.update({path: np.asarray(fresh[path]) for path in unfilled})
+    values.update({path: np.asarray(value) for path, value in fresh_variables(unfilled).items()})
   variables = traverse_util.unflatten_dict({tuple(path.split("/")): value for path, value in values.items()})
   report = Report(converted={t.origin: len(t.used) for t in sources},
                   dropped={t.origin: t.dropped for t in sources if t.dropped},
