@@ -58,7 +58,8 @@ def test_an_unknown_argument_names_the_config_file_as_given(tmp_path, monkeypatc
   result = subprocess.run([sys.executable, "-m", "fer_jax.main", "--config=../configs/dan.py:raf",
                            f"--workdir={tmp_path / 'run'}"], cwd=os.path.join(ROOT, "examples"),
                           env=cpu_devices_env(1), capture_output=True, text=True, timeout=300)
-  assert_user_error(result, "Unknown argument 'raf' for ../configs/dan.py; valid: rafdb, ")
+  assert_user_error(result, "Unknown argument 'raf' for ../configs/dan.py; valid: rafdb, affectnet7, affectnet8, "
+                    "synthetic (optionally followed by ,occlusion=<no|yes>).")
   monkeypatch.chdir(tmp_path)
   module = load_script("configs/dan.py", "config_module")
   with pytest.raises(ValueError, match=rf"^Unknown argument 'raf' for {ROOT}/configs/dan\.py; valid: rafdb, "):
