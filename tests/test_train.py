@@ -33,7 +33,8 @@ from fer_jax import train
 from fer_jax import watched_step
 from fer_jax.errors import ConfigError
 from fer_jax.errors import UserError
-from helpers import assert_user_error, cpu_devices_env, get_config, short_dan_run, short_tiny_net_run, tiny_run
+from helpers import (TINY_NET, assert_user_error, cpu_devices_env, get_config, short_dan_run, short_tiny_net_run,
+                     tiny_run)
 from jax._src import array as jax_array
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,7 +168,7 @@ def counting_host_fetches():
 def test_the_loop_compiles_each_step_once_donates_the_state_and_fetches_only_to_log(tmp_path, caplog):
   """Two epochs of the real loop, evaluated at each end and reported on the best epoch's restored
   weights; each training step runs with implicit host-device transfers disallowed."""
-  config = short_dan_run()
+  config = short_tiny_net_run()
   config.update(select_metric="accuracy", restore_best=True, log_every_steps=3)
   run = train.TrainingRun(config, str(tmp_path))
   train_one, fetches = run.train, {}
@@ -199,7 +200,7 @@ def test_the_report_of_the_best_epoch_reuses_its_evaluation_unless_a_restart_cam
                                                                                           caplog):
   """restore_best evaluated the best epoch's weights again on the split they had been evaluated on at that epoch
   (84 s of SCAN-CCI's synthetic run on the CPU). A run started again has only the saved weights: it evaluates them."""
-  config = short_dan_run()
+  config = short_tiny_net_run()
   config.update(select_metric="accuracy", restore_best=True)
   evaluations, confusion_matrix = [], evaluate.confusion_matrix
 
@@ -226,7 +227,8 @@ def test_the_report_of_the_best_epoch_reuses_its_evaluation_unless_a_restart_cam
           in caplog.text)
   # The silent first step is said to compile (its time is left out of img/s), and the end names the outputs.
   assert caplog.text.count("Compiling the train step (train mode)…") == 1
-  assert "Compiled the train step (train mode) in " in caplog.text and "Training dan on synthetic/tiny" in caplog.text
+  assert "Compiled the train step (train mode) in " in caplog.text
+  assert f"Training {TINY_NET} on synthetic/tiny" in caplog.text
   assert f"Wrote the report to {tmp_path} (eval_results.json" in caplog.text
   assert f"Training curves: tensorboard --logdir {tmp_path}" in caplog.text
   evaluations.clear()
@@ -237,7 +239,7 @@ def test_the_report_of_the_best_epoch_reuses_its_evaluation_unless_a_restart_cam
   # A finished run started again says so, and does not look like a training.
   assert (f"The run in {tmp_path} ended at step {2 * run.steps_per_epoch} (epoch 2): nothing is left to train; "
           "evaluating it again for the report.") in caplog.text
-  assert "Training dan" not in caplog.text and "Compiling" not in caplog.text
+  assert f"Training {TINY_NET}" not in caplog.text and "Compiling" not in caplog.text
 
 
 @pytest.mark.integration
@@ -565,7 +567,7 @@ def test_a_signal_after_the_last_steps_check_lets_its_save_finish_and_stops_befo
   """A SIGTERM during the last step's save, after the loop's last look at the signals: the final report's wait for
   the save was outside the loop's StopSignals, so the signal cut the save short (exit 75 with the last epoch lost);
   one during the last evaluation was dropped (the report ran, exit 0)."""
-  config = short_dan_run()
+  config = short_tiny_net_run()
   run, wait_until_saved, sent = train.TrainingRun(config, str(tmp_path)), checkpointing.wait_until_saved, []
 
   def signalled_wait(checkpoints):
