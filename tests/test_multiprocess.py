@@ -291,9 +291,9 @@ def test_a_process_killed_mid_run_ends_the_other_with_one_line_and_75(tmp_path, 
   """The survivor printed a JaxRuntimeError traceback (Gloo ... Connection reset by peer), waited 76 s in JAX's
   shutdown barrier for the dead process, then aborted (exit 134)."""
   workdir, logs = tmp_path / "run", [tmp_path / f"process_{index}.log" for index in range(2)]
-  # Killed in the steps: batches of 4 (70 steps an epoch) and no save before the epoch's end. A kill while process 0
-  # waited in step 2's save ran into the minute this test allows, once in 7 suite runs (2026-12-07; noted, not
-  # measured further).
+  # Killed in the steps: batches of 4 (70 steps an epoch) and no save before the epoch's end. Killed just after step 2
+  # with a save every 2 steps, process 0 outlived the minute this test allows once in 7 suite runs (2026-12-07), its
+  # log silent after step 2: where it waited (step 2's save, likely) was not found.
   with logs[0].open("w") as log_0, logs[1].open("w") as log_1:
     with killed_at_end(_start_two(workdir, tiny_data_dir, [log_0, log_1], checkpoint_every_steps=0,
                                   extra=(*ON_TINY_NET, "--config.batch_size=4"))) as processes:
