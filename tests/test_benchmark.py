@@ -859,12 +859,10 @@ def test_collectives_carry_each_gradient_once_and_three_statistics_per_batch_nor
   """On 2 devices (a subprocess), TinyNet's train step all-reduces each parameter gradient once (conv
   and dense kernels and biases; the BatchNorm's scale and bias with its backward sums) and all-gathers
   each device's three statistics of each BatchNorm channel (batch_norm.sharded_batch_moments)."""
-  code = ("import json, sys; sys.path.insert(0, 'tests'); from absl import flags; flags.FLAGS.mark_as_parsed(); "
+  code = ("import json; from absl import flags; flags.FLAGS.mark_as_parsed(); "
           "import test_benchmark; print(json.dumps(test_benchmark.tiny_benchmark(steps=1, warmup=0)))")
-  env = {**helpers.cpu_devices_env(2),
-         "PYTHONPATH": os.pathsep.join(filter(None, (helpers.ROOT, os.environ.get("PYTHONPATH"))))}
-  result = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+  result = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, env=helpers.cpu_devices_env(2),
+                          capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   line = json.loads(result.stdout.strip().splitlines()[-1])
   params = models.abstract_variables(TinyNet(), tiny_config())["params"]
