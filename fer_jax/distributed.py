@@ -15,6 +15,7 @@ import socket
 import time
 
 import jax
+from jax._src import distributed as jax_distributed  # the coordinator's address: no public form
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
@@ -361,6 +362,12 @@ def _gather_strings(name: str, text: str) -> list[str]:
   client.key_value_set(f"{key}/{jax.process_index()}", text)
   return [client.blocking_key_value_get(f"{key}/{number}", COORDINATOR_TIMEOUT_S * 1000)
           for number in range(jax.process_count())]
+
+
+def coordinator_host() -> str:
+  """The host the processes reach process 0's coordinator at (given, or found by JAX in a cluster it detects)."""
+  address = jax_distributed.global_state.coordinator_address
+  return address.rsplit(":", 1)[0].strip("[]")
 
 
 def coordination_client():

@@ -55,6 +55,13 @@ def main(argv):
   distributed.check_flags(args.distributed, {name: getattr(args, name) for name in distributed.FLAGS})
   if args.distributed:
     distributed.start(args.coordinator_address, args.num_processes, args.process_id)
+  with stopping.exit_when_a_process_dies():
+    train_or_evaluate(args)
+
+
+def train_or_evaluate(args) -> None:
+  """The command after jax.distributed started (where --distributed)."""
+  if args.distributed:
     distributed.check_same_run(args.config, args.mode)
   reject_urls(args.config)
   if args.distributed and args.mode == "train":  # an evaluation's report is written by process 0 alone

@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from fer_jax import distributed
+from fer_jax import lifeline
 
 PREEMPTED_EXIT_STATUS = 75  # EX_TEMPFAIL: the run saved its step; the same command resumes it
 
@@ -95,9 +96,34 @@ def lost_peer_message(error: BaseException) -> str | None:
   if not (jax.distributed.is_initialized() and isinstance(error, jax.errors.JaxRuntimeError)
           and LOST_PEER.search(str(error))):
     return None
-  return (f"A collective with the other processes of the run failed ({str(error).strip().splitlines()[0][:200]}): "
-          "another process stopped or died. The steps saved stand: start every process again with the same "
+  return _lost_peer_line(f"A collective with the other processes of the run failed "
+                         f"({str(error).strip().splitlines()[0][:200]})")
+
+
+def _lost_peer_line(what: str) -> str:
+  return (f"{what}: another process stopped or died. The steps saved stand: start every process again with the same "
           "command to go on from the newest.")
+
+
+def _exit_lost_peer(line: str) -> None:
+  logging.error("%s", line)
+  logging.flush()
+  os._exit(PREEMPTED_EXIT_STATUS)  # not sys.exit: JAX's shutdown barrier would wait for the lost process, then abort
+
+
+@contextlib.contextmanager
+def exit_when_a_process_dies():
+  """On several processes, the block holds a lifeline to the others (fer_jax.lifeline): when one of them dies
+  without leaving the run, this one ends at once with one line and exit 75, wherever it waits (a collective that
+  would never fail, a barrier). A process leaving the block any other way (done, an error, sys.exit) says goodbye;
+  one ended by os._exit (a lost peer of its own, a second signal) does not, so the others end too."""
+  if not jax.distributed.is_initialized():
+    yield
+    return
+  with lifeline.held(distributed.coordination_client(), jax.process_index(), jax.process_count(),
+                     distributed.coordinator_host(), lambda what: _exit_lost_peer(_lost_peer_line(what)),
+                     distributed.COORDINATOR_TIMEOUT_S):
+    yield
 
 
 @contextlib.contextmanager
@@ -126,9 +152,7 @@ def exit_status_on_stop(stopped: str = "The saved steps stand; run the same comm
   except jax.errors.JaxRuntimeError as e:
     if (message := lost_peer_message(e)) is None:
       raise
-    logging.error("%s", message)
-    logging.flush()
-    os._exit(PREEMPTED_EXIT_STATUS)  # not sys.exit: JAX's shutdown barrier would wait for the lost process, then abort
+    _exit_lost_peer(message)
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
