@@ -77,7 +77,7 @@ def test_process_0_sees_a_process_killed_at_once_and_a_process_leaving_as_leavin
       assert leaving.wait(timeout=30) == 0 and leaving.stdout.read() == ""  # no "lost:"
       _no_loss_within_a_second(losses)
       killed.kill()
-      assert losses.get(timeout=10) == "a process ended without leaving the run (its connection closed)"
+      assert losses.get(timeout=10).startswith("a process ended without leaving the run (")
 
 
 def test_the_others_see_process_0_killed_at_once():
@@ -85,7 +85,8 @@ def test_the_others_see_process_0_killed_at_once():
   with killed_at_end([_child(0)]) as (zero,):
     with lifeline.held(OneKeyClient(_port(zero)), 1, 2, "localhost", losses.put, 30):
       zero.kill()
-      assert losses.get(timeout=10) == "process 0 ended without leaving the run (its connection closed)"
+      # "(its connection closed)", or "([Errno 104] Connection reset by peer)" if killed before it accepted this one
+      assert losses.get(timeout=10).startswith("process 0 ended without leaving the run (")
 
 
 def test_process_0_leaving_is_not_taken_for_its_death_nor_another_process_leaving_by_it():
