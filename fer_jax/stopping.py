@@ -120,9 +120,8 @@ def exit_when_a_process_dies():
   if not jax.distributed.is_initialized():
     yield
     return
-  with lifeline.held(distributed.coordination_client(), jax.process_index(), jax.process_count(),
-                     distributed.coordinator_host(), lambda what: _exit_lost_peer(_lost_peer_line(what)),
-                     distributed.COORDINATOR_TIMEOUT_S):
+  with lifeline.held(distributed.coordination_client(), jax.process_index(), distributed.coordinator_host(),
+                     lambda what: _exit_lost_peer(_lost_peer_line(what)), distributed.COORDINATOR_TIMEOUT_S):
     yield
 
 

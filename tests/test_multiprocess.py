@@ -325,7 +325,7 @@ def test_a_process_killed_ends_the_other_wherever_it_waits():
     processes[1].kill()
     code, (_, errors) = processes[0].wait(timeout=30), processes[0].communicate()
   assert code == stopping.PREEMPTED_EXIT_STATUS, errors[-3000:]
-  assert re.search(r"a process ended without leaving the run \(.+\): another process stopped or died\. The steps "
+  assert re.search(r"process 1 ended without leaving the run \(.+\): another process stopped or died\. The steps "
                    r"saved stand", errors), errors[-3000:]
   assert "Traceback" not in errors
 
