@@ -1,9 +1,9 @@
 """A TCP connection from every process of a run to process 0, held while the command runs (`held`). A process
 that dies (SIGKILL, the OOM killer, a crash in native code) closes its end without the goodbye a process sends on
-leaving, and the processes still running learn it at once (a lost host: once keepalive probes go unanswered). Without it they learn it from a
-collective, which may never fail: a device waiting on another device of its own process does not see the dead
-process's connections close (gloo on CPUs, in 5 kills of 15 during a save; NCCL on GPUs likewise) and waits until
-JAX's 100 s heartbeat timeout aborts the process."""
+leaving, and the processes still running learn it at once (of a lost host: once keepalive probes go unanswered).
+Without it they learn it from a collective, which may never fail: a device waiting on another device of its own
+process does not see the dead process's connections close (gloo on CPUs, in 5 kills of 15 during a save; NCCL on
+GPUs likewise) and waits until JAX's 100 s heartbeat timeout aborts the process."""
 
 import contextlib
 import secrets
