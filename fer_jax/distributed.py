@@ -364,10 +364,11 @@ def _gather_strings(name: str, text: str) -> list[str]:
           for number in range(jax.process_count())]
 
 
-def coordinator_host() -> str:
-  """The host the processes reach process 0's coordinator at (given, or found by JAX in a cluster it detects)."""
-  address = jax_distributed.global_state.coordinator_address
-  return address.rsplit(":", 1)[0].strip("[]")
+def coordinator_host() -> str | None:
+  """The host the processes reach process 0's coordinator at (given, or found by JAX in a cluster it detects); None
+  where JAX no longer keeps it there."""
+  address = getattr(jax_distributed.global_state, "coordinator_address", None)
+  return address.rsplit(":", 1)[0].strip("[]") if isinstance(address, str) else None
 
 
 def coordination_client():

@@ -1,9 +1,13 @@
 """A TCP connection from every process of a run to process 0, held while the command runs (`held`). A process
-that dies (SIGKILL, the OOM killer, a crash in native code) closes its end without the goodbye a process sends on
-leaving, and the processes still running learn it at once (of a lost host: once keepalive probes go unanswered).
-Without it they learn it from a collective, which may never fail: a device waiting on another device of its own
-process does not see the dead process's connections close (gloo on CPUs, in 5 kills of 15 during a save; NCCL on
-GPUs likewise) and waits until JAX's 100 s heartbeat timeout aborts the process."""
+that dies (SIGKILL, the OOM killer, a crash in native code) closes its end without the farewell a process sends on
+leaving, and process 0 learns it at once, or the others if process 0 died; process 0 then ends, and so the others
+learn it (of a lost host: once keepalive probes go unanswered). Without it they learn it from a collective, which
+may never fail: a device waiting on another device of its own process does not see the dead process's connections
+close (gloo on CPUs, in 5 kills of 15 during a save; NCCL on GPUs likewise) and waits until JAX's 100 s heartbeat
+timeout aborts the process.
+
+On a connection, in order: the other process's token of the run and index (to process 0, which ignores a
+connection without them: a port scanner's), WELCOME (from process 0), then either side's farewell."""
 
 import contextlib
 import secrets
@@ -14,127 +18,185 @@ from typing import Callable
 from absl import logging
 
 ADDRESS_KEY = "fer_jax/lifeline"  # process 0's port and the run's token, in the coordination service's key-value store
-GOODBYE = b"goodbye"
-# Probes of a silent connection (Linux): a host lost without a word is noticed within a minute.
-KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+WELCOME = b"welcome\n"
+GOODBYE = b"goodbye\n"  # the farewell of a process leaving the block by returning or by sys.exit
+FAILED = b"failed\n"  # that of a process leaving it by an exception, which the others may be raising too
+GRACE_S = 5  # how long a process given FAILED waits to leave on its own error before ending as a lost one
+CONNECT_TIMEOUT_S = 30
+# Probes of a silent connection (Linux): a lost host is noticed after 2 minutes, a network partition JAX's own
+# heartbeat (100 s) outlives does not end the run.
+KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6))
+LINE_LIMIT = 64  # bytes: a line of the protocol is shorter
 
 
 @contextlib.contextmanager
-def held(client, index: int, coordinator_host: str, on_lost: Callable[[str], None], timeout_s: float):
+def held(client, index: int, coordinator_host: str | None, on_lost: Callable[[str], None],
+         timeout_s: float):
   """The block, process `index` holding its lifeline: process 0 listens on a free port, published with a token of
-  the run through `client` (the coordination service's), and the others connect to it at `coordinator_host`, each
-  first sending the token and its index (a connection without them, a port scanner's, is no process of the run).
-  `on_lost(what)` is called from a watching thread when a connection ends without the other side's goodbye while
-  the block runs (what: "process 1 ended without leaving the run (…)"). A lifeline that cannot be made within
-  `timeout_s` is a warning, not an error: the run goes on as it would without one."""
+  the run through `client` (the coordination service's, whose published address the others wait for up to
+  `timeout_s`), and the others connect to it at `coordinator_host`. `on_lost(what)` is called once, from a watching
+  thread, when a connection ends without a farewell while the block runs ("process 1 ended without leaving the run
+  (…)"), or with FAILED and the block still runs GRACE_S later ("process 1 stopped with an error (see its log)"). A
+  lifeline that cannot be made is a warning, not an error: the run goes on as it would without one."""
   lifeline = _Lifeline(on_lost)
   if index == 0:
     lifeline.serve(client)
   else:
     lifeline.connect(client, index, coordinator_host, timeout_s)
+  farewell = GOODBYE
   try:
     yield
+  except Exception:
+    farewell = FAILED
+    raise
   finally:
-    lifeline.leave()
+    lifeline.leave(farewell)
 
 
 class _Lifeline:
-  """One process's connections: to every other process on process 0, to process 0 on the others. Nothing else flows
-  on them but each side's goodbye, and every byte is read as it comes: data left unread by a process that exits
-  resets the connection, and the other side may lose the goodbye before it."""
+  """One process's connections: to every other process on process 0, to process 0 on the others. Each is read to
+  its end as data comes (data left unread by a process that exits resets the connection, and the other side may
+  lose what was sent before)."""
 
   def __init__(self, on_lost: Callable[[str], None]):
     self._on_lost = on_lost
-    self._leaving = False
+    self._left = threading.Event()
+    self._farewell = GOODBYE
     self._connections: list[socket.socket] = []
     self._server: socket.socket | None = None
     self._token = secrets.token_hex(8).encode()
     self._lock = threading.Lock()
+    self._lost_once = threading.Lock()
 
   def serve(self, client) -> None:
-    if socket.has_dualstack_ipv6():
-      self._server = socket.create_server(("", 0), family=socket.AF_INET6, dualstack_ipv6=True)
-    else:
-      self._server = socket.create_server(("", 0))
-    client.key_value_set(ADDRESS_KEY, f"{self._server.getsockname()[1]} {self._token.decode()}")
+    try:
+      if socket.has_dualstack_ipv6():
+        server = socket.create_server(("", 0), family=socket.AF_INET6, dualstack_ipv6=True)
+      else:
+        server = socket.create_server(("", 0))
+      client.key_value_set(ADDRESS_KEY, f"{server.getsockname()[1]} {self._token.decode()}")
+      server.settimeout(1)  # the accepting thread looks whether this process left every second
+    except Exception as error:  # pylint: disable=broad-except  # the run goes on without it
+      logging.warning("No lifeline on process 0 (%s): a process that dies leaves the others waiting for JAX's "
+                      "heartbeat timeout.", error)
+      return
+    self._server = server
     threading.Thread(target=self._accept, name="lifeline", daemon=True).start()
 
   def _accept(self) -> None:
-    self._server.settimeout(1)
-    while not self._leaving:
+    while not self._left.is_set():
       try:
         connection, _ = self._server.accept()
       except TimeoutError:
         continue
-      except OSError:  # closed
+      except OSError:  # closed as this process left
         return
-      self._watch(connection, peer=None)
+      threading.Thread(target=self._greet, args=(connection,), name="lifeline", daemon=True).start()
 
-  def connect(self, client, index: int, host: str, timeout_s: float) -> None:
+  def _greet(self, connection: socket.socket) -> None:
+    """Process 0: a process of the run names itself with the token, is welcomed and watched; others are closed."""
+    connection.settimeout(CONNECT_TIMEOUT_S)
+    line, rest = _read_line(connection)
+    token, _, index = line.rstrip(b"\n").partition(b" ")
+    if token != self._token or not index.isdigit():
+      connection.close()
+      return
+    connection.settimeout(None)
+    self._watch(connection, f"process {int(index)}", rest, greeting=WELCOME)
+
+  def connect(self, client, index: int, host: str | None, timeout_s: float) -> None:
     try:
+      if host is None:
+        raise RuntimeError("JAX keeps no coordinator address where fer_jax looks for it")
       port, self._token = client.blocking_key_value_get(ADDRESS_KEY, int(timeout_s * 1000)).encode().split()
-      connection = socket.create_connection((host, int(port)), timeout=timeout_s)
-      connection.settimeout(None)
+      connection = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S)
       connection.sendall(b"%s %d\n" % (self._token, index))
+      welcome, rest = _read_line(connection)
+      if welcome != WELCOME:  # a proxy that accepted for a port it cannot reach, and closed
+        raise ConnectionError(f"no welcome from port {int(port)}, but {welcome[:20]!r}")
+      connection.settimeout(None)
     except Exception as error:  # pylint: disable=broad-except  # a firewall, a timeout: the run goes on without it
       logging.warning("No lifeline to process 0 at %s (%s): if process 0 dies, this process waits for JAX's heartbeat "
                       "timeout.", host, error)
       return
-    self._watch(connection, peer="process 0")
+    self._watch(connection, "process 0", rest)
 
-  def _watch(self, connection: socket.socket, peer: str | None) -> None:
+  def _watch(self, connection: socket.socket, peer: str, received: bytes, greeting: bytes = b"") -> None:
     for name, value in KEEPALIVE:
       if hasattr(socket, name):
         connection.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
     connection.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     with self._lock:
       self._connections.append(connection)
-      if self._leaving:  # accepted after this process left
-        _say_goodbye(connection)
-    threading.Thread(target=self._read_to_end, args=(connection, peer), name="lifeline", daemon=True).start()
+      _send(connection, greeting + (self._farewell if self._left.is_set() else b""), last=self._left.is_set())
+    threading.Thread(target=self._read_to_end, args=(connection, peer, received), name="lifeline",
+                     daemon=True).start()
 
-  def _read_to_end(self, connection: socket.socket, peer: str | None) -> None:
-    """Reads to the other side's end; calls on_lost if it sent no goodbye and this process is not leaving. `peer`
-    None: the other side names itself first (on process 0), or is no process of the run."""
-    received, error = b"", None
+  def _read_to_end(self, connection: socket.socket, peer: str, received: bytes) -> None:
+    """Reads to the other side's end; unless this process left, a farewell-less end is a loss, and so is FAILED if
+    this process has not left GRACE_S later."""
+    error = None
     try:
-      while chunk := connection.recv(64):
-        received += chunk
+      while chunk := connection.recv(LINE_LIMIT):
+        received = (received + chunk)[-LINE_LIMIT:]
     except OSError as raised:  # reset, or keepalive probes unanswered
       error = raised
-    if peer is None:
-      token, _, index = received.partition(b"\n")[0].partition(b" ")
-      if token != self._token or not index.isdigit():
-        return
-      peer = f"process {int(index)}"
-    if GOODBYE not in received and not self._leaving:
-      self._on_lost(f"{peer} ended without leaving the run ({error or 'its connection closed'})")
+    if self._left.is_set() or received.endswith(GOODBYE):
+      return
+    if not received.endswith(FAILED):
+      self._lost(f"{peer} ended without leaving the run ({error or 'its connection closed'})")
+    elif not self._left.wait(GRACE_S):
+      self._lost(f"{peer} stopped with an error (see its log)")
 
-  def leave(self) -> None:
-    """Says goodbye on every connection, those still waiting to be accepted included (a process that exits with
-    them unaccepted resets them; what they sent already is read first); the watching threads read on to the other
-    side's end, unheard."""
+  def _lost(self, what: str) -> None:
+    if self._lost_once.acquire(blocking=False):
+      self._on_lost(what)
+
+  def leave(self, farewell: bytes) -> None:
+    """Sends `farewell` on every connection, those still waiting to be accepted included (a process that exits with
+    them unaccepted resets them: they are welcomed unheard, what they sent read first); the watching threads read on
+    to the other side's end, unheard."""
     with self._lock:
-      self._leaving = True
+      self._farewell = farewell
+      self._left.set()
+      for connection in self._connections:
+        _send(connection, farewell, last=True)
       if self._server is not None:
         self._server.setblocking(False)
         while True:
           try:
             waiting = self._server.accept()[0]
-          except OSError:  # none left (BlockingIOError), or closed
+          except OSError:  # none left (BlockingIOError)
             break
           try:
-            waiting.recv(64, socket.MSG_DONTWAIT)
+            waiting.recv(LINE_LIMIT, socket.MSG_DONTWAIT)
           except OSError:  # nothing sent yet
             pass
-          self._connections.append(waiting)
-      for connection in self._connections:
-        _say_goodbye(connection)
+          _send(waiting, WELCOME + farewell, last=True)
+        self._server.close()
 
 
-def _say_goodbye(connection: socket.socket) -> None:
+def _read_line(connection: socket.socket) -> tuple[bytes, bytes]:
+  """The first line the other side sends (with its newline; what came before the end if none within LINE_LIMIT
+  bytes), and what followed it."""
+  received = b""
+  while b"\n" not in received and len(received) < LINE_LIMIT:
+    try:
+      chunk = connection.recv(LINE_LIMIT)
+    except OSError:
+      break
+    if not chunk:
+      break
+    received += chunk
+  line, newline, rest = received.partition(b"\n")
+  return line + newline, rest
+
+
+def _send(connection: socket.socket, data: bytes, last: bool) -> None:
+  """`data`, then the end of this side's sending if `last`; nothing if the other side ended first."""
   try:
-    connection.sendall(GOODBYE)
-    connection.shutdown(socket.SHUT_WR)
-  except OSError:  # the other side ended first
+    connection.sendall(data)
+    if last:
+      connection.shutdown(socket.SHUT_WR)
+  except OSError:
     pass

@@ -115,8 +115,8 @@ def _exit_lost_peer(line: str) -> None:
 def exit_when_a_process_dies():
   """On several processes, the block holds a lifeline to the others (fer_jax.lifeline): when one of them dies
   without leaving the run, this one ends at once with one line and exit 75, wherever it waits (a collective that
-  would never fail, a barrier). A process leaving the block any other way (done, an error, sys.exit) says goodbye;
-  one ended by os._exit (a lost peer of its own, a second signal) does not, so the others end too."""
+  would never fail, a barrier), or 5 s after one left by an error of its own that this one does not raise too. A
+  process ended by os._exit (a lost peer of its own, a second signal) sends no farewell, so the others end too."""
   if not jax.distributed.is_initialized():
     yield
     return

@@ -1,13 +1,15 @@
 """fer_jax.lifeline between this test's process and child processes: a process that dies is seen at once by the
-other, one that leaves is not taken for dead, a stranger's connection is ignored, and a lifeline that cannot be
-made is a warning."""
+other, one that leaves is not taken for dead, one that fails alone is seen after the grace a shared error needs, a
+stranger's connection is ignored, and a lifeline that cannot be made is a warning."""
 
+import contextlib
 import queue
 import select
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 
 from absl import logging
 import pytest
@@ -31,7 +33,7 @@ class OneKeyClient:
 
 
 # A process of the run holding its lifeline: process 0 prints the port and token it publishes, another says it
-# joined; it leaves the run when its standard input closes.
+# joined; it leaves the run when its standard input closes, by an exception if it read "fail".
 CHILD = textwrap.dedent("""
   import sys
   from fer_jax import lifeline
@@ -47,7 +49,8 @@ CHILD = textwrap.dedent("""
   with lifeline.held(Client(), index, "localhost", lambda what: print("lost:", what, flush=True), 30):
     if index:
       print("joined", flush=True)
-    sys.stdin.read()
+    if sys.stdin.read() == "fail":
+      raise RuntimeError("this process alone")
 """)
 
 
@@ -104,6 +107,25 @@ def test_process_0_leaving_is_not_taken_for_its_death_nor_another_process_leavin
       assert zero.wait(timeout=30) == 0 and zero.stdout.read() == "", leaves_first  # no "lost:"
 
 
+def test_a_process_failing_alone_is_seen_after_the_grace_and_one_failing_with_this_one_is_not(monkeypatch):
+  """An error raised on every process at once (errors_together) ends each by its own message: the grace lets it."""
+  monkeypatch.setattr(lifeline, "GRACE_S", 1)
+  for alone in (True, False):
+    losses = queue.Queue()
+    client = OneKeyClient()
+    with pytest.raises(RuntimeError, match="this one too") if not alone else contextlib.nullcontext():
+      with lifeline.held(client, 0, "localhost", losses.put, 30):
+        with killed_at_end([_child(1, client.values[lifeline.ADDRESS_KEY])]) as (failing,):
+          assert failing.stdout.readline() == "joined\n"
+          failing.communicate("fail", timeout=30)
+          assert failing.returncode == 1
+        if alone:
+          assert losses.get(timeout=10) == "process 1 stopped with an error (see its log)"
+        else:
+          raise RuntimeError("this one too")
+    _no_loss_within_a_second(losses)
+
+
 def test_a_connection_without_the_runs_token_is_no_process_of_the_run():
   """A port scanner's connection, or one from an earlier run's process, that closes."""
   losses = queue.Queue()
@@ -116,26 +138,39 @@ def test_a_connection_without_the_runs_token_is_no_process_of_the_run():
     _no_loss_within_a_second(losses)
     with socket.create_connection(("localhost", int(port)), timeout=10) as process_1:
       process_1.sendall(b"%s 1\n" % token.encode())
+      assert process_1.recv(64) == lifeline.WELCOME
     assert losses.get(timeout=10) == "process 1 ended without leaving the run (its connection closed)"
 
 
 def test_process_0_says_goodbye_to_a_process_connecting_as_it_leaves():
   """Accepted or still waiting to be: a process that exits with connections waiting resets them, which the others
   would take for its death."""
-  client = OneKeyClient()
-  with lifeline.held(client, 0, "localhost", pytest.fail, 30):
+  client, losses = OneKeyClient(), queue.Queue()
+  with lifeline.held(client, 0, "localhost", losses.put, 30):
     port, token = client.values[lifeline.ADDRESS_KEY].split()
     joining = socket.create_connection(("localhost", int(port)), timeout=10)
     joining.sendall(b"%s 1\n" % token.encode())
   with joining:
-    assert joining.recv(64) == lifeline.GOODBYE and joining.recv(64) == b""
+    received = b""
+    while chunk := joining.recv(64):
+      received += chunk
+  assert received == lifeline.WELCOME + lifeline.GOODBYE
+  _no_loss_within_a_second(losses)
 
 
-def test_a_lifeline_that_cannot_be_made_is_a_warning_and_the_block_runs(monkeypatch):
+@pytest.mark.parametrize("process_0", ["nothing listening", "a proxy closing at once"])
+def test_a_lifeline_that_cannot_be_made_is_a_warning_and_the_block_runs(monkeypatch, process_0):
+  """A transparent proxy (a sidecar) accepts a connection for a port it cannot reach, then closes it: no welcome."""
   warnings, losses = [], queue.Queue()
   monkeypatch.setattr(logging, "warning", lambda message, *args: warnings.append(message % args))
-  with lifeline.held(OneKeyClient(f"{free_port()} token"), 1, "localhost", losses.put, 5):
-    ran = True
-  assert ran and losses.empty()
+  with socket.create_server(("localhost", 0)) as proxy:
+    port = free_port() if process_0 == "nothing listening" else proxy.getsockname()[1]
+    closing = threading.Thread(target=lambda: proxy.accept()[0].close(), daemon=True)
+    if process_0 != "nothing listening":
+      closing.start()
+    with lifeline.held(OneKeyClient(f"{port} token"), 1, "localhost", losses.put, 5):
+      ran = True
+  assert ran
+  _no_loss_within_a_second(losses)
   assert len(warnings) == 1 and warnings[0].startswith("No lifeline to process 0 at localhost (")
   assert "if process 0 dies, this process waits for JAX's heartbeat timeout" in warnings[0]
