@@ -1,8 +1,9 @@
 """Train or evaluate a method: `python -m fer_jax.main --config=configs/dan.py:rafdb --workdir=DIR`.
 
 Exit status: 0 done; 2 a user error (one `error:` line: the file or key and the fix); 75 stopped
-by SIGTERM/SIGINT after saving its step (run the same command to resume; `--mode=eval`: to evaluate
-again); 1 non-finite loss or gradient (the message names the step and the last good checkpoint).
+by SIGTERM/SIGINT after saving its step, or (--distributed) because another process of the run stopped or died
+(run the same command to resume; `--mode=eval`: to evaluate again); 1 non-finite loss or gradient (the message
+names the step and the last good checkpoint).
 """
 
 from absl import flags
