@@ -153,26 +153,15 @@ class _Lifeline:
       self._on_lost(what)
 
   def leave(self, farewell: bytes) -> None:
-    """Sends `farewell` on every connection, those still waiting to be accepted included (a process that exits with
-    them unaccepted resets them: they are welcomed unheard, what they sent read first); the watching threads read on
-    to the other side's end, unheard."""
+    """Sends `farewell` on every connection (one welcomed later gets it with its welcome), and closes process 0's
+    listening socket: a process whose connection is not welcomed goes on without a lifeline, warned. The watching
+    threads read on to the other side's end, unheard."""
     with self._lock:
       self._farewell = farewell
       self._left.set()
       for connection in self._connections:
         _send(connection, farewell, last=True)
       if self._server is not None:
-        self._server.setblocking(False)
-        while True:
-          try:
-            waiting = self._server.accept()[0]
-          except OSError:  # none left (BlockingIOError)
-            break
-          try:
-            waiting.recv(LINE_LIMIT, socket.MSG_DONTWAIT)
-          except OSError:  # nothing sent yet
-            pass
-          _send(waiting, WELCOME + farewell, last=True)
         self._server.close()
 
 

@@ -142,19 +142,20 @@ def test_a_connection_without_the_runs_token_is_no_process_of_the_run():
     assert losses.get(timeout=10) == "process 1 ended without leaving the run (its connection closed)"
 
 
-def test_process_0_says_goodbye_to_a_process_connecting_as_it_leaves():
-  """Accepted or still waiting to be: a process that exits with connections waiting resets them, which the others
-  would take for its death."""
-  client, losses = OneKeyClient(), queue.Queue()
+def test_a_process_connecting_as_process_0_leaves_does_not_take_it_for_dead():
+  """Welcomed with a goodbye, or reset unwelcomed (process 0 closed its port with the connection unaccepted): a
+  warning then, not a loss."""
+  client, losses, joined = OneKeyClient(), queue.Queue(), threading.Event()
+
+  def process_1():
+    with lifeline.held(OneKeyClient(client.values[lifeline.ADDRESS_KEY]), 1, "localhost", losses.put, 30):
+      joined.set()
+
   with lifeline.held(client, 0, "localhost", losses.put, 30):
-    port, token = client.values[lifeline.ADDRESS_KEY].split()
-    joining = socket.create_connection(("localhost", int(port)), timeout=10)
-    joining.sendall(b"%s 1\n" % token.encode())
-  with joining:
-    received = b""
-    while chunk := joining.recv(64):
-      received += chunk
-  assert received == lifeline.WELCOME + lifeline.GOODBYE
+    joining = threading.Thread(target=process_1)
+    joining.start()
+  joining.join(timeout=30)
+  assert joined.is_set()
   _no_loss_within_a_second(losses)
 
 
