@@ -7,7 +7,8 @@ close (gloo on CPUs, in 5 kills of 15 during a save; NCCL on GPUs likewise) and 
 timeout aborts the process.
 
 On a connection, in order: the other process's token of the run and index (to process 0, which ignores a
-connection without them: a port scanner's), WELCOME (from process 0), then either side's farewell."""
+connection without them: a port scanner's), WELCOME (from process 0), then either side's farewell, or process 0's
+LOST line, which names the lost process to the others."""
 
 import contextlib
 import secrets
@@ -26,7 +27,9 @@ CONNECT_TIMEOUT_S = 30
 # Probes of a silent connection (Linux): a lost host is noticed after 2 minutes, a network partition JAX's own
 # heartbeat (100 s) outlives does not end the run.
 KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6))
-LINE_LIMIT = 64  # bytes: a line of the protocol is shorter
+LOST = b"lost "  # process 0 to the others before it ends on a loss: LOST + what + b"\n"
+LINE_LIMIT = 64  # bytes: a token and index, or a welcome, is shorter
+TAIL_LIMIT = 512  # bytes: what is kept of a connection's end
 
 
 @contextlib.contextmanager
@@ -137,20 +140,29 @@ class _Lifeline:
     this process has not left GRACE_S later."""
     error = None
     try:
-      while chunk := connection.recv(LINE_LIMIT):
-        received = (received + chunk)[-LINE_LIMIT:]
+      while chunk := connection.recv(TAIL_LIMIT):
+        received = (received + chunk)[-TAIL_LIMIT:]
     except OSError as raised:  # reset, or keepalive probes unanswered
       error = raised
+    last_line = received.rstrip(b"\n").rpartition(b"\n")[2]
     if self._left.is_set() or received.endswith(GOODBYE):
       return
-    if not received.endswith(FAILED):
+    if last_line.startswith(LOST):
+      self._lost(f"{last_line[len(LOST):].decode(errors='replace')}, seen by {peer}")
+    elif not received.endswith(FAILED):
       self._lost(f"{peer} ended without leaving the run ({error or 'its connection closed'})")
     elif not self._left.wait(GRACE_S):
       self._lost(f"{peer} stopped with an error (see its log)")
 
   def _lost(self, what: str) -> None:
-    if self._lost_once.acquire(blocking=False):
-      self._on_lost(what)
+    """on_lost(what), once; process 0 first tells the others what it lost."""
+    if not self._lost_once.acquire(blocking=False):
+      return
+    if self._server is not None:
+      with self._lock:
+        for connection in self._connections:
+          _send(connection, LOST + what.encode() + b"\n", last=True)
+    self._on_lost(what)
 
   def leave(self, farewell: bytes) -> None:
     """Sends `farewell` on every connection (one welcomed later gets it with its welcome), and closes process 0's

@@ -69,18 +69,21 @@ def _no_loss_within_a_second(losses: queue.Queue) -> None:
     losses.get(timeout=1)
 
 
-def test_process_0_sees_a_process_killed_at_once_and_a_process_leaving_as_leaving():
+def test_process_0_sees_a_process_killed_at_once_tells_the_others_and_sees_a_process_leaving_as_leaving():
   losses = queue.Queue()
   client = OneKeyClient()
   with lifeline.held(client, 0, "localhost", losses.put, 30):
     address = client.values[lifeline.ADDRESS_KEY]
-    with killed_at_end([_child(1, address), _child(2, address)]) as (leaving, killed):
-      assert leaving.stdout.readline() == killed.stdout.readline() == "joined\n"
+    with killed_at_end([_child(1, address), _child(2, address), _child(3, address)]) as (leaving, killed, staying):
+      assert leaving.stdout.readline() == killed.stdout.readline() == staying.stdout.readline() == "joined\n"
       leaving.stdin.close()
       assert leaving.wait(timeout=30) == 0 and leaving.stdout.read() == ""  # no "lost:"
       _no_loss_within_a_second(losses)
       killed.kill()
-      assert losses.get(timeout=10).startswith("process 2 ended without leaving the run (")
+      lost = losses.get(timeout=10)
+      assert lost.startswith("process 2 ended without leaving the run (")
+      assert select.select([staying.stdout], [], [], 10)[0], "process 3 was not told"
+      assert staying.stdout.readline() == f"lost: {lost}, seen by process 0\n"
 
 
 def test_the_others_see_process_0_killed_at_once():
