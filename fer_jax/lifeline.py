@@ -73,10 +73,8 @@ class _Lifeline:
 
   def serve(self, client) -> None:
     try:
-      if socket.has_dualstack_ipv6():
-        server = socket.create_server(("", 0), family=socket.AF_INET6, dualstack_ipv6=True)
-      else:
-        server = socket.create_server(("", 0))
+      dual = socket.has_dualstack_ipv6()
+      server = socket.create_server(("", 0), family=socket.AF_INET6 if dual else socket.AF_INET, dualstack_ipv6=dual)
       client.key_value_set(ADDRESS_KEY, f"{server.getsockname()[1]} {self._token.decode()}")
       server.settimeout(1)  # the accepting thread looks whether this process left every second
     except Exception as error:  # pylint: disable=broad-except  # the run goes on without it
@@ -144,9 +142,9 @@ class _Lifeline:
         received = (received + chunk)[-TAIL_LIMIT:]
     except OSError as raised:  # reset, or keepalive probes unanswered
       error = raised
-    last_line = received.rstrip(b"\n").rpartition(b"\n")[2]
     if self._left.is_set() or received.endswith(GOODBYE):
       return
+    last_line = received.rstrip(b"\n").rpartition(b"\n")[2]
     if last_line.startswith(LOST):
       self._lost(f"{last_line[len(LOST):].decode(errors='replace')}, seen by {peer}")
     elif not received.endswith(FAILED):
