@@ -89,6 +89,12 @@ def _together(check, *args) -> None:
     raise
 
 
+def host_and_port(address: str) -> tuple[str, int]:
+  """HOST:PORT's host (an IPv6 address's brackets removed) and port."""
+  host, port = address.rsplit(":", 1)
+  return host.strip("[]"), int(port)
+
+
 def check_port_free(address: str, flag: str, bind_address: str | None = None) -> None:
   """Process 0 (its --process_id given as 0) binds the coordinator's port for a moment: where it is taken, JAX's
   service would kill this process with a segfault and leave the others waiting five minutes. Binds all
@@ -97,15 +103,15 @@ def check_port_free(address: str, flag: str, bind_address: str | None = None) ->
 
   Where --process_id is left to a cluster JAX detects, this process may not be process 0, and on process 0's
   host it would find process 0's own service there: no check."""
-  host, port = (bind_address or address).rsplit(":", 1)
+  host, port = host_and_port(bind_address or address)
   if bind_address:
-    host, dual = host.strip("[]"), False
+    dual = False
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
   else:
     dual = socket.has_dualstack_ipv6()
     host, family = ("::", socket.AF_INET6) if dual else ("", socket.AF_INET)
   try:
-    socket.create_server((host, int(port)), family=family, dualstack_ipv6=dual).close()
+    socket.create_server((host, port), family=family, dualstack_ipv6=dual).close()
   except OSError as error:
     name = "JAX_COORDINATOR_BIND_ADDRESS" if bind_address else flag
     if error.errno == errno.EADDRINUSE:
@@ -135,11 +141,11 @@ def wait_for_coordinator(address: str, flag: str, timeout_s: float) -> None:
   """Returns once something listens at process 0's HOST:PORT. Where the host does not resolve here, or nothing
   answers within `timeout_s`, a UserError names the address: JAX itself would abort the process after five
   minutes with a native stack trace that blames another task."""
-  host, port = address.rsplit(":", 1)
+  host, port = host_and_port(address)
   deadline = time.monotonic() + timeout_s
   while True:
     try:
-      socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+      socket.create_connection((host, port), timeout=5).close()
       return
     except socket.gaierror as error:
       raise UserError(f"{flag}={address}: {host} does not resolve on this host ({error.strerror}): give process "
@@ -368,7 +374,7 @@ def coordinator_host() -> str | None:
   """The host the processes reach process 0's coordinator at (given, or found by JAX in a cluster it detects); None
   where JAX no longer keeps it there."""
   address = getattr(jax_distributed.global_state, "coordinator_address", None)
-  return address.rsplit(":", 1)[0].strip("[]") if isinstance(address, str) else None
+  return host_and_port(address)[0] if isinstance(address, str) else None
 
 
 def coordination_client():

@@ -68,6 +68,14 @@ def test_a_coordinator_that_does_not_resolve_or_answer_is_named(monkeypatch):
     distributed.wait_for_coordinator(f"127.0.0.1:{listening.getsockname()[1]}", "--coordinator_address", 0.5)
 
 
+def test_an_ipv6_coordinator_is_reached_and_checked_without_its_brackets():
+  with socket.create_server(("::1", 0), family=socket.AF_INET6) as listening:
+    port = listening.getsockname()[1]
+    distributed.wait_for_coordinator(f"[::1]:{port}", "--coordinator_address", 0.5)
+    with pytest.raises(UserError, match=rf"^JAX_COORDINATOR_BIND_ADDRESS=\[::1\]:{port}: port {port} is already"):
+      distributed.check_port_free(f"node0:{port}", "--coordinator_address", f"[::1]:{port}")
+
+
 def test_config_differences_name_each_key_and_both_values():
   zero = {"batch_size": 32, "seed": 0, "input.eval_pp": "x" * 80, "--mode": "train"}
   one = {"batch_size": 16, "seed": 0, "input.eval_pp": "x" * 79 + "y", "--mode": "train", "model.remat": False}
