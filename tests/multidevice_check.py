@@ -8,7 +8,8 @@ parameters of the uninterrupted one, and whether an evaluation whose batch does 
 over the devices gives the one-device confusion matrix; it fails if a checkpoint save on all
 devices compiles any program (orbax's per-replica slicing, see checkpointing.manager). The model is
 small (conv + BatchNorm + dense): the point is the sharded step with its device augmentation, the
-same code for every method. It also reports the collectives of the all-device train step, whose one
+same code for every method. DAN's two steps are compared too (its losses: the affinity loss's
+centres and the partition loss's variance over heads, each a mean over the sharded batch). It also reports the collectives of the all-device train step, whose one
 BatchNorm reduces its batch statistics in one all-gather (models/batch_norm.batch_moments), and
 how far those statistics fall from float64 NumPy's on inputs whose mean is 10⁴ times their spread.
 """
@@ -23,7 +24,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from fer_jax import benchmark
 from fer_jax import checkpointing
@@ -48,22 +48,21 @@ class SmallNet(nn.Module):
     return {"logits": nn.Dense(7)(jnp.mean(x, axis=(1, 2)))}
 
 
-def cross_entropy(outputs, labels, loss_config):
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels)), {}
+SMALL_NET = models.Method(build=lambda model_config: SmallNet())
 
 
-def run(devices, config, steps=4, start=0, checkpoint_dir=None):
-  """Trains steps start … steps − 1 (resuming from `checkpoint_dir`'s step `start` if > 0);
+def run(devices, config, steps=4, start=0, checkpoint_dir=None, method=SMALL_NET):
+  """Trains `method` for steps start … steps − 1 (resuming from `checkpoint_dir`'s step `start` if > 0);
   saves the final state there when given."""
   mesh = mesh_lib.make_mesh(devices)
-  model = SmallNet()
+  model = method.build(config.model)
   optimizer = optim.make_optimizer(config.optimizer, 8, 1, models.abstract_variables(model, config)["params"])
   state = train.create_state(model, optimizer.tx, config, mesh)
   checkpoints = checkpointing.manager(checkpoint_dir) if checkpoint_dir else None
   if start:
     state = restore_state(checkpoints, start, state)
   data = pipeline.TrainData(config, mesh)
-  step = train.make_train_step(model, cross_entropy, config.loss, optimizer, mesh, config.seed, data.augment)
+  step = train.make_train_step(model, method.loss, config.loss, optimizer, mesh, config.seed, data.augment)
   losses, batches = [], data.batches(start)
   first = next(batches)
   compiled = step.lower(state, first).compile()  # run as it is, so that its collectives are the ones counted
@@ -105,6 +104,10 @@ def confusion(devices, config, variables):
   return evaluate.Evaluators(SmallNet(), config, mesh)(replicated, "eval")["confusion_matrix"]
 
 
+def largest_difference(params, others) -> float:
+  return max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(others)))
+
+
 def main():
   flags.FLAGS.mark_as_parsed()
   config = tiny_run(get_config("configs/dan.py:synthetic"))
@@ -112,7 +115,11 @@ def main():
   config.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)
   one_losses, one_params, _ = run(jax.devices()[:1], config)
   all_losses, all_params, collectives = run(jax.devices(), config)
-  difference = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(one_params), jax.tree.leaves(all_params)))
+  difference = largest_difference(one_params, all_params)
+  dan = tiny_run(get_config("configs/dan.py:synthetic"), batch_size=16)
+  dan.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)
+  dan_one_losses, dan_one_params, _ = run(jax.devices()[:1], dan, steps=2, method=models.get_method("dan"))
+  dan_all_losses, dan_all_params, _ = run(jax.devices(), dan, steps=2, method=models.get_method("dan"))
   straight_losses, straight_params, _ = run(jax.devices(), config, steps=8)
   with tempfile.TemporaryDirectory() as directory:
     run(jax.devices(), config, steps=4, checkpoint_dir=directory)
@@ -124,6 +131,8 @@ def main():
   same_evaluation = confusion(jax.devices()[:1], config, variables) == confusion(jax.devices(), config, variables)
   print(json.dumps({"devices": jax.device_count(), "one_device_losses": one_losses,
                     "all_device_losses": all_losses, "max_param_difference": difference,
+                    "dan": {"one_device_losses": dan_one_losses, "all_device_losses": dan_all_losses,
+                            "max_param_difference": largest_difference(dan_one_params, dan_all_params)},
                     "resumed_exactly": resumed_exactly, "same_evaluation": same_evaluation,
                     "train_step_collectives": collectives,
                     "batch_moments_error": {"one_device": batch_moments_error(jax.devices()[:1]),
