@@ -599,16 +599,17 @@ def test_affectnet_code_out_of_range_names_file_and_line(tmp_path):
     build("affectnet", tmp_path / "manual", tmp_path / "tfds")
 
 
-def test_affectnet_image_listed_twice_names_the_file_list(tmp_path):
+def test_affectnet_image_listed_twice_names_the_file_and_both_lines(tmp_path):
   """A repeated training.csv row reached TFDS's duplicate-key check, which needs TensorFlow: four tracebacks."""
   fx.write_affectnet_original(tmp_path / "manual")
   csv = tmp_path / "manual" / "Manually_Annotated_file_lists" / "training.csv"
   lines = csv.read_text().splitlines()
   csv.write_text("\n".join([*lines, lines[1]]) + "\n")
   listed = lines[1].split(",")[0]
-  with pytest.raises(builder_utils.DataError, match=f"lists the image {listed} twice for the 'train' split: keep "
-                                                    "one of its rows"):
+  with pytest.raises(builder_utils.DataError) as error:
     build("affectnet", tmp_path / "manual", tmp_path / "tfds")
+  assert str(error.value) == (f"The image {listed} is listed twice for the 'train' split: {csv}, line 2 and {csv}, "
+                              f"line {len(lines) + 1}. Keep one of the rows.")
 
 
 def test_affectnet_validation_image_in_the_training_list_is_warned_of(tmp_path, caplog):
@@ -781,8 +782,8 @@ def test_missing_image_beside_one_named_in_another_case_says_to_rename_it(tmp_pa
   with pytest.raises(builder_utils.DataError) as error:
     build("rafdb", tmp_path / "manual", tmp_path / "tfds")
   assert str(error.value) == (f"Image {aligned / 'train_00001_aligned.jpg'}, listed in "
-                              f"{tmp_path / 'manual' / 'basic' / 'EmoLabel' / 'list_patition_label.txt'}, does not "
-                              "exist; train_00001_aligned.JPG is there: rename it train_00001_aligned.jpg.")
+                              f"{tmp_path / 'manual' / 'basic' / 'EmoLabel' / 'list_patition_label.txt'}, line 1, "
+                              "does not exist; train_00001_aligned.JPG is there: rename it train_00001_aligned.jpg.")
 
 
 def test_broken_link_to_an_image_is_named_with_its_target(tmp_path):

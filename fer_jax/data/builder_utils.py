@@ -41,12 +41,14 @@ class Record:
   """One example before its image is read.
 
   `image` is the image file, or a function returning encoded image bytes (pixels held in
-  a CSV, or a crop); either may fail, which counts as an unreadable image.
+  a CSV, or a crop); either may fail, which counts as an unreadable image. `where` is the line
+  that lists it ("PATH, line N"), where a label file does, for the errors that name the record.
   """
   file_name: str
   label: int
   image: epath.Path | Callable[[], bytes]
   extras: dict = dataclasses.field(default_factory=dict)
+  where: str | None = None
 
 
 def find_path(root: epath.Path, candidates: Sequence[str], what: str, layout: str) -> epath.Path:
@@ -291,20 +293,23 @@ class ManualBuilder(LocalBuilder):
                       f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}") from e
 
   def _generate_examples(self, split: str, records: Iterable[Record]):
-    count, seen = 0, set()
+    count, seen = 0, {}
     for record in records:
       record = dataclasses.replace(record, file_name=stored_name(record.file_name))
       if record.file_name in seen:  # TFDS's own duplicate-key check needs TensorFlow: a traceback here
+        if record.where:
+          raise DataError(f"The image {record.file_name} is listed twice for the {split!r} split: "
+                          f"{seen[record.file_name]} and {record.where}. Keep one of the rows.")
         raise DataError(f"{self.split_sources.get(split, 'The manual directory')} lists the image "
                         f"{record.file_name} twice for the {split!r} split: keep one of its rows.")
-      seen.add(record.file_name)
+      seen[record.file_name] = record.where
       image = self._read_image(split, record)
       if image is None:
         continue
       count += 1
       yield record.file_name, {"image": image, "label": record.label, "file_name": record.file_name,
                                **record.extras}
-    self.names_by_split[split] = seen
+    self.names_by_split[split] = set(seen)
     self._warn_of_training_images_in(split)
     skipped = self.skipped_images.get(split, [])
     if skipped:
@@ -350,7 +355,8 @@ class ManualBuilder(LocalBuilder):
     except DataError:
       raise  # a label found faulty on reading the image (an AffectNet face box outside it): never skipped
     except FileNotFoundError as e:
-      raise missing_image_error(os.fspath(e.filename or source), self.split_sources.get(split, "the label file")) from e
+      listed_in = record.where or self.split_sources.get(split, "the label file")
+      raise missing_image_error(os.fspath(e.filename or source), listed_in) from e
     except (OSError, ValueError, Image.DecompressionBombError) as e:
       if not self.skip_corrupt:
         fix = "Make it readable" if isinstance(e, PermissionError) else "Replace it from the owners' download"

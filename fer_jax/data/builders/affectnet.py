@@ -174,7 +174,7 @@ class Affectnet(builder_utils.ManualBuilder):
         if self.builder_config.face_crop:
           box = tuple(int(_number(v, where)) for v in row[1:5])
           image = functools.partial(crop_face, image, box, where)
-        yield builder_utils.Record(file_name=row[0].strip(), label=code, image=image, extras=extras)
+        yield builder_utils.Record(file_name=row[0].strip(), label=code, image=image, extras=extras, where=where)
 
   def _subsets(self, lists: dict, validation_csv, images) -> dict[str, list[builder_utils.Record]]:
     """{split: records} of the validation subsets that Wang et al.'s lists name."""

@@ -82,7 +82,7 @@ class Rafdb(builder_utils.ManualBuilder):
                                    f"the RAF-DB label file {config.label_files[0]}", LAYOUT).parents[1]
     images = builder_utils.find_path(root, (config.image_folder,), "the RAF-DB image folder", LAYOUT)
     splits = self._read_splits(root)
-    test_labels = {base: label for base, (_, label) in splits["test"].items()}
+    test_labels = {base: label for base, (_, label, _) in splits["test"].items()}
     for split, path in builder_utils.find_subset_lists((root / "EmoLabel", manual), SUBSET_LISTS).items():
       keys = builder_utils.listed_keys(path, parse_subset_entry, test_labels, test_labels, range(NUM_CLASSES),
                                        "the RAF-DB test split")
@@ -113,13 +113,13 @@ class Rafdb(builder_utils.ManualBuilder):
                                         f"{splits[split][base][1] + 1}. Keep one of the lines, or restore the file "
                                         "from the owners' download.")
         first_lines.setdefault(base, where)
-        splits[split][base] = (f"{base}.jpg", label)
+        splits[split][base] = (f"{base}.jpg", label, first_lines[base])
     return splits
 
   def _records(self, images, entries):
     suffix = self.builder_config.image_suffix
-    for base, (name, label) in entries.items():
-      yield builder_utils.Record(file_name=name, label=label, image=images / f"{base}{suffix}.jpg")
+    for base, (name, label, where) in entries.items():
+      yield builder_utils.Record(file_name=name, label=label, image=images / f"{base}{suffix}.jpg", where=where)
 
 
 def _name_and_label(text: str, where: str) -> tuple[str, str]:
