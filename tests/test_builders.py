@@ -327,6 +327,21 @@ def test_ferplus_malformed_label_csv_row_is_named(tmp_path, row, expected):
   assert str(error.value).startswith(f"{label_csv}, {expected}")
 
 
+@pytest.mark.parametrize("repeated, other", [("fer2013.csv", "fer2013new.csv"), ("fer2013new.csv", "fer2013.csv")])
+def test_ferplus_csvs_of_other_lengths_are_refused_not_paired_off_by_one(tmp_path, repeated, other):
+  """A row repeated inside the last (PrivateTest) block shifted every later test image onto the next row's
+  votes, and the build succeeded: the Usage check only sees a shift that crosses a block's end."""
+  fx.write_ferplus(tmp_path / "manual", label_csv=False, pngs=False)
+  path, other = tmp_path / "manual" / repeated, tmp_path / "manual" / other
+  lines = path.read_text().splitlines()
+  path.write_text("\n".join(lines[:11] + lines[10:]) + "\n")  # the first PrivateTest row twice
+  with pytest.raises(builder_utils.DataError) as error:
+    build("ferplus", tmp_path / "manual", tmp_path / "tfds")
+  assert str(error.value) == (f"{path} has more image rows than {other} (line {len(lines) + 1} on): the files are "
+                              "not row-aligned, so images would be paired with other rows' votes. Restore both from "
+                              "the owners' downloads.")
+
+
 def test_ferplus_fer2013new_row_with_only_its_usage_names_file_and_line(tmp_path):
   fx.write_ferplus(tmp_path / "manual", label_csv=False, pngs=False)
   new_csv = tmp_path / "manual" / "fer2013new.csv"

@@ -22,6 +22,7 @@ extra splits `test_occlusion`, `test_pose30` and `test_pose45`, labelled by the 
 """
 
 import functools
+import itertools
 import re
 from typing import Iterable, Iterator
 
@@ -303,8 +304,13 @@ def _regenerated_images(root, usage: str, votes: dict):
   # pixels replacing the earlier's, so the image is the name's last row.
   last_line = {name: line for line, row_usage, name, _ in read_fer2013new(new_csv) if row_usage == usage and name}
   found = set()
-  for (line, _, pixels, fer_usage), (new_line, new_usage, name, _) in zip(
-      fer2013.read_rows(fer_csv), read_fer2013new(new_csv)):
+  for fer_row, new_row in itertools.zip_longest(fer2013.read_rows(fer_csv), read_fer2013new(new_csv)):
+    if fer_row is None or new_row is None:
+      (longer, extra), shorter = ((fer_csv, fer_row[0]), new_csv) if new_row is None else ((new_csv, new_row[0]), fer_csv)
+      raise builder_utils.DataError(
+          f"{longer} has more image rows than {shorter} (line {extra} on): the files are not row-aligned, so "
+          "images would be paired with other rows' votes. Restore both from the owners' downloads.")
+    (line, _, pixels, fer_usage), (new_line, new_usage, name, _) = fer_row, new_row
     if fer_usage != new_usage:
       raise builder_utils.DataError(
           f"{fer_csv}, line {line} (Usage {fer_usage}) and {new_csv}, line {new_line} "
