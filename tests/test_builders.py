@@ -217,6 +217,17 @@ def test_ferplus_configs_from_generated_folders(tmp_path, config):
         np.testing.assert_allclose(example["vote_distribution"], distribution)
 
 
+def test_ferplus_png_of_another_size_is_refused_by_name(tmp_path):
+  """FERPlus's features declare 48×48: a 100×100 PNG was stored, and runs decoding the set at 48² shrank it."""
+  fx.write_ferplus(tmp_path / "manual")
+  png = tmp_path / "manual" / "data" / "FER2013Train" / "fer0000000.png"
+  Image.new("L", (100, 90)).save(png)
+  with pytest.raises(builder_utils.DataError) as error:
+    build("ferplus", tmp_path / "manual", tmp_path / "tfds", skip_corrupt=True)
+  assert str(error.value) == (f"Image {png} is 100×90 pixels, where every image of the set is 48×48: restore it from "
+                              "the owners' download.")
+
+
 def test_ferplus_label_csv_without_box_and_images_regenerated_from_fer2013(tmp_path):
   written = fx.write_ferplus(tmp_path / "manual", box=False, pngs=False, under_data=False)
   builder = build("ferplus", tmp_path / "manual", tmp_path / "tfds")

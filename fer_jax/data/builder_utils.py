@@ -175,8 +175,13 @@ def check_class_names(names: Sequence[str], what: str) -> None:
                     "replaces a prepared copy; docs/extending.md).")
 
 
-def encode_image(data: bytes, channels: int) -> bytes:
-  """Decodes fully (so damage shows up now) and returns bytes TFDS decodes to `channels`.
+class ImageSizeError(ValueError):
+  """An image of another size than the one every image of its set has."""
+
+
+def encode_image(data: bytes, channels: int, size: tuple[int, int] | None = None) -> bytes:
+  """Decodes fully (so damage shows up now) and returns bytes TFDS decodes to `channels`; an
+  ImageSizeError where `size` (height, width: the set's, where all its images have one) is given and differs.
 
   JPEG and PNG files whose pixels are already 8-bit gray or (for colour sets) RGB are kept
   byte for byte; anything else (CMYK, palette, alpha, 16-bit, BMP, ...) is converted and
@@ -189,6 +194,8 @@ def encode_image(data: bytes, channels: int) -> bytes:
   except UnidentifiedImageError:
     raise ValueError("not an image file PIL can identify") from None
   with image:
+    if size and (image.height, image.width) != tuple(size):
+      raise ImageSizeError(f"{image.width}×{image.height} pixels, where every image of the set is {size[1]}×{size[0]}")
     image.load()
     kept_modes = ("L",) if channels == 1 else ("L", "RGB")
     if image.format in ("JPEG", "PNG") and image.mode in kept_modes:
@@ -343,6 +350,11 @@ class ManualBuilder(LocalBuilder):
                      "or only ones this config drops. Restore it, complete, from the owners' download.\n"
                      f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
 
+  def _image_size(self) -> tuple[int, int] | None:
+    """(height, width) of every image of the set where its features fix them."""
+    height, width = self.info.features["image"].shape[:2]
+    return (height, width) if height and width else None
+
   def _expected_size(self, split: str) -> int | None:
     config = self.builder_config.name if self.builder_config else None
     return self.EXPECTED_SIZES.get(config, {}).get(split)
@@ -351,9 +363,11 @@ class ManualBuilder(LocalBuilder):
     source = record.file_name if callable(record.image) else record.image
     try:
       data = record.image() if callable(record.image) else record.image.read_bytes()
-      return encode_image(data, self.CHANNELS)
+      return encode_image(data, self.CHANNELS, self._image_size())
     except DataError:
       raise  # a label found faulty on reading the image (an AffectNet face box outside it): never skipped
+    except ImageSizeError as e:
+      raise DataError(f"Image {source} is {e}: restore it from the owners' download.") from None
     except FileNotFoundError as e:
       listed_in = record.where or self.split_sources.get(split, "the label file")
       raise missing_image_error(os.fspath(e.filename or source), listed_in) from e
