@@ -228,6 +228,19 @@ def test_ferplus_png_of_another_size_is_refused_by_name(tmp_path):
                               "the owners' download.")
 
 
+def test_ferplus_pngs_named_in_upper_case_are_taken_for_pngs_and_named(tmp_path):
+  """`.PNG` files were not seen: the set was regenerated from fer2013.csv, or refused for lack of it."""
+  fx.write_ferplus(tmp_path / "manual")
+  folder = tmp_path / "manual" / "data" / "FER2013Train"
+  for png in folder.glob("*.png"):
+    png.rename(png.with_suffix(".PNG"))
+  (tmp_path / "manual" / "fer2013.csv").unlink()
+  with pytest.raises(builder_utils.DataError) as error:
+    build("ferplus", tmp_path / "manual", tmp_path / "tfds")
+  assert str(error.value) == (f"Image {folder / 'fer0000000.png'}, listed in {folder / 'label.csv'}, does not exist; "
+                              "fer0000000.PNG is there: rename it fer0000000.png.")
+
+
 def test_ferplus_label_csv_without_box_and_images_regenerated_from_fer2013(tmp_path):
   written = fx.write_ferplus(tmp_path / "manual", box=False, pngs=False, under_data=False)
   builder = build("ferplus", tmp_path / "manual", tmp_path / "tfds")

@@ -262,7 +262,7 @@ class Ferplus(builder_utils.ManualBuilder):
   def _records(self, root, split: str, votes: dict):
     folder_name, usage = FOLDERS[split]
     folder = _folder(root, split)
-    if folder is not None and any(folder.glob("*.png")):
+    if folder is not None and any(path.suffix.lower() == ".png" for path in folder.iterdir()):  # .PNG named below
       images = ((name, folder / name) for name in votes)
     else:
       images = _regenerated_images(root, usage, votes)
