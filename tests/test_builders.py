@@ -612,6 +612,20 @@ def test_affectnet_csv_values_that_are_not_finite_numbers_name_the_line(tmp_path
   assert str(error.value) == f"{csv}, line 3: {value!r} is not a number."
 
 
+def test_affectnet_later_release_image_without_its_annotation_stops_the_build_whatever_its_suffix(tmp_path):
+  """Only `*.jpg` was looked at: an unannotated `.jpeg` or `.JPG` was left out without a word."""
+  fx.write_affectnet_later(tmp_path / "manual")
+  images = tmp_path / "manual" / "val_set" / "images"
+  for name in ("999.jpeg", "998.JPG", "997.jpg"):
+    shutil.copy(images / "3.jpg", images / name)
+  for skip_corrupt in (False, True):
+    with pytest.raises(builder_utils.DataError) as error:
+      build("affectnet", tmp_path / "manual", tmp_path / "tfds", skip_corrupt)
+    annotations = images.parent / "annotations"
+    assert str(error.value).startswith(f"3 images in {images} have no expression annotation in {annotations} "
+                                       "(missing: 997_exp.npy, 998_exp.npy, 999_exp.npy).")
+
+
 def test_affectnet_empty_annotation_file_is_named(tmp_path):
   fx.write_affectnet_later(tmp_path / "manual")
   empty = tmp_path / "manual" / "val_set" / "annotations" / "3_exp.npy"

@@ -234,11 +234,12 @@ def _id_order(image_id: str):
 
 
 def _check_annotated(images, annotated: set[str], annotations) -> None:
-  """Raises if an image in `images` has no `<id>_exp.npy`, rather than leaving it out unseen.
+  """Raises if an image in `images` (`.jpg` or any image suffix) has no `<id>_exp.npy`, rather than leaving it out
+  unseen.
 
   Not skipped with --skip_corrupt either: that skips unreadable images, not missing labels.
   """
-  missing = sorted({p.stem for p in images.glob("*.jpg")} - annotated, key=_id_order)
+  missing = sorted({p.stem for p in images.iterdir() if builder_utils.is_image_file(p)} - annotated, key=_id_order)
   if missing:
     listed = ", ".join(f"{image_id}_exp.npy" for image_id in missing[:MISSING_SHOWN])
     more = ", ..." if len(missing) > MISSING_SHOWN else ""
