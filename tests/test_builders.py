@@ -177,6 +177,20 @@ def test_fer2013_row_missing_a_column_names_file_and_line(tmp_path):
     build("fer2013", tmp_path / "manual", tmp_path / "tfds")
 
 
+def test_fer2013_csv_without_its_header_is_named_in_a_short_message(tmp_path):
+  """The message quoted the first row's 2,304 pixel values (9.5 KB) and did not say the header was missing."""
+  fx.write_fer2013(tmp_path / "manual")
+  csv = tmp_path / "manual" / "fer2013.csv"
+  lines = csv.read_text().splitlines()
+  csv.write_text("\n".join(lines[1:]) + "\n")
+  with pytest.raises(builder_utils.DataError) as error:
+    build("fer2013", tmp_path / "manual", tmp_path / "tfds")
+  message = str(error.value)
+  assert message.startswith(f"{csv}, line 1: header ['0', '") and len(message) < 400
+  assert message.endswith("lacks the columns ['emotion', 'pixels', 'Usage']; expected emotion, pixels, Usage in any "
+                          "order, as the first line.")
+
+
 # --------------------------------------------------------------------------------------------
 # FERPlus
 
@@ -638,6 +652,18 @@ def test_affectnet_face_crop_needs_the_original_release(tmp_path):
   fx.write_affectnet_later(tmp_path / "manual")
   with pytest.raises(builder_utils.DataError, match="already cropped: use config classes8"):
     build("affectnet/classes8_facecrop", tmp_path / "manual", tmp_path / "tfds")
+
+
+def test_affectnet_header_spelt_in_another_case_is_taken_for_the_header(tmp_path):
+  """A header `SubDirectory_FilePath,...` was read as an image row: "label 'expression' is not one of …"."""
+  written = fx.write_affectnet_original(tmp_path / "manual")
+  csv = tmp_path / "manual" / "Manually_Annotated_file_lists" / "training.csv"
+  lines = csv.read_text().splitlines()
+  assert lines[0].startswith("subDirectory_filePath,")
+  csv.write_text("\n".join(["SubDirectory_FilePath" + lines[0][len("subDirectory_filePath"):], *lines[1:]]) + "\n")
+  builder = build("affectnet", tmp_path / "manual", tmp_path / "tfds")
+  assert labels_of(read(builder, "train")) == {name: row[0] for name, row in written["rows"]["train"].items()
+                                               if row[0] < 8}
 
 
 def test_affectnet_code_out_of_range_names_file_and_line(tmp_path):

@@ -209,7 +209,7 @@ class Affectnet(builder_utils.ManualBuilder):
 def _annotation_rows(path):
   """(where, row) of every image row of an original-release CSV (the header and blank lines skipped)."""
   for line, row in builder_utils.csv_rows(path):
-    if row[0].strip() != COLUMNS[0]:
+    if row[0].strip().lower() != COLUMNS[0].lower():  # the header, however spelt
       where = f"{path}, line {line}"
       builder_utils.check_columns(row, COLUMNS, where)
       yield where, row

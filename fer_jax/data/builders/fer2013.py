@@ -43,8 +43,9 @@ def read_rows(path) -> Iterator[tuple[int, str, str, str]]:
   header = [name.strip() for name in header]
   missing = [name for name in COLUMNS if name not in header]
   if missing:
-    raise builder_utils.DataError(f"{path}, line {header_line}: header {header} lacks the columns {missing}; "
-                                  f"expected {', '.join(COLUMNS)} in any order.")
+    shown = [name if len(name) <= 30 else f"{name[:30]}…" for name in header]  # a row of pixels in its place
+    raise builder_utils.DataError(f"{path}, line {header_line}: header {shown} lacks the columns {missing}; "
+                                  f"expected {', '.join(COLUMNS)} in any order, as the first line.")
   emotion, pixels, usage = (header.index(name) for name in COLUMNS)
   for line, row in rows:
     where = f"{path}, line {line}"
