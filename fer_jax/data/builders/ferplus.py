@@ -306,7 +306,7 @@ def _regenerated_images(root, usage: str, votes: dict):
   found = set()
   for fer_row, new_row in itertools.zip_longest(fer2013.read_rows(fer_csv), read_fer2013new(new_csv)):
     if fer_row is None or new_row is None:
-      (longer, extra), shorter = ((fer_csv, fer_row[0]), new_csv) if new_row is None else ((new_csv, new_row[0]), fer_csv)
+      longer, extra, shorter = (fer_csv, fer_row[0], new_csv) if new_row is None else (new_csv, new_row[0], fer_csv)
       raise builder_utils.DataError(
           f"{longer} has more image rows than {shorter} (line {extra} on): the files are not row-aligned, so "
           "images would be paired with other rows' votes. Restore both from the owners' downloads.")
