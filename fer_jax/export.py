@@ -570,12 +570,14 @@ def exported_line(info: dict, out: str, config_arguments: list[str]) -> str:
     return (f"{what} as ONNX to {out}. Run it with ONNX Runtime: onnxruntime.InferenceSession("
             f"{json.dumps(os.path.join(out, ONNX))}).run(None, {{\"images\": images}}), images float32 [{shape}] "
             f"preprocessed as model.json's \"expected_input\" says: {input_recipe(info)}.")
-  command = shlex.join([sys.executable, "-m", "fer_jax.predict", *absolute_config(config_arguments),
+  command = shlex.join([os.path.normpath(sys.executable), "-m", "fer_jax.predict", *absolute_config(config_arguments),
                         f"--checkpoint={out}", "--input=PHOTO", "--output=predictions.csv"])
   folder = method_folder(info["method"])
   if folder:  # a method of yours: importable from any folder with the one it was imported from on the path
     command = f"PYTHONPATH={shlex.quote(folder)} {command}"
-  return f"{what} as StableHLO for {', '.join(info['platforms'])} to {out}. Run it: {command}"
+  platforms = ", ".join(info["platforms"])
+  where = "" if jax.export.default_export_platform() in info["platforms"] else f" on a machine with {platforms}"
+  return f"{what} as StableHLO for {platforms} to {out}. Run it{where}: {command}"
 
 
 def input_recipe(info: dict) -> str:
@@ -678,8 +680,9 @@ def main(argv):
     info = export(config, jax.device_get(variables), out, args.batch_size or None, platforms, args.format,
                   args.verify_images, read_stored_shape(args.checkpoint))
   if "onnx_runtime_vs_jax" in info:
-    logging.info("ONNX Runtime vs JAX on %(images)d images: worst relative logit error "
-                 "%(worst_relative_logit_error).2e", info["onnx_runtime_vs_jax"])
+    comparison = info["onnx_runtime_vs_jax"]
+    logging.info("ONNX Runtime vs JAX on %d image%s: worst relative logit error %.2e", comparison["images"],
+                 "" if comparison["images"] == 1 else "s", comparison["worst_relative_logit_error"])
   if tta_line(info):
     logging.info("%s", tta_line(info))
   logging.info("%s", exported_line(info, out, config_lib.config_arguments(sys.argv)))

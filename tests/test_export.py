@@ -126,6 +126,10 @@ def test_the_last_line_says_what_was_exported_and_the_command_that_runs_it(tmp_p
       "StableHLO for cpu, cuda to /exports/dan one. Run it: '/opt/my env/bin/python3' -m fer_jax.predict "
       f"'--config={tmp_path}/work dir/configs/dan.py:synthetic' --config.input.size=32 '--checkpoint=/exports/dan one' "
       "--input=PHOTO --output=predictions.csv")
+  # Exported for other platforms than this machine's, the command is said to run elsewhere (predict refuses it here).
+  info["platforms"] = ["tpu"]
+  assert "StableHLO for tpu to /exports/dan. Run it on a machine with tpu: '/opt/my env/bin/python3' -m " in \
+      export.exported_line(info, "/exports/dan", ["--config=configs/dan.py:synthetic"])
 
 
 def test_the_command_puts_the_folder_of_a_method_of_yours_on_the_python_path(tmp_path, monkeypatch):

@@ -356,14 +356,15 @@ def test_a_pil_image_of_any_mode_is_read_as_its_file_would_be(monkeypatch, tmp_p
   exif = Image.Exif()
   exif[0x0112] = 6  # orientation: turn 90° clockwise to view
   rgb.save(rotated, exif=exif)
-  images = [rgb.convert("P"), rgb.convert("CMYK"), rgb.convert("YCbCr")]
+  grey_alpha = rgb.convert("LA")
+  images = [rgb.convert("P"), rgb.convert("CMYK"), rgb.convert("YCbCr"), grey_alpha.convert("La")]  # La: an array's
   with Image.open(rotated) as from_file:
     model.predict([*images, from_file, str(rotated)])
     model.detect_and_predict(from_file)
   model.detect_and_predict(str(rotated))
-  for crop, image in zip(classified, images):
+  for crop, image in zip(classified, [*images[:3], grey_alpha]):  # La as the LA it premultiplies (alpha 255 here)
     np.testing.assert_array_equal(crop, decode.to_stored(image.convert("RGB"), model.predictor.preprocess.shape))
-  np.testing.assert_array_equal(classified[3], classified[4])
+  np.testing.assert_array_equal(classified[4], classified[5])
   assert searched[0].shape == (80, 60, 3)
   np.testing.assert_array_equal(searched[0], searched[1])
 
@@ -376,6 +377,8 @@ def test_one_image_where_a_list_belongs_is_refused_and_a_stack_of_grey_faces_is_
   model, classified = _recording_model(monkeypatch)
   with pytest.raises(TypeError, match=r"takes a list of face crops .* wrap the one image in a list"):
     model.predict(one_image)
+  with pytest.raises(TypeError, match=r"^Model.detect_and_predict takes one photo .* not a list: call it once for "):
+    model.detect_and_predict([one_image])  # was "An image array must be uint8 … got <U33 (1,)" for a list of a path
   with caplog.at_level(logging.WARNING):
     assert len(model.predict(np.zeros((5, 48, 48), np.uint8))) == 5 == len(classified)  # [count, 48, 48]: FER2013's
     assert not caplog.records
