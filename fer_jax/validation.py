@@ -1,6 +1,7 @@
 """The one check of a whole config, run before any work: every value and every cross-field rule,
 all problems listed at once with the keys and the fix."""
 
+import difflib
 import os
 import re
 
@@ -34,12 +35,32 @@ def validate(config, *, training: bool, new_run: bool = False, resumed: bool = F
   the fix.
   """
   models.resolve_dtype(config)
-  problems = (_value_problems(config) + _optimizer_problems(config) + _selection_problems(config)
-              + _evaluator_problems(config))
+  problems = (_unknown_key_problems(config) + _value_problems(config) + _optimizer_problems(config)
+              + _selection_problems(config) + _evaluator_problems(config))
   if training:
     problems += _training_problems(config, new_run, resumed)
   if problems:
     raise ConfigError("The config cannot run:\n  " + "\n  ".join(problems))
+
+
+# The sections whose keys are the method's (config.model's checked against its module) or the evaluators'.
+OPEN_SECTIONS = ("model.", "loss.", "evals.")
+
+
+def _unknown_key_problems(config) -> list[str]:
+  """A key that `config_lib.base_config` lacks, outside OPEN_SECTIONS: a config file's typo (`config.batchsize = 16`,
+  `config.optimizer.update(nme="adam")`) adds a key nothing reads, and the run trained with the default."""
+  known = config_lib.flat(config_lib.base_config())
+  problems = []
+  for key in config_lib.flat(config):
+    if key not in known and not key.startswith(OPEN_SECTIONS):
+      section, _, name = key.rpartition(".")
+      siblings = [other.rpartition(".")[2] for other in known if other.rpartition(".")[0] == section]
+      close = difflib.get_close_matches(name, siblings, n=1)
+      hint = f" (did you mean config.{section + '.' if section else ''}{close[0]}?)" if close else ""
+      problems.append(f"config.{key} is read by nothing{hint}: fer_jax's keys are config_lib.base_config's (a "
+                      "method's own go in config.model or config.loss).")
+  return problems
 
 
 def _choice(key: str, value, valid) -> list[str]:

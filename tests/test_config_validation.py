@@ -196,6 +196,23 @@ def test_every_problem_is_listed_at_once():
   assert "config.batch_size=0 must be at least 1" in message
 
 
+def test_a_key_no_one_reads_is_named_with_the_key_it_may_stand_for():
+  """A config file's `config.batchsize = 16` or `config.optimizer.update(nme="adam")` added a key nothing read: the
+  run trained at the default batch with SGD, without a word (locking covers the command line's overrides only)."""
+  config = get_config("configs/dan.py:synthetic")
+  config.batchsize = 16
+  config.optimizer.update(nme="adam")
+  config.dataset.provenance = "mine"
+  config.loss.my_weight = 0.5  # the method's own keys: its loss reads them
+  config.model.extra_width = 2  # checked apart, against the module's fields
+  problems = _problems(config, training=False).splitlines()[1:]
+  why = "fer_jax's keys are config_lib.base_config's (a method's own go in config.model or config.loss)."
+  assert problems[:3] == [f"  config.batchsize is read by nothing (did you mean config.batch_size?): {why}",
+                          f"  config.dataset.provenance is read by nothing: {why}",
+                          f"  config.optimizer.nme is read by nothing (did you mean config.optimizer.name?): {why}"]
+  assert len(problems) == 4 and "config.model.extra_width" in problems[3]
+
+
 @pytest.mark.parametrize("key, value, expected", [
     ("dataset.image_size", -1, "config.dataset.image_size=-1 must be 0 (the set's own size) or more"),
     ("dataset.max_per_class", -5, "config.dataset.max_per_class=-5 must be 0 (all) or more"),

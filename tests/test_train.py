@@ -1014,13 +1014,16 @@ def _per_example_loss(outputs, labels, loss_config):
 
 @pytest.mark.parametrize("module, loss, message", [
     (_Head("nine_logits"), models.cross_entropy_loss, r"its \"logits\" for a batch of 2 have shape \(2, 9\), not \(2, 7\)"),
-    (_Head("array"), models.cross_entropy_loss, r"its module returns ShapeDtypeStruct, not a dict with \"logits\""),
+    (_Head("array"), models.cross_entropy_loss, r"its module returns an array, not a dict with \"logits\""),
     (_Head("no_logits"), models.cross_entropy_loss, r"its module returns a dict of 'scores', not a dict with \"logits\""),
     (_HeadTakingTraining(), models.cross_entropy_loss, r"its module, called as model.apply\(variables, images, train=True\), raised TypeError: .*unexpected keyword "
      r"argument 'train'"),
     (_Head(), _per_example_loss, r"its loss has shape \(2,\), not \(\) : reduce it over the batch"),
     (_Head(), lambda outputs, labels, loss_config: models.cross_entropy(outputs["logits"], labels),
-     r"its loss returns ShapeDtypeStruct, not a pair \(scalar loss, \{name: scalar metric\}\)"),
+     r"its loss returns an array, not a pair \(scalar loss, \{name: scalar metric\}\)"),
+    (_Head(), lambda outputs, labels: models.cross_entropy_loss(outputs, labels, None),
+     r"its loss, called as loss\(outputs, labels, loss_config\), raised TypeError: .*takes 2 positional arguments but "
+     r"3 were given"),
     (_Head(), lambda outputs, labels, loss_config: (jnp.zeros(()), [jnp.zeros(())]), r"its loss returns tuple, not a pair"),
     (_Head(), lambda outputs, labels, loss_config: (jnp.zeros(()), {"loss": jnp.zeros(()), "accuracy": jnp.ones(())}),
      r"its loss's metrics 'accuracy', 'loss' take names the train step logs \(loss, accuracy, lr, grad_norm, "
@@ -1040,4 +1043,15 @@ def test_a_method_breaking_its_contract_is_named_before_any_step(module, loss, m
     models.check_contract(method, module, variables, config.loss, config)
   variables = models.abstract_variables(_Head(), config)
   models.check_contract(models.Method(build=lambda model_config: _Head()), _Head(), variables, config.loss, config)
+
+
+def test_a_module_that_takes_no_train_argument_is_named_before_its_initialisation():
+  """Its first initialisation (before the contract's check) ended in Flax's TypeError, with a traceback, exit 1."""
+  config = tiny_run(get_config("configs/dan.py:synthetic"))
+  config.model.name = "my_methods.head"
+  with pytest.raises(ConfigError, match=r"^Method 'my_methods.head' does not keep the Method contract \(docs/extending"
+                                        r".md, 'A method of yours'\): its module is called as module\(images, "
+                                        r"train=...\), which its __call__\(images, training: bool = False\) cannot "
+                                        r"take \(got an unexpected keyword argument 'train'\)\.$"):
+    models.abstract_variables(_HeadTakingTraining(), config)
 

@@ -34,6 +34,7 @@ import dataclasses
 import difflib
 import functools
 import importlib
+import inspect
 from collections.abc import Mapping
 from typing import Callable
 
@@ -194,7 +195,7 @@ def check_contract(method: Method, model, abstract_variables: dict, loss_config,
   name, classes = config.model.name, config.model.num_classes
 
   def fail(what: str):
-    raise ConfigError(f"Method {name!r} does not keep {CONTRACT}: {what}")
+    raise contract_error(name, what)
 
   def forward(variables, images):
     return model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])[0]
@@ -205,16 +206,19 @@ def check_contract(method: Method, model, abstract_variables: dict, loss_config,
   except TypeError as error:
     fail(f"its module, called as model.apply(variables, images, train=True), raised TypeError: {error}")
   if not isinstance(outputs, Mapping) or "logits" not in outputs:
-    got = f"a dict of {', '.join(map(repr, outputs))}" if isinstance(outputs, Mapping) else type(outputs).__name__
+    got = f"a dict of {', '.join(map(repr, outputs))}" if isinstance(outputs, Mapping) else _kind(outputs)
     fail(f"its module returns {got}, not a dict with \"logits\" ([batch, {classes}]).")
   shape = getattr(outputs["logits"], "shape", None)
   if shape != (2, classes):
     fail(f"its \"logits\" for a batch of 2 have shape {shape}, not (2, {classes}): config.model.num_classes={classes} "
          "(the class order's count) is what the module must predict.")
   labels_struct = jax.ShapeDtypeStruct((2,), jnp.int32)
-  result = jax.eval_shape(lambda outputs, labels: method.loss(outputs, labels, loss_config), outputs, labels_struct)
+  try:
+    result = jax.eval_shape(lambda outputs, labels: method.loss(outputs, labels, loss_config), outputs, labels_struct)
+  except TypeError as error:
+    fail(f"its loss, called as loss(outputs, labels, loss_config), raised TypeError: {error}")
   if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping)):
-    fail(f"its loss returns {type(result).__name__}, not a pair (scalar loss, {{name: scalar metric}}).")
+    fail(f"its loss returns {_kind(result)}, not a pair (scalar loss, {{name: scalar metric}}).")
   loss, metrics = result
   if getattr(loss, "shape", None) != ():
     fail(f"its loss has shape {getattr(loss, 'shape', None)}, not () : reduce it over the batch (its mean, say).")
@@ -223,6 +227,25 @@ def check_contract(method: Method, model, abstract_variables: dict, loss_config,
   if taken := [key for key in metrics if key in TRAIN_STEP_METRICS]:
     fail(f"its loss's metrics {', '.join(map(repr, taken))} take names the train step logs "
          f"({', '.join(TRAIN_STEP_METRICS)}), whose values they would replace: rename them (\"ce_loss\", say).")
+
+
+def contract_error(name: str, what: str) -> ConfigError:
+  return ConfigError(f"Method {name!r} does not keep {CONTRACT}: {what}")
+
+
+def _kind(value) -> str:
+  """What a traced function returned, as its author wrote it: an array, or the type's name."""
+  return "an array" if isinstance(value, jax.ShapeDtypeStruct) else type(value).__name__
+
+
+def check_call(model, name: str) -> None:
+  """A contract error where the module cannot be called as `model(images, train=...)`: Flax's own TypeError came
+  from the first initialisation, with a traceback and no word of the contract."""
+  try:
+    inspect.signature(model.__call__).bind("images", train=False)
+  except TypeError as error:
+    raise contract_error(name, f"its module is called as module(images, train=...), which its __call__"
+                               f"{inspect.signature(model.__call__)} cannot take ({error}).") from None
 
 
 def dummy_images(config, batch: int = 1):
@@ -240,6 +263,7 @@ def init_variables(model, config, rng) -> dict:
 
 
 def abstract_variables(model, config) -> dict:
+  check_call(model, config.model.name)
   return jax.eval_shape(lambda: init_variables(model, config, jax.random.key(0)))
 
 
