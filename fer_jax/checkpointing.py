@@ -619,10 +619,12 @@ def check_identity(record: dict, source: str, model_config, class_names: tuple[s
   export's model.json in its terms."""
   saved_model, saved_classes = record["model"], tuple(record["class_names"])
   if saved_model.get("name") != model_config.name or saved_model.get("num_classes") != model_config.num_classes:
-    raise CheckpointError(f"{source} holds {errors.with_article(saved_model.get('name'))} model with "
+    name = saved_model.get("name")
+    shipped = f"configs/{name}.py:<dataset>" if "." not in str(name) else f"the one that sets model.name={name!r}"
+    raise CheckpointError(f"{source} holds {errors.with_article(name)} model with "
                           f"{saved_model.get('num_classes')} classes ({', '.join(saved_classes)}), but the config builds "
                           f"{model_config.name} with {model_config.num_classes}: pass the {errors.config_key()} it was "
-                          f"trained or converted with (configs/{saved_model.get('name')}.py:<dataset>).")
+                          f"trained or converted with ({shipped}).")
   if saved_classes != class_names:
     raise CheckpointError(f"{source} predicts the classes ({', '.join(saved_classes)}) but the "
                           f"config's class order gives ({', '.join(class_names)}): set "

@@ -75,6 +75,20 @@ def _crop_op(declare: bool) -> augment.Op:
   return augment.Op(apply=lambda image, params: image[2:-2, 2:-2])
 
 
+def test_an_op_refusing_its_input_in_output_shape_is_named_with_the_input(monkeypatch):
+  """Its ValueError (as docs/extending.md has center_crop raise) read "config.input.train_pp: too small", no op named."""
+  config = ml_collections.ConfigDict({"input": {"size": 48, "channels": 3}})
+
+  def refusing_output_shape(shape):
+    raise ValueError("too small.")
+
+  monkeypatch.setitem(augment.OPS, "crop_for_test",
+                      lambda: augment.Op(apply=lambda image, params: image, output_shape=refusing_output_shape))
+  with pytest.raises(data_pipeline.DataError, match=r"^config.input.train_pp: too small. Raised by preprocessing op "
+                                                    r"'crop_for_test\(\)' on \(48, 48, 3\) images\.$"):
+    data_pipeline.compile_pipeline(config, "resize(48)|crop_for_test()|to_float()", (60, 60, 3), "input.train_pp")
+
+
 def test_an_op_that_changes_the_shape_undeclared_is_named_where_the_pipeline_is_compiled(monkeypatch):
   """Tracing compares every op's image with the shape its Op declares: an undeclared crop would
   otherwise feed the model 44² images declared as 48², or, followed by a resize, draw the later
@@ -204,3 +218,18 @@ def test_keys_follow_the_example_position_not_the_batch():
   other_seed = pipeline(images, augment.example_keys(4, positions))
   flipped = [not np.array_equal(np.asarray(whole[i]), np.asarray(other_seed[i])) for i in range(6)]
   assert any(flipped)
+
+
+def test_an_op_of_yours_cannot_take_the_name_of_another_op():
+  """`@augment.register def flip(...)` replaced fer_jax's flip in every pipeline, without a word."""
+  library_flip = augment.OPS["flip"]
+
+  def flip(p: float = 0.5) -> augment.Op:
+    del p
+    return augment.Op(apply=lambda image, params: image)
+
+  with pytest.raises(ValueError, match=r"^The op 'flip' of test_augment would replace fer_jax.data.augment.basic's in "
+                                       r"every pipeline: give its function another name\.$"):
+    augment.register(flip)
+  assert augment.OPS["flip"] is library_flip
+  assert augment.register(library_flip) is library_flip  # its module imported again: the same op

@@ -126,6 +126,9 @@ def test_a_checkpoint_of_another_method_is_named_with_its_article_as_flags_or_as
   assert _identity_error(record, config) == expected.format(", ".join(record["class_names"]), "--config")
   with errors.python_caller():
     assert _identity_error(record, config) == expected.format(", ".join(record["class_names"]), "config")
+  record["model"]["name"] = "my_methods.center_resnet"  # a method of yours: no configs/my_methods.center_resnet.py
+  assert _identity_error(record, config).endswith("it was trained or converted with (the one that sets "
+                                                  "model.name='my_methods.center_resnet').")
 
 
 def test_another_input_size_and_channels_name_the_flags_or_the_python_statements():

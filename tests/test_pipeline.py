@@ -18,6 +18,7 @@ from fer_jax import mesh as mesh_lib
 from fer_jax.data import augment
 from fer_jax.data import builder_utils
 from fer_jax.data import decode
+from fer_jax.data import labels
 from fer_jax.data import pipeline
 from fer_jax.data import prepare
 import helpers
@@ -134,6 +135,26 @@ def test_labels_are_remapped_to_the_configured_order():
   fer_to_raf = np.array([5, 2, 1, 3, 4, 0, 6])
   np.testing.assert_array_equal(raf_order.labels, fer_to_raf[fer_order.labels])
   assert raf_order.class_names[0] == "surprise"
+
+
+def test_a_class_order_of_a_config_file_s_own_trains_on_its_classes_and_names_the_fix_for_a_missing_one(monkeypatch):
+  """A set with fewer classes could not train: every order of fer_jax's named classes the set lacks, and a config
+  could name no other (docs/extending.md)."""
+  monkeypatch.setattr(labels, "CLASS_ORDERS", dict(labels.CLASS_ORDERS))
+  labels.add_class_order("valence", ("sadness", "neutral", "happiness"))
+  labels.add_class_order("valence", ["sadness", "neutral", "happiness"])  # a config file read again
+  fer_order = pipeline.load_split(_config(), "test")  # anger, disgust, fear, happiness, sadness, surprise, neutral
+  valence = pipeline.load_split(_config(class_order="valence"), "test")
+  np.testing.assert_array_equal(valence.labels, np.array([-1, -1, -1, 2, 0, -1, 1])[fer_order.labels])
+  for names, problem in ((("sadness", "joy"), r"\['sadness', 'joy'\] must be classes of fer_jax.data.labels.CLASSES"),
+                         (("fear", "fear"), "each once"), (("fear",), r"is already \('sadness', 'neutral', 'happiness'\)")):
+    with pytest.raises(ValueError, match=problem):
+      labels.add_class_order("valence" if len(names) == 1 else "mine", names)
+  labels.add_class_order("with_contempt", ("happiness", "contempt"))
+  with pytest.raises(builder_utils.DataError, match=r"config.dataset.class_order='with_contempt': Target classes "
+                                                    r"\['contempt'\] are not in .* name their order in the config file "
+                                                    r"with fer_jax.data.labels.add_class_order"):
+    pipeline.load_split(_config(class_order="with_contempt"), "train")
 
 
 @pytest.mark.parametrize("spec, problem", [

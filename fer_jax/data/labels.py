@@ -33,6 +33,20 @@ def class_names(order: str) -> tuple[str, ...]:
   return CLASS_ORDERS[order]
 
 
+def add_class_order(name: str, names) -> None:
+  """Makes `name` a class order of `names` (classes of CLASSES, each once): the order of a set of yours with fewer or
+  other classes than fer_jax's orders, and of the models trained on it. Called in your config file, so that every
+  command reading the config knows it (docs/extending.md, 'A data set of yours'); the same call again does nothing."""
+  names = tuple(names)
+  unknown = [n for n in names if n not in CLASSES]
+  if unknown or len(set(names)) != len(names) or not names:
+    raise ValueError(f"Class order {name!r}: {list(names)} must be classes of fer_jax.data.labels.CLASSES "
+                     f"({', '.join(CLASSES)}), each once.")
+  if CLASS_ORDERS.get(name, names) != names:
+    raise ValueError(f"Class order {name!r} is already {CLASS_ORDERS[name]}: give yours another name.")
+  CLASS_ORDERS[name] = names
+
+
 def label_map(source: tuple[str, ...], target: tuple[str, ...], allow_missing: bool = False) -> np.ndarray:
   """Array m with m[source_index] = target_index, or -1 where the target lacks that class.
 

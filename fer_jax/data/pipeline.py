@@ -184,7 +184,9 @@ def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = Fa
     mapping = labels_lib.label_map(source_names, target, allow_missing=evaluation)
   except ValueError as e:
     raise DataError(f"{config.dataset.name} cannot train a model of config.dataset.class_order="
-                    f"{config.dataset.class_order!r}: {e}") from e
+                    f"{config.dataset.class_order!r}: {e} For a model of the set's classes, name their order in "
+                    "the config file with fer_jax.data.labels.add_class_order and set config.dataset.class_order and "
+                    "config.model.num_classes to it (docs/extending.md, 'A data set of yours').") from e
   raw_labels, annotation_order = _read_labels_and_order(builder, split)
   split_labels = mapping[raw_labels]
   if max_per_class:

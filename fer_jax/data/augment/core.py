@@ -59,7 +59,12 @@ OPS: dict[str, Callable[..., Op]] = {}
 
 
 def register(factory: Callable[..., Op]) -> Callable[..., Op]:
-  """Makes `factory` an op of the pipeline language under its function name."""
+  """Makes `factory` an op of the pipeline language under its function name, which another op's must not hold (its
+  own, from a module imported again, may: it replaces itself)."""
+  taken = OPS.get(factory.__name__)
+  if taken and (taken.__module__, taken.__qualname__) != (factory.__module__, factory.__qualname__):
+    raise ValueError(f"The op {factory.__name__!r} of {factory.__module__} would replace {taken.__module__}'s in every "
+                     "pipeline: give its function another name.")
   OPS[factory.__name__] = factory
   return factory
 
@@ -69,6 +74,10 @@ def quantize(image: jax.Array) -> jax.Array:
   return jnp.clip(jnp.floor(image + 0.5), 0.0, 255.0)
 
 
+class OpError(ValueError):
+  """A pipeline string's error that already names its op (kept as it is when a nested pipeline raises it)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Step:
   name: str
@@ -76,6 +85,16 @@ class Step:
   rounds: bool          # in the uint8 part of the pipeline: output rounded to integers
   arguments: dict = dataclasses.field(default_factory=dict)  # the op's, by parameter name, defaults included
   call: str = ""        # as the pipeline string writes it, "rotate(10)"
+
+  def output_shape(self, shape: Shape) -> Shape:
+    """The op's output_shape, its error (an op of one's own refusing an input) naming the op and the input."""
+    try:
+      return tuple(self.op.output_shape(tuple(shape)))
+    except OpError:
+      raise
+    except (ValueError, TypeError) as e:
+      raise OpError(f"{str(e).rstrip('.')}. Raised by preprocessing op {self.call or self.name!r} on "
+                    f"{tuple(shape)} images.") from e
 
 
 class Pipeline:
@@ -91,7 +110,7 @@ class Pipeline:
 
   def output_shape(self, shape: Shape) -> Shape:
     for step in self.steps:
-      shape = step.op.output_shape(tuple(shape))
+      shape = step.output_shape(shape)
     return tuple(shape)
 
   def check_shapes(self, shape: Shape) -> None:
@@ -101,7 +120,7 @@ class Pipeline:
     for the wrong shape, and the model would get the wrong one."""
     for step in self.steps:
       shape = tuple(shape)
-      declared = tuple(step.op.output_shape(shape))
+      declared = step.output_shape(shape)
       run = lambda image, key, op=step.op, shape=shape: op.apply(image, op.sample(key, shape))
       traced = jax.eval_shape(run, jax.ShapeDtypeStruct(shape, jnp.float32), jax.random.key(0))
       traced = tuple(getattr(traced, "shape", ()))
@@ -116,7 +135,7 @@ class Pipeline:
     params = []
     for step, op_key in zip(self.steps, jax.random.split(key, max(len(self.steps), 1))):
       params.append(step.op.sample(op_key, tuple(shape)))
-      shape = step.op.output_shape(tuple(shape))
+      shape = step.output_shape(shape)
     return params
 
   def apply(self, image: jax.Array, params: list) -> jax.Array:
@@ -185,10 +204,6 @@ def split_stages(text: str) -> list[str]:
     current.append(char)
   parts.append("".join(current))
   return [part.strip() for part in parts if part.strip()]
-
-
-class OpError(ValueError):
-  """A pipeline string's error that already names its op (kept as it is when a nested pipeline raises it)."""
 
 
 def _parse_op(text: str, uint8: bool) -> tuple[str, Op, dict]:
