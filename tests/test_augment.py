@@ -45,7 +45,8 @@ def test_a_value_error_inside_an_op_keeps_its_message_and_names_the_call():
   with pytest.raises(ValueError, match=r"^occlude: unknown region 'nose'; .*\. Raised by preprocessing op "
                                        r"\"occlude\('nose'\)\", which takes occlude\(region, "):
     augment.parse("occlude('nose')")
-  with pytest.raises(ValueError, match=r"^Unknown preprocessing op 'fliq' in 'fliq\(\)'; .*, to_float\.$"):
+  with pytest.raises(ValueError, match=r"^Unknown preprocessing op 'fliq' in 'fliq\(\)'; .*, to_float\. An op of yours "
+                                       r"is known once its module is imported \(docs/extending.md, 'An op of yours'\)\.$"):
     augment.parse("random_apply(0.5, 'fliq()')")
   with pytest.raises(ValueError, match=r"^rotate: degrees='ten' must be .*\. Raised by preprocessing op "
                                        r"\"rotate\('ten'\)\", which takes rotate\("):

@@ -72,7 +72,14 @@ def builder_class(name: str):
   if "." not in name:
     raise builder_utils.DataError(f"Unknown data set {name!r}; choose one of {', '.join(builders.MANUAL)}, or name the "
                                   "module of a builder of yours (my_sets.class_folders, docs/extending.md).")
-  module = config_lib.module_of_yours(name, f"--dataset={name}", builder_utils.DataError)
+  try:
+    module = config_lib.module_of_yours(name, f"--dataset={name}", builder_utils.DataError)
+  except ValueError as error:  # TFDS registers a builder class as it is defined, by its name in snake case
+    if "already registered" not in str(error):
+      raise
+    raise builder_utils.DataError(f"--dataset={name}: a builder class of {name} takes a set's name TFDS already "
+                                  f"holds ({str(error).rstrip('.')}), fer_jax's or another's: rename the class (a set "
+                                  "is named by its class name in snake case).") from None
   defined = [value for value in vars(module).values() if isinstance(value, type)
              and issubclass(value, builder_utils.ManualBuilder) and value.__module__ == module.__name__]
   if len(defined) != 1:

@@ -217,7 +217,8 @@ def _parse_op(text: str, uint8: bool) -> tuple[str, Op, dict]:
   name = call.func.id
   if name not in OPS:
     raise OpError(f"Unknown preprocessing op {name!r} in {text!r}; the device pipeline knows: "
-                  f"{', '.join(sorted(OPS))}.")
+                  f"{', '.join(sorted(OPS))}. An op of yours is known once its module is imported (docs/extending.md, "
+                  "'An op of yours').")
   if name == "random_apply":  # its inner pipeline continues in the current value semantics
     kwargs["uint8"] = uint8
   try:
