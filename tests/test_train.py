@@ -995,6 +995,10 @@ class _Head(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool = False):
     logits = nn.Dense(9 if self.mistake == "nine_logits" else 7)(jnp.mean(images, axis=(1, 2)))
+    if self.mistake == "bfloat16":
+      logits = logits.astype(jnp.bfloat16)
+    if self.mistake == "own_collection":
+      self.variable("stats", "count", lambda: jnp.zeros(()))
     if self.mistake == "array":
       return logits
     return {"scores" if self.mistake == "no_logits" else "logits": logits}
@@ -1015,6 +1019,10 @@ def _per_example_loss(outputs, labels, loss_config):
 @pytest.mark.parametrize("module, loss, message", [
     (_Head("nine_logits"), models.cross_entropy_loss, r"its \"logits\" for a batch of 2 have shape \(2, 9\), not \(2, 7\)"),
     (_Head("array"), models.cross_entropy_loss, r"its module returns an array, not a dict with \"logits\""),
+    (_Head("bfloat16"), models.cross_entropy_loss, r"its \"logits\" are bfloat16: softmax and losses would round in it"),
+    (_Head("own_collection"), models.cross_entropy_loss, r"its module keeps variables of another collection than "
+     r"\"params\" and \"batch_stats\", the two a method's variables may be in \(Tried to access \"count\" from "
+     r"collection \"stats\" in \"/\" but the collection is empty\.\)"),
     (_Head("no_logits"), models.cross_entropy_loss, r"its module returns a dict of 'scores', not a dict with \"logits\""),
     (_HeadTakingTraining(), models.cross_entropy_loss, r"its module, called as model.apply\(variables, images, train=True\), raised TypeError: .*unexpected keyword "
      r"argument 'train'"),

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from typing import Callable
 
 from absl import logging
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -205,13 +206,19 @@ def check_contract(method: Method, model, abstract_variables: dict, loss_config,
     outputs = jax.eval_shape(forward, abstract_variables, images)
   except TypeError as error:
     fail(f"its module, called as model.apply(variables, images, train=True), raised TypeError: {error}")
+  except flax.errors.ScopeCollectionNotFound as error:
+    fail(f"its module keeps variables of another collection than \"params\" and \"batch_stats\", the two a "
+         f"method's variables may be in ({str(error).split(' (https:')[0]})")
   if not isinstance(outputs, Mapping) or "logits" not in outputs:
     got = f"a dict of {', '.join(map(repr, outputs))}" if isinstance(outputs, Mapping) else _kind(outputs)
     fail(f"its module returns {got}, not a dict with \"logits\" ([batch, {classes}]).")
-  shape = getattr(outputs["logits"], "shape", None)
+  shape, dtype = getattr(outputs["logits"], "shape", None), getattr(outputs["logits"], "dtype", None)
   if shape != (2, classes):
     fail(f"its \"logits\" for a batch of 2 have shape {shape}, not (2, {classes}): config.model.num_classes={classes} "
          "(the class order's count) is what the module must predict.")
+  if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+    fail(f"its \"logits\" are {dtype}: softmax and losses would round in it; return them in float32, "
+         "logits.astype(layers.at_least_float32(dtype)).")
   labels_struct = jax.ShapeDtypeStruct((2,), jnp.int32)
   try:
     result = jax.eval_shape(lambda outputs, labels: method.loss(outputs, labels, loss_config), outputs, labels_struct)
