@@ -92,6 +92,22 @@ def test_a_method_of_yours_gets_the_keys_every_config_has_and_its_misspelt_keys_
   assert models.model_key_problems(models.Method(build=lambda model_config: Linear()), config) == []
 
 
+def test_the_example_method_refuses_a_misspelt_loss_key_before_any_work(monkeypatch):
+  """`label_smothing` in the config file ended the first step in ml_collections' AttributeError, whose suggestion
+  read the wrong way round."""
+  monkeypatch.syspath_prepend(EXAMPLES)
+  config = get_config("examples/plain_resnet_config.py:synthetic")
+  validation.validate(config, training=False)
+  del config.loss.label_smoothing
+  config.loss.label_smothing = 0.1
+  with pytest.raises(ConfigError) as refused:
+    validation.validate(config, training=False)
+  assert str(refused.value).splitlines()[1:] == [
+      "  config.loss.label_smothing is not a key of this loss (its one key: label_smoothing).",
+      "  config.loss.label_smoothing=None must be a number in [0, 1): set it in the config file, e.g. "
+      "config.loss.label_smoothing = 0.1."]
+
+
 def test_a_loss_of_yours_on_dan_keeps_the_rest_of_dans_method(monkeypatch):
   """docs/extending.md's recipe, examples/my_methods/dan_confidence_penalty.py: a Method of DAN's build with another
   loss lost auxiliary_params=("affinity",), counting the affinity centres as model parameters."""
