@@ -574,7 +574,7 @@ def exported_line(info: dict, out: str, config_arguments: list[str]) -> str:
                         f"--checkpoint={out}", "--input=PHOTO", "--output=predictions.csv"])
   folder = method_folder(info["method"])
   if folder:  # a method of yours: importable from any folder with the one it was imported from on the path
-    command = f"PYTHONPATH={shlex.quote(folder)} {command}"
+    command = f"PYTHONPATH={shlex.quote(folder)}${{PYTHONPATH:+:$PYTHONPATH}} {command}"  # before the caller's own
   platforms = ", ".join(info["platforms"])
   where = "" if jax.export.default_export_platform() in info["platforms"] else f" on a machine with {platforms}"
   return f"{what} as StableHLO for {platforms} to {out}. Run it{where}: {command}"
