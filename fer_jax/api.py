@@ -284,8 +284,8 @@ class Model:
     """(detected faces, their aligned crops or None when skipped, the reasons) of one photo."""
     check_limits(min_face_size, min_score)
     if isinstance(photo, (list, tuple)):
-      raise TypeError(f"Model.detect_and_predict takes one photo (a path, a PIL image or an array), not a "
-                      f"{type(photo).__name__}: call it once for each photo.")
+      raise TypeError(f"One photo is taken (a path, a PIL image or an array), not a {type(photo).__name__}: call it "
+                      "once for each photo.")
     with _as_picture(photo) as picture:
       image = decode.rgb(picture)
     found = self.detector_for(min_face_size)(image)

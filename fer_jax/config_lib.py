@@ -2,6 +2,7 @@
 its argument with `parse_arg`), the `--config` flag and the `--config` arguments of a command line;
 `fer_jax.validation` checks a whole config."""
 
+import difflib
 import importlib
 import importlib.util
 import json
@@ -141,6 +142,12 @@ def module_of_yours(path: str, named_by: str, error: type[Exception]):
       raise  # the module itself imports something missing
     raise error(f"{named_by}: no module {missing.name!r} on the Python path ({os.getcwd()} and PYTHONPATH): run "
                 "from the folder that holds it, or add that folder to PYTHONPATH.") from None
+
+
+def did_you_mean(key: str, valid: Sequence[str], prefix: str = "") -> str:
+  """" (did you mean PREFIX+VALID?)" for the valid key nearest a misspelt `key`, or "" where none is near."""
+  close = difflib.get_close_matches(key, valid, n=1)
+  return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def flat(config) -> dict:

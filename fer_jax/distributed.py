@@ -374,7 +374,7 @@ def coordinator_host() -> str | None:
   """The host the processes reach process 0's coordinator at (given, or found by JAX in a cluster it detects); None
   where JAX no longer keeps it there."""
   address = getattr(jax_distributed.global_state, "coordinator_address", None)
-  return host_and_port(address)[0] if isinstance(address, str) else None
+  return host_and_port(address)[0] if isinstance(address, str) and re.fullmatch(r".+:\d+", address) else None
 
 
 def coordination_client():

@@ -1,7 +1,6 @@
 """The one check of a whole config, run before any work: every value and every cross-field rule,
 all problems listed at once with the keys and the fix."""
 
-import difflib
 import os
 import re
 
@@ -56,10 +55,11 @@ def _unknown_key_problems(config) -> list[str]:
     if key not in known and not key.startswith(OPEN_SECTIONS):
       section, _, name = key.rpartition(".")
       siblings = [other.rpartition(".")[2] for other in known if other.rpartition(".")[0] == section]
-      close = difflib.get_close_matches(name, siblings, n=1)
-      hint = f" (did you mean config.{section + '.' if section else ''}{close[0]}?)" if close else ""
-      problems.append(f"config.{key} is read by nothing{hint}: fer_jax's keys are config_lib.base_config's (a "
-                      "method's own go in config.model or config.loss).")
+      hint = config_lib.did_you_mean(name, siblings, f"config.{section}." if section else "config.")
+      where = f"config.{section}'s keys" if section else "the keys at the top"
+      valid = "" if hint else f" {where} are {', '.join(siblings)};"
+      problems.append(f"config.{key} is read by nothing{hint}:{valid} a method's own keys go in config.model or "
+                      "config.loss.")
   return problems
 
 

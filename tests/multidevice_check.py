@@ -1,17 +1,18 @@
 """Trains a few steps on 1 device and on all devices of this process and compares them.
 
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 and $FER_JAX_TEST_TFDS_DIR (the
-session's synthetic/tiny folder, see tests/conftest.py); tests/test_train.py does both.
-Prints one JSON line: device count, both loss curves, the largest parameter difference,
-whether a run checkpointed at step 4 and resumed on all devices ends with exactly the
-parameters of the uninterrupted one, and whether an evaluation whose batch does not divide
-over the devices gives the one-device confusion matrix; it fails if a checkpoint save on all
-devices compiles any program (orbax's per-replica slicing, see checkpointing.manager). The model is
-small (conv + BatchNorm + dense): the point is the sharded step with its device augmentation, the
-same code for every method. DAN's two steps are compared too (its losses: the affinity loss's
-centres and the partition loss's variance over heads, each a mean over the sharded batch). It also reports the collectives of the all-device train step, whose one
-BatchNorm reduces its batch statistics in one all-gather (models/batch_norm.batch_moments), and
-how far those statistics fall from float64 NumPy's on inputs whose mean is 10⁴ times their spread.
+session's synthetic/tiny folder, see tests/conftest.py); tests/test_train.py does both. Prints one
+JSON line: device count, both loss curves, the largest parameter difference, whether a run
+checkpointed at step 4 and resumed on all devices ends with exactly the parameters of the
+uninterrupted one, and whether an evaluation whose batch does not divide over the devices gives the
+one-device confusion matrix; it fails if a checkpoint save on all devices compiles any program
+(orbax's per-replica slicing, see checkpointing.manager). The model is small (conv + BatchNorm +
+dense): the point is the sharded step with its device augmentation, the same code for every method.
+DAN's two steps are compared too (its losses: the affinity loss's centres and the partition loss's
+variance over heads, each a mean over the sharded batch). It also reports the collectives of the
+all-device train step, whose one BatchNorm reduces its batch statistics in one all-gather
+(models/batch_norm.batch_moments), and how far those statistics fall from float64 NumPy's on inputs
+whose mean is 10⁴ times their spread.
 """
 
 import itertools

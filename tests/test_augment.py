@@ -45,8 +45,9 @@ def test_a_value_error_inside_an_op_keeps_its_message_and_names_the_call():
   with pytest.raises(ValueError, match=r"^occlude: unknown region 'nose'; .*\. Raised by preprocessing op "
                                        r"\"occlude\('nose'\)\", which takes occlude\(region, "):
     augment.parse("occlude('nose')")
-  with pytest.raises(ValueError, match=r"^Unknown preprocessing op 'fliq' in 'fliq\(\)'; .*, to_float\. An op of yours "
-                                       r"is known once its module is imported \(docs/extending.md, 'An op of yours'\)\.$"):
+  with pytest.raises(ValueError, match=r"^Unknown preprocessing op 'fliq' in 'fliq\(\)'; .*, to_float\. An op of "
+                                       r"yours is known once its module is imported \(docs/extending.md, 'An op of "
+                                       r"yours'\)\.$"):
     augment.parse("random_apply(0.5, 'fliq()')")
   with pytest.raises(ValueError, match=r"^rotate: degrees='ten' must be .*\. Raised by preprocessing op "
                                        r"\"rotate\('ten'\)\", which takes rotate\("):
@@ -77,7 +78,8 @@ def _crop_op(declare: bool) -> augment.Op:
 
 
 def test_an_op_refusing_its_input_in_output_shape_is_named_with_the_input(monkeypatch):
-  """Its ValueError (as docs/extending.md has center_crop raise) read "config.input.train_pp: too small", no op named."""
+  """Its ValueError (as docs/extending.md has center_crop raise) read "config.input.train_pp: too small", no op
+  named."""
   config = ml_collections.ConfigDict({"input": {"size": 48, "channels": 3}})
 
   def refusing_output_shape(shape):

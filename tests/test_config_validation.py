@@ -206,9 +206,11 @@ def test_a_key_no_one_reads_is_named_with_the_key_it_may_stand_for():
   config.loss.my_weight = 0.5  # the method's own keys: its loss reads them
   config.model.extra_width = 2  # checked apart, against the module's fields
   problems = _problems(config, training=False).splitlines()[1:]
-  why = "fer_jax's keys are config_lib.base_config's (a method's own go in config.model or config.loss)."
+  why = "a method's own keys go in config.model or config.loss."
+  dataset_keys = ", ".join(get_config("configs/dan.py:synthetic").dataset.keys())
   assert problems[:3] == [f"  config.batchsize is read by nothing (did you mean config.batch_size?): {why}",
-                          f"  config.dataset.provenance is read by nothing: {why}",
+                          f"  config.dataset.provenance is read by nothing: config.dataset's keys are {dataset_keys}; "
+                          f"{why}",
                           f"  config.optimizer.nme is read by nothing (did you mean config.optimizer.name?): {why}"]
   assert len(problems) == 4 and "config.model.extra_width" in problems[3]
 

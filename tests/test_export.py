@@ -148,16 +148,17 @@ def test_the_command_puts_the_folder_of_a_method_of_yours_on_the_python_path(tmp
   python = sys.executable
   monkeypatch.setattr(sys, "executable", "/opt/my env/bin/python3")
   line = export.exported_line(info, "/exports/mine", ["--config=/work/mine_config.py:synthetic"])
-  assert line.endswith(f"Run it: PYTHONPATH='{tmp_path}/my code'${{PYTHONPATH:+:$PYTHONPATH}} '/opt/my env/bin/python3' "
-                       "-m fer_jax.predict "
+  assert line.endswith(f"Run it: PYTHONPATH='{tmp_path}/my code'${{PYTHONPATH:+:$PYTHONPATH}} "
+                       "'/opt/my env/bin/python3' -m fer_jax.predict "
                        "--config=/work/mine_config.py:synthetic --checkpoint=/exports/mine --input=PHOTO "
                        "--output=predictions.csv"), line
   # The prefix, as a shell reads it, makes the method importable from another folder.
   prefix = line.partition("Run it: ")[2].partition(" '/opt/my env")[0]
   (tmp_path / "elsewhere").mkdir()
-  run = subprocess.run(["sh", "-c", f"{prefix} {shlex.quote(python)} -c 'import fake_methods.mine as m, sys; "
-                        "print(m.MARK, \"/the/callers/own\" in sys.path)'"], cwd=tmp_path / "elsewhere", capture_output=True, text=True,
-                       timeout=60, env={**os.environ, "PYTHONPATH": "/the/callers/own"})
+  script = "import fake_methods.mine as m, sys; print(m.MARK, '/the/callers/own' in sys.path)"
+  run = subprocess.run(["sh", "-c", f"{prefix} {shlex.quote(python)} -c {shlex.quote(script)}"],
+                       cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": "/the/callers/own"})
   assert run.stdout.split() == ["imported", "True"], run.stderr  # the caller's own PYTHONPATH kept, after the folder
   # fer_jax's own methods need none.
   info["method"] = "dan"

@@ -240,15 +240,15 @@ def test_a_data_set_of_yours_whose_class_names_are_not_fer_jaxs_is_refused_by_pr
 
 def test_a_builder_of_yours_named_like_fer_jax_s_set_is_refused_with_the_fix(tmp_path, monkeypatch):
   """TFDS's "Dataset with name fer2013 already registered" came as a traceback."""
-  (tmp_path / "named_sets").mkdir()
-  (tmp_path / "named_sets" / "__init__.py").touch()
-  (tmp_path / "named_sets" / "mine.py").write_text(OWN_CLASS_NAMES.replace("class Emotions", "class Fer2013"))
+  (tmp_path / "clashing_sets").mkdir()
+  (tmp_path / "clashing_sets" / "__init__.py").touch()
+  (tmp_path / "clashing_sets" / "mine.py").write_text(OWN_CLASS_NAMES.replace("class Emotions", "class Fer2013"))
   monkeypatch.syspath_prepend(EXAMPLES)
   monkeypatch.syspath_prepend(str(tmp_path))
-  with pytest.raises(UserError, match=r"^--dataset=named_sets.mine: a builder class of named_sets.mine takes a set's "
+  with pytest.raises(UserError, match=r"^--dataset=clashing_sets.mine: a builder class of clashing_sets.mine takes a set's "
                                       r"name TFDS already holds \(Dataset with name fer2013 already registered\), "
                                       r"fer_jax's or another's: rename the class"):
-    prepare.builder_class("named_sets.mine")
+    prepare.builder_class("clashing_sets.mine")
 
 
 @pytest.mark.integration

@@ -68,12 +68,9 @@ def test_a_coordinator_that_does_not_resolve_or_answer_is_named(monkeypatch):
     distributed.wait_for_coordinator(f"127.0.0.1:{listening.getsockname()[1]}", "--coordinator_address", 0.5)
 
 
-def test_an_ipv6_coordinator_is_reached_and_checked_without_its_brackets():
-  with socket.create_server(("::1", 0), family=socket.AF_INET6) as listening:
-    port = listening.getsockname()[1]
-    distributed.wait_for_coordinator(f"[::1]:{port}", "--coordinator_address", 0.5)
-    with pytest.raises(UserError, match=rf"^JAX_COORDINATOR_BIND_ADDRESS=\[::1\]:{port}: port {port} is already"):
-      distributed.check_port_free(f"node0:{port}", "--coordinator_address", f"[::1]:{port}")
+def test_an_address_is_split_into_its_host_without_ipv6_brackets_and_its_port():
+  assert distributed.host_and_port("[::1]:1234") == ("::1", 1234)
+  assert distributed.host_and_port("node0.cluster:80") == ("node0.cluster", 80)
 
 
 def test_config_differences_name_each_key_and_both_values():

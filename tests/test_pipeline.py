@@ -147,7 +147,8 @@ def test_a_class_order_of_a_config_file_s_own_trains_on_its_classes_and_names_th
   valence = pipeline.load_split(_config(class_order="valence"), "test")
   np.testing.assert_array_equal(valence.labels, np.array([-1, -1, -1, 2, 0, -1, 1])[fer_order.labels])
   for names, problem in ((("sadness", "joy"), r"\['sadness', 'joy'\] must be classes of fer_jax.data.labels.CLASSES"),
-                         (("fear", "fear"), "each once"), (("fear",), r"is already \('sadness', 'neutral', 'happiness'\)")):
+                         (("fear", "fear"), "each once"),
+                         (("fear",), r"is already \('sadness', 'neutral', 'happiness'\)")):
     with pytest.raises(ValueError, match=problem):
       labels.add_class_order("valence" if len(names) == 1 else "mine", names)
   labels.add_class_order("with_contempt", ("happiness", "contempt"))

@@ -377,7 +377,7 @@ def test_one_image_where_a_list_belongs_is_refused_and_a_stack_of_grey_faces_is_
   model, classified = _recording_model(monkeypatch)
   with pytest.raises(TypeError, match=r"takes a list of face crops .* wrap the one image in a list"):
     model.predict(one_image)
-  with pytest.raises(TypeError, match=r"^Model.detect_and_predict takes one photo .* not a list: call it once for "):
+  with pytest.raises(TypeError, match=r"^One photo is taken \(a path, a PIL image or an array\), not a list: call it "):
     model.detect_and_predict([one_image])  # was "An image array must be uint8 … got <U33 (1,)" for a list of a path
   with caplog.at_level(logging.WARNING):
     assert len(model.predict(np.zeros((5, 48, 48), np.uint8))) == 5 == len(classified)  # [count, 48, 48]: FER2013's

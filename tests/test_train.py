@@ -1019,7 +1019,8 @@ def _per_example_loss(outputs, labels, loss_config):
 @pytest.mark.parametrize("module, loss, message", [
     (_Head("nine_logits"), models.cross_entropy_loss, r"its \"logits\" for a batch of 2 have shape \(2, 9\), not \(2, 7\)"),
     (_Head("array"), models.cross_entropy_loss, r"its module returns an array, not a dict with \"logits\""),
-    (_Head("bfloat16"), models.cross_entropy_loss, r"its \"logits\" are bfloat16: softmax and losses would round in it"),
+    (_Head("bfloat16"), models.cross_entropy_loss,
+     r"its \"logits\" are bfloat16: softmax and losses would round in it"),
     (_Head("own_collection"), models.cross_entropy_loss, r"its module keeps variables of another collection than "
      r"\"params\" and \"batch_stats\", the two a method's variables may be in \(Tried to access \"count\" from "
      r"collection \"stats\" in \"/\" but the collection is empty\.\)"),

@@ -78,7 +78,7 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
     image = Image.fromarray((samples >> 8).astype(np.uint8))
   elif image.mode == "F":
     image = _unit_floats_to_grey(image)
-  elif image.mode == "La":  # premultiplied alpha (an array's, never a file's), which PIL converts to LA only
+  elif image.mode == "La":  # premultiplied alpha (a caller's PIL image; no file opens so): PIL converts it to LA only
     image = image.convert("LA")
   return image if image.mode == mode else image.convert(mode)
 

@@ -31,7 +31,6 @@ module and the loss before its first step and names what breaks this contract (`
 """
 
 import dataclasses
-import difflib
 import functools
 import importlib
 import inspect
@@ -125,10 +124,8 @@ def unknown_key_problems(module_class, model_config) -> list[str]:
   problems = []
   for key in model_config.keys():
     if key not in valid:
-      close = difflib.get_close_matches(key, valid, n=1)
-      hint = f" (did you mean {close[0]}?)" if close else ""
-      problems.append(f"config.model.{key} is not a key of method {model_config.get('name', '')!r}{hint}: rename or "
-                      f"remove it; its keys are {', '.join(valid)}.")
+      problems.append(f"config.model.{key} is not a key of method {model_config.get('name', '')!r}"
+                      f"{config_lib.did_you_mean(key, valid)}: rename or remove it; its keys are {', '.join(valid)}.")
   return problems
 
 

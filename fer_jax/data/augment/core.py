@@ -93,6 +93,8 @@ class Step:
     except OpError:
       raise
     except (ValueError, TypeError) as e:
+      if str(e).startswith(self.name):  # fer_jax's ops name themselves
+        raise OpError(str(e)) from e
       raise OpError(f"{str(e).rstrip('.')}. Raised by preprocessing op {self.call or self.name!r} on "
                     f"{tuple(shape)} images.") from e
 

@@ -193,8 +193,9 @@ class Affectnet(builder_utils.ManualBuilder):
 
   def _later_records(self, folder):
     annotations = builder_utils.find_path(folder, ("annotations",), f"{folder.name}/annotations", LAYOUT)
+    images = builder_utils.find_path(folder, ("images",), f"{folder.name}/images", LAYOUT)
     annotated = {p.name.removesuffix("_exp.npy") for p in annotations.glob("*_exp.npy")}
-    _check_annotated(folder / "images", annotated, annotations)
+    _check_annotated(images, annotated, annotations)
     for index, image_id in enumerate(sorted(annotated, key=_id_order)):
       code = builder_utils.parse_label(_npy_text(annotations / f"{image_id}_exp.npy"), CODES,
                                        f"{annotations / image_id}_exp.npy")
@@ -202,7 +203,7 @@ class Affectnet(builder_utils.ManualBuilder):
         extras = {name: _optional_npy_number(annotations / f"{image_id}_{suffix}.npy")
                   for name, suffix in (("valence", "val"), ("arousal", "aro"))}
         yield builder_utils.Record(file_name=f"{folder.name}/images/{image_id}.jpg", label=code,
-                                   image=folder / "images" / f"{image_id}.jpg",
+                                   image=images / f"{image_id}.jpg",
                                    extras={**extras, "annotation_index": index})
 
 

@@ -91,8 +91,8 @@ class Rafdb(builder_utils.ManualBuilder):
     return {split: self._generate_examples(split, self._records(images, entries))
             for split, entries in splits.items()}
 
-  def _read_splits(self, root) -> dict[str, dict[str, tuple[str, int]]]:
-    """{split: {base name: (name, label 0-6)}} from the config's label files."""
+  def _read_splits(self, root) -> dict[str, dict[str, tuple[str, int, str]]]:
+    """{split: {base name: (name, label 0-6, the label file line that gives it)}} from the config's label files."""
     splits = {"train": {}, "test": {}}
     paths = [builder_utils.find_path(root, (label_file,), f"the RAF-DB label file {label_file}", LAYOUT)
              for label_file in self.builder_config.label_files]
