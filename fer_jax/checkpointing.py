@@ -533,6 +533,32 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
   return jax.tree.map(lambda a, b: np.asarray(a).astype(b.dtype), variables, abstract_variables)
 
 
+def restore_parts(path: str, fresh_variables: dict, parts: dict[str, str]) -> dict:
+  """`fresh_variables` (a model's {params, batch_stats}) with, for each `parts` item SOURCE: TARGET, the variables
+  under params/TARGET and batch_stats/TARGET read from the checkpoint's under SOURCE, names and shapes checked (a
+  backbone of another method's checkpoint for a method of yours); the checkpoint's other variables are not used."""
+  step_directory = step_folder(path)
+  logging.info("Reading %s of the model in %s", ", ".join(parts), step_directory)
+  with read_errors(f"the checkpoint {step_directory}", "use another step of the run, or convert the model again"):
+    saved = _flat(model_variables(_restore_on_this_host(os.path.join(step_directory, "state"))))
+  fresh, taken = _flat(fresh_variables), {}
+  for source, target in parts.items():
+    read = {f"{collection}/{target}/{path[len(collection) + len(source) + 2:]}": value
+            for collection in MODEL_COLLECTIONS for path, value in saved.items()
+            if path.startswith(f"{collection}/{source}/")}
+    wanted = {path: fresh[path] for path in fresh if path.split("/", 1)[1].startswith(f"{target}/")}
+    if not read:
+      names = sorted({path.split("/")[1] for path in saved if path.startswith("params/")})
+      raise CheckpointError(f"config.init_from_parts: the checkpoint {step_directory} has no params/{source} "
+                            f"(its top-level names: {', '.join(names)}).")
+    problems = _shape_differences(_leaf_shapes(read), _leaf_shapes(wanted), ("missing", "unexpected"), "model", 5)
+    if problems or not wanted:
+      raise CheckpointError(f"config.init_from_parts: the checkpoint {step_directory}'s {source} does not fit the "
+                            f"model's {target} ({'; '.join(problems) or f'the model has no params/{target}'}).")
+    taken.update({path: np.asarray(value).astype(fresh[path].dtype) for path, value in read.items()})
+  return traverse_util.unflatten_dict({**fresh, **taken}, sep="/")
+
+
 def _restore_on_this_host(state_directory: str) -> dict:
   """The saved params and batch_stats on this process's first device, whatever devices or processes
   wrote them (a pod's checkpoint restores on a laptop). A training state's step and optimizer state

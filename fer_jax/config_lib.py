@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 from collections.abc import Collection, Sequence
 
@@ -57,7 +58,7 @@ NOT_OF_THE_TRAINING = ("dataset.data_dir", "dataset.cache", "dataset.cache_budge
 # backward pass recomputes (the same gradients, `config.model.remat`).
 RESUME_MAY_CHANGE = NOT_OF_THE_TRAINING + (
     "optimizer.lr", "optimizer.grad_clip_norm", "num_epochs", "eval.", "evals.", "eval_batch_size",
-    "dataset.test_split", "select_", "restore_best", "early_stopping_patience", "init_from", "init_from_missing",
+    "dataset.test_split", "select_", "restore_best", "early_stopping_patience", "init_from", "init_from_missing", "init_from_parts",
     "init_from_required", "model.remat")
 
 
@@ -142,6 +143,22 @@ def module_of_yours(path: str, named_by: str, error: type[Exception]):
       raise  # the module itself imports something missing
     raise error(f"{named_by}: no module {missing.name!r} on the Python path ({os.getcwd()} and PYTHONPATH): run "
                 "from the folder that holds it, or add that folder to PYTHONPATH.") from None
+
+
+PART = re.compile(r"[\w.-]+(/[\w.-]+)*")  # a variable's path below params/ and batch_stats/: "trunk", "trunk/layer1"
+
+
+def init_from_parts(text: str) -> dict[str, str]:
+  """{source path: target path} of config.init_from_parts ("trunk,features=backbone"); ValueError naming a bad part."""
+  parts = {}
+  for item in filter(None, (item.strip() for item in text.split(","))):
+    source, equals, target = item.partition("=")
+    target = target if equals else source
+    if not (PART.fullmatch(source) and PART.fullmatch(target)):
+      raise ValueError(f"{item!r} is not a part: write NAME (the same in both) or SOURCE=TARGET, each a path of names "
+                       "joined by '/' (\"trunk\", \"features=trunk/stem\")")
+    parts[source] = target
+  return parts
 
 
 def did_you_mean(key: str, valid: Sequence[str], prefix: str = "") -> str:
@@ -229,6 +246,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.max_checkpoints = 2
   config.init_from = ""              # Orbax checkpoint whose params/batch_stats start the run
   config.init_from_missing = ""      # regex over "params/…" paths that init_from may lack (kept fresh)
+  # Parts of init_from that start the run, the rest fresh: "trunk" (the same name in both) or "SOURCE=TARGET",
+  # comma-separated (e.g. another method's converted backbone for a method of yours); "" = the whole model.
+  config.init_from_parts = ""
   config.init_from_required = False  # a fine-tuning recipe: refuse to start a new run without init_from
   config.init_from_recipe = ""       # the weights the paper's run starts from: a new run without init_from warns
   # From this (1-based) epoch on, train with the model in inference mode (BatchNorm on running

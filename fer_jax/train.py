@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
+from fer_jax import config_lib
 from fer_jax import distributed
 from fer_jax import errors
 from fer_jax import evaluate
@@ -156,10 +157,15 @@ def _summary_writer_class():
 
 def load_initial_variables(state: dict, config, abstract_variables: dict, mesh) -> dict:
   """`state` with config.init_from's params and batch_stats (`abstract_variables`: the model's)."""
-  fresh = jax.device_get(checkpointing.model_variables(state)) if config.init_from_missing else None
+  parts = config_lib.init_from_parts(config.init_from_parts)
+  fresh = jax.device_get(checkpointing.model_variables(state)) if config.init_from_missing or parts else None
   with distributed.errors_together():  # init_from may be damaged on some hosts' disks only
-    variables = checkpointing.restore_model(config.init_from, abstract_variables, fresh, config.init_from_missing)
-  logging.info("Initialised params and batch_stats from %s", config.init_from)
+    if parts:
+      variables = checkpointing.restore_parts(config.init_from, fresh, parts)
+    else:
+      variables = checkpointing.restore_model(config.init_from, abstract_variables, fresh, config.init_from_missing)
+  logging.info("Initialised params and batch_stats%s from %s", f" of {', '.join(parts.values())}" if parts else "",
+               config.init_from)
   return {**state, **mesh_lib.replicated(variables, mesh)}
 
 

@@ -35,7 +35,7 @@ def validate(config, *, training: bool, new_run: bool = False, resumed: bool = F
   """
   models.resolve_dtype(config)
   problems = (_unknown_key_problems(config) + _value_problems(config) + _optimizer_problems(config)
-              + _selection_problems(config) + _evaluator_problems(config))
+              + _selection_problems(config) + _evaluator_problems(config) + _init_from_parts_problems(config))
   if training:
     problems += _training_problems(config, new_run, resumed)
   if problems:
@@ -291,13 +291,26 @@ def random_start_warning(config) -> str | None:
 
 
 def _init_from_problems(config) -> list[str]:
-  """config.init_from must hold a checkpoint of the method the config trains."""
+  """config.init_from must hold a checkpoint of the method the config trains, unless config.init_from_parts takes
+  parts of it."""
   try:
     saved = checkpointing.read_meta(config.init_from).get("model", {}).get("name")
   except checkpointing.CheckpointError as error:
     return [f"config.init_from: {error}"]
-  if saved and saved != config.model.name:
+  if saved and saved != config.model.name and not config.init_from_parts:
     return [f"config.init_from={config.init_from} holds {errors.with_article(saved)} model, but this config trains "
             f"{config.model.name}: pass {errors.with_article(config.model.name)} checkpoint (a run's, a conversion, "
-            "or an earlier stage's best/)."]
+            "or an earlier stage's best/), or name the parts of it to start from, e.g. "
+            "--config.init_from_parts=trunk (its backbone)."]
+  return []
+
+
+def _init_from_parts_problems(config) -> list[str]:
+  try:
+    parts = config_lib.init_from_parts(config.init_from_parts)
+  except ValueError as error:
+    return [f"config.init_from_parts={config.init_from_parts!r}: {error}."]
+  if parts and config.init_from_missing:
+    return ["config.init_from_parts and config.init_from_missing are both set: with parts, whatever they do not "
+            "name starts fresh; drop config.init_from_missing."]
   return []

@@ -19,6 +19,8 @@ import pytest
 
 import fer_jax
 from fer_jax import checkpointing
+from fer_jax import config_lib
+from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import train
 from fer_jax import validation
@@ -106,6 +108,43 @@ def test_the_example_method_refuses_a_misspelt_loss_key_before_any_work(monkeypa
       "  config.loss.label_smothing is not a key of this loss (its one key: label_smoothing).",
       "  config.loss.label_smoothing=None must be a number in [0, 1): set it in the config file, e.g. "
       "config.loss.label_smoothing = 0.1."]
+
+
+@pytest.mark.integration  # initialises DAN and a ResNet-18
+def test_a_method_of_yours_starts_from_the_backbone_of_another_method_s_checkpoint(tmp_path, monkeypatch):
+  """init_from took only a checkpoint of the method trained: a method of yours could not start from the converted
+  MS-Celeb ResNet-18, a DAN checkpoint. config.init_from_parts takes its trunk; the rest stays fresh."""
+  monkeypatch.syspath_prepend(EXAMPLES)
+  dan_config = get_config("configs/dan.py:synthetic")
+  dan_config.input.size = 32
+  dan_variables = jax.jit(lambda: models.init_variables(models.build_model(dan_config), dan_config,
+                                                        jax.random.key(1)))()
+  checkpoint = checkpointing.save_model(str(tmp_path / "dan"), dan_variables, dan_config)
+  config = get_config("examples/plain_resnet_config.py:synthetic")
+  config.update(init_from=checkpoint, init_from_parts="trunk")
+  config.input.size = 32
+  validation.validate(config, training=True, new_run=True)  # another method's checkpoint, taken in part
+  model = models.build_model(config)
+  fresh = jax.jit(lambda: models.init_variables(model, config, jax.random.key(2)))()
+  state = {"step": 0, **fresh}
+  started = train.load_initial_variables(state, config, models.abstract_variables(model, config), mesh_lib.make_mesh())
+  for collection in ("params", "batch_stats"):
+    jax.tree.map(np.testing.assert_array_equal, started[collection]["trunk"], dan_variables[collection]["trunk"])
+  jax.tree.map(np.testing.assert_array_equal, started["params"]["fc"], fresh["params"]["fc"])
+  for parts, message in (("features", r"has no params/features \(its top-level names: affinity, bn, fc, head0"),
+                         ("trunk=fc", r"'s trunk does not fit the model's fc \(missing: params/fc/bias")):
+    with pytest.raises(checkpointing.CheckpointError, match=r"^config.init_from_parts: the checkpoint .*" + message):
+      checkpointing.restore_parts(checkpoint, fresh, config_lib.init_from_parts(parts))
+  config.init_from_parts = ""
+  with pytest.raises(ConfigError, match=r"holds a dan model, but this config trains my_methods.plain_resnet: .* or name "
+                                        r"the parts of it to start from, e.g. --config.init_from_parts=trunk"):
+    validation.validate(config, training=True, new_run=True)
+  config.init_from_parts = "trunk=, fc"
+  with pytest.raises(ConfigError, match=r"config.init_from_parts='trunk=, fc': 'trunk=' is not a part"):
+    validation.validate(config, training=True, new_run=True)
+  config.update(init_from_parts="trunk", init_from_missing="params/fc/.*")
+  with pytest.raises(ConfigError, match=r"config.init_from_parts and config.init_from_missing are both set"):
+    validation.validate(config, training=True, new_run=True)
 
 
 def test_a_loss_of_yours_on_dan_keeps_the_rest_of_dans_method(monkeypatch):
