@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import json
 import os
+import pkgutil
 import re
 import shlex
 from collections.abc import Collection, Sequence
@@ -141,8 +142,18 @@ def module_of_yours(path: str, named_by: str, error: type[Exception]):
   except ModuleNotFoundError as missing:
     if not path.startswith(missing.name or "\0"):
       raise  # the module itself imports something missing
-    raise error(f"{named_by}: no module {missing.name!r} on the Python path ({os.getcwd()} and PYTHONPATH): run "
+    package, _, name = missing.name.rpartition(".")
+    hint = did_you_mean(name, _modules_in(package), f"{package}.") if package else ""
+    raise error(f"{named_by}: no module {missing.name!r} on the Python path ({os.getcwd()} and PYTHONPATH){hint}: run "
                 "from the folder that holds it, or add that folder to PYTHONPATH.") from None
+
+
+def _modules_in(package: str) -> list[str]:
+  """The names of the modules in an importable `package` (none where it cannot be imported)."""
+  try:
+    return [module.name for module in pkgutil.iter_modules(importlib.import_module(package).__path__)]
+  except (ImportError, AttributeError):
+    return []
 
 
 PART = re.compile(r"[\w.-]+(/[\w.-]+)*")  # a variable's path below params/ and batch_stats/: "trunk", "trunk/layer1"

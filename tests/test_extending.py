@@ -60,7 +60,8 @@ def test_a_model_name_that_names_no_method_is_refused_with_the_fix(monkeypatch):
                                      "path of yours, which names a module inside a package folder with its package "
                                      "(my_methods.plain_resnet for my_methods/plain_resnet.py"),
                     ("my_method.plain_resnet", "no module 'my_method' on the Python path"),
-                    ("my_methods.plain_resnett", "no module 'my_methods.plain_resnett' on the Python path"),
+                    ("my_methods.plain_resnett", "no module 'my_methods.plain_resnett' on the Python path ("),
+                    ("my_methods.plain_resnett", "PYTHONPATH) (did you mean my_methods.plain_resnet?): run from"),
                     ("fer_jax.models.layers", "layers.py defines no METHOD = fer_jax.models.Method(")):
     config = get_config("configs/dan.py:synthetic")
     config.model.name = name
