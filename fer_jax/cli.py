@@ -227,7 +227,8 @@ def _parse_flags(argv):
   except Exception as error:  # pylint: disable=broad-except  (config files raise what they like)
     if "--verbose" in argv:
       raise
-    print(f"error: {_flag_message(error, argv)} (--helpshort lists the flags).", file=sys.stderr)
+    print(f"error: {_config_file_error(error, argv) or _flag_message(error, argv) + ' (--helpshort lists the flags).'}",
+          file=sys.stderr)
     sys.exit(USER_ERROR_STATUS)
 
 
@@ -264,9 +265,20 @@ def _flag_message(error: BaseException, argv) -> str:
       return f"{missing_file.group(1).strip()}: did you mean --config={meant}?"
     return (f"{missing_file.group(1).strip()} in {os.getcwd()}: run the command in the fer_jax checkout, whose "
             "configs/ hold the configs, or pass a config file's path, --config=PATH/<method>.py:<dataset>")
-  if "Traceback (most recent call last)" in text:  # a config file's own exception, as ml_collections wraps it
-    text = re.sub(r"^\w+(Error|Exception): ", "", text.strip().splitlines()[-1])
   return " ".join(text.split())
+
+
+def _config_file_error(error: BaseException, argv) -> str | None:
+  """A config file's own exception, as ml_collections wraps it (its traceback in the text), named by the file where
+  its message does not name it; None for any other flag error."""
+  text = str(error.args[0]) if error.args else str(error)
+  if "Traceback (most recent call last)" not in text:
+    return None
+  message = " ".join(re.sub(r"^\w+(Error|Exception): ", "", text.strip().splitlines()[-1]).split())
+  given = next((argument.partition("=")[2] for argument in config_lib.config_arguments(argv)
+                if argument.startswith("--config=")), "")
+  config_file = given.partition(":")[0]
+  return message if not config_file or config_file in message else f"the config file {config_file}: {message}"
 
 
 def _config_file_meant(problem: str, argv) -> str | None:

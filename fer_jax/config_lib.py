@@ -45,7 +45,8 @@ def evaluator(**fields) -> ml_collections.ConfigDict:
   """One entry of `config.evals`: EVALUATOR_DEFAULTS with `fields` in place."""
   unknown = sorted(set(fields) - set(EVALUATOR_DEFAULTS))
   if unknown:
-    raise ValueError(f"Unknown evaluator keys {unknown}; valid: {', '.join(EVALUATOR_DEFAULTS)}.")
+    hints = "".join(did_you_mean(key, list(EVALUATOR_DEFAULTS)) for key in unknown[:1])
+    raise ValueError(f"Unknown evaluator keys {unknown}{hints}; valid: {', '.join(EVALUATOR_DEFAULTS)}.")
   return ml_collections.ConfigDict({**EVALUATOR_DEFAULTS, **fields})
 
 

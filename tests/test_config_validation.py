@@ -47,6 +47,20 @@ def test_a_data_set_named_without_its_settings_is_refused(path, monkeypatch):
     module.get_config("newset")
 
 
+def test_a_config_file_s_own_error_names_the_file_and_no_flag_help(tmp_path):
+  """A mistake inside a config file ended "(--helpshort lists the flags)", naming neither the file nor a fix."""
+  config_file = tmp_path / "my_config.py"
+  config_file.write_text("from fer_jax import config_lib\n\n\ndef get_config():\n"
+                         "  config = config_lib.base_config()\n"
+                         "  config.evals.occluded = config_lib.evaluator(splt='test')\n  return config\n")
+  result = subprocess.run([sys.executable, "-m", "fer_jax.main", f"--config={config_file}",
+                           f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=cpu_devices_env(1), capture_output=True,
+                          text=True, timeout=300)
+  assert_user_error(result, f"error: the config file {config_file}: Unknown evaluator keys ['splt'] (did you mean "
+                            "split?); valid: dataset, data_dir, split,")
+  assert "helpshort" not in result.stderr
+
+
 def test_an_unknown_argument_names_the_config_file_as_given(tmp_path, monkeypatch):
   """`cd examples && … --config=plain_resnet_config.py:rafdb` printed "Unknown argument 'rafdb' for
   configs/plain_resnet_config.py", a file that is not there: the file is named relative to the working folder (as
