@@ -460,11 +460,13 @@ def test_rafdb_label_line_of_three_fields_says_the_format(tmp_path):
                                      '<label 1-7>" (as "train_00001.jpg 5")')
 
 
-def test_rafdb_duplicate_label_lines_must_agree(tmp_path):
+def test_rafdb_duplicate_label_lines_must_agree_and_are_kept_once_with_a_warning(tmp_path, caplog):
   label_file = _rafdb_label_file(tmp_path / "manual", ["train_00001.jpg 5", "train_00001.jpg 5"])
   builder = build("rafdb", tmp_path / "manual", tmp_path / "tfds")
   assert labels_of(read(builder, "train"))["train_00001.jpg"] == 4
   assert builder.info.splits["train"].num_examples == len(fx.RAFDB_TRAIN) - 1  # line 2 replaced train_00002
+  assert (f"RAF-DB: 1 label lines repeat an earlier line's image and label ({label_file}, line 2 repeats {label_file}, "
+          "line 1); each image is kept once") in caplog.text
   label_file.write_text("train_00001.jpg 5\ntrain_00002.jpg 4\ntrain_00001_aligned.jpg 3\n")
   with pytest.raises(builder_utils.DataError) as error:
     build("rafdb", tmp_path / "manual", tmp_path / "tfds2")

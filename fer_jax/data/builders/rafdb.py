@@ -12,6 +12,7 @@ Challenge-condition-FER-dataset) are present, their test subsets become the extr
 
 import dataclasses
 
+from absl import logging
 import tensorflow_datasets as tfds
 
 from fer_jax.data import builder_utils
@@ -97,7 +98,7 @@ class Rafdb(builder_utils.ManualBuilder):
     paths = [builder_utils.find_path(root, (label_file,), f"the RAF-DB label file {label_file}", LAYOUT)
              for label_file in self.builder_config.label_files]
     self.split_sources.update(dict.fromkeys(splits, " and ".join(map(str, paths))))
-    first_lines = {}
+    first_lines, repeats = {}, []
     for path in paths:
       for line, text in builder_utils.read_lines(path):
         where = f"{path}, line {line}"
@@ -112,8 +113,14 @@ class Rafdb(builder_utils.ManualBuilder):
           raise builder_utils.DataError(f"{where}: {name!r} is labelled {label + 1}, but {first_lines[base]} gives it "
                                         f"{splits[split][base][1] + 1}. Keep one of the lines, or restore the file "
                                         "from the owners' download.")
+        if base in splits[split]:
+          repeats.append(f"{where} repeats {first_lines[base]}")
         first_lines.setdefault(base, where)
         splits[split][base] = (f"{base}.jpg", label, first_lines[base])
+    if repeats:
+      logging.warning("RAF-DB: %d label lines repeat an earlier line's image and label (%s); each image is kept once, "
+                      "where a loader reading every line (the official ones) would train on it twice.", len(repeats),
+                      repeats[0])
     return splits
 
   def _records(self, images, entries):
