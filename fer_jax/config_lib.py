@@ -45,8 +45,8 @@ def evaluator(**fields) -> ml_collections.ConfigDict:
   """One entry of `config.evals`: EVALUATOR_DEFAULTS with `fields` in place."""
   unknown = sorted(set(fields) - set(EVALUATOR_DEFAULTS))
   if unknown:
-    hints = "".join(did_you_mean(key, list(EVALUATOR_DEFAULTS)) for key in unknown[:1])
-    raise ValueError(f"Unknown evaluator keys {unknown}{hints}; valid: {', '.join(EVALUATOR_DEFAULTS)}.")
+    hint = did_you_mean(unknown[0], list(EVALUATOR_DEFAULTS))
+    raise ValueError(f"Unknown evaluator keys {unknown}{hint}; valid: {', '.join(EVALUATOR_DEFAULTS)}.")
   return ml_collections.ConfigDict({**EVALUATOR_DEFAULTS, **fields})
 
 
@@ -60,8 +60,8 @@ NOT_OF_THE_TRAINING = ("dataset.data_dir", "dataset.cache", "dataset.cache_budge
 # backward pass recomputes (the same gradients, `config.model.remat`).
 RESUME_MAY_CHANGE = NOT_OF_THE_TRAINING + (
     "optimizer.lr", "optimizer.grad_clip_norm", "num_epochs", "eval.", "evals.", "eval_batch_size",
-    "dataset.test_split", "select_", "restore_best", "early_stopping_patience", "init_from", "init_from_missing", "init_from_parts",
-    "init_from_required", "model.remat")
+    "dataset.test_split", "select_", "restore_best", "early_stopping_patience", "init_from", "init_from_missing",
+    "init_from_parts", "init_from_required", "model.remat")
 
 
 def differences(recorded: dict, config, ignored: Sequence[str], unshared: str = "") -> list[tuple[str, object, object]]:
