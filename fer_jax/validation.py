@@ -76,7 +76,8 @@ def _method_problems(config) -> list[str]:
     method = models.get_method(config.model.name)
   except models.UnknownMethodError as error:
     return [str(error)]
-  return models.model_key_problems(method, config) + method.config_problems(config)
+  return models.model_key_problems(method, config) + models.loss_key_problems(method, config) + \
+      method.config_problems(config)
 
 
 def _value_problems(config) -> list[str]:

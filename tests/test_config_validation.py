@@ -217,7 +217,7 @@ def test_a_key_no_one_reads_is_named_with_the_key_it_may_stand_for():
   config.batchsize = 16
   config.optimizer.update(nme="adam")
   config.dataset.provenance = "mine"
-  config.loss.my_weight = 0.5  # the method's own keys: its loss reads them
+  config.loss.partition_weight = 0.5  # the method's own keys: its loss reads them
   config.model.extra_width = 2  # checked apart, against the module's fields
   problems = _problems(config, training=False).splitlines()[1:]
   why = "a method's own keys go in config.model or config.loss."
@@ -227,6 +227,18 @@ def test_a_key_no_one_reads_is_named_with_the_key_it_may_stand_for():
                           f"{why}",
                           f"  config.optimizer.nme is read by nothing (did you mean config.optimizer.name?): {why}"]
   assert len(problems) == 4 and "config.model.extra_width" in problems[3]
+
+
+@pytest.mark.parametrize("spec, key, message", [
+    ("configs/dan.py:synthetic", "afinity_weight", "(did you mean affinity_weight?): rename or remove it; its keys are "
+                                                   "affinity_weight, partition_weight."),
+    ("configs/apvit.py:synthetic", "label_smoothing", ": rename or remove it; its keys are none.")])
+def test_a_loss_key_the_method_s_loss_does_not_read_is_named(spec, key, message):
+  """DAN's `config.loss.afinity_weight = 0.5` in a config file trained with the default weight, without a word."""
+  config = get_config(spec)
+  config.loss[key] = 0.5
+  assert f"config.loss.{key} is not a key of the loss of method {config.model.name!r} {message}".replace(" :", ":") \
+      in _problems(config, training=False)
 
 
 @pytest.mark.parametrize("key, value, expected", [

@@ -106,7 +106,8 @@ def test_the_example_method_refuses_a_misspelt_loss_key_before_any_work(monkeypa
   with pytest.raises(ConfigError) as refused:
     validation.validate(config, training=False)
   assert str(refused.value).splitlines()[1:] == [
-      "  config.loss.label_smothing is not a key of this loss (its one key: label_smoothing).",
+      "  config.loss.label_smothing is not a key of the loss of method 'my_methods.plain_resnet' (did you mean "
+      "label_smoothing?): rename or remove it; its keys are label_smoothing.",
       "  config.loss.label_smoothing=None must be a number in [0, 1): set it in the config file, e.g. "
       "config.loss.label_smoothing = 0.1."]
 
@@ -157,7 +158,8 @@ def test_a_loss_of_yours_on_dan_keeps_the_rest_of_dans_method(monkeypatch):
   config.loss.confidence_penalty = 0.5
   validation.validate(config, training=False)
   method = models.get_method(config.model.name)
-  assert method == dataclasses.replace(dan.METHOD, loss=method.loss, config_problems=method.config_problems)
+  assert method == dataclasses.replace(dan.METHOD, loss=method.loss, config_problems=method.config_problems,
+                                       loss_keys=("affinity_weight", "partition_weight", "confidence_penalty"))
   assert method.auxiliary_params == ("affinity",)
   keys = jax.random.split(jax.random.key(0), 4)
   outputs = {"logits": jax.random.normal(keys[0], (4, 7)), "pooled_features": jax.random.normal(keys[1], (4, 512)),

@@ -46,6 +46,7 @@ def config_problems(config) -> list[str]:
   return problems
 
 
-# DAN's build and auxiliary_params (its affinity centres, left out of the parameter count), with this loss and the
-# check of its key.
-METHOD = dataclasses.replace(dan.METHOD, loss=loss, config_problems=config_problems)
+# DAN's build and auxiliary_params (its affinity centres, left out of the parameter count), with this loss, its keys
+# (DAN's and the penalty's weight) and the check of its weight.
+METHOD = dataclasses.replace(dan.METHOD, loss=loss, loss_keys=(*dan.METHOD.loss_keys, "confidence_penalty"),
+                             config_problems=config_problems)

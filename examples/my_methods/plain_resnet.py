@@ -35,16 +35,14 @@ def label_smoothing_loss(outputs, labels, loss_config):
 
 
 def config_problems(config) -> list[str]:
-  """config.loss holds label_smoothing, in [0, 1), and no other key (a misspelt one would leave it out), checked
-  before any work (fer_jax.validation)."""
+  """config.loss.label_smoothing is a number in [0, 1), checked before any work (fer_jax.validation)."""
   smoothing = config.loss.get("label_smoothing")
-  problems = [f"config.loss.{key} is not a key of this loss (its one key: label_smoothing)."
-              for key in config.loss.keys() if key != "label_smoothing"]
   if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
-    problems.append(f"config.loss.label_smoothing={smoothing!r} must be a number in [0, 1): set it in the config "
-                    "file, e.g. config.loss.label_smoothing = 0.1.")
-  return problems
+    return [f"config.loss.label_smoothing={smoothing!r} must be a number in [0, 1): set it in the config file, e.g. "
+            "config.loss.label_smoothing = 0.1."]
+  return []
 
 
+# loss_keys: the config.loss keys the loss reads; any other (a misspelt one) stops the command before any work.
 METHOD = models.Method(build=functools.partial(models.from_config, PlainResNet), loss=label_smoothing_loss,
-                       config_problems=config_problems)
+                       loss_keys=("label_smoothing",), config_problems=config_problems)

@@ -13,6 +13,8 @@ yours, importable from where the command runs ("my_methods.plain_resnet"; docs/e
       the mean softmax cross-entropy (`cross_entropy`); loss_config is config.loss, whose
       `class_counts=()`, where it has that key, the loop fills with the training split's count of
       each class (in the model's class order);
+  loss_keys: the config.loss keys the loss reads, any other refused before any work (a misspelt weight would
+      train with none); None: not checked;
   auxiliary_params: top-level parameter names that are training-only state (DAN's affinity
       centres), left out of the model's parameter count;
   save_attention_maps(images, outputs, out_dir) -> written paths, for methods that have them;
@@ -95,6 +97,7 @@ def cross_entropy_loss(outputs, labels, loss_config):
 class Method:
   build: Callable[..., nn.Module]
   loss: Callable = cross_entropy_loss
+  loss_keys: tuple[str, ...] | None = None
   auxiliary_params: tuple[str, ...] = ()
   save_attention_maps: Callable | None = None
   attention_outputs: Callable | None = None
@@ -127,6 +130,16 @@ def unknown_key_problems(module_class, model_config) -> list[str]:
       problems.append(f"config.model.{key} is not a key of method {model_config.get('name', '')!r}"
                       f"{config_lib.did_you_mean(key, valid)}: rename or remove it; its keys are {', '.join(valid)}.")
   return problems
+
+
+def loss_key_problems(method: Method, config) -> list[str]:
+  """One line for each config.loss key that `method.loss_keys` (where it says) does not name."""
+  if method.loss_keys is None:
+    return []
+  valid = ", ".join(method.loss_keys) or "none"
+  return [f"config.loss.{key} is not a key of the loss of method {config.model.name!r}"
+          f"{config_lib.did_you_mean(key, method.loss_keys)}: rename or remove it; its keys are {valid}."
+          for key in config.loss.keys() if key not in method.loss_keys]
 
 
 def model_key_problems(method: Method, config) -> list[str]:

@@ -160,6 +160,6 @@ def config_problems(config) -> list[str]:
   return problems
 
 
-METHOD = Method(build=functools.partial(from_config, APViT),
+METHOD = Method(build=functools.partial(from_config, APViT), loss_keys=(),
                 save_attention_maps=functools.partial(attention_maps.save_apvit_maps, patch_size=FEATURE_STRIDE),
                 config_problems=config_problems)

@@ -154,5 +154,6 @@ def grad_cam_outputs(model, variables, images) -> dict:
   return {**outputs, "head_cams": jnp.stack(cams, axis=1)}
 
 
-METHOD = Method(build=functools.partial(from_config, DAN), loss=loss, auxiliary_params=("affinity",),
-                attention_outputs=grad_cam_outputs, save_attention_maps=attention_maps.save_dan_maps)
+METHOD = Method(build=functools.partial(from_config, DAN), loss=loss, loss_keys=("affinity_weight", "partition_weight"),
+                auxiliary_params=("affinity",), attention_outputs=grad_cam_outputs,
+                save_attention_maps=attention_maps.save_dan_maps)

@@ -171,4 +171,4 @@ def config_problems(config) -> list[str]:
   return problems
 
 
-METHOD = Method(build=functools.partial(from_config, LHCNet), config_problems=config_problems)
+METHOD = Method(build=functools.partial(from_config, LHCNet), loss_keys=(), config_problems=config_problems)

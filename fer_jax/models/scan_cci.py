@@ -363,4 +363,5 @@ def loss(outputs, labels, loss_config):
 
 
 METHOD = Method(build=functools.partial(from_config, SCANCCI), loss=loss,
+                loss_keys=("attention_weight", "class_weights", "effective_number_beta", "class_counts"),
                 save_attention_maps=attention_maps.save_scan_cci_maps, config_problems=config_problems)
