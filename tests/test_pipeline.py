@@ -277,6 +277,12 @@ def test_clear_errors_for_missing_data_and_bad_settings(tmp_path):
   assert message.startswith("Unknown data set 'nosuchset' (config.dataset.name): fer_jax's are fer2013, ferplus, "
                             f"rafdb, affectnet, sfew, fedro, synthetic; prepared in {_config().dataset.data_dir}: ")
   assert "synthetic. Check the spelling, or prepare the set first" in message and "\n" not in message
+  # A variant the set lacks was TFDS's ValueError, a traceback and exit 1.
+  with pytest.raises(pipeline.DataError) as unknown:
+    pipeline.load_split(_config(name="affectnet/classes9", data_dir=str(tmp_path)), "train")
+  assert str(unknown.value) == ("Data set 'affectnet' has no variant 'classes9' (config.dataset.name='affectnet/"
+                                "classes9') (did you mean affectnet/classes8?): its variants are affectnet/classes8, "
+                                "affectnet/classes7, affectnet/classes8_facecrop, affectnet/classes7_facecrop.")
   config = _config()
   config.input.update(size=40, eval_pp="normalize('imagenet')")
   with pytest.raises(pipeline.DataError, match="eval_pp .* into float \\(32, 32, 3\\), but the model takes float \\(40, 40, 3\\)"):

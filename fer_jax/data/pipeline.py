@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fer_jax import config_lib
 from fer_jax import errors
 from fer_jax import mesh as mesh_lib
 from fer_jax.data import augment
@@ -75,6 +76,14 @@ def _builder(dataset_config, dataset_key: str = "dataset.name"):
     raise DataError(f"Unknown data set {dataset_config.name!r} (config.{dataset_key}): fer_jax's are "
                     f"{', '.join(builders.NAMES)}{_prepared_in(data_dir)}. Check the spelling, or prepare the set "
                     "first (README, 'Preparing data').") from None
+  except ValueError as error:  # TFDS's for a variant (BuilderConfig) the set does not have
+    if "BuilderConfig" not in str(error):
+      raise
+    name, _, variant = dataset_config.name.partition("/")
+    variants = list(tfds.builder_cls(name).builder_configs)
+    raise DataError(f"Data set {name!r} has no variant {variant!r} (config.{dataset_key}={dataset_config.name!r})"
+                    f"{config_lib.did_you_mean(variant, variants, f'{name}/')}: its variants are "
+                    f"{', '.join(f'{name}/{v}' for v in variants)}.") from None
   if dataset_config.name.split("/")[0] in AUTO_PREPARED:
     builder = _generate_once(dataset_config.name, data_dir, builder)
   if not builder_utils.is_prepared(builder):
