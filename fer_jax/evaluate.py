@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 from typing import NamedTuple
 
 from absl import logging
@@ -64,12 +65,14 @@ class Spec:
     return (dataset.name, dataset.data_dir, dataset.image_size, self.split, self.decoded_as_stored)
 
   def reads_images_of(self, other: "Spec") -> bool:
-    """Whether every image this evaluator reads is one `other` reads: the same split of the same set, or one of its
-    occlusion and pose subsets (config_lib.SUBSETS, prepared as "<split>_<subset>")."""
-    subsets = {f"{other.split}_{subset}" for subset in config_lib.SUBSETS}
+    """Whether this evaluator may read an image `other` reads: a part of its split ("test[:50%]+validation") and one
+    of other's overlap, an occlusion or pose subset (config_lib.SUBSETS, prepared as "<split>_<subset>") counting as
+    the whole split it was taken from; slices whose overlap needs the split's size (absolute against percent, or
+    negative absolute bounds) count as overlapping."""
     same_set = (self.config.dataset.name, self.config.dataset.data_dir) == (other.config.dataset.name,
                                                                            other.config.dataset.data_dir)
-    return same_set and (self.split == other.split or self.split in subsets)
+    return same_set and any(_overlap(mine, theirs) for mine in _split_parts(self.split)
+                            for theirs in _split_parts(other.split))
 
   @property
   def inputs_identity(self) -> tuple:
@@ -506,6 +509,40 @@ class Predictions(NamedTuple):
   records: np.ndarray
   probabilities: np.ndarray
   predicted: np.ndarray
+
+
+# A part of a split spec: its split (a subset's named apart), then an optional slice's two bounds.
+SLICE = re.compile(r"^\s*([\w-]+?)(?:_(" + "|".join(config_lib.SUBSETS) + r"))?\s*"
+                   r"(?:\[\s*([-\d]*%?)\s*:\s*([-\d]*%?)\s*\])?\s*$")
+
+
+def _split_parts(split: str) -> list[tuple[str, str, str]]:
+  """(split taken from, start, stop) of each part of a split spec ("test[:50%]" -> ("test", "", "50%")); a subset's
+  part is its whole split's, and a spec this does not parse is one part of its own name, whole."""
+  parts = []
+  for part in split.split("+"):
+    match = SLICE.match(part)
+    if not match:
+      parts.append((part.strip(), "", ""))
+    elif match[2]:
+      parts.append((match[1], "", ""))
+    else:
+      parts.append((match[1], match[3] or "", match[4] or ""))
+  return parts
+
+
+def _overlap(first: tuple[str, str, str], second: tuple[str, str, str]) -> bool:
+  if first[0] != second[0]:
+    return False
+  bounds = [first[1:], second[1:]]
+  units = {bound.endswith("%") for pair in bounds for bound in pair if bound}
+  if len(units) > 1 or (units == {False} and any(bound.startswith("-") for pair in bounds for bound in pair)):
+    return True  # their overlap depends on the split's size
+  end = 100 if units == {True} else float("inf")
+  spans = [[float(bound.rstrip("%")) if bound else default for bound, default in zip(pair, (0, end))]
+           for pair in bounds]
+  spans = [[value + end if value < 0 else value for value in span] for span in spans]  # "-10%" is "90%"
+  return max(spans[0][0], spans[1][0]) < min(spans[0][1], spans[1][1])
 
 
 def _label(name: str, tta_name: str) -> str:

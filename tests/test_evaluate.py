@@ -274,6 +274,15 @@ def test_the_selection_names_the_reported_evaluators_that_read_the_split_it_chos
   config.dataset.update(eval_split="train[90%:]", test_split="test")
   selection = evaluate.selection_record(evaluate.Evaluators(None, config, None), "accuracy", "eval", 37, 0.9, 40)
   assert selection["reported_on_the_same_split"] == []
+  # Slices: a reported split overlapping the chosen one's part was not named (its string differed).
+  for eval_split, test_split, named in (("test[:50%]", "test", True), ("test[:50%]", "test[50%:]", False),
+                                        ("test[:50%]", "test[-60%:]", True), ("test[10:40]", "test[40:]", False),
+                                        ("test[:50%]", "test[100:]", True),
+                                        ("test+test_occlusion", "test[10:40]", True),
+                                        ("train[:10]+test[20:30]", "test[25:26]", True)):
+    config.dataset.update(eval_split=eval_split, test_split=test_split)
+    chosen = evaluate.selection_record(evaluate.Evaluators(None, config, None), "accuracy", "eval", 37, 0.9, 40)
+    assert ("test" in chosen["reported_on_the_same_split"]) == named, (eval_split, test_split)
   assert evaluate.selection_note(selection) == ("The best epoch (37 of 40) by accuracy on the evaluator eval "
                                                 "(rafdb train[90%:]).")
 
