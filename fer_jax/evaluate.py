@@ -673,7 +673,7 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   evaluators = Evaluators(model, config, mesh)
   evaluators.open_all()
   variables = mesh_lib.replicated(variables, mesh)
-  warn_of_a_replaced_report(workdir, checkpoint)  # once the data and weights opened: a failure replaces nothing
   step_directory = checkpointing.step_folder(checkpoint)  # the folder load_trained_variables read
+  warn_of_a_replaced_report(workdir, step_directory)  # once the data and weights opened: a failure replaces nothing
   name = os.path.basename(step_directory)
   return final_report(evaluators, variables, workdir, int(name) if name.isdigit() else None, step_directory)

@@ -285,7 +285,7 @@ def test_the_quickly_compiled_initial_state_is_the_default_compiles():
 
 
 @pytest.mark.integration
-def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, monkeypatch, straight):
+def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, monkeypatch, straight, caplog):
   """Resumed in this process from a copy of the uninterrupted CLI run (`straight`) cut back to its step 3."""
   config = _short_main_config()
   resumed = tmp_path / "resumed"
@@ -306,6 +306,11 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, monkeypat
   assert evaluated["confusion_matrix"] == results["confusion_matrix"]
   with open(tmp_path / "eval" / "eval_results.json") as f:
     assert json.load(f)["step"] == results["step"] == SHORT_RUN_STEPS  # the step of the checkpoint it read
+  # Evaluated again into the folder: the warning names the step folder read, as the report does (it named the workdir).
+  with caplog.at_level(logging.WARNING):
+    evaluate.evaluate_checkpoint(config, str(straight), str(tmp_path / "eval"))
+  step_folder = straight / "checkpoints" / str(SHORT_RUN_STEPS)
+  assert f"holds the report of an evaluation of {step_folder}: this one of {step_folder} replaces it" in caplog.text
 
 
 @pytest.mark.usefixtures("tiny_data_dir")  # built here; the subprocess inherits its path
