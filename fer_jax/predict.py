@@ -88,7 +88,8 @@ def check_output(path: str) -> None:
 
 def check_annotate(path: str, input_path: str = "") -> None:
   """Fails fast unless --annotate, if given, is a folder (new or existing) where the drawn photos can be written,
-  outside a folder given as --input (`input_path`): a later run would read its drawings as photos."""
+  outside a folder given as --input (`input_path`), and not the folder of a photo given as --input: a later run (over
+  that folder) would read its drawings as photos."""
   if not path:
     return
   if os.path.exists(path) and not os.path.isdir(path):
@@ -96,6 +97,9 @@ def check_annotate(path: str, input_path: str = "") -> None:
   if os.path.isdir(input_path) and _is_within(path, input_path):
     raise UserError(f"--annotate={path} is inside --input={input_path}: the next run would read its drawings as "
                     "photos. Pass a folder outside --input.")
+  if os.path.isfile(input_path) and os.path.realpath(path) == os.path.realpath(os.path.dirname(input_path) or "."):
+    raise UserError(f"--annotate={path} is the folder of --input={input_path}: a run over that folder would read its "
+                    "drawings as photos. Pass another folder.")
   cli.check_writable_place(f"--annotate={path}", path)
 
 

@@ -830,6 +830,11 @@ def test_an_annotate_folder_inside_the_input_folder_is_refused_before_any_work(t
       predict.check_annotate(str(annotate), str(photos))
   predict.check_annotate(str(tmp_path / "photos_drawn"), str(photos))  # beside it, its name starting alike
   predict.check_annotate(str(photos / "drawn"), str(photos / "face.jpg"))  # one photo as --input
+  # One photo's own folder: face.jpg.png, drawn beside it, was read as a photo by a run over the folder.
+  with pytest.raises(UserError, match=rf"^--annotate={re.escape(str(photos))} is the folder of "
+                                      rf"--input={re.escape(str(photos / 'face.jpg'))}: a run over that folder would "
+                                      r"read its drawings as photos\. Pass another folder\.$"):
+    predict.check_annotate(str(photos), str(photos / "face.jpg"))
 
 
 def test_face_crops_are_not_drawn_and_one_warning_says_so(tmp_path, monkeypatch, caplog):
