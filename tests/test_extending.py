@@ -138,8 +138,8 @@ def test_a_method_of_yours_starts_from_the_backbone_of_another_method_s_checkpoi
     with pytest.raises(checkpointing.CheckpointError, match=r"^config.init_from_parts: the checkpoint .*" + message):
       checkpointing.restore_parts(checkpoint, fresh, config_lib.init_from_parts(parts))
   config.init_from_parts = ""
-  with pytest.raises(ConfigError, match=r"holds a dan model, but this config trains my_methods.plain_resnet: .* or name "
-                                        r"the parts of it to start from, e.g. --config.init_from_parts=trunk"):
+  with pytest.raises(ConfigError, match=r"holds a dan model, but this config trains my_methods.plain_resnet: .* or "
+                                        r"name the parts of it to start from, e.g. --config.init_from_parts=trunk"):
     validation.validate(config, training=True, new_run=True)
   config.init_from_parts = "trunk=, fc"
   with pytest.raises(ConfigError, match=r"config.init_from_parts='trunk=, fc': 'trunk=' is not a part"):
@@ -287,8 +287,8 @@ def test_a_builder_of_yours_named_like_fer_jax_s_set_is_refused_with_the_fix(tmp
   (tmp_path / "clashing_sets" / "mine.py").write_text(OWN_CLASS_NAMES.replace("class Emotions", "class Fer2013"))
   monkeypatch.syspath_prepend(EXAMPLES)
   monkeypatch.syspath_prepend(str(tmp_path))
-  with pytest.raises(UserError, match=r"^--dataset=clashing_sets.mine: a builder class of clashing_sets.mine takes a set's "
-                                      r"name TFDS already holds \(Dataset with name fer2013 already registered\), "
+  with pytest.raises(UserError, match=r"^--dataset=clashing_sets.mine: a builder class of clashing_sets.mine takes a "
+                                      r"set's name TFDS already holds \(Dataset with name fer2013 already registered\), "
                                       r"fer_jax's or another's: rename the class"):
     prepare.builder_class("clashing_sets.mine")
 
