@@ -547,14 +547,15 @@ def restore_parts(path: str, fresh_variables: dict, parts: dict[str, str]) -> di
             for collection in MODEL_COLLECTIONS for path, value in saved.items()
             if path.startswith(f"{collection}/{source}/")}
     wanted = {path: fresh[path] for path in fresh if path.split("/", 1)[1].startswith(f"{target}/")}
-    if not read:
-      names = sorted({path.split("/")[1] for path in saved if path.startswith("params/")})
-      raise CheckpointError(f"config.init_from_parts: the checkpoint {step_directory} has no params/{source} "
-                            f"(its top-level names: {', '.join(names)}).")
+    for tree, where, name in ((read, f"the checkpoint {step_directory}", source), (wanted, "the model", target)):
+      if not tree:
+        names = sorted({path.split("/")[1] for path in (saved if tree is read else fresh) if path.startswith("params/")})
+        raise CheckpointError(f"config.init_from_parts: {where} has no params/{name} (its top-level names: "
+                              f"{', '.join(names)}).")
     problems = _shape_differences(_leaf_shapes(read), _leaf_shapes(wanted), ("missing", "unexpected"), "model", 5)
-    if problems or not wanted:
+    if problems:
       raise CheckpointError(f"config.init_from_parts: the checkpoint {step_directory}'s {source} does not fit the "
-                            f"model's {target} ({'; '.join(problems) or f'the model has no params/{target}'}).")
+                            f"model's {target} ({'; '.join(problems)}).")
     taken.update({path: np.asarray(value).astype(fresh[path].dtype) for path, value in read.items()})
   return traverse_util.unflatten_dict({**fresh, **taken}, sep="/")
 

@@ -169,6 +169,8 @@ def init_from_parts(text: str) -> dict[str, str]:
     if not (PART.fullmatch(source) and PART.fullmatch(target)):
       raise ValueError(f"{item!r} is not a part: write NAME (the same in both) or SOURCE=TARGET, each a path of names "
                        "joined by '/' (\"trunk\", \"features=trunk/stem\")")
+    if source in parts or target in parts.values():
+      raise ValueError(f"{item!r} names {source if source in parts else target!r} again: name each part once")
     parts[source] = target
   return parts
 

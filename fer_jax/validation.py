@@ -84,7 +84,9 @@ def _value_problems(config) -> list[str]:
   problems = (_method_problems(config)
               + _choice("model.dtype", config.model.dtype, models.DTYPES)
               + _choice("model.remat", config.model.remat, tuple(layers.REMAT_POLICIES))
-              + _choice("dataset.class_order", config.dataset.class_order, sorted(labels.CLASS_ORDERS))
+              + [f"{problem.rstrip('.')} (an order of yours: fer_jax.data.labels.add_class_order in the config file, "
+                 "docs/extending.md)." for problem in
+                 _choice("dataset.class_order", config.dataset.class_order, sorted(labels.CLASS_ORDERS))]
               + _choice("dataset.sampler", config.dataset.sampler, pipeline.SAMPLERS)
               + _choice("dataset.cache", config.dataset.cache, pipeline.CACHE_MODES)
               + _choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
@@ -314,4 +316,7 @@ def _init_from_parts_problems(config) -> list[str]:
   if parts and config.init_from_missing:
     return ["config.init_from_parts and config.init_from_missing are both set: with parts, whatever they do not "
             "name starts fresh; drop config.init_from_missing."]
+  if parts and not config.init_from:
+    return [f"config.init_from_parts={config.init_from_parts!r} names parts of config.init_from, which is not set: "
+            "pass --config.init_from=CHECKPOINT too."]
   return []

@@ -189,6 +189,14 @@ def test_init_from_must_hold_a_checkpoint_of_the_method_trained(tmp_path):
   validation.validate(dan, training=True, new_run=True)
 
 
+def test_an_unknown_class_order_names_how_to_add_one():
+  config = get_config("configs/dan.py:synthetic")
+  config.dataset.class_order = "valence"
+  assert ("config.dataset.class_order='valence' is not one of: 'affectnet7', " in _problems(config, training=False)
+          and "(an order of yours: fer_jax.data.labels.add_class_order in the config file, docs/extending.md)." in
+          _problems(config, training=False))
+
+
 def test_class_order_must_name_num_classes():
   config = get_config("configs/dan.py:rafdb")
   config.model.num_classes = 8
@@ -230,9 +238,12 @@ def test_a_key_no_one_reads_is_named_with_the_key_it_may_stand_for():
 
 
 @pytest.mark.parametrize("spec, key, message", [
-    ("configs/dan.py:synthetic", "afinity_weight", "(did you mean affinity_weight?): rename or remove it; its keys are "
-                                                   "affinity_weight, partition_weight."),
-    ("configs/apvit.py:synthetic", "label_smoothing", ": rename or remove it; its keys are none.")])
+    ("configs/dan.py:synthetic", "afinity_weight", "(did you mean affinity_weight?): rename or remove it (or, for a "
+                                                   "method of yours whose loss reads it, name it in its Method's "
+                                                   "loss_keys); its keys are affinity_weight, partition_weight."),
+    ("configs/apvit.py:synthetic", "label_smoothing", ": rename or remove it (or, for a method of yours whose loss "
+                                                      "reads it, name it in its Method's loss_keys); its keys are "
+                                                      "none.")])
 def test_a_loss_key_the_method_s_loss_does_not_read_is_named(spec, key, message):
   """DAN's `config.loss.afinity_weight = 0.5` in a config file trained with the default weight, without a word."""
   config = get_config(spec)

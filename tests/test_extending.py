@@ -107,7 +107,8 @@ def test_the_example_method_refuses_a_misspelt_loss_key_before_any_work(monkeypa
     validation.validate(config, training=False)
   assert str(refused.value).splitlines()[1:] == [
       "  config.loss.label_smothing is not a key of the loss of method 'my_methods.plain_resnet' (did you mean "
-      "label_smoothing?): rename or remove it; its keys are label_smoothing.",
+      "label_smoothing?): rename or remove it (or, for a method of yours whose loss reads it, name it in its Method's "
+      "loss_keys); its keys are label_smoothing.",
       "  config.loss.label_smoothing=None must be a number in [0, 1): set it in the config file, e.g. "
       "config.loss.label_smoothing = 0.1."]
 
@@ -134,8 +135,9 @@ def test_a_method_of_yours_starts_from_the_backbone_of_another_method_s_checkpoi
     jax.tree.map(np.testing.assert_array_equal, started[collection]["trunk"], dan_variables[collection]["trunk"])
   jax.tree.map(np.testing.assert_array_equal, started["params"]["fc"], fresh["params"]["fc"])
   for parts, message in (("features", r"has no params/features \(its top-level names: affinity, bn, fc, head0"),
-                         ("trunk=fc", r"'s trunk does not fit the model's fc \(missing: params/fc/bias")):
-    with pytest.raises(checkpointing.CheckpointError, match=r"^config.init_from_parts: the checkpoint .*" + message):
+                         ("trunk=fc", r"'s trunk does not fit the model's fc \(missing: params/fc/bias"),
+                         ("trunk=nothere", r"the model has no params/nothere \(its top-level names: fc, trunk\)")):
+    with pytest.raises(checkpointing.CheckpointError, match=r"^config.init_from_parts: .*" + message):
       checkpointing.restore_parts(checkpoint, fresh, config_lib.init_from_parts(parts))
   config.init_from_parts = ""
   with pytest.raises(ConfigError, match=r"holds a dan model, but this config trains my_methods.plain_resnet: .* or "
@@ -146,6 +148,14 @@ def test_a_method_of_yours_starts_from_the_backbone_of_another_method_s_checkpoi
     validation.validate(config, training=True, new_run=True)
   config.update(init_from_parts="trunk", init_from_missing="params/fc/.*")
   with pytest.raises(ConfigError, match=r"config.init_from_parts and config.init_from_missing are both set"):
+    validation.validate(config, training=True, new_run=True)
+  config.update(init_from_parts="trunk/layer1_0=trunk/layer1_0,trunk/layer1_0=trunk/layer1_1", init_from_missing="")
+  with pytest.raises(ConfigError, match=r"'trunk/layer1_0=trunk/layer1_1' names 'trunk/layer1_0' again: name each "
+                                        r"part once"):  # the first mapping was dropped, without a word
+    validation.validate(config, training=True, new_run=True)
+  config.update(init_from_parts="trunk", init_from="")
+  with pytest.raises(ConfigError, match=r"config.init_from_parts='trunk' names parts of config.init_from, which is "
+                                        r"not set"):  # the run started from random weights, without a word
     validation.validate(config, training=True, new_run=True)
 
 
