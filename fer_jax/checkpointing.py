@@ -547,9 +547,10 @@ def restore_parts(path: str, fresh_variables: dict, parts: dict[str, str]) -> di
             for collection in MODEL_COLLECTIONS for path, value in saved.items()
             if path.startswith(f"{collection}/{source}/")}
     wanted = {path: fresh[path] for path in fresh if path.split("/", 1)[1].startswith(f"{target}/")}
-    for tree, where, name in ((read, f"the checkpoint {step_directory}", source), (wanted, "the model", target)):
+    for tree, whole, where, name in ((read, saved, f"the checkpoint {step_directory}", source),
+                                     (wanted, fresh, "the model", target)):
       if not tree:
-        names = sorted({path.split("/")[1] for path in (saved if tree is read else fresh) if path.startswith("params/")})
+        names = sorted({path.split("/")[1] for path in whole if path.startswith("params/")})
         raise CheckpointError(f"config.init_from_parts: {where} has no params/{name} (its top-level names: "
                               f"{', '.join(names)}).")
     problems = _shape_differences(_leaf_shapes(read), _leaf_shapes(wanted), ("missing", "unexpected"), "model", 5)

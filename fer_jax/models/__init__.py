@@ -138,8 +138,8 @@ def loss_key_problems(method: Method, config) -> list[str]:
     return []
   valid = ", ".join(method.loss_keys) or "none"
   return [f"config.loss.{key} is not a key of the loss of method {config.model.name!r}"
-          f"{config_lib.did_you_mean(key, method.loss_keys)}: rename or remove it (or, for a method of yours whose loss "
-          f"reads it, name it in its Method's loss_keys); its keys are {valid}."
+          f"{config_lib.did_you_mean(key, method.loss_keys)}: rename or remove it (or, for a method of yours whose "
+          f"loss reads it, name it in its Method's loss_keys); its keys are {valid}."
           for key in config.loss.keys() if key not in method.loss_keys]
 
 
