@@ -298,7 +298,8 @@ def test_a_builder_of_yours_named_like_fer_jax_s_set_is_refused_with_the_fix(tmp
   monkeypatch.syspath_prepend(EXAMPLES)
   monkeypatch.syspath_prepend(str(tmp_path))
   with pytest.raises(UserError, match=r"^--dataset=clashing_sets.mine: a builder class of clashing_sets.mine takes a "
-                                      r"set's name TFDS already holds \(Dataset with name fer2013 already registered\), "
+                                      r"set's name TFDS already holds \(Dataset with name fer2013 already "
+                                      r"registered\), "
                                       r"fer_jax's or another's: rename the class"):
     prepare.builder_class("clashing_sets.mine")
 
