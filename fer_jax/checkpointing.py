@@ -522,10 +522,7 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
   logging.info("Reading the model in %s", step_directory)
   if expected_model is not None:
     _check_runnable(step_directory, expected_model, tuple(class_names), expected_input, initialisation_ok)
-  with read_errors(f"the checkpoint {step_directory}",
-                   "use another step of the run, or convert or export the model again"):
-    restored = _restore_on_this_host(os.path.join(step_directory, "state"))
-  variables = model_variables(restored)
+  variables = _read_model_variables(step_directory)
   if may_be_missing:
     variables = _fill_missing(variables, fresh_variables, may_be_missing)
   check_matches(variables, abstract_variables, step_directory,
@@ -539,8 +536,7 @@ def restore_parts(path: str, fresh_variables: dict, parts: dict[str, str]) -> di
   backbone of another method's checkpoint for a method of yours); the checkpoint's other variables are not used."""
   step_directory = step_folder(path)
   logging.info("Reading %s of the model in %s", ", ".join(parts), step_directory)
-  with read_errors(f"the checkpoint {step_directory}", "use another step of the run, or convert the model again"):
-    saved = _flat(model_variables(_restore_on_this_host(os.path.join(step_directory, "state"))))
+  saved = _flat(_read_model_variables(step_directory))
   fresh, taken = _flat(fresh_variables), {}
   for source, target in parts.items():
     read = {f"{collection}/{target}/{path[len(collection) + len(source) + 2:]}": value
@@ -559,6 +555,13 @@ def restore_parts(path: str, fresh_variables: dict, parts: dict[str, str]) -> di
                             f"model's {target} ({'; '.join(problems)}).")
     taken.update({path: np.asarray(value).astype(fresh[path].dtype) for path, value in read.items()})
   return traverse_util.unflatten_dict({**fresh, **taken}, sep="/")
+
+
+def _read_model_variables(step_directory: str) -> dict:
+  """A step folder's {params, batch_stats}, a failure to read them a CheckpointError saying it is damaged."""
+  with read_errors(f"the checkpoint {step_directory}",
+                   "use another step of the run, or convert or export the model again"):
+    return model_variables(_restore_on_this_host(os.path.join(step_directory, "state")))
 
 
 def _restore_on_this_host(state_directory: str) -> dict:

@@ -44,8 +44,11 @@ def check_flags(distributed: bool, values: dict) -> None:
     raise UserError(f"--process_id={index} is not below --num_processes={count}: number the processes 0 … {count - 1}.")
 
 
+HOST_PORT = re.compile(r".+:\d+")  # an address of process 0's coordinator
+
+
 def _check_port(name: str, address: str | None) -> None:
-  if address is not None and not re.fullmatch(r".+:\d+", address):
+  if address is not None and not HOST_PORT.fullmatch(address):
     raise UserError(f"{name}={address} needs a port: pass HOST:PORT of process 0 (e.g. {address}:1234).")
 
 
@@ -374,7 +377,7 @@ def coordinator_host() -> str | None:
   """The host the processes reach process 0's coordinator at (given, or found by JAX in a cluster it detects); None
   where JAX no longer keeps it there."""
   address = getattr(jax_distributed.global_state, "coordinator_address", None)
-  return host_and_port(address)[0] if isinstance(address, str) and re.fullmatch(r".+:\d+", address) else None
+  return host_and_port(address)[0] if isinstance(address, str) and HOST_PORT.fullmatch(address) else None
 
 
 def coordination_client():
