@@ -374,15 +374,22 @@ def batch_norm_paths(batch_stats) -> set[str]:
   return {"/".join(str(key.key) for key in path[:-1]) for path, _ in leaves}
 
 
+def _train_step_parts(config, steps_per_epoch: int):
+  """(method, model, its variables' shapes, optimizer) of `config`'s train step, `steps_per_epoch` setting the
+  schedule's epoch length."""
+  method = models.get_method(config.model.name)
+  model = method.build(config.model)
+  abstract = models.abstract_variables(model, config)
+  return method, model, abstract, optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs,
+                                                       abstract["params"])
+
+
 def abstract_train_step(config, mesh=None):
   """`config`'s jitted train step (10 steps an epoch) over `mesh` (default every device) and its initial
   state as shapes, dtypes and shardings: what compiles the step without running anything."""
   mesh = mesh or mesh_lib.make_mesh()
-  method = models.get_method(config.model.name)
-  model = method.build(config.model)
-  abstract = models.abstract_variables(model, config)
-  optimizer = optim.make_optimizer(config.optimizer, 10, config.num_epochs, abstract["params"])
-  step = train.make_train_step(model, method.loss, config.loss, optimizer, mesh, 0)
+  method, model, abstract, optimizer = _train_step_parts(config, 10)
+  step = train.make_train_step(model, method.loss, config.loss, optimizer, mesh, config.seed)
   return step, train.abstract_state(abstract, optimizer.tx, mesh)
 
 
@@ -407,10 +414,8 @@ def benchmark(config, steps: int, warmup: int = 3, profile_dir: str = "") -> dic
   """--input=synthetic: the train and eval steps on random model inputs already on the device."""
   mesh = mesh_lib.make_mesh()
   devices = mesh.devices.size
-  method = models.get_method(config.model.name)
-  model = method.build(config.model)
+  method, model, _, optimizer = _train_step_parts(config, 1)
   batch_size = config.batch_size
-  optimizer = optim.make_optimizer(config.optimizer, 1, 1, models.abstract_variables(model, config)["params"])
   start = time.perf_counter()
   holder = {"state": jax.block_until_ready(train.create_state(model, optimizer.tx, config, mesh))}
   init_seconds = time.perf_counter() - start
@@ -473,12 +478,8 @@ def _train_flops_without_remat(config, mesh, batch) -> float | None:
   what a rematerialised step computes again (lowered from shapes, not compiled)."""
   plain = copy.deepcopy(config)
   plain.model.remat = "none"
-  method = models.get_method(plain.model.name)
-  model = method.build(plain.model)
-  abstract = models.abstract_variables(model, plain)
-  optimizer = optim.make_optimizer(plain.optimizer, 1, 1, abstract["params"])
-  step = train.make_train_step(model, method.loss, plain.loss, optimizer, mesh, plain.seed)
-  return program_flops(step.lower(train.abstract_state(abstract, optimizer.tx, mesh), batch))
+  step, state = abstract_train_step(plain, mesh)
+  return program_flops(step.lower(state, batch))
 
 
 def _train_data(config, mesh, steps: int) -> pipeline.TrainData:
@@ -532,10 +533,7 @@ def benchmark_input(config, mode: str, steps: int, warmup: int) -> dict:
   else:
     batches = data.batches(0)
   if mode == "end_to_end":
-    method = models.get_method(config.model.name)
-    model = method.build(config.model)
-    optimizer = optim.make_optimizer(config.optimizer, data.steps_per_epoch, config.num_epochs,
-                                     models.abstract_variables(model, config)["params"])
+    method, model, _, optimizer = _train_step_parts(config, data.steps_per_epoch)
     start = time.perf_counter()
     holder = {"state": jax.block_until_ready(train.create_state(model, optimizer.tx, config, mesh))}
     result["init_s"] = round(time.perf_counter() - start, 2)

@@ -219,7 +219,7 @@ def save_errors(checkpoints: ocp.CheckpointManager):
     yield
   except (OSError, ValueError) as e:
     complete = checkpoints.all_steps(read=True)
-    kept = (f"the newest complete checkpoint, {os.path.join(checkpoints.directory, str(max(complete)))}, is intact"
+    kept = (f"the newest complete checkpoint, {step_path(checkpoints, max(complete))}, is intact"
             if complete else "no complete checkpoint was written yet")
     reason = _root_cause(e)
     errors.quiet_closed_event_loops()
@@ -252,7 +252,7 @@ def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_stat
   config builds) has and (with `config`) that `config` continues the run: a changed config is told apart from
   damaged files, which alone call for deleting. Returns (restore target, its rewrapping). The epoch's length is
   checked apart (`check_epoch_length`), once the run has read its data."""
-  step_directory, damaged_fix = os.path.join(checkpoints.directory, str(step)), _newest_step_fix(checkpoints, step)
+  step_directory, damaged_fix = step_path(checkpoints, step), _newest_step_fix(checkpoints, step)
   if config is not None:
     _check_continues(step_directory, config, damaged_fix)
   with read_errors(f"the checkpoint {step_directory}", damaged_fix):
@@ -265,7 +265,7 @@ def check_resumable(checkpoints: ocp.CheckpointManager, step: int, abstract_stat
 def recorded_early_stop(checkpoints: ocp.CheckpointManager, step: int) -> bool | None:
   """Whether early stopping ended the run at its saved `step`; None where the step's meta record does not say
   (saved before 2026-12-06)."""
-  return _meta(os.path.join(checkpoints.directory, str(step))).get("stopped_early")
+  return _meta(step_path(checkpoints, step)).get("stopped_early")
 
 
 def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_epoch: int, last_batch: int = 0,
@@ -273,7 +273,7 @@ def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_
   """The run saved at `step` must have trained `steps_per_epoch` steps an epoch, the last of `last_batch` images
   where it is short (which a run knows only once its data is read; the last batch also depends on the `devices`
   it splits over)."""
-  step_directory = os.path.join(checkpoints.directory, str(step))
+  step_directory = step_path(checkpoints, step)
   meta = _meta(step_directory)
   saved_steps = meta.get("steps_per_epoch", steps_per_epoch)  # not recorded before 2026-12-05
   saved_last = meta.get("last_batch", last_batch)  # not recorded before 2026-12-06
@@ -297,7 +297,7 @@ def check_training_data(checkpoints: ocp.CheckpointManager, step: int, identity:
   `pipeline.split_identity` of the set prepared in `prepared_in`): data_dir may change on resume, but a set
   prepared again (an image skipped, another copy of the files, another builder version) would change the epochs'
   examples and order unseen, even at as many steps an epoch. Steps saved before 2026-12-06 recorded none."""
-  step_directory = os.path.join(checkpoints.directory, str(step))
+  step_directory = step_path(checkpoints, step)
   saved = _meta(step_directory).get("training_data")
   differences = _training_data_differences(saved, identity) if isinstance(saved, dict) else []
   if differences:
@@ -329,12 +329,12 @@ def _new_run_fix(step_directory: str) -> str:
 def _newest_step_read_errors(checkpoints: ocp.CheckpointManager, step: int):
   """`read_errors` of the run's newest step, whose deletion resumes the run from the step before it. Without one
   the run starts over, in a workdir of its own: a best/ folder left by the old one would keep its best epoch."""
-  return read_errors(f"the checkpoint {os.path.join(checkpoints.directory, str(step))}",
+  return read_errors(f"the checkpoint {step_path(checkpoints, step)}",
                      _newest_step_fix(checkpoints, step))
 
 
 def _newest_step_fix(checkpoints: ocp.CheckpointManager, step: int) -> str:
-  step_directory = os.path.join(checkpoints.directory, str(step))
+  step_directory = step_path(checkpoints, step)
   earlier = [saved for saved in checkpoints.all_steps() if saved < step]
   return (f"delete {step_directory} to resume from step {max(earlier)}, the one before it" if earlier
           else f"it is the run's only checkpoint, so start the run over: delete "
@@ -412,8 +412,7 @@ def _shape_differences(got: dict, want: dict, labels: tuple[str, str], wanted_by
 def _leaf_shapes(tree) -> dict:
   """{"opt_state/1/inner_states/default/…": shape} as Orbax names the leaves (a tuple's items by index,
   a NamedTuple's by field), for a saved tree's metadata and an abstract state alike."""
-  return {"/".join(path): tuple(getattr(leaf, "shape", None) or ())
-          for path, leaf in ocp.tree.to_flat_dict(tree).items()}
+  return {"/".join(path): _shape(leaf) for path, leaf in ocp.tree.to_flat_dict(tree).items()}
 
 
 def _first(items: Sequence[str], count: int = 3) -> str:
@@ -458,6 +457,11 @@ def save_model(directory: str, variables: dict, config, initialisation_only: boo
     raise
   checkpoints.wait_until_finished()
   return os.path.join(os.path.abspath(directory), "0")
+
+
+def step_path(checkpoints: ocp.CheckpointManager, step: int) -> str:
+  """The folder of `step` in a manager's directory (where Orbax writes it)."""
+  return os.path.join(checkpoints.directory, str(step))
 
 
 def newest_saved_step(folder: str) -> int | None:
@@ -536,25 +540,67 @@ def restore_parts(path: str, fresh_variables: dict, parts: dict[str, str]) -> di
   backbone of another method's checkpoint for a method of yours); the checkpoint's other variables are not used."""
   step_directory = step_folder(path)
   logging.info("Reading %s of the model in %s", ", ".join(parts), step_directory)
-  saved = _flat(_read_model_variables(step_directory))
-  fresh, taken = _flat(fresh_variables), {}
+  saved, fresh = _flat(_read_model_variables(step_directory)), _flat(fresh_variables)
+  taken = {target: np.asarray(saved[source]).astype(fresh[target].dtype)
+           for target, source in _parts_taken(saved, fresh, parts, step_directory).items()}
+  return traverse_util.unflatten_dict({**fresh, **taken}, sep="/")
+
+
+def _parts_taken(saved: dict, model: dict, parts: dict[str, str], step_directory: str) -> dict[str, str]:
+  """{model variable path: checkpoint variable path} of config.init_from_parts (`parts`, SOURCE: TARGET), `saved` and
+  `model` flat {path: array or its shape's metadata}; a CheckpointError where a part is missing or does not fit."""
+  taken = {}
   for source, target in parts.items():
-    read = {f"{collection}/{target}/{path[len(collection) + len(source) + 2:]}": value
-            for collection in MODEL_COLLECTIONS for path, value in saved.items()
-            if path.startswith(f"{collection}/{source}/")}
-    wanted = {path: fresh[path] for path in fresh if path.split("/", 1)[1].startswith(f"{target}/")}
+    read = {f"{collection}/{target}/{path[len(collection) + len(source) + 2:]}": path
+            for collection in MODEL_COLLECTIONS for path in saved if path.startswith(f"{collection}/{source}/")}
+    wanted = {path for path in model if path.split("/", 1)[1].startswith(f"{target}/")}
     for tree, whole, where, name in ((read, saved, f"the checkpoint {step_directory}", source),
-                                     (wanted, fresh, "the model", target)):
+                                     (wanted, model, "the model", target)):
       if not tree:
-        names = sorted({path.split("/")[1] for path in whole if path.startswith("params/")})
         raise CheckpointError(f"config.init_from_parts: {where} has no params/{name} (its top-level names: "
-                              f"{', '.join(names)}).")
-    problems = _shape_differences(_leaf_shapes(read), _leaf_shapes(wanted), ("missing", "unexpected"), "model", 5)
+                              f"{', '.join(_top_level_names(whole))}).")
+    problems = _shape_differences({path: _shape(saved[read[path]]) for path in read},
+                                  {path: _shape(model[path]) for path in wanted}, ("missing", "unexpected"), "model", 5)
     if problems:
       raise CheckpointError(f"config.init_from_parts: the checkpoint {step_directory}'s {source} does not fit the "
                             f"model's {target} ({'; '.join(problems)}).")
-    taken.update({path: np.asarray(value).astype(fresh[path].dtype) for path, value in read.items()})
-  return traverse_util.unflatten_dict({**fresh, **taken}, sep="/")
+    taken.update(read)
+  return taken
+
+
+def _top_level_names(flat_variables: dict) -> list[str]:
+  return sorted({path.split("/")[1] for path in flat_variables if path.startswith("params/")})
+
+
+def _shape(leaf) -> tuple:
+  return tuple(getattr(leaf, "shape", None) or ())
+
+
+def check_initial_weights(path: str, abstract_variables: dict, parts: dict[str, str], may_be_missing: str,
+                          model_config) -> None:
+  """What config.init_from's read (`restore_parts` with `parts`, else `restore_model` with `may_be_missing`) would
+  refuse, found from the checkpoint's saved shapes alone, no array read: a new run stops before it opens its data.
+  A checkpoint that does not fit as a whole is told which of its parts would (a head of another class count)."""
+  step_directory = step_folder(path)
+  with read_errors(f"the checkpoint {step_directory}",
+                   "use another step of the run, or convert or export the model again"):
+    saved = model_variables(_saved_tree(os.path.join(step_directory, "state")))
+  if parts:
+    _parts_taken(_flat(saved), _flat(abstract_variables), parts, step_directory)
+    return
+  if may_be_missing:
+    saved = _fill_missing(saved, abstract_variables, may_be_missing)
+  fitting = _fitting_parts(_flat(saved), _flat(abstract_variables))
+  check_matches(saved, abstract_variables, step_directory, describe_record(_meta(step_directory), model_config),
+                f" Or start from the parts of it that fit: --config.init_from_parts={','.join(fitting)}."
+                if fitting else "")
+
+
+def _fitting_parts(saved: dict, model: dict) -> list[str]:
+  """The model's top-level names whose variables the checkpoint holds with the same names and shapes."""
+  def leaves(tree: dict, name: str) -> dict:
+    return {path: _shape(leaf) for path, leaf in tree.items() if path.split("/")[1] == name}
+  return [name for name in _top_level_names(model) if leaves(saved, name) == leaves(model, name)]
 
 
 def _read_model_variables(step_directory: str) -> dict:
@@ -689,13 +735,14 @@ def _plain(value):
   return json.loads(json.dumps(value))
 
 
-def check_matches(variables: dict, abstract_variables: dict, source: str, description: str = "") -> None:
+def check_matches(variables: dict, abstract_variables: dict, source: str, description: str = "",
+                  other_fix: str = "") -> None:
   problems = _shape_differences(_leaf_shapes(variables), _leaf_shapes(abstract_variables), ("missing", "unexpected"),
                                "model", count=5)
   if problems:
     raise CheckpointError(f"The checkpoint {source} ({description or 'no meta record'}) does not fit the configured model "
                           f"({'; '.join(problems)}). It was probably written for another model or "
-                          f"number of classes: pass the {errors.config_key()} it was trained or converted with.")
+                          f"number of classes: pass the {errors.config_key()} it was trained or converted with.{other_fix}")
 
 
 def fingerprint(variables: Mapping) -> str:

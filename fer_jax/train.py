@@ -187,7 +187,7 @@ class Selection:
       self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.BEST), max_to_keep=1)
       best_step = checkpointing.newest_step(self.checkpoints)
       if best_step is not None:
-        record = self._saved_record(os.path.join(self.checkpoints.directory, str(best_step)))
+        record = self._saved_record(checkpointing.step_path(self.checkpoints, best_step))
         self._check_same_selection(record)
         # Records before 2026-12-06 hold the rounded value alone, and no gain epoch apart from the best one.
         self.best_value = self._compared(record.get("unrounded", record["value"]))
@@ -249,7 +249,7 @@ class Selection:
 
   def best_variables(self, abstract: dict) -> dict:
     self.wait_until_finished()
-    return checkpointing.restore_model(os.path.join(self.checkpoints.directory, str(self.checkpoints.latest_step())),
+    return checkpointing.restore_model(checkpointing.step_path(self.checkpoints, self.checkpoints.latest_step()),
                                        abstract)
 
 
@@ -285,14 +285,14 @@ class FiniteGuard:
         raise stopping.NonFiniteError(
             f"Non-finite training values at step {step} (epoch {step / self.steps_per_epoch:.2f}): {parts}. "
             "Nothing from that step on was saved; the last good checkpoint is "
-            f"{os.path.join(self.checkpoints.directory, str(last)) if last is not None else 'none (no step saved yet)'}.",
+            f"{checkpointing.step_path(self.checkpoints, last) if last is not None else 'none (no step saved yet)'}.",
             "Lower --config.optimizer.lr or set --config.optimizer.grad_clip_norm, then start the command again "
             "(it resumes from that checkpoint).")
     self._unchecked = []
 
 
 class ProgressLog:
-  """Mean loss, accuracy and learning rate, img/s and ETA every `log_every_steps`, to the log and
+  """Mean loss and accuracy, the last step's learning rate, img/s and ETA every `log_every_steps`, to the log and
   TensorBoard; each logged window is first checked for non-finite values."""
 
   def __init__(self, config, num_steps: int, steps_per_epoch: int, writer: Writer, guard: FiniteGuard):
@@ -362,14 +362,19 @@ class TrainingRun:
       logging.warning(warning)
 
   def _build_the_model(self) -> None:
-    """The mesh, the method's model and its variables' shapes; a resumed run's checkpoint checked against them, before
-    the data is read."""
+    """The mesh, the method's model and its variables' shapes; a resumed run's checkpoint, or a new run's
+    config.init_from, checked against them, before the data is read."""
     self.mesh = mesh_lib.make_mesh()
     self.method = models.get_method(self.config.model.name)
     self.model = self.method.build(self.config.model)
     self.abstract = models.abstract_variables(self.model, self.config)
     optim.check_patterns(self.config.optimizer, self.abstract["params"])
     self.resumable = self._check_resumable() if self.start_step else None
+    if not self.start_step and self.config.init_from:
+      with distributed.errors_together():  # init_from may be damaged on some hosts' disks only
+        checkpointing.check_initial_weights(self.config.init_from, self.abstract,
+                                            config_lib.init_from_parts(self.config.init_from_parts),
+                                            self.config.init_from_missing, self.config.model)
 
   def _open_the_data(self) -> None:
     """The training batches and every evaluator's split; the run's length in steps. A resumed run's training split
@@ -619,7 +624,7 @@ class TrainingRun:
       logging.info("Reporting step %d. Selected: %s", step, evaluate.selection_note(selection))
       reusable = self.best_evals.get(step, {})
     report = evaluate.final_report(self.evaluators, variables, self.workdir, step,
-                                   os.path.join(checkpoints.directory, str(step)), reusable, trained_steps=self.step,
+                                   checkpointing.step_path(checkpoints, step), reusable, trained_steps=self.step,
                                    selection=selection)
     for name, results in report["evaluators"].items():
       self.writer.scalars(self.step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})

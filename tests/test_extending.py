@@ -139,6 +139,10 @@ def test_a_method_of_yours_starts_from_the_backbone_of_another_method_s_checkpoi
                          ("trunk=nothere", r"the model has no params/nothere \(its top-level names: fc, trunk\)")):
     with pytest.raises(checkpointing.CheckpointError, match=r"^config.init_from_parts: .*" + message):
       checkpointing.restore_parts(checkpoint, fresh, config_lib.init_from_parts(parts))
+    config.init_from_parts = parts
+    config.dataset.update(name="rafdb", data_dir=str(tmp_path / "no_data"))  # read after the check: else it stops here
+    with pytest.raises(checkpointing.CheckpointError, match=r"^config.init_from_parts: .*" + message):
+      train.TrainingRun(config, str(tmp_path / "run"))
   config.init_from_parts = ""
   with pytest.raises(ConfigError, match=r"holds a dan model, but this config trains my_methods.plain_resnet: .* or "
                                         r"name the parts of it to start from, e.g. --config.init_from_parts=trunk"):

@@ -514,6 +514,25 @@ def test_init_from_may_lack_the_modules_a_later_stage_adds(tmp_path):
                                 variables["params"]["head0"]["sa"]["conv1x1_conv"]["kernel"])
 
 
+def test_init_from_of_another_class_count_stops_before_the_data_naming_the_parts_that_fit(tmp_path):
+  """A DAN checkpoint of 8 classes for a 7-class DAN: found once the data was open, without a word of the parts that
+  would start the run."""
+  eight = _tiny_dan()
+  eight.model.num_classes = 8
+  eight.dataset.class_order = "affectnet8"
+  model = models.build_model(eight)
+  path = checkpointing.save_model(str(tmp_path / "eight"),
+                                  jax.jit(lambda: models.init_variables(model, eight, jax.random.key(0)))(), eight)
+  config = _tiny_dan()
+  config.init_from = path
+  config.dataset.update(name="rafdb", data_dir=str(tmp_path / "no_data"))  # read after the check: else it stops here
+  with pytest.raises(checkpointing.CheckpointError, match=(
+      r"model dan, 8 classes; differs from the config in num_classes=8 \(config 7\)\) does not fit .*shape mismatch: "
+      r"batch_stats/bn/mean: checkpoint \(8,\) vs model \(7,\).* Or start from the parts of it that fit: "
+      r"--config.init_from_parts=affinity,head0,head1,head2,head3,trunk\.$")):
+    train.TrainingRun(config, str(tmp_path / "run"))
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, tiny_data_dir, worker_id):
   """The uninterrupted run that the interrupted and resumed ones must end equal to: run once a session, by the
