@@ -57,6 +57,11 @@ RECIPE = {
     "B": ("sgd", 0.01, 64, 3),
     "C": ("keras_adam", 1e-4, 32, 1),
 }
+# config.seed of each stage: the TensorFlow seed its official script sets (ResNet34_Train.py seeds A1 and reseeds
+# before A3, LHC_Train.py B, Controller_Train.py C). A2 goes on with A1's stream in the official script; here a run of
+# its own, it is seeded apart so as not to replay A1's shuffles. With one seed for all, A3 and B (same batch, no
+# augmentation) would train on the same batches in the same order, which the official scripts do not.
+SEEDS = {"A1": 5678, "A2": 5679, "A3": 1115, "B": 0, "C": 0}
 
 
 def _fer2013(config, stage: str) -> None:
@@ -109,6 +114,7 @@ def get_config(arg: str = "fer2013"):
                           b1=0.9, b2=0.999, eps=1e-7,           # Keras Adam defaults
                           trainable="controller" if stage == "C" else "")
   config.batch_size = batch_size
+  config.seed = SEEDS[stage]
   config.eval_batch_size = 256
   config.num_epochs = 300
   # Early stopping and model selection (Keras EarlyStopping + ModelCheckpoint(save_best_only)).

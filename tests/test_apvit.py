@@ -273,6 +273,10 @@ def test_rafdb_config_is_the_official_recipe():
   assert (config.optimizer.name, config.optimizer.lr, config.optimizer.momentum,
           config.optimizer.weight_decay) == ("sgd", 1e-3, 0.9, 5e-4)
   assert (config.num_epochs, config.batch_size, config.optimizer.weight_decay_exclude) == (40, 256, "")
+  # mmcls's DistEvalHook (the README's two-GPU run) writes best.pth on a strictly higher test top-1, its only
+  # checkpoint: the earliest of tied epochs, unrounded; the run's result.
+  assert (config.select_metric, config.select_decimals, config.select_ties, config.restore_best,
+          config.dataset.eval_split) == ("accuracy", 0, "earliest", True, "test")
   # Test-time input: cv2-style bilinear 224 → 112 (a 2×2 mean), then ImageNet normalisation.
   image = np.random.default_rng(1).integers(0, 256, (224, 224, 3), np.uint8)
   out = run_pipeline(config.input.eval_pp, 112, image)

@@ -247,6 +247,10 @@ def test_config_stages_follow_the_official_recipe():
     assert config.eval.tta == "lhc62"
     assert config.init_from_missing == {"B": r"^params/lhc\d/", "C": r"^params/lhc\d/controller$"}.get(stage, "")
     assert config.init_from_required == (stage != "A1")  # A2…C start from the stage before
+  # Each official script seeds its own TensorFlow stream (A2 goes on with A1's): one seed for every stage made A3
+  # and B, same batch and no augmentation, train on the same batches in the same order.
+  seeds = {stage: get_config(f"configs/lhcnet.py:fer2013,stage={stage}").seed for stage in recipe}
+  assert seeds == {"A1": 5678, "A2": 5679, "A3": 1115, "B": 0, "C": 0}
   default = get_config("configs/lhcnet.py:fer2013")
   assert default.to_dict() == get_config("configs/lhcnet.py:fer2013,stage=A1").to_dict()
   assert "stage" not in default  # only the argument chooses it: --config.stage=B is refused, not ignored
