@@ -1,12 +1,9 @@
 """The training loop: data-parallel jit over a device mesh, Orbax resume, periodic evaluation, best-epoch
 selection and the final report (fer_jax.evaluate)."""
 
-from collections.abc import Sequence
 import contextlib
-import importlib.util
 import os
 import socket
-import sys
 import time
 
 from absl import logging
@@ -15,7 +12,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
@@ -27,8 +23,9 @@ from fer_jax import files
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
-from fer_jax import progress
+from fer_jax import selection as selection_lib
 from fer_jax import stopping
+from fer_jax import train_log
 from fer_jax import validation
 from fer_jax import watched_step
 from fer_jax.data import pipeline
@@ -57,13 +54,6 @@ def abstract_state(abstract_variables: dict, tx, mesh) -> dict:
            "opt_state": jax.eval_shape(tx.init, abstract_variables["params"])}
   return jax.tree.map(
       lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, weak_type=leaf.weak_type, sharding=replicated), state)
-
-
-def training_curves_line(workdir: str) -> str:
-  """The command that shows a run's TensorBoard scalars; where TensorBoard is missing (fer_jax writes them with
-  tensorboardX and does not install it), also the install, or the command is not found."""
-  command = f"Training curves: tensorboard --logdir {os.path.abspath(workdir)}"
-  return command if importlib.util.find_spec("tensorboard") else f"{command} (after pip install tensorboard)"
 
 
 MODEL_MODES = ("train", "inference")
@@ -120,41 +110,6 @@ def make_train_step(model, loss_fn, loss_config, optimizer, mesh, seed: int, aug
                  compiler_options=mesh_lib.compiler_options(mesh))
 
 
-class Writer:
-  """TensorBoard scalars (tensorboardX, no TensorFlow needed) from process 0."""
-
-  def __init__(self, workdir: str):
-    self._writer = None
-    if jax.process_index() == 0:
-      self._writer = _summary_writer_class()(workdir)
-
-  def scalars(self, step: int, values: dict) -> None:
-    if self._writer:
-      for name, value in values.items():
-        self._writer.add_scalar(name, value, step)
-      self._writer.flush()
-
-  def close(self):
-    if self._writer:
-      self._writer.close()
-      self._writer = None
-
-
-def _summary_writer_class():
-  """tensorboardX's SummaryWriter, imported without PyTorch: where PyTorch is installed (for the converters),
-  tensorboardX imports it only to accept its tensors, an import that cost each training run 1.5 s and 480 MB of host
-  memory (docs/performance.md). A PyTorch already imported is left as it is."""
-  hidden = "torch" not in sys.modules
-  if hidden:
-    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
-  try:
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-  finally:
-    if hidden:
-      del sys.modules["torch"]
-  return SummaryWriter
-
-
 def load_initial_variables(state: dict, config, abstract_variables: dict, mesh) -> dict:
   """`state` with config.init_from's params and batch_stats (`abstract_variables`: the model's)."""
   parts = config_lib.init_from_parts(config.init_from_parts)
@@ -169,90 +124,6 @@ def load_initial_variables(state: dict, config, abstract_variables: dict, mesh) 
   return {**state, **mesh_lib.replicated(variables, mesh)}
 
 
-class Selection:
-  """Best epoch on the evaluator `config.select_on` by `config.select_metric`, kept in workdir/best;
-  early stopping.
-
-  The metric is compared rounded to `config.select_decimals` (0 = unrounded); on a tie the
-  earlier epoch stays best unless `config.select_ties == "latest"`. Early stopping counts the epochs since the last
-  strict gain (`gain_epoch`), which a later tie kept does not move, as Keras' EarlyStopping counts them."""
-
-  def __init__(self, config, workdir: str):
-    self.metric, self.evaluator = config.select_metric, config.select_on
-    self.patience = config.early_stopping_patience
-    self.decimals, self.later_ties_win = config.select_decimals, config.select_ties == "latest"
-    self.best_value, self.best_epoch, self.gain_epoch = -1.0, 0, 0
-    self.checkpoints = None
-    if self.metric:
-      self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.BEST), max_to_keep=1)
-      best_step = checkpointing.newest_step(self.checkpoints)
-      if best_step is not None:
-        record = self._saved_record(checkpointing.step_path(self.checkpoints, best_step))
-        self._check_same_selection(record)
-        # Records before 2026-12-06 hold the rounded value alone, and no gain epoch apart from the best one.
-        self.best_value = self._compared(record.get("unrounded", record["value"]))
-        self.best_epoch, self.gain_epoch = record["epoch"], record.get("gain_epoch", record["epoch"])
-
-  def _saved_record(self, best_directory: str) -> dict:
-    """The best epoch's selection record ({value, epoch, metric, evaluator}) kept with its weights."""
-    fix = (f"Delete {self.checkpoints.directory} to resume without it (the best epoch is then chosen among the "
-           "epochs still to train), or start a new --workdir.")
-    record = checkpointing.json_item(best_directory, "selection", "the best epoch's record", fix)
-    if not {"value", "epoch", "metric"} <= record.keys():
-      raise checkpointing.CheckpointError(f"{best_directory} holds no complete record of the best epoch "
-                                          f"(selection/metadata): the checkpoint is damaged. {fix}")
-    return record
-
-  def _check_same_selection(self, record: dict) -> None:
-    """The best epoch kept was chosen by one evaluator's metric; another's values do not compare with it."""
-    saved = (record["metric"], record.get("evaluator", self.evaluator))  # the evaluator recorded since 2026-12-05
-    if saved != (self.metric, self.evaluator):
-      raise UserError(f"{self.checkpoints.directory} keeps the best epoch by {saved[0]} on {saved[1]}; this config "
-                      f"selects by {self.metric} on {self.evaluator}, whose values do not compare with it. Resume with "
-                      f"--config.select_metric={saved[0]} --config.select_on={saved[1]}, or start a new --workdir.")
-
-  def update(self, epoch: int, step: int, results: dict, variables: dict, config,
-             stored_shape: Sequence[int]) -> bool:
-    """Records an evaluation; returns True when its epoch is the new best, whose `variables` this call saved.
-    `stored_shape`: what the training split's images are decoded to, for the meta record
-    (`checkpointing.dataset_record`)."""
-    if not self.metric:
-      return False
-    unrounded = results[self.metric]
-    value = self._compared(unrounded)
-    if value > self.best_value or (self.later_ties_win and value == self.best_value):
-      if value > self.best_value:
-        self.gain_epoch = epoch
-      self.best_value, self.best_epoch = value, epoch
-      with checkpointing.save_errors(self.checkpoints):
-        self.checkpoints.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(variables),
-            meta=ocp.args.JsonSave(checkpointing.metadata(config, stored_shape=stored_shape)),
-            selection=ocp.args.JsonSave({"value": self.best_value, "unrounded": unrounded, "epoch": epoch,
-                                         "gain_epoch": self.gain_epoch, "metric": self.metric,
-                                         "evaluator": self.evaluator})))
-      logging.info("New best %s %.4f at epoch %d", self.metric, self.best_value, epoch)
-      return True
-    return False
-
-  def _compared(self, value: float) -> float:
-    """The metric's value as epochs are compared: rounded to `select_decimals` (which a resume may change)."""
-    return round(value, self.decimals) if self.decimals else value
-
-  def patience_ran_out(self, epoch: int) -> bool:
-    """Whether early stopping ends training after `epoch`: `patience` epochs without a strict gain."""
-    return bool(self.patience) and epoch - self.gain_epoch >= self.patience
-
-  def wait_until_finished(self) -> None:
-    if self.checkpoints:
-      checkpointing.wait_until_saved(self.checkpoints)
-
-  def best_variables(self, abstract: dict) -> dict:
-    self.wait_until_finished()
-    return checkpointing.restore_model(checkpointing.step_path(self.checkpoints, self.checkpoints.latest_step()),
-                                       abstract)
-
-
 def loss_config_for(config, train_split: pipeline.Split) -> ml_collections.ConfigDict:
   """config.loss; a loss that takes `class_counts` but was given none gets the training split's."""
   loss_config = config.loss.copy_and_resolve_references()
@@ -262,81 +133,6 @@ def loss_config_for(config, train_split: pipeline.Split) -> ml_collections.Confi
     logging.info("Class counts of the training split (%s): %s", ", ".join(train_split.class_names),
                  loss_config.class_counts)
   return loss_config
-
-
-class FiniteGuard:
-  """Stops the run at the first step whose loss or gradient norm is not finite, before any
-  evaluation or save can see its parameters."""
-
-  def __init__(self, checkpoints, steps_per_epoch: int):
-    self.checkpoints, self.steps_per_epoch = checkpoints, steps_per_epoch
-    self._unchecked = []
-
-  def add(self, step: int, metrics: dict) -> None:
-    self._unchecked.append((step, metrics))
-
-  def check(self) -> None:
-    values = jax.device_get([metrics for _, metrics in self._unchecked])
-    for (step, _), metrics in zip(self._unchecked, values):
-      if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
-        checkpointing.wait_until_saved(self.checkpoints)
-        last = self.checkpoints.latest_step()
-        parts = ", ".join(f"{name} {float(value):.4g}" for name, value in metrics.items() if name != "lr")
-        raise stopping.NonFiniteError(
-            f"Non-finite training values at step {step} (epoch {step / self.steps_per_epoch:.2f}): {parts}. "
-            "Nothing from that step on was saved; the last good checkpoint is "
-            f"{checkpointing.step_path(self.checkpoints, last) if last is not None else 'none (no step saved yet)'}.",
-            "Lower --config.optimizer.lr or set --config.optimizer.grad_clip_norm, then start the command again "
-            "(it resumes from that checkpoint).")
-    self._unchecked = []
-
-
-class ProgressLog:
-  """Mean loss and accuracy, the last step's learning rate, img/s and ETA every `log_every_steps`, to the log and
-  TensorBoard; each logged window is first checked for non-finite values."""
-
-  def __init__(self, config, num_steps: int, steps_per_epoch: int, writer: Writer, guard: FiniteGuard):
-    self.config, self.num_steps, self.steps_per_epoch = config, num_steps, steps_per_epoch
-    self.writer, self.guard = writer, guard
-    self.restart_clock()
-
-  def restart_clock(self) -> None:
-    """Starts a new window of steps and of their time."""
-    self._start, self._pending, self._images = time.perf_counter(), [], 0
-
-  def exclude(self, seconds: float) -> None:
-    """Leaves `seconds` (an evaluation's, not training time) out of the window's time; its steps stay."""
-    self._start += seconds
-
-  def due(self, step: int) -> bool:
-    """Whether `step` ends a logged window, whose metrics the host waits for."""
-    return step % self.config.log_every_steps == 0 or step == self.num_steps
-
-  def add(self, step: int, metrics: dict, images: int) -> None:
-    """The metrics of `step`, which trained on `images` examples."""
-    self._pending.append(metrics)
-    self._images += images
-    self.guard.add(step, metrics)
-    if self.due(step):
-      self.guard.check()
-      window = jax.device_get(self._pending)
-      # The rate is the last step's: a mean over a window crossing a decay is a rate no step had.
-      means = {k: float(np.mean([m[k] for m in window])) for k in self._pending[0]} | {"lr": float(window[-1]["lr"])}
-      elapsed = time.perf_counter() - self._start
-      images_per_second = self._images / elapsed
-      logging.info("step %d/%d epoch %.2f loss %.4f%s accuracy %.3f lr %.3g | %.1f img/s ETA %s", step, self.num_steps,
-                   step / self.steps_per_epoch, means["loss"], _loss_parts(means), means["accuracy"], means["lr"],
-                   images_per_second, progress.format_eta((self.num_steps - step) * elapsed / len(self._pending)))
-      self.writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
-      self.restart_clock()
-
-
-def _loss_parts(means: dict) -> str:
-  """" (ce_loss 0.81, affinity_loss 0.12)": the loss's own metrics, unless one alone is the loss itself."""
-  parts = {name: value for name, value in means.items() if name not in models.TRAIN_STEP_METRICS}
-  if not parts or list(parts.values()) == [means["loss"]]:
-    return ""
-  return f" ({', '.join(f'{name} {value:.4g}' for name, value in parts.items())})"
 
 
 class TrainingRun:
@@ -398,7 +194,7 @@ class TrainingRun:
     self.optimizer = optim.make_optimizer(self.config.optimizer, self.steps_per_epoch, self.config.num_epochs,
                                           self.abstract["params"])
     self.state = self._restore_or_initialise(self.optimizer.tx)
-    self.selection = Selection(self.config, self.workdir)
+    self.selection = selection_lib.Selection(self.config, self.workdir)
     self._warn_of_a_lost_best_epoch()
 
   def _make_the_steps(self) -> None:
@@ -416,9 +212,9 @@ class TrainingRun:
     self.best_evals = {}  # {step: its last_evals} of the best epoch, once this process has saved one
 
   def _open_the_logs(self) -> None:
-    self.writer = Writer(self.workdir)
-    self.guard = FiniteGuard(self.checkpoints, self.steps_per_epoch)
-    self.progress = ProgressLog(self.config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)
+    self.writer = train_log.Writer(self.workdir)
+    self.guard = train_log.FiniteGuard(self.checkpoints, self.steps_per_epoch)
+    self.progress = train_log.ProgressLog(self.config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)
 
   def _check_resumable(self) -> tuple:
     """`checkpointing.check_resumable` of the state a resumed run restores into, before the data is read (a changed
@@ -601,7 +397,7 @@ class TrainingRun:
       self.writer.close()
     logging.debug("XLA compilations of the jitted steps: %s",
                   ", ".join(f"{name} {count}" for name, count in self.compilations().items()))
-    logging.info(training_curves_line(self.workdir))
+    logging.info(train_log.training_curves_line(self.workdir))
     return report
 
   def compilations(self) -> dict[str, int]:

@@ -28,8 +28,10 @@ from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
+from fer_jax import selection as selection_lib
 from fer_jax import stopping
 from fer_jax import train
+from fer_jax import train_log
 from fer_jax import watched_step
 from fer_jax.errors import ConfigError
 from fer_jax.errors import UserError
@@ -89,16 +91,16 @@ def _assert_same_saved_state(workdir_a, workdir_b, step):
 def test_the_training_curves_line_says_to_install_tensorboard_where_it_is_missing(tmp_path, monkeypatch, installed):
   """fer_jax writes the scalars with tensorboardX; the `tensorboard` command the log names is not among its
   dependencies."""
-  monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: object() if installed else None)
+  monkeypatch.setattr(train_log.importlib.util, "find_spec", lambda name: object() if installed else None)
   command = f"Training curves: tensorboard --logdir {tmp_path}"
-  assert train.training_curves_line(str(tmp_path)) == (command if installed else
-                                                        f"{command} (after pip install tensorboard)")
+  assert train_log.training_curves_line(str(tmp_path)) == (command if installed else
+                                                            f"{command} (after pip install tensorboard)")
 
 
 WRITE_SCALARS = """
 import sys
-from fer_jax import train
-writer = train.Writer(sys.argv[1])
+from fer_jax import train_log
+writer = train_log.Writer(sys.argv[1])
 writer.scalars(3, {"train/loss": 0.25})
 writer.close()
 print("torch" in sys.modules)
@@ -397,14 +399,14 @@ def test_selection_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
   config = _tiny_dan()
   config.update(select_metric="mean_class_accuracy", early_stopping_patience=2)
   variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
-  selection = train.Selection(config, str(tmp_path))
+  selection = selection_lib.Selection(config, str(tmp_path))
   best = {"params": {"w": np.ones(2, np.float32)}, "batch_stats": {}}
   kept = [selection.update(epoch, 10 * epoch, {"mean_class_accuracy": value}, weights, config, (8, 8, 3))
           for epoch, value, weights in ((1, 0.5, variables), (2, 0.6, best), (3, 0.6, variables), (4, 0.55, variables))]
   assert kept == [True, True, False, False]  # equal is no gain
   assert [selection.patience_ran_out(epoch) for epoch in (3, 4)] == [False, True]
   selection.wait_until_finished()
-  restored = train.Selection(config, str(tmp_path))  # as after a restart
+  restored = selection_lib.Selection(config, str(tmp_path))  # as after a restart
   assert (restored.best_epoch, restored.best_value) == (2, 0.6)
   np.testing.assert_array_equal(restored.best_variables(jax.eval_shape(lambda: best))["params"]["w"], [1, 1])
 
@@ -414,7 +416,7 @@ def test_selection_can_round_the_metric_and_let_a_later_tie_win(tmp_path):
   config = _tiny_dan()
   config.update(select_metric="accuracy", select_decimals=4, select_ties="latest")
   variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
-  selection = train.Selection(config, str(tmp_path))
+  selection = selection_lib.Selection(config, str(tmp_path))
   selection.update(1, 10, {"accuracy": 0.91234}, variables, config, (8, 8, 3))
   selection.update(2, 20, {"accuracy": 0.91226}, variables, config, (8, 8, 3))  # 0.9123 either way: epoch 2 wins
   assert (selection.best_epoch, selection.best_value) == (2, 0.9123)
@@ -430,13 +432,13 @@ def test_a_later_tie_kept_does_not_reset_the_patience_and_a_resume_rounds_anew(t
   config = _tiny_dan()
   config.update(select_metric="accuracy", select_decimals=4, select_ties="latest", early_stopping_patience=2)
   variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
-  selection = train.Selection(config, str(tmp_path))
+  selection = selection_lib.Selection(config, str(tmp_path))
   for epoch in (1, 2, 3):
     assert selection.update(epoch, 10 * epoch, {"accuracy": 0.91234}, variables, config, (8, 8, 3))
   assert selection.best_epoch == 3 and [selection.patience_ran_out(epoch) for epoch in (2, 3)] == [False, True]
   selection.wait_until_finished()
   config.select_decimals = 0
-  restored = train.Selection(config, str(tmp_path))  # resumed, comparing unrounded values
+  restored = selection_lib.Selection(config, str(tmp_path))  # resumed, comparing unrounded values
   assert (restored.best_epoch, restored.best_value, restored.patience_ran_out(3)) == (3, 0.91234, True)
   assert not restored.update(4, 40, {"accuracy": 0.91231}, variables, config, (8, 8, 3))
 
@@ -639,7 +641,7 @@ def test_a_resumed_run_ends_where_early_stopping_ended_it_and_nowhere_else(tmp_p
     shutil.rmtree(tmp_path / "run" / deleted)
   assert first_step_resumed(config, tmp_path / "run") == 9  # from epoch 2, best/ lost: patience unknown, trained on
   # A run early stopping did end is ended when resumed, unless the resumed config's patience lets it train on.
-  monkeypatch.setattr(train.Selection, "update", lambda *args: False)  # no epoch improves: stops after epoch 1
+  monkeypatch.setattr(selection_lib.Selection, "update", lambda *args: False)  # no epoch improves: stops after epoch 1
   config.eval.every_epochs = 1
   train.TrainingRun(config, str(tmp_path / "stopped")).run()
   assert checkpointing.recorded_early_stop(checkpointing.manager(str(tmp_path / "stopped" / "checkpoints")), 4)
@@ -755,7 +757,7 @@ def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluati
   config = get_config("configs/dan.py:synthetic")
   config.log_every_steps, config.batch_size = 4, 2
   writer = Scalars()
-  progress = train.ProgressLog(config, num_steps=8, steps_per_epoch=2, writer=writer, guard=Guard())
+  progress = train_log.ProgressLog(config, num_steps=8, steps_per_epoch=2, writer=writer, guard=Guard())
   losses = [1.0, 2.0, 3.0, 6.0]
   for step, loss in enumerate(losses, start=1):
     clock[0] += 1.0  # a second a step
@@ -783,7 +785,7 @@ def test_the_log_line_gives_the_loss_parts_unless_the_loss_is_its_one_part(caplo
 
   config = get_config("configs/dan.py:synthetic")
   config.log_every_steps = 1
-  progress = train.ProgressLog(config, num_steps=2, steps_per_epoch=2, writer=Quiet(), guard=Quiet())
+  progress = train_log.ProgressLog(config, num_steps=2, steps_per_epoch=2, writer=Quiet(), guard=Quiet())
   with caplog.at_level(logging.INFO):
     progress.add(1, {"loss": 1.5, "accuracy": 0.5, "lr": 0.1, "grad_norm": 2.0, "ce_loss": 1.25,
                      "affinity_loss": 0.125, "partition_loss": 0.125}, config.batch_size)
@@ -967,7 +969,7 @@ def test_processes_exchange_their_stop_signals_only_after_logged_or_saved_steps(
   config.log_every_steps, config.checkpoint_every_steps = 4, 6
   run = train.TrainingRun.__new__(train.TrainingRun)  # only what stop_signal reads
   run.config, run.steps_per_epoch, run.num_steps = config, 5, 10
-  run.progress = train.ProgressLog(config, num_steps=10, steps_per_epoch=5, writer=None, guard=None)
+  run.progress = train_log.ProgressLog(config, num_steps=10, steps_per_epoch=5, writer=None, guard=None)
   signals, exchanged, other = stopping.StopSignals(), [], [0]
 
   def allgather(number):

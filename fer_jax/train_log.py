@@ -1,0 +1,133 @@
+"""What a training run tells while it runs: the progress lines and TensorBoard scalars of its steps, and the
+check that stops it at the first non-finite loss or gradient norm."""
+
+import importlib.util
+import os
+import sys
+import time
+
+from absl import logging
+import jax
+import numpy as np
+
+from fer_jax import checkpointing
+from fer_jax import models
+from fer_jax import progress
+from fer_jax import stopping
+
+
+def training_curves_line(workdir: str) -> str:
+  """The command that shows a run's TensorBoard scalars; where TensorBoard is missing (fer_jax writes them with
+  tensorboardX and does not install it), also the install, or the command is not found."""
+  command = f"Training curves: tensorboard --logdir {os.path.abspath(workdir)}"
+  return command if importlib.util.find_spec("tensorboard") else f"{command} (after pip install tensorboard)"
+
+
+class Writer:
+  """TensorBoard scalars (tensorboardX, no TensorFlow needed) from process 0."""
+
+  def __init__(self, workdir: str):
+    self._writer = None
+    if jax.process_index() == 0:
+      self._writer = _summary_writer_class()(workdir)
+
+  def scalars(self, step: int, values: dict) -> None:
+    if self._writer:
+      for name, value in values.items():
+        self._writer.add_scalar(name, value, step)
+      self._writer.flush()
+
+  def close(self):
+    if self._writer:
+      self._writer.close()
+      self._writer = None
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without PyTorch: where PyTorch is installed (for the converters),
+  tensorboardX imports it only to accept its tensors, an import that cost each training run 1.5 s and 480 MB of host
+  memory (docs/performance.md). A PyTorch already imported is left as it is."""
+  hidden = "torch" not in sys.modules
+  if hidden:
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    if hidden:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
+class FiniteGuard:
+  """Stops the run at the first step whose loss or gradient norm is not finite, before any
+  evaluation or save can see its parameters."""
+
+  def __init__(self, checkpoints, steps_per_epoch: int):
+    self.checkpoints, self.steps_per_epoch = checkpoints, steps_per_epoch
+    self._unchecked = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._unchecked.append((step, metrics))
+
+  def check(self) -> None:
+    values = jax.device_get([metrics for _, metrics in self._unchecked])
+    for (step, _), metrics in zip(self._unchecked, values):
+      if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+        checkpointing.wait_until_saved(self.checkpoints)
+        last = self.checkpoints.latest_step()
+        parts = ", ".join(f"{name} {float(value):.4g}" for name, value in metrics.items() if name != "lr")
+        raise stopping.NonFiniteError(
+            f"Non-finite training values at step {step} (epoch {step / self.steps_per_epoch:.2f}): {parts}. "
+            "Nothing from that step on was saved; the last good checkpoint is "
+            f"{checkpointing.step_path(self.checkpoints, last) if last is not None else 'none (no step saved yet)'}.",
+            "Lower --config.optimizer.lr or set --config.optimizer.grad_clip_norm, then start the command again "
+            "(it resumes from that checkpoint).")
+    self._unchecked = []
+
+
+class ProgressLog:
+  """Mean loss and accuracy, the last step's learning rate, img/s and ETA every `log_every_steps`, to the log and
+  TensorBoard; each logged window is first checked for non-finite values."""
+
+  def __init__(self, config, num_steps: int, steps_per_epoch: int, writer: Writer, guard: FiniteGuard):
+    self.config, self.num_steps, self.steps_per_epoch = config, num_steps, steps_per_epoch
+    self.writer, self.guard = writer, guard
+    self.restart_clock()
+
+  def restart_clock(self) -> None:
+    """Starts a new window of steps and of their time."""
+    self._start, self._pending, self._images = time.perf_counter(), [], 0
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` (an evaluation's, not training time) out of the window's time; its steps stay."""
+    self._start += seconds
+
+  def due(self, step: int) -> bool:
+    """Whether `step` ends a logged window, whose metrics the host waits for."""
+    return step % self.config.log_every_steps == 0 or step == self.num_steps
+
+  def add(self, step: int, metrics: dict, images: int) -> None:
+    """The metrics of `step`, which trained on `images` examples."""
+    self._pending.append(metrics)
+    self._images += images
+    self.guard.add(step, metrics)
+    if self.due(step):
+      self.guard.check()
+      window = jax.device_get(self._pending)
+      # The rate is the last step's: a mean over a window crossing a decay is a rate no step had.
+      means = {k: float(np.mean([m[k] for m in window])) for k in self._pending[0]} | {"lr": float(window[-1]["lr"])}
+      elapsed = time.perf_counter() - self._start
+      images_per_second = self._images / elapsed
+      logging.info("step %d/%d epoch %.2f loss %.4f%s accuracy %.3f lr %.3g | %.1f img/s ETA %s", step, self.num_steps,
+                   step / self.steps_per_epoch, means["loss"], _loss_parts(means), means["accuracy"], means["lr"],
+                   images_per_second, progress.format_eta((self.num_steps - step) * elapsed / len(self._pending)))
+      self.writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
+      self.restart_clock()
+
+
+def _loss_parts(means: dict) -> str:
+  """" (ce_loss 0.81, affinity_loss 0.12)": the loss's own metrics, unless one alone is the loss itself."""
+  parts = {name: value for name, value in means.items() if name not in models.TRAIN_STEP_METRICS}
+  if not parts or list(parts.values()) == [means["loss"]]:
+    return ""
+  return f" ({', '.join(f'{name} {value:.4g}' for name, value in parts.items())})"
