@@ -199,12 +199,14 @@ def _check_recorded_method(meta: dict) -> None:
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config, initialisation_only: bool = False,
          steps_per_epoch: int | None = None, stored_shape: Sequence[int] = (), stopped_early: bool = False,
-         training_data: dict | None = None, last_batch: int = 0) -> None:
-  """Starts an asynchronous save of `step` (after the previous save has finished)."""
+         training_data: dict | None = None, last_batch: int = 0, records: dict | None = None) -> None:
+  """Starts an asynchronous save of `step` (after the previous save has finished): `state`, its meta record
+  (`metadata`) and `records`, {item name: JSON record} saved beside them (the best epoch's "selection")."""
+  meta = metadata(config, initialisation_only, steps_per_epoch, stored_shape, stopped_early, training_data, last_batch)
   with save_errors(checkpoints):
-    checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
-        metadata(config, initialisation_only, steps_per_epoch, stored_shape, stopped_early, training_data,
-                 last_batch))))
+    checkpoints.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
+        **{name: ocp.args.JsonSave(record) for name, record in (records or {}).items()}))
 
 
 def wait_until_saved(checkpoints: ocp.CheckpointManager) -> None:

@@ -5,7 +5,6 @@ from collections.abc import Sequence
 import os
 
 from absl import logging
-import orbax.checkpoint as ocp
 
 from fer_jax import checkpointing
 from fer_jax.errors import UserError
@@ -66,13 +65,9 @@ class Selection:
       if value > self.best_value:
         self.gain_epoch = epoch
       self.best_value, self.best_epoch = value, epoch
-      with checkpointing.save_errors(self.checkpoints):
-        self.checkpoints.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(variables),
-            meta=ocp.args.JsonSave(checkpointing.metadata(config, stored_shape=stored_shape)),
-            selection=ocp.args.JsonSave({"value": self.best_value, "unrounded": unrounded, "epoch": epoch,
-                                         "gain_epoch": self.gain_epoch, "metric": self.metric,
-                                         "evaluator": self.evaluator})))
+      checkpointing.save(self.checkpoints, step, variables, config, stored_shape=stored_shape, records={"selection": {
+          "value": self.best_value, "unrounded": unrounded, "epoch": epoch, "gain_epoch": self.gain_epoch,
+          "metric": self.metric, "evaluator": self.evaluator}})
       logging.info("New best %s %.4f at epoch %d", self.metric, self.best_value, epoch)
       return True
     return False
