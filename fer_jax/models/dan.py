@@ -28,9 +28,8 @@ class SpatialGate(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     def conv_bn(y, features, kernel, name):
-      pad = tuple((k - 1) // 2 for k in kernel)
-      y = fast_ops.Conv(features, kernel, padding=tuple((p, p) for p in pad), kernel_init=resnet.conv_init,
-                  dtype=self.dtype, name=f"{name}_conv")(y)
+      y = fast_ops.centred_conv(features, kernel, kernel_init=resnet.conv_init, dtype=self.dtype,
+                                name=f"{name}_conv", use_bias=True)(y)
       return layers.torch_batch_norm(train, self.dtype, f"{name}_bn")(y)
 
     u = conv_bn(x, 256, (1, 1), "conv1x1")

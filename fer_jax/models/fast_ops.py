@@ -133,6 +133,15 @@ def _pointwise_kernel_gradient(x, output_gradient, strides, precision):
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
+def centred_conv(features: int, kernel: int | tuple[int, ...], stride: int = 1, *, kernel_init, dtype, name: str,
+                 use_bias: bool = False) -> nn.Conv:
+  """`Conv` with `kernel // 2` zeros on each side (odd kernels), as the official networks pad theirs: a stride-1
+  convolution keeps the size. `kernel` an int is square."""
+  kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+  return Conv(features, kernel, (stride,) * len(kernel), padding=tuple(((k - 1) // 2,) * 2 for k in kernel),
+              use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, name=name)
+
+
 def max_pool(x, window, strides=(1, 1), padding="VALID"):
   """nn.max_pool over NHWC maps, with another gradient on CPUs and CUDA GPUs.
 

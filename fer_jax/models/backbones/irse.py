@@ -20,9 +20,8 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 IR50_STAGE_SIZES = (3, 4, 14, 3)  # units per stage
 
 
-def conv3x3(features: int, stride: int, dtype: Any, name: str) -> nn.Conv:
-  return fast_ops.Conv(features, (3, 3), (stride, stride), padding=((1, 1), (1, 1)), use_bias=False,
-                 kernel_init=conv_init, dtype=dtype, name=name)
+def conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+  return fast_ops.centred_conv(features, kernel, stride, kernel_init=conv_init, dtype=dtype, name=name)
 
 
 class BottleneckIR(nn.Module):
@@ -36,14 +35,12 @@ class BottleneckIR(nn.Module):
     if x.shape[-1] == self.features:
       shortcut = x[:, ::self.stride, ::self.stride]
     else:
-      shortcut = fast_ops.Conv(self.features, (1, 1), (self.stride, self.stride), padding="VALID",
-                         use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                         name="shortcut_layer_0")(x)
+      shortcut = conv(self.features, 1, self.stride, self.dtype, "shortcut_layer_0")(x)
       shortcut = layers.torch_batch_norm(train, self.dtype, "shortcut_layer_1")(shortcut)
     y = layers.torch_batch_norm(train, self.dtype, "res_layer_0")(x)
-    y = conv3x3(self.features, 1, self.dtype, "res_layer_1")(y)
+    y = conv(self.features, 3, 1, self.dtype, "res_layer_1")(y)
     y = layers.PReLU(name="res_layer_2")(y)
-    y = conv3x3(self.features, self.stride, self.dtype, "res_layer_3")(y)
+    y = conv(self.features, 3, self.stride, self.dtype, "res_layer_3")(y)
     y = layers.torch_batch_norm(train, self.dtype, "res_layer_4")(y)
     return y + shortcut
 
@@ -60,7 +57,7 @@ class IRSE(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool) -> dict:
-    x = conv3x3(64, 1, self.dtype, "input_layer_0")(x)
+    x = conv(64, 3, 1, self.dtype, "input_layer_0")(x)
     x = layers.torch_batch_norm(train, self.dtype, "input_layer_1")(x)
     x = layers.PReLU(name="input_layer_2")(x)
     features = {}

@@ -19,9 +19,8 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 def conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
          use_bias: bool = False) -> nn.Conv:
-  pad = (kernel - 1) // 2
-  return fast_ops.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                 use_bias=use_bias, kernel_init=conv_init, dtype=dtype, name=name)
+  return fast_ops.centred_conv(features, kernel, stride, kernel_init=conv_init, dtype=dtype, name=name,
+                               use_bias=use_bias)
 
 
 def shortcut(x, features: int, stride: int, train: bool, dtype: Any):
@@ -77,8 +76,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool) -> dict:
-    x = fast_ops.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
+    x = conv(64, 7, 2, self.dtype, "conv1")(x)
     x = layers.torch_batch_norm(train, self.dtype, "bn1")(x)
     # torchvision's relu then max pool, in the other order: the same values and gradients (max and
     # ReLU commute), and the gradient needs no full-size ReLU mask (docs/performance.md).

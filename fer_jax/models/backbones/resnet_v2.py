@@ -48,9 +48,8 @@ def batch_norm(train: bool, dtype: Any, name: str, use_scale: bool = True) -> Ba
                    dtype=dtype, name=name)
 
 
-def conv(features: int, kernel: int, stride: int, pad: int, dtype: Any, name: str) -> nn.Conv:
-  return fast_ops.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                 use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
+def conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+  return fast_ops.centred_conv(features, kernel, stride, kernel_init=conv_init, dtype=dtype, name=name)
 
 
 class PreActBasicUnit(nn.Module):
@@ -65,10 +64,10 @@ class PreActBasicUnit(nn.Module):
     activated = nn.relu(batch_norm(train, self.dtype, "bn1")(x))
     shortcut = x
     if self.project:
-      shortcut = conv(self.features, 1, self.stride, 0, self.dtype, "sc")(activated)
-    y = conv(self.features, 3, self.stride, 1, self.dtype, "conv1")(activated)
+      shortcut = conv(self.features, 1, self.stride, self.dtype, "sc")(activated)
+    y = conv(self.features, 3, self.stride, self.dtype, "conv1")(activated)
     y = nn.relu(batch_norm(train, self.dtype, "bn2")(y))
-    y = conv(self.features, 3, 1, 1, self.dtype, "conv2")(y)
+    y = conv(self.features, 3, 1, self.dtype, "conv2")(y)
     return y + shortcut
 
 
@@ -95,7 +94,7 @@ class ResNetV2(nn.Module):
     insert = lambda point, y: insertions[point](y) if point in insertions else y
 
     x = batch_norm(train, self.dtype, "bn_data", use_scale=False)(x)
-    x = conv(self.width, 7, 2, 3, self.dtype, "conv0")(x)
+    x = conv(self.width, 7, 2, self.dtype, "conv0")(x)
     x = batch_norm(train, self.dtype, "bn0")(x)
     # Keras: relu, zero pad, "valid" max pool. With the relu after the pool, as in resnet.py, the pad's
     # zeros change nothing (relu(max(m, 0)) = relu(m)): the same values and gradients, no padded copy.
