@@ -579,7 +579,8 @@ def selection_note(selection: dict, chosen: str = "") -> str:
 
 
 def final_report(evaluators: Evaluators, variables, workdir: str, step: int | None, checkpoint: str,
-                 reusable: dict | None = None, trained_steps: int | None = None, selection: dict | None = None) -> dict:
+                 reusable: dict | None = None, trained_steps: int | None = None, selection: dict | None = None,
+                 trained_config: dict | None = None) -> dict:
   """Runs every reported evaluator (single pass and, where it has one, with its TTA), writes the
   report files and returns the "test" evaluator's results with all of them under "evaluators", the
   evaluators skipped for a missing split under "skipped_evaluators", the run's config, flat, under
@@ -587,7 +588,9 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
   "trained_steps" (None: `--mode=eval`). `step`: the step whose weights are evaluated (the best epoch's with
   restore_best; under `--mode=eval` the number `checkpoint` is named by, 0 for a converted model, None where it is
   not one). `reusable`: {inputs_identity: results} already computed with these variables. `selection`: what chose
-  these weights (`selection_record`), under "selection", where they are a selected epoch's."""
+  these weights (`selection_record`), under "selection", where they are a selected epoch's. `trained_config`
+  (`--mode=eval`): the config the checkpoint records it was trained with, flat, under "trained_config" (None where
+  it records none, and for a training run, whose "config" it is)."""
   reusable, by_name, predicted = dict(reusable or {}), {}, {}
   for name in evaluators.reported:
     spec = evaluators.specs[name]
@@ -608,7 +611,7 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
                  f"; with {spec.tta} TTA: accuracy {results['tta']['accuracy']:.4f}" if "tta" in results else "")
   report = {**by_name[REPORTED], "evaluators": by_name, "skipped_evaluators": evaluators.skipped,
             "config": config_lib.flat(evaluators.config), "checkpoint": checkpoint, "trained_steps": trained_steps,
-            "selection": selection}
+            "selection": selection, "trained_config": trained_config}
   examples = {name: evaluators.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in by_name}
   predictions = {name: predictions_table(evaluators.data(name).split, *passes) for name, passes in predicted.items()}
   write_report(report, workdir, examples, predictions)
@@ -676,4 +679,18 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   step_directory = checkpointing.step_folder(checkpoint)  # the folder load_trained_variables read
   warn_of_a_replaced_report(workdir, step_directory)  # once the data and weights opened: a failure replaces nothing
   name = os.path.basename(step_directory)
-  return final_report(evaluators, variables, workdir, int(name) if name.isdigit() else None, step_directory)
+  trained_config = checkpointing.read_meta(step_directory).get("config")
+  _log_config_differences(trained_config, config, step_directory)
+  return final_report(evaluators, variables, workdir, int(name) if name.isdigit() else None, step_directory,
+                      trained_config=trained_config)
+
+
+def _log_config_differences(trained_config: dict | None, config, step_directory: str, shown: int = 8) -> None:
+  """Which keys of `config` (an evaluation's) differ from those the checkpoint was trained with: the report records
+  both, and the training's settings (its learning rate, seed, epochs) are not the evaluation's."""
+  differing = config_lib.differences(trained_config or {}, config, ())
+  if differing:
+    listed = "; ".join(f"{key}={now!r} (trained {then!r})" for key, now, then in differing[:shown])
+    more = f"; … {len(differing) - shown} more" if len(differing) > shown else ""
+    logging.info("%s was trained with a config that differs from this one in %s%s: eval_results.json records it "
+                 "under trained_config.", step_directory, listed, more)

@@ -16,9 +16,10 @@ class Selection:
 
   The metric is compared rounded to `config.select_decimals` (0 = unrounded); on a tie the
   earlier epoch stays best unless `config.select_ties == "latest"`. Early stopping counts the epochs since the last
-  strict gain (`gain_epoch`), which a later tie kept does not move, as Keras' EarlyStopping counts them."""
+  strict gain (`gain_epoch`), which a later tie kept does not move, as Keras' EarlyStopping counts them.
+  `start_step`: the step the run starts from (0 for a new run); a best epoch kept after it is dropped."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, start_step: int):
     self.metric, self.evaluator = config.select_metric, config.select_on
     self.patience = config.early_stopping_patience
     self.decimals, self.later_ties_win = config.select_decimals, config.select_ties == "latest"
@@ -27,12 +28,22 @@ class Selection:
     if self.metric:
       self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.BEST), max_to_keep=1)
       best_step = checkpointing.newest_step(self.checkpoints)
-      if best_step is not None:
+      if best_step is not None and best_step > start_step:
+        self._drop_a_best_epoch_trained_again(best_step, start_step)
+      elif best_step is not None:
         record = self._saved_record(checkpointing.step_path(self.checkpoints, best_step))
         self._check_same_selection(record)
         # Records before 2026-12-06 hold the rounded value alone, and no gain epoch apart from the best one.
         self.best_value = self._compared(record.get("unrounded", record["value"]))
         self.best_epoch, self.gain_epoch = record["epoch"], record.get("gain_epoch", record["epoch"])
+
+  def _drop_a_best_epoch_trained_again(self, best_step: int, start_step: int) -> None:
+    """A run stopped after it saved a best epoch and before it saved that step's checkpoint trains those steps
+    again, perhaps with another learning rate: the best epoch kept is not of the run that goes on."""
+    logging.warning("%s keeps step %d, after step %d the run starts from (it stopped between the two saves): the "
+                    "steps between are trained again, so that best epoch is dropped and chosen again from them.",
+                    self.checkpoints.directory, best_step, start_step)
+    self.checkpoints.delete(best_step)
 
   def _saved_record(self, best_directory: str) -> dict:
     """The best epoch's selection record ({value, epoch, metric, evaluator}) kept with its weights."""

@@ -194,7 +194,7 @@ class TrainingRun:
     self.optimizer = optim.make_optimizer(self.config.optimizer, self.steps_per_epoch, self.config.num_epochs,
                                           self.abstract["params"])
     self.state = self._restore_or_initialise(self.optimizer.tx)
-    self.selection = selection_lib.Selection(self.config, self.workdir)
+    self.selection = selection_lib.Selection(self.config, self.workdir, self.start_step)
     self._warn_of_a_lost_best_epoch()
 
   def _make_the_steps(self) -> None:
@@ -212,7 +212,7 @@ class TrainingRun:
     self.best_evals = {}  # {step: its last_evals} of the best epoch, once this process has saved one
 
   def _open_the_logs(self) -> None:
-    self.writer = train_log.Writer(self.workdir)
+    self.writer = train_log.Writer(self.workdir, self.start_step)
     self.guard = train_log.FiniteGuard(self.checkpoints, self.steps_per_epoch)
     self.progress = train_log.ProgressLog(self.config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)
 
@@ -368,7 +368,8 @@ class TrainingRun:
     self.selection.wait_until_finished()
 
   def stop_for(self, signal_name: str) -> None:
-    """After a forced checkpoint: waits for every save, then raises Preempted."""
+    """After a forced checkpoint: logs the steps not logged yet, waits for every save, then raises Preempted."""
+    self.progress.flush(self.step)
     self.wait_for_saves()
     logging.warning("Saved step %d (epoch %.2f) in %s after %s; start the same command again to resume.",
                     self.step, self.step / self.steps_per_epoch, self.checkpoints.directory, signal_name)
@@ -389,6 +390,7 @@ class TrainingRun:
             self.stop_for(stop_signal)
           if stop:
             break
+        self.progress.flush(self.step)
         self.wait_for_saves()
         if late_signal := self.signal_received(signals):  # after the last step's check: stopped before the report
           self.stop_for(late_signal)
@@ -422,8 +424,8 @@ class TrainingRun:
     report = evaluate.final_report(self.evaluators, variables, self.workdir, step,
                                    checkpointing.step_path(checkpoints, step), reusable, trained_steps=self.step,
                                    selection=selection)
-    for name, results in report["evaluators"].items():
-      self.writer.scalars(self.step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
+    for name, results in report["evaluators"].items():  # at the step of the weights reported
+      self.writer.scalars(step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
     return report
 
 

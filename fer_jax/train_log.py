@@ -24,12 +24,13 @@ def training_curves_line(workdir: str) -> str:
 
 
 class Writer:
-  """TensorBoard scalars (tensorboardX, no TensorFlow needed) from process 0."""
+  """TensorBoard scalars (tensorboardX, no TensorFlow needed) from process 0. A run resumed from `start_step` has
+  TensorBoard drop what it logged after that step before it stopped (those steps are trained again)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: int = 0):
     self._writer = None
     if jax.process_index() == 0:
-      self._writer = _summary_writer_class()(workdir)
+      self._writer = _summary_writer_class()(workdir, purge_step=start_step + 1 if start_step else None)
 
   def scalars(self, step: int, values: dict) -> None:
     if self._writer:
@@ -112,17 +113,25 @@ class ProgressLog:
     self._images += images
     self.guard.add(step, metrics)
     if self.due(step):
-      self.guard.check()
-      window = jax.device_get(self._pending)
-      # The rate is the last step's: a mean over a window crossing a decay is a rate no step had.
-      means = {k: float(np.mean([m[k] for m in window])) for k in self._pending[0]} | {"lr": float(window[-1]["lr"])}
-      elapsed = time.perf_counter() - self._start
-      images_per_second = self._images / elapsed
-      logging.info("step %d/%d epoch %.2f loss %.4f%s accuracy %.3f lr %.3g | %.1f img/s ETA %s", step, self.num_steps,
-                   step / self.steps_per_epoch, means["loss"], _loss_parts(means), means["accuracy"], means["lr"],
-                   images_per_second, progress.format_eta((self.num_steps - step) * elapsed / len(self._pending)))
-      self.writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
-      self.restart_clock()
+      self._log(step)
+
+  def flush(self, step: int) -> None:
+    """Logs the steps up to `step` not logged yet (a run stopping between windows: a signal, early stopping)."""
+    if self._pending:
+      self._log(step)
+
+  def _log(self, step: int) -> None:
+    self.guard.check()
+    window = jax.device_get(self._pending)
+    # The rate is the last step's: a mean over a window crossing a decay is a rate no step had.
+    means = {k: float(np.mean([m[k] for m in window])) for k in self._pending[0]} | {"lr": float(window[-1]["lr"])}
+    elapsed = time.perf_counter() - self._start
+    images_per_second = self._images / elapsed
+    logging.info("step %d/%d epoch %.2f loss %.4f%s accuracy %.3f lr %.3g | %.1f img/s ETA %s", step, self.num_steps,
+                 step / self.steps_per_epoch, means["loss"], _loss_parts(means), means["accuracy"], means["lr"],
+                 images_per_second, progress.format_eta((self.num_steps - step) * elapsed / len(self._pending)))
+    self.writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
+    self.restart_clock()
 
 
 def _loss_parts(means: dict) -> str:

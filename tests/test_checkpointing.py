@@ -525,23 +525,23 @@ def test_a_resumed_selection_by_another_metric_or_evaluator_is_refused(tmp_path)
   it were the new metric's."""
   config = _config()
   config.update(select_metric="accuracy", select_on="eval")
-  selection = selection_lib.Selection(config, str(tmp_path))
+  selection = selection_lib.Selection(config, str(tmp_path), 0)
   selection.update(1, 8, {"accuracy": 0.5}, {"params": PARAMS, "batch_stats": BATCH_STATS}, config, (8, 8, 3))
   selection.wait_until_finished()
-  assert selection_lib.Selection(config, str(tmp_path)).best_value == 0.5  # the same selection resumes
+  assert selection_lib.Selection(config, str(tmp_path), 8).best_value == 0.5  # the same selection resumes
   for key, value in (("select_metric", "mean_class_accuracy"), ("select_on", "occluded")):
     changed = _with(config, **{key: value})
     with pytest.raises(UserError, match=rf"best keeps the best epoch by accuracy on eval; this config selects by "
                                         rf"{changed.select_metric} on {changed.select_on}, .* Resume with "
                                         r"--config.select_metric=accuracy --config.select_on=eval, or start a new"):
-      selection_lib.Selection(changed, str(tmp_path))
+      selection_lib.Selection(changed, str(tmp_path), 8)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "incomplete", "missing"])
 def test_a_damaged_record_of_the_best_epoch_is_named_with_the_fix(tmp_path, damage):
   config = _config()
   config.update(select_metric="accuracy", select_on="eval")
-  selection = selection_lib.Selection(config, str(tmp_path))
+  selection = selection_lib.Selection(config, str(tmp_path), 0)
   selection.update(1, 8, {"accuracy": 0.5}, {"params": PARAMS, "batch_stats": BATCH_STATS}, config, (8, 8, 3))
   selection.wait_until_finished()
   record = tmp_path / "best" / "8" / "selection" / "metadata"
@@ -551,4 +551,4 @@ def test_a_damaged_record_of_the_best_epoch_is_named_with_the_fix(tmp_path, dama
     record.write_text('{"value": 0.5, "epo' if damage == "truncated" else '{"value": 0.5}')
   fix = rf"the checkpoint is damaged\. Delete {re.escape(str(tmp_path / 'best'))} to resume without it .*, or start a new"
   with pytest.raises(checkpointing.CheckpointError, match=fix):
-    selection_lib.Selection(config, str(tmp_path))
+    selection_lib.Selection(config, str(tmp_path), 8)

@@ -1,6 +1,7 @@
 """Named evaluators (config.evals): validation, defaults, cross-data-set class mapping on the
 builders' fixture layouts, each eval step compiled once over several evaluations, the report."""
 
+import copy
 import csv
 import io
 import json
@@ -397,7 +398,7 @@ def test_dan_trained_on_rafdb_reported_on_ferplus_and_sfew(fixture_sets, tmp_pat
 
 
 @pytest.mark.integration
-def test_mode_eval_reports_the_checkpoint_it_read_and_only_this_evaluations_figures(fixture_sets, tmp_path):
+def test_mode_eval_reports_the_checkpoint_it_read_and_only_this_evaluations_figures(fixture_sets, tmp_path, caplog):
   """A workdir whose report evaluated best/77 is read at best/77: the report says so (its step was null). Evaluated
   again into the same folder without the sfew evaluator, the report leaves no sfew figure beside it."""
   data_dir, _ = fixture_sets
@@ -407,11 +408,20 @@ def test_mode_eval_reports_the_checkpoint_it_read_and_only_this_evaluations_figu
   config.update(eval_batch_size=8, data_workers=0)
   config.evals = {"sfew": config_lib.evaluator(dataset="sfew/aligned", data_dir=data_dir, split="validation")}
   best = checkpointing.manager(str(tmp_path / "run" / "best"))
-  checkpointing.save(best, 77, random_variables(config), config)
+  config.model.dtype = "float32"  # as a training records it, resolved
+  trained = copy.deepcopy(config)
+  trained.optimizer.lr, trained.seed = 0.5, 7
+  checkpointing.save(best, 77, random_variables(config), trained)
   best.wait_until_finished()
   (tmp_path / "run" / "eval_results.json").write_text(json.dumps({"step": 77, "trained_steps": 80}))
-  report = evaluate.evaluate_checkpoint(config, str(tmp_path / "run"), str(tmp_path / "report"))
+  with caplog.at_level(logging.INFO):
+    report = evaluate.evaluate_checkpoint(config, str(tmp_path / "run"), str(tmp_path / "report"))
   assert (report["step"], report["checkpoint"], report["trained_steps"]) == (77, str(tmp_path / "run" / "best" / "77"), None)
+  # The config the weights were trained with, beside this evaluation's: the report held the latter alone, unsaid.
+  assert report["trained_config"] == config_lib.flat(trained) and report["config"] == config_lib.flat(config)
+  assert (f"{tmp_path / 'run' / 'best' / '77'} was trained with a config that differs from this one in "
+          "optimizer.lr=0.1 (trained 0.5); seed=0 (trained 7): eval_results.json records it under trained_config") \
+      in caplog.text
   table = (tmp_path / "report" / "eval_results.md").read_text()
   assert table.startswith(f"Weights: {tmp_path / 'run' / 'best' / '77'} (step 77).")
   assert {"confusion_matrix_sfew.png", "examples_sfew.png"} <= set(os.listdir(tmp_path / "report"))

@@ -107,19 +107,28 @@ print("torch" in sys.modules)
 """
 
 
-def _scalars_in(folder) -> list[tuple[int, str, float]]:
-  """(step, tag, value) of each scalar in the TensorBoard event files under `folder`: TFRecord framing (8-byte length,
-  its CRC, the Event, its CRC) read here, the Event parsed with tensorboardX's own protocol buffers."""
+def _events_in(folder, names=None):
+  """The TensorBoard events of the files `names` (default every event file) in `folder`: TFRecord framing (8-byte length, its CRC,
+  the Event, its CRC) read here, the Event parsed with tensorboardX's own protocol buffers."""
   from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
-  found = []
-  for name in sorted(os.listdir(folder)):
+  for name in sorted(names or (name for name in os.listdir(folder) if name.startswith("events.out.tfevents"))):
     data, offset = (folder / name).read_bytes(), 0
     while offset < len(data):
       length = int.from_bytes(data[offset:offset + 8], "little")
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-      found += [(event.step, value.tag, value.simple_value) for value in event.summary.value]
+      yield event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
       offset += 12 + length + 4
-  return found
+
+
+def _scalars_in(folder) -> list[tuple[int, str, float]]:
+  """(step, tag, value) of each scalar in the TensorBoard event files under `folder`."""
+  return [(event.step, value.tag, value.simple_value) for event in _events_in(folder) for value in event.summary.value]
+
+
+def _purge_steps(folder, names) -> list[int]:
+  """The steps of the SessionLog START events in `folder`'s files `names`: TensorBoard drops the scalars written
+  before, at that step and after."""
+  return [event.step for event in _events_in(folder, names)
+          if event.HasField("session_log") and event.session_log.status == event.session_log.START]
 
 
 def test_the_tensorboard_scalars_are_written_without_importing_pytorch(tmp_path):
@@ -220,6 +229,8 @@ def test_the_report_of_the_best_epoch_reuses_its_evaluation_unless_a_restart_cam
     report = run.run()
   assert len(evaluations) == 2  # the "eval" evaluator (whose inputs "test" shares) at each epoch's end, none after
   assert report["step"] == run.steps_per_epoch and report["confusion_matrix"] == evaluations[0].tolist()
+  # TensorBoard's final/ scalars at the step of the weights reported, not at the last step trained.
+  assert {step for step, tag, _ in _scalars_in(tmp_path) if tag.startswith("final/")} == {run.steps_per_epoch}
   assert {k: report["selection"][k] for k in ("epoch", "trained_epochs", "evaluator", "reported_on_the_same_split")} \
       == {"epoch": 1, "trained_epochs": 2, "evaluator": "eval", "reported_on_the_same_split": ["test"]}
   selected = "Selected: The best epoch (1 of 2) by accuracy on the evaluator eval (synthetic/tiny test)"
@@ -300,6 +311,10 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, monkeypat
   monkeypatch.setattr(checkpointing, "check_resumable", lambda *args: checks.append(args) or check_resumable(*args))
   results = train.train_and_evaluate(config, str(resumed))
   assert len(checks) == 1  # the saved state is checked (its metadata read) once
+  # TensorBoard drops what the interrupted run logged after step 3 (SessionLog START at step 4 in the new file): its
+  # curves had two values at each step trained again.
+  events = [name for name in set(os.listdir(resumed)) - set(os.listdir(straight)) if name.startswith("events.out")]
+  assert events and _purge_steps(resumed, events) == [4]
   _assert_same_saved_state(straight, resumed, SHORT_RUN_STEPS)
   with open(straight / "eval_results.json") as f:
     assert json.load(f)["accuracy"] == results["accuracy"]
@@ -399,16 +414,34 @@ def test_selection_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
   config = _tiny_dan()
   config.update(select_metric="mean_class_accuracy", early_stopping_patience=2)
   variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
-  selection = selection_lib.Selection(config, str(tmp_path))
+  selection = selection_lib.Selection(config, str(tmp_path), 0)
   best = {"params": {"w": np.ones(2, np.float32)}, "batch_stats": {}}
   kept = [selection.update(epoch, 10 * epoch, {"mean_class_accuracy": value}, weights, config, (8, 8, 3))
           for epoch, value, weights in ((1, 0.5, variables), (2, 0.6, best), (3, 0.6, variables), (4, 0.55, variables))]
   assert kept == [True, True, False, False]  # equal is no gain
   assert [selection.patience_ran_out(epoch) for epoch in (3, 4)] == [False, True]
   selection.wait_until_finished()
-  restored = selection_lib.Selection(config, str(tmp_path))  # as after a restart
+  restored = selection_lib.Selection(config, str(tmp_path), 40)  # as after a restart
   assert (restored.best_epoch, restored.best_value) == (2, 0.6)
   np.testing.assert_array_equal(restored.best_variables(jax.eval_shape(lambda: best))["params"]["w"], [1, 1])
+
+
+def test_a_best_epoch_kept_after_the_step_a_run_resumes_from_is_dropped(tmp_path, caplog):
+  """A run stopped between saving best/20 and checkpoints/20 resumed from step 10 and, with another learning rate,
+  reported best/20, weights of steps it had trained again otherwise, as its best epoch."""
+  config = _tiny_dan()
+  config.select_metric = "accuracy"
+  old = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
+  selection = selection_lib.Selection(config, str(tmp_path), 0)
+  selection.update(2, 20, {"accuracy": 0.9}, old, config, (8, 8, 3))
+  selection.wait_until_finished()
+  with caplog.at_level(logging.WARNING):
+    resumed = selection_lib.Selection(config, str(tmp_path), 10)
+  assert f"{tmp_path / 'best'} keeps step 20, after step 10 the run starts from" in caplog.text
+  assert (resumed.best_epoch, resumed.best_value) == (0, -1.0)
+  new = {"params": {"w": np.ones(2, np.float32)}, "batch_stats": {}}
+  assert resumed.update(2, 20, {"accuracy": 0.5}, new, config, (8, 8, 3))  # epoch 2 trained again: its own value
+  np.testing.assert_array_equal(resumed.best_variables(jax.eval_shape(lambda: new))["params"]["w"], [1, 1])
 
 
 @pytest.mark.integration
@@ -416,7 +449,7 @@ def test_selection_can_round_the_metric_and_let_a_later_tie_win(tmp_path):
   config = _tiny_dan()
   config.update(select_metric="accuracy", select_decimals=4, select_ties="latest")
   variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
-  selection = selection_lib.Selection(config, str(tmp_path))
+  selection = selection_lib.Selection(config, str(tmp_path), 0)
   selection.update(1, 10, {"accuracy": 0.91234}, variables, config, (8, 8, 3))
   selection.update(2, 20, {"accuracy": 0.91226}, variables, config, (8, 8, 3))  # 0.9123 either way: epoch 2 wins
   assert (selection.best_epoch, selection.best_value) == (2, 0.9123)
@@ -432,13 +465,13 @@ def test_a_later_tie_kept_does_not_reset_the_patience_and_a_resume_rounds_anew(t
   config = _tiny_dan()
   config.update(select_metric="accuracy", select_decimals=4, select_ties="latest", early_stopping_patience=2)
   variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
-  selection = selection_lib.Selection(config, str(tmp_path))
+  selection = selection_lib.Selection(config, str(tmp_path), 0)
   for epoch in (1, 2, 3):
     assert selection.update(epoch, 10 * epoch, {"accuracy": 0.91234}, variables, config, (8, 8, 3))
   assert selection.best_epoch == 3 and [selection.patience_ran_out(epoch) for epoch in (2, 3)] == [False, True]
   selection.wait_until_finished()
   config.select_decimals = 0
-  restored = selection_lib.Selection(config, str(tmp_path))  # resumed, comparing unrounded values
+  restored = selection_lib.Selection(config, str(tmp_path), 30)  # resumed, comparing unrounded values
   assert (restored.best_epoch, restored.best_value, restored.patience_ran_out(3)) == (3, 0.91234, True)
   assert not restored.update(4, 40, {"accuracy": 0.91231}, variables, config, (8, 8, 3))
 
@@ -769,6 +802,15 @@ def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluati
   assert writer.logged[4]["train/loss"] == np.mean(losses)
   assert writer.logged[4]["train/lr"] == 0.01  # the last step's rate: the mean, 0.055, was no step's
   assert writer.logged[4]["train/img_per_s"] == (3 * 2 + 1) / 4.0  # the images trained, over the training time
+  # A run stopping between windows (a signal, early stopping) logs the steps it trained since the last: they were lost.
+  for step, loss in ((5, 1.0), (6, 3.0)):
+    clock[0] += 1.0
+    progress.add(step, {"loss": loss, "accuracy": 0.5, "lr": 0.01}, 2)
+  assert 6 not in writer.logged
+  progress.flush(6)
+  assert writer.logged[6]["train/loss"] == 2.0
+  progress.flush(6)  # nothing pending: nothing logged again
+  assert sorted(writer.logged) == [4, 6]
 
 
 def test_the_log_line_gives_the_loss_parts_unless_the_loss_is_its_one_part(caplog):
