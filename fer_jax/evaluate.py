@@ -379,6 +379,11 @@ def markdown(report: dict, examples: dict, predictions: dict | None = None) -> s
     lines += [f"Weights: {report['checkpoint']}{step}.", ""]
   if report.get("selection"):
     lines += [f"Selected: {selection_note(report['selection'])}", ""]
+  if kept := report.get("best_epoch_kept"):
+    lines += [f"Not these weights: {selection_note({**kept, 'reported_on_the_same_split': []})} It is kept in "
+              f"{kept['checkpoint']} "
+              f"({kept['metric']} {kept['value']:.4f}; `--mode=eval --checkpoint=` reports it, "
+              "`--config.restore_best=True` makes it the run's report).", ""]
   lines += ["| evaluator | data set | split | examples | accuracy % | mean-class % | macro F1 % | TTA | TTA accuracy % |",
             "|---|---|---|---:|---:|---:|---:|---|---:|"]
   for name, r in evaluators.items():
@@ -580,7 +585,7 @@ def selection_note(selection: dict, chosen: str = "") -> str:
 
 def final_report(evaluators: Evaluators, variables, workdir: str, step: int | None, checkpoint: str,
                  reusable: dict | None = None, trained_steps: int | None = None, selection: dict | None = None,
-                 trained_config: dict | None = None) -> dict:
+                 trained_config: dict | None = None, best_kept: dict | None = None) -> dict:
   """Runs every reported evaluator (single pass and, where it has one, with its TTA), writes the
   report files and returns the "test" evaluator's results with all of them under "evaluators", the
   evaluators skipped for a missing split under "skipped_evaluators", the run's config, flat, under
@@ -588,7 +593,9 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
   "trained_steps" (None: `--mode=eval`). `step`: the step whose weights are evaluated (the best epoch's with
   restore_best; under `--mode=eval` the number `checkpoint` is named by, 0 for a converted model, None where it is
   not one). `reusable`: {inputs_identity: results} already computed with these variables. `selection`: what chose
-  these weights (`selection_record`), under "selection", where they are a selected epoch's. `trained_config`
+  these weights (`selection_record`), under "selection", where they are a selected epoch's; `best_kept`, where they
+  are not (a run that selects without restore_best): the best epoch's record and its "checkpoint", under
+  "best_epoch_kept". `trained_config`
   (`--mode=eval`): the config the checkpoint records it was trained with, flat, under "trained_config" (None where
   it records none, and for a training run, whose "config" it is)."""
   reusable, by_name, predicted = dict(reusable or {}), {}, {}
@@ -611,7 +618,7 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
                  f"; with {spec.tta} TTA: accuracy {results['tta']['accuracy']:.4f}" if "tta" in results else "")
   report = {**by_name[REPORTED], "evaluators": by_name, "skipped_evaluators": evaluators.skipped,
             "config": config_lib.flat(evaluators.config), "checkpoint": checkpoint, "trained_steps": trained_steps,
-            "selection": selection, "trained_config": trained_config}
+            "selection": selection, "best_epoch_kept": best_kept, "trained_config": trained_config}
   examples = {name: evaluators.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in by_name}
   predictions = {name: predictions_table(evaluators.data(name).split, *passes) for name, passes in predicted.items()}
   write_report(report, workdir, examples, predictions)

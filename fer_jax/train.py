@@ -412,18 +412,26 @@ class TrainingRun:
     epoch from before a restart is evaluated again: nothing kept proves that the split's images and the code that
     preprocesses them are still those it was evaluated on. Called once every save is complete."""
     variables, reusable, step, checkpoints = self.variables, self.last_evals, self.step, self.checkpoints
-    selection = None
-    if self.config.restore_best and self.selection.metric and self.selection.checkpoints.latest_step() is not None:
-      variables = mesh_lib.replicated(self.selection.best_variables(self.abstract), self.mesh)
-      step, checkpoints = self.selection.checkpoints.latest_step(), self.selection.checkpoints
+    selection = best_kept = None
+    best_step = self.selection.checkpoints.latest_step() if self.selection.metric else None
+    if best_step is not None:
       selection = evaluate.selection_record(self.evaluators, self.selection.metric, self.selection.evaluator,
                                             self.selection.best_epoch, self.selection.best_value,
                                             self.step // self.steps_per_epoch)
+    if selection and self.config.restore_best:
+      variables = mesh_lib.replicated(self.selection.best_variables(self.abstract), self.mesh)
+      step, checkpoints = best_step, self.selection.checkpoints
       logging.info("Reporting step %d. Selected: %s", step, evaluate.selection_note(selection))
       reusable = self.best_evals.get(step, {})
+    elif selection:  # the last epoch reported: the best one is said where it is kept
+      best_kept, selection = {**selection, "checkpoint": checkpointing.step_path(self.selection.checkpoints,
+                                                                                  best_step)}, None
+      logging.info("Reporting the last epoch; the best by %s on %s, epoch %d, is kept in %s "
+                   "(--config.restore_best=True reports it).", best_kept["metric"], best_kept["evaluator"],
+                   best_kept["epoch"], best_kept["checkpoint"])
     report = evaluate.final_report(self.evaluators, variables, self.workdir, step,
                                    checkpointing.step_path(checkpoints, step), reusable, trained_steps=self.step,
-                                   selection=selection)
+                                   selection=selection, best_kept=best_kept)
     for name, results in report["evaluators"].items():  # at the step of the weights reported
       self.writer.scalars(step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
     return report

@@ -207,6 +207,24 @@ def test_the_loop_compiles_each_step_once_donates_the_state_and_fetches_only_to_
 
 
 @pytest.mark.integration
+def test_a_run_that_selects_without_restore_best_says_where_its_best_epoch_is_kept(tmp_path):
+  """The report of the last epoch said nothing of the best epoch the run had kept in best/."""
+  config = short_tiny_net_run()
+  config.update(select_metric="accuracy", restore_best=False)
+  run = train.TrainingRun(config, str(tmp_path))
+  update = run.selection.update
+  run.selection.update = lambda epoch, step, results, *rest: update(epoch, step, {**results, "accuracy": 2 - epoch},
+                                                                    *rest)
+  report = run.run()
+  best = str(tmp_path / "best" / str(run.steps_per_epoch))
+  assert report["step"] == 2 * run.steps_per_epoch and report["selection"] is None
+  assert {k: report["best_epoch_kept"][k] for k in ("epoch", "trained_epochs", "value", "checkpoint")} == {
+      "epoch": 1, "trained_epochs": 2, "value": 1.0, "checkpoint": best}
+  assert (f"Not these weights: The best epoch (1 of 2) by accuracy on the evaluator eval (synthetic/tiny test). It is "
+          f"kept in {best} (accuracy 1.0000;") in (tmp_path / "eval_results.md").read_text()
+
+
+@pytest.mark.integration
 def test_the_report_of_the_best_epoch_reuses_its_evaluation_unless_a_restart_came_between(tmp_path, monkeypatch,
                                                                                           caplog):
   """restore_best evaluated the best epoch's weights again on the split they had been evaluated on at that epoch
