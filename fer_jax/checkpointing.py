@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from fer_jax import config_lib
 from fer_jax import errors
 from fer_jax import files
+from fer_jax import provenance
 from fer_jax import stopping
 from fer_jax.data import labels
 from fer_jax.errors import UserError
@@ -114,10 +115,12 @@ def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | N
   epochs' last, short batch, 0 for none) are what a resumed run's epochs must have too, and `stopped_early` (recorded
   with them) whether early stopping ended the run at this step; `stored_shape` (a training run's, `dataset_record`)
   the shape its training split's images are decoded to, and `training_data` (a training run's,
-  `pipeline.split_identity`) which training split it trains on (`check_training_data`)."""
+  `pipeline.split_identity`) which training split it trains on (`check_training_data`). "software": the code and
+  releases that wrote it (`fer_jax.provenance.software`)."""
   record = {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
             "input": config.input.to_dict(), "dataset": dataset_record(config, stored_shape),
-            "batch_size": config.batch_size, "tta": config.eval.tta, "config": config_lib.flat(config)}
+            "batch_size": config.batch_size, "tta": config.eval.tta, "config": config_lib.flat(config),
+            "software": provenance.software()}
   if steps_per_epoch is not None:
     record.update(steps_per_epoch=steps_per_epoch, last_batch=last_batch, stopped_early=stopped_early)
   if training_data:

@@ -36,6 +36,7 @@ from fer_jax import files
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import progress
+from fer_jax import provenance
 from fer_jax import stopping
 from fer_jax import tta
 from fer_jax import validation
@@ -597,7 +598,8 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
   are not (a run that selects without restore_best): the best epoch's record and its "checkpoint", under
   "best_epoch_kept". `trained_config`
   (`--mode=eval`): the config the checkpoint records it was trained with, flat, under "trained_config" (None where
-  it records none, and for a training run, whose "config" it is)."""
+  it records none, and for a training run, whose "config" it is). Also the model's parameter count, "num_params", and
+  the code, software and devices that made the report, "provenance" (`fer_jax.provenance.record`)."""
   reusable, by_name, predicted = dict(reusable or {}), {}, {}
   for name in evaluators.reported:
     spec = evaluators.specs[name]
@@ -618,7 +620,9 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
                  f"; with {spec.tta} TTA: accuracy {results['tta']['accuracy']:.4f}" if "tta" in results else "")
   report = {**by_name[REPORTED], "evaluators": by_name, "skipped_evaluators": evaluators.skipped,
             "config": config_lib.flat(evaluators.config), "checkpoint": checkpoint, "trained_steps": trained_steps,
-            "selection": selection, "best_epoch_kept": best_kept, "trained_config": trained_config}
+            "selection": selection, "best_epoch_kept": best_kept, "trained_config": trained_config,
+            "num_params": int(sum(np.size(leaf) for leaf in jax.tree.leaves(variables["params"]))),
+            "provenance": provenance.record()}
   examples = {name: evaluators.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in by_name}
   predictions = {name: predictions_table(evaluators.data(name).split, *passes) for name, passes in predicted.items()}
   write_report(report, workdir, examples, predictions)

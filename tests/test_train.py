@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import fcntl
+import importlib.metadata
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import optim
+from fer_jax import provenance
 from fer_jax import selection as selection_lib
 from fer_jax import stopping
 from fer_jax import train
@@ -222,6 +224,9 @@ def test_a_run_that_selects_without_restore_best_says_where_its_best_epoch_is_ke
       "epoch": 1, "trained_epochs": 2, "value": 1.0, "checkpoint": best}
   assert (f"Not these weights: The best epoch (1 of 2) by accuracy on the evaluator eval (synthetic/tiny test). It is "
           f"kept in {best} (accuracy 1.0000;") in (tmp_path / "eval_results.md").read_text()
+  # The report says which code and releases made it, and the model's size.
+  assert report["provenance"]["git_commit"] == provenance.software()["git_commit"]
+  assert report["num_params"] == sum(np.size(leaf) for leaf in jax.tree.leaves(run.variables["params"]))
 
 
 @pytest.mark.integration
@@ -1150,3 +1155,16 @@ def test_a_module_that_takes_no_train_argument_is_named_before_its_initialisatio
                                         r"take \(got an unexpected keyword argument 'train'\)\.$"):
     models.abstract_variables(_HeadTakingTraining(), config)
 
+
+
+def test_provenance_names_the_commit_the_code_runs_from_and_the_releases():
+  """A report or checkpoint gave no way to tell which code made it."""
+  software = provenance.software()
+  if os.path.exists(os.path.join(ROOT, ".git")):
+    expected = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+  else:  # an installed copy: no commit to name
+    expected = None
+  assert software["git_commit"] == expected
+  assert software["fer_jax"] == importlib.metadata.version("fer_jax") and software["jax"] == jax.__version__
+  assert provenance.record()["devices"] == jax.device_count()
