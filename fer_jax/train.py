@@ -213,6 +213,7 @@ class TrainingRun:
 
   def _open_the_logs(self) -> None:
     self.writer = train_log.Writer(self.workdir, self.start_step)
+    self.history = train_log.EvalHistory(self.workdir, self.start_step)
     self.guard = train_log.FiniteGuard(self.checkpoints, self.steps_per_epoch)
     self.progress = train_log.ProgressLog(self.config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)
 
@@ -314,11 +315,14 @@ class TrainingRun:
     self.guard.check()
     results, start = {}, time.perf_counter()
     for name in due:
+      began = time.perf_counter()
       results[name] = self.evaluators(self.variables, name)
+      seconds = time.perf_counter() - began
       self.last_evals[self.evaluators.specs[name].inputs_identity] = results[name]
-      logging.info("epoch %d %s (%s): accuracy %.4f mean-class %.4f", epoch, name, results[name]["split"],
-                   results[name]["accuracy"], results[name]["mean_class_accuracy"])
+      logging.info("epoch %d %s (%s): accuracy %.4f mean-class %.4f (%.1f s)", epoch, name, results[name]["split"],
+                   results[name]["accuracy"], results[name]["mean_class_accuracy"], seconds)
       self.writer.scalars(self.step, {f"{name}/{k}": results[name][k] for k in ("accuracy", "mean_class_accuracy")})
+      self.history.add(self.step, epoch, {"evaluator": name, **results[name]}, seconds)
     self.progress.exclude(time.perf_counter() - start)
     if self.config.select_on not in results:
       return False

@@ -1,7 +1,9 @@
-"""What a training run tells while it runs: the progress lines and TensorBoard scalars of its steps, and the
-check that stops it at the first non-finite loss or gradient norm."""
+"""What a training run tells while it runs: the progress lines and TensorBoard scalars of its steps, every periodic
+evaluation in eval_history.jsonl, and the check that stops it at the first non-finite loss or gradient norm."""
 
+import datetime
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -11,6 +13,7 @@ import jax
 import numpy as np
 
 from fer_jax import checkpointing
+from fer_jax import files
 from fer_jax import models
 from fer_jax import progress
 from fer_jax import stopping
@@ -42,6 +45,38 @@ class Writer:
     if self._writer:
       self._writer.close()
       self._writer = None
+
+
+HISTORY = "eval_history.jsonl"  # in a workdir
+
+
+class EvalHistory:
+  """Every periodic evaluation of a run, one JSON object a line in workdir/eval_history.jsonl, written by process 0:
+  "step", "epoch", "time" (UTC), "seconds" (the evaluation's) and the evaluator's results as the report gives them
+  (accuracy, mean-class accuracy, macro F1, per-class accuracy, confusion matrix, split). A run resumed from
+  `start_step` first drops the lines of later steps, which it trains again (a new run, every line)."""
+
+  def __init__(self, workdir: str, start_step: int):
+    self.path = os.path.join(workdir, HISTORY) if jax.process_index() == 0 else None
+    if self.path and os.path.exists(self.path):
+      with open(self.path, encoding="utf-8") as f:
+        kept = [line for line in f if _step_of(line) is not None and _step_of(line) <= start_step]
+      files.write_whole(self.path, "".join(kept))
+
+  def add(self, step: int, epoch: int, results: dict, seconds: float) -> None:
+    if self.path:
+      line = {"step": step, "epoch": epoch, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"), "seconds": round(seconds, 3), **results}
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def _step_of(line: str) -> int | None:
+  """A history line's step; None for a line cut short (a run killed as it wrote)."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def _summary_writer_class():

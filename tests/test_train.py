@@ -338,6 +338,11 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, monkeypat
   # curves had two values at each step trained again.
   events = [name for name in set(os.listdir(resumed)) - set(os.listdir(straight)) if name.startswith("events.out")]
   assert events and _purge_steps(resumed, events) == [4]
+  # eval_history.jsonl: the interrupted run's line of a step trained again dropped, that step's evaluation written again.
+  untimed = lambda folder: [{k: v for k, v in json.loads(line).items() if k not in ("time", "seconds")}
+                            for line in (folder / "eval_history.jsonl").read_text().splitlines()]
+  assert untimed(resumed) == untimed(straight)
+  assert [(line["step"], line["epoch"], line["evaluator"]) for line in untimed(straight)] == [(SHORT_RUN_STEPS, 2, "eval")]
   _assert_same_saved_state(straight, resumed, SHORT_RUN_STEPS)
   with open(straight / "eval_results.json") as f:
     assert json.load(f)["accuracy"] == results["accuracy"]
