@@ -14,6 +14,8 @@ with 0, not absl's 1, which fer_jax's commands give a non-finite loss. Any other
 its traceback.
 """
 
+import contextlib
+import logging as std_logging
 import os
 import re
 import signal
@@ -187,6 +189,21 @@ def _exit_with_line(line: str, status: int) -> None:
   sys.stdout.flush()
   # Not sys.exit: Orbax's background reads and writes would print tracebacks while Python shuts down.
   os._exit(status)
+
+
+@contextlib.contextmanager
+def logged_to(path: str):
+  """Every line the command logs meanwhile (those the terminal shows: absl's format, routine lines left out) is also
+  appended to the file `path`."""
+  handler = std_logging.FileHandler(path, encoding="utf-8", delay=True)  # made by the first line
+  handler.setFormatter(logging.PythonFormatter())
+  handler.addFilter(_worth_showing)
+  std_logging.getLogger().addHandler(handler)
+  try:
+    yield
+  finally:
+    std_logging.getLogger().removeHandler(handler)
+    handler.close()
 
 
 def _worth_showing(record) -> bool:

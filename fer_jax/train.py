@@ -3,6 +3,7 @@ selection and the final report (fer_jax.evaluate)."""
 
 import contextlib
 import os
+import shutil
 import socket
 import time
 
@@ -443,7 +444,7 @@ class TrainingRun:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming from its newest checkpoint) and writes the eval report."""
-  with training_lock(workdir):
+  with training_lock(workdir), train_log.log_file(workdir):
     return TrainingRun(config, workdir).run()
 
 
@@ -468,9 +469,8 @@ def training_lock(workdir: str):
     try:
       yield
     finally:
-      if created and os.listdir(workdir) == [LOCK_FILE]:  # a run its config stopped leaves no workdir behind
-        os.remove(path)
-        os.rmdir(workdir)
+      if created and set(os.listdir(workdir)) <= {LOCK_FILE, train_log.LOG}:  # a run its config stopped leaves none
+        shutil.rmtree(workdir)
 
 
 def _lock(lock, workdir: str) -> str:

@@ -1,6 +1,7 @@
 """What a training run tells while it runs: the progress lines and TensorBoard scalars of its steps, every periodic
 evaluation in eval_history.jsonl, and the check that stops it at the first non-finite loss or gradient norm."""
 
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -13,6 +14,7 @@ import jax
 import numpy as np
 
 from fer_jax import checkpointing
+from fer_jax import cli
 from fer_jax import files
 from fer_jax import models
 from fer_jax import progress
@@ -24,6 +26,20 @@ def training_curves_line(workdir: str) -> str:
   tensorboardX and does not install it), also the install, or the command is not found."""
   command = f"Training curves: tensorboard --logdir {os.path.abspath(workdir)}"
   return command if importlib.util.find_spec("tensorboard") else f"{command} (after pip install tensorboard)"
+
+
+LOG = "train.log"  # in a workdir
+
+
+@contextlib.contextmanager
+def log_file(workdir: str):
+  """Process 0's log lines of a training run appended to workdir/train.log, as the terminal shows them: a run's log
+  was lost with its terminal."""
+  if jax.process_index() != 0:
+    yield
+    return
+  with cli.logged_to(os.path.join(workdir, LOG)):
+    yield
 
 
 class Writer:

@@ -332,7 +332,8 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, monkeypat
   os.remove(resumed / "eval_results.json")
   checks, check_resumable = [], checkpointing.check_resumable
   monkeypatch.setattr(checkpointing, "check_resumable", lambda *args: checks.append(args) or check_resumable(*args))
-  results = train.train_and_evaluate(config, str(resumed))
+  with caplog.at_level(logging.INFO):  # as the CLI logs
+    results = train.train_and_evaluate(config, str(resumed))
   assert len(checks) == 1  # the saved state is checked (its metadata read) once
   # TensorBoard drops what the interrupted run logged after step 3 (SessionLog START at step 4 in the new file): its
   # curves had two values at each step trained again.
@@ -342,6 +343,10 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, monkeypat
   untimed = lambda folder: [{k: v for k, v in json.loads(line).items() if k not in ("time", "seconds")}
                             for line in (folder / "eval_history.jsonl").read_text().splitlines()]
   assert untimed(resumed) == untimed(straight)
+  # train.log: the terminal's lines, the resumed run's after the interrupted one's (it was lost with the terminal).
+  log = (resumed / "train.log").read_text()
+  assert log.startswith((straight / "train.log").read_text()) and f"Resumed from step 3 in {resumed}" in log
+  assert f"epoch 2 eval (test): accuracy {results['accuracy']:.4f}" in log
   assert [(line["step"], line["epoch"], line["evaluator"]) for line in untimed(straight)] == [(SHORT_RUN_STEPS, 2, "eval")]
   _assert_same_saved_state(straight, resumed, SHORT_RUN_STEPS)
   with open(straight / "eval_results.json") as f:
