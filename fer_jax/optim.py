@@ -95,13 +95,14 @@ def check_patterns(opt_config, params) -> None:
   ConfigError for a trainable or lr_groups regex that matches none (it would freeze every parameter,
   or set the rate of none)."""
   paths = [path_of(key_path) for key_path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-  patterns = {"trainable": opt_config.trainable, "weight_decay_exclude": opt_config.weight_decay_exclude,
-              **{f"lr_groups[{index}]": pattern for index, (pattern, _) in enumerate(opt_config.lr_groups)}}
-  for key, pattern in patterns.items():
+  patterns = {"trainable": (opt_config.trainable, ""), "weight_decay_exclude": (opt_config.weight_decay_exclude, ""),
+              **{f"lr_groups[{index}]": (pattern, f" (their learning rate: the logged lr × {multiplier:g})")
+                 for index, (pattern, multiplier) in enumerate(opt_config.lr_groups)}}
+  for key, (pattern, rate) in patterns.items():
     if not pattern:
       continue
     matched = sum(1 for path in paths if re.search(pattern, path))
-    logging.info("config.optimizer.%s=%r matches %d of the %d parameters", key, pattern, matched, len(paths))
+    logging.info("config.optimizer.%s=%r matches %d of the %d parameters%s", key, pattern, matched, len(paths), rate)
     if not matched and key != "weight_decay_exclude":
       examples = ", ".join(dict.fromkeys((paths[0], paths[len(paths) // 2], paths[-1])))
       raise ConfigError(f"config.optimizer.{key}={pattern!r} matches none of the model's {len(paths)} parameters "

@@ -165,6 +165,8 @@ class TrainingRun:
     self.method = models.get_method(self.config.model.name)
     self.model = self.method.build(self.config.model)
     self.abstract = models.abstract_variables(self.model, self.config)
+    logging.info("Model %s: %s parameters", self.config.model.name,
+                 f"{sum(leaf.size for leaf in jax.tree.leaves(self.abstract['params'])):,}")
     optim.check_patterns(self.config.optimizer, self.abstract["params"])
     self.resumable = self._check_resumable() if self.start_step else None
     if not self.start_step and self.config.init_from:
