@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fer_jax import compare
 from fer_jax import config_lib
 from fer_jax import errors
 from fer_jax import files
@@ -41,7 +42,7 @@ class CheckpointError(UserError, ValueError):
 
 CHECKPOINTS = "checkpoints"  # a training workdir's folder of steps
 BEST = "best"  # ... and of its best epoch's step (config.select_metric)
-REPORT = "eval_results.json"  # a training or evaluation workdir's report (fer_jax.evaluate.write_report)
+REPORT = compare.REPORT  # a training or evaluation workdir's report (fer_jax.evaluate.write_report)
 
 
 def _reported_best(workdir: str) -> str | None:

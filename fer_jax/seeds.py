@@ -41,6 +41,7 @@ from absl import logging
 
 from fer_jax import checkpointing
 from fer_jax import cli
+from fer_jax import compare
 from fer_jax import config_lib
 from fer_jax import figures
 from fer_jax import files
@@ -48,13 +49,8 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import stopping
 from fer_jax.errors import UserError
 
-SCALARS = ("accuracy", "mean_class_accuracy", "macro_f1")
 # What every seed of one config shares in each evaluator's results (with its TTA's name).
 RUN_KEYS = ("model", "dataset", "split", "class_names", "num_examples", "pp")
-# Config keys that do not change a run's reported numbers: where and how often things are read, written and logged,
-# the evaluation batch (its padding is masked) and what the backward pass recomputes (the same gradients: a seed
-# resumed with it after running out of memory). Seeds of one run may differ in them.
-NOT_OF_THE_RESULTS = (*config_lib.NOT_OF_THE_TRAINING, "eval_batch_size", "model.remat")
 # What resuming a seed's run brings it up to: more epochs (not under a cosine schedule, config_lib.resume_differences)
 # and other evaluators (a finished run evaluates again). Other keys a resume may change (the learning rate, clipping,
 # selection, initialisation) would leave the seeds trained differently, and fewer epochs would not undo training.
@@ -117,20 +113,9 @@ def _absolute(argument: str) -> str:
   return argument
 
 
-def _read_report(path: str) -> dict:
+def _seed_report(path: str) -> dict:
   """A seed's eval_results.json."""
-  try:
-    with open(path) as f:
-      report = json.load(f)
-  except ValueError as e:
-    report, reason = None, str(e)
-  else:
-    reason = (f"a JSON {type(report).__name__}, not an object" if not isinstance(report, dict) else
-              "no \"evaluators\": written by a fer_jax from before 2026-12-01, or not by fer_jax")
-  if not isinstance(report, dict) or not isinstance(report.get("evaluators"), dict):
-    raise UserError(f"{path} is not a complete report ({reason}): delete it and run this command again to "
-                    "evaluate that seed.")
-  return report
+  return compare.read_report(path, "delete it and run this command again to evaluate that seed.")
 
 
 def seed_config(config, seed: int):
@@ -155,7 +140,7 @@ def _current_report(run_dir: str) -> dict | None:
   path = os.path.join(run_dir, checkpointing.REPORT)
   if not os.path.exists(path):
     return None
-  report, newest = _read_report(path), _newest_step(run_dir)
+  report, newest = _seed_report(path), _newest_step(run_dir)
   return report if newest is None or _reported_step(report) == newest else None
 
 
@@ -171,14 +156,14 @@ def recorded_config(run_dir: str) -> dict:
 
 
 def _config_changes(recorded: dict, config) -> list[tuple[str, object, object]]:
-  """(key, `config`'s value, the recorded one) for each key changing reported numbers (not NOT_OF_THE_RESULTS'
+  """(key, `config`'s value, the recorded one) for each key changing reported numbers (not compare.NOT_OF_THE_RESULTS'
   or the seed) in which `config` differs from a run's recorded flat config. Keys one side lacks (another fer_jax
   version's) are not compared, but for evaluators added or removed, and those of config_lib.ADDED_SINCE, which a run
   recorded before them trained as their value there says; nor is a dtype the command leaves "auto" (a run
   records what it resolved to on its machine: seeds trained on GPUs are summarized on a CPU)."""
   auto_dtype = ("model.dtype",) if config_lib.flat(config).get("model.dtype") == "auto" else ()
   trained = config_lib.as_trained(recorded) if recorded else recorded  # {}: no run (or none recorded) to compare
-  return config_lib.differences(trained, config, ("seed", *NOT_OF_THE_RESULTS, *auto_dtype), unshared="evals.")
+  return config_lib.differences(trained, config, ("seed", *compare.NOT_OF_THE_RESULTS, *auto_dtype), unshared="evals.")
 
 
 def _selection_keys(config) -> tuple[str, ...]:
@@ -234,7 +219,7 @@ def why_unfinished(run_dir: str, config) -> str | None:
     if newest is None:
       return "no run yet"
     path = os.path.join(run_dir, checkpointing.REPORT)
-    before = f"after its report of step {_reported_step(_read_report(path))}" if os.path.exists(path) \
+    before = f"after its report of step {_reported_step(_seed_report(path))}" if os.path.exists(path) \
         else "before its report"
     return f"stopped at step {newest}, {before}"
   changes = _config_changes(report.get("config", {}), config)
@@ -280,7 +265,7 @@ def read_reports(config, workdir: str, seeds: list[int]) -> dict[int, dict]:
   if unfinished:
     raise UserError(f"Not finished in {workdir}: {'; '.join(unfinished)}. Train them first: run this command without "
                     "--summarize_only (or their commands from --print_commands), or drop them from --seeds.")
-  reports = {seed: _read_report(os.path.join(seed_workdir(workdir, seed), checkpointing.REPORT)) for seed in seeds}
+  reports = {seed: _seed_report(os.path.join(seed_workdir(workdir, seed), checkpointing.REPORT)) for seed in seeds}
   check_same_run(workdir, reports)
   return reports
 
@@ -319,7 +304,7 @@ def _metrics(results: dict) -> dict[str, float | None]:
   flat = {}
   for prefix, entry in (("", results), ("tta/", results.get("tta"))):
     if entry:
-      flat.update({f"{prefix}{name}": entry[name] for name in SCALARS})
+      flat.update({f"{prefix}{name}": entry[name] for name in compare.METRICS})
       flat.update({f"{prefix}per_class_accuracy/{c}": v for c, v in entry["per_class_accuracy"].items()})
   return flat
 
@@ -381,13 +366,13 @@ def markdown(summary: dict) -> str:
     epochs = ", ".join(f"seed {seed}: {epoch} of {selection['trained_epochs'][seed]}"
                        for seed, epoch in selection["epoch"].items())
     lines += [f"Weights: {evaluate.selection_note(selection, f'each seed’s best epoch ({epochs})')}", ""]
-  lines += ["| evaluator | data set | split | examples | " + " | ".join(SCALARS) + " | TTA | TTA accuracy |",
-            "|---|---|---|---:|" + "---:|" * len(SCALARS) + "---|---:|"]
+  lines += ["| evaluator | data set | split | examples | " + " | ".join(compare.METRICS) + " | TTA | TTA accuracy |",
+            "|---|---|---|---:|" + "---:|" * len(compare.METRICS) + "---|---:|"]
   for name, metrics in summary["evaluators"].items():
     run = runs[name]
     tta = _cell(metrics["tta/accuracy"]) if "tta/accuracy" in metrics else "–"
     lines.append(f"| {name} | {run['dataset']} | {run['split']} | {run['num_examples']} | "
-                 + " | ".join(_cell(metrics[m]) for m in SCALARS) + f" | {run['tta']} | {tta} |")
+                 + " | ".join(_cell(metrics[m]) for m in compare.METRICS) + f" | {run['tta']} | {tta} |")
   first = next(iter(summary["evaluators"].values()))
   classes = [m.split("/", 1)[1] for m in first if m.startswith("per_class_accuracy/")]
   lines += ["", "| evaluator | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]

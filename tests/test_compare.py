@@ -1,0 +1,69 @@
+"""fer_jax.compare: several runs' reports side by side, with the config keys they differ in."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fer_jax import compare
+from fer_jax import provenance
+from fer_jax import train
+from helpers import ROOT, short_tiny_net_run
+
+
+def _compare(*args):
+  return subprocess.run([sys.executable, "-m", "fer_jax.compare", *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+@pytest.mark.integration
+def test_two_runs_are_compared_by_their_reports_and_the_keys_they_differ_in(tmp_path):
+  """A researcher had only each run's report, and a diff of their flat configs by hand."""
+  plain = short_tiny_net_run()
+  plain.log_every_steps = 2  # differs, and changes no result: not a column
+  faster = short_tiny_net_run()
+  faster.optimizer.lr = 0.01
+  faster.update(select_metric="accuracy", restore_best=True)
+  reports = {name: train.train_and_evaluate(config, str(tmp_path / "sweep" / name))
+             for name, config in (("lr_base", plain), ("lr_high", faster))}
+  result = _compare(f"--workdir={tmp_path / 'sweep' / '*'}", f"--output={tmp_path / 'table.csv'}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  percent = lambda value: f"{100 * value:.2f}"  # noqa: E731
+  base, high = reports["lr_base"], reports["lr_high"]
+  selection = high["selection"]
+  commit = provenance.software()["git_commit"]
+  assert f"| lr_base | step {base['step']}, last | {percent(base['accuracy'])} | " in result.stdout
+  assert (f"| lr_high | step {high['step']}, best epoch {selection['epoch']} of {selection['trained_epochs']} | "
+          f"{percent(high['accuracy'])} | {percent(high['mean_class_accuracy'])} | {percent(high['macro_f1'])} |"
+          in result.stdout)
+  lr = base["config"]["optimizer.lr"]
+  assert "| run | optimizer.lr | restore_best | select_metric | commit |" in result.stdout
+  assert f"| lr_base | {json.dumps(lr)} | false | \"\" | " in result.stdout
+  assert "| lr_high | 0.01 | true | accuracy | " + (commit[:10] if commit else "–") in result.stdout
+  with open(tmp_path / "table.csv", newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  assert [row["run"] for row in rows] == ["lr_base", "lr_high"]
+  assert rows[1]["optimizer.lr"] == "0.01" and rows[1]["test accuracy"] == percent(high["accuracy"])
+  assert rows[0]["workdir"] == str(tmp_path / "sweep" / "lr_base")
+
+
+def test_a_workdir_without_a_report_a_damaged_one_or_a_pattern_matching_nothing_is_named(tmp_path):
+  (tmp_path / "running").mkdir()
+  result = _compare(f"--workdir={tmp_path / 'running'}")
+  assert result.returncode == 2
+  assert f"{tmp_path / 'running'} holds no eval_results.json: pass a workdir whose training has ended" in result.stderr
+  assert f"--workdir={tmp_path / 'nothing*'} matches no folder." in _compare(f"--workdir={tmp_path / 'nothing*'}").stderr
+  (tmp_path / "running" / "eval_results.json").write_text('{"step": 3')
+  with pytest.raises(compare.UserError, match=r"eval_results.json is not a complete report \(Expecting .*\): evaluate "
+                                              r"the run again"):
+    compare.read_reports(compare.expand([str(tmp_path / "running")]))
+  assert "must end in .md or .csv" in _compare(f"--workdir={tmp_path}", "--output=table.txt").stderr
+
+
+def test_two_folders_of_one_name_are_told_apart_by_their_paths():
+  names = compare._names({"a/run": {}, "b/run": {}, "c/other": {}})  # pylint: disable=protected-access
+  assert names == {"a/run": "a/run", "b/run": "b/run", "c/other": "other"}
+
