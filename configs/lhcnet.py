@@ -29,9 +29,9 @@ reports PrivateTest:
               (CPU demo of the stages, chained by init_from as above; not a paper setting).
 
   python -m fer_jax.convert --config=configs/lhcnet.py:fer2013,stage=A1 \
-      --checkpoint=resnet34_imagenet_1000_no_top.h5 --workdir=workdirs/resnet34v2_imagenet
+      --checkpoint=resnet34_imagenet_1000_no_top.h5 --workdir=converted/resnet34v2_imagenet
   python -m fer_jax.main --config=configs/lhcnet.py:fer2013,stage=A1 --workdir=workdirs/lhc_A1 \
-      --config.init_from=workdirs/resnet34v2_imagenet
+      --config.init_from=converted/resnet34v2_imagenet
   python -m fer_jax.main --config=configs/lhcnet.py:fer2013,stage=A2 --workdir=workdirs/lhc_A2 \
       --config.init_from=workdirs/lhc_A1/best
   … A3 from A2/best, B from A3/best, C from B/best, likewise: A2…C refuse a new run without

@@ -323,6 +323,19 @@ def test_tpu_all_creates_sets_up_trains_on_every_worker_and_deletes():
   assert commands[5][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "fer-v5e"] and len(commands) == 6
 
 
+def test_tpu_setup_tells_that_a_config_file_not_in_head_does_not_reach_the_workers(tmp_path):
+  """The workers get the checkout's HEAD (git archive): a new config file of yours, not committed, was missing on
+  them without a word."""
+  mine = tmp_path / "my_rafdb.py"
+  mine.write_text("")
+  result = launch("tpu.sh", "setup", *[a if not a.startswith("--config=") else f"--config={mine}:rafdb" for a in TPU],
+                  "--dry-run")
+  assert result.returncode == 0, result.stderr
+  assert f"{mine} is not in HEAD, which is all the workers get: commit it first" in result.stderr
+  committed = launch("tpu.sh", "setup", *TPU, "--dry-run")  # configs/apvit.py, in HEAD
+  assert committed.returncode == 0 and "is not in HEAD" not in committed.stderr
+
+
 def test_tpu_spot_queued_keep_and_mounted_data():
   commands = dry_run("tpu.sh", "all", *TPU, "--queued", "--spot", "--keep", "--data=mount",
                      "--accelerator-type=v6e-32", "--jax-version=0.10.2")
