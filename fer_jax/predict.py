@@ -47,7 +47,9 @@ empty --input, an --output or --annotate that could not be written, or an --anno
 gives each prediction when there are at most `FEW_ROWS` rows, then the counts and the output's absolute path.
 SIGINT (Ctrl-C) or SIGTERM stops the run after the image or video frame in hand: the output holds the rows done
 and lists the input cut off ("interrupted at frame N") and those not reached as skipped, and the command exits
-with status 75 (run it again to complete the output); a second signal exits at once, writing nothing.
+with status 75 (run it again to complete the output); a second signal exits at once, writing nothing. An error
+mid-run (a bug, a failing device) writes the rows done likewise, the inputs left (and those whose queued faces the
+error lost) listed as "not done: the run failed (ErrorType) in NAME", then fails as it would have.
 """
 
 import csv
@@ -135,6 +137,7 @@ class FacePredictions:
     self.model, self.min_face_size, self.min_score = model, min_face_size, min_score
     self.smooth, self.annotate = smooth, annotate
     self.rows, self.skipped, self.unreadable, self.cut_off, self.faces_skipped = [], [], [], [], 0
+    self.failed: Exception | None = None  # what stopped the run (`fail`), raised once the output is written
     self._queue, self._tracks, self._told_crops_are_not_drawn = [], tracks.Tracks(), False
 
   def add_image(self, path: str, name: str, detect: bool | None) -> None:
@@ -185,6 +188,20 @@ class FacePredictions:
                       "have no box to draw); pass --detect to search them for faces and draw those.", path)
       self._told_crops_are_not_drawn = True
 
+  def fail(self, paths: list[str], error: Exception) -> None:
+    """An error stopped the run in `paths[0]` (a bug, a failing device): the rows done are kept, the frames queued
+    classified where the model still runs, and `paths` (and the inputs of frames lost) listed as cut off, to be
+    written before `error` is raised again (`failed`)."""
+    reason = f"not done: the run failed ({type(error).__name__}) in {os.path.basename(paths[0])}" if paths else ""
+    try:
+      self.flush()
+    except Exception:  # pylint: disable=broad-except  (the model itself fails: the queued frames' rows are lost)
+      lost = [frame.source for frame in self._queue]
+      self._queue = []
+      self.cut([path for path in dict.fromkeys(lost) if path not in paths], reason or "not done: the run failed")
+    self.cut(paths, reason)
+    self.failed = error
+
   def cut(self, paths: list[str], reason: str) -> None:
     """Lists `paths` as skipped for `reason`, without a warning each: one line says the output is partial."""
     self.skipped += [(path, reason) for path in paths]
@@ -229,21 +246,25 @@ def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool |
   """Every input (face crop, photo or video under `root`) through the model. Videos always go
   through face detection; images, with `detect` None, unless `model.is_face_crop` (nearly square and
   small), with True/False always/never. SIGINT or SIGTERM stops the loop once the image or video frame in hand
-  is done: the inputs it leaves undone are listed as skipped (`cut_off`), the rows done kept."""
-  results = FacePredictions(model, min_face_size, min_score, smooth, annotate)
+  is done: the inputs it leaves undone are listed as skipped (`cut_off`), the rows done kept; an error, likewise
+  (`FacePredictions.fail`), for the caller to raise once it wrote them."""
+  results, position = FacePredictions(model, min_face_size, min_score, smooth, annotate), 0
   with stopping.StopSignals("stopping after the image or video frame in hand, then writing the rows done (send "
                              "it again to exit at once, writing nothing).") as stop:
-    for position, path in enumerate(progress(paths, "inputs")):
-      if stop.received:
-        results.cut(paths[position:], f"not reached: stopped by {stop.received}")
-        break
-      # The drawings' names keep the input's extension: photo.jpg and photo.png are drawn apart.
-      name = os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path)
-      if video.is_video(path):  # --nodetect is for images: a video's frames are not crops
-        _add_video(results, path, name, stride, stop)
-      else:
-        results.add_image(path, draw.drawing_name(name), detect)
-    results.flush()
+    try:
+      for position, path in enumerate(progress(paths, "inputs")):
+        if stop.received:
+          results.cut(paths[position:], f"not reached: stopped by {stop.received}")
+          break
+        # The drawings' names keep the input's extension: photo.jpg and photo.png are drawn apart.
+        name = os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path)
+        if video.is_video(path):  # --nodetect is for images: a video's frames are not crops
+          _add_video(results, path, name, stride, stop)
+        else:
+          results.add_image(path, draw.drawing_name(name), detect)
+      results.flush()
+    except Exception as error:  # pylint: disable=broad-except  (raised again once the rows done are written)
+      results.fail(paths[position:], error)
   return results
 
 
@@ -387,6 +408,8 @@ def main(argv):
   write_predictions(results.rows, results.skipped, model.class_names, args.output,
                     detects_faces(paths, args.detect))
   log_results(results, inputs, os.path.abspath(args.output))
+  if results.failed:
+    raise results.failed
   if results.cut_off:
     sys.exit(stopping.PREEMPTED_EXIT_STATUS)
   if len(results.unreadable) == inputs:

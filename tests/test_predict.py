@@ -767,6 +767,37 @@ def test_a_stop_signal_ends_the_loop_after_the_frame_in_hand_and_lists_what_is_l
                              (paths[2], f"not reached: stopped by {name}")]
 
 
+@pytest.mark.parametrize("failing", ["detector", "model"])
+def test_an_error_mid_run_keeps_the_rows_done_and_lists_the_inputs_left(failing, tmp_path, monkeypatch):
+  """An error in the hours of a long folder or video (a bug, a failing device) lost every row made before it: the output
+  is written at the end. Now the rows done are kept, what is left is listed, and the error is raised after."""
+  model = _happy_model(monkeypatch)
+  paths = [str(tmp_path / name) for name in ("a.png", "b.png", "c.png")]
+  for path in paths:
+    Image.new("RGB", (640, 480)).save(path)
+  calls, classify = [], model.classify
+
+  def one_face(image, *_):
+    calls.append(image)
+    if failing == "detector" and len(calls) == 2:  # b.png's detection fails: a.png's row was classified
+      raise RuntimeError("detector broke")
+    return [detector.Face((0.0, 0.0, 40.0, 40.0), ((10.0, 10.0),) * 5, 0.99)], [np.zeros((100, 100, 3), np.uint8)], [""]
+
+  def failing_classify(crops):
+    if failing == "model" and len(calls) >= 2:  # the model fails on b.png's batch: its queued face is lost with it
+      raise RuntimeError("device broke")
+    return classify(crops)
+
+  monkeypatch.setattr(model, "faces", one_face)
+  monkeypatch.setattr(model, "classify", failing_classify)
+  monkeypatch.setattr(model.predictor, "batch_size", 1)  # a batch per face
+  results = predict.predict_inputs(model, paths, str(tmp_path), True, 24, 0.0)
+  assert isinstance(results.failed, RuntimeError)
+  assert [row["image"] for row in results.rows if "prediction" in row] == paths[:1]
+  assert results.cut_off == paths[1:]
+  assert results.skipped == [(path, "not done: the run failed (RuntimeError) in b.png") for path in paths[1:]]
+
+
 # --- --annotate, the files a folder holds, videos without frames -------------------------------------------------
 
 
