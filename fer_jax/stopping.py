@@ -133,30 +133,41 @@ def exit_status_on_stop(stopped: str = "The saved steps stand; run the same comm
   a non-finite loss's message. On several processes a signal outside the steps is held for the training loop,
   where they stop together (a second one exits at once), and a collective failed because another process stopped
   or died ends the command with one line and 75 (`lost_peer_message`)."""
-  main_thread = threading.current_thread() is threading.main_thread()
-  previous = {s: signal.signal(s, _stop_outside_steps) for s in StopSignals.SIGNALS} if main_thread else {}
-  try:
-    yield
-  except Preempted:
-    _forget_stop_requests()
-    sys.exit(PREEMPTED_EXIT_STATUS)
-  except StoppedOutsideSteps as e:
-    _held.clear()
-    _forget_stop_requests()
-    logging.warning("%s received: stopped. %s", e, stopped)
-    sys.exit(PREEMPTED_EXIT_STATUS)
-  except NonFiniteError as e:
-    logging.error("%s", e)
-    sys.exit(1)
-  except jax.errors.JaxRuntimeError as e:
-    if (message := lost_peer_message(e)) is None:
-      raise
-    _exit_lost_peer(message)
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
+  with _handling(_stop_outside_steps):
+    try:
+      yield
+    except Preempted:
+      _forget_stop_requests()
+      sys.exit(PREEMPTED_EXIT_STATUS)
+    except StoppedOutsideSteps as e:
+      _held.clear()
+      _forget_stop_requests()
+      logging.warning("%s received: stopped. %s", e, stopped)
+      sys.exit(PREEMPTED_EXIT_STATUS)
+    except NonFiniteError as e:
+      logging.error("%s", e)
+      sys.exit(1)
+    except jax.errors.JaxRuntimeError as e:
+      if (message := lost_peer_message(e)) is None:
+        raise
+      _exit_lost_peer(message)
   if _held:
     logging.warning("The %s held was not acted on: the command had finished what it was doing.", _held.pop())
+
+
+@contextlib.contextmanager
+def _handling(handler):
+  """SIGTERM and SIGINT go to `handler` in the block, then back to their handlers before; left as they are outside
+  the main thread, where Python cannot set them."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {s: signal.signal(s, handler) for s in StopSignals.SIGNALS}
+  try:
+    yield
+  finally:
+    for s, before in previous.items():
+      signal.signal(s, before)
 
 
 def wait_interruptibly(array: jax.Array, longest_sleep: float = 0.05) -> None:
@@ -179,7 +190,7 @@ class StopSignals:
   def __init__(self, what_follows: str = TRAINING):
     self.received = None
     self.what_follows = what_follows  # logged after "SIGTERM received: "
-    self._previous = {}
+    self._handling = None
 
   def _handle(self, signum, frame):
     del frame
@@ -191,13 +202,12 @@ class StopSignals:
   def __enter__(self):
     if _held:  # received while the run was setting up (several processes): acted on as if received now
       self.received = _held.pop()
-    if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    self._handling = _handling(self._handle)
+    self._handling.__enter__()
     return self
 
   def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
+    self._handling.__exit__(*exc)
 
 
 @contextlib.contextmanager
@@ -205,9 +215,6 @@ def signals_held():
   """A first SIGINT or SIGTERM waits until the block is done, then stops the command as it would have
   (`StoppedOutsideSteps`): an Orbax save interrupted in Python goes on writing on TensorStore's threads,
   into the folder the stop removes. A second one stops at once."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
   received = []
 
   def hold(signum, frame):
@@ -216,12 +223,8 @@ def signals_held():
       raise StoppedOutsideSteps(signal.Signals(signum).name)
     received.append(signal.Signals(signum).name)
 
-  previous = {s: signal.signal(s, hold) for s in StopSignals.SIGNALS}
-  try:
+  with _handling(hold):
     yield
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
   if received:
     raise StoppedOutsideSteps(received[0])
 
