@@ -211,7 +211,6 @@ class TrainingRun:
                                                                steps[mode])
                         for mode in MODEL_MODES for size in {self.config.batch_size, self.data.last_batch} if size}
     self.step, self.last_evals = self.start_step, {}
-    self.called = set()  # the names of the train steps called (compiled) so far
     self.best_evals = {}  # {step: its last_evals} of the best epoch, once this process has saved one
 
   def _open_the_logs(self) -> None:
@@ -286,7 +285,7 @@ class TrainingRun:
     """One step, in the model mode of its epoch (each mode's step is compiled once, its time left out of img/s)."""
     images = batch["label"].shape[0]
     train_step = self.train_steps[(model_mode(self.config, step, self.steps_per_epoch), images)]
-    if train_step.name in self.called:
+    if train_step.calls:
       self.state, metrics = train_step(self.state, batch)
     else:
       logging.info("Compiling the %s…", train_step.name)
@@ -294,7 +293,6 @@ class TrainingRun:
       self.state, metrics = train_step(self.state, batch)
       self.progress.exclude(time.perf_counter() - start)
       logging.info("Compiled the %s in %.1f s.", train_step.name, time.perf_counter() - start)
-      self.called.add(train_step.name)
     self.step = step
     self.progress.add(step, metrics, images)
 

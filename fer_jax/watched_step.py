@@ -29,12 +29,12 @@ def argument_types(args) -> dict[str, str]:
 
 
 class WatchedStep:
-  """A jitted step meant to compile once per run: counts its XLA compilations (jax.monitoring's
+  """A jitted step meant to compile once per run: counts its calls and its XLA compilations (jax.monitoring's
   compile events during its own calls) and logs a warning naming it and the arguments whose type or
   placement changed whenever a call compiles it again."""
 
   def __init__(self, name: str, jitted):
-    self.name, self.jitted, self.compiles = name, jitted, 0
+    self.name, self.jitted, self.compiles, self.calls = name, jitted, 0, 0
     self.fun_name = f"jit({jitted.__name__})"
     self._first_types = None
 
@@ -45,6 +45,7 @@ class WatchedStep:
       outputs = self.jitted(*args)
     finally:
       _calling.step = outer
+    self.calls += 1
     if self.compiles > before:
       self._compiled(args)
     return outputs
