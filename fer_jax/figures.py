@@ -1,5 +1,5 @@
-"""The report's figures: confusion matrices, evaluated inputs, accuracy per evaluator and seed,
-per-class accuracy over seeds (PNGs, drawn with matplotlib, loaded when the first is drawn)."""
+"""The report's figures: confusion matrices, evaluated inputs, accuracy per evaluator and seed, a run's
+accuracies per epoch, per-class accuracy over seeds (PNGs, drawn with matplotlib, loaded when the first is drawn)."""
 
 import numpy as np
 
@@ -67,6 +67,27 @@ def plot_accuracies(accuracies: dict, path: str) -> None:
   axes.set_ylim(0, 105)
   if any(accuracies):
     axes.legend(fontsize=7)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+def plot_history(history: list[dict], path: str) -> None:
+  """eval_history.jsonl's lines → accuracy (solid) and mean-class accuracy (dashed) per epoch, a colour per
+  evaluator."""
+  plt = _pyplot()
+  figure, axes = plt.subplots(figsize=(6.0, 3.6))
+  for index, name in enumerate(dict.fromkeys(line["evaluator"] for line in history)):
+    lines = [line for line in history if line["evaluator"] == name]
+    epochs = [line["epoch"] for line in lines]
+    for metric, style in (("accuracy", "-"), ("mean_class_accuracy", "--")):
+      axes.plot(epochs, [100 * line[metric] for line in lines], style, marker="o", markersize=3, color=f"C{index}",
+                label=f"{name} {metric.replace('_', ' ')}")
+  axes.set_xlabel("epoch")
+  axes.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+  axes.set_ylabel("%")
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize=7)
   figure.tight_layout()
   figure.savefig(path, dpi=120)
   plt.close(figure)

@@ -437,6 +437,7 @@ class TrainingRun:
     report = evaluate.final_report(self.evaluators, variables, self.workdir, step,
                                    checkpointing.step_path(checkpoints, step), reusable, trained_steps=self.step,
                                    selection=selection, best_kept=best_kept)
+    self.history.plot()
     for name, results in report["evaluators"].items():  # at the step of the weights reported
       self.writer.scalars(step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})
     return report

@@ -15,6 +15,7 @@ import numpy as np
 
 from fer_jax import checkpointing
 from fer_jax import cli
+from fer_jax import figures
 from fer_jax import files
 from fer_jax import models
 from fer_jax import progress
@@ -78,6 +79,14 @@ class EvalHistory:
       with open(self.path, encoding="utf-8") as f:
         kept = [line for line in f if _step_of(line) is not None and _step_of(line) <= start_step]
       files.write_whole(self.path, "".join(kept))
+
+  def plot(self) -> None:
+    """workdir/eval_history.png: the accuracies of every evaluation so far, per epoch (`figures.plot_history`)."""
+    if self.path and os.path.exists(self.path):
+      with open(self.path, encoding="utf-8") as f:
+        history = [json.loads(line) for line in f if _step_of(line) is not None]
+      if history:
+        figures.plot_history(history, os.path.splitext(self.path)[0] + ".png")
 
   def add(self, step: int, epoch: int, results: dict, seconds: float) -> None:
     if self.path:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from PIL import Image
 import pytest
 
 from fer_jax import checkpointing
@@ -224,6 +225,9 @@ def test_a_run_that_selects_without_restore_best_says_where_its_best_epoch_is_ke
       "epoch": 1, "trained_epochs": 2, "value": 1.0, "checkpoint": best}
   assert (f"Not these weights: The best epoch (1 of 2) by accuracy on the evaluator eval (synthetic/tiny test). It is "
           f"kept in {best} (accuracy 1.0000;") in (tmp_path / "eval_results.md").read_text()
+  # Each epoch's evaluation, drawn: eval_history.png (accuracy and mean-class accuracy per epoch).
+  with Image.open(tmp_path / "eval_history.png") as drawn:
+    assert drawn.format == "PNG" and drawn.width > 500
   # The report says which code and releases made it, and the model's size.
   assert report["provenance"]["git_commit"] == provenance.software()["git_commit"]
   assert report["num_params"] == sum(np.size(leaf) for leaf in jax.tree.leaves(run.variables["params"]))
