@@ -308,10 +308,12 @@ class TrainingRun:
   def evaluate_and_select(self) -> bool:
     """At the end of an evaluated epoch: runs the due evaluators and, when `select_on` is one of
     them, updates the selection; returns True when early stopping ends training."""
-    epoch = self.step // self.steps_per_epoch
+    epoch, within = divmod(self.step, self.steps_per_epoch)
     self.last_evals = {}
     due = self.due_evaluators()
     if not due:
+      if not within:
+        self.progress.epoch_ended(0.0)
       return False
     self.guard.check()
     results, start = {}, time.perf_counter()
@@ -324,7 +326,7 @@ class TrainingRun:
                    results[name]["accuracy"], results[name]["mean_class_accuracy"], seconds)
       self.writer.scalars(self.step, {f"{name}/{k}": results[name][k] for k in ("accuracy", "mean_class_accuracy")})
       self.history.add(self.step, epoch, {"evaluator": name, **results[name]}, seconds)
-    self.progress.exclude(time.perf_counter() - start)
+    self.progress.epoch_ended(time.perf_counter() - start)
     if self.config.select_on not in results:
       return False
     if self.selection.update(epoch, self.step, results[self.config.select_on], self.variables, self.config,

@@ -153,6 +153,7 @@ class ProgressLog:
   def __init__(self, config, num_steps: int, steps_per_epoch: int, writer: Writer, guard: FiniteGuard):
     self.config, self.num_steps, self.steps_per_epoch = config, num_steps, steps_per_epoch
     self.writer, self.guard = writer, guard
+    self._evaluation_seconds, self._epochs_ended = 0.0, 0  # this process's, for the ETA
     self.restart_clock()
 
   def restart_clock(self) -> None:
@@ -160,8 +161,15 @@ class ProgressLog:
     self._start, self._pending, self._images = time.perf_counter(), [], 0
 
   def exclude(self, seconds: float) -> None:
-    """Leaves `seconds` (an evaluation's, not training time) out of the window's time; its steps stay."""
+    """Leaves `seconds` (a compilation's, not training time) out of the window's time; its steps stay."""
     self._start += seconds
+
+  def epoch_ended(self, evaluation_seconds: float) -> None:
+    """An epoch's end, whose evaluations took `evaluation_seconds` (0 for none): left out of the window's time, and
+    counted into the ETA for the epochs to come."""
+    self.exclude(evaluation_seconds)
+    self._evaluation_seconds += evaluation_seconds
+    self._epochs_ended += 1
 
   def due(self, step: int) -> bool:
     """Whether `step` ends a logged window, whose metrics the host waits for."""
@@ -189,10 +197,17 @@ class ProgressLog:
     images_per_second = self._images / elapsed
     logging.info("step %d/%d epoch %.2f loss %.4f%s accuracy %.3f lr %.3g | %.1f img/s ETA %s", step, self.num_steps,
                  step / self.steps_per_epoch, means["loss"], _loss_parts(means), means["accuracy"], means["lr"],
-                 images_per_second, progress.format_eta((self.num_steps - step) * elapsed / len(self._pending)))
+                 images_per_second, progress.format_eta(self._seconds_left(step, elapsed / len(self._pending))))
     self.writer.scalars(step, {f"train/{k}": v for k, v in means.items()} | {"train/img_per_s": images_per_second})
     self.restart_clock()
 
+
+  def _seconds_left(self, step: int, step_seconds: float) -> float:
+    """The steps left at `step_seconds` each, and the evaluations of the epochs left at the mean time a past epoch's
+    took (an ETA of training alone ended well before the run)."""
+    epochs_left = -(-(self.num_steps - step) // self.steps_per_epoch)
+    per_epoch = self._evaluation_seconds / self._epochs_ended if self._epochs_ended else 0.0
+    return (self.num_steps - step) * step_seconds + epochs_left * per_epoch
 
 def _loss_parts(means: dict) -> str:
   """" (ce_loss 0.81, affinity_loss 0.12)": the loss's own metrics, unless one alone is the loss itself."""

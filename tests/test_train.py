@@ -805,7 +805,7 @@ def test_kills_at_random_moments_never_break_the_newest_checkpoint(tmp_path, str
   _assert_same_saved_state(straight, killed, SHORT_RUN_STEPS)
 
 
-def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluation(monkeypatch):
+def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluation(monkeypatch, caplog):
   """ProgressLog: an evaluation between two logs leaves its time out of img/s but keeps the steps
   before it in the next logged means (they were dropped, and that mean covered fewer steps)."""
   class Scalars:
@@ -829,14 +829,17 @@ def test_the_logged_means_cover_every_step_since_the_last_log_across_an_evaluati
   writer = Scalars()
   progress = train_log.ProgressLog(config, num_steps=8, steps_per_epoch=2, writer=writer, guard=Guard())
   losses = [1.0, 2.0, 3.0, 6.0]
+  caplog.set_level(logging.INFO)
   for step, loss in enumerate(losses, start=1):
     clock[0] += 1.0  # a second a step
     images = 1 if step == 4 else 2  # epoch 2's last batch is short
     progress.add(step, {"loss": loss, "accuracy": 0.5, "lr": 0.1 if step <= 2 else 0.01}, images)
     if step == 2:  # an evaluation of 100 s at the end of epoch 1
       clock[0] += 100.0
-      progress.exclude(100.0)
+      progress.epoch_ended(100.0)
   assert writer.logged[4]["train/loss"] == np.mean(losses)
+  # ETA: 4 steps left at 1 s, and the 2 epochs left's evaluations at epoch 1's 100 s (training's 4 s alone were said).
+  assert "ETA 3m24s" in caplog.text
   assert writer.logged[4]["train/lr"] == 0.01  # the last step's rate: the mean, 0.055, was no step's
   assert writer.logged[4]["train/img_per_s"] == (3 * 2 + 1) / 4.0  # the images trained, over the training time
   # A run stopping between windows (a signal, early stopping) logs the steps it trained since the last: they were lost.
