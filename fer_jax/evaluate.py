@@ -322,10 +322,12 @@ def write_report(report: dict, workdir: str, examples: dict | None = None, predi
   evaluators = report["evaluators"]
   _remove_files_of_the_previous_report(workdir, evaluators, predictions or {})
   files.write_whole(os.path.join(workdir, checkpointing.REPORT), json.dumps(report, indent=2))
+  weights = "" if report.get("step") is None else f" (step {report['step']})"  # the figure names its weights
   for name, results in evaluators.items():
     figures.plot_confusion(np.array(results["confusion_matrix"]), results["class_names"],
                            os.path.join(workdir, confusion_file(name)),
-                           f"{name}: accuracy {results['accuracy']:.2%}, mean-class {results['mean_class_accuracy']:.2%}")
+                           f"{name}{weights}: accuracy {results['accuracy']:.2%}, mean-class "
+                           f"{results['mean_class_accuracy']:.2%}")
   for name, images in (examples or {}).items():
     figures.plot_examples(images, os.path.join(workdir, examples_file(name)), f"{name}: {evaluators[name]['pp']}")
   for name, table in (predictions or {}).items():
