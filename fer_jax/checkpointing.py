@@ -747,8 +747,8 @@ def check_matches(variables: dict, abstract_variables: dict, source: str, descri
                                "model", count=5)
   if problems:
     raise CheckpointError(f"The checkpoint {source} ({description or 'no meta record'}) does not fit the configured model "
-                          f"({'; '.join(problems)}). It was probably written for another model or "
-                          f"number of classes: pass the {errors.config_key()} it was trained or converted with.{other_fix}")
+                          f"({'; '.join(problems)}). It was probably written for another model or number of classes: "
+                          f"pass the {errors.config_key()} it was trained or converted with.{other_fix}")
 
 
 def fingerprint(variables: Mapping) -> str:

@@ -111,8 +111,8 @@ print("torch" in sys.modules)
 
 
 def _events_in(folder, names=None):
-  """The TensorBoard events of the files `names` (default every event file) in `folder`: TFRecord framing (8-byte length, its CRC,
-  the Event, its CRC) read here, the Event parsed with tensorboardX's own protocol buffers."""
+  """The TensorBoard events of the files `names` (default every event file) in `folder`: TFRecord framing (8-byte
+  length, its CRC, the Event, its CRC) read here, the Event parsed with tensorboardX's own protocol buffers."""
   from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
   for name in sorted(names or (name for name in os.listdir(folder) if name.startswith("events.out.tfevents"))):
     data, offset = (folder / name).read_bytes(), 0
@@ -343,7 +343,7 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, monkeypat
   # curves had two values at each step trained again.
   events = [name for name in set(os.listdir(resumed)) - set(os.listdir(straight)) if name.startswith("events.out")]
   assert events and _purge_steps(resumed, events) == [4]
-  # eval_history.jsonl: the interrupted run's line of a step trained again dropped, that step's evaluation written again.
+  # eval_history.jsonl: the interrupted run's line of a step trained again dropped, its evaluation written again.
   untimed = lambda folder: [{k: v for k, v in json.loads(line).items() if k not in ("time", "seconds")}
                             for line in (folder / "eval_history.jsonl").read_text().splitlines()]
   assert untimed(resumed) == untimed(straight)
@@ -351,7 +351,8 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, monkeypat
   log = (resumed / "train.log").read_text()
   assert log.startswith((straight / "train.log").read_text()) and f"Resumed from step 3 in {resumed}" in log
   assert f"epoch 2 eval (test): accuracy {results['accuracy']:.4f}" in log
-  assert [(line["step"], line["epoch"], line["evaluator"]) for line in untimed(straight)] == [(SHORT_RUN_STEPS, 2, "eval")]
+  assert [(line["step"], line["epoch"], line["evaluator"]) for line in untimed(straight)] == [
+      (SHORT_RUN_STEPS, 2, "eval")]
   _assert_same_saved_state(straight, resumed, SHORT_RUN_STEPS)
   with open(straight / "eval_results.json") as f:
     assert json.load(f)["accuracy"] == results["accuracy"]
