@@ -26,7 +26,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fer_jax import compare
 from fer_jax import config_lib
 from fer_jax import errors
 from fer_jax import files
@@ -42,7 +41,7 @@ class CheckpointError(UserError, ValueError):
 
 CHECKPOINTS = "checkpoints"  # a training workdir's folder of steps
 BEST = "best"  # ... and of its best epoch's step (config.select_metric)
-REPORT = compare.REPORT  # a training or evaluation workdir's report (fer_jax.evaluate.write_report)
+REPORT = files.REPORT
 
 
 def _reported_best(workdir: str) -> str | None:
@@ -532,12 +531,20 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
   logging.info("Reading the model in %s", step_directory)
   if expected_model is not None:
     _check_runnable(step_directory, expected_model, tuple(class_names), expected_input, initialisation_ok)
-  variables = _read_model_variables(step_directory)
-  if may_be_missing:
-    variables = _fill_missing(variables, fresh_variables, may_be_missing)
-  check_matches(variables, abstract_variables, step_directory,
-                describe_record(_meta(step_directory), expected_model))
+  variables = _checked_fit(_read_model_variables(step_directory), abstract_variables, step_directory, expected_model,
+                           may_be_missing, fresh_variables)
   return jax.tree.map(lambda a, b: np.asarray(a).astype(b.dtype), variables, abstract_variables)
+
+
+def _checked_fit(saved: dict, abstract_variables: dict, step_directory: str, model_config, may_be_missing: str,
+                 fill_from: dict | None, other_fix: str = "") -> dict:
+  """`saved` (a step's {params, batch_stats}, arrays or their metadata) with what `may_be_missing` names and it lacks
+  taken from `fill_from`, checked to fit the model (`check_matches`)."""
+  if may_be_missing:
+    saved = _fill_missing(saved, fill_from, may_be_missing)
+  check_matches(saved, abstract_variables, step_directory, describe_record(_meta(step_directory), model_config),
+                other_fix)
+  return saved
 
 
 def restore_parts(path: str, fresh_variables: dict, parts: dict[str, str]) -> dict:
@@ -594,12 +601,10 @@ def check_initial_weights(path: str, abstract_variables: dict, parts: dict[str, 
   if parts:
     _parts_taken(_flat(saved), _flat(abstract_variables), parts, step_directory)
     return
-  if may_be_missing:
-    saved = _fill_missing(saved, abstract_variables, may_be_missing)
-  fitting = _fitting_parts(_flat(saved), _flat(abstract_variables))
-  check_matches(saved, abstract_variables, step_directory, describe_record(_meta(step_directory), model_config),
-                f" Or start from the parts of it that fit: --config.init_from_parts={','.join(fitting)}."
-                if fitting else "")
+  fitting = _fitting_parts(_flat(saved), _flat(abstract_variables))  # of what the checkpoint holds itself
+  parts = f" --config.init_from_parts={','.join(fitting)}" + (" --config.init_from_missing=" if may_be_missing else "")
+  _checked_fit(saved, abstract_variables, step_directory, model_config, may_be_missing, abstract_variables,
+               f" Or start from the parts of it that fit:{parts}." if fitting else "")
 
 
 def _fitting_parts(saved: dict, model: dict) -> list[str]:

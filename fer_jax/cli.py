@@ -21,6 +21,7 @@ import re
 import signal
 import sys
 import tempfile
+import traceback
 
 from absl import app
 from absl import flags
@@ -191,19 +192,33 @@ def _exit_with_line(line: str, status: int) -> None:
   os._exit(status)
 
 
+class _LogFile(std_logging.FileHandler):
+  """A copy of the log in a file, made by its first line; a line that cannot be written (a full disk) ends the copy
+  with one warning, where logging printed a traceback for every line."""
+
+  def handleError(self, record):
+    std_logging.getLogger().removeHandler(self)
+    logging.warning("Stopped copying the log to %s: %s", self.baseFilename, sys.exc_info()[1])
+
+
 @contextlib.contextmanager
 def logged_to(path: str):
   """Every line the command logs meanwhile (those the terminal shows: absl's format, routine lines left out) is also
-  appended to the file `path`."""
-  handler = std_logging.FileHandler(path, encoding="utf-8", delay=True)  # made by the first line
+  appended to the file `path`, and the error that ends the block, as the command will print it."""
+  handler = _LogFile(path, encoding="utf-8", delay=True)
   handler.setFormatter(logging.PythonFormatter())
   handler.addFilter(_worth_showing)
   std_logging.getLogger().addHandler(handler)
   try:
     yield
+  except Exception as error:
+    line = f"error: {describe(error)}" if describe(error) else traceback.format_exc().rstrip()
+    handler.handle(std_logging.LogRecord("fer_jax", std_logging.ERROR, __file__, 0, "%s", (line,), None))
+    raise
   finally:
     std_logging.getLogger().removeHandler(handler)
-    handler.close()
+    with contextlib.suppress(OSError):  # the write that failed, warned about once (handleError)
+      handler.close()
 
 
 def _worth_showing(record) -> bool:

@@ -4,13 +4,14 @@ r"""Several runs' reports side by side, and the config keys in which the runs di
       [--output=comparison.md | comparison.csv]
 
 Each --workdir (repeatable; a glob pattern is expanded, in name order) is a training or `--mode=eval` workdir
-holding its report, eval_results.json. The first table gives, per run, the weights reported (their step, and
+holding its report, eval_results.json (a glob keeps the folders it matches). The first table gives, per run, the weights reported (their step, and
 the best epoch E of N where the run selected them), then each evaluator's accuracy, mean-class accuracy and macro
 F1 in %, and its TTA accuracy where the report has one; an evaluator a run lacks is "–". The second gives every
 config key (flat, as the reports record it) whose value differs among the runs, but for those that change no
 reported number (where data is read, logging, checkpoints, the evaluation batch, `config.model.remat`), and the
 commit each report names (`provenance`, where it was made from a git checkout). A `--mode=eval` report compares
-the config its checkpoint was trained with (`trained_config`) where it records one.
+the config its checkpoint records (`trained_config`) with the evaluation's own data, evaluators and test-time
+settings; a report of an earlier fer_jax, its keys added since read as what it ran (`config_lib.ADDED_SINCE`).
 
 The tables are printed as Markdown; --output also writes them to a .md file, or to a .csv file as one row per run
 (every column of both tables). Reading needs no JAX and no device.
@@ -28,7 +29,7 @@ from fer_jax import config_lib
 from fer_jax import files
 from fer_jax.errors import UserError
 
-REPORT = "eval_results.json"  # a training or evaluation workdir's report (fer_jax.evaluate.write_report)
+REPORT = files.REPORT
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 # Config keys that do not change a run's reported numbers: where and how often things are read, written and logged,
 # the evaluation batch (its padding is masked) and what the backward pass recomputes (the same gradients).
@@ -55,7 +56,8 @@ def expand(patterns: list[str]) -> list[str]:
   pattern that matches nothing or a folder without a report."""
   workdirs = []
   for pattern in patterns:
-    matched = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) else [pattern]
+    matched = (sorted(filter(os.path.isdir, glob.glob(os.path.expanduser(pattern)))) if glob.has_magic(pattern)
+               else [pattern])
     if not matched:
       raise UserError(f"--workdir={pattern} matches no folder.")
     workdirs += [path for path in matched if path not in workdirs]
@@ -109,9 +111,25 @@ def result_columns(reports: dict[str, dict]) -> tuple[list[str], dict[str, list[
   return header, rows
 
 
+# What an evaluation of a checkpoint sets itself (its `config`), where the rest is its training's (`trained_config`).
+EVALUATION_KEYS = ("dataset.", "eval.", "evals.", "input.eval_pp", "model.dtype")
+
+
+def run_config(report: dict) -> dict:
+  """The flat config a report's figures come from: a training's, as it trained (`config_lib.as_trained`: a report of
+  an earlier fer_jax lacks the keys added since); an evaluation's, its checkpoint's training config with the
+  evaluation's data, evaluators and test-time settings."""
+  config = config_lib.as_trained(report.get("config") or {})
+  if trained := report.get("trained_config"):
+    return {**config_lib.as_trained(trained), **{key: value for key, value in config.items()
+                                                 if config_lib.named_by(key, EVALUATION_KEYS)}}
+  return config
+
+
 def config_columns(reports: dict[str, dict]) -> tuple[list[str], dict[str, list[str]]]:
-  """(header, {workdir: cells}) of the config keys that differ among the runs, and each report's commit."""
-  configs = {workdir: report.get("trained_config") or report.get("config") or {} for workdir, report in reports.items()}
+  """(header, {workdir: cells}) of the config keys that differ among the runs (`run_config`), and each report's
+  commit."""
+  configs = {workdir: run_config(report) for workdir, report in reports.items()}
   keys = sorted({key for config in configs.values() for key in config
                  if not config_lib.named_by(key, NOT_OF_THE_RESULTS)
                  and len({json.dumps(other.get(key), sort_keys=True) for other in configs.values()}) > 1})

@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
+from fer_jax import compare
 from fer_jax import config_lib
 from fer_jax import distributed
 from fer_jax import errors
@@ -699,11 +700,12 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
 
 
 def _log_config_differences(trained_config: dict | None, config, step_directory: str, shown: int = 8) -> None:
-  """Which keys of `config` (an evaluation's) differ from those the checkpoint was trained with: the report records
-  both, and the training's settings (its learning rate, seed, epochs) are not the evaluation's."""
-  differing = config_lib.differences(trained_config or {}, config, ())
+  """Which keys of `config` (an evaluation's) differ from the config the checkpoint records (its training's, or its
+  conversion's), but for those that change no result (`compare.NOT_OF_THE_RESULTS`) and where a run started from:
+  the report records both, and the training's settings (its learning rate, seed, epochs) are not the evaluation's."""
+  differing = config_lib.differences(trained_config or {}, config, (*compare.NOT_OF_THE_RESULTS, "init_from", "init_from_"))
   if differing:
-    listed = "; ".join(f"{key}={now!r} (trained {then!r})" for key, now, then in differing[:shown])
+    listed = "; ".join(f"{key}={now!r} (recorded {then!r})" for key, now, then in differing[:shown])
     more = f"; … {len(differing) - shown} more" if len(differing) > shown else ""
-    logging.info("%s was trained with a config that differs from this one in %s%s: eval_results.json records it "
-                 "under trained_config.", step_directory, listed, more)
+    logging.info("%s records a config that differs from this one in %s%s: eval_results.json keeps it under "
+                 "trained_config.", step_directory, listed, more)

@@ -8,6 +8,8 @@ import os
 
 from absl import logging
 
+REPORT = "eval_results.json"  # a training or evaluation workdir's report (fer_jax.evaluate.write_report)
+
 
 def take_lock(lock_file, *, unlocked_warning: str, on_held=None) -> bool:
   """Takes the flock of the open `lock_file`: False if another process holds it, or, given `on_held`, calls it and

@@ -96,7 +96,8 @@ def check_patterns(opt_config, params) -> None:
   or set the rate of none)."""
   paths = [path_of(key_path) for key_path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   patterns = {"trainable": (opt_config.trainable, ""), "weight_decay_exclude": (opt_config.weight_decay_exclude, ""),
-              **{f"lr_groups[{index}]": (pattern, f" (their learning rate: the logged lr × {multiplier:g})")
+              **{f"lr_groups[{index}]": (pattern, " (their learning rate, where this is the first group a parameter "
+                                                   f"matches: the logged lr × {multiplier:g})")
                  for index, (pattern, multiplier) in enumerate(opt_config.lr_groups)}}
   for key, (pattern, rate) in patterns.items():
     if not pattern:

@@ -192,13 +192,14 @@ class FacePredictions:
     """An error stopped the run in `paths[0]` (a bug, a failing device): the rows done are kept, the frames queued
     classified where the model still runs, and `paths` (and the inputs of frames lost) listed as cut off, to be
     written before `error` is raised again (`failed`)."""
-    reason = f"not done: the run failed ({type(error).__name__}) in {os.path.basename(paths[0])}" if paths else ""
+    failing = self._queue[0].source if self._queue else paths[0] if paths else ""
+    reason = f"not done: the run failed ({type(error).__name__}) in {os.path.basename(failing)}"
     try:
       self.flush()
-    except Exception:  # pylint: disable=broad-except  (the model itself fails: the queued frames' rows are lost)
+    except Exception:  # pylint: disable=broad-except  (it fails again: the frames left lose their rows)
       lost = [frame.source for frame in self._queue]
       self._queue = []
-      self.cut([path for path in dict.fromkeys(lost) if path not in paths], reason or "not done: the run failed")
+      self.cut([path for path in dict.fromkeys(lost) if path not in paths], reason)
     self.cut(paths, reason)
     self.failed = error
 
@@ -214,8 +215,11 @@ class FacePredictions:
       self.flush()
 
   def flush(self) -> None:
+    """Classifies the queued frames' faces, then takes each frame's rows in turn (an error leaves in the queue only
+    the frames not taken)."""
     predictions = iter(self.model.classify([crop for frame in self._queue for crop in frame.crops]))
-    for frame in self._queue:
+    while self._queue:
+      frame = self._queue[0]
       for row in frame.rows:
         if not row.get("skipped"):
           _fill(row, next(predictions))
@@ -223,8 +227,7 @@ class FacePredictions:
         self._tracks.follow(frame.source, frame.rows, self.smooth, self.model.class_names)
       if frame.image is not None and self.annotate:
         self._draw(frame)
-      self.rows.extend(frame.rows)
-    self._queue = []
+      self.rows.extend(self._queue.pop(0).rows)
 
   def _draw(self, frame: _Frame) -> None:
     path = os.path.join(self.annotate, frame.name)

@@ -50,5 +50,8 @@ def _git() -> dict:
 
 
 def _run_git(*args: str) -> str | None:
-  result = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, timeout=10, check=False)
+  """git's output in the checkout; `git status` takes no lock there (GIT_OPTIONAL_LOCKS=0), which a command of the
+  user's beside the run would find held."""
+  result = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, timeout=10, check=False,
+                          env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
   return result.stdout.strip() if result.returncode == 0 else None

@@ -17,14 +17,15 @@ class Selection:
   The metric is compared rounded to `config.select_decimals` (0 = unrounded); on a tie the
   earlier epoch stays best unless `config.select_ties == "latest"`. Early stopping counts the epochs since the last
   strict gain (`gain_epoch`), which a later tie kept does not move, as Keras' EarlyStopping counts them.
-  `start_step`: the step the run starts from (0 for a new run); a best epoch kept after it is dropped."""
+  `start_step`: the step the run starts from (0 for a new run); a resumed run drops a best epoch kept after it, a new
+  run refuses to start beside one (`dropped`: whether a best epoch was dropped)."""
 
   def __init__(self, config, workdir: str, start_step: int):
     self.metric, self.evaluator = config.select_metric, config.select_on
     self.patience = config.early_stopping_patience
     self.decimals, self.later_ties_win = config.select_decimals, config.select_ties == "latest"
     self.best_value, self.best_epoch, self.gain_epoch = -1.0, 0, 0
-    self.checkpoints = None
+    self.checkpoints, self.dropped = None, False
     if self.metric:
       self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.BEST), max_to_keep=1)
       best_step = checkpointing.newest_step(self.checkpoints)
@@ -38,12 +39,18 @@ class Selection:
         self.best_epoch, self.gain_epoch = record["epoch"], record.get("gain_epoch", record["epoch"])
 
   def _drop_a_best_epoch_trained_again(self, best_step: int, start_step: int) -> None:
-    """A run stopped after it saved a best epoch and before it saved that step's checkpoint trains those steps
-    again, perhaps with another learning rate: the best epoch kept is not of the run that goes on."""
-    logging.warning("%s keeps step %d, after step %d the run starts from (it stopped between the two saves): the "
-                    "steps between are trained again, so that best epoch is dropped and chosen again from them.",
-                    self.checkpoints.directory, best_step, start_step)
+    """A run stopped after it saved a best epoch and before a checkpoint of that step trains those steps again,
+    perhaps with another learning rate: the best epoch kept is not of the run that goes on. A new run beside one (its
+    checkpoints deleted) would lose it: refused."""
+    if not start_step:
+      raise UserError(f"{self.checkpoints.directory} keeps the best epoch of an earlier run (step {best_step}), and "
+                      f"{os.path.dirname(self.checkpoints.directory)} holds no checkpoint to resume from: move best/ "
+                      "away to train here from the start, or start a new --workdir.")
+    logging.warning("%s keeps the best epoch at step %d, after step %d the run resumes from: those steps train again, "
+                    "so it is dropped and chosen again from them (the epochs up to step %d are no longer candidates: "
+                    "best/ keeps one).", self.checkpoints.directory, best_step, start_step, start_step)
     self.checkpoints.delete(best_step)
+    self.dropped = True
 
   def _saved_record(self, best_directory: str) -> dict:
     """The best epoch's selection record ({value, epoch, metric, evaluator}) kept with its weights."""

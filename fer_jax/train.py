@@ -232,8 +232,8 @@ class TrainingRun:
     deleted, or only checkpoints/ copied): its best epoch is chosen among the epochs still to train."""
     spec = self.evaluators.specs.get(self.selection.evaluator)
     epoch = self.start_step // self.steps_per_epoch
-    if self.selection.metric and not self.selection.best_epoch and spec and spec.every_epochs and (
-        epoch >= spec.every_epochs):
+    if self.selection.metric and not self.selection.best_epoch and not self.selection.dropped and spec and (
+        spec.every_epochs and epoch >= spec.every_epochs):
       left = (f"epoch {epoch + 1}" if epoch + 1 == self.config.num_epochs
               else f"epochs {epoch + 1}–{self.config.num_epochs}")
       logging.warning("%s holds no best epoch, though the run evaluated %s until epoch %d: its best epoch is chosen "

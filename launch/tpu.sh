@@ -249,9 +249,13 @@ setup_script() {
 setup_workers() {
   [[ -z $(git -C "$REPO_ROOT" status --porcelain --untracked-files=no) ]] ||
     note "uncommitted changes are not copied: the workers get HEAD ($(git -C "$REPO_ROOT" rev-parse --short HEAD))"
-  local config_file=${CONFIG%%:*}  # the workers read it in their copy of the checkout's root
-  [[ -z $config_file ]] || git -C "$REPO_ROOT" cat-file -e "HEAD:$(cd "$REPO_ROOT" && realpath -m --relative-to=. \
-    "$config_file")" 2>/dev/null || note "$config_file is not in HEAD, which is all the workers get: commit it first"
+  local config_file=${CONFIG%%:*}  # the workers read it from their copy of the checkout's root
+  if [[ $config_file == /* ]]; then
+    note "$config_file is an absolute path, which the workers' copy of the checkout is not at: pass it relative to" \
+      "the checkout's root (configs/...), committed"
+  elif [[ -n $config_file ]] && ! git -C "$REPO_ROOT" cat-file -e "HEAD:${config_file#./}" 2>/dev/null; then
+    note "$config_file is not in HEAD, which is all the workers get: commit it first"
+  fi
   run git -C "$REPO_ROOT" archive --format=tar.gz "--output=$(source_archive)" HEAD &&
     tpu_gcloud compute tpus tpu-vm scp "$(source_archive)" "$NAME:fer_jax_src.tar.gz" --worker=all &&
     on_all_workers "$(setup_script)"

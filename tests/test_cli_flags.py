@@ -259,3 +259,22 @@ def test_the_search_for_a_tpu_is_not_logged_where_there_is_none():
 def test_other_packages_routine_lines_are_left_out(pathname, level, shown):
   record = logging.LogRecord("absl", level, pathname, 1, "Load dataset info from %s", ("/data",), None)
   assert cli._worth_showing(record) == shown  # pylint: disable=protected-access
+
+
+def test_a_log_copied_to_a_file_ends_with_the_error_and_a_full_disk_ends_the_copy_with_one_warning(tmp_path, caplog):
+  """train.log lacked the line that ended the run (the command prints it after the log); on a full disk, logging
+  printed a traceback for every line."""
+  from fer_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  caplog.set_level(logging.INFO)
+  path = tmp_path / "train.log"
+  with pytest.raises(UserError):
+    with cli.logged_to(str(path)):
+      logging.getLogger("absl").info("step 1")
+      raise UserError("config.init_from=x does not exist")
+  lines = path.read_text().splitlines()
+  assert lines[0].endswith("step 1") and lines[1].endswith("error: config.init_from=x does not exist")
+  if os.path.exists("/dev/full"):  # Linux's always-full device
+    with cli.logged_to("/dev/full"):
+      for step in range(3):
+        logging.getLogger("absl").info("step %d", step)
+    assert caplog.text.count("Stopped copying the log to /dev/full: [Errno 28] No space left on device") == 1

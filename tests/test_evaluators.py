@@ -419,8 +419,8 @@ def test_mode_eval_reports_the_checkpoint_it_read_and_only_this_evaluations_figu
   assert (report["step"], report["checkpoint"], report["trained_steps"]) == (77, str(tmp_path / "run" / "best" / "77"), None)
   # The config the weights were trained with, beside this evaluation's: the report held the latter alone, unsaid.
   assert report["trained_config"] == config_lib.flat(trained) and report["config"] == config_lib.flat(config)
-  assert (f"{tmp_path / 'run' / 'best' / '77'} was trained with a config that differs from this one in "
-          "optimizer.lr=0.1 (trained 0.5); seed=0 (trained 7): eval_results.json records it under trained_config") \
+  assert (f"{tmp_path / 'run' / 'best' / '77'} records a config that differs from this one in "
+          "optimizer.lr=0.1 (recorded 0.5); seed=0 (recorded 7): eval_results.json keeps it under trained_config") \
       in caplog.text
   table = (tmp_path / "report" / "eval_results.md").read_text()
   assert table.startswith(f"Weights: {tmp_path / 'run' / 'best' / '77'} (step 77).")

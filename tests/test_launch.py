@@ -324,16 +324,19 @@ def test_tpu_all_creates_sets_up_trains_on_every_worker_and_deletes():
 
 
 def test_tpu_setup_tells_that_a_config_file_not_in_head_does_not_reach_the_workers(tmp_path):
-  """The workers get the checkout's HEAD (git archive): a new config file of yours, not committed, was missing on
-  them without a word."""
+  """The workers get the checkout's HEAD (git archive): a new config file of yours, not committed, or named by an
+  absolute path, was missing on them without a word."""
+  def setup_notes(config: str) -> str:
+    result = launch("tpu.sh", "setup", *[a if not a.startswith("--config=") else f"--config={config}" for a in TPU],
+                    "--dry-run")
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+  assert ("configs/my_rafdb.py is not in HEAD, which is all the workers get: commit it first"
+          in setup_notes("configs/my_rafdb.py:rafdb"))
   mine = tmp_path / "my_rafdb.py"
-  mine.write_text("")
-  result = launch("tpu.sh", "setup", *[a if not a.startswith("--config=") else f"--config={mine}:rafdb" for a in TPU],
-                  "--dry-run")
-  assert result.returncode == 0, result.stderr
-  assert f"{mine} is not in HEAD, which is all the workers get: commit it first" in result.stderr
-  committed = launch("tpu.sh", "setup", *TPU, "--dry-run")  # configs/apvit.py, in HEAD
-  assert committed.returncode == 0 and "is not in HEAD" not in committed.stderr
+  assert f"{mine} is an absolute path, which the workers' copy of the checkout is not at" in setup_notes(f"{mine}:rafdb")
+  for committed in ("configs/apvit.py:rafdb", "./configs/apvit.py:rafdb"):
+    assert "is not in HEAD" not in setup_notes(committed) and "absolute" not in setup_notes(committed)
 
 
 def test_tpu_spot_queued_keep_and_mounted_data():

@@ -77,8 +77,8 @@ def test_the_parameters_each_regex_matches_are_logged(caplog):
     optim.check_patterns(config, GROUPED_PARAMS)
   assert "config.optimizer.trainable='kernel$' matches 2 of the 3 parameters" in caplog.text
   # The logged lr is the base rate: a group's own rate was shown nowhere (SCAN-CCI's trunk trains at 1e-4).
-  assert ("config.optimizer.lr_groups[0]='^trunk/' matches 1 of the 3 parameters (their learning rate: the logged lr "
-          "× 0.1)") in caplog.text
+  assert ("config.optimizer.lr_groups[0]='^trunk/' matches 1 of the 3 parameters (their learning rate, where this is "
+          "the first group a parameter matches: the logged lr × 0.1)") in caplog.text
   assert "config.optimizer.weight_decay_exclude='^nothing' matches 0 of the 3 parameters" in caplog.text  # not refused
 
 

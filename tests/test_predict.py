@@ -767,15 +767,16 @@ def test_a_stop_signal_ends_the_loop_after_the_frame_in_hand_and_lists_what_is_l
                              (paths[2], f"not reached: stopped by {name}")]
 
 
-@pytest.mark.parametrize("failing", ["detector", "model"])
+@pytest.mark.parametrize("failing", ["detector", "model", "drawing"])
 def test_an_error_mid_run_keeps_the_rows_done_and_lists_the_inputs_left(failing, tmp_path, monkeypatch):
   """An error in the hours of a long folder or video (a bug, a failing device) lost every row made before it: the output
-  is written at the end. Now the rows done are kept, what is left is listed, and the error is raised after."""
+  is written at the end. Now the rows done are kept, what is left is listed, and the error is raised after. An error
+  within a batch's frames (b.png's drawing) had the frames taken before it taken twice."""
   model = _happy_model(monkeypatch)
   paths = [str(tmp_path / name) for name in ("a.png", "b.png", "c.png")]
   for path in paths:
     Image.new("RGB", (640, 480)).save(path)
-  calls, classify = [], model.classify
+  calls, classify, draw_faces = [], model.classify, predict.draw.draw_faces
 
   def one_face(image, *_):
     calls.append(image)
@@ -788,14 +789,21 @@ def test_an_error_mid_run_keeps_the_rows_done_and_lists_the_inputs_left(failing,
       raise RuntimeError("device broke")
     return classify(crops)
 
+  def failing_draw(image, rows, path):
+    if "b.png" in path:  # one batch of the three photos: a.png's rows are taken, then b.png's drawing fails
+      raise RuntimeError("drawing broke")
+    return draw_faces(image, rows, path)
+
   monkeypatch.setattr(model, "faces", one_face)
   monkeypatch.setattr(model, "classify", failing_classify)
-  monkeypatch.setattr(model.predictor, "batch_size", 1)  # a batch per face
-  results = predict.predict_inputs(model, paths, str(tmp_path), True, 24, 0.0)
+  monkeypatch.setattr(predict.draw, "draw_faces", failing_draw)
+  monkeypatch.setattr(model.predictor, "batch_size", 3 if failing == "drawing" else 1)
+  annotate = str(tmp_path / "drawn") if failing == "drawing" else ""
+  results = predict.predict_inputs(model, paths, str(tmp_path), True, 24, 0.0, annotate=annotate)
   assert isinstance(results.failed, RuntimeError)
-  assert [row["image"] for row in results.rows if "prediction" in row] == paths[:1]
-  assert results.cut_off == paths[1:]
-  assert results.skipped == [(path, "not done: the run failed (RuntimeError) in b.png") for path in paths[1:]]
+  assert [row["image"] for row in results.rows] == paths[:1]
+  assert sorted(results.cut_off) == paths[1:]
+  assert sorted(results.skipped) == [(path, "not done: the run failed (RuntimeError) in b.png") for path in paths[1:]]
 
 
 # --- --annotate, the files a folder holds, videos without frames -------------------------------------------------

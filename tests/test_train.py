@@ -473,9 +473,12 @@ def test_a_best_epoch_kept_after_the_step_a_run_resumes_from_is_dropped(tmp_path
   selection = selection_lib.Selection(config, str(tmp_path), 0)
   selection.update(2, 20, {"accuracy": 0.9}, old, config, (8, 8, 3))
   selection.wait_until_finished()
+  with pytest.raises(UserError, match=r"best keeps the best epoch of an earlier run \(step 20\), and .* holds no "
+                                      r"checkpoint to resume from: move best/ away"):
+    selection_lib.Selection(config, str(tmp_path), 0)  # a new run beside it: best/ was the only model left
   with caplog.at_level(logging.WARNING):
     resumed = selection_lib.Selection(config, str(tmp_path), 10)
-  assert f"{tmp_path / 'best'} keeps step 20, after step 10 the run starts from" in caplog.text
+  assert f"{tmp_path / 'best'} keeps the best epoch at step 20, after step 10 the run resumes from" in caplog.text
   assert (resumed.best_epoch, resumed.best_value) == (0, -1.0)
   new = {"params": {"w": np.ones(2, np.float32)}, "batch_stats": {}}
   assert resumed.update(2, 20, {"accuracy": 0.5}, new, config, (8, 8, 3))  # epoch 2 trained again: its own value
@@ -603,6 +606,16 @@ def test_init_from_of_another_class_count_stops_before_the_data_naming_the_parts
       r"model dan, 8 classes; differs from the config in num_classes=8 \(config 7\)\) does not fit .*shape mismatch: "
       r"batch_stats/bn/mean: checkpoint \(8,\) vs model \(7,\).* Or start from the parts of it that fit: "
       r"--config.init_from_parts=affinity,head0,head1,head2,head3,trunk\.$")):
+    train.TrainingRun(config, str(tmp_path / "run"))
+  # With init_from_missing, the parts that fit are those the checkpoint holds, and the pattern is to go (the two are
+  # refused together): head3 was suggested, filled from the model, and then missing.
+  partial = {collection: {k: v for k, v in tree.items() if k != "head3"} for collection, tree in
+             checkpointing.model_variables(jax.tree.map(np.asarray, jax.jit(
+                 lambda: models.init_variables(model, eight, jax.random.key(0)))())).items()}
+  path = checkpointing.save_model(str(tmp_path / "eight_partial"), partial, eight)
+  config.update(init_from=path, init_from_missing=r"^(params|batch_stats)/head3/")
+  with pytest.raises(checkpointing.CheckpointError, match=r"Or start from the parts of it that fit: "
+                     r"--config.init_from_parts=affinity,head0,head1,head2,trunk --config.init_from_missing=\.$"):
     train.TrainingRun(config, str(tmp_path / "run"))
 
 
@@ -1186,3 +1199,15 @@ def test_provenance_names_the_commit_the_code_runs_from_and_the_releases():
   assert software["git_commit"] == expected
   assert software["fer_jax"] == importlib.metadata.version("fer_jax") and software["jax"] == jax.__version__
   assert provenance.record()["devices"] == jax.device_count()
+
+
+def test_provenance_names_no_commit_outside_a_checkout_or_where_git_hangs(tmp_path, monkeypatch):
+  """An installed copy (no .git), or a git that does not answer, gives None: never a commit of another folder, never
+  a run held."""
+  monkeypatch.setattr(provenance, "ROOT", str(tmp_path))
+  assert provenance._git() == {"git_commit": None, "git_modified": None}  # pylint: disable=protected-access
+  (tmp_path / ".git").mkdir()
+  def hanging(*args, **kwargs):
+    raise subprocess.TimeoutExpired(args[0], 10)
+  monkeypatch.setattr(provenance.subprocess, "run", hanging)
+  assert provenance._git() == {"git_commit": None, "git_modified": None}  # pylint: disable=protected-access
