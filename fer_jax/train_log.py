@@ -77,8 +77,8 @@ class EvalHistory:
     self.path = os.path.join(workdir, HISTORY) if jax.process_index() == 0 else None
     if self.path and os.path.exists(self.path):
       with open(self.path, encoding="utf-8") as f:
-        kept = [line for line in f if _step_of(line) is not None and _step_of(line) <= start_step]
-      files.write_whole(self.path, "".join(kept))
+        kept = [line.rstrip("\n") for line in f if _step_of(line) is not None and _step_of(line) <= start_step]
+      files.write_whole(self.path, "".join(f"{line}\n" for line in kept))
 
   def plot(self) -> None:
     """workdir/eval_history.png: the accuracies of every evaluation so far, per epoch (`figures.plot_history`)."""

@@ -1211,3 +1211,15 @@ def test_provenance_names_no_commit_outside_a_checkout_or_where_git_hangs(tmp_pa
     raise subprocess.TimeoutExpired(args[0], 10)
   monkeypatch.setattr(provenance.subprocess, "run", hanging)
   assert provenance._git() == {"git_commit": None, "git_modified": None}  # pylint: disable=protected-access
+
+
+def test_the_evaluation_history_of_a_resumed_run_keeps_its_whole_lines_up_to_the_resumed_step(tmp_path):
+  """A line cut short by a kill, or a kept line without its newline, would run into the next line written."""
+  (tmp_path / "eval_history.jsonl").write_text('{"step": 5}\n{"step": 10}\n{"step": 15}\n{"st')
+  history = train_log.EvalHistory(str(tmp_path), 10)
+  history.add(15, 3, {"evaluator": "eval", "accuracy": 0.5}, 1.0)
+  lines = [json.loads(line) for line in (tmp_path / "eval_history.jsonl").read_text().splitlines()]
+  assert [(line["step"], line.get("accuracy")) for line in lines] == [(5, None), (10, None), (15, 0.5)]
+  (tmp_path / "eval_history.jsonl").write_text('{"step": 5}')  # whole, but its newline lost
+  train_log.EvalHistory(str(tmp_path), 10).add(10, 2, {"evaluator": "eval"}, 1.0)
+  assert [json.loads(line)["step"] for line in (tmp_path / "eval_history.jsonl").read_text().splitlines()] == [5, 10]
