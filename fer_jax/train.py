@@ -215,6 +215,7 @@ class TrainingRun:
 
   def _open_the_logs(self) -> None:
     self.writer = train_log.Writer(self.workdir, self.start_step)
+    self.writer.config(self.start_step, config_lib.flat(self.config))
     self.history = train_log.EvalHistory(self.workdir, self.start_step)
     self.guard = train_log.FiniteGuard(self.checkpoints, self.steps_per_epoch)
     self.progress = train_log.ProgressLog(self.config, self.num_steps, self.steps_per_epoch, self.writer, self.guard)

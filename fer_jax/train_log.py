@@ -52,6 +52,14 @@ class Writer:
     if jax.process_index() == 0:
       self._writer = _summary_writer_class()(workdir, purge_step=start_step + 1 if start_step else None)
 
+  def config(self, step: int, flat_config: dict) -> None:
+    """The run's config (flat) as a Markdown table in TensorBoard's text tab, at the step the run starts from: the
+    settings beside the curves, and between runs."""
+    if self._writer:
+      rows = "\n".join(f"| {key} | {json.dumps(value)} |" for key, value in sorted(flat_config.items()))
+      self._writer.add_text("config", f"| key | value |\n|---|---|\n{rows}", step)
+      self._writer.flush()
+
   def scalars(self, step: int, values: dict) -> None:
     if self._writer:
       for name, value in values.items():

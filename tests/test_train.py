@@ -256,6 +256,10 @@ def test_the_report_of_the_best_epoch_reuses_its_evaluation_unless_a_restart_cam
     report = run.run()
   assert len(evaluations) == 2  # the "eval" evaluator (whose inputs "test" shares) at each epoch's end, none after
   assert report["step"] == run.steps_per_epoch and report["confusion_matrix"] == evaluations[0].tolist()
+  # The config in TensorBoard's text tab, at the step the run started from.
+  texts = [(event.step, value.tag, value.tensor.string_val[0].decode()) for event in _events_in(tmp_path)
+           for value in event.summary.value if value.tag.startswith("config")]
+  assert texts and texts[0][0] == 0 and "| optimizer.lr | 0.0003 |" in texts[0][2]
   # TensorBoard's final/ scalars at the step of the weights reported, not at the last step trained.
   assert {step for step, tag, _ in _scalars_in(tmp_path) if tag.startswith("final/")} == {run.steps_per_epoch}
   assert {k: report["selection"][k] for k in ("epoch", "trained_epochs", "evaluator", "reported_on_the_same_split")} \
