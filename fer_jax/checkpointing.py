@@ -602,9 +602,9 @@ def check_initial_weights(path: str, abstract_variables: dict, parts: dict[str, 
     _parts_taken(_flat(saved), _flat(abstract_variables), parts, step_directory)
     return
   fitting = _fitting_parts(_flat(saved), _flat(abstract_variables))  # of what the checkpoint holds itself
-  parts = f" --config.init_from_parts={','.join(fitting)}" + (" --config.init_from_missing=" if may_be_missing else "")
+  flags = f" --config.init_from_parts={','.join(fitting)}" + (" --config.init_from_missing=" if may_be_missing else "")
   _checked_fit(saved, abstract_variables, step_directory, model_config, may_be_missing, abstract_variables,
-               f" Or start from the parts of it that fit:{parts}." if fitting else "")
+               f" Or start from the parts of it that fit:{flags}." if fitting else "")
 
 
 def _fitting_parts(saved: dict, model: dict) -> list[str]:

@@ -192,14 +192,14 @@ class FacePredictions:
     """An error stopped the run in `paths[0]` (a bug, a failing device): the rows done are kept, the frames queued
     classified where the model still runs, and `paths` (and the inputs of frames lost) listed as cut off, to be
     written before `error` is raised again (`failed`)."""
-    failing = self._queue[0].source if self._queue else paths[0] if paths else ""
-    reason = f"not done: the run failed ({type(error).__name__}) in {os.path.basename(failing)}"
+    lost = []
     try:
       self.flush()
-    except Exception:  # pylint: disable=broad-except  (it fails again: the frames left lose their rows)
-      lost = [frame.source for frame in self._queue]
-      self._queue = []
-      self.cut([path for path in dict.fromkeys(lost) if path not in paths], reason)
+    except Exception:  # pylint: disable=broad-except  (it fails again, in the frame in hand: those left are lost)
+      lost, self._queue = list(dict.fromkeys(frame.source for frame in self._queue)), []
+    failing = lost[0] if lost else paths[0] if paths else ""
+    reason = f"not done: the run failed ({type(error).__name__}) in {os.path.basename(failing)}"
+    self.cut([path for path in lost if path not in paths], reason)
     self.cut(paths, reason)
     self.failed = error
 

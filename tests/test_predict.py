@@ -797,7 +797,7 @@ def test_an_error_mid_run_keeps_the_rows_done_and_lists_the_inputs_left(failing,
   monkeypatch.setattr(model, "faces", one_face)
   monkeypatch.setattr(model, "classify", failing_classify)
   monkeypatch.setattr(predict.draw, "draw_faces", failing_draw)
-  monkeypatch.setattr(model.predictor, "batch_size", 3 if failing == "drawing" else 1)
+  monkeypatch.setattr(model.predictor, "batch_size", 1 if failing == "model" else 3)  # a.png queued, or flushed
   annotate = str(tmp_path / "drawn") if failing == "drawing" else ""
   results = predict.predict_inputs(model, paths, str(tmp_path), True, 24, 0.0, annotate=annotate)
   assert isinstance(results.failed, RuntimeError)
