@@ -26,6 +26,7 @@ from absl import flags
 
 from fer_jax import cli
 from fer_jax import config_lib
+from fer_jax import errors
 from fer_jax import files
 from fer_jax.errors import UserError
 
@@ -158,11 +159,11 @@ def _markdown_table(names: dict[str, str], header: list[str], rows: dict[str, li
 def markdown(reports: dict[str, dict]) -> str:
   names = _names(reports)
   config_header, config_rows = config_columns(reports)
-  lines = [f"{len(reports)} runs; accuracy, mean-class accuracy and macro F1 in %.", "",
+  lines = [f"{errors.counted(len(reports), 'run')}; accuracy, mean-class accuracy and macro F1 in %.", "",
            *_markdown_table(names, *result_columns(reports)), ""]
   if len(config_header) > 1:
     lines += ["Config keys in which the runs differ:", ""]
-  else:
+  elif len(reports) > 1:
     lines += ["The runs' configs differ in no key that changes their results.", ""]
   return "\n".join(lines + _markdown_table(names, config_header, config_rows) + [""])
 
