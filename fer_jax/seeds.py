@@ -373,6 +373,11 @@ def markdown(summary: dict) -> str:
     tta = _cell(metrics["tta/accuracy"]) if "tta/accuracy" in metrics else "–"
     lines.append(f"| {name} | {run['dataset']} | {run['split']} | {run['num_examples']} | "
                  + " | ".join(_cell(metrics[m]) for m in compare.METRICS) + f" | {run['tta']} | {tta} |")
+  lines += ["", "Accuracy (%) of each seed:", "", "| evaluator | " + " | ".join(f"seed {s}" for s in summary["seeds"])
+            + " |", "|---|" + "---:|" * len(summary["seeds"])]
+  for name, metrics in summary["evaluators"].items():
+    lines.append(f"| {name} | " + " | ".join("–" if value is None else f"{100 * value:.2f}"
+                                             for value in metrics["accuracy"]["values"]) + " |")
   first = next(iter(summary["evaluators"].values()))
   classes = [m.split("/", 1)[1] for m in first if m.startswith("per_class_accuracy/")]
   lines += ["", "| evaluator | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
