@@ -3,10 +3,10 @@ r"""Several runs' reports side by side, and the config keys in which the runs di
   python -m fer_jax.compare --workdir=workdirs/dan_lr01 --workdir=workdirs/dan_lr001 [--workdir='sweep/*'] \
       [--output=comparison.md | comparison.csv]
 
-Each --workdir (repeatable; a glob pattern is expanded, in name order) is a training or `--mode=eval` workdir
-holding its report, eval_results.json (a glob keeps the folders it matches). The first table gives, per run, the weights reported (their step, and
-the best epoch E of N where the run selected them), then each evaluator's accuracy, mean-class accuracy and macro
-F1 in %, and its TTA accuracy where the report has one; an evaluator a run lacks is "–". The second gives every
+Each --workdir (repeatable; a glob pattern is expanded, in name order, to the folders it matches) is a training or
+`--mode=eval` workdir holding its report, eval_results.json. The first table gives, per run, the weights reported
+(their step, and the best epoch E of N where the run selected them), then each evaluator's accuracy, mean-class
+accuracy and macro F1 in %, and its TTA accuracy where the report has one; an evaluator a run lacks is "–". The second gives every
 config key (flat, as the reports record it) whose value differs among the runs, but for those that change no
 reported number (where data is read, logging, checkpoints, the evaluation batch, `config.model.remat`), and the
 commit each report names (`provenance`, where it was made from a git checkout). A `--mode=eval` report compares

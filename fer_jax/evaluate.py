@@ -703,7 +703,8 @@ def _log_config_differences(trained_config: dict | None, config, step_directory:
   """Which keys of `config` (an evaluation's) differ from the config the checkpoint records (its training's, or its
   conversion's), but for those that change no result (`compare.NOT_OF_THE_RESULTS`) and where a run started from:
   the report records both, and the training's settings (its learning rate, seed, epochs) are not the evaluation's."""
-  differing = config_lib.differences(trained_config or {}, config, (*compare.NOT_OF_THE_RESULTS, "init_from", "init_from_"))
+  ignored = (*compare.NOT_OF_THE_RESULTS, "init_from", "init_from_")
+  differing = config_lib.differences(trained_config or {}, config, ignored)
   if differing:
     listed = "; ".join(f"{key}={now!r} (recorded {then!r})" for key, now, then in differing[:shown])
     more = f"; … {len(differing) - shown} more" if len(differing) > shown else ""

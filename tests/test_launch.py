@@ -334,7 +334,8 @@ def test_tpu_setup_tells_that_a_config_file_not_in_head_does_not_reach_the_worke
   assert ("configs/my_rafdb.py is not in HEAD, which is all the workers get: commit it first"
           in setup_notes("configs/my_rafdb.py:rafdb"))
   mine = tmp_path / "my_rafdb.py"
-  assert f"{mine} is an absolute path, which the workers' copy of the checkout is not at" in setup_notes(f"{mine}:rafdb")
+  absolute = f"{mine} is an absolute path, which the workers' copy of the checkout is not at"
+  assert absolute in setup_notes(f"{mine}:rafdb")
   for committed in ("configs/apvit.py:rafdb", "./configs/apvit.py:rafdb"):
     assert "is not in HEAD" not in setup_notes(committed) and "absolute" not in setup_notes(committed)
 
