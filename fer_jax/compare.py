@@ -8,8 +8,8 @@ Each --workdir (repeatable; a glob pattern is expanded, in name order, to the fo
 (their step, and the best epoch E of N where the run selected them), then each evaluator's accuracy, mean-class
 accuracy and macro F1 in %, and its TTA accuracy where the report has one; an evaluator a run lacks is "–". The
 second gives every config key (flat, as the reports record it) whose value differs among the runs, but for those that
-change no reported number (where data is read, logging, checkpoints, the evaluation batch, `config.model.remat`), and the
-commit each report names (`provenance`, where it was made from a git checkout). A `--mode=eval` report compares
+change no reported number (where data is read, logging, checkpoints, the evaluation batch, `config.model.remat`),
+and the commit each report names (`provenance`, where it was made from a git checkout). A `--mode=eval` report compares
 the config its checkpoint records (`trained_config`) with the evaluation's own data, evaluators and test-time
 settings; a report of an earlier fer_jax, its keys added since read as what it ran (`config_lib.ADDED_SINCE`).
 
