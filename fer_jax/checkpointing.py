@@ -41,12 +41,11 @@ class CheckpointError(UserError, ValueError):
 
 CHECKPOINTS = "checkpoints"  # a training workdir's folder of steps
 BEST = "best"  # ... and of its best epoch's step (config.select_metric)
-REPORT = files.REPORT
 
 
 def _reported_best(workdir: str) -> str | None:
   """best/STEP of a workdir whose eval_results.json reports that step's weights."""
-  step = (files.json_object(os.path.join(workdir, REPORT)) or {}).get("step")
+  step = (files.json_object(os.path.join(workdir, files.REPORT)) or {}).get("step")
   folder = os.path.join(workdir, BEST, str(step))
   return folder if step is not None and os.path.isdir(os.path.join(folder, "state")) else None
 

@@ -30,7 +30,6 @@ from fer_jax import errors
 from fer_jax import files
 from fer_jax.errors import UserError
 
-REPORT = files.REPORT
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 # Config keys that do not change a run's reported numbers: where and how often things are read, written and logged,
 # the evaluation batch (its padding is masked) and what the backward pass recomputes (the same gradients).
@@ -63,14 +62,14 @@ def expand(patterns: list[str]) -> list[str]:
       raise UserError(f"--workdir={pattern} matches no folder.")
     workdirs += [path for path in matched if path not in workdirs]
   for workdir in workdirs:
-    if not os.path.isfile(os.path.join(workdir, REPORT)):
-      raise UserError(f"{workdir} holds no {REPORT}: pass a workdir whose training has ended (its report is written "
+    if not os.path.isfile(os.path.join(workdir, files.REPORT)):
+      raise UserError(f"{workdir} holds no {files.REPORT}: pass a workdir whose training has ended (its report is written "
                       "then), or evaluate a checkpoint into it (python -m fer_jax.main --mode=eval).")
   return workdirs
 
 
 def read_reports(workdirs: list[str]) -> dict[str, dict]:
-  return {workdir: read_report(os.path.join(workdir, REPORT), "evaluate the run again (python -m fer_jax.main "
+  return {workdir: read_report(os.path.join(workdir, files.REPORT), "evaluate the run again (python -m fer_jax.main "
                                                                  "--mode=eval) to write it anew.")
           for workdir in workdirs}
 
@@ -89,7 +88,8 @@ def _weights(report: dict) -> str:
   return f"{step}, last" if report.get("trained_steps") is not None else f"{step}, evaluated"
 
 
-def _percent(value) -> str:
+def percent(value) -> str:
+  """A fraction as a table's cell in %, "–" for none."""
   return "–" if value is None else f"{100 * value:.2f}"
 
 
@@ -105,9 +105,9 @@ def result_columns(reports: dict[str, dict]) -> tuple[list[str], dict[str, list[
     cells = [_weights(report)]
     for name in evaluators:
       results = report["evaluators"].get(name, {})
-      cells += [_percent(results.get(metric)) for metric in METRICS]
+      cells += [percent(results.get(metric)) for metric in METRICS]
       if name in with_tta:
-        cells.append(_percent((results.get("tta") or {}).get("accuracy")))
+        cells.append(percent((results.get("tta") or {}).get("accuracy")))
     rows[workdir] = cells
   return header, rows
 

@@ -322,7 +322,7 @@ def write_report(report: dict, workdir: str, examples: dict | None = None, predi
   os.makedirs(workdir, exist_ok=True)
   evaluators = report["evaluators"]
   _remove_files_of_the_previous_report(workdir, evaluators, predictions or {})
-  files.write_whole(os.path.join(workdir, checkpointing.REPORT), json.dumps(report, indent=2))
+  files.write_whole(os.path.join(workdir, files.REPORT), json.dumps(report, indent=2))
   weights = "" if report.get("step") is None else f" (step {report['step']})"  # the figure names its weights
   for name, results in evaluators.items():
     figures.plot_confusion(np.array(results["confusion_matrix"]), results["class_names"],
@@ -343,7 +343,7 @@ def write_report(report: dict, workdir: str, examples: dict | None = None, predi
 def _remove_files_of_the_previous_report(workdir: str, evaluators: dict, predictions: dict) -> None:
   """A report written again into its folder leaves no figure of the evaluators it does not list, and no predictions
   of the earlier weights beside its own (those it does not write)."""
-  record = files.json_object(os.path.join(workdir, checkpointing.REPORT)) or {}
+  record = files.json_object(os.path.join(workdir, files.REPORT)) or {}
   previous = record.get("evaluators")
   if not isinstance(previous, dict):
     return
@@ -369,10 +369,6 @@ def examples_file(name: str) -> str:
   return f"examples_{name}.png"
 
 
-def _percent(value) -> str:
-  return "–" if value is None else f"{100 * value:.2f}"
-
-
 def markdown(report: dict, examples: dict, predictions: dict | None = None) -> str:
   """eval_results.md: the weights, one row per evaluator, per-class accuracies, class mappings, evaluators
   skipped, pictures and `predictions` files."""
@@ -390,17 +386,18 @@ def markdown(report: dict, examples: dict, predictions: dict | None = None) -> s
               "`--config.restore_best=True` makes it the run's report).", ""]
   lines += ["| evaluator | data set | split | examples | accuracy % | mean-class % | macro F1 % | TTA | TTA accuracy % |",
             "|---|---|---|---:|---:|---:|---:|---|---:|"]
+  percent = compare.percent
   for name, r in evaluators.items():
     tta_entry = r.get("tta", {})
-    lines.append(f"| {name} | {r['dataset']} | {r['split']} | {r['num_examples']} | {_percent(r['accuracy'])} | "
-                 f"{_percent(r['mean_class_accuracy'])} | {_percent(r['macro_f1'])} | {tta_entry.get('name', 'none')} | "
-                 f"{_percent(tta_entry.get('accuracy'))} |")
+    lines.append(f"| {name} | {r['dataset']} | {r['split']} | {r['num_examples']} | {percent(r['accuracy'])} | "
+                 f"{percent(r['mean_class_accuracy'])} | {percent(r['macro_f1'])} | {tta_entry.get('name', 'none')} | "
+                 f"{percent(tta_entry.get('accuracy'))} |")
   class_names = next(iter(evaluators.values()))["class_names"]
   lines += ["", "Per-class accuracy (%; – where the split has no example of the class):", "",
             "| evaluator | " + " | ".join(class_names) + " |", "|---|" + "---:|" * len(class_names)]
   for name, r in evaluators.items():
     for label, results in [(name, r)] + ([(f"{name}, {r['tta']['name']} TTA", r["tta"])] if "tta" in r else []):
-      lines.append(f"| {label} | " + " | ".join(_percent(results["per_class_accuracy"][c]) for c in class_names) + " |")
+      lines.append(f"| {label} | " + " | ".join(percent(results["per_class_accuracy"][c]) for c in class_names) + " |")
   lines += ["", "Preprocessing (on the device, of the images the host decoded):", ""] + [
       f"* {name}: `{r['pp']}` of {r['decoded_size'][0]}×{r['decoded_size'][1]}" for name, r in evaluators.items()]
   for name, r in evaluators.items():
@@ -601,8 +598,9 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
   are not (a run that selects without restore_best): the best epoch's record and its "checkpoint", under
   "best_epoch_kept". `trained_config`
   (`--mode=eval`): the config the checkpoint records it was trained with, flat, under "trained_config" (None where
-  it records none, and for a training run, whose "config" it is). Also the model's parameter count, "num_params", and
-  the code, software and devices that made the report, "provenance" (`fer_jax.provenance.record`)."""
+  it records none, and for a training run, whose "config" it is). Also the model's parameter count, "num_params"
+  (`models.parameter_count`), and the code, software and devices that made the report, "provenance"
+  (`fer_jax.provenance.record`)."""
   reusable, by_name, predicted = dict(reusable or {}), {}, {}
   for name in evaluators.reported:
     spec = evaluators.specs[name]
@@ -624,7 +622,7 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
   report = {**by_name[REPORTED], "evaluators": by_name, "skipped_evaluators": evaluators.skipped,
             "config": config_lib.flat(evaluators.config), "checkpoint": checkpoint, "trained_steps": trained_steps,
             "selection": selection, "best_epoch_kept": best_kept, "trained_config": trained_config,
-            "num_params": int(sum(np.size(leaf) for leaf in jax.tree.leaves(variables["params"]))),
+            "num_params": models.parameter_count(models.get_method(evaluators.config.model.name), variables["params"]),
             "provenance": provenance.record()}
   examples = {name: evaluators.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in by_name}
   predictions = {name: predictions_table(evaluators.data(name).split, *passes) for name, passes in predicted.items()}
@@ -670,7 +668,7 @@ def check_not_a_training_run(workdir: str) -> None:
 
 def warn_of_a_replaced_report(workdir: str, checkpoint: str) -> None:
   """An evaluation's report replaces the one its folder holds: said, naming the weights that one evaluated."""
-  previous = files.json_object(os.path.join(workdir, checkpointing.REPORT))
+  previous = files.json_object(os.path.join(workdir, files.REPORT))
   if previous is None:
     return
   logging.warning("%s holds the report of an evaluation of %s: this one of %s replaces it (pass another --workdir to "

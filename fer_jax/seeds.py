@@ -137,7 +137,7 @@ def _current_report(run_dir: str) -> dict | None:
   """The run's report where it covers every checkpoint the run has: it reports training up to the newest
   checkpoint's step, or no checkpoint is left (deleted once the run had finished). None where there is no report,
   or the run trained on after it (resumed, then stopped)."""
-  path = os.path.join(run_dir, checkpointing.REPORT)
+  path = os.path.join(run_dir, files.REPORT)
   if not os.path.exists(path):
     return None
   report, newest = _seed_report(path), _newest_step(run_dir)
@@ -218,7 +218,7 @@ def why_unfinished(run_dir: str, config) -> str | None:
   if report is None:
     if newest is None:
       return "no run yet"
-    path = os.path.join(run_dir, checkpointing.REPORT)
+    path = os.path.join(run_dir, files.REPORT)
     before = f"after its report of step {_reported_step(_seed_report(path))}" if os.path.exists(path) \
         else "before its report"
     return f"stopped at step {newest}, {before}"
@@ -265,7 +265,7 @@ def read_reports(config, workdir: str, seeds: list[int]) -> dict[int, dict]:
   if unfinished:
     raise UserError(f"Not finished in {workdir}: {'; '.join(unfinished)}. Train them first: run this command without "
                     "--summarize_only (or their commands from --print_commands), or drop them from --seeds.")
-  reports = {seed: _seed_report(os.path.join(seed_workdir(workdir, seed), checkpointing.REPORT)) for seed in seeds}
+  reports = {seed: _seed_report(os.path.join(seed_workdir(workdir, seed), files.REPORT)) for seed in seeds}
   check_same_run(workdir, reports)
   return reports
 
@@ -376,8 +376,7 @@ def markdown(summary: dict) -> str:
   lines += ["", "Accuracy (%) of each seed:", "", "| evaluator | " + " | ".join(f"seed {s}" for s in summary["seeds"])
             + " |", "|---|" + "---:|" * len(summary["seeds"])]
   for name, metrics in summary["evaluators"].items():
-    lines.append(f"| {name} | " + " | ".join("–" if value is None else f"{100 * value:.2f}"
-                                             for value in metrics["accuracy"]["values"]) + " |")
+    lines.append(f"| {name} | " + " | ".join(map(compare.percent, metrics["accuracy"]["values"])) + " |")
   first = next(iter(summary["evaluators"].values()))
   classes = [m.split("/", 1)[1] for m in first if m.startswith("per_class_accuracy/")]
   lines += ["", "| evaluator | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]

@@ -154,7 +154,7 @@ def main(argv):
   print(f"MACs: {macs(model, config) / 1e9:.3f} G per {config.input.size}² image")
   if digest is not None:
     print(f"params_sha256: {digest}")
-  print(f"params: {count_params(variables['params'], auxiliary)}")
+  print(f"params: {models.parameter_count(method, variables['params'])}")
 
 
 def define_flags() -> None:

@@ -146,6 +146,7 @@ class TrainingRun:
     self._open_the_data()
     self._restore_or_start_the_state()
     self._make_the_steps()
+    self._open_the_best_epoch()
     self._open_the_logs()
 
   def _find_the_start(self) -> None:
@@ -166,7 +167,7 @@ class TrainingRun:
     self.model = self.method.build(self.config.model)
     self.abstract = models.abstract_variables(self.model, self.config)
     logging.info("Model %s: %s parameters", self.config.model.name,
-                 f"{sum(leaf.size for leaf in jax.tree.leaves(self.abstract['params'])):,}")
+                 f"{models.parameter_count(self.method, self.abstract['params']):,}")
     optim.check_patterns(self.config.optimizer, self.abstract["params"])
     self.resumable = self._check_resumable() if self.start_step else None
     if not self.start_step and self.config.init_from:
@@ -193,12 +194,10 @@ class TrainingRun:
     self.steps_per_epoch, self.num_steps = self.data.steps_per_epoch, self.data.num_steps
 
   def _restore_or_start_the_state(self) -> None:
-    """The optimizer; the state, restored or initialised; the best epoch kept so far."""
+    """The optimizer; the state, restored or initialised."""
     self.optimizer = optim.make_optimizer(self.config.optimizer, self.steps_per_epoch, self.config.num_epochs,
                                           self.abstract["params"])
     self.state = self._restore_or_initialise(self.optimizer.tx)
-    self.selection = selection_lib.Selection(self.config, self.workdir, self.start_step)
-    self._warn_of_a_lost_best_epoch()
 
   def _make_the_steps(self) -> None:
     """One jitted train step per model mode, with the loss's config checked against the method's contract."""
@@ -212,6 +211,12 @@ class TrainingRun:
                         for mode in MODEL_MODES for size in {self.config.batch_size, self.data.last_batch} if size}
     self.step, self.last_evals = self.start_step, {}
     self.best_evals = {}  # {step: its last_evals} of the best epoch, once this process has saved one
+
+  def _open_the_best_epoch(self) -> None:
+    """The best epoch kept so far; once every check that may refuse the run has passed, since one kept after the step
+    a resumed run starts from is dropped (`selection.Selection`)."""
+    self.selection = selection_lib.Selection(self.config, self.workdir, self.start_step)
+    self._warn_of_a_lost_best_epoch()
 
   def _open_the_logs(self) -> None:
     self.writer = train_log.Writer(self.workdir, self.start_step)

@@ -85,8 +85,11 @@ class EvalHistory:
     self.path = os.path.join(workdir, HISTORY) if jax.process_index() == 0 else None
     if self.path and os.path.exists(self.path):
       with open(self.path, encoding="utf-8") as f:
-        kept = [line.rstrip("\n") for line in f if _step_of(line) is not None and _step_of(line) <= start_step]
-      files.write_whole(self.path, "".join(f"{line}\n" for line in kept))
+        text = f.read()
+      kept = "".join(f"{line}\n" for line in text.splitlines()
+                     if (step := _step_of(line)) is not None and step <= start_step)
+      if kept != text:
+        files.write_whole(self.path, kept)
 
   def plot(self) -> None:
     """workdir/eval_history.png: the accuracies of every evaluation so far, per epoch (`figures.plot_history`)."""

@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Callable
 
@@ -264,6 +265,13 @@ def check_call(model, name: str) -> None:
   except TypeError as error:
     raise contract_error(name, f"its module is called as module(images, train=...), which its __call__"
                                f"{inspect.signature(model.__call__)} cannot take ({error}).") from None
+
+
+def parameter_count(method: Method, params) -> int:
+  """The model's parameters as the official code counts them (README, `fer_jax.summary`'s last line): without the
+  method's training-only `auxiliary_params`."""
+  return sum(math.prod(leaf.shape) for name, tree in params.items() if name not in method.auxiliary_params
+             for leaf in jax.tree.leaves(tree))
 
 
 def dummy_images(config, batch: int = 1):
