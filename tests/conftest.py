@@ -30,6 +30,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # Compilation is about half of the suite's CPU time, and its programs run a few steps each: LLVM's
 # -O1 compiles them faster (initialisations ~2×, train steps ~10 %) for a few per cent slower steps.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=1")
+if "MPLCONFIGDIR" not in os.environ:  # matplotlib's font cache and config, not the user's ~/.cache and ~/.config
+  os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="fer_jax_tests_mpl_")
+  atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], ignore_errors=True)
 
 from absl import flags  # noqa: E402
 import pytest  # noqa: E402
@@ -61,13 +64,23 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: item.get_closest_marker("integration") is None)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-  """Under CI (CI set, as .ci/run's caller sets it) a skipped test fails: a test that cannot run where CI runs (no
-  tmpfs mount, no shellcheck) would otherwise pass unseen."""
-  del item, call
-  outcome = yield
-  report = outcome.get_result()
+def _failed_under_ci(report) -> None:
+  """Under CI (CI set, as .ci/run's caller sets it) a skip fails: a test that cannot run where CI runs (no tmpfs mount,
+  no shellcheck, a module whose import is skipped) would otherwise pass unseen."""
   if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     report.outcome, report.longrepr = "failed", f"Skipped under CI, where every test must run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  del item, call
+  outcome = yield
+  _failed_under_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+  del collector
+  outcome = yield
+  _failed_under_ci(outcome.get_result())

@@ -62,6 +62,29 @@ def assert_colour(image, rgb, tolerance=6):
   np.testing.assert_allclose(image.reshape(-1, 3).mean(0), rgb, atol=tolerance)
 
 
+# Each set's label numbering in its owners' words, quoted: the builders store the owners' integers as they are, so
+# `labels.CLASS_ORDERS` alone gives them their meaning (the fixtures above write integers, and would pass a swapped order).
+OWNERS_NUMBERING = {
+    # Kaggle's FER2013 page: the `emotion` column.
+    "fer2013": "0=Angry, 1=Disgust, 2=Fear, 3=Happy, 4=Sad, 5=Surprise, 6=Neutral",
+    # RAF-DB's README, basic emotions (stored here from 0: the file's label − 1).
+    "rafdb": "1: Surprise, 2: Fear, 3: Disgust, 4: Happiness, 5: Sadness, 6: Anger, 7: Neutral",
+    # The header of FERPlus's fer2013new.csv: the vote columns after Usage and Image name, before unknown and NF.
+    "ferplus": "neutral,happiness,surprise,sadness,anger,disgust,fear,contempt",
+    # AffectNet's README, the expression column (8 None, 9 Uncertain and 10 No-Face are not kept).
+    "affectnet8": "0: Neutral, 1: Happiness, 2: Sadness, 3: Surprise, 4: Fear, 5: Disgust, 6: Anger, 7: Contempt",
+    # SFEW 2.0's class folders, numbered in their sorted order.
+    "sfew": "Angry Disgust Fear Happy Neutral Sad Surprise",
+}
+OWNERS_WORDS = {"angry": "anger", "happy": "happiness", "sad": "sadness"}
+
+
+@pytest.mark.parametrize("order", sorted(OWNERS_NUMBERING))
+def test_class_orders_are_the_owners_numbering(order):
+  words = re.findall(r"[a-z]+", OWNERS_NUMBERING[order].lower())
+  assert labels.CLASS_ORDERS[order] == tuple(OWNERS_WORDS.get(word, word) for word in words)
+
+
 def test_making_a_builder_of_an_unprepared_set_leaves_no_temporary_folder(tmp_path, monkeypatch):
   """TFDS looks for an unprepared set's information in its bucket, leaving an empty tmp*tfds folder
   each time; fer_jax's sets are never there, so their builders do not look."""

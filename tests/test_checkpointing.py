@@ -420,7 +420,7 @@ def test_a_resume_refuses_a_training_set_prepared_again_and_resumes_on_a_moved_c
 
 
 def test_a_refused_resume_names_each_key_with_the_flag_that_resumes(tmp_path):
-  config = tiny_run(get_config("configs/dan.py:synthetic"))
+  config = short_tiny_net_run()
   train.train_and_evaluate(config, str(tmp_path))
   config.optimizer.update(momentum=0.5, b1=0.8, b2=0.99, eps=1e-7)
   config.update(seed=3, num_epochs=config.num_epochs + 1)

@@ -37,14 +37,21 @@ def test_metrics_from_confusion_matrix():
   assert np.isclose(results["macro_f1"], (f1_a + f1_b) / 2)
 
 
-def test_macro_f1_is_sklearns_over_the_classes_true_or_predicted():
-  """sklearn.metrics.f1_score(y_true, y_pred, average="macro") averages over the labels of y_true ∪ y_pred: a
-  class no example has but a prediction names counts, with F1 0."""
-  y_true, y_pred = [0, 0, 0, 1, 1], [0, 0, 2, 1, 0]  # class 2 is predicted once, never true; class 3 neither
-  confusion = np.zeros((4, 4), int)
+@pytest.mark.parametrize("seed", range(4))
+def test_metrics_are_sklearns(seed):
+  """Accuracy, mean class accuracy (balanced accuracy over the classes with examples) and macro F1 (sklearn averages
+  over the labels of y_true ∪ y_pred: a class no example has but a prediction names counts, with F1 0)."""
+  from sklearn import metrics
+  rng = np.random.default_rng(seed)
+  y_true = rng.integers(0, 5, 40)  # 6 classes: the last never true, some predictions name it
+  y_pred = np.where(rng.random(40) < 0.6, y_true, rng.integers(0, 6, 40))
+  y_pred[0] = 5
+  confusion = np.zeros((6, 6), int)
   np.add.at(confusion, (y_true, y_pred), 1)
-  f1 = {0: 2 * 2 / (2 * 2 + 1 + 1), 1: 2 * 1 / (2 * 1 + 0 + 1), 2: 0.0}  # 2·TP / (2·TP + FP + FN) per class
-  assert np.isclose(evaluate.metrics(confusion, "abcd")["macro_f1"], sum(f1.values()) / 3)  # 4/9, not 2/3
+  results = evaluate.metrics(confusion, "abcdef")
+  assert np.isclose(results["accuracy"], metrics.accuracy_score(y_true, y_pred))
+  assert np.isclose(results["mean_class_accuracy"], metrics.balanced_accuracy_score(y_true, y_pred))
+  assert np.isclose(results["macro_f1"], metrics.f1_score(y_true, y_pred, average="macro"))
 
 
 def test_metrics_of_no_examples_are_null():

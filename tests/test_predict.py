@@ -15,13 +15,17 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+import tensorflow_datasets as tfds
 
 from fer_jax import api
 from fer_jax import checkpointing
+from fer_jax import evaluate
 from fer_jax import inference
 from fer_jax import models
 from fer_jax import predict
 from fer_jax.data import decode
+from fer_jax.data import generate_layout
+from fer_jax.data import prepare
 from fer_jax.data import video
 from fer_jax.errors import UserError
 from fer_jax.face import detector
@@ -70,6 +74,32 @@ def reference_logits(config, checkpoint, faces):
   model = models.build_model(config)
   both = jax.jit(lambda v, x: model.apply(v, x, train=False)["logits"])(variables, np.concatenate([images, images[:, :, ::-1]]))
   return np.asarray(both[:3]), np.asarray(both[3:])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("spec, layout, images", [("configs/dan.py:rafdb", "rafdb", "Image/aligned"),
+                                                  ("configs/apvit.py:rafdb", "rafdb_aligned224", "Image/aligned_224")])
+def test_a_test_image_gets_from_predict_the_probabilities_its_evaluation_reports(tmp_path, spec, layout, images):
+  """Two paths to one face: the prepared set through the data pipeline and the config's eval_pp (`--mode=eval`'s
+  predictions_test.csv), and the owners' file through `fer_jax.load(...).predict` (fer_jax.predict, the API)."""
+  release = tmp_path / "release"
+  generate_layout.generate(layout, str(release), scale=0.002)
+  config = get_config(spec)
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  config.eval.predictions = True
+  prepare.make_builder(config.dataset.name, config.dataset.data_dir).download_and_prepare(
+      file_format="array_record", download_config=tfds.download.DownloadConfig(manual_dir=str(release)))
+  checkpoint = checkpointing.save_model(str(tmp_path / "model"), random_variables(config), config)
+  evaluate.evaluate_checkpoint(config, checkpoint, str(tmp_path / "eval"))
+  with open(tmp_path / "eval" / evaluate.predictions_file("test"), newline="") as f:
+    reported = {row["file_name"]: row for row in csv.DictReader(f)}
+  paths = sorted((release / images).glob("test_*"))
+  assert len(paths) == len(reported) == 8
+  for path, prediction in zip(paths, api.load(checkpoint, config=config).predict([str(p) for p in paths])):
+    row = reported[path.name.replace("_aligned.", ".")]  # RAF-DB's label file names test_0001.jpg
+    assert prediction.label == row["prediction"]
+    np.testing.assert_allclose([prediction.probabilities[name] for name in prediction.probabilities],
+                               [float(row[f"p_{name}"]) for name in prediction.probabilities], atol=1e-6)  # 6 decimals
 
 
 def test_images_are_found_recursively_and_sorted(faces):

@@ -316,12 +316,12 @@ def loss_config(**overrides):
   return config
 
 
-def numpy_ce(logits, labels, weights=None):
-  logits = np.float64(logits)
-  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  losses = -log_probs[np.arange(len(labels)), labels]
-  w = np.ones(logits.shape[-1]) if weights is None else np.asarray(weights)
-  return np.sum(w[labels] * losses) / np.sum(w[labels])
+def torch_ce(logits, labels, weights=None):
+  """torch.nn.CrossEntropyLoss(weight=weights), what the official SCAN-CCI trainer calls, in float64."""
+  import torch
+  weight = None if weights is None else torch.tensor(np.asarray(weights, np.float64))
+  return torch.nn.functional.cross_entropy(torch.tensor(np.asarray(logits, np.float64)), torch.tensor(labels),
+                                           weight=weight).item()
 
 
 def fake_outputs(num_classes=3):
@@ -333,8 +333,8 @@ def fake_outputs(num_classes=3):
 def test_loss_is_weighted_sum_of_attention_and_summed_region_ce():
   outputs, labels = fake_outputs(), np.array([0, 2, 1, 1, 0])
   total, metrics = scan_cci.loss(outputs, labels, loss_config())
-  attention = numpy_ce(outputs["attention_logits"], labels)
-  region = sum(numpy_ce(outputs["region_logits"][:, j], labels) for j in range(4))
+  attention = torch_ce(outputs["attention_logits"], labels)
+  region = sum(torch_ce(outputs["region_logits"][:, j], labels) for j in range(4))
   np.testing.assert_allclose(metrics["attention_loss"], attention, rtol=1e-5)
   np.testing.assert_allclose(metrics["region_loss"], region, rtol=1e-5)
   np.testing.assert_allclose(total, 0.2 * attention + 0.8 * region, rtol=1e-5)
@@ -346,11 +346,12 @@ def test_loss_with_effective_number_class_weights_follows_pytorch_weighted_mean(
   total, metrics = scan_cci.loss(outputs, labels, loss_config(class_weights="effective_number",
                                                               class_counts=counts))
   weights = scan_cci.effective_number_weights(counts, 0.9999)
-  attention = numpy_ce(outputs["attention_logits"], labels, weights)
-  region = sum(numpy_ce(outputs["region_logits"][:, j], labels, weights) for j in range(4))
+  attention = torch_ce(outputs["attention_logits"], labels, weights)
+  region = sum(torch_ce(outputs["region_logits"][:, j], labels, weights) for j in range(4))
   np.testing.assert_allclose(metrics["attention_loss"], attention, rtol=1e-5)
+  np.testing.assert_allclose(metrics["region_loss"], region, rtol=1e-5)
   np.testing.assert_allclose(total, 0.2 * attention + 0.8 * region, rtol=1e-5)
-  assert not np.isclose(attention, numpy_ce(outputs["attention_logits"], labels))
+  assert not np.isclose(attention, torch_ce(outputs["attention_logits"], labels))
 
 
 def test_loss_refuses_class_counts_it_cannot_weigh_naming_the_key_and_the_fix():
