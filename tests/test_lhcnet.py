@@ -1,6 +1,7 @@
 """LHC-Net: module maths against a direct NumPy reading of the official code, sizes, configs."""
 
 import io
+import os
 import re
 
 import jax
@@ -320,6 +321,17 @@ def sample_faces() -> list[np.ndarray]:
   return [photo, np.random.default_rng(0).integers(0, 256, (48, 48, 1), dtype=np.uint8)]
 
 
+def test_the_float32_resize_floors_as_tensorflow_does():
+  """Against TensorFlow's own floored output (tests/reference/record_tf_resize.py, tf.image.resize in float32, as
+  ETL.py calls it): the library's host resize and this file's reference, which the tests below build on, exactly."""
+  recorded = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "tf_resize_224.npz"))
+  for gray, floored in zip(recorded["images"], recorded["floored"]):
+    np.testing.assert_array_equal(np.floor(jpeg_round_trip.tf_bilinear_resize(gray, 224)), floored)
+    np.testing.assert_array_equal(np.floor(tf_bilinear_resize(gray, 224, 224, np.float32)), floored)
+  in_float64 = np.floor(tf_bilinear_resize(recorded["images"][1], 224, 224, np.float64))  # the noise
+  assert (in_float64 != recorded["floored"][1]).any()  # so the float32 steps are what the floor needs
+
+
 def test_jpeg_round_trip_is_the_official_training_image():
   for gray in sample_faces():
     want = official_training_image(gray)
@@ -327,10 +339,6 @@ def test_jpeg_round_trip_is_the_official_training_image():
     np.testing.assert_array_equal(jpeg_round_trip.round_trip(gray, 224), want[..., :1])
     floored = np.floor(tf_bilinear_resize(gray, 224, 224, np.float32))
     assert (want[..., :1] != floored).any()  # the JPEG changed some grey levels
-  # A float64 resize floors otherwise in places: the float32 steps are what the floor needs.
-  noise = sample_faces()[1]
-  in_float64, in_float32 = (np.floor(tf_bilinear_resize(noise, 224, 224, dtype)) for dtype in (np.float64, np.float32))
-  assert (in_float64 != in_float32).any()
 
 
 def test_fer2013_training_batches_take_the_round_trip_and_evaluation_images_stay_float(tmp_path):
