@@ -395,6 +395,9 @@ def test_lr_groups_are_regex_and_multiplier_pairs():
      "config.model.num_heads=7 must divide config.model.width=768: choose a head count that does"),
     ("configs/apvit.py:rafdb", {"ir_stage_sizes": (3, 4)}, "config.model.ir_stage_sizes=(3, 4) needs the unit counts "
                                                            "of the 3 IR stages APViT uses"),
+    ("configs/dan.py:rafdb", {"num_heads": 0}, "config.model.num_heads=0 must be at least 1 (the paper's 4)"),
+    ("configs/dan.py:rafdb", {"num_centres": 6}, "config.model.num_centres=6 must be at least "
+                                                 "config.model.num_classes=7: the affinity loss keeps a centre per"),
     ("configs/lhcnet.py:fer2013,stage=B", {"lhc_heads": (8, 8, 7, 7)},
      "config.model.lhc_heads=(8, 8, 7, 7) needs one entry per LHC module: give 5"),
     ("configs/lhcnet.py:fer2013,stage=B", {"lhc_embed_dims": (196, 196, 56, 14, 0)},

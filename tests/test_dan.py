@@ -98,7 +98,7 @@ def test_total_loss_sums_with_weights():
 def test_a_misspelt_model_key_is_refused_naming_the_method_and_the_valid_keys():
   """config.model.num_centers was left out without a word, building 8 centres."""
   config = get_config("configs/dan.py:synthetic")
-  config.model.num_centers = 3
+  config.model.num_centers = 9
   problem = ("config.model.num_centers is not a key of method 'dan' (did you mean num_centres?): rename or remove it; "
              "its keys are dtype, name, num_classes, remat, num_heads, num_centres.")
   with pytest.raises(ConfigError) as refused:
@@ -107,6 +107,6 @@ def test_a_misspelt_model_key_is_refused_naming_the_method_and_the_valid_keys():
   with pytest.raises(ConfigError, match=re.escape(problem)):  # the check before any work lists it too
     validation.validate(config, training=False)
   config = get_config("configs/dan.py:synthetic")
-  config.model.num_centres = 3
+  config.model.num_centres = 9
   validation.validate(config, training=False)
-  assert dan.METHOD.build(config.model).num_centres == 3
+  assert dan.METHOD.build(config.model).num_centres == 9

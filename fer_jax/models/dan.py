@@ -153,6 +153,18 @@ def grad_cam_outputs(model, variables, images) -> dict:
   return {**outputs, "head_cams": jnp.stack(cams, axis=1)}
 
 
+def config_problems(config) -> list[str]:
+  """The head and centre counts of config.model, checked before any work (fer_jax.validation)."""
+  heads, centres = (config.model.get(name, getattr(DAN, name)) for name in ("num_heads", "num_centres"))
+  problems = []
+  if heads < 1:
+    problems.append(f"config.model.num_heads={heads} must be at least 1 (the paper's 4).")
+  if centres < config.model.num_classes:
+    problems.append(f"config.model.num_centres={centres} must be at least config.model.num_classes="
+                    f"{config.model.num_classes}: the affinity loss keeps a centre per class (the official 8).")
+  return problems
+
+
 METHOD = Method(build=functools.partial(from_config, DAN), loss=loss, loss_keys=("affinity_weight", "partition_weight"),
                 auxiliary_params=("affinity",), attention_outputs=grad_cam_outputs,
-                save_attention_maps=attention_maps.save_dan_maps)
+                save_attention_maps=attention_maps.save_dan_maps, config_problems=config_problems)
