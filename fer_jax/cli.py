@@ -152,7 +152,8 @@ def describe(error: BaseException) -> str | None:
   if errors.is_file_system_error(error):
     where = error.filename if error.filename is not None else ""
     return f"{error.strerror}{': ' + str(where) if where != '' else ''} ({errors.FILE_SYSTEM_HINTS[error.errno]})."
-  cause = error.__cause__ or error.__context__
+  # `raise … from` only: an error raised while handling another (its __context__) is a bug of the handler.
+  cause = error.__cause__
   return describe(cause) if cause is not None and cause is not error else None
 
 

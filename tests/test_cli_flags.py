@@ -278,3 +278,19 @@ def test_a_log_copied_to_a_file_ends_with_the_error_and_a_full_disk_ends_the_cop
       for step in range(3):
         logging.getLogger("absl").info("step %d", step)
     assert caplog.text.count("Stopped copying the log to /dev/full: [Errno 28] No space left on device") == 1
+
+
+def test_a_bug_raised_while_handling_a_file_error_is_a_bug_and_a_wrapped_one_is_the_users():
+  """An error in an `except OSError:` block was printed as the OSError it handled ("check the path", exit 2), hiding
+  the bug and its traceback; a file error given as the cause (`raise … from`) stays the user's."""
+  missing = FileNotFoundError(2, "No such file or directory", "/nowhere/cache.json")
+  try:
+    try:
+      raise missing
+    except OSError:
+      None.strip()  # the handler's own bug
+  except AttributeError as bug:
+    assert cli.describe(bug) is None
+  wrapped = RuntimeError("could not read the cache")
+  wrapped.__cause__ = missing
+  assert cli.describe(wrapped) == "No such file or directory: /nowhere/cache.json (check the path)."
