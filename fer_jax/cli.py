@@ -260,8 +260,9 @@ def _parse_flags(argv):
   except Exception as error:  # pylint: disable=broad-except  (config files raise what they like)
     if "--verbose" in argv:
       raise
-    print(f"error: {_config_file_error(error, argv) or _flag_message(error, argv) + ' (--helpshort lists the flags).'}",
-          file=sys.stderr)
+    message = (_config_file_error(error, argv) or _config_file_line(error, argv)
+               or _flag_message(error, argv) + " (--helpshort lists the flags).")
+    print(f"error: {message}", file=sys.stderr)
     sys.exit(USER_ERROR_STATUS)
 
 
@@ -301,6 +302,12 @@ def _flag_message(error: BaseException, argv) -> str:
   return " ".join(text.split())
 
 
+def _given_config_file(argv) -> str:
+  given = next((argument.partition("=")[2] for argument in config_lib.config_arguments(argv)
+                if argument.startswith("--config=")), "")
+  return given.partition(":")[0]
+
+
 def _config_file_error(error: BaseException, argv) -> str | None:
   """A config file's own exception, as ml_collections wraps it (its traceback in the text), named by the file where
   its message does not name it; None for any other flag error."""
@@ -308,10 +315,27 @@ def _config_file_error(error: BaseException, argv) -> str | None:
   if "Traceback (most recent call last)" not in text:
     return None
   message = " ".join(re.sub(r"^\w+(Error|Exception): ", "", text.strip().splitlines()[-1]).split())
-  given = next((argument.partition("=")[2] for argument in config_lib.config_arguments(argv)
-                if argument.startswith("--config=")), "")
-  config_file = given.partition(":")[0]
+  config_file = _given_config_file(argv)
   return message if not config_file or config_file in message else f"the config file {config_file}: {message}"
+
+
+def _config_file_line(error: BaseException, argv) -> str | None:
+  """An error in loading the --config file (its syntax, an import, its get_config) with the file's line, which the
+  bare message lacks; None for an error raised elsewhere."""
+  config_file = _given_config_file(argv)
+  if not config_file:
+    return None
+  path = os.path.abspath(config_file)
+  if isinstance(error, SyntaxError) and error.filename and os.path.abspath(error.filename) == path:
+    return f"the config file {config_file}, line {error.lineno}: {error.msg}: {(error.text or '').strip()}"
+  if isinstance(error, AttributeError) and error.name == "get_config":
+    return (f"the config file {config_file} defines no get_config(argument), the function every config file has "
+            "(configs/dan.py shows one)")
+  lines = [line for frame, line in traceback.walk_tb(error.__traceback__)
+           if os.path.abspath(frame.f_code.co_filename) == path]
+  if not lines:
+    return None
+  return f"the config file {config_file}, line {lines[-1]}: {type(error).__name__}: {error}"
 
 
 def _config_file_meant(problem: str, argv) -> str | None:

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 import pytest
 
 from fer_jax import cli
-from helpers import ROOT, cpu_devices_env
+from helpers import ROOT, assert_user_error, cpu_devices_env, run_command
 
 # Each command's path flags, and the flags it requires besides them.
 PATH_FLAGS = {
@@ -294,3 +294,23 @@ def test_a_bug_raised_while_handling_a_file_error_is_a_bug_and_a_wrapped_one_is_
   wrapped = RuntimeError("could not read the cache")
   wrapped.__cause__ = missing
   assert cli.describe(wrapped) == "No such file or directory: /nowhere/cache.json (check the path)."
+
+
+CONFIG_FILES_IN_ERROR = {
+    "syntax.py": ("def get_config(:\n", "syntax.py, line 1: invalid syntax: def get_config(:"),
+    "no_function.py": ("SIZE = 1\n", "no_function.py defines no get_config(argument), the function every config "),
+    "bad_import.py": ("import no_such_module_xyz\n", "bad_import.py, line 1: ModuleNotFoundError: No module named "
+                                                     "'no_such_module_xyz'"),
+    "raises.py": ("def get_config(arg=None):\n  return {}[arg]\n", "raises.py, line 2: KeyError: None"),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", sorted(CONFIG_FILES_IN_ERROR))
+def test_an_error_in_a_config_file_names_the_file_and_its_line(name, tmp_path):
+  """The message was Python's alone ("invalid syntax", "module 'config_config' has no attribute 'get_config'")."""
+  text, expected = CONFIG_FILES_IN_ERROR[name]
+  (tmp_path / name).write_text(text)
+  assert_user_error(run_command("fer_jax.main", f"--config={tmp_path / name}", f"--workdir={tmp_path / 'run'}"),
+                    f"error: the config file {tmp_path / name}" + ("" if name == "no_function.py" else ", line "),
+                    expected)
