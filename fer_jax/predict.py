@@ -34,22 +34,26 @@ Per crop or face the output holds the top class, its probability, the probabilit
 config's class order) and the logits; for faces also the video frame's index and time, the face's index (left to
 right), track (none for a photo's faces and those not classified), box, landmarks, detection score and why it was
 skipped; `.csv` or `.json` by the output's extension, written whole or not at all (through a temporary file; a
-file name's bytes that are not UTF-8 written as "\udce9"). A folder is searched recursively for images and videos
-(one line counts the files left out, by extension). Inputs without a row of their own are listed with the reason
-and warned about: a face crop smaller than --min_face_size, a photo or video in which no face is found, and
-unreadable inputs (an empty file, not an image, corrupt, truncated, unreadable, a symbolic-link loop, or a header
-claiming more than `fer_jax.data.decode.MAX_IMAGE_PIXELS`; a truncated or non-video file named as a video, or one
-without a frame; a folder that cannot be listed), which are counted. A video's frames that cannot be read (a
-damaged file) are passed over, with one warning giving their number. Images are read upright (their EXIF
-orientation applied); a float image (a TIFF of mode "F") with values in [0, 1] is scaled by 255. A missing or
-empty --input, an --output or --annotate that could not be written, or an --annotate inside the --input folder
-(its drawings would be read as photos by the next run) fails before the model is loaded. The log
-gives each prediction when there are at most `FEW_ROWS` rows, then the counts and the output's absolute path.
-SIGINT (Ctrl-C) or SIGTERM stops the run after the image or video frame in hand: the output holds the rows done
-and lists the input cut off ("interrupted at frame N") and those not reached as skipped, and the command exits
-with status 75 (run it again to complete the output); a second signal exits at once, writing nothing. An error
-mid-run (a bug, a failing device) writes the rows done likewise, the inputs left (and those whose queued faces the
-error lost) listed as "not done: the run failed (ErrorType) in NAME", then fails as it would have.
+file name's bytes that are not UTF-8 written as "\udce9"). An output that cannot be written at the end (a full disk)
+keeps the rows: they go to a file named after it in the temporary folder (`spill_path`), which the error names. A
+folder is searched recursively for images and videos (one line counts the files left out, by extension). Inputs
+without a row of their own are listed with the reason and warned about: a face crop smaller than --min_face_size, a
+photo or video in which no face is found, and unreadable inputs (an empty file, not an image, corrupt, truncated,
+unreadable, a symbolic-link loop, or a header claiming more than `fer_jax.data.decode.MAX_IMAGE_PIXELS`; a truncated
+or non-video file named as a video, or one without a frame; a folder that cannot be listed), which are counted. A
+video's frames that cannot be read (a damaged file) are passed over, with one warning giving their number. Images
+are read upright (their EXIF orientation applied); a float image (a TIFF of mode "F") with values in [0, 1] is
+scaled by 255. A missing or empty --input, an --output or --annotate that could not be written, or an --annotate
+inside the --input folder (its drawings would be read as photos by the next run) fails before the model is loaded.
+The log gives each prediction when there are at most `FEW_ROWS` rows, then the counts and the output's absolute
+path.
+SIGINT (Ctrl-C) or SIGTERM stops the run after the image or video frame in hand: the rows done, the input cut off
+("interrupted at frame N") and those not reached listed as skipped, go to a partial file beside the output
+(`partial_path`: preds.partial.csv, replaced by each partial run), an earlier output left as it was, and the command
+exits with status 75 (run it again for the whole output: it predicts every input anew, and removes the partial file);
+a second signal exits at once, writing nothing. An error mid-run (a bug, a failing device) writes the rows done
+likewise, the inputs left (and those whose queued faces the error lost) listed as "not done: the run failed
+(ErrorType) in NAME", then fails as it would have.
 """
 
 import csv
@@ -57,6 +61,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 
 from absl import flags
 from absl import logging
@@ -333,6 +338,55 @@ def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_na
                        *(f"{row['logits'][c]:.6f}" if classified else "" for c in class_names)])
 
 
+def write_output(results: FacePredictions, class_names, output: str, face_columns: bool) -> str:
+  """Writes the rows (`write_predictions`) to `output`, or, where the run stopped early, to `partial_path(output)`:
+  a partial result never replaces an earlier output. A complete run removes the partial file an earlier run left.
+  Returns the path written; where it cannot be written (a full disk), the rows go to `spill_path` and a UserError
+  names it, the cause and the fix."""
+  path = partial_path(output) if results.cut_off else output
+  try:
+    write_predictions(results.rows, results.skipped, class_names, path, face_columns)
+  except OSError as error:
+    raise _spilled(results, class_names, path, face_columns, error) from error
+  if not results.cut_off:
+    _remove_stale(partial_path(output), output)
+  return path
+
+
+def partial_path(output: str) -> str:
+  """Where a run stopped early writes its rows: beside `output` (preds.csv: preds.partial.csv)."""
+  stem, suffix = os.path.splitext(output)
+  return f"{stem}.partial{suffix}"
+
+
+def spill_path(path: str) -> str:
+  """Where the rows go when `path` cannot be written: the temporary folder, likely on another disk (preds.csv:
+  /tmp/preds.<pid>.csv, the process id keeping an earlier run's spill)."""
+  stem, suffix = os.path.splitext(os.path.basename(path))
+  return os.path.join(tempfile.gettempdir(), f"{stem}.{os.getpid()}{suffix}")
+
+
+def _spilled(results: FacePredictions, class_names, path: str, face_columns: bool, error: OSError) -> UserError:
+  spill, cause = spill_path(path), error.strerror or str(error)
+  try:
+    write_predictions(results.rows, results.skipped, class_names, spill, face_columns)
+  except OSError as spill_error:
+    return UserError(f"{path} could not be written ({cause}), nor {spill} ({spill_error.strerror or spill_error}): "
+                     "the predictions are lost. Free space or choose another --output, then run again.")
+  return UserError(f"{path} could not be written ({cause}); the predictions went to {spill} instead. Free space or "
+                   "choose another --output.")
+
+
+def _remove_stale(partial: str, output: str) -> None:
+  try:
+    os.remove(partial)
+  except FileNotFoundError:
+    pass
+  except OSError as error:
+    logging.warning("%s, left by a run stopped early, could not be removed (%s): %s is the complete output.", partial,
+                    error.strerror, output)
+
+
 def _face_fields(row: dict) -> list:
   if "face" not in row:
     return [""] * len(FACE_COLUMNS)
@@ -346,22 +400,25 @@ FEW_ROWS = 10  # up to this many rows are logged one by one; beyond, the summary
 
 
 def log_results(results: FacePredictions, inputs: int, output: str) -> None:
-  """Each row's prediction when there are few, then what was written to `output` and what was skipped of the
-  `inputs` (each skipped input was named in its warning), and whether a stop signal left `output` partial."""
+  """Each row's prediction when there are few, then what was written for `output` (there, or where the run stopped
+  early beside it: `write_output`) and what was skipped of the `inputs` (each skipped input was named in its warning),
+  and whether the run stopped early."""
   if len(results.rows) <= FEW_ROWS:
     for row in results.rows:
       logging.info("%s", row_summary(row))
   predictions = sum("prediction" in row for row in results.rows)
   skipped = inference.skipped_summary(len(results.skipped) - len(results.cut_off), inputs, len(results.unreadable),
                                      "input")
-  logging.info("Wrote %s to %s%s.", errors.counted(predictions, "prediction"), output, skipped)
+  written = partial_path(output) if results.cut_off else output
+  logging.info("Wrote %s to %s%s.", errors.counted(predictions, "prediction"), written, skipped)
   if results.faces_skipped:
     logging.info("%s not classified, too small (< --min_face_size=%g px) or too unsure (< --min_score=%g): the "
                  "output's rows say why.", errors.counted(results.faces_skipped, "face"), results.min_face_size,
                  results.min_score)
   if results.cut_off:
-    logging.warning("Stopped early: %s is partial; it lists the %s not done as skipped. Run the same command again "
-                    "to complete it.", output, errors.counted(len(results.cut_off), "input"))
+    logging.warning("Stopped early: %s is partial (%s not done, listed as skipped); %s is not replaced. Run the "
+                    "command again for the whole output: it predicts every input anew.", written,
+                    errors.counted(len(results.cut_off), "input"), output)
 
 
 def row_summary(row: dict) -> str:
@@ -408,9 +465,14 @@ def main(argv):
                            args.smooth, args.annotate)
   results.count_unreadable(unlisted)  # warned about as they were listed
   inputs = len(paths) + len(unlisted)
-  write_predictions(results.rows, results.skipped, model.class_names, args.output,
-                    detects_faces(paths, args.detect))
-  log_results(results, inputs, os.path.abspath(args.output))
+  try:
+    write_output(results, model.class_names, args.output, detects_faces(paths, args.detect))
+  except UserError as error:
+    if not results.failed:
+      raise
+    logging.error("%s", error)  # the run's own error, raised below (outside this block: its traceback, not this line)
+  else:
+    log_results(results, inputs, os.path.abspath(args.output))
   if results.failed:
     raise results.failed
   if results.cut_off:

@@ -1,5 +1,6 @@
 """fer_jax.predict: the method's eval preprocessing, batched inference, TTA, outputs, bad images."""
 
+import contextlib
 import csv
 import errno
 import json
@@ -9,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 
 import cv2
 import jax
@@ -188,14 +190,16 @@ cli.run(predict.main)
 
 
 @pytest.mark.integration
-def test_an_interrupted_run_writes_the_rows_done_lists_the_rest_and_exits_75(checkpoint, tmp_path):
-  """Ctrl-C lost every input already done: exit status 130, a traceback, no output."""
+def test_an_interrupted_run_writes_the_rows_done_beside_the_output_lists_the_rest_and_exits_75(checkpoint, tmp_path):
+  """Ctrl-C lost every input already done: exit status 130, a traceback, no output. Then the partial rows replaced the
+  complete output an earlier run wrote, and the message said to run "again to complete it", which predict does not."""
   folder = tmp_path / "inputs"
   folder.mkdir()
   Image.fromarray(np.random.default_rng(8).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / "a.png")
   video = _flat_video(str(folder / "b.avi"))
   Image.new("RGB", (48, 48)).save(folder / "c.png")
-  out = tmp_path / "preds.csv"
+  out, partial = tmp_path / "preds.csv", tmp_path / "preds.partial.csv"
+  out.write_text("an earlier run's complete output\n")
   result = subprocess.run(
       [sys.executable, "-c", _PREDICT_INTERRUPTED_AT_FRAME_1, "--config=configs/dan.py:synthetic",
        "--config.input.size=32", f"--checkpoint={os.path.dirname(checkpoint[1])}", f"--input={folder}",
@@ -204,13 +208,75 @@ def test_an_interrupted_run_writes_the_rows_done_lists_the_rest_and_exits_75(che
   assert result.returncode == 75, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
   assert "SIGINT received: stopping after the image or video frame in hand" in result.stderr
-  assert f"Stopped early: {out} is partial; it lists the 2 inputs not done as skipped. Run the same command again to " \
-         "complete it." in result.stderr
-  with open(out) as f:
+  assert f"Stopped early: {partial} is partial (2 inputs not done, listed as skipped); {out} is not replaced. Run " \
+         "the command again for the whole output: it predicts every input anew." in result.stderr
+  assert out.read_text() == "an earlier run's complete output\n"
+  with open(partial) as f:
     table = list(csv.DictReader(f))
   assert [(row["image"], row["skipped"], row["prediction"] != "") for row in table] == [
       (str(folder / "a.png"), "", True), (video, "interrupted at frame 2 by SIGINT", False),
       (str(folder / "c.png"), "not reached: stopped by SIGINT", False)]
+
+
+# `python -m fer_jax.predict` on a full disk: every file written under the folder $FULL_DISK fails with ENOSPC; with
+# $FAIL_ON, reading that input fails as a bug would.
+_PREDICT_ON_A_FULL_DISK = """
+import contextlib, errno, os
+from fer_jax import cli, files, predict
+
+written_whole, add_image = files.written_whole, predict.FacePredictions.add_image
+
+@contextlib.contextmanager
+def full_disk(path, **open_kwargs):
+  with written_whole(path, **open_kwargs) as f:
+    yield f
+    if os.path.realpath(path).startswith(os.environ["FULL_DISK"] + os.sep):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+def failing_add_image(results, path, *args):
+  if path == os.environ.get("FAIL_ON"):
+    raise RuntimeError("device broke")
+  return add_image(results, path, *args)
+
+files.written_whole, predict.FacePredictions.add_image = full_disk, failing_add_image
+predict.define_flags()
+cli.run(predict.main)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("error_mid_run", [False, True], ids=["complete", "error_mid_run"])
+def test_an_output_that_cannot_be_written_at_the_end_leaves_the_rows_in_the_temporary_folder(error_mid_run, checkpoint,
+                                                                                             tmp_path):
+  """A full disk at the end lost every row computed (minutes of a folder or video): "No space left on device: …".
+  After an error mid-run the error is still raised, its traceback shown."""
+  inputs, full, spill_folder = tmp_path / "inputs", tmp_path / "full", tmp_path / "tmp"
+  for folder in (inputs, full, spill_folder):
+    folder.mkdir()
+  Image.fromarray(np.random.default_rng(8).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(inputs / "a.png")
+  Image.new("RGB", (48, 48)).save(inputs / "b.png")
+  out = full / "preds.csv"
+  out.write_text("an earlier run's complete output\n")
+  result = subprocess.run(
+      [sys.executable, "-c", _PREDICT_ON_A_FULL_DISK, "--config=configs/dan.py:synthetic", "--config.input.size=32",
+       f"--checkpoint={os.path.dirname(checkpoint[1])}", f"--input={inputs}", f"--output={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", "FULL_DISK": str(full), "TMPDIR": str(spill_folder),
+           "FAIL_ON": str(inputs / "b.png") if error_mid_run else ""})
+  assert result.returncode == (1 if error_mid_run else 2), result.stderr[-3000:]
+  [spill] = os.listdir(spill_folder)
+  written = full / ("preds.partial.csv" if error_mid_run else "preds.csv")
+  assert re.fullmatch(r"preds\.partial\.\d+\.csv" if error_mid_run else r"preds\.\d+\.csv", spill)
+  message = (f"{written} could not be written (No space left on device); the predictions went to "
+             f"{spill_folder / spill} instead. Free space or choose another --output.")
+  if error_mid_run:  # the write's error logged, then the run's own raised
+    assert message in result.stderr and result.stderr.splitlines()[-1] == "RuntimeError: device broke"
+  else:
+    assert result.stderr.splitlines()[-1] == f"error: {message}"
+  with open(spill_folder / spill) as f:
+    assert [(os.path.basename(row["image"]), row["prediction"] != "") for row in csv.DictReader(f)] == [
+        ("a.png", True), ("b.png", not error_mid_run)]
+  assert os.listdir(full) == ["preds.csv"] and out.read_text() == "an earlier run's complete output\n"
 
 
 def test_each_batch_is_padded_to_the_size_padded_size_gives_and_its_padding_dropped():
@@ -731,6 +797,91 @@ def test_names_that_are_not_utf8_are_written_and_a_failed_write_leaves_the_previ
                               ("anger",), str(tmp_path / "preds.csv"), False)
   assert (tmp_path / "preds.csv").read_text() == "kept\n"
   assert sorted(os.listdir(tmp_path)) == ["preds.csv", "preds.json"]
+
+
+def _full_disk(monkeypatch, *folders) -> None:
+  """Every file written (`files.written_whole`) under one of `folders` fails with ENOSPC, the write under way."""
+  written_whole = predict.files.written_whole
+
+  @contextlib.contextmanager
+  def full_disk(path, **open_kwargs):
+    with written_whole(path, **open_kwargs) as f:
+      yield f
+      if any(os.path.realpath(path).startswith(f"{folder}{os.sep}") for folder in folders):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(predict.files, "written_whole", full_disk)
+
+
+def _crops_done(monkeypatch, tmp_path, stopped: str = "") -> predict.FacePredictions:
+  """Two face crops classified, or with `stopped` ("signal", "error") the first, the run stopped on the second."""
+  model = _happy_model(monkeypatch)
+  paths = [str(tmp_path / name) for name in ("a.png", "b.png")]
+  for path in paths:
+    Image.new("RGB", (100, 100)).save(path)
+  batches, classify = [], model.classify
+
+  def failing_on_the_second_batch(crops):
+    batches.append(crops)
+    if stopped == "error" and len(batches) > 1:
+      raise RuntimeError("device broke")
+    if stopped == "signal" and len(batches) == 1:  # sent as the first crop is classified: the second is not reached
+      os.kill(os.getpid(), signal.SIGINT)
+    return classify(crops)
+
+  monkeypatch.setattr(model, "classify", failing_on_the_second_batch)
+  monkeypatch.setattr(model.predictor, "batch_size", 1)
+  return predict.predict_inputs(model, paths, str(tmp_path), None, 24, 0.9)
+
+
+@pytest.mark.parametrize("stopped", ["signal", "error"])
+def test_a_run_stopped_early_writes_beside_the_output_and_a_complete_run_replaces_it_and_the_partial_file(
+    stopped, tmp_path, monkeypatch):
+  """The partial rows of a run stopped early (Ctrl-C, an error) replaced the complete output an earlier run wrote."""
+  out, partial = tmp_path / "out" / "preds.csv", tmp_path / "out" / "preds.partial.csv"
+  out.parent.mkdir()
+  out.write_text("an earlier run's complete output\n")
+  outer = signal.signal(signal.SIGINT, _signal_reached_the_test)
+  try:
+    stopped_early = _crops_done(monkeypatch, tmp_path, stopped)
+  finally:
+    signal.signal(signal.SIGINT, outer)
+  assert stopped_early.cut_off == [str(tmp_path / "b.png")]
+  assert predict.write_output(stopped_early, (), str(out), False) == str(partial)
+  assert out.read_text() == "an earlier run's complete output\n"
+  with open(partial) as f:
+    assert [row["prediction"] for row in csv.DictReader(f)] == ["happiness", ""]
+
+  monkeypatch.undo()
+  assert predict.write_output(_crops_done(monkeypatch, tmp_path), (), str(out), False) == str(out)
+  with open(out) as f:
+    assert [row["prediction"] for row in csv.DictReader(f)] == ["happiness", "happiness"]
+  assert os.listdir(out.parent) == ["preds.csv"]
+
+
+@pytest.mark.parametrize("spill_fails", [False, True], ids=["spilled", "lost"])
+def test_an_output_that_cannot_be_written_spills_its_rows_to_the_temporary_folder_and_says_where(
+    spill_fails, tmp_path, monkeypatch):
+  """A full disk lost every row computed at the end: the message was "No space left on device: …/preds.csv"."""
+  results = _crops_done(monkeypatch, tmp_path)
+  out, spill_folder = tmp_path / "out" / "preds.csv", tmp_path / "tmp"
+  spill_folder.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(spill_folder))
+  _full_disk(monkeypatch, str(out.parent), *([str(spill_folder)] if spill_fails else []))
+  spill = spill_folder / f"preds.{os.getpid()}.csv"
+  with pytest.raises(UserError) as raised:
+    predict.write_output(results, (), str(out), False)
+  if spill_fails:
+    assert str(raised.value) == (
+        f"{out} could not be written (No space left on device), nor {spill} (No space left on device): the "
+        "predictions are lost. Free space or choose another --output, then run again.")
+    assert not os.listdir(spill_folder)
+  else:
+    assert str(raised.value) == (f"{out} could not be written (No space left on device); the predictions went to "
+                                 f"{spill} instead. Free space or choose another --output.")
+    with open(spill) as f:
+      assert [row["prediction"] for row in csv.DictReader(f)] == ["happiness", "happiness"]
+  assert os.listdir(out.parent) == []
 
 
 def test_a_frame_whose_faces_are_all_unclassified_keeps_the_tracks():
