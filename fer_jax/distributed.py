@@ -12,8 +12,11 @@ import os
 import re
 import secrets
 import socket
+import sys
+import threading
 import time
 
+from absl import logging
 import jax
 from jax._src import distributed as jax_distributed  # the coordinator's address: no public form
 from jax.experimental import multihost_utils
@@ -21,10 +24,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fer_jax import config_lib
+from fer_jax.errors import USER_ERROR_STATUS
 from fer_jax.errors import UserError
 
 FLAGS = ("coordinator_address", "num_processes", "process_id")
-COORDINATOR_TIMEOUT_S = 300  # as long as jax.distributed.initialize waits for the other processes
+COORDINATOR_TIMEOUT_S = 300  # how long the processes wait for each other: to join the run, at an exchange
+JAX_MARGIN_S = 30  # jax.distributed.initialize's own timeout beyond ours, which ends the process with a clear error
 
 
 def check_flags(distributed: bool, values: dict) -> None:
@@ -63,9 +68,14 @@ def start(coordinator_address, num_processes, process_id) -> None:
   if address and process_id == 0:
     check_port_free(address, flag, os.environ.get("JAX_COORDINATOR_BIND_ADDRESS") or None)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  logging.info("Joining the run of %s processes at %s (up to %d s for all of them).", num_processes or "the",
+               address or "the address the cluster gives", COORDINATOR_TIMEOUT_S)
+  watchdog = threading.Timer(COORDINATOR_TIMEOUT_S, _not_all_joined, (address, num_processes))
+  watchdog.daemon = True
+  watchdog.start()
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, initialization_timeout=COORDINATOR_TIMEOUT_S + JAX_MARGIN_S)
   except ValueError as error:
     given = {"coordinator_address": coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"),
              "num_processes": num_processes, "process_id": process_id}
@@ -75,7 +85,30 @@ def start(coordinator_address, num_processes, process_id) -> None:
     raise UserError(f"--distributed could not start: {error} Outside a cluster JAX detects (Cloud TPU, Slurm), add "
                     f"{', '.join(missing)} (every process the same --coordinator_address=HOST:PORT of process 0 and "
                     "--num_processes, each its own --process_id).") from error
+  finally:
+    watchdog.cancel()
+  with errors_together():
+    check_process_count(num_processes, jax.process_count())
   _together(check_device_counts, jax.devices(), jax.process_count())
+
+
+def _not_all_joined(address: str | None, num_processes: int | None) -> None:
+  """Ends this process where jax.distributed.initialize still waits for a process that never came (one that failed
+  at start-up, or was given another address or count): JAX would abort it with a native stack trace after its own
+  timeout."""
+  count = f"the {num_processes}" if num_processes else "the"
+  print(f"error: --distributed: {count} processes did not all join the run at {address or 'the coordinator'} within "
+        f"{COORDINATOR_TIMEOUT_S} s. A process failed before joining (see its log), or was given another "
+        "--coordinator_address or --num_processes: start every process with the same ones.", file=sys.stderr,
+        flush=True)
+  os._exit(USER_ERROR_STATUS)  # pylint: disable=protected-access  # initialize holds this process in native code
+
+
+def check_process_count(given: int | None, joined: int) -> None:
+  """A --num_processes other than process 0's, whose count the run takes: a launcher's mistake, refused."""
+  if given is not None and given != joined:
+    raise UserError(f"--num_processes={given}, but process 0 started the run for {joined} processes: give every "
+                    "process the same --num_processes.")
 
 
 def _together(check, *args) -> None:

@@ -133,6 +133,29 @@ def test_processes_with_unequal_device_counts_are_named():
     distributed.check_device_counts(_devices(0, 1), 3)
 
 
+def test_a_num_processes_other_than_process_0s_is_refused():
+  """A process given --num_processes=3 joined process 0's run of 2, and trained to the end as one of 2."""
+  distributed.check_process_count(None, 2)  # left to a cluster JAX detects
+  distributed.check_process_count(2, 2)
+  with pytest.raises(UserError, match=r"^--num_processes=3, but process 0 started the run for 2 processes: give every "
+                                      r"process the same --num_processes\.$"):
+    distributed.check_process_count(3, 2)
+
+
+@pytest.mark.integration
+def test_a_process_that_never_joins_ends_the_others_with_a_message_not_a_native_abort():
+  """Process 0 of 2, whose process 1 failed before joining: it waited 5 minutes, then JAX aborted it (SIGABRT, a C++
+  stack trace). Here the wait is 3 s."""
+  port = free_port()
+  script = ("import sys; from fer_jax import distributed; distributed.COORDINATOR_TIMEOUT_S = 3; "
+            f"distributed.start('127.0.0.1:{port}', 2, 0)")
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=cpu_devices_env(1), capture_output=True,
+                          text=True, timeout=120)
+  assert_user_error(result, f"error: --distributed: the 2 processes did not all join the run at 127.0.0.1:{port} within 3 "
+                            "s. A process failed before joining (see its log), or was given another "
+                            "--coordinator_address or --num_processes")
+
+
 class _Processes:
   """Runs a function on `count` threads standing for processes, whose process_allgather stacks what
   each thread gave, as jax's does across processes; `gather` lists what each gave, as the coordination
