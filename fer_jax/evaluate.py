@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
+from fer_jax import cli
 from fer_jax import compare
 from fer_jax import config_lib
 from fer_jax import distributed
@@ -626,7 +627,8 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
             "provenance": provenance.record()}
   examples = {name: evaluators.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in by_name}
   predictions = {name: predictions_table(evaluators.data(name).split, *passes) for name, passes in predicted.items()}
-  write_report(report, workdir, examples, predictions)
+  with distributed.errors_together():  # process 0 writes it: its failure (a full disk) ends every process alike
+    write_report(report, workdir, examples, predictions)
   return report
 
 
@@ -679,6 +681,8 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   """`--mode=eval`: runs every evaluator of `config` on a saved or converted checkpoint and writes the report."""
   with distributed.errors_together():  # --workdir and --checkpoint may be on some hosts' disks only
     check_not_a_training_run(workdir)
+    if jax.process_index() == 0:  # which writes the report: a workdir it cannot write fails before the evaluation
+      cli.check_writable_place(f"--workdir={workdir}", workdir)
     validation.validate(config, training=False)
     checkpointing.step_folder(checkpoint)
   mesh = mesh_lib.make_mesh()

@@ -435,3 +435,12 @@ def test_a_report_written_again_keeps_a_predictions_file_it_did_not_write(tmp_pa
   (tmp_path / "predictions_test.csv").write_text("the user's own\n")
   evaluate.write_report(report, str(tmp_path), {"test": images})
   assert (tmp_path / "predictions_test.csv").read_text() == "the user's own\n"
+
+
+def test_an_evaluation_into_a_workdir_that_cannot_be_written_stops_before_any_work(tmp_path):
+  """A file given as --workdir failed only once every evaluator had run, as its report was written."""
+  (tmp_path / "report").write_text("not a folder")
+  with pytest.raises(UserError, match=rf"^--workdir={tmp_path / 'report'} cannot be created: {tmp_path / 'report'} is "
+                                      r"a file, not a folder; choose another path\.$"):
+    evaluate.evaluate_checkpoint(get_config("configs/dan.py:synthetic"), str(tmp_path / "weights"),
+                                 str(tmp_path / "report"))
