@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Callable
 
 from absl import logging
 import jax
@@ -235,6 +236,28 @@ def same_split_check(what: str, identity: dict, prepared_in: str, gather) -> Non
     raise UserError(f"The processes read different copies of {what}: {described[0]}, {described[1]}{more}. Give "
                     "every process the same prepared set: one folder all hosts share as --config.dataset.data_dir "
                     "(or the evaluator's data_dir), or copies of the very folder process 0 reads.")
+
+
+def check_same_weights(source: str, digest: Callable[[], str]) -> None:
+  """Stops every process unless each loaded the same weights from `source` ("--checkpoint=PATH"), `digest()` their
+  fingerprint (`checkpointing.fingerprint`, computed where there are several processes): a stale copy on one host
+  ended every process in JAX's assertion that a device_put's array differs between processes, naming neither the
+  path nor the host. Exchanges through the coordination service, no device collective."""
+  if jax.process_count() > 1:
+    _together(same_weights_check, source, digest(), _gather_strings)
+
+
+def same_weights_check(source: str, digest: str, gather) -> None:
+  """check_same_weights on one process; `gather(name, text)` returns every process's text for `name`."""
+  loaded = [json.loads(text) for text in gather("weights", json.dumps([digest, socket.gethostname()]))]
+  differing = [index for index, (other, _) in enumerate(loaded) if other != loaded[0][0]]
+  if differing:
+    described = [f"process {index} on {loaded[index][1]} params_sha256 {loaded[index][0][:12]}…"
+                 for index in (0, differing[0])]
+    more = f" ({len(differing)} processes differ from process 0)" if len(differing) > 1 else ""
+    raise UserError(f"The processes read different weights from {source}: {described[0]}, {described[1]}{more}. Give "
+                    "every process the same files: one folder all hosts share, or copies of the very folder process "
+                    "0 reads (`python -m fer_jax.summary --checkpoint=PATH` prints a copy's params_sha256).")
 
 
 def _split_in_words(identity: dict) -> str:

@@ -689,6 +689,7 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   model = models.build_model(config)
   with distributed.errors_together():  # a copy of the checkpoint on one host may be damaged
     variables = models.load_trained_variables(config, model, checkpoint)  # before the data: a wrong one fails fast
+  distributed.check_same_weights(f"--checkpoint={checkpoint}", lambda: checkpointing.fingerprint(variables))
   evaluators = Evaluators(model, config, mesh)
   evaluators.open_all()
   variables = mesh_lib.replicated(variables, mesh)

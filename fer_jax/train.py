@@ -120,6 +120,7 @@ def load_initial_variables(state: dict, config, abstract_variables: dict, mesh) 
       variables = checkpointing.restore_parts(config.init_from, fresh, parts)
     else:
       variables = checkpointing.restore_model(config.init_from, abstract_variables, fresh, config.init_from_missing)
+  distributed.check_same_weights(f"--config.init_from={config.init_from}", lambda: checkpointing.fingerprint(variables))
   logging.info("Initialised params and batch_stats%s from %s", f" of {', '.join(parts.values())}" if parts else "",
                config.init_from)
   return {**state, **mesh_lib.replicated(variables, mesh)}

@@ -233,6 +233,22 @@ def test_processes_that_read_different_copies_of_a_split_stop_together_naming_th
   assert two.run(distributed.same_split_check, same_splits) == [None, None]  # folders may differ
 
 
+def test_processes_that_read_different_weights_stop_together_naming_them():
+  """A stale copy of init_from or --checkpoint on one host: every process ended in JAX's AssertionError that a
+  device_put's array is not the same on each process."""
+  processes = _Processes(3)
+  outcomes = processes.run(distributed.same_weights_check, [("--checkpoint=run", digest, processes.gather)
+                                                            for digest in ("ab" * 32, "ab" * 32, "cd" * 32)])
+  host = socket.gethostname()
+  assert [str(outcome) for outcome in outcomes] == [
+      f"The processes read different weights from --checkpoint=run: process 0 on {host} params_sha256 abababababab…, "
+      f"process 2 on {host} params_sha256 cdcdcdcdcdcd…. Give every process the same files: one folder all hosts "
+      "share, or copies of the very folder process 0 reads (`python -m fer_jax.summary --checkpoint=PATH` prints a "
+      "copy's params_sha256)."] * 3
+  two = _Processes(2)
+  assert two.run(distributed.same_weights_check, [("--checkpoint=run", "ab" * 32, two.gather)] * 2) == [None, None]
+
+
 def test_a_user_error_of_process_0_is_raised_on_every_process():
   """The workdir lock is process 0's: another run holding it stopped process 0 alone, and the others went on into
   the run to lose it in their first collective (exit 75, 'another process stopped or died')."""

@@ -331,11 +331,11 @@ def test_a_process_killed_ends_the_other_wherever_it_waits():
 
 
 def _on_two_hosts_with_weights_on_the_first(tmp_path, name: str, args: list[str],
-                                            truncated_on_the_second: bool = False) -> tuple[list[int], list[str]]:
+                                            on_the_second: str = "") -> tuple[list[int], list[str]]:
   """Random TinyNet weights linked as `name` in process 0's working folder alone (tmp_path/host_0; process 1 works
-  in host_1; with `truncated_on_the_second`, a copy whose largest array file is cut in half there), then
-  `fer_jax.main --config=configs/dan.py:synthetic` training TinyNet with `args` on both processes: their exit
-  statuses and logs."""
+  in host_1, where `on_the_second` "truncated" puts a copy whose largest array file is cut in half, "other weights"
+  weights drawn from another seed), then `fer_jax.main --config=configs/dan.py:synthetic` training TinyNet with
+  `args` on both processes: their exit statuses and logs."""
   config = tiny_run(get_config("configs/dan.py:synthetic"))
   config.model.name = TINY_NET
   checkpointing.save_model(str(tmp_path / "weights"), random_variables(config), config)
@@ -343,11 +343,13 @@ def _on_two_hosts_with_weights_on_the_first(tmp_path, name: str, args: list[str]
   for host in hosts:
     host.mkdir()
   (hosts[0] / name).symlink_to(tmp_path / "weights", target_is_directory=True)
-  if truncated_on_the_second:
+  if on_the_second == "truncated":
     shutil.copytree(tmp_path / "weights", hosts[1] / name)
     largest = max(filter(os.path.isfile, glob.glob(f"{hosts[1] / name}/0/state/**/*", recursive=True)),
                   key=os.path.getsize)
     os.truncate(largest, os.path.getsize(largest) // 2)
+  elif on_the_second == "other weights":
+    checkpointing.save_model(str(hosts[1] / name), random_variables(config, seed=1), config)
   address = f"localhost:{free_port()}"
   args = [f"--config={ROOT}/configs/dan.py:synthetic", f"--config.model.name={TINY_NET}", *args]
   logs = [tmp_path / f"process_{index}.log" for index in range(2)]
@@ -381,11 +383,22 @@ def test_weights_damaged_on_one_host_alone_stop_both_with_their_path(tmp_path, t
   failed …): it is damaged"."""
   args = ([*_args(tmp_path / "run", tiny_data_dir)[1:], "--config.init_from=init"] if command == "init_from" else
           [f"--workdir={tmp_path / 'eval'}", *_args("", tiny_data_dir)[2:], "--mode=eval", "--checkpoint=init"])
-  codes, texts = _on_two_hosts_with_weights_on_the_first(tmp_path, "init", args, truncated_on_the_second=True)
+  codes, texts = _on_two_hosts_with_weights_on_the_first(tmp_path, "init", args, on_the_second="truncated")
   assert codes == [2, 2], "\n".join(map(_failure, texts))
   for text in texts:
     assert f"error: process 1: Cannot read the checkpoint {tmp_path}/host_1/init/0 (" in text, text[-3000:]
     assert "it is damaged or incomplete" in text and "Gloo" not in text
+
+
+def test_other_weights_on_one_host_stop_both_naming_each_fingerprint(tmp_path, tiny_data_dir):
+  """--mode=eval --checkpoint=init, a stale copy on process 1's host: both ended in JAX's AssertionError that the
+  array given to device_put is not the same on each process (exit 1), naming neither path nor host."""
+  args = [f"--workdir={tmp_path / 'eval'}", *_args("", tiny_data_dir)[2:], "--mode=eval", "--checkpoint=init"]
+  codes, texts = _on_two_hosts_with_weights_on_the_first(tmp_path, "init", args, on_the_second="other weights")
+  assert codes == [2, 2], "\n".join(map(_failure, texts))
+  for text in texts:
+    assert "error: The processes read different weights from --checkpoint=init: process 0 on " in text, text[-3000:]
+    assert "Traceback" not in text
 
 
 def test_an_evaluations_checkpoint_on_one_host_alone_stops_both_with_its_message(tmp_path, tiny_data_dir):
