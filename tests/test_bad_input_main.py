@@ -298,3 +298,13 @@ def test_an_export_or_an_unconverted_official_file_is_named_with_what_to_pass(tm
   mode = ("--mode=eval",) if flag == "--checkpoint" else ()
   result = _main(*TINY, *mode, f"{flag}={path}", f"--workdir={tmp_path / 'run'}")
   assert_user_error(result, *expected)
+
+
+def test_a_missing_record_file_of_the_prepared_data_exits_2_naming_it(tmp_path, tiny_data_dir):
+  """A data folder copied to a cluster node incompletely ended training in array_record's traceback ("open() failed:
+  No such file or directory"), exit 1, the status of a NaN loss."""
+  shutil.copytree(tiny_data_dir, tmp_path / "tfds")
+  shard = tmp_path / "tfds" / "synthetic" / "tiny" / "1.1.0" / "synthetic-train.array_record-00000-of-00001"
+  shard.unlink()
+  result = _main(*TINY, f"--config.dataset.data_dir={tmp_path / 'tfds'}", f"--workdir={tmp_path / 'run'}")
+  assert_user_error(result, f"{shard} is missing", f"Delete {shard.parent}")

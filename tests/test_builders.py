@@ -1298,3 +1298,37 @@ def test_sfew_validation_faces_unpacked_from_val_aligned_faces_new(tmp_path):
   assert labels_of(read(builder, "validation")) == {
       name.replace("Val_Aligned_Faces/", "Val_Aligned_Faces_new/"): label
       for name, label in written["aligned"]["validation"].items()}
+
+
+@pytest.mark.parametrize("kept, empty_split", [("train_", "test"), ("no line", "train")])
+def test_rafdb_label_file_without_a_split_s_lines_is_named_before_the_subset_lists(tmp_path, kept, empty_split):
+  """A label file cut short (only its train lines, or none) while Wang et al.'s lists are present: the occlusion list's
+  first line was blamed, as naming an image the test split lacks, and the label file was not named."""
+  fx.write_rafdb(tmp_path / "manual", subsets=True)
+  label_file = tmp_path / "manual" / "basic" / "EmoLabel" / "list_patition_label.txt"
+  lines = label_file.read_text().splitlines()
+  label_file.write_text("".join(f"{line}\n" for line in lines if line.startswith(kept)))
+  with pytest.raises(builder_utils.DataError, match=f"gives no examples for the '{empty_split}' split") as error:
+    build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  assert str(label_file) in str(error.value) and "names an image" not in str(error.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_prepared_set_with_a_damaged_or_missing_record_file_names_it_and_the_prepare_command(tmp_path, damage):
+  """A data folder copied incompletely (a cluster node): array_record's "Invalid Riegeli/records file" or "open()
+  failed" traceback instead. A set with a label index reads its records only at its first batch: checked as it opens."""
+  fx.write_rafdb(tmp_path / "manual")
+  builder = build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  builder_utils.write_label_index(builder)
+  shard = builder.data_path / "rafdb-test.array_record-00000-of-00001"
+  shard.unlink() if damage == "deleted" else os.truncate(shard, os.path.getsize(shard) // 2)
+  config = ml_collections.ConfigDict({"dataset": {"name": "rafdb", "data_dir": str(tmp_path / "tfds"),
+                                                  "class_order": "rafdb"}})
+  with pytest.raises(builder_utils.DataError) as error:
+    pipeline.load_split(config, "test", evaluation=True)
+  message = str(error.value)
+  assert f"{shard} {'is missing' if damage == 'deleted' else 'cannot be read'}" in message
+  assert (f"python -m fer_jax.data.prepare --dataset=rafdb/basic --manual_dir=PATH_TO_DOWNLOAD "
+          f"--data_dir={tmp_path / 'tfds'} --overwrite") in message
+  with pytest.raises(builder_utils.DataError, match=re.escape(str(shard))):  # what preparing it again first reads
+    builder_utils.read_label_columns(builder, "test")

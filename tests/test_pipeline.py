@@ -1,6 +1,8 @@
 import logging
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -495,3 +497,71 @@ def test_the_48_pixel_sets_configs_decode_files_at_the_stored_shape(spec, tmp_pa
   config = get_config(spec)
   stored = tfds.builder(config.dataset.name, data_dir=str(tmp_path)).info.features["image"].shape
   assert inference.FilePreprocessor(config).shape == stored
+
+
+def _damaged_tiny_copy(tmp_path, damage: str):
+  """synthetic/tiny copied into `tmp_path`, and a function that damages its test split's one record file ("truncated"
+  to half its size or "deleted"), which it returns."""
+  shutil.copytree(helpers.tiny_data_dir(), tmp_path / "tfds")
+  shard = tmp_path / "tfds" / "synthetic" / "tiny" / "1.1.0" / "synthetic-test.array_record-00000-of-00001"
+  return lambda: shard.unlink() if damage == "deleted" else os.truncate(shard, os.path.getsize(shard) // 2), shard
+
+
+def _tiny_copy_config(tmp_path, **dataset):
+  config = _config(data_dir=str(tmp_path / "tfds"), **dataset)
+  config.eval_batch_size = 16
+  return config
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_damaged_or_missing_record_file_is_named_with_the_fix_as_its_split_opens(tmp_path, damage):
+  """A data folder copied incompletely (to a cluster node) ended training in array_record's traceback, exit 1:
+  "Invalid Riegeli/records file: chunk boundary …" or "open() failed: No such file or directory"."""
+  damaged, shard = _damaged_tiny_copy(tmp_path, damage)
+  damaged()
+  with pytest.raises(pipeline.DataError) as error:
+    pipeline.load_split(_tiny_copy_config(tmp_path), "test")
+  assert f"{shard} {'is missing' if damage == 'deleted' else 'cannot be read (Invalid Riegeli'}" in str(error.value)
+  assert f"Delete {shard.parent}: fer_jax generates its built-in sets again on first use" in str(error.value)
+  assert len(pipeline.load_split(_tiny_copy_config(tmp_path), "train").labels) == 280  # the intact split reads
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+@pytest.mark.parametrize("reader", ["eval batches", "worker process", "examples", "decoded cache", "training batches"])
+def test_a_record_file_damaged_after_its_split_opened_is_named_where_its_images_are_read(tmp_path, damage, reader):
+  """A set with a label index reads no record as its split opens: damage found at the first image is named too."""
+  damaged, shard = _damaged_tiny_copy(tmp_path, damage)
+  config = _tiny_copy_config(tmp_path, cache="none", train_split="test")
+  config.data_workers = 1 if reader == "worker process" else 0
+  data = (pipeline.TrainData(config, mesh_lib.make_mesh()) if reader == "training batches" else
+          pipeline.EvalData(config, mesh_lib.make_mesh(), "test"))
+  damaged()
+  read = {"eval batches": lambda: list(data.batches()), "worker process": lambda: list(data.batches()),
+          "examples": lambda: data.examples(8), "training batches": lambda: next(iter(data.batches(0))),
+          "decoded cache": lambda: pipeline.decode_all(data.decoder, data.records, workers=0)}[reader]
+  with pytest.raises(pipeline.DataError, match=re.escape(f"{shard} {'is missing' if damage == 'deleted' else ''}")):
+    read()
+
+
+def test_another_error_while_records_are_read_passes_unchanged():
+  source = pipeline.load_split(_config(), "test").source
+  with pytest.raises(RuntimeError, match="^a bug$"):
+    with builder_utils.record_files_checked(source):
+      raise RuntimeError("a bug")
+
+
+def test_the_examples_figure_shows_the_split_s_first_examples_whatever_the_batch_and_process_count(monkeypatch):
+  """examples_<name>.png, "the first 8 inputs", showed this process's share of the first batch: with
+  eval_batch_size=3, 3 images; on 2 processes, 2 of a batch of 4 (on a 16-host pod 4)."""
+  config = _config()  # evaluated in batches of 32
+  data = pipeline.EvalData(config, mesh_lib.make_mesh(), "test")
+  first = np.asarray(next(iter(data.batches()))["image"])[:8]
+  keys = augment.evaluation_keys(np.arange(8, dtype=np.int32))
+  expected = np.asarray(jax.jit(data.pipeline.visible_part)(first, keys)).astype(np.uint8)
+  monkeypatch.setattr(pipeline.ocp.multihost, "sync_global_processes", lambda *_, **__: None)  # one real process
+  for batch_size, processes in ((32, 1), (3, 1), (4, 2)):
+    monkeypatch.setattr(jax, "process_count", lambda processes=processes: processes)
+    monkeypatch.setattr(jax, "process_index", lambda processes=processes: processes - 1)
+    config.eval_batch_size = batch_size
+    examples = pipeline.EvalData(config, mesh_lib.make_mesh(), "test").examples(8)
+    np.testing.assert_array_equal(examples, expected, err_msg=f"batches of {batch_size} on {processes} processes")

@@ -13,6 +13,7 @@ reads them in milliseconds instead of parsing every record (`label_columns`).
 """
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import io
@@ -21,6 +22,7 @@ import sys
 from typing import Callable, Container, Iterable, Iterator, Sequence
 
 from absl import logging
+from array_record.python import array_record_module
 from etils import epath
 import numpy as np
 from PIL import Image
@@ -526,11 +528,76 @@ def read_label_columns(builder, split: str) -> np.ndarray:
                  if isinstance(feature, tfds.features.Image)}
   source = builder.as_data_source(split, decoders=skip_images)
   table = np.empty(len(source), [(column, np.int64) for column in columns])
-  for start in range(0, len(source), LABEL_INDEX_CHUNK):
-    records = source.__getitems__(range(start, min(start + LABEL_INDEX_CHUNK, len(source))))
-    for column in columns:
-      table[column][start:start + len(records)] = [record[column] for record in records]
+  check_record_files(source)  # a file cut at a block boundary reads as empty records, not as an error
+  with record_files_checked(source):
+    for start in range(0, len(source), LABEL_INDEX_CHUNK):
+      records = source.__getitems__(range(start, min(start + LABEL_INDEX_CHUNK, len(source))))
+      for column in columns:
+        table[column][start:start + len(records)] = [record[column] for record in records]
   return table
+
+
+def record_file_problems(source) -> list[str]:
+  """"PATH is missing", "PATH cannot be read (why)" or "PATH holds N of its M records" for each record file of a TFDS
+  data source that its reader cannot open or that holds another number of records than the set's info says: a data
+  folder copied incompletely (to a cluster node, say)."""
+  instructions = source.dataset_info.splits[source.split].file_instructions
+  return [problem for path, expected in dict((i.filename, i.examples_in_shard) for i in instructions).items()
+          if (problem := _record_file_problem(epath.Path(path), expected))]
+
+
+def _record_file_problem(path: epath.Path, expected: int) -> str:
+  if not path.exists():
+    return f"{path} is missing"
+  reader = array_record_module.ArrayRecordReader(os.fspath(path))
+  found = reader.num_records()
+  try:
+    reader.close()
+  except RuntimeError as error:  # a reader that failed to open says why as it closes (or nothing: a file cut short)
+    return f"{path} cannot be read ({str(error) or 'cut short or damaged'})"
+  return "" if found == expected else f"{path} holds {found} of its {expected} records"
+
+
+@contextlib.contextmanager
+def record_files_checked(source):
+  """Turns the reader's error about a record file of a TFDS data source (missing, cut short or damaged) into a
+  DataError that names the file and the fix; any other error passes as it is."""
+  try:
+    yield
+  except (RuntimeError, OSError) as error:
+    problems = record_file_problems(source)
+    if not problems and "Riegeli" not in str(error):  # array_record's files are Riegeli files: others are bugs
+      raise
+    raise damaged_records_error(source, problems or [f"a record file cannot be read: {error}"]) from error
+
+
+def check_record_files(source) -> None:
+  """A DataError unless every record file of a TFDS data source opens and holds its records."""
+  problems = record_file_problems(source)
+  if problems:
+    raise damaged_records_error(source, problems)
+
+
+def damaged_records_error(source, problems: list[str]) -> DataError:
+  info = source.dataset_info
+  return DataError(f"The prepared data set {info.full_name} in {info.data_dir} is damaged or incomplete: "
+                   f"{'; '.join(problems)}. {_prepare_again(info)}")
+
+
+def _prepare_again(info) -> str:
+  """How to make a damaged prepared set whole again: the command that prepares it again, or deleting a built-in set
+  (generated again on first use); copying a complete copy again fits every set."""
+  builder_cls = tfds.builder_cls(info.name)
+  folder = epath.Path(info.data_dir)
+  if not issubclass(builder_cls, LocalBuilder):
+    return "Prepare it again, or copy it again from a complete copy."
+  if not issubclass(builder_cls, ManualBuilder):
+    return f"Delete {folder}: fer_jax generates its built-in sets again on first use (or copy it again whole)."
+  dataset = info.name if builder_cls.__module__.startswith("fer_jax.") else builder_cls.__module__
+  config = f"/{info.config_name}" if info.config_name else ""
+  return (f"Prepare it again from your download with:\n  python -m fer_jax.data.prepare --dataset={dataset}{config} "
+          f"--manual_dir=PATH_TO_DOWNLOAD --data_dir={folder.parents[1 + bool(config)]} --overwrite\n"
+          "or copy it again from a complete copy.")
 
 
 def write_label_index(builder) -> None:

@@ -196,12 +196,13 @@ def load_split(config, split: str, max_per_class: int = 0, evaluation: bool = Fa
                     f"{config.dataset.class_order!r}: {e} For a model of the set's classes, name their order in "
                     "the config file with fer_jax.data.labels.add_class_order and set config.dataset.class_order and "
                     "config.model.num_classes to it (docs/extending.md, 'A data set of yours').") from e
+  source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+  builder_utils.check_record_files(source)  # a set with a label index reads no record before its first batch
   raw_labels, annotation_order = _read_labels_and_order(builder, split)
   split_labels = mapping[raw_labels]
   if max_per_class:
     split_labels = keep_first_per_class(split_labels, max_per_class, annotation_order)
   image_feature = builder.info.features["image"]
-  source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
   counts = np.bincount(raw_labels, minlength=len(source_names))
   return Split(source, split_labels, target, tuple(image_feature.shape), source_names,
                tuple(int(c) for c in counts), builder.info.full_name, os.fspath(builder.data_dir))
@@ -415,9 +416,22 @@ def decode_all(decoder: decode.Decoder, records: np.ndarray, workers: int) -> np
   images = np.empty((len(records), *decoder.shape), np.uint8)
   chunk = 256
   chunks = grain.MapDataset.source(records).map(decoder).batch(chunk)
-  for index, block in enumerate(_prefetched(chunks, workers, prefetch=4)):
+  for index, block in enumerate(_checked(_prefetched(chunks, workers, prefetch=4), _source_of(decoder))):
     images[index * chunk:index * chunk + len(block)] = block
   return images
+
+
+def _checked(batches, source):
+  """`batches`, with the reader's error about a record file of the TFDS data source they are read from (missing, cut
+  short or damaged) raised as a DataError that names the file and the fix."""
+  with builder_utils.record_files_checked(source):
+    for batch in batches:  # not `yield from`, which would close a stream stopped early: its owner's to close
+      yield batch
+
+
+def _source_of(decoder) -> object:
+  """The TFDS data source a decoder reads (the JPEG round trip's decoder wraps one)."""
+  return decoder.source if isinstance(decoder, decode.Decoder) else _source_of(decoder.decoder)
 
 
 class ImageCache:
@@ -633,7 +647,7 @@ class TrainData:
     """Global batches {"image" (uint8, `batch_shape`), "label", "position"} for steps start_step … (each epoch's
     last one `last_batch` examples, where that is not 0)."""
     cache = self.cache()
-    for batch in self.local_batches(start_step):
+    for batch in _checked(self.local_batches(start_step), self.split.source):
       batch = to_global(batch, self.mesh)
       yield cache.finish(batch) if cache else batch
 
@@ -707,11 +721,12 @@ class EvalData:
     return self.pipeline(images, augment.evaluation_keys(positions))
 
   def examples(self, count: int) -> np.ndarray:
-    """The first `count` examples as the eval pipeline shows them before its float part (uint8),
-    with the same random draws as in evaluation: what a person should look at."""
-    count = min(count, len(self.records))  # not the padding
-    batch = self._example_batches()[0]  # decoded here: no worker processes started for one batch
-    images, positions = batch["image"][:count], batch["position"][:count]
+    """The split's first `count` examples (positions 0 … count − 1) as the eval pipeline shows them before its float
+    part (uint8), with the same random draws as in evaluation: what a person should look at. Decoded here, on every
+    process alike, whatever the batch size and the process count."""
+    positions = np.arange(min(count, len(self.records)), dtype=np.int32)  # not the padding
+    with builder_utils.record_files_checked(self.split.source):
+      images = np.stack([self.decoder(record) for record in self.records[positions]])
     keys = augment.evaluation_keys(positions)
     return np.asarray(jax.jit(self.pipeline.visible_part)(images, keys)).astype(np.uint8)
 
@@ -726,7 +741,7 @@ class EvalData:
             .batch(self.local_batch))
 
   def batches(self):
-    for batch in self.local_batches():
+    for batch in _checked(self.local_batches(), self.split.source):
       yield to_global(batch, self.mesh)
 
 

@@ -83,6 +83,9 @@ class Rafdb(builder_utils.ManualBuilder):
                                    f"the RAF-DB label file {config.label_files[0]}", LAYOUT).parents[1]
     images = builder_utils.find_path(root, (config.image_folder,), "the RAF-DB image folder", LAYOUT)
     splits = self._read_splits(root)
+    for split, entries in splits.items():
+      if not entries:  # the subset lists would name images the split lacks, blaming a correct list
+        raise self._empty_split_error(split)
     test_labels = {base: label for base, (_, label, _) in splits["test"].items()}
     for split, path in builder_utils.find_subset_lists((root / "EmoLabel", manual), SUBSET_LISTS).items():
       keys = builder_utils.listed_keys(path, parse_subset_entry, test_labels, test_labels, range(NUM_CLASSES),
