@@ -63,7 +63,7 @@ def assert_colour(image, rgb, tolerance=6):
 
 
 # Each set's label numbering in its owners' words, quoted: the builders store the owners' integers as they are, so
-# `labels.CLASS_ORDERS` alone gives them their meaning (the fixtures above write integers, and would pass a swapped order).
+# `labels.CLASS_ORDERS` alone gives them their meaning (the fixtures above write integers: a swapped order would pass).
 OWNERS_NUMBERING = {
     # Kaggle's FER2013 page: the `emotion` column.
     "fer2013": "0=Angry, 1=Disgust, 2=Fear, 3=Happy, 4=Sad, 5=Surprise, 6=Neutral",

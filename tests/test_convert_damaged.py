@@ -655,3 +655,25 @@ def test_a_method_module_a_checkpoint_names_is_not_imported(tmp_path, monkeypatc
 def test_malformed_meta_record_is_named_as_damaged(tmp_path, meta):
   message = user_message(lambda: fer_jax.load(model_folder(tmp_path / "model", meta)))
   assert "damaged" in message, message
+
+
+def test_a_plain_pickle_named_pth_is_read_as_one_and_its_globals_are_refused_by_name(tmp_path):
+  """pickle.dump's file saved as .pth was read as a PyTorch checkpoint and called damaged ("download it again"); a
+  crafted one was called damaged too, its callable unnamed. torch.save's legacy format stays PyTorch's."""
+  plain = tmp_path / "weights.pth"
+  plain.write_bytes(pickle.dumps({"fc.weight": np.ones((2, 3), np.float32)}))
+  assert convert.reader_for(str(plain)) == "numpy_pickle"
+  np.testing.assert_array_equal(convert.READERS["numpy_pickle"](str(plain))["fc.weight"], np.ones((2, 3)))
+  crafted = tmp_path / "crafted.pth"
+  crafted.write_bytes(pickle.dumps(Crafted()))
+  with pytest.raises(convert.ConversionError,
+                     match=r"Refused to load .*crafted\.pth: fer_jax refused to load the global posix\.system"):
+    convert.READERS[convert.reader_for(str(crafted))](str(crafted))
+  legacy = tmp_path / "legacy.pth"
+  torch.save({"fc.weight": torch.ones(2, 3)}, legacy, _use_new_zipfile_serialization=False)
+  assert convert.reader_for(str(legacy)) == "torch"
+
+
+class Crafted:
+  def __reduce__(self):
+    return os.system, ("true",)

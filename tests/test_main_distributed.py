@@ -151,8 +151,8 @@ def test_a_process_that_never_joins_ends_the_others_with_a_message_not_a_native_
             f"distributed.start('127.0.0.1:{port}', 2, 0)")
   result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=cpu_devices_env(1), capture_output=True,
                           text=True, timeout=120)
-  assert_user_error(result, f"error: --distributed: the 2 processes did not all join the run at 127.0.0.1:{port} within 3 "
-                            "s. A process failed before joining (see its log), or was given another "
+  assert_user_error(result, f"error: --distributed: the 2 processes did not all join the run at 127.0.0.1:{port} "
+                            "within 3 s. A process failed before joining (see its log), or was given another "
                             "--coordinator_address or --num_processes")
 
 

@@ -114,6 +114,10 @@ READERS = {"torch": torch_io.load_torch, "numpy_pickle": torch_io.load_numpy_pic
 READERS_BY_EXTENSION = {".pth": "torch", ".pt": "torch", ".h5": "keras_h5", ".hdf5": "keras_h5", ".npz": "npz",
                         ".pkl": "numpy_pickle", ".pickle": "numpy_pickle"}
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# A pickle stream opens with PROTO (0x80) and its version; torch.save's legacy (non-zip) format then pickles its magic
+# number (LONG1 of 10 bytes): a pickle without it is a plain one, whatever its name says.
+PICKLE_PROTO = b"\x80"
+TORCH_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 def reader_for(path: str) -> str:
@@ -131,8 +135,11 @@ def _known_reader(path: str) -> str | None:
   if os.path.isdir(path):
     return None
   with open(path, "rb") as f:
-    if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
-      return "keras_h5"  # whatever its name says (a Keras file saved as .pth)
+    head = f.read(2 + len(TORCH_LEGACY_MAGIC))
+  if head.startswith(HDF5_SIGNATURE):
+    return "keras_h5"  # whatever its name says (a Keras file saved as .pth)
+  if head.startswith(PICKLE_PROTO) and head[2:] != TORCH_LEGACY_MAGIC:
+    return "numpy_pickle"  # pickle.dump's file saved as .pth
   return READERS_BY_EXTENSION.get(os.path.splitext(path)[1].lower())
 
 
