@@ -48,7 +48,7 @@ class Writer:
   TensorBoard drop what it logged after that step before it stopped (those steps are trained again)."""
 
   def __init__(self, workdir: str, start_step: int = 0):
-    self._writer = None
+    self._writer, self._workdir = None, workdir
     if jax.process_index() == 0:
       self._writer = _summary_writer_class()(workdir, purge_step=start_step + 1 if start_step else None)
 
@@ -57,14 +57,27 @@ class Writer:
     settings beside the curves, and between runs."""
     if self._writer:
       rows = "\n".join(f"| {key} | {json.dumps(value)} |" for key, value in sorted(flat_config.items()))
-      self._writer.add_text("config", f"| key | value |\n|---|---|\n{rows}", step)
-      self._writer.flush()
+      with self._written():
+        self._writer.add_text("config", f"| key | value |\n|---|---|\n{rows}", step)
 
   def scalars(self, step: int, values: dict) -> None:
     if self._writer:
-      for name, value in values.items():
-        self._writer.add_scalar(name, value, step)
+      with self._written():
+        for name, value in values.items():
+          self._writer.add_scalar(name, value, step)
+
+  @contextlib.contextmanager
+  def _written(self):
+    """Flushed; a failed write (a full disk) names the workdir, which tensorboardX's OSError does not, and closes the
+    writer, whose threads and exit hook would each print the error again."""
+    try:
+      yield
       self._writer.flush()
+    except OSError as error:
+      writer, self._writer = self._writer, None
+      with contextlib.suppress(Exception):
+        writer.close()
+      raise OSError(error.errno, error.strerror, self._workdir) from error
 
   def close(self):
     if self._writer:

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import importlib.metadata
 import json
@@ -25,6 +26,7 @@ from PIL import Image
 import pytest
 
 from fer_jax import checkpointing
+from fer_jax import cli
 from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
@@ -1227,3 +1229,18 @@ def test_the_evaluation_history_of_a_resumed_run_keeps_its_whole_lines_up_to_the
   (tmp_path / "eval_history.jsonl").write_text('{"step": 5}')  # whole, but its newline lost
   train_log.EvalHistory(str(tmp_path), 10).add(10, 2, {"evaluator": "eval"}, 1.0)
   assert [json.loads(line)["step"] for line in (tmp_path / "eval_history.jsonl").read_text().splitlines()] == [5, 10]
+
+
+def test_a_tensorboard_write_that_fails_names_the_workdir_and_closes_the_writer(tmp_path, monkeypatch):
+  """A full disk at the first scalars printed "No space left on device" alone (tensorboardX's OSError has no file),
+  and its threads and exit hook printed it again, each with a traceback."""
+  writer = train_log.Writer(str(tmp_path))
+  closed = []
+  monkeypatch.setattr(writer._writer, "flush", lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+  monkeypatch.setattr(writer._writer, "close", lambda: closed.append(True))
+  with pytest.raises(OSError) as failed:
+    writer.scalars(1, {"loss": 1.0})
+  assert cli.describe(failed.value) == (f"No space left: {tmp_path} (the disk is full: free space or choose another "
+                                        "location).")
+  assert closed == [True]
+  writer.scalars(2, {"loss": 1.0})  # closed: nothing more is written, nothing raised
