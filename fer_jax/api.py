@@ -182,7 +182,8 @@ def _conversions(image: np.ndarray) -> list[str]:
   conversions = []
   if image.ndim == 3 and image.shape[0] <= 4 < image.shape[-1]:
     conversions.append("channels first: np.moveaxis(image, 0, -1)")
-  if np.issubdtype(image.dtype, np.floating) and image.size and np.nanmax(image) > 1:
+  finite = image[np.isfinite(image)] if np.issubdtype(image.dtype, np.floating) else image
+  if np.issubdtype(image.dtype, np.floating) and finite.size and finite.max() > 1:
     conversions.append("floats in 0–255: np.clip(image, 0, 255).round().astype(np.uint8)")
   elif np.issubdtype(image.dtype, np.floating):
     conversions.append("floats in 0–1: (image * 255).round().astype(np.uint8)")
@@ -248,6 +249,7 @@ class Model:
     warning a call names them; min_face_size=0 classifies every crop); a warning for images not shaped like face
     crops (photos: `detect_and_predict`). A path that cannot be read raises `decode.UnreadableImageError` naming it,
     before anything is classified."""
+    _refuse_encoded_bytes(images_or_paths)
     if _is_one_image(images_or_paths):
       raise TypeError("Model.predict takes a list of face crops (paths, PIL images or arrays) or a stacked array "
                       "[count, height, width(, channels)]: wrap the one image in a list.")
@@ -321,7 +323,15 @@ def _as_picture(image):
     return _opened(os.fspath(image))
   if isinstance(image, Image.Image):
     return contextlib.nullcontext(ImageOps.exif_transpose(image))
+  _refuse_encoded_bytes(image)
   return contextlib.nullcontext(Image.fromarray(as_rgb(image)))
+
+
+def _refuse_encoded_bytes(image) -> None:
+  """A file's bytes (read from a request, a database) would be taken for an array of numbers."""
+  if isinstance(image, (bytes, bytearray, memoryview)):
+    raise UserError("Encoded image bytes are no image here: pass the file's path, or the image PIL decodes from them, "
+                    "PIL.Image.open(io.BytesIO(data)).")
 
 
 @contextlib.contextmanager

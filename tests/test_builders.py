@@ -338,7 +338,8 @@ def test_ferplus_bad_vote_names_file_and_line(tmp_path):
   fx.write_ferplus(tmp_path / "manual")
   label_csv = tmp_path / "manual" / "data" / "FER2013Valid" / "label.csv"
   label_csv.write_text(label_csv.read_text().replace(",10,", ",x,"))
-  with pytest.raises(builder_utils.DataError, match=r"FER2013Valid/label\.csv, line 1: label 'x'"):
+  with pytest.raises(builder_utils.DataError, match=r"FER2013Valid/label\.csv, line 1: vote count 'x' is not "
+                                                             r"one of \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10\]"):
     build("ferplus", tmp_path / "manual", tmp_path / "tfds")
 
 

@@ -521,7 +521,8 @@ def test_an_array_refused_in_a_list_is_named_by_its_place(monkeypatch):
      "channels first: np.moveaxis(image, 0, -1); floats in 0–1: (image * 255).round().astype(np.uint8)"),
     (np.full((60, 60, 3), 128.0, np.float32), "floats in 0–255: np.clip(image, 0, 255).round().astype(np.uint8)"),
     (np.ones((60, 60), bool), "a mask: (image * 255).astype(np.uint8)"),  # was told astype: 0 and 1, black
-], ids=["float", "uint16", "int64", "channels_first", "channels_first_float", "float_0_255", "bool"])
+    (np.full((60, 60), np.nan, np.float32), "floats in 0–1: (image * 255).round().astype(np.uint8)"),  # no warning
+], ids=["float", "uint16", "int64", "channels_first", "channels_first_float", "float_0_255", "bool", "nan"])
 def test_an_array_that_is_no_uint8_image_is_refused_with_the_conversion_it_needs(array, conversions):
   """Every refusal gave the hint for floats in 0–1, a 16-bit or channels-first array's too; floats in 0–255 were
   told to multiply by 255 (which wraps around in uint8: garbage classified without an error)."""
@@ -530,6 +531,15 @@ def test_an_array_that_is_no_uint8_image_is_refused_with_the_conversion_it_needs
     api.as_rgb(array)
   with pytest.raises(UserError, match=r"got uint8 \(60, 60, 5\): convert it\.$"):  # no conversion fits
     api.as_rgb(np.zeros((60, 60, 5), np.uint8))
+
+
+@pytest.mark.parametrize("given", [b"\xff\xd8\xff\xe0", [b"\xff\xd8\xff\xe0"]], ids=["one", "in_a_list"])
+def test_encoded_bytes_are_refused_with_the_way_to_pass_them(given, monkeypatch):
+  """Model.predict(b"…") read the bytes as 4 images of one number each: "image 0: … got int64 ()"."""
+  model = api.Model.__new__(api.Model)
+  with pytest.raises(UserError, match=r"Encoded image bytes are no image here: pass the file's path, or .*"
+                                      r"PIL\.Image\.open\(io\.BytesIO\(data\)\)\.$"):
+    model.predict(given)
 
 
 def test_a_video_given_as_an_image_is_named_a_video_with_the_command_that_reads_it(tmp_path, monkeypatch):

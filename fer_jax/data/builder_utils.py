@@ -99,14 +99,14 @@ def is_archive(path: epath.Path) -> bool:
   return path.name.lower().endswith(ARCHIVES) and path.is_file()
 
 
-def parse_label(text: str, valid: Container[int], where: str) -> int:
-  """`text` as an int in `valid`; otherwise an error naming `where` (file and line)."""
+def parse_label(text: str, valid: Container[int], where: str, what: str = "label") -> int:
+  """`text` as an int in `valid`; otherwise an error naming `where` (file and line) and `what` the number is."""
   try:
     value = int(text.strip())
   except ValueError:
     value = None
   if value is None or value not in valid:
-    raise DataError(f"{where}: label {text.strip()!r} is not one of {sorted(valid)}. Correct the line "
+    raise DataError(f"{where}: {what} {text.strip()!r} is not one of {sorted(valid)}. Correct the line "
                     "or restore the file from the owners' download.")
   return value
 

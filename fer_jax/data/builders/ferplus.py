@@ -149,7 +149,7 @@ RULES = {"majority": _majority, "plurality": _plurality, "distribution": _distri
 
 
 def parse_votes(values: list[str], where: str) -> np.ndarray:
-  return np.array([builder_utils.parse_label(v, range(11), where) for v in values], np.int32)
+  return np.array([builder_utils.parse_label(v, range(11), where, "vote count") for v in values], np.int32)
 
 
 def read_label_csv(path) -> Iterator[tuple[int, str, np.ndarray]]:
