@@ -23,6 +23,7 @@ from fer_jax import config_lib
 from fer_jax import evaluate
 from fer_jax import mesh as mesh_lib
 from fer_jax import train
+from fer_jax import tta
 from fer_jax import validation
 from fer_jax.data import augment
 from fer_jax.data import builder_utils
@@ -429,3 +430,41 @@ def test_mode_eval_reports_the_checkpoint_it_read_and_only_this_evaluations_figu
   evaluate.evaluate_checkpoint(config, str(tmp_path / "run"), str(tmp_path / "report"))
   assert sorted(os.listdir(tmp_path / "report")) == ["confusion_matrix.png", "eval_results.json", "eval_results.md",
                                                      "eval_summary.png", "examples_test.png"]
+
+
+class Linear(nn.Module):
+  """Logits of a fixed random linear map of the pixels: each test-time view gives other logits."""
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    return {"logits": nn.Dense(7, kernel_init=nn.initializers.normal(0.01))(images.reshape(len(images), -1))}
+
+
+@pytest.mark.integration
+def test_lhc62_predictions_of_padded_batches_are_each_images_own_views(tmp_path):
+  """The 62-view TTA through the evaluation (70 images in batches of 16, the last padded): each row is
+  `tta.predict` of that image alone, and the TTA's confusion matrix counts those rows."""
+  config = tiny_run(get_config("configs/dan.py:synthetic"), batch_size=16)
+  config.eval.update(tta="lhc62", predictions=True)
+  model = Linear()
+  variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+  evaluator = evaluate.Evaluators(model, config, mesh_lib.make_mesh())
+  evaluator.open_all()
+  report = evaluate.final_report(evaluator, variables, str(tmp_path), 0, "model/0")
+  with open(tmp_path / "predictions_test.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  data = evaluator.data("test")
+  assert [int(row["record"]) for row in rows] == list(range(70))
+  logits = lambda images: model.apply(variables, images)["logits"]
+  class_names = labels.CLASS_ORDERS[config.dataset.class_order]
+  predicted = []
+  for position, row in enumerate(rows):
+    image = data.decoder(data.records[position])[None]
+    views = tta.predict("lhc62", logits, data.preprocess(image, np.array([position], np.int32)))[0]
+    np.testing.assert_allclose([float(row[f"tta_p_{name}"]) for name in class_names], views, atol=2e-6)
+    predicted.append(int(np.argmax(views)))
+  assert report["tta"]["name"] == "lhc62"
+  confusion = np.zeros((7, 7), int)
+  np.add.at(confusion, (data.split.labels[data.records], predicted), 1)
+  np.testing.assert_array_equal(report["tta"]["confusion_matrix"], confusion)
+  assert any(row["tta_prediction"] != row["prediction"] for row in rows)  # the views changed some classes
