@@ -22,10 +22,6 @@ from fer_jax.models.backbones import vit
 from helpers import get_config, run_pipeline, tiny_run, train_on_eight_devices
 
 
-def _count(tree) -> int:
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
-
-
 def _tiny_model(dtype=jnp.float32, **vit_overrides):
   """32×32 input → a 4×4 patch grid; APP keeps 12 of 16, ATP 12 → 10 → 9 → 8 → 7."""
   vit_settings = dict(width=24, depth=8, num_heads=2, mlp_dim=48, app_keep=12) | vit_overrides
@@ -137,10 +133,10 @@ def test_output_positions_and_dtypes():
 def test_parameter_count_matches_the_official_model(num_classes, total):
   variables, _ = _abstract(apvit.APViT(num_classes=num_classes))
   params = variables["params"]
-  assert _count(params) == total
-  assert _count(params["extractor"]) == 17_611_968
-  assert _count(params["vit"]) == 47_592_192
-  parts = {name: _count(tree) for name, tree in params["vit"].items()}
+  assert summary.count_params(params) == total
+  assert summary.count_params(params["extractor"]) == 17_611_968
+  assert summary.count_params(params["vit"]) == 47_592_192
+  parts = {name: summary.count_params(tree) for name, tree in params["vit"].items()}
   assert parts["projs_0"] == 197_376 and parts["patch_pos_embed"] == 150_528
   assert parts["cls_token"] == parts["cls_pos_embed"] == 768 and parts["norm"] == 1_536
   assert all(parts[f"blocks_{i}"] == 5_905_152 for i in range(8))

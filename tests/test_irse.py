@@ -1,6 +1,5 @@
 """IR-50 trunk: unit strides and shortcuts, stage shapes, parameter count, face.evoLVe key names."""
 
-import math
 import re
 
 import jax
@@ -9,10 +8,7 @@ import numpy as np
 import pytest
 
 from fer_jax.models.backbones import irse
-
-
-def _count(tree) -> int:
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+from fer_jax.summary import count_params
 
 
 def _init(module, shape, **kwargs):
@@ -57,7 +53,7 @@ def test_ir50_stages_1_to_3_map_112_to_14x14x256_with_the_official_parameter_cou
   features = jax.eval_shape(lambda v, x: trunk.apply(v, x, train=False), variables, x)
   assert {k: v.shape for k, v in features.items()} == {
       "stage1": (2, 56, 56, 64), "stage2": (2, 28, 28, 128), "stage3": (2, 14, 14, 256)}
-  assert _count(variables["params"]) == 17_611_968
+  assert count_params(variables["params"]) == 17_611_968
   assert len([k for k in variables["params"] if k.startswith("body_")]) == 21
 
 

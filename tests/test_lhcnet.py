@@ -22,12 +22,9 @@ from fer_jax.data import pipeline
 from fer_jax.data import prepare
 from fer_jax.errors import ConfigError
 from fer_jax.models import lhcnet
+from fer_jax.summary import count_params
 from helpers import get_config, random_variables, run_pipeline, tiny_run, train_on_eight_devices
 from reference import datasets as fx
-
-
-def count(tree) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
 # NumPy reference, written from docs/methods/lhcnet.md §1.4 and the official reshape sequence.
@@ -156,19 +153,19 @@ def full_size_params(**kwargs):
 
 def test_parameter_counts_match_the_official_model():
   variables = full_size_params()
-  per_module = {name: count(tree) for name, tree in variables["params"].items()}
+  per_module = {name: count_params(tree) for name, tree in variables["params"].items()}
   assert per_module == {"backbone": 21_287_107, "lhc1": 657_312, "lhc2": 657_312, "lhc3": 208_392,
                         "lhc4": 658_714, "lhc5": 2_623_714, "head": 6_303_751}
-  assert count(variables["params"]) == 32_396_302
-  assert per_module["backbone"] + count(variables["batch_stats"]) == 21_302_473
-  assert count(variables["params"]) + count(variables["batch_stats"]) == 32_411_668  # Keras total
+  assert count_params(variables["params"]) == 32_396_302
+  assert per_module["backbone"] + count_params(variables["batch_stats"]) == 21_302_473
+  assert count_params(variables["params"]) + count_params(variables["batch_stats"]) == 32_411_668  # Keras total
   head = variables["params"]["head"]
   assert [head[f"fc{i}"]["kernel"].shape for i in (1, 2, 3)] == [(512, 4096), (4096, 1024), (1024, 7)]
 
 
 def test_controller_variant_adds_five_scalars():
   variables = full_size_params(controller=True)
-  assert count(variables["params"]) == 32_396_307
+  assert count_params(variables["params"]) == 32_396_307
   assert {name: tree["controller"].shape for name, tree in variables["params"].items() if "controller" in tree} \
       == {f"lhc{i}": () for i in range(1, 6)}
 
@@ -176,7 +173,7 @@ def test_controller_variant_adds_five_scalars():
 def test_plain_variant_is_the_lhc_tree_without_modules():
   plain = full_size_params(use_lhc=False)["params"]
   assert set(plain) == {"backbone", "head"}
-  assert count(plain) == 21_287_107 + 6_303_751
+  assert count_params(plain) == 21_287_107 + 6_303_751
 
 
 def test_build_follows_the_config_stages():
@@ -184,7 +181,7 @@ def test_build_follows_the_config_stages():
                                        ("fer2013,stage=C", 4_805_444, 5)]:
     model = lhcnet.METHOD.build(get_config(f"configs/lhcnet.py:{arg}").model)
     params = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
-    assert count(params["params"]) == 27_590_858 + lhc_params + controllers
+    assert count_params(params["params"]) == 27_590_858 + lhc_params + controllers
 
 
 def small_model(**kwargs):

@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 
 from fer_jax.models.backbones import resnet_v2
-
-
-def count(tree) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+from fer_jax.summary import count_params
 
 
 def randomise(variables, seed=0):
@@ -58,9 +55,9 @@ def full_size_variables():
 
 def test_parameter_counts_match_the_keras_model():
   variables = full_size_variables()
-  assert count(variables["params"]) == 21_287_107
-  assert count(variables["batch_stats"]) == 15_366
-  assert count(variables["params"]) + count(variables["batch_stats"]) == 21_302_473
+  assert count_params(variables["params"]) == 21_287_107
+  assert count_params(variables["batch_stats"]) == 15_366
+  assert count_params(variables["params"]) + count_params(variables["batch_stats"]) == 21_302_473
 
 
 def test_layer_names_follow_keras_and_every_stage_projects_its_first_shortcut():

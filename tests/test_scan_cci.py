@@ -20,12 +20,9 @@ from fer_jax import visualize
 from fer_jax.data import labels, pipeline
 from fer_jax.errors import ConfigError
 from fer_jax.models import get_method, scan_cci
+from fer_jax.summary import count_params
 
 ARGS = ("rafdb", "ferplus", "affectnet7", "affectnet8", "sfew", "synthetic")
-
-
-def count(tree):
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
 # --- region split ---------------------------------------------------------------------------
@@ -262,12 +259,12 @@ def test_parameter_counts_match_the_official_model(shared, num_classes, total, a
   model = scan_cci.SCANCCI(num_classes=num_classes, shared_local_units=shared)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
   params = variables["params"]
-  assert count(params) == total
-  assert count(params["trunk"]) == 8_543_296
-  assert count(params["attention"]) == attention
-  assert count(params["cci"]) == cci
+  assert count_params(params) == total
+  assert count_params(params["trunk"]) == 8_543_296
+  assert count_params(params["attention"]) == attention
+  assert count_params(params["cci"]) == cci
   # One SCAN unit: conv 512·512·9 + PReLU 512 + BN 2·512.
-  assert count(params["attention"]["global_scan"]) == 2_360_832
+  assert count_params(params["attention"]["global_scan"]) == 2_360_832
   assert set(params) == {"trunk", "attention", "cci"}
 
 
@@ -276,7 +273,7 @@ def test_parameter_counts_match_the_official_model(shared, num_classes, total, a
 def test_configs_build_the_official_variants(arg, total):
   model = get_method("scan_cci").build(helpers.get_config(f"configs/scan_cci.py:{arg}").model)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
-  assert count(variables["params"]) == total
+  assert count_params(variables["params"]) == total
 
 
 @pytest.mark.integration
