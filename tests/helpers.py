@@ -90,6 +90,16 @@ def get_config(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
+def small_config(spec: str, size: int):
+  """get_config(spec) at `size`² input; APViT keeping 12 of its patch tokens, which a small input's feature map
+  holds (its paper's 160 need 112²)."""
+  config = get_config(spec)
+  config.input.size = size
+  if config.model.name == "apvit":
+    config.model.app_keep = 12
+  return config
+
+
 def shipped_configs() -> list[str]:
   """Every "configs/<file>.py:<data set>,<option>=<value>…" a config file builds: each of its DATA_SETS with each
   combination of its OPTIONS' values (an option at its default, the first, left out), but those its get_config

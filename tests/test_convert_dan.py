@@ -18,7 +18,7 @@ from fer_jax import evaluate
 from fer_jax import models
 from fer_jax.models import dan
 from fer_jax.models.backbones import resnet as resnet_lib
-from helpers import get_config, tiny_run
+from helpers import small_config, tiny_run
 from reference.common import randomise
 from reference.dan import ReferenceDAN
 
@@ -26,12 +26,6 @@ pytestmark = pytest.mark.integration  # each test converts a full-size ResNet-18
 
 SIZE = 64
 TOLERANCE = 1e-4
-
-
-def small_config(arg="synthetic"):
-  config = get_config(f"configs/dan.py:{arg}")
-  config.input.size = SIZE
-  return config
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +45,12 @@ def released(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def converted(released):
-  return convert.convert(small_config(), [released[1]])
+  return convert.convert(small_config("configs/dan.py:synthetic", SIZE), [released[1]])
 
 
 def test_released_checkpoint_gives_the_reference_logits(released, converted, images):
   reference, _ = released
-  config = small_config()
+  config = small_config("configs/dan.py:synthetic", SIZE)
   variables, report = converted
   logits = jax.jit(lambda v, x: models.build_model(config).apply(v, x, train=False)["logits"])(variables, images)
   with torch.no_grad():
@@ -79,14 +73,14 @@ def test_the_log_counts_the_step_counters_and_names_a_drop_that_may_matter(relea
                        "freshly initialised (seed 0, not in the source): 1 variable in affinity"]
   path = tmp_path / "resnet18_msceleb.pth"
   torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, path)
-  lines = convert.convert(small_config(), [str(path)])[1].lines()
+  lines = convert.convert(small_config("configs/dan.py:synthetic", SIZE), [str(path)])[1].lines()
   assert ("resnet18_msceleb.pth [resnet18]: dropped 2 tensors (ImageNet/MS-Celeb classifier; DAN's trunk stops before "
           "it, as the official code does): fc.weight, fc.bias") in lines
   assert any(line.endswith(f"dropped 20 tensors ({reason})") for line in lines), lines
 
 
 def test_converted_checkpoint_restores_and_evaluates(converted, tmp_path):
-  config = tiny_run(small_config(), size=SIZE, batch_size=16)
+  config = tiny_run(small_config("configs/dan.py:synthetic", SIZE), size=SIZE, batch_size=16)
   variables, _ = converted
   checkpointing.save_model(str(tmp_path / "converted"), variables, config)
   model = models.build_model(config)
@@ -100,7 +94,7 @@ def test_converted_checkpoint_restores_and_evaluates(converted, tmp_path):
 def test_wrong_number_of_classes_is_reported_by_name_and_shape(released):
   _, path = released
   with pytest.raises(convert.ConversionError, match=r"fc\.weight \(7, 512\) does not fit params/fc/kernel \(512, 8\)"):
-    convert.convert(small_config("affectnet8"), [path])
+    convert.convert(small_config("configs/dan.py:affectnet8", SIZE), [path])
 
 
 def test_unknown_and_missing_keys_are_named(released, tmp_path):
@@ -112,7 +106,7 @@ def test_unknown_and_missing_keys_are_named(released, tmp_path):
   edited = tmp_path / "edited.pth"
   torch.save(checkpoint, edited)
   with pytest.raises(convert.ConversionError) as error:
-    convert.convert(small_config(), [str(edited)])
+    convert.convert(small_config("configs/dan.py:synthetic", SIZE), [str(edited)])
   assert "cat_head2.ca.attention.3.bias is missing" in str(error.value)
   assert "cat_head4.sa.conv1x1.0.weight (256, 512, 1, 1)" in str(error.value)
   assert "params/head2/ca/fc2/bias (512,)" in str(error.value)
@@ -123,7 +117,7 @@ def test_msceleb_resnet18_fills_the_trunk_and_initialises_the_rest(tmp_path, ima
   resnet = randomise(torchvision.models.resnet18(), seed=2)
   path = tmp_path / "resnet18_msceleb.pth"
   torch.save({"epoch": 40, "arch": "resnet18", "state_dict": resnet.state_dict()}, path)
-  config = small_config()
+  config = small_config("configs/dan.py:synthetic", SIZE)
   variables, report = convert.convert(config, [str(path)])
 
   trunk = {c: variables[c]["trunk"] for c in variables}
@@ -157,7 +151,7 @@ def test_data_parallel_keys_and_bare_state_dicts_convert_as_the_release(released
   path = tmp_path / "dan.pth"
   container = layout.split()[-1] if layout.startswith("under") else "model_state_dict"
   torch.save(state if layout.startswith("bare") else {"iter": 21, container: state}, path)
-  variables, _ = convert.convert(small_config(), [str(path)])
+  variables, _ = convert.convert(small_config("configs/dan.py:synthetic", SIZE), [str(path)])
   jax.tree.map(np.testing.assert_array_equal, variables, converted[0])
 
 
@@ -166,7 +160,7 @@ def test_keys_that_do_not_match_are_listed_unknown_first_in_a_short_message(rele
   path = tmp_path / "renamed.pth"
   torch.save({"model_state_dict": {f"net.{name}": value for name, value in state.items()}}, path)
   with pytest.raises(convert.ConversionError) as error:
-    convert.convert(small_config(), [str(path)])
+    convert.convert(small_config("configs/dan.py:synthetic", SIZE), [str(path)])
   lines = str(error.value).splitlines()
   assert "renamed.pth [dan]: unknown to this model: net.features.0.weight (64, 3, 7, 7)" in lines[1]
   assert lines[2].startswith("  renamed.pth [dan]: bn.running_mean, ") and lines[2].endswith("(234 in all) are missing")
@@ -180,22 +174,22 @@ def test_float16_bfloat16_and_float64_weights_convert_to_their_float32_values(re
   for kind, cast in (("saved", lambda v: v.to(dtype)), ("float32", lambda v: v.to(dtype).float())):
     torch.save({"model_state_dict": {name: cast(v) if v.is_floating_point() else v for name, v in state.items()}},
                paths[kind])
-  saved, _ = convert.convert(small_config(), [str(paths["saved"])])
-  expected, _ = convert.convert(small_config(), [str(paths["float32"])])
+  saved, _ = convert.convert(small_config("configs/dan.py:synthetic", SIZE), [str(paths["saved"])])
+  expected, _ = convert.convert(small_config("configs/dan.py:synthetic", SIZE), [str(paths["float32"])])
   jax.tree.map(np.testing.assert_array_equal, saved, expected)
 
 
 def test_a_source_that_does_not_fit_names_the_one_that_does(released):
   with pytest.raises(convert.ConversionError, match=r"is no resnet18 file \(--source=resnet18\) but a dan one: "
                                                    r"pass --source=dan, or no --source"):
-    convert.convert(small_config(), [released[1]], ["resnet18"])
+    convert.convert(small_config("configs/dan.py:synthetic", SIZE), [released[1]], ["resnet18"])
 
 
 def test_only_a_backbone_makes_an_initialisation(converted, tmp_path):
   assert not converted[1].initialisation_only  # only the affinity centres, a training-only parameter, are fresh
   path = tmp_path / "resnet18_msceleb.pth"
   torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, path)
-  assert convert.convert(small_config(), [str(path)])[1].initialisation_only
+  assert convert.convert(small_config("configs/dan.py:synthetic", SIZE), [str(path)])[1].initialisation_only
 
 
 def reference_grad_cam_plus_plus(reference, images, head: int) -> np.ndarray:
@@ -225,7 +219,7 @@ def test_grad_cam_maps_are_the_official_scripts_at_each_heads_spatial_attention(
   12,544 two levels apart (a map value on the other side of a uint8 step)."""
   reference, _ = released
   images = np.random.default_rng(1).normal(size=(2, 100, 100, 3)).astype(np.float32)
-  model = models.build_model(small_config())
+  model = models.build_model(small_config("configs/dan.py:synthetic", SIZE))
   outputs = jax.jit(lambda v, x: dan.grad_cam_outputs(model, v, x))(converted[0], images)
   assert outputs["head_cams"].shape == (2, 4, 100, 100)
   for head in range(4):

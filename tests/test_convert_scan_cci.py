@@ -19,17 +19,11 @@ from fer_jax import convert
 from fer_jax import models
 from fer_jax.convert import torch_io
 from fer_jax.models.backbones import resnet as resnet_lib
-from helpers import get_config
+from helpers import get_config, small_config
 from reference.common import randomise
 from reference.scan_cci import ReferenceScanCci, SIZE, Trunk, saved_like_official
 
 TOLERANCE = 1e-4
-
-
-def small_config(arg):
-  config = get_config(f"configs/scan_cci.py:{arg}")
-  config.input.size = SIZE
-  return config
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def test_checkpoint_gives_the_reference_logits(arg, num_classes, shared, tmp_pat
   torch.manual_seed(0)
   reference = randomise(ReferenceScanCci(num_classes, shared), seed=3)
   path = saved_like_official(reference, tmp_path / "model_best.pth.tar")
-  config = small_config(arg)
+  config = small_config(f"configs/scan_cci.py:{arg}", SIZE)
   variables, report = convert.convert(config, [path])
   logits = jax.jit(lambda v, x: models.build_model(config).apply(v, x, train=False)["logits"])(variables, images)
   with torch.no_grad():
@@ -68,13 +62,13 @@ def test_region_copies_that_differ_are_an_error(tmp_path):
   region["module.classifiers.2.0.bias"] = region["module.classifiers.2.0.bias"].clone() + 1.0  # unshare storage
   torch.save(checkpoint, path)
   with pytest.raises(convert.ConversionError, match=r"module\.classifiers\.2\.0\.bias differs from .*region_net\.0\.bias"):
-    convert.convert(small_config("synthetic"), [path])
+    convert.convert(small_config("configs/scan_cci.py:synthetic", SIZE), [path])
 
 
 def test_separate_unit_checkpoint_needs_the_separate_config(tmp_path):
   path = saved_like_official(ReferenceScanCci(7, shared=False), tmp_path / "model_best.pth.tar")
   with pytest.raises(convert.ConversionError) as error:
-    convert.convert(small_config("synthetic"), [path])
+    convert.convert(small_config("configs/scan_cci.py:synthetic", SIZE), [path])
   unknown, missing = str(error.value).splitlines()[1:3]
   assert ("unknown to this model: attention_state_dict/module.local_attention_masks.0.attention.0.weight "
           "(512, 512, 3, 3)") in unknown
@@ -89,7 +83,7 @@ def test_vggface2_pickle_fills_the_trunk(tmp_path, images):
   path = tmp_path / "vgg_msceleb_resnet50_ft_weight.pkl"
   with open(path, "wb") as f:  # the VGGFace2 file: a protocol-2 pickle of NumPy arrays, no BN counters
     pickle.dump({k: v.numpy() for k, v in resnet.state_dict().items() if "num_batches" not in k}, f, protocol=2)
-  config = small_config("synthetic")
+  config = small_config("configs/scan_cci.py:synthetic", SIZE)
   variables, report = convert.convert(config, [str(path)])
   trunk = {c: variables[c]["trunk"] for c in variables}
   layer3 = jax.jit(lambda v, x: resnet_lib.ResNet50(num_stages=3).apply(v, x, train=False)["layer3"])(trunk, images)
@@ -165,8 +159,8 @@ def test_checkpoint_saved_without_data_parallel_converts_as_the_official_one(tmp
   torch.save({"epoch": 12, "base_state_dict": reference.base.state_dict(),
               "attention_state_dict": reference.attention.state_dict(),
               "region_state_dict": reference.region.state_dict()}, bare)
-  expected, _ = convert.convert(small_config("synthetic"), [official])
-  variables, _ = convert.convert(small_config("synthetic"), [str(bare)])
+  expected, _ = convert.convert(small_config("configs/scan_cci.py:synthetic", SIZE), [official])
+  variables, _ = convert.convert(small_config("configs/scan_cci.py:synthetic", SIZE), [str(bare)])
   jax.tree.map(np.testing.assert_array_equal, variables, expected)
 
 

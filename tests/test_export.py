@@ -18,7 +18,7 @@ from fer_jax import export
 from fer_jax import models
 from fer_jax import stopping
 from fer_jax.errors import UserError
-from helpers import assert_user_error, get_config, random_variables, run_command
+from helpers import assert_user_error, random_variables, run_command, small_config
 
 SIZE = 32
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,18 +39,10 @@ STANDALONE = textwrap.dedent("""
 """)
 
 
-def small_config(spec):
-  config = get_config(spec)
-  config.input.size = SIZE
-  if config.model.name == "apvit":
-    config.model.app_keep = 12
-  return config
-
-
 @pytest.mark.parametrize("spec", ["configs/dan.py:synthetic", "configs/apvit.py:synthetic",
                                   "configs/scan_cci.py:ferplus", "configs/lhcnet.py:synthetic,stage=C"])
 def test_every_method_exports_with_a_symbolic_batch(spec):
-  config = small_config(spec)
+  config = small_config(spec, SIZE)
   abstract = models.abstract_variables(models.build_model(config), config)
   exported = jax.export.deserialize(export.export_inference(config, abstract).serialize())
   batch, *image = exported.in_avals[-1].shape
@@ -61,7 +53,7 @@ def test_every_method_exports_with_a_symbolic_batch(spec):
 
 
 def test_fixed_batch_size():
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   abstract = models.abstract_variables(models.build_model(config), config)
   exported = export.export_inference(config, abstract, batch_size=4, platforms=("cpu",))
   assert exported.in_avals[-1].shape == (4, SIZE, SIZE, 3) and exported.platforms == ("cpu",)
@@ -69,7 +61,7 @@ def test_fixed_batch_size():
 
 @pytest.mark.integration
 def test_export_reloads_and_runs_without_fer_jax(tmp_path):
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   variables = random_variables(config, seed=3)
   checkpoint = checkpointing.save_model(str(tmp_path / "checkpoint"), variables, config)
   out = tmp_path / "exported"
@@ -115,7 +107,7 @@ def test_the_last_line_says_what_was_exported_and_the_command_that_runs_it(tmp_p
   """It read "Exported dan (anger, …, neutral, batch symbolic) as stablehlo cpu cuda to …": the class names beside
   the batch mode, and no next step. The command began with a bare `python` (another interpreter than the one with
   fer_jax, outside its virtual environment) and kept the --config path relative to where the export ran."""
-  info = export.metadata(small_config("configs/dan.py:synthetic"), None, {"format": "stablehlo",
+  info = export.metadata(small_config("configs/dan.py:synthetic", SIZE), None, {"format": "stablehlo",
                                                                           "platforms": ["cpu", "cuda"]})
   monkeypatch.setattr(sys, "executable", "/opt/my env/bin/python3")
   (tmp_path / "work dir").mkdir()
@@ -143,7 +135,8 @@ def test_the_command_puts_the_folder_of_a_method_of_yours_on_the_python_path(tmp
   monkeypatch.delitem(sys.modules, "fake_methods", raising=False)
   monkeypatch.delitem(sys.modules, "fake_methods.mine", raising=False)
   __import__("fake_methods.mine")
-  info = export.metadata(small_config("configs/dan.py:synthetic"), None, {"format": "stablehlo", "platforms": ["cpu"]})
+  info = export.metadata(small_config("configs/dan.py:synthetic", SIZE), None,
+                         {"format": "stablehlo", "platforms": ["cpu"]})
   info["method"] = "fake_methods.mine"
   python = sys.executable
   monkeypatch.setattr(sys, "executable", "/opt/my env/bin/python3")
@@ -168,7 +161,7 @@ def test_the_command_puts_the_folder_of_a_method_of_yours_on_the_python_path(tmp
 
 def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
   (tmp_path / "old.txt").write_text("x")
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   with pytest.raises(UserError, match="not empty"):
     export.export(config, {}, str(tmp_path))
 
@@ -176,7 +169,7 @@ def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
 def test_a_stopped_export_leaves_nothing_and_the_same_export_runs_again(tmp_path, monkeypatch):
   """SIGINT or SIGTERM during the save left --out/variables.orbax-checkpoint-tmp…, after which the same command
   failed with "--out=… is not empty"."""
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   variables = random_variables(config)
   out = tmp_path / "exported"
 
@@ -198,7 +191,7 @@ def test_a_stopped_export_leaves_nothing_and_the_same_export_runs_again(tmp_path
 
 def test_an_out_holding_files_of_a_users_own_is_refused_and_kept(tmp_path):
   """A folder holding only variables/ or model.onnx was taken for an interrupted export's and deleted."""
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   for name in ("variables", "model.onnx"):
     out = tmp_path / name.replace(".", "_")
     kept = out / "variables" / "important.bin" if name == "variables" else out / name
@@ -212,7 +205,7 @@ def test_an_out_holding_files_of_a_users_own_is_refused_and_kept(tmp_path):
 def test_what_an_interrupted_export_left_is_removed(tmp_path):
   """An export stopped by an earlier version (which wrote into --out itself) or killed at once (its folder beside
   --out) does not block the same command."""
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   out = tmp_path / "exported"
   (out / "variables.orbax-checkpoint-tmp-1712").mkdir(parents=True)
   (tmp_path / "exported.export-partial" / "variables").mkdir(parents=True)
@@ -224,7 +217,7 @@ def test_what_an_interrupted_export_left_is_removed(tmp_path):
 def test_an_export_killed_while_moving_into_an_empty_out_does_not_block_the_same_command(tmp_path):
   """Into an --out that exists (empty), the files are moved one by one, model.json last: killed between two moves,
   --out held variables/ alone, refused as a user's own files by the next run."""
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   out = tmp_path / "exported"
   (out / "variables").mkdir(parents=True)
   (tmp_path / "exported.export-partial").mkdir()
@@ -252,7 +245,7 @@ INTERRUPTED = textwrap.dedent("""
 @pytest.mark.integration
 def test_an_interrupted_export_command_exits_75_with_one_line_and_nothing_written(tmp_path):
   """It printed a KeyboardInterrupt traceback and left --out/variables.orbax-checkpoint-tmp."""
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   checkpoint = checkpointing.save_model(str(tmp_path / "checkpoint"), random_variables(config), config)
   out = tmp_path / "exported"
   (tmp_path / "interrupted.py").write_text(INTERRUPTED)
@@ -291,7 +284,7 @@ def test_model_json_rebuilds_a_non_default_architecture():
   """model.json kept only the method's name: LHC-Net stage C's export (LHC modules, controller) was read back as the
   default LHC-Net, which its weights do not fit (`fer_jax.summary --checkpoint=<export>`: "does not fit the
   configured model (unexpected: params/lhc1/controller …)")."""
-  config = small_config("configs/lhcnet.py:synthetic,stage=C")
+  config = small_config("configs/lhcnet.py:synthetic,stage=C", SIZE)
   info = json.loads(json.dumps(export.metadata(config, None, {"format": "stablehlo", "platforms": ["cpu"]})))
   rebuilt = checkpointing.config_from_meta(export.meta_record(info))
 
@@ -304,7 +297,7 @@ def test_model_json_rebuilds_a_non_default_architecture():
 
 
 def test_a_platform_named_twice_is_lowered_for_once_and_none_is_refused(tmp_path):
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   variables = random_variables(config)
   info = export.export(config, variables, str(tmp_path / "twice"), platforms=("cpu", "cpu"))
   assert info["platforms"] == ["cpu"]
@@ -319,14 +312,14 @@ def test_out_in_the_home_folder_is_expanded(tmp_path, monkeypatch):
   """`--out='~/x'` (quoted, so no shell expands it) wrote a folder named "~" in the working directory."""
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
   monkeypatch.chdir(tmp_path)
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   export.export(config, random_variables(config), "~/exported", platforms=("cpu",))
   assert sorted(os.listdir(tmp_path / "home" / "exported")) == ["model.json", "model.stablehlo", "variables"]
   assert not os.path.exists(tmp_path / "~")
 
 
 def test_a_platform_jax_does_not_name_is_refused_with_the_names(tmp_path):
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   with pytest.raises(UserError, match=r"^--platforms: gpu is not a platform JAX exports for \(cpu, cuda, rocm, tpu; a "
                                       r"GPU is cuda or rocm\): pass e\.g\. --platforms=cpu,cuda\.$"):
     export.export(config, random_variables(config), str(tmp_path / "out"), platforms=("cpu", "gpu"))
@@ -334,7 +327,7 @@ def test_a_platform_jax_does_not_name_is_refused_with_the_names(tmp_path):
 
 
 def test_model_json_records_the_dtype_the_program_computes_in(tmp_path):
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   config.model.dtype = "bfloat16"
   info = export.export(config, random_variables(config), str(tmp_path), platforms=("cpu",))
   assert info["compute_dtype"] == "bfloat16"
@@ -345,7 +338,7 @@ def test_model_json_records_the_dtype_the_program_computes_in(tmp_path):
 
 def test_the_stored_shape_is_read_from_a_checkpoint_and_from_its_export_alike(tmp_path):
   """What a run decoded its images to reaches the preprocessing of export, visualize and fer_jax.load."""
-  config = small_config("configs/dan.py:synthetic")
+  config = small_config("configs/dan.py:synthetic", SIZE)
   config.input.eval_pp = "gray_to_rgb()|" + config.input.eval_pp  # grey images, as a grey set's config reads them
   variables = random_variables(config)
   checkpoints = checkpointing.manager(str(tmp_path / "run"))

@@ -21,19 +21,11 @@ from fer_jax import inference
 from fer_jax import models
 from fer_jax import onnx_export
 from fer_jax.errors import UserError
-from helpers import ROOT, cpu_devices_env, get_config, random_variables
+from helpers import ROOT, cpu_devices_env, get_config, random_variables, small_config
 
 # SCAN-CCI at 64²: an 8×8 layer2 map, so several local regions (and their scatter) are exported.
 SPECS = [("configs/dan.py:synthetic", 32), ("configs/apvit.py:synthetic", 32),
          ("configs/scan_cci.py:synthetic", 64), ("configs/lhcnet.py:synthetic,stage=C", 32)]
-
-
-def small_config(spec, size):
-  config = get_config(spec)
-  config.input.size = size
-  if config.model.name == "apvit":
-    config.model.app_keep = 12
-  return config
 
 
 def jax_logits(config, variables, images):
