@@ -95,6 +95,14 @@ def _check(ours: np.ndarray, reference, max_diff: int = 1, min_equal: float = 0.
     assert (diff == 0).mean() >= min_equal, f"only {100 * (diff == 0).mean():.3f} % equal"
 
 
+def _assert_differences_are_neighbours(ours: np.ndarray, reference: np.ndarray) -> None:
+  """Every pixel where `ours` differs holds a value of the reference's 3×3 neighbourhood there."""
+  reference = reference.astype(np.int32).reshape(ours.shape)
+  padded = np.pad(reference, ((1, 1), (1, 1), (0, 0)), mode="edge")
+  for y, x, c in zip(*np.nonzero(ours != reference)):
+    assert ours[y, x, c] in padded[y:y + 3, x:x + 3, c], (y, x, c, ours[y, x, c], padded[y:y + 3, x:x + 3, c])
+
+
 def _check_pil_bicubic(ours, reference, name):
   """See the module docstring: PIL clips its first pass, which matters at hard edges."""
   if name == "grace_hopper.jpg":
@@ -156,8 +164,9 @@ def test_rotate_matches_torchvision(source, angle, method):
   fill = 7
   reference = TF.rotate(image, angle, InterpolationMode(method), fill=fill)
   ours = _ours(_op("rotate", 20, method, fill=fill), image, jnp.float32(angle))
-  if method == "nearest":
+  if method == "nearest":  # a source point on a pixel boundary may round to the other pixel: a neighbour's value
     _check(ours, _array(reference), max_diff=0, min_equal=0.999, at_most=255)
+    _assert_differences_are_neighbours(ours, _array(reference))
   else:  # PIL truncates its float result to uint8; the pipeline rounds
     _check(ours, _array(reference), max_diff=1)
 
@@ -227,6 +236,7 @@ def test_random_affine_matches_torchvision(source, angle, translate, scale, meth
   ours = _ours(_op("random_affine", 20, method=method, fill=fill), image, _f32(angle, *translate, scale))
   if method == "nearest":
     _check(ours, reference, max_diff=0, min_equal=0.999, at_most=255)
+    _assert_differences_are_neighbours(ours, reference)
   else:  # PIL truncates, the pipeline rounds
     _check(ours, reference, max_diff=1)
 
