@@ -1,3 +1,4 @@
+import io
 import logging
 import math
 import os
@@ -10,6 +11,7 @@ import sys
 import grain
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 from reference import datasets as fx
 import tensorflow_datasets as tfds
@@ -388,6 +390,9 @@ def test_images_are_decoded_at_the_configured_size():
   config.input.update(size=20)
   data, batches = _first_batches(config, steps=1)
   assert data.shape == (20, 20, 3) and batches[0]["image"].shape == (32, 20, 20, 3)
+  for image, record in zip(batches[0]["image"], data.order.records(data.positions.of_step(0))):
+    with Image.open(io.BytesIO(data.split.source[int(record)]["image"])) as stored:  # 32², PIL's antialiased bilinear
+      np.testing.assert_array_equal(image, np.asarray(stored.convert("RGB").resize((20, 20), Image.BILINEAR)))
 
 
 @pytest.mark.parametrize("cache", ["none", "host", "device"])
