@@ -549,6 +549,7 @@ def test_an_evaluation_report_is_refused_in_a_training_workdir(tmp_path):
   assert (tmp_path / "eval_results.json").read_text() == "{}"
 
 
+@pytest.mark.integration
 def test_main_rejects_bad_config_keys_and_arguments(tmp_path):
   assert_user_error(_main("--config=configs/dan.py:synthetic", f"--workdir={tmp_path}", "--config.batch_sise=3"),
                     "the config has no key 'batch_sise'; did you mean 'batch_size'?")
@@ -579,23 +580,24 @@ def test_a_new_run_of_a_recipe_from_pretrained_weights_without_them_warns(tmp_pa
 
 
 def test_init_from_may_lack_the_modules_a_later_stage_adds(tmp_path):
-  config = _tiny_dan()
+  """TinyNet's checkpoint without its BatchNorm (as LHC-Net's stage A checkpoint lacks the modules stage B adds): those
+  come from the fresh model, the rest from the checkpoint."""
+  config = short_tiny_net_run()
   model = models.build_model(config)
   variables = jax.jit(lambda: models.init_variables(model, config, jax.random.key(0)))()
-  partial = {"params": {k: v for k, v in variables["params"].items() if k != "head3"},
-             "batch_stats": {k: v for k, v in variables["batch_stats"].items() if k != "head3"}}
+  partial = {collection: {k: v for k, v in tree.items() if k != "bn"} for collection, tree in variables.items()}
   path = checkpointing.save_model(str(tmp_path / "partial"), partial, config)
   abstract = models.abstract_variables(model, config)
   fresh = jax.jit(lambda: models.init_variables(model, config, jax.random.key(1)))()
-  with pytest.raises(checkpointing.CheckpointError, match="missing: batch_stats/head3"):
+  fresh["params"]["bn"]["scale"] = fresh["params"]["bn"]["scale"] + 0.5  # told apart from an initial BatchNorm's
+  with pytest.raises(checkpointing.CheckpointError, match="missing: batch_stats/bn"):
     checkpointing.restore_model(path, abstract)
-  restored = checkpointing.restore_model(path, abstract, fresh, r"^(params|batch_stats)/head3/")
-  np.testing.assert_array_equal(restored["params"]["head3"]["sa"]["conv1x1_conv"]["kernel"],
-                                fresh["params"]["head3"]["sa"]["conv1x1_conv"]["kernel"])
-  np.testing.assert_array_equal(restored["params"]["head0"]["sa"]["conv1x1_conv"]["kernel"],
-                                variables["params"]["head0"]["sa"]["conv1x1_conv"]["kernel"])
+  restored = checkpointing.restore_model(path, abstract, fresh, r"^(params|batch_stats)/bn/")
+  np.testing.assert_array_equal(restored["params"]["bn"]["scale"], fresh["params"]["bn"]["scale"])
+  np.testing.assert_array_equal(restored["params"]["conv"]["kernel"], variables["params"]["conv"]["kernel"])
 
 
+@pytest.mark.integration
 def test_init_from_of_another_class_count_stops_before_the_data_naming_the_parts_that_fit(tmp_path):
   """A DAN checkpoint of 8 classes for a 7-class DAN: found once the data was open, without a word of the parts that
   would start the run."""
