@@ -40,8 +40,8 @@ from fer_jax import train_log
 from fer_jax import watched_step
 from fer_jax.errors import ConfigError
 from fer_jax.errors import UserError
-from helpers import (TINY_NET, assert_user_error, cpu_devices_env, get_config, short_dan_run, short_tiny_net_run,
-                     tiny_run)
+from helpers import (TINY_NET, assert_user_error, cpu_devices_env, get_config, run_command, short_dan_run,
+                     short_tiny_net_run, tiny_run)
 from jax._src import array as jax_array
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -449,9 +449,7 @@ def test_checkpoint_trained_on_another_input_size_is_refused_for_inference(tmp_p
 
 
 def _main(*args, timeout=600):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  return subprocess.run([sys.executable, "-m", "fer_jax.main", *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  return run_command("fer_jax.main", *args, timeout=timeout)
 
 
 def test_selection_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
