@@ -1333,3 +1333,14 @@ def test_a_prepared_set_with_a_damaged_or_missing_record_file_names_it_and_the_p
           f"--data_dir={tmp_path / 'tfds'} --overwrite") in message
   with pytest.raises(builder_utils.DataError, match=re.escape(str(shard))):  # what preparing it again first reads
     builder_utils.read_label_columns(builder, "test")
+
+
+def test_class_folders_match_whatever_the_case_of_their_names_in_the_mapping(tmp_path):
+  """A set of yours mapping {"Happy": 0} found no Happy/ folder: only the folder's name was lower-cased."""
+  for folder in ("Happy", "SAD"):
+    (tmp_path / "train" / folder).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / folder / "a.png")
+  records = builder_utils.class_folder_records(builder_utils.epath.Path(tmp_path / "train"), {"Happy": 0, "sad": 1},
+                                               builder_utils.epath.Path(tmp_path), "LAYOUT")
+  assert sorted((record.file_name, record.label) for record in records) == [("train/Happy/a.png", 0),
+                                                                            ("train/SAD/a.png", 1)]

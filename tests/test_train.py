@@ -1127,6 +1127,8 @@ class _Head(nn.Module):
       logits = logits.astype(jnp.bfloat16)
     if self.mistake == "own_collection":
       self.variable("stats", "count", lambda: jnp.zeros(()))
+    if self.mistake == "own_random_stream" and train:
+      logits = logits + jax.random.normal(self.make_rng("noise"), logits.shape)
     if self.mistake == "array":
       return logits
     return {"scores" if self.mistake == "no_logits" else "logits": logits}
@@ -1153,6 +1155,11 @@ def _per_example_loss(outputs, labels, loss_config):
      r"\"params\" and \"batch_stats\", the two a method's variables may be in \(Tried to access \"count\" from "
      r"collection \"stats\" in \"/\" but the collection is empty\.\)"),
     (_Head("no_logits"), models.cross_entropy_loss, r"its module returns a dict of 'scores', not a dict with \"logits\""),
+    (_Head("own_random_stream"), models.cross_entropy_loss, r"its module asks for a random stream the train step does "
+     r"not give: \"dropout\" is the one stream \(self.make_rng\(\"dropout\"\), nn.Dropout\) \(.*\"noise\""),
+    (_Head(), lambda outputs, labels, loss_config: (loss_config.aux_weight * jnp.zeros(()), {}),
+     r"its loss reads config.loss.aux_weight, which the config does not set: set it in the config file \(and name it "
+     r"in the Method's loss_keys\)\.$"),
     (_HeadTakingTraining(), models.cross_entropy_loss, r"its module, called as model.apply\(variables, images, train=True\), raised TypeError: .*unexpected keyword "
      r"argument 'train'"),
     (_Head(), _per_example_loss, r"its loss has shape \(2,\), not \(\) : reduce it over the batch"),

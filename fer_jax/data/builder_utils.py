@@ -415,6 +415,7 @@ def class_folder_records(folder: epath.Path, class_of_folder: dict[str, int], ro
   """Records of `folder/<class>/<image>`; class folders match case-insensitively. Images anywhere else under
   `folder` are left out with a warning, except in `other_folders` (lower-case names of folders in `folder` that
   the download holds beside the class folders)."""
+  class_of_folder = {name.lower(): label for name, label in class_of_folder.items()}  # "Happy" as the folder's name
   labels = {child: class_of_folder[child.name.lower()] for child in sorted(folder.iterdir())
             if child.is_dir() and child.name.lower() in class_of_folder}
   missing = sorted(name for name, label in class_of_folder.items() if label not in labels.values())

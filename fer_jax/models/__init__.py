@@ -94,7 +94,7 @@ def cross_entropy_loss(outputs, labels, loss_config):
   return ce, {"ce_loss": ce}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Method:
   build: Callable[..., nn.Module]
   loss: Callable = cross_entropy_loss
@@ -185,7 +185,7 @@ def get_method(name: str) -> Method:
   method = getattr(module, "METHOD", None)
   if not isinstance(method, Method):
     raise UnknownMethodError(f"config.model.name={name!r}: {module.__file__} defines no METHOD = "
-                             "fer_jax.models.Method(build, loss, ...) (docs/extending.md).")
+                             "fer_jax.models.Method(build=..., loss=..., ...) (docs/extending.md).")
   return method
 
 
@@ -221,6 +221,9 @@ def check_contract(method: Method, model, abstract_variables: dict, loss_config,
   except flax.errors.ScopeCollectionNotFound as error:
     fail(f"its module keeps variables of another collection than \"params\" and \"batch_stats\", the two a "
          f"method's variables may be in ({str(error).split(' (https:')[0]})")
+  except flax.errors.InvalidRngError as error:
+    fail(f"its module asks for a random stream the train step does not give: \"dropout\" is the one stream "
+         f"(self.make_rng(\"dropout\"), nn.Dropout) ({str(error).split(' (https:')[0]})")
   if not isinstance(outputs, Mapping) or "logits" not in outputs:
     got = f"a dict of {', '.join(map(repr, outputs))}" if isinstance(outputs, Mapping) else _kind(outputs)
     fail(f"its module returns {got}, not a dict with \"logits\" ([batch, {classes}]).")
@@ -236,6 +239,12 @@ def check_contract(method: Method, model, abstract_variables: dict, loss_config,
     result = jax.eval_shape(lambda outputs, labels: method.loss(outputs, labels, loss_config), outputs, labels_struct)
   except TypeError as error:
     fail(f"its loss, called as loss(outputs, labels, loss_config), raised TypeError: {error}")
+  except (AttributeError, KeyError) as error:
+    key = str(error.args[0]).strip("'\"") if error.args else ""
+    if not key or key in loss_config:
+      raise
+    fail(f"its loss reads config.loss.{key}, which the config does not set: set it in the config file (and name it "
+         "in the Method's loss_keys).")
   if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping)):
     fail(f"its loss returns {_kind(result)}, not a pair (scalar loss, {{name: scalar metric}}).")
   loss, metrics = result
