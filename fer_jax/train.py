@@ -126,10 +126,14 @@ def load_initial_variables(state: dict, config, abstract_variables: dict, mesh) 
   return {**state, **mesh_lib.replicated(variables, mesh)}
 
 
-def loss_config_for(config, train_split: pipeline.Split) -> ml_collections.ConfigDict:
-  """config.loss; a loss that takes `class_counts` but was given none gets the training split's."""
+def loss_config_for(config, train_split: pipeline.Split | None) -> ml_collections.ConfigDict:
+  """config.loss; a loss that takes `class_counts` but was given none gets the training split's (one of each class
+  without a split: the contract's check before the data opens)."""
   loss_config = config.loss.copy_and_resolve_references()
   if "class_counts" in loss_config and not loss_config.class_counts:
+    if train_split is None:
+      loss_config.class_counts = (1,) * config.model.num_classes
+      return loss_config
     counts = np.bincount(train_split.labels[train_split.indices], minlength=len(train_split.class_names))
     loss_config.class_counts = tuple(int(c) for c in counts)
     logging.info("Class counts of the training split (%s): %s", ", ".join(train_split.class_names),
@@ -161,8 +165,8 @@ class TrainingRun:
       logging.warning(warning)
 
   def _build_the_model(self) -> None:
-    """The mesh, the method's model and its variables' shapes; a resumed run's checkpoint, or a new run's
-    config.init_from, checked against them, before the data is read."""
+    """The mesh, the method's model and its variables' shapes, checked against the method's contract; a resumed run's
+    checkpoint, or a new run's config.init_from, checked against them, before the data is read."""
     self.mesh = mesh_lib.make_mesh()
     self.method = models.get_method(self.config.model.name)
     self.model = self.method.build(self.config.model)
@@ -170,6 +174,7 @@ class TrainingRun:
     logging.info("Model %s: %s parameters", self.config.model.name,
                  f"{models.parameter_count(self.method, self.abstract['params']):,}")
     optim.check_patterns(self.config.optimizer, self.abstract["params"])
+    models.check_contract(self.method, self.model, self.abstract, loss_config_for(self.config, None), self.config)
     self.resumable = self._check_resumable() if self.start_step else None
     if not self.start_step and self.config.init_from:
       with distributed.errors_together():  # init_from may be damaged on some hosts' disks only
@@ -201,9 +206,8 @@ class TrainingRun:
     self.state = self._restore_or_initialise(self.optimizer.tx)
 
   def _make_the_steps(self) -> None:
-    """One jitted train step per model mode, with the loss's config checked against the method's contract."""
+    """One jitted train step per model mode."""
     loss_config = loss_config_for(self.config, self.data.split)
-    models.check_contract(self.method, self.model, self.abstract, loss_config, self.config)
     steps = {mode: make_train_step(self.model, self.method.loss, loss_config, self.optimizer, self.mesh,
                                    self.config.seed, self.data.augment, mode) for mode in MODEL_MODES}
     # An epoch's last, short batch has its own shape, hence its own compilation, watched apart.

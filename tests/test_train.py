@@ -1251,3 +1251,13 @@ def test_a_tensorboard_write_that_fails_names_the_workdir_and_closes_the_writer(
                                         "location).")
   assert closed == [True]
   writer.scalars(2, {"loss": 1.0})  # closed: nothing more is written, nothing raised
+
+
+def test_a_method_breaking_its_contract_is_named_before_the_data_is_read(tmp_path, monkeypatch):
+  """The check ran once the training split was decoded and every evaluator's split opened: minutes on a large set."""
+  config = short_tiny_net_run()
+  config.dataset.update(name="rafdb", data_dir=str(tmp_path / "not_prepared"))  # read after the check: else it stops
+  monkeypatch.setattr(models, "get_method", lambda name: models.Method(build=lambda model_config: _Head("nine_logits")))
+  with pytest.raises(ConfigError, match=r"does not keep the Method contract .*: its \"logits\" for a batch of 2 have "
+                                        r"shape \(2, 9\), not \(2, 7\)"):
+    train.TrainingRun(config, str(tmp_path / "run"))
