@@ -163,7 +163,7 @@ def _scores(model, tta_name: str, preprocess):
   """(variables, batch) → the batch's class scores: the plain logits with `tta_name` "none", else the TTA class
   probabilities (`fer_jax.tta.predict`)."""
   def scores(variables, batch):
-    images = batch["image"] if preprocess is None else preprocess(batch["image"], batch["position"])
+    images = batch["image"] if preprocess is None else preprocess(batch["image"], batch["record"])
     logits_fn = lambda x: model.apply(variables, x, train=False)["logits"]
     return logits_fn(images) if tta_name == "none" else tta.predict(tta_name, logits_fn, images)
   return scores
@@ -174,7 +174,7 @@ def confusion_step(model, num_classes: int, mesh, tta_name: str = "none", prepro
 
   `tta_name` (fer_jax.tta.NAMES) averages the softmax outputs of weighted test-time views,
   all computed inside the one jitted step; "none" takes the argmax of the plain logits.
-  With `preprocess` (uint8 images, positions → model inputs, e.g. `EvalData.preprocess`) the
+  With `preprocess` (uint8 images, records → model inputs, e.g. `EvalData.preprocess`) the
   batch holds uint8 images, preprocessed inside the step.
   """
   scores_of = _scores(model, tta_name, preprocess)

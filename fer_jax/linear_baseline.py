@@ -42,7 +42,7 @@ def pixels(config, split: pipeline.Split) -> tuple[np.ndarray, np.ndarray]:
   shape, prepare = _eval_pipeline(config, split)
   records = split.indices
   images = pipeline.decode_all(decode.Decoder(split.source, shape), records, pipeline.num_workers(config))
-  keys = augment.evaluation_keys(jnp.arange(len(records)))  # an evaluator's draws for each position in the split
+  keys = augment.evaluation_keys(jnp.asarray(records, jnp.int32))  # an evaluator's draws for each record
   features = np.asarray(jax.jit(prepare)(images, keys)).reshape(len(records), -1)
   return features.astype(np.float64), split.labels[records]
 

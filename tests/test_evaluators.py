@@ -340,15 +340,29 @@ def test_random_occluders_are_the_same_whatever_seed_trained_the_model():
   for seed in (0, 1):
     data = _boxes_evaluator(seed)
     batch = next(iter(data.batches()))
-    inputs.append(np.asarray(jax.jit(data.preprocess)(batch["image"], batch["position"])))
+    inputs.append(np.asarray(jax.jit(data.preprocess)(batch["image"], batch["record"])))
     examples.append(data.examples(8))
-    shown = jax.jit(data.pipeline.visible_part)(batch["image"], augment.evaluation_keys(batch["position"]))
+    shown = jax.jit(data.pipeline.visible_part)(batch["image"], augment.evaluation_keys(batch["record"]))
     np.testing.assert_array_equal(examples[-1], np.asarray(shown)[:8].astype(np.uint8))  # what evaluation sees
   np.testing.assert_array_equal(inputs[0], inputs[1])
   np.testing.assert_array_equal(examples[0], examples[1])
   painted = [np.argwhere(np.all(image == 0, axis=-1)) for image in examples[0]]
   assert all(len(boxes) for boxes in painted)  # the examples show the occluders, placed per example
   assert len({tuple(boxes[0]) for boxes in painted}) > 1
+
+
+def test_random_occluders_are_drawn_per_image_whatever_classes_the_model_leaves_out():
+  """Boxes were drawn from an image's position among the examples kept: a model without one of the split's classes
+  (an 8-class set evaluated by a 7-class model: contempt left out) covered the same image otherwise."""
+  whole = _boxes_evaluator(0)
+  config = copy.deepcopy(whole.config)
+  left_out = whole.split.class_names[whole.split.labels[whole.records[0]]]  # the first image's class
+  labels.add_class_order("without_one", [name for name in whole.split.class_names if name != left_out])
+  config.dataset.class_order, config.model.num_classes = "without_one", len(whole.split.class_names) - 1
+  fewer = pipeline.EvalData(config, mesh_lib.make_mesh(), "test", "evals.boxes.pp")
+  positions = np.searchsorted(whole.records, fewer.records[:8])  # each one's position in the whole split
+  assert positions[0] > 0  # the images moved up
+  np.testing.assert_array_equal(fewer.examples(8), whole.examples(positions[-1] + 1)[positions])
 
 
 @pytest.mark.parametrize("key, value", [("evals.held_out.split", "validation"), ("dataset.test_split", "validation"),
@@ -460,7 +474,7 @@ def test_lhc62_predictions_of_padded_batches_are_each_images_own_views(tmp_path)
   predicted = []
   for position, row in enumerate(rows):
     image = data.decoder(data.records[position])[None]
-    views = tta.predict("lhc62", logits, data.preprocess(image, np.array([position], np.int32)))[0]
+    views = tta.predict("lhc62", logits, data.preprocess(image, data.records[position:position + 1]))[0]
     np.testing.assert_allclose([float(row[f"tta_p_{name}"]) for name in class_names], views, atol=2e-6)
     predicted.append(int(np.argmax(views)))
   assert report["tta"]["name"] == "lhc62"

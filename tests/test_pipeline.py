@@ -561,7 +561,7 @@ def test_the_examples_figure_shows_the_split_s_first_examples_whatever_the_batch
   config = _config()  # evaluated in batches of 32
   data = pipeline.EvalData(config, mesh_lib.make_mesh(), "test")
   first = np.asarray(next(iter(data.batches()))["image"])[:8]
-  keys = augment.evaluation_keys(np.arange(8, dtype=np.int32))
+  keys = augment.evaluation_keys(data.records[:8].astype(np.int32))
   expected = np.asarray(jax.jit(data.pipeline.visible_part)(first, keys)).astype(np.uint8)
   monkeypatch.setattr(pipeline.ocp.multihost, "sync_global_processes", lambda *_, **__: None)  # one real process
   for batch_size, processes in ((32, 1), (3, 1), (4, 2)):

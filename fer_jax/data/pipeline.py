@@ -664,10 +664,10 @@ class _EvalExample:
     position = self.positions.of_local_index(index)
     if position >= len(self.records):
       return {"image": np.zeros(self.decoder.shape, np.uint8), "label": np.int32(0), "mask": np.float32(0),
-              "position": np.int32(position)}
+              "position": np.int32(position), "record": np.int32(0)}
     record = self.records[position]
     return {"image": self.decoder(record), "label": self.labels[record], "mask": np.float32(1),
-            "position": np.int32(position)}
+            "position": np.int32(position), "record": np.int32(record)}
 
 
 class EvalData:
@@ -716,18 +716,19 @@ class EvalData:
     other.pipeline = compile_pipeline(config, config.input.eval_pp, self.shape, pp_key)
     return other
 
-  def preprocess(self, images: jax.Array, positions: jax.Array) -> jax.Array:
-    """The eval pipeline on a uint8 batch (inside jit), keyed by position alone (not config.seed)."""
-    return self.pipeline(images, augment.evaluation_keys(positions))
+  def preprocess(self, images: jax.Array, records: jax.Array) -> jax.Array:
+    """The eval pipeline on a uint8 batch (inside jit), its random draws keyed by each image's record alone (its index
+    in the split read: neither config.seed nor the classes a model leaves out move it)."""
+    return self.pipeline(images, augment.evaluation_keys(records))
 
   def examples(self, count: int) -> np.ndarray:
     """The split's first `count` examples (positions 0 … count − 1) as the eval pipeline shows them before its float
     part (uint8), with the same random draws as in evaluation: what a person should look at. Decoded here, on every
     process alike, whatever the batch size and the process count."""
-    positions = np.arange(min(count, len(self.records)), dtype=np.int32)  # not the padding
+    records = self.records[:count]  # not the padding
     with builder_utils.record_files_checked(self.split.source):
-      images = np.stack([self.decoder(record) for record in self.records[positions]])
-    keys = augment.evaluation_keys(positions)
+      images = np.stack([self.decoder(record) for record in records])
+    keys = augment.evaluation_keys(records.astype(np.int32))
     return np.asarray(jax.jit(self.pipeline.visible_part)(images, keys)).astype(np.uint8)
 
   def local_batches(self) -> grain.IterDataset:

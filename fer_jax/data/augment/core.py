@@ -7,7 +7,7 @@ It runs on the device, inside the jitted step, on uint8 batches at the stored si
 maps one HWC float32 image to another, vmapped over the batch, with its random draws taken
 from the example's own key (derived from the seed and the example's position in the run), so
 a resumed run augments every example exactly as an uninterrupted one; evaluation keys derive
-from the position in the split alone (`evaluation_keys`).
+from the example's record alone, its index in the split read (`evaluation_keys`).
 
 Values keep uint8 semantics until `to_float()` or `normalize()`: while they do, the pipeline
 rounds and clips every op's output to integers in 0–255, as the libraries the ops imitate
@@ -263,6 +263,7 @@ def example_keys(seed: int, positions: jax.Array) -> jax.Array:
 EVALUATION_SEED = 0
 
 
-def evaluation_keys(positions: jax.Array) -> jax.Array:
-  """One key per example of an evaluated split, from its position in the split alone."""
-  return example_keys(EVALUATION_SEED, positions)
+def evaluation_keys(records: jax.Array) -> jax.Array:
+  """One key per example of an evaluated split, from its record (its index in the split read) alone: whatever the
+  run's seed or the classes a model leaves out, an image gets the same draws."""
+  return example_keys(EVALUATION_SEED, records)

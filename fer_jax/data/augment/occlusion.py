@@ -10,7 +10,7 @@ to_float/normalize so that `fill` is a 0–255 colour):
   mask        a surgical-mask shape from just below the nose to the chin, rounded at the bottom;
   boxes       `count` squares of `area` / `count` of the image each, at random places drawn from
               the example's key; they may overlap, so together they cover at most `area`. In
-              evaluation the key depends only on the example's position in the split
+              evaluation the key depends only on the example's record in its split
               (`core.evaluation_keys`): every run covers each image the same way.
 """
 
