@@ -4,14 +4,17 @@ r"""Several runs' reports side by side, and the config keys in which the runs di
       [--output=comparison.md | comparison.csv]
 
 Each --workdir (repeatable; a glob pattern is expanded, in name order, to the folders it matches) is a training or
-`--mode=eval` workdir holding its report, eval_results.json. The first table gives, per run, the weights reported
-(their step, and the best epoch E of N where the run selected them), then each evaluator's accuracy, mean-class
-accuracy and macro F1 in %, and its TTA accuracy where the report has one; an evaluator a run lacks is "–". The
-second gives every config key (flat, as the reports record it) whose value differs among the runs, but for those that
-change no reported number (where data is read, logging, checkpoints, the evaluation batch, `config.model.remat`),
-and the commit each report names (`provenance`, where it was made from a git checkout). A `--mode=eval` report compares
-the config its checkpoint records (`trained_config`) with the evaluation's own data, evaluators and test-time
-settings; a report of an earlier fer_jax, its keys added since read as what it ran (`config_lib.ADDED_SINCE`).
+`--mode=eval` workdir holding its report, eval_results.json (a `fer_jax.seeds` folder is refused, naming its runs'
+pattern, DIR/seed_*). The first table gives, per run, the weights reported (their step, and the best epoch E of N
+where the run selected them), then each evaluator's accuracy, mean-class accuracy and macro F1 in %, and its TTA
+accuracy where the report has one; an evaluator a run lacks is "–", one it skipped (its split missing) "skipped".
+Below it, a line for each evaluator whose runs read other images (another data set, split, example count or classes:
+a 7-class model leaves AffectNet's contempt images out) and each one skipped. The second gives every config key
+(flat, as the reports record it) whose value differs among the runs, but for those that change no reported number
+(where data is read, logging, checkpoints, the evaluation batch, `config.model.remat`), and the commit each report
+names (`provenance`, where it was made from a git checkout). A `--mode=eval` report compares the config its
+checkpoint records (`trained_config`) with the evaluation's own data, evaluators and test-time settings; a report of
+an earlier fer_jax, its keys added since read as what it ran (`config_lib.ADDED_SINCE`).
 
 The tables are printed as Markdown; --output also writes them to a .md file, or to a .csv file as one row per run
 (every column of both tables). Reading needs no JAX and no device.
@@ -31,6 +34,8 @@ from fer_jax import files
 from fer_jax.errors import UserError
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
+# What an evaluator's results say of the images it read: the same name in two reports may read other ones.
+DATA_KEYS = ("dataset", "split", "num_examples", "class_names")
 # Config keys that do not change a run's reported numbers: where and how often things are read, written and logged,
 # the evaluation batch (its padding is masked) and what the backward pass recomputes (the same gradients).
 NOT_OF_THE_RESULTS = (*config_lib.NOT_OF_THE_TRAINING, "eval_batch_size", "model.remat")
@@ -62,9 +67,12 @@ def expand(patterns: list[str]) -> list[str]:
       raise UserError(f"--workdir={pattern} matches no folder.")
     workdirs += [path for path in matched if path not in workdirs]
   for workdir in workdirs:
+    if os.path.isfile(os.path.join(workdir, "seeds_summary.json")):
+      raise UserError(f"{workdir} is a folder of fer_jax.seeds runs (its seeds_summary.md has their mean and spread): "
+                      f"pass its runs, --workdir='{os.path.join(workdir, 'seed_*')}'.")
     if not os.path.isfile(os.path.join(workdir, files.REPORT)):
-      raise UserError(f"{workdir} holds no {files.REPORT}: pass a workdir whose training has ended (its report is written "
-                      "then), or evaluate a checkpoint into it (python -m fer_jax.main --mode=eval).")
+      raise UserError(f"{workdir} holds no {files.REPORT}: pass a workdir whose training has ended (its report is "
+                      "written then), or evaluate a checkpoint into it (python -m fer_jax.main --mode=eval).")
   return workdirs
 
 
@@ -105,6 +113,9 @@ def result_columns(reports: dict[str, dict]) -> tuple[list[str], dict[str, list[
     cells = [_weights(report)]
     for name in evaluators:
       results = report["evaluators"].get(name, {})
+      if name in (report.get("skipped_evaluators") or {}):
+        cells += ["skipped"] * len(METRICS) + (["skipped"] if name in with_tta else [])
+        continue
       cells += [percent(results.get(metric)) for metric in METRICS]
       if name in with_tta:
         cells.append(percent((results.get("tta") or {}).get("accuracy")))
@@ -156,15 +167,38 @@ def _markdown_table(names: dict[str, str], header: list[str], rows: dict[str, li
           + [f"| {names[workdir]} | " + " | ".join(cells) + " |" for workdir, cells in rows.items()])
 
 
+def data_notes(reports: dict[str, dict], names: dict[str, str]) -> list[str]:
+  """A line per evaluator whose runs read other images (another data set, split, example count or classes), and per
+  evaluator a run skipped: their columns do not compare like with like."""
+  notes = []
+  for name in dict.fromkeys(name for report in reports.values() for name in report["evaluators"]):
+    read = {}
+    for workdir, report in reports.items():
+      if results := report["evaluators"].get(name):
+        described = (f"{results.get('dataset')} {results.get('split')}, {results.get('num_examples')} examples of "
+                     f"{len(results.get('class_names') or ())} classes")
+        read.setdefault(described, []).append(names[workdir])
+    if len(read) > 1:
+      notes.append(f"{name} reads other images in other runs: " + "; ".join(
+          f"{', '.join(runs)}: {described}" for described, runs in read.items()) + ".")
+  for workdir, report in reports.items():
+    notes += [f"{names[workdir]} skipped {name}: {reason}." for name, reason in
+              (report.get("skipped_evaluators") or {}).items()]
+  return notes
+
+
 def markdown(reports: dict[str, dict]) -> str:
   names = _names(reports)
   config_header, config_rows = config_columns(reports)
+  notes = data_notes(reports, names)
   lines = [f"{errors.counted(len(reports), 'run')}; accuracy, mean-class accuracy and macro F1 in %.", "",
-           *_markdown_table(names, *result_columns(reports)), ""]
+           *_markdown_table(names, *result_columns(reports)), "", *(f"- {note}" for note in notes),
+           *([""] if notes else [])]
   if len(config_header) > 1:
     lines += ["Config keys in which the runs differ:", ""]
   elif len(reports) > 1:
-    lines += ["The runs' configs differ in no key that changes their results.", ""]
+    lines += ["The runs' configs differ in no key that changes their results"
+              + (" (but their data: above)." if notes else "."), ""]
   return "\n".join(lines + _markdown_table(names, config_header, config_rows) + [""])
 
 

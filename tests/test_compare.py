@@ -84,3 +84,35 @@ def test_an_evaluations_report_compares_its_data_and_its_checkpoints_training():
   old, new = {"config": {"optimizer.lr": 0.1}}, {"config": {"optimizer.lr": 0.1, **config_lib.ADDED_SINCE}}
   reports = {"old": {**old, "evaluators": {}}, "new": {**new, "evaluators": {}}}
   assert compare.config_columns(reports)[0] == ["commit"]  # no key differs
+
+
+def _results(dataset, split, examples, classes, accuracy):
+  return {"dataset": dataset, "split": split, "num_examples": examples, "class_names": list("abcdefgh"[:classes]),
+          "accuracy": accuracy, "mean_class_accuracy": accuracy, "macro_f1": accuracy}
+
+
+def test_an_evaluator_reading_other_images_or_skipped_in_some_runs_is_said_so():
+  """Columns were lined up by evaluator name alone: a 7-class model's AffectNet accuracy (its contempt images left
+  out) beside an 8-class one's over every image; a run that skipped its pose45 evaluator showed "–", and the configs
+  were said to differ in no key that changes the results."""
+  seven = {"config": {"seed": 0}, "evaluators": {"test": _results("rafdb", "test", 70, 7, 0.5),
+                                                 "pose45": _results("rafdb", "test_pose45", 9, 7, 0.25),
+                                                 "affectnet": _results("affectnet", "validation", 7, 7, 1 / 7)}}
+  eight = {"config": {"seed": 0}, "skipped_evaluators": {"pose45": "rafdb has no split 'test_pose45'"},
+           "evaluators": {"test": _results("rafdb", "test", 70, 7, 0.5),
+                          "affectnet": _results("affectnet", "validation", 8, 8, 0.25)}}
+  text = compare.markdown({"runs/seven": seven, "runs/eight": eight})
+  assert "| eight | –, evaluated | 50.00 | 50.00 | 50.00 | skipped | skipped | skipped | 25.00 |" in text
+  assert ("- affectnet reads other images in other runs: seven: affectnet validation, 7 examples of 7 classes; eight: "
+          "affectnet validation, 8 examples of 8 classes.") in text
+  assert "- eight skipped pose45: rafdb has no split 'test_pose45'." in text
+  assert "test reads" not in text
+  assert "The runs' configs differ in no key that changes their results (but their data: above)." in text
+
+
+def test_a_folder_of_seeds_is_named_with_the_pattern_of_its_runs(tmp_path):
+  (tmp_path / "seeds_summary.json").write_text("{}")
+  with pytest.raises(compare.UserError, match=rf"^{tmp_path} is a folder of fer_jax.seeds runs \(its seeds_summary.md "
+                                              rf"has their mean and spread\): pass its runs, "
+                                              rf"--workdir='{tmp_path}/seed_\*'"):
+    compare.expand([str(tmp_path)])
