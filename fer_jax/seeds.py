@@ -326,7 +326,7 @@ def _shared_config(reports: dict[int, dict]) -> dict:
 def summarize(reports: dict[int, dict]) -> dict:
   """Over the seeds' reports (of one run, check_same_run): {"seeds", "config" (_shared_config), "runs" (each
   evaluator's model, data set, split, examples, preprocessing and TTA), "evaluators": {evaluator: {metric: {mean,
-  std, n, values}}}}."""
+  std, n, values}}}, "selection", "skipped_evaluators": {evaluator: why a seed skipped it}}."""
   seeds = list(reports)
   evaluators = {seed: report["evaluators"] for seed, report in reports.items()}
   summary = {}
@@ -334,7 +334,9 @@ def summarize(reports: dict[int, dict]) -> dict:
     per_seed = [_metrics(evaluators[seed][name]) for seed in seeds]
     summary[name] = {metric: _mean_std([m.get(metric) for m in per_seed]) for metric in per_seed[0]}
   return {"seeds": seeds, "config": _shared_config(reports), "runs": _run_record(evaluators[seeds[0]]),
-          "evaluators": summary, "selection": _selection(reports)}
+          "evaluators": summary, "selection": _selection(reports),
+          "skipped_evaluators": {name: reason for report in reports.values()
+                                 for name, reason in (report.get("skipped_evaluators") or {}).items()}}
 
 
 def _selection(reports: dict[int, dict]) -> dict | None:
@@ -373,6 +375,8 @@ def markdown(summary: dict) -> str:
     tta = _cell(metrics["tta/accuracy"]) if "tta/accuracy" in metrics else "–"
     lines.append(f"| {name} | {run['dataset']} | {run['split']} | {run['num_examples']} | "
                  + " | ".join(_cell(metrics[m]) for m in compare.METRICS) + f" | {run['tta']} | {tta} |")
+  lines += [f"| {name} | skipped: {reason} |" + " |" * (len(compare.METRICS) + 4)
+            for name, reason in (summary.get("skipped_evaluators") or {}).items()]
   lines += ["", "Accuracy (%) of each seed:", "", "| evaluator | " + " | ".join(f"seed {s}" for s in summary["seeds"])
             + " |", "|---|" + "---:|" * len(summary["seeds"])]
   for name, metrics in summary["evaluators"].items():

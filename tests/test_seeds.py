@@ -68,6 +68,18 @@ def test_summary_is_the_mean_and_sample_std_of_every_metric(tmp_path):
     assert (tmp_path / picture).stat().st_size > 5000
 
 
+def test_an_evaluator_the_seeds_skipped_is_in_the_summary_with_why(tmp_path):
+  """Seeds trained on a set prepared without a subset list skipped its evaluator; the summary had no trace of it."""
+  _write_runs(tmp_path)
+  for seed in REPORTS:
+    report = json.loads((tmp_path / f"seed_{seed}" / "eval_results.json").read_text())
+    report["skipped_evaluators"] = {"pose45": "rafdb has no split 'test_pose45'"}
+    (tmp_path / f"seed_{seed}" / "eval_results.json").write_text(json.dumps(report))
+  summary = seeds.write_summary(str(tmp_path), seeds.read_reports(ANY_SEED, str(tmp_path), [0, 1, 2]))
+  assert summary["skipped_evaluators"] == {"pose45": "rafdb has no split 'test_pose45'"}
+  assert "| pose45 | skipped: rafdb has no split 'test_pose45' |" in (tmp_path / "seeds_summary.md").read_text()
+
+
 def test_the_summary_of_selected_epochs_says_how_each_seed_chose_its_weights(tmp_path):
   _write_runs(tmp_path)
   for seed in REPORTS:
