@@ -349,7 +349,8 @@ def expected_input(config, batch_size: int | None, stored_shape: Sequence[int] =
                         "dataset.image_size, else the input size)"},
       "then": pipeline,  # the eval pipeline (config.input.eval_pp), on the decoded 0-255 values
       "ops": "fer_jax.data.augment's, in order: resize(size) is PIL's Image.resize (bilinear unless a method is "
-             "named, antialiased when shrinking), resize(size, 'cv2_bilinear') cv2.resize INTER_LINEAR; "
+             "named, antialiased when shrinking), resize(size, 'cv2_bilinear') cv2.resize INTER_LINEAR, each "
+             "within one grey level of those libraries (fer_jax.load(path).predict preprocesses exactly); "
              "gray_to_rgb() copies one channel to three; before to_float()/normalize() every op's result is "
              "rounded to 0-255 integers",
       **_values(pipeline, (height, width, channels)),

@@ -16,6 +16,7 @@ import cv2
 import jax
 import numpy as np
 import pytest
+from PIL import features
 from PIL import Image
 import tensorflow_datasets as tfds
 
@@ -1298,3 +1299,13 @@ def test_a_label_is_drawn_whole_for_a_face_cut_by_the_photos_edge(tmp_path, box)
     return int(np.all(np.asarray(Image.open(tmp_path / "drawn.png")) < 40, axis=-1).sum())  # the label's black text
 
   assert label_pixels(box) == label_pixels((200, 100, 300, 210)) > 0
+
+
+def test_photos_under_every_name_pil_gives_their_format_are_found_in_a_folder(tmp_path):
+  """A folder's g.jfif and g.avif were left out as not images, though either passed alone was read."""
+  names = {"a.jfif": "JPEG", "b.jpe": "JPEG", **({"c.avif": "AVIF"} if features.check("avif") else {})}  # Pillow ≥ 11.3
+  for name, format_name in names.items():
+    Image.new("RGB", (48, 48), (90, 60, 30)).save(tmp_path / name, format=format_name)
+  found = inference.list_images(str(tmp_path), decode.IMAGE_SUFFIXES)
+  assert [os.path.basename(path) for path in found] == list(names)
+  assert all(decode.read_file(path, (48, 48, 3)).shape == (48, 48, 3) for path in found)
