@@ -309,6 +309,7 @@ def progress(items, what: str, total: int | None = None):
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
+FACE_KEYS = ("frame", "time", "face", "track", "box", "landmarks", "score")  # a JSON row's; in CSV columns:
 FACE_COLUMNS = ("frame", "time", "face", "track", "x1", "y1", "x2", "y2",
                 *(f"{p}_{axis}" for p in LANDMARKS for axis in "xy"), "score")
 
@@ -318,13 +319,16 @@ def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_na
   """JSON (the rows, and the inputs skipped with their reason) or CSV: one row per crop or face, then one per
   input skipped. Columns: image, [frame (a video frame's index), time (its seconds), face, track, box,
   landmarks, score: with `face_columns`], skipped (why it holds no prediction), prediction, confidence,
-  p_<class>…, logit_<class>…. The file appears whole or not at all (a failure leaves a previous one as it was)."""
+  p_<class>…, logit_<class>… (in JSON, probabilities and logits as {class: value}; every row has every key, null
+  where it has no value). The file appears whole or not at all (a failure leaves a previous one as it was)."""
   os.makedirs(os.path.dirname(os.path.realpath(path)), exist_ok=True)
   # In UTF-8, a file name's bytes that are not (Python holds them as surrogates) written as the log and JSON show
   # them, "\udce9": the CSV stays valid UTF-8, which every reader takes.
   with files.written_whole(path, newline="", encoding="utf-8", errors="backslashreplace") as f:
     if path.lower().endswith(".json"):
-      json.dump({"class_names": list(class_names), "predictions": rows,
+      keys = ["image", *(FACE_KEYS if face_columns else ()), "skipped", "prediction", "confidence", "probabilities",
+              "logits"]
+      json.dump({"class_names": list(class_names), "predictions": [{key: row.get(key) for key in keys} for row in rows],
                  "skipped": [{"image": image, "reason": reason} for image, reason in skipped]}, f, indent=2)
       return
     writer = csv.writer(f)

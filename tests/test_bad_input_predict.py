@@ -120,7 +120,8 @@ def test_only_the_readable_images_are_predicted_and_the_rest_counted(predicted):
   assert (f"skipped {len(BAD)} of {len(GOOD) + len(BAD)} inputs ({len(BAD)} unreadable; see the warnings above)."
           in result.stderr)
   rows = {os.path.basename(p["image"]): p for p in written["predictions"]}
-  assert "box" not in rows["face.png"] and rows["hopper.jpg"]["face"] == 0  # a 48×48 crop; a 512×600 photo's face
+  assert rows["face.png"]["box"] is None and rows["hopper.jpg"]["face"] == 0  # a 48×48 crop; a 512×600 photo's face
+  assert all(list(row) == list(rows["hopper.jpg"]) for row in rows.values())  # every key on every row
 
 
 def test_a_header_claiming_30000x30000_pixels_is_refused(predicted, mixed):

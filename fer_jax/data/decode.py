@@ -30,8 +30,8 @@ from PIL import UnidentifiedImageError
 from fer_jax.errors import UserError
 
 # The image files fer_jax reads from a folder (prepare's class folders, predict, visualize): formats PIL decodes.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".ppm",
-                  ".pgm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jpe", ".jfif",
+                  ".avif")
 
 # 8000×8000 (about 190 MB as RGB): far above any face photo, far below running out of memory.
 # Below PIL's own warning threshold, so PIL never warns about an image this accepts.
