@@ -20,7 +20,7 @@ every --stride-th frame (and the first read, where frame 0 is damaged), MTCNN (`
 five landmarks; the face is cropped as the config's data set was (`fer_jax.face.align`: RAF-DB similarity-aligned,
 others a box with a margin; grey 48×48 for FER2013-style inputs) and classified. The detector searches for faces
 down to 5/6 of --min_face_size (at least 12 px); faces smaller than it or scored below --min_score are written
-unclassified, with the reason. A video's faces are followed from frame to frame by box overlap (the track,
+unclassified, with the reason. A video's faces are followed from frame to frame by their boxes (the track,
 `fer_jax.face.tracks`; a face not found or not classified keeps its track for up to 25 processed frames); a frame's
 time is its own timestamp; --smooth=W averages each track's probabilities over time, W being the past's weight per
 frame of the video (p ← Wⁿ·p_before + (1 − Wⁿ)·p_now, n the frames since the track's last classified face: --stride=5

@@ -1303,9 +1303,33 @@ def test_a_label_is_drawn_whole_for_a_face_cut_by_the_photos_edge(tmp_path, box)
 
 def test_photos_under_every_name_pil_gives_their_format_are_found_in_a_folder(tmp_path):
   """A folder's g.jfif and g.avif were left out as not images, though either passed alone was read."""
-  names = {"a.jfif": "JPEG", "b.jpe": "JPEG", **({"c.avif": "AVIF"} if features.check("avif") else {})}  # Pillow ≥ 11.3
+  avif = {"c.avif": "AVIF"} if features.check("avif") else {}  # Pillow ≥ 11.3 writes it
+  names = {"a.jfif": "JPEG", "b.jpe": "JPEG", **avif}
   for name, format_name in names.items():
     Image.new("RGB", (48, 48), (90, 60, 30)).save(tmp_path / name, format=format_name)
   found = inference.list_images(str(tmp_path), decode.IMAGE_SUFFIXES)
   assert [os.path.basename(path) for path in found] == list(names)
   assert all(decode.read_file(path, (48, 48, 3)).shape == (48, 48, 3) for path in found)
+
+
+def test_a_face_moving_across_the_picture_keeps_its_track_at_any_stride():
+  """Faces matched on box overlap with the track's last box: a face 67 px wide moving 8 px a frame got a new track
+  every processed frame at --stride=5 (40 px apart: IoU 0.24), so --smooth never smoothed. A face as far away as
+  another person, or of another size, starts a track of its own."""
+  names = ("anger", "fear")
+
+  def face(frame, x, side=67.0):
+    return {"frame": frame, "box": [x, 100.0, x + side, 100.0 + side], "skipped": "",
+            "probabilities": {"anger": 0.5, "fear": 0.5}}
+
+  for stride in (1, 5):
+    followed, rows = tracks.Tracks(), []
+    for frame in range(0, 30, stride):
+      rows.append(face(frame, 8.0 * frame))
+      followed.follow("clip.mp4", rows[-1:], 0.9, names)
+    assert {row["track"] for row in rows} == {0}, stride
+  followed = tracks.Tracks()
+  first, far, larger = [face(0, 0.0)], [face(1, 200.0)], [face(2, 210.0, side=120.0)]
+  for rows in (first, far, larger):
+    followed.follow("clip.mp4", rows, 0.9, names)
+  assert [rows[0]["track"] for rows in (first, far, larger)] == [0, 1, 2]
