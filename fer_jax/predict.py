@@ -144,6 +144,7 @@ class FacePredictions:
     self.rows, self.skipped, self.unreadable, self.cut_off, self.faces_skipped = [], [], [], [], 0
     self.failed: Exception | None = None  # what stopped the run (`fail`), raised once the output is written
     self._queue, self._tracks, self._told_crops_are_not_drawn = [], tracks.Tracks(), False
+    self._classified: list[api.Prediction] = []  # of the first queued frames' faces
 
   def add_image(self, path: str, name: str, detect: bool | None) -> None:
     """Queues an image, read once, as a face crop or as a photo's faces (`predict_inputs` says which)."""
@@ -201,7 +202,7 @@ class FacePredictions:
     try:
       self.flush()
     except Exception:  # pylint: disable=broad-except  (it fails again, in the frame in hand: those left are lost)
-      lost, self._queue = list(dict.fromkeys(frame.source for frame in self._queue)), []
+      lost, self._queue, self._classified = list(dict.fromkeys(frame.source for frame in self._queue)), [], []
     failing = lost[0] if lost else paths[0] if paths else ""
     reason = f"not done: the run failed ({type(error).__name__}) in {os.path.basename(failing)}"
     self.cut([path for path in lost if path not in paths], reason)
@@ -215,16 +216,20 @@ class FacePredictions:
 
   def _push(self, frame: _Frame) -> None:
     self._queue.append(frame)
-    queued = sum(len(f.crops) for f in self._queue)
-    if queued >= self.model.predictor.batch_size or (self.annotate and len(self._queue) >= 16):
-      self.flush()
+    self.flush(whole_batches=not (self.annotate and len(self._queue) >= 16))  # drawings hold their pictures
 
-  def flush(self) -> None:
-    """Classifies the queued frames' faces, then takes each frame's rows in turn (an error leaves in the queue only
+  def flush(self, whole_batches: bool = False) -> None:
+    """Classifies the queued frames' faces not classified yet (with `whole_batches`, as many as fill whole batches:
+    every device step full), then takes each frame whose faces all are, in turn (an error leaves in the queue only
     the frames not taken)."""
-    predictions = iter(self.model.classify([crop for frame in self._queue for crop in frame.crops]))
-    while self._queue:
+    waiting = [crop for frame in self._queue for crop in frame.crops][len(self._classified):]
+    batch_size = self.model.predictor.batch_size
+    if count := len(waiting) // batch_size * batch_size if whole_batches else len(waiting):
+      self._classified += self.model.classify(waiting[:count])
+    while self._queue and len(self._queue[0].crops) <= len(self._classified):
       frame = self._queue[0]
+      predictions = iter(self._classified[:len(frame.crops)])
+      del self._classified[:len(frame.crops)]
       for row in frame.rows:
         if not row.get("skipped"):
           _fill(row, next(predictions))

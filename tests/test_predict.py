@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import types
 import tempfile
 
 import cv2
@@ -1333,3 +1334,31 @@ def test_a_face_moving_across_the_picture_keeps_its_track_at_any_stride():
   for rows in (first, far, larger):
     followed.follow("clip.mp4", rows, 0.9, names)
   assert [rows[0]["track"] for rows in (first, far, larger)] == [0, 1, 2]
+
+
+def test_faces_are_classified_in_whole_batches_and_each_row_gets_its_own_face_s_prediction():
+  """Everything queued was classified once a batch's worth was: 16 photos' 168 faces in device calls of 64, 16, 64,
+  16 and 8 where 3 would do (and each new padded size compiled again)."""
+  class Model:
+    class_names = ("anger", "fear")
+    predictor = types.SimpleNamespace(batch_size=4)
+    calls = []
+
+    def faces(self, image, *_):
+      count = int(image[0, 0, 0])
+      return ([detector.Face((10.0 * i, 0.0, 10.0 * i + 8, 8.0), ((1.0, 1.0),) * 5, 0.99) for i in range(count)],
+              [np.full((2, 2, 3), 10 * int(image[0, 0, 1]) + i, np.uint8) for i in range(count)], [""] * count)
+
+    def classify(self, crops):
+      self.calls.append(len(crops))
+      return [api.Prediction("anger", float(crop[0, 0, 0]), {}, {}) for crop in crops]
+
+  model = Model()
+  results = predict.FacePredictions(model, 24, 0.9)
+  for photo, count in enumerate((3, 3, 3, 3, 1)):
+    results.add_frame(f"photo{photo}.jpg", np.full((4, 4, 3), (count, photo, 0), np.uint8), f"photo{photo}.jpg")
+  results.flush()
+  assert Model.calls == [4, 4, 4, 1]
+  assert [(row["image"], row["face"], row["confidence"]) for row in results.rows] == [
+      (f"photo{photo}.jpg", face, 10.0 * photo + face) for photo, count in enumerate((3, 3, 3, 3, 1))
+      for face in range(count)]
