@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fer_jax import checkpointing
@@ -46,6 +47,22 @@ from fer_jax import watched_step
 from fer_jax.data import augment
 from fer_jax.data import pipeline
 from fer_jax.errors import UserError
+
+
+def prepared_set(dataset) -> tuple[str, str]:
+  """(the set's name with its variant, its folder's real path): one for "rafdb" and "rafdb/basic" (its default
+  variant), and for a folder however spelled (data_dir "" being TFDS's own, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+  name = dataset.name
+  if "/" not in name:
+    try:
+      builder_cls = tfds.builder_cls(name.partition(":")[0])
+    except tfds.core.registered.DatasetNotFoundError:
+      builder_cls = None
+    default = builder_cls and (builder_cls.DEFAULT_BUILDER_CONFIG_NAME or
+                               (builder_cls.BUILDER_CONFIGS[0].name if builder_cls.BUILDER_CONFIGS else None))
+    name = f"{name}/{default}" if default else name
+  folder = dataset.data_dir or os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR
+  return name, os.path.realpath(os.path.expanduser(folder))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +89,7 @@ class Spec:
     of other's overlap, an occlusion or pose subset (config_lib.SUBSETS, prepared as "<split>_<subset>") counting as
     the whole split it was taken from; slices whose overlap needs the split's size (absolute against percent, or
     negative absolute bounds) count as overlapping."""
-    same_set = (self.config.dataset.name, self.config.dataset.data_dir) == (other.config.dataset.name,
-                                                                           other.config.dataset.data_dir)
+    same_set = prepared_set(self.config.dataset) == prepared_set(other.config.dataset)
     return same_set and any(_overlap(mine, theirs) for mine in _split_parts(self.split)
                             for theirs in _split_parts(other.split))
 

@@ -278,6 +278,12 @@ def test_the_selection_names_the_reported_evaluators_that_read_the_split_it_chos
       "The best epoch (37 of 40) by accuracy on the evaluator eval (rafdb test). test, occluded_mouth, occlusion, "
       "pose30, pose45 read images the epoch was chosen on: the best of the epochs evaluated there, an optimistic "
       "figure")
+  default_folder = os.environ.get("TFDS_DATA_DIR") or evaluate.tfds.core.constants.DATA_DIR  # data_dir ""'s
+  for spelt in ({"dataset": "rafdb/basic"}, {"data_dir": default_folder + "/"}):  # compared as strings
+    config.evals.again = config_lib.evaluator(split="test", **spelt)
+    selection = evaluate.selection_record(evaluate.Evaluators(None, config, None), "accuracy", "eval", 37, 0.9, 40)
+    assert "again" in selection["reported_on_the_same_split"], spelt
+  del config.evals["again"]
   config.dataset.update(eval_split="train[90%:]", test_split="test")
   selection = evaluate.selection_record(evaluate.Evaluators(None, config, None), "accuracy", "eval", 37, 0.9, 40)
   assert selection["reported_on_the_same_split"] == []
