@@ -1161,12 +1161,15 @@ class _Capture:
   def get(self, prop):
     return {cv2.CAP_PROP_FPS: self.fps, cv2.CAP_PROP_FRAME_COUNT: self.count, cv2.CAP_PROP_POS_MSEC: self.now}[prop]
 
-  def read(self):
+  def grab(self):
     if self.read_so_far >= len(self.times) or self.times[self.read_so_far] is None:
       self.read_so_far += 1
-      return False, None
+      return False
     self.now = 1000 * self.times[self.read_so_far]
     self.read_so_far += 1
+    return True
+
+  def retrieve(self):
     return True, np.zeros((4, 4, 3), np.uint8)
 
   def release(self):

@@ -41,13 +41,16 @@ def frames(path: str, stride: int):
     end, first = 0.0, True  # the time the last frame read ends; no frame read yet
     try:
       while True:
-        ok, frame = capture.read()
+        kept = index % stride == 0 or first
+        ok = capture.grab()  # decodes the frame; retrieve() converts it to BGR, only for the frames kept
+        if ok and kept:
+          ok, frame = capture.retrieve()
         if ok:
           failed, failed_in_a_row = failed + failed_in_a_row, 0
           milliseconds = capture.get(cv2.CAP_PROP_POS_MSEC)
           time = milliseconds / 1000 if milliseconds > 0 or index == 0 else index / fps
           end = time + 1 / fps
-          if index % stride == 0 or first:
+          if kept:
             first = False
             yield index, time, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         elif index >= count or failed_in_a_row == MAX_FAILED_READS:
