@@ -8,12 +8,9 @@ Run from this folder, where `my_methods` is importable:
   cd examples && python -m fer_jax.main --config=dan_confidence_penalty_config.py:synthetic --workdir=/tmp/dan_penalty
 """
 
-import os
-
 from fer_jax import config_lib
 
-# configs/dan.py, read as --config reads a config file.
-DAN = config_lib.config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "dan.py"))
+DAN = config_lib.paper_config("dan")  # configs/dan.py, read as --config reads a config file
 SETTINGS, DATA_SETS, OPTIONS = DAN.SETTINGS, DAN.DATA_SETS, DAN.OPTIONS
 CONFIDENCE_PENALTY = 0.1
 

@@ -351,6 +351,23 @@ def _valid_args(data_sets, options) -> str:
   return f"valid: {', '.join(data_sets)}" + (f" (optionally followed by {usage})" if usage else "") + "."
 
 
+# The paper configs (configs/<method>.py), in the checkout fer_jax is installed from (pip install -e, README).
+PAPER_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def paper_config(method: str):
+  """configs/<method>.py of fer_jax's checkout as a module (`config_module`), wherever the config file of yours that
+  builds on it lies: `DAN = config_lib.paper_config("dan")`, then `DAN.get_config(arg)`."""
+  path = os.path.join(PAPER_CONFIGS, f"{method}.py")
+  if not os.path.isfile(path):
+    shipped = sorted(name[:-3] for name in os.listdir(PAPER_CONFIGS) if name.endswith(".py") and name[0] != "_") \
+        if os.path.isdir(PAPER_CONFIGS) else []
+    raise ValueError(f"No paper config {method!r} in {PAPER_CONFIGS}" + (
+        f": they are {', '.join(shipped)}." if shipped else
+        ": the configs ship with fer_jax's checkout; install fer_jax from it (pip install -e CHECKOUT)."))
+  return config_module(path)
+
+
 def config_module(path: str):
   """A config file (configs/<method>.py) as a module: its get_config and the names it defines."""
   module_spec = importlib.util.spec_from_file_location(f"fer_jax_config_{os.path.basename(path)[:-3]}", path)

@@ -371,3 +371,12 @@ def test_a_grey_data_set_of_yours_is_predicted_on_grey_as_it_was_trained(tmp_pat
     np.testing.assert_array_equal(model.predictor.preprocess.read(str(tmp_path / "photo.png")), grey)
   prediction, = model.predict([str(tmp_path / "photo.png")])
   assert np.isclose(sum(prediction.probabilities.values()), 1)
+
+
+def test_a_paper_config_is_read_from_any_folder_and_an_unknown_one_names_those_there(tmp_path, monkeypatch):
+  """A config file of yours outside the checkout reached configs/dan.py by a relative path (`import configs.dan`
+  fails outside it)."""
+  monkeypatch.chdir(tmp_path)
+  assert config_lib.paper_config("dan").get_config("rafdb").to_dict() == get_config("configs/dan.py:rafdb").to_dict()
+  with pytest.raises(ValueError, match=r"No paper config 'dann' in .*configs: they are apvit, dan, lhcnet, scan_cci\.$"):
+    config_lib.paper_config("dann")
