@@ -378,5 +378,6 @@ def test_a_paper_config_is_read_from_any_folder_and_an_unknown_one_names_those_t
   fails outside it)."""
   monkeypatch.chdir(tmp_path)
   assert config_lib.paper_config("dan").get_config("rafdb").to_dict() == get_config("configs/dan.py:rafdb").to_dict()
-  with pytest.raises(ValueError, match=r"No paper config 'dann' in .*configs: they are apvit, dan, lhcnet, scan_cci\.$"):
+  with pytest.raises(ValueError, match=r"No paper config 'dann' in .*configs: they are apvit, dan, lhcnet, "
+                                       r"scan_cci\.$"):
     config_lib.paper_config("dann")
