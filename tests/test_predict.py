@@ -594,7 +594,9 @@ def test_the_detector_searches_for_faces_down_to_a_little_below_the_minimum_face
 
 @pytest.mark.parametrize("limits, message", [
     ((-5, 0.9), r"^min_face_size=-5 must be 0 or more"), ((24, 2), r"^min_score=2 must be between 0 and 1"),
-    ((float("nan"), 0.9), r"^min_face_size=nan must be 0 or more")], ids=["size", "score", "nan"])
+    ((float("nan"), 0.9), r"^min_face_size=nan must be 0 or more"),
+    ((24, 0.9, 8), r"^max_side=8 must be 0 \(the whole picture\) or at least 12 pixels")],
+    ids=["size", "score", "nan", "max_side"])
 def test_a_minimum_out_of_range_is_refused(limits, message, monkeypatch, tmp_path):
   """They were accepted: every face was then skipped."""
   model, _ = _recording_model(monkeypatch)
@@ -602,7 +604,8 @@ def test_a_minimum_out_of_range_is_refused(limits, message, monkeypatch, tmp_pat
   with pytest.raises(UserError, match=message):
     model.detect_and_predict(np.zeros((60, 60, 3), np.uint8), *limits)
   with pytest.raises(UserError, match=message):
-    predict.predict_inputs(model, [str(tmp_path / "any.png")], str(tmp_path), None, *limits)
+    predict.predict_inputs(model, [str(tmp_path / "any.png")], str(tmp_path), None, *limits[:2],
+                           max_side=limits[2] if len(limits) > 2 else 0)
 
 
 def _flat_video(path: str, frames: int = 3) -> str:
