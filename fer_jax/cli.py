@@ -328,11 +328,11 @@ def _config_file_line(error: BaseException, argv) -> str | None:
   path = os.path.abspath(config_file)
   if isinstance(error, SyntaxError) and error.filename and os.path.abspath(error.filename) == path:
     return f"the config file {config_file}, line {error.lineno}: {error.msg}: {(error.text or '').strip()}"
-  if isinstance(error, AttributeError) and error.name == "get_config":
-    return (f"the config file {config_file} defines no get_config(argument), the function every config file has "
-            "(configs/dan.py shows one)")
   lines = [line for frame, line in traceback.walk_tb(error.__traceback__)
            if os.path.abspath(frame.f_code.co_filename) == path]
+  if not lines and isinstance(error, AttributeError) and error.name == "get_config":  # ml_collections' call of it
+    return (f"the config file {config_file} defines no get_config(argument), the function every config file has "
+            "(configs/dan.py shows one)")
   if not lines:
     return None
   return f"the config file {config_file}, line {lines[-1]}: {type(error).__name__}: {error}"

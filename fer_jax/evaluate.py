@@ -49,20 +49,21 @@ from fer_jax.data import pipeline
 from fer_jax.errors import UserError
 
 
-def prepared_set(dataset) -> tuple[str, str]:
-  """(the set's name with its variant, its folder's real path): one for "rafdb" and "rafdb/basic" (its default
-  variant), and for a folder however spelled (data_dir "" being TFDS's own, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
-  name = dataset.name
-  if "/" not in name:
+def prepared_set(dataset) -> tuple[str, str, str]:
+  """(the set's name, its variant, its folder's real path): one for "rafdb", "rafdb/basic" (its default variant) and
+  "rafdb/basic:1.0.0" (a version: fer_jax's sets have one each), and for a folder however spelled (data_dir ""
+  being TFDS's own, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+  name, parts = tfds.core.naming.parse_builder_name_kwargs(dataset.name)
+  variant = parts.get("config")
+  if variant is None:
     try:
-      builder_cls = tfds.builder_cls(name.partition(":")[0])
-    except tfds.core.registered.DatasetNotFoundError:
+      builder_cls = tfds.builder_cls(str(name))
+    except tfds.core.registered.DatasetNotFoundError:  # a set of yours read by its name alone
       builder_cls = None
-    default = builder_cls and (builder_cls.DEFAULT_BUILDER_CONFIG_NAME or
+    variant = builder_cls and (builder_cls.DEFAULT_BUILDER_CONFIG_NAME or
                                (builder_cls.BUILDER_CONFIGS[0].name if builder_cls.BUILDER_CONFIGS else None))
-    name = f"{name}/{default}" if default else name
   folder = dataset.data_dir or os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR
-  return name, os.path.realpath(os.path.expanduser(folder))
+  return str(name), variant or "", os.path.realpath(os.path.expanduser(folder))
 
 
 @dataclasses.dataclass(frozen=True)

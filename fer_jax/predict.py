@@ -130,9 +130,9 @@ class _Frame:
 class FacePredictions:
   """Rows of predictions for face crops, photos and video frames, classified in device-sized batches.
 
-  `add_*` queue a crop or a photo's faces; every `batch_size` queued crops (or 16 queued photos
-  when annotating) are classified, followed (and smoothed) over each video's face tracks, drawn, and
-  appended to `rows`, in input order. `skipped`: (input, reason) of each input without a row of its
+  `add_*` queue a crop or a photo's faces; the queued crops are classified in whole batches of `batch_size` (all of
+  them at the end, or once 16 photos are queued when annotating), and each frame whose faces all are is followed (and
+  smoothed) over its video's face tracks, drawn, and appended to `rows`, in input order. `skipped`: (input, reason) of each input without a row of its
   own, the `unreadable` ones among them, and the inputs a stop signal `cut_off` (the one in hand, those not reached).
   A drawing that cannot be written is warned about and stops the drawing (`annotate` emptied), not the run."""
 
@@ -229,7 +229,6 @@ class FacePredictions:
     while self._queue and len(self._queue[0].crops) <= len(self._classified):
       frame = self._queue[0]
       predictions = iter(self._classified[:len(frame.crops)])
-      del self._classified[:len(frame.crops)]
       for row in frame.rows:
         if not row.get("skipped"):
           _fill(row, next(predictions))
@@ -237,6 +236,7 @@ class FacePredictions:
         self._tracks.follow(frame.source, frame.rows, self.smooth, self.model.class_names)
       if frame.image is not None and self.annotate:
         self._draw(frame)
+      del self._classified[:len(frame.crops)]  # with the frame: an error before this leaves both as they were
       self.rows.extend(self._queue.pop(0).rows)
 
   def _draw(self, frame: _Frame) -> None:
@@ -315,7 +315,7 @@ def progress(items, what: str, total: int | None = None):
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
-FACE_KEYS = ("frame", "time", "face", "track", "box", "landmarks", "score")  # a JSON row's; in CSV columns:
+FACE_KEYS = ("frame", "time", "face", "track", "box", "landmarks", "score")  # a JSON row's, written out in a CSV's:
 FACE_COLUMNS = ("frame", "time", "face", "track", "x1", "y1", "x2", "y2",
                 *(f"{p}_{axis}" for p in LANDMARKS for axis in "xy"), "score")
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import types
 
 from reference import datasets as fx
 import ml_collections
@@ -1344,3 +1345,11 @@ def test_class_folders_match_whatever_the_case_of_their_names_in_the_mapping(tmp
                                                builder_utils.epath.Path(tmp_path), "LAYOUT")
   assert sorted((record.file_name, record.label) for record in records) == [("train/Happy/a.png", 0),
                                                                             ("train/SAD/a.png", 1)]
+
+
+def test_a_damaged_set_of_yours_read_by_its_name_alone_gets_the_generic_fix():
+  """Its builder not imported (docs/extending.md: a prepared set is read by its name), the message's fix looked the
+  builder up and ended in TFDS's DatasetNotFoundError traceback."""
+  info = types.SimpleNamespace(name="a_set_of_yours_not_imported", data_dir="/data/tfds/a_set/1.0.0", config_name="")
+  fix = builder_utils._prepare_again(info)  # pylint: disable=protected-access
+  assert fix == "Prepare it again, or copy it again from a complete copy."

@@ -302,6 +302,8 @@ CONFIG_FILES_IN_ERROR = {
     "bad_import.py": ("import no_such_module_xyz\n", "bad_import.py, line 1: ModuleNotFoundError: No module named "
                                                      "'no_such_module_xyz'"),
     "raises.py": ("def get_config(arg=None):\n  return {}[arg]\n", "raises.py, line 2: KeyError: None"),
+    "calls_get_config.py": ("import ml_collections\ndef get_config(arg=None):\n  return ml_collections.ConfigDict()"
+                            ".get_config()\n", "calls_get_config.py, line 3: AttributeError: "),
 }
 
 

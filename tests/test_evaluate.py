@@ -279,7 +279,7 @@ def test_the_selection_names_the_reported_evaluators_that_read_the_split_it_chos
       "pose30, pose45 read images the epoch was chosen on: the best of the epochs evaluated there, an optimistic "
       "figure")
   default_folder = os.environ.get("TFDS_DATA_DIR") or evaluate.tfds.core.constants.DATA_DIR  # data_dir ""'s
-  for spelt in ({"dataset": "rafdb/basic"}, {"data_dir": default_folder + "/"}):  # compared as strings
+  for spelt in ({"dataset": "rafdb/basic"}, {"dataset": "rafdb:1.0.0"}, {"data_dir": default_folder + "/"}):
     config.evals.again = config_lib.evaluator(split="test", **spelt)
     selection = evaluate.selection_record(evaluate.Evaluators(None, config, None), "accuracy", "eval", 37, 0.9, 40)
     assert "again" in selection["reported_on_the_same_split"], spelt

@@ -1342,29 +1342,57 @@ def test_a_face_moving_across_the_picture_keeps_its_track_at_any_stride():
   assert [rows[0]["track"] for rows in (first, far, larger)] == [0, 1, 2]
 
 
+class _NumberedFaces:
+  """A model whose photo (a uint8 array) holds its face count at [0, 0, 0] and its number at [0, 0, 1]: face i of
+  photo p is classified with confidence and logit 10·p + i; `calls` counts the crops of each classify call."""
+  class_names = ("anger", "fear")
+  predictor = types.SimpleNamespace(batch_size=4)
+
+  def __init__(self):
+    self.calls = []
+
+  def faces(self, image, *_):
+    count = int(image[0, 0, 0])
+    return ([detector.Face((10.0 * i, 0.0, 10.0 * i + 8, 8.0), ((1.0, 1.0),) * 5, 0.99) for i in range(count)],
+            [np.full((2, 2, 3), 10 * int(image[0, 0, 1]) + i, np.uint8) for i in range(count)], [""] * count)
+
+  def classify(self, crops):
+    self.calls.append(len(crops))
+    return [api.Prediction("anger", float(crop[0, 0, 0]), {"anger": 1.0, "fear": 0.0}, {"anger": float(crop[0, 0, 0])})
+            for crop in crops]
+
+
 def test_faces_are_classified_in_whole_batches_and_each_row_gets_its_own_face_s_prediction():
   """Everything queued was classified once a batch's worth was: 16 photos' 168 faces in device calls of 64, 16, 64,
   16 and 8 where 3 would do (and each new padded size compiled again)."""
-  class Model:
-    class_names = ("anger", "fear")
-    predictor = types.SimpleNamespace(batch_size=4)
-    calls = []
-
-    def faces(self, image, *_):
-      count = int(image[0, 0, 0])
-      return ([detector.Face((10.0 * i, 0.0, 10.0 * i + 8, 8.0), ((1.0, 1.0),) * 5, 0.99) for i in range(count)],
-              [np.full((2, 2, 3), 10 * int(image[0, 0, 1]) + i, np.uint8) for i in range(count)], [""] * count)
-
-    def classify(self, crops):
-      self.calls.append(len(crops))
-      return [api.Prediction("anger", float(crop[0, 0, 0]), {}, {}) for crop in crops]
-
-  model = Model()
+  model = _NumberedFaces()
   results = predict.FacePredictions(model, 24, 0.9)
   for photo, count in enumerate((3, 3, 3, 3, 1)):
     results.add_frame(f"photo{photo}.jpg", np.full((4, 4, 3), (count, photo, 0), np.uint8), f"photo{photo}.jpg")
   results.flush()
-  assert Model.calls == [4, 4, 4, 1]
+  assert model.calls == [4, 4, 4, 1]
   assert [(row["image"], row["face"], row["confidence"]) for row in results.rows] == [
       (f"photo{photo}.jpg", face, 10.0 * photo + face) for photo, count in enumerate((3, 3, 3, 3, 1))
       for face in range(count)]
+
+
+def test_an_error_while_a_frame_is_taken_leaves_each_face_its_own_prediction(monkeypatch):
+  """A frame's predictions were dropped before the frame was taken: an error in between (following its tracks,
+  drawing it) gave the next frame's predictions to its faces once the run's error handling flushed again."""
+  results = predict.FacePredictions(_NumberedFaces(), 24, 0.9)
+  follow, failures = results._tracks.follow, [RuntimeError("a drawing's disk")]  # pylint: disable=protected-access
+
+  def failing_once(*args):
+    if failures:
+      raise failures.pop()
+    return follow(*args)
+
+  monkeypatch.setattr(results._tracks, "follow", failing_once)  # pylint: disable=protected-access
+  add = lambda frame, count: results.add_frame(  # noqa: E731
+      "clip.mp4", np.full((4, 4, 3), (count, frame, 0), np.uint8), f"f{frame}.png", frame, frame / 25)
+  add(0, 3)
+  with pytest.raises(RuntimeError):
+    add(1, 2)  # a batch's worth: frame 0 is taken, and its tracks fail
+  results.fail(["clip.mp4"], RuntimeError("a drawing's disk"))
+  assert [(row["frame"], row["face"], row["logits"]["anger"]) for row in results.rows] == [
+      (0, 0, 0.0), (0, 1, 1.0), (0, 2, 2.0), (1, 0, 10.0), (1, 1, 11.0)]

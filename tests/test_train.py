@@ -1261,3 +1261,20 @@ def test_a_method_breaking_its_contract_is_named_before_the_data_is_read(tmp_pat
   with pytest.raises(ConfigError, match=r"does not keep the Method contract .*: its \"logits\" for a batch of 2 have "
                                         r"shape \(2, 9\), not \(2, 7\)"):
     train.TrainingRun(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("loss", [lambda outputs, labels, loss_config: (outputs["features"].sum(), {}),
+                                  lambda outputs, labels, loss_config: (outputs.logits.sum(), {})],
+                         ids=["key", "attribute"])
+def test_a_loss_s_own_bug_is_not_taken_for_a_missing_config_key(loss):
+  """A KeyError or AttributeError of the loss's own (an output the module does not return, a typo) was reported as
+  "its loss reads config.loss.features, which the config does not set"."""
+  config = tiny_run(get_config("configs/dan.py:synthetic"))
+  method = models.Method(build=lambda model_config: _Head(), loss=loss)
+  with pytest.raises((KeyError, AttributeError)):
+    models.check_contract(method, _Head(), models.abstract_variables(_Head(), config), config.loss, config)
+
+
+def test_a_method_is_made_with_keywords_only():
+  with pytest.raises(TypeError, match="positional"):
+    models.Method(lambda model_config: _Head(), models.cross_entropy_loss, ("aux_weight",))  # pylint: disable=E1121

@@ -588,9 +588,12 @@ def damaged_records_error(source, problems: list[str]) -> DataError:
 def _prepare_again(info) -> str:
   """How to make a damaged prepared set whole again: the command that prepares it again, or deleting a built-in set
   (generated again on first use); copying a complete copy again fits every set."""
-  builder_cls = tfds.builder_cls(info.name)
+  try:
+    builder_cls = tfds.builder_cls(info.name)
+  except tfds.core.registered.DatasetNotFoundError:  # a set of yours read by its name alone, its builder not imported
+    builder_cls = None
   folder = epath.Path(info.data_dir)
-  if not issubclass(builder_cls, LocalBuilder):
+  if builder_cls is None or not issubclass(builder_cls, LocalBuilder):
     return "Prepare it again, or copy it again from a complete copy."
   if not issubclass(builder_cls, ManualBuilder):
     return f"Delete {folder}: fer_jax generates its built-in sets again on first use (or copy it again whole)."
