@@ -132,9 +132,9 @@ class FacePredictions:
 
   `add_*` queue a crop or a photo's faces; the queued crops are classified in whole batches of `batch_size` (all of
   them at the end, or once 16 photos are queued when annotating), and each frame whose faces all are is followed (and
-  smoothed) over its video's face tracks, drawn, and appended to `rows`, in input order. `skipped`: (input, reason) of each input without a row of its
-  own, the `unreadable` ones among them, and the inputs a stop signal `cut_off` (the one in hand, those not reached).
-  A drawing that cannot be written is warned about and stops the drawing (`annotate` emptied), not the run."""
+  smoothed) over its video's face tracks, drawn, and appended to `rows`, in input order. `skipped`: (input, reason)
+  of each input without a row of its own, the `unreadable` ones among them, and the inputs a stop signal `cut_off`
+  (the one in hand, those not reached). A drawing that cannot be written is warned about and stops the drawing (`annotate` emptied), not the run."""
 
   def __init__(self, model: api.Model, min_face_size: float, min_score: float, smooth: float = 0.0,
                annotate: str = "", max_side: int = 0):
