@@ -1396,3 +1396,28 @@ def test_an_error_while_a_frame_is_taken_leaves_each_face_its_own_prediction(mon
   results.fail(["clip.mp4"], RuntimeError("a drawing's disk"))
   assert [(row["frame"], row["face"], row["logits"]["anger"]) for row in results.rows] == [
       (0, 0, 0.0), (0, 1, 1.0), (0, 2, 2.0), (1, 0, 10.0), (1, 1, 11.0)]
+
+
+def _track_numbers(faces_of_frame, frames, stride: int) -> list[list[int]]:
+  """Each processed frame's faces' tracks, where `faces_of_frame(frame)` gives their boxes."""
+  followed, numbers = tracks.Tracks(), []
+  for frame in range(0, frames, stride):
+    rows = [{"frame": frame, "box": box, "skipped": "", "probabilities": {"anger": 0.5, "fear": 0.5}}
+            for box in faces_of_frame(frame)]
+    followed.follow("clip.mp4", rows, 0.9, ("anger", "fear"))
+    numbers.append([row["track"] for row in rows])
+  return numbers
+
+
+def test_faces_side_by_side_keep_their_tracks_and_a_fast_or_growing_face_its_own():
+  """Matched closest first to each track's last box: of two faces 1.2 box sides apart moving 0.7 sides a processed
+  frame, the left one took the right one's track and the right one a new track, every frame; a face at 0.12 sides a
+  frame got a new track every frame at --stride=15 (its move capped at 1.5 sides); one growing from 67 to 110 px in
+  5 frames got a new one."""
+  side = 67.0
+  pair = lambda frame: [[x + 4.69 * frame, 100.0, x + 4.69 * frame + side, 100.0 + side] for x in (0.0, 1.2 * side)]
+  assert _track_numbers(pair, 60, 10) == [[0, 1]] * 6
+  crossing = lambda frame: [[8.0 * frame, 100.0, 8.0 * frame + side, 100.0 + side]]
+  assert _track_numbers(crossing, 75, 15) == [[0]] * 5
+  growing = lambda frame: [[100.0, 100.0, 100.0 + side + 8.6 * frame, 100.0 + side + 8.6 * frame]]
+  assert _track_numbers(growing, 10, 5) == [[0]] * 2
