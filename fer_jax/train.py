@@ -206,8 +206,11 @@ class TrainingRun:
     self.state = self._restore_or_initialise(self.optimizer.tx)
 
   def _make_the_steps(self) -> None:
-    """One jitted train step per model mode."""
+    """One jitted train step per model mode (the loss checked again where it weighs the training split's class counts,
+    which may lack a class)."""
     loss_config = loss_config_for(self.config, self.data.split)
+    if loss_config != self.config.loss:
+      models.check_contract(self.method, self.model, self.abstract, loss_config, self.config)
     steps = {mode: make_train_step(self.model, self.method.loss, loss_config, self.optimizer, self.mesh,
                                    self.config.seed, self.data.augment, mode) for mode in MODEL_MODES}
     # An epoch's last, short batch has its own shape, hence its own compilation, watched apart.

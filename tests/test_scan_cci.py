@@ -452,3 +452,15 @@ def test_synthetic_config_trains_on_eight_devices_and_draws_its_masks_on_one(tmp
   assert len(paths) == 6
   with Image.open(paths[-1]) as png:
     assert png.size == (32, 32)
+
+
+@pytest.mark.integration
+def test_a_training_split_lacking_a_class_is_refused_before_the_first_step(tmp_path):
+  """The contract is checked before the data is read, with one count of each class: the split's own counts are
+  weighed again once it is open, before any step is compiled (3 training images: 4 classes or more without one)."""
+  config = helpers.tiny_run(helpers.get_config("configs/scan_cci.py:synthetic"), batch_size=2)
+  config.loss.update(class_weights="effective_number", class_counts=())
+  config.dataset.train_split = "train[:3]"
+  with pytest.raises(ConfigError, match=r"needs 7 positive class counts, got config\.loss\.class_counts=\(.*0"):
+    train.TrainingRun(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints" / "0")
