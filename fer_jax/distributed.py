@@ -30,7 +30,7 @@ from fer_jax.errors import UserError
 
 FLAGS = ("coordinator_address", "num_processes", "process_id")
 COORDINATOR_TIMEOUT_S = 300  # how long the processes wait for each other: to join the run, at an exchange
-JAX_MARGIN_S = 30  # jax.distributed.initialize's own timeout beyond ours, which ends the process with a clear error
+JAX_MARGIN_S = 30  # jax.distributed.initialize's own timeout beyond ours: our watchdog ends the process first, in words
 
 
 def check_flags(distributed: bool, values: dict) -> None:

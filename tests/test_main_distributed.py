@@ -143,6 +143,16 @@ def test_a_num_processes_other_than_process_0s_is_refused():
 
 
 @pytest.mark.integration
+def test_a_run_whose_processes_joined_outlives_the_join_timeout():
+  """The watchdog that ends a process whose run never gathered is cancelled once it did."""
+  script = ("import time; from fer_jax import distributed; distributed.COORDINATOR_TIMEOUT_S = 1; "
+            f"distributed.start('127.0.0.1:{free_port()}', 1, 0); time.sleep(3); print('alive')")
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=cpu_devices_env(1), capture_output=True,
+                          text=True, timeout=120)
+  assert (result.returncode, result.stdout) == (0, "alive\n"), result.stderr[-2000:]
+
+
+@pytest.mark.integration
 def test_a_process_that_never_joins_ends_the_others_with_a_message_not_a_native_abort():
   """Process 0 of 2, whose process 1 failed before joining: it waited 5 minutes, then JAX aborted it (SIGABRT, a C++
   stack trace). Here the wait is 3 s."""
