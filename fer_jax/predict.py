@@ -134,7 +134,8 @@ class FacePredictions:
   them at the end, or once 16 photos are queued when annotating), and each frame whose faces all are is followed (and
   smoothed) over its video's face tracks, drawn, and appended to `rows`, in input order. `skipped`: (input, reason)
   of each input without a row of its own, the `unreadable` ones among them, and the inputs a stop signal `cut_off`
-  (the one in hand, those not reached). A drawing that cannot be written is warned about and stops the drawing (`annotate` emptied), not the run."""
+  (the one in hand, those not reached). A drawing that cannot be written is warned about and stops the drawing
+  (`annotate` emptied), not the run."""
 
   def __init__(self, model: api.Model, min_face_size: float, min_score: float, smooth: float = 0.0,
                annotate: str = "", max_side: int = 0):
@@ -454,9 +455,9 @@ def define_flags() -> None:
                      "(pixels) are not classified; the detector searches for faces down to 5/6 of it.", lower_bound=0.0)
   flags.DEFINE_float("min_score", api.MIN_SCORE, "Faces with a lower detection score are not classified.",
                      lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_integer("detect_max_side", 0, "Search for faces in a copy of each photo and frame reduced to this longer "
-                       "side in pixels (0: the picture itself): faster on large photos, but faces under 12 px in "
-                       "the copy are not found; faces are aligned from the full picture.", lower_bound=0)
+  flags.DEFINE_integer("detect_max_side", 0, "Search for faces in a copy of each photo and frame reduced to this "
+                       "longer side in pixels (0: the picture itself): faster on large photos, but faces under 12 px "
+                       "in the copy are not found; faces are aligned from the full picture.", lower_bound=0)
   flags.DEFINE_integer("stride", 1, "Videos: every N-th frame.", lower_bound=1)
   flags.DEFINE_float("smooth", 0.0, "Videos: weight of the past in each face track's moving average, per frame of "
                      "the video whatever --stride (after n frames: smooth**n; 0 = off).", lower_bound=0.0,
