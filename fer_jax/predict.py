@@ -410,8 +410,8 @@ def _face_fields(row: dict) -> list:
 FEW_ROWS = 10  # up to this many rows are logged one by one; beyond, the summary alone
 
 
-def log_results(results: FacePredictions, inputs: int, output: str) -> None:
-  """Each row's prediction when there are few, then what was written for `output` (there, or where the run stopped
+def log_results(results: FacePredictions, inputs: int, written: str, output: str) -> None:
+  """Each row's prediction when there are few, then what was `written` for `output` (there, or where the run stopped
   early beside it: `write_output`) and what was skipped of the `inputs` (each skipped input was named in its warning),
   and whether the run stopped early."""
   if len(results.rows) <= FEW_ROWS:
@@ -420,7 +420,6 @@ def log_results(results: FacePredictions, inputs: int, output: str) -> None:
   predictions = sum("prediction" in row for row in results.rows)
   skipped = inference.skipped_summary(len(results.skipped) - len(results.cut_off), inputs, len(results.unreadable),
                                      "input")
-  written = partial_path(output) if results.cut_off else output
   logging.info("Wrote %s to %s%s.", errors.counted(predictions, "prediction"), written, skipped)
   if results.faces_skipped:
     logging.info("%s not classified, too small (< --min_face_size=%g px) or too unsure (< --min_score=%g): the "
@@ -481,13 +480,13 @@ def main(argv):
   results.count_unreadable(unlisted)  # warned about as they were listed
   inputs = len(paths) + len(unlisted)
   try:
-    write_output(results, model.class_names, args.output, detects_faces(paths, args.detect))
+    written = write_output(results, model.class_names, args.output, detects_faces(paths, args.detect))
   except UserError as error:
     if not results.failed:
       raise
     logging.error("%s", error)  # the run's own error, raised below (outside this block: its traceback, not this line)
   else:
-    log_results(results, inputs, os.path.abspath(args.output))
+    log_results(results, inputs, os.path.abspath(written), os.path.abspath(args.output))
   if results.failed:
     raise results.failed
   if results.cut_off:

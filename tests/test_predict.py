@@ -683,7 +683,7 @@ def test_a_few_predictions_are_logged_each_then_one_summary_names_the_absolute_o
   crop = str(tmp_path / "crop.png")
   Image.new("RGB", (100, 100)).save(crop)
   results = predict.predict_inputs(model, [crop], str(tmp_path), None, 24, 0.9)
-  assert _logged(caplog, lambda: predict.log_results(results, 1, "/abs/out.csv")) == [
+  assert _logged(caplog, lambda: predict.log_results(results, 1, "/abs/out.csv", "/abs/out.csv")) == [
       f"{crop}: happiness (93.1%)", "Wrote 1 prediction to /abs/out.csv."]
 
 
@@ -696,7 +696,7 @@ def test_each_skipped_input_is_named_once_and_the_summary_counts_them(tmp_path, 
   (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
   Image.new("RGB", (8, 8)).save(paths[3])
   messages = _logged(caplog, lambda: predict.log_results(
-      predict.predict_inputs(model, paths, str(tmp_path), None, 24, 0.9), len(paths), "/abs/out.csv"))
+      predict.predict_inputs(model, paths, str(tmp_path), None, 24, 0.9), len(paths), "/abs/out.csv", "/abs/out.csv"))
   assert messages[-1] == ("Wrote 2 predictions to /abs/out.csv; skipped 2 of 4 inputs (1 unreadable; see the warnings "
                           "above).")
   assert [sum(path in message for message in messages) for path in paths[2:]] == [1, 1]
@@ -712,7 +712,7 @@ def test_faces_are_logged_with_their_index_and_many_rows_by_the_summary_alone(tm
   photo = str(tmp_path / "group.jpg")
   Image.new("RGB", (640, 480)).save(photo)
   results = predict.predict_inputs(model, [photo], str(tmp_path), None, 48, 0.9)
-  assert _logged(caplog, lambda: predict.log_results(results, 1, "/abs/out.json")) == [
+  assert _logged(caplog, lambda: predict.log_results(results, 1, "/abs/out.json", "/abs/out.json")) == [
       f"{photo} face 0: happiness (93.1%)", f"{photo} face 1: not classified ({reason})",
       "Wrote 1 prediction to /abs/out.json.",
       "1 face not classified, too small (< --min_face_size=48 px) or too unsure (< --min_score=0.9): the output's "
@@ -721,7 +721,7 @@ def test_faces_are_logged_with_their_index_and_many_rows_by_the_summary_alone(tm
   for crop in crops:
     Image.new("RGB", (100, 100)).save(crop)
   results = predict.predict_inputs(model, crops, str(tmp_path), None, 24, 0.9)
-  assert _logged(caplog, lambda: predict.log_results(results, len(crops), "/abs/out.csv")) == [
+  assert _logged(caplog, lambda: predict.log_results(results, len(crops), "/abs/out.csv", "/abs/out.csv")) == [
       f"Wrote {len(crops)} predictions to /abs/out.csv."]
 
 
