@@ -311,10 +311,7 @@ class Model:
     small = Image.fromarray(image).resize((max(1, round(width * scale)), max(1, round(height * scale))),
                                           Image.BILINEAR)
     x_scale, y_scale = width / small.width, height / small.height
-    return [detector.Face((x1 * x_scale, y1 * y_scale, x2 * x_scale, y2 * y_scale),
-                          tuple((x * x_scale, y * y_scale) for x, y in face.landmarks), face.score)
-            for face in self.detector_for(min_face_size / x_scale)(np.asarray(small))
-            for x1, y1, x2, y2 in [face.box]]
+    return [face.scaled(x_scale, y_scale) for face in self.detector_for(min_face_size / x_scale)(np.asarray(small))]
 
   def detect_and_predict(self, photo, min_face_size: float = MIN_FACE_SIZE, min_score: float = MIN_SCORE,
                          max_side: int = 0) -> list[FaceResult]:

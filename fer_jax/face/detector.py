@@ -47,6 +47,11 @@ class Face:
     """The shorter side of the box, in pixels."""
     return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
 
+  def scaled(self, x: float, y: float) -> "Face":
+    """The face in a picture `x` times as wide and `y` times as high."""
+    x1, y1, x2, y2 = self.box
+    return Face((x1 * x, y1 * y, x2 * x, y2 * y), tuple((px * x, py * y) for px, py in self.landmarks), self.score)
+
 
 def pyramid_scales(height: int, width: int, min_face_size: float, factor: float) -> list[float]:
   """Each level's scale, CELL / min_face_size × factor^level (a power, as the package computes it, so that

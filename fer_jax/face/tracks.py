@@ -34,6 +34,7 @@ class Tracks:
   MOVE_PER_FRAME, MIN_MOVE, MAX_MOVE = 0.15, 0.5, 3.0
   SCALE_PER_FRAME, MIN_SCALE = 1.12, 1.5
   MAX_MISSED = 25
+  UNMATCHED = 1e6  # the assignment's cost of a pair too far apart, which is then not matched
 
   def __init__(self):
     self.video, self.previous, self.next_id, self.missed = None, [], 0, {}
@@ -46,7 +47,7 @@ class Tracks:
     current = [None] * len(classified)
     if self.previous and classified:
       costs = self._costs(np.array([row["box"] for row in classified]), classified[0]["frame"])
-      for i, j in zip(*optimize.linear_sum_assignment(np.minimum(costs, UNMATCHED))):
+      for i, j in zip(*optimize.linear_sum_assignment(np.minimum(costs, self.UNMATCHED))):
         if costs[i, j] <= 1:
           current[i] = self.previous[j]
     tracks = []
@@ -82,6 +83,3 @@ class Tracks:
     costs = np.linalg.norm(centres[:, None] - expected[None], axis=-1) / allowed[None]
     scale = np.abs(np.log(sides[:, None] / sides_before[None]))
     return np.where(scale > np.log(np.maximum(self.MIN_SCALE, self.SCALE_PER_FRAME ** frames))[None], np.inf, costs)
-
-
-UNMATCHED = 1e6  # the assignment's cost of a pair too far apart, which is then not matched
