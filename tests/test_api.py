@@ -158,7 +158,7 @@ def test_a_photos_face_is_found_aligned_and_classified(model):
 
 @pytest.mark.integration  # compiles the detector at two sizes
 def test_a_large_photo_is_searched_reduced_to_max_side_and_its_face_aligned_from_the_full_photo(model, monkeypatch):
-  """A 24 MP photo took 5-10 s of detection on two cores (a 16-level pyramid, 1,292 P-Net tiles): max_side searches
+  """A 24 MP photo took 5-10 s of detection on two cores (a 16-level pyramid): max_side searches
   a reduced copy, and gives the face in the photo's own pixels."""
   photo = Image.open(HOPPER).convert("RGB")
   large = np.asarray(photo.resize((photo.width * 4, photo.height * 4), Image.BILINEAR))
