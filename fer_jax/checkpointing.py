@@ -364,10 +364,10 @@ def _check_continues(step_directory: str, config, damaged_fix: str) -> None:
                           f"--config.batch_size={saved_batch}, {new_run}")
   changed = config_lib.resume_differences(meta.get("config", {}), config)
   if changed:
-    cosine = config_lib.COSINE_SHAPED if any(key == "num_epochs" for key, _, _ in changed) else ""
+    shaped = config_lib.num_epochs_shaped(config) if any(key == "num_epochs" for key, _, _ in changed) else ""
     raise CheckpointError(
         f"The run in {run} was trained with other settings: "
-        + ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in changed) + cosine
+        + ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in changed) + shaped
         + ". A resumed run continues the same training (its checkpoints are left as they are): resume with "
         + " ".join(config_lib.override(key, saved) for key, _, saved in changed) + f", {new_run}")
   allowed = config_lib.differences(meta.get("config", {}), config, config_lib.NOT_OF_THE_TRAINING, unshared="evals.")

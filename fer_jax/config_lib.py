@@ -55,9 +55,9 @@ def evaluator(**fields) -> ml_collections.ConfigDict:
 NOT_OF_THE_TRAINING = ("dataset.data_dir", "dataset.cache", "dataset.cache_budget_mb", "data_workers",
                        "log_every_steps", "checkpoint_every_steps", "max_checkpoints", "init_from_recipe")
 # What a resumed run may change besides (a key, or a prefix ending in "." or "_"): the learning rate and gradient
-# clipping (what a non-finite loss calls for), how long it trains (not under a cosine schedule, which num_epochs
-# shapes), what it evaluates, reports, selects and stops on, where a new run would start from, and what the
-# backward pass recomputes (the same gradients, `config.model.remat`).
+# clipping (what a non-finite loss calls for), how long it trains (not under a schedule num_epochs shapes:
+# NUM_EPOCHS_FREE_SCHEDULES), what it evaluates, reports, selects and stops on, where a new run would start
+# from, and what the backward pass recomputes (the same gradients, `config.model.remat`).
 RESUME_MAY_CHANGE = NOT_OF_THE_TRAINING + (
     "optimizer.lr", "optimizer.grad_clip_norm", "num_epochs", "eval.", "evals.", "eval_batch_size",
     "dataset.test_split", "select_", "restore_best", "early_stopping_patience", "init_from", "init_from_missing",
@@ -79,8 +79,13 @@ def differences(recorded: dict, config, ignored: Sequence[str], unshared: str = 
 # would train epoch 0 in seed s's epoch-1 order (fer_jax.data.pipeline.epoch_indices), and it takes no negative seed.
 SEED_LIMIT = 2**32
 
-# Said beside a num_epochs a resume or a seed may not change.
-COSINE_SHAPED = " (it shapes the cosine schedule)"
+# The schedules whose rates num_epochs does not change (fer_jax.optim's); cosine's, and those of yours, it may.
+NUM_EPOCHS_FREE_SCHEDULES = ("constant", "step", "exponential")
+
+
+def num_epochs_shaped(config) -> str:
+  """Said beside a num_epochs a resume or a seed may not change: " (it shapes the cosine schedule)"."""
+  return f" (it shapes the {config.optimizer.schedule} schedule)"
 
 
 # Keys added since configs were first recorded that change what a run trains, with the value that gives what runs
@@ -96,12 +101,12 @@ def as_trained(recorded: dict) -> dict:
 
 def resume_differences(saved: dict, config) -> list[tuple[str, object, object]]:
   """`differences` in the keys a run resumed from a checkpoint recording `saved` (its flat config) must not change
-  (all but RESUME_MAY_CHANGE's; num_epochs too under a cosine schedule, which it shapes), a record without a key of
+  (all but RESUME_MAY_CHANGE's; num_epochs too under a schedule it shapes), a record without a key of
   ADDED_SINCE read as its earlier behaviour (`as_trained`): where nothing is recorded (checkpoints before 2026-12-05),
   only ADDED_SINCE's keys are compared."""
   saved = as_trained(saved)
-  cosine = flat(config).get("optimizer.schedule") == "cosine"
-  return differences(saved, config, [key for key in RESUME_MAY_CHANGE if not (key == "num_epochs" and cosine)])
+  shaped = flat(config).get("optimizer.schedule", "constant") not in NUM_EPOCHS_FREE_SCHEDULES
+  return differences(saved, config, [key for key in RESUME_MAY_CHANGE if not (key == "num_epochs" and shaped)])
 
 
 def named_by(key: str, entries) -> bool:
@@ -226,12 +231,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
   config.num_epochs = 40
   config.optimizer = ml_collections.ConfigDict({
-      "name": "sgd",                # fer_jax.optim.OPTIMIZERS: sgd | adam | adamw | keras_adam
+      "name": "sgd",                # sgd | adam | adamw | keras_adam | yours (optim.register_optimizer)
       "lr": 0.1,
       "momentum": 0.9,
       "nesterov": False,
       "weight_decay": 0.0,          # SGD/Adam: coupled L2 as in PyTorch; AdamW: decoupled
-      "schedule": "constant",       # constant | step | exponential | cosine (per epoch, as PyTorch)
+      "schedule": "constant",       # constant | step | exponential | cosine | yours (optim.register_schedule)
       "step_epochs": 10,
       "gamma": 0.1,
       "b1": 0.9, "b2": 0.999, "eps": 1e-8,  # Adam (PyTorch defaults; Keras uses eps 1e-7)

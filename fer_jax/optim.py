@@ -3,7 +3,9 @@
 Weight decay for SGD and Adam is coupled L2 added to the gradient, as `torch.optim` does;
 `adamw` decouples it; `keras_adam` is Adam with Keras' ε placement (LHC-Net). Schedules change
 the rate once per epoch, like the PyTorch schedulers the official recipes step at epoch ends. Parameter groups, frozen parameters and the
-weight-decay exemptions are regexes over paths such as "trunk/layer1_0/conv1/kernel".
+weight-decay exemptions are regexes over paths such as "trunk/layer1_0/conv1/kernel". A schedule or an optimiser of
+yours is a function registered by `register_schedule` or `register_optimizer` in your config file
+(docs/extending.md).
 """
 
 import math
@@ -27,7 +29,7 @@ def path_of(key_path) -> str:
 
 
 # Each schedule's multiplier of the base rate at an epoch (an integer array) of a run of num_epochs.
-SCHEDULES = {
+SCHEDULES: dict[str, Callable] = {
     "constant": lambda epoch, opt_config, num_epochs: jnp.ones_like(epoch, float),
     "step": lambda epoch, opt_config, num_epochs: opt_config.gamma ** (epoch // opt_config.step_epochs).astype(float),
     "exponential": lambda epoch, opt_config, num_epochs: opt_config.gamma ** epoch.astype(float),
@@ -44,7 +46,7 @@ def lr_schedule(opt_config, steps_per_epoch: int, num_epochs: int):
 
 
 # Each optimiser's update rule from the config, the learning rate (step → rate) and the weight-decay mask.
-OPTIMIZERS = {
+OPTIMIZERS: dict[str, Callable] = {
     "sgd": lambda opt_config, learning_rate, decay_mask: optax.sgd(
         learning_rate, momentum=opt_config.momentum or None, nesterov=opt_config.nesterov),
     "adam": lambda opt_config, learning_rate, decay_mask: optax.adam(
@@ -55,6 +57,46 @@ OPTIMIZERS = {
     "keras_adam": lambda opt_config, learning_rate, decay_mask: optax.chain(
         scale_by_keras_adam(opt_config.b1, opt_config.b2, opt_config.eps), optax.scale_by_learning_rate(learning_rate)),
 }
+
+
+# The optimisers that apply config.optimizer.weight_decay themselves (decoupled); the others are given gradients with
+# the coupled L2 term added, as torch.optim's SGD and Adam add it.
+DECOUPLED_WEIGHT_DECAY = {"adamw"}
+# The config.optimizer keys that a schedule or an optimiser of yours reads beyond config_lib.base_config's, by the
+# config.optimizer key naming it ("schedule", "name") and its name.
+OWN_KEYS: dict[str, dict[str, tuple[str, ...]]] = {"schedule": {}, "name": {}}
+
+
+def register_schedule(multiplier: Callable | None = None, *, keys: tuple[str, ...] = ()):
+  """Makes `multiplier(epoch, opt_config, num_epochs)` the schedule config.optimizer.schedule names by its function
+  name: the base rate's multiplier at `epoch`, an integer array of epochs counted from 0 (the rate changes at epoch
+  ends, as the built-in schedules'), written in jax.numpy. `keys`: the config.optimizer keys of yours it reads,
+  which the config file sets. As a decorator, `@register_schedule` or `@register_schedule(keys=(...))`."""
+  def register(function: Callable) -> Callable:
+    return _registered(SCHEDULES, "schedule", function, keys)
+  return register if multiplier is None else register(multiplier)
+
+
+def register_optimizer(rule: Callable | None = None, *, keys: tuple[str, ...] = (),
+                       decoupled_weight_decay: bool = False):
+  """Makes `rule(opt_config, learning_rate, decay_mask)`, which returns an optax.GradientTransformation applying
+  `learning_rate` (step → rate), the optimiser config.optimizer.name names by its function name. Its gradients come
+  with config.optimizer.weight_decay's coupled L2 term added, but with `decoupled_weight_decay` the rule applies
+  the decay itself (to the parameters that `decay_mask`, a function of the params, marks). `keys` as
+  `register_schedule`'s."""
+  def register(function: Callable) -> Callable:
+    _registered(OPTIMIZERS, "name", function, keys)
+    (DECOUPLED_WEIGHT_DECAY.add if decoupled_weight_decay else DECOUPLED_WEIGHT_DECAY.discard)(function.__name__)
+    return function
+  return register if rule is None else register(rule)
+
+
+def _registered(table: dict, key: str, function: Callable, keys: tuple[str, ...]) -> Callable:
+  """`function` in `table` (`errors.registered`), with the config.optimizer `keys` it reads, where
+  config.optimizer.`key` names it."""
+  errors.registered(table, function, "schedule" if key == "schedule" else "optimiser")
+  OWN_KEYS[key][function.__name__] = tuple(keys)
+  return function
 
 
 def scale_by_keras_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
@@ -136,7 +178,7 @@ def make_optimizer(opt_config, steps_per_epoch: int, num_epochs: int, params) ->
   def group(multiplier: float) -> optax.GradientTransformation:
     learning_rate = lambda step: multiplier * schedule(step)
     steps = [base(opt_config, learning_rate, decay_mask)]
-    if opt_config.weight_decay and opt_config.name != "adamw":
+    if opt_config.weight_decay and opt_config.name not in DECOUPLED_WEIGHT_DECAY:
       steps.insert(0, optax.add_decayed_weights(opt_config.weight_decay, decay_mask))
     return optax.chain(*steps)
 

@@ -51,9 +51,10 @@ from fer_jax.errors import UserError
 
 # What every seed of one config shares in each evaluator's results (with its TTA's name).
 RUN_KEYS = ("model", "dataset", "split", "class_names", "num_examples", "pp")
-# What resuming a seed's run brings it up to: more epochs (not under a cosine schedule, config_lib.resume_differences)
-# and other evaluators (a finished run evaluates again). Other keys a resume may change (the learning rate, clipping,
-# selection, initialisation) would leave the seeds trained differently, and fewer epochs would not undo training.
+# What resuming a seed's run brings it up to: more epochs (not under a schedule they shape,
+# config_lib.resume_differences) and other evaluators (a finished run evaluates again). Other keys a resume may
+# change (the learning rate, clipping, selection, initialisation) would leave the seeds trained differently, and
+# fewer epochs would not undo training.
 BROUGHT_UP_TO_DATE = ("num_epochs", "eval.", "evals.", "dataset.test_split")
 
 
@@ -197,8 +198,8 @@ def check_runs(config, workdir: str, seeds: list[int]) -> None:
       problems.setdefault(f"holds a run of config.seed {other} (move it to seed_{other} or delete it)", []).append(seed)
       continue
     for key, now, saved in _not_brought_up_to_date(recorded, seed_config(config, seed)):
-      cosine = config_lib.COSINE_SHAPED if key == "num_epochs" and now > saved else ""
-      problems.setdefault(f"trained with config.{key} {saved!r} (this command's {now!r}){cosine}", []).append(seed)
+      shaped = config_lib.num_epochs_shaped(config) if key == "num_epochs" and now > saved else ""
+      problems.setdefault(f"trained with config.{key} {saved!r} (this command's {now!r}){shaped}", []).append(seed)
       flags_of_the_runs[config_lib.override(key, saved)] = None
   if not problems:
     return

@@ -49,7 +49,7 @@ OPEN_SECTIONS = ("model.", "loss.", "evals.")
 def _unknown_key_problems(config) -> list[str]:
   """A key that `config_lib.base_config` lacks, outside OPEN_SECTIONS: a config file's typo (`config.batchsize = 16`,
   `config.optimizer.update(nme="adam")`) adds a key nothing reads, and the run trained with the default."""
-  known = config_lib.flat(config_lib.base_config())
+  known = [*config_lib.flat(config_lib.base_config()), *(f"optimizer.{key}" for key in _own_optimizer_keys(config))]
   problems = []
   for key in config_lib.flat(config):
     if key not in known and not key.startswith(OPEN_SECTIONS):
@@ -58,8 +58,10 @@ def _unknown_key_problems(config) -> list[str]:
       hint = config_lib.did_you_mean(name, siblings, f"config.{section}." if section else "config.")
       where = f"config.{section}'s keys" if section else "the keys at the top"
       valid = "" if hint else f" {where} are {', '.join(siblings)};"
-      problems.append(f"config.{key} is read by nothing{hint}:{valid} a method's own keys go in config.model or "
-                      "config.loss.")
+      yours = ("a schedule's or an optimiser's of yours are the keys its fer_jax.optim.register_schedule or "
+               "register_optimizer names" if section == "optimizer" else
+               "a method's own keys go in config.model or config.loss")
+      problems.append(f"config.{key} is read by nothing{hint}:{valid} {yours}.")
   return problems
 
 
@@ -67,6 +69,19 @@ def _choice(key: str, value, valid) -> list[str]:
   if value in valid:
     return []
   return [f"config.{key}={value!r} is not one of: {', '.join(repr(v) for v in valid)}."]
+
+
+def _yours(problems: list[str], how: str) -> list[str]:
+  """`_choice`'s problems, saying how a value of yours is added (`how`: the call, in the config file)."""
+  return [f"{problem.rstrip('.')} (or one of yours: {how} in the config file, docs/extending.md)."
+          for problem in problems]
+
+
+def _own_optimizer_keys(config) -> tuple[str, ...]:
+  """The config.optimizer keys that the optimiser and the schedule of yours the config names read
+  (`optim.register_optimizer`'s and `register_schedule`'s `keys`)."""
+  return tuple(key for named_by in ("name", "schedule")
+               for key in optim.OWN_KEYS[named_by].get(config.optimizer[named_by], ()))
 
 
 def _method_problems(config) -> list[str]:
@@ -84,13 +99,14 @@ def _value_problems(config) -> list[str]:
   problems = (_method_problems(config)
               + _choice("model.dtype", config.model.dtype, models.DTYPES)
               + _choice("model.remat", config.model.remat, tuple(layers.REMAT_POLICIES))
-              + [f"{problem.rstrip('.')} (an order of yours: fer_jax.data.labels.add_class_order in the config file, "
-                 "docs/extending.md)." for problem in
-                 _choice("dataset.class_order", config.dataset.class_order, sorted(labels.CLASS_ORDERS))]
+              + _yours(_choice("dataset.class_order", config.dataset.class_order, sorted(labels.CLASS_ORDERS)),
+                       "fer_jax.data.labels.add_class_order")
               + _choice("dataset.sampler", config.dataset.sampler, pipeline.SAMPLERS)
               + _choice("dataset.cache", config.dataset.cache, pipeline.CACHE_MODES)
-              + _choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
-              + _choice("optimizer.schedule", config.optimizer.schedule, optim.SCHEDULES)
+              + _yours(_choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS),
+                       "fer_jax.optim.register_optimizer")
+              + _yours(_choice("optimizer.schedule", config.optimizer.schedule, optim.SCHEDULES),
+                       "fer_jax.optim.register_schedule")
               + _choice("eval.tta", config.eval.tta, tta.NAMES)
               + _choice("input.channels", config.input.channels, (1, 3)))
   if config.dataset.class_order in labels.CLASS_ORDERS:
@@ -139,6 +155,11 @@ def _optimizer_problems(config) -> list[str]:
     problems.append(f"config.optimizer.nesterov=True is Nesterov momentum, which needs optimizer.name='sgd' with "
                     f"optimizer.momentum > 0 (here {config.optimizer.name!r}, momentum {config.optimizer.momentum}): "
                     "set the momentum, or --config.optimizer.nesterov=False.")
+  for key in _own_optimizer_keys(config):
+    if key not in config.optimizer:
+      named_by = "schedule" if key in optim.OWN_KEYS["schedule"].get(config.optimizer.schedule, ()) else "name"
+      problems.append(f"config.optimizer.{named_by}={config.optimizer[named_by]!r} reads config.optimizer.{key}, "
+                      f"which the config does not set: set it in the config file (config.optimizer.{key} = ...).")
   for key in ("optimizer.trainable", "optimizer.weight_decay_exclude", "init_from_missing"):
     problems += _regex_problems(f"config.{key}", config[key])
   for index, group in enumerate(config.optimizer.lr_groups):

@@ -231,8 +231,8 @@ def test_an_op_of_yours_cannot_take_the_name_of_another_op():
     del p
     return augment.Op(apply=lambda image, params: image)
 
-  with pytest.raises(ValueError, match=r"^The op 'flip' of test_augment would replace fer_jax.data.augment.basic's in "
-                                       r"every pipeline: give its function another name\.$"):
+  with pytest.raises(ValueError, match=r"^The op 'flip' of test_augment would replace fer_jax.data.augment.basic's "
+                                       r"wherever it is named: give its function another name\.$"):
     augment.register(flip)
   assert augment.OPS["flip"] is library_flip
   assert augment.register(library_flip) is library_flip  # its module imported again: the same op

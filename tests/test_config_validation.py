@@ -193,7 +193,7 @@ def test_an_unknown_class_order_names_how_to_add_one():
   config = get_config("configs/dan.py:synthetic")
   config.dataset.class_order = "valence"
   assert ("config.dataset.class_order='valence' is not one of: 'affectnet7', " in _problems(config, training=False)
-          and "(an order of yours: fer_jax.data.labels.add_class_order in the config file, docs/extending.md)." in
+          and "(or one of yours: fer_jax.data.labels.add_class_order in the config file, docs/extending.md)." in
           _problems(config, training=False))
 
 
@@ -233,7 +233,9 @@ def test_a_key_no_one_reads_is_named_with_the_key_it_may_stand_for():
   assert problems[:3] == [f"  config.batchsize is read by nothing (did you mean config.batch_size?): {why}",
                           f"  config.dataset.provenance is read by nothing: config.dataset's keys are {dataset_keys}; "
                           f"{why}",
-                          f"  config.optimizer.nme is read by nothing (did you mean config.optimizer.name?): {why}"]
+                          "  config.optimizer.nme is read by nothing (did you mean config.optimizer.name?): a "
+                          "schedule's or an optimiser's of yours are the keys its fer_jax.optim.register_schedule or "
+                          "register_optimizer names."]
   assert len(problems) == 4 and "config.model.extra_width" in problems[3]
 
 

@@ -1,7 +1,8 @@
-"""A method and a data set of the user's, outside fer_jax (examples/my_methods/plain_resnet.py,
-examples/my_sets/class_folders.py; docs/extending.md): named by their module paths, they train, report,
-prepare and load as fer_jax's own do."""
+"""A method, a data set, a schedule and an optimiser of the user's, outside fer_jax (examples/my_methods/plain_resnet.py,
+examples/my_sets/class_folders.py, examples/my_optim.py; docs/extending.md): named by their module paths or
+registered names, they train, report, prepare and load as fer_jax's own do."""
 
+import copy
 import dataclasses
 import functools
 import importlib
@@ -14,14 +15,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from PIL import Image
 import pytest
+import torch
 
 import fer_jax
 from fer_jax import checkpointing
 from fer_jax import config_lib
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
+from fer_jax import optim
 from fer_jax import train
 from fer_jax import validation
 from fer_jax.data import labels
@@ -381,3 +385,118 @@ def test_a_paper_config_is_read_from_any_folder_and_an_unknown_one_names_those_t
   with pytest.raises(ValueError, match=r"No paper config 'dann' in .*configs: they are apvit, dan, lhcnet, "
                                        r"scan_cci\.$"):
     config_lib.paper_config("dann")
+
+
+@pytest.fixture
+def my_optim(monkeypatch):
+  """examples/my_optim.py imported afresh into copies of optim's tables, which other tests see as they were."""
+  monkeypatch.syspath_prepend(EXAMPLES)
+  for table in ("SCHEDULES", "OPTIMIZERS", "DECOUPLED_WEIGHT_DECAY"):
+    monkeypatch.setattr(optim, table, copy.copy(getattr(optim, table)))
+  monkeypatch.setattr(optim, "OWN_KEYS", {key: dict(names) for key, names in optim.OWN_KEYS.items()})
+  monkeypatch.delitem(sys.modules, "my_optim", raising=False)
+  return importlib.import_module("my_optim")
+
+
+def _warmup_cosine_config(**optimizer):
+  config = load_script("examples/warmup_cosine_config.py", "config_module").get_config("synthetic")
+  config.optimizer.update(optimizer)
+  return config
+
+
+def test_a_schedule_of_yours_gives_torch_s_warm_up_then_cosine_rates(my_optim):
+  """examples/my_optim.py's warmup_cosine against torch's LinearLR then CosineAnnealingLR (SequentialLR), stepped at
+  each epoch's end as the official recipes step theirs."""
+  config = _warmup_cosine_config(lr=0.2, warmup_epochs=3, warmup_start_factor=0.25)
+  validation.validate(config, training=True, new_run=True)
+  steps_per_epoch, num_epochs = 4, 10
+  schedule = optim.make_optimizer(config.optimizer, steps_per_epoch, num_epochs, {"w": jnp.zeros(2)}).schedule
+  ours = [float(schedule(epoch * steps_per_epoch + steps_per_epoch - 1)) for epoch in range(num_epochs)]
+  sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+  torch_schedule = torch.optim.lr_scheduler.SequentialLR(sgd, [
+      torch.optim.lr_scheduler.LinearLR(sgd, start_factor=0.25, end_factor=1.0, total_iters=3),
+      torch.optim.lr_scheduler.CosineAnnealingLR(sgd, T_max=num_epochs - 3, eta_min=0.0)], milestones=[3])
+  torch_rates = []
+  for _ in range(num_epochs):
+    torch_rates.append(sgd.param_groups[0]["lr"])
+    sgd.step()
+    torch_schedule.step()
+  np.testing.assert_allclose(ours, torch_rates, rtol=1e-5, atol=1e-9)
+
+
+def test_an_optimiser_of_yours_with_decoupled_weight_decay_gets_no_coupled_l2(my_optim):
+  """my_optim.lion applies its decay itself: the update is optax.lion's with the decay. Registered without
+  `decoupled_weight_decay`, the same rule is given gradients with the coupled L2 term added, as SGD and Adam are
+  (and decays them again)."""
+  params, grads = {"w": jnp.array([1.0, -2.0, 3.0])}, {"w": jnp.array([0.5, 0.0, -0.25])}
+  config = _warmup_cosine_config(name="lion", lr=0.1, weight_decay=0.5, b1=0.9, b2=0.99, warmup_start_factor=1.0)
+  validation.validate(config, training=True, new_run=True)
+
+  def update(opt_config):
+    tx = optim.make_optimizer(opt_config, 1, 1, params).tx
+    return tx.update(grads, tx.init(params), params)[0]["w"]
+
+  reference = optax.lion(0.1, b1=0.9, b2=0.99, weight_decay=0.5)
+  expected = reference.update(grads, reference.init(params), params)[0]["w"]
+  np.testing.assert_allclose(update(config.optimizer), expected, rtol=1e-6)
+  optim.register_optimizer(my_optim.lion)  # the module's own function again, now without the flag: decayed twice
+  with_l2 = {"w": grads["w"] + 0.5 * params["w"]}
+  np.testing.assert_allclose(update(config.optimizer),
+                             reference.update(with_l2, reference.init(params), params)[0]["w"], rtol=1e-6)
+
+
+def test_a_schedule_of_yours_has_its_keys_checked_and_its_name_kept_from_others(my_optim):
+  config = _warmup_cosine_config()
+  del config.optimizer.warmup_epochs
+  with pytest.raises(ConfigError) as refused:
+    validation.validate(config, training=False)
+  assert ("config.optimizer.schedule='warmup_cosine' reads config.optimizer.warmup_epochs, which the config does not "
+          "set: set it in the config file (config.optimizer.warmup_epochs = ...).") in str(refused.value)
+  config = _warmup_cosine_config(schedule="cosine")  # warmup_cosine's keys, read by nothing now
+  with pytest.raises(ConfigError, match=r"config\.optimizer\.warmup_epochs is read by nothing"):
+    validation.validate(config, training=False)
+  config.optimizer.schedule = "warmup_cosin"
+  with pytest.raises(ConfigError, match=r"config\.optimizer\.schedule='warmup_cosin' is not one of: 'constant', "
+                                        r".*'warmup_cosine' \(or one of yours: fer_jax\.optim\.register_schedule in "
+                                        r"the config file, docs/extending\.md\)\."):
+    validation.validate(config, training=False)
+
+  def cosine(epoch, opt_config, num_epochs):
+    return jnp.ones_like(epoch, float)
+
+  with pytest.raises(ValueError, match=r"^The schedule 'cosine' of test_extending would replace fer_jax\.optim's "
+                                       r"wherever it is named: give its function another name\.$"):
+    optim.register_schedule(cosine)
+  assert optim.SCHEDULES["cosine"] is not cosine and "cosine" not in optim.OWN_KEYS["schedule"]
+
+
+@pytest.mark.integration
+def test_a_schedule_and_an_optimiser_of_yours_train_from_their_config(tmp_path, tiny_data_dir):
+  """The command of examples/warmup_cosine_config.py's docstring with my_optim's Lion, on synthetic/tiny (10 training
+  images a class: 2 steps an epoch) for 3 epochs: a step logs the rate the schedule gives its epoch."""
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "fer_jax.main", "--config=warmup_cosine_config.py:synthetic",
+             f"--workdir={workdir}", "--config.dataset.name=synthetic/tiny", f"--config.dataset.data_dir={tiny_data_dir}",
+             "--config.dataset.max_per_class=10", "--config.input.size=32", "--config.num_epochs=3",
+             "--config.batch_size=35", "--config.eval_batch_size=35", "--config.data_workers=0",
+             "--config.log_every_steps=1", "--config.optimizer.name=lion", "--config.optimizer.weight_decay=0.01"]
+  result = subprocess.run(command, cwd=EXAMPLES, env=cpu_devices_env(1), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((workdir / "eval_results.json").read_text())
+  assert report["config"]["optimizer.name"] == "lion" and report["config"]["optimizer.warmup_epochs"] == 1
+  rates = [float(line.split(" lr ")[1].split()[0]) for line in (workdir / "train.log").read_text().splitlines()
+           if " lr " in line]
+  # epoch 0: 0.1 of 3e-4 (the warm-up's start); epochs 1 and 2: 3e-4 · ½(1 + cos(π·e/2)), e = 0, 1.
+  np.testing.assert_allclose(rates, [3e-5, 3e-5, 3e-4, 3e-4, 1.5e-4, 1.5e-4], rtol=1e-3)
+
+
+def test_a_run_under_a_schedule_of_yours_resumes_only_with_its_number_of_epochs(my_optim):
+  """num_epochs may change on resume under the schedules it does not shape (constant, step, exponential), not under
+  cosine's nor one of yours, which may read it (warmup_cosine does)."""
+  config = _warmup_cosine_config()
+  saved = config_lib.flat(config)
+  config.num_epochs += 5
+  assert [key for key, _, _ in config_lib.resume_differences(saved, config)] == ["num_epochs"]
+  assert config_lib.num_epochs_shaped(config) == " (it shapes the warmup_cosine schedule)"
+  config.optimizer.schedule = saved["optimizer.schedule"] = "step"
+  assert config_lib.resume_differences(saved, config) == []

@@ -23,6 +23,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from fer_jax import errors
+
 Shape = tuple[int, int, int]
 
 
@@ -61,12 +63,7 @@ OPS: dict[str, Callable[..., Op]] = {}
 def register(factory: Callable[..., Op]) -> Callable[..., Op]:
   """Makes `factory` an op of the pipeline language under its function name, which another op's must not hold (its
   own, from a module imported again, may: it replaces itself)."""
-  taken = OPS.get(factory.__name__)
-  if taken and (taken.__module__, taken.__qualname__) != (factory.__module__, factory.__qualname__):
-    raise ValueError(f"The op {factory.__name__!r} of {factory.__module__} would replace {taken.__module__}'s in every "
-                     "pipeline: give its function another name.")
-  OPS[factory.__name__] = factory
-  return factory
+  return errors.registered(OPS, factory, "op")
 
 
 def quantize(image: jax.Array) -> jax.Array:
