@@ -138,6 +138,20 @@ def test_verify_images_runs_any_number_of_images_through_a_fixed_batch_size(veri
   assert 0 <= info["onnx_runtime_vs_jax"]["worst_relative_logit_error"] <= 1e-4
 
 
+def test_a_model_whose_logits_are_all_zero_is_verified_and_its_model_json_stays_json(tmp_path):
+  """An untrained APViT's logits are all 0 (its head is zero-initialised): the worst relative difference was 0/0, a
+  NaN that model.json wrote as `NaN`, which JSON has not (a strict reader refuses the file)."""
+  photo = str(tmp_path / "face.png")
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), np.uint8)).save(photo)
+  config = small_config("configs/dan.py:synthetic", 32)
+  variables = random_variables(config, seed=4)
+  variables["params"]["bn"] = jax.tree.map(np.zeros_like, variables["params"]["bn"])  # DAN's logits: bn(fc(x))
+  info = export.export(config, variables, str(tmp_path / "out"), export_format="onnx", verify_images=[photo])
+  assert info["onnx_runtime_vs_jax"]["worst_relative_logit_error"] == 0.0
+  strict = json.loads((tmp_path / "out" / "model.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+  assert strict["onnx_runtime_vs_jax"] == {"images": 1, "worst_relative_logit_error": 0.0}
+
+
 def test_the_onnx_file_alone_says_what_model_json_says(verified_export):
   """model.onnx copied without model.json did not say which class each output index is or how to make its input:
   ONNX Runtime reads model.json's keys from its metadata_props (each value JSON text), and its doc strings name
