@@ -1,10 +1,10 @@
-"""The CPU's convolutions of ResNet-18 and ResNet-50 at 224² (batch 16, float32), forward, input
-gradient and kernel gradient, three ways: XLA with JAX's default options (YNNPACK's convolution
-kernels), as fer_jax's steps compile them (`mesh.compiler_options`: XLA's own kernels; a 1×1
-kernel gradient one matrix product, `fast_ops.conv_general_dilated`), and PyTorch's where it is
-installed (oneDNN).
+"""The CPU's convolutions of ResNet-18 and ResNet-50 at 224² (batch 16, float32), and ResNet-18's last stage at
+48² or 64² input (a 2×2 map) and 32² (1×1), forward, input gradient and kernel gradient, three ways: XLA with
+JAX's default options (YNNPACK's convolution kernels), as fer_jax's steps compile them (`mesh.compiler_options`:
+XLA's own kernels; a 1×1 kernel gradient one matrix product, and a kernel larger than its map one product,
+`fast_ops.conv_general_dilated`), and PyTorch's where it is installed (oneDNN).
 
-  python benchmarks/cpu_convolutions.py [--batch 16] [--repeats 5]
+  python benchmarks/cpu_convolutions.py [--batch 16] [--repeats 5] [--maps 7 2 1]
 
 Prints GFLOP/s per convolution and pass (the forward convolution's FLOPs over each pass's seconds),
 and the largest difference between fer_jax's gradients and the default ones relative to the largest
@@ -25,7 +25,7 @@ from fer_jax.models import fast_ops
 # ResNet-50's 1×1 convolutions at 56² and a downsampling one
 CONVOLUTIONS = [(224, 3, 64, 2, 7), (56, 64, 64, 1, 3), (56, 64, 128, 2, 3), (28, 128, 128, 1, 3),
                 (14, 256, 256, 1, 3), (7, 512, 512, 1, 3), (56, 64, 256, 1, 1), (56, 256, 64, 1, 1),
-                (56, 256, 512, 2, 1)]
+                (56, 256, 512, 2, 1), (2, 512, 512, 1, 3), (1, 512, 512, 1, 3)]
 NHWC = ("NHWC", "HWIO", "NHWC")
 PASSES = ("forward", "input gradient", "kernel gradient")
 
@@ -65,11 +65,14 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--maps", type=int, nargs="*", help="only the convolutions over maps of these sides")
   args = parser.parse_args()
   options = mesh_lib.compiler_options(mesh_lib.make_mesh())
   print(f"backend {jax.default_backend()}, batch {args.batch}, float32; GFLOP/s of "
         f"{', '.join(PASSES)}: JAX's default / fer_jax / PyTorch")
   for size, channels, features, stride, side in CONVOLUTIONS:
+    if args.maps and size not in args.maps:
+      continue
     x = jax.random.normal(jax.random.key(0), (args.batch, size, size, channels))
     kernel = jax.random.normal(jax.random.key(1), (side, side, channels, features)) * 0.05
     dy = jax.random.normal(jax.random.key(2), (args.batch, size // stride, size // stride, features))

@@ -53,6 +53,51 @@ def test_conv_gradients_on_the_cpu_equal_lax(x_shape, kernel_shape, strides, pad
   np.testing.assert_allclose(gradients[1], expected[1], rtol=0, atol=1e-13 * np.abs(expected[1]).max())
 
 
+# Kernels taller or wider than their maps, which XLA:CPU runs 50–100 times slower than as one matrix product.
+OUTGROWN = [
+    ((2, 2, 2, 6), (3, 3, 6, 4), (1, 1), ((1, 1), (1, 1))),  # ResNet-18's last stage at 48² or 64² input
+    ((2, 2, 3, 6), (3, 3, 6, 4), (1, 1), "SAME"),
+    ((2, 1, 1, 6), (3, 3, 6, 4), (1, 1), "SAME"),
+    ((2, 4, 4, 6), (5, 5, 6, 4), (2, 2), ((2, 2), (2, 2))),
+    ((2, 3, 3, 6), (5, 3, 6, 4), (2, 1), ((1, 2), (0, 1))),
+]
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", OUTGROWN)
+def test_a_kernel_larger_than_its_map_convolves_by_one_product_on_the_cpu_equal_to_lax(x_shape, kernel_shape,
+                                                                                       strides, padding):
+  """Its output and both gradients equal lax's to float64 rounding; compiled for the CPU it has no convolution,
+  lowered for CUDA or TPU only lax's."""
+  conv = lambda x, kernel, conv=fast_ops.conv_general_dilated: conv(x, kernel, strides, padding,
+                                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), x_shape, jnp.float64)
+    kernel = jax.random.normal(jax.random.key(1), kernel_shape, jnp.float64)
+    expected = conv(x, kernel, lax.conv_general_dilated)
+    output = jax.jit(conv)(x, kernel)
+    expected_gradients = jax.grad(_loss(lax.conv_general_dilated, strides, padding), (0, 1))(x, kernel)
+    gradients = jax.jit(jax.grad(_loss(fast_ops.conv_general_dilated, strides, padding), (0, 1)))(x, kernel)
+  np.testing.assert_allclose(output, expected, rtol=0, atol=1e-13 * np.abs(expected).max())
+  for ours, lax_s in zip(gradients, expected_gradients):
+    np.testing.assert_allclose(ours, lax_s, rtol=0, atol=1e-13 * np.abs(lax_s).max())
+  grad = jax.jit(jax.grad(_loss(fast_ops.conv_general_dilated, strides, padding), (0, 1)))
+  shapes = (jax.ShapeDtypeStruct(x_shape, jnp.float32), jax.ShapeDtypeStruct(kernel_shape, jnp.float32))
+  assert " convolution(" not in grad.lower(*shapes).compile().as_text()
+  for platform in ("cpu", "cuda", "tpu"):
+    module = export.export(grad, platforms=[platform])(*shapes).mlir_module()
+    assert module.count("stablehlo.convolution") == (0 if platform == "cpu" else 3), platform
+
+
+def test_a_kernel_larger_than_its_map_keeps_bfloat16_and_sums_in_float32():
+  x = jax.random.normal(jax.random.key(0), (2, 2, 2, 64), jnp.bfloat16)
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 64, 8), jnp.bfloat16)
+  output = fast_ops.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  expected = lax.conv_general_dilated(x.astype(jnp.float32), kernel.astype(jnp.float32), (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert output.dtype == jnp.bfloat16
+  np.testing.assert_allclose(output.astype(jnp.float32), expected, rtol=0, atol=0.01 * np.abs(expected).max())
+
+
 def test_conv_keeps_its_dtype_and_flax_names():
   conv = fast_ops.Conv(4, (1, 1), dtype=jnp.bfloat16)
   x = jnp.ones((1, 6, 6, 3))

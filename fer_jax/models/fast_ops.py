@@ -2,8 +2,9 @@
 that take it, the others keep lax's own, and the results equal lax's to rounding (tests/test_fast_ops.py).
 
 * `conv_general_dilated` (`Conv`): on the CPU a 1×1 convolution's kernel gradient is one matrix product
-  (SCAN-CCI's ResNet-50 step 1.2–1.3× as fast), and every other convolution's input is stored once for
-  its kernel gradient (DAN's transposes 275 → 97 ms).
+  (SCAN-CCI's ResNet-50 step 1.2–1.3× as fast), a kernel larger than its map is one matrix product (DAN at 48²
+  input 13× as fast), and every other convolution's input is stored once for its kernel gradient (DAN's
+  transposes 275 → 97 ms).
 * `stored`, `stored_on_cpu`, `stored_for_gradient`: a value computed once into a buffer of its own, where
   XLA:CPU would recompute it inside each reader (DAN 13.17 → 14.73 img/s, LHC-Net +8 %).
 * `max_pool`: the gradient by taps on CPUs and CUDA GPUs instead of XLA's select-and-scatter (ResNet-18's
@@ -30,7 +31,7 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None):
   """lax.conv_general_dilated as nn.Conv calls it; on the CPU a 1×1 convolution's kernel gradient
-  is one matrix product.
+  is one matrix product, and so is a kernel larger than its map (`_kernel_outgrows_map`).
 
   XLA:CPU differentiates a convolution's kernel by another convolution whose window is the whole
   activation map. For a 1×1 kernel that is a [channels in, positions] × [positions, channels out]
@@ -38,12 +39,18 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   images a second; docs/performance.md). Every other convolution is lax's, its input stored once
   for its gradient on the CPU (`stored_for_gradient`).
   """
-  if not _is_pointwise(lhs.shape, rhs.shape, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                       feature_group_count):
+  plain = _is_plain(lhs.shape, rhs.shape, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
+  if plain and tuple(rhs.shape[:2]) == (1, 1) and _pads(lhs.shape, rhs.shape, window_strides, padding) == ((0, 0),) * 2:
+    output = _pointwise_conv(lhs, rhs, tuple(window_strides), precision)
+  elif plain and _kernel_outgrows_map(lhs.shape, rhs.shape):
+    lax_conv = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+                                 dimension_numbers=_NHWC, precision=precision)
+    by_taps = functools.partial(_conv_by_taps, strides=tuple(window_strides),
+                                pads=_pads(lhs.shape, rhs.shape, window_strides, padding), precision=precision)
+    output = lax.platform_dependent(lhs, rhs, cpu=by_taps, default=lax_conv)
+  else:
     output = lax.conv_general_dilated(stored_for_gradient(lhs), rhs, window_strides, padding, lhs_dilation,
                                       rhs_dilation, dimension_numbers, feature_group_count, precision=precision)
-  else:
-    output = _pointwise_conv(lhs, rhs, tuple(window_strides), precision)
   return checkpoint_name(output, CONVOLUTION_OUTPUT)
 
 
@@ -83,18 +90,45 @@ def _stored_for_gradient_forward(x):
 stored_for_gradient.defvjp(_stored_for_gradient_forward, lambda _, gradient: (gradient,))
 
 
-def _is_pointwise(x_shape, kernel_shape, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                  feature_group_count) -> bool:
-  """A 1×1, unpadded ("SAME" pads a 1×1 kernel by nothing), undilated, ungrouped 2-D NHWC/HWIO
-  convolution of static shape (an exported model's symbolic batch is inference only)."""
+def _is_plain(x_shape, kernel_shape, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count) -> bool:
+  """An undilated, ungrouped 2-D NHWC/HWIO convolution of static shape (an exported model's symbolic batch is
+  inference only)."""
   ones = (None, (1, 1))
-  return (len(x_shape) == 4 and tuple(kernel_shape[:2]) == (1, 1) and feature_group_count == 1
-          and lhs_dilation in ones and rhs_dilation in ones
+  return (len(x_shape) == 4 and feature_group_count == 1 and lhs_dilation in ones and rhs_dilation in ones
           and all(isinstance(size, int) for size in x_shape)
           and lax.conv_dimension_numbers(x_shape, kernel_shape, dimension_numbers)
-          == lax.conv_dimension_numbers(x_shape, kernel_shape, _NHWC)
-          and (padding in ("SAME", "VALID") if isinstance(padding, str)
-               else all(tuple(pad) == (0, 0) for pad in padding)))
+          == lax.conv_dimension_numbers(x_shape, kernel_shape, _NHWC))
+
+
+def _pads(x_shape, kernel_shape, strides, padding) -> tuple[tuple[int, int], ...]:
+  """The (before, after) zeros of each spatial dimension that `padding` ("SAME", "VALID" or the pairs) stands for."""
+  if isinstance(padding, str):
+    return tuple(lax.padtype_to_pads(x_shape[1:3], kernel_shape[:2], strides, padding))
+  return tuple(tuple(pad) for pad in padding)
+
+
+def _kernel_outgrows_map(x_shape, kernel_shape) -> bool:
+  """A kernel of more than one row and column, taller or wider than the map it slides over: XLA:CPU runs such a
+  convolution 50–100 times slower than the same work as one matrix product (a 3×3 on ResNet-18's last 2×2 map at
+  48² or 64² input; docs/performance.md), and as fast where the kernel fits."""
+  (height, width), (rows, columns) = x_shape[1:3], kernel_shape[:2]
+  return rows > 1 and columns > 1 and (rows > height or columns > width)
+
+
+def _conv_by_taps(x, kernel, strides, pads, precision):
+  """The convolution as one matrix product: the windows of the padded input that each kernel tap sees, side by side
+  ([batch, height', width', taps × channels in]), times the kernel as [taps × channels in, channels out],
+  accumulated in at least float32."""
+  rows, columns, _, features = kernel.shape
+  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  height, width = ((padded.shape[axis] - size) // stride + 1
+                   for axis, size, stride in ((1, rows, strides[0]), (2, columns, strides[1])))
+  windows = [padded[:, i:i + (height - 1) * strides[0] + 1:strides[0], j:j + (width - 1) * strides[1] + 1:strides[1]]
+             for i in range(rows) for j in range(columns)]
+  dtype = jnp.result_type(x, kernel)
+  product = jnp.dot(jnp.concatenate(windows, axis=-1), kernel.reshape(-1, features), precision=precision,
+                    preferred_element_type=at_least_float32(dtype))
+  return product.astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
