@@ -1,3 +1,5 @@
+import concurrent.futures
+import fcntl
 import io
 import logging
 import math
@@ -7,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import grain
 import jax
@@ -71,6 +74,34 @@ def test_a_built_in_set_generated_on_first_use_gives_no_tfds_warning(tmp_path, c
   assert "dataset_info.json" not in caplog.text
 
 
+def test_a_built_in_set_generated_again_deletes_what_a_killed_first_use_left(tmp_path):
+  """A first run killed while it generated the set left TFDS's incomplete.* folder (up to 180 MB for the synthetic
+  set), and each later kill another: only `fer_jax.prepare` deleted such folders."""
+  left = tmp_path / "synthetic" / "tiny" / "incomplete.KILLED1_1.1.0"
+  left.mkdir(parents=True)
+  (left / "synthetic-train.array_record-00000-of-00001").write_bytes(b"cut short")
+  config = get_config("configs/dan.py:synthetic")
+  config.dataset.update(name="synthetic/tiny", data_dir=os.fspath(tmp_path))
+  assert pipeline.split_absence(config, "train") == ""
+  assert sorted(path.name for path in left.parent.iterdir()) == [".prepare.lock", "1.1.0"]
+
+
+def test_a_built_in_set_generated_on_first_use_by_two_runs_is_generated_once(tmp_path):
+  """A second run's first use waits for the first's (which holds prepare's lock) instead of deleting its folder
+  under way as a killed run's leftover."""
+  under_way = tmp_path / "synthetic" / "tiny" / "incomplete.RUNNING_1.1.0"
+  under_way.mkdir(parents=True)
+  config = get_config("configs/dan.py:synthetic")
+  config.dataset.update(name="synthetic/tiny", data_dir=os.fspath(tmp_path))
+  with open(under_way.parent / prepare.LOCK_FILE, "a+") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the first run, generating
+    second = concurrent.futures.ThreadPoolExecutor(1).submit(pipeline.split_absence, config, "train")
+    time.sleep(2)
+    assert under_way.exists() and not second.done()
+    under_way.rmdir()  # the first run's folder becomes the set (here: gone), and its lock is released
+  assert second.result(timeout=120) == ""
+
+
 def test_a_set_not_prepared_is_named_without_tfds_warning(tmp_path, caplog):
   config = get_config("configs/dan.py:synthetic")
   config.dataset.update(name="fedro", data_dir=os.fspath(tmp_path))
@@ -119,6 +150,58 @@ def test_a_run_with_decoding_workers_ends_without_the_resource_trackers_warning(
                           timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": helpers.ROOT})
   assert result.returncode == 0 and result.stdout.split() == ["64"], result.stderr[-3000:]
   assert "leaked shared_memory" not in result.stderr
+
+
+WORKERS_OF_A_KILLED_COMMAND = """
+import os, time
+from absl import app
+import grain
+import numpy as np
+from fer_jax.data import pipeline
+
+def worker_pid(index):
+  time.sleep(0.01)
+  return np.array(os.getpid())
+
+def main(argv):
+  seen = set()
+  for pid in pipeline._prefetched(grain.MapDataset.range(10**6).map(worker_pid), 2, 2):
+    seen.add(int(pid))
+    if len(seen) == 2:
+      print(*seen, flush=True)
+      time.sleep(600)
+
+if __name__ == "__main__":  # the workers import this module
+  app.run(main)
+"""
+
+
+def _running(pid: int) -> bool:
+  """Whether process `pid` exists and is not a zombie (a container's init may never reap an orphan)."""
+  try:
+    with open(f"/proc/{pid}/stat") as stat:
+      return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.integration
+def test_decoding_workers_end_when_their_command_is_killed_outright(tmp_path):
+  """A training killed by SIGKILL (or the out-of-memory killer) left its decoding workers running, ~240 MB each."""
+  (tmp_path / "killed.py").write_text(WORKERS_OF_A_KILLED_COMMAND)
+  command = subprocess.Popen([sys.executable, str(tmp_path / "killed.py")], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": helpers.ROOT})
+  workers = [int(pid) for pid in command.stdout.readline().split()]
+  assert len(workers) == 2 and all(map(_running, workers))
+  command.kill()
+  command.wait()
+  deadline = time.monotonic() + 30
+  while any(map(_running, workers)) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  left = [pid for pid in workers if _running(pid)]
+  for pid in left:  # not left to run on after a failure
+    os.kill(pid, signal.SIGKILL)
+  assert not left
 
 
 def test_training_stream_is_a_function_of_the_step():

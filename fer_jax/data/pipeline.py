@@ -22,6 +22,8 @@ import math
 import os
 import signal
 import sys
+import threading
+import time
 
 from absl import logging
 import grain
@@ -40,6 +42,7 @@ from fer_jax.data import builders  # registers fer_jax's builders with TFDS
 from fer_jax.data import decode
 from fer_jax.data import jpeg_round_trip
 from fer_jax.data import labels as labels_lib
+from fer_jax.data import prepare
 from fer_jax.data.builder_utils import DataError
 
 AUTO_PREPARED = ("synthetic",)
@@ -130,7 +133,10 @@ def _generated_unless_prepared(builder) -> Exception | None:
   """Generates the set unless it is prepared; what failed, returned for `_generate_once` to raise."""
   try:
     if not builder_utils.is_prepared(builder):
-      builder.download_and_prepare(file_format="array_record")
+      with prepare.preparing_alone(builder):  # another run generating it (a second job on the machine) is waited for
+        prepare.remove_leftovers(builder)  # what an earlier first use, killed while it generated the set, left
+        if not builder_utils.is_prepared(builder):
+          builder.download_and_prepare(file_format="array_record")
   except Exception as error:  # pylint: disable=broad-except  # raised by the caller, after the barrier
     return error
   return None
@@ -394,7 +400,7 @@ def _prefetched(dataset: grain.MapDataset, workers: int, prefetch: int) -> grain
     if QUIET_RESOURCE_TRACKER not in sys.warnoptions:  # read when the tracker starts, with the first worker
       sys.warnoptions.append(QUIET_RESOURCE_TRACKER)
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
-                                    worker_init_fn=_ignore_interrupts)
+                                    worker_init_fn=_as_the_command_s_worker)
   return iterable
 
 
@@ -404,11 +410,23 @@ def _prefetched(dataset: grain.MapDataset, workers: int, prefetch: int) -> grain
 QUIET_RESOURCE_TRACKER = "ignore:resource_tracker:UserWarning:multiprocessing.resource_tracker"
 
 
-def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
+def _as_the_command_s_worker(worker_index: int, worker_count: int) -> None:
   """A decoding worker leaves Ctrl-C (SIGINT, which a terminal sends to every process of the command) to the
-  command, which saves and stops them: each printed its own KeyboardInterrupt traceback."""
+  command, which saves and stops them: each printed its own KeyboardInterrupt traceback. It ends when the command
+  has ended: a command killed outright (SIGKILL, the kernel's out-of-memory killer) left its workers running, each
+  holding its memory."""
   del worker_index, worker_count
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  threading.Thread(target=_exit_once_orphaned, args=(os.getppid(),), name="exit_once_orphaned", daemon=True).start()
+
+
+ORPHAN_CHECK_S = 1.0
+
+
+def _exit_once_orphaned(command: int) -> None:
+  while os.getppid() == command:
+    time.sleep(ORPHAN_CHECK_S)
+  os._exit(0)  # pylint: disable=protected-access  # nothing of the dead command's is left to finish
 
 
 def decode_all(decoder: decode.Decoder, records: np.ndarray, workers: int) -> np.ndarray:
