@@ -17,31 +17,46 @@ class Selection:
   The metric is compared rounded to `config.select_decimals` (0 = unrounded); on a tie the
   earlier epoch stays best unless `config.select_ties == "latest"`. Early stopping counts the epochs since the last
   strict gain (`gain_epoch`), which a later tie kept does not move, as Keras' EarlyStopping counts them.
-  `start_step`: the step the run starts from (0 for a new run); a resumed run drops a best epoch kept after it, a new
-  run refuses to start beside one (`dropped`: whether a best epoch was dropped)."""
 
-  def __init__(self, config, workdir: str, start_step: int):
+  A new best epoch is saved in best/ once a checkpoint of its step is complete, and each checkpoint records the
+  selection as it stands (`record`): a run resumed from any checkpoint goes on with that selection, whose best epoch
+  best/ holds (`save_best_again` writes it where the run was killed before it did). `start_step`: the step the run
+  starts from (0 for a new run); `resumed_record`: the selection its checkpoint records (None: none, or saved before
+  2026-12-07, when best/ held the only record); a best epoch kept after that step (an older run's) is dropped, and a
+  new run refuses to start beside one (`dropped`: whether a best epoch was dropped)."""
+
+  def __init__(self, config, workdir: str, start_step: int, resumed_record: dict | None = None):
     self.metric, self.evaluator = config.select_metric, config.select_on
     self.patience = config.early_stopping_patience
     self.decimals, self.later_ties_win = config.select_decimals, config.select_ties == "latest"
-    self.best_value, self.best_epoch, self.gain_epoch = -1.0, 0, 0
-    self.checkpoints, self.dropped = None, False
+    self.best_value, self.best_unrounded, self.best_epoch, self.gain_epoch, self.best_step = -1.0, -1.0, 0, 0, 0
+    self.checkpoints, self.dropped, self.unsaved = None, False, False
     if self.metric:
       self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.BEST), max_to_keep=1)
       best_step = checkpointing.newest_step(self.checkpoints)
       if best_step is not None and best_step > start_step:
         self._drop_a_best_epoch_trained_again(best_step, start_step)
+        best_step = None
+      if resumed_record:
+        if resumed_record["step"] in (best_step, start_step):  # else best/ was deleted: chosen again, warned
+          self._take(resumed_record, resumed_record["step"])
       elif best_step is not None:
-        record = self._saved_record(checkpointing.step_path(self.checkpoints, best_step))
-        self._check_same_selection(record)
-        # Records before 2026-12-06 hold the rounded value alone, and no gain epoch apart from the best one.
-        self.best_value = self._compared(record.get("unrounded", record["value"]))
-        self.best_epoch, self.gain_epoch = record["epoch"], record.get("gain_epoch", record["epoch"])
+        self._take(self._saved_record(checkpointing.step_path(self.checkpoints, best_step)), best_step)
+
+  def _take(self, record: dict, step: int) -> None:
+    """The selection a record holds (best/'s, or a checkpoint's), whose best epoch is at `step`, chosen by this
+    config's metric on its evaluator. Records before 2026-12-06 hold the rounded value alone and no gain epoch apart
+    from the best one."""
+    self._check_same_selection(record)
+    self.best_unrounded = record.get("unrounded", record["value"])
+    self.best_value = self._compared(self.best_unrounded)
+    self.best_epoch, self.gain_epoch, self.best_step = record["epoch"], record.get("gain_epoch", record["epoch"]), step
 
   def _drop_a_best_epoch_trained_again(self, best_step: int, start_step: int) -> None:
-    """A run stopped after it saved a best epoch and before a checkpoint of that step trains those steps again,
-    perhaps with another learning rate: the best epoch kept is not of the run that goes on. A new run beside one (its
-    checkpoints deleted) would lose it: refused."""
+    """A best epoch saved after the step the run starts from, which only a run saved before 2026-12-07 (which saved
+    a best epoch before the checkpoint of its step) leaves: those steps train again, perhaps with another learning
+    rate, so the best epoch kept is not of the run that goes on. A new run beside one (its checkpoints deleted)
+    would lose it: refused."""
     if not start_step:
       raise UserError(f"{self.checkpoints.directory} keeps the best epoch of an earlier run (step {best_step}), and "
                       f"{os.path.dirname(self.checkpoints.directory)} holds no checkpoint to resume from: move best/ "
@@ -70,11 +85,9 @@ class Selection:
                       f"selects by {self.metric} on {self.evaluator}, whose values do not compare with it. Resume with "
                       f"--config.select_metric={saved[0]} --config.select_on={saved[1]}, or start a new --workdir.")
 
-  def update(self, epoch: int, step: int, results: dict, variables: dict, config,
-             stored_shape: Sequence[int]) -> bool:
-    """Records an evaluation; returns True when its epoch is the new best, whose `variables` this call saved.
-    `stored_shape`: what the training split's images are decoded to, for the meta record
-    (`checkpointing.dataset_record`)."""
+  def update(self, epoch: int, step: int, results: dict) -> bool:
+    """Records an evaluation; returns True when its epoch is the new best, which `save_best` saves once the
+    checkpoint of its step is complete (`unsaved` until then)."""
     if not self.metric:
       return False
     unrounded = results[self.metric]
@@ -82,13 +95,33 @@ class Selection:
     if value > self.best_value or (self.later_ties_win and value == self.best_value):
       if value > self.best_value:
         self.gain_epoch = epoch
-      self.best_value, self.best_epoch = value, epoch
-      checkpointing.save(self.checkpoints, step, variables, config, stored_shape=stored_shape, records={"selection": {
-          "value": self.best_value, "unrounded": unrounded, "epoch": epoch, "gain_epoch": self.gain_epoch,
-          "metric": self.metric, "evaluator": self.evaluator}})
+      self.best_value, self.best_unrounded, self.best_epoch, self.best_step = value, unrounded, epoch, step
+      self.unsaved = True
       logging.info("New best %s %.4f at epoch %d", self.metric, self.best_value, epoch)
       return True
     return False
+
+  def record(self) -> dict | None:
+    """The selection as it stands, for the checkpoint of this step; None before a best epoch."""
+    if not self.best_epoch:
+      return None
+    return {"value": self.best_value, "unrounded": self.best_unrounded, "epoch": self.best_epoch,
+            "gain_epoch": self.gain_epoch, "step": self.best_step, "metric": self.metric, "evaluator": self.evaluator}
+
+  def save_best(self, variables: dict, config, stored_shape: Sequence[int]) -> None:
+    """Starts saving the new best epoch (`variables`, of its step), whose checkpoint is complete. `stored_shape`: what
+    the training split's images are decoded to, for the meta record (`checkpointing.dataset_record`)."""
+    checkpointing.save(self.checkpoints, self.best_step, variables, config, stored_shape=stored_shape,
+                       records={"selection": self.record()})
+    self.unsaved = False
+
+  def save_best_again(self, start_step: int, variables: dict, config, stored_shape: Sequence[int]) -> None:
+    """Saves the best epoch that the checkpoint a run resumes from records as its own step's, where the run was
+    killed before best/ held it (`variables`: the checkpoint's)."""
+    if self.best_epoch and self.best_step == start_step and self.checkpoints.latest_step() != start_step:
+      logging.info("Saving the best epoch (step %d) in %s again: the run stopped before it was saved.", start_step,
+                   self.checkpoints.directory)
+      self.save_best(variables, config, stored_shape)
 
   def _compared(self, value: float) -> float:
     """The metric's value as epochs are compared: rounded to `select_decimals` (which a resume may change)."""

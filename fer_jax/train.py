@@ -223,8 +223,18 @@ class TrainingRun:
   def _open_the_best_epoch(self) -> None:
     """The best epoch kept so far; once every check that may refuse the run has passed, since one kept after the step
     a resumed run starts from is dropped (`selection.Selection`)."""
-    self.selection = selection_lib.Selection(self.config, self.workdir, self.start_step)
+    self.selection = selection_lib.Selection(self.config, self.workdir, self.start_step, self._selection_saved())
+    self.selection.save_best_again(self.start_step, self.variables, self.config, self.data.shape)
     self._warn_of_a_lost_best_epoch()
+
+  def _selection_saved(self) -> dict | None:
+    """The selection the checkpoint a resumed run starts from records (`Selection.record`); None for a new run, before
+    a best epoch, or in a checkpoint saved before 2026-12-07."""
+    if not self.start_step:
+      return None
+    fix = "Delete that step to resume from the one before, or start a new --workdir."
+    step_directory = checkpointing.step_path(self.checkpoints, self.start_step)
+    return checkpointing.json_item(step_directory, "selection", "the selection record", fix) or None
 
   def _open_the_logs(self) -> None:
     self.writer = train_log.Writer(self.workdir, self.start_step)
@@ -343,8 +353,7 @@ class TrainingRun:
     self.progress.epoch_ended(time.perf_counter() - start)
     if self.config.select_on not in results:
       return False
-    if self.selection.update(epoch, self.step, results[self.config.select_on], self.variables, self.config,
-                             self.data.shape):
+    if self.selection.update(epoch, self.step, results[self.config.select_on]):
       self.best_evals = {self.step: self.last_evals}
     stop = self.selection.patience_ran_out(epoch)
     if stop:
@@ -358,15 +367,20 @@ class TrainingRun:
     return self.step % every == 0 or self.step == self.num_steps
 
   def checkpoint(self, force: bool = False, stopped_early: bool = False) -> None:
-    """Saves the step when due or forced; `stopped_early`: early stopping ends the run at this step. A best epoch
-    being saved is complete first: a run killed once its step had landed would resume after an evaluation whose
-    best/ was lost, unseen."""
-    if force or self.checkpoint_due():
+    """Saves the step when due, forced or a new best epoch, with the selection as it stands; `stopped_early`: early
+    stopping ends the run at this step. The best epoch the selection names is complete before the step is saved,
+    and a new one is saved once the step is: a run resumed from any checkpoint finds the best epoch it records in
+    best/, or (killed in between) saves it again (`selection.Selection`)."""
+    if force or self.checkpoint_due() or self.selection.unsaved:
       self.guard.check()
       self.selection.wait_until_finished()
+      record = self.selection.record()
       checkpointing.save(self.checkpoints, self.step, self.state, self.config, steps_per_epoch=self.steps_per_epoch,
                          stored_shape=self.data.shape, stopped_early=stopped_early, training_data=self.data.identity,
-                         last_batch=self.data.last_batch)
+                         last_batch=self.data.last_batch, records={"selection": record} if record else None)
+      if self.selection.unsaved:
+        checkpointing.wait_until_saved(self.checkpoints)
+        self.selection.save_best(self.variables, self.config, self.data.shape)
 
   def stop_signal(self, signals: stopping.StopSignals) -> str | None:
     """The signal to save this step and stop for, or None. One process stops after the step its

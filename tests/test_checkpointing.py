@@ -526,7 +526,8 @@ def test_a_resumed_selection_by_another_metric_or_evaluator_is_refused(tmp_path)
   config = _config()
   config.update(select_metric="accuracy", select_on="eval")
   selection = selection_lib.Selection(config, str(tmp_path), 0)
-  selection.update(1, 8, {"accuracy": 0.5}, {"params": PARAMS, "batch_stats": BATCH_STATS}, config, (8, 8, 3))
+  selection.update(1, 8, {"accuracy": 0.5})
+  selection.save_best({"params": PARAMS, "batch_stats": BATCH_STATS}, config, (8, 8, 3))
   selection.wait_until_finished()
   assert selection_lib.Selection(config, str(tmp_path), 8).best_value == 0.5  # the same selection resumes
   for key, value in (("select_metric", "mean_class_accuracy"), ("select_on", "occluded")):
@@ -542,7 +543,8 @@ def test_a_damaged_record_of_the_best_epoch_is_named_with_the_fix(tmp_path, dama
   config = _config()
   config.update(select_metric="accuracy", select_on="eval")
   selection = selection_lib.Selection(config, str(tmp_path), 0)
-  selection.update(1, 8, {"accuracy": 0.5}, {"params": PARAMS, "batch_stats": BATCH_STATS}, config, (8, 8, 3))
+  selection.update(1, 8, {"accuracy": 0.5})
+  selection.save_best({"params": PARAMS, "batch_stats": BATCH_STATS}, config, (8, 8, 3))
   selection.wait_until_finished()
   record = tmp_path / "best" / "8" / "selection" / "metadata"
   if damage == "missing":

@@ -452,13 +452,21 @@ def _main(*args, timeout=600):
   return run_command("fer_jax.main", *args, timeout=timeout)
 
 
+def _kept(selection, epoch: int, step: int, results: dict, variables: dict, config) -> bool:
+  """`selection.update`, and the new best epoch saved as the training loop saves it (once its step is)."""
+  new_best = selection.update(epoch, step, results)
+  if new_best:
+    selection.save_best(variables, config, (8, 8, 3))
+  return new_best
+
+
 def test_selection_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
   config = _tiny_dan()
   config.update(select_metric="mean_class_accuracy", early_stopping_patience=2)
   variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
   selection = selection_lib.Selection(config, str(tmp_path), 0)
   best = {"params": {"w": np.ones(2, np.float32)}, "batch_stats": {}}
-  kept = [selection.update(epoch, 10 * epoch, {"mean_class_accuracy": value}, weights, config, (8, 8, 3))
+  kept = [_kept(selection, epoch, 10 * epoch, {"mean_class_accuracy": value}, weights, config)
           for epoch, value, weights in ((1, 0.5, variables), (2, 0.6, best), (3, 0.6, variables), (4, 0.55, variables))]
   assert kept == [True, True, False, False]  # equal is no gain
   assert [selection.patience_ran_out(epoch) for epoch in (3, 4)] == [False, True]
@@ -475,7 +483,7 @@ def test_a_best_epoch_kept_after_the_step_a_run_resumes_from_is_dropped(tmp_path
   config.select_metric = "accuracy"
   old = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
   selection = selection_lib.Selection(config, str(tmp_path), 0)
-  selection.update(2, 20, {"accuracy": 0.9}, old, config, (8, 8, 3))
+  _kept(selection, 2, 20, {"accuracy": 0.9}, old, config)
   selection.wait_until_finished()
   with pytest.raises(UserError, match=r"best keeps the best epoch of an earlier run \(step 20\), and .* holds no "
                                       r"checkpoint to resume from: move best/ away"):
@@ -485,8 +493,51 @@ def test_a_best_epoch_kept_after_the_step_a_run_resumes_from_is_dropped(tmp_path
   assert f"{tmp_path / 'best'} keeps the best epoch at step 20, after step 10 the run resumes from" in caplog.text
   assert (resumed.best_epoch, resumed.best_value) == (0, -1.0)
   new = {"params": {"w": np.ones(2, np.float32)}, "batch_stats": {}}
-  assert resumed.update(2, 20, {"accuracy": 0.5}, new, config, (8, 8, 3))  # epoch 2 trained again: its own value
+  assert _kept(resumed, 2, 20, {"accuracy": 0.5}, new, config)  # epoch 2 trained again: its own value
   np.testing.assert_array_equal(resumed.best_variables(jax.eval_shape(lambda: new))["params"]["w"], [1, 1])
+
+
+class _Killed(Exception):
+  """The process killed outright, here: nothing after it runs."""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("folder", ["best", "checkpoints"])
+@pytest.mark.parametrize("killed_at_epoch", [1, 2])
+def test_a_run_killed_as_it_saves_a_new_best_epoch_resumes_to_the_uninterrupted_run_s_end(tmp_path, monkeypatch,
+                                                                                         folder, killed_at_epoch):
+  """Killed between saving best/STEP and checkpoints/STEP (best/ first, as it was then), the rerun of a run refused
+  to start (epoch 1: "best keeps the best epoch of an earlier run", no checkpoint beside it), or dropped the
+  selection it resumed (epoch 2, a later tie kept: its early stopping trained one epoch more than the uninterrupted
+  run). Killed as either save of a new best epoch starts, the run ends as the uninterrupted one."""
+  accuracy = {1: 0.5, 2: 0.5, 3: 0.75, 4: 0.9}  # epoch 2 ties epoch 1: kept, and patience 1 ends the run there
+  update = selection_lib.Selection.update
+  monkeypatch.setattr(selection_lib.Selection, "update", lambda self, epoch, step, results, *rest: update(
+      self, epoch, step, {**results, "accuracy": accuracy[epoch]}, *rest))
+  config = short_tiny_net_run()  # 4 steps an epoch
+  config.update(num_epochs=4, select_metric="accuracy", select_ties="latest", early_stopping_patience=1,
+                restore_best=True)
+  straight = train.TrainingRun(config, str(tmp_path / "straight")).run()
+  save = checkpointing.save
+
+  def killed_saving_the_best(checkpoints, step, *args, **kwargs):
+    if checkpoints.directory.name == folder and step == 4 * killed_at_epoch:
+      raise _Killed
+    return save(checkpoints, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpointing, "save", killed_saving_the_best)
+  with pytest.raises(_Killed):
+    train.TrainingRun(config, str(tmp_path / "killed")).run()
+  monkeypatch.setattr(checkpointing, "save", save)
+  resumed = train.TrainingRun(config, str(tmp_path / "killed")).run()
+  assert straight["selection"]["epoch"] == resumed["selection"]["epoch"] == 2
+  assert straight["step"] == resumed["step"] == 8 and straight["accuracy"] == resumed["accuracy"]
+  assert straight["selection"]["trained_epochs"] == resumed["selection"]["trained_epochs"] == 2
+  assert os.listdir(tmp_path / "killed" / "best") == ["8"]
+  abstract = models.abstract_variables(models.build_model(config), config)
+  kept = [checkpointing.fingerprint(checkpointing.restore_model(str(tmp_path / run / "best" / "8"), abstract))
+          for run in ("straight", "killed")]
+  assert kept[0] == kept[1]
 
 
 @pytest.mark.integration
@@ -495,10 +546,10 @@ def test_selection_can_round_the_metric_and_let_a_later_tie_win(tmp_path):
   config.update(select_metric="accuracy", select_decimals=4, select_ties="latest")
   variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
   selection = selection_lib.Selection(config, str(tmp_path), 0)
-  selection.update(1, 10, {"accuracy": 0.91234}, variables, config, (8, 8, 3))
-  selection.update(2, 20, {"accuracy": 0.91226}, variables, config, (8, 8, 3))  # 0.9123 either way: epoch 2 wins
+  _kept(selection, 1, 10, {"accuracy": 0.91234}, variables, config)
+  _kept(selection, 2, 20, {"accuracy": 0.91226}, variables, config)  # 0.9123 either way: epoch 2 wins
   assert (selection.best_epoch, selection.best_value) == (2, 0.9123)
-  selection.update(3, 30, {"accuracy": 0.9122}, variables, config, (8, 8, 3))
+  _kept(selection, 3, 30, {"accuracy": 0.9122}, variables, config)
   assert selection.best_epoch == 2
 
 
@@ -512,28 +563,37 @@ def test_a_later_tie_kept_does_not_reset_the_patience_and_a_resume_rounds_anew(t
   variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
   selection = selection_lib.Selection(config, str(tmp_path), 0)
   for epoch in (1, 2, 3):
-    assert selection.update(epoch, 10 * epoch, {"accuracy": 0.91234}, variables, config, (8, 8, 3))
+    assert _kept(selection, epoch, 10 * epoch, {"accuracy": 0.91234}, variables, config)
   assert selection.best_epoch == 3 and [selection.patience_ran_out(epoch) for epoch in (2, 3)] == [False, True]
   selection.wait_until_finished()
   config.select_decimals = 0
   restored = selection_lib.Selection(config, str(tmp_path), 30)  # resumed, comparing unrounded values
   assert (restored.best_epoch, restored.best_value, restored.patience_ran_out(3)) == (3, 0.91234, True)
-  assert not restored.update(4, 40, {"accuracy": 0.91231}, variables, config, (8, 8, 3))
+  assert not _kept(restored, 4, 40, {"accuracy": 0.91231}, variables, config)
 
 
-def test_a_step_is_saved_only_once_its_best_epoch_is(monkeypatch):
+@pytest.mark.parametrize("new_best", [False, True])
+def test_a_step_is_saved_once_the_best_epoch_it_records_is_and_a_new_best_once_the_step_is(monkeypatch, new_best):
   """best/ and checkpoints/ were saved asynchronously side by side: a run killed once checkpoints/STEP had landed,
-  best/STEP not, resumed after that evaluation and kept an older best epoch, unseen."""
+  best/STEP not, resumed after that evaluation and kept an older best epoch, unseen. Saved the other way round
+  (best/STEP first), a run killed between the two refused to start again (no checkpoint beside a best epoch) or
+  dropped the selection (select_ties="latest" with early stopping then trained one epoch more)."""
   order = []
-  run = types.SimpleNamespace(step=8, steps_per_epoch=4, num_steps=16, config=ml_collections.ConfigDict(
+  record = {"step": 8} if new_best else None
+  selection = types.SimpleNamespace(unsaved=new_best, record=lambda: record,
+                                    wait_until_finished=lambda: order.append("best/ complete"),
+                                    save_best=lambda *args: order.append("best/8 started"))
+  run = types.SimpleNamespace(step=8, steps_per_epoch=3, num_steps=16, config=ml_collections.ConfigDict(
       {"checkpoint_every_steps": 0}), checkpoints="checkpoints", state={}, guard=types.SimpleNamespace(check=list),
-      data=types.SimpleNamespace(shape=(8, 8, 3), identity={}, last_batch=0),
-      selection=types.SimpleNamespace(wait_until_finished=lambda: order.append("best/ complete")))
-  run.checkpoint_due = lambda: train.TrainingRun.checkpoint_due(run)
+      data=types.SimpleNamespace(shape=(8, 8, 3), identity={}, last_batch=0), selection=selection, variables={})
+  run.checkpoint_due = lambda: train.TrainingRun.checkpoint_due(run)  # step 8 ends no epoch: due for its best only
   monkeypatch.setattr(checkpointing, "save", lambda checkpoints, step, *args, **kwargs: order.append(
-      f"{checkpoints}/{step} started"))
-  train.TrainingRun.checkpoint(run)
-  assert order == ["best/ complete", "checkpoints/8 started"]
+      f"{checkpoints}/{step} started, recording {kwargs['records']}"))
+  monkeypatch.setattr(checkpointing, "wait_until_saved", lambda checkpoints: order.append(f"{checkpoints}/ complete"))
+  train.TrainingRun.checkpoint(run, force=not new_best)
+  assert order == (["best/ complete", "checkpoints/8 started, recording {'selection': {'step': 8}}",
+                    "checkpoints/ complete", "best/8 started"] if new_best else
+                   ["best/ complete", "checkpoints/8 started, recording None"])
 
 
 def test_an_evaluation_report_is_refused_in_a_training_workdir(tmp_path):
