@@ -21,11 +21,11 @@ class Selection:
   A new best epoch is saved in best/ once a checkpoint of its step is complete, and each checkpoint records the
   selection as it stands (`record`): a run resumed from any checkpoint goes on with that selection, whose best epoch
   best/ holds (`save_best_again` writes it where the run was killed before it did). `start_step`: the step the run
-  starts from (0 for a new run); `resumed_record`: the selection its checkpoint records (None: none, or saved before
-  2026-12-07, when best/ held the only record); a best epoch kept after that step (an older run's) is dropped, and a
+  starts from (0 for a new run); `resumed_from`: the folder of that step's checkpoint, whose selection record is read
+  (none before a best epoch, or in checkpoints saved before 2026-12-07, when best/ held the only record); a best epoch kept after that step (an older run's) is dropped, and a
   new run refuses to start beside one (`dropped`: whether a best epoch was dropped)."""
 
-  def __init__(self, config, workdir: str, start_step: int, resumed_record: dict | None = None):
+  def __init__(self, config, workdir: str, start_step: int, resumed_from: str = ""):
     self.metric, self.evaluator = config.select_metric, config.select_on
     self.patience = config.early_stopping_patience
     self.decimals, self.later_ties_win = config.select_decimals, config.select_ties == "latest"
@@ -37,11 +37,14 @@ class Selection:
       if best_step is not None and best_step > start_step:
         self._drop_a_best_epoch_trained_again(best_step, start_step)
         best_step = None
-      if resumed_record:
+      fix = "Delete that step to resume from the one before, or start a new --workdir."
+      if resumed_record := resumed_from and self._saved_record(resumed_from, fix, kept=False):
         if resumed_record["step"] in (best_step, start_step):  # else best/ was deleted: chosen again, warned
           self._take(resumed_record, resumed_record["step"])
       elif best_step is not None:
-        self._take(self._saved_record(checkpointing.step_path(self.checkpoints, best_step)), best_step)
+        fix = (f"Delete {self.checkpoints.directory} to resume without it (the best epoch is then chosen among the "
+               "epochs still to train), or start a new --workdir.")
+        self._take(self._saved_record(checkpointing.step_path(self.checkpoints, best_step), fix), best_step)
 
   def _take(self, record: dict, step: int) -> None:
     """The selection a record holds (best/'s, or a checkpoint's), whose best epoch is at `step`, chosen by this
@@ -67,13 +70,13 @@ class Selection:
     self.checkpoints.delete(best_step)
     self.dropped = True
 
-  def _saved_record(self, best_directory: str) -> dict:
-    """The best epoch's selection record ({value, epoch, metric, evaluator}) kept with its weights."""
-    fix = (f"Delete {self.checkpoints.directory} to resume without it (the best epoch is then chosen among the "
-           "epochs still to train), or start a new --workdir.")
-    record = checkpointing.json_item(best_directory, "selection", "the best epoch's record", fix)
-    if not {"value", "epoch", "metric"} <= record.keys():
-      raise checkpointing.CheckpointError(f"{best_directory} holds no complete record of the best epoch "
+  @staticmethod
+  def _saved_record(step_directory: str, fix: str, kept: bool = True) -> dict:
+    """The selection record ({value, epoch, metric, evaluator, step}) of a best epoch `kept` with its weights, which
+    it must hold, or of a checkpoint ({} where it holds none); a CheckpointError naming the `fix` if it is damaged."""
+    record = checkpointing.json_item(step_directory, "selection", "the selection record", fix)
+    if (record or kept) and not {"value", "epoch", "metric", *(() if kept else ("step",))} <= record.keys():
+      raise checkpointing.CheckpointError(f"{step_directory} holds no complete selection record "
                                           f"(selection/metadata): the checkpoint is damaged. {fix}")
     return record
 

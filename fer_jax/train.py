@@ -223,18 +223,10 @@ class TrainingRun:
   def _open_the_best_epoch(self) -> None:
     """The best epoch kept so far; once every check that may refuse the run has passed, since one kept after the step
     a resumed run starts from is dropped (`selection.Selection`)."""
-    self.selection = selection_lib.Selection(self.config, self.workdir, self.start_step, self._selection_saved())
+    resumed_from = checkpointing.step_path(self.checkpoints, self.start_step) if self.start_step else ""
+    self.selection = selection_lib.Selection(self.config, self.workdir, self.start_step, resumed_from)
     self.selection.save_best_again(self.start_step, self.variables, self.config, self.data.shape)
     self._warn_of_a_lost_best_epoch()
-
-  def _selection_saved(self) -> dict | None:
-    """The selection the checkpoint a resumed run starts from records (`Selection.record`); None for a new run, before
-    a best epoch, or in a checkpoint saved before 2026-12-07."""
-    if not self.start_step:
-      return None
-    fix = "Delete that step to resume from the one before, or start a new --workdir."
-    step_directory = checkpointing.step_path(self.checkpoints, self.start_step)
-    return checkpointing.json_item(step_directory, "selection", "the selection record", fix) or None
 
   def _open_the_logs(self) -> None:
     self.writer = train_log.Writer(self.workdir, self.start_step)

@@ -538,6 +538,21 @@ def test_a_resumed_selection_by_another_metric_or_evaluator_is_refused(tmp_path)
       selection_lib.Selection(changed, str(tmp_path), 8)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "incomplete"])
+def test_a_damaged_selection_record_of_the_checkpoint_a_run_resumes_from_is_named_with_the_fix(tmp_path, damage):
+  config = _config()
+  config.update(select_metric="accuracy", select_on="eval")
+  step = tmp_path / "checkpoints" / "8"
+  (step / "selection").mkdir(parents=True)
+  (step / "selection" / "metadata").write_text('{"value": 0.5, "epo' if damage == "truncated" else
+                                               '{"value": 0.5, "epoch": 1, "metric": "accuracy"}')
+  with pytest.raises(checkpointing.CheckpointError, match=rf"{re.escape(str(step))}.* the checkpoint is damaged\. "
+                                                          r"Delete that step to resume from the one before"):
+    selection_lib.Selection(config, str(tmp_path), 8, str(step))
+  (step / "selection" / "metadata").unlink()  # saved before 2026-12-07, or before a best epoch: none
+  assert selection_lib.Selection(config, str(tmp_path), 8, str(step)).best_epoch == 0
+
+
 @pytest.mark.parametrize("damage", ["truncated", "incomplete", "missing"])
 def test_a_damaged_record_of_the_best_epoch_is_named_with_the_fix(tmp_path, damage):
   config = _config()
