@@ -64,8 +64,8 @@ def _affectnet(config, num_classes: int) -> None:
 
 
 def _synthetic(config) -> None:
-  # CPU demo, not a paper setting: 72×72 input (the size of the README's demo figures), flips only. From scratch the unnormalised spatial
-  # attention makes early gradients spiky; without clipping, Adam stalls at chance for
+  # CPU demo, not a paper setting: 72×72 input (the size of the README's demo figures), flips only. From scratch
+  # the unnormalised spatial attention makes early gradients spiky; without clipping, Adam stalls at chance for
   # hundreds of steps (measured; see the README's synthetic section).
   config.dataset.update(name="synthetic", class_order="fer2013")
   config.input.update(size=72, train_pp=f"resize({{size}})|flip()|{IMAGENET}",

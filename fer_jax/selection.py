@@ -22,8 +22,9 @@ class Selection:
   selection as it stands (`record`): a run resumed from any checkpoint goes on with that selection, whose best epoch
   best/ holds (`save_best_again` writes it where the run was killed before it did). `start_step`: the step the run
   starts from (0 for a new run); `resumed_from`: the folder of that step's checkpoint, whose selection record is read
-  (none before a best epoch, or in checkpoints saved before 2026-12-07, when best/ held the only record); a best epoch kept after that step (an older run's) is dropped, and a
-  new run refuses to start beside one (`dropped`: whether a best epoch was dropped)."""
+  (none before a best epoch, or in checkpoints saved before 2026-12-07, when best/ held the only record); a best
+  epoch kept after that step (an older run's) is dropped, and a new run refuses to start beside one (`dropped`:
+  whether a best epoch was dropped)."""
 
   def __init__(self, config, workdir: str, start_step: int, resumed_from: str = ""):
     self.metric, self.evaluator = config.select_metric, config.select_on

@@ -1,6 +1,6 @@
-"""A method, a data set, a schedule and an optimiser of the user's, outside fer_jax (examples/my_methods/plain_resnet.py,
-examples/my_sets/class_folders.py, examples/my_optim.py; docs/extending.md): named by their module paths or
-registered names, they train, report, prepare and load as fer_jax's own do."""
+"""A method, a data set, a schedule and an optimiser of the user's, outside fer_jax
+(examples/my_methods/plain_resnet.py, examples/my_sets/class_folders.py, examples/my_optim.py; docs/extending.md):
+named by their module paths or registered names, they train, report, prepare and load as fer_jax's own do."""
 
 import copy
 import dataclasses
