@@ -311,6 +311,15 @@ def check_training_data(checkpoints: ocp.CheckpointManager, step: int, identity:
                           + _new_run_fix(step_directory))
 
 
+def of_this_run(step_directory: str, config, identity: dict) -> bool:
+  """Whether the step saved in `step_directory` records this run's config (`config_lib.resume_differences`) and
+  training split (`identity`): saved by a run of the same command, whose steps are this run's."""
+  meta = _meta(step_directory)
+  saved_data = meta.get("training_data")
+  return ("config" in meta and isinstance(saved_data, dict) and not config_lib.resume_differences(meta["config"], config)
+          and not _training_data_differences(saved_data, identity))
+
+
 def _training_data_differences(saved: dict, identity: dict) -> list[str]:
   """What differs between a run's recorded training split and this one's (`check_training_data`), in words; the
   keys one record lacks (another fer_jax version's) are not compared."""

@@ -18,29 +18,33 @@ class Selection:
   earlier epoch stays best unless `config.select_ties == "latest"`. Early stopping counts the epochs since the last
   strict gain (`gain_epoch`), which a later tie kept does not move, as Keras' EarlyStopping counts them.
 
-  A new best epoch is saved in best/ once a checkpoint of its step is complete, and each checkpoint records the
-  selection as it stands (`record`): a run resumed from any checkpoint goes on with that selection, whose best epoch
-  best/ holds (`save_best_again` writes it where the run was killed before it did). `start_step`: the step the run
-  starts from (0 for a new run); `resumed_from`: the folder of that step's checkpoint, whose selection record is read
-  (none before a best epoch, or in checkpoints saved before 2026-12-07, when best/ held the only record); a best
-  epoch kept after that step (an older run's) is dropped, and a new run refuses to start beside one (`dropped`:
-  whether a best epoch was dropped)."""
+  A new best epoch's step is saved as a checkpoint, which records the selection as it stands (`record`), and its
+  weights in best/, side by side; best/ keeps the two newest. A run resumed from any checkpoint goes on with the
+  selection it records, whose best epoch best/ holds: the checkpoint's own step's, which a kill may have left
+  unsaved (`save_best_again` saves it), or an earlier one, kept beside a newer best epoch whose checkpoint the kill
+  left incomplete (dropped: those steps train again). `start_step`: the step the run starts from (0 for a new run);
+  `resumed_from`: the folder of that step's checkpoint, whose selection record is read (none before a best epoch, or
+  in checkpoints saved before 2026-12-07, when best/ held the only record); `training_data`: the run's training split
+  (`pipeline.split_identity`). A new run beside a best epoch refuses to start unless that epoch is of the same
+  command (its first checkpoint not complete), which it drops (`dropped`: whether a best epoch was dropped)."""
 
-  def __init__(self, config, workdir: str, start_step: int, resumed_from: str = ""):
+  def __init__(self, config, workdir: str, start_step: int, resumed_from: str = "", training_data: dict | None = None):
     self.metric, self.evaluator = config.select_metric, config.select_on
     self.patience = config.early_stopping_patience
     self.decimals, self.later_ties_win = config.select_decimals, config.select_ties == "latest"
     self.best_value, self.best_unrounded, self.best_epoch, self.gain_epoch, self.best_step = -1.0, -1.0, 0, 0, 0
-    self.checkpoints, self.dropped, self.unsaved = None, False, False
+    self.checkpoints, self.dropped, self.unsaved, self.training_data = None, False, False, training_data
     if self.metric:
-      self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.BEST), max_to_keep=1)
-      best_step = checkpointing.newest_step(self.checkpoints)
-      if best_step is not None and best_step > start_step:
-        self._drop_a_best_epoch_trained_again(best_step, start_step)
-        best_step = None
+      self.checkpoints = checkpointing.manager(os.path.join(workdir, checkpointing.BEST), max_to_keep=2)
       fix = "Delete that step to resume from the one before, or start a new --workdir."
-      if resumed_record := resumed_from and self._saved_record(resumed_from, fix, kept=False):
-        if resumed_record["step"] in (best_step, start_step):  # else best/ was deleted: chosen again, warned
+      resumed_record = resumed_from and self._saved_record(resumed_from, fix, kept=False)
+      while (best_step := checkpointing.newest_step(self.checkpoints)) is not None and best_step > start_step:
+        self._drop_a_best_epoch_trained_again(best_step, start_step, config, bool(resumed_record))
+      if resumed_record:
+        # Taken where best/ holds its best epoch (another metric's is refused), or where the run may save it again.
+        # Else best/ was deleted, or a resume selects by another metric without it: chosen again (warned).
+        same_selection = (resumed_record["metric"], resumed_record.get("evaluator")) == (self.metric, self.evaluator)
+        if resumed_record["step"] == best_step or (same_selection and resumed_record["step"] == start_step):
           self._take(resumed_record, resumed_record["step"])
       elif best_step is not None:
         fix = (f"Delete {self.checkpoints.directory} to resume without it (the best epoch is then chosen among the "
@@ -56,18 +60,24 @@ class Selection:
     self.best_value = self._compared(self.best_unrounded)
     self.best_epoch, self.gain_epoch, self.best_step = record["epoch"], record.get("gain_epoch", record["epoch"]), step
 
-  def _drop_a_best_epoch_trained_again(self, best_step: int, start_step: int) -> None:
-    """A best epoch saved after the step the run starts from, which only a run saved before 2026-12-07 (which saved
-    a best epoch before the checkpoint of its step) leaves: those steps train again, perhaps with another learning
-    rate, so the best epoch kept is not of the run that goes on. A new run beside one (its checkpoints deleted)
-    would lose it: refused."""
-    if not start_step:
+  def _drop_a_best_epoch_trained_again(self, best_step: int, start_step: int, config, recorded: bool) -> None:
+    """A best epoch saved after the step the run starts from (killed before its checkpoint was complete): those steps
+    train again, perhaps with another learning rate, so the best epoch kept is not of the run that goes on. A new run
+    beside one of another command (whose checkpoints were deleted) would lose it: refused. `recorded`: the step the
+    run resumes from records its selection (a run saved before 2026-12-07 could only choose again)."""
+    directory = checkpointing.step_path(self.checkpoints, best_step)
+    if not start_step and not checkpointing.of_this_run(directory, config, self.training_data or {}):
       raise UserError(f"{self.checkpoints.directory} keeps the best epoch of an earlier run (step {best_step}), and "
                       f"{os.path.dirname(self.checkpoints.directory)} holds no checkpoint to resume from: move best/ "
                       "away to train here from the start, or start a new --workdir.")
-    logging.warning("%s keeps the best epoch at step %d, after step %d the run resumes from: those steps train again, "
-                    "so it is dropped and chosen again from them (the epochs up to step %d are no longer candidates: "
-                    "best/ keeps one).", self.checkpoints.directory, best_step, start_step, start_step)
+    if recorded or not start_step:
+      logging.info("Dropping the best epoch saved at step %d in %s: the run stopped before that step's checkpoint "
+                   "was complete, and trains it again from step %d.", best_step, self.checkpoints.directory,
+                   start_step)
+    else:
+      logging.warning("%s keeps the best epoch at step %d, after step %d the run resumes from: those steps train "
+                      "again, so it is dropped and chosen again from them (the epochs up to step %d are no longer "
+                      "candidates).", self.checkpoints.directory, best_step, start_step, start_step)
     self.checkpoints.delete(best_step)
     self.dropped = True
 
@@ -113,10 +123,10 @@ class Selection:
             "gain_epoch": self.gain_epoch, "step": self.best_step, "metric": self.metric, "evaluator": self.evaluator}
 
   def save_best(self, variables: dict, config, stored_shape: Sequence[int]) -> None:
-    """Starts saving the new best epoch (`variables`, of its step), whose checkpoint is complete. `stored_shape`: what
+    """Starts saving the new best epoch (`variables`, of its step), whose checkpoint is saved. `stored_shape`: what
     the training split's images are decoded to, for the meta record (`checkpointing.dataset_record`)."""
     checkpointing.save(self.checkpoints, self.best_step, variables, config, stored_shape=stored_shape,
-                       records={"selection": self.record()})
+                       training_data=self.training_data, records={"selection": self.record()})
     self.unsaved = False
 
   def save_best_again(self, start_step: int, variables: dict, config, stored_shape: Sequence[int]) -> None:

@@ -224,7 +224,8 @@ class TrainingRun:
     """The best epoch kept so far; once every check that may refuse the run has passed, since one kept after the step
     a resumed run starts from is dropped (`selection.Selection`)."""
     resumed_from = checkpointing.step_path(self.checkpoints, self.start_step) if self.start_step else ""
-    self.selection = selection_lib.Selection(self.config, self.workdir, self.start_step, resumed_from)
+    self.selection = selection_lib.Selection(self.config, self.workdir, self.start_step, resumed_from,
+                                             self.data.identity)
     self.selection.save_best_again(self.start_step, self.variables, self.config, self.data.shape)
     self._warn_of_a_lost_best_epoch()
 
@@ -359,10 +360,10 @@ class TrainingRun:
     return self.step % every == 0 or self.step == self.num_steps
 
   def checkpoint(self, force: bool = False, stopped_early: bool = False) -> None:
-    """Saves the step when due, forced or a new best epoch, with the selection as it stands; `stopped_early`: early
-    stopping ends the run at this step. The best epoch the selection names is complete before the step is saved,
-    and a new one is saved once the step is: a run resumed from any checkpoint finds the best epoch it records in
-    best/, or (killed in between) saves it again (`selection.Selection`)."""
+    """Saves the step when due, forced or a new best epoch, with the selection as it stands, and a new best epoch's
+    weights beside it; `stopped_early`: early stopping ends the run at this step. The best epoch the selection names
+    is complete before the step is saved: a run resumed from any checkpoint finds the best epoch it records in best/,
+    or (killed before) saves it again (`selection.Selection`)."""
     if force or self.checkpoint_due() or self.selection.unsaved:
       self.guard.check()
       self.selection.wait_until_finished()
@@ -371,7 +372,6 @@ class TrainingRun:
                          stored_shape=self.data.shape, stopped_early=stopped_early, training_data=self.data.identity,
                          last_batch=self.data.last_batch, records={"selection": record} if record else None)
       if self.selection.unsaved:
-        checkpointing.wait_until_saved(self.checkpoints)
         self.selection.save_best(self.variables, self.config, self.data.shape)
 
   def stop_signal(self, signals: stopping.StopSignals) -> str | None:

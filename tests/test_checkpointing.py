@@ -538,6 +538,21 @@ def test_a_resumed_selection_by_another_metric_or_evaluator_is_refused(tmp_path)
       selection_lib.Selection(changed, str(tmp_path), 8)
 
 
+def test_a_resume_selecting_by_another_metric_without_the_best_epoch_it_records_chooses_again(tmp_path):
+  """A checkpoint recording a selection by accuracy, best/ deleted, resumed with select_metric=mean_class_accuracy
+  (a resume may change it): refused, naming a best/ folder that held nothing, where the record was of the step
+  resumed from; taken as the new metric's otherwise."""
+  config = _config()
+  config.update(select_metric="mean_class_accuracy", select_on="eval")
+  for step in (8, 12):
+    (tmp_path / "checkpoints" / str(step) / "selection").mkdir(parents=True)
+    (tmp_path / "checkpoints" / str(step) / "selection" / "metadata").write_text(json.dumps(
+        {"value": 0.5, "unrounded": 0.5, "epoch": 1, "gain_epoch": 1, "step": 8, "metric": "accuracy",
+         "evaluator": "eval"}))
+    resumed = selection_lib.Selection(config, str(tmp_path), step, str(tmp_path / "checkpoints" / str(step)))
+    assert (resumed.best_epoch, resumed.best_value) == (0, -1.0)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "incomplete"])
 def test_a_damaged_selection_record_of_the_checkpoint_a_run_resumes_from_is_named_with_the_fix(tmp_path, damage):
   config = _config()

@@ -502,14 +502,14 @@ class _Killed(Exception):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("folder", ["best", "checkpoints"])
+@pytest.mark.parametrize("killed", ["as the step's save starts", "as best/'s save starts", "with best/ saved alone"])
 @pytest.mark.parametrize("killed_at_epoch", [1, 2])
 def test_a_run_killed_as_it_saves_a_new_best_epoch_resumes_to_the_uninterrupted_run_s_end(tmp_path, monkeypatch,
-                                                                                         folder, killed_at_epoch):
-  """Killed between saving best/STEP and checkpoints/STEP (best/ first, as it was then), the rerun of a run refused
-  to start (epoch 1: "best keeps the best epoch of an earlier run", no checkpoint beside it), or dropped the
-  selection it resumed (epoch 2, a later tie kept: its early stopping trained one epoch more than the uninterrupted
-  run). Killed as either save of a new best epoch starts, the run ends as the uninterrupted one."""
+                                                                                         killed, killed_at_epoch):
+  """Killed with best/STEP saved and checkpoints/STEP not, the rerun of a run refused to start (epoch 1: "best keeps
+  the best epoch of an earlier run", no checkpoint beside it), or dropped the selection it resumed (epoch 2, a later
+  tie kept: its early stopping trained one epoch more than the uninterrupted run). However the two saves of a new
+  best epoch are cut, the run ends as the uninterrupted one."""
   accuracy = {1: 0.5, 2: 0.5, 3: 0.75, 4: 0.9}  # epoch 2 ties epoch 1: kept, and patience 1 ends the run there
   update = selection_lib.Selection.update
   monkeypatch.setattr(selection_lib.Selection, "update", lambda self, epoch, step, results, *rest: update(
@@ -521,9 +521,18 @@ def test_a_run_killed_as_it_saves_a_new_best_epoch_resumes_to_the_uninterrupted_
   save = checkpointing.save
 
   def killed_saving_the_best(checkpoints, step, *args, **kwargs):
-    if checkpoints.directory.name == folder and step == 4 * killed_at_epoch:
+    if step != 4 * killed_at_epoch:
+      return save(checkpoints, step, *args, **kwargs)
+    if checkpoints.directory.name == "checkpoints":  # its save cut: the step never completes
+      if killed == "as the step's save starts":
+        raise _Killed
+      if killed == "with best/ saved alone":
+        return None
+    elif killed == "as best/'s save starts":
       raise _Killed
-    return save(checkpoints, step, *args, **kwargs)
+    save(checkpoints, step, *args, **kwargs)  # best/'s, complete
+    checkpointing.wait_until_saved(checkpoints)
+    raise _Killed
 
   monkeypatch.setattr(checkpointing, "save", killed_saving_the_best)
   with pytest.raises(_Killed):
@@ -533,7 +542,7 @@ def test_a_run_killed_as_it_saves_a_new_best_epoch_resumes_to_the_uninterrupted_
   assert straight["selection"]["epoch"] == resumed["selection"]["epoch"] == 2
   assert straight["step"] == resumed["step"] == 8 and straight["accuracy"] == resumed["accuracy"]
   assert straight["selection"]["trained_epochs"] == resumed["selection"]["trained_epochs"] == 2
-  assert os.listdir(tmp_path / "killed" / "best") == ["8"]
+  assert sorted(os.listdir(tmp_path / "killed" / "best")) == sorted(os.listdir(tmp_path / "straight" / "best"))
   abstract = models.abstract_variables(models.build_model(config), config)
   kept = [checkpointing.fingerprint(checkpointing.restore_model(str(tmp_path / run / "best" / "8"), abstract))
           for run in ("straight", "killed")]
@@ -573,11 +582,10 @@ def test_a_later_tie_kept_does_not_reset_the_patience_and_a_resume_rounds_anew(t
 
 
 @pytest.mark.parametrize("new_best", [False, True])
-def test_a_step_is_saved_once_the_best_epoch_it_records_is_and_a_new_best_once_the_step_is(monkeypatch, new_best):
+def test_a_step_is_saved_once_the_best_epoch_it_records_is_and_a_new_best_beside_it(monkeypatch, new_best):
   """best/ and checkpoints/ were saved asynchronously side by side: a run killed once checkpoints/STEP had landed,
-  best/STEP not, resumed after that evaluation and kept an older best epoch, unseen. Saved the other way round
-  (best/STEP first), a run killed between the two refused to start again (no checkpoint beside a best epoch) or
-  dropped the selection (select_ties="latest" with early stopping then trained one epoch more)."""
+  best/STEP not, resumed after that evaluation and kept an older best epoch, unseen. A new best epoch forces its
+  step's save, which records the selection, its own weights saved beside it."""
   order = []
   record = {"step": 8} if new_best else None
   selection = types.SimpleNamespace(unsaved=new_best, record=lambda: record,
@@ -592,7 +600,7 @@ def test_a_step_is_saved_once_the_best_epoch_it_records_is_and_a_new_best_once_t
   monkeypatch.setattr(checkpointing, "wait_until_saved", lambda checkpoints: order.append(f"{checkpoints}/ complete"))
   train.TrainingRun.checkpoint(run, force=not new_best)
   assert order == (["best/ complete", "checkpoints/8 started, recording {'selection': {'step': 8}}",
-                    "checkpoints/ complete", "best/8 started"] if new_best else
+                    "best/8 started"] if new_best else
                    ["best/ complete", "checkpoints/8 started, recording None"])
 
 
