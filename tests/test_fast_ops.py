@@ -88,6 +88,18 @@ def test_a_kernel_larger_than_its_map_convolves_by_one_product_on_the_cpu_equal_
     assert module.count("stablehlo.convolution") == (0 if platform == "cpu" else 3), platform
 
 
+@pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", [
+    ((2, 2, 2, 3), (3, 3, 3, 4), (2, 2), "VALID"),  # no output position
+    ((2, 2, 3, 3), (3, 3, 3, 4), (1, 1), ((-1, 2), (1, 1))),  # negative padding crops the map
+])
+def test_a_kernel_larger_than_its_map_that_the_product_cannot_take_is_lax_s(x_shape, kernel_shape, strides, padding):
+  """Cases the windows' product crashed on (an empty slice to concatenate, jnp.pad of a negative width)."""
+  conv = lambda conv: conv(jnp.ones(x_shape), jnp.ones(kernel_shape), strides, padding,
+                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_array_equal(jax.jit(lambda: conv(fast_ops.conv_general_dilated))(),
+                                conv(lax.conv_general_dilated))
+
+
 def test_a_kernel_larger_than_its_map_keeps_bfloat16_and_sums_in_float32():
   x = jax.random.normal(jax.random.key(0), (2, 2, 2, 64), jnp.bfloat16)
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 64, 8), jnp.bfloat16)

@@ -40,13 +40,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   for its gradient on the CPU (`stored_for_gradient`).
   """
   plain = _is_plain(lhs.shape, rhs.shape, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
-  if plain and tuple(rhs.shape[:2]) == (1, 1) and _pads(lhs.shape, rhs.shape, window_strides, padding) == ((0, 0),) * 2:
+  pads = _pads(lhs.shape, rhs.shape, window_strides, padding) if plain else ()
+  if plain and tuple(rhs.shape[:2]) == (1, 1) and pads == ((0, 0),) * 2:
     output = _pointwise_conv(lhs, rhs, tuple(window_strides), precision)
-  elif plain and _kernel_outgrows_map(lhs.shape, rhs.shape):
+  elif plain and _kernel_outgrows_map(lhs.shape, rhs.shape, window_strides, pads):
     lax_conv = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
                                  dimension_numbers=_NHWC, precision=precision)
-    by_taps = functools.partial(_conv_by_taps, strides=tuple(window_strides),
-                                pads=_pads(lhs.shape, rhs.shape, window_strides, padding), precision=precision)
+    by_taps = functools.partial(_conv_by_taps, strides=tuple(window_strides), pads=pads, precision=precision)
     output = lax.platform_dependent(lhs, rhs, cpu=by_taps, default=lax_conv)
   else:
     output = lax.conv_general_dilated(stored_for_gradient(lhs), rhs, window_strides, padding, lhs_dilation,
@@ -107,27 +107,40 @@ def _pads(x_shape, kernel_shape, strides, padding) -> tuple[tuple[int, int], ...
   return tuple(tuple(pad) for pad in padding)
 
 
-def _kernel_outgrows_map(x_shape, kernel_shape) -> bool:
-  """A kernel of more than one row and column, taller or wider than the map it slides over: XLA:CPU runs such a
-  convolution 50–100 times slower than the same work as one matrix product (a 3×3 on ResNet-18's last 2×2 map at
-  48² or 64² input; docs/performance.md), and as fast where the kernel fits."""
+def _kernel_outgrows_map(x_shape, kernel_shape, strides, pads) -> bool:
+  """A kernel of more than one row and column, taller or wider than the map it slides over (with no negative padding,
+  into a map of at least one position): XLA:CPU runs such a convolution 50–100 times slower than the same work as
+  one matrix product (a 3×3 on ResNet-18's last 2×2 map at 48² or 64² input; docs/performance.md), and as fast where
+  the kernel fits."""
   (height, width), (rows, columns) = x_shape[1:3], kernel_shape[:2]
-  return rows > 1 and columns > 1 and (rows > height or columns > width)
+  sizes = _output_sizes(x_shape, kernel_shape, strides, pads)
+  return (rows > 1 and columns > 1 and (rows > height or columns > width)
+          and min(min(pad) for pad in pads) >= 0 and min(sizes) > 0)
+
+
+def _output_sizes(x_shape, kernel_shape, strides, pads) -> tuple[int, int]:
+  return tuple((x_shape[axis + 1] + sum(pads[axis]) - kernel_shape[axis]) // strides[axis] + 1 for axis in (0, 1))
 
 
 def _conv_by_taps(x, kernel, strides, pads, precision):
   """The convolution as one matrix product: the windows of the padded input that each kernel tap sees, side by side
-  ([batch, height', width', taps × channels in]), times the kernel as [taps × channels in, channels out],
-  accumulated in at least float32."""
-  rows, columns, _, features = kernel.shape
+  ([batch, height', width', taps × channels in]), times those taps of the kernel as [taps × channels in, channels
+  out], accumulated in at least float32. A tap whose window holds only padding adds nothing and is left out (8 of a
+  3×3's 9 over a 1×1 map)."""
+  height, width = _output_sizes(x.shape, kernel.shape, strides, pads)
   padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  height, width = ((padded.shape[axis] - size) // stride + 1
-                   for axis, size, stride in ((1, rows, strides[0]), (2, columns, strides[1])))
+
+  def sees_input(tap: int, axis: int, size: int) -> bool:
+    first = pads[axis][0]
+    return any(first <= tap + k * strides[axis] < first + x.shape[axis + 1] for k in range(size))
+
+  taps = [(i, j) for i in range(kernel.shape[0]) for j in range(kernel.shape[1])
+          if sees_input(i, 0, height) and sees_input(j, 1, width)]
   windows = [padded[:, i:i + (height - 1) * strides[0] + 1:strides[0], j:j + (width - 1) * strides[1] + 1:strides[1]]
-             for i in range(rows) for j in range(columns)]
+             for i, j in taps]
   dtype = jnp.result_type(x, kernel)
-  product = jnp.dot(jnp.concatenate(windows, axis=-1), kernel.reshape(-1, features), precision=precision,
-                    preferred_element_type=at_least_float32(dtype))
+  product = jnp.dot(jnp.concatenate(windows, axis=-1), jnp.concatenate([kernel[i, j] for i, j in taps]),
+                    precision=precision, preferred_element_type=at_least_float32(dtype))
   return product.astype(dtype)
 
 
