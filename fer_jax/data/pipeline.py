@@ -16,6 +16,7 @@ its own slice of every global batch.
 import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
 import itertools
 import math
@@ -400,7 +401,7 @@ def _prefetched(dataset: grain.MapDataset, workers: int, prefetch: int) -> grain
     if QUIET_RESOURCE_TRACKER not in sys.warnoptions:  # read when the tracker starts, with the first worker
       sys.warnoptions.append(QUIET_RESOURCE_TRACKER)
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
-                                    worker_init_fn=_as_the_command_s_worker)
+                                    worker_init_fn=functools.partial(_as_the_command_s_worker, command=os.getpid()))
   return iterable
 
 
@@ -410,14 +411,15 @@ def _prefetched(dataset: grain.MapDataset, workers: int, prefetch: int) -> grain
 QUIET_RESOURCE_TRACKER = "ignore:resource_tracker:UserWarning:multiprocessing.resource_tracker"
 
 
-def _as_the_command_s_worker(worker_index: int, worker_count: int) -> None:
+def _as_the_command_s_worker(worker_index: int, worker_count: int, command: int) -> None:
   """A decoding worker leaves Ctrl-C (SIGINT, which a terminal sends to every process of the command) to the
   command, which saves and stops them: each printed its own KeyboardInterrupt traceback. It ends when the command
+  (`command`, its process id, given by the command: one killed while the worker started is no longer its parent)
   has ended: a command killed outright (SIGKILL, the kernel's out-of-memory killer) left its workers running, each
   holding its memory."""
   del worker_index, worker_count
   signal.signal(signal.SIGINT, signal.SIG_IGN)
-  threading.Thread(target=_exit_once_orphaned, args=(os.getppid(),), name="exit_once_orphaned", daemon=True).start()
+  threading.Thread(target=_exit_once_orphaned, args=(command,), name="exit_once_orphaned", daemon=True).start()
 
 
 ORPHAN_CHECK_S = 1.0
