@@ -85,7 +85,7 @@ def chosen(table: dict, name: str, key: str):
 def registered(table: dict, function, what: str):
   """Adds `function` to `table` under its name, which another function must not hold (its own, from a module imported
   again, may: it replaces itself); a ValueError naming both otherwise. Returns `function` (for decorators). `what`:
-  what the table's names name ("op", "schedule")."""
+  what the table's names name ("op", "schedule", "optimiser")."""
   taken = table.get(function.__name__)
   if taken and (taken.__module__, taken.__qualname__) != (function.__module__, function.__qualname__):
     raise ValueError(f"The {what} {function.__name__!r} of {function.__module__} would replace {taken.__module__}'s "

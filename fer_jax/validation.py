@@ -59,7 +59,7 @@ def _unknown_key_problems(config) -> list[str]:
       where = f"config.{section}'s keys" if section else "the keys at the top"
       valid = "" if hint else f" {where} are {', '.join(siblings)};"
       yours = ("a schedule's or an optimiser's of yours are the keys its fer_jax.optim.register_schedule or "
-               "register_optimizer names" if section == "optimizer" else
+               "register_optimizer names" + _read_under(name) if section == "optimizer" else
                "a method's own keys go in config.model or config.loss")
       problems.append(f"config.{key} is read by nothing{hint}:{valid} {yours}.")
   return problems
@@ -75,6 +75,14 @@ def _yours(problems: list[str], how: str) -> list[str]:
   """`_choice`'s problems, saying how a value of yours is added (`how`: the call, in the config file)."""
   return [f"{problem.rstrip('.')} (or one of yours: {how} in the config file, docs/extending.md)."
           for problem in problems]
+
+
+def _read_under(key: str) -> str:
+  """" (read under config.optimizer.schedule='warmup_cosine')" where a registered schedule or optimiser reads the
+  config.optimizer `key` but the config names another."""
+  readers = [f"config.optimizer.{named_by}={name!r}" for named_by, registered in optim.OWN_KEYS.items()
+             for name, keys in registered.items() if key in keys]
+  return f" (read under {' or '.join(readers)})" if readers else ""
 
 
 def _own_optimizer_keys(config) -> tuple[str, ...]:
