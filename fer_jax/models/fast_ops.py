@@ -3,7 +3,7 @@ that take it, the others keep lax's own, and the results equal lax's to rounding
 
 * `conv_general_dilated` (`Conv`): on the CPU a 1×1 convolution's kernel gradient is one matrix product
   (SCAN-CCI's ResNet-50 step 1.2–1.3× as fast), a kernel larger than its map is one matrix product (DAN at 48²
-  input 13× as fast), and every other convolution's input is stored once for its kernel gradient (DAN's
+  input 12× as fast), and every other convolution's input is stored once for its kernel gradient (DAN's
   transposes 275 → 97 ms).
 * `stored`, `stored_on_cpu`, `stored_for_gradient`: a value computed once into a buffer of its own, where
   XLA:CPU would recompute it inside each reader (DAN 13.17 → 14.73 img/s, LHC-Net +8 %).
@@ -125,8 +125,8 @@ def _output_sizes(x_shape, kernel_shape, strides, pads) -> tuple[int, int]:
 def _conv_by_taps(x, kernel, strides, pads, precision):
   """The convolution as one matrix product: the windows of the padded input that each kernel tap sees, side by side
   ([batch, height', width', taps × channels in]), times those taps of the kernel as [taps × channels in, channels
-  out], accumulated in at least float32. A tap whose window holds only padding adds nothing and is left out (8 of a
-  3×3's 9 over a 1×1 map)."""
+  out], in their dtype as lax's convolution (a bfloat16 product's gradients bfloat16 too; XLA:CPU sums it in
+  float32). A tap whose window holds only padding adds nothing and is left out (8 of a 3×3's 9 over a 1×1 map)."""
   height, width = _output_sizes(x.shape, kernel.shape, strides, pads)
   padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
 
@@ -138,10 +138,9 @@ def _conv_by_taps(x, kernel, strides, pads, precision):
           if sees_input(i, 0, height) and sees_input(j, 1, width)]
   windows = [padded[:, i:i + (height - 1) * strides[0] + 1:strides[0], j:j + (width - 1) * strides[1] + 1:strides[1]]
              for i, j in taps]
-  dtype = jnp.result_type(x, kernel)
-  product = jnp.dot(jnp.concatenate(windows, axis=-1), jnp.concatenate([kernel[i, j] for i, j in taps]),
-                    precision=precision, preferred_element_type=at_least_float32(dtype))
-  return product.astype(dtype)
+  every_tap = len(taps) == kernel.shape[0] * kernel.shape[1]  # the kernel as it lies: no gradient to gather back
+  rows = kernel.reshape(-1, kernel.shape[3]) if every_tap else jnp.concatenate([kernel[i, j] for i, j in taps])
+  return jnp.dot(jnp.concatenate(windows, axis=-1), rows, precision=precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
