@@ -2,7 +2,8 @@
 
   python benchmarks/onnx_agreement.py [--configs=configs/dan.py:rafdb ...] [--output=FILE]
 
-Each paper config's model with random weights (`random_variables`), exported by `fer_jax.export`'s code path
+Each paper config's model with random weights (tests/helpers.py's `random_variables`, seed 0: an initialised
+APViT's head is zero, and so would be the differences), exported by `fer_jax.export`'s code path
 (`export.export(..., export_format="onnx")`) with matplotlib's sample photos as --verify_images (grace_hopper in
 colour and in grey, Minduka_Present_Blue_Pack, logo2): the worst |ONNX Runtime logit − JAX logit| / max |JAX logit|
 over the photos (model.json's `onnx_runtime_vs_jax`) and model.onnx's size.
@@ -17,13 +18,13 @@ import tempfile
 
 import jax
 from matplotlib import cbook
-import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 from fer_jax import api  # noqa: E402
 from fer_jax import export  # noqa: E402
-from fer_jax import models  # noqa: E402
+from helpers import random_variables  # noqa: E402  (the tests' random weights: N(0, 0.1²), variances U(0.5, 1.5))
 
 CONFIGS = ("configs/dan.py:rafdb", "configs/apvit.py:rafdb", "configs/scan_cci.py:rafdb",
            "configs/lhcnet.py:fer2013,stage=C")
@@ -35,16 +36,6 @@ def sample_photos(folder: str) -> list[str]:
   grey = os.path.join(folder, "grace_hopper_grey.png")
   Image.open(paths[0]).convert("L").save(grey)
   return paths[:1] + [grey] + paths[1:]
-
-
-def random_variables(config) -> dict:
-  """Values of the model's shapes drawn from N(0, 0.1²) (BatchNorm variances from U(0.5, 1.5)), seed 0: an
-  initialised APViT's head is zero, and so would be the differences."""
-  abstract = models.abstract_variables(models.build_model(config), config)
-  rng = np.random.default_rng(0)
-  leaves, tree = jax.tree.flatten_with_path(abstract)
-  return jax.tree.unflatten(tree, [rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32) if path[-1].key == "var"
-                                   else rng.normal(0, 0.1, leaf.shape).astype(np.float32) for path, leaf in leaves])
 
 
 def agreement(spec: str, photos: list[str], folder: str) -> dict:

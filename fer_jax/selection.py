@@ -86,7 +86,8 @@ class Selection:
     """The selection record ({value, epoch, metric, evaluator, step}) of a best epoch `kept` with its weights, which
     it must hold, or of a checkpoint ({} where it holds none); a CheckpointError naming the `fix` if it is damaged."""
     record = checkpointing.json_item(step_directory, "selection", "the selection record", fix)
-    if (record or kept) and not {"value", "epoch", "metric", *(() if kept else ("step",))} <= record.keys():
+    required = {"value", "epoch", "metric"} if kept else {"value", "epoch", "metric", "step"}
+    if (record or kept) and not required <= record.keys():
       raise checkpointing.CheckpointError(f"{step_directory} holds no complete selection record "
                                           f"(selection/metadata): the checkpoint is damaged. {fix}")
     return record

@@ -49,7 +49,7 @@ OPEN_SECTIONS = ("model.", "loss.", "evals.")
 def _unknown_key_problems(config) -> list[str]:
   """A key that `config_lib.base_config` lacks, outside OPEN_SECTIONS: a config file's typo (`config.batchsize = 16`,
   `config.optimizer.update(nme="adam")`) adds a key nothing reads, and the run trained with the default."""
-  known = [*config_lib.flat(config_lib.base_config()), *(f"optimizer.{key}" for key in _own_optimizer_keys(config))]
+  known = [*config_lib.flat(config_lib.base_config()), *(f"optimizer.{key}" for _, key in _own_optimizer_keys(config))]
   problems = []
   for key in config_lib.flat(config):
     if key not in known and not key.startswith(OPEN_SECTIONS):
@@ -85,11 +85,11 @@ def _read_under(key: str) -> str:
   return f" (read under {' or '.join(readers)})" if readers else ""
 
 
-def _own_optimizer_keys(config) -> tuple[str, ...]:
-  """The config.optimizer keys that the optimiser and the schedule of yours the config names read
-  (`optim.register_optimizer`'s and `register_schedule`'s `keys`)."""
-  return tuple(key for named_by in ("name", "schedule")
-               for key in optim.OWN_KEYS[named_by].get(config.optimizer[named_by], ()))
+def _own_optimizer_keys(config) -> list[tuple[str, str]]:
+  """(config.optimizer key naming it, key it reads) of each config.optimizer key that the optimiser and the schedule
+  of yours the config names read (`optim.register_optimizer`'s and `register_schedule`'s `keys`)."""
+  return [(named_by, key) for named_by in ("name", "schedule")
+          for key in optim.OWN_KEYS[named_by].get(config.optimizer[named_by], ())]
 
 
 def _method_problems(config) -> list[str]:
@@ -163,9 +163,8 @@ def _optimizer_problems(config) -> list[str]:
     problems.append(f"config.optimizer.nesterov=True is Nesterov momentum, which needs optimizer.name='sgd' with "
                     f"optimizer.momentum > 0 (here {config.optimizer.name!r}, momentum {config.optimizer.momentum}): "
                     "set the momentum, or --config.optimizer.nesterov=False.")
-  for key in _own_optimizer_keys(config):
+  for named_by, key in _own_optimizer_keys(config):
     if key not in config.optimizer:
-      named_by = "schedule" if key in optim.OWN_KEYS["schedule"].get(config.optimizer.schedule, ()) else "name"
       problems.append(f"config.optimizer.{named_by}={config.optimizer[named_by]!r} reads config.optimizer.{key}, "
                       f"which the config does not set: set it in the config file (config.optimizer.{key} = ...).")
   for key in ("optimizer.trainable", "optimizer.weight_decay_exclude", "init_from_missing"):

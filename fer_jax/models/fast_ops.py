@@ -136,8 +136,7 @@ def _conv_by_taps(x, kernel, strides, pads, precision):
 
   taps = [(i, j) for i in range(kernel.shape[0]) for j in range(kernel.shape[1])
           if sees_input(i, 0, height) and sees_input(j, 1, width)]
-  windows = [padded[:, i:i + (height - 1) * strides[0] + 1:strides[0], j:j + (width - 1) * strides[1] + 1:strides[1]]
-             for i, j in taps]
+  windows = [_tap_window(padded, i, j, height, width, strides) for i, j in taps]
   every_tap = len(taps) == kernel.shape[0] * kernel.shape[1]  # the kernel as it lies: no gradient to gather back
   rows = kernel.reshape(-1, kernel.shape[3]) if every_tap else jnp.concatenate([kernel[i, j] for i, j in taps])
   return jnp.dot(jnp.concatenate(windows, axis=-1), rows, precision=precision)
