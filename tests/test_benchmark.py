@@ -1140,12 +1140,12 @@ def test_every_benchmark_script_starts_and_prints_its_usage(tmp_path):
 
 def test_benchmark_scripts_take_nothing_from_tests_but_the_official_reference_steps():
   """The scripts' shared code is benchmarks/common.py and fer_jax, not tests/helpers.py: only
-  official_step.py (tests/reference's official training steps) and bf16_loss_curve.py (tests/test_bf16.py's
-  paired runs) reach into tests/."""
+  official_step.py (tests/reference's official training steps), bf16_loss_curve.py (tests/test_bf16.py's
+  paired runs) and onnx_agreement.py (the ONNX tests' random weights) reach into tests/."""
   folder = os.path.join(helpers.ROOT, "benchmarks")
   reaching = set()
   for name in sorted(os.listdir(folder)):
     if name.endswith(".py") and re.search(r"import helpers|from helpers import|\"tests\"",
                                           _source(os.path.join(folder, name))):
       reaching.add(name)
-  assert reaching == {"official_step.py", "bf16_loss_curve.py"}
+  assert reaching == {"official_step.py", "bf16_loss_curve.py", "onnx_agreement.py"}
