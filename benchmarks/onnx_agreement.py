@@ -1,4 +1,4 @@
-"""How closely each method's ONNX export agrees with JAX (README, "ONNX export"): one JSON line per config.
+"""How closely each method's ONNX export agrees with JAX (docs/predict.md, "ONNX export"): one JSON line per config.
 
   python benchmarks/onnx_agreement.py [--configs=configs/dan.py:rafdb ...] [--output=FILE]
 

@@ -29,7 +29,7 @@ then add --config.init_from=converted/apvit_init to the training command (withou
 
 The paper's batch of 256 on one GPU: at 112² the forward pass keeps 22.9 GiB for the backward pass
 in bf16; `--config.model.remat=elementwise` keeps 9.4 GiB for 0.1 % more FLOPs, `blocks` 3.5 GiB
-for 26 % more (`python benchmarks/remat.py`; README, "Rematerialisation").
+for 26 % more (`python benchmarks/remat.py`; docs/training.md, "Rematerialisation").
 
 Weight decay: the official config exempts the CLS token and positional embeddings, but its key
 patterns carry a leading dot and the optimiser is built before the model is wrapped, so they

@@ -10,7 +10,7 @@ Arguments pick the data set:
               classes7_facecrop), which crops to its face boxes (whole photos otherwise).
   synthetic   the built-in synthetic faces at 72×72, trained from scratch (a CPU demo, not a
               paper setting): 97.00 % test accuracy after 5 epochs on 1 CPU device (9 min 35 s on
-              our 2-core Xeon; earlier runs: README, "The built-in synthetic data set"). Fewer
+              our 2-core Xeon; earlier runs: docs/data.md, "The built-in synthetic data set"). Fewer
               epochs stop where accuracy still climbs fast and runs part: with 3, 96.95 % and
               93.60 %.
               With ",occlusion=yes" the report adds the test split with the mouth, the eyes and
@@ -64,9 +64,9 @@ def _affectnet(config, num_classes: int) -> None:
 
 
 def _synthetic(config) -> None:
-  # CPU demo, not a paper setting: 72×72 input (the size of the README's demo figures), flips only. From scratch
+  # CPU demo, not a paper setting: 72×72 input (the size of docs/data.md's demo figures), flips only. From scratch
   # the unnormalised spatial attention makes early gradients spiky; without clipping, Adam stalls at chance for
-  # hundreds of steps (measured; see the README's synthetic section).
+  # hundreds of steps (measured; see docs/data.md's synthetic section).
   config.dataset.update(name="synthetic", class_order="fer2013")
   config.input.update(size=72, train_pp=f"resize({{size}})|flip()|{IMAGENET}",
                       eval_pp=f"resize({{size}})|{IMAGENET}")
@@ -88,7 +88,7 @@ def get_config(arg: str = "rafdb"):
   if parsed.occlusion == "yes" and parsed.data != "synthetic":
     raise ValueError(f"configs/dan.py: occlusion=yes applies to 'synthetic' only (its occluders are placed for the "
                      f"synthetic faces), not {parsed.data!r}: drop it, or add occlude(...) evaluators to config.evals "
-                     "(README, 'Synthetic occlusion').")
+                     "(docs/evaluation.md, 'Synthetic occlusion').")
   config = config_lib.base_config()
   config.model.update(name="dan", num_classes=7, num_heads=4, num_centres=8)
   config.loss.update(affinity_weight=1.0, partition_weight=1.0)

@@ -290,7 +290,7 @@ def _flag_message(error: BaseException, argv) -> str:
       return f"the config has no key {key!r}: {key} is the config file's argument, {config_lib.ARGUMENT_OPTIONS[key]}"
     hint = (f"did you mean {near.group(1)!r}?" if near else f"valid: {', '.join(sorted(node.keys()))}" if node.keys()
             else "it has none: a --config.KEY flag changes a key the config file made; add new ones in a config file "
-                 "(README, 'Evaluators, robustness and seeds', shows one adding evaluators)")
+                 "(docs/evaluation.md shows one adding evaluators)")
     return f"{where} has no key {key!r}; {hint}"
   missing_file = re.search(r"Failed loading config file.*?\[Errno \d+\] (.*)", text, re.DOTALL)
   if missing_file:  # ml_collections' words, the paths it tried included

@@ -317,7 +317,7 @@ def random_start_warning(config) -> str | None:
   if config.init_from or not config.init_from_recipe:
     return None
   return (f"The paper's run starts from {config.init_from_recipe}; without --config.init_from this one starts from "
-          "random weights and will not reach the paper's accuracy. Convert them (README, \"Pretrained backbones\") "
+          "random weights and will not reach the paper's accuracy. Convert them (docs/weights.md) "
           "and pass --config.init_from=FOLDER.")
 
 

@@ -160,7 +160,7 @@ def test_a_random_start_is_warned_of_where_the_paper_starts_from_pretrained_weig
   assert validation.random_start_warning(config) == (
       "The paper's run starts from the VGGFace2 ResNet-50 (vgg_msceleb_resnet50_ft_weight.pkl); without "
       "--config.init_from this one starts from random weights and will not reach the paper's accuracy. Convert them "
-      "(README, \"Pretrained backbones\") and pass --config.init_from=FOLDER.")
+      "(docs/weights.md) and pass --config.init_from=FOLDER.")
   config.init_from = "converted/scan_init"
   assert validation.random_start_warning(config) is None
 

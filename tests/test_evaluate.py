@@ -362,7 +362,7 @@ def test_an_evaluator_on_another_data_set_reads_the_runs_data_dir_unless_given_i
   config.evals.sfew = config_lib.evaluator(dataset="sfew/aligned", data_dir="/elsewhere", split="validation")
   specs = evaluate.evaluator_specs(config)
   where = {name: (spec.config.dataset.name, spec.config.dataset.data_dir) for name, spec in specs.items()}
-  assert where["ferplus"] == ("ferplus", "/shared/tfds")  # README: data_dir "default: the run's own"
+  assert where["ferplus"] == ("ferplus", "/shared/tfds")  # docs/evaluation.md: data_dir "default: the run's own"
   assert where["sfew"] == ("sfew/aligned", "/elsewhere")
   assert where["test"] == where["occlusion"] == ("rafdb/aligned224", "/shared/tfds")
 
@@ -389,7 +389,7 @@ def test_only_classes_with_images_left_out_are_reported_as_left_out():
 
 
 def test_a_model_class_the_split_has_no_image_of_is_noted_though_the_set_has_the_class():
-  """README: when the split has no contempt images, contempt predictions count as wrong, and the report says so."""
+  """docs/evaluation.md: when the split has no contempt images, contempt predictions count as wrong, and the report says so."""
   ferplus = labels.CLASS_ORDERS["ferplus"]
   split = pipeline.Split(source=None, labels=np.zeros(0, np.int32), class_names=ferplus, image_shape=None,
                          source_class_names=ferplus, source_counts=tuple(0 if c == labels.CONTEMPT else 2 for c in ferplus))

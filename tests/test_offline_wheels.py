@@ -1,6 +1,6 @@
 """launch/offline_wheels.py: which packages a machine without internet needs, read from installed
 metadata (stand-in distributions on sys.path, and this environment's fer_jax), and which of them
-the target already has. Downloading is left to pip and checked by hand (README)."""
+the target already has. Downloading is left to pip and checked by hand (docs/running_at_scale.md)."""
 
 import pytest
 
@@ -43,7 +43,7 @@ def test_a_requirement_not_installed_here_stops_with_the_fix(tmp_path, monkeypat
 
 
 def test_a_python_without_fer_jax_stops_with_the_fix():
-  """Run with a Python fer_jax is not installed in, as README's `python launch/offline_wheels.py` may be, the
+  """Run with a Python fer_jax is not installed in, as docs/running_at_scale.md's `python launch/offline_wheels.py` may be, the
   script ended in a PackageNotFoundError traceback."""
   with pytest.raises(SystemExit, match=r"^not-installed-root is not installed for .*: run this with the Python "
                                        r"fer_jax is installed in \(\.venv/bin/python\)"):

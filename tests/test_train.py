@@ -268,7 +268,7 @@ def test_the_report_of_the_best_epoch_reuses_its_evaluation_unless_a_restart_cam
       == {"epoch": 1, "trained_epochs": 2, "evaluator": "eval", "reported_on_the_same_split": ["test"]}
   selected = "Selected: The best epoch (1 of 2) by accuracy on the evaluator eval (synthetic/tiny test)"
   assert selected in (tmp_path / "eval_results.md").read_text()
-  assert f"Reporting step {run.steps_per_epoch}. {selected}" in caplog.text  # the log too, as README says
+  assert f"Reporting step {run.steps_per_epoch}. {selected}" in caplog.text  # the log too, as docs/training.md says
   assert (f"epoch 1 eval (test): accuracy {report['accuracy']:.4f} mean-class {report['mean_class_accuracy']:.4f}"
           in caplog.text)
   # The silent first step is said to compile (its time is left out of img/s), and the end names the outputs.

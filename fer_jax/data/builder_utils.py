@@ -286,7 +286,7 @@ class ManualBuilder(LocalBuilder):
       sizes = ", ".join(f"{split} {count:,} (published {expected:,})"
                         for split, (count, expected) in self.unexpected_sizes.items())
       logging.warning("%s has splits of other sizes than published: %s. Check that the download is complete and is "
-                      "the release the README names.", self.info.full_name, sizes)
+                      "the release docs/data.md names.", self.info.full_name, sizes)
 
   def face_info(self, class_names: Sequence[str], *, extra_features: dict | None = None,
                 **kwargs) -> tfds.core.DatasetInfo:

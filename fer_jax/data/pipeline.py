@@ -79,7 +79,7 @@ def _builder(dataset_config, dataset_key: str = "dataset.name"):
   except tfds.core.registered.DatasetNotFoundError:
     raise DataError(f"Unknown data set {dataset_config.name!r} (config.{dataset_key}): fer_jax's are "
                     f"{', '.join(builders.NAMES)}{_prepared_in(data_dir)}. Check the spelling, or prepare the set "
-                    "first (README, 'Preparing data').") from None
+                    "first (docs/data.md, 'Preparing data').") from None
   except ValueError as error:  # TFDS's for a variant (BuilderConfig) the set does not have
     if "BuilderConfig" not in str(error):
       raise
@@ -95,7 +95,7 @@ def _builder(dataset_config, dataset_key: str = "dataset.name"):
         f"Data set {dataset_config.name!r} is not prepared in {builder.data_dir} (config.{dataset_key}). Prepare it "
         f"once from your own download with:\n  python -m fer_jax.data.prepare --dataset={dataset_config.name} "
         f"--manual_dir=PATH_TO_DOWNLOAD{' --data_dir=' + data_dir if data_dir else ''}\n"
-        "(README, 'Preparing data', shows the layout each data set needs).")
+        "(docs/data.md, 'Preparing data', shows the layout each data set needs).")
   return builder
 
 
