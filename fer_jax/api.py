@@ -21,6 +21,7 @@ a trained model's images were decoded to (a converted model's, and older records
 
 import contextlib
 import dataclasses
+import numbers
 import os
 
 from absl import logging
@@ -29,7 +30,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
-from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
 from fer_jax import checkpointing
@@ -64,8 +64,8 @@ class Prediction:
 @dataclasses.dataclass(frozen=True)
 class FaceResult:
   index: int                     # left to right in the photo
-  box: tuple[float, float, float, float]
-  landmarks: tuple[tuple[float, float], ...]
+  box: tuple[float, float, float, float]  # (left, top, right, bottom), as landmarks in the upright photo's pixels
+  landmarks: tuple[tuple[float, float], ...]  # (x, y): eyes, nose, mouth corners (`detector.Face`)
   score: float                   # the detector's face probability
   prediction: Prediction | None  # None when skipped
   skipped: str = ""              # why the face was not classified ("" if it was)
@@ -166,6 +166,9 @@ def _check_arguments(tta_name: str, batch_size: int) -> None:
 def as_rgb(image) -> np.ndarray:
   """A uint8 array [height, width] or [height, width, 1–4 channels] as RGB [height, width, 3]: grey repeated,
   alpha dropped (as PIL's convert("RGB")); a UserError naming the fix for any other array."""
+  if image is None or np.asarray(image).dtype == object:
+    raise UserError(f"An image is a path, an open binary file, a PIL image or a uint8 array, not a "
+                    f"{type(image).__name__}.")
   image = np.asarray(image)
   channels = 1 if image.ndim == 2 else image.shape[-1] if image.ndim == 3 else 0
   if image.dtype != np.uint8 or channels not in (1, 2, 3, 4) or 0 in image.shape[:2]:
@@ -197,6 +200,9 @@ def _conversions(image: np.ndarray) -> list[str]:
 
 
 def check_limits(min_face_size: float, min_score: float = MIN_SCORE, max_side: int = 0) -> None:
+  for name, value in (("min_face_size", min_face_size), ("min_score", min_score), ("max_side", max_side)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+      raise UserError(f"{name}={value!r} must be a number, not a {type(value).__name__}.")
   if not min_face_size >= 0:
     raise UserError(f"min_face_size={min_face_size:g} must be 0 or more (pixels of a face's shorter side).")
   if not 0 <= min_score <= 1:
@@ -246,7 +252,8 @@ class Model:
             for p, z in zip(probabilities, logits)]
 
   def predict(self, images_or_paths, min_face_size: float = MIN_FACE_SIZE) -> list[Prediction | None]:
-    """One entry per face crop (a path, a PIL image, or a uint8 grey, RGB or RGBA array of any size) of a list, or
+    """One entry per face crop (a path, an open binary file, a PIL image, or a uint8 grey, RGB or RGBA array of any
+    size) of a list, or
     of a stacked array ([count, height, width(, channels)]), in order: its Prediction, or None for a crop whose
     shorter side is below `min_face_size` px, not classified (as `detect_and_predict` returns such faces; one
     warning a call names them; min_face_size=0 classifies every crop); a warning for images not shaped like face
@@ -254,14 +261,14 @@ class Model:
     before anything is classified."""
     _refuse_encoded_bytes(images_or_paths)
     if _is_one_image(images_or_paths):
-      raise TypeError("Model.predict takes a list of face crops (paths, PIL images or arrays) or a stacked array "
+      raise TypeError("Model.predict takes a list of face crops (paths, open files, PIL images or arrays) or a stack "
                       "[count, height, width(, channels)]: wrap the one image in a list.")
     check_limits(min_face_size)
     _warn_if_channels_first(images_or_paths)
     crops, too_small, not_crops = [], [], []
     for index, image in enumerate(images_or_paths):
       name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
-      with _named_if_refused(name, image) as picture:
+      with _as_picture(image, name) as picture:
         if reason := size_reason(min(picture.size), min_face_size):
           crops.append(None)
           too_small.append(f"{name}, {reason}")
@@ -290,9 +297,9 @@ class Model:
     faces are searched for in a copy whose longer side is `max_side` where the photo's is longer (`_detected`)."""
     check_limits(min_face_size, min_score, max_side)
     if isinstance(photo, (list, tuple)):
-      raise TypeError(f"One photo is taken (a path, a PIL image or an array), not a {type(photo).__name__}: call it "
+      raise TypeError(f"One photo is taken (a path, an open binary file, a PIL image or an array), not a {type(photo).__name__}: call it "
                       "once for each photo.")
-    with _as_picture(photo) as picture:
+    with _as_picture(photo, "the photo") as picture:
       image = decode.rgb(picture)
     found = self._detected(image, min_face_size, max_side)
     reasons = [skip_reason(face, min_face_size, min_score) for face in found]
@@ -315,7 +322,8 @@ class Model:
 
   def detect_and_predict(self, photo, min_face_size: float = MIN_FACE_SIZE, min_score: float = MIN_SCORE,
                          max_side: int = 0) -> list[FaceResult]:
-    """Every face the detector finds in a photo (path or uint8 grey, RGB or RGBA array), left to right; faces
+    """Every face the detector finds in a photo (a path, an open binary file, a PIL image or a uint8 grey, RGB or
+    RGBA array), left to right, its box and landmarks in the upright photo's pixels (EXIF orientation applied); faces
     smaller than `min_face_size` pixels or scored below `min_score` are returned unclassified, with the reason.
     `max_side` (pixels, 0: off) searches a large photo reduced to that longer side (`_detected`): faster, the
     faces aligned from the full photo, but those under 12 px in the reduced copy not found."""
@@ -325,32 +333,28 @@ class Model:
             for i, (face, reason) in enumerate(zip(found, reasons))]
 
 
-def _named_if_refused(name: str, image):
-  """`_as_picture(image)`, an array it refuses named by its place in the caller's list."""
-  try:
-    return _as_picture(image)
-  except UserError as error:
-    if isinstance(image, (str, os.PathLike)):
-      raise
-    raise UserError(f"{name}: {error}") from None
-
-
-def _as_picture(image):
-  """A context giving an image as PIL's, upright: a path opened (`_opened`), a PIL image turned by its EXIF
-  orientation as a file's would be, an array as `as_rgb` takes it."""
+def _as_picture(image, name: str):
+  """A context giving an image as PIL's, upright: a path opened (`_opened`), an open binary file decoded as a file
+  is, a PIL image turned by its EXIF orientation as a file's would be (`decode.upright`), an array as `as_rgb`
+  takes it. What cannot be taken, or decoded, raises naming the path, or else `name` (its place in the call)."""
   if isinstance(image, (str, os.PathLike)):
     return _opened(os.fspath(image))
+  if hasattr(image, "read"):
+    return decode.opened(image, name)
   if isinstance(image, Image.Image):
-    return contextlib.nullcontext(ImageOps.exif_transpose(image))
+    return decode.upright(image, name)
   _refuse_encoded_bytes(image)
-  return contextlib.nullcontext(Image.fromarray(as_rgb(image)))
+  try:
+    return contextlib.nullcontext(Image.fromarray(as_rgb(image)))
+  except UserError as error:
+    raise UserError(f"{name}: {error}") from None
 
 
 def _refuse_encoded_bytes(image) -> None:
   """A file's bytes (read from a request, a database) would be taken for an array of numbers."""
   if isinstance(image, (bytes, bytearray, memoryview)):
-    raise UserError("Encoded image bytes are no image here: pass the file's path, or the image PIL decodes from them, "
-                    "PIL.Image.open(io.BytesIO(data)).")
+    raise UserError("Encoded image bytes are no image here: pass the file's path, or them as a file, "
+                    "io.BytesIO(data).")
 
 
 @contextlib.contextmanager
@@ -372,7 +376,7 @@ def _opened(path: str):
 def _is_one_image(images) -> bool:
   """A path, a PIL image, or an array of one image ([height, width] or [height, width, 1–4 channels]), where a
   list of them or a stack [count, height, width(, channels)] belongs. [count, 48, 48] is a stack of grey faces."""
-  if isinstance(images, (str, os.PathLike, Image.Image)):
+  if isinstance(images, (str, os.PathLike, Image.Image)) or hasattr(images, "read"):
     return True
   shape = getattr(images, "shape", None)
   return shape is not None and (len(shape) < 3 or (len(shape) == 3 and shape[-1] <= 4))

@@ -3,6 +3,7 @@
 import contextlib
 import csv
 import errno
+import io
 import json
 import logging
 import os
@@ -393,6 +394,61 @@ def test_a_face_crop_is_read_upright_as_its_exif_orientation_says(tmp_path, monk
   np.testing.assert_array_equal(model.predictor.preprocess.read(path), expected)
 
 
+def test_an_open_file_is_read_as_its_path_is_for_crops_and_photos(tmp_path, monkeypatch):
+  """A service holds an upload as a file object: io.BytesIO and open files were refused as "got object ()"."""
+  model, classified = _recording_model(monkeypatch)
+  _, searched = _fake_detector(monkeypatch)
+  upright = np.random.default_rng(6).integers(0, 256, (90, 80, 3), dtype=np.uint8)
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  path = tmp_path / "sideways.png"
+  Image.fromarray(np.rot90(upright)).save(path, exif=exif)
+  with open(path, "rb") as file:
+    model.predict([path, io.BytesIO(path.read_bytes()), file])
+  assert len(classified) == 3 and all(np.array_equal(crop, classified[0]) for crop in classified)
+  for photo in (path, io.BytesIO(path.read_bytes())):
+    assert model.detect_and_predict(photo) == []
+  assert len(searched) == 2 and all(np.array_equal(image, upright) for image in searched)
+
+
+def test_a_truncated_pil_image_or_stream_is_an_unreadable_image_named_by_its_place(tmp_path, monkeypatch):
+  """PIL opens lazily: the README's PIL.Image.open(io.BytesIO(data)) of a cut-off upload raised PIL's bare OSError
+  (a service catching UnreadableImageError answered 500, not 400)."""
+  model, classified = _recording_model(monkeypatch)
+  _fake_detector(monkeypatch)
+  buffer = io.BytesIO()
+  Image.fromarray(np.random.default_rng(7).integers(0, 256, (90, 80, 3), dtype=np.uint8)).save(buffer, "JPEG")
+  cut = buffer.getvalue()[:len(buffer.getvalue()) // 2]  # the header whole: PIL opens it, its pixels fail
+  for call, name in [(lambda image: model.predict([np.zeros((9, 9, 3), np.uint8), image]), "image 1"),
+                     (model.detect_and_predict, "the photo")]:
+    with pytest.raises(decode.UnreadableImageError, match=rf"^{name} is truncated or corrupt \(.*\): replace it"):
+      call(Image.open(io.BytesIO(cut)))
+    with pytest.raises(decode.UnreadableImageError, match=rf"^{name} is truncated or corrupt \("):
+      call(io.BytesIO(cut))
+  assert classified == []
+
+
+@pytest.mark.parametrize("given", [None, object()], ids=["none", "object"])
+def test_what_is_no_image_is_refused_naming_its_type_and_what_is_taken(given, monkeypatch):
+  model, _ = _recording_model(monkeypatch)
+  kind = type(given).__name__
+  with pytest.raises(UserError, match=rf"^image 0: An image is a path, an open binary file, a PIL image or a uint8 "
+                                      rf"array, not a {kind}\.$"):
+    model.predict([given])
+  with pytest.raises(UserError, match=rf"^the photo: An image is .* not a {kind}\.$"):
+    model.detect_and_predict(given)
+
+
+@pytest.mark.parametrize("limits", [{"min_face_size": "24"}, {"min_score": None}, {"max_side": True}],
+                         ids=["text", "none", "bool"])
+def test_limits_that_are_no_numbers_are_refused_by_name(limits, monkeypatch):
+  """min_face_size='24' raised TypeError: '>=' not supported between instances of 'str' and 'int'."""
+  model, _ = _recording_model(monkeypatch)
+  (name, value), = limits.items()
+  with pytest.raises(UserError, match=rf"^{name}={re.escape(repr(value))} must be a number, not a "):
+    model.detect_and_predict(np.zeros((50, 50, 3), np.uint8), **limits)
+
+
 def test_a_crop_smaller_than_the_minimum_face_size_is_skipped_with_the_reason(tmp_path, monkeypatch, caplog):
   """An 8×8 image, or a 1×1 array, was a face crop and got a confident prediction."""
   model, classified = _recording_model(monkeypatch)
@@ -440,7 +496,7 @@ def test_alpha_is_dropped_and_an_array_that_is_no_uint8_image_is_refused_alike_b
     refusal = rf"An image array must be uint8 .* got {array.dtype} \(60, 60, {array.shape[-1]}\): convert it"
     with pytest.raises(UserError, match=f"^image 0: {refusal}"):
       model.predict([array])
-    with pytest.raises(UserError, match=f"^{refusal}"):
+    with pytest.raises(UserError, match=f"^the photo: {refusal}"):
       model.detect_and_predict(array)
 
 
@@ -468,14 +524,16 @@ def test_a_pil_image_of_any_mode_is_read_as_its_file_would_be(monkeypatch, tmp_p
 
 
 @pytest.mark.parametrize("one_image", [np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40), np.uint8),
-                                       Image.new("RGB", (40, 40))], ids=["rgb_array", "grey_array", "pil"])
+                                       Image.new("RGB", (40, 40)), io.BytesIO(b"")],
+                         ids=["rgb_array", "grey_array", "pil", "file"])
 def test_one_image_where_a_list_belongs_is_refused_and_a_stack_of_grey_faces_is_not(monkeypatch, one_image, caplog):
   """An RGB array [40, 40, 3] was read as 40 grey images of 40×3 pixels: 40 predictions. One with its channels first
   ([3, 40, 50], PyTorch's order) is read as 3 grey faces, as documented, but no longer without a word."""
   model, classified = _recording_model(monkeypatch)
   with pytest.raises(TypeError, match=r"takes a list of face crops .* wrap the one image in a list"):
     model.predict(one_image)
-  with pytest.raises(TypeError, match=r"^One photo is taken \(a path, a PIL image or an array\), not a list: call it "):
+  with pytest.raises(TypeError, match=r"^One photo is taken \(a path, an open binary file, a PIL image or an array\), "
+                                      r"not a list: call it "):
     model.detect_and_predict([one_image])  # was "An image array must be uint8 … got <U33 (1,)" for a list of a path
   with caplog.at_level(logging.WARNING):
     assert len(model.predict(np.zeros((5, 48, 48), np.uint8))) == 5 == len(classified)  # [count, 48, 48]: FER2013's
@@ -539,8 +597,8 @@ def test_an_array_that_is_no_uint8_image_is_refused_with_the_conversion_it_needs
 def test_encoded_bytes_are_refused_with_the_way_to_pass_them(given, monkeypatch):
   """Model.predict(b"…") read the bytes as 4 images of one number each: "image 0: … got int64 ()"."""
   model = api.Model.__new__(api.Model)
-  with pytest.raises(UserError, match=r"Encoded image bytes are no image here: pass the file's path, or .*"
-                                      r"PIL\.Image\.open\(io\.BytesIO\(data\)\)\.$"):
+  with pytest.raises(UserError, match=r"Encoded image bytes are no image here: pass the file's path, or them as a "
+                                      r"file, io\.BytesIO\(data\)\.$"):
     model.predict(given)
 
 

@@ -120,15 +120,17 @@ def rgb(image: Image.Image) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def opened(path: str):
-  """The image file, decoded once and upright (EXIF orientation applied); `UnreadableImageError` (raised on
-  entering or from the body) if it is too large, unreadable or not an image."""
+def opened(source, name: str = ""):
+  """The image file (a path, or an open binary file that `name` names), decoded once and upright (EXIF orientation
+  applied); `UnreadableImageError` (raised on entering or from the body) if it is too large, unreadable or not an
+  image."""
+  name = name or source
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with Image.open(path) as image:
+      with Image.open(source) as image:
         if image.width * image.height > MAX_IMAGE_PIXELS:
-          raise _too_large(path, f"{image.width}×{image.height}")
+          raise _too_large(name, f"{image.width}×{image.height}")
         ImageOps.exif_transpose(image, in_place=True)
         yield image
   except UnreadableImageError:
@@ -136,9 +138,19 @@ def opened(path: str):
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
     claimed = re.search(r"\((\d+) pixels\)", str(error))  # PIL's words: "Image size (900000000 pixels) exceeds …"
     pixels = f"{int(claimed.group(1)):,}" if claimed else f"more than {Image.MAX_IMAGE_PIXELS:,}"
-    raise _too_large(path, pixels) from error
+    raise _too_large(name, pixels) from error
   except _DECODE_ERRORS as error:
-    raise unreadable_error(path, error) from error
+    raise unreadable_error(name, error) from error
+
+
+@contextlib.contextmanager
+def upright(image: Image.Image, name: str):
+  """A PIL image its caller opened, turned by its EXIF orientation as a file's would be; what its pixels fail to
+  decode (a truncated file PIL opened lazily), here or in the body, raises `UnreadableImageError` naming `name`."""
+  try:
+    yield ImageOps.exif_transpose(image)
+  except _DECODE_ERRORS as error:
+    raise UnreadableImageError(f"{name} is truncated or corrupt ({error}): replace it with an intact copy.") from error
 
 
 def _too_large(path: str, claimed_pixels: str) -> UnreadableImageError:
