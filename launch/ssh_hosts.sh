@@ -24,7 +24,8 @@ HOST0 as written, and accept ssh without a password prompt.
   --repo-dir=DIR         the fer_jax checkout on the hosts (default: this one, $REPO_ROOT)
   --python=PATH          interpreter on the hosts, relative to --repo-dir or absolute (default .venv/bin/python)
   --env=KEY=VALUE        set in every process's environment (repeatable), e.g. --env=NCCL_DEBUG=INFO
-  --ssh-option=OPTION    passed to ssh as -o OPTION (repeatable; BatchMode=yes is always set)
+  --ssh-option=OPTION    passed to ssh as -o OPTION (repeatable; BatchMode=yes is always set; yours replace
+                         the defaults ServerAliveInterval=30, ServerAliveCountMax=4, ConnectTimeout=20)
   --dry-run              print the commands, run nothing
   --help                 this text
 Arguments after -- go to every fer_jax.main, e.g. -- --config.batch_size=512
@@ -32,7 +33,7 @@ EOF
 }
 
 HOSTS="" CONFIG="" WORKDIR="" DATA_DIR="" PORT=12355 REPO_DIR=$REPO_ROOT PYTHON=.venv/bin/python
-ENV_ASSIGNMENTS=() SSH_OPTIONS=(-o BatchMode=yes)
+ENV_ASSIGNMENTS=() SSH_OPTIONS=() STOPPING=0
 
 # One of this script's own options (parse_options reads the shared ones).
 ssh_hosts_option() {
@@ -60,6 +61,10 @@ parse_args() {
     [[ $assignment =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] ||
       die "--env=$assignment: write --env=NAME=VALUE, e.g. --env=NCCL_DEBUG=INFO"
   done
+  # ssh keeps an option's first value: BatchMode before yours, the keepalive after (so yours win). A host that
+  # dies is noticed in 2 minutes (not TCP's 2 hours), one that does not answer in 20 s.
+  SSH_OPTIONS=(-o BatchMode=yes "${SSH_OPTIONS[@]}" -o ServerAliveInterval=30 -o ServerAliveCountMax=4
+    -o ConnectTimeout=20)
 }
 
 # Dies unless $1 is one host, [user@]name; $2 says where it was read, $3 how to write it.
@@ -127,6 +132,7 @@ start_process() {
     return
   fi
   (
+    trap '' INT  # Ctrl-C is the launcher's to handle (stop_all): ssh and the log prefixing outlive it
     # shellcheck disable=SC2029  # the command is built here, on purpose
     ssh "${SSH_OPTIONS[@]}" "$host" "$(remote_command "$index")" </dev/null 2>&1 | prefix_lines "$index:$host"
     exit "${PIPESTATUS[0]}"
@@ -143,6 +149,8 @@ stop_process() {
 
 stop_all() {
   local pid
+  ((!STOPPING)) || return 0
+  STOPPING=1
   for pid in "${!PROCESS_OF_PID[@]}"; do
     stop_process "${PROCESS_OF_PID[$pid]}"
   done
@@ -164,7 +172,7 @@ wait_all() {
         stop_all
       fi
     done
-    sleep 0.2
+    sleep 0.2 || true  # a Ctrl-C also ends this sleep: not a reason to exit (set -e)
   done
   return "$first_failure"
 }

@@ -58,10 +58,11 @@ def test_ssh_dry_run_starts_process_i_on_host_i_with_host0_as_coordinator(tmp_pa
   commands = dry_run("ssh_hosts.sh", f"--hosts={hosts}", "--config=configs/dan.py:rafdb", "--workdir=/shared/runs/dan",
                      "--data-dir=/shared/tfds", "--port=4321", "--repo-dir=/shared/fer jax", "--env=NCCL_DEBUG=INFO",
                      "--", "--config.batch_size=512")
-  assert [argv[:4] for argv in commands] == [["ssh", "-o", "BatchMode=yes", host]
-                                             for host in ("alice@node0", "node1", "node2")]
+  keepalive = ["-o", "ServerAliveInterval=30", "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=20"]
+  assert [argv[:-1] for argv in commands] == [["ssh", "-o", "BatchMode=yes", *keepalive, host]
+                                              for host in ("alice@node0", "node1", "node2")]
   for index, argv in enumerate(commands):
-    remote = shlex.split(argv[4])
+    remote = shlex.split(argv[-1])
     assert remote[:3] == ["cd", "/shared/fer jax", "&&"]
     process = remote[remote.index("exec") + 1:]
     assert process[:5] == ["env", "NCCL_DEBUG=INFO", ".venv/bin/python", "-m", "fer_jax.main"]
@@ -72,9 +73,17 @@ def test_ssh_dry_run_starts_process_i_on_host_i_with_host0_as_coordinator(tmp_pa
     assert option(process, "--config.dataset.data_dir") == "/shared/tfds"
 
 
+def test_ssh_options_of_yours_come_before_the_keepalive_defaults_which_ssh_then_ignores():
+  """ssh keeps the first value of an option: a dead host went unnoticed for TCP's 2 hours (no ServerAliveInterval)."""
+  (argv,) = dry_run("ssh_hosts.sh", "--hosts=a", "--config=c", "--workdir=w", "--ssh-option=ServerAliveInterval=5",
+                    "--ssh-option=BatchMode=no")
+  assert argv[1:-2] == ["-o", "BatchMode=yes", "-o", "ServerAliveInterval=5", "-o", "BatchMode=no",
+                        "-o", "ServerAliveInterval=30", "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=20"]
+
+
 def test_ssh_comma_list_and_missing_hosts():
   commands = dry_run("ssh_hosts.sh", "--hosts=a,b", "--config=c", "--workdir=w")
-  assert [argv[3] for argv in commands] == ["a", "b"]
+  assert [argv[-2] for argv in commands] == ["a", "b"]
   assert_user_error(launch("ssh_hosts.sh", "--config=c", "--workdir=w"), "--hosts")
   assert_user_error(launch("ssh_hosts.sh", "--hosts", "a", "--config=c", "--workdir=w"), "--hosts", "--key=VALUE")
 
@@ -103,8 +112,8 @@ def test_ssh_hosts_file_refuses_a_host_with_a_space_and_keeps_comments(tmp_path)
                     f"{hosts} line 5: 'node 2' is not a host name", "one host per line")
   hosts.write_text("node0  # the coordinator\n\n  # spare: node9\n\tnode1\r\n")
   commands = dry_run("ssh_hosts.sh", f"--hosts={hosts}", "--config=c", "--workdir=w", "--port=65535")
-  assert [argv[3] for argv in commands] == ["node0", "node1"]
-  assert option(shlex.split(commands[0][4]), "--coordinator_address") == "node0:65535"
+  assert [argv[-2] for argv in commands] == ["node0", "node1"]
+  assert option(shlex.split(commands[0][-1]), "--coordinator_address") == "node0:65535"
 
 
 @pytest.fixture
@@ -185,6 +194,51 @@ sleep 1.5
     for index in range(3):
       if os.path.exists(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid"):
         os.remove(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid")
+
+
+@pytest.mark.integration  # waits for the stand-in processes to save
+@pytest.mark.parametrize("ctrl_c", [True, False], ids=["ctrl_c", "sigterm"])
+def test_ssh_a_stop_signals_each_process_once_and_waits_for_their_saves(tmp_path, ctrl_c):
+  """Ctrl-C ended the launcher at once (its polling sleep died of SIGINT under set -e; ssh died with it), before the
+  processes had saved; a SIGTERM signalled them twice (the first exit 75 stopped every process again), and a second
+  signal makes fer_jax exit unsaved."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  executable(bin_dir / "ssh", '#!/usr/bin/env bash\nwhile [[ $1 == -* ]]; do shift 2; done\nexec bash -c "$2"\n')
+  python = executable(tmp_path / "python", f"""#!/usr/bin/env bash
+for arg; do [[ $arg == --process_id=* ]] && id=${{arg#*=}}; done
+saving=0
+trap 'echo "process $id got TERM" >> {tmp_path}/log; saving=1' TERM
+touch {tmp_path}/started_$id
+for _ in $(seq 300); do
+  sleep 0.1
+  ((saving)) && ((saving++ > 5 + 10 * id)) && echo "process $id saved its step" && exit 75
+done
+exit 9
+""")
+  port = os.getpid() % 20000 + (10000 if ctrl_c else 45000)
+  process = subprocess.Popen([*AS_FROM_A_TERMINAL, os.path.join(LAUNCH, "ssh_hosts.sh"), "--hosts=h0,h1",
+                              "--config=c", f"--workdir={tmp_path}", f"--python={python}", f"--port={port}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+  try:
+    while not all((tmp_path / f"started_{index}").exists() for index in range(2)):
+      assert process.poll() is None, process.communicate()
+      time.sleep(0.1)
+    time.sleep(0.3)  # both wrote their pid files before starting
+    if ctrl_c:
+      os.killpg(process.pid, signal.SIGINT)
+    else:
+      process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+  finally:
+    for index in range(2):
+      if os.path.exists(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid"):
+        os.remove(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid")
+  assert process.returncode == 75, stderr
+  assert {"[0:h0] process 0 saved its step", "[1:h1] process 1 saved its step"} <= set(stdout.splitlines()), stdout
+  assert "process 0 (h0) exited with status 75" in stderr and "process 1 (h1) exited with status 75" in stderr
+  assert sorted((tmp_path / "log").read_text().splitlines()) == ["process 0 got TERM", "process 1 got TERM"]
 
 
 # ---- Slurm ----------------------------------------------------------------------------------
