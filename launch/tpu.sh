@@ -21,7 +21,8 @@ Commands
                again, up to --max-retries: on a READY TPU once the last training has exited
                (stopped as by stop), else after re-creating and setting up the TPU
   delete       delete the TPU (with --queued: the queued resource and its TPU)
-  all          create, setup, resume-loop, then delete (even after a failure or Ctrl-C) unless --keep
+  all          create, setup, resume-loop, then delete (even after a failure or Ctrl-C) unless --keep;
+               a TPU whose create failed (one of that name was there) is left alone
 
 Options
   --name=NAME --zone=ZONE --project=PROJECT (default: gcloud's)
@@ -55,7 +56,7 @@ PID_FILE=$REMOTE_BASE/train.pid
 STOP_MARKER=$REMOTE_BASE/stop_requested
 COMMAND="" NAME="" ZONE="" PROJECT="" ACCELERATOR_TYPE=v5litepod-16 RUNTIME_VERSION="" SPOT=0 QUEUED=0
 CONFIG="" WORKDIR="" DATA_DIR="" DATA_MODE=copy PYTHON_VERSION=3.12 JAX_VERSION="" MAX_RETRIES=5
-RETRY_WAIT=60 STOP_TIMEOUT=600 KEEP=0
+RETRY_WAIT=60 STOP_TIMEOUT=600 KEEP=0 CREATED=0
 
 # One of this script's own options (parse_options reads the shared ones).
 tpu_option() {
@@ -96,6 +97,10 @@ parse_args() {
   [[ $STOP_TIMEOUT =~ ^[0-9]+$ ]] || die "--stop-timeout=$STOP_TIMEOUT must be a whole number of seconds"
   check_url --workdir "$WORKDIR"
   check_url --data-dir "$DATA_DIR"
+  if [[ $COMMAND == @(resume-loop|all) && -n $WORKDIR && $WORKDIR != gs://* ]]; then
+    note "--workdir=$WORKDIR is no gs:// bucket: it must be a network file system every worker mounts, or a" \
+      "re-created TPU starts again from scratch and the run is deleted with the TPU"
+  fi
   # Only the commands that may create the TPU need its image.
   if [[ $COMMAND == @(create|resume-loop|all) && -z $RUNTIME_VERSION ]]; then
     RUNTIME_VERSION=$(default_runtime_version "$ACCELERATOR_TYPE")
@@ -153,21 +158,27 @@ create_tpu() {
     # shellcheck disable=SC2046  # capacity_flags prints zero or one word
     tpu_gcloud compute tpus queued-resources create "$NAME" "--node-id=$NAME" \
       "--accelerator-type=$ACCELERATOR_TYPE" "--runtime-version=$RUNTIME_VERSION" $(capacity_flags) &&
-      wait_until_active
+      CREATED=1 && wait_until_active
   else
     # shellcheck disable=SC2046
     tpu_gcloud compute tpus tpu-vm create "$NAME" "--accelerator-type=$ACCELERATOR_TYPE" \
-      "--version=$RUNTIME_VERSION" $(capacity_flags)
+      "--version=$RUNTIME_VERSION" $(capacity_flags) && CREATED=1
   fi
 }
 
+# Returns 1 (the caller decides: `all` deletes, the resume loop spends a retry) on a FAILED or SUSPENDED queued
+# resource, or one that cannot be described 10 times running (5 minutes).
 wait_until_active() {
-  local state
+  local state unknown=0
   while :; do
-    state=$(tpu_query ACTIVE compute tpus queued-resources describe "$NAME" '--format=value(state.state)')
+    state=$(tpu_query ACTIVE compute tpus queued-resources describe "$NAME" '--format=value(state.state)') || state=""
     case $state in
       ACTIVE) return 0 ;;
-      FAILED | SUSPENDED) die "queued resource $NAME is $state: see gcloud compute tpus queued-resources describe $NAME --zone=$ZONE" ;;
+      FAILED | SUSPENDED)
+        note "queued resource $NAME is $state: see gcloud compute tpus queued-resources describe $NAME --zone=$ZONE"
+        return 1 ;;
+      "") ((++unknown < 10)) || { note "queued resource $NAME could not be described 10 times running"; return 1; } ;;
+      *) unknown=0 ;;
     esac
     note "queued resource $NAME is ${state:-unknown}; waiting"
     sleep 30
@@ -341,8 +352,12 @@ all() {
   return "$status"
 }
 
+# A TPU that this `all` did not create (its create failed: no capacity, or one of that name was there) is not
+# deleted: it may be another run's.
 keep_or_delete_tpu() {
-  if ((KEEP)); then
+  if ((!CREATED)); then
+    note "$NAME was not created by this run: not deleted (gcloud compute tpus tpu-vm list --zone=$ZONE lists yours)"
+  elif ((KEEP)); then
     note "--keep: $NAME is still running (delete it with: launch/tpu.sh delete --name=$NAME --zone=$ZONE)"
   else
     delete_tpu

@@ -469,6 +469,8 @@ case "$*" in
     exit 255 ;;
   *"tpu-vm ssh"*) on_workers ;;
   *"tpu-vm describe"*) pop states READY ;;
+  *"queued-resources describe"*) pop queued_states ACTIVE ;;
+  *" create "*) exit "$(pop create_codes 0)" ;;
 esac
 """)
   python = executable(tmp_path / "python", """#!/usr/bin/env bash
@@ -492,11 +494,15 @@ exit 9
     (tmp_path / worker / "venv" / "bin" / "python").symlink_to(python)
   env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE": str(tmp_path), "TMPDIR": str(tmp_path)}
 
-  def loop(run_codes, states, *args, stop_when_started=False, interrupt_when_started=False):
+  def loop(run_codes, states, *args, stop_when_started=False, interrupt_when_started=False, create_codes=(),
+           queued_states=()):
     """Runs `tpu.sh all`; once both workers train, with stop_when_started `tpu.sh stop` from another
-    terminal, with interrupt_when_started Ctrl-C (SIGINT to its process group)."""
+    terminal, with interrupt_when_started Ctrl-C (SIGINT to its process group). The creates exit with
+    create_codes (0 once they are spent), queued resources are described as queued_states (then ACTIVE)."""
     (tmp_path / "run_codes").write_text("".join(f"{code}\n" for code in run_codes))
     (tmp_path / "states").write_text("".join(f"{state}\n" for state in states))
+    (tmp_path / "create_codes").write_text("".join(f"{code}\n" for code in create_codes))
+    (tmp_path / "queued_states").write_text("".join(f"{state}\n" for state in queued_states))
     (tmp_path / "calls").write_text("")
     (tmp_path / "log").write_text("")
     process = subprocess.Popen([*AS_FROM_A_TERMINAL, os.path.join(LAUNCH, "tpu.sh"), "all", *TPU, "--retry-wait=0",
@@ -551,6 +557,31 @@ def test_tpu_resume_loop_stops_on_a_real_failure_and_after_max_retries(fake_gclo
   assert calls.count("train") == 3 and "tpu-vm delete" not in calls
 
 
+def test_tpu_all_never_deletes_a_tpu_it_did_not_create(fake_gcloud):
+  """A create that failed (one of that name already there: another run's, or this one's kept with --keep) was followed
+  by that TPU's deletion."""
+  result, calls = fake_gcloud([], [], create_codes=[1])
+  assert result.returncode == 1 and "fer-v5e was not created by this run: not deleted" in result.stderr
+  assert calls == ["tpu-vm create"]
+
+
+def test_tpu_a_failed_queued_resource_is_deleted_and_a_failed_re_creation_spends_a_retry(fake_gcloud):
+  """A FAILED queued resource ended the script at once (exit 2): never deleted, the resume loop's retries not run."""
+  result, calls = fake_gcloud([], [], "--queued", queued_states=["WAITING_FOR_RESOURCES", "FAILED"])
+  assert result.returncode == 1 and "queued resource fer-v5e is FAILED" in result.stderr
+  assert calls == ["queued-resources create", "queued-resources describe", "queued-resources describe",
+                   "queued-resources delete"]
+  result, calls = fake_gcloud([75, 255, 0], ["PREEMPTED", "MISSING"], "--queued",
+                              queued_states=["ACTIVE", "FAILED", "ACTIVE"])
+  assert result.returncode == 0, result.stderr
+  assert "re-creating fer-v5e failed" in result.stderr
+  assert calls == ["queued-resources create", "queued-resources describe", *SETUP, "train", "tpu-vm describe",
+                   "queued-resources delete", "queued-resources create", "queued-resources describe",  # FAILED
+                   "train", "tpu-vm describe",  # no TPU to train on: retry 2 re-creates
+                   "queued-resources delete", "queued-resources create", "queued-resources describe", *SETUP, "train",
+                   "queued-resources delete"]
+
+
 @pytest.mark.integration  # waits for the stand-in training to save and exit
 def test_tpu_resume_loop_reruns_after_a_lost_ssh_session_only_once_the_training_exited(fake_gcloud, tmp_path):
   result, calls = fake_gcloud(["lost", 0], ["READY"])
@@ -598,6 +629,14 @@ def test_tpu_all_interrupted_stops_the_training_and_deletes_the_tpu(fake_gcloud,
   assert result.returncode == 130 and "interrupted: stopping the training on fer-v5e" in result.stderr
   assert calls == ["tpu-vm create", *SETUP, "train", "tpu-vm ssh", "tpu-vm delete"]
   assert training_log(tmp_path) == [STARTED, SAVED]
+
+
+def test_tpu_warns_that_a_workdir_off_the_bucket_must_be_mounted_on_every_worker():
+  """A local --workdir (a single-host TPU passes fer_jax's shared-folder check) was deleted with the TPU by `all`."""
+  result = launch("tpu.sh", "all", *TPU[:-2], "--workdir=/home/me/runs/dan", "--dry-run")
+  assert result.returncode == 0 and "--workdir=/home/me/runs/dan is no gs:// bucket: it must be a network file " \
+                                    "system every worker mounts" in result.stderr
+  assert "no gs:// bucket" not in launch("tpu.sh", "all", *TPU, "--dry-run").stderr
 
 
 def test_tpu_refuses_a_relative_workdir_or_data_dir():
