@@ -131,7 +131,7 @@ def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> infer
   meta = checkpointing.read_meta(path)
   if config is None:
     config = export.config_from_record(meta, f"The checkpoint at {path}",
-                                       "pass its config to fer_jax.load(path, config=...)")
+                                       "pass its config (fer_jax.load(path, config=...), or --config)")
   validation.validate(config, training=False)
   config = _using_tta(config, tta_name)
   variables = models.load_trained_variables(config, models.build_model(config), path)

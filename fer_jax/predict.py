@@ -1,11 +1,11 @@
 r"""Class probabilities for face crops, and for the faces in photos and videos.
 
-  python -m fer_jax.predict --config=configs/dan.py:rafdb --checkpoint=DIR \
+  python -m fer_jax.predict [--config=configs/dan.py:rafdb] --checkpoint=DIR \
       --input=IMAGE_VIDEO_OR_FOLDER --output=preds.csv [--tta=flip] [--batch_size=64] \
       [--detect | --nodetect] [--annotate=DIR] [--stride=N] [--smooth=0.9]
 
 --checkpoint is a training workdir, a converted checkpoint or a `fer_jax.export` folder (checked against
---config as a checkpoint is).
+--config as a checkpoint is). Without --config its meta record gives the model, as for `fer_jax.load`.
 Face crops are decoded on the host at the shape the model's training decoded its data set to (its
 record's, `inference.FilePreprocessor`: grey for FER2013, FERPlus and grey sets of yours), and go through
 the method's own test-time pipeline (`config.input.eval_pp`) on the device, in batches (the last one padded
@@ -442,7 +442,7 @@ def row_summary(row: dict) -> str:
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
-  config_lib.define_config_flag("configs/<method>.py:<dataset> of the checkpoint.")
+  config_lib.define_config_flag("configs/<method>.py:<dataset> of the checkpoint; default: its meta record's.")
   cli.define_path("checkpoint", None, "Training workdir, checkpoint folder, converted model or export folder.")
   cli.define_path("input", None, "An image or video, or a folder searched recursively for them.")
   cli.define_path("output", None, "Where to write the predictions: .csv or .json.")
@@ -462,7 +462,7 @@ def define_flags() -> None:
                      "the video whatever --stride (after n frames: smooth**n; 0 = off).", lower_bound=0.0,
                      upper_bound=0.99)
   cli.define_path("annotate", "", "Folder to write the photos and frames to, with faces drawn and labelled.")
-  cli.mark_required(["config", "checkpoint", "input", "output"])
+  cli.mark_required(["checkpoint", "input", "output"])
 
 
 def main(argv):

@@ -142,12 +142,15 @@ def test_flip_tta_averages_the_softmax_of_both_views_in_padded_batches(config, c
 
 
 @pytest.mark.integration
-def test_command_line_writes_json_and_reports_unreadable_images(config, checkpoint, faces, reference_logits, tmp_path):
+@pytest.mark.parametrize("config_flags", [["--config=configs/dan.py:synthetic", "--config.input.size=32"], []],
+                         ids=["config", "the_checkpoints_record"])
+def test_command_line_writes_json_and_reports_unreadable_images(config, checkpoint, faces, reference_logits, tmp_path,
+                                                                config_flags):
+  """Without --config the checkpoint's meta record gives the model, as for fer_jax.load (was: --config is required)."""
   _, path = checkpoint
   out = tmp_path / "preds.json"
   result = subprocess.run(
-      [sys.executable, "-m", "fer_jax.predict", "--config=configs/dan.py:synthetic", "--config.input.size=32",
-       f"--checkpoint={os.path.dirname(path)}", f"--input={faces}", f"--output={os.path.relpath(out, ROOT)}",
+      [sys.executable, "-m", "fer_jax.predict", *config_flags, f"--checkpoint={os.path.dirname(path)}", f"--input={faces}", f"--output={os.path.relpath(out, ROOT)}",
        "--tta=none"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-3000:]
