@@ -518,21 +518,28 @@ def test_a_run_killed_as_it_saves_a_new_best_epoch_resumes_to_the_uninterrupted_
   config.update(num_epochs=4, select_metric="accuracy", select_ties="latest", early_stopping_patience=1,
                 restore_best=True)
   straight = train.TrainingRun(config, str(tmp_path / "straight")).run()
-  save = checkpointing.save
+  save, managers = checkpointing.save, set()
+
+  def killed() -> _Killed:
+    """A kill ends the saves under way with the process: none finishes under the rerun, as here it would, on its
+    threads, beside the rerun's own saves of the same folders."""
+    for manager in managers:
+      checkpointing.wait_until_saved(manager)
+    return _Killed()
 
   def killed_saving_the_best(checkpoints, step, *args, **kwargs):
+    managers.add(checkpoints)
     if step != 4 * killed_at_epoch:
       return save(checkpoints, step, *args, **kwargs)
     if checkpoints.directory.name == "checkpoints":  # its save cut: the step never completes
       if killed == "as the step's save starts":
-        raise _Killed
+        raise killed()
       if killed == "with best/ saved alone":
         return None
     elif killed == "as best/'s save starts":
-      raise _Killed
+      raise killed()
     save(checkpoints, step, *args, **kwargs)  # best/'s, complete
-    checkpointing.wait_until_saved(checkpoints)
-    raise _Killed
+    raise killed()
 
   monkeypatch.setattr(checkpointing, "save", killed_saving_the_best)
   with pytest.raises(_Killed):
