@@ -3,6 +3,7 @@ non-finite loss, and the exit statuses the commands end with (75: run the same c
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import re
@@ -155,17 +156,43 @@ def exit_status_on_stop(stopped: str = "The saved steps stand; run the same comm
     logging.warning("The %s held was not acted on: the command had finished what it was doing.", _held.pop())
 
 
+# Slurm ends a job by signalling every process of its steps, srun among them, and srun passes the signal on to its
+# tasks: each gets SIGTERM twice within milliseconds. A signal this soon after the last one handled is that one again,
+# not the second that exits at once.
+SAME_SIGNAL_WITHIN_S = 1.0
+_last_handled = [float("-inf")]  # time.monotonic() of the last SIGTERM/SIGINT given to a handler, in the blocks open
+_blocks_open = [0]  # `_handling` blocks: the outermost one starts with no signal handled
+
+
+def _once_per_burst(handler):
+  """`handler`, but for a SIGTERM or SIGINT within SAME_SIGNAL_WITHIN_S of the last one handled."""
+  @functools.wraps(handler)
+  def handle(signum, frame):
+    now = time.monotonic()
+    if now - _last_handled[0] < SAME_SIGNAL_WITHIN_S:
+      logging.info("%s received again within %g s: taken as the same signal.", signal.Signals(signum).name,
+                   SAME_SIGNAL_WITHIN_S)
+      return
+    _last_handled[0] = now
+    handler(signum, frame)
+  return handle
+
+
 @contextlib.contextmanager
 def _handling(handler):
-  """SIGTERM and SIGINT go to `handler` in the block, then back to their handlers before; left as they are outside
-  the main thread, where Python cannot set them."""
+  """SIGTERM and SIGINT go to `handler` in the block (`_once_per_burst`), then back to their handlers before; left as
+  they are outside the main thread, where Python cannot set them."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  previous = {s: signal.signal(s, handler) for s in StopSignals.SIGNALS}
+  if not _blocks_open[0]:
+    _last_handled[0] = float("-inf")
+  previous = {s: signal.signal(s, _once_per_burst(handler)) for s in StopSignals.SIGNALS}
+  _blocks_open[0] += 1
   try:
     yield
   finally:
+    _blocks_open[0] -= 1
     for s, before in previous.items():
       signal.signal(s, before)
 
@@ -251,7 +278,8 @@ def stop_if_agreed() -> None:
   handler of `exit_status_on_stop` in place): inside them StopSignals takes the signals and they stop at an agreed
   step. On one process the handler raised already. Agreed through the coordination service's key-value store, not
   a device collective: one would wait for the evaluation batches queued on the devices before it."""
-  if not jax.distributed.is_initialized() or signal.getsignal(signal.SIGTERM) is not _stop_outside_steps:
+  handler = getattr(signal.getsignal(signal.SIGTERM), "__wrapped__", None)
+  if not jax.distributed.is_initialized() or handler is not _stop_outside_steps:
     return
   decision = agreed_stop(_held[-1] if _held else None, jax.process_index(), distributed.coordination_client(),
                          next(_agreements))
