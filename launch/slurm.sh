@@ -25,7 +25,8 @@ the step (scancel), which stops the others; one that exits 75 leaves the others 
   --nodes=N               nodes (default 2)
   --gpus-per-node=G       GPUs per node (default 8)
   --per-gpu               one process per GPU instead of one per node
-  --partition=P --account=A --time=T --job-name=NAME (default fer_jax) --output=FILE (default fer_jax_%j.log)
+  --partition=P --account=A --time=T --job-name=NAME (default fer_jax) --output=FILE (default fer_jax_%j.log;
+                            a relative one is in the checkout, where the job runs)
   --requeue               let Slurm requeue the job after a preemption or node failure (resumes)
   --port=PORT             coordinator port (JAX_COORDINATOR_PORT; default: derived from the job id)
   --python=PATH           interpreter, relative to the checkout or absolute (default .venv/bin/python)

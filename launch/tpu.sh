@@ -345,7 +345,7 @@ resume_loop() {
 
 all() {
   local status=0
-  trap interrupted_all INT TERM
+  trap interrupted INT TERM
   { create_tpu && setup_workers && resume_loop; } || status=$?
   trap - INT TERM
   keep_or_delete_tpu
@@ -364,13 +364,15 @@ keep_or_delete_tpu() {
   fi
 }
 
-# Ctrl-C or SIGTERM during `all`: the training saves its step and stops, and the TPU is deleted unless --keep,
-# as after a failure (the TPU billed on, the training running on unseen).
-interrupted_all() {
+# Ctrl-C or SIGTERM during `run`, `resume-loop` or `all`: the training saves its step and stops (it ran on unseen,
+# the TPU billed), and after `all` the TPU is deleted unless --keep, as after a failure.
+interrupted() {
   trap - INT TERM
   note "interrupted: stopping the training on $NAME"
   stop_training || note "stopping the training on $NAME failed"
-  keep_or_delete_tpu || note "deleting $NAME failed: delete it with launch/tpu.sh delete --name=$NAME --zone=$ZONE"
+  if [[ $COMMAND == all ]]; then
+    keep_or_delete_tpu || note "deleting $NAME failed: delete it with launch/tpu.sh delete --name=$NAME --zone=$ZONE"
+  fi
   exit 130
 }
 
@@ -379,9 +381,9 @@ main() {
   case $COMMAND in
     create) create_tpu ;;
     setup) setup_workers ;;
-    run) run_training ;;
+    run) trap interrupted INT TERM && run_training ;;
     stop) stop_command ;;
-    resume-loop) resume_loop ;;
+    resume-loop) trap interrupted INT TERM && resume_loop ;;
     delete) delete_tpu ;;
     all) all ;;
   esac

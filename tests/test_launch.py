@@ -495,8 +495,8 @@ exit 9
   env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE": str(tmp_path), "TMPDIR": str(tmp_path)}
 
   def loop(run_codes, states, *args, stop_when_started=False, interrupt_when_started=False, create_codes=(),
-           queued_states=()):
-    """Runs `tpu.sh all`; once both workers train, with stop_when_started `tpu.sh stop` from another
+           queued_states=(), command="all"):
+    """Runs `tpu.sh all` (or `command`); once both workers train, with stop_when_started `tpu.sh stop` from another
     terminal, with interrupt_when_started Ctrl-C (SIGINT to its process group). The creates exit with
     create_codes (0 once they are spent), queued resources are described as queued_states (then ACTIVE)."""
     (tmp_path / "run_codes").write_text("".join(f"{code}\n" for code in run_codes))
@@ -505,7 +505,7 @@ exit 9
     (tmp_path / "queued_states").write_text("".join(f"{state}\n" for state in queued_states))
     (tmp_path / "calls").write_text("")
     (tmp_path / "log").write_text("")
-    process = subprocess.Popen([*AS_FROM_A_TERMINAL, os.path.join(LAUNCH, "tpu.sh"), "all", *TPU, "--retry-wait=0",
+    process = subprocess.Popen([*AS_FROM_A_TERMINAL, os.path.join(LAUNCH, "tpu.sh"), command, *TPU, "--retry-wait=0",
                                 *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
                                start_new_session=True)
@@ -628,6 +628,16 @@ def test_tpu_all_interrupted_stops_the_training_and_deletes_the_tpu(fake_gcloud,
   result, calls = fake_gcloud(["term"], ["READY"], interrupt_when_started=True)
   assert result.returncode == 130 and "interrupted: stopping the training on fer-v5e" in result.stderr
   assert calls == ["tpu-vm create", *SETUP, "train", "tpu-vm ssh", "tpu-vm delete"]
+  assert training_log(tmp_path) == [STARTED, SAVED]
+
+
+@pytest.mark.integration  # waits for the stand-in training to save and exit
+@pytest.mark.parametrize("command", ["run", "resume-loop"])
+def test_tpu_run_and_resume_loop_interrupted_stop_the_training_and_leave_the_tpu(fake_gcloud, tmp_path, command):
+  """Ctrl-C ended the launcher alone: the training ran on on the TPU, unseen, billed."""
+  result, calls = fake_gcloud(["term"], ["READY"], interrupt_when_started=True, command=command)
+  assert result.returncode == 130 and "interrupted: stopping the training on fer-v5e" in result.stderr
+  assert calls == ["train", "tpu-vm ssh"]
   assert training_log(tmp_path) == [STARTED, SAVED]
 
 
