@@ -415,7 +415,7 @@ def test_an_open_file_is_read_as_its_path_is_for_crops_and_photos(tmp_path, monk
 
 
 def test_a_truncated_pil_image_or_stream_is_an_unreadable_image_named_by_its_place(tmp_path, monkeypatch):
-  """PIL opens lazily: the README's PIL.Image.open(io.BytesIO(data)) of a cut-off upload raised PIL's bare OSError
+  """PIL opens lazily: PIL.Image.open(io.BytesIO(data)), as docs/predict.md advised, of a cut-off upload raised PIL's bare OSError
   (a service catching UnreadableImageError answered 500, not 400)."""
   model, classified = _recording_model(monkeypatch)
   _fake_detector(monkeypatch)
