@@ -214,7 +214,7 @@ def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no global flags."""
   flags.DEFINE_string("dataset", None, f"NAME or NAME/CONFIG, NAME one of {', '.join(builders.MANUAL)}, or the module "
                       "path of a builder of yours (my_sets.class_folders).")
-  cli.define_path("manual_dir", None, "Folder holding the owners' download (its layout per data set: docs/data.md).")
+  cli.define_path("manual_dir", None, "Folder holding the owners' download; docs/data.md gives each set's layout.")
   cli.define_path("data_dir", None, "Where TFDS data sets live (default: TFDS's, "
                   "~/tensorflow_datasets or $TFDS_DATA_DIR).")
   flags.DEFINE_bool("skip_corrupt", False, "Skip and count unreadable images instead of failing.")
