@@ -8,7 +8,10 @@ Figures, each after compilation (timed separately):
                  (matplotlib's grace_hopper.jpg, scikit-image's astronaut and coffee, and a
                  900×420 group of three faces);
   predict_crops  Model.predict on --crops face crops already at the stored size (faces/s);
-  predict_photos Model.detect_and_predict over the sample photos, --repeats rounds (faces/s).
+  predict_photos Model.detect_and_predict over the sample photos, --repeats rounds (faces/s);
+  detect_large   Model.detect_and_predict on the group photo enlarged to --large_sizes (e.g. 4000x3000, a phone's
+                 12 MP), its faces scaled with it, whole and with --max_side (the command line's --detect_max_side),
+                 median of --repeats calls after a first.
 """
 
 import argparse
@@ -52,6 +55,8 @@ def main():
   parser.add_argument("--crops", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--large_sizes", nargs="*", default=["2000x1500", "4000x3000"])
+  parser.add_argument("--max_side", type=int, default=1600)
   args = parser.parse_args()
   common = {"config": args.config, "backend": jax.default_backend(), "devices": jax.device_count(),
             "load_average_1min": round(os.getloadavg()[0], 1)}
@@ -83,6 +88,17 @@ def main():
   seconds = time.perf_counter() - start
   report(figure="predict_photos", photos=args.repeats * len(photos), faces=faces,
          faces_per_s=round(faces / seconds, 2), photos_per_s=round(args.repeats * len(photos) / seconds, 2))
+
+  for size in args.large_sizes:
+    width, height = map(int, size.split("x"))
+    large = np.asarray(Image.fromarray(photos["group"]).resize((width, height), Image.BILINEAR))
+    for max_side in (0, args.max_side):
+      results, first_seconds = timed(model.detect_and_predict, large, api.MIN_FACE_SIZE, api.MIN_SCORE, max_side)
+      seconds = statistics.median(timed(model.detect_and_predict, large, api.MIN_FACE_SIZE, api.MIN_SCORE,
+                                        max_side)[1] for _ in range(args.repeats))
+      report(figure="detect_large", size=size, max_side=max_side, faces=len(results),
+             classified=sum(r.prediction is not None for r in results), first_call_s=round(first_seconds, 3),
+             s_per_photo=round(seconds, 3))
 
 
 if __name__ == "__main__":
