@@ -132,7 +132,8 @@ def test_a_checkpoint_without_a_meta_record_is_loaded_only_with_its_config(workd
   shutil.copytree(workdir, tmp_path / "workdir")
   shutil.rmtree(tmp_path / "workdir" / "checkpoints" / "0" / "meta")
   with pytest.raises(UserError, match=rf"^The checkpoint at {tmp_path / 'workdir'} has no meta record to rebuild its "
-                                      r"config from: pass its config to fer_jax\.load\(path, config=\.\.\.\)\.$"):
+                                      r"config from: pass its config \(fer_jax\.load\(path, config=\.\.\.\), or "
+                                      r"--config\)\.$"):
     fer_jax.load(str(tmp_path / "workdir"))
 
 
