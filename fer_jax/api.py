@@ -166,10 +166,11 @@ def _check_arguments(tta_name: str, batch_size: int) -> None:
 def as_rgb(image) -> np.ndarray:
   """A uint8 array [height, width] or [height, width, 1–4 channels] as RGB [height, width, 3]: grey repeated,
   alpha dropped (as PIL's convert("RGB")); a UserError naming the fix for any other array."""
-  if image is None or np.asarray(image).dtype == object:
+  array = np.asarray(image)
+  if image is None or array.dtype == object:
     raise UserError(f"An image is a path, an open binary file, a PIL image or a uint8 array, not a "
                     f"{type(image).__name__}.")
-  image = np.asarray(image)
+  image = array
   channels = 1 if image.ndim == 2 else image.shape[-1] if image.ndim == 3 else 0
   if image.dtype != np.uint8 or channels not in (1, 2, 3, 4) or 0 in image.shape[:2]:
     fixes = "; ".join(_conversions(image))
@@ -253,12 +254,11 @@ class Model:
 
   def predict(self, images_or_paths, min_face_size: float = MIN_FACE_SIZE) -> list[Prediction | None]:
     """One entry per face crop (a path, an open binary file, a PIL image, or a uint8 grey, RGB or RGBA array of any
-    size) of a list, or
-    of a stacked array ([count, height, width(, channels)]), in order: its Prediction, or None for a crop whose
-    shorter side is below `min_face_size` px, not classified (as `detect_and_predict` returns such faces; one
-    warning a call names them; min_face_size=0 classifies every crop); a warning for images not shaped like face
-    crops (photos: `detect_and_predict`). A path that cannot be read raises `decode.UnreadableImageError` naming it,
-    before anything is classified."""
+    size) of a list, or of a stacked array ([count, height, width(, channels)]), in order: its Prediction, or None
+    for a crop whose shorter side is below `min_face_size` px, not classified (as `detect_and_predict` returns such
+    faces; one warning a call names them; min_face_size=0 classifies every crop); a warning for images not shaped
+    like face crops (photos: `detect_and_predict`). An image that cannot be read raises
+    `decode.UnreadableImageError` naming its path or place, before anything is classified."""
     _refuse_encoded_bytes(images_or_paths)
     if _is_one_image(images_or_paths):
       raise TypeError("Model.predict takes a list of face crops (paths, open files, PIL images or arrays) or a stack "
@@ -297,8 +297,8 @@ class Model:
     faces are searched for in a copy whose longer side is `max_side` where the photo's is longer (`_detected`)."""
     check_limits(min_face_size, min_score, max_side)
     if isinstance(photo, (list, tuple)):
-      raise TypeError(f"One photo is taken (a path, an open binary file, a PIL image or an array), not a {type(photo).__name__}: call it "
-                      "once for each photo.")
+      raise TypeError("One photo is taken (a path, an open binary file, a PIL image or an array), not a "
+                      f"{type(photo).__name__}: call it once for each photo.")
     with _as_picture(photo, "the photo") as picture:
       image = decode.rgb(picture)
     found = self._detected(image, min_face_size, max_side)

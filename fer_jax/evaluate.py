@@ -598,7 +598,8 @@ def selection_note(selection: dict, chosen: str = "") -> str:
   if same := selection["reported_on_the_same_split"]:
     note += (f" {', '.join(same)} {'reads' if len(same) == 1 else 'read'} images the epoch was chosen on: "
              "the best of the epochs evaluated there, an optimistic figure (the official scripts report it so); "
-             "select on a split held out of training and testing for an unbiased one (docs/training.md, 'Model selection').")
+             "select on a split held out of training and testing for an unbiased one (docs/training.md, 'Model "
+             "selection').")
   return note
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from helpers import ROOT
 
-DOCUMENTS = sorted(["README.md", "BENCHMARKS.md"] + [os.path.relpath(path, ROOT) for path in
-                                                     glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)])
+PAGES = glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)
+DOCUMENTS = sorted(["README.md", "BENCHMARKS.md"] + [os.path.relpath(path, ROOT) for path in PAGES])
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 

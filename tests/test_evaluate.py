@@ -389,7 +389,8 @@ def test_only_classes_with_images_left_out_are_reported_as_left_out():
 
 
 def test_a_model_class_the_split_has_no_image_of_is_noted_though_the_set_has_the_class():
-  """docs/evaluation.md: when the split has no contempt images, contempt predictions count as wrong, and the report says so."""
+  """docs/evaluation.md: when the split has no contempt images, contempt predictions count as wrong, and the report
+  says so."""
   ferplus = labels.CLASS_ORDERS["ferplus"]
   split = pipeline.Split(source=None, labels=np.zeros(0, np.int32), class_names=ferplus, image_shape=None,
                          source_class_names=ferplus, source_counts=tuple(0 if c == labels.CONTEMPT else 2 for c in ferplus))

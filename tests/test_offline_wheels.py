@@ -43,8 +43,8 @@ def test_a_requirement_not_installed_here_stops_with_the_fix(tmp_path, monkeypat
 
 
 def test_a_python_without_fer_jax_stops_with_the_fix():
-  """Run with a Python fer_jax is not installed in, as docs/running_at_scale.md's `python launch/offline_wheels.py` may be, the
-  script ended in a PackageNotFoundError traceback."""
+  """Run with a Python fer_jax is not installed in, as docs/running_at_scale.md's `python launch/offline_wheels.py`
+  may be, the script ended in a PackageNotFoundError traceback."""
   with pytest.raises(SystemExit, match=r"^not-installed-root is not installed for .*: run this with the Python "
                                        r"fer_jax is installed in \(\.venv/bin/python\)"):
     offline_wheels.runtime_closure("3.12", root="not-installed-root")

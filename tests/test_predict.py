@@ -150,8 +150,8 @@ def test_command_line_writes_json_and_reports_unreadable_images(config, checkpoi
   _, path = checkpoint
   out = tmp_path / "preds.json"
   result = subprocess.run(
-      [sys.executable, "-m", "fer_jax.predict", *config_flags, f"--checkpoint={os.path.dirname(path)}", f"--input={faces}", f"--output={os.path.relpath(out, ROOT)}",
-       "--tta=none"],
+      [sys.executable, "-m", "fer_jax.predict", *config_flags, f"--checkpoint={os.path.dirname(path)}",
+       f"--input={faces}", f"--output={os.path.relpath(out, ROOT)}", "--tta=none"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Skipping unreadable input" in result.stderr and "broken.jpg" in result.stderr
@@ -415,8 +415,8 @@ def test_an_open_file_is_read_as_its_path_is_for_crops_and_photos(tmp_path, monk
 
 
 def test_a_truncated_pil_image_or_stream_is_an_unreadable_image_named_by_its_place(tmp_path, monkeypatch):
-  """PIL opens lazily: PIL.Image.open(io.BytesIO(data)), as docs/predict.md advised, of a cut-off upload raised PIL's bare OSError
-  (a service catching UnreadableImageError answered 500, not 400)."""
+  """PIL opens lazily: PIL.Image.open(io.BytesIO(data)), as docs/predict.md advised, of a cut-off upload raised PIL's
+  bare OSError (a service catching UnreadableImageError answered 500, not 400)."""
   model, classified = _recording_model(monkeypatch)
   _fake_detector(monkeypatch)
   buffer = io.BytesIO()

@@ -150,7 +150,7 @@ def upright(image: Image.Image, name: str):
   try:
     yield ImageOps.exif_transpose(image)
   except _DECODE_ERRORS as error:
-    raise UnreadableImageError(f"{name} is truncated or corrupt ({error}): replace it with an intact copy.") from error
+    raise unreadable_error(name, error) from error
 
 
 def _too_large(path: str, claimed_pixels: str) -> UnreadableImageError:
