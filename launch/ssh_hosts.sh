@@ -11,9 +11,9 @@ Usage: launch/ssh_hosts.sh --hosts=HOSTS --config=CONFIG --workdir=DIR [options]
 Starts process i of N on host i (over ssh, in parallel) with
   --distributed --coordinator_address=HOST0:PORT --num_processes=N --process_id=i
 streams every log line prefixed with [i:host], and when one process fails (or on Ctrl-C) sends
-SIGTERM to the others: on Ctrl-C they agree on a step, save it and exit 75; after a process died
-JAX ends the others without a save. Exit status: 0 when every process succeeded, else the first
-failure's. Every host must see the same checkout, DATA_DIR and WORKDIR (a shared folder), resolve
+SIGTERM to the others: on Ctrl-C they agree on a step, save it and exit 75 (Ctrl-C again leaves them
+to it and exits at once); after a process died JAX ends the others without a save. Exit status: 0 when
+every process succeeded, else the first failure's. Every host must see the same checkout, DATA_DIR and WORKDIR (a shared folder), resolve
 HOST0 as written, and accept ssh without a password prompt.
 
   --hosts=LIST|FILE      comma list (host0,host1,...) or a file with one host per line (# comments)
@@ -156,6 +156,17 @@ stop_all() {
   done
 }
 
+# A first Ctrl-C or SIGTERM stops every process and waits for their saves; one more, once they are stopping, leaves
+# them to it and exits.
+interrupted() {
+  if ((STOPPING)); then
+    note "interrupted again: exiting; the processes go on saving their step"
+    exit 130
+  fi
+  note "interrupted: stopping every process (again to exit at once, leaving them to save)"
+  stop_all
+}
+
 # Waits for every process (polling: a trapped signal must not lose an exit status); stops the
 # rest after the first failure, whose status it returns.
 wait_all() {
@@ -186,7 +197,7 @@ main() {
     start_process "$index"
   done
   ((DRY_RUN)) && return 0
-  trap 'note "interrupted: stopping every process"; stop_all' INT TERM
+  trap interrupted INT TERM
   wait_all
 }
 

@@ -197,7 +197,7 @@ sleep 1.5
 
 
 @pytest.mark.integration  # waits for the stand-in processes to save
-@pytest.mark.parametrize("ctrl_c", [True, False], ids=["ctrl_c", "sigterm"])
+@pytest.mark.parametrize("ctrl_c", [1, 0, 2], ids=["ctrl_c", "sigterm", "ctrl_c_twice"])
 def test_ssh_a_stop_signals_each_process_once_and_waits_for_their_saves(tmp_path, ctrl_c):
   """Ctrl-C ended the launcher at once (its polling sleep died of SIGINT under set -e; ssh died with it), before the
   processes had saved; a SIGTERM signalled them twice (the first exit 75 stopped every process again), and a second
@@ -212,7 +212,11 @@ trap 'echo "process $id got TERM" >> {tmp_path}/log; saving=1' TERM
 touch {tmp_path}/started_$id
 for _ in $(seq 300); do
   sleep 0.1
-  ((saving)) && ((saving++ > 5 + 10 * id)) && echo "process $id saved its step" && exit 75
+  if ((saving)) && ((saving++ > 5 + 10 * id)); then
+    echo "process $id saved its step" >> {tmp_path}/log
+    echo "process $id saved its step"
+    exit 75
+  fi
 done
 exit 9
 """)
@@ -230,15 +234,24 @@ exit 9
       os.killpg(process.pid, signal.SIGINT)
     else:
       process.send_signal(signal.SIGTERM)
+    if ctrl_c == 2:  # once more, while they save: the launcher leaves them to it
+      time.sleep(0.3)
+      os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
   finally:
+    while ctrl_c == 2 and (tmp_path / "log").read_text().count("saved") < 2:
+      time.sleep(0.1)  # the processes outlive the launcher, as on their hosts
     for index in range(2):
       if os.path.exists(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid"):
         os.remove(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid")
+  if ctrl_c == 2:
+    assert process.returncode == 130 and "interrupted again: exiting; the processes go on saving" in stderr, stderr
+    return
   assert process.returncode == 75, stderr
   assert {"[0:h0] process 0 saved its step", "[1:h1] process 1 saved its step"} <= set(stdout.splitlines()), stdout
   assert "process 0 (h0) exited with status 75" in stderr and "process 1 (h1) exited with status 75" in stderr
-  assert sorted((tmp_path / "log").read_text().splitlines()) == ["process 0 got TERM", "process 1 got TERM"]
+  assert sorted((tmp_path / "log").read_text().splitlines()) == ["process 0 got TERM", "process 0 saved its step",
+                                                               "process 1 got TERM", "process 1 saved its step"]
 
 
 # ---- Slurm ----------------------------------------------------------------------------------
