@@ -520,7 +520,7 @@ def test_a_run_killed_as_it_saves_a_new_best_epoch_resumes_to_the_uninterrupted_
   straight = train.TrainingRun(config, str(tmp_path / "straight")).run()
   save, managers = checkpointing.save, set()
 
-  def killed() -> _Killed:
+  def kill() -> _Killed:
     """A kill ends the saves under way with the process: none finishes under the rerun, as here it would, on its
     threads, beside the rerun's own saves of the same folders."""
     for manager in managers:
@@ -533,13 +533,13 @@ def test_a_run_killed_as_it_saves_a_new_best_epoch_resumes_to_the_uninterrupted_
       return save(checkpoints, step, *args, **kwargs)
     if checkpoints.directory.name == "checkpoints":  # its save cut: the step never completes
       if killed == "as the step's save starts":
-        raise killed()
+        raise kill()
       if killed == "with best/ saved alone":
         return None
     elif killed == "as best/'s save starts":
-      raise killed()
+      raise kill()
     save(checkpoints, step, *args, **kwargs)  # best/'s, complete
-    raise killed()
+    raise kill()
 
   monkeypatch.setattr(checkpointing, "save", killed_saving_the_best)
   with pytest.raises(_Killed):
