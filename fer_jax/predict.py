@@ -265,7 +265,7 @@ def predict_inputs(model: api.Model, paths: list[str], root: str, detect: bool |
   (`FacePredictions.fail`), for the caller to raise once it wrote them."""
   results, position = FacePredictions(model, min_face_size, min_score, smooth, annotate, max_side), 0
   with stopping.StopSignals("stopping after the image or video frame in hand, then writing the rows done (send "
-                             "it again to exit at once, writing nothing).") as stop:
+                             "it again, a second or more later, to exit at once, writing nothing).") as stop:
     try:
       for position, path in enumerate(progress(paths, "inputs")):
         if stop.received:

@@ -2,6 +2,7 @@
 non-finite loss, and the exit statuses the commands end with (75: run the same command to go on)."""
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import itertools
@@ -63,10 +64,10 @@ def _stop_outside_steps(signum, frame):
   if several:
     logging.warning("%s received outside the training steps: held until every process of the run stops with this "
                     "one, at a saved step or before an evaluation's next batch (a report being written is finished "
-                    "first; send it again to exit at once, unsaved).", name)
+                    "first; send it again, a second or more later, to exit at once, unsaved).", name)
   elif in_event_loop:
-    logging.warning("%s received: stopping once the checkpoint being read or written is complete (send it again to "
-                    "exit at once).", name)
+    logging.warning("%s received: stopping once the checkpoint being read or written is complete (send it again, a "
+                    "second or more later, to exit at once).", name)
   else:
     raise StoppedOutsideSteps(name)
 
@@ -168,12 +169,11 @@ def _once_per_burst(handler):
   """`handler`, but for a SIGTERM or SIGINT within SAME_SIGNAL_WITHIN_S of the last one handled."""
   @functools.wraps(handler)
   def handle(signum, frame):
-    now = time.monotonic()
-    if now - _last_handled[0] < SAME_SIGNAL_WITHIN_S:
+    if _in_burst():
       logging.info("%s received again within %g s: taken as the same signal.", signal.Signals(signum).name,
                    SAME_SIGNAL_WITHIN_S)
       return
-    _last_handled[0] = now
+    _last_handled[0] = time.monotonic()
     handler(signum, frame)
   return handle
 
@@ -189,12 +189,45 @@ def _handling(handler):
     _last_handled[0] = float("-inf")
   previous = {s: signal.signal(s, _once_per_burst(handler)) for s in StopSignals.SIGNALS}
   _blocks_open[0] += 1
+  raised = False
   try:
     yield
+  except BaseException:
+    raised = True
+    raise
   finally:
     _blocks_open[0] -= 1
+    # Left by the exception a signal raised (the command exiting 75), the burst's rest would meet the default action.
+    rest_of_burst = raised and not _blocks_open[0] and _in_burst()
     for s, before in previous.items():
-      signal.signal(s, before)
+      signal.signal(s, _after_the_burst(before) if rest_of_burst else before)
+
+
+def _in_burst() -> bool:
+  return time.monotonic() - _last_handled[0] < SAME_SIGNAL_WITHIN_S
+
+
+@atexit.register
+def _ignore_the_burst_at_exit() -> None:
+  """Python puts the default actions back as it exits, which the burst's rest would meet (killed: 143, not the exit
+  status); a process exiting within the burst ignores it."""
+  if _in_burst() and threading.current_thread() is threading.main_thread():
+    for s in StopSignals.SIGNALS:
+      signal.signal(s, signal.SIG_IGN)
+
+
+def _after_the_burst(before):
+  """A handler that drops the rest of the burst of the signal just handled, then puts `before` (a handler, SIG_DFL
+  or SIG_IGN) back and gives it the first signal after."""
+  def handle(signum, frame):
+    if _in_burst():
+      return
+    signal.signal(signum, before)
+    if callable(before):
+      before(signum, frame)
+    elif before == signal.SIG_DFL:
+      os.kill(os.getpid(), signum)  # the default action, as if the handler had never been set
+  return handle
 
 
 def wait_interruptibly(array: jax.Array, longest_sleep: float = 0.05) -> None:
@@ -212,7 +245,7 @@ class StopSignals:
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
   TRAINING = ("stopping once the steps already queued (and an evaluation they end) are done, then saving the last "
-              "of them (send it again to exit at once, unsaved).")
+              "of them (send it again, a second or more later, to exit at once, unsaved).")
 
   def __init__(self, what_follows: str = TRAINING):
     self.received = None

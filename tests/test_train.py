@@ -1006,6 +1006,23 @@ def test_a_signal_delivered_twice_at_once_is_one_and_a_later_one_exits_unsaved()
   assert (result.returncode, result.stdout) == (128 + signal.SIGINT, "one stop: SIGTERM\n"), result.stderr[-2000:]
 
 
+@pytest.mark.parametrize("gap_s", [0.002, 0.1])
+def test_a_signal_delivered_twice_outside_the_steps_exits_75(gap_s):
+  """The first SIGTERM outside the training steps ends the command (75) as the block closes, and the default handler
+  it put back met Slurm's second SIGTERM: killed, 143 (srun's wrapper then cancelled the step as failed)."""
+  child = ("import time\nfrom fer_jax import stopping\n"
+           "with stopping.exit_status_on_stop():\n  print('ready', flush=True)\n  while True: time.sleep(0.001)\n")
+  process = subprocess.Popen([sys.executable, "-c", child], cwd=ROOT, env=cpu_devices_env(1), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  assert process.stdout.readline() == "ready\n"
+  process.send_signal(signal.SIGTERM)
+  time.sleep(gap_s)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 75, stderr[-2000:]
+  assert "SIGTERM received: stopped." in stderr
+
+
 def test_on_several_processes_a_signal_while_setting_up_is_held_for_the_loop(monkeypatch, caplog):
   """Process 1 signalled while setting up left alone (exit 75) while process 0 waited for it in a collective: both
   sat 5 minutes in JAX's barriers, then aborted (exit 134). Held, it stops them together at the first agreed step."""
