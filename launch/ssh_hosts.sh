@@ -33,7 +33,7 @@ EOF
 }
 
 HOSTS="" CONFIG="" WORKDIR="" DATA_DIR="" PORT=12355 REPO_DIR=$REPO_ROOT PYTHON=.venv/bin/python
-ENV_ASSIGNMENTS=() SSH_OPTIONS=() STOPPING=0
+ENV_ASSIGNMENTS=() SSH_OPTIONS=() INTERRUPTED=0
 
 # One of this script's own options (parse_options reads the shared ones).
 ssh_hosts_option() {
@@ -144,25 +144,33 @@ start_process() {
 # connecting finds the last run's pid file, which sigterm_training leaves alone).
 stop_process() {
   local index=$1
-  run ssh "${SSH_OPTIONS[@]}" "${HOST_LIST[$index]}" "$(sigterm_training "$(pid_file "$index")"); true" || true
+  # Its own Ctrl-C would cut the ssh that carries the SIGTERM (a second Ctrl-C waits for it: `interrupted`).
+  (
+    trap '' INT
+    run ssh "${SSH_OPTIONS[@]}" "${HOST_LIST[$index]}" "$(sigterm_training "$(pid_file "$index")"); true"
+  ) || true
 }
 
+# Each running process gets one SIGTERM, however many reasons to stop come (a second would end it unsaved).
 stop_all() {
-  local pid
-  ((!STOPPING)) || return 0
-  STOPPING=1
+  local pid index
   for pid in "${!PROCESS_OF_PID[@]}"; do
-    stop_process "${PROCESS_OF_PID[$pid]}"
+    index=${PROCESS_OF_PID[$pid]}
+    [[ -z ${SIGNALLED[$index]:-} ]] || continue
+    SIGNALLED[$index]=1
+    stop_process "$index"
   done
 }
 
-# A first Ctrl-C or SIGTERM stops every process and waits for their saves; one more, once they are stopping, leaves
-# them to it and exits.
+# A first Ctrl-C or SIGTERM stops every process and waits for their saves; a second one (run by bash between the
+# first one's ssh calls) signals those not signalled yet, leaves them all to save and exits.
 interrupted() {
-  if ((STOPPING)); then
+  if ((INTERRUPTED)); then
+    stop_all
     note "interrupted again: exiting; the processes go on saving their step"
     exit 130
   fi
+  INTERRUPTED=1
   note "interrupted: stopping every process (again to exit at once, leaving them to save)"
   stop_all
 }
@@ -191,7 +199,7 @@ wait_all() {
 main() {
   parse_args "$@"
   read_hosts
-  declare -gA PROCESS_OF_PID=()
+  declare -gA PROCESS_OF_PID=() SIGNALLED=()
   local index
   for index in "${!HOST_LIST[@]}"; do
     start_process "$index"

@@ -196,15 +196,29 @@ sleep 1.5
         os.remove(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid")
 
 
+def _log_count(folder, words: str) -> int:
+  log = folder / "log"
+  return log.read_text().count(words) if log.exists() else 0
+
+
+def _wait_for(condition, timeout_s: float = 60) -> None:
+  deadline = time.monotonic() + timeout_s
+  while not condition():
+    assert time.monotonic() < deadline, "timed out"
+    time.sleep(0.05)
+
+
 @pytest.mark.integration  # waits for the stand-in processes to save
-@pytest.mark.parametrize("ctrl_c", [1, 0, 2], ids=["ctrl_c", "sigterm", "ctrl_c_twice"])
+@pytest.mark.parametrize("ctrl_c", [1, 0, 2, 3], ids=["ctrl_c", "sigterm", "ctrl_c_twice", "ctrl_c_twice_at_once"])
 def test_ssh_a_stop_signals_each_process_once_and_waits_for_their_saves(tmp_path, ctrl_c):
   """Ctrl-C ended the launcher at once (its polling sleep died of SIGINT under set -e; ssh died with it), before the
   processes had saved; a SIGTERM signalled them twice (the first exit 75 stopped every process again), and a second
-  signal makes fer_jax exit unsaved."""
+  signal makes fer_jax exit unsaved. A second Ctrl-C leaves the processes to save, once each is signalled: one that
+  came while the stop's ssh connected cut it, and that process trained on."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
-  executable(bin_dir / "ssh", '#!/usr/bin/env bash\nwhile [[ $1 == -* ]]; do shift 2; done\nexec bash -c "$2"\n')
+  executable(bin_dir / "ssh", '#!/usr/bin/env bash\nwhile [[ $1 == -* ]]; do shift 2; done\n'
+             '[[ $2 == *"kill -TERM"* ]] && sleep 0.5  # the stop connects slowly\nexec bash -c "$2"\n')
   python = executable(tmp_path / "python", f"""#!/usr/bin/env bash
 for arg; do [[ $arg == --process_id=* ]] && id=${{arg#*=}}; done
 saving=0
@@ -220,7 +234,7 @@ for _ in $(seq 300); do
 done
 exit 9
 """)
-  port = os.getpid() % 20000 + (10000 if ctrl_c else 45000)
+  port = os.getpid() % 20000 + 10000 + 1000 * ctrl_c
   process = subprocess.Popen([*AS_FROM_A_TERMINAL, os.path.join(LAUNCH, "ssh_hosts.sh"), "--hosts=h0,h1",
                               "--config=c", f"--workdir={tmp_path}", f"--python={python}", f"--port={port}"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -234,17 +248,18 @@ exit 9
       os.killpg(process.pid, signal.SIGINT)
     else:
       process.send_signal(signal.SIGTERM)
-    if ctrl_c == 2:  # once more, while they save: the launcher leaves them to it
-      time.sleep(0.3)
+    if ctrl_c >= 2:  # once more, while they save (or as they are being signalled): the launcher leaves them to it
+      _wait_for(lambda: ctrl_c == 3 or _log_count(tmp_path, "got TERM") == 2)
+      time.sleep(0.2)  # two at once would be one pending signal; the stop's ssh calls take 0.5 s each
       os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
   finally:
-    while ctrl_c == 2 and (tmp_path / "log").read_text().count("saved") < 2:
-      time.sleep(0.1)  # the processes outlive the launcher, as on their hosts
+    if ctrl_c >= 2:
+      _wait_for(lambda: _log_count(tmp_path, "saved") == 2)  # the processes outlive the launcher, as on their hosts
     for index in range(2):
       if os.path.exists(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid"):
         os.remove(f"/tmp/fer_jax_ssh_{os.getuid()}_{port}_{index}.pid")
-  if ctrl_c == 2:
+  if ctrl_c >= 2:
     assert process.returncode == 130 and "interrupted again: exiting; the processes go on saving" in stderr, stderr
     return
   assert process.returncode == 75, stderr
