@@ -153,17 +153,27 @@ capacity_flags() {
   if ((SPOT)); then echo --spot; fi
 }
 
+# A create under way, cut short or failed, may leave a TPU (or queued resource) this run then owns; one gcloud finds
+# already there (ALREADY_EXISTS) is another's, left alone (CREATED=0).
 create_tpu() {
+  local errors status=0
+  errors=$(mktemp)
+  CREATED=1
   if ((QUEUED)); then
     # shellcheck disable=SC2046  # capacity_flags prints zero or one word
     tpu_gcloud compute tpus queued-resources create "$NAME" "--node-id=$NAME" \
-      "--accelerator-type=$ACCELERATOR_TYPE" "--runtime-version=$RUNTIME_VERSION" $(capacity_flags) &&
-      CREATED=1 && wait_until_active
+      "--accelerator-type=$ACCELERATOR_TYPE" "--runtime-version=$RUNTIME_VERSION" $(capacity_flags) \
+      2> >(trap "" INT; tee "$errors" >&2) || status=$?
   else
     # shellcheck disable=SC2046
     tpu_gcloud compute tpus tpu-vm create "$NAME" "--accelerator-type=$ACCELERATOR_TYPE" \
-      "--version=$RUNTIME_VERSION" $(capacity_flags) && CREATED=1
+      "--version=$RUNTIME_VERSION" $(capacity_flags) 2> >(trap "" INT; tee "$errors" >&2) || status=$?
   fi
+  wait "$!" 2>/dev/null || true  # tee done: its file complete
+  ! grep -q ALREADY_EXISTS "$errors" || CREATED=0
+  rm -f "$errors"
+  ((status == 0)) || return "$status"
+  ((!QUEUED)) || wait_until_active
 }
 
 # Returns 1 (the caller decides: `all` deletes, the resume loop spends a retry) on a FAILED or SUSPENDED queued

@@ -498,7 +498,11 @@ case "$*" in
   *"tpu-vm ssh"*) on_workers ;;
   *"tpu-vm describe"*) pop states READY ;;
   *"queued-resources describe"*) pop queued_states ACTIVE ;;
-  *" create "*) exit "$(pop create_codes 0)" ;;
+  *" create "*)
+    code=$(pop create_codes 0)
+    [[ $code != exists ]] || { echo "ERROR: (gcloud.compute.tpus.tpu-vm.create) ALREADY_EXISTS: fer-v5e" >&2; exit 1; }
+    [[ $code != slow ]] || { sleep 30; exit 0; }
+    exit "$code" ;;
 esac
 """)
   python = executable(tmp_path / "python", """#!/usr/bin/env bash
@@ -523,10 +527,10 @@ exit 9
   env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE": str(tmp_path), "TMPDIR": str(tmp_path)}
 
   def loop(run_codes, states, *args, stop_when_started=False, interrupt_when_started=False, create_codes=(),
-           queued_states=(), command="all"):
+           queued_states=(), command="all", interrupt_when_creating=False):
     """Runs `tpu.sh all` (or `command`); once both workers train, with stop_when_started `tpu.sh stop` from another
     terminal, with interrupt_when_started Ctrl-C (SIGINT to its process group). The creates exit with
-    create_codes (0 once they are spent), queued resources are described as queued_states (then ACTIVE)."""
+    create_codes (0 once they are spent; `exists` fails as gcloud does for a name taken), queued resources are described as queued_states (then ACTIVE)."""
     (tmp_path / "run_codes").write_text("".join(f"{code}\n" for code in run_codes))
     (tmp_path / "states").write_text("".join(f"{state}\n" for state in states))
     (tmp_path / "create_codes").write_text("".join(f"{code}\n" for code in create_codes))
@@ -544,7 +548,11 @@ exit 9
     if stop_when_started:
       stop = loop.stop()
       assert stop.returncode == 0, stop.stderr
-    if interrupt_when_started:
+    while interrupt_when_creating and " create " not in (tmp_path / "calls").read_text():
+      assert process.poll() is None, process.communicate()
+      time.sleep(0.1)
+    if interrupt_when_started or interrupt_when_creating:
+      time.sleep(0.2 if interrupt_when_creating else 0)  # gcloud's create under way
       os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
@@ -588,9 +596,14 @@ def test_tpu_resume_loop_stops_on_a_real_failure_and_after_max_retries(fake_gclo
 def test_tpu_all_never_deletes_a_tpu_it_did_not_create(fake_gcloud):
   """A create that failed (one of that name already there: another run's, or this one's kept with --keep) was followed
   by that TPU's deletion."""
-  result, calls = fake_gcloud([], [], create_codes=[1])
+  result, calls = fake_gcloud([], [], create_codes=["exists"])
   assert result.returncode == 1 and "fer-v5e was not created by this run: not deleted" in result.stderr
+  assert "ALREADY_EXISTS" in result.stderr  # gcloud's own words, shown as they come
   assert calls == ["tpu-vm create"]
+  result, calls = fake_gcloud([], [], create_codes=[1])  # failed otherwise: a TPU may be left, deleted
+  assert result.returncode == 1 and calls == ["tpu-vm create", "tpu-vm delete"]
+  result, calls = fake_gcloud([], [], create_codes=["slow"], interrupt_when_creating=True)  # Ctrl-C: deleted too
+  assert result.returncode == 130 and calls == ["tpu-vm create", "tpu-vm ssh", "tpu-vm delete"], result.stderr
 
 
 def test_tpu_a_failed_queued_resource_is_deleted_and_a_failed_re_creation_spends_a_retry(fake_gcloud):
