@@ -21,7 +21,7 @@ a trained model's images were decoded to (a converted model's, and older records
 
 import contextlib
 import dataclasses
-import numbers
+import io
 import os
 
 from absl import logging
@@ -202,7 +202,7 @@ def _conversions(image: np.ndarray) -> list[str]:
 
 def check_limits(min_face_size: float, min_score: float = MIN_SCORE, max_side: int = 0) -> None:
   for name, value in (("min_face_size", min_face_size), ("min_score", min_score), ("max_side", max_side)):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, (bool, str, bytes)) or np.ndim(value) or not np.issubdtype(np.asarray(value).dtype, np.number):
       raise UserError(f"{name}={value!r} must be a number, not a {type(value).__name__}.")
   if not min_face_size >= 0:
     raise UserError(f"min_face_size={min_face_size:g} must be 0 or more (pixels of a face's shorter side).")
@@ -226,7 +226,7 @@ class Model:
   def detector_for(self, min_face_size: float) -> detector.Detector:
     """The detector whose image pyramid stops a little below faces of `min_face_size` px
     (`SEARCH_BELOW_MIN_FACE_SIZE`; at its 12-px window at the least: below that it would enlarge the photo)."""
-    smallest = max(min_face_size * SEARCH_BELOW_MIN_FACE_SIZE, float(detector.CELL))
+    smallest = max(float(min_face_size) * SEARCH_BELOW_MIN_FACE_SIZE, float(detector.CELL))
     if smallest not in self._detectors:
       self._detectors[smallest] = detector.Detector(min_face_size=smallest)
     return self._detectors[smallest]
@@ -340,6 +340,9 @@ def _as_picture(image, name: str):
   if isinstance(image, (str, os.PathLike)):
     return _opened(os.fspath(image))
   if hasattr(image, "read"):
+    if getattr(image, "closed", False) or isinstance(image, io.TextIOBase):
+      raise UserError(f"{name} is {'a closed file' if image.closed else 'a file opened as text'}: pass it open, in "
+                      "binary mode (open(path, 'rb'), io.BytesIO(data)).")
     return decode.opened(image, name)
   if isinstance(image, Image.Image):
     return decode.upright(image, name)

@@ -25,7 +25,8 @@ HOST0 as written, and accept ssh without a password prompt.
   --python=PATH          interpreter on the hosts, relative to --repo-dir or absolute (default .venv/bin/python)
   --env=KEY=VALUE        set in every process's environment (repeatable), e.g. --env=NCCL_DEBUG=INFO
   --ssh-option=OPTION    passed to ssh as -o OPTION (repeatable; BatchMode=yes is always set; yours replace
-                         the defaults ServerAliveInterval=30, ServerAliveCountMax=4, ConnectTimeout=20)
+                         the defaults ServerAliveInterval=30, ServerAliveCountMax=4, ConnectTimeout=20,
+                         which, given on ssh's command line, replace your ~/.ssh/config's too)
   --dry-run              print the commands, run nothing
   --help                 this text
 Arguments after -- go to every fer_jax.main, e.g. -- --config.batch_size=512

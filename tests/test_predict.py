@@ -452,6 +452,28 @@ def test_limits_that_are_no_numbers_are_refused_by_name(limits, monkeypatch):
     model.detect_and_predict(np.zeros((50, 50, 3), np.uint8), **limits)
 
 
+def test_numpy_and_jax_scalars_are_numbers_as_limits(monkeypatch):
+  model, _ = _recording_model(monkeypatch)
+  _fake_detector(monkeypatch)
+  for size in (np.float32(24), np.asarray(24.0), jax.numpy.float32(24), 24):
+    assert model.detect_and_predict(np.zeros((50, 50, 3), np.uint8), min_face_size=size, max_side=np.int64(1600)) == []
+
+
+def test_a_closed_or_text_file_is_refused_with_the_way_to_open_it(tmp_path, monkeypatch):
+  """Both were reported as a damaged image ("is truncated or corrupt"): the caller's mistake, not the file's."""
+  model, _ = _recording_model(monkeypatch)
+  path = tmp_path / "face.png"
+  Image.new("RGB", (40, 40)).save(path)
+  with open(path, encoding="latin-1") as text:
+    with pytest.raises(UserError, match=r"^image 0 is a file opened as text: pass it open, in binary mode "
+                                        r"\(open\(path, 'rb'\), io\.BytesIO\(data\)\)\.$"):
+      model.predict([text])
+  with open(path, "rb") as closed:
+    pass
+  with pytest.raises(UserError, match=r"^the photo is a closed file: pass it open"):
+    model.detect_and_predict(closed)
+
+
 def test_a_crop_smaller_than_the_minimum_face_size_is_skipped_with_the_reason(tmp_path, monkeypatch, caplog):
   """An 8×8 image, or a 1×1 array, was a face crop and got a confident prediction."""
   model, classified = _recording_model(monkeypatch)
