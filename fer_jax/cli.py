@@ -282,6 +282,9 @@ def _flag_message(error: BaseException, argv) -> str:
   unknown_config_key = re.match(r"Unknown command line flag '(config\.[\w.]+)'", text)
   if unknown_config_key and "config" not in flags.FLAGS:
     return f"this command has no config, so no --{unknown_config_key.group(1)}: its flags are its settings"
+  if unknown_config_key and flags.FLAGS["config"].value is None:
+    return (f"--{unknown_config_key.group(1)} changes a key of the config --config loads: pass "
+            "--config=configs/<method>.py:<dataset> with it")
   unknown, node = re.search(r"'(\w+)\\?'", text), _config_node_raising(error)
   if isinstance(error, (AttributeError, KeyError)) and unknown and node is not None:  # a --config.KEY not there
     key, near = unknown.group(1), re.search(r'Did you mean "(\w+)"', text)  # ml_collections' suggestion

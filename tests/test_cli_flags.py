@@ -100,6 +100,17 @@ def test_helpshort_lists_the_shared_flags_the_command_takes(module, config_help)
   assert not config_help or f" --config: {config_help}" in " ".join(listed.split())  # absl wraps the help
 
 
+@pytest.mark.parametrize("module", ["fer_jax.predict", "fer_jax.summary"])
+def test_a_config_key_without_the_config_is_named_with_the_fix(module):
+  """predict and summary take the config from the checkpoint's record when --config is left out: a --config.KEY
+  alone was "Unknown command line flag 'config.input.size'"."""
+  result = subprocess.run([sys.executable, "-m", module, "--config.input.size=32", "--checkpoint=x"], cwd=ROOT,
+                          env=cpu_devices_env(1), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().startswith("error: --config.input.size changes a key of the config --config loads: "
+                                          "pass --config=configs/<method>.py:<dataset> with it")
+
+
 def test_a_missing_required_flag_is_named_with_its_help():
   result = subprocess.run([sys.executable, "-m", "fer_jax.main", "--config=configs/dan.py:synthetic"], cwd=ROOT,
                           env=cpu_devices_env(1), capture_output=True, text=True, timeout=300)
