@@ -13,8 +13,8 @@ Starts process i of N on host i (over ssh, in parallel) with
 streams every log line prefixed with [i:host], and when one process fails (or on Ctrl-C) sends
 SIGTERM to the others: on Ctrl-C they agree on a step, save it and exit 75 (Ctrl-C again leaves them
 to it and exits at once); after a process died JAX ends the others without a save. Exit status: 0 when
-every process succeeded, else the first failure's. Every host must see the same checkout, DATA_DIR and WORKDIR (a shared folder), resolve
-HOST0 as written, and accept ssh without a password prompt.
+every process succeeded, else the first failure's. Every host must see the same checkout, DATA_DIR and
+WORKDIR (a shared folder), resolve HOST0 as written, and accept ssh without a password prompt.
 
   --hosts=LIST|FILE      comma list (host0,host1,...) or a file with one host per line (# comments)
   --config=CONFIG        configs/<method>.py:<dataset>

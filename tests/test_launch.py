@@ -529,8 +529,9 @@ exit 9
   def loop(run_codes, states, *args, stop_when_started=False, interrupt_when_started=False, create_codes=(),
            queued_states=(), command="all", interrupt_when_creating=False):
     """Runs `tpu.sh all` (or `command`); once both workers train, with stop_when_started `tpu.sh stop` from another
-    terminal, with interrupt_when_started Ctrl-C (SIGINT to its process group). The creates exit with
-    create_codes (0 once they are spent; `exists` fails as gcloud does for a name taken), queued resources are described as queued_states (then ACTIVE)."""
+    terminal, with interrupt_when_started Ctrl-C (SIGINT to its process group; interrupt_when_creating: as gcloud
+    creates the TPU). The creates exit with create_codes (0 once they are spent; `exists` fails as gcloud does for a
+    name taken; `slow` takes 30 s), queued resources are described as queued_states (then ACTIVE)."""
     (tmp_path / "run_codes").write_text("".join(f"{code}\n" for code in run_codes))
     (tmp_path / "states").write_text("".join(f"{state}\n" for state in states))
     (tmp_path / "create_codes").write_text("".join(f"{code}\n" for code in create_codes))
