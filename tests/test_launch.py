@@ -609,10 +609,9 @@ def test_tpu_all_never_deletes_a_tpu_it_did_not_create(fake_gcloud):
 
 def test_tpu_a_failed_queued_resource_is_deleted_and_a_failed_re_creation_spends_a_retry(fake_gcloud):
   """A FAILED queued resource ended the script at once (exit 2): never deleted, the resume loop's retries not run."""
-  result, calls = fake_gcloud([], [], "--queued", queued_states=["WAITING_FOR_RESOURCES", "FAILED"])
+  result, calls = fake_gcloud([], [], "--queued", queued_states=["FAILED"])  # a state to wait in would wait 30 s
   assert result.returncode == 1 and "queued resource fer-v5e is FAILED" in result.stderr
-  assert calls == ["queued-resources create", "queued-resources describe", "queued-resources describe",
-                   "queued-resources delete"]
+  assert calls == ["queued-resources create", "queued-resources describe", "queued-resources delete"]
   result, calls = fake_gcloud([75, 255, 0], ["PREEMPTED", "MISSING"], "--queued",
                               queued_states=["ACTIVE", "FAILED", "ACTIVE"])
   assert result.returncode == 0, result.stderr
