@@ -156,19 +156,13 @@ capacity_flags() {
 # A create under way, cut short or failed, may leave a TPU (or queued resource) this run then owns; one gcloud finds
 # already there (ALREADY_EXISTS) is another's, left alone (CREATED=0).
 create_tpu() {
-  local errors status=0
+  local errors status=0 create=(tpu-vm create "$NAME" "--version=$RUNTIME_VERSION")
+  ((!QUEUED)) || create=(queued-resources create "$NAME" "--node-id=$NAME" "--runtime-version=$RUNTIME_VERSION")
   errors=$(mktemp)
   CREATED=1
-  if ((QUEUED)); then
-    # shellcheck disable=SC2046  # capacity_flags prints zero or one word
-    tpu_gcloud compute tpus queued-resources create "$NAME" "--node-id=$NAME" \
-      "--accelerator-type=$ACCELERATOR_TYPE" "--runtime-version=$RUNTIME_VERSION" $(capacity_flags) \
-      2> >(trap "" INT; tee "$errors" >&2) || status=$?
-  else
-    # shellcheck disable=SC2046
-    tpu_gcloud compute tpus tpu-vm create "$NAME" "--accelerator-type=$ACCELERATOR_TYPE" \
-      "--version=$RUNTIME_VERSION" $(capacity_flags) 2> >(trap "" INT; tee "$errors" >&2) || status=$?
-  fi
+  # shellcheck disable=SC2046  # capacity_flags prints zero or one word
+  tpu_gcloud compute tpus "${create[@]}" "--accelerator-type=$ACCELERATOR_TYPE" $(capacity_flags) \
+    2> >(trap "" INT; tee "$errors" >&2) || status=$?
   wait "$!" 2>/dev/null || true  # tee done: its file complete
   ! grep -q ALREADY_EXISTS "$errors" || CREATED=0
   rm -f "$errors"
