@@ -6,7 +6,7 @@
 # shellcheck disable=SC2034  # read by the scripts that source this file
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DRY_RUN=0
-TRAINING_EXTRA_ARGS=()
+TRAINING_EXTRA_ARGS=() ENV_ASSIGNMENTS=()
 # Dry-run lines go to the script's own stdout even from inside $(...).
 exec 3>&1
 
@@ -91,6 +91,16 @@ launcher_flags_after_dashes() {
   done
 }
 
+# --env=NAME=VALUE: for the launchers whose processes start on other machines, which their own environment does
+# not reach.
+env_option() {
+  local assignment
+  assignment=$(option_value "$1")
+  # `env NAME` would run NAME as the command.
+  [[ $assignment =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env=$assignment: write --env=NAME=VALUE, e.g. --env=NCCL_DEBUG=INFO"
+  ENV_ASSIGNMENTS+=("$assignment")
+}
+
 require() {
   local name
   for name in "$@"; do
@@ -107,7 +117,7 @@ port_number() {
   [[ $2 =~ ^[1-9][0-9]{0,4}$ && $2 -le 65535 ]] || die "$1=$2 must be a port number from 1 to 65535"
 }
 
-# The argv of one training process: `PYTHON -m fer_jax.main --config ... --workdir ...`, then
+# The argv of one training process: `[env NAME=VALUE ...] PYTHON -m fer_jax.main --config ... --workdir ...`, then
 # DATA_DIR, the given launcher flags and the user's extra arguments (after `--`).
 training_command() {
   local python=$1 config=$2 workdir=$3 data_dir=$4
@@ -115,6 +125,7 @@ training_command() {
   TRAINING_COMMAND=("$python" -m fer_jax.main "--config=$config" "--workdir=$workdir")
   [[ -z $data_dir ]] || TRAINING_COMMAND+=("--config.dataset.data_dir=$data_dir")
   TRAINING_COMMAND+=("$@" "${TRAINING_EXTRA_ARGS[@]}")
+  ((${#ENV_ASSIGNMENTS[@]} == 0)) || TRAINING_COMMAND=(env "${ENV_ASSIGNMENTS[@]}" "${TRAINING_COMMAND[@]}")
 }
 
 # The host-side shell text that sends SIGTERM to the training whose pid file is $1 and succeeds only

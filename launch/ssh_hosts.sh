@@ -34,7 +34,7 @@ EOF
 }
 
 HOSTS="" CONFIG="" WORKDIR="" DATA_DIR="" PORT=12355 REPO_DIR=$REPO_ROOT PYTHON=.venv/bin/python
-ENV_ASSIGNMENTS=() SSH_OPTIONS=() INTERRUPTED=0
+SSH_OPTIONS=() INTERRUPTED=0
 
 # One of this script's own options (parse_options reads the shared ones).
 ssh_hosts_option() {
@@ -46,7 +46,7 @@ ssh_hosts_option() {
     --port=*) PORT=$(option_value "$1") ;;
     --repo-dir=*) REPO_DIR=$(option_value "$1") ;;
     --python=*) PYTHON=$(option_value "$1") ;;
-    --env=*) ENV_ASSIGNMENTS+=("$(option_value "$1")") ;;
+    --env=*) env_option "$1" ;;
     --ssh-option=*) SSH_OPTIONS+=(-o "$(option_value "$1")") ;;
     *) return 1 ;;
   esac
@@ -56,12 +56,6 @@ parse_args() {
   parse_options ssh_hosts_option "$@"
   require HOSTS CONFIG WORKDIR
   port_number --port "$PORT"
-  local assignment
-  for assignment in "${ENV_ASSIGNMENTS[@]}"; do
-    # `env NAME` would run NAME as the command.
-    [[ $assignment =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] ||
-      die "--env=$assignment: write --env=NAME=VALUE, e.g. --env=NCCL_DEBUG=INFO"
-  done
   # ssh keeps an option's first value: BatchMode before yours, the keepalive after (so yours win). A host that
   # dies is noticed in 2 minutes (not TCP's 2 hours), one that does not answer in 20 s.
   SSH_OPTIONS=(-o BatchMode=yes "${SSH_OPTIONS[@]}" -o ServerAliveInterval=30 -o ServerAliveCountMax=4
@@ -113,10 +107,8 @@ remote_command() {
   local index=$1 coordinator=${HOST_LIST[0]#*@}
   training_command "$PYTHON" "$CONFIG" "$WORKDIR" "$DATA_DIR" --distributed \
     "--coordinator_address=$coordinator:$PORT" "--num_processes=${#HOST_LIST[@]}" "--process_id=$index"
-  local environment=""
-  ((${#ENV_ASSIGNMENTS[@]} == 0)) || environment="$(quote_command env "${ENV_ASSIGNMENTS[@]}") "
-  printf 'cd %s && echo $$ > %s && exec %s%s' "$(quote_word "$REPO_DIR")" "$(pid_file "$index")" \
-    "$environment" "$(quote_command "${TRAINING_COMMAND[@]}")"
+  printf 'cd %s && echo $$ > %s && exec %s' "$(quote_word "$REPO_DIR")" "$(pid_file "$index")" \
+    "$(quote_command "${TRAINING_COMMAND[@]}")"
 }
 
 prefix_lines() {

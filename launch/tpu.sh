@@ -41,6 +41,8 @@ Options
   --jax-version=V           pin jax[tpu]==V (default: pip's choice within setup.cfg's range)
   --max-retries=N           resume-loop: runs after the first (default 5)
   --retry-wait=SECONDS      resume-loop: pause before each retry (default 60)
+  --env=KEY=VALUE           set in the training's environment on every worker (repeatable), e.g.
+                            --env=TPU_STDERR_LOG_LEVEL=0
   --stop-timeout=SECONDS    stop, resume-loop: how long the training may take to save and exit
                             after SIGTERM before SIGKILL (default 600)
   --keep                    all: do not delete the TPU at the end
@@ -78,6 +80,7 @@ tpu_option() {
     --retry-wait=*) RETRY_WAIT=$(option_value "$1") ;;
     --stop-timeout=*) STOP_TIMEOUT=$(option_value "$1") ;;
     --keep) KEEP=1 ;;
+    --env=*) env_option "$1" ;;
     *) return 1 ;;
   esac
 }

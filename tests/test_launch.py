@@ -422,6 +422,17 @@ def test_tpu_setup_tells_that_a_config_file_not_in_head_does_not_reach_the_worke
     assert "is not in HEAD" not in setup_notes(committed) and "absolute" not in setup_notes(committed)
 
 
+def test_tpu_env_reaches_the_training_on_every_worker():
+  """tpu.sh had no --env (ssh_hosts.sh had): the workers' environment is gcloud ssh's, not the launcher's."""
+  commands = dry_run("tpu.sh", "run", *TPU, "--env=TPU_STDERR_LOG_LEVEL=0", "--env=XLA_FLAGS=--xla_dump_to=/tmp/x y")
+  process = shlex.split(remote(commands[0]).split("exec ", 1)[1].split(")", 1)[0])
+  assert process[:4] == ["env", "TPU_STDERR_LOG_LEVEL=0", "XLA_FLAGS=--xla_dump_to=/tmp/x y",
+                         "/tmp/fer_jax/venv/bin/python"]
+  result = launch("tpu.sh", "run", *TPU, "--env=FOO", "--dry-run")
+  assert_user_error(result, "--env=FOO: write --env=NAME=VALUE")
+  assert result.stdout == ""
+
+
 def test_tpu_spot_queued_keep_and_mounted_data():
   commands = dry_run("tpu.sh", "all", *TPU, "--queued", "--spot", "--keep", "--data=mount",
                      "--accelerator-type=v6e-32", "--jax-version=0.10.2")
