@@ -702,16 +702,16 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
     if jax.process_index() == 0:  # which writes the report: a workdir it cannot write fails before the evaluation
       cli.check_writable_place(f"--workdir={workdir}", workdir)
     validation.validate(config, training=False)
-    checkpointing.step_folder(checkpoint)
+    # Resolved once: a workdir still training may save a newer step, and the report names the weights evaluated.
+    step_directory = checkpointing.step_folder(checkpoint)
   mesh = mesh_lib.make_mesh()
   model = models.build_model(config)
   with distributed.errors_together():  # a copy of the checkpoint on one host may be damaged
-    variables = models.load_trained_variables(config, model, checkpoint)  # before the data: a wrong one fails fast
+    variables = models.load_trained_variables(config, model, step_directory)  # before the data: a wrong one fails fast
   distributed.check_same_weights(f"--checkpoint={checkpoint}", lambda: checkpointing.fingerprint(variables))
   evaluators = Evaluators(model, config, mesh)
   evaluators.open_all()
   variables = mesh_lib.replicated(variables, mesh)
-  step_directory = checkpointing.step_folder(checkpoint)  # the folder load_trained_variables read
   warn_of_a_replaced_report(workdir, step_directory)  # once the data and weights opened: a failure replaces nothing
   name = os.path.basename(step_directory)
   trained_config = checkpointing.read_meta(step_directory).get("config")

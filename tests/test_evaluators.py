@@ -446,6 +446,31 @@ def test_mode_eval_reports_the_checkpoint_it_read_and_only_this_evaluations_figu
                                                      "eval_summary.png", "examples_test.png"]
 
 
+@pytest.mark.integration
+def test_mode_eval_reports_the_step_it_read_while_a_training_saves_newer_ones(fixture_sets, tmp_path, monkeypatch):
+  """--checkpoint=WORKDIR was resolved to a step folder anew for the report after the weights were read: a step a
+  training saved meanwhile was named as the weights evaluated, with its config."""
+  data_dir, _ = fixture_sets
+  config = get_config("configs/dan.py:rafdb")
+  config.dataset.update(data_dir=data_dir, image_size=32)
+  config.input.size = 32
+  config.update(eval_batch_size=8, data_workers=0)
+  config.model.dtype = "float32"
+  checkpoints = checkpointing.manager(str(tmp_path / "run" / "checkpoints"))
+  checkpointing.save(checkpoints, 5, random_variables(config), config)
+  checkpoints.wait_until_finished()
+  read = checkpointing._read_model_variables
+
+  def read_while_a_step_is_saved(step_directory):
+    variables = read(step_directory)
+    checkpointing.save(checkpoints, 9, random_variables(config, seed=1), config)
+    checkpoints.wait_until_finished()
+    return variables
+  monkeypatch.setattr(checkpointing, "_read_model_variables", read_while_a_step_is_saved)
+  report = evaluate.evaluate_checkpoint(config, str(tmp_path / "run"), str(tmp_path / "report"))
+  assert (report["step"], report["checkpoint"]) == (5, str(tmp_path / "run" / "checkpoints" / "5"))
+
+
 class Linear(nn.Module):
   """Logits of a fixed random linear map of the pixels: each test-time view gives other logits."""
 
