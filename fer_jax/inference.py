@@ -54,8 +54,8 @@ def list_images(path: str, extensions: tuple[str, ...] = decode.IMAGE_SUFFIXES,
 
   files = sorted(os.path.join(root, name) for root, _, names in os.walk(path, onerror=skip_unreadable_folder)
                  for name in names)
-  named = [file for file in files if file.lower().endswith(extensions)]
-  _log_left_out([file for file in files if not file.lower().endswith(extensions)], path)
+  named = [file for file in files if decode.is_image_name(os.path.basename(file), extensions)]
+  _log_left_out(sorted(set(files) - set(named)), path)
   found = []
   for file in named:
     if kind := _special_kind(file):
@@ -83,13 +83,18 @@ SHOWN_EXTENSIONS = 8  # the most frequent extensions of the files left out that 
 
 
 def _log_left_out(files: list[str], folder: str) -> None:
-  """One line: how many `files` (under `folder`) were left out for their extension, and how many of each."""
+  """One line: how many `files` (under `folder`) were left out for their extension (or as macOS's `._<name>`
+  metadata), and how many of each."""
   if not files:
     return
-  counts = collections.Counter(os.path.splitext(file)[1].lower() or "(none)" for file in files)
+  is_metadata = [os.path.basename(file).startswith("._") for file in files]
+  others = [file for file, metadata in zip(files, is_metadata) if not metadata]
+  counts = collections.Counter(os.path.splitext(file)[1].lower() or "(none)" for file in others)
+  if any(is_metadata):
+    counts["._* (macOS metadata)"] = sum(is_metadata)
   ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
   shown = ", ".join(f"{extension} ×{count}" for extension, count in ranked[:SHOWN_EXTENSIONS])
-  videos = "; fer_jax.predict reads the videos" if any(map(video.is_video, files)) else ""
+  videos = "; fer_jax.predict reads the videos" if any(map(video.is_video, others)) else ""
   logging.info("Left out %s under %s whose extension is not read: %s%s%s.", errors.counted(len(files), "file"),
                folder, shown, ", …" if len(ranked) > SHOWN_EXTENSIONS else "", videos)
 

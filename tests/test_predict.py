@@ -1184,6 +1184,16 @@ def test_the_video_containers_opencv_reads_are_read_as_videos(tmp_path):
     assert video.is_video(path) and len(list(frames)) == 10, path
 
 
+def test_a_folder_unzipped_on_a_mac_is_listed_without_its_metadata_files(tmp_path, caplog):
+  """predict and visualize listed macOS's `._<name>` files (AppleDouble metadata beside each photo of an archive made on
+  a Mac) as photos, and warned of each as undecodable; prepare has left them out."""
+  for name in ("a.jpg", "._a.jpg", "b.png", "._b.png", "._clip.mp4"):
+    (tmp_path / name).write_bytes(b"")
+  messages = _logged(caplog, lambda: inference.list_images(str(tmp_path), decode.IMAGE_SUFFIXES + video.EXTENSIONS))
+  assert messages == [f"Left out 3 files under {tmp_path} whose extension is not read: ._* (macOS metadata) ×3."]
+  assert inference.list_images(str(tmp_path)) == [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
+
+
 def test_the_files_a_folder_search_leaves_out_are_counted_by_extension_in_one_line(tmp_path, caplog):
   """.heic photos (or any file of another extension) were left out without a word."""
   for name in ("a.png", "b.HEIC", "c.heic", "notes.txt", "README"):

@@ -405,9 +405,7 @@ def missing_image_error(path: str, listed_in) -> DataError:
 
 
 def is_image_file(path: epath.Path) -> bool:
-  """An image by its suffix, but not macOS's `._<name>` metadata (which unzipping an archive made on a Mac
-  leaves beside each file)."""
-  return path.suffix.lower() in decode.IMAGE_SUFFIXES and not path.name.startswith("._")
+  return decode.is_image_name(path.name)
 
 
 def class_folder_records(folder: epath.Path, class_of_folder: dict[str, int], root: epath.Path, layout: str,
