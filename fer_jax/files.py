@@ -28,13 +28,14 @@ def take_lock(lock_file, *, unlocked_warning: str, on_held=None) -> bool:
 
 
 @contextlib.contextmanager
-def written_whole(path: str, **open_kwargs):
-  """A text file (`open`'s `open_kwargs`) that replaces `path` once written: a failure while writing (a full disk)
-  leaves the file before it as it was, where writing in place left it empty, and the OSError names `path`."""
+def written_whole(path: str, mode: str = "w", **open_kwargs):
+  """A file opened to write (`open`'s `mode`, "w" or "wb", and `open_kwargs`) that replaces `path` once written: a
+  failure while writing (a full disk) leaves the file before it as it was, where writing in place left it empty, and no
+  partial file; the OSError names `path`."""
   folder, name = os.path.split(os.path.realpath(path))
   partial = os.path.join(folder, f".{name}.{os.getpid()}.partial")
   try:
-    with open(partial, "w", **open_kwargs) as f:
+    with open(partial, mode, **open_kwargs) as f:
       yield f
     os.replace(partial, os.path.join(folder, name))
   except OSError as error:

@@ -1,5 +1,6 @@
 """The FER builders and `prepare` on tiny copies of the owners' layouts (tests/reference/datasets.py)."""
 
+import errno
 import functools
 import io
 import logging
@@ -1313,6 +1314,24 @@ def test_rafdb_label_file_without_a_split_s_lines_is_named_before_the_subset_lis
   with pytest.raises(builder_utils.DataError, match=f"gives no examples for the '{empty_split}' split") as error:
     build("rafdb", tmp_path / "manual", tmp_path / "tfds")
   assert str(label_file) in str(error.value) and "names an image" not in str(error.value)
+
+
+def test_a_label_index_that_cannot_be_written_leaves_no_partial_file(tmp_path, monkeypatch):
+  """A full disk while the label index was written left its `.incomplete-PID` file in the prepared set's folder."""
+  fx.write_rafdb(tmp_path / "manual")
+  builder = build("rafdb", tmp_path / "manual", tmp_path / "tfds")
+  for split in builder.info.splits:  # a set prepared before the index existed
+    builder_utils.label_index_path(builder, split).unlink(missing_ok=True)
+  before = sorted(os.listdir(builder.data_path))
+
+  def full_disk(file, array, **kwargs):
+    file.write(b"\x93NUMPY")
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(np, "save", full_disk)
+  with pytest.raises(OSError) as error:
+    builder_utils.write_label_index(builder)
+  assert error.value.errno == errno.ENOSPC and str(builder.data_path) in error.value.filename
+  assert sorted(os.listdir(builder.data_path)) == before
 
 
 @pytest.mark.parametrize("damage", ["truncated", "deleted"])

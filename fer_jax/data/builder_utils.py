@@ -29,6 +29,7 @@ from PIL import Image
 from PIL import UnidentifiedImageError
 import tensorflow_datasets as tfds
 
+from fer_jax import files
 from fer_jax.data import decode
 from fer_jax.data import labels
 from fer_jax.errors import UserError
@@ -607,10 +608,8 @@ def write_label_index(builder) -> None:
   for split in builder.info.splits:
     path = label_index_path(builder, split)
     if not path.exists():
-      partial = path.with_name(f"{path.name}.incomplete-{os.getpid()}")
-      with partial.open("wb") as f:
+      with files.written_whole(os.fspath(path), "wb") as f:
         np.save(f, read_label_columns(builder, split), allow_pickle=False)
-      partial.replace(path)
 
 
 def label_columns(builder, split: str) -> np.ndarray:
