@@ -67,10 +67,15 @@ class _PathParser(flags.ArgumentParser):
 
 
 class _PathListParser(flags.ListParser):
-  """Comma-separated paths, each with `~` expanded."""
+  """Comma-separated paths, each as `_PathParser` takes one; a URL refused, named."""
 
   def parse(self, argument) -> list[str]:
-    return [os.path.expanduser(path) for path in super().parse(argument)]
+    paths = super().parse(argument)
+    for path in paths:
+      problem = local_path_problem(path)
+      if problem:
+        raise ValueError(f"{path} {problem}")
+    return [os.path.expanduser(path) for path in paths]
 
 
 def define_path(name: str, default: str | None, help_text: str) -> flags.FlagHolder:

@@ -155,6 +155,15 @@ def test_a_missing_repeated_flag_is_named_on_one_line(monkeypatch):
       "--checkpoint is required (The file to convert; one per backbone)")
 
 
+def test_a_url_in_a_list_of_paths_is_refused_by_name_as_a_single_path_flag_refuses_one():
+  """export --verify_images=a.jpg,gs://b/x.jpg took the URL, which failed later as a file that cannot be opened."""
+  parser = cli._PathListParser()  # pylint: disable=protected-access
+  with pytest.raises(ValueError) as error:
+    parser.parse("a.jpg,gs://b/x.jpg")
+  assert str(error.value).startswith("gs://b/x.jpg is a URL; fer_jax reads and writes through the file system")
+  assert parser.parse("a.jpg,~/b.jpg") == ["a.jpg", os.path.expanduser("~/b.jpg")]
+
+
 def test_a_misspelt_flag_is_answered_with_the_flag_meant(monkeypatch):
   flag_values = flags.FlagValues()
   flags.DEFINE_string("workdir", None, "Run directory.", flag_values=flag_values)
