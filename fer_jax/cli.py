@@ -168,6 +168,10 @@ def run(main) -> None:
   app.run(with_clean_errors(main), flags_parser=_parse_flags)
 
 
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C, with the command's own line for it (what was kept, how to go on) instead of the general one."""
+
+
 def with_clean_errors(main):
   """`main` with user errors printed as one line and exit status 2, and Ctrl-C as one line and status 130."""
 
@@ -176,10 +180,11 @@ def with_clean_errors(main):
     errors.quiet_closed_event_loops()
     try:
       return main(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
       if _VERBOSE.value:
         raise
-      _exit_with_line("Interrupted (Ctrl-C) before the command finished; what it was writing may be incomplete.",
+      _exit_with_line(str(interrupt) if isinstance(interrupt, Interrupted) else
+                      "Interrupted (Ctrl-C) before the command finished; what it was writing may be incomplete.",
                       INTERRUPTED_STATUS)
     except Exception as error:  # pylint: disable=broad-except
       message = describe(error)

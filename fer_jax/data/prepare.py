@@ -33,8 +33,6 @@ images out would quietly change the set.
 import contextlib
 import errno
 import os
-import signal
-import sys
 
 from absl import flags
 from absl import logging
@@ -50,7 +48,6 @@ from fer_jax.data import builders
 
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-INTERRUPTED_STATUS = 128 + signal.SIGINT  # a shell's status for a command stopped by Ctrl-C
 
 
 def make_builder(dataset: str, data_dir: str | None = None, skip_corrupt: bool = False):
@@ -231,10 +228,9 @@ def main(argv):
     builder = prepare(args.dataset, args.manual_dir, args.data_dir, args.skip_corrupt, args.overwrite)
   except builder_utils.DataError as e:
     raise builder_utils.DataError(f"Cannot prepare {args.dataset}: {e}") from None
-  except KeyboardInterrupt:
-    print(f"\nInterrupted: {args.dataset} was not built; a copy prepared before stays as it was. Run the same "
-          "command to start again.", file=sys.stderr)
-    sys.exit(INTERRUPTED_STATUS)
+  except KeyboardInterrupt as interrupt:
+    raise cli.Interrupted(f"\nInterrupted: {args.dataset} was not built; a copy prepared before stays as it was. Run "
+                          "the same command to start again.") from interrupt
   print(summary(builder))
 
 
