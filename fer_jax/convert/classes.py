@@ -17,16 +17,12 @@ from fer_jax import config_lib
 from fer_jax.convert.core import ConversionError
 from fer_jax.data import labels
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
-
-
 @functools.cache
 def _method_configs(method: str) -> tuple:
   """(spec, config) for each data set of the repository's configs/<method>.py; none if it is not there."""
-  path = os.path.join(CONFIG_DIR, f"{method}.py")
-  if not os.path.isfile(path):
+  if not os.path.isfile(os.path.join(config_lib.PAPER_CONFIGS, f"{method}.py")):
     return ()
-  module = config_lib.config_module(path)
+  module = config_lib.paper_config(method)
   return tuple((f"configs/{method}.py:{data}", module.get_config(data)) for data in module.DATA_SETS)
 
 
