@@ -676,14 +676,9 @@ def json_item(step_directory: str, item: str, what: str, fix: str) -> dict:
   if not os.path.exists(path):
     return {}
   try:
-    with open(path) as f:
-      record = json.load(f)
-  except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+    return files.strict_json_object(path)
+  except (OSError, ValueError) as e:
     raise CheckpointError(f"Cannot read {what} {path} ({e}): the checkpoint is damaged. {fix}") from None
-  if not isinstance(record, dict):
-    raise CheckpointError(f"Cannot read {what} {path} (a JSON {type(record).__name__}, not an object): the checkpoint "
-                          f"is damaged. {fix}")
-  return record
 
 
 def read_meta(path: str) -> dict:

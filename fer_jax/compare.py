@@ -34,8 +34,6 @@ from fer_jax import files
 from fer_jax.errors import UserError
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
-# What an evaluator's results say of the images it read: the same name in two reports may read other ones.
-DATA_KEYS = ("dataset", "split", "num_examples", "class_names")
 # Config keys that do not change a run's reported numbers: where and how often things are read, written and logged,
 # the evaluation batch (its padding is masked) and what the backward pass recomputes (the same gradients).
 NOT_OF_THE_RESULTS = (*config_lib.NOT_OF_THE_TRAINING, "eval_batch_size", "model.remat")
@@ -44,15 +42,12 @@ NOT_OF_THE_RESULTS = (*config_lib.NOT_OF_THE_TRAINING, "eval_batch_size", "model
 def read_report(path: str, fix: str) -> dict:
   """The report in `path` (an eval_results.json); a UserError naming what is wrong with it, and `fix`."""
   try:
-    with open(path, encoding="utf-8") as f:
-      report = json.load(f)
+    report = files.strict_json_object(path)
   except ValueError as e:
-    report, reason = None, str(e)
-  else:
-    reason = (f"a JSON {type(report).__name__}, not an object" if not isinstance(report, dict) else
-              "no \"evaluators\": written by a fer_jax from before 2026-12-01, or not by fer_jax")
-  if not isinstance(report, dict) or not isinstance(report.get("evaluators"), dict):
-    raise UserError(f"{path} is not a complete report ({reason}): {fix}")
+    raise UserError(f"{path} is not a complete report ({e}): {fix}") from None
+  if not isinstance(report.get("evaluators"), dict):
+    raise UserError(f"{path} is not a complete report (no \"evaluators\": written by a fer_jax from before 2026-12-01, "
+                    f"or not by fer_jax): {fix}")
   return report
 
 

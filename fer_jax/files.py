@@ -51,12 +51,23 @@ def write_whole(path: str, text: str) -> None:
     f.write(text)
 
 
+def strict_json_object(path: str) -> dict:
+  """The JSON object in `path`; a ValueError saying why there is none (no JSON, JSON nested too deep, another type of
+  JSON value); open's OSError where the file cannot be read."""
+  with open(path, encoding="utf-8") as f:
+    try:
+      record = json.load(f)
+    except RecursionError:
+      raise ValueError("JSON nested too deep") from None
+  if not isinstance(record, dict):
+    raise ValueError(f"a JSON {type(record).__name__}, not an object")
+  return record
+
+
 def json_object(path: str) -> dict | None:
   """The JSON object in `path`; None where the file is missing, unreadable, or holds no JSON object (a report an
   earlier run left, read only to inform or tidy up)."""
   try:
-    with open(path) as f:
-      record = json.load(f)
+    return strict_json_object(path)
   except (OSError, ValueError):
     return None
-  return record if isinstance(record, dict) else None

@@ -64,6 +64,9 @@ def test_a_workdir_without_a_report_a_damaged_one_or_a_pattern_matching_nothing_
   with pytest.raises(compare.UserError, match=r"eval_results.json is not a complete report \(Expecting .*\): evaluate "
                                               r"the run again"):
     compare.read_reports(compare.expand([str(tmp_path / "running")]))
+  (tmp_path / "running" / "eval_results.json").write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError traceback
+  with pytest.raises(compare.UserError, match=r"eval_results.json is not a complete report \(JSON nested too deep\)"):
+    compare.read_reports(compare.expand([str(tmp_path / "running")]))
   assert "must end in .md or .csv" in _compare(f"--workdir={tmp_path}", "--output=table.txt").stderr
 
 
