@@ -32,10 +32,8 @@ from fer_jax import validation
 from fer_jax.errors import UserError
 
 
-def count_params(tree, exclude=()) -> int:
-  """Scalars in a nested dict of arrays (or one array), without the top-level keys in `exclude`."""
-  if isinstance(tree, Mapping):
-    tree = {k: v for k, v in tree.items() if k not in exclude}
+def count_params(tree) -> int:
+  """Scalars in a nested dict of arrays (or one array)."""
   return int(parameter_overview.count_parameters({"": tree}))
 
 
