@@ -42,7 +42,6 @@ stops it with exit status 75 and nothing written (the same command exports again
 
 from collections.abc import Sequence
 import importlib
-import importlib.metadata
 import json
 import os
 import shlex
@@ -64,6 +63,7 @@ from fer_jax import inference
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import onnx_export
+from fer_jax import provenance
 from fer_jax import stopping
 from fer_jax import validation
 from fer_jax.data import augment
@@ -402,19 +402,11 @@ def write_onnx(config, variables: dict, out: str, batch_size: int | None, verify
   return info
 
 
-def fer_jax_version() -> str | None:
-  """The installed fer_jax distribution's version; None where it is imported from a checkout not installed."""
-  try:
-    return importlib.metadata.version("fer_jax")
-  except importlib.metadata.PackageNotFoundError:
-    return None
-
-
 def onnx_metadata(info: dict) -> dict[str, str]:
   """model.onnx's metadata_props: model.json's (`info`) keys, each value as JSON text (json.loads gives model.json's
   value back), and fer_jax_version where known."""
   props = {key: json.dumps(value) for key, value in info.items()}
-  if version := fer_jax_version():
+  if version := provenance.software()["fer_jax"]:
     props["fer_jax_version"] = json.dumps(version)
   return props
 
@@ -437,7 +429,7 @@ def describe_onnx(model, info: dict) -> None:
     value.doc_string = docs[value.name]
   for key, value in onnx_metadata(info).items():
     model.metadata_props.add(key=key, value=value)
-  model.producer_version = fer_jax_version() or ""
+  model.producer_version = provenance.software()["fer_jax"] or ""
 
 
 def write_stablehlo(config, variables: dict, out: str, batch_size: int | None, platforms) -> dict:
