@@ -51,6 +51,12 @@ def write_whole(path: str, text: str) -> None:
     f.write(text)
 
 
+def is_within(path: str, folder: str) -> bool:
+  """Whether `path` (existing or not) is `folder` or lies under it, links resolved."""
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return os.path.commonpath([path, folder]) == folder
+
+
 def strict_json_object(path: str) -> dict:
   """The JSON object in `path`; a ValueError saying why there is none (no JSON, JSON nested too deep, another type of
   JSON value); open's OSError where the file cannot be read."""

@@ -101,19 +101,13 @@ def check_annotate(path: str, input_path: str = "") -> None:
     return
   if os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f"--annotate={path} is a file: pass a folder (new or existing) for the drawn photos.")
-  if os.path.isdir(input_path) and _is_within(path, input_path):
+  if os.path.isdir(input_path) and files.is_within(path, input_path):
     raise UserError(f"--annotate={path} is inside --input={input_path}: the next run would read its drawings as "
                     "photos. Pass a folder outside --input.")
   if os.path.isfile(input_path) and os.path.realpath(path) == os.path.realpath(os.path.dirname(input_path) or "."):
     raise UserError(f"--annotate={path} is the folder of --input={input_path}: a run over that folder would read its "
                     "drawings as photos. Pass another folder.")
   cli.check_writable_place(f"--annotate={path}", path)
-
-
-def _is_within(path: str, folder: str) -> bool:
-  """Whether `path` (existing or not) is `folder` or lies under it, links resolved."""
-  path, folder = os.path.realpath(path), os.path.realpath(folder)
-  return os.path.commonpath([path, folder]) == folder
 
 
 @dataclasses.dataclass

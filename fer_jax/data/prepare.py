@@ -117,7 +117,7 @@ def prepare(dataset: str, manual_dir: str, data_dir: str | None = None, skip_cor
         return rebuild(dataset, builder, manual)
       build(builder, manual)
   except OSError as e:
-    if e.errno in NOT_WRITABLE and is_inside(e.filename, builder.data_dir_root):
+    if e.errno in NOT_WRITABLE and e.filename and files.is_within(e.filename, builder.data_dir_root):
       raise builder_utils.DataError(f"--data_dir {builder.data_dir_root} is not writable ({e.strerror}: "
                                     f"{e.filename}). Make it writable, or pass another --data_dir.") from e
     if e.errno not in DISK_FULL:
@@ -185,13 +185,6 @@ def rebuild(dataset: str, builder, manual: epath.Path):
   rebuilt = make_builder(dataset, builder.data_dir_root, builder.skip_corrupt)
   rebuilt.skipped_images = fresh.skipped_images
   return rebuilt
-
-
-def is_inside(path, folder) -> bool:
-  if path is None:
-    return False
-  path, folder = epath.Path(path), epath.Path(folder)
-  return path == folder or folder in path.parents
 
 
 def summary(builder) -> str:
