@@ -218,7 +218,8 @@ def wait_until_saved(checkpoints: ocp.CheckpointManager) -> None:
 
 @contextlib.contextmanager
 def save_errors(checkpoints: ocp.CheckpointManager):
-  """A failed save (a full disk, a lost mount) as a CheckpointError naming the intact step."""
+  """A failed save (a full disk, a lost mount) as a CheckpointError naming the intact step; then a stop signal held
+  while Orbax's event loop ran raises StoppedOutsideSteps (`stopping.stop_if_held`)."""
   try:
     yield
   except (OSError, ValueError) as e:
@@ -445,7 +446,8 @@ def _check_same_state(saved: dict, target: dict, step_directory: str) -> None:
 
 @contextlib.contextmanager
 def read_errors(what: str, fix: str):
-  """Any failure to read `what` ("the checkpoint DIR") as a CheckpointError saying it is damaged, and `fix`."""
+  """Any failure to read `what` ("the checkpoint DIR") as a CheckpointError saying it is damaged, and `fix`; then a
+  stop signal held while Orbax's event loop ran raises StoppedOutsideSteps (`stopping.stop_if_held`)."""
   try:
     yield
   except CheckpointError:

@@ -459,8 +459,8 @@ def _left_by_a_stopped_export(out: str, entries: list[str]) -> bool:
 
 
 def check_out(out: str) -> str:
-  """--out as an absolute path, checked before any work: a new or empty folder (or one holding only the
-  temporary folder of an interrupted Orbax save, which is removed) in a writable place."""
+  """--out as an absolute path, checked before any work: a new or empty folder in a writable place, or one holding only
+  what a stopped export left (`_left_by_a_stopped_export`), which is removed."""
   out = os.path.abspath(os.path.expanduser(out))
   if os.path.exists(out) and not os.path.isdir(out):
     raise UserError(f"--out={out} is a file: export into a new folder.")
