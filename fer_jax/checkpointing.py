@@ -418,7 +418,7 @@ def _shape_differences(got: dict, want: dict, labels: tuple[str, str], wanted_by
   and the shapes that differ ("checkpoint S vs <wanted_by> S′"), each list cut to its first `count`."""
   mismatched = [f"{k}: checkpoint {got[k]} vs {wanted_by} {want[k]}" for k in sorted(set(got) & set(want))
                 if got[k] != want[k]]
-  return [f"{label}: {_first(items, count)}" for label, items in
+  return [f"{label}: {errors.first(items, count)}" for label, items in
           ((labels[0], sorted(set(want) - set(got))), (labels[1], sorted(set(got) - set(want))),
            ("shape mismatch", mismatched)) if items]
 
@@ -429,8 +429,6 @@ def _leaf_shapes(tree) -> dict:
   return {"/".join(path): _shape(leaf) for path, leaf in ocp.tree.to_flat_dict(tree).items()}
 
 
-def _first(items: Sequence[str], count: int = 3) -> str:
-  return ", ".join(items[:count]) + (f" … ({len(items)} in all)" if len(items) > count else "")
 
 
 def _check_same_state(saved: dict, target: dict, step_directory: str) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fer_jax import config_lib
+from fer_jax import errors
 from fer_jax.errors import USER_ERROR_STATUS
 from fer_jax.errors import UserError
 
@@ -276,7 +277,7 @@ def config_differences(configs: list[dict]) -> str:
       more = f" ({len(others)} processes differ)" if len(others) > 1 else ""
       differences.append(f"{key}: {_short(values[0])} on process 0, {_short(values[others[0]])} on process "
                          f"{others[0]}{more}")
-  return "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more keys" if len(differences) > 3 else "")
+  return errors.first(differences, 3, "; ")
 
 
 def _short(text: str, limit: int = 60) -> str:

@@ -99,6 +99,11 @@ def counted(count: int, noun: str) -> str:
   return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def first(items, count: int, separator: str = ", ") -> str:
+  """The first `count` of `items` (strings) joined, and "… (N in all)" after them where there are more."""
+  return separator.join(items[:count]) + (f" … ({len(items)} in all)" if len(items) > count else "")
+
+
 def with_article(word: str) -> str:
   """"an apvit", "a dan": a name (a method's) after the indefinite article its first letter calls for."""
   return f"{'an' if word and word[0].lower() in 'aeiou' else 'a'} {word}"

@@ -727,7 +727,6 @@ def _log_config_differences(trained_config: dict | None, config, step_directory:
   ignored = (*compare.NOT_OF_THE_RESULTS, "init_from", "init_from_")
   differing = config_lib.differences(trained_config or {}, config, ignored)
   if differing:
-    listed = "; ".join(f"{key}={now!r} (recorded {then!r})" for key, now, then in differing[:shown])
-    more = f"; … {len(differing) - shown} more" if len(differing) > shown else ""
-    logging.info("%s records a config that differs from this one in %s%s: eval_results.json keeps it under "
-                 "trained_config.", step_directory, listed, more)
+    listed = errors.first([f"{key}={now!r} (recorded {then!r})" for key, now, then in differing], shown, "; ")
+    logging.info("%s records a config that differs from this one in %s: eval_results.json keeps it under "
+                 "trained_config.", step_directory, listed)

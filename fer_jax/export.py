@@ -59,6 +59,7 @@ import orbax.checkpoint as ocp
 from fer_jax import checkpointing
 from fer_jax import cli
 from fer_jax import config_lib
+from fer_jax import errors
 from fer_jax import inference
 from fer_jax import mesh as mesh_lib
 from fer_jax import models
@@ -293,8 +294,8 @@ def check_variables_fit(folder: str, exported: jax.export.Exported, variables: d
   got, want = _leaf_types(variables), _leaf_types(jax.tree.unflatten(exported.in_tree, exported.in_avals)[0][0])
   if got != want:
     differing = sorted(key for key in got.keys() | want.keys() if got.get(key) != want.get(key))
-    shown = "; ".join(f"{key}: {got.get(key, 'absent')}, the program takes {want.get(key, 'absent')}"
-                      for key in differing[:3]) + (f"; and {len(differing) - 3} more" if len(differing) > 3 else "")
+    shown = errors.first([f"{key}: {got.get(key, 'absent')}, the program takes {want.get(key, 'absent')}"
+                          for key in differing], 3, "; ")
     raise checkpointing.CheckpointError(
         f"{folder} does not hold the variables {STABLEHLO} takes ({shown}): the export folder mixes two exports. "
         "Export the model again (`python -m fer_jax.export`).")

@@ -6,6 +6,7 @@ import threading
 from absl import logging
 import jax
 
+from fer_jax import errors
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring's event, once per XLA compilation
 _calling = threading.local()  # the WatchedStep running in this thread, if any
@@ -57,6 +58,5 @@ class WatchedStep:
       return
     changed = [f"{path}: {self._first_types.get(path, 'absent')} → {now}" for path, now in types.items()
                if self._first_types.get(path) != now]
-    shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
     logging.warning("%s compiled again (%d compilations this run); changed since its first compilation: %s",
-                    self.name, self.compiles, shown or "no argument's type or placement")
+                    self.name, self.compiles, errors.first(changed, 3, "; ") or "no argument's type or placement")

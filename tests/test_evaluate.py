@@ -406,11 +406,11 @@ def test_a_report_that_cannot_be_written_leaves_the_previous_one_and_names_its_f
   """A full disk left eval_results.json empty (written in place) and said "No space left on device", naming no file."""
   path = tmp_path / "eval_results.json"
   path.write_text('{"accuracy": 0.5}')
-  def full_disk(file, mode="r"):  # opens (and so truncates) the file written, whose writes then fail
+  def full_disk(file, mode="r", **kwargs):  # opens (and so truncates) the file written, whose writes then fail
     if "w" not in mode:
-      return open(file, mode)
-    open(file, mode).close()
-    return open("/dev/full", mode)
+      return open(file, mode, **kwargs)
+    open(file, mode, **kwargs).close()
+    return open("/dev/full", mode, **kwargs)
 
   monkeypatch.setattr(files, "open", full_disk, raising=False)
   with pytest.raises(OSError) as error:

@@ -115,11 +115,6 @@ def _shown(name) -> str:
   return name if str(name).isprintable() else repr(name)
 
 
-def _listing(items: list[str], limit: int = 12) -> str:
-  shown = ", ".join(items[:limit])
-  return shown + (f" … ({len(items)} in all)" if len(items) > limit else "")
-
-
 class Tensors:
   """A source checkpoint's tensors by name; records which ones a key map used or dropped."""
 
@@ -354,7 +349,7 @@ class Report:
       for name, reason in dropped.items():
         by_reason.setdefault(reason, []).append(name)
       for reason, names in by_reason.items():
-        listed = "" if reason in self.expected else f": {_listing(names, 6)}"
+        listed = "" if reason in self.expected else f": {errors.first(names, 6)}"
         lines.append(f"{origin}: dropped {errors.counted(len(names), 'tensor')} ({reason}){listed}")
     if self.fresh:
       modules = sorted({path.split("/")[1] for path in self.fresh})
@@ -385,15 +380,15 @@ def finish(target: Target, sources: list[Tensors], fresh_variables: Callable[[li
   for tensors in sources:  # the unknown names first: beside the missing ones they show how the names differ
     unknown = [_describe(name, tensors.tensors[name]) for name in tensors.unknown()]
     if unknown:
-      problems.append(f"{tensors.origin}: unknown to this model: {_listing(unknown)}")
+      problems.append(f"{tensors.origin}: unknown to this model: {errors.first(unknown, 12)}")
     if tensors.missing:
-      problems.append(f"{tensors.origin}: {_listing(tensors.missing)} {'is' if len(tensors.missing) == 1 else 'are'} "
+      problems.append(f"{tensors.origin}: {errors.first(tensors.missing, 12)} {'is' if len(tensors.missing) == 1 else 'are'} "
                       "missing")
   problems += target.problems
   unfilled = target.unfilled()
   not_allowed = [f"{path} {tuple(target.abstract[path].shape)}" for path in unfilled if not may_stay_fresh(path)]
   if not_allowed:
-    problems.append(f"model variables no source provides: {_listing(not_allowed)}")
+    problems.append(f"model variables no source provides: {errors.first(not_allowed, 12)}")
   if problems:
     raise _failure(problems, list(diagnoses))
   values = dict(target.values)

@@ -228,8 +228,7 @@ def _check_not_an_archive_of_files(path: str) -> None:
                           "only in its unsafe mode that runs any code the file holds, and fer_jax never runs code "
                           "from a checkpoint. If you trust it, re-save its tensors with a current PyTorch "
                           "(torch.save).")
-  shown = ", ".join(names[:4]) + (f" … ({len(names)} in all)" if len(names) > 4 else "")
-  raise ConversionError(f"{path} is a {kind} archive of files ({shown}), not a PyTorch checkpoint: extract it and "
+  raise ConversionError(f"{path} is a {kind} archive of files ({errors.first(names, 4)}), not a PyTorch checkpoint: extract it and "
                         "pass the checkpoint it holds.")
 
 
