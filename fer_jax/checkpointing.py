@@ -717,9 +717,8 @@ def check_identity(record: dict, source: str, model_config, class_names: tuple[s
                           f"{model_config.name} with {model_config.num_classes}: pass the {errors.config_key()} it was "
                           f"trained or converted with ({shipped}).")
   if saved_classes != class_names:
-    raise CheckpointError(f"{source} predicts the classes ({', '.join(saved_classes)}) but the "
-                          f"config's class order gives ({', '.join(class_names)}): set "
-                          f"{errors.config_key('dataset.class_order')} to the order it was trained with.")
+    raise CheckpointError(f"{source} predicts the classes ({', '.join(saved_classes)}){_trained_as(record)} but the "
+                          f"config's class order gives ({', '.join(class_names)}): {_class_order_fix(record)}.")
   saved_input = record.get("input", {})
   differing = [key for key in ("size", "channels")
                if input_config is not None and key in saved_input and saved_input[key] != input_config[key]]
@@ -729,6 +728,30 @@ def check_identity(record: dict, source: str, model_config, class_names: tuple[s
                           + ", ".join(f"{key} {input_config[key]}" for key in differing) + ": "
                           + errors.config_change({f"input.{key}": saved_input[key] for key in differing})
                           + " as it was trained or converted with.")
+
+
+def _recorded_class_order(record: dict) -> str | None:
+  """The named class order (`labels.CLASS_ORDERS`) of a record's class names: its config's, else one that gives them."""
+  order = (record.get("config") or {}).get("dataset.class_order")
+  if order in labels.CLASS_ORDERS:
+    return order
+  return next((name for name, names in labels.CLASS_ORDERS.items() if tuple(names) == tuple(record["class_names"])),
+              None)
+
+
+def _trained_as(record: dict) -> str:
+  """" of class order 'fer2013', trained on synthetic/tiny,": what a record says of its classes and data, where it
+  says."""
+  order, dataset = _recorded_class_order(record), (record.get("config") or {}).get("dataset.name")
+  return (f" of class order {order!r}" if order else "") + (f", trained on {dataset}," if dataset else "")
+
+
+def _class_order_fix(record: dict) -> str:
+  order = _recorded_class_order(record)
+  if order is None:
+    return f"set {errors.config_key('dataset.class_order')} to the order it was trained with"
+  return (f"pass the {errors.config_key()} it was trained or converted with, or "
+          f"{errors.config_change({'dataset.class_order': order})}")
 
 
 def describe_record(record: dict, model_config=None) -> str:

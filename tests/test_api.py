@@ -323,8 +323,9 @@ def _changed(config, **fields):
 @pytest.mark.parametrize("fields, message", [
     ({}, r"holds a dan model with 7 classes .*, but the config builds scan_cci with 7: pass the config it was "
          r"trained or converted with \(configs/dan\.py:<dataset>\)\.$"),
-    ({"dataset__class_order": "rafdb"}, r"predicts the classes \(anger, .*\) but the config's class order gives "
-                                        r"\(surprise, .*\): set config\.dataset\.class_order to the order"),
+    ({"dataset__class_order": "rafdb"}, r"predicts the classes \(anger, .*\) of class order 'fer2013' but the config's "
+                                        r"class order gives \(surprise, .*\): pass the config it was trained or "
+                                        r"converted with, or set config\.dataset\.class_order = 'fer2013'\.$"),
     ({"input__size": 64},
      r"was trained on inputs of size 32 but the config gives size 64: set config\.input\.size = 32 as it was"),
 ], ids=["method", "class_order", "input_size"])

@@ -137,8 +137,8 @@ def test_resume_with_another_epoch_length_or_class_order_is_refused(tmp_path):
   other_classes = _with(config)
   other_classes.dataset.class_order = "rafdb"
   with pytest.raises(checkpointing.CheckpointError,
-                     match=r"predicts the classes \(anger, disgust, .*\) but the config's class order gives "
-                           r"\(surprise, fear, .*--config.dataset.class_order"):
+                     match=r"predicts the classes \(anger, disgust, .*\) of class order 'fer2013' but the "
+                           r"config's class order gives \(surprise, fear, .*\): pass the --config it was trained or converted with, or pass --config.dataset.class_order=fer2013\.$"):
     restore_state(checkpoints, 2, abstract, other_classes)
   _assert_trees_equal(restore_state(checkpoints, 2, abstract, config), _trained_state(config))
 
