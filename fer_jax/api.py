@@ -128,13 +128,14 @@ def _load_export(path: str, config, tta_name: str, batch_size: int) -> inference
 
 
 def _load_checkpoint(path: str, config, tta_name: str, batch_size: int) -> inference.Predictor:
-  meta = checkpointing.read_meta(path)
+  step_directory = checkpointing.step_folder(path)  # once: a workdir still training saves newer steps
+  meta = checkpointing.read_meta(step_directory)
   if config is None:
     config = export.config_from_record(meta, f"The checkpoint at {path}",
                                        "pass its config (fer_jax.load(path, config=...), or --config)")
   validation.validate(config, training=False)
   config = _using_tta(config, tta_name)
-  variables = models.load_trained_variables(config, models.build_model(config), path)
+  variables = models.load_trained_variables(config, models.build_model(config), step_directory)
   return inference.Predictor(config, variables, config.eval.tta, batch_size,
                              stored_shape=checkpointing.recorded_shape(meta))
 

@@ -670,10 +670,11 @@ def main(argv):
   check_not_an_export(args.checkpoint)
   mesh_lib.keep_compilations()
   with stopping.exit_status_on_stop(stopped=f"Nothing was written to {out}; the same command exports again."):
+    step_directory = checkpointing.step_folder(args.checkpoint)  # once: a workdir still training saves newer steps
     model = models.build_model(config)
-    variables = models.load_trained_variables(config, model, args.checkpoint)
+    variables = models.load_trained_variables(config, model, step_directory)
     info = export(config, jax.device_get(variables), out, args.batch_size or None, platforms, args.format,
-                  args.verify_images, read_stored_shape(args.checkpoint))
+                  args.verify_images, read_stored_shape(step_directory))
   if "onnx_runtime_vs_jax" in info:
     comparison = info["onnx_runtime_vs_jax"]
     logging.info("ONNX Runtime vs JAX on %d image%s: worst relative logit error %.2e", comparison["images"],
