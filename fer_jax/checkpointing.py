@@ -337,7 +337,8 @@ def _training_data_differences(saved: dict, identity: dict) -> list[str]:
 
 
 def _new_run_fix(step_directory: str) -> str:
-  return f"or start a new --workdir with --config.init_from={step_directory}."
+  return (f"or start a new --workdir with --config.init_from={step_directory} (a new training from those weights: its "
+          "schedule and optimizer start afresh).")
 
 
 def _newest_step_read_errors(checkpoints: ocp.CheckpointManager, step: int):
@@ -384,6 +385,9 @@ def _check_continues(step_directory: str, config, damaged_fix: str) -> None:
   if allowed:
     logging.info("Resuming %s with settings changed since step %s was saved: %s.", run, os.path.basename(step_directory),
                  ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in allowed))
+  if any(key.startswith("init_from") for key, _, _ in allowed):
+    logging.warning("config.init_from* is not read: the run in %s resumes from its step %s (init_from starts new runs "
+                    "only). To start from other weights, pass a new --workdir.", run, os.path.basename(step_directory))
 
 
 def _saved_tree(state_directory: str) -> dict:

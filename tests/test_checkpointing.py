@@ -131,7 +131,8 @@ def test_resume_with_another_epoch_length_or_class_order_is_refused(tmp_path):
                      match=rf"^The run in {tmp_path} trained 3 steps an epoch; this config's training split gives, "
                            r"on 1 device, 2 steps an epoch: .* Resume with the dataset.train_split, max_per_class, sampler "
                            r"and drop_last it was trained with .*, or "
-                           rf"start a new --workdir with --config.init_from={tmp_path}/checkpoints/2\.$"):
+                           rf"start a new --workdir with --config.init_from={tmp_path}/checkpoints/2 \(a new training from those "
+                           r"weights: its schedule and optimizer start afresh\)\.$"):
     checkpointing.check_epoch_length(checkpoints, 2, 2)  # a resumed TrainingRun's check, once the data is read
   checkpointing.check_epoch_length(checkpoints, 2, 3)
   other_classes = _with(config)
@@ -246,6 +247,14 @@ def test_a_run_resumes_with_clipping_turned_on_and_refuses_another_optimizer(tmp
   assert "Resumed from step 4" in caplog.text
   assert (f"Resuming {tmp_path} with settings changed since step 4 was saved: config.optimizer.grad_clip_norm 1.0 "
           "(saved 0.0).") in caplog.text
+  shutil.rmtree(tmp_path / "checkpoints" / "8")
+  config.init_from = str(tmp_path / "other_run")  # resumed silently, and the report recorded it as the start
+  with caplog.at_level(logging.INFO):
+    caplog.clear()
+    train.train_and_evaluate(config, str(tmp_path))
+  assert (f"config.init_from* is not read: the run in {tmp_path} resumes from its step 4 (init_from starts new runs "
+          "only)") in caplog.text
+  config.init_from = ""
   shutil.rmtree(tmp_path / "checkpoints" / "8")
   before = _files(tmp_path / "checkpoints")
   config.optimizer.name = "adam" if config.optimizer.name != "adam" else "sgd"
