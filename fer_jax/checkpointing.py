@@ -114,14 +114,15 @@ def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | N
   epochs' last, short batch, 0 for none) are what a resumed run's epochs must have too, and `stopped_early` (recorded
   with them) whether early stopping ended the run at this step; `stored_shape` (a training run's, `dataset_record`)
   the shape its training split's images are decoded to, and `training_data` (a training run's,
-  `pipeline.split_identity`) which training split it trains on (`check_training_data`). "software": the code and
-  releases that wrote it (`fer_jax.provenance.software`)."""
+  `pipeline.split_identity`) which training split it trains on (`check_training_data`), and `devices` (recorded with
+  them) how many it trained on. "software": the code and releases that wrote it (`fer_jax.provenance.software`)."""
   record = {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
             "input": config.input.to_dict(), "dataset": dataset_record(config, stored_shape),
             "batch_size": config.batch_size, "tta": config.eval.tta, "config": config_lib.flat(config),
             "software": provenance.software()}
   if steps_per_epoch is not None:
-    record.update(steps_per_epoch=steps_per_epoch, last_batch=last_batch, stopped_early=stopped_early)
+    record.update(steps_per_epoch=steps_per_epoch, last_batch=last_batch, stopped_early=stopped_early,
+                  devices=jax.device_count())
   if training_data:
     record["training_data"] = training_data
   return {**record, INITIALISATION_ONLY: True} if initialisation_only else record
@@ -282,14 +283,21 @@ def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_
   meta = _meta(step_directory)
   saved_steps = meta.get("steps_per_epoch", steps_per_epoch)  # not recorded before 2026-12-05
   saved_last = meta.get("last_batch", last_batch)  # not recorded before 2026-12-06
+  saved_devices = meta.get("devices")  # not recorded before 2026-12-07
+  on_devices = f", on {errors.counted(saved_devices, 'device')}," if saved_devices else ""
   if (saved_steps, saved_last) != (steps_per_epoch, last_batch):
-    raise CheckpointError(f"The run in {os.path.dirname(checkpoints.directory)} trained "
+    raise CheckpointError(f"The run in {os.path.dirname(checkpoints.directory)} trained{on_devices} "
                           f"{_epoch(saved_steps, saved_last)}; this config's training split gives, on "
                           f"{errors.counted(devices, 'device')}, "
                           f"{_epoch(steps_per_epoch, last_batch)}: its steps would stand for other epochs, examples "
                           "and schedule. Resume with the dataset.train_split, max_per_class, sampler and drop_last it "
                           "was trained with (and, where its epochs end in a short batch, a device count that splits "
                           f"that batch as it did), {_new_run_fix(step_directory)}")
+  if saved_devices and saved_devices != devices:
+    logging.warning("Step %d was saved on %s and resumes on %s: the run's result will be close to an uninterrupted "
+                    "run's, not bit for bit the same (docs/running_at_scale.md, \"What is identical across device "
+                    "counts, and what is only close\").", step, errors.counted(saved_devices, "device"),
+                    errors.counted(devices, "device"))
 
 
 def _epoch(steps: int, last_batch: int) -> str:

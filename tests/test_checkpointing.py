@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 
 from fer_jax import checkpointing
 from fer_jax import config_lib
+from fer_jax import errors
 from fer_jax import models
 from fer_jax import optim
 from fer_jax import selection as selection_lib
@@ -119,6 +120,28 @@ def _with(config, **values):
   return changed
 
 
+def test_a_resume_on_another_device_count_is_warned_of_and_a_refusal_names_the_saved_one(tmp_path, caplog):
+  """A run saved on 1 device resumed on 8 (its epochs the same) without a word that its result is only close to an
+  uninterrupted run's; refused for its epochs' last batch, the message named the new device count alone."""
+  config = _config()
+  checkpoints = checkpointing.manager(str(tmp_path / "checkpoints"))
+  checkpointing.save(checkpoints, 2, _trained_state(config), config, steps_per_epoch=3, last_batch=5)
+  checkpointing.wait_until_saved(checkpoints)
+  saved_on = errors.counted(jax.device_count(), "device")
+  with caplog.at_level(logging.WARNING):
+    checkpointing.check_epoch_length(checkpoints, 2, 3, 5, devices=jax.device_count() + 7)
+  assert (f"Step 2 was saved on {saved_on} and resumes on {jax.device_count() + 7} devices: the run's result will "
+          "be close to an uninterrupted run's, not bit for bit the same") in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    checkpointing.check_epoch_length(checkpoints, 2, 3, 5, devices=jax.device_count())
+  assert "was saved on" not in caplog.text
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=rf"trained, on {saved_on}, 3 steps an epoch, the last of 5 images; this config's training "
+                           r"split gives, on 9 devices, 3 steps an epoch, the last of 6 images"):
+    checkpointing.check_epoch_length(checkpoints, 2, 3, 6, devices=9)
+
+
 def test_resume_with_another_epoch_length_or_class_order_is_refused(tmp_path):
   """Resumed on a training split of another length (max_per_class, train_split, sampler) the step counter
   counted epochs it had not trained; under another class order the head's rows stood for other classes:
@@ -128,7 +151,7 @@ def test_resume_with_another_epoch_length_or_class_order_is_refused(tmp_path):
   checkpointing.save(checkpoints, 2, _trained_state(config), config, steps_per_epoch=3)
   checkpointing.wait_until_saved(checkpoints)
   with pytest.raises(checkpointing.CheckpointError,
-                     match=rf"^The run in {tmp_path} trained 3 steps an epoch; this config's training split gives, "
+                     match=rf"^The run in {tmp_path} trained, on 1 device, 3 steps an epoch; this config's training split gives, "
                            r"on 1 device, 2 steps an epoch: .* Resume with the dataset.train_split, max_per_class, sampler "
                            r"and drop_last it was trained with .*, or "
                            rf"start a new --workdir with --config.init_from={tmp_path}/checkpoints/2 \(a new training from those "
@@ -342,7 +365,7 @@ def test_resume_on_a_device_count_that_splits_the_last_batch_otherwise_is_refuse
   checkpointing.wait_until_saved(checkpoints)
   checkpointing.check_epoch_length(checkpoints, 4, 4, last_batch=3, devices=1)
   with pytest.raises(checkpointing.CheckpointError,
-                     match=rf"^The run in {tmp_path} trained 4 steps an epoch, the last of 3 images; this config's "
+                     match=rf"^The run in {tmp_path} trained, on 1 device, 4 steps an epoch, the last of 3 images; this config's "
                            r"training split gives, on 2 devices, 4 steps an epoch, the last of 2 images: .* Resume with "
                            r"the dataset.train_split, max_per_class, sampler and drop_last it was trained with \(and, "
                            r"where its epochs end in a short batch, a device count that splits that batch as it did\)"):
