@@ -68,11 +68,24 @@ def manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointMan
   if os.path.exists(directory) and not os.path.isdir(directory):  # else found only by the first save
     raise CheckpointError(f"{directory} is a file, not a folder of checkpoints: move it away, or pass another "
                           "--workdir.")
+  _warn_of_unfinished_saves(directory)
   _write_arrays_whole()
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=False, cleanup_tmp_directories=True,
       multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=os.path.basename(directory)))
   return ocp.CheckpointManager(directory, options=options)
+
+
+UNFINISHED_SAVE = ".orbax-checkpoint-tmp"  # in the name of the folder a save writes until it is complete
+
+
+def _warn_of_unfinished_saves(directory: str) -> None:
+  """Names the steps whose saves a stopped run left unfinished, which the manager deletes as it opens."""
+  unfinished = sorted(name.split(".")[0] for name in (os.listdir(directory) if os.path.isdir(directory) else [])
+                      if UNFINISHED_SAVE in name)
+  if unfinished and jax.process_index() == 0:
+    logging.warning("Deleting the unfinished save%s of step %s in %s (a run stopped while saving): the newest "
+                    "complete step stands.", "s" if len(unfinished) > 1 else "", ", ".join(unfinished), directory)
 
 
 @functools.cache

@@ -82,7 +82,7 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # as jax.export names them
 FIELDS = ("method", "class_names", "input", "preprocessing", "batch_size")  # what reading model.json needs
 OUTPUTS = ("logits", "probabilities")  # the inference function's outputs, in pytree order
 PARTIAL = ".export-partial"  # OUT + PARTIAL: where an export is written before it is moved into OUT
-ORBAX_PARTIAL = VARIABLES + ".orbax-checkpoint-tmp"  # what an interrupted Orbax save leaves (the name's start)
+ORBAX_PARTIAL = VARIABLES + checkpointing.UNFINISHED_SAVE  # what an interrupted Orbax save leaves (the name's start)
 
 
 def inference_function(config):

@@ -120,6 +120,20 @@ def _with(config, **values):
   return changed
 
 
+def test_an_unfinished_save_is_named_as_it_is_deleted(tmp_path, caplog):
+  """A run killed while saving step 4 resumed from step 2, its unfinished save deleted without a word."""
+  config = _config()
+  checkpoints = checkpointing.manager(str(tmp_path / "checkpoints"))
+  checkpointing.save(checkpoints, 2, _trained_state(config), config, steps_per_epoch=3)
+  checkpointing.wait_until_saved(checkpoints)
+  (tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1733356800" / "state").mkdir(parents=True)
+  with caplog.at_level(logging.WARNING):
+    reopened = checkpointing.manager(str(tmp_path / "checkpoints"))
+  assert (f"Deleting the unfinished save of step 4 in {tmp_path / 'checkpoints'} (a run stopped while saving): the "
+          "newest complete step stands.") in caplog.text
+  assert reopened.latest_step() == 2
+
+
 def test_a_resume_on_another_device_count_is_warned_of_and_a_refusal_names_the_saved_one(tmp_path, caplog):
   """A run saved on 1 device resumed on 8 (its epochs the same) without a word that its result is only close to an
   uninterrupted run's; refused for its epochs' last batch, the message named the new device count alone."""
@@ -400,7 +414,8 @@ def test_a_resume_on_other_training_data_names_what_differs(tmp_path):
     with pytest.raises(checkpointing.CheckpointError, match=re.escape(
         f"The run in {tmp_path} was trained on another training split than the one prepared in {prepared_in}: "
         f"{difference}. Point --config.dataset.data_dir at the set the run started with, or start a new --workdir "
-        f"with --config.init_from={tmp_path}/checkpoints/2.")):
+        f"with --config.init_from={tmp_path}/checkpoints/2 (a new training from those weights: its schedule and "
+        "optimizer start afresh).")):
       check(2, **changed)
 
 
@@ -433,7 +448,7 @@ def test_a_resume_refuses_a_training_set_prepared_again_and_resumes_on_a_moved_c
       rf"^The run in {workdir} was trained on another training split than the one prepared in "
       rf"{tmp_path}/skipped/synthetic/tiny/[\d.]+: 279 records, 35 used \(saved 280 records, 35 used\)\. Point "
       rf"--config.dataset.data_dir at the set the run started with, or start a new --workdir with "
-      rf"--config.init_from={workdir}/checkpoints/1\.$")):
+      rf"--config.init_from={workdir}/checkpoints/1 \(a new training from those weights: .*\)\.$")):
     train.TrainingRun(config, workdir)
   assert _files(workdir) == before
 
