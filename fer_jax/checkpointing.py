@@ -628,9 +628,7 @@ def check_initial_weights(path: str, abstract_variables: dict, parts: dict[str, 
   refuse, found from the checkpoint's saved shapes alone, no array read: a new run stops before it opens its data.
   A checkpoint that does not fit as a whole is told which of its parts would (a head of another class count)."""
   step_directory = step_folder(path)
-  with read_errors(f"the checkpoint {step_directory}",
-                   "use another step of the run, or convert or export the model again"):
-    saved = model_variables(_saved_tree(os.path.join(step_directory, "state")))
+  saved = _saved_model_tree(step_directory)
   if parts:
     _parts_taken(_flat(saved), _flat(abstract_variables), parts, step_directory)
     return
@@ -638,6 +636,18 @@ def check_initial_weights(path: str, abstract_variables: dict, parts: dict[str, 
   flags = f" --config.init_from_parts={','.join(fitting)}" + (" --config.init_from_missing=" if may_be_missing else "")
   _checked_fit(saved, abstract_variables, step_directory, model_config, may_be_missing, abstract_variables,
                f" Or start from the parts of it that fit:{flags}." if fitting else "")
+
+
+def _saved_model_tree(step_directory: str) -> dict:
+  """A step's saved {params, batch_stats} as metadata (paths, shapes), no array read."""
+  with read_errors(f"the checkpoint {step_directory}",
+                   "use another step of the run, or convert or export the model again"):
+    return model_variables(_saved_tree(os.path.join(step_directory, "state")))
+
+
+def fitting_parts(path: str, abstract_variables: dict) -> list[str]:
+  """The model's top-level names whose variables the checkpoint at `path` holds with the same names and shapes."""
+  return _fitting_parts(_flat(_saved_model_tree(step_folder(path))), _flat(abstract_variables))
 
 
 def _fitting_parts(saved: dict, model: dict) -> list[str]:

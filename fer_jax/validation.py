@@ -329,10 +329,13 @@ def _init_from_problems(config) -> list[str]:
   except checkpointing.CheckpointError as error:
     return [f"config.init_from: {error}"]
   if saved and saved != config.model.name and not config.init_from_parts:
+    fitting = checkpointing.fitting_parts(config.init_from,
+                                          models.abstract_variables(models.build_model(config), config))
+    parts = (f", or start from the parts of it that fit: --config.init_from_parts={','.join(fitting)}" if fitting else
+             ": no part of it fits this model")
     return [f"config.init_from={config.init_from} holds {errors.with_article(saved)} model, but this config trains "
             f"{config.model.name}: pass {errors.with_article(config.model.name)} checkpoint (a run's, a conversion, "
-            "or an earlier stage's best/), or name the parts of it to start from, e.g. "
-            "--config.init_from_parts=trunk (its backbone)."]
+            f"or an earlier stage's best/){parts}."]
   return []
 
 

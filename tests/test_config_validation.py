@@ -179,7 +179,8 @@ def test_init_from_must_hold_a_checkpoint_of_the_method_trained(tmp_path):
   config = get_config("configs/scan_cci.py:synthetic")
   config.init_from = str(tmp_path / "dan")
   assert (f"config.init_from={tmp_path / 'dan'} holds a dan model, but this config trains scan_cci: pass a scan_cci "
-          "checkpoint") in _problems(config, training=True, new_run=True)
+          "checkpoint (a run's, a conversion, or an earlier stage's best/): no part of it fits this model.") \
+      in _problems(config, training=True, new_run=True)
   validation.validate(config, training=True, new_run=False)  # a resumed run ignores init_from
   (tmp_path / "empty").mkdir()
   config.init_from = str(tmp_path / "empty")

@@ -148,8 +148,10 @@ def test_a_method_of_yours_starts_from_the_backbone_of_another_method_s_checkpoi
     with pytest.raises(checkpointing.CheckpointError, match=r"^config.init_from_parts: .*" + message):
       train.TrainingRun(config, str(tmp_path / "run"))
   config.init_from_parts = ""
-  with pytest.raises(ConfigError, match=r"holds a dan model, but this config trains my_methods.plain_resnet: .* or "
-                                        r"name the parts of it to start from, e.g. --config.init_from_parts=trunk"):
+  # The parts suggested are those that fit (DAN's trunk and fc here); "trunk" was named for every method, SCAN-CCI
+  # too, which has none (tests/test_config_validation.py).
+  with pytest.raises(ConfigError, match=r"holds a dan model, but this config trains my_methods.plain_resnet: .*, or "
+                                        r"start from the parts of it that fit: --config.init_from_parts=fc,trunk\.$"):
     validation.validate(config, training=True, new_run=True)
   config.init_from_parts = "trunk=, fc"
   with pytest.raises(ConfigError, match=r"config.init_from_parts='trunk=, fc': 'trunk=' is not a part"):
