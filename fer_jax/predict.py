@@ -162,7 +162,7 @@ class FacePredictions:
     """Queues the faces found in `image` (a photo, or a video's `frame` at `time` seconds); returns how many."""
     found, crops, reasons = self.model.faces(image, self.min_face_size, self.min_score, self.max_side)
     rows = [{"image": source, "frame": frame, "time": time, "face": i, "track": None, "box": list(face.box),
-             "landmarks": [list(point) for point in face.landmarks], "score": face.score, "skipped": reason}
+             "landmarks": [list(point) for point in face.landmarks], "score": face.score, "skipped": reason or None}
             for i, (face, reason) in enumerate(zip(found, reasons))]
     self.faces_skipped += sum(bool(reason) for reason in reasons)
     self._push(_Frame(source, image if self.annotate else None, rows, [c for c in crops if c is not None], name,
@@ -337,7 +337,7 @@ def write_predictions(rows: list[dict], skipped: list[tuple[str, str]], class_na
                      *(f"p_{c}" for c in class_names), *(f"logit_{c}" for c in class_names)])
     for row in [*rows, *({"image": image, "skipped": reason} for image, reason in skipped)]:
       classified = "prediction" in row
-      writer.writerow([row["image"], *(_face_fields(row) if face_columns else ()), row.get("skipped", ""),
+      writer.writerow([row["image"], *(_face_fields(row) if face_columns else ()), row.get("skipped") or "",
                        row.get("prediction", ""), f"{row['confidence']:.6f}" if classified else "",
                        *(f"{row['probabilities'][c]:.6f}" if classified else "" for c in class_names),
                        *(f"{row['logits'][c]:.6f}" if classified else "" for c in class_names)])

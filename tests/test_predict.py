@@ -1015,9 +1015,13 @@ def test_every_face_row_has_a_track_none_unless_followed(tmp_path, monkeypatch):
   predict.write_predictions(results.rows, results.skipped, model.class_names, str(tmp_path / "p.json"), True)
   predict.write_predictions(results.rows, results.skipped, model.class_names, str(tmp_path / "p.csv"), True)
   tracks = [None, None, 0, None, 0, None]  # the photo's two faces, then each frame's
-  assert [row["track"] for row in json.loads((tmp_path / "p.json").read_text())["predictions"]] == tracks
+  written = json.loads((tmp_path / "p.json").read_text())["predictions"]
+  assert [row["track"] for row in written] == tracks
+  assert [row["skipped"] for row in written] == [None, reason] * 3  # a classified face's was "", not null
   with open(tmp_path / "p.csv") as f:
-    assert [row["track"] for row in csv.DictReader(f)] == ["" if track is None else str(track) for track in tracks]
+    rows = list(csv.DictReader(f))
+  assert [row["track"] for row in rows] == ["" if track is None else str(track) for track in tracks]
+  assert [row["skipped"] for row in rows] == ["", reason] * 3
 
 
 def _signal_reached_the_test(signum, frame):
