@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from fer_jax.data import builder_utils
 from fer_jax.data.prepare import make_builder
 from reference import datasets as fx
 from helpers import ROOT, assert_user_error, run_command
@@ -69,6 +70,17 @@ def test_affectnet_later_release_image_without_expression_annotation(tmp_path):
                       f"annotation in {annotations} (missing: 2_exp.npy, 5_exp.npy)",
                       "Restore the annotations folder from the owners' download",
                       "--skip_corrupt skips unreadable images only")
+
+
+@pytest.mark.parametrize("given, meant", [("rafdb_aligned224", "rafdb/aligned224"), ("RAF-DB", "rafdb"),
+                                         ("ferplus_plurality", "ferplus/plurality"), ("nosuchset", None)])
+def test_a_misspelt_data_set_is_answered_with_the_one_meant(given, meant):
+  """generate_layout's --dataset=rafdb_aligned224 given to prepare got the list of names alone, without its variants."""
+  with pytest.raises(builder_utils.DataError) as error:
+    make_builder(given)
+  message = str(error.value)
+  assert message.startswith(f"Unknown data set {given!r}" + (f" (did you mean {meant}?)" if meant else ";"))
+  assert "(with /VARIANT where a set has several, docs/data.md)" in message
 
 
 def test_missing_manual_dir(tmp_path):

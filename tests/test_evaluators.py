@@ -163,7 +163,8 @@ def test_an_evaluator_whose_split_keeps_no_image_for_the_model_is_refused(tmp_pa
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(dataset="fer_plus", split="test"), "Unknown data set 'fer_plus' (config.evals.other.dataset): fer_jax's are"),
+    (dict(dataset="fer_plus", split="test"),
+     "Unknown data set 'fer_plus' (config.evals.other.dataset) (did you mean ferplus?): fer_jax's are"),
     (dict(dataset="rafdb", split="test", skip_if_missing=True),
      "Data set 'rafdb' is not prepared in {}/rafdb/basic/1.0.0 (config.evals.other.dataset)."),
 ])

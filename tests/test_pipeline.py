@@ -364,6 +364,9 @@ def test_clear_errors_for_missing_data_and_bad_settings(tmp_path):
   assert message.startswith("Unknown data set 'nosuchset' (config.dataset.name): fer_jax's are fer2013, ferplus, "
                             f"rafdb, affectnet, sfew, fedro, synthetic; prepared in {_config().dataset.data_dir}: ")
   assert "synthetic. Check the spelling, or prepare the set first" in message and "\n" not in message
+  with pytest.raises(pipeline.DataError, match=r"^Unknown data set 'synthetic_tiny' \(config.dataset.name\) \(did you "
+                                               r"mean synthetic/tiny\?\): fer_jax's are"):
+    pipeline.load_split(_config(name="synthetic_tiny"), "train")
   # A variant the set lacks was TFDS's ValueError, a traceback and exit 1.
   with pytest.raises(pipeline.DataError) as unknown:
     pipeline.load_split(_config(name="affectnet/classes9", data_dir=str(tmp_path)), "train")

@@ -77,7 +77,8 @@ def _builder(dataset_config, dataset_key: str = "dataset.name"):
   try:
     builder = tfds.builder(dataset_config.name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(f"Unknown data set {dataset_config.name!r} (config.{dataset_key}): fer_jax's are "
+    raise DataError(f"Unknown data set {dataset_config.name!r} (config.{dataset_key})"
+                    f"{builders.nearest(dataset_config.name, builders.ALL)}: fer_jax's are "
                     f"{', '.join(builders.NAMES)}{_prepared_in(data_dir)}. Check the spelling, or prepare the set "
                     "first (docs/data.md, 'Preparing data').") from None
   except ValueError as error:  # TFDS's for a variant (BuilderConfig) the set does not have

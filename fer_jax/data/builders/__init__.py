@@ -3,6 +3,8 @@
 `MANUAL` is the one list of fer_jax's sets prepared from the owners' downloads (`fer_jax.data.prepare` builds
 them; `fer_jax.data.decode` reads their `CHANNELS`); the synthetic set is generated on first use."""
 
+import difflib
+
 from fer_jax.data.builders import affectnet
 from fer_jax.data.builders import fedro
 from fer_jax.data.builders import fer2013
@@ -13,4 +15,14 @@ from fer_jax.data.builders import synthetic
 
 MANUAL = {builder.name: builder for builder in (fer2013.Fer2013, ferplus.Ferplus, rafdb.Rafdb, affectnet.Affectnet,
                                                 sfew.Sfew, fedro.Fedro)}
-NAMES = (*MANUAL, synthetic.Synthetic.name)
+ALL = {**MANUAL, synthetic.Synthetic.name: synthetic.Synthetic}
+NAMES = tuple(ALL)
+
+
+def nearest(name: str, builder_classes=MANUAL) -> str:
+  """" (did you mean rafdb/aligned224?)" for a misspelt set name ("rafdb_aligned224", "raf-db"), among the sets of
+  `builder_classes` and their variants; "" where none is near."""
+  choices = [*builder_classes, *(f"{set_name}/{variant}" for set_name, builder in builder_classes.items()
+                                 for variant in builder.builder_configs)]
+  close = difflib.get_close_matches(name.lower(), choices, n=1, cutoff=0.7)
+  return f" (did you mean {close[0]}?)" if close else ""
