@@ -15,6 +15,7 @@ its traceback.
 """
 
 import contextlib
+import difflib
 import logging as std_logging
 import os
 import re
@@ -352,8 +353,9 @@ def _config_file_line(error: BaseException, argv) -> str | None:
 
 
 def _config_file_meant(problem: str, argv) -> str | None:
-  """The --config value that names an existing config file where the one given (its folder or its `.py` left out)
-  names none, e.g. configs/dan.py:rafdb for dan.py:rafdb or configs/dan:rafdb; None when no such file is here."""
+  """The --config value that names an existing config file where the one given (its folder or its `.py` left out, or
+  its name misspelt) names none, e.g. configs/dan.py:rafdb for dan.py:rafdb, configs/dan:rafdb or configs/dann.py:rafdb;
+  None when no such file is here."""
   given = re.search(r"'([^']+)'", problem)
   argument = next((arg.partition("=")[2] for arg in argv if arg.startswith("--config=")), "")
   path, colon, config_argument = argument.partition(":")
@@ -361,8 +363,12 @@ def _config_file_meant(problem: str, argv) -> str | None:
     return None
   stem = path if path.endswith(".py") else f"{path}.py"
   candidates = [stem, os.path.join("configs", stem)]
-  return next((f"{candidate}{colon}{config_argument}" for candidate in candidates
-               if candidate != path and os.path.isfile(candidate)), None)
+  existing = next((candidate for candidate in candidates if candidate != path and os.path.isfile(candidate)), None)
+  for folder, name in map(os.path.split, candidates):
+    if existing is None and os.path.isdir(folder or "."):
+      near = difflib.get_close_matches(name, [file for file in os.listdir(folder or ".") if file.endswith(".py")], n=1)
+      existing = os.path.join(folder, near[0]) if near else None
+  return existing and f"{existing}{colon}{config_argument}"
 
 
 def _config_path_to(key: str, argv) -> str:

@@ -183,9 +183,11 @@ def test_a_config_key_for_a_command_without_a_config_says_it_has_none(monkeypatc
 
 @pytest.mark.parametrize("given, meant", [("dan.py:synthetic", "configs/dan.py:synthetic"),
                                           ("configs/dan:rafdb", "configs/dan.py:rafdb"),
-                                          ("dan", "configs/dan.py")])
+                                          ("dan", "configs/dan.py"), ("configs/dann.py", "configs/dan.py"),
+                                          ("configs/scancci.py:rafdb", "configs/scan_cci.py:rafdb"),
+                                          ("apvitt:rafdb", "configs/apvit.py:rafdb")])
 def test_a_config_named_without_its_folder_or_py_is_found_for_the_user(given, meant, monkeypatch):
-  """In the checkout, the message asked the user to run the command in the checkout."""
+  """In the checkout, the message asked the user to run the command in the checkout (a misspelt name too)."""
   monkeypatch.chdir(ROOT)
   error = OSError("Configuration is not available because of an earlier failure to load: Failed loading config file "
                   f"config_config\n  Attempted [Relative path]:\n    {given.split(':')[0]}\n      [Errno 2] No such file "
