@@ -62,6 +62,9 @@ def expand(patterns: list[str]) -> list[str]:
       raise UserError(f"--workdir={pattern} matches no folder.")
     workdirs += [path for path in matched if path not in workdirs]
   for workdir in workdirs:
+    if not os.path.isdir(workdir):
+      raise UserError(f"--workdir={workdir} does not exist: pass a training run's folder (or a pattern, "
+                      "--workdir='workdirs/dan_*').")
     if os.path.isfile(os.path.join(workdir, "seeds_summary.json")):
       raise UserError(f"{workdir} is a folder of fer_jax.seeds runs (its seeds_summary.md has their mean and spread): "
                       f"pass its runs, --workdir='{os.path.join(workdir, 'seed_*')}'.")

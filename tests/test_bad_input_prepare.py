@@ -89,6 +89,15 @@ def test_missing_manual_dir(tmp_path):
                     "Request RAF-DB at http://www.whdeng.cn/raf/model1.html", "EmoLabel/list_patition_label.txt")
 
 
+def test_a_manual_dir_naming_a_file_is_answered_with_its_folder(tmp_path):
+  """--manual_dir=…/fer2013.csv was "not a folder", its folder unnamed."""
+  csv_file = tmp_path / "fer2013" / "fer2013.csv"
+  csv_file.parent.mkdir()
+  csv_file.write_text("emotion,pixels,Usage\n")
+  assert_user_error(prepare("fer2013", csv_file, tmp_path / "tfds"),
+                    f"--manual_dir {csv_file} is a file: pass the folder that holds it, --manual_dir={csv_file.parent}.")
+
+
 def test_a_download_not_yet_extracted_is_named(tmp_path):
   (tmp_path / "manual").mkdir()
   (tmp_path / "manual" / "basic.zip").write_bytes(b"PK")
