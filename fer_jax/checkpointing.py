@@ -118,7 +118,7 @@ def newest_step(checkpoints: ocp.CheckpointManager) -> int | None:
 
 def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | None = None,
              stored_shape: Sequence[int] = (), stopped_early: bool = False, training_data: dict | None = None,
-             last_batch: int = 0) -> dict:
+             last_batch: int = 0, changed_on_resume: Sequence[dict] = ()) -> dict:
   """The meta record: enough to rebuild the model and its inputs without the config (`fer_jax.load`),
   the data set's name and stored size and shape included (they pick the crop style and the decoding), the
   test-time augmentation inference uses by default, and the whole config (flat, `config_lib.flat`), which a
@@ -128,7 +128,9 @@ def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | N
   with them) whether early stopping ended the run at this step; `stored_shape` (a training run's, `dataset_record`)
   the shape its training split's images are decoded to, and `training_data` (a training run's,
   `pipeline.split_identity`) which training split it trains on (`check_training_data`), and `devices` (recorded with
-  them) how many it trained on. "software": the code and releases that wrote it (`fer_jax.provenance.software`)."""
+  them) how many it trained on; `changed_on_resume` (recorded where a resume changed any) the settings the run's
+  resumes changed (`changes_on_resume`). "software": the code and releases that wrote it
+  (`fer_jax.provenance.software`)."""
   record = {"model": config.model.to_dict(), "class_names": list(labels.class_names(config.dataset.class_order)),
             "input": config.input.to_dict(), "dataset": dataset_record(config, stored_shape),
             "batch_size": config.batch_size, "tta": config.eval.tta, "config": config_lib.flat(config),
@@ -138,10 +140,13 @@ def metadata(config, initialisation_only: bool = False, steps_per_epoch: int | N
                   devices=jax.device_count())
   if training_data:
     record["training_data"] = training_data
+  if changed_on_resume:
+    record[CHANGED_ON_RESUME] = list(changed_on_resume)
   return {**record, INITIALISATION_ONLY: True} if initialisation_only else record
 
 
 INITIALISATION_ONLY = "initialisation_only"
+CHANGED_ON_RESUME = "changed_on_resume"
 
 
 def dataset_record(config, stored_shape: Sequence[int] = ()) -> dict:
@@ -215,10 +220,12 @@ def _check_recorded_method(meta: dict) -> None:
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state: dict, config, initialisation_only: bool = False,
          steps_per_epoch: int | None = None, stored_shape: Sequence[int] = (), stopped_early: bool = False,
-         training_data: dict | None = None, last_batch: int = 0, records: dict | None = None) -> None:
+         training_data: dict | None = None, last_batch: int = 0, records: dict | None = None,
+         changed_on_resume: Sequence[dict] = ()) -> None:
   """Starts an asynchronous save of `step` (after the previous save has finished): `state`, its meta record
   (`metadata`) and `records`, {item name: JSON record} saved beside them (the best epoch's "selection")."""
-  meta = metadata(config, initialisation_only, steps_per_epoch, stored_shape, stopped_early, training_data, last_batch)
+  meta = metadata(config, initialisation_only, steps_per_epoch, stored_shape, stopped_early, training_data, last_batch,
+                  changed_on_resume)
   with save_errors(checkpoints):
     checkpoints.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
@@ -402,13 +409,27 @@ def _check_continues(step_directory: str, config, damaged_fix: str) -> None:
         + ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in changed) + shaped
         + ". A resumed run continues the same training (its checkpoints are left as they are): resume with "
         + " ".join(config_lib.override(key, saved) for key, _, saved in changed) + f", {new_run}")
-  allowed = config_lib.differences(meta.get("config", {}), config, config_lib.NOT_OF_THE_TRAINING, unshared="evals.")
+  allowed = _changed_settings(meta, config)
   if allowed:
     logging.info("Resuming %s with settings changed since step %s was saved: %s.", run, os.path.basename(step_directory),
                  ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in allowed))
   if any(key.startswith("init_from") for key, _, _ in allowed):
     logging.warning("config.init_from* is not read: the run in %s resumes from its step %s (init_from starts new runs "
                     "only). To start from other weights, pass a new --workdir.", run, os.path.basename(step_directory))
+
+
+def _changed_settings(meta: dict, config) -> list[tuple[str, object, object]]:
+  """(key, `config`'s value, the saved one) for the settings a resume may change that `config` changes."""
+  return config_lib.differences(meta.get("config", {}), config, config_lib.NOT_OF_THE_TRAINING, unshared="evals.")
+
+
+def changes_on_resume(checkpoints: ocp.CheckpointManager, step: int, config) -> list[dict]:
+  """[{step, key, saved, now}] of every setting the run's resumes changed, its earlier ones (the saved step's record)
+  and this one's, from `step`: a run's record and report keep its last config alone, which no longer says that an
+  earlier learning rate, say, trained its first steps."""
+  meta = _meta(step_path(checkpoints, step))
+  return meta.get(CHANGED_ON_RESUME, []) + [{"step": step, "key": key, "saved": saved, "now": now}
+                                            for key, now, saved in _changed_settings(meta, config)]
 
 
 def _saved_tree(state_directory: str) -> dict:

@@ -166,8 +166,9 @@ def _markdown_table(names: dict[str, str], header: list[str], rows: dict[str, li
 
 
 def data_notes(reports: dict[str, dict], names: dict[str, str]) -> list[str]:
-  """A line per evaluator whose runs read other images (another data set, split, example count or classes), and per
-  evaluator a run skipped: their columns do not compare like with like."""
+  """A line per evaluator whose runs read other images (another data set, split, example count or classes), per
+  evaluator a run skipped, and per setting a run's resume changed (its config column shows the last value): their
+  columns do not compare like with like."""
   notes = []
   for name in dict.fromkeys(name for report in reports.values() for name in report["evaluators"]):
     read = {}
@@ -182,6 +183,8 @@ def data_notes(reports: dict[str, dict], names: dict[str, str]) -> list[str]:
   for workdir, report in reports.items():
     notes += [f"{names[workdir]} skipped {name}: {reason}." for name, reason in
               (report.get("skipped_evaluators") or {}).items()]
+    notes += [f"{names[workdir]} resumed at step {change['step']} with {change['key']}={change['now']!r} (trained with "
+              f"{change['saved']!r} before)." for change in report.get("changed_on_resume") or ()]
   return notes
 
 

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from absl import logging
 from clu import metrics as clu_metrics
@@ -605,7 +605,8 @@ def selection_note(selection: dict, chosen: str = "") -> str:
 
 def final_report(evaluators: Evaluators, variables, workdir: str, step: int | None, checkpoint: str,
                  reusable: dict | None = None, trained_steps: int | None = None, selection: dict | None = None,
-                 trained_config: dict | None = None, best_kept: dict | None = None) -> dict:
+                 trained_config: dict | None = None, best_kept: dict | None = None,
+                 changed_on_resume: Sequence[dict] = ()) -> dict:
   """Runs every reported evaluator (single pass and, where it has one, with its TTA), writes the
   report files and returns the "test" evaluator's results with all of them under "evaluators", the
   evaluators skipped for a missing split under "skipped_evaluators", the run's config, flat, under
@@ -617,7 +618,8 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
   are not (a run that selects without restore_best): the best epoch's record and its "checkpoint", under
   "best_epoch_kept". `trained_config`
   (`--mode=eval`): the config the checkpoint records it was trained with, flat, under "trained_config" (None where
-  it records none, and for a training run, whose "config" it is). Also the model's parameter count, "num_params"
+  it records none, and for a training run, whose "config" it is). `changed_on_resume` (a training run's): the settings
+  its resumes changed (`checkpointing.changes_on_resume`), under "changed_on_resume". Also the model's parameter count, "num_params"
   (`models.parameter_count`), and the code, software and devices that made the report, "provenance"
   (`fer_jax.provenance.record`)."""
   reusable, by_name, predicted = dict(reusable or {}), {}, {}
@@ -641,6 +643,7 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
   report = {**by_name[REPORTED], "evaluators": by_name, "skipped_evaluators": evaluators.skipped,
             "config": config_lib.flat(evaluators.config), "checkpoint": checkpoint, "trained_steps": trained_steps,
             "selection": selection, "best_epoch_kept": best_kept, "trained_config": trained_config,
+            "changed_on_resume": list(changed_on_resume),
             "num_params": models.parameter_count(models.get_method(evaluators.config.model.name), variables["params"]),
             "provenance": provenance.record()}
   examples = {name: evaluators.data(name).examples(EXAMPLES_PER_EVALUATOR) for name in by_name}

@@ -176,6 +176,8 @@ class TrainingRun:
     optim.check_patterns(self.config.optimizer, self.abstract["params"])
     models.check_contract(self.method, self.model, self.abstract, loss_config_for(self.config, None), self.config)
     self.resumable = self._check_resumable() if self.start_step else None
+    self.changed_on_resume = (checkpointing.changes_on_resume(self.checkpoints, self.start_step, self.config)
+                              if self.start_step else [])
     if not self.start_step and self.config.init_from:
       with distributed.errors_together():  # init_from may be damaged on some hosts' disks only
         checkpointing.check_initial_weights(self.config.init_from, self.abstract,
@@ -370,7 +372,8 @@ class TrainingRun:
       record = self.selection.record()
       checkpointing.save(self.checkpoints, self.step, self.state, self.config, steps_per_epoch=self.steps_per_epoch,
                          stored_shape=self.data.shape, stopped_early=stopped_early, training_data=self.data.identity,
-                         last_batch=self.data.last_batch, records={"selection": record} if record else None)
+                         last_batch=self.data.last_batch, records={"selection": record} if record else None,
+                         changed_on_resume=self.changed_on_resume)
       if self.selection.unsaved:
         self.selection.save_best(self.variables, self.config, self.data.shape)
 
@@ -458,7 +461,8 @@ class TrainingRun:
                    best_kept["epoch"], best_kept["checkpoint"])
     report = evaluate.final_report(self.evaluators, variables, self.workdir, step,
                                    checkpointing.step_path(checkpoints, step), reusable, trained_steps=self.step,
-                                   selection=selection, best_kept=best_kept)
+                                   selection=selection, best_kept=best_kept,
+                                   changed_on_resume=self.changed_on_resume)
     self.history.plot()
     for name, results in report["evaluators"].items():  # at the step of the weights reported
       self.writer.scalars(step, {f"final/{name}/{k}": results[k] for k in ("accuracy", "mean_class_accuracy")})

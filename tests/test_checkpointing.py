@@ -120,6 +120,18 @@ def _with(config, **values):
   return changed
 
 
+def test_the_settings_each_resume_changed_are_kept_from_step_to_step(tmp_path):
+  config = _config(lr=0.1)
+  checkpoints = checkpointing.manager(str(tmp_path / "checkpoints"))
+  first = [{"step": 2, "key": "optimizer.lr", "saved": 0.2, "now": 0.1}]
+  checkpointing.save(checkpoints, 4, _trained_state(config), config, steps_per_epoch=3, changed_on_resume=first)
+  checkpointing.wait_until_saved(checkpoints)
+  assert checkpointing.changes_on_resume(checkpoints, 4, config) == first  # resumed again as it was
+  config.optimizer.lr = 0.05
+  assert checkpointing.changes_on_resume(checkpoints, 4, config) == [
+      *first, {"step": 4, "key": "optimizer.lr", "saved": 0.1, "now": 0.05}]
+
+
 def test_an_unfinished_save_is_named_as_it_is_deleted(tmp_path, caplog):
   """A run killed while saving step 4 resumed from step 2, its unfinished save deleted without a word."""
   config = _config()
@@ -284,6 +296,10 @@ def test_a_run_resumes_with_clipping_turned_on_and_refuses_another_optimizer(tmp
   assert "Resumed from step 4" in caplog.text
   assert (f"Resuming {tmp_path} with settings changed since step 4 was saved: config.optimizer.grad_clip_norm 1.0 "
           "(saved 0.0).") in caplog.text
+  # Recorded: the report's config alone said the run trained with clipping from its first step.
+  changed = [{"step": 4, "key": "optimizer.grad_clip_norm", "saved": 0.0, "now": 1.0}]
+  assert json.loads((tmp_path / "eval_results.json").read_text())["changed_on_resume"] == changed
+  assert checkpointing.read_meta(str(tmp_path / "checkpoints" / "8"))["changed_on_resume"] == changed
   shutil.rmtree(tmp_path / "checkpoints" / "8")
   config.init_from = str(tmp_path / "other_run")  # resumed silently, and the report recorded it as the start
   with caplog.at_level(logging.INFO):

@@ -111,6 +111,9 @@ def test_an_evaluator_reading_other_images_or_skipped_in_some_runs_is_said_so():
   assert ("- affectnet reads other images in other runs: seven: affectnet validation, 7 examples of 7 classes; eight: "
           "affectnet validation, 8 examples of 8 classes.") in text
   assert "- eight skipped pose45: rafdb has no split 'test_pose45'." in text
+  eight["changed_on_resume"] = [{"step": 40, "key": "optimizer.lr", "saved": 0.1, "now": 0.01}]
+  assert ("- eight resumed at step 40 with optimizer.lr=0.01 (trained with 0.1 before)."
+          in compare.markdown({"runs/seven": seven, "runs/eight": eight}))
   assert "test reads" not in text
   assert "The runs' configs differ in no key that changes their results (but their data: above)." in text
 

@@ -600,7 +600,8 @@ def test_a_step_is_saved_once_the_best_epoch_it_records_is_and_a_new_best_beside
                                     save_best=lambda *args: order.append("best/8 started"))
   run = types.SimpleNamespace(step=8, steps_per_epoch=3, num_steps=16, config=ml_collections.ConfigDict(
       {"checkpoint_every_steps": 0}), checkpoints="checkpoints", state={}, guard=types.SimpleNamespace(check=list),
-      data=types.SimpleNamespace(shape=(8, 8, 3), identity={}, last_batch=0), selection=selection, variables={})
+      data=types.SimpleNamespace(shape=(8, 8, 3), identity={}, last_batch=0), selection=selection, variables={},
+      changed_on_resume=[])
   run.checkpoint_due = lambda: train.TrainingRun.checkpoint_due(run)  # step 8 ends no epoch: due for its best only
   monkeypatch.setattr(checkpointing, "save", lambda checkpoints, step, *args, **kwargs: order.append(
       f"{checkpoints}/{step} started, recording {kwargs['records']}"))
