@@ -585,8 +585,9 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
   logging.info("Reading the model in %s", step_directory)
   if expected_model is not None:
     _check_runnable(step_directory, expected_model, tuple(class_names), expected_input, initialisation_ok)
+  recorded = {f"model.{key}": value for key, value, _ in _model_differences(_meta(step_directory), expected_model)}
   variables = _checked_fit(_read_model_variables(step_directory), abstract_variables, step_directory, expected_model,
-                           may_be_missing, fresh_variables)
+                           may_be_missing, fresh_variables, f" Or {errors.config_change(recorded)}." if recorded else "")
   return jax.tree.map(lambda a, b: np.asarray(a).astype(b.dtype), variables, abstract_variables)
 
 
@@ -654,9 +655,13 @@ def check_initial_weights(path: str, abstract_variables: dict, parts: dict[str, 
     _parts_taken(_flat(saved), _flat(abstract_variables), parts, step_directory)
     return
   fitting = _fitting_parts(_flat(saved), _flat(abstract_variables))  # of what the checkpoint holds itself
-  flags = f" --config.init_from_parts={','.join(fitting)}" + (" --config.init_from_missing=" if may_be_missing else "")
   _checked_fit(saved, abstract_variables, step_directory, model_config, may_be_missing, abstract_variables,
-               f" Or start from the parts of it that fit:{flags}." if fitting else "")
+               f" Or start from the parts of it that fit: {parts_flags(fitting, may_be_missing)}." if fitting else "")
+
+
+def parts_flags(parts: Sequence[str], may_be_missing: str) -> str:
+  """The flags that start a run from `parts` of a checkpoint (and drop config.init_from_missing, which parts exclude)."""
+  return f"--config.init_from_parts={','.join(parts)}" + (" --config.init_from_missing=" if may_be_missing else "")
 
 
 def _saved_model_tree(step_directory: str) -> dict:
@@ -816,11 +821,19 @@ def describe_record(record: dict, model_config=None) -> str:
   model = record.get("model")
   if not model:
     return "no meta record"
-  differences = [f"{key}={model[key]!r} (config {model_config[key]!r})" for key in sorted(model)
-                 if model_config is not None and key in model_config and _plain(model_config[key]) != model[key]
-                 and not (key == "dtype" and model[key] == "auto")]  # the config's is resolved (validate)
+  differences = [f"{key}={recorded!r} (config {configured!r})"
+                 for key, recorded, configured in _model_differences(record, model_config)]
   return (f"model {model['name']}, {model['num_classes']} classes"
           + (f"; differs from the config in {', '.join(differences)}" if differences else ""))
+
+
+def _model_differences(record: dict, model_config) -> list[tuple[str, object, object]]:
+  """(key, recorded value, config's value) for each model setting a record (a meta record, an export's model.json)
+  holds and the config sets otherwise."""
+  model = record.get("model") or {}
+  return [(key, model[key], model_config[key]) for key in sorted(model)
+          if model_config is not None and key in model_config and _plain(model_config[key]) != model[key]
+          and not (key == "dtype" and model[key] == "auto")]  # the config's is resolved (validate)
 
 
 def _plain(value):

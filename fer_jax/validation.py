@@ -329,14 +329,22 @@ def _init_from_problems(config) -> list[str]:
   except checkpointing.CheckpointError as error:
     return [f"config.init_from: {error}"]
   if saved and saved != config.model.name and not config.init_from_parts:
-    fitting = checkpointing.fitting_parts(config.init_from,
-                                          models.abstract_variables(models.build_model(config), config))
-    parts = (f", or start from the parts of it that fit: --config.init_from_parts={','.join(fitting)}" if fitting else
-             ": no part of it fits this model")
     return [f"config.init_from={config.init_from} holds {errors.with_article(saved)} model, but this config trains "
             f"{config.model.name}: pass {errors.with_article(config.model.name)} checkpoint (a run's, a conversion, "
-            f"or an earlier stage's best/){parts}."]
+            f"or an earlier stage's best/){_parts_that_fit(config)}."]
   return []
+
+
+def _parts_that_fit(config) -> str:
+  """", or start from the parts of it that fit: --config.init_from_parts=…" for config.init_from of another method."""
+  try:  # advice alone: a model the config cannot build, or weights that cannot be read, are said elsewhere
+    fitting = checkpointing.fitting_parts(config.init_from,
+                                          models.abstract_variables(models.build_model(config), config))
+  except Exception:  # pylint: disable=broad-except
+    return ", or name the parts of it to start from (--config.init_from_parts)"
+  if not fitting:
+    return ": no part of it fits this model"
+  return f", or start from the parts of it that fit: {checkpointing.parts_flags(fitting, config.init_from_missing)}"
 
 
 def _init_from_parts_problems(config) -> list[str]:

@@ -185,7 +185,8 @@ def test_summary_of_an_lhcnet_checkpoint_of_another_stage(tmp_path):
   result = run_command("fer_jax.summary", "--config=configs/lhcnet.py:synthetic", "--config.input.size=32",
                        f"--checkpoint={path}")
   assert_user_error(result, "does not fit the configured model", "use_lhc=True (config False)",
-                    "unexpected: params/lhc", "pass the --config it was trained or converted with")
+                    "unexpected: params/lhc", "pass the --config it was trained or converted with. Or pass "
+                    "--config.model.use_lhc=True.")
 
 
 def test_export_into_a_folder_that_is_not_empty(dan_checkpoint, tmp_path):
