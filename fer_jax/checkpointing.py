@@ -409,18 +409,13 @@ def _check_continues(step_directory: str, config, damaged_fix: str) -> None:
         + ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in changed) + shaped
         + ". A resumed run continues the same training (its checkpoints are left as they are): resume with "
         + " ".join(config_lib.override(key, saved) for key, _, saved in changed) + f", {new_run}")
-  allowed = _changed_settings(meta, config)
+  allowed = config_lib.differences(meta.get("config", {}), config, config_lib.NOT_OF_THE_TRAINING, unshared="evals.")
   if allowed:
     logging.info("Resuming %s with settings changed since step %s was saved: %s.", run, os.path.basename(step_directory),
                  ", ".join(f"config.{key} {now!r} (saved {saved!r})" for key, now, saved in allowed))
-  if any(key.startswith("init_from") for key, _, _ in allowed):
+  if any(config_lib.named_by(key, config_lib.INIT_FROM_KEYS) and now for key, now, _ in allowed):
     logging.warning("config.init_from* is not read: the run in %s resumes from its step %s (init_from starts new runs "
                     "only). To start from other weights, pass a new --workdir.", run, os.path.basename(step_directory))
-
-
-def _changed_settings(meta: dict, config) -> list[tuple[str, object, object]]:
-  """(key, `config`'s value, the saved one) for the settings a resume may change that `config` changes."""
-  return config_lib.differences(meta.get("config", {}), config, config_lib.NOT_OF_THE_TRAINING, unshared="evals.")
 
 
 def changes_on_resume(checkpoints: ocp.CheckpointManager, step: int, config) -> list[dict]:
@@ -428,8 +423,12 @@ def changes_on_resume(checkpoints: ocp.CheckpointManager, step: int, config) -> 
   and this one's, from `step`: a run's record and report keep its last config alone, which no longer says that an
   earlier learning rate, say, trained its first steps."""
   meta = _meta(step_path(checkpoints, step))
-  return meta.get(CHANGED_ON_RESUME, []) + [{"step": step, "key": key, "saved": saved, "now": now}
-                                            for key, now, saved in _changed_settings(meta, config)]
+  earlier = meta.get(CHANGED_ON_RESUME, [])
+  if "config" not in meta:  # an older fer_jax's: nothing to compare with
+    return earlier
+  ignored = (*config_lib.NOT_OF_THE_RESULTS, *config_lib.INIT_FROM_KEYS)
+  return earlier + [{"step": step, "key": key, "saved": saved, "now": now}
+                    for key, now, saved in config_lib.differences(meta["config"], config, ignored, unshared="evals.")]
 
 
 def _saved_tree(state_directory: str) -> dict:

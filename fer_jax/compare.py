@@ -34,9 +34,6 @@ from fer_jax import files
 from fer_jax.errors import UserError
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
-# Config keys that do not change a run's reported numbers: where and how often things are read, written and logged,
-# the evaluation batch (its padding is masked) and what the backward pass recomputes (the same gradients).
-NOT_OF_THE_RESULTS = (*config_lib.NOT_OF_THE_TRAINING, "eval_batch_size", "model.remat")
 
 
 def read_report(path: str, fix: str) -> dict:
@@ -141,7 +138,7 @@ def config_columns(reports: dict[str, dict]) -> tuple[list[str], dict[str, list[
   commit."""
   configs = {workdir: run_config(report) for workdir, report in reports.items()}
   keys = sorted({key for config in configs.values() for key in config
-                 if not config_lib.named_by(key, NOT_OF_THE_RESULTS)
+                 if not config_lib.named_by(key, config_lib.NOT_OF_THE_RESULTS)
                  and len({json.dumps(other.get(key), sort_keys=True) for other in configs.values()}) > 1})
   header = [*keys, "commit"]
   rows = {workdir: [("–" if key not in config else _value(config[key])) for key in keys]
@@ -199,7 +196,7 @@ def markdown(reports: dict[str, dict]) -> str:
     lines += ["Config keys in which the runs differ:", ""]
   elif len(reports) > 1:
     lines += ["The runs' configs differ in no key that changes their results"
-              + (" (but their data: above)." if notes else "."), ""]
+              + (" (but see the notes above)." if notes else "."), ""]
   return "\n".join(lines + _markdown_table(names, config_header, config_rows) + [""])
 
 

@@ -54,6 +54,10 @@ def evaluator(**fields) -> ml_collections.ConfigDict:
 # note for the warning): not what a run trains.
 NOT_OF_THE_TRAINING = ("dataset.data_dir", "dataset.cache", "dataset.cache_budget_mb", "data_workers",
                        "log_every_steps", "checkpoint_every_steps", "max_checkpoints", "init_from_recipe")
+# Config keys that do not change a run's reported numbers: where and how often things are read, written and logged,
+# the evaluation batch (its padding is masked) and what the backward pass recomputes (the same gradients).
+NOT_OF_THE_RESULTS = (*NOT_OF_THE_TRAINING, "eval_batch_size", "model.remat")
+INIT_FROM_KEYS = ("init_from", "init_from_")  # where a new run starts from: a resumed run reads none of them
 # What a resumed run may change besides (a key, or a prefix ending in "." or "_"): the learning rate and gradient
 # clipping (what a non-finite loss calls for), how long it trains (not under a schedule num_epochs shapes:
 # NUM_EPOCHS_FREE_SCHEDULES), what it evaluates, reports, selects and stops on, where a new run would start

@@ -717,17 +717,18 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   variables = mesh_lib.replicated(variables, mesh)
   warn_of_a_replaced_report(workdir, step_directory)  # once the data and weights opened: a failure replaces nothing
   name = os.path.basename(step_directory)
-  trained_config = checkpointing.read_meta(step_directory).get("config")
-  _log_config_differences(trained_config, config, step_directory)
+  meta = checkpointing.read_meta(step_directory)
+  _log_config_differences(meta.get("config"), config, step_directory)
   return final_report(evaluators, variables, workdir, int(name) if name.isdigit() else None, step_directory,
-                      trained_config=trained_config)
+                      trained_config=meta.get("config"),
+                      changed_on_resume=meta.get(checkpointing.CHANGED_ON_RESUME, []))
 
 
 def _log_config_differences(trained_config: dict | None, config, step_directory: str, shown: int = 8) -> None:
   """Which keys of `config` (an evaluation's) differ from the config the checkpoint records (its training's, or its
-  conversion's), but for those that change no result (`compare.NOT_OF_THE_RESULTS`) and where a run started from:
+  conversion's), but for those that change no result (`config_lib.NOT_OF_THE_RESULTS`) and where a run started from:
   the report records both, and the training's settings (its learning rate, seed, epochs) are not the evaluation's."""
-  ignored = (*compare.NOT_OF_THE_RESULTS, "init_from", "init_from_")
+  ignored = (*config_lib.NOT_OF_THE_RESULTS, *config_lib.INIT_FROM_KEYS)
   differing = config_lib.differences(trained_config or {}, config, ignored)
   if differing:
     listed = errors.first([f"{key}={now!r} (recorded {then!r})" for key, now, then in differing], shown, "; ")

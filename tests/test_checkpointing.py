@@ -120,7 +120,7 @@ def _with(config, **values):
   return changed
 
 
-def test_the_settings_each_resume_changed_are_kept_from_step_to_step(tmp_path):
+def test_the_settings_each_resume_changed_are_kept_from_step_to_step(tmp_path, monkeypatch):
   config = _config(lr=0.1)
   checkpoints = checkpointing.manager(str(tmp_path / "checkpoints"))
   first = [{"step": 2, "key": "optimizer.lr", "saved": 0.2, "now": 0.1}]
@@ -128,8 +128,12 @@ def test_the_settings_each_resume_changed_are_kept_from_step_to_step(tmp_path):
   checkpointing.wait_until_saved(checkpoints)
   assert checkpointing.changes_on_resume(checkpoints, 4, config) == first  # resumed again as it was
   config.optimizer.lr = 0.05
+  config.update(eval_batch_size=7, init_from="/elsewhere")  # neither changes what the run trains or reports
   assert checkpointing.changes_on_resume(checkpoints, 4, config) == [
       *first, {"step": 4, "key": "optimizer.lr", "saved": 0.1, "now": 0.05}]
+  # A record without the config (an older fer_jax's) listed every evaluator key as changed from None.
+  monkeypatch.setattr(checkpointing, "_meta", lambda step_directory: {"changed_on_resume": first})
+  assert checkpointing.changes_on_resume(checkpoints, 4, config) == first
 
 
 def test_an_unfinished_save_is_named_as_it_is_deleted(tmp_path, caplog):

@@ -115,7 +115,7 @@ def test_an_evaluator_reading_other_images_or_skipped_in_some_runs_is_said_so():
   assert ("- eight resumed at step 40 with optimizer.lr=0.01 (trained with 0.1 before)."
           in compare.markdown({"runs/seven": seven, "runs/eight": eight}))
   assert "test reads" not in text
-  assert "The runs' configs differ in no key that changes their results (but their data: above)." in text
+  assert "The runs' configs differ in no key that changes their results (but see the notes above)." in text
 
 
 def test_a_folder_of_seeds_is_named_with_the_pattern_of_its_runs(tmp_path):

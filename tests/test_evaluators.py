@@ -458,7 +458,8 @@ def test_mode_eval_reports_the_step_it_read_while_a_training_saves_newer_ones(fi
   config.update(eval_batch_size=8, data_workers=0)
   config.model.dtype = "float32"
   checkpoints = checkpointing.manager(str(tmp_path / "run" / "checkpoints"))
-  checkpointing.save(checkpoints, 5, random_variables(config), config)
+  changed = [{"step": 3, "key": "optimizer.lr", "saved": 0.1, "now": 0.01}]
+  checkpointing.save(checkpoints, 5, random_variables(config), config, changed_on_resume=changed)
   checkpoints.wait_until_finished()
   read = checkpointing._read_model_variables
 
@@ -470,6 +471,7 @@ def test_mode_eval_reports_the_step_it_read_while_a_training_saves_newer_ones(fi
   monkeypatch.setattr(checkpointing, "_read_model_variables", read_while_a_step_is_saved)
   report = evaluate.evaluate_checkpoint(config, str(tmp_path / "run"), str(tmp_path / "report"))
   assert (report["step"], report["checkpoint"]) == (5, str(tmp_path / "run" / "checkpoints" / "5"))
+  assert report["changed_on_resume"] == changed  # the step's own record: the report said [] under --mode=eval
 
 
 class Linear(nn.Module):
