@@ -49,19 +49,19 @@ def read_report(path: str, fix: str) -> dict:
 
 
 def expand(patterns: list[str]) -> list[str]:
-  """The workdirs `patterns` name, each glob pattern expanded in name order, each named once; a UserError for a
-  pattern that matches nothing or a folder without a report."""
+  """The workdirs `patterns` name (`~` expanded), each glob pattern expanded in name order, each named once; a
+  UserError for a pattern that matches nothing, a workdir that is no folder, or one without a report."""
   workdirs = []
   for pattern in patterns:
-    matched = (sorted(filter(os.path.isdir, glob.glob(os.path.expanduser(pattern)))) if glob.has_magic(pattern)
-               else [pattern])
+    pattern = os.path.expanduser(pattern)
+    matched = sorted(filter(os.path.isdir, glob.glob(pattern))) if glob.has_magic(pattern) else [pattern]
     if not matched:
       raise UserError(f"--workdir={pattern} matches no folder.")
     workdirs += [path for path in matched if path not in workdirs]
   for workdir in workdirs:
     if not os.path.isdir(workdir):
-      raise UserError(f"--workdir={workdir} does not exist: pass a training run's folder (or a pattern, "
-                      "--workdir='workdirs/dan_*').")
+      raise UserError(f"--workdir={workdir} {'is a file' if os.path.exists(workdir) else 'does not exist'}: pass a "
+                      "training run's folder (or a pattern, --workdir='workdirs/dan_*').")
     if os.path.isfile(os.path.join(workdir, "seeds_summary.json")):
       raise UserError(f"{workdir} is a folder of fer_jax.seeds runs (its seeds_summary.md has their mean and spread): "
                       f"pass its runs, --workdir='{os.path.join(workdir, 'seed_*')}'.")

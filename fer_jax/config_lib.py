@@ -184,9 +184,10 @@ def init_from_parts(text: str) -> dict[str, str]:
   return parts
 
 
-def did_you_mean(key: str, valid: Sequence[str], prefix: str = "") -> str:
-  """" (did you mean PREFIX+VALID?)" for the valid key nearest a misspelt `key`, or "" where none is near."""
-  close = difflib.get_close_matches(key, valid, n=1)
+def did_you_mean(key: str, valid: Sequence[str], prefix: str = "", cutoff: float = 0.6) -> str:
+  """" (did you mean PREFIX+VALID?)" for the valid key nearest a misspelt `key` (difflib's `cutoff`), or "" where none
+  is near."""
+  close = difflib.get_close_matches(key, valid, n=1, cutoff=cutoff)
   return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 

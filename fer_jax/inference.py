@@ -95,8 +95,9 @@ def _log_left_out(files: list[str], folder: str) -> None:
   ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
   shown = ", ".join(f"{extension} ×{count}" for extension, count in ranked[:SHOWN_EXTENSIONS])
   videos = "; fer_jax.predict reads the videos" if any(map(video.is_video, others)) else ""
-  logging.info("Left out %s under %s whose extension is not read: %s%s%s.", errors.counted(len(files), "file"),
-               folder, shown, ", …" if len(ranked) > SHOWN_EXTENSIONS else "", videos)
+  why = "whose extension is not read" + (", or macOS metadata" if any(is_metadata) else "")
+  logging.info("Left out %s under %s %s: %s%s%s.", errors.counted(len(files), "file"), folder, why, shown,
+               ", …" if len(ranked) > SHOWN_EXTENSIONS else "", videos)
 
 
 # A photo is taken for a face crop when it is nearly square (sides within this ratio) and no

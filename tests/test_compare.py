@@ -60,6 +60,9 @@ def test_a_workdir_without_a_report_a_damaged_one_or_a_pattern_matching_nothing_
   assert f"{tmp_path / 'running'} holds no eval_results.json: pass a workdir whose training has ended" in result.stderr
   assert (f"--workdir={tmp_path / 'gone'} does not exist: pass a training run's folder"
           in _compare(f"--workdir={tmp_path / 'gone'}").stderr)  # it "held no eval_results.json"
+  (tmp_path / "notes.txt").write_text("")
+  with pytest.raises(compare.UserError, match=r"notes.txt is a file: pass a training run's folder"):
+    compare.expand([str(tmp_path / "notes.txt")])
   nothing = f"--workdir={tmp_path / 'nothing*'}"
   assert f"{nothing} matches no folder." in _compare(nothing).stderr
   (tmp_path / "running" / "eval_results.json").write_text('{"step": 3')

@@ -104,8 +104,9 @@ def prepare(dataset: str, manual_dir: str, data_dir: str | None = None, skip_cor
     raise builder_utils.DataError(f"--manual_dir {manual} is an archive: extract it, and pass the folder it gives as "
                                   f"--manual_dir.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   if manual.is_file():
-    raise builder_utils.DataError(f"--manual_dir {manual} is a file: pass the folder that holds it, "
-                                  f"--manual_dir={manual.parent}.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    raise builder_utils.DataError(f"--manual_dir {manual} is a file: pass the download's folder, which holds it as the "
+                                  f"layout below shows (for a file at its top, --manual_dir={manual.parent})."
+                                  f"\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   if not manual.is_dir():
     raise builder_utils.DataError(f"--manual_dir {manual} is not a folder.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   try:

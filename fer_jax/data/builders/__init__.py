@@ -3,8 +3,7 @@
 `MANUAL` is the one list of fer_jax's sets prepared from the owners' downloads (`fer_jax.data.prepare` builds
 them; `fer_jax.data.decode` reads their `CHANNELS`); the synthetic set is generated on first use."""
 
-import difflib
-
+from fer_jax import config_lib
 from fer_jax.data.builders import affectnet
 from fer_jax.data.builders import fedro
 from fer_jax.data.builders import fer2013
@@ -24,5 +23,4 @@ def nearest(name: str, builder_classes=MANUAL) -> str:
   `builder_classes` and their variants; "" where none is near."""
   choices = [*builder_classes, *(f"{set_name}/{variant}" for set_name, builder in builder_classes.items()
                                  for variant in builder.builder_configs)]
-  close = difflib.get_close_matches(name.lower(), choices, n=1, cutoff=0.7)
-  return f" (did you mean {close[0]}?)" if close else ""
+  return config_lib.did_you_mean(name.lower(), choices, cutoff=0.8)
