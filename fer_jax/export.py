@@ -475,8 +475,8 @@ def check_out(out: str) -> str:
         os.remove(path)
     logging.info("Removed the partial output of an interrupted export from %s.", out)
   elif entries:
-    raise UserError(f"--out={out} is not empty (it holds {', '.join(sorted(entries)[:3])}"
-                    f"{', …' if len(entries) > 3 else ''}): export into a new folder.")
+    raise UserError(f"--out={out} is not empty (it holds {errors.first(sorted(entries), 3)}): export into a new "
+                    "folder.")
   cli.check_writable_place(f"--out={out}", out)
   return out
 

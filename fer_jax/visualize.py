@@ -114,8 +114,7 @@ def check_out_holds_no_maps(out: str) -> None:
   earlier = sorted(name for name in os.listdir(out) if MAP_FILE.match(name)) if os.path.isdir(out) else []
   if earlier:
     raise UserError(f"--out={out} holds the maps of an earlier run ({errors.counted(len(earlier), 'file')}: "
-                    f"{', '.join(earlier[:2])}"
-                    f"{', …' if len(earlier) > 2 else ''}), numbered for its images: pass a new --out, or delete them.")
+                    f"{errors.first(earlier, 2)}), numbered for its images: pass a new --out, or delete them.")
 
 
 def check_not_a_video(path: str) -> None:

@@ -155,7 +155,7 @@ def _check_source_reads(path: str, source: Source) -> None:
 
 def _outline(loaded) -> str:
   if isinstance(loaded, dict):
-    return "keys " + ", ".join(map(str, list(loaded)[:8])) + (" …" if len(loaded) > 8 else "")
+    return "keys " + errors.first(list(map(str, loaded)), 8)
   return type(loaded).__name__
 
 

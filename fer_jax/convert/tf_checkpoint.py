@@ -17,6 +17,7 @@ import struct
 
 import numpy as np
 
+from fer_jax import errors
 from fer_jax.convert.core import ConversionError
 from fer_jax.convert.core import unreadable
 
@@ -214,7 +215,7 @@ def _not_a_checkpoint(path: str) -> ConversionError:
       return ConversionError(f"{path} holds several TensorFlow checkpoints ({', '.join(indexes)}): pass one's "
                              f".index file, e.g. --checkpoint={os.path.join(path, indexes[0])}.")
     entries = sorted(os.listdir(path))
-    holds = f"it holds {', '.join(entries[:4])}{' …' if len(entries) > 4 else ''}" if entries else "it is empty"
+    holds = f"it holds {errors.first(entries, 4)}" if entries else "it is empty"
     return ConversionError(f"{path} is a folder, not a checkpoint ({holds}; no TensorFlow checkpoint's `checkpoint` "
                            "or .index file): pass the checkpoint file itself.")
   return ConversionError(f"{path} is not a TensorFlow checkpoint: pass its prefix (e.g. "
