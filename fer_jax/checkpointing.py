@@ -81,8 +81,8 @@ UNFINISHED_SAVE = ".orbax-checkpoint-tmp"  # in the name of the folder a save wr
 
 def _warn_of_unfinished_saves(directory: str) -> None:
   """Names the steps whose saves a stopped run left unfinished, which the manager deletes as it opens."""
-  unfinished = sorted(name.split(".")[0] for name in (os.listdir(directory) if os.path.isdir(directory) else [])
-                      if UNFINISHED_SAVE in name)
+  unfinished = sorted((name.split(".")[0] for name in (os.listdir(directory) if os.path.isdir(directory) else [])
+                       if UNFINISHED_SAVE in name), key=lambda step: (len(step), step))
   if unfinished and jax.process_index() == 0:
     logging.warning("Deleting the unfinished save%s of step %s in %s (a run stopped while saving): the newest "
                     "complete step stands.", "s" if len(unfinished) > 1 else "", ", ".join(unfinished), directory)
@@ -298,7 +298,7 @@ def check_epoch_length(checkpoints: ocp.CheckpointManager, step: int, steps_per_
                        devices: int = 1) -> None:
   """The run saved at `step` must have trained `steps_per_epoch` steps an epoch, the last of `last_batch` images
   where it is short (which a run knows only once its data is read; the last batch also depends on the `devices`
-  it splits over)."""
+  it splits over). Resumed on other `devices` than the step records, the result is close, not the same: warned."""
   step_directory = step_path(checkpoints, step)
   meta = _meta(step_directory)
   saved_steps = meta.get("steps_per_epoch", steps_per_epoch)  # not recorded before 2026-12-05
@@ -474,8 +474,6 @@ def _leaf_shapes(tree) -> dict:
   return {"/".join(path): _shape(leaf) for path, leaf in ocp.tree.to_flat_dict(tree).items()}
 
 
-
-
 def _check_same_state(saved: dict, target: dict, step_directory: str) -> None:
   differences = _differences(saved, target)
   if differences:
@@ -585,8 +583,9 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
   if expected_model is not None:
     _check_runnable(step_directory, expected_model, tuple(class_names), expected_input, initialisation_ok)
   recorded = {f"model.{key}": value for key, value, _ in _model_differences(_meta(step_directory), expected_model)}
+  recorded_fix = f" Or {errors.config_change(recorded)}." if recorded else ""
   variables = _checked_fit(_read_model_variables(step_directory), abstract_variables, step_directory, expected_model,
-                           may_be_missing, fresh_variables, f" Or {errors.config_change(recorded)}." if recorded else "")
+                           may_be_missing, fresh_variables, recorded_fix)
   return jax.tree.map(lambda a, b: np.asarray(a).astype(b.dtype), variables, abstract_variables)
 
 
@@ -659,7 +658,8 @@ def check_initial_weights(path: str, abstract_variables: dict, parts: dict[str, 
 
 
 def parts_flags(parts: Sequence[str], may_be_missing: str) -> str:
-  """The flags that start a run from `parts` of a checkpoint (and drop config.init_from_missing, which parts exclude)."""
+  """The flags that start a run from `parts` of a checkpoint (dropping config.init_from_missing, which parts
+  exclude)."""
   return f"--config.init_from_parts={','.join(parts)}" + (" --config.init_from_missing=" if may_be_missing else "")
 
 

@@ -618,9 +618,9 @@ def final_report(evaluators: Evaluators, variables, workdir: str, step: int | No
   are not (a run that selects without restore_best): the best epoch's record and its "checkpoint", under
   "best_epoch_kept". `trained_config`
   (`--mode=eval`): the config the checkpoint records it was trained with, flat, under "trained_config" (None where
-  it records none, and for a training run, whose "config" it is). `changed_on_resume` (a training run's): the settings
-  its resumes changed (`checkpointing.changes_on_resume`), under "changed_on_resume". Also the model's parameter count, "num_params"
-  (`models.parameter_count`), and the code, software and devices that made the report, "provenance"
+  it records none, and for a training run, whose "config" it is). `changed_on_resume`: the settings the run's resumes
+  changed (`checkpointing.changes_on_resume`), under "changed_on_resume". Also the model's parameter count,
+  "num_params" (`models.parameter_count`), and the code, software and devices that made the report, "provenance"
   (`fer_jax.provenance.record`)."""
   reusable, by_name, predicted = dict(reusable or {}), {}, {}
   for name in evaluators.reported:

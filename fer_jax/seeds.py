@@ -157,14 +157,16 @@ def recorded_config(run_dir: str) -> dict:
 
 
 def _config_changes(recorded: dict, config) -> list[tuple[str, object, object]]:
-  """(key, `config`'s value, the recorded one) for each key changing reported numbers (not config_lib.NOT_OF_THE_RESULTS'
-  or the seed) in which `config` differs from a run's recorded flat config. Keys one side lacks (another fer_jax
-  version's) are not compared, but for evaluators added or removed, and those of config_lib.ADDED_SINCE, which a run
-  recorded before them trained as their value there says; nor is a dtype the command leaves "auto" (a run
-  records what it resolved to on its machine: seeds trained on GPUs are summarized on a CPU)."""
+  """(key, `config`'s value, the recorded one) for each key changing reported numbers (not
+  config_lib.NOT_OF_THE_RESULTS' or the seed) in which `config` differs from a run's recorded flat config. Keys one
+  side lacks (another fer_jax version's) are not compared, but for evaluators added or removed, and those of
+  config_lib.ADDED_SINCE, which a run recorded before them trained as their value there says; nor is a dtype the
+  command leaves "auto" (a run records what it resolved to on its machine: seeds trained on GPUs are summarized on a
+  CPU)."""
   auto_dtype = ("model.dtype",) if config_lib.flat(config).get("model.dtype") == "auto" else ()
   trained = config_lib.as_trained(recorded) if recorded else recorded  # {}: no run (or none recorded) to compare
-  return config_lib.differences(trained, config, ("seed", *config_lib.NOT_OF_THE_RESULTS, *auto_dtype), unshared="evals.")
+  return config_lib.differences(trained, config, ("seed", *config_lib.NOT_OF_THE_RESULTS, *auto_dtype),
+                                unshared="evals.")
 
 
 def _selection_keys(config) -> tuple[str, ...]:

@@ -97,7 +97,8 @@ env_option() {
   local assignment
   assignment=$(option_value "$1")
   # `env NAME` would run NAME as the command.
-  [[ $assignment =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env=$assignment: write --env=NAME=VALUE, e.g. --env=NCCL_DEBUG=INFO"
+  [[ $assignment =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] ||
+    die "--env=$assignment: write --env=NAME=VALUE, e.g. --env=NCCL_DEBUG=INFO"
   ENV_ASSIGNMENTS+=("$assignment")
 }
 

@@ -95,8 +95,8 @@ def test_a_manual_dir_naming_a_file_is_answered_with_its_folder(tmp_path):
   csv_file.parent.mkdir()
   csv_file.write_text("emotion,pixels,Usage\n")
   assert_user_error(prepare("fer2013", csv_file, tmp_path / "tfds"),
-                    f"--manual_dir {csv_file} is a file: pass the download's folder, which holds it as the layout below "
-                    f"shows (for a file at its top, --manual_dir={csv_file.parent}).")
+                    f"--manual_dir {csv_file} is a file: pass the download's folder, which holds it as the layout "
+                    f"below shows (for a file at its top, --manual_dir={csv_file.parent}).")
 
 
 def test_a_download_not_yet_extracted_is_named(tmp_path):

@@ -181,18 +181,19 @@ def test_resume_with_another_epoch_length_or_class_order_is_refused(tmp_path):
   checkpointing.save(checkpoints, 2, _trained_state(config), config, steps_per_epoch=3)
   checkpointing.wait_until_saved(checkpoints)
   with pytest.raises(checkpointing.CheckpointError,
-                     match=rf"^The run in {tmp_path} trained, on 1 device, 3 steps an epoch; this config's training split gives, "
-                           r"on 1 device, 2 steps an epoch: .* Resume with the dataset.train_split, max_per_class, sampler "
-                           r"and drop_last it was trained with .*, or "
-                           rf"start a new --workdir with --config.init_from={tmp_path}/checkpoints/2 \(a new training from those "
-                           r"weights: its schedule and optimizer start afresh\)\.$"):
+                     match=rf"^The run in {tmp_path} trained, on 1 device, 3 steps an epoch; this config's "
+                           r"training split gives, on 1 device, 2 steps an epoch: .* Resume with the "
+                           r"dataset.train_split, max_per_class, sampler and drop_last it was trained with .*, or "
+                           rf"start a new --workdir with --config.init_from={tmp_path}/checkpoints/2 \(a new training "
+                           r"from those weights: its schedule and optimizer start afresh\)\.$"):
     checkpointing.check_epoch_length(checkpoints, 2, 2)  # a resumed TrainingRun's check, once the data is read
   checkpointing.check_epoch_length(checkpoints, 2, 3)
   other_classes = _with(config)
   other_classes.dataset.class_order = "rafdb"
   with pytest.raises(checkpointing.CheckpointError,
                      match=r"predicts the classes \(anger, disgust, .*\) of class order 'fer2013' but the "
-                           r"config's class order gives \(surprise, fear, .*\): pass the --config it was trained or converted with, or pass --config.dataset.class_order=fer2013\.$"):
+                           r"config's class order gives \(surprise, fear, .*\): pass the --config it was trained or "
+                           r"converted with, or pass --config.dataset.class_order=fer2013\.$"):
     restore_state(checkpoints, 2, abstract, other_classes)
   _assert_trees_equal(restore_state(checkpoints, 2, abstract, config), _trained_state(config))
 
@@ -399,10 +400,11 @@ def test_resume_on_a_device_count_that_splits_the_last_batch_otherwise_is_refuse
   checkpointing.wait_until_saved(checkpoints)
   checkpointing.check_epoch_length(checkpoints, 4, 4, last_batch=3, devices=1)
   with pytest.raises(checkpointing.CheckpointError,
-                     match=rf"^The run in {tmp_path} trained, on 1 device, 4 steps an epoch, the last of 3 images; this config's "
-                           r"training split gives, on 2 devices, 4 steps an epoch, the last of 2 images: .* Resume with "
-                           r"the dataset.train_split, max_per_class, sampler and drop_last it was trained with \(and, "
-                           r"where its epochs end in a short batch, a device count that splits that batch as it did\)"):
+                     match=rf"^The run in {tmp_path} trained, on 1 device, 4 steps an epoch, the last of 3 "
+                           r"images; this config's training split gives, on 2 devices, 4 steps an epoch, the last of 2 "
+                           r"images: .* Resume with the dataset.train_split, max_per_class, sampler and drop_last it "
+                           r"was trained with \(and, where its epochs end in a short batch, a device count that "
+                           r"splits that batch as it did\)"):
     checkpointing.check_epoch_length(checkpoints, 4, 4, last_batch=2, devices=2)
   with pytest.raises(checkpointing.CheckpointError, match=r"gives, on 4 devices, 3 steps an epoch: "):
     checkpointing.check_epoch_length(checkpoints, 4, 3, last_batch=0, devices=4)

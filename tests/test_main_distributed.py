@@ -83,7 +83,8 @@ def test_config_differences_name_each_key_and_both_values():
       f"batch_size: 32 on process 0, 16 on process 2 (2 processes differ); input.eval_pp: \"{'x' * 58}… on process "
       f"0, \"{'x' * 58}… on process 2 (2 processes differ); model.remat: no such key on process 0, false on process 2 "
       "(2 processes differ)")
-  assert distributed.config_differences([{"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}, {}]).endswith("on process 1 … (5 in all)")
+  assert distributed.config_differences([{"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}, {}]).endswith(
+      "on process 1 … (5 in all)")
 
 
 def test_process_0_refuses_a_coordinator_port_in_use(monkeypatch):

@@ -1194,7 +1194,8 @@ def test_a_folder_unzipped_on_a_mac_is_listed_without_its_metadata_files(tmp_pat
   for name in ("a.jpg", "._a.jpg", "b.png", "._b.png", "._clip.mp4"):
     (tmp_path / name).write_bytes(b"")
   messages = _logged(caplog, lambda: inference.list_images(str(tmp_path), decode.IMAGE_SUFFIXES + video.EXTENSIONS))
-  assert messages == [f"Left out 3 files under {tmp_path} whose extension is not read, or macOS metadata: ._* (macOS metadata) ×3."]
+  assert messages == [f"Left out 3 files under {tmp_path} whose extension is not read, or macOS metadata: "
+                      "._* (macOS metadata) ×3."]
   assert inference.list_images(str(tmp_path)) == [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
 
 

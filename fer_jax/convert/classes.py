@@ -7,7 +7,6 @@ may contradict, so a config that disagrees is only warned about; its classifier'
 """
 
 import functools
-import os
 from typing import Sequence
 
 from absl import logging
@@ -17,12 +16,14 @@ from fer_jax import config_lib
 from fer_jax.convert.core import ConversionError
 from fer_jax.data import labels
 
+
 @functools.cache
 def _method_configs(method: str) -> tuple:
   """(spec, config) for each data set of the repository's configs/<method>.py; none if it is not there."""
-  if not os.path.isfile(os.path.join(config_lib.PAPER_CONFIGS, f"{method}.py")):
+  try:
+    module = config_lib.paper_config(method)
+  except ValueError:  # a method of yours: no paper config
     return ()
-  module = config_lib.paper_config(method)
   return tuple((f"configs/{method}.py:{data}", module.get_config(data)) for data in module.DATA_SETS)
 
 

@@ -382,8 +382,8 @@ def finish(target: Target, sources: list[Tensors], fresh_variables: Callable[[li
     if unknown:
       problems.append(f"{tensors.origin}: unknown to this model: {errors.first(unknown, 12)}")
     if tensors.missing:
-      problems.append(f"{tensors.origin}: {errors.first(tensors.missing, 12)} {'is' if len(tensors.missing) == 1 else 'are'} "
-                      "missing")
+      verb = "is" if len(tensors.missing) == 1 else "are"
+      problems.append(f"{tensors.origin}: {errors.first(tensors.missing, 12)} {verb} missing")
   problems += target.problems
   unfilled = target.unfilled()
   not_allowed = [f"{path} {tuple(target.abstract[path].shape)}" for path in unfilled if not may_stay_fresh(path)]

@@ -228,8 +228,8 @@ def _check_not_an_archive_of_files(path: str) -> None:
                           "only in its unsafe mode that runs any code the file holds, and fer_jax never runs code "
                           "from a checkpoint. If you trust it, re-save its tensors with a current PyTorch "
                           "(torch.save).")
-  raise ConversionError(f"{path} is a {kind} archive of files ({errors.first(names, 4)}), not a PyTorch checkpoint: extract it and "
-                        "pass the checkpoint it holds.")
+  raise ConversionError(f"{path} is a {kind} archive of files ({errors.first(names, 4)}), not a PyTorch checkpoint: "
+                        "extract it and pass the checkpoint it holds.")
 
 
 def _unpickler_error(error: Exception) -> str:

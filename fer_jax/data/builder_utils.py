@@ -405,10 +405,6 @@ def missing_image_error(path: str, listed_in) -> DataError:
                    "images, not missing ones).")
 
 
-def is_image_file(path: epath.Path) -> bool:
-  return decode.is_image_name(path.name)
-
-
 def class_folder_records(folder: epath.Path, class_of_folder: dict[str, int], root: epath.Path, layout: str,
                          other_folders: Container[str] = ()) -> list[Record]:
   """Records of `folder/<class>/<image>`; class folders match case-insensitively. Images anywhere else under
@@ -424,7 +420,7 @@ def class_folder_records(folder: epath.Path, class_of_folder: dict[str, int], ro
                     f"should look like:\n{layout}")
   _warn_of_images_outside(folder, labels, class_of_folder, other_folders)
   return [Record(file_name=os.fspath(path.relative_to(root)), label=label, image=path)
-          for child, label in labels.items() for path in sorted(child.iterdir()) if is_image_file(path)]
+          for child, label in labels.items() for path in sorted(child.iterdir()) if decode.is_image_name(path.name)]
 
 
 PLACES_NAMED = 5  # folders of left-out images a warning names
@@ -438,7 +434,7 @@ def _warn_of_images_outside(folder: epath.Path, class_folders: Container[epath.P
   for directory, subfolders, names in folder.walk():  # in sorted order, for the same example each time
     subfolders[:] = sorted(name for name in subfolders if directory != folder or name.lower() not in other_folders)
     if directory not in class_folders:
-      left_out += [directory / name for name in sorted(names) if is_image_file(directory / name)]
+      left_out += [directory / name for name in sorted(names) if decode.is_image_name(name)]
   if not left_out:
     return
   counts = sorted(collections.Counter(os.fspath(path.parent.relative_to(folder)) for path in left_out).items())

@@ -39,6 +39,7 @@ def is_image_name(name: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> bool
   leaves beside each file)."""
   return name.lower().endswith(suffixes) and not name.startswith("._")
 
+
 # 8000×8000 (about 190 MB as RGB): far above any face photo, far below running out of memory.
 # Below PIL's own warning threshold, so PIL never warns about an image this accepts.
 MAX_IMAGE_PIXELS = 64_000_000

@@ -67,9 +67,10 @@ def builder_class(name: str):
   if name in builders.MANUAL:
     return builders.MANUAL[name]
   if "." not in name:
-    raise builder_utils.DataError(f"Unknown data set {name!r}{builders.nearest(name)}; choose one of "
-                                  f"{', '.join(builders.MANUAL)} (with /VARIANT where a set has several, docs/data.md), "
-                                  "or name the module of a builder of yours (my_sets.class_folders, docs/extending.md).")
+    raise builder_utils.DataError(
+        f"Unknown data set {name!r}{builders.nearest(name)}; choose one of {', '.join(builders.MANUAL)} (with "
+        "/VARIANT where a set has several, docs/data.md), or name the module of a builder of yours "
+        "(my_sets.class_folders, docs/extending.md).")
   try:
     module = config_lib.module_of_yours(name, f"--dataset={name}", builder_utils.DataError)
   except ValueError as error:  # TFDS registers a builder class as it is defined, by its name in snake case

@@ -240,7 +240,7 @@ def _check_annotated(images, annotated: set[str], annotations) -> None:
 
   Not skipped with --skip_corrupt either: that skips unreadable images, not missing labels.
   """
-  missing = sorted({p.stem for p in images.iterdir() if builder_utils.is_image_file(p)} - annotated, key=_id_order)
+  missing = sorted({p.stem for p in images.iterdir() if decode.is_image_name(p.name)} - annotated, key=_id_order)
   if missing:
     listed = ", ".join(f"{image_id}_exp.npy" for image_id in missing[:MISSING_SHOWN])
     more = ", ..." if len(missing) > MISSING_SHOWN else ""
