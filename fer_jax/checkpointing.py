@@ -580,10 +580,11 @@ def restore_model(path: str, abstract_variables: dict, fresh_variables: dict | N
   """
   step_directory = step_folder(path)
   logging.info("Reading the model in %s", step_directory)
+  recorded_fix = ""
   if expected_model is not None:
-    _check_runnable(step_directory, expected_model, tuple(class_names), expected_input, initialisation_ok)
-  recorded = {f"model.{key}": value for key, value, _ in _model_differences(_meta(step_directory), expected_model)}
-  recorded_fix = f" Or {errors.config_change(recorded)}." if recorded else ""
+    meta = _check_runnable(step_directory, expected_model, tuple(class_names), expected_input, initialisation_ok)
+    recorded = {f"model.{key}": value for key, value, _ in _model_differences(meta, expected_model)}
+    recorded_fix = f" Or {errors.config_change(recorded)}." if recorded else ""
   variables = _checked_fit(_read_model_variables(step_directory), abstract_variables, step_directory, expected_model,
                            may_be_missing, fresh_variables, recorded_fix)
   return jax.tree.map(lambda a, b: np.asarray(a).astype(b.dtype), variables, abstract_variables)
@@ -748,8 +749,8 @@ def read_meta(path: str) -> dict:
 
 
 def _check_runnable(step_directory: str, model_config, class_names: tuple[str, ...], input_config=None,
-                    initialisation_ok: bool = False) -> None:
-  """The checkpoint's meta record must exist, not mark the weights as only an initialisation (unless
+                    initialisation_ok: bool = False) -> dict:
+  """The checkpoint's meta record, which must exist, not mark the weights as only an initialisation (unless
   `initialisation_ok`), and match the config (check_identity)."""
   meta = _meta(step_directory)
   if meta.get(INITIALISATION_ONLY) and not initialisation_ok:
@@ -761,6 +762,7 @@ def _check_runnable(step_directory: str, model_config, class_names: tuple[str, .
                           "class order cannot be checked. Use a checkpoint written by `fer_jax.main`, "
                           "`fer_jax.convert` or `fer_jax.export`.")
   check_identity(meta, f"The checkpoint {step_directory}", model_config, class_names, input_config)
+  return meta
 
 
 def check_identity(record: dict, source: str, model_config, class_names: tuple[str, ...], input_config=None) -> None:
