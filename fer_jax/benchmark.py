@@ -320,12 +320,13 @@ def module_path(op_name: str) -> str:
   """The model's module path in a JAX op name ("jit(step)/transpose(jvp(DAN))/trunk/bn1/reduce_sum" →
   "trunk/bn1"; "" outside the model: loss, optimiser, metrics): the last run of names between
   transformations, without the "checkpoint" of a rematerialised block ("transpose(jvp(M))/trunk/jvp(M)/
-  trunk/checkpoint/layer1_0/bn1/…") or a conditional's ("trunk/cond/branch_0_fun/transpose(jvp())/…")."""
+  trunk/checkpoint/layer1_0/bn1/…"), a conditional's ("trunk/cond/branch_0_fun/transpose(jvp())/…") or
+  the "platform" JAX 0.12.1 names lax.platform_dependent's chosen branch by ("trunk/bn1/platform/stack")."""
   runs = [[]]
   for part in _split_top_level(op_name, "/")[:-1]:
     if "(" in part:
       runs.append([])
-    elif part not in ("checkpoint", "cond") and not re.fullmatch(r"branch_\d+_fun", part):
+    elif part not in ("checkpoint", "cond", "platform") and not re.fullmatch(r"branch_\d+_fun", part):
       runs[-1].append(part)
   return "/".join(next((run for run in reversed(runs) if run), []))
 

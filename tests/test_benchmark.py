@@ -551,6 +551,7 @@ def test_module_path_of_op_names():
   assert benchmark.module_path("jit(train_step)/jvp(DAN)/trunk/layer1_0/jit(relu)/max") == "trunk/layer1_0"
   assert benchmark.module_path("jit(train_step)/transpose(jvp(DAN))/trunk/cond/branch_0_fun/transpose(jvp())/"
                                "select_and_scatter") == "trunk"
+  assert benchmark.module_path("jit(train_step)/jvp(TinyNet)/bn/platform/stack") == "bn"  # JAX 0.12.1's name
   assert benchmark.module_path("jit(train_step)/mul") == ""
 
 
