@@ -88,7 +88,10 @@ def keep_compilations() -> str | None:
   the folder cannot be written. Not on the CPU, whose XLA refuses to load programs compiled for some CPUs' tuning
   flags even on the machine that compiled them, with an error line for each (jax-ml/jax issue 38445): there
   $JAX_COMPILATION_CACHE_DIR turns it on. Returns the folder now in use, if any. Tracing and lowering are not kept:
-  a step's start-up is shorter, not gone. Call it once JAX's processes are started (it asks the backend)."""
+  a step's start-up is shorter, not gone. Call it once JAX's processes are started (it asks the backend); CPU
+  processes run together keep none (distributed.keep_no_cpu_compilations)."""
+  if not jax.config.jax_enable_compilation_cache:
+    return None
   if COMPILATION_CACHE_ENV in os.environ or jax.config.jax_compilation_cache_dir:
     return jax.config.jax_compilation_cache_dir or None
   if jax.default_backend() == "cpu":

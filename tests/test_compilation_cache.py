@@ -71,3 +71,34 @@ def test_jax_writes_the_compiled_program_into_the_kept_folder(tmp_path):
   folder = tmp_path / "fer_jax" / "jax_compilation_cache"
   assert result.stdout.strip() == str(folder)
   assert any(name.endswith("-cache") for name in os.listdir(folder)), os.listdir(folder)
+
+
+# CPU processes run together, as far as distributed.keep_no_cpu_compilations can tell, with JAX_COMPILATION_CACHE_DIR
+# set: nothing JAX compiles afterwards goes into the folder.
+TOGETHER = """
+import sys
+from absl import logging
+import jax, jax.numpy as jnp
+from fer_jax import distributed, mesh
+logging.set_verbosity(logging.INFO)
+jax.process_count = lambda: int(sys.argv[1])
+distributed.keep_no_cpu_compilations()
+print(mesh.keep_compilations())
+jax.jit(lambda x: jnp.tanh(x) @ x).lower(jnp.ones((64, 64))).compile()
+"""
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_cpu_processes_run_together_compile_afresh(tmp_path, processes):
+  """With jaxlib 0.12.1 a resumed two-process CPU run hung in its first step, loading that step from the cache."""
+  env = {**os.environ, mesh_lib.COMPILATION_CACHE_ENV: str(tmp_path), "JAX_PLATFORMS": "cpu",
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  result = subprocess.run([sys.executable, "-c", TOGETHER, str(processes)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  kept = [name for name in os.listdir(tmp_path) if name.endswith("-cache")]
+  if processes == 1:
+    assert result.stdout.strip() == str(tmp_path) and kept
+  else:
+    assert result.stdout.strip() == "None" and not kept, kept
+    assert "persistent compilation cache" in result.stderr
