@@ -8,8 +8,8 @@ uninterrupted one, and whether an evaluation whose batch does not divide over th
 one-device confusion matrix; it fails if a checkpoint save on all devices compiles any program
 (orbax's per-replica slicing, see checkpointing.manager). The model is small (conv + BatchNorm +
 dense): the point is the sharded step with its device augmentation, the same code for every method.
-DAN's two steps are compared too (its losses: the affinity loss's centres and the partition loss's
-variance over heads, each a mean over the sharded batch). It also reports the collectives of the
+DAN's first step is compared too (its losses: the affinity loss's centres and the partition loss's
+variance over heads, each a mean over the sharded batch): its loss, and its update part by part. It also reports the collectives of the
 all-device train step, whose one BatchNorm reduces its batch statistics in one all-gather
 (models/batch_norm.batch_moments), and how far those statistics fall from float64 NumPy's on inputs
 whose mean is 10⁴ times their spread.
@@ -109,6 +109,17 @@ def largest_difference(params, others) -> float:
   return max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(others)))
 
 
+def _norm(tree) -> float:
+  return float(np.sqrt(sum(np.sum(np.square(np.asarray(leaf, np.float64))) for leaf in jax.tree.leaves(tree))))
+
+
+def update_differences(start, params, others) -> dict:
+  """{part: how far `others` lie from `params`, as a fraction of how far `params` moved from `start`} for each
+  top-level part of the model (trunk, head0, fc, affinity, …)."""
+  return {part: _norm(jax.tree.map(np.subtract, params[part], others[part]))
+          / _norm(jax.tree.map(np.subtract, params[part], start[part])) for part in params}
+
+
 def main():
   flags.FLAGS.mark_as_parsed()
   config = tiny_run(get_config("configs/dan.py:synthetic"))
@@ -119,8 +130,10 @@ def main():
   difference = largest_difference(one_params, all_params)
   dan = tiny_run(get_config("configs/dan.py:synthetic"), batch_size=16)
   dan.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)
-  dan_one_losses, dan_one_params, _ = run(jax.devices()[:1], dan, steps=2, method=models.get_method("dan"))
-  dan_all_losses, dan_all_params, _ = run(jax.devices(), dan, steps=2, method=models.get_method("dan"))
+  dan_model = models.get_method("dan").build(dan.model)
+  dan_start = jax.device_get(models.init_variables(dan_model, dan, jax.random.key(dan.seed))["params"])
+  dan_one_losses, dan_one_params, _ = run(jax.devices()[:1], dan, steps=1, method=models.get_method("dan"))
+  dan_all_losses, dan_all_params, _ = run(jax.devices(), dan, steps=1, method=models.get_method("dan"))
   straight_losses, straight_params, _ = run(jax.devices(), config, steps=8)
   with tempfile.TemporaryDirectory() as directory:
     run(jax.devices(), config, steps=4, checkpoint_dir=directory)
@@ -133,7 +146,7 @@ def main():
   print(json.dumps({"devices": jax.device_count(), "one_device_losses": one_losses,
                     "all_device_losses": all_losses, "max_param_difference": difference,
                     "dan": {"one_device_losses": dan_one_losses, "all_device_losses": dan_all_losses,
-                            "max_param_difference": largest_difference(dan_one_params, dan_all_params)},
+                            "update_differences": update_differences(dan_start, dan_one_params, dan_all_params)},
                     "resumed_exactly": resumed_exactly, "same_evaluation": same_evaluation,
                     "train_step_collectives": collectives,
                     "batch_moments_error": {"one_device": batch_moments_error(jax.devices()[:1]),
