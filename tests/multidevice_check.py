@@ -1,7 +1,8 @@
 """Trains a few steps on 1 device and on all devices of this process and compares them.
 
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 and $FER_JAX_TEST_TFDS_DIR (the
-session's synthetic/tiny folder, see tests/conftest.py); tests/test_train.py does both. Prints one
+session's synthetic/tiny folder, see tests/conftest.py); tests/test_train.py does both. An argument
+sets DAN's seed (default 0): `python tests/multidevice_check.py 3`. Prints one
 JSON line: device count, both loss curves, the largest parameter difference, whether a run
 checkpointed at step 4 and resumed on all devices ends with exactly the parameters of the
 uninterrupted one, and whether an evaluation whose batch does not divide over the devices gives the
@@ -120,7 +121,7 @@ def update_differences(start, params, others) -> dict:
           / _norm(jax.tree.map(np.subtract, params[part], start[part])) for part in params}
 
 
-def main():
+def main(dan_seed: int = 0):
   flags.FLAGS.mark_as_parsed()
   config = tiny_run(get_config("configs/dan.py:synthetic"))
   # SGD: Adam's normalised steps would blow rounding-level gradient differences up to ±lr.
@@ -130,6 +131,7 @@ def main():
   difference = largest_difference(one_params, all_params)
   dan = tiny_run(get_config("configs/dan.py:synthetic"), batch_size=16)
   dan.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)
+  dan.seed = dan_seed
   dan_model = models.get_method("dan").build(dan.model)
   dan_start = jax.device_get(models.init_variables(dan_model, dan, jax.random.key(dan.seed))["params"])
   dan_one_losses, dan_one_params, _ = run(jax.devices()[:1], dan, steps=1, method=models.get_method("dan"))
@@ -154,4 +156,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  main(*map(int, sys.argv[1:]))
