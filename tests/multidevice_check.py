@@ -10,10 +10,10 @@ one-device confusion matrix; it fails if a checkpoint save on all devices compil
 (orbax's per-replica slicing, see checkpointing.manager). The model is small (conv + BatchNorm +
 dense): the point is the sharded step with its device augmentation, the same code for every method.
 DAN's first step is compared too (its losses: the affinity loss's centres and the partition loss's
-variance over heads, each a mean over the sharded batch): its loss, and its update part by part. It also reports the collectives of the
-all-device train step, whose one BatchNorm reduces its batch statistics in one all-gather
-(models/batch_norm.batch_moments), and how far those statistics fall from float64 NumPy's on inputs
-whose mean is 10⁴ times their spread.
+variance over heads, each a mean over the sharded batch): its loss, and its update part by part. It
+also reports the collectives of the all-device train step, whose one BatchNorm reduces its batch
+statistics in one all-gather (models/batch_norm.batch_moments), and how far those statistics fall
+from float64 NumPy's on inputs whose mean is 10⁴ times their spread.
 """
 
 import itertools
