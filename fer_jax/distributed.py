@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 
 from fer_jax import config_lib
 from fer_jax import errors
+from fer_jax import mesh as mesh_lib
 from fer_jax.errors import USER_ERROR_STATUS
 from fer_jax.errors import UserError
 
@@ -89,21 +90,10 @@ def start(coordinator_address, num_processes, process_id) -> None:
                     "--num_processes, each its own --process_id).") from error
   finally:
     watchdog.cancel()
-  keep_no_cpu_compilations()
+  mesh_lib.keep_no_cpu_compilations()
   with errors_together():
     check_process_count(num_processes, jax.process_count())
   _together(check_device_counts, jax.devices(), jax.process_count())
-
-
-def keep_no_cpu_compilations() -> None:
-  """On CPU processes run together, turns JAX's persistent compilation cache off, before this process compiles
-  anything: with jaxlib 0.12.1 a train step loaded from it (process 0's, as a resumed run loads it) hung in its
-  first gloo collective, every time (BENCHMARKS.md, "Other Pythons and JAX releases"). The cache is on there only
-  where $JAX_COMPILATION_CACHE_DIR asks (mesh.keep_compilations), and each process compiles in seconds."""
-  if jax.process_count() > 1 and jax.default_backend() == "cpu" and jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_enable_compilation_cache", False)
-    logging.info("JAX's persistent compilation cache (%s) is off: CPU processes run together compile their programs "
-                 "afresh (a program loaded from it can hang in a collective).", jax.config.jax_compilation_cache_dir)
 
 
 def _not_all_joined(address: str | None, num_processes: int | None) -> None:

@@ -89,7 +89,7 @@ def keep_compilations() -> str | None:
   flags even on the machine that compiled them, with an error line for each (jax-ml/jax issue 38445): there
   $JAX_COMPILATION_CACHE_DIR turns it on. Returns the folder now in use, if any. Tracing and lowering are not kept:
   a step's start-up is shorter, not gone. Call it once JAX's processes are started (it asks the backend); CPU
-  processes run together keep none (distributed.keep_no_cpu_compilations)."""
+  processes run together keep none (keep_no_cpu_compilations)."""
   if not jax.config.jax_enable_compilation_cache:
     return None
   if COMPILATION_CACHE_ENV in os.environ or jax.config.jax_compilation_cache_dir:
@@ -109,3 +109,14 @@ def keep_compilations() -> str | None:
   jax.config.update("jax_compilation_cache_dir", folder)
   jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
   return folder
+
+
+def keep_no_cpu_compilations() -> None:
+  """On CPU processes run together, turns JAX's persistent compilation cache off, before this process compiles
+  anything: with jaxlib 0.12.1 a train step loaded from it (process 0's, as a resumed run loads it) hung in its
+  first gloo collective, every time (BENCHMARKS.md, "Other Pythons and JAX releases"). The cache is on there only
+  where $JAX_COMPILATION_CACHE_DIR asks (keep_compilations), and each process compiles in seconds."""
+  if jax.process_count() > 1 and jax.default_backend() == "cpu" and jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_enable_compilation_cache", False)
+    logging.info("JAX's persistent compilation cache (%s) is off: CPU processes run together compile their programs "
+                 "afresh (a program loaded from it can hang in a collective).", jax.config.jax_compilation_cache_dir)

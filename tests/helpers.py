@@ -37,6 +37,12 @@ def tiny_data_dir() -> str:
   return data_dir
 
 
+def distance(a, b) -> float:
+  """The Euclidean distance between two trees of arrays of the same structure (parameters), in float64."""
+  return float(np.sqrt(sum(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2)
+                           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))))
+
+
 def tiny_run(config, size: int = 32, batch_size: int = 32, epochs: int = 1, per_class: int = 0):
   """Shrinks a `:synthetic` config to seconds of CPU work on synthetic/tiny (its first `per_class`
   training images of each class if given: 10 make epochs of 2 steps of 32). An epoch's last, short batch is dropped,

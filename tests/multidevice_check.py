@@ -39,7 +39,7 @@ from fer_jax.models import batch_norm
 from fer_jax.models import layers
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from helpers import compiled_during, get_config, restore_state, tiny_run  # noqa: E402
+from helpers import compiled_during, distance, get_config, restore_state, tiny_run  # noqa: E402
 
 
 class SmallNet(nn.Module):
@@ -110,15 +110,10 @@ def largest_difference(params, others) -> float:
   return max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(others)))
 
 
-def _norm(tree) -> float:
-  return float(np.sqrt(sum(np.sum(np.square(np.asarray(leaf, np.float64))) for leaf in jax.tree.leaves(tree))))
-
-
 def update_differences(start, params, others) -> dict:
   """{part: how far `others` lie from `params`, as a fraction of how far `params` moved from `start`} for each
   top-level part of the model (trunk, head0, fc, affinity, …)."""
-  return {part: _norm(jax.tree.map(np.subtract, params[part], others[part]))
-          / _norm(jax.tree.map(np.subtract, params[part], start[part])) for part in params}
+  return {part: distance(params[part], others[part]) / distance(params[part], start[part]) for part in params}
 
 
 def main(dan_seed: int = 0):

@@ -73,16 +73,16 @@ def test_jax_writes_the_compiled_program_into_the_kept_folder(tmp_path):
   assert any(name.endswith("-cache") for name in os.listdir(folder)), os.listdir(folder)
 
 
-# CPU processes run together, as far as distributed.keep_no_cpu_compilations can tell, with JAX_COMPILATION_CACHE_DIR
+# CPU processes run together, as far as mesh.keep_no_cpu_compilations can tell, with JAX_COMPILATION_CACHE_DIR
 # set: nothing JAX compiles afterwards goes into the folder.
 TOGETHER = """
 import sys
 from absl import logging
 import jax, jax.numpy as jnp
-from fer_jax import distributed, mesh
+from fer_jax import mesh
 logging.set_verbosity(logging.INFO)
 jax.process_count = lambda: int(sys.argv[1])
-distributed.keep_no_cpu_compilations()
+mesh.keep_no_cpu_compilations()
 print(mesh.keep_compilations())
 jax.jit(lambda x: jnp.tanh(x) @ x).lower(jnp.ones((64, 64))).compile()
 """

@@ -39,7 +39,8 @@ from fer_jax import mesh as mesh_lib
 from fer_jax import models
 from fer_jax import stopping
 from fer_jax import train
-from helpers import ROOT, TINY_NET, cpu_devices_env, free_port, get_config, killed_at_end, random_variables, tiny_run
+from helpers import (ROOT, TINY_NET, cpu_devices_env, distance, free_port, get_config, killed_at_end, random_variables,
+                     tiny_run)
 
 pytestmark = pytest.mark.integration
 
@@ -95,11 +96,6 @@ def _initial_params() -> dict:
   """The parameters both runs start from (seed 0)."""
   config = _resumed_run_config()
   return models.init_variables(models.build_model(config), config, jax.random.key(config.seed))["params"]
-
-
-def _distance(a: dict, b: dict) -> float:
-  return float(np.sqrt(sum(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2)
-                           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))))
 
 
 def _start_two(workdir, data_dir, logs, other_workdir=None, checkpoint_every_steps=2,
@@ -215,8 +211,8 @@ def test_two_processes_train_as_one_through_a_sigterm_to_one(tmp_path, tiny_data
   # one-device ones (DAN's, trained for 8 steps before 2026-12-07: 0.18). Near chance, so predictions, accuracy and
   # the best epoch are not compared.
   one_params, two_params = (_restored(run / "checkpoints" / last_step)["params"] for run in (tmp_path / "one", workdir))
-  moved = _distance(one_params, _initial_params())
-  apart = _distance(one_params, two_params)
+  moved = distance(one_params, _initial_params())
+  apart = distance(one_params, two_params)
   assert apart < 0.1 * moved, (apart, moved)
   assert (workdir / "checkpoints" / last_step / "state").is_dir()
   assert (workdir / "best" / str(two["step"]) / "state").is_dir()
