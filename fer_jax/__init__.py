@@ -2,6 +2,10 @@
 
 `fer_jax.load(path)` returns a model to classify faces with (see fer_jax.api)."""
 
+from fer_jax import starting
+
+starting.handle_ctrl_c_from_the_start()
+
 
 def load(path: str, config=None, tta: str = "", batch_size: int = 64):
   """A trained, converted or exported model at `path` as a `fer_jax.api.Model`; its errors name a config change

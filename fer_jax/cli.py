@@ -31,6 +31,7 @@ import ml_collections
 
 from fer_jax import config_lib
 from fer_jax import errors
+from fer_jax import starting
 from fer_jax.errors import USER_ERROR_STATUS
 from fer_jax.errors import UserError
 
@@ -179,6 +180,7 @@ def with_clean_errors(main):
   def main_with_clean_errors(argv):
     logging.get_absl_handler().addFilter(_worth_showing)
     errors.quiet_closed_event_loops()
+    starting.raise_on_ctrl_c()
     try:
       return main(argv)
     except KeyboardInterrupt as interrupt:

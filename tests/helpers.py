@@ -10,6 +10,7 @@ import itertools
 import os
 import re
 import socket
+import sys
 
 import jax
 import numpy as np
@@ -150,6 +151,13 @@ def run_pipeline(text: str, size: int, image, seed: int = 0):
 
 # As root, file permissions do not bind; commands that must meet them drop these capabilities.
 _WITHOUT_FILE_PERMISSION_BYPASS = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+# Runs argv[1:] with SIGINT's default action, as a terminal gives its commands, whatever the test inherits: a program
+# started with SIGINT ignored (a background job's, CI's) keeps it so, and a shell cannot trap it. An exec, not Popen's
+# preexec_fn, which forks this multithreaded (JAX) process.
+AS_FROM_A_TERMINAL = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                      "os.execv(sys.argv[1], sys.argv[1:])"]
 
 
 def cpu_devices_env(devices: int) -> dict:

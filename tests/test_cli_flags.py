@@ -12,13 +12,15 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 from absl import flags
 from ml_collections import config_flags
 import pytest
 
 from fer_jax import cli
-from helpers import ROOT, assert_user_error, cpu_devices_env, run_command
+from fer_jax import starting
+from helpers import AS_FROM_A_TERMINAL, ROOT, assert_user_error, cpu_devices_env, killed_at_end, run_command
 
 # Each command's path flags, and the flags it requires besides them.
 PATH_FLAGS = {
@@ -217,6 +219,68 @@ def test_ctrl_c_ends_a_command_with_one_line_and_status_130():
   assert result.returncode == 128 + signal.SIGINT, result.stderr[-3000:]
   assert result.stderr.strip().splitlines() == [
       "Interrupted (Ctrl-C) before the command finished; what it was writing may be incomplete."]
+
+
+def _loaded_jax(pid: int) -> bool:
+  with open(f"/proc/{pid}/maps") as maps:
+    return "jaxlib" in maps.read()
+
+
+def test_ctrl_c_while_a_command_starts_ends_it_at_once(tmp_path):
+  """Ctrl-C while the command imported its modules printed a KeyboardInterrupt traceback, or, raised inside JAX's
+  garbage-collection callback, was printed as "Exception ignored" and lost: the training went on."""
+  process = subprocess.Popen([*AS_FROM_A_TERMINAL, sys.executable, "-m", "fer_jax.main",
+                              "--config=configs/dan.py:synthetic", f"--workdir={tmp_path / 'run'}"],
+                             cwd=ROOT, env=cpu_devices_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  with killed_at_end([process]):
+    while process.poll() is None and not _loaded_jax(process.pid):  # JAX, Flax, Orbax and TFDS take seconds more
+      time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 128 + signal.SIGINT, stderr[-3000:]
+  assert (stdout, stderr.splitlines()) == ("", [starting.LINE])
+  assert not (tmp_path / "run").exists()
+
+
+# `python -m PACKAGE.start` of a package of another program that imports fer_jax, sending itself SIGINT.
+_ANOTHER_PROGRAM = """
+import os, signal
+try:
+  os.kill(os.getpid(), signal.SIGINT)
+  signal.sigtimedwait([], 1)
+except KeyboardInterrupt:
+  print("KeyboardInterrupt")
+"""
+
+
+def test_another_program_importing_fer_jax_keeps_python_s_ctrl_c(tmp_path):
+  (tmp_path / "program").mkdir()
+  (tmp_path / "program" / "__init__.py").write_text("import fer_jax\n")
+  (tmp_path / "program" / "start.py").write_text(_ANOTHER_PROGRAM)
+  result = subprocess.run([*AS_FROM_A_TERMINAL, sys.executable, "-m", "program.start"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=60)
+  assert (result.returncode, result.stdout, result.stderr) == (0, "KeyboardInterrupt\n", "")
+
+
+# A command's spawned worker (`ARGV0` the command's sys.argv[0]) as grain starts it, reporting its SIGINT handler.
+_WORKER_OF = """
+import importlib, multiprocessing, signal, sys
+sys.argv[0] = ARGV0
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
+with multiprocessing.get_context("spawn").Pool(1, initializer=importlib.import_module, initargs=("fer_jax",)) as pool:
+  print(pool.apply(signal.getsignal, (signal.SIGINT,)) is signal.SIG_IGN)
+"""
+
+
+@pytest.mark.parametrize("argv0, ignored", [("fer_jax/main.py", "True"), ("other/main.py", "False")])
+def test_a_command_s_workers_leave_ctrl_c_to_it_from_their_start(argv0, ignored):
+  """A terminal's Ctrl-C reaches a command's decoding workers too: those still importing the command's modules died
+  of it, each with a traceback, and the command waited for their batches for ever (its worker_init_fn, which ignored
+  SIGINT, runs after the imports)."""
+  script = _WORKER_OF.replace("ARGV0", repr(os.path.join(ROOT, argv0)))
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                          capture_output=True, text=True, timeout=120)
+  assert (result.returncode, result.stdout.strip()) == (0, ignored), result.stderr[-3000:]
 
 
 def _swallowed_backslashes(path: str) -> list[str]:

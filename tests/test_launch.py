@@ -15,7 +15,7 @@ import time
 from jax._src import clusters
 import pytest
 
-from helpers import ROOT, assert_user_error
+from helpers import AS_FROM_A_TERMINAL, ROOT, assert_user_error
 
 LAUNCH = os.path.join(ROOT, "launch")
 SCRIPTS = sorted(name for name in os.listdir(LAUNCH) if name.endswith(".sh"))
@@ -464,12 +464,6 @@ def test_tpu_needs_a_runtime_version_only_to_create():
     assert_user_error(launch("tpu.sh", command, *TPU, "--accelerator-type=v3-8", "--dry-run"),
                       "no default runtime version for --accelerator-type=v3-8: pass --runtime-version")
 
-
-# Runs argv[1:] with SIGINT's default action, as a terminal's shell gives its commands, whatever this test inherits: a
-# shell started with SIGINT ignored (a background job's) cannot trap it. An exec, not Popen's preexec_fn, which
-# forks this multithreaded (JAX) process.
-AS_FROM_A_TERMINAL = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-                      "os.execv(sys.argv[1], sys.argv[1:])"]
 
 
 @pytest.fixture
