@@ -194,16 +194,32 @@ def with_clean_errors(main):
       if message is None or _VERBOSE.value:
         raise
       _exit_with_line(f"error: {message}", USER_ERROR_STATUS)
+    except SystemExit as stop:  # a stopped or failed command (75, 1) whose own line is logged
+      if not isinstance(stop.code, int) or not stop.code or _several_processes():
+        raise  # several processes leave through JAX's shutdown barrier, which the others meet
+      _exit_without_shutdown(stop.code)
 
   return main_with_clean_errors
 
 
 def _exit_with_line(line: str, status: int) -> None:
-  logging.flush()
   print(line, file=sys.stderr, flush=True)
+  _exit_without_shutdown(status)
+
+
+def _exit_without_shutdown(status: int) -> None:
+  """Exits without Python's shutdown, in which Orbax's background reads and writes printed tracebacks, a stop
+  that came while XLA compiled in its own threads ended in a SIGSEGV (the threads outliving the devices they
+  compile for), and grain's finalizer printed one for a prefetch whose worker had not started."""
+  logging.flush()
   sys.stdout.flush()
-  # Not sys.exit: Orbax's background reads and writes would print tracebacks while Python shuts down.
+  sys.stderr.flush()
   os._exit(status)
+
+
+def _several_processes() -> bool:
+  jax = sys.modules.get("jax")
+  return jax is not None and jax.distributed.is_initialized()
 
 
 class _LogFile(std_logging.FileHandler):

@@ -20,6 +20,7 @@ import pytest
 
 from fer_jax import cli
 from fer_jax import starting
+from fer_jax import stopping
 from helpers import AS_FROM_A_TERMINAL, ROOT, assert_user_error, cpu_devices_env, killed_at_end, run_command
 
 # Each command's path flags, and the flags it requires besides them.
@@ -221,6 +222,39 @@ def test_ctrl_c_ends_a_command_with_one_line_and_status_130():
       "Interrupted (Ctrl-C) before the command finished; what it was writing may be incomplete."]
 
 
+# A command stopped by SIGINT while XLA compiles a program in its own threads (a training's initial state).
+_STOPPED_WHILE_COMPILING = """
+import os, signal, threading
+import jax, jax.numpy as jnp
+from fer_jax import cli, stopping
+
+def slow_to_compile(x):
+  for i in range(200):
+    x = jnp.sin(x @ x.T + i) * jnp.cos(x[::-1] - i)
+  return x
+
+def main(argv):
+  signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's: a background job ignores it
+  with stopping.exit_status_on_stop():
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    jax.jit(slow_to_compile).lower(jnp.ones((64, 64))).compile()
+    print("compiled before the signal")
+
+cli.run(main)
+"""
+
+
+def test_a_command_stopped_while_xla_compiles_exits_75():
+  """Python's shutdown under XLA's compiling threads ended in a SIGSEGV (status 139): a training stopped by Ctrl-C
+  while it compiled its initial state."""
+  result = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_COMPILING], cwd=ROOT, env=cpu_devices_env(1),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == stopping.PREEMPTED_EXIT_STATUS, result.stderr[-3000:]
+  assert result.stdout == "" and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].endswith(
+      "SIGINT received: stopped. The saved steps stand; run the same command to go on from the newest.")
+
+
 def _loaded_jax(pid: int) -> bool:
   with open(f"/proc/{pid}/maps") as maps:
     return "jaxlib" in maps.read()
@@ -231,7 +265,8 @@ def test_ctrl_c_while_a_command_starts_ends_it_at_once(tmp_path):
   garbage-collection callback, was printed as "Exception ignored" and lost: the training went on."""
   process = subprocess.Popen([*AS_FROM_A_TERMINAL, sys.executable, "-m", "fer_jax.main",
                               "--config=configs/dan.py:synthetic", f"--workdir={tmp_path / 'run'}"],
-                             cwd=ROOT, env=cpu_devices_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             cwd=ROOT, env=cpu_devices_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
   with killed_at_end([process]):
     while process.poll() is None and not _loaded_jax(process.pid):  # JAX, Flax, Orbax and TFDS take seconds more
       time.sleep(0.005)
