@@ -218,6 +218,7 @@ def _exit_without_shutdown(status: int) -> None:
 
 
 def _several_processes() -> bool:
+  """Whether jax.distributed started, asked without importing JAX (importing cli stays light)."""
   jax = sys.modules.get("jax")
   return jax is not None and jax.distributed.is_initialized()
 

@@ -465,7 +465,6 @@ def test_tpu_needs_a_runtime_version_only_to_create():
                       "no default runtime version for --accelerator-type=v3-8: pass --runtime-version")
 
 
-
 @pytest.fixture
 def fake_gcloud(tmp_path):
   """`gcloud` that logs each call and answers from scripts: training runs' codes (run_codes) and
